@@ -1,0 +1,420 @@
+"""``Queue``: the asyncio queue, with ``asyncio.Queue`` semantics and durable storage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from functools import partial
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from .core import Message, QueueCore, Settings, _Ticket
+from .engines import Engine, StoredRecord
+from .errors import ClosedError, Empty, Full, QueueShutDown
+from .worker import Worker
+
+__all__ = ["Queue"]
+
+T = TypeVar("T")
+
+
+def _flush(core: QueueCore, loop: asyncio.AbstractEventLoop) -> None:
+    """Runs on the worker: write everything pending, then settle the waiters on the loop."""
+    tickets = core.flush()
+    if tickets:
+        loop.call_soon_threadsafe(_settle, tickets)
+
+
+def _settle(tickets: list[_Ticket]) -> None:
+    for ticket in tickets:
+        fut: asyncio.Future[None] | None = ticket.payload
+        if fut is None or fut.done():
+            continue
+        if ticket.error is not None:
+            fut.set_exception(ticket.error)
+        else:
+            fut.set_result(None)
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)
+
+
+class Queue(Generic[T]):
+    """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
+
+    Create it with ``await Queue.create(path, ...)``; close it with
+    :meth:`aclose` or ``async with``. Engine calls run on one worker thread per
+    queue, never on the event loop, and concurrent ``put`` calls are written in
+    one transaction (group commit). Every awaited ``put`` returns once its item
+    is durable at the queue's durability level. A ``get`` cancelled at any
+    moment never loses an item.
+    """
+
+    def __init__(self, core: QueueCore, worker: Worker) -> None:
+        self._core = core
+        self._worker = worker
+        self._loop = worker.loop
+        self._waiters: list[asyncio.Future[None]] = []
+        self._shutdown = False
+        self._immediate = False
+        self._closed = False
+        ref = weakref.ref(self)
+
+        def wake(ref: weakref.ref[Queue[Any]] = ref) -> None:
+            queue = ref()
+            if queue is not None and queue._waiters:
+                queue._loop.call_soon_threadsafe(queue._wake)
+
+        core.listeners.append(wake)
+
+    @classmethod
+    async def create(cls, path: str | os.PathLike[str], *, name: str = "default",
+                     engine: str | Engine | None = None, maxsize: int = 0,
+                     serializer: object = None, compressor: object = None,
+                     durability: str = "commit", flush_items: int = 1000,
+                     flush_interval: float = 1.0, max_attempts: int | None = None,
+                     poll_interval: float = 0.05, compress_threshold: int = 128,
+                     engine_options: dict[str, Any] | None = None) -> Queue[Any]:
+        """Open the queue ``name`` in ``path`` (created if missing).
+
+        Takes the same settings as :meth:`spoolq.SyncQueue.create`. Raises
+        :class:`ConfigurationError` for bad settings and :class:`FormatError` /
+        :class:`CorruptError` for a file that is not a sound spoolq queue.
+        """
+        settings = Settings(name=name, maxsize=maxsize, durability=durability,
+                            flush_items=flush_items, flush_interval=flush_interval,
+                            max_attempts=max_attempts, poll_interval=poll_interval,
+                            compress_threshold=compress_threshold)
+        worker = Worker(asyncio.get_running_loop(), f"spoolq-{name}")
+
+        def abandon(core: QueueCore) -> None:
+            worker.post(core.close)
+            worker.stop()
+
+        try:
+            core = await worker.submit(
+                partial(QueueCore.open, path, engine=engine, serializer=serializer,
+                        compressor=compressor, settings=settings,
+                        engine_options=engine_options), undo=abandon)
+        except BaseException:
+            worker.stop()
+            raise
+        return cls(core, worker)
+
+    # ---- waiting ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        _wake_all(waiters)
+
+    async def _wait(self, deadline: float | None, ready: Any) -> bool:
+        """Sleep until something changes or the poll interval passes; False after deadline."""
+        timeout = self._core.settings.poll_interval
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            timeout = min(timeout, remaining)
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        if ready():
+            return True
+        handle = self._loop.call_later(timeout, _wake_all, [fut])
+        try:
+            await fut
+        finally:
+            handle.cancel()
+        return True
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float | None:
+        if timeout is None:
+            return None
+        if timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        return time.monotonic() + timeout
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"queue {self._core.name!r} is closed")
+
+    # ---- putting ------------------------------------------------------------------------
+
+    async def put(self, item: T) -> None:
+        """Put ``item``, waiting while the queue is full; returns once it is durable.
+
+        Raises :class:`QueueShutDown` after ``shutdown`` and
+        :class:`SerializationError` (queue unchanged) when the serializer
+        cannot take the item. A put cancelled while writing may still be stored.
+        """
+        await self.put_many((item,))
+
+    async def put_many(self, items: Iterable[T], *, timeout: float | None = None) -> None:
+        """Put several items in one transaction (all or none), waiting for room.
+
+        Raises :class:`Full` if ``timeout`` seconds pass without room.
+        """
+        self._check()
+        records, sizes = self._core.encode(items)
+        if not records:
+            return
+        await self._wait_for_room(len(records), self._deadline(timeout))
+        fut: asyncio.Future[None] = self._loop.create_future()
+        if self._core.submit(records, sizes, _Ticket(fut)):
+            self._worker.post(_flush, self._core, self._loop)
+        else:
+            fut.set_result(None)
+        await fut
+
+    def put_nowait(self, item: T) -> None:
+        """Put ``item`` without waiting for room; raise :class:`Full` if there is none.
+
+        It writes on the calling thread (one short engine transaction), so the
+        item is durable when it returns.
+        """
+        self._check()
+        if self._shutdown:
+            raise QueueShutDown("the queue is shut down")
+        if self.full():
+            raise Full(f"the queue holds {self.qsize()} of {self.maxsize} items")
+        records, sizes = self._core.encode((item,))
+        self._core.put_now(records, sizes)
+
+    async def _wait_for_room(self, n: int, deadline: float | None) -> None:
+        core = self._core
+        maxsize = core.settings.maxsize
+        while True:
+            if self._shutdown:
+                raise QueueShutDown("the queue is shut down")
+            if maxsize <= 0 or core.ready_hint() + n <= maxsize or (
+                    n > maxsize and core.ready_hint() == 0):
+                return
+            if not await self._wait(deadline, lambda: core.ready_hint() + n <= maxsize):
+                raise Full(f"no room for {n} item(s) within the timeout")
+            if core.refresh_due():
+                await self._worker.submit(core.refresh)
+
+    # ---- getting ------------------------------------------------------------------------
+
+    def _give_back(self, leased: bool, recs: list[StoredRecord]) -> None:
+        if recs:
+            self._worker.post(self._core.restore, recs, leased)
+
+    async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
+                    wait_for_all: bool = False) -> list[StoredRecord]:
+        self._check()
+        deadline = self._deadline(timeout)
+        core = self._core
+        got: list[StoredRecord] = []
+        leased = ttl is not None
+        try:
+            while True:
+                if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
+                    raise QueueShutDown("the queue is shut down")
+                if core.ready_hint() == 0 and core.refresh_due():
+                    await self._worker.submit(core.refresh)
+                if core.ready_hint() > 0:
+                    want = max(core.ready_hint(), 1) if n is None else n - len(got)
+                    fut = self._worker.submit(core.take, want, ttl,
+                                              undo=partial(self._give_back, leased))
+                    try:
+                        got += await fut
+                    except asyncio.CancelledError:
+                        if fut.done() and not fut.cancelled() and fut.exception() is None:
+                            self._give_back(leased, fut.result())
+                        raise
+                    if got and (not wait_for_all or n is None or len(got) >= n):
+                        break
+                if not await self._wait(deadline, lambda: core.ready_hint() > 0):
+                    if got:
+                        break
+                    raise Empty("no item arrived within the timeout")
+        except BaseException:
+            self._give_back(leased, got)
+            raise
+        if not leased:
+            self._wake()
+        return got
+
+    async def get(self) -> T:
+        """Remove and return the oldest item, waiting until one is ready.
+
+        Raises :class:`QueueShutDown` once the queue is shut down and drained.
+        Use ``asyncio.timeout``/``wait_for`` to bound the wait: a cancelled get
+        leaves the item in the queue.
+        """
+        recs = await self._take(1, None, None)
+        item: T = self._core.decode(recs)[0]
+        return item
+
+    def get_nowait(self) -> T:
+        """Remove and return the oldest item; raise :class:`Empty` if none is ready.
+
+        It reads on the calling thread (one short engine transaction).
+        """
+        self._check()
+        core = self._core
+        if self._immediate or (self._shutdown and core.ready_hint() == 0):
+            raise QueueShutDown("the queue is shut down")
+        if core.ready_hint() == 0:
+            core.refresh()
+        recs = core.take(1, None) if core.ready_hint() else []
+        if not recs:
+            raise Empty("the queue is empty")
+        self._wake()
+        item: T = core.decode(recs)[0]
+        return item
+
+    async def get_many(self, n: int | None = None, timeout: float | None = None) -> list[T]:
+        """Remove and return up to ``n`` items, oldest first.
+
+        With ``n`` set it waits for ``n`` items; when ``timeout`` passes it
+        returns what arrived (at least one) or raises :class:`Empty`. With
+        ``n=None`` it waits for at least one item, then returns every item
+        ready at that moment.
+        """
+        if n is not None and n < 1:
+            raise ValueError("n must be >= 1 or None")
+        return self._core.decode(await self._take(n, timeout, None, wait_for_all=True))
+
+    async def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
+        """Return up to ``n`` items from the head (after ``offset``) without removing them."""
+        self._check()
+        return await self._worker.submit(self._core.peek, n, offset, dead=dead)
+
+    # ---- leases -------------------------------------------------------------------------
+
+    async def lease(self, *, ttl: float = 30.0, timeout: float | None = None) -> Message[T]:
+        """Lease the oldest item for ``ttl`` seconds; settle it with ``ack`` or ``nack``.
+
+        Until then no other consumer sees it; if it is not settled in time it
+        is delivered again with ``attempts + 1``. Waits like :meth:`get`;
+        raises :class:`Empty` when ``timeout`` passes.
+        """
+        return (await self.lease_many(1, ttl=ttl, timeout=timeout))[0]
+
+    async def lease_many(self, n: int, *, ttl: float = 30.0,
+                         timeout: float | None = None) -> list[Message[T]]:
+        """Lease up to ``n`` items: waits for one, then takes what is ready up to ``n``."""
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0")
+        return self._core.messages(await self._take(n, timeout, ttl))
+
+    async def ack(self, *messages: Message[T]) -> None:
+        """Remove leased items for good; raises :class:`LeaseError` for a lease not held."""
+        self._check()
+        await self._worker.submit(self._core.ack, messages)
+        self._wake()
+
+    async def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
+        """Return leased items to their place in line, visible again after ``delay`` seconds."""
+        self._check()
+        await self._worker.submit(self._core.nack, messages, delay)
+
+    @asynccontextmanager
+    async def leased(self, *, ttl: float = 30.0,
+                     timeout: float | None = None) -> AsyncIterator[T]:
+        """Lease an item for the ``async with`` block: ack on success, nack (and re-raise)
+        on error."""
+        msg = await self.lease(ttl=ttl, timeout=timeout)
+        try:
+            yield msg.item
+        except BaseException:
+            await asyncio.shield(self.nack(msg))
+            raise
+        await self.ack(msg)
+
+    async def requeue_dead(self, ids: Iterable[int] | None = None) -> int:
+        """Move dead letters (all, or those with ``ids``) back to the tail of the queue."""
+        self._check()
+        return await self._worker.submit(self._core.requeue_dead,
+                                         None if ids is None else list(ids))
+
+    async def purge(self, *, dead: bool = False) -> int:
+        """Delete every ready item (or every dead letter); return how many."""
+        self._check()
+        return await self._worker.submit(partial(self._core.purge, dead=dead))
+
+    # ---- sizes, join, shutdown ----------------------------------------------------------
+
+    def qsize(self) -> int:
+        """Ready items (approximate when other processes share the file)."""
+        return self._core.ready_hint()
+
+    def empty(self) -> bool:
+        """True when no item is ready (approximate, like qsize)."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """True when ``maxsize`` is set and reached (approximate, like qsize)."""
+        maxsize = self._core.settings.maxsize
+        return maxsize > 0 and self.qsize() >= maxsize
+
+    @property
+    def maxsize(self) -> int:
+        return self._core.settings.maxsize
+
+    @property
+    def name(self) -> str:
+        return self._core.name
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counts, sizes and counters; see the README for each key. Never blocks."""
+        return self._core.stats()
+
+    def task_done(self) -> None:
+        """Mark one item taken with ``get`` as processed; ValueError if none is unfinished."""
+        self._core.task_done()
+        if not self._core.unfinished:
+            self._wake()
+
+    async def join(self) -> None:
+        """Wait until every item put (or present at open) has been processed."""
+        while self._core.unfinished:
+            await self._wait(None, lambda: not self._core.unfinished)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
+
+        With ``immediate=True`` gets raise at once. Persisted items are kept.
+        """
+        self._shutdown = True
+        self._immediate = self._immediate or immediate
+        self._wake()
+
+    async def aclose(self) -> None:
+        """Flush, release this handle's leases and close the file; idempotent."""
+        if self._closed:
+            return
+        self.shutdown(immediate=True)
+        self._closed = True
+        try:
+            await self._worker.submit(self._core.close)
+        finally:
+            self._worker.stop()
+
+    async def __aenter__(self) -> Queue[T]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"spoolq queue {self._core.name!r} was not closed", ResourceWarning,
+                          stacklevel=1)
+            self._worker.post(self._core.close)
+            self._worker.stop()
+
+    def __repr__(self) -> str:
+        return f"<Queue {self._core.name!r} engine={self._core.engine.name}>"

@@ -1,0 +1,372 @@
+"""Turning items into records and back: serializer, compressor and record header.
+
+A record is ``header + payload``. The header is 7 bytes::
+
+    version (1) | serializer id (1) | compressor id (1) | crc32 (4, little endian)
+
+followed, for a custom serializer or compressor (id 255), by its name as one
+length byte and UTF-8 text. The CRC covers the first three header bytes, the
+names and the payload, so a damaged record is detected instead of decoded into
+a wrong item. Because every record names its own codec, a queue whose
+compressor changes stays readable, and a file can be decoded offline.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import lzma
+import pickle
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import cbor2
+import zstandard
+
+from .errors import ConfigurationError, CorruptError, SerializationError
+
+__all__ = [
+    "COMPRESSORS",
+    "SERIALIZERS",
+    "Codec",
+    "Compressor",
+    "Serializer",
+    "record_codec_names",
+]
+
+RECORD_VERSION = 1
+CUSTOM_ID = 255
+_HEAD = struct.Struct("<BBBI")
+HEADER_SIZE = _HEAD.size
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Anything with ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``."""
+
+    def dumps(self, obj: Any, /) -> bytes: ...
+
+    def loads(self, data: bytes, /) -> Any: ...
+
+
+@runtime_checkable
+class Compressor(Protocol):
+    """Anything with ``compress(bytes) -> bytes`` and ``decompress(bytes) -> bytes``."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+class _Cbor:
+    name = "cbor"
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return cbor2.dumps(obj)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return cbor2.loads(data)
+
+
+class _Pickle:
+    name = "pickle"
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return pickle.loads(data)
+
+
+class _Json:
+    name = "json"
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
+
+
+class _Raw:
+    name = "raw"
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        if isinstance(obj, bytes):
+            return obj
+        if isinstance(obj, (bytearray, memoryview)):
+            return bytes(obj)
+        raise TypeError(f"the raw serializer takes bytes only, not {type(obj).__name__}")
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return bytes(data)
+
+
+class _NoCompression:
+    name = "none"
+
+    @staticmethod
+    def compress(data: bytes) -> bytes:
+        return data
+
+    @staticmethod
+    def decompress(data: bytes) -> bytes:
+        return data
+
+
+class _Zstd:
+    """zstd at level 3; compressor objects are per thread because they are not thread-safe."""
+
+    name = "zstd"
+
+    def __init__(self, level: int = 3) -> None:
+        self._level = level
+        self._local = threading.local()
+
+    def _pair(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
+            self._local, "pair", None
+        )
+        if pair is None:
+            pair = (zstandard.ZstdCompressor(level=self._level), zstandard.ZstdDecompressor())
+            self._local.pair = pair
+        return pair
+
+    def compress(self, data: bytes) -> bytes:
+        return self._pair()[0].compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        return self._pair()[1].decompress(data)
+
+
+class _Module:
+    """A compressor backed by a stdlib-style module with compress/decompress functions."""
+
+    def __init__(self, name: str, compress: Callable[[bytes], bytes],
+                 decompress: Callable[[bytes], bytes]) -> None:
+        self.name = name
+        self.compress = compress
+        self.decompress = decompress
+
+
+def _lzo() -> Compressor:
+    try:
+        import lzo
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the lzo compressor needs the python-lzo package: pip install 'spoolq[lzo]'"
+        ) from exc
+    return _Module("lzo", lzo.compress, lzo.decompress)
+
+
+SERIALIZERS: dict[str, tuple[int, Callable[[], Serializer]]] = {
+    "raw": (1, _Raw),
+    "cbor": (2, _Cbor),
+    "pickle": (3, _Pickle),
+    "json": (4, _Json),
+}
+COMPRESSORS: dict[str, tuple[int, Callable[[], Compressor]]] = {
+    "none": (0, _NoCompression),
+    "zstd": (1, _Zstd),
+    "zlib": (2, lambda: _Module("zlib", zlib.compress, zlib.decompress)),
+    "bz2": (3, lambda: _Module("bz2", bz2.compress, bz2.decompress)),
+    "lzma": (4, lambda: _Module("lzma", lzma.compress, lzma.decompress)),
+    "lzo": (5, _lzo),
+}
+_SERIALIZER_NAMES = {ident: name for name, (ident, _) in SERIALIZERS.items()}
+_COMPRESSOR_NAMES = {ident: name for name, (ident, _) in COMPRESSORS.items()}
+
+
+def _custom_name(obj: object) -> str:
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        cls = type(obj) if not isinstance(obj, type) else obj
+        name = f"{cls.__module__}.{cls.__qualname__}"
+    if len(name.encode()) > 255:
+        raise ConfigurationError(f"codec name {name[:40]!r}... is longer than 255 bytes")
+    return name
+
+
+def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], Any]]],
+             methods: tuple[str, str]) -> tuple[int, str, Any]:
+    if isinstance(spec, str):
+        try:
+            ident, factory = table[spec]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown {kind} {spec!r}; choose one of {', '.join(sorted(table))} "
+                f"or pass an object with {methods[0]}/{methods[1]}"
+            ) from None
+        return ident, spec, factory()
+    if all(callable(getattr(spec, m, None)) for m in methods):
+        return CUSTOM_ID, _custom_name(spec), spec
+    raise ConfigurationError(
+        f"{kind} must be a name or an object with {methods[0]}() and {methods[1]}(), "
+        f"not {type(spec).__name__}"
+    )
+
+
+def record_codec_names(record: bytes) -> tuple[str, str]:
+    """Return the (serializer, compressor) names a record's header declares."""
+    ser_id, comp_id, _crc, names, _start = _parse_header(record, None)
+    ser = names[0] if ser_id == CUSTOM_ID else _SERIALIZER_NAMES.get(ser_id, f"#{ser_id}")
+    comp = names[-1] if comp_id == CUSTOM_ID else _COMPRESSOR_NAMES.get(comp_id, f"#{comp_id}")
+    return ser, comp
+
+
+def _parse_header(record: bytes, record_id: int | None
+                  ) -> tuple[int, int, int, list[str], int]:
+    where = f"record {record_id}" if record_id is not None else "record"
+    if len(record) < HEADER_SIZE:
+        raise CorruptError(f"{where} is truncated: {len(record)} bytes, shorter than its header")
+    version, ser_id, comp_id, crc = _HEAD.unpack_from(record)
+    if version != RECORD_VERSION:
+        raise CorruptError(f"{where} has unknown record version {version}")
+    pos = HEADER_SIZE
+    names: list[str] = []
+    for ident in (ser_id, comp_id):
+        if ident == CUSTOM_ID:
+            if pos >= len(record):
+                raise CorruptError(f"{where} is truncated inside its codec name")
+            size = record[pos]
+            raw_name = record[pos + 1 : pos + 1 + size]
+            if len(raw_name) != size:
+                raise CorruptError(f"{where} is truncated inside its codec name")
+            names.append(raw_name.decode("utf-8", "replace"))
+            pos += 1 + size
+    return ser_id, comp_id, crc, names, pos
+
+
+class Codec:
+    """Encodes items into self-describing records and decodes them back.
+
+    ``serializer`` is a name (``"cbor"``, ``"pickle"``, ``"json"``, ``"raw"``)
+    or an object with ``dumps``/``loads``; ``compressor`` is a name
+    (``"zstd"``, ``"zlib"``, ``"bz2"``, ``"lzma"``, ``"lzo"``, ``"none"``) or an
+    object with ``compress``/``decompress``. Payloads shorter than
+    ``threshold`` bytes, and payloads that compression does not shrink, are
+    stored uncompressed. Instances are thread-safe.
+    """
+
+    def __init__(self, serializer: object = "cbor", compressor: object = "zstd", *,
+                 threshold: int = 128) -> None:
+        if not isinstance(threshold, int) or threshold < 0:
+            raise ConfigurationError(f"threshold must be a non-negative int, not {threshold!r}")
+        self._ser_id, self.serializer_name, self._ser = _resolve(
+            "serializer", serializer, SERIALIZERS, ("dumps", "loads"))
+        self._comp_id, self.compressor_name, self._comp = _resolve(
+            "compressor", compressor, COMPRESSORS, ("compress", "decompress"))
+        self.threshold = threshold
+        ser_name = self._name_bytes(self._ser_id, self.serializer_name)
+        comp_name = self._name_bytes(self._comp_id, self.compressor_name)
+        self._plain_prefix = (RECORD_VERSION, self._ser_id, 0)
+        self._plain_names = ser_name
+        self._packed_prefix = (RECORD_VERSION, self._ser_id, self._comp_id)
+        self._packed_names = ser_name + comp_name
+        self._plain_seed = zlib.crc32(bytes(self._plain_prefix) + self._plain_names)
+        self._packed_seed = zlib.crc32(bytes(self._packed_prefix) + self._packed_names)
+
+    @staticmethod
+    def _name_bytes(ident: int, name: str) -> bytes:
+        if ident != CUSTOM_ID:
+            return b""
+        raw = name.encode()
+        return bytes([len(raw)]) + raw
+
+    def dumps(self, item: Any) -> bytes:
+        """Serialize one item, raising :class:`SerializationError` if the serializer refuses it."""
+        try:
+            data = self._ser.dumps(item)
+        except Exception as exc:
+            hint = ("; serializer='pickle' takes arbitrary Python objects"
+                    if self.serializer_name != "pickle" else "")
+            raise SerializationError(
+                f"the {self.serializer_name} serializer cannot encode "
+                f"{type(item).__name__}: {exc}{hint}"
+            ) from exc
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SerializationError(
+                f"serializer {self.serializer_name} returned {type(data).__name__}, not bytes")
+        return bytes(data)
+
+    def encode(self, item: Any) -> tuple[bytes, int]:
+        """Return ``(record, raw_size)`` for one item; raw_size is the serialized length."""
+        data = self.dumps(item)
+        raw_size = len(data)
+        if raw_size >= self.threshold and self._comp_id != 0:
+            packed = self._comp.compress(data)
+            if len(packed) < raw_size:
+                crc = zlib.crc32(packed, self._packed_seed)
+                head = _HEAD.pack(*self._packed_prefix, crc)
+                return head + self._packed_names + packed, raw_size
+        crc = zlib.crc32(data, self._plain_seed)
+        return _HEAD.pack(*self._plain_prefix, crc) + self._plain_names + data, raw_size
+
+    def decode(self, record: bytes, record_id: int | None = None) -> Any:
+        """Decode a record; raise :class:`CorruptError` if it is damaged.
+
+        A record written with another built-in compressor decodes normally. A
+        record whose serializer differs from this codec's is refused when it is
+        ``pickle`` (decoding it could run code) or a custom one.
+        """
+        ser_id, comp_id, crc, names, start = _parse_header(record, record_id)
+        where = f"record {record_id}" if record_id is not None else "record"
+        seed = zlib.crc32(record[:3] + record[HEADER_SIZE:start])
+        payload = record[start:]
+        if zlib.crc32(payload, seed) != crc:
+            raise CorruptError(f"{where} failed its checksum: the stored bytes are damaged")
+        data = self._decompress(comp_id, names[-1] if comp_id == CUSTOM_ID else "", payload, where)
+        serializer = self._serializer_for(ser_id, names[0] if ser_id == CUSTOM_ID else "", where)
+        try:
+            return serializer.loads(data)
+        except Exception as exc:
+            raise SerializationError(f"{where} could not be deserialized: {exc}") from exc
+
+    def _decompress(self, comp_id: int, name: str, payload: bytes, where: str) -> bytes:
+        if comp_id == 0:
+            return payload
+        if comp_id == self._comp_id and (comp_id != CUSTOM_ID or name == self.compressor_name):
+            comp = self._comp
+        elif comp_id in _COMPRESSOR_NAMES:
+            comp = _decompressor(_COMPRESSOR_NAMES[comp_id])
+        else:
+            raise SerializationError(
+                f"{where} was compressed with {name or comp_id!r}, which this queue does not have")
+        try:
+            return bytes(comp.decompress(payload))
+        except Exception as exc:
+            raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
+
+    def _serializer_for(self, ser_id: int, name: str, where: str) -> Serializer:
+        if ser_id == self._ser_id and (ser_id != CUSTOM_ID or name == self.serializer_name):
+            return self._ser  # type: ignore[no-any-return]
+        if ser_id in _SERIALIZER_NAMES and _SERIALIZER_NAMES[ser_id] != "pickle":
+            return SERIALIZERS[_SERIALIZER_NAMES[ser_id]][1]()
+        label = name or _SERIALIZER_NAMES.get(ser_id, f"#{ser_id}")
+        raise SerializationError(
+            f"{where} was written with the {label} serializer; open the queue with "
+            f"serializer={label!r} to read it")
+
+
+_decompressors: dict[str, Compressor] = {}
+_decompressors_lock = threading.Lock()
+
+
+def _decompressor(name: str) -> Compressor:
+    with _decompressors_lock:
+        comp = _decompressors.get(name)
+        if comp is None:
+            comp = COMPRESSORS[name][1]()
+            _decompressors[name] = comp
+        return comp

@@ -1,0 +1,510 @@
+"""The core shared by the sync and async queues.
+
+It owns the engine, the codec, group commit, leases and the counts behind
+``qsize()`` and ``stats``. It never waits for items: the façades do that, each
+with its own primitives. Every method is thread-safe; engine calls are
+serialized by one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .codec import Codec
+from .engines import Counts, Engine, Lease, StoredRecord, dead_queue_name, open_engine
+from .errors import ClosedError, ConfigurationError, LeaseError, SpoolqError
+
+__all__ = ["DURABILITIES", "Message", "QueueCore", "Settings"]
+
+log = logging.getLogger("spoolq")
+
+T = TypeVar("T")
+DURABILITIES = ("fsync", "commit", "buffer")
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Generic[T]):
+    """A leased item: settle it with ``ack`` or ``nack`` on the queue that leased it.
+
+    ``attempts`` is 1 on the first delivery and grows with each redelivery;
+    ``enqueued_at`` is the wall-clock time (``time.time()``) of the put.
+    """
+
+    item: T
+    id: int
+    attempts: int
+    enqueued_at: float
+    queue: str = field(repr=False)
+    _owner: str = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated settings of one queue handle."""
+
+    name: str = "default"
+    maxsize: int = 0
+    durability: str = "commit"
+    flush_items: int = 1000
+    flush_interval: float = 1.0
+    max_attempts: int | None = None
+    poll_interval: float = 0.05
+    compress_threshold: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError(f"name must be a non-empty string, not {self.name!r}")
+        if not isinstance(self.maxsize, int) or self.maxsize < 0:
+            raise ConfigurationError(f"maxsize must be an int >= 0, not {self.maxsize!r}")
+        if self.durability not in DURABILITIES:
+            raise ConfigurationError(
+                f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
+        if not isinstance(self.flush_items, int) or self.flush_items < 1:
+            raise ConfigurationError(f"flush_items must be an int >= 1, not {self.flush_items!r}")
+        if not self.flush_interval > 0:
+            raise ConfigurationError(f"flush_interval must be > 0, not {self.flush_interval!r}")
+        if self.max_attempts is not None and (
+                not isinstance(self.max_attempts, int) or self.max_attempts < 1):
+            raise ConfigurationError(
+                f"max_attempts must be None or an int >= 1, not {self.max_attempts!r}")
+        if not self.poll_interval > 0:
+            raise ConfigurationError(f"poll_interval must be > 0, not {self.poll_interval!r}")
+
+
+def _process_start(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return "0"
+
+
+def _new_owner() -> str:
+    pid = os.getpid()
+    return f"{_HOST}:{pid}:{_process_start(pid)}:{uuid.uuid4().hex[:12]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether a lease owner is a process on this host that no longer runs.
+
+    Owners on other hosts, or in an unknown form, are never declared dead:
+    their leases come back when their ttl runs out.
+    """
+    parts = owner.split(":")
+    if len(parts) != 4 or parts[0] != _HOST or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _process_start(pid) != parts[2]
+
+
+class _Ticket:
+    """A group-commit waiter: set once its records are written (or failed)."""
+
+    __slots__ = ("done", "error", "payload")
+
+    def __init__(self, payload: Any = None) -> None:
+        self.done = False
+        self.error: BaseException | None = None
+        self.payload = payload
+
+
+class GroupCommit:
+    """Collects records from many callers; one ``flush`` writes them in one transaction."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: list[bytes] = []
+        self._sizes: list[int] = []
+        self._tickets: list[_Ticket] = []
+
+    def add(self, records: list[bytes], sizes: list[int], ticket: _Ticket) -> int:
+        """Queue records for the next flush; return how many records are now pending."""
+        with self._lock:
+            self._records += records
+            self._sizes += sizes
+            self._tickets.append(ticket)
+            return len(self._records)
+
+    def pending(self) -> int:
+        return len(self._records)
+
+    def take_all(self) -> tuple[list[bytes], list[int], list[_Ticket]]:
+        with self._lock:
+            taken = self._records, self._sizes, self._tickets
+            self._records, self._sizes, self._tickets = [], [], []
+            return taken
+
+
+class QueueCore:
+    """Engine + codec + counts of one named queue, used by both façades."""
+
+    def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
+        self.engine = engine
+        self.codec = codec
+        self.settings = settings
+        self.name = settings.name
+        self.dead_name = dead_queue_name(settings.name)
+        self.owner = _new_owner()
+        self.lock = threading.RLock()
+        self.group = GroupCommit()
+        self.closed = False
+        self._counts = Counts(0, 0, 0, 0)
+        self._dead = 0
+        self._pending_bytes = (0, 0)
+        self.counters = {"puts": 0, "gets": 0, "acks": 0, "nacks": 0, "redelivered": 0}
+        self.unfinished = 0
+        self._next_reap = 0.0
+        self._last_refresh = 0.0
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
+        self.listeners: list[Callable[[], None]] = []
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, engine: str | Engine | None,
+             serializer: object, compressor: object, settings: Settings,
+             engine_options: dict[str, Any] | None = None) -> QueueCore:
+        """Open (or create) the queue; reap leases of dead processes; load the counts."""
+        eng = open_engine(path, engine, durability=settings.durability, options=engine_options)
+        try:
+            codec = cls._codec_for(eng, settings, serializer, compressor)
+            core = cls(eng, codec, settings)
+            with core.lock:
+                dead_owners = [o for o in eng.owners(core.name) if owner_is_dead(o)]
+                eng.expire(core.name, time.time(), owners=dead_owners,
+                           max_attempts=settings.max_attempts)
+                core._refresh_locked()
+                core.unfinished = core._counts.ready + core._counts.leased
+        except BaseException:
+            eng.close()
+            raise
+        if settings.durability == "buffer":
+            core._start_flusher()
+        return core
+
+    @staticmethod
+    def _codec_for(engine: Engine, settings: Settings, serializer: object,
+                   compressor: object) -> Codec:
+        key = f"queue/{settings.name}/"
+        stored_ser = engine.get_meta(key + "serializer")
+        stored_comp = engine.get_meta(key + "compressor")
+        if stored_ser is not None:
+            stored = stored_ser.decode()
+            wanted = serializer if serializer is not None else stored
+            codec_probe = Codec(wanted, "none")
+            if codec_probe.serializer_name != stored:
+                raise ConfigurationError(
+                    f"queue {settings.name!r} was created with serializer {stored!r}; "
+                    f"it cannot be reopened with {codec_probe.serializer_name!r}")
+            serializer = wanted
+            if compressor is None:
+                compressor = stored_comp.decode() if stored_comp else "zstd"
+        codec = Codec("cbor" if serializer is None else serializer,
+                      "zstd" if compressor is None else compressor,
+                      threshold=settings.compress_threshold)
+        if stored_ser is None:
+            engine.set_meta(key + "serializer", codec.serializer_name.encode())
+        if stored_comp is None or stored_comp.decode() != codec.compressor_name:
+            engine.set_meta(key + "compressor", codec.compressor_name.encode())
+        return codec
+
+    # ---- counts -------------------------------------------------------------------------
+
+    def _refresh_locked(self) -> Counts:
+        self._counts = self.engine.counts(self.name)
+        self._dead = self.engine.counts(self.dead_name).ready
+        self._last_refresh = time.monotonic()
+        return self._counts
+
+    def refresh(self) -> Counts:
+        """Re-read the counts from the file (picks up other processes' work) and
+        return expired leases to the queue."""
+        with self.lock:
+            self._check_open()
+            self._reap_locked(time.time())
+            return self._refresh_locked()
+
+    def refresh_due(self) -> bool:
+        """Whether the poll interval has passed since the counts were last read."""
+        return time.monotonic() - self._last_refresh >= self.settings.poll_interval
+
+    def ready_hint(self) -> int:
+        """Ready items as this handle last knew them, including unflushed buffered puts."""
+        return self._counts.ready + self.group.pending()
+
+    def counts(self) -> Counts:
+        return self._counts
+
+    def stats(self) -> dict[str, Any]:
+        counts = self._counts
+        pend_stored, pend_raw = self._pending_bytes
+        raw = counts.raw_bytes + pend_raw
+        stored = counts.stored_bytes + pend_stored
+        return {
+            "count": counts.ready + self.group.pending(),
+            "leased": counts.leased,
+            "dead": self._dead,
+            "raw_size_bytes": raw,
+            "compressed_size_bytes": stored,
+            "compression_ratio_pct": None if raw == 0 else round((1 - stored / raw) * 100, 2),
+            **self.counters,
+            "unfinished": self.unfinished,
+            "engine": self.engine.name,
+            "serializer": self.codec.serializer_name,
+            "compressor": self.codec.compressor_name,
+            "durability": self.settings.durability,
+        }
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"queue {self.name!r} is closed")
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def encode(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
+        """Encode items in the caller's thread; raises SerializationError, writes nothing."""
+        encode = self.codec.encode
+        records: list[bytes] = []
+        sizes: list[int] = []
+        for item in items:
+            rec, size = encode(item)
+            records.append(rec)
+            sizes.append(size)
+        return records, sizes
+
+    def submit(self, records: list[bytes], sizes: list[int], ticket: _Ticket) -> bool:
+        """Queue records for group commit. True when a flush is due now (not merely
+        within the buffer interval)."""
+        self._check_open()
+        pending = self.group.add(records, sizes, ticket)
+        with self.lock:
+            stored, raw = self._pending_bytes
+            self._pending_bytes = (stored + sum(map(len, records)), raw + sum(sizes))
+            self.unfinished += len(records)
+        return self.settings.durability != "buffer" or pending >= self.settings.flush_items
+
+    def flush(self) -> list[_Ticket]:
+        """Write every pending record in one engine transaction; settle their tickets."""
+        with self.lock:
+            records, sizes, tickets = self.group.take_all()
+            if not records and not tickets:
+                return tickets
+            error: BaseException | None = None
+            try:
+                self._check_open()
+                self.engine.append(self.name, records, sizes, time.time())
+            except BaseException as exc:
+                error = exc
+                self.unfinished -= len(records)
+            self._pending_bytes = (0, 0)
+            if error is None:
+                c = self._counts
+                self._counts = Counts(c.ready + len(records), c.leased,
+                                      c.stored_bytes + sum(map(len, records)),
+                                      c.raw_bytes + sum(sizes))
+                self.counters["puts"] += len(records)
+        for ticket in tickets:
+            ticket.error = error
+            ticket.done = True
+        if error is None:
+            self._notify()
+        elif not isinstance(error, SpoolqError):
+            log.error("spoolq: writing %d records to %r failed", len(records), self.name,
+                      exc_info=error)
+        return tickets
+
+    def put_now(self, records: list[bytes], sizes: list[int]) -> None:
+        """Write records now, from the calling thread (group-committed with any pending)."""
+        ticket = _Ticket()
+        self.submit(records, sizes, ticket)
+        with self.lock:
+            if not ticket.done:
+                self.flush()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _start_flusher(self) -> None:
+        def run(core_ref: QueueCore = self) -> None:
+            while not core_ref._flusher_stop.wait(core_ref.settings.flush_interval):
+                if core_ref.group.pending():
+                    core_ref.flush()
+
+        self._flusher = threading.Thread(target=run, name=f"spoolq-flush-{self.name}",
+                                         daemon=True)
+        self._flusher.start()
+
+    # ---- taking -------------------------------------------------------------------------
+
+    def _reap_locked(self, now: float) -> None:
+        if self._counts.leased and now >= self._next_reap:
+            self._next_reap = now + min(1.0, self.settings.poll_interval * 10)
+            if self.engine.expire(self.name, now, max_attempts=self.settings.max_attempts):
+                self._refresh_locked()
+                self.counters["redelivered"] += 1
+
+    def take(self, n: int, ttl: float | None) -> list[StoredRecord]:
+        """Remove (ttl None) or lease up to n ready records; never waits."""
+        with self.lock:
+            self._check_open()
+            if self.group.pending():
+                self.flush()
+            now = time.time()
+            self._reap_locked(now)
+            lease = None if ttl is None else Lease(self.owner, now + ttl)
+            recs = self.engine.take(self.name, n, now, lease)
+            c = self._counts
+            if not recs:
+                if time.monotonic() - self._last_refresh > self.settings.poll_interval or c.ready:
+                    self._refresh_locked()
+                return recs
+            k = len(recs)
+            if lease is None:
+                self._counts = Counts(max(c.ready - k, 0), c.leased,
+                                      c.stored_bytes - sum(len(r.data) for r in recs),
+                                      c.raw_bytes - sum(r.raw_size for r in recs))
+                self.counters["gets"] += k
+            else:
+                self._counts = Counts(max(c.ready - k, 0), c.leased + k, c.stored_bytes,
+                                      c.raw_bytes)
+        return recs
+
+    def restore(self, recs: Sequence[StoredRecord], leased: bool) -> None:
+        """Give back records whose taker never received them (a cancelled waiter)."""
+        if not recs:
+            return
+        with self.lock:
+            if leased:
+                self.engine.release(self.name, [(r.id, r.attempts) for r in recs], self.owner,
+                                    not_before=0.0, max_attempts=None, count_attempt=False)
+            else:
+                self.engine.restore(self.name, recs)
+                self.counters["gets"] -= len(recs)
+            self._refresh_locked()
+        self._notify()
+
+    def decode(self, recs: Sequence[StoredRecord]) -> list[Any]:
+        decode = self.codec.decode
+        return [decode(r.data, r.id) for r in recs]
+
+    def messages(self, recs: Sequence[StoredRecord]) -> list[Message[Any]]:
+        decode = self.codec.decode
+        return [Message(decode(r.data, r.id), r.id, r.attempts, r.enqueued_at, self.name,
+                        self.owner) for r in recs]
+
+    def peek(self, n: int, offset: int = 0, *, dead: bool = False) -> list[Any]:
+        with self.lock:
+            self._check_open()
+            if self.group.pending():
+                self.flush()
+            recs = self.engine.peek(self.dead_name if dead else self.name, n, offset)
+        return self.decode(recs)
+
+    # ---- settling leases ----------------------------------------------------------------
+
+    def _deliveries(self, messages: Sequence[Message[Any]]) -> list[tuple[int, int]]:
+        for msg in messages:
+            if not isinstance(msg, Message):
+                raise TypeError(f"expected a spoolq Message, not {type(msg).__name__}")
+            if msg.queue != self.name or msg._owner != self.owner:
+                raise LeaseError(
+                    f"message {msg.id} was leased from another queue handle; settle it there")
+        return [(m.id, m.attempts) for m in messages]
+
+    def ack(self, messages: Sequence[Message[Any]]) -> None:
+        """Remove leased items; raise LeaseError naming any lease no longer held."""
+        deliveries = self._deliveries(messages)
+        with self.lock:
+            self._check_open()
+            done = self.engine.ack(self.name, deliveries, self.owner)
+            self._refresh_locked()
+            self.counters["acks"] += len(done)
+            self.unfinished = max(self.unfinished - len(done), 0)
+        self._raise_missing(deliveries, done, "ack")
+
+    def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
+        """Return leased items to their FIFO position, visible again after ``delay`` seconds."""
+        if delay < 0:
+            raise ConfigurationError(f"delay must be >= 0, not {delay!r}")
+        deliveries = self._deliveries(messages)
+        with self.lock:
+            self._check_open()
+            done = self.engine.release(self.name, deliveries, self.owner,
+                                       not_before=time.time() + delay,
+                                       max_attempts=self.settings.max_attempts,
+                                       reason=reason or "nacked")
+            self._refresh_locked()
+            self.counters["nacks"] += len(done)
+        self._notify()
+        self._raise_missing(deliveries, done, "nack")
+
+    @staticmethod
+    def _raise_missing(deliveries: list[tuple[int, int]], done: list[int], what: str) -> None:
+        missing = sorted({i for i, _ in deliveries} - set(done))
+        if missing:
+            raise LeaseError(
+                f"cannot {what} message(s) {missing}: the lease expired, was settled already, "
+                "or the item was delivered again since")
+
+    def task_done(self) -> None:
+        with self.lock:
+            if self.unfinished <= 0:
+                raise ValueError("task_done() called too many times")
+            self.unfinished -= 1
+
+    # ---- dead letters and maintenance ---------------------------------------------------
+
+    def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
+        with self.lock:
+            self._check_open()
+            moved = self.engine.move(self.dead_name, self.name, ids)
+            self._refresh_locked()
+            self.unfinished += moved
+        if moved:
+            self._notify()
+        return moved
+
+    def purge(self, *, dead: bool = False) -> int:
+        with self.lock:
+            self._check_open()
+            if not dead:
+                self.group.take_all()
+            removed = self.engine.purge(self.dead_name if dead else self.name)
+            self._refresh_locked()
+            if not dead:
+                self.unfinished = self._counts.leased
+        return removed
+
+    def close(self) -> None:
+        """Flush buffered puts, release this handle's leases and close the engine."""
+        if self.closed:
+            return
+        self._flusher_stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self.lock:
+            try:
+                self.flush()
+                if self._counts.leased:
+                    self.engine.expire(self.name, time.time(), owners=[self.owner],
+                                       max_attempts=self.settings.max_attempts)
+            finally:
+                self.closed = True
+                self.engine.close()

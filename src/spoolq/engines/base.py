@@ -1,0 +1,141 @@
+"""The engine protocol: how spoolq talks to storage.
+
+An engine stores opaque byte records in FIFO order inside named queues. It
+knows nothing about Python objects, compression, waiting or threads. Every
+method is one atomic transaction; a batch method either applies to the whole
+batch or to none of it. Record ids are unique across the file, only grow and
+are never reused. Engines are called from one thread at a time.
+
+A record is *ready* (waiting to be delivered, possibly not before some
+``visible_at`` time) or *leased* (delivered to an owner until ``visible_at``).
+Dead letters are ordinary records in the queue named ``"<name>.dead"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
+
+__all__ = ["Counts", "Engine", "Lease", "StoredRecord", "dead_queue_name"]
+
+FORMAT_VERSION = 1
+
+
+def dead_queue_name(name: str) -> str:
+    """The name of the queue holding ``name``'s dead letters."""
+    return f"{name}.dead"
+
+
+class StoredRecord(NamedTuple):
+    """One record as an engine returns it."""
+
+    id: int
+    data: bytes
+    raw_size: int
+    attempts: int
+    enqueued_at: float
+    reason: str | None = None
+
+
+class Counts(NamedTuple):
+    """Counts and sizes of one queue: ``ready`` and ``leased`` records, and the
+    stored and raw bytes of both together."""
+
+    ready: int
+    leased: int
+    stored_bytes: int
+    raw_bytes: int
+
+
+class Lease(NamedTuple):
+    """Who takes records and until when they stay invisible to others."""
+
+    owner: str
+    until: float
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Storage of byte records; see the module docstring for the rules."""
+
+    name: str
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        """Append records at the tail; return their new ids, in order."""
+        ...
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        """Take up to ``n`` of the oldest ready records visible at ``now``.
+
+        With ``lease=None`` they are removed; otherwise they become leased by
+        ``lease.owner`` until ``lease.until`` and their attempts grow by one.
+        """
+        ...
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        """Put back records that ``take(lease=None)`` removed, under their original ids."""
+        ...
+
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        """Remove leased records given as ``(id, attempts)`` pairs held by ``owner``.
+
+        A pair whose record is gone, not leased by ``owner`` or delivered again
+        since (other attempts) is skipped. Returns the ids removed.
+        """
+        ...
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        """Make leased records ready again at their FIFO position from ``not_before``.
+
+        With ``count_attempt=False`` the delivery is undone (attempts drop by
+        one). Records that reached ``max_attempts`` move to the dead-letter
+        queue with ``reason``. Returns the ids released or moved.
+        """
+        ...
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        """Release leases that ran out by ``now`` or belong to one of ``owners``.
+
+        Dead-letter rules are those of :meth:`release`. Returns how many.
+        """
+        ...
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        """Return up to ``n`` ready records in FIFO order after skipping ``offset``."""
+        ...
+
+    def counts(self, queue: str) -> Counts:
+        """Counts and sizes of a queue, in O(1)."""
+        ...
+
+    def owners(self, queue: str) -> dict[str, int]:
+        """Lease owners of a queue with the number of records each holds."""
+        ...
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        """Move ready records (all, or those in ``ids``) to the tail of ``dst`` as new records."""
+        ...
+
+    def purge(self, queue: str) -> int:
+        """Remove every record of a queue, ready or leased; return how many."""
+        ...
+
+    def queues(self) -> list[str]:
+        """Names of the queues in the file that hold or held records."""
+        ...
+
+    def get_meta(self, key: str) -> bytes | None:
+        """Read a metadata value stored in the file."""
+        ...
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        """Store a metadata value in the file."""
+        ...
+
+    def close(self) -> None:
+        """Release the file. Calling it twice is harmless."""
+        ...

@@ -1,0 +1,210 @@
+"""The memory engine: the reference implementation of the engine protocol.
+
+Records live in this process only and are gone when it ends. It is the test
+oracle for the disk engines and, with the codec in front, a compressed
+in-memory queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .base import Counts, Lease, StoredRecord, dead_queue_name
+
+__all__ = ["MemoryEngine"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    data: bytes
+    raw_size: int
+    attempts: int
+    enqueued_at: float
+    visible_at: float = 0.0
+    owner: str | None = None
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class _Queue:
+    entries: dict[int, _Entry] = field(default_factory=dict)
+    ready: list[int] = field(default_factory=list)  # a heap of the ids of ready entries
+    leased: int = 0
+    stored_bytes: int = 0
+    raw_bytes: int = 0
+
+
+class MemoryEngine:
+    """Keeps every record in memory, in this process only."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._meta: dict[str, bytes] = {}
+        self._next_id = 1
+
+    def _q(self, queue: str) -> _Queue:
+        q = self._queues.get(queue)
+        if q is None:
+            q = self._queues[queue] = _Queue()
+        return q
+
+    def _add(self, q: _Queue, ident: int, entry: _Entry) -> None:
+        q.entries[ident] = entry
+        heapq.heappush(q.ready, ident)
+        q.stored_bytes += len(entry.data)
+        q.raw_bytes += entry.raw_size
+
+    def _drop(self, q: _Queue, ident: int) -> _Entry:
+        entry = q.entries.pop(ident)
+        q.stored_bytes -= len(entry.data)
+        q.raw_bytes -= entry.raw_size
+        return entry
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        q = self._q(queue)
+        first = self._next_id
+        self._next_id += len(records)
+        for offset, (data, raw) in enumerate(zip(records, raw_sizes, strict=True)):
+            self._add(q, first + offset, _Entry(data, raw, 0, now))
+        return list(range(first, first + len(records)))
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        q = self._q(queue)
+        out: list[StoredRecord] = []
+        hidden: list[int] = []
+        while q.ready and len(out) < n:
+            ident = heapq.heappop(q.ready)
+            entry = q.entries[ident]
+            if entry.visible_at > now:
+                hidden.append(ident)
+                continue
+            if lease is None:
+                self._drop(q, ident)
+            else:
+                entry.attempts += 1
+                entry.owner, entry.visible_at = lease.owner, lease.until
+                q.leased += 1
+            out.append(StoredRecord(ident, entry.data, entry.raw_size, entry.attempts,
+                                    entry.enqueued_at, entry.reason))
+        for ident in hidden:
+            heapq.heappush(q.ready, ident)
+        return out
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        q = self._q(queue)
+        for rec in records:
+            self._add(q, rec.id, _Entry(rec.data, rec.raw_size, rec.attempts, rec.enqueued_at,
+                                        reason=rec.reason))
+
+    def _held(self, q: _Queue, ident: int, attempts: int, owner: str | None) -> _Entry | None:
+        entry = q.entries.get(ident)
+        if entry is None or entry.owner is None or entry.attempts != attempts:
+            return None
+        if owner is not None and entry.owner != owner:
+            return None
+        return entry
+
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        q = self._q(queue)
+        done: list[int] = []
+        for ident, attempts in deliveries:
+            if self._held(q, ident, attempts, owner) is not None:
+                self._drop(q, ident)
+                q.leased -= 1
+                done.append(ident)
+        return done
+
+    def _unlease(self, queue: str, q: _Queue, ident: int, entry: _Entry, not_before: float,
+                 max_attempts: int | None, count_attempt: bool, reason: str) -> None:
+        q.leased -= 1
+        entry.owner = None
+        if not count_attempt:
+            entry.attempts -= 1
+        if count_attempt and max_attempts is not None and entry.attempts >= max_attempts:
+            self._drop(q, ident)
+            dead = self._q(dead_queue_name(queue))
+            dead_entry = _Entry(entry.data, entry.raw_size, entry.attempts, entry.enqueued_at,
+                                reason=reason or "max_attempts reached")
+            self._add(dead, self._next_id, dead_entry)
+            self._next_id += 1
+            return
+        entry.visible_at = not_before
+        heapq.heappush(q.ready, ident)
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        q = self._q(queue)
+        done: list[int] = []
+        for ident, attempts in deliveries:
+            entry = self._held(q, ident, attempts, owner)
+            if entry is not None:
+                self._unlease(queue, q, ident, entry, not_before, max_attempts, count_attempt,
+                              reason)
+                done.append(ident)
+        return done
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        q = self._q(queue)
+        gone = set(owners)
+        due = [(ident, entry) for ident, entry in q.entries.items()
+               if entry.owner is not None and (entry.visible_at <= now or entry.owner in gone)]
+        for ident, entry in sorted(due, key=lambda pair: pair[0]):
+            why = "lease expired" if entry.visible_at <= now else "owner died"
+            self._unlease(queue, q, ident, entry, 0.0, max_attempts, True,
+                          f"{why} after {entry.attempts} attempts")
+        return len(due)
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        q = self._q(queue)
+        ids = heapq.nsmallest(offset + n, q.ready)[offset:]
+        return [StoredRecord(i, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason)
+                for i in ids for e in (q.entries[i],)]
+
+    def counts(self, queue: str) -> Counts:
+        q = self._queues.get(queue)
+        if q is None:
+            return Counts(0, 0, 0, 0)
+        return Counts(len(q.ready), q.leased, q.stored_bytes, q.raw_bytes)
+
+    def owners(self, queue: str) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for entry in self._q(queue).entries.values():
+            if entry.owner is not None:
+                held[entry.owner] = held.get(entry.owner, 0) + 1
+        return held
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        s, d = self._q(src), self._q(dst)
+        wanted = None if ids is None else set(ids)
+        chosen = sorted(i for i in s.ready if wanted is None or i in wanted)
+        for ident in chosen:
+            entry = self._drop(s, ident)
+            self._add(d, self._next_id, _Entry(entry.data, entry.raw_size, 0, entry.enqueued_at))
+            self._next_id += 1
+        if chosen:
+            s.ready = [i for i in s.ready if i in s.entries and s.entries[i].owner is None]
+            heapq.heapify(s.ready)
+        return len(chosen)
+
+    def purge(self, queue: str) -> int:
+        q = self._queues.pop(queue, None)
+        return 0 if q is None else len(q.entries)
+
+    def queues(self) -> list[str]:
+        return sorted(self._queues)
+
+    def get_meta(self, key: str) -> bytes | None:
+        return self._meta.get(key)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._meta[key] = value
+
+    def close(self) -> None:
+        """Nothing to release: the records simply go when the engine is dropped."""

@@ -1,0 +1,324 @@
+"""``SyncQueue``: the thread-safe queue with ``queue.Queue`` signatures."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from .core import Message, QueueCore, Settings
+from .engines import Engine
+from .errors import Empty, Full, QueueShutDown
+
+__all__ = ["SyncQueue"]
+
+T = TypeVar("T")
+
+
+class SyncQueue(Generic[T]):
+    """A durable FIFO queue for threads, with the signatures of ``queue.Queue``.
+
+    Create it with :meth:`create`; close it with :meth:`close` or ``with``.
+    Every returned ``put`` is durable at the queue's durability level. ``qsize``,
+    ``empty`` and ``full`` never block and are approximate when other processes
+    share the file.
+    """
+
+    def __init__(self, core: QueueCore) -> None:
+        self._core = core
+        self._cond = threading.Condition(threading.Lock())
+        self._all_done = threading.Condition(self._cond)
+        self._shutdown = False
+        self._immediate = False
+        core.listeners.append(self._wake)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], *, name: str = "default",
+               engine: str | Engine | None = None, maxsize: int = 0,
+               serializer: object = None, compressor: object = None,
+               durability: str = "commit", flush_items: int = 1000,
+               flush_interval: float = 1.0, max_attempts: int | None = None,
+               poll_interval: float = 0.05, compress_threshold: int = 128,
+               engine_options: dict[str, Any] | None = None) -> SyncQueue[Any]:
+        """Open the queue ``name`` in ``path`` (created if missing).
+
+        ``engine`` is picked from the path unless given (a name or an engine
+        instance). ``serializer`` and ``compressor`` default to what the file
+        stores, or ``"cbor"`` and ``"zstd"`` for a new queue; a serializer
+        other than the stored one raises :class:`ConfigurationError`.
+        ``durability`` is ``"fsync"``, ``"commit"`` or ``"buffer"`` (see the
+        README). ``max_attempts`` moves an item delivered that many times to
+        the dead letters. ``poll_interval`` is how often a waiting call looks
+        for items put by other processes.
+
+        Raises :class:`ConfigurationError` for bad settings and
+        :class:`FormatError` / :class:`CorruptError` for a file that is not a
+        sound spoolq queue.
+        """
+        settings = Settings(name=name, maxsize=maxsize, durability=durability,
+                            flush_items=flush_items, flush_interval=flush_interval,
+                            max_attempts=max_attempts, poll_interval=poll_interval,
+                            compress_threshold=compress_threshold)
+        return cls(QueueCore.open(path, engine=engine, serializer=serializer,
+                                  compressor=compressor, settings=settings,
+                                  engine_options=engine_options))
+
+    # ---- waiting ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wait(self, deadline: float | None, ready: Any) -> bool:
+        """Sleep until ``ready()`` may have changed; False when the deadline passed."""
+        poll = self._core.settings.poll_interval
+        with self._cond:
+            if ready():
+                return True
+            if deadline is None:
+                self._cond.wait(poll)
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._cond.wait(min(remaining, poll))
+            return True
+
+    @staticmethod
+    def _deadline(block: bool, timeout: float | None) -> float | None:
+        if not block or timeout is None:
+            return None
+        if timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        return time.monotonic() + timeout
+
+    # ---- putting ------------------------------------------------------------------------
+
+    def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``item``; with ``maxsize`` set, wait while the queue is full.
+
+        Raises :class:`Full` when ``block`` is false and the queue is full, or
+        when ``timeout`` seconds pass; :class:`QueueShutDown` after
+        ``shutdown``; :class:`SerializationError` (queue unchanged) when the
+        serializer cannot take the item.
+        """
+        records, sizes = self._core.encode((item,))
+        self._wait_for_room(1, block, timeout)
+        self._core.put_now(records, sizes)
+
+    def put_nowait(self, item: T) -> None:
+        """Put without waiting for room; raises :class:`Full` if there is none."""
+        self.put(item, block=False)
+
+    def put_many(self, items: Iterable[T], block: bool = True,
+                 timeout: float | None = None) -> None:
+        """Put several items in one transaction: all are stored or none are."""
+        records, sizes = self._core.encode(items)
+        if records:
+            self._wait_for_room(len(records), block, timeout)
+            self._core.put_now(records, sizes)
+
+    def _wait_for_room(self, n: int, block: bool, timeout: float | None) -> None:
+        maxsize = self._core.settings.maxsize
+        deadline = self._deadline(block, timeout)
+        while True:
+            if self._shutdown:
+                raise QueueShutDown("the queue is shut down")
+            if maxsize <= 0 or self._core.ready_hint() + n <= maxsize or (
+                    n > maxsize and self._core.ready_hint() == 0):
+                return
+            if not block:
+                raise Full(f"the queue holds {self._core.ready_hint()} of {maxsize} items")
+            if not self._wait(deadline, lambda: self._core.ready_hint() + n <= maxsize):
+                raise Full(f"no room for {n} item(s) within the timeout")
+            if self._core.refresh_due():
+                self._core.refresh()
+
+    # ---- getting ------------------------------------------------------------------------
+
+    def _take(self, n: int | None, block: bool, timeout: float | None, ttl: float | None,
+              wait_for_all: bool = False) -> list[Any]:
+        """Take items, waiting as get() does. ``n=None`` takes all that are ready."""
+        deadline = self._deadline(block, timeout)
+        core = self._core
+        got: list[Any] = []
+        try:
+            got = self._take_loop(n, deadline, block, ttl, wait_for_all, got)
+        except BaseException:
+            if got:
+                core.restore(got, ttl is not None)
+            raise
+        if ttl is None:
+            self._wake()
+        return got
+
+    def _take_loop(self, n: int | None, deadline: float | None, block: bool,
+                   ttl: float | None, wait_for_all: bool, got: list[Any]) -> list[Any]:
+        core = self._core
+        while True:
+            if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
+                raise QueueShutDown("the queue is shut down")
+            if core.ready_hint() == 0 and core.refresh_due():
+                core.refresh()
+            if core.ready_hint() > 0:
+                want = max(core.ready_hint(), 1) if n is None else n - len(got)
+                got += core.take(want, ttl)
+                if got and (not wait_for_all or n is None or len(got) >= n):
+                    break
+            if not block:
+                if got:
+                    break
+                raise Empty("the queue is empty")
+            if not self._wait(deadline, lambda: core.ready_hint() > 0):
+                if got:
+                    break
+                raise Empty("no item arrived within the timeout")
+        return got
+
+    def get(self, block: bool = True, timeout: float | None = None) -> T:
+        """Remove and return the oldest item, waiting for one if needed.
+
+        Raises :class:`Empty` when ``block`` is false and nothing is ready, or
+        when ``timeout`` seconds pass; :class:`QueueShutDown` once the queue is
+        shut down and drained.
+        """
+        item: T = self._core.decode(self._take(1, block, timeout, None))[0]
+        return item
+
+    def get_nowait(self) -> T:
+        """Remove and return the oldest item; raise :class:`Empty` if none is ready."""
+        return self.get(block=False)
+
+    def get_many(self, n: int | None = None, block: bool = True,
+                 timeout: float | None = None) -> list[T]:
+        """Remove and return up to ``n`` items, oldest first.
+
+        With ``n`` set it waits for ``n`` items; when ``timeout`` passes it
+        returns what arrived (at least one) or raises :class:`Empty`. With
+        ``n=None`` it waits for at least one item, then returns every item
+        ready at that moment.
+        """
+        if n is not None and n < 1:
+            raise ValueError("n must be >= 1 or None")
+        return self._core.decode(self._take(n, block, timeout, None, wait_for_all=True))
+
+    def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
+        """Return up to ``n`` items from the head (after ``offset``) without removing them."""
+        return self._core.peek(n, offset, dead=dead)
+
+    # ---- leases -------------------------------------------------------------------------
+
+    def lease(self, block: bool = True, timeout: float | None = None, *,
+              ttl: float = 30.0) -> Message[T]:
+        """Lease the oldest item for ``ttl`` seconds; settle it with ``ack`` or ``nack``.
+
+        Until then no other consumer sees it; if it is not settled in time it
+        is delivered again with ``attempts + 1``. Waits like :meth:`get`.
+        """
+        return self.lease_many(1, block, timeout, ttl=ttl)[0]
+
+    def lease_many(self, n: int, block: bool = True, timeout: float | None = None, *,
+                   ttl: float = 30.0) -> list[Message[T]]:
+        """Lease up to ``n`` items: waits for one, then takes what is ready up to ``n``."""
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0")
+        return self._core.messages(self._take(n, block, timeout, ttl))
+
+    def ack(self, *messages: Message[T]) -> None:
+        """Remove leased items for good; raises :class:`LeaseError` for a lease not held."""
+        self._core.ack(messages)
+        with self._cond:
+            self._all_done.notify_all()
+
+    def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
+        """Return leased items to their place in line, visible again after ``delay`` seconds."""
+        self._core.nack(messages, delay)
+
+    @contextmanager
+    def leased(self, block: bool = True, timeout: float | None = None, *,
+               ttl: float = 30.0) -> Iterator[T]:
+        """Lease an item for the ``with`` block: ack on success, nack (and re-raise) on error."""
+        msg = self.lease(block, timeout, ttl=ttl)
+        try:
+            yield msg.item
+        except BaseException:
+            self.nack(msg)
+            raise
+        self.ack(msg)
+
+    def requeue_dead(self, ids: Iterable[int] | None = None) -> int:
+        """Move dead letters (all, or those with ``ids``) back to the tail of the queue."""
+        return self._core.requeue_dead(None if ids is None else list(ids))
+
+    def purge(self, *, dead: bool = False) -> int:
+        """Delete every ready item (or every dead letter); return how many."""
+        return self._core.purge(dead=dead)
+
+    # ---- sizes, join, shutdown ----------------------------------------------------------
+
+    def qsize(self) -> int:
+        """Ready items (approximate when other processes share the file)."""
+        return self._core.ready_hint()
+
+    def empty(self) -> bool:
+        """True when no item is ready (approximate, like qsize)."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """True when ``maxsize`` is set and reached (approximate, like qsize)."""
+        maxsize = self._core.settings.maxsize
+        return maxsize > 0 and self.qsize() >= maxsize
+
+    @property
+    def maxsize(self) -> int:
+        return self._core.settings.maxsize
+
+    @property
+    def name(self) -> str:
+        return self._core.name
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counts, sizes and counters; see the README for each key. Never blocks."""
+        return self._core.stats()
+
+    def task_done(self) -> None:
+        """Mark one item taken with ``get`` as processed; ValueError if none is unfinished."""
+        self._core.task_done()
+        with self._cond:
+            self._all_done.notify_all()
+
+    def join(self) -> None:
+        """Block until every item put (or present at open) has been processed."""
+        with self._cond:
+            while self._core.unfinished:
+                self._all_done.wait(self._core.settings.poll_interval)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
+
+        With ``immediate=True`` gets raise at once. Persisted items are kept.
+        """
+        self._shutdown = True
+        self._immediate = self._immediate or immediate
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Flush, release this handle's leases and close the file; idempotent."""
+        self.shutdown(immediate=True)
+        self._core.close()
+
+    def __enter__(self) -> SyncQueue[T]:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<SyncQueue {self._core.name!r} engine={self._core.engine.name}>"

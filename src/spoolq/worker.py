@@ -1,0 +1,102 @@
+"""One thread per async queue that runs every engine call in order.
+
+Results travel back to the event loop with ``call_soon_threadsafe``, batched:
+one wake-up of the loop carries every result finished since the last one. The
+thread holds no reference to the queue object, so an unclosed queue can still
+be collected. A result whose waiter was cancelled is handed to the job's
+``undo`` callback instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("spoolq")
+R = TypeVar("R")
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None",
+             "Callable[[Any], None] | None"]
+_Done = tuple["asyncio.Future[Any]", Any, "BaseException | None", "Callable[[Any], None] | None"]
+
+
+def _deliver(done: list[_Done]) -> None:
+    for fut, result, error, undo in done:
+        if fut.cancelled():
+            if error is None and undo is not None:
+                undo(result)
+        elif error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+
+def _run(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) -> None:
+    while True:
+        job = jobs.get()
+        done: list[_Done] = []
+        stop = False
+        while job is not None:
+            fn, args, fut, undo = job
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            if fut is not None:
+                done.append((fut, result, error, undo))
+            elif error is not None:
+                log.error("spoolq: background call %s failed", getattr(fn, "__name__", fn),
+                          exc_info=error)
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                break
+        else:
+            stop = True
+        if done:
+            try:
+                loop.call_soon_threadsafe(_deliver, done)
+            except RuntimeError:
+                log.warning("spoolq: event loop closed before %d results were delivered",
+                            len(done))
+        if stop:
+            return
+
+
+class Worker:
+    """Runs callables on a dedicated thread, in submission order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self.loop = loop
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=_run, args=(self._jobs, loop), name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., R], *args: Any,
+               undo: Callable[[R], None] | None = None) -> asyncio.Future[R]:
+        """Run ``fn(*args)`` on the thread; the future resolves on the loop.
+
+        If the future is cancelled before the result arrives, ``undo(result)``
+        is called on the loop instead.
+        """
+        fut: asyncio.Future[R] = self.loop.create_future()
+        self._jobs.put((fn, args, fut, undo))
+        return fut
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the thread without waiting; failures are logged."""
+        self._jobs.put((fn, args, None, None))
+
+    def stop(self) -> None:
+        """Finish the queued jobs, then end the thread (does not wait for it)."""
+        self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
