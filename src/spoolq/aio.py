@@ -23,13 +23,6 @@ __all__ = ["Queue"]
 T = TypeVar("T")
 
 
-def _flush(core: QueueCore, loop: asyncio.AbstractEventLoop) -> None:
-    """Runs on the worker: write everything pending, then settle the waiters on the loop."""
-    tickets = core.flush()
-    if tickets:
-        loop.call_soon_threadsafe(_settle, tickets)
-
-
 def _settle(tickets: list[_Ticket]) -> None:
     for ticket in tickets:
         fut: asyncio.Future[None] | None = ticket.payload
@@ -74,6 +67,11 @@ class Queue(Generic[T]):
                 queue._loop.call_soon_threadsafe(queue._wake)
 
         core.listeners.append(wake)
+
+        def settle(tickets: list[_Ticket], loop: asyncio.AbstractEventLoop = self._loop) -> None:
+            loop.call_soon_threadsafe(_settle, tickets)
+
+        core.on_settled = settle
 
     @classmethod
     async def create(cls, path: str | os.PathLike[str], *, name: str = "default",
@@ -169,7 +167,7 @@ class Queue(Generic[T]):
         await self._wait_for_room(len(records), self._deadline(timeout))
         fut: asyncio.Future[None] = self._loop.create_future()
         if self._core.submit(records, sizes, _Ticket(fut)):
-            self._worker.post(_flush, self._core, self._loop)
+            self._worker.post(self._core.flush)
         else:
             fut.set_result(None)
         await fut
@@ -288,7 +286,7 @@ class Queue(Generic[T]):
     async def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
         """Return up to ``n`` items from the head (after ``offset``) without removing them."""
         self._check()
-        return await self._worker.submit(self._core.peek, n, offset, dead=dead)
+        return await self._worker.submit(partial(self._core.peek, n, offset, dead=dead))
 
     # ---- leases -------------------------------------------------------------------------
 

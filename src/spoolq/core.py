@@ -173,6 +173,8 @@ class QueueCore:
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         self.listeners: list[Callable[[], None]] = []
+        self.on_settled: Callable[[list[_Ticket]], None] | None = None
+        """Called (on the flushing thread) with each flushed batch of tickets."""
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, engine: str | Engine | None,
@@ -324,6 +326,8 @@ class QueueCore:
         for ticket in tickets:
             ticket.error = error
             ticket.done = True
+        if self.on_settled is not None:
+            self.on_settled(tickets)
         if error is None:
             self._notify()
         elif not isinstance(error, SpoolqError):

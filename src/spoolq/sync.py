@@ -30,8 +30,9 @@ class SyncQueue(Generic[T]):
 
     def __init__(self, core: QueueCore) -> None:
         self._core = core
-        self._cond = threading.Condition(threading.Lock())
-        self._all_done = threading.Condition(self._cond)
+        mutex = threading.Lock()
+        self._cond = threading.Condition(mutex)
+        self._all_done = threading.Condition(mutex)
         self._shutdown = False
         self._immediate = False
         core.listeners.append(self._wake)

@@ -66,6 +66,8 @@ class MemoryEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
+        if len(records) != len(raw_sizes):
+            raise ValueError("records and raw_sizes differ in length")
         q = self._q(queue)
         first = self._next_id
         self._next_id += len(records)

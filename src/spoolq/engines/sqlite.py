@@ -49,7 +49,8 @@ _SCHEMA = (
 _COUNTS = """INSERT INTO spoolq_queues (name, ready, leased, stored_bytes, raw_bytes)
     VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET
     ready = ready + excluded.ready, leased = leased + excluded.leased,
-    stored_bytes = stored_bytes + excluded.stored_bytes, raw_bytes = raw_bytes + excluded.raw_bytes"""
+    stored_bytes = stored_bytes + excluded.stored_bytes,
+    raw_bytes = raw_bytes + excluded.raw_bytes"""
 _INSERT = """INSERT INTO spoolq_records (queue, data, raw_size, enqueued_at)
     VALUES (?, ?, ?, ?)"""
 _COLUMNS = "id, data, raw_size, attempts, enqueued_at, reason"
@@ -90,7 +91,8 @@ class SQLiteEngine:
             raise EngineError(
                 f"spoolq needs SQLite 3.35 or newer; this Python has {sqlite3.sqlite_version}")
         if synchronous not in _SYNCHRONOUS:
-            raise ConfigurationError(f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
+            raise ConfigurationError(
+                f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
         self.path = os.fspath(path)
         self.read_only = read_only
         if read_only and not os.path.exists(self.path):
@@ -177,6 +179,8 @@ class SQLiteEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
+        if len(records) != len(raw_sizes):
+            raise ValueError("records and raw_sizes differ in length")
         if not records:
             return []
         with self._write("append") as conn:

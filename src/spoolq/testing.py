@@ -1,0 +1,248 @@
+"""The engine conformance suite, for spoolq's engines and for yours.
+
+Subclass :class:`EngineConformance` in a pytest module and provide an
+``open_engine`` fixture returning a callable that opens the engine under test
+(each call opens the same storage again, so reopening can be checked)::
+
+    import pytest
+    from spoolq.testing import EngineConformance
+
+    class TestMyEngine(EngineConformance):
+        persistent = True          # records survive close() and reopen
+
+        @pytest.fixture
+        def open_engine(self, tmp_path):
+            return lambda: MyEngine(tmp_path / "q.my")
+
+Every test here states something every engine must do. It needs pytest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .engines.base import Engine, Lease, dead_queue_name
+
+__all__ = ["EngineConformance"]
+
+Opener = Callable[[], Engine]
+
+
+def _recs(*values: int) -> list[bytes]:
+    return [b"r%d" % v for v in values]
+
+
+class EngineConformance:
+    """What every engine must do. Set ``persistent = False`` for in-memory engines."""
+
+    persistent = True
+    NOW = 1_000_000.0
+
+    @pytest.fixture
+    def engine(self, open_engine: Opener) -> Iterator[Engine]:
+        eng = open_engine()
+        try:
+            yield eng
+        finally:
+            eng.close()
+
+    def _put(self, eng: Engine, *values: int, queue: str = "q") -> list[int]:
+        data = _recs(*values)
+        return eng.append(queue, data, [len(d) * 2 for d in data], self.NOW)
+
+    def test_append_then_take_is_fifo(self, engine: Engine) -> None:
+        ids = self._put(engine, 1, 2, 3)
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        got = engine.take("q", 2, self.NOW, None)
+        assert [r.data for r in got] == _recs(1, 2)
+        assert [r.id for r in got] == ids[:2]
+        assert [r.data for r in engine.take("q", 10, self.NOW, None)] == _recs(3)
+        assert engine.take("q", 10, self.NOW, None) == []
+
+    def test_ids_only_grow_and_are_never_reused(self, engine: Engine) -> None:
+        first = self._put(engine, 1, 2)
+        engine.take("q", 2, self.NOW, None)
+        second = self._put(engine, 3)
+        assert second[0] > max(first)
+        other = self._put(engine, 4, queue="other")
+        assert other[0] > second[0]
+
+    def test_append_of_nothing_and_mismatched_sizes(self, engine: Engine) -> None:
+        assert engine.append("q", [], [], self.NOW) == []
+        with pytest.raises(ValueError):
+            engine.append("q", _recs(1, 2), [1], self.NOW)
+        assert engine.counts("q").ready == 0
+
+    def test_record_fields(self, engine: Engine) -> None:
+        self._put(engine, 7)
+        (rec,) = engine.take("q", 1, self.NOW + 5, None)
+        assert rec.data == b"r7"
+        assert rec.raw_size == 4
+        assert rec.attempts == 0
+        assert rec.enqueued_at == self.NOW
+
+    def test_counts_track_records_and_bytes(self, engine: Engine) -> None:
+        self._put(engine, 1, 22, 333)
+        c = engine.counts("q")
+        assert (c.ready, c.leased) == (3, 0)
+        assert c.stored_bytes == len(b"r1r22r333")
+        assert c.raw_bytes == 2 * c.stored_bytes
+        engine.take("q", 1, self.NOW, Lease("me", self.NOW + 10))
+        c = engine.counts("q")
+        assert (c.ready, c.leased, c.stored_bytes) == (2, 1, len(b"r1r22r333"))
+        engine.take("q", 1, self.NOW, None)
+        c = engine.counts("q")
+        assert (c.ready, c.leased, c.stored_bytes) == (1, 1, len(b"r1r333"))
+        assert engine.counts("nothing-here") == (0, 0, 0, 0)
+
+    def test_named_queues_are_separate(self, engine: Engine) -> None:
+        self._put(engine, 1, queue="a")
+        self._put(engine, 2, queue="b")
+        assert [r.data for r in engine.take("b", 5, self.NOW, None)] == _recs(2)
+        assert engine.counts("a").ready == 1
+        assert set(engine.queues()) >= {"a", "b"}
+
+    def test_lease_hides_counts_attempts_and_ack_removes(self, engine: Engine) -> None:
+        self._put(engine, 1, 2)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        assert rec.attempts == 1
+        assert [r.data for r in engine.take("q", 5, self.NOW, Lease("you", self.NOW + 30))] \
+            == _recs(2)
+        assert engine.ack("q", [(rec.id, 1)], "me") == [rec.id]
+        assert engine.counts("q") .leased == 1
+        assert engine.ack("q", [(rec.id, 1)], "me") == []
+
+    def test_ack_refuses_other_owner_and_stale_attempts(self, engine: Engine) -> None:
+        self._put(engine, 1)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        assert engine.ack("q", [(rec.id, 1)], "you") == []
+        assert engine.ack("q", [(rec.id, 2)], "me") == []
+        assert engine.ack("q", [(rec.id + 1000, 1)], "me") == []
+        assert engine.counts("q").leased == 1
+
+    def test_release_keeps_fifo_position(self, engine: Engine) -> None:
+        self._put(engine, 1, 2, 3)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        released = engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=None)
+        assert released == [rec.id]
+        again = engine.take("q", 3, self.NOW, None)
+        assert [r.data for r in again] == _recs(1, 2, 3)
+        assert again[0].attempts == 1
+
+    def test_release_with_delay_hides_until_then(self, engine: Engine) -> None:
+        self._put(engine, 1, 2)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(rec.id, 1)], "me", not_before=self.NOW + 10, max_attempts=None)
+        assert [r.data for r in engine.take("q", 5, self.NOW, Lease("me", self.NOW + 30))] \
+            == _recs(2)
+        assert [r.data for r in engine.take("q", 5, self.NOW + 11, None)] == _recs(1)
+
+    def test_release_without_counting_undoes_the_attempt(self, engine: Engine) -> None:
+        self._put(engine, 1)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=1,
+                       count_attempt=False)
+        (again,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        assert again.attempts == 1
+
+    def test_max_attempts_moves_to_dead_letters_with_reason(self, engine: Engine) -> None:
+        self._put(engine, 1, 2)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=1,
+                       reason="boom")
+        dead = engine.peek(dead_queue_name("q"), 10)
+        assert [r.data for r in dead] == _recs(1)
+        assert dead[0].reason == "boom"
+        assert dead[0].attempts == 1
+        assert engine.counts("q") == (1, 0, 2, 4)
+        assert engine.counts(dead_queue_name("q")).ready == 1
+
+    def test_expire_by_time_and_by_owner(self, engine: Engine) -> None:
+        self._put(engine, 1, 2, 3)
+        engine.take("q", 1, self.NOW, Lease("a", self.NOW + 5))
+        engine.take("q", 1, self.NOW, Lease("b", self.NOW + 50))
+        engine.take("q", 1, self.NOW, Lease("c", self.NOW + 50))
+        assert engine.owners("q") == {"a": 1, "b": 1, "c": 1}
+        assert engine.expire("q", self.NOW + 1) == 0
+        assert engine.expire("q", self.NOW + 6) == 1
+        assert engine.expire("q", self.NOW + 6, owners=["c"]) == 1
+        assert engine.owners("q") == {"b": 1}
+        got = engine.take("q", 5, self.NOW + 6, None)
+        assert [(r.data, r.attempts) for r in got] == [(b"r1", 1), (b"r3", 1)]
+
+    def test_expire_respects_max_attempts(self, engine: Engine) -> None:
+        self._put(engine, 1)
+        engine.take("q", 1, self.NOW, Lease("a", self.NOW + 5))
+        assert engine.expire("q", self.NOW + 6, max_attempts=1) == 1
+        assert engine.counts("q").ready == 0
+        assert [r.data for r in engine.peek(dead_queue_name("q"), 5)] == _recs(1)
+
+    def test_restore_puts_back_at_original_position(self, engine: Engine) -> None:
+        self._put(engine, 1, 2, 3)
+        taken = engine.take("q", 2, self.NOW, None)
+        engine.restore("q", taken)
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == _recs(1, 2, 3)
+        assert engine.counts("q") == (0, 0, 0, 0)
+
+    def test_peek_does_not_remove(self, engine: Engine) -> None:
+        self._put(engine, 1, 2, 3)
+        assert [r.data for r in engine.peek("q", 2)] == _recs(1, 2)
+        assert [r.data for r in engine.peek("q", 5, 1)] == _recs(2, 3)
+        assert engine.counts("q").ready == 3
+
+    def test_move_and_purge(self, engine: Engine) -> None:
+        ids = self._put(engine, 1, 2, 3, queue="src")
+        assert engine.move("src", "dst", [ids[1]]) == 1
+        assert [r.data for r in engine.peek("dst", 5)] == _recs(2)
+        assert engine.move("src", "dst") == 2
+        assert [r.data for r in engine.peek("dst", 5)] == _recs(2, 1, 3)
+        assert engine.counts("src").ready == 0
+        assert engine.counts("dst").stored_bytes == len(b"r1r2r3")
+        assert engine.purge("dst") == 3
+        assert engine.counts("dst") == (0, 0, 0, 0)
+
+    def test_metadata(self, engine: Engine) -> None:
+        assert engine.get_meta("k") is None
+        engine.set_meta("k", b"v1")
+        engine.set_meta("k", b"v2")
+        assert engine.get_meta("k") == b"v2"
+
+    def test_close_twice_is_harmless(self, open_engine: Opener) -> None:
+        eng = open_engine()
+        eng.close()
+        eng.close()
+
+    def test_records_survive_reopen(self, open_engine: Opener) -> None:
+        eng = open_engine()
+        if not self.persistent:
+            self._put(eng, 1)
+            eng.close()
+            fresh = open_engine()
+            assert fresh.counts("q").ready == 0, "a non-persistent engine must start empty"
+            fresh.close()
+            return
+        self._put(eng, 1, 2)
+        eng.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        eng.set_meta("k", b"v")
+        eng.close()
+        eng = open_engine()
+        try:
+            assert eng.counts("q")[:2] == (1, 1)
+            assert eng.get_meta("k") == b"v"
+            assert eng.owners("q") == {"me": 1}
+            assert [r.data for r in eng.peek("q", 5)] == _recs(2)
+            later = self._put(eng, 3)
+            assert later[0] > 2
+        finally:
+            eng.close()
+
+    def test_large_batch(self, engine: Engine) -> None:
+        data = [bytes([i % 256]) * (i % 50 + 1) for i in range(2000)]
+        engine.append("q", data, [len(d) for d in data], self.NOW)
+        got: list[Any] = []
+        while chunk := engine.take("q", 333, self.NOW, None):
+            got += [r.data for r in chunk]
+        assert got == data

@@ -1,0 +1,31 @@
+"""The engine contract (spoolq.testing) run on every built-in engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from spoolq.engines import Engine, MemoryEngine, SQLiteEngine
+from spoolq.testing import EngineConformance
+
+
+class TestMemoryEngine(EngineConformance):
+    persistent = False
+
+    @pytest.fixture
+    def open_engine(self) -> Callable[[], Engine]:
+        return MemoryEngine
+
+
+class TestSQLiteEngine(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: SQLiteEngine(tmp_path / "q.sqlite")
+
+
+class TestSQLiteEngineFsync(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: SQLiteEngine(tmp_path / "q.sqlite", synchronous="FULL")
