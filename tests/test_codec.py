@@ -1,0 +1,142 @@
+"""Codec: every serializer x compressor, the threshold, damage detection, errors."""
+
+from __future__ import annotations
+
+import json
+import marshal
+import zlib
+from typing import Any
+
+import pytest
+
+import spoolq
+from spoolq.codec import COMPRESSORS, HEADER_SIZE, Codec, record_codec_names
+
+try:
+    import lzo  # noqa: F401
+    HAVE_LZO = True
+except ImportError:
+    HAVE_LZO = False
+
+ITEMS: dict[str, list[Any]] = {
+    "cbor": [None, 1, "é", b"\x00", [1, 2], {"k": [1.5, None]}, "long " * 100],
+    "pickle": [None, 1, ("tuple",), {1, 2}, {"k": b"v"}, "long " * 100],
+    "json": [None, 1, "é", [1, 2], {"k": [1.5, None]}, "long " * 100],
+    "raw": [b"", b"\x00\xff", b"long " * 100],
+}
+COMPRESSOR_NAMES = [
+    pytest.param(name, marks=pytest.mark.skipif(
+        name == "lzo" and not HAVE_LZO,
+        reason="python-lzo is not installed (pip install 'spoolq[lzo]'; needs liblzo2-dev)"))
+    for name in COMPRESSORS
+]
+
+
+@pytest.mark.parametrize("compressor", COMPRESSOR_NAMES)
+@pytest.mark.parametrize("serializer", sorted(ITEMS))
+def test_round_trip_every_serializer_and_compressor(serializer: str, compressor: str) -> None:
+    codec = Codec(serializer, compressor)
+    for item in ITEMS[serializer]:
+        record, raw_size = codec.encode(item)
+        assert codec.decode(record) == item
+        assert raw_size == len(codec.dumps(item))
+        assert record_codec_names(record)[0] == serializer
+
+
+def test_small_payloads_are_stored_uncompressed() -> None:
+    codec = Codec("raw", "zstd", threshold=128)
+    small, _ = codec.encode(b"a" * 127)
+    big, _ = codec.encode(b"a" * 1000)
+    assert record_codec_names(small) == ("raw", "none")
+    assert small[HEADER_SIZE:] == b"a" * 127
+    assert record_codec_names(big) == ("raw", "zstd")
+    assert len(big) < 100
+
+
+def test_incompressible_payload_is_stored_plain() -> None:
+    codec = Codec("raw", "zlib", threshold=0)
+    data = bytes(range(256)) * 2
+    noise = zlib.compress(data, 9) * 3
+    record, _ = codec.encode(noise)
+    assert codec.decode(record) == noise
+
+
+def test_record_from_another_compressor_still_decodes() -> None:
+    record, _ = Codec("cbor", "lzma").encode("spool " * 100)
+    assert Codec("cbor", "zstd").decode(record) == "spool " * 100
+
+
+def test_damaged_record_is_detected_naming_it() -> None:
+    codec = Codec()
+    record, _ = codec.encode({"payload": "x" * 500})
+    for pos in (0, 3, HEADER_SIZE + 2, len(record) - 1):
+        damaged = bytearray(record)
+        damaged[pos] ^= 0x40
+        with pytest.raises(spoolq.CorruptError, match="record 42"):
+            codec.decode(bytes(damaged), 42)
+    with pytest.raises(spoolq.CorruptError, match="truncated"):
+        codec.decode(record[:4], 42)
+
+
+def test_unserializable_item_names_a_serializer_that_would_take_it() -> None:
+    with pytest.raises(spoolq.SerializationError, match="pickle"):
+        Codec("cbor").encode(object())
+    with pytest.raises(spoolq.SerializationError, match="raw serializer takes bytes"):
+        Codec("raw").encode("text")
+    with pytest.raises(TypeError):
+        Codec("json").encode(b"bytes")
+
+
+def test_pickled_record_is_refused_by_a_non_pickle_codec() -> None:
+    record, _ = Codec("pickle").encode({"x": 1})
+    with pytest.raises(spoolq.SerializationError, match="serializer='pickle'"):
+        Codec("cbor").decode(record)
+
+
+class Upper:
+    """A custom serializer: text stored upper-case."""
+
+    name = "upper"
+
+    def dumps(self, obj: Any) -> bytes:
+        return str(obj).upper().encode()
+
+    def loads(self, data: bytes) -> Any:
+        return data.decode()
+
+
+class PlainZlib:
+    name = "plain-zlib"
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        return zlib.decompress(data)
+
+
+def test_custom_serializer_and_compressor_objects() -> None:
+    codec = Codec(Upper(), PlainZlib(), threshold=0)
+    record, _ = codec.encode("abc" * 50)
+    assert record_codec_names(record) == ("upper", "plain-zlib")
+    assert codec.decode(record) == "ABC" * 50
+    with pytest.raises(spoolq.SerializationError, match="plain-zlib"):
+        Codec().decode(record)
+
+
+def test_module_serializers_work_as_custom_objects() -> None:
+    codec = Codec(marshal, zlib)
+    record, _ = codec.encode({"a": 1})
+    assert record_codec_names(record) == ("marshal", "none")
+    assert codec.decode(record) == {"a": 1}
+    with pytest.raises(spoolq.SerializationError, match="returned str"):
+        Codec(json).encode({"a": 1})
+
+
+def test_bad_codec_settings() -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="unknown serializer"):
+        Codec("yaml")
+    with pytest.raises(spoolq.ConfigurationError, match="compress"):
+        Codec("cbor", 42)
+    with pytest.raises(spoolq.ConfigurationError):
+        Codec(threshold=-1)
