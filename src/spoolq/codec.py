@@ -19,6 +19,7 @@ import lzma
 import pickle
 import struct
 import threading
+import types
 import zlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -190,7 +191,9 @@ _COMPRESSOR_NAMES = {ident: name for name, (ident, _) in COMPRESSORS.items()}
 
 def _custom_name(obj: object) -> str:
     name = getattr(obj, "name", None)
-    if not isinstance(name, str) or not name:
+    if isinstance(obj, types.ModuleType):
+        name = obj.__name__
+    elif not isinstance(name, str) or not name:
         cls = type(obj) if not isinstance(obj, type) else obj
         name = f"{cls.__module__}.{cls.__qualname__}"
     if len(name.encode()) > 255:
