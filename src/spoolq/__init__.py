@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from .aio import Queue
+from .batcher import Batcher
 from .codec import Codec, Compressor, Serializer
 from .core import Message
 from .engines import Counts, Engine, Lease, StoredRecord, open_engine, register_engine
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "Batcher",
     "ClosedError",
     "Codec",
     "Compressor",

@@ -159,8 +159,7 @@ class MemoryEngine:
                if entry.owner is not None and (entry.visible_at <= now or entry.owner in gone)]
         for ident, entry in sorted(due, key=lambda pair: pair[0]):
             why = "lease expired" if entry.visible_at <= now else "owner died"
-            self._unlease(queue, q, ident, entry, 0.0, max_attempts, True,
-                          f"{why} after {entry.attempts} attempts")
+            self._unlease(queue, q, ident, entry, 0.0, max_attempts, True, why)
         return len(due)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:

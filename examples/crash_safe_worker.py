@@ -1,0 +1,46 @@
+"""A crash-safe worker: jobs are leased, and only acked once done.
+
+Kill the worker at any moment: a job it was working on is delivered again
+(``attempts`` grows) instead of being lost. Jobs that fail three times move to
+the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import spoolq
+
+
+async def handle(job: dict[str, int]) -> None:
+    if job["n"] % 7 == 3:
+        raise ValueError(f"job {job['n']} is malformed")
+    await asyncio.sleep(0.001)
+
+
+async def worker(q: spoolq.Queue[dict[str, int]], done: list[int]) -> None:
+    while True:
+        try:
+            async with q.leased(ttl=60, timeout=0.2) as job:
+                await handle(job)
+                done.append(job["n"])
+        except spoolq.Empty:
+            return
+        except ValueError:
+            continue  # nacked by leased(); delivered again until max_attempts
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with await spoolq.Queue.create(Path(tmp) / "jobs.sqlite", max_attempts=3) as q:
+            await q.put_many({"n": n} for n in range(30))
+            done: list[int] = []
+            await asyncio.gather(*(worker(q, done) for _ in range(3)))
+            dead = await q.peek(10, dead=True)
+            print(f"done {len(done)} jobs; {q.stats['dead']} dead letters: {dead}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

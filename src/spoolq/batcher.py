@@ -1,0 +1,204 @@
+"""``Batcher``: collect items durably and hand them to a sink in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from .aio import Queue
+from .errors import ConfigurationError, Empty
+
+__all__ = ["Batcher"]
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    """Persist items on ``add`` and pass them to ``on_flush`` in batches.
+
+    A batch is flushed when ``max_batch_size`` items are waiting, every
+    ``flush_interval`` seconds, on :meth:`flush` and on :meth:`stop`. Items
+    live in a spoolq queue from the moment ``add`` returns, so a crash between
+    ``add`` and the flush loses nothing: the next start flushes them. A
+    batch is leased while ``on_flush`` runs and acked when it returns; when
+    it raises, the batch goes back in its original order, ``failures`` grows,
+    and no batch is flushed until the retry delay (``retry_delay`` doubling
+    up to ``max_retry_delay``) has passed, so order is kept. Flushes never
+    overlap.
+
+    ``queue`` is an open :class:`spoolq.Queue` (left open on stop) or a path
+    (opened on start with ``name`` and closed on stop). ``lease_ttl`` must
+    exceed the longest ``on_flush`` call, or the batch is delivered again.
+    """
+
+    def __init__(self, on_flush: Callable[[list[T]], Awaitable[Any]], *,
+                 queue: Queue[T] | str | os.PathLike[str],
+                 max_batch_size: int = 100, flush_interval: float = 10.0,
+                 name: str = "batcher", logger: logging.Logger | None = None,
+                 retry_delay: float = 0.5, max_retry_delay: float = 60.0,
+                 lease_ttl: float = 300.0) -> None:
+        if max_batch_size < 1:
+            raise ConfigurationError(f"max_batch_size must be >= 1, not {max_batch_size!r}")
+        if not flush_interval > 0:
+            raise ConfigurationError(f"flush_interval must be > 0, not {flush_interval!r}")
+        if not 0 < retry_delay <= max_retry_delay:
+            raise ConfigurationError("retry_delay must be > 0 and <= max_retry_delay")
+        self._on_flush = on_flush
+        self._queue_arg = queue
+        self._queue: Queue[T] | None = queue if isinstance(queue, Queue) else None
+        self._owns_queue = not isinstance(queue, Queue)
+        self.max_batch_size = max_batch_size
+        self.flush_interval = flush_interval
+        self.name = name
+        self.log = logger or logging.getLogger("spoolq")
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._lease_ttl = lease_ttl
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._force_next = False
+        self._stopping = False
+        self._streak = 0
+        self._flushes = 0
+        self._items = 0
+        self._failures = 0
+        self._last_flush_time: float | None = None
+
+    @property
+    def queue(self) -> Queue[T]:
+        if self._queue is None:
+            raise RuntimeError(f"batcher {self.name!r} is not started")
+        return self._queue
+
+    async def start(self) -> None:
+        """Open the queue if needed and start the background flusher.
+
+        Items left by an earlier run are flushed right away.
+        """
+        if self._task is not None:
+            return
+        if self._queue is None:
+            path: str | os.PathLike[str] = self._queue_arg  # type: ignore[assignment]
+            self._queue = await Queue.create(path, name=self.name)
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"spoolq-batcher-{self.name}")
+        if self._queue.qsize():
+            self._force_next = True
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the flusher, flush what is waiting (once), and close an owned queue."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        await task
+        try:
+            await self.flush(force=True)
+        finally:
+            if self._owns_queue and self._queue is not None:
+                await self._queue.aclose()
+                self._queue = None
+
+    async def __aenter__(self) -> Batcher[T]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def add(self, item: T) -> None:
+        """Store one item durably; a full batch is flushed in the background."""
+        await self.add_many((item,))
+
+    async def add_many(self, items: Iterable[T]) -> None:
+        """Store several items in one transaction (all or none)."""
+        await self.queue.put_many(items)
+        if self.queue.qsize() >= self.max_batch_size:
+            self._wake.set()
+
+    async def flush(self, force: bool = True) -> bool:
+        """Flush waiting items: all of them with ``force``, else only full batches.
+
+        Returns False when ``on_flush`` failed (or a retry delay is pending);
+        the failed batch stays queued in order and is retried later.
+        """
+        async with self._lock:
+            queue = self.queue
+            while queue.qsize() and (force or queue.qsize() >= self.max_batch_size):
+                if time.monotonic() < self._retry_at:
+                    return False
+                try:
+                    msgs = await queue.lease_many(self.max_batch_size, ttl=self._lease_ttl,
+                                                  timeout=0)
+                except Empty:
+                    break
+                batch = [m.item for m in msgs]
+                try:
+                    await self._on_flush(batch)
+                except asyncio.CancelledError:
+                    await asyncio.shield(queue.nack(*msgs))
+                    raise
+                except Exception:
+                    self._failures += 1
+                    self._streak += 1
+                    delay = min(self._retry_delay * 2 ** (self._streak - 1),
+                                self._max_retry_delay)
+                    self._retry_at = time.monotonic() + delay
+                    self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
+                                       self.name, len(batch), delay)
+                    await queue.nack(*msgs)
+                    return False
+                await queue.ack(*msgs)
+                self._streak = 0
+                self._retry_at = 0.0
+                self._flushes += 1
+                self._items += len(batch)
+                self._last_flush_time = time.time()
+        return True
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            wait = self.flush_interval
+            pending_retry = self._retry_at - time.monotonic()
+            if pending_retry > 0:
+                wait = min(wait, pending_retry)
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+                forced = False
+            except asyncio.TimeoutError:
+                forced = True
+            self._wake.clear()
+            if self._stopping:
+                return
+            forced, self._force_next = forced or self._force_next, False
+            try:
+                await self.flush(force=forced)
+            except Exception:
+                self.log.exception("batcher %r: flush failed", self.name)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """``flushes``, ``items`` flushed, ``failures``, ``queued`` (waiting, including a
+        batch being flushed), ``last_flush_time`` (``time.time()`` or None), ``running``."""
+        queued = 0
+        if self._queue is not None:
+            s = self._queue.stats
+            queued = s["count"] + s["leased"]
+        return {
+            "flushes": self._flushes,
+            "items": self._items,
+            "failures": self._failures,
+            "queued": queued,
+            "last_flush_time": self._last_flush_time,
+            "running": self._task is not None and not self._task.done(),
+        }

@@ -1,0 +1,126 @@
+"""Batcher: flush by size, by interval and on exit; failures re-queue in order; crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import spoolq
+from spoolq import Batcher, Queue
+
+
+class Sink:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.batches: list[list[object]] = []
+        self.fail_times = fail_times
+        self.calls = 0
+
+    async def __call__(self, batch: list[object]) -> None:
+        self.calls += 1
+        if self.calls <= self.fail_times:
+            raise ConnectionError("sink down")
+        self.batches.append(batch)
+
+
+async def test_flush_by_size(path: str) -> None:
+    sink = Sink()
+    async with Batcher(sink, queue=path, max_batch_size=3, flush_interval=60) as b:
+        await b.add_many([1, 2, 3, 4])
+        for _ in range(100):
+            if sink.batches:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.batches == [[1, 2, 3]]
+        assert b.stats["queued"] == 1 and b.stats["running"]
+    assert sink.batches == [[1, 2, 3], [4]]
+
+
+async def test_flush_by_interval(path: str) -> None:
+    sink = Sink()
+    async with Batcher(sink, queue=path, max_batch_size=100, flush_interval=0.1) as b:
+        await b.add("lonely")
+        await asyncio.sleep(0.4)
+        assert sink.batches == [["lonely"]]
+        stats = b.stats
+        assert stats["flushes"] == 1 and stats["items"] == 1 and stats["last_flush_time"]
+    assert not b.stats["running"]
+
+
+async def test_explicit_flush(path: str) -> None:
+    sink = Sink()
+    async with Batcher(sink, queue=path, max_batch_size=2, flush_interval=60) as b:
+        await b.add(1)
+        assert await b.flush(force=False)
+        assert sink.batches == []
+        assert await b.flush()
+        assert sink.batches == [[1]]
+
+
+async def test_failed_flush_requeues_in_order_and_retries(path: str) -> None:
+    sink = Sink(fail_times=2)
+    async with Batcher(sink, queue=path, max_batch_size=2, flush_interval=0.05,
+                       retry_delay=0.05) as b:
+        await b.add_many(["a", "b", "c"])
+        for _ in range(300):
+            if len(sink.batches) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.batches == [["a", "b"], ["c"]]
+        assert b.stats["failures"] == 2
+
+
+async def test_uses_an_open_queue_and_leaves_it_open(path: str) -> None:
+    sink = Sink()
+    async with await Queue.create(path, name="events") as q:
+        async with Batcher(sink, queue=q, flush_interval=60) as b:
+            await b.add({"e": 1})
+        assert sink.batches == [[{"e": 1}]]
+        await q.put("still open")
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(spoolq.ConfigurationError):
+        Batcher(Sink(), queue=":memory:", max_batch_size=0)
+
+
+ADDER = textwrap.dedent("""
+    import asyncio, sys, spoolq
+    async def never(batch):
+        raise AssertionError("no flush expected")
+    async def main():
+        b = spoolq.Batcher(never, queue=sys.argv[1], max_batch_size=1000, flush_interval=3600)
+        await b.start()
+        for i in range(50):
+            await b.add(i)
+            print(i, flush=True)
+        await asyncio.sleep(60)
+    asyncio.run(main())
+""")
+
+
+async def test_kill_between_add_and_flush_loses_nothing(tmp_path: Path, disk_engine: str) -> None:
+    from .conftest import queue_path
+
+    path = queue_path(tmp_path, disk_engine)
+    with subprocess.Popen([sys.executable, "-c", ADDER, path], stdout=subprocess.PIPE,
+                          text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if int(line) == 49:
+                break
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    sink = Sink()
+    async with Batcher(sink, queue=path, max_batch_size=1000, flush_interval=60) as b:
+        for _ in range(200):
+            if sink.batches:
+                break
+            await asyncio.sleep(0.01)
+        assert b.stats["items"] == 50
+    assert sink.batches == [list(range(50))]
