@@ -336,9 +336,11 @@ class QueueCore:
         return tickets
 
     def put_now(self, records: list[bytes], sizes: list[int]) -> None:
-        """Write records now, from the calling thread (group-committed with any pending)."""
+        """Write records from the calling thread (group-committed with any pending);
+        with durability "buffer", only once ``flush_items`` are pending."""
         ticket = _Ticket()
-        self.submit(records, sizes, ticket)
+        if not self.submit(records, sizes, ticket):
+            return
         with self.lock:
             if not ticket.done:
                 self.flush()

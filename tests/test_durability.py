@@ -1,0 +1,153 @@
+"""Durability levels, group commit, and waiting across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import spoolq
+from spoolq import Queue, SyncQueue
+from spoolq.engines import Engine, open_engine
+
+from .conftest import queue_path
+
+
+class CountingEngine:
+    """Delegates to a real engine and counts append transactions."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.appends: list[int] = []
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        self.appends.append(len(records))
+        return self._inner.append(queue, records, raw_sizes, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_concurrent_threads_share_transactions(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path, durability="fsync"))
+    with SyncQueue.create(disk_path, engine=engine, durability="fsync") as q:  # type: ignore[arg-type]
+        def produce(base: int) -> None:
+            for i in range(50):
+                q.put(base + i)
+
+        threads = [threading.Thread(target=produce, args=(t * 50,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(q.get_many(None)) == list(range(400))
+    assert sum(engine.appends) == 400
+    assert len(engine.appends) < 400, "no put was group-committed"
+
+
+async def test_concurrent_tasks_share_transactions(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path, durability="fsync"))
+    async with await Queue.create(disk_path, engine=engine,  # type: ignore[arg-type]
+                                  durability="fsync") as q:
+        await asyncio.gather(*(q.put(i) for i in range(64)))
+        assert await q.get_many(64) == list(range(64))
+    assert sum(engine.appends) == 64
+    assert len(engine.appends) <= 4
+
+
+def test_buffer_writes_every_flush_items(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path))
+    with SyncQueue.create(disk_path, engine=engine, durability="buffer",  # type: ignore[arg-type]
+                          flush_items=10, flush_interval=3600) as q:
+        for i in range(25):
+            q.put(i)
+        assert engine.appends == [10, 10]
+        assert q.qsize() == 25
+        assert q.get() == 0  # a get sees buffered items: it flushes first
+        assert engine.appends == [10, 10, 5]
+    with SyncQueue.create(disk_path) as q:
+        assert q.get_many(None) == list(range(1, 25))
+
+
+async def test_buffer_writes_every_flush_interval(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path))
+    async with await Queue.create(disk_path, engine=engine,  # type: ignore[arg-type]
+                                  durability="buffer", flush_items=1000,
+                                  flush_interval=0.05) as q:
+        await q.put("a")
+        assert engine.appends == []
+        await asyncio.sleep(0.3)
+        assert engine.appends == [1]
+
+
+def test_buffer_is_flushed_on_close(disk_path: str) -> None:
+    with SyncQueue.create(disk_path, durability="buffer", flush_interval=3600) as q:
+        q.put_many(["x", "y"])
+    with SyncQueue.create(disk_path) as q:
+        assert q.get_many(None) == ["x", "y"]
+
+
+BUFFERED = textwrap.dedent("""
+    import sys, spoolq
+    q = spoolq.SyncQueue.create(sys.argv[1], durability="buffer", flush_items=10,
+                                flush_interval=3600)
+    for i in range(25):
+        q.put(i)
+    print("done", flush=True)
+    import time; time.sleep(60)
+""")
+
+
+def test_killed_process_loses_at_most_the_buffer(tmp_path: Path, disk_engine: str) -> None:
+    path = queue_path(tmp_path, disk_engine)
+    with subprocess.Popen([sys.executable, "-c", BUFFERED, path], stdout=subprocess.PIPE,
+                          text=True) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "done"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    with SyncQueue.create(path) as q:
+        assert q.get_many(None) == list(range(20))
+
+
+CONSUMER = textwrap.dedent("""
+    import sys, time, spoolq
+    with spoolq.SyncQueue.create(sys.argv[1]) as q:
+        print("ready", flush=True)
+        item = q.get(timeout=20)
+        print(time.time(), item, flush=True)
+""")
+
+
+def test_waiting_consumer_sees_another_process_put_promptly(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.sqlite")
+    with SyncQueue.create(path) as q, subprocess.Popen(
+            [sys.executable, "-c", CONSUMER, path], stdout=subprocess.PIPE,
+            text=True) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        put_at = time.time()
+        q.put("hello")
+        got_at, item = child.stdout.readline().split()
+        child.wait(10)
+    assert item == "hello"
+    assert float(got_at) - put_at < 0.5
+
+
+def test_bad_durability_is_refused(path: str) -> None:
+    try:
+        SyncQueue.create(path, durability="eventually")
+    except spoolq.ConfigurationError as exc:
+        assert "durability" in str(exc)
+    else:
+        raise AssertionError("an unknown durability was accepted")
