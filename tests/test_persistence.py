@@ -121,7 +121,7 @@ def test_damaged_record_raises_and_names_it(tmp_path: Path) -> None:
         q.put_many(["good", "will be damaged", "after"])
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE spoolq_records SET data = CAST(substr(data, 1, 8) || x'00ff' AS BLOB) "
-                     "WHERE id = 2")
+                     "WHERE id = (SELECT min(id) + 1 FROM spoolq_records)")
     conn.close()
     with SyncQueue.create(path) as q:
         assert q.get() == "good"

@@ -3,8 +3,9 @@
 An engine stores opaque byte records in FIFO order inside named queues. It
 knows nothing about Python objects, compression, waiting or threads. Every
 method is one atomic transaction; a batch method either applies to the whole
-batch or to none of it. Record ids are unique across the file, only grow and
-are never reused. Engines are called from one thread at a time.
+batch or to none of it. Record ids are unique within their queue, only grow
+and are never reused, even after a purge. Engines are called from one thread at
+a time.
 
 A record is *ready* (waiting to be delivered, possibly not before some
 ``visible_at`` time) or *leased* (delivered to an owner until ``visible_at``).

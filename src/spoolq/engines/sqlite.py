@@ -1,11 +1,17 @@
 """The SQLite engine: the embedded default.
 
-One file holds any number of named queues in a single ``spoolq_records``
-table, ordered by an AUTOINCREMENT id so ids are never reused. Counts and
-sizes per queue live in ``spoolq_queues`` and change in the same transaction
-as the records, so they are O(1) and right across processes. The file runs in
-WAL mode; every call is one ``BEGIN IMMEDIATE`` transaction and all SQL is
-parameterized (lists travel as JSON arrays through ``json_each``).
+One file holds any number of named queues. Each queue gets a number when it is
+first used, and a record's row id is ``queue number << 40 | sequence``, so the
+records of one queue sit together in id order: FIFO is a range scan of the
+table's own b-tree, with no extra index to maintain. The sequence comes from a
+counter in the queue's row of ``spoolq_queues``, next to its counts and sizes,
+and all of them change in the same transaction as the records (one page for
+the bookkeeping of a put), so counts are O(1) and right across processes and
+sequences only grow. Ready records live in ``spoolq_records``; a leased record
+moves to ``spoolq_leased`` under the same id and moves back, to its original
+place, when its lease is released. The file runs in WAL mode; every call is one
+``BEGIN IMMEDIATE`` transaction and all SQL is parameterized (lists travel as
+JSON arrays through ``json_each``).
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
 from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
@@ -23,45 +30,59 @@ from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
 __all__ = ["SQLiteEngine"]
 
 log = logging.getLogger("spoolq")
+R = TypeVar("R")
 
 _APPLICATION = b"spoolq"
+_SHIFT = 40
+_MASK = (1 << _SHIFT) - 1
 _SCHEMA = (
     "CREATE TABLE spoolq_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
-    """CREATE TABLE spoolq_records (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        queue TEXT NOT NULL,
-        state INTEGER NOT NULL DEFAULT 0,
-        visible_at REAL NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        owner TEXT,
-        enqueued_at REAL NOT NULL,
-        raw_size INTEGER NOT NULL,
-        reason TEXT,
-        data BLOB NOT NULL)""",
-    "CREATE INDEX spoolq_records_fifo ON spoolq_records (queue, state, id)",
     """CREATE TABLE spoolq_queues (
         name TEXT PRIMARY KEY,
+        qno INTEGER NOT NULL UNIQUE,
+        last_seq INTEGER NOT NULL DEFAULT 0,
         ready INTEGER NOT NULL DEFAULT 0,
         leased INTEGER NOT NULL DEFAULT 0,
         stored_bytes INTEGER NOT NULL DEFAULT 0,
         raw_bytes INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE spoolq_records (
+        id INTEGER PRIMARY KEY,
+        visible_at REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        enqueued_at REAL NOT NULL,
+        raw_size INTEGER NOT NULL,
+        reason TEXT,
+        data BLOB NOT NULL)""",
+    """CREATE TABLE spoolq_leased (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        enqueued_at REAL NOT NULL,
+        raw_size INTEGER NOT NULL,
+        reason TEXT,
+        data BLOB NOT NULL)""",
 )
-_COUNTS = """INSERT INTO spoolq_queues (name, ready, leased, stored_bytes, raw_bytes)
-    VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET
-    ready = ready + excluded.ready, leased = leased + excluded.leased,
-    stored_bytes = stored_bytes + excluded.stored_bytes,
-    raw_bytes = raw_bytes + excluded.raw_bytes"""
-_INSERT = """INSERT INTO spoolq_records (queue, data, raw_size, enqueued_at)
-    VALUES (?, ?, ?, ?)"""
+_NEW_QUEUE = """INSERT INTO spoolq_queues (name, qno)
+    VALUES (?, (SELECT coalesce(max(qno), 0) + 1 FROM spoolq_queues))
+    ON CONFLICT (name) DO NOTHING"""
+_ALLOCATE = """UPDATE spoolq_queues SET last_seq = last_seq + ?1, ready = ready + ?1,
+    stored_bytes = stored_bytes + ?2, raw_bytes = raw_bytes + ?3 WHERE name = ?4
+    RETURNING last_seq"""
+_COUNTS = """UPDATE spoolq_queues SET ready = ready + ?, leased = leased + ?,
+    stored_bytes = stored_bytes + ?, raw_bytes = raw_bytes + ? WHERE name = ?"""
+_INSERT = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data) VALUES (?, ?, ?, ?)"""
 _COLUMNS = "id, data, raw_size, attempts, enqueued_at, reason"
-_READY_IDS = """SELECT id FROM spoolq_records WHERE queue = ? AND state = 0 AND visible_at <= ?
+_READY = """SELECT id FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?
     ORDER BY id LIMIT ?"""
-_REMOVE = f"DELETE FROM spoolq_records WHERE id IN ({_READY_IDS}) RETURNING {_COLUMNS}"
-_LEASE = f"""UPDATE spoolq_records SET state = 1, owner = ?, visible_at = ?, attempts = attempts + 1
-    WHERE id IN ({_READY_IDS}) RETURNING {_COLUMNS}"""
-_HELD = """SELECT id FROM spoolq_records WHERE queue = ? AND state = 1 AND owner = ?
-    AND (id, attempts) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+_REMOVE = "DELETE FROM spoolq_records WHERE id IN (" + _READY + ") RETURNING " + _COLUMNS
+_LEASED_INSERT = """INSERT INTO spoolq_leased
+    (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+_HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
+    AND (id, attempts) IN (SELECT ? + json_extract(value, '$[0]'), json_extract(value, '$[1]')
                            FROM json_each(?))"""
+_IN_JSON = "(SELECT value FROM json_each(?))"
 _MIN_SQLITE = (3, 35, 0)
 _SYNCHRONOUS = {
     "FULL": "PRAGMA synchronous = FULL",
@@ -70,8 +91,8 @@ _SYNCHRONOUS = {
 }
 
 
-def _ids_json(ids: Sequence[int]) -> str:
-    return json.dumps(list(ids))
+def _json(values: Sequence[Any]) -> str:
+    return json.dumps(list(values))
 
 
 class SQLiteEngine:
@@ -81,6 +102,7 @@ class SQLiteEngine:
     loss) or ``"NORMAL"`` (survives a killed process; WAL keeps the file
     sound on power loss but the last commits may be lost). ``timeout`` is how
     long a write waits for another process's lock before :class:`LockTimeout`.
+    Record ids are sequences within their queue.
     """
 
     name = "sqlite"
@@ -95,6 +117,7 @@ class SQLiteEngine:
                 f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
         self.path = os.fspath(path)
         self.read_only = read_only
+        self._qnos: dict[str, int] = {}
         if read_only and not os.path.exists(self.path):
             raise FormatError(f"{self.path}: no such file")
         with self._guard("open"):
@@ -131,7 +154,7 @@ class SQLiteEngine:
             conn.execute("COMMIT")
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "spoolq_meta" not in tables or "spoolq_records" not in tables:
+        if not {"spoolq_meta", "spoolq_records", "spoolq_leased", "spoolq_queues"} <= tables:
             raise FormatError(f"{self.path} is an SQLite database but not a spoolq queue file")
         version = self.get_meta("format_version")
         if self.get_meta("application") != _APPLICATION or version is None:
@@ -144,25 +167,40 @@ class SQLiteEngine:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(_SYNCHRONOUS[synchronous])
 
+    def _translate(self, exc: sqlite3.Error, what: str) -> EngineError:
+        """Turn a sqlite3 error into spoolq's tree (the caller chains the original)."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return LockTimeout(f"{self.path}: {what} waited too long for a lock: {text}")
+        if "malformed" in text or "corrupt" in text:
+            return CorruptError(f"{self.path} is damaged: {text}")
+        if "not a database" in text:
+            return FormatError(f"{self.path} is not a spoolq queue file ({text})")
+        return EngineError(f"{self.path}: {what} failed: {text}")
+
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise LockTimeout(f"{self.path}: {what} waited too long for a lock: {text}") \
-                    from exc
-            if "malformed" in text or "corrupt" in text:
-                raise CorruptError(f"{self.path} is damaged: {text}") from exc
-            raise EngineError(f"{self.path}: {what} failed: {text}") from exc
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if "not a database" in text:
-                raise FormatError(f"{self.path} is not a spoolq queue file ({text})") from exc
-            if "malformed" in text or "corrupt" in text:
-                raise CorruptError(f"{self.path} is damaged: {text}") from exc
-            raise EngineError(f"{self.path}: {what} failed: {text}") from exc
+        except sqlite3.Error as exc:
+            raise self._translate(exc, what) from exc
+
+    def _txn(self, what: str, body: Callable[..., R], *args: Any) -> R:
+        """Run ``body(conn, *args)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(conn, *args)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._qnos.clear()  # a queue numbered in the rolled-back transaction is not
+                raise
+        except sqlite3.Error as exc:
+            raise self._translate(exc, what) from exc
+        return result
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -177,128 +215,208 @@ class SQLiteEngine:
                     conn.execute("ROLLBACK")
                 raise
 
+    # ---- queue numbers ------------------------------------------------------------------
+
+    def _find_qno(self, conn: sqlite3.Connection, queue: str) -> int | None:
+        """The queue's number, or None if it was never used; cached, as it never changes."""
+        qno = self._qnos.get(queue)
+        if qno is None:
+            row = conn.execute("SELECT qno FROM spoolq_queues WHERE name = ?", (queue,)).fetchone()
+            if row is None:
+                return None
+            qno = self._qnos[queue] = int(row[0])
+        return qno
+
+    def _qno(self, conn: sqlite3.Connection, queue: str) -> int:
+        """The queue's number, giving it one on first use (inside a write transaction)."""
+        qno = self._find_qno(conn, queue)
+        if qno is None:
+            conn.execute(_NEW_QUEUE, (queue,))
+            qno = self._find_qno(conn, queue)
+            if qno is None:
+                raise EngineError(f"{self.path}: could not register queue {queue!r}")
+        return qno
+
+    def _range(self, conn: sqlite3.Connection, queue: str) -> tuple[int, int]:
+        qno = self._qno(conn, queue)
+        return qno << _SHIFT, (qno << _SHIFT) | _MASK
+
+    @staticmethod
+    def _records(rows: list[tuple[Any, ...]]) -> list[StoredRecord]:
+        return [StoredRecord(r[0] & _MASK, *r[1:]) for r in sorted(rows)]
+
+    # ---- writing ------------------------------------------------------------------------
+
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
         if len(records) != len(raw_sizes):
             raise ValueError("records and raw_sizes differ in length")
         if not records:
             return []
-        with self._write("append") as conn:
-            if len(records) == 1:
-                conn.execute(_INSERT, (queue, records[0], raw_sizes[0], now))
-            else:
-                conn.executemany(_INSERT, [(queue, data, raw, now) for data, raw
-                                           in zip(records, raw_sizes, strict=True)])
-            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-            conn.execute(_COUNTS, (queue, len(records), 0, sum(map(len, records)),
-                                   sum(raw_sizes)))
+        last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
 
+    def _allocate(self, conn: sqlite3.Connection, queue: str, n: int, stored: int,
+                  raw: int) -> tuple[int, int]:
+        """Reserve n sequences (and count n ready records); return (base id, last seq)."""
+        qno = self._qno(conn, queue)
+        last = int(conn.execute(_ALLOCATE, (n, stored, raw, queue)).fetchone()[0])
+        return qno << _SHIFT, last
+
+    def _append(self, conn: sqlite3.Connection, queue: str, records: Sequence[bytes],
+                raw_sizes: Sequence[int], now: float) -> int:
+        n = len(records)
+        if n == 1:
+            base, last = self._allocate(conn, queue, 1, len(records[0]), raw_sizes[0])
+            conn.execute(_INSERT, (base | last, now, raw_sizes[0], records[0]))
+            return last
+        base, last = self._allocate(conn, queue, n, sum(map(len, records)), sum(raw_sizes))
+        first = base | (last - n + 1)
+        conn.executemany(_INSERT, [(first + i, now, raw, data) for i, (data, raw)
+                                   in enumerate(zip(records, raw_sizes, strict=True))])
+        return last
+
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        with self._write("take") as conn:
-            if lease is None:
-                rows = conn.execute(_REMOVE, (queue, now, n)).fetchall()
-            else:
-                rows = conn.execute(_LEASE, (lease.owner, lease.until, queue, now, n)).fetchall()
-            if not rows:
-                return []
-            if lease is None:
-                conn.execute(_COUNTS, (queue, -len(rows), 0, -sum(len(r[1]) for r in rows),
-                                       -sum(r[2] for r in rows)))
-            else:
-                conn.execute(_COUNTS, (queue, -len(rows), len(rows), 0, 0))
-        rows.sort()
-        return [StoredRecord(*row) for row in rows]
+        rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
+        return self._records(rows)
+
+    def _take(self, conn: sqlite3.Connection, queue: str, n: int, now: float,
+              lease: Lease | None) -> list[tuple[Any, ...]]:
+        lo, hi = self._range(conn, queue)
+        rows = conn.execute(_REMOVE, (lo, hi, now, n)).fetchall()
+        if not rows:
+            return rows
+        if lease is None:
+            conn.execute(_COUNTS, (-len(rows), 0, -sum(len(r[1]) for r in rows),
+                                   -sum(r[2] for r in rows), queue))
+            return rows
+        rows = [(r[0], r[1], r[2], r[3] + 1, r[4], r[5]) for r in rows]
+        conn.executemany(_LEASED_INSERT, [(r[0], lease.owner, lease.until, r[3], r[4], r[2],
+                                           r[5], r[1]) for r in rows])
+        conn.execute(_COUNTS, (-len(rows), len(rows), 0, 0, queue))
+        return rows
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
-        if not records:
-            return
-        with self._write("restore") as conn:
-            conn.executemany(
-                """INSERT INTO spoolq_records (id, queue, data, raw_size, attempts, enqueued_at,
-                reason) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                [(r.id, queue, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason)
-                 for r in records])
-            conn.execute(_COUNTS, (queue, len(records), 0, sum(len(r.data) for r in records),
-                                   sum(r.raw_size for r in records)))
+        if records:
+            self._txn("restore", self._restore, queue, records)
+
+    def _restore(self, conn: sqlite3.Connection, queue: str,
+                 records: Sequence[StoredRecord]) -> None:
+        lo, _ = self._range(conn, queue)
+        conn.executemany(
+            """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
+            VALUES (?, ?, ?, ?, ?, ?)""",
+            [(lo | r.id, r.attempts, r.enqueued_at, r.raw_size, r.reason, r.data)
+             for r in records])
+        conn.execute(_COUNTS, (len(records), 0, sum(len(r.data) for r in records),
+                               sum(r.raw_size for r in records), queue))
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         if not deliveries:
             return []
-        with self._write("ack") as conn:
-            rows = conn.execute(
-                f"DELETE FROM spoolq_records WHERE id IN ({_HELD}) "
-                "RETURNING id, length(data), raw_size",
-                (queue, owner, json.dumps(list(deliveries)))).fetchall()
-            if rows:
-                conn.execute(_COUNTS, (queue, 0, -len(rows), -sum(r[1] for r in rows),
-                                       -sum(r[2] for r in rows)))
-        return sorted(r[0] for r in rows)
+        return self._txn("ack", self._ack, queue, deliveries, owner)
+
+    def _ack(self, conn: sqlite3.Connection, queue: str, deliveries: Sequence[tuple[int, int]],
+             owner: str) -> list[int]:
+        lo, _ = self._range(conn, queue)
+        rows = conn.execute(
+            "DELETE FROM spoolq_leased WHERE id IN (" + _HELD + ") "
+            "RETURNING id, length(data), raw_size", (owner, lo, _json(deliveries))).fetchall()
+        if rows:
+            conn.execute(_COUNTS, (0, -len(rows), -sum(r[1] for r in rows),
+                                   -sum(r[2] for r in rows), queue))
+        return sorted(r[0] & _MASK for r in rows)
 
     def _unlease(self, conn: sqlite3.Connection, queue: str, ids: list[int], not_before: float,
                  max_attempts: int | None, attempt_delta: int, reason: str) -> None:
-        """Turn leased ``ids`` back to ready (or dead letters); inside a write transaction."""
+        """Move leased rows (full ids) back to ready, or to the dead letters."""
         if not ids:
             return
-        dead: list[tuple[int, int, int]] = []
         if max_attempts is not None and attempt_delta == 0:
-            dead = conn.execute(
-                """SELECT id, length(data), raw_size FROM spoolq_records
-                WHERE id IN (SELECT value FROM json_each(?)) AND attempts >= ?""",
-                (_ids_json(ids), max_attempts)).fetchall()
-        if dead:
-            dead_ids = [r[0] for r in dead]
-            dq = dead_queue_name(queue)
-            conn.execute(
-                """INSERT INTO spoolq_records (queue, data, raw_size, attempts, enqueued_at,
-                reason) SELECT ?, data, raw_size, attempts, enqueued_at, ? FROM spoolq_records
-                WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id""",
-                (dq, reason, _ids_json(dead_ids)))
-            conn.execute("DELETE FROM spoolq_records WHERE id IN (SELECT value FROM json_each(?))",
-                         (_ids_json(dead_ids),))
-            stored, raw = sum(r[1] for r in dead), sum(r[2] for r in dead)
-            conn.execute(_COUNTS, (queue, 0, -len(dead), -stored, -raw))
-            conn.execute(_COUNTS, (dq, len(dead), 0, stored, raw))
-            dead_set = set(dead_ids)
-            ids = [i for i in ids if i not in dead_set]
+            dead = [r[0] for r in conn.execute(
+                "SELECT id FROM spoolq_leased WHERE id IN " + _IN_JSON + " AND attempts >= ? "
+                "ORDER BY id", (_json(ids), max_attempts))]
+            if dead:
+                self._bury(conn, queue, dead, reason)
+                gone = set(dead)
+                ids = [i for i in ids if i not in gone]
         if ids:
             conn.execute(
-                """UPDATE spoolq_records SET state = 0, owner = NULL, visible_at = ?,
-                attempts = attempts + ? WHERE id IN (SELECT value FROM json_each(?))""",
-                (not_before, attempt_delta, _ids_json(ids)))
-            conn.execute(_COUNTS, (queue, len(ids), -len(ids), 0, 0))
+                """INSERT INTO spoolq_records (id, visible_at, attempts, enqueued_at, raw_size,
+                reason, data) SELECT id, ?, attempts + ?, enqueued_at, raw_size, reason, data
+                FROM spoolq_leased WHERE id IN """ + _IN_JSON,
+                (not_before, attempt_delta, _json(ids)))
+            conn.execute("DELETE FROM spoolq_leased WHERE id IN " + _IN_JSON, (_json(ids),))
+            conn.execute(_COUNTS, (len(ids), -len(ids), 0, 0, queue))
+
+    def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int], reason: str) -> None:
+        """Move leased rows to the tail of the dead-letter queue, in id order."""
+        rows = conn.execute(
+            "SELECT attempts, enqueued_at, raw_size, data FROM spoolq_leased WHERE id IN "
+            + _IN_JSON + " ORDER BY id", (_json(ids),)).fetchall()
+        dq = dead_queue_name(queue)
+        stored, raw = sum(len(r[3]) for r in rows), sum(r[2] for r in rows)
+        base, last = self._allocate(conn, dq, len(rows), stored, raw)
+        first = base | (last - len(rows) + 1)
+        conn.executemany(
+            """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
+            VALUES (?, ?, ?, ?, ?, ?)""",
+            [(first + i, r[0], r[1], r[2], reason, r[3]) for i, r in enumerate(rows)])
+        conn.execute("DELETE FROM spoolq_leased WHERE id IN " + _IN_JSON, (_json(ids),))
+        conn.execute(_COUNTS, (0, -len(rows), -stored, -raw, queue))
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
         if not deliveries:
             return []
-        with self._write("release") as conn:
-            ids = [r[0] for r in conn.execute(_HELD, (queue, owner,
-                                                       json.dumps(list(deliveries))))]
-            self._unlease(conn, queue, ids, not_before, max_attempts,
-                          0 if count_attempt else -1, reason or "nacked")
-        return sorted(ids)
+        return self._txn(
+            "release", self._release, queue, deliveries, owner, not_before, max_attempts,
+            0 if count_attempt else -1, reason or "nacked")
+
+    def _release(self, conn: sqlite3.Connection, queue: str,
+                 deliveries: Sequence[tuple[int, int]], owner: str, not_before: float,
+                 max_attempts: int | None, delta: int, reason: str) -> list[int]:
+        lo, _ = self._range(conn, queue)
+        ids = [r[0] for r in conn.execute(_HELD, (owner, lo, _json(deliveries)))]
+        self._unlease(conn, queue, ids, not_before, max_attempts, delta, reason)
+        return sorted(i & _MASK for i in ids)
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        with self._write("expire") as conn:
-            rows = conn.execute(
-                """SELECT id, visible_at <= ? FROM spoolq_records WHERE queue = ? AND state = 1
-                AND (visible_at <= ? OR owner IN (SELECT value FROM json_each(?)))""",
-                (now, queue, now, json.dumps(list(owners)))).fetchall()
-            expired = [r[0] for r in rows if r[1]]
-            orphaned = [r[0] for r in rows if not r[1]]
-            self._unlease(conn, queue, expired, 0.0, max_attempts, 0, "lease expired")
-            self._unlease(conn, queue, orphaned, 0.0, max_attempts, 0, "owner died")
+        return self._txn("expire", self._expire, queue, now, owners,
+                         max_attempts)
+
+    def _expire(self, conn: sqlite3.Connection, queue: str, now: float, owners: Sequence[str],
+                max_attempts: int | None) -> int:
+        lo, hi = self._range(conn, queue)
+        rows = conn.execute(
+            "SELECT id, until <= ? FROM spoolq_leased WHERE id BETWEEN ? AND ? "
+            "AND (until <= ? OR owner IN " + _IN_JSON + ")",
+            (now, lo, hi, now, _json(owners))).fetchall()
+        self._unlease(conn, queue, [r[0] for r in rows if r[1]], 0.0, max_attempts, 0,
+                      "lease expired")
+        self._unlease(conn, queue, [r[0] for r in rows if not r[1]], 0.0, max_attempts, 0,
+                      "owner died")
         return len(rows)
 
+    # ---- reading ------------------------------------------------------------------------
+
+    def _read(self, what: str, body: Callable[..., R], queue: str, default: R,
+              *args: Any) -> R:
+        with self._guard(what):
+            qno = self._find_qno(self._conn, queue)
+            if qno is None:
+                return default
+            return body(qno << _SHIFT, (qno << _SHIFT) | _MASK, *args)
+
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        with self._guard("peek"):
-            rows = self._conn.execute(
-                f"""SELECT {_COLUMNS} FROM spoolq_records WHERE queue = ? AND state = 0
-                ORDER BY id LIMIT ? OFFSET ?""", (queue, n, offset)).fetchall()
-        return [StoredRecord(*row) for row in rows]
+        def body(lo: int, hi: int) -> list[StoredRecord]:
+            return self._records(self._conn.execute(
+                "SELECT " + _COLUMNS + " FROM spoolq_records WHERE id BETWEEN ? AND ? "
+                "ORDER BY id LIMIT ? OFFSET ?", (lo, hi, n, offset)).fetchall())
+
+        return self._read("peek", body, queue, [])
 
     def counts(self, queue: str) -> Counts:
         with self._guard("counts"):
@@ -308,43 +426,50 @@ class SQLiteEngine:
         return Counts(0, 0, 0, 0) if row is None else Counts(*row)
 
     def owners(self, queue: str) -> dict[str, int]:
-        with self._guard("owners"):
-            rows = self._conn.execute(
-                """SELECT owner, count(*) FROM spoolq_records WHERE queue = ? AND state = 1
-                GROUP BY owner""", (queue,)).fetchall()
-        return dict(rows)
+        def body(lo: int, hi: int) -> dict[str, int]:
+            return dict(self._conn.execute(
+                "SELECT owner, count(*) FROM spoolq_leased WHERE id BETWEEN ? AND ? "
+                "GROUP BY owner", (lo, hi)).fetchall())
+
+        return self._read("owners", body, queue, {})
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        with self._write("move") as conn:
-            if ids is None:
-                chosen = [r[0] for r in conn.execute(
-                    "SELECT id FROM spoolq_records WHERE queue = ? AND state = 0 ORDER BY id",
-                    (src,))]
-            else:
-                chosen = [r[0] for r in conn.execute(
-                    """SELECT id FROM spoolq_records WHERE queue = ? AND state = 0
-                    AND id IN (SELECT value FROM json_each(?)) ORDER BY id""",
-                    (src, _ids_json(ids)))]
-            if not chosen:
-                return 0
-            moved = _ids_json(chosen)
-            stored, raw = conn.execute(
-                """SELECT total(length(data)), total(raw_size) FROM spoolq_records
-                WHERE id IN (SELECT value FROM json_each(?))""", (moved,)).fetchone()
-            conn.execute(
-                """INSERT INTO spoolq_records (queue, data, raw_size, enqueued_at)
-                SELECT ?, data, raw_size, enqueued_at FROM spoolq_records
-                WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id""", (dst, moved))
-            conn.execute("DELETE FROM spoolq_records WHERE id IN (SELECT value FROM json_each(?))",
-                         (moved,))
-            conn.execute(_COUNTS, (src, -len(chosen), 0, -int(stored), -int(raw)))
-            conn.execute(_COUNTS, (dst, len(chosen), 0, int(stored), int(raw)))
-        return len(chosen)
+        return self._txn("move", self._move, src, dst, ids)
+
+    def _move(self, conn: sqlite3.Connection, src: str, dst: str,
+              ids: Sequence[int] | None) -> int:
+        lo, hi = self._range(conn, src)
+        if ids is None:
+            rows = conn.execute(
+                "SELECT id, enqueued_at, raw_size, data FROM spoolq_records "
+                "WHERE id BETWEEN ? AND ? ORDER BY id", (lo, hi)).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT id, enqueued_at, raw_size, data FROM spoolq_records "
+                "WHERE id IN (SELECT ? + value FROM json_each(?)) ORDER BY id",
+                (lo, _json(ids))).fetchall()
+        if not rows:
+            return 0
+        stored, raw = sum(len(r[3]) for r in rows), sum(r[2] for r in rows)
+        base, last = self._allocate(conn, dst, len(rows), stored, raw)
+        first = base | (last - len(rows) + 1)
+        conn.executemany(_INSERT, [(first + i, r[1], r[2], r[3]) for i, r in enumerate(rows)])
+        conn.execute("DELETE FROM spoolq_records WHERE id IN " + _IN_JSON,
+                     (_json([r[0] for r in rows]),))
+        conn.execute(_COUNTS, (-len(rows), 0, -stored, -raw, src))
+        return len(rows)
 
     def purge(self, queue: str) -> int:
-        with self._write("purge") as conn:
-            removed = conn.execute("DELETE FROM spoolq_records WHERE queue = ?", (queue,)).rowcount
-            conn.execute("DELETE FROM spoolq_queues WHERE name = ?", (queue,))
+        return self._txn("purge", self._purge, queue)
+
+    def _purge(self, conn: sqlite3.Connection, queue: str) -> int:
+        lo, hi = self._range(conn, queue)
+        removed = conn.execute("DELETE FROM spoolq_records WHERE id BETWEEN ? AND ?",
+                               (lo, hi)).rowcount
+        removed += conn.execute("DELETE FROM spoolq_leased WHERE id BETWEEN ? AND ?",
+                                (lo, hi)).rowcount
+        conn.execute("""UPDATE spoolq_queues SET ready = 0, leased = 0, stored_bytes = 0,
+            raw_bytes = 0 WHERE name = ?""", (queue,))
         return int(removed)
 
     def queues(self) -> list[str]:
