@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
@@ -21,6 +21,7 @@ from .worker import Worker
 __all__ = ["Queue"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _settle(tickets: list[_Ticket]) -> None:
@@ -59,6 +60,7 @@ class Queue(Generic[T]):
         self._shutdown = False
         self._immediate = False
         self._closed = False
+        self._inline = bool(getattr(core.engine, "inline", False))
         ref = weakref.ref(self)
 
         def wake(ref: weakref.ref[Queue[Any]] = ref) -> None:
@@ -106,6 +108,13 @@ class Queue(Generic[T]):
             worker.stop()
             raise
         return cls(core, worker)
+
+    async def _call(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run an engine-touching core call: inline for engines that never block (memory),
+        otherwise on the worker thread."""
+        if self._inline:
+            return fn(*args)
+        return await self._worker.submit(fn, *args)
 
     # ---- waiting ------------------------------------------------------------------------
 
@@ -165,6 +174,9 @@ class Queue(Generic[T]):
         if not records:
             return
         await self._wait_for_room(len(records), self._deadline(timeout))
+        if self._inline:
+            self._core.put_now(records, sizes)
+            return
         fut: asyncio.Future[None] = self._loop.create_future()
         if self._core.submit(records, sizes, _Ticket(fut)):
             self._worker.post(self._core.flush)
@@ -198,7 +210,7 @@ class Queue(Generic[T]):
             if not await self._wait(deadline, lambda: core.ready_hint() + n <= maxsize):
                 raise Full(f"no room for {n} item(s) within the timeout")
             if core.refresh_due():
-                await self._worker.submit(core.refresh)
+                await self._call(core.refresh)
 
     # ---- getting ------------------------------------------------------------------------
 
@@ -218,17 +230,20 @@ class Queue(Generic[T]):
                 if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                     raise QueueShutDown("the queue is shut down")
                 if core.ready_hint() == 0 and core.refresh_due():
-                    await self._worker.submit(core.refresh)
+                    await self._call(core.refresh)
                 if core.ready_hint() > 0:
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
-                    fut = self._worker.submit(core.take, want, ttl,
-                                              undo=partial(self._give_back, leased))
-                    try:
-                        got += await fut
-                    except asyncio.CancelledError:
-                        if fut.done() and not fut.cancelled() and fut.exception() is None:
-                            self._give_back(leased, fut.result())
-                        raise
+                    if self._inline:
+                        got += core.take(want, ttl)
+                    else:
+                        fut = self._worker.submit(core.take, want, ttl,
+                                                  undo=partial(self._give_back, leased))
+                        try:
+                            got += await fut
+                        except asyncio.CancelledError:
+                            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                                self._give_back(leased, fut.result())
+                            raise
                     if got and (not wait_for_all or n is None or len(got) >= n):
                         break
                 if not await self._wait(deadline, lambda: core.ready_hint() > 0):
@@ -286,7 +301,7 @@ class Queue(Generic[T]):
     async def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
         """Return up to ``n`` items from the head (after ``offset``) without removing them."""
         self._check()
-        return await self._worker.submit(partial(self._core.peek, n, offset, dead=dead))
+        return await self._call(partial(self._core.peek, n, offset, dead=dead))
 
     # ---- leases -------------------------------------------------------------------------
 
@@ -309,13 +324,13 @@ class Queue(Generic[T]):
     async def ack(self, *messages: Message[T]) -> None:
         """Remove leased items for good; raises :class:`LeaseError` for a lease not held."""
         self._check()
-        await self._worker.submit(self._core.ack, messages)
+        await self._call(self._core.ack, messages)
         self._wake()
 
     async def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
         """Return leased items to their place in line, visible again after ``delay`` seconds."""
         self._check()
-        await self._worker.submit(self._core.nack, messages, delay)
+        await self._call(self._core.nack, messages, delay)
 
     @asynccontextmanager
     async def leased(self, *, ttl: float = 30.0,
@@ -333,13 +348,12 @@ class Queue(Generic[T]):
     async def requeue_dead(self, ids: Iterable[int] | None = None) -> int:
         """Move dead letters (all, or those with ``ids``) back to the tail of the queue."""
         self._check()
-        return await self._worker.submit(self._core.requeue_dead,
-                                         None if ids is None else list(ids))
+        return await self._call(self._core.requeue_dead, None if ids is None else list(ids))
 
     async def purge(self, *, dead: bool = False) -> int:
         """Delete every ready item (or every dead letter); return how many."""
         self._check()
-        return await self._worker.submit(partial(self._core.purge, dead=dead))
+        return await self._call(partial(self._core.purge, dead=dead))
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
 

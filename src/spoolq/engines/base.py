@@ -10,6 +10,10 @@ a time.
 A record is *ready* (waiting to be delivered, possibly not before some
 ``visible_at`` time) or *leased* (delivered to an owner until ``visible_at``).
 Dead letters are ordinary records in the queue named ``"<name>.dead"``.
+
+An engine whose calls never block (no I/O, no locks held by other processes)
+may set a class attribute ``inline = True``: the async queue then calls it on
+the event loop instead of handing each call to its worker thread.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ class MemoryEngine:
     """Keeps every record in memory, in this process only."""
 
     name = "memory"
+    inline = True
+    """Calls never block, so the async queue runs them on the event loop, not a thread."""
 
     def __init__(self) -> None:
         self._queues: dict[str, _Queue] = {}
