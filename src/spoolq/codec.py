@@ -28,6 +28,7 @@ import cbor2
 import zstandard
 
 from .errors import ConfigurationError, CorruptError, SerializationError
+from .zdict import ZstdDictCompressor
 
 __all__ = [
     "COMPRESSORS",
@@ -184,7 +185,10 @@ COMPRESSORS: dict[str, tuple[int, Callable[[], Compressor]]] = {
     "bz2": (3, lambda: _Module("bz2", bz2.compress, bz2.decompress)),
     "lzma": (4, lambda: _Module("lzma", lzma.compress, lzma.decompress)),
     "lzo": (5, _lzo),
+    "zstd-dict": (6, ZstdDictCompressor),
 }
+ZSTD_DICT_ID = 6
+DICT_THRESHOLD = 16
 _SERIALIZER_NAMES = {ident: name for name, (ident, _) in SERIALIZERS.items()}
 _COMPRESSOR_NAMES = {ident: name for name, (ident, _) in COMPRESSORS.items()}
 
@@ -256,10 +260,13 @@ class Codec:
 
     ``serializer`` is a name (``"cbor"``, ``"pickle"``, ``"json"``, ``"raw"``)
     or an object with ``dumps``/``loads``; ``compressor`` is a name
-    (``"zstd"``, ``"zlib"``, ``"bz2"``, ``"lzma"``, ``"lzo"``, ``"none"``) or an
-    object with ``compress``/``decompress``. Payloads shorter than
-    ``threshold`` bytes, and payloads that compression does not shrink, are
-    stored uncompressed. Instances are thread-safe.
+    (``"zstd"``, ``"zlib"``, ``"bz2"``, ``"lzma"``, ``"lzo"``, ``"zstd-dict"``,
+    ``"none"``) or an object with ``compress``/``decompress``. Payloads shorter
+    than ``threshold`` bytes, and payloads that compression does not shrink,
+    are stored uncompressed. With ``"zstd-dict"`` the codec samples the first
+    payloads until :attr:`training_due`; the owner of the codec then calls
+    :meth:`train` and stores the dictionary (see :mod:`spoolq.zdict`).
+    Instances are thread-safe.
     """
 
     def __init__(self, serializer: object = "cbor", compressor: object = "zstd", *,
@@ -279,6 +286,37 @@ class Codec:
         self._packed_names = ser_name + comp_name
         self._plain_seed = zlib.crc32(bytes(self._plain_prefix) + self._plain_names)
         self._packed_seed = zlib.crc32(bytes(self._packed_prefix) + self._packed_names)
+        self._zdict: ZstdDictCompressor | None = (
+            self._comp if isinstance(self._comp, ZstdDictCompressor) else None)
+        self._sampling = self._zdict is not None
+
+    # ---- trained dictionaries -----------------------------------------------------------
+
+    def add_dictionary(self, number: int, dict_bytes: bytes, *, activate: bool = False) -> None:
+        """Register zstd dictionary ``number`` of the file so records written with it
+        decode; with ``activate`` (and ``compressor="zstd-dict"``) compress with it too."""
+        if self._zdict is None:
+            self._zdict = ZstdDictCompressor()
+        if activate and self._comp is self._zdict:
+            self._zdict.activate(number, dict_bytes)
+            self._sampling = False
+            self.threshold = min(self.threshold, DICT_THRESHOLD)
+        else:
+            self._zdict.add(number, dict_bytes)
+
+    @property
+    def training_due(self) -> bool:
+        """True when ``"zstd-dict"`` has sampled enough payloads to train a dictionary."""
+        return self._sampling and self._zdict is not None and self._zdict.training_due
+
+    def train(self) -> bytes | None:
+        """Train a dictionary from the sampled payloads (None if they do not allow one)."""
+        if self._zdict is None:
+            return None
+        trained = self._zdict.train()
+        if trained is None:
+            self._sampling = False
+        return trained
 
     @staticmethod
     def _name_bytes(ident: int, name: str) -> bytes:
@@ -307,6 +345,8 @@ class Codec:
         """Return ``(record, raw_size)`` for one item; raw_size is the serialized length."""
         data = self.dumps(item)
         raw_size = len(data)
+        if self._sampling:
+            self._zdict.sample(data)  # type: ignore[union-attr]
         if raw_size >= self.threshold and self._comp_id != 0:
             packed = self._comp.compress(data)
             if len(packed) < raw_size:
@@ -339,6 +379,14 @@ class Codec:
     def _decompress(self, comp_id: int, name: str, payload: bytes, where: str) -> bytes:
         if comp_id == 0:
             return payload
+        if comp_id == ZSTD_DICT_ID:
+            zdict = self._zdict or _decompressor("zstd-dict")
+            try:
+                return bytes(zdict.decompress(payload))
+            except SerializationError as exc:
+                raise SerializationError(f"{where}: {exc}") from exc
+            except Exception as exc:
+                raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
         if comp_id == self._comp_id and (comp_id != CUSTOM_ID or name == self.compressor_name):
             comp = self._comp
         elif comp_id in _COMPRESSOR_NAMES:

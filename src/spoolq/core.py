@@ -28,6 +28,8 @@ log = logging.getLogger("spoolq")
 
 T = TypeVar("T")
 DURABILITIES = ("fsync", "commit", "buffer")
+DICTIONARY_QUEUE = "__spoolq_dictionaries__"
+"""The internal queue holding trained zstd dictionaries, one record each."""
 _HOST = socket.gethostname()
 
 
@@ -110,6 +112,17 @@ def owner_is_dead(owner: str) -> bool:
     except PermissionError:
         return False
     return _process_start(pid) != parts[2]
+
+
+def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
+    """Give ``codec`` every zstd dictionary in the file; activate queue ``name``'s own.
+
+    Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``: an
+    append gives each a number no other process can also get.
+    """
+    active = engine.get_meta(f"queue/{name}/zstd-dict")
+    for rec in engine.peek(DICTIONARY_QUEUE, 255):
+        codec.add_dictionary(rec.id, rec.data, activate=active == str(rec.id).encode())
 
 
 class _Ticket:
@@ -222,6 +235,7 @@ class QueueCore:
             engine.set_meta(key + "serializer", codec.serializer_name.encode())
         if stored_comp is None or stored_comp.decode() != codec.compressor_name:
             engine.set_meta(key + "compressor", codec.compressor_name.encode())
+        load_dictionaries(engine, settings.name, codec)
         return codec
 
     # ---- counts -------------------------------------------------------------------------
@@ -317,6 +331,8 @@ class QueueCore:
                 error = exc
                 self.unfinished -= len(records)
             self._pending_bytes = (0, 0)
+            if error is None and self.codec.training_due:
+                self._train_locked()
             if error is None:
                 c = self._counts
                 self._counts = Counts(c.ready + len(records), c.leased,
@@ -334,6 +350,23 @@ class QueueCore:
             log.error("spoolq: writing %d records to %r failed", len(records), self.name,
                       exc_info=error)
         return tickets
+
+    def _train_locked(self) -> None:
+        """Train the queue's zstd dictionary from sampled records and store it in the file."""
+        trained = self.codec.train()
+        if trained is None:
+            log.info("spoolq: queue %r: records too few or too alike for a zstd dictionary",
+                     self.name)
+            return
+        (number,) = self.engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
+        if number > 255:
+            log.warning("spoolq: queue %r: the file holds 255 zstd dictionaries already",
+                        self.name)
+            return
+        self.engine.set_meta(f"queue/{self.name}/zstd-dict", str(number).encode())
+        self.codec.add_dictionary(number, trained, activate=True)
+        log.info("spoolq: queue %r: trained zstd dictionary %d (%d bytes)", self.name, number,
+                 len(trained))
 
     def put_now(self, records: list[bytes], sizes: list[int]) -> None:
         """Write records from the calling thread (group-committed with any pending);

@@ -1,0 +1,130 @@
+"""zstd with a dictionary trained from the queue's own records (``compressor="zstd-dict"``).
+
+Small records barely compress on their own: a 100-byte record has no history
+for zstd to refer to. A dictionary trained on earlier records supplies that
+history. The compressor collects samples from the first records it sees
+(compressing them with plain zstd meanwhile); once it has enough, the queue
+trains a dictionary, stores it in the file (so any reader, online or offline,
+finds it there) and compresses every later record with it.
+
+Dictionaries are numbered 1, 2, ... within a file: they are the records of an
+internal queue (see ``spoolq.core.DICTIONARY_QUEUE``). A compressed payload is one byte naming the
+dictionary (0: none) followed by a magic-less zstd frame without a dictionary
+id: for records of a hundred bytes, those nine bytes of framing are a large
+part of what is saved. A codec can hold several dictionaries, so records stay
+readable whichever dictionary wrote them, in any queue of the file.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from .errors import CorruptError, SerializationError
+
+__all__ = ["ZstdDictCompressor"]
+
+DICT_SIZE = 16 * 1024
+SAMPLE_COUNT = 1000
+SAMPLE_BYTES = 1 << 20
+LEVEL = 3
+_FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
+
+
+
+class ZstdDictCompressor:
+    """Compresses with the active dictionary; decompresses with any registered one.
+
+    Thread-safe: compressor and decompressor objects are kept per thread.
+    """
+
+    name = "zstd-dict"
+
+    def __init__(self, level: int = LEVEL) -> None:
+        self._level = level
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self.active_id: int | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._samples: list[bytes | bytearray | memoryview] = []
+        self._sample_bytes = 0
+        self._generation = 0
+
+    # ---- dictionaries -------------------------------------------------------------------
+
+    def add(self, number: int, dict_bytes: bytes) -> None:
+        """Register dictionary ``number`` (1..255) for decompression."""
+        if not 1 <= number <= 255:
+            raise CorruptError(f"zstd dictionary number {number} is out of range")
+        with self._lock:
+            self._dicts[number] = zstandard.ZstdCompressionDict(dict_bytes)
+            self._generation += 1
+
+    def activate(self, number: int, dict_bytes: bytes) -> None:
+        """Register dictionary ``number`` and compress every later record with it."""
+        self.add(number, dict_bytes)
+        with self._lock:
+            self.active_id = number
+            self._samples.clear()
+            self._generation += 1
+
+    # ---- sampling and training ----------------------------------------------------------
+
+    def sample(self, data: bytes) -> None:
+        """Keep a payload as a training sample while no dictionary is active."""
+        if self.active_id is None and len(self._samples) < SAMPLE_COUNT:
+            self._samples.append(data)
+            self._sample_bytes += len(data)
+
+    @property
+    def training_due(self) -> bool:
+        return self.active_id is None and (
+            len(self._samples) >= SAMPLE_COUNT or self._sample_bytes >= SAMPLE_BYTES)
+
+    def train(self) -> bytes | None:
+        """Train a dictionary from the samples; None when they are too few or too alike."""
+        with self._lock:
+            samples, self._samples, self._sample_bytes = self._samples, [], 0
+        try:
+            trained = zstandard.train_dictionary(DICT_SIZE, samples, level=self._level)
+        except zstandard.ZstdError:
+            return None
+        return bytes(trained.as_bytes())
+
+    # ---- compression --------------------------------------------------------------------
+
+    def _compressor(self) -> tuple[bytes, zstandard.ZstdCompressor]:
+        cached = getattr(self._local, "compressor", None)
+        if cached is None or cached[0] != self._generation:
+            number = self.active_id or 0
+            params = zstandard.ZstdCompressionParameters.from_level(
+                self._level, format=_FORMAT, write_dict_id=False, write_checksum=False,
+                write_content_size=True)
+            comp = zstandard.ZstdCompressor(dict_data=self._dicts.get(number),
+                                            compression_params=params)
+            cached = self._local.compressor = (self._generation, bytes([number]), comp)
+        return cached[1], cached[2]
+
+    def compress(self, data: bytes) -> bytes:
+        """Compress with the active dictionary (none while sampling)."""
+        prefix, comp = self._compressor()
+        return prefix + comp.compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        """Decompress a payload written with any registered dictionary."""
+        if not data:
+            raise CorruptError("empty zstd-dict payload")
+        number = data[0]
+        cache: dict[int, zstandard.ZstdDecompressor] | None = getattr(
+            self._local, "decompressors", None)
+        if cache is None:
+            cache = self._local.decompressors = {}
+        dec = cache.get(number)
+        if dec is None:
+            zdict = self._dicts.get(number)
+            if number and zdict is None:
+                raise SerializationError(
+                    f"the record needs zstd dictionary {number}, which the file does not hold")
+            dec = cache[number] = zstandard.ZstdDecompressor(dict_data=zdict, format=_FORMAT)
+        return bytes(dec.decompress(data[1:]))

@@ -1,0 +1,64 @@
+"""zstd with a dictionary trained from the queue's own records."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import spoolq
+from spoolq import SyncQueue
+from spoolq.codec import Codec, record_codec_names
+from spoolq.core import DICTIONARY_QUEUE, load_dictionaries
+from spoolq.engines import open_engine
+from spoolq.zdict import SAMPLE_COUNT
+
+
+def _events(n: int, seed: int = 7) -> list[dict[str, object]]:
+    rnd = random.Random(seed)
+    return [{"event": rnd.choice(["click", "view", "buy"]), "user": f"user-{rnd.randint(1, 90)}",
+             "path": f"/products/{rnd.randint(1, 50)}", "n": i} for i in range(n)]
+
+
+def test_dictionary_is_trained_stored_and_used(disk_path: str) -> None:
+    items = _events(SAMPLE_COUNT + 500)
+    with SyncQueue.create(disk_path, compressor="zstd-dict", max_attempts=1) as q:
+        for start in range(0, len(items), 100):
+            q.put_many(items[start:start + 100])
+        ratio = q.stats["compression_ratio_pct"]
+        assert ratio is not None and ratio > 0  # plain zstd saves nothing on these
+        msg = q.lease_many(1)[0]
+        q.nack(msg)  # max_attempts=1: a dead letter now, in another queue of the file
+    engine = open_engine(disk_path, read_only=True)
+    try:
+        tail = engine.peek("default", 1, offset=len(items) - 2)[0]
+        assert record_codec_names(tail.data)[1] == "zstd-dict"
+        codec = Codec()
+        with pytest.raises(spoolq.SerializationError, match="dictionary"):
+            codec.decode(tail.data)
+        load_dictionaries(engine, "default", codec)  # an offline reader finds it in the file
+        assert codec.decode(tail.data) == items[-1]
+        assert [r.id for r in engine.peek(DICTIONARY_QUEUE, 10)] == [1]
+    finally:
+        engine.close()
+    with SyncQueue.create(disk_path) as q:
+        assert q.stats["compressor"] == "zstd-dict"
+        assert q.get_many(None) == items[1:]
+        assert q.peek(dead=True) == [items[0]]
+
+
+def test_small_records_shrink_with_a_dictionary() -> None:
+    plain = Codec("cbor", "zstd")
+    trained = Codec("cbor", "zstd-dict")
+    items = _events(SAMPLE_COUNT + 200)
+    for item in items[:SAMPLE_COUNT]:
+        trained.encode(item)
+    assert trained.training_due
+    dictionary = trained.train()
+    assert dictionary is not None
+    trained.add_dictionary(1, dictionary, activate=True)
+    tail = items[SAMPLE_COUNT:]
+    plain_size = sum(len(plain.encode(i)[0]) for i in tail)
+    dict_size = sum(len(trained.encode(i)[0]) for i in tail)
+    assert dict_size < plain_size * 0.8
+    assert [trained.decode(trained.encode(i)[0]) for i in tail] == tail
