@@ -41,7 +41,7 @@ class _Group(click.Group):
             raise Refused(one_line(exc)) from exc
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="spoolq", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spoolq")
 @click.option("-v", "--verbose", is_flag=True, help="Log what spoolq does to stderr.")
 def cli(verbose: bool) -> None:

@@ -386,14 +386,20 @@ class CliState:
         self.out = Console(highlight=False, soft_wrap=False)
         self.err = Console(stderr=True, highlight=False)
 
-    def table(self, *columns: str, title: str | None = None) -> Table:
-        """A table with right-aligned numeric columns (names starting with ``#``)."""
+    def table(self, *columns: str, title: str | None = None, fold: bool = False,
+              others_width: int = 40) -> Table:
+        """A table for people. Columns named ``#...`` hold numbers (right-aligned);
+        ``~...`` hold long text, cut to one line with an ellipsis unless ``fold``, leaving
+        about ``others_width`` characters of the console's width to the other columns."""
         table = Table(title=title, title_justify="left", box=None, header_style="bold",
                       pad_edge=False)
         for col in columns:
-            numeric = col.startswith("#")
-            table.add_column(col.lstrip("#"), justify="right" if numeric else "left",
-                             overflow="fold")
+            if col.startswith("~") and not fold:
+                table.add_column(col[1:], no_wrap=True, overflow="ellipsis",
+                                 max_width=max(self.out.width - others_width, 20))
+            else:
+                table.add_column(col.lstrip("#~"), overflow="fold",
+                                 justify="right" if col.startswith("#") else "left")
         return table
 
     @staticmethod

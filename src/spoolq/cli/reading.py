@@ -137,7 +137,7 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
 @click.option("--dead", is_flag=True, help="Show the queue's dead letters instead.")
 @click.option("--allow-pickle", is_flag=True,
               help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
-@click.option("--full", is_flag=True, help="Do not shorten long items in the table.")
+@click.option("--full", is_flag=True, help="Show whole items in the table, over several lines.")
 @engine_option()
 @json_option()
 def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickle: bool,
@@ -167,13 +167,13 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
         state.out.print(f"{name}: no items at offset {offset} ({total} ready)", markup=False)
         return
     title = f"{name}: items {offset + 1}-{offset + len(decoded)} of {total}"
-    columns = ["#id", "#age", "#tries", "#size", "item"] + (["reason"] if dead else [])
-    table = state.table(*columns, title=title)
+    columns = ["#id", "#age", "#tries", "#size", "~item"] + (["reason"] if dead else [])
+    table = state.table(*columns, title=title, fold=full, others_width=46 if dead else 30)
     t = now()
     for d in decoded:
         rec = d.record
         row: list[Any] = [str(rec.id), format_age(t - rec.enqueued_at), str(rec.attempts),
-                          format_bytes(len(rec.data)), record_text(d, 0 if full else 200)]
+                          format_bytes(len(rec.data)), record_text(d, 0 if full else 1000)]
         if dead:
             row.append(rec.reason or "")
         state.add_row(table, *row)

@@ -186,7 +186,7 @@ def _plan(src: Engine, dst: Engine, names: list[str], append: bool) -> dict[str,
                 "its consumers, or release stuck leases with `spoolq requeue --leased`")
         there = dst.counts(name)
         if there.ready + there.leased and not append:
-            full.append(f"{name!r} ({there.ready + there.leased} items)")
+            full.append(f"{name!r} ({there.ready + there.leased} item(s))")
         plan[name] = counts.ready
     if full:
         raise Refused(f"the destination already holds {', '.join(full)}; "
