@@ -325,7 +325,7 @@ def record_text(d: Decoded, limit: int) -> Text:
             text = repr(d.item)
         style = ""
     else:
-        text = f"<{len(d.record.data)} raw bytes {d.record.data[:48]!r}…> ({d.note})"
+        text = f"({d.note}) raw: {d.record.data[:48]!r}…"
         style = "yellow"
     if len(text) > limit > 0:
         text = text[: limit - 1] + "…"

@@ -178,6 +178,12 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
             row.append(rec.reason or "")
         state.add_row(table, *row)
     state.out.print(table)
+    raw: dict[str, int] = {}
+    for d in decoded:
+        if not d.ok and d.note:
+            raw[d.note] = raw.get(d.note, 0) + 1
+    for note, n in raw.items():
+        state.out.print(f"{n} item(s) shown raw: {note}", markup=False)
 
 
 class _Verification:
