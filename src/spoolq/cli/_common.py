@@ -392,13 +392,13 @@ class CliState:
         ``~...`` hold long text, cut to one line with an ellipsis unless ``fold``, leaving
         about ``others_width`` characters of the console's width to the other columns."""
         table = Table(title=title, title_justify="left", box=None, header_style="bold",
-                      pad_edge=False)
+                      pad_edge=False, padding=(0, 1, 0, 0))
         for col in columns:
             if col.startswith("~") and not fold:
                 table.add_column(col[1:], no_wrap=True, overflow="ellipsis",
                                  max_width=max(self.out.width - others_width, 20))
             else:
-                table.add_column(col.lstrip("#~"), overflow="fold",
+                table.add_column(col.lstrip("#~"), overflow="fold", min_width=len(col) - 1,
                                  justify="right" if col.startswith("#") else "left")
         return table
 

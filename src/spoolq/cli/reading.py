@@ -182,8 +182,10 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
     for d in decoded:
         if not d.ok and d.note:
             raw[d.note] = raw.get(d.note, 0) + 1
-    for note, n in raw.items():
+    for note, n in list(raw.items())[:5]:
         state.out.print(f"{n} item(s) shown raw: {note}", markup=False)
+    if len(raw) > 5:
+        state.out.print(f"… and {len(raw) - 5} more notes; --json shows each", markup=False)
 
 
 class _Verification:
