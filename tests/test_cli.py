@@ -296,3 +296,11 @@ def test_python_m_spoolq_runs_the_same_command(filled: str) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["queues"][0]["ready"] == 23
     assert result.stderr == ""
+
+
+def test_a_queue_name_that_holds_nothing_is_pointed_out(filled: str) -> None:
+    result = run("peek", filled, "-q", "job")
+    assert result.exit_code == 0
+    assert result.stderr == ("note: no queue 'job' holds items in this file "
+                             "(queues with items: jobs, other)\n")
+    assert run("peek", filled, "-q", "jobs").stderr == ""

@@ -407,12 +407,25 @@ class CliState:
         """Add a row of plain text: brackets in queue names or items are not markup."""
         table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
 
+    def check_queue_name(self, engine: Engine, *names: str) -> None:
+        """Note on stderr when none of ``names`` holds items, naming the queues that do:
+        a mistyped ``--queue`` otherwise looks like an empty queue."""
+        known = engine.queues()
+        if not any(name in known for name in names):
+            others = ", ".join(base_queues(engine)) or "none"
+            self.note(f"note: no queue {names[0]!r} holds items in this file "
+                      f"(queues with items: {others})")
+
     def print_json(self, data: Any) -> None:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
+    def line(self, text: str) -> None:
+        """A line of plain text on stdout, left to the terminal to wrap."""
+        self.out.print(Text(text), soft_wrap=True)
+
     def note(self, message: str) -> None:
         """A line for people on stderr (kept out of data written to stdout)."""
-        self.err.print(Text(message))
+        self.err.print(Text(message), soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:

@@ -65,6 +65,7 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, engine
                               "leases_left": 0, "owners_left": []}
     eng = open_existing(path, engine, read_only=False)
     try:
+        state.check_queue_name(eng, queue, dead_queue_name(queue))
         if dead:
             result["dead_moved"] = eng.move(dead_queue_name(queue), queue)
         if leased:
@@ -84,11 +85,9 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, engine
         state.print_json(result)
     else:
         if dead:
-            state.out.print(f"{queue}: moved {result['dead_moved']} dead letter(s) back to "
-                            "the queue", markup=False)
+            state.line(f"{queue}: moved {result['dead_moved']} dead letter(s) back to the queue")
         if leased:
-            state.out.print(f"{queue}: released {result['leases_released']} lease(s)",
-                            markup=False)
+            state.line(f"{queue}: released {result['leases_released']} lease(s)")
         if result["owners_left"]:
             table = state.table("lease owner", "#items", "process", title="leases left alone")
             for o in result["owners_left"]:
@@ -118,6 +117,8 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
     eng = open_existing(path, engine, read_only=True)
     try:
         counts = eng.counts(name)
+        if not counts.ready + counts.leased:
+            state.check_queue_name(eng, name)
     finally:
         eng.close()
     held = counts.ready + counts.leased
@@ -138,9 +139,9 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
     if as_json:
         state.print_json({"queue": name, "removed": removed})
     elif held:
-        state.out.print(f"{name}: deleted {removed} item(s)", markup=False)
+        state.line(f"{name}: deleted {removed} item(s)")
     else:
-        state.out.print(f"{name}: nothing to delete", markup=False)
+        state.line(f"{name}: nothing to delete")
 
 
 @click.command()
@@ -183,8 +184,6 @@ def compact(path: str, timeout: float, engine: str | None, as_json: bool) -> Non
         state.print_json({"path": path, "engine": engine_name, "action": action,
                           "bytes_before": before, "bytes_after": after})
     elif action is None:
-        state.out.print(f"{path}: nothing to do: the {engine_name} engine has no space to "
-                        "reclaim", markup=False)
+        state.line(f"{path}: nothing to do: the {engine_name} engine has no space to reclaim")
     else:
-        state.out.print(f"{path}: {format_bytes(before)} -> {format_bytes(after)} "
-                        f"({action})", markup=False)
+        state.line(f"{path}: {format_bytes(before)} -> {format_bytes(after)} ({action})")

@@ -101,12 +101,12 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
     if as_json:
         state.print_json(report)
         return
-    state.out.print(f"{path}: {report['engine']} engine, format version "
-                    f"{report['format_version'] or '?'}, {format_bytes(report['file_bytes'])} "
-                    "on disk", markup=False)
+    state.line(f"{path}: {report['engine']} engine, format version "
+               f"{report['format_version'] or '?'}, {format_bytes(report['file_bytes'])} "
+               "on disk")
     queues: list[dict[str, Any]] = report["queues"]
     if not queues:
-        state.out.print("no queues hold records")
+        state.line("no queues hold records")
         return
     table = state.table("queue", "#ready", "#leased", "#dead", "#stored", "#raw", "#saved",
                         "#oldest", "codec")
@@ -157,6 +157,8 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
                    for page in iter_pages(eng, name, offset=offset, limit=count)
                    for rec in page]
         total = eng.counts(name).ready
+        if not decoded:
+            state.check_queue_name(eng, name)
     finally:
         eng.close()
     if as_json:
@@ -164,7 +166,7 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
                           "records": [record_json(d) for d in decoded]})
         return
     if not decoded:
-        state.out.print(f"{name}: no items at offset {offset} ({total} ready)", markup=False)
+        state.line(f"{name}: no items at offset {offset} ({total} ready)")
         return
     title = f"{name}: items {offset + 1}-{offset + len(decoded)} of {total}"
     columns = ["#id", "#age", "#tries", "#size", "~item"] + (["reason"] if dead else [])
@@ -183,9 +185,9 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
         if not d.ok and d.note:
             raw[d.note] = raw.get(d.note, 0) + 1
     for note, n in list(raw.items())[:5]:
-        state.out.print(f"{n} item(s) shown raw: {note}", markup=False)
+        state.line(f"{n} item(s) shown raw: {note}")
     if len(raw) > 5:
-        state.out.print(f"… and {len(raw) - 5} more notes; --json shows each", markup=False)
+        state.line(f"… and {len(raw) - 5} more notes; --json shows each")
 
 
 class _Verification:
@@ -297,9 +299,9 @@ def _print_verification(state: CliState, path: str, engine_name: str,
                           q["not_decodable_here"], q["problems"])
     state.out.print(table)
     for line in report["problems"]:
-        state.out.print(f"  problem: {line}", markup=False)
+        state.line(f"  problem: {line}")
     hidden = report["problem_count"] - len(report["problems"])
     if hidden > 0:
-        state.out.print(f"  … and {hidden} more", markup=False)
+        state.line(f"  … and {hidden} more")
     if report["ok"]:
-        state.out.print(f"sound: {report['records']} records read", markup=False)
+        state.line(f"sound: {report['records']} records read")

@@ -77,6 +77,8 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     eng = open_existing(path, engine, read_only=True)
     try:
         total = eng.counts(name).ready
+        if not total:
+            state.check_queue_name(eng, name)
         with state.progress("dumping", total) as advance:
             if output is None or output == "-":
                 written = _write_items(eng, name, decoder, click.get_binary_stream("stdout"),
@@ -171,7 +173,7 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     if as_json:
         state.print_json({"queue": queue, "loaded": loaded})
     else:
-        state.out.print(f"{queue}: loaded {loaded} item(s) into {path}", markup=False)
+        state.line(f"{queue}: loaded {loaded} item(s) into {path}")
 
 
 def _plan(src: Engine, dst: Engine, names: list[str], append: bool) -> dict[str, int]:
