@@ -44,10 +44,14 @@ __all__ = [
     "iter_pages",
     "json_option",
     "json_text",
+    "now",
+    "one_line",
     "open_existing",
     "owner_state",
     "queue_option",
     "ratio_pct",
+    "record_json",
+    "record_text",
     "set_stored_codec",
     "stored_codec",
 ]
@@ -219,10 +223,12 @@ class Decoded:
 
     @property
     def ok(self) -> bool:
+        """Whether ``item`` holds the decoded item."""
         return self.status == "ok"
 
     @property
     def codec(self) -> str:
+        """``"serializer+compressor"`` as the record's header names them; ``"?"`` if damaged."""
         try:
             ser, comp = record_codec_names(self.record.data)
         except CorruptError:
@@ -254,7 +260,7 @@ class Decoder:
                 return Decoded(rec, "pickle", note="pickled; --allow-pickle decodes it "
                                "(unpickling can run code from the file)")
             builtin = ser in SERIALIZERS and ser != "pickle" and comp in COMPRESSORS
-            if builtin and isinstance(exc, SerializationError) and comp != "lzo":
+            if builtin and isinstance(exc, SerializationError):
                 return Decoded(rec, "invalid", note=one_line(exc))
             return Decoded(rec, "foreign", note=f"cannot be decoded here: {one_line(exc)}")
 

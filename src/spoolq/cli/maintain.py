@@ -33,7 +33,7 @@ class _Compactable(Protocol):
     def compact(self) -> None: ...
 
 
-@click.command()
+@click.command(short_help="Give dead letters or stuck leases back to a queue.")
 @click.argument("path")
 @queue_option()
 @click.option("--dead", is_flag=True,
@@ -98,7 +98,7 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, engine
                       "processes were left alone; --force takes them back")
 
 
-@click.command()
+@click.command(short_help="Delete a queue's items or its dead letters.")
 @click.argument("path")
 @queue_option()
 @click.option("--dead", is_flag=True, help="Delete the queue's dead letters instead.")
@@ -144,7 +144,7 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
         state.line(f"{name}: nothing to delete")
 
 
-@click.command()
+@click.command(short_help="Give the space of deleted items back.")
 @click.argument("path")
 @click.option("--timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds to wait for other programs' writes to finish.")

@@ -72,14 +72,15 @@ def _queue_info(eng: Engine, name: str, t: float) -> dict[str, Any]:
     }
 
 
-@click.command()
+@click.command(short_help="Counts, sizes, ages, codecs and lease owners of each queue.")
 @click.argument("path")
 @queue_option(default=None)
 @engine_option()
 @json_option()
 def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> None:
-    """Engine, format version, and for each named queue: ready / leased / dead counts,
-    stored and raw sizes, compression, codec and the age of the item at the head.
+    """Show the engine and format version, and for each named queue its ready, leased
+    and dead counts, stored and raw sizes, compression, codec and the age of the item
+    at the head.
 
     Leases are listed with their owner process: "gone" (its process has ended:
     `spoolq requeue --leased` releases them), "running", or "unknown" (another
@@ -127,7 +128,7 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
         state.out.print(owners)
 
 
-@click.command()
+@click.command(short_help="Show items at the head of a queue, or its dead letters.")
 @click.argument("path")
 @queue_option()
 @click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
@@ -239,7 +240,7 @@ class _Verification:
         row["problems"] = self.problem_count - before
 
 
-@click.command()
+@click.command(short_help="Read and check every record; exit 1 when damaged.")
 @click.argument("path")
 @queue_option(default=None)
 @click.option("--allow-pickle", is_flag=True,

@@ -51,7 +51,7 @@ def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk
     return written
 
 
-@click.command()
+@click.command(short_help="Write a queue's items as JSON Lines.")
 @click.argument("path")
 @queue_option()
 @click.option("-o", "--output", metavar="FILE", default=None,
@@ -117,7 +117,7 @@ def _count_items(source: str, f: IO[bytes]) -> int:
     return count
 
 
-@click.command()
+@click.command(short_help="Append the items of a JSON Lines file to a queue.")
 @click.argument("path")
 @click.argument("file", metavar="FILE")
 @queue_option()
@@ -137,7 +137,8 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     a time, each batch in one transaction. PATH and the queue are created if
     they do not exist. A FILE is read through once first, so a line that is
     not JSON stops the load before anything is written; from stdin, the
-    batches before the bad line stay loaded.
+    batches before the bad line stay loaded. Like any program opening the
+    queue, load releases the leases of processes that have ended.
     """
     if path == ":memory:":
         raise click.UsageError("':memory:' holds nothing once this command ends")
@@ -196,7 +197,7 @@ def _plan(src: Engine, dst: Engine, names: list[str], append: bool) -> dict[str,
     return plan
 
 
-@click.command()
+@click.command(short_help="Copy queues to another file or engine.")
 @click.argument("src")
 @click.argument("dst")
 @queue_option(default=None)
