@@ -177,24 +177,37 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
         state.line(f"{queue}: loaded {loaded} item(s) into {path}")
 
 
-def _plan(src: Engine, dst: Engine, names: list[str], append: bool) -> dict[str, int]:
-    """Check that every queue can be copied; return each one's ready count in SRC."""
+def _plan(src: Engine, names: list[str]) -> dict[str, int]:
+    """Each queue's ready count in SRC; refuses leased items, which cannot be read."""
     plan: dict[str, int] = {}
-    full: list[str] = []
     for name in names:
         counts = src.counts(name)
         if counts.leased:
             raise Refused(
                 f"{name!r} has {counts.leased} leased item(s), which cannot be copied: stop "
                 "its consumers, or release stuck leases with `spoolq requeue --leased`")
+        plan[name] = counts.ready
+    return plan
+
+
+def _check_destination(src: Engine, dst: Engine, bases: list[str], names: list[str],
+                       append: bool) -> None:
+    """Refuse destination queues that hold items (unless ``append``) or use another
+    serializer."""
+    full = []
+    for name in names:
         there = dst.counts(name)
         if there.ready + there.leased and not append:
             full.append(f"{name!r} ({there.ready + there.leased} item(s))")
-        plan[name] = counts.ready
     if full:
         raise Refused(f"the destination already holds {', '.join(full)}; "
                       "--append adds to them")
-    return plan
+    for base in bases:
+        ser, _comp = stored_codec(src, base)
+        have_ser, _have_comp = stored_codec(dst, base)
+        if have_ser is not None and ser is not None and have_ser != ser:
+            raise Refused(f"{base!r} uses the {ser} serializer but the destination's "
+                          f"{base!r} uses {have_ser}")
 
 
 @click.command(short_help="Copy queues to another file or engine.")
@@ -227,9 +240,11 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     try:
         bases = base_queues(source, queue)
         names = [n for base in bases for n in (base, dead_queue_name(base))]
+        plan = _plan(source, names)
         target = open_engine(dst, to_engine)
         try:
-            copied = _copy(state, source, target, bases, names, append, chunk)
+            _check_destination(source, target, bases, names, append)
+            copied = _copy(state, source, target, bases, plan, chunk)
         finally:
             target.close()
     finally:
@@ -243,15 +258,13 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     state.out.print(table)
 
 
-def _copy(state: CliState, source: Engine, target: Engine, bases: list[str], names: list[str],
-          append: bool, chunk: int) -> list[dict[str, Any]]:
-    plan = _plan(source, target, names, append)
+def _copy(state: CliState, source: Engine, target: Engine, bases: list[str],
+          plan: dict[str, int], chunk: int) -> list[dict[str, Any]]:
+    """Copy the queues of ``plan`` (name -> ready count), codec settings first."""
+    names = list(plan)
     for base in bases:
         ser, comp = stored_codec(source, base)
         have_ser, have_comp = stored_codec(target, base)
-        if have_ser is not None and ser is not None and have_ser != ser:
-            raise Refused(f"{base!r} uses the {ser} serializer but the destination's "
-                          f"{base!r} uses {have_ser}")
         set_stored_codec(target, base, None if have_ser else ser, None if have_comp else comp)
     before = {name: target.counts(name).ready for name in names}
     copied: list[dict[str, Any]] = []
