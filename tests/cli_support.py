@@ -1,4 +1,4 @@
-"""Helpers for the command-line tests: run the command, build queue files, snapshot them."""
+"""Shared code of the command-line tests: run the command, build queue files, snapshot them."""
 
 from __future__ import annotations
 
