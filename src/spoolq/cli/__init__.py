@@ -1,0 +1,68 @@
+"""The ``spoolq`` command: look inside queue files, fix them, move them.
+
+``main()`` is the console-script entry point (also ``python -m spoolq``). Each
+subcommand lives in a module of this package; see docs/cli.md for a session
+with each, the exit codes and the JSON shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import EngineError, SpoolqError
+from ._common import ExitCode, FileProblem, Refused, one_line
+from .maintain import compact, purge, requeue
+from .reading import info, peek, verify
+from .transfer import dump, load, migrate
+
+__all__ = ["ExitCode", "cli", "main"]
+
+log = logging.getLogger("spoolq")
+
+
+class _Group(click.Group):
+    """Turns spoolq and OS errors into one line on stderr and a meaningful exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+            raise
+        except (EngineError, OSError) as exc:
+            log.debug("spoolq command failed", exc_info=True)
+            raise FileProblem(one_line(exc)) from exc
+        except SpoolqError as exc:
+            log.debug("spoolq command failed", exc_info=True)
+            raise Refused(one_line(exc)) from exc
+
+
+@click.group(name="spoolq", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spoolq")
+@click.option("-v", "--verbose", is_flag=True, help="Log what spoolq does to stderr.")
+def cli(verbose: bool) -> None:
+    """Inspect and maintain spoolq queue files of any engine, without the program
+    that writes them.
+
+    Exit status: 0 success; 1 verify found problems, or an operation was
+    refused or could not finish; 2 bad usage; 3 the file is missing, not a
+    spoolq queue file, damaged, locked, or an I/O error occurred.
+    """
+    if verbose:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+
+
+for _command in (info, peek, dump, load, requeue, purge, compact, verify, migrate):
+    cli.add_command(_command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``spoolq`` command with ``argv`` (default: the process's arguments); exits."""
+    cli.main(args=None if argv is None else list(argv), prog_name="spoolq")

@@ -1,0 +1,59 @@
+"""SQLite-only maintenance that the engine protocol has no call for.
+
+``verify`` asks SQLite to check its own pages and ``compact`` runs ``VACUUM``.
+Both use a connection of their own next to the engine's; the file has been
+opened (and so checked to be a spoolq queue) through the engine first.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from urllib.parse import quote
+
+from ..errors import CorruptError, EngineError, LockTimeout
+
+__all__ = ["quick_check", "vacuum"]
+
+
+def _translate(path: str, what: str, exc: sqlite3.Error) -> EngineError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return LockTimeout(f"{path}: {what} waited too long for a lock: {text}")
+    if "malformed" in text or "corrupt" in text or "not a database" in text:
+        return CorruptError(f"{path} is damaged: {text}")
+    return EngineError(f"{path}: {what} failed: {text}")
+
+
+def quick_check(path: str) -> list[str]:
+    """SQLite's ``PRAGMA quick_check`` on a read-only connection: [] when the pages are sound,
+    else up to 20 lines naming what is wrong. It reads every page and changes nothing."""
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            rows = conn.execute("PRAGMA quick_check(20)").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return [str(_translate(path, "quick_check", exc))]
+    found = [str(row[0]) for row in rows]
+    return [] if found == ["ok"] else [f"SQLite: {line}" for line in found]
+
+
+def vacuum(path: str, *, timeout: float = 10.0) -> None:
+    """Rewrite the file without its free pages (``VACUUM``) and empty the WAL.
+
+    Waits up to ``timeout`` seconds for other connections' writes; raises
+    :class:`LockTimeout` after that.
+    """
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _translate(path, "VACUUM", exc) from exc

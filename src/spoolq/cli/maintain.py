@@ -1,0 +1,189 @@
+"""Commands that change a queue file in place: ``requeue``, ``purge`` and ``compact``."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import click
+
+from ..core import owner_is_dead
+from ..engines import dead_queue_name
+from . import _sqlite
+from ._common import (
+    CliState,
+    Refused,
+    disk_bytes,
+    engine_option,
+    format_bytes,
+    is_interactive,
+    json_option,
+    now,
+    open_existing,
+    owner_state,
+    queue_option,
+)
+
+__all__ = ["compact", "purge", "requeue"]
+
+
+@runtime_checkable
+class _Compactable(Protocol):
+    """An engine that can give free space back (an optional method, not in ``Engine``)."""
+
+    def compact(self) -> None: ...
+
+
+@click.command(short_help="Give dead letters or stuck leases back to a queue.")
+@click.argument("path")
+@queue_option()
+@click.option("--dead", is_flag=True,
+              help="Move the dead letters back to the tail of the queue.")
+@click.option("--leased", is_flag=True,
+              help="Make stuck leases ready again: those whose ttl ran out or whose "
+                   "process has ended.")
+@click.option("--force", is_flag=True,
+              help="With --leased, also take back leases of running processes and of "
+                   "other hosts.")
+@engine_option()
+@json_option()
+def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, engine: str | None,
+            as_json: bool) -> None:
+    """Give items back to a queue: dead letters (--dead), stuck leases (--leased), or both.
+
+    --dead moves every dead letter to the tail of the queue as a new item
+    (attempts start again at 0). --leased releases leases that ran out and
+    leases whose owner process on this host has ended; the items keep their
+    place in line. Leases of running processes, or of processes on other
+    hosts, are left alone (exit status 1) unless --force is given.
+    """
+    if not (dead or leased):
+        raise click.UsageError("say what to requeue: --dead, --leased or both")
+    if force and not leased:
+        raise click.UsageError("--force only applies to --leased")
+    state = CliState()
+    result: dict[str, Any] = {"queue": queue, "dead_moved": 0, "leases_released": 0,
+                              "leases_left": 0, "owners_left": []}
+    eng = open_existing(path, engine, read_only=False)
+    try:
+        state.check_queue_name(eng, queue, dead_queue_name(queue))
+        if dead:
+            result["dead_moved"] = eng.move(dead_queue_name(queue), queue)
+        if leased:
+            gone = [owner for owner in eng.owners(queue) if owner_is_dead(owner)]
+            released = eng.expire(queue, now(), owners=gone)
+            left = eng.owners(queue)
+            if left and force:
+                released += eng.expire(queue, now(), owners=sorted(left))
+                left = eng.owners(queue)
+            result["leases_released"] = released
+            result["leases_left"] = sum(left.values())
+            result["owners_left"] = [{"owner": o, "leased": n, "process": owner_state(o)}
+                                     for o, n in sorted(left.items())]
+    finally:
+        eng.close()
+    if as_json:
+        state.print_json(result)
+    else:
+        if dead:
+            state.line(f"{queue}: moved {result['dead_moved']} dead letter(s) back to the queue")
+        if leased:
+            state.line(f"{queue}: released {result['leases_released']} lease(s)")
+        if result["owners_left"]:
+            table = state.table("lease owner", "#items", "process", title="leases left alone")
+            for o in result["owners_left"]:
+                state.add_row(table, o["owner"], o["leased"], o["process"])
+            state.out.print(table)
+    if result["leases_left"]:
+        raise Refused(f"{queue}: {result['leases_left']} lease(s) of running or unknown "
+                      "processes were left alone; --force takes them back")
+
+
+@click.command(short_help="Delete a queue's items or its dead letters.")
+@click.argument("path")
+@queue_option()
+@click.option("--dead", is_flag=True, help="Delete the queue's dead letters instead.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@engine_option()
+@json_option()
+def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
+          as_json: bool) -> None:
+    """Delete every item of a queue, ready and leased (or every dead letter, with --dead).
+
+    Asks for confirmation first unless --yes is given; without a terminal to
+    ask on, and without --yes, it refuses (exit status 1) and deletes nothing.
+    """
+    state = CliState()
+    name = dead_queue_name(queue) if dead else queue
+    eng = open_existing(path, engine, read_only=True)
+    try:
+        counts = eng.counts(name)
+        if not counts.ready + counts.leased:
+            state.check_queue_name(eng, name)
+    finally:
+        eng.close()
+    held = counts.ready + counts.leased
+    removed = 0
+    if held:
+        question = (f"Delete {counts.ready} ready and {counts.leased} leased item(s) of "
+                    f"{name!r} in {path}?")
+        if not yes:
+            if not is_interactive():
+                raise Refused(f"{question} Refusing without confirmation: pass --yes")
+            if not click.confirm(question, default=False, err=True):
+                raise Refused("nothing was deleted")
+        eng = open_existing(path, engine, read_only=False)
+        try:
+            removed = eng.purge(name)
+        finally:
+            eng.close()
+    if as_json:
+        state.print_json({"queue": name, "removed": removed})
+    elif held:
+        state.line(f"{name}: deleted {removed} item(s)")
+    else:
+        state.line(f"{name}: nothing to delete")
+
+
+@click.command(short_help="Give the space of deleted items back.")
+@click.argument("path")
+@click.option("--timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds to wait for other programs' writes to finish.")
+@engine_option()
+@json_option()
+def compact(path: str, timeout: float, engine: str | None, as_json: bool) -> None:
+    """Give the space of deleted items back to the file system.
+
+    SQLite files are rewritten with VACUUM (other programs may keep the file
+    open; the rewrite waits for their writes). An engine object that offers
+    a compact() method has it called; for the others there is nothing to do.
+    """
+    state = CliState()
+    eng = open_existing(path, engine, read_only=True)
+    try:
+        engine_name = eng.name
+        can_compact = isinstance(eng, _Compactable)
+    finally:
+        eng.close()
+    before = disk_bytes(path)
+    action: str | None = None
+    if engine_name == "sqlite":
+        with state.progress("compacting", None):
+            _sqlite.vacuum(path, timeout=timeout)
+        action = "VACUUM"
+    elif can_compact:
+        eng = open_existing(path, engine, read_only=False)
+        try:
+            if isinstance(eng, _Compactable):
+                with state.progress("compacting", None):
+                    eng.compact()
+        finally:
+            eng.close()
+        action = "compact()"
+    after = disk_bytes(path)
+    if as_json:
+        state.print_json({"path": path, "engine": engine_name, "action": action,
+                          "bytes_before": before, "bytes_after": after})
+    elif action is None:
+        state.line(f"{path}: nothing to do: the {engine_name} engine has no space to reclaim")
+    else:
+        state.line(f"{path}: {format_bytes(before)} -> {format_bytes(after)} ({action})")

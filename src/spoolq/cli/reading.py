@@ -1,0 +1,308 @@
+"""Read-only commands: ``info``, ``peek`` and ``verify``.
+
+Each opens the file with ``read_only=True`` and leaves its bytes unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..engines import Engine, dead_queue_name
+from ..errors import CorruptError
+from . import _sqlite
+from ._common import (
+    DEFAULT_CHUNK,
+    CliState,
+    Decoder,
+    Refused,
+    base_queues,
+    disk_bytes,
+    engine_option,
+    format_age,
+    format_bytes,
+    iter_pages,
+    json_option,
+    now,
+    one_line,
+    open_existing,
+    owner_state,
+    queue_option,
+    ratio_pct,
+    record_json,
+    record_text,
+    stored_codec,
+)
+
+__all__ = ["info", "peek", "verify"]
+
+_MAX_PROBLEMS = 100
+
+
+def _format_version(eng: Engine) -> str | None:
+    raw = eng.get_meta("format_version")
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+def _queue_info(eng: Engine, name: str, t: float) -> dict[str, Any]:
+    counts = eng.counts(name)
+    dq = dead_queue_name(name)
+    dead = eng.counts(dq)
+    head = eng.peek(name, 1)
+    dead_head = eng.peek(dq, 1)
+    ser, comp = stored_codec(eng, name)
+    oldest = head[0].enqueued_at if head else None
+    return {
+        "name": name,
+        "serializer": ser,
+        "compressor": comp,
+        "ready": counts.ready,
+        "leased": counts.leased,
+        "dead": dead.ready + dead.leased,
+        "stored_bytes": counts.stored_bytes,
+        "raw_bytes": counts.raw_bytes,
+        "compression_ratio_pct": ratio_pct(counts.stored_bytes, counts.raw_bytes),
+        "dead_stored_bytes": dead.stored_bytes,
+        "oldest_enqueued_at": oldest,
+        "oldest_age_seconds": None if oldest is None else round(t - oldest, 3),
+        "oldest_dead_enqueued_at": dead_head[0].enqueued_at if dead_head else None,
+        "lease_owners": [{"owner": owner, "leased": n, "process": owner_state(owner)}
+                         for owner, n in sorted(eng.owners(name).items())],
+    }
+
+
+@click.command(short_help="Counts, sizes, ages, codecs and lease owners of each queue.")
+@click.argument("path")
+@queue_option(default=None)
+@engine_option()
+@json_option()
+def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> None:
+    """Show the engine and format version, and for each named queue its ready, leased
+    and dead counts, stored and raw sizes, compression, codec and the age of the item
+    at the head.
+
+    Leases are listed with their owner process: "gone" (its process has ended:
+    `spoolq requeue --leased` releases them), "running", or "unknown" (another
+    host; the lease comes back when its ttl runs out).
+    """
+    state = CliState()
+    eng = open_existing(path, engine, read_only=True)
+    try:
+        t = now()
+        report: dict[str, Any] = {
+            "path": path,
+            "engine": eng.name,
+            "format_version": _format_version(eng),
+            "file_bytes": disk_bytes(path),
+            "queues": [_queue_info(eng, name, t) for name in base_queues(eng, queue)],
+        }
+    finally:
+        eng.close()
+    if as_json:
+        state.print_json(report)
+        return
+    state.line(f"{path}: {report['engine']} engine, format version "
+               f"{report['format_version'] or '?'}, {format_bytes(report['file_bytes'])} "
+               "on disk")
+    queues: list[dict[str, Any]] = report["queues"]
+    if not queues:
+        state.line("no queues hold records")
+        return
+    table = state.table("queue", "#ready", "#leased", "#dead", "#stored", "#raw", "#saved",
+                        "#oldest", "codec")
+    owners = state.table("queue", "lease owner", "#items", "process", title="leases")
+    for q in queues:
+        ratio = q["compression_ratio_pct"]
+        state.add_row(table, q["name"], q["ready"], q["leased"], q["dead"],
+                      format_bytes(q["stored_bytes"]), format_bytes(q["raw_bytes"]),
+                      "-" if ratio is None else f"{ratio:.1f}%",
+                      format_age(q["oldest_age_seconds"]),
+                      f"{q['serializer'] or '?'}+{q['compressor'] or '?'}")
+        for lease in q["lease_owners"]:
+            state.add_row(owners, q["name"], lease["owner"], lease["leased"],
+                          lease["process"])
+    state.out.print(table)
+    if owners.row_count:
+        state.out.print()
+        state.out.print(owners)
+
+
+@click.command(short_help="Show items at the head of a queue, or its dead letters.")
+@click.argument("path")
+@queue_option()
+@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many items to show.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Skip this many items from the head first.")
+@click.option("--dead", is_flag=True, help="Show the queue's dead letters instead.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
+@click.option("--full", is_flag=True, help="Show whole items in the table, over several lines.")
+@engine_option()
+@json_option()
+def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickle: bool,
+         full: bool, engine: str | None, as_json: bool) -> None:
+    """Show items from the head of a queue without removing anything.
+
+    Items that cannot be decoded here (pickled without --allow-pickle, a class
+    this process cannot import, a custom codec, a damaged record) are shown
+    as their raw bytes with a note; in --json they come as base64 "raw".
+    """
+    state = CliState()
+    name = dead_queue_name(queue) if dead else queue
+    decoder = Decoder(allow_pickle=allow_pickle)
+    eng = open_existing(path, engine, read_only=True)
+    try:
+        decoded = [decoder.decode(rec)
+                   for page in iter_pages(eng, name, offset=offset, limit=count)
+                   for rec in page]
+        total = eng.counts(name).ready
+        if not decoded:
+            state.check_queue_name(eng, name)
+    finally:
+        eng.close()
+    if as_json:
+        state.print_json({"queue": name, "ready": total, "offset": offset,
+                          "records": [record_json(d) for d in decoded]})
+        return
+    if not decoded:
+        state.line(f"{name}: no items at offset {offset} ({total} ready)")
+        return
+    title = f"{name}: items {offset + 1}-{offset + len(decoded)} of {total}"
+    columns = ["#id", "#age", "#tries", "#size", "~item"] + (["reason"] if dead else [])
+    table = state.table(*columns, title=title, fold=full, others_width=46 if dead else 30)
+    t = now()
+    for d in decoded:
+        rec = d.record
+        row: list[Any] = [str(rec.id), format_age(t - rec.enqueued_at), str(rec.attempts),
+                          format_bytes(len(rec.data)), record_text(d, 0 if full else 1000)]
+        if dead:
+            row.append(rec.reason or "")
+        state.add_row(table, *row)
+    state.out.print(table)
+    raw: dict[str, int] = {}
+    for d in decoded:
+        if not d.ok and d.note:
+            raw[d.note] = raw.get(d.note, 0) + 1
+    for note, n in list(raw.items())[:5]:
+        state.line(f"{n} item(s) shown raw: {note}")
+    if len(raw) > 5:
+        state.line(f"… and {len(raw) - 5} more notes; --json shows each")
+
+
+class _Verification:
+    """The findings of ``verify``, gathered while it reads."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.problem_count = 0
+        self.queues: list[dict[str, Any]] = []
+
+    def problem(self, message: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append(message)
+
+    def check_queue(self, eng: Engine, name: str, decoder: Decoder, chunk: int,
+                    advance: Any) -> None:
+        counts = eng.counts(name)
+        row: dict[str, Any] = {"name": name, "ready": counts.ready, "leased": counts.leased,
+                               "read": 0, "checked": 0, "not_decodable_here": 0, "problems": 0}
+        self.queues.append(row)
+        before = self.problem_count
+        stored = raw = 0
+        last_id: int | None = None
+        for page in iter_pages(eng, name, chunk=chunk):
+            for rec in page:
+                if last_id is not None and rec.id <= last_id:
+                    self.problem(f"{name}: record {rec.id} follows record {last_id}: "
+                                 "ids must only grow")
+                last_id = rec.id
+                stored += len(rec.data)
+                raw += rec.raw_size
+                d = decoder.decode(rec)
+                if d.status in ("damaged", "invalid"):
+                    self.problem(f"{name}: {d.note}")
+                elif d.ok:
+                    row["checked"] += 1
+                else:
+                    row["not_decodable_here"] += 1
+            row["read"] += len(page)
+            advance(len(page))
+        if row["read"] != counts.ready:
+            self.problem(f"{name}: the stored count says {counts.ready} ready records, "
+                         f"{row['read']} were read")
+        elif counts.leased == 0 and (stored, raw) != (counts.stored_bytes, counts.raw_bytes):
+            self.problem(f"{name}: the stored sizes say {counts.stored_bytes} stored / "
+                         f"{counts.raw_bytes} raw bytes, the records add up to "
+                         f"{stored} / {raw}")
+        row["problems"] = self.problem_count - before
+
+
+@click.command(short_help="Read and check every record; exit 1 when damaged.")
+@click.argument("path")
+@queue_option(default=None)
+@click.option("--allow-pickle", is_flag=True,
+              help="Also unpickle pickled items (their checksums are checked either way).")
+@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
+              help="Records read per engine call.")
+@engine_option()
+@json_option()
+def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine: str | None,
+           as_json: bool) -> None:
+    """Read every record and check it: header, checksum, decompression and decoding,
+    ids that only grow, and the stored counts and sizes against what was read.
+
+    Exits 0 when the file is sound and 1 with a report when it is not (3 when
+    it cannot even be opened as a queue file). Leased records cannot be read
+    through the engine and are only counted. Run it on a file no program is
+    writing: a live writer makes the counts move while they are compared.
+    """
+    state = CliState()
+    found = _Verification()
+    decoder = Decoder(allow_pickle=allow_pickle)
+    eng = open_existing(path, engine, read_only=True)
+    try:
+        engine_name = eng.name
+        if engine_name == "sqlite":
+            for line in _sqlite.quick_check(path):
+                found.problem(line)
+        names = [n for base in base_queues(eng, queue) for n in (base, dead_queue_name(base))]
+        total = sum(eng.counts(n).ready for n in names)
+        with state.progress("verifying", total) as advance:
+            for name in names:
+                try:
+                    found.check_queue(eng, name, decoder, chunk, advance)
+                except CorruptError as exc:
+                    found.problem(f"{name}: reading stopped: {one_line(exc)}")
+    finally:
+        eng.close()
+    records = sum(q["read"] for q in found.queues)
+    report = {"path": path, "engine": engine_name, "ok": found.problem_count == 0,
+              "records": records, "problem_count": found.problem_count,
+              "problems": found.problems, "queues": found.queues}
+    if as_json:
+        state.print_json(report)
+    else:
+        _print_verification(state, path, engine_name, report)
+    if found.problem_count:
+        raise Refused(f"{path}: {found.problem_count} problem(s) found")
+
+
+def _print_verification(state: CliState, path: str, engine_name: str,
+                        report: dict[str, Any]) -> None:
+    table = state.table("queue", "#ready", "#leased", "#read", "#checked",
+                        "#not decodable here", "#problems", title=f"{path} ({engine_name})")
+    for q in report["queues"]:
+        if q["ready"] or q["leased"] or q["read"] or q["problems"]:
+            state.add_row(table, q["name"], q["ready"], q["leased"], q["read"], q["checked"],
+                          q["not_decodable_here"], q["problems"])
+    state.out.print(table)
+    for line in report["problems"]:
+        state.line(f"  problem: {line}")
+    hidden = report["problem_count"] - len(report["problems"])
+    if hidden > 0:
+        state.line(f"  … and {hidden} more")
+    if report["ok"]:
+        state.line(f"sound: {report['records']} records read")

@@ -1,0 +1,289 @@
+"""Commands that move items in and out: ``dump``, ``load`` and ``migrate``."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+from typing import IO, Any
+
+import click
+
+from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
+from ..sync import SyncQueue
+from ._common import (
+    DEFAULT_CHUNK,
+    CliState,
+    Decoder,
+    Refused,
+    base_queues,
+    engine_option,
+    iter_pages,
+    json_option,
+    json_text,
+    open_existing,
+    queue_option,
+    set_stored_codec,
+    stored_codec,
+)
+
+__all__ = ["dump", "load", "migrate"]
+
+
+def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk: int,
+                 advance: Any) -> int:
+    written = 0
+    for page in iter_pages(eng, name, chunk=chunk):
+        lines = []
+        for rec in page:
+            d = decoder.decode(rec)
+            if not d.ok:
+                raise Refused(f"record {rec.id} of {name!r}: {d.note}")
+            try:
+                lines.append(json_text(d.item))
+            except ValueError as exc:
+                raise Refused(f"record {rec.id} of {name!r} cannot be written as JSON: {exc}; "
+                              "dump handles JSON-compatible items only") from None
+        out.write(("\n".join(lines) + "\n").encode())
+        written += len(page)
+        advance(len(page))
+    return written
+
+
+@click.command(short_help="Write a queue's items as JSON Lines.")
+@click.argument("path")
+@queue_option()
+@click.option("-o", "--output", metavar="FILE", default=None,
+              help="Write to FILE (replaced only once the dump is complete) instead of stdout.")
+@click.option("--dead", is_flag=True, help="Dump the queue's dead letters instead.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
+@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
+              help="Records read per engine call.")
+@engine_option()
+def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bool, chunk: int,
+         engine: str | None) -> None:
+    """Write a queue's items as JSON Lines, oldest first, one item per line.
+
+    Only items that JSON holds exactly (dicts with string keys, lists,
+    strings, numbers, booleans, null) can be dumped; anything else stops the
+    dump with an error naming the record, and -o FILE is then left as it was.
+    `spoolq load` reads the output back.
+    """
+    state = CliState()
+    name = dead_queue_name(queue) if dead else queue
+    decoder = Decoder(allow_pickle=allow_pickle)
+    eng = open_existing(path, engine, read_only=True)
+    try:
+        total = eng.counts(name).ready
+        if not total:
+            state.check_queue_name(eng, name)
+        with state.progress("dumping", total) as advance:
+            if output is None or output == "-":
+                written = _write_items(eng, name, decoder, click.get_binary_stream("stdout"),
+                                       chunk, advance)
+            else:
+                partial = output + ".part"
+                try:
+                    with open(partial, "wb") as f:
+                        written = _write_items(eng, name, decoder, f, chunk, advance)
+                    os.replace(partial, output)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.remove(partial)
+                    raise
+    finally:
+        eng.close()
+    if output is not None and output != "-":
+        state.note(f"{name}: dumped {written} item(s) to {output}")
+
+
+def _parse_line(source: str, lineno: int, line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise Refused(f"{source}:{lineno}: not valid JSON: {exc}") from None
+
+
+def _count_items(source: str, f: IO[bytes]) -> int:
+    """Check that every line of a seekable file is JSON before anything is written."""
+    count = 0
+    for lineno, line in enumerate(f, 1):
+        if line.strip():
+            _parse_line(source, lineno, line)
+            count += 1
+    f.seek(0)
+    return count
+
+
+@click.command(short_help="Append the items of a JSON Lines file to a queue.")
+@click.argument("path")
+@click.argument("file", metavar="FILE")
+@queue_option()
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Items written per transaction.")
+@click.option("--serializer", default=None,
+              help="Serializer of a queue created by this load (default: cbor).")
+@click.option("--compressor", default=None,
+              help="Compressor of a queue created by this load (default: zstd).")
+@engine_option()
+@json_option()
+def load(path: str, file: str, queue: str, batch_size: int, serializer: str | None,
+         compressor: str | None, engine: str | None, as_json: bool) -> None:
+    """Append the items of a JSON Lines FILE (- for stdin) to a queue, in order.
+
+    Items are encoded with the queue's own codec and written --batch-size at
+    a time, each batch in one transaction. PATH and the queue are created if
+    they do not exist. A FILE is read through once first, so a line that is
+    not JSON stops the load before anything is written; from stdin, the
+    batches before the bad line stay loaded. Like any program opening the
+    queue, load releases the leases of processes that have ended.
+    """
+    if path == ":memory:":
+        raise click.UsageError("':memory:' holds nothing once this command ends")
+    state = CliState()
+    stream: IO[bytes] = (click.get_binary_stream("stdin") if file == "-"
+                         else open(file, "rb"))  # noqa: SIM115 - closed below
+    loaded = 0
+    try:
+        total = None if file == "-" else _count_items(file, stream)
+        with SyncQueue.create(path, name=queue, engine=engine, serializer=serializer,
+                              compressor=compressor) as q, \
+                state.progress("loading", total) as advance:
+            batch: list[Any] = []
+            for lineno, line in enumerate(stream, 1):
+                if line.strip():
+                    batch.append(_parse_line(file, lineno, line))
+                if len(batch) >= batch_size:
+                    q.put_many(batch)
+                    loaded += len(batch)
+                    advance(len(batch))
+                    batch = []
+            if batch:
+                q.put_many(batch)
+                loaded += len(batch)
+                advance(len(batch))
+    except Refused as exc:
+        if loaded:
+            exc.message += f" ({loaded} item(s) before it were loaded)"
+        raise
+    finally:
+        if file != "-":
+            stream.close()
+    if as_json:
+        state.print_json({"queue": queue, "loaded": loaded})
+    else:
+        state.line(f"{queue}: loaded {loaded} item(s) into {path}")
+
+
+def _plan(src: Engine, names: list[str]) -> dict[str, int]:
+    """Each queue's ready count in SRC; refuses leased items, which cannot be read."""
+    plan: dict[str, int] = {}
+    for name in names:
+        counts = src.counts(name)
+        if counts.leased:
+            raise Refused(
+                f"{name!r} has {counts.leased} leased item(s), which cannot be copied: stop "
+                "its consumers, or release stuck leases with `spoolq requeue --leased`")
+        plan[name] = counts.ready
+    return plan
+
+
+def _check_destination(src: Engine, dst: Engine, bases: list[str], names: list[str],
+                       append: bool) -> None:
+    """Refuse destination queues that hold items (unless ``append``) or use another
+    serializer."""
+    full = []
+    for name in names:
+        there = dst.counts(name)
+        if there.ready + there.leased and not append:
+            full.append(f"{name!r} ({there.ready + there.leased} item(s))")
+    if full:
+        raise Refused(f"the destination already holds {', '.join(full)}; "
+                      "--append adds to them")
+    for base in bases:
+        ser, _comp = stored_codec(src, base)
+        have_ser, _have_comp = stored_codec(dst, base)
+        if have_ser is not None and ser is not None and have_ser != ser:
+            raise Refused(f"{base!r} uses the {ser} serializer but the destination's "
+                          f"{base!r} uses {have_ser}")
+
+
+@click.command(short_help="Copy queues to another file or engine.")
+@click.argument("src")
+@click.argument("dst")
+@queue_option(default=None)
+@click.option("--append", is_flag=True,
+              help="Add to destination queues that already hold items.")
+@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
+              help="Records read per engine call.")
+@engine_option("--from-engine", dest="from_engine", help="Engine to open SRC with.")
+@engine_option("--to-engine", dest="to_engine", help="Engine to create DST with.")
+@json_option()
+def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
+            from_engine: str | None, to_engine: str | None, as_json: bool) -> None:
+    """Copy every named queue, dead letters included, from SRC to DST (of any engine).
+
+    Records are copied as stored (no decoding, so any codec moves), in order,
+    with their enqueue times; attempt counts start again at 0 and dead
+    letters lose their reason. DST is created if missing; a destination
+    queue that already holds items is refused unless --append. SRC is only
+    read. Stop the programs using SRC first: leased items cannot be copied.
+    """
+    state = CliState()
+    if (to_engine or engine_name_for(dst)) == "memory":
+        raise click.UsageError("the memory engine keeps nothing once this command ends")
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise click.UsageError("SRC and DST are the same file")
+    source = open_existing(src, from_engine, read_only=True)
+    try:
+        bases = base_queues(source, queue)
+        names = [n for base in bases for n in (base, dead_queue_name(base))]
+        plan = _plan(source, names)
+        target = open_engine(dst, to_engine)
+        try:
+            _check_destination(source, target, bases, names, append)
+            copied = _copy(state, source, target, bases, plan, chunk)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    if as_json:
+        state.print_json({"src": src, "dst": dst, "queues": copied})
+        return
+    table = state.table("queue", "#copied", "#now in destination", title=f"{src} -> {dst}")
+    for row in copied:
+        state.add_row(table, row["name"], row["copied"], row["ready"])
+    state.out.print(table)
+
+
+def _copy(state: CliState, source: Engine, target: Engine, bases: list[str],
+          plan: dict[str, int], chunk: int) -> list[dict[str, Any]]:
+    """Copy the queues of ``plan`` (name -> ready count), codec settings first."""
+    names = list(plan)
+    for base in bases:
+        ser, comp = stored_codec(source, base)
+        have_ser, have_comp = stored_codec(target, base)
+        set_stored_codec(target, base, None if have_ser else ser, None if have_comp else comp)
+    before = {name: target.counts(name).ready for name in names}
+    copied: list[dict[str, Any]] = []
+    with state.progress("copying", sum(plan.values())) as advance:
+        for name in names:
+            done = 0
+            for page in iter_pages(source, name, chunk=chunk):
+                # append() stamps one time per call: runs of equal times keep each record's.
+                for stamp, run in itertools.groupby(page, key=lambda r: r.enqueued_at):
+                    recs = list(run)
+                    target.append(name, [r.data for r in recs], [r.raw_size for r in recs],
+                                  stamp)
+                done += len(page)
+                advance(len(page))
+            ready = target.counts(name).ready
+            if done != plan[name] or ready != before[name] + done:
+                raise Refused(f"{name!r}: {plan[name]} items were to be copied, {done} were "
+                              f"read and the destination gained {ready - before[name]}; "
+                              "was another program using the files?")
+            if done or plan[name] or name in bases:
+                copied.append({"name": name, "copied": done, "ready": ready})
+    return copied

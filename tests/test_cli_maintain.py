@@ -1,0 +1,199 @@
+"""The spoolq command's writing subcommands: requeue, purge, compact, migrate, and the
+command run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import spoolq
+from spoolq.cli import ExitCode, maintain
+
+from .cli_support import (
+    GONE_OWNER,
+    OTHER_HOST_OWNER,
+    biggest_file,
+    fill,
+    items,
+    lease_as,
+    run,
+    run_json,
+    run_process,
+)
+from .conftest import DISK_ENGINES, queue_path
+
+
+@pytest.fixture
+def filled(disk_path: str) -> str:
+    fill(disk_path)
+    return disk_path
+
+
+def _counts(path: str, queue: str = "jobs") -> tuple[int, int, int]:
+    [q] = run_json("info", path, "-q", queue)["queues"]
+    return q["ready"], q["leased"], q["dead"]
+
+
+def test_requeue_dead_letters(filled: str) -> None:
+    result = run("requeue", filled, "-q", "jobs", "--dead")
+    assert result.exit_code == 0 and "moved 2 dead letter(s)" in result.stdout
+    assert _counts(filled) == (25, 0, 0)
+    assert items(filled)[-2:] == [{"n": 0}, {"n": 1}]
+    assert run_json("requeue", filled, "-q", "jobs", "--dead")["dead_moved"] == 0
+
+
+def test_requeue_leased_takes_back_what_is_stuck_and_refuses_live_leases(filled: str) -> None:
+    lease_as(filled, GONE_OWNER, 2)         # {"n": 2}, {"n": 3}: their process has ended
+    lease_as(filled, OTHER_HOST_OWNER, 1)   # {"n": 4}: held on another host
+    assert _counts(filled) == (20, 3, 2)
+    result = run("requeue", filled, "-q", "jobs", "--leased")
+    assert result.exit_code == ExitCode.PROBLEM
+    assert "released 2 lease(s)" in result.stdout and OTHER_HOST_OWNER in result.stdout
+    assert "--force" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert _counts(filled) == (22, 1, 2)
+    assert items(filled)[:2] == [{"n": 2}, {"n": 3}]   # back at their place in line
+    forced = run("requeue", filled, "-q", "jobs", "--leased", "--force", "--json")
+    assert forced.exit_code == 0
+    assert json.loads(forced.stdout)["leases_released"] == 1
+    assert _counts(filled) == (23, 0, 2)
+    assert items(filled)[:3] == [{"n": 2}, {"n": 3}, {"n": 4}]
+
+
+def test_requeue_needs_to_be_told_what(filled: str) -> None:
+    assert run("requeue", filled).exit_code == ExitCode.USAGE
+    assert run("requeue", filled, "--dead", "--force").exit_code == ExitCode.USAGE
+
+
+def test_purge_refuses_without_a_terminal_or_yes(filled: str) -> None:
+    result = run("purge", filled, "-q", "jobs")
+    assert result.exit_code == ExitCode.PROBLEM
+    assert "pass --yes" in result.stderr
+    assert _counts(filled) == (23, 0, 2)
+
+
+def test_purge_asks_for_confirmation(filled: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(maintain, "is_interactive", lambda: True)
+    declined = run("purge", filled, "-q", "jobs", input="n\n")
+    assert declined.exit_code == ExitCode.PROBLEM
+    assert "Delete 23 ready and 0 leased item(s) of 'jobs'" in declined.stderr
+    assert _counts(filled) == (23, 0, 2)
+    accepted = run("purge", filled, "-q", "jobs", input="y\n")
+    assert accepted.exit_code == 0 and "deleted 23" in accepted.stdout
+    assert _counts(filled) == (0, 0, 2)
+
+
+def test_purge_with_yes_and_dead(filled: str) -> None:
+    assert run_json("purge", filled, "-q", "jobs", "--dead", "--yes")["removed"] == 2
+    assert _counts(filled) == (23, 0, 0)
+    assert run("purge", filled, "-q", "jobs", "--dead").stdout.endswith("nothing to delete\n")
+    assert run("purge", filled, "-q", "jobs", "-y").exit_code == 0
+    assert _counts(filled) == (0, 0, 0)
+    assert _counts(filled, "other") == (3, 0, 0)
+
+
+def test_compact_keeps_every_item(disk_path: str, disk_engine: str) -> None:
+    with spoolq.SyncQueue.create(disk_path) as q:
+        q.put_many([os.urandom(64).hex() for _ in range(2000)])
+        q.get_many(1990)
+        kept = q.peek(10)
+    report = run_json("compact", disk_path)
+    assert report["engine"] == disk_engine
+    if disk_engine == "sqlite":
+        assert report["action"] == "VACUUM"
+        assert report["bytes_after"] < report["bytes_before"]
+    assert items(disk_path, "default") == kept
+    assert run("verify", disk_path).exit_code == 0
+    again = run("compact", disk_path).stdout
+    assert "->" in again or "nothing to do" in again
+
+
+@pytest.mark.parametrize("dst_engine", DISK_ENGINES)
+def test_migrate_keeps_order_counts_dead_letters_and_codecs(filled: str, tmp_path: Path,
+                                                           dst_engine: str) -> None:
+    dst = queue_path(tmp_path / "dst", dst_engine)
+    os.makedirs(tmp_path / "dst")
+    before = run_json("peek", filled, "-q", "jobs", "-n", "100")["records"]
+    result = run("migrate", filled, dst)
+    assert result.exit_code == 0, result.output
+    assert "jobs.dead" in result.stdout
+    src_info, dst_info = run_json("info", filled), run_json("info", dst)
+    strip = ("oldest_age_seconds",)
+    assert [{k: v for k, v in q.items() if k not in strip} for q in dst_info["queues"]] == [
+        {k: v for k, v in q.items() if k not in strip} for q in src_info["queues"]]
+    after = run_json("peek", dst, "-q", "jobs", "-n", "100")["records"]
+    assert [(r["item"], r["enqueued_at"]) for r in after] == [
+        (r["item"], r["enqueued_at"]) for r in before]
+    assert items(dst, "jobs", "--dead") == [{"n": 0}, {"n": 1}]
+    assert items(dst, "other") == ["a", "b", "c" * 500]
+    with spoolq.SyncQueue.create(dst, name="other") as q:   # reopens with the stored codec
+        assert q.get() == "a"
+
+    again = run("migrate", filled, dst)
+    assert again.exit_code == ExitCode.PROBLEM
+    assert "already holds 'jobs' (23 item(s))" in again.stderr
+    appended = run_json("migrate", filled, dst, "--append", "-q", "jobs")
+    assert {q["name"]: q["ready"] for q in appended["queues"]} == {"jobs": 46, "jobs.dead": 4}
+
+
+def test_migrate_refuses_leased_items_and_the_same_file(filled: str, tmp_path: Path) -> None:
+    lease_as(filled, GONE_OWNER, 1)
+    dst = str(tmp_path / "dst.sqlite")
+    result = run("migrate", filled, dst)
+    assert result.exit_code == ExitCode.PROBLEM
+    assert "requeue --leased" in result.stderr
+    assert not os.path.exists(dst)
+    assert run("migrate", filled, filled).exit_code == ExitCode.USAGE
+    assert run("migrate", filled, ":memory:").exit_code == ExitCode.USAGE
+
+
+def test_migrate_refuses_a_different_serializer(filled: str, tmp_path: Path) -> None:
+    dst = str(tmp_path / "dst.sqlite")
+    with spoolq.SyncQueue.create(dst, name="other", serializer="pickle"):
+        pass
+    result = run("migrate", filled, dst, "-q", "other")
+    assert result.exit_code == ExitCode.PROBLEM
+    assert "uses the json serializer" in result.stderr
+
+
+# ---- as a real process ----------------------------------------------------------------------
+
+def test_python_m_spoolq_help_and_version() -> None:
+    result = run_process("--help")
+    assert result.returncode == 0 and "Usage: spoolq" in result.stdout
+    version = run_process("--version")
+    assert version.returncode == 0 and spoolq.__version__ in version.stdout
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+def test_process_gets_one_line_for_a_damaged_file(filled: str, damage: str) -> None:
+    target = biggest_file(filled)
+    data = Path(target).read_bytes()
+    Path(target).write_bytes(data[: len(data) // 2] if damage == "truncated"
+                             else os.urandom(len(data)))
+    result = run_process("verify", filled)
+    assert result.returncode in (ExitCode.PROBLEM, ExitCode.FILE)
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+
+
+def test_process_purge_without_a_terminal_refuses(filled: str) -> None:
+    result = run_process("purge", filled, "-q", "jobs", stdin=subprocess.DEVNULL)
+    assert result.returncode == ExitCode.PROBLEM and "pass --yes" in result.stderr
+    assert _counts(filled) == (23, 0, 2)
+
+
+def test_process_dump_piped_into_load_without_progress_output(filled: str,
+                                                             tmp_path: Path) -> None:
+    dumped = run_process("dump", filled, "-q", "jobs")
+    assert dumped.returncode == 0 and dumped.stderr == ""    # no progress bar when piped
+    target = str(tmp_path / "copy.sqlite")
+    loaded = run_process("load", target, "-", "-q", "jobs", input=dumped.stdout)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "\x1b" not in loaded.stdout + loaded.stderr
+    assert items(target) == [{"n": n} for n in range(2, 25)]
+    migrated = run_process("migrate", target, str(tmp_path / "again.sqlite"), "--json")
+    assert json.loads(migrated.stdout)["queues"][0]["copied"] == 23
