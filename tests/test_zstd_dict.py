@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import spoolq
 from spoolq import SyncQueue
+from spoolq.cli import cli
 from spoolq.codec import Codec, record_codec_names
 from spoolq.core import DICTIONARY_QUEUE, load_dictionaries
 from spoolq.engines import open_engine
@@ -62,3 +66,22 @@ def test_small_records_shrink_with_a_dictionary() -> None:
     dict_size = sum(len(trained.encode(i)[0]) for i in tail)
     assert dict_size < plain_size * 0.8
     assert [trained.decode(trained.encode(i)[0]) for i in tail] == tail
+
+
+def test_cli_reads_and_migrates_dictionary_records(tmp_path: Path) -> None:
+    src, dst = str(tmp_path / "src.sqlite"), str(tmp_path / "dst.sqlite")
+    items = _events(SAMPLE_COUNT + 50)
+    with SyncQueue.create(src, compressor="zstd-dict") as q:
+        q.put_many(items)
+        q.put_many(items[:5])  # after the training: compressed with the dictionary
+    runner = CliRunner()
+    peek = runner.invoke(cli, ["peek", src, "-n", "3", "--offset", str(len(items)), "--json"])
+    assert peek.exit_code == 0, peek.output
+    assert [row["item"] for row in json.loads(peek.output)["records"]] == items[:3]
+    assert runner.invoke(cli, ["verify", src]).exit_code == 0
+    moved = runner.invoke(cli, ["migrate", src, dst])
+    assert moved.exit_code == 0, moved.output
+    info = runner.invoke(cli, ["info", dst, "--json"])
+    assert DICTIONARY_QUEUE not in info.output
+    with SyncQueue.create(dst) as q:
+        assert q.get_many(None) == items + items[:5]

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..codec import COMPRESSORS, SERIALIZERS, Codec, record_codec_names
-from ..core import owner_is_dead
+from ..core import DICTIONARY_QUEUE, load_dictionaries, owner_is_dead
 from ..engines import ENGINES, Engine, StoredRecord, dead_queue_name, open_engine
 from ..errors import CorruptError, SerializationError, SpoolqError
 
@@ -166,7 +166,7 @@ def base_queues(engine: Engine, only: str | None = None) -> list[str]:
     """
     if only is not None:
         return [only]
-    names = set(engine.queues())
+    names = set(engine.queues()) - {DICTIONARY_QUEUE}
     suffix = dead_queue_name("")
     bases = {n for n in names if not n.endswith(suffix)}
     bases |= {n[: -len(suffix)] for n in names if n.endswith(suffix)}
@@ -244,9 +244,10 @@ class Decoder:
     back with ``ok=False`` and a note instead of raising.
     """
 
-    def __init__(self, *, allow_pickle: bool = False) -> None:
+    def __init__(self, engine: Engine, *, allow_pickle: bool = False) -> None:
         self.allow_pickle = allow_pickle
         self._codec = Codec("pickle" if allow_pickle else "cbor", "none")
+        load_dictionaries(engine, "", self._codec)
 
     def decode(self, rec: StoredRecord) -> Decoded:
         try:

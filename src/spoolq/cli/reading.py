@@ -151,8 +151,8 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
-    decoder = Decoder(allow_pickle=allow_pickle)
     eng = open_existing(path, engine, read_only=True)
+    decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
         decoded = [decoder.decode(rec)
                    for page in iter_pages(eng, name, offset=offset, limit=count)
@@ -261,8 +261,8 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
     """
     state = CliState()
     found = _Verification()
-    decoder = Decoder(allow_pickle=allow_pickle)
     eng = open_existing(path, engine, read_only=True)
+    decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
         engine_name = eng.name
         if engine_name == "sqlite":

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 import click
 
+from ..core import DICTIONARY_QUEUE
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
 from ..sync import SyncQueue
 from ._common import (
@@ -73,8 +74,8 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
-    decoder = Decoder(allow_pickle=allow_pickle)
     eng = open_existing(path, engine, read_only=True)
+    decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
         total = eng.counts(name).ready
         if not total:
@@ -244,6 +245,7 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
         target = open_engine(dst, to_engine)
         try:
             _check_destination(source, target, bases, names, append)
+            _copy_dictionaries(source, target, bases)
             copied = _copy(state, source, target, bases, plan, chunk)
         finally:
             target.close()
@@ -256,6 +258,29 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     for row in copied:
         state.add_row(table, row["name"], row["copied"], row["ready"])
     state.out.print(table)
+
+
+def _copy_dictionaries(source: Engine, target: Engine, bases: list[str]) -> None:
+    """Give the destination the source's zstd dictionaries under the same numbers.
+
+    Records are copied as stored, and a ``zstd-dict`` record names its
+    dictionary by number, so the numbers must match.
+    """
+    have = target.peek(DICTIONARY_QUEUE, 255)
+    wanted = source.peek(DICTIONARY_QUEUE, 255)
+    if [(d.id, d.data) for d in have] != [(d.id, d.data) for d in wanted[: len(have)]]:
+        raise Refused("the destination holds other zstd dictionaries than the source; "
+                      "migrate into a new file")
+    for rec in wanted[len(have):]:
+        (number,) = target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
+        if number != rec.id:
+            raise Refused(f"the destination numbered zstd dictionary {rec.id} as {number}; "
+                          "migrate into a new file")
+    for base in bases:
+        key = f"queue/{base}/zstd-dict"
+        active = source.get_meta(key)
+        if active is not None and target.get_meta(key) is None:
+            target.set_meta(key, active)
 
 
 def _copy(state: CliState, source: Engine, target: Engine, bases: list[str],
