@@ -247,3 +247,15 @@ def test_close_twice_with_a_listener(engine: PostgresEngine) -> None:
     engine.close()
     with pytest.raises(spoolq.EngineError, match="closed"):
         engine.counts("q")
+
+
+def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url: str) -> None:
+    assert engine.wait_ready("q", 0) is True
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(engine.channel)).as_string(admin)
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE query = %s AND pid <> pg_backend_pid()", (listen,))
+    with pytest.raises(spoolq.EngineError) as info:
+        engine.wait_ready("q", 2)
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    assert engine.wait_ready("q", 0) is True

@@ -469,10 +469,16 @@ class PostgresEngine:
                 return True
             payload = self._payload(queue)
             deadline = time.monotonic() + timeout
-            while (remaining := deadline - time.monotonic()) > 0:
-                for note in self._listener.notifies(timeout=remaining, stop_after=1):
-                    if note.payload in (payload, ""):
-                        return True
+            try:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    for note in self._listener.notifies(timeout=remaining, stop_after=1):
+                        if note.payload in (payload, ""):
+                            return True
+            except psycopg.Error:
+                # A broken listener (a server restart) is replaced on the next call.
+                self._listener.close()
+                self._listener = None
+                raise
             return False
 
     def close(self) -> None:
