@@ -259,3 +259,20 @@ def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url
         engine.wait_ready("q", 2)
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
     assert engine.wait_ready("q", 0) is True
+
+
+def test_taking_the_head_skips_other_queues_by_index(engine: PostgresEngine,
+                                                      pg_url: str, pg_schema: str) -> None:
+    # Records of queue "a" sort before those of "b" by id; the head of "b" must
+    # be found through the index, not by filtering every record of "a".
+    engine.append("a", [b"x"] * 20_000, [1] * 20_000, 1.0)
+    engine.append("b", [b"y"] * 30_000, [1] * 30_000, 1.0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM ANALYZE {}.records").format(sql.Identifier(pg_schema)))
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        plan = "\n".join(row[0] for row in conn.execute(
+            sql.SQL("EXPLAIN ANALYZE ") + engine._sql.remove,
+            engine._params("b", n=10, now_in=0.0)))
+    removed = [int(line.split(":")[1]) for line in plan.splitlines()
+               if "Rows Removed by Filter" in line]
+    assert max(removed, default=0) < 100, plan

@@ -26,7 +26,7 @@ _DDL = (
     # within minutes. Vacuuming at 1% dead rows instead of the default 20%
     # keeps the ready index from bloating between runs.
     """CREATE TABLE {s}.records (
-        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id bigint GENERATED ALWAYS AS IDENTITY,
         queue text NOT NULL,
         leased boolean NOT NULL DEFAULT false,
         visible_at timestamptz NOT NULL DEFAULT '-infinity',
@@ -35,7 +35,12 @@ _DDL = (
         enqueued_at double precision NOT NULL,
         raw_size bigint NOT NULL,
         reason text,
-        data bytea NOT NULL
+        data bytea NOT NULL,
+        -- Keyed by queue first: with a key on id alone the planner may take
+        -- "ORDER BY id LIMIT n" along it and wade through every record of
+        -- the queues that sort before this one's head. Every statement that
+        -- names ids names the queue too.
+        PRIMARY KEY (queue, id)
     ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01,
             autovacuum_analyze_scale_factor = 0.02)""",
     # Records arrive compressed by the codec: pglz would only waste time on them.
@@ -87,7 +92,8 @@ _APPEND = f"""WITH ins AS (
     SELECT array_agg(id ORDER BY id), {{notify}} FROM ins"""
 
 _REMOVE = f"""WITH picked AS ({_READY}),
-    gone AS (DELETE FROM {{s}}.records r USING picked WHERE r.id = picked.id
+    gone AS (DELETE FROM {{s}}.records r USING picked
+        WHERE r.queue = %(queue)s AND r.id = picked.id
         RETURNING r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason),
     {_counted("-count(*)", "0", "-sum(length(data))", "-sum(raw_size)", "gone")}
     SELECT {_RECORD} FROM gone ORDER BY id"""
@@ -96,7 +102,7 @@ _LEASE = f"""WITH picked AS ({_READY}),
     taken AS (UPDATE {{s}}.records r SET leased = true, owner = %(owner)s,
             visible_at = statement_timestamp() + make_interval(secs => %(until_in)s),
             attempts = r.attempts + 1
-        FROM picked WHERE r.id = picked.id
+        FROM picked WHERE r.queue = %(queue)s AND r.id = picked.id
         RETURNING r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason),
     {_counted("-count(*)", "count(*)", "0", "0", "taken")}
     SELECT {_RECORD} FROM taken ORDER BY id"""
@@ -135,7 +141,8 @@ _LOCK_EXPIRED = """SELECT id,
 # Leased rows in ``ids`` (locked by the caller) whose attempts reached
 # ``max_attempts`` become new records of the dead-letter queue.
 _BURY = """WITH dead AS (
-        DELETE FROM {s}.records WHERE id = ANY(%(ids)s::bigint[]) AND attempts >= %(max_attempts)s
+        DELETE FROM {s}.records
+        WHERE queue = %(queue)s AND id = ANY(%(ids)s::bigint[]) AND attempts >= %(max_attempts)s
         RETURNING id, data, raw_size, attempts, enqueued_at),
     ins AS (
         INSERT INTO {s}.records (queue, data, raw_size, attempts, enqueued_at, reason)
@@ -146,14 +153,14 @@ _BURY = """WITH dead AS (
 _UNLEASE = """UPDATE {s}.records SET leased = false, owner = NULL, attempts = attempts + %(delta)s,
         visible_at = CASE WHEN %(visible_in)s::float8 IS NULL THEN '-infinity'::timestamptz
             ELSE statement_timestamp() + make_interval(secs => %(visible_in)s::float8) END
-    WHERE id = ANY(%(ids)s::bigint[]) RETURNING id"""
+    WHERE queue = %(queue)s AND id = ANY(%(ids)s::bigint[]) RETURNING id"""
 
 _ADD_COUNTS = _UPSERT.replace("{source}", """SELECT u.* FROM unnest(%(queues)s::text[],
         %(slots)s::smallint[], %(ready)s::bigint[], %(leased)s::bigint[], %(stored)s::bigint[],
         %(raw)s::bigint[]) AS u ORDER BY 1""")
 
 _MOVE = """WITH gone AS (
-        DELETE FROM {s}.records WHERE id IN (
+        DELETE FROM {s}.records WHERE queue = %(src)s AND id IN (
             SELECT id FROM {s}.records WHERE queue = %(src)s AND NOT leased
               AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
             ORDER BY id FOR UPDATE)

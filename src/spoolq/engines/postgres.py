@@ -314,12 +314,12 @@ class PostgresEngine:
         dead_queue = dead_queue_name(queue)
         if max_attempts is not None and delta == 0:
             dead = conn.execute(self._sql.bury, {
-                "ids": ids, "max_attempts": max_attempts, "dead_queue": dead_queue,
+                "queue": queue, "ids": ids, "max_attempts": max_attempts, "dead_queue": dead_queue,
                 "reason": reason}).fetchall()
         buried = {r[0] for r in dead}
         back = [i for i in ids if i not in buried]
         if back:
-            conn.execute(self._sql.unlease, {"ids": back, "delta": delta,
+            conn.execute(self._sql.unlease, {"queue": queue, "ids": back, "delta": delta,
                                              "visible_in": visible_in})
         stored, raw = sum(r[1] for r in dead), sum(r[2] for r in dead)
         self._add_counts(conn, [(queue, len(back), -len(ids), -stored, -raw),
