@@ -276,3 +276,15 @@ def test_taking_the_head_skips_other_queues_by_index(engine: PostgresEngine,
     removed = [int(line.split(":")[1]) for line in plan.splitlines()
                if "Rows Removed by Filter" in line]
     assert max(removed, default=0) < 100, plan
+
+
+def test_a_schema_name_of_63_bytes_still_notifies(pg_url: str) -> None:
+    schema = "spoolq_test_long_" + "x" * 46
+    eng = PostgresEngine(pg_url, schema=schema)
+    try:
+        assert eng.wait_ready("q", 0) is True
+        eng.append("q", [b"x"], [1], 1.0)
+        assert eng.wait_ready("q", 5) is True
+    finally:
+        eng.close()
+        _execute(pg_url, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

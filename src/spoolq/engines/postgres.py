@@ -46,6 +46,7 @@ become ready.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -180,6 +181,8 @@ class PostgresEngine:
         self.schema = schema
         self.read_only = read_only
         self.channel = f"spoolq.{schema}"
+        if len(self.channel.encode()) > 63:  # channel names are identifiers: 63 bytes at most
+            self.channel = "spoolq." + hashlib.sha256(schema.encode()).hexdigest()[:32]
         self._conninfo = conninfo
         self._connect_timeout = float(connect_timeout)
         self._slots = counter_slots
@@ -482,10 +485,7 @@ class PostgresEngine:
             return False
 
     def close(self) -> None:
-        """Return this engine's share of the pool and close its listening connection.
-
-        A second call does nothing.
-        """
+        """Give back this engine's share of the pool, close its listener; twice is harmless."""
         with self._listen_lock:
             listener, self._listener = self._listener, None
         if listener is not None:
