@@ -180,6 +180,7 @@ CONSUMER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 8 to 17 s here, depending on the load of the machine
 def test_four_consumers_two_producers_deliver_each_item_once(
         pg_url: str, pg_schema: str, tmp_path: Path) -> None:
     total, done = 50_000, tmp_path / "producers-done"
