@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,46 @@ def disk_path(tmp_path: Path, disk_engine: str) -> str:
 
 
 PathFactory = Callable[[str], str]
+
+
+# ---- PostgreSQL -------------------------------------------------------------------------
+# Tests of the postgres engine need a server. They are skipped when none is
+# reachable, unless SPOOLQ_REQUIRE_POSTGRES is set: then they fail instead.
+
+PG_URL = os.environ.get("SPOOLQ_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_problem() -> str | None:
+    """Why the postgres tests cannot run here, or None when they can."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'spoolq[postgres]')"
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"no PostgreSQL server at {PG_URL}: {str(exc).strip()}"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The server's URL; skips (or fails, with SPOOLQ_REQUIRE_POSTGRES) when unreachable."""
+    problem = _postgres_problem()
+    if problem is not None:
+        if os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
+            pytest.fail(f"SPOOLQ_REQUIRE_POSTGRES is set but {problem}")
+        pytest.skip(problem)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """A fresh schema name for one test; the schema is dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"spoolq_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))

@@ -40,7 +40,21 @@ def _memory(path: str, *, durability: str, read_only: bool = False, **options: A
     return MemoryEngine()
 
 
-ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory}
+def _postgres(path: str, *, durability: str, read_only: bool = False,
+              **options: Any) -> Engine:
+    try:
+        from .postgres import PostgresEngine
+    except ImportError as exc:
+        if exc.name not in {"psycopg", "psycopg_pool"}:
+            raise
+        raise ConfigurationError(
+            f"the postgres engine needs {exc.name}, which is not installed: "
+            "pip install 'spoolq[postgres]'") from exc
+    return PostgresEngine(path, durability=durability, read_only=read_only, **options)
+
+
+ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory,
+                                     "postgres": _postgres}
 _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 

@@ -1,0 +1,236 @@
+"""SQL of the PostgreSQL engine: the schema and every statement, composed once per schema.
+
+The schema name is the only identifier that varies; it goes through
+``psycopg.sql.Identifier``. Everything else a statement needs is a bound
+parameter. Times are ``timestamptz`` on the database clock: a parameter named
+``*_in`` is a number of seconds added to ``statement_timestamp()`` (see the
+engine's docstring for how caller times become such offsets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+__all__ = ["SCHEMA_VERSION", "Statements", "compose"]
+
+SCHEMA_VERSION = 1
+"""Version of the table layout, stored in ``meta`` under ``schema_version``."""
+
+TABLES = ("meta", "records", "counts")
+
+_DDL = (
+    "CREATE TABLE {s}.meta (key text PRIMARY KEY, value bytea NOT NULL)",
+    # The queue table churns: every record is inserted, updated and deleted
+    # within minutes. Vacuuming at 1% dead rows instead of the default 20%
+    # keeps the ready index from bloating between runs.
+    """CREATE TABLE {s}.records (
+        id bigint GENERATED ALWAYS AS IDENTITY,
+        queue text NOT NULL,
+        leased boolean NOT NULL DEFAULT false,
+        visible_at timestamptz NOT NULL DEFAULT '-infinity',
+        attempts integer NOT NULL DEFAULT 0,
+        owner text,
+        enqueued_at double precision NOT NULL,
+        raw_size bigint NOT NULL,
+        reason text,
+        data bytea NOT NULL,
+        -- Keyed by queue first: with a key on id alone the planner may take
+        -- "ORDER BY id LIMIT n" along it and wade through every record of
+        -- the queues that sort before this one's head. Every statement that
+        -- names ids names the queue too.
+        PRIMARY KEY (queue, id)
+    ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01,
+            autovacuum_analyze_scale_factor = 0.02)""",
+    # Records arrive compressed by the codec: pglz would only waste time on them.
+    "ALTER TABLE {s}.records ALTER COLUMN data SET STORAGE EXTERNAL",
+    "CREATE INDEX records_ready ON {s}.records (queue, id) WHERE NOT leased",
+    "CREATE INDEX records_leased ON {s}.records (queue, visible_at) WHERE leased",
+    # Counter stripes: writers add deltas to one of several rows per queue, so
+    # concurrent transactions rarely wait on the same row. Free space on each
+    # page lets those updates be HOT (no index change, no new index entries).
+    """CREATE TABLE {s}.counts (
+        queue text NOT NULL,
+        slot smallint NOT NULL,
+        ready bigint NOT NULL DEFAULT 0,
+        leased bigint NOT NULL DEFAULT 0,
+        stored_bytes bigint NOT NULL DEFAULT 0,
+        raw_bytes bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (queue, slot)
+    ) WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.0,
+            autovacuum_vacuum_threshold = 1000)""",
+)
+
+_RECORD = "id, data, raw_size, attempts, enqueued_at, reason"
+_UPSERT = """INSERT INTO {s}.counts AS c (queue, slot, ready, leased, stored_bytes, raw_bytes)
+    {source}
+    ON CONFLICT (queue, slot) DO UPDATE SET ready = c.ready + excluded.ready,
+        leased = c.leased + excluded.leased, stored_bytes = c.stored_bytes + excluded.stored_bytes,
+        raw_bytes = c.raw_bytes + excluded.raw_bytes"""
+
+
+def _counted(ready: str, leased: str, stored: str, raw: str, rows: str) -> str:
+    """A CTE adding one queue's deltas, computed over the CTE ``rows``, to a stripe."""
+    source = (f"SELECT %(queue)s, %(slot)s, {ready}, {leased}, {stored}, {raw} FROM {rows} "
+              "HAVING count(*) > 0")
+    return "counted AS (" + _UPSERT.replace("{source}", source) + ")"
+
+
+_READY = """SELECT id FROM {s}.records
+    WHERE queue = %(queue)s AND NOT leased
+      AND visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)
+    ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED"""
+
+_APPEND = f"""WITH ins AS (
+        INSERT INTO {{s}}.records (queue, data, raw_size, enqueued_at)
+        SELECT %(queue)s, u.data, u.raw_size, %(now)s
+        FROM unnest(%(data)s::bytea[], %(raw)s::bigint[]) WITH ORDINALITY AS u(data, raw_size, n)
+        ORDER BY u.n
+        RETURNING id, length(data) AS stored, raw_size),
+    {_counted("count(*)", "0", "sum(stored)", "sum(raw_size)", "ins")}
+    SELECT array_agg(id ORDER BY id), {{notify}} FROM ins"""
+
+_REMOVE = f"""WITH picked AS ({_READY}),
+    gone AS (DELETE FROM {{s}}.records r USING picked
+        WHERE r.queue = %(queue)s AND r.id = picked.id
+        RETURNING r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason),
+    {_counted("-count(*)", "0", "-sum(length(data))", "-sum(raw_size)", "gone")}
+    SELECT {_RECORD} FROM gone ORDER BY id"""
+
+_LEASE = f"""WITH picked AS ({_READY}),
+    taken AS (UPDATE {{s}}.records r SET leased = true, owner = %(owner)s,
+            visible_at = statement_timestamp() + make_interval(secs => %(until_in)s),
+            attempts = r.attempts + 1
+        FROM picked WHERE r.queue = %(queue)s AND r.id = picked.id
+        RETURNING r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason),
+    {_counted("-count(*)", "count(*)", "0", "0", "taken")}
+    SELECT {_RECORD} FROM taken ORDER BY id"""
+
+_RESTORE = f"""WITH ins AS (
+        INSERT INTO {{s}}.records (id, queue, data, raw_size, attempts, enqueued_at, reason)
+        OVERRIDING SYSTEM VALUE
+        SELECT u.id, %(queue)s, u.data, u.raw_size, u.attempts, u.enqueued_at, u.reason
+        FROM unnest(%(ids)s::bigint[], %(data)s::bytea[], %(raw)s::bigint[],
+                    %(attempts)s::integer[], %(enqueued)s::float8[], %(reasons)s::text[])
+             AS u(id, data, raw_size, attempts, enqueued_at, reason)
+        RETURNING length(data) AS stored, raw_size),
+    {_counted("count(*)", "0", "sum(stored)", "sum(raw_size)", "ins")}
+    SELECT count(*), {{notify}} FROM ins"""
+
+_HELD = """FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS d(id, attempts)
+    WHERE r.id = d.id AND r.attempts = d.attempts AND r.queue = %(queue)s
+      AND r.leased AND r.owner = %(owner)s"""
+
+_ACK = f"""WITH gone AS (DELETE FROM {{s}}.records r USING {_HELD.removeprefix("FROM ")}
+        RETURNING r.id, length(r.data) AS stored, r.raw_size),
+    {_counted("0", "-count(*)", "-sum(stored)", "-sum(raw_size)", "gone")}
+    SELECT id FROM gone ORDER BY id"""
+
+_LOCK_HELD = f"SELECT r.id FROM {{s}}.records r, {_HELD.removeprefix('FROM ')} ORDER BY r.id " \
+    "FOR UPDATE OF r"
+
+_LOCK_EXPIRED = """SELECT id,
+        visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)
+    FROM {s}.records
+    WHERE queue = %(queue)s AND leased
+      AND (visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)
+           OR owner = ANY(%(owners)s::text[]))
+    ORDER BY id FOR UPDATE SKIP LOCKED"""
+
+# Leased rows in ``ids`` (locked by the caller) whose attempts reached
+# ``max_attempts`` become new records of the dead-letter queue.
+_BURY = """WITH dead AS (
+        DELETE FROM {s}.records
+        WHERE queue = %(queue)s AND id = ANY(%(ids)s::bigint[]) AND attempts >= %(max_attempts)s
+        RETURNING id, data, raw_size, attempts, enqueued_at),
+    ins AS (
+        INSERT INTO {s}.records (queue, data, raw_size, attempts, enqueued_at, reason)
+        SELECT %(dead_queue)s, data, raw_size, attempts, enqueued_at, %(reason)s FROM dead
+        ORDER BY id)
+    SELECT id, length(data), raw_size FROM dead"""
+
+_UNLEASE = """UPDATE {s}.records SET leased = false, owner = NULL, attempts = attempts + %(delta)s,
+        visible_at = CASE WHEN %(visible_in)s::float8 IS NULL THEN '-infinity'::timestamptz
+            ELSE statement_timestamp() + make_interval(secs => %(visible_in)s::float8) END
+    WHERE queue = %(queue)s AND id = ANY(%(ids)s::bigint[]) RETURNING id"""
+
+_ADD_COUNTS = _UPSERT.replace("{source}", """SELECT u.* FROM unnest(%(queues)s::text[],
+        %(slots)s::smallint[], %(ready)s::bigint[], %(leased)s::bigint[], %(stored)s::bigint[],
+        %(raw)s::bigint[]) AS u ORDER BY 1""")
+
+_MOVE = """WITH gone AS (
+        DELETE FROM {s}.records WHERE queue = %(src)s AND id IN (
+            SELECT id FROM {s}.records WHERE queue = %(src)s AND NOT leased
+              AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+            ORDER BY id FOR UPDATE)
+        RETURNING id, data, raw_size, enqueued_at),
+    ins AS (
+        INSERT INTO {s}.records (queue, data, raw_size, enqueued_at)
+        SELECT %(dst)s, data, raw_size, enqueued_at FROM gone ORDER BY id)
+    SELECT count(*), coalesce(sum(length(data)), 0)::bigint, coalesce(sum(raw_size), 0)::bigint
+    FROM gone"""
+
+_PURGE = """WITH gone AS (DELETE FROM {s}.records WHERE queue = %(queue)s
+        RETURNING leased, length(data) AS stored, raw_size)
+    SELECT count(*) FILTER (WHERE NOT leased), count(*) FILTER (WHERE leased),
+        coalesce(sum(stored), 0)::bigint, coalesce(sum(raw_size), 0)::bigint FROM gone"""
+
+_PEEK = f"""SELECT {_RECORD} FROM {{s}}.records WHERE queue = %(queue)s AND NOT leased
+    ORDER BY id LIMIT %(n)s OFFSET %(offset)s"""
+
+_COUNTS = """SELECT coalesce(sum(ready), 0)::bigint, coalesce(sum(leased), 0)::bigint,
+        coalesce(sum(stored_bytes), 0)::bigint, coalesce(sum(raw_bytes), 0)::bigint
+    FROM {s}.counts WHERE queue = %(queue)s"""
+
+_OWNERS = """SELECT owner, count(*) FROM {s}.records WHERE queue = %(queue)s AND leased
+    GROUP BY owner"""
+
+_QUEUES = "SELECT DISTINCT queue FROM {s}.counts ORDER BY queue"
+_GET_META = "SELECT value FROM {s}.meta WHERE key = %(key)s"
+_SET_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """Every statement of the engine, bound to one schema."""
+
+    ddl: tuple[sql.Composed, ...]
+    append: sql.Composed
+    remove: sql.Composed
+    lease: sql.Composed
+    restore: sql.Composed
+    ack: sql.Composed
+    lock_held: sql.Composed
+    lock_expired: sql.Composed
+    bury: sql.Composed
+    unlease: sql.Composed
+    add_counts: sql.Composed
+    move: sql.Composed
+    purge: sql.Composed
+    peek: sql.Composed
+    counts: sql.Composed
+    owners: sql.Composed
+    queues: sql.Composed
+    get_meta: sql.Composed
+    set_meta: sql.Composed
+
+
+_TEXTS = {
+    "append": _APPEND, "remove": _REMOVE, "lease": _LEASE, "restore": _RESTORE, "ack": _ACK,
+    "lock_held": _LOCK_HELD, "lock_expired": _LOCK_EXPIRED, "bury": _BURY, "unlease": _UNLEASE,
+    "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK, "counts": _COUNTS,
+    "owners": _OWNERS, "queues": _QUEUES, "get_meta": _GET_META, "set_meta": _SET_META,
+}
+
+
+def compose(schema: str, *, notify: bool) -> Statements:
+    """The statements for tables in ``schema``; with ``notify``, statements that make
+    records ready also send ``pg_notify(%(channel)s, %(payload)s)``."""
+    ident = sql.Identifier(schema)
+    notify_sql = sql.SQL("pg_notify(%(channel)s, %(payload)s)" if notify else "NULL")
+    built = {name: sql.SQL(text).format(s=ident, notify=notify_sql)
+             for name, text in _TEXTS.items()}
+    ddl = tuple(sql.SQL(text).format(s=ident) for text in _DDL)
+    return Statements(ddl=ddl, **built)

@@ -1,0 +1,498 @@
+"""The PostgreSQL engine: one queue database shared by many processes and hosts.
+
+Tables live in one schema (``schema="spoolq"`` by default), created on first
+use: ``meta`` (settings and the ``schema_version``), ``records`` (every
+record of every named queue, ids from an identity column, so they only grow
+and are never reused) and ``counts`` (per-queue counters).
+
+Concurrency. Taking records is ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent
+consumers never wait for each other and never take the same row. Every
+delivery is identified by ``(id, attempts)``; ``attempts`` grows on each
+lease, so it acts as a lease token: a late ack or nack from a lease that
+expired and was handed to someone else matches nothing.
+
+Counts. ``counts`` holds several rows ("stripes") per queue. Each transaction
+adds its deltas to one stripe picked at random, inside the same statement or
+transaction that changes the records, so the sums are exact; reading them
+sums at most ``counter_slots`` rows, however large the queue. A single counter
+row would serialise every producer and consumer on one row lock held until
+commit; with stripes two transactions wait for each other only when they
+pick the same stripe.
+
+Time. Lease expiry and delayed visibility are judged by the *database* clock,
+so consumers on hosts whose clocks disagree still agree on when a lease runs
+out. The engine protocol passes times on the caller's clock; the engine turns
+each time ``t`` into ``statement_timestamp() + (t - time.time())``, i.e. the
+offset from the caller's clock at the moment of the call, applied to the
+database clock. A caller's clock error cancels out; only durations matter.
+``enqueued_at`` is stored as given (it is reported, never compared).
+
+Durability. ``durability`` picks the session's ``synchronous_commit``:
+``"fsync"`` -> ``on``: a returned call is flushed to the server's disk (and to
+a synchronous standby when one is configured), so it survives a power cut of
+the server. ``"commit"`` and ``"buffer"`` -> ``off``: a returned call
+survives the calling process being killed; a crash of the database server
+or a power cut never corrupts the database but may lose the commits of the
+last moments (at most three times ``wal_writer_delay``, 600 ms by default),
+like SQLite's WAL with ``synchronous=NORMAL``. ``synchronous_commit=...``
+overrides the mapping (for instance ``"remote_apply"`` with standbys).
+
+Connections come from a ``psycopg_pool.ConnectionPool`` shared by every
+engine of this process opened with the same connection string and settings
+(the pool runs its own maintenance threads). ``wait_ready`` uses one more
+connection of its own that LISTENs for the notifications sent when records
+become ready.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
+from ._pgsql import SCHEMA_VERSION, TABLES, compose
+from .base import Counts, Lease, StoredRecord, dead_queue_name
+
+__all__ = ["SYNCHRONOUS_COMMIT", "PostgresEngine"]
+
+log = logging.getLogger("spoolq")
+
+SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
+"""The ``synchronous_commit`` each durability level runs with."""
+
+_SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
+_APPLICATION = b"spoolq"
+_MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+_PoolKey = tuple[str, tuple[tuple[str, str], ...], int]
+
+
+class _SharedPool:
+    __slots__ = ("pool", "users")
+
+    def __init__(self, pool: ConnectionPool[Conn]) -> None:
+        self.pool = pool
+        self.users = 0
+
+
+_POOLS: dict[_PoolKey, _SharedPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _acquire_pool(key: _PoolKey, timeout: float) -> ConnectionPool[Conn]:
+    conninfo, settings, size = key
+    with _POOLS_LOCK:
+        shared = _POOLS.get(key)
+        if shared is None:
+            def configure(conn: Conn) -> None:
+                for name, value in settings:
+                    conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+            pool: ConnectionPool[Conn] = ConnectionPool(
+                conninfo, min_size=1, max_size=size, open=False, configure=configure,
+                kwargs={"autocommit": True, "fallback_application_name": "spoolq"},
+                timeout=timeout, name="spoolq")
+            pool.open(wait=True, timeout=timeout)
+            shared = _POOLS[key] = _SharedPool(pool)
+        shared.users += 1
+        return shared.pool
+
+
+def _release_pool(key: _PoolKey) -> None:
+    with _POOLS_LOCK:
+        shared = _POOLS.get(key)
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        del _POOLS[key]
+    shared.pool.close()
+
+
+def _describe(conninfo: str, schema: str) -> str:
+    """Where the queue lives, for messages: never the password."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"not a PostgreSQL connection string: {exc}") from exc
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return (f"postgresql://{user}{parts.get('host') or 'localhost'}{port}/"
+            f"{parts.get('dbname') or ''} (schema {schema})")
+
+
+class PostgresEngine:
+    """Queue storage in a PostgreSQL database; see the module docstring for the design.
+
+    ``conninfo`` is a libpq connection string or URL. ``schema`` holds the
+    tables (created, with the schema, on first use; it should be dedicated
+    to spoolq). ``read_only`` opens an existing queue without writing.
+    ``pool_size`` bounds the connections of the pool this process shares.
+    ``connect_timeout`` bounds waiting for a connection, ``lock_timeout`` a
+    row or table lock (then :class:`LockTimeout`). ``counter_slots`` is the
+    number of counter stripes per queue a writer spreads over. ``notify``
+    sends a notification on the ``channel`` whenever records become ready.
+
+    Raises :class:`ConfigurationError` for bad settings, :class:`EngineError`
+    when the server cannot be reached, :class:`FormatError` when the schema
+    holds something other than spoolq tables of this schema version.
+    """
+
+    name = "postgres"
+
+    def __init__(self, conninfo: str, *, schema: str = "spoolq", durability: str = "commit",
+                 synchronous_commit: str | None = None, read_only: bool = False,
+                 pool_size: int = 4, connect_timeout: float = 10.0,
+                 lock_timeout: float = 10.0, counter_slots: int = 16,
+                 notify: bool = True) -> None:
+        if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
+            raise ConfigurationError(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
+        if synchronous_commit is None:
+            if durability not in SYNCHRONOUS_COMMIT:
+                raise ConfigurationError(f"unknown durability {durability!r}")
+            synchronous_commit = SYNCHRONOUS_COMMIT[durability]
+        if synchronous_commit not in _SYNC_VALUES:
+            raise ConfigurationError(
+                f"synchronous_commit must be one of {', '.join(_SYNC_VALUES)}, "
+                f"not {synchronous_commit!r}")
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(f"pool_size must be an int >= 1, not {pool_size!r}")
+        if not isinstance(counter_slots, int) or not 1 <= counter_slots <= 1000:
+            raise ConfigurationError(
+                f"counter_slots must be an int from 1 to 1000, not {counter_slots!r}")
+        if not connect_timeout > 0 or not lock_timeout > 0:
+            raise ConfigurationError("connect_timeout and lock_timeout must be > 0")
+        self.where = _describe(conninfo, schema)
+        self.schema = schema
+        self.read_only = read_only
+        self.channel = f"spoolq.{schema}"
+        if len(self.channel.encode()) > 63:  # channel names are identifiers: 63 bytes at most
+            self.channel = "spoolq." + hashlib.sha256(schema.encode()).hexdigest()[:32]
+        self._conninfo = conninfo
+        self._connect_timeout = float(connect_timeout)
+        self._slots = counter_slots
+        self._notify = notify
+        self._sql = compose(schema, notify=notify)
+        self._listener: Conn | None = None
+        self._listen_lock = threading.Lock()
+        self._pool: ConnectionPool[Conn] | None = None
+        self._setup()
+        settings = (("synchronous_commit", synchronous_commit),
+                    ("lock_timeout", f"{max(1, round(lock_timeout * 1000))}ms"),
+                    ("default_transaction_read_only", "on" if read_only else "off"))
+        self._pool_key: _PoolKey = (conninfo, settings, pool_size)
+        with self._guard("open"):
+            self._pool = _acquire_pool(self._pool_key, self._connect_timeout)
+
+    # ---- connections and errors ---------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Translate psycopg's errors into spoolq's, keeping the original as ``__cause__``."""
+        try:
+            yield
+        except PoolTimeout as exc:
+            raise EngineError(f"{self.where}: {what}: no database connection within "
+                              f"{self._connect_timeout:g}s") from exc
+        except pg_errors.LockNotAvailable as exc:
+            raise LockTimeout(f"{self.where}: {what} waited too long for a lock: {exc}") from exc
+        except (pg_errors.DataCorrupted, pg_errors.IndexCorrupted) as exc:
+            raise CorruptError(f"{self.where} is damaged: {exc}") from exc
+        except pg_errors.UndefinedTable as exc:
+            raise FormatError(f"{self.where}: the spoolq tables are gone: {exc}") from exc
+        except psycopg.Error as exc:
+            raise EngineError(f"{self.where}: {what} failed: {exc}") from exc
+
+    @contextmanager
+    def _conn(self, what: str) -> Iterator[Conn]:
+        pool = self._pool
+        if pool is None:
+            raise EngineError(f"{self.where}: {what}: the engine is closed")
+        with self._guard(what), pool.connection(timeout=self._connect_timeout) as conn:
+            yield conn
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[Conn]:
+        with self._conn(what) as conn, conn.transaction():
+            yield conn
+
+    def _connect(self) -> Conn:
+        return psycopg.connect(self._conninfo, autocommit=True,
+                               connect_timeout=max(2, math.ceil(self._connect_timeout)),
+                               fallback_application_name="spoolq")
+
+    def _setup(self) -> None:
+        """Create the schema and tables if missing; check what is there."""
+        with self._guard("open"), self._connect() as conn:
+            with conn.transaction():
+                # Two processes opening a new schema at once must not both create it.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                             (f"spoolq schema {self.schema}",))
+                tables = self._tables(conn)
+                if not tables and not self.read_only:
+                    self._create(conn)
+                    tables = self._tables(conn)
+            if not tables:
+                raise FormatError(f"{self.where}: no spoolq queue in this schema")
+            if not set(TABLES) <= tables:
+                raise FormatError(f"{self.where}: the schema holds tables that are not a "
+                                  "spoolq queue; pick another schema")
+            meta: dict[str, bytes] = dict(conn.execute(sql.SQL(
+                "SELECT key, value FROM {}.meta WHERE key IN ('application', 'schema_version')"
+            ).format(sql.Identifier(self.schema))).fetchall())
+        version = meta.get("schema_version")
+        if meta.get("application") != _APPLICATION or version is None:
+            raise FormatError(f"{self.where}: the schema holds tables that are not a spoolq queue")
+        if bytes(version) != str(SCHEMA_VERSION).encode():
+            raise FormatError(
+                f"{self.where} has schema version {bytes(version).decode(errors='replace')}; "
+                f"this spoolq reads version {SCHEMA_VERSION}")
+
+    def _tables(self, conn: Conn) -> set[str]:
+        return {row[0] for row in conn.execute(
+            """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relkind IN ('r', 'p')""", (self.schema,))}
+
+    def _create(self, conn: Conn) -> None:
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                        (self.schema,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+        for statement in self._sql.ddl:
+            conn.execute(statement)
+        for key, value in (("application", _APPLICATION),
+                           ("schema_version", str(SCHEMA_VERSION).encode())):
+            conn.execute(self._sql.set_meta, {"key": key, "value": value})
+        log.info("spoolq: created the queue tables in %s", self.where)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _params(self, queue: str, **more: Any) -> dict[str, Any]:
+        return {"queue": queue, "slot": random.randrange(self._slots),
+                "channel": self.channel, "payload": self._payload(queue), **more}
+
+    @staticmethod
+    def _payload(queue: str) -> str:
+        return queue if len(queue.encode()) <= _MAX_PAYLOAD else ""
+
+    def _add_counts(self, conn: Conn, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
+        """Add (queue, ready, leased, stored, raw) deltas, sorted by queue so two
+        transactions touching the same stripes lock them in the same order."""
+        rows = sorted(r for r in rows if any(r[1:]))
+        if not rows:
+            return
+        slot = random.randrange(self._slots)
+        conn.execute(self._sql.add_counts, {
+            "queues": [r[0] for r in rows], "slots": [slot] * len(rows),
+            "ready": [r[1] for r in rows], "leased": [r[2] for r in rows],
+            "stored": [r[3] for r in rows], "raw": [r[4] for r in rows]})
+
+    def _notify_ready(self, conn: Conn, queue: str) -> None:
+        if self._notify:
+            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, self._payload(queue)))
+
+    def _unlease(self, conn: Conn, queue: str, ids: list[int], visible_in: float | None,
+                 max_attempts: int | None, delta: int, reason: str) -> None:
+        """Turn locked leased ``ids`` back to ready (or dead letters), inside a transaction.
+
+        ``visible_in`` is seconds from now on the database clock; None means at once.
+        """
+        if not ids:
+            return
+        dead: list[tuple[int, int, int]] = []
+        dead_queue = dead_queue_name(queue)
+        if max_attempts is not None and delta == 0:
+            dead = conn.execute(self._sql.bury, {
+                "queue": queue, "ids": ids, "max_attempts": max_attempts, "dead_queue": dead_queue,
+                "reason": reason}).fetchall()
+        buried = {r[0] for r in dead}
+        back = [i for i in ids if i not in buried]
+        if back:
+            conn.execute(self._sql.unlease, {"queue": queue, "ids": back, "delta": delta,
+                                             "visible_in": visible_in})
+        stored, raw = sum(r[1] for r in dead), sum(r[2] for r in dead)
+        self._add_counts(conn, [(queue, len(back), -len(ids), -stored, -raw),
+                                (dead_queue, len(dead), 0, stored, raw)])
+        if back:
+            self._notify_ready(conn, queue)
+        if dead:
+            self._notify_ready(conn, dead_queue)
+
+    # ---- the engine protocol ------------------------------------------------------------
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if len(records) != len(raw_sizes):
+            raise ValueError("records and raw_sizes differ in length")
+        if not records:
+            return []
+        with self._conn("append") as conn:
+            row = conn.execute(self._sql.append, self._params(
+                queue, data=list(records), raw=list(raw_sizes), now=now)).fetchone()
+        return list(row[0]) if row is not None else []
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        clock = time.time()
+        params = self._params(queue, n=n, now_in=now - clock)
+        with self._conn("take") as conn:
+            if lease is None:
+                rows = conn.execute(self._sql.remove, params).fetchall()
+            else:
+                params.update(owner=lease.owner, until_in=lease.until - clock)
+                rows = conn.execute(self._sql.lease, params).fetchall()
+        return [StoredRecord(*row) for row in rows]
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
+        with self._conn("restore") as conn:
+            conn.execute(self._sql.restore, self._params(
+                queue, ids=[r.id for r in records], data=[r.data for r in records],
+                raw=[r.raw_size for r in records], attempts=[r.attempts for r in records],
+                enqueued=[r.enqueued_at for r in records],
+                reasons=[r.reason for r in records]))
+
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        if not deliveries:
+            return []
+        with self._conn("ack") as conn:
+            rows = conn.execute(self._sql.ack, self._params(
+                queue, owner=owner, ids=[d[0] for d in deliveries],
+                attempts=[d[1] for d in deliveries])).fetchall()
+        return [r[0] for r in rows]
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        if not deliveries:
+            return []
+        clock = time.time()
+        with self._tx("release") as conn:
+            ids = [r[0] for r in conn.execute(self._sql.lock_held, {
+                "queue": queue, "owner": owner, "ids": [d[0] for d in deliveries],
+                "attempts": [d[1] for d in deliveries]})]
+            self._unlease(conn, queue, ids, not_before - clock, max_attempts,
+                          0 if count_attempt else -1, reason or "nacked")
+        return ids
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        with self._tx("expire") as conn:
+            rows = conn.execute(self._sql.lock_expired, {
+                "queue": queue, "now_in": now - time.time(), "owners": list(owners)}).fetchall()
+            expired = [r[0] for r in rows if r[1]]
+            orphaned = [r[0] for r in rows if not r[1]]
+            self._unlease(conn, queue, expired, None, max_attempts, 0, "lease expired")
+            self._unlease(conn, queue, orphaned, None, max_attempts, 0, "owner died")
+        return len(rows)
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        with self._conn("peek") as conn:
+            rows = conn.execute(self._sql.peek,
+                                {"queue": queue, "n": n, "offset": offset}).fetchall()
+        return [StoredRecord(*row) for row in rows]
+
+    def counts(self, queue: str) -> Counts:
+        with self._conn("counts") as conn:
+            row = conn.execute(self._sql.counts, {"queue": queue}).fetchone()
+        return Counts(0, 0, 0, 0) if row is None else Counts(*row)
+
+    def owners(self, queue: str) -> dict[str, int]:
+        with self._conn("owners") as conn:
+            return {r[0]: r[1] for r in conn.execute(self._sql.owners, {"queue": queue})}
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        with self._tx("move") as conn:
+            row = conn.execute(self._sql.move, {
+                "src": src, "dst": dst, "ids": None if ids is None else list(ids)}).fetchone()
+            moved, stored, raw = row if row is not None else (0, 0, 0)
+            if moved:
+                self._add_counts(conn, [(src, -moved, 0, -stored, -raw),
+                                        (dst, moved, 0, stored, raw)])
+                self._notify_ready(conn, dst)
+        return int(moved)
+
+    def purge(self, queue: str) -> int:
+        with self._tx("purge") as conn:
+            row = conn.execute(self._sql.purge, {"queue": queue}).fetchone()
+            ready, leased, stored, raw = row if row is not None else (0, 0, 0, 0)
+            # Subtracting what was deleted (rather than zeroing the counters)
+            # stays exact when other writers commit to this queue meanwhile.
+            self._add_counts(conn, [(queue, -ready, -leased, -stored, -raw)])
+        return int(ready + leased)
+
+    def queues(self) -> list[str]:
+        with self._conn("queues") as conn:
+            return [r[0] for r in conn.execute(self._sql.queues)]
+
+    def get_meta(self, key: str) -> bytes | None:
+        with self._conn("get_meta") as conn:
+            row = conn.execute(self._sql.get_meta, {"key": key}).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self._conn("set_meta") as conn:
+            conn.execute(self._sql.set_meta, {"key": key, "value": value})
+
+    # ---- beyond the protocol ------------------------------------------------------------
+
+    def wait_ready(self, queue: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a hint that records of ``queue`` became ready.
+
+        True means "look again": records were appended, released or moved
+        to ``queue`` by some process (or this is the first call, which starts
+        listening and cannot know what happened before). It is only a hint:
+        a ``take`` may still find nothing, and records whose delay runs out
+        send no notification, so keep polling as well. False means nothing
+        was heard within ``timeout``. Unlike the other methods this one may
+        be called from a thread of its own while another thread uses the
+        engine: it has its own connection.
+        """
+        with self._listen_lock, self._guard("wait_ready"):
+            if self._listener is None:
+                if self._pool is None:
+                    raise EngineError(f"{self.where}: wait_ready: the engine is closed")
+                listener = self._connect()
+                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                self._listener = listener
+                return True
+            payload = self._payload(queue)
+            deadline = time.monotonic() + timeout
+            try:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    for note in self._listener.notifies(timeout=remaining, stop_after=1):
+                        if note.payload in (payload, ""):
+                            return True
+            except psycopg.Error:
+                # A broken listener (a server restart) is replaced on the next call.
+                self._listener.close()
+                self._listener = None
+                raise
+            return False
+
+    def close(self) -> None:
+        """Give back this engine's share of the pool, close its listener; twice is harmless."""
+        with self._listen_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._pool is not None:
+            self._pool = None
+            _release_pool(self._pool_key)
+
+    def __repr__(self) -> str:
+        return f"<PostgresEngine {self.where}>"

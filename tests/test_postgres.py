@@ -1,0 +1,290 @@
+"""The postgres engine: the conformance suite, and what is specific to PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import spoolq
+from spoolq.engines import Engine, Lease, open_engine
+from spoolq.testing import EngineConformance
+
+if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
+    pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
+
+import psycopg
+from psycopg import sql
+
+from spoolq.engines import postgres as pg
+from spoolq.engines.postgres import PostgresEngine
+
+
+class TestPostgresEngine(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, pg_url: str, pg_schema: str) -> Callable[[], Engine]:
+        return lambda: PostgresEngine(pg_url, schema=pg_schema)
+
+
+class TestPostgresEngineOneCounterNoNotify(EngineConformance):
+    """The same contract with a single counter row, fsync durability and no notifications."""
+
+    @pytest.fixture
+    def open_engine(self, pg_url: str, pg_schema: str) -> Callable[[], Engine]:
+        return lambda: PostgresEngine(pg_url, schema=pg_schema, durability="fsync",
+                                      counter_slots=1, notify=False)
+
+
+@pytest.fixture
+def engine(pg_url: str, pg_schema: str) -> Iterator[PostgresEngine]:
+    eng = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+def _execute(url: str, statement: sql.Composable, *params: object) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, params or None)
+
+
+# ---- opening ----------------------------------------------------------------------------
+
+def test_opened_by_url_through_the_registry(pg_url: str, pg_schema: str) -> None:
+    eng = open_engine(pg_url, options={"schema": pg_schema})
+    try:
+        assert eng.name == "postgres"
+        assert open_engine(pg_url.replace("postgresql://", "postgres://"),
+                           options={"schema": pg_schema}).name == "postgres"
+    finally:
+        eng.close()
+
+
+def test_unknown_schema_version_is_a_format_error(engine: PostgresEngine, pg_url: str,
+                                                  pg_schema: str) -> None:
+    engine.set_meta("schema_version", b"99")
+    with pytest.raises(spoolq.FormatError, match="schema version 99"):
+        PostgresEngine(pg_url, schema=pg_schema)
+
+
+def test_a_schema_of_other_tables_is_a_format_error(pg_url: str, pg_schema: str) -> None:
+    _execute(pg_url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema)))
+    _execute(pg_url, sql.SQL("CREATE TABLE {}.customers (id int)").format(
+        sql.Identifier(pg_schema)))
+    with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
+        PostgresEngine(pg_url, schema=pg_schema)
+
+
+def test_read_only_reads_and_refuses_writes(engine: PostgresEngine, pg_url: str,
+                                            pg_schema: str) -> None:
+    with pytest.raises(spoolq.FormatError, match="no spoolq queue"):
+        PostgresEngine(pg_url, schema=pg_schema + "_missing", read_only=True)
+    engine.append("q", [b"x"], [1], 1.0)
+    reader = PostgresEngine(pg_url, schema=pg_schema, read_only=True)
+    try:
+        assert reader.counts("q").ready == 1
+        assert [r.data for r in reader.peek("q", 5)] == [b"x"]
+        with pytest.raises(spoolq.EngineError, match="read-only") as info:
+            reader.append("q", [b"y"], [1], 1.0)
+        assert isinstance(info.value.__cause__, psycopg.Error)
+    finally:
+        reader.close()
+
+
+def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "spoolq.engines.postgres")
+    with pytest.raises(spoolq.ConfigurationError, match=r"spoolq\[postgres\]"):
+        open_engine("postgresql://nobody@127.0.0.1/none")
+
+
+@pytest.mark.parametrize("options", [
+    {"schema": ""}, {"schema": "x" * 64}, {"synchronous_commit": "sometimes"},
+    {"durability": "eventually"}, {"pool_size": 0}, {"counter_slots": 0},
+    {"lock_timeout": 0},
+])
+def test_bad_settings(options: dict[str, object]) -> None:
+    with pytest.raises(spoolq.ConfigurationError):
+        PostgresEngine("postgresql://nobody@127.0.0.1:1/none", **options)  # type: ignore[arg-type]
+
+
+def test_unreachable_server_is_an_engine_error_without_the_password() -> None:
+    with pytest.raises(spoolq.EngineError) as info:
+        PostgresEngine("postgresql://someone:s3cret@127.0.0.1:1/none", connect_timeout=2)
+    assert "s3cret" not in str(info.value)
+    assert "someone@127.0.0.1:1/none" in str(info.value)
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+def test_durability_sets_synchronous_commit(pg_url: str, pg_schema: str) -> None:
+    for durability, expected in [("fsync", "on"), ("commit", "off"), ("buffer", "off")]:
+        eng = PostgresEngine(pg_url, schema=pg_schema, durability=durability)
+        try:
+            with eng._conn("test") as conn:
+                row = conn.execute("SHOW synchronous_commit").fetchone()
+            assert row == (expected,)
+        finally:
+            eng.close()
+
+
+# ---- locking, leases and time -----------------------------------------------------------
+
+def test_a_lock_held_too_long_is_a_lock_timeout(pg_url: str, pg_schema: str) -> None:
+    eng = PostgresEngine(pg_url, schema=pg_schema, lock_timeout=0.2)
+    try:
+        with psycopg.connect(pg_url) as blocker:
+            blocker.execute(sql.SQL("LOCK TABLE {}.meta").format(sql.Identifier(pg_schema)))
+            with pytest.raises(spoolq.LockTimeout) as info:
+                eng.get_meta("k")
+            blocker.rollback()
+        assert isinstance(info.value.__cause__, psycopg.errors.LockNotAvailable)
+        assert eng.get_meta("k") is None
+    finally:
+        eng.close()
+
+
+def test_takers_skip_rows_locked_by_others_without_waiting(engine: PostgresEngine,
+                                                           pg_url: str, pg_schema: str) -> None:
+    ids = engine.append("q", [b"a", b"b", b"c"], [1, 1, 1], 1.0)
+    with psycopg.connect(pg_url) as other:
+        other.execute(sql.SQL("SELECT id FROM {}.records WHERE id = %s FOR UPDATE").format(
+            sql.Identifier(pg_schema)), (ids[0],))
+        start = time.monotonic()
+        got = engine.take("q", 2, time.time(), Lease("me", time.time() + 30))
+        assert time.monotonic() - start < 1.0
+        assert [r.data for r in got] == [b"b", b"c"]
+        other.rollback()
+    assert [r.data for r in engine.take("q", 5, time.time(), None)] == [b"a"]
+
+
+def test_late_ack_after_expiry_does_not_remove_the_redelivered_record(
+        engine: PostgresEngine) -> None:
+    engine.append("q", [b"job"], [3], time.time())
+    (first,) = engine.take("q", 1, time.time(), Lease("slow", time.time() + 0.2))
+    time.sleep(0.3)
+    assert engine.expire("q", time.time()) == 1
+    (second,) = engine.take("q", 1, time.time(), Lease("fast", time.time() + 30))
+    assert (second.id, second.attempts) == (first.id, 2)
+    assert engine.ack("q", [(first.id, first.attempts)], "slow") == []
+    assert engine.release("q", [(first.id, 1)], "slow", not_before=0.0, max_attempts=None) == []
+    assert engine.counts("q")[:2] == (0, 1)
+    # the same owner holding a stale token is refused just the same
+    assert engine.ack("q", [(second.id, 1)], "fast") == []
+    assert engine.ack("q", [(second.id, 2)], "fast") == [second.id]
+    assert engine.counts("q") == (0, 0, 0, 0)
+
+
+def test_leases_expire_by_the_database_clock(engine: PostgresEngine,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.append("q", [b"behind", b"ahead"], [1, 1], time.time())
+    real = time.time
+    for skew, data in [(-3600.0, b"behind"), (3600.0, b"ahead")]:
+        # a consumer whose clock is an hour off leases with its own clock's times
+        monkeypatch.setattr(pg.time, "time", lambda skew=skew: real() + skew)
+        now = pg.time.time()
+        (rec,) = engine.take("q", 1, now, Lease(f"skewed{skew}", now + 0.5))
+        monkeypatch.setattr(pg.time, "time", real)
+        assert rec.data == data
+    assert engine.expire("q", time.time()) == 0, "a lease expired early"
+    time.sleep(0.7)
+    assert engine.expire("q", time.time()) == 2, "a lease outlived its ttl"
+
+
+def test_delays_are_judged_by_the_database_clock(engine: PostgresEngine) -> None:
+    engine.append("q", [b"x"], [1], time.time())
+    (rec,) = engine.take("q", 1, time.time(), Lease("me", time.time() + 30))
+    engine.release("q", [(rec.id, 1)], "me", not_before=time.time() + 0.4, max_attempts=None)
+    assert engine.take("q", 1, time.time(), None) == []
+    time.sleep(0.5)
+    assert [r.data for r in engine.take("q", 1, time.time(), None)] == [b"x"]
+
+
+def test_counts_read_the_stripes_of_many_writers(pg_url: str, pg_schema: str) -> None:
+    engines = [PostgresEngine(pg_url, schema=pg_schema, counter_slots=4) for _ in range(3)]
+    try:
+        for i in range(30):
+            engines[i % 3].append("q", [b"xx"] * 3, [4] * 3, 1.0)
+        taken = sum(len(engines[i % 3].take("q", 2, time.time(), None)) for i in range(15))
+        assert taken == 30
+        assert engines[0].counts("q") == (60, 0, 120, 240)
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(sql.SQL("SELECT count(*) FROM {}.counts WHERE queue = 'q'")
+                                .format(sql.Identifier(pg_schema))).fetchone()
+        assert rows is not None and 1 <= rows[0] <= 4
+    finally:
+        for eng in engines:
+            eng.close()
+
+
+# ---- notifications ----------------------------------------------------------------------
+
+def test_wait_ready_hears_appends_to_its_queue(engine: PostgresEngine, pg_url: str,
+                                               pg_schema: str) -> None:
+    assert engine.wait_ready("q", 0.0) is True  # starts listening: look now
+    assert engine.wait_ready("q", 0.1) is False
+    producer = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        producer.append("other", [b"x"], [1], 1.0)
+        assert engine.wait_ready("q", 0.2) is False
+        timer = threading.Timer(0.2, producer.append, ("q", [b"y"], [1], 1.0))
+        start = time.monotonic()
+        timer.start()
+        assert engine.wait_ready("q", 10) is True
+        assert time.monotonic() - start < 5
+        timer.join()
+    finally:
+        producer.close()
+
+
+def test_close_twice_with_a_listener(engine: PostgresEngine) -> None:
+    engine.wait_ready("q", 0)
+    engine.close()
+    engine.close()
+    with pytest.raises(spoolq.EngineError, match="closed"):
+        engine.counts("q")
+
+
+def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url: str) -> None:
+    assert engine.wait_ready("q", 0) is True
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(engine.channel)).as_string(admin)
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE query = %s AND pid <> pg_backend_pid()", (listen,))
+    with pytest.raises(spoolq.EngineError) as info:
+        engine.wait_ready("q", 2)
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    assert engine.wait_ready("q", 0) is True
+
+
+def test_taking_the_head_skips_other_queues_by_index(engine: PostgresEngine,
+                                                      pg_url: str, pg_schema: str) -> None:
+    # Records of queue "a" sort before those of "b" by id; the head of "b" must
+    # be found through the index, not by filtering every record of "a".
+    engine.append("a", [b"x"] * 20_000, [1] * 20_000, 1.0)
+    engine.append("b", [b"y"] * 30_000, [1] * 30_000, 1.0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM ANALYZE {}.records").format(sql.Identifier(pg_schema)))
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        plan = "\n".join(row[0] for row in conn.execute(
+            sql.SQL("EXPLAIN ANALYZE ") + engine._sql.remove,
+            engine._params("b", n=10, now_in=0.0)))
+    removed = [int(line.split(":")[1]) for line in plan.splitlines()
+               if "Rows Removed by Filter" in line]
+    assert max(removed, default=0) < 100, plan
+
+
+def test_a_schema_name_of_63_bytes_still_notifies(pg_url: str) -> None:
+    schema = "spoolq_test_long_" + "x" * 46
+    eng = PostgresEngine(pg_url, schema=schema)
+    try:
+        assert eng.wait_ready("q", 0) is True
+        eng.append("q", [b"x"], [1], 1.0)
+        assert eng.wait_ready("q", 5) is True
+    finally:
+        eng.close()
+        _execute(pg_url, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
