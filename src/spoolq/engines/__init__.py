@@ -40,7 +40,13 @@ def _memory(path: str, *, durability: str, read_only: bool = False, **options: A
     return MemoryEngine()
 
 
-ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory}
+def _remote(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    # The server's own durability setting decides how its commits are made.
+    from .remote import RemoteEngine
+    return RemoteEngine(path, read_only=read_only, **options)
+
+
+ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory, "remote": _remote}
 _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 
