@@ -243,17 +243,21 @@ class FrameDecoder:
         """Bytes held of a frame not yet complete."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add bytes; return every frame now complete, in order."""
         if self._failed is not None:
             raise self._failed
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            src: bytes | bytearray | memoryview = buf
+        else:
+            src = data  # the common case: no partial frame, parse without copying first
         frames: list[Frame] = []
-        pos, end = 0, len(buf)
+        pos, end = 0, len(src)
         try:
             while end - pos >= 4:
-                (length,) = _LENGTH.unpack_from(buf, pos)
+                (length,) = _LENGTH.unpack_from(src, pos)
                 if length > self.max_frame:
                     raise FrameTooLarge(
                         f"a frame of {length} bytes exceeds the limit of {self.max_frame}")
@@ -261,15 +265,18 @@ class FrameDecoder:
                     raise ProtocolError(f"a frame length of {length} is shorter than its header")
                 if end - pos < 4 + length:
                     break
-                ftype, ident = _TYPE_ID.unpack_from(buf, pos + 4)
-                frames.append(Frame(ftype, ident, bytes(buf[pos + 9:pos + 4 + length])))
+                ftype, ident = _TYPE_ID.unpack_from(src, pos + 4)
+                frames.append(Frame(ftype, ident, bytes(src[pos + 9:pos + 4 + length])))
                 pos += 4 + length
         except ProtocolError as exc:
             self._failed = exc
             buf.clear()
             raise
-        if pos:
-            del buf[:pos]
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
         return frames
 
 
@@ -467,7 +474,7 @@ class ServerProtocol:
         self.outbox += encode_error(ident, code_for(exc), str(exc))
         return exc
 
-    def receive_data(self, data: bytes) -> list[Request]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Request]:
         """Consume bytes; return the complete, valid requests in order."""
         if self.version is None:
             self._head += data
@@ -568,7 +575,7 @@ class ClientProtocol:
                 f"{self.server_max_frame}")
         return ident, frame
 
-    def receive_data(self, data: bytes) -> list[Reply]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Reply]:
         """Consume bytes from the server; return the replies now complete."""
         if self.version is None:
             self._head += data

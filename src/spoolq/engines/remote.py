@@ -43,6 +43,7 @@ log = logging.getLogger("spoolq")
 DEFAULT_PORT = 7480
 _MAX_N = 2**31 - 1
 _IDLE_WAITERS = 4
+_RECV_SIZE = 65536
 _CLOCK_SKEW_WARNING = 2.0
 
 
@@ -111,6 +112,9 @@ class _Link:
                     from exc
             raise
         self.sock = sock
+        self._timeout: float | None = -1.0
+        self._buf = bytearray(_RECV_SIZE)
+        self._view = memoryview(self._buf)
         self.proto = ClientProtocol(max_frame=max_reply)
         self._early: dict[int, Any] = {}
         try:
@@ -136,7 +140,9 @@ class _Link:
 
     def _send(self, data: bytes, timeout: float | None) -> None:
         try:
-            self.sock.settimeout(timeout)
+            if timeout != self._timeout:
+                self.sock.settimeout(timeout)
+                self._timeout = timeout
             self.sock.sendall(data)
         except OSError as exc:
             raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
@@ -145,17 +151,17 @@ class _Link:
     def _receive(self, ident: int) -> Any:
         while ident not in self._early:
             try:
-                data = self.sock.recv(262144)
+                got = self.sock.recv_into(self._buf)
             except TimeoutError as exc:
                 raise ConnectionLost(f"no reply from the spoolq server at {self.where} in time") \
                     from exc
             except OSError as exc:
                 raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
                               f"{exc}") from exc
-            if not data:
+            if not got:
                 raise ConnectionLost(f"the spoolq server at {self.where} closed the connection")
             try:
-                replies = self.proto.receive_data(data)
+                replies = self.proto.receive_data(self._view[:got])
             except ProtocolError as exc:
                 raise ConnectionLost(f"the spoolq server at {self.where} broke the protocol: "
                               f"{exc}") from exc
