@@ -44,29 +44,11 @@ from .errors import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_FRAME",
-    "MAGIC",
-    "OPS",
-    "VERSION",
-    "ClientProtocol",
-    "ErrorCode",
-    "Frame",
-    "FrameDecoder",
-    "FrameTooLarge",
-    "FrameType",
-    "ProtocolError",
-    "Reply",
-    "Request",
-    "ServerProtocol",
-    "code_for",
-    "decode_counts",
-    "decode_records",
-    "encode_error",
-    "encode_frame",
-    "encode_records",
-    "encode_reply",
-    "error_for",
-    "parse_request",
+    "DEFAULT_MAX_FRAME", "MAGIC", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
+    "ClientProtocol", "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
+    "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
+    "decode_counts", "decode_records", "encode_error", "encode_frame", "encode_preamble",
+    "encode_records", "encode_reply", "error_for", "parse_preamble", "parse_request",
 ]
 
 MAGIC = b"SPOOLQ"
@@ -149,27 +131,9 @@ _CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (TypeError, ErrorCode.VALUE),
 )
 _CLASSES: dict[int, Callable[[str], Exception]] = {
-    ErrorCode.PROTOCOL: ProtocolError,
-    ErrorCode.FRAME_TOO_LARGE: FrameTooLarge,
-    ErrorCode.UNSUPPORTED_VERSION: ProtocolError,
-    ErrorCode.AUTH: AuthenticationError,
-    ErrorCode.TIMEOUT: ProtocolError,
-    ErrorCode.BAD_REQUEST: BadRequest,
-    ErrorCode.VALUE: ValueError,
-    ErrorCode.EMPTY: Empty,
-    ErrorCode.FULL: Full,
-    ErrorCode.LEASE: LeaseError,
-    ErrorCode.SHUT_DOWN: QueueShutDown,
-    ErrorCode.CLOSED: ClosedError,
-    ErrorCode.CONFIGURATION: ConfigurationError,
-    ErrorCode.SERIALIZATION: SerializationError,
-    ErrorCode.FORMAT: FormatError,
-    ErrorCode.CORRUPT: CorruptError,
-    ErrorCode.LOCK_TIMEOUT: LockTimeout,
-    ErrorCode.ENGINE: EngineError,
-    ErrorCode.SPOOLQ: SpoolqError,
-    ErrorCode.INTERNAL: EngineError,
-    ErrorCode.SERVER_STOPPING: ClosedError,
+    ErrorCode.UNSUPPORTED_VERSION: ProtocolError, ErrorCode.TIMEOUT: ProtocolError,
+    ErrorCode.INTERNAL: EngineError, ErrorCode.SERVER_STOPPING: ClosedError,
+    **{code: cls for cls, code in reversed(_CODES) if issubclass(cls, Exception)},
 }
 
 
