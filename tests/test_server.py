@@ -386,3 +386,21 @@ def test_sigterm_finishes_waiting_requests_and_exits_cleanly(tmp_path: Path) -> 
             assert check.counts("q").ready == 1
         finally:
             check.close()
+
+
+def test_a_long_poll_of_a_client_that_left_takes_nothing(server: ServerProcess,
+                                                         name: str) -> None:
+    take = encode_frame(FrameType.REQUEST, 1, {"op": "take", "queue": name, "n": 1,
+                                                "now": time.time(), "wait": 30.0,
+                                                "lease": ["gone", time.time() + 600]})
+    with _raw(server) as sock:
+        sock.sendall(encode_preamble() + take)
+        assert sock.recv(8) == encode_preamble()
+        time.sleep(0.1)
+    eng = RemoteEngine(server.url)
+    try:
+        eng.append(name, [b"for someone present"], [20], time.time())
+        time.sleep(0.5)  # the abandoned long-poll wakes up, and must leave the record
+        assert [r.data for r in eng.take(name, 5, time.time(), None)] == [b"for someone present"]
+    finally:
+        eng.close()

@@ -469,6 +469,8 @@ class ServerProtocol:
         return requests
 
     def _frame(self, frame: Frame) -> Request | None:
+        if frame.id == 0:
+            raise self._fail(ProtocolError("request id 0 is reserved"))
         if frame.type == FrameType.AUTH:
             body = decode_body(frame) if frame.body else None
             token = body.get("token") if isinstance(body, dict) else None

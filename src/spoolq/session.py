@@ -179,10 +179,14 @@ class Session(asyncio.Protocol):
     def _log_release(self, queue_name: str) -> Callable[[Any, BaseException | None], None]:
         def outcome(result: Any, error: BaseException | None) -> None:
             if error is not None:
-                log.error("spoolq: releasing the leases of %s on %r failed", self.peer,
+                log.error("spoolq: giving back the records of %s on %r failed", self.peer,
                           queue_name, exc_info=error)
-            elif result:
+            elif isinstance(result, int) and result:
                 log.info("spoolq: released %d leases of %s on %r", result, self.peer,
+                         queue_name)
+            elif result is None or isinstance(result, list):
+                log.info("spoolq: put back %s records taken for %s on %r, whose reply could "
+                         "not be sent", "the" if result is None else len(result), self.peer,
                          queue_name)
         return outcome
 
@@ -220,11 +224,8 @@ class Session(asyncio.Protocol):
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
         self.inflight -= 1
         if self.closed:
-            if req.op == "take" and error is None and result and req.args["lease"] is None:
-                # the reply cannot be sent: put the records back where they were
-                self.server.engine_thread.submit(
-                    "restore", {"queue": req.args["queue"], "records": result},
-                    self._log_release(req.args["queue"]))
+            if req.op == "take" and error is None and result:
+                self._give_back(req.args, result)
             return
         if error is None:
             self._write(encode_reply(req.id, result))
@@ -238,6 +239,18 @@ class Session(asyncio.Protocol):
             self._write(encode_error(req.id, code, f"{type(error).__name__}: {error}"
                                      if code == ErrorCode.INTERNAL else str(error)))
         self.update_reading()
+
+    def _give_back(self, args: dict[str, Any], records: list[Any]) -> None:
+        """Undo a take whose reply can no longer be sent: the records go back in place."""
+        queue_name, lease = args["queue"], args["lease"]
+        if lease is None:
+            op, undo = "restore", {"queue": queue_name, "records": records}
+        else:
+            op, undo = "release", {
+                "queue": queue_name, "owner": lease[0], "not_before": 0.0,
+                "deliveries": [[r[0], r[3]] for r in records], "max_attempts": None,
+                "count_attempt": False, "reason": ""}
+        self.server.engine_thread.submit(op, undo, self._log_release(queue_name))
 
     async def _long_take(self, req: Request) -> None:
         a = req.args
@@ -255,6 +268,8 @@ class Session(asyncio.Protocol):
                 if result or remaining <= 0 or self.closed or self.server.stopping:
                     break
                 await self.server.wait_for(a["queue"], min(remaining, self.server.poll_interval))
+                if self.closed:
+                    break
         except Exception as exc:
             self._complete(req, None, exc)
             return
