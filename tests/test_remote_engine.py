@@ -13,7 +13,7 @@ import pytest
 import spoolq
 from spoolq.dispatch import EngineThread
 from spoolq.engines import Engine, MemoryEngine
-from spoolq.engines.remote import RemoteEngine, parse_url
+from spoolq.engines.remote import RemoteEngine, parse_url, url_queue_name
 from spoolq.testing import EngineConformance
 
 from .servers import ThreadedServer
@@ -48,6 +48,8 @@ def test_url_forms() -> None:
     assert (b.port, b.queue, b.token, b.tls, b.ca_file) == (7480, None, "abc", True,
                                                             "/etc/ca.pem")
     assert "abc" not in repr(b)
+    assert url_queue_name("spoolq://h:1/jobs?token=x") == "jobs"
+    assert url_queue_name("spoolq://h:1") is None and url_queue_name("jobs.sqlite") is None
     for bad in ("http://x/y", "spoolq:///nohost", "spoolq://h:notaport/q"):
         with pytest.raises(spoolq.ConfigurationError):
             parse_url(bad)

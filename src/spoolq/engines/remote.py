@@ -15,6 +15,7 @@ call connects again; the server releases the leases the lost connection held.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -36,7 +37,8 @@ from ..protocol import (
 )
 from .base import Counts, Lease, StoredRecord
 
-__all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url"]
+__all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url",
+           "url_queue_name"]
 
 log = logging.getLogger("spoolq")
 
@@ -83,6 +85,14 @@ def parse_url(url: str) -> RemoteAddress:
     ca_file = cas[-1] if cas else None
     tls = (query.get("tls") or ["0"])[-1].lower() in ("1", "true", "yes") or ca_file is not None
     return RemoteAddress(parts.hostname, port, name, token, tls, ca_file)
+
+
+def url_queue_name(path: str | os.PathLike[str]) -> str | None:
+    """The queue a ``spoolq://`` URL names in its path; None for other paths or no path."""
+    spath = os.fspath(path)
+    if not spath.startswith("spoolq://"):
+        return None
+    return parse_url(spath).queue
 
 
 class ConnectionLost(EngineError):
