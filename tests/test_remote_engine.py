@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,20 @@ def test_concurrent_appends_share_one_transaction() -> None:
     transactions, ids = asyncio.run(main())
     assert [i for chunk in ids for i in chunk] == list(range(1, 21))
     assert transactions == 2  # get_meta, then all twenty appends at once
+
+
+def test_cancel_waits_ends_a_wait_at_once(memory_server: ThreadedServer) -> None:
+    eng = RemoteEngine(memory_server.url)
+    try:
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(eng.wait_ready("idle", 30)))
+        waiter.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        eng.cancel_waits()
+        waiter.join(5)
+        assert result == [False] and time.monotonic() - start < 2
+        eng.append("idle", [b"x"], [1], 0.0)
+        assert eng.wait_ready("idle", 5) is True  # later waits work as before
+    finally:
+        eng.close()

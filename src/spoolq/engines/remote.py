@@ -14,6 +14,7 @@ call connects again; the server releases the leases the lost connection held.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -227,6 +228,8 @@ class RemoteEngine:
         self._lock = threading.Lock()
         self._waiters_lock = threading.Lock()
         self._idle_waiters: list[_Link] = []
+        self._busy_waiters: set[_Link] = set()
+        self._wait_generation = 0
         self._max_attempts: dict[str, int | None] = {}
         self._closed = False
         self._link: _Link | None = self._connect()
@@ -368,6 +371,7 @@ class RemoteEngine:
             except Exception as exc:  # the server may already be gone; closing goes on
                 log.debug("spoolq: goodbye to %s failed: %s", link.where, exc)
             link.close()
+        self.cancel_waits()
         with self._waiters_lock:
             idle, self._idle_waiters = self._idle_waiters, []
         for waiter in idle:
@@ -380,28 +384,49 @@ class RemoteEngine:
 
         True as soon as the server sees ready records (at once if there are
         some, which may include records not visible yet after a delayed nack),
-        False when the timeout passes. It uses a connection of its own, so
-        other calls go on meanwhile; many threads may wait at once.
+        False when the timeout passes or :meth:`cancel_waits` is called. It
+        uses a connection of its own, so other calls go on meanwhile; many
+        threads may wait at once. Connection failures raise :class:`EngineError`.
         """
-        if self._closed:
-            raise ClosedError("the remote engine is closed")
         timeout = min(max(timeout, 0.0), 86400.0)
         with self._waiters_lock:
+            if self._closed:
+                raise ClosedError("the remote engine is closed")
             link = self._idle_waiters.pop() if self._idle_waiters else None
+            generation = self._wait_generation
         if link is None:
             link = self._connect()
+        with self._waiters_lock:
+            if generation != self._wait_generation or self._closed:
+                link.close()
+                return False
+            self._busy_waiters.add(link)
         try:
             ready = link.call("wait", {"queue": queue, "timeout": timeout},
                               self.timeout + timeout)
         except BaseException:
             link.close()
+            with self._waiters_lock:
+                self._busy_waiters.discard(link)
+                if generation != self._wait_generation:
+                    return False  # cancelled: the connection was shut on purpose
             raise
         with self._waiters_lock:
+            self._busy_waiters.discard(link)
             if self._closed or len(self._idle_waiters) >= _IDLE_WAITERS:
                 link.close()
             else:
                 self._idle_waiters.append(link)
         return bool(ready)
+
+    def cancel_waits(self) -> None:
+        """Make every :meth:`wait_ready` in progress return False now (for a shutdown)."""
+        with self._waiters_lock:
+            self._wait_generation += 1
+            busy = list(self._busy_waiters)
+        for link in busy:
+            with contextlib.suppress(OSError):
+                link.sock.shutdown(socket.SHUT_RDWR)
 
     @staticmethod
     def _ids(value: Any) -> list[int]:
