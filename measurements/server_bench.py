@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -93,6 +94,16 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 # ---- one client's loops: each returns items moved (put and got) in `seconds` -------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux); 0.0 where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_for(seconds: float, step: Callable[[], int]) -> float:
@@ -196,6 +207,7 @@ def main() -> None:
     sec, n = args.seconds, args.clients
     folder = tempfile.mkdtemp(prefix="spoolq-bench-")
     results: dict[str, dict[str, float]] = {}
+    cpu: dict[str, dict[str, float]] = defaultdict(dict)
     servers: list[subprocess.Popen[Any]] = []
     try:
         mem, mem_url = start_spoolq(":memory:")
@@ -208,6 +220,8 @@ def main() -> None:
         scenarios = [("sequential, 1 client", "seq", 1), (f"batched x{BATCH}, 1 client",
                                                           "batch", 1),
                      (f"sequential, {n} clients", "seq", n)]
+        pids = {"spoolq memory": mem.pid, "spoolq sqlite": sql.pid, "engine memory": mem.pid,
+                "engine sqlite": sql.pid, "redis": None if red is None else red[0].pid}
         for label, mode, clients in scenarios:
             row: dict[str, float] = {}
             for col, kind, target in (("spoolq memory", "spoolq", mem_url),
@@ -217,22 +231,28 @@ def main() -> None:
                                       ("redis", "redis", None if red is None else red[1])):
                 if target is None:
                     continue
+                pid = pids[col]
+                cpu0, wall0 = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
                 if clients == 1:
                     fn = {"spoolq": spoolq_client, "engine": engine_client,
                           "redis": redis_client}[kind]
                     row[col] = fn(target, mode, sec)  # type: ignore[operator]
                 else:
                     row[col] = many_clients(kind, target, clients, sec)
+                items = row[col] * (time.perf_counter() - wall0)
+                if pid and items:
+                    cpu[label][col] = (cpu_seconds(pid) - cpu0) / items * 1e6
                 sys.stderr.write(f"{label:28} {col:14} {row[col]:>10,.0f} items/s\n")
             results[label] = row
     finally:
         for proc in servers:
             stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
-    print_table(results)
+    print_table(results, cpu)
 
 
-def print_table(results: dict[str, dict[str, float]]) -> None:
+def print_table(results: dict[str, dict[str, float]],
+                cpu: dict[str, dict[str, float]]) -> None:
     cols = ["spoolq memory", "spoolq sqlite", "engine memory", "engine sqlite", "redis"]
     head = f"{'items/s (put+get each)':28}" + "".join(f"{c:>15}" for c in cols)
     has_redis = all("redis" in row for row in results.values())
@@ -247,8 +267,17 @@ def print_table(results: dict[str, dict[str, float]]) -> None:
             line += f"{row['spoolq memory'] / row['redis']:>11.2f}"
             line += f"{row['spoolq sqlite'] / row['redis']:>14.2f}"
         print(line)
+    print()
+    head = f"{'server CPU us per item':28}" + "".join(f"{c:>15}" for c in cols)
+    print(head)
+    print("-" * len(head))
+    for label in results:
+        print(f"{label:28}" + "".join(
+            f"{cpu[label][c]:>15.1f}" if c in cpu[label] else f"{'-':>15}" for c in cols))
     print("\nAn item counts once when it has been put and got back; 'spoolq' columns go"
-          "\nthrough SyncQueue (client-side encoding), 'engine' columns send raw records.")
+          "\nthrough SyncQueue (client-side encoding), 'engine' columns send raw records."
+          "\nServer CPU is the server process's user+system time (both of its threads;"
+          "\nthe setup of a scenario's client processes is included in its wall time).")
 
 
 if __name__ == "__main__":
