@@ -279,7 +279,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"largest frame accepted, in bytes (default {DEFAULT_MAX_FRAME})")
     parser.add_argument("--stall-timeout", type=float, default=10.0,
                         help="drop a client silent this many seconds mid-frame (default 10)")
-    parser.add_argument("--durability", choices=("commit", "fsync"), default="commit")
+    parser.add_argument("--durability", choices=("commit", "fsync"), default="commit",
+                        help="commit: survives a killed server; fsync: also power loss")
     parser.add_argument("--engine", help="engine name (default: picked from the path)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -303,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(message)s")
 
     def listening(server: Server) -> None:
         sys.stdout.write(f"listening on {server.url}\n")
