@@ -280,6 +280,11 @@ def _opt(check: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda v: v is None or check(v)
 
 
+def _list_of_type(kind: type) -> Callable[[object], bool]:
+    # exact type checks, without a call per element: these lists can hold many records
+    return lambda v: isinstance(v, list) and all(type(x) is kind for x in v)
+
+
 def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda v: isinstance(v, list) and all(check(x) for x in v)
 
@@ -316,8 +321,8 @@ _E = TypeVar("_E", bound=SpoolqError)
 OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "hello": {"max_reply": (_opt(_is_int), None), "client": (_opt(_is_str), None)},
     "bye": {},
-    "append": {"queue": (_is_str, ...), "records": (_list_of(_is_bytes), ...),
-               "sizes": (_list_of(_is_int), ...), "now": (_is_num, ...)},
+    "append": {"queue": (_is_str, ...), "records": (_list_of_type(bytes), ...),
+               "sizes": (_list_of_type(int), ...), "now": (_is_num, ...)},
     "take": {"queue": (_is_str, ...), "n": (_is_count, ...), "now": (_is_num, ...),
              "lease": (_opt(_is_lease), None), "wait": (_is_wait, 0.0),
              "max_attempts": (_opt(_is_int), None)},
@@ -334,7 +339,7 @@ OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "counts": {"queue": (_is_str, ...)},
     "owners": {"queue": (_is_str, ...)},
     "move": {"src": (_is_str, ...), "dst": (_is_str, ...),
-             "ids": (_opt(_list_of(_is_int)), None)},
+             "ids": (_opt(_list_of_type(int)), None)},
     "purge": {"queue": (_is_str, ...)},
     "queues": {},
     "get_meta": {"key": (_is_str, ...)},
