@@ -38,7 +38,7 @@ def test_doc_code_runs(doc: str, n: int, code: str, tmp_path: Path,
 def test_example_runs(example: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(example)], check=False, capture_output=True,
                             text=True, timeout=120, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": ""})
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 

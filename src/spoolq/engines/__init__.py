@@ -53,8 +53,14 @@ def _postgres(path: str, *, durability: str, read_only: bool = False,
     return PostgresEngine(path, durability=durability, read_only=read_only, **options)
 
 
+def _remote(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    # The server's own durability setting decides how its commits are made.
+    from .remote import RemoteEngine
+    return RemoteEngine(path, read_only=read_only, **options)
+
+
 ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory,
-                                     "postgres": _postgres}
+                                     "postgres": _postgres, "remote": _remote}
 _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 

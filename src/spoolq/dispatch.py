@@ -1,0 +1,225 @@
+"""The server's engine thread: runs wire requests against one engine, in order.
+
+Engine calls never run on the server's event loop. Every request becomes a
+job on one thread; jobs that arrive while the thread is busy are run together
+when it is free, and a run of consecutive appends to the same queue becomes
+one engine transaction (group commit). Results go back to the loop in one
+``call_soon_threadsafe`` per batch, with the names of the queues that may have
+gained ready records, so long-polling requests can be woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .engines import Engine, Lease, StoredRecord
+from .protocol import decode_records, encode_records
+
+__all__ = ["EngineThread", "Outcome"]
+
+log = logging.getLogger("spoolq")
+
+Outcome = Callable[[Any, "BaseException | None"], None]
+"""Called on the event loop with ``(result, None)`` or ``(None, error)``."""
+
+_RECORD_OVERHEAD = 48  # CBOR framing of one record's other fields, an upper bound
+_Job = tuple[str, dict[str, Any], Outcome]
+
+
+def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[list[Any]], set[str]]:
+    lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
+    recs = engine.take(a["queue"], a["n"], a["now"], lease)
+    limit = a.get("limit")
+    if limit is not None and len(recs) > 1:
+        # Keep the reply within what the client accepts; give the rest straight back.
+        size, keep = 64, 0
+        for rec in recs:
+            size += len(rec.data) + _RECORD_OVERHEAD
+            if size > limit and keep:
+                break
+            keep += 1
+        if keep < len(recs):
+            _give_back(engine, a["queue"], recs[keep:], lease)
+            recs = recs[:keep]
+    return encode_records(recs), set()
+
+
+def _give_back(engine: Engine, queue_name: str, recs: list[StoredRecord],
+               lease: Lease | None) -> None:
+    if lease is None:
+        engine.restore(queue_name, recs)
+    else:
+        engine.release(queue_name, [(r.id, r.attempts) for r in recs], lease.owner,
+                       not_before=0.0, max_attempts=None, count_attempt=False)
+
+
+def _restore(engine: Engine, a: dict[str, Any]) -> tuple[None, set[str]]:
+    engine.restore(a["queue"], decode_records(a["records"]))
+    return None, {a["queue"]}
+
+
+def _set_meta(engine: Engine, a: dict[str, Any]) -> tuple[None, set[str]]:
+    engine.set_meta(a["key"], a["value"])
+    return None, set()
+
+
+def _wakes(queue_name: str, result: Any) -> set[str]:
+    return {queue_name} if result else set()
+
+
+_OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
+    "take": _take,
+    "restore": _restore,
+    "ack": lambda e, a: (e.ack(a["queue"], [tuple(d) for d in a["deliveries"]], a["owner"]),
+                         set()),
+    "release": lambda e, a: (r := e.release(
+        a["queue"], [tuple(d) for d in a["deliveries"]], a["owner"],
+        not_before=a["not_before"], max_attempts=a["max_attempts"],
+        count_attempt=a["count_attempt"], reason=a["reason"]), _wakes(a["queue"], r)),
+    "expire": lambda e, a: (r := e.expire(a["queue"], a["now"], owners=a["owners"],
+                                          max_attempts=a["max_attempts"]),
+                            _wakes(a["queue"], r)),
+    "peek": lambda e, a: (encode_records(e.peek(a["queue"], a["n"], a["offset"])), set()),
+    "counts": lambda e, a: (list(e.counts(a["queue"])), set()),
+    "owners": lambda e, a: (e.owners(a["queue"]), set()),
+    "move": lambda e, a: (r := e.move(a["src"], a["dst"], a["ids"]), _wakes(a["dst"], r)),
+    "purge": lambda e, a: (e.purge(a["queue"]), set()),
+    "queues": lambda e, a: (e.queues(), set()),
+    "get_meta": lambda e, a: (e.get_meta(a["key"]), set()),
+    "set_meta": _set_meta,
+}
+OPS = frozenset(_OPS) | {"append"}
+"""The ops the engine thread runs (the others are answered by the server itself)."""
+
+
+class EngineThread:
+    """Runs requests against ``engine`` on one thread; see the module docstring.
+
+    ``on_ready`` is called on the loop with the names of queues that may have
+    gained ready records after each batch.
+    """
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop,
+                 on_ready: Callable[[set[str]], None]) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._on_ready = on_ready
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.transactions = 0
+        self._thread = threading.Thread(target=self._run, name="spoolq-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, op: str, args: dict[str, Any], outcome: Outcome) -> None:
+        """Run ``op`` with validated ``args``; ``outcome`` gets the wire-shaped result."""
+        self._jobs.put((op, args, outcome))
+
+    def run(self, op: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+        """Like :meth:`submit`, as a future of the loop."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+
+        def outcome(result: Any, error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        self.submit(op, args, outcome)
+        return fut
+
+    def stop(self) -> None:
+        """Finish every job submitted so far, close the engine, end the thread."""
+        self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # ---- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[_Job] = []
+            job = self._jobs.get()
+            while job is not None:
+                batch.append(job)
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stop = True
+            done: list[tuple[Outcome, Any, BaseException | None]] = []
+            woken: set[str] = set()
+            self._run_batch(batch, done, woken)
+            if done or woken:
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, done, woken)
+                except RuntimeError:
+                    log.warning("spoolq: the event loop closed before %d results were "
+                                "delivered", len(done))
+        try:
+            self.engine.close()
+        except Exception:
+            log.exception("spoolq: closing the engine failed")
+
+    def _run_batch(self, batch: list[_Job], done: list[tuple[Outcome, Any, BaseException | None]],
+                   woken: set[str]) -> None:
+        i = 0
+        while i < len(batch):
+            op, args, outcome = batch[i]
+            if op == "append":
+                j = i + 1
+                while j < len(batch) and batch[j][0] == "append" and \
+                        batch[j][1]["queue"] == args["queue"]:
+                    j += 1
+                self._append(batch[i:j], done, woken)
+                i = j
+                continue
+            i += 1
+            try:
+                result, wakes = _OPS[op](self.engine, args)
+            except BaseException as exc:
+                done.append((outcome, None, exc))
+                continue
+            self.transactions += 1
+            woken |= wakes
+            done.append((outcome, result, None))
+
+    def _append(self, run: list[_Job], done: list[tuple[Outcome, Any, BaseException | None]],
+                woken: set[str]) -> None:
+        first = run[0][1]
+        records: list[bytes] = []
+        sizes: list[int] = []
+        for _, args, _ in run:
+            records += args["records"]
+            sizes += args["sizes"]
+        try:
+            ids = self.engine.append(first["queue"], records, sizes, first["now"])
+        except BaseException as exc:
+            done.extend((outcome, None, exc) for _, _, outcome in run)
+            return
+        self.transactions += 1
+        if records:
+            woken.add(first["queue"])
+        pos = 0
+        for _, args, outcome in run:
+            k = len(args["records"])
+            done.append((outcome, ids[pos:pos + k], None))
+            pos += k
+
+    def _deliver(self, done: list[tuple[Outcome, Any, BaseException | None]],
+                 woken: set[str]) -> None:
+        for outcome, result, error in done:
+            try:
+                outcome(result, error)
+            except Exception:
+                log.exception("spoolq: delivering a result failed")
+        if woken:
+            self._on_ready(woken)

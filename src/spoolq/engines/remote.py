@@ -1,0 +1,444 @@
+"""The remote engine: queues kept by a spoolq server, reached over TCP.
+
+``spoolq://[:TOKEN@]HOST[:PORT]/NAME[?token=TOKEN&tls=1&ca=CA.pem]`` picks it.
+The queue façades encode and compress items on the client, as with any
+engine; the server stores the records unread. Each engine call is one request
+and one transaction on the server.
+
+The engine is thread-safe: calls share one connection, one at a time.
+:meth:`RemoteEngine.wait_ready` uses connections of its own so a long wait
+never holds up other calls. A lost connection fails the call that was running
+(its outcome is unknown: a put may or may not have been stored) and the next
+call connects again; the server releases the leases the lost connection held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError
+from ..protocol import (
+    DEFAULT_MAX_FRAME,
+    WRITE_OPS,
+    ClientProtocol,
+    ProtocolError,
+    decode_counts,
+    decode_records,
+    encode_records,
+)
+from .base import Counts, Lease, StoredRecord
+
+__all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url",
+           "url_queue_name"]
+
+log = logging.getLogger("spoolq")
+
+DEFAULT_PORT = 7480
+_MAX_N = 2**31 - 1
+_IDLE_WAITERS = 4
+_RECV_SIZE = 65536
+_CLOCK_SKEW_WARNING = 2.0
+
+
+@dataclass(frozen=True)
+class RemoteAddress:
+    """What a ``spoolq://`` URL says. ``queue`` is None when the URL has no path."""
+
+    host: str
+    port: int
+    queue: str | None
+    token: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"RemoteAddress({self.host!r}, {self.port}, queue={self.queue!r}, tls={self.tls})"
+
+
+def parse_url(url: str) -> RemoteAddress:
+    """Split a ``spoolq://`` URL; :class:`ConfigurationError` if it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme != "spoolq" or not parts.hostname:
+        raise ConfigurationError(f"not a spoolq://host:port/name URL: {parts.scheme}://...")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ConfigurationError("the spoolq:// URL has a bad port") from None
+    query = parse_qs(parts.query)
+    tokens = query.get("token")
+    token = tokens[-1] if tokens else None
+    if parts.password:
+        token = unquote(parts.password)
+    elif parts.username:
+        token = unquote(parts.username)
+    name = unquote(parts.path.lstrip("/")) or None
+    cas = query.get("ca")
+    ca_file = cas[-1] if cas else None
+    tls = (query.get("tls") or ["0"])[-1].lower() in ("1", "true", "yes") or ca_file is not None
+    return RemoteAddress(parts.hostname, port, name, token, tls, ca_file)
+
+
+def url_queue_name(path: str | os.PathLike[str]) -> str | None:
+    """The queue a ``spoolq://`` URL names in its path; None for other paths or no path."""
+    spath = os.fspath(path)
+    if not spath.startswith("spoolq://"):
+        return None
+    return parse_url(spath).queue
+
+
+class ConnectionLost(EngineError):
+    """The connection to the server failed or timed out; the call's outcome is unknown."""
+
+
+class _Link:
+    """One connection to the server: handshake, then one request at a time."""
+
+    def __init__(self, address: RemoteAddress, *, token: str | None,
+                 ssl_context: ssl.SSLContext | None, connect_timeout: float,
+                 max_reply: int) -> None:
+        self.where = f"{address.host}:{address.port}"
+        try:
+            sock = socket.create_connection((address.host, address.port), connect_timeout)
+        except OSError as exc:
+            raise EngineError(f"cannot connect to the spoolq server at {self.where}: {exc}") \
+                from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=address.host)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, OSError):
+                raise EngineError(f"TLS with the spoolq server at {self.where} failed: {exc}") \
+                    from exc
+            raise
+        self.sock = sock
+        self._timeout: float | None = -1.0
+        self._buf = bytearray(_RECV_SIZE)
+        self._view = memoryview(self._buf)
+        self.proto = ClientProtocol(max_frame=max_reply)
+        self._early: dict[int, Any] = {}
+        try:
+            opening, ids = self.proto.start(token)
+            hello_id, hello = self.proto.request("hello", {"max_reply": max_reply,
+                                                           "client": "spoolq-python"})
+            self._send(opening + hello, connect_timeout)
+            for ident in ids:
+                self._receive(ident)
+            info = self._receive(hello_id)
+        except BaseException:
+            self.close()
+            raise
+        if not isinstance(info, dict) or not isinstance(info.get("max_frame"), int):
+            self.close()
+            raise ProtocolError(f"the server at {self.where} sent an unexpected greeting")
+        self.info = info
+        self.proto.server_max_frame = info["max_frame"]
+        skew = float(info.get("time", time.time())) - time.time()
+        if abs(skew) > _CLOCK_SKEW_WARNING:
+            log.warning("spoolq: the clock of the server at %s differs from ours by %.1f s; "
+                        "lease times assume synchronized clocks", self.where, skew)
+
+    def _send(self, data: bytes, timeout: float | None) -> None:
+        try:
+            if timeout != self._timeout:
+                self.sock.settimeout(timeout)
+                self._timeout = timeout
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
+                          f"{exc}") from exc
+
+    def _receive(self, ident: int) -> Any:
+        while ident not in self._early:
+            try:
+                got = self.sock.recv_into(self._buf)
+            except TimeoutError as exc:
+                raise ConnectionLost(f"no reply from the spoolq server at {self.where} in time") \
+                    from exc
+            except OSError as exc:
+                raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
+                              f"{exc}") from exc
+            if not got:
+                raise ConnectionLost(f"the spoolq server at {self.where} closed the connection")
+            try:
+                replies = self.proto.receive_data(self._view[:got])
+            except ProtocolError as exc:
+                raise ConnectionLost(f"the spoolq server at {self.where} broke the protocol: "
+                              f"{exc}") from exc
+            for reply in replies:
+                if reply.id == 0 and reply.error is not None:
+                    raise reply.error  # about the whole connection: it is being closed
+                self._early[reply.id] = reply
+        reply = self._early.pop(ident)
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def call(self, op: str, args: dict[str, Any], timeout: float | None) -> Any:
+        ident, frame = self.proto.request(op, args)
+        return self.exchange(ident, frame, timeout)
+
+    def exchange(self, ident: int, frame: bytes, timeout: float | None) -> Any:
+        """Send a request frame and wait for its reply."""
+        self._send(frame, timeout)
+        return self._receive(ident)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RemoteEngine:
+    """An :class:`~spoolq.Engine` whose storage is a spoolq server.
+
+    ``url`` is ``spoolq://[:TOKEN@]HOST[:PORT][/NAME][?token=...&tls=1&ca=...]``.
+    ``token`` (or the URL's) authenticates; a refused token raises
+    :class:`AuthenticationError` here. ``tls`` is True (verify the server
+    against the system's CAs, or ``ca_file``) or an ``ssl.SSLContext``.
+    ``timeout`` bounds each call, ``connect_timeout`` the connection and
+    handshake. ``read_only`` refuses every write on this side. ``max_reply``
+    caps the size of a reply; the server returns fewer records rather than
+    exceed it. Connection failures raise :class:`EngineError`.
+    """
+
+    name = "remote"
+
+    def __init__(self, url: str, *, token: str | None = None, read_only: bool = False,
+                 timeout: float = 30.0, connect_timeout: float = 10.0,
+                 tls: bool | ssl.SSLContext | None = None, ca_file: str | None = None,
+                 max_reply: int = DEFAULT_MAX_FRAME) -> None:
+        self.address = parse_url(url)
+        self.queue_name = self.address.queue
+        self.read_only = read_only
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_reply = max_reply
+        self._token = token if token is not None else self.address.token
+        self._ssl = self._ssl_context(tls, ca_file or self.address.ca_file)
+        self._lock = threading.Lock()
+        self._waiters_lock = threading.Lock()
+        self._idle_waiters: list[_Link] = []
+        self._busy_waiters: set[_Link] = set()
+        self._wait_generation = 0
+        self._max_attempts: dict[str, int | None] = {}
+        self._closed = False
+        self._link: _Link | None = self._connect()
+        self.server_info: dict[str, Any] = dict(self._link.info)
+
+    def _ssl_context(self, tls: bool | ssl.SSLContext | None,
+                     ca_file: str | None) -> ssl.SSLContext | None:
+        if isinstance(tls, ssl.SSLContext):
+            return tls
+        if tls or (tls is None and (self.address.tls or ca_file)):
+            return ssl.create_default_context(cafile=ca_file)
+        return None
+
+    def _connect(self) -> _Link:
+        return _Link(self.address, token=self._token, ssl_context=self._ssl,
+                     connect_timeout=self.connect_timeout, max_reply=self.max_reply)
+
+    def _call(self, op: str, args: dict[str, Any], wait: float = 0.0) -> Any:
+        if self.read_only and op in WRITE_OPS:
+            raise EngineError(f"the remote queue was opened read-only; {op} refused")
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the remote engine is closed")
+            if self._link is None:
+                self._link = self._connect()
+            # FrameTooLarge here is raised before sending: the connection stays usable
+            ident, frame = self._link.proto.request(op, args)
+            try:
+                return self._link.exchange(ident, frame, self.timeout + wait)
+            except (ConnectionLost, ProtocolError, AuthenticationError):
+                self._link.close()
+                self._link = None
+                raise
+
+    # ---- the engine protocol ------------------------------------------------------------
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if len(records) != len(raw_sizes):
+            raise ValueError("records and raw_sizes differ in length")
+        if not records:
+            return []
+        ids = self._call("append", {"queue": queue, "records": list(records),
+                                    "sizes": list(raw_sizes), "now": now})
+        if not isinstance(ids, list) or len(ids) != len(records):
+            raise ProtocolError("the server answered an append with the wrong number of ids")
+        return ids
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None, *,
+             wait: float = 0.0) -> list[StoredRecord]:
+        """As :meth:`Engine.take`; with ``wait`` the server waits up to that many
+        seconds for a record when none is ready (long-poll)."""
+        if n < 1:
+            return []
+        args: dict[str, Any] = {"queue": queue, "n": min(n, _MAX_N), "now": now,
+                                "lease": None if lease is None else [lease.owner, lease.until]}
+        if wait > 0:
+            args["wait"] = wait
+        if lease is not None:
+            args["max_attempts"] = self._max_attempts.get(queue)
+        return decode_records(self._call("take", args, wait))
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        if records:
+            self._call("restore", {"queue": queue, "records": encode_records(list(records))})
+
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        if not deliveries:
+            return []
+        return self._ids(self._call("ack", {"queue": queue, "owner": owner,
+                                            "deliveries": [list(d) for d in deliveries]}))
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        if count_attempt:
+            self._max_attempts[queue] = max_attempts
+        if not deliveries:
+            return []
+        return self._ids(self._call("release", {
+            "queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries],
+            "not_before": not_before, "max_attempts": max_attempts,
+            "count_attempt": count_attempt, "reason": reason}))
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        self._max_attempts[queue] = max_attempts
+        return self._int(self._call("expire", {"queue": queue, "now": now,
+                                               "owners": list(owners),
+                                               "max_attempts": max_attempts}))
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        if n < 1:
+            return []
+        return decode_records(self._call("peek", {"queue": queue, "n": min(n, _MAX_N),
+                                                  "offset": min(offset, _MAX_N)}))
+
+    def counts(self, queue: str) -> Counts:
+        return decode_counts(self._call("counts", {"queue": queue}))
+
+    def owners(self, queue: str) -> dict[str, int]:
+        held = self._call("owners", {"queue": queue})
+        if not isinstance(held, dict):
+            raise ProtocolError("the server sent owners of an unexpected shape")
+        return {str(k): int(v) for k, v in held.items()}
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        return self._int(self._call("move", {"src": src, "dst": dst,
+                                             "ids": None if ids is None else list(ids)}))
+
+    def purge(self, queue: str) -> int:
+        return self._int(self._call("purge", {"queue": queue}))
+
+    def queues(self) -> list[str]:
+        names = self._call("queues", {})
+        if not isinstance(names, list):
+            raise ProtocolError("the server sent queue names of an unexpected shape")
+        return [str(n) for n in names]
+
+    def get_meta(self, key: str) -> bytes | None:
+        value = self._call("get_meta", {"key": key})
+        if value is not None and not isinstance(value, bytes):
+            raise ProtocolError("the server sent metadata of an unexpected type")
+        return value
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._call("set_meta", {"key": key, "value": bytes(value)})
+
+    def close(self) -> None:
+        """Say goodbye (leases stay with their owners) and close every connection."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            link, self._link = self._link, None
+        if link is not None:
+            try:
+                link.call("bye", {}, min(self.timeout, 2.0))
+            except Exception as exc:  # the server may already be gone; closing goes on
+                log.debug("spoolq: goodbye to %s failed: %s", link.where, exc)
+            link.close()
+        self.cancel_waits()
+        with self._waiters_lock:
+            idle, self._idle_waiters = self._idle_waiters, []
+        for waiter in idle:
+            waiter.close()
+
+    # ---- long-poll ----------------------------------------------------------------------
+
+    def wait_ready(self, queue: str, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until ``queue`` may have ready records.
+
+        True as soon as the server sees ready records (at once if there are
+        some, which may include records not visible yet after a delayed nack),
+        False when the timeout passes or :meth:`cancel_waits` is called. It
+        uses a connection of its own, so other calls go on meanwhile; many
+        threads may wait at once. Connection failures raise :class:`EngineError`.
+        """
+        timeout = min(max(timeout, 0.0), 86400.0)
+        with self._waiters_lock:
+            if self._closed:
+                raise ClosedError("the remote engine is closed")
+            link = self._idle_waiters.pop() if self._idle_waiters else None
+            generation = self._wait_generation
+        if link is None:
+            link = self._connect()
+        with self._waiters_lock:
+            if generation != self._wait_generation or self._closed:
+                link.close()
+                return False
+            self._busy_waiters.add(link)
+        try:
+            ready = link.call("wait", {"queue": queue, "timeout": timeout},
+                              self.timeout + timeout)
+        except BaseException:
+            link.close()
+            with self._waiters_lock:
+                self._busy_waiters.discard(link)
+                if generation != self._wait_generation:
+                    return False  # cancelled: the connection was shut on purpose
+            raise
+        with self._waiters_lock:
+            self._busy_waiters.discard(link)
+            if self._closed or len(self._idle_waiters) >= _IDLE_WAITERS:
+                link.close()
+            else:
+                self._idle_waiters.append(link)
+        return bool(ready)
+
+    def cancel_waits(self) -> None:
+        """Make every :meth:`wait_ready` in progress return False now (for a shutdown)."""
+        with self._waiters_lock:
+            self._wait_generation += 1
+            busy = list(self._busy_waiters)
+        for link in busy:
+            with contextlib.suppress(OSError):
+                link.sock.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def _ids(value: Any) -> list[int]:
+        if not isinstance(value, list) or not all(isinstance(i, int) for i in value):
+            raise ProtocolError("the server sent ids of an unexpected shape")
+        return value
+
+    @staticmethod
+    def _int(value: Any) -> int:
+        if not isinstance(value, int):
+            raise ProtocolError("the server sent a count of an unexpected type")
+        return value
+
+    def __repr__(self) -> str:
+        return f"<RemoteEngine {self.address.host}:{self.address.port}>"

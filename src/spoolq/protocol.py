@@ -1,0 +1,570 @@
+"""The spoolq wire protocol, without sockets: bytes in, events out.
+
+Both the server (:mod:`spoolq.server`) and the remote engine
+(:mod:`spoolq.engines.remote`) use this module; it never reads or writes a
+socket, so it is tested without a network. docs/protocol.md describes the same
+format for implementers in other languages.
+
+A connection starts with an 8-byte preamble in each direction (``b"SPOOLQ"``
+and a big-endian u16 version). After it, everything is a frame::
+
+    u32 length | u8 type | u32 request id | CBOR body (length - 5 bytes)
+
+``length`` counts the type, the id and the body. The client sends ``AUTH``
+and ``REQUEST`` frames, the server answers each with a ``REPLY`` or an
+``ERROR`` frame carrying the same id; replies may come in any order.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeVar
+
+import cbor2
+
+from .engines.base import Counts, StoredRecord
+from .errors import (
+    AuthenticationError,
+    ClosedError,
+    ConfigurationError,
+    CorruptError,
+    Empty,
+    EngineError,
+    FormatError,
+    Full,
+    LeaseError,
+    LockTimeout,
+    QueueShutDown,
+    SerializationError,
+    SpoolqError,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME", "MAGIC", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
+    "ClientProtocol", "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
+    "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
+    "decode_counts", "decode_records", "encode_error", "encode_frame", "encode_preamble",
+    "encode_records", "encode_reply", "error_for", "parse_preamble", "parse_request",
+]
+
+MAGIC = b"SPOOLQ"
+VERSION = 1
+MIN_VERSION = 1
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+PREAMBLE = struct.Struct(">6sH")
+HEADER = struct.Struct(">IBI")
+_LENGTH = struct.Struct(">I")
+_TYPE_ID = struct.Struct(">BI")
+MAX_ID = 2**32 - 1
+
+
+class ProtocolError(EngineError):
+    """The peer broke the wire protocol (or the connection ended mid-frame)."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame is longer than the receiver's limit; it is refused before it is read."""
+
+
+class FrameType(IntEnum):
+    """The kind of a frame (byte 4 of every frame)."""
+
+    AUTH = 1
+    REQUEST = 2
+    REPLY = 3
+    ERROR = 4
+
+
+class ErrorCode(IntEnum):
+    """Codes of ERROR frames. 1-9: the connection is closed after the frame."""
+
+    PROTOCOL = 1
+    FRAME_TOO_LARGE = 2
+    UNSUPPORTED_VERSION = 3
+    AUTH = 4
+    TIMEOUT = 5
+    BAD_REQUEST = 10
+    VALUE = 11
+    EMPTY = 20
+    FULL = 21
+    LEASE = 22
+    SHUT_DOWN = 23
+    CLOSED = 24
+    CONFIGURATION = 25
+    SERIALIZATION = 26
+    FORMAT = 30
+    CORRUPT = 31
+    LOCK_TIMEOUT = 32
+    ENGINE = 33
+    SPOOLQ = 40
+    INTERNAL = 50
+    SERVER_STOPPING = 51
+
+
+class BadRequest(ProtocolError):
+    """A well-formed frame whose request names an unknown op or has bad arguments."""
+
+
+# Most specific first: the first class an exception is an instance of wins.
+_CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+    (FrameTooLarge, ErrorCode.FRAME_TOO_LARGE),
+    (BadRequest, ErrorCode.BAD_REQUEST),
+    (ProtocolError, ErrorCode.PROTOCOL),
+    (AuthenticationError, ErrorCode.AUTH),
+    (Empty, ErrorCode.EMPTY),
+    (Full, ErrorCode.FULL),
+    (LeaseError, ErrorCode.LEASE),
+    (QueueShutDown, ErrorCode.SHUT_DOWN),
+    (ClosedError, ErrorCode.CLOSED),
+    (ConfigurationError, ErrorCode.CONFIGURATION),
+    (SerializationError, ErrorCode.SERIALIZATION),
+    (FormatError, ErrorCode.FORMAT),
+    (CorruptError, ErrorCode.CORRUPT),
+    (LockTimeout, ErrorCode.LOCK_TIMEOUT),
+    (EngineError, ErrorCode.ENGINE),
+    (SpoolqError, ErrorCode.SPOOLQ),
+    (ValueError, ErrorCode.VALUE),
+    (TypeError, ErrorCode.VALUE),
+)
+_CLASSES: dict[int, Callable[[str], Exception]] = {
+    ErrorCode.UNSUPPORTED_VERSION: ProtocolError, ErrorCode.TIMEOUT: ProtocolError,
+    ErrorCode.INTERNAL: EngineError, ErrorCode.SERVER_STOPPING: ClosedError,
+    **{code: cls for cls, code in reversed(_CODES) if issubclass(cls, Exception)},
+}
+
+
+def code_for(exc: BaseException) -> ErrorCode:
+    """The error code an exception travels as (INTERNAL for anything unexpected)."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return ErrorCode.INTERNAL
+
+
+def error_for(code: int, message: str) -> Exception:
+    """The exception a client raises for an ERROR frame: the class the server raised."""
+    factory = _CLASSES.get(code, EngineError)
+    return factory(message)
+
+
+# ---- frames -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame; ``body`` is still CBOR."""
+
+    type: int
+    id: int
+    body: bytes
+
+
+def encode_frame(ftype: int, ident: int, body: Any) -> bytes:
+    """A whole frame: header plus ``body`` encoded as CBOR."""
+    payload = cbor2.dumps(body)
+    return HEADER.pack(len(payload) + 5, ftype, ident) + payload
+
+
+def encode_reply(ident: int, value: Any) -> bytes:
+    """A REPLY frame carrying ``value``."""
+    return encode_frame(FrameType.REPLY, ident, value)
+
+
+def encode_error(ident: int, code: int, message: str) -> bytes:
+    """An ERROR frame; ``ident`` 0 means the error concerns the whole connection."""
+    return encode_frame(FrameType.ERROR, ident, {"code": int(code), "message": message})
+
+
+def decode_body(frame: Frame) -> Any:
+    """The CBOR value of a frame's body; :class:`ProtocolError` if it is not CBOR."""
+    try:
+        return cbor2.loads(frame.body)
+    except Exception as exc:  # cbor2 raises several types on hostile input
+        raise ProtocolError(f"frame {frame.id}: the body is not valid CBOR ({exc})") from None
+
+
+class FrameDecoder:
+    """Turns bytes, in chunks of any size, into frames.
+
+    A length prefix above ``max_frame`` raises :class:`FrameTooLarge` as soon
+    as its four bytes arrive, before any of the body is kept. After an error
+    the decoder stays failed: every later ``feed`` raises again.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 5:
+            raise ConfigurationError(f"max_frame must be >= 5, not {max_frame!r}")
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._failed: ProtocolError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add bytes; return every frame now complete, in order."""
+        if self._failed is not None:
+            raise self._failed
+        buf = self._buf
+        if buf:
+            buf += data
+            src: bytes | bytearray | memoryview = buf
+        else:
+            src = data  # the common case: no partial frame, parse without copying first
+        frames: list[Frame] = []
+        pos, end = 0, len(src)
+        try:
+            while end - pos >= 4:
+                (length,) = _LENGTH.unpack_from(src, pos)
+                if length > self.max_frame:
+                    raise FrameTooLarge(
+                        f"a frame of {length} bytes exceeds the limit of {self.max_frame}")
+                if length < 5:
+                    raise ProtocolError(f"a frame length of {length} is shorter than its header")
+                if end - pos < 4 + length:
+                    break
+                ftype, ident = _TYPE_ID.unpack_from(src, pos + 4)
+                frames.append(Frame(ftype, ident, bytes(src[pos + 9:pos + 4 + length])))
+                pos += 4 + length
+        except ProtocolError as exc:
+            self._failed = exc
+            buf.clear()
+            raise
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
+        return frames
+
+
+def encode_preamble(version: int = VERSION) -> bytes:
+    """The 8 bytes each side sends first."""
+    return PREAMBLE.pack(MAGIC, version)
+
+
+def parse_preamble(data: bytes) -> int:
+    """The version in a peer's preamble; :class:`ProtocolError` if it is not spoolq's."""
+    magic, version = PREAMBLE.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError("the peer does not speak the spoolq protocol (bad magic)")
+    return int(version)
+
+
+# ---- requests ---------------------------------------------------------------------------
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str(v: object) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bytes(v: object) -> bool:
+    return isinstance(v, bytes)
+
+
+def _opt(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _list_of_type(kind: type) -> Callable[[object], bool]:
+    # exact type checks, without a call per element: these lists can hold many records
+    return lambda v: isinstance(v, list) and all(type(x) is kind for x in v)
+
+
+def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+def _is_delivery(v: object) -> bool:
+    return isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and _is_int(v[1])
+
+
+def _is_record(v: object) -> bool:
+    return (isinstance(v, list) and len(v) == 6 and _is_int(v[0]) and _is_bytes(v[1])
+            and _is_int(v[2]) and _is_int(v[3]) and _is_num(v[4])
+            and (v[5] is None or _is_str(v[5])))
+
+
+def _is_lease(v: object) -> bool:
+    return (isinstance(v, list) and len(v) == 2 and _is_str(v[0]) and _is_num(v[1]))
+
+
+def _is_count(v: object) -> bool:
+    return _is_int(v) and 0 <= v < 2**31  # type: ignore[operator]
+
+
+def _is_bool(v: object) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_wait(v: object) -> bool:
+    return _is_num(v) and 0 <= v <= 86400  # type: ignore[operator]
+
+
+_Check = Callable[[object], bool]
+_E = TypeVar("_E", bound=SpoolqError)
+# op -> {field: (check, default)}; a default of ... marks a required field.
+OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
+    "hello": {"max_reply": (_opt(_is_int), None), "client": (_opt(_is_str), None)},
+    "bye": {},
+    "append": {"queue": (_is_str, ...), "records": (_list_of_type(bytes), ...),
+               "sizes": (_list_of_type(int), ...), "now": (_is_num, ...)},
+    "take": {"queue": (_is_str, ...), "n": (_is_count, ...), "now": (_is_num, ...),
+             "lease": (_opt(_is_lease), None), "wait": (_is_wait, 0.0),
+             "max_attempts": (_opt(_is_int), None)},
+    "restore": {"queue": (_is_str, ...), "records": (_list_of(_is_record), ...)},
+    "ack": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
+            "owner": (_is_str, ...)},
+    "release": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
+                "owner": (_is_str, ...), "not_before": (_is_num, ...),
+                "max_attempts": (_opt(_is_int), None), "count_attempt": (_is_bool, True),
+                "reason": (_is_str, "")},
+    "expire": {"queue": (_is_str, ...), "now": (_is_num, ...),
+               "owners": (_list_of(_is_str), []), "max_attempts": (_opt(_is_int), None)},
+    "peek": {"queue": (_is_str, ...), "n": (_is_count, ...), "offset": (_is_count, 0)},
+    "counts": {"queue": (_is_str, ...)},
+    "owners": {"queue": (_is_str, ...)},
+    "move": {"src": (_is_str, ...), "dst": (_is_str, ...),
+             "ids": (_opt(_list_of_type(int)), None)},
+    "purge": {"queue": (_is_str, ...)},
+    "queues": {},
+    "get_meta": {"key": (_is_str, ...)},
+    "set_meta": {"key": (_is_str, ...), "value": (_is_bytes, ...)},
+    "wait": {"queue": (_is_str, ...), "timeout": (_is_wait, ...)},
+}
+WRITE_OPS = frozenset({"append", "take", "restore", "ack", "release", "expire", "move",
+                       "purge", "set_meta"})
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A validated request: ``args`` holds every field of the op, defaults filled in."""
+
+    id: int
+    op: str
+    args: dict[str, Any]
+
+
+def parse_request(ident: int, body: Any) -> Request:
+    """Validate a REQUEST body; :class:`BadRequest` names what is wrong."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"request {ident}: the body must be a map")
+    op = body.get("op")
+    spec = OPS.get(op) if isinstance(op, str) else None
+    if spec is None or not isinstance(op, str):
+        raise BadRequest(f"request {ident}: unknown op {op!r}")
+    args: dict[str, Any] = {}
+    for key, (check, default) in spec.items():
+        if key in body:
+            value = body[key]
+            if not check(value):
+                raise BadRequest(f"request {ident} ({op}): bad value for {key!r}")
+            args[key] = value
+        elif default is ...:
+            raise BadRequest(f"request {ident} ({op}): missing field {key!r}")
+        else:
+            args[key] = list(default) if isinstance(default, list) else default
+    if op == "append" and len(args["records"]) != len(args["sizes"]):
+        raise BadRequest(f"request {ident} (append): records and sizes differ in length")
+    return Request(ident, op, args)
+
+
+def encode_records(records: list[StoredRecord]) -> list[list[Any]]:
+    """Records as they travel: ``[id, data, raw_size, attempts, enqueued_at, reason]``."""
+    return [[r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason] for r in records]
+
+
+def decode_records(value: Any) -> list[StoredRecord]:
+    """The inverse of :func:`encode_records`; :class:`ProtocolError` on a bad shape."""
+    if not isinstance(value, list) or not all(_is_record(v) for v in value):
+        raise ProtocolError("the server sent records of an unexpected shape")
+    return [StoredRecord(v[0], v[1], v[2], v[3], float(v[4]), v[5]) for v in value]
+
+
+def decode_counts(value: Any) -> Counts:
+    """Counts travel as ``[ready, leased, stored_bytes, raw_bytes]``."""
+    if not isinstance(value, list) or len(value) != 4 or not all(_is_int(v) for v in value):
+        raise ProtocolError("the server sent counts of an unexpected shape")
+    return Counts(*value)
+
+
+# ---- connection state machines ----------------------------------------------------------
+
+
+class ServerProtocol:
+    """The server's side of one connection.
+
+    Feed it received bytes with :meth:`receive_data`; it returns the requests
+    to run and leaves in :attr:`outbox` the bytes to send (preamble, auth
+    replies, error frames). When it raises :class:`ProtocolError` or
+    :class:`AuthenticationError` it has queued an ERROR frame: send the
+    outbox, then close the connection.
+    """
+
+    def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME, token: str | None = None) -> None:
+        self.decoder = FrameDecoder(max_frame)
+        self.outbox = bytearray()
+        self.version: int | None = None
+        self.authenticated = token is None
+        self._token = None if token is None else token.encode()
+        self._head = bytearray()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the handshake (preamble and, with a token, auth) is complete."""
+        return self.version is not None and self.authenticated
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of an incomplete preamble or frame."""
+        return len(self._head) + self.decoder.pending
+
+    def data_to_send(self) -> bytes:
+        """Take the queued outgoing bytes."""
+        out = bytes(self.outbox)
+        self.outbox.clear()
+        return out
+
+    def _fail(self, exc: _E, ident: int = 0) -> _E:
+        self.outbox += encode_error(ident, code_for(exc), str(exc))
+        return exc
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Request]:
+        """Consume bytes; return the complete, valid requests in order."""
+        if self.version is None:
+            self._head += data
+            if len(self._head) < PREAMBLE.size:
+                return []
+            try:
+                version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
+            except ProtocolError as exc:
+                self._head.clear()
+                raise self._fail(exc) from None
+            data = bytes(self._head[PREAMBLE.size:])
+            self._head.clear()
+            self.version = min(version, VERSION)
+            self.outbox += encode_preamble(self.version)
+            if version < MIN_VERSION:
+                refused = ProtocolError(f"protocol version {version} is not supported")
+                self.outbox += encode_error(0, ErrorCode.UNSUPPORTED_VERSION, str(refused))
+                raise refused
+        try:
+            frames = self.decoder.feed(data)
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+        requests: list[Request] = []
+        for frame in frames:
+            request = self._frame(frame)
+            if request is not None:
+                requests.append(request)
+        return requests
+
+    def _frame(self, frame: Frame) -> Request | None:
+        if frame.id == 0:
+            raise self._fail(ProtocolError("request id 0 is reserved"))
+        if frame.type == FrameType.AUTH:
+            body = decode_body(frame) if frame.body else None
+            token = body.get("token") if isinstance(body, dict) else None
+            if self._token is not None and not (
+                    isinstance(token, str)
+                    and hmac.compare_digest(token.encode(), self._token)):
+                raise self._fail(AuthenticationError("the server refused the token"), frame.id)
+            self.authenticated = True
+            self.outbox += encode_reply(frame.id, None)
+            return None
+        if frame.type != FrameType.REQUEST:
+            raise self._fail(ProtocolError(f"unexpected frame type {frame.type}"), frame.id)
+        if not self.authenticated:
+            raise self._fail(AuthenticationError("the server requires a token"), frame.id)
+        try:
+            body = decode_body(frame)
+        except ProtocolError as exc:
+            raise self._fail(exc, frame.id) from None
+        try:
+            return parse_request(frame.id, body)
+        except BadRequest as exc:
+            # a well-formed frame with bad arguments: answer it, keep the connection
+            self.outbox += encode_error(frame.id, ErrorCode.BAD_REQUEST, str(exc))
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to request ``id``: a value, or the exception to raise for it."""
+
+    id: int
+    value: Any = None
+    error: Exception | None = None
+
+
+class ClientProtocol:
+    """The client's side of one connection: builds requests, matches replies by id."""
+
+    def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.decoder = FrameDecoder(max_frame)
+        self.version: int | None = None
+        self.server_max_frame = DEFAULT_MAX_FRAME
+        self._head = bytearray()
+        self._next_id = 1
+
+    def _id(self) -> int:
+        ident = self._next_id
+        self._next_id = ident + 1 if ident < MAX_ID else 1
+        return ident
+
+    def start(self, token: str | None) -> tuple[bytes, list[int]]:
+        """The opening bytes (preamble, auth when a token is given) and the ids to await."""
+        out = encode_preamble()
+        ids = []
+        if token is not None:
+            ident = self._id()
+            out += encode_frame(FrameType.AUTH, ident, {"token": token})
+            ids.append(ident)
+        return out, ids
+
+    def request(self, op: str, args: Mapping[str, Any]) -> tuple[int, bytes]:
+        """A REQUEST frame and its id; :class:`FrameTooLarge` if the server would refuse it."""
+        ident = self._id()
+        frame = encode_frame(FrameType.REQUEST, ident, {"op": op, **args})
+        if len(frame) - 4 > self.server_max_frame:
+            raise FrameTooLarge(
+                f"a {op} request of {len(frame) - 4} bytes exceeds the server's limit of "
+                f"{self.server_max_frame}")
+        return ident, frame
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Reply]:
+        """Consume bytes from the server; return the replies now complete."""
+        if self.version is None:
+            self._head += data
+            if len(self._head) < PREAMBLE.size:
+                return []
+            self.version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
+            data = bytes(self._head[PREAMBLE.size:])
+            self._head.clear()
+        replies: list[Reply] = []
+        for frame in self.decoder.feed(data):
+            body = decode_body(frame)
+            if frame.type == FrameType.REPLY:
+                replies.append(Reply(frame.id, body))
+            elif frame.type == FrameType.ERROR and isinstance(body, dict):
+                code, message = body.get("code"), body.get("message")
+                replies.append(Reply(frame.id, error=error_for(
+                    code if _is_int(code) else ErrorCode.INTERNAL,  # type: ignore[arg-type]
+                    str(message))))
+            else:
+                raise ProtocolError(f"unexpected frame type {frame.type} from the server")
+        return replies

@@ -1,0 +1,327 @@
+"""The spoolq server: every named queue of one file, shared over TCP.
+
+Run it with ``python -m spoolq.server PATH`` (or ``spoolq serve PATH``), or
+embed it with :func:`start_server` / :func:`serve`. Clients connect with a
+``spoolq://host:port/name`` path; the wire format is in docs/protocol.md.
+
+The server stores the records clients send as they are: it never decodes an
+item. Engine calls run on one thread (:mod:`spoolq.dispatch`), never on the
+event loop; concurrent appends to a queue share one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from .dispatch import EngineThread
+from .engines import Engine, open_engine
+from .errors import ConfigurationError, SpoolqError
+from .protocol import DEFAULT_MAX_FRAME
+from .session import Session
+
+__all__ = ["DEFAULT_PORT", "Server", "main", "read_token_file", "serve", "start_server"]
+
+log = logging.getLogger("spoolq")
+
+DEFAULT_PORT = 7480
+_SHUTDOWN_GRACE = 30.0
+
+
+class Server:
+    """A running spoolq server over one engine; see :func:`start_server`.
+
+    Use it as an async context manager, or call :meth:`close` and await
+    :meth:`wait_closed`. Closing stops accepting, lets every request already
+    received finish, closes the connections and then the engine.
+    """
+
+    def __init__(self, engine: Engine, *, token: str | None = None,
+                 max_frame: int = DEFAULT_MAX_FRAME, stall_timeout: float = 10.0,
+                 poll_interval: float = 0.2, ssl_context: ssl.SSLContext | None = None,
+                 label: str = "") -> None:
+        if not isinstance(max_frame, int) or max_frame < 1024:
+            raise ConfigurationError(f"max_frame must be an int >= 1024, not {max_frame!r}")
+        if not stall_timeout > 0:
+            raise ConfigurationError(f"stall_timeout must be > 0, not {stall_timeout!r}")
+        if token is not None and not token:
+            raise ConfigurationError("the token must not be empty")
+        self.engine = engine
+        self.token = token
+        self.max_frame = max_frame
+        self.stall_timeout = stall_timeout
+        self.poll_interval = poll_interval
+        self.ssl_context = ssl_context
+        self.label = label
+        self.loop = asyncio.get_running_loop()
+        self.engine_thread = EngineThread(engine, self.loop, self._on_ready)
+        self.connections: set[Session] = set()
+        self.connection_closed = asyncio.Event()
+        self.stopping = False
+        self.address: tuple[str, int] = ("", 0)
+        self._server: asyncio.Server | None = None
+        self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """``spoolq://host:port``: append ``/name`` for a queue."""
+        host, port = self.address
+        return f"spoolq://{f'[{host}]' if ':' in host else host}:{port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one; see :attr:`address`)."""
+        self._server = await self.loop.create_server(
+            lambda: Session(self), host, port, ssl=self.ssl_context,
+            ssl_handshake_timeout=self.stall_timeout if self.ssl_context else None)
+        sockname = self._server.sockets[0].getsockname()
+        self.address = (str(sockname[0]), int(sockname[1]))
+        log.info("spoolq: serving %s (%s engine) on %s:%d%s%s", self.label or "a queue file",
+                 self.engine.name, *self.address, " with TLS" if self.ssl_context else "",
+                 " with token auth" if self.token else "")
+
+    # ---- long-poll wake-ups -------------------------------------------------------------
+
+    def spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_for(self, queue_name: str, timeout: float) -> bool:
+        """Sleep until ``queue_name`` may have ready records (True) or ``timeout`` passes."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        self._waiters.setdefault(queue_name, set()).add(fut)
+        handle = self.loop.call_later(max(timeout, 0.0), _resolve, fut, False)
+        try:
+            return await fut
+        finally:
+            handle.cancel()
+            waiters = self._waiters.get(queue_name)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[queue_name]
+
+    def _on_ready(self, queues: set[str]) -> None:
+        for name in queues:
+            for fut in self._waiters.pop(name, ()):
+                _resolve(fut, True)
+
+    # ---- shutdown -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Start a clean shutdown (idempotent); await :meth:`wait_closed` for its end."""
+        if self._closing is None:
+            self._closing = self.loop.create_task(self._shutdown())
+
+    async def wait_closed(self) -> None:
+        """Wait until the server has shut down and closed the engine."""
+        await self._closed.wait()
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        log.info("spoolq: shutting down: %d connections, %d waiting requests",
+                 len(self.connections), len(self._tasks))
+        if self._server is not None:
+            self._server.close()
+        for waiters in list(self._waiters.values()):
+            for fut in waiters:
+                _resolve(fut, False)
+        for conn in list(self.connections):
+            conn.update_reading()
+        deadline = self.loop.time() + _SHUTDOWN_GRACE
+        while any(c.inflight for c in self.connections) and self.loop.time() < deadline:
+            self.connection_closed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.connection_closed.wait(), 0.01)
+        for conn in list(self.connections):
+            conn.drop()
+        while self.connections and self.loop.time() < deadline:
+            self.connection_closed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.connection_closed.wait(), 0.05)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.engine_thread.stop()
+        await asyncio.to_thread(self.engine_thread.join)
+        log.info("spoolq: server stopped; %d engine transactions", self.engine_thread.transactions)
+        self._closed.set()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _ssl_context(tls_cert: str | os.PathLike[str] | None,
+                 tls_key: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    if tls_cert is None and tls_key is None:
+        return None
+    if tls_cert is None:
+        raise ConfigurationError("tls_key needs tls_cert")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls_cert, tls_key)
+    return ctx
+
+
+async def start_server(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
+                       port: int = DEFAULT_PORT, token: str | None = None,
+                       tls_cert: str | os.PathLike[str] | None = None,
+                       tls_key: str | os.PathLike[str] | None = None,
+                       max_frame: int = DEFAULT_MAX_FRAME, durability: str = "commit",
+                       stall_timeout: float = 10.0, engine: str | Engine | None = None,
+                       engine_options: dict[str, Any] | None = None) -> Server:
+    """Open ``path`` (created if missing) and serve every queue in it; return the server.
+
+    ``port=0`` picks a free port (read it from ``server.address``).
+    ``token`` makes clients authenticate first; ``tls_cert``/``tls_key``
+    (PEM files) turn on TLS. Frames longer than ``max_frame`` bytes are
+    refused unread, and a client that stops sending in the middle of a frame
+    (or of the handshake) is dropped after ``stall_timeout`` seconds.
+    ``durability`` is the engine's (``"fsync"`` or ``"commit"``). Raises
+    :class:`ConfigurationError` for bad settings and ``OSError`` when the
+    address is taken.
+    """
+    if durability not in ("fsync", "commit"):
+        raise ConfigurationError(f"durability must be 'fsync' or 'commit', not {durability!r}")
+    ctx = _ssl_context(tls_cert, tls_key)
+    eng = await asyncio.to_thread(open_engine, path, engine, durability=durability,
+                                  options=engine_options)
+    try:
+        server = Server(eng, token=token, max_frame=max_frame, stall_timeout=stall_timeout,
+                        ssl_context=ctx, label=os.fspath(path))
+    except BaseException:
+        eng.close()
+        raise
+    try:
+        await server.start(host, port)
+    except BaseException:
+        server.close()
+        await server.wait_closed()
+        raise
+    return server
+
+
+async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
+                port: int = DEFAULT_PORT, token: str | None = None,
+                tls_cert: str | os.PathLike[str] | None = None,
+                tls_key: str | os.PathLike[str] | None = None,
+                max_frame: int = DEFAULT_MAX_FRAME, durability: str = "commit",
+                stall_timeout: float = 10.0, engine: str | Engine | None = None,
+                engine_options: dict[str, Any] | None = None,
+                on_listening: Callable[[Server], None] | None = None) -> None:
+    """Serve ``path`` until SIGTERM or SIGINT (or until cancelled), then shut down cleanly.
+
+    Takes the settings of :func:`start_server`; ``on_listening`` is called
+    once the server listens. Signal handlers are installed only when running
+    in the main thread.
+    """
+    server = await start_server(path, host=host, port=port, token=token, tls_cert=tls_cert,
+                                tls_key=tls_key, max_frame=max_frame, durability=durability,
+                                stall_timeout=stall_timeout, engine=engine,
+                                engine_options=engine_options)
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if sys.platform != "win32":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.add_signal_handler(sig, _on_signal, server, sig)
+                installed.append(sig)
+    try:
+        if on_listening is not None:
+            on_listening(server)
+        await server.wait_closed()
+    finally:
+        server.close()
+        await asyncio.shield(server.wait_closed())
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(server: Server, sig: signal.Signals) -> None:
+    log.info("spoolq: %s received", sig.name)
+    server.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m spoolq.server",
+        description="Serve every queue of a spoolq file over TCP until SIGTERM or SIGINT.")
+    parser.add_argument("path", help="the queue file (created if missing), or :memory:")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--token-file", help="file holding the token clients must send")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: turns on TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
+                        help=f"largest frame accepted, in bytes (default {DEFAULT_MAX_FRAME})")
+    parser.add_argument("--stall-timeout", type=float, default=10.0,
+                        help="drop a client silent this many seconds mid-frame (default 10)")
+    parser.add_argument("--durability", choices=("commit", "fsync"), default="commit",
+                        help="commit: survives a killed server; fsync: also power loss")
+    parser.add_argument("--engine", help="engine name (default: picked from the path)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """The token in ``path``, without surrounding whitespace; ConfigurationError if empty."""
+    with open(path, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token:
+        raise ConfigurationError(f"{os.fspath(path)}: the token file is empty")
+    return token
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse ``argv``, serve until a signal, return the exit status.
+
+    It prints one line, ``listening on spoolq://HOST:PORT``, once the server
+    accepts connections (useful with ``--port 0``); logs go to stderr.
+    """
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+
+    def listening(server: Server) -> None:
+        sys.stdout.write(f"listening on {server.url}\n")
+        sys.stdout.flush()
+
+    try:
+        token = None if args.token_file is None else read_token_file(args.token_file)
+        asyncio.run(serve(args.path, host=args.host, port=args.port, token=token,
+                          tls_cert=args.tls_cert, tls_key=args.tls_key,
+                          max_frame=args.max_frame, durability=args.durability,
+                          stall_timeout=args.stall_timeout, engine=args.engine,
+                          on_listening=listening))
+    except (SpoolqError, OSError, ssl.SSLError) as exc:
+        log.error("spoolq: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

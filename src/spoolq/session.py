@@ -1,0 +1,295 @@
+"""One client connection on the server: handshake, requests, replies, leases.
+
+:class:`Session` is the asyncio protocol of a connection. It feeds received
+bytes to :class:`spoolq.protocol.ServerProtocol`, hands requests to the
+server's engine thread, writes the replies, drops clients that stall or break
+the protocol, and releases the leases of a connection that ends without
+saying goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from .errors import AuthenticationError, SpoolqError
+from .protocol import (
+    VERSION,
+    ErrorCode,
+    ProtocolError,
+    Request,
+    ServerProtocol,
+    code_for,
+    encode_error,
+    encode_reply,
+)
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["MAX_INFLIGHT", "Session"]
+
+log = logging.getLogger("spoolq")
+
+MAX_INFLIGHT = 256
+"""Requests of one connection in flight before the server stops reading from it."""
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+class Session(asyncio.Protocol):
+    """One client connection: frames in, engine jobs out, replies back.
+
+    It runs on the server's event loop and never calls the engine itself:
+    requests go to the server's engine thread.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.sans = ServerProtocol(max_frame=server.max_frame, token=server.token)
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.owners: dict[str, dict[str, int | None]] = {}
+        self.inflight = 0
+        self.closed = False
+        self.orderly = False
+        self.max_reply = server.max_frame
+        self._last_data = 0.0
+        self._stall: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._read_paused = False
+
+    # ---- transport events ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.server.connections.add(self)
+        self._last_data = self.loop.time()
+        self._arm_stall()
+        log.info("spoolq: connection from %s", self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._last_data = self.loop.time()
+        try:
+            requests = self.sans.receive_data(data)
+        except (ProtocolError, AuthenticationError) as exc:
+            self._write(self.sans.data_to_send())
+            log.warning("spoolq: closing the connection from %s: %s", self.peer, exc)
+            self.drop()
+            return
+        out = self.sans.data_to_send()
+        if out:
+            self._write(out)
+        for request in requests:
+            self._dispatch(request)
+        self._arm_stall()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self.update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.update_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        self.server.connections.discard(self)
+        self.server.connection_closed.set()
+        if self.owners and not self.orderly and not self.server.stopping:
+            self._release_leases()
+        log.info("spoolq: connection from %s closed%s", self.peer,
+                 f" ({exc})" if exc is not None else "")
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def drop(self) -> None:
+        """Close the connection (after sending what is already queued)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def update_reading(self) -> None:
+        """Pause or resume reading: paused while too many requests are in flight, while the
+        client does not read its replies, and once the server is stopping."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        pause = self._write_paused or self.inflight >= MAX_INFLIGHT or self.server.stopping
+        if pause and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+        elif not pause and self._read_paused and self.inflight <= MAX_INFLIGHT // 2:
+            self._read_paused = False
+            self._last_data = self.loop.time()
+            self.transport.resume_reading()
+            self._arm_stall()
+
+    def _arm_stall(self) -> None:
+        if self._stall is None and (self.sans.pending or not self.sans.ready):
+            self._stall = self.loop.call_later(self.server.stall_timeout, self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall = None
+        if self.closed or (self.sans.ready and not self.sans.pending):
+            return
+        if self._read_paused:
+            return
+        idle = self.loop.time() - self._last_data
+        if idle < self.server.stall_timeout:
+            self._stall = self.loop.call_later(self.server.stall_timeout - idle,
+                                               self._check_stall)
+            return
+        what = "mid-frame" if self.sans.ready else "during the handshake"
+        log.warning("spoolq: dropping the connection from %s: no data for %.1f s %s",
+                    self.peer, idle, what)
+        self._write(encode_error(0, ErrorCode.TIMEOUT, f"no data for {idle:.1f} s {what}"))
+        self.drop()
+
+    def _release_leases(self) -> None:
+        for queue_name, owners in self.owners.items():
+            by_limit: dict[int | None, list[str]] = {}
+            for owner, max_attempts in owners.items():
+                by_limit.setdefault(max_attempts, []).append(owner)
+            for max_attempts, group in by_limit.items():
+                args = {"queue": queue_name, "now": time.time(), "owners": group,
+                        "max_attempts": max_attempts}
+                self.server.engine_thread.submit("expire", args, self._log_release(queue_name))
+
+    def _log_release(self, queue_name: str) -> Callable[[Any, BaseException | None], None]:
+        def outcome(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                log.error("spoolq: giving back the records of %s on %r failed", self.peer,
+                          queue_name, exc_info=error)
+            elif isinstance(result, int) and result:
+                log.info("spoolq: released %d leases of %s on %r", result, self.peer,
+                         queue_name)
+            elif result is None or isinstance(result, list):
+                log.info("spoolq: put back %s records taken for %s on %r, whose reply could "
+                         "not be sent", "the" if result is None else len(result), self.peer,
+                         queue_name)
+        return outcome
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def _dispatch(self, req: Request) -> None:
+        op, args = req.op, req.args
+        if op == "hello":
+            if args["max_reply"]:
+                self.max_reply = max(args["max_reply"], 1024)
+            self._write(encode_reply(req.id, {
+                "server": f"spoolq {_version()}", "version": VERSION,
+                "engine": self.server.engine.name, "max_frame": self.server.max_frame,
+                "time": time.time()}))
+            return
+        if op == "bye":
+            self.orderly = True
+            self._write(encode_reply(req.id, None))
+            return
+        if op == "take":
+            args["limit"] = self.max_reply
+            if args["lease"] is not None:
+                self.owners.setdefault(args["queue"], {})[args["lease"][0]] = \
+                    args["max_attempts"]
+        self.inflight += 1
+        self.update_reading()
+        if op == "wait":
+            self.server.spawn(self._wait_ready(req))
+        elif op == "take" and args["wait"] > 0:
+            self.server.spawn(self._long_take(req))
+        else:
+            self.server.engine_thread.submit(
+                op, args, lambda result, error: self._complete(req, result, error))
+
+    def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
+        self.inflight -= 1
+        if self.closed:
+            if req.op == "take" and error is None and result:
+                self._give_back(req.args, result)
+            return
+        if error is None:
+            self._write(encode_reply(req.id, result))
+        else:
+            code = code_for(error)
+            if code == ErrorCode.INTERNAL:
+                log.error("spoolq: %s request from %s failed", req.op, self.peer,
+                          exc_info=error)
+            elif not isinstance(error, (SpoolqError, ValueError, TypeError)):
+                log.warning("spoolq: %s request from %s failed: %s", req.op, self.peer, error)
+            self._write(encode_error(req.id, code, f"{type(error).__name__}: {error}"
+                                     if code == ErrorCode.INTERNAL else str(error)))
+        self.update_reading()
+
+    def _give_back(self, args: dict[str, Any], records: list[Any]) -> None:
+        """Undo a take whose reply can no longer be sent: the records go back in place."""
+        queue_name, lease = args["queue"], args["lease"]
+        if lease is None:
+            op, undo = "restore", {"queue": queue_name, "records": records}
+        else:
+            op, undo = "release", {
+                "queue": queue_name, "owner": lease[0], "not_before": 0.0,
+                "deliveries": [[r[0], r[3]] for r in records], "max_attempts": None,
+                "count_attempt": False, "reason": ""}
+        self.server.engine_thread.submit(op, undo, self._log_release(queue_name))
+
+    async def _long_take(self, req: Request) -> None:
+        a = req.args
+        start = self.loop.time()
+        deadline = start + a["wait"]
+        result: Any = []
+        try:
+            while True:
+                shift = self.loop.time() - start
+                lease = a["lease"]
+                args = {**a, "now": a["now"] + shift,
+                        "lease": None if lease is None else [lease[0], lease[1] + shift]}
+                result = await self.server.engine_thread.run("take", args)
+                remaining = deadline - self.loop.time()
+                if result or remaining <= 0 or self.closed or self.server.stopping:
+                    break
+                await self.server.wait_for(a["queue"], min(remaining, self.server.poll_interval))
+                if self.closed:
+                    break
+        except Exception as exc:
+            self._complete(req, None, exc)
+            return
+        self._complete(req, result, None)
+
+    async def _wait_ready(self, req: Request) -> None:
+        queue_name = req.args["queue"]
+        deadline = self.loop.time() + req.args["timeout"]
+        try:
+            while True:
+                counts = await self.server.engine_thread.run("counts", {"queue": queue_name})
+                remaining = deadline - self.loop.time()
+                if counts[0] > 0 or remaining <= 0 or self.closed or self.server.stopping:
+                    ready = counts[0] > 0
+                    break
+                if await self.server.wait_for(queue_name,
+                                              min(remaining, self.server.poll_interval)):
+                    ready = True
+                    break
+        except Exception as exc:
+            self._complete(req, None, exc)
+            return
+        self._complete(req, ready, None)

@@ -1,0 +1,203 @@
+"""The wire protocol without sockets: frames, handshake, auth, errors, hostile bytes."""
+
+from __future__ import annotations
+
+import struct
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spoolq
+from spoolq.engines import StoredRecord
+from spoolq.protocol import (
+    ClientProtocol,
+    ErrorCode,
+    FrameDecoder,
+    FrameTooLarge,
+    FrameType,
+    ProtocolError,
+    ServerProtocol,
+    code_for,
+    decode_records,
+    encode_error,
+    encode_frame,
+    encode_records,
+    encode_reply,
+    error_for,
+)
+from spoolq.protocol import encode_preamble as preamble
+
+
+def _request(ident: int, op: str, **args: object) -> bytes:
+    return encode_frame(FrameType.REQUEST, ident, {"op": op, **args})
+
+
+def _frames(data: bytes) -> list[tuple[int, int, object]]:
+    return [(f.type, f.id, cbor2.loads(f.body)) for f in FrameDecoder().feed(data)]
+
+
+def test_frame_layout_is_length_type_id_body() -> None:
+    frame = encode_frame(FrameType.REQUEST, 7, {"op": "queues"})
+    body = cbor2.dumps({"op": "queues"})
+    assert frame == struct.pack(">IBI", len(body) + 5, 2, 7) + body
+
+
+def test_decoder_takes_bytes_in_any_chunks() -> None:
+    data = b"".join(_request(i, "counts", queue=f"q{i}") for i in range(1, 6))
+    whole = FrameDecoder().feed(data)
+    dec = FrameDecoder()
+    one_by_one = [f for b in data for f in dec.feed(bytes([b]))]
+    assert one_by_one == whole and [f.id for f in whole] == [1, 2, 3, 4, 5]
+    assert dec.pending == 0
+
+
+def test_length_above_max_frame_is_refused_before_the_body() -> None:
+    dec = FrameDecoder(max_frame=1024)
+    assert dec.feed(b"\x00\x00") == []
+    with pytest.raises(FrameTooLarge, match="exceeds the limit of 1024"):
+        dec.feed(b"\x04\x01")  # with the two bytes before: a length of 1025
+    assert dec.pending == 0
+    with pytest.raises(FrameTooLarge):
+        dec.feed(b"more")  # a failed decoder stays failed
+
+
+def test_length_shorter_than_a_header_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="shorter than its header"):
+        FrameDecoder().feed(struct.pack(">I", 3) + b"abc")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_random_bytes_only_ever_raise_protocol_error(chunks: list[bytes]) -> None:
+    dec = FrameDecoder(max_frame=4096)
+    try:
+        for chunk in chunks:
+            for frame in dec.feed(chunk):
+                assert 5 <= len(frame.body) + 5 <= 4096
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from([None, "secret"]))
+def test_random_bytes_after_the_preamble_never_crash_the_server_side(
+        junk: bytes, token: str | None) -> None:
+    server = ServerProtocol(max_frame=4096, token=token)
+    try:
+        server.receive_data(preamble() + junk)
+    except (ProtocolError, spoolq.AuthenticationError):
+        assert server.data_to_send()  # an error frame went out before closing
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=30))
+def test_valid_frames_split_anywhere_decode_the_same(cuts: list[int]) -> None:
+    data = b"".join(_request(i, "append", queue="q", records=[b"x" * i], sizes=[i], now=1.0)
+                    for i in range(1, 8))
+    dec, got, pos = FrameDecoder(), [], 0
+    for cut in cuts:
+        got += dec.feed(data[pos:pos + cut])
+        pos += cut
+    got += dec.feed(data[pos:])
+    assert got == FrameDecoder().feed(data)
+
+
+def test_handshake_and_requests_without_a_token() -> None:
+    server = ServerProtocol()
+    requests = server.receive_data(preamble() + _request(1, "counts", queue="jobs"))
+    assert server.data_to_send() == preamble()
+    assert [(r.id, r.op, r.args) for r in requests] == [(1, "counts", {"queue": "jobs"})]
+
+
+def test_defaults_are_filled_in_and_bad_arguments_answered_not_fatal() -> None:
+    server = ServerProtocol()
+    server.receive_data(preamble())
+    server.data_to_send()
+    (req,) = server.receive_data(_request(2, "take", queue="q", n=5, now=1.0))
+    assert req.args == {"queue": "q", "n": 5, "now": 1.0, "lease": None, "wait": 0.0,
+                        "max_attempts": None}
+    assert server.receive_data(_request(3, "take", queue="q", n="five", now=1.0)) == []
+    assert server.receive_data(_request(4, "frobnicate")) == []
+    assert server.receive_data(_request(5, "append", queue="q", records=[b"a"], sizes=[],
+                                        now=1.0)) == []
+    errors = _frames(server.data_to_send())
+    assert [(i, body["code"]) for _, i, body in errors] == [  # type: ignore[index]
+        (3, ErrorCode.BAD_REQUEST), (4, ErrorCode.BAD_REQUEST), (5, ErrorCode.BAD_REQUEST)]
+    assert server.receive_data(_request(6, "queues"))[0].op == "queues"
+
+
+def test_bad_magic_and_bad_cbor_close_the_connection() -> None:
+    server = ServerProtocol()
+    with pytest.raises(ProtocolError, match="magic"):
+        server.receive_data(b"GET / HTTP/1.1\r\n")
+    assert _frames(server.data_to_send())[0][2]["code"] == ErrorCode.PROTOCOL  # type: ignore[index]
+    server = ServerProtocol()
+    with pytest.raises(ProtocolError, match="CBOR"):
+        server.receive_data(preamble() + struct.pack(">IBI", 6, FrameType.REQUEST, 9) + b"\xff")
+    ((ftype, ident, body),) = _frames(server.data_to_send()[8:])
+    assert (ftype, ident, body["code"]) == (FrameType.ERROR, 9, ErrorCode.PROTOCOL)  # type: ignore[index]
+
+
+def test_token_is_required_before_anything_else() -> None:
+    server = ServerProtocol(token="s3cret")
+    with pytest.raises(spoolq.AuthenticationError, match="requires a token"):
+        server.receive_data(preamble() + _request(1, "queues"))
+    server = ServerProtocol(token="s3cret")
+    with pytest.raises(spoolq.AuthenticationError, match="refused"):
+        server.receive_data(preamble() + encode_frame(FrameType.AUTH, 1, {"token": "guess"}))
+    assert "guess" not in server.data_to_send().decode("latin-1")
+    server = ServerProtocol(token="s3cret")
+    reqs = server.receive_data(preamble() + encode_frame(FrameType.AUTH, 1, {"token": "s3cret"})
+                               + _request(2, "queues"))
+    assert [r.op for r in reqs] == ["queues"] and server.ready
+
+
+def test_client_and_server_state_machines_talk_with_pipelined_replies() -> None:
+    client, server = ClientProtocol(), ServerProtocol(token="t")
+    opening, auth_ids = client.start("t")
+    id_a, frame_a = client.request("take", {"queue": "q", "n": 1, "now": 0.0, "wait": 5.0})
+    id_b, frame_b = client.request("counts", {"queue": "q"})
+    reqs = server.receive_data(opening + frame_a + frame_b)
+    assert [r.id for r in reqs] == [id_a, id_b]
+    # the server answers the second request first: replies are matched by id
+    back = server.data_to_send() + encode_reply(id_b, [0, 0, 0, 0]) + encode_reply(id_a, [])
+    replies = client.receive_data(back)
+    assert [(r.id, r.value) for r in replies] == [(*auth_ids, None), (id_b, [0, 0, 0, 0]),
+                                                  (id_a, [])]
+
+
+def test_client_refuses_a_request_the_server_would_refuse() -> None:
+    client = ClientProtocol()
+    client.server_max_frame = 2048
+    with pytest.raises(FrameTooLarge, match="server's limit"):
+        client.request("append", {"queue": "q", "records": [b"x" * 4096], "sizes": [1],
+                                  "now": 0.0})
+
+
+ERRORS = [spoolq.Empty, spoolq.Full, spoolq.LeaseError, spoolq.FormatError, spoolq.CorruptError,
+          spoolq.LockTimeout, spoolq.ClosedError, spoolq.ConfigurationError,
+          spoolq.SerializationError, spoolq.EngineError, spoolq.AuthenticationError,
+          spoolq.QueueShutDown, spoolq.SpoolqError, ProtocolError, FrameTooLarge, ValueError]
+
+
+@pytest.mark.parametrize("cls", ERRORS, ids=[c.__name__ for c in ERRORS])
+def test_errors_travel_as_codes_and_come_back_as_the_same_class(cls: type[Exception]) -> None:
+    client = ClientProtocol()
+    client.receive_data(preamble())
+    (reply,) = client.receive_data(encode_error(3, code_for(cls("boom")), "boom"))
+    assert type(reply.error) is cls and str(reply.error) == "boom"
+
+
+def test_unexpected_exceptions_travel_as_internal_engine_errors() -> None:
+    assert code_for(KeyError("x")) == ErrorCode.INTERNAL
+    assert type(error_for(ErrorCode.INTERNAL, "x")) is spoolq.EngineError
+    assert type(error_for(999, "x")) is spoolq.EngineError
+
+
+def test_records_round_trip_and_bad_shapes_are_refused() -> None:
+    recs = [StoredRecord(1, b"a", 2, 0, 5.5, None), StoredRecord(9, b"", 0, 3, 6.0, "boom")]
+    assert decode_records(cbor2.loads(cbor2.dumps(encode_records(recs)))) == recs
+    with pytest.raises(ProtocolError):
+        decode_records([[1, "not bytes", 2, 0, 5.5, None]])

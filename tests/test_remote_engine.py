@@ -1,0 +1,136 @@
+"""The remote engine against the engine contract, and the server's engine thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spoolq
+from spoolq.dispatch import EngineThread
+from spoolq.engines import Engine, MemoryEngine
+from spoolq.engines.remote import RemoteEngine, parse_url, url_queue_name
+from spoolq.testing import EngineConformance
+
+from .servers import ThreadedServer
+
+
+@pytest.fixture
+def memory_server() -> Iterator[ThreadedServer]:
+    with ThreadedServer(":memory:") as server:
+        yield server
+
+
+class TestRemoteOverMemory(EngineConformance):
+    """Every connection reaches the same server, so records outlive a client's close."""
+
+    @pytest.fixture
+    def open_engine(self, memory_server: ThreadedServer) -> Callable[[], Engine]:
+        return lambda: RemoteEngine(memory_server.url)
+
+
+class TestRemoteOverSQLite(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
+        with ThreadedServer(str(tmp_path / "served.sqlite")) as server:
+            yield lambda: RemoteEngine(server.url)
+
+
+def test_url_forms() -> None:
+    a = parse_url("spoolq://:tok%40en@example.org:9000/jobs%2Fhigh")
+    assert (a.host, a.port, a.queue, a.token, a.tls) == ("example.org", 9000, "jobs/high",
+                                                         "tok@en", False)
+    b = parse_url("spoolq://127.0.0.1/?token=abc&ca=/etc/ca.pem")
+    assert (b.port, b.queue, b.token, b.tls, b.ca_file) == (7480, None, "abc", True,
+                                                            "/etc/ca.pem")
+    assert "abc" not in repr(b)
+    assert url_queue_name("spoolq://h:1/jobs?token=x") == "jobs"
+    assert url_queue_name("spoolq://h:1") is None and url_queue_name("jobs.sqlite") is None
+    for bad in ("http://x/y", "spoolq:///nohost", "spoolq://h:notaport/q"):
+        with pytest.raises(spoolq.ConfigurationError):
+            parse_url(bad)
+
+
+def test_read_only_refuses_writes_on_the_client(memory_server: ThreadedServer) -> None:
+    eng = RemoteEngine(memory_server.url, read_only=True)
+    try:
+        assert eng.counts("q").ready == 0
+        with pytest.raises(spoolq.EngineError, match="read-only"):
+            eng.append("q", [b"x"], [1], 0.0)
+    finally:
+        eng.close()
+
+
+def test_replies_stay_within_the_size_the_client_accepts(memory_server: ThreadedServer) -> None:
+    writer = RemoteEngine(memory_server.url)
+    reader = RemoteEngine(memory_server.url, max_reply=8192)
+    try:
+        writer.append("big", [b"x" * 1000] * 50, [1000] * 50, 0.0)
+        got = reader.take("big", 50, 0.0, None)
+        assert 1 <= len(got) < 10
+        assert reader.counts("big").ready == 50 - len(got)
+        assert [r.id for r in got] == sorted(r.id for r in got)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_lost_connection_fails_the_call_and_the_next_one_reconnects(
+        memory_server: ThreadedServer) -> None:
+    eng = RemoteEngine(memory_server.url)
+    try:
+        eng.append("q", [b"a"], [1], 0.0)
+        assert eng._link is not None
+        eng._link.sock.shutdown(2)  # as if the network dropped the connection
+        with pytest.raises(spoolq.EngineError, match=r"connection|closed"):
+            eng.counts("q")
+        assert eng.counts("q").ready == 1
+    finally:
+        eng.close()
+
+
+def test_concurrent_appends_share_one_transaction() -> None:
+    """While the engine thread is busy, appends queue up and then run as one."""
+
+    async def main() -> tuple[int, list[Any]]:
+        engine = MemoryEngine()
+        gate = threading.Event()
+        original = engine.get_meta
+        engine.get_meta = lambda key: (gate.wait(5), original(key))[1]  # type: ignore[method-assign]
+        thread = EngineThread(engine, asyncio.get_running_loop(), lambda queues: None)
+        blocker = thread.run("get_meta", {"key": "k"})
+        await asyncio.sleep(0.05)  # the thread now waits inside get_meta
+        futures = [thread.run("append", {"queue": "q", "records": [b"%d" % i], "sizes": [1],
+                                         "now": 0.0}) for i in range(20)]
+        gate.set()
+        await blocker
+        ids = await asyncio.gather(*futures)
+        thread.stop()
+        await asyncio.to_thread(thread.join)
+        return thread.transactions, ids
+
+    transactions, ids = asyncio.run(main())
+    assert [i for chunk in ids for i in chunk] == list(range(1, 21))
+    assert transactions == 2  # get_meta, then all twenty appends at once
+
+
+def test_cancel_waits_ends_a_wait_at_once(memory_server: ThreadedServer) -> None:
+    eng = RemoteEngine(memory_server.url)
+    try:
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(eng.wait_ready("idle", 30)))
+        waiter.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        eng.cancel_waits()
+        waiter.join(5)
+        assert result == [False] and time.monotonic() - start < 2
+        eng.append("idle", [b"x"], [1], 0.0)
+        assert eng.wait_ready("idle", 5) is True  # later waits work as before
+    finally:
+        eng.close()
