@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from spoolq.engines import Engine, MemoryEngine, SQLiteEngine
+from spoolq.engines import (
+    Engine,
+    MemoryEngine,
+    PickleEngine,
+    SQLiteEngine,
+)
 from spoolq.testing import EngineConformance
 
 
@@ -29,3 +34,15 @@ class TestSQLiteEngineFsync(EngineConformance):
     @pytest.fixture
     def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
         return lambda: SQLiteEngine(tmp_path / "q.sqlite", synchronous="FULL")
+
+
+class TestPickleEngine(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: PickleEngine(tmp_path / "q.pickle")
+
+
+class TestPickleEngineFsync(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: PickleEngine(tmp_path / "q.pickle", fsync=True)

@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import ConfigurationError
 from .base import Counts, Engine, Lease, StoredRecord, dead_queue_name
 from .memory import MemoryEngine
+from .pickle import PickleEngine
 from .sqlite import SQLiteEngine
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Engine",
     "Lease",
     "MemoryEngine",
+    "PickleEngine",
     "SQLiteEngine",
     "StoredRecord",
     "dead_queue_name",
@@ -40,7 +42,12 @@ def _memory(path: str, *, durability: str, read_only: bool = False, **options: A
     return MemoryEngine()
 
 
-ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory}
+def _pickle(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    options.setdefault("fsync", durability == "fsync")
+    return PickleEngine(path, read_only=read_only, **options)
+
+
+ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory, "pickle": _pickle}
 _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 
