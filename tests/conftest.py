@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ENGINE_SUFFIXES = {"memory": None, "sqlite": ".sqlite", "pickle": ".pickle"}
+ENGINE_SUFFIXES = {"memory": None, "sqlite": ".sqlite", "lmdb": ".lmdb", "pickle": ".pickle"}
 DISK_ENGINES = [name for name, suffix in ENGINE_SUFFIXES.items() if suffix]
 
 

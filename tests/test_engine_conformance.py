@@ -9,6 +9,7 @@ import pytest
 
 from spoolq.engines import (
     Engine,
+    LMDBEngine,
     MemoryEngine,
     PickleEngine,
     SQLiteEngine,
@@ -34,6 +35,24 @@ class TestSQLiteEngineFsync(EngineConformance):
     @pytest.fixture
     def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
         return lambda: SQLiteEngine(tmp_path / "q.sqlite", synchronous="FULL")
+
+
+class TestLMDBEngine(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: LMDBEngine(tmp_path / "q.lmdb")
+
+
+class TestLMDBEngineFsync(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: LMDBEngine(tmp_path / "q.lmdb", metasync=True)
+
+
+class TestLMDBEngineNoSync(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: LMDBEngine(tmp_path / "q.lmdb", sync=False)
 
 
 class TestPickleEngine(EngineConformance):

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Counts, Engine, Lease, StoredRecord, dead_queue_name
+from .lmdb import LMDBEngine
 from .memory import MemoryEngine
 from .pickle import PickleEngine
 from .sqlite import SQLiteEngine
@@ -16,6 +17,7 @@ __all__ = [
     "ENGINES",
     "Counts",
     "Engine",
+    "LMDBEngine",
     "Lease",
     "MemoryEngine",
     "PickleEngine",
@@ -42,12 +44,21 @@ def _memory(path: str, *, durability: str, read_only: bool = False, **options: A
     return MemoryEngine()
 
 
+def _lmdb(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    # "commit" keeps LMDB's data flush and drops the meta flush: the file stays sound on
+    # power loss and only the last commit may be undone (see engines/lmdb.py).
+    options.setdefault("sync", True)
+    options.setdefault("metasync", durability == "fsync")
+    return LMDBEngine(path, read_only=read_only, **options)
+
+
 def _pickle(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
     options.setdefault("fsync", durability == "fsync")
     return PickleEngine(path, read_only=read_only, **options)
 
 
-ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory, "pickle": _pickle}
+ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory, "lmdb": _lmdb,
+                                     "pickle": _pickle}
 _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 
