@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ENGINE_SUFFIXES = {"memory": None, "sqlite": ".sqlite", "lmdb": ".lmdb", "pickle": ".pickle"}
+ENGINE_SUFFIXES = {"memory": None, "sqlite": ".sqlite", "lmdb": ".lmdb", "dbm": ".dbm",
+                   "pickle": ".pickle"}
 DISK_ENGINES = [name for name, suffix in ENGINE_SUFFIXES.items() if suffix]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from spoolq.engines import (
+    DBMEngine,
     Engine,
     LMDBEngine,
     MemoryEngine,
@@ -53,6 +54,18 @@ class TestLMDBEngineNoSync(EngineConformance):
     @pytest.fixture
     def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
         return lambda: LMDBEngine(tmp_path / "q.lmdb", sync=False)
+
+
+class TestDBMEngine(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: DBMEngine(tmp_path / "q.dbm")
+
+
+class TestDBMEngineFsync(EngineConformance):
+    @pytest.fixture
+    def open_engine(self, tmp_path: Path) -> Callable[[], Engine]:
+        return lambda: DBMEngine(tmp_path / "q.dbm", fsync=True)
 
 
 class TestPickleEngine(EngineConformance):

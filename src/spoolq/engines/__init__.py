@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Counts, Engine, Lease, StoredRecord, dead_queue_name
+from .dbm import DBMEngine
 from .lmdb import LMDBEngine
 from .memory import MemoryEngine
 from .pickle import PickleEngine
@@ -16,6 +17,7 @@ from .sqlite import SQLiteEngine
 __all__ = [
     "ENGINES",
     "Counts",
+    "DBMEngine",
     "Engine",
     "LMDBEngine",
     "Lease",
@@ -52,13 +54,18 @@ def _lmdb(path: str, *, durability: str, read_only: bool = False, **options: Any
     return LMDBEngine(path, read_only=read_only, **options)
 
 
+def _dbm(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    options.setdefault("fsync", durability == "fsync")
+    return DBMEngine(path, read_only=read_only, **options)
+
+
 def _pickle(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
     options.setdefault("fsync", durability == "fsync")
     return PickleEngine(path, read_only=read_only, **options)
 
 
 ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory, "lmdb": _lmdb,
-                                     "pickle": _pickle}
+                                     "dbm": _dbm, "pickle": _pickle}
 _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 
