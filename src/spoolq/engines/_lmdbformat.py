@@ -86,4 +86,9 @@ def translate(exc: lmdb.Error, path: str, what: str) -> EngineError:
         return CorruptError(f"{path} is damaged: {exc}")
     if isinstance(exc, lmdb.ReadonlyError):
         return EngineError(f"{path}: {what} needs to write, but the file is read-only")
+    if "already open in this process" in str(exc):
+        # spoolq shares one environment per file within a process, so this is a child forked
+        # while its parent had the file open: LMDB forbids reusing the parent's environment.
+        return EngineError(f"{path} was open when this process was forked; open LMDB queues "
+                           "after forking, or start processes with the 'spawn' method")
     return EngineError(f"{path}: {what} failed: {exc}")
