@@ -287,3 +287,18 @@ def test_pickle_engine_instance_can_be_passed_directly(tmp_path: Path) -> None:
     with SyncQueue.create(tmp_path / "ignored", engine=eng) as q:
         q.put("via instance")
         assert q.get() == "via instance"
+
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_a_handle_dropped_without_close_lets_go_of_the_file(tmp_path: Path, engine: str) -> None:
+    path = queue_path(tmp_path, engine)
+    eng = open_engine(path)
+    eng.append("q", [b"x"], [1], 1.0)
+    del eng
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys, spoolq
+        eng = spoolq.open_engine(sys.argv[1])
+        print(eng.counts("q").ready)
+        eng.close()
+    """), path], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "1"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -92,6 +93,9 @@ class SharedEngine:
         self._key = os.path.realpath(path)
         self._entry: _Entry | None = _acquire(self._key, read_only, opener)
         self.name = self._entry.store.name
+        # A handle dropped without close() still gives back its share (and, with the last
+        # share, the file and its lock).
+        self._release = weakref.finalize(self, _release, self._key, self._entry)
 
     def _open_entry(self) -> _Entry:
         entry = self._entry
@@ -182,9 +186,8 @@ class SharedEngine:
 
     def close(self) -> None:
         """Let go of the store; the last handle on a file closes it. A second call does nothing."""
-        entry, self._entry = self._entry, None
-        if entry is not None:
-            _release(self._key, entry)
+        self._entry = None
+        self._release()
 
 
 def lock_exclusively(path: str, engine: str) -> FileLock:
