@@ -1,5 +1,6 @@
-"""The files of a dbm queue directory: the ``CURRENT`` pointer, generations, and
-the repair of a ``dbm.dumb`` index that a killed process left half-written.
+"""The files of a dbm queue directory: the ``CURRENT`` pointer, making and
+compacting generations, and repairing a ``dbm.dumb`` index that a killed
+process left half-written.
 
 A queue directory holds ``CURRENT`` (one line naming the live generation) and
 the files of that generation, ``gen-NNNNNN`` plus whatever suffixes the dbm
@@ -23,16 +24,19 @@ from contextlib import suppress
 from typing import Protocol
 
 from ..errors import CorruptError, EngineError, FormatError
+from ._dbmstate import State, encode_state, main_key
 from ._shared import fsync_dir, fsync_file
 
-__all__ = ["Database", "create_generation", "current", "files_of", "is_ours", "open_generation",
-           "remove_generation", "remove_unfinished", "repair_dumb", "set_current",
-           "sync_generation", "unfinished_name"]
+__all__ = ["Database", "create_generation", "current", "files_of", "finish_generation", "get",
+           "is_ours", "make_queue_directory", "open_generation", "remove_generation",
+           "remove_unfinished", "repair_dumb", "set_current", "sync_generation",
+           "unfinished_name", "write_compacted"]
 
 log = logging.getLogger("spoolq")
 
 MAGIC = "spoolq-dbm"
 CURRENT = "CURRENT"
+FIRST = "gen-000001"
 
 
 class Database(Protocol):
@@ -130,6 +134,74 @@ def create_generation(path: str, generation: str, backend: str | None) -> Databa
     module = dbm if backend is None else importlib.import_module(backend)
     db: Database = module.open(os.path.join(path, generation), "n")
     return db
+
+
+def get(path: str, db: Database, key: bytes) -> bytes:
+    """The value of ``key``; CorruptError when the key the state names is missing."""
+    try:
+        return db[key]
+    except KeyError as exc:
+        raise CorruptError(f"{path}: record {key.decode()} is missing") from exc
+
+
+def finish_generation(directory: str, generation: str, db: Database, st: State,
+                      copied: int) -> None:
+    """Write the state into a new generation that holds ``copied`` records, close and
+    fsync it (whatever the durability: ``CURRENT`` is about to name these files)."""
+    try:
+        st.commit += 1
+        st.keys = copied + 1
+        db[b"s%d" % st.commit] = encode_state(st)
+    finally:
+        db.close()
+    sync_generation(directory, generation)
+
+
+def make_queue_directory(path: str, st: State) -> str:
+    """Make a new queue holding only the state ``st``; return its generation.
+
+    It is made in a sibling directory, then renamed into place (replacing an
+    empty directory, as rename(2) does), so a crash never leaves half a queue.
+    """
+    tmp = unfinished_name(path)
+    os.mkdir(tmp)
+    try:
+        finish_generation(tmp, FIRST, create_generation(tmp, FIRST, None), st, 0)
+        set_current(tmp, FIRST)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return FIRST
+
+
+def write_compacted(path: str, generation: str, backend: str, old: Database, st: State) -> int:
+    """Write a new generation holding only the records ``st`` names, renumbered from 0,
+    and the state changed to match; return how many records it holds."""
+    new = create_generation(path, generation, backend)
+    copied = 0
+    try:
+        for q in st.queues.values():
+            position = 0
+            for before in range(q.head, q.tail):
+                if before not in q.holes:
+                    new[main_key(q, position)] = get(path, old, main_key(q, before))
+                    position += 1
+            q.head, q.tail, q.holes = 0, position, set()
+            for n, aside in enumerate(q.aside.values()):
+                key = f"x{q.number}.{n}"
+                new[key.encode()] = get(path, old, aside.key.encode())
+                aside.key = key
+            q.extra = len(q.aside)
+            copied += position + len(q.aside)
+        finish_generation(path, generation, new, st, copied)
+    except BaseException:
+        with suppress(Exception):
+            new.close()
+        remove_generation(path, generation)
+        raise
+    return copied
 
 
 def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:

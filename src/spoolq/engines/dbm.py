@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -63,7 +62,7 @@ from ._dbmstate import State as _State
 from ._dbmstate import decode_record, decode_state, encode_state
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
-from ._shared import SharedEngine, fsync_dir, lock_exclusively
+from ._shared import SharedEngine, lock_exclusively
 from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
 
 __all__ = ["DBMEngine"]
@@ -71,7 +70,6 @@ __all__ = ["DBMEngine"]
 log = logging.getLogger("spoolq")
 
 _APPLICATION = b"spoolq"
-_FIRST = "gen-000001"
 _COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
 
 
@@ -109,25 +107,9 @@ class _DBMStore:
                 raise FormatError(f"{path} is a directory but not a spoolq dbm queue")
             if self.read_only:
                 raise FormatError(f"{path}: no such spoolq dbm queue")
-            self._create()
-            generation = _FIRST
-        self._load(generation)
-
-    def _create(self) -> None:
-        """Make the queue directory in a sibling directory, then rename it into place, so
-        a crash never leaves a half-made queue at ``path``."""
-        tmp = files.unfinished_name(self.path)
-        os.mkdir(tmp)
-        try:
             meta = {"application": _APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
-            self._finish_generation(tmp, _FIRST, files.create_generation(tmp, _FIRST, None),
-                                    _State(meta=meta), 0)
-            files.set_current(tmp, _FIRST)
-            os.replace(tmp, self.path)  # replaces an empty directory, as rename(2) does
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+            generation = files.make_queue_directory(path, _State(meta=meta))
+        self._load(generation)
 
     def _load(self, generation: str) -> None:
         files.repair_dumb(self.path, generation, read_only=self.read_only)
@@ -159,50 +141,15 @@ class _DBMStore:
             log.info("spoolq: %s: dropping what an interrupted write left", self.path)
             self._compact()
 
-    @staticmethod
-    def _finish_generation(directory: str, generation: str, db: files.Database, st: _State,
-                           copied: int) -> None:
-        """Write the state into a new generation holding ``copied`` records; close; fsync."""
-        try:
-            st.commit += 1
-            st.keys = copied + 1
-            db[b"s%d" % st.commit] = encode_state(st)
-        finally:
-            db.close()
-        # Always fsynced, whatever the durability: CURRENT is about to name these files.
-        files.sync_generation(directory, generation)
-
     def _compact(self) -> None:
-        """Copy the live records, one at a time, into a new generation and switch to it."""
+        """Copy the live records into a new generation and switch to it."""
         db = self._require_db()
-        st = decode_state(self._committed)
         generation = f"gen-{int(self._gen[4:]) + 1:06d}"
-        new = files.create_generation(self.path, generation, self._backend)
-        copied = 0
-        try:
-            for q in st.queues.values():
-                position = 0
-                for old in range(q.head, q.tail):
-                    if old not in q.holes:
-                        new[_main_key(q, position)] = self._get(db, _main_key(q, old))
-                        position += 1
-                q.head, q.tail, q.holes = 0, position, set()
-                for n, a in enumerate(q.aside.values()):
-                    key = f"x{q.number}.{n}"
-                    new[key.encode()] = self._get(db, a.key.encode())
-                    a.key = key
-                q.extra = len(q.aside)
-                copied += position + len(q.aside)
-            self._finish_generation(self.path, generation, new, st, copied)
-        except BaseException:
-            with suppress(Exception):
-                new.close()
-            files.remove_generation(self.path, generation)
-            raise
+        copied = files.write_compacted(self.path, generation, self._backend, db,
+                                       decode_state(self._committed))
         files.set_current(self.path, generation)
-        old_generation = self._gen
+        old_generation, self._db = self._gen, None
         db.close()
-        self._db = None
         files.remove_generation(self.path, old_generation)
         self._load(generation)
         log.info("spoolq: %s: compacted into %s (%d live records)", self.path, generation,
@@ -214,10 +161,7 @@ class _DBMStore:
         return self._db
 
     def _get(self, db: files.Database, key: bytes) -> bytes:
-        try:
-            return db[key]
-        except KeyError as exc:
-            raise CorruptError(f"{self.path}: record {key.decode()} is missing") from exc
+        return files.get(self.path, db, key)
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[_State]:
