@@ -302,3 +302,11 @@ def test_a_handle_dropped_without_close_lets_go_of_the_file(tmp_path: Path, engi
         eng.close()
     """), path], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("engine", FILE_ENGINES)
+def test_a_missing_directory_is_an_error_not_created(tmp_path: Path, engine: str) -> None:
+    path = queue_path(tmp_path / "no" / "such", engine)
+    with pytest.raises(spoolq.EngineError, match=r"No such file|no directory"):
+        SyncQueue.create(path)
+    assert not (tmp_path / "no").exists()

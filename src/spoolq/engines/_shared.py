@@ -195,6 +195,10 @@ def lock_exclusively(path: str, engine: str) -> FileLock:
 
     Raises :class:`LockTimeout` at once when another process holds it.
     """
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        # Checked here because filelock would create the missing directories.
+        raise EngineError(f"{path}: cannot open the queue: no directory {parent}")
     lock = FileLock(path + ".lock", timeout=0, thread_local=False)
     try:
         lock.acquire()

@@ -87,8 +87,10 @@ class _DBMStore:
         self._lock = None if read_only else lock_exclusively(path, self.name)
         try:
             self._open()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, OSError):
+                raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
             raise
 
     # ---- opening, committing, compacting ------------------------------------------------
@@ -184,9 +186,13 @@ class _DBMStore:
         if self._changed and self._keys - self._live() > max(self._live(), _COMPACT_MIN):
             try:
                 self._compact()
-            except (OSError, EngineError) as exc:
-                log.warning("spoolq: %s: compaction failed, will retry: %s", self.path, exc)
+            except BaseException as exc:
+                # The call itself is committed; whatever compaction left, the next call
+                # reloads from CURRENT before it starts.
                 self._stale = True
+                if not isinstance(exc, (OSError, EngineError)):
+                    raise
+                log.warning("spoolq: %s: compaction failed, will retry: %s", self.path, exc)
 
     def _recover(self, what: str) -> None:
         db, self._db = self._db, None

@@ -112,8 +112,10 @@ class _PickleStore:
                 self._save()
             if not read_only:
                 self._remove_stale_temporaries()
-        except BaseException:
+        except BaseException as exc:
             self._unlock()
+            if isinstance(exc, OSError):
+                raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
             raise
 
     # ---- the file -----------------------------------------------------------------------
