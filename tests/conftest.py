@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-ENGINE_SUFFIXES = {"memory": None, "sqlite": ".sqlite"}
+ENGINE_SUFFIXES = {"memory": None, "sqlite": ".sqlite", "lmdb": ".lmdb", "dbm": ".dbm",
+                   "pickle": ".pickle"}
 DISK_ENGINES = [name for name, suffix in ENGINE_SUFFIXES.items() if suffix]
+SHARED_ENGINES = ["lmdb", "sqlite"]
+"""Engines whose files several processes may open at once."""
 
 
 def queue_path(tmp_path: Path, engine: str) -> str:
@@ -37,6 +40,12 @@ def path(tmp_path: Path, engine_name: str) -> str:
 @pytest.fixture
 def disk_path(tmp_path: Path, disk_engine: str) -> str:
     return queue_path(tmp_path, disk_engine)
+
+
+@pytest.fixture(params=SHARED_ENGINES)
+def shared_path(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A queue path for an engine that several processes may share."""
+    return queue_path(tmp_path, str(request.param))
 
 
 PathFactory = Callable[[str], str]

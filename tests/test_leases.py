@@ -177,10 +177,10 @@ LEASER = textwrap.dedent("""
 """)
 
 
-def test_leases_of_a_killed_process_come_back_on_reopen(disk_path: str) -> None:
-    with SyncQueue.create(disk_path) as q:
+def test_leases_of_a_killed_process_come_back_on_reopen(shared_path: str) -> None:
+    with SyncQueue.create(shared_path) as q:
         q.put_many(range(10))
-    with subprocess.Popen([sys.executable, "-c", LEASER, disk_path, "4"],
+    with subprocess.Popen([sys.executable, "-c", LEASER, shared_path, "4"],
                           stdout=subprocess.PIPE, text=True) as child:
         assert child.stdout is not None
         taken = []
@@ -189,13 +189,13 @@ def test_leases_of_a_killed_process_come_back_on_reopen(disk_path: str) -> None:
                 break
             taken.append(int(line))
         # a live process's leases are never stolen
-        with SyncQueue.create(disk_path) as q:
+        with SyncQueue.create(shared_path) as q:
             assert q.stats["leased"] == 4
             assert q.lease(block=False).item == 4
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     assert taken == [0, 1, 2, 3]
-    with SyncQueue.create(disk_path) as q:
+    with SyncQueue.create(shared_path) as q:
         assert q.stats["leased"] == 0
         msgs = q.lease_many(10, block=False)
         assert [(m.item, m.attempts) for m in msgs] == [

@@ -117,12 +117,13 @@ def owner_is_dead(owner: str) -> bool:
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
     """Give ``codec`` every zstd dictionary in the file; activate queue ``name``'s own.
 
-    Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``: an
-    append gives each a number no other process can also get.
+    Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``,
+    numbered by their place in it: appends are atomic and nothing takes from
+    that queue, so no two processes can give one number to two dictionaries.
     """
     active = engine.get_meta(f"queue/{name}/zstd-dict")
-    for rec in engine.peek(DICTIONARY_QUEUE, 255):
-        codec.add_dictionary(rec.id, rec.data, activate=active == str(rec.id).encode())
+    for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
+        codec.add_dictionary(number, rec.data, activate=active == str(number).encode())
 
 
 class _Ticket:
@@ -358,7 +359,10 @@ class QueueCore:
             log.info("spoolq: queue %r: records too few or too alike for a zstd dictionary",
                      self.name)
             return
-        (number,) = self.engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
+        (ident,) = self.engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
+        # A dictionary's number is its place in that queue, which nothing ever takes from.
+        held = [rec.id for rec in self.engine.peek(DICTIONARY_QUEUE, 256)]
+        number = held.index(ident) + 1 if ident in held else 256
         if number > 255:
             log.warning("spoolq: queue %r: the file holds 255 zstd dictionaries already",
                         self.name)

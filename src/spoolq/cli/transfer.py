@@ -264,18 +264,16 @@ def _copy_dictionaries(source: Engine, target: Engine, bases: list[str]) -> None
     """Give the destination the source's zstd dictionaries under the same numbers.
 
     Records are copied as stored, and a ``zstd-dict`` record names its
-    dictionary by number, so the numbers must match.
+    dictionary by number (its place in the dictionary queue), so the places
+    must match.
     """
     have = target.peek(DICTIONARY_QUEUE, 255)
     wanted = source.peek(DICTIONARY_QUEUE, 255)
-    if [(d.id, d.data) for d in have] != [(d.id, d.data) for d in wanted[: len(have)]]:
+    if [d.data for d in have] != [d.data for d in wanted[: len(have)]]:
         raise Refused("the destination holds other zstd dictionaries than the source; "
                       "migrate into a new file")
     for rec in wanted[len(have):]:
-        (number,) = target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
-        if number != rec.id:
-            raise Refused(f"the destination numbered zstd dictionary {rec.id} as {number}; "
-                          "migrate into a new file")
+        target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
     for base in bases:
         key = f"queue/{base}/zstd-dict"
         active = source.get_meta(key)

@@ -8,15 +8,21 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Counts, Engine, Lease, StoredRecord, dead_queue_name
+from .dbm import DBMEngine
+from .lmdb import LMDBEngine
 from .memory import MemoryEngine
+from .pickle import PickleEngine
 from .sqlite import SQLiteEngine
 
 __all__ = [
     "ENGINES",
     "Counts",
+    "DBMEngine",
     "Engine",
+    "LMDBEngine",
     "Lease",
     "MemoryEngine",
+    "PickleEngine",
     "SQLiteEngine",
     "StoredRecord",
     "dead_queue_name",
@@ -40,6 +46,26 @@ def _memory(path: str, *, durability: str, read_only: bool = False, **options: A
     return MemoryEngine()
 
 
+def _lmdb(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    # "commit" keeps LMDB's data flush and drops the meta flush: the file stays sound on
+    # power loss and only the last commit may be undone (see engines/lmdb.py).
+    options.setdefault("sync", True)
+    options.setdefault("metasync", durability == "fsync")
+    return LMDBEngine(path, read_only=read_only, **options)
+
+
+def _dbm(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    options.setdefault("fsync", durability == "fsync")
+    return DBMEngine(path, read_only=read_only, **options)
+
+
+def _pickle(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    options.setdefault("fsync", durability == "fsync")
+    return PickleEngine(path, read_only=read_only, **options)
+
+
+
+
 def _postgres(path: str, *, durability: str, read_only: bool = False,
               **options: Any) -> Engine:
     try:
@@ -59,8 +85,9 @@ def _remote(path: str, *, durability: str, read_only: bool = False, **options: A
     return RemoteEngine(path, read_only=read_only, **options)
 
 
-ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory,
-                                     "postgres": _postgres, "remote": _remote}
+ENGINES: dict[str, EngineFactory] = {"sqlite": _sqlite, "memory": _memory, "lmdb": _lmdb,
+                                     "dbm": _dbm, "pickle": _pickle, "postgres": _postgres,
+                                     "remote": _remote}
 _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 

@@ -7,6 +7,11 @@ batch or to none of it. Record ids are unique within their queue, only grow
 and are never reused, even after a purge. Engines are called from one thread at
 a time.
 
+A process may open the same file several times (one queue handle per named
+queue, say); every engine so opened must see the others' writes at once. An
+engine whose storage cannot be opened twice in one process shares one store
+between those handles (see ``spoolq.engines._shared.SharedEngine``).
+
 A record is *ready* (waiting to be delivered, possibly not before some
 ``visible_at`` time) or *leased* (delivered to an owner until ``visible_at``).
 Dead letters are ordinary records in the queue named ``"<name>.dead"``.
@@ -75,11 +80,17 @@ class Engine(Protocol):
 
         With ``lease=None`` they are removed; otherwise they become leased by
         ``lease.owner`` until ``lease.until`` and their attempts grow by one.
+        Records not visible yet are passed over, not waited for: the ones
+        behind them are taken.
         """
         ...
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
-        """Put back records that ``take(lease=None)`` removed, under their original ids."""
+        """Put back records that ``take(lease=None)`` removed, under their original ids.
+
+        They were taken from the head, so they go back ahead of every record
+        still in the queue; restoring anything else is not supported.
+        """
         ...
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
@@ -110,7 +121,11 @@ class Engine(Protocol):
         ...
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        """Return up to ``n`` ready records in FIFO order after skipping ``offset``."""
+        """Return up to ``n`` ready records in FIFO order after skipping ``offset``.
+
+        Ready records released with a delay are included even before they are
+        visible again, as :meth:`counts` counts them among the ready.
+        """
         ...
 
     def counts(self, queue: str) -> Counts:

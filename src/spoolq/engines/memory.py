@@ -8,12 +8,16 @@ in-memory queue.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .base import Counts, Lease, StoredRecord, dead_queue_name
 
-__all__ = ["MemoryEngine"]
+__all__ = ["MemoryEngine", "RecordState"]
+
+RecordState = tuple[int, bytes, int, int, float, str | None, str | None, float]
+"""One record as :meth:`MemoryEngine.export` gives it: id, data, raw_size,
+attempts, enqueued_at, reason, lease owner (None when ready) and visible_at."""
 
 
 @dataclass(slots=True)
@@ -165,7 +169,9 @@ class MemoryEngine:
         return len(due)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        q = self._q(queue)
+        q = self._queues.get(queue)
+        if q is None:
+            return []
         ids = heapq.nsmallest(offset + n, q.ready)[offset:]
         return [StoredRecord(i, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason)
                 for i in ids for e in (q.entries[i],)]
@@ -178,7 +184,8 @@ class MemoryEngine:
 
     def owners(self, queue: str) -> dict[str, int]:
         held: dict[str, int] = {}
-        for entry in self._q(queue).entries.values():
+        q = self._queues.get(queue)
+        for entry in (q.entries.values() if q is not None else ()):
             if entry.owner is not None:
                 held[entry.owner] = held.get(entry.owner, 0) + 1
         return held
@@ -211,3 +218,34 @@ class MemoryEngine:
 
     def close(self) -> None:
         """Nothing to release: the records simply go when the engine is dropped."""
+
+    def export(self) -> tuple[int, dict[str, bytes], dict[str, list[RecordState]]]:
+        """Everything the engine holds: the next id, the metadata and each queue's
+        records in id order. :meth:`load` builds an equal engine from it."""
+        queues = {
+            name: [(ident, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason, e.owner,
+                    e.visible_at) for ident, e in sorted(q.entries.items())]
+            for name, q in self._queues.items() if q.entries
+        }
+        return self._next_id, dict(self._meta), queues
+
+    @classmethod
+    def load(cls, next_id: int, meta: Mapping[str, bytes],
+             queues: Mapping[str, Sequence[RecordState]]) -> MemoryEngine:
+        """An engine holding what :meth:`export` gave (the caller checks the values)."""
+        engine = cls()
+        engine._next_id = next_id
+        engine._meta = dict(meta)
+        for name, records in queues.items():
+            q = engine._q(name)
+            for ident, data, raw_size, attempts, enqueued_at, reason, owner, visible in records:
+                entry = _Entry(data, raw_size, attempts, enqueued_at, visible, owner, reason)
+                q.entries[ident] = entry
+                q.stored_bytes += len(data)
+                q.raw_bytes += raw_size
+                if owner is None:
+                    q.ready.append(ident)
+                else:
+                    q.leased += 1
+            heapq.heapify(q.ready)
+        return engine

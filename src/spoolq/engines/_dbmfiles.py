@@ -1,0 +1,253 @@
+"""The files of a dbm queue directory: the ``CURRENT`` pointer, making and
+compacting generations, and repairing a ``dbm.dumb`` index that a killed
+process left half-written.
+
+A queue directory holds ``CURRENT`` (one line naming the live generation) and
+the files of that generation, ``gen-NNNNNN`` plus whatever suffixes the dbm
+backend adds (``dbm.dumb``: ``.dat`` data, ``.dir`` index, ``.bak`` the index
+before the last rewrite). A new generation is written completely and fsynced
+before ``CURRENT`` is replaced to name it, so a crash at any point leaves a
+directory naming one complete generation.
+"""
+
+from __future__ import annotations
+
+import dbm
+import glob
+import importlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
+from typing import Protocol
+
+from ..errors import CorruptError, EngineError, FormatError
+from ._dbmstate import State, encode_state, main_key
+from ._shared import fsync_dir, fsync_file
+
+__all__ = ["Database", "create_generation", "current", "files_of", "finish_generation", "get",
+           "is_ours", "make_queue_directory", "open_generation", "remove_generation",
+           "remove_unfinished", "repair_dumb", "set_current", "sync_generation",
+           "unfinished_name", "write_compacted"]
+
+log = logging.getLogger("spoolq")
+
+MAGIC = "spoolq-dbm"
+CURRENT = "CURRENT"
+FIRST = "gen-000001"
+
+
+class Database(Protocol):
+    """What the engine uses of a dbm object."""
+
+    def __getitem__(self, key: bytes, /) -> bytes: ...
+    def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
+    def keys(self) -> Iterable[bytes]: ...
+    def close(self) -> None: ...
+
+
+def current(path: str) -> str | None:
+    """The live generation named by ``CURRENT``; None when there is no ``CURRENT``."""
+    try:
+        with open(os.path.join(path, CURRENT), encoding="ascii") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptError(f"{path}: cannot read {CURRENT}: {exc}") from exc
+    fields = text.split()
+    if len(fields) != 2 or fields[0] != MAGIC or not fields[1].startswith("gen-"):
+        raise FormatError(f"{path} is not a spoolq dbm queue ({CURRENT} is not ours)")
+    return fields[1]
+
+
+def set_current(path: str, generation: str) -> None:
+    """Make ``generation`` the live one, atomically and durably."""
+    tmp = os.path.join(path, CURRENT + ".tmp")
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{MAGIC} {generation}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, CURRENT))
+    fsync_dir(path)
+
+
+def files_of(path: str, generation: str) -> Iterator[str]:
+    """Paths of the files a generation's dbm backend made."""
+    for name in os.listdir(path):
+        if name == generation or name.startswith(generation + "."):
+            yield os.path.join(path, name)
+
+
+def unfinished_name(path: str) -> str:
+    """Where a new queue directory is made before it is renamed to ``path``."""
+    return f"{path}.new-{uuid.uuid4().hex[:12]}"
+
+
+def remove_unfinished(path: str) -> None:
+    """Remove what a process killed while making the queue at ``path`` left beside it."""
+    for leftover in glob.glob(glob.escape(path) + ".new-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def is_ours(name: str) -> bool:
+    """Whether a directory entry is one this engine writes."""
+    return name.startswith(("gen-", CURRENT))
+
+
+def remove_generation(path: str, generation: str) -> None:
+    for name in list(files_of(path, generation)):
+        with suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def sync_generation(path: str, generation: str) -> None:
+    """fsync every file of a generation and the directory."""
+    for name in files_of(path, generation):
+        fsync_file(name)
+    fsync_dir(path)
+
+
+def open_generation(path: str, generation: str, flag: str) -> tuple[Database, str]:
+    """Open a generation with the backend that wrote it; return it and the backend's name."""
+    base = os.path.join(path, generation)
+    which = dbm.whichdb(base)
+    if which is None:
+        raise CorruptError(f"{path}: the files of {generation} are missing or unreadable")
+    if not which:
+        raise FormatError(f"{path}: {generation} is not a dbm database")
+    try:
+        module = importlib.import_module(which)
+    except ImportError as exc:
+        raise FormatError(f"{path} was written with {which}, which this Python does not have"
+                          ) from exc
+    db: Database = module.open(base, flag)
+    return db, which
+
+
+def create_generation(path: str, generation: str, backend: str | None) -> Database:
+    """A new, empty database for ``generation``: with ``backend`` (a module name such as
+    ``"dbm.dumb"``), or with the ``dbm`` package's default when None."""
+    remove_generation(path, generation)
+    module = dbm if backend is None else importlib.import_module(backend)
+    db: Database = module.open(os.path.join(path, generation), "n")
+    return db
+
+
+def get(path: str, db: Database, key: bytes) -> bytes:
+    """The value of ``key``; CorruptError when the key the state names is missing."""
+    try:
+        return db[key]
+    except KeyError as exc:
+        raise CorruptError(f"{path}: record {key.decode()} is missing") from exc
+
+
+def finish_generation(directory: str, generation: str, db: Database, st: State,
+                      copied: int) -> None:
+    """Write the state into a new generation that holds ``copied`` records, close and
+    fsync it (whatever the durability: ``CURRENT`` is about to name these files)."""
+    try:
+        st.commit += 1
+        st.keys = copied + 1
+        db[b"s%d" % st.commit] = encode_state(st)
+    finally:
+        db.close()
+    sync_generation(directory, generation)
+
+
+def make_queue_directory(path: str, st: State) -> str:
+    """Make a new queue holding only the state ``st``; return its generation.
+
+    It is made in a sibling directory, then renamed into place (replacing an
+    empty directory, as rename(2) does), so a crash never leaves half a queue.
+    """
+    tmp = unfinished_name(path)
+    os.mkdir(tmp)
+    try:
+        finish_generation(tmp, FIRST, create_generation(tmp, FIRST, None), st, 0)
+        set_current(tmp, FIRST)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return FIRST
+
+
+def write_compacted(path: str, generation: str, backend: str, old: Database, st: State) -> int:
+    """Write a new generation holding only the records ``st`` names, renumbered from 0,
+    and the state changed to match; return how many records it holds."""
+    new = create_generation(path, generation, backend)
+    copied = 0
+    try:
+        for q in st.queues.values():
+            position = 0
+            for before in range(q.head, q.tail):
+                if before not in q.holes:
+                    new[main_key(q, position)] = get(path, old, main_key(q, before))
+                    position += 1
+            q.head, q.tail, q.holes = 0, position, set()
+            for n, aside in enumerate(q.aside.values()):
+                key = f"x{q.number}.{n}"
+                new[key.encode()] = get(path, old, aside.key.encode())
+                aside.key = key
+            q.extra = len(q.aside)
+            copied += position + len(q.aside)
+        finish_generation(path, generation, new, st, copied)
+    except BaseException:
+        with suppress(Exception):
+            new.close()
+        remove_generation(path, generation)
+        raise
+    return copied
+
+
+def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
+    """Bring back a ``dbm.dumb`` index that a killed process left half-written.
+
+    ``dbm.dumb`` rewrites its index (on ``sync`` and ``close``) by renaming
+    ``.dir`` to ``.bak`` and writing a new ``.dir``. This engine never
+    overwrites or deletes a key, so between rewrites the index only grows by
+    appended lines and a complete rewrite has as many lines as the ``.bak``
+    it replaced: fewer lines, a torn last line or no ``.dir`` at all mean a
+    rewrite was cut short, and the ``.bak`` (or the whole lines) are the index.
+    """
+    base = os.path.join(path, generation)
+    index, backup = base + ".dir", base + ".bak"
+    if not os.path.exists(base + ".dat"):
+        return
+    try:
+        current_bytes = _read(index)
+        backup_bytes = _read(backup)
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot read the index of {generation}: {exc}") from exc
+    if current_bytes is None and backup_bytes is None:
+        raise CorruptError(f"{path}: the index of {generation} is missing")
+    whole = b"" if current_bytes is None else current_bytes[:current_bytes.rfind(b"\n") + 1]
+    fixed = whole
+    if backup_bytes is not None and backup_bytes.count(b"\n") > whole.count(b"\n"):
+        fixed = backup_bytes[:backup_bytes.rfind(b"\n") + 1]
+    if fixed == current_bytes:
+        return
+    if read_only:
+        raise EngineError(f"{path}: a write to it was interrupted (or is under way); open it "
+                          "for writing once to repair it, then read it again")
+    tmp = index + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(fixed)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, index)
+    fsync_dir(path)
+    log.warning("spoolq: %s: repaired the index of %s after an interrupted write", path,
+                generation)
+
+
+def _read(name: str) -> bytes | None:
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,121 @@
+"""The dbm engine's state document and record values.
+
+The state, written under a new key by every committed call, is JSON behind a
+CRC-32; a record value is a CRC-32, a fixed header, the reason and the data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from .base import StoredRecord
+
+__all__ = ["Aside", "QueueState", "State", "decode_record", "decode_state", "encode_state",
+           "main_key", "pack"]
+
+_CRC = struct.Struct(">I")
+_RECORD = struct.Struct(">IQQIdi")  # crc, id, raw size, attempts, enqueued_at, reason length
+
+
+@dataclass(slots=True)
+class Aside:
+    """A record held outside the main line: leased, or ready again after a release."""
+
+    key: str
+    owner: str | None
+    visible_at: float
+    attempts: int
+    size: int
+    raw: int
+
+
+@dataclass(slots=True)
+class QueueState:
+    """A queue: its main line ``[head, tail)``, its counts and the records held aside."""
+
+    number: int
+    head: int = 0
+    tail: int = 0
+    extra: int = 0
+    ready: int = 0
+    leased: int = 0
+    stored: int = 0
+    raw: int = 0
+    holes: set[int] = field(default_factory=set)  # main-line positions moved out by move(ids)
+    aside: dict[int, Aside] = field(default_factory=dict)
+
+    def live(self) -> int:
+        return self.tail - self.head - len(self.holes) + len(self.aside)
+
+
+@dataclass(slots=True)
+class State:
+    """Everything but the records: what one committed call leaves behind."""
+
+    commit: int = 0
+    keys: int = 0  # keys in the generation once this state is written, itself included
+    next_id: int = 1
+    next_number: int = 1
+    meta: dict[str, bytes] = field(default_factory=dict)
+    queues: dict[str, QueueState] = field(default_factory=dict)
+
+
+def encode_state(st: State) -> bytes:
+    doc = {
+        "commit": st.commit, "keys": st.keys, "next_id": st.next_id,
+        "next_number": st.next_number, "meta": {k: v.hex() for k, v in st.meta.items()},
+        "queues": {name: [q.number, q.head, q.tail, q.extra, q.ready, q.leased, q.stored, q.raw,
+                          sorted(q.holes),
+                          [[i, a.key, a.owner, a.visible_at, a.attempts, a.size, a.raw]
+                           for i, a in q.aside.items()]]
+                   for name, q in st.queues.items()},
+    }
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return _CRC.pack(zlib.crc32(body)) + body
+
+
+def decode_state(blob: bytes) -> State:
+    """The state in ``blob``; ValueError, KeyError or TypeError when it is damaged."""
+    if len(blob) < _CRC.size or _CRC.unpack_from(blob)[0] != zlib.crc32(blob[_CRC.size:]):
+        raise ValueError("checksum mismatch")
+    doc = json.loads(blob[_CRC.size:])
+    queues = {}
+    for name, (number, head, tail, extra, ready, leased, stored, raw, holes,
+               aside) in doc["queues"].items():
+        queues[str(name)] = QueueState(
+            int(number), int(head), int(tail), int(extra), int(ready), int(leased), int(stored),
+            int(raw), {int(h) for h in holes},
+            {int(i): Aside(str(key), None if owner is None else str(owner), float(visible),
+                            int(attempts), int(size), int(r_raw))
+             for i, key, owner, visible, attempts, size, r_raw in aside})
+    return State(int(doc["commit"]), int(doc["keys"]), int(doc["next_id"]),
+                  int(doc["next_number"]), {str(k): bytes.fromhex(v)
+                                            for k, v in doc["meta"].items()}, queues)
+
+
+def pack(ident: int, rec: StoredRecord, attempts: int | None = None) -> bytes:
+    reason = None if rec.reason is None else rec.reason.encode()
+    body = _RECORD.pack(0, ident, rec.raw_size, rec.attempts if attempts is None else attempts,
+                        rec.enqueued_at, -1 if reason is None else len(reason))[_CRC.size:]
+    body += (reason or b"") + rec.data
+    return _CRC.pack(zlib.crc32(body)) + body
+
+
+def main_key(q: QueueState, position: int) -> bytes:
+    return b"m%d.%d" % (q.number, position)
+
+
+
+
+def decode_record(value: bytes) -> StoredRecord:
+    """A record value's contents; ValueError (or struct.error) when it is damaged."""
+    crc, ident, raw_size, attempts, enqueued_at, reason_len = _RECORD.unpack_from(value)
+    if crc != zlib.crc32(memoryview(value)[_CRC.size:]):
+        raise ValueError("checksum mismatch")
+    start = _RECORD.size
+    reason = None if reason_len < 0 else value[start:start + reason_len].decode()
+    return StoredRecord(ident, value[start + max(reason_len, 0):], raw_size, attempts,
+                        enqueued_at, reason)

@@ -1,0 +1,94 @@
+"""How the LMDB engine lays out its keys and values, and how LMDB's errors map to spoolq's.
+
+All integers are big-endian, so byte order is numeric order and an LMDB
+cursor walks a queue's records by id.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import lmdb
+
+from ..errors import CorruptError, EngineError, FormatError
+from .base import Lease, StoredRecord
+
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "QueueRow", "lease_value",
+           "pack", "translate", "unpack", "unpack_leased"]
+
+DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased")
+U32 = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+KEY = struct.Struct(">IQ")  # queue number, record id
+DELAYED = struct.Struct(">IdQ")  # queue number, visible_at (positive doubles sort as bytes), id
+QUEUE = struct.Struct(">Iqqqq")  # number, ready, leased, stored bytes, raw bytes
+_RECORD = struct.Struct(">QIdi")  # raw size, attempts, enqueued_at, reason length (-1: None)
+_LEASE = struct.Struct(">dH")  # until, owner length
+
+
+@dataclass(slots=True)
+class QueueRow:
+    """A queue's number (its key prefix) and counts, as kept in the ``queues`` sub-database."""
+
+    number: int
+    ready: int = 0
+    leased: int = 0
+    stored: int = 0
+    raw: int = 0
+
+    def packed(self) -> bytes:
+        return QUEUE.pack(self.number, self.ready, self.leased, self.stored, self.raw)
+
+
+def pack(rec: StoredRecord, attempts: int | None = None) -> bytes:
+    """A record's value: header, reason, data (``attempts`` replaces the record's own)."""
+    reason = None if rec.reason is None else rec.reason.encode()
+    header = _RECORD.pack(rec.raw_size, rec.attempts if attempts is None else attempts,
+                          rec.enqueued_at, -1 if reason is None else len(reason))
+    return header + (reason or b"") + rec.data
+
+
+def unpack(path: str, ident: int, value: bytes) -> StoredRecord:
+    try:
+        raw_size, attempts, enqueued_at, reason_len = _RECORD.unpack_from(value)
+        start = _RECORD.size
+        reason = None if reason_len < 0 else value[start:start + reason_len].decode()
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise CorruptError(f"{path}: record {ident} is damaged: {exc}") from exc
+    return StoredRecord(ident, value[start + max(reason_len, 0):], raw_size, attempts,
+                        enqueued_at, reason)
+
+
+def lease_value(lease: Lease, record: bytes) -> bytes:
+    """A leased record's value: until, owner, then the record's value."""
+    owner = lease.owner.encode()
+    return _LEASE.pack(lease.until, len(owner)) + owner + record
+
+
+def unpack_leased(path: str, ident: int, value: bytes) -> tuple[str, float, StoredRecord]:
+    """(owner, until, record) of a leased record's value."""
+    try:
+        until, owner_len = _LEASE.unpack_from(value)
+        start = _LEASE.size
+        owner = value[start:start + owner_len].decode()
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise CorruptError(f"{path}: the lease of record {ident} is damaged") from exc
+    return owner, until, unpack(path, ident, value[start + owner_len:])
+
+
+def translate(exc: lmdb.Error, path: str, what: str) -> EngineError:
+    """The spoolq error for an LMDB error (the caller raises it ``from exc``)."""
+    if isinstance(exc, (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.IncompatibleError)):
+        return FormatError(f"{path} is not a spoolq LMDB queue file ({exc})")
+    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError,
+                        lmdb.BadChecksumError)):
+        return CorruptError(f"{path} is damaged: {exc}")
+    if isinstance(exc, lmdb.ReadonlyError):
+        return EngineError(f"{path}: {what} needs to write, but the file is read-only")
+    if "already open in this process" in str(exc):
+        # spoolq shares one environment per file within a process, so this is a child forked
+        # while its parent had the file open: LMDB forbids reusing the parent's environment.
+        return EngineError(f"{path} was open when this process was forked; open LMDB queues "
+                           "after forking, or start processes with the 'spawn' method")
+    return EngineError(f"{path}: {what} failed: {exc}")

@@ -1,0 +1,533 @@
+"""The dbm engine: a queue in the standard library's ``dbm``, whatever backend it has.
+
+Layout. ``path`` is a directory. ``CURRENT`` names the live generation, one
+dbm database (``gen-000001.dat``/``.dir`` with ``dbm.dumb``); see
+:mod:`spoolq.engines._dbmfiles`. Its keys:
+
+- ``m<queue>.<position>``: the queue's main line, appended at ``tail`` and
+  taken at ``head``, so a take reads the next key with no scan;
+- ``x<queue>.<n>``: a record put back out of line by ``restore``;
+- ``s<commit>``: the state after each committed call (a CRC-checked JSON
+  document): the id counter, metadata, and per queue ``head``/``tail``, the
+  counts, and the records held aside from the main line (leased, or ready
+  again after a release) with their owner, attempts and ``visible_at``.
+
+Every call is a transaction whose commit point is writing one new state key.
+Records are written first, under keys no committed state names, and no key
+is ever overwritten or deleted: a call cut short by a killed process leaves
+only keys that the last committed state does not know, and the next writable
+open copies the live records into a fresh generation without them. Freed
+records are reclaimed the same way, by rewriting a new generation once the
+database holds more dead keys than live ones (amortized O(1) per record).
+
+Why not ``sync()`` after every call: ``dbm.dumb`` appends a new key's index
+line to its ``.dir`` file at once, so new keys already survive a killed
+process; only overwrites and deletes wait for ``sync``, which rewrites the
+whole index (O(keys) per call, and a window in which a kill leaves it
+half-written). This engine does neither, and on open it repairs an index
+that a kill cut short during ``close``.
+
+Costs. ``append``/``take``/``ack`` are O(1) dbm operations per record plus
+writing the state, whose size grows with the number of queues and of records
+held aside (leased, or nacked and not yet taken again) — keep in-flight
+counts moderate. ``dbm.dumb`` holds its whole index (keys, not records) in
+memory, pads every value to 512 bytes and reads the index at open.
+
+Durability. ``fsync=True`` (durability ``"fsync"``) fsyncs the database files
+and the directory before a call returns. Otherwise a killed process loses
+nothing; after a power cut the latest calls may be gone (a damaged state
+falls back to the one before; a damaged record is reported with
+:class:`~spoolq.CorruptError`). Crash safety is tested with ``dbm.dumb``;
+with ``dbm.gnu`` or ``dbm.ndbm`` it is what that library gives per store.
+
+One process at a time: opening takes ``<path>.lock``; a second process gets
+:class:`~spoolq.LockTimeout` at once. Handles in one process share the open
+database. ``read_only=True`` takes no lock, sees the file as it was when
+opened, and never writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+
+from ..errors import CorruptError, EngineError, FormatError
+from . import _dbmfiles as files
+from ._dbmstate import Aside as _Aside
+from ._dbmstate import QueueState as _Queue
+from ._dbmstate import State as _State
+from ._dbmstate import decode_record, decode_state, encode_state
+from ._dbmstate import main_key as _main_key
+from ._dbmstate import pack as _pack
+from ._shared import SharedEngine, lock_exclusively
+from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
+
+__all__ = ["DBMEngine"]
+
+log = logging.getLogger("spoolq")
+
+_APPLICATION = b"spoolq"
+_COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
+
+
+class _DBMStore:
+    """One dbm queue directory; see the module docstring."""
+
+    name = "dbm"
+
+    def __init__(self, path: str, *, read_only: bool, fsync: bool) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._fsync = fsync
+        self._db: files.Database | None = None
+        self._stale = False
+        self._lock = None if read_only else lock_exclusively(path, self.name)
+        try:
+            self._open()
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, OSError):
+                raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+            raise
+
+    # ---- opening, committing, compacting ------------------------------------------------
+
+    def _open(self) -> None:
+        path = self.path
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise FormatError(f"{path} is not a spoolq dbm queue (a dbm queue is a directory)")
+        if not self.read_only:
+            files.remove_unfinished(path)
+        generation = files.current(path) if os.path.isdir(path) else None
+        if generation is None:
+            if os.path.isdir(path) and os.listdir(path):
+                if all(files.is_ours(name) for name in os.listdir(path)):
+                    raise CorruptError(f"{path}: {files.CURRENT} is missing")
+                raise FormatError(f"{path} is a directory but not a spoolq dbm queue")
+            if self.read_only:
+                raise FormatError(f"{path}: no such spoolq dbm queue")
+            meta = {"application": _APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
+            generation = files.make_queue_directory(path, _State(meta=meta))
+        self._load(generation)
+
+    def _load(self, generation: str) -> None:
+        files.repair_dumb(self.path, generation, read_only=self.read_only)
+        self._gen = generation
+        self._db, self._backend = files.open_generation(self.path, generation,
+                                                        "r" if self.read_only else "w")
+        keys = list(self._db.keys())
+        commits = sorted((int(k[1:]) for k in keys if k[:1] == b"s" and k[1:].isdigit()),
+                         reverse=True)
+        # Only the newest state may be torn (a write interrupted by a crash); an older
+        # damaged state means damage to the file, which must not pass for an empty queue.
+        torn: Exception | None = None
+        for commit in commits:
+            try:
+                state = decode_state(self._db[b"s%d" % commit])
+            except (ValueError, KeyError, TypeError) as exc:
+                if torn is not None:
+                    raise CorruptError(f"{self.path}: states {commits[0]} and {commit} of "
+                                       f"{generation} are damaged ({exc})") from exc
+                torn = exc
+                continue
+            if torn is not None:
+                log.warning("spoolq: %s: state %d was damaged (%s); using state %d",
+                            self.path, commits[0], torn, commit)
+            break
+        else:
+            raise CorruptError(f"{self.path}: no intact state in {generation}")
+        if state.meta.get("application") != _APPLICATION:
+            raise FormatError(f"{self.path} is a dbm database but not a spoolq queue")
+        version = state.meta.get("format_version")
+        if version != str(FORMAT_VERSION).encode():
+            shown = "none" if version is None else version.decode(errors="replace")
+            raise FormatError(f"{self.path} has format version {shown}; "
+                              f"this spoolq reads version {FORMAT_VERSION}")
+        self._state, self._committed, self._keys = state, encode_state(state), state.keys
+        if len(keys) != state.keys and not self.read_only:
+            log.info("spoolq: %s: dropping what an interrupted write left", self.path)
+            self._compact()
+
+    def _compact(self) -> None:
+        """Copy the live records into a new generation and switch to it."""
+        db = self._require_db()
+        generation = f"gen-{int(self._gen[4:]) + 1:06d}"
+        copied = files.write_compacted(self.path, generation, self._backend, db,
+                                       decode_state(self._committed))
+        files.set_current(self.path, generation)
+        old_generation, self._db = self._gen, None
+        db.close()
+        files.remove_generation(self.path, old_generation)
+        self._load(generation)
+        log.info("spoolq: %s: compacted into %s (%d live records)", self.path, generation,
+                 copied)
+
+    def _require_db(self) -> files.Database:
+        if self._db is None:
+            raise EngineError(f"{self.path}: the database is not open")
+        return self._db
+
+    def _get(self, db: files.Database, key: bytes) -> bytes:
+        return files.get(self.path, db, key)
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[_State]:
+        """One engine call: yields the state to change; set ``self._changed`` to commit it."""
+        if self._stale:
+            self._recover(what)
+        self._changed = False
+        self._new_keys = 0
+        try:
+            yield self._state
+            if self._changed:
+                self._commit()
+        except BaseException as exc:
+            if self._new_keys or self._changed:
+                self._stale = True  # the files may hold part of this call: reload before next
+            self._state = decode_state(self._committed)
+            if isinstance(exc, OSError):
+                raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
+            raise
+        if self._changed and self._keys - self._live() > max(self._live(), _COMPACT_MIN):
+            try:
+                self._compact()
+            except BaseException as exc:
+                # The call itself is committed; whatever compaction left, the next call
+                # reloads from CURRENT before it starts.
+                self._stale = True
+                if not isinstance(exc, (OSError, EngineError)):
+                    raise
+                log.warning("spoolq: %s: compaction failed, will retry: %s", self.path, exc)
+
+    def _recover(self, what: str) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with suppress(Exception):
+                db.close()
+        try:
+            self._load(files.current(self.path) or self._gen)
+        except OSError as exc:
+            raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
+        self._stale = False
+
+    def _live(self) -> int:
+        return 1 + sum(q.live() for q in self._state.queues.values())
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        self._require_db()[key] = value
+        self._new_keys += 1
+
+    def _commit(self) -> None:
+        st = self._state
+        st.commit += 1
+        st.keys = self._keys + self._new_keys + 1
+        blob = encode_state(st)
+        self._require_db()[b"s%d" % st.commit] = blob  # the commit point
+        self._keys, self._committed = st.keys, blob
+        if self._fsync:
+            if self._backend != "dbm.dumb":  # dumb's sync rewrites the index; see the module
+                sync = getattr(self._db, "sync", None)
+                if sync is not None:
+                    sync()
+            files.sync_generation(self.path, self._gen)
+
+    # ---- records ------------------------------------------------------------------------
+
+    def _read(self, key: str | bytes, aside: _Aside | None = None) -> StoredRecord:
+        bkey = key.encode() if isinstance(key, str) else key
+        try:
+            rec = decode_record(self._get(self._require_db(), bkey))
+        except (struct.error, ValueError) as exc:
+            raise CorruptError(f"{self.path}: record {bkey.decode()} is damaged: {exc}") from exc
+        return rec if aside is None else rec._replace(attempts=aside.attempts)
+
+    def _queue(self, st: _State, name: str) -> _Queue:
+        q = st.queues.get(name)
+        if q is None:
+            q = st.queues[name] = _Queue(st.next_number)
+            st.next_number += 1
+        return q
+
+    def _append(self, st: _State, name: str, recs: Sequence[StoredRecord]) -> int:
+        """Append copies of ``recs`` (attempts and reason kept) under new ids; the first id."""
+        q = self._queue(st, name)
+        first = st.next_id
+        st.next_id += len(recs)
+        for offset, rec in enumerate(recs):
+            self._put(_main_key(q, q.tail), _pack(first + offset, rec))
+            q.tail += 1
+            q.ready += 1
+            q.stored += len(rec.data)
+            q.raw += rec.raw_size
+        self._changed = True
+        return first
+
+    def _unlease(self, st: _State, queue: str, q: _Queue, ident: int, a: _Aside,
+                 not_before: float, max_attempts: int | None, count_attempt: bool,
+                 reason: str) -> None:
+        q.leased -= 1
+        a.owner = None
+        if not count_attempt:
+            a.attempts -= 1
+        if count_attempt and max_attempts is not None and a.attempts >= max_attempts:
+            rec = self._read(a.key, a)
+            del q.aside[ident]
+            q.stored -= a.size
+            q.raw -= a.raw
+            self._append(st, dead_queue_name(queue), [rec._replace(reason=reason)])
+            return
+        q.ready += 1
+        a.visible_at = not_before
+        self._changed = True
+
+    # ---- the engine protocol ------------------------------------------------------------
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if len(records) != len(raw_sizes):
+            raise ValueError("records and raw_sizes differ in length")
+        if not records:
+            return []
+        with self._transaction("append") as st:
+            first = self._append(st, queue, [StoredRecord(0, data, raw, 0, now) for data, raw
+                                             in zip(records, raw_sizes, strict=True)])
+        return list(range(first, first + len(records)))
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        with self._transaction("take") as st:
+            q = st.queues.get(queue)
+            if q is None or n <= 0:
+                return []
+            out: list[StoredRecord] = []
+            # Records held aside always precede the main line: they were taken from it.
+            due = sorted(i for i, a in q.aside.items() if a.owner is None and a.visible_at <= now)
+            for ident in due[:n]:
+                a = q.aside[ident]
+                rec = self._read(a.key, a)
+                if lease is None:
+                    del q.aside[ident]
+                else:
+                    a.attempts += 1
+                    a.owner, a.visible_at = lease.owner, lease.until
+                    rec = rec._replace(attempts=a.attempts)
+                out.append(rec)
+            while len(out) < n and q.head < q.tail:
+                position = q.head
+                q.head += 1
+                self._changed = True
+                if position in q.holes:
+                    q.holes.discard(position)
+                    continue
+                key = _main_key(q, position)
+                rec = self._read(key)
+                if lease is not None:
+                    rec = rec._replace(attempts=rec.attempts + 1)
+                    q.aside[rec.id] = _Aside(key.decode(), lease.owner, lease.until,
+                                             rec.attempts, len(rec.data), rec.raw_size)
+                out.append(rec)
+            if out:
+                self._changed = True
+                q.ready -= len(out)
+                if lease is None:
+                    q.stored -= sum(len(r.data) for r in out)
+                    q.raw -= sum(r.raw_size for r in out)
+                else:
+                    q.leased += len(out)
+            return out
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
+        with self._transaction("restore") as st:
+            q = self._queue(st, queue)
+            for rec in records:
+                key = f"x{q.number}.{q.extra}"
+                q.extra += 1
+                self._put(key.encode(), _pack(rec.id, rec))
+                q.aside[rec.id] = _Aside(key, None, 0.0, rec.attempts, len(rec.data),
+                                         rec.raw_size)
+                q.ready += 1
+                q.stored += len(rec.data)
+                q.raw += rec.raw_size
+            self._changed = True
+
+    def _held(self, q: _Queue, deliveries: Sequence[tuple[int, int]],
+              owner: str) -> list[tuple[int, _Aside]]:
+        held = []
+        for ident, attempts in deliveries:
+            a = q.aside.get(ident)
+            if a is not None and a.owner == owner and a.attempts == attempts:
+                held.append((ident, a))
+        return held
+
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        with self._transaction("ack") as st:
+            q = st.queues.get(queue)
+            if q is None:
+                return []
+            done = []
+            for ident, a in self._held(q, deliveries, owner):
+                if q.aside.pop(ident, None) is not None:
+                    q.leased -= 1
+                    q.stored -= a.size
+                    q.raw -= a.raw
+                    done.append(ident)
+            self._changed = bool(done)
+            return sorted(done)
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        with self._transaction("release") as st:
+            q = st.queues.get(queue)
+            if q is None:
+                return []
+            done = []
+            for ident, a in self._held(q, deliveries, owner):
+                if a.owner is not None:  # a delivery named twice is released once
+                    self._unlease(st, queue, q, ident, a, not_before, max_attempts,
+                                  count_attempt, reason or "nacked")
+                    done.append(ident)
+            return sorted(done)
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        gone = set(owners)
+        with self._transaction("expire") as st:
+            q = st.queues.get(queue)
+            if q is None:
+                return 0
+            due = sorted(((i, a) for i, a in q.aside.items()
+                          if a.owner is not None and (a.visible_at <= now or a.owner in gone)),
+                         key=lambda pair: pair[0])
+            for ident, a in due:
+                why = "lease expired" if a.visible_at <= now else "owner died"
+                self._unlease(st, queue, q, ident, a, 0.0, max_attempts, True,
+                              f"{why} after {a.attempts} attempts")
+            return len(due)
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        q = self._state.queues.get(queue)
+        if q is None or n <= 0:
+            return []
+        aside = sorted(i for i, a in q.aside.items() if a.owner is None)
+        out = [self._read(q.aside[i].key, q.aside[i]) for i in aside[offset:offset + n]]
+        position = q.head + max(offset - len(aside), 0)
+        for hole in sorted(q.holes):
+            if hole <= position:
+                position += 1
+        while len(out) < n and position < q.tail:
+            if position not in q.holes:
+                out.append(self._read(_main_key(q, position)))
+            position += 1
+        return out
+
+    def counts(self, queue: str) -> Counts:
+        q = self._state.queues.get(queue)
+        return Counts(0, 0, 0, 0) if q is None else Counts(q.ready, q.leased, q.stored, q.raw)
+
+    def owners(self, queue: str) -> dict[str, int]:
+        held: dict[str, int] = {}
+        q = self._state.queues.get(queue)
+        for a in () if q is None else q.aside.values():
+            if a.owner is not None:
+                held[a.owner] = held.get(a.owner, 0) + 1
+        return held
+
+    def _find(self, q: _Queue, ident: int) -> int | None:
+        """The main-line position of record ``ident``: ids grow along the line."""
+        low, high = q.head, q.tail
+        while low < high:
+            middle = (low + high) // 2
+            if self._read(_main_key(q, middle)).id < ident:
+                low = middle + 1
+            else:
+                high = middle
+        if low < q.tail and low not in q.holes and self._read(_main_key(q, low)).id == ident:
+            return low
+        return None
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        with self._transaction("move") as st:
+            s = st.queues.get(src)
+            if s is None:
+                return 0
+            wanted = None if ids is None else set(ids)
+            chosen = sorted(i for i, a in s.aside.items()
+                            if a.owner is None and (wanted is None or i in wanted))
+            moved = 0
+            for ident in chosen:
+                a = s.aside.pop(ident)
+                self._carry(st, s, dst, self._read(a.key, a))
+                moved += 1
+            if wanted is None:
+                end = s.tail
+                for position in range(s.head, end):
+                    if position not in s.holes:
+                        self._carry(st, s, dst, self._read(_main_key(s, position)))
+                        moved += 1
+                s.head, s.holes = end, set()
+            else:
+                for ident in sorted(wanted - set(chosen)):
+                    found = self._find(s, ident)
+                    if found is not None:
+                        self._carry(st, s, dst, self._read(_main_key(s, found)))
+                        s.holes.add(found)
+                        moved += 1
+            self._changed = self._changed or moved > 0
+            return moved
+
+    def _carry(self, st: _State, s: _Queue, dst: str, rec: StoredRecord) -> None:
+        s.ready -= 1
+        s.stored -= len(rec.data)
+        s.raw -= rec.raw_size
+        self._append(st, dst, [rec._replace(attempts=0, reason=None)])
+
+    def purge(self, queue: str) -> int:
+        with self._transaction("purge") as st:
+            q = st.queues.pop(queue, None)
+            if q is None:
+                return 0
+            self._changed = True
+            return q.ready + q.leased
+
+    def queues(self) -> list[str]:
+        return sorted(self._state.queues)
+
+    def get_meta(self, key: str) -> bytes | None:
+        return self._state.meta.get(key)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self._transaction("set_meta") as st:
+            st.meta[key] = bytes(value)
+            self._changed = True
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        lock, self._lock = self._lock, None
+        try:
+            if db is not None:
+                db.close()
+                if self._fsync and not self.read_only:
+                    files.sync_generation(self.path, self._gen)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+class DBMEngine(SharedEngine):
+    """A queue in a directory of ``dbm`` files, for one process (see the module).
+
+    ``fsync=True`` (what ``durability="fsync"`` picks) fsyncs the files and
+    the directory before each changing call returns.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False,
+                 read_only: bool = False) -> None:
+        spath = os.fspath(path)
+        super().__init__(spath, read_only=read_only,
+                         opener=lambda: _DBMStore(spath, read_only=read_only, fsync=fsync))
+

@@ -1,0 +1,546 @@
+"""The LMDB engine: a memory-mapped B+tree file that many processes share safely.
+
+Layout. ``path`` is the data file itself (LMDB's ``subdir=False``), so a queue
+is one file like an SQLite one; LMDB keeps its reader table in
+``<path>-lock`` beside it. The file holds six named sub-databases:
+
+- ``meta``: metadata (``application``, ``format_version``, codec settings);
+- ``counters``: the id counter and the queue-number counter;
+- ``queues``: queue name -> its number and its counts (ready, leased, stored
+  and raw bytes), changed in the same transaction as the records, so
+  :meth:`counts` is O(1) and right across processes;
+- ``ready``: queue number (4 bytes) + record id (8 bytes, big-endian) ->
+  record, so a cursor walks a queue in FIFO order;
+- ``delayed``: queue number + visible_at + id -> record, for records released
+  with a delay; each ``take`` first moves the ones now due back to ``ready``
+  (stopping at the first that is not), so a delayed record at the head never
+  makes a take scan the queue;
+- ``leased``: queue number + id -> lease (until, owner) + record.
+
+Ids come from one counter for the whole file, written in the same transaction
+as the records: they only grow and are never reused.
+
+Costs. Each call is one LMDB transaction; readers never block the writer or
+each other, and writers from every process take turns on LMDB's own lock.
+``take``, ``ack`` and ``append`` are O(log n) per record; ``expire`` and
+``owners`` walk the queue's leased records, ``peek`` and ``move`` also load
+its delayed ones. Records are read through cursors, never all at once. The
+map (LMDB's view of the file) starts at ``map_size`` bytes and doubles
+whenever a write does not fit; the file grows only with the data, and freed
+pages are reused.
+
+Durability. ``durability="fsync"`` (``sync=True, metasync=True``) flushes
+data and meta pages on every commit: a returned call survives power loss.
+``"commit"`` and ``"buffer"`` use ``metasync=False``: one flush per commit
+instead of two; a killed process loses nothing, and a power cut never damages
+the file but may undo the last commit. ``engine_options={"sync": False}``
+drops the flush altogether (10 to 40 times faster commits here): committed
+transactions then sit in the OS page cache and survive a killed process, but
+after a power cut the file can be damaged unless the file system keeps write
+order (LMDB's own warning for ``MDB_NOSYNC``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import operator
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import lmdb
+
+from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
+from . import _lmdbformat as fmt
+from ._shared import SharedEngine
+from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
+
+__all__ = ["LMDBEngine"]
+
+log = logging.getLogger("spoolq")
+
+if TYPE_CHECKING:
+    Txn = lmdb.Transaction[bytes]
+    Db = lmdb._Database
+
+T = TypeVar("T")
+_APPLICATION = b"spoolq"
+_CHUNK = 512  # records read per cursor pass when walking a whole queue
+_MAX_GROWTH = 40
+
+
+class _LMDBStore:
+    """One LMDB environment; see the module docstring."""
+
+    name = "lmdb"
+
+    def __init__(self, path: str, *, read_only: bool, sync: bool, metasync: bool,
+                 map_size: int, max_readers: int) -> None:
+        self.path = path
+        if os.path.isdir(path):
+            raise FormatError(f"{path} is a directory, not a spoolq LMDB queue file")
+        if read_only and not os.path.exists(path):
+            raise FormatError(f"{path}: no such file")
+        try:
+            self._env = lmdb.Environment(
+                path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
+                metasync=metasync, map_size=map_size, max_readers=max_readers,
+                max_dbs=len(fmt.DB_NAMES), lock=True)
+        except lmdb.Error as exc:
+            raise fmt.translate(exc, self.path, "open") from exc
+        try:
+            self._setup(read_only)
+        except BaseException:
+            self._env.close()
+            raise
+
+    def _setup(self, read_only: bool) -> None:
+        with self._guard("open"):
+            # Pages past the end of a truncated file would fault (SIGBUS) when read.
+            needed = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+            size = os.path.getsize(self.path)
+            if size < needed:
+                raise CorruptError(f"{self.path} is truncated: {size} bytes, but its pages "
+                                   f"need {needed}")
+            self._env.reader_check()  # frees reader slots of processes that died
+            if not read_only:
+                with self._env.begin(write=True) as txn:
+                    # Checked inside the write transaction: two processes may create at once.
+                    if not txn.cursor().first():
+                        self._create(txn)
+            with self._env.begin() as txn:
+                if not all(txn.get(name) is not None for name in fmt.DB_NAMES):
+                    raise FormatError(f"{self.path} is an LMDB file but not a spoolq queue file")
+            try:
+                dbs = [self._env.open_db(name, create=False) for name in fmt.DB_NAMES]
+            except lmdb.IncompatibleError as exc:
+                raise FormatError(
+                    f"{self.path} is an LMDB file but not a spoolq queue file") from exc
+            self._meta, self._counters, self._queues, self._ready, self._delayed, \
+                self._leased = dbs
+        if self.get_meta("application") != _APPLICATION:
+            raise FormatError(f"{self.path} is an LMDB file but not a spoolq queue file")
+        version = self.get_meta("format_version")
+        if version != str(FORMAT_VERSION).encode():
+            shown = "none" if version is None else version.decode(errors="replace")
+            raise FormatError(f"{self.path} has format version {shown}; "
+                              f"this spoolq reads version {FORMAT_VERSION}")
+
+    def _create(self, txn: Txn) -> None:
+        dbs = {name: self._env.open_db(name, txn=txn) for name in fmt.DB_NAMES}
+        txn.put(b"application", _APPLICATION, db=dbs[b"meta"])
+        txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=dbs[b"meta"])
+        log.debug("spoolq: created LMDB queue file %s", self.path)
+
+    # ---- transactions and errors --------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except lmdb.Error as exc:
+            raise fmt.translate(exc, self.path, what) from exc
+
+    def _write(self, what: str, body: Callable[[Txn], T]) -> T:
+        """Run ``body`` in one write transaction, growing the map while it does not fit."""
+        for _ in range(_MAX_GROWTH):
+            try:
+                with self._env.begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                old = self._env.info()["map_size"]
+                self._env.set_mapsize(old * 2)
+                log.info("spoolq: %s: the LMDB map was full; grew it from %d to %d bytes",
+                         self.path, old, old * 2)
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)  # adopt the size another process grew the map to
+            except lmdb.Error as exc:
+                raise fmt.translate(exc, self.path, what) from exc
+        raise EngineError(f"{self.path}: {what} did not fit even after growing the map to "
+                          f"{self._env.info()['map_size']} bytes")
+
+    def _read(self, what: str, body: Callable[[Txn], T]) -> T:
+        for _ in range(2):
+            try:
+                with self._env.begin() as txn:
+                    return body(txn)
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.Error as exc:
+                raise fmt.translate(exc, self.path, what) from exc
+        raise EngineError(f"{self.path}: {what} failed: the map kept being resized")
+
+    # ---- records and queues -------------------------------------------------------------
+
+    def _record(self, ident: int, value: bytes) -> StoredRecord:
+        return fmt.unpack(self.path, ident, value)
+
+    def _leased_record(self, ident: int, value: bytes) -> tuple[str, float, StoredRecord]:
+        return fmt.unpack_leased(self.path, ident, value)
+
+    def _queue(self, txn: Txn, name: str) -> fmt.QueueRow | None:
+        value = txn.get(name.encode(), db=self._queues)
+        if value is None:
+            return None
+        try:
+            return fmt.QueueRow(*fmt.QUEUE.unpack(value))
+        except struct.error as exc:
+            raise CorruptError(f"{self.path}: the counts of queue {name!r} are damaged") from exc
+
+    def _new_queue(self, txn: Txn, name: str) -> fmt.QueueRow:
+        found = self._queue(txn, name)
+        return found if found is not None else fmt.QueueRow(self._bump(txn, b"next_queue", 1))
+
+    def _save(self, txn: Txn, name: str, q: fmt.QueueRow) -> None:
+        txn.put(name.encode(), q.packed(), db=self._queues)
+
+    def _bump(self, txn: Txn, counter: bytes, by: int) -> int:
+        """Advance a counter by ``by``; return its value before."""
+        value = txn.get(counter, db=self._counters)
+        first = 1 if value is None else fmt.U64.unpack(value)[0]
+        if by:
+            txn.put(counter, fmt.U64.pack(first + by), db=self._counters)
+        return first
+
+    def _add(self, txn: Txn, name: str, q: fmt.QueueRow, recs: Sequence[StoredRecord]) -> int:
+        """Append copies of ``recs`` (attempts and reason kept) at the tail under new ids;
+        return the first id."""
+        first = self._bump(txn, b"next_id", len(recs))
+        for offset, rec in enumerate(recs):
+            txn.put(fmt.KEY.pack(q.number, first + offset), fmt.pack(rec), db=self._ready)
+        q.ready += len(recs)
+        q.stored += sum(len(r.data) for r in recs)
+        q.raw += sum(r.raw_size for r in recs)
+        self._save(txn, name, q)
+        return first
+
+    def _promote(self, txn: Txn, number: int, now: float) -> None:
+        """Move delayed records that are due by ``now`` back into ``ready``."""
+        prefix = fmt.U32.pack(number)
+        cur = txn.cursor(self._delayed)
+        more = cur.set_range(prefix)
+        while more:
+            key = cur.key()
+            if not key.startswith(prefix):
+                break
+            _, visible_at, ident = fmt.DELAYED.unpack(key)
+            if visible_at > now:
+                break
+            txn.put(fmt.KEY.pack(number, ident), cur.value(), db=self._ready)
+            more = cur.delete()
+
+    def _prefixed(self, txn: Txn, db: Db, number: int,
+                  start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of one queue's entries in ``db`` in key order, from ``start`` on."""
+        prefix = fmt.U32.pack(number)
+        cur = txn.cursor(db)
+        more = cur.set_range(max(prefix, start))
+        while more:
+            key = cur.key()
+            if not key.startswith(prefix):
+                return
+            yield key, cur.value()
+            more = cur.next()
+
+    def _in_order(self, txn: Txn, number: int,
+                  limit: int | None = None) -> Iterator[tuple[int, bytes, Db, bytes]]:
+        """A queue's ready records, delayed ones included, as (id, key, db, value) in id
+        order, below ``limit``. Reads in chunks, each with a fresh cursor, so the caller
+        may delete or add records between items."""
+        delayed = sorted((fmt.DELAYED.unpack(key)[2], key, self._delayed, value)
+                         for key, value in self._prefixed(txn, self._delayed, number))
+
+        def ready() -> Iterator[tuple[int, bytes, Db, bytes]]:
+            start = b""
+            while True:
+                chunk = list(itertools.islice(self._prefixed(txn, self._ready, number, start),
+                                              _CHUNK))
+                if not chunk:
+                    return
+                for key, value in chunk:
+                    yield fmt.KEY.unpack(key)[1], key, self._ready, value
+                start = fmt.KEY.pack(number, fmt.KEY.unpack(chunk[-1][0])[1] + 1)
+
+        for item in heapq.merge(ready(), delayed, key=operator.itemgetter(0)):
+            if limit is not None and item[0] >= limit:
+                return
+            yield item
+
+    def _unlease(self, txn: Txn, queue: str, q: fmt.QueueRow, rec: StoredRecord, not_before: float,
+                 max_attempts: int | None, count_attempt: bool, reason: str) -> None:
+        """Turn a leased record (already deleted from ``leased``) ready again, or dead."""
+        q.leased -= 1
+        attempts = rec.attempts if count_attempt else rec.attempts - 1
+        if count_attempt and max_attempts is not None and attempts >= max_attempts:
+            q.stored -= len(rec.data)
+            q.raw -= rec.raw_size
+            dead = dead_queue_name(queue)
+            self._add(txn, dead, self._new_queue(txn, dead), [rec._replace(reason=reason)])
+            return
+        q.ready += 1
+        value = fmt.pack(rec, attempts)
+        if not_before > 0:
+            txn.put(fmt.DELAYED.pack(q.number, not_before, rec.id), value, db=self._delayed)
+        else:
+            txn.put(fmt.KEY.pack(q.number, rec.id), value, db=self._ready)
+
+    def _held(self, txn: Txn, q: fmt.QueueRow, deliveries: Sequence[tuple[int, int]],
+              owner: str) -> Iterator[StoredRecord]:
+        """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
+        for ident, attempts in deliveries:
+            key = fmt.KEY.pack(q.number, ident)
+            value = txn.get(key, db=self._leased)
+            if value is None:
+                continue
+            holder, _, rec = self._leased_record(ident, value)
+            if holder == owner and rec.attempts == attempts:
+                txn.delete(key, db=self._leased)
+                yield rec
+
+    # ---- the engine protocol ------------------------------------------------------------
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if len(records) != len(raw_sizes):
+            raise ValueError("records and raw_sizes differ in length")
+        if not records:
+            return []
+        recs = [StoredRecord(0, data, raw, 0, now) for data, raw in
+                zip(records, raw_sizes, strict=True)]
+
+        def body(txn: Txn) -> list[int]:
+            first = self._add(txn, queue, self._new_queue(txn, queue), recs)
+            return list(range(first, first + len(recs)))
+
+        return self._write("append", body)
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        def body(txn: Txn) -> list[StoredRecord]:
+            q = self._queue(txn, queue)
+            if q is None or n <= 0:
+                return []
+            self._promote(txn, q.number, now)
+            prefix = fmt.U32.pack(q.number)
+            out: list[StoredRecord] = []
+            cur = txn.cursor(self._ready)
+            more = cur.set_range(prefix)
+            while more and len(out) < n:
+                key = cur.key()
+                if not key.startswith(prefix):
+                    break
+                rec = self._record(fmt.KEY.unpack(key)[1], cur.value())
+                if lease is not None:
+                    rec = rec._replace(attempts=rec.attempts + 1)
+                    txn.put(key, fmt.lease_value(lease, fmt.pack(rec)), db=self._leased)
+                out.append(rec)
+                more = cur.delete()
+            if out:
+                q.ready -= len(out)
+                if lease is None:
+                    q.stored -= sum(len(r.data) for r in out)
+                    q.raw -= sum(r.raw_size for r in out)
+                else:
+                    q.leased += len(out)
+                self._save(txn, queue, q)
+            return out
+
+        return self._write("take", body)
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
+
+        def body(txn: Txn) -> None:
+            q = self._new_queue(txn, queue)
+            for rec in records:
+                txn.put(fmt.KEY.pack(q.number, rec.id), fmt.pack(rec), db=self._ready)
+            q.ready += len(records)
+            q.stored += sum(len(r.data) for r in records)
+            q.raw += sum(r.raw_size for r in records)
+            self._save(txn, queue, q)
+
+        self._write("restore", body)
+
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        def body(txn: Txn) -> list[int]:
+            q = self._queue(txn, queue)
+            if q is None or not deliveries:
+                return []
+            done = list(self._held(txn, q, deliveries, owner))
+            if done:
+                q.leased -= len(done)
+                q.stored -= sum(len(r.data) for r in done)
+                q.raw -= sum(r.raw_size for r in done)
+                self._save(txn, queue, q)
+            return sorted(r.id for r in done)
+
+        return self._write("ack", body)
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        def body(txn: Txn) -> list[int]:
+            q = self._queue(txn, queue)
+            if q is None or not deliveries:
+                return []
+            done = list(self._held(txn, q, deliveries, owner))
+            for rec in done:
+                self._unlease(txn, queue, q, rec, not_before, max_attempts, count_attempt,
+                              reason or "nacked")
+            if done:
+                self._save(txn, queue, q)
+            return sorted(r.id for r in done)
+
+        return self._write("release", body)
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        gone = set(owners)
+
+        def body(txn: Txn) -> int:
+            q = self._queue(txn, queue)
+            if q is None or not q.leased:
+                return 0
+            due: list[tuple[bytes, str, StoredRecord]] = []
+            for key, value in self._prefixed(txn, self._leased, q.number):
+                holder, until, rec = self._leased_record(fmt.KEY.unpack(key)[1], value)
+                if until <= now or holder in gone:
+                    due.append((key, "lease expired" if until <= now else "owner died", rec))
+            for key, why, rec in due:
+                txn.delete(key, db=self._leased)
+                self._unlease(txn, queue, q, rec, 0.0, max_attempts, True,
+                              f"{why} after {rec.attempts} attempts")
+            if due:
+                self._save(txn, queue, q)
+            return len(due)
+
+        return self._write("expire", body)
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        def body(txn: Txn) -> list[StoredRecord]:
+            q = self._queue(txn, queue)
+            if q is None or n <= 0:
+                return []
+            return [self._record(ident, value) for ident, _, _, value in
+                    itertools.islice(self._in_order(txn, q.number), offset, offset + n)]
+
+        return self._read("peek", body)
+
+    def counts(self, queue: str) -> Counts:
+        def body(txn: Txn) -> Counts:
+            q = self._queue(txn, queue)
+            return Counts(0, 0, 0, 0) if q is None else Counts(q.ready, q.leased, q.stored,
+                                                               q.raw)
+
+        return self._read("counts", body)
+
+    def owners(self, queue: str) -> dict[str, int]:
+        def body(txn: Txn) -> dict[str, int]:
+            q = self._queue(txn, queue)
+            held: dict[str, int] = {}
+            if q is not None and q.leased:
+                for key, value in self._prefixed(txn, self._leased, q.number):
+                    holder = self._leased_record(fmt.KEY.unpack(key)[1], value)[0]
+                    held[holder] = held.get(holder, 0) + 1
+            return held
+
+        return self._read("owners", body)
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        def body(txn: Txn) -> int:
+            s = self._queue(txn, src)
+            if s is None:
+                return 0
+            d = s if dst == src else self._new_queue(txn, dst)
+            moved = 0
+
+            def carry(ident: int, key: bytes, db: Db, value: bytes) -> None:
+                nonlocal moved
+                rec = self._record(ident, value)
+                txn.delete(key, db=db)
+                s.ready -= 1
+                s.stored -= len(rec.data)
+                s.raw -= rec.raw_size
+                self._add(txn, dst, d, [rec._replace(attempts=0, reason=None)])
+                moved += 1
+
+            if ids is None:
+                # Ids given out before the move bound the walk: moving a queue onto itself ends.
+                for item in self._in_order(txn, s.number, self._bump(txn, b"next_id", 0)):
+                    carry(*item)
+            else:
+                delayed = {fmt.DELAYED.unpack(key)[2]: key
+                           for key, _ in self._prefixed(txn, self._delayed, s.number)}
+                for ident in sorted(set(ids)):
+                    key = fmt.KEY.pack(s.number, ident)
+                    value = txn.get(key, db=self._ready)
+                    if value is not None:
+                        carry(ident, key, self._ready, value)
+                    elif ident in delayed:
+                        found = txn.get(delayed[ident], db=self._delayed)
+                        if found is not None:
+                            carry(ident, delayed[ident], self._delayed, found)
+            if moved:
+                self._save(txn, src, s)
+            return moved
+
+        return self._write("move", body)
+
+    def purge(self, queue: str) -> int:
+        def body(txn: Txn) -> int:
+            q = self._queue(txn, queue)
+            if q is None:
+                return 0
+            prefix = fmt.U32.pack(q.number)
+            removed = 0
+            for db in (self._ready, self._delayed, self._leased):
+                cur = txn.cursor(db)
+                more = cur.set_range(prefix)
+                while more and cur.key().startswith(prefix):
+                    more = cur.delete()
+                    removed += 1
+            txn.delete(queue.encode(), db=self._queues)
+            return removed
+
+        return self._write("purge", body)
+
+    def queues(self) -> list[str]:
+        def body(txn: Txn) -> list[str]:
+            return [key.decode() for key, _ in txn.cursor(self._queues)]
+
+        return self._read("queues", body)
+
+    def get_meta(self, key: str) -> bytes | None:
+        return self._read("get_meta", lambda txn: txn.get(key.encode(), db=self._meta))
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._write("set_meta", lambda txn: txn.put(key.encode(), value, db=self._meta))
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class LMDBEngine(SharedEngine):
+    """Queue storage in one LMDB file, safe to share between processes (see the module).
+
+    ``sync``/``metasync`` are LMDB's flush settings (the registry picks them
+    from ``durability``); ``map_size`` is the initial map in bytes (it doubles
+    when full); ``max_readers`` bounds the read transactions open at once
+    across every process using the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, sync: bool = True,
+                 metasync: bool = False, map_size: int = 64 << 20, max_readers: int = 126,
+                 read_only: bool = False) -> None:
+        if not isinstance(map_size, int) or map_size < 4096:
+            raise ConfigurationError(f"map_size must be an int >= 4096, not {map_size!r}")
+        if not isinstance(max_readers, int) or max_readers < 1:
+            raise ConfigurationError(f"max_readers must be an int >= 1, not {max_readers!r}")
+        spath = os.fspath(path)
+        super().__init__(spath, read_only=read_only, opener=lambda: _LMDBStore(
+            spath, read_only=read_only, sync=bool(sync), metasync=bool(metasync),
+            map_size=map_size, max_readers=max_readers))

@@ -1,0 +1,297 @@
+"""The pickle engine: the whole queue file is one pickled dict, rewritten on every change.
+
+The file (pickle protocol 5) holds only dicts, lists, tuples, str, bytes, int,
+float and None::
+
+    {"meta": {"application": b"spoolq", "format_version": b"1", ...},
+     "next_id": 42,
+     "queues": {"default": [(id, data, raw_size, attempts, enqueued_at, reason,
+                             lease_owner, visible_at), ...], ...}}
+
+It is read with an unpickler that refuses every global, so a hostile file
+cannot name a class or a function to run: it is refused with
+:class:`~spoolq.FormatError` before anything is built from it.
+
+Costs: the engine holds every record in memory (it is a
+:class:`~spoolq.engines.MemoryEngine` loaded from the file), and every call
+that changes something rewrites the whole file: a temporary file in the same
+directory, then ``os.replace``. Each put, take or ack therefore costs time
+proportional to the queue's total size. It suits small queues (up to a few
+thousand small items) that want one plain file and no dependency; pick sqlite
+or lmdb for anything larger.
+
+Crash safety: the replace is atomic, so a killed process leaves the old or
+the new file, never half of one. With ``durability="fsync"`` the new file and
+its directory are fsynced before a call returns, so the call survives power
+loss. Without it (``"commit"``, ``"buffer"``) a power cut can lose the last
+calls; most file systems (ext4's default ``auto_da_alloc``, btrfs) then still
+leave the old or the new file, and a file left damaged is reported with
+:class:`~spoolq.CorruptError`, never read as an empty queue.
+
+One process at a time: opening takes ``<path>.lock`` (an exclusive
+``filelock``), and a second process gets :class:`~spoolq.LockTimeout` at once.
+Handles in one process share one copy of the queue. ``read_only=True`` takes
+no lock, loads the file as it is at that moment and never writes.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import os
+import pickle
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
+
+from ..errors import CorruptError, EngineError, FormatError
+from ._shared import SharedEngine, fsync_dir, lock_exclusively
+from .base import FORMAT_VERSION, Counts, Lease, StoredRecord
+from .memory import MemoryEngine, RecordState
+
+__all__ = ["PickleEngine"]
+
+log = logging.getLogger("spoolq")
+
+T = TypeVar("T")
+_APPLICATION = b"spoolq"
+_PROTOCOL = 5
+_HEADER = b"\x80\x05"  # the PROTO opcode of protocol 5 opens every file this engine writes
+_KEYS = {"meta", "next_id", "queues"}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Builds only containers and scalars: every class and function lookup is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _RefusedGlobal(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _RefusedGlobal(f"persistent id {pid!r}")
+
+
+def _record(value: object) -> RecordState | None:
+    """``value`` as a record tuple when it has the right shape, else None."""
+    if not isinstance(value, tuple) or len(value) != 8:
+        return None
+    ident, data, raw_size, attempts, enqueued_at, reason, owner, visible_at = value
+    if (isinstance(ident, int) and isinstance(data, bytes) and isinstance(raw_size, int)
+            and isinstance(attempts, int) and isinstance(enqueued_at, (int, float))
+            and (reason is None or isinstance(reason, str))
+            and (owner is None or isinstance(owner, str))
+            and isinstance(visible_at, (int, float))):
+        return (ident, data, raw_size, attempts, float(enqueued_at), reason, owner,
+                float(visible_at))
+    return None
+
+
+class _PickleStore:
+    """The queue of one pickle file, in memory; see the module docstring."""
+
+    name = "pickle"
+
+    def __init__(self, path: str, *, read_only: bool, fsync: bool) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._fsync = fsync
+        self._directory = os.path.dirname(os.path.abspath(path))
+        self._lock = None if read_only else lock_exclusively(path, self.name)
+        try:
+            if os.path.exists(path) or read_only:
+                self._mem = self._read()
+            else:
+                self._mem = MemoryEngine.load(1, {"application": _APPLICATION,
+                                                  "format_version": str(FORMAT_VERSION).encode()},
+                                              {})
+                self._save()
+            if not read_only:
+                self._remove_stale_temporaries()
+        except BaseException as exc:
+            self._unlock()
+            if isinstance(exc, OSError):
+                raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+            raise
+
+    # ---- the file -----------------------------------------------------------------------
+
+    def _read(self) -> MemoryEngine:
+        try:
+            with open(self.path, "rb") as f:
+                blob = f.read()
+        except FileNotFoundError as exc:
+            raise FormatError(f"{self.path}: no such file") from exc
+        except OSError as exc:
+            raise EngineError(f"{self.path}: cannot read the queue file: {exc}") from exc
+        if not blob:
+            raise CorruptError(f"{self.path} is empty; this engine never writes an empty file "
+                               "(remove it to start a new queue)")
+        if not blob.startswith(_HEADER):
+            raise FormatError(f"{self.path} is not a spoolq queue file (not a pickle of "
+                              f"protocol {_PROTOCOL})")
+        stream = io.BytesIO(blob)
+        try:
+            obj = _DataOnlyUnpickler(stream).load()
+        except _RefusedGlobal as exc:
+            raise FormatError(f"{self.path} is not a spoolq queue file: it names {exc}, which "
+                              "was refused unread") from exc
+        except Exception as exc:
+            # Unpickling damaged bytes fails with almost any exception type.
+            raise CorruptError(f"{self.path} is damaged: {type(exc).__name__}: {exc}") from exc
+        if stream.tell() != len(blob):
+            raise CorruptError(f"{self.path} is damaged: {len(blob) - stream.tell()} bytes "
+                               "follow the end of the pickle")
+        return MemoryEngine.load(*self._check(obj))
+
+    def _check(self, obj: object) -> tuple[int, dict[str, bytes], dict[str, list[RecordState]]]:
+        foreign = FormatError(f"{self.path} is a pickle file but not a spoolq queue file")
+        if not isinstance(obj, dict) or set(obj) != _KEYS:
+            raise foreign
+        meta, next_id, queues = obj["meta"], obj["next_id"], obj["queues"]
+        if not isinstance(meta, dict) or meta.get("application") != _APPLICATION:
+            raise foreign
+        version = meta.get("format_version")
+        if version != str(FORMAT_VERSION).encode():
+            shown = version.decode(errors="replace") if isinstance(version, bytes) else version
+            raise FormatError(f"{self.path} has format version {shown}; "
+                              f"this spoolq reads version {FORMAT_VERSION}")
+        damaged = CorruptError(f"{self.path} is damaged: its structure is not a spoolq queue's")
+        if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in meta.items()):
+            raise damaged
+        if not isinstance(next_id, int) or not isinstance(queues, dict):
+            raise damaged
+        checked: dict[str, list[RecordState]] = {}
+        for name, records in queues.items():
+            if not isinstance(name, str) or not isinstance(records, list):
+                raise damaged
+            rows = [_record(r) for r in records]
+            good = [r for r in rows if r is not None]
+            if len(good) != len(rows) or any(r[0] >= next_id for r in good):
+                raise damaged
+            checked[name] = good
+        return next_id, meta, checked
+
+    def _save(self) -> None:
+        next_id, meta, queues = self._mem.export()
+        blob = pickle.dumps({"meta": meta, "next_id": next_id, "queues": queues},
+                            protocol=_PROTOCOL)
+        tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                if self._fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self._fsync:
+            fsync_dir(self._directory)
+
+    def _remove_stale_temporaries(self) -> None:
+        # Left by a process killed while saving; safe to remove while we hold the lock.
+        for leftover in glob.glob(glob.escape(self.path) + ".*.tmp"):
+            with suppress(OSError):
+                os.unlink(leftover)
+                log.info("spoolq: removed %s, left by an interrupted save", leftover)
+
+    def _write(self, what: str, change: Callable[[MemoryEngine], T]) -> T:
+        """Apply ``change`` and save the file; on any failure go back to the file's contents."""
+        try:
+            result = change(self._mem)
+            if result or what == "set_meta":
+                self._save()
+        except BaseException as exc:
+            self._mem = self._read()
+            if isinstance(exc, OSError):
+                raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
+            raise
+        return result
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    # ---- the engine protocol ------------------------------------------------------------
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if len(records) != len(raw_sizes):
+            raise ValueError("records and raw_sizes differ in length")
+        return self._write("append", lambda m: m.append(queue, records, raw_sizes, now))
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        return self._write("take", lambda m: m.take(queue, n, now, lease))
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        def change(m: MemoryEngine) -> bool:
+            m.restore(queue, records)
+            return bool(records)
+
+        self._write("restore", change)
+
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        return self._write("ack", lambda m: m.ack(queue, deliveries, owner))
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        return self._write("release", lambda m: m.release(
+            queue, deliveries, owner, not_before=not_before, max_attempts=max_attempts,
+            count_attempt=count_attempt, reason=reason or "nacked"))
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        return self._write("expire", lambda m: m.expire(queue, now, owners=owners,
+                                                        max_attempts=max_attempts))
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        return self._mem.peek(queue, n, offset)
+
+    def counts(self, queue: str) -> Counts:
+        return self._mem.counts(queue)
+
+    def owners(self, queue: str) -> dict[str, int]:
+        return self._mem.owners(queue)
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        return self._write("move", lambda m: m.move(src, dst, ids))
+
+    def purge(self, queue: str) -> int:
+        return self._write("purge", lambda m: m.purge(queue))
+
+    def queues(self) -> list[str]:
+        return self._mem.queues()
+
+    def get_meta(self, key: str) -> bytes | None:
+        return self._mem.get_meta(key)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._write("set_meta", lambda m: m.set_meta(key, value))
+
+    def close(self) -> None:
+        self._unlock()
+
+
+class PickleEngine(SharedEngine):
+    """A queue file that is one pickled dict, rewritten on every change (see the module).
+
+    ``fsync=True`` (what ``durability="fsync"`` picks) fsyncs the file and its
+    directory before each changing call returns.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False,
+                 read_only: bool = False) -> None:
+        spath = os.fspath(path)
+        super().__init__(spath, read_only=read_only,
+                         opener=lambda: _PickleStore(spath, read_only=read_only, fsync=fsync))
+

@@ -1,0 +1,92 @@
+"""What is specific to the LMDB engine: map growth, delayed records, foreign LMDB files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lmdb
+import pytest
+
+import spoolq
+from spoolq import SyncQueue
+from spoolq.engines import Lease, LMDBEngine
+
+
+def test_map_grows_instead_of_failing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "q.lmdb"
+    chunks = [os.urandom(10_000) for _ in range(200)]  # 2 MB that no compressor shrinks
+    with caplog.at_level(logging.INFO, logger="spoolq"), SyncQueue.create(
+            path, engine_options={"map_size": 64 * 1024}) as q:
+        for start in range(0, len(chunks), 50):
+            q.put_many(chunks[start:start + 50])
+        assert q.qsize() == 200
+    assert any("grew it" in r.getMessage() for r in caplog.records)
+    with SyncQueue.create(path) as q:
+        assert q.get_many(None) == chunks
+
+
+def test_one_record_larger_than_the_map(tmp_path: Path) -> None:
+    eng = LMDBEngine(tmp_path / "q.lmdb", map_size=64 * 1024)
+    try:
+        big = os.urandom(3 * 1024 * 1024)
+        eng.append("q", [big], [len(big)], 1.0)
+        assert eng.take("q", 1, 1.0, None)[0].data == big
+    finally:
+        eng.close()
+
+
+def test_delayed_records_come_back_in_fifo_order(tmp_path: Path) -> None:
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        ids = eng.append("q", [b"a", b"b", b"c", b"d"], [1] * 4, 1.0)
+        leased = eng.take("q", 3, 1.0, Lease("me", 100.0))
+        # released in reverse, each visible later than the one before
+        for rec, delay in zip(reversed(leased), (10.0, 20.0, 30.0), strict=True):
+            eng.release("q", [(rec.id, 1)], "me", not_before=delay, max_attempts=None)
+        assert [r.data for r in eng.peek("q", 5)] == [b"a", b"b", b"c", b"d"]
+        assert [r.data for r in eng.take("q", 5, 15.0, None)] == [b"c", b"d"]
+        assert [r.data for r in eng.take("q", 5, 30.0, None)] == [b"a", b"b"]
+        assert eng.counts("q") == (0, 0, 0, 0)
+        moved = eng.append("src", [b"x", b"y", b"z"], [1] * 3, 1.0)
+        (rec,) = eng.take("src", 1, 1.0, Lease("me", 100.0))
+        eng.release("src", [(rec.id, 1)], "me", not_before=50.0, max_attempts=None)
+        assert eng.move("src", "dst") == 3
+        assert [r.data for r in eng.peek("dst", 5)] == [b"x", b"y", b"z"]
+        assert ids[-1] < moved[0]
+    finally:
+        eng.close()
+
+
+def test_moving_a_queue_onto_itself_ends(tmp_path: Path) -> None:
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        eng.append("q", [b"%d" % i for i in range(1500)], [1] * 1500, 1.0)
+        assert eng.move("q", "q") == 1500
+        assert eng.counts("q").ready == 1500
+        assert eng.peek("q", 1)[0].id > 1500
+    finally:
+        eng.close()
+
+
+def test_foreign_lmdb_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.lmdb"
+    with lmdb.open(str(path), subdir=False) as env, env.begin(write=True) as txn:
+        txn.put(b"user:1", b"alice")
+    with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
+        SyncQueue.create(path)
+
+
+def test_directory_in_place_of_the_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.lmdb"
+    path.mkdir()
+    with pytest.raises(spoolq.FormatError, match="is a directory"):
+        SyncQueue.create(path)
+
+
+def test_bad_options_are_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="map_size"):
+        LMDBEngine(tmp_path / "q.lmdb", map_size=0)
+    with pytest.raises(spoolq.ConfigurationError, match="max_readers"):
+        LMDBEngine(tmp_path / "q.lmdb", max_readers=0)
