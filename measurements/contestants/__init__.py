@@ -1,0 +1,1 @@
+"""Contestants: one small adapter per queue implementation, all with one interface."""
