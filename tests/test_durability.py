@@ -151,3 +151,48 @@ def test_bad_durability_is_refused(path: str) -> None:
         assert "durability" in str(exc)
     else:
         raise AssertionError("an unknown durability was accepted")
+
+
+def test_flush_writes_the_buffer_now(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path))
+    with SyncQueue.create(disk_path, engine=engine, durability="buffer",  # type: ignore[arg-type]
+                          flush_items=1000, flush_interval=3600) as q:
+        q.put_many(["a", "b"])
+        assert engine.appends == []
+        q.flush()
+        assert engine.appends == [2]
+        q.flush()
+        assert engine.appends == [2]
+
+
+async def test_async_flush_writes_the_buffer_now(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path))
+    async with await Queue.create(disk_path, engine=engine,  # type: ignore[arg-type]
+                                  durability="buffer", flush_interval=3600) as q:
+        await q.put("a")
+        await q.flush()
+        assert engine.appends == [1]
+
+
+def test_get_nowait_sees_another_handles_put_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "two.sqlite")
+    with SyncQueue.create(path) as a, SyncQueue.create(path) as b:
+        assert b.qsize() == 0
+        a.put("x")
+        assert b.get_nowait() == "x"
+
+
+def test_get_waits_quietly_while_only_delayed_items_exist(path: str) -> None:
+    engine_calls: list[int] = []
+    with SyncQueue.create(path, poll_interval=0.05) as q:
+        q.put("later")
+        q.nack(q.lease(), delay=0.5)
+        take = q._core.take
+
+        def counting_take(n: int, ttl: float | None) -> Any:
+            engine_calls.append(n)
+            return take(n, ttl)
+
+        q._core.take = counting_take  # type: ignore[method-assign]
+        assert q.get(timeout=3) == "later"
+    assert len(engine_calls) < 30, f"{len(engine_calls)} takes while waiting half a second"

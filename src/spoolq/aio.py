@@ -13,7 +13,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from .core import Message, QueueCore, Settings, _Ticket
+from .core import Message, QueueCore, Settings, _Ticket, resolve_target
 from .engines import Engine, StoredRecord
 from .errors import ClosedError, Empty, Full, QueueShutDown
 from .worker import Worker
@@ -22,6 +22,7 @@ __all__ = ["Queue"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+_LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 
 def _settle(tickets: list[_Ticket]) -> None:
@@ -76,19 +77,21 @@ class Queue(Generic[T]):
         core.on_settled = settle
 
     @classmethod
-    async def create(cls, path: str | os.PathLike[str], *, name: str = "default",
+    async def create(cls, path: str | os.PathLike[str], *, name: str | None = None,
                      engine: str | Engine | None = None, maxsize: int = 0,
                      serializer: object = None, compressor: object = None,
                      durability: str = "commit", flush_items: int = 1000,
                      flush_interval: float = 1.0, max_attempts: int | None = None,
                      poll_interval: float = 0.05, compress_threshold: int = 128,
-                     engine_options: dict[str, Any] | None = None) -> Queue[Any]:
+                     engine_options: dict[str, Any] | None = None,
+                     token: str | None = None) -> Queue[Any]:
         """Open the queue ``name`` in ``path`` (created if missing).
 
         Takes the same settings as :meth:`spoolq.SyncQueue.create`. Raises
         :class:`ConfigurationError` for bad settings and :class:`FormatError` /
         :class:`CorruptError` for a file that is not a sound spoolq queue.
         """
+        name, engine_options = resolve_target(path, name, engine, token, engine_options)
         settings = Settings(name=name, maxsize=maxsize, durability=durability,
                             flush_items=flush_items, flush_interval=flush_interval,
                             max_attempts=max_attempts, poll_interval=poll_interval,
@@ -198,6 +201,14 @@ class Queue(Generic[T]):
         records, sizes = self._core.encode((item,))
         self._core.put_now(records, sizes)
 
+    async def flush(self) -> None:
+        """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
+        self._check()
+        tickets = await self._call(self._core.flush)
+        errors = [t.error for t in tickets if t.error is not None]
+        if errors:
+            raise errors[0]
+
     async def _wait_for_room(self, n: int, deadline: float | None) -> None:
         core = self._core
         maxsize = core.settings.maxsize
@@ -233,6 +244,7 @@ class Queue(Generic[T]):
                     await self._call(core.refresh)
                 if core.ready_hint() > 0:
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
+                    before = len(got)
                     if self._inline:
                         got += core.take(want, ttl)
                     else:
@@ -246,7 +258,10 @@ class Queue(Generic[T]):
                             raise
                     if got and (not wait_for_all or n is None or len(got) >= n):
                         break
-                if not await self._wait(deadline, lambda: core.ready_hint() > 0):
+                    took_nothing = before == len(got)
+                else:
+                    took_nothing = False
+                if not await self._wait_for_items(deadline, took_nothing):
                     if got:
                         break
                     raise Empty("no item arrived within the timeout")
@@ -256,6 +271,27 @@ class Queue(Generic[T]):
         if not leased:
             self._wake()
         return got
+
+    async def _wait_for_items(self, deadline: float | None, took_nothing: bool) -> bool:
+        """Sleep until items may be ready; False once the deadline passed.
+
+        With an engine that can long-poll it blocks there (on a thread other than
+        the queue's worker). After a take found nothing although the counts
+        promised items (they are delayed by a nack), it sleeps a poll interval
+        instead of retrying at once.
+        """
+        core = self._core
+        if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
+            remaining = _LONG_POLL if deadline is None else min(deadline - time.monotonic(),
+                                                                _LONG_POLL)
+            if remaining <= 0:
+                return False
+            if await asyncio.to_thread(core.wait_ready, remaining):
+                await self._worker.submit(core.refresh)
+            return True
+        if took_nothing:
+            return await self._wait(deadline, lambda: False)
+        return await self._wait(deadline, lambda: core.ready_hint() > 0)
 
     async def get(self) -> T:
         """Remove and return the oldest item, waiting until one is ready.
@@ -401,6 +437,7 @@ class Queue(Generic[T]):
         """
         self._shutdown = True
         self._immediate = self._immediate or immediate
+        self._core.cancel_waits()
         self._wake()
 
     async def aclose(self) -> None:

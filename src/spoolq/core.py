@@ -20,9 +20,10 @@ from typing import Any, Generic, TypeVar
 
 from .codec import Codec
 from .engines import Counts, Engine, Lease, StoredRecord, dead_queue_name, open_engine
+from .engines.remote import url_queue_name
 from .errors import ClosedError, ConfigurationError, LeaseError, SpoolqError
 
-__all__ = ["DURABILITIES", "Message", "QueueCore", "Settings"]
+__all__ = ["DURABILITIES", "Message", "QueueCore", "Settings", "resolve_target"]
 
 log = logging.getLogger("spoolq")
 
@@ -80,6 +81,25 @@ class Settings:
                 f"max_attempts must be None or an int >= 1, not {self.max_attempts!r}")
         if not self.poll_interval > 0:
             raise ConfigurationError(f"poll_interval must be > 0, not {self.poll_interval!r}")
+
+
+def resolve_target(path: str | os.PathLike[str], name: str | None,
+                   engine: str | Engine | None, token: str | None,
+                   engine_options: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """The queue name and engine options of ``create()``: a ``spoolq://`` URL's path names
+    the queue (a different ``name=`` is an error); ``token`` goes to the remote engine."""
+    url_name = url_queue_name(path)
+    if url_name is not None and name is not None and name != url_name:
+        raise ConfigurationError(f"the URL names the queue {url_name!r}, not {name!r}")
+    if token is not None:
+        remote = engine == "remote" or (
+            engine is None and os.fspath(path).startswith("spoolq://"))
+        if not remote:
+            raise ConfigurationError("token= applies to spoolq:// servers only")
+        engine_options = {**(engine_options or {}), "token": token}
+    if url_name is not None:
+        return url_name, engine_options
+    return "default" if name is None else name, engine_options
 
 
 def _process_start(pid: int) -> str:
@@ -241,9 +261,10 @@ class QueueCore:
 
     # ---- counts -------------------------------------------------------------------------
 
-    def _refresh_locked(self) -> Counts:
+    def _refresh_locked(self, dead: bool = True) -> Counts:
         self._counts = self.engine.counts(self.name)
-        self._dead = self.engine.counts(self.dead_name).ready
+        if dead:
+            self._dead = self.engine.counts(self.dead_name).ready
         self._last_refresh = time.monotonic()
         return self._counts
 
@@ -258,6 +279,21 @@ class QueueCore:
     def refresh_due(self) -> bool:
         """Whether the poll interval has passed since the counts were last read."""
         return time.monotonic() - self._last_refresh >= self.settings.poll_interval
+
+    @property
+    def can_wait_ready(self) -> bool:
+        """Whether the engine can block until the queue may have items (long-poll)."""
+        return hasattr(self.engine, "wait_ready")
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block up to ``timeout`` until the engine says items may be ready; no lock is held."""
+        return bool(self.engine.wait_ready(self.name, timeout))  # type: ignore[attr-defined]
+
+    def cancel_waits(self) -> None:
+        """End every wait_ready in progress (on shutdown and close)."""
+        cancel = getattr(self.engine, "cancel_waits", None)
+        if cancel is not None:
+            cancel()
 
     def ready_hint(self) -> int:
         """Ready items as this handle last knew them, including unflushed buffered puts."""
@@ -399,9 +435,10 @@ class QueueCore:
     def _reap_locked(self, now: float) -> None:
         if self._counts.leased and now >= self._next_reap:
             self._next_reap = now + min(1.0, self.settings.poll_interval * 10)
-            if self.engine.expire(self.name, now, max_attempts=self.settings.max_attempts):
+            released = self.engine.expire(self.name, now, max_attempts=self.settings.max_attempts)
+            if released:
                 self._refresh_locked()
-                self.counters["redelivered"] += 1
+                self.counters["redelivered"] += released
 
     def take(self, n: int, ttl: float | None) -> list[StoredRecord]:
         """Remove (ttl None) or lease up to n ready records; never waits."""
@@ -477,7 +514,7 @@ class QueueCore:
         with self.lock:
             self._check_open()
             done = self.engine.ack(self.name, deliveries, self.owner)
-            self._refresh_locked()
+            self._refresh_locked(dead=False)
             self.counters["acks"] += len(done)
             self.unfinished = max(self.unfinished - len(done), 0)
         self._raise_missing(deliveries, done, "ack")
@@ -539,6 +576,7 @@ class QueueCore:
         """Flush buffered puts, release this handle's leases and close the engine."""
         if self.closed:
             return
+        self.cancel_waits()
         self._flusher_stop.set()
         if self._flusher is not None:
             self._flusher.join()

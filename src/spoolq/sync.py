@@ -10,13 +10,14 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from .core import Message, QueueCore, Settings
+from .core import Message, QueueCore, Settings, resolve_target
 from .engines import Engine
 from .errors import Empty, Full, QueueShutDown
 
 __all__ = ["SyncQueue"]
 
 T = TypeVar("T")
+_LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 
 class SyncQueue(Generic[T]):
@@ -38,13 +39,14 @@ class SyncQueue(Generic[T]):
         core.listeners.append(self._wake)
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], *, name: str = "default",
+    def create(cls, path: str | os.PathLike[str], *, name: str | None = None,
                engine: str | Engine | None = None, maxsize: int = 0,
                serializer: object = None, compressor: object = None,
                durability: str = "commit", flush_items: int = 1000,
                flush_interval: float = 1.0, max_attempts: int | None = None,
                poll_interval: float = 0.05, compress_threshold: int = 128,
-               engine_options: dict[str, Any] | None = None) -> SyncQueue[Any]:
+               engine_options: dict[str, Any] | None = None,
+               token: str | None = None) -> SyncQueue[Any]:
         """Open the queue ``name`` in ``path`` (created if missing).
 
         ``engine`` is picked from the path unless given (a name or an engine
@@ -60,6 +62,7 @@ class SyncQueue(Generic[T]):
         :class:`FormatError` / :class:`CorruptError` for a file that is not a
         sound spoolq queue.
         """
+        name, engine_options = resolve_target(path, name, engine, token, engine_options)
         settings = Settings(name=name, maxsize=maxsize, durability=durability,
                             flush_items=flush_items, flush_interval=flush_interval,
                             max_attempts=max_attempts, poll_interval=poll_interval,
@@ -123,6 +126,13 @@ class SyncQueue(Generic[T]):
             self._wait_for_room(len(records), block, timeout)
             self._core.put_now(records, sizes)
 
+    def flush(self) -> None:
+        """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
+        tickets = self._core.flush()
+        errors = [t.error for t in tickets if t.error is not None]
+        if errors:
+            raise errors[0]
+
     def _wait_for_room(self, n: int, block: bool, timeout: float | None) -> None:
         maxsize = self._core.settings.maxsize
         deadline = self._deadline(block, timeout)
@@ -163,22 +173,45 @@ class SyncQueue(Generic[T]):
         while True:
             if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                 raise QueueShutDown("the queue is shut down")
-            if core.ready_hint() == 0 and core.refresh_due():
+            if core.ready_hint() == 0 and (core.refresh_due() or not block):
                 core.refresh()
+            took_nothing = False
             if core.ready_hint() > 0:
                 want = max(core.ready_hint(), 1) if n is None else n - len(got)
+                before = len(got)
                 got += core.take(want, ttl)
                 if got and (not wait_for_all or n is None or len(got) >= n):
                     break
+                took_nothing = before == len(got)
             if not block:
                 if got:
                     break
                 raise Empty("the queue is empty")
-            if not self._wait(deadline, lambda: core.ready_hint() > 0):
+            if not self._wait_for_items(deadline, took_nothing):
                 if got:
                     break
                 raise Empty("no item arrived within the timeout")
         return got
+
+    def _wait_for_items(self, deadline: float | None, took_nothing: bool) -> bool:
+        """Sleep until items may be ready; False once the deadline passed.
+
+        With an engine that can long-poll it blocks there. After a take found
+        nothing although the counts promised items (they are delayed by a nack),
+        it sleeps a poll interval instead of retrying at once.
+        """
+        core = self._core
+        if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
+            remaining = _LONG_POLL if deadline is None else min(deadline - time.monotonic(),
+                                                                _LONG_POLL)
+            if remaining <= 0:
+                return False
+            if core.wait_ready(remaining):
+                core.refresh()
+            return True
+        if took_nothing:
+            return self._wait(deadline, lambda: False)
+        return self._wait(deadline, lambda: core.ready_hint() > 0)
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting for one if needed.
@@ -306,6 +339,7 @@ class SyncQueue(Generic[T]):
         """
         self._shutdown = True
         self._immediate = self._immediate or immediate
+        self._core.cancel_waits()
         with self._cond:
             self._cond.notify_all()
 
