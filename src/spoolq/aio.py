@@ -13,6 +13,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._views import QueueViews
 from .core import Message, QueueCore, Settings, _Ticket, resolve_target
 from .engines import Engine, StoredRecord
 from .errors import ClosedError, Empty, Full, QueueShutDown
@@ -42,7 +43,7 @@ def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
             fut.set_result(None)
 
 
-class Queue(Generic[T]):
+class Queue(QueueViews, Generic[T]):
     """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
 
     Create it with ``await Queue.create(path, ...)``; close it with
@@ -392,32 +393,6 @@ class Queue(Generic[T]):
         return await self._call(partial(self._core.purge, dead=dead))
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
-
-    def qsize(self) -> int:
-        """Ready items (approximate when other processes share the file)."""
-        return self._core.ready_hint()
-
-    def empty(self) -> bool:
-        """True when no item is ready (approximate, like qsize)."""
-        return self.qsize() == 0
-
-    def full(self) -> bool:
-        """True when ``maxsize`` is set and reached (approximate, like qsize)."""
-        maxsize = self._core.settings.maxsize
-        return maxsize > 0 and self.qsize() >= maxsize
-
-    @property
-    def maxsize(self) -> int:
-        return self._core.settings.maxsize
-
-    @property
-    def name(self) -> str:
-        return self._core.name
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Counts, sizes and counters; see the README for each key. Never blocks."""
-        return self._core.stats()
 
     def task_done(self) -> None:
         """Mark one item taken with ``get`` as processed; ValueError if none is unfinished."""

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._views import QueueViews
 from .core import Message, QueueCore, Settings, resolve_target
 from .engines import Engine
 from .errors import Empty, Full, QueueShutDown
@@ -20,7 +21,7 @@ T = TypeVar("T")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 
-class SyncQueue(Generic[T]):
+class SyncQueue(QueueViews, Generic[T]):
     """A durable FIFO queue for threads, with the signatures of ``queue.Queue``.
 
     Create it with :meth:`create`; close it with :meth:`close` or ``with``.
@@ -293,32 +294,6 @@ class SyncQueue(Generic[T]):
         return self._core.purge(dead=dead)
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
-
-    def qsize(self) -> int:
-        """Ready items (approximate when other processes share the file)."""
-        return self._core.ready_hint()
-
-    def empty(self) -> bool:
-        """True when no item is ready (approximate, like qsize)."""
-        return self.qsize() == 0
-
-    def full(self) -> bool:
-        """True when ``maxsize`` is set and reached (approximate, like qsize)."""
-        maxsize = self._core.settings.maxsize
-        return maxsize > 0 and self.qsize() >= maxsize
-
-    @property
-    def maxsize(self) -> int:
-        return self._core.settings.maxsize
-
-    @property
-    def name(self) -> str:
-        return self._core.name
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Counts, sizes and counters; see the README for each key. Never blocks."""
-        return self._core.stats()
 
     def task_done(self) -> None:
         """Mark one item taken with ``get`` as processed; ValueError if none is unfinished."""
