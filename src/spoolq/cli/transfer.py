@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import os
+import sys
 from typing import IO, Any
 
 import click
@@ -82,7 +83,7 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
             state.check_queue_name(eng, name)
         with state.progress("dumping", total) as advance:
             if output is None or output == "-":
-                written = _write_items(eng, name, decoder, click.get_binary_stream("stdout"),
+                written = _write_items(eng, name, decoder, sys.stdout.buffer,
                                        chunk, advance)
             else:
                 partial = output + ".part"
@@ -144,7 +145,7 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     if path == ":memory:":
         raise click.UsageError("':memory:' holds nothing once this command ends")
     state = CliState()
-    stream: IO[bytes] = (click.get_binary_stream("stdin") if file == "-"
+    stream: IO[bytes] = (sys.stdin.buffer if file == "-"
                          else open(file, "rb"))  # noqa: SIM115 - closed below
     loaded = 0
     try:
@@ -167,7 +168,7 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
                 advance(len(batch))
     except Refused as exc:
         if loaded:
-            exc.message += f" ({loaded} item(s) before it were loaded)"
+            raise Refused(f"{exc.message} ({loaded} item(s) before it were loaded)") from exc
         raise
     finally:
         if file != "-":
