@@ -115,7 +115,7 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
         SyncQueue.create(path)
 
 
-def test_damaged_record_raises_and_names_it(tmp_path: Path) -> None:
+def test_damaged_record_is_reported_and_set_aside(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     with SyncQueue.create(path) as q:
         q.put_many(["good", "will be damaged", "after"])
@@ -126,7 +126,12 @@ def test_damaged_record_raises_and_names_it(tmp_path: Path) -> None:
     with SyncQueue.create(path) as q:
         assert q.get() == "good"
         with pytest.raises(spoolq.CorruptError, match="record 2"):
-            q.get()
+            q.peek(offset=0)
+        # a get never hands out a wrong item nor loses the damaged one: it becomes a dead letter
+        assert q.get() == "after"
+        assert q.stats["dead"] == 1
+        with pytest.raises(spoolq.CorruptError, match="checksum"):
+            q.peek(dead=True)
 
 
 def test_codec_settings_are_stored_in_the_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import warnings
@@ -14,14 +15,15 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
-from .core import Message, QueueCore, Settings, _Ticket, resolve_target
-from .engines import Engine, StoredRecord
-from .errors import ClosedError, Empty, Full, QueueShutDown
+from .core import Message, QueueCore, Settings, Taken, _Ticket, resolve_target
+from .engines import Engine
+from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .worker import Worker
 
 __all__ = ["Queue"]
 
 T = TypeVar("T")
+log = logging.getLogger("spoolq")
 R = TypeVar("R")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
@@ -62,6 +64,7 @@ class Queue(QueueViews, Generic[T]):
         self._shutdown = False
         self._immediate = False
         self._closed = False
+        self._takers = 0
         self._inline = bool(getattr(core.engine, "inline", False))
         ref = weakref.ref(self)
 
@@ -226,21 +229,24 @@ class Queue(QueueViews, Generic[T]):
 
     # ---- getting ------------------------------------------------------------------------
 
-    def _give_back(self, leased: bool, recs: list[StoredRecord]) -> None:
+    def _give_back(self, leased: bool, recs: list[Taken]) -> None:
         if recs:
             self._worker.post(self._core.restore, recs, leased)
 
     async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
-                    wait_for_all: bool = False) -> list[StoredRecord]:
+                    wait_for_all: bool = False) -> list[Taken]:
         self._check()
         deadline = self._deadline(timeout)
         core = self._core
-        got: list[StoredRecord] = []
+        got: list[Taken] = []
         leased = ttl is not None
+        self._takers += 1
         try:
             while True:
                 if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                     raise QueueShutDown("the queue is shut down")
+                if self._shutdown and got and core.ready_hint() == 0:
+                    break  # nothing more can come: hand out the part batch
                 if core.ready_hint() == 0 and core.refresh_due():
                     await self._call(core.refresh)
                 if core.ready_hint() > 0:
@@ -269,6 +275,8 @@ class Queue(QueueViews, Generic[T]):
         except BaseException:
             self._give_back(leased, got)
             raise
+        finally:
+            self._takers -= 1
         if not leased:
             self._wake()
         return got
@@ -302,7 +310,7 @@ class Queue(QueueViews, Generic[T]):
         leaves the item in the queue.
         """
         recs = await self._take(1, None, None)
-        item: T = self._core.decode(recs)[0]
+        item: T = self._core.items(recs)[0]
         return item
 
     def get_nowait(self) -> T:
@@ -320,7 +328,7 @@ class Queue(QueueViews, Generic[T]):
         if not recs:
             raise Empty("the queue is empty")
         self._wake()
-        item: T = core.decode(recs)[0]
+        item: T = core.items(recs)[0]
         return item
 
     async def get_many(self, n: int | None = None, timeout: float | None = None) -> list[T]:
@@ -333,10 +341,12 @@ class Queue(QueueViews, Generic[T]):
         """
         if n is not None and n < 1:
             raise ValueError("n must be >= 1 or None")
-        return self._core.decode(await self._take(n, timeout, None, wait_for_all=True))
+        return self._core.items(await self._take(n, timeout, None, wait_for_all=True))
 
     async def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
         """Return up to ``n`` items from the head (after ``offset``) without removing them."""
+        if n < 0 or offset < 0:
+            raise ValueError("n and offset must be >= 0")
         self._check()
         return await self._call(partial(self._core.peek, n, offset, dead=dead))
 
@@ -356,6 +366,8 @@ class Queue(QueueViews, Generic[T]):
         """Lease up to ``n`` items: waits for one, then takes what is ready up to ``n``."""
         if ttl <= 0:
             raise ValueError("ttl must be > 0")
+        if n < 1:
+            raise ValueError("n must be >= 1")
         return self._core.messages(await self._take(n, timeout, ttl))
 
     async def ack(self, *messages: Message[T]) -> None:
@@ -378,7 +390,10 @@ class Queue(QueueViews, Generic[T]):
         try:
             yield msg.item
         except BaseException:
-            await asyncio.shield(self.nack(msg))
+            try:
+                await asyncio.shield(self.nack(msg))
+            except LeaseError:
+                log.warning("spoolq: message %d: lease lost before it could be nacked", msg.id)
             raise
         await self.ack(msg)
 
@@ -402,7 +417,7 @@ class Queue(QueueViews, Generic[T]):
 
     async def join(self) -> None:
         """Wait until every item put (or present at open) has been processed."""
-        while self._core.unfinished:
+        while self._core.unfinished and not self._immediate:
             await self._wait(None, lambda: not self._core.unfinished)
 
     def shutdown(self, immediate: bool = False) -> None:
@@ -421,6 +436,9 @@ class Queue(QueueViews, Generic[T]):
             return
         self.shutdown(immediate=True)
         self._closed = True
+        deadline = time.monotonic() + 10.0
+        while self._takers and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # waiting gets give their items back first
         try:
             await self._worker.submit(self._core.close)
         finally:

@@ -32,12 +32,13 @@ class Batcher(Generic[T]):
     overlap.
 
     ``queue`` is an open :class:`spoolq.Queue` (left open on stop) or a path
-    (opened on start with ``name`` and closed on stop). ``lease_ttl`` must
+    (opened on start with ``name`` and closed on stop); by default the file
+    ``<name>.spoolq.sqlite`` in the working directory. ``lease_ttl`` must
     exceed the longest ``on_flush`` call, or the batch is delivered again.
     """
 
     def __init__(self, on_flush: Callable[[list[T]], Awaitable[Any]], *,
-                 queue: Queue[T] | str | os.PathLike[str],
+                 queue: Queue[T] | str | os.PathLike[str] | None = None,
                  max_batch_size: int = 100, flush_interval: float = 10.0,
                  name: str = "batcher", logger: logging.Logger | None = None,
                  retry_delay: float = 0.5, max_retry_delay: float = 60.0,
@@ -49,7 +50,7 @@ class Batcher(Generic[T]):
         if not 0 < retry_delay <= max_retry_delay:
             raise ConfigurationError("retry_delay must be > 0 and <= max_retry_delay")
         self._on_flush = on_flush
-        self._queue_arg = queue
+        self._queue_arg = f"{name}.spoolq.sqlite" if queue is None else queue
         self._queue: Queue[T] | None = queue if isinstance(queue, Queue) else None
         self._owns_queue = not isinstance(queue, Queue)
         self.max_batch_size = max_batch_size

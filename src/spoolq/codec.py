@@ -384,7 +384,7 @@ class Codec:
             try:
                 return bytes(zdict.decompress(payload))
             except SerializationError as exc:
-                raise SerializationError(f"{where}: {exc}") from exc
+                raise type(exc)(f"{where}: {exc}") from exc
             except Exception as exc:
                 raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
         if comp_id == self._comp_id and (comp_id != CUSTOM_ID or name == self.compressor_name):

@@ -21,13 +21,22 @@ from typing import Any, Generic, TypeVar
 from .codec import Codec
 from .engines import Counts, Engine, Lease, StoredRecord, dead_queue_name, open_engine
 from .engines.remote import url_queue_name
-from .errors import ClosedError, ConfigurationError, LeaseError, SpoolqError
+from .errors import (
+    ClosedError,
+    ConfigurationError,
+    CorruptError,
+    LeaseError,
+    SerializationError,
+)
+from .zdict import MissingDictionary
 
 __all__ = ["DURABILITIES", "Message", "QueueCore", "Settings", "resolve_target"]
 
 log = logging.getLogger("spoolq")
 
 T = TypeVar("T")
+Taken = tuple[StoredRecord, Any]
+"""A record taken from the engine with its decoded item."""
 DURABILITIES = ("fsync", "commit", "buffer")
 DICTIONARY_QUEUE = "__spoolq_dictionaries__"
 """The internal queue holding trained zstd dictionaries, one record each."""
@@ -176,6 +185,12 @@ class GroupCommit:
 
     def pending(self) -> int:
         return len(self._records)
+
+    def put_back(self, records: list[bytes], sizes: list[int]) -> None:
+        """Return records whose write failed to the front of the next batch."""
+        with self._lock:
+            self._records[:0] = records
+            self._sizes[:0] = sizes
 
     def take_all(self) -> tuple[list[bytes], list[int], list[_Ticket]]:
         with self._lock:
@@ -355,7 +370,12 @@ class QueueCore:
         return self.settings.durability != "buffer" or pending >= self.settings.flush_items
 
     def flush(self) -> list[_Ticket]:
-        """Write every pending record in one engine transaction; settle their tickets."""
+        """Write every pending record in one engine transaction; settle their tickets.
+
+        If the write fails, waiting callers get the error; with durability
+        "buffer", whose callers have returned already, the records stay
+        buffered for the next flush instead.
+        """
         with self.lock:
             records, sizes, tickets = self.group.take_all()
             if not records and not tickets:
@@ -366,11 +386,13 @@ class QueueCore:
                 self.engine.append(self.name, records, sizes, time.time())
             except BaseException as exc:
                 error = exc
-                self.unfinished -= len(records)
-            self._pending_bytes = (0, 0)
-            if error is None and self.codec.training_due:
-                self._train_locked()
-            if error is None:
+                if self.settings.durability == "buffer" and not self.closed:
+                    self.group.put_back(records, sizes)
+                else:
+                    self.unfinished -= len(records)
+                    self._pending_bytes = (0, 0)
+            else:
+                self._pending_bytes = (0, 0)
                 c = self._counts
                 self._counts = Counts(c.ready + len(records), c.leased,
                                       c.stored_bytes + sum(map(len, records)),
@@ -383,10 +405,21 @@ class QueueCore:
             self.on_settled(tickets)
         if error is None:
             self._notify()
-        elif not isinstance(error, SpoolqError):
-            log.error("spoolq: writing %d records to %r failed", len(records), self.name,
+            if self.codec.training_due:
+                self._train()
+        else:
+            log.error("spoolq: writing %d records to %r failed%s", len(records), self.name,
+                      "; they stay buffered" if self.settings.durability == "buffer" else "",
                       exc_info=error)
         return tickets
+
+    def _train(self) -> None:
+        """Train the zstd dictionary; a failure is logged and never fails a put."""
+        try:
+            with self.lock:
+                self._train_locked()
+        except Exception:
+            log.exception("spoolq: queue %r: training a zstd dictionary failed", self.name)
 
     def _train_locked(self) -> None:
         """Train the queue's zstd dictionary from sampled records and store it in the file."""
@@ -440,8 +473,13 @@ class QueueCore:
                 self._refresh_locked()
                 self.counters["redelivered"] += released
 
-    def take(self, n: int, ttl: float | None) -> list[StoredRecord]:
-        """Remove (ttl None) or lease up to n ready records; never waits."""
+    def take(self, n: int, ttl: float | None) -> list[Taken]:
+        """Remove (ttl None) or lease up to n ready records and decode them; never waits.
+
+        A record that cannot be decoded (damaged, or written by a codec this
+        queue does not have) is moved to the dead letters with the reason, and
+        logged, rather than handed out or lost.
+        """
         with self.lock:
             self._check_open()
             if self.group.pending():
@@ -454,7 +492,7 @@ class QueueCore:
             if not recs:
                 if time.monotonic() - self._last_refresh > self.settings.poll_interval or c.ready:
                     self._refresh_locked()
-                return recs
+                return []
             k = len(recs)
             if lease is None:
                 self._counts = Counts(max(c.ready - k, 0), c.leased,
@@ -464,13 +502,46 @@ class QueueCore:
             else:
                 self._counts = Counts(max(c.ready - k, 0), c.leased + k, c.stored_bytes,
                                       c.raw_bytes)
-        return recs
+        return self._decode_taken(recs, lease is not None)
 
-    def restore(self, recs: Sequence[StoredRecord], leased: bool) -> None:
-        """Give back records whose taker never received them (a cancelled waiter)."""
-        if not recs:
-            return
+    def _decode_one(self, rec: StoredRecord) -> Any:
+        try:
+            return self.codec.decode(rec.data, rec.id)
+        except MissingDictionary:
+            # another handle trained it after this one opened the file
+            with self.lock:
+                load_dictionaries(self.engine, self.name, self.codec)
+            return self.codec.decode(rec.data, rec.id)
+
+    def _decode_taken(self, recs: list[StoredRecord], leased: bool) -> list[Taken]:
+        taken: list[Taken] = []
+        for rec in recs:
+            try:
+                taken.append((rec, self._decode_one(rec)))
+            except (CorruptError, SerializationError) as exc:
+                self._bury(rec, leased, exc)
+        return taken
+
+    def _bury(self, rec: StoredRecord, leased: bool, error: Exception) -> None:
+        reason = f"cannot be decoded: {error}"
+        log.error("spoolq: queue %r: record %d %s; moved to %r", self.name, rec.id, reason,
+                  self.dead_name)
         with self.lock:
+            if leased:
+                self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,
+                                    not_before=0.0, max_attempts=1, reason=reason)
+            else:
+                self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
+                self.counters["gets"] -= 1
+            self._refresh_locked()
+
+    def restore(self, taken: Sequence[Taken], leased: bool) -> None:
+        """Give back records whose taker never received them (a cancelled waiter)."""
+        if not taken:
+            return
+        recs = [rec for rec, _item in taken]
+        with self.lock:
+            self._check_open()
             if leased:
                 self.engine.release(self.name, [(r.id, r.attempts) for r in recs], self.owner,
                                     not_before=0.0, max_attempts=None, count_attempt=False)
@@ -480,14 +551,13 @@ class QueueCore:
             self._refresh_locked()
         self._notify()
 
-    def decode(self, recs: Sequence[StoredRecord]) -> list[Any]:
-        decode = self.codec.decode
-        return [decode(r.data, r.id) for r in recs]
+    @staticmethod
+    def items(taken: Sequence[Taken]) -> list[Any]:
+        return [item for _rec, item in taken]
 
-    def messages(self, recs: Sequence[StoredRecord]) -> list[Message[Any]]:
-        decode = self.codec.decode
-        return [Message(decode(r.data, r.id), r.id, r.attempts, r.enqueued_at, self.name,
-                        self.owner) for r in recs]
+    def messages(self, taken: Sequence[Taken]) -> list[Message[Any]]:
+        return [Message(item, r.id, r.attempts, r.enqueued_at, self.name, self.owner)
+                for r, item in taken]
 
     def peek(self, n: int, offset: int = 0, *, dead: bool = False) -> list[Any]:
         with self.lock:
@@ -495,7 +565,7 @@ class QueueCore:
             if self.group.pending():
                 self.flush()
             recs = self.engine.peek(self.dead_name if dead else self.name, n, offset)
-        return self.decode(recs)
+        return [self._decode_one(rec) for rec in recs]
 
     # ---- settling leases ----------------------------------------------------------------
 

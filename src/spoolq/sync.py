@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -13,11 +14,12 @@ from typing import Any, Generic, TypeVar
 from ._views import QueueViews
 from .core import Message, QueueCore, Settings, resolve_target
 from .engines import Engine
-from .errors import Empty, Full, QueueShutDown
+from .errors import Empty, Full, LeaseError, QueueShutDown
 
 __all__ = ["SyncQueue"]
 
 T = TypeVar("T")
+log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 
@@ -37,6 +39,7 @@ class SyncQueue(QueueViews, Generic[T]):
         self._all_done = threading.Condition(mutex)
         self._shutdown = False
         self._immediate = False
+        self._takers = 0
         core.listeners.append(self._wake)
 
     @classmethod
@@ -158,12 +161,18 @@ class SyncQueue(QueueViews, Generic[T]):
         deadline = self._deadline(block, timeout)
         core = self._core
         got: list[Any] = []
+        with self._cond:
+            self._takers += 1
         try:
             got = self._take_loop(n, deadline, block, ttl, wait_for_all, got)
         except BaseException:
             if got:
                 core.restore(got, ttl is not None)
             raise
+        finally:
+            with self._cond:
+                self._takers -= 1
+                self._cond.notify_all()
         if ttl is None:
             self._wake()
         return got
@@ -174,6 +183,8 @@ class SyncQueue(QueueViews, Generic[T]):
         while True:
             if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                 raise QueueShutDown("the queue is shut down")
+            if self._shutdown and got and core.ready_hint() == 0:
+                break  # nothing more can come: hand out the part batch
             if core.ready_hint() == 0 and (core.refresh_due() or not block):
                 core.refresh()
             took_nothing = False
@@ -221,7 +232,7 @@ class SyncQueue(QueueViews, Generic[T]):
         when ``timeout`` seconds pass; :class:`QueueShutDown` once the queue is
         shut down and drained.
         """
-        item: T = self._core.decode(self._take(1, block, timeout, None))[0]
+        item: T = self._core.items(self._take(1, block, timeout, None))[0]
         return item
 
     def get_nowait(self) -> T:
@@ -239,10 +250,12 @@ class SyncQueue(QueueViews, Generic[T]):
         """
         if n is not None and n < 1:
             raise ValueError("n must be >= 1 or None")
-        return self._core.decode(self._take(n, block, timeout, None, wait_for_all=True))
+        return self._core.items(self._take(n, block, timeout, None, wait_for_all=True))
 
     def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
         """Return up to ``n`` items from the head (after ``offset``) without removing them."""
+        if n < 0 or offset < 0:
+            raise ValueError("n and offset must be >= 0")
         return self._core.peek(n, offset, dead=dead)
 
     # ---- leases -------------------------------------------------------------------------
@@ -261,6 +274,8 @@ class SyncQueue(QueueViews, Generic[T]):
         """Lease up to ``n`` items: waits for one, then takes what is ready up to ``n``."""
         if ttl <= 0:
             raise ValueError("ttl must be > 0")
+        if n < 1:
+            raise ValueError("n must be >= 1")
         return self._core.messages(self._take(n, block, timeout, ttl))
 
     def ack(self, *messages: Message[T]) -> None:
@@ -281,7 +296,10 @@ class SyncQueue(QueueViews, Generic[T]):
         try:
             yield msg.item
         except BaseException:
-            self.nack(msg)
+            try:
+                self.nack(msg)
+            except LeaseError:
+                log.warning("spoolq: message %d: lease lost before it could be nacked", msg.id)
             raise
         self.ack(msg)
 
@@ -302,9 +320,10 @@ class SyncQueue(QueueViews, Generic[T]):
             self._all_done.notify_all()
 
     def join(self) -> None:
-        """Block until every item put (or present at open) has been processed."""
+        """Block until every item put (or present at open) has been processed, or the
+        queue is shut down with ``immediate=True``."""
         with self._cond:
-            while self._core.unfinished:
+            while self._core.unfinished and not self._immediate:
                 self._all_done.wait(self._core.settings.poll_interval)
 
     def shutdown(self, immediate: bool = False) -> None:
@@ -319,8 +338,16 @@ class SyncQueue(QueueViews, Generic[T]):
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Flush, release this handle's leases and close the file; idempotent."""
+        """Flush, release this handle's leases and close the file; idempotent.
+
+        Calls waiting in other threads raise :class:`QueueShutDown`; items they
+        held go back to the queue before the file closes.
+        """
         self.shutdown(immediate=True)
+        deadline = time.monotonic() + 10.0
+        with self._cond:
+            while self._takers and time.monotonic() < deadline:
+                self._cond.wait(0.05)
         self._core.close()
 
     def __enter__(self) -> SyncQueue[T]:

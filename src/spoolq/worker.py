@@ -65,6 +65,9 @@ def _run(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) 
             except RuntimeError:
                 log.warning("spoolq: event loop closed before %d results were delivered",
                             len(done))
+                for _fut, result, error, undo in done:
+                    if error is None and undo is not None:
+                        undo(result)  # give back what no one will receive
         if stop:
             return
 

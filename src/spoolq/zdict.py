@@ -23,9 +23,15 @@ import zstandard
 
 from .errors import CorruptError, SerializationError
 
-__all__ = ["ZstdDictCompressor"]
+__all__ = ["MissingDictionary", "ZstdDictCompressor"]
 
 DICT_SIZE = 16 * 1024
+
+
+class MissingDictionary(SerializationError):
+    """A record names a zstd dictionary this codec has not been given (yet)."""
+
+
 SAMPLE_COUNT = 1000
 SAMPLE_BYTES = 1 << 20
 LEVEL = 3
@@ -124,7 +130,8 @@ class ZstdDictCompressor:
         if dec is None:
             zdict = self._dicts.get(number)
             if number and zdict is None:
-                raise SerializationError(
-                    f"the record needs zstd dictionary {number}, which the file does not hold")
+                raise MissingDictionary(
+                    f"the record needs zstd dictionary {number}, which this reader does not "
+                    "have")
             dec = cache[number] = zstandard.ZstdDecompressor(dict_data=zdict, format=_FORMAT)
         return bytes(dec.decompress(data[1:]))

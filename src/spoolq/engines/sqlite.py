@@ -95,6 +95,11 @@ def _json(values: Sequence[Any]) -> str:
     return json.dumps(list(values))
 
 
+def _in_range(deliveries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Deliveries whose ids can belong to a queue; others could reach another queue's rows."""
+    return [(i, a) for i, a in deliveries if 0 < i <= _MASK]
+
+
 class SQLiteEngine:
     """Queue storage in one SQLite file (WAL mode), safe to share between processes.
 
@@ -312,6 +317,7 @@ class SQLiteEngine:
                                sum(r.raw_size for r in records), queue))
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        deliveries = _in_range(deliveries)
         if not deliveries:
             return []
         return self._txn("ack", self._ack, queue, deliveries, owner)
@@ -368,6 +374,7 @@ class SQLiteEngine:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        deliveries = _in_range(deliveries)
         if not deliveries:
             return []
         return self._txn(
@@ -447,7 +454,7 @@ class SQLiteEngine:
             rows = conn.execute(
                 "SELECT id, enqueued_at, raw_size, data FROM spoolq_records "
                 "WHERE id IN (SELECT ? + value FROM json_each(?)) ORDER BY id",
-                (lo, _json(ids))).fetchall()
+                (lo, _json([i for i in ids if 0 < i <= _MASK]))).fetchall()
         if not rows:
             return 0
         stored, raw = sum(len(r[3]) for r in rows), sum(r[2] for r in rows)
