@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,10 @@ def test_process_dump_piped_into_load_without_progress_output(filled: str,
     assert items(target) == [{"n": n} for n in range(2, 25)]
     migrated = run_process("migrate", target, str(tmp_path / "again.sqlite"), "--json")
     assert json.loads(migrated.stdout)["queues"][0]["copied"] == 23
+
+
+def test_serve_takes_the_server_options() -> None:
+    result = subprocess.run([sys.executable, "-m", "spoolq", "serve", "--help"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    assert "--token-file" in result.stdout and "--max-frame" in result.stdout

@@ -18,6 +18,7 @@ from ..errors import EngineError, SpoolqError
 from ._common import ExitCode, FileProblem, Refused, one_line
 from .maintain import compact, purge, requeue
 from .reading import info, peek, verify
+from .serve import serve
 from .transfer import dump, load, migrate
 
 __all__ = ["ExitCode", "cli", "main"]
@@ -59,7 +60,7 @@ def cli(verbose: bool) -> None:
         log.setLevel(logging.DEBUG)
 
 
-for _command in (info, peek, dump, load, requeue, purge, compact, verify, migrate):
+for _command in (info, peek, dump, load, requeue, purge, compact, verify, migrate, serve):
     cli.add_command(_command)
 
 
