@@ -78,7 +78,7 @@ def pg_url() -> str:
     if problem is not None:
         if os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
             pytest.fail(f"SPOOLQ_REQUIRE_POSTGRES is set but {problem}")
-        pytest.skip(problem)
+        pytest.skip(reason=problem)
     return PG_URL
 
 

@@ -284,8 +284,8 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
         from cryptography.x509.oid import NameOID
     except ImportError:
         if shutil.which("openssl") is None:
-            pytest.skip("needs the cryptography package or the openssl command to make a "
-                        "certificate")
+            pytest.skip(reason="needs the cryptography package or the openssl command to make "
+                        "a certificate")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
                         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",

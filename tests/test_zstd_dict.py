@@ -13,9 +13,8 @@ import spoolq
 from spoolq import SyncQueue
 from spoolq.cli import cli
 from spoolq.codec import Codec, record_codec_names
-from spoolq.core import DICTIONARY_QUEUE, load_dictionaries
 from spoolq.engines import open_engine
-from spoolq.zdict import SAMPLE_COUNT
+from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, load_dictionaries
 
 
 def _events(n: int, seed: int = 7) -> list[dict[str, object]]:

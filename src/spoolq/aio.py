@@ -15,9 +15,11 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
-from .core import Message, QueueCore, Settings, Taken, _Ticket, resolve_target
+from .core import Message, QueueCore, Taken
 from .engines import Engine
 from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
+from .groupcommit import Ticket
+from .settings import Settings, resolve_target
 from .worker import Worker
 
 __all__ = ["Queue"]
@@ -28,7 +30,7 @@ R = TypeVar("R")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 
-def _settle(tickets: list[_Ticket]) -> None:
+def _settle(tickets: list[Ticket]) -> None:
     for ticket in tickets:
         fut: asyncio.Future[None] | None = ticket.payload
         if fut is None or fut.done():
@@ -75,7 +77,7 @@ class Queue(QueueViews, Generic[T]):
 
         core.listeners.append(wake)
 
-        def settle(tickets: list[_Ticket], loop: asyncio.AbstractEventLoop = self._loop) -> None:
+        def settle(tickets: list[Ticket], loop: asyncio.AbstractEventLoop = self._loop) -> None:
             loop.call_soon_threadsafe(_settle, tickets)
 
         core.on_settled = settle
@@ -185,7 +187,7 @@ class Queue(QueueViews, Generic[T]):
             self._core.put_now(records, sizes)
             return
         fut: asyncio.Future[None] = self._loop.create_future()
-        if self._core.submit(records, sizes, _Ticket(fut)):
+        if self._core.submit(records, sizes, Ticket(fut)):
             self._worker.post(self._core.flush)
         else:
             fut.set_result(None)

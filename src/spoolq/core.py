@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .codec import Codec
 from .engines import Counts, Engine, Lease, StoredRecord, dead_queue_name, open_engine
-from .engines.remote import url_queue_name
 from .errors import (
     ClosedError,
     ConfigurationError,
@@ -28,19 +25,18 @@ from .errors import (
     LeaseError,
     SerializationError,
 )
-from .zdict import MissingDictionary
+from .groupcommit import GroupCommit, Ticket
+from .owners import new_owner, owner_is_dead
+from .settings import Settings
+from .zdict import MissingDictionary, load_dictionaries, train_dictionary
 
-__all__ = ["DURABILITIES", "Message", "QueueCore", "Settings", "resolve_target"]
+__all__ = ["Message", "QueueCore", "Taken"]
 
 log = logging.getLogger("spoolq")
 
 T = TypeVar("T")
 Taken = tuple[StoredRecord, Any]
 """A record taken from the engine with its decoded item."""
-DURABILITIES = ("fsync", "commit", "buffer")
-DICTIONARY_QUEUE = "__spoolq_dictionaries__"
-"""The internal queue holding trained zstd dictionaries, one record each."""
-_HOST = socket.gethostname()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,146 +55,6 @@ class Message(Generic[T]):
     _owner: str = field(repr=False, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Validated settings of one queue handle."""
-
-    name: str = "default"
-    maxsize: int = 0
-    durability: str = "commit"
-    flush_items: int = 1000
-    flush_interval: float = 1.0
-    max_attempts: int | None = None
-    poll_interval: float = 0.05
-    compress_threshold: int = 128
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigurationError(f"name must be a non-empty string, not {self.name!r}")
-        if not isinstance(self.maxsize, int) or self.maxsize < 0:
-            raise ConfigurationError(f"maxsize must be an int >= 0, not {self.maxsize!r}")
-        if self.durability not in DURABILITIES:
-            raise ConfigurationError(
-                f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
-        if not isinstance(self.flush_items, int) or self.flush_items < 1:
-            raise ConfigurationError(f"flush_items must be an int >= 1, not {self.flush_items!r}")
-        if not self.flush_interval > 0:
-            raise ConfigurationError(f"flush_interval must be > 0, not {self.flush_interval!r}")
-        if self.max_attempts is not None and (
-                not isinstance(self.max_attempts, int) or self.max_attempts < 1):
-            raise ConfigurationError(
-                f"max_attempts must be None or an int >= 1, not {self.max_attempts!r}")
-        if not self.poll_interval > 0:
-            raise ConfigurationError(f"poll_interval must be > 0, not {self.poll_interval!r}")
-
-
-def resolve_target(path: str | os.PathLike[str], name: str | None,
-                   engine: str | Engine | None, token: str | None,
-                   engine_options: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
-    """The queue name and engine options of ``create()``: a ``spoolq://`` URL's path names
-    the queue (a different ``name=`` is an error); ``token`` goes to the remote engine."""
-    url_name = url_queue_name(path)
-    if url_name is not None and name is not None and name != url_name:
-        raise ConfigurationError(f"the URL names the queue {url_name!r}, not {name!r}")
-    if token is not None:
-        remote = engine == "remote" or (
-            engine is None and os.fspath(path).startswith("spoolq://"))
-        if not remote:
-            raise ConfigurationError("token= applies to spoolq:// servers only")
-        engine_options = {**(engine_options or {}), "token": token}
-    if url_name is not None:
-        return url_name, engine_options
-    return "default" if name is None else name, engine_options
-
-
-def _process_start(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return "0"
-
-
-def _new_owner() -> str:
-    pid = os.getpid()
-    return f"{_HOST}:{pid}:{_process_start(pid)}:{uuid.uuid4().hex[:12]}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """Whether a lease owner is a process on this host that no longer runs.
-
-    Owners on other hosts, or in an unknown form, are never declared dead:
-    their leases come back when their ttl runs out.
-    """
-    parts = owner.split(":")
-    if len(parts) != 4 or parts[0] != _HOST or not parts[1].isdigit():
-        return False
-    pid = int(parts[1])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return _process_start(pid) != parts[2]
-
-
-def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
-    """Give ``codec`` every zstd dictionary in the file; activate queue ``name``'s own.
-
-    Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``,
-    numbered by their place in it: appends are atomic and nothing takes from
-    that queue, so no two processes can give one number to two dictionaries.
-    """
-    active = engine.get_meta(f"queue/{name}/zstd-dict")
-    for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
-        codec.add_dictionary(number, rec.data, activate=active == str(number).encode())
-
-
-class _Ticket:
-    """A group-commit waiter: set once its records are written (or failed)."""
-
-    __slots__ = ("done", "error", "payload")
-
-    def __init__(self, payload: Any = None) -> None:
-        self.done = False
-        self.error: BaseException | None = None
-        self.payload = payload
-
-
-class GroupCommit:
-    """Collects records from many callers; one ``flush`` writes them in one transaction."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._records: list[bytes] = []
-        self._sizes: list[int] = []
-        self._tickets: list[_Ticket] = []
-
-    def add(self, records: list[bytes], sizes: list[int], ticket: _Ticket) -> int:
-        """Queue records for the next flush; return how many records are now pending."""
-        with self._lock:
-            self._records += records
-            self._sizes += sizes
-            self._tickets.append(ticket)
-            return len(self._records)
-
-    def pending(self) -> int:
-        return len(self._records)
-
-    def put_back(self, records: list[bytes], sizes: list[int]) -> None:
-        """Return records whose write failed to the front of the next batch."""
-        with self._lock:
-            self._records[:0] = records
-            self._sizes[:0] = sizes
-
-    def take_all(self) -> tuple[list[bytes], list[int], list[_Ticket]]:
-        with self._lock:
-            taken = self._records, self._sizes, self._tickets
-            self._records, self._sizes, self._tickets = [], [], []
-            return taken
-
-
 class QueueCore:
     """Engine + codec + counts of one named queue, used by both façades."""
 
@@ -208,7 +64,7 @@ class QueueCore:
         self.settings = settings
         self.name = settings.name
         self.dead_name = dead_queue_name(settings.name)
-        self.owner = _new_owner()
+        self.owner = new_owner()
         self.lock = threading.RLock()
         self.group = GroupCommit()
         self.closed = False
@@ -222,7 +78,7 @@ class QueueCore:
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         self.listeners: list[Callable[[], None]] = []
-        self.on_settled: Callable[[list[_Ticket]], None] | None = None
+        self.on_settled: Callable[[list[Ticket]], None] | None = None
         """Called (on the flushing thread) with each flushed batch of tickets."""
 
     @classmethod
@@ -358,7 +214,7 @@ class QueueCore:
             sizes.append(size)
         return records, sizes
 
-    def submit(self, records: list[bytes], sizes: list[int], ticket: _Ticket) -> bool:
+    def submit(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> bool:
         """Queue records for group commit. True when a flush is due now (not merely
         within the buffer interval)."""
         self._check_open()
@@ -369,7 +225,7 @@ class QueueCore:
             self.unfinished += len(records)
         return self.settings.durability != "buffer" or pending >= self.settings.flush_items
 
-    def flush(self) -> list[_Ticket]:
+    def flush(self) -> list[Ticket]:
         """Write every pending record in one engine transaction; settle their tickets.
 
         If the write fails, waiting callers get the error; with durability
@@ -417,34 +273,14 @@ class QueueCore:
         """Train the zstd dictionary; a failure is logged and never fails a put."""
         try:
             with self.lock:
-                self._train_locked()
+                train_dictionary(self.engine, self.name, self.codec)
         except Exception:
             log.exception("spoolq: queue %r: training a zstd dictionary failed", self.name)
-
-    def _train_locked(self) -> None:
-        """Train the queue's zstd dictionary from sampled records and store it in the file."""
-        trained = self.codec.train()
-        if trained is None:
-            log.info("spoolq: queue %r: records too few or too alike for a zstd dictionary",
-                     self.name)
-            return
-        (ident,) = self.engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
-        # A dictionary's number is its place in that queue, which nothing ever takes from.
-        held = [rec.id for rec in self.engine.peek(DICTIONARY_QUEUE, 256)]
-        number = held.index(ident) + 1 if ident in held else 256
-        if number > 255:
-            log.warning("spoolq: queue %r: the file holds 255 zstd dictionaries already",
-                        self.name)
-            return
-        self.engine.set_meta(f"queue/{self.name}/zstd-dict", str(number).encode())
-        self.codec.add_dictionary(number, trained, activate=True)
-        log.info("spoolq: queue %r: trained zstd dictionary %d (%d bytes)", self.name, number,
-                 len(trained))
 
     def put_now(self, records: list[bytes], sizes: list[int]) -> None:
         """Write records from the calling thread (group-committed with any pending);
         with durability "buffer", only once ``flush_items`` are pending."""
-        ticket = _Ticket()
+        ticket = Ticket()
         if not self.submit(records, sizes, ticket):
             return
         with self.lock:

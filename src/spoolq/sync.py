@@ -12,9 +12,10 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
-from .core import Message, QueueCore, Settings, resolve_target
+from .core import Message, QueueCore
 from .engines import Engine
 from .errors import Empty, Full, LeaseError, QueueShutDown
+from .settings import Settings, resolve_target
 
 __all__ = ["SyncQueue"]
 

@@ -8,7 +8,7 @@ trains a dictionary, stores it in the file (so any reader, online or offline,
 finds it there) and compresses every later record with it.
 
 Dictionaries are numbered 1, 2, ... within a file: they are the records of an
-internal queue (see ``spoolq.core.DICTIONARY_QUEUE``). A compressed payload is one byte naming the
+internal queue (``DICTIONARY_QUEUE``). A compressed payload is one byte naming the
 dictionary (0: none) followed by a magic-less zstd frame without a dictionary
 id: for records of a hundred bytes, those nine bytes of framing are a large
 part of what is saved. A codec can hold several dictionaries, so records stay
@@ -17,13 +17,26 @@ readable whichever dictionary wrote them, in any queue of the file.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from typing import TYPE_CHECKING
 
 import zstandard
 
 from .errors import CorruptError, SerializationError
 
-__all__ = ["MissingDictionary", "ZstdDictCompressor"]
+if TYPE_CHECKING:
+    from .codec import Codec
+    from .engines.base import Engine
+
+__all__ = ["DICTIONARY_QUEUE", "MissingDictionary", "ZstdDictCompressor", "load_dictionaries",
+           "train_dictionary"]
+
+log = logging.getLogger("spoolq")
+
+DICTIONARY_QUEUE = "__spoolq_dictionaries__"
+"""The internal queue holding trained zstd dictionaries, one record each."""
 
 DICT_SIZE = 16 * 1024
 
@@ -135,3 +148,33 @@ class ZstdDictCompressor:
                     "have")
             dec = cache[number] = zstandard.ZstdDecompressor(dict_data=zdict, format=_FORMAT)
         return bytes(dec.decompress(data[1:]))
+
+
+def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
+    """Give ``codec`` every zstd dictionary in the file; activate queue ``name``'s own.
+
+    Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``,
+    numbered by their place in it: appends are atomic and nothing takes from
+    that queue, so no two processes can give one number to two dictionaries.
+    """
+    active = engine.get_meta(f"queue/{name}/zstd-dict")
+    for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
+        codec.add_dictionary(number, rec.data, activate=active == str(number).encode())
+
+
+def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
+    """Train queue ``name``'s dictionary from ``codec``'s samples and store it in the file."""
+    trained = codec.train()
+    if trained is None:
+        log.info("spoolq: queue %r: records too few or too alike for a zstd dictionary", name)
+        return
+    (ident,) = engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
+    held = [rec.id for rec in engine.peek(DICTIONARY_QUEUE, 256)]
+    number = held.index(ident) + 1 if ident in held else 256
+    if number > 255:
+        log.warning("spoolq: queue %r: the file holds 255 zstd dictionaries already", name)
+        return
+    engine.set_meta(f"queue/{name}/zstd-dict", str(number).encode())
+    codec.add_dictionary(number, trained, activate=True)
+    log.info("spoolq: queue %r: trained zstd dictionary %d (%d bytes)", name, number,
+             len(trained))

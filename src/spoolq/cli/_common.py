@@ -23,9 +23,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..codec import COMPRESSORS, SERIALIZERS, Codec, record_codec_names
-from ..core import DICTIONARY_QUEUE, load_dictionaries, owner_is_dead
 from ..engines import ENGINES, Engine, StoredRecord, dead_queue_name, open_engine
 from ..errors import CorruptError, SerializationError, SpoolqError
+from ..owners import owner_is_dead
+from ..zdict import DICTIONARY_QUEUE, load_dictionaries
 
 __all__ = [
     "DEFAULT_CHUNK",

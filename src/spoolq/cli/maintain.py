@@ -6,8 +6,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import click
 
-from ..core import owner_is_dead
 from ..engines import dead_queue_name
+from ..owners import owner_is_dead
 from . import _sqlite
 from ._common import (
     CliState,

@@ -11,9 +11,9 @@ from typing import IO, Any
 
 import click
 
-from ..core import DICTIONARY_QUEUE
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
 from ..sync import SyncQueue
+from ..zdict import DICTIONARY_QUEUE
 from ._common import (
     DEFAULT_CHUNK,
     CliState,
