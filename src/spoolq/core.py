@@ -53,6 +53,7 @@ class Message(Generic[T]):
     enqueued_at: float
     queue: str = field(repr=False)
     _owner: str = field(repr=False, compare=False)
+    _sizes: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
 
 
 class QueueCore:
@@ -392,8 +393,8 @@ class QueueCore:
         return [item for _rec, item in taken]
 
     def messages(self, taken: Sequence[Taken]) -> list[Message[Any]]:
-        return [Message(item, r.id, r.attempts, r.enqueued_at, self.name, self.owner)
-                for r, item in taken]
+        return [Message(item, r.id, r.attempts, r.enqueued_at, self.name, self.owner,
+                        (len(r.data), r.raw_size)) for r, item in taken]
 
     def peek(self, n: int, offset: int = 0, *, dead: bool = False) -> list[Any]:
         with self.lock:
@@ -420,7 +421,12 @@ class QueueCore:
         with self.lock:
             self._check_open()
             done = self.engine.ack(self.name, deliveries, self.owner)
-            self._refresh_locked(dead=False)
+            acked = set(done)
+            stored = sum(m._sizes[0] for m in messages if m.id in acked)
+            raw = sum(m._sizes[1] for m in messages if m.id in acked)
+            c = self._counts
+            self._counts = Counts(c.ready, max(c.leased - len(done), 0), c.stored_bytes - stored,
+                                  c.raw_bytes - raw)
             self.counters["acks"] += len(done)
             self.unfinished = max(self.unfinished - len(done), 0)
         self._raise_missing(deliveries, done, "ack")

@@ -79,6 +79,13 @@ _REMOVE = "DELETE FROM spoolq_records WHERE id IN (" + _READY + ") RETURNING " +
 _LEASED_INSERT = """INSERT INTO spoolq_leased
     (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+_LEASE_COPY = """INSERT INTO spoolq_leased
+    (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
+    SELECT id, ?, ?, attempts + 1, enqueued_at, raw_size, reason, data FROM spoolq_records
+    WHERE id IN (""" + _READY + ")"
+_LEASE_REMOVE = """DELETE FROM spoolq_records WHERE id IN (SELECT id FROM spoolq_leased
+    WHERE owner = ? AND until = ? AND id BETWEEN ? AND ?)
+    RETURNING id, data, raw_size, attempts + 1, enqueued_at, reason"""
 _HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
     AND (id, attempts) IN (SELECT ? + json_extract(value, '$[0]'), json_extract(value, '$[1]')
                            FROM json_each(?))"""
@@ -288,16 +295,17 @@ class SQLiteEngine:
     def _take(self, conn: sqlite3.Connection, queue: str, n: int, now: float,
               lease: Lease | None) -> list[tuple[Any, ...]]:
         lo, hi = self._range(conn, queue)
-        rows = conn.execute(_REMOVE, (lo, hi, now, n)).fetchall()
-        if not rows:
-            return rows
         if lease is None:
-            conn.execute(_COUNTS, (-len(rows), 0, -sum(len(r[1]) for r in rows),
-                                   -sum(r[2] for r in rows), queue))
+            rows = conn.execute(_REMOVE, (lo, hi, now, n)).fetchall()
+            if rows:
+                conn.execute(_COUNTS, (-len(rows), 0, -sum(len(r[1]) for r in rows),
+                                       -sum(r[2] for r in rows), queue))
             return rows
-        rows = [(r[0], r[1], r[2], r[3] + 1, r[4], r[5]) for r in rows]
-        conn.executemany(_LEASED_INSERT, [(r[0], lease.owner, lease.until, r[3], r[4], r[2],
-                                           r[5], r[1]) for r in rows])
+        # Copied row to row inside SQLite: no Python tuple per leased record.
+        moved = conn.execute(_LEASE_COPY, (lease.owner, lease.until, lo, hi, now, n)).rowcount
+        if not moved:
+            return []
+        rows = conn.execute(_LEASE_REMOVE, (lease.owner, lease.until, lo, hi)).fetchall()
         conn.execute(_COUNTS, (-len(rows), len(rows), 0, 0, queue))
         return rows
 
