@@ -171,9 +171,6 @@ class QueueCore:
         """Ready items as this handle last knew them, including unflushed buffered puts."""
         return self._counts.ready + self.group.pending()
 
-    def counts(self) -> Counts:
-        return self._counts
-
     def stats(self) -> dict[str, Any]:
         counts = self._counts
         pend_stored, pend_raw = self._pending_bytes

@@ -26,9 +26,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Counts", "Engine", "Lease", "StoredRecord", "dead_queue_name"]
+__all__ = ["Counts", "Engine", "Lease", "StoredRecord", "batch_given", "dead_queue_name"]
 
 FORMAT_VERSION = 1
+
+
+def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:
+    """Check an ``append`` batch: ValueError when the two lists differ in length,
+    False when there is nothing to append."""
+    if len(records) != len(raw_sizes):
+        raise ValueError("records and raw_sizes differ in length")
+    return bool(records)
 
 
 def dead_queue_name(name: str) -> str:

@@ -63,7 +63,7 @@ from ._dbmstate import decode_record, decode_state, encode_state
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
 from ._shared import SharedEngine, lock_exclusively
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
+from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
 
 __all__ = ["DBMEngine"]
 
@@ -287,9 +287,7 @@ class _DBMStore:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        if len(records) != len(raw_sizes):
-            raise ValueError("records and raw_sizes differ in length")
-        if not records:
+        if not batch_given(records, raw_sizes):
             return []
         with self._transaction("append") as st:
             first = self._append(st, queue, [StoredRecord(0, data, raw, 0, now) for data, raw

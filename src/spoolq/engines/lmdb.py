@@ -57,7 +57,7 @@ import lmdb
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _lmdbformat as fmt
 from ._shared import SharedEngine
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
+from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
 
 __all__ = ["LMDBEngine"]
 
@@ -305,9 +305,7 @@ class _LMDBStore:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        if len(records) != len(raw_sizes):
-            raise ValueError("records and raw_sizes differ in length")
-        if not records:
+        if not batch_given(records, raw_sizes):
             return []
         recs = [StoredRecord(0, data, raw, 0, now) for data, raw in
                 zip(records, raw_sizes, strict=True)]

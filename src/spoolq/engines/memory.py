@@ -11,7 +11,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .base import Counts, Lease, StoredRecord, dead_queue_name
+from .base import Counts, Lease, StoredRecord, batch_given, dead_queue_name
 
 __all__ = ["MemoryEngine", "RecordState"]
 
@@ -72,8 +72,8 @@ class MemoryEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        if len(records) != len(raw_sizes):
-            raise ValueError("records and raw_sizes differ in length")
+        if not batch_given(records, raw_sizes):
+            return []
         q = self._q(queue)
         first = self._next_id
         self._next_id += len(records)

@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
 from ._shared import SharedEngine, fsync_dir, lock_exclusively
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord
+from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given
 from .memory import MemoryEngine, RecordState
 
 __all__ = ["PickleEngine"]
@@ -225,8 +225,8 @@ class _PickleStore:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        if len(records) != len(raw_sizes):
-            raise ValueError("records and raw_sizes differ in length")
+        if not batch_given(records, raw_sizes):
+            return []
         return self._write("append", lambda m: m.append(queue, records, raw_sizes, now))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:

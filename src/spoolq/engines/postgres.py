@@ -64,7 +64,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
 from ._pgsql import SCHEMA_VERSION, TABLES, compose
-from .base import Counts, Lease, StoredRecord, dead_queue_name
+from .base import Counts, Lease, StoredRecord, batch_given, dead_queue_name
 
 __all__ = ["SYNCHRONOUS_COMMIT", "PostgresEngine"]
 
@@ -336,9 +336,7 @@ class PostgresEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        if len(records) != len(raw_sizes):
-            raise ValueError("records and raw_sizes differ in length")
-        if not records:
+        if not batch_given(records, raw_sizes):
             return []
         with self._conn("append") as conn:
             row = conn.execute(self._sql.append, self._params(

@@ -36,7 +36,7 @@ from ..protocol import (
     decode_records,
     encode_records,
 )
-from .base import Counts, Lease, StoredRecord
+from .base import Counts, Lease, StoredRecord, batch_given
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url",
            "url_queue_name"]
@@ -268,9 +268,7 @@ class RemoteEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        if len(records) != len(raw_sizes):
-            raise ValueError("records and raw_sizes differ in length")
-        if not records:
+        if not batch_given(records, raw_sizes):
             return []
         ids = self._call("append", {"queue": queue, "records": list(records),
                                     "sizes": list(raw_sizes), "now": now})

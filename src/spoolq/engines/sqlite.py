@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, dead_queue_name
+from ._sqlite_schema import SCHEMA as _SCHEMA
+from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
 
 __all__ = ["SQLiteEngine"]
 
@@ -35,34 +36,6 @@ R = TypeVar("R")
 _APPLICATION = b"spoolq"
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
-_SCHEMA = (
-    "CREATE TABLE spoolq_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
-    """CREATE TABLE spoolq_queues (
-        name TEXT PRIMARY KEY,
-        qno INTEGER NOT NULL UNIQUE,
-        last_seq INTEGER NOT NULL DEFAULT 0,
-        ready INTEGER NOT NULL DEFAULT 0,
-        leased INTEGER NOT NULL DEFAULT 0,
-        stored_bytes INTEGER NOT NULL DEFAULT 0,
-        raw_bytes INTEGER NOT NULL DEFAULT 0)""",
-    """CREATE TABLE spoolq_records (
-        id INTEGER PRIMARY KEY,
-        visible_at REAL NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        enqueued_at REAL NOT NULL,
-        raw_size INTEGER NOT NULL,
-        reason TEXT,
-        data BLOB NOT NULL)""",
-    """CREATE TABLE spoolq_leased (
-        id INTEGER PRIMARY KEY,
-        owner TEXT NOT NULL,
-        until REAL NOT NULL,
-        attempts INTEGER NOT NULL,
-        enqueued_at REAL NOT NULL,
-        raw_size INTEGER NOT NULL,
-        reason TEXT,
-        data BLOB NOT NULL)""",
-)
 _NEW_QUEUE = """INSERT INTO spoolq_queues (name, qno)
     VALUES (?, (SELECT coalesce(max(qno), 0) + 1 FROM spoolq_queues))
     ON CONFLICT (name) DO NOTHING"""
@@ -76,9 +49,6 @@ _COLUMNS = "id, data, raw_size, attempts, enqueued_at, reason"
 _READY = """SELECT id FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?
     ORDER BY id LIMIT ?"""
 _REMOVE = "DELETE FROM spoolq_records WHERE id IN (" + _READY + ") RETURNING " + _COLUMNS
-_LEASED_INSERT = """INSERT INTO spoolq_leased
-    (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 _LEASE_COPY = """INSERT INTO spoolq_leased
     (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
     SELECT id, ?, ?, attempts + 1, enqueued_at, raw_size, reason, data FROM spoolq_records
@@ -261,9 +231,7 @@ class SQLiteEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        if len(records) != len(raw_sizes):
-            raise ValueError("records and raw_sizes differ in length")
-        if not records:
+        if not batch_given(records, raw_sizes):
             return []
         last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
