@@ -123,6 +123,14 @@ class EngineConformance:
         assert engine.ack("q", [(rec.id + 1000, 1)], "me") == []
         assert engine.counts("q").leased == 1
 
+    def test_ack_of_a_mixed_batch_removes_only_what_is_held(self, engine: Engine) -> None:
+        self._put(engine, 1, 2, 3)
+        a, b, c = (r.id for r in engine.take("q", 3, self.NOW, Lease("me", self.NOW + 30)))
+        assert engine.ack("q", [(a, 1), (b, 2), (c, 1), (c, 1)], "me") == [a, c]
+        counts = engine.counts("q")
+        assert (counts.ready, counts.leased) == (0, 1)
+        assert engine.ack("q", [(b, 1)], "me") == [b]
+
     def test_release_keeps_fifo_position(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3)
         (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))

@@ -53,9 +53,11 @@ _LEASE_COPY = """INSERT INTO spoolq_leased
     (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
     SELECT id, ?, ?, attempts + 1, enqueued_at, raw_size, reason, data FROM spoolq_records
     WHERE id IN (""" + _READY + ")"
-_LEASE_REMOVE = """DELETE FROM spoolq_records WHERE id IN (SELECT id FROM spoolq_leased
-    WHERE owner = ? AND until = ? AND id BETWEEN ? AND ?)
-    RETURNING id, data, raw_size, attempts + 1, enqueued_at, reason"""
+# The same _READY selection as _LEASE_COPY: nothing in spoolq_records changed in between.
+_LEASE_REMOVE = ("DELETE FROM spoolq_records WHERE id IN (" + _READY + ") "
+                 "RETURNING id, data, raw_size, attempts + 1, enqueued_at, reason")
+_ACK_ANY = """DELETE FROM spoolq_leased WHERE owner = ?
+    AND id IN (SELECT ? + value FROM json_each(?)) RETURNING id, attempts, length(data), raw_size"""
 _HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
     AND (id, attempts) IN (SELECT ? + json_extract(value, '$[0]'), json_extract(value, '$[1]')
                            FROM json_each(?))"""
@@ -273,7 +275,7 @@ class SQLiteEngine:
         moved = conn.execute(_LEASE_COPY, (lease.owner, lease.until, lo, hi, now, n)).rowcount
         if not moved:
             return []
-        rows = conn.execute(_LEASE_REMOVE, (lease.owner, lease.until, lo, hi)).fetchall()
+        rows = conn.execute(_LEASE_REMOVE, (lo, hi, now, n)).fetchall()
         conn.execute(_COUNTS, (-len(rows), len(rows), 0, 0, queue))
         return rows
 
@@ -301,12 +303,21 @@ class SQLiteEngine:
     def _ack(self, conn: sqlite3.Connection, queue: str, deliveries: Sequence[tuple[int, int]],
              owner: str) -> list[int]:
         lo, _ = self._range(conn, queue)
-        rows = conn.execute(
-            "DELETE FROM spoolq_leased WHERE id IN (" + _HELD + ") "
-            "RETURNING id, length(data), raw_size", (owner, lo, _json(deliveries))).fetchall()
+        wanted = dict(deliveries)
+        # Fast path: delete by id and owner, then check the attempts; a stale delivery (the
+        # same owner acking an earlier attempt) is rare and takes the exact, slower query.
+        conn.execute("SAVEPOINT spoolq_ack")
+        rows = conn.execute(_ACK_ANY, (owner, lo, _json(list(wanted)))).fetchall()
+        if len(wanted) != len(deliveries) or any(wanted[r[0] & _MASK] != r[1] for r in rows):
+            conn.execute("ROLLBACK TO spoolq_ack")
+            rows = conn.execute(
+                "DELETE FROM spoolq_leased WHERE id IN (" + _HELD + ") "
+                "RETURNING id, attempts, length(data), raw_size",
+                (owner, lo, _json(deliveries))).fetchall()
+        conn.execute("RELEASE spoolq_ack")
         if rows:
-            conn.execute(_COUNTS, (0, -len(rows), -sum(r[1] for r in rows),
-                                   -sum(r[2] for r in rows), queue))
+            conn.execute(_COUNTS, (0, -len(rows), -sum(r[2] for r in rows),
+                                   -sum(r[3] for r in rows), queue))
         return sorted(r[0] & _MASK for r in rows)
 
     def _unlease(self, conn: sqlite3.Connection, queue: str, ids: list[int], not_before: float,
