@@ -14,8 +14,9 @@ import lmdb
 from ..errors import CorruptError, EngineError, FormatError
 from .base import Lease, StoredRecord
 
-__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "QueueRow", "lease_value",
-           "pack", "translate", "unpack", "unpack_leased"]
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "QueueRow", "lease_head",
+           "lease_info", "pack", "pack_new", "translate", "unpack", "unpack_leased",
+           "with_attempts"]
 
 DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased")
 U32 = struct.Struct(">I")
@@ -25,6 +26,8 @@ DELAYED = struct.Struct(">IdQ")  # queue number, visible_at (positive doubles so
 QUEUE = struct.Struct(">Iqqqq")  # number, ready, leased, stored bytes, raw bytes
 _RECORD = struct.Struct(">QIdi")  # raw size, attempts, enqueued_at, reason length (-1: None)
 _LEASE = struct.Struct(">dH")  # until, owner length
+_ATTEMPTS = struct.Struct(">I")
+_ATTEMPTS_AT = 8  # offset of attempts in _RECORD
 
 
 @dataclass(slots=True)
@@ -49,21 +52,45 @@ def pack(rec: StoredRecord, attempts: int | None = None) -> bytes:
     return header + (reason or b"") + rec.data
 
 
-def unpack(path: str, ident: int, value: bytes) -> StoredRecord:
+def pack_new(data: bytes, raw_size: int, now: float) -> bytes:
+    """The value of a record just put: no attempts, no reason."""
+    return _RECORD.pack(raw_size, 0, now, -1) + data
+
+
+def unpack(path: str, ident: int, value: bytes, bump: int = 0) -> StoredRecord:
+    """The record stored as ``value``, its attempts raised by ``bump``."""
     try:
         raw_size, attempts, enqueued_at, reason_len = _RECORD.unpack_from(value)
         start = _RECORD.size
         reason = None if reason_len < 0 else value[start:start + reason_len].decode()
     except (struct.error, UnicodeDecodeError) as exc:
         raise CorruptError(f"{path}: record {ident} is damaged: {exc}") from exc
-    return StoredRecord(ident, value[start + max(reason_len, 0):], raw_size, attempts,
+    return StoredRecord(ident, value[start + max(reason_len, 0):], raw_size, attempts + bump,
                         enqueued_at, reason)
 
 
-def lease_value(lease: Lease, record: bytes) -> bytes:
-    """A leased record's value: until, owner, then the record's value."""
+def with_attempts(value: bytes, attempts: int) -> bytes:
+    """A record's value (as made by :func:`pack`) with its attempts replaced."""
+    return value[:_ATTEMPTS_AT] + _ATTEMPTS.pack(attempts) + value[_ATTEMPTS_AT + _ATTEMPTS.size:]
+
+
+def lease_head(lease: Lease) -> bytes:
+    """What precedes the record's value in a leased record's value: until, then owner."""
     owner = lease.owner.encode()
-    return _LEASE.pack(lease.until, len(owner)) + owner + record
+    return _LEASE.pack(lease.until, len(owner)) + owner
+
+
+def lease_info(path: str, ident: int, value: bytes) -> tuple[bytes, int, int, int]:
+    """(owner, attempts, raw size, stored data size) of a leased record's value, read from
+    its headers without copying the data."""
+    try:
+        _, owner_len = _LEASE.unpack_from(value)
+        start = _LEASE.size + owner_len
+        raw_size, attempts, _, reason_len = _RECORD.unpack_from(value, start)
+    except struct.error as exc:
+        raise CorruptError(f"{path}: the lease of record {ident} is damaged") from exc
+    owner = value[_LEASE.size:start]
+    return owner, attempts, raw_size, len(value) - start - _RECORD.size - max(reason_len, 0)
 
 
 def unpack_leased(path: str, ident: int, value: bytes) -> tuple[str, float, StoredRecord]:

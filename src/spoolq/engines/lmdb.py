@@ -209,12 +209,20 @@ class _LMDBStore:
     def _add(self, txn: Txn, name: str, q: fmt.QueueRow, recs: Sequence[StoredRecord]) -> int:
         """Append copies of ``recs`` (attempts and reason kept) at the tail under new ids;
         return the first id."""
-        first = self._bump(txn, b"next_id", len(recs))
-        for offset, rec in enumerate(recs):
-            txn.put(fmt.KEY.pack(q.number, first + offset), fmt.pack(rec), db=self._ready)
-        q.ready += len(recs)
-        q.stored += sum(len(r.data) for r in recs)
-        q.raw += sum(r.raw_size for r in recs)
+        return self._add_values(txn, name, q, [fmt.pack(rec) for rec in recs],
+                                sum(len(r.data) for r in recs), sum(r.raw_size for r in recs))
+
+    def _add_values(self, txn: Txn, name: str, q: fmt.QueueRow, values: Sequence[bytes],
+                    stored: int, raw: int) -> int:
+        """Append packed record values at the tail under new ids; return the first id."""
+        first = self._bump(txn, b"next_id", len(values))
+        key = fmt.KEY.pack
+        number = q.number
+        txn.cursor(self._ready).putmulti(
+            [(key(number, ident), value) for ident, value in enumerate(values, first)])
+        q.ready += len(values)
+        q.stored += stored
+        q.raw += raw
         self._save(txn, name, q)
         return first
 
@@ -307,12 +315,13 @@ class _LMDBStore:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        recs = [StoredRecord(0, data, raw, 0, now) for data, raw in
-                zip(records, raw_sizes, strict=True)]
+        values = [fmt.pack_new(data, raw, now) for data, raw in
+                  zip(records, raw_sizes, strict=True)]
+        stored, raw = sum(map(len, records)), sum(raw_sizes)
 
         def body(txn: Txn) -> list[int]:
-            first = self._add(txn, queue, self._new_queue(txn, queue), recs)
-            return list(range(first, first + len(recs)))
+            first = self._add_values(txn, queue, self._new_queue(txn, queue), values, stored, raw)
+            return list(range(first, first + len(values)))
 
         return self._write("append", body)
 
@@ -324,17 +333,20 @@ class _LMDBStore:
             self._promote(txn, q.number, now)
             prefix = fmt.U32.pack(q.number)
             out: list[StoredRecord] = []
+            head = None if lease is None else fmt.lease_head(lease)
             cur = txn.cursor(self._ready)
             more = cur.set_range(prefix)
             while more and len(out) < n:
                 key = cur.key()
                 if not key.startswith(prefix):
                     break
-                rec = self._record(fmt.KEY.unpack(key)[1], cur.value())
-                if lease is not None:
-                    rec = rec._replace(attempts=rec.attempts + 1)
-                    txn.put(key, fmt.lease_value(lease, fmt.pack(rec)), db=self._leased)
-                out.append(rec)
+                value = cur.value()
+                if head is None:
+                    out.append(fmt.unpack(self.path, fmt.KEY.unpack(key)[1], value))
+                else:
+                    rec = fmt.unpack(self.path, fmt.KEY.unpack(key)[1], value, bump=1)
+                    txn.put(key, head + fmt.with_attempts(value, rec.attempts), db=self._leased)
+                    out.append(rec)
                 more = cur.delete()
             if out:
                 q.ready -= len(out)
@@ -364,17 +376,27 @@ class _LMDBStore:
         self._write("restore", body)
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        holder = owner.encode()
+
         def body(txn: Txn) -> list[int]:
             q = self._queue(txn, queue)
             if q is None or not deliveries:
                 return []
-            done = list(self._held(txn, q, deliveries, owner))
+            done: list[int] = []
+            cur = txn.cursor(self._leased)
+            for ident, attempts in deliveries:
+                if not cur.set_key(fmt.KEY.pack(q.number, ident)):
+                    continue
+                who, held, raw, stored = fmt.lease_info(self.path, ident, cur.value())
+                if who == holder and held == attempts:
+                    cur.delete()
+                    done.append(ident)
+                    q.stored -= stored
+                    q.raw -= raw
             if done:
                 q.leased -= len(done)
-                q.stored -= sum(len(r.data) for r in done)
-                q.raw -= sum(r.raw_size for r in done)
                 self._save(txn, queue, q)
-            return sorted(r.id for r in done)
+            return sorted(done)
 
         return self._write("ack", body)
 
