@@ -42,6 +42,7 @@ __all__ = [
 RECORD_VERSION = 1
 CUSTOM_ID = 255
 _HEAD = struct.Struct("<BBBI")
+_CRC = struct.Struct("<I")
 HEADER_SIZE = _HEAD.size
 
 
@@ -289,6 +290,13 @@ class Codec:
         self._zdict: ZstdDictCompressor | None = (
             self._comp if isinstance(self._comp, ZstdDictCompressor) else None)
         self._sampling = self._zdict is not None
+        # Header prefixes this codec writes with built-in codecs -> (crc seed, compressed):
+        # such records skip the general header parse in decode().
+        self._own_heads: dict[bytes, tuple[int, bool]] = {}
+        if self._ser_id != CUSTOM_ID:
+            self._own_heads[bytes(self._plain_prefix)] = (self._plain_seed, False)
+            if self._comp_id not in (0, CUSTOM_ID, ZSTD_DICT_ID):
+                self._own_heads[bytes(self._packed_prefix)] = (self._packed_seed, True)
 
     # ---- trained dictionaries -----------------------------------------------------------
 
@@ -363,6 +371,14 @@ class Codec:
         record whose serializer differs from this codec's is refused when it is
         ``pickle`` (decoding it could run code) or a custom one.
         """
+        own = self._own_heads.get(record[:3])
+        if own is not None and len(record) >= HEADER_SIZE:
+            payload = record[HEADER_SIZE:]
+            if zlib.crc32(payload, own[0]) == _CRC.unpack_from(record, 3)[0]:
+                try:
+                    return self._ser.loads(self._comp.decompress(payload) if own[1] else payload)
+                except Exception:
+                    pass  # the general path below names the failure
         ser_id, comp_id, crc, names, start = _parse_header(record, record_id)
         where = f"record {record_id}" if record_id is not None else "record"
         seed = zlib.crc32(record[:3] + record[HEADER_SIZE:start])
