@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m measurements.lease_bench            # N=20000 per row
     python -m measurements.lease_bench --n 5000   # quicker
+    python -m measurements.lease_bench --engine sqlite --engine lmdb
 
 Every row runs in this process, one after the other, on 100-byte items; only
 the ratios within one run mean anything on a shared machine.
@@ -100,6 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--engine", action="append", choices=sorted(ENGINES),
+                        help="engines to measure (repeatable; default: all)")
+    parser.add_argument("--no-batcher", action="store_true", help="skip the Batcher rows")
     args = parser.parse_args()
     n = args.n - args.n % 100
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +111,7 @@ def main() -> None:
         print("| engine | get /s | lease+ack /s | get_many(100) /s | lease_many(100)+ack /s "
               "| batched lease+ack / batched get |")
         print("|---|---|---|---|---|---|")
-        for engine in ENGINES:
+        for engine in args.engine or ENGINES:
             runs = [queue_rows(engine, n, tmp) for _ in range(args.repeat)]
             if not runs[0]:
                 print(f"| {engine} | not available | | | | |")
@@ -117,6 +121,8 @@ def main() -> None:
             print(f"| {engine} | {med['get']:,.0f} | {med['lease+ack']:,.0f} | "
                   f"{med['get_many(100)']:,.0f} | {med['lease_many(100)+ack']:,.0f} | "
                   f"{ratio:.2f} |")
+        if args.no_batcher:
+            return
         print(f"\n## Batcher, no-op sink, N={n}, median of {args.repeat}\n")
         runs_b = [asyncio.run(batcher_rows(n, tmp)) for _ in range(args.repeat)]
         print("| contestant | adds /s |")

@@ -191,17 +191,23 @@ def _sqlite(sync: str, per_op: bool, reference: bool) -> ContestantSpec:
     )
 
 
-def _lmdb(sync: bool, per_op: bool) -> ContestantSpec:
+def _lmdb(sync: bool, per_op: bool, metasync: bool | None = None) -> ContestantSpec:
+    """Raw py-lmdb; ``metasync`` defaults to ``sync`` (False: one flush per commit, the
+    setting spoolq's "commit" durability uses on LMDB)."""
     label = "txn per op" if per_op else "one txn"
-    if per_op:
-        durability: DurabilityClass = FSYNC if sync else WRITE
+    metasync = sync if metasync is None else metasync
+    if not per_op:
+        durability: DurabilityClass = BATCH
+    elif sync and metasync:
+        durability = FSYNC
     else:
-        durability = BATCH
+        durability = WRITE
+    flush = "" if metasync == sync else f" metasync={metasync}"
     return ContestantSpec(
-        name=f"lmdb sync={sync}, {label}",
+        name=f"lmdb sync={sync}{flush}, {label}",
         durability=durability,
         target="raw:RawLmdb",
-        options={"sync": sync, "per_op": per_op},
+        options={"sync": sync, "metasync": metasync, "per_op": per_op},
         requires=("lmdb",),
         distributions=("lmdb",),
         concurrent=per_op,
@@ -332,6 +338,7 @@ CONTESTANTS: Final[tuple[ContestantSpec, ...]] = (
     _sqlite("FULL", per_op=False, reference=True),
     _sqlite("NORMAL", per_op=False, reference=False),
     _lmdb(True, per_op=True),
+    _lmdb(True, per_op=True, metasync=False),
     _lmdb(False, per_op=True),
     _lmdb(True, per_op=False),
     ContestantSpec(

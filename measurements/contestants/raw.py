@@ -97,10 +97,11 @@ class RawSqlite(PollingContestant):
 class RawLmdb(PollingContestant):
     """A py-lmdb environment whose keys are a big-endian counter."""
 
-    def __init__(self, sync: bool, per_op: bool) -> None:
+    def __init__(self, sync: bool, per_op: bool, metasync: bool | None = None) -> None:
         super().__init__()
         self.lmdb = load("lmdb")
         self.sync = sync
+        self.metasync = sync if metasync is None else metasync
         self.per_op = per_op
         self._lock = threading.Lock()
         self._txn: Any = None
@@ -110,7 +111,7 @@ class RawLmdb(PollingContestant):
             str(tmpdir / "queue.lmdb"),
             map_size=8 << 30,
             sync=self.sync,
-            metasync=self.sync,
+            metasync=self.metasync,
             readahead=False,
         )
         with self.env.begin() as txn:
