@@ -140,3 +140,24 @@ def test_bad_codec_settings() -> None:
         Codec("cbor", 42)
     with pytest.raises(spoolq.ConfigurationError):
         Codec(threshold=-1)
+
+
+@pytest.mark.parametrize("codec", [
+    Codec("cbor", "zstd"), Codec("json", "none"), Codec("raw", "zlib", threshold=0),
+    Codec(Upper(), PlainZlib()), Codec(Upper(), "none"), Codec("cbor", "zstd-dict"),
+], ids=["cbor-zstd", "json-none", "raw-zlib-always", "custom-custom", "custom-none",
+        "cbor-zstd-dict"])
+def test_encode_many_writes_what_encode_writes(codec: Codec) -> None:
+    items: list[Any] = (["short", "long " * 100, "x" * 127, "x" * 128] if codec.serializer_name
+                        != "raw" else [b"short", b"long " * 100])
+    records, sizes = codec.encode_many(items)
+    assert (records, sizes) == tuple(map(list, zip(*map(codec.encode, items), strict=True)))
+    assert [codec.decode(r) for r in records] == [codec.decode(codec.encode(i)[0])
+                                                  for i in items]
+
+
+def test_encode_many_refuses_the_whole_batch_naming_the_item() -> None:
+    with pytest.raises(spoolq.SerializationError, match="cannot encode object"):
+        Codec("json").encode_many([1, object(), 2])
+    with pytest.raises(spoolq.SerializationError, match="returned str"):
+        Codec(json).encode_many([{"a": 1}])

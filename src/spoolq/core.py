@@ -203,14 +203,7 @@ class QueueCore:
 
     def encode(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
         """Encode items in the caller's thread; raises SerializationError, writes nothing."""
-        encode = self.codec.encode
-        records: list[bytes] = []
-        sizes: list[int] = []
-        for item in items:
-            rec, size = encode(item)
-            records.append(rec)
-            sizes.append(size)
-        return records, sizes
+        return self.codec.encode_many(items)
 
     def submit(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> bool:
         """Queue records for group commit. True when a flush is due now (not merely
@@ -349,9 +342,14 @@ class QueueCore:
 
     def _decode_taken(self, recs: list[StoredRecord], leased: bool) -> list[Taken]:
         taken: list[Taken] = []
+        decode = self.codec.decode
         for rec in recs:
             try:
-                taken.append((rec, self._decode_one(rec)))
+                try:
+                    item = decode(rec.data, rec.id)
+                except MissingDictionary:
+                    item = self._decode_one(rec)
+                taken.append((rec, item))
             except (CorruptError, SerializationError) as exc:
                 self._bury(rec, leased, exc)
         return taken
