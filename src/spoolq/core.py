@@ -240,20 +240,14 @@ class QueueCore:
                     self._pending_bytes = (0, 0)
             else:
                 self._pending_bytes = (0, 0)
-                c = self._counts
-                self._counts = Counts(c.ready + len(records), c.leased,
-                                      c.stored_bytes + sum(map(len, records)),
-                                      c.raw_bytes + sum(sizes))
-                self.counters["puts"] += len(records)
+                self._count_put(records, sizes)
         for ticket in tickets:
             ticket.error = error
             ticket.done = True
         if self.on_settled is not None:
             self.on_settled(tickets)
         if error is None:
-            self._notify()
-            if self.codec.training_due:
-                self._train()
+            self._after_put()
         else:
             log.error("spoolq: writing %d records to %r failed%s", len(records), self.name,
                       "; they stay buffered" if self.settings.durability == "buffer" else "",
@@ -268,9 +262,34 @@ class QueueCore:
         except Exception:
             log.exception("spoolq: queue %r: training a zstd dictionary failed", self.name)
 
+    def _count_put(self, records: list[bytes], sizes: list[int]) -> None:
+        c = self._counts
+        self._counts = Counts(c.ready + len(records), c.leased,
+                              c.stored_bytes + sum(map(len, records)), c.raw_bytes + sum(sizes))
+        self.counters["puts"] += len(records)
+
+    def _after_put(self) -> None:
+        self._notify()
+        if self.codec.training_due:
+            self._train()
+
     def put_now(self, records: list[bytes], sizes: list[int]) -> None:
         """Write records from the calling thread (group-committed with any pending);
         with durability "buffer", only once ``flush_items`` are pending."""
+        if self.settings.durability != "buffer" and self.lock.acquire(blocking=False):
+            # Nobody else is writing: no batch to join, so write at once.
+            try:
+                alone = not self.group.pending()
+                if alone:
+                    self._check_open()
+                    self.engine.append(self.name, records, sizes, time.time())
+                    self.unfinished += len(records)
+                    self._count_put(records, sizes)
+            finally:
+                self.lock.release()
+            if alone:
+                self._after_put()
+                return
         ticket = Ticket()
         if not self.submit(records, sizes, ticket):
             return

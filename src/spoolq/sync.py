@@ -41,6 +41,7 @@ class SyncQueue(QueueViews, Generic[T]):
         self._shutdown = False
         self._immediate = False
         self._takers = 0
+        self._sleepers = 0  # threads in self._cond.wait(): nobody to notify when 0
         core.listeners.append(self._wake)
 
     @classmethod
@@ -79,8 +80,19 @@ class SyncQueue(QueueViews, Generic[T]):
     # ---- waiting ------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        # A sleeper checks its condition under self._cond before it sleeps, after the change
+        # that calls this was made: one that is not counted yet will see the change.
+        if self._sleepers:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait on self._cond (held by the caller) for up to ``seconds``."""
+        self._sleepers += 1
+        try:
+            self._cond.wait(seconds)
+        finally:
+            self._sleepers -= 1
 
     def _wait(self, deadline: float | None, ready: Any) -> bool:
         """Sleep until ``ready()`` may have changed; False when the deadline passed."""
@@ -89,12 +101,12 @@ class SyncQueue(QueueViews, Generic[T]):
             if ready():
                 return True
             if deadline is None:
-                self._cond.wait(poll)
+                self._sleep(poll)
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            self._cond.wait(min(remaining, poll))
+            self._sleep(min(remaining, poll))
             return True
 
     @staticmethod
@@ -173,9 +185,8 @@ class SyncQueue(QueueViews, Generic[T]):
         finally:
             with self._cond:
                 self._takers -= 1
-                self._cond.notify_all()
-        if ttl is None:
-            self._wake()
+                if self._sleepers:
+                    self._cond.notify_all()
         return got
 
     def _take_loop(self, n: int | None, deadline: float | None, block: bool,
@@ -348,7 +359,7 @@ class SyncQueue(QueueViews, Generic[T]):
         deadline = time.monotonic() + 10.0
         with self._cond:
             while self._takers and time.monotonic() < deadline:
-                self._cond.wait(0.05)
+                self._sleep(0.05)
         self._core.close()
 
     def __enter__(self) -> SyncQueue[T]:
