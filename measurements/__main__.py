@@ -243,6 +243,17 @@ class Run:
         self.skipped.add(spec.name)
 
 
+def _sync_tree(root: Path) -> None:
+    """fsync every file under ``root``, as a queue that outlived a restart is on disk:
+    otherwise the first fsync of the reopened queue also writes out the copy."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _run_reopen(
     spec: ContestantSpec, workload: Workload, params: dict[str, Any], timeout: float, run: Run
 ) -> dict[str, Any]:
@@ -262,6 +273,7 @@ def _run_reopen(
             "message": f"fill: {fill.get('message', '')}",
         }
     shutil.copytree(fill_dir, params["tmpdir"])
+    _sync_tree(Path(params["tmpdir"]))
     open_params = dict(params, phase="open", fill_seconds=fill["seconds"])
     return run.runner.run(spec.name, workload.name, open_params, timeout)
 
