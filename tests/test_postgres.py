@@ -250,6 +250,20 @@ def test_close_twice_with_a_listener(engine: PostgresEngine) -> None:
         engine.counts("q")
 
 
+def test_cancel_waits_ends_a_wait_at_once(engine: PostgresEngine) -> None:
+    assert engine.wait_ready("q", 0) is True
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(engine.wait_ready("q", 30)))
+    waiter.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    engine.cancel_waits()
+    waiter.join(5)
+    assert result == [False] and time.monotonic() - start < 1.0
+    engine.append("q", [b"x"], [1], 1.0)
+    assert engine.wait_ready("q", 5) is True, "a wait after the cancel must still hear"
+
+
 def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url: str) -> None:
     assert engine.wait_ready("q", 0) is True
     with psycopg.connect(pg_url, autocommit=True) as admin:

@@ -85,6 +85,7 @@ SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
 _APPLICATION = b"spoolq"
 _MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
+_WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 _PoolKey = tuple[str, tuple[tuple[str, str], ...], int]
@@ -201,6 +202,7 @@ class PostgresEngine:
         self._sql = compose(schema, notify=notify)
         self._listener: Conn | None = None
         self._listen_lock = threading.Lock()
+        self._cancelled_at = -math.inf  # time.monotonic() of the last cancel_waits()
         self._pool: ConnectionPool[Conn] | None = None
         self._setup()
         settings = (("synchronous_commit", synchronous_commit),
@@ -476,10 +478,12 @@ class PostgresEngine:
         listening and cannot know what happened before). It is only a hint:
         a ``take`` may still find nothing, and records whose delay runs out
         send no notification, so keep polling as well. False means nothing
-        was heard within ``timeout``. Unlike the other methods this one may
-        be called from a thread of its own while another thread uses the
-        engine: it has its own connection.
+        was heard within ``timeout``, or :meth:`cancel_waits` was called. Unlike
+        the other methods this one may be called from a thread of its own while
+        another thread uses the engine: it has its own connection.
         """
+        started = time.monotonic()
+        deadline = started + timeout
         with self._listen_lock, self._guard("wait_ready"):
             if self._listener is None:
                 if self._pool is None:
@@ -489,10 +493,14 @@ class PostgresEngine:
                 self._listener = listener
                 return True
             payload = self._payload(queue)
-            deadline = time.monotonic() + timeout
             try:
+                # Listening in short slices is what lets cancel_waits end a wait:
+                # nothing else can interrupt a connection waiting for notifications.
                 while (remaining := deadline - time.monotonic()) > 0:
-                    for note in self._listener.notifies(timeout=remaining, stop_after=1):
+                    if self._cancelled_at >= started:
+                        return False
+                    for note in self._listener.notifies(timeout=min(remaining, _WAIT_SLICE),
+                                                        stop_after=1):
                         if note.payload in (payload, ""):
                             return True
             except psycopg.Error:
@@ -501,6 +509,11 @@ class PostgresEngine:
                 self._listener = None
                 raise
             return False
+
+    def cancel_waits(self) -> None:
+        """Make every :meth:`wait_ready` in progress return False within a fraction of a
+        second (for a shutdown or close); later calls wait as usual."""
+        self._cancelled_at = time.monotonic()
 
     def close(self) -> None:
         """Give back this engine's share of the pool, close its listener; twice is harmless."""
