@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -249,6 +250,20 @@ def test_close_twice_with_a_listener(engine: PostgresEngine) -> None:
         engine.counts("q")
 
 
+def test_cancel_waits_ends_a_wait_at_once(engine: PostgresEngine) -> None:
+    assert engine.wait_ready("q", 0) is True
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(engine.wait_ready("q", 30)))
+    waiter.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    engine.cancel_waits()
+    waiter.join(5)
+    assert result == [False] and time.monotonic() - start < 1.0
+    engine.append("q", [b"x"], [1], 1.0)
+    assert engine.wait_ready("q", 5) is True, "a wait after the cancel must still hear"
+
+
 def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url: str) -> None:
     assert engine.wait_ready("q", 0) is True
     with psycopg.connect(pg_url, autocommit=True) as admin:
@@ -261,6 +276,38 @@ def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url
     assert engine.wait_ready("q", 0) is True
 
 
+def _plan(url: str, statement: sql.Composable, params: dict[str, object]) -> str:
+    """EXPLAIN ANALYZE of ``statement`` prepared and planned as the engine's pooled
+    connections plan it (a generic plan, see the engine's docstring), rolled back.
+
+    A plain ``EXPLAIN`` with bound values would plan for those values instead.
+    """
+    with psycopg.connect(url) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        text = re.sub(r"%\((\w+)\)s", number, statement.as_string(conn))
+        conn.execute(b"PREPARE spoolq_plan AS " + text.encode())
+        # Values inlined into EXECUTE leave the prepared statement's plan generic.
+        cur = psycopg.ClientCursor(conn)
+        cur.execute(b"EXPLAIN ANALYZE EXECUTE spoolq_plan(" + b", ".join([b"%s"] * len(names))
+                    + b")", [params[name] for name in names])
+        plan = "\n".join(row[0] for row in cur.fetchall())
+        conn.rollback()
+    return plan
+
+
+def _most_read(plan: str) -> int:
+    """The most rows any node of ``plan`` returned or filtered out."""
+    found = re.findall(r"actual time=\S+ rows=(\d+)|Rows Removed by \w+: (\d+)", plan)
+    return max((int(returned or removed) for returned, removed in found), default=0)
+
+
 def test_taking_the_head_skips_other_queues_by_index(engine: PostgresEngine,
                                                       pg_url: str, pg_schema: str) -> None:
     # Records of queue "a" sort before those of "b" by id; the head of "b" must
@@ -269,13 +316,46 @@ def test_taking_the_head_skips_other_queues_by_index(engine: PostgresEngine,
     engine.append("b", [b"y"] * 30_000, [1] * 30_000, 1.0)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(sql.SQL("VACUUM ANALYZE {}.records").format(sql.Identifier(pg_schema)))
-        conn.execute("SET plan_cache_mode = force_generic_plan")
-        plan = "\n".join(row[0] for row in conn.execute(
-            sql.SQL("EXPLAIN ANALYZE ") + engine._sql.remove,
-            engine._params("b", n=10, now_in=0.0)))
-    removed = [int(line.split(":")[1]) for line in plan.splitlines()
-               if "Rows Removed by Filter" in line]
-    assert max(removed, default=0) < 100, plan
+    plan = _plan(pg_url, engine._sql.remove, engine._params("b", n=10, now_in=0.0))
+    assert _most_read(plan) < 100, plan
+
+
+def test_pooled_connections_plan_once(engine: PostgresEngine) -> None:
+    with engine._conn("test") as conn:
+        assert conn.execute("SHOW plan_cache_mode").fetchone() == ("force_generic_plan",)
+
+
+def test_settling_reads_only_the_records_named(engine: PostgresEngine, pg_url: str,
+                                               pg_schema: str) -> None:
+    # Other consumers hold 3,000 leases; acking, nacking or checking for
+    # expired leases must not read them all.
+    engine.append("q", [b"x"] * 3_001, [1] * 3_001, 1.0)
+    for n in range(30):
+        engine.take("q", 100, time.time(), Lease(f"other{n}", time.time() + 60))
+    (mine,) = engine.take("q", 1, time.time(), Lease("me", time.time() + 60))
+    held = engine._params("q", owner="me", ids=[mine.id], attempts=[mine.attempts])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM ANALYZE {}.records").format(sql.Identifier(pg_schema)))
+    for statement, params in [(engine._sql.ack, held), (engine._sql.lock_held, held),
+                              (engine._sql.any_expired, {"queue": "q", "now_in": 0.0})]:
+        plan = _plan(pg_url, statement, params)
+        assert _most_read(plan) < 100, plan
+    assert engine.ack("q", [(mine.id, mine.attempts)], "me") == [mine.id]
+    assert engine.expire("q", time.time()) == 0
+    assert engine.counts("q")[:2] == (0, 3_000)
+
+
+def test_a_large_lease_is_found_by_key(engine: PostgresEngine, pg_url: str,
+                                       pg_schema: str) -> None:
+    # A generic plan cannot know how many records are asked for; it must still
+    # find the picked ones by key rather than hash-join the whole queue.
+    engine.append("q", [b"x"] * 20_000, [1] * 20_000, 1.0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM ANALYZE {}.records").format(sql.Identifier(pg_schema)))
+    for statement in (engine._sql.lease, engine._sql.remove):
+        plan = _plan(pg_url, statement, engine._params(
+            "q", n=5, now_in=0.0, owner="me", until_in=30.0))
+        assert _most_read(plan) < 100, plan
 
 
 def test_a_schema_name_of_63_bytes_still_notifies(pg_url: str) -> None:

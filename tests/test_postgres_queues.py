@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,26 @@ async def test_async_parity(pg_url: str, opts: dict[str, Any]) -> None:
 
 
 # ---- leases and dead letters ------------------------------------------------------------
+
+def test_shutdown_wakes_a_waiting_getter(pg_url: str, opts: dict[str, Any]) -> None:
+    with SyncQueue.create(pg_url, name="jobs", **opts) as q:
+        errors: list[BaseException] = []
+
+        def get() -> None:
+            try:
+                q.get(timeout=30)
+            except BaseException as exc:
+                errors.append(exc)
+
+        getter = threading.Thread(target=get)
+        getter.start()
+        time.sleep(0.5)  # long enough to be listening for notifications
+        start = time.monotonic()
+        q.shutdown()
+        getter.join(10)
+        assert time.monotonic() - start < 1.0
+        assert len(errors) == 1 and isinstance(errors[0], spoolq.QueueShutDown)
+
 
 def test_lease_nack_ack_and_dead_letters(pg_url: str, opts: dict[str, Any]) -> None:
     with SyncQueue.create(pg_url, name="jobs", max_attempts=2, **opts) as q:

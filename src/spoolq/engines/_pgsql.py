@@ -91,9 +91,13 @@ _APPEND = f"""WITH ins AS (
     {_counted("count(*)", "0", "sum(stored)", "sum(raw_size)", "ins")}
     SELECT array_agg(id ORDER BY id), {{notify}} FROM ins"""
 
+# The rows picked (and locked) are found again by key: ``id = ANY(ARRAY(…))``
+# is an index condition on ``(queue, id)``. A join with ``picked`` is not: the
+# generic plan (see the engine's docstring) guesses that ``LIMIT %(n)s`` keeps
+# a tenth of the queue and hash-joins it with every record of the queue.
 _REMOVE = f"""WITH picked AS ({_READY}),
-    gone AS (DELETE FROM {{s}}.records r USING picked
-        WHERE r.queue = %(queue)s AND r.id = picked.id
+    gone AS (DELETE FROM {{s}}.records r
+        WHERE r.queue = %(queue)s AND r.id = ANY(ARRAY(SELECT id FROM picked))
         RETURNING r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason),
     {_counted("-count(*)", "0", "-sum(length(data))", "-sum(raw_size)", "gone")}
     SELECT {_RECORD} FROM gone ORDER BY id"""
@@ -102,7 +106,7 @@ _LEASE = f"""WITH picked AS ({_READY}),
     taken AS (UPDATE {{s}}.records r SET leased = true, owner = %(owner)s,
             visible_at = statement_timestamp() + make_interval(secs => %(until_in)s),
             attempts = r.attempts + 1
-        FROM picked WHERE r.queue = %(queue)s AND r.id = picked.id
+        WHERE r.queue = %(queue)s AND r.id = ANY(ARRAY(SELECT id FROM picked))
         RETURNING r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason),
     {_counted("-count(*)", "count(*)", "0", "0", "taken")}
     SELECT {_RECORD} FROM taken ORDER BY id"""
@@ -118,9 +122,15 @@ _RESTORE = f"""WITH ins AS (
     {_counted("count(*)", "0", "sum(stored)", "sum(raw_size)", "ins")}
     SELECT count(*), {{notify}} FROM ins"""
 
+# The deliveries ``(ids, attempts)`` that ``owner`` still holds. ``owner`` is set
+# exactly while a record is leased, so matching it says "leased" as well; the
+# statement deliberately does not name ``leased``, which would let the planner
+# read every leased record of the queue through ``records_leased`` and filter
+# them by owner: an ack would then cost as much as all the leases held by every
+# consumer. Named by ``(queue, id)``, each delivery is one probe of the key.
 _HELD = """FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS d(id, attempts)
-    WHERE r.id = d.id AND r.attempts = d.attempts AND r.queue = %(queue)s
-      AND r.leased AND r.owner = %(owner)s"""
+    WHERE r.queue = %(queue)s AND r.id = d.id AND r.attempts = d.attempts
+      AND r.owner = %(owner)s"""
 
 _ACK = f"""WITH gone AS (DELETE FROM {{s}}.records r USING {_HELD.removeprefix("FROM ")}
         RETURNING r.id, length(r.data) AS stored, r.raw_size),
@@ -130,12 +140,26 @@ _ACK = f"""WITH gone AS (DELETE FROM {{s}}.records r USING {_HELD.removeprefix("
 _LOCK_HELD = f"SELECT r.id FROM {{s}}.records r, {_HELD.removeprefix('FROM ')} ORDER BY r.id " \
     "FOR UPDATE OF r"
 
-_LOCK_EXPIRED = """SELECT id,
-        visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)
-    FROM {s}.records
-    WHERE queue = %(queue)s AND leased
-      AND (visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)
-           OR owner = ANY(%(owners)s::text[]))
+_EXPIRED = "visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)"
+
+# Whether any lease of the queue ran out: a plain read of the first entry of
+# ``records_leased`` (the lease that ends first), so the periodic check costs
+# one round trip, one index probe and no locks while every lease is running.
+# Asking for that first entry, rather than for any entry before now, keeps the
+# generic plan on the index even when most of the table is leased.
+_ANY_EXPIRED = f"""SELECT {_EXPIRED} FROM {{s}}.records WHERE queue = %(queue)s AND leased
+    ORDER BY visible_at LIMIT 1"""
+
+# Leases that ran out, and (the second) those held by ``owners``, which died.
+# Each row comes with whether its lease ran out. The second reads every leased
+# record of the queue, since nothing indexes owners; it is only used on open
+# and close. The first is run once the check above found an expired lease.
+_LOCK_EXPIRED = f"""SELECT id, true FROM {{s}}.records
+    WHERE queue = %(queue)s AND leased AND {_EXPIRED}
+    ORDER BY id FOR UPDATE SKIP LOCKED"""
+
+_LOCK_EXPIRED_OR_OWNED = f"""SELECT id, {_EXPIRED} FROM {{s}}.records
+    WHERE queue = %(queue)s AND leased AND ({_EXPIRED} OR owner = ANY(%(owners)s::text[]))
     ORDER BY id FOR UPDATE SKIP LOCKED"""
 
 # Leased rows in ``ids`` (locked by the caller) whose attempts reached
@@ -203,7 +227,9 @@ class Statements:
     restore: sql.Composed
     ack: sql.Composed
     lock_held: sql.Composed
+    any_expired: sql.Composed
     lock_expired: sql.Composed
+    lock_expired_or_owned: sql.Composed
     bury: sql.Composed
     unlease: sql.Composed
     add_counts: sql.Composed
@@ -219,7 +245,8 @@ class Statements:
 
 _TEXTS = {
     "append": _APPEND, "remove": _REMOVE, "lease": _LEASE, "restore": _RESTORE, "ack": _ACK,
-    "lock_held": _LOCK_HELD, "lock_expired": _LOCK_EXPIRED, "bury": _BURY, "unlease": _UNLEASE,
+    "lock_held": _LOCK_HELD, "any_expired": _ANY_EXPIRED, "lock_expired": _LOCK_EXPIRED,
+    "lock_expired_or_owned": _LOCK_EXPIRED_OR_OWNED, "bury": _BURY, "unlease": _UNLEASE,
     "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK, "counts": _COUNTS,
     "owners": _OWNERS, "queues": _QUEUES, "get_meta": _GET_META, "set_meta": _SET_META,
 }

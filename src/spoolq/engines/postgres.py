@@ -42,6 +42,15 @@ engine of this process opened with the same connection string and settings
 (the pool runs its own maintenance threads). ``wait_ready`` uses one more
 connection of its own that LISTENs for the notifications sent when records
 become ready.
+
+Plans. psycopg prepares a statement on its fifth use on a connection, but
+PostgreSQL still plans a prepared statement afresh on every call while the
+plan it would make for the actual values looks cheaper than the generic one,
+and for a lease of one record it always does: planning then costs more than
+running the statement. The pool's connections therefore run with
+``plan_cache_mode = force_generic_plan`` (PostgreSQL 12 and later), and every
+statement is written so that its generic plan reaches rows through an index
+on the queue and the ids it names, whatever the number of rows asked for.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
 _APPLICATION = b"spoolq"
 _MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
+_WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 _PoolKey = tuple[str, tuple[tuple[str, str], ...], int]
@@ -101,6 +111,8 @@ def _acquire_pool(key: _PoolKey, timeout: float) -> ConnectionPool[Conn]:
             def configure(conn: Conn) -> None:
                 for name, value in settings:
                     conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+                if conn.info.server_version >= 120000:  # the setting is new in PostgreSQL 12
+                    conn.execute("SET plan_cache_mode = force_generic_plan")
 
             pool: ConnectionPool[Conn] = ConnectionPool(
                 conninfo, min_size=1, max_size=size, open=False, configure=configure,
@@ -190,6 +202,7 @@ class PostgresEngine:
         self._sql = compose(schema, notify=notify)
         self._listener: Conn | None = None
         self._listen_lock = threading.Lock()
+        self._cancelled_at = -math.inf  # time.monotonic() of the last cancel_waits()
         self._pool: ConnectionPool[Conn] | None = None
         self._setup()
         settings = (("synchronous_commit", synchronous_commit),
@@ -389,9 +402,18 @@ class PostgresEngine:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
+        params = {"queue": queue, "now_in": now - time.time(), "owners": list(owners)}
+        if not owners:
+            # The common case, checked about once a second by every consumer
+            # holding leases: nothing ran out. Then one read answers, instead
+            # of a transaction of three round trips that locks nothing.
+            with self._conn("expire") as conn:
+                row = conn.execute(self._sql.any_expired, params).fetchone()
+            if row is None or not row[0]:
+                return 0
+        lock = self._sql.lock_expired_or_owned if owners else self._sql.lock_expired
         with self._tx("expire") as conn:
-            rows = conn.execute(self._sql.lock_expired, {
-                "queue": queue, "now_in": now - time.time(), "owners": list(owners)}).fetchall()
+            rows = conn.execute(lock, params).fetchall()
             expired = [r[0] for r in rows if r[1]]
             orphaned = [r[0] for r in rows if not r[1]]
             self._unlease(conn, queue, expired, None, max_attempts, 0, "lease expired")
@@ -456,10 +478,12 @@ class PostgresEngine:
         listening and cannot know what happened before). It is only a hint:
         a ``take`` may still find nothing, and records whose delay runs out
         send no notification, so keep polling as well. False means nothing
-        was heard within ``timeout``. Unlike the other methods this one may
-        be called from a thread of its own while another thread uses the
-        engine: it has its own connection.
+        was heard within ``timeout``, or :meth:`cancel_waits` was called. Unlike
+        the other methods this one may be called from a thread of its own while
+        another thread uses the engine: it has its own connection.
         """
+        started = time.monotonic()
+        deadline = started + timeout
         with self._listen_lock, self._guard("wait_ready"):
             if self._listener is None:
                 if self._pool is None:
@@ -469,10 +493,14 @@ class PostgresEngine:
                 self._listener = listener
                 return True
             payload = self._payload(queue)
-            deadline = time.monotonic() + timeout
             try:
+                # Listening in short slices is what lets cancel_waits end a wait:
+                # nothing else can interrupt a connection waiting for notifications.
                 while (remaining := deadline - time.monotonic()) > 0:
-                    for note in self._listener.notifies(timeout=remaining, stop_after=1):
+                    if self._cancelled_at >= started:
+                        return False
+                    for note in self._listener.notifies(timeout=min(remaining, _WAIT_SLICE),
+                                                        stop_after=1):
                         if note.payload in (payload, ""):
                             return True
             except psycopg.Error:
@@ -481,6 +509,11 @@ class PostgresEngine:
                 self._listener = None
                 raise
             return False
+
+    def cancel_waits(self) -> None:
+        """Make every :meth:`wait_ready` in progress return False within a fraction of a
+        second (for a shutdown or close); later calls wait as usual."""
+        self._cancelled_at = time.monotonic()
 
     def close(self) -> None:
         """Give back this engine's share of the pool, close its listener; twice is harmless."""
