@@ -145,6 +145,28 @@ def test_a_late_ack_from_an_expired_lease_removes_nothing(pg_url: str,
             fast.get_nowait()
 
 
+def test_a_waiting_getter_sees_an_expired_lease_promptly(pg_url: str,
+                                                        opts: dict[str, Any]) -> None:
+    with SyncQueue.create(pg_url, name="jobs", **opts) as holder:
+        holder.put("job")
+        holder.lease(ttl=0.3)
+        with SyncQueue.create(pg_url, name="jobs", **opts) as waiter:
+            start = time.monotonic()
+            assert waiter.get(timeout=4) == "job"
+            assert time.monotonic() - start < 2.0
+
+
+async def test_an_async_waiting_getter_sees_an_expired_lease_promptly(
+        pg_url: str, opts: dict[str, Any]) -> None:
+    async with await Queue.create(pg_url, name="jobs", **opts) as holder:
+        await holder.put("job")
+        await holder.lease(ttl=0.3)
+        async with await Queue.create(pg_url, name="jobs", **opts) as waiter:
+            start = time.monotonic()
+            assert await asyncio.wait_for(waiter.get(), 4) == "job"
+            assert time.monotonic() - start < 2.0
+
+
 async def test_async_leases_and_close_releases(pg_url: str, opts: dict[str, Any]) -> None:
     async with await Queue.create(pg_url, name="jobs", **opts) as q:
         await q.put_many(["a", "b"])

@@ -27,7 +27,6 @@ __all__ = ["Queue"]
 T = TypeVar("T")
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
-_LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 
 def _settle(tickets: list[Ticket]) -> None:
@@ -293,11 +292,10 @@ class Queue(QueueViews, Generic[T]):
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
-            remaining = _LONG_POLL if deadline is None else min(deadline - time.monotonic(),
-                                                                _LONG_POLL)
-            if remaining <= 0:
+            ready = await asyncio.to_thread(core.wait_ready, deadline)
+            if ready is None:
                 return False
-            if await asyncio.to_thread(core.wait_ready, remaining):
+            if ready:
                 await self._worker.submit(core.refresh)
             return True
         if took_nothing:

@@ -33,6 +33,7 @@ from .zdict import MissingDictionary, load_dictionaries, train_dictionary
 __all__ = ["Message", "QueueCore", "Taken"]
 
 log = logging.getLogger("spoolq")
+_LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 T = TypeVar("T")
 Taken = tuple[StoredRecord, Any]
@@ -157,9 +158,17 @@ class QueueCore:
         """Whether the engine can block until the queue may have items (long-poll)."""
         return hasattr(self.engine, "wait_ready")
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Block up to ``timeout`` until the engine says items may be ready; no lock is held."""
+    def wait_ready(self, deadline: float | None) -> bool | None:
+        """Block until the engine says items may be ready, ``deadline`` (monotonic) passes
+        or a lease may have expired; no lock is held. None when the deadline has passed."""
+        limit = self._reap_interval() if self._counts.leased else _LONG_POLL
+        timeout = limit if deadline is None else min(deadline - time.monotonic(), limit)
+        if timeout <= 0:
+            return None
         return bool(self.engine.wait_ready(self.name, timeout))  # type: ignore[attr-defined]
+
+    def _reap_interval(self) -> float:
+        return min(1.0, self.settings.poll_interval * 10)
 
     def cancel_waits(self) -> None:
         """End every wait_ready in progress (on shutdown and close)."""
@@ -313,7 +322,7 @@ class QueueCore:
 
     def _reap_locked(self, now: float) -> None:
         if self._counts.leased and now >= self._next_reap:
-            self._next_reap = now + min(1.0, self.settings.poll_interval * 10)
+            self._next_reap = now + self._reap_interval()
             released = self.engine.expire(self.name, now, max_attempts=self.settings.max_attempts)
             if released:
                 self._refresh_locked()

@@ -21,7 +21,6 @@ __all__ = ["SyncQueue"]
 
 T = TypeVar("T")
 log = logging.getLogger("spoolq")
-_LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 
 
 class SyncQueue(QueueViews, Generic[T]):
@@ -226,11 +225,10 @@ class SyncQueue(QueueViews, Generic[T]):
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
-            remaining = _LONG_POLL if deadline is None else min(deadline - time.monotonic(),
-                                                                _LONG_POLL)
-            if remaining <= 0:
+            ready = core.wait_ready(deadline)
+            if ready is None:
                 return False
-            if core.wait_ready(remaining):
+            if ready:
                 core.refresh()
             return True
         if took_nothing:
