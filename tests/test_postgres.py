@@ -24,6 +24,8 @@ from psycopg import sql
 from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
+from .waiting import assert_cancel_ends_a_wait
+
 
 class TestPostgresEngine(EngineConformance):
     @pytest.fixture
@@ -252,16 +254,7 @@ def test_close_twice_with_a_listener(engine: PostgresEngine) -> None:
 
 def test_cancel_waits_ends_a_wait_at_once(engine: PostgresEngine) -> None:
     assert engine.wait_ready("q", 0) is True
-    result: list[bool] = []
-    waiter = threading.Thread(target=lambda: result.append(engine.wait_ready("q", 30)))
-    waiter.start()
-    time.sleep(0.3)
-    start = time.monotonic()
-    engine.cancel_waits()
-    waiter.join(5)
-    assert result == [False] and time.monotonic() - start < 1.0
-    engine.append("q", [b"x"], [1], 1.0)
-    assert engine.wait_ready("q", 5) is True, "a wait after the cancel must still hear"
+    assert_cancel_ends_a_wait(engine, "q", within=1.0)
 
 
 def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url: str) -> None:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import pytest
 
 import spoolq
 from spoolq import Batcher, Queue, SyncQueue
+
+from .waiting import getter_thread
 
 if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
     pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
@@ -92,16 +93,7 @@ async def test_async_parity(pg_url: str, opts: dict[str, Any]) -> None:
 
 def test_shutdown_wakes_a_waiting_getter(pg_url: str, opts: dict[str, Any]) -> None:
     with SyncQueue.create(pg_url, name="jobs", **opts) as q:
-        errors: list[BaseException] = []
-
-        def get() -> None:
-            try:
-                q.get(timeout=30)
-            except BaseException as exc:
-                errors.append(exc)
-
-        getter = threading.Thread(target=get)
-        getter.start()
+        getter, errors = getter_thread(q, timeout=30)
         time.sleep(0.5)  # long enough to be listening for notifications
         start = time.monotonic()
         q.shutdown()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from spoolq.engines.remote import RemoteEngine, parse_url, url_queue_name
 from spoolq.testing import EngineConformance
 
 from .servers import ThreadedServer
+from .waiting import assert_cancel_ends_a_wait
 
 
 @pytest.fixture
@@ -122,15 +122,6 @@ def test_concurrent_appends_share_one_transaction() -> None:
 def test_cancel_waits_ends_a_wait_at_once(memory_server: ThreadedServer) -> None:
     eng = RemoteEngine(memory_server.url)
     try:
-        result: list[bool] = []
-        waiter = threading.Thread(target=lambda: result.append(eng.wait_ready("idle", 30)))
-        waiter.start()
-        time.sleep(0.3)
-        start = time.monotonic()
-        eng.cancel_waits()
-        waiter.join(5)
-        assert result == [False] and time.monotonic() - start < 2
-        eng.append("idle", [b"x"], [1], 0.0)
-        assert eng.wait_ready("idle", 5) is True  # later waits work as before
+        assert_cancel_ends_a_wait(eng, "idle", within=2.0)
     finally:
         eng.close()

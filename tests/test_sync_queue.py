@@ -12,6 +12,8 @@ import pytest
 import spoolq
 from spoolq import SyncQueue
 
+from .waiting import getter_thread
+
 
 @pytest.fixture
 def q(path: str) -> Iterator[SyncQueue[object]]:
@@ -148,19 +150,11 @@ def test_shutdown(q: SyncQueue[object]) -> None:
 
 def test_shutdown_immediate_wakes_waiters_and_keeps_items(disk_path: str) -> None:
     with SyncQueue.create(disk_path) as q:
-        errors: list[BaseException] = []
-
-        def waiter() -> None:
-            try:
-                q.get(timeout=10)
-            except BaseException as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=waiter)
-        t.start()
+        t, errors = getter_thread(q, timeout=10)
         time.sleep(0.05)
         q.put("kept")
         t.join(5)
+        assert not t.is_alive() and errors == []
         q.put("kept-too")
         q.shutdown(immediate=True)
         with pytest.raises(spoolq.QueueShutDown):

@@ -1,0 +1,37 @@
+"""Helpers for tests of calls that block: a getter in a thread, a long-poll to cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+
+def getter_thread(q: Any, timeout: float) -> tuple[threading.Thread, list[BaseException]]:
+    """Start a thread blocked in ``q.get(timeout=...)``; the list collects what it raised."""
+    errors: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            q.get(timeout=timeout)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=get)
+    thread.start()
+    return thread, errors
+
+
+def assert_cancel_ends_a_wait(engine: Any, queue: str, within: float) -> None:
+    """``engine.cancel_waits()`` ends a ``wait_ready`` in another thread within ``within``
+    seconds, and a later append still wakes the next wait."""
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(engine.wait_ready(queue, 30)))
+    waiter.start()
+    time.sleep(0.3)  # long enough to be listening
+    start = time.monotonic()
+    engine.cancel_waits()
+    waiter.join(5)
+    assert result == [False] and time.monotonic() - start < within
+    engine.append(queue, [b"x"], [1], 1.0)
+    assert engine.wait_ready(queue, 5) is True, "a wait after the cancel must still hear"
