@@ -34,6 +34,7 @@ __all__ = ["Message", "QueueCore", "Taken"]
 
 log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
+_DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
 
 T = TypeVar("T")
 Taken = tuple[StoredRecord, Any]
@@ -72,6 +73,7 @@ class QueueCore:
         self.closed = False
         self._counts = Counts(0, 0, 0, 0)
         self._dead = 0
+        self._last_dead_refresh = 0.0
         self._pending_bytes = (0, 0)
         self.counters = {"puts": 0, "gets": 0, "acks": 0, "nacks": 0, "redelivered": 0}
         self.unfinished = 0
@@ -136,18 +138,21 @@ class QueueCore:
 
     def _refresh_locked(self, dead: bool = True) -> Counts:
         self._counts = self.engine.counts(self.name)
+        self._last_refresh = time.monotonic()
         if dead:
             self._dead = self.engine.counts(self.dead_name).ready
-        self._last_refresh = time.monotonic()
+            self._last_dead_refresh = self._last_refresh
         return self._counts
 
     def refresh(self) -> Counts:
         """Re-read the counts from the file (picks up other processes' work) and
-        return expired leases to the queue."""
+        return expired leases to the queue. The dead-letter count, which only
+        changes when items die, is re-read at most once a second here."""
         with self.lock:
             self._check_open()
             self._reap_locked(time.time())
-            return self._refresh_locked()
+            return self._refresh_locked(
+                dead=time.monotonic() - self._last_dead_refresh >= _DEAD_REFRESH)
 
     def refresh_due(self) -> bool:
         """Whether the poll interval has passed since the counts were last read."""
