@@ -14,9 +14,9 @@ import lmdb
 from ..errors import CorruptError, EngineError, FormatError
 from .base import Lease, StoredRecord
 
-__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "QueueRow", "lease_head",
-           "lease_info", "pack", "pack_new", "translate", "unpack", "unpack_leased",
-           "with_attempts"]
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "QueueRow", "held_by",
+           "lease_head", "lease_reader", "pack", "pack_new", "translate", "unpack",
+           "unpack_leased", "with_attempts"]
 
 DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased")
 U32 = struct.Struct(">I")
@@ -80,17 +80,23 @@ def lease_head(lease: Lease) -> bytes:
     return _LEASE.pack(lease.until, len(owner)) + owner
 
 
-def lease_info(path: str, ident: int, value: bytes) -> tuple[bytes, int, int, int]:
-    """(owner, attempts, raw size, stored data size) of a leased record's value, read from
-    its headers without copying the data."""
+def lease_reader(owner: bytes) -> struct.Struct:
+    """Reads the headers of a record leased by an owner as long as ``owner``: until, owner
+    length, owner, raw size, attempts, enqueued_at, reason length."""
+    return struct.Struct(f">dH{len(owner)}sQIdi")
+
+
+def held_by(value: bytes, owner: bytes, reader: struct.Struct) -> tuple[int, int, int] | None:
+    """(attempts, raw size, stored data size) of a leased record's value if ``owner``
+    (read with ``reader`` from :func:`lease_reader`) holds it, else None. Reads only
+    the headers."""
     try:
-        _, owner_len = _LEASE.unpack_from(value)
-        start = _LEASE.size + owner_len
-        raw_size, attempts, _, reason_len = _RECORD.unpack_from(value, start)
-    except struct.error as exc:
-        raise CorruptError(f"{path}: the lease of record {ident} is damaged") from exc
-    owner = value[_LEASE.size:start]
-    return owner, attempts, raw_size, len(value) - start - _RECORD.size - max(reason_len, 0)
+        _, owner_len, holder, raw_size, attempts, _, reason_len = reader.unpack_from(value)
+    except struct.error:
+        return None  # shorter than any record leased by this owner
+    if owner_len != len(owner) or holder != owner:
+        return None
+    return attempts, raw_size, len(value) - reader.size - max(reason_len, 0)
 
 
 def unpack_leased(path: str, ident: int, value: bytes) -> tuple[str, float, StoredRecord]:

@@ -333,7 +333,9 @@ class _LMDBStore:
             self._promote(txn, q.number, now)
             prefix = fmt.U32.pack(q.number)
             out: list[StoredRecord] = []
+            leased: list[tuple[bytes, bytes]] = []
             head = None if lease is None else fmt.lease_head(lease)
+            unpack, ident_of, path = fmt.unpack, fmt.KEY.unpack, self.path
             cur = txn.cursor(self._ready)
             more = cur.set_range(prefix)
             while more and len(out) < n:
@@ -342,12 +344,14 @@ class _LMDBStore:
                     break
                 value = cur.value()
                 if head is None:
-                    out.append(fmt.unpack(self.path, fmt.KEY.unpack(key)[1], value))
+                    out.append(unpack(path, ident_of(key)[1], value))
                 else:
-                    rec = fmt.unpack(self.path, fmt.KEY.unpack(key)[1], value, bump=1)
-                    txn.put(key, head + fmt.with_attempts(value, rec.attempts), db=self._leased)
+                    rec = unpack(path, ident_of(key)[1], value, bump=1)
+                    leased.append((key, head + fmt.with_attempts(value, rec.attempts)))
                     out.append(rec)
                 more = cur.delete()
+            if leased:
+                txn.cursor(self._leased).putmulti(leased)
             if out:
                 q.ready -= len(out)
                 if lease is None:
@@ -384,15 +388,17 @@ class _LMDBStore:
                 return []
             done: list[int] = []
             cur = txn.cursor(self._leased)
+            key, number, held_by, reader = fmt.KEY.pack, q.number, fmt.held_by, \
+                fmt.lease_reader(holder)
             for ident, attempts in deliveries:
-                if not cur.set_key(fmt.KEY.pack(q.number, ident)):
+                if not cur.set_key(key(number, ident)):
                     continue
-                who, held, raw, stored = fmt.lease_info(self.path, ident, cur.value())
-                if who == holder and held == attempts:
+                held = held_by(cur.value(), holder, reader)
+                if held is not None and held[0] == attempts:
                     cur.delete()
                     done.append(ident)
-                    q.stored -= stored
-                    q.raw -= raw
+                    q.raw -= held[1]
+                    q.stored -= held[2]
             if done:
                 q.leased -= len(done)
                 self._save(txn, queue, q)
