@@ -48,11 +48,13 @@ opened, and never writes.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from operator import itemgetter
 
 from ..errors import CorruptError, EngineError, FormatError
 from . import _dbmfiles as files
@@ -63,7 +65,16 @@ from ._dbmstate import decode_record, decode_state, encode_state
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
 from ._shared import SharedEngine, lock_exclusively
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
+from .base import (
+    FORMAT_VERSION,
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    batch_given,
+    check_window,
+    dead_queue_name,
+)
 
 __all__ = ["DBMEngine"]
 
@@ -422,6 +433,17 @@ class _DBMStore:
                 out.append(self._read(_main_key(q, position)))
             position += 1
         return out
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+        q = self._state.queues.get(queue)
+        if q is None or not q.leased:
+            return []
+        # The leases are in the state, in memory already; only the records are read.
+        held = heapq.nsmallest(offset + n, ((i, a) for i, a in q.aside.items()
+                                            if a.owner is not None), key=itemgetter(0))
+        return [LeasedRecord(self._read(a.key, a), a.owner, a.visible_at)
+                for _, a in held[offset:] if a.owner is not None]
 
     def counts(self, queue: str) -> Counts:
         q = self._state.queues.get(queue)

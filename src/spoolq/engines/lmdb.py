@@ -23,11 +23,11 @@ as the records: they only grow and are never reused.
 Costs. Each call is one LMDB transaction; readers never block the writer or
 each other, and writers from every process take turns on LMDB's own lock.
 ``take``, ``ack`` and ``append`` are O(log n) per record; ``expire`` and
-``owners`` walk the queue's leased records, ``peek`` and ``move`` also load
-its delayed ones. Records are read through cursors, never all at once. The
-map (LMDB's view of the file) starts at ``map_size`` bytes and doubles
-whenever a write does not fit; the file grows only with the data, and freed
-pages are reused.
+``owners`` walk the queue's leased records (``peek_leased`` only up to the
+last it returns), ``peek`` and ``move`` also load its delayed ones. Records
+are read through cursors, never all at once. The map (LMDB's view of the
+file) starts at ``map_size`` bytes and doubles whenever a write does not fit;
+the file grows only with the data, and freed pages are reused.
 
 Durability. ``durability="fsync"`` (``sync=True, metasync=True``) flushes
 data and meta pages on every commit: a returned call survives power loss.
@@ -57,7 +57,16 @@ import lmdb
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _lmdbformat as fmt
 from ._shared import SharedEngine
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
+from .base import (
+    FORMAT_VERSION,
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    batch_given,
+    check_window,
+    dead_queue_name,
+)
 
 __all__ = ["LMDBEngine"]
 
@@ -449,6 +458,20 @@ class _LMDBStore:
                     itertools.islice(self._in_order(txn, q.number), offset, offset + n)]
 
         return self._read("peek", body)
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+
+        def body(txn: Txn) -> list[LeasedRecord]:
+            q = self._queue(txn, queue)
+            if q is None or not q.leased:
+                return []
+            return [LeasedRecord(rec, owner, until) for owner, until, rec in (
+                self._leased_record(fmt.KEY.unpack(key)[1], value) for key, value in
+                itertools.islice(self._prefixed(txn, self._leased, q.number), offset,
+                                 offset + n))]
+
+        return self._read("peek_leased", body)
 
     def counts(self, queue: str) -> Counts:
         def body(txn: Txn) -> Counts:
