@@ -42,10 +42,8 @@ order (LMDB's own warning for ``MDB_NOSYNC``).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
-import operator
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +54,7 @@ import lmdb
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _lmdbformat as fmt
+from . import _lmdbwalk as walk
 from ._shared import SharedEngine
 from .base import (
     FORMAT_VERSION,
@@ -78,7 +77,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _APPLICATION = b"spoolq"
-_CHUNK = 512  # records read per cursor pass when walking a whole queue
 _MAX_GROWTH = 40
 
 
@@ -235,58 +233,6 @@ class _LMDBStore:
         self._save(txn, name, q)
         return first
 
-    def _promote(self, txn: Txn, number: int, now: float) -> None:
-        """Move delayed records that are due by ``now`` back into ``ready``."""
-        prefix = fmt.U32.pack(number)
-        cur = txn.cursor(self._delayed)
-        more = cur.set_range(prefix)
-        while more:
-            key = cur.key()
-            if not key.startswith(prefix):
-                break
-            _, visible_at, ident = fmt.DELAYED.unpack(key)
-            if visible_at > now:
-                break
-            txn.put(fmt.KEY.pack(number, ident), cur.value(), db=self._ready)
-            more = cur.delete()
-
-    def _prefixed(self, txn: Txn, db: Db, number: int,
-                  start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of one queue's entries in ``db`` in key order, from ``start`` on."""
-        prefix = fmt.U32.pack(number)
-        cur = txn.cursor(db)
-        more = cur.set_range(max(prefix, start))
-        while more:
-            key = cur.key()
-            if not key.startswith(prefix):
-                return
-            yield key, cur.value()
-            more = cur.next()
-
-    def _in_order(self, txn: Txn, number: int,
-                  limit: int | None = None) -> Iterator[tuple[int, bytes, Db, bytes]]:
-        """A queue's ready records, delayed ones included, as (id, key, db, value) in id
-        order, below ``limit``. Reads in chunks, each with a fresh cursor, so the caller
-        may delete or add records between items."""
-        delayed = sorted((fmt.DELAYED.unpack(key)[2], key, self._delayed, value)
-                         for key, value in self._prefixed(txn, self._delayed, number))
-
-        def ready() -> Iterator[tuple[int, bytes, Db, bytes]]:
-            start = b""
-            while True:
-                chunk = list(itertools.islice(self._prefixed(txn, self._ready, number, start),
-                                              _CHUNK))
-                if not chunk:
-                    return
-                for key, value in chunk:
-                    yield fmt.KEY.unpack(key)[1], key, self._ready, value
-                start = fmt.KEY.pack(number, fmt.KEY.unpack(chunk[-1][0])[1] + 1)
-
-        for item in heapq.merge(ready(), delayed, key=operator.itemgetter(0)):
-            if limit is not None and item[0] >= limit:
-                return
-            yield item
-
     def _unlease(self, txn: Txn, queue: str, q: fmt.QueueRow, rec: StoredRecord, not_before: float,
                  max_attempts: int | None, count_attempt: bool, reason: str) -> None:
         """Turn a leased record (already deleted from ``leased``) ready again, or dead."""
@@ -339,7 +285,7 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
                 return []
-            self._promote(txn, q.number, now)
+            walk.promote(txn, self._ready, self._delayed, q.number, now)
             prefix = fmt.U32.pack(q.number)
             out: list[StoredRecord] = []
             head = None if lease is None else fmt.lease_head(lease)
@@ -435,7 +381,7 @@ class _LMDBStore:
             if q is None or not q.leased:
                 return 0
             due: list[tuple[bytes, str, StoredRecord]] = []
-            for key, value in self._prefixed(txn, self._leased, q.number):
+            for key, value in walk.prefixed(txn, self._leased, q.number):
                 holder, until, rec = self._leased_record(fmt.KEY.unpack(key)[1], value)
                 if until <= now or holder in gone:
                     due.append((key, "lease expired" if until <= now else "owner died", rec))
@@ -454,8 +400,9 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
                 return []
+            records = walk.in_order(txn, self._ready, self._delayed, q.number)
             return [self._record(ident, value) for ident, _, _, value in
-                    itertools.islice(self._in_order(txn, q.number), offset, offset + n)]
+                    itertools.islice(records, offset, offset + n)]
 
         return self._read("peek", body)
 
@@ -468,7 +415,7 @@ class _LMDBStore:
                 return []
             return [LeasedRecord(rec, owner, until) for owner, until, rec in (
                 self._leased_record(fmt.KEY.unpack(key)[1], value) for key, value in
-                itertools.islice(self._prefixed(txn, self._leased, q.number), offset,
+                itertools.islice(walk.prefixed(txn, self._leased, q.number), offset,
                                  offset + n))]
 
         return self._read("peek_leased", body)
@@ -486,7 +433,7 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             held: dict[str, int] = {}
             if q is not None and q.leased:
-                for key, value in self._prefixed(txn, self._leased, q.number):
+                for key, value in walk.prefixed(txn, self._leased, q.number):
                     holder = self._leased_record(fmt.KEY.unpack(key)[1], value)[0]
                     held[holder] = held.get(holder, 0) + 1
             return held
@@ -513,11 +460,12 @@ class _LMDBStore:
 
             if ids is None:
                 # Ids given out before the move bound the walk: moving a queue onto itself ends.
-                for item in self._in_order(txn, s.number, self._bump(txn, b"next_id", 0)):
+                for item in walk.in_order(txn, self._ready, self._delayed, s.number,
+                                          self._bump(txn, b"next_id", 0)):
                     carry(*item)
             else:
                 delayed = {fmt.DELAYED.unpack(key)[2]: key
-                           for key, _ in self._prefixed(txn, self._delayed, s.number)}
+                           for key, _ in walk.prefixed(txn, self._delayed, s.number)}
                 for ident in sorted(set(ids)):
                     key = fmt.KEY.pack(s.number, ident)
                     value = txn.get(key, db=self._ready)
