@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 import spoolq
 from spoolq.cli import ExitCode
-from spoolq.engines import open_engine
+from spoolq.engines import ENGINES, Engine, Lease, open_engine
 
 from .cli_support import (
     GONE_OWNER,
+    OTHER_HOST_OWNER,
     ROOT,
     biggest_file,
     fill,
@@ -303,3 +307,107 @@ def test_a_queue_name_that_holds_nothing_is_pointed_out(filled: str) -> None:
     assert result.stderr == ("note: no queue 'job' holds items in this file "
                              "(queues with items: jobs, other)\n")
     assert run("peek", filled, "-q", "jobs").stderr == ""
+
+
+# ---- peek --leased --------------------------------------------------------------------------
+
+def _lease_expired(path: str, owner: str, queue: str = "jobs") -> None:
+    """Lease one item as ``owner`` with a lease that ran out a minute ago (not reaped yet)."""
+    eng = open_engine(path)
+    try:
+        t = time.time()
+        assert len(eng.take(queue, 1, t, Lease(owner, t - 60))) == 1
+    finally:
+        eng.close()
+
+
+@pytest.fixture
+def with_leases(filled: str) -> str:
+    """``filled`` with {"n": 2}, {"n": 3} leased by a gone process, {"n": 4} by another
+    host and {"n": 5} by another host whose lease ran out."""
+    lease_as(filled, GONE_OWNER, 2)
+    lease_as(filled, OTHER_HOST_OWNER, 1)
+    _lease_expired(filled, OTHER_HOST_OWNER)
+    return filled
+
+
+def test_peek_leased_json(with_leases: str) -> None:
+    data = run_json("peek", with_leases, "-q", "jobs", "--leased")
+    assert (data["queue"], data["leased"], data["offset"]) == ("jobs", 4, 0)
+    records = data["records"]
+    assert [r["item"] for r in records] == [{"n": 2}, {"n": 3}, {"n": 4}, {"n": 5}]
+    assert [(r["owner"], r["process"]) for r in records] == [
+        (GONE_OWNER, "gone"), (GONE_OWNER, "gone"), (OTHER_HOST_OWNER, "unknown"),
+        (OTHER_HOST_OWNER, "unknown")]
+    assert all(r["attempts"] == 1 and r["codec"] == "cbor+none" for r in records)
+    assert records[0]["id"] < records[1]["id"] < records[2]["id"] < records[3]["id"]
+    assert 3500 < records[0]["seconds_left"] <= 3600
+    assert -70 < records[3]["seconds_left"] < -50
+    assert records[3]["until"] == pytest.approx(time.time() - 60, abs=10)
+    page = run_json("peek", with_leases, "-q", "jobs", "--leased", "--offset", "1", "-n", "2")
+    assert page["offset"] == 1
+    assert [r["item"] for r in page["records"]] == [{"n": 3}, {"n": 4}]
+
+
+def test_peek_leased_table(with_leases: str) -> None:
+    result = run("peek", with_leases, "-q", "jobs", "--leased")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "jobs: leased items 1-4 of 4" in out
+    assert GONE_OWNER in out and OTHER_HOST_OWNER in out
+    assert "gone" in out and "unknown" in out
+    assert '{"n":2}' in out and '{"n":5}' in out and '{"n":6}' not in out
+    assert re.search(r" -1m \d+s ", out)  # the lease that ran out a minute ago
+    assert "59m" in out  # time left on the hour-long leases
+    assert "owner" in out and "left" in out
+    empty = run("peek", with_leases, "-q", "other", "--leased")
+    assert empty.exit_code == 0
+    assert "other: no leased items at offset 0 (0 leased)" in empty.stdout
+    assert run_json("peek", with_leases, "-q", "other", "--leased")["records"] == []
+
+
+@pytest.mark.parametrize("args", [[], ["--json"], ["--full", "--offset", "1", "-n", "2"]])
+def test_peek_leased_leaves_the_file_unchanged(with_leases: str, args: list[str]) -> None:
+    before = snapshot(with_leases)
+    result = run("peek", with_leases, "-q", "jobs", "--leased", *args)
+    assert result.exit_code == 0, result.output
+    assert unchanged(with_leases, before)
+
+
+def test_peek_leased_and_dead_together_is_a_usage_error(filled: str) -> None:
+    result = run("peek", filled, "-q", "jobs", "--leased", "--dead")
+    assert result.exit_code == ExitCode.USAGE
+    assert "--dead and --leased cannot be used together" in result.stderr
+
+
+class _WithoutLeasedPeek:
+    """An engine without the optional ``peek_leased``, as the remote engine is."""
+
+    name = "plain"
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "peek_leased":
+            raise AttributeError(attr)
+        return getattr(self._inner, attr)
+
+
+def test_peek_leased_on_an_engine_that_cannot_list_leases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "q.sqlite")
+    fill(path)
+
+    def plain(path: str, *, durability: str, read_only: bool = False,
+              **options: Any) -> Engine:
+        return cast(Engine, _WithoutLeasedPeek(open_engine(path, "sqlite",
+                                                           read_only=read_only)))
+
+    monkeypatch.setitem(ENGINES, "plain", plain)
+    result = run("peek", path, "-q", "jobs", "--leased", "--engine", "plain")
+    assert result.exit_code == ExitCode.PROBLEM
+    assert result.stdout == ""
+    assert result.stderr == (f"Error: {path}: the plain engine cannot list leased items "
+                             "(`spoolq info` counts them by owner)\n")
+    assert run("peek", path, "-q", "jobs", "--engine", "plain").exit_code == 0

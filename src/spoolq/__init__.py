@@ -13,7 +13,15 @@ from .aio import Queue
 from .batcher import Batcher
 from .codec import Codec, Compressor, Serializer
 from .core import Message
-from .engines import Counts, Engine, Lease, StoredRecord, open_engine, register_engine
+from .engines import (
+    Counts,
+    Engine,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    open_engine,
+    register_engine,
+)
 from .errors import (
     AuthenticationError,
     ClosedError,
@@ -49,6 +57,7 @@ __all__ = [
     "Full",
     "Lease",
     "LeaseError",
+    "LeasedRecord",
     "LockTimeout",
     "Message",
     "Queue",

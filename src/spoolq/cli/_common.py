@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -23,7 +23,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..codec import COMPRESSORS, SERIALIZERS, Codec, record_codec_names
-from ..engines import ENGINES, Engine, StoredRecord, dead_queue_name, open_engine
+from ..engines import (
+    ENGINES,
+    Engine,
+    LeasedRecord,
+    StoredRecord,
+    SupportsPeekLeased,
+    dead_queue_name,
+    open_engine,
+)
 from ..errors import CorruptError, SerializationError, SpoolqError
 from ..owners import owner_is_dead
 from ..zdict import DICTIONARY_QUEUE, load_dictionaries
@@ -42,6 +50,7 @@ __all__ = [
     "format_age",
     "format_bytes",
     "is_interactive",
+    "iter_leased_pages",
     "iter_pages",
     "json_option",
     "json_text",
@@ -58,6 +67,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("spoolq")
+T = TypeVar("T")
 
 DEFAULT_CHUNK = 1000
 """Records read per engine call when a command walks a whole queue."""
@@ -191,10 +201,22 @@ def disk_bytes(path: str) -> int:
 def iter_pages(engine: Engine, queue: str, *, offset: int = 0, chunk: int = DEFAULT_CHUNK,
                limit: int | None = None) -> Iterator[list[StoredRecord]]:
     """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, never all at once."""
+    return _pages(lambda n, at: engine.peek(queue, n, at), offset, chunk, limit)
+
+
+def iter_leased_pages(engine: SupportsPeekLeased, queue: str, *, offset: int = 0,
+                      chunk: int = DEFAULT_CHUNK,
+                      limit: int | None = None) -> Iterator[list[LeasedRecord]]:
+    """Leased records of ``queue`` in FIFO order, as :func:`iter_pages` reads ready ones."""
+    return _pages(lambda n, at: engine.peek_leased(queue, n, at), offset, chunk, limit)
+
+
+def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,
+           limit: int | None) -> Iterator[list[T]]:
     left = limit
     while left is None or left > 0:
         want = chunk if left is None else min(chunk, left)
-        page = engine.peek(queue, want, offset)
+        page = read(want, offset)
         if not page:
             return
         yield page

@@ -1,4 +1,4 @@
-"""Read-only commands: ``info``, ``peek`` and ``verify``.
+"""Read-only commands: ``info``, ``peek`` (ready, dead or leased items) and ``verify``.
 
 Each opens the file with ``read_only=True`` and leaves its bytes unchanged.
 """
@@ -8,13 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.text import Text
 
-from ..engines import Engine, dead_queue_name
+from ..engines import Engine, LeasedRecord, SupportsPeekLeased, dead_queue_name
 from ..errors import CorruptError
 from . import _sqlite
 from ._common import (
     DEFAULT_CHUNK,
     CliState,
+    Decoded,
     Decoder,
     Refused,
     base_queues,
@@ -22,6 +24,7 @@ from ._common import (
     engine_option,
     format_age,
     format_bytes,
+    iter_leased_pages,
     iter_pages,
     json_option,
     now,
@@ -128,7 +131,7 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
         state.out.print(owners)
 
 
-@click.command(short_help="Show items at the head of a queue, or its dead letters.")
+@click.command(short_help="Show items at the head of a queue, its dead letters or its leases.")
 @click.argument("path")
 @queue_option()
 @click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
@@ -136,32 +139,55 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
               help="Skip this many items from the head first.")
 @click.option("--dead", is_flag=True, help="Show the queue's dead letters instead.")
+@click.option("--leased", is_flag=True,
+              help="Show the leased items (being worked on) instead, with their lease owner, "
+                   "its process and the time left on the lease.")
 @click.option("--allow-pickle", is_flag=True,
               help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
 @click.option("--full", is_flag=True, help="Show whole items in the table, over several lines.")
 @engine_option()
 @json_option()
-def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickle: bool,
-         full: bool, engine: str | None, as_json: bool) -> None:
+def peek(path: str, queue: str, count: int, offset: int, dead: bool, leased: bool,
+         allow_pickle: bool, full: bool, engine: str | None, as_json: bool) -> None:
     """Show items from the head of a queue without removing anything.
 
     Items that cannot be decoded here (pickled without --allow-pickle, a class
     this process cannot import, a custom codec, a damaged record) are shown
     as their raw bytes with a note; in --json they come as base64 "raw".
+
+    --leased lists the items consumers hold, oldest first, with each lease's
+    owner, whether its process is "running", "gone" (`spoolq requeue --leased`
+    releases its items) or "unknown" (another host), and the time left before
+    the lease runs out (negative once it has: a consumer polling the queue, or
+    `spoolq requeue --leased`, puts the item back).
     """
+    if dead and leased:
+        raise click.UsageError("--dead and --leased cannot be used together")
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
     eng = open_existing(path, engine, read_only=True)
-    decoder = Decoder(eng, allow_pickle=allow_pickle)
+    held: list[tuple[Decoded, LeasedRecord]] = []
     try:
-        decoded = [decoder.decode(rec)
-                   for page in iter_pages(eng, name, offset=offset, limit=count)
-                   for rec in page]
-        total = eng.counts(name).ready
+        lister = _lister(eng, path) if leased else None
+        decoder = Decoder(eng, allow_pickle=allow_pickle)
+        if lister is not None:
+            held = [(decoder.decode(lr.record), lr)
+                    for page in iter_leased_pages(lister, name, offset=offset, limit=count)
+                    for lr in page]
+            decoded = [d for d, _ in held]
+            total = eng.counts(name).leased
+        else:
+            decoded = [decoder.decode(rec)
+                       for page in iter_pages(eng, name, offset=offset, limit=count)
+                       for rec in page]
+            total = eng.counts(name).ready
         if not decoded:
             state.check_queue_name(eng, name)
     finally:
         eng.close()
+    if leased:
+        _show_leased(state, name, offset, total, held, full=full, as_json=as_json)
+        return
     if as_json:
         state.print_json({"queue": name, "ready": total, "offset": offset,
                           "records": [record_json(d) for d in decoded]})
@@ -181,6 +207,52 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, allow_pickl
             row.append(rec.reason or "")
         state.add_row(table, *row)
     state.out.print(table)
+    _raw_notes(state, decoded)
+
+
+def _lister(eng: Engine, path: str) -> SupportsPeekLeased:
+    if not isinstance(eng, SupportsPeekLeased):
+        raise Refused(f"{path}: the {eng.name} engine cannot list leased items "
+                      "(`spoolq info` counts them by owner)")
+    return eng
+
+
+def _show_leased(state: CliState, name: str, offset: int, total: int,
+                 held: list[tuple[Decoded, LeasedRecord]], *, full: bool,
+                 as_json: bool) -> None:
+    t = now()
+    processes = {owner: owner_state(owner) for owner in {lr.owner for _, lr in held}}
+    if as_json:
+        state.print_json({"queue": name, "leased": total, "offset": offset, "records": [
+            {**record_json(d), "owner": lr.owner, "process": processes[lr.owner],
+             "until": lr.until, "seconds_left": round(lr.until - t, 3)} for d, lr in held]})
+        return
+    if not held:
+        state.line(f"{name}: no leased items at offset {offset} ({total} leased)")
+        return
+    title = f"{name}: leased items {offset + 1}-{offset + len(held)} of {total}"
+    widest = max(len(lr.owner) for _, lr in held)
+    table = state.table("#id", "#age", "#tries", "#size", "owner", "process", "#left",
+                        "~item", title=title, fold=full, others_width=60 + widest)
+    table.columns[4].min_width = widest  # an owner cut in two is hard to copy
+    for d, lr in held:
+        rec = d.record
+        state.add_row(table, str(rec.id), format_age(t - rec.enqueued_at), str(rec.attempts),
+                      format_bytes(len(rec.data)), lr.owner, processes[lr.owner],
+                      _time_left(lr.until - t), record_text(d, 0 if full else 1000))
+    state.out.print(table)
+    _raw_notes(state, [d for d, _ in held])
+
+
+def _time_left(seconds: float) -> Text:
+    """``300`` → ``"5m 0s"``; a lease that ran out 12 s ago → ``"-12s"``, in red."""
+    if seconds > 0:
+        return Text(format_age(seconds))
+    return Text(f"-{format_age(-seconds)}", style="red")
+
+
+def _raw_notes(state: CliState, decoded: list[Decoded]) -> None:
+    """Say why items were shown raw, each reason once (at most five)."""
     raw: dict[str, int] = {}
     for d in decoded:
         if not d.ok and d.note:
@@ -255,8 +327,8 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
     ids that only grow, and the stored counts and sizes against what was read.
 
     Exits 0 when the file is sound and 1 with a report when it is not (3 when
-    it cannot even be opened as a queue file). Leased records cannot be read
-    through the engine and are only counted. Run it on a file no program is
+    it cannot even be opened as a queue file). Leased records are only counted
+    (`spoolq peek --leased` shows them). Run it on a file no program is
     writing: a live writer makes the counts move while they are compared.
     """
     state = CliState()

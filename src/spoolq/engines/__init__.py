@@ -7,7 +7,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import Counts, Engine, Lease, StoredRecord, dead_queue_name
+from .base import (
+    Counts,
+    Engine,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    SupportsPeekLeased,
+    dead_queue_name,
+)
 from .dbm import DBMEngine
 from .lmdb import LMDBEngine
 from .memory import MemoryEngine
@@ -21,10 +29,12 @@ __all__ = [
     "Engine",
     "LMDBEngine",
     "Lease",
+    "LeasedRecord",
     "MemoryEngine",
     "PickleEngine",
     "SQLiteEngine",
     "StoredRecord",
+    "SupportsPeekLeased",
     "dead_queue_name",
     "engine_name_for",
     "open_engine",

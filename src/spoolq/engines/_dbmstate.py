@@ -6,15 +6,17 @@ CRC-32; a record value is a CRC-32, a fixed header, the reason and the data.
 
 from __future__ import annotations
 
+import heapq
 import json
 import struct
 import zlib
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from .base import StoredRecord
 
 __all__ = ["Aside", "QueueState", "State", "decode_record", "decode_state", "encode_state",
-           "main_key", "pack"]
+           "leased_window", "main_key", "pack", "ready_window"]
 
 _CRC = struct.Struct(">I")
 _RECORD = struct.Struct(">IQQIdi")  # crc, id, raw size, attempts, enqueued_at, reason length
@@ -106,6 +108,33 @@ def pack(ident: int, rec: StoredRecord, attempts: int | None = None) -> bytes:
 
 def main_key(q: QueueState, position: int) -> bytes:
     return b"m%d.%d" % (q.number, position)
+
+
+def ready_window(q: QueueState, n: int, offset: int) -> list[tuple[bytes, Aside | None]]:
+    """The keys of ready records ``offset`` to ``offset + n`` in FIFO order, each with
+    its entry when it is held aside (its attempts are the record's) or None.
+
+    Records held aside come first: they were taken from the head of the main line.
+    """
+    aside = sorted(i for i, a in q.aside.items() if a.owner is None)
+    out: list[tuple[bytes, Aside | None]] = [(q.aside[i].key.encode(), q.aside[i])
+                                             for i in aside[offset:offset + n]]
+    position = q.head + max(offset - len(aside), 0)
+    for hole in sorted(q.holes):
+        if hole <= position:
+            position += 1
+    while len(out) < n and position < q.tail:
+        if position not in q.holes:
+            out.append((main_key(q, position), None))
+        position += 1
+    return out
+
+
+def leased_window(q: QueueState, n: int, offset: int) -> list[tuple[str, Aside]]:
+    """(owner, entry) of leased records ``offset`` to ``offset + n`` in id order."""
+    held = heapq.nsmallest(offset + n, ((i, a.owner, a) for i, a in q.aside.items()
+                                        if a.owner is not None), key=itemgetter(0))
+    return [(owner, a) for _, owner, a in held[offset:]]
 
 
 

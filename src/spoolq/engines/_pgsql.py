@@ -203,6 +203,13 @@ _PURGE = """WITH gone AS (DELETE FROM {s}.records WHERE queue = %(queue)s
 _PEEK = f"""SELECT {_RECORD} FROM {{s}}.records WHERE queue = %(queue)s AND NOT leased
     ORDER BY id LIMIT %(n)s OFFSET %(offset)s"""
 
+# Leased records in id order, with how many seconds each lease has left on the
+# database clock (the engine adds that to its own clock, see the module docs).
+_PEEK_LEASED = f"""SELECT {_RECORD}, owner,
+        extract(epoch FROM visible_at - statement_timestamp())::float8
+    FROM {{s}}.records WHERE queue = %(queue)s AND leased
+    ORDER BY id LIMIT %(n)s OFFSET %(offset)s"""
+
 _COUNTS = """SELECT coalesce(sum(ready), 0)::bigint, coalesce(sum(leased), 0)::bigint,
         coalesce(sum(stored_bytes), 0)::bigint, coalesce(sum(raw_bytes), 0)::bigint
     FROM {s}.counts WHERE queue = %(queue)s"""
@@ -236,6 +243,7 @@ class Statements:
     move: sql.Composed
     purge: sql.Composed
     peek: sql.Composed
+    peek_leased: sql.Composed
     counts: sql.Composed
     owners: sql.Composed
     queues: sql.Composed
@@ -247,8 +255,9 @@ _TEXTS = {
     "append": _APPEND, "remove": _REMOVE, "lease": _LEASE, "restore": _RESTORE, "ack": _ACK,
     "lock_held": _LOCK_HELD, "any_expired": _ANY_EXPIRED, "lock_expired": _LOCK_EXPIRED,
     "lock_expired_or_owned": _LOCK_EXPIRED_OR_OWNED, "bury": _BURY, "unlease": _UNLEASE,
-    "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK, "counts": _COUNTS,
-    "owners": _OWNERS, "queues": _QUEUES, "get_meta": _GET_META, "set_meta": _SET_META,
+    "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK,
+    "peek_leased": _PEEK_LEASED, "counts": _COUNTS, "owners": _OWNERS, "queues": _QUEUES,
+    "get_meta": _GET_META, "set_meta": _SET_META,
 }
 
 

@@ -17,20 +17,25 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from filelock import FileLock, Timeout
 
 from ..errors import ClosedError, EngineError, LockTimeout
-from .base import Counts, Engine, Lease, StoredRecord
+from .base import Counts, Engine, Lease, LeasedRecord, StoredRecord, SupportsPeekLeased
 
-__all__ = ["SharedEngine", "fsync_dir", "fsync_file", "lock_exclusively"]
+__all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively"]
 
 log = logging.getLogger("spoolq")
 
 
+class Store(Engine, SupportsPeekLeased, Protocol):
+    """What a shared store offers: the engine protocol and listing leased records."""
+
+
 @dataclass(eq=False)
 class _Entry:
-    store: Engine
+    store: Store
     read_only: bool
     lock: threading.RLock
     handles: int = 1
@@ -49,7 +54,7 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _acquire(key: str, read_only: bool, opener: Callable[[], Engine]) -> _Entry:
+def _acquire(key: str, read_only: bool, opener: Callable[[], Store]) -> _Entry:
     with _registry_lock:
         entry = _registry.get(key)
         if entry is not None:
@@ -87,7 +92,7 @@ class SharedEngine:
 
     name: str
 
-    def __init__(self, path: str, *, read_only: bool, opener: Callable[[], Engine]) -> None:
+    def __init__(self, path: str, *, read_only: bool, opener: Callable[[], Store]) -> None:
         self.path = path
         self.read_only = read_only
         self._key = os.path.realpath(path)
@@ -148,6 +153,11 @@ class SharedEngine:
         entry = self._open_entry()
         with entry.lock:
             return entry.store.peek(queue, n, offset)
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        entry = self._open_entry()
+        with entry.lock:
+            return entry.store.peek_leased(queue, n, offset)
 
     def counts(self, queue: str) -> Counts:
         entry = self._open_entry()

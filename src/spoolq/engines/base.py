@@ -16,6 +16,12 @@ A record is *ready* (waiting to be delivered, possibly not before some
 ``visible_at`` time) or *leased* (delivered to an owner until ``visible_at``).
 Dead letters are ordinary records in the queue named ``"<name>.dead"``.
 
+An engine may also offer ``peek_leased`` (see :class:`SupportsPeekLeased`): the
+leased records of a queue with their owners and expiries, for operators. It is
+optional (the remote engine has none): callers check for it with
+``isinstance(engine, SupportsPeekLeased)`` and say so when it is missing, as
+``spoolq peek --leased`` does.
+
 An engine whose calls never block (no I/O, no locks held by other processes)
 may set a class attribute ``inline = True``: the async queue then calls it on
 the event loop instead of handing each call to its worker thread.
@@ -26,7 +32,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Counts", "Engine", "Lease", "StoredRecord", "batch_given", "dead_queue_name"]
+__all__ = ["Counts", "Engine", "Lease", "LeasedRecord", "StoredRecord", "SupportsPeekLeased",
+           "batch_given", "check_window", "dead_queue_name"]
 
 FORMAT_VERSION = 1
 
@@ -37,6 +44,12 @@ def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:
     if len(records) != len(raw_sizes):
         raise ValueError("records and raw_sizes differ in length")
     return bool(records)
+
+
+def check_window(n: int, offset: int) -> None:
+    """Check the ``n`` and ``offset`` of a peek: ValueError when either is negative."""
+    if n < 0 or offset < 0:
+        raise ValueError("n and offset must be >= 0")
 
 
 def dead_queue_name(name: str) -> str:
@@ -68,6 +81,15 @@ class Counts(NamedTuple):
 class Lease(NamedTuple):
     """Who takes records and until when they stay invisible to others."""
 
+    owner: str
+    until: float
+
+
+class LeasedRecord(NamedTuple):
+    """A leased record with its lease: who holds it and until when (the same clock as
+    :attr:`Lease.until`). ``record.attempts`` counts the delivery in progress."""
+
+    record: StoredRecord
     owner: str
     until: float
 
@@ -166,4 +188,20 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the file. Calling it twice is harmless."""
+        ...
+
+
+@runtime_checkable
+class SupportsPeekLeased(Protocol):
+    """An engine that can list leased records: an optional part of the protocol."""
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        """Return up to ``n`` leased records in id (FIFO) order after skipping ``offset``.
+
+        Each comes with its lease owner and expiry. A lease that ran out but was
+        not released yet by :meth:`Engine.expire` is still listed. It reads
+        in one transaction, through a cursor or a LIMIT, so the memory it
+        needs grows with ``offset + n`` at most, never with the queue. ValueError when ``n`` or
+        ``offset`` is negative.
+        """
         ...

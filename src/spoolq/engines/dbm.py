@@ -59,11 +59,20 @@ from . import _dbmfiles as files
 from ._dbmstate import Aside as _Aside
 from ._dbmstate import QueueState as _Queue
 from ._dbmstate import State as _State
-from ._dbmstate import decode_record, decode_state, encode_state
+from ._dbmstate import decode_record, decode_state, encode_state, leased_window, ready_window
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
 from ._shared import SharedEngine, lock_exclusively
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
+from .base import (
+    FORMAT_VERSION,
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    batch_given,
+    check_window,
+    dead_queue_name,
+)
 
 __all__ = ["DBMEngine"]
 
@@ -411,17 +420,15 @@ class _DBMStore:
         q = self._state.queues.get(queue)
         if q is None or n <= 0:
             return []
-        aside = sorted(i for i, a in q.aside.items() if a.owner is None)
-        out = [self._read(q.aside[i].key, q.aside[i]) for i in aside[offset:offset + n]]
-        position = q.head + max(offset - len(aside), 0)
-        for hole in sorted(q.holes):
-            if hole <= position:
-                position += 1
-        while len(out) < n and position < q.tail:
-            if position not in q.holes:
-                out.append(self._read(_main_key(q, position)))
-            position += 1
-        return out
+        return [self._read(key, a) for key, a in ready_window(q, n, offset)]
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+        q = self._state.queues.get(queue)
+        if q is None or not q.leased:
+            return []
+        return [LeasedRecord(self._read(a.key, a), owner, a.visible_at)
+                for owner, a in leased_window(q, n, offset)]
 
     def counts(self, queue: str) -> Counts:
         q = self._state.queues.get(queue)

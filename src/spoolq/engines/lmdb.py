@@ -23,11 +23,11 @@ as the records: they only grow and are never reused.
 Costs. Each call is one LMDB transaction; readers never block the writer or
 each other, and writers from every process take turns on LMDB's own lock.
 ``take``, ``ack`` and ``append`` are O(log n) per record; ``expire`` and
-``owners`` walk the queue's leased records, ``peek`` and ``move`` also load
-its delayed ones. Records are read through cursors, never all at once. The
-map (LMDB's view of the file) starts at ``map_size`` bytes and doubles
-whenever a write does not fit; the file grows only with the data, and freed
-pages are reused.
+``owners`` walk the queue's leased records (``peek_leased`` only up to the
+last it returns), ``peek`` and ``move`` also load its delayed ones. Records
+are read through cursors, never all at once. The map (LMDB's view of the
+file) starts at ``map_size`` bytes and doubles whenever a write does not fit;
+the file grows only with the data, and freed pages are reused.
 
 Durability. ``durability="fsync"`` (``sync=True, metasync=True``) flushes
 data and meta pages on every commit: a returned call survives power loss.
@@ -42,10 +42,8 @@ order (LMDB's own warning for ``MDB_NOSYNC``).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
-import operator
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -56,8 +54,18 @@ import lmdb
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _lmdbformat as fmt
+from . import _lmdbwalk as walk
 from ._shared import SharedEngine
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
+from .base import (
+    FORMAT_VERSION,
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    batch_given,
+    check_window,
+    dead_queue_name,
+)
 
 __all__ = ["LMDBEngine"]
 
@@ -69,7 +77,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _APPLICATION = b"spoolq"
-_CHUNK = 512  # records read per cursor pass when walking a whole queue
 _MAX_GROWTH = 40
 
 
@@ -226,58 +233,6 @@ class _LMDBStore:
         self._save(txn, name, q)
         return first
 
-    def _promote(self, txn: Txn, number: int, now: float) -> None:
-        """Move delayed records that are due by ``now`` back into ``ready``."""
-        prefix = fmt.U32.pack(number)
-        cur = txn.cursor(self._delayed)
-        more = cur.set_range(prefix)
-        while more:
-            key = cur.key()
-            if not key.startswith(prefix):
-                break
-            _, visible_at, ident = fmt.DELAYED.unpack(key)
-            if visible_at > now:
-                break
-            txn.put(fmt.KEY.pack(number, ident), cur.value(), db=self._ready)
-            more = cur.delete()
-
-    def _prefixed(self, txn: Txn, db: Db, number: int,
-                  start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of one queue's entries in ``db`` in key order, from ``start`` on."""
-        prefix = fmt.U32.pack(number)
-        cur = txn.cursor(db)
-        more = cur.set_range(max(prefix, start))
-        while more:
-            key = cur.key()
-            if not key.startswith(prefix):
-                return
-            yield key, cur.value()
-            more = cur.next()
-
-    def _in_order(self, txn: Txn, number: int,
-                  limit: int | None = None) -> Iterator[tuple[int, bytes, Db, bytes]]:
-        """A queue's ready records, delayed ones included, as (id, key, db, value) in id
-        order, below ``limit``. Reads in chunks, each with a fresh cursor, so the caller
-        may delete or add records between items."""
-        delayed = sorted((fmt.DELAYED.unpack(key)[2], key, self._delayed, value)
-                         for key, value in self._prefixed(txn, self._delayed, number))
-
-        def ready() -> Iterator[tuple[int, bytes, Db, bytes]]:
-            start = b""
-            while True:
-                chunk = list(itertools.islice(self._prefixed(txn, self._ready, number, start),
-                                              _CHUNK))
-                if not chunk:
-                    return
-                for key, value in chunk:
-                    yield fmt.KEY.unpack(key)[1], key, self._ready, value
-                start = fmt.KEY.pack(number, fmt.KEY.unpack(chunk[-1][0])[1] + 1)
-
-        for item in heapq.merge(ready(), delayed, key=operator.itemgetter(0)):
-            if limit is not None and item[0] >= limit:
-                return
-            yield item
-
     def _unlease(self, txn: Txn, queue: str, q: fmt.QueueRow, rec: StoredRecord, not_before: float,
                  max_attempts: int | None, count_attempt: bool, reason: str) -> None:
         """Turn a leased record (already deleted from ``leased``) ready again, or dead."""
@@ -330,7 +285,7 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
                 return []
-            self._promote(txn, q.number, now)
+            walk.promote(txn, self._ready, self._delayed, q.number, now)
             prefix = fmt.U32.pack(q.number)
             out: list[StoredRecord] = []
             leased: list[tuple[bytes, bytes]] = []
@@ -432,7 +387,7 @@ class _LMDBStore:
             if q is None or not q.leased:
                 return 0
             due: list[tuple[bytes, str, StoredRecord]] = []
-            for key, value in self._prefixed(txn, self._leased, q.number):
+            for key, value in walk.prefixed(txn, self._leased, q.number):
                 holder, until, rec = self._leased_record(fmt.KEY.unpack(key)[1], value)
                 if until <= now or holder in gone:
                     due.append((key, "lease expired" if until <= now else "owner died", rec))
@@ -451,10 +406,25 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
                 return []
+            records = walk.in_order(txn, self._ready, self._delayed, q.number)
             return [self._record(ident, value) for ident, _, _, value in
-                    itertools.islice(self._in_order(txn, q.number), offset, offset + n)]
+                    itertools.islice(records, offset, offset + n)]
 
         return self._read("peek", body)
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+
+        def body(txn: Txn) -> list[LeasedRecord]:
+            q = self._queue(txn, queue)
+            if q is None or not q.leased:
+                return []
+            return [LeasedRecord(rec, owner, until) for owner, until, rec in (
+                self._leased_record(fmt.KEY.unpack(key)[1], value) for key, value in
+                itertools.islice(walk.prefixed(txn, self._leased, q.number), offset,
+                                 offset + n))]
+
+        return self._read("peek_leased", body)
 
     def counts(self, queue: str) -> Counts:
         def body(txn: Txn) -> Counts:
@@ -469,7 +439,7 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             held: dict[str, int] = {}
             if q is not None and q.leased:
-                for key, value in self._prefixed(txn, self._leased, q.number):
+                for key, value in walk.prefixed(txn, self._leased, q.number):
                     holder = self._leased_record(fmt.KEY.unpack(key)[1], value)[0]
                     held[holder] = held.get(holder, 0) + 1
             return held
@@ -496,11 +466,12 @@ class _LMDBStore:
 
             if ids is None:
                 # Ids given out before the move bound the walk: moving a queue onto itself ends.
-                for item in self._in_order(txn, s.number, self._bump(txn, b"next_id", 0)):
+                for item in walk.in_order(txn, self._ready, self._delayed, s.number,
+                                          self._bump(txn, b"next_id", 0)):
                     carry(*item)
             else:
                 delayed = {fmt.DELAYED.unpack(key)[2]: key
-                           for key, _ in self._prefixed(txn, self._delayed, s.number)}
+                           for key, _ in walk.prefixed(txn, self._delayed, s.number)}
                 for ident in sorted(set(ids)):
                     key = fmt.KEY.pack(s.number, ident)
                     value = txn.get(key, db=self._ready)

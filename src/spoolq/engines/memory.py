@@ -11,7 +11,15 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .base import Counts, Lease, StoredRecord, batch_given, dead_queue_name
+from .base import (
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    batch_given,
+    check_window,
+    dead_queue_name,
+)
 
 __all__ = ["MemoryEngine", "RecordState"]
 
@@ -175,6 +183,17 @@ class MemoryEngine:
         ids = heapq.nsmallest(offset + n, q.ready)[offset:]
         return [StoredRecord(i, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason)
                 for i in ids for e in (q.entries[i],)]
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+        q = self._queues.get(queue)
+        if q is None or not q.leased or n == 0:
+            return []
+        ids = heapq.nsmallest(offset + n, (i for i, e in q.entries.items()
+                                           if e.owner is not None))[offset:]
+        return [LeasedRecord(StoredRecord(i, e.data, e.raw_size, e.attempts, e.enqueued_at,
+                                          e.reason), e.owner, e.visible_at)
+                for i in ids for e in (q.entries[i],) if e.owner is not None]
 
     def counts(self, queue: str) -> Counts:
         q = self._queues.get(queue)

@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
 from ._shared import SharedEngine, fsync_dir, lock_exclusively
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given
+from .base import FORMAT_VERSION, Counts, Lease, LeasedRecord, StoredRecord, batch_given
 from .memory import MemoryEngine, RecordState
 
 __all__ = ["PickleEngine"]
@@ -256,6 +256,9 @@ class _PickleStore:
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         return self._mem.peek(queue, n, offset)
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        return self._mem.peek_leased(queue, n, offset)
 
     def counts(self, queue: str) -> Counts:
         return self._mem.counts(queue)

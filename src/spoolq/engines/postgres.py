@@ -25,6 +25,8 @@ out. The engine protocol passes times on the caller's clock; the engine turns
 each time ``t`` into ``statement_timestamp() + (t - time.time())``, i.e. the
 offset from the caller's clock at the moment of the call, applied to the
 database clock. A caller's clock error cancels out; only durations matter.
+``peek_leased`` goes the other way: a lease's time left on the database clock
+is added to the caller's clock.
 ``enqueued_at`` is stored as given (it is reported, never compared).
 
 Durability. ``durability`` picks the session's ``synchronous_commit``:
@@ -73,7 +75,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
 from ._pgsql import SCHEMA_VERSION, TABLES, compose
-from .base import Counts, Lease, StoredRecord, batch_given, dead_queue_name
+from .base import (
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    batch_given,
+    check_window,
+    dead_queue_name,
+)
 
 __all__ = ["SYNCHRONOUS_COMMIT", "PostgresEngine"]
 
@@ -425,6 +435,14 @@ class PostgresEngine:
             rows = conn.execute(self._sql.peek,
                                 {"queue": queue, "n": n, "offset": offset}).fetchall()
         return [StoredRecord(*row) for row in rows]
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+        clock = time.time()
+        with self._conn("peek_leased") as conn:
+            rows = conn.execute(self._sql.peek_leased,
+                                {"queue": queue, "n": n, "offset": offset}).fetchall()
+        return [LeasedRecord(StoredRecord(*row[:6]), row[6], clock + row[7]) for row in rows]
 
     def counts(self, queue: str) -> Counts:
         with self._conn("counts") as conn:

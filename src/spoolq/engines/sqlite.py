@@ -26,7 +26,16 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
 from ._sqlite_schema import SCHEMA as _SCHEMA
-from .base import FORMAT_VERSION, Counts, Lease, StoredRecord, batch_given, dead_queue_name
+from .base import (
+    FORMAT_VERSION,
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    batch_given,
+    check_window,
+    dead_queue_name,
+)
 
 __all__ = ["SQLiteEngine"]
 
@@ -411,6 +420,18 @@ class SQLiteEngine:
                 "ORDER BY id LIMIT ? OFFSET ?", (lo, hi, n, offset)).fetchall())
 
         return self._read("peek", body, queue, [])
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+
+        def body(lo: int, hi: int) -> list[LeasedRecord]:
+            rows = self._conn.execute(
+                "SELECT " + _COLUMNS + ", owner, until FROM spoolq_leased "
+                "WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ? OFFSET ?",
+                (lo, hi, n, offset)).fetchall()
+            return [LeasedRecord(StoredRecord(r[0] & _MASK, *r[1:6]), r[6], r[7]) for r in rows]
+
+        return self._read("peek_leased", body, queue, [])
 
     def counts(self, queue: str) -> Counts:
         with self._guard("counts"):
