@@ -6,8 +6,10 @@ Run from the repository root::
     python -m measurements.lease_bench --n 5000   # quicker
     python -m measurements.lease_bench --engine sqlite --engine lmdb
 
-Every row runs in this process, one after the other, on 100-byte items; only
-the ratios within one run mean anything on a shared machine.
+Everything runs in this process on 100-byte items. For each engine the four
+ways of taking items take turns in ten rounds, so a change in the machine's
+load weighs on all of them alike; only the ratios within one run mean
+anything on a shared machine.
 """
 
 from __future__ import annotations
@@ -32,39 +34,53 @@ def _path(tmp: str, engine: str) -> str:
     return suffix if suffix == ":memory:" else os.path.join(tmp, f"{time.monotonic_ns()}{suffix}")
 
 
-def _rate(n: int, fn: Callable[[], None]) -> float:
+def _timed(fn: Callable[[], None]) -> float:
     start = time.perf_counter()
     fn()
-    return n / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+ROUNDS = 10
 
 
 def queue_rows(engine: str, n: int, tmp: str) -> dict[str, float]:
+    """Rates of get, lease+ack, get_many(100) and lease_many(100)+ack on one queue.
+
+    The four take turns in ``ROUNDS`` rounds of ``n / ROUNDS`` items each, so a
+    change in the machine's load during the run weighs on all of them alike.
+    """
     rows: dict[str, float] = {}
     try:
         q = spoolq.SyncQueue.create(_path(tmp, engine))
     except spoolq.ConfigurationError:
         return rows
+    m = max(n // ROUNDS // 100 * 100, 100)
+
+    def get() -> None:
+        for _ in range(m):
+            q.get()
+
+    def lease_ack() -> None:
+        for _ in range(m):
+            q.ack(q.lease())
+
+    def get_many() -> None:
+        for _ in range(m // 100):
+            q.get_many(100)
+
+    def lease_ack_many() -> None:
+        for _ in range(m // 100):
+            q.ack(*q.lease_many(100))
+
+    kinds = {"get": get, "lease+ack": lease_ack, "get_many(100)": get_many,
+             "lease_many(100)+ack": lease_ack_many}
+    spent = dict.fromkeys(kinds, 0.0)
     with q:
-        q.put_many([ITEM] * n)
-        rows["get"] = _rate(n, lambda: [q.get() for _ in range(n)] and None)
-        q.put_many([ITEM] * n)
-
-        def lease_ack() -> None:
-            for _ in range(n):
-                q.ack(q.lease())
-
-        rows["lease+ack"] = _rate(n, lease_ack)
-        q.put_many([ITEM] * n)
-        rows["get_many(100)"] = _rate(n, lambda: [q.get_many(100) for _ in range(n // 100)]
-                                      and None)
-        q.put_many([ITEM] * n)
-
-        def lease_ack_many() -> None:
-            for _ in range(n // 100):
-                q.ack(*q.lease_many(100))
-
-        rows["lease_many(100)+ack"] = _rate(n, lease_ack_many)
-    return rows
+        for _ in range(ROUNDS):
+            for kind, fn in kinds.items():
+                q.put_many([ITEM] * m)
+                spent[kind] += _timed(fn)
+    return {kind: m * ROUNDS / seconds for kind, seconds in spent.items()}
 
 
 async def batcher_rows(n: int, tmp: str) -> dict[str, float]:
