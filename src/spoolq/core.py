@@ -58,6 +58,29 @@ class Message(Generic[T]):
     _sizes: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
 
 
+_MESSAGE_SLOTS = tuple(Message.__dict__[name].__set__ for name in (
+    "item", "id", "attempts", "enqueued_at", "queue", "_owner", "_sizes"))
+
+
+def _messages(taken: Sequence[Taken], queue: str, owner: str) -> list[Message[Any]]:
+    """Messages for leased records, filled slot by slot: half the cost of calling the
+    frozen dataclass's ``__init__`` for each, which matters for batches of leases."""
+    new = object.__new__
+    s_item, s_id, s_attempts, s_enqueued, s_queue, s_owner, s_sizes = _MESSAGE_SLOTS
+    out: list[Message[Any]] = []
+    for rec, item in taken:
+        msg = new(Message)
+        s_item(msg, item)
+        s_id(msg, rec.id)
+        s_attempts(msg, rec.attempts)
+        s_enqueued(msg, rec.enqueued_at)
+        s_queue(msg, queue)
+        s_owner(msg, owner)
+        s_sizes(msg, (len(rec.data), rec.raw_size))
+        out.append(msg)
+    return out
+
+
 class QueueCore:
     """Engine + codec + counts of one named queue, used by both façades."""
 
@@ -421,8 +444,7 @@ class QueueCore:
         return [item for _rec, item in taken]
 
     def messages(self, taken: Sequence[Taken]) -> list[Message[Any]]:
-        return [Message(item, r.id, r.attempts, r.enqueued_at, self.name, self.owner,
-                        (len(r.data), r.raw_size)) for r, item in taken]
+        return _messages(taken, self.name, self.owner)
 
     def peek(self, n: int, offset: int = 0, *, dead: bool = False) -> list[Any]:
         with self.lock:

@@ -345,8 +345,11 @@ class _LMDBStore:
             cur = txn.cursor(self._leased)
             key, number, held_by, reader = fmt.KEY.pack, q.number, fmt.held_by, \
                 fmt.lease_reader(holder)
-            for ident, attempts in deliveries:
-                if not cur.set_key(key(number, ident)):
+            for ident, attempts in sorted(deliveries):
+                wanted = key(number, ident)
+                # After a delete the cursor stands on the next record: usually the next one
+                # of a batch, found without searching the tree again.
+                if cur.key() != wanted and not cur.set_key(wanted):
                     continue
                 held = held_by(cur.value(), holder, reader)
                 if held is not None and held[0] == attempts:
@@ -357,7 +360,7 @@ class _LMDBStore:
             if done:
                 q.leased -= len(done)
                 self._save(txn, queue, q)
-            return sorted(done)
+            return done
 
         return self._write("ack", body)
 
