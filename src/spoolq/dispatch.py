@@ -1,11 +1,17 @@
-"""The server's engine thread: runs wire requests against one engine, in order.
+"""How the server runs wire requests against its engine, in order.
 
-Engine calls never run on the server's event loop. Every request becomes a
-job on one thread; jobs that arrive while the thread is busy are run together
-when it is free, and a run of consecutive appends to the same queue becomes
-one engine transaction (group commit). Results go back to the loop in one
-``call_soon_threadsafe`` per batch, with the names of the queues that may have
-gained ready records, so long-polling requests can be woken.
+An engine whose calls may block (a file, a lock another process holds) is
+called on one thread, never on the server's event loop
+(:class:`EngineThread`). Every request becomes a job on that thread; jobs
+that arrive while the thread is busy are run together when it is free, and a
+run of consecutive appends to the same queue becomes one engine transaction
+(group commit). Results go back to the loop in one ``call_soon_threadsafe``
+per batch, with the names of the queues that may have gained ready records,
+so long-polling requests can be woken.
+
+An engine that declares ``inline = True`` (its calls never block: the memory
+engine) is called on the loop itself (:class:`InlineRunner`): handing each
+call to a thread and back would cost more than the call.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .engines import Engine, Lease, StoredRecord
+from .errors import ClosedError
 from .protocol import decode_records, encode_records
 
-__all__ = ["EngineThread", "Outcome"]
+__all__ = ["EngineThread", "InlineRunner", "Outcome", "Runner", "make_runner"]
 
 log = logging.getLogger("spoolq")
 
@@ -95,6 +102,94 @@ _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
 }
 OPS = frozenset(_OPS) | {"append"}
 """The ops the engine thread runs (the others are answered by the server itself)."""
+
+
+def _run_op(engine: Engine, op: str, args: dict[str, Any]) -> tuple[Any, set[str]]:
+    """Run one request: its wire-shaped result and the queues it may have woken."""
+    if op == "append":
+        ids = engine.append(args["queue"], args["records"], args["sizes"], args["now"])
+        return ids, ({args["queue"]} if ids else set())
+    return _OPS[op](engine, args)
+
+
+class Runner(Protocol):
+    """What the server needs of the thing that runs its engine calls."""
+
+    engine: Engine
+    transactions: int
+
+    def submit(self, op: str, args: dict[str, Any], outcome: Outcome) -> None: ...
+
+    def run(self, op: str, args: dict[str, Any]) -> asyncio.Future[Any]: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+def make_runner(engine: Engine, loop: asyncio.AbstractEventLoop,
+                on_ready: Callable[[set[str]], None]) -> Runner:
+    """An :class:`InlineRunner` for an engine that never blocks, else an :class:`EngineThread`."""
+    if getattr(engine, "inline", False):
+        return InlineRunner(engine, loop, on_ready)
+    return EngineThread(engine, loop, on_ready)
+
+
+class InlineRunner:
+    """Runs requests against a non-blocking engine directly, on the event loop.
+
+    It has the interface of :class:`EngineThread`; :meth:`call` also gives a
+    result straight back, which spares the server a callback per request.
+    """
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop,
+                 on_ready: Callable[[set[str]], None]) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._on_ready = on_ready
+        self.transactions = 0
+        self._closed = False
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        """Run ``op`` now and return its wire-shaped result (or raise)."""
+        if self._closed:
+            raise ClosedError("the server's engine is closed")
+        result, wakes = _run_op(self.engine, op, args)
+        self.transactions += 1
+        if wakes:
+            self._on_ready(wakes)
+        return result
+
+    def submit(self, op: str, args: dict[str, Any], outcome: Outcome) -> None:
+        """Run ``op`` now and hand the result (or error) to ``outcome``."""
+        try:
+            result = self.call(op, args)
+        except Exception as exc:
+            outcome(None, exc)
+        else:
+            outcome(result, None)
+
+    def run(self, op: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+        """Run ``op`` now; a future that is already done."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        try:
+            fut.set_result(self.call(op, args))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
+
+    def stop(self) -> None:
+        """Close the engine; later calls raise :class:`ClosedError`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.engine.close()
+        except Exception:
+            log.exception("spoolq: closing the engine failed")
+
+    def join(self, timeout: float | None = None) -> None:
+        """Nothing to wait for: :meth:`stop` closed the engine already."""
 
 
 class EngineThread:

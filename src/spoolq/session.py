@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
     VERSION,
@@ -65,6 +66,8 @@ class Session(asyncio.Protocol):
         self._stall: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._read_paused = False
+        runner = server.runner
+        self._inline = runner if isinstance(runner, InlineRunner) else None
 
     # ---- transport events ---------------------------------------------------------------
 
@@ -174,7 +177,7 @@ class Session(asyncio.Protocol):
             for max_attempts, group in by_limit.items():
                 args = {"queue": queue_name, "now": time.time(), "owners": group,
                         "max_attempts": max_attempts}
-                self.server.engine_thread.submit("expire", args, self._log_release(queue_name))
+                self.server.runner.submit("expire", args, self._log_release(queue_name))
 
     def _log_release(self, queue_name: str) -> Callable[[Any, BaseException | None], None]:
         def outcome(result: Any, error: BaseException | None) -> None:
@@ -213,12 +216,25 @@ class Session(asyncio.Protocol):
                     args["max_attempts"]
         self.inflight += 1
         self.update_reading()
+        inline = self._inline
         if op == "wait":
             self.server.spawn(self._wait_ready(req))
-        elif op == "take" and args["wait"] > 0:
+        elif op == "take" and args["wait"] > 0 and inline is None:
             self.server.spawn(self._long_take(req))
+        elif inline is not None:
+            # The engine never blocks: answer now, without a callback or a task
+            # (a long-polling take that finds records needs no task either).
+            try:
+                result = inline.call(op, args)
+            except Exception as exc:
+                self._complete(req, None, exc)
+                return
+            if op == "take" and not result and args["wait"] > 0:
+                self.server.spawn(self._long_take(req))
+            else:
+                self._complete(req, result, None)
         else:
-            self.server.engine_thread.submit(
+            self.server.runner.submit(
                 op, args, lambda result, error: self._complete(req, result, error))
 
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
@@ -250,7 +266,7 @@ class Session(asyncio.Protocol):
                 "queue": queue_name, "owner": lease[0], "not_before": 0.0,
                 "deliveries": [[r[0], r[3]] for r in records], "max_attempts": None,
                 "count_attempt": False, "reason": ""}
-        self.server.engine_thread.submit(op, undo, self._log_release(queue_name))
+        self.server.runner.submit(op, undo, self._log_release(queue_name))
 
     async def _long_take(self, req: Request) -> None:
         a = req.args
@@ -263,7 +279,7 @@ class Session(asyncio.Protocol):
                 lease = a["lease"]
                 args = {**a, "now": a["now"] + shift,
                         "lease": None if lease is None else [lease[0], lease[1] + shift]}
-                result = await self.server.engine_thread.run("take", args)
+                result = await self.server.runner.run("take", args)
                 remaining = deadline - self.loop.time()
                 if result or remaining <= 0 or self.closed or self.server.stopping:
                     break
@@ -280,7 +296,7 @@ class Session(asyncio.Protocol):
         deadline = self.loop.time() + req.args["timeout"]
         try:
             while True:
-                counts = await self.server.engine_thread.run("counts", {"queue": queue_name})
+                counts = await self.server.runner.run("counts", {"queue": queue_name})
                 remaining = deadline - self.loop.time()
                 if counts[0] > 0 or remaining <= 0 or self.closed or self.server.stopping:
                     ready = counts[0] > 0
