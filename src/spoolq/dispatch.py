@@ -20,7 +20,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .engines import Engine, Lease, StoredRecord
@@ -38,7 +38,7 @@ _RECORD_OVERHEAD = 48  # CBOR framing of one record's other fields, an upper bou
 _Job = tuple[str, dict[str, Any], Outcome]
 
 
-def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[list[Any]], set[str]]:
+def _take(engine: Engine, a: dict[str, Any]) -> tuple[Sequence[Sequence[Any]], set[str]]:
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     recs = engine.take(a["queue"], a["n"], a["now"], lease)
     limit = a.get("limit")

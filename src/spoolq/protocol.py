@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
@@ -49,11 +48,12 @@ __all__ = [
     "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
     "decode_counts", "decode_records", "encode_error", "encode_frame", "encode_preamble",
     "encode_records", "encode_reply", "error_for", "parse_preamble", "parse_request",
+    "record_count",
 ]
 
 MAGIC = b"SPOOLQ"
-VERSION = 1
-MIN_VERSION = 1
+VERSION = 2
+MIN_VERSION = 2  # version 1 sent records as one array per record
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 PREAMBLE = struct.Struct(">6sH")
 HEADER = struct.Struct(">IBI")
@@ -154,8 +154,7 @@ def error_for(code: int, message: str) -> Exception:
 # ---- frames -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     """One decoded frame; ``body`` is still CBOR."""
 
     type: int
@@ -281,8 +280,9 @@ def _opt(check: Callable[[object], bool]) -> Callable[[object], bool]:
 
 
 def _list_of_type(kind: type) -> Callable[[object], bool]:
-    # exact type checks, without a call per element: these lists can hold many records
-    return lambda v: isinstance(v, list) and all(type(x) is kind for x in v)
+    # exact type checks done in C (the set of the element types): these lists can be long
+    kinds = {kind}
+    return lambda v: isinstance(v, list) and set(map(type, v)) <= kinds
 
 
 def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
@@ -293,10 +293,19 @@ def _is_delivery(v: object) -> bool:
     return isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and _is_int(v[1])
 
 
-def _is_record(v: object) -> bool:
-    return (isinstance(v, list) and len(v) == 6 and _is_int(v[0]) and _is_bytes(v[1])
-            and _is_int(v[2]) and _is_int(v[3]) and _is_num(v[4])
-            and (v[5] is None or _is_str(v[5])))
+_INT: set[type] = {int}
+_COLUMN_TYPES: tuple[set[type], ...] = (_INT, {bytes}, _INT, _INT, {int, float}, {str, type(None)})
+_NO_RECORDS: tuple[tuple[()], ...] = ((),) * 6
+
+
+def _is_records(v: object) -> bool:
+    """Six arrays of one length: ids, data, raw sizes, attempts, enqueued_at, reasons."""
+    if not isinstance(v, (list, tuple)) or len(v) != 6:
+        return False
+    n = len(v[0]) if isinstance(v[0], (list, tuple)) else -1
+    # set(map(type, ...)) checks exact types in C: these columns can be long
+    return all(isinstance(col, (list, tuple)) and len(col) == n and set(map(type, col)) <= types
+               for col, types in zip(v, _COLUMN_TYPES, strict=True))
 
 
 def _is_lease(v: object) -> bool:
@@ -326,7 +335,7 @@ OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "take": {"queue": (_is_str, ...), "n": (_is_count, ...), "now": (_is_num, ...),
              "lease": (_opt(_is_lease), None), "wait": (_is_wait, 0.0),
              "max_attempts": (_opt(_is_int), None)},
-    "restore": {"queue": (_is_str, ...), "records": (_list_of(_is_record), ...)},
+    "restore": {"queue": (_is_str, ...), "records": (_is_records, ...)},
     "ack": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
             "owner": (_is_str, ...)},
     "release": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
@@ -350,8 +359,7 @@ WRITE_OPS = frozenset({"append", "take", "restore", "ack", "release", "expire", 
                        "purge", "set_meta"})
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A validated request: ``args`` holds every field of the op, defaults filled in."""
 
     id: int
@@ -383,16 +391,29 @@ def parse_request(ident: int, body: Any) -> Request:
     return Request(ident, op, args)
 
 
-def encode_records(records: list[StoredRecord]) -> list[list[Any]]:
-    """Records as they travel: ``[id, data, raw_size, attempts, enqueued_at, reason]``."""
-    return [[r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason] for r in records]
+def encode_records(records: Sequence[StoredRecord]) -> Sequence[Sequence[Any]]:
+    """Records as they travel: one array per field (not one per record), so a
+    batch costs six CBOR arrays whatever its length:
+    ``[ids, data, raw_sizes, attempts, enqueued_at, reasons]``."""
+    if not records:
+        return _NO_RECORDS
+    return list(zip(*records, strict=True))
+
+
+def record_count(value: Sequence[Sequence[Any]]) -> int:
+    """How many records an :func:`encode_records` value holds."""
+    return len(value[0])
 
 
 def decode_records(value: Any) -> list[StoredRecord]:
     """The inverse of :func:`encode_records`; :class:`ProtocolError` on a bad shape."""
-    if not isinstance(value, list) or not all(_is_record(v) for v in value):
+    if not _is_records(value):
         raise ProtocolError("the server sent records of an unexpected shape")
-    return [StoredRecord(v[0], v[1], v[2], v[3], float(v[4]), v[5]) for v in value]
+    ids, data, sizes, attempts, times, reasons = value
+    if not set(map(type, times)) <= {float}:
+        times = [float(t) for t in times]  # a peer may send whole seconds as integers
+    return list(map(StoredRecord._make, zip(ids, data, sizes, attempts, times, reasons,
+                                                   strict=True)))
 
 
 def decode_counts(value: Any) -> Counts:
@@ -502,8 +523,7 @@ class ServerProtocol:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """The answer to request ``id``: a value, or the exception to raise for it."""
 
     id: int

@@ -26,6 +26,7 @@ from .protocol import (
     code_for,
     encode_error,
     encode_reply,
+    record_count,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Session(asyncio.Protocol):
         self._stall: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._read_paused = False
+        self._corked: list[bytes] | None = None
         runner = server.runner
         self._inline = runner if isinstance(runner, InlineRunner) else None
 
@@ -91,11 +93,19 @@ class Session(asyncio.Protocol):
             log.warning("spoolq: closing the connection from %s: %s", self.peer, exc)
             self.drop()
             return
-        out = self.sans.data_to_send()
-        if out:
-            self._write(out)
-        for request in requests:
-            self._dispatch(request)
+        if self.sans.outbox:
+            self._write(self.sans.data_to_send())
+        if len(requests) == 1:
+            self._dispatch(requests[0])
+        elif requests:
+            # Pipelined requests: gather the replies that are ready at once into one write.
+            self._corked = []
+            try:
+                for request in requests:
+                    self._dispatch(request)
+            finally:
+                out, self._corked = self._corked, None
+                self._write(b"".join(out))
         self._arm_stall()
 
     def eof_received(self) -> bool | None:
@@ -124,7 +134,9 @@ class Session(asyncio.Protocol):
     # ---- helpers ------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
+        if self._corked is not None:
+            self._corked.append(data)
+        elif data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def drop(self) -> None:
@@ -214,25 +226,24 @@ class Session(asyncio.Protocol):
             if args["lease"] is not None:
                 self.owners.setdefault(args["queue"], {})[args["lease"][0]] = \
                     args["max_attempts"]
-        self.inflight += 1
-        self.update_reading()
         inline = self._inline
-        if op == "wait":
-            self.server.spawn(self._wait_ready(req))
-        elif op == "take" and args["wait"] > 0 and inline is None:
-            self.server.spawn(self._long_take(req))
-        elif inline is not None:
-            # The engine never blocks: answer now, without a callback or a task
-            # (a long-polling take that finds records needs no task either).
+        if inline is not None and op != "wait":
+            # The engine never blocks: answer now, without a callback, a task or
+            # in-flight accounting. Only a long-polling take that found nothing waits.
             try:
                 result = inline.call(op, args)
             except Exception as exc:
-                self._complete(req, None, exc)
+                self._write(self._error_frame(req, exc))
                 return
-            if op == "take" and not result and args["wait"] > 0:
-                self.server.spawn(self._long_take(req))
-            else:
-                self._complete(req, result, None)
+            if op != "take" or not args["wait"] or record_count(result):
+                self._write(encode_reply(req.id, result))
+                return
+        self.inflight += 1
+        self.update_reading()
+        if op == "wait":
+            self.server.spawn(self._wait_ready(req))
+        elif op == "take" and args["wait"] > 0:
+            self.server.spawn(self._long_take(req))
         else:
             self.server.runner.submit(
                 op, args, lambda result, error: self._complete(req, result, error))
@@ -240,21 +251,24 @@ class Session(asyncio.Protocol):
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
         self.inflight -= 1
         if self.closed:
-            if req.op == "take" and error is None and result:
+            if req.op == "take" and error is None and record_count(result):
                 self._give_back(req.args, result)
             return
         if error is None:
             self._write(encode_reply(req.id, result))
         else:
-            code = code_for(error)
-            if code == ErrorCode.INTERNAL:
-                log.error("spoolq: %s request from %s failed", req.op, self.peer,
-                          exc_info=error)
-            elif not isinstance(error, (SpoolqError, ValueError, TypeError)):
-                log.warning("spoolq: %s request from %s failed: %s", req.op, self.peer, error)
-            self._write(encode_error(req.id, code, f"{type(error).__name__}: {error}"
-                                     if code == ErrorCode.INTERNAL else str(error)))
+            self._write(self._error_frame(req, error))
         self.update_reading()
+
+    def _error_frame(self, req: Request, error: BaseException) -> bytes:
+        """The ERROR frame answering ``req``; unexpected failures are logged."""
+        code = code_for(error)
+        if code == ErrorCode.INTERNAL:
+            log.error("spoolq: %s request from %s failed", req.op, self.peer, exc_info=error)
+        elif not isinstance(error, (SpoolqError, ValueError, TypeError)):
+            log.warning("spoolq: %s request from %s failed: %s", req.op, self.peer, error)
+        return encode_error(req.id, code, f"{type(error).__name__}: {error}"
+                            if code == ErrorCode.INTERNAL else str(error))
 
     def _give_back(self, args: dict[str, Any], records: list[Any]) -> None:
         """Undo a take whose reply can no longer be sent: the records go back in place."""
@@ -264,7 +278,8 @@ class Session(asyncio.Protocol):
         else:
             op, undo = "release", {
                 "queue": queue_name, "owner": lease[0], "not_before": 0.0,
-                "deliveries": [[r[0], r[3]] for r in records], "max_attempts": None,
+                "deliveries": [[i, a] for i, a in zip(records[0], records[3], strict=True)],
+                "max_attempts": None,
                 "count_attempt": False, "reason": ""}
         self.server.runner.submit(op, undo, self._log_release(queue_name))
 
@@ -272,7 +287,7 @@ class Session(asyncio.Protocol):
         a = req.args
         start = self.loop.time()
         deadline = start + a["wait"]
-        result: Any = []
+        result: Any = None
         try:
             while True:
                 shift = self.loop.time() - start
@@ -281,7 +296,7 @@ class Session(asyncio.Protocol):
                         "lease": None if lease is None else [lease[0], lease[1] + shift]}
                 result = await self.server.runner.run("take", args)
                 remaining = deadline - self.loop.time()
-                if result or remaining <= 0 or self.closed or self.server.stopping:
+                if record_count(result) or remaining <= 0 or self.closed or self.server.stopping:
                     break
                 await self.server.wait_for(a["queue"], min(remaining, self.server.poll_interval))
                 if self.closed:
