@@ -197,27 +197,27 @@ def test_unexpected_exceptions_travel_as_internal_engine_errors() -> None:
     assert type(error_for(999, "x")) is spoolq.EngineError
 
 
-def test_records_travel_as_one_array_per_field_and_round_trip() -> None:
+def test_records_travel_as_one_flat_array_and_round_trip() -> None:
     recs = [StoredRecord(1, b"a", 2, 0, 5.5, None), StoredRecord(9, b"", 0, 3, 6.0, "boom")]
     wire = cbor2.loads(cbor2.dumps(encode_records(recs)))
-    assert wire == [[1, 9], [b"a", b""], [2, 0], [0, 3], [5.5, 6.0], [None, "boom"]]
+    assert wire == [1, b"a", 2, 0, 5.5, None, 9, b"", 0, 3, 6.0, "boom"]
     assert record_count(wire) == 2 and decode_records(wire) == recs
-    none = cbor2.loads(cbor2.dumps(encode_records([])))
-    assert none == [[]] * 6 and record_count(none) == 0 and decode_records(none) == []
-    whole_seconds = decode_records([[4], [b"x"], [1], [0], [7], [None]])
+    assert encode_records([]) == [] and decode_records([]) == [] and record_count([]) == 0
+    whole_seconds = decode_records([4, b"x", 1, 0, 7, None])
     assert whole_seconds == [StoredRecord(4, b"x", 1, 0, 7.0, None)]
     assert type(whole_seconds[0].enqueued_at) is float
 
 
 @pytest.mark.parametrize("value", [
-    [[1, b"a", 2, 0, 5.5, None]],                          # one array per record (version 1)
-    [[1], [b"a"], [2], [0], [5.5]],                         # a field missing
-    [[1, 2], [b"a"], [2], [0], [5.5], [None]],              # columns of different lengths
-    [[1], ["not bytes"], [2], [0], [5.5], [None]],
-    [[True], [b"a"], [2], [0], [5.5], [None]],              # a bool is not an id
-    [[1], [b"a"], [2], [0], ["late"], [None]],
-    [[1], [b"a"], [2], [0], [5.5], [3]],
-    {"ids": [1]}, None,
+    [[1, b"a", 2, 0, 5.5, None]],                           # an array per record (version 1)
+    [1, b"a", 2, 0, 5.5],                                   # a field missing
+    [1, b"a", 2, 0, 5.5, None, 2],
+    [1, "not bytes", 2, 0, 5.5, None],
+    [True, b"a", 2, 0, 5.5, None],                          # a bool is not an id
+    [1, b"a", 2, 0, "late", None],
+    [1, b"a", 2, 0, 5.5, 3],
+    [1, b"a", 2.0, 0, 5.5, None],
+    {"ids": [1]}, None, (1, b"a", 2, 0, 5.5, None),
 ])
 def test_records_of_a_bad_shape_are_refused(value: object) -> None:
     with pytest.raises(ProtocolError, match="unexpected shape"):

@@ -21,6 +21,7 @@ import hmac
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
+from itertools import chain
 from typing import Any, NamedTuple, TypeVar
 
 import cbor2
@@ -293,19 +294,30 @@ def _is_delivery(v: object) -> bool:
     return isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and _is_int(v[1])
 
 
+RECORD_FIELDS = 6
+"""Array elements per record: id, data, raw_size, attempts, enqueued_at, reason."""
 _INT: set[type] = {int}
-_COLUMN_TYPES: tuple[set[type], ...] = (_INT, {bytes}, _INT, _INT, {int, float}, {str, type(None)})
-_NO_RECORDS: tuple[tuple[()], ...] = ((),) * 6
+_BYTES: set[type] = {bytes}
+_FLOAT: set[type] = {float}
+_TIME: set[type] = {int, float}
+_REASON: set[type] = {str, type(None)}
+
+
+def _record_fields(v: object) -> tuple[list[Any], ...] | None:
+    """The six fields of a flat records array, each as a list; None if it is not one."""
+    if type(v) is not list or len(v) % RECORD_FIELDS:
+        return None
+    ids, data, sizes, attempts, times, reasons = (v[0::6], v[1::6], v[2::6], v[3::6],
+                                                  v[4::6], v[5::6])
+    # set(map(type, ...)) checks exact types in C (a bool is no id): the arrays can be long
+    if not (set(map(type, ids + sizes + attempts)) <= _INT and set(map(type, data)) <= _BYTES
+            and set(map(type, times)) <= _TIME and set(map(type, reasons)) <= _REASON):
+        return None
+    return ids, data, sizes, attempts, times, reasons
 
 
 def _is_records(v: object) -> bool:
-    """Six arrays of one length: ids, data, raw sizes, attempts, enqueued_at, reasons."""
-    if not isinstance(v, (list, tuple)) or len(v) != 6:
-        return False
-    n = len(v[0]) if isinstance(v[0], (list, tuple)) else -1
-    # set(map(type, ...)) checks exact types in C: these columns can be long
-    return all(isinstance(col, (list, tuple)) and len(col) == n and set(map(type, col)) <= types
-               for col, types in zip(v, _COLUMN_TYPES, strict=True))
+    return _record_fields(v) is not None
 
 
 def _is_lease(v: object) -> bool:
@@ -391,29 +403,28 @@ def parse_request(ident: int, body: Any) -> Request:
     return Request(ident, op, args)
 
 
-def encode_records(records: Sequence[StoredRecord]) -> Sequence[Sequence[Any]]:
-    """Records as they travel: one array per field (not one per record), so a
-    batch costs six CBOR arrays whatever its length:
-    ``[ids, data, raw_sizes, attempts, enqueued_at, reasons]``."""
-    if not records:
-        return _NO_RECORDS
-    return list(zip(*records, strict=True))
+def encode_records(records: Sequence[StoredRecord]) -> list[Any]:
+    """Records as they travel: one flat array, six elements per record
+    (``id, data, raw_size, attempts, enqueued_at, reason``), not an array per
+    record: a batch is one CBOR array whatever its length."""
+    return list(chain.from_iterable(records))
 
 
-def record_count(value: Sequence[Sequence[Any]]) -> int:
+def record_count(value: Sequence[Any]) -> int:
     """How many records an :func:`encode_records` value holds."""
-    return len(value[0])
+    return len(value) // RECORD_FIELDS
 
 
 def decode_records(value: Any) -> list[StoredRecord]:
     """The inverse of :func:`encode_records`; :class:`ProtocolError` on a bad shape."""
-    if not _is_records(value):
+    fields = _record_fields(value)
+    if fields is None:
         raise ProtocolError("the server sent records of an unexpected shape")
-    ids, data, sizes, attempts, times, reasons = value
-    if not set(map(type, times)) <= {float}:
+    ids, data, sizes, attempts, times, reasons = fields
+    if not set(map(type, times)) <= _FLOAT:
         times = [float(t) for t in times]  # a peer may send whole seconds as integers
     return list(map(StoredRecord._make, zip(ids, data, sizes, attempts, times, reasons,
-                                                   strict=True)))
+                                            strict=True)))
 
 
 def decode_counts(value: Any) -> Counts:

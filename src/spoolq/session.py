@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
+    RECORD_FIELDS,
     VERSION,
     ErrorCode,
     ProtocolError,
@@ -278,7 +279,8 @@ class Session(asyncio.Protocol):
         else:
             op, undo = "release", {
                 "queue": queue_name, "owner": lease[0], "not_before": 0.0,
-                "deliveries": [[i, a] for i, a in zip(records[0], records[3], strict=True)],
+                "deliveries": [[i, a] for i, a in zip(records[0::RECORD_FIELDS],
+                                                      records[3::RECORD_FIELDS], strict=True)],
                 "max_attempts": None,
                 "count_attempt": False, "reason": ""}
         self.server.runner.submit(op, undo, self._log_release(queue_name))
