@@ -169,6 +169,11 @@ def test_client_and_server_state_machines_talk_with_pipelined_replies() -> None:
                                                   (id_a, [])]
 
 
+def test_client_refuses_a_server_of_an_older_protocol_version() -> None:
+    with pytest.raises(ProtocolError, match="speaks protocol version 1"):
+        ClientProtocol().receive_data(preamble(1))
+
+
 def test_client_refuses_a_request_the_server_would_refuse() -> None:
     client = ClientProtocol()
     client.server_max_frame = 2048

@@ -20,7 +20,8 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, Protocol
 
 from .engines import Engine, Lease, StoredRecord
@@ -35,24 +36,40 @@ Outcome = Callable[[Any, "BaseException | None"], None]
 """Called on the event loop with ``(result, None)`` or ``(None, error)``."""
 
 _RECORD_OVERHEAD = 48  # CBOR framing of one record's other fields, an upper bound
+_REPLY_OVERHEAD = 64  # frame header and CBOR framing of the reply itself
 _Job = tuple[str, dict[str, Any], Outcome]
 
 
-def _take(engine: Engine, a: dict[str, Any]) -> tuple[Sequence[Sequence[Any]], set[str]]:
+_data, _reason = itemgetter(1), itemgetter(5)
+
+
+def _wire_size(rec: StoredRecord) -> int:
+    """An upper bound of the bytes ``rec`` takes in a reply."""
+    reason = 0 if rec.reason is None else len(rec.reason.encode())
+    return len(rec.data) + reason + _RECORD_OVERHEAD
+
+
+def _reply_size(recs: list[StoredRecord]) -> int:
+    """An upper bound of the bytes a reply carrying ``recs`` takes."""
+    if any(map(_reason, recs)):  # dead letters: rare, and their reasons count too
+        return _REPLY_OVERHEAD + sum(map(_wire_size, recs))
+    return _REPLY_OVERHEAD + sum(map(len, map(_data, recs))) + _RECORD_OVERHEAD * len(recs)
+
+
+def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     recs = engine.take(a["queue"], a["n"], a["now"], lease)
     limit = a.get("limit")
-    if limit is not None and len(recs) > 1:
+    if limit is not None and len(recs) > 1 and _reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
-        size, keep = 64, 0
+        size, keep = _REPLY_OVERHEAD, 0
         for rec in recs:
-            size += len(rec.data) + _RECORD_OVERHEAD
+            size += _wire_size(rec)
             if size > limit and keep:
                 break
             keep += 1
-        if keep < len(recs):
-            _give_back(engine, a["queue"], recs[keep:], lease)
-            recs = recs[:keep]
+        _give_back(engine, a["queue"], recs[keep:], lease)
+        recs = recs[:keep]
     return encode_records(recs), set()
 
 

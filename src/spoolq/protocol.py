@@ -80,6 +80,9 @@ class FrameType(IntEnum):
     ERROR = 4
 
 
+_REQUEST, _REPLY, _ERROR = int(FrameType.REQUEST), int(FrameType.REPLY), int(FrameType.ERROR)
+
+
 class ErrorCode(IntEnum):
     """Codes of ERROR frames. 1-9: the connection is closed after the frame."""
 
@@ -171,7 +174,8 @@ def encode_frame(ftype: int, ident: int, body: Any) -> bytes:
 
 def encode_reply(ident: int, value: Any) -> bytes:
     """A REPLY frame carrying ``value``."""
-    return encode_frame(FrameType.REPLY, ident, value)
+    payload = cbor2.dumps(value)
+    return HEADER.pack(len(payload) + 5, _REPLY, ident) + payload
 
 
 def encode_error(ident: int, code: int, message: str) -> bytes:
@@ -379,25 +383,32 @@ class Request(NamedTuple):
     args: dict[str, Any]
 
 
+_MISSING = object()
+# OPS as tuples, for the loop below: (field, check, default) in order.
+_SPECS: dict[str, tuple[tuple[str, _Check, Any], ...]] = {
+    op: tuple((key, check, default) for key, (check, default) in fields.items())
+    for op, fields in OPS.items()}
+
+
 def parse_request(ident: int, body: Any) -> Request:
     """Validate a REQUEST body; :class:`BadRequest` names what is wrong."""
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise BadRequest(f"request {ident}: the body must be a map")
     op = body.get("op")
-    spec = OPS.get(op) if isinstance(op, str) else None
+    spec = _SPECS.get(op) if isinstance(op, str) else None
     if spec is None or not isinstance(op, str):
         raise BadRequest(f"request {ident}: unknown op {op!r}")
     args: dict[str, Any] = {}
-    for key, (check, default) in spec.items():
-        if key in body:
-            value = body[key]
-            if not check(value):
-                raise BadRequest(f"request {ident} ({op}): bad value for {key!r}")
-            args[key] = value
-        elif default is ...:
-            raise BadRequest(f"request {ident} ({op}): missing field {key!r}")
-        else:
-            args[key] = list(default) if isinstance(default, list) else default
+    get = body.get
+    for key, check, default in spec:
+        value = get(key, _MISSING)
+        if value is _MISSING:
+            if default is ...:
+                raise BadRequest(f"request {ident} ({op}): missing field {key!r}")
+            value = list(default) if isinstance(default, list) else default
+        elif not check(value):
+            raise BadRequest(f"request {ident} ({op}): bad value for {key!r}")
+        args[key] = value
     if op == "append" and len(args["records"]) != len(args["sizes"]):
         raise BadRequest(f"request {ident} (append): records and sizes differ in length")
     return Request(ident, op, args)
@@ -569,13 +580,16 @@ class ClientProtocol:
 
     def request(self, op: str, args: Mapping[str, Any]) -> tuple[int, bytes]:
         """A REQUEST frame and its id; :class:`FrameTooLarge` if the server would refuse it."""
-        ident = self._id()
-        frame = encode_frame(FrameType.REQUEST, ident, {"op": op, **args})
-        if len(frame) - 4 > self.server_max_frame:
+        body = {"op": op}
+        body.update(args)
+        payload = cbor2.dumps(body)
+        length = len(payload) + 5
+        if length > self.server_max_frame:
             raise FrameTooLarge(
-                f"a {op} request of {len(frame) - 4} bytes exceeds the server's limit of "
+                f"a {op} request of {length} bytes exceeds the server's limit of "
                 f"{self.server_max_frame}")
-        return ident, frame
+        ident = self._id()
+        return ident, HEADER.pack(length, _REQUEST, ident) + payload
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Reply]:
         """Consume bytes from the server; return the replies now complete."""
@@ -583,15 +597,19 @@ class ClientProtocol:
             self._head += data
             if len(self._head) < PREAMBLE.size:
                 return []
-            self.version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
+            version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
+            if version < MIN_VERSION:
+                raise ProtocolError(f"the server speaks protocol version {version}; this "
+                                    f"client needs version {MIN_VERSION} or later")
+            self.version = version
             data = bytes(self._head[PREAMBLE.size:])
             self._head.clear()
         replies: list[Reply] = []
         for frame in self.decoder.feed(data):
             body = decode_body(frame)
-            if frame.type == FrameType.REPLY:
+            if frame.type == _REPLY:
                 replies.append(Reply(frame.id, body))
-            elif frame.type == FrameType.ERROR and isinstance(body, dict):
+            elif frame.type == _ERROR and isinstance(body, dict):
                 code, message = body.get("code"), body.get("message")
                 replies.append(Reply(frame.id, error=error_for(
                     code if _is_int(code) else ErrorCode.INTERNAL,  # type: ignore[arg-type]
