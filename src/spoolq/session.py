@@ -2,9 +2,9 @@
 
 :class:`Session` is the asyncio protocol of a connection. It feeds received
 bytes to :class:`spoolq.protocol.ServerProtocol`, hands requests to the
-server's engine thread, writes the replies, drops clients that stall or break
-the protocol, and releases the leases of a connection that ends without
-saying goodbye.
+server's engine thread (or, for an engine that never blocks, runs them at
+once), writes the replies, drops clients that stall or break the protocol,
+and releases the leases of a connection that ends without saying goodbye.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def _version() -> str:
 class Session(asyncio.Protocol):
     """One client connection: frames in, engine jobs out, replies back.
 
-    It runs on the server's event loop and never calls the engine itself:
-    requests go to the server's engine thread.
+    It runs on the server's event loop. Requests go to the server's engine
+    thread, except with an engine that never blocks (``inline = True``): those
+    are answered on the spot, without a callback or an in-flight count.
     """
 
     def __init__(self, server: Server) -> None:
