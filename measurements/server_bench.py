@@ -1,32 +1,41 @@
-"""Throughput of the spoolq server on loopback, compared with Redis in the same run.
+"""Throughput of the spoolq server on loopback, compared with Redis and StiQueue in the same run.
 
-    PYTHONPATH=src python measurements/server_bench.py [--seconds 2] [--clients 16]
+    PYTHONPATH=src python measurements/server_bench.py [--seconds 2] [--repeat 3] [--clients 16]
 
 Starts its own ``python -m spoolq.server`` processes (memory engine, and SQLite
-with durability "commit") and its own ``redis-server`` (``--appendonly yes
---save ""`` in a temporary folder) on free ports of 127.0.0.1, runs each
+with durability "commit"), its own ``redis-server`` (``--appendonly yes
+--save ""`` in a temporary folder) and its own StiQueue server (``python -m
+stiqueue.sqserver``, in memory) on free ports of 127.0.0.1, runs each
 scenario for a fixed time with 100-byte items, stops every server by its pid
 and prints a table with ratios:
 
 - sequential: one client, ``put`` then ``get`` one item at a time (Redis:
-  LPUSH then RPOP through redis-py); two round trips per item;
+  LPUSH then RPOP through redis-py; StiQueue: ``enq`` then ``deq``, a
+  connection each); two round trips per item;
 - batched: one client, ``put_many`` of 100 then ``get_many(100)`` (Redis: a
-  pipeline of 100 LPUSH then one of 100 RPOP);
+  pipeline of 100 LPUSH then one of 100 RPOP; StiQueue has no batches);
 - N clients: N processes each doing the sequential loop at once.
 
 spoolq numbers are through ``spoolq.SyncQueue`` (serializing and framing on
 the client, as an application would) and, to show what the server itself
-does, through the raw remote engine (records already encoded).
+does, through the raw remote engine (records already encoded). Each figure is
+the median of ``--repeat`` runs, the contestants taking turns, so that a
+machine shared with other work skews them all alike; only the ratios of one
+run mean much. Redis (``pip install redis`` and a ``redis-server`` binary) and
+StiQueue (``pip install stiqueue``) are skipped when missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import logging
 import multiprocessing as mp
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +87,25 @@ def start_redis(folder: str) -> tuple[subprocess.Popen[bytes], int] | None:
             if time.monotonic() > deadline:
                 proc.kill()
                 proc.wait()
+                return None
+            time.sleep(0.05)
+
+
+def start_stiqueue() -> tuple[subprocess.Popen[bytes], int] | None:
+    if importlib.util.find_spec("stiqueue") is None:
+        return None
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stiqueue.sqserver", "--host", "127.0.0.1",
+                             "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()  # an empty request
+            return proc, port
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop(proc)
                 return None
             time.sleep(0.05)
 
@@ -177,11 +205,30 @@ def redis_client(port: int, mode: str, seconds: float) -> float:
         r.close()
 
 
+def stiqueue_client(port: int, mode: str, seconds: float) -> float:
+    from stiqueue.sqclient import SQClient  # type: ignore[import-untyped]
+    quiet = logging.getLogger("server_bench.stiqueue")  # its default logger prints every call
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    client = SQClient(host="127.0.0.1", port=port, logger=quiet)
+
+    def seq() -> int:
+        client.enq(ITEM)
+        client.deq()
+        return 1
+
+    return run_for(seconds, seq)
+
+
+CLIENTS: dict[str, Callable[[Any, str, float], float]] = {
+    "spoolq": spoolq_client, "engine": engine_client, "redis": redis_client,
+    "stiqueue": stiqueue_client}
+
+
 def _worker(kind: str, target: Any, seconds: float, barrier: Barrier,
             out: mp.SimpleQueue[float]) -> None:
     barrier.wait()
-    fn = {"spoolq": spoolq_client, "engine": engine_client, "redis": redis_client}[kind]
-    out.put(fn(target, "seq", seconds))
+    out.put(CLIENTS[kind](target, "seq", seconds))
 
 
 def many_clients(kind: str, target: Any, n: int, seconds: float) -> float:
@@ -199,15 +246,20 @@ def many_clients(kind: str, target: Any, n: int, seconds: float) -> float:
     return sum(rates)
 
 
+COLUMNS = ["spoolq memory", "spoolq sqlite", "engine memory", "engine sqlite", "redis",
+           "stiqueue"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="per scenario")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per scenario and run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (the median)")
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
     sec, n = args.seconds, args.clients
     folder = tempfile.mkdtemp(prefix="spoolq-bench-")
-    results: dict[str, dict[str, float]] = {}
-    cpu: dict[str, dict[str, float]] = defaultdict(dict)
+    runs: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cpu: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     servers: list[subprocess.Popen[Any]] = []
     try:
         mem, mem_url = start_spoolq(":memory:")
@@ -217,66 +269,83 @@ def main() -> None:
         red = start_redis(folder)
         if red is not None:
             servers.append(red[0])
-        scenarios = [("sequential, 1 client", "seq", 1), (f"batched x{BATCH}, 1 client",
-                                                          "batch", 1),
+        sti = start_stiqueue()
+        if sti is not None:
+            servers.append(sti[0])
+        contestants: list[tuple[str, str, Any, int]] = [
+            ("spoolq memory", "spoolq", mem_url, mem.pid),
+            ("spoolq sqlite", "spoolq", sql_url, sql.pid),
+            ("engine memory", "engine", mem_url, mem.pid),
+            ("engine sqlite", "engine", sql_url, sql.pid)]
+        if red is not None:
+            contestants.append(("redis", "redis", red[1], red[0].pid))
+        if sti is not None:
+            contestants.append(("stiqueue", "stiqueue", sti[1], sti[0].pid))
+        scenarios = [("sequential, 1 client", "seq", 1),
+                     (f"batched x{BATCH}, 1 client", "batch", 1),
                      (f"sequential, {n} clients", "seq", n)]
-        pids = {"spoolq memory": mem.pid, "spoolq sqlite": sql.pid, "engine memory": mem.pid,
-                "engine sqlite": sql.pid, "redis": None if red is None else red[0].pid}
-        for label, mode, clients in scenarios:
-            row: dict[str, float] = {}
-            for col, kind, target in (("spoolq memory", "spoolq", mem_url),
-                                      ("spoolq sqlite", "spoolq", sql_url),
-                                      ("engine memory", "engine", mem_url),
-                                      ("engine sqlite", "engine", sql_url),
-                                      ("redis", "redis", None if red is None else red[1])):
-                if target is None:
-                    continue
-                pid = pids[col]
-                cpu0, wall0 = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
-                if clients == 1:
-                    fn = {"spoolq": spoolq_client, "engine": engine_client,
-                          "redis": redis_client}[kind]
-                    row[col] = fn(target, mode, sec)  # type: ignore[operator]
-                else:
-                    row[col] = many_clients(kind, target, clients, sec)
-                items = row[col] * (time.perf_counter() - wall0)
-                if pid and items:
-                    cpu[label][col] = (cpu_seconds(pid) - cpu0) / items * 1e6
-                sys.stderr.write(f"{label:28} {col:14} {row[col]:>10,.0f} items/s\n")
-            results[label] = row
+        for run in range(args.repeat):
+            for label, mode, clients in scenarios:
+                for col, kind, target, pid in contestants:
+                    if kind == "stiqueue" and mode == "batch":
+                        continue  # StiQueue has no batch operations
+                    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+                    if clients == 1:
+                        rate = CLIENTS[kind](target, mode, sec)
+                    else:
+                        rate = many_clients(kind, target, clients, sec)
+                    items = rate * (time.perf_counter() - wall0)
+                    runs[label][col].append(rate)
+                    if items:
+                        cpu[label][col].append((cpu_seconds(pid) - cpu0) / items * 1e6)
+                    sys.stderr.write(f"run {run + 1}/{args.repeat} {label:24} {col:14} "
+                                     f"{rate:>10,.0f} items/s\n")
     finally:
         for proc in servers:
             stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
-    print_table(results, cpu)
+    results = {label: {col: statistics.median(v) for col, v in row.items()}
+               for label, row in runs.items()}
+    cpu_med = {label: {col: statistics.median(v) for col, v in row.items()}
+               for label, row in cpu.items()}
+    print_table(results, cpu_med, args)
 
 
-def print_table(results: dict[str, dict[str, float]],
-                cpu: dict[str, dict[str, float]]) -> None:
-    cols = ["spoolq memory", "spoolq sqlite", "engine memory", "engine sqlite", "redis"]
-    head = f"{'items/s (put+get each)':28}" + "".join(f"{c:>15}" for c in cols)
-    has_redis = all("redis" in row for row in results.values())
-    if has_redis:
-        head += f"{'mem/redis':>11}{'sqlite/redis':>14}"
+def _ratio(top: float | None, bottom: float | None) -> str:
+    return f"{top / bottom:.2f}" if top is not None and bottom else "-"
+
+
+def print_table(results: dict[str, dict[str, float]], cpu: dict[str, dict[str, float]],
+                args: argparse.Namespace) -> None:
+    cols = [c for c in COLUMNS if any(c in row for row in results.values())]
+    ratios = [("mem/redis", "spoolq memory", "redis"), ("sqlite/redis", "spoolq sqlite", "redis"),
+              ("mem/stiqueue", "spoolq memory", "stiqueue")]
+    ratios = [r for r in ratios if r[2] in cols]
+    print(f"spoolq server on loopback, 100-byte items; medians of {args.repeat} runs of "
+          f"{args.seconds:g} s each\n")
+    head = f"{'items/s (put+get each)':26}" + "".join(f"{c:>14}" for c in cols) + "".join(
+        f"{r[0]:>14}" for r in ratios)
     print(head)
     print("-" * len(head))
     for label, row in results.items():
-        line = f"{label:28}" + "".join(
-            f"{row[c]:>15,.0f}" if c in row else f"{'-':>15}" for c in cols)
-        if has_redis:
-            line += f"{row['spoolq memory'] / row['redis']:>11.2f}"
-            line += f"{row['spoolq sqlite'] / row['redis']:>14.2f}"
-        print(line)
+        print(f"{label:26}" + "".join(f"{row[c]:>14,.0f}" if c in row else f"{'-':>14}"
+                                      for c in cols)
+              + "".join(f"{_ratio(row.get(a), row.get(b)):>14}" for _, a, b in ratios))
+    labels = list(results)
+    if len(labels) == 3:
+        one, many = results[labels[0]], results[labels[2]]
+        print(f"{f'{args.clients} clients / 1 client':26}"
+              + "".join(f"{_ratio(many.get(c), one.get(c)):>14}" for c in cols))
     print()
-    head = f"{'server CPU us per item':28}" + "".join(f"{c:>15}" for c in cols)
+    head = f"{'server CPU us per item':26}" + "".join(f"{c:>14}" for c in cols)
     print(head)
     print("-" * len(head))
     for label in results:
-        print(f"{label:28}" + "".join(
-            f"{cpu[label][c]:>15.1f}" if c in cpu[label] else f"{'-':>15}" for c in cols))
+        print(f"{label:26}" + "".join(
+            f"{cpu[label][c]:>14.1f}" if c in cpu[label] else f"{'-':>14}" for c in cols))
     print("\nAn item counts once when it has been put and got back; 'spoolq' columns go"
           "\nthrough SyncQueue (client-side encoding), 'engine' columns send raw records."
-          "\nServer CPU is the server process's user+system time (both of its threads;"
+          "\nServer CPU is the server process's user+system time (all of its threads;"
           "\nthe setup of a scenario's client processes is included in its wall time).")
 
 

@@ -26,6 +26,7 @@ from spoolq.protocol import (
     encode_records,
     encode_reply,
     error_for,
+    record_count,
 )
 from spoolq.protocol import encode_preamble as preamble
 
@@ -168,6 +169,11 @@ def test_client_and_server_state_machines_talk_with_pipelined_replies() -> None:
                                                   (id_a, [])]
 
 
+def test_client_refuses_a_server_of_an_older_protocol_version() -> None:
+    with pytest.raises(ProtocolError, match="speaks protocol version 1"):
+        ClientProtocol().receive_data(preamble(1))
+
+
 def test_client_refuses_a_request_the_server_would_refuse() -> None:
     client = ClientProtocol()
     client.server_max_frame = 2048
@@ -196,8 +202,52 @@ def test_unexpected_exceptions_travel_as_internal_engine_errors() -> None:
     assert type(error_for(999, "x")) is spoolq.EngineError
 
 
-def test_records_round_trip_and_bad_shapes_are_refused() -> None:
+def test_records_travel_as_one_flat_array_and_round_trip() -> None:
     recs = [StoredRecord(1, b"a", 2, 0, 5.5, None), StoredRecord(9, b"", 0, 3, 6.0, "boom")]
-    assert decode_records(cbor2.loads(cbor2.dumps(encode_records(recs)))) == recs
-    with pytest.raises(ProtocolError):
-        decode_records([[1, "not bytes", 2, 0, 5.5, None]])
+    wire = cbor2.loads(cbor2.dumps(encode_records(recs)))
+    assert wire == [1, b"a", 2, 0, 5.5, None, 9, b"", 0, 3, 6.0, "boom"]
+    assert record_count(wire) == 2 and decode_records(wire) == recs
+    assert encode_records([]) == [] and decode_records([]) == [] and record_count([]) == 0
+    whole_seconds = decode_records([4, b"x", 1, 0, 7, None])
+    assert whole_seconds == [StoredRecord(4, b"x", 1, 0, 7.0, None)]
+    assert type(whole_seconds[0].enqueued_at) is float
+
+
+@pytest.mark.parametrize("value", [
+    [[1, b"a", 2, 0, 5.5, None]],                           # an array per record (version 1)
+    [1, b"a", 2, 0, 5.5],                                   # a field missing
+    [1, b"a", 2, 0, 5.5, None, 2],
+    [1, "not bytes", 2, 0, 5.5, None],
+    [True, b"a", 2, 0, 5.5, None],                          # a bool is not an id
+    [1, b"a", 2, 0, "late", None],
+    [1, b"a", 2, 0, 5.5, 3],
+    [1, b"a", 2.0, 0, 5.5, None],
+    {"ids": [1]}, None, (1, b"a", 2, 0, 5.5, None),
+])
+def test_records_of_a_bad_shape_are_refused(value: object) -> None:
+    with pytest.raises(ProtocolError, match="unexpected shape"):
+        decode_records(value)
+
+
+def test_a_restore_request_checks_its_records() -> None:
+    server = ServerProtocol()
+    server.receive_data(preamble())
+    server.data_to_send()
+    good = encode_records([StoredRecord(1, b"a", 1, 0, 1.0)])
+    (req,) = server.receive_data(_request(1, "restore", queue="q", records=good))
+    assert decode_records(req.args["records"]) == [StoredRecord(1, b"a", 1, 0, 1.0)]
+    assert server.receive_data(_request(2, "restore", queue="q",
+                                        records=[[1, b"a", 1, 0, 1.0, None]])) == []
+    ((_, ident, body),) = _frames(server.data_to_send())
+    assert (ident, body["code"]) == (2, ErrorCode.BAD_REQUEST)  # type: ignore[index]
+
+
+def test_a_client_of_protocol_version_1_is_refused_with_a_code() -> None:
+    server = ServerProtocol()
+    with pytest.raises(ProtocolError, match="version 1 is not supported"):
+        server.receive_data(preamble(1))
+    out = server.data_to_send()
+    assert out[:8] == preamble(1)  # the server answers with the version it would speak
+    ((ftype, ident, body),) = _frames(out[8:])
+    assert (ftype, ident, body["code"]) == (FrameType.ERROR, 0,  # type: ignore[index]
+                                            ErrorCode.UNSUPPORTED_VERSION)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 
 import spoolq
-from spoolq.dispatch import EngineThread
-from spoolq.engines import Engine, MemoryEngine
+from spoolq.dispatch import EngineThread, make_runner
+from spoolq.engines import Engine, MemoryEngine, open_engine
 from spoolq.engines.remote import RemoteEngine, parse_url, url_queue_name
 from spoolq.testing import EngineConformance
 
@@ -125,3 +126,40 @@ def test_cancel_waits_ends_a_wait_at_once(memory_server: ThreadedServer) -> None
         assert_cancel_ends_a_wait(eng, "idle", within=2.0)
     finally:
         eng.close()
+
+
+def test_both_ends_send_small_frames_at_once(memory_server: ThreadedServer) -> None:
+    """TCP_NODELAY on the client's socket and on the server's side of it."""
+    eng = RemoteEngine(memory_server.url)
+    try:
+        assert eng._link is not None
+        sock = eng._link.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert memory_server.server is not None
+        host, port = sock.getsockname()[:2]
+        (session,) = [s for s in memory_server.server.connections if s.peer == f"{host}:{port}"]
+        assert session.transport is not None
+        server_sock = session.transport.get_extra_info("socket")
+        assert server_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        eng.close()
+
+
+def test_a_server_over_a_blocking_engine_uses_the_engine_thread(tmp_path: Path) -> None:
+    """The memory engine never blocks and is called on the loop; SQLite gets a thread."""
+
+    async def main() -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        memory = make_runner(MemoryEngine(), loop, lambda queues: None)
+        sqlite = make_runner(open_engine(tmp_path / "q.sqlite"), loop, lambda queues: None)
+        try:
+            assert await memory.run("append", {"queue": "q", "records": [b"a"], "sizes": [1],
+                                               "now": 0.0}) == [1]
+            assert memory.transactions == 1
+        finally:
+            for runner in (memory, sqlite):
+                runner.stop()
+                await asyncio.to_thread(runner.join)
+        return type(memory).__name__, type(sqlite).__name__
+
+    assert asyncio.run(main()) == ("InlineRunner", "EngineThread")

@@ -1,11 +1,17 @@
-"""The server's engine thread: runs wire requests against one engine, in order.
+"""How the server runs wire requests against its engine, in order.
 
-Engine calls never run on the server's event loop. Every request becomes a
-job on one thread; jobs that arrive while the thread is busy are run together
-when it is free, and a run of consecutive appends to the same queue becomes
-one engine transaction (group commit). Results go back to the loop in one
-``call_soon_threadsafe`` per batch, with the names of the queues that may have
-gained ready records, so long-polling requests can be woken.
+An engine whose calls may block (a file, a lock another process holds) is
+called on one thread, never on the server's event loop
+(:class:`EngineThread`). Every request becomes a job on that thread; jobs
+that arrive while the thread is busy are run together when it is free, and a
+run of consecutive appends to the same queue becomes one engine transaction
+(group commit). Results go back to the loop in one ``call_soon_threadsafe``
+per batch, with the names of the queues that may have gained ready records,
+so long-polling requests can be woken.
+
+An engine that declares ``inline = True`` (its calls never block: the memory
+engine) is called on the loop itself (:class:`InlineRunner`): handing each
+call to a thread and back would cost more than the call.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
 from .engines import Engine, Lease, StoredRecord
+from .errors import ClosedError
 from .protocol import decode_records, encode_records
 
-__all__ = ["EngineThread", "Outcome"]
+__all__ = ["EngineThread", "InlineRunner", "Outcome", "Runner", "make_runner"]
 
 log = logging.getLogger("spoolq")
 
@@ -28,24 +36,40 @@ Outcome = Callable[[Any, "BaseException | None"], None]
 """Called on the event loop with ``(result, None)`` or ``(None, error)``."""
 
 _RECORD_OVERHEAD = 48  # CBOR framing of one record's other fields, an upper bound
+_REPLY_OVERHEAD = 64  # frame header and CBOR framing of the reply itself
 _Job = tuple[str, dict[str, Any], Outcome]
 
 
-def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[list[Any]], set[str]]:
+_data, _reason = itemgetter(1), itemgetter(5)
+
+
+def _wire_size(rec: StoredRecord) -> int:
+    """An upper bound of the bytes ``rec`` takes in a reply."""
+    reason = 0 if rec.reason is None else len(rec.reason.encode())
+    return len(rec.data) + reason + _RECORD_OVERHEAD
+
+
+def _reply_size(recs: list[StoredRecord]) -> int:
+    """An upper bound of the bytes a reply carrying ``recs`` takes."""
+    if any(map(_reason, recs)):  # dead letters: rare, and their reasons count too
+        return _REPLY_OVERHEAD + sum(map(_wire_size, recs))
+    return _REPLY_OVERHEAD + sum(map(len, map(_data, recs))) + _RECORD_OVERHEAD * len(recs)
+
+
+def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     recs = engine.take(a["queue"], a["n"], a["now"], lease)
     limit = a.get("limit")
-    if limit is not None and len(recs) > 1:
+    if limit is not None and len(recs) > 1 and _reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
-        size, keep = 64, 0
+        size, keep = _REPLY_OVERHEAD, 0
         for rec in recs:
-            size += len(rec.data) + _RECORD_OVERHEAD
+            size += _wire_size(rec)
             if size > limit and keep:
                 break
             keep += 1
-        if keep < len(recs):
-            _give_back(engine, a["queue"], recs[keep:], lease)
-            recs = recs[:keep]
+        _give_back(engine, a["queue"], recs[keep:], lease)
+        recs = recs[:keep]
     return encode_records(recs), set()
 
 
@@ -95,6 +119,94 @@ _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
 }
 OPS = frozenset(_OPS) | {"append"}
 """The ops the engine thread runs (the others are answered by the server itself)."""
+
+
+def _run_op(engine: Engine, op: str, args: dict[str, Any]) -> tuple[Any, set[str]]:
+    """Run one request: its wire-shaped result and the queues it may have woken."""
+    if op == "append":
+        ids = engine.append(args["queue"], args["records"], args["sizes"], args["now"])
+        return ids, ({args["queue"]} if ids else set())
+    return _OPS[op](engine, args)
+
+
+class Runner(Protocol):
+    """What the server needs of the thing that runs its engine calls."""
+
+    engine: Engine
+    transactions: int
+
+    def submit(self, op: str, args: dict[str, Any], outcome: Outcome) -> None: ...
+
+    def run(self, op: str, args: dict[str, Any]) -> asyncio.Future[Any]: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+def make_runner(engine: Engine, loop: asyncio.AbstractEventLoop,
+                on_ready: Callable[[set[str]], None]) -> Runner:
+    """An :class:`InlineRunner` for an engine that never blocks, else an :class:`EngineThread`."""
+    if getattr(engine, "inline", False):
+        return InlineRunner(engine, loop, on_ready)
+    return EngineThread(engine, loop, on_ready)
+
+
+class InlineRunner:
+    """Runs requests against a non-blocking engine directly, on the event loop.
+
+    It has the interface of :class:`EngineThread`; :meth:`call` also gives a
+    result straight back, which spares the server a callback per request.
+    """
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop,
+                 on_ready: Callable[[set[str]], None]) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._on_ready = on_ready
+        self.transactions = 0
+        self._closed = False
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        """Run ``op`` now and return its wire-shaped result (or raise)."""
+        if self._closed:
+            raise ClosedError("the server's engine is closed")
+        result, wakes = _run_op(self.engine, op, args)
+        self.transactions += 1
+        if wakes:
+            self._on_ready(wakes)
+        return result
+
+    def submit(self, op: str, args: dict[str, Any], outcome: Outcome) -> None:
+        """Run ``op`` now and hand the result (or error) to ``outcome``."""
+        try:
+            result = self.call(op, args)
+        except Exception as exc:
+            outcome(None, exc)
+        else:
+            outcome(result, None)
+
+    def run(self, op: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+        """Run ``op`` now; a future that is already done."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        try:
+            fut.set_result(self.call(op, args))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
+
+    def stop(self) -> None:
+        """Close the engine; later calls raise :class:`ClosedError`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.engine.close()
+        except Exception:
+            log.exception("spoolq: closing the engine failed")
+
+    def join(self, timeout: float | None = None) -> None:
+        """Nothing to wait for: :meth:`stop` closed the engine already."""
 
 
 class EngineThread:

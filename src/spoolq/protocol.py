@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
-from typing import Any, TypeVar
+from itertools import chain
+from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
@@ -49,11 +49,12 @@ __all__ = [
     "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
     "decode_counts", "decode_records", "encode_error", "encode_frame", "encode_preamble",
     "encode_records", "encode_reply", "error_for", "parse_preamble", "parse_request",
+    "record_count",
 ]
 
 MAGIC = b"SPOOLQ"
-VERSION = 1
-MIN_VERSION = 1
+VERSION = 2
+MIN_VERSION = 2  # version 1 sent records as one array per record
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 PREAMBLE = struct.Struct(">6sH")
 HEADER = struct.Struct(">IBI")
@@ -77,6 +78,9 @@ class FrameType(IntEnum):
     REQUEST = 2
     REPLY = 3
     ERROR = 4
+
+
+_REQUEST, _REPLY, _ERROR = int(FrameType.REQUEST), int(FrameType.REPLY), int(FrameType.ERROR)
 
 
 class ErrorCode(IntEnum):
@@ -154,8 +158,7 @@ def error_for(code: int, message: str) -> Exception:
 # ---- frames -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     """One decoded frame; ``body`` is still CBOR."""
 
     type: int
@@ -171,7 +174,8 @@ def encode_frame(ftype: int, ident: int, body: Any) -> bytes:
 
 def encode_reply(ident: int, value: Any) -> bytes:
     """A REPLY frame carrying ``value``."""
-    return encode_frame(FrameType.REPLY, ident, value)
+    payload = cbor2.dumps(value)
+    return HEADER.pack(len(payload) + 5, _REPLY, ident) + payload
 
 
 def encode_error(ident: int, code: int, message: str) -> bytes:
@@ -281,8 +285,9 @@ def _opt(check: Callable[[object], bool]) -> Callable[[object], bool]:
 
 
 def _list_of_type(kind: type) -> Callable[[object], bool]:
-    # exact type checks, without a call per element: these lists can hold many records
-    return lambda v: isinstance(v, list) and all(type(x) is kind for x in v)
+    # exact type checks done in C (the set of the element types): these lists can be long
+    kinds = {kind}
+    return lambda v: isinstance(v, list) and set(map(type, v)) <= kinds
 
 
 def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
@@ -293,10 +298,30 @@ def _is_delivery(v: object) -> bool:
     return isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and _is_int(v[1])
 
 
-def _is_record(v: object) -> bool:
-    return (isinstance(v, list) and len(v) == 6 and _is_int(v[0]) and _is_bytes(v[1])
-            and _is_int(v[2]) and _is_int(v[3]) and _is_num(v[4])
-            and (v[5] is None or _is_str(v[5])))
+RECORD_FIELDS = 6
+"""Array elements per record: id, data, raw_size, attempts, enqueued_at, reason."""
+_INT: set[type] = {int}
+_BYTES: set[type] = {bytes}
+_FLOAT: set[type] = {float}
+_TIME: set[type] = {int, float}
+_REASON: set[type] = {str, type(None)}
+
+
+def _record_fields(v: object) -> tuple[list[Any], ...] | None:
+    """The six fields of a flat records array, each as a list; None if it is not one."""
+    if type(v) is not list or len(v) % RECORD_FIELDS:
+        return None
+    ids, data, sizes, attempts, times, reasons = (v[0::6], v[1::6], v[2::6], v[3::6],
+                                                  v[4::6], v[5::6])
+    # set(map(type, ...)) checks exact types in C (a bool is no id): the arrays can be long
+    if not (set(map(type, ids + sizes + attempts)) <= _INT and set(map(type, data)) <= _BYTES
+            and set(map(type, times)) <= _TIME and set(map(type, reasons)) <= _REASON):
+        return None
+    return ids, data, sizes, attempts, times, reasons
+
+
+def _is_records(v: object) -> bool:
+    return _record_fields(v) is not None
 
 
 def _is_lease(v: object) -> bool:
@@ -326,7 +351,7 @@ OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "take": {"queue": (_is_str, ...), "n": (_is_count, ...), "now": (_is_num, ...),
              "lease": (_opt(_is_lease), None), "wait": (_is_wait, 0.0),
              "max_attempts": (_opt(_is_int), None)},
-    "restore": {"queue": (_is_str, ...), "records": (_list_of(_is_record), ...)},
+    "restore": {"queue": (_is_str, ...), "records": (_is_records, ...)},
     "ack": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
             "owner": (_is_str, ...)},
     "release": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
@@ -350,8 +375,7 @@ WRITE_OPS = frozenset({"append", "take", "restore", "ack", "release", "expire", 
                        "purge", "set_meta"})
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A validated request: ``args`` holds every field of the op, defaults filled in."""
 
     id: int
@@ -359,40 +383,59 @@ class Request:
     args: dict[str, Any]
 
 
+_MISSING = object()
+# OPS as tuples, for the loop below: (field, check, default) in order.
+_SPECS: dict[str, tuple[tuple[str, _Check, Any], ...]] = {
+    op: tuple((key, check, default) for key, (check, default) in fields.items())
+    for op, fields in OPS.items()}
+
+
 def parse_request(ident: int, body: Any) -> Request:
     """Validate a REQUEST body; :class:`BadRequest` names what is wrong."""
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise BadRequest(f"request {ident}: the body must be a map")
     op = body.get("op")
-    spec = OPS.get(op) if isinstance(op, str) else None
+    spec = _SPECS.get(op) if isinstance(op, str) else None
     if spec is None or not isinstance(op, str):
         raise BadRequest(f"request {ident}: unknown op {op!r}")
     args: dict[str, Any] = {}
-    for key, (check, default) in spec.items():
-        if key in body:
-            value = body[key]
-            if not check(value):
-                raise BadRequest(f"request {ident} ({op}): bad value for {key!r}")
-            args[key] = value
-        elif default is ...:
-            raise BadRequest(f"request {ident} ({op}): missing field {key!r}")
-        else:
-            args[key] = list(default) if isinstance(default, list) else default
+    get = body.get
+    for key, check, default in spec:
+        value = get(key, _MISSING)
+        if value is _MISSING:
+            if default is ...:
+                raise BadRequest(f"request {ident} ({op}): missing field {key!r}")
+            value = list(default) if isinstance(default, list) else default
+        elif not check(value):
+            raise BadRequest(f"request {ident} ({op}): bad value for {key!r}")
+        args[key] = value
     if op == "append" and len(args["records"]) != len(args["sizes"]):
         raise BadRequest(f"request {ident} (append): records and sizes differ in length")
     return Request(ident, op, args)
 
 
-def encode_records(records: list[StoredRecord]) -> list[list[Any]]:
-    """Records as they travel: ``[id, data, raw_size, attempts, enqueued_at, reason]``."""
-    return [[r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason] for r in records]
+def encode_records(records: Sequence[StoredRecord]) -> list[Any]:
+    """Records as they travel: one flat array, six elements per record
+    (``id, data, raw_size, attempts, enqueued_at, reason``), not an array per
+    record: a batch is one CBOR array whatever its length."""
+    return list(chain.from_iterable(records))
+
+
+def record_count(value: Sequence[Any]) -> int:
+    """How many records an :func:`encode_records` value holds."""
+    return len(value) // RECORD_FIELDS
 
 
 def decode_records(value: Any) -> list[StoredRecord]:
     """The inverse of :func:`encode_records`; :class:`ProtocolError` on a bad shape."""
-    if not isinstance(value, list) or not all(_is_record(v) for v in value):
+    fields = _record_fields(value)
+    if fields is None:
         raise ProtocolError("the server sent records of an unexpected shape")
-    return [StoredRecord(v[0], v[1], v[2], v[3], float(v[4]), v[5]) for v in value]
+    ids, data, sizes, attempts, times, reasons = fields
+    if not set(map(type, times)) <= _FLOAT:
+        times = [float(t) for t in times]  # a peer may send whole seconds as integers
+    return list(map(StoredRecord._make, zip(ids, data, sizes, attempts, times, reasons,
+                                            strict=True)))
 
 
 def decode_counts(value: Any) -> Counts:
@@ -502,8 +545,7 @@ class ServerProtocol:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """The answer to request ``id``: a value, or the exception to raise for it."""
 
     id: int
@@ -538,13 +580,16 @@ class ClientProtocol:
 
     def request(self, op: str, args: Mapping[str, Any]) -> tuple[int, bytes]:
         """A REQUEST frame and its id; :class:`FrameTooLarge` if the server would refuse it."""
-        ident = self._id()
-        frame = encode_frame(FrameType.REQUEST, ident, {"op": op, **args})
-        if len(frame) - 4 > self.server_max_frame:
+        body = {"op": op}
+        body.update(args)
+        payload = cbor2.dumps(body)
+        length = len(payload) + 5
+        if length > self.server_max_frame:
             raise FrameTooLarge(
-                f"a {op} request of {len(frame) - 4} bytes exceeds the server's limit of "
+                f"a {op} request of {length} bytes exceeds the server's limit of "
                 f"{self.server_max_frame}")
-        return ident, frame
+        ident = self._id()
+        return ident, HEADER.pack(length, _REQUEST, ident) + payload
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Reply]:
         """Consume bytes from the server; return the replies now complete."""
@@ -552,15 +597,19 @@ class ClientProtocol:
             self._head += data
             if len(self._head) < PREAMBLE.size:
                 return []
-            self.version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
+            version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
+            if version < MIN_VERSION:
+                raise ProtocolError(f"the server speaks protocol version {version}; this "
+                                    f"client needs version {MIN_VERSION} or later")
+            self.version = version
             data = bytes(self._head[PREAMBLE.size:])
             self._head.clear()
         replies: list[Reply] = []
         for frame in self.decoder.feed(data):
             body = decode_body(frame)
-            if frame.type == FrameType.REPLY:
+            if frame.type == _REPLY:
                 replies.append(Reply(frame.id, body))
-            elif frame.type == FrameType.ERROR and isinstance(body, dict):
+            elif frame.type == _ERROR and isinstance(body, dict):
                 code, message = body.get("code"), body.get("message")
                 replies.append(Reply(frame.id, error=error_for(
                     code if _is_int(code) else ErrorCode.INTERNAL,  # type: ignore[arg-type]

@@ -6,7 +6,8 @@ embed it with :func:`start_server` / :func:`serve`. Clients connect with a
 
 The server stores the records clients send as they are: it never decodes an
 item. Engine calls run on one thread (:mod:`spoolq.dispatch`), never on the
-event loop; concurrent appends to a queue share one transaction.
+event loop, and concurrent appends to a queue share one transaction; only an
+engine that never blocks (the memory engine) is called on the loop itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from .dispatch import EngineThread
+from .dispatch import make_runner
 from .engines import Engine, open_engine
 from .errors import ConfigurationError, SpoolqError
 from .protocol import DEFAULT_MAX_FRAME
@@ -63,7 +64,7 @@ class Server:
         self.ssl_context = ssl_context
         self.label = label
         self.loop = asyncio.get_running_loop()
-        self.engine_thread = EngineThread(engine, self.loop, self._on_ready)
+        self.runner = make_runner(engine, self.loop, self._on_ready)
         self.connections: set[Session] = set()
         self.connection_closed = asyncio.Event()
         self.stopping = False
@@ -153,9 +154,9 @@ class Server:
                 await asyncio.wait_for(self.connection_closed.wait(), 0.05)
         if self._server is not None:
             await self._server.wait_closed()
-        self.engine_thread.stop()
-        await asyncio.to_thread(self.engine_thread.join)
-        log.info("spoolq: server stopped; %d engine transactions", self.engine_thread.transactions)
+        self.runner.stop()
+        await asyncio.to_thread(self.runner.join)
+        log.info("spoolq: server stopped; %d engine transactions", self.runner.transactions)
         self._closed.set()
 
     async def __aenter__(self) -> Server:

@@ -2,21 +2,25 @@
 
 :class:`Session` is the asyncio protocol of a connection. It feeds received
 bytes to :class:`spoolq.protocol.ServerProtocol`, hands requests to the
-server's engine thread, writes the replies, drops clients that stall or break
-the protocol, and releases the leases of a connection that ends without
-saying goodbye.
+server's engine thread (or, for an engine that never blocks, runs them at
+once), writes the replies, drops clients that stall or break the protocol,
+and releases the leases of a connection that ends without saying goodbye.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
+    RECORD_FIELDS,
     VERSION,
     ErrorCode,
     ProtocolError,
@@ -25,6 +29,7 @@ from .protocol import (
     code_for,
     encode_error,
     encode_reply,
+    record_count,
 )
 
 if TYPE_CHECKING:
@@ -46,8 +51,9 @@ def _version() -> str:
 class Session(asyncio.Protocol):
     """One client connection: frames in, engine jobs out, replies back.
 
-    It runs on the server's event loop and never calls the engine itself:
-    requests go to the server's engine thread.
+    It runs on the server's event loop. Requests go to the server's engine
+    thread, except with an engine that never blocks (``inline = True``): those
+    are answered on the spot, without a callback or an in-flight count.
     """
 
     def __init__(self, server: Server) -> None:
@@ -65,11 +71,21 @@ class Session(asyncio.Protocol):
         self._stall: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._read_paused = False
+        self._corked: list[bytes] | None = None
+        runner = server.runner
+        self._inline = runner if isinstance(runner, InlineRunner) else None
 
     # ---- transport events ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Replies are small and answer one request each: send them at once, never
+            # wait for Nagle's algorithm (asyncio sets this too; it is what the speed
+            # of one-at-a-time round trips rests on, so it is not left implicit).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server.connections.add(self)
@@ -88,11 +104,19 @@ class Session(asyncio.Protocol):
             log.warning("spoolq: closing the connection from %s: %s", self.peer, exc)
             self.drop()
             return
-        out = self.sans.data_to_send()
-        if out:
-            self._write(out)
-        for request in requests:
-            self._dispatch(request)
+        if self.sans.outbox:
+            self._write(self.sans.data_to_send())
+        if len(requests) == 1:
+            self._dispatch(requests[0])
+        elif requests:
+            # Pipelined requests: gather the replies that are ready at once into one write.
+            self._corked = []
+            try:
+                for request in requests:
+                    self._dispatch(request)
+            finally:
+                out, self._corked = self._corked, None
+                self._write(b"".join(out))
         self._arm_stall()
 
     def eof_received(self) -> bool | None:
@@ -121,7 +145,9 @@ class Session(asyncio.Protocol):
     # ---- helpers ------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
+        if self._corked is not None:
+            self._corked.append(data)
+        elif data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def drop(self) -> None:
@@ -174,7 +200,7 @@ class Session(asyncio.Protocol):
             for max_attempts, group in by_limit.items():
                 args = {"queue": queue_name, "now": time.time(), "owners": group,
                         "max_attempts": max_attempts}
-                self.server.engine_thread.submit("expire", args, self._log_release(queue_name))
+                self.server.runner.submit("expire", args, self._log_release(queue_name))
 
     def _log_release(self, queue_name: str) -> Callable[[Any, BaseException | None], None]:
         def outcome(result: Any, error: BaseException | None) -> None:
@@ -211,6 +237,18 @@ class Session(asyncio.Protocol):
             if args["lease"] is not None:
                 self.owners.setdefault(args["queue"], {})[args["lease"][0]] = \
                     args["max_attempts"]
+        inline = self._inline
+        if inline is not None and op != "wait":
+            # The engine never blocks: answer now, without a callback, a task or
+            # in-flight accounting. Only a long-polling take that found nothing waits.
+            try:
+                result = inline.call(op, args)
+            except Exception as exc:
+                self._write(self._error_frame(req, exc))
+                return
+            if op != "take" or not args["wait"] or record_count(result):
+                self._write(encode_reply(req.id, result))
+                return
         self.inflight += 1
         self.update_reading()
         if op == "wait":
@@ -218,27 +256,30 @@ class Session(asyncio.Protocol):
         elif op == "take" and args["wait"] > 0:
             self.server.spawn(self._long_take(req))
         else:
-            self.server.engine_thread.submit(
+            self.server.runner.submit(
                 op, args, lambda result, error: self._complete(req, result, error))
 
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
         self.inflight -= 1
         if self.closed:
-            if req.op == "take" and error is None and result:
+            if req.op == "take" and error is None and record_count(result):
                 self._give_back(req.args, result)
             return
         if error is None:
             self._write(encode_reply(req.id, result))
         else:
-            code = code_for(error)
-            if code == ErrorCode.INTERNAL:
-                log.error("spoolq: %s request from %s failed", req.op, self.peer,
-                          exc_info=error)
-            elif not isinstance(error, (SpoolqError, ValueError, TypeError)):
-                log.warning("spoolq: %s request from %s failed: %s", req.op, self.peer, error)
-            self._write(encode_error(req.id, code, f"{type(error).__name__}: {error}"
-                                     if code == ErrorCode.INTERNAL else str(error)))
+            self._write(self._error_frame(req, error))
         self.update_reading()
+
+    def _error_frame(self, req: Request, error: BaseException) -> bytes:
+        """The ERROR frame answering ``req``; unexpected failures are logged."""
+        code = code_for(error)
+        if code == ErrorCode.INTERNAL:
+            log.error("spoolq: %s request from %s failed", req.op, self.peer, exc_info=error)
+        elif not isinstance(error, (SpoolqError, ValueError, TypeError)):
+            log.warning("spoolq: %s request from %s failed: %s", req.op, self.peer, error)
+        return encode_error(req.id, code, f"{type(error).__name__}: {error}"
+                            if code == ErrorCode.INTERNAL else str(error))
 
     def _give_back(self, args: dict[str, Any], records: list[Any]) -> None:
         """Undo a take whose reply can no longer be sent: the records go back in place."""
@@ -248,24 +289,26 @@ class Session(asyncio.Protocol):
         else:
             op, undo = "release", {
                 "queue": queue_name, "owner": lease[0], "not_before": 0.0,
-                "deliveries": [[r[0], r[3]] for r in records], "max_attempts": None,
+                "deliveries": [[i, a] for i, a in zip(records[0::RECORD_FIELDS],
+                                                      records[3::RECORD_FIELDS], strict=True)],
+                "max_attempts": None,
                 "count_attempt": False, "reason": ""}
-        self.server.engine_thread.submit(op, undo, self._log_release(queue_name))
+        self.server.runner.submit(op, undo, self._log_release(queue_name))
 
     async def _long_take(self, req: Request) -> None:
         a = req.args
         start = self.loop.time()
         deadline = start + a["wait"]
-        result: Any = []
+        result: Any = None
         try:
             while True:
                 shift = self.loop.time() - start
                 lease = a["lease"]
                 args = {**a, "now": a["now"] + shift,
                         "lease": None if lease is None else [lease[0], lease[1] + shift]}
-                result = await self.server.engine_thread.run("take", args)
+                result = await self.server.runner.run("take", args)
                 remaining = deadline - self.loop.time()
-                if result or remaining <= 0 or self.closed or self.server.stopping:
+                if record_count(result) or remaining <= 0 or self.closed or self.server.stopping:
                     break
                 await self.server.wait_for(a["queue"], min(remaining, self.server.poll_interval))
                 if self.closed:
@@ -280,7 +323,7 @@ class Session(asyncio.Protocol):
         deadline = self.loop.time() + req.args["timeout"]
         try:
             while True:
-                counts = await self.server.engine_thread.run("counts", {"queue": queue_name})
+                counts = await self.server.runner.run("counts", {"queue": queue_name})
                 remaining = deadline - self.loop.time()
                 if counts[0] > 0 or remaining <= 0 or self.closed or self.server.stopping:
                     ready = counts[0] > 0

@@ -270,8 +270,9 @@ class RemoteEngine:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        ids = self._call("append", {"queue": queue, "records": list(records),
-                                    "sizes": list(raw_sizes), "now": now})
+        ids = self._call("append", {
+            "queue": queue, "records": records if isinstance(records, list) else list(records),
+            "sizes": raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes), "now": now})
         if not isinstance(ids, list) or len(ids) != len(records):
             raise ProtocolError("the server answered an append with the wrong number of ids")
         return ids
