@@ -12,7 +12,6 @@ from __future__ import annotations
 from .aio import Queue
 from .batcher import Batcher
 from .codec import Codec, Compressor, Serializer
-from .core import Message
 from .engines import (
     Counts,
     Engine,
@@ -37,6 +36,7 @@ from .errors import (
     SerializationError,
     SpoolqError,
 )
+from .message import Message
 from .sync import SyncQueue
 
 __version__ = "0.1.0"

@@ -15,10 +15,11 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
-from .core import Message, QueueCore, Taken
+from .core import QueueCore
 from .engines import Engine
 from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .groupcommit import Ticket
+from .message import Message, Taken
 from .settings import Settings, resolve_target
 from .worker import Worker
 

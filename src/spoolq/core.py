@@ -13,8 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from .codec import Codec
 from .engines import Counts, Engine, Lease, StoredRecord, dead_queue_name, open_engine
@@ -26,59 +25,16 @@ from .errors import (
     SerializationError,
 )
 from .groupcommit import GroupCommit, Ticket
+from .message import Message, Taken, messages_for
 from .owners import new_owner, owner_is_dead
 from .settings import Settings
 from .zdict import MissingDictionary, load_dictionaries, train_dictionary
 
-__all__ = ["Message", "QueueCore", "Taken"]
+__all__ = ["QueueCore"]
 
 log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
-
-T = TypeVar("T")
-Taken = tuple[StoredRecord, Any]
-"""A record taken from the engine with its decoded item."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message(Generic[T]):
-    """A leased item: settle it with ``ack`` or ``nack`` on the queue that leased it.
-
-    ``attempts`` is 1 on the first delivery and grows with each redelivery;
-    ``enqueued_at`` is the wall-clock time (``time.time()``) of the put.
-    """
-
-    item: T
-    id: int
-    attempts: int
-    enqueued_at: float
-    queue: str = field(repr=False)
-    _owner: str = field(repr=False, compare=False)
-    _sizes: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
-
-
-_MESSAGE_SLOTS = tuple(Message.__dict__[name].__set__ for name in (
-    "item", "id", "attempts", "enqueued_at", "queue", "_owner", "_sizes"))
-
-
-def _messages(taken: Sequence[Taken], queue: str, owner: str) -> list[Message[Any]]:
-    """Messages for leased records, filled slot by slot: half the cost of calling the
-    frozen dataclass's ``__init__`` for each, which matters for batches of leases."""
-    new = object.__new__
-    s_item, s_id, s_attempts, s_enqueued, s_queue, s_owner, s_sizes = _MESSAGE_SLOTS
-    out: list[Message[Any]] = []
-    for rec, item in taken:
-        msg = new(Message)
-        s_item(msg, item)
-        s_id(msg, rec.id)
-        s_attempts(msg, rec.attempts)
-        s_enqueued(msg, rec.enqueued_at)
-        s_queue(msg, queue)
-        s_owner(msg, owner)
-        s_sizes(msg, (len(rec.data), rec.raw_size))
-        out.append(msg)
-    return out
 
 
 class QueueCore:
@@ -444,7 +400,7 @@ class QueueCore:
         return [item for _rec, item in taken]
 
     def messages(self, taken: Sequence[Taken]) -> list[Message[Any]]:
-        return _messages(taken, self.name, self.owner)
+        return messages_for(taken, self.name, self.owner)
 
     def peek(self, n: int, offset: int = 0, *, dead: bool = False) -> list[Any]:
         with self.lock:

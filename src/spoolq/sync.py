@@ -12,9 +12,10 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
-from .core import Message, QueueCore
+from .core import QueueCore
 from .engines import Engine
 from .errors import Empty, Full, LeaseError, QueueShutDown
+from .message import Message
 from .settings import Settings, resolve_target
 
 __all__ = ["SyncQueue"]
