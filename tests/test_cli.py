@@ -381,7 +381,7 @@ def test_peek_leased_and_dead_together_is_a_usage_error(filled: str) -> None:
 
 
 class _WithoutLeasedPeek:
-    """An engine without the optional ``peek_leased``, as the remote engine is."""
+    """An engine without the optional ``peek_leased`` (a custom engine may lack it)."""
 
     name = "plain"
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spoolq
-from spoolq.engines import StoredRecord
+from spoolq.engines import LeasedRecord, StoredRecord
 from spoolq.protocol import (
     ClientProtocol,
     ErrorCode,
@@ -20,9 +20,11 @@ from spoolq.protocol import (
     ProtocolError,
     ServerProtocol,
     code_for,
+    decode_leased,
     decode_records,
     encode_error,
     encode_frame,
+    encode_leased,
     encode_records,
     encode_reply,
     error_for,
@@ -227,6 +229,28 @@ def test_records_travel_as_one_flat_array_and_round_trip() -> None:
 def test_records_of_a_bad_shape_are_refused(value: object) -> None:
     with pytest.raises(ProtocolError, match="unexpected shape"):
         decode_records(value)
+
+
+def test_leased_records_travel_with_their_owners_and_lease_ends() -> None:
+    leased = [LeasedRecord(StoredRecord(1, b"a", 2, 1, 5.5, None), "host:1:2:ab", 99.5),
+              LeasedRecord(StoredRecord(4, b"b", 1, 2, 6.0, "nacked"), "other", 100.0)]
+    wire = cbor2.loads(cbor2.dumps(encode_leased(leased)))
+    assert wire[1:] == [["host:1:2:ab", "other"], [99.5, 100.0]]
+    assert decode_leased(wire) == leased
+    assert decode_leased(encode_leased([])) == []
+
+
+@pytest.mark.parametrize("value", [
+    [[1, b"a", 2, 1, 5.5, None], ["me"]],                   # no lease ends
+    [[1, b"a", 2, 1, 5.5, None], ["me", "you"], [1.0, 2.0]],  # more owners than records
+    [[1, b"a", 2, 1, 5.5, None], [7], [1.0]],               # an owner is text
+    [[1, b"a", 2, 1, 5.5, None], ["me"], ["soon"]],
+    [[1, b"a", 2, 1, 5.5], ["me"], [1.0]],                  # a record field missing
+    {"records": []}, None,
+])
+def test_leased_records_of_a_bad_shape_are_refused(value: object) -> None:
+    with pytest.raises(ProtocolError, match="unexpected shape"):
+        decode_leased(value)
 
 
 def test_a_restore_request_checks_its_records() -> None:

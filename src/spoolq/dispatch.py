@@ -24,9 +24,9 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, Protocol
 
-from .engines import Engine, Lease, StoredRecord
-from .errors import ClosedError
-from .protocol import decode_records, encode_records
+from .engines import Engine, Lease, LeasedRecord, StoredRecord, SupportsPeekLeased
+from .errors import ClosedError, EngineError
+from .protocol import decode_records, encode_leased, encode_records
 
 __all__ = ["EngineThread", "InlineRunner", "Outcome", "Runner", "make_runner"]
 
@@ -96,6 +96,12 @@ def _wakes(queue_name: str, result: Any) -> set[str]:
     return {queue_name} if result else set()
 
 
+def _peek_leased(engine: Engine, args: dict[str, Any]) -> list[LeasedRecord]:
+    if not isinstance(engine, SupportsPeekLeased):
+        raise EngineError(f"the {engine.name} engine cannot list leased records")
+    return engine.peek_leased(args["queue"], args["n"], args["offset"])
+
+
 _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
     "take": _take,
     "restore": _restore,
@@ -109,6 +115,7 @@ _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
                                           max_attempts=a["max_attempts"]),
                             _wakes(a["queue"], r)),
     "peek": lambda e, a: (encode_records(e.peek(a["queue"], a["n"], a["offset"])), set()),
+    "peek_leased": lambda e, a: (encode_leased(_peek_leased(e, a)), set()),
     "counts": lambda e, a: (list(e.counts(a["queue"])), set()),
     "owners": lambda e, a: (e.owners(a["queue"]), set()),
     "move": lambda e, a: (r := e.move(a["src"], a["dst"], a["ids"]), _wakes(a["dst"], r)),

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
-from .engines.base import Counts, StoredRecord
+from .engines.base import Counts, LeasedRecord, StoredRecord
 from .errors import (
     AuthenticationError,
     ClosedError,
@@ -47,9 +47,9 @@ __all__ = [
     "DEFAULT_MAX_FRAME", "MAGIC", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
     "ClientProtocol", "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
     "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
-    "decode_counts", "decode_records", "encode_error", "encode_frame", "encode_preamble",
-    "encode_records", "encode_reply", "error_for", "parse_preamble", "parse_request",
-    "record_count",
+    "decode_counts", "decode_leased", "decode_records", "encode_error", "encode_frame",
+    "encode_leased", "encode_preamble", "encode_records", "encode_reply", "error_for",
+    "parse_preamble", "parse_request", "record_count",
 ]
 
 MAGIC = b"SPOOLQ"
@@ -361,6 +361,8 @@ OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "expire": {"queue": (_is_str, ...), "now": (_is_num, ...),
                "owners": (_list_of(_is_str), []), "max_attempts": (_opt(_is_int), None)},
     "peek": {"queue": (_is_str, ...), "n": (_is_count, ...), "offset": (_is_count, 0)},
+    "peek_leased": {"queue": (_is_str, ...), "n": (_is_count, ...),
+                    "offset": (_is_count, 0)},
     "counts": {"queue": (_is_str, ...)},
     "owners": {"queue": (_is_str, ...)},
     "move": {"src": (_is_str, ...), "dst": (_is_str, ...),
@@ -436,6 +438,25 @@ def decode_records(value: Any) -> list[StoredRecord]:
         times = [float(t) for t in times]  # a peer may send whole seconds as integers
     return list(map(StoredRecord._make, zip(ids, data, sizes, attempts, times, reasons,
                                             strict=True)))
+
+
+def encode_leased(leased: Sequence[LeasedRecord]) -> list[Any]:
+    """Leased records as they travel: ``[records, owners, untils]``, the records as
+    :func:`encode_records` sends them and their owners and lease ends in the same order."""
+    return [encode_records([r.record for r in leased]), [r.owner for r in leased],
+            [r.until for r in leased]]
+
+
+def decode_leased(value: Any) -> list[LeasedRecord]:
+    """The inverse of :func:`encode_leased`; :class:`ProtocolError` on a bad shape."""
+    if not (isinstance(value, list) and len(value) == 3 and _list_of(_is_str)(value[1])
+            and _list_of(_is_num)(value[2])):
+        raise ProtocolError("the server sent leased records of an unexpected shape")
+    records = decode_records(value[0])
+    if not len(records) == len(value[1]) == len(value[2]):
+        raise ProtocolError("the server sent leased records of an unexpected shape")
+    return [LeasedRecord(rec, owner, float(until))
+            for rec, owner, until in zip(records, value[1], value[2], strict=True)]
 
 
 def decode_counts(value: Any) -> Counts:

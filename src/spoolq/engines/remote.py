@@ -33,10 +33,11 @@ from ..protocol import (
     ClientProtocol,
     ProtocolError,
     decode_counts,
+    decode_leased,
     decode_records,
     encode_records,
 )
-from .base import Counts, Lease, StoredRecord, batch_given
+from .base import Counts, Lease, LeasedRecord, StoredRecord, batch_given, check_window
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url",
            "url_queue_name"]
@@ -325,6 +326,13 @@ class RemoteEngine:
             return []
         return decode_records(self._call("peek", {"queue": queue, "n": min(n, _MAX_N),
                                                   "offset": min(offset, _MAX_N)}))
+
+    def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
+        check_window(n, offset)
+        if n == 0:
+            return []
+        return decode_leased(self._call("peek_leased", {
+            "queue": queue, "n": min(n, _MAX_N), "offset": min(offset, _MAX_N)}))
 
     def counts(self, queue: str) -> Counts:
         return decode_counts(self._call("counts", {"queue": queue}))
