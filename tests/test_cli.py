@@ -331,6 +331,26 @@ def with_leases(filled: str) -> str:
     return filled
 
 
+def test_verify_reads_leased_records_too(with_leases: str) -> None:
+    report = run_json("verify", with_leases)
+    assert report["ok"] and report["records"] == 28
+    jobs = next(q for q in report["queues"] if q["name"] == "jobs")
+    assert (jobs["ready"], jobs["leased"], jobs["read"], jobs["leased_read"]) == (19, 4, 19, 4)
+    assert jobs["checked"] == 23
+
+
+def test_verify_reports_a_damaged_leased_record(filled: str) -> None:
+    eng = open_engine(filled)
+    try:
+        [bad] = eng.append("broken", [b"\x01\x02\x00\x00\x00\x00\x00garbage"], [7], 0.0)
+        assert len(eng.take("broken", 1, time.time(), Lease(GONE_OWNER, time.time() + 3600))) == 1
+    finally:
+        eng.close()
+    result = run("verify", filled)
+    assert result.exit_code == ExitCode.PROBLEM
+    assert f"broken: leased record {bad} failed its checksum" in result.stdout
+
+
 def test_peek_leased_json(with_leases: str) -> None:
     data = run_json("peek", with_leases, "-q", "jobs", "--leased")
     assert (data["queue"], data["leased"], data["offset"]) == ("jobs", 4, 0)

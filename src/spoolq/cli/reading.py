@@ -5,6 +5,7 @@ Each opens the file with ``read_only=True`` and leaves its bytes unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -280,36 +281,59 @@ class _Verification:
                     advance: Any) -> None:
         counts = eng.counts(name)
         row: dict[str, Any] = {"name": name, "ready": counts.ready, "leased": counts.leased,
-                               "read": 0, "checked": 0, "not_decodable_here": 0, "problems": 0}
+                               "read": 0, "leased_read": None, "checked": 0,
+                               "not_decodable_here": 0, "problems": 0}
         self.queues.append(row)
         before = self.problem_count
-        stored = raw = 0
+        ready = self._check_records(name, "", iter_pages(eng, name, chunk=chunk), decoder,
+                                    row, advance)
+        row["read"] = ready[0]
+        sizes = ready[1:]
+        if ready[0] != counts.ready:
+            self.problem(f"{name}: the stored count says {counts.ready} ready records, "
+                         f"{ready[0]} were read")
+        elif isinstance(eng, SupportsPeekLeased):
+            leased = self._check_records(name, "leased ",
+                                         iter_leased_pages(eng, name, chunk=chunk),
+                                         decoder, row, advance)
+            row["leased_read"] = leased[0]
+            sizes = (sizes[0] + leased[1], sizes[1] + leased[2])
+            if leased[0] != counts.leased:
+                self.problem(f"{name}: the stored count says {counts.leased} leased records, "
+                             f"{leased[0]} were read")
+        all_read = ready[0] == counts.ready and counts.leased in (0, row["leased_read"])
+        if all_read and sizes != (counts.stored_bytes, counts.raw_bytes):
+            self.problem(f"{name}: the stored sizes say {counts.stored_bytes} stored / "
+                         f"{counts.raw_bytes} raw bytes, the records add up to "
+                         f"{sizes[0]} / {sizes[1]}")
+        row["problems"] = self.problem_count - before
+
+    def _check_records(self, name: str, kind: str, pages: Iterator[list[Any]],
+                       decoder: Decoder, row: dict[str, Any],
+                       advance: Any) -> tuple[int, int, int]:
+        """Check the records of ``pages`` (StoredRecords, or LeasedRecords when ``kind``
+        says so); return how many were read and their stored and raw bytes."""
+        read = stored = raw = 0
         last_id: int | None = None
-        for page in iter_pages(eng, name, chunk=chunk):
-            for rec in page:
+        for page in pages:
+            for item in page:
+                rec = item.record if isinstance(item, LeasedRecord) else item
                 if last_id is not None and rec.id <= last_id:
-                    self.problem(f"{name}: record {rec.id} follows record {last_id}: "
-                                 "ids must only grow")
+                    self.problem(f"{name}: {kind}record {rec.id} follows {kind}record "
+                                 f"{last_id}: ids must only grow")
                 last_id = rec.id
                 stored += len(rec.data)
                 raw += rec.raw_size
                 d = decoder.decode(rec)
                 if d.status in ("damaged", "invalid"):
-                    self.problem(f"{name}: {d.note}")
+                    self.problem(f"{name}: {kind}{d.note}")
                 elif d.ok:
                     row["checked"] += 1
                 else:
                     row["not_decodable_here"] += 1
-            row["read"] += len(page)
+            read += len(page)
             advance(len(page))
-        if row["read"] != counts.ready:
-            self.problem(f"{name}: the stored count says {counts.ready} ready records, "
-                         f"{row['read']} were read")
-        elif counts.leased == 0 and (stored, raw) != (counts.stored_bytes, counts.raw_bytes):
-            self.problem(f"{name}: the stored sizes say {counts.stored_bytes} stored / "
-                         f"{counts.raw_bytes} raw bytes, the records add up to "
-                         f"{stored} / {raw}")
-        row["problems"] = self.problem_count - before
+        return read, stored, raw
 
 
 @click.command(short_help="Read and check every record; exit 1 when damaged.")
@@ -327,9 +351,9 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
     ids that only grow, and the stored counts and sizes against what was read.
 
     Exits 0 when the file is sound and 1 with a report when it is not (3 when
-    it cannot even be opened as a queue file). Leased records are only counted
-    (`spoolq peek --leased` shows them). Run it on a file no program is
-    writing: a live writer makes the counts move while they are compared.
+    it cannot even be opened as a queue file). Leased records are checked the
+    same way. Run it on a file no program is writing: a live writer makes the
+    counts move while they are compared.
     """
     state = CliState()
     found = _Verification()
@@ -341,7 +365,7 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
             for line in _sqlite.quick_check(path):
                 found.problem(line)
         names = [n for base in base_queues(eng, queue) for n in (base, dead_queue_name(base))]
-        total = sum(eng.counts(n).ready for n in names)
+        total = sum(c.ready + c.leased for c in map(eng.counts, names))
         with state.progress("verifying", total) as advance:
             for name in names:
                 try:
@@ -350,7 +374,7 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
                     found.problem(f"{name}: reading stopped: {one_line(exc)}")
     finally:
         eng.close()
-    records = sum(q["read"] for q in found.queues)
+    records = sum(q["read"] + (q["leased_read"] or 0) for q in found.queues)
     report = {"path": path, "engine": engine_name, "ok": found.problem_count == 0,
               "records": records, "problem_count": found.problem_count,
               "problems": found.problems, "queues": found.queues}
