@@ -187,10 +187,12 @@ class Queue(QueueViews, Generic[T]):
             self._core.put_now(records, sizes)
             return
         fut: asyncio.Future[None] = self._loop.create_future()
-        if self._core.submit(records, sizes, Ticket(fut)):
-            self._worker.post(self._core.flush)
-        else:
+        pending = self._core.submit(records, sizes, Ticket(fut))
+        if not self._core.flush_due(pending):
             fut.set_result(None)
+        elif pending == len(records) or self._core.settings.durability == "buffer":
+            # The first records of a batch schedule its flush; later ones join it.
+            self._worker.post(self._core.flush)
         await fut
 
     def put_nowait(self, item: T) -> None:

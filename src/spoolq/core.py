@@ -53,6 +53,9 @@ class QueueCore:
         self._counts = Counts(0, 0, 0, 0)
         self._dead = 0
         self._last_dead_refresh = 0.0
+        # unfinished and _pending_bytes change under _tally, never held across an engine
+        # call: a put on the event loop must not wait while the worker thread commits.
+        self._tally = threading.Lock()
         self._pending_bytes = (0, 0)
         self.counters = {"puts": 0, "gets": 0, "acks": 0, "nacks": 0, "redelivered": 0}
         self.unfinished = 0
@@ -198,16 +201,29 @@ class QueueCore:
         """Encode items in the caller's thread; raises SerializationError, writes nothing."""
         return self.codec.encode_many(items)
 
-    def submit(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> bool:
-        """Queue records for group commit. True when a flush is due now (not merely
-        within the buffer interval)."""
+    def submit(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> int:
+        """Queue records for group commit; return how many records are now pending
+        (see :meth:`flush_due`). Never waits for a flush in progress."""
         self._check_open()
-        pending = self.group.add(records, sizes, ticket)
-        with self.lock:
+        with self._tally:
+            pending = self.group.add(records, sizes, ticket)
             stored, raw = self._pending_bytes
             self._pending_bytes = (stored + sum(map(len, records)), raw + sum(sizes))
             self.unfinished += len(records)
+        return pending
+
+    def flush_due(self, pending: int) -> bool:
+        """Whether ``pending`` records call for a flush now (not merely within the buffer
+        interval)."""
         return self.settings.durability != "buffer" or pending >= self.settings.flush_items
+
+    def _settle_pending(self, records: list[bytes], sizes: list[int], *, lost: bool) -> None:
+        """Records of a flush left the pending ones: written, or ``lost`` to an error."""
+        with self._tally:
+            stored, raw = self._pending_bytes
+            self._pending_bytes = (stored - sum(map(len, records)), raw - sum(sizes))
+            if lost:
+                self.unfinished -= len(records)
 
     def flush(self) -> list[Ticket]:
         """Write every pending record in one engine transaction; settle their tickets.
@@ -229,10 +245,9 @@ class QueueCore:
                 if self.settings.durability == "buffer" and not self.closed:
                     self.group.put_back(records, sizes)
                 else:
-                    self.unfinished -= len(records)
-                    self._pending_bytes = (0, 0)
+                    self._settle_pending(records, sizes, lost=True)
             else:
-                self._pending_bytes = (0, 0)
+                self._settle_pending(records, sizes, lost=False)
                 self._count_put(records, sizes)
         for ticket in tickets:
             ticket.error = error
@@ -276,7 +291,8 @@ class QueueCore:
                 if alone:
                     self._check_open()
                     self.engine.append(self.name, records, sizes, time.time())
-                    self.unfinished += len(records)
+                    with self._tally:
+                        self.unfinished += len(records)
                     self._count_put(records, sizes)
             finally:
                 self.lock.release()
@@ -284,7 +300,7 @@ class QueueCore:
                 self._after_put()
                 return
         ticket = Ticket()
-        if not self.submit(records, sizes, ticket):
+        if not self.flush_due(self.submit(records, sizes, ticket)):
             return
         with self.lock:
             if not ticket.done:
@@ -434,7 +450,8 @@ class QueueCore:
             self._counts = Counts(c.ready, max(c.leased - len(done), 0), c.stored_bytes - stored,
                                   c.raw_bytes - raw)
             self.counters["acks"] += len(done)
-            self.unfinished = max(self.unfinished - len(done), 0)
+            with self._tally:
+                self.unfinished = max(self.unfinished - len(done), 0)
         self._raise_missing(deliveries, done, "ack")
 
     def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
@@ -444,8 +461,9 @@ class QueueCore:
         deliveries = self._deliveries(messages)
         with self.lock:
             self._check_open()
+            # delay 0 means visible at once, whatever the wall clock does meanwhile
             done = self.engine.release(self.name, deliveries, self.owner,
-                                       not_before=time.time() + delay,
+                                       not_before=time.time() + delay if delay else 0.0,
                                        max_attempts=self.settings.max_attempts,
                                        reason=reason or "nacked")
             self._refresh_locked()
@@ -462,7 +480,7 @@ class QueueCore:
                 "or the item was delivered again since")
 
     def task_done(self) -> None:
-        with self.lock:
+        with self._tally:
             if self.unfinished <= 0:
                 raise ValueError("task_done() called too many times")
             self.unfinished -= 1
@@ -474,7 +492,8 @@ class QueueCore:
             self._check_open()
             moved = self.engine.move(self.dead_name, self.name, ids)
             self._refresh_locked()
-            self.unfinished += moved
+            with self._tally:
+                self.unfinished += moved
         if moved:
             self._notify()
         return moved
@@ -487,7 +506,8 @@ class QueueCore:
             removed = self.engine.purge(self.dead_name if dead else self.name)
             self._refresh_locked()
             if not dead:
-                self.unfinished = self._counts.leased
+                with self._tally:
+                    self.unfinished = self._counts.leased
         return removed
 
     def close(self) -> None:
