@@ -363,10 +363,14 @@ class QueueCore:
         try:
             return self.codec.decode(rec.data, rec.id)
         except MissingDictionary:
-            # another handle trained it after this one opened the file
-            with self.lock:
-                load_dictionaries(self.engine, self.name, self.codec)
-            return self.codec.decode(rec.data, rec.id)
+            return self._decode_with_new_dictionaries(rec)
+
+    def _decode_with_new_dictionaries(self, rec: StoredRecord) -> Any:
+        """Decode a record whose zstd dictionary another handle trained after this one
+        opened the file: load the file's dictionaries, then decode."""
+        with self.lock:
+            load_dictionaries(self.engine, self.name, self.codec)
+        return self.codec.decode(rec.data, rec.id)
 
     def _decode_taken(self, recs: list[StoredRecord], leased: bool) -> list[Taken]:
         taken: list[Taken] = []
@@ -376,7 +380,7 @@ class QueueCore:
                 try:
                     item = decode(rec.data, rec.id)
                 except MissingDictionary:
-                    item = self._decode_one(rec)
+                    item = self._decode_with_new_dictionaries(rec)
                 taken.append((rec, item))
             except (CorruptError, SerializationError) as exc:
                 self._bury(rec, leased, exc)
