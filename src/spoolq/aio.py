@@ -190,8 +190,7 @@ class Queue(QueueViews, Generic[T]):
         pending = self._core.submit(records, sizes, Ticket(fut))
         if not self._core.flush_due(pending):
             fut.set_result(None)
-        elif pending == len(records) or self._core.settings.durability == "buffer":
-            # The first records of a batch schedule its flush; later ones join it.
+        elif self._core.schedules_flush(pending, len(records)):
             self._worker.post(self._core.flush)
         await fut
 

@@ -217,6 +217,14 @@ class QueueCore:
         interval)."""
         return self.settings.durability != "buffer" or pending >= self.settings.flush_items
 
+    def schedules_flush(self, pending: int, added: int) -> bool:
+        """Whether the submit that left ``pending`` records, ``added`` of them its own,
+        should schedule a flush (rather than join one already scheduled): the first of a
+        batch does; with durability "buffer", every submit once a flush is due."""
+        if self.settings.durability == "buffer":
+            return self.flush_due(pending)
+        return pending == added
+
     def _settle_pending(self, records: list[bytes], sizes: list[int], *, lost: bool) -> None:
         """Records of a flush left the pending ones: written, or ``lost`` to an error."""
         with self._tally:
