@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from ..engines import Engine, LeasedRecord, SupportsPeekLeased, dead_queue_name
+from ..engines import Engine, LeasedRecord, StoredRecord, SupportsPeekLeased, dead_queue_name
 from ..errors import CorruptError
 from . import _sqlite
 from ._common import (
@@ -293,9 +293,9 @@ class _Verification:
             self.problem(f"{name}: the stored count says {counts.ready} ready records, "
                          f"{ready[0]} were read")
         elif isinstance(eng, SupportsPeekLeased):
-            leased = self._check_records(name, "leased ",
-                                         iter_leased_pages(eng, name, chunk=chunk),
-                                         decoder, row, advance)
+            pages = ([lr.record for lr in page]
+                     for page in iter_leased_pages(eng, name, chunk=chunk))
+            leased = self._check_records(name, "leased ", pages, decoder, row, advance)
             row["leased_read"] = leased[0]
             sizes = (sizes[0] + leased[1], sizes[1] + leased[2])
             if leased[0] != counts.leased:
@@ -308,16 +308,15 @@ class _Verification:
                          f"{sizes[0]} / {sizes[1]}")
         row["problems"] = self.problem_count - before
 
-    def _check_records(self, name: str, kind: str, pages: Iterator[list[Any]],
+    def _check_records(self, name: str, kind: str, pages: Iterator[list[StoredRecord]],
                        decoder: Decoder, row: dict[str, Any],
                        advance: Any) -> tuple[int, int, int]:
-        """Check the records of ``pages`` (StoredRecords, or LeasedRecords when ``kind``
-        says so); return how many were read and their stored and raw bytes."""
+        """Check the records of ``pages`` (``kind`` names them in problems); return how
+        many were read and their stored and raw bytes."""
         read = stored = raw = 0
         last_id: int | None = None
         for page in pages:
-            for item in page:
-                rec = item.record if isinstance(item, LeasedRecord) else item
+            for rec in page:
                 if last_id is not None and rec.id <= last_id:
                     self.problem(f"{name}: {kind}record {rec.id} follows {kind}record "
                                  f"{last_id}: ids must only grow")
