@@ -3,7 +3,8 @@
     PYTHONPATH=src python measurements/server_bench.py [--seconds 2] [--repeat 3] [--clients 16]
 
 Starts its own ``python -m spoolq.server`` processes (memory engine, and SQLite
-with durability "commit"), its own ``redis-server`` (``--appendonly yes
+with durability "commit", on uvloop when it is installed; and a memory one on
+asyncio's own event loop, the "mem asyncio" column), its own ``redis-server`` (``--appendonly yes
 --save ""`` in a temporary folder) and its own StiQueue server (``python -m
 stiqueue.sqserver``, in memory) on free ports of 127.0.0.1, runs each
 scenario for a fixed time with 100-byte items, stops every server by its pid
@@ -57,9 +58,10 @@ def free_port() -> int:
         return port
 
 
-def start_spoolq(path: str) -> tuple[subprocess.Popen[str], str]:
+def start_spoolq(path: str, loop: str = "auto") -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "spoolq.server", path, "--port", "0",
-                             "--log-level", "WARNING"], stdout=subprocess.PIPE, text=True)
+                             "--log-level", "WARNING", "--loop", loop],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("listening on "):
@@ -246,8 +248,8 @@ def many_clients(kind: str, target: Any, n: int, seconds: float) -> float:
     return sum(rates)
 
 
-COLUMNS = ["spoolq memory", "spoolq sqlite", "engine memory", "engine sqlite", "redis",
-           "stiqueue"]
+COLUMNS = ["spoolq memory", "spoolq sqlite", "engine memory", "engine sqlite", "mem asyncio",
+           "redis", "stiqueue"]
 
 
 def main() -> None:
@@ -255,6 +257,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per scenario and run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (the median)")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="event loop of the spoolq servers (auto: uvloop if installed); "
+                             "the 'mem asyncio' column always runs on asyncio's own")
     args = parser.parse_args()
     sec, n = args.seconds, args.clients
     folder = tempfile.mkdtemp(prefix="spoolq-bench-")
@@ -262,10 +267,12 @@ def main() -> None:
     cpu: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     servers: list[subprocess.Popen[Any]] = []
     try:
-        mem, mem_url = start_spoolq(":memory:")
+        mem, mem_url = start_spoolq(":memory:", args.loop)
         servers.append(mem)
-        sql, sql_url = start_spoolq(str(Path(folder) / "bench.sqlite"))
+        sql, sql_url = start_spoolq(str(Path(folder) / "bench.sqlite"), args.loop)
         servers.append(sql)
+        aio, aio_url = start_spoolq(":memory:", "asyncio")
+        servers.append(aio)
         red = start_redis(folder)
         if red is not None:
             servers.append(red[0])
@@ -276,7 +283,8 @@ def main() -> None:
             ("spoolq memory", "spoolq", mem_url, mem.pid),
             ("spoolq sqlite", "spoolq", sql_url, sql.pid),
             ("engine memory", "engine", mem_url, mem.pid),
-            ("engine sqlite", "engine", sql_url, sql.pid)]
+            ("engine sqlite", "engine", sql_url, sql.pid),
+            ("mem asyncio", "spoolq", aio_url, aio.pid)]
         if red is not None:
             contestants.append(("redis", "redis", red[1], red[0].pid))
         if sti is not None:
@@ -311,6 +319,12 @@ def main() -> None:
     print_table(results, cpu_med, args)
 
 
+def _loop_used(loop: str) -> str:
+    if loop == "auto":
+        return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return loop
+
+
 def _ratio(top: float | None, bottom: float | None) -> str:
     return f"{top / bottom:.2f}" if top is not None and bottom else "-"
 
@@ -319,10 +333,11 @@ def print_table(results: dict[str, dict[str, float]], cpu: dict[str, dict[str, f
                 args: argparse.Namespace) -> None:
     cols = [c for c in COLUMNS if any(c in row for row in results.values())]
     ratios = [("mem/redis", "spoolq memory", "redis"), ("sqlite/redis", "spoolq sqlite", "redis"),
-              ("mem/stiqueue", "spoolq memory", "stiqueue")]
+              ("mem/stiqueue", "spoolq memory", "stiqueue"),
+              ("mem/asyncio", "spoolq memory", "mem asyncio")]
     ratios = [r for r in ratios if r[2] in cols]
-    print(f"spoolq server on loopback, 100-byte items; medians of {args.repeat} runs of "
-          f"{args.seconds:g} s each\n")
+    print(f"spoolq server on loopback ({_loop_used(args.loop)} event loop), 100-byte items; "
+          f"medians of {args.repeat} runs of {args.seconds:g} s each\n")
     head = f"{'items/s (put+get each)':26}" + "".join(f"{c:>14}" for c in cols) + "".join(
         f"{r[0]:>14}" for r in ratios)
     print(head)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib.util
 import ipaddress
 import shutil
 import signal
@@ -25,16 +26,25 @@ import spoolq
 from spoolq import Queue, SyncQueue
 from spoolq.engines.remote import RemoteEngine
 from spoolq.protocol import ErrorCode, FrameType, encode_frame, encode_preamble
+from spoolq.server import run as run_server
 
 from .servers import SRC, ServerProcess
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the module, with a short stall timeout; each test uses its own queue."""
+def _needs(loop: str) -> None:
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        pytest.skip(reason='uvloop is not installed (pip install "spoolq[server]")')
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per event loop for the module, with a short stall timeout; each test uses
+    its own queue."""
+    _needs(request.param)
     log = tmp_path_factory.mktemp("server") / "server.log"
     with ServerProcess(":memory:", "--stall-timeout", "0.5", "--max-frame", "65536",
-                       log_file=log) as proc:
+                       "--loop", request.param, log_file=log) as proc:
         yield proc
 
 
@@ -258,6 +268,30 @@ def _complete(data: bytes, want: int) -> list[tuple[int, object]]:
     return out if len(out) == want else []
 
 
+# ---- event loops ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_server_runs_on_the_event_loop_asked_for(tmp_path: Path, loop: str) -> None:
+    _needs(loop)
+    log = tmp_path / "server.log"
+    with ServerProcess(":memory:", "--loop", loop, log_file=log) as srv, \
+            SyncQueue.create(srv.url + "/jobs", name="jobs") as q:
+        q.put("x")
+        assert q.get(timeout=1) == "x"
+    assert f"{loop} event loop" in log.read_text()
+
+
+def test_run_refuses_an_unknown_event_loop() -> None:
+    async def never() -> None:
+        raise AssertionError("not run")
+
+    with pytest.raises(spoolq.ConfigurationError, match="loop must be one of"):
+        run_server(never(), loop="trio")
+    done = run_server(asyncio.sleep(0, "done"), loop="asyncio")
+    assert done == "done"
+
+
 # ---- auth, TLS --------------------------------------------------------------------------
 
 
@@ -318,9 +352,12 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls(tmp_path: Path, loop: str) -> None:
+    _needs(loop)
     cert, key = _self_signed(tmp_path)
-    with ServerProcess(":memory:", "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+    with ServerProcess(":memory:", "--tls-cert", str(cert), "--tls-key", str(key),
+                       "--loop", loop) as srv:
         with SyncQueue.create(srv.url + "/jobs", name="jobs",
                               engine_options={"ca_file": str(cert)}) as q:
             q.put({"secret": "payload"})
@@ -423,3 +460,21 @@ def test_a_long_poll_of_a_client_that_left_takes_nothing(server: ServerProcess,
         assert [r.data for r in eng.take(name, 5, time.time(), None)] == [b"for someone present"]
     finally:
         eng.close()
+
+
+def test_a_server_that_stops_answering_fails_the_call_after_the_timeout(tmp_path: Path) -> None:
+    with ServerProcess(":memory:") as srv, \
+            SyncQueue.create(srv.url + "/jobs", name="jobs",
+                             engine_options={"timeout": 0.3}) as q:
+        q.put("before")
+        srv.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(spoolq.EngineError, match="no reply .* in time"):
+                q.put("while stopped")
+            assert 0.25 <= time.monotonic() - started < 5
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+        q.put("after")  # a new connection; the stopped call's put may have landed too
+        got = q.get_many(3, timeout=1)
+        assert got[0] == "before" and got[-1] == "after"

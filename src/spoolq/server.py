@@ -20,9 +20,9 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .dispatch import make_runner
 from .engines import Engine, open_engine
@@ -30,11 +30,14 @@ from .errors import ConfigurationError, SpoolqError
 from .protocol import DEFAULT_MAX_FRAME
 from .session import Session
 
-__all__ = ["DEFAULT_PORT", "Server", "main", "read_token_file", "serve", "start_server"]
+__all__ = ["DEFAULT_PORT", "LOOPS", "Server", "main", "read_token_file", "run", "serve",
+           "start_server"]
 
 log = logging.getLogger("spoolq")
+R = TypeVar("R")
 
 DEFAULT_PORT = 7480
+LOOPS = ("auto", "asyncio", "uvloop")
 _SHUTDOWN_GRACE = 30.0
 
 
@@ -88,9 +91,10 @@ class Server:
             ssl_handshake_timeout=self.stall_timeout if self.ssl_context else None)
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
-        log.info("spoolq: serving %s (%s engine) on %s:%d%s%s", self.label or "a queue file",
-                 self.engine.name, *self.address, " with TLS" if self.ssl_context else "",
-                 " with token auth" if self.token else "")
+        log.info("spoolq: serving %s (%s engine) on %s:%d%s%s, %s event loop",
+                 self.label or "a queue file", self.engine.name, *self.address,
+                 " with TLS" if self.ssl_context else "",
+                 " with token auth" if self.token else "", loop_name(self.loop))
 
     # ---- long-poll wake-ups -------------------------------------------------------------
 
@@ -259,6 +263,37 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
             loop.remove_signal_handler(sig)
 
 
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``"uvloop"`` or ``"asyncio"``: which implementation ``loop`` is."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def run(main: Coroutine[Any, Any, R], *, loop: str = "auto") -> R:
+    """Run ``main`` to completion on a new event loop and return its result.
+
+    ``loop`` is ``"asyncio"`` (the standard library's), ``"uvloop"`` (faster:
+    about a fifth less server CPU per request; ``pip install "spoolq[server]"``)
+    or ``"auto"``: uvloop when it is installed, else asyncio. Raises
+    :class:`ConfigurationError` for an unknown name or a missing uvloop.
+    """
+    if loop not in LOOPS:
+        main.close()
+        raise ConfigurationError(f"loop must be one of {', '.join(LOOPS)}, not {loop!r}")
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                main.close()
+                raise ConfigurationError(
+                    'the uvloop event loop is not installed: pip install "spoolq[server]"'
+                ) from None
+        else:
+            result: R = uvloop.run(main)
+            return result
+    return asyncio.run(main)
+
+
 def _on_signal(server: Server, sig: signal.Signals) -> None:
     log.info("spoolq: %s received", sig.name)
     server.close()
@@ -283,6 +318,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--durability", choices=("commit", "fsync"), default="commit",
                         help="commit: survives a killed server; fsync: also power loss")
     parser.add_argument("--engine", help="engine name (default: picked from the path)")
+    parser.add_argument("--loop", choices=LOOPS, default="auto",
+                        help="event loop: uvloop is faster (pip install \"spoolq[server]\"); "
+                             "auto (the default) uses it when installed")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -313,11 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         token = None if args.token_file is None else read_token_file(args.token_file)
-        asyncio.run(serve(args.path, host=args.host, port=args.port, token=token,
-                          tls_cert=args.tls_cert, tls_key=args.tls_key,
-                          max_frame=args.max_frame, durability=args.durability,
-                          stall_timeout=args.stall_timeout, engine=args.engine,
-                          on_listening=listening))
+        run(serve(args.path, host=args.host, port=args.port, token=token,
+                  tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
+                  durability=args.durability, stall_timeout=args.stall_timeout,
+                  engine=args.engine, on_listening=listening), loop=args.loop)
     except (SpoolqError, OSError, ssl.SSLError) as exc:
         log.error("spoolq: %s", exc)
         return 1

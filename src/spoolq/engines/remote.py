@@ -19,6 +19,8 @@ import logging
 import os
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -49,6 +51,9 @@ _MAX_N = 2**31 - 1
 _IDLE_WAITERS = 4
 _RECV_SIZE = 65536
 _CLOCK_SKEW_WARNING = 2.0
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+_TIMEVAL = struct.Struct("@ll")  # struct timeval of SO_RCVTIMEO / SO_SNDTIMEO on Linux
+_FOREVER = _TIMEVAL.pack(0, 0)
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,12 @@ class _Link:
                     from exc
             raise
         self.sock = sock
+        # Python's socket timeouts cost a poll() before every send and recv; on Linux the
+        # kernel's SO_SNDTIMEO/SO_RCVTIMEO bound a blocking socket at one system call each.
+        # TLS sockets keep Python's timeouts, which the ssl module is written for.
+        self._kernel_timeouts = _KERNEL_TIMEOUTS and ssl_context is None
+        if self._kernel_timeouts:
+            sock.settimeout(None)
         self._timeout: float | None = -1.0
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
@@ -150,12 +161,27 @@ class _Link:
             log.warning("spoolq: the clock of the server at %s differs from ours by %.1f s; "
                         "lease times assume synchronized clocks", self.where, skew)
 
+    def _set_timeout(self, timeout: float | None) -> None:
+        if self._kernel_timeouts:
+            if timeout is None:
+                limit = _FOREVER
+            else:  # at least 1 us: a zero timeval means no limit at all
+                micros = max(round(timeout * 1e6), 1)
+                limit = _TIMEVAL.pack(micros // 1_000_000, micros % 1_000_000)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        else:
+            self.sock.settimeout(timeout)
+        self._timeout = timeout
+
     def _send(self, data: bytes, timeout: float | None) -> None:
         try:
             if timeout != self._timeout:
-                self.sock.settimeout(timeout)
-                self._timeout = timeout
+                self._set_timeout(timeout)
             self.sock.sendall(data)
+        except (TimeoutError, BlockingIOError) as exc:
+            raise ConnectionLost(f"the spoolq server at {self.where} took no request in time") \
+                from exc
         except OSError as exc:
             raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
                           f"{exc}") from exc
@@ -164,7 +190,7 @@ class _Link:
         while ident not in self._early:
             try:
                 got = self.sock.recv_into(self._buf)
-            except TimeoutError as exc:
+            except (TimeoutError, BlockingIOError) as exc:  # Python's timeout, the kernel's
                 raise ConnectionLost(f"no reply from the spoolq server at {self.where} in time") \
                     from exc
             except OSError as exc:
