@@ -470,7 +470,7 @@ def test_a_server_that_stops_answering_fails_the_call_after_the_timeout(tmp_path
         srv.proc.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            with pytest.raises(spoolq.EngineError, match="no reply .* in time"):
+            with pytest.raises(spoolq.EngineError, match=r"no reply .* in time"):
                 q.put("while stopped")
             assert 0.25 <= time.monotonic() - started < 5
         finally:

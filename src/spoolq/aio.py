@@ -171,7 +171,8 @@ class Queue(QueueViews, Generic[T]):
         :class:`SerializationError` (queue unchanged) when the serializer
         cannot take the item. A put cancelled while writing may still be stored.
         """
-        await self.put_many((item,))
+        self._check()
+        await self._put(*self._core.encode_one(item), None)
 
     async def put_many(self, items: Iterable[T], *, timeout: float | None = None) -> None:
         """Put several items in one transaction (all or none), waiting for room.
@@ -180,9 +181,13 @@ class Queue(QueueViews, Generic[T]):
         """
         self._check()
         records, sizes = self._core.encode(items)
-        if not records:
-            return
-        await self._wait_for_room(len(records), self._deadline(timeout))
+        if records:
+            await self._put(records, sizes, timeout)
+
+    async def _put(self, records: list[bytes], sizes: list[int], timeout: float | None) -> None:
+        deadline = self._deadline(timeout)
+        if self._shutdown or self._core.settings.maxsize > 0:
+            await self._wait_for_room(len(records), deadline)
         if self._inline:
             self._core.put_now(records, sizes)
             return
@@ -205,8 +210,7 @@ class Queue(QueueViews, Generic[T]):
             raise QueueShutDown("the queue is shut down")
         if self.full():
             raise Full(f"the queue holds {self.qsize()} of {self.maxsize} items")
-        records, sizes = self._core.encode((item,))
-        self._core.put_now(records, sizes)
+        self._core.put_now(*self._core.encode_one(item))
 
     async def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""

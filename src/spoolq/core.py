@@ -44,6 +44,7 @@ class QueueCore:
         self.engine = engine
         self.codec = codec
         self.settings = settings
+        self.buffered = settings.durability == "buffer"
         self.name = settings.name
         self.dead_name = dead_queue_name(settings.name)
         self.owner = new_owner()
@@ -85,7 +86,7 @@ class QueueCore:
         except BaseException:
             eng.close()
             raise
-        if settings.durability == "buffer":
+        if core.buffered:
             core._start_flusher()
         return core
 
@@ -201,6 +202,11 @@ class QueueCore:
         """Encode items in the caller's thread; raises SerializationError, writes nothing."""
         return self.codec.encode_many(items)
 
+    def encode_one(self, item: Any) -> tuple[list[bytes], list[int]]:
+        """:meth:`encode` of one item, without the set-up a batch needs."""
+        record, size = self.codec.encode(item)
+        return [record], [size]
+
     def submit(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> int:
         """Queue records for group commit; return how many records are now pending
         (see :meth:`flush_due`). Never waits for a flush in progress."""
@@ -215,13 +221,13 @@ class QueueCore:
     def flush_due(self, pending: int) -> bool:
         """Whether ``pending`` records call for a flush now (not merely within the buffer
         interval)."""
-        return self.settings.durability != "buffer" or pending >= self.settings.flush_items
+        return not self.buffered or pending >= self.settings.flush_items
 
     def schedules_flush(self, pending: int, added: int) -> bool:
         """Whether the submit that left ``pending`` records, ``added`` of them its own,
         should schedule a flush (rather than join one already scheduled): the first of a
         batch does; with durability "buffer", every submit once a flush is due."""
-        if self.settings.durability == "buffer":
+        if self.buffered:
             return self.flush_due(pending)
         return pending == added
 
@@ -250,7 +256,7 @@ class QueueCore:
                 self.engine.append(self.name, records, sizes, time.time())
             except BaseException as exc:
                 error = exc
-                if self.settings.durability == "buffer" and not self.closed:
+                if self.buffered and not self.closed:
                     self.group.put_back(records, sizes)
                 else:
                     self._settle_pending(records, sizes, lost=True)
@@ -266,7 +272,7 @@ class QueueCore:
             self._after_put()
         else:
             log.error("spoolq: writing %d records to %r failed%s", len(records), self.name,
-                      "; they stay buffered" if self.settings.durability == "buffer" else "",
+                      "; they stay buffered" if self.buffered else "",
                       exc_info=error)
         return tickets
 
@@ -279,25 +285,33 @@ class QueueCore:
             log.exception("spoolq: queue %r: training a zstd dictionary failed", self.name)
 
     def _count_put(self, records: list[bytes], sizes: list[int]) -> None:
-        c = self._counts
-        self._counts = Counts(c.ready + len(records), c.leased,
-                              c.stored_bytes + sum(map(len, records)), c.raw_bytes + sum(sizes))
-        self.counters["puts"] += len(records)
+        ready, leased, stored, raw = self._counts
+        n = len(records)
+        if n == 1:
+            stored += len(records[0])
+            raw += sizes[0]
+        else:
+            stored += sum(map(len, records))
+            raw += sum(sizes)
+        self._counts = Counts(ready + n, leased, stored, raw)
+        self.counters["puts"] += n
 
     def _after_put(self) -> None:
-        self._notify()
+        for listener in self.listeners:
+            listener()
         if self.codec.training_due:
             self._train()
 
     def put_now(self, records: list[bytes], sizes: list[int]) -> None:
         """Write records from the calling thread (group-committed with any pending);
         with durability "buffer", only once ``flush_items`` are pending."""
-        if self.settings.durability != "buffer" and self.lock.acquire(blocking=False):
+        if not self.buffered and self.lock.acquire(blocking=False):
             # Nobody else is writing: no batch to join, so write at once.
             try:
                 alone = not self.group.pending()
                 if alone:
-                    self._check_open()
+                    if self.closed:
+                        self._check_open()
                     self.engine.append(self.name, records, sizes, time.time())
                     with self._tally:
                         self.unfinished += len(records)
@@ -344,27 +358,30 @@ class QueueCore:
         logged, rather than handed out or lost.
         """
         with self.lock:
-            self._check_open()
+            if self.closed:
+                self._check_open()
             if self.group.pending():
                 self.flush()
             now = time.time()
-            self._reap_locked(now)
+            if self._counts.leased:
+                self._reap_locked(now)
             lease = None if ttl is None else Lease(self.owner, now + ttl)
             recs = self.engine.take(self.name, n, now, lease)
-            c = self._counts
+            ready, leased, stored, raw = self._counts
             if not recs:
-                if time.monotonic() - self._last_refresh > self.settings.poll_interval or c.ready:
+                if time.monotonic() - self._last_refresh > self.settings.poll_interval or ready:
                     self._refresh_locked()
                 return []
             k = len(recs)
+            ready = ready - k if ready > k else 0
             if lease is None:
-                self._counts = Counts(max(c.ready - k, 0), c.leased,
-                                      c.stored_bytes - sum(len(r.data) for r in recs),
-                                      c.raw_bytes - sum(r.raw_size for r in recs))
+                for rec in recs:
+                    stored -= len(rec.data)
+                    raw -= rec.raw_size
                 self.counters["gets"] += k
             else:
-                self._counts = Counts(max(c.ready - k, 0), c.leased + k, c.stored_bytes,
-                                      c.raw_bytes)
+                leased += k
+            self._counts = Counts(ready, leased, stored, raw)
         return self._decode_taken(recs, lease is not None)
 
     def _decode_one(self, rec: StoredRecord) -> Any:

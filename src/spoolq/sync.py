@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 from ._views import QueueViews
 from .core import QueueCore
 from .engines import Engine
-from .errors import Empty, Full, LeaseError, QueueShutDown
+from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .message import Message
 from .settings import Settings, resolve_target
 
@@ -127,9 +127,11 @@ class SyncQueue(QueueViews, Generic[T]):
         ``shutdown``; :class:`SerializationError` (queue unchanged) when the
         serializer cannot take the item.
         """
-        records, sizes = self._core.encode((item,))
-        self._wait_for_room(1, block, timeout)
-        self._core.put_now(records, sizes)
+        core = self._core
+        records, sizes = core.encode_one(item)
+        if self._shutdown or core.settings.maxsize > 0:
+            self._wait_for_room(1, block, timeout)
+        core.put_now(records, sizes)
 
     def put_nowait(self, item: T) -> None:
         """Put without waiting for room; raises :class:`Full` if there is none."""
@@ -243,7 +245,19 @@ class SyncQueue(QueueViews, Generic[T]):
         when ``timeout`` seconds pass; :class:`QueueShutDown` once the queue is
         shut down and drained.
         """
-        item: T = self._core.items(self._take(1, block, timeout, None))[0]
+        core = self._core
+        if not self._shutdown and core.ready_hint() > 0 and (timeout is None or timeout >= 0):
+            # An item is ready: take it without the bookkeeping of a call that may wait.
+            try:
+                got = core.take(1, None)
+            except ClosedError:
+                got = []  # closed meanwhile: the general path below says so
+            if got:
+                if self._sleepers:
+                    self._wake()
+                item: T = got[0][1]
+                return item
+        item = core.items(self._take(1, block, timeout, None))[0]
         return item
 
     def get_nowait(self) -> T:

@@ -84,23 +84,39 @@ class MemoryEngine:
             return []
         q = self._q(queue)
         first = self._next_id
-        self._next_id += len(records)
-        for offset, (data, raw) in enumerate(zip(records, raw_sizes, strict=True)):
-            self._add(q, first + offset, _Entry(data, raw, 0, now))
-        return list(range(first, first + len(records)))
+        if len(records) == 1:  # the common put, without the loop's set-up
+            self._next_id = first + 1
+            data = records[0]
+            q.entries[first] = _Entry(data, raw_sizes[0], 0, now)
+            heapq.heappush(q.ready, first)
+            q.stored_bytes += len(data)
+            q.raw_bytes += raw_sizes[0]
+            return [first]
+        ids = range(first, first + len(records))
+        self._next_id = ids.stop
+        entries, ready = q.entries, q.ready
+        for ident, data, raw in zip(ids, records, raw_sizes, strict=True):
+            entries[ident] = _Entry(data, raw, 0, now)
+            heapq.heappush(ready, ident)  # ids only grow: this lands at the end of the heap
+            q.stored_bytes += len(data)
+            q.raw_bytes += raw
+        return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         q = self._q(queue)
         out: list[StoredRecord] = []
         hidden: list[int] = []
-        while q.ready and len(out) < n:
-            ident = heapq.heappop(q.ready)
-            entry = q.entries[ident]
+        ready, entries = q.ready, q.entries
+        while ready and len(out) < n:
+            ident = heapq.heappop(ready)
+            entry = entries[ident]
             if entry.visible_at > now:
                 hidden.append(ident)
                 continue
             if lease is None:
-                self._drop(q, ident)
+                del entries[ident]
+                q.stored_bytes -= len(entry.data)
+                q.raw_bytes -= entry.raw_size
             else:
                 entry.attempts += 1
                 entry.owner, entry.visible_at = lease.owner, lease.until
@@ -108,7 +124,7 @@ class MemoryEngine:
             out.append(StoredRecord(ident, entry.data, entry.raw_size, entry.attempts,
                                     entry.enqueued_at, entry.reason))
         for ident in hidden:
-            heapq.heappush(q.ready, ident)
+            heapq.heappush(ready, ident)
         return out
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
