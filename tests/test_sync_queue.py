@@ -53,6 +53,24 @@ def test_get_timeout(q: SyncQueue[object]) -> None:
         q.get(timeout=-1)
 
 
+def test_negative_timeouts_are_refused_where_queue_queue_refuses_them(path: str) -> None:
+    with SyncQueue.create(path) as q:
+        q.put("a", timeout=-1)  # no maxsize: a put never waits, so the timeout is not read
+        with pytest.raises(ValueError):
+            q.get(timeout=-1)  # even with an item ready
+        assert q.get_nowait() == "a"
+    with SyncQueue.create(path, name="bounded", maxsize=5) as q:
+        with pytest.raises(ValueError):
+            q.put("b", timeout=-1)
+        assert q.qsize() == 0
+    stdlib: queue.Queue[str] = queue.Queue()
+    stdlib.put("a", timeout=-1)
+    with pytest.raises(ValueError):
+        stdlib.get(timeout=-1)
+    with pytest.raises(ValueError):
+        queue.Queue(maxsize=5).put("b", timeout=-1)
+
+
 def test_maxsize_blocks_and_times_out(path: str) -> None:
     with SyncQueue.create(path, maxsize=2) as q:
         q.put(1)
