@@ -37,6 +37,19 @@ _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it s
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
 
 
+class _Counts:
+    """This handle's view of the queue's counts (the fields of :class:`Counts`), changed in
+    place under the core's lock: a put or get allocates no new tuple."""
+
+    __slots__ = ("leased", "raw_bytes", "ready", "stored_bytes")
+
+    def __init__(self) -> None:
+        self.ready = self.leased = self.stored_bytes = self.raw_bytes = 0
+
+    def set(self, counts: Counts) -> None:
+        self.ready, self.leased, self.stored_bytes, self.raw_bytes = counts
+
+
 class QueueCore:
     """Engine + codec + counts of one named queue, used by both façades."""
 
@@ -51,7 +64,7 @@ class QueueCore:
         self.lock = threading.RLock()
         self.group = GroupCommit()
         self.closed = False
-        self._counts = Counts(0, 0, 0, 0)
+        self._counts = _Counts()
         self._dead = 0
         self._last_dead_refresh = 0.0
         # unfinished and _pending_bytes change under _tally, never held across an engine
@@ -120,12 +133,13 @@ class QueueCore:
     # ---- counts -------------------------------------------------------------------------
 
     def _refresh_locked(self, dead: bool = True) -> Counts:
-        self._counts = self.engine.counts(self.name)
+        counts = self.engine.counts(self.name)
+        self._counts.set(counts)
         self._last_refresh = time.monotonic()
         if dead:
             self._dead = self.engine.counts(self.dead_name).ready
             self._last_dead_refresh = self._last_refresh
-        return self._counts
+        return counts
 
     def refresh(self) -> Counts:
         """Re-read the counts from the file (picks up other processes' work) and
@@ -285,20 +299,19 @@ class QueueCore:
             log.exception("spoolq: queue %r: training a zstd dictionary failed", self.name)
 
     def _count_put(self, records: list[bytes], sizes: list[int]) -> None:
-        ready, leased, stored, raw = self._counts
+        counts = self._counts
         n = len(records)
+        counts.ready += n
         if n == 1:
-            stored += len(records[0])
-            raw += sizes[0]
+            counts.stored_bytes += len(records[0])
+            counts.raw_bytes += sizes[0]
         else:
-            stored += sum(map(len, records))
-            raw += sum(sizes)
-        self._counts = Counts(ready + n, leased, stored, raw)
+            counts.stored_bytes += sum(map(len, records))
+            counts.raw_bytes += sum(sizes)
         self.counters["puts"] += n
 
     def _after_put(self) -> None:
-        for listener in self.listeners:
-            listener()
+        self._notify()
         if self.codec.training_due:
             self._train()
 
@@ -367,21 +380,21 @@ class QueueCore:
                 self._reap_locked(now)
             lease = None if ttl is None else Lease(self.owner, now + ttl)
             recs = self.engine.take(self.name, n, now, lease)
-            ready, leased, stored, raw = self._counts
+            counts = self._counts
             if not recs:
-                if time.monotonic() - self._last_refresh > self.settings.poll_interval or ready:
+                if (time.monotonic() - self._last_refresh > self.settings.poll_interval
+                        or counts.ready):
                     self._refresh_locked()
                 return []
             k = len(recs)
-            ready = ready - k if ready > k else 0
+            counts.ready = counts.ready - k if counts.ready > k else 0
             if lease is None:
                 for rec in recs:
-                    stored -= len(rec.data)
-                    raw -= rec.raw_size
+                    counts.stored_bytes -= len(rec.data)
+                    counts.raw_bytes -= rec.raw_size
                 self.counters["gets"] += k
             else:
-                leased += k
-            self._counts = Counts(ready, leased, stored, raw)
+                counts.leased += k
         return self._decode_taken(recs, lease is not None)
 
     def _decode_one(self, rec: StoredRecord) -> Any:
@@ -475,9 +488,10 @@ class QueueCore:
             acked = set(done)
             stored = sum(m._sizes[0] for m in messages if m.id in acked)
             raw = sum(m._sizes[1] for m in messages if m.id in acked)
-            c = self._counts
-            self._counts = Counts(c.ready, max(c.leased - len(done), 0), c.stored_bytes - stored,
-                                  c.raw_bytes - raw)
+            counts = self._counts
+            counts.leased = max(counts.leased - len(done), 0)
+            counts.stored_bytes -= stored
+            counts.raw_bytes -= raw
             self.counters["acks"] += len(done)
             with self._tally:
                 self.unfinished = max(self.unfinished - len(done), 0)
