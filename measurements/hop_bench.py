@@ -109,6 +109,9 @@ def measure(name: str, n: int, pinned: bool) -> float:
     proc = ctx.Process(target=_child, args=(name, n, pinned, out))
     proc.start()
     proc.join(300)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
     if proc.exitcode != 0:
         raise SystemExit(f"{name} failed (exit {proc.exitcode})")
     rate: float = out.get()

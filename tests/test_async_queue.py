@@ -53,6 +53,16 @@ async def test_maxsize_blocks_put_until_a_get(path: str) -> None:
         assert await q.get_many(2) == [3, 4]
 
 
+async def test_negative_timeouts_are_refused_where_a_put_would_wait(path: str) -> None:
+    async with await Queue.create(path) as q:
+        await q.put_many(["a"], timeout=-1)  # no maxsize: never waits, timeout not read
+        assert await q.get() == "a"
+    async with await Queue.create(path, name="bounded", maxsize=3) as q:
+        with pytest.raises(ValueError):
+            await q.put_many(["b"], timeout=-1)
+        assert q.qsize() == 0
+
+
 async def test_blocked_get_wakes_on_put(q: Queue[object]) -> None:
     getter = asyncio.create_task(q.get())
     await asyncio.sleep(0.05)

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import importlib.util
 import ipaddress
+import os
 import shutil
 import signal
 import socket
@@ -478,3 +479,27 @@ def test_a_server_that_stops_answering_fails_the_call_after_the_timeout(tmp_path
         q.put("after")  # a new connection; the stopped call's put may have landed too
         got = q.get_many(3, timeout=1)
         assert got[0] == "before" and got[-1] == "after"
+
+
+def test_a_server_that_stops_reading_fails_a_large_put_after_the_timeout(
+        tmp_path: Path) -> None:
+    with ServerProcess(":memory:", "--max-frame", str(64 << 20)) as srv, \
+            SyncQueue.create(srv.url + "/jobs", name="jobs", serializer="raw",
+                             compressor="none", engine_options={"timeout": 0.3}) as q:
+        big = [os.urandom(1 << 20) for _ in range(48)]  # more than loopback buffers hold
+        srv.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(spoolq.EngineError, match="in time"):
+                q.put_many(big)
+            assert time.monotonic() - started < 5
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+        q.put(b"after")
+        assert q.get(timeout=5) == b"after"  # the cut-off frame stored nothing
+
+
+def test_remote_timeouts_must_be_positive() -> None:
+    for options in ({"timeout": 0}, {"timeout": -1.0}, {"connect_timeout": 0.0}):
+        with pytest.raises(spoolq.ConfigurationError, match="timeout must be"):
+            RemoteEngine("spoolq://127.0.0.1:1/jobs", **options)  # type: ignore[arg-type]

@@ -56,12 +56,17 @@ def test_get_timeout(q: SyncQueue[object]) -> None:
 def test_negative_timeouts_are_refused_where_queue_queue_refuses_them(path: str) -> None:
     with SyncQueue.create(path) as q:
         q.put("a", timeout=-1)  # no maxsize: a put never waits, so the timeout is not read
+        q.put_many(["b"], timeout=-1)
+        assert q.get_many(2) == ["a", "b"]
+        q.put("a")
         with pytest.raises(ValueError):
             q.get(timeout=-1)  # even with an item ready
         assert q.get_nowait() == "a"
     with SyncQueue.create(path, name="bounded", maxsize=5) as q:
         with pytest.raises(ValueError):
             q.put("b", timeout=-1)
+        with pytest.raises(ValueError):
+            q.put_many(["b"], timeout=-1)
         assert q.qsize() == 0
     stdlib: queue.Queue[str] = queue.Queue()
     stdlib.put("a", timeout=-1)
@@ -256,3 +261,21 @@ def test_bad_settings_are_configuration_errors(path: str) -> None:
                    {"max_attempts": 0}, {"serializer": "yaml"}, {"compressor": "rar"}):
         with pytest.raises(spoolq.ConfigurationError):
             SyncQueue.create(path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_get_that_races_close_raises_shutdown(path: str) -> None:
+    """close() in another thread between the get's look at the counts and its take: the
+    get raises QueueShutDown (as a get after close does), not an engine error."""
+    q: SyncQueue[object] = SyncQueue.create(path)
+    q.put("item")
+    core = q._core
+    seen = core.ready_hint
+
+    def close_first() -> int:
+        core.ready_hint = seen  # type: ignore[method-assign]
+        q.close()
+        return 1
+
+    core.ready_hint = close_first  # type: ignore[method-assign]
+    with pytest.raises(spoolq.QueueShutDown):
+        q.get()

@@ -177,7 +177,8 @@ class Queue(QueueViews, Generic[T]):
     async def put_many(self, items: Iterable[T], *, timeout: float | None = None) -> None:
         """Put several items in one transaction (all or none), waiting for room.
 
-        Raises :class:`Full` if ``timeout`` seconds pass without room.
+        Raises :class:`Full` if ``timeout`` seconds pass without room (a queue
+        without ``maxsize`` never waits, so then the timeout is not read).
         """
         self._check()
         records, sizes = self._core.encode(items)
@@ -185,9 +186,8 @@ class Queue(QueueViews, Generic[T]):
             await self._put(records, sizes, timeout)
 
     async def _put(self, records: list[bytes], sizes: list[int], timeout: float | None) -> None:
-        deadline = self._deadline(timeout)
         if self._shutdown or self._core.settings.maxsize > 0:
-            await self._wait_for_room(len(records), deadline)
+            await self._wait_for_room(len(records), self._deadline(timeout))
         if self._inline:
             self._core.put_now(records, sizes)
             return

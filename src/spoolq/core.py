@@ -37,17 +37,11 @@ _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it s
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
 
 
-class _Counts:
-    """This handle's view of the queue's counts (the fields of :class:`Counts`), changed in
-    place under the core's lock: a put or get allocates no new tuple."""
-
-    __slots__ = ("leased", "raw_bytes", "ready", "stored_bytes")
-
-    def __init__(self) -> None:
-        self.ready = self.leased = self.stored_bytes = self.raw_bytes = 0
-
-    def set(self, counts: Counts) -> None:
-        self.ready, self.leased, self.stored_bytes, self.raw_bytes = counts
+def _new_counts(ready: int, leased: int, stored: int, raw: int) -> Counts:
+    """``Counts(...)`` without the generated ``__new__``, which costs twice as much on the
+    put and get paths. Each change makes a new tuple, so a reader without the lock (stats)
+    always sees one consistent set of counts."""
+    return tuple.__new__(Counts, (ready, leased, stored, raw))
 
 
 class QueueCore:
@@ -64,7 +58,7 @@ class QueueCore:
         self.lock = threading.RLock()
         self.group = GroupCommit()
         self.closed = False
-        self._counts = _Counts()
+        self._counts = Counts(0, 0, 0, 0)
         self._dead = 0
         self._last_dead_refresh = 0.0
         # unfinished and _pending_bytes change under _tally, never held across an engine
@@ -133,8 +127,7 @@ class QueueCore:
     # ---- counts -------------------------------------------------------------------------
 
     def _refresh_locked(self, dead: bool = True) -> Counts:
-        counts = self.engine.counts(self.name)
-        self._counts.set(counts)
+        counts = self._counts = self.engine.counts(self.name)
         self._last_refresh = time.monotonic()
         if dead:
             self._dead = self.engine.counts(self.dead_name).ready
@@ -299,15 +292,10 @@ class QueueCore:
             log.exception("spoolq: queue %r: training a zstd dictionary failed", self.name)
 
     def _count_put(self, records: list[bytes], sizes: list[int]) -> None:
-        counts = self._counts
+        ready, leased, stored, raw = self._counts
         n = len(records)
-        counts.ready += n
-        if n == 1:
-            counts.stored_bytes += len(records[0])
-            counts.raw_bytes += sizes[0]
-        else:
-            counts.stored_bytes += sum(map(len, records))
-            counts.raw_bytes += sum(sizes)
+        self._counts = _new_counts(ready + n, leased, stored + sum(map(len, records)),
+                                   raw + sum(sizes))
         self.counters["puts"] += n
 
     def _after_put(self) -> None:
@@ -323,8 +311,7 @@ class QueueCore:
             try:
                 alone = not self.group.pending()
                 if alone:
-                    if self.closed:
-                        self._check_open()
+                    self._check_open()
                     self.engine.append(self.name, records, sizes, time.time())
                     with self._tally:
                         self.unfinished += len(records)
@@ -371,30 +358,28 @@ class QueueCore:
         logged, rather than handed out or lost.
         """
         with self.lock:
-            if self.closed:
-                self._check_open()
+            self._check_open()
             if self.group.pending():
                 self.flush()
             now = time.time()
-            if self._counts.leased:
-                self._reap_locked(now)
+            self._reap_locked(now)
             lease = None if ttl is None else Lease(self.owner, now + ttl)
             recs = self.engine.take(self.name, n, now, lease)
-            counts = self._counts
+            ready, leased, stored, raw = self._counts
             if not recs:
-                if (time.monotonic() - self._last_refresh > self.settings.poll_interval
-                        or counts.ready):
+                if time.monotonic() - self._last_refresh > self.settings.poll_interval or ready:
                     self._refresh_locked()
                 return []
             k = len(recs)
-            counts.ready = counts.ready - k if counts.ready > k else 0
+            ready = ready - k if ready > k else 0
             if lease is None:
                 for rec in recs:
-                    counts.stored_bytes -= len(rec.data)
-                    counts.raw_bytes -= rec.raw_size
+                    stored -= len(rec.data)
+                    raw -= rec.raw_size
                 self.counters["gets"] += k
             else:
-                counts.leased += k
+                leased += k
+            self._counts = _new_counts(ready, leased, stored, raw)
         return self._decode_taken(recs, lease is not None)
 
     def _decode_one(self, rec: StoredRecord) -> Any:
@@ -488,10 +473,9 @@ class QueueCore:
             acked = set(done)
             stored = sum(m._sizes[0] for m in messages if m.id in acked)
             raw = sum(m._sizes[1] for m in messages if m.id in acked)
-            counts = self._counts
-            counts.leased = max(counts.leased - len(done), 0)
-            counts.stored_bytes -= stored
-            counts.raw_bytes -= raw
+            c = self._counts
+            self._counts = Counts(c.ready, max(c.leased - len(done), 0), c.stored_bytes - stored,
+                                  c.raw_bytes - raw)
             self.counters["acks"] += len(done)
             with self._tally:
                 self.unfinished = max(self.unfinished - len(done), 0)

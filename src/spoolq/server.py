@@ -30,8 +30,8 @@ from .errors import ConfigurationError, SpoolqError
 from .protocol import DEFAULT_MAX_FRAME
 from .session import Session
 
-__all__ = ["DEFAULT_PORT", "LOOPS", "Server", "main", "read_token_file", "run", "serve",
-           "start_server"]
+__all__ = ["DEFAULT_PORT", "LOOPS", "Server", "loop_name", "main", "read_token_file", "run",
+           "serve", "start_server"]
 
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
@@ -271,9 +271,10 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
 def run(main: Coroutine[Any, Any, R], *, loop: str = "auto") -> R:
     """Run ``main`` to completion on a new event loop and return its result.
 
-    ``loop`` is ``"asyncio"`` (the standard library's), ``"uvloop"`` (faster:
-    about a fifth less server CPU per request; ``pip install "spoolq[server]"``)
-    or ``"auto"``: uvloop when it is installed, else asyncio. Raises
+    ``loop`` is ``"asyncio"`` (the standard library's), ``"uvloop"`` (less
+    server CPU per request, about a tenth in ``measurements/server_bench.py``;
+    ``pip install "spoolq[server]"``, not on Windows) or ``"auto"``: uvloop when
+    it is installed, else asyncio. Raises
     :class:`ConfigurationError` for an unknown name or a missing uvloop.
     """
     if loop not in LOOPS:

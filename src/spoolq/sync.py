@@ -123,7 +123,8 @@ class SyncQueue(QueueViews, Generic[T]):
         """Put ``item``; with ``maxsize`` set, wait while the queue is full.
 
         Raises :class:`Full` when ``block`` is false and the queue is full, or
-        when ``timeout`` seconds pass; :class:`QueueShutDown` after
+        when ``timeout`` seconds pass (a queue without ``maxsize`` never waits,
+        so then, as with ``queue.Queue``, the timeout is not read); :class:`QueueShutDown` after
         ``shutdown``; :class:`SerializationError` (queue unchanged) when the
         serializer cannot take the item.
         """
@@ -139,11 +140,16 @@ class SyncQueue(QueueViews, Generic[T]):
 
     def put_many(self, items: Iterable[T], block: bool = True,
                  timeout: float | None = None) -> None:
-        """Put several items in one transaction: all are stored or none are."""
-        records, sizes = self._core.encode(items)
+        """Put several items in one transaction: all are stored or none are.
+
+        Waits for room as :meth:`put` does.
+        """
+        core = self._core
+        records, sizes = core.encode(items)
         if records:
-            self._wait_for_room(len(records), block, timeout)
-            self._core.put_now(records, sizes)
+            if self._shutdown or core.settings.maxsize > 0:
+                self._wait_for_room(len(records), block, timeout)
+            core.put_now(records, sizes)
 
     def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""

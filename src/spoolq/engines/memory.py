@@ -86,20 +86,12 @@ class MemoryEngine:
         first = self._next_id
         if len(records) == 1:  # the common put, without the loop's set-up
             self._next_id = first + 1
-            data = records[0]
-            q.entries[first] = _Entry(data, raw_sizes[0], 0, now)
-            heapq.heappush(q.ready, first)
-            q.stored_bytes += len(data)
-            q.raw_bytes += raw_sizes[0]
+            self._add(q, first, _Entry(records[0], raw_sizes[0], 0, now))
             return [first]
         ids = range(first, first + len(records))
         self._next_id = ids.stop
-        entries, ready = q.entries, q.ready
         for ident, data, raw in zip(ids, records, raw_sizes, strict=True):
-            entries[ident] = _Entry(data, raw, 0, now)
-            heapq.heappush(ready, ident)  # ids only grow: this lands at the end of the heap
-            q.stored_bytes += len(data)
-            q.raw_bytes += raw
+            self._add(q, ident, _Entry(data, raw, 0, now))
         return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
@@ -114,9 +106,7 @@ class MemoryEngine:
                 hidden.append(ident)
                 continue
             if lease is None:
-                del entries[ident]
-                q.stored_bytes -= len(entry.data)
-                q.raw_bytes -= entry.raw_size
+                self._drop(q, ident)
             else:
                 entry.attempts += 1
                 entry.owner, entry.visible_at = lease.owner, lease.until

@@ -52,8 +52,9 @@ _IDLE_WAITERS = 4
 _RECV_SIZE = 65536
 _CLOCK_SKEW_WARNING = 2.0
 _KERNEL_TIMEOUTS = sys.platform.startswith("linux")
-_TIMEVAL = struct.Struct("@ll")  # struct timeval of SO_RCVTIMEO / SO_SNDTIMEO on Linux
-_FOREVER = _TIMEVAL.pack(0, 0)
+# struct timeval of SO_RCVTIMEO / SO_SNDTIMEO, by its size: two longs, or two 64-bit
+# integers where a 32-bit system has a 64-bit time_t.
+_TIMEVALS = {struct.calcsize("@ll"): struct.Struct("@ll"), 16: struct.Struct("@qq")}
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,12 @@ class _Link:
         # Python's socket timeouts cost a poll() before every send and recv; on Linux the
         # kernel's SO_SNDTIMEO/SO_RCVTIMEO bound a blocking socket at one system call each.
         # TLS sockets keep Python's timeouts, which the ssl module is written for.
-        self._kernel_timeouts = _KERNEL_TIMEOUTS and ssl_context is None
-        if self._kernel_timeouts:
+        self._timeval: struct.Struct | None = None
+        if _KERNEL_TIMEOUTS and ssl_context is None:
+            with contextlib.suppress(OSError):
+                size = len(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+                self._timeval = _TIMEVALS.get(size)
+        if self._timeval is not None:
             sock.settimeout(None)
         self._timeout: float | None = -1.0
         self._buf = bytearray(_RECV_SIZE)
@@ -162,23 +167,44 @@ class _Link:
                         "lease times assume synchronized clocks", self.where, skew)
 
     def _set_timeout(self, timeout: float | None) -> None:
-        if self._kernel_timeouts:
-            if timeout is None:
-                limit = _FOREVER
-            else:  # at least 1 us: a zero timeval means no limit at all
-                micros = max(round(timeout * 1e6), 1)
-                limit = _TIMEVAL.pack(micros // 1_000_000, micros % 1_000_000)
+        if self._timeval is not None:
+            # at least 1 us: a zero timeval means no limit at all
+            micros = 0 if timeout is None else max(round(timeout * 1e6), 1)
+            limit = self._timeval.pack(micros // 1_000_000, micros % 1_000_000)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         else:
             self.sock.settimeout(timeout)
         self._timeout = timeout
 
+    def _sendall(self, data: bytes, timeout: float | None) -> None:
+        """Send all of ``data`` within ``timeout`` seconds in all (the kernel's limit holds
+        for one ``send``; a slow reader must not stretch a large frame without end)."""
+        sent = self.sock.send(data)
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while view:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("send timed out")
+                    self._set_timeout(left)
+                view = view[self.sock.send(view):]
+        finally:
+            if self._timeout != timeout:
+                self._set_timeout(timeout)
+
     def _send(self, data: bytes, timeout: float | None) -> None:
         try:
             if timeout != self._timeout:
                 self._set_timeout(timeout)
-            self.sock.sendall(data)
+            if self._timeval is not None:
+                self._sendall(data, timeout)
+            else:
+                self.sock.sendall(data)
         except (TimeoutError, BlockingIOError) as exc:
             raise ConnectionLost(f"the spoolq server at {self.where} took no request in time") \
                 from exc
@@ -244,6 +270,10 @@ class RemoteEngine:
                  timeout: float = 30.0, connect_timeout: float = 10.0,
                  tls: bool | ssl.SSLContext | None = None, ca_file: str | None = None,
                  max_reply: int = DEFAULT_MAX_FRAME) -> None:
+        for what, seconds in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not seconds > 0:
+                raise ConfigurationError(f"{what} must be a number of seconds > 0, "
+                                         f"not {seconds!r}")
         self.address = parse_url(url)
         self.queue_name = self.address.queue
         self.read_only = read_only
