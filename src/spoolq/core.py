@@ -294,8 +294,13 @@ class QueueCore:
     def _count_put(self, records: list[bytes], sizes: list[int]) -> None:
         ready, leased, stored, raw = self._counts
         n = len(records)
-        self._counts = _new_counts(ready + n, leased, stored + sum(map(len, records)),
-                                   raw + sum(sizes))
+        if n == 1:  # one put at a time: no sums to set up
+            stored += len(records[0])
+            raw += sizes[0]
+        else:
+            stored += sum(map(len, records))
+            raw += sum(sizes)
+        self._counts = _new_counts(ready + n, leased, stored, raw)
         self.counters["puts"] += n
 
     def _after_put(self) -> None:

@@ -16,6 +16,7 @@ import click
 from .. import __version__
 from ..errors import EngineError, SpoolqError
 from ._common import ExitCode, FileProblem, Refused, one_line
+from .bench import bench
 from .maintain import compact, purge, requeue
 from .reading import info, peek, verify
 from .serve import serve
@@ -60,7 +61,8 @@ def cli(verbose: bool) -> None:
         log.setLevel(logging.DEBUG)
 
 
-for _command in (info, peek, dump, load, requeue, purge, compact, verify, migrate, serve):
+for _command in (info, peek, dump, load, requeue, purge, compact, verify, migrate, serve,
+                 bench):
     cli.add_command(_command)
 
 
