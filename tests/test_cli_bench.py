@@ -9,6 +9,7 @@ import pytest
 
 import spoolq
 from spoolq.cli.bench import make_items
+from spoolq.engines import open_engine
 
 from .cli_support import run, run_json, run_process
 from .servers import ServerProcess
@@ -101,3 +102,16 @@ def test_bench_against_a_server_purges_its_queue(tmp_path: Path) -> None:
         engine = q._core.engine
         bench_queues = [name for name in engine.queues() if name.startswith("bench-")]
         assert bench_queues and all(engine.counts(name).ready == 0 for name in bench_queues)
+
+
+def test_bench_against_postgres_purges_its_queue(pg_url: str, pg_schema: str) -> None:
+    result = run_json("bench", pg_url, "--schema", pg_schema, "-n", "100", "--batch", "10")
+    _sane(result, 100)
+    assert result["engine"] == "postgres"
+    engine = open_engine(pg_url, options={"schema": pg_schema})
+    try:
+        bench_queues = [name for name in engine.queues() if name.startswith("bench-")]
+        assert bench_queues and all(engine.counts(name).ready == 0 for name in bench_queues)
+    finally:
+        engine.close()
+    assert run("bench", ":memory:", "--schema", pg_schema).exit_code == 2

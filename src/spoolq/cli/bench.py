@@ -165,16 +165,20 @@ async def _run_async(q: Queue[Any], items: Sequence[Any], batch: int) -> tuple[f
 
 def run_bench(target: str | None = None, *, engine: str = "sqlite", durability: str = "commit",
               items: int = 10_000, size: int = 100, batch: int = 1, serializer: str = "cbor",
-              compressor: str = "zstd", use_async: bool = False) -> BenchResult:
+              compressor: str = "zstd", use_async: bool = False,
+              schema: str | None = None) -> BenchResult:
     """Put ``items`` items of about ``size`` bytes (``batch`` at a time), then get them back,
     through a throwaway queue; return the rates. ``target`` is a folder for the queue's
     file (default: the system's temporary folder), ``":memory:"``, or a ``spoolq://`` or
-    ``postgresql://`` URL, where a queue of a new name is used and purged afterwards."""
+    ``postgresql://`` URL, where a queue of a new name is used and purged afterwards
+    (``schema`` names the PostgreSQL schema; default spoolq's own)."""
     data = make_items(min(items, 1000), size, raw=serializer == "raw")
     work = [data[i % len(data)] for i in range(items)]
     settings: dict[str, Any] = {"durability": durability, "serializer": serializer,
                                 "compressor": compressor}
     with _target(target, engine) as (path, name, engine_name):
+        if schema is not None and engine_name == "postgres":
+            settings["engine_options"] = {"schema": schema}
         if use_async:
             async def main() -> tuple[float, float, dict[str, Any]]:
                 q = await Queue.create(path, name=name, **settings)
@@ -237,9 +241,11 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
               show_default=True)
 @click.option("--async", "use_async", is_flag=True,
               help="Use the asyncio Queue (one task) instead of SyncQueue.")
+@click.option("--schema", default=None, metavar="NAME",
+              help="PostgreSQL schema, for a postgresql:// TARGET (default: spoolq).")
 @json_option()
 def bench(target: str | None, engine: str | None, durability: str, items: int, size: int,
-          batch: int, serializer: str, compressor: str, use_async: bool,
+          batch: int, serializer: str, compressor: str, use_async: bool, schema: str | None,
           as_json: bool) -> None:
     """Put N items into a throwaway queue and get them back; print the rates.
 
@@ -252,9 +258,11 @@ def bench(target: str | None, engine: str | None, durability: str, items: int, s
                                or (target or "").startswith(_URL_SCHEMES)):
         raise click.UsageError("--engine applies to a folder TARGET only: the memory engine "
                                "and URLs pick their own")
+    if schema is not None and not (target or "").startswith(("postgresql://", "postgres://")):
+        raise click.UsageError("--schema applies to a postgresql:// TARGET only")
     result = run_bench(target, engine=engine or "sqlite", durability=durability, items=items,
                        size=size, batch=batch, serializer=serializer, compressor=compressor,
-                       use_async=use_async)
+                       use_async=use_async, schema=schema)
     state = CliState()
     if as_json:
         state.print_json(asdict(result))
