@@ -367,7 +367,8 @@ class QueueCore:
             if self.group.pending():
                 self.flush()
             now = time.time()
-            self._reap_locked(now)
+            if self._counts.leased:  # only leases can expire: spare the call when none are out
+                self._reap_locked(now)
             lease = None if ttl is None else Lease(self.owner, now + ttl)
             recs = self.engine.take(self.name, n, now, lease)
             ready, leased, stored, raw = self._counts
