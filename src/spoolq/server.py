@@ -287,7 +287,8 @@ def run(main: Coroutine[Any, Any, R], *, loop: str = "auto") -> R:
             if loop == "uvloop":
                 main.close()
                 raise ConfigurationError(
-                    'the uvloop event loop is not installed: pip install "spoolq[server]"'
+                    "the uvloop event loop is not available on Windows" if sys.platform == "win32"
+                    else 'the uvloop event loop is not installed: pip install "spoolq[server]"'
                 ) from None
         else:
             result: R = uvloop.run(main)
