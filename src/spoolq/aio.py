@@ -315,8 +315,15 @@ class Queue(QueueViews, Generic[T]):
         Use ``asyncio.timeout``/``wait_for`` to bound the wait: a cancelled get
         leaves the item in the queue.
         """
-        recs = await self._take(1, None, None)
-        item: T = self._core.items(recs)[0]
+        core = self._core
+        if self._inline and not self._shutdown and not self._closed and core.ready_hint() > 0:
+            # An engine called on the loop with an item ready: take it as get_nowait does.
+            got = core.take(1, None)
+            if got:
+                self._wake()
+                item: T = got[0][1]
+                return item
+        item = core.items(await self._take(1, None, None))[0]
         return item
 
     def get_nowait(self) -> T:
