@@ -16,28 +16,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import ssl
-import struct
-import sys
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError
 from ..protocol import (
     DEFAULT_MAX_FRAME,
     WRITE_OPS,
-    ClientProtocol,
     ProtocolError,
     decode_counts,
     decode_leased,
     decode_records,
     encode_records,
+)
+from ._link import (
+    DEFAULT_PORT,
+    ConnectionLost,
+    Link,
+    RemoteAddress,
+    parse_url,
+    url_queue_name,
 )
 from .base import Counts, Lease, LeasedRecord, StoredRecord, batch_given, check_window
 
@@ -46,209 +47,8 @@ __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "p
 
 log = logging.getLogger("spoolq")
 
-DEFAULT_PORT = 7480
 _MAX_N = 2**31 - 1
 _IDLE_WAITERS = 4
-_RECV_SIZE = 65536
-_CLOCK_SKEW_WARNING = 2.0
-_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
-# struct timeval of SO_RCVTIMEO / SO_SNDTIMEO, by its size: two longs, or two 64-bit
-# integers where a 32-bit system has a 64-bit time_t.
-_TIMEVALS = {struct.calcsize("@ll"): struct.Struct("@ll"), 16: struct.Struct("@qq")}
-
-
-@dataclass(frozen=True)
-class RemoteAddress:
-    """What a ``spoolq://`` URL says. ``queue`` is None when the URL has no path."""
-
-    host: str
-    port: int
-    queue: str | None
-    token: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-
-    def __repr__(self) -> str:  # never show the token
-        return f"RemoteAddress({self.host!r}, {self.port}, queue={self.queue!r}, tls={self.tls})"
-
-
-def parse_url(url: str) -> RemoteAddress:
-    """Split a ``spoolq://`` URL; :class:`ConfigurationError` if it is not one."""
-    parts = urlsplit(url)
-    if parts.scheme != "spoolq" or not parts.hostname:
-        raise ConfigurationError(f"not a spoolq://host:port/name URL: {parts.scheme}://...")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ConfigurationError("the spoolq:// URL has a bad port") from None
-    query = parse_qs(parts.query)
-    tokens = query.get("token")
-    token = tokens[-1] if tokens else None
-    if parts.password:
-        token = unquote(parts.password)
-    elif parts.username:
-        token = unquote(parts.username)
-    name = unquote(parts.path.lstrip("/")) or None
-    cas = query.get("ca")
-    ca_file = cas[-1] if cas else None
-    tls = (query.get("tls") or ["0"])[-1].lower() in ("1", "true", "yes") or ca_file is not None
-    return RemoteAddress(parts.hostname, port, name, token, tls, ca_file)
-
-
-def url_queue_name(path: str | os.PathLike[str]) -> str | None:
-    """The queue a ``spoolq://`` URL names in its path; None for other paths or no path."""
-    spath = os.fspath(path)
-    if not spath.startswith("spoolq://"):
-        return None
-    return parse_url(spath).queue
-
-
-class ConnectionLost(EngineError):
-    """The connection to the server failed or timed out; the call's outcome is unknown."""
-
-
-class _Link:
-    """One connection to the server: handshake, then one request at a time."""
-
-    def __init__(self, address: RemoteAddress, *, token: str | None,
-                 ssl_context: ssl.SSLContext | None, connect_timeout: float,
-                 max_reply: int) -> None:
-        self.where = f"{address.host}:{address.port}"
-        try:
-            sock = socket.create_connection((address.host, address.port), connect_timeout)
-        except OSError as exc:
-            raise EngineError(f"cannot connect to the spoolq server at {self.where}: {exc}") \
-                from exc
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock, server_hostname=address.host)
-        except BaseException as exc:
-            sock.close()
-            if isinstance(exc, OSError):
-                raise EngineError(f"TLS with the spoolq server at {self.where} failed: {exc}") \
-                    from exc
-            raise
-        self.sock = sock
-        # Python's socket timeouts cost a poll() before every send and recv; on Linux the
-        # kernel's SO_SNDTIMEO/SO_RCVTIMEO bound a blocking socket at one system call each.
-        # TLS sockets keep Python's timeouts, which the ssl module is written for.
-        self._timeval: struct.Struct | None = None
-        if _KERNEL_TIMEOUTS and ssl_context is None:
-            with contextlib.suppress(OSError):
-                size = len(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
-                self._timeval = _TIMEVALS.get(size)
-        if self._timeval is not None:
-            sock.settimeout(None)
-        self._timeout: float | None = -1.0
-        self._buf = bytearray(_RECV_SIZE)
-        self._view = memoryview(self._buf)
-        self.proto = ClientProtocol(max_frame=max_reply)
-        self._early: dict[int, Any] = {}
-        try:
-            opening, ids = self.proto.start(token)
-            hello_id, hello = self.proto.request("hello", {"max_reply": max_reply,
-                                                           "client": "spoolq-python"})
-            self._send(opening + hello, connect_timeout)
-            for ident in ids:
-                self._receive(ident)
-            info = self._receive(hello_id)
-        except BaseException:
-            self.close()
-            raise
-        if not isinstance(info, dict) or not isinstance(info.get("max_frame"), int):
-            self.close()
-            raise ProtocolError(f"the server at {self.where} sent an unexpected greeting")
-        self.info = info
-        self.proto.server_max_frame = info["max_frame"]
-        skew = float(info.get("time", time.time())) - time.time()
-        if abs(skew) > _CLOCK_SKEW_WARNING:
-            log.warning("spoolq: the clock of the server at %s differs from ours by %.1f s; "
-                        "lease times assume synchronized clocks", self.where, skew)
-
-    def _set_timeout(self, timeout: float | None) -> None:
-        if self._timeval is not None:
-            # at least 1 us: a zero timeval means no limit at all
-            micros = 0 if timeout is None else max(round(timeout * 1e6), 1)
-            limit = self._timeval.pack(micros // 1_000_000, micros % 1_000_000)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-        else:
-            self.sock.settimeout(timeout)
-        self._timeout = timeout
-
-    def _sendall(self, data: bytes, timeout: float | None) -> None:
-        """Send all of ``data`` within ``timeout`` seconds in all (the kernel's limit holds
-        for one ``send``; a slow reader must not stretch a large frame without end)."""
-        sent = self.sock.send(data)
-        if sent == len(data):
-            return
-        view = memoryview(data)[sent:]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while view:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError("send timed out")
-                    self._set_timeout(left)
-                view = view[self.sock.send(view):]
-        finally:
-            if self._timeout != timeout:
-                self._set_timeout(timeout)
-
-    def _send(self, data: bytes, timeout: float | None) -> None:
-        try:
-            if timeout != self._timeout:
-                self._set_timeout(timeout)
-            if self._timeval is not None:
-                self._sendall(data, timeout)
-            else:
-                self.sock.sendall(data)
-        except (TimeoutError, BlockingIOError) as exc:
-            raise ConnectionLost(f"the spoolq server at {self.where} took no request in time") \
-                from exc
-        except OSError as exc:
-            raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
-                          f"{exc}") from exc
-
-    def _receive(self, ident: int) -> Any:
-        while ident not in self._early:
-            try:
-                got = self.sock.recv_into(self._buf)
-            except (TimeoutError, BlockingIOError) as exc:  # Python's timeout, the kernel's
-                raise ConnectionLost(f"no reply from the spoolq server at {self.where} in time") \
-                    from exc
-            except OSError as exc:
-                raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
-                              f"{exc}") from exc
-            if not got:
-                raise ConnectionLost(f"the spoolq server at {self.where} closed the connection")
-            try:
-                replies = self.proto.receive_data(self._view[:got])
-            except ProtocolError as exc:
-                raise ConnectionLost(f"the spoolq server at {self.where} broke the protocol: "
-                              f"{exc}") from exc
-            for reply in replies:
-                if reply.id == 0 and reply.error is not None:
-                    raise reply.error  # about the whole connection: it is being closed
-                self._early[reply.id] = reply
-        reply = self._early.pop(ident)
-        if reply.error is not None:
-            raise reply.error
-        return reply.value
-
-    def call(self, op: str, args: dict[str, Any], timeout: float | None) -> Any:
-        ident, frame = self.proto.request(op, args)
-        return self.exchange(ident, frame, timeout)
-
-    def exchange(self, ident: int, frame: bytes, timeout: float | None) -> Any:
-        """Send a request frame and wait for its reply."""
-        self._send(frame, timeout)
-        return self._receive(ident)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class RemoteEngine:
@@ -284,12 +84,12 @@ class RemoteEngine:
         self._ssl = self._ssl_context(tls, ca_file or self.address.ca_file)
         self._lock = threading.Lock()
         self._waiters_lock = threading.Lock()
-        self._idle_waiters: list[_Link] = []
-        self._busy_waiters: set[_Link] = set()
+        self._idle_waiters: list[Link] = []
+        self._busy_waiters: set[Link] = set()
         self._wait_generation = 0
         self._max_attempts: dict[str, int | None] = {}
         self._closed = False
-        self._link: _Link | None = self._connect()
+        self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
 
     def _ssl_context(self, tls: bool | ssl.SSLContext | None,
@@ -300,8 +100,8 @@ class RemoteEngine:
             return ssl.create_default_context(cafile=ca_file)
         return None
 
-    def _connect(self) -> _Link:
-        return _Link(self.address, token=self._token, ssl_context=self._ssl,
+    def _connect(self) -> Link:
+        return Link(self.address, token=self._token, ssl_context=self._ssl,
                      connect_timeout=self.connect_timeout, max_reply=self.max_reply)
 
     def _call(self, op: str, args: dict[str, Any], wait: float = 0.0) -> Any:
