@@ -27,7 +27,7 @@ from .errors import (
 from .groupcommit import GroupCommit, Ticket
 from .message import Message, Taken, messages_for
 from .owners import new_owner, owner_is_dead
-from .settings import Settings
+from .settings import Settings, stored_codec
 from .zdict import MissingDictionary, load_dictionaries, train_dictionary
 
 __all__ = ["QueueCore"]
@@ -82,7 +82,7 @@ class QueueCore:
         """Open (or create) the queue; reap leases of dead processes; load the counts."""
         eng = open_engine(path, engine, durability=settings.durability, options=engine_options)
         try:
-            codec = cls._codec_for(eng, settings, serializer, compressor)
+            codec = stored_codec(eng, settings, serializer, compressor)
             core = cls(eng, codec, settings)
             with core.lock:
                 dead_owners = [o for o in eng.owners(core.name) if owner_is_dead(o)]
@@ -96,33 +96,6 @@ class QueueCore:
         if core.buffered:
             core._start_flusher()
         return core
-
-    @staticmethod
-    def _codec_for(engine: Engine, settings: Settings, serializer: object,
-                   compressor: object) -> Codec:
-        key = f"queue/{settings.name}/"
-        stored_ser = engine.get_meta(key + "serializer")
-        stored_comp = engine.get_meta(key + "compressor")
-        if stored_ser is not None:
-            stored = stored_ser.decode()
-            wanted = serializer if serializer is not None else stored
-            codec_probe = Codec(wanted, "none")
-            if codec_probe.serializer_name != stored:
-                raise ConfigurationError(
-                    f"queue {settings.name!r} was created with serializer {stored!r}; "
-                    f"it cannot be reopened with {codec_probe.serializer_name!r}")
-            serializer = wanted
-            if compressor is None:
-                compressor = stored_comp.decode() if stored_comp else "zstd"
-        codec = Codec("cbor" if serializer is None else serializer,
-                      "zstd" if compressor is None else compressor,
-                      threshold=settings.compress_threshold)
-        if stored_ser is None:
-            engine.set_meta(key + "serializer", codec.serializer_name.encode())
-        if stored_comp is None or stored_comp.decode() != codec.compressor_name:
-            engine.set_meta(key + "compressor", codec.compressor_name.encode())
-        load_dictionaries(engine, settings.name, codec)
-        return codec
 
     # ---- counts -------------------------------------------------------------------------
 

@@ -6,11 +6,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .codec import Codec
 from .engines import Engine
 from .engines.remote import url_queue_name
 from .errors import ConfigurationError
+from .zdict import load_dictionaries
 
-__all__ = ["DURABILITIES", "Settings", "resolve_target"]
+__all__ = ["DURABILITIES", "Settings", "resolve_target", "stored_codec"]
 
 DURABILITIES = ("fsync", "commit", "buffer")
 
@@ -65,3 +67,34 @@ def resolve_target(path: str | os.PathLike[str], name: str | None,
     if url_name is not None:
         return url_name, engine_options
     return "default" if name is None else name, engine_options
+
+
+def stored_codec(engine: Engine, settings: Settings, serializer: object,
+                 compressor: object) -> Codec:
+    """The codec of the queue ``settings.name`` in ``engine``: the settings the file stores,
+    which a new queue stores first. Another serializer than the stored one is a
+    :class:`ConfigurationError`; another compressor changes it for new records. Loads the
+    queue's zstd dictionaries."""
+    key = f"queue/{settings.name}/"
+    stored_ser = engine.get_meta(key + "serializer")
+    stored_comp = engine.get_meta(key + "compressor")
+    if stored_ser is not None:
+        stored = stored_ser.decode()
+        wanted = serializer if serializer is not None else stored
+        codec_probe = Codec(wanted, "none")
+        if codec_probe.serializer_name != stored:
+            raise ConfigurationError(
+                f"queue {settings.name!r} was created with serializer {stored!r}; "
+                f"it cannot be reopened with {codec_probe.serializer_name!r}")
+        serializer = wanted
+        if compressor is None:
+            compressor = stored_comp.decode() if stored_comp else "zstd"
+    codec = Codec("cbor" if serializer is None else serializer,
+                  "zstd" if compressor is None else compressor,
+                  threshold=settings.compress_threshold)
+    if stored_ser is None:
+        engine.set_meta(key + "serializer", codec.serializer_name.encode())
+    if stored_comp is None or stored_comp.decode() != codec.compressor_name:
+        engine.set_meta(key + "compressor", codec.compressor_name.encode())
+    load_dictionaries(engine, settings.name, codec)
+    return codec
