@@ -46,6 +46,17 @@ def test_bench_batches_async_and_durabilities(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bench_producers_share_the_puts(tmp_path: Path) -> None:
+    for args in (["--producers", "8"], ["--producers", "8", "--async"],
+                 ["--producers", "3", "--batch", "7"]):
+        result = run_json("bench", str(tmp_path), "-n", "200", "--durability", "fsync", *args)
+        _sane(result, 200)  # every item put was got back
+        assert result["producers"] == int(args[1])
+    table = run("bench", ":memory:", "-n", "100", "--producers", "4")
+    assert "4 threads putting" in table.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bench_reports_what_compression_saved() -> None:
     plain = run_json("bench", ":memory:", "-n", "300", "--size", "400", "--serializer",
                      "raw", "--compressor", "none")

@@ -51,7 +51,8 @@ def test_concurrent_threads_share_transactions(disk_path: str) -> None:
             t.join()
         assert sorted(q.get_many(None)) == list(range(400))
     assert sum(engine.appends) == 400
-    assert len(engine.appends) < 400, "no put was group-committed"
+    # Waiting threads are settled together by one flush: an fsync carries several puts.
+    assert len(engine.appends) <= 200, f"{len(engine.appends)} transactions for 400 puts"
 
 
 async def test_concurrent_tasks_share_transactions(disk_path: str) -> None:

@@ -16,6 +16,7 @@ import random
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -78,6 +79,7 @@ class BenchResult:
     items: int
     item_bytes: int
     batch: int
+    producers: int
     put_seconds: float
     get_seconds: float
     put_per_second: float
@@ -115,16 +117,43 @@ def _chunks(items: Sequence[Any], batch: int) -> list[Sequence[Any]]:
     return [items[i:i + batch] for i in range(0, len(items), batch)]
 
 
-def _run_sync(q: SyncQueue[Any], items: Sequence[Any], batch: int) -> tuple[float, float,
-                                                                             dict[str, Any]]:
-    n = len(items)
-    start = time.perf_counter()
+def _put_all(q: SyncQueue[Any], items: Sequence[Any], batch: int) -> None:
     if batch == 1:
         for item in items:
             q.put(item)
     else:
         for chunk in _chunks(items, batch):
             q.put_many(chunk)
+
+
+def _put_in_threads(q: SyncQueue[Any], items: Sequence[Any], batch: int,
+                    producers: int) -> None:
+    errors: list[BaseException] = []
+
+    def produce(part: Sequence[Any]) -> None:
+        try:
+            _put_all(q, part, batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(items[i::producers],))
+               for i in range(producers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _run_sync(q: SyncQueue[Any], items: Sequence[Any], batch: int,
+              producers: int) -> tuple[float, float, dict[str, Any]]:
+    n = len(items)
+    start = time.perf_counter()
+    if producers == 1:
+        _put_all(q, items, batch)
+    else:
+        _put_in_threads(q, items, batch, producers)
     q.flush()
     put_seconds = time.perf_counter() - start
     stats = q.stats
@@ -139,16 +168,21 @@ def _run_sync(q: SyncQueue[Any], items: Sequence[Any], batch: int) -> tuple[floa
     return put_seconds, time.perf_counter() - start, stats
 
 
-async def _run_async(q: Queue[Any], items: Sequence[Any], batch: int) -> tuple[float, float,
-                                                                              dict[str, Any]]:
-    n = len(items)
-    start = time.perf_counter()
+async def _put_all_async(q: Queue[Any], items: Sequence[Any], batch: int) -> None:
     if batch == 1:
         for item in items:
             await q.put(item)
     else:
         for chunk in _chunks(items, batch):
             await q.put_many(chunk)
+
+
+async def _run_async(q: Queue[Any], items: Sequence[Any], batch: int,
+                     producers: int) -> tuple[float, float, dict[str, Any]]:
+    n = len(items)
+    start = time.perf_counter()
+    await asyncio.gather(*(_put_all_async(q, items[i::producers], batch)
+                           for i in range(producers)))
     await q.flush()
     put_seconds = time.perf_counter() - start
     stats = q.stats
@@ -165,10 +199,11 @@ async def _run_async(q: Queue[Any], items: Sequence[Any], batch: int) -> tuple[f
 
 def run_bench(target: str | None = None, *, engine: str = "sqlite", durability: str = "commit",
               items: int = 10_000, size: int = 100, batch: int = 1, serializer: str = "cbor",
-              compressor: str = "zstd", use_async: bool = False,
+              compressor: str = "zstd", use_async: bool = False, producers: int = 1,
               schema: str | None = None) -> BenchResult:
-    """Put ``items`` items of about ``size`` bytes (``batch`` at a time), then get them back,
-    through a throwaway queue; return the rates. ``target`` is a folder for the queue's
+    """Put ``items`` items of about ``size`` bytes (``batch`` at a time, shared among
+    ``producers`` threads or tasks), then get them back, through a throwaway queue; return
+    the rates. ``target`` is a folder for the queue's
     file (default: the system's temporary folder), ``":memory:"``, or a ``spoolq://`` or
     ``postgresql://`` URL, where a queue of a new name is used and purged afterwards
     (``schema`` names the PostgreSQL schema; default spoolq's own)."""
@@ -183,7 +218,7 @@ def run_bench(target: str | None = None, *, engine: str = "sqlite", durability: 
             async def main() -> tuple[float, float, dict[str, Any]]:
                 q = await Queue.create(path, name=name, **settings)
                 try:
-                    return await _run_async(q, work, batch)
+                    return await _run_async(q, work, batch, producers)
                 finally:
                     if engine_name in ("remote", "postgres"):
                         await q.purge()
@@ -193,7 +228,7 @@ def run_bench(target: str | None = None, *, engine: str = "sqlite", durability: 
         else:
             with SyncQueue.create(path, name=name, **settings) as sq:
                 try:
-                    put_s, get_s, stats = _run_sync(sq, work, batch)
+                    put_s, get_s, stats = _run_sync(sq, work, batch, producers)
                 finally:
                     if engine_name in ("remote", "postgres"):
                         sq.purge()
@@ -202,7 +237,7 @@ def run_bench(target: str | None = None, *, engine: str = "sqlite", durability: 
         target=target or tempfile.gettempdir(), engine=engine_name, durability=durability,
         serializer=serializer, compressor=compressor,
         api="Queue (asyncio)" if use_async else "SyncQueue", items=items,
-        item_bytes=size, batch=batch, put_seconds=round(put_s, 6),
+        item_bytes=size, batch=batch, producers=producers, put_seconds=round(put_s, 6),
         get_seconds=round(get_s, 6), put_per_second=round(items / put_s, 1),
         get_per_second=round(items / get_s, 1),
         ops_per_second=round(2 * items / (put_s + get_s), 1),
@@ -240,13 +275,16 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--compressor", type=click.Choice(sorted(COMPRESSORS)), default="zstd",
               show_default=True)
 @click.option("--async", "use_async", is_flag=True,
-              help="Use the asyncio Queue (one task) instead of SyncQueue.")
+              help="Use the asyncio Queue instead of SyncQueue.")
+@click.option("--producers", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Threads (tasks with --async) sharing the puts; their puts are written "
+                   "together (group commit).")
 @click.option("--schema", default=None, metavar="NAME",
               help="PostgreSQL schema, for a postgresql:// TARGET (default: spoolq).")
 @json_option()
 def bench(target: str | None, engine: str | None, durability: str, items: int, size: int,
-          batch: int, serializer: str, compressor: str, use_async: bool, schema: str | None,
-          as_json: bool) -> None:
+          batch: int, serializer: str, compressor: str, use_async: bool, producers: int,
+          schema: str | None, as_json: bool) -> None:
     """Put N items into a throwaway queue and get them back; print the rates.
 
     TARGET is a folder to hold the queue's file (default: the system's
@@ -262,12 +300,14 @@ def bench(target: str | None, engine: str | None, durability: str, items: int, s
         raise click.UsageError("--schema applies to a postgresql:// TARGET only")
     result = run_bench(target, engine=engine or "sqlite", durability=durability, items=items,
                        size=size, batch=batch, serializer=serializer, compressor=compressor,
-                       use_async=use_async, schema=schema)
+                       use_async=use_async, producers=producers, schema=schema)
     state = CliState()
     if as_json:
         state.print_json(asdict(result))
         return
     how = "one at a time" if batch == 1 else f"in batches of {batch}"
+    if producers > 1:
+        how += f", {producers} {'tasks' if use_async else 'threads'} putting"
     state.line(f"spoolq bench: {result.api} on the {result.engine} engine, durability "
                f"{durability}, {items:,} items of {size:,} B as JSON, {how} "
                f"({serializer} + {compressor})")
