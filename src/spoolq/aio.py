@@ -186,8 +186,7 @@ class Queue(QueueViews, Generic[T]):
             await self._put(records, sizes, timeout)
 
     async def _put(self, records: list[bytes], sizes: list[int], timeout: float | None) -> None:
-        if self._shutdown or self._core.settings.maxsize > 0:
-            await self._wait_for_room(len(records), self._deadline(timeout))
+        await self._wait_for_room(len(records), timeout)
         if self._inline:
             self._core.put_now(records, sizes)
             return
@@ -220,9 +219,12 @@ class Queue(QueueViews, Generic[T]):
         if errors:
             raise errors[0]
 
-    async def _wait_for_room(self, n: int, deadline: float | None) -> None:
+    async def _wait_for_room(self, n: int, timeout: float | None) -> None:
         core = self._core
         maxsize = core.settings.maxsize
+        if maxsize <= 0 and not self._shutdown:
+            return  # never full: no wait, and the timeout is not read
+        deadline = self._deadline(timeout)
         while True:
             if self._shutdown:
                 raise QueueShutDown("the queue is shut down")

@@ -130,8 +130,7 @@ class SyncQueue(QueueViews, Generic[T]):
         """
         core = self._core
         records, sizes = core.encode_one(item)
-        if self._shutdown or core.settings.maxsize > 0:
-            self._wait_for_room(1, block, timeout)
+        self._wait_for_room(1, block, timeout)
         core.put_now(records, sizes)
 
     def put_nowait(self, item: T) -> None:
@@ -147,8 +146,7 @@ class SyncQueue(QueueViews, Generic[T]):
         core = self._core
         records, sizes = core.encode(items)
         if records:
-            if self._shutdown or core.settings.maxsize > 0:
-                self._wait_for_room(len(records), block, timeout)
+            self._wait_for_room(len(records), block, timeout)
             core.put_now(records, sizes)
 
     def flush(self) -> None:
@@ -160,6 +158,8 @@ class SyncQueue(QueueViews, Generic[T]):
 
     def _wait_for_room(self, n: int, block: bool, timeout: float | None) -> None:
         maxsize = self._core.settings.maxsize
+        if maxsize <= 0 and not self._shutdown:
+            return  # never full: no wait, and (as in queue.Queue) the timeout is not read
         deadline = self._deadline(block, timeout)
         while True:
             if self._shutdown:
