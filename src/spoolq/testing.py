@@ -153,6 +153,24 @@ class EngineConformance:
             == _recs(2)
         assert [r.data for r in engine.take("q", 5, self.NOW + 11, None)] == _recs(1)
 
+    def test_released_delayed_and_new_records_interleave_by_id(self, engine: Engine) -> None:
+        self._put(engine, 1, 2, 3, 4)
+        held = engine.take("q", 3, self.NOW, Lease("me", self.NOW + 30))  # 1, 2, 3
+        self._put(engine, 5, 6)
+        engine.release("q", [(held[2].id, 1)], "me", not_before=0.0, max_attempts=None)
+        engine.release("q", [(held[0].id, 1)], "me", not_before=self.NOW + 10,
+                       max_attempts=None)
+        assert [r.data for r in engine.peek("q", 10)] == _recs(1, 3, 4, 5, 6)
+        assert [r.data for r in engine.peek("q", 2, 1)] == _recs(3, 4)
+        assert engine.counts("q").ready == 5
+        assert [r.data for r in engine.take("q", 1, self.NOW, None)] == _recs(3)
+        assert [r.data for r in engine.take("q", 2, self.NOW, None)] == _recs(4, 5)
+        engine.release("q", [(held[1].id, 1)], "me", not_before=0.0, max_attempts=None)
+        self._put(engine, 7)
+        assert [r.data for r in engine.take("q", 10, self.NOW, None)] == _recs(2, 6, 7)
+        assert [r.data for r in engine.take("q", 10, self.NOW + 11, None)] == _recs(1)
+        assert engine.counts("q") == (0, 0, 0, 0)
+
     def test_release_without_counting_undoes_the_attempt(self, engine: Engine) -> None:
         self._put(engine, 1)
         (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))

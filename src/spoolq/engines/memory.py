@@ -8,8 +8,11 @@ in-memory queue.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice, repeat
+from operator import attrgetter
 
 from .base import (
     Counts,
@@ -39,10 +42,19 @@ class _Entry:
     reason: str | None = None
 
 
+_data, _raw_size = attrgetter("data"), attrgetter("raw_size")
+_fields = attrgetter("data", "raw_size", "attempts", "enqueued_at", "reason")
+
+
 @dataclass(slots=True)
 class _Queue:
     entries: dict[int, _Entry] = field(default_factory=dict)
-    ready: list[int] = field(default_factory=list)  # a heap of the ids of ready entries
+    # The ids of ready entries are in one of two places: `fresh`, in increasing order, entries
+    # never leased nor delayed (new ids only ever grow, so appends go there), or the heap `back`
+    # (records put back at their old place: released, expired, restored, loaded with a delay).
+    # The next ready id is the smaller of both heads.
+    fresh: deque[int] = field(default_factory=deque)
+    back: list[int] = field(default_factory=list)
     leased: int = 0
     stored_bytes: int = 0
     raw_bytes: int = 0
@@ -67,8 +79,16 @@ class MemoryEngine:
         return q
 
     def _add(self, q: _Queue, ident: int, entry: _Entry) -> None:
+        """Add a ready entry under a new id (greater than any id the engine gave before)."""
         q.entries[ident] = entry
-        heapq.heappush(q.ready, ident)
+        q.fresh.append(ident)
+        q.stored_bytes += len(entry.data)
+        q.raw_bytes += entry.raw_size
+
+    def _put_back(self, q: _Queue, ident: int, entry: _Entry) -> None:
+        """Add a ready entry under an id it had before, so at its old place in the order."""
+        q.entries[ident] = entry
+        heapq.heappush(q.back, ident)
         q.stored_bytes += len(entry.data)
         q.raw_bytes += entry.raw_size
 
@@ -88,10 +108,14 @@ class MemoryEngine:
             self._next_id = first + 1
             self._add(q, first, _Entry(records[0], raw_sizes[0], 0, now))
             return [first]
-        ids = range(first, first + len(records))
+        k = len(records)
+        ids = range(first, first + k)
         self._next_id = ids.stop
-        for ident, data, raw in zip(ids, records, raw_sizes, strict=True):
-            self._add(q, ident, _Entry(data, raw, 0, now))
+        entries = map(_Entry, records, raw_sizes, repeat(0, k), repeat(now, k))
+        q.entries.update(zip(ids, entries, strict=True))
+        q.fresh.extend(ids)
+        q.stored_bytes += sum(map(len, records))
+        q.raw_bytes += sum(raw_sizes)
         return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
@@ -99,32 +123,53 @@ class MemoryEngine:
         out: list[StoredRecord] = []
         hidden: list[int] = []
         new_record = tuple.__new__
-        ready, entries = q.ready, q.entries
-        while ready and len(out) < n:
-            ident = heapq.heappop(ready)
+        fresh, back, entries = q.fresh, q.back, q.entries
+        popleft = fresh.popleft
+        if n > 1 and lease is None and not back:  # get_many: the oldest fresh records, all visible
+            ids = [popleft() for _ in range(min(n, len(fresh)))]
+            taken = list(map(entries.pop, ids))
+            q.stored_bytes -= sum(map(len, map(_data, taken)))
+            q.raw_bytes -= sum(map(_raw_size, taken))
+            return [new_record(StoredRecord, (ident, *_fields(entry)))
+                    for ident, entry in zip(ids, taken, strict=True)]
+        heappop = heapq.heappop
+        stored = raw = 0
+        while len(out) < n:
+            if back and (not fresh or back[0] < fresh[0]):
+                ident = heappop(back)
+            elif fresh:
+                ident = popleft()
+            else:
+                break
             entry = entries[ident]
             if entry.visible_at > now:
                 hidden.append(ident)
                 continue
             if lease is None:
-                self._drop(q, ident)
+                del entries[ident]
+                stored += len(entry.data)
+                raw += entry.raw_size
             else:
                 entry.attempts += 1
                 entry.owner, entry.visible_at = lease.owner, lease.until
-                q.leased += 1
             # tuple.__new__: StoredRecord(...) without the generated __new__, half the cost
             out.append(new_record(StoredRecord, (ident, entry.data, entry.raw_size,
                                                  entry.attempts, entry.enqueued_at,
                                                  entry.reason)))
+        if lease is None:
+            q.stored_bytes -= stored
+            q.raw_bytes -= raw
+        else:
+            q.leased += len(out)
         for ident in hidden:
-            heapq.heappush(ready, ident)
+            heapq.heappush(back, ident)
         return out
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         q = self._q(queue)
         for rec in records:
-            self._add(q, rec.id, _Entry(rec.data, rec.raw_size, rec.attempts, rec.enqueued_at,
-                                        reason=rec.reason))
+            self._put_back(q, rec.id, _Entry(rec.data, rec.raw_size, rec.attempts,
+                                             rec.enqueued_at, reason=rec.reason))
 
     def _held(self, q: _Queue, ident: int, attempts: int, owner: str | None) -> _Entry | None:
         entry = q.entries.get(ident)
@@ -159,7 +204,7 @@ class MemoryEngine:
             self._next_id += 1
             return
         entry.visible_at = not_before
-        heapq.heappush(q.ready, ident)
+        heapq.heappush(q.back, ident)
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
@@ -189,7 +234,9 @@ class MemoryEngine:
         q = self._queues.get(queue)
         if q is None:
             return []
-        ids = heapq.nsmallest(offset + n, q.ready)[offset:]
+        end = offset + n
+        ids = list(islice(heapq.merge(islice(q.fresh, end), heapq.nsmallest(end, q.back)),
+                          offset, end))
         return [StoredRecord(i, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason)
                 for i in ids for e in (q.entries[i],)]
 
@@ -208,7 +255,7 @@ class MemoryEngine:
         q = self._queues.get(queue)
         if q is None:
             return Counts(0, 0, 0, 0)
-        return Counts(len(q.ready), q.leased, q.stored_bytes, q.raw_bytes)
+        return Counts(len(q.fresh) + len(q.back), q.leased, q.stored_bytes, q.raw_bytes)
 
     def owners(self, queue: str) -> dict[str, int]:
         held: dict[str, int] = {}
@@ -221,14 +268,15 @@ class MemoryEngine:
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
         s, d = self._q(src), self._q(dst)
         wanted = None if ids is None else set(ids)
-        chosen = sorted(i for i in s.ready if wanted is None or i in wanted)
+        chosen = sorted(i for i in chain(s.fresh, s.back) if wanted is None or i in wanted)
         for ident in chosen:
             entry = self._drop(s, ident)
             self._add(d, self._next_id, _Entry(entry.data, entry.raw_size, 0, entry.enqueued_at))
             self._next_id += 1
         if chosen:
-            s.ready = [i for i in s.ready if i in s.entries and s.entries[i].owner is None]
-            heapq.heapify(s.ready)
+            s.fresh = deque(i for i in s.fresh if i in s.entries)
+            s.back = [i for i in s.back if i in s.entries]
+            heapq.heapify(s.back)
         return len(chosen)
 
     def purge(self, queue: str) -> int:
@@ -271,9 +319,12 @@ class MemoryEngine:
                 q.entries[ident] = entry
                 q.stored_bytes += len(data)
                 q.raw_bytes += raw_size
-                if owner is None:
-                    q.ready.append(ident)
-                else:
+                if owner is not None:
                     q.leased += 1
-            heapq.heapify(q.ready)
+                elif visible > 0:
+                    q.back.append(ident)
+                else:
+                    q.fresh.append(ident)
+            q.fresh = deque(sorted(q.fresh))
+            heapq.heapify(q.back)
         return engine
