@@ -97,6 +97,50 @@ def test_buffer_is_flushed_on_close(disk_path: str) -> None:
         assert q.get_many(None) == ["x", "y"]
 
 
+def test_buffer_hands_out_unwritten_puts_when_the_file_holds_none(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path))
+    with SyncQueue.create(disk_path, engine=engine, durability="buffer",  # type: ignore[arg-type]
+                          flush_items=3, flush_interval=3600) as q:
+        q.put_many(["a", "b"])
+        assert q.get() == "a"  # the file is empty: taken from the buffer, never written
+        assert q.qsize() == 1
+        q.put("c")
+        q.put("d")  # three pending: the flush writes what is left of the buffer
+        assert engine.appends == [3]
+        q.put("e")
+        assert q.get_many(None) == ["b", "c", "d", "e"]  # the file's records come first
+        assert engine.appends == [3, 1]
+        q.put("f")
+        assert q.get() == "f"
+        q.flush()
+        assert engine.appends == [3, 1]  # nothing left to write, not even an empty batch
+        stats = q.stats
+        assert (stats["puts"], stats["gets"], stats["count"], stats["raw_size_bytes"]) \
+            == (6, 6, 0, 0)
+    with SyncQueue.create(disk_path) as q:
+        assert q.qsize() == 0
+
+
+async def test_async_buffer_gets_skip_the_file_and_give_back_in_order(disk_path: str) -> None:
+    engine = CountingEngine(open_engine(disk_path))
+    async with await Queue.create(disk_path, engine=engine,  # type: ignore[arg-type]
+                                  durability="buffer", flush_interval=3600) as q:
+        for i in range(50):
+            await q.put(i)
+            assert await q.get() == i
+        assert engine.appends == []
+        await q.put_many(["x", "y"])
+        waiting = asyncio.create_task(q.get_many(5))  # takes both, waits for three more
+        await asyncio.sleep(0.05)
+        assert q.qsize() == 0
+        waiting.cancel()
+        deadline = time.monotonic() + 5
+        while q.qsize() != 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert await q.get_many(2) == ["x", "y"]
+        assert engine.appends == []
+
+
 BUFFERED = textwrap.dedent("""
     import sys, spoolq
     q = spoolq.SyncQueue.create(sys.argv[1], durability="buffer", flush_items=10,

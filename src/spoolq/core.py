@@ -31,7 +31,11 @@ from .owners import new_owner, owner_is_dead
 from .settings import Settings, stored_codec
 from .zdict import MissingDictionary, load_dictionaries, train_dictionary
 
-__all__ = ["QueueCore"]
+__all__ = ["UNWRITTEN", "QueueCore"]
+
+UNWRITTEN = -1
+"""The id of a record handed out from the buffer of durability "buffer" before it was
+written (no engine gives negative ids)."""
 
 log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
@@ -349,6 +353,12 @@ class QueueCore:
         with self.lock:
             self._check_open()
             if self.group.pending():
+                if ttl is None and self.buffered:
+                    if self.refresh_due():
+                        self._refresh_locked()
+                    if self._buffer_serves():
+                        recs = self._take_from_buffer(n)
+                        return self._decode_taken(recs, False)
                 self.flush()
             now = time.time()
             if self._counts.leased:  # only leases can expire: spare the call when none are out
@@ -371,6 +381,42 @@ class QueueCore:
                 leased += k
             self._counts = _new_counts(ready, leased, stored, raw)
         return self._decode_taken(recs, lease is not None)
+
+    def take_buffered(self, n: int) -> list[Taken] | None:
+        """Like :meth:`take` without a lease, served from the buffer of durability
+        "buffer" and never calling the engine; None when that cannot be done at once
+        (see :meth:`_buffer_serves`, or another thread holds the queue's lock)."""
+        if not self.buffered or not self.group.pending() or not self.lock.acquire(False):
+            return None
+        try:
+            if self.closed or self.refresh_due() or not self._buffer_serves():
+                return None
+            recs = self._take_from_buffer(n)
+        finally:
+            self.lock.release()
+        return self._decode_taken(recs, False)
+
+    def _buffer_serves(self) -> bool:
+        """Whether the next get may take this handle's oldest unflushed put: the file had
+        no ready and no leased record when its counts were read (the caller makes sure
+        that was less than a poll interval ago). Buffered records then come next in FIFO
+        order, so they go to the consumer without being written at all."""
+        ready, leased, _, _ = self._counts
+        return not ready and not leased and self.group.pending() > 0
+
+    def _take_from_buffer(self, n: int) -> list[StoredRecord]:
+        records, sizes, tickets = self.group.take_front(n)
+        self._settle_pending(records, sizes, lost=False)
+        for ticket in tickets:  # every record they stood for went to a consumer
+            ticket.done = True
+        if tickets and self.on_settled is not None:
+            self.on_settled(tickets)
+        k = len(records)
+        self.counters["puts"] += k
+        self.counters["gets"] += k
+        now = time.time()
+        return [StoredRecord(UNWRITTEN, data, size, 0, now) for data, size in
+                zip(records, sizes, strict=True)]
 
     def _decode_one(self, rec: StoredRecord) -> Any:
         try:
@@ -423,10 +469,25 @@ class QueueCore:
                 self.engine.release(self.name, [(r.id, r.attempts) for r in recs], self.owner,
                                     not_before=0.0, max_attempts=None, count_attempt=False)
             else:
-                self.engine.restore(self.name, recs)
-                self.counters["gets"] -= len(recs)
+                self._restore(recs)
             self._refresh_locked()
         self._notify()
+
+    def _restore(self, recs: list[StoredRecord]) -> None:
+        """Give back removed records: written ones to the engine, at their old place;
+        ones taken from the buffer back to its front."""
+        written = [r for r in recs if r.id != UNWRITTEN]
+        if written:
+            self.engine.restore(self.name, written)
+        unwritten = [r for r in recs if r.id == UNWRITTEN]
+        if unwritten:
+            records, sizes = [r.data for r in unwritten], [r.raw_size for r in unwritten]
+            self.group.put_back(records, sizes)
+            with self._tally:
+                stored, raw = self._pending_bytes
+                self._pending_bytes = (stored + sum(map(len, records)), raw + sum(sizes))
+            self.counters["puts"] -= len(unwritten)
+        self.counters["gets"] -= len(recs)
 
     @staticmethod
     def items(taken: Sequence[Taken]) -> list[Any]:

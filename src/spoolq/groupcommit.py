@@ -48,6 +48,17 @@ class GroupCommit:
             self._records[:0] = records
             self._sizes[:0] = sizes
 
+    def take_front(self, n: int) -> tuple[list[bytes], list[int], list[Ticket]]:
+        """Remove and return the first ``n`` pending records. Their tickets stay for the
+        next flush, unless no record is left: then they are removed and returned too."""
+        with self._lock:
+            records, sizes = self._records[:n], self._sizes[:n]
+            del self._records[:n], self._sizes[:n]
+            tickets: list[Ticket] = []
+            if not self._records:
+                tickets, self._tickets = self._tickets, []
+            return records, sizes, tickets
+
     def take_all(self) -> tuple[list[bytes], list[int], list[Ticket]]:
         with self._lock:
             taken = self._records, self._sizes, self._tickets
