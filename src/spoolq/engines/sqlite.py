@@ -22,6 +22,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain, repeat
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
@@ -54,10 +55,19 @@ _ALLOCATE = """UPDATE spoolq_queues SET last_seq = last_seq + ?1, ready = ready 
 _COUNTS = """UPDATE spoolq_queues SET ready = ready + ?, leased = leased + ?,
     stored_bytes = stored_bytes + ?, raw_bytes = raw_bytes + ? WHERE name = ?"""
 _INSERT = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data) VALUES (?, ?, ?, ?)"""
+# A batch goes in as multi-row INSERTs of these sizes, largest first: a third less time per
+# row than executemany's one row per step, with a fixed handful of statements to cache.
+_ROWS_PER_INSERT = (64, 16, 4, 1)
+_INSERT_ROWS = {k: _INSERT + ", (?, ?, ?, ?)" * (k - 1) for k in _ROWS_PER_INSERT}
 _COLUMNS = "id, data, raw_size, attempts, enqueued_at, reason"
 _READY = """SELECT id FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?
     ORDER BY id LIMIT ?"""
-_REMOVE = "DELETE FROM spoolq_records WHERE id IN (" + _READY + ") RETURNING " + _COLUMNS
+_READY_ROWS = ("SELECT " + _COLUMNS + """ FROM spoolq_records
+    WHERE id BETWEEN ? AND ? AND visible_at <= ? ORDER BY id LIMIT ?""")
+# The first n ready rows are every ready row from the first one to the last one: deleting
+# that range with the same filter removes exactly them (a quarter faster than a DELETE of
+# the _READY selection with RETURNING).
+_REMOVE_RANGE = "DELETE FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?"
 _LEASE_COPY = """INSERT INTO spoolq_leased
     (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
     SELECT id, ?, ?, attempts + 1, enqueued_at, raw_size, reason, data FROM spoolq_records
@@ -236,7 +246,9 @@ class SQLiteEngine:
 
     @staticmethod
     def _records(rows: list[tuple[Any, ...]]) -> list[StoredRecord]:
-        return [StoredRecord(r[0] & _MASK, *r[1:]) for r in sorted(rows)]
+        new = tuple.__new__  # StoredRecord(...) without the generated __new__
+        return [new(StoredRecord, (i & _MASK, data, raw, attempts, at, reason))
+                for i, data, raw, attempts, at, reason in sorted(rows)]
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -263,8 +275,15 @@ class SQLiteEngine:
             return last
         base, last = self._allocate(conn, queue, n, sum(map(len, records)), sum(raw_sizes))
         first = base | (last - n + 1)
-        conn.executemany(_INSERT, [(first + i, now, raw, data) for i, (data, raw)
-                                   in enumerate(zip(records, raw_sizes, strict=True))])
+        pos = 0
+        for k in _ROWS_PER_INSERT:
+            sql = _INSERT_ROWS[k]
+            while n - pos >= k:
+                end = pos + k
+                conn.execute(sql, list(chain.from_iterable(zip(
+                    range(first + pos, first + end), repeat(now, k), raw_sizes[pos:end],
+                    records[pos:end], strict=True))))
+                pos = end
         return last
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
@@ -275,8 +294,12 @@ class SQLiteEngine:
               lease: Lease | None) -> list[tuple[Any, ...]]:
         lo, hi = self._range(conn, queue)
         if lease is None:
-            rows = conn.execute(_REMOVE, (lo, hi, now, n)).fetchall()
+            rows = conn.execute(_READY_ROWS, (lo, hi, now, n)).fetchall()
             if rows:
+                removed = conn.execute(_REMOVE_RANGE, (rows[0][0], rows[-1][0], now)).rowcount
+                if removed != len(rows):
+                    raise EngineError(f"{self.path}: a take read {len(rows)} records but "
+                                      f"would remove {removed}")
                 conn.execute(_COUNTS, (-len(rows), 0, -sum(len(r[1]) for r in rows),
                                        -sum(r[2] for r in rows), queue))
             return rows
