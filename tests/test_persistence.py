@@ -104,6 +104,33 @@ def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
         SyncQueue.create(path)
 
 
+def _page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+        return size
+    finally:
+        conn.close()
+
+
+def test_sqlite_file_with_another_page_size_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+    assert _page_size(path) == 1024  # new files: small pages, short commits
+    conn = sqlite3.connect(path, isolation_level=None)  # as a file made with SQLite's default
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    assert _page_size(path) == 4096
+    with SyncQueue.create(path) as q:
+        q.put("c")
+        assert q.get_many(None) == ["a", "b", "c"]
+    assert _page_size(path) == 4096
+
+
 def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     with SyncQueue.create(path) as q:

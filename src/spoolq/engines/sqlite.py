@@ -82,6 +82,11 @@ _HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
                            FROM json_each(?))"""
 _IN_JSON = "(SELECT value FROM json_each(?))"
 _MIN_SQLITE = (3, 35, 0)
+# Pages of a new file. Each commit writes its changed pages to the WAL whole, and a put or a
+# get changes two (a records leaf and the queue's counts): 1 KiB pages made one-at-a-time
+# puts and gets 25 to 50% faster than SQLite's default 4 KiB, and batches and 4 KB records
+# no slower. A file keeps the page size it was created with.
+_PAGE_SIZE = 1024
 _SYNCHRONOUS = {
     "FULL": "PRAGMA synchronous = FULL",
     "NORMAL": "PRAGMA synchronous = NORMAL",
@@ -143,6 +148,7 @@ class SQLiteEngine:
         tables = {row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables and not self.read_only:
+            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
             tables = {row[0] for row in conn.execute(
