@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any
 
 from measurements import children, redis_servers, report
-from measurements.spec import WORKLOADS, ContestantSpec, Workload, select
+from measurements.spec import MEMORY_N_FACTOR, WORKLOADS, ContestantSpec, Workload, select
 
 log = logging.getLogger("measurements")
 
@@ -192,7 +192,8 @@ def header(
         "",
         f"- Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, {redis_version()}.",
-        f"- N per workload (some contestants are capped lower, see the N column): {ns}.",
+        f"- N per workload (in-memory contestants run {MEMORY_N_FACTOR}x N outside --quick, "
+        f"some slow peers are capped lower: see the N column): {ns}.",
         f"- Libraries: {', '.join(versions(specs))}.",
         "- Items: JSON-like dicts for contestants that take objects (serialization is "
         "timed), their JSON bytes for byte-only ones and JSON text for litequeue "
@@ -289,7 +290,7 @@ def _run_jobs(
             done += 1
             if spec.name in run.skipped:
                 continue
-            n = spec.cap(workload.name, workload_n(workload, args), args.quick)
+            n = spec.n_for(workload, workload_n(workload, args), args.quick)
             tmpdir = run.root / f"{done:05d}"
             params: dict[str, Any] = {"n": n, "tmpdir": str(tmpdir)}
             if spec.redis:
