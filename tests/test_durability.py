@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import spoolq
 from spoolq import Queue, SyncQueue
 from spoolq.engines import Engine, open_engine
@@ -121,7 +123,8 @@ def test_buffer_hands_out_unwritten_puts_when_the_file_holds_none(disk_path: str
         assert q.qsize() == 0
 
 
-async def test_async_buffer_gets_skip_the_file_and_give_back_in_order(disk_path: str) -> None:
+async def test_async_buffer_gets_skip_the_file_and_keep_fifo_on_give_back(
+        disk_path: str) -> None:
     engine = CountingEngine(open_engine(disk_path))
     async with await Queue.create(disk_path, engine=engine,  # type: ignore[arg-type]
                                   durability="buffer", flush_interval=3600) as q:
@@ -130,15 +133,62 @@ async def test_async_buffer_gets_skip_the_file_and_give_back_in_order(disk_path:
             assert await q.get() == i
         assert engine.appends == []
         await q.put_many(["x", "y"])
-        waiting = asyncio.create_task(q.get_many(5))  # takes both, waits for three more
+        # It waits for five: what it holds is written first, so a give-back keeps its place.
+        waiting = asyncio.create_task(q.get_many(5))
         await asyncio.sleep(0.05)
-        assert q.qsize() == 0
+        assert engine.appends == [2]
+        await q.put("z")
+        await q.flush()
         waiting.cancel()
-        deadline = time.monotonic() + 5
-        while q.qsize() != 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert await q.get_many(2) == ["x", "y"]
-        assert engine.appends == []
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await q.get_many(3) == ["x", "y", "z"]
+
+
+def test_buffer_give_back_after_a_later_flush_keeps_fifo(disk_path: str) -> None:
+    q: SyncQueue[str] = SyncQueue.create(disk_path, durability="buffer", flush_interval=3600)
+    q.put_many(["x", "y"])
+    outcome: list[object] = []
+
+    def getter() -> None:
+        try:
+            outcome.append(q.get_many(5))
+        except spoolq.QueueShutDown as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=getter)
+    thread.start()
+    time.sleep(0.2)  # it holds x and y and waits for three more
+    q.put("z")
+    q.flush()
+    q.close()  # shuts the getter down: it gives x and y back
+    thread.join(5)
+    assert isinstance(outcome[0], spoolq.QueueShutDown)
+    with SyncQueue.create(disk_path) as again:
+        assert again.get_many(None) == ["x", "y", "z"]
+
+
+def test_buffer_gets_older_items_another_handle_wrote_first(tmp_path: Path) -> None:
+    path = str(tmp_path / "two.sqlite")
+    with SyncQueue.create(path, durability="buffer", flush_interval=3600) as buffered, \
+            SyncQueue.create(path) as other:
+        assert buffered.qsize() == 0  # its counts: an empty file
+        other.put("x")
+        buffered.put("y")
+        assert buffered.get() == "x"
+        assert buffered.get() == "y"
+
+
+def test_purge_drops_the_buffer_and_its_sizes(disk_path: str) -> None:
+    with SyncQueue.create(disk_path, durability="buffer", flush_interval=3600) as q:
+        q.put("a" * 50)
+        q.put_many(["b", "c"])
+        assert q.purge() == 3
+        stats = q.stats
+        assert (stats["count"], stats["raw_size_bytes"], stats["compressed_size_bytes"]) \
+            == (0, 0, 0)
+        q.put("d")
+        assert q.get_many(None) == ["d"]
 
 
 BUFFERED = textwrap.dedent("""
@@ -234,9 +284,9 @@ def test_get_waits_quietly_while_only_delayed_items_exist(path: str) -> None:
         q.nack(q.lease(), delay=0.5)
         take = q._core.take
 
-        def counting_take(n: int, ttl: float | None) -> Any:
+        def counting_take(n: int, ttl: float | None, *, fill: bool = False) -> Any:
             engine_calls.append(n)
-            return take(n, ttl)
+            return take(n, ttl, fill=fill)
 
         q._core.take = counting_take  # type: ignore[method-assign]
         assert q.get(timeout=3) == "later"

@@ -261,13 +261,11 @@ class Queue(QueueViews, Generic[T]):
                 if core.ready_hint() > 0:
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
                     before = len(got)
-                    quick = None if leased else core.take_buffered(want)
-                    if quick is not None:
-                        got += quick
-                    elif self._inline:
-                        got += core.take(want, ttl)
+                    fill = wait_for_all and n is not None
+                    if self._inline:
+                        got += core.take(want, ttl, fill=fill)
                     else:
-                        fut = self._worker.submit(core.take, want, ttl,
+                        fut = self._worker.submit(partial(core.take, fill=fill), want, ttl,
                                                   undo=partial(self._give_back, leased))
                         try:
                             got += await fut
@@ -321,10 +319,9 @@ class Queue(QueueViews, Generic[T]):
         leaves the item in the queue.
         """
         core = self._core
-        if not self._shutdown and not self._closed and core.ready_hint() > 0:
-            # An item ready and no thread needed: an engine called on the loop (taken as
-            # get_nowait does) or an item still in the buffer of durability "buffer".
-            got = core.take(1, None) if self._inline else core.take_buffered(1)
+        if self._inline and not self._shutdown and not self._closed and core.ready_hint() > 0:
+            # An engine called on the loop with an item ready: take it as get_nowait does.
+            got = core.take(1, None)
             if got:
                 self._wake()
                 item: T = got[0][1]

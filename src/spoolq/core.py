@@ -343,8 +343,13 @@ class QueueCore:
                 self._refresh_locked()
                 self.counters["redelivered"] += released
 
-    def take(self, n: int, ttl: float | None) -> list[Taken]:
+    def take(self, n: int, ttl: float | None, *, fill: bool = False) -> list[Taken]:
         """Remove (ttl None) or lease up to n ready records and decode them; never waits.
+
+        ``fill`` says the caller waits for n records in all, holding what it took: then
+        buffered puts are handed out from memory only when they make up all n (see
+        :meth:`_buffer_serves`), so that records given back later never come after
+        records written in the meantime.
 
         A record that cannot be decoded (damaged, or written by a codec this
         queue does not have) is moved to the dead letters with the reason, and
@@ -352,10 +357,10 @@ class QueueCore:
         """
         with self.lock:
             self._check_open()
-            if self.group.pending():
-                if ttl is None and self.buffered:
-                    if self.refresh_due():
-                        self._refresh_locked()
+            pending = self.group.pending()
+            if pending:
+                if ttl is None and self.buffered and (not fill or pending >= n):
+                    self._refresh_locked(dead=False)
                     if self._buffer_serves():
                         recs = self._take_from_buffer(n)
                         return self._decode_taken(recs, False)
@@ -382,41 +387,31 @@ class QueueCore:
             self._counts = _new_counts(ready, leased, stored, raw)
         return self._decode_taken(recs, lease is not None)
 
-    def take_buffered(self, n: int) -> list[Taken] | None:
-        """Like :meth:`take` without a lease, served from the buffer of durability
-        "buffer" and never calling the engine; None when that cannot be done at once
-        (see :meth:`_buffer_serves`, or another thread holds the queue's lock)."""
-        if not self.buffered or not self.group.pending() or not self.lock.acquire(False):
-            return None
-        try:
-            if self.closed or self.refresh_due() or not self._buffer_serves():
-                return None
-            recs = self._take_from_buffer(n)
-        finally:
-            self.lock.release()
-        return self._decode_taken(recs, False)
-
     def _buffer_serves(self) -> bool:
-        """Whether the next get may take this handle's oldest unflushed put: the file had
-        no ready and no leased record when its counts were read (the caller makes sure
-        that was less than a poll interval ago). Buffered records then come next in FIFO
-        order, so they go to the consumer without being written at all."""
+        """Whether the next get may take this handle's oldest unflushed put: the file has
+        no ready and no leased record (the caller has just read its counts). Buffered
+        records then come next in FIFO order, so they go to the consumer without being
+        written at all: a read of the counts instead of two write transactions."""
         ready, leased, _, _ = self._counts
         return not ready and not leased and self.group.pending() > 0
 
     def _take_from_buffer(self, n: int) -> list[StoredRecord]:
         records, sizes, tickets = self.group.take_front(n)
         self._settle_pending(records, sizes, lost=False)
-        for ticket in tickets:  # every record they stood for went to a consumer
-            ticket.done = True
-        if tickets and self.on_settled is not None:
-            self.on_settled(tickets)
+        self._settle(tickets)  # every record they stood for went to a consumer
         k = len(records)
         self.counters["puts"] += k
         self.counters["gets"] += k
         now = time.time()
         return [StoredRecord(UNWRITTEN, data, size, 0, now) for data, size in
                 zip(records, sizes, strict=True)]
+
+    def _settle(self, tickets: list[Ticket]) -> None:
+        """Settle, without an error, tickets whose records no flush will write."""
+        for ticket in tickets:
+            ticket.done = True
+        if tickets and self.on_settled is not None:
+            self.on_settled(tickets)
 
     def _decode_one(self, rec: StoredRecord) -> Any:
         try:
@@ -579,13 +574,18 @@ class QueueCore:
     def purge(self, *, dead: bool = False) -> int:
         with self.lock:
             self._check_open()
+            tickets: list[Ticket] = []
+            buffered = 0
             if not dead:
-                self.group.take_all()
-            removed = self.engine.purge(self.dead_name if dead else self.name)
+                records, sizes, tickets = self.group.take_all()
+                self._settle_pending(records, sizes, lost=False)
+                buffered = len(records)
+            removed = self.engine.purge(self.dead_name if dead else self.name) + buffered
             self._refresh_locked()
             if not dead:
                 with self._tally:
                     self.unfinished = self._counts.leased
+        self._settle(tickets)
         return removed
 
     def close(self) -> None:

@@ -211,7 +211,7 @@ class SyncQueue(QueueViews, Generic[T]):
             if core.ready_hint() > 0:
                 want = max(core.ready_hint(), 1) if n is None else n - len(got)
                 before = len(got)
-                got += core.take(want, ttl)
+                got += core.take(want, ttl, fill=wait_for_all and block and n is not None)
                 if got and (not wait_for_all or n is None or len(got) >= n):
                     break
                 took_nothing = before == len(got)
