@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +207,28 @@ async def test_engine_work_stays_off_the_event_loop(disk_path: str) -> None:
         await q.put_many([b"x" * 1000] * 20000)
         task.cancel()
         assert ticks > 1, f"the loop was blocked for {time.monotonic() - start:.2f}s"
+
+
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+async def test_gets_cut_short_by_timeouts_keep_fifo(tmp_path: Path, durability: str) -> None:
+    # A get whose wait_for timed out while its take ran on the worker gives the records
+    # back; the next get must not be handed a newer record before them.
+    rnd = random.Random(7)
+    n = 600
+    got: list[int] = []
+    async with await Queue.create(str(tmp_path / "q.sqlite"), durability=durability,
+                                  flush_items=5, flush_interval=0.005) as q:
+        async def produce() -> None:
+            for i in range(n):
+                await q.put(i)
+                if rnd.random() < 0.3:
+                    await asyncio.sleep(rnd.choice([0, 0.001]))
+
+        async def consume() -> None:
+            while len(got) < n:
+                with contextlib.suppress(asyncio.TimeoutError, spoolq.Empty):
+                    got.extend(await asyncio.wait_for(q.get_many(rnd.randrange(1, 6)),
+                                                      rnd.choice([0.0005, 0.003])))
+
+        await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
+    assert got == list(range(n))

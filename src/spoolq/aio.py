@@ -67,6 +67,7 @@ class Queue(QueueViews, Generic[T]):
         self._immediate = False
         self._closed = False
         self._takers = 0
+        self._unsettled = 0  # cancelled takes whose records have not come back yet
         self._inline = bool(getattr(core.engine, "inline", False))
         ref = weakref.ref(self)
 
@@ -104,17 +105,20 @@ class Queue(QueueViews, Generic[T]):
                             compress_threshold=compress_threshold)
         worker = Worker(asyncio.get_running_loop(), f"spoolq-{name}")
 
-        def abandon(core: QueueCore) -> None:
-            worker.post(core.close)
+        def abandon(core: QueueCore | None) -> None:
+            if core is not None:
+                worker.post(core.close)
             worker.stop()
 
+        opening = worker.submit(
+            partial(QueueCore.open, path, engine=engine, serializer=serializer,
+                    compressor=compressor, settings=settings,
+                    engine_options=engine_options), undo=abandon)
         try:
-            core = await worker.submit(
-                partial(QueueCore.open, path, engine=engine, serializer=serializer,
-                        compressor=compressor, settings=settings,
-                        engine_options=engine_options), undo=abandon)
+            core = await opening
         except BaseException:
-            worker.stop()
+            if not opening.cancelled():  # else abandon() closes it once the open ends
+                worker.stop()
             raise
         return cls(core, worker)
 
@@ -238,9 +242,17 @@ class Queue(QueueViews, Generic[T]):
 
     # ---- getting ------------------------------------------------------------------------
 
-    def _give_back(self, leased: bool, recs: list[Taken]) -> None:
+    def _give_back(self, leased: bool, recs: list[Taken] | None) -> None:
         if recs:
             self._worker.post(self._core.restore, recs, leased)
+
+    def _take_undone(self, leased: bool, recs: list[Taken] | None) -> None:
+        """What a take whose caller was cancelled took arrives: give it back, then let
+        the takes that waited for it go (their jobs then run after the give-back)."""
+        self._unsettled -= 1
+        self._give_back(leased, recs)
+        if not self._unsettled:
+            self._wake()
 
     async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
                     wait_for_all: bool = False) -> list[Taken]:
@@ -265,12 +277,18 @@ class Queue(QueueViews, Generic[T]):
                     if self._inline:
                         got += core.take(want, ttl, fill=fill)
                     else:
+                        while self._unsettled and not self._closed and not self._immediate:
+                            # A cancelled take's records are on their way back: take after
+                            # them, or a newer record would be handed out first.
+                            await self._wait(None, lambda: not self._unsettled)
                         fut = self._worker.submit(partial(core.take, fill=fill), want, ttl,
-                                                  undo=partial(self._give_back, leased))
+                                                  undo=partial(self._take_undone, leased))
                         try:
                             got += await fut
                         except asyncio.CancelledError:
-                            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                            if fut.cancelled():
+                                self._unsettled += 1  # _take_undone will see its result
+                            elif fut.exception() is None:
                                 self._give_back(leased, fut.result())
                             raise
                     if got and (not wait_for_all or n is None or len(got) >= n):

@@ -4,7 +4,7 @@ Results travel back to the event loop with ``call_soon_threadsafe``, batched:
 one wake-up of the loop carries every result finished since the last one. The
 thread holds no reference to the queue object, so an unclosed queue can still
 be collected. A result whose waiter was cancelled is handed to the job's
-``undo`` callback instead of being dropped.
+``undo`` callback instead of being dropped (``None`` when the call failed).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ _Done = tuple["asyncio.Future[Any]", Any, "BaseException | None", "Callable[[Any
 def _deliver(done: list[_Done]) -> None:
     for fut, result, error, undo in done:
         if fut.cancelled():
-            if error is None and undo is not None:
-                undo(result)
+            if undo is not None:
+                undo(result if error is None else None)
         elif error is not None:
             fut.set_exception(error)
         else:
@@ -83,11 +83,11 @@ class Worker:
         self._thread.start()
 
     def submit(self, fn: Callable[..., R], *args: Any,
-               undo: Callable[[R], None] | None = None) -> asyncio.Future[R]:
+               undo: Callable[[R | None], None] | None = None) -> asyncio.Future[R]:
         """Run ``fn(*args)`` on the thread; the future resolves on the loop.
 
         If the future is cancelled before the result arrives, ``undo(result)``
-        is called on the loop instead.
+        is called on the loop instead, or ``undo(None)`` if the call raised.
         """
         fut: asyncio.Future[R] = self.loop.create_future()
         self._jobs.put((fn, args, fut, undo))
