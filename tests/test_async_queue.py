@@ -232,3 +232,49 @@ async def test_gets_cut_short_by_timeouts_keep_fifo(tmp_path: Path, durability: 
 
         await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
     assert got == list(range(n))
+
+
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+async def test_close_after_a_cancelled_get_keeps_its_item(tmp_path: Path,
+                                                           durability: str) -> None:
+    path = str(tmp_path / "q.sqlite")
+    for _ in range(10):
+        q = await Queue.create(path, durability=durability)
+        await q.put_many(["a", "b"])
+        getting = asyncio.create_task(q.get())
+        await asyncio.sleep(0)  # its take is on the worker
+        getting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await getting
+        await q.aclose()
+        with spoolq.SyncQueue.create(path) as again:
+            left = again.get_many(None, block=False)
+        assert left in (["a", "b"], ["b"]) and (left == ["a", "b"]) == getting.cancelled()
+
+
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+async def test_memory_queue_give_back_comes_before_a_newer_item(durability: str) -> None:
+    for _ in range(20):
+        async with await Queue.create(":memory:", durability=durability) as q:
+            await q.put("a")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(q.get_many(2), 0.01)  # holds a, waits, is cancelled
+            await q.put("b")
+            assert [await q.get(), await q.get()] == ["a", "b"]
+
+
+async def test_immediate_shutdown_ends_a_get_waiting_for_a_give_back(disk_path: str) -> None:
+    path = disk_path
+    async with await Queue.create(path) as q:
+        await q.put_many(["a", "b"])
+        first = asyncio.create_task(q.get())
+        await asyncio.sleep(0)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        second = asyncio.create_task(q.get())
+        q.shutdown(immediate=True)
+        with pytest.raises(spoolq.QueueShutDown):
+            await second
+    with spoolq.SyncQueue.create(path) as again:
+        assert again.get_many(None, block=False)[-1] == "b"

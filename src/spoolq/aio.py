@@ -243,16 +243,32 @@ class Queue(QueueViews, Generic[T]):
     # ---- getting ------------------------------------------------------------------------
 
     def _give_back(self, leased: bool, recs: list[Taken] | None) -> None:
-        if recs:
+        if not recs:
+            return
+        if self._inline:  # before any later take, which also runs on the loop
+            self._core.restore(recs, leased)
+        else:
             self._worker.post(self._core.restore, recs, leased)
 
-    def _take_undone(self, leased: bool, recs: list[Taken] | None) -> None:
-        """What a take whose caller was cancelled took arrives: give it back, then let
-        the takes that waited for it go (their jobs then run after the give-back)."""
-        self._unsettled -= 1
+    def _take_undone(self, leased: bool, state: list[bool], recs: list[Taken] | None) -> None:
+        """The result of a take whose caller was cancelled arrives: give it back, then let
+        the takes that waited for it go (their calls then run after the give-back).
+        ``state`` is ``[given back, counted in _unsettled]``, shared with the caller."""
+        state[0] = True
         self._give_back(leased, recs)
-        if not self._unsettled:
-            self._wake()
+        if state[1]:
+            self._unsettled -= 1
+            if not self._unsettled:
+                self._wake()
+
+    async def _settle_cancelled_takes(self) -> None:
+        """Wait until the records of cancelled takes are given back (a later take would
+        otherwise be handed newer records first)."""
+        while self._unsettled:
+            if self._immediate:
+                raise QueueShutDown("the queue is shut down")
+            self._check()
+            await self._wait(None, lambda: not self._unsettled)
 
     async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
                     wait_for_all: bool = False) -> list[Taken]:
@@ -273,21 +289,23 @@ class Queue(QueueViews, Generic[T]):
                 if core.ready_hint() > 0:
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
                     before = len(got)
-                    fill = wait_for_all and n is not None
                     if self._inline:
-                        got += core.take(want, ttl, fill=fill)
+                        got += core.take(want, ttl, fill=wait_for_all and n is not None)
                     else:
-                        while self._unsettled and not self._closed and not self._immediate:
-                            # A cancelled take's records are on their way back: take after
-                            # them, or a newer record would be handed out first.
-                            await self._wait(None, lambda: not self._unsettled)
-                        fut = self._worker.submit(partial(core.take, fill=fill), want, ttl,
-                                                  undo=partial(self._take_undone, leased))
+                        await self._settle_cancelled_takes()
+                        # No records from the buffer of durability "buffer": a cancelled
+                        # caller could only give them back behind records written since.
+                        state = [False, False]
+                        fut = self._worker.submit(
+                            partial(core.take, buffered=False), want, ttl,
+                            undo=partial(self._take_undone, leased, state))
                         try:
                             got += await fut
                         except asyncio.CancelledError:
                             if fut.cancelled():
-                                self._unsettled += 1  # _take_undone will see its result
+                                if not state[0]:  # _take_undone will give them back
+                                    state[1] = True
+                                    self._unsettled += 1
                             elif fut.exception() is None:
                                 self._give_back(leased, fut.result())
                             raise
@@ -350,12 +368,16 @@ class Queue(QueueViews, Generic[T]):
     def get_nowait(self) -> T:
         """Remove and return the oldest item; raise :class:`Empty` if none is ready.
 
-        It reads on the calling thread (one short engine transaction).
+        It reads on the calling thread (one short engine transaction). While items a
+        cancelled ``get`` took are on their way back it raises :class:`Empty` too: the
+        oldest item is not ready at that moment.
         """
         self._check()
         core = self._core
         if self._immediate or (self._shutdown and core.ready_hint() == 0):
             raise QueueShutDown("the queue is shut down")
+        if self._unsettled:
+            raise Empty("the oldest items are on their way back from a cancelled get")
         if core.ready_hint() == 0:
             core.refresh()
         recs = core.take(1, None) if core.ready_hint() else []
@@ -471,8 +493,8 @@ class Queue(QueueViews, Generic[T]):
         self.shutdown(immediate=True)
         self._closed = True
         deadline = time.monotonic() + 10.0
-        while self._takers and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # waiting gets give their items back first
+        while (self._takers or self._unsettled) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # waiting or cancelled gets give their items back first
         try:
             await self._worker.submit(self._core.close)
         finally:

@@ -343,13 +343,15 @@ class QueueCore:
                 self._refresh_locked()
                 self.counters["redelivered"] += released
 
-    def take(self, n: int, ttl: float | None, *, fill: bool = False) -> list[Taken]:
+    def take(self, n: int, ttl: float | None, *, fill: bool = False,
+             buffered: bool = True) -> list[Taken]:
         """Remove (ttl None) or lease up to n ready records and decode them; never waits.
 
-        ``fill`` says the caller waits for n records in all, holding what it took: then
-        buffered puts are handed out from memory only when they make up all n (see
-        :meth:`_buffer_serves`), so that records given back later never come after
-        records written in the meantime.
+        With durability "buffer", unflushed puts may be handed out from memory (see
+        :meth:`_buffer_serves`) unless ``buffered`` is false. ``fill`` says the caller
+        waits for n records in all, holding what it took: then that happens only when the
+        buffer makes up all n, so that records given back later never come after records
+        written in the meantime.
 
         A record that cannot be decoded (damaged, or written by a codec this
         queue does not have) is moved to the dead letters with the reason, and
@@ -359,7 +361,7 @@ class QueueCore:
             self._check_open()
             pending = self.group.pending()
             if pending:
-                if ttl is None and self.buffered and (not fill or pending >= n):
+                if ttl is None and self.buffered and buffered and (not fill or pending >= n):
                     self._refresh_locked(dead=False)
                     if self._buffer_serves():
                         recs = self._take_from_buffer(n)
