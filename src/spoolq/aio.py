@@ -118,6 +118,8 @@ class Queue(QueueViews, Generic[T]):
             core = await opening
         except BaseException:
             if not opening.cancelled():  # else abandon() closes it once the open ends
+                if opening.done() and opening.exception() is None:
+                    worker.post(opening.result().close)  # opened, then the caller cancelled
                 worker.stop()
             raise
         return cls(core, worker)
