@@ -278,3 +278,21 @@ async def test_immediate_shutdown_ends_a_get_waiting_for_a_give_back(disk_path: 
             await second
     with spoolq.SyncQueue.create(path) as again:
         assert again.get_many(None, block=False)[-1] == "b"
+
+
+async def test_get_nowait_after_a_cancelled_get_keeps_fifo(tmp_path: Path) -> None:
+    for i in range(20):
+        async with await Queue.create(str(tmp_path / f"q{i}.sqlite")) as q:
+            await q.put_many([1, 2, 3])
+            getting = asyncio.create_task(q.get())
+            await asyncio.sleep(0)  # its take is on the worker
+            getting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await getting
+            order = [] if getting.cancelled() else [getting.result()]
+            while len(order) < 3:
+                try:
+                    order.append(q.get_nowait())
+                except spoolq.Empty:  # the cancelled get's item is on its way back
+                    await asyncio.sleep(0.001)
+            assert order == [1, 2, 3]

@@ -249,8 +249,18 @@ class Queue(QueueViews, Generic[T]):
             return
         if self._inline:  # before any later take, which also runs on the loop
             self._core.restore(recs, leased)
-        else:
-            self._worker.post(self._core.restore, recs, leased)
+            return
+        # Counted until the restore has run: get_nowait takes on the loop, not the worker.
+        self._unsettled += 1
+        self._worker.submit(self._core.restore, recs, leased).add_done_callback(self._restored)
+
+    def _restored(self, fut: asyncio.Future[None]) -> None:
+        self._unsettled -= 1
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("spoolq: queue %r: giving back taken records failed", self._core.name,
+                      exc_info=fut.exception())
+        if not self._unsettled:
+            self._wake()
 
     def _take_undone(self, leased: bool, state: list[bool], recs: list[Taken] | None) -> None:
         """The result of a take whose caller was cancelled arrives: give it back, then let
@@ -272,6 +282,27 @@ class Queue(QueueViews, Generic[T]):
             self._check()
             await self._wait(None, lambda: not self._unsettled)
 
+    async def _take_on_worker(self, n: int, ttl: float | None) -> list[Taken]:
+        """Take up to n records on the worker thread; if the caller is cancelled, whatever
+        the call took is given back, and later takes wait for that."""
+        leased = ttl is not None
+        # No records from the buffer of durability "buffer": a cancelled caller could only
+        # give them back behind records written since.
+        state = [False, False]
+        fut: asyncio.Future[list[Taken]] = self._worker.submit(
+            partial(self._core.take, buffered=False), n, ttl,
+            undo=partial(self._take_undone, leased, state))
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                if not state[0]:  # _take_undone will give them back
+                    state[1] = True
+                    self._unsettled += 1
+            elif fut.exception() is None:
+                self._give_back(leased, fut.result())
+            raise
+
     async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
                     wait_for_all: bool = False) -> list[Taken]:
         self._check()
@@ -282,6 +313,10 @@ class Queue(QueueViews, Generic[T]):
         self._takers += 1
         try:
             while True:
+                if self._unsettled:
+                    # Records of cancelled takes are on their way back: take after them, or
+                    # newer records would be handed out first (and the counts are short).
+                    await self._settle_cancelled_takes()
                 if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                     raise QueueShutDown("the queue is shut down")
                 if self._shutdown and got and core.ready_hint() == 0:
@@ -294,23 +329,7 @@ class Queue(QueueViews, Generic[T]):
                     if self._inline:
                         got += core.take(want, ttl, fill=wait_for_all and n is not None)
                     else:
-                        await self._settle_cancelled_takes()
-                        # No records from the buffer of durability "buffer": a cancelled
-                        # caller could only give them back behind records written since.
-                        state = [False, False]
-                        fut = self._worker.submit(
-                            partial(core.take, buffered=False), want, ttl,
-                            undo=partial(self._take_undone, leased, state))
-                        try:
-                            got += await fut
-                        except asyncio.CancelledError:
-                            if fut.cancelled():
-                                if not state[0]:  # _take_undone will give them back
-                                    state[1] = True
-                                    self._unsettled += 1
-                            elif fut.exception() is None:
-                                self._give_back(leased, fut.result())
-                            raise
+                        got += await self._take_on_worker(want, ttl)
                     if got and (not wait_for_all or n is None or len(got) >= n):
                         break
                     took_nothing = before == len(got)
