@@ -131,6 +131,20 @@ def test_sqlite_file_with_another_page_size_keeps_working(tmp_path: Path) -> Non
     assert _page_size(path) == 4096
 
 
+def test_sqlite_page_size_option_applies_to_new_files_only(tmp_path: Path) -> None:
+    path = tmp_path / "big.sqlite"
+    with SyncQueue.create(path, engine_options={"page_size": 8192}) as q:
+        q.put(b"x" * 100_000)
+    assert _page_size(path) == 8192
+    with SyncQueue.create(path, engine_options={"page_size": 1024}) as q:
+        assert q.get() == b"x" * 100_000
+    assert _page_size(path) == 8192
+    for bad in (1000, 256, 131072, "4096"):
+        with pytest.raises(spoolq.ConfigurationError, match="page_size"):
+            SyncQueue.create(tmp_path / "bad.sqlite", engine_options={"page_size": bad})
+    assert not (tmp_path / "bad.sqlite").exists()
+
+
 def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     with SyncQueue.create(path) as q:

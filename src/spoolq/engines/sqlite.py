@@ -85,8 +85,10 @@ _MIN_SQLITE = (3, 35, 0)
 # Pages of a new file. Each commit writes its changed pages to the WAL whole, and a put or a
 # get changes two (a records leaf and the queue's counts): 1 KiB pages made one-at-a-time
 # puts and gets 25 to 50% faster than SQLite's default 4 KiB, and batches and 4 KB records
-# no slower. A file keeps the page size it was created with.
+# no slower; records of 64 KiB and more put faster with larger pages (the page_size option).
+# A file keeps the page size it was created with.
 _PAGE_SIZE = 1024
+_PAGE_SIZES = frozenset(1 << k for k in range(9, 17))
 _SYNCHRONOUS = {
     "FULL": "PRAGMA synchronous = FULL",
     "NORMAL": "PRAGMA synchronous = NORMAL",
@@ -110,19 +112,26 @@ class SQLiteEngine:
     loss) or ``"NORMAL"`` (survives a killed process; WAL keeps the file
     sound on power loss but the last commits may be lost). ``timeout`` is how
     long a write waits for another process's lock before :class:`LockTimeout`.
-    Record ids are sequences within their queue.
+    ``page_size`` applies to a file this call creates (1024 by default: short
+    commits for small records; 4096 or more suits records of 64 KiB and up);
+    an existing file keeps its own. Record ids are sequences within their queue.
     """
 
     name = "sqlite"
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
-                 timeout: float = 10.0, read_only: bool = False) -> None:
+                 timeout: float = 10.0, read_only: bool = False,
+                 page_size: int = _PAGE_SIZE) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise EngineError(
                 f"spoolq needs SQLite 3.35 or newer; this Python has {sqlite3.sqlite_version}")
         if synchronous not in _SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
+        if type(page_size) is not int or page_size not in _PAGE_SIZES:
+            raise ConfigurationError(
+                f"page_size must be a power of two from 512 to 65536, not {page_size!r}")
+        self._page_size = page_size
         self.path = os.fspath(path)
         self.read_only = read_only
         self._qnos: dict[str, int] = {}
@@ -148,7 +157,7 @@ class SQLiteEngine:
         tables = {row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables and not self.read_only:
-            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+            conn.execute(f"PRAGMA page_size = {self._page_size}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
             tables = {row[0] for row in conn.execute(
