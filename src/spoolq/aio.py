@@ -255,10 +255,14 @@ class Queue(QueueViews, Generic[T]):
         self._worker.submit(self._core.restore, recs, leased).add_done_callback(self._restored)
 
     def _restored(self, fut: asyncio.Future[None]) -> None:
-        self._unsettled -= 1
         if not fut.cancelled() and fut.exception() is not None:
             log.error("spoolq: queue %r: giving back taken records failed", self._core.name,
                       exc_info=fut.exception())
+        self._one_settled()
+
+    def _one_settled(self) -> None:
+        """One give-back counted in ``_unsettled`` is done; wake the takes waiting on it."""
+        self._unsettled -= 1
         if not self._unsettled:
             self._wake()
 
@@ -269,9 +273,7 @@ class Queue(QueueViews, Generic[T]):
         state[0] = True
         self._give_back(leased, recs)
         if state[1]:
-            self._unsettled -= 1
-            if not self._unsettled:
-                self._wake()
+            self._one_settled()
 
     async def _settle_cancelled_takes(self) -> None:
         """Wait until the records of cancelled takes are given back (a later take would

@@ -199,10 +199,15 @@ class QueueCore:
         self._check_open()
         with self._tally:
             pending = self.group.add(records, sizes, ticket)
-            stored, raw = self._pending_bytes
-            self._pending_bytes = (stored + sum(map(len, records)), raw + sum(sizes))
+            self._count_pending(records, sizes, 1)
             self.unfinished += len(records)
         return pending
+
+    def _count_pending(self, records: list[bytes], sizes: list[int], sign: int) -> None:
+        """Add (sign 1) or remove (-1) records in the pending bytes; the caller holds
+        ``_tally``."""
+        stored, raw = self._pending_bytes
+        self._pending_bytes = (stored + sign * sum(map(len, records)), raw + sign * sum(sizes))
 
     def flush_due(self, pending: int) -> bool:
         """Whether ``pending`` records call for a flush now (not merely within the buffer
@@ -220,8 +225,7 @@ class QueueCore:
     def _settle_pending(self, records: list[bytes], sizes: list[int], *, lost: bool) -> None:
         """Records of a flush left the pending ones: written, or ``lost`` to an error."""
         with self._tally:
-            stored, raw = self._pending_bytes
-            self._pending_bytes = (stored - sum(map(len, records)), raw - sum(sizes))
+            self._count_pending(records, sizes, -1)
             if lost:
                 self.unfinished -= len(records)
 
@@ -481,8 +485,7 @@ class QueueCore:
             records, sizes = [r.data for r in unwritten], [r.raw_size for r in unwritten]
             self.group.put_back(records, sizes)
             with self._tally:
-                stored, raw = self._pending_bytes
-                self._pending_bytes = (stored + sum(map(len, records)), raw + sum(sizes))
+                self._count_pending(records, sizes, 1)
             self.counters["puts"] -= len(unwritten)
         self.counters["gets"] -= len(recs)
 
