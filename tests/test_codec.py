@@ -161,3 +161,19 @@ def test_encode_many_refuses_the_whole_batch_naming_the_item() -> None:
         Codec("json").encode_many([1, object(), 2])
     with pytest.raises(spoolq.SerializationError, match="returned str"):
         Codec(json).encode_many([{"a": 1}])
+
+
+def test_decode_all_takes_own_records_and_hands_any_other_batch_back() -> None:
+    codec = Codec("cbor", "zstd")
+    items: list[Any] = ["short", "long " * 100, {"k": [1, 2]}]
+    records = codec.encode_many(items)[0]
+    assert codec.decode_all(records) == items
+    assert codec.decode_all([]) == []
+    damaged = bytearray(records[1])
+    damaged[-1] ^= 0x40
+    foreign = Codec("cbor", "lzma").encode("long " * 100)[0]
+    for odd in (bytes(damaged), foreign, records[0][:4], Codec("json").encode(1)[0]):
+        # One record this codec did not write as it writes, or damaged: the whole batch
+        # goes back to decode(), which reads each one or names the failure.
+        assert codec.decode_all([records[0], odd, records[2]]) is None
+    assert codec.decode(foreign) == "long " * 100

@@ -22,7 +22,7 @@ import sys
 import threading
 import types
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import cbor2
@@ -390,6 +390,27 @@ class Codec:
                 return _HEAD.pack(*self._packed_prefix, crc) + self._packed_names + packed
         crc = zlib.crc32(data, self._plain_seed)
         return self._plain_head + _CRC.pack(crc) + self._plain_names + data
+
+    def decode_all(self, records: Sequence[bytes]) -> list[Any] | None:
+        """Items of ``records`` when every one was written by this codec's own built-in
+        serializer and compressor and passes its checksum; None as soon as one does not
+        (call :meth:`decode` on each then: it decodes the others and names the failure)."""
+        own_heads, loads, decompress = self._own_heads, self._ser.loads, self._comp.decompress
+        crc32, unpack_crc = zlib.crc32, _CRC.unpack_from
+        items: list[Any] = []
+        append = items.append
+        try:
+            for record in records:
+                own = own_heads.get(record[:3])
+                if own is None or len(record) < HEADER_SIZE:
+                    return None
+                payload = record[HEADER_SIZE:]
+                if crc32(payload, own[0]) != unpack_crc(record, 3)[0]:
+                    return None
+                append(loads(decompress(payload) if own[1] else payload))
+        except Exception:
+            return None
+        return items
 
     def decode(self, record: bytes, record_id: int | None = None) -> Any:
         """Decode a record; raise :class:`CorruptError` if it is damaged.
