@@ -316,6 +316,21 @@ def _spoolq_specs() -> list[ContestantSpec]:
                         quick=engine == "sqlite" or durability == "commit",
                     )
                 )
+    # Like-for-like with the raw ceilings: the same pre-encoded bytes, no serializer.
+    for engine, durability in (("sqlite", "commit"), ("sqlite", "fsync"), ("lmdb", "commit")):
+        specs.append(
+            ContestantSpec(
+                name=f"spoolq SyncQueue {engine} {durability}, bytes",
+                durability=_SPOOLQ_CLASS[durability],
+                target="spoolq_queues:SpoolqSync",
+                options={"engine": engine, "durability": durability, "serializer": "raw"},
+                requires=("spoolq",),
+                distributions=("spoolq",),
+                spoolq=True,
+                quick=False,
+                note="serializer='raw', given the raw rows' bytes: no serialization timed",
+            )
+        )
     specs.append(
         ContestantSpec(
             name="spoolq Batcher sqlite",

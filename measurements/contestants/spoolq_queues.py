@@ -41,22 +41,27 @@ def _path(tmpdir: Path, engine: str) -> str:
     return str(tmpdir / f"queue.{SUFFIX[engine]}")
 
 
-def _create_kwargs(durability: str | None) -> dict[str, Any]:
-    return {} if durability is None else {"durability": durability}
+def _create_kwargs(durability: str | None, serializer: str | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {} if durability is None else {"durability": durability}
+    if serializer is not None:
+        kwargs["serializer"] = serializer
+    return kwargs
 
 
 class SpoolqSync(Contestant):
     """``spoolq.SyncQueue`` on one engine at one durability."""
 
-    def __init__(self, engine: str, durability: str | None) -> None:
+    def __init__(self, engine: str, durability: str | None, serializer: str | None = None) -> None:
         self.spoolq = _import()
         self.engine = engine
         self.durability = durability
+        self.serializer = serializer
 
     def setup(self, tmpdir: Path, params: Mapping[str, Any]) -> None:
         path = _path(tmpdir, self.engine)
         try:
-            self.q: Any = self.spoolq.SyncQueue.create(path, **_create_kwargs(self.durability))
+            self.q: Any = self.spoolq.SyncQueue.create(
+                path, **_create_kwargs(self.durability, self.serializer))
         except Exception as exc:
             raise Unavailable(f"SyncQueue.create({path!r}): {type(exc).__name__}: {exc}") from exc
 
@@ -82,15 +87,17 @@ class SpoolqSync(Contestant):
 class SpoolqAsync(AsyncContestant):
     """``spoolq.Queue`` (asyncio) on one engine at one durability."""
 
-    def __init__(self, engine: str, durability: str | None) -> None:
+    def __init__(self, engine: str, durability: str | None, serializer: str | None = None) -> None:
         self.spoolq = _import()
         self.engine = engine
         self.durability = durability
+        self.serializer = serializer
 
     async def setup(self, tmpdir: Path, params: Mapping[str, Any]) -> None:
         path = _path(tmpdir, self.engine)
         try:
-            self.q: Any = await self.spoolq.Queue.create(path, **_create_kwargs(self.durability))
+            self.q: Any = await self.spoolq.Queue.create(
+                path, **_create_kwargs(self.durability, self.serializer))
         except Exception as exc:
             raise Unavailable(f"Queue.create({path!r}): {type(exc).__name__}: {exc}") from exc
 
