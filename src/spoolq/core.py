@@ -20,15 +20,14 @@ from .codec import Codec
 from .engines import Counts, Engine, Lease, StoredRecord, dead_queue_name, open_engine
 from .errors import (
     ClosedError,
-    ConfigurationError,
     CorruptError,
-    LeaseError,
     SerializationError,
 )
 from .groupcommit import GroupCommit, Ticket
 from .message import Message, Taken, messages_for
 from .owners import new_owner, owner_is_dead
 from .settings import Settings, stored_codec
+from .settle import Settling
 from .zdict import MissingDictionary, load_dictionaries, train_dictionary
 
 __all__ = ["UNWRITTEN", "QueueCore"]
@@ -49,7 +48,7 @@ def _new_counts(ready: int, leased: int, stored: int, raw: int) -> Counts:
     return tuple.__new__(Counts, (ready, leased, stored, raw))
 
 
-class QueueCore:
+class QueueCore(Settling):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -506,95 +505,6 @@ class QueueCore:
                 self.flush()
             recs = self.engine.peek(self.dead_name if dead else self.name, n, offset)
         return [self._decode_one(rec) for rec in recs]
-
-    # ---- settling leases ----------------------------------------------------------------
-
-    def _deliveries(self, messages: Sequence[Message[Any]]) -> list[tuple[int, int]]:
-        for msg in messages:
-            if not isinstance(msg, Message):
-                raise TypeError(f"expected a spoolq Message, not {type(msg).__name__}")
-            if msg.queue != self.name or msg._owner != self.owner:
-                raise LeaseError(
-                    f"message {msg.id} was leased from another queue handle; settle it there")
-        return [(m.id, m.attempts) for m in messages]
-
-    def ack(self, messages: Sequence[Message[Any]]) -> None:
-        """Remove leased items; raise LeaseError naming any lease no longer held."""
-        deliveries = self._deliveries(messages)
-        with self.lock:
-            self._check_open()
-            done = self.engine.ack(self.name, deliveries, self.owner)
-            acked = set(done)
-            stored = sum(m._sizes[0] for m in messages if m.id in acked)
-            raw = sum(m._sizes[1] for m in messages if m.id in acked)
-            c = self._counts
-            self._counts = Counts(c.ready, max(c.leased - len(done), 0), c.stored_bytes - stored,
-                                  c.raw_bytes - raw)
-            self.counters["acks"] += len(done)
-            with self._tally:
-                self.unfinished = max(self.unfinished - len(done), 0)
-        self._raise_missing(deliveries, done, "ack")
-
-    def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
-        """Return leased items to their FIFO position, visible again after ``delay`` seconds."""
-        if delay < 0:
-            raise ConfigurationError(f"delay must be >= 0, not {delay!r}")
-        deliveries = self._deliveries(messages)
-        with self.lock:
-            self._check_open()
-            # delay 0 means visible at once, whatever the wall clock does meanwhile
-            done = self.engine.release(self.name, deliveries, self.owner,
-                                       not_before=time.time() + delay if delay else 0.0,
-                                       max_attempts=self.settings.max_attempts,
-                                       reason=reason or "nacked")
-            self._refresh_locked()
-            self.counters["nacks"] += len(done)
-        self._notify()
-        self._raise_missing(deliveries, done, "nack")
-
-    @staticmethod
-    def _raise_missing(deliveries: list[tuple[int, int]], done: list[int], what: str) -> None:
-        missing = sorted({i for i, _ in deliveries} - set(done))
-        if missing:
-            raise LeaseError(
-                f"cannot {what} message(s) {missing}: the lease expired, was settled already, "
-                "or the item was delivered again since")
-
-    def task_done(self) -> None:
-        with self._tally:
-            if self.unfinished <= 0:
-                raise ValueError("task_done() called too many times")
-            self.unfinished -= 1
-
-    # ---- dead letters and maintenance ---------------------------------------------------
-
-    def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
-        with self.lock:
-            self._check_open()
-            moved = self.engine.move(self.dead_name, self.name, ids)
-            self._refresh_locked()
-            with self._tally:
-                self.unfinished += moved
-        if moved:
-            self._notify()
-        return moved
-
-    def purge(self, *, dead: bool = False) -> int:
-        with self.lock:
-            self._check_open()
-            tickets: list[Ticket] = []
-            buffered = 0
-            if not dead:
-                records, sizes, tickets = self.group.take_all()
-                self._settle_pending(records, sizes, lost=False)
-                buffered = len(records)
-            removed = self.engine.purge(self.dead_name if dead else self.name) + buffered
-            self._refresh_locked()
-            if not dead:
-                with self._tally:
-                    self.unfinished = self._counts.leased
-        self._settle(tickets)
-        return removed
 
     def close(self) -> None:
         """Flush buffered puts, release this handle's leases and close the engine."""

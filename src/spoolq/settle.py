@@ -1,0 +1,129 @@
+"""What the core does with items already handed out or set aside: acks and nacks of
+leased items, ``task_done``, dead letters and purges.
+
+:class:`Settling` is a part of :class:`spoolq.core.QueueCore`, kept in its own module;
+it works on the core's state under the core's lock, as the rest of the core does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .engines import Counts, Engine
+from .errors import ConfigurationError, LeaseError
+from .groupcommit import GroupCommit, Ticket
+from .message import Message
+from .settings import Settings
+
+__all__ = ["Settling"]
+
+
+class Settling:
+    """Acks, nacks, ``task_done``, dead letters and purges of one queue handle."""
+
+    # Set up by QueueCore.__init__.
+    engine: Engine
+    settings: Settings
+    name: str
+    dead_name: str
+    owner: str
+    lock: threading.RLock
+    group: GroupCommit
+    counters: dict[str, int]
+    unfinished: int
+    _tally: threading.Lock
+    _counts: Counts
+    # Defined by QueueCore.
+    _check_open: Callable[[], None]
+    _refresh_locked: Callable[..., Counts]
+    _notify: Callable[[], None]
+    _settle: Callable[[list[Ticket]], None]
+    _settle_pending: Callable[..., None]
+
+    def _deliveries(self, messages: Sequence[Message[Any]]) -> list[tuple[int, int]]:
+        for msg in messages:
+            if not isinstance(msg, Message):
+                raise TypeError(f"expected a spoolq Message, not {type(msg).__name__}")
+            if msg.queue != self.name or msg._owner != self.owner:
+                raise LeaseError(
+                    f"message {msg.id} was leased from another queue handle; settle it there")
+        return [(m.id, m.attempts) for m in messages]
+
+    def ack(self, messages: Sequence[Message[Any]]) -> None:
+        """Remove leased items; raise LeaseError naming any lease no longer held."""
+        deliveries = self._deliveries(messages)
+        with self.lock:
+            self._check_open()
+            done = self.engine.ack(self.name, deliveries, self.owner)
+            acked = set(done)
+            stored = sum(m._sizes[0] for m in messages if m.id in acked)
+            raw = sum(m._sizes[1] for m in messages if m.id in acked)
+            c = self._counts
+            self._counts = Counts(c.ready, max(c.leased - len(done), 0), c.stored_bytes - stored,
+                                  c.raw_bytes - raw)
+            self.counters["acks"] += len(done)
+            with self._tally:
+                self.unfinished = max(self.unfinished - len(done), 0)
+        self._raise_missing(deliveries, done, "ack")
+
+    def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
+        """Return leased items to their FIFO position, visible again after ``delay`` seconds."""
+        if delay < 0:
+            raise ConfigurationError(f"delay must be >= 0, not {delay!r}")
+        deliveries = self._deliveries(messages)
+        with self.lock:
+            self._check_open()
+            # delay 0 means visible at once, whatever the wall clock does meanwhile
+            done = self.engine.release(self.name, deliveries, self.owner,
+                                       not_before=time.time() + delay if delay else 0.0,
+                                       max_attempts=self.settings.max_attempts,
+                                       reason=reason or "nacked")
+            self._refresh_locked()
+            self.counters["nacks"] += len(done)
+        self._notify()
+        self._raise_missing(deliveries, done, "nack")
+
+    @staticmethod
+    def _raise_missing(deliveries: list[tuple[int, int]], done: list[int], what: str) -> None:
+        missing = sorted({i for i, _ in deliveries} - set(done))
+        if missing:
+            raise LeaseError(
+                f"cannot {what} message(s) {missing}: the lease expired, was settled already, "
+                "or the item was delivered again since")
+
+    def task_done(self) -> None:
+        with self._tally:
+            if self.unfinished <= 0:
+                raise ValueError("task_done() called too many times")
+            self.unfinished -= 1
+
+    def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
+        with self.lock:
+            self._check_open()
+            moved = self.engine.move(self.dead_name, self.name, ids)
+            self._refresh_locked()
+            with self._tally:
+                self.unfinished += moved
+        if moved:
+            self._notify()
+        return moved
+
+    def purge(self, *, dead: bool = False) -> int:
+        with self.lock:
+            self._check_open()
+            tickets: list[Ticket] = []
+            buffered = 0
+            if not dead:
+                records, sizes, tickets = self.group.take_all()
+                self._settle_pending(records, sizes, lost=False)
+                buffered = len(records)
+            removed = self.engine.purge(self.dead_name if dead else self.name) + buffered
+            self._refresh_locked()
+            if not dead:
+                with self._tally:
+                    self.unfinished = self._counts.leased
+        self._settle(tickets)
+        return removed
