@@ -81,6 +81,35 @@ def test_replies_stay_within_the_size_the_client_accepts(memory_server: Threaded
         reader.close()
 
 
+def test_a_record_larger_than_the_client_accepts_stays_in_the_queue(
+        memory_server: ThreadedServer) -> None:
+    writer = RemoteEngine(memory_server.url)
+    reader = RemoteEngine(memory_server.url, max_reply=4096)
+    try:
+        writer.append("huge", [b"h" * 6000, b"small"], [6000, 5], 0.0)
+        for lease in (None, spoolq.engines.Lease("me", 1e12)):
+            with pytest.raises(spoolq.ConfigurationError, match=r"record 1 .*max_reply"):
+                reader.take("huge", 1, 0.0, lease)
+            assert reader.counts("huge") == (2, 0, 6005, 6005)
+        with pytest.raises(spoolq.ConfigurationError, match="record 1"):
+            reader.peek("huge", 2)
+        assert [r.data for r in writer.peek("huge", 2)] == [b"h" * 6000, b"small"]
+        assert [r.data for r in writer.take("huge", 2, 0.0, None)] == [b"h" * 6000, b"small"]
+        # peek and peek_leased trim their replies to the limit, as take does
+        writer.append("many", [b"p" * 1000] * 20, [1000] * 20, 0.0)
+        assert 1 <= len(reader.peek("many", 20)) < 5
+        writer.take("many", 20, 0.0, spoolq.engines.Lease("w", 1e12))
+        assert 1 <= len(reader.peek_leased("many", 20)) < 5
+        # the connection is still good after each refusal
+        assert reader.counts("many").leased == 20
+        for bad in (512, 4096.0, "4096"):
+            with pytest.raises(spoolq.ConfigurationError, match="max_reply"):
+                RemoteEngine(memory_server.url, max_reply=bad)  # type: ignore[arg-type]
+    finally:
+        writer.close()
+        reader.close()
+
+
 def test_lost_connection_fails_the_call_and_the_next_one_reconnects(
         memory_server: ThreadedServer) -> None:
     eng = RemoteEngine(memory_server.url)

@@ -20,12 +20,12 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
 from .engines import Engine, Lease, LeasedRecord, StoredRecord, SupportsPeekLeased
-from .errors import ClosedError, EngineError
+from .errors import ClosedError, ConfigurationError, EngineError
 from .protocol import decode_records, encode_leased, encode_records
 
 __all__ = ["EngineThread", "InlineRunner", "Outcome", "Runner", "make_runner"]
@@ -43,8 +43,10 @@ _Job = tuple[str, dict[str, Any], Outcome]
 _data, _reason = itemgetter(1), itemgetter(5)
 
 
-def _wire_size(rec: StoredRecord) -> int:
+def _wire_size(rec: StoredRecord | LeasedRecord) -> int:
     """An upper bound of the bytes ``rec`` takes in a reply."""
+    if isinstance(rec, LeasedRecord):
+        return _wire_size(rec.record) + len(rec.owner.encode()) + _RECORD_OVERHEAD
     reason = 0 if rec.reason is None else len(rec.reason.encode())
     return len(rec.data) + reason + _RECORD_OVERHEAD
 
@@ -56,21 +58,60 @@ def _reply_size(recs: list[StoredRecord]) -> int:
     return _REPLY_OVERHEAD + sum(map(len, map(_data, recs))) + _RECORD_OVERHEAD * len(recs)
 
 
+def _id(rec: StoredRecord | LeasedRecord) -> int:
+    return rec.record.id if isinstance(rec, LeasedRecord) else rec.id
+
+
+def _fitting(recs: Sequence[StoredRecord | LeasedRecord], limit: int, queue_name: str) -> int:
+    """How many of ``recs``, from the first, fit in a reply of ``limit`` bytes; none fitting
+    is a ConfigurationError naming the first record (the caller gives it back first)."""
+    size, keep = _REPLY_OVERHEAD, 0
+    for rec in recs:
+        size += _wire_size(rec)
+        if size > limit:
+            break
+        keep += 1
+    if not keep and recs:
+        raise ConfigurationError(
+            f"record {_id(recs[0])} of queue {queue_name!r} takes up to "
+            f"{_REPLY_OVERHEAD + _wire_size(recs[0]):,} bytes in a reply, more than this "
+            f"connection accepts ({limit:,}): open the queue with a larger "
+            f"engine_options={{'max_reply': ...}} to receive it")
+    return keep
+
+
 def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     recs = engine.take(a["queue"], a["n"], a["now"], lease)
     limit = a.get("limit")
-    if limit is not None and len(recs) > 1 and _reply_size(recs) > limit:
+    if limit is not None and recs and _reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
-        size, keep = _REPLY_OVERHEAD, 0
-        for rec in recs:
-            size += _wire_size(rec)
-            if size > limit and keep:
-                break
-            keep += 1
+        try:
+            keep = _fitting(recs, limit, a["queue"])
+        except ConfigurationError:
+            _give_back(engine, a["queue"], recs, lease)
+            raise
         _give_back(engine, a["queue"], recs[keep:], lease)
         recs = recs[:keep]
     return encode_records(recs), set()
+
+
+def _peek(engine: Engine, a: dict[str, Any]) -> list[Any]:
+    recs = engine.peek(a["queue"], a["n"], a["offset"])
+    limit = a.get("limit")
+    if limit is not None and recs and _reply_size(recs) > limit:
+        recs = recs[:_fitting(recs, limit, a["queue"])]
+    return encode_records(recs)
+
+
+def _peek_leased(engine: Engine, a: dict[str, Any]) -> list[Any]:
+    if not isinstance(engine, SupportsPeekLeased):
+        raise EngineError(f"the {engine.name} engine cannot list leased records")
+    recs = engine.peek_leased(a["queue"], a["n"], a["offset"])
+    limit = a.get("limit")
+    if limit is not None and recs:
+        recs = recs[:_fitting(recs, limit, a["queue"])]
+    return encode_leased(recs)
 
 
 def _give_back(engine: Engine, queue_name: str, recs: list[StoredRecord],
@@ -96,12 +137,6 @@ def _wakes(queue_name: str, result: Any) -> set[str]:
     return {queue_name} if result else set()
 
 
-def _peek_leased(engine: Engine, args: dict[str, Any]) -> list[LeasedRecord]:
-    if not isinstance(engine, SupportsPeekLeased):
-        raise EngineError(f"the {engine.name} engine cannot list leased records")
-    return engine.peek_leased(args["queue"], args["n"], args["offset"])
-
-
 _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
     "take": _take,
     "restore": _restore,
@@ -114,8 +149,8 @@ _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
     "expire": lambda e, a: (r := e.expire(a["queue"], a["now"], owners=a["owners"],
                                           max_attempts=a["max_attempts"]),
                             _wakes(a["queue"], r)),
-    "peek": lambda e, a: (encode_records(e.peek(a["queue"], a["n"], a["offset"])), set()),
-    "peek_leased": lambda e, a: (encode_leased(_peek_leased(e, a)), set()),
+    "peek": lambda e, a: (_peek(e, a), set()),
+    "peek_leased": lambda e, a: (_peek_leased(e, a), set()),
     "counts": lambda e, a: (list(e.counts(a["queue"])), set()),
     "owners": lambda e, a: (e.owners(a["queue"]), set()),
     "move": lambda e, a: (r := e.move(a["src"], a["dst"], a["ids"]), _wakes(a["dst"], r)),

@@ -44,7 +44,7 @@ from .errors import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_FRAME", "MAGIC", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
+    "DEFAULT_MAX_FRAME", "MAGIC", "MIN_MAX_REPLY", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
     "ClientProtocol", "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
     "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
     "decode_counts", "decode_leased", "decode_records", "encode_error", "encode_frame",
@@ -56,6 +56,8 @@ MAGIC = b"SPOOLQ"
 VERSION = 2
 MIN_VERSION = 2  # version 1 sent records as one array per record
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+MIN_MAX_REPLY = 1024
+"""The smallest reply limit a client may ask for: every reply but records fits in it."""
 PREAMBLE = struct.Struct(">6sH")
 HEADER = struct.Struct(">IBI")
 _LENGTH = struct.Struct(">I")

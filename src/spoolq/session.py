@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
+    MIN_MAX_REPLY,
     RECORD_FIELDS,
     VERSION,
     ErrorCode,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_INFLIGHT", "Session"]
 
 log = logging.getLogger("spoolq")
+_LIMITED = frozenset({"take", "peek", "peek_leased"})  # ops whose replies fit max_reply
 
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""
@@ -222,7 +224,7 @@ class Session(asyncio.Protocol):
         op, args = req.op, req.args
         if op == "hello":
             if args["max_reply"]:
-                self.max_reply = max(args["max_reply"], 1024)
+                self.max_reply = max(args["max_reply"], MIN_MAX_REPLY)
             self._write(encode_reply(req.id, {
                 "server": f"spoolq {_version()}", "version": VERSION,
                 "engine": self.server.engine.name, "max_frame": self.server.max_frame,
@@ -232,11 +234,10 @@ class Session(asyncio.Protocol):
             self.orderly = True
             self._write(encode_reply(req.id, None))
             return
-        if op == "take":
+        if op in _LIMITED:
             args["limit"] = self.max_reply
-            if args["lease"] is not None:
-                self.owners.setdefault(args["queue"], {})[args["lease"][0]] = \
-                    args["max_attempts"]
+        if op == "take" and args["lease"] is not None:
+            self.owners.setdefault(args["queue"], {})[args["lease"][0]] = args["max_attempts"]
         inline = self._inline
         if inline is not None and op != "wait":
             # The engine never blocks: answer now, without a callback, a task or

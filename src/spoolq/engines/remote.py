@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError
 from ..protocol import (
     DEFAULT_MAX_FRAME,
+    MIN_MAX_REPLY,
     WRITE_OPS,
     ProtocolError,
     decode_counts,
@@ -74,6 +75,9 @@ class RemoteEngine:
             if not seconds > 0:
                 raise ConfigurationError(f"{what} must be a number of seconds > 0, "
                                          f"not {seconds!r}")
+        if type(max_reply) is not int or max_reply < MIN_MAX_REPLY:
+            raise ConfigurationError(f"max_reply must be an int of at least {MIN_MAX_REPLY} "
+                                     f"bytes, not {max_reply!r}")
         self.address = parse_url(url)
         self.queue_name = self.address.queue
         self.read_only = read_only
