@@ -55,6 +55,12 @@ _ALLOCATE = """UPDATE spoolq_queues SET last_seq = last_seq + ?1, ready = ready 
 _COUNTS = """UPDATE spoolq_queues SET ready = ready + ?, leased = leased + ?,
     stored_bytes = stored_bytes + ?, raw_bytes = raw_bytes + ? WHERE name = ?"""
 _INSERT = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data) VALUES (?, ?, ?, ?)"""
+# One record: the sequence is bumped, then read back inside the INSERT, and the id comes
+# from the cursor. A RETURNING clause costs a single put a sixth of its time.
+_BUMP = """UPDATE spoolq_queues SET last_seq = last_seq + 1, ready = ready + 1,
+    stored_bytes = stored_bytes + ?, raw_bytes = raw_bytes + ? WHERE name = ?"""
+_INSERT_NEXT = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data)
+    VALUES ((SELECT last_seq FROM spoolq_queues WHERE name = ?) | ?, ?, ?, ?)"""
 # A batch goes in as multi-row INSERTs of these sizes, largest first: a third less time per
 # row than executemany's one row per step, with a fixed handful of statements to cache.
 _ROWS_PER_INSERT = (64, 16, 4, 1)
@@ -285,9 +291,14 @@ class SQLiteEngine:
                 raw_sizes: Sequence[int], now: float) -> int:
         n = len(records)
         if n == 1:
-            base, last = self._allocate(conn, queue, 1, len(records[0]), raw_sizes[0])
-            conn.execute(_INSERT, (base | last, now, raw_sizes[0], records[0]))
-            return last
+            qno = self._qno(conn, queue)
+            conn.execute(_BUMP, (len(records[0]), raw_sizes[0], queue))
+            rowid = conn.execute(_INSERT_NEXT, (queue, qno << _SHIFT, now, raw_sizes[0],
+                                                records[0])).lastrowid
+            if rowid is None or rowid >> _SHIFT != qno:
+                raise EngineError(f"{self.path}: a put into {queue!r} got id {rowid}, "
+                                  f"outside the queue's range")
+            return int(rowid) & _MASK
         base, last = self._allocate(conn, queue, n, sum(map(len, records)), sum(raw_sizes))
         first = base | (last - n + 1)
         pos = 0
