@@ -143,6 +143,36 @@ def test_bad_magic_and_bad_cbor_close_the_connection() -> None:
     assert (ftype, ident, body["code"]) == (FrameType.ERROR, 9, ErrorCode.PROTOCOL)  # type: ignore[index]
 
 
+@pytest.mark.parametrize("op, args", [
+    ("append", {"queue": "q", "records": [b"a"], "sizes": [2**64], "now": 1.0}),
+    ("append", {"queue": "q", "records": [b"a"], "sizes": [-1], "now": 1.0}),
+    ("append", {"queue": "q", "records": [b"a"], "sizes": [1], "now": float("nan")}),
+    ("take", {"queue": "q", "n": 1, "now": float("inf")}),
+    ("ack", {"queue": "q", "deliveries": [[2**63, 1]], "owner": "o"}),
+    ("release", {"queue": "q", "deliveries": [[1, 1]], "owner": "o",
+                 "not_before": float("-inf")}),
+    ("move", {"src": "a", "dst": "b", "ids": [1, -(2**63) - 1]}),
+    ("restore", {"queue": "q", "records": [2**64, b"d", 1, 0, 1.0, None]}),
+    ("restore", {"queue": "q", "records": [1, b"d", 1, 0, float("nan"), None]}),
+])
+def test_numbers_no_engine_can_store_are_bad_requests(op: str, args: dict[str, object]) -> None:
+    """Out of 64-bit range or not finite: the client's mistake, answered as such."""
+    server = ServerProtocol()
+    server.receive_data(preamble())
+    server.data_to_send()
+    assert server.receive_data(_request(7, op, **args)) == []
+    ((_, ident, body),) = _frames(server.data_to_send())
+    assert (ident, body["code"]) == (7, ErrorCode.BAD_REQUEST)  # type: ignore[index]
+
+
+def test_an_auth_frame_that_is_not_cbor_is_answered_before_the_close() -> None:
+    server = ServerProtocol(token="s3cret")
+    with pytest.raises(ProtocolError, match="CBOR"):
+        server.receive_data(preamble() + struct.pack(">IBI", 6, FrameType.AUTH, 1) + b"\xff")
+    ((ftype, ident, body),) = _frames(server.data_to_send()[8:])
+    assert (ftype, ident, body["code"]) == (FrameType.ERROR, 1, ErrorCode.PROTOCOL)  # type: ignore[index]
+
+
 def test_token_is_required_before_anything_else() -> None:
     server = ServerProtocol(token="s3cret")
     with pytest.raises(spoolq.AuthenticationError, match="requires a token"):

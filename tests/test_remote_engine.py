@@ -149,6 +149,34 @@ def test_concurrent_appends_share_one_transaction() -> None:
     assert transactions == 2  # get_meta, then all twenty appends at once
 
 
+def test_an_append_the_engine_refuses_fails_alone_not_its_group(tmp_path: Path) -> None:
+    """Appends that run as one transaction: one the engine refuses fails by itself."""
+
+    async def main() -> tuple[list[Any], int]:
+        engine = open_engine(str(tmp_path / "group.sqlite"))
+        gate = threading.Event()
+        original = engine.get_meta
+        engine.get_meta = lambda key: (gate.wait(5), original(key))[1]  # type: ignore[method-assign]
+        thread = EngineThread(engine, asyncio.get_running_loop(), lambda queues: None)
+        blocker = thread.run("get_meta", {"key": "k"})
+        await asyncio.sleep(0.05)
+        futures = [thread.run("append", {"queue": "q", "records": [b"%d" % i],
+                                         "sizes": [2**64 if i == 3 else 1], "now": 0.0})
+                   for i in range(6)]
+        gate.set()
+        await blocker
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        counts = await thread.run("counts", {"queue": "q"})
+        thread.stop()
+        await asyncio.to_thread(thread.join)
+        return results, counts[0]
+
+    results, ready = asyncio.run(main())
+    assert isinstance(results[3], Exception)
+    assert [r for k, r in enumerate(results) if k != 3] == [[1], [2], [3], [4], [5]]
+    assert ready == 5
+
+
 def test_cancel_waits_ends_a_wait_at_once(memory_server: ThreadedServer) -> None:
     eng = RemoteEngine(memory_server.url)
     try:

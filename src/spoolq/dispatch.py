@@ -357,7 +357,13 @@ class EngineThread:
         try:
             ids = self.engine.append(first["queue"], records, sizes, first["now"])
         except BaseException as exc:
-            done.extend((outcome, None, exc) for _, _, outcome in run)
+            if len(run) == 1 or not isinstance(exc, Exception):
+                done.extend((outcome, None, exc) for _, _, outcome in run)
+                return
+            # Nothing of the group was written: one request may have spoiled it for the
+            # others, so each goes again on its own and only a bad one fails.
+            for job in run:
+                self._append([job], done, woken)
             return
         self.transactions += 1
         if records:

@@ -18,6 +18,7 @@ and ``REQUEST`` frames, the server answers each with a ``REPLY`` or an
 from __future__ import annotations
 
 import hmac
+import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
@@ -266,12 +267,24 @@ def parse_preamble(data: bytes) -> int:
 # ---- requests ---------------------------------------------------------------------------
 
 
+# Numbers the engines can store: 64-bit signed integers, finite floats. A value beyond
+# them is the client's mistake (BAD_REQUEST), never an engine failure.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int and _INT_MIN <= v <= _INT_MAX
 
 
 def _is_num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if type(v) is float:
+        return math.isfinite(v)
+    return type(v) is int and _INT_MIN <= v <= _INT_MAX
+
+
+def _ints_in_range(values: list[Any], low: int = _INT_MIN) -> bool:
+    """Every element (already known to be an int) lies in ``low`` .. the 64-bit maximum."""
+    return not values or (min(values) >= low and max(values) <= _INT_MAX)
 
 
 def _is_str(v: object) -> bool:
@@ -290,6 +303,14 @@ def _list_of_type(kind: type) -> Callable[[object], bool]:
     # exact type checks done in C (the set of the element types): these lists can be long
     kinds = {kind}
     return lambda v: isinstance(v, list) and set(map(type, v)) <= kinds
+
+
+def _is_sizes(v: object) -> bool:
+    return isinstance(v, list) and set(map(type, v)) <= _INT and _ints_in_range(v, 0)
+
+
+def _is_ids(v: object) -> bool:
+    return isinstance(v, list) and set(map(type, v)) <= _INT and _ints_in_range(v)
 
 
 def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
@@ -317,7 +338,8 @@ def _record_fields(v: object) -> tuple[list[Any], ...] | None:
                                                   v[4::6], v[5::6])
     # set(map(type, ...)) checks exact types in C (a bool is no id): the arrays can be long
     if not (set(map(type, ids + sizes + attempts)) <= _INT and set(map(type, data)) <= _BYTES
-            and set(map(type, times)) <= _TIME and set(map(type, reasons)) <= _REASON):
+            and set(map(type, times)) <= _TIME and set(map(type, reasons)) <= _REASON
+            and _ints_in_range(ids + sizes + attempts) and all(map(_is_num, times))):
         return None
     return ids, data, sizes, attempts, times, reasons
 
@@ -349,7 +371,7 @@ OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "hello": {"max_reply": (_opt(_is_int), None), "client": (_opt(_is_str), None)},
     "bye": {},
     "append": {"queue": (_is_str, ...), "records": (_list_of_type(bytes), ...),
-               "sizes": (_list_of_type(int), ...), "now": (_is_num, ...)},
+               "sizes": (_is_sizes, ...), "now": (_is_num, ...)},
     "take": {"queue": (_is_str, ...), "n": (_is_count, ...), "now": (_is_num, ...),
              "lease": (_opt(_is_lease), None), "wait": (_is_wait, 0.0),
              "max_attempts": (_opt(_is_int), None)},
@@ -368,7 +390,7 @@ OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "counts": {"queue": (_is_str, ...)},
     "owners": {"queue": (_is_str, ...)},
     "move": {"src": (_is_str, ...), "dst": (_is_str, ...),
-             "ids": (_opt(_list_of_type(int)), None)},
+             "ids": (_opt(_is_ids), None)},
     "purge": {"queue": (_is_str, ...)},
     "queues": {},
     "get_meta": {"key": (_is_str, ...)},
@@ -543,7 +565,10 @@ class ServerProtocol:
         if frame.id == 0:
             raise self._fail(ProtocolError("request id 0 is reserved"))
         if frame.type == FrameType.AUTH:
-            body = decode_body(frame) if frame.body else None
+            try:
+                body = decode_body(frame) if frame.body else None
+            except ProtocolError as exc:
+                raise self._fail(exc, frame.id) from None
             token = body.get("token") if isinstance(body, dict) else None
             if self._token is not None and not (
                     isinstance(token, str)
