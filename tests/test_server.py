@@ -293,6 +293,16 @@ def test_run_refuses_an_unknown_event_loop() -> None:
     assert done == "done"
 
 
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_out_of_range_is_a_one_line_error(tmp_path: Path, port: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "spoolq.server", ":memory:", "--port", port],
+                          check=False, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 1 and "listening" not in proc.stdout
+    assert "port must be an int from 0 to 65535" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # ---- auth, TLS --------------------------------------------------------------------------
 
 

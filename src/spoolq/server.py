@@ -209,6 +209,8 @@ async def start_server(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
     """
     if durability not in ("fsync", "commit"):
         raise ConfigurationError(f"durability must be 'fsync' or 'commit', not {durability!r}")
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise ConfigurationError(f"port must be an int from 0 to 65535, not {port!r}")
     ctx = _ssl_context(tls_cert, tls_key)
     eng = await asyncio.to_thread(open_engine, path, engine, durability=durability,
                                   options=engine_options)
