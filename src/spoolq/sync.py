@@ -42,6 +42,12 @@ class SyncQueue(QueueViews, Generic[T]):
         self._immediate = False
         self._takers = 0
         self._sleepers = 0  # threads in self._cond.wait(): nobody to notify when 0
+        # Room reserved (under self._cond) by puts of a queue with maxsize that are being
+        # written, and how many such puts started and ended: the check for room and the
+        # write are one step for the threads of this handle.
+        self._reserved = 0
+        self._puts_started = 0
+        self._puts_ended = 0
         core.listeners.append(self._wake)
 
     @classmethod
@@ -130,8 +136,10 @@ class SyncQueue(QueueViews, Generic[T]):
         """
         core = self._core
         records, sizes = core.encode_one(item)
-        self._wait_for_room(1, block, timeout)
-        core.put_now(records, sizes)
+        if core.settings.maxsize <= 0 and not self._shutdown:
+            core.put_now(records, sizes)  # never full: no reservation, no timeout read
+            return
+        self._put_with_room(records, sizes, block, timeout)
 
     def put_nowait(self, item: T) -> None:
         """Put without waiting for room; raises :class:`Full` if there is none."""
@@ -145,9 +153,12 @@ class SyncQueue(QueueViews, Generic[T]):
         """
         core = self._core
         records, sizes = core.encode(items)
-        if records:
-            self._wait_for_room(len(records), block, timeout)
+        if not records:
+            return
+        if core.settings.maxsize <= 0 and not self._shutdown:
             core.put_now(records, sizes)
+            return
+        self._put_with_room(records, sizes, block, timeout)
 
     def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
@@ -156,23 +167,58 @@ class SyncQueue(QueueViews, Generic[T]):
         if errors:
             raise errors[0]
 
-    def _wait_for_room(self, n: int, block: bool, timeout: float | None) -> None:
-        maxsize = self._core.settings.maxsize
-        if maxsize <= 0 and not self._shutdown:
-            return  # never full: no wait, and (as in queue.Queue) the timeout is not read
+    def _put_with_room(self, records: list[bytes], sizes: list[int], block: bool,
+                       timeout: float | None) -> None:
+        """Reserve room for the records, write them, then give the reservation up."""
+        n = len(records)
+        self._reserve_room(n, block, timeout)
+        try:
+            self._core.put_now(records, sizes)
+        finally:
+            with self._cond:
+                self._reserved -= n
+                self._puts_ended += 1
+                if self._sleepers:
+                    self._cond.notify_all()
+
+    def _reserve_room(self, n: int, block: bool, timeout: float | None) -> None:
+        """Wait for room for ``n`` items and reserve it: the ready items this handle knows
+        of plus those other threads of it are writing stay within ``maxsize``.
+
+        A put being written may be counted twice for a moment (in the counts and in its
+        reservation); before raising :class:`Full` this waits for the puts in progress
+        to end and looks once more.
+        """
+        core = self._core
+        maxsize = core.settings.maxsize
         deadline = self._deadline(block, timeout)
+        settle_until: int | None = None  # wait for this many ended puts, then decide
         while True:
             if self._shutdown:
                 raise QueueShutDown("the queue is shut down")
-            if maxsize <= 0 or self._core.ready_hint() + n <= maxsize or (
-                    n > maxsize and self._core.ready_hint() == 0):
-                return
-            if not block:
-                raise Full(f"the queue holds {self._core.ready_hint()} of {maxsize} items")
-            if not self._wait(deadline, lambda: self._core.ready_hint() + n <= maxsize):
-                raise Full(f"no room for {n} item(s) within the timeout")
-            if self._core.refresh_due():
-                self._core.refresh()
+            with self._cond:
+                held = core.ready_hint() + self._reserved
+                if maxsize <= 0 or held + n <= maxsize or (n > maxsize and held == 0):
+                    self._reserved += n
+                    self._puts_started += 1
+                    return
+                out_of_time = not block or (
+                    deadline is not None and time.monotonic() >= deadline)
+                if out_of_time:
+                    if self._reserved and settle_until is None:
+                        settle_until = self._puts_started
+                    if settle_until is None or self._puts_ended >= settle_until:
+                        if not block:
+                            raise Full(f"the queue holds {core.ready_hint()} of "
+                                       f"{maxsize} items")
+                        raise Full(f"no room for {n} item(s) within the timeout")
+                    self._sleep(core.settings.poll_interval)
+                    continue
+            if not self._wait(deadline, lambda: core.ready_hint() + self._reserved + n
+                              <= maxsize):
+                continue  # the deadline passed: the check above decides
+            if core.refresh_due():
+                core.refresh()
 
     # ---- getting ------------------------------------------------------------------------
 
