@@ -3,7 +3,9 @@ close, argument checks, read-only opens and dead-letter ids."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 import pytest
 
@@ -54,3 +56,68 @@ def test_put_nowait_succeeds_when_room_remains_during_concurrent_puts(path: str)
         for t in threads:
             t.join()
         assert fulls == [] and q.qsize() == 40
+
+
+# ---- join and dead letters ----------------------------------------------------------------
+
+def _join_returns(q: SyncQueue[object], seconds: float = 5.0) -> bool:
+    joiner = threading.Thread(target=q.join, daemon=True)
+    joiner.start()
+    joiner.join(seconds)
+    return not joiner.is_alive()
+
+
+def test_nacked_into_dead_letters_is_finished_for_join(path: str) -> None:
+    with SyncQueue.create(path, max_attempts=1) as q:
+        q.put("x")
+        q.nack(q.lease())
+        assert q.stats["dead"] == 1 and q.stats["unfinished"] == 0
+        assert _join_returns(q)
+        assert q.requeue_dead() == 1
+        assert q.stats["unfinished"] == 1
+        q.ack(q.lease())
+        assert q.stats["unfinished"] == 0
+        assert _join_returns(q)
+
+
+def test_expired_into_dead_letters_is_finished_for_join(path: str) -> None:
+    with SyncQueue.create(path, max_attempts=1, poll_interval=0.01) as q:
+        q.put_many(["x", "y"])
+        q.lease(ttl=0.05)
+        assert q.get() == "y"
+        q.task_done()
+        time.sleep(0.1)
+        with pytest.raises(spoolq.Empty):
+            q.get(timeout=0.3)  # the wait reaps the lease: "x" goes to the dead letters
+        assert q.stats["dead"] == 1 and q.stats["unfinished"] == 0
+        assert _join_returns(q)
+
+
+@pytest.mark.parametrize("lease", [False, True])
+def test_undecodable_record_is_finished_for_join(disk_path: str, lease: bool) -> None:
+    with SyncQueue.create(disk_path) as q:
+        q._core.engine.append(q._core.name, [b"\xffnot a record"], [12], time.time())
+    with SyncQueue.create(disk_path) as q:
+        assert q.stats["unfinished"] == 1
+        with pytest.raises(spoolq.Empty):
+            if lease:
+                q.lease(timeout=0.2)
+            else:
+                q.get(timeout=0.2)
+        assert q.stats["dead"] == 1 and q.stats["unfinished"] == 0
+        assert _join_returns(q)
+
+
+def test_async_nack_into_dead_letters_is_finished_for_join(path: str) -> None:
+    async def main() -> None:
+        async with await spoolq.Queue.create(path, max_attempts=1) as q:
+            await q.put("x")
+            await q.nack(await q.lease())
+            assert q.stats["unfinished"] == 0
+            await asyncio.wait_for(q.join(), 5)
+            assert await q.requeue_dead() == 1
+            await q.ack(await q.lease())
+            await asyncio.wait_for(q.join(), 5)
+            assert q.stats["unfinished"] == 0
+
+    asyncio.run(main())

@@ -341,10 +341,14 @@ class QueueCore(Settling):
     def _reap_locked(self, now: float) -> None:
         if self._counts.leased and now >= self._next_reap:
             self._next_reap = now + self._reap_interval()
-            released = self.engine.expire(self.name, now, max_attempts=self.settings.max_attempts)
+            max_attempts = self.settings.max_attempts
+            dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
+            released = self.engine.expire(self.name, now, max_attempts=max_attempts)
             if released:
                 self._refresh_locked()
+                died = 0 if max_attempts is None else self._dead - dead_before
                 self.counters["redelivered"] += released
+                self._finished(died)  # leases that ran out into the dead letters
 
     def take(self, n: int, ttl: float | None, *, fill: bool = False,
              buffered: bool = True) -> list[Taken]:
@@ -460,6 +464,7 @@ class QueueCore(Settling):
                 self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
                 self.counters["gets"] -= 1
             self._refresh_locked()
+        self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
 
     def restore(self, taken: Sequence[Taken], leased: bool) -> None:
         """Give back records whose taker never received them (a cancelled waiter)."""

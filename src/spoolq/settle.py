@@ -83,6 +83,12 @@ class Settling:
                                        reason=reason or "nacked")
             self._refresh_locked()
             self.counters["nacks"] += len(done)
+            max_attempts = self.settings.max_attempts
+            if max_attempts is not None and done:
+                # Deliveries that reached max_attempts went to the dead letters: finished.
+                released = set(done)
+                self._finished(sum(1 for ident, attempts in deliveries
+                                   if ident in released and attempts >= max_attempts))
         self._notify()
         self._raise_missing(deliveries, done, "nack")
 
@@ -93,6 +99,12 @@ class Settling:
             raise LeaseError(
                 f"cannot {what} message(s) {missing}: the lease expired, was settled already, "
                 "or the item was delivered again since")
+
+    def _finished(self, n: int) -> None:
+        """``n`` items left for good without a ``task_done`` (to the dead letters)."""
+        if n > 0:
+            with self._tally:
+                self.unfinished = max(self.unfinished - n, 0)
 
     def task_done(self) -> None:
         with self._tally:
