@@ -121,3 +121,42 @@ def test_async_nack_into_dead_letters_is_finished_for_join(path: str) -> None:
             assert q.stats["unfinished"] == 0
 
     asyncio.run(main())
+
+
+# ---- purge ----------------------------------------------------------------------------------
+
+def test_purge_keeps_items_taken_but_not_done_unfinished(path: str) -> None:
+    with SyncQueue.create(path) as q:
+        q.put_many([1, 2, 3])
+        assert q.get() == 1
+        assert q.purge() == 2
+        assert q.stats["unfinished"] == 1
+        q.task_done()
+        assert q.stats["unfinished"] == 0
+        assert _join_returns(q)
+        with pytest.raises(ValueError):
+            q.task_done()
+
+
+def test_purge_of_dead_letters_leaves_unfinished_alone(path: str) -> None:
+    with SyncQueue.create(path, max_attempts=1) as q:
+        q.put_many([1, 2])
+        q.nack(q.lease())
+        assert q.get() == 2
+        assert q.purge(dead=True) == 1
+        assert q.stats["unfinished"] == 1
+        q.task_done()
+        assert _join_returns(q)
+
+
+def test_async_purge_keeps_items_taken_but_not_done_unfinished(path: str) -> None:
+    async def main() -> None:
+        async with await spoolq.Queue.create(path) as q:
+            await q.put_many([1, 2, 3])
+            assert await q.get() == 1
+            assert await q.purge() == 2
+            assert q.stats["unfinished"] == 1
+            q.task_done()
+            await asyncio.wait_for(q.join(), 5)
+
+    asyncio.run(main())

@@ -135,7 +135,8 @@ class Settling:
             removed = self.engine.purge(self.dead_name if dead else self.name) + buffered
             self._refresh_locked()
             if not dead:
-                with self._tally:
-                    self.unfinished = self._counts.leased
+                # The purged records never reach a consumer; items taken with get and not
+                # yet marked task_done stay unfinished.
+                self._finished(removed)
         self._settle(tickets)
         return removed
