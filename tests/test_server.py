@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import importlib.util
 import ipaddress
@@ -397,6 +398,35 @@ def test_items_survive_a_server_restart(tmp_path: Path) -> None:
                 assert q.get_many(99, timeout=1) == list(range(1, 100))
                 q.ack(msg)  # the lease survived the restart too
                 assert q.stats["leased"] == 0
+
+
+def test_idle_connections_to_a_restarted_server_are_replaced_unnoticed(tmp_path: Path) -> None:
+    """No call was running when the server went away: none fails once it is back."""
+    path = str(tmp_path / "served.sqlite")
+
+    def wait_briefly() -> None:
+        with contextlib.suppress(spoolq.Empty):
+            q.get_many(1, timeout=0.3)
+
+    srv = ServerProcess(path)
+    port = srv.port
+    with SyncQueue.create(srv.url + "/jobs", name="jobs") as q:
+        try:
+            q.put("before")
+            assert q.get() == "before"
+            waiters = [threading.Thread(target=wait_briefly) for _ in range(3)]
+            for t in waiters:  # they leave long-poll connections idle in the pool
+                t.start()
+            for t in waiters:
+                t.join()
+        finally:
+            assert srv.stop() == 0
+        with ServerProcess(path, port=port):
+            q.put("after")
+            assert q.get(timeout=2) == "after"
+            for _ in range(4):
+                with pytest.raises(spoolq.Empty):
+                    q.get(timeout=0.2)
 
 
 def test_sigkill_of_the_server_loses_no_confirmed_put(tmp_path: Path) -> None:

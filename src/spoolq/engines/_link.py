@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -138,6 +139,8 @@ class Link:
             self.close()
             raise ProtocolError(f"the server at {self.where} sent an unexpected greeting")
         self.info = info
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
         self.proto.server_max_frame = info["max_frame"]
         skew = float(info.get("time", time.time())) - time.time()
         if abs(skew) > _CLOCK_SKEW_WARNING:
@@ -224,6 +227,15 @@ class Link:
         """Send a request frame and wait for its reply."""
         self._send(frame, timeout)
         return self._receive(ident)
+
+    def stale(self) -> bool:
+        """Whether this idle connection has something to read: the server closed it (after
+        a restart, say) or sent what nobody asked for. Either way it is of no more use."""
+        try:
+            return bool(self._poll.poll(0)) or (isinstance(self.sock, ssl.SSLSocket)
+                                                 and self.sock.pending() > 0)
+        except (OSError, ValueError):
+            return True
 
     def close(self) -> None:
         self.sock.close()

@@ -114,6 +114,9 @@ class RemoteEngine:
         with self._lock:
             if self._closed:
                 raise ClosedError("the remote engine is closed")
+            if self._link is not None and self._link.stale():
+                self._link.close()
+                self._link = None
             if self._link is None:
                 self._link = self._connect()
             # FrameTooLarge here is raised before sending: the connection stays usable
@@ -261,6 +264,9 @@ class RemoteEngine:
                 raise ClosedError("the remote engine is closed")
             link = self._idle_waiters.pop() if self._idle_waiters else None
             generation = self._wait_generation
+        if link is not None and link.stale():
+            link.close()
+            link = None
         if link is None:
             link = self._connect()
         with self._waiters_lock:
