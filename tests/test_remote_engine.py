@@ -110,15 +110,31 @@ def test_a_record_larger_than_the_client_accepts_stays_in_the_queue(
         reader.close()
 
 
-def test_lost_connection_fails_the_call_and_the_next_one_reconnects(
+def test_a_connection_lost_while_idle_is_replaced_before_the_next_call(
         memory_server: ThreadedServer) -> None:
     eng = RemoteEngine(memory_server.url)
     try:
         eng.append("q", [b"a"], [1], 0.0)
         assert eng._link is not None
-        eng._link.sock.shutdown(2)  # as if the network dropped the connection
+        lost = eng._link
+        lost.sock.shutdown(2)  # as if the network dropped the connection
+        assert eng.counts("q").ready == 1
+        assert eng._link is not lost
+    finally:
+        eng.close()
+
+
+def test_a_connection_lost_during_a_call_fails_it_and_the_next_one_reconnects(
+        memory_server: ThreadedServer) -> None:
+    eng = RemoteEngine(memory_server.url, timeout=5)
+    try:
+        eng.append("q", [b"a"], [1], 0.0)
+        assert eng._link is not None
+        link = eng._link
+        # the connection breaks while a long-poll take waits on it
+        threading.Timer(0.2, link.sock.shutdown, (socket.SHUT_RDWR,)).start()
         with pytest.raises(spoolq.EngineError, match=r"connection|closed"):
-            eng.counts("q")
+            eng.take("empty", 1, 0.0, None, wait=3.0)
         assert eng.counts("q").ready == 1
     finally:
         eng.close()
