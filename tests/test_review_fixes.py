@@ -160,3 +160,33 @@ def test_async_purge_keeps_items_taken_but_not_done_unfinished(path: str) -> Non
             await asyncio.wait_for(q.join(), 5)
 
     asyncio.run(main())
+
+
+# ---- calls after close ------------------------------------------------------------------------
+
+def test_sync_calls_after_close_raise_closed_error(path: str) -> None:
+    q = SyncQueue.create(path)
+    q.put_many([1, 2])
+    msg = q.lease()
+    q.close()
+    q.close()  # harmless
+    calls = {
+        "put": lambda: q.put(3), "put_nowait": lambda: q.put_nowait(3),
+        "put_many": lambda: q.put_many([3]), "put_many_empty": lambda: q.put_many([]),
+        "get": q.get, "get_nowait": q.get_nowait, "get_timeout": lambda: q.get(timeout=0.1),
+        "get_many": lambda: q.get_many(2), "lease": q.lease,
+        "lease_many": lambda: q.lease_many(2), "peek": q.peek, "ack": lambda: q.ack(msg),
+        "nack": lambda: q.nack(msg), "requeue_dead": q.requeue_dead, "purge": q.purge,
+        "flush": q.flush,
+    }
+    for name, call in calls.items():
+        with pytest.raises(spoolq.ClosedError):
+            call()
+            pytest.fail(f"{name} did not raise")
+
+
+def test_sync_close_with_maxsize_then_put_raises_closed_error(path: str) -> None:
+    q = SyncQueue.create(path, maxsize=1)
+    q.close()
+    with pytest.raises(spoolq.ClosedError):
+        q.put(1)

@@ -40,6 +40,7 @@ class SyncQueue(QueueViews, Generic[T]):
         self._all_done = threading.Condition(mutex)
         self._shutdown = False
         self._immediate = False
+        self._closed = False
         self._takers = 0
         self._sleepers = 0  # threads in self._cond.wait(): nobody to notify when 0
         # Room reserved (under self._cond) by puts of a queue with maxsize that are being
@@ -115,6 +116,10 @@ class SyncQueue(QueueViews, Generic[T]):
             self._sleep(min(remaining, poll))
             return True
 
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"queue {self._core.name!r} is closed")
+
     @staticmethod
     def _deadline(block: bool, timeout: float | None) -> float | None:
         if not block or timeout is None:
@@ -151,6 +156,7 @@ class SyncQueue(QueueViews, Generic[T]):
 
         Waits for room as :meth:`put` does.
         """
+        self._check()
         core = self._core
         records, sizes = core.encode(items)
         if not records:
@@ -162,6 +168,7 @@ class SyncQueue(QueueViews, Generic[T]):
 
     def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
+        self._check()
         tickets = self._core.flush()
         errors = [t.error for t in tickets if t.error is not None]
         if errors:
@@ -170,6 +177,7 @@ class SyncQueue(QueueViews, Generic[T]):
     def _put_with_room(self, records: list[bytes], sizes: list[int], block: bool,
                        timeout: float | None) -> None:
         """Reserve room for the records, write them, then give the reservation up."""
+        self._check()  # after close() the fast path is never taken: this is the check
         n = len(records)
         self._reserve_room(n, block, timeout)
         try:
@@ -225,6 +233,7 @@ class SyncQueue(QueueViews, Generic[T]):
     def _take(self, n: int | None, block: bool, timeout: float | None, ttl: float | None,
               wait_for_all: bool = False) -> list[Any]:
         """Take items, waiting as get() does. ``n=None`` takes all that are ready."""
+        self._check()
         deadline = self._deadline(block, timeout)
         core = self._core
         got: list[Any] = []
@@ -303,7 +312,8 @@ class SyncQueue(QueueViews, Generic[T]):
             try:
                 got = core.take(1, None)
             except ClosedError:
-                got = []  # closed meanwhile: the general path below says so
+                # Closed by another thread while this get ran: as for a waiting call.
+                raise QueueShutDown("the queue is shut down") from None
             if got:
                 if self._sleepers:
                     self._wake()
@@ -418,8 +428,10 @@ class SyncQueue(QueueViews, Generic[T]):
         """Flush, release this handle's leases and close the file; idempotent.
 
         Calls waiting in other threads raise :class:`QueueShutDown`; items they
-        held go back to the queue before the file closes.
+        held go back to the queue before the file closes. Any later call raises
+        :class:`ClosedError`.
         """
+        self._closed = True
         self.shutdown(immediate=True)
         deadline = time.monotonic() + 10.0
         with self._cond:
