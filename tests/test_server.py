@@ -259,6 +259,53 @@ def test_pipelined_requests_are_answered_by_id(server: ServerProcess, name: str)
     assert ids == [1, 3, 2]  # the long-poll take answers last
 
 
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
+@pytest.mark.parametrize("path", [":memory:", "served.sqlite"])
+def test_a_client_that_pipelines_without_reading_holds_up_only_itself(
+        tmp_path: Path, path: str) -> None:
+    """Requests read in one go wait unstarted while the client does not read its
+    replies: the server's memory does not grow with what the client asked for."""
+    with ServerProcess(path if path == ":memory:" else str(tmp_path / path)) as srv, \
+            SyncQueue.create(srv.url + "/big", name="big", serializer="raw",
+                             compressor=None) as q:
+        q.put_many([os.urandom(1000)] * 100)
+        before = _rss_mb(srv.proc.pid)
+        # replies of about 20 KB each: 80 MB if all were answered at once, 5 MB for the
+        # 256 requests that may be in flight
+        n = 4000
+        peeks = b"".join(encode_frame(FrameType.REQUEST, i, {"op": "peek", "queue": "big",
+                                                             "n": 20})
+                         for i in range(2, n + 2))
+        with _raw(srv) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(encode_preamble() + peeks)
+            time.sleep(1.0)
+            grown = _rss_mb(srv.proc.pid) - before
+            assert q.qsize() == 100  # other clients are served meanwhile
+            answered, data = 0, b""
+            sock.settimeout(20)
+            while answered < n:
+                chunk = sock.recv(1 << 20)
+                assert chunk, "the server closed the connection"
+                data += chunk
+                if answered == 0:
+                    data = data[8:]  # the server's preamble
+                while len(data) >= 4 and len(data) >= 4 + struct.unpack_from(">I", data)[0]:
+                    length, ftype = struct.unpack_from(">IB", data)
+                    assert ftype == FrameType.REPLY
+                    data = data[4 + length:]
+                    answered += 1
+    assert grown < 30, f"the server grew by {grown:.0f} MB"
+
+
 def _complete(data: bytes, want: int) -> list[tuple[int, object]]:
     out = []
     while len(data) >= 4 and len(out) < want:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -42,6 +43,7 @@ log = logging.getLogger("spoolq")
 _LIMITED = frozenset({"take", "peek", "peek_leased"})  # ops whose replies fit max_reply
 
 MAX_INFLIGHT = 256
+_CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
 """Requests of one connection in flight before the server stops reading from it."""
 
 
@@ -74,6 +76,10 @@ class Session(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._corked: list[bytes] | None = None
+        self._corked_bytes = 0
+        # Requests read but not yet dispatched: a chunk may hold many, and none is started
+        # while the client does not read its replies or too many are in flight.
+        self._backlog: deque[Request] = deque()
         runner = server.runner
         self._inline = runner if isinstance(runner, InlineRunner) else None
 
@@ -108,18 +114,33 @@ class Session(asyncio.Protocol):
             return
         if self.sans.outbox:
             self._write(self.sans.data_to_send())
-        if len(requests) == 1:
+        if len(requests) == 1 and not self._backlog and not self._write_paused:
             self._dispatch(requests[0])
         elif requests:
-            # Pipelined requests: gather the replies that are ready at once into one write.
-            self._corked = []
-            try:
-                for request in requests:
-                    self._dispatch(request)
-            finally:
-                out, self._corked = self._corked, None
-                self._write(b"".join(out))
+            self._backlog.extend(requests)
+            self._run_backlog()
         self._arm_stall()
+
+    def _run_backlog(self) -> None:
+        """Dispatch waiting requests while the client reads its replies and fewer than
+        MAX_INFLIGHT are in flight; the replies that are ready go out together."""
+        backlog = self._backlog
+        self._corked, self._corked_bytes = [], 0
+        try:
+            while backlog and not self.closed and not self._write_paused \
+                    and self.inflight < MAX_INFLIGHT:
+                self._dispatch(backlog.popleft())
+                if self._corked_bytes >= _CORK_LIMIT:
+                    self._uncork()  # the transport may ask for a pause right here
+                    self._corked, self._corked_bytes = [], 0
+        finally:
+            self._uncork()
+        self.update_reading()
+
+    def _uncork(self) -> None:
+        out, self._corked = self._corked, None
+        if out:
+            self._write(b"".join(out))
 
     def eof_received(self) -> bool | None:
         return None
@@ -130,10 +151,14 @@ class Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self.update_reading()
+        if self._backlog:
+            self._run_backlog()
+        else:
+            self.update_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._backlog.clear()
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -149,6 +174,7 @@ class Session(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self._corked is not None:
             self._corked.append(data)
+            self._corked_bytes += len(data)
         elif data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
@@ -163,7 +189,8 @@ class Session(asyncio.Protocol):
         client does not read its replies, and once the server is stopping."""
         if self.transport is None or self.transport.is_closing():
             return
-        pause = self._write_paused or self.inflight >= MAX_INFLIGHT or self.server.stopping
+        pause = (self._write_paused or self.inflight >= MAX_INFLIGHT or self.server.stopping
+                 or bool(self._backlog))
         if pause and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
@@ -270,7 +297,10 @@ class Session(asyncio.Protocol):
             self._write(encode_reply(req.id, result))
         else:
             self._write(self._error_frame(req, error))
-        self.update_reading()
+        if self._backlog and self._corked is None:
+            self._run_backlog()
+        else:
+            self.update_reading()
 
     def _error_frame(self, req: Request, error: BaseException) -> bytes:
         """The ERROR frame answering ``req``; unexpected failures are logged."""
