@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,82 @@ def test_sync_close_with_maxsize_then_put_raises_closed_error(path: str) -> None
     q.close()
     with pytest.raises(spoolq.ClosedError):
         q.put(1)
+
+
+# ---- argument checks ----------------------------------------------------------------------
+
+NAN = float("nan")
+INF = float("inf")
+
+
+def test_sync_bad_numbers_are_refused_before_the_queue_is_touched(path: str) -> None:
+    with SyncQueue.create(path, maxsize=10) as q:
+        q.put_many([1, 2, 3])
+        msg = q.lease()
+        bad: list[tuple[type[Exception], object]] = [
+            (TypeError, lambda: q.get_many(1.5)), (TypeError, lambda: q.get_many(True)),
+            (ValueError, lambda: q.get_many(0)), (TypeError, lambda: q.peek(1.5)),
+            (TypeError, lambda: q.peek(1, offset=0.5)), (TypeError, lambda: q.peek(True)),
+            (TypeError, lambda: q.lease_many(2.0)),
+            (ValueError, lambda: q.lease(ttl=NAN)), (ValueError, lambda: q.lease(ttl=INF)),
+            (ValueError, lambda: q.lease(ttl=0)), (TypeError, lambda: q.lease(ttl="5")),
+            (ValueError, lambda: q.nack(msg, delay=NAN)),
+            (ValueError, lambda: q.nack(msg, delay=INF)),
+            (ValueError, lambda: q.nack(msg, delay=-1)),
+            (ValueError, lambda: q.get(timeout=NAN)), (ValueError, lambda: q.get(timeout=INF)),
+            (TypeError, lambda: q.get(timeout="1")),
+            (ValueError, lambda: q.get_many(2, timeout=NAN)),
+            (ValueError, lambda: q.put(4, timeout=NAN)),
+            (ValueError, lambda: q.put_many([4], timeout=-1)),
+        ]
+        for error, call in bad:
+            with pytest.raises(error):
+                call()  # type: ignore[operator]
+        assert q.qsize() == 2 and q.stats["leased"] == 1
+        q.ack(msg)  # the lease is still held: nothing touched it
+        assert q.get_many(2) == [2, 3]
+
+
+def test_async_bad_numbers_are_refused_before_the_queue_is_touched(path: str) -> None:
+    async def main() -> None:
+        async with await spoolq.Queue.create(path) as q:
+            await q.put_many([1, 2, 3])
+            msg = await q.lease()
+            bad: list[tuple[type[Exception], object]] = [
+                (TypeError, lambda: q.get_many(1.5)), (TypeError, lambda: q.peek(1.5)),
+                (TypeError, lambda: q.peek(True)), (TypeError, lambda: q.lease_many(2.0)),
+                (ValueError, lambda: q.lease(ttl=NAN)),
+                (ValueError, lambda: q.nack(msg, delay=NAN)),
+                (ValueError, lambda: q.get_many(2, timeout=NAN)),
+                (ValueError, lambda: q.lease(timeout=INF)),
+            ]
+            for error, call in bad:
+                with pytest.raises(error):
+                    await call()  # type: ignore[operator]
+            assert q.qsize() == 2 and q.stats["leased"] == 1
+            await q.ack(msg)
+
+    asyncio.run(main())
+
+
+def test_unknown_engine_option_is_a_configuration_error(disk_path: str) -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="bogus") as info:
+        SyncQueue.create(disk_path, engine_options={"bogus": 1})
+    assert "options are" in str(info.value)
+    with pytest.raises(spoolq.ConfigurationError, match="durability"):
+        SyncQueue.create(disk_path, engine_options={"durability": "fsync"})
+    with pytest.raises(spoolq.ConfigurationError, match="read_only"):
+        SyncQueue.create(disk_path, engine_options={"read_only": "yes"})
+
+
+def test_read_only_engine_option_is_honoured(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many([1, 2])
+    with SyncQueue.create(path, engine_options={"read_only": True}) as q:
+        assert q._core.engine.read_only  # type: ignore[attr-defined]
+        assert q.peek(5) == [1, 2] and q.qsize() == 2
+        with pytest.raises(spoolq.SpoolqError):
+            q.put(3)
+    with SyncQueue.create(path) as q:
+        assert q.get_many(5, timeout=0) == [1, 2]

@@ -20,7 +20,7 @@ from .engines import Engine
 from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .groupcommit import Ticket
 from .message import Message, Taken
-from .settings import Settings, resolve_target
+from .settings import Settings, check_count, check_seconds, resolve_target
 from .worker import Worker
 
 __all__ = ["Queue"]
@@ -160,9 +160,7 @@ class Queue(QueueViews, Generic[T]):
     def _deadline(timeout: float | None) -> float | None:
         if timeout is None:
             return None
-        if timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
-        return time.monotonic() + timeout
+        return time.monotonic() + check_seconds("timeout", timeout)
 
     def _check(self) -> None:
         if self._closed:
@@ -418,14 +416,14 @@ class Queue(QueueViews, Generic[T]):
         ``n=None`` it waits for at least one item, then returns every item
         ready at that moment.
         """
-        if n is not None and n < 1:
-            raise ValueError("n must be >= 1 or None")
+        if n is not None:
+            check_count("n", n, 1)
         return self._core.items(await self._take(n, timeout, None, wait_for_all=True))
 
     async def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
         """Return up to ``n`` items from the head (after ``offset``) without removing them."""
-        if n < 0 or offset < 0:
-            raise ValueError("n and offset must be >= 0")
+        check_count("n", n, 0)
+        check_count("offset", offset, 0)
         self._check()
         return await self._call(partial(self._core.peek, n, offset, dead=dead))
 
@@ -443,10 +441,8 @@ class Queue(QueueViews, Generic[T]):
     async def lease_many(self, n: int, *, ttl: float = 30.0,
                          timeout: float | None = None) -> list[Message[T]]:
         """Lease up to ``n`` items: waits for one, then takes what is ready up to ``n``."""
-        if ttl <= 0:
-            raise ValueError("ttl must be > 0")
-        if n < 1:
-            raise ValueError("n must be >= 1")
+        check_seconds("ttl", ttl, positive=True)
+        check_count("n", n, 1)
         return self._core.messages(await self._take(n, timeout, ttl))
 
     async def ack(self, *messages: Message[T]) -> None:
@@ -457,6 +453,7 @@ class Queue(QueueViews, Generic[T]):
 
     async def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
         """Return leased items to their place in line, visible again after ``delay`` seconds."""
+        check_seconds("delay", delay)
         self._check()
         await self._call(self._core.nack, messages, delay)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,34 @@ from .engines.remote import url_queue_name
 from .errors import ConfigurationError
 from .zdict import load_dictionaries
 
-__all__ = ["DURABILITIES", "Settings", "resolve_target", "stored_codec"]
+__all__ = ["DURABILITIES", "Settings", "check_count", "check_seconds", "resolve_target",
+           "stored_codec"]
 
 DURABILITIES = ("fsync", "commit", "buffer")
+
+
+def check_count(name: str, value: object, minimum: int) -> int:
+    """``value`` as a count of at least ``minimum``: TypeError unless it is an int (a bool
+    is refused), ValueError when it is smaller."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
+    """``value`` as a finite number of seconds, >= 0 (> 0 when ``positive``): TypeError
+    unless it is an int or a float (a bool is refused), ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else 'a non-negative number'}, "
+                         f"not {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

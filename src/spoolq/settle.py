@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .engines import Counts, Engine
-from .errors import ConfigurationError, LeaseError
+from .errors import LeaseError
 from .groupcommit import GroupCommit, Ticket
 from .message import Message
-from .settings import Settings
+from .settings import Settings, check_seconds
 
 __all__ = ["Settling"]
 
@@ -71,8 +71,7 @@ class Settling:
 
     def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
         """Return leased items to their FIFO position, visible again after ``delay`` seconds."""
-        if delay < 0:
-            raise ConfigurationError(f"delay must be >= 0, not {delay!r}")
+        check_seconds("delay", delay)
         deliveries = self._deliveries(messages)
         with self.lock:
             self._check_open()

@@ -16,7 +16,7 @@ from .core import QueueCore
 from .engines import Engine
 from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .message import Message
-from .settings import Settings, resolve_target
+from .settings import Settings, check_count, check_seconds, resolve_target
 
 __all__ = ["SyncQueue"]
 
@@ -124,9 +124,7 @@ class SyncQueue(QueueViews, Generic[T]):
     def _deadline(block: bool, timeout: float | None) -> float | None:
         if not block or timeout is None:
             return None
-        if timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
-        return time.monotonic() + timeout
+        return time.monotonic() + check_seconds("timeout", timeout)
 
     # ---- putting ------------------------------------------------------------------------
 
@@ -307,7 +305,9 @@ class SyncQueue(QueueViews, Generic[T]):
         shut down and drained.
         """
         core = self._core
-        if not self._shutdown and core.ready_hint() > 0 and (timeout is None or timeout >= 0):
+        if block and timeout is not None:
+            check_seconds("timeout", timeout)  # refused even with an item ready
+        if not self._shutdown and core.ready_hint() > 0:
             # An item is ready: take it without the bookkeeping of a call that may wait.
             try:
                 got = core.take(1, None)
@@ -335,14 +335,14 @@ class SyncQueue(QueueViews, Generic[T]):
         ``n=None`` it waits for at least one item, then returns every item
         ready at that moment.
         """
-        if n is not None and n < 1:
-            raise ValueError("n must be >= 1 or None")
+        if n is not None:
+            check_count("n", n, 1)
         return self._core.items(self._take(n, block, timeout, None, wait_for_all=True))
 
     def peek(self, n: int = 1, *, offset: int = 0, dead: bool = False) -> list[T]:
         """Return up to ``n`` items from the head (after ``offset``) without removing them."""
-        if n < 0 or offset < 0:
-            raise ValueError("n and offset must be >= 0")
+        check_count("n", n, 0)
+        check_count("offset", offset, 0)
         return self._core.peek(n, offset, dead=dead)
 
     # ---- leases -------------------------------------------------------------------------
@@ -359,10 +359,8 @@ class SyncQueue(QueueViews, Generic[T]):
     def lease_many(self, n: int, block: bool = True, timeout: float | None = None, *,
                    ttl: float = 30.0) -> list[Message[T]]:
         """Lease up to ``n`` items: waits for one, then takes what is ready up to ``n``."""
-        if ttl <= 0:
-            raise ValueError("ttl must be > 0")
-        if n < 1:
-            raise ValueError("n must be >= 1")
+        check_seconds("ttl", ttl, positive=True)
+        check_count("n", n, 1)
         return self._core.messages(self._take(n, block, timeout, ttl))
 
     def ack(self, *messages: Message[T]) -> None:
@@ -373,6 +371,7 @@ class SyncQueue(QueueViews, Generic[T]):
 
     def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
         """Return leased items to their place in line, visible again after ``delay`` seconds."""
+        check_seconds("delay", delay)
         self._core.nack(messages, delay)
 
     @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,7 +46,23 @@ EngineFactory = Callable[..., Engine]
 """Called as ``factory(path, durability=..., read_only=..., **engine_options)``."""
 
 
+def _check_options(engine: str, cls: Callable[..., Engine], options: Mapping[str, Any]) -> None:
+    """ConfigurationError naming the options ``cls`` does not take, with those it takes."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted(name for name, p in params.items()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY
+                   and name not in {"read_only", "durability"})
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigurationError(
+            f"the {engine} engine has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(valid) or 'none'}")
+
+
 def _sqlite(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    _check_options("sqlite", SQLiteEngine, options)
     options.setdefault("synchronous", "FULL" if durability == "fsync" else "NORMAL")
     return SQLiteEngine(path, read_only=read_only, **options)
 
@@ -59,17 +76,20 @@ def _memory(path: str, *, durability: str, read_only: bool = False, **options: A
 def _lmdb(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
     # "commit" keeps LMDB's data flush and drops the meta flush: the file stays sound on
     # power loss and only the last commit may be undone (see engines/lmdb.py).
+    _check_options("lmdb", LMDBEngine, options)
     options.setdefault("sync", True)
     options.setdefault("metasync", durability == "fsync")
     return LMDBEngine(path, read_only=read_only, **options)
 
 
 def _dbm(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    _check_options("dbm", DBMEngine, options)
     options.setdefault("fsync", durability == "fsync")
     return DBMEngine(path, read_only=read_only, **options)
 
 
 def _pickle(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
+    _check_options("pickle", PickleEngine, options)
     options.setdefault("fsync", durability == "fsync")
     return PickleEngine(path, read_only=read_only, **options)
 
@@ -86,12 +106,14 @@ def _postgres(path: str, *, durability: str, read_only: bool = False,
         raise ConfigurationError(
             f"the postgres engine needs {exc.name}, which is not installed: "
             "pip install 'spoolq[postgres]'") from exc
+    _check_options("postgres", PostgresEngine, options)
     return PostgresEngine(path, durability=durability, read_only=read_only, **options)
 
 
 def _remote(path: str, *, durability: str, read_only: bool = False, **options: Any) -> Engine:
     # The server's own durability setting decides how its commits are made.
     from .remote import RemoteEngine
+    _check_options("remote", RemoteEngine, options)
     return RemoteEngine(path, read_only=read_only, **options)
 
 
@@ -122,7 +144,8 @@ def open_engine(path: str | os.PathLike[str], engine: str | Engine | None = None
                 durability: str = "commit", read_only: bool = False,
                 options: Mapping[str, Any] | None = None) -> Engine:
     """Open the storage for ``path``: ``engine`` is a name, an engine instance or None
-    (pick by path)."""
+    (pick by path). ``options`` may hold ``read_only`` too (a bool): the file is then
+    opened read-only when either says so."""
     if engine is not None and not isinstance(engine, str):
         if not isinstance(engine, Engine):
             raise ConfigurationError(
@@ -135,4 +158,13 @@ def open_engine(path: str | os.PathLike[str], engine: str | Engine | None = None
     if factory is None:
         raise ConfigurationError(
             f"no engine named {name!r} is available; known engines: {', '.join(sorted(ENGINES))}")
-    return factory(spath, durability=durability, read_only=read_only, **dict(options or {}))
+    opts = dict(options or {})
+    if "durability" in opts:
+        raise ConfigurationError(
+            "durability is a setting of the queue (durability=...), not an engine option")
+    if "read_only" in opts:
+        flag = opts.pop("read_only")
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"engine option read_only must be a bool, not {flag!r}")
+        read_only = read_only or flag
+    return factory(spath, durability=durability, read_only=read_only, **opts)
