@@ -270,3 +270,45 @@ def test_read_only_engine_option_is_honoured(tmp_path: Path) -> None:
             q.put(3)
     with SyncQueue.create(path) as q:
         assert q.get_many(5, timeout=0) == [1, 2]
+
+
+# ---- read-only opens ------------------------------------------------------------------------
+
+def _file_bytes(path: str) -> dict[str, bytes]:
+    """The bytes of a queue file, or of each file in a queue directory."""
+    root = Path(path)
+    files = sorted(root.rglob("*")) if root.is_dir() else [root]
+    return {str(f): f.read_bytes() for f in files if f.is_file()}
+
+
+def test_read_only_open_writes_nothing(disk_path: str) -> None:
+    with SyncQueue.create(disk_path) as q:
+        q.put_many([1, 2, 3])
+    before = _file_bytes(disk_path)
+    with SyncQueue.create(disk_path, compressor="zlib", max_attempts=2,
+                          engine_options={"read_only": True}) as q:
+        assert q.peek(5) == [1, 2, 3]
+        assert q.qsize() == 3 and q.stats["unfinished"] == 3
+        assert q.stats["compressor"] == "zlib"
+        with pytest.raises(spoolq.SpoolqError):
+            q.put(4)
+    assert _file_bytes(disk_path) == before
+    with SyncQueue.create(disk_path) as q:
+        assert q.stats["compressor"] == "zstd"  # the read-only open stored nothing
+        assert q.get_many(3) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("suffix", [".sqlite", ".lmdb"])
+def test_read_only_open_beside_a_writer_with_leases(tmp_path: Path, suffix: str) -> None:
+    path = str(tmp_path / f"q{suffix}")
+    with SyncQueue.create(path, poll_interval=0.01) as writer:
+        writer.put_many([1, 2])
+        msg = writer.lease(ttl=0.05)
+        time.sleep(0.1)  # the lease ran out; a read-only handle must not reap it
+        with SyncQueue.create(path, poll_interval=0.01,
+                              engine_options={"read_only": True}) as reader:
+            assert reader.stats["leased"] == 1
+            reader._core.refresh()
+            assert reader.peek(5) == [2]
+        assert writer.stats["leased"] == 1
+        writer.ack(msg)

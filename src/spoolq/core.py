@@ -56,6 +56,8 @@ class QueueCore(Settling):
         self.codec = codec
         self.settings = settings
         self.buffered = settings.durability == "buffer"
+        self.read_only = bool(getattr(engine, "read_only", False))
+        """An engine opened read-only: opening, reaping and closing write nothing."""
         self._fsync = settings.durability == "fsync"
         self.name = settings.name
         self.dead_name = dead_queue_name(settings.name)
@@ -84,15 +86,20 @@ class QueueCore(Settling):
     def open(cls, path: str | os.PathLike[str], *, engine: str | Engine | None,
              serializer: object, compressor: object, settings: Settings,
              engine_options: dict[str, Any] | None = None) -> QueueCore:
-        """Open (or create) the queue; reap leases of dead processes; load the counts."""
+        """Open (or create) the queue; reap leases of dead processes; load the counts.
+
+        An engine opened read-only (its ``read_only`` attribute) is only read: nothing
+        is stored and no lease is reaped."""
         eng = open_engine(path, engine, durability=settings.durability, options=engine_options)
         try:
-            codec = stored_codec(eng, settings, serializer, compressor)
+            read_only = bool(getattr(eng, "read_only", False))
+            codec = stored_codec(eng, settings, serializer, compressor, store=not read_only)
             core = cls(eng, codec, settings)
             with core.lock:
-                dead_owners = [o for o in eng.owners(core.name) if owner_is_dead(o)]
-                eng.expire(core.name, time.time(), owners=dead_owners,
-                           max_attempts=settings.max_attempts)
+                if not read_only:
+                    dead_owners = [o for o in eng.owners(core.name) if owner_is_dead(o)]
+                    eng.expire(core.name, time.time(), owners=dead_owners,
+                               max_attempts=settings.max_attempts)
                 core._refresh_locked()
                 core.unfinished = core._counts.ready + core._counts.leased
         except BaseException:
@@ -339,7 +346,7 @@ class QueueCore(Settling):
     # ---- taking -------------------------------------------------------------------------
 
     def _reap_locked(self, now: float) -> None:
-        if self._counts.leased and now >= self._next_reap:
+        if self._counts.leased and now >= self._next_reap and not self.read_only:
             self._next_reap = now + self._reap_interval()
             max_attempts = self.settings.max_attempts
             dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
@@ -522,7 +529,7 @@ class QueueCore(Settling):
         with self.lock:
             try:
                 self.flush()
-                if self._counts.leased:
+                if self._counts.leased and not self.read_only:
                     self.engine.expire(self.name, time.time(), owners=[self.owner],
                                        max_attempts=self.settings.max_attempts)
             finally:

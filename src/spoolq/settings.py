@@ -96,11 +96,12 @@ def resolve_target(path: str | os.PathLike[str], name: str | None,
 
 
 def stored_codec(engine: Engine, settings: Settings, serializer: object,
-                 compressor: object) -> Codec:
+                 compressor: object, *, store: bool = True) -> Codec:
     """The codec of the queue ``settings.name`` in ``engine``: the settings the file stores,
     which a new queue stores first. Another serializer than the stored one is a
     :class:`ConfigurationError`; another compressor changes it for new records. Loads the
-    queue's zstd dictionaries."""
+    queue's zstd dictionaries. With ``store`` false (an engine opened read-only) nothing is
+    written."""
     key = f"queue/{settings.name}/"
     stored_ser = engine.get_meta(key + "serializer")
     stored_comp = engine.get_meta(key + "compressor")
@@ -118,9 +119,11 @@ def stored_codec(engine: Engine, settings: Settings, serializer: object,
     codec = Codec("cbor" if serializer is None else serializer,
                   "zstd" if compressor is None else compressor,
                   threshold=settings.compress_threshold)
-    if stored_ser is None:
+    if not store:
+        pass
+    elif stored_ser is None:
         engine.set_meta(key + "serializer", codec.serializer_name.encode())
-    if stored_comp is None or stored_comp.decode() != codec.compressor_name:
+    if store and (stored_comp is None or stored_comp.decode() != codec.compressor_name):
         engine.set_meta(key + "compressor", codec.compressor_name.encode())
     load_dictionaries(engine, settings.name, codec)
     return codec
