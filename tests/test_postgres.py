@@ -24,7 +24,7 @@ from psycopg import sql
 from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
-from .waiting import assert_cancel_ends_a_wait
+from .waiting import assert_cancel_ends_a_wait, assert_one_wait_is_cancelled_alone
 
 
 class TestPostgresEngine(EngineConformance):
@@ -255,6 +255,12 @@ def test_close_twice_with_a_listener(engine: PostgresEngine) -> None:
 def test_cancel_waits_ends_a_wait_at_once(engine: PostgresEngine) -> None:
     assert engine.wait_ready("q", 0) is True
     assert_cancel_ends_a_wait(engine, "q", within=1.0)
+
+
+def test_a_wait_cancel_ends_its_own_wait_soon(engine: PostgresEngine) -> None:
+    """Two threads wait (one listens, one waits its turn): either can be cancelled."""
+    assert engine.wait_ready("q", 0) is True
+    assert_one_wait_is_cancelled_alone(engine, "q", within=1.0)
 
 
 def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url: str) -> None:

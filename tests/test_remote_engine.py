@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from spoolq.engines.remote import RemoteEngine, parse_url, url_queue_name
 from spoolq.testing import EngineConformance
 
 from .servers import ThreadedServer
-from .waiting import assert_cancel_ends_a_wait
+from .waiting import assert_cancel_ends_a_wait, assert_one_wait_is_cancelled_alone
 
 
 @pytest.fixture
@@ -191,6 +193,40 @@ def test_an_append_the_engine_refuses_fails_alone_not_its_group(tmp_path: Path) 
     assert isinstance(results[3], Exception)
     assert [r for k, r in enumerate(results) if k != 3] == [[1], [2], [3], [4], [5]]
     assert ready == 5
+
+
+def test_a_wait_cancel_ends_its_own_wait_at_once(memory_server: ThreadedServer) -> None:
+    eng = RemoteEngine(memory_server.url)
+    try:
+        assert_one_wait_is_cancelled_alone(eng, "idle", within=1.0)
+        eng.append("idle", [b"x"], [1], 1.0)
+        assert eng.wait_ready("idle", 5) is True, "a wait after the cancels must still hear"
+    finally:
+        eng.close()
+
+
+def test_cancelled_async_gets_leave_no_thread_waiting(memory_server: ThreadedServer) -> None:
+    """A get cancelled while it long-polls ends its wait at once: later gets keep their
+    timeouts and the application's own threads are not held up."""
+
+    async def main() -> tuple[float, float]:
+        async with await spoolq.Queue.create(memory_server.url + "/empty",
+                                             name="empty") as q:
+            for _ in range(12):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(q.get(), 0.05)
+            start = time.monotonic()
+            with pytest.raises(spoolq.Empty):
+                await q.get_many(1, timeout=0.5)
+            get_many = time.monotonic() - start
+            start = time.monotonic()
+            await asyncio.gather(*(asyncio.to_thread(time.sleep, 0.01) for _ in range(8)))
+            to_thread = time.monotonic() - start
+            return get_many, to_thread
+
+    get_many, to_thread = asyncio.run(main())
+    assert get_many < 1.5, f"get_many(timeout=0.5) took {get_many:.1f} s"
+    assert to_thread < 1.0, f"the application's to_thread calls took {to_thread:.1f} s"
 
 
 def test_cancel_waits_ends_a_wait_at_once(memory_server: ThreadedServer) -> None:

@@ -35,3 +35,34 @@ def assert_cancel_ends_a_wait(engine: Any, queue: str, within: float) -> None:
     assert result == [False] and time.monotonic() - start < within
     engine.append(queue, [b"x"], [1], 1.0)
     assert engine.wait_ready(queue, 5) is True, "a wait after the cancel must still hear"
+
+
+def assert_one_wait_is_cancelled_alone(engine: Any, queue: str, within: float) -> None:
+    """A ``WaitCancel`` ends its own ``wait_ready`` within ``within`` seconds and leaves
+    another thread's wait going; one cancelled before the wait makes it return at once."""
+    from spoolq.engines import WaitCancel
+
+    mine, other = WaitCancel(), WaitCancel()
+    results: dict[str, Any] = {}
+
+    def wait(name: str, cancel: WaitCancel) -> None:
+        results[name] = engine.wait_ready(queue, 30, cancel)
+        results[name + " at"] = time.monotonic()
+
+    threads = [threading.Thread(target=wait, args=("mine", mine)),
+               threading.Thread(target=wait, args=("other", other))]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # long enough to be listening
+    start = time.monotonic()
+    mine.cancel()
+    threads[0].join(5)
+    assert results.get("mine") is False and results["mine at"] - start < within
+    assert threads[1].is_alive(), "the other wait must go on"
+    other.cancel()
+    threads[1].join(5)
+    assert results.get("other") is False
+    done = WaitCancel()
+    done.cancel()
+    start = time.monotonic()
+    assert engine.wait_ready(queue, 30, done) is False and time.monotonic() - start < within

@@ -16,12 +16,12 @@ from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
 from .core import QueueCore
-from .engines import Engine
+from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .groupcommit import Ticket
 from .message import Message, Taken
 from .settings import Settings, check_count, check_seconds, resolve_target
-from .worker import Worker
+from .worker import Worker, wait_pool
 
 __all__ = ["Queue"]
 
@@ -358,7 +358,13 @@ class Queue(QueueViews, Generic[T]):
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
-            ready = await asyncio.to_thread(core.wait_ready, deadline)
+            cancel = WaitCancel()
+            try:
+                ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready,
+                                                         deadline, cancel)
+            except asyncio.CancelledError:
+                cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
+                raise
             if ready is None:
                 return False
             if ready:

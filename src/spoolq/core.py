@@ -8,6 +8,8 @@ serialized by one lock.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import threading
@@ -17,7 +19,15 @@ from functools import partial
 from typing import Any
 
 from .codec import Codec
-from .engines import Counts, Engine, Lease, StoredRecord, dead_queue_name, open_engine
+from .engines import (
+    Counts,
+    Engine,
+    Lease,
+    StoredRecord,
+    WaitCancel,
+    dead_queue_name,
+    open_engine,
+)
 from .errors import (
     ClosedError,
     CorruptError,
@@ -39,6 +49,17 @@ written (no engine gives negative ids)."""
 log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
+
+
+@functools.cache
+def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
+    """Whether an engine's wait_ready (the function, not a bound method: the cache would
+    keep the engine alive) takes a WaitCancel; engines written before it was added take
+    only the queue and the timeout."""
+    try:
+        return "cancel" in inspect.signature(wait_ready).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _new_counts(ready: int, leased: int, stored: int, raw: int) -> Counts:
@@ -138,14 +159,19 @@ class QueueCore(Settling):
         """Whether the engine can block until the queue may have items (long-poll)."""
         return hasattr(self.engine, "wait_ready")
 
-    def wait_ready(self, deadline: float | None) -> bool | None:
-        """Block until the engine says items may be ready, ``deadline`` (monotonic) passes
-        or a lease may have expired; no lock is held. None when the deadline has passed."""
+    def wait_ready(self, deadline: float | None,
+                   cancel: WaitCancel | None = None) -> bool | None:
+        """Block until the engine says items may be ready, ``deadline`` (monotonic) passes,
+        a lease may have expired or ``cancel`` is cancelled; no lock is held. None when
+        the deadline has passed."""
         limit = self._reap_interval() if self._counts.leased else _LONG_POLL
         timeout = limit if deadline is None else min(deadline - time.monotonic(), limit)
         if timeout <= 0:
             return None
-        return bool(self.engine.wait_ready(self.name, timeout))  # type: ignore[attr-defined]
+        wait = self.engine.wait_ready  # type: ignore[attr-defined]
+        if cancel is None or not _takes_cancel(getattr(wait, "__func__", wait)):
+            return bool(wait(self.name, timeout))
+        return bool(wait(self.name, timeout, cancel))
 
     def _reap_interval(self) -> float:
         return min(1.0, self.settings.poll_interval * 10)

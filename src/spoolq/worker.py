@@ -10,13 +10,15 @@ be collected. A result whose waiter was cancelled is handed to the job's
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "wait_pool"]
 
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
@@ -70,6 +72,17 @@ def _run(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) 
                         undo(result)  # give back what no one will receive
         if stop:
             return
+
+
+_WAIT_THREADS = 128
+
+
+@functools.cache
+def wait_pool() -> ThreadPoolExecutor:
+    """The threads async queues block on while an engine long-polls for items. Not the
+    event loop's default executor: a few waiting consumers would take all of its threads
+    from the application's own ``asyncio.to_thread`` calls."""
+    return ThreadPoolExecutor(_WAIT_THREADS, thread_name_prefix="spoolq-wait")
 
 
 class Worker:

@@ -15,6 +15,7 @@ from .base import (
     LeasedRecord,
     StoredRecord,
     SupportsPeekLeased,
+    WaitCancel,
     dead_queue_name,
 )
 from .dbm import DBMEngine
@@ -36,6 +37,7 @@ __all__ = [
     "SQLiteEngine",
     "StoredRecord",
     "SupportsPeekLeased",
+    "WaitCancel",
     "dead_queue_name",
     "engine_name_for",
     "open_engine",

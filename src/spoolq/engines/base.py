@@ -22,6 +22,12 @@ optional (the remote engine has none): callers check for it with
 ``isinstance(engine, SupportsPeekLeased)`` and say so when it is missing, as
 ``spoolq peek --leased`` does.
 
+An engine that can block until a queue may have ready records offers
+``wait_ready(queue, timeout, cancel=None) -> bool`` (the remote and PostgreSQL
+engines); it may be called from a thread of its own while another thread uses
+the engine, ``cancel_waits()`` ends every wait in progress, and a
+:class:`WaitCancel` passed as ``cancel`` ends that one wait.
+
 An engine whose calls never block (no I/O, no locks held by other processes)
 may set a class attribute ``inline = True``: the async queue then calls it on
 the event loop instead of handing each call to its worker thread.
@@ -29,13 +35,49 @@ the event loop instead of handing each call to its worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["Counts", "Engine", "Lease", "LeasedRecord", "StoredRecord", "SupportsPeekLeased",
-           "batch_given", "check_window", "dead_queue_name"]
+           "WaitCancel", "batch_given", "check_window", "dead_queue_name"]
 
 FORMAT_VERSION = 1
+
+
+class WaitCancel:
+    """Ends one ``wait_ready`` call early, from any thread: the wait returns False.
+
+    The engine registers what interrupts its wait with :meth:`on_cancel`; a
+    cancel that comes before the wait starts makes it return at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: list[Callable[[], None]] = []
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+    def on_cancel(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` on :meth:`cancel` (at once if that came already); returns a
+        function that unregisters it, for when the wait is over."""
+        with self._lock:
+            if not self.cancelled:
+                self._hooks.append(hook)
+                return lambda: self._discard(hook)
+        hook()
+        return lambda: None
+
+    def _discard(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
 
 
 def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:

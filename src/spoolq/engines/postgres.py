@@ -63,7 +63,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -80,6 +80,7 @@ from .base import (
     Lease,
     LeasedRecord,
     StoredRecord,
+    WaitCancel,
     batch_given,
     check_window,
     dead_queue_name,
@@ -488,7 +489,7 @@ class PostgresEngine:
 
     # ---- beyond the protocol ------------------------------------------------------------
 
-    def wait_ready(self, queue: str, timeout: float) -> bool:
+    def wait_ready(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
         """Wait up to ``timeout`` seconds for a hint that records of ``queue`` became ready.
 
         True means "look again": records were appended, released or moved
@@ -496,13 +497,29 @@ class PostgresEngine:
         listening and cannot know what happened before). It is only a hint:
         a ``take`` may still find nothing, and records whose delay runs out
         send no notification, so keep polling as well. False means nothing
-        was heard within ``timeout``, or :meth:`cancel_waits` was called. Unlike
+        was heard within ``timeout``, or :meth:`cancel_waits` was called or ``cancel``
+        cancelled (within a tenth of a second either way). Unlike
         the other methods this one may be called from a thread of its own while
         another thread uses the engine: it has its own connection.
         """
         started = time.monotonic()
         deadline = started + timeout
-        with self._listen_lock, self._guard("wait_ready"):
+
+        def ended() -> bool:
+            return (self._cancelled_at >= started or bool(cancel and cancel.cancelled)
+                    or time.monotonic() >= deadline)
+
+        # One thread listens at a time; the others wait their turn in short slices too.
+        while not self._listen_lock.acquire(timeout=_WAIT_SLICE):
+            if ended():
+                return False
+        try:
+            return self._listen(queue, deadline, ended)
+        finally:
+            self._listen_lock.release()
+
+    def _listen(self, queue: str, deadline: float, ended: Callable[[], bool]) -> bool:
+        with self._guard("wait_ready"):
             if self._listener is None:
                 if self._pool is None:
                     raise EngineError(f"{self.where}: wait_ready: the engine is closed")
@@ -515,7 +532,7 @@ class PostgresEngine:
                 # Listening in short slices is what lets cancel_waits end a wait:
                 # nothing else can interrupt a connection waiting for notifications.
                 while (remaining := deadline - time.monotonic()) > 0:
-                    if self._cancelled_at >= started:
+                    if ended():
                         return False
                     for note in self._listener.notifies(timeout=min(remaining, _WAIT_SLICE),
                                                         stop_after=1):

@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError
@@ -41,7 +42,15 @@ from ._link import (
     parse_url,
     url_queue_name,
 )
-from .base import Counts, Lease, LeasedRecord, StoredRecord, batch_given, check_window
+from .base import (
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    WaitCancel,
+    batch_given,
+    check_window,
+)
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url",
            "url_queue_name"]
@@ -50,6 +59,12 @@ log = logging.getLogger("spoolq")
 
 _MAX_N = 2**31 - 1
 _IDLE_WAITERS = 4
+
+
+def _shut(link: Link) -> None:
+    """End what a waiting connection is doing, from another thread (it fails at once)."""
+    with contextlib.suppress(OSError):
+        link.sock.shutdown(socket.SHUT_RDWR)
 
 
 class RemoteEngine:
@@ -249,14 +264,15 @@ class RemoteEngine:
 
     # ---- long-poll ----------------------------------------------------------------------
 
-    def wait_ready(self, queue: str, timeout: float) -> bool:
+    def wait_ready(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
         """Block up to ``timeout`` seconds until ``queue`` may have ready records.
 
         True as soon as the server sees ready records (at once if there are
         some, which may include records not visible yet after a delayed nack),
-        False when the timeout passes or :meth:`cancel_waits` is called. It
-        uses a connection of its own, so other calls go on meanwhile; many
-        threads may wait at once. Connection failures raise :class:`EngineError`.
+        False when the timeout passes, :meth:`cancel_waits` is called or
+        ``cancel`` is cancelled. It uses a connection of its own, so other calls
+        go on meanwhile; many threads may wait at once. Connection failures raise
+        :class:`EngineError`.
         """
         timeout = min(max(timeout, 0.0), 86400.0)
         with self._waiters_lock:
@@ -274,6 +290,7 @@ class RemoteEngine:
                 link.close()
                 return False
             self._busy_waiters.add(link)
+        unhook = cancel.on_cancel(partial(_shut, link)) if cancel is not None else None
         try:
             ready = link.call("wait", {"queue": queue, "timeout": timeout},
                               self.timeout + timeout)
@@ -281,12 +298,16 @@ class RemoteEngine:
             link.close()
             with self._waiters_lock:
                 self._busy_waiters.discard(link)
-                if generation != self._wait_generation:
+                if generation != self._wait_generation or (cancel and cancel.cancelled):
                     return False  # cancelled: the connection was shut on purpose
             raise
+        finally:
+            if unhook is not None:
+                unhook()
         with self._waiters_lock:
             self._busy_waiters.discard(link)
-            if self._closed or len(self._idle_waiters) >= _IDLE_WAITERS:
+            if self._closed or len(self._idle_waiters) >= _IDLE_WAITERS or (
+                    cancel and cancel.cancelled):
                 link.close()
             else:
                 self._idle_waiters.append(link)
@@ -298,8 +319,7 @@ class RemoteEngine:
             self._wait_generation += 1
             busy = list(self._busy_waiters)
         for link in busy:
-            with contextlib.suppress(OSError):
-                link.sock.shutdown(socket.SHUT_RDWR)
+            _shut(link)
 
     @staticmethod
     def _ids(value: Any) -> list[int]:
