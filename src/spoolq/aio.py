@@ -485,7 +485,7 @@ class Queue(QueueViews, Generic[T]):
         return await self._call(self._core.requeue_dead, None if ids is None else list(ids))
 
     async def purge(self, *, dead: bool = False) -> int:
-        """Delete every ready item (or every dead letter); return how many."""
+        """Delete every item, ready and leased (or every dead letter); return how many."""
         self._check()
         return await self._call(partial(self._core.purge, dead=dead))
 

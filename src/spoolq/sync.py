@@ -394,7 +394,7 @@ class SyncQueue(QueueViews, Generic[T]):
         return self._core.requeue_dead(None if ids is None else list(ids))
 
     def purge(self, *, dead: bool = False) -> int:
-        """Delete every ready item (or every dead letter); return how many."""
+        """Delete every item, ready and leased (or every dead letter); return how many."""
         return self._core.purge(dead=dead)
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
