@@ -4,14 +4,17 @@ close, argument checks, read-only opens and dead-letter ids."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 import spoolq
 from spoolq import SyncQueue
+from spoolq.engines import SQLiteEngine
 
 
 @pytest.mark.parametrize("many", [False, True])
@@ -312,3 +315,31 @@ def test_read_only_open_beside_a_writer_with_leases(tmp_path: Path, suffix: str)
             assert reader.peek(5) == [2]
         assert writer.stats["leased"] == 1
         writer.ack(msg)
+
+
+class _SlowDisk(SQLiteEngine):
+    """The SQLite engine on a disk that takes 20 ms per write."""
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        time.sleep(0.02)
+        return super().append(queue, records, raw_sizes, now)
+
+
+def test_async_puts_arriving_while_others_are_written_never_exceed_maxsize(
+        tmp_path: Path) -> None:
+    """Items a flush is writing still take room: a put arriving meanwhile waits."""
+
+    async def main() -> tuple[int, int]:
+        engine = _SlowDisk(tmp_path / "q.sqlite")
+        async with await spoolq.Queue.create(tmp_path / "q.sqlite", engine=engine,
+                                             maxsize=2) as q:
+            async def put(i: int) -> None:
+                await asyncio.sleep(i * 0.005)  # they arrive while earlier ones are written
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(q.put(i), 0.2)
+
+            await asyncio.gather(*(put(i) for i in range(20)))
+            return q.qsize(), len(await q.peek(100))
+
+    assert asyncio.run(main()) == (2, 2)

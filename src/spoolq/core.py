@@ -184,7 +184,7 @@ class QueueCore(Settling):
 
     def ready_hint(self) -> int:
         """Ready items as this handle last knew them, including unflushed buffered puts."""
-        return self._counts.ready + self.group.pending()
+        return self._counts.ready + self.group.unwritten()
 
     def stats(self) -> dict[str, Any]:
         counts = self._counts
@@ -282,9 +282,13 @@ class QueueCore(Settling):
                     self.group.put_back(records, sizes)
                 else:
                     self._settle_pending(records, sizes, lost=True)
+                    self.group.written(len(records))
             else:
                 self._settle_pending(records, sizes, lost=False)
                 self._count_put(records, sizes)
+                # Counted by the engine's counts now (twice for this moment, never none:
+                # a put checking for room must not see them missing).
+                self.group.written(len(records))
         for ticket in tickets:
             ticket.error = error
             ticket.done = True

@@ -30,6 +30,7 @@ class GroupCommit:
         self._tickets: list[Ticket] = []
         self._settled = threading.Condition(threading.Lock())
         self._leading = False
+        self._writing = 0  # records taken by a flush that are not written yet
 
     def add(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> int:
         """Queue records for the next flush; return how many records are now pending."""
@@ -42,11 +43,21 @@ class GroupCommit:
     def pending(self) -> int:
         return len(self._records)
 
+    def unwritten(self) -> int:
+        """Records pending or being written by a flush: not in the engine's counts yet."""
+        return len(self._records) + self._writing
+
+    def written(self, n: int) -> None:
+        """``n`` records a flush took are written (and counted) or lost."""
+        with self._lock:
+            self._writing -= n
+
     def put_back(self, records: list[bytes], sizes: list[int]) -> None:
         """Return records whose write failed to the front of the next batch."""
         with self._lock:
             self._records[:0] = records
             self._sizes[:0] = sizes
+            self._writing -= len(records)
 
     def take_front(self, n: int) -> tuple[list[bytes], list[int], list[Ticket]]:
         """Remove and return the first ``n`` pending records. Their tickets stay for the
@@ -59,10 +70,14 @@ class GroupCommit:
                 tickets, self._tickets = self._tickets, []
             return records, sizes, tickets
 
-    def take_all(self) -> tuple[list[bytes], list[int], list[Ticket]]:
+    def take_all(self, writing: bool = True) -> tuple[list[bytes], list[int], list[Ticket]]:
+        """Remove and return every pending record and ticket; with ``writing`` the records
+        count as unwritten until :meth:`written` or :meth:`put_back`."""
         with self._lock:
             taken = self._records, self._sizes, self._tickets
             self._records, self._sizes, self._tickets = [], [], []
+            if writing:
+                self._writing += len(taken[0])
             return taken
 
     def wait_settled(self, ticket: Ticket, flush: Callable[[], None]) -> None:

@@ -128,7 +128,7 @@ class Settling:
             tickets: list[Ticket] = []
             buffered = 0
             if not dead:
-                records, sizes, tickets = self.group.take_all()
+                records, sizes, tickets = self.group.take_all(writing=False)
                 self._settle_pending(records, sizes, lost=False)
                 buffered = len(records)
             removed = self.engine.purge(self.dead_name if dead else self.name) + buffered
