@@ -1,5 +1,5 @@
 """Regressions: maxsize under concurrent puts, join and dead letters, purge, calls after
-close, argument checks, read-only opens and dead-letter ids."""
+close, argument checks and read-only opens."""
 
 from __future__ import annotations
 
