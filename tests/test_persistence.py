@@ -104,6 +104,26 @@ def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
         SyncQueue.create(path)
 
 
+@pytest.mark.parametrize("marks", [
+    ["CREATE VIEW app_settings AS SELECT 1 AS x"],
+    ["PRAGMA application_id = 1234"],
+    ["PRAGMA user_version = 3"],
+], ids=["a view only", "an application id", "a user version"])
+def test_an_sqlite_database_of_another_program_without_tables_is_left_alone(
+        tmp_path: Path, marks: list[str]) -> None:
+    path = tmp_path / "app.sqlite"
+    conn = sqlite3.connect(path)
+    for statement in marks:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
+        SyncQueue.create(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite"]
+
+
 def _page_size(path: Path) -> int:
     conn = sqlite3.connect(path)
     try:

@@ -158,17 +158,21 @@ class SQLiteEngine:
             self._conn.close()
             raise
 
+    @staticmethod
+    def _blank(conn: sqlite3.Connection) -> bool:
+        """Whether the database is new: no schema object at all (tables, views, indexes,
+        triggers) and no application id or user version another program would set."""
+        return bool(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+                    and conn.execute("PRAGMA application_id").fetchone()[0] == 0
+                    and conn.execute("PRAGMA user_version").fetchone()[0] == 0)
+
     def _setup(self, synchronous: str) -> None:
         conn = self._conn
-        tables = {row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables and not self.read_only:
+        if self._blank(conn) and not self.read_only:
             conn.execute(f"PRAGMA page_size = {self._page_size}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables:
+            if self._blank(conn):
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.executemany("INSERT INTO spoolq_meta (key, value) VALUES (?, ?)", [
@@ -176,8 +180,8 @@ class SQLiteEngine:
                     ("format_version", str(FORMAT_VERSION).encode()),
                 ])
             conn.execute("COMMIT")
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not {"spoolq_meta", "spoolq_records", "spoolq_leased", "spoolq_queues"} <= tables:
             raise FormatError(f"{self.path} is an SQLite database but not a spoolq queue file")
         version = self.get_meta("format_version")
