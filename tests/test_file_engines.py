@@ -310,3 +310,22 @@ def test_a_missing_directory_is_an_error_not_created(tmp_path: Path, engine: str
     with pytest.raises(spoolq.EngineError, match=r"No such file|no directory"):
         SyncQueue.create(path)
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("engine", FILE_ENGINES)
+def test_handles_sharing_a_store_must_ask_for_the_same_durability(tmp_path: Path,
+                                                                  engine: str) -> None:
+    """Handles of one file in a process share one store, which flushes one way."""
+    path = queue_path(tmp_path, engine)
+    with SyncQueue.create(path, name="logs", durability="commit") as logs:
+        with pytest.raises(spoolq.ConfigurationError, match="same durability"):
+            SyncQueue.create(path, name="payments", durability="fsync")
+        with SyncQueue.create(path, name="mail", durability="buffer") as mail:
+            mail.put("m")  # "buffer" flushes as "commit" does: they share
+        with SyncQueue.create(path, name="logs", engine_options={"read_only": True}) as reader:
+            assert reader.qsize() == 0
+        logs.put("still writable")
+    with SyncQueue.create(path, name="payments", durability="fsync") as payments:
+        payments.put("p")  # once the others are closed, the file opens with fsync
+    with SyncQueue.create(path, name="mail") as mail:
+        assert mail.get_nowait() == "m"

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from filelock import FileLock, Timeout
 
-from ..errors import ClosedError, EngineError, LockTimeout
+from ..errors import ClosedError, ConfigurationError, EngineError, LockTimeout
 from .base import Counts, Engine, Lease, LeasedRecord, StoredRecord, SupportsPeekLeased
 
 __all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively"]
@@ -38,6 +38,7 @@ class _Entry:
     store: Store
     read_only: bool
     lock: threading.RLock
+    flushes: dict[str, bool]
     handles: int = 1
 
 
@@ -54,7 +55,12 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _acquire(key: str, read_only: bool, opener: Callable[[], Store]) -> _Entry:
+def _flush_words(flushes: dict[str, bool]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in flushes.items())
+
+
+def _acquire(key: str, read_only: bool, opener: Callable[[], Store],
+             flushes: dict[str, bool]) -> _Entry:
     with _registry_lock:
         entry = _registry.get(key)
         if entry is not None:
@@ -62,10 +68,17 @@ def _acquire(key: str, read_only: bool, opener: Callable[[], Store]) -> _Entry:
                 raise EngineError(
                     f"{key} is open read-only in this process; close those handles before "
                     "opening it for writing")
+            if not read_only and flushes != entry.flushes:
+                # The handles share one store, which flushes one way: a handle asking for
+                # fsync must not get less without a word.
+                raise ConfigurationError(
+                    f"{key} is already open in this process with {_flush_words(entry.flushes)}"
+                    f"; this handle asks for {_flush_words(flushes)}. Handles of one file in "
+                    "a process share its store: open them with the same durability")
             entry.handles += 1
             return entry
         # Opened under the registry lock so two threads cannot open the same file twice.
-        entry = _Entry(opener(), read_only, threading.RLock())
+        entry = _Entry(opener(), read_only, threading.RLock(), dict(flushes))
         _registry[key] = entry
         return entry
 
@@ -88,15 +101,18 @@ class SharedEngine:
 
     ``opener`` opens the store when no handle on ``path`` is open yet. A handle
     opened with ``read_only=True`` refuses every write, whatever the store.
+    ``flushes`` are the store's flush settings (its durability): a writing handle
+    asking for others than the open store's raises :class:`ConfigurationError`.
     """
 
     name: str
 
-    def __init__(self, path: str, *, read_only: bool, opener: Callable[[], Store]) -> None:
+    def __init__(self, path: str, *, read_only: bool, opener: Callable[[], Store],
+                 flushes: dict[str, bool]) -> None:
         self.path = path
         self.read_only = read_only
         self._key = os.path.realpath(path)
-        self._entry: _Entry | None = _acquire(self._key, read_only, opener)
+        self._entry: _Entry | None = _acquire(self._key, read_only, opener, flushes)
         self.name = self._entry.store.name
         # A handle dropped without close() still gives back its share (and, with the last
         # share, the file and its lock).

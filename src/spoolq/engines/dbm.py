@@ -534,5 +534,6 @@ class DBMEngine(SharedEngine):
                  read_only: bool = False) -> None:
         spath = os.fspath(path)
         super().__init__(spath, read_only=read_only,
-                         opener=lambda: _DBMStore(spath, read_only=read_only, fsync=fsync))
+                         opener=lambda: _DBMStore(spath, read_only=read_only, fsync=fsync),
+                         flushes={"fsync": bool(fsync)})
 

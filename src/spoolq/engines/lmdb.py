@@ -543,4 +543,5 @@ class LMDBEngine(SharedEngine):
         spath = os.fspath(path)
         super().__init__(spath, read_only=read_only, opener=lambda: _LMDBStore(
             spath, read_only=read_only, sync=bool(sync), metasync=bool(metasync),
-            map_size=map_size, max_readers=max_readers))
+            map_size=map_size, max_readers=max_readers),
+            flushes={"sync": bool(sync), "metasync": bool(metasync)})

@@ -296,5 +296,6 @@ class PickleEngine(SharedEngine):
                  read_only: bool = False) -> None:
         spath = os.fspath(path)
         super().__init__(spath, read_only=read_only,
-                         opener=lambda: _PickleStore(spath, read_only=read_only, fsync=fsync))
+                         opener=lambda: _PickleStore(spath, read_only=read_only, fsync=fsync),
+                         flushes={"fsync": bool(fsync)})
 
