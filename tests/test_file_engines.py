@@ -275,8 +275,10 @@ def test_dbm_foreign_or_damaged_directory_is_refused(tmp_path: Path) -> None:
         q.put(1)
     data = path / f"{_generation(path)}.dat"
     data.write_bytes(bytes(data.stat().st_size))
-    with pytest.raises(spoolq.CorruptError, match="are damaged"):
+    with pytest.raises(spoolq.CorruptError, match="is damaged"):
         SyncQueue.create(path)
+    with pytest.raises(spoolq.CorruptError, match="are damaged"):
+        SyncQueue.create(path, engine_options={"recover": True})
     (path / "CURRENT").unlink()
     with pytest.raises(spoolq.CorruptError, match="CURRENT is missing"):
         SyncQueue.create(path)
@@ -329,3 +331,22 @@ def test_handles_sharing_a_store_must_ask_for_the_same_durability(tmp_path: Path
         payments.put("p")  # once the others are closed, the file opens with fsync
     with SyncQueue.create(path, name="mail") as mail:
         assert mail.get_nowait() == "m"
+
+
+def test_dbm_damaged_newest_state_is_reported_and_recovered_only_when_asked(
+        tmp_path: Path) -> None:
+    path = tmp_path / "q.dbm"
+    with SyncQueue.create(path) as q:
+        q.put("first")
+        q.put_many(list(range(200)))
+    data = path / f"{_generation(path)}.dat"
+    os.truncate(data, data.stat().st_size // 2)
+    before = _snapshot(str(path))
+    with pytest.raises(spoolq.CorruptError, match=r"newest state .* is damaged.*recover"):
+        SyncQueue.create(path)
+    assert _snapshot(str(path)) == before  # nothing repaired or compacted away
+    with SyncQueue.create(path, engine_options={"recover": True}) as q:
+        assert q.get_nowait() == "first"  # the state before the put_many
+        assert q.qsize() == 0
+    with pytest.raises(spoolq.ConfigurationError, match="recover"):
+        SyncQueue.create(path, engine_options={"recover": "yes"})

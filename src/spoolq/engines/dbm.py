@@ -35,9 +35,9 @@ memory, pads every value to 512 bytes and reads the index at open.
 
 Durability. ``fsync=True`` (durability ``"fsync"``) fsyncs the database files
 and the directory before a call returns. Otherwise a killed process loses
-nothing; after a power cut the latest calls may be gone (a damaged state
-falls back to the one before; a damaged record is reported with
-:class:`~spoolq.CorruptError`). Crash safety is tested with ``dbm.dumb``;
+nothing; after a power cut the latest calls may be gone: a damaged state or
+record is reported with :class:`~spoolq.CorruptError`, and ``recover=True``
+opens the queue at the last intact state. Crash safety is tested with ``dbm.dumb``;
 with ``dbm.gnu`` or ``dbm.ndbm`` it is what that library gives per store.
 
 One process at a time: opening takes ``<path>.lock``; a second process gets
@@ -54,7 +54,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
-from ..errors import CorruptError, EngineError, FormatError
+from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _dbmfiles as files
 from ._dbmstate import Aside as _Aside
 from ._dbmstate import QueueState as _Queue
@@ -87,10 +87,11 @@ class _DBMStore:
 
     name = "dbm"
 
-    def __init__(self, path: str, *, read_only: bool, fsync: bool) -> None:
+    def __init__(self, path: str, *, read_only: bool, fsync: bool, recover: bool) -> None:
         self.path = path
         self.read_only = read_only
         self._fsync = fsync
+        self._go_back = recover
         self._db: files.Database | None = None
         self._stale = False
         self._lock = None if read_only else lock_exclusively(path, self.name)
@@ -130,8 +131,11 @@ class _DBMStore:
         keys = list(self._db.keys())
         commits = sorted((int(k[1:]) for k in keys if k[:1] == b"s" and k[1:].isdigit()),
                          reverse=True)
-        # Only the newest state may be torn (a write interrupted by a crash); an older
-        # damaged state means damage to the file, which must not pass for an empty queue.
+        # A killed process never leaves a listed state torn (the index line is written
+        # after the value), so a damaged newest state is damage to the file or a power cut
+        # that came before the data reached the disk: reported, the files left as they are,
+        # unless the caller asks to go back to the state before (recover=True). An older
+        # damaged state is damage to the file either way.
         torn: Exception | None = None
         for commit in commits:
             try:
@@ -140,10 +144,17 @@ class _DBMStore:
                 if torn is not None:
                     raise CorruptError(f"{self.path}: states {commits[0]} and {commit} of "
                                        f"{generation} are damaged ({exc})") from exc
+                if not self._go_back:
+                    raise CorruptError(
+                        f"{self.path}: the newest state ({commits[0]}) of {generation} is "
+                        f"damaged ({exc}); the files are left as they are. If a power cut "
+                        "interrupted the last write, open the queue with engine_options="
+                        "{'recover': True} to go back to the state before it (what was "
+                        "written after that is lost)") from exc
                 torn = exc
                 continue
             if torn is not None:
-                log.warning("spoolq: %s: state %d was damaged (%s); using state %d",
+                log.warning("spoolq: %s: state %d was damaged (%s); recovering state %d",
                             self.path, commits[0], torn, commit)
             break
         else:
@@ -527,13 +538,18 @@ class DBMEngine(SharedEngine):
     """A queue in a directory of ``dbm`` files, for one process (see the module).
 
     ``fsync=True`` (what ``durability="fsync"`` picks) fsyncs the files and
-    the directory before each changing call returns.
+    the directory before each changing call returns. A queue whose newest state
+    is damaged (a power cut without fsync, or damage to the files) raises
+    :class:`CorruptError`; ``recover=True`` opens it at the state before.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, recover: bool = False) -> None:
+        if not isinstance(recover, bool):
+            raise ConfigurationError(f"recover must be True or False, not {recover!r}")
         spath = os.fspath(path)
         super().__init__(spath, read_only=read_only,
-                         opener=lambda: _DBMStore(spath, read_only=read_only, fsync=fsync),
+                         opener=lambda: _DBMStore(spath, read_only=read_only, fsync=fsync,
+                                                  recover=recover),
                          flushes={"fsync": bool(fsync)})
 
