@@ -343,3 +343,15 @@ def test_async_puts_arriving_while_others_are_written_never_exceed_maxsize(
             return q.qsize(), len(await q.peek(100))
 
     assert asyncio.run(main()) == (2, 2)
+
+
+def test_queue_names_take_up_to_255_bytes_of_utf8_on_every_engine(path: str) -> None:
+    longest = "é" * 127 + "x"  # 255 bytes
+    with SyncQueue.create(path, name=longest) as q:
+        q.put("kept")
+        q.nack(q.lease(), delay=0)  # its leased and dead-letter bookkeeping too
+        assert q.get_nowait() == "kept"
+    for bad, why in (("x" * 256, "at most 255"), ("é" * 128, "at most 255"),
+                     ("a\ud800b", "UTF-8"), ("", "non-empty")):
+        with pytest.raises(spoolq.ConfigurationError, match=why):
+            SyncQueue.create(path, name=bad)

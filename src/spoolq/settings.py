@@ -19,6 +19,26 @@ __all__ = ["DURABILITIES", "Settings", "check_count", "check_seconds", "resolve_
 DURABILITIES = ("fsync", "commit", "buffer")
 
 
+MAX_NAME_BYTES = 255
+"""The longest queue name, in bytes of UTF-8: the same on every engine (LMDB's keys hold
+some 500 bytes, and a name goes into keys with a prefix and a suffix)."""
+
+
+def check_queue_name(name: object) -> str:
+    """``name`` as a queue name: ConfigurationError unless it is a non-empty string of at
+    most MAX_NAME_BYTES bytes of UTF-8."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"name must be a non-empty string, not {name!r}")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(f"name {name!r} cannot be written as UTF-8: {exc}") from None
+    if size > MAX_NAME_BYTES:
+        raise ConfigurationError(f"name is {size} bytes of UTF-8; a queue name takes at most "
+                                 f"{MAX_NAME_BYTES}")
+    return name
+
+
 def check_count(name: str, value: object, minimum: int) -> int:
     """``value`` as a count of at least ``minimum``: TypeError unless it is an int (a bool
     is refused), ValueError when it is smaller."""
@@ -57,8 +77,7 @@ class Settings:
     compress_threshold: int = 128
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigurationError(f"name must be a non-empty string, not {self.name!r}")
+        check_queue_name(self.name)
         if not isinstance(self.maxsize, int) or self.maxsize < 0:
             raise ConfigurationError(f"maxsize must be an int >= 0, not {self.maxsize!r}")
         if self.durability not in DURABILITIES:
