@@ -208,6 +208,25 @@ def test_dump_refuses_items_json_cannot_hold(disk_path: str, tmp_path: Path) -> 
     assert not out.exists() and not Path(str(out) + ".part").exists()
 
 
+@pytest.mark.parametrize("item", ["\ud800x", {"ok": ["fine", "\udcff"]}, {"\ud800": 1}],
+                         ids=["string", "nested", "key"])
+def test_dump_refuses_strings_utf8_cannot_encode(tmp_path: Path, item: Any) -> None:
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path, name="j", serializer="pickle") as q:
+        q.put_many([{"ok": 1}, item])
+    out = tmp_path / "out.jsonl"
+    for target in (["-o", str(out)], []):
+        result = run("dump", path, "-q", "j", "--allow-pickle", *target)
+        assert result.exit_code == ExitCode.PROBLEM, result.output
+        assert result.stderr.startswith("Error: record 2 of 'j' cannot be written as JSON")
+        assert "UTF-8 cannot encode" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not Path(str(out) + ".part").exists()
+    # peek shows the item's repr instead of failing
+    record = run_json("peek", path, "-q", "j", "--allow-pickle")["records"][1]
+    assert "item" not in record and "UTF-8" in record["note"]
+
+
 def test_verify_a_sound_file(filled: str) -> None:
     result = run("verify", filled)
     assert result.exit_code == 0

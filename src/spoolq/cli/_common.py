@@ -293,8 +293,9 @@ def json_text(item: Any) -> str:
     """``item`` as compact JSON, or ValueError if JSON cannot hold it exactly.
 
     Only dicts with string keys, lists, strings, finite numbers, booleans and
-    None pass: anything else (bytes, tuples, sets, int keys, NaN) would not
-    come back as the same item.
+    None pass: anything else (bytes, tuples, sets, int keys, NaN, strings with
+    a lone surrogate, which UTF-8 cannot encode) would not come back as the
+    same item.
     """
     try:
         _check_json(item, "item")
@@ -305,7 +306,10 @@ def json_text(item: Any) -> str:
 
 def _check_json(obj: Any, where: str) -> None:
     kind = type(obj)
-    if obj is None or kind in (str, bool, int):
+    if kind is str:
+        _check_text(obj, where)
+        return
+    if obj is None or kind in (bool, int):
         return
     if kind is float:
         if not math.isfinite(obj):
@@ -319,9 +323,22 @@ def _check_json(obj: Any, where: str) -> None:
         for key, value in obj.items():
             if type(key) is not str:
                 raise ValueError(f"{where} has the key {key!r}: JSON keys are strings only")
+            _check_text(key, f"a key of {where}")
             _check_json(value, f"{where}[{key!r}]")
         return
     raise ValueError(f"{where} is a {kind.__name__}, which JSON cannot hold")
+
+
+def _check_text(text: str, where: str) -> None:
+    """JSON Lines are UTF-8: a string with a lone surrogate cannot be written."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where} is a string with a lone surrogate "
+                         f"({text[exc.start]!r} at index {exc.start}), which UTF-8 "
+                         "cannot encode") from None
 
 
 def record_json(d: Decoded) -> dict[str, Any]:
