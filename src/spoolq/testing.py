@@ -224,6 +224,33 @@ class EngineConformance:
         assert [r.data for r in engine.peek("q", 5, 1)] == _recs(2, 3)
         assert engine.counts("q").ready == 3
 
+    def test_peek_page_by_page_is_peek_at_each_offset(self, open_engine: Opener,
+                                                       engine: Engine) -> None:
+        """Reading a queue page after page (as the CLI does) gives what each page's own
+        offset gives, also when records are taken, added or released between pages by
+        this engine or by another one on the same store."""
+        other = open_engine() if self.persistent else engine  # in memory: a store each
+        try:
+            self._put(engine, *range(1, 31))
+            paged = [r.data for at in range(0, 32, 4) for r in engine.peek("q", 4, at)]
+            assert paged == _recs(*range(1, 31))
+            assert [r.data for r in engine.peek("q", 4, 0)] == _recs(1, 2, 3, 4)
+            assert [r.data for r in engine.peek("q", 4, 4)] == _recs(5, 6, 7, 8)
+            engine.take("q", 2, self.NOW, None)  # this engine changes the queue
+            assert [r.data for r in engine.peek("q", 4, 8)] == _recs(11, 12, 13, 14)
+            assert [r.data for r in engine.peek("q", 4, 12)] == _recs(15, 16, 17, 18)
+            other.take("q", 3, self.NOW, None)  # so does another one
+            assert [r.data for r in engine.peek("q", 4, 16)] == _recs(22, 23, 24, 25)
+            leased = other.take("q", 1, self.NOW, Lease("o", self.NOW + 60))
+            assert [r.data for r in engine.peek("q", 2, 0)] == _recs(7, 8)
+            assert [r.data for r in engine.peek("q", 2, 2)] == _recs(9, 10)
+            other.release("q", [(leased[0].id, leased[0].attempts)], "o", not_before=0.0,
+                          max_attempts=None)
+            assert [r.data for r in engine.peek("q", 2, 4)] == _recs(10, 11)
+        finally:
+            if other is not engine:
+                other.close()
+
     def test_move_and_purge(self, engine: Engine) -> None:
         ids = self._put(engine, 1, 2, 3, queue="src")
         assert engine.move("src", "dst", [ids[1]]) == 1

@@ -94,6 +94,7 @@ _MIN_SQLITE = (3, 35, 0)
 # no slower; records of 64 KiB and more put faster with larger pages (the page_size option).
 # A file keeps the page size it was created with.
 _PAGE_SIZE = 1024
+_PAGE_ENDS = 64  # where recent peeks ended, to go on from there (see SQLiteEngine._page)
 _PAGE_SIZES = frozenset(1 << k for k in range(9, 17))
 _SYNCHRONOUS = {
     "FULL": "PRAGMA synchronous = FULL",
@@ -141,6 +142,10 @@ class SQLiteEngine:
         self.path = os.fspath(path)
         self.read_only = read_only
         self._qnos: dict[str, int] = {}
+        self._writes = 0  # write transactions of this connection (PRAGMA data_version
+        # counts only other connections')
+        self._page_end: dict[tuple[str, int, int], int] = {}
+        self._page_version: tuple[int, int] | None = None
         if read_only and not os.path.exists(self.path):
             raise FormatError(f"{self.path}: no such file")
         with self._guard("open"):
@@ -216,6 +221,7 @@ class SQLiteEngine:
     def _txn(self, what: str, body: Callable[..., R], *args: Any) -> R:
         """Run ``body(conn, *args)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
         conn = self._conn
+        self._writes += 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -233,6 +239,7 @@ class SQLiteEngine:
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
         conn = self._conn
+        self._writes += 1
         with self._guard(what):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -466,11 +473,37 @@ class SQLiteEngine:
                 return default
             return body(qno << _SHIFT, (qno << _SHIFT) | _MASK, *args)
 
+    def _page(self, table: str, columns: str, lo: int, hi: int, n: int,
+              offset: int) -> list[tuple[Any, ...]]:
+        """Rows ``offset`` to ``offset + n`` of a queue's range in ``table``, in id order.
+
+        Reading a queue page by page (the CLI's dump, verify, migrate) asks for the
+        page after the last one: when nothing changed the file since, it goes on from
+        the last id instead of skipping ``offset`` rows again, so a whole read stays
+        linear in the queue's length.
+        """
+        key = (table, lo, offset)
+        version = (self._conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        after = self._page_end.get(key) if self._page_version == version else None
+        if after is not None:
+            rows = self._conn.execute(
+                f"SELECT {columns} FROM {table} WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (after, hi, n)).fetchall()
+        else:
+            rows = self._conn.execute(
+                f"SELECT {columns} FROM {table} WHERE id BETWEEN ? AND ? ORDER BY id "
+                "LIMIT ? OFFSET ?", (lo, hi, n, offset)).fetchall()
+        if self._page_version != version:
+            self._page_end.clear()
+            self._page_version = version
+        self._page_end.pop(key, None)
+        if rows and len(self._page_end) < _PAGE_ENDS:
+            self._page_end[(table, lo, offset + len(rows))] = rows[-1][0]
+        return rows
+
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         def body(lo: int, hi: int) -> list[StoredRecord]:
-            return self._records(self._conn.execute(
-                "SELECT " + _COLUMNS + " FROM spoolq_records WHERE id BETWEEN ? AND ? "
-                "ORDER BY id LIMIT ? OFFSET ?", (lo, hi, n, offset)).fetchall())
+            return self._records(self._page("spoolq_records", _COLUMNS, lo, hi, n, offset))
 
         return self._read("peek", body, queue, [])
 
@@ -478,10 +511,7 @@ class SQLiteEngine:
         check_window(n, offset)
 
         def body(lo: int, hi: int) -> list[LeasedRecord]:
-            rows = self._conn.execute(
-                "SELECT " + _COLUMNS + ", owner, until FROM spoolq_leased "
-                "WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ? OFFSET ?",
-                (lo, hi, n, offset)).fetchall()
+            rows = self._page("spoolq_leased", _COLUMNS + ", owner, until", lo, hi, n, offset)
             return [LeasedRecord(StoredRecord(r[0] & _MASK, *r[1:6]), r[6], r[7]) for r in rows]
 
         return self._read("peek_leased", body, queue, [])
