@@ -56,17 +56,18 @@ def prefixed(txn: Txn, db: Db, number: int, start: bytes = b"") -> Iterator[tupl
         more = cur.next()
 
 
-def in_order(txn: Txn, ready: Db, delayed: Db, number: int,
-             limit: int | None = None) -> Iterator[tuple[int, bytes, Db, bytes]]:
+def in_order(txn: Txn, ready: Db, delayed: Db, number: int, limit: int | None = None,
+             first: int = 0) -> Iterator[tuple[int, bytes, Db, bytes]]:
     """Queue ``number``'s ready records, delayed ones included, as (id, key, db, value)
-    in id order, below ``limit``. The ready ones are read in chunks, each with a fresh
-    cursor, so the caller may delete or add records between items; the delayed ones
-    are loaded first."""
-    held = sorted((fmt.DELAYED.unpack(key)[2], key, delayed, value)
-                  for key, value in prefixed(txn, delayed, number))
+    in id order, from id ``first`` on and below ``limit``. The ready ones are read in
+    chunks, each with a fresh cursor, so the caller may delete or add records between
+    items; the delayed ones are loaded first."""
+    held = sorted(item for item in ((fmt.DELAYED.unpack(key)[2], key, delayed, value)
+                                    for key, value in prefixed(txn, delayed, number))
+                  if item[0] >= first)
 
     def in_line() -> Iterator[tuple[int, bytes, Db, bytes]]:
-        start = b""
+        start = fmt.KEY.pack(number, first) if first else b""
         while True:
             chunk = list(itertools.islice(prefixed(txn, ready, number, start), _CHUNK))
             if not chunk:

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _APPLICATION = b"spoolq"
 _MAX_GROWTH = 40
+_PAGE_ENDS = 64  # where recent peeks ended, to go on from there (see _resume)
 
 
 class _LMDBStore:
@@ -88,6 +89,8 @@ class _LMDBStore:
     def __init__(self, path: str, *, read_only: bool, sync: bool, metasync: bool,
                  map_size: int, max_readers: int) -> None:
         self.path = path
+        self._page_txn = -1  # the snapshot the page ends below were read in
+        self._page_next: dict[tuple[str, int, int], int] = {}
         if os.path.isdir(path):
             raise FormatError(f"{path} is a directory, not a spoolq LMDB queue file")
         if read_only and not os.path.exists(path):
@@ -404,14 +407,35 @@ class _LMDBStore:
 
         return self._write("expire", body)
 
+    def _resume(self, txn: Txn, page: tuple[str, int, int]) -> int | None:
+        """The id after the last record of the previous page that ended at ``page``'s
+        offset, if nothing was written since (the same snapshot): reading a queue page
+        by page then goes on from there instead of skipping ``offset`` records again."""
+        if self._page_txn != txn.id():
+            self._page_txn = txn.id()
+            self._page_next.clear()
+        return self._page_next.pop(page, None)
+
+    def _ended(self, page: tuple[str, int, int], count: int, last_id: int) -> None:
+        kind, number, offset = page
+        if count and len(self._page_next) < _PAGE_ENDS:
+            self._page_next[(kind, number, offset + count)] = last_id + 1
+
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
                 return []
-            records = walk.in_order(txn, self._ready, self._delayed, q.number)
-            return [self._record(ident, value) for ident, _, _, value in
-                    itertools.islice(records, offset, offset + n)]
+            page = ("ready", q.number, offset)
+            first = self._resume(txn, page)
+            records = walk.in_order(txn, self._ready, self._delayed, q.number,
+                                    first=first or 0)
+            window = itertools.islice(records, n) if first is not None else \
+                itertools.islice(records, offset, offset + n)
+            got = [self._record(ident, value) for ident, _, _, value in window]
+            if got:
+                self._ended(page, len(got), got[-1].id)
+            return got
 
         return self._read("peek", body)
 
@@ -422,10 +446,17 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or not q.leased:
                 return []
-            return [LeasedRecord(rec, owner, until) for owner, until, rec in (
-                self._leased_record(fmt.KEY.unpack(key)[1], value) for key, value in
-                itertools.islice(walk.prefixed(txn, self._leased, q.number), offset,
-                                 offset + n))]
+            page = ("leased", q.number, offset)
+            first = self._resume(txn, page)
+            entries = walk.prefixed(txn, self._leased, q.number,
+                                    fmt.KEY.pack(q.number, first) if first else b"")
+            window = itertools.islice(entries, n) if first is not None else \
+                itertools.islice(entries, offset, offset + n)
+            got = [LeasedRecord(rec, owner, until) for owner, until, rec in (
+                self._leased_record(fmt.KEY.unpack(key)[1], value) for key, value in window)]
+            if got:
+                self._ended(page, len(got), got[-1].record.id)
+            return got
 
         return self._read("peek_leased", body)
 
