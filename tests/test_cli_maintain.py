@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import spoolq
 from spoolq.cli import ExitCode, maintain
+from spoolq.engines import open_engine
+from spoolq.zdict import DICTIONARY_QUEUE
 
 from .cli_support import (
     GONE_OWNER,
@@ -158,6 +161,52 @@ def test_migrate_refuses_a_different_serializer(filled: str, tmp_path: Path) -> 
     result = run("migrate", filled, dst, "-q", "other")
     assert result.exit_code == ExitCode.PROBLEM
     assert "uses the json serializer" in result.stderr
+
+
+def _zstd_dict_queue(path: str, name: str, word: str) -> list[Any]:
+    """Queue ``name`` with ``compressor="zstd-dict"``, filled until it trained a dictionary."""
+    first = [{"user": n, "text": f"{word} number {n} " * 5} for n in range(1200)]
+    later = [{"user": n, "text": f"{word} again {n} " * 5} for n in range(20)]
+    with spoolq.SyncQueue.create(path, name=name, compressor="zstd-dict") as q:
+        q.put_many(first)
+        q.put_many(later)   # compressed with the dictionary trained from the first
+    eng = open_engine(path)
+    try:
+        assert len(eng.peek(DICTIONARY_QUEUE, 255)) == 1
+    finally:
+        eng.close()
+    return first + later
+
+
+def test_migrate_into_a_file_with_other_zstd_dictionaries(tmp_path: Path) -> None:
+    src, dst = str(tmp_path / "src.sqlite"), str(tmp_path / "dst.sqlite")
+    with spoolq.SyncQueue.create(src, name="plain") as q:
+        q.put_many([{"n": n, "text": "spool " * 40} for n in range(50)])
+    dst_items = _zstd_dict_queue(dst, "z", "hello")
+    # no copied record needs a dictionary: nothing can be misread
+    result = run("migrate", src, dst, "-q", "plain")
+    assert result.exit_code == 0, result.output
+    assert items(dst, "plain") == [{"n": n, "text": "spool " * 40} for n in range(50)]
+    assert items(dst, "z") == dst_items
+
+    # the source's own queue with a dictionary of the same number: refused, nothing written
+    src_items = _zstd_dict_queue(src, "zs", "goodbye")
+    refused = run("migrate", src, dst, "-q", "zs")
+    assert refused.exit_code == ExitCode.PROBLEM
+    assert refused.stderr.startswith("Error: record ")
+    assert "needs zstd dictionary 1, and the destination's dictionary 1 is another one" \
+        in refused.stderr
+    assert [q["name"] for q in run_json("info", dst)["queues"]] == ["plain", "z"]
+    eng = open_engine(dst)
+    try:
+        assert eng.get_meta("queue/zs/zstd-dict") is None
+        assert len(eng.peek(DICTIONARY_QUEUE, 255)) == 1
+    finally:
+        eng.close()
+    # a new file takes it, dictionary included
+    fresh = str(tmp_path / "fresh.sqlite")
+    assert run("migrate", src, fresh).exit_code == 0
+    assert items(fresh, "zs") == src_items and items(fresh, "plain") == items(src, "plain")
 
 
 # ---- as a real process ----------------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import sys
 from typing import IO, Any
 
 import click
 
+from ..codec import CUSTOM_ID, HEADER_SIZE, ZSTD_DICT_ID
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
 from ..sync import SyncQueue
 from ..zdict import DICTIONARY_QUEUE
@@ -31,6 +33,8 @@ from ._common import (
 )
 
 __all__ = ["dump", "load", "migrate"]
+
+log = logging.getLogger("spoolq")
 
 
 def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk: int,
@@ -246,7 +250,7 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
         target = open_engine(dst, to_engine)
         try:
             _check_destination(source, target, bases, names, append)
-            _copy_dictionaries(source, target, bases)
+            _copy_dictionaries(source, target, bases, names, chunk)
             copied = _copy(state, source, target, bases, plan, chunk)
         finally:
             target.close()
@@ -261,25 +265,55 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     state.out.print(table)
 
 
-def _copy_dictionaries(source: Engine, target: Engine, bases: list[str]) -> None:
+def _copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: list[str],
+                       chunk: int) -> None:
     """Give the destination the source's zstd dictionaries under the same numbers.
 
     Records are copied as stored, and a ``zstd-dict`` record names its
-    dictionary by number (its place in the dictionary queue), so the places
-    must match.
+    dictionary by number (its place in the dictionary queue), so each number
+    a copied record needs must hold the same dictionary in both files. The
+    source's dictionaries beyond the destination's are appended, so they keep
+    their numbers; a number the destination already gives another dictionary
+    is refused only when a copied record needs it.
     """
-    have = target.peek(DICTIONARY_QUEUE, 255)
+    have = [d.data for d in target.peek(DICTIONARY_QUEUE, 255)]
     wanted = source.peek(DICTIONARY_QUEUE, 255)
-    if [d.data for d in have] != [d.data for d in wanted[: len(have)]]:
-        raise Refused("the destination holds other zstd dictionaries than the source; "
-                      "migrate into a new file")
+    clash = {n for n in range(1, len(have) + 1)
+             if n > len(wanted) or have[n - 1] != wanted[n - 1].data}
+    if clash:
+        for name in names:
+            for page in iter_pages(source, name, chunk=chunk):
+                for rec in page:
+                    number = _dictionary_number(rec.data)
+                    if number in clash:
+                        raise Refused(
+                            f"record {rec.id} of {name!r} needs zstd dictionary {number}, and "
+                            f"the destination's dictionary {number} is another one; migrate "
+                            "into a new file")
     for rec in wanted[len(have):]:
         target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
     for base in bases:
         key = f"queue/{base}/zstd-dict"
         active = source.get_meta(key)
-        if active is not None and target.get_meta(key) is None:
-            target.set_meta(key, active)
+        if active is None or target.get_meta(key) is not None:
+            continue
+        if active.isdigit() and int(active) in clash:
+            # The destination's dictionary of that number is another queue's: the queue
+            # trains its own there once it has enough new items.
+            log.info("spoolq: %r: zstd dictionary %s is another one in the destination; "
+                     "the queue will train its own", base, active.decode())
+            continue
+        target.set_meta(key, active)
+
+
+def _dictionary_number(data: bytes) -> int:
+    """The zstd dictionary a record's payload names (0: none, or not ``zstd-dict``)."""
+    if len(data) <= HEADER_SIZE or data[2] != ZSTD_DICT_ID:
+        return 0
+    pos = HEADER_SIZE
+    if data[1] == CUSTOM_ID:
+        pos += 1 + data[pos]
+    return data[pos] if pos < len(data) else 0
 
 
 def _copy(state: CliState, source: Engine, target: Engine, bases: list[str],
