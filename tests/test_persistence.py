@@ -95,6 +95,14 @@ def test_random_bytes_file_is_reported_not_emptied(tmp_path: Path) -> None:
     assert path.read_bytes() == junk
 
 
+def test_a_directory_is_not_an_sqlite_queue(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs.sqlite"
+    folder.mkdir()
+    with pytest.raises(spoolq.FormatError, match="is a directory"):
+        SyncQueue.create(folder)
+    assert list(folder.iterdir()) == []
+
+
 def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as conn:

@@ -148,6 +148,8 @@ class SQLiteEngine:
         self._page_version: tuple[int, int] | None = None
         if read_only and not os.path.exists(self.path):
             raise FormatError(f"{self.path}: no such file")
+        if os.path.isdir(self.path):
+            raise FormatError(f"{self.path} is a directory, not a spoolq SQLite queue file")
         with self._guard("open"):
             if read_only:
                 uri = "file:" + os.path.abspath(self.path) + "?mode=ro"
