@@ -313,6 +313,33 @@ def test_usage_errors_exit_2(filled: str) -> None:
     assert run("nosuchcommand").exit_code == ExitCode.USAGE
 
 
+@pytest.mark.parametrize("args", [
+    ["info", "{db}", "--engine", "memory"],
+    ["peek", "{db}", "--engine", "memory"],
+    ["verify", "{db}", "--engine", "memory"],
+    ["dump", "{db}", "-q", "jobs", "--engine", "memory"],
+    ["load", "{new}", "{lines}", "--engine", "memory"],
+    ["requeue", "{db}", "--dead", "--engine", "memory"],
+    ["purge", "{db}", "--yes", "--engine", "memory"],
+    ["compact", "{db}", "--engine", "memory"],
+    ["migrate", "{db}", "{new}", "--from-engine", "memory"],
+    ["migrate", "{db}", "{new}", "--to-engine", "memory"],
+], ids=lambda args: "-".join(a.strip("{}-") for a in args if a != "memory"))
+def test_the_memory_engine_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    db, new, lines = tmp_path / "jobs.sqlite", tmp_path / "new.sqlite", tmp_path / "one.jsonl"
+    fill(str(db))
+    lines.write_text('{"n": 1}\n')
+    before = snapshot(str(db))
+    result = run_process(*(a.format(db=db, new=new, lines=lines) for a in args))
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert result.stdout == ""
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "memory engine" in error
+    assert "Traceback" not in result.stderr
+    assert not new.exists()
+    assert unchanged(str(db), before)
+
+
 def test_python_m_spoolq_runs_the_same_command(filled: str) -> None:
     result = run_process("info", filled, "--json")
     assert result.returncode == 0, result.stderr

@@ -109,12 +109,15 @@ def _check_engine(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is not None and value not in ENGINES:
         raise click.BadParameter(
             f"no engine named {value!r}; known engines: {', '.join(sorted(ENGINES))}")
+    if value == "memory":
+        raise click.BadParameter("the memory engine holds nothing outside the program that "
+                                 "made it, so there is no file to work on")
     return value
 
 
 def engine_option(*names: str, dest: str = "engine",
                   help: str | None = None) -> Callable[[Any], Any]:
-    """``--engine NAME``: overrides the engine the path's suffix picks."""
+    """``--engine NAME``: overrides the engine the path's suffix picks (never ``memory``)."""
     return click.option(*(names or ("--engine",)), dest, default=None, metavar="NAME",
                         callback=_check_engine,
                         help=help or "Engine to open PATH with (default: picked by suffix).")
