@@ -385,6 +385,30 @@ def test_verify_reads_leased_records_too(with_leases: str) -> None:
     assert jobs["checked"] == 23
 
 
+def test_the_verify_docs_say_leased_records_are_checked() -> None:
+    """docs/cli.md's verify examples add up as the command counts: ``checked`` and ``not
+    decodable here`` cover ready and leased records, ``read`` the ready ones."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    section = text[text.index("### `verify`"):text.index("### `dump` and `load`")]
+    assert "counted, not checked" not in section.replace("\n", " ").split("custom engine")[0]
+    example = section[section.index("$ spoolq verify jobs.sqlite\n"):]
+    example = example[:example.index("```")]
+    rows = [line.split() for line in example.splitlines()[3:] if line.split()[0] != "sound:"]
+    assert rows
+    for _name, ready, leased, read, checked, undecodable, problems in rows:
+        assert int(read) == int(ready)
+        assert int(checked) + int(undecodable) == int(ready) + int(leased)
+        assert problems == "0"
+    sound = re.search(r"sound: (\d+) records read", example)
+    assert sound and int(sound[1]) == sum(int(r[1]) + int(r[2]) for r in rows)
+    report = json.loads(section[section.index("$ spoolq verify jobs.sqlite -q thumbnails --json")
+                                :].split("\n", 1)[1].split("```")[0])
+    assert report["records"] == sum(q["read"] + q["leased_read"] for q in report["queues"])
+    for q in report["queues"]:
+        assert q["checked"] + q["not_decodable_here"] == q["ready"] + q["leased"]
+        assert q["leased_read"] == q["leased"]
+
+
 def test_verify_reports_a_damaged_leased_record(filled: str) -> None:
     eng = open_engine(filled)
     try:
