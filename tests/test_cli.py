@@ -409,6 +409,23 @@ def test_the_verify_docs_say_leased_records_are_checked() -> None:
         assert q["leased_read"] == q["leased"]
 
 
+def test_dump_says_how_many_leased_items_it_left_out(with_leases: str, tmp_path: Path) -> None:
+    note = ("note: 4 leased item(s) of 'jobs' not dumped; ack or requeue them first "
+            "(`spoolq requeue --leased` takes back stuck leases)")
+    result = run_process("dump", with_leases, "-q", "jobs")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"n": n} for n in range(6, 25)]
+    assert result.stderr.splitlines() == [note]
+    out = tmp_path / "out.jsonl"
+    result = run_process("dump", with_leases, "-q", "jobs", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"jobs: dumped 19 item(s) to {out}", note]
+    assert len(out.read_text().splitlines()) == 19
+    # without leases, no note
+    assert run_process("dump", with_leases, "-q", "other").stderr == ""
+
+
 def test_verify_reports_a_damaged_leased_record(filled: str) -> None:
     eng = open_engine(filled)
     try:

@@ -75,14 +75,16 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     Only items that JSON holds exactly (dicts with string keys, lists,
     strings, numbers, booleans, null) can be dumped; anything else stops the
     dump with an error naming the record, and -o FILE is then left as it was.
-    `spoolq load` reads the output back.
+    Leased items are not dumped: a note on stderr counts them (the exit
+    status stays 0). `spoolq load` reads the output back.
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
     eng = open_existing(path, engine, read_only=True)
     decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
-        total = eng.counts(name).ready
+        counts = eng.counts(name)
+        total, leased = counts.ready, counts.leased
         if not total:
             state.check_queue_name(eng, name)
         with state.progress("dumping", total) as advance:
@@ -103,6 +105,9 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
         eng.close()
     if output is not None and output != "-":
         state.note(f"{name}: dumped {written} item(s) to {output}")
+    if leased:
+        state.note(f"note: {leased} leased item(s) of {name!r} not dumped; ack or requeue "
+                   "them first (`spoolq requeue --leased` takes back stuck leases)")
 
 
 def _parse_line(source: str, lineno: int, line: bytes) -> Any:
