@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from spoolq.zdict import DICTIONARY_QUEUE
 from .cli_support import (
     GONE_OWNER,
     OTHER_HOST_OWNER,
+    ROOT,
     biggest_file,
     fill,
     items,
@@ -254,3 +257,59 @@ def test_serve_takes_the_server_options() -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0
     assert "--token-file" in result.stdout and "--max-frame" in result.stdout
+
+
+def _junk_lmdb(tmp_path: Path) -> str:
+    junk = tmp_path / "x.lmdb"
+    junk.write_bytes(os.urandom(4096))
+    return str(junk)
+
+
+@pytest.mark.parametrize("case", ["junk", "no folder", "port in use"])
+def test_serve_an_unusable_file_is_one_error_line_and_exit_3(tmp_path: Path, case: str) -> None:
+    args = {"junk": [_junk_lmdb(tmp_path), "--port", "0"],
+            "no folder": [str(tmp_path / "missing" / "x.sqlite"), "--port", "0"]}.get(case)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if args is None:
+            args = [":memory:", "--port", str(taken.getsockname()[1])]
+        result = run_process("serve", *args)
+    assert result.returncode == ExitCode.FILE, result.stderr
+    assert "listening" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line or "Error" in line]
+    assert len(errors) == 1 and errors[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [[":memory:", "--bogus"], [], [":memory:", "--port", "70000"],
+                                  [":memory:", "--port", "zero"],
+                                  [":memory:", "--engine", "nope"]])
+def test_serve_bad_arguments_are_a_usage_error_of_spoolq_serve(args: list[str]) -> None:
+    result = run_process("serve", *args)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "listening" not in result.stdout
+    assert "Usage: spoolq serve PATH [OPTIONS]" in result.stderr
+    assert "python -m spoolq.server" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("Error: ")]) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_runs_until_sigterm_and_python_m_spoolq_server_keeps_its_ways(
+        tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    with subprocess.Popen([sys.executable, "-m", "spoolq", "serve", ":memory:", "--port", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("listening on spoolq://127.0.0.1:")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    # the module's own command line: status 1 with a log line, argparse usage under its name
+    server = [sys.executable, "-m", "spoolq.server"]
+    junk = subprocess.run([*server, _junk_lmdb(tmp_path), "--port", "0"], capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+    assert junk.returncode == 1 and "ERROR spoolq: " in junk.stderr
+    bad = subprocess.run([*server, ":memory:", "--bogus"], capture_output=True, text=True,
+                         timeout=60, env=env, check=False)
+    assert bad.returncode == 2 and "python -m spoolq.server: error:" in bad.stderr

@@ -303,9 +303,13 @@ def _on_signal(server: Server, sig: signal.Signals) -> None:
     server.close()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m spoolq.server",
+def command_parser(prog: str = "python -m spoolq.server",
+                   parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+                   ) -> argparse.ArgumentParser:
+    """The arguments of :func:`main`; ``spoolq serve`` parses them under its own name
+    (``prog``) and with a ``parser_class`` that reports usage errors its way."""
+    parser = parser_class(
+        prog=prog,
         description="Serve every queue of a spoolq file over TCP until SIGTERM or SIGINT.")
     parser.add_argument("path", help="the queue file (created if missing), or :memory:")
     parser.add_argument("--host", default="127.0.0.1",
@@ -345,7 +349,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     It prints one line, ``listening on spoolq://HOST:PORT``, once the server
     accepts connections (useful with ``--port 0``); logs go to stderr.
     """
-    args = _parser().parse_args(argv)
+    args = command_parser().parse_args(argv)
+    try:
+        serve_command(args)
+    except (SpoolqError, OSError, ssl.SSLError) as exc:
+        log.error("spoolq: %s", exc)
+        return 1
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    """Serve as the parsed command line ``args`` says, until a signal.
+
+    Sets up logging to stderr and prints the ``listening on`` line; raises
+    what starting the server raises (:class:`SpoolqError`, :class:`OSError`),
+    for :func:`main` and ``spoolq serve`` to report each in its own way.
+    """
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
 
@@ -353,16 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"listening on {server.url}\n")
         sys.stdout.flush()
 
-    try:
-        token = None if args.token_file is None else read_token_file(args.token_file)
-        run(serve(args.path, host=args.host, port=args.port, token=token,
-                  tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
-                  durability=args.durability, stall_timeout=args.stall_timeout,
-                  engine=args.engine, on_listening=listening), loop=args.loop)
-    except (SpoolqError, OSError, ssl.SSLError) as exc:
-        log.error("spoolq: %s", exc)
-        return 1
-    return 0
+    token = None if args.token_file is None else read_token_file(args.token_file)
+    run(serve(args.path, host=args.host, port=args.port, token=token,
+              tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
+              durability=args.durability, stall_timeout=args.stall_timeout,
+              engine=args.engine, on_listening=listening), loop=args.loop)
 
 
 if __name__ == "__main__":
