@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import spoolq
-from spoolq.cli.bench import make_items
+from spoolq.cli import ExitCode
+from spoolq.cli.bench import MIN_ITEM_BYTES, make_items, run_bench
 from spoolq.engines import open_engine
 
 from .cli_support import run, run_json, run_process
@@ -73,6 +74,19 @@ def test_bench_items_have_the_size_asked_for() -> None:
         assert {len(json.dumps(d, separators=(",", ":"))) for d in make_items(50, size)} \
             == {size}
     assert all(len(b) > 10 for b in make_items(5, 10, raw=True))  # the fields alone
+
+
+def test_bench_refuses_sizes_below_the_smallest_item() -> None:
+    assert max(len(b) for b in make_items(1000, 1, raw=True)) == MIN_ITEM_BYTES
+    for size in ("5", str(MIN_ITEM_BYTES - 1)):
+        result = run("bench", ":memory:", "-n", "10", "--size", size)
+        assert result.exit_code == ExitCode.USAGE, result.output
+        assert f"{size} is not in the range {MIN_ITEM_BYTES}<=" in result.stderr
+    with pytest.raises(ValueError, match=f"at least {MIN_ITEM_BYTES}"):
+        run_bench(":memory:", items=10, size=5)
+    result = run("bench", ":memory:", "-n", "10", "--size", str(MIN_ITEM_BYTES))
+    assert result.exit_code == 0, result.output
+    assert f"items of {MIN_ITEM_BYTES} B as JSON" in result.stdout
 
 
 def test_bench_table_for_people(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from ..codec import COMPRESSORS, SERIALIZERS
 from ..sync import SyncQueue
 from ._common import CliState, format_bytes, json_option
 
-__all__ = ["BenchResult", "bench", "make_items", "run_bench"]
+__all__ = ["MIN_ITEM_BYTES", "BenchResult", "bench", "make_items", "run_bench"]
 
 _FILE_ENGINES = {"sqlite": "bench.sqlite", "lmdb": "bench.lmdb", "dbm": "bench.dbm",
                  "pickle": "bench.pickle"}
@@ -64,6 +64,12 @@ def make_items(n: int, size: int, *, raw: bool = False, seed: int = 7) -> list[A
 
 def _json_bytes(record: dict[str, Any]) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
+
+
+MIN_ITEM_BYTES = len(_json_bytes({"id": 999, "kind": max(_WORDS, key=len), "tenant": "t99",
+                                  "text": ""}))
+"""The smallest ``size`` every benchmark item can have: the fields alone of the largest
+(bench makes at most 1000 distinct items, ids 0 to 999)."""
 
 
 @dataclass
@@ -201,12 +207,16 @@ def run_bench(target: str | None = None, *, engine: str = "sqlite", durability: 
               items: int = 10_000, size: int = 100, batch: int = 1, serializer: str = "cbor",
               compressor: str = "zstd", use_async: bool = False, producers: int = 1,
               schema: str | None = None) -> BenchResult:
-    """Put ``items`` items of about ``size`` bytes (``batch`` at a time, shared among
+    """Put ``items`` items of ``size`` bytes as compact JSON (at least
+    :data:`MIN_ITEM_BYTES`, else ValueError; ``batch`` at a time, shared among
     ``producers`` threads or tasks), then get them back, through a throwaway queue; return
     the rates. ``target`` is a folder for the queue's
     file (default: the system's temporary folder), ``":memory:"``, or a ``spoolq://`` or
     ``postgresql://`` URL, where a queue of a new name is used and purged afterwards
     (``schema`` names the PostgreSQL schema; default spoolq's own)."""
+    if size < MIN_ITEM_BYTES:
+        raise ValueError(f"size must be at least {MIN_ITEM_BYTES}: the fields of an item "
+                         "alone take that many bytes")
     data = make_items(min(items, 1000), size, raw=serializer == "raw")
     work = [data[i % len(data)] for i in range(items)]
     settings: dict[str, Any] = {"durability": durability, "serializer": serializer,
@@ -266,8 +276,10 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
               default="commit", show_default=True)
 @click.option("-n", "--items", type=click.IntRange(1, 10_000_000), default=10_000,
               show_default=True, help="Items to put and then get.")
-@click.option("--size", type=click.IntRange(1, 1 << 24), default=100, show_default=True,
-              help="Bytes of each item as compact JSON (the serializer's size differs).")
+@click.option("--size", type=click.IntRange(MIN_ITEM_BYTES, 1 << 24), default=100,
+              show_default=True,
+              help=f"Bytes of each item as compact JSON, at least {MIN_ITEM_BYTES} (the fields "
+                   "alone; the serializer's size differs).")
 @click.option("--batch", type=click.IntRange(1, 100_000), default=1, show_default=True,
               help="Items per put_many / get_many call (1: put and get one at a time).")
 @click.option("--serializer", type=click.Choice(sorted(SERIALIZERS)), default="cbor",
