@@ -86,6 +86,9 @@ class ConnectionLost(EngineError):
     """The connection to the server failed or timed out; the call's outcome is unknown."""
 
 
+_FRESH = 0.001  # seconds since the last reply within which stale() trusts a link
+
+
 class Link:
     """One connection to the server: handshake, then one request at a time."""
 
@@ -141,6 +144,7 @@ class Link:
         self.info = info
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        self._answered = time.monotonic()
         self.proto.server_max_frame = info["max_frame"]
         skew = float(info.get("time", time.time())) - time.time()
         if abs(skew) > _CLOCK_SKEW_WARNING:
@@ -226,11 +230,17 @@ class Link:
     def exchange(self, ident: int, frame: bytes, timeout: float | None) -> Any:
         """Send a request frame and wait for its reply."""
         self._send(frame, timeout)
-        return self._receive(ident)
+        reply = self._receive(ident)
+        self._answered = time.monotonic()
+        return reply
 
     def stale(self) -> bool:
         """Whether this idle connection has something to read: the server closed it (after
-        a restart, say) or sent what nobody asked for. Either way it is of no more use."""
+        a restart, say) or sent what nobody asked for. Either way it is of no more use.
+        A connection answered within the last millisecond is taken as sound unasked: a
+        call right after another then costs no system call."""
+        if time.monotonic() - self._answered < _FRESH:
+            return False
         try:
             return bool(self._poll.poll(0)) or (isinstance(self.sock, ssl.SSLSocket)
                                                  and self.sock.pending() > 0)
