@@ -26,6 +26,7 @@ from itertools import chain, repeat
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
+from . import _sqlite_sql as sql
 from ._sqlite_schema import SCHEMA as _SCHEMA
 from .base import (
     FORMAT_VERSION,
@@ -46,47 +47,6 @@ R = TypeVar("R")
 _APPLICATION = b"spoolq"
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
-_NEW_QUEUE = """INSERT INTO spoolq_queues (name, qno)
-    VALUES (?, (SELECT coalesce(max(qno), 0) + 1 FROM spoolq_queues))
-    ON CONFLICT (name) DO NOTHING"""
-_ALLOCATE = """UPDATE spoolq_queues SET last_seq = last_seq + ?1, ready = ready + ?1,
-    stored_bytes = stored_bytes + ?2, raw_bytes = raw_bytes + ?3 WHERE name = ?4
-    RETURNING last_seq"""
-_COUNTS = """UPDATE spoolq_queues SET ready = ready + ?, leased = leased + ?,
-    stored_bytes = stored_bytes + ?, raw_bytes = raw_bytes + ? WHERE name = ?"""
-_INSERT = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data) VALUES (?, ?, ?, ?)"""
-# One record: the sequence is bumped, then read back inside the INSERT, and the id comes
-# from the cursor. A RETURNING clause costs a single put a sixth of its time.
-_BUMP = """UPDATE spoolq_queues SET last_seq = last_seq + 1, ready = ready + 1,
-    stored_bytes = stored_bytes + ?, raw_bytes = raw_bytes + ? WHERE name = ?"""
-_INSERT_NEXT = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data)
-    VALUES ((SELECT last_seq FROM spoolq_queues WHERE name = ?) | ?, ?, ?, ?)"""
-# A batch goes in as multi-row INSERTs of these sizes, largest first: a third less time per
-# row than executemany's one row per step, with a fixed handful of statements to cache.
-_ROWS_PER_INSERT = (64, 16, 4, 1)
-_INSERT_ROWS = {k: _INSERT + ", (?, ?, ?, ?)" * (k - 1) for k in _ROWS_PER_INSERT}
-_COLUMNS = "id, data, raw_size, attempts, enqueued_at, reason"
-_READY = """SELECT id FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?
-    ORDER BY id LIMIT ?"""
-_READY_ROWS = ("SELECT " + _COLUMNS + """ FROM spoolq_records
-    WHERE id BETWEEN ? AND ? AND visible_at <= ? ORDER BY id LIMIT ?""")
-# The first n ready rows are every ready row from the first one to the last one: deleting
-# that range with the same filter removes exactly them (a quarter faster than a DELETE of
-# the _READY selection with RETURNING).
-_REMOVE_RANGE = "DELETE FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?"
-_LEASE_COPY = """INSERT INTO spoolq_leased
-    (id, owner, until, attempts, enqueued_at, raw_size, reason, data)
-    SELECT id, ?, ?, attempts + 1, enqueued_at, raw_size, reason, data FROM spoolq_records
-    WHERE id IN (""" + _READY + ")"
-# The same _READY selection as _LEASE_COPY: nothing in spoolq_records changed in between.
-_LEASE_REMOVE = ("DELETE FROM spoolq_records WHERE id IN (" + _READY + ") "
-                 "RETURNING id, data, raw_size, attempts + 1, enqueued_at, reason")
-_ACK_ANY = """DELETE FROM spoolq_leased WHERE owner = ?
-    AND id IN (SELECT ? + value FROM json_each(?)) RETURNING id, attempts, length(data), raw_size"""
-_HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
-    AND (id, attempts) IN (SELECT ? + json_extract(value, '$[0]'), json_extract(value, '$[1]')
-                           FROM json_each(?))"""
-_IN_JSON = "(SELECT value FROM json_each(?))"
 _MIN_SQLITE = (3, 35, 0)
 # Pages of a new file. Each commit writes its changed pages to the WAL whole, and a put or a
 # get changes two (a records leaf and the queue's counts): 1 KiB pages made one-at-a-time
@@ -268,7 +228,7 @@ class SQLiteEngine:
         """The queue's number, giving it one on first use (inside a write transaction)."""
         qno = self._find_qno(conn, queue)
         if qno is None:
-            conn.execute(_NEW_QUEUE, (queue,))
+            conn.execute(sql.NEW_QUEUE, (queue,))
             qno = self._find_qno(conn, queue)
             if qno is None:
                 raise EngineError(f"{self.path}: could not register queue {queue!r}")
@@ -297,7 +257,7 @@ class SQLiteEngine:
                   raw: int) -> tuple[int, int]:
         """Reserve n sequences (and count n ready records); return (base id, last seq)."""
         qno = self._qno(conn, queue)
-        last = int(conn.execute(_ALLOCATE, (n, stored, raw, queue)).fetchone()[0])
+        last = int(conn.execute(sql.ALLOCATE, (n, stored, raw, queue)).fetchone()[0])
         return qno << _SHIFT, last
 
     def _append(self, conn: sqlite3.Connection, queue: str, records: Sequence[bytes],
@@ -305,8 +265,8 @@ class SQLiteEngine:
         n = len(records)
         if n == 1:
             qno = self._qno(conn, queue)
-            conn.execute(_BUMP, (len(records[0]), raw_sizes[0], queue))
-            rowid = conn.execute(_INSERT_NEXT, (queue, qno << _SHIFT, now, raw_sizes[0],
+            conn.execute(sql.BUMP, (len(records[0]), raw_sizes[0], queue))
+            rowid = conn.execute(sql.INSERT_NEXT, (queue, qno << _SHIFT, now, raw_sizes[0],
                                                 records[0])).lastrowid
             if rowid is None or rowid >> _SHIFT != qno:
                 raise EngineError(f"{self.path}: a put into {queue!r} got id {rowid}, "
@@ -315,11 +275,11 @@ class SQLiteEngine:
         base, last = self._allocate(conn, queue, n, sum(map(len, records)), sum(raw_sizes))
         first = base | (last - n + 1)
         pos = 0
-        for k in _ROWS_PER_INSERT:
-            sql = _INSERT_ROWS[k]
+        for k in sql.ROWS_PER_INSERT:
+            statement = sql.INSERT_ROWS[k]
             while n - pos >= k:
                 end = pos + k
-                conn.execute(sql, list(chain.from_iterable(zip(
+                conn.execute(statement, list(chain.from_iterable(zip(
                     range(first + pos, first + end), repeat(now, k), raw_sizes[pos:end],
                     records[pos:end], strict=True))))
                 pos = end
@@ -333,21 +293,21 @@ class SQLiteEngine:
               lease: Lease | None) -> list[tuple[Any, ...]]:
         lo, hi = self._range(conn, queue)
         if lease is None:
-            rows = conn.execute(_READY_ROWS, (lo, hi, now, n)).fetchall()
+            rows = conn.execute(sql.READY_ROWS, (lo, hi, now, n)).fetchall()
             if rows:
-                removed = conn.execute(_REMOVE_RANGE, (rows[0][0], rows[-1][0], now)).rowcount
+                removed = conn.execute(sql.REMOVE_RANGE, (rows[0][0], rows[-1][0], now)).rowcount
                 if removed != len(rows):
                     raise EngineError(f"{self.path}: a take read {len(rows)} records but "
                                       f"would remove {removed}")
-                conn.execute(_COUNTS, (-len(rows), 0, -sum(len(r[1]) for r in rows),
+                conn.execute(sql.COUNTS, (-len(rows), 0, -sum(len(r[1]) for r in rows),
                                        -sum(r[2] for r in rows), queue))
             return rows
         # Copied row to row inside SQLite: no Python tuple per leased record.
-        moved = conn.execute(_LEASE_COPY, (lease.owner, lease.until, lo, hi, now, n)).rowcount
+        moved = conn.execute(sql.LEASE_COPY, (lease.owner, lease.until, lo, hi, now, n)).rowcount
         if not moved:
             return []
-        rows = conn.execute(_LEASE_REMOVE, (lo, hi, now, n)).fetchall()
-        conn.execute(_COUNTS, (-len(rows), len(rows), 0, 0, queue))
+        rows = conn.execute(sql.LEASE_REMOVE, (lo, hi, now, n)).fetchall()
+        conn.execute(sql.COUNTS, (-len(rows), len(rows), 0, 0, queue))
         return rows
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
@@ -362,7 +322,7 @@ class SQLiteEngine:
             VALUES (?, ?, ?, ?, ?, ?)""",
             [(lo | r.id, r.attempts, r.enqueued_at, r.raw_size, r.reason, r.data)
              for r in records])
-        conn.execute(_COUNTS, (len(records), 0, sum(len(r.data) for r in records),
+        conn.execute(sql.COUNTS, (len(records), 0, sum(len(r.data) for r in records),
                                sum(r.raw_size for r in records), queue))
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
@@ -378,16 +338,16 @@ class SQLiteEngine:
         # Fast path: delete by id and owner, then check the attempts; a stale delivery (the
         # same owner acking an earlier attempt) is rare and takes the exact, slower query.
         conn.execute("SAVEPOINT spoolq_ack")
-        rows = conn.execute(_ACK_ANY, (owner, lo, _json(list(wanted)))).fetchall()
+        rows = conn.execute(sql.ACK_ANY, (owner, lo, _json(list(wanted)))).fetchall()
         if len(wanted) != len(deliveries) or any(wanted[r[0] & _MASK] != r[1] for r in rows):
             conn.execute("ROLLBACK TO spoolq_ack")
             rows = conn.execute(
-                "DELETE FROM spoolq_leased WHERE id IN (" + _HELD + ") "
+                "DELETE FROM spoolq_leased WHERE id IN (" + sql.HELD + ") "
                 "RETURNING id, attempts, length(data), raw_size",
                 (owner, lo, _json(deliveries))).fetchall()
         conn.execute("RELEASE spoolq_ack")
         if rows:
-            conn.execute(_COUNTS, (0, -len(rows), -sum(r[2] for r in rows),
+            conn.execute(sql.COUNTS, (0, -len(rows), -sum(r[2] for r in rows),
                                    -sum(r[3] for r in rows), queue))
         return sorted(r[0] & _MASK for r in rows)
 
@@ -398,7 +358,7 @@ class SQLiteEngine:
             return
         if max_attempts is not None and attempt_delta == 0:
             dead = [r[0] for r in conn.execute(
-                "SELECT id FROM spoolq_leased WHERE id IN " + _IN_JSON + " AND attempts >= ? "
+                "SELECT id FROM spoolq_leased WHERE id IN " + sql.IN_JSON + " AND attempts >= ? "
                 "ORDER BY id", (_json(ids), max_attempts))]
             if dead:
                 self._bury(conn, queue, dead, reason)
@@ -408,16 +368,16 @@ class SQLiteEngine:
             conn.execute(
                 """INSERT INTO spoolq_records (id, visible_at, attempts, enqueued_at, raw_size,
                 reason, data) SELECT id, ?, attempts + ?, enqueued_at, raw_size, reason, data
-                FROM spoolq_leased WHERE id IN """ + _IN_JSON,
+                FROM spoolq_leased WHERE id IN """ + sql.IN_JSON,
                 (not_before, attempt_delta, _json(ids)))
-            conn.execute("DELETE FROM spoolq_leased WHERE id IN " + _IN_JSON, (_json(ids),))
-            conn.execute(_COUNTS, (len(ids), -len(ids), 0, 0, queue))
+            conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (_json(ids),))
+            conn.execute(sql.COUNTS, (len(ids), -len(ids), 0, 0, queue))
 
     def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int], reason: str) -> None:
         """Move leased rows to the tail of the dead-letter queue, in id order."""
         rows = conn.execute(
             "SELECT attempts, enqueued_at, raw_size, data FROM spoolq_leased WHERE id IN "
-            + _IN_JSON + " ORDER BY id", (_json(ids),)).fetchall()
+            + sql.IN_JSON + " ORDER BY id", (_json(ids),)).fetchall()
         dq = dead_queue_name(queue)
         stored, raw = sum(len(r[3]) for r in rows), sum(r[2] for r in rows)
         base, last = self._allocate(conn, dq, len(rows), stored, raw)
@@ -426,8 +386,8 @@ class SQLiteEngine:
             """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
             VALUES (?, ?, ?, ?, ?, ?)""",
             [(first + i, r[0], r[1], r[2], reason, r[3]) for i, r in enumerate(rows)])
-        conn.execute("DELETE FROM spoolq_leased WHERE id IN " + _IN_JSON, (_json(ids),))
-        conn.execute(_COUNTS, (0, -len(rows), -stored, -raw, queue))
+        conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (_json(ids),))
+        conn.execute(sql.COUNTS, (0, -len(rows), -stored, -raw, queue))
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
@@ -443,7 +403,7 @@ class SQLiteEngine:
                  deliveries: Sequence[tuple[int, int]], owner: str, not_before: float,
                  max_attempts: int | None, delta: int, reason: str) -> list[int]:
         lo, _ = self._range(conn, queue)
-        ids = [r[0] for r in conn.execute(_HELD, (owner, lo, _json(deliveries)))]
+        ids = [r[0] for r in conn.execute(sql.HELD, (owner, lo, _json(deliveries)))]
         self._unlease(conn, queue, ids, not_before, max_attempts, delta, reason)
         return sorted(i & _MASK for i in ids)
 
@@ -457,7 +417,7 @@ class SQLiteEngine:
         lo, hi = self._range(conn, queue)
         rows = conn.execute(
             "SELECT id, until <= ? FROM spoolq_leased WHERE id BETWEEN ? AND ? "
-            "AND (until <= ? OR owner IN " + _IN_JSON + ")",
+            "AND (until <= ? OR owner IN " + sql.IN_JSON + ")",
             (now, lo, hi, now, _json(owners))).fetchall()
         self._unlease(conn, queue, [r[0] for r in rows if r[1]], 0.0, max_attempts, 0,
                       "lease expired")
@@ -505,7 +465,7 @@ class SQLiteEngine:
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         def body(lo: int, hi: int) -> list[StoredRecord]:
-            return self._records(self._page("spoolq_records", _COLUMNS, lo, hi, n, offset))
+            return self._records(self._page("spoolq_records", sql.COLUMNS, lo, hi, n, offset))
 
         return self._read("peek", body, queue, [])
 
@@ -513,7 +473,7 @@ class SQLiteEngine:
         check_window(n, offset)
 
         def body(lo: int, hi: int) -> list[LeasedRecord]:
-            rows = self._page("spoolq_leased", _COLUMNS + ", owner, until", lo, hi, n, offset)
+            rows = self._page("spoolq_leased", sql.COLUMNS + ", owner, until", lo, hi, n, offset)
             return [LeasedRecord(StoredRecord(r[0] & _MASK, *r[1:6]), r[6], r[7]) for r in rows]
 
         return self._read("peek_leased", body, queue, [])
@@ -553,10 +513,10 @@ class SQLiteEngine:
         stored, raw = sum(len(r[3]) for r in rows), sum(r[2] for r in rows)
         base, last = self._allocate(conn, dst, len(rows), stored, raw)
         first = base | (last - len(rows) + 1)
-        conn.executemany(_INSERT, [(first + i, r[1], r[2], r[3]) for i, r in enumerate(rows)])
-        conn.execute("DELETE FROM spoolq_records WHERE id IN " + _IN_JSON,
+        conn.executemany(sql.INSERT, [(first + i, r[1], r[2], r[3]) for i, r in enumerate(rows)])
+        conn.execute("DELETE FROM spoolq_records WHERE id IN " + sql.IN_JSON,
                      (_json([r[0] for r in rows]),))
-        conn.execute(_COUNTS, (-len(rows), 0, -stored, -raw, src))
+        conn.execute(sql.COUNTS, (-len(rows), 0, -stored, -raw, src))
         return len(rows)
 
     def purge(self, queue: str) -> int:
