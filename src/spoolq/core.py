@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from .codec import Codec
+from .decoding import Decoding
 from .engines import (
     Counts,
     Engine,
@@ -30,15 +31,13 @@ from .engines import (
 )
 from .errors import (
     ClosedError,
-    CorruptError,
-    SerializationError,
 )
 from .groupcommit import GroupCommit, Ticket
 from .message import Message, Taken, messages_for
 from .owners import new_owner, owner_is_dead
 from .settings import Settings, stored_codec
 from .settle import Settling
-from .zdict import MissingDictionary, load_dictionaries, train_dictionary
+from .zdict import train_dictionary
 
 __all__ = ["UNWRITTEN", "QueueCore"]
 
@@ -69,7 +68,7 @@ def _new_counts(ready: int, leased: int, stored: int, raw: int) -> Counts:
     return tuple.__new__(Counts, (ready, leased, stored, raw))
 
 
-class QueueCore(Settling):
+class QueueCore(Settling, Decoding):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -458,51 +457,6 @@ class QueueCore(Settling):
             ticket.done = True
         if tickets and self.on_settled is not None:
             self.on_settled(tickets)
-
-    def _decode_one(self, rec: StoredRecord) -> Any:
-        try:
-            return self.codec.decode(rec.data, rec.id)
-        except MissingDictionary:
-            return self._decode_with_new_dictionaries(rec)
-
-    def _decode_with_new_dictionaries(self, rec: StoredRecord) -> Any:
-        """Decode a record whose zstd dictionary another handle trained after this one
-        opened the file: load the file's dictionaries, then decode."""
-        with self.lock:
-            load_dictionaries(self.engine, self.name, self.codec)
-        return self.codec.decode(rec.data, rec.id)
-
-    def _decode_taken(self, recs: list[StoredRecord], leased: bool) -> list[Taken]:
-        if len(recs) > 1:  # one record: decode() below costs less than the batch's set-up
-            items = self.codec.decode_all([rec.data for rec in recs])
-            if items is not None:
-                return list(zip(recs, items, strict=True))
-        taken: list[Taken] = []
-        decode = self.codec.decode
-        for rec in recs:
-            try:
-                try:
-                    item = decode(rec.data, rec.id)
-                except MissingDictionary:
-                    item = self._decode_with_new_dictionaries(rec)
-                taken.append((rec, item))
-            except (CorruptError, SerializationError) as exc:
-                self._bury(rec, leased, exc)
-        return taken
-
-    def _bury(self, rec: StoredRecord, leased: bool, error: Exception) -> None:
-        reason = f"cannot be decoded: {error}"
-        log.error("spoolq: queue %r: record %d %s; moved to %r", self.name, rec.id, reason,
-                  self.dead_name)
-        with self.lock:
-            if leased:
-                self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,
-                                    not_before=0.0, max_attempts=1, reason=reason)
-            else:
-                self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
-                self.counters["gets"] -= 1
-            self._refresh_locked()
-        self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
 
     def restore(self, taken: Sequence[Taken], leased: bool) -> None:
         """Give back records whose taker never received them (a cancelled waiter)."""

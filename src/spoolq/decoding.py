@@ -1,0 +1,86 @@
+"""How the core turns taken records back into items: one by one or a batch at once,
+with dictionaries trained by other handles, and records that cannot be decoded moved to
+the dead letters instead of being handed out or lost.
+
+:class:`Decoding` is a part of :class:`spoolq.core.QueueCore`, kept in its own module;
+it works on the core's state under the core's lock, as the rest of the core does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .codec import Codec
+from .engines import Counts, Engine, StoredRecord
+from .errors import CorruptError, SerializationError
+from .message import Taken
+from .zdict import MissingDictionary, load_dictionaries
+
+__all__ = ["Decoding"]
+
+log = logging.getLogger("spoolq")
+
+
+class Decoding:
+    """Items from taken records; undecodable records go to the dead letters."""
+
+    # Set up by QueueCore.__init__.
+    engine: Engine
+    codec: Codec
+    name: str
+    dead_name: str
+    owner: str
+    lock: threading.RLock
+    counters: dict[str, int]
+    # Defined by QueueCore and its other parts.
+    _refresh_locked: Callable[..., Counts]
+    _finished: Callable[[int], None]
+
+    def _decode_one(self, rec: StoredRecord) -> Any:
+        try:
+            return self.codec.decode(rec.data, rec.id)
+        except MissingDictionary:
+            return self._decode_with_new_dictionaries(rec)
+
+    def _decode_with_new_dictionaries(self, rec: StoredRecord) -> Any:
+        """Decode a record whose zstd dictionary another handle trained after this one
+        opened the file: load the file's dictionaries, then decode."""
+        with self.lock:
+            load_dictionaries(self.engine, self.name, self.codec)
+        return self.codec.decode(rec.data, rec.id)
+
+    def _decode_taken(self, recs: list[StoredRecord], leased: bool) -> list[Taken]:
+        if len(recs) > 1:  # one record: decode() below costs less than the batch's set-up
+            items = self.codec.decode_all([rec.data for rec in recs])
+            if items is not None:
+                return list(zip(recs, items, strict=True))
+        taken: list[Taken] = []
+        decode = self.codec.decode
+        for rec in recs:
+            try:
+                try:
+                    item = decode(rec.data, rec.id)
+                except MissingDictionary:
+                    item = self._decode_with_new_dictionaries(rec)
+                taken.append((rec, item))
+            except (CorruptError, SerializationError) as exc:
+                self._bury(rec, leased, exc)
+        return taken
+
+    def _bury(self, rec: StoredRecord, leased: bool, error: Exception) -> None:
+        reason = f"cannot be decoded: {error}"
+        log.error("spoolq: queue %r: record %d %s; moved to %r", self.name, rec.id, reason,
+                  self.dead_name)
+        with self.lock:
+            if leased:
+                self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,
+                                    not_before=0.0, max_attempts=1, reason=reason)
+            else:
+                self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
+                self.counters["gets"] -= 1
+            self._refresh_locked()
+        self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
