@@ -78,6 +78,16 @@ def test_foreign_lmdb_file_is_refused(tmp_path: Path) -> None:
         SyncQueue.create(path)
 
 
+def test_a_file_that_is_not_lmdb_is_refused_without_a_lock_file_beside_it(
+        tmp_path: Path) -> None:
+    path = tmp_path / "notes.lmdb"
+    path.write_bytes(b"shopping list\n" * 100)
+    with pytest.raises(spoolq.FormatError, match="not an LMDB file"):
+        SyncQueue.create(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.lmdb"]
+    assert path.read_bytes() == b"shopping list\n" * 100
+
+
 def test_directory_in_place_of_the_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "q.lmdb"
     path.mkdir()

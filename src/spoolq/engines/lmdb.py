@@ -81,6 +81,25 @@ _MAX_GROWTH = 40
 _PAGE_ENDS = 64  # where recent peeks ended, to go on from there (see _resume)
 
 
+# An LMDB file starts with its meta page: a 16-byte page header, then the magic number.
+_MAGIC = struct.Struct("<16xI")
+_MAGIC_NUMBER = 0xBEEFC0DE
+
+
+def _check_magic(path: str) -> None:
+    """FormatError for a non-empty file that is not an LMDB file at all, before LMDB
+    opens it (and puts its lock file beside it); an empty or missing file becomes a queue."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_MAGIC.size)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+    if head and (len(head) < _MAGIC.size or _MAGIC.unpack(head)[0] != _MAGIC_NUMBER):
+        raise FormatError(f"{path} is not an LMDB file, so not a spoolq queue file")
+
+
 class _LMDBStore:
     """One LMDB environment; see the module docstring."""
 
@@ -95,6 +114,7 @@ class _LMDBStore:
             raise FormatError(f"{path} is a directory, not a spoolq LMDB queue file")
         if read_only and not os.path.exists(path):
             raise FormatError(f"{path}: no such file")
+        _check_magic(path)
         try:
             self._env = lmdb.Environment(
                 path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
