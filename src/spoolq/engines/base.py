@@ -39,10 +39,47 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Counts", "Engine", "Lease", "LeasedRecord", "StoredRecord", "SupportsPeekLeased",
-           "WaitCancel", "batch_given", "check_window", "dead_queue_name"]
+__all__ = [
+    "Counts",
+    "Engine",
+    "Lease",
+    "LeasedRecord",
+    "PageEnds",
+    "StoredRecord",
+    "SupportsPeekLeased",
+    "WaitCancel",
+    "batch_given",
+    "check_window",
+    "dead_queue_name",
+]
 
 FORMAT_VERSION = 1
+
+
+class PageEnds:
+    """Where recent ``peek`` pages ended, so that the page after one goes on from its last
+    id instead of skipping ``offset`` records again: reading a whole queue page by page
+    (``spoolq dump``, ``verify``, ``migrate``) then stays linear in its length. What is
+    remembered holds while the store's ``version`` is the same (nothing written since)."""
+
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self._version: object = None
+        self._ends: dict[tuple[object, int], int] = {}
+
+    def resume(self, version: object, where: object, offset: int) -> int | None:
+        """The last id of the page that ended at ``offset`` of ``where`` (a queue's
+        records of one kind), or None: then skip ``offset`` records as usual."""
+        if version != self._version:
+            self._ends.clear()
+            self._version = version
+        return self._ends.pop((where, offset), None)
+
+    def ended(self, where: object, offset: int, count: int, last_id: int) -> None:
+        """A page of ``count`` records from ``offset`` ended at ``last_id``."""
+        if count and len(self._ends) < self.LIMIT:
+            self._ends[(where, offset + count)] = last_id
 
 
 class WaitCancel:

@@ -61,6 +61,7 @@ from .base import (
     Counts,
     Lease,
     LeasedRecord,
+    PageEnds,
     StoredRecord,
     batch_given,
     check_window,
@@ -78,7 +79,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _APPLICATION = b"spoolq"
 _MAX_GROWTH = 40
-_PAGE_ENDS = 64  # where recent peeks ended, to go on from there (see _resume)
 
 
 # An LMDB file starts with its meta page: a 16-byte page header, then the magic number.
@@ -108,8 +108,7 @@ class _LMDBStore:
     def __init__(self, path: str, *, read_only: bool, sync: bool, metasync: bool,
                  map_size: int, max_readers: int) -> None:
         self.path = path
-        self._page_txn = -1  # the snapshot the page ends below were read in
-        self._page_next: dict[tuple[str, int, int], int] = {}
+        self._pages = PageEnds()  # valid for one snapshot: keyed by the read txn's id
         if os.path.isdir(path):
             raise FormatError(f"{path} is a directory, not a spoolq LMDB queue file")
         if read_only and not os.path.exists(path):
@@ -427,34 +426,19 @@ class _LMDBStore:
 
         return self._write("expire", body)
 
-    def _resume(self, txn: Txn, page: tuple[str, int, int]) -> int | None:
-        """The id after the last record of the previous page that ended at ``page``'s
-        offset, if nothing was written since (the same snapshot): reading a queue page
-        by page then goes on from there instead of skipping ``offset`` records again."""
-        if self._page_txn != txn.id():
-            self._page_txn = txn.id()
-            self._page_next.clear()
-        return self._page_next.pop(page, None)
-
-    def _ended(self, page: tuple[str, int, int], count: int, last_id: int) -> None:
-        kind, number, offset = page
-        if count and len(self._page_next) < _PAGE_ENDS:
-            self._page_next[(kind, number, offset + count)] = last_id + 1
-
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
                 return []
-            page = ("ready", q.number, offset)
-            first = self._resume(txn, page)
+            last = self._pages.resume(txn.id(), ("ready", q.number), offset)
             records = walk.in_order(txn, self._ready, self._delayed, q.number,
-                                    first=first or 0)
-            window = itertools.islice(records, n) if first is not None else \
+                                    first=0 if last is None else last + 1)
+            window = itertools.islice(records, n) if last is not None else \
                 itertools.islice(records, offset, offset + n)
             got = [self._record(ident, value) for ident, _, _, value in window]
             if got:
-                self._ended(page, len(got), got[-1].id)
+                self._pages.ended(("ready", q.number), offset, len(got), got[-1].id)
             return got
 
         return self._read("peek", body)
@@ -466,16 +450,15 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or not q.leased:
                 return []
-            page = ("leased", q.number, offset)
-            first = self._resume(txn, page)
+            last = self._pages.resume(txn.id(), ("leased", q.number), offset)
             entries = walk.prefixed(txn, self._leased, q.number,
-                                    fmt.KEY.pack(q.number, first) if first else b"")
-            window = itertools.islice(entries, n) if first is not None else \
+                                    b"" if last is None else fmt.KEY.pack(q.number, last + 1))
+            window = itertools.islice(entries, n) if last is not None else \
                 itertools.islice(entries, offset, offset + n)
             got = [LeasedRecord(rec, owner, until) for owner, until, rec in (
                 self._leased_record(fmt.KEY.unpack(key)[1], value) for key, value in window)]
             if got:
-                self._ended(page, len(got), got[-1].record.id)
+                self._pages.ended(("leased", q.number), offset, len(got), got[-1].record.id)
             return got
 
         return self._read("peek_leased", body)

@@ -33,6 +33,7 @@ from .base import (
     Counts,
     Lease,
     LeasedRecord,
+    PageEnds,
     StoredRecord,
     batch_given,
     check_window,
@@ -54,7 +55,6 @@ _MIN_SQLITE = (3, 35, 0)
 # no slower; records of 64 KiB and more put faster with larger pages (the page_size option).
 # A file keeps the page size it was created with.
 _PAGE_SIZE = 1024
-_PAGE_ENDS = 64  # where recent peeks ended, to go on from there (see SQLiteEngine._page)
 _PAGE_SIZES = frozenset(1 << k for k in range(9, 17))
 _SYNCHRONOUS = {
     "FULL": "PRAGMA synchronous = FULL",
@@ -104,8 +104,7 @@ class SQLiteEngine:
         self._qnos: dict[str, int] = {}
         self._writes = 0  # write transactions of this connection (PRAGMA data_version
         # counts only other connections')
-        self._page_end: dict[tuple[str, int, int], int] = {}
-        self._page_version: tuple[int, int] | None = None
+        self._pages = PageEnds()
         if read_only and not os.path.exists(self.path):
             raise FormatError(f"{self.path}: no such file")
         if os.path.isdir(self.path):
@@ -439,14 +438,12 @@ class SQLiteEngine:
               offset: int) -> list[tuple[Any, ...]]:
         """Rows ``offset`` to ``offset + n`` of a queue's range in ``table``, in id order.
 
-        Reading a queue page by page (the CLI's dump, verify, migrate) asks for the
-        page after the last one: when nothing changed the file since, it goes on from
-        the last id instead of skipping ``offset`` rows again, so a whole read stays
-        linear in the queue's length.
+        The page after the last one goes on from its last id when nothing changed the
+        file since (PRAGMA data_version counts other connections' commits, ``_writes``
+        this one's): see :class:`PageEnds`.
         """
-        key = (table, lo, offset)
         version = (self._conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
-        after = self._page_end.get(key) if self._page_version == version else None
+        after = self._pages.resume(version, (table, lo), offset)
         if after is not None:
             rows = self._conn.execute(
                 f"SELECT {columns} FROM {table} WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
@@ -455,12 +452,8 @@ class SQLiteEngine:
             rows = self._conn.execute(
                 f"SELECT {columns} FROM {table} WHERE id BETWEEN ? AND ? ORDER BY id "
                 "LIMIT ? OFFSET ?", (lo, hi, n, offset)).fetchall()
-        if self._page_version != version:
-            self._page_end.clear()
-            self._page_version = version
-        self._page_end.pop(key, None)
-        if rows and len(self._page_end) < _PAGE_ENDS:
-            self._page_end[(table, lo, offset + len(rows))] = rows[-1][0]
+        if rows:
+            self._pages.ended((table, lo), offset, len(rows), rows[-1][0])
         return rows
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
