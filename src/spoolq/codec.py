@@ -38,6 +38,7 @@ __all__ = [
     "Compressor",
     "Serializer",
     "record_codec_names",
+    "record_dictionary",
 ]
 
 RECORD_VERSION = 1
@@ -226,6 +227,18 @@ def record_codec_names(record: bytes) -> tuple[str, str]:
     ser = names[0] if ser_id == CUSTOM_ID else _SERIALIZER_NAMES.get(ser_id, f"#{ser_id}")
     comp = names[-1] if comp_id == CUSTOM_ID else _COMPRESSOR_NAMES.get(comp_id, f"#{comp_id}")
     return ser, comp
+
+
+def record_dictionary(record: bytes) -> int:
+    """The number of the zstd dictionary a record was compressed with; 0 when none (or
+    when the header cannot be read)."""
+    try:
+        _ser_id, comp_id, _crc, _names, start = _parse_header(record, None)
+    except CorruptError:
+        return 0
+    if comp_id != ZSTD_DICT_ID or start >= len(record):
+        return 0
+    return record[start]  # the dictionary payload starts with its number (see zdict)
 
 
 def _parse_header(record: bytes, record_id: int | None

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import click
 
-from ..codec import CUSTOM_ID, HEADER_SIZE, ZSTD_DICT_ID
+from ..codec import record_dictionary
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
 from ..sync import SyncQueue
 from ..zdict import DICTIONARY_QUEUE
@@ -289,7 +289,7 @@ def _copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: 
         for name in names:
             for page in iter_pages(source, name, chunk=chunk):
                 for rec in page:
-                    number = _dictionary_number(rec.data)
+                    number = record_dictionary(rec.data)
                     if number in clash:
                         raise Refused(
                             f"record {rec.id} of {name!r} needs zstd dictionary {number}, and "
@@ -309,16 +309,6 @@ def _copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: 
                      "the queue will train its own", base, active.decode())
             continue
         target.set_meta(key, active)
-
-
-def _dictionary_number(data: bytes) -> int:
-    """The zstd dictionary a record's payload names (0: none, or not ``zstd-dict``)."""
-    if len(data) <= HEADER_SIZE or data[2] != ZSTD_DICT_ID:
-        return 0
-    pos = HEADER_SIZE
-    if data[1] == CUSTOM_ID:
-        pos += 1 + data[pos]
-    return data[pos] if pos < len(data) else 0
 
 
 def _copy(state: CliState, source: Engine, target: Engine, bases: list[str],
