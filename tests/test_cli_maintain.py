@@ -313,3 +313,19 @@ def test_serve_runs_until_sigterm_and_python_m_spoolq_server_keeps_its_ways(
     bad = subprocess.run([*server, ":memory:", "--bogus"], capture_output=True, text=True,
                          timeout=60, env=env, check=False)
     assert bad.returncode == 2 and "python -m spoolq.server: error:" in bad.stderr
+
+
+def test_verbose_serve_logs_each_line_once(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    with subprocess.Popen([sys.executable, "-m", "spoolq", "-v", "serve", ":memory:", "--port",
+                           "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("listening on spoolq://127.0.0.1:")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    lines = err.splitlines()
+    assert sum("serving :memory:" in line for line in lines) == 1, err
+    assert sum("SIGTERM received" in line for line in lines) == 1, err
+    assert "spoolq: spoolq:" not in err

@@ -365,8 +365,9 @@ def serve_command(args: argparse.Namespace) -> None:
     what starting the server raises (:class:`SpoolqError`, :class:`OSError`),
     for :func:`main` and ``spoolq serve`` to report each in its own way.
     """
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    if not log.handlers:  # ``spoolq -v serve`` has given the logger its handler already
+        logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(message)s")
 
     def listening(server: Server) -> None:
         sys.stdout.write(f"listening on {server.url}\n")

@@ -56,7 +56,7 @@ def cli(verbose: bool) -> None:
     """
     if verbose:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))  # messages say "spoolq: "
         log.addHandler(handler)
         log.setLevel(logging.DEBUG)
 

@@ -148,7 +148,8 @@ def open_existing(path: str, engine: str | None, *, read_only: bool) -> Engine:
         raise click.UsageError("':memory:' holds nothing outside the program that made it")
     if "://" not in path and not os.path.exists(path):
         raise FileProblem(f"{path}: no such file")
-    log.debug("opening %s (engine=%s, read_only=%s)", path, engine or "by suffix", read_only)
+    log.debug("spoolq: opening %s (engine=%s, read_only=%s)", path, engine or "by suffix",
+              read_only)
     return open_engine(path, engine, read_only=read_only)
 
 
