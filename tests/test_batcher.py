@@ -124,3 +124,17 @@ async def test_kill_between_add_and_flush_loses_nothing(tmp_path: Path, disk_eng
             await asyncio.sleep(0.01)
         assert b.stats["items"] == 50
     assert sink.batches == [list(range(50))]
+
+
+async def test_a_plain_function_sink_gets_each_batch_once(path: str) -> None:
+    batches: list[list[object]] = []
+
+    def sink(batch: list[object]) -> None:
+        batches.append(batch)
+
+    async with Batcher(sink, queue=path, max_batch_size=2, flush_interval=60,
+                       retry_delay=0.01) as b:
+        await b.add_many([1, 2, 3])
+        assert await b.flush()
+        assert b.stats["failures"] == 0 and b.stats["flushes"] == 2
+    assert batches == [[1, 2], [3]]

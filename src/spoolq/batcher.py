@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
@@ -31,13 +32,17 @@ class Batcher(Generic[T]):
     up to ``max_retry_delay``) has passed, so order is kept. Flushes never
     overlap.
 
+    ``on_flush`` is a coroutine function or a plain function. A plain one is
+    called on the event loop's thread and blocks the loop while it runs; wrap
+    slow blocking work in :func:`asyncio.to_thread` inside an async sink.
+
     ``queue`` is an open :class:`spoolq.Queue` (left open on stop) or a path
     (opened on start with ``name`` and closed on stop); by default the file
     ``<name>.spoolq.sqlite`` in the working directory. ``lease_ttl`` must
     exceed the longest ``on_flush`` call, or the batch is delivered again.
     """
 
-    def __init__(self, on_flush: Callable[[list[T]], Awaitable[Any]], *,
+    def __init__(self, on_flush: Callable[[list[T]], Awaitable[object] | object], *,
                  queue: Queue[T] | str | os.PathLike[str] | None = None,
                  max_batch_size: int = 100, flush_interval: float = 10.0,
                  name: str = "batcher", logger: logging.Logger | None = None,
@@ -145,7 +150,7 @@ class Batcher(Generic[T]):
                     break
                 batch = [m.item for m in msgs]
                 try:
-                    await self._on_flush(batch)
+                    await self._send(batch)
                 except asyncio.CancelledError:
                     await asyncio.shield(queue.nack(*msgs))
                     raise
@@ -166,6 +171,11 @@ class Batcher(Generic[T]):
                 self._items += len(batch)
                 self._last_flush_time = time.time()
         return True
+
+    async def _send(self, batch: list[T]) -> None:
+        result = self._on_flush(batch)
+        if inspect.isawaitable(result):
+            await result
 
     async def _run(self) -> None:
         while not self._stopping:
