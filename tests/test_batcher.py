@@ -138,3 +138,30 @@ async def test_a_plain_function_sink_gets_each_batch_once(path: str) -> None:
         assert await b.flush()
         assert b.stats["failures"] == 0 and b.stats["flushes"] == 2
     assert batches == [[1, 2], [3]]
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("max_batch_size", 0), ("max_batch_size", -1), ("max_batch_size", 2.5),
+    ("max_batch_size", "10"), ("max_batch_size", True),
+    ("flush_interval", 0), ("flush_interval", -1.0), ("flush_interval", float("nan")),
+    ("flush_interval", float("inf")), ("flush_interval", "5"),
+    ("retry_delay", 0), ("retry_delay", float("nan")), ("retry_delay", float("inf")),
+    ("max_retry_delay", float("nan")), ("max_retry_delay", float("inf")),
+    ("max_retry_delay", 0.1),  # below retry_delay
+    ("lease_ttl", 0), ("lease_ttl", -5), ("lease_ttl", float("inf")), ("lease_ttl", None),
+    ("name", ""), ("name", 7),
+    ("queue", 42),
+])
+async def test_bad_settings_name_the_setting_and_leave_the_queue_alone(
+        setting: str, value: object, tmp_path: Path) -> None:
+    async with await Queue.create(str(tmp_path / "q.sqlite")) as q:
+        await q.put("kept")
+        kwargs: dict[str, object] = {"queue": q, "retry_delay": 0.5, setting: value}
+        with pytest.raises(spoolq.ConfigurationError, match=setting):
+            Batcher(Sink(), **kwargs)  # type: ignore[arg-type]
+        assert await q.peek(5) == ["kept"] and q.qsize() == 1
+
+
+def test_a_sink_that_is_not_callable_is_refused() -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="on_flush"):
+        Batcher(["not", "callable"], queue=":memory:")  # type: ignore[arg-type]

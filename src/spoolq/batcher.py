@@ -13,10 +13,24 @@ from typing import Any, Generic, TypeVar
 
 from .aio import Queue
 from .errors import ConfigurationError, Empty
+from .settings import check_count, check_queue_name, check_seconds
 
 __all__ = ["Batcher"]
 
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+def _setting(check: Callable[..., V], name: str, value: object, *args: Any, **kw: Any) -> V:
+    """Run a settings check, reporting a wrong type or value as a ConfigurationError."""
+    try:
+        return check(name, value, *args, **kw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _seconds(name: str, value: object) -> float:
+    return _setting(check_seconds, name, value, positive=True)
 
 
 class Batcher(Generic[T]):
@@ -48,12 +62,21 @@ class Batcher(Generic[T]):
                  name: str = "batcher", logger: logging.Logger | None = None,
                  retry_delay: float = 0.5, max_retry_delay: float = 60.0,
                  lease_ttl: float = 300.0) -> None:
-        if max_batch_size < 1:
-            raise ConfigurationError(f"max_batch_size must be >= 1, not {max_batch_size!r}")
-        if not flush_interval > 0:
-            raise ConfigurationError(f"flush_interval must be > 0, not {flush_interval!r}")
-        if not 0 < retry_delay <= max_retry_delay:
-            raise ConfigurationError("retry_delay must be > 0 and <= max_retry_delay")
+        if not callable(on_flush):
+            raise ConfigurationError(
+                f"on_flush must be callable, not {type(on_flush).__name__} {on_flush!r}")
+        if queue is not None and not isinstance(queue, (Queue, str, os.PathLike)):
+            raise ConfigurationError(f"queue must be a spoolq.Queue, a path or None, not "
+                                     f"{type(queue).__name__} {queue!r}")
+        check_queue_name(name)
+        max_batch_size = _setting(check_count, "max_batch_size", max_batch_size, 1)
+        flush_interval = _seconds("flush_interval", flush_interval)
+        retry_delay = _seconds("retry_delay", retry_delay)
+        max_retry_delay = _seconds("max_retry_delay", max_retry_delay)
+        lease_ttl = _seconds("lease_ttl", lease_ttl)
+        if retry_delay > max_retry_delay:
+            raise ConfigurationError(f"retry_delay ({retry_delay!r}) must be <= "
+                                     f"max_retry_delay ({max_retry_delay!r})")
         self._on_flush = on_flush
         self._queue_arg = f"{name}.spoolq.sqlite" if queue is None else queue
         self._queue: Queue[T] | None = queue if isinstance(queue, Queue) else None
