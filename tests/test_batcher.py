@@ -165,3 +165,24 @@ async def test_bad_settings_name_the_setting_and_leave_the_queue_alone(
 def test_a_sink_that_is_not_callable_is_refused() -> None:
     with pytest.raises(spoolq.ConfigurationError, match="on_flush"):
         Batcher(["not", "callable"], queue=":memory:")  # type: ignore[arg-type]
+
+
+async def test_stop_flushes_even_while_a_retry_is_waiting(tmp_path: Path) -> None:
+    sink = Sink(fail_times=1)
+    async with await Queue.create(str(tmp_path / "q.sqlite")) as q:
+        async with Batcher(sink, queue=q, flush_interval=60, retry_delay=30) as b:
+            await b.add_many(["a", "b"])
+            assert not await b.flush()
+            await b.add("c")
+        assert sink.batches == [["a", "b", "c"]]
+        assert q.qsize() == 0 and b.stats["failures"] == 1 and b.stats["flushes"] == 1
+
+
+async def test_an_explicit_flush_calls_the_sink_again_at_once(path: str) -> None:
+    sink = Sink(fail_times=1)
+    async with Batcher(sink, queue=path, flush_interval=60, retry_delay=30) as b:
+        await b.add(1)
+        assert not await b.flush()
+        assert await b.flush()
+        assert sink.batches == [[1]]
+

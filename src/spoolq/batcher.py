@@ -42,9 +42,10 @@ class Batcher(Generic[T]):
     ``add`` and the flush loses nothing: the next start flushes them. A
     batch is leased while ``on_flush`` runs and acked when it returns; when
     it raises, the batch goes back in its original order, ``failures`` grows,
-    and no batch is flushed until the retry delay (``retry_delay`` doubling
-    up to ``max_retry_delay``) has passed, so order is kept. Flushes never
-    overlap.
+    and the background flusher waits for the retry delay (``retry_delay``
+    doubling up to ``max_retry_delay``) before it tries again from the same
+    place, so order is kept; :meth:`flush` and :meth:`stop` try at once.
+    Flushes never overlap.
 
     ``on_flush`` is a coroutine function or a plain function. A plain one is
     called on the event loop's thread and blocks the loop while it runs; wrap
@@ -123,7 +124,11 @@ class Batcher(Generic[T]):
             self._wake.set()
 
     async def stop(self) -> None:
-        """Stop the flusher, flush what is waiting (once), and close an owned queue."""
+        """Stop the flusher, flush what is waiting (one attempt, even while a retry delay
+        is running), and close an owned queue.
+
+        Items the sink did not take stay in the queue for the next start.
+        """
         task, self._task = self._task, None
         if task is None:
             return
@@ -156,15 +161,21 @@ class Batcher(Generic[T]):
             self._wake.set()
 
     async def flush(self, force: bool = True) -> bool:
-        """Flush waiting items: all of them with ``force``, else only full batches.
+        """Flush waiting items now: all of them with ``force``, else only full batches.
 
-        Returns False when ``on_flush`` failed (or a retry delay is pending);
-        the failed batch stays queued in order and is retried later.
+        The sink is called even while the retry delay of an earlier failure is
+        running. Returns False when ``on_flush`` failed: the batch stays queued in
+        order and the background flusher retries it after the retry delay.
         """
+        return await self._flush(force, now=True)
+
+    async def _flush(self, force: bool, *, now: bool) -> bool:
+        """Flush as :meth:`flush` does; unless ``now``, return False at once while a
+        retry delay is running."""
         async with self._lock:
             queue = self.queue
             while queue.qsize() and (force or queue.qsize() >= self.max_batch_size):
-                if time.monotonic() < self._retry_at:
+                if not now and time.monotonic() < self._retry_at:
                     return False
                 try:
                     msgs = await queue.lease_many(self.max_batch_size, ttl=self._lease_ttl,
@@ -216,7 +227,7 @@ class Batcher(Generic[T]):
                 return
             forced, self._force_next = forced or self._force_next, False
             try:
-                await self.flush(force=forced)
+                await self._flush(forced, now=False)
             except Exception:
                 self.log.exception("batcher %r: flush failed", self.name)
 
