@@ -130,7 +130,17 @@ def test_module_serializers_work_as_custom_objects() -> None:
     assert record_codec_names(record) == ("marshal", "none")
     assert codec.decode(record) == {"a": 1}
     with pytest.raises(spoolq.SerializationError, match="returned str"):
-        Codec(json).encode({"a": 1})
+        Codec(TextJson()).encode({"a": 1})
+
+
+class TextJson:
+    """A custom serializer that wrongly returns text."""
+
+    def dumps(self, obj: Any) -> str:
+        return json.dumps(obj)
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
 
 
 def test_bad_codec_settings() -> None:
@@ -160,7 +170,7 @@ def test_encode_many_refuses_the_whole_batch_naming_the_item() -> None:
     with pytest.raises(spoolq.SerializationError, match="cannot encode object"):
         Codec("json").encode_many([1, object(), 2])
     with pytest.raises(spoolq.SerializationError, match="returned str"):
-        Codec(json).encode_many([{"a": 1}])
+        Codec(TextJson()).encode_many([{"a": 1}])
 
 
 def test_decode_all_takes_own_records_and_hands_any_other_batch_back() -> None:

@@ -214,7 +214,17 @@ def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], A
             ) from None
         return ident, spec, factory()
     if all(callable(getattr(spec, m, None)) for m in methods):
-        return CUSTOM_ID, _custom_name(spec), spec
+        name = _custom_name(spec)
+        if name not in table:
+            return CUSTOM_ID, name, spec
+        # A file stores the codec's name, and reopening by that name gives the built-in:
+        # records written under a built-in's name by another object would not decode.
+        if isinstance(spec, types.ModuleType):
+            ident, factory = table[name]  # the module the built-in is made of
+            return ident, name, factory()
+        raise ConfigurationError(
+            f"a custom {kind} cannot be named {name!r}, the name of the built-in one: "
+            f"give it another name, or pass {kind}={name!r} for the built-in")
     raise ConfigurationError(
         f"{kind} must be a name or an object with {methods[0]}() and {methods[1]}(), "
         f"not {type(spec).__name__}"
