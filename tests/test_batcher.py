@@ -186,3 +186,15 @@ async def test_an_explicit_flush_calls_the_sink_again_at_once(path: str) -> None
         assert await b.flush()
         assert sink.batches == [[1]]
 
+
+
+async def test_a_failed_explicit_flush_is_retried_after_retry_delay(path: str) -> None:
+    sink = Sink(fail_times=1)
+    async with Batcher(sink, queue=path, flush_interval=60, retry_delay=0.05) as b:
+        await b.add(1)
+        assert not await b.flush()
+        for _ in range(100):
+            if sink.batches:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.batches == [[1]] and b.stats["flushes"] == 1

@@ -197,6 +197,9 @@ class Batcher(Generic[T]):
                     self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
                                        self.name, len(batch), delay)
                     await queue.nack(*msgs)
+                    # The flusher may be waiting out a whole flush_interval: have it wait
+                    # for the retry delay instead.
+                    self._wake.set()
                     return False
                 await queue.ack(*msgs)
                 self._streak = 0
