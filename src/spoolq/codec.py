@@ -407,12 +407,28 @@ class Codec:
         if self._sampling:
             self._zdict.sample(data)  # type: ignore[union-attr]
         if len(data) >= self.threshold and self._comp_id != 0:
-            packed: bytes = self._comp.compress(data)
+            try:
+                packed = self._comp.compress(data)
+                if type(packed) is not bytes:
+                    packed = self._packed_bytes(packed)
+            except SerializationError:
+                raise
+            except Exception as exc:
+                raise SerializationError(
+                    f"the {self.compressor_name} compressor failed on a {len(data)}-byte "
+                    f"payload: {exc!r}") from exc
             if len(packed) < len(data):
                 crc = zlib.crc32(packed, self._packed_seed)
                 return _HEAD.pack(*self._packed_prefix, crc) + self._packed_names + packed
         crc = zlib.crc32(data, self._plain_seed)
         return self._plain_head + _CRC.pack(crc) + self._plain_names + data
+
+    def _packed_bytes(self, packed: object) -> bytes:
+        if not isinstance(packed, (bytearray, memoryview)):
+            raise SerializationError(
+                f"the {self.compressor_name} compressor returned {type(packed).__name__}, "
+                "not bytes")
+        return bytes(packed)
 
     def decode_all(self, records: Sequence[bytes]) -> list[Any] | None:
         """Items of ``records`` when every one was written by this codec's own built-in
@@ -482,9 +498,16 @@ class Codec:
             raise SerializationError(
                 f"{where} was compressed with {name or comp_id!r}, which this queue does not have")
         try:
-            return bytes(comp.decompress(payload))
+            data = comp.decompress(payload)
         except Exception as exc:
             raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
+        if type(data) is bytes:
+            return data
+        if isinstance(data, (bytearray, memoryview)):
+            return bytes(data)
+        # bytes() of an int or a list would make up a payload instead of failing.
+        raise SerializationError(f"{where}: the {name or _COMPRESSOR_NAMES.get(comp_id)} "
+                                 f"compressor returned {type(data).__name__}, not bytes")
 
     def _serializer_for(self, ser_id: int, name: str, where: str) -> Serializer:
         if ser_id == self._ser_id and (ser_id != CUSTOM_ID or name == self.serializer_name):
