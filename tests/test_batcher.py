@@ -198,3 +198,22 @@ async def test_a_failed_explicit_flush_is_retried_after_retry_delay(path: str) -
                 break
             await asyncio.sleep(0.01)
         assert sink.batches == [[1]] and b.stats["flushes"] == 1
+
+
+async def test_a_sink_that_hangs_is_cancelled_after_lease_ttl_and_retried(path: str) -> None:
+    calls: list[list[object]] = []
+    hang = asyncio.Event()
+
+    async def sink(batch: list[object]) -> None:
+        calls.append(batch)
+        if len(calls) == 1:
+            await hang.wait()
+
+    async with Batcher(sink, queue=path, max_batch_size=10, flush_interval=60,
+                       lease_ttl=0.2) as b:
+        await b.add_many([1, 2])
+        assert not await asyncio.wait_for(b.flush(), 1.0)
+        assert b.stats["failures"] == 1 and b.stats["queued"] == 2
+        await b.add(3)
+        assert await b.flush()
+    assert calls == [[1, 2], [1, 2, 3]]

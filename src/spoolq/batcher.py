@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from .aio import Queue
-from .errors import ConfigurationError, Empty
+from .errors import ConfigurationError, Empty, LeaseError
 from .settings import check_count, check_queue_name, check_seconds
 
 __all__ = ["Batcher"]
@@ -53,8 +53,10 @@ class Batcher(Generic[T]):
 
     ``queue`` is an open :class:`spoolq.Queue` (left open on stop) or a path
     (opened on start with ``name`` and closed on stop); by default the file
-    ``<name>.spoolq.sqlite`` in the working directory. ``lease_ttl`` must
-    exceed the longest ``on_flush`` call, or the batch is delivered again.
+    ``<name>.spoolq.sqlite`` in the working directory. An async ``on_flush``
+    still running after ``lease_ttl`` seconds is cancelled and counts as a
+    failure, so a sink that hangs cannot hold the batch (or :meth:`stop`)
+    forever; a plain function cannot be interrupted, so its lease may expire.
     """
 
     def __init__(self, on_flush: Callable[[list[T]], Awaitable[object] | object], *,
@@ -196,7 +198,13 @@ class Batcher(Generic[T]):
                     self._retry_at = time.monotonic() + delay
                     self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
                                        self.name, len(batch), delay)
-                    await queue.nack(*msgs)
+                    try:
+                        await queue.nack(*msgs)
+                    except LeaseError:
+                        # The lease ran out just as the sink was cancelled: expiry puts the
+                        # batch back in its place all the same.
+                        self.log.warning("batcher %r: the failed batch's lease had expired",
+                                         self.name)
                     # The flusher may be waiting out a whole flush_interval: have it wait
                     # for the retry delay instead.
                     self._wake.set()
@@ -210,9 +218,14 @@ class Batcher(Generic[T]):
         return True
 
     async def _send(self, batch: list[T]) -> None:
+        """Call ``on_flush``; an async one is cancelled when the batch's lease runs out."""
         result = self._on_flush(batch)
         if inspect.isawaitable(result):
-            await result
+            try:
+                await asyncio.wait_for(result, self._lease_ttl)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"on_flush took longer than lease_ttl ({self._lease_ttl}s) "
+                                   "and was cancelled") from None
 
     async def _run(self) -> None:
         while not self._stopping:
