@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tracemalloc
 from pathlib import Path
 
 import lmdb
@@ -100,3 +101,89 @@ def test_bad_options_are_configuration_errors(tmp_path: Path) -> None:
         LMDBEngine(tmp_path / "q.lmdb", map_size=0)
     with pytest.raises(spoolq.ConfigurationError, match="max_readers"):
         LMDBEngine(tmp_path / "q.lmdb", max_readers=0)
+
+
+def _delay_all(eng: LMDBEngine, queue: str, n: int, until: float) -> None:
+    """Lease the first n records of ``queue`` and release them to come back at ``until``."""
+    leased = eng.take(queue, n, 1.0, Lease("me", 100.0))
+    eng.release(queue, [(rec.id, 1) for rec in leased], "me", not_before=until,
+                max_attempts=None)
+
+
+def test_peek_and_move_do_not_load_the_delayed_records(tmp_path: Path) -> None:
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        payloads = [os.urandom(4096) for _ in range(3000)]  # 12 MB of delayed records
+        ids = eng.append("q", payloads, [4096] * len(payloads), 1.0)
+        _delay_all(eng, "q", len(payloads), 1e9)
+        tracemalloc.start()
+        try:
+            page = eng.peek("q", 3, offset=1000)
+            assert eng.move("q", "other", [ids[5], ids[2000]]) == 2
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert [r.data for r in page] == payloads[1000:1003]
+        assert peak < 1_500_000, f"{peak} bytes held for a 3-record peek"
+        assert [r.data for r in eng.peek("other", 5)] == [payloads[5], payloads[2000]]
+        assert eng.counts("q").ready == len(payloads) - 2
+    finally:
+        eng.close()
+
+
+def _as_format_1(path: Path) -> None:
+    """Rewrite a spoolq LMDB file as the format 1 layout: no delayed_ids sub-database."""
+    env = lmdb.open(str(path), subdir=False, max_dbs=10)
+    try:
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"delayed_ids", txn=txn), delete=True)
+            txn.put(b"format_version", b"1", db=env.open_db(b"meta", txn=txn))
+    finally:
+        env.close()
+
+
+def test_a_format_1_file_is_read_as_it_is_and_upgraded_when_opened_for_writing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    ids = eng.append("q", [b"a", b"b", b"c", b"d"], [1] * 4, 1.0)
+    _delay_all(eng, "q", 2, 50.0)  # a and b wait until 50
+    eng.close()
+    _as_format_1(path)
+    before = path.read_bytes()
+
+    reader = LMDBEngine(path, read_only=True)
+    try:
+        assert reader.get_meta("format_version") == b"1"
+        assert [r.data for r in reader.peek("q", 10)] == [b"a", b"b", b"c", b"d"]
+        assert [r.data for r in reader.peek("q", 2, offset=1)] == [b"b", b"c"]
+    finally:
+        reader.close()
+    assert path.read_bytes() == before
+
+    with caplog.at_level(logging.INFO, logger="spoolq"):
+        eng = LMDBEngine(path)
+    try:
+        assert eng.get_meta("format_version") == b"2"
+        assert any("upgraded from format 1 to 2 (2 delayed records indexed)" in r.getMessage()
+                   for r in caplog.records)
+        assert [r.data for r in eng.peek("q", 10)] == [b"a", b"b", b"c", b"d"]
+        assert eng.move("q", "other", [ids[1]]) == 1
+        assert [r.data for r in eng.take("q", 10, 20.0, None)] == [b"c", b"d"]
+        assert [r.data for r in eng.take("q", 10, 60.0, None)] == [b"a"]
+        assert [r.data for r in eng.take("other", 10, 60.0, None)] == [b"b"]
+    finally:
+        eng.close()
+
+
+def test_purge_forgets_the_delayed_records_index(tmp_path: Path) -> None:
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        eng.append("q", [b"a", b"b", b"c"], [1] * 3, 1.0)
+        _delay_all(eng, "q", 2, 50.0)
+        assert eng.purge("q") == 3
+        eng.append("q", [b"d"], [1], 1.0)
+        assert [r.data for r in eng.peek("q", 10)] == [b"d"]
+        assert [r.data for r in eng.take("q", 10, 60.0, None)] == [b"d"]
+    finally:
+        eng.close()

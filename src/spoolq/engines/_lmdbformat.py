@@ -14,11 +14,13 @@ import lmdb
 from ..errors import CorruptError, EngineError, FormatError
 from .base import Lease, StoredRecord
 
-__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "QueueRow", "held_by",
-           "lease_head", "lease_reader", "pack", "pack_new", "translate", "unpack",
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "V1_DB_NAMES", "QueueRow",
+           "held_by", "lease_head", "lease_reader", "pack", "pack_new", "translate", "unpack",
            "unpack_leased", "with_attempts"]
 
-DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased")
+DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids")
+#: The sub-databases of a format 1 file, which has no ``delayed_ids`` index yet.
+V1_DB_NAMES = DB_NAMES[:6]
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 KEY = struct.Struct(">IQ")  # queue number, record id

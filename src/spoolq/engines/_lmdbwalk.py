@@ -2,8 +2,9 @@
 delayed records merged in id order, and delayed records moved back once due.
 
 Every function runs inside a transaction the caller holds and reads through
-cursors, never a whole queue at once (the delayed records of a queue excepted,
-see :func:`in_order`).
+cursors, never a whole queue at once. A delayed record sits in ``delayed`` under
+(queue, visible_at, id), and ``delayed_ids`` maps its (queue, id) to that key,
+so delayed records can be walked in id order too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from . import _lmdbformat as fmt
@@ -22,12 +23,12 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["in_order", "prefixed", "promote"]
+__all__ = ["clear", "delay", "in_order", "index_delayed", "prefixed", "promote"]
 
 _CHUNK = 512  # records read per cursor pass when walking a whole queue
 
 
-def promote(txn: Txn, ready: Db, delayed: Db, number: int, now: float) -> None:
+def promote(txn: Txn, ready: Db, delayed: Db, ids: Db, number: int, now: float) -> None:
     """Move queue ``number``'s delayed records that are due by ``now`` back into ``ready``."""
     prefix = fmt.U32.pack(number)
     cur = txn.cursor(delayed)
@@ -39,8 +40,41 @@ def promote(txn: Txn, ready: Db, delayed: Db, number: int, now: float) -> None:
         _, visible_at, ident = fmt.DELAYED.unpack(key)
         if visible_at > now:
             break
-        txn.put(fmt.KEY.pack(number, ident), cur.value(), db=ready)
+        id_key = fmt.KEY.pack(number, ident)
+        txn.put(id_key, cur.value(), db=ready)
+        txn.delete(id_key, db=ids)
         more = cur.delete()
+
+
+def delay(txn: Txn, delayed: Db, ids: Db, number: int, ident: int, visible_at: float,
+          value: bytes) -> None:
+    """Put record ``ident`` of queue ``number`` among the delayed ones, due at ``visible_at``."""
+    key = fmt.DELAYED.pack(number, visible_at, ident)
+    txn.put(key, value, db=delayed)
+    txn.put(fmt.KEY.pack(number, ident), key, db=ids)
+
+
+def index_delayed(txn: Txn, delayed: Db, ids: Db) -> int:
+    """Fill ``ids`` from every delayed record (a format 1 file has no such index); return
+    how many there are."""
+    entries = 0
+    for key in txn.cursor(delayed).iternext(values=False):
+        number, _, ident = fmt.DELAYED.unpack(key)
+        txn.put(fmt.KEY.pack(number, ident), key, db=ids)
+        entries += 1
+    return entries
+
+
+def clear(txn: Txn, db: Db, number: int) -> int:
+    """Delete queue ``number``'s entries in ``db``; return how many there were."""
+    prefix = fmt.U32.pack(number)
+    cur = txn.cursor(db)
+    more = cur.set_range(prefix)
+    removed = 0
+    while more and cur.key().startswith(prefix):
+        more = cur.delete()
+        removed += 1
+    return removed
 
 
 def prefixed(txn: Txn, db: Db, number: int, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
@@ -56,27 +90,40 @@ def prefixed(txn: Txn, db: Db, number: int, start: bytes = b"") -> Iterator[tupl
         more = cur.next()
 
 
-def in_order(txn: Txn, ready: Db, delayed: Db, number: int, limit: int | None = None,
-             first: int = 0) -> Iterator[tuple[int, bytes, Db, bytes]]:
+def _chunked(txn: Txn, db: Db, number: int, first: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """(id, key, value) of queue ``number``'s entries in ``db`` (keyed by queue and id)
+    from id ``first`` on, read in chunks, each with a fresh cursor, so the caller may
+    delete or add entries between items."""
+    start = fmt.KEY.pack(number, first) if first else b""
+    while True:
+        chunk = list(itertools.islice(prefixed(txn, db, number, start), _CHUNK))
+        if not chunk:
+            return
+        for key, value in chunk:
+            yield fmt.KEY.unpack(key)[1], key, value
+        start = fmt.KEY.pack(number, fmt.KEY.unpack(chunk[-1][0])[1] + 1)
+
+
+def in_order(txn: Txn, ready: Db, delayed: Db, ids: Db | None, number: int,
+             limit: int | None = None, first: int = 0) -> Iterator[tuple[int, bytes, Db, bytes]]:
     """Queue ``number``'s ready records, delayed ones included, as (id, key, db, value)
-    in id order, from id ``first`` on and below ``limit``. The ready ones are read in
-    chunks, each with a fresh cursor, so the caller may delete or add records between
-    items; the delayed ones are loaded first."""
-    held = sorted(item for item in ((fmt.DELAYED.unpack(key)[2], key, delayed, value)
-                                    for key, value in prefixed(txn, delayed, number))
-                  if item[0] >= first)
+    in id order, from id ``first`` on and below ``limit``. Both kinds are read in chunks
+    through the id-ordered sub-databases, so the caller may delete or add records
+    between items. Without the ``ids`` index (a format 1 file opened read-only) the
+    delayed records are loaded first."""
+    in_line = ((ident, key, ready, value) for ident, key, value in
+               _chunked(txn, ready, number, first))
+    held: Iterable[tuple[int, bytes, Db, bytes]]
+    if ids is None:
+        held = sorted(item for item in ((fmt.DELAYED.unpack(key)[2], key, delayed, value)
+                                        for key, value in prefixed(txn, delayed, number))
+                      if item[0] >= first)
+    else:
+        held = ((ident, key, delayed, value) for ident, key, value in (
+            (ident, key, txn.get(key, db=delayed))
+            for ident, _, key in _chunked(txn, ids, number, first)) if value is not None)
 
-    def in_line() -> Iterator[tuple[int, bytes, Db, bytes]]:
-        start = fmt.KEY.pack(number, first) if first else b""
-        while True:
-            chunk = list(itertools.islice(prefixed(txn, ready, number, start), _CHUNK))
-            if not chunk:
-                return
-            for key, value in chunk:
-                yield fmt.KEY.unpack(key)[1], key, ready, value
-            start = fmt.KEY.pack(number, fmt.KEY.unpack(chunk[-1][0])[1] + 1)
-
-    for item in heapq.merge(in_line(), held, key=operator.itemgetter(0)):
+    for item in heapq.merge(in_line, held, key=operator.itemgetter(0)):
         if limit is not None and item[0] >= limit:
             return
         yield item

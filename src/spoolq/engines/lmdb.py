@@ -2,7 +2,7 @@
 
 Layout. ``path`` is the data file itself (LMDB's ``subdir=False``), so a queue
 is one file like an SQLite one; LMDB keeps its reader table in
-``<path>-lock`` beside it. The file holds six named sub-databases:
+``<path>-lock`` beside it. The file holds seven named sub-databases:
 
 - ``meta``: metadata (``application``, ``format_version``, codec settings);
 - ``counters``: the id counter and the queue-number counter;
@@ -15,7 +15,10 @@ is one file like an SQLite one; LMDB keeps its reader table in
   with a delay; each ``take`` first moves the ones now due back to ``ready``
   (stopping at the first that is not), so a delayed record at the head never
   makes a take scan the queue;
-- ``leased``: queue number + id -> lease (until, owner) + record.
+- ``leased``: queue number + id -> lease (until, owner) + record;
+- ``delayed_ids``: queue number + id -> the record's key in ``delayed``, so
+  ``peek`` and ``move`` walk delayed records in id order with a cursor (format
+  2; a format 1 file is upgraded when opened for writing).
 
 Ids come from one counter for the whole file, written in the same transaction
 as the records: they only grow and are never reused.
@@ -24,8 +27,7 @@ Costs. Each call is one LMDB transaction; readers never block the writer or
 each other, and writers from every process take turns on LMDB's own lock.
 ``take``, ``ack`` and ``append`` are O(log n) per record; ``expire`` and
 ``owners`` walk the queue's leased records (``peek_leased`` only up to the
-last it returns), ``peek`` and ``move`` also load its delayed ones. Records
-are read through cursors, never all at once. The map (LMDB's view of the
+last it returns). Records are read through cursors, never all at once. The map (LMDB's view of the
 file) starts at ``map_size`` bytes and doubles whenever a write does not fit;
 the file grows only with the data, and freed pages are reused.
 
@@ -78,6 +80,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _APPLICATION = b"spoolq"
+# Format 2 added the delayed_ids sub-database; a format 1 file is upgraded when opened
+# for writing, and read as it is when opened read-only.
+_FORMAT = b"2"
+_FORMAT_1 = str(FORMAT_VERSION).encode()
 _MAX_GROWTH = 40
 
 
@@ -142,10 +148,10 @@ class _LMDBStore:
                     if not txn.cursor().first():
                         self._create(txn)
             with self._env.begin() as txn:
-                if not all(txn.get(name) is not None for name in fmt.DB_NAMES):
+                if not all(txn.get(name) is not None for name in fmt.V1_DB_NAMES):
                     raise FormatError(f"{self.path} is an LMDB file but not a spoolq queue file")
             try:
-                dbs = [self._env.open_db(name, create=False) for name in fmt.DB_NAMES]
+                dbs = [self._env.open_db(name, create=False) for name in fmt.V1_DB_NAMES]
             except lmdb.IncompatibleError as exc:
                 raise FormatError(
                     f"{self.path} is an LMDB file but not a spoolq queue file") from exc
@@ -154,16 +160,44 @@ class _LMDBStore:
         if self.get_meta("application") != _APPLICATION:
             raise FormatError(f"{self.path} is an LMDB file but not a spoolq queue file")
         version = self.get_meta("format_version")
-        if version != str(FORMAT_VERSION).encode():
+        if version == _FORMAT_1 and not read_only:
+            self._upgrade()
+        elif version not in (_FORMAT, _FORMAT_1):
             shown = "none" if version is None else version.decode(errors="replace")
             raise FormatError(f"{self.path} has format version {shown}; "
-                              f"this spoolq reads version {FORMAT_VERSION}")
+                              f"this spoolq reads versions {_FORMAT_1.decode()} and "
+                              f"{_FORMAT.decode()}")
+        self._ids: Db | None = None  # a format 1 file opened read-only has no id index
+        if self.get_meta("format_version") == _FORMAT:
+            with self._guard("open"):
+                self._ids = self._env.open_db(b"delayed_ids", create=False)
 
     def _create(self, txn: Txn) -> None:
         dbs = {name: self._env.open_db(name, txn=txn) for name in fmt.DB_NAMES}
         txn.put(b"application", _APPLICATION, db=dbs[b"meta"])
-        txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=dbs[b"meta"])
+        txn.put(b"format_version", _FORMAT, db=dbs[b"meta"])
         log.debug("spoolq: created LMDB queue file %s", self.path)
+
+    def _upgrade(self) -> None:
+        """Turn a format 1 file into a format 2 one: index its delayed records by id."""
+        def body(txn: Txn) -> int:
+            if txn.get(b"format_version", db=self._meta) != _FORMAT_1:
+                return -1  # another process upgraded it first
+            ids = self._env.open_db(b"delayed_ids", txn=txn)
+            entries = walk.index_delayed(txn, self._delayed, ids)
+            txn.put(b"format_version", _FORMAT, db=self._meta)
+            return entries
+
+        entries = self._write("upgrade", body)
+        if entries >= 0:
+            log.info("spoolq: %s: upgraded from format 1 to 2 (%d delayed records indexed)",
+                     self.path, entries)
+
+    def _index(self) -> Db:
+        """The ``delayed_ids`` sub-database, which every writable handle has."""
+        if self._ids is None:
+            raise EngineError(f"{self.path}: format 1 file opened read-only cannot be written")
+        return self._ids
 
     # ---- transactions and errors --------------------------------------------------------
 
@@ -269,7 +303,7 @@ class _LMDBStore:
         q.ready += 1
         value = fmt.pack(rec, attempts)
         if not_before > 0:
-            txn.put(fmt.DELAYED.pack(q.number, not_before, rec.id), value, db=self._delayed)
+            walk.delay(txn, self._delayed, self._index(), q.number, rec.id, not_before, value)
         else:
             txn.put(fmt.KEY.pack(q.number, rec.id), value, db=self._ready)
 
@@ -307,7 +341,7 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
                 return []
-            walk.promote(txn, self._ready, self._delayed, q.number, now)
+            walk.promote(txn, self._ready, self._delayed, self._index(), q.number, now)
             prefix = fmt.U32.pack(q.number)
             out: list[StoredRecord] = []
             leased: list[tuple[bytes, bytes]] = []
@@ -432,7 +466,7 @@ class _LMDBStore:
             if q is None or n <= 0:
                 return []
             last = self._pages.resume(txn.id(), ("ready", q.number), offset)
-            records = walk.in_order(txn, self._ready, self._delayed, q.number,
+            records = walk.in_order(txn, self._ready, self._delayed, self._ids, q.number,
                                     first=0 if last is None else last + 1)
             window = itertools.islice(records, n) if last is not None else \
                 itertools.islice(records, offset, offset + n)
@@ -489,12 +523,15 @@ class _LMDBStore:
             if s is None:
                 return 0
             d = s if dst == src else self._new_queue(txn, dst)
+            index = self._index()
             moved = 0
 
             def carry(ident: int, key: bytes, db: Db, value: bytes) -> None:
                 nonlocal moved
                 rec = self._record(ident, value)
                 txn.delete(key, db=db)
+                if db is self._delayed:
+                    txn.delete(fmt.KEY.pack(s.number, ident), db=index)
                 s.ready -= 1
                 s.stored -= len(rec.data)
                 s.raw -= rec.raw_size
@@ -503,21 +540,20 @@ class _LMDBStore:
 
             if ids is None:
                 # Ids given out before the move bound the walk: moving a queue onto itself ends.
-                for item in walk.in_order(txn, self._ready, self._delayed, s.number,
+                for item in walk.in_order(txn, self._ready, self._delayed, index, s.number,
                                           self._bump(txn, b"next_id", 0)):
                     carry(*item)
             else:
-                delayed = {fmt.DELAYED.unpack(key)[2]: key
-                           for key, _ in walk.prefixed(txn, self._delayed, s.number)}
                 for ident in sorted(set(ids)):
                     key = fmt.KEY.pack(s.number, ident)
                     value = txn.get(key, db=self._ready)
                     if value is not None:
                         carry(ident, key, self._ready, value)
-                    elif ident in delayed:
-                        found = txn.get(delayed[ident], db=self._delayed)
-                        if found is not None:
-                            carry(ident, delayed[ident], self._delayed, found)
+                        continue
+                    held = txn.get(key, db=index)
+                    found = None if held is None else txn.get(held, db=self._delayed)
+                    if held is not None and found is not None:
+                        carry(ident, held, self._delayed, found)
             if moved:
                 self._save(txn, src, s)
             return moved
@@ -529,14 +565,9 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None:
                 return 0
-            prefix = fmt.U32.pack(q.number)
-            removed = 0
-            for db in (self._ready, self._delayed, self._leased):
-                cur = txn.cursor(db)
-                more = cur.set_range(prefix)
-                while more and cur.key().startswith(prefix):
-                    more = cur.delete()
-                    removed += 1
+            removed = sum(walk.clear(txn, db, q.number)
+                          for db in (self._ready, self._delayed, self._leased))
+            walk.clear(txn, self._index(), q.number)
             txn.delete(queue.encode(), db=self._queues)
             return removed
 
