@@ -217,3 +217,21 @@ async def test_a_sink_that_hangs_is_cancelled_after_lease_ttl_and_retried(path: 
         await b.add(3)
         assert await b.flush()
     assert calls == [[1, 2], [1, 2, 3]]
+
+
+async def test_add_when_not_running_raises_and_stores_nothing(tmp_path: Path) -> None:
+    sink = Sink()
+    async with await Queue.create(str(tmp_path / "q.sqlite")) as q:
+        b = Batcher(sink, queue=q, flush_interval=60)
+        with pytest.raises(RuntimeError, match="not running"):
+            await b.add(1)
+        async with b:
+            await b.add(2)
+        with pytest.raises(RuntimeError, match="not running"):
+            await b.add_many([3, 4])
+        assert q.qsize() == 0 and sink.batches == [[2]]
+    owned = Batcher(sink, queue=str(tmp_path / "owned.sqlite"), flush_interval=60)
+    async with owned:
+        pass
+    with pytest.raises(RuntimeError, match="not running"):
+        await owned.add(5)

@@ -153,11 +153,20 @@ class Batcher(Generic[T]):
         await self.stop()
 
     async def add(self, item: T) -> None:
-        """Store one item durably; a full batch is flushed in the background."""
+        """Store one item durably; a full batch is flushed in the background.
+
+        Raises RuntimeError unless the Batcher is running (between :meth:`start`
+        and :meth:`stop`).
+        """
         await self.add_many((item,))
 
     async def add_many(self, items: Iterable[T]) -> None:
-        """Store several items in one transaction (all or none)."""
+        """Store several items in one transaction (all or none); RuntimeError unless
+        the Batcher is running."""
+        if self._task is None:
+            # With no flusher, stored items would wait unsent, even past stop()'s last flush.
+            raise RuntimeError(f"batcher {self.name!r} is not running: call start() first "
+                               "or use async with")
         await self.queue.put_many(items)
         if self.queue.qsize() >= self.max_batch_size:
             self._wake.set()
