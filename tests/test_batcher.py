@@ -235,3 +235,37 @@ async def test_add_when_not_running_raises_and_stores_nothing(tmp_path: Path) ->
         pass
     with pytest.raises(RuntimeError, match="not running"):
         await owned.add(5)
+
+
+HUNG_FLUSHER = textwrap.dedent("""
+    import asyncio, sys, spoolq
+    async def hang(batch):
+        print(batch, flush=True)
+        await asyncio.sleep(60)
+    async def main():
+        b = spoolq.Batcher(hang, queue=sys.argv[1], max_batch_size=10, flush_interval=3600)
+        await b.start()
+        await b.add_many(range(25))
+        await asyncio.sleep(60)
+    asyncio.run(main())
+""")
+
+
+async def test_kill_during_a_flush_keeps_the_batch_in_the_file(tmp_path: Path,
+                                                                disk_engine: str) -> None:
+    from .conftest import queue_path
+
+    path = queue_path(tmp_path, disk_engine)
+    with subprocess.Popen([sys.executable, "-c", HUNG_FLUSHER, path], stdout=subprocess.PIPE,
+                          text=True) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == str(list(range(10)))
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    async with await Queue.create(path, name="batcher") as q:
+        assert await q.peek(30) == list(range(25))
+    sink = Sink()
+    async with Batcher(sink, queue=path, max_batch_size=10, flush_interval=60) as b:
+        await b.add(25)
+    assert [item for batch in sink.batches for item in batch] == list(range(26))
+    assert sink.batches[0] == list(range(10))
