@@ -54,12 +54,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import lmdb
 
-from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
+from ..errors import ConfigurationError, CorruptError, EngineError
 from . import _lmdbformat as fmt
+from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
 from ._shared import SharedEngine
 from .base import (
-    FORMAT_VERSION,
     Counts,
     Lease,
     LeasedRecord,
@@ -79,31 +79,7 @@ if TYPE_CHECKING:
     Db = lmdb._Database
 
 T = TypeVar("T")
-_APPLICATION = b"spoolq"
-# Format 2 added the delayed_ids sub-database; a format 1 file is upgraded when opened
-# for writing, and read as it is when opened read-only.
-_FORMAT = b"2"
-_FORMAT_1 = str(FORMAT_VERSION).encode()
 _MAX_GROWTH = 40
-
-
-# An LMDB file starts with its meta page: a 16-byte page header, then the magic number.
-_MAGIC = struct.Struct("<16xI")
-_MAGIC_NUMBER = 0xBEEFC0DE
-
-
-def _check_magic(path: str) -> None:
-    """FormatError for a non-empty file that is not an LMDB file at all, before LMDB
-    opens it (and puts its lock file beside it); an empty or missing file becomes a queue."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_MAGIC.size)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
-    if head and (len(head) < _MAGIC.size or _MAGIC.unpack(head)[0] != _MAGIC_NUMBER):
-        raise FormatError(f"{path} is not an LMDB file, so not a spoolq queue file")
 
 
 class _LMDBStore:
@@ -115,83 +91,17 @@ class _LMDBStore:
                  map_size: int, max_readers: int) -> None:
         self.path = path
         self._pages = PageEnds()  # valid for one snapshot: keyed by the read txn's id
-        if os.path.isdir(path):
-            raise FormatError(f"{path} is a directory, not a spoolq LMDB queue file")
-        if read_only and not os.path.exists(path):
-            raise FormatError(f"{path}: no such file")
-        _check_magic(path)
+        self._env = opening.open_environment(path, read_only=read_only, sync=sync,
+                                             metasync=metasync, map_size=map_size,
+                                             max_readers=max_readers)
         try:
-            self._env = lmdb.Environment(
-                path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
-                metasync=metasync, map_size=map_size, max_readers=max_readers,
-                max_dbs=len(fmt.DB_NAMES), lock=True)
-        except lmdb.Error as exc:
-            raise fmt.translate(exc, self.path, "open") from exc
-        try:
-            self._setup(read_only)
+            layout = opening.open_layout(self._env, path, read_only, self._write)
         except BaseException:
             self._env.close()
             raise
-
-    def _setup(self, read_only: bool) -> None:
-        with self._guard("open"):
-            # Pages past the end of a truncated file would fault (SIGBUS) when read.
-            needed = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
-            size = os.path.getsize(self.path)
-            if size < needed:
-                raise CorruptError(f"{self.path} is truncated: {size} bytes, but its pages "
-                                   f"need {needed}")
-            self._env.reader_check()  # frees reader slots of processes that died
-            if not read_only:
-                with self._env.begin(write=True) as txn:
-                    # Checked inside the write transaction: two processes may create at once.
-                    if not txn.cursor().first():
-                        self._create(txn)
-            with self._env.begin() as txn:
-                if not all(txn.get(name) is not None for name in fmt.V1_DB_NAMES):
-                    raise FormatError(f"{self.path} is an LMDB file but not a spoolq queue file")
-            try:
-                dbs = [self._env.open_db(name, create=False) for name in fmt.V1_DB_NAMES]
-            except lmdb.IncompatibleError as exc:
-                raise FormatError(
-                    f"{self.path} is an LMDB file but not a spoolq queue file") from exc
-            self._meta, self._counters, self._queues, self._ready, self._delayed, \
-                self._leased = dbs
-        if self.get_meta("application") != _APPLICATION:
-            raise FormatError(f"{self.path} is an LMDB file but not a spoolq queue file")
-        version = self.get_meta("format_version")
-        if version == _FORMAT_1 and not read_only:
-            self._upgrade()
-        elif version not in (_FORMAT, _FORMAT_1):
-            shown = "none" if version is None else version.decode(errors="replace")
-            raise FormatError(f"{self.path} has format version {shown}; "
-                              f"this spoolq reads versions {_FORMAT_1.decode()} and "
-                              f"{_FORMAT.decode()}")
-        self._ids: Db | None = None  # a format 1 file opened read-only has no id index
-        if self.get_meta("format_version") == _FORMAT:
-            with self._guard("open"):
-                self._ids = self._env.open_db(b"delayed_ids", create=False)
-
-    def _create(self, txn: Txn) -> None:
-        dbs = {name: self._env.open_db(name, txn=txn) for name in fmt.DB_NAMES}
-        txn.put(b"application", _APPLICATION, db=dbs[b"meta"])
-        txn.put(b"format_version", _FORMAT, db=dbs[b"meta"])
-        log.debug("spoolq: created LMDB queue file %s", self.path)
-
-    def _upgrade(self) -> None:
-        """Turn a format 1 file into a format 2 one: index its delayed records by id."""
-        def body(txn: Txn) -> int:
-            if txn.get(b"format_version", db=self._meta) != _FORMAT_1:
-                return -1  # another process upgraded it first
-            ids = self._env.open_db(b"delayed_ids", txn=txn)
-            entries = walk.index_delayed(txn, self._delayed, ids)
-            txn.put(b"format_version", _FORMAT, db=self._meta)
-            return entries
-
-        entries = self._write("upgrade", body)
-        if entries >= 0:
-            log.info("spoolq: %s: upgraded from format 1 to 2 (%d delayed records indexed)",
-                     self.path, entries)
+        self._meta, self._counters, self._queues = layout.meta, layout.counters, layout.queues
+        self._ready, self._delayed, self._leased = layout.ready, layout.delayed, layout.leased
+        self._ids = layout.ids
 
     def _index(self) -> Db:
         """The ``delayed_ids`` sub-database, which every writable handle has."""

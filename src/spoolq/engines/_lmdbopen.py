@@ -1,0 +1,152 @@
+"""Opening an LMDB queue file: refusing what is not one, creating a new one, and
+upgrading a format 1 file (which has no ``delayed_ids`` index) to format 2."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from ..errors import CorruptError, EngineError, FormatError
+from . import _lmdbformat as fmt
+from . import _lmdbwalk as walk
+from .base import FORMAT_VERSION
+
+if TYPE_CHECKING:
+    Txn = lmdb.Transaction[bytes]
+    Db = lmdb._Database
+
+__all__ = ["Layout", "open_environment", "open_layout"]
+
+log = logging.getLogger("spoolq")
+
+_APPLICATION = b"spoolq"
+# Format 2 added the delayed_ids sub-database; a format 1 file is upgraded when opened
+# for writing, and read as it is when opened read-only.
+_FORMAT = b"2"
+_FORMAT_1 = str(FORMAT_VERSION).encode()
+
+# An LMDB file starts with its meta page: a 16-byte page header, then the magic number.
+_MAGIC = struct.Struct("<16xI")
+_MAGIC_NUMBER = 0xBEEFC0DE
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The sub-databases of an open queue file (see the lmdb engine's module docstring)."""
+
+    meta: Db
+    counters: Db
+    queues: Db
+    ready: Db
+    delayed: Db
+    leased: Db
+    #: ``delayed_ids``; None for a format 1 file opened read-only.
+    ids: Db | None
+
+
+def _check_magic(path: str) -> None:
+    """FormatError for a non-empty file that is not an LMDB file at all, before LMDB
+    opens it (and puts its lock file beside it); an empty or missing file becomes a queue."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_MAGIC.size)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+    if head and (len(head) < _MAGIC.size or _MAGIC.unpack(head)[0] != _MAGIC_NUMBER):
+        raise FormatError(f"{path} is not an LMDB file, so not a spoolq queue file")
+
+
+def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
+                     map_size: int, max_readers: int) -> lmdb.Environment:
+    """The LMDB environment of queue file ``path``, checked to be whole; a missing or
+    empty file becomes a new queue file unless ``read_only``."""
+    if os.path.isdir(path):
+        raise FormatError(f"{path} is a directory, not a spoolq LMDB queue file")
+    if read_only and not os.path.exists(path):
+        raise FormatError(f"{path}: no such file")
+    _check_magic(path)
+    try:
+        env = lmdb.Environment(
+            path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
+            metasync=metasync, map_size=map_size, max_readers=max_readers,
+            max_dbs=len(fmt.DB_NAMES), lock=True)
+    except lmdb.Error as exc:
+        raise fmt.translate(exc, path, "open") from exc
+    try:
+        # Pages past the end of a truncated file would fault (SIGBUS) when read.
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = os.path.getsize(path)
+        if size < needed:
+            raise CorruptError(f"{path} is truncated: {size} bytes, but its pages need {needed}")
+        env.reader_check()  # frees reader slots of processes that died
+        if not read_only:
+            with env.begin(write=True) as txn:
+                # Checked inside the write transaction: two processes may create at once.
+                if not txn.cursor().first():
+                    dbs = {name: env.open_db(name, txn=txn) for name in fmt.DB_NAMES}
+                    txn.put(b"application", _APPLICATION, db=dbs[b"meta"])
+                    txn.put(b"format_version", _FORMAT, db=dbs[b"meta"])
+                    log.debug("spoolq: created LMDB queue file %s", path)
+    except lmdb.Error as exc:
+        env.close()
+        raise fmt.translate(exc, path, "open") from exc
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def open_layout(env: lmdb.Environment, path: str, read_only: bool,
+                write: Callable[[str, Callable[[Txn], int]], int]) -> Layout:
+    """The sub-databases of ``env``, after checking it is a spoolq queue file of a known
+    format; a format 1 file is upgraded first unless ``read_only``. ``write(what, body)``
+    runs ``body`` in a write transaction (the engine's, which grows the map)."""
+    foreign = f"{path} is an LMDB file but not a spoolq queue file"
+    try:
+        with env.begin() as txn:
+            if not all(txn.get(name) is not None for name in fmt.V1_DB_NAMES):
+                raise FormatError(foreign)
+        try:
+            dbs = [env.open_db(name, create=False) for name in fmt.V1_DB_NAMES]
+        except lmdb.IncompatibleError as exc:
+            raise FormatError(foreign) from exc
+        meta, counters, queues, ready, delayed, leased = dbs
+        with env.begin() as txn:
+            application = txn.get(b"application", db=meta)
+            version = txn.get(b"format_version", db=meta)
+    except lmdb.Error as exc:
+        raise fmt.translate(exc, path, "open") from exc
+    if application != _APPLICATION:
+        raise FormatError(foreign)
+    if version not in (_FORMAT, _FORMAT_1):
+        shown = "none" if version is None else version.decode(errors="replace")
+        raise FormatError(f"{path} has format version {shown}; this spoolq reads versions "
+                          f"{_FORMAT_1.decode()} and {_FORMAT.decode()}")
+    if version == _FORMAT_1:
+        if read_only:
+            return Layout(meta, counters, queues, ready, delayed, leased, None)
+
+        def upgrade(txn: Txn) -> int:
+            if txn.get(b"format_version", db=meta) != _FORMAT_1:
+                return -1  # another process upgraded it first
+            entries = walk.index_delayed(txn, delayed, env.open_db(b"delayed_ids", txn=txn))
+            txn.put(b"format_version", _FORMAT, db=meta)
+            return entries
+
+        entries = write("upgrade", upgrade)
+        if entries >= 0:
+            log.info("spoolq: %s: upgraded from format 1 to 2 (%d delayed records indexed)",
+                     path, entries)
+    try:
+        ids = env.open_db(b"delayed_ids", create=False)
+    except lmdb.Error as exc:
+        raise fmt.translate(exc, path, "open") from exc
+    return Layout(meta, counters, queues, ready, delayed, leased, ids)
