@@ -269,3 +269,11 @@ async def test_kill_during_a_flush_keeps_the_batch_in_the_file(tmp_path: Path,
         await b.add(25)
     assert [item for batch in sink.batches for item in batch] == list(range(26))
     assert sink.batches[0] == list(range(10))
+
+
+async def test_stats_after_stop_count_what_the_sink_left(path: str) -> None:
+    sink = Sink(fail_times=10)
+    async with Batcher(sink, queue=path, flush_interval=60) as b:
+        await b.add_many([1, 2, 3])
+    stats = b.stats
+    assert stats["queued"] == 3 and stats["failures"] == 1 and not stats["running"]

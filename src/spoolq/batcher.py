@@ -81,9 +81,11 @@ class Batcher(Generic[T]):
             raise ConfigurationError(f"retry_delay ({retry_delay!r}) must be <= "
                                      f"max_retry_delay ({max_retry_delay!r})")
         self._on_flush = on_flush
-        self._queue_arg = f"{name}.spoolq.sqlite" if queue is None else queue
-        self._queue: Queue[T] | None = queue if isinstance(queue, Queue) else None
         self._owns_queue = not isinstance(queue, Queue)
+        # The path of a queue this Batcher opens and closes itself (unused for an open queue).
+        self._path: str | os.PathLike[str] = (
+            queue if isinstance(queue, (str, os.PathLike)) else f"{name}.spoolq.sqlite")
+        self._queue: Queue[T] | None = queue if isinstance(queue, Queue) else None
         self.max_batch_size = max_batch_size
         self.flush_interval = flush_interval
         self.name = name
@@ -102,6 +104,7 @@ class Batcher(Generic[T]):
         self._items = 0
         self._failures = 0
         self._last_flush_time: float | None = None
+        self._left = 0  # items in an owned queue when it was closed
 
     @property
     def queue(self) -> Queue[T]:
@@ -117,8 +120,7 @@ class Batcher(Generic[T]):
         if self._task is not None:
             return
         if self._queue is None:
-            path: str | os.PathLike[str] = self._queue_arg  # type: ignore[assignment]
-            self._queue = await Queue.create(path, name=self.name)
+            self._queue = await Queue.create(self._path, name=self.name)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"spoolq-batcher-{self.name}")
         if self._queue.qsize():
@@ -141,6 +143,13 @@ class Batcher(Generic[T]):
             await self.flush(force=True)
         finally:
             if self._owns_queue and self._queue is not None:
+                self._left = self._queued(self._queue)
+                if self._left:
+                    path = os.fspath(self._path)
+                    fate = ("are lost with the memory queue" if path == ":memory:"
+                            else f"stay in {path!r} for the next start")
+                    self.log.warning("batcher %r: %d unsent items %s", self.name, self._left,
+                                     fate)
                 await self._queue.aclose()
                 self._queue = None
 
@@ -256,14 +265,17 @@ class Batcher(Generic[T]):
             except Exception:
                 self.log.exception("batcher %r: flush failed", self.name)
 
+    @staticmethod
+    def _queued(queue: Queue[T]) -> int:
+        s = queue.stats
+        return int(s["count"]) + int(s["leased"])
+
     @property
     def stats(self) -> dict[str, Any]:
         """``flushes``, ``items`` flushed, ``failures``, ``queued`` (waiting, including a
-        batch being flushed), ``last_flush_time`` (``time.time()`` or None), ``running``."""
-        queued = 0
-        if self._queue is not None:
-            s = self._queue.stats
-            queued = s["count"] + s["leased"]
+        batch being flushed; after :meth:`stop`, what was left in the queue),
+        ``last_flush_time`` (``time.time()`` or None), ``running``."""
+        queued = self._left if self._queue is None else self._queued(self._queue)
         return {
             "flushes": self._flushes,
             "items": self._items,
