@@ -3,17 +3,23 @@ dictionary training edge cases."""
 
 from __future__ import annotations
 
+import bz2
 import json
+import lzma
 import pickle
+import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 import spoolq
-from spoolq import SyncQueue
-from spoolq.codec import Codec, record_codec_names
+from spoolq import SyncQueue, zdict
+from spoolq import codec as codec_module
+from spoolq.codec import HEADER_SIZE, Codec, record_codec_names
 
 
 class NamedZstd:
@@ -87,3 +93,114 @@ def test_decompressor_returning_no_bytes_is_refused_not_made_into_bytes(result: 
     with pytest.raises(spoolq.SerializationError, match=f"odd compressor returned "
                        f"{type(result).__name__}"):
         reader.decode(record, 9)
+
+
+def _record(codec_id: int, payload: bytes) -> bytes:
+    """A cbor record with compressor ``codec_id`` and a valid checksum, as a hostile
+    writer (or peer) could make one."""
+    head = bytes([1, 2, codec_id])
+    return head + struct.pack("<I", zlib.crc32(head + payload)) + payload
+
+
+def _zstd_bomb(size: int, **params: object) -> bytes:
+    """A real zstd frame of ``size`` zero bytes, made without holding them in memory."""
+    chunk = bytes(1 << 20)
+    packer = zstandard.ZstdCompressor(**params).compressobj(size=size)  # type: ignore[arg-type]
+    parts = [packer.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join(parts) + packer.flush()
+
+
+def test_zstd_bomb_is_refused_before_it_is_decompressed() -> None:
+    bomb = _zstd_bomb(zdict.MAX_UNPACKED_SIZE + (1 << 20))
+    assert len(bomb) < 64 * 1024
+    with pytest.raises(spoolq.CorruptError, match=r"record 5 could not be decompressed.*declares"):
+        Codec().decode(_record(1, bomb), 5)
+    assert Codec().decode_all([_record(1, bomb)]) is None
+
+
+def test_zstd_dict_bomb_is_refused_before_it_is_decompressed() -> None:
+    params = zstandard.ZstdCompressionParameters.from_level(
+        1, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=True)
+    bomb = _zstd_bomb(zdict.MAX_UNPACKED_SIZE + (1 << 20), compression_params=params)
+    with pytest.raises(spoolq.CorruptError, match="declares"):
+        Codec().decode(_record(6, b"\x00" + bomb), 5)
+
+
+class ZlibObject:
+    """A custom compressor (any object with compress/decompress)."""
+
+    name = "zlib-object"
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        return zlib.decompress(data)
+
+
+@pytest.fixture
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Lower the decompression limit to 64 KiB so bombs of every format are cheap."""
+    limit = 64 * 1024
+    monkeypatch.setattr(zdict, "MAX_UNPACKED_SIZE", limit)
+    monkeypatch.setattr(codec_module, "MAX_UNPACKED_SIZE", limit)
+    monkeypatch.setattr(codec_module, "_ZLIB_SAFE_SIZE", limit // 1032)
+    return limit
+
+
+BOMB_MAKERS: dict[str, tuple[object, Callable[[bytes], bytes]]] = {
+    "zstd": ("zstd", zstandard.compress),
+    "zlib": ("zlib", zlib.compress),
+    "bz2": ("bz2", bz2.compress),
+    "lzma": ("lzma", lzma.compress),
+    "custom": (ZlibObject(), ZlibObject().compress),
+}
+try:  # an optional extra (python-lzo)
+    import lzo
+except ImportError:
+    pass
+else:
+    BOMB_MAKERS["lzo"] = ("lzo", lzo.compress)
+
+
+@pytest.mark.parametrize("name", sorted(BOMB_MAKERS))
+def test_record_decompressing_beyond_the_limit_is_corrupt(small_limit: int, name: str) -> None:
+    compressor, pack = BOMB_MAKERS[name]
+    codec = Codec("raw", compressor, threshold=0)
+    bomb = pack(bytes(4 * small_limit))
+    if name == "custom":
+        names = bytes([len(ZlibObject.name)]) + ZlibObject.name.encode()
+        head = bytes([1, 1, 255])
+    else:
+        names, head = b"", bytes([1, 1, codec_module.COMPRESSORS[name][0]])
+    record = head + struct.pack("<I", zlib.crc32(head + names + bomb)) + names + bomb
+    with pytest.raises(spoolq.CorruptError, match="record 3 could not be decompressed"):
+        codec.decode(record, 3)
+    # A payload of the limit itself is compressed, and decodes.
+    fits, _ = codec.encode(bytes(small_limit))
+    assert record_codec_names(fits)[1] != "none"
+    assert codec.decode(fits) == bytes(small_limit)
+
+
+@pytest.mark.parametrize("name", sorted(BOMB_MAKERS))
+def test_payload_beyond_the_limit_is_stored_uncompressed_and_reads_back(
+        small_limit: int, name: str) -> None:
+    codec = Codec("raw", BOMB_MAKERS[name][0], threshold=0)
+    item = bytes(small_limit + 1)
+    record, size = codec.encode(item)
+    assert size == small_limit + 1
+    assert record_codec_names(record)[1] == "none"
+    assert record[HEADER_SIZE:] == item
+    assert codec.encode_many([item])[0] == [record]
+    assert codec.decode(record) == item
+
+
+def test_truncated_streams_stay_corrupt(small_limit: int) -> None:
+    for name in ("zlib", "bz2", "lzma"):
+        codec = Codec("raw", name, threshold=0)
+        record, _ = codec.encode(bytes(small_limit))
+        payload = record[HEADER_SIZE:-4]
+        head = record[:3]
+        cut = head + struct.pack("<I", zlib.crc32(head + payload)) + payload
+        with pytest.raises(spoolq.CorruptError, match="could not be decompressed"):
+            codec.decode(cut)

@@ -29,7 +29,7 @@ import cbor2
 import zstandard
 
 from .errors import ConfigurationError, CorruptError, SerializationError
-from .zdict import ZstdDictCompressor
+from .zdict import MAX_UNPACKED_SIZE, ZstdDictCompressor, check_zstd_frame
 
 __all__ = [
     "COMPRESSORS",
@@ -146,6 +146,7 @@ class _Zstd:
         return self._pair()[0].compress(data)
 
     def decompress(self, data: bytes) -> bytes:
+        check_zstd_frame(data)
         return self._pair()[1].decompress(data)
 
 
@@ -159,6 +160,42 @@ class _Module:
         self.decompress = decompress
 
 
+def _too_large(size: int | str) -> ValueError:
+    return ValueError(f"the payload decompresses to {size} bytes, more than the "
+                      f"{MAX_UNPACKED_SIZE} spoolq ever compresses")
+
+
+# Deflate turns at most 1032 bytes into one: shorter payloads cannot exceed the limit.
+_ZLIB_SAFE_SIZE = MAX_UNPACKED_SIZE // 1032
+
+
+def _zlib_decompress(data: bytes) -> bytes:
+    if len(data) <= _ZLIB_SAFE_SIZE:
+        return zlib.decompress(data)
+    unpacker = zlib.decompressobj()
+    out = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
+    if len(out) > MAX_UNPACKED_SIZE:
+        raise _too_large("more than that")
+    if not unpacker.eof:
+        raise ValueError("incomplete or truncated zlib stream")
+    return out
+
+
+def _bounded(make: Callable[[], bz2.BZ2Decompressor | lzma.LZMADecompressor]
+             ) -> Callable[[bytes], bytes]:
+    """``decompress`` of bz2 or lzma that stops at :data:`MAX_UNPACKED_SIZE` (these
+    formats can shrink data a million-fold)."""
+    def decompress(data: bytes) -> bytes:
+        unpacker = make()
+        out: bytes = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
+        if len(out) > MAX_UNPACKED_SIZE:
+            raise _too_large("more than that")
+        if not unpacker.eof:
+            raise ValueError("compressed data ended before the end-of-stream marker")
+        return out
+    return decompress
+
+
 def _lzo() -> Compressor:
     try:
         import lzo
@@ -166,7 +203,15 @@ def _lzo() -> Compressor:
         raise ConfigurationError(
             "the lzo compressor needs the python-lzo package: pip install 'spoolq[lzo]'"
         ) from exc
-    return _Module("lzo", lzo.compress, lzo.decompress)
+
+    def decompress(data: bytes) -> bytes:
+        # python-lzo's header: one method byte, then the size as 4 bytes big endian.
+        size = int.from_bytes(data[1:5], "big")
+        if size > MAX_UNPACKED_SIZE:
+            raise _too_large(size)
+        return bytes(lzo.decompress(data))
+
+    return _Module("lzo", lzo.compress, decompress)
 
 
 SERIALIZERS: dict[str, tuple[int, Callable[[], Serializer]]] = {
@@ -178,9 +223,9 @@ SERIALIZERS: dict[str, tuple[int, Callable[[], Serializer]]] = {
 COMPRESSORS: dict[str, tuple[int, Callable[[], Compressor]]] = {
     "none": (0, _NoCompression),
     "zstd": (1, _Zstd),
-    "zlib": (2, lambda: _Module("zlib", zlib.compress, zlib.decompress)),
-    "bz2": (3, lambda: _Module("bz2", bz2.compress, bz2.decompress)),
-    "lzma": (4, lambda: _Module("lzma", lzma.compress, lzma.decompress)),
+    "zlib": (2, lambda: _Module("zlib", zlib.compress, _zlib_decompress)),
+    "bz2": (3, lambda: _Module("bz2", bz2.compress, _bounded(bz2.BZ2Decompressor))),
+    "lzma": (4, lambda: _Module("lzma", lzma.compress, _bounded(lzma.LZMADecompressor))),
     "lzo": (5, _lzo),
     "zstd-dict": (6, ZstdDictCompressor),
 }
@@ -281,8 +326,11 @@ class Codec:
     or an object with ``dumps``/``loads``; ``compressor`` is a name
     (``"zstd"``, ``"zlib"``, ``"bz2"``, ``"lzma"``, ``"lzo"``, ``"zstd-dict"``,
     ``"none"``) or an object with ``compress``/``decompress``. Payloads shorter
-    than ``threshold`` bytes, and payloads that compression does not shrink,
-    are stored uncompressed. With ``"zstd-dict"`` the codec samples the first
+    than ``threshold`` bytes, payloads longer than
+    :data:`~spoolq.zdict.MAX_UNPACKED_SIZE` (256 MiB), and payloads that
+    compression does not shrink, are stored uncompressed; a record that would
+    decompress beyond that size is refused as corrupt, so a small hostile record
+    cannot exhaust memory. With ``"zstd-dict"`` the codec samples the first
     payloads until :attr:`training_due`; the owner of the codec then calls
     :meth:`train` and stores the dictionary (see :mod:`spoolq.zdict`).
     Instances are thread-safe.
@@ -406,7 +454,7 @@ class Codec:
         """A record: header, codec names, then ``data`` compressed if that pays."""
         if self._sampling:
             self._zdict.sample(data)  # type: ignore[union-attr]
-        if len(data) >= self.threshold and self._comp_id != 0:
+        if self.threshold <= len(data) <= MAX_UNPACKED_SIZE and self._comp_id != 0:
             try:
                 packed = self._comp.compress(data)
                 if type(packed) is not bytes:
@@ -501,10 +549,11 @@ class Codec:
             data = comp.decompress(payload)
         except Exception as exc:
             raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
-        if type(data) is bytes:
-            return data
-        if isinstance(data, (bytearray, memoryview)):
-            return bytes(data)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            if len(data) > MAX_UNPACKED_SIZE:
+                raise CorruptError(f"{where} could not be decompressed: "
+                                   f"{_too_large(len(data))}")
+            return data if type(data) is bytes else bytes(data)
         # bytes() of an int or a list would make up a payload instead of failing.
         raise SerializationError(f"{where}: the {name or _COMPRESSOR_NAMES.get(comp_id)} "
                                  f"compressor returned {type(data).__name__}, not bytes")

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from .codec import Codec
     from .engines.base import Engine
 
-__all__ = ["DICTIONARY_QUEUE", "MissingDictionary", "ZstdDictCompressor", "load_dictionaries",
-           "train_dictionary"]
+__all__ = ["DICTIONARY_QUEUE", "MAX_UNPACKED_SIZE", "MissingDictionary", "ZstdDictCompressor",
+           "check_zstd_frame", "load_dictionaries", "train_dictionary"]
 
 log = logging.getLogger("spoolq")
 
@@ -43,6 +43,28 @@ DICT_SIZE = 16 * 1024
 
 class MissingDictionary(SerializationError):
     """A record names a zstd dictionary this codec has not been given (yet)."""
+
+
+MAX_UNPACKED_SIZE = 256 * 1024 * 1024
+"""The largest payload spoolq compresses, and so the most a record may decompress to.
+
+A larger serialized item is stored uncompressed, so every record spoolq writes
+stays readable; a small hostile record (a "decompression bomb") is refused instead
+of making its reader allocate gigabytes."""
+
+# A zstd block holds at most 128 KiB, and the smallest (an RLE block) takes 4 bytes: a
+# frame this many times shorter than the limit cannot decompress beyond it.
+_ZSTD_MAX_RATIO = 32 * 1024
+
+
+def check_zstd_frame(frame: bytes, fmt: int = zstandard.FORMAT_ZSTD1) -> None:
+    """Raise ``ValueError`` when a zstd frame declares more than :data:`MAX_UNPACKED_SIZE`
+    bytes of content (the size zstandard would allocate before decompressing)."""
+    if len(frame) * _ZSTD_MAX_RATIO > MAX_UNPACKED_SIZE:
+        size = zstandard.get_frame_parameters(frame, format=fmt).content_size
+        if size > MAX_UNPACKED_SIZE:
+            raise ValueError(f"the payload declares {size} bytes, more than the "
+                             f"{MAX_UNPACKED_SIZE} spoolq ever compresses")
 
 
 SAMPLE_COUNT = 1000
@@ -147,7 +169,9 @@ class ZstdDictCompressor:
                     f"the record needs zstd dictionary {number}, which this reader does not "
                     "have")
             dec = cache[number] = zstandard.ZstdDecompressor(dict_data=zdict, format=_FORMAT)
-        return bytes(dec.decompress(data[1:]))
+        frame = data[1:]
+        check_zstd_frame(frame, _FORMAT)
+        return bytes(dec.decompress(frame))
 
 
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
