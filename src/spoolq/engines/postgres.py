@@ -60,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -99,7 +100,9 @@ _MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names 
 _WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-_PoolKey = tuple[str, tuple[tuple[str, str], ...], int]
+# The process id is part of a pool's key: a process started with fork inherits
+# its parent's pools, whose connections share their sockets with the parent's.
+_PoolKey = tuple[int, str, tuple[tuple[str, str], ...], int]
 
 
 class _SharedPool:
@@ -115,7 +118,7 @@ _POOLS_LOCK = threading.Lock()
 
 
 def _acquire_pool(key: _PoolKey, timeout: float) -> ConnectionPool[Conn]:
-    conninfo, settings, size = key
+    _pid, conninfo, settings, size = key
     with _POOLS_LOCK:
         shared = _POOLS.get(key)
         if shared is None:
@@ -215,11 +218,12 @@ class PostgresEngine:
         self._listen_lock = threading.Lock()
         self._cancelled_at = -math.inf  # time.monotonic() of the last cancel_waits()
         self._pool: ConnectionPool[Conn] | None = None
+        self._pid = os.getpid()
         self._setup()
         settings = (("synchronous_commit", synchronous_commit),
                     ("lock_timeout", f"{max(1, round(lock_timeout * 1000))}ms"),
                     ("default_transaction_read_only", "on" if read_only else "off"))
-        self._pool_key: _PoolKey = (conninfo, settings, pool_size)
+        self._pool_key: _PoolKey = (self._pid, conninfo, settings, pool_size)
         with self._guard("open"):
             self._pool = _acquire_pool(self._pool_key, self._connect_timeout)
 
@@ -242,11 +246,18 @@ class PostgresEngine:
         except psycopg.Error as exc:
             raise EngineError(f"{self.where}: {what} failed: {exc}") from exc
 
+    def _check_process(self, what: str) -> None:
+        if os.getpid() != self._pid:
+            raise EngineError(
+                f"{self.where}: {what}: this queue was opened by process {self._pid}, the "
+                "parent of this one; a process started with fork must open its own queue")
+
     @contextmanager
     def _conn(self, what: str) -> Iterator[Conn]:
         pool = self._pool
         if pool is None:
             raise EngineError(f"{self.where}: {what}: the engine is closed")
+        self._check_process(what)
         with self._guard(what), pool.connection(timeout=self._connect_timeout) as conn:
             yield conn
 
@@ -502,6 +513,7 @@ class PostgresEngine:
         the other methods this one may be called from a thread of its own while
         another thread uses the engine: it has its own connection.
         """
+        self._check_process("wait_ready")
         started = time.monotonic()
         deadline = started + timeout
 
@@ -552,6 +564,11 @@ class PostgresEngine:
 
     def close(self) -> None:
         """Give back this engine's share of the pool, close its listener; twice is harmless."""
+        if os.getpid() != self._pid:
+            # Inherited through fork: the connections are the parent's, and closing
+            # them here would end the parent's sessions. Only let go of them.
+            self._listener = self._pool = None
+            return
         with self._listen_lock:
             listener, self._listener = self._listener, None
         if listener is not None:

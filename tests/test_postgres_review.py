@@ -1,0 +1,99 @@
+"""The postgres engine under failures and concurrency: forked processes, lost
+connections, foreign schemas, lock ordering, closing while waiting, large records."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import spoolq
+
+if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
+    pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
+
+import psycopg
+from psycopg import sql
+
+from spoolq.engines.postgres import PostgresEngine
+
+
+@pytest.fixture
+def engine(pg_url: str, pg_schema: str) -> Iterator[PostgresEngine]:
+    eng = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+def _execute(url: str, statement: sql.Composable, *params: object) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, params or None)
+
+
+# ---- processes started with fork ---------------------------------------------------------
+
+def _in_child(run: Callable[[], bool]) -> tuple[int, int]:
+    """Fork; the child runs ``run`` and exits 0 when it returned True. Returns the
+    child's pid and the read end of a pipe that gets the child's verdict."""
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        verdict = b"\1"
+        try:
+            os.close(read)
+            verdict = b"\0" if run() else b"\1"
+        except BaseException:
+            pass
+        finally:
+            os.write(write, verdict)
+            os._exit(0)
+    os.close(write)
+    return pid, read
+
+
+def _verdict(pid: int, read: int, timeout: float = 20.0) -> bytes:
+    try:
+        ready, _, _ = select.select([read], [], [], timeout)
+        return os.read(read, 1) if ready else b"timeout"
+    finally:
+        os.close(read)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_a_forked_child_uses_connections_of_its_own(pg_url: str, pg_schema: str) -> None:
+    parent = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        parent.append("parent", [b"p"] * 7, [1] * 7, 1.0)
+        parent.append("child", [b"c"] * 3, [1] * 3, 1.0)
+
+        def child_run() -> bool:
+            child = PostgresEngine(pg_url, schema=pg_schema)
+            answers = [child.counts("child").ready for _ in range(100)]
+            child.close()
+            try:
+                parent.counts("parent")
+            except spoolq.EngineError as exc:
+                refused = "fork" in str(exc)
+            else:
+                refused = False
+            parent.close()  # lets go of the parent's connections without ending them
+            return refused and answers == [3] * 100
+
+        pid, read = _in_child(child_run)
+        answers = [parent.counts("parent").ready for _ in range(100)]
+        assert _verdict(pid, read) == b"\0"
+        assert answers == [7] * 100
+        assert parent.counts("parent").ready == 7
+    finally:
+        parent.close()
