@@ -41,10 +41,15 @@ def _settle(tickets: list[Ticket]) -> None:
             fut.set_result(None)
 
 
-def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+def _wake_all(waiters: Iterable[asyncio.Future[None]]) -> None:
     for fut in waiters:
         if not fut.done():
             fut.set_result(None)
+
+
+def _wake_one(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Queue(QueueViews, Generic[T]):
@@ -62,7 +67,9 @@ class Queue(QueueViews, Generic[T]):
         self._core = core
         self._worker = worker
         self._loop = worker.loop
-        self._waiters: list[asyncio.Future[None]] = []
+        # A dict, in waiting order, so that a wait ending on its own (a poll, a timeout, a
+        # cancel) removes its future at once: an idle consumer polls 20 times a second.
+        self._waiters: dict[asyncio.Future[None], None] = {}
         self._shutdown = False
         self._immediate = False
         self._closed = False
@@ -134,7 +141,7 @@ class Queue(QueueViews, Generic[T]):
     # ---- waiting ------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters, {}
         _wake_all(waiters)
 
     async def _wait(self, deadline: float | None, ready: Any) -> bool:
@@ -146,14 +153,16 @@ class Queue(QueueViews, Generic[T]):
                 return False
             timeout = min(timeout, remaining)
         fut = self._loop.create_future()
-        self._waiters.append(fut)
+        self._waiters[fut] = None
         if ready():
+            self._waiters.pop(fut, None)
             return True
-        handle = self._loop.call_later(timeout, _wake_all, [fut])
+        handle = self._loop.call_later(timeout, _wake_one, fut)
         try:
             await fut
         finally:
             handle.cancel()
+            self._waiters.pop(fut, None)  # still there unless a wake-up took it
         return True
 
     @staticmethod
