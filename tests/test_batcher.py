@@ -277,3 +277,16 @@ async def test_stats_after_stop_count_what_the_sink_left(path: str) -> None:
         await b.add_many([1, 2, 3])
     stats = b.stats
     assert stats["queued"] == 3 and stats["failures"] == 1 and not stats["running"]
+
+
+async def test_the_timer_flushes_items_another_handle_put_in_the_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.sqlite")
+    sink = Sink()
+    async with Batcher(sink, queue=path, flush_interval=0.05) as b:
+        with spoolq.SyncQueue.create(path, name="batcher") as producer:
+            producer.put("from another process")
+        for _ in range(100):
+            if sink.batches:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.batches == [["from another process"]] and b.stats["items"] == 1

@@ -194,7 +194,9 @@ class Batcher(Generic[T]):
         retry delay is running."""
         async with self._lock:
             queue = self.queue
-            while queue.qsize() and (force or queue.qsize() >= self.max_batch_size):
+            # With force, lease even when this handle counts no items: the lease reads
+            # the file again, so items other handles or processes put there are seen.
+            while force or queue.qsize() >= self.max_batch_size:
                 if not now and time.monotonic() < self._retry_at:
                     return False
                 try:
@@ -233,6 +235,8 @@ class Batcher(Generic[T]):
                 self._flushes += 1
                 self._items += len(batch)
                 self._last_flush_time = time.time()
+                if len(msgs) < self.max_batch_size:
+                    break  # nothing more was ready
         return True
 
     async def _send(self, batch: list[T]) -> None:
