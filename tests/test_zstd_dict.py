@@ -84,3 +84,22 @@ def test_cli_reads_and_migrates_dictionary_records(tmp_path: Path) -> None:
     assert DICTIONARY_QUEUE not in info.output
     with SyncQueue.create(dst) as q:
         assert q.get_many(None) == items + items[:5]
+
+
+def test_large_first_records_do_not_end_sampling_before_a_dictionary() -> None:
+    codec = Codec("cbor", "zstd-dict")
+    rnd = random.Random(3)
+    for size in (2 << 20, 600 << 10, 600 << 10, 600 << 10):  # a few large records first
+        codec.encode(rnd.randbytes(size))
+    assert not codec.training_due  # four samples are too few to train from
+    items = _events(SAMPLE_COUNT)
+    for item in items:
+        codec.encode(item)
+        if codec.training_due:
+            break
+    dictionary = codec.train()
+    assert dictionary is not None
+    codec.add_dictionary(1, dictionary, activate=True)
+    record = codec.encode(items[-1])[0]
+    assert record_codec_names(record)[1] == "zstd-dict"
+    assert codec.decode(record) == items[-1]

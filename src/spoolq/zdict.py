@@ -69,6 +69,12 @@ def check_zstd_frame(frame: bytes, fmt: int = zstandard.FORMAT_ZSTD1) -> None:
 
 SAMPLE_COUNT = 1000
 SAMPLE_BYTES = 1 << 20
+SAMPLE_MIN_COUNT = 100
+"""Training waits for this many samples even once they reach SAMPLE_BYTES: zstd cannot
+train a dictionary from a handful of (large) samples."""
+SAMPLE_MAX_SIZE = DICT_SIZE
+"""Only this much of a payload is kept as a sample: a dictionary holds what small records
+share, and a large record would crowd out the others."""
 LEVEL = 3
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 
@@ -115,13 +121,17 @@ class ZstdDictCompressor:
     def sample(self, data: bytes) -> None:
         """Keep a payload as a training sample while no dictionary is active."""
         if self.active_id is None and len(self._samples) < SAMPLE_COUNT:
+            if len(data) > SAMPLE_MAX_SIZE:
+                data = bytes(data[:SAMPLE_MAX_SIZE])
             self._samples.append(data)
             self._sample_bytes += len(data)
 
     @property
     def training_due(self) -> bool:
-        return self.active_id is None and (
-            len(self._samples) >= SAMPLE_COUNT or self._sample_bytes >= SAMPLE_BYTES)
+        """True once the samples are enough to train a dictionary from."""
+        count = len(self._samples)
+        return self.active_id is None and (count >= SAMPLE_COUNT or (
+            count >= SAMPLE_MIN_COUNT and self._sample_bytes >= SAMPLE_BYTES))
 
     def train(self) -> bytes | None:
         """Train a dictionary from the samples; None when they are too few or too alike."""
