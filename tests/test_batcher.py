@@ -290,3 +290,17 @@ async def test_the_timer_flushes_items_another_handle_put_in_the_file(tmp_path: 
                 break
             await asyncio.sleep(0.01)
         assert sink.batches == [["from another process"]] and b.stats["items"] == 1
+
+
+async def test_items_added_after_a_failure_come_after_the_failed_batch(path: str) -> None:
+    sink = Sink(fail_times=1)
+    async with Batcher(sink, queue=path, max_batch_size=3, flush_interval=60,
+                       retry_delay=0.05) as b:
+        await b.add_many([1, 2])
+        assert not await b.flush()
+        await b.add_many([3, 4, 5, 6])
+        for _ in range(100):
+            if len(sink.batches) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.batches == [[1, 2, 3], [4, 5, 6]]

@@ -108,6 +108,8 @@ class Batcher(Generic[T]):
 
     @property
     def queue(self) -> Queue[T]:
+        """The queue holding the items; RuntimeError while a queue opened from a path
+        is closed (before :meth:`start`, after :meth:`stop`)."""
         if self._queue is None:
             raise RuntimeError(f"batcher {self.name!r} is not started")
         return self._queue
