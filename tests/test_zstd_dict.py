@@ -103,3 +103,25 @@ def test_large_first_records_do_not_end_sampling_before_a_dictionary() -> None:
     record = codec.encode(items[-1])[0]
     assert record_codec_names(record)[1] == "zstd-dict"
     assert codec.decode(record) == items[-1]
+
+
+def _trained_codec(seed: int) -> tuple[Codec, bytes]:
+    codec = Codec("cbor", "zstd-dict")
+    for item in _events(SAMPLE_COUNT, seed):
+        codec.encode(item)
+    dictionary = codec.train()
+    assert dictionary is not None
+    codec.add_dictionary(1, dictionary, activate=True)
+    return codec, dictionary
+
+
+def test_a_dictionary_number_registered_again_decodes_with_the_new_dictionary() -> None:
+    first, first_dict = _trained_codec(1)
+    second, second_dict = _trained_codec(2)
+    assert first_dict != second_dict
+    item = {"event": "view", "user": "user-3", "path": "/products/4", "n": 99}
+    reader = Codec()
+    reader.add_dictionary(1, first_dict)
+    assert reader.decode(first.encode(item)[0]) == item
+    reader.add_dictionary(1, second_dict)  # number 1 names another dictionary now
+    assert reader.decode(second.encode(item)[0]) == item

@@ -167,10 +167,12 @@ class ZstdDictCompressor:
         if not data:
             raise CorruptError("empty zstd-dict payload")
         number = data[0]
-        cache: dict[int, zstandard.ZstdDecompressor] | None = getattr(
+        cached: tuple[int, dict[int, zstandard.ZstdDecompressor]] | None = getattr(
             self._local, "decompressors", None)
-        if cache is None:
-            cache = self._local.decompressors = {}
+        if cached is None or cached[0] != self._generation:
+            # A number registered again may hold another dictionary now.
+            cached = self._local.decompressors = (self._generation, {})
+        cache = cached[1]
         dec = cache.get(number)
         if dec is None:
             zdict = self._dicts.get(number)
