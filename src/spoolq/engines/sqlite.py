@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from itertools import chain, repeat
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
+from ..errors import ConfigurationError, EngineError, FormatError
+from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
-from ._sqlite_schema import SCHEMA as _SCHEMA
 from .base import (
-    FORMAT_VERSION,
     Counts,
     Lease,
     LeasedRecord,
@@ -45,22 +44,8 @@ __all__ = ["SQLiteEngine"]
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
 
-_APPLICATION = b"spoolq"
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
-_MIN_SQLITE = (3, 35, 0)
-# Pages of a new file. Each commit writes its changed pages to the WAL whole, and a put or a
-# get changes two (a records leaf and the queue's counts): 1 KiB pages made one-at-a-time
-# puts and gets 25 to 50% faster than SQLite's default 4 KiB, and batches and 4 KB records
-# no slower; records of 64 KiB and more put faster with larger pages (the page_size option).
-# A file keeps the page size it was created with.
-_PAGE_SIZE = 1024
-_PAGE_SIZES = frozenset(1 << k for k in range(9, 17))
-_SYNCHRONOUS = {
-    "FULL": "PRAGMA synchronous = FULL",
-    "NORMAL": "PRAGMA synchronous = NORMAL",
-    "OFF": "PRAGMA synchronous = OFF",
-}
 
 
 def _json(values: Sequence[Any]) -> str:
@@ -88,17 +73,16 @@ class SQLiteEngine:
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
                  timeout: float = 10.0, read_only: bool = False,
-                 page_size: int = _PAGE_SIZE) -> None:
-        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+                 page_size: int = opening.PAGE_SIZE) -> None:
+        if sqlite3.sqlite_version_info < opening.MIN_SQLITE:
             raise EngineError(
                 f"spoolq needs SQLite 3.35 or newer; this Python has {sqlite3.sqlite_version}")
-        if synchronous not in _SYNCHRONOUS:
+        if synchronous not in opening.SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
-        if type(page_size) is not int or page_size not in _PAGE_SIZES:
+        if type(page_size) is not int or page_size not in opening.PAGE_SIZES:
             raise ConfigurationError(
                 f"page_size must be a power of two from 512 to 65536, not {page_size!r}")
-        self._page_size = page_size
         self.path = os.fspath(path)
         self.read_only = read_only
         self._qnos: dict[str, int] = {}
@@ -110,74 +94,21 @@ class SQLiteEngine:
         if os.path.isdir(self.path):
             raise FormatError(f"{self.path} is a directory, not a spoolq SQLite queue file")
         with self._guard("open"):
-            if read_only:
-                uri = "file:" + os.path.abspath(self.path) + "?mode=ro"
-                self._conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                             check_same_thread=False, timeout=timeout)
-            else:
-                self._conn = sqlite3.connect(self.path, isolation_level=None,
-                                             check_same_thread=False, timeout=timeout)
+            self._conn = opening.connect(self.path, read_only=read_only, timeout=timeout)
         try:
             with self._guard("open"):
-                self._setup(synchronous)
+                opening.set_up(self._conn, self.path, read_only=read_only,
+                               synchronous=synchronous, page_size=page_size)
         except BaseException:
             self._conn.close()
             raise
-
-    @staticmethod
-    def _blank(conn: sqlite3.Connection) -> bool:
-        """Whether the database is new: no schema object at all (tables, views, indexes,
-        triggers) and no application id or user version another program would set."""
-        return bool(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
-                    and conn.execute("PRAGMA application_id").fetchone()[0] == 0
-                    and conn.execute("PRAGMA user_version").fetchone()[0] == 0)
-
-    def _setup(self, synchronous: str) -> None:
-        conn = self._conn
-        if self._blank(conn) and not self.read_only:
-            conn.execute(f"PRAGMA page_size = {self._page_size}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            if self._blank(conn):
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.executemany("INSERT INTO spoolq_meta (key, value) VALUES (?, ?)", [
-                    ("application", _APPLICATION),
-                    ("format_version", str(FORMAT_VERSION).encode()),
-                ])
-            conn.execute("COMMIT")
-        tables = {row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not {"spoolq_meta", "spoolq_records", "spoolq_leased", "spoolq_queues"} <= tables:
-            raise FormatError(f"{self.path} is an SQLite database but not a spoolq queue file")
-        version = self.get_meta("format_version")
-        if self.get_meta("application") != _APPLICATION or version is None:
-            raise FormatError(f"{self.path} is an SQLite database but not a spoolq queue file")
-        if version != str(FORMAT_VERSION).encode():
-            raise FormatError(
-                f"{self.path} has format version {version.decode(errors='replace')}; "
-                f"this spoolq reads version {FORMAT_VERSION}")
-        if not self.read_only:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(_SYNCHRONOUS[synchronous])
-
-    def _translate(self, exc: sqlite3.Error, what: str) -> EngineError:
-        """Turn a sqlite3 error into spoolq's tree (the caller chains the original)."""
-        text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-            return LockTimeout(f"{self.path}: {what} waited too long for a lock: {text}")
-        if "malformed" in text or "corrupt" in text:
-            return CorruptError(f"{self.path} is damaged: {text}")
-        if "not a database" in text:
-            return FormatError(f"{self.path} is not a spoolq queue file ({text})")
-        return EngineError(f"{self.path}: {what} failed: {text}")
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         try:
             yield
         except sqlite3.Error as exc:
-            raise self._translate(exc, what) from exc
+            raise opening.translate(exc, self.path, what) from exc
 
     def _txn(self, what: str, body: Callable[..., R], *args: Any) -> R:
         """Run ``body(conn, *args)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
@@ -194,7 +125,7 @@ class SQLiteEngine:
                 self._qnos.clear()  # a queue numbered in the rolled-back transaction is not
                 raise
         except sqlite3.Error as exc:
-            raise self._translate(exc, what) from exc
+            raise opening.translate(exc, self.path, what) from exc
         return result
 
     @contextmanager
