@@ -97,3 +97,42 @@ def test_a_forked_child_uses_connections_of_its_own(pg_url: str, pg_schema: str)
         assert parent.counts("parent").ready == 7
     finally:
         parent.close()
+
+
+# ---- schemas that are not spoolq's -------------------------------------------------------
+
+def _relations(url: str, schema: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s", (schema,))}
+
+
+@pytest.mark.parametrize("layout", ["same table names", "text values"])
+def test_tables_of_the_same_names_but_not_spoolq_are_a_format_error(
+        pg_url: str, pg_schema: str, layout: str) -> None:
+    ident = sql.Identifier(pg_schema)
+    _execute(pg_url, sql.SQL("CREATE SCHEMA {}").format(ident))
+    meta = "(id int)" if layout == "same table names" else "(key text, value text)"
+    _execute(pg_url, sql.SQL("CREATE TABLE {}.meta " + meta).format(ident))
+    _execute(pg_url, sql.SQL("CREATE TABLE {}.records (id int)").format(ident))
+    _execute(pg_url, sql.SQL("CREATE TABLE {}.counts (id int)").format(ident))
+    if layout == "text values":
+        _execute(pg_url, sql.SQL("INSERT INTO {}.meta VALUES ('application', 'spoolq'), "
+                                 "('schema_version', '1')").format(ident))
+    for read_only in (False, True):
+        with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
+            PostgresEngine(pg_url, schema=pg_schema, read_only=read_only)
+
+
+@pytest.mark.parametrize("relation", [
+    "VIEW {}.meta AS SELECT 1 AS x", "VIEW {}.report AS SELECT 1 AS x", "SEQUENCE {}.invoices"])
+def test_a_schema_holding_views_or_sequences_is_not_taken_over(
+        pg_url: str, pg_schema: str, relation: str) -> None:
+    ident = sql.Identifier(pg_schema)
+    _execute(pg_url, sql.SQL("CREATE SCHEMA {}").format(ident))
+    _execute(pg_url, sql.SQL("CREATE " + relation).format(ident))
+    before = _relations(pg_url, pg_schema)
+    with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
+        PostgresEngine(pg_url, schema=pg_schema)
+    assert _relations(pg_url, pg_schema) == before

@@ -96,6 +96,7 @@ SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
 _APPLICATION = b"spoolq"
+_META_COLUMNS = {("key", "text"), ("value", "bytea")}
 _MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
 _WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
 
@@ -278,13 +279,16 @@ class PostgresEngine:
                 # Two processes opening a new schema at once must not both create it.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                              (f"spoolq schema {self.schema}",))
-                tables = self._tables(conn)
-                if not tables and not self.read_only:
+                relations = self._relations(conn)
+                if not relations and not self.read_only:
                     self._create(conn)
-                    tables = self._tables(conn)
-            if not tables:
+                    relations = self._relations(conn)
+            if not relations:
                 raise FormatError(f"{self.where}: no spoolq queue in this schema")
-            if not set(TABLES) <= tables:
+            tables = {name for name, kind in relations.items() if kind in ("r", "p")}
+            # Checked in the catalog before reading: a table of someone else's
+            # named "meta" would fail that read with an error about its columns.
+            if not set(TABLES) <= tables or not self._meta_columns(conn) >= _META_COLUMNS:
                 raise FormatError(f"{self.where}: the schema holds tables that are not a "
                                   "spoolq queue; pick another schema")
             meta: dict[str, bytes] = dict(conn.execute(sql.SQL(
@@ -298,10 +302,23 @@ class PostgresEngine:
                 f"{self.where} has schema version {bytes(version).decode(errors='replace')}; "
                 f"this spoolq reads version {SCHEMA_VERSION}")
 
-    def _tables(self, conn: Conn) -> set[str]:
-        return {row[0] for row in conn.execute(
-            """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relkind IN ('r', 'p')""", (self.schema,))}
+    def _meta_columns(self, conn: Conn) -> set[tuple[str, str]]:
+        """The columns of the schema's ``meta`` table, as (name, type)."""
+        return {(row[0], row[1]) for row in conn.execute(
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = 'meta' AND a.attnum > 0
+              AND NOT a.attisdropped""", (self.schema,))}
+
+    def _relations(self, conn: Conn) -> dict[str, str]:
+        """Every table, view, sequence or foreign table in the schema, with its relkind:
+        a schema holding any of them is someone's, and no place to create tables in."""
+        return {row[0]: row[1] for row in conn.execute(
+            """SELECT c.relname, c.relkind::text FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')""",
+            (self.schema,))}
 
     def _create(self, conn: Conn) -> None:
         if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
