@@ -204,3 +204,42 @@ def test_truncated_streams_stay_corrupt(small_limit: int) -> None:
         cut = head + struct.pack("<I", zlib.crc32(head + payload)) + payload
         with pytest.raises(spoolq.CorruptError, match="could not be decompressed"):
             codec.decode(cut)
+
+
+def _with_ids(record: bytes, ser_id: int, comp_id: int) -> bytes:
+    """``record`` with other codec ids and a checksum that matches them."""
+    head = bytes([record[0], ser_id, comp_id])
+    rest = record[HEADER_SIZE:]
+    return head + struct.pack("<I", zlib.crc32(head + rest)) + rest
+
+
+def test_unknown_codec_ids_are_named_as_unknown() -> None:
+    record, _ = Codec("cbor", "none").encode("item")
+    with pytest.raises(spoolq.SerializationError,
+                       match="record 8 names serializer id 9, which this version"):
+        Codec().decode(_with_ids(record, 9, 0), 8)
+    with pytest.raises(spoolq.SerializationError,
+                       match="record 8 names compressor id 7, which this version"):
+        Codec().decode(_with_ids(record, 2, 7), 8)
+
+
+class Lower:
+    """A custom serializer other than the one that wrote a record."""
+
+    name = "lower"
+
+    def dumps(self, obj: Any) -> bytes:
+        return str(obj).lower().encode()
+
+    def loads(self, data: bytes) -> Any:
+        return data.decode()
+
+
+def test_record_of_another_custom_codec_names_it_and_the_way_to_read_it() -> None:
+    record, _ = Codec(Lower(), ZlibObject(), threshold=0).encode("ITEM" * 100)
+    with pytest.raises(spoolq.SerializationError,
+                       match="custom compressor 'zlib-object'; open the queue with that"):
+        Codec(Lower()).decode(record)
+    with pytest.raises(spoolq.SerializationError,
+                       match="custom serializer 'lower'; open the queue with that"):
+        Codec("cbor", ZlibObject()).decode(record)

@@ -542,9 +542,14 @@ class Codec:
             comp = self._comp
         elif comp_id in _COMPRESSOR_NAMES:
             comp = _decompressor(_COMPRESSOR_NAMES[comp_id])
+        elif comp_id == CUSTOM_ID:
+            raise SerializationError(
+                f"{where} was compressed with the custom compressor {name!r}; open the queue "
+                "with that compressor object to read it")
         else:
             raise SerializationError(
-                f"{where} was compressed with {name or comp_id!r}, which this queue does not have")
+                f"{where} names compressor id {comp_id}, which this version of spoolq does "
+                "not know")
         try:
             data = comp.decompress(payload)
         except Exception as exc:
@@ -563,10 +568,18 @@ class Codec:
             return self._ser  # type: ignore[no-any-return]
         if ser_id in _SERIALIZER_NAMES and _SERIALIZER_NAMES[ser_id] != "pickle":
             return SERIALIZERS[_SERIALIZER_NAMES[ser_id]][1]()
-        label = name or _SERIALIZER_NAMES.get(ser_id, f"#{ser_id}")
+        if ser_id == CUSTOM_ID:
+            raise SerializationError(
+                f"{where} was written with the custom serializer {name!r}; open the queue "
+                "with that serializer object to read it")
+        if ser_id in _SERIALIZER_NAMES:
+            label = _SERIALIZER_NAMES[ser_id]
+            raise SerializationError(
+                f"{where} was written with the {label} serializer; open the queue with "
+                f"serializer={label!r} to read it")
         raise SerializationError(
-            f"{where} was written with the {label} serializer; open the queue with "
-            f"serializer={label!r} to read it")
+            f"{where} names serializer id {ser_id}, which this version of spoolq does not "
+            "know")
 
 
 _decompressors: dict[str, Compressor] = {}
