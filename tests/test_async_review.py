@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from spoolq import Queue
+import spoolq
+from spoolq import Queue, SyncQueue
 
 
 @pytest.fixture(params=[":memory:", "queue.sqlite"])
@@ -30,3 +34,56 @@ async def test_a_long_wait_keeps_no_pile_of_finished_waits(either_path: str) -> 
         q.task_done()
         q.task_done()
         await asyncio.wait_for(joining, 5)
+
+
+def test_a_queue_awaited_on_another_event_loop_refuses_and_loses_nothing(
+        either_path: str) -> None:
+    # A get awaited elsewhere used to take its item on the worker and never receive it.
+    loop = asyncio.new_event_loop()
+    try:
+        q = loop.run_until_complete(Queue.create(either_path))
+        loop.run_until_complete(q.put_many([1, 2, 3]))
+
+        async def elsewhere() -> None:
+            calls: list[Callable[[], Awaitable[object]]] = [
+                q.get, lambda: q.get_many(2, timeout=1), lambda: q.put(4), q.peek,
+                q.join, lambda: q.lease(timeout=1)]
+            for call in calls:
+                with pytest.raises(RuntimeError, match="event loop it was created in"):
+                    await call()
+
+        asyncio.run(elsewhere())
+        assert loop.run_until_complete(q.get_many(None)) == [1, 2, 3]
+        loop.run_until_complete(q.aclose())
+    finally:
+        loop.close()
+
+
+def test_a_queue_is_closed_on_another_loop_once_its_own_has_closed(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+
+    async def open_and_put() -> Queue[object]:
+        q = await Queue.create(path, durability="buffer", flush_interval=60)
+        await q.put("buffered")
+        return q
+
+    q = asyncio.run(open_and_put())
+    asyncio.run(q.aclose())  # flushes the buffer although no task of its loop waits
+    with pytest.raises(spoolq.ClosedError):
+        q.put_nowait("late")
+    with SyncQueue.create(path) as again:
+        assert again.get_nowait() == "buffered"
+
+
+async def test_an_unclosed_queue_is_collected_with_a_warning_and_closed(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    q = await Queue.create(path)
+    await q.put("kept")
+    worker = q._worker
+    with pytest.warns(ResourceWarning, match="was not closed"):
+        del q
+        gc.collect()
+    worker.join(5)
+    assert not worker._thread.is_alive()
+    with SyncQueue.create(path) as again:
+        assert again.get_nowait() == "kept"

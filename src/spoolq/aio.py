@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -81,12 +82,14 @@ class Queue(QueueViews, Generic[T]):
         def wake(ref: weakref.ref[Queue[Any]] = ref) -> None:
             queue = ref()
             if queue is not None and queue._waiters:
-                queue._loop.call_soon_threadsafe(queue._wake)
+                with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
+                    queue._loop.call_soon_threadsafe(queue._wake)
 
         core.listeners.append(wake)
 
         def settle(tickets: list[Ticket], loop: asyncio.AbstractEventLoop = self._loop) -> None:
-            loop.call_soon_threadsafe(_settle, tickets)
+            with contextlib.suppress(RuntimeError):  # its loop closed: no caller waits
+                loop.call_soon_threadsafe(_settle, tickets)
 
         core.on_settled = settle
 
@@ -175,6 +178,18 @@ class Queue(QueueViews, Generic[T]):
         if self._closed:
             raise ClosedError(f"queue {self._core.name!r} is closed")
 
+    def _enter(self) -> None:
+        """The checks of a coroutine: the queue is open and awaited on its own loop (a
+        result of the worker travels back through that loop only; awaited elsewhere, a
+        get would take its item and never receive it)."""
+        self._check()
+        if asyncio.get_running_loop() is not self._loop:
+            raise self._elsewhere()
+
+    def _elsewhere(self) -> RuntimeError:
+        return RuntimeError(f"queue {self._core.name!r} is bound to the event loop it was "
+                            "created in, not this one")
+
     # ---- putting ------------------------------------------------------------------------
 
     async def put(self, item: T) -> None:
@@ -184,7 +199,7 @@ class Queue(QueueViews, Generic[T]):
         :class:`SerializationError` (queue unchanged) when the serializer
         cannot take the item. A put cancelled while writing may still be stored.
         """
-        self._check()
+        self._enter()
         await self._put(*self._core.encode_one(item), None)
 
     async def put_many(self, items: Iterable[T], *, timeout: float | None = None) -> None:
@@ -193,7 +208,7 @@ class Queue(QueueViews, Generic[T]):
         Raises :class:`Full` if ``timeout`` seconds pass without room (a queue
         without ``maxsize`` never waits, so then the timeout is not read).
         """
-        self._check()
+        self._enter()
         records, sizes = self._core.encode(items)
         if records:
             await self._put(records, sizes, timeout)
@@ -226,7 +241,7 @@ class Queue(QueueViews, Generic[T]):
 
     async def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
-        self._check()
+        self._enter()
         tickets = await self._call(self._core.flush)
         errors = [t.error for t in tickets if t.error is not None]
         if errors:
@@ -314,7 +329,7 @@ class Queue(QueueViews, Generic[T]):
 
     async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
                     wait_for_all: bool = False) -> list[Taken]:
-        self._check()
+        self._enter()
         deadline = self._deadline(timeout)
         core = self._core
         got: list[Taken] = []
@@ -390,6 +405,8 @@ class Queue(QueueViews, Generic[T]):
         Use ``asyncio.timeout``/``wait_for`` to bound the wait: a cancelled get
         leaves the item in the queue.
         """
+        if asyncio.get_running_loop() is not self._loop:
+            raise self._elsewhere()
         core = self._core
         if self._inline and not self._shutdown and not self._closed and core.ready_hint() > 0:
             # An engine called on the loop with an item ready: take it as get_nowait does.
@@ -439,7 +456,7 @@ class Queue(QueueViews, Generic[T]):
         """Return up to ``n`` items from the head (after ``offset``) without removing them."""
         check_count("n", n, 0)
         check_count("offset", offset, 0)
-        self._check()
+        self._enter()
         return await self._call(partial(self._core.peek, n, offset, dead=dead))
 
     # ---- leases -------------------------------------------------------------------------
@@ -462,14 +479,14 @@ class Queue(QueueViews, Generic[T]):
 
     async def ack(self, *messages: Message[T]) -> None:
         """Remove leased items for good; raises :class:`LeaseError` for a lease not held."""
-        self._check()
+        self._enter()
         await self._call(self._core.ack, messages)
         self._wake()
 
     async def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
         """Return leased items to their place in line, visible again after ``delay`` seconds."""
         check_seconds("delay", delay)
-        self._check()
+        self._enter()
         await self._call(self._core.nack, messages, delay)
 
     @asynccontextmanager
@@ -490,12 +507,12 @@ class Queue(QueueViews, Generic[T]):
 
     async def requeue_dead(self, ids: Iterable[int] | None = None) -> int:
         """Move dead letters (all, or those with ``ids``) back to the tail of the queue."""
-        self._check()
+        self._enter()
         return await self._call(self._core.requeue_dead, None if ids is None else list(ids))
 
     async def purge(self, *, dead: bool = False) -> int:
         """Delete every item, ready and leased (or every dead letter); return how many."""
-        self._check()
+        self._enter()
         return await self._call(partial(self._core.purge, dead=dead))
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
@@ -508,6 +525,8 @@ class Queue(QueueViews, Generic[T]):
 
     async def join(self) -> None:
         """Wait until every item put (or present at open) has been processed."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise self._elsewhere()
         while self._core.unfinished and not self._immediate:
             await self._wait(None, lambda: not self._core.unfinished)
 
@@ -522,8 +541,14 @@ class Queue(QueueViews, Generic[T]):
         self._wake()
 
     async def aclose(self) -> None:
-        """Flush, release this handle's leases and close the file; idempotent."""
+        """Flush, release this handle's leases and close the file; idempotent.
+
+        It may be awaited on another event loop than the queue's own, once that one has
+        stopped (say, a second ``asyncio.run``)."""
         if self._closed:
+            return
+        if asyncio.get_running_loop() is not self._loop:
+            await self._close_elsewhere()
             return
         self.shutdown(immediate=True)
         self._closed = True
@@ -534,6 +559,17 @@ class Queue(QueueViews, Generic[T]):
             await self._worker.submit(self._core.close)
         finally:
             self._worker.stop()
+
+    async def _close_elsewhere(self) -> None:
+        """Close from another loop: no task of the queue's loop can be woken from here
+        and no worker result can come back through it, so the worker is stopped and
+        joined, and the file is closed on a thread of this loop."""
+        self._shutdown = self._immediate = self._closed = True
+        self._core.cancel_waits()
+        self._worker.stop()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._worker.join)
+        await loop.run_in_executor(None, self._core.close)
 
     async def __aenter__(self) -> Queue[T]:
         return self

@@ -115,4 +115,5 @@ class Worker:
         self._jobs.put(None)
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end (it ends once :meth:`stop` was called)."""
         self._thread.join(timeout)
