@@ -243,3 +243,28 @@ def test_record_of_another_custom_codec_names_it_and_the_way_to_read_it() -> Non
     with pytest.raises(spoolq.SerializationError,
                        match="custom serializer 'lower'; open the queue with that"):
         Codec("cbor", ZlibObject()).decode(record)
+
+
+class NoneSerializer:
+    """A custom serializer that returns nothing for some items."""
+
+    name = "sometimes-none"
+
+    def dumps(self, obj: Any) -> Any:
+        return None if isinstance(obj, dict) else str(obj).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return data.decode()
+
+
+def test_serializer_returning_no_bytes_names_the_item_type_and_writes_nothing(
+        tmp_path: Path) -> None:
+    with pytest.raises(spoolq.SerializationError, match="returned NoneType, not bytes, for a "
+                       "dict item"):
+        Codec(NoneSerializer()).encode({"a": 1})
+    with SyncQueue.create(str(tmp_path / "q.sqlite"), serializer=NoneSerializer()) as q:
+        with pytest.raises(spoolq.SerializationError, match="for a dict item"):
+            q.put_many(["a", {"b": 2}, "c"])
+        assert q.qsize() == 0
+        q.put("d")
+        assert q.get_many(None) == ["d"]

@@ -406,7 +406,7 @@ class Codec:
             data = self._ser.dumps(item)
         except Exception as exc:
             raise self._refused(item, exc) from exc
-        return data if type(data) is bytes else self._as_bytes(data)
+        return data if type(data) is bytes else self._as_bytes(data, item)
 
     def _refused(self, item: Any, exc: Exception) -> SerializationError:
         hint = ("; serializer='pickle' takes arbitrary Python objects"
@@ -414,10 +414,11 @@ class Codec:
         return SerializationError(f"the {self.serializer_name} serializer cannot encode "
                                   f"{type(item).__name__}: {exc}{hint}")
 
-    def _as_bytes(self, data: object) -> bytes:
+    def _as_bytes(self, data: object, item: Any) -> bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise SerializationError(
-                f"serializer {self.serializer_name} returned {type(data).__name__}, not bytes")
+                f"serializer {self.serializer_name} returned {type(data).__name__}, not bytes, "
+                f"for a {type(item).__name__} item")
         return bytes(data)
 
     def encode(self, item: Any) -> tuple[bytes, int]:
@@ -441,7 +442,7 @@ class Codec:
             except Exception as exc:
                 raise refused(item, exc) from exc
             if type(data) is not bytes:
-                data = as_bytes(data)
+                data = as_bytes(data, item)
             size = len(data)
             if size < small:
                 records.append(head + pack_crc(crc32(data, seed)) + names + data)
