@@ -7,6 +7,8 @@ import contextlib
 import os
 import select
 import signal
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -20,6 +22,7 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 import psycopg
 from psycopg import sql
 
+from spoolq.engines import Lease
 from spoolq.engines.postgres import PostgresEngine
 
 
@@ -136,3 +139,69 @@ def test_a_schema_holding_views_or_sequences_is_not_taken_over(
     with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
         PostgresEngine(pg_url, schema=pg_schema)
     assert _relations(pg_url, pg_schema) == before
+
+
+# ---- connections the server ended ---------------------------------------------------------
+
+def _terminate(url: str, pids: list[int]) -> None:
+    """End these backends, as a server restart would, and wait until they are gone."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                            (pids,)).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the backends did not end"
+            time.sleep(0.02)
+
+
+def test_calls_after_the_server_ended_every_pooled_connection_go_through(
+        pg_url: str, pg_schema: str) -> None:
+    eng = PostgresEngine(pg_url, schema=pg_schema, pool_size=3)
+    try:
+        eng.append("q", [b"a", b"b"], [1, 1], time.time())
+        with contextlib.ExitStack() as stack:
+            pids = [stack.enter_context(eng._conn("test")).info.backend_pid for _ in range(3)]
+        _terminate(pg_url, pids)
+        assert eng.counts("q").ready == 2
+        assert [r.data for r in eng.take("q", 5, time.time(), None)] == [b"a", b"b"]
+        with eng._conn("test") as conn:
+            assert conn.info.backend_pid not in pids
+    finally:
+        eng.close()
+
+
+def test_a_backend_killed_in_a_transaction_loses_and_duplicates_nothing(
+        engine: PostgresEngine, pg_url: str, pg_schema: str) -> None:
+    engine.append("q", [b"job"], [3], time.time())
+    (rec,) = engine.take("q", 1, time.time(), Lease("me", time.time() + 60))
+    errors: list[BaseException] = []
+
+    def release() -> None:
+        try:
+            engine.release("q", [(rec.id, rec.attempts)], "me", not_before=0.0,
+                           max_attempts=None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute(sql.SQL("SELECT id FROM {}.records WHERE id = %s FOR UPDATE").format(
+            sql.Identifier(pg_schema)), (rec.id,))
+        releaser = threading.Thread(target=release)
+        releaser.start()
+        deadline = time.monotonic() + 10
+        while not (blocked := blocker.execute(
+                "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                (blocker.info.backend_pid,)).fetchall()):
+            assert time.monotonic() < deadline, "the release never waited for the row"
+            time.sleep(0.02)
+        _terminate(pg_url, [row[0] for row in blocked])
+        releaser.join(10)
+        blocker.rollback()
+    assert len(errors) == 1 and isinstance(errors[0], spoolq.EngineError)
+    assert isinstance(errors[0].__cause__, psycopg.OperationalError)
+    assert engine.counts("q")[:2] == (0, 1), "the lease must still be held"
+    assert engine.release("q", [(rec.id, rec.attempts)], "me", not_before=0.0,
+                          max_attempts=None) == [rec.id]
+    (again,) = engine.take("q", 5, time.time(), None)
+    assert (again.id, again.data, again.attempts) == (rec.id, b"job", 1)
+    assert engine.counts("q") == (0, 0, 0, 0)

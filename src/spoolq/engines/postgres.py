@@ -62,6 +62,7 @@ import logging
 import math
 import os
 import random
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -149,6 +150,20 @@ def _release_pool(key: _PoolKey) -> None:
             return
         del _POOLS[key]
     shared.pool.close()
+
+
+def _ended_by_server(conn: Conn) -> bool:
+    """Whether the server closed an idle connection (a restart, a failover, a terminated
+    backend, ``idle_session_timeout``): an idle session is never sent anything else,
+    so anything to read on its socket is the server's goodbye."""
+    if conn.closed:
+        return True
+    fd = conn.fileno()
+    if hasattr(select, "poll"):  # select.select cannot watch descriptors past 1023
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _describe(conninfo: str, schema: str) -> str:
@@ -259,8 +274,18 @@ class PostgresEngine:
         if pool is None:
             raise EngineError(f"{self.where}: {what}: the engine is closed")
         self._check_process(what)
-        with self._guard(what), pool.connection(timeout=self._connect_timeout) as conn:
-            yield conn
+        with self._guard(what):
+            # After a server restart every idle connection of the pool is dead; the
+            # ones that say so before anything is sent are replaced, so that the
+            # call goes through instead of failing once per pooled connection.
+            for attempt in range(pool.max_size + 1):
+                with pool.connection(timeout=self._connect_timeout) as conn:
+                    if attempt == pool.max_size or not _ended_by_server(conn):
+                        yield conn
+                        return
+                    log.info("spoolq: %s: a pooled connection was closed by the server; "
+                             "using another", self.where)
+                    conn.close()
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[Conn]:
