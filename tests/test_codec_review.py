@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 import zstandard
 
@@ -20,6 +21,8 @@ import spoolq
 from spoolq import SyncQueue, zdict
 from spoolq import codec as codec_module
 from spoolq.codec import HEADER_SIZE, Codec, record_codec_names
+from spoolq.engines import open_engine
+from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT
 
 
 class NamedZstd:
@@ -268,3 +271,54 @@ def test_serializer_returning_no_bytes_names_the_item_type_and_writes_nothing(
         assert q.qsize() == 0
         q.put("d")
         assert q.get_many(None) == ["d"]
+
+
+def test_record_bytes_are_as_docs_file_format_describes() -> None:
+    item = {"id": 7, "text": "spool " * 50}
+    payload = cbor2.dumps(item)
+    # Built-in codecs: version, serializer id, compressor id, CRC-32 of those and the payload.
+    record, raw_size = Codec("cbor", "none").encode(item)
+    assert raw_size == len(payload)
+    assert record == bytes([1, 2, 0]) + struct.pack("<I", zlib.crc32(bytes([1, 2, 0]) + payload)
+                                                    ) + payload
+    packed = Codec("cbor", "zlib").encode(item)[0]
+    body = zlib.compress(payload)
+    assert packed == bytes([1, 2, 2]) + struct.pack("<I", zlib.crc32(bytes([1, 2, 2]) + body)
+                                                    ) + body
+    # Custom codecs: their names, serializer's first, as a length byte and UTF-8, both
+    # covered by the CRC; compressor 0 (and no compressor name) when stored plain.
+    custom = Codec(Lower(), ZlibObject(), threshold=0).encode("ITEM" * 50)[0]
+    names = b"\x05lower" + b"\x0bzlib-object"
+    body = zlib.compress(b"item" * 50)
+    head = bytes([1, 255, 255])
+    assert custom == head + struct.pack("<I", zlib.crc32(head + names + body)) + names + body
+    plain = Codec(Lower(), ZlibObject()).encode("short")[0]
+    assert plain[:3] == bytes([1, 255, 0]) and plain[HEADER_SIZE:] == b"\x05lowershort"
+    # Any record of built-in codecs decodes with a default Codec, except pickle.
+    for serializer, compressor in [("cbor", "lzma"), ("json", "bz2"), ("raw", "zlib")]:
+        value: Any = b"spool " * 50 if serializer == "raw" else item
+        assert Codec().decode(Codec(serializer, compressor).encode(value)[0]) == value
+
+
+def test_zstd_dict_records_are_as_docs_file_format_describes(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    items = [{"event": "view", "user": f"user-{i % 90}", "n": i} for i in range(SAMPLE_COUNT)]
+    with SyncQueue.create(path, compressor="zstd-dict", compress_threshold=1000) as q:
+        q.put_many(items)
+        q.put(items[5])  # 16 bytes and more are compressed once the dictionary is there
+    engine = open_engine(path, read_only=True)
+    try:
+        assert engine.get_meta("queue/default/zstd-dict") == b"1"
+        dictionary = engine.peek(DICTIONARY_QUEUE, 10)[0].data
+        record = engine.peek("default", 1, offset=len(items))[0].data
+    finally:
+        engine.close()
+    assert record[:3] == bytes([1, 2, 6])
+    assert record[HEADER_SIZE] == 1  # the dictionary's number
+    frame = record[HEADER_SIZE + 1:]
+    params = zstandard.get_frame_parameters(frame, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+    assert params.dict_id == 0 and not params.has_checksum
+    assert params.content_size == len(cbor2.dumps(items[5]))
+    unpacker = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary),
+                                          format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+    assert unpacker.decompress(frame) == cbor2.dumps(items[5])
