@@ -87,3 +87,24 @@ async def test_an_unclosed_queue_is_collected_with_a_warning_and_closed(tmp_path
     assert not worker._thread.is_alive()
     with SyncQueue.create(path) as again:
         assert again.get_nowait() == "kept"
+
+
+async def test_a_lease_makes_room_for_a_waiting_put_at_once(either_path: str) -> None:
+    # The put used to wait for its next poll (here 30 s): a lease did not wake it.
+    async with await Queue.create(either_path, maxsize=1, poll_interval=30) as q:
+        await q.put(1)
+        blocked = asyncio.create_task(q.put(2))
+        await asyncio.sleep(0.02)
+        msg = await q.lease()
+        await asyncio.wait_for(blocked, 5)
+        await q.ack(msg)
+        assert await q.get() == 2
+
+
+async def test_a_get_many_holding_a_part_batch_lets_waiting_puts_fill_it(
+        either_path: str) -> None:
+    async with await Queue.create(either_path, maxsize=2, poll_interval=30) as q:
+        await q.put_many([1, 2])
+        putting = asyncio.create_task(q.put_many([3, 4]))  # waits for room
+        assert await asyncio.wait_for(q.get_many(4, timeout=20), 5) == [1, 2, 3, 4]
+        await putting

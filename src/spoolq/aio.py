@@ -354,6 +354,8 @@ class Queue(QueueViews, Generic[T]):
                         got += core.take(want, ttl, fill=wait_for_all and n is not None)
                     else:
                         got += await self._take_on_worker(want, ttl)
+                    if len(got) > before:
+                        self._wake()  # puts waiting for room: a lease or a part batch makes room
                     if got and (not wait_for_all or n is None or len(got) >= n):
                         break
                     took_nothing = before == len(got)
@@ -368,8 +370,6 @@ class Queue(QueueViews, Generic[T]):
             raise
         finally:
             self._takers -= 1
-        if not leased:
-            self._wake()
         return got
 
     async def _wait_for_items(self, deadline: float | None, took_nothing: bool) -> bool:
