@@ -29,8 +29,8 @@ from ._shared import fsync_dir, fsync_file
 
 __all__ = ["Database", "create_generation", "current", "files_of", "finish_generation", "get",
            "is_ours", "make_queue_directory", "open_generation", "remove_generation",
-           "remove_unfinished", "repair_dumb", "set_current", "sync_generation",
-           "unfinished_name", "write_compacted"]
+           "remove_other_generations", "remove_unfinished", "repair_dumb", "set_current",
+           "sync_generation", "unfinished_name", "write_compacted"]
 
 log = logging.getLogger("spoolq")
 
@@ -101,6 +101,23 @@ def remove_generation(path: str, generation: str) -> None:
     for name in list(files_of(path, generation)):
         with suppress(FileNotFoundError):
             os.unlink(name)
+
+
+def remove_other_generations(path: str, live: str) -> None:
+    """Remove every generation but ``live``, and a ``CURRENT`` update never finished.
+
+    A process killed while compacting leaves the old generation (killed after
+    ``CURRENT`` named the new one) or half of the new one (killed before); later
+    compactions never look at either, so without this they would stay forever.
+    Only call it holding the queue's lock: nothing else then reads those files.
+    """
+    for name in os.listdir(path):
+        stale = name == CURRENT + ".tmp" or (
+            name.startswith("gen-") and name != live and not name.startswith(live + "."))
+        if stale:
+            with suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, name))
+                log.info("spoolq: %s: removed %s, left by an interrupted compaction", path, name)
 
 
 def sync_generation(path: str, generation: str) -> None:

@@ -121,6 +121,8 @@ class _DBMStore:
                 raise FormatError(f"{path}: no such spoolq dbm queue")
             meta = {"application": _APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
             generation = files.make_queue_directory(path, _State(meta=meta))
+        if not self.read_only:
+            files.remove_other_generations(path, generation)
         self._load(generation)
 
     def _load(self, generation: str) -> None:

@@ -1,0 +1,54 @@
+"""The single-process file engines (dbm, pickle) under kills, foreign files and odd paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from spoolq.engines import DBMEngine
+
+
+def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                          check=False, capture_output=True, text=True, timeout=60)
+
+
+def _generation(path: Path) -> str:
+    return (path / "CURRENT").read_text().split()[1]
+
+
+# ---- dbm ----------------------------------------------------------------------------------
+
+
+def test_dbm_generation_left_by_a_kill_during_compaction_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "q.dbm"
+    # Killed right after CURRENT names the new generation, before the old one is removed.
+    out = _run("""
+        import os, sys
+        import spoolq.engines.dbm as engine
+        eng = engine.DBMEngine(sys.argv[1])
+        eng.append("keep", [b"kept"], [4], 1.0)
+        switch = engine.files.set_current
+        def switch_then_die(*args):
+            switch(*args)
+            os._exit(9)
+        engine.files.set_current = switch_then_die
+        for _ in range(10):
+            eng.append("churn", [b"x"] * 300, [1] * 300, 1.0)
+            eng.take("churn", 300, 1.0, None)
+    """, str(path))
+    assert out.returncode == 9, out.stderr
+    assert any(name.startswith("gen-000001") for name in os.listdir(path))
+    # and a half-written generation from a compaction killed before it was named
+    (path / "gen-000007.dat").write_bytes(b"half")
+    (path / "CURRENT.tmp").write_text("spoolq-dbm gen-000007\n")
+    eng = DBMEngine(path)
+    try:
+        assert [r.data for r in eng.peek("keep", 5)] == [b"kept"]
+    finally:
+        eng.close()
+    live = _generation(path)
+    assert all(name == "CURRENT" or name.startswith(live + ".") for name in os.listdir(path))
