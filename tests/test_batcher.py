@@ -304,3 +304,19 @@ async def test_items_added_after_a_failure_come_after_the_failed_batch(path: str
                 break
             await asyncio.sleep(0.01)
         assert sink.batches == [[1, 2, 3], [4, 5, 6]]
+
+
+async def test_concurrent_starts_open_one_queue_and_one_flusher(tmp_path: Path) -> None:
+    sink = Sink()
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), name="twice", flush_interval=60)
+    await asyncio.gather(b.start(), b.start())
+    try:
+        flushers = [t for t in asyncio.all_tasks() if t.get_name() == "spoolq-batcher-twice"]
+        assert len(flushers) == 1
+        queue = b.queue
+        await b.add(1)
+    finally:
+        await b.stop()
+    assert sink.batches == [[1]] and all(t.done() for t in flushers)
+    with pytest.raises(spoolq.ClosedError):
+        await queue.put(2)

@@ -119,15 +119,17 @@ class Batcher(Generic[T]):
 
         Items left by an earlier run are flushed right away.
         """
-        if self._task is not None:
-            return
-        if self._queue is None:
-            self._queue = await Queue.create(self._path, name=self.name)
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name=f"spoolq-batcher-{self.name}")
-        if self._queue.qsize():
-            self._force_next = True
-            self._wake.set()
+        # Under the flush lock, so that two concurrent starts open one queue and one flusher.
+        async with self._lock:
+            if self._task is not None:
+                return
+            if self._queue is None:
+                self._queue = await Queue.create(self._path, name=self.name)
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name=f"spoolq-batcher-{self.name}")
+            if self._queue.qsize():
+                self._force_next = True
+                self._wake.set()
 
     async def stop(self) -> None:
         """Stop the flusher, flush what is waiting (one attempt, even while a retry delay
