@@ -16,6 +16,8 @@ from typing import Any
 import cbor2
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import spoolq
 from spoolq import SyncQueue, zdict
@@ -322,3 +324,41 @@ def test_zstd_dict_records_are_as_docs_file_format_describes(tmp_path: Path) -> 
     unpacker = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary),
                                           format=zstandard.FORMAT_ZSTD1_MAGICLESS)
     assert unpacker.decompress(frame) == cbor2.dumps(items[5])
+
+
+CODECS = [("cbor", "zstd"), ("cbor", "zlib"), ("json", "lzma"), ("pickle", "bz2"),
+          ("cbor", "none"), ("cbor", "zstd-dict")]
+JSONABLE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=300),
+    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=8),
+    max_leaves=40)
+
+
+@settings(max_examples=80, deadline=None)
+@given(item=JSONABLE, which=st.sampled_from(CODECS), threshold=st.integers(0, 300))
+def test_every_item_round_trips_through_encode_and_encode_many(
+        item: Any, which: tuple[str, str], threshold: int) -> None:
+    codec = Codec(*which, threshold=threshold)
+    record, size = codec.encode(item)
+    assert codec.decode(record) == item
+    assert codec.encode_many([item, item]) == ([record, record], [size, size])
+    assert codec.decode_all([record, record]) in ([item, item], None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(item=JSONABLE, which=st.sampled_from(CODECS), data=st.data())
+def test_a_damaged_record_never_decodes_and_never_raises_anything_else(
+        item: Any, which: tuple[str, str], data: st.DataObject) -> None:
+    codec = Codec(*which, threshold=0)
+    record = bytearray(codec.encode(item)[0])
+    if data.draw(st.booleans(), label="truncate"):
+        damaged = bytes(record[:data.draw(st.integers(0, len(record) - 1), label="length")])
+    else:
+        for pos in data.draw(st.sets(st.integers(0, len(record) - 1), min_size=1, max_size=3),
+                             label="positions"):
+            record[pos] ^= data.draw(st.integers(1, 255), label="flip")
+        damaged = bytes(record)
+    with pytest.raises((spoolq.CorruptError, spoolq.SerializationError)):
+        codec.decode(damaged, 1)
+    assert codec.decode_all([damaged]) is None
