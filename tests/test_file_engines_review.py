@@ -8,6 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+import spoolq
+from spoolq import open_engine
 from spoolq.engines import DBMEngine
 
 
@@ -52,3 +56,19 @@ def test_dbm_generation_left_by_a_kill_during_compaction_is_removed(tmp_path: Pa
         eng.close()
     live = _generation(path)
     assert all(name == "CURRENT" or name.startswith(live + ".") for name in os.listdir(path))
+
+
+def test_dbm_path_of_another_programs_dbm_database_is_refused(tmp_path: Path) -> None:
+    import dbm.dumb
+
+    path = tmp_path / "cache.dbm"
+    with dbm.dumb.open(str(path), "c") as db:  # makes cache.dbm.dat and cache.dbm.dir
+        db[b"user"] = b"their data"
+    before = sorted(os.listdir(tmp_path))
+    for read_only in (False, True):
+        with pytest.raises(spoolq.FormatError, match="another program"):
+            open_engine(path, read_only=read_only)
+    assert not path.exists()
+    with dbm.dumb.open(str(path), "r") as db:
+        assert db[b"user"] == b"their data"
+    assert sorted(os.listdir(tmp_path)) in (before, sorted([*before, "cache.dbm.lock"]))

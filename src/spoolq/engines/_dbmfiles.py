@@ -27,10 +27,10 @@ from ..errors import CorruptError, EngineError, FormatError
 from ._dbmstate import State, encode_state, main_key
 from ._shared import fsync_dir, fsync_file
 
-__all__ = ["Database", "create_generation", "current", "files_of", "finish_generation", "get",
-           "is_ours", "make_queue_directory", "open_generation", "remove_generation",
-           "remove_other_generations", "remove_unfinished", "repair_dumb", "set_current",
-           "sync_generation", "unfinished_name", "write_compacted"]
+__all__ = ["Database", "create_generation", "current", "files_of", "finish_generation",
+           "foreign_database", "get", "is_ours", "make_queue_directory", "open_generation",
+           "remove_generation", "remove_other_generations", "remove_unfinished", "repair_dumb",
+           "set_current", "sync_generation", "unfinished_name", "write_compacted"]
 
 log = logging.getLogger("spoolq")
 
@@ -90,6 +90,12 @@ def remove_unfinished(path: str) -> None:
     """Remove what a process killed while making the queue at ``path`` left beside it."""
     for leftover in glob.glob(glob.escape(path) + ".new-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def foreign_database(path: str) -> str | None:
+    """The backend of a dbm database that another program made under the name ``path``
+    (``dbm.open(path)`` adds suffixes such as ``.dat``/``.dir`` or ``.db``), or None."""
+    return dbm.whichdb(path) or None
 
 
 def is_ours(name: str) -> bool:

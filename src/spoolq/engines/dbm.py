@@ -109,6 +109,10 @@ class _DBMStore:
         path = self.path
         if os.path.exists(path) and not os.path.isdir(path):
             raise FormatError(f"{path} is not a spoolq dbm queue (a dbm queue is a directory)")
+        foreign = None if os.path.exists(path) else files.foreign_database(path)
+        if foreign:
+            raise FormatError(f"{path} names a {foreign} database of another program, not a "
+                              "spoolq dbm queue (a dbm queue is a directory)")
         if not self.read_only:
             files.remove_unfinished(path)
         generation = files.current(path) if os.path.isdir(path) else None
