@@ -14,7 +14,7 @@ from spoolq import SyncQueue
 from spoolq.cli import cli
 from spoolq.codec import Codec, record_codec_names
 from spoolq.engines import open_engine
-from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, load_dictionaries
+from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, load_dictionaries, train_dictionary
 
 
 def _events(n: int, seed: int = 7) -> list[dict[str, object]]:
@@ -125,3 +125,24 @@ def test_a_dictionary_number_registered_again_decodes_with_the_new_dictionary() 
     assert reader.decode(first.encode(item)[0]) == item
     reader.add_dictionary(1, second_dict)  # number 1 names another dictionary now
     assert reader.decode(second.encode(item)[0]) == item
+
+
+def test_a_file_full_of_dictionaries_gets_no_more_and_the_queue_stops_sampling(
+        tmp_path: Path) -> None:
+    engine = open_engine(str(tmp_path / "full.sqlite"))
+    try:
+        _, dictionary = _trained_codec(1)
+        engine.append(DICTIONARY_QUEUE, [dictionary] * 255, [len(dictionary)] * 255, 0.0)
+        codec = Codec("cbor", "zstd-dict")
+        for item in _events(SAMPLE_COUNT):
+            codec.encode(item)
+        assert codec.training_due
+        train_dictionary(engine, "default", codec)
+        assert len(engine.peek(DICTIONARY_QUEUE, 300)) == 255
+        assert engine.get_meta("queue/default/zstd-dict") is None
+        for item in _events(SAMPLE_COUNT):  # records keep their plain zstd compression
+            record = codec.encode(item)[0]
+            assert codec.decode(record) == item
+        assert not codec.training_due
+    finally:
+        engine.close()

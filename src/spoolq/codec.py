@@ -393,6 +393,13 @@ class Codec:
             self._sampling = False
         return trained
 
+    def stop_sampling(self) -> None:
+        """Stop sampling payloads for a dictionary (when the file can hold no more);
+        records keep the compression they have now."""
+        self._sampling = False
+        if self._zdict is not None:
+            self._zdict.drop_samples()
+
     @staticmethod
     def _name_bytes(ident: int, name: str) -> bytes:
         if ident != CUSTOM_ID:

@@ -133,10 +133,15 @@ class ZstdDictCompressor:
         return self.active_id is None and (count >= SAMPLE_COUNT or (
             count >= SAMPLE_MIN_COUNT and self._sample_bytes >= SAMPLE_BYTES))
 
-    def train(self) -> bytes | None:
-        """Train a dictionary from the samples; None when they are too few or too alike."""
+    def drop_samples(self) -> list[bytes | bytearray | memoryview]:
+        """Forget the samples kept so far, and return them."""
         with self._lock:
             samples, self._samples, self._sample_bytes = self._samples, [], 0
+        return samples
+
+    def train(self) -> bytes | None:
+        """Train a dictionary from the samples; None when they are too few or too alike."""
+        samples = self.drop_samples()
         try:
             trained = zstandard.train_dictionary(DICT_SIZE, samples, level=self._level)
         except zstandard.ZstdError:
@@ -199,7 +204,13 @@ def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
 
 
 def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
-    """Train queue ``name``'s dictionary from ``codec``'s samples and store it in the file."""
+    """Train queue ``name``'s dictionary from ``codec``'s samples and store it in the file.
+
+    A file holds at most 255 dictionaries (a record names one in a byte); once it is
+    full, the codec stops sampling and keeps compressing without a dictionary."""
+    if engine.peek(DICTIONARY_QUEUE, 1, offset=254):
+        _file_full(name, codec)
+        return
     trained = codec.train()
     if trained is None:
         log.info("spoolq: queue %r: records too few or too alike for a zstd dictionary", name)
@@ -207,10 +218,16 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     (ident,) = engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
     held = [rec.id for rec in engine.peek(DICTIONARY_QUEUE, 256)]
     number = held.index(ident) + 1 if ident in held else 256
-    if number > 255:
-        log.warning("spoolq: queue %r: the file holds 255 zstd dictionaries already", name)
+    if number > 255:  # another process filled the file meanwhile
+        _file_full(name, codec)
         return
     engine.set_meta(f"queue/{name}/zstd-dict", str(number).encode())
     codec.add_dictionary(number, trained, activate=True)
     log.info("spoolq: queue %r: trained zstd dictionary %d (%d bytes)", name, number,
              len(trained))
+
+
+def _file_full(name: str, codec: Codec) -> None:
+    codec.stop_sampling()
+    log.warning("spoolq: queue %r: the file holds 255 zstd dictionaries already; the queue "
+                "compresses without one", name)
