@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 import spoolq
-from spoolq import open_engine
+from spoolq import SyncQueue, open_engine
 from spoolq.engines import DBMEngine
+
+from .conftest import queue_path
 
 
 def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,3 +74,44 @@ def test_dbm_path_of_another_programs_dbm_database_is_refused(tmp_path: Path) ->
     with dbm.dumb.open(str(path), "r") as db:
         assert db[b"user"] == b"their data"
     assert sorted(os.listdir(tmp_path)) in (before, sorted([*before, "cache.dbm.lock"]))
+
+
+# ---- both ---------------------------------------------------------------------------------
+
+SINGLE_PROCESS = ["dbm", "pickle"]
+
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_a_second_process_opening_through_a_symlink_is_refused(tmp_path: Path,
+                                                               engine: str) -> None:
+    real = queue_path(tmp_path, engine)
+    link = str(tmp_path / f"link.{engine}")
+    eng = open_engine(real)
+    try:
+        eng.append("q", [b"mine"], [4], 1.0)
+        os.symlink(real, link)
+        out = _run("""
+            import sys, spoolq
+            try:
+                spoolq.open_engine(sys.argv[1]).close()
+            except spoolq.LockTimeout:
+                print("refused")
+        """, link)
+        assert out.stdout.strip() == "refused", out.stderr
+    finally:
+        eng.close()
+
+
+def test_pickle_written_through_a_symlink_stays_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real.pickle"
+    link = tmp_path / "link.pickle"
+    with SyncQueue.create(real) as q:
+        q.put("first")
+    link.symlink_to(real)
+    with SyncQueue.create(link) as q:
+        q.put("second")
+    assert link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.pickle", "real.pickle",
+                                                           "real.pickle.lock"]
+    with SyncQueue.create(real) as q:
+        assert q.get_many(None) == ["first", "second"]

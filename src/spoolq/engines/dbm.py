@@ -40,8 +40,9 @@ record is reported with :class:`~spoolq.CorruptError`, and ``recover=True``
 opens the queue at the last intact state. Crash safety is tested with ``dbm.dumb``;
 with ``dbm.gnu`` or ``dbm.ndbm`` it is what that library gives per store.
 
-One process at a time: opening takes ``<path>.lock``; a second process gets
-:class:`~spoolq.LockTimeout` at once. Handles in one process share the open
+One process at a time: opening takes ``<path>.lock`` (of the directory a
+symbolic link points to); a second process gets :class:`~spoolq.LockTimeout` at
+once. Handles in one process share the open
 database. ``read_only=True`` takes no lock, sees the file as it was when
 opened, and never writes.
 """
@@ -94,7 +95,8 @@ class _DBMStore:
         self._go_back = recover
         self._db: files.Database | None = None
         self._stale = False
-        self._lock = None if read_only else lock_exclusively(path, self.name)
+        # The lock of the directory a symbolic link points to, which every name of it takes.
+        self._lock = None if read_only else lock_exclusively(os.path.realpath(path), self.name)
         try:
             self._open()
         except BaseException as exc:

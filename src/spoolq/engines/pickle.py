@@ -30,6 +30,8 @@ leave the old or the new file, and a file left damaged is reported with
 
 One process at a time: opening takes ``<path>.lock`` (an exclusive
 ``filelock``), and a second process gets :class:`~spoolq.LockTimeout` at once.
+A ``path`` that is a symbolic link stands for the file it points to: the lock
+and the file written are the target's, so the link stays a link.
 Handles in one process share one copy of the queue. ``read_only=True`` takes
 no lock, loads the file as it is at that moment and never writes.
 """
@@ -100,10 +102,14 @@ class _PickleStore:
         self.path = path
         self.read_only = read_only
         self._fsync = fsync
-        self._directory = os.path.dirname(os.path.abspath(path))
-        self._lock = None if read_only else lock_exclusively(path, self.name)
+        # Reached through a symbolic link, the file is the link's target: the lock must be the
+        # one every other name of the file takes, and the replace must not turn the link into
+        # a file of its own.
+        self._file = os.path.realpath(path)
+        self._directory = os.path.dirname(self._file)
+        self._lock = None if read_only else lock_exclusively(self._file, self.name)
         try:
-            if os.path.exists(path) or read_only:
+            if os.path.exists(self._file) or read_only:
                 self._mem = self._read()
             else:
                 self._mem = MemoryEngine.load(1, {"application": _APPLICATION,
@@ -122,7 +128,7 @@ class _PickleStore:
 
     def _read(self) -> MemoryEngine:
         try:
-            with open(self.path, "rb") as f:
+            with open(self._file, "rb") as f:
                 blob = f.read()
         except FileNotFoundError as exc:
             raise FormatError(f"{self.path}: no such file") from exc
@@ -180,7 +186,7 @@ class _PickleStore:
         next_id, meta, queues = self._mem.export()
         blob = pickle.dumps({"meta": meta, "next_id": next_id, "queues": queues},
                             protocol=_PROTOCOL)
-        tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
+        tmp = f"{self._file}.{uuid.uuid4().hex[:12]}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with os.fdopen(fd, "wb") as f:
@@ -188,7 +194,7 @@ class _PickleStore:
                 if self._fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, self._file)
         except BaseException:
             with suppress(OSError):
                 os.unlink(tmp)
@@ -198,7 +204,7 @@ class _PickleStore:
 
     def _remove_stale_temporaries(self) -> None:
         # Left by a process killed while saving; safe to remove while we hold the lock.
-        for leftover in glob.glob(glob.escape(self.path) + ".*.tmp"):
+        for leftover in glob.glob(glob.escape(self._file) + ".*.tmp"):
             with suppress(OSError):
                 os.unlink(leftover)
                 log.info("spoolq: removed %s, left by an interrupted save", leftover)
