@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zstandard
 from click.testing import CliRunner
 
 import spoolq
@@ -14,7 +16,13 @@ from spoolq import SyncQueue
 from spoolq.cli import cli
 from spoolq.codec import Codec, record_codec_names
 from spoolq.engines import open_engine
-from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, load_dictionaries, train_dictionary
+from spoolq.zdict import (
+    DICTIONARY_QUEUE,
+    SAMPLE_COUNT,
+    ZstdDictCompressor,
+    load_dictionaries,
+    train_dictionary,
+)
 
 
 def _events(n: int, seed: int = 7) -> list[dict[str, object]]:
@@ -146,3 +154,20 @@ def test_a_file_full_of_dictionaries_gets_no_more_and_the_queue_stops_sampling(
         assert not codec.training_due
     finally:
         engine.close()
+
+
+def test_a_dictionary_activated_while_a_thread_sets_up_its_compressor_is_used(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, dictionary = _trained_codec(1)
+    compressor = ZstdDictCompressor()
+    real = zstandard.ZstdCompressor
+
+    def activating(*args: Any, **kwargs: Any) -> zstandard.ZstdCompressor:
+        # Another thread activates the dictionary while this one builds its compressor.
+        monkeypatch.setattr(zstandard, "ZstdCompressor", real)
+        compressor.activate(1, dictionary)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zstandard, "ZstdCompressor", activating)
+    assert compressor.compress(b"first record " * 10)[0] == 0  # built before: no dictionary
+    assert compressor.compress(b"second record " * 10)[0] == 1

@@ -152,14 +152,17 @@ class ZstdDictCompressor:
 
     def _compressor(self) -> tuple[bytes, zstandard.ZstdCompressor]:
         cached = getattr(self._local, "compressor", None)
-        if cached is None or cached[0] != self._generation:
+        # Read before the dictionary it selects: a dictionary activated meanwhile then
+        # shows as a newer generation on the next call, not as this one.
+        generation = self._generation
+        if cached is None or cached[0] != generation:
             number = self.active_id or 0
             params = zstandard.ZstdCompressionParameters.from_level(
                 self._level, format=_FORMAT, write_dict_id=False, write_checksum=False,
                 write_content_size=True)
             comp = zstandard.ZstdCompressor(dict_data=self._dicts.get(number),
                                             compression_params=params)
-            cached = self._local.compressor = (self._generation, bytes([number]), comp)
+            cached = self._local.compressor = (generation, bytes([number]), comp)
         return cached[1], cached[2]
 
     def compress(self, data: bytes) -> bytes:
