@@ -320,3 +320,45 @@ async def test_concurrent_starts_open_one_queue_and_one_flusher(tmp_path: Path) 
     assert sink.batches == [[1]] and all(t.done() for t in flushers)
     with pytest.raises(spoolq.ClosedError):
         await queue.put(2)
+
+
+async def test_a_sink_raising_cancelled_error_is_a_failed_flush(path: str) -> None:
+    calls: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        calls.append(batch)
+        if len(calls) == 1:  # e.g. a client whose own request future was cancelled
+            raise asyncio.CancelledError
+
+    async with Batcher(sink, queue=path, max_batch_size=2, flush_interval=60,
+                       retry_delay=0.01) as b:
+        await b.add_many([1, 2])
+        for _ in range(100):
+            if len(calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert calls == [[1, 2], [1, 2]]
+        assert b.stats["failures"] == 1 and b.stats["running"]
+
+
+async def test_cancelling_a_flush_cancels_the_sink_and_keeps_the_batch(path: str) -> None:
+    started, sink_cancelled = asyncio.Event(), asyncio.Event()
+
+    async def sink(batch: list[object]) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            sink_cancelled.set()
+            raise
+
+    async with Batcher(sink, queue=path, flush_interval=60) as b:
+        await b.add_many([1, 2])
+        flushing = asyncio.create_task(b.flush())
+        await started.wait()
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        await asyncio.wait_for(sink_cancelled.wait(), 1)
+        assert await b.queue.peek(5) == [1, 2] and b.stats["queued"] == 2
+        await b.queue.purge()

@@ -244,14 +244,29 @@ class Batcher(Generic[T]):
         return True
 
     async def _send(self, batch: list[T]) -> None:
-        """Call ``on_flush``; an async one is cancelled when the batch's lease runs out."""
+        """Call ``on_flush``; an async one is cancelled when the batch's lease runs out.
+
+        An async sink runs as a task of its own, so that a CancelledError it raises by
+        itself (a cancelled request inside it) counts as a failed flush instead of
+        ending the flusher, while cancelling the caller still cancels the sink.
+        """
         result = self._on_flush(batch)
-        if inspect.isawaitable(result):
-            try:
-                await asyncio.wait_for(result, self._lease_ttl)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"on_flush took longer than lease_ttl ({self._lease_ttl}s) "
-                                   "and was cancelled") from None
+        if not inspect.isawaitable(result):
+            return
+        sending = asyncio.ensure_future(result)
+        try:
+            await asyncio.wait((sending,), timeout=self._lease_ttl)
+        except asyncio.CancelledError:
+            sending.cancel()
+            raise
+        if not sending.done():
+            sending.cancel()
+            await asyncio.wait((sending,))
+            raise TimeoutError(f"on_flush took longer than lease_ttl ({self._lease_ttl}s) "
+                               "and was cancelled")
+        if sending.cancelled():
+            raise RuntimeError("on_flush raised CancelledError")
+        sending.result()
 
     async def _run(self) -> None:
         while not self._stopping:
