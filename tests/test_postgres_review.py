@@ -22,7 +22,7 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 import psycopg
 from psycopg import sql
 
-from spoolq.engines import Lease
+from spoolq.engines import Lease, StoredRecord
 from spoolq.engines.postgres import PostgresEngine
 
 
@@ -205,3 +205,80 @@ def test_a_backend_killed_in_a_transaction_loses_and_duplicates_nothing(
     (again,) = engine.take("q", 5, time.time(), None)
     assert (again.id, again.data, again.attempts) == (rec.id, b"job", 1)
     assert engine.counts("q") == (0, 0, 0, 0)
+
+
+# ---- lock order -------------------------------------------------------------------------
+
+def _wait_for_lock_waits(url: str, schema: str, count: int) -> None:
+    """Wait until ``count`` statements on ``schema`` wait for a lock."""
+    deadline = time.monotonic() + 10
+    with psycopg.connect(url, autocommit=True) as conn:
+        while conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND position(%s in query) > 0", (schema,)).fetchone() != (count,):
+            assert time.monotonic() < deadline, f"{count} statements never waited"
+            time.sleep(0.02)
+
+
+def _leased_out_of_place(engine: PostgresEngine, url: str,
+                         schema: str) -> tuple[StoredRecord, StoredRecord]:
+    """Two records leased by "me" whose row versions lie in the table in the reverse of
+    their id order: a statement that reads the table in its own order meets them so."""
+    now = time.time()
+    engine.append("q", [b"a", b"b"], [1, 1], now)
+    first, second = engine.take("q", 2, now, Lease("me", now + 60))
+    engine.release("q", [(first.id, first.attempts)], "me", not_before=0.0, max_attempts=None)
+    (first,) = engine.take("q", 1, now, Lease("me", now + 60))
+    with psycopg.connect(url) as conn:
+        in_place = [row[0] for row in conn.execute(sql.SQL(
+            "SELECT id FROM {}.records ORDER BY ctid").format(sql.Identifier(schema)))]
+    assert in_place == [second.id, first.id]
+    return first, second
+
+
+@pytest.mark.parametrize("settle", ["ack", "release"])
+@pytest.mark.parametrize("purge_first", [True, False])
+def test_a_purge_never_deadlocks_with_a_consumer_settling_the_same_records(
+        pg_url: str, pg_schema: str, settle: str, purge_first: bool) -> None:
+    consumer = PostgresEngine(pg_url, schema=pg_schema)
+    admin = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        first, second = _leased_out_of_place(consumer, pg_url, pg_schema)
+        held = [(first.id, first.attempts), (second.id, second.attempts)]
+        errors: list[BaseException] = []
+
+        def run(call: Callable[[], object]) -> threading.Thread:
+            def target() -> None:
+                try:
+                    call()
+                except BaseException as exc:
+                    errors.append(exc)
+            thread = threading.Thread(target=target)
+            thread.start()
+            return thread
+
+        def purge() -> None:
+            admin.purge("q")
+
+        def settle_them() -> None:
+            if settle == "ack":
+                consumer.ack("q", held, "me")
+            else:
+                consumer.release("q", held, "me", not_before=0.0, max_attempts=None)
+
+        with psycopg.connect(pg_url) as blocker:
+            # Holding the first record makes both calls queue up behind it.
+            blocker.execute(sql.SQL("SELECT id FROM {}.records WHERE id = %s FOR UPDATE")
+                            .format(sql.Identifier(pg_schema)), (first.id,))
+            threads = []
+            for call in ([purge, settle_them] if purge_first else [settle_them, purge]):
+                threads.append(run(call))
+                _wait_for_lock_waits(pg_url, pg_schema, len(threads))
+            blocker.rollback()
+            for thread in threads:
+                thread.join(10)
+        assert errors == []
+        assert consumer.counts("q") == (0, 0, 0, 0)
+    finally:
+        consumer.close()
+        admin.close()

@@ -132,13 +132,16 @@ _HELD = """FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS d(id, atte
     WHERE r.queue = %(queue)s AND r.id = d.id AND r.attempts = d.attempts
       AND r.owner = %(owner)s"""
 
-_ACK = f"""WITH gone AS (DELETE FROM {{s}}.records r USING {_HELD.removeprefix("FROM ")}
+_LOCK_HELD = f"SELECT r.id FROM {{s}}.records r, {_HELD.removeprefix('FROM ')} ORDER BY r.id " \
+    "FOR UPDATE OF r"
+
+# Every statement that waits for row locks takes them in id order: two that
+# took them in different orders (an ack and a purge, say) could deadlock.
+_ACK = f"""WITH gone AS (DELETE FROM {{s}}.records r
+        WHERE r.queue = %(queue)s AND r.id = ANY(ARRAY({_LOCK_HELD}))
         RETURNING r.id, length(r.data) AS stored, r.raw_size),
     {_counted("0", "-count(*)", "-sum(stored)", "-sum(raw_size)", "gone")}
     SELECT id FROM gone ORDER BY id"""
-
-_LOCK_HELD = f"SELECT r.id FROM {{s}}.records r, {_HELD.removeprefix('FROM ')} ORDER BY r.id " \
-    "FOR UPDATE OF r"
 
 _EXPIRED = "visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)"
 
@@ -195,7 +198,8 @@ _MOVE = """WITH gone AS (
     SELECT count(*), coalesce(sum(length(data)), 0)::bigint, coalesce(sum(raw_size), 0)::bigint
     FROM gone"""
 
-_PURGE = """WITH gone AS (DELETE FROM {s}.records WHERE queue = %(queue)s
+_PURGE = """WITH gone AS (DELETE FROM {s}.records WHERE queue = %(queue)s AND id IN (
+            SELECT id FROM {s}.records WHERE queue = %(queue)s ORDER BY id FOR UPDATE)
         RETURNING leased, length(data) AS stored, raw_size)
     SELECT count(*) FILTER (WHERE NOT leased), count(*) FILTER (WHERE leased),
         coalesce(sum(stored), 0)::bigint, coalesce(sum(raw_size), 0)::bigint FROM gone"""
