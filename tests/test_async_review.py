@@ -108,3 +108,18 @@ async def test_a_get_many_holding_a_part_batch_lets_waiting_puts_fill_it(
         putting = asyncio.create_task(q.put_many([3, 4]))  # waits for room
         assert await asyncio.wait_for(q.get_many(4, timeout=20), 5) == [1, 2, 3, 4]
         await putting
+
+
+@pytest.mark.parametrize("nowait", [False, True])
+async def test_a_buffered_put_wakes_a_waiting_get_at_once(either_path: str,
+                                                          nowait: bool) -> None:
+    # The get used to wait for its next poll or the buffer's flush (here 30 s each).
+    async with await Queue.create(either_path, durability="buffer", poll_interval=30,
+                                  flush_interval=30) as q:
+        getting = asyncio.create_task(q.get())
+        await asyncio.sleep(0.02)
+        if nowait:
+            q.put_nowait("x")
+        else:
+            await q.put("x")
+        assert await asyncio.wait_for(getting, 5) == "x"

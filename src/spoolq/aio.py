@@ -217,11 +217,14 @@ class Queue(QueueViews, Generic[T]):
         await self._wait_for_room(len(records), timeout)
         if self._inline:
             self._core.put_now(records, sizes)
+            if self._core.buffered:
+                self._wake_for_buffered()
             return
         fut: asyncio.Future[None] = self._loop.create_future()
         pending = self._core.submit(records, sizes, Ticket(fut))
         if not self._core.flush_due(pending):
             fut.set_result(None)
+            self._wake_for_buffered()
         elif self._core.schedules_flush(pending, len(records)):
             self._worker.post(self._core.flush)
         await fut
@@ -230,7 +233,7 @@ class Queue(QueueViews, Generic[T]):
         """Put ``item`` without waiting for room; raise :class:`Full` if there is none.
 
         It writes on the calling thread (one short engine transaction), so the
-        item is durable when it returns.
+        item is durable at the queue's durability level when it returns.
         """
         self._check()
         if self._shutdown:
@@ -238,6 +241,14 @@ class Queue(QueueViews, Generic[T]):
         if self.full():
             raise Full(f"the queue holds {self.qsize()} of {self.maxsize} items")
         self._core.put_now(*self._core.encode_one(item))
+        if self._core.buffered:
+            self._wake_for_buffered()
+
+    def _wake_for_buffered(self) -> None:
+        """Wake waiting gets for a put held in the buffer: the core wakes them when it
+        writes, which for a buffered put may be ``flush_interval`` seconds away."""
+        if self._waiters:
+            self._wake()
 
     async def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
