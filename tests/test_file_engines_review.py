@@ -115,3 +115,30 @@ def test_pickle_written_through_a_symlink_stays_a_symlink(tmp_path: Path) -> Non
                                                            "real.pickle.lock"]
     with SyncQueue.create(real) as q:
         assert q.get_many(None) == ["first", "second"]
+
+
+def test_dbm_read_only_handle_reads_on_after_its_writer_compacted(tmp_path: Path) -> None:
+    path = tmp_path / "q.dbm"
+    eng = DBMEngine(path)
+    eng.append("q", [b"a", b"b"], [1, 1], 1.0)
+    eng.close()
+    reader = open_engine(path, read_only=True)
+    try:
+        assert [r.data for r in reader.peek("q", 5)] == [b"a", b"b"]
+        out = _run("""
+            import sys
+            from spoolq.engines import DBMEngine
+            eng = DBMEngine(sys.argv[1])
+            eng.take("q", 1, 1.0, None)
+            for _ in range(5):
+                eng.append("churn", [b"x"] * 300, [1] * 300, 1.0)
+                eng.take("churn", 300, 1.0, None)
+            eng.close()
+        """, str(path))
+        assert out.returncode == 0, out.stderr
+        assert _generation(path) != "gen-000001"
+        assert [r.data for r in reader.peek("q", 5)] == [b"b"]
+        assert reader.peek_leased("q", 5) == []
+        assert reader.counts("q").ready == 1
+    finally:
+        reader.close()

@@ -42,9 +42,10 @@ with ``dbm.gnu`` or ``dbm.ndbm`` it is what that library gives per store.
 
 One process at a time: opening takes ``<path>.lock`` (of the directory a
 symbolic link points to); a second process gets :class:`~spoolq.LockTimeout` at
-once. Handles in one process share the open
-database. ``read_only=True`` takes no lock, sees the file as it was when
-opened, and never writes.
+once. Handles in one process share the open database. ``read_only=True``
+takes no lock and never writes; it sees the queue as it was when opened until
+the writer compacts the files, and its next ``peek`` then loads the queue as it
+is at that moment (the files it had loaded are gone).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from typing import TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _dbmfiles as files
@@ -79,6 +81,7 @@ __all__ = ["DBMEngine"]
 
 log = logging.getLogger("spoolq")
 
+T = TypeVar("T")
 _APPLICATION = b"spoolq"
 _COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
 
@@ -435,19 +438,47 @@ class _DBMStore:
                               f"{why} after {a.attempts} attempts")
             return len(due)
 
+    def _reading(self, what: str, read: Callable[[], list[T]]) -> list[T]:
+        """Run ``read`` over the loaded state, translating OSError into EngineError.
+
+        A read-only handle loaded a generation its writer removes once it compacts:
+        when it is gone, the handle loads the one ``CURRENT`` names and reads again.
+        """
+        try:
+            return read()
+        except FileNotFoundError as exc:
+            if not self.read_only or files.current(self.path) in (None, self._gen):
+                raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
+        except OSError as exc:
+            raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
+        log.info("spoolq: %s: rewritten by its writer since this read-only handle opened it; "
+                 "reloading", self.path)
+        self._recover(what)
+        try:
+            return read()
+        except OSError as exc:
+            raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
+
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        q = self._state.queues.get(queue)
-        if q is None or n <= 0:
-            return []
-        return [self._read(key, a) for key, a in ready_window(q, n, offset)]
+        def read() -> list[StoredRecord]:
+            q = self._state.queues.get(queue)
+            if q is None or n <= 0:
+                return []
+            return [self._read(key, a) for key, a in ready_window(q, n, offset)]
+
+        return self._reading("peek", read)
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
         check_window(n, offset)
-        q = self._state.queues.get(queue)
-        if q is None or not q.leased:
-            return []
-        return [LeasedRecord(self._read(a.key, a), owner, a.visible_at)
-                for owner, a in leased_window(q, n, offset)]
+
+        def read() -> list[LeasedRecord]:
+            q = self._state.queues.get(queue)
+            if q is None or not q.leased:
+                return []
+            return [LeasedRecord(self._read(a.key, a), owner, a.visible_at)
+                    for owner, a in leased_window(q, n, offset)]
+
+        return self._reading("peek_leased", read)
 
     def counts(self, queue: str) -> Counts:
         q = self._state.queues.get(queue)
