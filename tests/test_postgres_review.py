@@ -282,3 +282,22 @@ def test_a_purge_never_deadlocks_with_a_consumer_settling_the_same_records(
     finally:
         consumer.close()
         admin.close()
+
+
+# ---- closing ----------------------------------------------------------------------------
+
+def test_close_ends_a_wait_in_another_thread_at_once(pg_url: str, pg_schema: str) -> None:
+    eng = PostgresEngine(pg_url, schema=pg_schema)
+    assert eng.wait_ready("q", 0) is True
+    heard: list[bool] = []
+    waiter = threading.Thread(target=lambda: heard.append(eng.wait_ready("q", 10)))
+    waiter.start()
+    time.sleep(0.3)  # listening by now
+    start = time.monotonic()
+    eng.close()
+    assert time.monotonic() - start < 1.0
+    waiter.join(10)
+    assert heard == [False]
+    eng.close()
+    with pytest.raises(spoolq.EngineError, match="closed"):
+        eng.wait_ready("q", 0)

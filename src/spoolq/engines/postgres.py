@@ -605,12 +605,17 @@ class PostgresEngine:
         self._cancelled_at = time.monotonic()
 
     def close(self) -> None:
-        """Give back this engine's share of the pool, close its listener; twice is harmless."""
+        """Give back this engine's share of the pool, close its listener; twice is harmless.
+
+        A :meth:`wait_ready` in progress in another thread returns False first
+        (within a tenth of a second), as after :meth:`cancel_waits`.
+        """
         if os.getpid() != self._pid:
             # Inherited through fork: the connections are the parent's, and closing
             # them here would end the parent's sessions. Only let go of them.
             self._listener = self._pool = None
             return
+        self.cancel_waits()  # a wait in another thread keeps the listener until it ends
         with self._listen_lock:
             listener, self._listener = self._listener, None
         if listener is not None:
