@@ -142,3 +142,14 @@ def test_dbm_read_only_handle_reads_on_after_its_writer_compacted(tmp_path: Path
         assert reader.counts("q").ready == 1
     finally:
         reader.close()
+
+
+def test_pickle_open_leaves_other_files_named_like_the_queue_alone(tmp_path: Path) -> None:
+    path = tmp_path / "q.pickle"
+    SyncQueue.create(path).close()
+    mine = [tmp_path / "q.pickle.backup.tmp", tmp_path / "q.pickle.2024-05-01.tmp"]
+    for other in mine:
+        other.write_bytes(b"the user's own file")
+    with SyncQueue.create(path) as q:
+        q.put(1)
+    assert all(other.read_bytes() == b"the user's own file" for other in mine)

@@ -62,6 +62,7 @@ _APPLICATION = b"spoolq"
 _PROTOCOL = 5
 _HEADER = b"\x80\x05"  # the PROTO opcode of protocol 5 opens every file this engine writes
 _KEYS = {"meta", "next_id", "queues"}
+_TEMPORARY = "." + "[0-9a-f]" * 12 + ".tmp"  # the names _save writes to; nothing else is removed
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -204,7 +205,7 @@ class _PickleStore:
 
     def _remove_stale_temporaries(self) -> None:
         # Left by a process killed while saving; safe to remove while we hold the lock.
-        for leftover in glob.glob(glob.escape(self._file) + ".*.tmp"):
+        for leftover in glob.glob(glob.escape(self._file) + _TEMPORARY):
             with suppress(OSError):
                 os.unlink(leftover)
                 log.info("spoolq: removed %s, left by an interrupted save", leftover)
