@@ -362,3 +362,48 @@ async def test_cancelling_a_flush_cancels_the_sink_and_keeps_the_batch(path: str
         await asyncio.wait_for(sink_cancelled.wait(), 1)
         assert await b.queue.peek(5) == [1, 2] and b.stats["queued"] == 2
         await b.queue.purge()
+
+
+class SlowSink(Sink):
+    async def __call__(self, batch: list[object]) -> None:
+        await asyncio.sleep(0.1)
+        await super().__call__(batch)
+
+
+async def test_a_second_stop_waits_for_the_first_to_finish(path: str) -> None:
+    sink = SlowSink()
+    b = Batcher(sink, queue=path, flush_interval=60)
+    await b.start()
+    await b.add(1)
+    first = asyncio.create_task(b.stop())
+    await asyncio.sleep(0)
+    await b.stop()
+    assert sink.batches == [[1]] and first.done()
+    await first
+
+
+async def test_a_stop_cancelled_by_a_timeout_still_flushes_and_closes(path: str) -> None:
+    sink = SlowSink()
+    b = Batcher(sink, queue=path, flush_interval=60)
+    await b.start()
+    await b.add(1)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(b.stop(), 0.02)
+    await b.stop()
+    assert sink.batches == [[1]] and not b.stats["running"]
+    with pytest.raises(RuntimeError):
+        b.queue  # noqa: B018 - the queue the Batcher opened is closed
+
+
+async def test_start_during_a_stop_starts_after_it(path: str) -> None:
+    sink = SlowSink()
+    b = Batcher(sink, queue=path, flush_interval=60)
+    await b.start()
+    await b.add(1)
+    stopping = asyncio.create_task(b.stop())
+    await asyncio.sleep(0)
+    await b.start()
+    assert stopping.done() and b.stats["running"]
+    await b.add(2)
+    await b.stop()
+    assert sink.batches == [[1], [2]]

@@ -96,6 +96,7 @@ class Batcher(Generic[T]):
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping_task: asyncio.Future[None] | None = None
         self._retry_at = 0.0
         self._force_next = False
         self._stopping = False
@@ -119,6 +120,8 @@ class Batcher(Generic[T]):
 
         Items left by an earlier run are flushed right away.
         """
+        if self._stopping_task is not None:
+            await asyncio.shield(self._stopping_task)  # let it close the queue first
         # Under the flush lock, so that two concurrent starts open one queue and one flusher.
         async with self._lock:
             if self._task is not None:
@@ -135,11 +138,28 @@ class Batcher(Generic[T]):
         """Stop the flusher, flush what is waiting (one attempt, even while a retry delay
         is running), and close an owned queue.
 
-        Items the sink did not take stay in the queue for the next start.
+        Items the sink did not take stay in the queue for the next start. A call made
+        while another is stopping waits for that one. Cancelling the caller (say, by a
+        timeout) does not interrupt the stop: it goes on, and a later call waits for it.
         """
-        task, self._task = self._task, None
-        if task is None:
-            return
+        stopping = self._stopping_task
+        if stopping is None:
+            task, self._task = self._task, None
+            if task is None:
+                return
+            stopping = self._stopping_task = asyncio.ensure_future(self._stop(task))
+            stopping.add_done_callback(self._stopped)
+        await asyncio.shield(stopping)
+
+    def _stopped(self, stopping: asyncio.Future[None]) -> None:
+        self._stopping_task = None
+        if not stopping.cancelled() and stopping.exception() is not None:
+            # Read here so that an error is not reported as never retrieved when every
+            # caller was cancelled; callers still waiting get it raised.
+            self.log.error("batcher %r: stopping failed", self.name,
+                           exc_info=stopping.exception())
+
+    async def _stop(self, task: asyncio.Task[None]) -> None:
         self._stopping = True
         self._wake.set()
         await task
