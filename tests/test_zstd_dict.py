@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,46 @@ def test_a_dictionary_activated_while_a_thread_sets_up_its_compressor_is_used(
     monkeypatch.setattr(zstandard, "ZstdCompressor", activating)
     assert compressor.compress(b"first record " * 10)[0] == 0  # built before: no dictionary
     assert compressor.compress(b"second record " * 10)[0] == 1
+
+
+def _damage_first_dictionary(path: str) -> None:
+    """Flip one byte of the file's first dictionary, as a bad sector would."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            (qno,) = db.execute("SELECT qno FROM spoolq_queues WHERE name = ?",
+                                (DICTIONARY_QUEUE,)).fetchone()
+            rowid, data = db.execute(
+                "SELECT id, data FROM spoolq_records WHERE id >> 40 = ? ORDER BY id LIMIT 1",
+                (qno,)).fetchone()
+            damaged = bytearray(data)
+            damaged[-100] ^= 0x20
+            db.execute("UPDATE spoolq_records SET data = ? WHERE id = ?",
+                       (bytes(damaged), rowid))
+    finally:
+        db.close()
+
+
+def test_a_damaged_dictionary_is_detected_not_used_to_decode_wrong_items(tmp_path: Path,
+                                                                        caplog: Any) -> None:
+    path = str(tmp_path / "q.sqlite")
+    items = _events(SAMPLE_COUNT + 200)
+    with SyncQueue.create(path, compressor="zstd-dict") as q:
+        for start in range(0, len(items), 100):
+            q.put_many(items[start:start + 100])
+    _damage_first_dictionary(path)
+    engine = open_engine(path, read_only=True)
+    try:
+        tail = engine.peek("default", 1, offset=len(items) - 1)[0]
+        assert record_codec_names(tail.data)[1] == "zstd-dict"
+        codec = Codec()
+        load_dictionaries(engine, "default", codec)
+        with pytest.raises(spoolq.CorruptError, match="dictionary 1 of the file is damaged"):
+            codec.decode(tail.data, tail.id)
+    finally:
+        engine.close()
+    with SyncQueue.create(path) as q:
+        got = q.get_many(None)
+        assert got == items[:len(got)]  # never a wrong item
+        assert q.stats["dead"] == len(items) - len(got) > 0
+    assert "damaged" in caplog.text

@@ -379,6 +379,13 @@ class Codec:
         else:
             self._zdict.add(number, dict_bytes)
 
+    def add_damaged_dictionary(self, number: int, reason: str) -> None:
+        """Record that the file's zstd dictionary ``number`` is damaged: records that
+        need it raise :class:`CorruptError` with ``reason``."""
+        if self._zdict is None:
+            self._zdict = ZstdDictCompressor()
+        self._zdict.add_damaged(number, reason)
+
     @property
     def training_due(self) -> bool:
         """True when ``"zstd-dict"`` has sampled enough payloads to train a dictionary."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from typing import TYPE_CHECKING
 
 import zstandard
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .engines.base import Engine
 
 __all__ = ["DICTIONARY_QUEUE", "MAX_UNPACKED_SIZE", "MissingDictionary", "ZstdDictCompressor",
-           "check_zstd_frame", "load_dictionaries", "train_dictionary"]
+           "check_zstd_frame", "checksum_key", "load_dictionaries", "train_dictionary"]
 
 log = logging.getLogger("spoolq")
 
@@ -91,6 +92,7 @@ class ZstdDictCompressor:
     def __init__(self, level: int = LEVEL) -> None:
         self._level = level
         self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._damaged: dict[int, str] = {}
         self.active_id: int | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -106,7 +108,15 @@ class ZstdDictCompressor:
             raise CorruptError(f"zstd dictionary number {number} is out of range")
         with self._lock:
             self._dicts[number] = zstandard.ZstdCompressionDict(dict_bytes)
+            self._damaged.pop(number, None)
             self._generation += 1
+
+    def add_damaged(self, number: int, reason: str) -> None:
+        """Make records needing dictionary ``number`` raise :class:`CorruptError` with
+        ``reason`` (unless a sound copy of it is registered already)."""
+        with self._lock:
+            if number not in self._dicts:
+                self._damaged[number] = reason
 
     def activate(self, number: int, dict_bytes: bytes) -> None:
         """Register dictionary ``number`` and compress every later record with it."""
@@ -184,6 +194,8 @@ class ZstdDictCompressor:
         dec = cache.get(number)
         if dec is None:
             zdict = self._dicts.get(number)
+            if number and zdict is None and number in self._damaged:
+                raise CorruptError(self._damaged[number])
             if number and zdict is None:
                 raise MissingDictionary(
                     f"the record needs zstd dictionary {number}, which this reader does not "
@@ -194,15 +206,33 @@ class ZstdDictCompressor:
         return bytes(dec.decompress(frame))
 
 
+def checksum_key(number: int) -> str:
+    """The metadata key holding the CRC-32 of dictionary ``number`` (8 hex digits)."""
+    return f"zstd-dict/{number}/crc32"
+
+
+def _checksum(dict_bytes: bytes) -> bytes:
+    return b"%08x" % zlib.crc32(dict_bytes)
+
+
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
     """Give ``codec`` every zstd dictionary in the file; activate queue ``name``'s own.
 
     Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``,
     numbered by their place in it: appends are atomic and nothing takes from
     that queue, so no two processes can give one number to two dictionaries.
+    A dictionary that fails the checksum stored beside it is not used: records
+    that need it raise :class:`CorruptError` (a damaged dictionary would decode
+    them into wrong items, as their own checksums cover only compressed bytes).
     """
     active = engine.get_meta(f"queue/{name}/zstd-dict")
     for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
+        stored = engine.get_meta(checksum_key(number))
+        if stored is not None and stored != _checksum(rec.data):
+            reason = f"zstd dictionary {number} of the file is damaged: it fails its checksum"
+            log.error("spoolq: %s; records compressed with it cannot be decoded", reason)
+            codec.add_damaged_dictionary(number, reason)
+            continue
         codec.add_dictionary(number, rec.data, activate=active == str(number).encode())
 
 
@@ -224,6 +254,7 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     if number > 255:  # another process filled the file meanwhile
         _file_full(name, codec)
         return
+    engine.set_meta(checksum_key(number), _checksum(trained))
     engine.set_meta(f"queue/{name}/zstd-dict", str(number).encode())
     codec.add_dictionary(number, trained, activate=True)
     log.info("spoolq: queue %r: trained zstd dictionary %d (%d bytes)", name, number,
