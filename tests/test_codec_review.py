@@ -8,8 +8,10 @@ import json
 import lzma
 import pickle
 import struct
+import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +364,26 @@ def test_a_damaged_record_never_decodes_and_never_raises_anything_else(
     with pytest.raises((spoolq.CorruptError, spoolq.SerializationError)):
         codec.decode(damaged, 1)
     assert codec.decode_all([damaged]) is None
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "zstd-dict"])
+def test_one_codec_serves_many_threads_at_once(compressor: str) -> None:
+    codec = Codec("cbor", compressor, threshold=0)
+    items = [{"n": i, "text": f"record {i} " * (i % 40)} for i in range(400)]
+    barrier = threading.Barrier(8)
+
+    def work(offset: int) -> list[Any]:
+        barrier.wait()
+        mine = items[offset::8]
+        records = [codec.encode(item)[0] for item in mine]
+        if offset == 0 and codec.training_due:
+            dictionary = codec.train()
+            if dictionary is not None:
+                codec.add_dictionary(1, dictionary, activate=True)
+        records += codec.encode_many(mine)[0]
+        return [codec.decode(record) for record in records]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for offset, decoded in enumerate(results):
+        assert decoded == items[offset::8] * 2
