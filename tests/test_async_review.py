@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import spoolq
 from spoolq import Queue, SyncQueue
+from spoolq.engines import Engine, Lease, StoredRecord, open_engine
 
 
 @pytest.fixture(params=[":memory:", "queue.sqlite"])
@@ -123,3 +126,66 @@ async def test_a_buffered_put_wakes_a_waiting_get_at_once(either_path: str,
         else:
             await q.put("x")
         assert await asyncio.wait_for(getting, 5) == "x"
+
+
+class _Gated:
+    """Delegates to a real engine. Once ``holding``, a take that found records waits for
+    ``taken`` to be let go before it returns, and a restore waits for ``restoring``."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.holding = False
+        self.took = threading.Event()
+        self.taken = threading.Event()
+        self.restoring = threading.Event()
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        recs = self._inner.take(queue, n, now, lease)
+        if self.holding and recs:
+            self.took.set()
+            self.taken.wait(5)
+        return recs
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        if self.holding:
+            self.restoring.wait(5)
+        self._inner.restore(queue, records)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_an_item_a_cancelled_get_gives_back_keeps_its_room(tmp_path: Path) -> None:
+    # The item was out of the counts until the worker had restored it: a put found room
+    # meanwhile, and the give-back then filled the queue beyond maxsize.
+    path = str(tmp_path / "q.sqlite")
+    engine = _Gated(open_engine(path))
+    async with await Queue.create(path, engine=engine, maxsize=1) as q:
+        await q.put("a")
+        engine.holding = True
+        try:
+            getting = asyncio.create_task(q.get())
+            while not engine.took.is_set():
+                await asyncio.sleep(0.001)
+            assert q.qsize() == 1  # on its way to the get: not gone until the get returns
+            getting.cancel()
+            engine.taken.set()
+            with pytest.raises(asyncio.CancelledError):
+                await getting
+            for _ in range(20):  # the give-back is on the worker, held at the restore
+                assert q.qsize() == 1 and q.full() and not q.empty()
+                with pytest.raises(spoolq.Full):
+                    q.put_nowait("b")
+                await asyncio.sleep(0.001)
+            putting = asyncio.create_task(q.put("b"))
+            await asyncio.sleep(0.01)
+            assert not putting.done()
+        finally:
+            engine.restoring.set()
+        engine.holding = False
+        assert q.qsize() == 1
+        assert await q.get() == "a"
+        await asyncio.wait_for(putting, 5)
+        assert await q.get() == "b"
+        assert q.qsize() == 0

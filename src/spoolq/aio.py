@@ -76,6 +76,12 @@ class Queue(QueueViews, Generic[T]):
         self._closed = False
         self._takers = 0
         self._unsettled = 0  # cancelled takes whose records have not come back yet
+        # Records taken on the worker and not handed to a caller yet, or given back and not
+        # restored yet: still in the queue for qsize(), or a put would find room that a
+        # give-back fills again. Two counters, each written by one thread only (taken_out by
+        # the worker, taken_in by the loop), so neither needs a lock.
+        self._taken_out = 0
+        self._taken_in = 0
         self._inline = bool(getattr(core.engine, "inline", False))
         ref = weakref.ref(self)
 
@@ -267,25 +273,36 @@ class Queue(QueueViews, Generic[T]):
         while True:
             if self._shutdown:
                 raise QueueShutDown("the queue is shut down")
-            if maxsize <= 0 or core.ready_hint() + n <= maxsize or (
-                    n > maxsize and core.ready_hint() == 0):
+            size = self.qsize()
+            if size + n <= maxsize or (n > maxsize and size == 0):
                 return
-            if not await self._wait(deadline, lambda: core.ready_hint() + n <= maxsize):
+            if not await self._wait(deadline, lambda: self.qsize() + n <= maxsize):
                 raise Full(f"no room for {n} item(s) within the timeout")
             if core.refresh_due():
                 await self._call(core.refresh)
 
     # ---- getting ------------------------------------------------------------------------
 
-    def _give_back(self, leased: bool, recs: list[Taken] | None) -> None:
+    def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool) -> None:
+        """Return records taken for a caller that will not have them; ``received`` when
+        :meth:`_take_on_worker` had handed them over."""
         if not recs:
             return
         if self._inline:  # before any later take, which also runs on the loop
             self._core.restore(recs, leased)
             return
+        if received:
+            self._taken_in -= len(recs)
         # Counted until the restore has run: get_nowait takes on the loop, not the worker.
         self._unsettled += 1
-        self._worker.submit(self._core.restore, recs, leased).add_done_callback(self._restored)
+        self._worker.submit(self._restore_on_worker, recs, leased).add_done_callback(
+            self._restored)
+
+    def _restore_on_worker(self, recs: list[Taken], leased: bool) -> None:
+        try:
+            self._core.restore(recs, leased)
+        finally:
+            self._taken_out -= len(recs)  # restored, or lost to the error logged
 
     def _restored(self, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
@@ -304,7 +321,7 @@ class Queue(QueueViews, Generic[T]):
         the takes that waited for it go (their calls then run after the give-back).
         ``state`` is ``[given back, counted in _unsettled]``, shared with the caller."""
         state[0] = True
-        self._give_back(leased, recs)
+        self._give_back(leased, recs, received=False)
         if state[1]:
             self._one_settled()
 
@@ -325,18 +342,25 @@ class Queue(QueueViews, Generic[T]):
         # give them back behind records written since.
         state = [False, False]
         fut: asyncio.Future[list[Taken]] = self._worker.submit(
-            partial(self._core.take, buffered=False), n, ttl,
-            undo=partial(self._take_undone, leased, state))
+            self._take_for_caller, n, ttl, undo=partial(self._take_undone, leased, state))
         try:
-            return await fut
+            recs = await fut
         except asyncio.CancelledError:
             if fut.cancelled():
                 if not state[0]:  # _take_undone will give them back
                     state[1] = True
                     self._unsettled += 1
             elif fut.exception() is None:
-                self._give_back(leased, fut.result())
+                self._give_back(leased, fut.result(), received=False)
             raise
+        self._taken_in += len(recs)
+        return recs
+
+    def _take_for_caller(self, n: int, ttl: float | None) -> list[Taken]:
+        """The take of :meth:`_take_on_worker`, on the worker thread."""
+        recs = self._core.take(n, ttl, buffered=False)
+        self._taken_out += len(recs)
+        return recs
 
     async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
                     wait_for_all: bool = False) -> list[Taken]:
@@ -377,7 +401,7 @@ class Queue(QueueViews, Generic[T]):
                         break
                     raise Empty("no item arrived within the timeout")
         except BaseException:
-            self._give_back(leased, got)
+            self._give_back(leased, got, received=True)
             raise
         finally:
             self._takers -= 1
@@ -527,6 +551,12 @@ class Queue(QueueViews, Generic[T]):
         return await self._call(partial(self._core.purge, dead=dead))
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
+
+    def qsize(self) -> int:
+        """Ready items, approximate when other processes share the file. An item a ``get``
+        is receiving counts until the get returns it, and one a cancelled get gives back
+        counts all along, as in ``asyncio.Queue``, where neither leaves the queue."""
+        return self._core.ready_hint() + self._taken_out - self._taken_in
 
     def task_done(self) -> None:
         """Mark one item taken with ``get`` as processed; ValueError if none is unfinished."""
