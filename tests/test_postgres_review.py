@@ -301,3 +301,35 @@ def test_close_ends_a_wait_in_another_thread_at_once(pg_url: str, pg_schema: str
     eng.close()
     with pytest.raises(spoolq.EngineError, match="closed"):
         eng.wait_ready("q", 0)
+
+
+# ---- large records ----------------------------------------------------------------------
+
+def test_a_large_record_travels_about_as_fast_as_the_driver_moves_bytes(
+        engine: PostgresEngine, pg_url: str) -> None:
+    big = os.urandom(8 << 20)
+    with psycopg.connect(pg_url) as conn:  # the yardsticks: one bytea in, then out
+        conn.execute("CREATE TEMP TABLE yardstick (data bytea)")
+        start = time.monotonic()
+        conn.execute("INSERT INTO yardstick VALUES (%b)", (big,))
+        put_yardstick = time.monotonic() - start
+        cur = conn.cursor(binary=True)
+        start = time.monotonic()
+        cur.execute("SELECT data FROM yardstick")
+        assert cur.fetchone() == (big,)
+        take_yardstick = time.monotonic() - start
+    start = time.monotonic()
+    engine.append("q", [big], [len(big)], time.time())
+    put = time.monotonic() - start
+    start = time.monotonic()
+    (taken,) = engine.take("q", 1, time.time(), None)
+    take = time.monotonic() - start
+    assert taken.data == big
+    # Sent as text (hex digits in an array literal), a record took 10 to 15 times
+    # as long to put, and received as text, about 3 times as long to take.
+    assert put < 4 * put_yardstick + 0.2, (put, put_yardstick)
+    assert take < 2 * take_yardstick + 0.2, (take, take_yardstick)
+    engine.restore("q", [taken])
+    (peeked,) = engine.peek("q", 1)
+    assert (peeked.id, peeked.data) == (taken.id, big)
+    assert engine.counts("q") == (1, 0, len(big), len(big))

@@ -85,7 +85,7 @@ _READY = """SELECT id FROM {s}.records
 _APPEND = f"""WITH ins AS (
         INSERT INTO {{s}}.records (queue, data, raw_size, enqueued_at)
         SELECT %(queue)s, u.data, u.raw_size, %(now)s
-        FROM unnest(%(data)s::bytea[], %(raw)s::bigint[]) WITH ORDINALITY AS u(data, raw_size, n)
+        FROM unnest(%(data)b::bytea[], %(raw)s::bigint[]) WITH ORDINALITY AS u(data, raw_size, n)
         ORDER BY u.n
         RETURNING id, length(data) AS stored, raw_size),
     {_counted("count(*)", "0", "sum(stored)", "sum(raw_size)", "ins")}
@@ -115,7 +115,7 @@ _RESTORE = f"""WITH ins AS (
         INSERT INTO {{s}}.records (id, queue, data, raw_size, attempts, enqueued_at, reason)
         OVERRIDING SYSTEM VALUE
         SELECT u.id, %(queue)s, u.data, u.raw_size, u.attempts, u.enqueued_at, u.reason
-        FROM unnest(%(ids)s::bigint[], %(data)s::bytea[], %(raw)s::bigint[],
+        FROM unnest(%(ids)s::bigint[], %(data)b::bytea[], %(raw)s::bigint[],
                     %(attempts)s::integer[], %(enqueued)s::float8[], %(reasons)s::text[])
              AS u(id, data, raw_size, attempts, enqueued_at, reason)
         RETURNING length(data) AS stored, raw_size),

@@ -425,10 +425,10 @@ class PostgresEngine:
         params = self._params(queue, n=n, now_in=now - clock)
         with self._conn("take") as conn:
             if lease is None:
-                rows = conn.execute(self._sql.remove, params).fetchall()
+                rows = conn.execute(self._sql.remove, params, binary=True).fetchall()
             else:
                 params.update(owner=lease.owner, until_in=lease.until - clock)
-                rows = conn.execute(self._sql.lease, params).fetchall()
+                rows = conn.execute(self._sql.lease, params, binary=True).fetchall()
         return [StoredRecord(*row) for row in rows]
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
@@ -486,8 +486,8 @@ class PostgresEngine:
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         with self._conn("peek") as conn:
-            rows = conn.execute(self._sql.peek,
-                                {"queue": queue, "n": n, "offset": offset}).fetchall()
+            rows = conn.execute(self._sql.peek, {"queue": queue, "n": n, "offset": offset},
+                                binary=True).fetchall()
         return [StoredRecord(*row) for row in rows]
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
@@ -495,7 +495,8 @@ class PostgresEngine:
         clock = time.time()
         with self._conn("peek_leased") as conn:
             rows = conn.execute(self._sql.peek_leased,
-                                {"queue": queue, "n": n, "offset": offset}).fetchall()
+                                {"queue": queue, "n": n, "offset": offset},
+                                binary=True).fetchall()
         return [LeasedRecord(StoredRecord(*row[:6]), row[6], clock + row[7]) for row in rows]
 
     def counts(self, queue: str) -> Counts:
