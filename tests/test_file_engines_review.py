@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 import spoolq
 from spoolq import SyncQueue, open_engine
-from spoolq.engines import DBMEngine
+from spoolq.engines import DBMEngine, Lease
 
 from .conftest import queue_path
 
@@ -122,12 +125,12 @@ def test_dbm_read_only_handle_reads_on_after_its_writer_compacted(tmp_path: Path
     eng = DBMEngine(path)
     eng.append("q", [b"a", b"b"], [1, 1], 1.0)
     eng.close()
-    reader = open_engine(path, read_only=True)
+    reader = DBMEngine(path, read_only=True)
     try:
         assert [r.data for r in reader.peek("q", 5)] == [b"a", b"b"]
         out = _run("""
             import sys
-            from spoolq.engines import DBMEngine
+            from spoolq.engines import DBMEngine, Lease
             eng = DBMEngine(sys.argv[1])
             eng.take("q", 1, 1.0, None)
             for _ in range(5):
@@ -153,3 +156,135 @@ def test_pickle_open_leaves_other_files_named_like_the_queue_alone(tmp_path: Pat
     with SyncQueue.create(path) as q:
         q.put(1)
     assert all(other.read_bytes() == b"the user's own file" for other in mine)
+
+
+# ---- killed at random points --------------------------------------------------------------
+# A worker forked from a supervisor process writes (appends, takes, leases, acks, reopens)
+# and reports each call that returned; the supervisor kills it with SIGKILL at a random
+# moment, reopens the queue and checks it against the reports: every confirmed record is
+# there whole and in order, nothing confirmed taken comes back, only the one call in flight
+# may or may not have happened, and ids never repeat. Then it forks the next worker. The
+# supervisor is a process of its own so that nothing of pytest is forked.
+
+_Reports = list[tuple[str, list[int]]]
+
+
+def _payload(seq: int) -> bytes:
+    return b"%d:" % seq + bytes([seq % 251]) * ((seq * 7919) % 3000)
+
+
+def _work(path: str, out: int, seed: int, seq: int) -> None:
+    rnd = random.Random(seed)
+    report = os.fdopen(out, "w", buffering=1)  # a line a write(2): whole lines or nothing
+    eng = open_engine(path)
+    while True:
+        r = rnd.random()
+        if r < 0.03:
+            eng.close()
+            eng = open_engine(path)
+        elif r < 0.45:
+            k = rnd.randint(1, 20)
+            report.write(f"A {seq} {k}\n")
+            ids = eng.append("q", [_payload(seq + i) for i in range(k)], [1] * k, 1.0)
+            report.write("a " + " ".join(map(str, ids)) + "\n")
+            seq += k
+        elif r < 0.8:
+            n = rnd.randint(1, 20)
+            report.write(f"T {n}\n")
+            got = eng.take("q", n, 1.0, None)
+            report.write("t " + " ".join(str(g.id) for g in got) + "\n")
+        else:
+            got = eng.take("q", rnd.randint(1, 5), 1.0, Lease("worker", 1e12))
+            if got and rnd.random() < 0.5:
+                report.write("K " + " ".join(str(g.id) for g in got) + "\n")
+                done = eng.ack("q", [(g.id, g.attempts) for g in got], "worker")
+                report.write("k " + " ".join(map(str, done)) + "\n")
+
+
+def _check(path: str, reports: _Reports, present: dict[int, int],
+           seq: int) -> tuple[dict[int, int], int]:
+    """Check the queue against a killed worker's reports; the records it holds and the
+    next sequence number to write."""
+    doubt: tuple[str, list[int]] | None = None  # the call in flight when the kill came
+    for kind, numbers in reports:
+        if kind in "ATK":
+            doubt = (kind, numbers)
+        elif kind == "a":
+            assert doubt is not None
+            first = doubt[1][0]
+            present.update((ident, first + n) for n, ident in enumerate(numbers))
+            seq, doubt = first + len(numbers), None
+        else:
+            for ident in numbers:
+                del present[ident]
+            doubt = None
+    eng = open_engine(path)
+    try:
+        eng.expire("q", 2e12)  # the dead worker's leases come back
+        records = eng.peek("q", 1_000_000)
+        ids = [r.id for r in records]
+        assert ids == sorted(set(ids)), "out of order or twice"
+        assert eng.counts("q").ready == len(records)
+        for r in records:
+            number = int(r.data.split(b":")[0])
+            assert r.data == _payload(number), f"record {r.id} is half-written"
+            if r.id in present:
+                assert present[r.id] == number
+            else:
+                assert doubt is not None and doubt[0] == "A", f"record {r.id} from nowhere"
+                assert doubt[1][0] <= number < doubt[1][0] + doubt[1][1]
+        missing = set(present) - set(ids)
+        if doubt is not None and doubt[0] == "T":
+            assert len(missing) <= doubt[1][0], f"lost {sorted(missing)}"
+        elif doubt is not None and doubt[0] == "K":
+            assert missing <= set(doubt[1]), f"lost {sorted(missing)}"
+        else:
+            assert not missing, f"lost {sorted(missing)}"
+        assert eng.append("probe", [b"p"], [1], 1.0)[0] > max([0, *ids]), "an id came back"
+        eng.purge("probe")
+    finally:
+        eng.close()
+    if doubt is not None and doubt[0] == "A":
+        seq = doubt[1][0] + doubt[1][1]
+    return {r.id: int(r.data.split(b":")[0]) for r in records}, seq
+
+
+def _supervise(path: str, seconds: float, seed: int) -> int:
+    """Kill workers on ``path`` for ``seconds``; return how many were killed and checked."""
+    rnd = random.Random(seed)
+    deadline = time.monotonic() + seconds
+    present: dict[int, int] = {}
+    seq = rounds = 0
+    while time.monotonic() < deadline:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                _work(path, write_end, rnd.randrange(1 << 30), seq)
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        time.sleep(rnd.uniform(0.0, 0.2))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as f:
+            lines = f.read().decode().split("\n")[:-1]  # a cut last line is no report
+        reports = [(kind, [int(x) for x in rest])
+                   for kind, *rest in (line.split() for line in lines)]
+        present, seq = _check(path, reports, present, seq)
+        rounds += 1
+    return rounds
+
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_a_process_killed_at_random_points_loses_nothing_confirmed(tmp_path: Path,
+                                                                   engine: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\n"
+         "from tests.test_file_engines_review import _supervise\n"
+         "print(_supervise(sys.argv[1], 2.5, 7))", queue_path(tmp_path, engine)],
+        cwd=Path(__file__).resolve().parents[1], check=False, capture_output=True, text=True,
+        timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 5
