@@ -17,7 +17,7 @@ import pytest
 import spoolq
 from spoolq.cli import ExitCode, maintain
 from spoolq.engines import open_engine
-from spoolq.zdict import DICTIONARY_QUEUE
+from spoolq.zdict import DICTIONARY_QUEUE, checksum_key
 
 from .cli_support import (
     GONE_OWNER,
@@ -210,6 +210,13 @@ def test_migrate_into_a_file_with_other_zstd_dictionaries(tmp_path: Path) -> Non
     fresh = str(tmp_path / "fresh.sqlite")
     assert run("migrate", src, fresh).exit_code == 0
     assert items(fresh, "zs") == src_items and items(fresh, "plain") == items(src, "plain")
+    # the dictionary's checksum comes along, so a damaged copy would be noticed there too
+    source, copy = open_engine(src), open_engine(fresh)
+    try:
+        assert copy.get_meta(checksum_key(1)) == source.get_meta(checksum_key(1)) is not None
+    finally:
+        source.close()
+        copy.close()
 
 
 # ---- as a real process ----------------------------------------------------------------------

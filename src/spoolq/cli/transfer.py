@@ -15,7 +15,7 @@ import click
 from ..codec import record_dictionary
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
 from ..sync import SyncQueue
-from ..zdict import DICTIONARY_QUEUE
+from ..zdict import DICTIONARY_QUEUE, checksum_key
 from ._common import (
     DEFAULT_CHUNK,
     CliState,
@@ -295,8 +295,11 @@ def _copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: 
                             f"record {rec.id} of {name!r} needs zstd dictionary {number}, and "
                             f"the destination's dictionary {number} is another one; migrate "
                             "into a new file")
-    for rec in wanted[len(have):]:
+    for number, rec in enumerate(wanted[len(have):], len(have) + 1):
         target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
+        crc = source.get_meta(checksum_key(number))
+        if crc is not None:
+            target.set_meta(checksum_key(number), crc)
     for base in bases:
         key = f"queue/{base}/zstd-dict"
         active = source.get_meta(key)
