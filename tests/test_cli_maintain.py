@@ -336,3 +336,17 @@ def test_verbose_serve_logs_each_line_once(tmp_path: Path) -> None:
     assert sum("serving :memory:" in line for line in lines) == 1, err
     assert sum("SIGTERM received" in line for line in lines) == 1, err
     assert "spoolq: spoolq:" not in err
+
+
+def test_verify_names_a_zstd_dictionary_that_fails_its_checksum(tmp_path: Path) -> None:
+    path = str(tmp_path / "z.sqlite")
+    _zstd_dict_queue(path, "z", "hello")
+    assert run("verify", path).exit_code == 0
+    eng = open_engine(path)
+    try:
+        eng.set_meta(checksum_key(1), b"00000000")
+    finally:
+        eng.close()
+    result = run("verify", path)
+    assert result.exit_code == ExitCode.PROBLEM
+    assert "zstd dictionary 1 fails its checksum" in result.stdout

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from .engines.base import Engine
 
 __all__ = ["DICTIONARY_QUEUE", "MAX_UNPACKED_SIZE", "MissingDictionary", "ZstdDictCompressor",
-           "check_zstd_frame", "checksum_key", "load_dictionaries", "train_dictionary"]
+           "check_zstd_frame", "checksum_key", "damaged_dictionaries", "load_dictionaries",
+           "train_dictionary"]
 
 log = logging.getLogger("spoolq")
 
@@ -213,6 +214,17 @@ def checksum_key(number: int) -> str:
 
 def _checksum(dict_bytes: bytes) -> bytes:
     return b"%08x" % zlib.crc32(dict_bytes)
+
+
+def damaged_dictionaries(engine: Engine) -> list[int]:
+    """Numbers of the file's zstd dictionaries that fail the checksum stored beside them
+    (a dictionary without one, as in files from before checksums, is not counted)."""
+    damaged = []
+    for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
+        stored = engine.get_meta(checksum_key(number))
+        if stored is not None and stored != _checksum(rec.data):
+            damaged.append(number)
+    return damaged
 
 
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from ..engines import Engine, LeasedRecord, StoredRecord, SupportsPeekLeased, dead_queue_name
 from ..errors import CorruptError
+from ..zdict import damaged_dictionaries
 from . import _sqlite
 from ._common import (
     DEFAULT_CHUNK,
@@ -363,6 +364,9 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
         if engine_name == "sqlite":
             for line in _sqlite.quick_check(path):
                 found.problem(line)
+        for number in damaged_dictionaries(eng):
+            found.problem(f"zstd dictionary {number} fails its checksum: the records "
+                          "compressed with it cannot be decoded")
         names = [n for base in base_queues(eng, queue) for n in (base, dead_queue_name(base))]
         total = sum(c.ready + c.leased for c in map(eng.counts, names))
         with state.progress("verifying", total) as advance:
