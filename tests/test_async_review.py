@@ -189,3 +189,60 @@ async def test_an_item_a_cancelled_get_gives_back_keeps_its_room(tmp_path: Path)
         await asyncio.wait_for(putting, 5)
         assert await q.get() == "b"
         assert q.qsize() == 0
+
+
+class _SlowClose:
+    """Delegates to a real engine whose close waits for ``closing`` to be let go."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.closing = threading.Event()
+
+    def close(self) -> None:
+        self.closing.wait(5)
+        self._inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_second_aclose_returns_once_the_file_is_closed(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    engine = _SlowClose(open_engine(path))
+    q = await Queue.create(path, engine=engine)
+    await q.put("kept")
+    msg = await q.lease()
+    try:
+        first = asyncio.create_task(q.aclose())
+        await asyncio.sleep(0)
+        second = asyncio.create_task(q.aclose())
+        await asyncio.sleep(0.02)
+        assert not second.done()  # it used to return while the first was still closing
+    finally:
+        engine.closing.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    with SyncQueue.create(path) as again:  # the lease was released by the close
+        assert again.get_nowait() == msg.item
+
+
+async def test_an_aclose_cancelled_while_a_get_gives_back_still_closes(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    q = await Queue.create(path)
+    await q.put_many(["kept", "waiting"])
+    msg = await q.lease()
+    await q.get()
+    getting = asyncio.create_task(q.get())
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(q.aclose())
+    await asyncio.sleep(0)  # it waits for the get to end
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    with pytest.raises(spoolq.QueueShutDown):
+        await getting
+    await asyncio.wait_for(q.aclose(), 5)  # returns once the file is closed
+    q._worker.join(5)
+    assert not q._worker._thread.is_alive()
+    with SyncQueue.create(path) as again:
+        assert again.get_nowait() == msg.item

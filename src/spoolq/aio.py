@@ -53,6 +53,12 @@ def _wake_one(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _closed(closing: asyncio.Future[None], close: asyncio.Future[None]) -> None:
+    if not close.cancelled():
+        close.exception()  # raised to the call that closed; the others only wait
+    _wake_one(closing)
+
+
 class Queue(QueueViews, Generic[T]):
     """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
 
@@ -74,6 +80,7 @@ class Queue(QueueViews, Generic[T]):
         self._shutdown = False
         self._immediate = False
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None  # done once the file is closed
         self._takers = 0
         self._unsettled = 0  # cancelled takes whose records have not come back yet
         # Records taken on the worker and not handed to a caller yet, or given back and not
@@ -586,20 +593,27 @@ class Queue(QueueViews, Generic[T]):
 
         It may be awaited on another event loop than the queue's own, once that one has
         stopped (say, a second ``asyncio.run``)."""
+        here = asyncio.get_running_loop() is self._loop
         if self._closed:
+            if self._closing is not None and here:
+                await asyncio.shield(self._closing)  # another call is closing: wait for it
             return
-        if asyncio.get_running_loop() is not self._loop:
+        if not here:
             await self._close_elsewhere()
             return
         self.shutdown(immediate=True)
         self._closed = True
-        deadline = time.monotonic() + 10.0
-        while (self._takers or self._unsettled) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # waiting or cancelled gets give their items back first
+        closing = self._closing = self._loop.create_future()
         try:
-            await self._worker.submit(self._core.close)
+            deadline = time.monotonic() + 10.0
+            while (self._takers or self._unsettled) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # waiting or cancelled gets give their items back
         finally:
+            # Also when this call is cancelled: no later call would close the file.
+            closed = self._worker.submit(self._core.close)
             self._worker.stop()
+            closed.add_done_callback(partial(_closed, closing))
+        await asyncio.shield(closed)
 
     async def _close_elsewhere(self) -> None:
         """Close from another loop: no task of the queue's loop can be woken from here
