@@ -76,7 +76,7 @@ def test_dbm_path_of_another_programs_dbm_database_is_refused(tmp_path: Path) ->
     assert not path.exists()
     with dbm.dumb.open(str(path), "r") as db:
         assert db[b"user"] == b"their data"
-    assert sorted(os.listdir(tmp_path)) in (before, sorted([*before, "cache.dbm.lock"]))
+    assert sorted(os.listdir(tmp_path)) == before
 
 
 # ---- both ---------------------------------------------------------------------------------
@@ -288,3 +288,17 @@ def test_a_process_killed_at_random_points_loses_nothing_confirmed(tmp_path: Pat
         timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 5
+
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_a_refused_file_gets_no_lock_file_beside_it(tmp_path: Path, engine: str) -> None:
+    path = Path(queue_path(tmp_path, engine))
+    path.write_text("my notes, not a queue\n")
+    (tmp_path / "folder.pickle").mkdir()
+    (tmp_path / "folder.dbm").mkdir()
+    (tmp_path / "folder.dbm" / "holiday.jpg").write_bytes(b"\xff\xd8")
+    for refused in (path, tmp_path / f"folder.{engine}"):
+        with pytest.raises(spoolq.FormatError, match="not a spoolq"):
+            SyncQueue.create(refused)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, "folder.pickle", "folder.dbm"])

@@ -98,9 +98,13 @@ class _DBMStore:
         self._go_back = recover
         self._db: files.Database | None = None
         self._stale = False
-        # The lock of the directory a symbolic link points to, which every name of it takes.
-        self._lock = None if read_only else lock_exclusively(os.path.realpath(path), self.name)
+        self._lock = None
         try:
+            # Refused before the lock is taken, so no lock file is left beside what is refused.
+            self._refuse_foreign()
+            # The lock of the directory a symbolic link points to, which every name of it takes.
+            self._lock = None if read_only else lock_exclusively(os.path.realpath(path),
+                                                                 self.name)
             self._open()
         except BaseException as exc:
             self.close()
@@ -110,22 +114,27 @@ class _DBMStore:
 
     # ---- opening, committing, compacting ------------------------------------------------
 
+    def _refuse_foreign(self) -> None:
+        """FormatError when ``path`` is something other than a dbm queue or nothing."""
+        path = self.path
+        if not os.path.exists(path):
+            foreign = files.foreign_database(path)
+            if foreign:
+                raise FormatError(f"{path} names a {foreign} database of another program, not "
+                                  "a spoolq dbm queue (a dbm queue is a directory)")
+        elif not os.path.isdir(path):
+            raise FormatError(f"{path} is not a spoolq dbm queue (a dbm queue is a directory)")
+        elif files.current(path) is None and not all(map(files.is_ours, os.listdir(path))):
+            raise FormatError(f"{path} is a directory but not a spoolq dbm queue")
+
     def _open(self) -> None:
         path = self.path
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise FormatError(f"{path} is not a spoolq dbm queue (a dbm queue is a directory)")
-        foreign = None if os.path.exists(path) else files.foreign_database(path)
-        if foreign:
-            raise FormatError(f"{path} names a {foreign} database of another program, not a "
-                              "spoolq dbm queue (a dbm queue is a directory)")
         if not self.read_only:
             files.remove_unfinished(path)
         generation = files.current(path) if os.path.isdir(path) else None
         if generation is None:
             if os.path.isdir(path) and os.listdir(path):
-                if all(files.is_ours(name) for name in os.listdir(path)):
-                    raise CorruptError(f"{path}: {files.CURRENT} is missing")
-                raise FormatError(f"{path} is a directory but not a spoolq dbm queue")
+                raise CorruptError(f"{path}: {files.CURRENT} is missing")
             if self.read_only:
                 raise FormatError(f"{path}: no such spoolq dbm queue")
             meta = {"application": _APPLICATION, "format_version": str(FORMAT_VERSION).encode()}

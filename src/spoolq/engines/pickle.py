@@ -108,8 +108,11 @@ class _PickleStore:
         # a file of its own.
         self._file = os.path.realpath(path)
         self._directory = os.path.dirname(self._file)
-        self._lock = None if read_only else lock_exclusively(self._file, self.name)
+        self._lock = None
         try:
+            # Refused before the lock is taken, so no lock file is left beside what is refused.
+            self._refuse_foreign()
+            self._lock = None if read_only else lock_exclusively(self._file, self.name)
             if os.path.exists(self._file) or read_only:
                 self._mem = self._read()
             else:
@@ -127,6 +130,22 @@ class _PickleStore:
 
     # ---- the file -----------------------------------------------------------------------
 
+    def _refuse_foreign(self) -> None:
+        """FormatError when the path holds something plainly not a file of this engine."""
+        if os.path.isdir(self._file):
+            raise FormatError(f"{self.path} is a directory, not a spoolq queue file")
+        try:
+            with open(self._file, "rb") as f:
+                head = f.read(len(_HEADER))
+        except FileNotFoundError:
+            return
+        if head and not head.startswith(_HEADER):
+            raise self._not_a_pickle()
+
+    def _not_a_pickle(self) -> FormatError:
+        return FormatError(f"{self.path} is not a spoolq queue file (not a pickle of protocol "
+                           f"{_PROTOCOL})")
+
     def _read(self) -> MemoryEngine:
         try:
             with open(self._file, "rb") as f:
@@ -139,8 +158,7 @@ class _PickleStore:
             raise CorruptError(f"{self.path} is empty; this engine never writes an empty file "
                                "(remove it to start a new queue)")
         if not blob.startswith(_HEADER):
-            raise FormatError(f"{self.path} is not a spoolq queue file (not a pickle of "
-                              f"protocol {_PROTOCOL})")
+            raise self._not_a_pickle()
         stream = io.BytesIO(blob)
         try:
             obj = _DataOnlyUnpickler(stream).load()
