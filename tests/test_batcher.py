@@ -33,7 +33,7 @@ async def test_flush_by_size(path: str) -> None:
     async with Batcher(sink, queue=path, max_batch_size=3, flush_interval=60) as b:
         await b.add_many([1, 2, 3, 4])
         for _ in range(100):
-            if sink.batches:
+            if b.stats["flushes"]:
                 break
             await asyncio.sleep(0.01)
         assert sink.batches == [[1, 2, 3]]
@@ -194,7 +194,7 @@ async def test_a_failed_explicit_flush_is_retried_after_retry_delay(path: str) -
         await b.add(1)
         assert not await b.flush()
         for _ in range(100):
-            if sink.batches:
+            if b.stats["flushes"]:
                 break
             await asyncio.sleep(0.01)
         assert sink.batches == [[1]] and b.stats["flushes"] == 1
@@ -286,7 +286,7 @@ async def test_the_timer_flushes_items_another_handle_put_in_the_file(tmp_path: 
         with spoolq.SyncQueue.create(path, name="batcher") as producer:
             producer.put("from another process")
         for _ in range(100):
-            if sink.batches:
+            if b.stats["items"]:
                 break
             await asyncio.sleep(0.01)
         assert sink.batches == [["from another process"]] and b.stats["items"] == 1
