@@ -119,7 +119,7 @@ async def test_kill_between_add_and_flush_loses_nothing(tmp_path: Path, disk_eng
     sink = Sink()
     async with Batcher(sink, queue=path, max_batch_size=1000, flush_interval=60) as b:
         for _ in range(200):
-            if sink.batches:
+            if b.stats["items"]:
                 break
             await asyncio.sleep(0.01)
         assert b.stats["items"] == 50
