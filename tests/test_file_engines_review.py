@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -302,3 +303,11 @@ def test_a_refused_file_gets_no_lock_file_beside_it(tmp_path: Path, engine: str)
             SyncQueue.create(refused)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [path.name, "folder.pickle", "folder.dbm"])
+
+
+def test_pickle_of_another_format_version_is_refused_by_its_version(tmp_path: Path) -> None:
+    path = tmp_path / "q.pickle"
+    path.write_bytes(pickle.dumps({"meta": {"application": b"spoolq", "format_version": b"2"},
+                                   "next_id": 1, "queues": {}, "segments": []}, protocol=5))
+    with pytest.raises(spoolq.FormatError, match="format version 2"):
+        SyncQueue.create(path)

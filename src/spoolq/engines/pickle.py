@@ -175,16 +175,21 @@ class _PickleStore:
 
     def _check(self, obj: object) -> tuple[int, dict[str, bytes], dict[str, list[RecordState]]]:
         foreign = FormatError(f"{self.path} is a pickle file but not a spoolq queue file")
-        if not isinstance(obj, dict) or set(obj) != _KEYS:
+        if not isinstance(obj, dict):
             raise foreign
-        meta, next_id, queues = obj["meta"], obj["next_id"], obj["queues"]
+        meta = obj.get("meta")
         if not isinstance(meta, dict) or meta.get("application") != _APPLICATION:
             raise foreign
+        # The version is read before the layout is checked: another version may lay out
+        # the rest of the file differently.
         version = meta.get("format_version")
         if version != str(FORMAT_VERSION).encode():
             shown = version.decode(errors="replace") if isinstance(version, bytes) else version
             raise FormatError(f"{self.path} has format version {shown}; "
                               f"this spoolq reads version {FORMAT_VERSION}")
+        if set(obj) != _KEYS:
+            raise CorruptError(f"{self.path} is damaged: its keys are {sorted(map(str, obj))}")
+        next_id, queues = obj["next_id"], obj["queues"]
         damaged = CorruptError(f"{self.path} is damaged: its structure is not a spoolq queue's")
         if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in meta.items()):
             raise damaged
