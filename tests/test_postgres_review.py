@@ -333,3 +333,52 @@ def test_a_large_record_travels_about_as_fast_as_the_driver_moves_bytes(
     (peeked,) = engine.peek("q", 1)
     assert (peeked.id, peeked.data) == (taken.id, big)
     assert engine.counts("q") == (1, 0, len(big), len(big))
+
+
+# ---- notifications read outside a wait ---------------------------------------------------
+
+def _wait_event(conn: psycopg.Connection[tuple[object, ...]], pid: int) -> object:
+    row = conn.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s",
+                       (pid,)).fetchone()
+    return None if row is None else row[0]
+
+
+def test_a_busy_consumer_keeps_reading_its_notifications(engine: PostgresEngine,
+                                                         pg_url: str) -> None:
+    assert engine.wait_ready("q", 0) is True  # listening from now on
+    assert engine._listener is not None
+    pid = engine._listener.info.backend_pid
+    with psycopg.connect(pg_url, autocommit=True) as producer:
+        # Many puts while the consumer is busy and never waits: the backend of its
+        # listener blocks writing them, and stops reading the server's notification
+        # queue, which every notifying statement of the server then fills up.
+        producer.execute("SELECT pg_notify(%s, 'other' || g) FROM generate_series(1, 200000) g",
+                         (engine.channel,))
+        deadline = time.monotonic() + 10
+        while _wait_event(producer, pid) != "ClientWrite":
+            assert time.monotonic() < deadline, "the listener's backend never blocked"
+            time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while _wait_event(producer, pid) == "ClientWrite":
+            assert time.monotonic() < deadline, "the consumer never read its notifications"
+            assert engine.take("q", 1, time.time(), None) == []
+            time.sleep(0.02)
+
+
+def test_a_wake_up_read_outside_a_wait_is_kept_for_the_next_wait(
+        engine: PostgresEngine, pg_url: str, pg_schema: str) -> None:
+    assert engine.wait_ready("q", 0) is True
+    producer = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        producer.append("q", [b"x"], [1], time.time())
+        time.sleep(0.2)  # the notification reached the listener's socket
+        engine.append("other", [b"y"], [1], time.time())  # reads it
+        start = time.monotonic()
+        assert engine.wait_ready("q", 5) is True
+        assert time.monotonic() - start < 1.0
+        producer.append("q", [b"x"], [1], time.time())
+        time.sleep(0.2)
+        assert len(engine.take("q", 5, time.time(), None)) == 2  # reads it, and sees both
+        assert engine.wait_ready("q", 0.3) is False
+    finally:
+        producer.close()

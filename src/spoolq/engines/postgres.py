@@ -100,6 +100,8 @@ _APPLICATION = b"spoolq"
 _META_COLUMNS = {("key", "text"), ("value", "bytea")}
 _MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
 _WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
+_DRAIN_ROUNDS = 64  # socket-fulls of notifications one call reads at most
+_HEARD_MAX = 1000  # queue names remembered from notifications read outside a wait
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 # The process id is part of a pool's key: a process started with fork inherits
@@ -152,10 +154,8 @@ def _release_pool(key: _PoolKey) -> None:
     shared.pool.close()
 
 
-def _ended_by_server(conn: Conn) -> bool:
-    """Whether the server closed an idle connection (a restart, a failover, a terminated
-    backend, ``idle_session_timeout``): an idle session is never sent anything else,
-    so anything to read on its socket is the server's goodbye."""
+def _readable(conn: Conn) -> bool:
+    """Whether the server sent ``conn`` something it has not read yet (or closed it)."""
     if conn.closed:
         return True
     fd = conn.fileno()
@@ -164,6 +164,13 @@ def _ended_by_server(conn: Conn) -> bool:
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
     return bool(select.select([fd], [], [], 0)[0])
+
+
+def _ended_by_server(conn: Conn) -> bool:
+    """Whether the server closed an idle pooled connection (a restart, a failover, a
+    terminated backend, ``idle_session_timeout``): such a session is never sent anything
+    else, so anything to read on its socket is the server's goodbye."""
+    return _readable(conn)
 
 
 def _describe(conninfo: str, schema: str) -> str:
@@ -232,6 +239,7 @@ class PostgresEngine:
         self._sql = compose(schema, notify=notify)
         self._listener: Conn | None = None
         self._listen_lock = threading.Lock()
+        self._heard: set[str] = set()  # payloads read by _drain_notifications, not yet waited for
         self._cancelled_at = -math.inf  # time.monotonic() of the last cancel_waits()
         self._pool: ConnectionPool[Conn] | None = None
         self._pid = os.getpid()
@@ -411,16 +419,49 @@ class PostgresEngine:
 
     # ---- the engine protocol ------------------------------------------------------------
 
+    def _drain_notifications(self, taking: str | None = None) -> None:
+        """Read the notifications that reached the listener since the last wait.
+
+        Unread, they fill the socket; the server then stops reading the notification
+        queue for this listener, and that queue, shared by the whole server, fills
+        up until every statement that notifies fails (after days of a busy queue).
+        The queues they name are remembered for the next :meth:`wait_ready`, except
+        ``taking``: the take about to run sees the records they announce.
+        """
+        listener = self._listener
+        if listener is None or not _readable(listener):
+            return
+        if not self._listen_lock.acquire(blocking=False):
+            return  # a wait_ready in another thread is reading them
+        try:
+            if self._listener is listener:
+                skip = None if taking is None else self._payload(taking)
+                for _ in range(_DRAIN_ROUNDS):
+                    for note in listener.notifies(timeout=0):
+                        # One entry per queue name: the set stays small.
+                        if note.payload != skip and len(self._heard) < _HEARD_MAX:
+                            self._heard.add(note.payload)
+                    if not _readable(listener):
+                        break
+        except psycopg.Error:
+            # A broken listener; the next wait_ready opens another.
+            self._listener = None
+            listener.close()
+        finally:
+            self._listen_lock.release()
+
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        self._drain_notifications()
         with self._conn("append") as conn:
             row = conn.execute(self._sql.append, self._params(
                 queue, data=list(records), raw=list(raw_sizes), now=now)).fetchone()
         return list(row[0]) if row is not None else []
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        self._drain_notifications(taking=queue)
         clock = time.time()
         params = self._params(queue, n=n, now_in=now - clock)
         with self._conn("take") as conn:
@@ -583,6 +624,9 @@ class PostgresEngine:
                 self._listener = listener
                 return True
             payload = self._payload(queue)
+            if self._heard & {payload, ""}:
+                self._heard -= {payload, ""}
+                return True
             try:
                 # Listening in short slices is what lets cancel_waits end a wait:
                 # nothing else can interrupt a connection waiting for notifications.
