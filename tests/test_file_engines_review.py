@@ -311,3 +311,22 @@ def test_pickle_of_another_format_version_is_refused_by_its_version(tmp_path: Pa
                                    "next_id": 1, "queues": {}, "segments": []}, protocol=5))
     with pytest.raises(spoolq.FormatError, match="format version 2"):
         SyncQueue.create(path)
+
+
+def test_dbm_queue_of_another_format_version_is_refused_by_its_version(tmp_path: Path) -> None:
+    import dbm.dumb
+    import json
+    import zlib
+
+    path = tmp_path / "q.dbm"
+    with SyncQueue.create(path) as q:
+        q.put("x")
+    # A later version, with a state laid out another way, committed on top.
+    body = json.dumps({"version": 2, "meta": {"application": b"spoolq".hex(),
+                                               "format_version": b"2".hex()},
+                       "lines": []}).encode()
+    with dbm.dumb.open(str(path / _generation(path)), "w") as db:
+        db[b"s999"] = zlib.crc32(body).to_bytes(4, "big") + body
+    for options in ({}, {"recover": True}):
+        with pytest.raises(spoolq.FormatError, match="format version 2"):
+            SyncQueue.create(path, engine_options=options)

@@ -16,7 +16,7 @@ from operator import itemgetter
 from .base import StoredRecord
 
 __all__ = ["Aside", "QueueState", "State", "decode_record", "decode_state", "encode_state",
-           "leased_window", "main_key", "pack", "ready_window"]
+           "leased_window", "main_key", "pack", "ready_window", "state_version"]
 
 _CRC = struct.Struct(">I")
 _RECORD = struct.Struct(">IQQIdi")  # crc, id, raw size, attempts, enqueued_at, reason length
@@ -96,6 +96,18 @@ def decode_state(blob: bytes) -> State:
     return State(int(doc["commit"]), int(doc["keys"]), int(doc["next_id"]),
                   int(doc["next_number"]), {str(k): bytes.fromhex(v)
                                             for k, v in doc["meta"].items()}, queues)
+
+
+def state_version(blob: bytes) -> bytes | None:
+    """The format version an intact state names, however the rest of it is laid out
+    (another version may lay it out differently); None when there is none to read."""
+    if len(blob) < _CRC.size or _CRC.unpack_from(blob)[0] != zlib.crc32(blob[_CRC.size:]):
+        return None
+    try:
+        version = json.loads(blob[_CRC.size:])["meta"]["format_version"]
+        return bytes.fromhex(version) if isinstance(version, str) else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def pack(ident: int, rec: StoredRecord, attempts: int | None = None) -> bytes:

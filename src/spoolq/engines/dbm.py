@@ -62,7 +62,14 @@ from . import _dbmfiles as files
 from ._dbmstate import Aside as _Aside
 from ._dbmstate import QueueState as _Queue
 from ._dbmstate import State as _State
-from ._dbmstate import decode_record, decode_state, encode_state, leased_window, ready_window
+from ._dbmstate import (
+    decode_record,
+    decode_state,
+    encode_state,
+    leased_window,
+    ready_window,
+    state_version,
+)
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
 from ._shared import SharedEngine, lock_exclusively
@@ -158,9 +165,16 @@ class _DBMStore:
         # damaged state is damage to the file either way.
         torn: Exception | None = None
         for commit in commits:
+            blob = b""
             try:
-                state = decode_state(self._db[b"s%d" % commit])
+                blob = self._db[b"s%d" % commit]
+                state = decode_state(blob)
             except (ValueError, KeyError, TypeError) as exc:
+                version = state_version(blob)
+                if version is not None and version != str(FORMAT_VERSION).encode():
+                    raise FormatError(f"{self.path} has format version "
+                                      f"{version.decode(errors='replace')}; this spoolq reads "
+                                      f"version {FORMAT_VERSION}") from exc
                 if torn is not None:
                     raise CorruptError(f"{self.path}: states {commits[0]} and {commit} of "
                                        f"{generation} are damaged ({exc})") from exc
