@@ -15,6 +15,8 @@ import spoolq
 from spoolq import Queue, SyncQueue
 from spoolq.engines import Engine, Lease, StoredRecord, open_engine
 
+from .servers import ThreadedServer
+
 
 @pytest.fixture(params=[":memory:", "queue.sqlite"])
 def either_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -246,3 +248,15 @@ async def test_an_aclose_cancelled_while_a_get_gives_back_still_closes(tmp_path:
     assert not q._worker._thread.is_alive()
     with SyncQueue.create(path) as again:
         assert again.get_nowait() == msg.item
+
+
+async def test_a_buffered_put_wakes_a_get_long_polling_a_server() -> None:
+    # The get blocks in the remote engine's long-poll, which a put held in this client's
+    # buffer never reaches: it used to wait for the long-poll's end (5 s) or the flush.
+    with ThreadedServer(":memory:") as server:
+        async with await Queue.create(f"{server.url}/jobs", durability="buffer",
+                                      flush_interval=30) as q:
+            getting = asyncio.create_task(q.get())
+            await asyncio.sleep(0.1)  # in the long-poll by now
+            await q.put("x")
+            assert await asyncio.wait_for(getting, 2) == "x"

@@ -82,6 +82,7 @@ class Queue(QueueViews, Generic[T]):
         self._closed = False
         self._closing: asyncio.Future[None] | None = None  # done once the file is closed
         self._takers = 0
+        self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
         self._unsettled = 0  # cancelled takes whose records have not come back yet
         # Records taken on the worker and not handed to a caller yet, or given back and not
         # restored yet: still in the queue for qsize(), or a put would find room that a
@@ -259,9 +260,12 @@ class Queue(QueueViews, Generic[T]):
 
     def _wake_for_buffered(self) -> None:
         """Wake waiting gets for a put held in the buffer: the core wakes them when it
-        writes, which for a buffered put may be ``flush_interval`` seconds away."""
+        writes, which for a buffered put may be ``flush_interval`` seconds away, and an
+        engine's long-poll never hears of it."""
         if self._waiters:
             self._wake()
+        for cancel in self._long_polls:
+            cancel.cancel()
 
     async def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
@@ -425,12 +429,15 @@ class Queue(QueueViews, Generic[T]):
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
             cancel = WaitCancel()
+            self._long_polls.add(cancel)
             try:
                 ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready,
                                                          deadline, cancel)
             except asyncio.CancelledError:
                 cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
                 raise
+            finally:
+                self._long_polls.discard(cancel)
             if ready is None:
                 return False
             if ready:
