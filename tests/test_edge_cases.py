@@ -104,3 +104,25 @@ def test_leased_keeps_the_callers_exception_when_the_lease_is_gone(path: str) ->
             other = q.lease(timeout=3, ttl=30)  # the first lease ran out and was redelivered
             q.ack(other)
             raise KeyError(item)
+
+
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("flush_interval", float("inf"), "flush_interval must be a finite number of seconds"),
+    ("poll_interval", float("inf"), "poll_interval must be a finite number of seconds"),
+    ("flush_interval", "1", "flush_interval must be a number of seconds, not str"),
+    ("flush_interval", 0, "flush_interval must be > 0"),
+    ("poll_interval", True, "poll_interval must be a number of seconds, not bool"),
+    ("flush_items", True, "flush_items must be an int, not bool"),
+    ("flush_items", 0, "flush_items must be >= 1"),
+    ("maxsize", True, "maxsize must be an int, not bool"),
+    ("maxsize", 2.0, "maxsize must be an int, not float"),
+    ("max_attempts", 0, "max_attempts must be >= 1"),
+])
+def test_bad_queue_settings_are_configuration_errors_naming_them(
+        tmp_path: Path, setting: str, value: object, says: str) -> None:
+    path = tmp_path / "q.sqlite"
+    with pytest.raises(spoolq.ConfigurationError, match=says):
+        SyncQueue.create(path, **{setting: value})  # type: ignore[arg-type]
+    with pytest.raises(spoolq.ConfigurationError, match=says):
+        asyncio.run(Queue.create(path, **{setting: value}))  # type: ignore[arg-type]
+    assert not path.exists()

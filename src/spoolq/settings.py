@@ -78,21 +78,18 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_queue_name(self.name)
-        if not isinstance(self.maxsize, int) or self.maxsize < 0:
-            raise ConfigurationError(f"maxsize must be an int >= 0, not {self.maxsize!r}")
         if self.durability not in DURABILITIES:
             raise ConfigurationError(
                 f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
-        if not isinstance(self.flush_items, int) or self.flush_items < 1:
-            raise ConfigurationError(f"flush_items must be an int >= 1, not {self.flush_items!r}")
-        if not self.flush_interval > 0:
-            raise ConfigurationError(f"flush_interval must be > 0, not {self.flush_interval!r}")
-        if self.max_attempts is not None and (
-                not isinstance(self.max_attempts, int) or self.max_attempts < 1):
-            raise ConfigurationError(
-                f"max_attempts must be None or an int >= 1, not {self.max_attempts!r}")
-        if not self.poll_interval > 0:
-            raise ConfigurationError(f"poll_interval must be > 0, not {self.poll_interval!r}")
+        try:
+            check_count("maxsize", self.maxsize, 0)
+            check_count("flush_items", self.flush_items, 1)
+            check_seconds("flush_interval", self.flush_interval, positive=True)
+            if self.max_attempts is not None:
+                check_count("max_attempts", self.max_attempts, 1)
+            check_seconds("poll_interval", self.poll_interval, positive=True)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
 
 
 def resolve_target(path: str | os.PathLike[str], name: str | None,
