@@ -254,7 +254,8 @@ async def test_a_buffered_put_wakes_a_get_long_polling_a_server() -> None:
     # The get blocks in the remote engine's long-poll, which a put held in this client's
     # buffer never reaches: it used to wait for the long-poll's end (5 s) or the flush.
     with ThreadedServer(":memory:") as server:
-        async with await Queue.create(f"{server.url}/jobs", durability="buffer",
+        assert server.server is not None
+        async with await Queue.create(f"{server.server.url}/jobs", durability="buffer",
                                       flush_interval=30) as q:
             getting = asyncio.create_task(q.get())
             await asyncio.sleep(0.1)  # in the long-poll by now
