@@ -382,3 +382,40 @@ def test_a_wake_up_read_outside_a_wait_is_kept_for_the_next_wait(
         assert engine.wait_ready("q", 0.3) is False
     finally:
         producer.close()
+
+
+# ---- counter stripes ----------------------------------------------------------------------
+
+def _stripes(url: str, schema: str) -> dict[tuple[str, int], str]:
+    """Each counter stripe with the transaction that last wrote it."""
+    with psycopg.connect(url) as conn:
+        return {(row[0], row[1]): row[2] for row in conn.execute(sql.SQL(
+            "SELECT queue, slot, xmin::text FROM {}.counts").format(sql.Identifier(schema)))}
+
+
+@pytest.mark.parametrize("max_attempts", [None, 1])
+def test_an_expiry_of_lapsed_and_orphaned_leases_writes_one_stripe_per_queue(
+        pg_url: str, pg_schema: str, max_attempts: int | None) -> None:
+    """Two expiries that each wrote two stripes of a queue could deadlock on them."""
+    eng = PostgresEngine(pg_url, schema=pg_schema, counter_slots=1000)
+    try:
+        now = time.time()
+        eng.append("q", [b"a", b"b", b"c", b"d"], [1] * 4, now)
+        eng.take("q", 2, now, Lease("gone", now + 60))
+        eng.take("q", 2, now, Lease("slow", now + 0.1))
+        time.sleep(0.2)
+        before = _stripes(pg_url, pg_schema)
+        assert eng.expire("q", time.time(), owners=["gone"], max_attempts=max_attempts) == 4
+        after = _stripes(pg_url, pg_schema)
+        written = [key for key, xmin in after.items() if before.get(key) != xmin]
+        assert sorted(queue for queue, _slot in written) == (
+            ["q"] if max_attempts is None else ["q", "q.dead"])
+        if max_attempts is None:
+            assert [r.data for r in eng.peek("q", 5)] == [b"a", b"b", b"c", b"d"]
+        else:
+            assert sorted((r.data, r.reason) for r in eng.peek("q.dead", 5)) == [
+                (b"a", "owner died"), (b"b", "owner died"),
+                (b"c", "lease expired"), (b"d", "lease expired")]
+        assert eng.counts("q")[:2] == ((4, 0) if max_attempts is None else (0, 0))
+    finally:
+        eng.close()

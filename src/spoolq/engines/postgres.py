@@ -390,26 +390,32 @@ class PostgresEngine:
         if self._notify:
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel, self._payload(queue)))
 
-    def _unlease(self, conn: Conn, queue: str, ids: list[int], visible_in: float | None,
-                 max_attempts: int | None, delta: int, reason: str) -> None:
-        """Turn locked leased ``ids`` back to ready (or dead letters), inside a transaction.
+    def _unlease(self, conn: Conn, queue: str, groups: Sequence[tuple[list[int], str]],
+                 visible_in: float | None, max_attempts: int | None, delta: int) -> None:
+        """Turn locked leased records back to ready (or dead letters), inside a transaction.
 
-        ``visible_in`` is seconds from now on the database clock; None means at once.
+        ``groups`` pairs ids with the reason their dead letters get. ``visible_in``
+        is seconds from now on the database clock; None means at once.
         """
+        ids = [i for group, _reason in groups for i in group]
         if not ids:
             return
         dead: list[tuple[int, int, int]] = []
         dead_queue = dead_queue_name(queue)
         if max_attempts is not None and delta == 0:
-            dead = conn.execute(self._sql.bury, {
-                "queue": queue, "ids": ids, "max_attempts": max_attempts, "dead_queue": dead_queue,
-                "reason": reason}).fetchall()
+            for group, reason in groups:
+                if group:
+                    dead += conn.execute(self._sql.bury, {
+                        "queue": queue, "ids": group, "max_attempts": max_attempts,
+                        "dead_queue": dead_queue, "reason": reason}).fetchall()
         buried = {r[0] for r in dead}
         back = [i for i in ids if i not in buried]
         if back:
             conn.execute(self._sql.unlease, {"queue": queue, "ids": back, "delta": delta,
                                              "visible_in": visible_in})
         stored, raw = sum(r[1] for r in dead), sum(r[2] for r in dead)
+        # One call, so one stripe per queue: a transaction that took a second stripe
+        # of a queue could deadlock with another taking the same two the other way.
         self._add_counts(conn, [(queue, len(back), -len(ids), -stored, -raw),
                                 (dead_queue, len(dead), 0, stored, raw)])
         if back:
@@ -501,8 +507,8 @@ class PostgresEngine:
             ids = [r[0] for r in conn.execute(self._sql.lock_held, {
                 "queue": queue, "owner": owner, "ids": [d[0] for d in deliveries],
                 "attempts": [d[1] for d in deliveries]})]
-            self._unlease(conn, queue, ids, not_before - clock, max_attempts,
-                          0 if count_attempt else -1, reason or "nacked")
+            self._unlease(conn, queue, [(ids, reason or "nacked")], not_before - clock,
+                          max_attempts, 0 if count_attempt else -1)
         return ids
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
@@ -521,8 +527,8 @@ class PostgresEngine:
             rows = conn.execute(lock, params).fetchall()
             expired = [r[0] for r in rows if r[1]]
             orphaned = [r[0] for r in rows if not r[1]]
-            self._unlease(conn, queue, expired, None, max_attempts, 0, "lease expired")
-            self._unlease(conn, queue, orphaned, None, max_attempts, 0, "owner died")
+            self._unlease(conn, queue, [(expired, "lease expired"), (orphaned, "owner died")],
+                          None, max_attempts, 0)
         return len(rows)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
