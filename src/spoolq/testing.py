@@ -191,6 +191,13 @@ class EngineConformance:
         assert engine.counts("q") == (1, 0, 2, 4)
         assert engine.counts(dead_queue_name("q")).ready == 1
 
+    def test_a_release_without_a_reason_is_buried_as_nacked(self, engine: Engine) -> None:
+        self._put(engine, 1)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=1)
+        (dead,) = engine.peek(dead_queue_name("q"), 10)
+        assert dead.reason == "nacked"
+
     def test_expire_by_time_and_by_owner(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3)
         engine.take("q", 1, self.NOW, Lease("a", self.NOW + 5))

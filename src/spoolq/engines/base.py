@@ -217,7 +217,7 @@ class Engine(Protocol):
 
         With ``count_attempt=False`` the delivery is undone (attempts drop by
         one). Records that reached ``max_attempts`` move to the dead-letter
-        queue with ``reason``. Returns the ids released or moved.
+        queue with ``reason`` (``"nacked"`` when empty). Returns the ids released or moved.
         """
         ...
 

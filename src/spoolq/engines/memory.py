@@ -199,7 +199,7 @@ class MemoryEngine:
             self._drop(q, ident)
             dead = self._q(dead_queue_name(queue))
             dead_entry = _Entry(entry.data, entry.raw_size, entry.attempts, entry.enqueued_at,
-                                reason=reason or "max_attempts reached")
+                                reason=reason or "nacked")
             self._add(dead, self._next_id, dead_entry)
             self._next_id += 1
             return
