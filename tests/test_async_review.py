@@ -261,3 +261,27 @@ async def test_a_buffered_put_wakes_a_get_long_polling_a_server() -> None:
             await asyncio.sleep(0.1)  # in the long-poll by now
             await q.put("x")
             assert await asyncio.wait_for(getting, 2) == "x"
+
+
+async def test_a_timeout_holds_while_a_cancelled_get_gives_back(tmp_path: Path) -> None:
+    # A get waiting for a give-back used to wait for it whatever its timeout.
+    path = str(tmp_path / "q.sqlite")
+    engine = _Gated(open_engine(path))
+    async with await Queue.create(path, engine=engine) as q:
+        await q.put("a")
+        engine.holding = True
+        try:
+            getting = asyncio.create_task(q.get())
+            while not engine.took.is_set():
+                await asyncio.sleep(0.001)
+            getting.cancel()
+            engine.taken.set()
+            with pytest.raises(asyncio.CancelledError):
+                await getting
+            with pytest.raises(spoolq.Empty):  # the restore is held: "a" is not back
+                await asyncio.wait_for(q.get_many(1, timeout=0.05), 2)
+            with pytest.raises(spoolq.Empty):
+                await asyncio.wait_for(q.lease(timeout=0), 2)
+        finally:
+            engine.restoring.set()
+        assert await q.get_many(1, timeout=2) == ["a"]

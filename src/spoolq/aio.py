@@ -336,14 +336,16 @@ class Queue(QueueViews, Generic[T]):
         if state[1]:
             self._one_settled()
 
-    async def _settle_cancelled_takes(self) -> None:
+    async def _settle_cancelled_takes(self, deadline: float | None) -> bool:
         """Wait until the records of cancelled takes are given back (a later take would
-        otherwise be handed newer records first)."""
+        otherwise be handed newer records first); False if ``deadline`` passes first."""
         while self._unsettled:
             if self._immediate:
                 raise QueueShutDown("the queue is shut down")
             self._check()
-            await self._wait(None, lambda: not self._unsettled)
+            if not await self._wait(deadline, lambda: not self._unsettled):
+                return False
+        return True
 
     async def _take_on_worker(self, n: int, ttl: float | None) -> list[Taken]:
         """Take up to n records on the worker thread; if the caller is cancelled, whatever
@@ -383,10 +385,13 @@ class Queue(QueueViews, Generic[T]):
         self._takers += 1
         try:
             while True:
-                if self._unsettled:
-                    # Records of cancelled takes are on their way back: take after them, or
-                    # newer records would be handed out first (and the counts are short).
-                    await self._settle_cancelled_takes()
+                # Records of cancelled takes on their way back: take after them, or newer
+                # records would be handed out first (and the counts are short).
+                if self._unsettled and not await self._settle_cancelled_takes(deadline):
+                    if got:
+                        break
+                    raise Empty("the oldest items are on their way back from a cancelled "
+                                "get and the timeout passed")
                 if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                     raise QueueShutDown("the queue is shut down")
                 if self._shutdown and got and core.ready_hint() == 0:
