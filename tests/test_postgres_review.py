@@ -419,3 +419,30 @@ def test_an_expiry_of_lapsed_and_orphaned_leases_writes_one_stripe_per_queue(
         assert eng.counts("q")[:2] == ((4, 0) if max_attempts is None else (0, 0))
     finally:
         eng.close()
+
+
+# ---- opening ----------------------------------------------------------------------------
+
+def test_opening_behind_a_lock_held_too_long_is_a_lock_timeout(
+        engine: PostgresEngine, pg_url: str, pg_schema: str) -> None:
+    outcome: list[BaseException | PostgresEngine] = []
+
+    def open_it() -> None:
+        try:
+            outcome.append(PostgresEngine(pg_url, schema=pg_schema, lock_timeout=0.2))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(pg_url) as blocker:
+        blocker.execute(sql.SQL("LOCK TABLE {}.meta").format(sql.Identifier(pg_schema)))
+        opener = threading.Thread(target=open_it)
+        start = time.monotonic()
+        opener.start()
+        opener.join(3)
+        blocker.rollback()
+        opener.join(10)
+    for leftover in outcome:
+        if isinstance(leftover, PostgresEngine):
+            leftover.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], spoolq.LockTimeout)
+    assert time.monotonic() - start < 3

@@ -243,9 +243,10 @@ class PostgresEngine:
         self._cancelled_at = -math.inf  # time.monotonic() of the last cancel_waits()
         self._pool: ConnectionPool[Conn] | None = None
         self._pid = os.getpid()
+        self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._setup()
         settings = (("synchronous_commit", synchronous_commit),
-                    ("lock_timeout", f"{max(1, round(lock_timeout * 1000))}ms"),
+                    ("lock_timeout", self._lock_timeout),
                     ("default_transaction_read_only", "on" if read_only else "off"))
         self._pool_key: _PoolKey = (self._pid, conninfo, settings, pool_size)
         with self._guard("open"):
@@ -308,6 +309,7 @@ class PostgresEngine:
     def _setup(self) -> None:
         """Create the schema and tables if missing; check what is there."""
         with self._guard("open"), self._connect() as conn:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (self._lock_timeout,))
             with conn.transaction():
                 # Two processes opening a new schema at once must not both create it.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
