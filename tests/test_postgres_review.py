@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 
 from spoolq.engines import Lease, StoredRecord
+from spoolq.engines._pgsql import SCHEMA_VERSION, ddl
 from spoolq.engines.postgres import PostgresEngine
 
 
@@ -446,3 +447,27 @@ def test_opening_behind_a_lock_held_too_long_is_a_lock_timeout(
             leftover.close()
     assert len(outcome) == 1 and isinstance(outcome[0], spoolq.LockTimeout)
     assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("version", [110000, 120000, 150000])
+def test_the_tables_are_created_with_settings_the_server_knows(
+        pg_url: str, pg_schema: str, version: int) -> None:
+    """autovacuum_vacuum_insert_scale_factor is new in PostgreSQL 13: older servers
+    refuse a table that names it, which made every first open fail there."""
+    with psycopg.connect(pg_url) as conn:
+        statements = ddl(pg_schema, version)
+        texts = [statement.as_string(conn) for statement in statements]
+        assert any("autovacuum_vacuum_insert_scale_factor" in text
+                   for text in texts) == (version >= 130000)
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema)))
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(sql.SQL("INSERT INTO {}.meta VALUES ('application', 'spoolq'), "
+                             "('schema_version', %s)").format(sql.Identifier(pg_schema)),
+                     (str(SCHEMA_VERSION).encode(),))
+    eng = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        eng.append("q", [b"x"], [1], 1.0)
+        assert eng.counts("q").ready == 1
+    finally:
+        eng.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-__all__ = ["SCHEMA_VERSION", "Statements", "compose"]
+__all__ = ["SCHEMA_VERSION", "Statements", "compose", "ddl"]
 
 SCHEMA_VERSION = 1
 """Version of the table layout, stored in ``meta`` under ``schema_version``."""
@@ -41,7 +41,7 @@ _DDL = (
         -- the queues that sort before this one's head. Every statement that
         -- names ids names the queue too.
         PRIMARY KEY (queue, id)
-    ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01,
+    ) WITH (autovacuum_vacuum_scale_factor = 0.01, {insert_scale_factor}
             autovacuum_analyze_scale_factor = 0.02)""",
     # Records arrive compressed by the codec: pglz would only waste time on them.
     "ALTER TABLE {s}.records ALTER COLUMN data SET STORAGE EXTERNAL",
@@ -229,9 +229,8 @@ _SET_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
 
 @dataclass(frozen=True, slots=True)
 class Statements:
-    """Every statement of the engine, bound to one schema."""
+    """Every statement of the engine but the DDL (see :func:`ddl`), bound to one schema."""
 
-    ddl: tuple[sql.Composed, ...]
     append: sql.Composed
     remove: sql.Composed
     lease: sql.Composed
@@ -265,6 +264,17 @@ _TEXTS = {
 }
 
 
+def ddl(schema: str, server_version: int) -> tuple[sql.Composed, ...]:
+    """The statements creating the tables in ``schema`` on a server of ``server_version``
+    (as ``connection.info.server_version`` gives it, 150004 for 15.4)."""
+    # Vacuuming after inserts alone is new in PostgreSQL 13; older servers refuse it.
+    insert_scale_factor = (sql.SQL("autovacuum_vacuum_insert_scale_factor = 0.01,")
+                           if server_version >= 130000 else sql.SQL(""))
+    return tuple(sql.SQL(text).format(s=sql.Identifier(schema),
+                                      insert_scale_factor=insert_scale_factor)
+                 for text in _DDL)
+
+
 def compose(schema: str, *, notify: bool) -> Statements:
     """The statements for tables in ``schema``; with ``notify``, statements that make
     records ready also send ``pg_notify(%(channel)s, %(payload)s)``."""
@@ -272,5 +282,4 @@ def compose(schema: str, *, notify: bool) -> Statements:
     notify_sql = sql.SQL("pg_notify(%(channel)s, %(payload)s)" if notify else "NULL")
     built = {name: sql.SQL(text).format(s=ident, notify=notify_sql)
              for name, text in _TEXTS.items()}
-    ddl = tuple(sql.SQL(text).format(s=ident) for text in _DDL)
-    return Statements(ddl=ddl, **built)
+    return Statements(**built)

@@ -76,7 +76,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
-from ._pgsql import SCHEMA_VERSION, TABLES, compose
+from ._pgsql import SCHEMA_VERSION, TABLES, compose, ddl
 from .base import (
     Counts,
     Lease,
@@ -359,7 +359,7 @@ class PostgresEngine:
         if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
                         (self.schema,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
-        for statement in self._sql.ddl:
+        for statement in ddl(self.schema, conn.info.server_version):
             conn.execute(statement)
         for key, value in (("application", _APPLICATION),
                            ("schema_version", str(SCHEMA_VERSION).encode())):
