@@ -353,7 +353,8 @@ def test_a_busy_consumer_keeps_reading_its_notifications(engine: PostgresEngine,
         # Many puts while the consumer is busy and never waits: the backend of its
         # listener blocks writing them, and stops reading the server's notification
         # queue, which every notifying statement of the server then fills up.
-        producer.execute("SELECT pg_notify(%s, 'other' || g) FROM generate_series(1, 200000) g",
+        producer.execute("SELECT pg_notify(%s, 'other' || g || repeat('x', 1000)) "
+                         "FROM generate_series(1, 50000) g",
                          (engine.channel,))
         deadline = time.monotonic() + 10
         while _wait_event(producer, pid) != "ClientWrite":
