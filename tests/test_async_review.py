@@ -132,19 +132,21 @@ async def test_a_buffered_put_wakes_a_waiting_get_at_once(either_path: str,
 
 class _Gated:
     """Delegates to a real engine. Once ``holding``, a take that found records waits for
-    ``taken`` to be let go before it returns, and a restore waits for ``restoring``."""
+    ``taken`` to be let go before it returns (with ``holding_empty``, one that found
+    none), and a restore waits for ``restoring``."""
 
     def __init__(self, inner: Engine) -> None:
         self._inner = inner
         self.name = inner.name
         self.holding = False
+        self.holding_empty = False  # hold a take that found nothing instead
         self.took = threading.Event()
         self.taken = threading.Event()
         self.restoring = threading.Event()
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         recs = self._inner.take(queue, n, now, lease)
-        if self.holding and recs:
+        if (self.holding and recs) or (self.holding_empty and not recs):
             self.took.set()
             self.taken.wait(5)
         return recs
@@ -285,3 +287,26 @@ async def test_a_timeout_holds_while_a_cancelled_get_gives_back(tmp_path: Path) 
         finally:
             engine.restoring.set()
         assert await q.get_many(1, timeout=2) == ["a"]
+
+
+async def test_a_put_while_a_get_s_take_finds_nothing_reaches_that_get(tmp_path: Path) -> None:
+    # Two gets race for one item; the loser's take finds nothing while a put is written.
+    # The put's wake-up found no get waiting, and the loser then slept a whole poll
+    # interval (here 30 s) although an item was ready.
+    path = str(tmp_path / "q.sqlite")
+    engine = _Gated(open_engine(path))
+    async with await Queue.create(path, engine=engine, poll_interval=30) as q:
+        await q.put("a")
+        engine.holding_empty = True
+        try:
+            first = asyncio.create_task(q.get())
+            second = asyncio.create_task(q.get())
+            while not engine.took.is_set():  # the second take found nothing; it is held
+                await asyncio.sleep(0.001)
+            engine.holding_empty = False
+            putting = asyncio.create_task(q.put("b"))
+            await asyncio.sleep(0.01)  # its write waits behind the held take
+        finally:
+            engine.taken.set()
+        await putting
+        assert {await first, await asyncio.wait_for(second, 5)} == {"a", "b"}

@@ -83,6 +83,11 @@ class Queue(QueueViews, Generic[T]):
         self._closing: asyncio.Future[None] | None = None  # done once the file is closed
         self._takers = 0
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
+        # Grows at every change that may make items takeable (puts, give-backs, nacks,
+        # takes), whether or not anyone waits: a get whose take found nothing compares it
+        # to learn whether something changed while its take ran. It is written by several
+        # threads without a lock: an increment may be lost, but the value still changes.
+        self._epoch = 0
         self._unsettled = 0  # cancelled takes whose records have not come back yet
         # Records taken on the worker and not handed to a caller yet, or given back and not
         # restored yet: still in the queue for qsize(), or a put would find room that a
@@ -95,7 +100,10 @@ class Queue(QueueViews, Generic[T]):
 
         def wake(ref: weakref.ref[Queue[Any]] = ref) -> None:
             queue = ref()
-            if queue is not None and queue._waiters:
+            if queue is None:
+                return
+            queue._epoch += 1
+            if queue._waiters:
                 with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
                     queue._loop.call_soon_threadsafe(queue._wake)
 
@@ -158,6 +166,7 @@ class Queue(QueueViews, Generic[T]):
     # ---- waiting ------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        self._epoch += 1
         waiters, self._waiters = self._waiters, {}
         _wake_all(waiters)
 
@@ -262,6 +271,7 @@ class Queue(QueueViews, Generic[T]):
         """Wake waiting gets for a put held in the buffer: the core wakes them when it
         writes, which for a buffered put may be ``flush_interval`` seconds away, and an
         engine's long-poll never hears of it."""
+        self._epoch += 1
         if self._waiters:
             self._wake()
         for cancel in self._long_polls:
@@ -400,7 +410,7 @@ class Queue(QueueViews, Generic[T]):
                     await self._call(core.refresh)
                 if core.ready_hint() > 0:
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
-                    before = len(got)
+                    before, epoch = len(got), self._epoch
                     if self._inline:
                         got += core.take(want, ttl, fill=wait_for_all and n is not None)
                     else:
@@ -409,10 +419,10 @@ class Queue(QueueViews, Generic[T]):
                         self._wake()  # puts waiting for room: a lease or a part batch makes room
                     if got and (not wait_for_all or n is None or len(got) >= n):
                         break
-                    took_nothing = before == len(got)
+                    empty_since = epoch if before == len(got) else None
                 else:
-                    took_nothing = False
-                if not await self._wait_for_items(deadline, took_nothing):
+                    empty_since = None
+                if not await self._wait_for_items(deadline, empty_since):
                     if got:
                         break
                     raise Empty("no item arrived within the timeout")
@@ -423,13 +433,15 @@ class Queue(QueueViews, Generic[T]):
             self._takers -= 1
         return got
 
-    async def _wait_for_items(self, deadline: float | None, took_nothing: bool) -> bool:
+    async def _wait_for_items(self, deadline: float | None, empty_since: int | None) -> bool:
         """Sleep until items may be ready; False once the deadline passed.
 
         With an engine that can long-poll it blocks there (on a thread other than
         the queue's worker). After a take found nothing although the counts
-        promised items (they are delayed by a nack), it sleeps a poll interval
-        instead of retrying at once.
+        promised items (they are delayed by a nack, or another get took them), it
+        sleeps until something changes or a poll interval passes instead of retrying at
+        once; ``empty_since`` is :attr:`_epoch` from before that take, so a change while
+        it ran (a put no wake-up reached, as this get was not waiting) ends the sleep.
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
@@ -448,8 +460,8 @@ class Queue(QueueViews, Generic[T]):
             if ready:
                 await self._worker.submit(core.refresh)
             return True
-        if took_nothing:
-            return await self._wait(deadline, lambda: False)
+        if empty_since is not None:
+            return await self._wait(deadline, lambda: self._epoch != empty_since)
         return await self._wait(deadline, lambda: core.ready_hint() > 0)
 
     async def get(self) -> T:
