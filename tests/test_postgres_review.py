@@ -472,3 +472,20 @@ def test_the_tables_are_created_with_settings_the_server_knows(
         assert eng.counts("q").ready == 1
     finally:
         eng.close()
+
+
+def test_a_wait_outlasting_idle_session_timeout_goes_on(pg_url: str, pg_schema: str) -> None:
+    """The server ends sessions idle longer than idle_session_timeout, and a session
+    listening for notifications is idle: a long wait must not fail for that."""
+    url = pg_url + ("&" if "?" in pg_url else "?") + "options=-c%20idle_session_timeout%3D300"
+    eng = PostgresEngine(url, schema=pg_schema)
+    try:
+        assert eng.wait_ready("q", 0) is True
+        start = time.monotonic()
+        assert eng.wait_ready("q", 0.8) is True  # the listener was ended: look again
+        assert time.monotonic() - start < 0.8
+        assert eng.counts("q").ready == 0  # the pooled connections were ended too
+        eng.append("q", [b"x"], [1], time.time())
+        assert eng.wait_ready("q", 5) is True
+    finally:
+        eng.close()

@@ -597,7 +597,9 @@ class PostgresEngine:
 
         True means "look again": records were appended, released or moved
         to ``queue`` by some process (or this is the first call, which starts
-        listening and cannot know what happened before). It is only a hint:
+        listening and cannot know what happened before, or the server ended the
+        listening session and a new one took over). EngineError when no new
+        listening session can be opened. It is only a hint:
         a ``take`` may still find nothing, and records whose delay runs out
         send no notification, so keep polling as well. False means nothing
         was heard within ``timeout``, or :meth:`cancel_waits` was called or ``cancel``
@@ -625,11 +627,7 @@ class PostgresEngine:
     def _listen(self, queue: str, deadline: float, ended: Callable[[], bool]) -> bool:
         with self._guard("wait_ready"):
             if self._listener is None:
-                if self._pool is None:
-                    raise EngineError(f"{self.where}: wait_ready: the engine is closed")
-                listener = self._connect()
-                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                self._listener = listener
+                self._start_listening()
                 return True
             payload = self._payload(queue)
             if self._heard & {payload, ""}:
@@ -645,12 +643,29 @@ class PostgresEngine:
                                                         stop_after=1):
                         if note.payload in (payload, ""):
                             return True
-            except psycopg.Error:
-                # A broken listener (a server restart) is replaced on the next call.
+            except psycopg.Error as exc:
+                # The server ended the listener's session (pg_terminate_backend,
+                # idle_session_timeout, a restart). Notifications may have been missed
+                # meanwhile: when a new listener connects, look again; when none can,
+                # the server is gone and that is the error.
                 self._listener.close()
                 self._listener = None
-                raise
+                log.info("spoolq: %s: the listening connection was lost: %s", self.where,
+                         str(exc).strip())
+                self._start_listening()
+                return True
             return False
+
+    def _start_listening(self) -> None:
+        if self._pool is None:
+            raise EngineError(f"{self.where}: wait_ready: the engine is closed")
+        listener = self._connect()
+        try:
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
 
     def cancel_waits(self) -> None:
         """Make every :meth:`wait_ready` in progress return False within a fraction of a
