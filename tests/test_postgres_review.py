@@ -1,5 +1,7 @@
-"""The postgres engine under failures and concurrency: forked processes, lost
-connections, foreign schemas, lock ordering, closing while waiting, large records."""
+"""The postgres engine under failures and concurrency: forked processes, sessions the
+server ends, foreign schemas, lock order and counter stripes, closing while waiting,
+large records, notifications read outside a wait, opening behind locks and on older
+servers."""
 
 from __future__ import annotations
 
