@@ -310,3 +310,33 @@ async def test_a_put_while_a_get_s_take_finds_nothing_reaches_that_get(tmp_path:
             engine.taken.set()
         await putting
         assert {await first, await asyncio.wait_for(second, 5)} == {"a", "b"}
+
+
+@pytest.mark.parametrize("call", ["peek", "purge"])
+async def test_peek_and_purge_see_the_item_a_cancelled_get_gives_back(tmp_path: Path,
+                                                                      call: str) -> None:
+    # They used to run on the worker before the give-back: peek missed the head item,
+    # and purge left it to come back into the purged queue.
+    path = str(tmp_path / "q.sqlite")
+    engine = _Gated(open_engine(path))
+    async with await Queue.create(path, engine=engine) as q:
+        await q.put_many(["a", "b"])
+        engine.holding = True
+        try:
+            getting = asyncio.create_task(q.get())
+            while not engine.took.is_set():  # "a" is taken; the take's return is held
+                await asyncio.sleep(0.001)
+            getting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await getting
+            calling = asyncio.create_task(q.peek(5) if call == "peek" else q.purge())
+            await asyncio.sleep(0.01)
+        finally:
+            engine.taken.set()
+            engine.restoring.set()
+        if call == "peek":
+            assert await calling == ["a", "b"]
+            assert await q.get_many(2) == ["a", "b"]
+        else:
+            assert await calling == 2
+            assert await q.peek(5) == [] and q.qsize() == 0

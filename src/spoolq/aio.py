@@ -357,6 +357,13 @@ class Queue(QueueViews, Generic[T]):
                 return False
         return True
 
+    async def _await_give_backs(self) -> None:
+        """Wait until the records of cancelled takes are back at the head, for a call that
+        reads or deletes it (which the worker would otherwise run before they are)."""
+        while self._unsettled:
+            self._check()
+            await self._wait(None, lambda: not self._unsettled)
+
     async def _take_on_worker(self, n: int, ttl: float | None) -> list[Taken]:
         """Take up to n records on the worker thread; if the caller is cancelled, whatever
         the call took is given back, and later takes wait for that."""
@@ -523,6 +530,8 @@ class Queue(QueueViews, Generic[T]):
         check_count("n", n, 0)
         check_count("offset", offset, 0)
         self._enter()
+        if self._unsettled and not dead:
+            await self._await_give_backs()
         return await self._call(partial(self._core.peek, n, offset, dead=dead))
 
     # ---- leases -------------------------------------------------------------------------
@@ -577,8 +586,12 @@ class Queue(QueueViews, Generic[T]):
         return await self._call(self._core.requeue_dead, None if ids is None else list(ids))
 
     async def purge(self, *, dead: bool = False) -> int:
-        """Delete every item, ready and leased (or every dead letter); return how many."""
+        """Delete every item, ready and leased (or every dead letter); return how many.
+
+        Items a cancelled get is giving back are deleted too: it waits for them."""
         self._enter()
+        if self._unsettled and not dead:
+            await self._await_give_backs()
         return await self._call(partial(self._core.purge, dead=dead))
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
