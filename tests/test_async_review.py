@@ -340,3 +340,41 @@ async def test_peek_and_purge_see_the_item_a_cancelled_get_gives_back(tmp_path: 
         else:
             assert await calling == 2
             assert await q.peek(5) == [] and q.qsize() == 0
+
+
+class _FailingAppend:
+    """Delegates to a real engine; the next ``failures`` appends raise an EngineError."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.failures = 0
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if self.failures:
+            self.failures -= 1
+            raise spoolq.EngineError("no space left on device")
+        return self._inner.append(queue, records, raw_sizes, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_failed_group_commit_fails_each_put_and_leaves_the_queue_usable(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    engine = _FailingAppend(open_engine(path))
+    async with await Queue.create(path, engine=engine, maxsize=20) as q:
+        await q.put("before")
+        engine.failures = 100  # every transaction the puts are written in fails
+        results = await asyncio.gather(*(q.put(i) for i in range(10)), q.put_many([10, 11]),
+                                       return_exceptions=True)
+        engine.failures = 0
+        assert all(isinstance(r, spoolq.EngineError) for r in results)
+        assert q.qsize() == 1 and q.stats["unfinished"] == 1 and await q.peek(20) == ["before"]
+        await asyncio.gather(*(q.put(i) for i in range(3)))
+        assert await q.get_many(4) == ["before", 0, 1, 2]
+        for _ in range(4):
+            q.task_done()
+        await asyncio.wait_for(q.join(), 5)
