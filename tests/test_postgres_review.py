@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from spoolq.engines import Lease, StoredRecord
+from spoolq.engines import postgres as pg
 from spoolq.engines._pgsql import SCHEMA_VERSION, ddl
 from spoolq.engines.postgres import PostgresEngine
 
@@ -103,6 +104,26 @@ def test_a_forked_child_uses_connections_of_its_own(pg_url: str, pg_schema: str)
         assert parent.counts("parent").ready == 7
     finally:
         parent.close()
+
+
+def test_a_child_forked_while_a_queue_was_opening_can_open_queues(
+        pg_url: str, pg_schema: str) -> None:
+    def child_run() -> bool:
+        child = PostgresEngine(pg_url, schema=pg_schema)
+        child.append("q", [b"x"], [1], 1.0)
+        child.close()
+        return True
+
+    # The parent's lock of its pools is held at the fork, as while another of its
+    # threads opens or closes a queue.
+    with pg._POOLS_LOCK:
+        pid, read = _in_child(child_run)
+    assert _verdict(pid, read, timeout=10) == b"\0"
+    eng = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        assert eng.counts("q").ready == 1
+    finally:
+        eng.close()
 
 
 # ---- schemas that are not spoolq's -------------------------------------------------------

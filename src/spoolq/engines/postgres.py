@@ -121,6 +121,17 @@ _POOLS: dict[_PoolKey, _SharedPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _new_pools_lock() -> None:
+    # A child started with fork while another thread of its parent held the lock
+    # (opening or closing a queue) would otherwise find it held for ever.
+    global _POOLS_LOCK  # noqa: PLW0603 - only a new lock frees a lock held by no thread
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pools_lock)
+
+
 def _acquire_pool(key: _PoolKey, timeout: float) -> ConnectionPool[Conn]:
     _pid, conninfo, settings, size = key
     with _POOLS_LOCK:
