@@ -352,6 +352,6 @@ def test_queue_names_take_up_to_255_bytes_of_utf8_on_every_engine(path: str) -> 
         q.nack(q.lease(), delay=0)  # its leased and dead-letter bookkeeping too
         assert q.get_nowait() == "kept"
     for bad, why in (("x" * 256, "at most 255"), ("é" * 128, "at most 255"),
-                     ("a\ud800b", "UTF-8"), ("", "non-empty")):
+                     ("a\ud800b", "UTF-8"), ("", "non-empty"), ("a\x00b", "NUL")):
         with pytest.raises(spoolq.ConfigurationError, match=why):
             SyncQueue.create(path, name=bad)

@@ -25,10 +25,12 @@ some 500 bytes, and a name goes into keys with a prefix and a suffix)."""
 
 
 def check_queue_name(name: object) -> str:
-    """``name`` as a queue name: ConfigurationError unless it is a non-empty string of at
-    most MAX_NAME_BYTES bytes of UTF-8."""
+    """``name`` as a queue name: ConfigurationError unless it is a non-empty string without
+    NUL characters of at most MAX_NAME_BYTES bytes of UTF-8."""
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"name must be a non-empty string, not {name!r}")
+    if "\x00" in name:
+        raise ConfigurationError(f"name {name!r} holds a NUL character, which no engine stores")
     try:
         size = len(name.encode())
     except UnicodeEncodeError as exc:

@@ -52,7 +52,8 @@ def _forget_after_fork() -> None:
     _registry.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _flush_words(flushes: dict[str, bool]) -> str:
