@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -83,10 +84,12 @@ class Queue(QueueViews, Generic[T]):
         self._closing: asyncio.Future[None] | None = None  # done once the file is closed
         self._takers = 0
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
-        # Grows at every change that may make items takeable (puts, give-backs, nacks,
-        # takes), whether or not anyone waits: a get whose take found nothing compares it
-        # to learn whether something changed while its take ran. It is written by several
-        # threads without a lock: an increment may be lost, but the value still changes.
+        # A new value at every change that may make items takeable (puts, give-backs,
+        # nacks, takes), whether or not anyone waits: a get whose take found nothing
+        # compares it to learn whether something changed while its take ran. Several
+        # threads set it without a lock; each value comes from one count (next() on it is
+        # atomic), so whatever value a change leaves differs from any seen before it.
+        self._changes = itertools.count(1)
         self._epoch = 0
         self._unsettled = 0  # cancelled takes whose records have not come back yet
         # Records taken on the worker and not handed to a caller yet, or given back and not
@@ -102,7 +105,7 @@ class Queue(QueueViews, Generic[T]):
             queue = ref()
             if queue is None:
                 return
-            queue._epoch += 1
+            queue._epoch = next(queue._changes)
             if queue._waiters:
                 with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
                     queue._loop.call_soon_threadsafe(queue._wake)
@@ -166,7 +169,7 @@ class Queue(QueueViews, Generic[T]):
     # ---- waiting ------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._epoch += 1
+        self._epoch = next(self._changes)
         waiters, self._waiters = self._waiters, {}
         _wake_all(waiters)
 
@@ -271,7 +274,7 @@ class Queue(QueueViews, Generic[T]):
         """Wake waiting gets for a put held in the buffer: the core wakes them when it
         writes, which for a buffered put may be ``flush_interval`` seconds away, and an
         engine's long-poll never hears of it."""
-        self._epoch += 1
+        self._epoch = next(self._changes)
         if self._waiters:
             self._wake()
         for cancel in self._long_polls:
