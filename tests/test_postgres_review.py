@@ -24,8 +24,7 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 import psycopg
 from psycopg import sql
 
-from spoolq.engines import Lease, StoredRecord
-from spoolq.engines import postgres as pg
+from spoolq.engines import Lease, StoredRecord, _pgpool
 from spoolq.engines._pgsql import SCHEMA_VERSION, ddl
 from spoolq.engines.postgres import PostgresEngine
 
@@ -116,7 +115,7 @@ def test_a_child_forked_while_a_queue_was_opening_can_open_queues(
 
     # The parent's lock of its pools is held at the fork, as while another of its
     # threads opens or closes a queue.
-    with pg._POOLS_LOCK:
+    with _pgpool._POOLS_LOCK:
         pid, read = _in_child(child_run)
     assert _verdict(pid, read, timeout=10) == b"\0"
     eng = PostgresEngine(pg_url, schema=pg_schema)

@@ -53,30 +53,32 @@ running the statement. The pool's connections therefore run with
 ``plan_cache_mode = force_generic_plan`` (PostgreSQL 12 and later), and every
 statement is written so that its generic plan reaches rows through an index
 on the queue and the ids it names, whatever the number of rows asked for.
+
+This module holds the engine itself. Its private helpers: ``_pgsql`` (the
+SQL), ``_pgpool`` (the shared pools and connections), ``_pgschema`` (creating
+and checking the schema at open) and ``_pglisten`` (LISTEN/NOTIFY waiting).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 import os
 import random
-import select
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
-from ._pgsql import SCHEMA_VERSION, TABLES, compose, ddl
+from ._pglisten import Listener, payload
+from ._pgpool import Conn, PoolKey, acquire_pool, connect, connection, release_pool
+from ._pgschema import open_schema
+from ._pgsql import compose
 from .base import (
     Counts,
     Lease,
@@ -90,98 +92,10 @@ from .base import (
 
 __all__ = ["SYNCHRONOUS_COMMIT", "PostgresEngine"]
 
-log = logging.getLogger("spoolq")
-
 SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 """The ``synchronous_commit`` each durability level runs with."""
 
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
-_APPLICATION = b"spoolq"
-_META_COLUMNS = {("key", "text"), ("value", "bytea")}
-_MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
-_WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
-_DRAIN_ROUNDS = 64  # socket-fulls of notifications one call reads at most
-_HEARD_MAX = 1000  # queue names remembered from notifications read outside a wait
-
-Conn = psycopg.Connection[tuple[Any, ...]]
-# The process id is part of a pool's key: a process started with fork inherits
-# its parent's pools, whose connections share their sockets with the parent's.
-_PoolKey = tuple[int, str, tuple[tuple[str, str], ...], int]
-
-
-class _SharedPool:
-    __slots__ = ("pool", "users")
-
-    def __init__(self, pool: ConnectionPool[Conn]) -> None:
-        self.pool = pool
-        self.users = 0
-
-
-_POOLS: dict[_PoolKey, _SharedPool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _new_pools_lock() -> None:
-    # A child started with fork while another thread of its parent held the lock
-    # (opening or closing a queue) would otherwise find it held for ever.
-    global _POOLS_LOCK  # noqa: PLW0603 - only a new lock frees a lock held by no thread
-    _POOLS_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_pools_lock)
-
-
-def _acquire_pool(key: _PoolKey, timeout: float) -> ConnectionPool[Conn]:
-    _pid, conninfo, settings, size = key
-    with _POOLS_LOCK:
-        shared = _POOLS.get(key)
-        if shared is None:
-            def configure(conn: Conn) -> None:
-                for name, value in settings:
-                    conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-                if conn.info.server_version >= 120000:  # the setting is new in PostgreSQL 12
-                    conn.execute("SET plan_cache_mode = force_generic_plan")
-
-            pool: ConnectionPool[Conn] = ConnectionPool(
-                conninfo, min_size=1, max_size=size, open=False, configure=configure,
-                kwargs={"autocommit": True, "fallback_application_name": "spoolq"},
-                timeout=timeout, name="spoolq")
-            pool.open(wait=True, timeout=timeout)
-            shared = _POOLS[key] = _SharedPool(pool)
-        shared.users += 1
-        return shared.pool
-
-
-def _release_pool(key: _PoolKey) -> None:
-    with _POOLS_LOCK:
-        shared = _POOLS.get(key)
-        if shared is None:
-            return
-        shared.users -= 1
-        if shared.users > 0:
-            return
-        del _POOLS[key]
-    shared.pool.close()
-
-
-def _readable(conn: Conn) -> bool:
-    """Whether the server sent ``conn`` something it has not read yet (or closed it)."""
-    if conn.closed:
-        return True
-    fd = conn.fileno()
-    if hasattr(select, "poll"):  # select.select cannot watch descriptors past 1023
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([fd], [], [], 0)[0])
-
-
-def _ended_by_server(conn: Conn) -> bool:
-    """Whether the server closed an idle pooled connection (a restart, a failover, a
-    terminated backend, ``idle_session_timeout``): such a session is never sent anything
-    else, so anything to read on its socket is the server's goodbye."""
-    return _readable(conn)
 
 
 def _describe(conninfo: str, schema: str) -> str:
@@ -248,10 +162,7 @@ class PostgresEngine:
         self._slots = counter_slots
         self._notify = notify
         self._sql = compose(schema, notify=notify)
-        self._listener: Conn | None = None
-        self._listen_lock = threading.Lock()
-        self._heard: set[str] = set()  # payloads read by _drain_notifications, not yet waited for
-        self._cancelled_at = -math.inf  # time.monotonic() of the last cancel_waits()
+        self._waits = Listener(self.channel, self.where, self._connect_listener)
         self._pool: ConnectionPool[Conn] | None = None
         self._pid = os.getpid()
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
@@ -259,9 +170,9 @@ class PostgresEngine:
         settings = (("synchronous_commit", synchronous_commit),
                     ("lock_timeout", self._lock_timeout),
                     ("default_transaction_read_only", "on" if read_only else "off"))
-        self._pool_key: _PoolKey = (self._pid, conninfo, settings, pool_size)
+        self._pool_key: PoolKey = (self._pid, conninfo, settings, pool_size)
         with self._guard("open"):
-            self._pool = _acquire_pool(self._pool_key, self._connect_timeout)
+            self._pool = acquire_pool(self._pool_key, self._connect_timeout)
 
     # ---- connections and errors ---------------------------------------------------------
 
@@ -294,98 +205,30 @@ class PostgresEngine:
         if pool is None:
             raise EngineError(f"{self.where}: {what}: the engine is closed")
         self._check_process(what)
-        with self._guard(what):
-            # After a server restart every idle connection of the pool is dead; the
-            # ones that say so before anything is sent are replaced, so that the
-            # call goes through instead of failing once per pooled connection.
-            for attempt in range(pool.max_size + 1):
-                with pool.connection(timeout=self._connect_timeout) as conn:
-                    if attempt == pool.max_size or not _ended_by_server(conn):
-                        yield conn
-                        return
-                    log.info("spoolq: %s: a pooled connection was closed by the server; "
-                             "using another", self.where)
-                    conn.close()
+        with self._guard(what), connection(pool, self._connect_timeout, self.where) as conn:
+            yield conn
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[Conn]:
         with self._conn(what) as conn, conn.transaction():
             yield conn
 
-    def _connect(self) -> Conn:
-        return psycopg.connect(self._conninfo, autocommit=True,
-                               connect_timeout=max(2, math.ceil(self._connect_timeout)),
-                               fallback_application_name="spoolq")
-
     def _setup(self) -> None:
         """Create the schema and tables if missing; check what is there."""
-        with self._guard("open"), self._connect() as conn:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (self._lock_timeout,))
-            with conn.transaction():
-                # Two processes opening a new schema at once must not both create it.
-                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                             (f"spoolq schema {self.schema}",))
-                relations = self._relations(conn)
-                if not relations and not self.read_only:
-                    self._create(conn)
-                    relations = self._relations(conn)
-            if not relations:
-                raise FormatError(f"{self.where}: no spoolq queue in this schema")
-            tables = {name for name, kind in relations.items() if kind in ("r", "p")}
-            # Checked in the catalog before reading: a table of someone else's
-            # named "meta" would fail that read with an error about its columns.
-            if not set(TABLES) <= tables or not self._meta_columns(conn) >= _META_COLUMNS:
-                raise FormatError(f"{self.where}: the schema holds tables that are not a "
-                                  "spoolq queue; pick another schema")
-            meta: dict[str, bytes] = dict(conn.execute(sql.SQL(
-                "SELECT key, value FROM {}.meta WHERE key IN ('application', 'schema_version')"
-            ).format(sql.Identifier(self.schema))).fetchall())
-        version = meta.get("schema_version")
-        if meta.get("application") != _APPLICATION or version is None:
-            raise FormatError(f"{self.where}: the schema holds tables that are not a spoolq queue")
-        if bytes(version) != str(SCHEMA_VERSION).encode():
-            raise FormatError(
-                f"{self.where} has schema version {bytes(version).decode(errors='replace')}; "
-                f"this spoolq reads version {SCHEMA_VERSION}")
+        with self._guard("open"), connect(self._conninfo, self._connect_timeout) as conn:
+            open_schema(conn, self.schema, where=self.where, read_only=self.read_only,
+                        lock_timeout=self._lock_timeout, set_meta=self._sql.set_meta)
 
-    def _meta_columns(self, conn: Conn) -> set[tuple[str, str]]:
-        """The columns of the schema's ``meta`` table, as (name, type)."""
-        return {(row[0], row[1]) for row in conn.execute(
-            """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
-            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relname = 'meta' AND a.attnum > 0
-              AND NOT a.attisdropped""", (self.schema,))}
-
-    def _relations(self, conn: Conn) -> dict[str, str]:
-        """Every table, view, sequence or foreign table in the schema, with its relkind:
-        a schema holding any of them is someone's, and no place to create tables in."""
-        return {row[0]: row[1] for row in conn.execute(
-            """SELECT c.relname, c.relkind::text FROM pg_class c
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')""",
-            (self.schema,))}
-
-    def _create(self, conn: Conn) -> None:
-        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                        (self.schema,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
-        for statement in ddl(self.schema, conn.info.server_version):
-            conn.execute(statement)
-        for key, value in (("application", _APPLICATION),
-                           ("schema_version", str(SCHEMA_VERSION).encode())):
-            conn.execute(self._sql.set_meta, {"key": key, "value": value})
-        log.info("spoolq: created the queue tables in %s", self.where)
+    def _connect_listener(self) -> Conn:
+        if self._pool is None:
+            raise EngineError(f"{self.where}: wait_ready: the engine is closed")
+        return connect(self._conninfo, self._connect_timeout)
 
     # ---- helpers ------------------------------------------------------------------------
 
     def _params(self, queue: str, **more: Any) -> dict[str, Any]:
         return {"queue": queue, "slot": random.randrange(self._slots),
-                "channel": self.channel, "payload": self._payload(queue), **more}
-
-    @staticmethod
-    def _payload(queue: str) -> str:
-        return queue if len(queue.encode()) <= _MAX_PAYLOAD else ""
+                "channel": self.channel, "payload": payload(queue), **more}
 
     def _add_counts(self, conn: Conn, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
         """Add (queue, ready, leased, stored, raw) deltas, sorted by queue so two
@@ -401,7 +244,7 @@ class PostgresEngine:
 
     def _notify_ready(self, conn: Conn, queue: str) -> None:
         if self._notify:
-            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, self._payload(queue)))
+            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload(queue)))
 
     def _unlease(self, conn: Conn, queue: str, groups: Sequence[tuple[list[int], str]],
                  visible_in: float | None, max_attempts: int | None, delta: int) -> None:
@@ -438,49 +281,18 @@ class PostgresEngine:
 
     # ---- the engine protocol ------------------------------------------------------------
 
-    def _drain_notifications(self, taking: str | None = None) -> None:
-        """Read the notifications that reached the listener since the last wait.
-
-        Unread, they fill the socket; the server then stops reading the notification
-        queue for this listener, and that queue, shared by the whole server, fills
-        up until every statement that notifies fails (after days of a busy queue).
-        The queues they name are remembered for the next :meth:`wait_ready`, except
-        ``taking``: the take about to run sees the records they announce.
-        """
-        listener = self._listener
-        if listener is None or not _readable(listener):
-            return
-        if not self._listen_lock.acquire(blocking=False):
-            return  # a wait_ready in another thread is reading them
-        try:
-            if self._listener is listener:
-                skip = None if taking is None else self._payload(taking)
-                for _ in range(_DRAIN_ROUNDS):
-                    for note in listener.notifies(timeout=0):
-                        # One entry per queue name: the set stays small.
-                        if note.payload != skip and len(self._heard) < _HEARD_MAX:
-                            self._heard.add(note.payload)
-                    if not _readable(listener):
-                        break
-        except psycopg.Error:
-            # A broken listener; the next wait_ready opens another.
-            self._listener = None
-            listener.close()
-        finally:
-            self._listen_lock.release()
-
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        self._drain_notifications()
+        self._waits.drain()
         with self._conn("append") as conn:
             row = conn.execute(self._sql.append, self._params(
                 queue, data=list(records), raw=list(raw_sizes), now=now)).fetchone()
         return list(row[0]) if row is not None else []
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        self._drain_notifications(taking=queue)
+        self._waits.drain(taking=queue)
         clock = time.time()
         params = self._params(queue, n=n, now_in=now - clock)
         with self._conn("take") as conn:
@@ -619,69 +431,18 @@ class PostgresEngine:
         another thread uses the engine: it has its own connection.
         """
         self._check_process("wait_ready")
-        started = time.monotonic()
-        deadline = started + timeout
-
-        def ended() -> bool:
-            return (self._cancelled_at >= started or bool(cancel and cancel.cancelled)
-                    or time.monotonic() >= deadline)
-
-        # One thread listens at a time; the others wait their turn in short slices too.
-        while not self._listen_lock.acquire(timeout=_WAIT_SLICE):
-            if ended():
-                return False
-        try:
-            return self._listen(queue, deadline, ended)
-        finally:
-            self._listen_lock.release()
-
-    def _listen(self, queue: str, deadline: float, ended: Callable[[], bool]) -> bool:
         with self._guard("wait_ready"):
-            if self._listener is None:
-                self._start_listening()
-                return True
-            payload = self._payload(queue)
-            if self._heard & {payload, ""}:
-                self._heard -= {payload, ""}
-                return True
-            try:
-                # Listening in short slices is what lets cancel_waits end a wait:
-                # nothing else can interrupt a connection waiting for notifications.
-                while (remaining := deadline - time.monotonic()) > 0:
-                    if ended():
-                        return False
-                    for note in self._listener.notifies(timeout=min(remaining, _WAIT_SLICE),
-                                                        stop_after=1):
-                        if note.payload in (payload, ""):
-                            return True
-            except psycopg.Error as exc:
-                # The server ended the listener's session (pg_terminate_backend,
-                # idle_session_timeout, a restart). Notifications may have been missed
-                # meanwhile: when a new listener connects, look again; when none can,
-                # the server is gone and that is the error.
-                self._listener.close()
-                self._listener = None
-                log.info("spoolq: %s: the listening connection was lost: %s", self.where,
-                         str(exc).strip())
-                self._start_listening()
-                return True
-            return False
+            return self._waits.wait(queue, timeout, cancel)
 
-    def _start_listening(self) -> None:
-        if self._pool is None:
-            raise EngineError(f"{self.where}: wait_ready: the engine is closed")
-        listener = self._connect()
-        try:
-            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-        except BaseException:
-            listener.close()
-            raise
-        self._listener = listener
+    @property
+    def _listener(self) -> Conn | None:
+        """The connection listening for this engine's notifications, once a wait opened it."""
+        return self._waits.conn
 
     def cancel_waits(self) -> None:
         """Make every :meth:`wait_ready` in progress return False within a fraction of a
         second (for a shutdown or close); later calls wait as usual."""
-        self._cancelled_at = time.monotonic()
+        self._waits.cancel()
 
     def close(self) -> None:
         """Give back this engine's share of the pool, close its listener; twice is harmless.
@@ -692,16 +453,12 @@ class PostgresEngine:
         if os.getpid() != self._pid:
             # Inherited through fork: the connections are the parent's, and closing
             # them here would end the parent's sessions. Only let go of them.
-            self._listener = self._pool = None
+            self._waits.conn = self._pool = None
             return
-        self.cancel_waits()  # a wait in another thread keeps the listener until it ends
-        with self._listen_lock:
-            listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+        self._waits.close()
         if self._pool is not None:
             self._pool = None
-            _release_pool(self._pool_key)
+            release_pool(self._pool_key)
 
     def __repr__(self) -> str:
         return f"<PostgresEngine {self.where}>"

@@ -1,0 +1,157 @@
+"""Waiting for records of the PostgreSQL engine: the connection that LISTENs on an
+engine's channel, the wake-ups it read outside a wait, and cancelling waits.
+
+Statements that make records ready send ``pg_notify(channel, payload)``, the
+payload being the queue's name (see :func:`payload`). A :class:`Listener`
+turns those notifications into the hints ``PostgresEngine.wait_ready``
+returns. It raises psycopg's errors; the engine translates them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from ._pgpool import Conn, readable
+from .base import WaitCancel
+
+__all__ = ["Listener", "payload"]
+
+log = logging.getLogger("spoolq")
+
+_MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
+_WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
+_DRAIN_ROUNDS = 64  # socket-fulls of notifications one call reads at most
+_HEARD_MAX = 1000  # queue names remembered from notifications read outside a wait
+
+
+def payload(queue: str) -> str:
+    """The notification payload that announces records of ``queue``; ``""`` stands
+    for every queue whose name is too long to send."""
+    return queue if len(queue.encode()) <= _MAX_PAYLOAD else ""
+
+
+class Listener:
+    """One engine's listening connection, opened by ``connect`` on the first wait.
+
+    One thread listens at a time; :meth:`drain` lets the engine's other calls
+    read what piled up meanwhile without waiting for that thread.
+    """
+
+    def __init__(self, channel: str, where: str, connect: Callable[[], Conn]) -> None:
+        self.channel = channel
+        self.where = where
+        self.conn: Conn | None = None
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._heard: set[str] = set()  # payloads read by drain, not yet waited for
+        self._cancelled_at = -math.inf  # time.monotonic() of the last cancel()
+
+    def drain(self, taking: str | None = None) -> None:
+        """Read the notifications that reached the listener since the last wait.
+
+        Unread, they fill the socket; the server then stops reading the notification
+        queue for this listener, and that queue, shared by the whole server, fills
+        up until every statement that notifies fails (after days of a busy queue).
+        The queues they name are remembered for the next :meth:`wait`, except
+        ``taking``: the take about to run sees the records they announce.
+        """
+        listener = self.conn
+        if listener is None or not readable(listener):
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # a wait in another thread is reading them
+        try:
+            if self.conn is listener:
+                skip = None if taking is None else payload(taking)
+                for _ in range(_DRAIN_ROUNDS):
+                    for note in listener.notifies(timeout=0):
+                        # One entry per queue name: the set stays small.
+                        if note.payload != skip and len(self._heard) < _HEARD_MAX:
+                            self._heard.add(note.payload)
+                    if not readable(listener):
+                        break
+        except psycopg.Error:
+            # A broken listener; the next wait opens another.
+            self.conn = None
+            listener.close()
+        finally:
+            self._lock.release()
+
+    def wait(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for a hint that records of ``queue`` became
+        ready; see ``PostgresEngine.wait_ready`` for what True and False mean."""
+        started = time.monotonic()
+        deadline = started + timeout
+
+        def ended() -> bool:
+            return (self._cancelled_at >= started or bool(cancel and cancel.cancelled)
+                    or time.monotonic() >= deadline)
+
+        # One thread listens at a time; the others wait their turn in short slices too.
+        while not self._lock.acquire(timeout=_WAIT_SLICE):
+            if ended():
+                return False
+        try:
+            return self._listen(queue, deadline, ended)
+        finally:
+            self._lock.release()
+
+    def _listen(self, queue: str, deadline: float, ended: Callable[[], bool]) -> bool:
+        if self.conn is None:
+            self._start()
+            return True
+        wanted = payload(queue)
+        if self._heard & {wanted, ""}:
+            self._heard -= {wanted, ""}
+            return True
+        try:
+            # Listening in short slices is what lets cancel end a wait: nothing
+            # else can interrupt a connection waiting for notifications.
+            while (remaining := deadline - time.monotonic()) > 0:
+                if ended():
+                    return False
+                for note in self.conn.notifies(timeout=min(remaining, _WAIT_SLICE),
+                                               stop_after=1):
+                    if note.payload in (wanted, ""):
+                        return True
+        except psycopg.Error as exc:
+            # The server ended the listener's session (pg_terminate_backend,
+            # idle_session_timeout, a restart). Notifications may have been missed
+            # meanwhile: when a new listener connects, look again; when none can,
+            # the server is gone and that is the error.
+            self.conn.close()
+            self.conn = None
+            log.info("spoolq: %s: the listening connection was lost: %s", self.where,
+                     str(exc).strip())
+            self._start()
+            return True
+        return False
+
+    def _start(self) -> None:
+        listener = self._connect()
+        try:
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except BaseException:
+            listener.close()
+            raise
+        self.conn = listener
+
+    def cancel(self) -> None:
+        """Make every :meth:`wait` in progress return False within a fraction of a
+        second; later calls wait as usual."""
+        self._cancelled_at = time.monotonic()
+
+    def close(self) -> None:
+        """Cancel the waits in progress, then close the listening connection, if any."""
+        self.cancel()  # a wait in another thread keeps the connection until it ends
+        with self._lock:
+            listener, self.conn = self.conn, None
+        if listener is not None:
+            listener.close()

@@ -1,0 +1,137 @@
+"""Connections of the PostgreSQL engine: the per-process registry of shared pools,
+fork safety, the health check that replaces pooled connections the server closed,
+and the dedicated connections opened outside the pool.
+
+Engines of one process opened with the same connection string and settings
+share one ``psycopg_pool.ConnectionPool``, counted by users and closed when
+the last one lets go. A pool belongs to the process that opened it: its key
+holds the process id, so a child started with fork opens pools of its own
+instead of using sockets it shares with its parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import select
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+__all__ = ["Conn", "PoolKey", "acquire_pool", "connect", "connection", "readable",
+           "release_pool"]
+
+log = logging.getLogger("spoolq")
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+# The process id is part of a pool's key: a process started with fork inherits
+# its parent's pools, whose connections share their sockets with the parent's.
+PoolKey = tuple[int, str, tuple[tuple[str, str], ...], int]
+"""(process id, connection string, session settings as (name, value), pool size)."""
+
+
+class _SharedPool:
+    __slots__ = ("pool", "users")
+
+    def __init__(self, pool: ConnectionPool[Conn]) -> None:
+        self.pool = pool
+        self.users = 0
+
+
+_POOLS: dict[PoolKey, _SharedPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _new_pools_lock() -> None:
+    # A child started with fork while another thread of its parent held the lock
+    # (opening or closing a queue) would otherwise find it held for ever.
+    global _POOLS_LOCK  # noqa: PLW0603 - only a new lock frees a lock held by no thread
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pools_lock)
+
+
+def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
+    """The pool for ``key``, opened (waiting up to ``timeout`` seconds for its first
+    connection) if no engine of this process uses it yet; pair with :func:`release_pool`."""
+    _pid, conninfo, settings, size = key
+    with _POOLS_LOCK:
+        shared = _POOLS.get(key)
+        if shared is None:
+            def configure(conn: Conn) -> None:
+                for name, value in settings:
+                    conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+                if conn.info.server_version >= 120000:  # the setting is new in PostgreSQL 12
+                    conn.execute("SET plan_cache_mode = force_generic_plan")
+
+            pool: ConnectionPool[Conn] = ConnectionPool(
+                conninfo, min_size=1, max_size=size, open=False, configure=configure,
+                kwargs={"autocommit": True, "fallback_application_name": "spoolq"},
+                timeout=timeout, name="spoolq")
+            pool.open(wait=True, timeout=timeout)
+            shared = _POOLS[key] = _SharedPool(pool)
+        shared.users += 1
+        return shared.pool
+
+
+def release_pool(key: PoolKey) -> None:
+    """Let go of one use of the pool for ``key``; the last one closes it."""
+    with _POOLS_LOCK:
+        shared = _POOLS.get(key)
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        del _POOLS[key]
+    shared.pool.close()
+
+
+def readable(conn: Conn) -> bool:
+    """Whether the server sent ``conn`` something it has not read yet (or closed it)."""
+    if conn.closed:
+        return True
+    fd = conn.fileno()
+    if hasattr(select, "poll"):  # select.select cannot watch descriptors past 1023
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _ended_by_server(conn: Conn) -> bool:
+    """Whether the server closed an idle pooled connection (a restart, a failover, a
+    terminated backend, ``idle_session_timeout``): such a session is never sent anything
+    else, so anything to read on its socket is the server's goodbye."""
+    return readable(conn)
+
+
+@contextmanager
+def connection(pool: ConnectionPool[Conn], timeout: float, where: str) -> Iterator[Conn]:
+    """A connection of ``pool`` that the server has not closed, waiting up to ``timeout``
+    seconds for one; psycopg's errors pass through untranslated."""
+    # After a server restart every idle connection of the pool is dead; the
+    # ones that say so before anything is sent are replaced, so that the
+    # call goes through instead of failing once per pooled connection.
+    for attempt in range(pool.max_size + 1):
+        with pool.connection(timeout=timeout) as conn:
+            if attempt == pool.max_size or not _ended_by_server(conn):
+                yield conn
+                return
+            log.info("spoolq: %s: a pooled connection was closed by the server; "
+                     "using another", where)
+            conn.close()
+
+
+def connect(conninfo: str, timeout: float) -> Conn:
+    """A connection of its own, outside every pool, in autocommit mode."""
+    return psycopg.connect(conninfo, autocommit=True,
+                           connect_timeout=max(2, math.ceil(timeout)),
+                           fallback_application_name="spoolq")

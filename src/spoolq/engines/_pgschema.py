@@ -1,0 +1,91 @@
+"""Opening the PostgreSQL engine's schema: create the tables on first use, then check
+that what the schema holds is a spoolq queue of the schema version this code reads.
+
+A schema holding anything else (someone's tables, views or sequences) is no
+place to create tables in, and one holding spoolq tables of another version is
+refused: both are a :class:`~spoolq.errors.FormatError`. psycopg's errors pass
+through untranslated; the engine translates them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from psycopg import sql
+
+from ..errors import FormatError
+from ._pgpool import Conn
+from ._pgsql import SCHEMA_VERSION, TABLES, ddl
+
+__all__ = ["open_schema"]
+
+log = logging.getLogger("spoolq")
+
+_APPLICATION = b"spoolq"
+_META_COLUMNS = {("key", "text"), ("value", "bytea")}
+
+
+def open_schema(conn: Conn, schema: str, *, where: str, read_only: bool,
+                lock_timeout: str, set_meta: sql.Composed) -> None:
+    """Create ``schema`` and its tables through ``conn`` if missing (unless ``read_only``),
+    then check what is there. ``set_meta`` is the statement that stores a meta key;
+    ``where`` names the queue in messages."""
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
+    with conn.transaction():
+        # Two processes opening a new schema at once must not both create it.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (f"spoolq schema {schema}",))
+        relations = _relations(conn, schema)
+        if not relations and not read_only:
+            _create(conn, schema, where, set_meta)
+            relations = _relations(conn, schema)
+    if not relations:
+        raise FormatError(f"{where}: no spoolq queue in this schema")
+    tables = {name for name, kind in relations.items() if kind in ("r", "p")}
+    # Checked in the catalog before reading: a table of someone else's
+    # named "meta" would fail that read with an error about its columns.
+    if not set(TABLES) <= tables or not _meta_columns(conn, schema) >= _META_COLUMNS:
+        raise FormatError(f"{where}: the schema holds tables that are not a "
+                          "spoolq queue; pick another schema")
+    meta: dict[str, bytes] = dict(conn.execute(sql.SQL(
+        "SELECT key, value FROM {}.meta WHERE key IN ('application', 'schema_version')"
+    ).format(sql.Identifier(schema))).fetchall())
+    version = meta.get("schema_version")
+    if meta.get("application") != _APPLICATION or version is None:
+        raise FormatError(f"{where}: the schema holds tables that are not a spoolq queue")
+    if bytes(version) != str(SCHEMA_VERSION).encode():
+        raise FormatError(
+            f"{where} has schema version {bytes(version).decode(errors='replace')}; "
+            f"this spoolq reads version {SCHEMA_VERSION}")
+
+
+def _meta_columns(conn: Conn, schema: str) -> set[tuple[str, str]]:
+    """The columns of the schema's ``meta`` table, as (name, type)."""
+    return {(row[0], row[1]) for row in conn.execute(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = 'meta' AND a.attnum > 0
+          AND NOT a.attisdropped""", (schema,))}
+
+
+def _relations(conn: Conn, schema: str) -> dict[str, str]:
+    """Every table, view, sequence or foreign table in the schema, with its relkind:
+    a schema holding any of them is someone's, and no place to create tables in."""
+    return {row[0]: row[1] for row in conn.execute(
+        """SELECT c.relname, c.relkind::text FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')""",
+        (schema,))}
+
+
+def _create(conn: Conn, schema: str, where: str, set_meta: sql.Composed) -> None:
+    if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                    (schema,)).fetchone() is None:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    for statement in ddl(schema, conn.info.server_version):
+        conn.execute(statement)
+    for key, value in (("application", _APPLICATION),
+                       ("schema_version", str(SCHEMA_VERSION).encode())):
+        conn.execute(set_meta, {"key": key, "value": value})
+    log.info("spoolq: created the queue tables in %s", where)
