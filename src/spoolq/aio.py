@@ -1,21 +1,27 @@
-"""``Queue``: the asyncio queue, with ``asyncio.Queue`` semantics and durable storage."""
+"""``Queue``: the asyncio queue, with ``asyncio.Queue`` semantics and durable storage.
+
+This module holds the public calls, their checks and their wait loops, and opening and
+closing. How the queue waits and is woken is :class:`spoolq._aiowait.Waiting`; takes on
+the worker thread and the give-backs of cancelled ones are
+:class:`spoolq._aiogiveback.GivingBack`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
 import time
 import warnings
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._aiogiveback import GivingBack
+from ._aiowait import Waiting, wake_one
 from ._views import QueueViews
 from .core import QueueCore
 from .engines import Engine, WaitCancel
@@ -23,7 +29,7 @@ from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .groupcommit import Ticket
 from .message import Message, Taken
 from .settings import Settings, check_count, check_seconds, resolve_target
-from .worker import Worker, wait_pool
+from .worker import Worker
 
 __all__ = ["Queue"]
 
@@ -32,35 +38,13 @@ log = logging.getLogger("spoolq")
 R = TypeVar("R")
 
 
-def _settle(tickets: list[Ticket]) -> None:
-    for ticket in tickets:
-        fut: asyncio.Future[None] | None = ticket.payload
-        if fut is None or fut.done():
-            continue
-        if ticket.error is not None:
-            fut.set_exception(ticket.error)
-        else:
-            fut.set_result(None)
-
-
-def _wake_all(waiters: Iterable[asyncio.Future[None]]) -> None:
-    for fut in waiters:
-        if not fut.done():
-            fut.set_result(None)
-
-
-def _wake_one(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def _closed(closing: asyncio.Future[None], close: asyncio.Future[None]) -> None:
     if not close.cancelled():
         close.exception()  # raised to the call that closed; the others only wait
-    _wake_one(closing)
+    wake_one(closing)
 
 
-class Queue(QueueViews, Generic[T]):
+class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
     """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
 
     Create it with ``await Queue.create(path, ...)``; close it with
@@ -99,24 +83,7 @@ class Queue(QueueViews, Generic[T]):
         self._taken_out = 0
         self._taken_in = 0
         self._inline = bool(getattr(core.engine, "inline", False))
-        ref = weakref.ref(self)
-
-        def wake(ref: weakref.ref[Queue[Any]] = ref) -> None:
-            queue = ref()
-            if queue is None:
-                return
-            queue._epoch = next(queue._changes)
-            if queue._waiters:
-                with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
-                    queue._loop.call_soon_threadsafe(queue._wake)
-
-        core.listeners.append(wake)
-
-        def settle(tickets: list[Ticket], loop: asyncio.AbstractEventLoop = self._loop) -> None:
-            with contextlib.suppress(RuntimeError):  # its loop closed: no caller waits
-                loop.call_soon_threadsafe(_settle, tickets)
-
-        core.on_settled = settle
+        self._listen()
 
     @classmethod
     async def create(cls, path: str | os.PathLike[str], *, name: str | None = None,
@@ -166,39 +133,7 @@ class Queue(QueueViews, Generic[T]):
             return fn(*args)
         return await self._worker.submit(fn, *args)
 
-    # ---- waiting ------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        self._epoch = next(self._changes)
-        waiters, self._waiters = self._waiters, {}
-        _wake_all(waiters)
-
-    async def _wait(self, deadline: float | None, ready: Any) -> bool:
-        """Sleep until something changes or the poll interval passes; False after deadline."""
-        timeout = self._core.settings.poll_interval
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            timeout = min(timeout, remaining)
-        fut = self._loop.create_future()
-        self._waiters[fut] = None
-        if ready():
-            self._waiters.pop(fut, None)
-            return True
-        handle = self._loop.call_later(timeout, _wake_one, fut)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-            self._waiters.pop(fut, None)  # still there unless a wake-up took it
-        return True
-
-    @staticmethod
-    def _deadline(timeout: float | None) -> float | None:
-        if timeout is None:
-            return None
-        return time.monotonic() + check_seconds("timeout", timeout)
+    # ---- checks -------------------------------------------------------------------------
 
     def _check(self) -> None:
         if self._closed:
@@ -270,16 +205,6 @@ class Queue(QueueViews, Generic[T]):
         if self._core.buffered:
             self._wake_for_buffered()
 
-    def _wake_for_buffered(self) -> None:
-        """Wake waiting gets for a put held in the buffer: the core wakes them when it
-        writes, which for a buffered put may be ``flush_interval`` seconds away, and an
-        engine's long-poll never hears of it."""
-        self._epoch = next(self._changes)
-        if self._waiters:
-            self._wake()
-        for cancel in self._long_polls:
-            cancel.cancel()
-
     async def flush(self) -> None:
         """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
         self._enter()
@@ -306,94 +231,6 @@ class Queue(QueueViews, Generic[T]):
                 await self._call(core.refresh)
 
     # ---- getting ------------------------------------------------------------------------
-
-    def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool) -> None:
-        """Return records taken for a caller that will not have them; ``received`` when
-        :meth:`_take_on_worker` had handed them over."""
-        if not recs:
-            return
-        if self._inline:  # before any later take, which also runs on the loop
-            self._core.restore(recs, leased)
-            return
-        if received:
-            self._taken_in -= len(recs)
-        # Counted until the restore has run: get_nowait takes on the loop, not the worker.
-        self._unsettled += 1
-        self._worker.submit(self._restore_on_worker, recs, leased).add_done_callback(
-            self._restored)
-
-    def _restore_on_worker(self, recs: list[Taken], leased: bool) -> None:
-        try:
-            self._core.restore(recs, leased)
-        finally:
-            self._taken_out -= len(recs)  # restored, or lost to the error logged
-
-    def _restored(self, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error("spoolq: queue %r: giving back taken records failed", self._core.name,
-                      exc_info=fut.exception())
-        self._one_settled()
-
-    def _one_settled(self) -> None:
-        """One give-back counted in ``_unsettled`` is done; wake the takes waiting on it."""
-        self._unsettled -= 1
-        if not self._unsettled:
-            self._wake()
-
-    def _take_undone(self, leased: bool, state: list[bool], recs: list[Taken] | None) -> None:
-        """The result of a take whose caller was cancelled arrives: give it back, then let
-        the takes that waited for it go (their calls then run after the give-back).
-        ``state`` is ``[given back, counted in _unsettled]``, shared with the caller."""
-        state[0] = True
-        self._give_back(leased, recs, received=False)
-        if state[1]:
-            self._one_settled()
-
-    async def _settle_cancelled_takes(self, deadline: float | None) -> bool:
-        """Wait until the records of cancelled takes are given back (a later take would
-        otherwise be handed newer records first); False if ``deadline`` passes first."""
-        while self._unsettled:
-            if self._immediate:
-                raise QueueShutDown("the queue is shut down")
-            self._check()
-            if not await self._wait(deadline, lambda: not self._unsettled):
-                return False
-        return True
-
-    async def _await_give_backs(self) -> None:
-        """Wait until the records of cancelled takes are back at the head, for a call that
-        reads or deletes it (which the worker would otherwise run before they are)."""
-        while self._unsettled:
-            self._check()
-            await self._wait(None, lambda: not self._unsettled)
-
-    async def _take_on_worker(self, n: int, ttl: float | None) -> list[Taken]:
-        """Take up to n records on the worker thread; if the caller is cancelled, whatever
-        the call took is given back, and later takes wait for that."""
-        leased = ttl is not None
-        # No records from the buffer of durability "buffer": a cancelled caller could only
-        # give them back behind records written since.
-        state = [False, False]
-        fut: asyncio.Future[list[Taken]] = self._worker.submit(
-            self._take_for_caller, n, ttl, undo=partial(self._take_undone, leased, state))
-        try:
-            recs = await fut
-        except asyncio.CancelledError:
-            if fut.cancelled():
-                if not state[0]:  # _take_undone will give them back
-                    state[1] = True
-                    self._unsettled += 1
-            elif fut.exception() is None:
-                self._give_back(leased, fut.result(), received=False)
-            raise
-        self._taken_in += len(recs)
-        return recs
-
-    def _take_for_caller(self, n: int, ttl: float | None) -> list[Taken]:
-        """The take of :meth:`_take_on_worker`, on the worker thread."""
-        recs = self._core.take(n, ttl, buffered=False)
-        self._taken_out += len(recs)
-        return recs
 
     async def _take(self, n: int | None, timeout: float | None, ttl: float | None,
                     wait_for_all: bool = False) -> list[Taken]:
@@ -442,37 +279,6 @@ class Queue(QueueViews, Generic[T]):
         finally:
             self._takers -= 1
         return got
-
-    async def _wait_for_items(self, deadline: float | None, empty_since: int | None) -> bool:
-        """Sleep until items may be ready; False once the deadline passed.
-
-        With an engine that can long-poll it blocks there (on a thread other than
-        the queue's worker). After a take found nothing although the counts
-        promised items (they are delayed by a nack, or another get took them), it
-        sleeps until something changes or a poll interval passes instead of retrying at
-        once; ``empty_since`` is :attr:`_epoch` from before that take, so a change while
-        it ran (a put no wake-up reached, as this get was not waiting) ends the sleep.
-        """
-        core = self._core
-        if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
-            cancel = WaitCancel()
-            self._long_polls.add(cancel)
-            try:
-                ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready,
-                                                         deadline, cancel)
-            except asyncio.CancelledError:
-                cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
-                raise
-            finally:
-                self._long_polls.discard(cancel)
-            if ready is None:
-                return False
-            if ready:
-                await self._worker.submit(core.refresh)
-            return True
-        if empty_since is not None:
-            return await self._wait(deadline, lambda: self._epoch != empty_since)
-        return await self._wait(deadline, lambda: core.ready_hint() > 0)
 
     async def get(self) -> T:
         """Remove and return the oldest item, waiting until one is ready.

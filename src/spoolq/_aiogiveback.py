@@ -1,0 +1,131 @@
+"""How the asyncio queue takes records on its worker thread for a caller that may be
+cancelled meanwhile, and gives back what such a caller will never have: records going
+back to the head of the queue, the count of give-backs under way that later takes wait
+for, and the counters that keep those records in ``qsize()`` until they are back.
+
+:class:`GivingBack` is a part of :class:`spoolq.aio.Queue`, kept in its own module; it
+works on the queue's state on the queue's event loop (and, where a method says so, on
+its worker thread), as the rest of the queue does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any
+
+from .core import QueueCore
+from .errors import QueueShutDown
+from .message import Taken
+from .worker import Worker
+
+__all__ = ["GivingBack"]
+
+log = logging.getLogger("spoolq")
+
+
+class GivingBack:
+    """Takes on the worker whose caller may be cancelled, and the give-backs they need."""
+
+    # Set up by Queue.__init__.
+    _core: QueueCore
+    _worker: Worker
+    _inline: bool
+    _immediate: bool
+    _unsettled: int
+    _taken_out: int
+    _taken_in: int
+    # Defined by Queue and its other parts.
+    _check: Callable[[], None]
+    _wake: Callable[[], None]
+    _wait: Callable[[float | None, Callable[[], bool]], Coroutine[Any, Any, bool]]
+
+    def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool) -> None:
+        """Return records taken for a caller that will not have them; ``received`` when
+        :meth:`_take_on_worker` had handed them over."""
+        if not recs:
+            return
+        if self._inline:  # before any later take, which also runs on the loop
+            self._core.restore(recs, leased)
+            return
+        if received:
+            self._taken_in -= len(recs)
+        # Counted until the restore has run: get_nowait takes on the loop, not the worker.
+        self._unsettled += 1
+        self._worker.submit(self._restore_on_worker, recs, leased).add_done_callback(
+            self._restored)
+
+    def _restore_on_worker(self, recs: list[Taken], leased: bool) -> None:
+        try:
+            self._core.restore(recs, leased)
+        finally:
+            self._taken_out -= len(recs)  # restored, or lost to the error logged
+
+    def _restored(self, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("spoolq: queue %r: giving back taken records failed", self._core.name,
+                      exc_info=fut.exception())
+        self._one_settled()
+
+    def _one_settled(self) -> None:
+        """One give-back counted in ``_unsettled`` is done; wake the takes waiting on it."""
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._wake()
+
+    def _take_undone(self, leased: bool, state: list[bool], recs: list[Taken] | None) -> None:
+        """The result of a take whose caller was cancelled arrives: give it back, then let
+        the takes that waited for it go (their calls then run after the give-back).
+        ``state`` is ``[given back, counted in _unsettled]``, shared with the caller."""
+        state[0] = True
+        self._give_back(leased, recs, received=False)
+        if state[1]:
+            self._one_settled()
+
+    async def _settle_cancelled_takes(self, deadline: float | None) -> bool:
+        """Wait until the records of cancelled takes are given back (a later take would
+        otherwise be handed newer records first); False if ``deadline`` passes first."""
+        while self._unsettled:
+            if self._immediate:
+                raise QueueShutDown("the queue is shut down")
+            self._check()
+            if not await self._wait(deadline, lambda: not self._unsettled):
+                return False
+        return True
+
+    async def _await_give_backs(self) -> None:
+        """Wait until the records of cancelled takes are back at the head, for a call that
+        reads or deletes it (which the worker would otherwise run before they are)."""
+        while self._unsettled:
+            self._check()
+            await self._wait(None, lambda: not self._unsettled)
+
+    async def _take_on_worker(self, n: int, ttl: float | None) -> list[Taken]:
+        """Take up to n records on the worker thread; if the caller is cancelled, whatever
+        the call took is given back, and later takes wait for that."""
+        leased = ttl is not None
+        # No records from the buffer of durability "buffer": a cancelled caller could only
+        # give them back behind records written since.
+        state = [False, False]
+        fut: asyncio.Future[list[Taken]] = self._worker.submit(
+            self._take_for_caller, n, ttl, undo=partial(self._take_undone, leased, state))
+        try:
+            recs = await fut
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                if not state[0]:  # _take_undone will give them back
+                    state[1] = True
+                    self._unsettled += 1
+            elif fut.exception() is None:
+                self._give_back(leased, fut.result(), received=False)
+            raise
+        self._taken_in += len(recs)
+        return recs
+
+    def _take_for_caller(self, n: int, ttl: float | None) -> list[Taken]:
+        """The take of :meth:`_take_on_worker`, on the worker thread."""
+        recs = self._core.take(n, ttl, buffered=False)
+        self._taken_out += len(recs)
+        return recs

@@ -1,0 +1,157 @@
+"""How the asyncio queue waits: waiter futures, the change marker a get compares, wake-ups
+from the worker and flushing threads, and the long-poll of engines that can block until
+items are ready.
+
+:class:`Waiting` is a part of :class:`spoolq.aio.Queue`, kept in its own module; it works
+on the queue's state on the queue's event loop, as the rest of the queue does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import weakref
+from collections.abc import Callable, Iterable
+
+from .core import QueueCore
+from .engines import WaitCancel
+from .groupcommit import Ticket
+from .settings import check_seconds
+from .worker import Worker, wait_pool
+
+__all__ = ["Waiting", "wake_one"]
+
+
+def _settle(tickets: list[Ticket]) -> None:
+    for ticket in tickets:
+        fut: asyncio.Future[None] | None = ticket.payload
+        if fut is None or fut.done():
+            continue
+        if ticket.error is not None:
+            fut.set_exception(ticket.error)
+        else:
+            fut.set_result(None)
+
+
+def _wake_all(waiters: Iterable[asyncio.Future[None]]) -> None:
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)
+
+
+def wake_one(fut: asyncio.Future[None]) -> None:
+    """Resolve ``fut`` unless it is already done (woken, timed out or cancelled)."""
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Waiting:
+    """Waiter futures, wake-ups and the change marker of one asyncio queue handle."""
+
+    # Set up by Queue.__init__.
+    _core: QueueCore
+    _worker: Worker
+    _loop: asyncio.AbstractEventLoop
+    _waiters: dict[asyncio.Future[None], None]
+    _shutdown: bool
+    _long_polls: set[WaitCancel]
+    _changes: itertools.count[int]
+    _epoch: int
+
+    def _listen(self) -> None:
+        """Hear of the core's changes and finished flushes, on whichever thread they
+        happen, through this queue's loop; the hooks hold no reference to the queue, so
+        an unclosed one can still be collected."""
+        ref = weakref.ref(self)
+
+        def wake(ref: weakref.ref[Waiting] = ref) -> None:
+            queue = ref()
+            if queue is None:
+                return
+            queue._epoch = next(queue._changes)
+            if queue._waiters:
+                with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
+                    queue._loop.call_soon_threadsafe(queue._wake)
+
+        self._core.listeners.append(wake)
+
+        def settle(tickets: list[Ticket], loop: asyncio.AbstractEventLoop = self._loop) -> None:
+            with contextlib.suppress(RuntimeError):  # its loop closed: no caller waits
+                loop.call_soon_threadsafe(_settle, tickets)
+
+        self._core.on_settled = settle
+
+    def _wake(self) -> None:
+        self._epoch = next(self._changes)
+        waiters, self._waiters = self._waiters, {}
+        _wake_all(waiters)
+
+    async def _wait(self, deadline: float | None, ready: Callable[[], bool]) -> bool:
+        """Sleep until something changes or the poll interval passes; False after deadline."""
+        timeout = self._core.settings.poll_interval
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            timeout = min(timeout, remaining)
+        fut = self._loop.create_future()
+        self._waiters[fut] = None
+        if ready():
+            self._waiters.pop(fut, None)
+            return True
+        handle = self._loop.call_later(timeout, wake_one, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._waiters.pop(fut, None)  # still there unless a wake-up took it
+        return True
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float | None:
+        if timeout is None:
+            return None
+        return time.monotonic() + check_seconds("timeout", timeout)
+
+    def _wake_for_buffered(self) -> None:
+        """Wake waiting gets for a put held in the buffer: the core wakes them when it
+        writes, which for a buffered put may be ``flush_interval`` seconds away, and an
+        engine's long-poll never hears of it."""
+        self._epoch = next(self._changes)
+        if self._waiters:
+            self._wake()
+        for cancel in self._long_polls:
+            cancel.cancel()
+
+    async def _wait_for_items(self, deadline: float | None, empty_since: int | None) -> bool:
+        """Sleep until items may be ready; False once the deadline passed.
+
+        With an engine that can long-poll it blocks there (on a thread other than
+        the queue's worker). After a take found nothing although the counts
+        promised items (they are delayed by a nack, or another get took them), it
+        sleeps until something changes or a poll interval passes instead of retrying at
+        once; ``empty_since`` is :attr:`_epoch` from before that take, so a change while
+        it ran (a put no wake-up reached, as this get was not waiting) ends the sleep.
+        """
+        core = self._core
+        if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
+            cancel = WaitCancel()
+            self._long_polls.add(cancel)
+            try:
+                ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready,
+                                                         deadline, cancel)
+            except asyncio.CancelledError:
+                cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
+                raise
+            finally:
+                self._long_polls.discard(cancel)
+            if ready is None:
+                return False
+            if ready:
+                await self._worker.submit(core.refresh)
+            return True
+        if empty_since is not None:
+            return await self._wait(deadline, lambda: self._epoch != empty_since)
+        return await self._wait(deadline, lambda: core.ready_hint() > 0)
