@@ -126,3 +126,18 @@ def test_bad_queue_settings_are_configuration_errors_naming_them(
     with pytest.raises(spoolq.ConfigurationError, match=says):
         asyncio.run(Queue.create(path, **{setting: value}))  # type: ignore[arg-type]
     assert not path.exists()
+
+
+def test_buffered_records_given_back_to_the_buffer_keep_their_count(tmp_path: Path) -> None:
+    # A get served from the unflushed buffer whose taker never received the items (a
+    # cancelled async get) puts them back in front: the queue must count them again.
+    with SyncQueue.create(tmp_path / "q.sqlite", durability="buffer", flush_items=1000,
+                          flush_interval=60) as q:
+        q.put_many([1, 2, 3])
+        core = q._core
+        taken = core.take(2, None)
+        assert core.items(taken) == [1, 2] and q.qsize() == 1
+        core.restore(taken, leased=False)
+        assert q.qsize() == 3
+        assert q.get_many(3) == [1, 2, 3]
+        assert q.qsize() == 0

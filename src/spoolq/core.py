@@ -482,7 +482,7 @@ class QueueCore(Settling, Decoding):
         unwritten = [r for r in recs if r.id == UNWRITTEN]
         if unwritten:
             records, sizes = [r.data for r in unwritten], [r.raw_size for r in unwritten]
-            self.group.put_back(records, sizes)
+            self.group.put_back(records, sizes, writing=False)
             with self._tally:
                 self._count_pending(records, sizes, 1)
             self.counters["puts"] -= len(unwritten)

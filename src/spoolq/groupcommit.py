@@ -52,12 +52,14 @@ class GroupCommit:
         with self._lock:
             self._writing -= n
 
-    def put_back(self, records: list[bytes], sizes: list[int]) -> None:
-        """Return records whose write failed to the front of the next batch."""
+    def put_back(self, records: list[bytes], sizes: list[int], *, writing: bool = True) -> None:
+        """Return records to the front of the next batch: ones a flush took (``writing``),
+        whose write failed, or ones :meth:`take_front` handed out."""
         with self._lock:
             self._records[:0] = records
             self._sizes[:0] = sizes
-            self._writing -= len(records)
+            if writing:  # last, as in take_all: counted twice for a moment, never not
+                self._writing -= len(records)
 
     def take_front(self, n: int) -> tuple[list[bytes], list[int], list[Ticket]]:
         """Remove and return the first ``n`` pending records. Their tickets stay for the
@@ -75,9 +77,9 @@ class GroupCommit:
         count as unwritten until :meth:`written` or :meth:`put_back`."""
         with self._lock:
             taken = self._records, self._sizes, self._tickets
-            self._records, self._sizes, self._tickets = [], [], []
-            if writing:
+            if writing:  # first: a lock-free unwritten() may count them twice, never not
                 self._writing += len(taken[0])
+            self._records, self._sizes, self._tickets = [], [], []
             return taken
 
     def wait_settled(self, ticket: Ticket, flush: Callable[[], None]) -> None:
