@@ -283,7 +283,7 @@ def test_a_process_killed_at_random_points_loses_nothing_confirmed(tmp_path: Pat
                                                                    engine: str) -> None:
     out = subprocess.run(
         [sys.executable, "-c", "import sys\n"
-         "from tests.test_file_engines_review import _supervise\n"
+         "from tests.test_file_engines_safety import _supervise\n"
          "print(_supervise(sys.argv[1], 2.5, 7))", queue_path(tmp_path, engine)],
         cwd=Path(__file__).resolve().parents[1], check=False, capture_output=True, text=True,
         timeout=120)
