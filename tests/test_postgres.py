@@ -7,7 +7,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -24,7 +24,11 @@ from psycopg import sql
 from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
+from . import pg_support
+from .pg_support import execute as _execute
 from .waiting import assert_cancel_ends_a_wait, assert_one_wait_is_cancelled_alone
+
+engine = pg_support.engine  # the fixture: an engine on the test's own schema
 
 
 class TestPostgresEngine(EngineConformance):
@@ -40,20 +44,6 @@ class TestPostgresEngineOneCounterNoNotify(EngineConformance):
     def open_engine(self, pg_url: str, pg_schema: str) -> Callable[[], Engine]:
         return lambda: PostgresEngine(pg_url, schema=pg_schema, durability="fsync",
                                       counter_slots=1, notify=False)
-
-
-@pytest.fixture
-def engine(pg_url: str, pg_schema: str) -> Iterator[PostgresEngine]:
-    eng = PostgresEngine(pg_url, schema=pg_schema)
-    try:
-        yield eng
-    finally:
-        eng.close()
-
-
-def _execute(url: str, statement: sql.Composable, *params: object) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement, params or None)
 
 
 # ---- opening ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -28,19 +28,10 @@ from spoolq.engines import Lease, StoredRecord, _pgpool
 from spoolq.engines._pgsql import SCHEMA_VERSION, ddl
 from spoolq.engines.postgres import PostgresEngine
 
+from . import pg_support
+from .pg_support import execute as _execute
 
-@pytest.fixture
-def engine(pg_url: str, pg_schema: str) -> Iterator[PostgresEngine]:
-    eng = PostgresEngine(pg_url, schema=pg_schema)
-    try:
-        yield eng
-    finally:
-        eng.close()
-
-
-def _execute(url: str, statement: sql.Composable, *params: object) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement, params or None)
+engine = pg_support.engine  # the fixture: an engine on the test's own schema
 
 
 # ---- processes started with fork ---------------------------------------------------------
