@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -502,3 +503,25 @@ def test_a_wait_outlasting_idle_session_timeout_goes_on(pg_url: str, pg_schema: 
         assert eng.wait_ready("q", 5) is True
     finally:
         eng.close()
+
+
+# ---- TCP settings --------------------------------------------------------------------------
+
+def _tcp_settings(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    return {name: value for name, value in conn.info.get_parameters().items()
+            if name.startswith(("keepalives", "tcp_"))}
+
+
+def test_connections_give_up_on_a_vanished_server_within_a_minute(pg_url: str,
+                                                                  pg_schema: str) -> None:
+    eng = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        assert eng._pool is not None
+        with eng._pool.connection() as conn:
+            assert _tcp_settings(conn) == _pgpool.TCP_DEFAULTS
+    finally:
+        eng.close()
+    # settings the connection string names are the user's
+    own = pg_url + ("&" if "?" in pg_url else "?") + "keepalives_idle=7"
+    with _pgpool.connect(own, 5) as conn:
+        assert _tcp_settings(conn) == {**_pgpool.TCP_DEFAULTS, "keepalives_idle": "7"}

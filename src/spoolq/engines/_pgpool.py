@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-__all__ = ["Conn", "PoolKey", "acquire_pool", "connect", "connection", "readable",
-           "release_pool"]
+__all__ = ["TCP_DEFAULTS", "Conn", "PoolKey", "acquire_pool", "connect", "connection",
+           "readable", "release_pool"]
 
 log = logging.getLogger("spoolq")
 
@@ -41,6 +42,24 @@ class _SharedPool:
     def __init__(self, pool: ConnectionPool[Conn]) -> None:
         self.pool = pool
         self.users = 0
+
+
+#: libpq settings a connection string that does not name them gets: a server whose host
+#: vanished (a failover, a cut network) fails a call within about a minute, instead of
+#: after the system's TCP retries (some 15 minutes) or, while idle, never. A server that
+#: is only slow answers the probes, so long statements are not cut short. Connections
+#: through a Unix socket ignore them.
+TCP_DEFAULTS = {"keepalives_idle": "30", "keepalives_interval": "10",
+                "keepalives_count": "3", "tcp_user_timeout": "60000"}
+
+
+def _with_defaults(conninfo: str) -> str:
+    """``conninfo`` with the TCP_DEFAULTS it does not set itself."""
+    given = conninfo_to_dict(conninfo)
+    if psycopg.pq.version() < 120000:  # libpq learnt tcp_user_timeout in version 12
+        given["tcp_user_timeout"] = None
+    return make_conninfo(conninfo, **{name: value for name, value in TCP_DEFAULTS.items()
+                                      if name not in given})
 
 
 _POOLS: dict[PoolKey, _SharedPool] = {}
@@ -72,7 +91,8 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
                     conn.execute("SET plan_cache_mode = force_generic_plan")
 
             pool: ConnectionPool[Conn] = ConnectionPool(
-                conninfo, min_size=1, max_size=size, open=False, configure=configure,
+                _with_defaults(conninfo), min_size=1, max_size=size, open=False,
+                configure=configure,
                 kwargs={"autocommit": True, "fallback_application_name": "spoolq"},
                 timeout=timeout, name="spoolq")
             pool.open(wait=True, timeout=timeout)
@@ -132,6 +152,6 @@ def connection(pool: ConnectionPool[Conn], timeout: float, where: str) -> Iterat
 
 def connect(conninfo: str, timeout: float) -> Conn:
     """A connection of its own, outside every pool, in autocommit mode."""
-    return psycopg.connect(conninfo, autocommit=True,
+    return psycopg.connect(_with_defaults(conninfo), autocommit=True,
                            connect_timeout=max(2, math.ceil(timeout)),
                            fallback_application_name="spoolq")
