@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import spoolq
 from spoolq import SyncQueue, zdict
+from spoolq import _builtin_codecs as builtin_codecs
 from spoolq import codec as codec_module
 from spoolq.codec import HEADER_SIZE, Codec, record_codec_names
 from spoolq.engines import open_engine
@@ -151,7 +152,8 @@ def small_limit(monkeypatch: pytest.MonkeyPatch) -> int:
     limit = 64 * 1024
     monkeypatch.setattr(zdict, "MAX_UNPACKED_SIZE", limit)
     monkeypatch.setattr(codec_module, "MAX_UNPACKED_SIZE", limit)
-    monkeypatch.setattr(codec_module, "_ZLIB_SAFE_SIZE", limit // 1032)
+    monkeypatch.setattr(builtin_codecs, "MAX_UNPACKED_SIZE", limit)
+    monkeypatch.setattr(builtin_codecs, "_ZLIB_SAFE_SIZE", limit // 1032)
     return limit
 
 

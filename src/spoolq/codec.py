@@ -13,23 +13,17 @@ compressor changes stays readable, and a file can be decoded offline.
 
 from __future__ import annotations
 
-import bz2
-import json
-import lzma
-import pickle
 import struct
 import sys
 import threading
 import types
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import cbor2
-import zstandard
-
+from ._builtin_codecs import COMPRESSORS, SERIALIZERS, Compressor, Serializer, too_large
 from .errors import ConfigurationError, CorruptError, SerializationError
-from .zdict import MAX_UNPACKED_SIZE, ZstdDictCompressor, check_zstd_frame
+from .zdict import MAX_UNPACKED_SIZE, ZstdDictCompressor
 
 __all__ = [
     "COMPRESSORS",
@@ -48,187 +42,6 @@ _CRC = struct.Struct("<I")
 HEADER_SIZE = _HEAD.size
 
 
-@runtime_checkable
-class Serializer(Protocol):
-    """Anything with ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``."""
-
-    def dumps(self, obj: Any, /) -> bytes: ...
-
-    def loads(self, data: bytes, /) -> Any: ...
-
-
-@runtime_checkable
-class Compressor(Protocol):
-    """Anything with ``compress(bytes) -> bytes`` and ``decompress(bytes) -> bytes``."""
-
-    def compress(self, data: bytes, /) -> bytes: ...
-
-    def decompress(self, data: bytes, /) -> bytes: ...
-
-
-class _Cbor:
-    name = "cbor"
-    dumps = staticmethod(cbor2.dumps)
-    loads = staticmethod(cbor2.loads)
-
-
-class _Pickle:
-    name = "pickle"
-
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return pickle.loads(data)
-
-
-class _Json:
-    name = "json"
-
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return json.loads(data)
-
-
-class _Raw:
-    name = "raw"
-
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        if isinstance(obj, bytes):
-            return obj
-        if isinstance(obj, (bytearray, memoryview)):
-            return bytes(obj)
-        raise TypeError(f"the raw serializer takes bytes only, not {type(obj).__name__}")
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return bytes(data)
-
-
-class _NoCompression:
-    name = "none"
-
-    @staticmethod
-    def compress(data: bytes) -> bytes:
-        return data
-
-    @staticmethod
-    def decompress(data: bytes) -> bytes:
-        return data
-
-
-class _Zstd:
-    """zstd at level 3; compressor objects are per thread because they are not thread-safe."""
-
-    name = "zstd"
-
-    def __init__(self, level: int = 3) -> None:
-        self._level = level
-        self._local = threading.local()
-
-    def _pair(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-        pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
-            self._local, "pair", None
-        )
-        if pair is None:
-            pair = (zstandard.ZstdCompressor(level=self._level), zstandard.ZstdDecompressor())
-            self._local.pair = pair
-        return pair
-
-    def compress(self, data: bytes) -> bytes:
-        return self._pair()[0].compress(data)
-
-    def decompress(self, data: bytes) -> bytes:
-        check_zstd_frame(data)
-        return self._pair()[1].decompress(data)
-
-
-class _Module:
-    """A compressor backed by a stdlib-style module with compress/decompress functions."""
-
-    def __init__(self, name: str, compress: Callable[[bytes], bytes],
-                 decompress: Callable[[bytes], bytes]) -> None:
-        self.name = name
-        self.compress = compress
-        self.decompress = decompress
-
-
-def _too_large(size: int | str) -> ValueError:
-    return ValueError(f"the payload decompresses to {size} bytes, more than the "
-                      f"{MAX_UNPACKED_SIZE} spoolq ever compresses")
-
-
-# Deflate turns at most 1032 bytes into one: shorter payloads cannot exceed the limit.
-_ZLIB_SAFE_SIZE = MAX_UNPACKED_SIZE // 1032
-
-
-def _zlib_decompress(data: bytes) -> bytes:
-    if len(data) <= _ZLIB_SAFE_SIZE:
-        return zlib.decompress(data)
-    unpacker = zlib.decompressobj()
-    out = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
-    if len(out) > MAX_UNPACKED_SIZE:
-        raise _too_large("more than that")
-    if not unpacker.eof:
-        raise ValueError("incomplete or truncated zlib stream")
-    return out
-
-
-def _bounded(make: Callable[[], bz2.BZ2Decompressor | lzma.LZMADecompressor]
-             ) -> Callable[[bytes], bytes]:
-    """``decompress`` of bz2 or lzma that stops at :data:`MAX_UNPACKED_SIZE` (these
-    formats can shrink data a million-fold)."""
-    def decompress(data: bytes) -> bytes:
-        unpacker = make()
-        out: bytes = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
-        if len(out) > MAX_UNPACKED_SIZE:
-            raise _too_large("more than that")
-        if not unpacker.eof:
-            raise ValueError("compressed data ended before the end-of-stream marker")
-        return out
-    return decompress
-
-
-def _lzo() -> Compressor:
-    try:
-        import lzo
-    except ImportError as exc:
-        raise ConfigurationError(
-            "the lzo compressor needs the python-lzo package: pip install 'spoolq[lzo]'"
-        ) from exc
-
-    def decompress(data: bytes) -> bytes:
-        # python-lzo's header: one method byte, then the size as 4 bytes big endian.
-        size = int.from_bytes(data[1:5], "big")
-        if size > MAX_UNPACKED_SIZE:
-            raise _too_large(size)
-        return bytes(lzo.decompress(data))
-
-    return _Module("lzo", lzo.compress, decompress)
-
-
-SERIALIZERS: dict[str, tuple[int, Callable[[], Serializer]]] = {
-    "raw": (1, _Raw),
-    "cbor": (2, _Cbor),
-    "pickle": (3, _Pickle),
-    "json": (4, _Json),
-}
-COMPRESSORS: dict[str, tuple[int, Callable[[], Compressor]]] = {
-    "none": (0, _NoCompression),
-    "zstd": (1, _Zstd),
-    "zlib": (2, lambda: _Module("zlib", zlib.compress, _zlib_decompress)),
-    "bz2": (3, lambda: _Module("bz2", bz2.compress, _bounded(bz2.BZ2Decompressor))),
-    "lzma": (4, lambda: _Module("lzma", lzma.compress, _bounded(lzma.LZMADecompressor))),
-    "lzo": (5, _lzo),
-    "zstd-dict": (6, ZstdDictCompressor),
-}
 ZSTD_DICT_ID = 6
 DICT_THRESHOLD = 16
 _SERIALIZER_NAMES = {ident: name for name, (ident, _) in SERIALIZERS.items()}
@@ -572,7 +385,7 @@ class Codec:
         if isinstance(data, (bytes, bytearray, memoryview)):
             if len(data) > MAX_UNPACKED_SIZE:
                 raise CorruptError(f"{where} could not be decompressed: "
-                                   f"{_too_large(len(data))}")
+                                   f"{too_large(len(data))}")
             return data if type(data) is bytes else bytes(data)
         # bytes() of an int or a list would make up a payload instead of failing.
         raise SerializationError(f"{where}: the {name or _COMPRESSOR_NAMES.get(comp_id)} "
