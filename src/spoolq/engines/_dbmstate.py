@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from .base import StoredRecord
+from ..errors import CorruptError, FormatError
+from .base import FORMAT_VERSION, StoredRecord
 
-__all__ = ["Aside", "QueueState", "State", "decode_record", "decode_state", "encode_state",
-           "leased_window", "main_key", "pack", "ready_window", "state_version"]
+__all__ = ["APPLICATION", "Aside", "QueueState", "State", "decode_record", "decode_state",
+           "encode_state", "leased_window", "main_key", "pack", "ready_window", "state_version",
+           "trusted_state"]
+
+log = logging.getLogger("spoolq")
+APPLICATION = b"spoolq"
 
 _CRC = struct.Struct(">I")
 _RECORD = struct.Struct(">IQQIdi")  # crc, id, raw size, attempts, enqueued_at, reason length
@@ -160,3 +167,56 @@ def decode_record(value: bytes) -> StoredRecord:
     reason = None if reason_len < 0 else value[start:start + reason_len].decode()
     return StoredRecord(ident, value[start + max(reason_len, 0):], raw_size, attempts,
                         enqueued_at, reason)
+
+
+def trusted_state(read: Callable[[bytes], bytes], keys: list[bytes], *, where: str, path: str,
+                  go_back: bool) -> State:
+    """The newest intact state among the ``s<commit>`` keys of a generation's database
+    (``read`` gives a key's value).
+
+    A killed process never leaves a listed state torn (the index line is written after
+    the value), so a damaged newest state is damage to the file or a power cut that came
+    before the data reached the disk: CorruptError, the files left as they are, unless
+    ``go_back`` asks for the state before it. An older damaged state is damage to the
+    file either way. A state of another format version, or of another program, is a
+    FormatError.
+    """
+    commits = sorted((int(k[1:]) for k in keys if k[:1] == b"s" and k[1:].isdigit()),
+                     reverse=True)
+    torn: Exception | None = None
+    for commit in commits:
+        blob = b""
+        try:
+            blob = read(b"s%d" % commit)
+            state = decode_state(blob)
+        except (ValueError, KeyError, TypeError) as exc:
+            version = state_version(blob)
+            if version is not None and version != str(FORMAT_VERSION).encode():
+                raise FormatError(f"{path} has format version "
+                                  f"{version.decode(errors='replace')}; this spoolq reads "
+                                  f"version {FORMAT_VERSION}") from exc
+            if torn is not None:
+                raise CorruptError(f"{where}: states {commits[0]} and {commit} are damaged "
+                                   f"({exc})") from exc
+            if not go_back:
+                raise CorruptError(
+                    f"{where}: the newest state ({commits[0]}) is damaged ({exc}); the files "
+                    "are left as they are. If a power cut interrupted the last write, open "
+                    "the queue with engine_options={'recover': True} to go back to the state "
+                    "before it (what was written after that is lost)") from exc
+            torn = exc
+            continue
+        if torn is not None:
+            log.warning("spoolq: %s: state %d was damaged (%s); recovering state %d",
+                        where, commits[0], torn, commit)
+        break
+    else:
+        raise CorruptError(f"{where}: no intact state")
+    if state.meta.get("application") != APPLICATION:
+        raise FormatError(f"{path} is a dbm database but not a spoolq queue")
+    version = state.meta.get("format_version")
+    if version != str(FORMAT_VERSION).encode():
+        shown = "none" if version is None else version.decode(errors="replace")
+        raise FormatError(f"{path} has format version {shown}; "
+                          f"this spoolq reads version {FORMAT_VERSION}")
+    return state

@@ -59,17 +59,18 @@ from typing import TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _dbmfiles as files
-from ._dbmstate import Aside as _Aside
-from ._dbmstate import QueueState as _Queue
-from ._dbmstate import State as _State
 from ._dbmstate import (
+    APPLICATION,
     decode_record,
     decode_state,
     encode_state,
     leased_window,
     ready_window,
-    state_version,
+    trusted_state,
 )
+from ._dbmstate import Aside as _Aside
+from ._dbmstate import QueueState as _Queue
+from ._dbmstate import State as _State
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
 from ._shared import SharedEngine, lock_exclusively
@@ -89,7 +90,6 @@ __all__ = ["DBMEngine"]
 log = logging.getLogger("spoolq")
 
 T = TypeVar("T")
-_APPLICATION = b"spoolq"
 _COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
 
 
@@ -144,7 +144,7 @@ class _DBMStore:
                 raise CorruptError(f"{path}: {files.CURRENT} is missing")
             if self.read_only:
                 raise FormatError(f"{path}: no such spoolq dbm queue")
-            meta = {"application": _APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
+            meta = {"application": APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
             generation = files.make_queue_directory(path, _State(meta=meta))
         if not self.read_only:
             files.remove_other_generations(path, generation)
@@ -156,50 +156,8 @@ class _DBMStore:
         self._db, self._backend = files.open_generation(self.path, generation,
                                                         "r" if self.read_only else "w")
         keys = list(self._db.keys())
-        commits = sorted((int(k[1:]) for k in keys if k[:1] == b"s" and k[1:].isdigit()),
-                         reverse=True)
-        # A killed process never leaves a listed state torn (the index line is written
-        # after the value), so a damaged newest state is damage to the file or a power cut
-        # that came before the data reached the disk: reported, the files left as they are,
-        # unless the caller asks to go back to the state before (recover=True). An older
-        # damaged state is damage to the file either way.
-        torn: Exception | None = None
-        for commit in commits:
-            blob = b""
-            try:
-                blob = self._db[b"s%d" % commit]
-                state = decode_state(blob)
-            except (ValueError, KeyError, TypeError) as exc:
-                version = state_version(blob)
-                if version is not None and version != str(FORMAT_VERSION).encode():
-                    raise FormatError(f"{self.path} has format version "
-                                      f"{version.decode(errors='replace')}; this spoolq reads "
-                                      f"version {FORMAT_VERSION}") from exc
-                if torn is not None:
-                    raise CorruptError(f"{self.path}: states {commits[0]} and {commit} of "
-                                       f"{generation} are damaged ({exc})") from exc
-                if not self._go_back:
-                    raise CorruptError(
-                        f"{self.path}: the newest state ({commits[0]}) of {generation} is "
-                        f"damaged ({exc}); the files are left as they are. If a power cut "
-                        "interrupted the last write, open the queue with engine_options="
-                        "{'recover': True} to go back to the state before it (what was "
-                        "written after that is lost)") from exc
-                torn = exc
-                continue
-            if torn is not None:
-                log.warning("spoolq: %s: state %d was damaged (%s); recovering state %d",
-                            self.path, commits[0], torn, commit)
-            break
-        else:
-            raise CorruptError(f"{self.path}: no intact state in {generation}")
-        if state.meta.get("application") != _APPLICATION:
-            raise FormatError(f"{self.path} is a dbm database but not a spoolq queue")
-        version = state.meta.get("format_version")
-        if version != str(FORMAT_VERSION).encode():
-            shown = "none" if version is None else version.decode(errors="replace")
-            raise FormatError(f"{self.path} has format version {shown}; "
-                              f"this spoolq reads version {FORMAT_VERSION}")
+        state = trusted_state(self._db.__getitem__, keys, where=f"{self.path}: {generation}",
+                              path=self.path, go_back=self._go_back)
         self._state, self._committed, self._keys = state, encode_state(state), state.keys
         if len(keys) != state.keys and not self.read_only:
             log.info("spoolq: %s: dropping what an interrupted write left", self.path)
