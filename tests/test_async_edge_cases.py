@@ -378,3 +378,51 @@ async def test_a_failed_group_commit_fails_each_put_and_leaves_the_queue_usable(
         for _ in range(4):
             q.task_done()
         await asyncio.wait_for(q.join(), 5)
+
+
+class _SlowAppend:
+    """Delegates to a real engine; once ``holding``, an append waits for ``go``."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.holding = False
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if self.holding:
+            self.entered.set()
+            self.go.wait(5)
+        return self._inner.append(queue, records, raw_sizes, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_put_cancelled_before_its_group_commit_is_not_stored(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    engine = _SlowAppend(open_engine(path))
+    async with await Queue.create(path, engine=engine, maxsize=2) as q:
+        engine.holding = True
+        first = asyncio.create_task(q.put("a"))
+        while not engine.entered.is_set():  # "a" is being written
+            await asyncio.sleep(0.001)
+        second = asyncio.create_task(q.put("b"))
+        for _ in range(5):  # "b" waits for the next group commit
+            await asyncio.sleep(0)
+        assert q.qsize() == 2 and q.full()
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert q.qsize() == 1 and not q.full()
+        engine.go.set()
+        await first
+        assert await q.get() == "a"
+        q.task_done()
+        await asyncio.wait_for(q.join(), 2)  # "b" is not waiting to be processed
+        with pytest.raises(spoolq.Empty):
+            q.get_nowait()
+    async with await Queue.create(path) as q:
+        assert q.qsize() == 0

@@ -141,3 +141,22 @@ def test_buffered_records_given_back_to_the_buffer_keep_their_count(tmp_path: Pa
         assert q.qsize() == 3
         assert q.get_many(3) == [1, 2, 3]
         assert q.qsize() == 0
+
+
+def test_group_commit_gives_back_a_ticket_s_records_only_while_it_can_find_them() -> None:
+    from spoolq.groupcommit import GroupCommit, Ticket
+
+    group = GroupCommit()
+    one, two, three = Ticket(), Ticket(), Ticket()
+    group.add([b"a", b"b"], [1, 1], one)
+    group.add([b"c"], [1], two)
+    group.add([b"d", b"e"], [1, 1], three)
+    assert group.withdraw(two) == ([b"c"], [1])
+    assert group.withdraw(two) is None
+    assert group.withdraw(three) == ([b"d", b"e"], [1, 1])
+    assert group.take_all() == ([b"a", b"b"], [1, 1], [one])
+    assert group.withdraw(one) is None  # a flush has it
+    group.written(2)
+    group.add([b"f", b"g"], [1, 1], one)
+    assert group.take_front(1)[0] == [b"f"]  # handed to a consumer: the rest is beyond reach
+    assert group.withdraw(one) is None and group.unwritten() == 1

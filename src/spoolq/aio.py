@@ -158,7 +158,8 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
 
         Raises :class:`QueueShutDown` after ``shutdown`` and
         :class:`SerializationError` (queue unchanged) when the serializer
-        cannot take the item. A put cancelled while writing may still be stored.
+        cannot take the item. A put cancelled before its group commit starts is not
+        stored; one cancelled while that transaction runs may be.
         """
         self._enter()
         await self._put(*self._core.encode_one(item), None)
@@ -182,13 +183,19 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
                 self._wake_for_buffered()
             return
         fut: asyncio.Future[None] = self._loop.create_future()
-        pending = self._core.submit(records, sizes, Ticket(fut))
+        ticket = Ticket(fut)
+        pending = self._core.submit(records, sizes, ticket)
         if not self._core.flush_due(pending):
             fut.set_result(None)
             self._wake_for_buffered()
         elif self._core.schedules_flush(pending, len(records)):
             self._worker.post(self._core.flush)
-        await fut
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if self._core.withdraw(ticket):  # not written: as if never put
+                self._wake()
+            raise
 
     def put_nowait(self, item: T) -> None:
         """Put ``item`` without waiting for room; raise :class:`Full` if there is none.

@@ -234,6 +234,18 @@ class QueueCore(Settling, Decoding):
             self.unfinished += len(records)
         return pending
 
+    def withdraw(self, ticket: Ticket) -> bool:
+        """Take back the records of a submit whose caller gave up, if no flush has taken
+        them yet: they will not be stored. False when they are beyond reach."""
+        with self._tally:
+            taken = self.group.withdraw(ticket)
+            if taken is None:
+                return False
+            records, sizes = taken
+            self._count_pending(records, sizes, -1)
+            self.unfinished -= len(records)
+        return True
+
     def _count_pending(self, records: list[bytes], sizes: list[int], sign: int) -> None:
         """Add (sign 1) or remove (-1) records in the pending bytes; the caller holds
         ``_tally``."""

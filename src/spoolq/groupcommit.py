@@ -28,6 +28,10 @@ class GroupCommit:
         self._records: list[bytes] = []
         self._sizes: list[int] = []
         self._tickets: list[Ticket] = []
+        self._counts: list[int] = []  # records of each ticket, in order
+        # Whether the pending records are exactly the tickets' records in order (no
+        # take_front or put_back since the batch began), so a ticket's can be found.
+        self._intact = True
         self._settled = threading.Condition(threading.Lock())
         self._leading = False
         self._writing = 0  # records taken by a flush that are not written yet
@@ -38,7 +42,24 @@ class GroupCommit:
             self._records += records
             self._sizes += sizes
             self._tickets.append(ticket)
+            self._counts.append(len(records))
             return len(self._records)
+
+    def withdraw(self, ticket: Ticket) -> tuple[list[bytes], list[int]] | None:
+        """Remove ``ticket`` and its records if no flush has taken them yet (they will not
+        be written); return them, or None when they are beyond reach."""
+        with self._lock:
+            if not self._intact:
+                return None
+            k = next((k for k, held in enumerate(self._tickets) if held is ticket), None)
+            if k is None:
+                return None
+            start = sum(self._counts[:k])
+            end = start + self._counts[k]
+            taken = self._records[start:end], self._sizes[start:end]
+            del self._records[start:end], self._sizes[start:end]
+            del self._tickets[k], self._counts[k]
+            return taken
 
     def pending(self) -> int:
         return len(self._records)
@@ -58,6 +79,8 @@ class GroupCommit:
         with self._lock:
             self._records[:0] = records
             self._sizes[:0] = sizes
+            if records:
+                self._intact = False  # records without tickets now lead the batch
             if writing:  # last, as in take_all: counted twice for a moment, never not
                 self._writing -= len(records)
 
@@ -69,7 +92,10 @@ class GroupCommit:
             del self._records[:n], self._sizes[:n]
             tickets: list[Ticket] = []
             if not self._records:
-                tickets, self._tickets = self._tickets, []
+                tickets, self._tickets, self._counts = self._tickets, [], []
+                self._intact = True
+            elif records:
+                self._intact = False
             return records, sizes, tickets
 
     def take_all(self, writing: bool = True) -> tuple[list[bytes], list[int], list[Ticket]]:
@@ -79,7 +105,8 @@ class GroupCommit:
             taken = self._records, self._sizes, self._tickets
             if writing:  # first: a lock-free unwritten() may count them twice, never not
                 self._writing += len(taken[0])
-            self._records, self._sizes, self._tickets = [], [], []
+            self._records, self._sizes, self._tickets, self._counts = [], [], [], []
+            self._intact = True
             return taken
 
     def wait_settled(self, ticket: Ticket, flush: Callable[[], None]) -> None:
