@@ -133,7 +133,8 @@ async def test_a_buffered_put_wakes_a_waiting_get_at_once(either_path: str,
 class _Gated:
     """Delegates to a real engine. Once ``holding``, a take that found records waits for
     ``taken`` to be let go before it returns (with ``holding_empty``, one that found
-    none), and a restore waits for ``restoring``."""
+    none), and a restore waits for ``restoring``; with ``holding_append``, an append
+    sets ``appending`` and waits for ``appended``."""
 
     def __init__(self, inner: Engine) -> None:
         self._inner = inner
@@ -143,6 +144,16 @@ class _Gated:
         self.took = threading.Event()
         self.taken = threading.Event()
         self.restoring = threading.Event()
+        self.holding_append = False
+        self.appending = threading.Event()
+        self.appended = threading.Event()
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if self.holding_append:
+            self.appending.set()
+            self.appended.wait(5)
+        return self._inner.append(queue, records, raw_sizes, now)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         recs = self._inner.take(queue, n, now, lease)
@@ -380,34 +391,13 @@ async def test_a_failed_group_commit_fails_each_put_and_leaves_the_queue_usable(
         await asyncio.wait_for(q.join(), 5)
 
 
-class _SlowAppend:
-    """Delegates to a real engine; once ``holding``, an append waits for ``go``."""
-
-    def __init__(self, inner: Engine) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.holding = False
-        self.entered = threading.Event()
-        self.go = threading.Event()
-
-    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
-               now: float) -> list[int]:
-        if self.holding:
-            self.entered.set()
-            self.go.wait(5)
-        return self._inner.append(queue, records, raw_sizes, now)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 async def test_a_put_cancelled_before_its_group_commit_is_not_stored(tmp_path: Path) -> None:
     path = str(tmp_path / "q.sqlite")
-    engine = _SlowAppend(open_engine(path))
+    engine = _Gated(open_engine(path))
     async with await Queue.create(path, engine=engine, maxsize=2) as q:
-        engine.holding = True
+        engine.holding_append = True
         first = asyncio.create_task(q.put("a"))
-        while not engine.entered.is_set():  # "a" is being written
+        while not engine.appending.is_set():  # "a" is being written
             await asyncio.sleep(0.001)
         second = asyncio.create_task(q.put("b"))
         for _ in range(5):  # "b" waits for the next group commit
@@ -417,7 +407,7 @@ async def test_a_put_cancelled_before_its_group_commit_is_not_stored(tmp_path: P
         with pytest.raises(asyncio.CancelledError):
             await second
         assert q.qsize() == 1 and not q.full()
-        engine.go.set()
+        engine.appended.set()
         await first
         assert await q.get() == "a"
         q.task_done()
