@@ -14,8 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .codec import Codec
@@ -37,7 +36,7 @@ from .message import Message, Taken, messages_for
 from .owners import new_owner, owner_is_dead
 from .settings import Settings, stored_codec
 from .settle import Settling
-from .zdict import train_dictionary
+from .writing import Writing, new_counts
 
 __all__ = ["UNWRITTEN", "QueueCore"]
 
@@ -61,14 +60,7 @@ def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
         return False
 
 
-def _new_counts(ready: int, leased: int, stored: int, raw: int) -> Counts:
-    """``Counts(...)`` without the generated ``__new__``, which costs twice as much on the
-    put and get paths. Each change makes a new tuple, so a reader without the lock (stats)
-    always sees one consistent set of counts."""
-    return tuple.__new__(Counts, (ready, leased, stored, raw))
-
-
-class QueueCore(Settling, Decoding):
+class QueueCore(Writing, Settling, Decoding):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -213,177 +205,6 @@ class QueueCore(Settling, Decoding):
         for listener in self.listeners:
             listener()
 
-    # ---- writing ------------------------------------------------------------------------
-
-    def encode(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
-        """Encode items in the caller's thread; raises SerializationError, writes nothing."""
-        return self.codec.encode_many(items)
-
-    def encode_one(self, item: Any) -> tuple[list[bytes], list[int]]:
-        """:meth:`encode` of one item, without the set-up a batch needs."""
-        record, size = self.codec.encode(item)
-        return [record], [size]
-
-    def submit(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> int:
-        """Queue records for group commit; return how many records are now pending
-        (see :meth:`flush_due`). Never waits for a flush in progress."""
-        self._check_open()
-        with self._tally:
-            pending = self.group.add(records, sizes, ticket)
-            self._count_pending(records, sizes, 1)
-            self.unfinished += len(records)
-        return pending
-
-    def withdraw(self, ticket: Ticket) -> bool:
-        """Take back the records of a submit whose caller gave up, if no flush has taken
-        them yet: they will not be stored. False when they are beyond reach."""
-        with self._tally:
-            taken = self.group.withdraw(ticket)
-            if taken is None:
-                return False
-            records, sizes = taken
-            self._count_pending(records, sizes, -1)
-            self.unfinished -= len(records)
-        return True
-
-    def _count_pending(self, records: list[bytes], sizes: list[int], sign: int) -> None:
-        """Add (sign 1) or remove (-1) records in the pending bytes; the caller holds
-        ``_tally``."""
-        stored, raw = self._pending_bytes
-        self._pending_bytes = (stored + sign * sum(map(len, records)), raw + sign * sum(sizes))
-
-    def flush_due(self, pending: int) -> bool:
-        """Whether ``pending`` records call for a flush now (not merely within the buffer
-        interval)."""
-        return not self.buffered or pending >= self.settings.flush_items
-
-    def schedules_flush(self, pending: int, added: int) -> bool:
-        """Whether the submit that left ``pending`` records, ``added`` of them its own,
-        should schedule a flush (rather than join one already scheduled): the first of a
-        batch does; with durability "buffer", every submit once a flush is due."""
-        if self.buffered:
-            return self.flush_due(pending)
-        return pending == added
-
-    def _settle_pending(self, records: list[bytes], sizes: list[int], *, lost: bool) -> None:
-        """Records of a flush left the pending ones: written, or ``lost`` to an error."""
-        with self._tally:
-            self._count_pending(records, sizes, -1)
-            if lost:
-                self.unfinished -= len(records)
-
-    def flush(self) -> list[Ticket]:
-        """Write every pending record in one engine transaction; settle their tickets.
-
-        If the write fails, waiting callers get the error; with durability
-        "buffer", whose callers have returned already, the records stay
-        buffered for the next flush instead.
-        """
-        with self.lock:
-            records, sizes, tickets = self.group.take_all()
-            if not records and not tickets:
-                return tickets
-            error: BaseException | None = None
-            try:
-                self._check_open()
-                self.engine.append(self.name, records, sizes, time.time())
-            except BaseException as exc:
-                error = exc
-                if self.buffered and not self.closed:
-                    self.group.put_back(records, sizes)
-                else:
-                    self._settle_pending(records, sizes, lost=True)
-                    self.group.written(len(records))
-            else:
-                self._settle_pending(records, sizes, lost=False)
-                self._count_put(records, sizes)
-                # Counted by the engine's counts now (twice for this moment, never none:
-                # a put checking for room must not see them missing).
-                self.group.written(len(records))
-        for ticket in tickets:
-            ticket.error = error
-            ticket.done = True
-        if self.on_settled is not None:
-            self.on_settled(tickets)
-        if error is None:
-            self._after_put()
-        else:
-            log.error("spoolq: writing %d records to %r failed%s", len(records), self.name,
-                      "; they stay buffered" if self.buffered else "",
-                      exc_info=error)
-        return tickets
-
-    def _train(self) -> None:
-        """Train the zstd dictionary; a failure is logged and never fails a put."""
-        try:
-            with self.lock:
-                train_dictionary(self.engine, self.name, self.codec)
-        except Exception:
-            log.exception("spoolq: queue %r: training a zstd dictionary failed", self.name)
-
-    def _count_put(self, records: list[bytes], sizes: list[int]) -> None:
-        ready, leased, stored, raw = self._counts
-        n = len(records)
-        if n == 1:  # one put at a time: no sums to set up
-            stored += len(records[0])
-            raw += sizes[0]
-        else:
-            stored += sum(map(len, records))
-            raw += sum(sizes)
-        self._counts = _new_counts(ready + n, leased, stored, raw)
-        self.counters["puts"] += n
-
-    def _after_put(self) -> None:
-        self._notify()
-        if self.codec.training_due:
-            self._train()
-
-    def put_now(self, records: list[bytes], sizes: list[int]) -> None:
-        """Write records from the calling thread (group-committed with any pending);
-        with durability "buffer", only once ``flush_items`` are pending."""
-        if not self.buffered and self.lock.acquire(blocking=False):
-            # Nobody else is writing: no batch to join, so write at once.
-            try:
-                alone = not self.group.pending()
-                if alone:
-                    self._check_open()
-                    self.engine.append(self.name, records, sizes, time.time())
-                    with self._tally:
-                        self.unfinished += len(records)
-                    self._count_put(records, sizes)
-            finally:
-                self.lock.release()
-            if alone:
-                self._after_put()
-                return
-        ticket = Ticket()
-        if not self.flush_due(self.submit(records, sizes, ticket)):
-            return
-        if self._fsync:
-            # Slow commits: waiters are woken together (see GroupCommit.wait_settled).
-            # With "commit", waking them all costs more than it saves (15% fewer puts/s
-            # with 16 threads), so they queue on the core lock instead.
-            self.group.wait_settled(ticket, partial(self._flush_for, ticket))
-        else:
-            self._flush_for(ticket)
-        if ticket.error is not None:
-            raise ticket.error
-
-    def _flush_for(self, ticket: Ticket) -> None:
-        with self.lock:
-            if not ticket.done:
-                self.flush()
-
-    def _start_flusher(self) -> None:
-        def run(core_ref: QueueCore = self) -> None:
-            while not core_ref._flusher_stop.wait(core_ref.settings.flush_interval):
-                if core_ref.group.pending():
-                    core_ref.flush()
-
-        self._flusher = threading.Thread(target=run, name=f"spoolq-flush-{self.name}",
-                                         daemon=True)
-        self._flusher.start()
-
     # ---- taking -------------------------------------------------------------------------
 
     def _reap_locked(self, now: float) -> None:
@@ -441,7 +262,7 @@ class QueueCore(Settling, Decoding):
                 self.counters["gets"] += k
             else:
                 leased += k
-            self._counts = _new_counts(ready, leased, stored, raw)
+            self._counts = new_counts(ready, leased, stored, raw)
         return self._decode_taken(recs, lease is not None)
 
     def _buffer_serves(self) -> bool:
