@@ -36,7 +36,7 @@ class Settling:
     unfinished: int
     _tally: threading.Lock
     _counts: Counts
-    # Defined by QueueCore.
+    # Defined by QueueCore and its other parts.
     _check_open: Callable[[], None]
     _refresh_locked: Callable[..., Counts]
     _notify: Callable[[], None]
