@@ -190,6 +190,7 @@ async def test_an_item_a_cancelled_get_gives_back_keeps_its_room(tmp_path: Path)
                 await getting
             for _ in range(20):  # the give-back is on the worker, held at the restore
                 assert q.qsize() == 1 and q.full() and not q.empty()
+                assert q.stats["count"] == 1
                 with pytest.raises(spoolq.Full):
                     q.put_nowait("b")
                 await asyncio.sleep(0.001)

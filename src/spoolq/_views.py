@@ -39,5 +39,8 @@ class QueueViews:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counts, sizes and counters; see the README for each key. Never blocks."""
-        return self._core.stats()
+        """Counts, sizes and counters; see the README for each key. Never blocks.
+        ``count`` is :meth:`qsize`."""
+        stats = self._core.stats()
+        stats["count"] = self.qsize()
+        return stats

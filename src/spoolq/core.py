@@ -183,7 +183,7 @@ class QueueCore(Writing, Settling, Decoding):
         raw = counts.raw_bytes + pend_raw
         stored = counts.stored_bytes + pend_stored
         return {
-            "count": counts.ready + self.group.pending(),
+            "count": self.ready_hint(),
             "leased": counts.leased,
             "dead": self._dead,
             "raw_size_bytes": raw,
