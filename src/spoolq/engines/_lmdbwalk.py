@@ -104,6 +104,16 @@ def _chunked(txn: Txn, db: Db, number: int, first: int) -> Iterator[tuple[int, b
         start = fmt.KEY.pack(number, fmt.KEY.unpack(chunk[-1][0])[1] + 1)
 
 
+def _delayed_by_id(txn: Txn, delayed: Db, ids: Db, number: int,
+                   first: int) -> Iterator[tuple[int, bytes, Db, bytes]]:
+    """Queue ``number``'s delayed records as (id, key, db, value) in id order, through
+    the ``ids`` index."""
+    for ident, _, key in _chunked(txn, ids, number, first):
+        value = txn.get(key, db=delayed)
+        if value is not None:
+            yield ident, key, delayed, value
+
+
 def in_order(txn: Txn, ready: Db, delayed: Db, ids: Db | None, number: int,
              limit: int | None = None, first: int = 0) -> Iterator[tuple[int, bytes, Db, bytes]]:
     """Queue ``number``'s ready records, delayed ones included, as (id, key, db, value)
@@ -119,9 +129,7 @@ def in_order(txn: Txn, ready: Db, delayed: Db, ids: Db | None, number: int,
                                         for key, value in prefixed(txn, delayed, number))
                       if item[0] >= first)
     else:
-        held = ((ident, key, delayed, value) for ident, key, value in (
-            (ident, key, txn.get(key, db=delayed))
-            for ident, _, key in _chunked(txn, ids, number, first)) if value is not None)
+        held = _delayed_by_id(txn, delayed, ids, number, first)
 
     for item in heapq.merge(in_line, held, key=operator.itemgetter(0)):
         if limit is not None and item[0] >= limit:
