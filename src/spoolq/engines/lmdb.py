@@ -27,9 +27,10 @@ Costs. Each call is one LMDB transaction; readers never block the writer or
 each other, and writers from every process take turns on LMDB's own lock.
 ``take``, ``ack`` and ``append`` are O(log n) per record; ``expire`` and
 ``owners`` walk the queue's leased records (``peek_leased`` only up to the
-last it returns). Records are read through cursors, never all at once. The map (LMDB's view of the
-file) starts at ``map_size`` bytes and doubles whenever a write does not fit;
-the file grows only with the data, and freed pages are reused.
+last it returns). Records are read through cursors, never all at once. The
+map (LMDB's view of the file) starts at ``map_size`` bytes and doubles whenever
+a write does not fit; the file grows only with the data, and freed pages are
+reused.
 
 Durability. ``durability="fsync"`` (``sync=True, metasync=True``) flushes
 data and meta pages on every commit: a returned call survives power loss.
