@@ -216,15 +216,17 @@ def _checksum(dict_bytes: bytes) -> bytes:
     return b"%08x" % zlib.crc32(dict_bytes)
 
 
+def _fails_checksum(engine: Engine, number: int, dict_bytes: bytes) -> bool:
+    """Whether dictionary ``number`` fails the checksum stored beside it (one without a
+    checksum, as in files from before checksums, passes)."""
+    stored = engine.get_meta(checksum_key(number))
+    return stored is not None and stored != _checksum(dict_bytes)
+
+
 def damaged_dictionaries(engine: Engine) -> list[int]:
-    """Numbers of the file's zstd dictionaries that fail the checksum stored beside them
-    (a dictionary without one, as in files from before checksums, is not counted)."""
-    damaged = []
-    for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
-        stored = engine.get_meta(checksum_key(number))
-        if stored is not None and stored != _checksum(rec.data):
-            damaged.append(number)
-    return damaged
+    """Numbers of the file's zstd dictionaries that fail the checksum stored beside them."""
+    return [number for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1)
+            if _fails_checksum(engine, number, rec.data)]
 
 
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
@@ -239,8 +241,7 @@ def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
     """
     active = engine.get_meta(f"queue/{name}/zstd-dict")
     for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
-        stored = engine.get_meta(checksum_key(number))
-        if stored is not None and stored != _checksum(rec.data):
+        if _fails_checksum(engine, number, rec.data):
             reason = f"zstd dictionary {number} of the file is damaged: it fails its checksum"
             log.error("spoolq: %s; records compressed with it cannot be decoded", reason)
             codec.add_damaged_dictionary(number, reason)
