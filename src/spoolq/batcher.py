@@ -13,24 +13,11 @@ from typing import Any, Generic, TypeVar
 
 from .aio import Queue
 from .errors import ConfigurationError, Empty, LeaseError
-from .settings import check_count, check_queue_name, check_seconds
+from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
 __all__ = ["Batcher"]
 
 T = TypeVar("T")
-V = TypeVar("V")
-
-
-def _setting(check: Callable[..., V], name: str, value: object, *args: Any, **kw: Any) -> V:
-    """Run a settings check, reporting a wrong type or value as a ConfigurationError."""
-    try:
-        return check(name, value, *args, **kw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(str(exc)) from None
-
-
-def _seconds(name: str, value: object) -> float:
-    return _setting(check_seconds, name, value, positive=True)
 
 
 class Batcher(Generic[T]):
@@ -72,11 +59,12 @@ class Batcher(Generic[T]):
             raise ConfigurationError(f"queue must be a spoolq.Queue, a path or None, not "
                                      f"{type(queue).__name__} {queue!r}")
         check_queue_name(name)
-        max_batch_size = _setting(check_count, "max_batch_size", max_batch_size, 1)
-        flush_interval = _seconds("flush_interval", flush_interval)
-        retry_delay = _seconds("retry_delay", retry_delay)
-        max_retry_delay = _seconds("max_retry_delay", max_retry_delay)
-        lease_ttl = _seconds("lease_ttl", lease_ttl)
+        with setting_checks():
+            max_batch_size = check_count("max_batch_size", max_batch_size, 1)
+            flush_interval = check_seconds("flush_interval", flush_interval, positive=True)
+            retry_delay = check_seconds("retry_delay", retry_delay, positive=True)
+            max_retry_delay = check_seconds("max_retry_delay", max_retry_delay, positive=True)
+            lease_ttl = check_seconds("lease_ttl", lease_ttl, positive=True)
         if retry_delay > max_retry_delay:
             raise ConfigurationError(f"retry_delay ({retry_delay!r}) must be <= "
                                      f"max_retry_delay ({max_retry_delay!r})")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,7 @@ from .errors import ConfigurationError
 from .zdict import load_dictionaries
 
 __all__ = ["DURABILITIES", "Settings", "check_count", "check_seconds", "resolve_target",
-           "stored_codec"]
+           "setting_checks", "stored_codec"]
 
 DURABILITIES = ("fsync", "commit", "buffer")
 
@@ -65,6 +67,16 @@ def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
     return value
 
 
+@contextmanager
+def setting_checks() -> Iterator[None]:
+    """Report what :func:`check_count` and :func:`check_seconds` refuse in a setting as
+    a :class:`ConfigurationError`."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Validated settings of one queue handle."""
@@ -83,15 +95,13 @@ class Settings:
         if self.durability not in DURABILITIES:
             raise ConfigurationError(
                 f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
-        try:
+        with setting_checks():
             check_count("maxsize", self.maxsize, 0)
             check_count("flush_items", self.flush_items, 1)
             check_seconds("flush_interval", self.flush_interval, positive=True)
             if self.max_attempts is not None:
                 check_count("max_attempts", self.max_attempts, 1)
             check_seconds("poll_interval", self.poll_interval, positive=True)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(str(exc)) from None
 
 
 def resolve_target(path: str | os.PathLike[str], name: str | None,
