@@ -73,7 +73,7 @@ def start_spoolq(path: str, loop: str = "auto") -> tuple[subprocess.Popen[str], 
 
 def start_redis(folder: str) -> tuple[subprocess.Popen[bytes], int] | None:
     exe = shutil.which("redis-server")
-    if exe is None:
+    if exe is None or importlib.util.find_spec("redis") is None:
         return None
     port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--appendonly",
