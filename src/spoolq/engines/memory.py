@@ -11,8 +11,9 @@ import heapq
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, islice, repeat
-from operator import attrgetter
+from operator import itemgetter
 
 from .base import (
     Counts,
@@ -42,18 +43,24 @@ class _Entry:
     reason: str | None = None
 
 
-_data, _raw_size = attrgetter("data"), attrgetter("raw_size")
-_fields = attrgetter("data", "raw_size", "attempts", "enqueued_at", "reason")
+_data, _raw_size = itemgetter(1), itemgetter(2)
+_new_record = partial(tuple.__new__, StoredRecord)
+"""``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
+
+
+def _record(ident: int, e: _Entry) -> StoredRecord:
+    return _new_record((ident, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason))
 
 
 @dataclass(slots=True)
 class _Queue:
+    # Ready records are in one of two places. `fresh` holds, in increasing id order, records
+    # never leased nor delayed (new ids only ever grow, so appends go there), as the very
+    # StoredRecord a take hands out. `entries` holds every other record by id: leased, or
+    # put back at its old place (released, expired, restored, loaded with a delay), whose
+    # ids are then in the heap `back`. The next ready record is the smaller of both heads.
+    fresh: deque[StoredRecord] = field(default_factory=deque)
     entries: dict[int, _Entry] = field(default_factory=dict)
-    # The ids of ready entries are in one of two places: `fresh`, in increasing order, entries
-    # never leased nor delayed (new ids only ever grow, so appends go there), or the heap `back`
-    # (records put back at their old place: released, expired, restored, loaded with a delay).
-    # The next ready id is the smaller of both heads.
-    fresh: deque[int] = field(default_factory=deque)
     back: list[int] = field(default_factory=list)
     leased: int = 0
     stored_bytes: int = 0
@@ -78,12 +85,14 @@ class MemoryEngine:
             q = self._queues[queue] = _Queue()
         return q
 
-    def _add(self, q: _Queue, ident: int, entry: _Entry) -> None:
-        """Add a ready entry under a new id (greater than any id the engine gave before)."""
-        q.entries[ident] = entry
-        q.fresh.append(ident)
-        q.stored_bytes += len(entry.data)
-        q.raw_bytes += entry.raw_size
+    def _add(self, q: _Queue, data: bytes, raw_size: int, enqueued_at: float,
+             attempts: int = 0, reason: str | None = None) -> None:
+        """Add a ready record under a new id (greater than any id the engine gave before)."""
+        ident = self._next_id
+        self._next_id = ident + 1
+        q.fresh.append(_new_record((ident, data, raw_size, attempts, enqueued_at, reason)))
+        q.stored_bytes += len(data)
+        q.raw_bytes += raw_size
 
     def _put_back(self, q: _Queue, ident: int, entry: _Entry) -> None:
         """Add a ready entry under an id it had before, so at its old place in the order."""
@@ -105,57 +114,65 @@ class MemoryEngine:
         q = self._q(queue)
         first = self._next_id
         if len(records) == 1:  # the common put, without the loop's set-up
-            self._next_id = first + 1
-            self._add(q, first, _Entry(records[0], raw_sizes[0], 0, now))
+            self._add(q, records[0], raw_sizes[0], now)
             return [first]
         k = len(records)
         ids = range(first, first + k)
         self._next_id = ids.stop
-        entries = map(_Entry, records, raw_sizes, repeat(0, k), repeat(now, k))
-        q.entries.update(zip(ids, entries, strict=True))
-        q.fresh.extend(ids)
+        q.fresh.extend(map(_new_record, zip(ids, records, raw_sizes, repeat(0, k),
+                                            repeat(now, k), repeat(None, k), strict=True)))
         q.stored_bytes += sum(map(len, records))
         q.raw_bytes += sum(raw_sizes)
         return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         q = self._q(queue)
-        out: list[StoredRecord] = []
-        hidden: list[int] = []
-        new_record = tuple.__new__
         fresh, back, entries = q.fresh, q.back, q.entries
-        popleft = fresh.popleft
-        if n > 1 and lease is None and not back:  # get_many: the oldest fresh records, all visible
-            ids = [popleft() for _ in range(min(n, len(fresh)))]
-            taken = list(map(entries.pop, ids))
-            q.stored_bytes -= sum(map(len, map(_data, taken)))
-            q.raw_bytes -= sum(map(_raw_size, taken))
-            return [new_record(StoredRecord, (ident, *_fields(entry)))
-                    for ident, entry in zip(ids, taken, strict=True)]
+        if lease is None and not back:  # get and get_many: the oldest fresh records
+            if n == 1:
+                if not fresh:
+                    return []
+                rec = fresh.popleft()
+                q.stored_bytes -= len(rec[1])
+                q.raw_bytes -= rec[2]
+                return [rec]
+            popleft = fresh.popleft
+            out = [popleft() for _ in range(min(n, len(fresh)))]
+            q.stored_bytes -= sum(map(len, map(_data, out)))
+            q.raw_bytes -= sum(map(_raw_size, out))
+            return out
+        out = []
+        hidden: list[int] = []
         heappop = heapq.heappop
         stored = raw = 0
         while len(out) < n:
-            if back and (not fresh or back[0] < fresh[0]):
+            if back and (not fresh or back[0] < fresh[0][0]):
                 ident = heappop(back)
+                entry = entries[ident]
+                if entry.visible_at > now:
+                    hidden.append(ident)
+                    continue
+                if lease is None:
+                    del entries[ident]
+                    stored += len(entry.data)
+                    raw += entry.raw_size
+                else:
+                    entry.attempts += 1
+                    entry.owner, entry.visible_at = lease.owner, lease.until
+                out.append(_record(ident, entry))
             elif fresh:
-                ident = popleft()
+                rec = fresh.popleft()
+                if lease is None:
+                    stored += len(rec[1])
+                    raw += rec[2]
+                    out.append(rec)
+                else:
+                    ident, data, raw_size, attempts, enqueued_at, reason = rec
+                    entry = entries[ident] = _Entry(data, raw_size, attempts + 1, enqueued_at,
+                                                    lease.until, lease.owner, reason)
+                    out.append(_record(ident, entry))
             else:
                 break
-            entry = entries[ident]
-            if entry.visible_at > now:
-                hidden.append(ident)
-                continue
-            if lease is None:
-                del entries[ident]
-                stored += len(entry.data)
-                raw += entry.raw_size
-            else:
-                entry.attempts += 1
-                entry.owner, entry.visible_at = lease.owner, lease.until
-            # tuple.__new__: StoredRecord(...) without the generated __new__, half the cost
-            out.append(new_record(StoredRecord, (ident, entry.data, entry.raw_size,
-                                                 entry.attempts, entry.enqueued_at,
-                                                 entry.reason)))
         if lease is None:
             q.stored_bytes -= stored
             q.raw_bytes -= raw
@@ -197,11 +214,8 @@ class MemoryEngine:
             entry.attempts -= 1
         if count_attempt and max_attempts is not None and entry.attempts >= max_attempts:
             self._drop(q, ident)
-            dead = self._q(dead_queue_name(queue))
-            dead_entry = _Entry(entry.data, entry.raw_size, entry.attempts, entry.enqueued_at,
-                                reason=reason or "nacked")
-            self._add(dead, self._next_id, dead_entry)
-            self._next_id += 1
+            self._add(self._q(dead_queue_name(queue)), entry.data, entry.raw_size,
+                      entry.enqueued_at, entry.attempts, reason or "nacked")
             return
         entry.visible_at = not_before
         heapq.heappush(q.back, ident)
@@ -235,10 +249,9 @@ class MemoryEngine:
         if q is None:
             return []
         end = offset + n
-        ids = list(islice(heapq.merge(islice(q.fresh, end), heapq.nsmallest(end, q.back)),
-                          offset, end))
-        return [StoredRecord(i, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason)
-                for i in ids for e in (q.entries[i],)]
+        back = [_record(i, q.entries[i]) for i in heapq.nsmallest(end, q.back)]
+        # ids are unique, so records compare by id alone
+        return list(islice(heapq.merge(islice(q.fresh, end), back), offset, end))
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
         check_window(n, offset)
@@ -268,20 +281,27 @@ class MemoryEngine:
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
         s, d = self._q(src), self._q(dst)
         wanted = None if ids is None else set(ids)
-        chosen = sorted(i for i in chain(s.fresh, s.back) if wanted is None or i in wanted)
-        for ident in chosen:
-            entry = self._drop(s, ident)
-            self._add(d, self._next_id, _Entry(entry.data, entry.raw_size, 0, entry.enqueued_at))
-            self._next_id += 1
-        if chosen:
-            s.fresh = deque(i for i in s.fresh if i in s.entries)
-            s.back = [i for i in s.back if i in s.entries]
-            heapq.heapify(s.back)
+        chosen = sorted(chain(
+            (r for r in s.fresh if wanted is None or r[0] in wanted),
+            (_record(i, self._drop(s, i)) for i in s.back if wanted is None or i in wanted)))
+        if not chosen:
+            return 0
+        for rec in chosen:
+            self._add(d, rec.data, rec.raw_size, rec.enqueued_at)
+        moved = {rec.id for rec in chosen}
+        kept = deque(r for r in s.fresh if r[0] not in moved)
+        for rec in s.fresh:
+            if rec[0] in moved:
+                s.stored_bytes -= len(rec.data)
+                s.raw_bytes -= rec.raw_size
+        s.fresh = kept
+        s.back = [i for i in s.back if i in s.entries]
+        heapq.heapify(s.back)
         return len(chosen)
 
     def purge(self, queue: str) -> int:
         q = self._queues.pop(queue, None)
-        return 0 if q is None else len(q.entries)
+        return 0 if q is None else len(q.entries) + len(q.fresh)
 
     def queues(self) -> list[str]:
         return sorted(self._queues)
@@ -299,9 +319,11 @@ class MemoryEngine:
         """Everything the engine holds: the next id, the metadata and each queue's
         records in id order. :meth:`load` builds an equal engine from it."""
         queues = {
-            name: [(ident, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason, e.owner,
-                    e.visible_at) for ident, e in sorted(q.entries.items())]
-            for name, q in self._queues.items() if q.entries
+            name: sorted(chain(
+                ((*rec, None, 0.0) for rec in q.fresh),
+                ((ident, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason, e.owner,
+                  e.visible_at) for ident, e in q.entries.items())))
+            for name, q in self._queues.items() if q.entries or q.fresh
         }
         return self._next_id, dict(self._meta), queues
 
@@ -314,17 +336,20 @@ class MemoryEngine:
         engine._meta = dict(meta)
         for name, records in queues.items():
             q = engine._q(name)
+            fresh: list[StoredRecord] = []
             for ident, data, raw_size, attempts, enqueued_at, reason, owner, visible in records:
-                entry = _Entry(data, raw_size, attempts, enqueued_at, visible, owner, reason)
-                q.entries[ident] = entry
                 q.stored_bytes += len(data)
                 q.raw_bytes += raw_size
+                if owner is None and visible <= 0:
+                    fresh.append(_new_record((ident, data, raw_size, attempts, enqueued_at,
+                                              reason)))
+                    continue
+                q.entries[ident] = _Entry(data, raw_size, attempts, enqueued_at, visible, owner,
+                                          reason)
                 if owner is not None:
                     q.leased += 1
-                elif visible > 0:
-                    q.back.append(ident)
                 else:
-                    q.fresh.append(ident)
-            q.fresh = deque(sorted(q.fresh))
+                    q.back.append(ident)
+            q.fresh = deque(sorted(fresh))
             heapq.heapify(q.back)
         return engine
