@@ -157,7 +157,7 @@ class Codec:
             "serializer", serializer, SERIALIZERS, ("dumps", "loads"))
         self._comp_id, self.compressor_name, self._comp = _resolve(
             "compressor", compressor, COMPRESSORS, ("compress", "decompress"))
-        self.threshold = threshold
+        self._threshold = threshold
         ser_name = self._name_bytes(self._ser_id, self.serializer_name)
         comp_name = self._name_bytes(self._comp_id, self.compressor_name)
         self._plain_prefix = (RECORD_VERSION, self._ser_id, 0)
@@ -170,6 +170,8 @@ class Codec:
         self._zdict: ZstdDictCompressor | None = (
             self._comp if isinstance(self._comp, ZstdDictCompressor) else None)
         self._sampling = self._zdict is not None
+        self._small = 0
+        self._update_small()
         # Header prefixes this codec writes with built-in codecs -> (crc seed, compressed):
         # such records skip the general header parse in decode().
         self._own_heads: dict[bytes, tuple[int, bool]] = {}
@@ -177,6 +179,17 @@ class Codec:
             self._own_heads[bytes(self._plain_prefix)] = (self._plain_seed, False)
             if self._comp_id not in (0, CUSTOM_ID, ZSTD_DICT_ID):
                 self._own_heads[bytes(self._packed_prefix)] = (self._packed_seed, True)
+
+    @property
+    def threshold(self) -> int:
+        """Payloads shorter than this many bytes are stored uncompressed."""
+        return self._threshold
+
+    def _update_small(self) -> None:
+        # Payloads shorter than _small are stored uncompressed, framed without a call to
+        # _frame (which would also sample them for a dictionary).
+        self._small = (-1 if self._sampling else self._threshold if self._comp_id != 0
+                       else sys.maxsize)
 
     # ---- trained dictionaries -----------------------------------------------------------
 
@@ -188,7 +201,8 @@ class Codec:
         if activate and self._comp is self._zdict:
             self._zdict.activate(number, dict_bytes)
             self._sampling = False
-            self.threshold = min(self.threshold, DICT_THRESHOLD)
+            self._threshold = min(self._threshold, DICT_THRESHOLD)
+            self._update_small()
         else:
             self._zdict.add(number, dict_bytes)
 
@@ -211,12 +225,14 @@ class Codec:
         trained = self._zdict.train()
         if trained is None:
             self._sampling = False
+            self._update_small()
         return trained
 
     def stop_sampling(self) -> None:
         """Stop sampling payloads for a dictionary (when the file can hold no more);
         records keep the compression they have now."""
         self._sampling = False
+        self._update_small()
         if self._zdict is not None:
             self._zdict.drop_samples()
 
@@ -250,8 +266,17 @@ class Codec:
 
     def encode(self, item: Any) -> tuple[bytes, int]:
         """Return ``(record, raw_size)`` for one item; raw_size is the serialized length."""
-        data = self.dumps(item)
-        return self._frame(data), len(data)
+        try:
+            data = self._ser.dumps(item)
+        except Exception as exc:
+            raise self._refused(item, exc) from exc
+        if type(data) is not bytes:
+            data = self._as_bytes(data, item)
+        size = len(data)
+        if size < self._small:  # stored uncompressed: framed here, without a call
+            return (self._plain_head + _CRC.pack(zlib.crc32(data, self._plain_seed))
+                    + self._plain_names + data), size
+        return self._frame(data), size
 
     def encode_many(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
         """Encode items: ``(records, raw sizes)``, as :meth:`encode` of each, faster."""
@@ -259,8 +284,7 @@ class Codec:
         sizes: list[int] = []
         dumps, frame, refused, as_bytes = self._ser.dumps, self._frame, self._refused, \
             self._as_bytes
-        # Items shorter than this are stored uncompressed, framed here without a call.
-        small = -1 if self._sampling else self.threshold if self._comp_id != 0 else sys.maxsize
+        small = self._small
         head, names, seed = self._plain_head, self._plain_names, self._plain_seed
         crc32, pack_crc = zlib.crc32, _CRC.pack
         for item in items:
@@ -282,7 +306,7 @@ class Codec:
         """A record: header, codec names, then ``data`` compressed if that pays."""
         if self._sampling:
             self._zdict.sample(data)  # type: ignore[union-attr]
-        if self.threshold <= len(data) <= MAX_UNPACKED_SIZE and self._comp_id != 0:
+        if self._threshold <= len(data) <= MAX_UNPACKED_SIZE and self._comp_id != 0:
             try:
                 packed = self._comp.compress(data)
                 if type(packed) is not bytes:

@@ -109,14 +109,18 @@ class MemoryEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
+        q = self._queues.get(queue) or self._q(queue)
+        first = self._next_id
+        k = len(records)
+        if k == 1 and len(raw_sizes) == 1:  # the common put, without the batch's set-up
+            data, raw_size = records[0], raw_sizes[0]
+            self._next_id = first + 1
+            q.fresh.append(_new_record((first, data, raw_size, 0, now, None)))
+            q.stored_bytes += len(data)
+            q.raw_bytes += raw_size
+            return [first]
         if not batch_given(records, raw_sizes):
             return []
-        q = self._q(queue)
-        first = self._next_id
-        if len(records) == 1:  # the common put, without the loop's set-up
-            self._add(q, records[0], raw_sizes[0], now)
-            return [first]
-        k = len(records)
         ids = range(first, first + k)
         self._next_id = ids.stop
         q.fresh.extend(map(_new_record, zip(ids, records, raw_sizes, repeat(0, k),
@@ -126,7 +130,7 @@ class MemoryEngine:
         return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        q = self._q(queue)
+        q = self._queues.get(queue) or self._q(queue)
         fresh, back, entries = q.fresh, q.back, q.entries
         if lease is None and not back:  # get and get_many: the oldest fresh records
             if n == 1:
