@@ -33,8 +33,10 @@ INSERT_ROWS = {k: INSERT + ", (?, ?, ?, ?)" * (k - 1) for k in ROWS_PER_INSERT}
 COLUMNS = "id, data, raw_size, attempts, enqueued_at, reason"
 READY = """SELECT id FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?
     ORDER BY id LIMIT ?"""
-READY_ROWS = ("SELECT " + COLUMNS + """ FROM spoolq_records
-    WHERE id BETWEEN ? AND ? AND visible_at <= ? ORDER BY id LIMIT ?""")
+# The queue's own ids (the full id less the queue's base, ?1): rows become records as
+# they are.
+READY_ROWS = """SELECT id - ?1, data, raw_size, attempts, enqueued_at, reason
+    FROM spoolq_records WHERE id BETWEEN ?1 AND ?2 AND visible_at <= ?3 ORDER BY id LIMIT ?4"""
 # The first n ready rows are every ready row from the first one to the last one: deleting
 # that range with the same filter removes exactly them (a quarter faster than a DELETE of
 # the READY selection with RETURNING).

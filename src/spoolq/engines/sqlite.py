@@ -22,7 +22,9 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, EngineError, FormatError
@@ -46,6 +48,9 @@ R = TypeVar("R")
 
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
+_data, _raw_size = itemgetter(1), itemgetter(2)
+_new_record = partial(tuple.__new__, StoredRecord)
+"""``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
 
 def _json(values: Sequence[Any]) -> str:
@@ -217,6 +222,8 @@ class SQLiteEngine:
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
+        if lease is None:
+            return list(map(_new_record, rows))  # already the records, in id order
         return self._records(rows)
 
     def _take(self, conn: sqlite3.Connection, queue: str, n: int, now: float,
@@ -225,12 +232,13 @@ class SQLiteEngine:
         if lease is None:
             rows = conn.execute(sql.READY_ROWS, (lo, hi, now, n)).fetchall()
             if rows:
-                removed = conn.execute(sql.REMOVE_RANGE, (rows[0][0], rows[-1][0], now)).rowcount
+                removed = conn.execute(sql.REMOVE_RANGE, (lo + rows[0][0], lo + rows[-1][0],
+                                                          now)).rowcount
                 if removed != len(rows):
                     raise EngineError(f"{self.path}: a take read {len(rows)} records but "
                                       f"would remove {removed}")
-                conn.execute(sql.COUNTS, (-len(rows), 0, -sum(len(r[1]) for r in rows),
-                                       -sum(r[2] for r in rows), queue))
+                conn.execute(sql.COUNTS, (-len(rows), 0, -sum(map(len, map(_data, rows))),
+                                          -sum(map(_raw_size, rows)), queue))
             return rows
         # Copied row to row inside SQLite: no Python tuple per leased record.
         moved = conn.execute(sql.LEASE_COPY, (lease.owner, lease.until, lo, hi, now, n)).rowcount
