@@ -187,3 +187,28 @@ def test_purge_forgets_the_delayed_records_index(tmp_path: Path) -> None:
         assert [r.data for r in eng.take("q", 10, 60.0, None)] == [b"d"]
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("leased", [False, True])
+def test_a_truncated_record_value_is_reported_by_id(tmp_path: Path, leased: bool) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    try:
+        eng.append("q", [b"first", b"second"], [5, 6], 1.0)
+    finally:
+        eng.close()
+    env = lmdb.open(str(path), subdir=False, max_dbs=16, lock=True)
+    try:
+        ready = env.open_db(b"ready")
+        with env.begin(write=True, db=ready) as txn:
+            key, _ = next(iter(txn.cursor()))
+            txn.put(key, b"abc")  # shorter than a record's header
+    finally:
+        env.close()
+    eng = LMDBEngine(path)
+    try:
+        with pytest.raises(spoolq.CorruptError, match="record 1 is damaged"):
+            eng.take("q", 2, 1.0, Lease("me", 60.0) if leased else None)
+        assert eng.counts("q").ready == 2  # the failed take changed nothing
+    finally:
+        eng.close()

@@ -7,7 +7,10 @@ cursor walks a queue's records by id.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
 
 import lmdb
 
@@ -15,8 +18,8 @@ from ..errors import CorruptError, EngineError, FormatError
 from .base import Lease, StoredRecord
 
 __all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "V1_DB_NAMES", "QueueRow",
-           "held_by", "lease_head", "lease_reader", "pack", "pack_new", "translate", "unpack",
-           "unpack_leased", "with_attempts"]
+           "held_by", "lease_head", "lease_reader", "pack", "pack_new_many",
+           "translate", "unpack", "unpack_leased", "unpack_plain", "with_attempts"]
 
 DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids")
 #: The sub-databases of a format 1 file, which has no ``delayed_ids`` index yet.
@@ -30,6 +33,7 @@ _RECORD = struct.Struct(">QIdi")  # raw size, attempts, enqueued_at, reason leng
 _LEASE = struct.Struct(">dH")  # until, owner length
 _ATTEMPTS = struct.Struct(">I")
 _ATTEMPTS_AT = 8  # offset of attempts in _RECORD
+_new_record = partial(tuple.__new__, StoredRecord)  # without the generated __new__
 
 
 @dataclass(slots=True)
@@ -54,9 +58,20 @@ def pack(rec: StoredRecord, attempts: int | None = None) -> bytes:
     return header + (reason or b"") + rec.data
 
 
-def pack_new(data: bytes, raw_size: int, now: float) -> bytes:
-    """The value of a record just put: no attempts, no reason."""
-    return _RECORD.pack(raw_size, 0, now, -1) + data
+def pack_new_many(records: Sequence[bytes], raw_sizes: Sequence[int], now: float) -> list[bytes]:
+    """The values of records just put: no attempts, no reason."""
+    k = len(records)
+    heads = map(_RECORD.pack, raw_sizes, repeat(0, k), repeat(now, k), repeat(-1, k))
+    return list(map(bytes.__add__, heads, records))
+
+
+def unpack_plain(ident: int, value: bytes) -> StoredRecord | None:
+    """The record stored as ``value`` when it has no reason (a record as put), else None
+    (then :func:`unpack` reads it). :class:`struct.error` if ``value`` is too short."""
+    raw_size, attempts, enqueued_at, reason_len = _RECORD.unpack_from(value)
+    if reason_len >= 0:
+        return None
+    return _new_record((ident, value[_RECORD.size:], raw_size, attempts, enqueued_at, None))
 
 
 def unpack(path: str, ident: int, value: bytes, bump: int = 0) -> StoredRecord:

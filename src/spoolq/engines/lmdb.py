@@ -51,6 +51,8 @@ import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, TypeVar
 
 import lmdb
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _MAX_GROWTH = 40
+_data, _raw_size = itemgetter(1), itemgetter(2)
 
 
 class _LMDBStore:
@@ -192,8 +195,8 @@ class _LMDBStore:
         first = self._bump(txn, b"next_id", len(values))
         key = fmt.KEY.pack
         number = q.number
-        txn.cursor(self._ready).putmulti(
-            [(key(number, ident), value) for ident, value in enumerate(values, first)])
+        keys = map(key, repeat(number), range(first, first + len(values)))
+        txn.cursor(self._ready).putmulti(list(zip(keys, values, strict=True)))
         q.ready += len(values)
         q.stored += stored
         q.raw += raw
@@ -237,8 +240,7 @@ class _LMDBStore:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        values = [fmt.pack_new(data, raw, now) for data, raw in
-                  zip(records, raw_sizes, strict=True)]
+        values = fmt.pack_new_many(records, raw_sizes, now)
         stored, raw = sum(map(len, records)), sum(raw_sizes)
 
         def body(txn: Txn) -> list[int]:
@@ -257,16 +259,20 @@ class _LMDBStore:
             out: list[StoredRecord] = []
             leased: list[tuple[bytes, bytes]] = []
             head = None if lease is None else fmt.lease_head(lease)
-            unpack, ident_of, path = fmt.unpack, fmt.KEY.unpack, self.path
+            unpack, plain, ident_of, path = fmt.unpack, fmt.unpack_plain, fmt.KEY.unpack, self.path
             cur = txn.cursor(self._ready)
             more = cur.set_range(prefix)
             while more and len(out) < n:
-                key = cur.key()
+                key, value = cur.item()
                 if not key.startswith(prefix):
                     break
-                value = cur.value()
                 if head is None:
-                    out.append(unpack(path, ident_of(key)[1], value))
+                    ident = ident_of(key)[1]
+                    try:
+                        rec = plain(ident, value)
+                    except struct.error:
+                        rec = None  # unpack() below names the damage
+                    out.append(unpack(path, ident, value) if rec is None else rec)
                 else:
                     rec = unpack(path, ident_of(key)[1], value, bump=1)
                     leased.append((key, head + fmt.with_attempts(value, rec.attempts)))
@@ -277,8 +283,8 @@ class _LMDBStore:
             if out:
                 q.ready -= len(out)
                 if lease is None:
-                    q.stored -= sum(len(r.data) for r in out)
-                    q.raw -= sum(r.raw_size for r in out)
+                    q.stored -= sum(map(len, map(_data, out)))
+                    q.raw -= sum(map(_raw_size, out))
                 else:
                     q.leased += len(out)
                 self._save(txn, queue, q)
