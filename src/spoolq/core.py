@@ -77,6 +77,8 @@ class QueueCore(Writing, Settling, Decoding):
         self.lock = threading.RLock()
         self.group = GroupCommit()
         self.closed = False
+        self.closing = False
+        """Set (under ``_tally``) when close() starts its last flush: submits are refused."""
         self._counts = Counts(0, 0, 0, 0)
         self._dead = 0
         self._last_dead_refresh = 0.0
@@ -345,6 +347,10 @@ class QueueCore(Writing, Settling, Decoding):
         if self._flusher is not None:
             self._flusher.join()
         with self.lock:
+            if self.closed:
+                return  # closed by another thread while this one waited for the lock
+            with self._tally:
+                self.closing = True  # a put submitted from now on would miss the flush
             try:
                 self.flush()
                 if self._counts.leased and not self.read_only:

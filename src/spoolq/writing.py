@@ -17,6 +17,7 @@ from typing import Any
 
 from .codec import Codec
 from .engines import Counts, Engine
+from .errors import ClosedError
 from .groupcommit import GroupCommit, Ticket
 from .settings import Settings
 from .zdict import train_dictionary
@@ -45,6 +46,7 @@ class Writing:
     group: GroupCommit
     buffered: bool
     closed: bool
+    closing: bool
     counters: dict[str, int]
     unfinished: int
     on_settled: Callable[[list[Ticket]], None] | None
@@ -72,6 +74,8 @@ class Writing:
         (see :meth:`flush_due`). Never waits for a flush in progress."""
         self._check_open()
         with self._tally:
+            if self.closing:  # the last flush may have taken the buffer already
+                raise ClosedError(f"queue {self.name!r} is closed")
             pending = self.group.add(records, sizes, ticket)
             self._count_pending(records, sizes, 1)
             self.unfinished += len(records)

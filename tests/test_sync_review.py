@@ -1,0 +1,114 @@
+"""SyncQueue under threads: closes, shutdowns and puts racing calls that wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import spoolq
+from spoolq import SyncQueue
+from spoolq.engines import Engine, WaitCancel, open_engine
+
+
+class _Holding:
+    """Delegates to a real engine. A call named in ``hold`` sets ``entered`` and waits
+    for ``go`` before it runs; ``wait_ready`` waits for ``go`` before it starts, so a
+    test can act between a get's decision to long-poll and the engine's wait."""
+
+    def __init__(self, inner: Engine, *hold: str) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.hold = set(hold)
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def _gate(self, call: str) -> None:
+        if call in self.hold:
+            self.entered.set()
+            assert self.go.wait(5), f"{call} was held for too long"
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        self._gate("append")
+        return self._inner.append(queue, records, raw_sizes, now)
+
+    def wait_ready(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
+        self._gate("wait_ready")
+        return bool(self._inner.wait_ready(queue, timeout, cancel))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``call`` in a thread; the list gets what it returned or raised."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+# ---- closing --------------------------------------------------------------------------------
+
+def test_closes_from_several_threads_at_once_all_return(tmp_path: Path) -> None:
+    # Every closer got past the "already closed?" check, and all but the first then
+    # released the leases again on the closed engine.
+    for round_ in range(3):
+        q: SyncQueue[int] = SyncQueue.create(str(tmp_path / f"q{round_}.sqlite"))
+        q.put_many([1, 2])
+        q.lease()
+        start = threading.Barrier(5)
+        closers = [_in_thread(lambda q=q, start=start: (start.wait(5), q.close()))
+                   for _ in range(4)]
+        with q._core.lock:  # the first closer holds the file while the others arrive
+            start.wait(5)
+            time.sleep(0.02)
+        for thread, out in closers:
+            thread.join(5)
+            assert not isinstance(out[0], BaseException), out[0]
+        with SyncQueue.create(str(tmp_path / f"q{round_}.sqlite")) as again:
+            assert again.get_many(None, block=False) == [1, 2]
+
+
+def test_a_buffered_put_racing_close_is_stored_or_refused(tmp_path: Path) -> None:
+    # A put that got past the shutdown check added its record to the buffer while
+    # close() wrote the buffer for the last time: it returned, and the item was lost.
+    path = str(tmp_path / "q.sqlite")
+    engine = _Holding(open_engine(path))
+    q: SyncQueue[str] = SyncQueue.create(path, engine=engine, durability="buffer",
+                                         flush_interval=60)
+    q.put("first")
+    core = q._core
+    put_now = core.put_now
+    putting = threading.Event()
+
+    def late_put_now(records: list[bytes], sizes: list[int]) -> None:
+        putting.set()
+        assert engine.entered.wait(5)  # close() is writing the buffer now
+        put_now(records, sizes)
+
+    core.put_now = late_put_now  # type: ignore[method-assign]
+    engine.hold.add("append")
+    putter, put_out = _in_thread(lambda: q.put("late"))
+    assert putting.wait(5)
+    closer, close_out = _in_thread(q.close)
+    putter.join(5)
+    engine.go.set()
+    closer.join(5)
+    assert close_out == [None]
+    with SyncQueue.create(path) as again:
+        stored = again.get_many(None, block=False)
+    if put_out == [None]:
+        assert stored == ["first", "late"], "a put that returned must be stored"
+    else:
+        assert isinstance(put_out[0], spoolq.ClosedError) and stored == ["first"]
