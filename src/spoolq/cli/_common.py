@@ -34,10 +34,13 @@ from ..engines import (
 )
 from ..errors import CorruptError, SerializationError, SpoolqError
 from ..owners import owner_is_dead
+from ..settings import check_queue_name
 from ..zdict import DICTIONARY_QUEUE, load_dictionaries
 
 __all__ = [
     "DEFAULT_CHUNK",
+    "MAX_CHUNK",
+    "MAX_OFFSET",
     "CliState",
     "Decoded",
     "Decoder",
@@ -52,6 +55,7 @@ __all__ = [
     "is_interactive",
     "iter_leased_pages",
     "iter_pages",
+    "iter_pages_following",
     "json_option",
     "json_text",
     "now",
@@ -62,6 +66,7 @@ __all__ = [
     "ratio_pct",
     "record_json",
     "record_text",
+    "safe_repr",
     "set_stored_codec",
     "stored_codec",
 ]
@@ -71,6 +76,10 @@ T = TypeVar("T")
 
 DEFAULT_CHUNK = 1000
 """Records read per engine call when a command walks a whole queue."""
+MAX_CHUNK = 1_000_000
+"""The largest ``--chunk``: a chunk is held in memory."""
+MAX_OFFSET = 2**62
+"""The largest ``--offset``: engines take offsets that fit in 64 bits."""
 
 
 class ExitCode(IntEnum):
@@ -123,11 +132,22 @@ def engine_option(*names: str, dest: str = "engine",
                         help=help or "Engine to open PATH with (default: picked by suffix).")
 
 
+def _check_queue(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_queue_name(value)
+    except SpoolqError as exc:
+        raise click.BadParameter(one_line(exc)) from None
+
+
 def queue_option(default: str | None = "default") -> Callable[[Any], Any]:
-    """``--queue NAME`` (``-q``)."""
+    """``--queue NAME`` (``-q``): a usage error unless NAME is a name a queue can have
+    (non-empty, valid UTF-8 of at most 255 bytes, no NUL)."""
     text = ("Named queue (default: every queue in the file)." if default is None
             else f"Named queue (default: {default!r}).")
-    return click.option("--queue", "-q", "queue", default=default, metavar="NAME", help=text)
+    return click.option("--queue", "-q", "queue", default=default, metavar="NAME",
+                        callback=_check_queue, help=text)
 
 
 def json_option() -> Callable[[Any], Any]:
@@ -143,6 +163,10 @@ def open_existing(path: str, engine: str | None, *, read_only: bool) -> Engine:
 
     Raises :class:`FileProblem` for a missing path and usage errors for paths
     that name no file (``:memory:``); engine errors propagate to ``main``.
+    With ``read_only=False`` the file is first opened read-only: an engine
+    opened for writing turns an empty file (or an empty PostgreSQL schema)
+    into a new queue, which a command working on an existing queue must
+    refuse instead.
     """
     if path == ":memory:":
         raise click.UsageError("':memory:' holds nothing outside the program that made it")
@@ -150,6 +174,8 @@ def open_existing(path: str, engine: str | None, *, read_only: bool) -> Engine:
         raise FileProblem(f"{path}: no such file")
     log.debug("spoolq: opening %s (engine=%s, read_only=%s)", path, engine or "by suffix",
               read_only)
+    if not read_only:
+        open_engine(path, engine, read_only=True).close()
     return open_engine(path, engine, read_only=read_only)
 
 
@@ -213,6 +239,63 @@ def iter_leased_pages(engine: SupportsPeekLeased, queue: str, *, offset: int = 0
                       limit: int | None = None) -> Iterator[list[LeasedRecord]]:
     """Leased records of ``queue`` in FIFO order, as :func:`iter_pages` reads ready ones."""
     return _pages(lambda n, at: engine.peek_leased(queue, n, at), offset, chunk, limit)
+
+
+def iter_pages_following(engine: Engine, queue: str, *,
+                         chunk: int = DEFAULT_CHUNK) -> Iterator[list[StoredRecord]]:
+    """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, while other programs
+    may take records from the head meanwhile: every record that stays ready from start to
+    end is yielded once (those taken meanwhile may or may not be).
+
+    Records are in id order, so a page goes on after the last id read; the position
+    of that id is searched for (O(log n) reads) only when the head of the queue has
+    changed since the page before, and otherwise, as in :func:`iter_pages`, the next
+    page starts where the last one ended.
+    """
+    def head() -> int | None:
+        first = engine.peek(queue, 1, 0)
+        return first[0].id if first else None
+
+    offset, last = 0, -1
+    seen_head = head()
+    while True:
+        now_head = head()
+        if now_head == seen_head:
+            page = engine.peek(queue, chunk, offset)
+        else:
+            offset, page = _resync(engine, queue, chunk, last, offset)
+            seen_head = now_head
+        if not page:
+            return
+        offset += len(page)
+        fresh = [rec for rec in page if rec.id > last]
+        if fresh:
+            yield fresh
+            last = fresh[-1].id
+        if len(page) < chunk:
+            return
+
+
+def _resync(engine: Engine, queue: str, chunk: int, last: int,
+            offset: int) -> tuple[int, list[StoredRecord]]:
+    """The offset of the first ready record with an id above ``last`` (at most
+    ``offset``, where it was before records left the head) and the page there."""
+    while True:
+        lo, hi = 0, offset
+        while lo < hi:
+            mid = (lo + hi) // 2
+            probe = engine.peek(queue, 1, mid)
+            if probe and probe[0].id <= last:
+                lo = mid + 1
+            else:
+                hi = mid
+        page = engine.peek(queue, chunk, lo)
+        before = engine.peek(queue, 1, lo - 1) if lo else []
+        # Records leaving the head between the search and the read move the page
+        # further on; the record before it is then one not read yet: search again.
+        if lo == 0 or (before and before[0].id <= last):
+            return lo, page
+        offset = lo
 
 
 def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,
@@ -313,7 +396,10 @@ def _check_json(obj: Any, where: str) -> None:
     if kind is str:
         _check_text(obj, where)
         return
-    if obj is None or kind in (bool, int):
+    if obj is None or kind is bool:
+        return
+    if kind is int:
+        _check_int(obj, where)
         return
     if kind is float:
         if not math.isfinite(obj):
@@ -331,6 +417,27 @@ def _check_json(obj: Any, where: str) -> None:
             _check_json(value, f"{where}[{key!r}]")
         return
     raise ValueError(f"{where} is a {kind.__name__}, which JSON cannot hold")
+
+
+def _check_int(number: int, where: str) -> None:
+    """Python refuses to write an int of more digits than sys.get_int_max_str_digits()
+    as text (converting one takes time quadratic in its length)."""
+    limit = sys.get_int_max_str_digits()
+    if limit and number.bit_length() > 3 * limit:  # 3 bits a digit, at most: cheap first
+        try:
+            str(number)
+        except ValueError:
+            raise ValueError(f"{where} is an integer of more than {limit} digits, which "
+                             "this Python does not write as text") from None
+
+
+def safe_repr(item: Any) -> str:
+    """``repr(item)``, or a description of ``item`` when its repr fails (an integer too
+    long to write as text, a class whose ``__repr__`` raises)."""
+    try:
+        return repr(item)
+    except Exception as exc:  # any object's __repr__ may raise anything
+        return f"<{type(item).__name__} that cannot be shown: {one_line(exc)}>"
 
 
 def _check_text(text: str, where: str) -> None:
@@ -359,7 +466,7 @@ def record_json(d: Decoded) -> dict[str, Any]:
             json_text(d.item)
             out["item"] = d.item
         except ValueError as exc:
-            out["repr"] = repr(d.item)
+            out["repr"] = safe_repr(d.item)
             out["note"] = str(exc)
     else:
         out["raw"] = base64.b64encode(rec.data).decode()
@@ -373,7 +480,7 @@ def record_text(d: Decoded, limit: int) -> Text:
         try:
             text = json_text(d.item)
         except ValueError:
-            text = repr(d.item)
+            text = safe_repr(d.item)
         style = ""
     else:
         text = f"({d.note}) raw: {d.record.data[:48]!r}…"
@@ -428,6 +535,11 @@ def is_interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
+def _holds_items(engine: Engine, name: str) -> bool:
+    counts = engine.counts(name)
+    return counts.ready + counts.leased > 0
+
+
 # ---- output -------------------------------------------------------------------------------
 
 class CliState:
@@ -461,9 +573,11 @@ class CliState:
     def check_queue_name(self, engine: Engine, *names: str) -> None:
         """Note on stderr when none of ``names`` holds items, naming the queues that do:
         a mistyped ``--queue`` otherwise looks like an empty queue."""
-        known = engine.queues()
-        if not any(name in known for name in names):
-            others = ", ".join(base_queues(engine)) or "none"
+        if not any(_holds_items(engine, name) for name in names):
+            # An engine may list a queue that holds nothing (created, or emptied).
+            others = ", ".join(base for base in base_queues(engine)
+                               if _holds_items(engine, base)
+                               or _holds_items(engine, dead_queue_name(base))) or "none"
             self.note(f"note: no queue {names[0]!r} holds items in this file "
                       f"(queues with items: {others})")
 

@@ -6,10 +6,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import click
 
-from ..engines import dead_queue_name
+from ..engines import Engine, dead_queue_name
 from ..owners import owner_is_dead
 from . import _sqlite
 from ._common import (
+    DEFAULT_CHUNK,
+    MAX_CHUNK,
     CliState,
     Refused,
     disk_bytes,
@@ -44,10 +46,12 @@ class _Compactable(Protocol):
 @click.option("--force", is_flag=True,
               help="With --leased, also take back leases of running processes and of "
                    "other hosts.")
+@click.option("--chunk", type=click.IntRange(1, MAX_CHUNK), default=DEFAULT_CHUNK,
+              show_default=True, help="Dead letters moved per transaction.")
 @engine_option()
 @json_option()
-def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, engine: str | None,
-            as_json: bool) -> None:
+def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk: int,
+            engine: str | None, as_json: bool) -> None:
     """Give items back to a queue: dead letters (--dead), stuck leases (--leased), or both.
 
     --dead moves every dead letter to the tail of the queue as a new item
@@ -66,12 +70,17 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, engine
     eng = open_existing(path, engine, read_only=False)
     try:
         state.check_queue_name(eng, queue, dead_queue_name(queue))
+        # Engine calls that write are only made when there is something to give back:
+        # some engines record a queue they are asked to write to, even to change nothing.
         if dead:
-            result["dead_moved"] = eng.move(dead_queue_name(queue), queue)
+            result["dead_moved"] = _move_dead(eng, queue, chunk)
         if leased:
-            gone = [owner for owner in eng.owners(queue) if owner_is_dead(owner)]
-            released = eng.expire(queue, now(), owners=gone)
             left = eng.owners(queue)
+            released = 0
+            if left:
+                gone = [owner for owner in left if owner_is_dead(owner)]
+                released = eng.expire(queue, now(), owners=gone)
+                left = eng.owners(queue)
             if left and force:
                 released += eng.expire(queue, now(), owners=sorted(left))
                 left = eng.owners(queue)
@@ -96,6 +105,20 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, engine
     if result["leases_left"]:
         raise Refused(f"{queue}: {result['leases_left']} lease(s) of running or unknown "
                       "processes were left alone; --force takes them back")
+
+
+def _move_dead(eng: Engine, queue: str, chunk: int) -> int:
+    """Move the dead letters of ``queue`` to its tail, ``chunk`` per transaction, oldest
+    first; return how many moved. Moving them in one call would hold them all in memory."""
+    moved = 0
+    while True:
+        ids = [rec.id for rec in eng.peek(dead_queue_name(queue), chunk)]
+        if not ids:
+            return moved
+        done = eng.move(dead_queue_name(queue), queue, ids)
+        if not done:  # another program took them meanwhile
+            return moved
+        moved += done
 
 
 @click.command(short_help="Delete a queue's items or its dead letters.")

@@ -17,6 +17,8 @@ from ..zdict import damaged_dictionaries
 from . import _sqlite
 from ._common import (
     DEFAULT_CHUNK,
+    MAX_CHUNK,
+    MAX_OFFSET,
     CliState,
     Decoded,
     Decoder,
@@ -138,7 +140,7 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
 @queue_option()
 @click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
               help="How many items to show.")
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--offset", type=click.IntRange(0, MAX_OFFSET), default=0, show_default=True,
               help="Skip this many items from the head first.")
 @click.option("--dead", is_flag=True, help="Show the queue's dead letters instead.")
 @click.option("--leased", is_flag=True,
@@ -341,7 +343,8 @@ class _Verification:
 @queue_option(default=None)
 @click.option("--allow-pickle", is_flag=True,
               help="Also unpickle pickled items (their checksums are checked either way).")
-@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
+@click.option("--chunk", type=click.IntRange(1, MAX_CHUNK), default=DEFAULT_CHUNK,
+              show_default=True,
               help="Records read per engine call.")
 @engine_option()
 @json_option()

@@ -12,18 +12,20 @@ from typing import IO, Any
 
 import click
 
-from ..codec import record_dictionary
+from ..codec import COMPRESSORS, SERIALIZERS, record_dictionary
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
 from ..sync import SyncQueue
 from ..zdict import DICTIONARY_QUEUE, checksum_key
 from ._common import (
     DEFAULT_CHUNK,
+    MAX_CHUNK,
     CliState,
     Decoder,
     Refused,
     base_queues,
     engine_option,
     iter_pages,
+    iter_pages_following,
     json_option,
     json_text,
     open_existing,
@@ -40,7 +42,7 @@ log = logging.getLogger("spoolq")
 def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk: int,
                  advance: Any) -> int:
     written = 0
-    for page in iter_pages(eng, name, chunk=chunk):
+    for page in iter_pages_following(eng, name, chunk=chunk):
         lines = []
         for rec in page:
             d = decoder.decode(rec)
@@ -65,7 +67,8 @@ def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk
 @click.option("--dead", is_flag=True, help="Dump the queue's dead letters instead.")
 @click.option("--allow-pickle", is_flag=True,
               help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
-@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
+@click.option("--chunk", type=click.IntRange(1, MAX_CHUNK), default=DEFAULT_CHUNK,
+              show_default=True,
               help="Records read per engine call.")
 @engine_option()
 def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bool, chunk: int,
@@ -80,6 +83,8 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
+    if output not in (None, "-") and _same_file(output, path):
+        raise click.UsageError(f"-o {output} would overwrite the queue {path}")
     eng = open_existing(path, engine, read_only=True)
     decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
@@ -110,6 +115,17 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
                    "them first (`spoolq requeue --leased` takes back stuck leases)")
 
 
+def _same_file(output: str, path: str) -> bool:
+    """Whether writing ``output`` would replace ``path`` (or a file inside a directory
+    ``path``, as a dbm queue is)."""
+    if not os.path.exists(path):
+        return False
+    if os.path.isdir(path):
+        return os.path.commonpath([os.path.realpath(output),
+                                   os.path.realpath(path)]) == os.path.realpath(path)
+    return os.path.exists(output) and os.path.samefile(output, path)
+
+
 def _parse_line(source: str, lineno: int, line: bytes) -> Any:
     try:
         return json.loads(line)
@@ -134,9 +150,9 @@ def _count_items(source: str, f: IO[bytes]) -> int:
 @queue_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Items written per transaction.")
-@click.option("--serializer", default=None,
+@click.option("--serializer", type=click.Choice(sorted(SERIALIZERS)), default=None,
               help="Serializer of a queue created by this load (default: cbor).")
-@click.option("--compressor", default=None,
+@click.option("--compressor", type=click.Choice(sorted(COMPRESSORS)), default=None,
               help="Compressor of a queue created by this load (default: zstd).")
 @engine_option()
 @json_option()
@@ -227,7 +243,8 @@ def _check_destination(src: Engine, dst: Engine, bases: list[str], names: list[s
 @queue_option(default=None)
 @click.option("--append", is_flag=True,
               help="Add to destination queues that already hold items.")
-@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
+@click.option("--chunk", type=click.IntRange(1, MAX_CHUNK), default=DEFAULT_CHUNK,
+              show_default=True,
               help="Records read per engine call.")
 @engine_option("--from-engine", dest="from_engine", help="Engine to open SRC with.")
 @engine_option("--to-engine", dest="to_engine", help="Engine to create DST with.")
