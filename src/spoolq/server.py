@@ -103,15 +103,23 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def wait_for(self, queue_name: str, timeout: float) -> bool:
-        """Sleep until ``queue_name`` may have ready records (True) or ``timeout`` passes."""
+    async def wait_for(self, queue_name: str, timeout: float,
+                       sleepers: set[asyncio.Future[bool]] | None = None) -> bool:
+        """Sleep until ``queue_name`` may have ready records (True) or ``timeout`` passes.
+
+        The wait's future is in ``sleepers`` meanwhile: resolving it with False (as a
+        connection that ends does) ends the wait early."""
         fut: asyncio.Future[bool] = self.loop.create_future()
         self._waiters.setdefault(queue_name, set()).add(fut)
+        if sleepers is not None:
+            sleepers.add(fut)
         handle = self.loop.call_later(max(timeout, 0.0), _resolve, fut, False)
         try:
             return await fut
         finally:
             handle.cancel()
+            if sleepers is not None:
+                sleepers.discard(fut)
             waiters = self._waiters.get(queue_name)
             if waiters is not None:
                 waiters.discard(fut)

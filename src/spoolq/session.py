@@ -43,8 +43,12 @@ log = logging.getLogger("spoolq")
 _LIMITED = frozenset({"take", "peek", "peek_leased"})  # ops whose replies fit max_reply
 
 MAX_INFLIGHT = 256
-_CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
 """Requests of one connection in flight before the server stops reading from it."""
+_CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
+# The "now" of the expire that releases a dropped connection's leases: it releases what
+# its owners hold and nothing by time. The server's clock is never compared with lease
+# ends, which are the clients' clocks (and other clients' leases are theirs to expire).
+_NOTHING_RAN_OUT = 0.0
 
 
 def _version() -> str:
@@ -80,6 +84,9 @@ class Session(asyncio.Protocol):
         # Requests read but not yet dispatched: a chunk may hold many, and none is started
         # while the client does not read its replies or too many are in flight.
         self._backlog: deque[Request] = deque()
+        # Long-polls of this connection sleeping in Server.wait_for: woken when it ends.
+        self._sleepers: set[asyncio.Future[bool]] = set()
+        self._release_due = False
         runner = server.runner
         self._inline = runner if isinstance(runner, InlineRunner) else None
 
@@ -164,8 +171,16 @@ class Session(asyncio.Protocol):
             self._stall = None
         self.server.connections.discard(self)
         self.server.connection_closed.set()
+        for fut in self._sleepers:
+            if not fut.done():
+                fut.set_result(False)
         if self.owners and not self.orderly and not self.server.stopping:
-            self._release_leases()
+            # A take still running would lease records after the release and then give
+            # them back: the release waits for it, so it finds what the take gave back.
+            if self.inflight:
+                self._release_due = True
+            else:
+                self._release_leases()
         log.info("spoolq: connection from %s closed%s", self.peer,
                  f" ({exc})" if exc is not None else "")
 
@@ -227,7 +242,7 @@ class Session(asyncio.Protocol):
             for owner, max_attempts in owners.items():
                 by_limit.setdefault(max_attempts, []).append(owner)
             for max_attempts, group in by_limit.items():
-                args = {"queue": queue_name, "now": time.time(), "owners": group,
+                args = {"queue": queue_name, "now": _NOTHING_RAN_OUT, "owners": group,
                         "max_attempts": max_attempts}
                 self.server.runner.submit("expire", args, self._log_release(queue_name))
 
@@ -292,6 +307,9 @@ class Session(asyncio.Protocol):
         if self.closed:
             if req.op == "take" and error is None and record_count(result):
                 self._give_back(req.args, result)
+            if self._release_due and not self.inflight:
+                self._release_due = False
+                self._release_leases()
             return
         if error is None:
             self._write(encode_reply(req.id, result))
@@ -341,7 +359,8 @@ class Session(asyncio.Protocol):
                 remaining = deadline - self.loop.time()
                 if record_count(result) or remaining <= 0 or self.closed or self.server.stopping:
                     break
-                await self.server.wait_for(a["queue"], min(remaining, self.server.poll_interval))
+                await self.server.wait_for(a["queue"], min(remaining, self.server.poll_interval),
+                                           self._sleepers)
                 if self.closed:
                     break
         except Exception as exc:
@@ -360,7 +379,8 @@ class Session(asyncio.Protocol):
                     ready = counts[0] > 0
                     break
                 if await self.server.wait_for(queue_name,
-                                              min(remaining, self.server.poll_interval)):
+                                              min(remaining, self.server.poll_interval),
+                                              self._sleepers):
                     ready = True
                     break
         except Exception as exc:
