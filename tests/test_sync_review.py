@@ -80,6 +80,38 @@ def test_closes_from_several_threads_at_once_all_return(tmp_path: Path) -> None:
             assert again.get_many(None, block=False) == [1, 2]
 
 
+def test_a_put_waiting_for_room_raises_shutdown_when_the_queue_closes(tmp_path: Path) -> None:
+    # close() did not wait for puts waiting for room: one that woke up after the file
+    # was closed re-read the counts from it and raised ClosedError instead of the
+    # QueueShutDown that close() promises to calls waiting in other threads.
+    q: SyncQueue[int] = SyncQueue.create(str(tmp_path / "q.sqlite"), maxsize=1,
+                                         poll_interval=0.2)
+    q.put(0)
+    core = q._core
+    refresh_due = core.refresh_due
+    waiting, closed = threading.Event(), threading.Event()
+
+    def late_refresh_due() -> bool:
+        waiting.set()
+        if q._closed:
+            # Woken by close() just as its poll interval ran out: it looks at the file
+            # once the file is closed (if close() does not wait for it).
+            closed.wait(0.3)
+            return True
+        return refresh_due()
+
+    core.refresh_due = late_refresh_due  # type: ignore[method-assign]
+    putter, out = _in_thread(lambda: q.put(1, timeout=5))
+    assert waiting.wait(5)  # the put waits for room
+    deadline = time.monotonic() + 5
+    while not q._sleepers and time.monotonic() < deadline:  # asleep until the next poll
+        time.sleep(0.001)
+    q.close()
+    closed.set()
+    putter.join(5)
+    assert isinstance(out[0], spoolq.QueueShutDown), repr(out[0])
+
+
 def test_a_buffered_put_racing_close_is_stored_or_refused(tmp_path: Path) -> None:
     # A put that got past the shutdown check added its record to the buffer while
     # close() wrote the buffer for the last time: it returned, and the item was lost.

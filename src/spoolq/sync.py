@@ -41,7 +41,9 @@ class SyncQueue(QueueViews, Generic[T]):
         self._shutdown = False
         self._immediate = False
         self._closed = False
-        self._takers = 0
+        # Calls that close() lets finish before it closes the file: takes, and puts that
+        # wait for room (they re-read the counts from the file while they wait).
+        self._calls = 0
         self._sleepers = 0  # threads in self._cond.wait(): nobody to notify when 0
         # Room reserved (under self._cond) by puts of a queue with maxsize that are being
         # written, and how many such puts started and ended: the check for room and the
@@ -116,6 +118,16 @@ class SyncQueue(QueueViews, Generic[T]):
             self._sleep(min(remaining, poll))
             return True
 
+    def _enter_call(self) -> None:
+        with self._cond:
+            self._calls += 1
+
+    def _leave_call(self) -> None:
+        with self._cond:
+            self._calls -= 1
+            if self._sleepers:
+                self._cond.notify_all()
+
     def _check(self) -> None:
         if self._closed:
             raise ClosedError(f"queue {self._core.name!r} is closed")
@@ -177,15 +189,19 @@ class SyncQueue(QueueViews, Generic[T]):
         """Reserve room for the records, write them, then give the reservation up."""
         self._check()  # after close() the fast path is never taken: this is the check
         n = len(records)
-        self._reserve_room(n, block, timeout)
+        self._enter_call()
         try:
-            self._core.put_now(records, sizes)
+            self._reserve_room(n, block, timeout)
+            try:
+                self._core.put_now(records, sizes)
+            finally:
+                with self._cond:
+                    self._reserved -= n
+                    self._puts_ended += 1
+                    if self._sleepers:
+                        self._cond.notify_all()
         finally:
-            with self._cond:
-                self._reserved -= n
-                self._puts_ended += 1
-                if self._sleepers:
-                    self._cond.notify_all()
+            self._leave_call()
 
     def _reserve_room(self, n: int, block: bool, timeout: float | None) -> None:
         """Wait for room for ``n`` items and reserve it: the ready items this handle knows
@@ -235,8 +251,7 @@ class SyncQueue(QueueViews, Generic[T]):
         deadline = self._deadline(block, timeout)
         core = self._core
         got: list[Any] = []
-        with self._cond:
-            self._takers += 1
+        self._enter_call()
         try:
             got = self._take_loop(n, deadline, block, ttl, wait_for_all, got)
         except BaseException:
@@ -244,10 +259,7 @@ class SyncQueue(QueueViews, Generic[T]):
                 core.restore(got, ttl is not None)
             raise
         finally:
-            with self._cond:
-                self._takers -= 1
-                if self._sleepers:
-                    self._cond.notify_all()
+            self._leave_call()
         return got
 
     def _take_loop(self, n: int | None, deadline: float | None, block: bool,
@@ -426,15 +438,16 @@ class SyncQueue(QueueViews, Generic[T]):
     def close(self) -> None:
         """Flush, release this handle's leases and close the file; idempotent.
 
-        Calls waiting in other threads raise :class:`QueueShutDown`; items they
-        held go back to the queue before the file closes. Any later call raises
+        Calls waiting in other threads (for items, or for room) raise
+        :class:`QueueShutDown`; items they held go back to the queue, and a put that
+        found room is written, before the file closes. Any later call raises
         :class:`ClosedError`.
         """
         self._closed = True
         self.shutdown(immediate=True)
         deadline = time.monotonic() + 10.0
         with self._cond:
-            while self._takers and time.monotonic() < deadline:
+            while self._calls and time.monotonic() < deadline:
                 self._sleep(0.05)
         self._core.close()
 
