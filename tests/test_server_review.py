@@ -3,6 +3,8 @@ clocks that differ, interrupted calls, unauthenticated clients, slow replies."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import struct
 import threading
@@ -16,11 +18,13 @@ import cbor2
 import pytest
 
 from spoolq.engines import Engine, Lease, StoredRecord, open_engine
-from spoolq.engines.remote import RemoteEngine
+from spoolq.engines.remote import ConnectionLost, RemoteEngine
 from spoolq.protocol import (
     FrameType,
+    ServerProtocol,
     encode_frame,
     encode_preamble,
+    encode_reply,
 )
 
 from .servers import ServerProcess, ThreadedServer
@@ -131,3 +135,91 @@ def test_a_take_running_when_its_connection_drops_is_undone_not_counted(
             assert (again.data, again.attempts) == (b"job", 1)
         finally:
             eng.close()
+
+
+# ---- the remote engine ------------------------------------------------------------------
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
+def test_a_call_interrupted_while_it_waits_leaves_no_reply_behind(
+        server: ServerProcess, name: str) -> None:
+    """A call ended by an exception while it waits for its reply (a signal handler's,
+    KeyboardInterrupt) has an unknown outcome: its connection is closed, so the server
+    does not take records for a reply nobody reads."""
+    eng = RemoteEngine(server.url)
+    writer = RemoteEngine(server.url)
+    old = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(_Interrupted):
+            eng.take(name, 1, time.time(), None, wait=3.0)
+        time.sleep(0.3)  # the server notices the closed connection
+        writer.append(name, [b"for the next call"], [17], time.time())
+        time.sleep(0.3)  # a long-poll left running would take the record now
+        assert [r.data for r in eng.take(name, 1, time.time(), None)] == [b"for the next call"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        eng.close()
+        writer.close()
+
+
+class _TricklingServer:
+    """Speaks the handshake, then sends each later reply one byte every ``pause`` s."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"spoolq://127.0.0.1:{self.listener.getsockname()[1]}/q"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, contextlib.suppress(OSError):  # the client may leave mid-reply
+            proto = ServerProtocol()
+            while not self._stop.is_set():
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for req in proto.receive_data(data):
+                    out = proto.data_to_send()
+                    if req.op == "hello":
+                        conn.sendall(out + encode_reply(req.id, {
+                            "server": "test", "version": 2, "engine": "memory",
+                            "max_frame": 1 << 20, "time": time.time()}))
+                        continue
+                    reply = out + encode_reply(req.id, [0, 0, 0, 0])
+                    for i in range(len(reply)):
+                        if self._stop.is_set():
+                            return
+                        conn.sendall(reply[i:i + 1])
+                        time.sleep(self.pause)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+
+
+def test_the_call_timeout_bounds_the_whole_reply_not_each_read() -> None:
+    """A server that sends its reply a byte at a time cannot stretch a call past its
+    timeout: the timeout is for the whole call."""
+    slow = _TricklingServer(pause=0.1)
+    eng = RemoteEngine(slow.url, timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="in time"):
+            eng.counts("q")
+        assert time.monotonic() - started < 1.5
+    finally:
+        eng.close()
+        slow.close()

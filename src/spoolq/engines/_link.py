@@ -127,14 +127,16 @@ class Link:
         self._view = memoryview(self._buf)
         self.proto = ClientProtocol(max_frame=max_reply)
         self._early: dict[int, Any] = {}
+        self.busy = False
         try:
             opening, ids = self.proto.start(token)
             hello_id, hello = self.proto.request("hello", {"max_reply": max_reply,
                                                            "client": "spoolq-python"})
             self._send(opening + hello, connect_timeout)
+            deadline = time.monotonic() + connect_timeout
             for ident in ids:
-                self._receive(ident)
-            info = self._receive(hello_id)
+                self._receive(ident, deadline)
+            info = self._receive(hello_id, deadline)
         except BaseException:
             self.close()
             raise
@@ -197,8 +199,20 @@ class Link:
             raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
                           f"{exc}") from exc
 
-    def _receive(self, ident: int) -> Any:
+    def _receive(self, ident: int, deadline: float | None) -> Any:
+        """The reply to ``ident`` (its error raised) by ``deadline`` (``time.monotonic()``)
+        in all: the socket's limit holds for one read (the first read is bounded by the
+        limit the call set), and a server that trickles its reply must not stretch the
+        call without end."""
+        first = True
         while ident not in self._early:
+            if not first and deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConnectionLost(
+                        f"no reply from the spoolq server at {self.where} in time")
+                self._set_timeout(left)
+            first = False
             try:
                 got = self.sock.recv_into(self._buf)
             except (TimeoutError, BlockingIOError) as exc:  # Python's timeout, the kernel's
@@ -219,6 +233,7 @@ class Link:
                     raise reply.error  # about the whole connection: it is being closed
                 self._early[reply.id] = reply
         reply = self._early.pop(ident)
+        self.busy = False
         if reply.error is not None:
             raise reply.error
         return reply.value
@@ -228,9 +243,14 @@ class Link:
         return self.exchange(ident, frame, timeout)
 
     def exchange(self, ident: int, frame: bytes, timeout: float | None) -> Any:
-        """Send a request frame and wait for its reply."""
+        """Send a request frame and wait for its reply (raising the error the server
+        sent). Until the reply is in, :attr:`busy` is True: a call that ends otherwise
+        (a timeout, an exception raised by a signal handler) leaves the connection in
+        an unknown state, to be closed."""
+        self.busy = True
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._send(frame, timeout)
-        reply = self._receive(ident)
+        reply = self._receive(ident, deadline)
         self._answered = time.monotonic()
         return reply
 

@@ -138,9 +138,14 @@ class RemoteEngine:
             ident, frame = self._link.proto.request(op, args)
             try:
                 return self._link.exchange(ident, frame, self.timeout + wait)
-            except (ConnectionLost, ProtocolError, AuthenticationError):
-                self._link.close()
-                self._link = None
+            except BaseException as exc:
+                # A call that ended before its reply (a timeout, a lost connection, an
+                # exception from a signal handler) leaves a reply that would answer no one:
+                # the connection goes, and with it whatever the server would send on it.
+                if self._link.busy or isinstance(exc, (ConnectionLost, ProtocolError,
+                                                       AuthenticationError)):
+                    self._link.close()
+                    self._link = None
                 raise
 
     # ---- the engine protocol ------------------------------------------------------------
