@@ -53,29 +53,20 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
+from ..errors import ConfigurationError, CorruptError, EngineError
 from . import _dbmfiles as files
-from ._dbmstate import (
-    APPLICATION,
-    decode_record,
-    decode_state,
-    encode_state,
-    leased_window,
-    ready_window,
-    trusted_state,
-)
+from ._dbmgenerations import Generations
 from ._dbmstate import Aside as _Aside
 from ._dbmstate import QueueState as _Queue
 from ._dbmstate import State as _State
+from ._dbmstate import decode_record, leased_window, ready_window
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
-from ._shared import SharedEngine, lock_exclusively
+from ._shared import SharedEngine
 from .base import (
-    FORMAT_VERSION,
     Counts,
     Lease,
     LeasedRecord,
@@ -90,161 +81,10 @@ __all__ = ["DBMEngine"]
 log = logging.getLogger("spoolq")
 
 T = TypeVar("T")
-_COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
 
 
-class _DBMStore:
+class _DBMStore(Generations):
     """One dbm queue directory; see the module docstring."""
-
-    name = "dbm"
-
-    def __init__(self, path: str, *, read_only: bool, fsync: bool, recover: bool) -> None:
-        self.path = path
-        self.read_only = read_only
-        self._fsync = fsync
-        self._go_back = recover
-        self._db: files.Database | None = None
-        self._stale = False
-        self._lock = None
-        try:
-            # Refused before the lock is taken, so no lock file is left beside what is refused.
-            self._refuse_foreign()
-            # The lock of the directory a symbolic link points to, which every name of it takes.
-            self._lock = None if read_only else lock_exclusively(os.path.realpath(path),
-                                                                 self.name)
-            self._open()
-        except BaseException as exc:
-            self.close()
-            if isinstance(exc, OSError):
-                raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
-            raise
-
-    # ---- opening, committing, compacting ------------------------------------------------
-
-    def _refuse_foreign(self) -> None:
-        """FormatError when ``path`` is something other than a dbm queue or nothing."""
-        path = self.path
-        if not os.path.exists(path):
-            foreign = files.foreign_database(path)
-            if foreign:
-                raise FormatError(f"{path} names a {foreign} database of another program, not "
-                                  "a spoolq dbm queue (a dbm queue is a directory)")
-        elif not os.path.isdir(path):
-            raise FormatError(f"{path} is not a spoolq dbm queue (a dbm queue is a directory)")
-        elif files.current(path) is None and not all(map(files.is_ours, os.listdir(path))):
-            raise FormatError(f"{path} is a directory but not a spoolq dbm queue")
-
-    def _open(self) -> None:
-        path = self.path
-        if not self.read_only:
-            files.remove_unfinished(path)
-        generation = files.current(path) if os.path.isdir(path) else None
-        if generation is None:
-            if os.path.isdir(path) and os.listdir(path):
-                raise CorruptError(f"{path}: {files.CURRENT} is missing")
-            if self.read_only:
-                raise FormatError(f"{path}: no such spoolq dbm queue")
-            meta = {"application": APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
-            generation = files.make_queue_directory(path, _State(meta=meta))
-        if not self.read_only:
-            files.remove_other_generations(path, generation)
-        self._load(generation)
-
-    def _load(self, generation: str) -> None:
-        files.repair_dumb(self.path, generation, read_only=self.read_only)
-        self._gen = generation
-        self._db, self._backend = files.open_generation(self.path, generation,
-                                                        "r" if self.read_only else "w")
-        keys = list(self._db.keys())
-        state = trusted_state(self._db.__getitem__, keys, where=f"{self.path}: {generation}",
-                              path=self.path, go_back=self._go_back)
-        self._state, self._committed, self._keys = state, encode_state(state), state.keys
-        if len(keys) != state.keys and not self.read_only:
-            log.info("spoolq: %s: dropping what an interrupted write left", self.path)
-            self._compact()
-
-    def _compact(self) -> None:
-        """Copy the live records into a new generation and switch to it."""
-        db = self._require_db()
-        generation = f"gen-{int(self._gen[4:]) + 1:06d}"
-        copied = files.write_compacted(self.path, generation, self._backend, db,
-                                       decode_state(self._committed))
-        files.set_current(self.path, generation)
-        old_generation, self._db = self._gen, None
-        db.close()
-        files.remove_generation(self.path, old_generation)
-        self._load(generation)
-        log.info("spoolq: %s: compacted into %s (%d live records)", self.path, generation,
-                 copied)
-
-    def _require_db(self) -> files.Database:
-        if self._db is None:
-            raise EngineError(f"{self.path}: the database is not open")
-        return self._db
-
-    def _get(self, db: files.Database, key: bytes) -> bytes:
-        return files.get(self.path, db, key)
-
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[_State]:
-        """One engine call: yields the state to change; set ``self._changed`` to commit it."""
-        if self._stale:
-            self._recover(what)
-        self._changed = False
-        self._new_keys = 0
-        try:
-            yield self._state
-            if self._changed:
-                self._commit()
-        except BaseException as exc:
-            if self._new_keys or self._changed:
-                self._stale = True  # the files may hold part of this call: reload before next
-            self._state = decode_state(self._committed)
-            if isinstance(exc, OSError):
-                raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
-            raise
-        if self._changed and self._keys - self._live() > max(self._live(), _COMPACT_MIN):
-            try:
-                self._compact()
-            except BaseException as exc:
-                # The call itself is committed; whatever compaction left, the next call
-                # reloads from CURRENT before it starts.
-                self._stale = True
-                if not isinstance(exc, (OSError, EngineError)):
-                    raise
-                log.warning("spoolq: %s: compaction failed, will retry: %s", self.path, exc)
-
-    def _recover(self, what: str) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            with suppress(Exception):
-                db.close()
-        try:
-            self._load(files.current(self.path) or self._gen)
-        except OSError as exc:
-            raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
-        self._stale = False
-
-    def _live(self) -> int:
-        return 1 + sum(q.live() for q in self._state.queues.values())
-
-    def _put(self, key: bytes, value: bytes) -> None:
-        self._require_db()[key] = value
-        self._new_keys += 1
-
-    def _commit(self) -> None:
-        st = self._state
-        st.commit += 1
-        st.keys = self._keys + self._new_keys + 1
-        blob = encode_state(st)
-        self._require_db()[b"s%d" % st.commit] = blob  # the commit point
-        self._keys, self._committed = st.keys, blob
-        if self._fsync:
-            if self._backend != "dbm.dumb":  # dumb's sync rewrites the index; see the module
-                sync = getattr(self._db, "sync", None)
-                if sync is not None:
-                    sync()
-            files.sync_generation(self.path, self._gen)
 
     # ---- records ------------------------------------------------------------------------
 
@@ -540,19 +380,6 @@ class _DBMStore:
         with self._transaction("set_meta") as st:
             st.meta[key] = bytes(value)
             self._changed = True
-
-    def close(self) -> None:
-        db, self._db = self._db, None
-        lock, self._lock = self._lock, None
-        try:
-            if db is not None:
-                db.close()
-                if self._fsync and not self.read_only:
-                    files.sync_generation(self.path, self._gen)
-        finally:
-            if lock is not None:
-                lock.release()
-
 
 class DBMEngine(SharedEngine):
     """A queue in a directory of ``dbm`` files, for one process (see the module).
