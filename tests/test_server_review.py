@@ -17,9 +17,11 @@ from typing import Any
 import cbor2
 import pytest
 
+import spoolq
 from spoolq.engines import Engine, Lease, StoredRecord, open_engine
 from spoolq.engines.remote import ConnectionLost, RemoteEngine
 from spoolq.protocol import (
+    ErrorCode,
     FrameType,
     ServerProtocol,
     encode_frame,
@@ -223,3 +225,31 @@ def test_the_call_timeout_bounds_the_whole_reply_not_each_read() -> None:
     finally:
         eng.close()
         slow.close()
+
+
+# ---- authentication ---------------------------------------------------------------------
+
+
+def test_before_auth_a_request_is_refused_as_soon_as_its_header_arrives(
+        tmp_path: Path) -> None:
+    """With a token, nothing but an AUTH frame is read before the client authenticated:
+    a large request is refused at its header, not buffered up to the frame limit first."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret")
+    with ServerProcess(":memory:", "--token-file", str(token_file)) as srv:
+        for ftype in (FrameType.REQUEST, FrameType.AUTH):
+            with _raw(srv.url) as sock:
+                sock.settimeout(3)
+                header = struct.pack(">IBI", 8 << 20, ftype, 1)
+                sock.sendall(encode_preamble() + header + b"\0" * 1000)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                assert data[:8] == encode_preamble()
+                ((kind, _, body),) = _frames(data[8:])
+                assert kind == FrameType.ERROR
+                assert body["code"] in (ErrorCode.AUTH, ErrorCode.FRAME_TOO_LARGE)
+        with spoolq.SyncQueue.create(srv.url + "/jobs", name="jobs",
+                                     engine_options={"token": "s3cret"}) as q:
+            q.put("authenticated")
+            assert q.get(timeout=1) == "authenticated"

@@ -45,8 +45,9 @@ from .errors import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_FRAME", "MAGIC", "MIN_MAX_REPLY", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
-    "ClientProtocol", "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
+    "DEFAULT_MAX_FRAME", "MAGIC", "MAX_AUTH_FRAME", "MIN_MAX_REPLY", "OPS", "VERSION",
+    "WRITE_OPS", "BadRequest", "ClientProtocol", "ErrorCode", "Frame", "FrameDecoder",
+    "FrameTooLarge", "FrameType",
     "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
     "decode_counts", "decode_leased", "decode_records", "encode_error", "encode_frame",
     "encode_leased", "encode_preamble", "encode_records", "encode_reply", "error_for",
@@ -59,6 +60,8 @@ MIN_VERSION = 2  # version 1 sent records as one array per record
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MIN_MAX_REPLY = 1024
 """The smallest reply limit a client may ask for: every reply but records fits in it."""
+MAX_AUTH_FRAME = 65536
+"""The largest frame a server that wants a token reads before the client authenticated."""
 PREAMBLE = struct.Struct(">6sH")
 HEADER = struct.Struct(">IBI")
 _LENGTH = struct.Struct(">I")
@@ -213,6 +216,13 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes held of a frame not yet complete."""
         return len(self._buf)
+
+    def pending_header(self) -> tuple[int, int, int] | None:
+        """``(length, type, id)`` of the frame not yet complete, once its header is in."""
+        if len(self._buf) < HEADER.size:
+            return None
+        length, ftype, ident = HEADER.unpack_from(self._buf)
+        return int(length), int(ftype), int(ident)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add bytes; return every frame now complete, in order."""
@@ -559,7 +569,22 @@ class ServerProtocol:
             request = self._frame(frame)
             if request is not None:
                 requests.append(request)
+        if not self.authenticated:
+            self._check_unauthenticated()
         return requests
+
+    def _check_unauthenticated(self) -> None:
+        """Refuse the frame being received before authentication as soon as its header
+        shows it is not a small AUTH frame, rather than read it whole first."""
+        header = self.decoder.pending_header()
+        if header is None:
+            return
+        length, ftype, ident = header
+        if ftype != FrameType.AUTH:
+            raise self._fail(AuthenticationError("the server requires a token"), ident)
+        if length > MAX_AUTH_FRAME:
+            raise self._fail(FrameTooLarge(
+                f"an AUTH frame of {length} bytes exceeds the limit of {MAX_AUTH_FRAME}"), ident)
 
     def _frame(self, frame: Frame) -> Request | None:
         if frame.id == 0:
