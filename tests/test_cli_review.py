@@ -36,6 +36,28 @@ def test_a_writing_command_refuses_an_empty_file(tmp_path: Path, suffix: str,
     assert path.read_bytes() == b""
 
 
+def test_a_writing_command_refuses_an_empty_dbm_directory(tmp_path: Path) -> None:
+    path = tmp_path / "empty.dbm"
+    path.mkdir()
+    result = run("requeue", str(path), "--dead")
+    assert result.exit_code == ExitCode.FILE, result.output
+    assert result.stderr == f"Error: {path} is an empty directory, not a spoolq dbm queue\n"
+    assert os.listdir(path) == []
+
+
+def test_requeue_repairs_a_dbm_index_a_killed_writer_left(tmp_path: Path) -> None:
+    """The read-only commands refuse such a queue and say to open it for writing once."""
+    path = str(tmp_path / "interrupted.dbm")
+    fill(path)
+    [index] = [name for name in os.listdir(path) if name.endswith(".dir")]
+    os.remove(os.path.join(path, index))  # as if a rewrite of the index was cut short
+    assert run("info", path).exit_code == ExitCode.FILE
+    result = run("requeue", path, "-q", "jobs", "--leased")
+    assert result.exit_code == 0, result.output
+    [q] = run_json("info", path, "-q", "jobs")["queues"]
+    assert (q["ready"], q["dead"]) == (23, 2)
+
+
 def test_requeue_of_a_queue_holding_nothing_adds_no_queue(disk_path: str) -> None:
     fill(disk_path)
     before = _queue_names(disk_path)

@@ -30,6 +30,7 @@ from ..engines import (
     StoredRecord,
     SupportsPeekLeased,
     dead_queue_name,
+    engine_name_for,
     open_engine,
 )
 from ..errors import CorruptError, SerializationError, SpoolqError
@@ -163,10 +164,10 @@ def open_existing(path: str, engine: str | None, *, read_only: bool) -> Engine:
 
     Raises :class:`FileProblem` for a missing path and usage errors for paths
     that name no file (``:memory:``); engine errors propagate to ``main``.
-    With ``read_only=False`` the file is first opened read-only: an engine
-    opened for writing turns an empty file (or an empty PostgreSQL schema)
-    into a new queue, which a command working on an existing queue must
-    refuse instead.
+    With ``read_only=False`` the file is first checked to hold a queue: an
+    engine opened for writing turns an empty file, directory or PostgreSQL
+    schema into a new queue, which a command working on an existing queue
+    must refuse instead.
     """
     if path == ":memory:":
         raise click.UsageError("':memory:' holds nothing outside the program that made it")
@@ -175,8 +176,22 @@ def open_existing(path: str, engine: str | None, *, read_only: bool) -> Engine:
     log.debug("spoolq: opening %s (engine=%s, read_only=%s)", path, engine or "by suffix",
               read_only)
     if not read_only:
-        open_engine(path, engine, read_only=True).close()
+        _check_holds_a_queue(path, engine)
     return open_engine(path, engine, read_only=read_only)
+
+
+def _check_holds_a_queue(path: str, engine: str | None) -> None:
+    """Raise unless ``path`` is a queue already, by opening it read-only.
+
+    A dbm queue is only checked not to be an empty directory: opened for
+    writing, the dbm engine repairs an index a killed writer left behind,
+    which its read-only open refuses to read.
+    """
+    if (engine or engine_name_for(path)) == "dbm":
+        if os.path.isdir(path) and not os.listdir(path):
+            raise FileProblem(f"{path} is an empty directory, not a spoolq dbm queue")
+        return
+    open_engine(path, engine, read_only=True).close()
 
 
 def stored_codec(engine: Engine, queue: str) -> tuple[str | None, str | None]:
