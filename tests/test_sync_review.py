@@ -8,9 +8,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import spoolq
 from spoolq import SyncQueue
 from spoolq.engines import Engine, WaitCancel, open_engine
+
+from .servers import ThreadedServer
 
 
 class _Holding:
@@ -144,3 +148,78 @@ def test_a_buffered_put_racing_close_is_stored_or_refused(tmp_path: Path) -> Non
         assert stored == ["first", "late"], "a put that returned must be stored"
     else:
         assert isinstance(put_out[0], spoolq.ClosedError) and stored == ["first"]
+
+
+# ---- waking waiting calls -------------------------------------------------------------------
+
+def test_a_buffered_put_wakes_a_get_long_polling_a_server() -> None:
+    # The get blocks in the remote engine's long-poll, which a put held in this handle's
+    # buffer never reaches: it waited for the long-poll's end (5 s) or the flush.
+    with ThreadedServer(":memory:") as server, SyncQueue.create(
+            f"{server.url}/jobs", durability="buffer", flush_interval=30) as q:
+        engine = _Holding(q._core.engine, "wait_ready")
+        q._core.engine = engine  # type: ignore[assignment]
+        engine.go.set()
+        getter, out = _in_thread(lambda: q.get(timeout=4))
+        assert engine.entered.wait(5)
+        time.sleep(0.05)  # into the server's long-poll
+        start = time.monotonic()
+        q.put("x")
+        getter.join(5)
+        assert out == ["x"] and time.monotonic() - start < 1
+
+
+def test_shutdown_ends_a_get_about_to_long_poll_a_server() -> None:
+    # shutdown() cancelled the waits in progress, but not the one the get was about to
+    # start: that one ran for its whole long-poll (5 s) or the get's timeout.
+    with ThreadedServer(":memory:") as server, SyncQueue.create(f"{server.url}/jobs") as q:
+        engine = _Holding(q._core.engine, "wait_ready")
+        q._core.engine = engine  # type: ignore[assignment]
+        getter, out = _in_thread(lambda: q.get(timeout=3))
+        assert engine.entered.wait(5)  # decided to long-poll; the wait has not started
+        q.shutdown(immediate=True)
+        start = time.monotonic()
+        engine.go.set()
+        getter.join(5)
+        assert isinstance(out[0], spoolq.QueueShutDown) and time.monotonic() - start < 1
+
+
+def test_immediate_shutdown_wakes_join_at_once(tmp_path: Path) -> None:
+    # join() slept on a condition shutdown() did not notify: it noticed at its next poll.
+    with SyncQueue.create(str(tmp_path / "q.sqlite"), poll_interval=3) as q:
+        q.put("never done")
+        joiner, out = _in_thread(q.join)
+        time.sleep(0.05)  # into its wait (if not, join returns at once and this passes)
+        start = time.monotonic()
+        q.shutdown(immediate=True)
+        joiner.join(5)
+        assert out == [None] and time.monotonic() - start < 1
+
+
+@pytest.mark.parametrize("path_kind", ["sqlite", "memory"])
+def test_a_put_right_after_a_waiting_get_looked_wakes_it(tmp_path: Path,
+                                                         path_kind: str) -> None:
+    # The get looked for items (none), then counted itself as sleeping; a put in between
+    # saw no sleeper, notified nobody, and the get slept a whole poll interval.
+    path = str(tmp_path / "q.sqlite") if path_kind == "sqlite" else ":memory:"
+    with SyncQueue.create(path, poll_interval=3) as q:
+        core = q._core
+        ready_hint = core.ready_hint
+        fired, put_done = threading.Event(), threading.Event()
+
+        def put_after_look() -> int:
+            seen = ready_hint()
+            if q._cond._is_owned() and not fired.is_set():  # type: ignore[attr-defined]
+                # The get checks under its lock before it sleeps: put in that gap.
+                fired.set()
+                threading.Thread(target=lambda: (q.put("x"), put_done.set())).start()
+                deadline = time.monotonic() + 5
+                while ready_hint() == 0 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            return seen
+
+        core.ready_hint = put_after_look  # type: ignore[method-assign]
+        start = time.monotonic()
+        assert q.get(timeout=2) == "x"
+        assert time.monotonic() - start < 1
+        assert put_done.wait(5)

@@ -6,14 +6,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
 from .core import QueueCore
-from .engines import Engine
+from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
 from .message import Message
 from .settings import Settings, check_count, check_seconds, resolve_target
@@ -44,7 +44,8 @@ class SyncQueue(QueueViews, Generic[T]):
         # Calls that close() lets finish before it closes the file: takes, and puts that
         # wait for room (they re-read the counts from the file while they wait).
         self._calls = 0
-        self._sleepers = 0  # threads in self._cond.wait(): nobody to notify when 0
+        self._sleepers = 0  # threads about to wait or waiting on self._cond: 0, none to wake
+        self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
         # Room reserved (under self._cond) by puts of a queue with maxsize that are being
         # written, and how many such puts started and ended: the check for room and the
         # write are one step for the threads of this handle.
@@ -89,8 +90,10 @@ class SyncQueue(QueueViews, Generic[T]):
     # ---- waiting ------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        # A sleeper checks its condition under self._cond before it sleeps, after the change
-        # that calls this was made: one that is not counted yet will see the change.
+        # A sleeper is counted (under self._cond) before it checks its condition: a change
+        # made before this read of the count is seen by that check, and one made after
+        # it finds the sleeper counted and waits for self._cond, which it holds until it
+        # sleeps.
         if self._sleepers:
             with self._cond:
                 self._cond.notify_all()
@@ -103,20 +106,24 @@ class SyncQueue(QueueViews, Generic[T]):
         finally:
             self._sleepers -= 1
 
-    def _wait(self, deadline: float | None, ready: Any) -> bool:
+    def _wait(self, deadline: float | None, ready: Callable[[], bool]) -> bool:
         """Sleep until ``ready()`` may have changed; False when the deadline passed."""
         poll = self._core.settings.poll_interval
         with self._cond:
-            if ready():
+            self._sleepers += 1
+            try:
+                if ready():
+                    return True
+                if deadline is None:
+                    self._cond.wait(poll)
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, poll))
                 return True
-            if deadline is None:
-                self._sleep(poll)
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._sleep(min(remaining, poll))
-            return True
+            finally:
+                self._sleepers -= 1
 
     def _enter_call(self) -> None:
         with self._cond:
@@ -127,6 +134,16 @@ class SyncQueue(QueueViews, Generic[T]):
             self._calls -= 1
             if self._sleepers:
                 self._cond.notify_all()
+
+    def _after_buffered_put(self) -> None:
+        """Wake waiting gets for a put held in the buffer: the core wakes them only when
+        it writes, which may be ``flush_interval`` seconds away, and an engine's
+        long-poll never hears of it."""
+        self._wake()
+        if self._long_polls:
+            with self._cond:
+                for cancel in self._long_polls:
+                    cancel.cancel()
 
     def _check(self) -> None:
         if self._closed:
@@ -153,6 +170,8 @@ class SyncQueue(QueueViews, Generic[T]):
         records, sizes = core.encode_one(item)
         if core.settings.maxsize <= 0 and not self._shutdown:
             core.put_now(records, sizes)  # never full: no reservation, no timeout read
+            if core.buffered:
+                self._after_buffered_put()
             return
         self._put_with_room(records, sizes, block, timeout)
 
@@ -173,6 +192,8 @@ class SyncQueue(QueueViews, Generic[T]):
             return
         if core.settings.maxsize <= 0 and not self._shutdown:
             core.put_now(records, sizes)
+            if core.buffered:
+                self._after_buffered_put()
             return
         self._put_with_room(records, sizes, block, timeout)
 
@@ -200,6 +221,8 @@ class SyncQueue(QueueViews, Generic[T]):
                     self._puts_ended += 1
                     if self._sleepers:
                         self._cond.notify_all()
+            if self._core.buffered:
+                self._after_buffered_put()
         finally:
             self._leave_call()
 
@@ -236,8 +259,8 @@ class SyncQueue(QueueViews, Generic[T]):
                         raise Full(f"no room for {n} item(s) within the timeout")
                     self._sleep(core.settings.poll_interval)
                     continue
-            if not self._wait(deadline, lambda: core.ready_hint() + self._reserved + n
-                              <= maxsize):
+            if not self._wait(deadline, lambda: self._shutdown or (
+                    core.ready_hint() + self._reserved + n <= maxsize)):
                 continue  # the deadline passed: the check above decides
             if core.refresh_due():
                 core.refresh()
@@ -299,15 +322,27 @@ class SyncQueue(QueueViews, Generic[T]):
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
-            ready = core.wait_ready(deadline)
+            cancel = WaitCancel()
+            with self._cond:
+                # Registered before the look at the counts and the shutdown flag: a
+                # buffered put or a shutdown after this look cancels this wait.
+                self._long_polls.add(cancel)
+                if core.ready_hint() or self._shutdown:
+                    self._long_polls.discard(cancel)
+                    return True
+            try:
+                ready = core.wait_ready(deadline, cancel)
+            finally:
+                with self._cond:
+                    self._long_polls.discard(cancel)
             if ready is None:
                 return False
             if ready:
                 core.refresh()
             return True
-        if took_nothing:
-            return self._wait(deadline, lambda: False)
-        return self._wait(deadline, lambda: core.ready_hint() > 0)
+        if took_nothing:  # items are promised but delayed: wait a poll unless closing
+            return self._wait(deadline, lambda: self._immediate)
+        return self._wait(deadline, lambda: core.ready_hint() > 0 or self._shutdown)
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting for one if needed.
@@ -433,7 +468,10 @@ class SyncQueue(QueueViews, Generic[T]):
         self._immediate = self._immediate or immediate
         self._core.cancel_waits()
         with self._cond:
+            for cancel in self._long_polls:
+                cancel.cancel()
             self._cond.notify_all()
+            self._all_done.notify_all()
 
     def close(self) -> None:
         """Flush, release this handle's leases and close the file; idempotent.
