@@ -3,6 +3,7 @@ clocks that differ, interrupted calls, unauthenticated clients, slow replies."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -18,7 +19,7 @@ import cbor2
 import pytest
 
 import spoolq
-from spoolq.engines import Engine, Lease, StoredRecord, open_engine
+from spoolq.engines import Engine, Lease, MemoryEngine, StoredRecord, open_engine
 from spoolq.engines.remote import ConnectionLost, RemoteEngine
 from spoolq.protocol import (
     ErrorCode,
@@ -28,6 +29,8 @@ from spoolq.protocol import (
     encode_preamble,
     encode_reply,
 )
+from spoolq.server import Server
+from spoolq.session import Session
 
 from .servers import ServerProcess, ThreadedServer
 
@@ -253,3 +256,75 @@ def test_before_auth_a_request_is_refused_as_soon_as_its_header_arrives(
                                      engine_options={"token": "s3cret"}) as q:
             q.put("authenticated")
             assert q.get(timeout=1) == "authenticated"
+
+
+# ---- replies that cannot be sent --------------------------------------------------------
+
+
+class _DyingTransport:
+    """A transport whose connection is failing: asyncio has seen a write error and will
+    call ``connection_lost`` on a later turn of the loop; what is written meanwhile is lost."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.written = bytearray()
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if key == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _OnThread:
+    """The memory engine, called on the server's engine thread like a file engine."""
+
+    inline = False
+
+    def __init__(self) -> None:
+        self._inner = MemoryEngine()
+        self.name = "memory"
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+def test_a_get_whose_reply_cannot_be_written_any_more_gives_its_records_back() -> None:
+    """When the connection fails between the engine's take and its reply (the transport
+    is closing, connection_lost not called yet), the records go back to the queue."""
+
+    async def main() -> tuple[int, bytes]:
+        engine = _OnThread()
+        engine.append("q", [b"item"], [4], time.time())
+        server = Server(engine)  # type: ignore[arg-type]
+        session = Session(server)
+        transport = _DyingTransport()
+        session.connection_made(transport)  # type: ignore[arg-type]
+        session.data_received(encode_preamble() + _request(1, "take", queue="q", n=1,
+                                                           now=time.time()))
+        assert session.inflight == 1
+        transport.closing = True  # a write failed meanwhile
+        while session.inflight:
+            await asyncio.sleep(0.01)
+        session.connection_lost(ConnectionResetError())
+        ready = (await server.runner.run("counts", {"queue": "q"}))[0]
+        server.close()
+        await server.wait_closed()
+        return ready, bytes(transport.written)
+
+    ready, written = asyncio.run(main())
+    assert written == encode_preamble()
+    assert ready == 1, "the record taken for a reply that was never sent is lost"

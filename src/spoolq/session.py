@@ -135,7 +135,7 @@ class Session(asyncio.Protocol):
         self._corked, self._corked_bytes = [], 0
         try:
             while backlog and not self.closed and not self._write_paused \
-                    and self.inflight < MAX_INFLIGHT:
+                    and self.inflight < MAX_INFLIGHT and not self._failing():
                 self._dispatch(backlog.popleft())
                 if self._corked_bytes >= _CORK_LIMIT:
                     self._uncork()  # the transport may ask for a pause right here
@@ -192,6 +192,11 @@ class Session(asyncio.Protocol):
             self._corked_bytes += len(data)
         elif data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def _failing(self) -> bool:
+        """Whether the transport is closing on its own (a write failed, say) before
+        ``connection_lost``: a reply written now would be lost unnoticed."""
+        return self.transport is None or self.transport.is_closing()
 
     def drop(self) -> None:
         """Close the connection (after sending what is already queued)."""
@@ -290,6 +295,9 @@ class Session(asyncio.Protocol):
                 self._write(self._error_frame(req, exc))
                 return
             if op != "take" or not args["wait"] or record_count(result):
+                if op == "take" and self._failing() and record_count(result):
+                    self._give_back(args, result)
+                    return
                 self._write(encode_reply(req.id, result))
                 return
         self.inflight += 1
@@ -304,7 +312,7 @@ class Session(asyncio.Protocol):
 
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
         self.inflight -= 1
-        if self.closed:
+        if self.closed or self._failing():
             if req.op == "take" and error is None and record_count(result):
                 self._give_back(req.args, result)
             if self._release_due and not self.inflight:
