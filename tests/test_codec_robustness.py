@@ -389,3 +389,12 @@ def test_one_codec_serves_many_threads_at_once(compressor: str) -> None:
         results = list(pool.map(work, range(8)))
     for offset, decoded in enumerate(results):
         assert decoded == items[offset::8] * 2
+
+
+def test_a_bytes_like_record_decodes_and_anything_else_is_named() -> None:
+    codec = Codec()
+    record, _ = codec.encode({"n": 1})
+    assert codec.decode(bytearray(record)) == {"n": 1}
+    assert codec.decode(memoryview(record)) == {"n": 1}
+    with pytest.raises(TypeError, match="a record is bytes, not str"):
+        codec.decode("not a record")  # type: ignore[arg-type]

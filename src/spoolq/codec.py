@@ -132,6 +132,13 @@ def _parse_header(record: bytes, record_id: int | None
     return ser_id, comp_id, crc, names, pos
 
 
+def _as_record(record: object) -> bytes:
+    """A bytes-like record as bytes; TypeError naming anything else."""
+    if not isinstance(record, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a record is bytes, not {type(record).__name__}")
+    return bytes(record)
+
+
 class Codec:
     """Encodes items into self-describing records and decodes them back.
 
@@ -358,6 +365,8 @@ class Codec:
         record whose serializer differs from this codec's is refused when it is
         ``pickle`` (decoding it could run code) or a custom one.
         """
+        if type(record) is not bytes:
+            record = _as_record(record)
         own = self._own_heads.get(record[:3])
         if own is not None and len(record) >= HEADER_SIZE:
             payload = record[HEADER_SIZE:]
