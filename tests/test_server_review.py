@@ -328,3 +328,37 @@ def test_a_get_whose_reply_cannot_be_written_any_more_gives_its_records_back() -
     ready, written = asyncio.run(main())
     assert written == encode_preamble()
     assert ready == 1, "the record taken for a reply that was never sent is lost"
+
+
+# ---- shutdown ---------------------------------------------------------------------------
+
+
+def test_sigterm_answers_pipelined_requests_and_ends_without_a_reset(tmp_path: Path) -> None:
+    """A client that pipelines requests gets a reply to every request the server ran, then
+    the end of the stream: requests still unread when the server stopped are not run, and
+    closing does not reset the connection (a reset destroys replies not yet read)."""
+    path = str(tmp_path / "q.sqlite")
+    n = 1000
+    requests = b"".join(_request(i, "append", queue="q", records=[b"x" * 100], sizes=[100],
+                                 now=time.time()) for i in range(1, n + 1))
+    with ServerProcess(path) as srv, _raw(srv.url) as sock:
+        srv.proc.send_signal(signal.SIGSTOP)
+        sender = threading.Thread(target=sock.sendall, args=(encode_preamble() + requests,))
+        sender.start()
+        time.sleep(0.2)  # the requests wait in the server's socket, unread
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.send_signal(signal.SIGCONT)
+        data = b""
+        while chunk := sock.recv(1 << 20):  # a reset raises ConnectionResetError here
+            data += chunk
+        sender.join(5)
+        sock.close()
+        assert srv.proc.wait(10) == 0
+    replies = _frames(data[8:])
+    assert {kind for kind, _, _ in replies} <= {FrameType.REPLY}
+    with ServerProcess(path) as again:
+        eng = RemoteEngine(again.url)
+        try:
+            assert eng.counts("q").ready == len(replies)  # every request run was answered
+        finally:
+            eng.close()

@@ -39,6 +39,7 @@ R = TypeVar("R")
 DEFAULT_PORT = 7480
 LOOPS = ("auto", "asyncio", "uvloop")
 _SHUTDOWN_GRACE = 30.0
+_LINGER = 1.0  # seconds a stopping server waits for clients to close after its last reply
 
 
 class Server:
@@ -158,6 +159,13 @@ class Server:
             self.connection_closed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.connection_closed.wait(), 0.01)
+        for conn in list(self.connections):
+            conn.finish()
+        linger = min(deadline, self.loop.time() + _LINGER)
+        while self.connections and self.loop.time() < linger:
+            self.connection_closed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.connection_closed.wait(), 0.05)
         for conn in list(self.connections):
             conn.drop()
         while self.connections and self.loop.time() < deadline:

@@ -193,6 +193,24 @@ class Session(asyncio.Protocol):
         elif data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def finish(self) -> None:
+        """End the connection at shutdown: the replies written go out, then the end of the
+        stream; what the client still sends is read and dropped meanwhile, so the close
+        does not reset the connection (a reset can destroy replies it has yet to read).
+        The client's own close, or :meth:`drop`, ends it."""
+        self.closed = True
+        self._backlog.clear()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
     def _failing(self) -> bool:
         """Whether the transport is closing on its own (a write failed, say) before
         ``connection_lost``: a reply written now would be lost unnoticed."""
