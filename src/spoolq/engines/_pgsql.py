@@ -167,14 +167,18 @@ _LOCK_EXPIRED_OR_OWNED = f"""SELECT id, {_EXPIRED} FROM {{s}}.records
 
 # Leased rows in ``ids`` (locked by the caller) whose attempts reached
 # ``max_attempts`` become new records of the dead-letter queue.
+# ``reasons`` pairs with ``ids``: the reason each one's dead letter gets. They become
+# dead letters in id order, whatever their reasons.
 _BURY = """WITH dead AS (
         DELETE FROM {s}.records
         WHERE queue = %(queue)s AND id = ANY(%(ids)s::bigint[]) AND attempts >= %(max_attempts)s
         RETURNING id, data, raw_size, attempts, enqueued_at),
     ins AS (
         INSERT INTO {s}.records (queue, data, raw_size, attempts, enqueued_at, reason)
-        SELECT %(dead_queue)s, data, raw_size, attempts, enqueued_at, %(reason)s FROM dead
-        ORDER BY id)
+        SELECT %(dead_queue)s, d.data, d.raw_size, d.attempts, d.enqueued_at, r.reason
+        FROM dead d JOIN unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS r (id, reason)
+            ON r.id = d.id
+        ORDER BY d.id)
     SELECT id, length(data), raw_size FROM dead"""
 
 _UNLEASE = """UPDATE {s}.records SET leased = false, owner = NULL, attempts = attempts + %(delta)s,

@@ -255,8 +255,7 @@ class _DBMStore(Generations):
                          key=lambda pair: pair[0])
             for ident, a in due:
                 why = "lease expired" if a.visible_at <= now else "owner died"
-                self._unlease(st, queue, q, ident, a, 0.0, max_attempts, True,
-                              f"{why} after {a.attempts} attempts")
+                self._unlease(st, queue, q, ident, a, 0.0, max_attempts, True, why)
             return len(due)
 
     def _reading(self, what: str, read: Callable[[], list[T]]) -> list[T]:

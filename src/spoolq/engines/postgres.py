@@ -259,11 +259,10 @@ class PostgresEngine:
         dead: list[tuple[int, int, int]] = []
         dead_queue = dead_queue_name(queue)
         if max_attempts is not None and delta == 0:
-            for group, reason in groups:
-                if group:
-                    dead += conn.execute(self._sql.bury, {
-                        "queue": queue, "ids": group, "max_attempts": max_attempts,
-                        "dead_queue": dead_queue, "reason": reason}).fetchall()
+            reasons = [reason for group, reason in groups for _ in group]
+            dead = conn.execute(self._sql.bury, {
+                "queue": queue, "ids": ids, "reasons": reasons, "max_attempts": max_attempts,
+                "dead_queue": dead_queue}).fetchall()
         buried = {r[0] for r in dead}
         back = [i for i in ids if i not in buried]
         if back:
