@@ -87,6 +87,7 @@ class ConnectionLost(EngineError):
 
 
 _FRESH = 0.001  # seconds since the last reply within which stale() trusts a link
+_SLACK = 0.05  # seconds a call may overrun its timeout rather than reset the socket's limit
 
 
 class Link:
@@ -164,6 +165,9 @@ class Link:
             self.sock.settimeout(timeout)
         self._timeout = timeout
 
+    def _timeout_or_inf(self) -> float:
+        return float("inf") if self._timeout is None else self._timeout
+
     def _sendall(self, data: bytes, timeout: float | None) -> None:
         """Send all of ``data`` within ``timeout`` seconds in all (the kernel's limit holds
         for one ``send``; a slow reader must not stretch a large frame without end)."""
@@ -201,17 +205,18 @@ class Link:
 
     def _receive(self, ident: int, deadline: float | None) -> Any:
         """The reply to ``ident`` (its error raised) by ``deadline`` (``time.monotonic()``)
-        in all: the socket's limit holds for one read (the first read is bounded by the
-        limit the call set), and a server that trickles its reply must not stretch the
-        call without end."""
+        in all: the socket's limit holds for one read, and a server that trickles its
+        reply must not stretch the call without end. The first read keeps the limit the
+        call set unless sending used more than ``_SLACK`` of it (a system call saved)."""
         first = True
         while ident not in self._early:
-            if not first and deadline is not None:
+            if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ConnectionLost(
                         f"no reply from the spoolq server at {self.where} in time")
-                self._set_timeout(left)
+                if not first or left < self._timeout_or_inf() - _SLACK:
+                    self._set_timeout(left)
             first = False
             try:
                 got = self.sock.recv_into(self._buf)
