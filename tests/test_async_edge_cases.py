@@ -417,3 +417,23 @@ async def test_a_put_cancelled_before_its_group_commit_is_not_stored(tmp_path: P
             q.get_nowait()
     async with await Queue.create(path) as q:
         assert q.qsize() == 0
+
+
+async def test_a_finished_call_is_not_held_back_by_a_slow_one_queued_behind() -> None:
+    from spoolq.worker import Worker
+
+    worker = Worker(asyncio.get_running_loop(), "test-worker")
+    queued = threading.Event()
+    release_slow = threading.Event()
+    try:
+        quick = worker.submit(lambda: queued.wait(5) and "quick")
+        slow = worker.submit(release_slow.wait, 5)
+        queued.set()  # the slow call is queued before the quick one returns
+        assert await asyncio.wait_for(quick, 2) == "quick"
+        assert not slow.done()
+        release_slow.set()
+        assert await asyncio.wait_for(slow, 5) is True
+    finally:
+        release_slow.set()
+        worker.stop()
+        worker.join(5)

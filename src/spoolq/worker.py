@@ -1,7 +1,7 @@
 """One thread per async queue that runs every engine call in order.
 
-Results travel back to the event loop with ``call_soon_threadsafe``, batched:
-one wake-up of the loop carries every result finished since the last one. The
+Each result travels back to the event loop with ``call_soon_threadsafe`` as
+soon as its call returns, whatever is queued behind it. The
 thread holds no reference to the queue object, so an unclosed queue can still
 be collected. A result whose waiter was cancelled is handed to the job's
 ``undo`` callback instead of being dropped (``None`` when the call failed).
@@ -39,39 +39,33 @@ def _deliver(done: list[_Done]) -> None:
             fut.set_result(result)
 
 
+def _send(loop: asyncio.AbstractEventLoop, done: list[_Done]) -> None:
+    try:
+        loop.call_soon_threadsafe(_deliver, done)
+    except RuntimeError:
+        log.warning("spoolq: event loop closed before %d results were delivered", len(done))
+        for _fut, result, error, undo in done:
+            if error is None and undo is not None:
+                undo(result)  # give back what no one will receive
+
+
 def _run(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) -> None:
     while True:
         job = jobs.get()
-        done: list[_Done] = []
-        stop = False
-        while job is not None:
-            fn, args, fut, undo = job
-            try:
-                result, error = fn(*args), None
-            except BaseException as exc:
-                result, error = None, exc
-            if fut is not None:
-                done.append((fut, result, error, undo))
-            elif error is not None:
-                log.error("spoolq: background call %s failed", getattr(fn, "__name__", fn),
-                          exc_info=error)
-            try:
-                job = jobs.get_nowait()
-            except queue.Empty:
-                break
-        else:
-            stop = True
-        if done:
-            try:
-                loop.call_soon_threadsafe(_deliver, done)
-            except RuntimeError:
-                log.warning("spoolq: event loop closed before %d results were delivered",
-                            len(done))
-                for _fut, result, error, undo in done:
-                    if error is None and undo is not None:
-                        undo(result)  # give back what no one will receive
-        if stop:
+        if job is None:
             return
+        fn, args, fut, undo = job
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        if fut is not None:
+            # At once, not with the results of the jobs queued behind: one of them may be
+            # a long write, and this result's waiter should not wait for it.
+            _send(loop, [(fut, result, error, undo)])
+        elif error is not None:
+            log.error("spoolq: background call %s failed", getattr(fn, "__name__", fn),
+                      exc_info=error)
 
 
 _WAIT_THREADS = 128
