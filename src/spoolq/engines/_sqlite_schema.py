@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from urllib.parse import quote
 
 from ..errors import CorruptError, EngineError, FormatError, LockTimeout
 from .base import FORMAT_VERSION
@@ -13,6 +14,8 @@ __all__ = ["MIN_SQLITE", "PAGE_SIZE", "PAGE_SIZES", "SCHEMA", "SYNCHRONOUS", "co
            "set_up", "translate"]
 
 _APPLICATION = b"spoolq"
+# Every SQLite database starts with these 16 bytes (https://sqlite.org/fileformat.html).
+_HEADER = b"SQLite format 3\x00"
 MIN_SQLITE = (3, 35, 0)
 # Pages of a new file. Each commit writes its changed pages to the WAL whole, and a put or a
 # get changes two (a records leaf and the queue's counts): 1 KiB pages made one-at-a-time
@@ -58,12 +61,56 @@ SCHEMA = (
 )
 
 
+def _check_header(path: str) -> None:
+    """FormatError for a non-empty file that does not start as an SQLite database does.
+
+    SQLite itself takes a file of one byte for an empty database and would write a new
+    one over it; only a missing or empty file may become a queue file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+    if head and head != _HEADER:
+        raise FormatError(f"{path} is not an SQLite database, so not a spoolq queue file")
+
+
+def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
+    """A read-only connection. The path is quoted: a ``?``, ``#`` or ``%`` in it would
+    otherwise end the file name of the URI and open another file."""
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                           timeout=timeout)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        # A WAL file needs its -shm file, which a read-only directory cannot get. No
+        # process can write the file there either (it could not create its -wal file),
+        # so unless one is left over, the file cannot change while it is read.
+        if (getattr(exc, "sqlite_errorname", "") != "SQLITE_READONLY_DIRECTORY"
+                or os.path.exists(path + "-wal")):
+            conn.close()
+            raise
+        conn.close()
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None,
+                               check_same_thread=False, timeout=timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def connect(path: str, *, read_only: bool, timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (spoolq runs its own BEGIN IMMEDIATE ... COMMIT)."""
+    """A connection in autocommit mode (spoolq runs its own BEGIN IMMEDIATE ... COMMIT).
+
+    FormatError, leaving the file as it is, for a file that is not an SQLite database.
+    """
+    _check_header(path)
     if read_only:
-        uri = "file:" + os.path.abspath(path) + "?mode=ro"
-        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                               timeout=timeout)
+        return _connect_read_only(path, timeout)
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            timeout=timeout)
 
@@ -120,6 +167,9 @@ def translate(exc: sqlite3.Error, path: str, what: str) -> EngineError:
         return LockTimeout(f"{path}: {what} waited too long for a lock: {text}")
     if "malformed" in text or "corrupt" in text:
         return CorruptError(f"{path} is damaged: {text}")
+    if "readonly" in text:
+        return EngineError(f"{path}: {what} needs to write, but the file or its directory is "
+                           f"read-only: {text}")
     if "not a database" in text:
         return FormatError(f"{path} is not a spoolq queue file ({text})")
     return EngineError(f"{path}: {what} failed: {text}")

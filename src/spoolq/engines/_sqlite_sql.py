@@ -6,9 +6,10 @@ All are parameterized; lists travel as JSON arrays through ``json_each``.
 from __future__ import annotations
 
 __all__ = [
-    "ACK_ANY", "ALLOCATE", "BUMP", "COLUMNS", "COUNTS", "HELD", "INSERT", "INSERT_NEXT",
-    "INSERT_ROWS", "IN_JSON", "LEASE_COPY", "LEASE_REMOVE", "NEW_QUEUE", "READY",
-    "READY_ROWS", "REMOVE_RANGE", "ROWS_PER_INSERT",
+    "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "COLUMNS", "COUNTS", "HELD", "INSERT",
+    "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_SIZES", "LEASE_COPY", "LEASE_REMOVE",
+    "MOVE_ALL_IDS", "MOVE_ALL_SIZES", "MOVE_IDS", "MOVE_ROW", "MOVE_SIZES", "NEW_QUEUE",
+    "READY", "READY_ROWS", "REMOVE_RANGE", "ROWS_PER_INSERT",
 ]
 
 NEW_QUEUE = """INSERT INTO spoolq_queues (name, qno)
@@ -54,3 +55,21 @@ HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
     AND (id, attempts) IN (SELECT ? + json_extract(value, '$[0]'), json_extract(value, '$[1]')
                            FROM json_each(?))"""
 IN_JSON = "(SELECT value FROM json_each(?))"
+
+# Moving records copies each row inside SQLite, one statement per row, so no record passes
+# through Python and a move of a whole queue needs no memory in proportion to it.
+# The sizes come first (to reserve the new ids), then the ids, a chunk at a time.
+MOVE_ALL_SIZES = """SELECT count(*), coalesce(sum(length(data)), 0), coalesce(sum(raw_size), 0)
+    FROM spoolq_records WHERE id BETWEEN ? AND ?"""
+MOVE_ALL_IDS = """SELECT id FROM spoolq_records WHERE id BETWEEN ? AND ? AND id > ?
+    ORDER BY id LIMIT ?"""
+MOVE_SIZES = """SELECT count(*), coalesce(sum(length(data)), 0), coalesce(sum(raw_size), 0)
+    FROM spoolq_records WHERE id IN (SELECT ? + value FROM json_each(?))"""
+MOVE_IDS = """SELECT id FROM spoolq_records WHERE id IN (SELECT ? + value FROM json_each(?))
+    AND id > ? ORDER BY id LIMIT ?"""
+MOVE_ROW = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data)
+    SELECT ?, enqueued_at, raw_size, data FROM spoolq_records WHERE id = ?"""
+LEASED_SIZES = """SELECT count(*), coalesce(sum(length(data)), 0), coalesce(sum(raw_size), 0)
+    FROM spoolq_leased WHERE id IN (SELECT value FROM json_each(?))"""
+BURY_ROW = """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
+    SELECT ?, attempts, enqueued_at, raw_size, ?, data FROM spoolq_leased WHERE id = ?"""

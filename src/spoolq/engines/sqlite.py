@@ -27,7 +27,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError, EngineError, FormatError
+from ..errors import ClosedError, ConfigurationError, EngineError, FormatError
 from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
 from .base import (
@@ -48,6 +48,7 @@ R = TypeVar("R")
 
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
+_CHUNK = 512  # ids a move or an expire reads at a time
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
@@ -55,6 +56,20 @@ _new_record = partial(tuple.__new__, StoredRecord)
 
 def _json(values: Sequence[Any]) -> str:
     return json.dumps(list(values))
+
+
+class _Closed:
+    """Stands in for the connection of a closed engine: every call raises ClosedError."""
+
+    in_transaction = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def execute(self, *args: object) -> Any:
+        raise ClosedError(f"the sqlite engine on {self.path} is closed")
+
+    executemany = execute
 
 
 def _in_range(deliveries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -221,6 +236,8 @@ class SQLiteEngine:
         return last
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if n <= 0:
+            return []  # LIMIT would read a negative n as no limit at all
         rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
         if lease is None:
             return list(map(_new_record, rows))  # already the records, in id order
@@ -312,20 +329,17 @@ class SQLiteEngine:
             conn.execute(sql.COUNTS, (len(ids), -len(ids), 0, 0, queue))
 
     def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int], reason: str) -> None:
-        """Move leased rows to the tail of the dead-letter queue, in id order."""
-        rows = conn.execute(
-            "SELECT attempts, enqueued_at, raw_size, data FROM spoolq_leased WHERE id IN "
-            + sql.IN_JSON + " ORDER BY id", (_json(ids),)).fetchall()
-        dq = dead_queue_name(queue)
-        stored, raw = sum(len(r[3]) for r in rows), sum(r[2] for r in rows)
-        base, last = self._allocate(conn, dq, len(rows), stored, raw)
-        first = base | (last - len(rows) + 1)
-        conn.executemany(
-            """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
-            VALUES (?, ?, ?, ?, ?, ?)""",
-            [(first + i, r[0], r[1], r[2], reason, r[3]) for i, r in enumerate(rows)])
+        """Move leased rows (full ids, each leased) to the tail of the dead-letter queue,
+        in id order."""
+        ids = sorted(ids)
+        n, stored, raw = conn.execute(sql.LEASED_SIZES, (_json(ids),)).fetchone()
+        if n != len(ids):
+            raise EngineError(f"{self.path}: {len(ids)} leased records to bury, {n} found")
+        base, last = self._allocate(conn, dead_queue_name(queue), n, stored, raw)
+        first = base | (last - n + 1)
+        conn.executemany(sql.BURY_ROW, zip(range(first, first + n), repeat(reason), ids))
         conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (_json(ids),))
-        conn.execute(sql.COUNTS, (0, -len(rows), -stored, -raw, queue))
+        conn.execute(sql.COUNTS, (0, -n, -stored, -raw, queue))
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
@@ -353,15 +367,20 @@ class SQLiteEngine:
     def _expire(self, conn: sqlite3.Connection, queue: str, now: float, owners: Sequence[str],
                 max_attempts: int | None) -> int:
         lo, hi = self._range(conn, queue)
-        rows = conn.execute(
-            "SELECT id, until <= ? FROM spoolq_leased WHERE id BETWEEN ? AND ? "
-            "AND (until <= ? OR owner IN " + sql.IN_JSON + ")",
-            (now, lo, hi, now, _json(owners))).fetchall()
-        self._unlease(conn, queue, [r[0] for r in rows if r[1]], 0.0, max_attempts, 0,
-                      "lease expired")
-        self._unlease(conn, queue, [r[0] for r in rows if not r[1]], 0.0, max_attempts, 0,
-                      "owner died")
-        return len(rows)
+        gone, after, count = _json(owners), lo - 1, 0
+        while True:  # a chunk of leases at a time, in id order: memory stays bounded
+            rows = conn.execute(
+                "SELECT id, until <= ? FROM spoolq_leased WHERE id > ? AND id <= ? "
+                "AND (until <= ? OR owner IN " + sql.IN_JSON + ") ORDER BY id LIMIT ?",
+                (now, after, hi, now, gone, _CHUNK)).fetchall()
+            self._unlease(conn, queue, [r[0] for r in rows if r[1]], 0.0, max_attempts, 0,
+                          "lease expired")
+            self._unlease(conn, queue, [r[0] for r in rows if not r[1]], 0.0, max_attempts, 0,
+                          "owner died")
+            count += len(rows)
+            if len(rows) < _CHUNK:
+                return count
+            after = rows[-1][0]
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -396,6 +415,8 @@ class SQLiteEngine:
         return rows
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        check_window(n, offset)
+
         def body(lo: int, hi: int) -> list[StoredRecord]:
             return self._records(self._page("spoolq_records", sql.COLUMNS, lo, hi, n, offset))
 
@@ -430,32 +451,47 @@ class SQLiteEngine:
 
     def _move(self, conn: sqlite3.Connection, src: str, dst: str,
               ids: Sequence[int] | None) -> int:
-        lo, hi = self._range(conn, src)
-        if ids is None:
-            rows = conn.execute(
-                "SELECT id, enqueued_at, raw_size, data FROM spoolq_records "
-                "WHERE id BETWEEN ? AND ? ORDER BY id", (lo, hi)).fetchall()
-        else:
-            rows = conn.execute(
-                "SELECT id, enqueued_at, raw_size, data FROM spoolq_records "
-                "WHERE id IN (SELECT ? + value FROM json_each(?)) ORDER BY id",
-                (lo, _json([i for i in ids if 0 < i <= _MASK]))).fetchall()
-        if not rows:
+        qno = self._find_qno(conn, src)
+        if qno is None:
             return 0
-        stored, raw = sum(len(r[3]) for r in rows), sum(r[2] for r in rows)
-        base, last = self._allocate(conn, dst, len(rows), stored, raw)
-        first = base | (last - len(rows) + 1)
-        conn.executemany(sql.INSERT, [(first + i, r[1], r[2], r[3]) for i, r in enumerate(rows)])
-        conn.execute("DELETE FROM spoolq_records WHERE id IN " + sql.IN_JSON,
-                     (_json([r[0] for r in rows]),))
-        conn.execute(sql.COUNTS, (-len(rows), 0, -stored, -raw, src))
-        return len(rows)
+        lo, hi = qno << _SHIFT, (qno << _SHIFT) | _MASK
+        chosen: tuple[Any, ...]
+        if ids is None:
+            sizes, select, chosen = sql.MOVE_ALL_SIZES, sql.MOVE_ALL_IDS, (lo, hi)
+        else:
+            sizes, select = sql.MOVE_SIZES, sql.MOVE_IDS
+            chosen = (lo, _json(sorted({i for i in ids if 0 < i <= _MASK})))
+        n, stored, raw = conn.execute(sizes, chosen).fetchone()
+        if not n:
+            return 0
+        base, last = self._allocate(conn, dst, n, stored, raw)
+        new_id = base | (last - n + 1)
+        # Rows are moved in id order, a chunk at a time. The new rows (in dst, which may be
+        # src) get ids above every old one, so the first `left` rows still chosen are old.
+        after, left = lo - 1, n
+        while left:
+            chunk = [r[0] for r in conn.execute(select, (*chosen, after, min(left, _CHUNK)))]
+            if not chunk:
+                raise EngineError(f"{self.path}: a move counted {n} records but found "
+                                  f"{n - left}")
+            conn.executemany(sql.MOVE_ROW, zip(range(new_id, new_id + len(chunk)), chunk,
+                                                strict=True))
+            conn.execute("DELETE FROM spoolq_records WHERE id IN " + sql.IN_JSON,
+                         (_json(chunk),))
+            new_id += len(chunk)
+            left -= len(chunk)
+            after = chunk[-1]
+        conn.execute(sql.COUNTS, (-n, 0, -stored, -raw, src))
+        return int(n)
 
     def purge(self, queue: str) -> int:
         return self._txn("purge", self._purge, queue)
 
     def _purge(self, conn: sqlite3.Connection, queue: str) -> int:
-        lo, hi = self._range(conn, queue)
+        qno = self._find_qno(conn, queue)
+        if qno is None:
+            return 0  # a queue never used stays unknown to the file
+        lo, hi = qno << _SHIFT, (qno << _SHIFT) | _MASK
         removed = conn.execute("DELETE FROM spoolq_records WHERE id BETWEEN ? AND ?",
                                (lo, hi)).rowcount
         removed += conn.execute("DELETE FROM spoolq_leased WHERE id BETWEEN ? AND ?",
@@ -481,8 +517,9 @@ class SQLiteEngine:
                          (key, value))
 
     def close(self) -> None:
-        """Close the connection; a second call does nothing."""
+        """Close the connection; later calls raise :class:`ClosedError`, a second close
+        does nothing."""
         conn = getattr(self, "_conn", None)
-        if conn is not None:
-            self._conn = None  # type: ignore[assignment]
+        if isinstance(conn, sqlite3.Connection):
+            self._conn = _Closed(self.path)  # type: ignore[assignment]
             conn.close()
