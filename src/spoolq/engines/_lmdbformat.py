@@ -17,7 +17,7 @@ import lmdb
 from ..errors import CorruptError, EngineError, FormatError
 from .base import Lease, StoredRecord
 
-__all__ = ["DB_NAMES", "DELAYED", "KEY", "QUEUE", "U32", "U64", "V1_DB_NAMES", "QueueRow",
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "QUEUE", "U32", "U64", "V1_DB_NAMES", "QueueRow",
            "held_by", "lease_head", "lease_reader", "pack", "pack_new_many",
            "translate", "unpack", "unpack_leased", "unpack_plain", "with_attempts"]
 
@@ -27,6 +27,7 @@ V1_DB_NAMES = DB_NAMES[:6]
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 KEY = struct.Struct(">IQ")  # queue number, record id
+MAX_ID = (1 << 64) - 1  # the largest id a key holds
 DELAYED = struct.Struct(">IdQ")  # queue number, visible_at (positive doubles sort as bytes), id
 QUEUE = struct.Struct(">Iqqqq")  # number, ready, leased, stored bytes, raw bytes
 _RECORD = struct.Struct(">QIdi")  # raw size, attempts, enqueued_at, reason length (-1: None)

@@ -73,11 +73,22 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
     if read_only and not os.path.exists(path):
         raise FormatError(f"{path}: no such file")
     _check_magic(path)
-    try:
-        env = lmdb.Environment(
+    def environment(lock: bool) -> lmdb.Environment:
+        return lmdb.Environment(
             path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
             metasync=metasync, map_size=map_size, max_readers=max_readers,
-            max_dbs=len(fmt.DB_NAMES), lock=True)
+            max_dbs=len(fmt.DB_NAMES), lock=lock)
+
+    try:
+        try:
+            env = environment(lock=True)
+        except lmdb.ReadonlyError:
+            # A reader in a read-only directory cannot create the lock file. No process
+            # can write the file there either (a writer needs that lock file), so it is
+            # safe to read without the lock.
+            if not read_only or os.path.exists(path + "-lock"):
+                raise
+            env = environment(lock=False)
     except lmdb.Error as exc:
         raise fmt.translate(exc, path, "open") from exc
     try:

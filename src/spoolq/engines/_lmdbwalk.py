@@ -10,7 +10,6 @@ so delayed records can be walked in id order too.
 from __future__ import annotations
 
 import heapq
-import itertools
 import operator
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -23,9 +22,10 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["clear", "delay", "in_order", "index_delayed", "prefixed", "promote"]
+__all__ = ["CHUNK", "clear", "delay", "in_order", "index_delayed", "prefixed", "promote"]
 
-_CHUNK = 512  # records read per cursor pass when walking a whole queue
+CHUNK = 512  # records read per cursor pass when walking a whole queue
+_CHUNK_BYTES = 1 << 20  # and their values' bytes, past which a pass ends early
 
 
 def promote(txn: Txn, ready: Db, delayed: Db, ids: Db, number: int, now: float) -> None:
@@ -96,7 +96,13 @@ def _chunked(txn: Txn, db: Db, number: int, first: int) -> Iterator[tuple[int, b
     delete or add entries between items."""
     start = fmt.KEY.pack(number, first) if first else b""
     while True:
-        chunk = list(itertools.islice(prefixed(txn, db, number, start), _CHUNK))
+        chunk: list[tuple[bytes, bytes]] = []
+        size = 0
+        for entry in prefixed(txn, db, number, start):
+            chunk.append(entry)
+            size += len(entry[1])
+            if len(chunk) == CHUNK or size >= _CHUNK_BYTES:
+                break  # large records: a chunk of them must not fill the memory
         if not chunk:
             return
         for key, value in chunk:

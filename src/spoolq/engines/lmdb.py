@@ -225,6 +225,8 @@ class _LMDBStore:
               owner: str) -> Iterator[StoredRecord]:
         """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
         for ident, attempts in deliveries:
+            if not 0 < ident <= fmt.MAX_ID:
+                continue
             key = fmt.KEY.pack(q.number, ident)
             value = txn.get(key, db=self._leased)
             if value is None:
@@ -319,7 +321,10 @@ class _LMDBStore:
             key, number, held_by, reader = fmt.KEY.pack, q.number, fmt.held_by, \
                 fmt.lease_reader(holder)
             for ident, attempts in sorted(deliveries):
-                wanted = key(number, ident)
+                try:
+                    wanted = key(number, ident)
+                except struct.error:
+                    continue  # an id no record can have (negative, or past 64 bits)
                 # After a delete the cursor stands on the next record: usually the next one
                 # of a batch, found without searching the tree again.
                 if cur.key() != wanted and not cur.set_key(wanted):
@@ -362,22 +367,35 @@ class _LMDBStore:
             q = self._queue(txn, queue)
             if q is None or not q.leased:
                 return 0
-            due: list[tuple[bytes, str, StoredRecord]] = []
-            for key, value in walk.prefixed(txn, self._leased, q.number):
-                holder, until, rec = self._leased_record(fmt.KEY.unpack(key)[1], value)
-                if until <= now or holder in gone:
-                    due.append((key, "lease expired" if until <= now else "owner died", rec))
-            for key, why, rec in due:
-                txn.delete(key, db=self._leased)
-                self._unlease(txn, queue, q, rec, 0.0, max_attempts, True,
-                              f"{why} after {rec.attempts} attempts")
-            if due:
+            count, start = 0, b""
+            while True:
+                # A chunk of due leases at a time: memory holds their keys, not the records.
+                due: list[tuple[bytes, str]] = []
+                for key, value in walk.prefixed(txn, self._leased, q.number, start):
+                    holder, until, _ = self._leased_record(fmt.KEY.unpack(key)[1], value)
+                    if until <= now or holder in gone:
+                        due.append((key, "lease expired" if until <= now else "owner died"))
+                        if len(due) == walk.CHUNK:
+                            break
+                for key, why in due:
+                    popped = txn.pop(key, db=self._leased)
+                    if popped is None:
+                        raise CorruptError(f"{self.path}: leased record {key.hex()} vanished")
+                    rec = self._leased_record(fmt.KEY.unpack(key)[1], popped)[2]
+                    self._unlease(txn, queue, q, rec, 0.0, max_attempts, True, why)
+                count += len(due)
+                if len(due) < walk.CHUNK:
+                    break
+                start = due[-1][0]
+            if count:
                 self._save(txn, queue, q)
-            return len(due)
+            return count
 
         return self._write("expire", body)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        check_window(n, offset)
+
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
@@ -461,7 +479,7 @@ class _LMDBStore:
                                           self._bump(txn, b"next_id", 0)):
                     carry(*item)
             else:
-                for ident in sorted(set(ids)):
+                for ident in sorted({i for i in ids if 0 < i <= fmt.MAX_ID}):
                     key = fmt.KEY.pack(s.number, ident)
                     value = txn.get(key, db=self._ready)
                     if value is not None:
