@@ -152,6 +152,12 @@ def test_bad_magic_and_bad_cbor_close_the_connection() -> None:
     ("release", {"queue": "q", "deliveries": [[1, 1]], "owner": "o",
                  "not_before": float("-inf")}),
     ("move", {"src": "a", "dst": "b", "ids": [1, -(2**63) - 1]}),
+    ("move", {"src": "a", "dst": "b", "ids": [1, -1]}),
+    ("hello", {"max_reply": -1}),
+    ("take", {"queue": "q", "n": 1, "now": 1.0, "lease": ["o", 2.0], "max_attempts": -1}),
+    ("release", {"queue": "q", "deliveries": [[1, 1]], "owner": "o", "not_before": 0.0,
+                 "max_attempts": -3}),
+    ("expire", {"queue": "q", "now": 1.0, "max_attempts": -1}),
     ("restore", {"queue": "q", "records": [2**64, b"d", 1, 0, 1.0, None]}),
     ("restore", {"queue": "q", "records": [1, b"d", 1, 0, float("nan"), None]}),
 ])

@@ -24,6 +24,7 @@ from spoolq.engines.remote import ConnectionLost, RemoteEngine
 from spoolq.protocol import (
     ErrorCode,
     FrameType,
+    ProtocolError,
     ServerProtocol,
     encode_frame,
     encode_preamble,
@@ -362,3 +363,36 @@ def test_sigterm_answers_pipelined_requests_and_ends_without_a_reset(tmp_path: P
             assert eng.counts("q").ready == len(replies)  # every request run was answered
         finally:
             eng.close()
+
+
+def _greeting_server(greeting: dict[str, object]) -> tuple[socket.socket, threading.Thread]:
+    """A server that answers the handshake with ``greeting`` and then waits."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # closed before the client came
+            return
+        with conn, contextlib.suppress(OSError):
+            proto = ServerProtocol()
+            while data := conn.recv(65536):
+                for req in proto.receive_data(data):
+                    conn.sendall(proto.data_to_send() + encode_reply(req.id, greeting))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize("server_time", ["noon", None, float("nan"), [1]])
+def test_a_greeting_with_a_clock_that_is_no_number_is_a_protocol_error(
+        server_time: object) -> None:
+    listener, thread = _greeting_server({"server": "x", "version": 2, "engine": "memory",
+                                         "max_frame": 1 << 20, "time": server_time})
+    try:
+        with pytest.raises(ProtocolError, match="unexpected greeting"):
+            RemoteEngine(f"spoolq://127.0.0.1:{listener.getsockname()[1]}/q").counts("q")
+    finally:
+        listener.close()
+        thread.join(5)

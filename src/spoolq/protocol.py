@@ -22,6 +22,7 @@ import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
+from functools import partial
 from itertools import chain
 from typing import Any, NamedTuple, TypeVar
 
@@ -286,6 +287,10 @@ def _is_int(v: object) -> bool:
     return type(v) is int and _INT_MIN <= v <= _INT_MAX
 
 
+def _is_uint(v: object) -> bool:
+    return type(v) is int and 0 <= v <= _INT_MAX
+
+
 def _is_num(v: object) -> bool:
     if type(v) is float:
         return math.isfinite(v)
@@ -320,7 +325,7 @@ def _is_sizes(v: object) -> bool:
 
 
 def _is_ids(v: object) -> bool:
-    return isinstance(v, list) and set(map(type, v)) <= _INT and _ints_in_range(v)
+    return isinstance(v, list) and set(map(type, v)) <= _INT and _ints_in_range(v, 0)
 
 
 def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
@@ -331,6 +336,7 @@ def _is_delivery(v: object) -> bool:
     return isinstance(v, list) and len(v) == 2 and _is_int(v[0]) and _is_int(v[1])
 
 
+_new_record = partial(tuple.__new__, StoredRecord)  # without the generated __new__
 RECORD_FIELDS = 6
 """Array elements per record: id, data, raw_size, attempts, enqueued_at, reason."""
 _INT: set[type] = {int}
@@ -346,10 +352,16 @@ def _record_fields(v: object) -> tuple[list[Any], ...] | None:
         return None
     ids, data, sizes, attempts, times, reasons = (v[0::6], v[1::6], v[2::6], v[3::6],
                                                   v[4::6], v[5::6])
+    ints = ids + sizes + attempts
     # set(map(type, ...)) checks exact types in C (a bool is no id): the arrays can be long
-    if not (set(map(type, ids + sizes + attempts)) <= _INT and set(map(type, data)) <= _BYTES
-            and set(map(type, times)) <= _TIME and set(map(type, reasons)) <= _REASON
-            and _ints_in_range(ids + sizes + attempts) and all(map(_is_num, times))):
+    if not (set(map(type, ints)) <= _INT and set(map(type, data)) <= _BYTES
+            and set(map(type, reasons)) <= _REASON and _ints_in_range(ints)):
+        return None
+    time_types = set(map(type, times))
+    if time_types <= _FLOAT:
+        if not all(map(math.isfinite, times)):
+            return None
+    elif not (time_types <= _TIME and all(map(_is_num, times))):
         return None
     return ids, data, sizes, attempts, times, reasons
 
@@ -378,22 +390,22 @@ _Check = Callable[[object], bool]
 _E = TypeVar("_E", bound=SpoolqError)
 # op -> {field: (check, default)}; a default of ... marks a required field.
 OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
-    "hello": {"max_reply": (_opt(_is_int), None), "client": (_opt(_is_str), None)},
+    "hello": {"max_reply": (_opt(_is_uint), None), "client": (_opt(_is_str), None)},
     "bye": {},
     "append": {"queue": (_is_str, ...), "records": (_list_of_type(bytes), ...),
                "sizes": (_is_sizes, ...), "now": (_is_num, ...)},
     "take": {"queue": (_is_str, ...), "n": (_is_count, ...), "now": (_is_num, ...),
              "lease": (_opt(_is_lease), None), "wait": (_is_wait, 0.0),
-             "max_attempts": (_opt(_is_int), None)},
+             "max_attempts": (_opt(_is_uint), None)},
     "restore": {"queue": (_is_str, ...), "records": (_is_records, ...)},
     "ack": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
             "owner": (_is_str, ...)},
     "release": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
                 "owner": (_is_str, ...), "not_before": (_is_num, ...),
-                "max_attempts": (_opt(_is_int), None), "count_attempt": (_is_bool, True),
+                "max_attempts": (_opt(_is_uint), None), "count_attempt": (_is_bool, True),
                 "reason": (_is_str, "")},
     "expire": {"queue": (_is_str, ...), "now": (_is_num, ...),
-               "owners": (_list_of(_is_str), []), "max_attempts": (_opt(_is_int), None)},
+               "owners": (_list_of(_is_str), []), "max_attempts": (_opt(_is_uint), None)},
     "peek": {"queue": (_is_str, ...), "n": (_is_count, ...), "offset": (_is_count, 0)},
     "peek_leased": {"queue": (_is_str, ...), "n": (_is_count, ...),
                     "offset": (_is_count, 0)},
@@ -470,8 +482,8 @@ def decode_records(value: Any) -> list[StoredRecord]:
     ids, data, sizes, attempts, times, reasons = fields
     if not set(map(type, times)) <= _FLOAT:
         times = [float(t) for t in times]  # a peer may send whole seconds as integers
-    return list(map(StoredRecord._make, zip(ids, data, sizes, attempts, times, reasons,
-                                            strict=True)))
+    return list(map(_new_record, zip(ids, data, sizes, attempts, times, reasons,
+                                     strict=True)))
 
 
 def encode_leased(leased: Sequence[LeasedRecord]) -> list[Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import select
 import socket
@@ -141,7 +142,9 @@ class Link:
         except BaseException:
             self.close()
             raise
-        if not isinstance(info, dict) or not isinstance(info.get("max_frame"), int):
+        server_time: Any = info.get("time", time.time()) if isinstance(info, dict) else None
+        if (not isinstance(info, dict) or type(info.get("max_frame")) is not int
+                or type(server_time) not in (int, float) or not math.isfinite(server_time)):
             self.close()
             raise ProtocolError(f"the server at {self.where} sent an unexpected greeting")
         self.info = info
@@ -149,7 +152,7 @@ class Link:
         self._poll.register(sock, select.POLLIN)
         self._answered = time.monotonic()
         self.proto.server_max_frame = info["max_frame"]
-        skew = float(info.get("time", time.time())) - time.time()
+        skew = float(server_time) - time.time()
         if abs(skew) > _CLOCK_SKEW_WARNING:
             log.warning("spoolq: the clock of the server at %s differs from ours by %.1f s; "
                         "lease times assume synchronized clocks", self.where, skew)
