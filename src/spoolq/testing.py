@@ -218,6 +218,16 @@ class EngineConformance:
         assert engine.counts("q").ready == 0
         assert [r.data for r in engine.peek(dead_queue_name("q"), 5)] == _recs(1)
 
+    def test_dead_letters_of_one_expiry_keep_id_order(self, engine: Engine) -> None:
+        self._put(engine, 1, 2, 3)
+        engine.take("q", 1, self.NOW, Lease("gone", self.NOW + 50))  # r1: its owner died
+        engine.take("q", 1, self.NOW, Lease("a", self.NOW + 5))  # r2: its lease runs out
+        engine.take("q", 1, self.NOW, Lease("gone", self.NOW + 50))  # r3: its owner died
+        assert engine.expire("q", self.NOW + 6, owners=["gone"], max_attempts=1) == 3
+        dead = engine.peek(dead_queue_name("q"), 5)
+        assert [(r.data, r.reason) for r in dead] == [
+            (b"r1", "owner died"), (b"r2", "lease expired"), (b"r3", "owner died")]
+
     def test_restore_puts_back_at_original_position(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3)
         taken = engine.take("q", 2, self.NOW, None)

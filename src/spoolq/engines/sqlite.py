@@ -307,8 +307,10 @@ class SQLiteEngine:
         return sorted(r[0] & _MASK for r in rows)
 
     def _unlease(self, conn: sqlite3.Connection, queue: str, ids: list[int], not_before: float,
-                 max_attempts: int | None, attempt_delta: int, reason: str) -> None:
-        """Move leased rows (full ids) back to ready, or to the dead letters."""
+                 max_attempts: int | None, attempt_delta: int,
+                 reason: str | Sequence[str]) -> None:
+        """Move leased rows (full ids) back to ready, or to the dead letters with ``reason``
+        (one for all, or one per id)."""
         if not ids:
             return
         if max_attempts is not None and attempt_delta == 0:
@@ -316,7 +318,12 @@ class SQLiteEngine:
                 "SELECT id FROM spoolq_leased WHERE id IN " + sql.IN_JSON + " AND attempts >= ? "
                 "ORDER BY id", (_json(ids), max_attempts))]
             if dead:
-                self._bury(conn, queue, dead, reason)
+                if isinstance(reason, str):
+                    reasons: Sequence[str] = [reason] * len(dead)
+                else:
+                    why = dict(zip(ids, reason, strict=True))
+                    reasons = [why[i] for i in dead]
+                self._bury(conn, queue, dead, reasons)
                 gone = set(dead)
                 ids = [i for i in ids if i not in gone]
         if ids:
@@ -328,16 +335,16 @@ class SQLiteEngine:
             conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (_json(ids),))
             conn.execute(sql.COUNTS, (len(ids), -len(ids), 0, 0, queue))
 
-    def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int], reason: str) -> None:
-        """Move leased rows (full ids, each leased) to the tail of the dead-letter queue,
-        in id order."""
-        ids = sorted(ids)
+    def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int],
+              reasons: Sequence[str]) -> None:
+        """Move leased rows (full ids in increasing order, each leased) to the tail of the
+        dead-letter queue, in that order, each with its reason."""
         n, stored, raw = conn.execute(sql.LEASED_SIZES, (_json(ids),)).fetchone()
         if n != len(ids):
             raise EngineError(f"{self.path}: {len(ids)} leased records to bury, {n} found")
         base, last = self._allocate(conn, dead_queue_name(queue), n, stored, raw)
         first = base | (last - n + 1)
-        conn.executemany(sql.BURY_ROW, zip(range(first, first + n), repeat(reason), ids))
+        conn.executemany(sql.BURY_ROW, zip(range(first, first + n), reasons, ids, strict=True))
         conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (_json(ids),))
         conn.execute(sql.COUNTS, (0, -n, -stored, -raw, queue))
 
@@ -373,10 +380,8 @@ class SQLiteEngine:
                 "SELECT id, until <= ? FROM spoolq_leased WHERE id > ? AND id <= ? "
                 "AND (until <= ? OR owner IN " + sql.IN_JSON + ") ORDER BY id LIMIT ?",
                 (now, after, hi, now, gone, _CHUNK)).fetchall()
-            self._unlease(conn, queue, [r[0] for r in rows if r[1]], 0.0, max_attempts, 0,
-                          "lease expired")
-            self._unlease(conn, queue, [r[0] for r in rows if not r[1]], 0.0, max_attempts, 0,
-                          "owner died")
+            self._unlease(conn, queue, [r[0] for r in rows], 0.0, max_attempts, 0,
+                          ["lease expired" if r[1] else "owner died" for r in rows])
             count += len(rows)
             if len(rows) < _CHUNK:
                 return count
