@@ -56,6 +56,8 @@ def check_count(name: str, value: object, minimum: int) -> int:
 def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
     """``value`` as a finite number of seconds, >= 0 (> 0 when ``positive``): TypeError
     unless it is an int or a float (a bool is refused), ValueError otherwise."""
+    if (type(value) is float or type(value) is int) and 0 < value < math.inf:
+        return value  # the common case, in one test (a NaN fails it)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
             f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
