@@ -25,9 +25,9 @@ from ._aiowait import Waiting, wake_one
 from ._views import QueueViews
 from .core import QueueCore
 from .engines import Engine, WaitCancel
-from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
+from .errors import ClosedError, Empty, Full, QueueShutDown
 from .groupcommit import Ticket
-from .message import Message, Taken
+from .message import Message, Taken, log_failed_nack
 from .settings import Settings, check_count, check_seconds, resolve_target
 from .worker import Worker
 
@@ -168,12 +168,15 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
         """Put several items in one transaction (all or none), waiting for room.
 
         Raises :class:`Full` if ``timeout`` seconds pass without room (a queue
-        without ``maxsize`` never waits, so then the timeout is not read).
+        without ``maxsize`` never waits, so then the timeout is not read). An empty batch
+        stores nothing, but after ``shutdown`` it raises :class:`QueueShutDown` too.
         """
         self._enter()
         records, sizes = self._core.encode(items)
         if records:
             await self._put(records, sizes, timeout)
+        elif self._shutdown:
+            raise QueueShutDown("the queue is shut down")
 
     async def _put(self, records: list[bytes], sizes: list[int], timeout: float | None) -> None:
         await self._wait_for_room(len(records), timeout)
@@ -384,15 +387,18 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
     async def leased(self, *, ttl: float = 30.0,
                      timeout: float | None = None) -> AsyncIterator[T]:
         """Lease an item for the ``async with`` block: ack on success, nack (and re-raise)
-        on error."""
+        on error.
+
+        The block's exception always propagates: if the nack fails (the lease expired, or
+        the queue was closed meanwhile, which released the lease) that is logged."""
         msg = await self.lease(ttl=ttl, timeout=timeout)
         try:
             yield msg.item
         except BaseException:
             try:
                 await asyncio.shield(self.nack(msg))
-            except LeaseError:
-                log.warning("spoolq: message %d: lease lost before it could be nacked", msg.id)
+            except Exception as exc:
+                log_failed_nack(msg, exc)
             raise
         await self.ack(msg)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .engines.base import StoredRecord
+from .errors import LeaseError
 
-__all__ = ["Message", "Taken", "messages_for"]
+__all__ = ["Message", "Taken", "log_failed_nack", "messages_for"]
 
 T = TypeVar("T")
+log = logging.getLogger("spoolq")
 Taken = tuple[StoredRecord, Any]
 """A record taken from the engine with its decoded item."""
 
@@ -53,3 +56,13 @@ def messages_for(taken: Sequence[Taken], queue: str, owner: str) -> list[Message
         s_sizes(msg, (len(rec.data), rec.raw_size))
         out.append(msg)
     return out
+
+
+def log_failed_nack(msg: Message[Any], error: Exception) -> None:
+    """Log why ``leased()`` could not nack ``msg`` after its block raised: the block's
+    own exception is the one that propagates."""
+    if isinstance(error, LeaseError):
+        log.warning("spoolq: message %d: lease lost before it could be nacked", msg.id)
+    else:
+        log.warning("spoolq: message %d could not be nacked after its block raised", msg.id,
+                    exc_info=error)

@@ -14,8 +14,8 @@ from typing import Any, Generic, TypeVar
 from ._views import QueueViews
 from .core import QueueCore
 from .engines import Engine, WaitCancel
-from .errors import ClosedError, Empty, Full, LeaseError, QueueShutDown
-from .message import Message
+from .errors import ClosedError, Empty, Full, QueueShutDown
+from .message import Message, log_failed_nack
 from .settings import Settings, check_count, check_seconds, resolve_target
 
 __all__ = ["SyncQueue"]
@@ -183,12 +183,15 @@ class SyncQueue(QueueViews, Generic[T]):
                  timeout: float | None = None) -> None:
         """Put several items in one transaction: all are stored or none are.
 
-        Waits for room as :meth:`put` does.
+        Waits for room as :meth:`put` does. An empty batch stores nothing, but after
+        ``shutdown`` it raises :class:`QueueShutDown` too.
         """
         self._check()
         core = self._core
         records, sizes = core.encode(items)
         if not records:
+            if self._shutdown:
+                raise QueueShutDown("the queue is shut down")
             return
         if core.settings.maxsize <= 0 and not self._shutdown:
             core.put_now(records, sizes)
@@ -424,15 +427,18 @@ class SyncQueue(QueueViews, Generic[T]):
     @contextmanager
     def leased(self, block: bool = True, timeout: float | None = None, *,
                ttl: float = 30.0) -> Iterator[T]:
-        """Lease an item for the ``with`` block: ack on success, nack (and re-raise) on error."""
+        """Lease an item for the ``with`` block: ack on success, nack (and re-raise) on error.
+
+        The block's exception always propagates: if the nack fails (the lease expired, or
+        the queue was closed meanwhile, which released the lease) that is logged."""
         msg = self.lease(block, timeout, ttl=ttl)
         try:
             yield msg.item
         except BaseException:
             try:
                 self.nack(msg)
-            except LeaseError:
-                log.warning("spoolq: message %d: lease lost before it could be nacked", msg.id)
+            except Exception as exc:
+                log_failed_nack(msg, exc)
             raise
         self.ack(msg)
 
