@@ -86,3 +86,37 @@ def test_sync_leased_still_nacks_on_error_and_acks_on_success(either_path: str) 
             assert item == "job"
         assert q.qsize() == 0 and q.stats["leased"] == 0 and q.stats["nacks"] == 1
 
+
+
+# ---- put_nowait after another handle made room ------------------------------------------
+
+def test_sync_put_nowait_rereads_the_counts_before_refusing(tmp_path: Path) -> None:
+    # put_nowait refused from the count this handle last read, long after another handle
+    # had emptied the queue (get_nowait re-reads before it raises Empty).
+    path = str(tmp_path / "q.sqlite")
+    with SyncQueue.create(path, maxsize=2, poll_interval=60) as q, \
+            SyncQueue.create(path, poll_interval=60) as other:
+        q.put_many([1, 2])
+        assert q.full()
+        assert other.get_many(2, block=False) == [1, 2]
+        q.put_nowait(3)
+        assert other.get_many(None, block=False) == [3]
+        q.put_many([4, 5], timeout=0)  # past its deadline at once: looks again first
+        with pytest.raises(spoolq.Full):
+            q.put_nowait(6)  # really full now
+        assert other.get_many(None, block=False) == [4, 5]
+
+
+async def test_async_put_nowait_rereads_the_counts_before_refusing(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    async with await Queue.create(path, maxsize=2, poll_interval=60) as q:
+        with SyncQueue.create(path, poll_interval=60) as other:
+            await q.put_many([1, 2])
+            assert q.full()
+            assert other.get_many(2, block=False) == [1, 2]
+            q.put_nowait(3)
+            assert other.get_many(None, block=False) == [3]
+            await q.put_many([4, 5], timeout=0)  # past its deadline at once: looks again
+            with pytest.raises(spoolq.Full):
+                q.put_nowait(6)
+            assert other.get_many(None, block=False) == [4, 5]

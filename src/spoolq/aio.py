@@ -204,13 +204,16 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
         """Put ``item`` without waiting for room; raise :class:`Full` if there is none.
 
         It writes on the calling thread (one short engine transaction), so the
-        item is durable at the queue's durability level when it returns.
+        item is durable at the queue's durability level when it returns. Before
+        refusing it re-reads the counts from the file, as ``get_nowait`` does.
         """
         self._check()
         if self._shutdown:
             raise QueueShutDown("the queue is shut down")
         if self.full():
-            raise Full(f"the queue holds {self.qsize()} of {self.maxsize} items")
+            self._core.refresh()  # other handles or processes may have taken items since
+            if self.full():
+                raise Full(f"the queue holds {self.qsize()} of {self.maxsize} items")
         self._core.put_now(*self._core.encode_one(item))
         if self._core.buffered:
             self._wake_for_buffered()
@@ -229,6 +232,7 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
         if maxsize <= 0 and not self._shutdown:
             return  # never full: no wait, and the timeout is not read
         deadline = self._deadline(timeout)
+        recounted = False
         while True:
             if self._shutdown:
                 raise QueueShutDown("the queue is shut down")
@@ -236,7 +240,11 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
             if size + n <= maxsize or (n > maxsize and size == 0):
                 return
             if not await self._wait(deadline, lambda: self.qsize() + n <= maxsize):
-                raise Full(f"no room for {n} item(s) within the timeout")
+                if recounted:
+                    raise Full(f"no room for {n} item(s) within the timeout")
+                recounted = True  # before refusing, look at the file's counts once more
+                await self._call(core.refresh)
+                continue
             if core.refresh_due():
                 await self._call(core.refresh)
 

@@ -233,14 +233,17 @@ class SyncQueue(QueueViews, Generic[T]):
         """Wait for room for ``n`` items and reserve it: the ready items this handle knows
         of plus those other threads of it are writing stay within ``maxsize``.
 
-        A put being written may be counted twice for a moment (in the counts and in its
-        reservation); before raising :class:`Full` this waits for the puts in progress
-        to end and looks once more.
+        Before raising :class:`Full` this re-reads the counts from the file once (other
+        handles or processes may have taken items since they were read). A put being
+        written may be counted twice for a moment (in the counts and in its
+        reservation); so it also waits for the puts in progress to end and looks once
+        more.
         """
         core = self._core
         maxsize = core.settings.maxsize
         deadline = self._deadline(block, timeout)
         settle_until: int | None = None  # wait for this many ended puts, then decide
+        recounted = False
         while True:
             if self._shutdown:
                 raise QueueShutDown("the queue is shut down")
@@ -252,7 +255,7 @@ class SyncQueue(QueueViews, Generic[T]):
                     return
                 out_of_time = not block or (
                     deadline is not None and time.monotonic() >= deadline)
-                if out_of_time:
+                if out_of_time and recounted:
                     if self._reserved and settle_until is None:
                         settle_until = self._puts_started
                     if settle_until is None or self._puts_ended >= settle_until:
@@ -262,6 +265,10 @@ class SyncQueue(QueueViews, Generic[T]):
                         raise Full(f"no room for {n} item(s) within the timeout")
                     self._sleep(core.settings.poll_interval)
                     continue
+            if out_of_time:
+                core.refresh()  # not under self._cond: the core's lock is taken before it
+                recounted = True
+                continue
             if not self._wait(deadline, lambda: self._shutdown or (
                     core.ready_hint() + self._reserved + n <= maxsize)):
                 continue  # the deadline passed: the check above decides
