@@ -5,12 +5,17 @@ and records a waiting get_many holds when close() stops waiting for it."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import spoolq
 from spoolq import Queue, SyncQueue
+from spoolq.engines import Engine, WaitCancel, open_engine
 
 
 @pytest.fixture(params=[":memory:", "queue.sqlite"])
@@ -18,6 +23,54 @@ def either_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The memory engine (called on the event loop) and a SQLite file (on the worker)."""
     name = str(request.param)
     return name if name == ":memory:" else str(tmp_path / name)
+
+
+class _Gated:
+    """Delegates to a real engine. While ``hold_append`` is set, ``append`` sets
+    ``entered`` and waits for ``go`` before it writes; ``stored`` counts the records
+    written. ``wait_ready`` (a long-poll that ignores cancellation) returns False once
+    ``go`` is set, so a get can be kept waiting past close()'s patience."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.hold_append = False
+        self.entered = threading.Event()
+        self.waiting = threading.Event()
+        self.go = threading.Event()
+        self.stored = 0
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if self.hold_append:
+            self.entered.set()
+            assert self.go.wait(5), "append was held for too long"
+        ids = self._inner.append(queue, records, raw_sizes, now)
+        self.stored += len(records)
+        return ids
+
+    def wait_ready(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
+        self.waiting.set()
+        assert self.go.wait(5), "wait_ready was held for too long"
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``call`` in a thread; the list gets what it returned or raised."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
 
 
 # ---- put_many([]) after shutdown ---------------------------------------------------------
@@ -120,3 +173,54 @@ async def test_async_put_nowait_rereads_the_counts_before_refusing(tmp_path: Pat
             with pytest.raises(spoolq.Full):
                 q.put_nowait(6)
             assert other.get_many(None, block=False) == [4, 5]
+
+
+# ---- a put racing shutdown() -------------------------------------------------------------
+
+@pytest.mark.parametrize("maxsize", [0, 5])
+def test_sync_shutdown_returns_after_a_put_in_progress_is_stored(either_path: str,
+                                                                 maxsize: int) -> None:
+    # A put past the façade's shutdown check wrote its item after shutdown() returned
+    # (queue.Queue's lock rules that out): a consumer could drain, see QueueShutDown and
+    # leave, and the item arrived later.
+    engine = _Gated(open_engine(either_path))
+    with SyncQueue.create(either_path, engine=engine, maxsize=maxsize) as q:
+        engine.hold_append = True
+        putter, out = _in_thread(lambda: q.put("x"))
+        assert engine.entered.wait(5)  # the put is writing
+        release = threading.Timer(0.2, engine.go.set)
+        release.start()
+        q.shutdown()
+        assert engine.stored == 1  # written before shutdown() returned
+        putter.join(5)
+        release.join()
+        assert out == [None]
+        assert q.get_nowait() == "x"
+        with pytest.raises(spoolq.QueueShutDown):
+            q.get_nowait()
+        with pytest.raises(spoolq.QueueShutDown):
+            q.put("late")
+
+
+def test_sync_shutdown_writes_the_puts_waiting_for_a_group_commit(either_path: str) -> None:
+    # A put that joined the next group commit while another was writing was written by
+    # that put's thread after shutdown() had returned.
+    engine = _Gated(open_engine(either_path))
+    with SyncQueue.create(either_path, engine=engine) as q:
+        engine.hold_append = True
+        first, first_out = _in_thread(lambda: q.put("a"))
+        assert engine.entered.wait(5)  # holds the core's lock while it writes
+        second, second_out = _in_thread(lambda: q.put("b"))
+        deadline = time.monotonic() + 5
+        while not q._core.group.pending():  # "b" waits for the next commit
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        release = threading.Timer(0.2, engine.go.set)
+        release.start()
+        q.shutdown()
+        assert engine.stored == 2
+        first.join(5)
+        second.join(5)
+        release.join()
+        assert first_out == second_out == [None]
+        assert q.get_many(None, block=False) == ["a", "b"]

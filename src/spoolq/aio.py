@@ -448,10 +448,14 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
 
-        With ``immediate=True`` gets raise at once. Persisted items are kept.
+        With ``immediate=True`` gets raise at once. Persisted items are kept. A put
+        either raises :class:`QueueShutDown` or had its item accepted before this call
+        (counted by ``qsize()`` and drained by gets), as puts and this call run on the
+        event loop.
         """
         self._shutdown = True
         self._immediate = self._immediate or immediate
+        self._core.shut_down(wait=False)  # nothing to wait for: puts hand over on the loop
         self._core.cancel_waits()
         self._wake()
 

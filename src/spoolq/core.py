@@ -79,6 +79,8 @@ class QueueCore(Writing, Settling, Decoding):
         self.closed = False
         self.closing = False
         """Set (under ``_tally``) when close() starts its last flush: submits are refused."""
+        self.shut = False
+        """Set by :meth:`shut_down`: puts raise QueueShutDown."""
         self._counts = Counts(0, 0, 0, 0)
         self._dead = 0
         self._last_dead_refresh = 0.0
@@ -198,6 +200,22 @@ class QueueCore(Writing, Settling, Decoding):
             "compressor": self.codec.compressor_name,
             "durability": self.settings.durability,
         }
+
+    def shut_down(self, *, wait: bool) -> None:
+        """Refuse puts from now on: they raise QueueShutDown.
+
+        A put looks at the flag under the lock it takes anyway (the core's lock for a
+        direct write, ``_tally`` for a group commit), so each one either raises or was
+        accepted before this call. With ``wait`` this returns only once the accepted
+        ones are written: a direct write holds the core's lock until it is done, and
+        group-committed records still pending are flushed here (with durability
+        "buffer", whose puts have returned, they stay buffered)."""
+        with self._tally:
+            self.shut = True
+        if wait:
+            with self.lock:
+                if not self.closed and not self.buffered and self.group.pending():
+                    self.flush()
 
     def _check_open(self) -> None:
         if self.closed:

@@ -168,8 +168,10 @@ class SyncQueue(QueueViews, Generic[T]):
         """
         core = self._core
         records, sizes = core.encode_one(item)
-        if core.settings.maxsize <= 0 and not self._shutdown:
-            core.put_now(records, sizes)  # never full: no reservation, no timeout read
+        if core.settings.maxsize <= 0:
+            # Never full: no reservation, no timeout read. After shutdown() the core
+            # refuses the put, under the lock it takes to write.
+            core.put_now(records, sizes)
             if core.buffered:
                 self._after_buffered_put()
             return
@@ -193,7 +195,7 @@ class SyncQueue(QueueViews, Generic[T]):
             if self._shutdown:
                 raise QueueShutDown("the queue is shut down")
             return
-        if core.settings.maxsize <= 0 and not self._shutdown:
+        if core.settings.maxsize <= 0:
             core.put_now(records, sizes)
             if core.buffered:
                 self._after_buffered_put()
@@ -475,10 +477,14 @@ class SyncQueue(QueueViews, Generic[T]):
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
 
-        With ``immediate=True`` gets raise at once. Persisted items are kept.
+        With ``immediate=True`` gets raise at once. Persisted items are kept. As with
+        ``queue.Queue``, a put in another thread either raises :class:`QueueShutDown`
+        or has stored its item when this returns (so this waits for a write in
+        progress).
         """
         self._shutdown = True
         self._immediate = self._immediate or immediate
+        self._core.shut_down(wait=True)
         self._core.cancel_waits()
         with self._cond:
             for cancel in self._long_polls:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .codec import Codec
 from .engines import Counts, Engine
-from .errors import ClosedError
+from .errors import ClosedError, QueueShutDown
 from .groupcommit import GroupCommit, Ticket
 from .settings import Settings
 from .zdict import train_dictionary
@@ -47,6 +47,7 @@ class Writing:
     buffered: bool
     closed: bool
     closing: bool
+    shut: bool
     counters: dict[str, int]
     unfinished: int
     on_settled: Callable[[list[Ticket]], None] | None
@@ -76,6 +77,8 @@ class Writing:
         with self._tally:
             if self.closing:  # the last flush may have taken the buffer already
                 raise ClosedError(f"queue {self.name!r} is closed")
+            if self.shut:
+                raise QueueShutDown("the queue is shut down")
             pending = self.group.add(records, sizes, ticket)
             self._count_pending(records, sizes, 1)
             self.unfinished += len(records)
@@ -187,13 +190,16 @@ class Writing:
 
     def put_now(self, records: list[bytes], sizes: list[int]) -> None:
         """Write records from the calling thread (group-committed with any pending);
-        with durability "buffer", only once ``flush_items`` are pending."""
+        with durability "buffer", only once ``flush_items`` are pending. Raises
+        QueueShutDown once :attr:`shut` is set."""
         if not self.buffered and self.lock.acquire(blocking=False):
             # Nobody else is writing: no batch to join, so write at once.
             try:
                 alone = not self.group.pending()
                 if alone:
                     self._check_open()
+                    if self.shut:
+                        raise QueueShutDown("the queue is shut down")
                     self.engine.append(self.name, records, sizes, time.time())
                     with self._tally:
                         self.unfinished += len(records)
