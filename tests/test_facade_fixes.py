@@ -4,6 +4,7 @@ and records a waiting get_many holds when close() stops waiting for it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ class _Gated:
         self.waiting = threading.Event()
         self.go = threading.Event()
         self.stored = 0
+        self.calls: list[str] = []  # restore and close, in order
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
@@ -53,6 +55,14 @@ class _Gated:
         self.waiting.set()
         assert self.go.wait(5), "wait_ready was held for too long"
         return False
+
+    def restore(self, queue: str, records: Sequence[Any]) -> None:
+        self.calls.append("restore")
+        self._inner.restore(queue, records)
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self._inner.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -224,3 +234,68 @@ def test_sync_shutdown_writes_the_puts_waiting_for_a_group_commit(either_path: s
         release.join()
         assert first_out == second_out == [None]
         assert q.get_many(None, block=False) == ["a", "b"]
+
+
+# ---- records a waiting get_many holds when close() stops waiting for it ------------------
+
+def test_sync_close_gives_back_what_a_waiting_get_many_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() waited 10 s for blocked calls, then closed the file: a get_many holding the
+    # items it took (waiting for the rest) then failed to give them back, and they were
+    # lost. A long-poll deaf to close() stands for a call that cannot react in time.
+    monkeypatch.setattr(spoolq.sync, "_CLOSE_WAIT", 0.1)
+    path = str(tmp_path / "q.sqlite")
+    engine = _Gated(open_engine(path))
+    q: SyncQueue[str] = SyncQueue.create(path, engine=engine)
+    q.put("a")
+    getter, out = _in_thread(lambda: q.get_many(2))
+    assert engine.waiting.wait(5)  # took "a", waits for one more
+    q.close()
+    assert engine.calls == ["restore", "close"]
+    engine.go.set()
+    getter.join(5)
+    assert len(out) == 1 and isinstance(out[0], spoolq.QueueShutDown)
+    with SyncQueue.create(path) as again:
+        assert again.get_many(None, block=False) == ["a"]
+
+
+async def test_async_close_gives_back_what_a_waiting_get_many_holds(
+        either_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spoolq.aio, "_CLOSE_WAIT", 0.1)
+    engine = _Gated(open_engine(either_path))
+    q: Queue[str] = await Queue.create(either_path, engine=engine)
+    await q.put("a")
+    getting = asyncio.create_task(q.get_many(2))
+    assert await asyncio.to_thread(engine.waiting.wait, 5)  # took "a", waits for more
+    await q.aclose()
+    assert engine.calls == ["restore", "close"]
+    engine.go.set()
+    with pytest.raises(spoolq.QueueShutDown):
+        await asyncio.wait_for(getting, 5)
+    if either_path != ":memory:":
+        async with await Queue.create(either_path) as again:
+            assert await again.get_many(None, timeout=0) == ["a"]
+
+
+@pytest.mark.parametrize("sync", [True, False])
+async def test_a_get_many_that_waited_hands_out_its_items_and_keeps_no_holding(
+        either_path: str, sync: bool) -> None:
+    items: list[int]
+    if sync:
+        with SyncQueue.create(either_path, poll_interval=0.01) as sq:
+            sq.put(1)
+            getter, out = _in_thread(lambda: sq.get_many(3, timeout=5))
+            time.sleep(0.05)
+            sq.put_many([2, 3])
+            getter.join(5)
+            items = out[0]
+            assert not sq._core._holdings
+    else:
+        async with await Queue.create(either_path, poll_interval=0.01) as aq:
+            await aq.put(1)
+            getting = asyncio.create_task(aq.get_many(3, timeout=5))
+            await asyncio.sleep(0.05)
+            await aq.put_many([2, 3])
+            items = await getting
+            assert not aq._core._holdings
+    assert items == [1, 2, 3]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
-from .core import QueueCore
+from .core import Holding, QueueCore
 from .errors import QueueShutDown
 from .message import Taken
 from .worker import Worker
@@ -42,24 +42,27 @@ class GivingBack:
     _wake: Callable[[], None]
     _wait: Callable[[float | None, Callable[[], bool]], Coroutine[Any, Any, bool]]
 
-    def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool) -> None:
+    def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool,
+                   holding: Holding | None = None) -> None:
         """Return records taken for a caller that will not have them; ``received`` when
-        :meth:`_take_on_worker` had handed them over."""
+        :meth:`_take_on_worker` had handed them over; ``holding`` when the caller kept
+        them in one (close() may have given them back already)."""
         if not recs:
             return
         if self._inline:  # before any later take, which also runs on the loop
-            self._core.restore(recs, leased)
+            self._core.restore(recs, leased, holding)
             return
         if received:
             self._taken_in -= len(recs)
         # Counted until the restore has run: get_nowait takes on the loop, not the worker.
         self._unsettled += 1
-        self._worker.submit(self._restore_on_worker, recs, leased).add_done_callback(
+        self._worker.submit(self._restore_on_worker, recs, leased, holding).add_done_callback(
             self._restored)
 
-    def _restore_on_worker(self, recs: list[Taken], leased: bool) -> None:
+    def _restore_on_worker(self, recs: list[Taken], leased: bool,
+                           holding: Holding | None) -> None:
         try:
-            self._core.restore(recs, leased)
+            self._core.restore(recs, leased, holding)
         finally:
             self._taken_out -= len(recs)  # restored, or lost to the error logged
 
@@ -75,12 +78,13 @@ class GivingBack:
         if not self._unsettled:
             self._wake()
 
-    def _take_undone(self, leased: bool, state: list[bool], recs: list[Taken] | None) -> None:
+    def _take_undone(self, leased: bool, state: list[bool], holding: Holding | None,
+                     recs: list[Taken] | None) -> None:
         """The result of a take whose caller was cancelled arrives: give it back, then let
         the takes that waited for it go (their calls then run after the give-back).
         ``state`` is ``[given back, counted in _unsettled]``, shared with the caller."""
         state[0] = True
-        self._give_back(leased, recs, received=False)
+        self._give_back(leased, recs, received=False, holding=holding)
         if state[1]:
             self._one_settled()
 
@@ -102,15 +106,18 @@ class GivingBack:
             self._check()
             await self._wait(None, lambda: not self._unsettled)
 
-    async def _take_on_worker(self, n: int, ttl: float | None) -> list[Taken]:
-        """Take up to n records on the worker thread; if the caller is cancelled, whatever
-        the call took is given back, and later takes wait for that."""
+    async def _take_on_worker(self, n: int, ttl: float | None,
+                              holding: Holding | None = None) -> list[Taken]:
+        """Take up to n records on the worker thread (see :meth:`QueueCore.take` for
+        ``holding``); if the caller is cancelled, whatever the call took is given back,
+        and later takes wait for that."""
         leased = ttl is not None
         # No records from the buffer of durability "buffer": a cancelled caller could only
         # give them back behind records written since.
         state = [False, False]
         fut: asyncio.Future[list[Taken]] = self._worker.submit(
-            self._take_for_caller, n, ttl, undo=partial(self._take_undone, leased, state))
+            self._take_for_caller, n, ttl, holding,
+            undo=partial(self._take_undone, leased, state, holding))
         try:
             recs = await fut
         except asyncio.CancelledError:
@@ -119,13 +126,14 @@ class GivingBack:
                     state[1] = True
                     self._unsettled += 1
             elif fut.exception() is None:
-                self._give_back(leased, fut.result(), received=False)
+                self._give_back(leased, fut.result(), received=False, holding=holding)
             raise
         self._taken_in += len(recs)
         return recs
 
-    def _take_for_caller(self, n: int, ttl: float | None) -> list[Taken]:
+    def _take_for_caller(self, n: int, ttl: float | None,
+                         holding: Holding | None) -> list[Taken]:
         """The take of :meth:`_take_on_worker`, on the worker thread."""
-        recs = self._core.take(n, ttl, buffered=False)
+        recs = self._core.take(n, ttl, buffered=False, holding=holding)
         self._taken_out += len(recs)
         return recs

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from ._aiogiveback import GivingBack
 from ._aiowait import Waiting, wake_one
 from ._views import QueueViews
-from .core import QueueCore
+from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown
 from .groupcommit import Ticket
@@ -36,6 +36,9 @@ __all__ = ["Queue"]
 T = TypeVar("T")
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
+_CLOSE_WAIT = 10.0
+"""Seconds aclose() waits for waiting calls to give back what they took before it closes
+anyway."""
 
 
 def _closed(closing: asyncio.Future[None], close: asyncio.Future[None]) -> None:
@@ -257,6 +260,9 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
         core = self._core
         got: list[Taken] = []
         leased = ttl is not None
+        # A call that waits for n items keeps what it took meanwhile: aclose() gives that
+        # back if it stops waiting for this call.
+        holding = Holding(leased) if wait_for_all and n is not None else None
         self._takers += 1
         try:
             while True:
@@ -277,9 +283,9 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
                     before, epoch = len(got), self._epoch
                     if self._inline:
-                        got += core.take(want, ttl, fill=wait_for_all and n is not None)
+                        got += core.take(want, ttl, holding=holding)
                     else:
-                        got += await self._take_on_worker(want, ttl)
+                        got += await self._take_on_worker(want, ttl, holding)
                     if len(got) > before:
                         self._wake()  # puts waiting for room: a lease or a part batch makes room
                     if got and (not wait_for_all or n is None or len(got) >= n):
@@ -291,8 +297,11 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
                     if got:
                         break
                     raise Empty("no item arrived within the timeout")
+            if holding is not None and not core.hand_out(holding):
+                got = []  # back in the queue already
+                raise QueueShutDown("the queue was closed while this call waited")
         except BaseException:
-            self._give_back(leased, got, received=True)
+            self._give_back(leased, got, received=True, holding=holding)
             raise
         finally:
             self._takers -= 1
@@ -462,8 +471,11 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
     async def aclose(self) -> None:
         """Flush, release this handle's leases and close the file; idempotent.
 
-        It may be awaited on another event loop than the queue's own, once that one has
-        stopped (say, a second ``asyncio.run``)."""
+        Waiting calls raise :class:`QueueShutDown` and give back what they took; this
+        waits up to 10 seconds for them, then closes anyway, after giving back the
+        items a ``get_many`` still waiting holds. It may be awaited on another event
+        loop than the queue's own, once that one has stopped (say, a second
+        ``asyncio.run``)."""
         here = asyncio.get_running_loop() is self._loop
         if self._closed:
             if self._closing is not None and here:
@@ -476,7 +488,7 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
         self._closed = True
         closing = self._closing = self._loop.create_future()
         try:
-            deadline = time.monotonic() + 10.0
+            deadline = time.monotonic() + _CLOSE_WAIT
             while (self._takers or self._unsettled) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # waiting or cancelled gets give their items back
         finally:

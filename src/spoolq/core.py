@@ -38,7 +38,7 @@ from .settings import Settings, stored_codec
 from .settle import Settling
 from .writing import Writing, new_counts
 
-__all__ = ["UNWRITTEN", "QueueCore"]
+__all__ = ["UNWRITTEN", "Holding", "QueueCore"]
 
 UNWRITTEN = -1
 """The id of a record handed out from the buffer of durability "buffer" before it was
@@ -47,6 +47,20 @@ written (no engine gives negative ids)."""
 log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
+
+
+class Holding:
+    """The records one call took and keeps in memory while it waits for more (a
+    ``get_many(n)`` that waits for ``n``). :meth:`QueueCore.close` gives them back if the
+    call has not handed them out by then: it may close without waiting for the call."""
+
+    __slots__ = ("leased", "reclaimed", "taken")
+
+    def __init__(self, leased: bool) -> None:
+        self.leased = leased
+        self.taken: list[Taken] = []
+        self.reclaimed = False
+        """Set by close() once it gave the records back: the call must not hand them out."""
 
 
 @functools.cache
@@ -94,6 +108,7 @@ class QueueCore(Writing, Settling, Decoding):
         self._last_refresh = 0.0
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
+        self._holdings: set[Holding] = set()  # changed under self.lock
         self.listeners: list[Callable[[], None]] = []
         self.on_settled: Callable[[list[Ticket]], None] | None = None
         """Called (on the flushing thread) with each flushed batch of tickets."""
@@ -239,51 +254,62 @@ class QueueCore(Writing, Settling, Decoding):
                 self.counters["redelivered"] += released
                 self._finished(died)  # leases that ran out into the dead letters
 
-    def take(self, n: int, ttl: float | None, *, fill: bool = False,
-             buffered: bool = True) -> list[Taken]:
+    def take(self, n: int, ttl: float | None, *, fill: bool = False, buffered: bool = True,
+             holding: Holding | None = None) -> list[Taken]:
         """Remove (ttl None) or lease up to n ready records and decode them; never waits.
 
         With durability "buffer", unflushed puts may be handed out from memory (see
         :meth:`_buffer_serves`) unless ``buffered`` is false. ``fill`` says the caller
-        waits for n records in all, holding what it took: then that happens only when the
-        buffer makes up all n, so that records given back later never come after records
-        written in the meantime.
+        waits for n records in all, holding what it took: then that happens only when
+        the buffer makes up all n, so that records given back later never come after
+        records written in the meantime. A ``holding`` says the same, and gets the
+        records the caller keeps while it waits before the lock is let go, so that
+        close() finds them (see :meth:`hand_out`).
 
         A record that cannot be decoded (damaged, or written by a codec this
         queue does not have) is moved to the dead letters with the reason, and
         logged, rather than handed out or lost.
         """
         with self.lock:
-            self._check_open()
-            pending = self.group.pending()
-            if pending:
-                if ttl is None and self.buffered and buffered and (not fill or pending >= n):
-                    self._refresh_locked(dead=False)
-                    if self._buffer_serves():
-                        recs = self._take_from_buffer(n)
-                        return self._decode_taken(recs, False)
-                self.flush()
-            now = time.time()
-            if self._counts.leased:  # only leases can expire: spare the call when none are out
-                self._reap_locked(now)
-            lease = None if ttl is None else Lease(self.owner, now + ttl)
-            recs = self.engine.take(self.name, n, now, lease)
-            ready, leased, stored, raw = self._counts
-            if not recs:
-                if time.monotonic() - self._last_refresh > self.settings.poll_interval or ready:
-                    self._refresh_locked()
-                return []
-            k = len(recs)
-            ready = ready - k if ready > k else 0
-            if lease is None:
-                for rec in recs:
-                    stored -= len(rec.data)
-                    raw -= rec.raw_size
-                self.counters["gets"] += k
-            else:
-                leased += k
-            self._counts = new_counts(ready, leased, stored, raw)
-        return self._decode_taken(recs, lease is not None)
+            recs = self._take_locked(n, ttl, buffered, fill or holding is not None)
+            if holding is not None and recs and (holding.taken or len(recs) < n):
+                taken = self._decode_taken(recs, ttl is not None)
+                holding.taken += taken
+                self._holdings.add(holding)
+                return taken
+        return self._decode_taken(recs, ttl is not None)
+
+    def _take_locked(self, n: int, ttl: float | None, buffered: bool,
+                     fill: bool) -> list[StoredRecord]:
+        self._check_open()
+        pending = self.group.pending()
+        if pending:
+            if ttl is None and self.buffered and buffered and (not fill or pending >= n):
+                self._refresh_locked(dead=False)
+                if self._buffer_serves():
+                    return self._take_from_buffer(n)
+            self.flush()
+        now = time.time()
+        if self._counts.leased:  # only leases can expire: spare the call when none are out
+            self._reap_locked(now)
+        lease = None if ttl is None else Lease(self.owner, now + ttl)
+        recs = self.engine.take(self.name, n, now, lease)
+        ready, leased, stored, raw = self._counts
+        if not recs:
+            if time.monotonic() - self._last_refresh > self.settings.poll_interval or ready:
+                self._refresh_locked()
+            return recs
+        k = len(recs)
+        ready = ready - k if ready > k else 0
+        if lease is None:
+            for rec in recs:
+                stored -= len(rec.data)
+                raw -= rec.raw_size
+            self.counters["gets"] += k
+        else:
+            leased += k
+        self._counts = new_counts(ready, leased, stored, raw)
+        return recs
 
     def _buffer_serves(self) -> bool:
         """Whether the next get may take this handle's oldest unflushed put: the file has
@@ -311,20 +337,53 @@ class QueueCore(Writing, Settling, Decoding):
         if tickets and self.on_settled is not None:
             self.on_settled(tickets)
 
-    def restore(self, taken: Sequence[Taken], leased: bool) -> None:
-        """Give back records whose taker never received them (a cancelled waiter)."""
+    def restore(self, taken: Sequence[Taken], leased: bool,
+                holding: Holding | None = None) -> None:
+        """Give back records whose taker never received them (a cancelled waiter), or
+        that a call which kept them in ``holding`` will not hand out. Nothing to do
+        when close() gave them back already."""
         if not taken:
             return
-        recs = [rec for rec, _item in taken]
         with self.lock:
+            if holding is not None:
+                if holding.reclaimed:
+                    return
+                back = {id(rec) for rec, _item in taken}
+                holding.taken = [t for t in holding.taken if id(t[0]) not in back]
+                if not holding.taken:
+                    self._holdings.discard(holding)
             self._check_open()
-            if leased:
-                self.engine.release(self.name, [(r.id, r.attempts) for r in recs], self.owner,
-                                    not_before=0.0, max_attempts=None, count_attempt=False)
-            else:
-                self._restore(recs)
-            self._refresh_locked()
+            self._give_back_locked([rec for rec, _item in taken], leased)
         self._notify()
+
+    def hand_out(self, holding: Holding) -> bool:
+        """The call that kept ``holding`` is about to return its records. False when
+        close() gave them back already: the call must raise instead."""
+        if not holding.taken:
+            return not holding.reclaimed
+        with self.lock:
+            self._holdings.discard(holding)
+            return not holding.reclaimed
+
+    def _give_back_locked(self, recs: list[StoredRecord], leased: bool) -> None:
+        if leased:
+            self.engine.release(self.name, [(r.id, r.attempts) for r in recs], self.owner,
+                                not_before=0.0, max_attempts=None, count_attempt=False)
+        else:
+            self._restore(recs)
+        self._refresh_locked()
+
+    def _reclaim_holdings(self) -> None:
+        """Give back what calls still waiting for more records hold (close() does not
+        wait for them forever); their records would be lost with the engine."""
+        holdings, self._holdings = self._holdings, set()
+        for holding in holdings:
+            holding.reclaimed = True
+            try:
+                self._give_back_locked([rec for rec, _item in holding.taken], holding.leased)
+            except Exception:
+                log.exception("spoolq: queue %r: giving back %d records a waiting call "
+                              "held failed", self.name, len(holding.taken))
 
     def _restore(self, recs: list[StoredRecord]) -> None:
         """Give back removed records: written ones to the engine, at their old place;
@@ -370,6 +429,7 @@ class QueueCore(Writing, Settling, Decoding):
             with self._tally:
                 self.closing = True  # a put submitted from now on would miss the flush
             try:
+                self._reclaim_holdings()  # first: records from the buffer go back to it
                 self.flush()
                 if self._counts.leased and not self.read_only:
                     self.engine.expire(self.name, time.time(), owners=[self.owner],

@@ -8,11 +8,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._views import QueueViews
-from .core import QueueCore
+from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown
 from .message import Message, log_failed_nack
@@ -22,6 +23,8 @@ __all__ = ["SyncQueue"]
 
 T = TypeVar("T")
 log = logging.getLogger("spoolq")
+_CLOSE_WAIT = 10.0
+"""Seconds close() waits for calls blocked in other threads before it closes anyway."""
 
 
 class SyncQueue(QueueViews, Generic[T]):
@@ -286,20 +289,29 @@ class SyncQueue(QueueViews, Generic[T]):
         deadline = self._deadline(block, timeout)
         core = self._core
         got: list[Any] = []
+        # A call that waits for n items keeps what it took meanwhile: close() gives
+        # that back if it stops waiting for this call.
+        holding = Holding(ttl is not None) if wait_for_all and block and n is not None \
+            else None
         self._enter_call()
         try:
-            got = self._take_loop(n, deadline, block, ttl, wait_for_all, got)
+            got = self._take_loop(n, deadline, block, ttl, wait_for_all, got, holding)
+            if holding is not None and not core.hand_out(holding):
+                got = []  # back in the queue already
+                raise QueueShutDown("the queue was closed while this call waited")
         except BaseException:
             if got:
-                core.restore(got, ttl is not None)
+                core.restore(got, ttl is not None, holding)
             raise
         finally:
             self._leave_call()
         return got
 
     def _take_loop(self, n: int | None, deadline: float | None, block: bool,
-                   ttl: float | None, wait_for_all: bool, got: list[Any]) -> list[Any]:
+                   ttl: float | None, wait_for_all: bool, got: list[Any],
+                   holding: Holding | None) -> list[Any]:
         core = self._core
+        take = core.take if holding is None else partial(core.take, holding=holding)
         while True:
             if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                 raise QueueShutDown("the queue is shut down")
@@ -311,7 +323,7 @@ class SyncQueue(QueueViews, Generic[T]):
             if core.ready_hint() > 0:
                 want = max(core.ready_hint(), 1) if n is None else n - len(got)
                 before = len(got)
-                got += core.take(want, ttl, fill=wait_for_all and block and n is not None)
+                got += take(want, ttl)
                 if got and (not wait_for_all or n is None or len(got) >= n):
                     break
                 took_nothing = before == len(got)
@@ -497,12 +509,13 @@ class SyncQueue(QueueViews, Generic[T]):
 
         Calls waiting in other threads (for items, or for room) raise
         :class:`QueueShutDown`; items they held go back to the queue, and a put that
-        found room is written, before the file closes. Any later call raises
-        :class:`ClosedError`.
+        found room is written, before the file closes. It waits up to 10 seconds for
+        them, then closes anyway, after giving back the items a ``get_many`` still
+        waiting holds. Any later call raises :class:`ClosedError`.
         """
         self._closed = True
         self.shutdown(immediate=True)
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + _CLOSE_WAIT
         with self._cond:
             while self._calls and time.monotonic() < deadline:
                 self._sleep(0.05)
