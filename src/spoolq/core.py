@@ -274,8 +274,9 @@ class QueueCore(Writing, Settling, Decoding):
             recs = self._take_locked(n, ttl, buffered, fill or holding is not None)
             if holding is not None and recs and (holding.taken or len(recs) < n):
                 taken = self._decode_taken(recs, ttl is not None)
-                holding.taken += taken
-                self._holdings.add(holding)
+                if taken:  # none when every record went to the dead letters
+                    holding.taken += taken
+                    self._holdings.add(holding)
                 return taken
         return self._decode_taken(recs, ttl is not None)
 
