@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import ssl
@@ -25,7 +26,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .dispatch import make_runner
-from .engines import Engine, open_engine
+from .engines import Engine, engine_name_for, open_engine
 from .errors import ConfigurationError, SpoolqError
 from .protocol import DEFAULT_MAX_FRAME
 from .session import Session
@@ -56,8 +57,9 @@ class Server:
                  label: str = "") -> None:
         if not isinstance(max_frame, int) or max_frame < 1024:
             raise ConfigurationError(f"max_frame must be an int >= 1024, not {max_frame!r}")
-        if not stall_timeout > 0:
-            raise ConfigurationError(f"stall_timeout must be > 0, not {stall_timeout!r}")
+        if not (stall_timeout > 0 and math.isfinite(stall_timeout)):
+            raise ConfigurationError(
+                f"stall_timeout must be a finite number > 0, not {stall_timeout!r}")
         if token is not None and not token:
             raise ConfigurationError("the token must not be empty")
         self.engine = engine
@@ -337,17 +339,39 @@ def command_parser(prog: str = "python -m spoolq.server",
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
                         help=f"largest frame accepted, in bytes (default {DEFAULT_MAX_FRAME})")
-    parser.add_argument("--stall-timeout", type=float, default=10.0,
+    parser.add_argument("--stall-timeout", type=_seconds, default=10.0,
                         help="drop a client silent this many seconds mid-frame (default 10)")
     parser.add_argument("--durability", choices=("commit", "fsync"), default="commit",
                         help="commit: survives a killed server; fsync: also power loss")
     parser.add_argument("--engine", help="engine name (default: picked from the path)")
+    parser.add_argument("--schema", help="PostgreSQL schema, for a postgresql:// path "
+                                         "(default: spoolq)")
     parser.add_argument("--loop", choices=LOOPS, default="auto",
                         help="event loop: uvloop is faster (pip install \"spoolq[server]\"); "
                              "auto (the default) uses it when installed")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds > 0 on the command line: finite (``nan``, ``inf`` are not)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return seconds
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The engine options the command line gives: ``--schema`` for PostgreSQL."""
+    if args.schema is None:
+        return None
+    if (args.engine or engine_name_for(args.path)) != "postgres":
+        raise ConfigurationError("--schema applies to a postgresql:// path only")
+    return {"schema": args.schema}
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
@@ -389,11 +413,13 @@ def serve_command(args: argparse.Namespace) -> None:
         sys.stdout.write(f"listening on {server.url}\n")
         sys.stdout.flush()
 
+    options = _engine_options(args)
     token = None if args.token_file is None else read_token_file(args.token_file)
     run(serve(args.path, host=args.host, port=args.port, token=token,
               tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
               durability=args.durability, stall_timeout=args.stall_timeout,
-              engine=args.engine, on_listening=listening), loop=args.loop)
+              engine=args.engine, engine_options=options, on_listening=listening),
+        loop=args.loop)
 
 
 if __name__ == "__main__":

@@ -47,10 +47,12 @@ __all__ = [
     "Decoder",
     "ExitCode",
     "FileProblem",
+    "FiniteFloatRange",
     "Refused",
     "base_queues",
     "disk_bytes",
     "engine_option",
+    "engine_options",
     "format_age",
     "format_bytes",
     "is_interactive",
@@ -68,6 +70,7 @@ __all__ = [
     "record_json",
     "record_text",
     "safe_repr",
+    "schema_option",
     "set_stored_codec",
     "stored_codec",
 ]
@@ -151,6 +154,45 @@ def queue_option(default: str | None = "default") -> Callable[[Any], Any]:
                         callback=_check_queue, help=text)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A float option in a range, and a finite number: click's FloatRange lets NaN
+    through (no comparison with it is true) and infinity through an open bound."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def _check_schema(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not 1 <= len(value.encode("utf-8", "surrogatepass")) <= 63:
+        raise click.BadParameter("a PostgreSQL schema name is 1 to 63 bytes long")
+    return value
+
+
+def schema_option(*names: str, dest: str = "schema", what: str = "PATH") -> Callable[[Any], Any]:
+    """``--schema NAME``: the PostgreSQL schema of a ``postgresql://`` ``what``;
+    :func:`open_existing` refuses it for a path of another engine."""
+    return click.option(*(names or ("--schema",)), dest, default=None, metavar="NAME",
+                        callback=_check_schema,
+                        help=f"PostgreSQL schema, for a postgresql:// {what} (default: spoolq).")
+
+
+def engine_options(path: str, engine: str | None, schema: str | None, *,
+                   option: str = "--schema", what: str = "PATH") -> dict[str, Any] | None:
+    """The ``engine_options`` that open ``path`` on ``schema`` (None without one); a
+    usage error when the path is no PostgreSQL database."""
+    if schema is None:
+        return None
+    if (engine or engine_name_for(path)) != "postgres":
+        raise click.UsageError(f"{option} applies to a postgresql:// {what} only")
+    return {"schema": schema}
+
+
 def json_option() -> Callable[[Any], Any]:
     """``--json``: print one JSON document instead of tables."""
     return click.option("--json", "as_json", is_flag=True,
@@ -159,11 +201,15 @@ def json_option() -> Callable[[Any], Any]:
 
 # ---- opening ------------------------------------------------------------------------------
 
-def open_existing(path: str, engine: str | None, *, read_only: bool) -> Engine:
+def open_existing(path: str, engine: str | None, *, read_only: bool,
+                  schema: str | None = None, option: str = "--schema",
+                  what: str = "PATH") -> Engine:
     """Open the queue file at ``path``, which must exist; nothing is ever created.
 
-    Raises :class:`FileProblem` for a missing path and usage errors for paths
-    that name no file (``:memory:``); engine errors propagate to ``main``.
+    ``schema`` is the PostgreSQL schema of a ``postgresql://`` path, given
+    with the ``option`` of the argument ``what``. Raises :class:`FileProblem` for a missing path and
+    usage errors for paths that name no file (``:memory:``) or a schema for
+    another engine; engine errors propagate to ``main``.
     With ``read_only=False`` the file is first checked to hold a queue: an
     engine opened for writing turns an empty file, directory or PostgreSQL
     schema into a new queue, which a command working on an existing queue
@@ -171,16 +217,18 @@ def open_existing(path: str, engine: str | None, *, read_only: bool) -> Engine:
     """
     if path == ":memory:":
         raise click.UsageError("':memory:' holds nothing outside the program that made it")
+    options = engine_options(path, engine, schema, option=option, what=what)
     if "://" not in path and not os.path.exists(path):
         raise FileProblem(f"{path}: no such file")
     log.debug("spoolq: opening %s (engine=%s, read_only=%s)", path, engine or "by suffix",
               read_only)
     if not read_only:
-        _check_holds_a_queue(path, engine)
-    return open_engine(path, engine, read_only=read_only)
+        _check_holds_a_queue(path, engine, options)
+    return open_engine(path, engine, read_only=read_only, options=options)
 
 
-def _check_holds_a_queue(path: str, engine: str | None) -> None:
+def _check_holds_a_queue(path: str, engine: str | None,
+                         options: dict[str, Any] | None) -> None:
     """Raise unless ``path`` is a queue already, by opening it read-only.
 
     A dbm queue is only checked not to be an empty directory: opened for
@@ -191,7 +239,7 @@ def _check_holds_a_queue(path: str, engine: str | None) -> None:
         if os.path.isdir(path) and not os.listdir(path):
             raise FileProblem(f"{path} is an empty directory, not a spoolq dbm queue")
         return
-    open_engine(path, engine, read_only=True).close()
+    open_engine(path, engine, read_only=True, options=options).close()
 
 
 def stored_codec(engine: Engine, queue: str) -> tuple[str | None, str | None]:

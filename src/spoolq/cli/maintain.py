@@ -13,6 +13,7 @@ from ._common import (
     DEFAULT_CHUNK,
     MAX_CHUNK,
     CliState,
+    FiniteFloatRange,
     Refused,
     disk_bytes,
     engine_option,
@@ -23,6 +24,7 @@ from ._common import (
     open_existing,
     owner_state,
     queue_option,
+    schema_option,
 )
 
 __all__ = ["compact", "purge", "requeue"]
@@ -49,9 +51,10 @@ class _Compactable(Protocol):
 @click.option("--chunk", type=click.IntRange(1, MAX_CHUNK), default=DEFAULT_CHUNK,
               show_default=True, help="Dead letters moved per transaction.")
 @engine_option()
+@schema_option()
 @json_option()
 def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk: int,
-            engine: str | None, as_json: bool) -> None:
+            engine: str | None, schema: str | None, as_json: bool) -> None:
     """Give items back to a queue: dead letters (--dead), stuck leases (--leased), or both.
 
     --dead moves every dead letter to the tail of the queue as a new item
@@ -67,7 +70,7 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
     state = CliState()
     result: dict[str, Any] = {"queue": queue, "dead_moved": 0, "leases_released": 0,
                               "leases_left": 0, "owners_left": []}
-    eng = open_existing(path, engine, read_only=False)
+    eng = open_existing(path, engine, read_only=False, schema=schema)
     try:
         state.check_queue_name(eng, queue, dead_queue_name(queue))
         # Engine calls that write are only made when there is something to give back:
@@ -127,9 +130,10 @@ def _move_dead(eng: Engine, queue: str, chunk: int) -> int:
 @click.option("--dead", is_flag=True, help="Delete the queue's dead letters instead.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @engine_option()
+@schema_option()
 @json_option()
 def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
-          as_json: bool) -> None:
+          schema: str | None, as_json: bool) -> None:
     """Delete every item of a queue, ready and leased (or every dead letter, with --dead).
 
     Asks for confirmation first unless --yes is given; without a terminal to
@@ -137,7 +141,7 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
-    eng = open_existing(path, engine, read_only=True)
+    eng = open_existing(path, engine, read_only=True, schema=schema)
     try:
         counts = eng.counts(name)
         if not counts.ready + counts.leased:
@@ -154,7 +158,7 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
                 raise Refused(f"{question} Refusing without confirmation: pass --yes")
             if not click.confirm(question, default=False, err=True):
                 raise Refused("nothing was deleted")
-        eng = open_existing(path, engine, read_only=False)
+        eng = open_existing(path, engine, read_only=False, schema=schema)
         try:
             removed = eng.purge(name)
         finally:
@@ -169,11 +173,13 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
 
 @click.command(short_help="Give the space of deleted items back.")
 @click.argument("path")
-@click.option("--timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(min=0), default=10.0, show_default=True,
               help="Seconds to wait for other programs' writes to finish.")
 @engine_option()
+@schema_option()
 @json_option()
-def compact(path: str, timeout: float, engine: str | None, as_json: bool) -> None:
+def compact(path: str, timeout: float, engine: str | None, schema: str | None,
+            as_json: bool) -> None:
     """Give the space of deleted items back to the file system.
 
     SQLite files are rewritten with VACUUM (other programs may keep the file
@@ -181,7 +187,7 @@ def compact(path: str, timeout: float, engine: str | None, as_json: bool) -> Non
     a compact() method has it called; for the others there is nothing to do.
     """
     state = CliState()
-    eng = open_existing(path, engine, read_only=True)
+    eng = open_existing(path, engine, read_only=True, schema=schema)
     try:
         engine_name = eng.name
         can_compact = isinstance(eng, _Compactable)
@@ -194,7 +200,7 @@ def compact(path: str, timeout: float, engine: str | None, as_json: bool) -> Non
             _sqlite.vacuum(path, timeout=timeout)
         action = "VACUUM"
     elif can_compact:
-        eng = open_existing(path, engine, read_only=False)
+        eng = open_existing(path, engine, read_only=False, schema=schema)
         try:
             if isinstance(eng, _Compactable):
                 with state.progress("compacting", None):

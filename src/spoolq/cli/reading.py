@@ -39,6 +39,7 @@ from ._common import (
     ratio_pct,
     record_json,
     record_text,
+    schema_option,
     stored_codec,
 )
 
@@ -83,8 +84,10 @@ def _queue_info(eng: Engine, name: str, t: float) -> dict[str, Any]:
 @click.argument("path")
 @queue_option(default=None)
 @engine_option()
+@schema_option()
 @json_option()
-def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> None:
+def info(path: str, queue: str | None, engine: str | None, schema: str | None,
+         as_json: bool) -> None:
     """Show the engine and format version, and for each named queue its ready, leased
     and dead counts, stored and raw sizes, compression, codec and the age of the item
     at the head.
@@ -94,7 +97,7 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
     host; the lease comes back when its ttl runs out).
     """
     state = CliState()
-    eng = open_existing(path, engine, read_only=True)
+    eng = open_existing(path, engine, read_only=True, schema=schema)
     try:
         t = now()
         report: dict[str, Any] = {
@@ -150,9 +153,11 @@ def info(path: str, queue: str | None, engine: str | None, as_json: bool) -> Non
               help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
 @click.option("--full", is_flag=True, help="Show whole items in the table, over several lines.")
 @engine_option()
+@schema_option()
 @json_option()
 def peek(path: str, queue: str, count: int, offset: int, dead: bool, leased: bool,
-         allow_pickle: bool, full: bool, engine: str | None, as_json: bool) -> None:
+         allow_pickle: bool, full: bool, engine: str | None, schema: str | None,
+         as_json: bool) -> None:
     """Show items from the head of a queue without removing anything.
 
     Items that cannot be decoded here (pickled without --allow-pickle, a class
@@ -169,7 +174,7 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, leased: boo
         raise click.UsageError("--dead and --leased cannot be used together")
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
-    eng = open_existing(path, engine, read_only=True)
+    eng = open_existing(path, engine, read_only=True, schema=schema)
     held: list[tuple[Decoded, LeasedRecord]] = []
     try:
         lister = _lister(eng, path) if leased else None
@@ -347,9 +352,10 @@ class _Verification:
               show_default=True,
               help="Records read per engine call.")
 @engine_option()
+@schema_option()
 @json_option()
 def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine: str | None,
-           as_json: bool) -> None:
+           schema: str | None, as_json: bool) -> None:
     """Read every record and check it: header, checksum, decompression and decoding,
     ids that only grow, and the stored counts and sizes against what was read.
 
@@ -360,7 +366,7 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
     """
     state = CliState()
     found = _Verification()
-    eng = open_existing(path, engine, read_only=True)
+    eng = open_existing(path, engine, read_only=True, schema=schema)
     decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
         engine_name = eng.name

@@ -24,12 +24,14 @@ from ._common import (
     Refused,
     base_queues,
     engine_option,
+    engine_options,
     iter_pages,
     iter_pages_following,
     json_option,
     json_text,
     open_existing,
     queue_option,
+    schema_option,
     set_stored_codec,
     stored_codec,
 )
@@ -71,8 +73,9 @@ def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk
               show_default=True,
               help="Records read per engine call.")
 @engine_option()
+@schema_option()
 def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bool, chunk: int,
-         engine: str | None) -> None:
+         engine: str | None, schema: str | None) -> None:
     """Write a queue's items as JSON Lines, oldest first, one item per line.
 
     Only items that JSON holds exactly (dicts with string keys, lists,
@@ -85,7 +88,7 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     name = dead_queue_name(queue) if dead else queue
     if output not in (None, "-") and _same_file(output, path):
         raise click.UsageError(f"-o {output} would overwrite the queue {path}")
-    eng = open_existing(path, engine, read_only=True)
+    eng = open_existing(path, engine, read_only=True, schema=schema)
     decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
         counts = eng.counts(name)
@@ -155,9 +158,11 @@ def _count_items(source: str, f: IO[bytes]) -> int:
 @click.option("--compressor", type=click.Choice(sorted(COMPRESSORS)), default=None,
               help="Compressor of a queue created by this load (default: zstd).")
 @engine_option()
+@schema_option()
 @json_option()
 def load(path: str, file: str, queue: str, batch_size: int, serializer: str | None,
-         compressor: str | None, engine: str | None, as_json: bool) -> None:
+         compressor: str | None, engine: str | None, schema: str | None,
+         as_json: bool) -> None:
     """Append the items of a JSON Lines FILE (- for stdin) to a queue, in order.
 
     Items are encoded with the queue's own codec and written --batch-size at
@@ -169,6 +174,7 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     """
     if path == ":memory:":
         raise click.UsageError("':memory:' holds nothing once this command ends")
+    options = engine_options(path, engine, schema)
     state = CliState()
     stream: IO[bytes] = (sys.stdin.buffer if file == "-"
                          else open(file, "rb"))  # noqa: SIM115 - closed below
@@ -176,7 +182,7 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     try:
         total = None if file == "-" else _count_items(file, stream)
         with SyncQueue.create(path, name=queue, engine=engine, serializer=serializer,
-                              compressor=compressor) as q, \
+                              compressor=compressor, engine_options=options) as q, \
                 state.progress("loading", total) as advance:
             batch: list[Any] = []
             for lineno, line in enumerate(stream, 1):
@@ -248,9 +254,12 @@ def _check_destination(src: Engine, dst: Engine, bases: list[str], names: list[s
               help="Records read per engine call.")
 @engine_option("--from-engine", dest="from_engine", help="Engine to open SRC with.")
 @engine_option("--to-engine", dest="to_engine", help="Engine to create DST with.")
+@schema_option("--from-schema", dest="from_schema", what="SRC")
+@schema_option("--to-schema", dest="to_schema", what="DST")
 @json_option()
 def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
-            from_engine: str | None, to_engine: str | None, as_json: bool) -> None:
+            from_engine: str | None, to_engine: str | None, from_schema: str | None,
+            to_schema: str | None, as_json: bool) -> None:
     """Copy every named queue, dead letters included, from SRC to DST (of any engine).
 
     Records are copied as stored (no decoding, so any codec moves), in order,
@@ -264,12 +273,16 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
         raise click.UsageError("the memory engine keeps nothing once this command ends")
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise click.UsageError("SRC and DST are the same file")
-    source = open_existing(src, from_engine, read_only=True)
+    dst_options = engine_options(dst, to_engine, to_schema, option="--to-schema", what="DST")
+    if src == dst and from_schema == to_schema and "://" in src:
+        raise click.UsageError("SRC and DST are the same queue store")
+    source = open_existing(src, from_engine, read_only=True, schema=from_schema,
+                           option="--from-schema", what="SRC")
     try:
         bases = base_queues(source, queue)
         names = [n for base in bases for n in (base, dead_queue_name(base))]
         plan = _plan(source, names)
-        target = open_engine(dst, to_engine)
+        target = open_engine(dst, to_engine, options=dst_options)
         try:
             _check_destination(source, target, bases, names, append)
             _copy_dictionaries(source, target, bases, names, chunk)

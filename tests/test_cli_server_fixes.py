@@ -1,0 +1,161 @@
+"""The command line on a PostgreSQL schema of one's choice, and its float options."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import psycopg
+import pytest
+from click.types import FloatParamType
+from psycopg import sql
+
+import spoolq
+from spoolq.cli import cli
+from spoolq.engines import Lease, open_engine
+
+from .cli_support import run, run_json
+
+# ---- --schema ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_schema(pg_url: str) -> Iterator[str]:
+    """A second fresh schema for one test, dropped afterwards."""
+    name = f"spoolq_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def _fill_pg(url: str, schema: str) -> None:
+    """Queue ``jobs`` of ``schema``: items 2..9 ready, 0 and 1 dead, one leased item 2
+    held by a process on another host."""
+    with spoolq.SyncQueue.create(url, name="jobs", max_attempts=1,
+                                 engine_options={"schema": schema}) as q:
+        q.put_many([{"n": n} for n in range(10)])
+        q.nack(*q.lease_many(2, ttl=60))
+    eng = open_engine(url, options={"schema": schema})
+    try:
+        now = time.time()
+        eng.take("jobs", 1, now, Lease("elsewhere.invalid:1:0:x", now + 3600))
+    finally:
+        eng.close()
+
+
+def test_every_command_opens_the_postgres_schema_given(pg_url: str, pg_schema: str,
+                                                       other_schema: str,
+                                                       tmp_path: Path) -> None:
+    _fill_pg(pg_url, pg_schema)
+    s = ("--schema", pg_schema)
+
+    info = run_json("info", pg_url, *s)
+    (jobs,) = info["queues"]
+    assert (jobs["name"], jobs["ready"], jobs["leased"], jobs["dead"]) == ("jobs", 7, 1, 2)
+    peeked = run_json("peek", pg_url, *s, "-q", "jobs", "-n", "3")
+    assert [r["item"] for r in peeked["records"]] == [{"n": 3}, {"n": 4}, {"n": 5}]
+    assert run_json("peek", pg_url, *s, "-q", "jobs", "--leased")["leased"] == 1
+    assert run_json("verify", pg_url, *s)["ok"] is True
+
+    dumped = run("dump", pg_url, *s, "-q", "jobs")
+    assert dumped.exit_code == 0, dumped.output
+    assert [json.loads(line)["n"] for line in dumped.stdout.splitlines()] == list(range(3, 10))
+
+    moved = run_json("requeue", pg_url, *s, "-q", "jobs", "--dead")
+    assert moved["dead_moved"] == 2
+    released = run_json("requeue", pg_url, *s, "-q", "jobs", "--leased", "--force")
+    assert released["leases_released"] == 1
+    loaded = run("load", pg_url, "-", *s, "-q", "extra", input='{"x": 1}\n{"x": 2}\n')
+    assert loaded.exit_code == 0, loaded.output
+    assert run_json("compact", pg_url, *s)["engine"] == "postgres"
+
+    copy = os.fspath(tmp_path / "copy.sqlite")
+    copied = run_json("migrate", pg_url, copy, "--from-schema", pg_schema)
+    assert {q["name"]: q["ready"] for q in copied["queues"]} == {"extra": 2, "jobs": 10}
+    into = run_json("migrate", copy, pg_url, "--to-schema", other_schema, "-q", "extra")
+    assert into["queues"][0] == {"name": "extra", "copied": 2, "ready": 2}
+    assert run_json("peek", pg_url, "--schema", other_schema, "-q", "extra")["ready"] == 2
+
+    purged = run_json("purge", pg_url, *s, "-q", "jobs", "--yes")
+    assert purged["removed"] == 10
+    assert run_json("info", pg_url, *s, "-q", "jobs")["queues"][0]["ready"] == 0
+
+
+def test_a_schema_that_holds_no_queue_is_a_file_problem(pg_url: str, pg_schema: str) -> None:
+    result = run("info", pg_url, "--schema", pg_schema)
+    assert result.exit_code == 3, result.output
+    assert pg_schema in result.output and "no spoolq queue" in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ("info", "{path}", "--schema", "s"),
+    ("peek", "{path}", "--schema", "s"),
+    ("verify", "{path}", "--schema", "s"),
+    ("dump", "{path}", "--schema", "s"),
+    ("load", "{path}", "-", "--schema", "s"),
+    ("requeue", "{path}", "--dead", "--schema", "s"),
+    ("purge", "{path}", "--yes", "--schema", "s"),
+    ("compact", "{path}", "--schema", "s"),
+    ("migrate", "{path}", "{path}.copy.sqlite", "--from-schema", "s"),
+    ("migrate", "{path}", "{path}.copy.sqlite", "--to-schema", "s"),
+    ("serve", "{path}", "--port", "0", "--schema", "s"),
+])
+def test_a_schema_for_another_engine_is_a_usage_error(tmp_path: Path,
+                                                      args: tuple[str, ...]) -> None:
+    path = os.fspath(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path) as q:
+        q.put(1)
+    result = run(*(a.format(path=path) for a in args), input="")
+    assert result.exit_code == 2, result.output
+    assert "schema" in result.output and "postgresql://" in result.output
+    assert not os.path.exists(path + ".copy.sqlite")
+
+
+@pytest.mark.parametrize("name", ["", "x" * 64])
+def test_a_schema_name_postgres_cannot_have_is_a_usage_error(name: str) -> None:
+    result = run("info", "postgresql://127.0.0.1/test", "--schema", name)
+    assert result.exit_code == 2, result.output
+    assert "--schema" in result.output
+
+
+# ---- float options ----------------------------------------------------------------------
+
+
+def _float_options() -> list[tuple[str, str]]:
+    found = []
+    for name, command in sorted(cli.commands.items()):
+        for param in command.params:
+            if isinstance(param, click.Option) and isinstance(param.type, FloatParamType):
+                found.append((name, param.opts[0]))
+    return found
+
+
+def test_the_float_options_are_found() -> None:
+    assert ("compact", "--timeout") in _float_options()
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity"])
+@pytest.mark.parametrize(("command", "option"), _float_options())
+def test_float_options_refuse_nan_and_infinity(tmp_path: Path, command: str, option: str,
+                                               value: str) -> None:
+    path = os.fspath(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path) as q:
+        q.put(1)
+    result = run(command, path, f"{option}={value}")
+    assert result.exit_code == 2, result.output
+    assert option in result.output and "finite" in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
+def test_serve_refuses_a_stall_timeout_that_is_no_finite_positive_number(
+        tmp_path: Path, value: str) -> None:
+    # A path in a missing directory: a server that took the value fails to open it (3).
+    path = os.fspath(tmp_path / "missing" / "q.sqlite")
+    result = run("serve", path, "--port", "0", f"--stall-timeout={value}")
+    assert result.exit_code == 2, result.output
+    assert "--stall-timeout" in result.output
