@@ -1,9 +1,14 @@
-"""The command line on a PostgreSQL schema of one's choice, and its float options."""
+"""The command line on a PostgreSQL schema of one's choice, its float options, and a
+server that finishes its shutdown whatever signals come."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +25,7 @@ from spoolq.cli import cli
 from spoolq.engines import Lease, open_engine
 
 from .cli_support import run, run_json
+from .servers import SRC, ServerProcess
 
 # ---- --schema ---------------------------------------------------------------------------
 
@@ -159,3 +165,89 @@ def test_serve_refuses_a_stall_timeout_that_is_no_finite_positive_number(
     result = run("serve", path, "--port", "0", f"--stall-timeout={value}")
     assert result.exit_code == 2, result.output
     assert "--stall-timeout" in result.output
+
+
+# ---- signals during shutdown --------------------------------------------------------------
+
+
+_SLOW_EXIT = textwrap.dedent("""\
+    import atexit, sys, time
+    from spoolq.server import main
+
+    def slow_exit() -> None:
+        print("exiting", flush=True)
+        time.sleep(1.5)
+
+    atexit.register(slow_exit)
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_teardown_lets_the_server_exit_cleanly(
+        tmp_path: Path, loop: str, second: signal.Signals) -> None:
+    pytest.importorskip(loop)
+    script = tmp_path / "serve.py"
+    script.write_text(_SLOW_EXIT)
+    proc = subprocess.Popen(
+        [sys.executable, os.fspath(script), os.fspath(tmp_path / "q.sqlite"), "--port", "0",
+         "--loop", loop, "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("listening on ")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == "exiting\n"
+        proc.send_signal(second)
+        _out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_signal_before_the_server_listens_still_ends_it(tmp_path: Path) -> None:
+    script = tmp_path / "serve.py"
+    # Opening the queue file waits: the signal comes before the server listens.
+    script.write_text(textwrap.dedent("""\
+        import sys, time
+        import spoolq.server
+        from spoolq.engines import open_engine
+
+        def slow_open(*args, **kwargs):
+            print("opening", flush=True)
+            time.sleep(30)
+            return open_engine(*args, **kwargs)
+
+        spoolq.server.open_engine = slow_open
+        sys.exit(spoolq.server.main(sys.argv[1:]))
+    """))
+    proc = subprocess.Popen(
+        [sys.executable, os.fspath(script), os.fspath(tmp_path / "q.sqlite"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "opening\n"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        assert proc.returncode == -signal.SIGTERM
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_sigterm_still_shuts_the_server_down_cleanly(tmp_path: Path) -> None:
+    with ServerProcess(os.fspath(tmp_path / "q.sqlite")) as srv:
+        with spoolq.SyncQueue.create(f"{srv.url}/jobs") as q:
+            q.put("kept")
+        assert srv.stop() == 0
+    with spoolq.SyncQueue.create(os.fspath(tmp_path / "q.sqlite"), name="jobs") as q:
+        assert q.get_nowait() == "kept"

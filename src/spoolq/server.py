@@ -21,8 +21,9 @@ import os
 import signal
 import ssl
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Sequence
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from .dispatch import make_runner
@@ -259,19 +260,21 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
 
     Takes the settings of :func:`start_server`; ``on_listening`` is called
     once the server listens. Signal handlers are installed only when running
-    in the main thread.
+    in the main thread, and once the server has shut down the handlers that
+    were there before are put back.
     """
     server = await start_server(path, host=host, port=port, token=token, tls_cert=tls_cert,
                                 tls_key=tls_key, max_frame=max_frame, durability=durability,
                                 stall_timeout=stall_timeout, engine=engine,
                                 engine_options=engine_options)
     loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
+    installed: dict[signal.Signals, Any] = {}
     if sys.platform != "win32":
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError):
+                before = signal.getsignal(sig)
                 loop.add_signal_handler(sig, _on_signal, server, sig)
-                installed.append(sig)
+                installed[sig] = before
     try:
         if on_listening is not None:
             on_listening(server)
@@ -279,8 +282,12 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
     finally:
         server.close()
         await asyncio.shield(server.wait_closed())
-        for sig in installed:
+        for sig, before in installed.items():
+            # The loop puts the default action back (a second SIGTERM would kill the
+            # process before it exits); the handler from before serve() ran goes back.
             loop.remove_signal_handler(sig)
+            if before is not None:
+                signal.signal(sig, before)
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
@@ -354,6 +361,41 @@ def command_parser(prog: str = "python -m spoolq.server",
     return parser
 
 
+class _LateSignals:
+    """SIGTERM and SIGINT handlers of the command line, for when :func:`serve`'s own are
+    not installed.
+
+    While the server runs, :func:`serve` handles both signals and starts a clean
+    shutdown. Once it has shut down it puts these handlers back for the rest of
+    the process, which only has to exit now: a signal then is logged and ignored
+    (the default action would end the process with the signal instead of status 0).
+    Before the server listens, a signal does what it did before.
+    """
+
+    def __init__(self) -> None:
+        self.serving = False
+        self._before: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Install the handlers (only the main thread can; elsewhere nothing happens)."""
+        if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            before = signal.getsignal(sig)
+            if before is signal.SIG_IGN:
+                continue
+            self._before[sig] = signal.SIG_DFL if before is None else before
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.serving:
+            log.info("spoolq: %s received while exiting; the shutdown goes on",
+                     signal.Signals(signum).name)
+            return
+        signal.signal(signum, self._before[signum])
+        signal.raise_signal(signum)
+
+
 def _seconds(text: str) -> float:
     """A number of seconds > 0 on the command line: finite (``nan``, ``inf`` are not)."""
     try:
@@ -404,17 +446,23 @@ def serve_command(args: argparse.Namespace) -> None:
     Sets up logging to stderr and prints the ``listening on`` line; raises
     what starting the server raises (:class:`SpoolqError`, :class:`OSError`),
     for :func:`main` and ``spoolq serve`` to report each in its own way.
+    Meant to end the process: once the server has shut down, SIGTERM and
+    SIGINT stay ignored (logged) so that the process exits with status 0.
     """
     if not log.handlers:  # ``spoolq -v serve`` has given the logger its handler already
         logging.basicConfig(level=args.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(message)s")
 
+    late = _LateSignals()
+
     def listening(server: Server) -> None:
+        late.serving = True
         sys.stdout.write(f"listening on {server.url}\n")
         sys.stdout.flush()
 
     options = _engine_options(args)
     token = None if args.token_file is None else read_token_file(args.token_file)
+    late.install()
     run(serve(args.path, host=args.host, port=args.port, token=token,
               tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
               durability=args.durability, stall_timeout=args.stall_timeout,
