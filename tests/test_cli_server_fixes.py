@@ -1,5 +1,5 @@
-"""The command line on a PostgreSQL schema of one's choice, its float options, and a
-server that finishes its shutdown whatever signals come."""
+"""The command line on a PostgreSQL schema of one's choice, its float options, replies that
+fit a small ``max_reply``, and a server that finishes its shutdown whatever signals come."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import click
 import psycopg
 import pytest
@@ -23,9 +24,23 @@ from psycopg import sql
 import spoolq
 from spoolq.cli import cli
 from spoolq.engines import Lease, open_engine
+from spoolq.engines.remote import RemoteEngine
+from spoolq.errors import ConfigurationError
+from spoolq.protocol import (
+    MAX_ID,
+    MIN_MAX_REPLY,
+    ClientProtocol,
+    ErrorCode,
+    FrameTooLarge,
+    ReplyTooLarge,
+    encode_error,
+    encode_reply,
+    ids_reply_size,
+    max_ids,
+)
 
 from .cli_support import run, run_json
-from .servers import SRC, ServerProcess
+from .servers import SRC, ServerProcess, ThreadedServer
 
 # ---- --schema ---------------------------------------------------------------------------
 
@@ -167,6 +182,101 @@ def test_serve_refuses_a_stall_timeout_that_is_no_finite_positive_number(
     assert "--stall-timeout" in result.output
 
 
+# ---- replies within max_reply -----------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def small_reply_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A server (on the loop for memory, on its engine thread for sqlite); its URL."""
+    path = ":memory:" if request.param == "memory" else os.fspath(tmp_path / "q.sqlite")
+    with ThreadedServer(path) as srv:
+        yield srv.url
+
+
+def test_append_ack_and_release_of_many_records_fit_a_small_max_reply(
+        small_reply_server: str) -> None:
+    url = f"{small_reply_server}/jobs"
+    with spoolq.SyncQueue.create(url, engine_options={"max_reply": MIN_MAX_REPLY},
+                                 max_attempts=2) as q:
+        q.put_many(list(range(3000)))
+        assert q.qsize() == 3000
+        held = []
+        while len(held) < 2000:
+            held += q.lease_many(2000 - len(held), ttl=60)
+        q.ack(*held[:1000])
+        q.nack(*held[1000:])
+        assert q.stats["leased"] == 0
+        assert q.qsize() == 2000
+        assert q.get_many(2000) == list(range(1000, 3000))
+
+
+def test_ids_replies_are_split_at_the_engine(small_reply_server: str) -> None:
+    eng = RemoteEngine(f"{small_reply_server}/jobs", max_reply=MIN_MAX_REPLY)
+    try:
+        ids = eng.append("jobs", [b"x"] * 1000, [1] * 1000, time.time())
+        assert len(ids) == 1000 and ids == sorted(ids)
+        now = time.time()
+        got = []
+        while len(got) < 1000:
+            got += eng.take("jobs", 1000, now, Lease("me", now + 60))
+        assert [r.id for r in got] == ids
+        deliveries = [(r.id, r.attempts) for r in got]
+        assert eng.release("jobs", deliveries[:600], "me", not_before=0.0,
+                           max_attempts=None) == ids[:600]
+        assert eng.ack("jobs", deliveries[600:], "me") == ids[600:]
+        assert tuple(eng.counts("jobs"))[:2] == (600, 0)
+    finally:
+        eng.close()
+
+
+def test_queues_owners_and_meta_too_large_for_max_reply_are_clear_errors(
+        small_reply_server: str) -> None:
+    eng = RemoteEngine(f"{small_reply_server}/jobs", max_reply=MIN_MAX_REPLY)
+    try:
+        names = [f"queue-{n:03d}-" + "n" * 40 for n in range(40)]
+        for name in names:
+            eng.append(name, [b"x"], [1], time.time())
+        with pytest.raises(ConfigurationError, match="max_reply"):
+            eng.queues()
+        assert eng.counts(names[0]).ready == 1  # the connection goes on
+
+        now = time.time()
+        for n in range(40):
+            eng.take(names[n], 1, now, Lease(f"owner-{n:03d}-" + "o" * 40, now + 60))
+            eng.append(names[0], [b"y"], [1], now)
+        for n in range(40):
+            eng.take(names[0], 1, now, Lease(f"owner-{n:03d}-" + "o" * 40, now + 60))
+        with pytest.raises(ConfigurationError, match="max_reply"):
+            eng.owners(names[0])
+        assert eng.counts(names[0]).leased == 41
+
+        eng.set_meta("big", b"m" * 2000)
+        with pytest.raises(ConfigurationError, match="max_reply"):
+            eng.get_meta("big")
+        eng.set_meta("small", b"m" * 500)
+        assert eng.get_meta("small") == b"m" * 500
+    finally:
+        eng.close()
+    roomy = RemoteEngine(f"{small_reply_server}/jobs")
+    try:
+        assert set(names) <= set(roomy.queues())
+        assert roomy.get_meta("big") == b"m" * 2000
+    finally:
+        roomy.close()
+
+
+def test_an_error_with_a_long_message_fits_a_small_max_reply(small_reply_server: str) -> None:
+    eng = RemoteEngine(f"{small_reply_server}/jobs", max_reply=MIN_MAX_REPLY)
+    try:
+        name = "q" * 3000  # the engine takes it; the façades would refuse it
+        eng.append(name, [b"z" * 2000], [2000], time.time())
+        with pytest.raises(ConfigurationError, match="record 1 of queue"):
+            eng.take(name, 1, time.time(), None)
+        assert eng.counts(name).ready == 1  # the connection goes on
+    finally:
+        eng.close()
+
+
 # ---- signals during shutdown --------------------------------------------------------------
 
 
@@ -251,3 +361,25 @@ def test_sigterm_still_shuts_the_server_down_cleanly(tmp_path: Path) -> None:
         assert srv.stop() == 0
     with spoolq.SyncQueue.create(os.fspath(tmp_path / "q.sqlite"), name="jobs") as q:
         assert q.get_nowait() == "kept"
+
+
+def test_the_largest_replies_fit_the_smallest_max_reply() -> None:
+    fits = max_ids(MIN_MAX_REPLY)
+    assert fits == 111
+    assert len(encode_reply(MAX_ID, [2**63 - 1] * fits)) <= ids_reply_size(fits) <= MIN_MAX_REPLY
+    for message in ("é" * 5000, "\U0001f600" * 5000, "x" * 5000, "q" * 959 + "é"):
+        frame = encode_error(MAX_ID, ErrorCode.INTERNAL, message)
+        assert len(frame) <= MIN_MAX_REPLY
+        assert cbor2.loads(frame[9:])["message"].endswith("…")
+
+
+def test_the_client_refuses_an_ids_request_whose_reply_would_not_fit() -> None:
+    client = ClientProtocol(max_frame=MIN_MAX_REPLY)
+    client.server_max_frame = 1 << 20
+    client.request("ack", {"queue": "q", "owner": "o", "deliveries": [[1, 1]] * 111})
+    with pytest.raises(ReplyTooLarge) as caught:
+        client.request("ack", {"queue": "q", "owner": "o", "deliveries": [[1, 1]] * 112})
+    assert caught.value.fits == 111
+    client.request("peek", {"queue": "q" * 5000, "n": 1})  # records: the server cuts them
+    with pytest.raises(FrameTooLarge):
+        client.request("append", {"queue": "q", "records": [b"x" * (1 << 20)], "sizes": [1]})

@@ -22,11 +22,11 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .engines import Engine, Lease, LeasedRecord, StoredRecord, SupportsPeekLeased
 from .errors import ClosedError, ConfigurationError, EngineError
-from .protocol import decode_records, encode_leased, encode_records
+from .protocol import decode_records, encode_leased, encode_records, encode_reply
 
 __all__ = ["EngineThread", "InlineRunner", "Outcome", "Runner", "make_runner"]
 
@@ -38,6 +38,7 @@ Outcome = Callable[[Any, "BaseException | None"], None]
 _RECORD_OVERHEAD = 48  # CBOR framing of one record's other fields, an upper bound
 _REPLY_OVERHEAD = 64  # frame header and CBOR framing of the reply itself
 _Job = tuple[str, dict[str, Any], Outcome]
+_T = TypeVar("_T")
 
 
 _data, _reason = itemgetter(1), itemgetter(5)
@@ -114,6 +115,38 @@ def _peek_leased(engine: Engine, a: dict[str, Any]) -> list[Any]:
     return encode_leased(recs)
 
 
+def _bounded(op: str, result: _T, bound: int, a: dict[str, Any]) -> _T:
+    """``result``, unless its reply (at most ``bound`` bytes) is larger than the client's
+    ``limit``: then a ConfigurationError. These ops change nothing, so refusing to send
+    their result loses nothing."""
+    limit = a.get("limit")
+    if limit is not None and bound > limit:
+        size = len(encode_reply(1, result))
+        if size > limit:
+            raise ConfigurationError(
+                f"the reply to {op} takes {size:,} bytes, more than this connection accepts "
+                f"({limit:,}): open the queue with a larger engine_options={{'max_reply': "
+                "...}} to receive it")
+    return result
+
+
+def _queues(engine: Engine, a: dict[str, Any]) -> list[str]:
+    names = engine.queues()
+    return _bounded("queues", names, _REPLY_OVERHEAD + sum(4 * len(n) + 9 for n in names), a)
+
+
+def _owners(engine: Engine, a: dict[str, Any]) -> dict[str, int]:
+    held = engine.owners(a["queue"])
+    return _bounded("owners", held,
+                    _REPLY_OVERHEAD + sum(4 * len(o) + 18 for o in held), a)
+
+
+def _get_meta(engine: Engine, a: dict[str, Any]) -> bytes | None:
+    value = engine.get_meta(a["key"])
+    return value if value is None else _bounded("get_meta", value,
+                                                _REPLY_OVERHEAD + len(value), a)
+
+
 def _give_back(engine: Engine, queue_name: str, recs: list[StoredRecord],
                lease: Lease | None) -> None:
     if lease is None:
@@ -152,11 +185,11 @@ _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
     "peek": lambda e, a: (_peek(e, a), set()),
     "peek_leased": lambda e, a: (_peek_leased(e, a), set()),
     "counts": lambda e, a: (list(e.counts(a["queue"])), set()),
-    "owners": lambda e, a: (e.owners(a["queue"]), set()),
+    "owners": lambda e, a: (_owners(e, a), set()),
     "move": lambda e, a: (r := e.move(a["src"], a["dst"], a["ids"]), _wakes(a["dst"], r)),
     "purge": lambda e, a: (e.purge(a["queue"]), set()),
-    "queues": lambda e, a: (e.queues(), set()),
-    "get_meta": lambda e, a: (e.get_meta(a["key"]), set()),
+    "queues": lambda e, a: (_queues(e, a), set()),
+    "get_meta": lambda e, a: (_get_meta(e, a), set()),
     "set_meta": _set_meta,
 }
 OPS = frozenset(_OPS) | {"append"}

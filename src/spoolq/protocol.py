@@ -46,13 +46,14 @@ from .errors import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_FRAME", "MAGIC", "MAX_AUTH_FRAME", "MIN_MAX_REPLY", "OPS", "VERSION",
-    "WRITE_OPS", "BadRequest", "ClientProtocol", "ErrorCode", "Frame", "FrameDecoder",
-    "FrameTooLarge", "FrameType",
-    "ProtocolError", "Reply", "Request", "ServerProtocol", "code_for", "decode_body",
-    "decode_counts", "decode_leased", "decode_records", "encode_error", "encode_frame",
-    "encode_leased", "encode_preamble", "encode_records", "encode_reply", "error_for",
-    "parse_preamble", "parse_request", "record_count",
+    "DEFAULT_MAX_FRAME", "ID_OPS", "MAGIC", "MAX_AUTH_FRAME", "MAX_ERROR_MESSAGE",
+    "MIN_MAX_REPLY", "OPS", "VERSION", "WRITE_OPS", "BadRequest", "ClientProtocol",
+    "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
+    "ProtocolError", "Reply", "ReplyTooLarge", "Request", "ServerProtocol", "code_for",
+    "decode_body", "decode_counts", "decode_leased", "decode_records", "encode_error",
+    "encode_frame", "encode_leased", "encode_preamble", "encode_records", "encode_reply",
+    "error_for", "ids_reply_size", "max_ids", "parse_preamble", "parse_request",
+    "record_count",
 ]
 
 MAGIC = b"SPOOLQ"
@@ -60,7 +61,22 @@ VERSION = 2
 MIN_VERSION = 2  # version 1 sent records as one array per record
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MIN_MAX_REPLY = 1024
-"""The smallest reply limit a client may ask for: every reply but records fits in it."""
+"""The smallest reply limit a client may ask for.
+
+Every reply fits in a client's ``max_reply``: the server sends fewer records
+rather than more, answers a list of queues or owners or a metadata value too
+large for it with a CONFIGURATION error, and cuts error messages to
+:data:`MAX_ERROR_MESSAGE` bytes, which fit in this limit. The replies to
+``append``, ``ack`` and ``release`` hold an id per record of the request (at
+most :func:`ids_reply_size` bytes): a client keeps those requests within
+:func:`max_ids` records, as :class:`ClientProtocol` checks.
+"""
+MAX_ERROR_MESSAGE = 960
+"""The longest error message an ERROR frame carries, in bytes of UTF-8."""
+ID_OPS: dict[str, str] = {"append": "records", "ack": "deliveries", "release": "deliveries"}
+"""The ops whose reply is an array of ids, one at most per element of this field."""
+_ID_REPLY_OVERHEAD = 18  # the frame's header and the array's, at most
+_ID_BYTES = 9  # a uint in CBOR, at most
 MAX_AUTH_FRAME = 65536
 """The largest frame a server that wants a token reads before the client authenticated."""
 PREAMBLE = struct.Struct(">6sH")
@@ -76,6 +92,26 @@ class ProtocolError(EngineError):
 
 class FrameTooLarge(ProtocolError):
     """A frame is longer than the receiver's limit; it is refused before it is read."""
+
+
+class ReplyTooLarge(ConfigurationError):
+    """The reply to a request of this many records could be larger than the client
+    accepts; :attr:`fits` records at a time can go. Raised before anything is sent."""
+
+    def __init__(self, message: str, fits: int) -> None:
+        super().__init__(message)
+        self.fits = fits
+
+
+def ids_reply_size(n: int) -> int:
+    """The largest reply frame of ``n`` ids (the reply to an append, ack or release)."""
+    return _ID_REPLY_OVERHEAD + _ID_BYTES * n
+
+
+def max_ids(max_reply: int) -> int:
+    """How many records an append, ack or release may name so that its reply of ids
+    fits in ``max_reply`` bytes."""
+    return max((max_reply - _ID_REPLY_OVERHEAD) // _ID_BYTES, 1)
 
 
 class FrameType(IntEnum):
@@ -186,7 +222,14 @@ def encode_reply(ident: int, value: Any) -> bytes:
 
 
 def encode_error(ident: int, code: int, message: str) -> bytes:
-    """An ERROR frame; ``ident`` 0 means the error concerns the whole connection."""
+    """An ERROR frame; ``ident`` 0 means the error concerns the whole connection.
+
+    A message longer than :data:`MAX_ERROR_MESSAGE` bytes is cut (ending in
+    ``…``), so the frame fits in any client's ``max_reply``."""
+    if len(message) > MAX_ERROR_MESSAGE // 4:
+        raw = message.encode("utf-8", "replace")
+        if len(raw) > MAX_ERROR_MESSAGE:
+            message = raw[:MAX_ERROR_MESSAGE - 3].decode("utf-8", "ignore") + "…"
     return encode_frame(FrameType.ERROR, ident, {"code": int(code), "message": message})
 
 
@@ -644,9 +687,24 @@ class ClientProtocol:
     def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.decoder = FrameDecoder(max_frame)
         self.version: int | None = None
-        self.server_max_frame = DEFAULT_MAX_FRAME
         self._head = bytearray()
         self._next_id = 1
+        self._server_max_frame = DEFAULT_MAX_FRAME
+        self._checked_above = 0
+        self.server_max_frame = DEFAULT_MAX_FRAME
+
+    @property
+    def server_max_frame(self) -> int:
+        """The largest frame the server accepts (its ``hello`` says)."""
+        return self._server_max_frame
+
+    @server_max_frame.setter
+    def server_max_frame(self, value: int) -> None:
+        self._server_max_frame = value
+        # A request of n records takes at least 2 bytes a record, its reply of ids at
+        # most ids_reply_size(n): a request up to this length has a reply that fits.
+        safe = (self.decoder.max_frame - _ID_REPLY_OVERHEAD) * 2 // _ID_BYTES
+        self._checked_above = min(value, safe)
 
     def _id(self) -> int:
         ident = self._next_id
@@ -664,17 +722,33 @@ class ClientProtocol:
         return out, ids
 
     def request(self, op: str, args: Mapping[str, Any]) -> tuple[int, bytes]:
-        """A REQUEST frame and its id; :class:`FrameTooLarge` if the server would refuse it."""
+        """A REQUEST frame and its id; :class:`FrameTooLarge` if the server would refuse it,
+        :class:`ReplyTooLarge` if its reply could be larger than this client accepts (an
+        append, ack or release of more than :func:`max_ids` records)."""
         body = {"op": op}
         body.update(args)
         payload = cbor2.dumps(body)
         length = len(payload) + 5
-        if length > self.server_max_frame:
-            raise FrameTooLarge(
-                f"a {op} request of {length} bytes exceeds the server's limit of "
-                f"{self.server_max_frame}")
+        if length > self._checked_above:
+            self._check_large(op, args, length)
         ident = self._id()
         return ident, HEADER.pack(length, _REQUEST, ident) + payload
+
+    def _check_large(self, op: str, args: Mapping[str, Any], length: int) -> None:
+        if length > self._server_max_frame:
+            raise FrameTooLarge(
+                f"a {op} request of {length} bytes exceeds the server's limit of "
+                f"{self._server_max_frame}")
+        field = ID_OPS.get(op)
+        if field is None:
+            return
+        n, max_reply = len(args[field]), self.decoder.max_frame
+        if ids_reply_size(n) > max_reply:
+            fits = max_ids(max_reply)
+            raise ReplyTooLarge(
+                f"the reply to a {op} of {n} records could take {ids_reply_size(n):,} bytes, "
+                f"more than this client accepts (max_reply {max_reply:,}); at most {fits} "
+                "records fit", fits)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Reply]:
         """Consume bytes from the server; return the replies now complete."""

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_INFLIGHT", "Session"]
 
 log = logging.getLogger("spoolq")
-_LIMITED = frozenset({"take", "peek", "peek_leased"})  # ops whose replies fit max_reply
+# Ops whose reply the server keeps within max_reply (given to them as "limit"): fewer
+# records, or an error for queue names, owners or a metadata value that do not fit.
+_LIMITED = frozenset({"take", "peek", "peek_leased", "queues", "owners", "get_meta"})
 
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""

@@ -29,6 +29,7 @@ from ..protocol import (
     MIN_MAX_REPLY,
     WRITE_OPS,
     ProtocolError,
+    ReplyTooLarge,
     decode_counts,
     decode_leased,
     decode_records,
@@ -77,7 +78,10 @@ class RemoteEngine:
     ``timeout`` bounds each call, ``connect_timeout`` the connection and
     handshake. ``read_only`` refuses every write on this side. ``max_reply``
     caps the size of a reply; the server returns fewer records rather than
-    exceed it. Connection failures raise :class:`EngineError`.
+    exceed it, and an append, ack or release of more records than a reply of
+    ``max_reply`` bytes has room for ids (:func:`spoolq.protocol.max_ids`:
+    111 at the smallest ``max_reply``) is sent as several requests, each its
+    own transaction. Connection failures raise :class:`EngineError`.
     """
 
     name = "remote"
@@ -154,9 +158,13 @@ class RemoteEngine:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        ids = self._call("append", {
-            "queue": queue, "records": records if isinstance(records, list) else list(records),
-            "sizes": raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes), "now": now})
+        args = {"queue": queue, "records": records if isinstance(records, list) else list(records),
+                "sizes": raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes),
+                "now": now}
+        try:
+            ids = self._call("append", args)
+        except ReplyTooLarge as exc:
+            ids = self._in_parts("append", args, ("records", "sizes"), exc.fits)
         if not isinstance(ids, list) or len(ids) != len(records):
             raise ProtocolError("the server answered an append with the wrong number of ids")
         return ids
@@ -182,8 +190,11 @@ class RemoteEngine:
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         if not deliveries:
             return []
-        return self._ids(self._call("ack", {"queue": queue, "owner": owner,
-                                            "deliveries": [list(d) for d in deliveries]}))
+        args = {"queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries]}
+        try:
+            return self._ids(self._call("ack", args))
+        except ReplyTooLarge as exc:
+            return self._in_parts("ack", args, ("deliveries",), exc.fits)
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
@@ -192,10 +203,26 @@ class RemoteEngine:
             self._max_attempts[queue] = max_attempts
         if not deliveries:
             return []
-        return self._ids(self._call("release", {
-            "queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries],
-            "not_before": not_before, "max_attempts": max_attempts,
-            "count_attempt": count_attempt, "reason": reason}))
+        args = {"queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries],
+                "not_before": not_before, "max_attempts": max_attempts,
+                "count_attempt": count_attempt, "reason": reason}
+        try:
+            return self._ids(self._call("release", args))
+        except ReplyTooLarge as exc:
+            return self._in_parts("release", args, ("deliveries",), exc.fits)
+
+    def _in_parts(self, op: str, args: dict[str, Any], fields: tuple[str, ...],
+                  size: int) -> list[int]:
+        """Send ``op`` as several requests of ``size`` elements of ``fields`` each, in
+        order, so that each reply of ids fits in ``max_reply``; their ids, in order."""
+        ids: list[int] = []
+        total = len(args[fields[0]])
+        for start in range(0, total, size):
+            part = dict(args)
+            for field in fields:
+                part[field] = args[field][start:start + size]
+            ids += self._ids(self._call(op, part))
+        return ids
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
