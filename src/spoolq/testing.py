@@ -110,6 +110,57 @@ class EngineConformance:
         assert engine.counts("a").ready == 1
         assert set(engine.queues()) >= {"a", "b"}
 
+    def _name_queues(self, engine: Engine) -> list[str]:
+        """Store records in some queues and only read, take from or settle others; return
+        the names :meth:`Engine.queues` must give from then on, sorted."""
+        self._put(engine, 1, 2, queue="drained")
+        engine.take("drained", 5, self.NOW, None)
+        self._put(engine, 3, queue="purged")
+        engine.purge("purged")
+        self._put(engine, 4, 5, queue="kept")
+        (rec,) = engine.take("kept", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("kept", [(rec.id, 1)], "me", not_before=0.0, max_attempts=1)
+        self._put(engine, 6, queue="src")
+        engine.move("src", "dst")
+        # Names that never held a record: read, taken from, settled, purged, moved from.
+        engine.take("taken", 1, self.NOW, None)
+        engine.take("leased", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.counts("counted")
+        engine.peek("peeked", 1)
+        engine.owners("owned")
+        engine.ack("acked", [(1, 1)], "me")
+        engine.release("released", [(1, 1)], "me", not_before=0.0, max_attempts=1)
+        engine.expire("expired", self.NOW + 60, owners=["me"], max_attempts=1)
+        engine.purge("never-purged")
+        engine.move("never-moved", "moved-nothing")
+        engine.restore("restored-nothing", [])
+        engine.append("appended-nothing", [], [], self.NOW)
+        if isinstance(engine, SupportsPeekLeased):
+            engine.peek_leased("peeked-leased", 1)
+        return sorted(["drained", "purged", "kept", dead_queue_name("kept"), "src", "dst"])
+
+    def test_queues_names_every_queue_records_were_stored_in(self, engine: Engine) -> None:
+        """A queue is listed once records were stored in it (appended, moved there, buried
+        there as dead letters, restored), and stays listed when drained or purged; a name
+        that was only read, taken from, settled or purged is never listed."""
+        expected = self._name_queues(engine)
+        assert sorted(engine.queues()) == expected, engine.queues()
+
+    def test_queues_are_the_same_after_reopen(self, open_engine: Opener) -> None:
+        if not self.persistent:
+            pytest.skip("a non-persistent engine forgets its queues on close")
+        eng = open_engine()
+        try:
+            expected = self._name_queues(eng)
+        finally:
+            eng.close()
+        eng = open_engine()
+        try:
+            assert sorted(eng.queues()) == expected, eng.queues()
+            assert eng.counts("drained") == (0, 0, 0, 0)
+        finally:
+            eng.close()
+
     def test_lease_hides_counts_attempts_and_ack_removes(self, engine: Engine) -> None:
         self._put(engine, 1, 2)
         (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))

@@ -254,7 +254,12 @@ class Engine(Protocol):
         ...
 
     def queues(self) -> list[str]:
-        """Names of the queues in the file that hold or held records."""
+        """Names of every queue that records were ever stored in (appended, restored,
+        moved there or buried there as dead letters), in no set order.
+
+        A queue stays listed once drained or purged. A name that was only read, taken
+        from, acked, released, expired or purged, or given an empty batch, is never listed.
+        """
         ...
 
     def get_meta(self, key: str) -> bytes | None:

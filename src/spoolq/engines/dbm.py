@@ -363,11 +363,16 @@ class _DBMStore(Generations):
 
     def purge(self, queue: str) -> int:
         with self._transaction("purge") as st:
-            q = st.queues.pop(queue, None)
+            q = st.queues.get(queue)
             if q is None:
                 return 0
+            removed = q.ready + q.leased
+            # Emptied but still listed; its main line goes on from the tail, so no key of
+            # the records purged is ever written again.
+            q.head, q.holes, q.aside = q.tail, set(), {}
+            q.ready = q.leased = q.stored = q.raw = 0
             self._changed = True
-            return q.ready + q.leased
+            return removed
 
     def queues(self) -> list[str]:
         return sorted(self._state.queues)

@@ -503,7 +503,7 @@ class _LMDBStore:
             removed = sum(walk.clear(txn, db, q.number)
                           for db in (self._ready, self._delayed, self._leased))
             walk.clear(txn, self._index(), q.number)
-            txn.delete(queue.encode(), db=self._queues)
+            self._save(txn, queue, fmt.QueueRow(q.number))  # empty, and still listed
             return removed
 
         return self._write("purge", body)

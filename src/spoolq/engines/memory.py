@@ -109,10 +109,10 @@ class MemoryEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
-        q = self._queues.get(queue) or self._q(queue)
         first = self._next_id
         k = len(records)
         if k == 1 and len(raw_sizes) == 1:  # the common put, without the batch's set-up
+            q = self._queues.get(queue) or self._q(queue)
             data, raw_size = records[0], raw_sizes[0]
             self._next_id = first + 1
             q.fresh.append(_new_record((first, data, raw_size, 0, now, None)))
@@ -121,6 +121,7 @@ class MemoryEngine:
             return [first]
         if not batch_given(records, raw_sizes):
             return []
+        q = self._queues.get(queue) or self._q(queue)
         ids = range(first, first + k)
         self._next_id = ids.stop
         q.fresh.extend(map(_new_record, zip(ids, records, raw_sizes, repeat(0, k),
@@ -130,7 +131,9 @@ class MemoryEngine:
         return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        q = self._queues.get(queue) or self._q(queue)
+        q = self._queues.get(queue)
+        if q is None:
+            return []
         fresh, back, entries = q.fresh, q.back, q.entries
         if lease is None and not back:  # get and get_many: the oldest fresh records
             if n == 1:
@@ -187,6 +190,8 @@ class MemoryEngine:
         return out
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
         q = self._q(queue)
         for rec in records:
             self._put_back(q, rec.id, _Entry(rec.data, rec.raw_size, rec.attempts,
@@ -201,8 +206,10 @@ class MemoryEngine:
         return entry
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
-        q = self._q(queue)
+        q = self._queues.get(queue)
         done: list[int] = []
+        if q is None:
+            return done
         for ident, attempts in deliveries:
             if self._held(q, ident, attempts, owner) is not None:
                 self._drop(q, ident)
@@ -227,8 +234,10 @@ class MemoryEngine:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
-        q = self._q(queue)
+        q = self._queues.get(queue)
         done: list[int] = []
+        if q is None:
+            return done
         for ident, attempts in deliveries:
             entry = self._held(q, ident, attempts, owner)
             if entry is not None:
@@ -239,7 +248,9 @@ class MemoryEngine:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        q = self._q(queue)
+        q = self._queues.get(queue)
+        if q is None:
+            return 0
         gone = set(owners)
         due = [(ident, entry) for ident, entry in q.entries.items()
                if entry.owner is not None and (entry.visible_at <= now or entry.owner in gone)]
@@ -283,13 +294,16 @@ class MemoryEngine:
         return held
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        s, d = self._q(src), self._q(dst)
+        s = self._queues.get(src)
+        if s is None:
+            return 0
         wanted = None if ids is None else set(ids)
         chosen = sorted(chain(
             (r for r in s.fresh if wanted is None or r[0] in wanted),
             (_record(i, self._drop(s, i)) for i in s.back if wanted is None or i in wanted)))
         if not chosen:
             return 0
+        d = self._q(dst)
         for rec in chosen:
             self._add(d, rec.data, rec.raw_size, rec.enqueued_at)
         moved = {rec.id for rec in chosen}
@@ -304,8 +318,11 @@ class MemoryEngine:
         return len(chosen)
 
     def purge(self, queue: str) -> int:
-        q = self._queues.pop(queue, None)
-        return 0 if q is None else len(q.entries) + len(q.fresh)
+        q = self._queues.get(queue)
+        if q is None:
+            return 0
+        self._queues[queue] = _Queue()  # emptied, but still a queue that held records
+        return len(q.entries) + len(q.fresh)
 
     def queues(self) -> list[str]:
         return sorted(self._queues)
@@ -321,13 +338,14 @@ class MemoryEngine:
 
     def export(self) -> tuple[int, dict[str, bytes], dict[str, list[RecordState]]]:
         """Everything the engine holds: the next id, the metadata and each queue's
-        records in id order. :meth:`load` builds an equal engine from it."""
+        records in id order (every queue :meth:`queues` names, empty ones too).
+        :meth:`load` builds an equal engine from it."""
         queues = {
             name: sorted(chain(
                 ((*rec, None, 0.0) for rec in q.fresh),
                 ((ident, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason, e.owner,
                   e.visible_at) for ident, e in q.entries.items())))
-            for name, q in self._queues.items() if q.entries or q.fresh
+            for name, q in self._queues.items()
         }
         return self._next_id, dict(self._meta), queues
 

@@ -184,9 +184,11 @@ class SQLiteEngine:
                 raise EngineError(f"{self.path}: could not register queue {queue!r}")
         return qno
 
-    def _range(self, conn: sqlite3.Connection, queue: str) -> tuple[int, int]:
-        qno = self._qno(conn, queue)
-        return qno << _SHIFT, (qno << _SHIFT) | _MASK
+    def _range(self, conn: sqlite3.Connection, queue: str) -> tuple[int, int] | None:
+        """The first and last full id of a queue's records, or None for a queue that never
+        held any (which a take or a lease settling call leaves unknown to the file)."""
+        qno = self._find_qno(conn, queue)
+        return None if qno is None else (qno << _SHIFT, (qno << _SHIFT) | _MASK)
 
     @staticmethod
     def _records(rows: list[tuple[Any, ...]]) -> list[StoredRecord]:
@@ -245,7 +247,10 @@ class SQLiteEngine:
 
     def _take(self, conn: sqlite3.Connection, queue: str, n: int, now: float,
               lease: Lease | None) -> list[tuple[Any, ...]]:
-        lo, hi = self._range(conn, queue)
+        ids = self._range(conn, queue)
+        if ids is None:
+            return []
+        lo, hi = ids
         if lease is None:
             rows = conn.execute(sql.READY_ROWS, (lo, hi, now, n)).fetchall()
             if rows:
@@ -271,7 +276,7 @@ class SQLiteEngine:
 
     def _restore(self, conn: sqlite3.Connection, queue: str,
                  records: Sequence[StoredRecord]) -> None:
-        lo, _ = self._range(conn, queue)
+        lo = self._qno(conn, queue) << _SHIFT
         conn.executemany(
             """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
             VALUES (?, ?, ?, ?, ?, ?)""",
@@ -288,7 +293,10 @@ class SQLiteEngine:
 
     def _ack(self, conn: sqlite3.Connection, queue: str, deliveries: Sequence[tuple[int, int]],
              owner: str) -> list[int]:
-        lo, _ = self._range(conn, queue)
+        ids = self._range(conn, queue)
+        if ids is None:
+            return []
+        lo = ids[0]
         wanted = dict(deliveries)
         # Fast path: delete by id and owner, then check the attempts; a stale delivery (the
         # same owner acking an earlier attempt) is rare and takes the exact, slower query.
@@ -361,8 +369,10 @@ class SQLiteEngine:
     def _release(self, conn: sqlite3.Connection, queue: str,
                  deliveries: Sequence[tuple[int, int]], owner: str, not_before: float,
                  max_attempts: int | None, delta: int, reason: str) -> list[int]:
-        lo, _ = self._range(conn, queue)
-        ids = [r[0] for r in conn.execute(sql.HELD, (owner, lo, _json(deliveries)))]
+        known = self._range(conn, queue)
+        if known is None:
+            return []
+        ids = [r[0] for r in conn.execute(sql.HELD, (owner, known[0], _json(deliveries)))]
         self._unlease(conn, queue, ids, not_before, max_attempts, delta, reason)
         return sorted(i & _MASK for i in ids)
 
@@ -373,7 +383,10 @@ class SQLiteEngine:
 
     def _expire(self, conn: sqlite3.Connection, queue: str, now: float, owners: Sequence[str],
                 max_attempts: int | None) -> int:
-        lo, hi = self._range(conn, queue)
+        known = self._range(conn, queue)
+        if known is None:
+            return 0
+        lo, hi = known
         gone, after, count = _json(owners), lo - 1, 0
         while True:  # a chunk of leases at a time, in id order: memory stays bounded
             rows = conn.execute(
@@ -507,8 +520,11 @@ class SQLiteEngine:
 
     def queues(self) -> list[str]:
         with self._guard("queues"):
+            # Files of earlier versions registered a queue on a take or an expire too; a
+            # queue that got no sequence (nor a restored record) never held one.
             return [r[0] for r in self._conn.execute(
-                "SELECT name FROM spoolq_queues ORDER BY name")]
+                "SELECT name FROM spoolq_queues WHERE last_seq > 0 OR ready + leased > 0 "
+                "ORDER BY name")]
 
     def get_meta(self, key: str) -> bytes | None:
         with self._guard("get_meta"):
