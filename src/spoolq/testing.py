@@ -75,6 +75,19 @@ class EngineConformance:
         engine.purge("q")
         assert self._put(engine, 4)[0] > second[0]
 
+    def test_take_of_more_than_any_queue_holds_takes_what_is_ready(self,
+                                                                   engine: Engine) -> None:
+        """An ``n`` past any integer the storage holds (2**63 and up) is no error: like any
+        ``n`` larger than the queue, it takes every ready record."""
+        self._put(engine, 1, 2, 3)
+        leased = engine.take("q", 2**63, self.NOW, Lease("me", self.NOW + 30))
+        assert [r.data for r in leased] == _recs(1, 2, 3)
+        for rec in leased:
+            engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=None)
+        assert [r.data for r in engine.take("q", 2**64, self.NOW, None)] == _recs(1, 2, 3)
+        assert engine.take("q", 2**63, self.NOW, None) == []
+        assert engine.counts("q") == (0, 0, 0, 0)
+
     def test_append_of_nothing_and_mismatched_sizes(self, engine: Engine) -> None:
         assert engine.append("q", [], [], self.NOW) == []
         with pytest.raises(ValueError):

@@ -95,6 +95,7 @@ __all__ = ["SYNCHRONOUS_COMMIT", "PostgresEngine"]
 SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 """The ``synchronous_commit`` each durability level runs with."""
 
+_MAX_BIGINT = (1 << 63) - 1
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
 
 
@@ -293,7 +294,8 @@ class PostgresEngine:
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         self._waits.drain(taking=queue)
         clock = time.time()
-        params = self._params(queue, n=n, now_in=now - clock)
+        # LIMIT takes a bigint; a larger n means every ready record all the same.
+        params = self._params(queue, n=min(n, _MAX_BIGINT), now_in=now - clock)
         with self._conn("take") as conn:
             if lease is None:
                 rows = conn.execute(self._sql.remove, params, binary=True).fetchall()

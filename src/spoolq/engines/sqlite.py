@@ -49,6 +49,7 @@ R = TypeVar("R")
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
 _CHUNK = 512  # ids a move or an expire reads at a time
+_MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
@@ -240,6 +241,7 @@ class SQLiteEngine:
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         if n <= 0:
             return []  # LIMIT would read a negative n as no limit at all
+        n = min(n, _MAX_INT)  # a larger n means every ready record all the same
         rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
         if lease is None:
             return list(map(_new_record, rows))  # already the records, in id order
