@@ -299,6 +299,32 @@ class EngineConformance:
         assert [r.data for r in engine.take("q", 5, self.NOW, None)] == _recs(1, 2, 3)
         assert engine.counts("q") == (0, 0, 0, 0)
 
+    def test_restore_of_an_id_the_queue_holds_is_refused(self, engine: Engine) -> None:
+        """Restoring a record whose id the queue holds (ready, delayed or leased), or one
+        given twice, raises ValueError and changes nothing."""
+        self._put(engine, 1, 2, 3, 4)
+        taken = engine.take("q", 1, self.NOW, None)  # r1
+        (leased,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))  # r2
+        (delayed,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))  # r3
+        engine.release("q", [(delayed.id, 1)], "me", not_before=self.NOW + 60,
+                       max_attempts=None)
+        (ready,) = engine.peek("q", 1, 1)  # r4
+        before = engine.counts("q")
+        for batch in ([taken[0], taken[0]], [taken[0], leased], [delayed], [taken[0], ready]):
+            with pytest.raises(ValueError):
+                engine.restore("q", batch)
+            assert engine.counts("q") == before
+            assert [r.data for r in engine.peek("q", 10)] == _recs(3, 4)
+            assert self._ids(engine.peek("q", 10)) == self._ids([delayed, ready])
+        engine.restore("q", taken)
+        engine.ack("q", [(leased.id, 1)], "me")
+        assert [r.data for r in engine.take("q", 10, self.NOW + 61, None)] == _recs(1, 3, 4)
+        assert engine.counts("q") == (0, 0, 0, 0)
+
+    @staticmethod
+    def _ids(records: list[Any]) -> list[int]:
+        return [r.id for r in records]
+
     def test_peek_does_not_remove(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3)
         assert [r.data for r in engine.peek("q", 2)] == _recs(1, 2)

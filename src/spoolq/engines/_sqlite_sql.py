@@ -6,7 +6,7 @@ All are parameterized; lists travel as JSON arrays through ``json_each``.
 from __future__ import annotations
 
 __all__ = [
-    "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "COLUMNS", "COUNTS", "HELD", "INSERT",
+    "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "COLUMNS", "COUNTS", "HELD", "HELD_IDS", "INSERT",
     "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_SIZES", "LEASE_COPY", "LEASE_REMOVE",
     "MOVE_ALL_IDS", "MOVE_ALL_SIZES", "MOVE_IDS", "MOVE_ROW", "MOVE_SIZES", "NEW_QUEUE",
     "READY", "READY_ROWS", "REMOVE_RANGE", "ROWS_PER_INSERT",
@@ -55,6 +55,11 @@ HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
     AND (id, attempts) IN (SELECT ? + json_extract(value, '$[0]'), json_extract(value, '$[1]')
                            FROM json_each(?))"""
 IN_JSON = "(SELECT value FROM json_each(?))"
+# Any of the queue's ids (a base, then a JSON array of ids within the queue) it holds,
+# ready or leased.
+HELD_IDS = """SELECT id FROM spoolq_records WHERE id IN (SELECT ? + value FROM json_each(?))
+    UNION ALL SELECT id FROM spoolq_leased WHERE id IN (SELECT ? + value FROM json_each(?))
+    LIMIT 1"""
 
 # Moving records copies each row inside SQLite, one statement per row, so no record passes
 # through Python and a move of a whole queue needs no memory in proportion to it.

@@ -51,6 +51,8 @@ __all__ = [
     "batch_given",
     "check_window",
     "dead_queue_name",
+    "distinct_ids",
+    "restore_refused",
 ]
 
 FORMAT_VERSION = 1
@@ -131,6 +133,22 @@ def check_window(n: int, offset: int) -> None:
         raise ValueError("n and offset must be >= 0")
 
 
+def restore_refused(queue: str, ident: int) -> ValueError:
+    """The error of a ``restore`` given a record whose id ``queue`` holds already."""
+    return ValueError(f"cannot restore record {ident} into queue {queue!r}: the queue holds "
+                      "a record of that id; nothing was restored")
+
+
+def distinct_ids(queue: str, records: Sequence[StoredRecord]) -> list[int]:
+    """The ids of a ``restore`` batch; ValueError when one is given twice."""
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        twice = next(i for k, i in enumerate(ids) if i in ids[:k])
+        raise ValueError(f"cannot restore record {twice} into queue {queue!r} twice; nothing "
+                         "was restored")
+    return ids
+
+
 def dead_queue_name(name: str) -> str:
     """The name of the queue holding ``name``'s dead letters."""
     return f"{name}.dead"
@@ -198,7 +216,9 @@ class Engine(Protocol):
         """Put back records that ``take(lease=None)`` removed, under their original ids.
 
         They were taken from the head, so they go back ahead of every record
-        still in the queue; restoring anything else is not supported.
+        still in the queue; restoring anything else is not supported. A record
+        whose id the queue holds (ready, delayed or leased), or an id given twice,
+        raises ValueError (see :func:`restore_refused`) and nothing is restored.
         """
         ...
 

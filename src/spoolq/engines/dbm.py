@@ -74,6 +74,8 @@ from .base import (
     batch_given,
     check_window,
     dead_queue_name,
+    distinct_ids,
+    restore_refused,
 )
 
 __all__ = ["DBMEngine"]
@@ -191,8 +193,12 @@ class _DBMStore(Generations):
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
+        ids = distinct_ids(queue, records)
         with self._transaction("restore") as st:
             q = self._queue(st, queue)
+            for ident in ids:
+                if ident in q.aside or self._find(q, ident) is not None:
+                    raise restore_refused(queue, ident)  # the state goes back: no change
             for rec in records:
                 key = f"x{q.number}.{q.extra}"
                 q.extra += 1

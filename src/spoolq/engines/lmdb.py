@@ -71,6 +71,8 @@ from .base import (
     batch_given,
     check_window,
     dead_queue_name,
+    distinct_ids,
+    restore_refused,
 )
 
 __all__ = ["LMDBEngine"]
@@ -298,8 +300,16 @@ class _LMDBStore:
         if not records:
             return
 
+        ids = distinct_ids(queue, records)
+
         def body(txn: Txn) -> None:
             q = self._new_queue(txn, queue)
+            index = self._index()
+            for ident in ids:
+                key = fmt.KEY.pack(q.number, ident)
+                if any(txn.get(key, db=db) is not None
+                       for db in (self._ready, self._leased, index)):
+                    raise restore_refused(queue, ident)  # aborts the transaction
             for rec in records:
                 txn.put(fmt.KEY.pack(q.number, rec.id), fmt.pack(rec), db=self._ready)
             q.ready += len(records)

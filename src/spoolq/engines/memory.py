@@ -8,6 +8,7 @@ in-memory queue.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from .base import (
     batch_given,
     check_window,
     dead_queue_name,
+    distinct_ids,
+    restore_refused,
 )
 
 __all__ = ["MemoryEngine", "RecordState"]
@@ -43,7 +46,7 @@ class _Entry:
     reason: str | None = None
 
 
-_data, _raw_size = itemgetter(1), itemgetter(2)
+_ident, _data, _raw_size = itemgetter(0), itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
@@ -192,10 +195,28 @@ class MemoryEngine:
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
-        q = self._q(queue)
+        ids = distinct_ids(queue, records)
+        q = self._queues.get(queue)
+        if q is not None:
+            for ident in ids:
+                if self._holds(q, ident):
+                    raise restore_refused(queue, ident)
+        q = q or self._q(queue)
         for rec in records:
             self._put_back(q, rec.id, _Entry(rec.data, rec.raw_size, rec.attempts,
                                              rec.enqueued_at, reason=rec.reason))
+
+    @staticmethod
+    def _holds(q: _Queue, ident: int) -> bool:
+        """Whether the queue holds a record of this id, ready or leased."""
+        if ident in q.entries:
+            return True
+        fresh = q.fresh
+        # Records restored after a take have ids below every fresh one: no search then.
+        if not fresh or not fresh[0][0] <= ident <= fresh[-1][0]:
+            return False
+        at = bisect_left(fresh, ident, key=_ident)
+        return fresh[at][0] == ident
 
     def _held(self, q: _Queue, ident: int, attempts: int, owner: str | None) -> _Entry | None:
         entry = q.entries.get(ident)

@@ -88,6 +88,7 @@ from .base import (
     batch_given,
     check_window,
     dead_queue_name,
+    distinct_ids,
 )
 
 __all__ = ["SYNCHRONOUS_COMMIT", "PostgresEngine"]
@@ -307,12 +308,19 @@ class PostgresEngine:
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
+        ids = distinct_ids(queue, records)
         with self._conn("restore") as conn:
-            conn.execute(self._sql.restore, self._params(
-                queue, ids=[r.id for r in records], data=[r.data for r in records],
-                raw=[r.raw_size for r in records], attempts=[r.attempts for r in records],
-                enqueued=[r.enqueued_at for r in records],
-                reasons=[r.reason for r in records]))
+            try:
+                conn.execute(self._sql.restore, self._params(
+                    queue, ids=ids, data=[r.data for r in records],
+                    raw=[r.raw_size for r in records], attempts=[r.attempts for r in records],
+                    enqueued=[r.enqueued_at for r in records],
+                    reasons=[r.reason for r in records]))
+            except pg_errors.UniqueViolation as exc:
+                # One statement in autocommit mode: nothing was inserted.
+                raise ValueError(f"cannot restore records into queue {queue!r}: it holds a "
+                                 f"record of one of their ids ({exc.diag.message_detail}); "
+                                 "nothing was restored") from exc
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         if not deliveries:

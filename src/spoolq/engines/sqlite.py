@@ -39,6 +39,8 @@ from .base import (
     batch_given,
     check_window,
     dead_queue_name,
+    distinct_ids,
+    restore_refused,
 )
 
 __all__ = ["SQLiteEngine"]
@@ -278,7 +280,11 @@ class SQLiteEngine:
 
     def _restore(self, conn: sqlite3.Connection, queue: str,
                  records: Sequence[StoredRecord]) -> None:
+        ids = distinct_ids(queue, records)
         lo = self._qno(conn, queue) << _SHIFT
+        held = conn.execute(sql.HELD_IDS, (lo, _json(ids), lo, _json(ids))).fetchone()
+        if held is not None:
+            raise restore_refused(queue, int(held[0]) & _MASK)  # rolled back: nothing changed
         conn.executemany(
             """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
             VALUES (?, ?, ?, ?, ?, ?)""",
