@@ -212,3 +212,12 @@ def test_a_truncated_record_value_is_reported_by_id(tmp_path: Path, leased: bool
         assert eng.counts("q").ready == 2  # the failed take changed nothing
     finally:
         eng.close()
+
+
+def test_an_empty_file_opened_read_only_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "q.lmdb"
+    path.write_bytes(b"")
+    with pytest.raises(spoolq.FormatError, match="is empty: not an LMDB file"):
+        LMDBEngine(path, read_only=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["q.lmdb"]  # no -lock file beside it
+    assert path.read_bytes() == b""

@@ -50,9 +50,10 @@ class Layout:
     ids: Db | None
 
 
-def _check_magic(path: str) -> None:
-    """FormatError for a non-empty file that is not an LMDB file at all, before LMDB
-    opens it (and puts its lock file beside it); an empty or missing file becomes a queue."""
+def _check_magic(path: str, read_only: bool) -> None:
+    """FormatError for a file that is not an LMDB file at all, before LMDB opens it (and
+    puts its lock file beside it). An empty or missing file becomes a queue, unless
+    ``read_only``: then an empty file is refused too."""
     try:
         with open(path, "rb") as f:
             head = f.read(_MAGIC.size)
@@ -60,6 +61,10 @@ def _check_magic(path: str) -> None:
         return
     except OSError as exc:
         raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+    if not head and read_only:
+        # LMDB itself would fail with "Bad file descriptor" here.
+        raise FormatError(f"{path} is empty: not an LMDB file, so not a spoolq queue file "
+                          "(opened for writing, it becomes a new queue)")
     if head and (len(head) < _MAGIC.size or _MAGIC.unpack(head)[0] != _MAGIC_NUMBER):
         raise FormatError(f"{path} is not an LMDB file, so not a spoolq queue file")
 
@@ -72,7 +77,7 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
         raise FormatError(f"{path} is a directory, not a spoolq LMDB queue file")
     if read_only and not os.path.exists(path):
         raise FormatError(f"{path}: no such file")
-    _check_magic(path)
+    _check_magic(path, read_only)
     def environment(lock: bool) -> lmdb.Environment:
         return lmdb.Environment(
             path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
