@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -111,6 +112,22 @@ def test_purging_or_moving_from_an_unknown_queue_does_not_create_it(engine: Engi
     assert engine.purge("typo") == 0
     assert engine.move("other-typo", "q") == 0
     assert engine.queues() == ["q"]
+
+
+def test_sqlite_hides_queues_earlier_versions_registered_on_a_take(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    eng = SQLiteEngine(path)
+    eng.append("q", [b"a"], [1], 0.0)
+    eng.close()
+    with closing(sqlite3.connect(path)) as conn, conn:  # as a take of "typo" left it
+        conn.execute("INSERT INTO spoolq_queues (name, qno) VALUES ('typo', 2)")
+    eng = SQLiteEngine(path)
+    try:
+        assert eng.queues() == ["q"]
+        eng.append("typo", [b"b"], [1], 0.0)
+        assert eng.queues() == ["q", "typo"]
+    finally:
+        eng.close()
 
 
 # ---- foreign, odd-named and read-only files ---------------------------------------------
