@@ -8,7 +8,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import pytest
 import spoolq
 from spoolq import Queue, SyncQueue
 from spoolq.engines import Engine, WaitCancel, open_engine
+
+from .waiting import in_thread
 
 
 @pytest.fixture(params=[":memory:", "queue.sqlite"])
@@ -66,21 +68,6 @@ class _Gated:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
-
-
-def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run ``call`` in a thread; the list gets what it returned or raised."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(call())
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
 
 
 # ---- put_many([]) after shutdown ---------------------------------------------------------
@@ -196,7 +183,7 @@ def test_sync_shutdown_returns_after_a_put_in_progress_is_stored(either_path: st
     engine = _Gated(open_engine(either_path))
     with SyncQueue.create(either_path, engine=engine, maxsize=maxsize) as q:
         engine.hold_append = True
-        putter, out = _in_thread(lambda: q.put("x"))
+        putter, out = in_thread(lambda: q.put("x"))
         assert engine.entered.wait(5)  # the put is writing
         release = threading.Timer(0.2, engine.go.set)
         release.start()
@@ -218,9 +205,9 @@ def test_sync_shutdown_writes_the_puts_waiting_for_a_group_commit(either_path: s
     engine = _Gated(open_engine(either_path))
     with SyncQueue.create(either_path, engine=engine) as q:
         engine.hold_append = True
-        first, first_out = _in_thread(lambda: q.put("a"))
+        first, first_out = in_thread(lambda: q.put("a"))
         assert engine.entered.wait(5)  # holds the core's lock while it writes
-        second, second_out = _in_thread(lambda: q.put("b"))
+        second, second_out = in_thread(lambda: q.put("b"))
         deadline = time.monotonic() + 5
         while not q._core.group.pending():  # "b" waits for the next commit
             assert time.monotonic() < deadline
@@ -248,7 +235,7 @@ def test_sync_close_gives_back_what_a_waiting_get_many_holds(
     engine = _Gated(open_engine(path))
     q: SyncQueue[str] = SyncQueue.create(path, engine=engine)
     q.put("a")
-    getter, out = _in_thread(lambda: q.get_many(2))
+    getter, out = in_thread(lambda: q.get_many(2))
     assert engine.waiting.wait(5)  # took "a", waits for one more
     q.close()
     assert engine.calls == ["restore", "close"]
@@ -284,7 +271,7 @@ async def test_a_get_many_that_waited_hands_out_its_items_and_keeps_no_holding(
     if sync:
         with SyncQueue.create(either_path, poll_interval=0.01) as sq:
             sq.put(1)
-            getter, out = _in_thread(lambda: sq.get_many(3, timeout=5))
+            getter, out = in_thread(lambda: sq.get_many(3, timeout=5))
             time.sleep(0.05)
             sq.put_many([2, 3])
             getter.join(5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from spoolq import SyncQueue
 from spoolq.engines import Engine, WaitCancel, open_engine
 
 from .servers import ThreadedServer
+from .waiting import in_thread
 
 
 class _Holding:
@@ -47,21 +48,6 @@ class _Holding:
         return getattr(self._inner, name)
 
 
-def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run ``call`` in a thread; the list gets what it returned or raised."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(call())
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
-
-
 # ---- closing --------------------------------------------------------------------------------
 
 def test_closes_from_several_threads_at_once_all_return(tmp_path: Path) -> None:
@@ -72,7 +58,7 @@ def test_closes_from_several_threads_at_once_all_return(tmp_path: Path) -> None:
         q.put_many([1, 2])
         q.lease()
         start = threading.Barrier(5)
-        closers = [_in_thread(lambda q=q, start=start: (start.wait(5), q.close()))
+        closers = [in_thread(lambda q=q, start=start: (start.wait(5), q.close()))
                    for _ in range(4)]
         with q._core.lock:  # the first closer holds the file while the others arrive
             start.wait(5)
@@ -105,7 +91,7 @@ def test_a_put_waiting_for_room_raises_shutdown_when_the_queue_closes(tmp_path: 
         return refresh_due()
 
     core.refresh_due = late_refresh_due  # type: ignore[method-assign]
-    putter, out = _in_thread(lambda: q.put(1, timeout=5))
+    putter, out = in_thread(lambda: q.put(1, timeout=5))
     assert waiting.wait(5)  # the put waits for room
     deadline = time.monotonic() + 5
     while not q._sleepers and time.monotonic() < deadline:  # asleep until the next poll
@@ -135,9 +121,9 @@ def test_a_buffered_put_racing_close_is_stored_or_refused(tmp_path: Path) -> Non
 
     core.put_now = late_put_now  # type: ignore[method-assign]
     engine.hold.add("append")
-    putter, put_out = _in_thread(lambda: q.put("late"))
+    putter, put_out = in_thread(lambda: q.put("late"))
     assert putting.wait(5)
-    closer, close_out = _in_thread(q.close)
+    closer, close_out = in_thread(q.close)
     putter.join(5)
     engine.go.set()
     closer.join(5)
@@ -160,7 +146,7 @@ def test_a_buffered_put_wakes_a_get_long_polling_a_server() -> None:
         engine = _Holding(q._core.engine, "wait_ready")
         q._core.engine = engine  # type: ignore[assignment]
         engine.go.set()
-        getter, out = _in_thread(lambda: q.get(timeout=4))
+        getter, out = in_thread(lambda: q.get(timeout=4))
         assert engine.entered.wait(5)
         time.sleep(0.05)  # into the server's long-poll
         start = time.monotonic()
@@ -175,7 +161,7 @@ def test_shutdown_ends_a_get_about_to_long_poll_a_server() -> None:
     with ThreadedServer(":memory:") as server, SyncQueue.create(f"{server.url}/jobs") as q:
         engine = _Holding(q._core.engine, "wait_ready")
         q._core.engine = engine  # type: ignore[assignment]
-        getter, out = _in_thread(lambda: q.get(timeout=3))
+        getter, out = in_thread(lambda: q.get(timeout=3))
         assert engine.entered.wait(5)  # decided to long-poll; the wait has not started
         q.shutdown(immediate=True)
         start = time.monotonic()
@@ -188,7 +174,7 @@ def test_immediate_shutdown_wakes_join_at_once(tmp_path: Path) -> None:
     # join() slept on a condition shutdown() did not notify: it noticed at its next poll.
     with SyncQueue.create(str(tmp_path / "q.sqlite"), poll_interval=3) as q:
         q.put("never done")
-        joiner, out = _in_thread(q.join)
+        joiner, out = in_thread(q.join)
         time.sleep(0.05)  # into its wait (if not, join returns at once and this passes)
         start = time.monotonic()
         q.shutdown(immediate=True)

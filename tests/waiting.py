@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -66,3 +67,18 @@ def assert_one_wait_is_cancelled_alone(engine: Any, queue: str, within: float) -
     done.cancel()
     start = time.monotonic()
     assert engine.wait_ready(queue, 30, done) is False and time.monotonic() - start < within
+
+
+def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``call`` in a thread; the list gets what it returned or raised."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
