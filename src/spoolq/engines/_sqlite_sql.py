@@ -5,12 +5,27 @@ All are parameterized; lists travel as JSON arrays through ``json_each``.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from typing import Any
+
 __all__ = [
-    "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "COLUMNS", "COUNTS", "HELD", "HELD_IDS", "INSERT",
-    "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_SIZES", "LEASE_COPY", "LEASE_REMOVE",
-    "MOVE_ALL_IDS", "MOVE_ALL_SIZES", "MOVE_IDS", "MOVE_ROW", "MOVE_SIZES", "NEW_QUEUE",
-    "READY", "READY_ROWS", "REMOVE_RANGE", "ROWS_PER_INSERT",
+    "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "CHUNK", "COLUMNS", "COUNTS", "HELD", "HELD_IDS",
+    "INSERT", "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_SIZES", "LEASE_COPY",
+    "LEASE_REMOVE", "MASK", "MOVE_ALL_IDS", "MOVE_ALL_SIZES", "MOVE_IDS", "MOVE_ROW",
+    "MOVE_SIZES", "NEW_QUEUE", "READY", "READY_ROWS", "REMOVE_RANGE", "ROWS_PER_INSERT", "SHIFT",
+    "json_list",
 ]
+
+# A record's row id is ``queue number << SHIFT | sequence``.
+SHIFT = 40
+MASK = (1 << SHIFT) - 1
+CHUNK = 512  # ids a move or an expire reads at a time
+
+
+def json_list(values: Sequence[Any]) -> str:
+    return json.dumps(list(values))
+
 
 NEW_QUEUE = """INSERT INTO spoolq_queues (name, qno)
     VALUES (?, (SELECT coalesce(max(qno), 0) + 1 FROM spoolq_queues))

@@ -16,7 +16,6 @@ JSON arrays through ``json_each``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 from ..errors import ClosedError, ConfigurationError, EngineError, FormatError
 from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
+from ._sqlite_leases import LeaseSettling, in_range
 from .base import (
     Counts,
     Lease,
@@ -38,7 +38,6 @@ from .base import (
     StoredRecord,
     batch_given,
     check_window,
-    dead_queue_name,
     distinct_ids,
     restore_refused,
 )
@@ -48,17 +47,11 @@ __all__ = ["SQLiteEngine"]
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
 
-_SHIFT = 40
-_MASK = (1 << _SHIFT) - 1
-_CHUNK = 512  # ids a move or an expire reads at a time
+_SHIFT, _MASK, _CHUNK, _json = sql.SHIFT, sql.MASK, sql.CHUNK, sql.json_list
 _MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
-
-
-def _json(values: Sequence[Any]) -> str:
-    return json.dumps(list(values))
 
 
 class _Closed:
@@ -75,12 +68,7 @@ class _Closed:
     executemany = execute
 
 
-def _in_range(deliveries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Deliveries whose ids can belong to a queue; others could reach another queue's rows."""
-    return [(i, a) for i, a in deliveries if 0 < i <= _MASK]
-
-
-class SQLiteEngine:
+class SQLiteEngine(LeaseSettling):
     """Queue storage in one SQLite file (WAL mode), safe to share between processes.
 
     ``synchronous`` is ``"FULL"`` (every commit is fsynced: survives power
@@ -294,7 +282,7 @@ class SQLiteEngine:
                                sum(r.raw_size for r in records), queue))
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
-        deliveries = _in_range(deliveries)
+        deliveries = in_range(deliveries)
         if not deliveries:
             return []
         return self._txn("ack", self._ack, queue, deliveries, owner)
@@ -321,92 +309,6 @@ class SQLiteEngine:
             conn.execute(sql.COUNTS, (0, -len(rows), -sum(r[2] for r in rows),
                                    -sum(r[3] for r in rows), queue))
         return sorted(r[0] & _MASK for r in rows)
-
-    def _unlease(self, conn: sqlite3.Connection, queue: str, ids: list[int], not_before: float,
-                 max_attempts: int | None, attempt_delta: int,
-                 reason: str | Sequence[str]) -> None:
-        """Move leased rows (full ids) back to ready, or to the dead letters with ``reason``
-        (one for all, or one per id)."""
-        if not ids:
-            return
-        if max_attempts is not None and attempt_delta == 0:
-            dead = [r[0] for r in conn.execute(
-                "SELECT id FROM spoolq_leased WHERE id IN " + sql.IN_JSON + " AND attempts >= ? "
-                "ORDER BY id", (_json(ids), max_attempts))]
-            if dead:
-                if isinstance(reason, str):
-                    reasons: Sequence[str] = [reason] * len(dead)
-                else:
-                    why = dict(zip(ids, reason, strict=True))
-                    reasons = [why[i] for i in dead]
-                self._bury(conn, queue, dead, reasons)
-                gone = set(dead)
-                ids = [i for i in ids if i not in gone]
-        if ids:
-            conn.execute(
-                """INSERT INTO spoolq_records (id, visible_at, attempts, enqueued_at, raw_size,
-                reason, data) SELECT id, ?, attempts + ?, enqueued_at, raw_size, reason, data
-                FROM spoolq_leased WHERE id IN """ + sql.IN_JSON,
-                (not_before, attempt_delta, _json(ids)))
-            conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (_json(ids),))
-            conn.execute(sql.COUNTS, (len(ids), -len(ids), 0, 0, queue))
-
-    def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int],
-              reasons: Sequence[str]) -> None:
-        """Move leased rows (full ids in increasing order, each leased) to the tail of the
-        dead-letter queue, in that order, each with its reason."""
-        n, stored, raw = conn.execute(sql.LEASED_SIZES, (_json(ids),)).fetchone()
-        if n != len(ids):
-            raise EngineError(f"{self.path}: {len(ids)} leased records to bury, {n} found")
-        base, last = self._allocate(conn, dead_queue_name(queue), n, stored, raw)
-        first = base | (last - n + 1)
-        conn.executemany(sql.BURY_ROW, zip(range(first, first + n), reasons, ids, strict=True))
-        conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (_json(ids),))
-        conn.execute(sql.COUNTS, (0, -n, -stored, -raw, queue))
-
-    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
-                not_before: float, max_attempts: int | None, count_attempt: bool = True,
-                reason: str = "") -> list[int]:
-        deliveries = _in_range(deliveries)
-        if not deliveries:
-            return []
-        return self._txn(
-            "release", self._release, queue, deliveries, owner, not_before, max_attempts,
-            0 if count_attempt else -1, reason or "nacked")
-
-    def _release(self, conn: sqlite3.Connection, queue: str,
-                 deliveries: Sequence[tuple[int, int]], owner: str, not_before: float,
-                 max_attempts: int | None, delta: int, reason: str) -> list[int]:
-        known = self._range(conn, queue)
-        if known is None:
-            return []
-        ids = [r[0] for r in conn.execute(sql.HELD, (owner, known[0], _json(deliveries)))]
-        self._unlease(conn, queue, ids, not_before, max_attempts, delta, reason)
-        return sorted(i & _MASK for i in ids)
-
-    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
-               max_attempts: int | None = None) -> int:
-        return self._txn("expire", self._expire, queue, now, owners,
-                         max_attempts)
-
-    def _expire(self, conn: sqlite3.Connection, queue: str, now: float, owners: Sequence[str],
-                max_attempts: int | None) -> int:
-        known = self._range(conn, queue)
-        if known is None:
-            return 0
-        lo, hi = known
-        gone, after, count = _json(owners), lo - 1, 0
-        while True:  # a chunk of leases at a time, in id order: memory stays bounded
-            rows = conn.execute(
-                "SELECT id, until <= ? FROM spoolq_leased WHERE id > ? AND id <= ? "
-                "AND (until <= ? OR owner IN " + sql.IN_JSON + ") ORDER BY id LIMIT ?",
-                (now, after, hi, now, gone, _CHUNK)).fetchall()
-            self._unlease(conn, queue, [r[0] for r in rows], 0.0, max_attempts, 0,
-                          ["lease expired" if r[1] else "owner died" for r in rows])
-            count += len(rows)
-            if len(rows) < _CHUNK:
-                return count
-            after = rows[-1][0]
 
     # ---- reading ------------------------------------------------------------------------
 

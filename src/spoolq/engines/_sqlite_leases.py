@@ -1,0 +1,128 @@
+"""How the SQLite engine settles leases other than by an ack: release puts leased
+records back (ready, or delayed until ``not_before``), expire does so for leases that
+ran out or whose owner died, and a record out of attempts is buried at the tail of
+the queue's dead-letter queue instead.
+
+:class:`LeaseSettling` is a mixin of :class:`~spoolq.engines.sqlite.SQLiteEngine`;
+every call runs inside the engine's one write transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import EngineError
+from . import _sqlite_sql as sql
+from ._sqlite_sql import CHUNK, MASK, json_list
+from .base import dead_queue_name
+
+__all__ = ["LeaseSettling", "in_range"]
+
+R = TypeVar("R")
+
+
+def in_range(deliveries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Deliveries whose ids can belong to a queue; others could reach another queue's rows."""
+    return [(i, a) for i, a in deliveries if 0 < i <= MASK]
+
+
+class LeaseSettling:
+    """Release, expire and the dead letters, for :class:`SQLiteEngine`."""
+
+    if TYPE_CHECKING:
+        path: str
+
+        def _txn(self, what: str, body: Callable[..., R], *args: Any) -> R: ...
+
+        def _range(self, conn: sqlite3.Connection, queue: str) -> tuple[int, int] | None: ...
+
+        def _allocate(self, conn: sqlite3.Connection, queue: str, n: int, stored: int,
+                      raw: int) -> tuple[int, int]: ...
+
+    def _unlease(self, conn: sqlite3.Connection, queue: str, ids: list[int], not_before: float,
+                 max_attempts: int | None, attempt_delta: int,
+                 reason: str | Sequence[str]) -> None:
+        """Move leased rows (full ids) back to ready, or to the dead letters with ``reason``
+        (one for all, or one per id)."""
+        if not ids:
+            return
+        if max_attempts is not None and attempt_delta == 0:
+            dead = [r[0] for r in conn.execute(
+                "SELECT id FROM spoolq_leased WHERE id IN " + sql.IN_JSON + " AND attempts >= ? "
+                "ORDER BY id", (json_list(ids), max_attempts))]
+            if dead:
+                if isinstance(reason, str):
+                    reasons: Sequence[str] = [reason] * len(dead)
+                else:
+                    why = dict(zip(ids, reason, strict=True))
+                    reasons = [why[i] for i in dead]
+                self._bury(conn, queue, dead, reasons)
+                gone = set(dead)
+                ids = [i for i in ids if i not in gone]
+        if ids:
+            conn.execute(
+                """INSERT INTO spoolq_records (id, visible_at, attempts, enqueued_at, raw_size,
+                reason, data) SELECT id, ?, attempts + ?, enqueued_at, raw_size, reason, data
+                FROM spoolq_leased WHERE id IN """ + sql.IN_JSON,
+                (not_before, attempt_delta, json_list(ids)))
+            conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (json_list(ids),))
+            conn.execute(sql.COUNTS, (len(ids), -len(ids), 0, 0, queue))
+
+    def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int],
+              reasons: Sequence[str]) -> None:
+        """Move leased rows (full ids in increasing order, each leased) to the tail of the
+        dead-letter queue, in that order, each with its reason."""
+        n, stored, raw = conn.execute(sql.LEASED_SIZES, (json_list(ids),)).fetchone()
+        if n != len(ids):
+            raise EngineError(f"{self.path}: {len(ids)} leased records to bury, {n} found")
+        base, last = self._allocate(conn, dead_queue_name(queue), n, stored, raw)
+        first = base | (last - n + 1)
+        conn.executemany(sql.BURY_ROW, zip(range(first, first + n), reasons, ids, strict=True))
+        conn.execute("DELETE FROM spoolq_leased WHERE id IN " + sql.IN_JSON, (json_list(ids),))
+        conn.execute(sql.COUNTS, (0, -n, -stored, -raw, queue))
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        deliveries = in_range(deliveries)
+        if not deliveries:
+            return []
+        return self._txn(
+            "release", self._release, queue, deliveries, owner, not_before, max_attempts,
+            0 if count_attempt else -1, reason or "nacked")
+
+    def _release(self, conn: sqlite3.Connection, queue: str,
+                 deliveries: Sequence[tuple[int, int]], owner: str, not_before: float,
+                 max_attempts: int | None, delta: int, reason: str) -> list[int]:
+        known = self._range(conn, queue)
+        if known is None:
+            return []
+        ids = [r[0] for r in conn.execute(sql.HELD, (owner, known[0], json_list(deliveries)))]
+        self._unlease(conn, queue, ids, not_before, max_attempts, delta, reason)
+        return sorted(i & MASK for i in ids)
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        return self._txn("expire", self._expire, queue, now, owners,
+                         max_attempts)
+
+    def _expire(self, conn: sqlite3.Connection, queue: str, now: float, owners: Sequence[str],
+                max_attempts: int | None) -> int:
+        known = self._range(conn, queue)
+        if known is None:
+            return 0
+        lo, hi = known
+        gone, after, count = json_list(owners), lo - 1, 0
+        while True:  # a chunk of leases at a time, in id order: memory stays bounded
+            rows = conn.execute(
+                "SELECT id, until <= ? FROM spoolq_leased WHERE id > ? AND id <= ? "
+                "AND (until <= ? OR owner IN " + sql.IN_JSON + ") ORDER BY id LIMIT ?",
+                (now, after, hi, now, gone, CHUNK)).fetchall()
+            self._unlease(conn, queue, [r[0] for r in rows], 0.0, max_attempts, 0,
+                          ["lease expired" if r[1] else "owner died" for r in rows])
+            count += len(rows)
+            if len(rows) < CHUNK:
+                return count
+            after = rows[-1][0]
