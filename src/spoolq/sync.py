@@ -1,4 +1,8 @@
-"""``SyncQueue``: the thread-safe queue with ``queue.Queue`` signatures."""
+"""``SyncQueue``: the thread-safe queue with ``queue.Queue`` signatures.
+
+This module holds the public calls, their checks and their wait loops, and opening and
+closing. How the queue sleeps and is woken is :class:`spoolq._syncwait.SyncWaiting`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._syncwait import SyncWaiting
 from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
@@ -27,7 +32,7 @@ _CLOSE_WAIT = 10.0
 """Seconds close() waits for calls blocked in other threads before it closes anyway."""
 
 
-class SyncQueue(QueueViews, Generic[T]):
+class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
     """A durable FIFO queue for threads, with the signatures of ``queue.Queue``.
 
     Create it with :meth:`create`; close it with :meth:`close` or ``with``.
@@ -90,63 +95,7 @@ class SyncQueue(QueueViews, Generic[T]):
                                   compressor=compressor, settings=settings,
                                   engine_options=engine_options))
 
-    # ---- waiting ------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        # A sleeper is counted (under self._cond) before it checks its condition: a change
-        # made before this read of the count is seen by that check, and one made after
-        # it finds the sleeper counted and waits for self._cond, which it holds until it
-        # sleeps.
-        if self._sleepers:
-            with self._cond:
-                self._cond.notify_all()
-
-    def _sleep(self, seconds: float) -> None:
-        """Wait on self._cond (held by the caller) for up to ``seconds``."""
-        self._sleepers += 1
-        try:
-            self._cond.wait(seconds)
-        finally:
-            self._sleepers -= 1
-
-    def _wait(self, deadline: float | None, ready: Callable[[], bool]) -> bool:
-        """Sleep until ``ready()`` may have changed; False when the deadline passed."""
-        poll = self._core.settings.poll_interval
-        with self._cond:
-            self._sleepers += 1
-            try:
-                if ready():
-                    return True
-                if deadline is None:
-                    self._cond.wait(poll)
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, poll))
-                return True
-            finally:
-                self._sleepers -= 1
-
-    def _enter_call(self) -> None:
-        with self._cond:
-            self._calls += 1
-
-    def _leave_call(self) -> None:
-        with self._cond:
-            self._calls -= 1
-            if self._sleepers:
-                self._cond.notify_all()
-
-    def _after_buffered_put(self) -> None:
-        """Wake waiting gets for a put held in the buffer: the core wakes them only when
-        it writes, which may be ``flush_interval`` seconds away, and an engine's
-        long-poll never hears of it."""
-        self._wake()
-        if self._long_polls:
-            with self._cond:
-                for cancel in self._long_polls:
-                    cancel.cancel()
+    # ---- checks -------------------------------------------------------------------------
 
     def _check(self) -> None:
         if self._closed:
@@ -336,37 +285,6 @@ class SyncQueue(QueueViews, Generic[T]):
                     break
                 raise Empty("no item arrived within the timeout")
         return got
-
-    def _wait_for_items(self, deadline: float | None, took_nothing: bool) -> bool:
-        """Sleep until items may be ready; False once the deadline passed.
-
-        With an engine that can long-poll it blocks there. After a take found
-        nothing although the counts promised items (they are delayed by a nack),
-        it sleeps a poll interval instead of retrying at once.
-        """
-        core = self._core
-        if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
-            cancel = WaitCancel()
-            with self._cond:
-                # Registered before the look at the counts and the shutdown flag: a
-                # buffered put or a shutdown after this look cancels this wait.
-                self._long_polls.add(cancel)
-                if core.ready_hint() or self._shutdown:
-                    self._long_polls.discard(cancel)
-                    return True
-            try:
-                ready = core.wait_ready(deadline, cancel)
-            finally:
-                with self._cond:
-                    self._long_polls.discard(cancel)
-            if ready is None:
-                return False
-            if ready:
-                core.refresh()
-            return True
-        if took_nothing:  # items are promised but delayed: wait a poll unless closing
-            return self._wait(deadline, lambda: self._immediate)
-        return self._wait(deadline, lambda: core.ready_hint() > 0 or self._shutdown)
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting for one if needed.

@@ -1,0 +1,118 @@
+"""How the thread-safe queue waits: the sleepers counted on its condition, the wake-ups
+sent to them, the count of calls that close() lets finish, and the cancel handles of gets
+blocked in an engine's long-poll.
+
+:class:`SyncWaiting` is a part of :class:`spoolq.sync.SyncQueue`, kept in its own module;
+it works on the queue's state under the queue's condition, as the rest of the queue does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from .core import QueueCore
+from .engines import WaitCancel
+
+__all__ = ["SyncWaiting"]
+
+
+class SyncWaiting:
+    """Sleepers, wake-ups, calls in progress and long-poll cancels of one queue handle."""
+
+    # Set up by SyncQueue.__init__.
+    _core: QueueCore
+    _cond: threading.Condition
+    _shutdown: bool
+    _immediate: bool
+    _calls: int
+    _sleepers: int
+    _long_polls: set[WaitCancel]
+
+    def _wake(self) -> None:
+        # A sleeper is counted (under self._cond) before it checks its condition: a change
+        # made before this read of the count is seen by that check, and one made after
+        # it finds the sleeper counted and waits for self._cond, which it holds until it
+        # sleeps.
+        if self._sleepers:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait on self._cond (held by the caller) for up to ``seconds``."""
+        self._sleepers += 1
+        try:
+            self._cond.wait(seconds)
+        finally:
+            self._sleepers -= 1
+
+    def _wait(self, deadline: float | None, ready: Callable[[], bool]) -> bool:
+        """Sleep until ``ready()`` may have changed; False when the deadline passed."""
+        poll = self._core.settings.poll_interval
+        with self._cond:
+            self._sleepers += 1
+            try:
+                if ready():
+                    return True
+                if deadline is None:
+                    self._cond.wait(poll)
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, poll))
+                return True
+            finally:
+                self._sleepers -= 1
+
+    def _enter_call(self) -> None:
+        with self._cond:
+            self._calls += 1
+
+    def _leave_call(self) -> None:
+        with self._cond:
+            self._calls -= 1
+            if self._sleepers:
+                self._cond.notify_all()
+
+    def _after_buffered_put(self) -> None:
+        """Wake waiting gets for a put held in the buffer: the core wakes them only when
+        it writes, which may be ``flush_interval`` seconds away, and an engine's
+        long-poll never hears of it."""
+        self._wake()
+        if self._long_polls:
+            with self._cond:
+                for cancel in self._long_polls:
+                    cancel.cancel()
+
+    def _wait_for_items(self, deadline: float | None, took_nothing: bool) -> bool:
+        """Sleep until items may be ready; False once the deadline passed.
+
+        With an engine that can long-poll it blocks there. After a take found
+        nothing although the counts promised items (they are delayed by a nack),
+        it sleeps a poll interval instead of retrying at once.
+        """
+        core = self._core
+        if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
+            cancel = WaitCancel()
+            with self._cond:
+                # Registered before the look at the counts and the shutdown flag: a
+                # buffered put or a shutdown after this look cancels this wait.
+                self._long_polls.add(cancel)
+                if core.ready_hint() or self._shutdown:
+                    self._long_polls.discard(cancel)
+                    return True
+            try:
+                ready = core.wait_ready(deadline, cancel)
+            finally:
+                with self._cond:
+                    self._long_polls.discard(cancel)
+            if ready is None:
+                return False
+            if ready:
+                core.refresh()
+            return True
+        if took_nothing:  # items are promised but delayed: wait a poll unless closing
+            return self._wait(deadline, lambda: self._immediate)
+        return self._wait(deadline, lambda: core.ready_hint() > 0 or self._shutdown)
