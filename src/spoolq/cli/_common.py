@@ -1,30 +1,21 @@
-"""What every subcommand shares: exit codes, opening files, output, decoding, paging."""
+"""What every subcommand shares: exit codes, opening files, reading queues page by page.
+
+Options are in :mod:`._options`, record decoding in :mod:`._decoding` and output in
+:mod:`._output`.
+"""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import math
 import os
-import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
-from ..codec import COMPRESSORS, SERIALIZERS, Codec, record_codec_names
 from ..engines import (
-    ENGINES,
     Engine,
     LeasedRecord,
     StoredRecord,
@@ -33,44 +24,24 @@ from ..engines import (
     engine_name_for,
     open_engine,
 )
-from ..errors import CorruptError, SerializationError, SpoolqError
-from ..owners import owner_is_dead
-from ..settings import check_queue_name
-from ..zdict import DICTIONARY_QUEUE, load_dictionaries
+from ..zdict import DICTIONARY_QUEUE
 
 __all__ = [
     "DEFAULT_CHUNK",
     "MAX_CHUNK",
     "MAX_OFFSET",
-    "CliState",
-    "Decoded",
-    "Decoder",
     "ExitCode",
     "FileProblem",
-    "FiniteFloatRange",
     "Refused",
     "base_queues",
     "disk_bytes",
-    "engine_option",
     "engine_options",
-    "format_age",
-    "format_bytes",
-    "is_interactive",
     "iter_leased_pages",
     "iter_pages",
     "iter_pages_following",
-    "json_option",
-    "json_text",
     "now",
     "one_line",
     "open_existing",
-    "owner_state",
-    "queue_option",
-    "ratio_pct",
-    "record_json",
-    "record_text",
-    "safe_repr",
-    "schema_option",
     "set_stored_codec",
     "stored_codec",
 ]
@@ -116,71 +87,7 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-# ---- options ------------------------------------------------------------------------------
-
-def _check_engine(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and value not in ENGINES:
-        raise click.BadParameter(
-            f"no engine named {value!r}; known engines: {', '.join(sorted(ENGINES))}")
-    if value == "memory":
-        raise click.BadParameter("the memory engine holds nothing outside the program that "
-                                 "made it, so there is no file to work on")
-    return value
-
-
-def engine_option(*names: str, dest: str = "engine",
-                  help: str | None = None) -> Callable[[Any], Any]:
-    """``--engine NAME``: overrides the engine the path's suffix picks (never ``memory``)."""
-    return click.option(*(names or ("--engine",)), dest, default=None, metavar="NAME",
-                        callback=_check_engine,
-                        help=help or "Engine to open PATH with (default: picked by suffix).")
-
-
-def _check_queue(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return check_queue_name(value)
-    except SpoolqError as exc:
-        raise click.BadParameter(one_line(exc)) from None
-
-
-def queue_option(default: str | None = "default") -> Callable[[Any], Any]:
-    """``--queue NAME`` (``-q``): a usage error unless NAME is a name a queue can have
-    (non-empty, valid UTF-8 of at most 255 bytes, no NUL)."""
-    text = ("Named queue (default: every queue in the file)." if default is None
-            else f"Named queue (default: {default!r}).")
-    return click.option("--queue", "-q", "queue", default=default, metavar="NAME",
-                        callback=_check_queue, help=text)
-
-
-class FiniteFloatRange(click.FloatRange):
-    """A float option in a range, and a finite number: click's FloatRange lets NaN
-    through (no comparison with it is true) and infinity through an open bound."""
-
-    name = "finite float range"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Any:
-        number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return super().convert(number, param, ctx)
-
-
-def _check_schema(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not 1 <= len(value.encode("utf-8", "surrogatepass")) <= 63:
-        raise click.BadParameter("a PostgreSQL schema name is 1 to 63 bytes long")
-    return value
-
-
-def schema_option(*names: str, dest: str = "schema", what: str = "PATH") -> Callable[[Any], Any]:
-    """``--schema NAME``: the PostgreSQL schema of a ``postgresql://`` ``what``;
-    :func:`open_existing` refuses it for a path of another engine."""
-    return click.option(*(names or ("--schema",)), dest, default=None, metavar="NAME",
-                        callback=_check_schema,
-                        help=f"PostgreSQL schema, for a postgresql:// {what} (default: spoolq).")
-
+# ---- opening ------------------------------------------------------------------------------
 
 def engine_options(path: str, engine: str | None, schema: str | None, *,
                    option: str = "--schema", what: str = "PATH") -> dict[str, Any] | None:
@@ -192,14 +99,6 @@ def engine_options(path: str, engine: str | None, schema: str | None, *,
         raise click.UsageError(f"{option} applies to a postgresql:// {what} only")
     return {"schema": schema}
 
-
-def json_option() -> Callable[[Any], Any]:
-    """``--json``: print one JSON document instead of tables."""
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print JSON for scripts instead of tables.")
-
-
-# ---- opening ------------------------------------------------------------------------------
 
 def open_existing(path: str, engine: str | None, *, read_only: bool,
                   schema: str | None = None, option: str = "--schema",
@@ -375,294 +274,6 @@ def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,
             left -= len(page)
         if len(page) < want:
             return
-
-
-# ---- decoding -----------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """One record as a command shows it: the item, or a note saying why it is raw.
-
-    ``status`` is ``"ok"``; ``"damaged"`` (header, checksum or compression
-    broken); ``"invalid"`` (sound bytes that a built-in serializer rejects);
-    ``"pickle"`` (not unpickled without permission); or ``"foreign"`` (a custom
-    codec, a pickled class this process cannot import, a missing compressor).
-    """
-
-    record: StoredRecord
-    status: str
-    item: Any = None
-    note: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether ``item`` holds the decoded item."""
-        return self.status == "ok"
-
-    @property
-    def codec(self) -> str:
-        """``"serializer+compressor"`` as the record's header names them; ``"?"`` if damaged."""
-        try:
-            ser, comp = record_codec_names(self.record.data)
-        except CorruptError:
-            return "?"
-        return f"{ser}+{comp}"
-
-
-class Decoder:
-    """Decodes records of any built-in codec; pickle only when ``allow_pickle``.
-
-    Records it cannot decode here (pickle without permission, a pickled class
-    this process cannot import, a custom serializer or compressor, damage) come
-    back with ``ok=False`` and a note instead of raising.
-    """
-
-    def __init__(self, engine: Engine, *, allow_pickle: bool = False) -> None:
-        self.allow_pickle = allow_pickle
-        self._codec = Codec("pickle" if allow_pickle else "cbor", "none")
-        load_dictionaries(engine, "", self._codec)
-
-    def decode(self, rec: StoredRecord) -> Decoded:
-        try:
-            return Decoded(rec, "ok", self._codec.decode(rec.data, rec.id))
-        except CorruptError as exc:
-            return Decoded(rec, "damaged", note=one_line(exc))
-        except SpoolqError as exc:
-            # decode() checks the checksum before it looks at the codec: the bytes are sound.
-            ser, comp = record_codec_names(rec.data)
-            if ser == "pickle" and not self.allow_pickle:
-                return Decoded(rec, "pickle", note="pickled; --allow-pickle decodes it "
-                               "(unpickling can run code from the file)")
-            builtin = ser in SERIALIZERS and ser != "pickle" and comp in COMPRESSORS
-            if builtin and isinstance(exc, SerializationError):
-                return Decoded(rec, "invalid", note=one_line(exc))
-            return Decoded(rec, "foreign", note=f"cannot be decoded here: {one_line(exc)}")
-
-
-def json_text(item: Any) -> str:
-    """``item`` as compact JSON, or ValueError if JSON cannot hold it exactly.
-
-    Only dicts with string keys, lists, strings, finite numbers, booleans and
-    None pass: anything else (bytes, tuples, sets, int keys, NaN, strings with
-    a lone surrogate, which UTF-8 cannot encode) would not come back as the
-    same item.
-    """
-    try:
-        _check_json(item, "item")
-    except RecursionError:
-        raise ValueError("the item is nested too deeply for JSON") from None
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _check_json(obj: Any, where: str) -> None:
-    kind = type(obj)
-    if kind is str:
-        _check_text(obj, where)
-        return
-    if obj is None or kind is bool:
-        return
-    if kind is int:
-        _check_int(obj, where)
-        return
-    if kind is float:
-        if not math.isfinite(obj):
-            raise ValueError(f"{where} is {obj!r}, which JSON cannot hold")
-        return
-    if kind is list:
-        for n, value in enumerate(obj):
-            _check_json(value, f"{where}[{n}]")
-        return
-    if kind is dict:
-        for key, value in obj.items():
-            if type(key) is not str:
-                raise ValueError(f"{where} has the key {key!r}: JSON keys are strings only")
-            _check_text(key, f"a key of {where}")
-            _check_json(value, f"{where}[{key!r}]")
-        return
-    raise ValueError(f"{where} is a {kind.__name__}, which JSON cannot hold")
-
-
-def _check_int(number: int, where: str) -> None:
-    """Python refuses to write an int of more digits than sys.get_int_max_str_digits()
-    as text (converting one takes time quadratic in its length)."""
-    limit = sys.get_int_max_str_digits()
-    if limit and number.bit_length() > 3 * limit:  # 3 bits a digit, at most: cheap first
-        try:
-            str(number)
-        except ValueError:
-            raise ValueError(f"{where} is an integer of more than {limit} digits, which "
-                             "this Python does not write as text") from None
-
-
-def safe_repr(item: Any) -> str:
-    """``repr(item)``, or a description of ``item`` when its repr fails (an integer too
-    long to write as text, a class whose ``__repr__`` raises)."""
-    try:
-        return repr(item)
-    except Exception as exc:  # any object's __repr__ may raise anything
-        return f"<{type(item).__name__} that cannot be shown: {one_line(exc)}>"
-
-
-def _check_text(text: str, where: str) -> None:
-    """JSON Lines are UTF-8: a string with a lone surrogate cannot be written."""
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{where} is a string with a lone surrogate "
-                         f"({text[exc.start]!r} at index {exc.start}), which UTF-8 "
-                         "cannot encode") from None
-
-
-def record_json(d: Decoded) -> dict[str, Any]:
-    """One record for ``--json`` output: metadata plus ``item``, ``repr`` or ``raw``."""
-    rec = d.record
-    out: dict[str, Any] = {
-        "id": rec.id, "enqueued_at": rec.enqueued_at, "attempts": rec.attempts,
-        "stored_bytes": len(rec.data), "raw_bytes": rec.raw_size, "codec": d.codec,
-    }
-    if rec.reason is not None:
-        out["reason"] = rec.reason
-    if d.ok:
-        try:
-            json_text(d.item)
-            out["item"] = d.item
-        except ValueError as exc:
-            out["repr"] = safe_repr(d.item)
-            out["note"] = str(exc)
-    else:
-        out["raw"] = base64.b64encode(rec.data).decode()
-        out["note"] = d.note
-    return out
-
-
-def record_text(d: Decoded, limit: int) -> Text:
-    """One record's item for a table cell, cut to ``limit`` characters."""
-    if d.ok:
-        try:
-            text = json_text(d.item)
-        except ValueError:
-            text = safe_repr(d.item)
-        style = ""
-    else:
-        text = f"({d.note}) raw: {d.record.data[:48]!r}…"
-        style = "yellow"
-    if len(text) > limit > 0:
-        text = text[: limit - 1] + "…"
-    return Text(text, style=style)
-
-
-# ---- formatting ---------------------------------------------------------------------------
-
-def format_bytes(n: int) -> str:
-    """``1536`` → ``"1.5 KiB"``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def format_age(seconds: float | None) -> str:
-    """``200`` → ``"3m 20s"``; None → ``"-"``."""
-    if seconds is None:
-        return "-"
-    s = max(int(seconds), 0)
-    for size, unit, sub_size, sub_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"),
-                                           (60, "m", 1, "s")):
-        if s >= size:
-            return f"{s // size}{unit} {(s % size) // sub_size}{sub_unit}"
-    return f"{s}s"
-
-
-def ratio_pct(stored: int, raw: int) -> float | None:
-    """Space saved by compression, ``(1 - stored/raw) * 100``; None when empty."""
-    return None if raw == 0 else round((1 - stored / raw) * 100, 1)
-
-
-def owner_state(owner: str) -> str:
-    """``"gone"`` (a process of this host that no longer runs), ``"running"`` (one that
-    does) or ``"unknown"`` (another host, or an owner name of another form)."""
-    if owner_is_dead(owner):
-        return "gone"
-    parts = owner.split(":")
-    if len(parts) == 4 and parts[0] == socket.gethostname():
-        return "running"
-    return "unknown"
-
-
-def is_interactive() -> bool:
-    """Whether a person can answer a question: stdin and stderr are terminals."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-def _holds_items(engine: Engine, name: str) -> bool:
-    counts = engine.counts(name)
-    return counts.ready + counts.leased > 0
-
-
-# ---- output -------------------------------------------------------------------------------
-
-class CliState:
-    """Where a command writes: tables on stdout, notes and progress on stderr."""
-
-    def __init__(self) -> None:
-        self.out = Console(highlight=False, soft_wrap=False)
-        self.err = Console(stderr=True, highlight=False)
-
-    def table(self, *columns: str, title: str | None = None, fold: bool = False,
-              others_width: int = 40) -> Table:
-        """A table for people. Columns named ``#...`` hold numbers (right-aligned);
-        ``~...`` hold long text, cut to one line with an ellipsis unless ``fold``, leaving
-        about ``others_width`` characters of the console's width to the other columns."""
-        table = Table(title=title, title_justify="left", box=None, header_style="bold",
-                      pad_edge=False, padding=(0, 1, 0, 0))
-        for col in columns:
-            if col.startswith("~") and not fold:
-                table.add_column(col[1:], no_wrap=True, overflow="ellipsis",
-                                 max_width=max(self.out.width - others_width, 20))
-            else:
-                table.add_column(col.lstrip("#~"), overflow="fold", min_width=len(col) - 1,
-                                 justify="right" if col.startswith("#") else "left")
-        return table
-
-    @staticmethod
-    def add_row(table: Table, *cells: object) -> None:
-        """Add a row of plain text: brackets in queue names or items are not markup."""
-        table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
-
-    def check_queue_name(self, engine: Engine, *names: str) -> None:
-        """Note on stderr when none of ``names`` holds items, naming the queues that do:
-        a mistyped ``--queue`` otherwise looks like an empty queue."""
-        if not any(_holds_items(engine, name) for name in names):
-            # An engine may list a queue that holds nothing (created, or emptied).
-            others = ", ".join(base for base in base_queues(engine)
-                               if _holds_items(engine, base)
-                               or _holds_items(engine, dead_queue_name(base))) or "none"
-            self.note(f"note: no queue {names[0]!r} holds items in this file "
-                      f"(queues with items: {others})")
-
-    def print_json(self, data: Any) -> None:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-    def line(self, text: str) -> None:
-        """A line of plain text on stdout, left to the terminal to wrap."""
-        self.out.print(Text(text), soft_wrap=True)
-
-    def note(self, message: str) -> None:
-        """A line for people on stderr (kept out of data written to stdout)."""
-        self.err.print(Text(message), soft_wrap=True)
-
-    @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        """A progress bar on a terminal's stderr; nothing at all when stderr is piped."""
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=self.err, transient=True,
-                      disable=not self.err.is_terminal) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
 
 
 def now() -> float:

@@ -30,7 +30,8 @@ from .. import __version__
 from ..aio import Queue
 from ..codec import COMPRESSORS, SERIALIZERS
 from ..sync import SyncQueue
-from ._common import CliState, format_bytes, json_option
+from ._options import json_option
+from ._output import CliState, format_bytes
 
 __all__ = ["MIN_ITEM_BYTES", "BenchResult", "bench", "make_items", "run_bench"]
 

@@ -9,23 +9,9 @@ import click
 from ..engines import Engine, dead_queue_name
 from ..owners import owner_is_dead
 from . import _sqlite
-from ._common import (
-    DEFAULT_CHUNK,
-    MAX_CHUNK,
-    CliState,
-    FiniteFloatRange,
-    Refused,
-    disk_bytes,
-    engine_option,
-    format_bytes,
-    is_interactive,
-    json_option,
-    now,
-    open_existing,
-    owner_state,
-    queue_option,
-    schema_option,
-)
+from ._common import DEFAULT_CHUNK, MAX_CHUNK, Refused, disk_bytes, now, open_existing
+from ._options import FiniteFloatRange, engine_option, json_option, queue_option, schema_option
+from ._output import CliState, format_bytes, is_interactive, owner_state
 
 __all__ = ["compact", "purge", "requeue"]
 

@@ -19,29 +19,19 @@ from ._common import (
     DEFAULT_CHUNK,
     MAX_CHUNK,
     MAX_OFFSET,
-    CliState,
-    Decoded,
-    Decoder,
     Refused,
     base_queues,
     disk_bytes,
-    engine_option,
-    format_age,
-    format_bytes,
     iter_leased_pages,
     iter_pages,
-    json_option,
     now,
     one_line,
     open_existing,
-    owner_state,
-    queue_option,
-    ratio_pct,
-    record_json,
-    record_text,
-    schema_option,
     stored_codec,
 )
+from ._decoding import Decoded, Decoder, record_json, record_text
+from ._options import engine_option, json_option, queue_option, schema_option
+from ._output import CliState, format_age, format_bytes, owner_state, ratio_pct
 
 __all__ = ["info", "peek", "verify"]
 

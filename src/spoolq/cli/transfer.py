@@ -19,22 +19,18 @@ from ..zdict import DICTIONARY_QUEUE, checksum_key
 from ._common import (
     DEFAULT_CHUNK,
     MAX_CHUNK,
-    CliState,
-    Decoder,
     Refused,
     base_queues,
-    engine_option,
     engine_options,
     iter_pages,
     iter_pages_following,
-    json_option,
-    json_text,
     open_existing,
-    queue_option,
-    schema_option,
     set_stored_codec,
     stored_codec,
 )
+from ._decoding import Decoder, json_text
+from ._options import engine_option, json_option, queue_option, schema_option
+from ._output import CliState
 
 __all__ = ["dump", "load", "migrate"]
 

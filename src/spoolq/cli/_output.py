@@ -1,0 +1,141 @@
+"""Output: formatting numbers, ages and owners, and :class:`CliState`'s tables and notes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from ..engines import Engine, dead_queue_name
+from ..owners import owner_is_dead
+from ._common import base_queues
+
+__all__ = [
+    "CliState",
+    "format_age",
+    "format_bytes",
+    "is_interactive",
+    "owner_state",
+    "ratio_pct",
+]
+
+
+# ---- formatting ---------------------------------------------------------------------------
+
+def format_bytes(n: int) -> str:
+    """``1536`` → ``"1.5 KiB"``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def format_age(seconds: float | None) -> str:
+    """``200`` → ``"3m 20s"``; None → ``"-"``."""
+    if seconds is None:
+        return "-"
+    s = max(int(seconds), 0)
+    for size, unit, sub_size, sub_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"),
+                                           (60, "m", 1, "s")):
+        if s >= size:
+            return f"{s // size}{unit} {(s % size) // sub_size}{sub_unit}"
+    return f"{s}s"
+
+
+def ratio_pct(stored: int, raw: int) -> float | None:
+    """Space saved by compression, ``(1 - stored/raw) * 100``; None when empty."""
+    return None if raw == 0 else round((1 - stored / raw) * 100, 1)
+
+
+def owner_state(owner: str) -> str:
+    """``"gone"`` (a process of this host that no longer runs), ``"running"`` (one that
+    does) or ``"unknown"`` (another host, or an owner name of another form)."""
+    if owner_is_dead(owner):
+        return "gone"
+    parts = owner.split(":")
+    if len(parts) == 4 and parts[0] == socket.gethostname():
+        return "running"
+    return "unknown"
+
+
+def is_interactive() -> bool:
+    """Whether a person can answer a question: stdin and stderr are terminals."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _holds_items(engine: Engine, name: str) -> bool:
+    counts = engine.counts(name)
+    return counts.ready + counts.leased > 0
+
+
+# ---- output -------------------------------------------------------------------------------
+
+class CliState:
+    """Where a command writes: tables on stdout, notes and progress on stderr."""
+
+    def __init__(self) -> None:
+        self.out = Console(highlight=False, soft_wrap=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def table(self, *columns: str, title: str | None = None, fold: bool = False,
+              others_width: int = 40) -> Table:
+        """A table for people. Columns named ``#...`` hold numbers (right-aligned);
+        ``~...`` hold long text, cut to one line with an ellipsis unless ``fold``, leaving
+        about ``others_width`` characters of the console's width to the other columns."""
+        table = Table(title=title, title_justify="left", box=None, header_style="bold",
+                      pad_edge=False, padding=(0, 1, 0, 0))
+        for col in columns:
+            if col.startswith("~") and not fold:
+                table.add_column(col[1:], no_wrap=True, overflow="ellipsis",
+                                 max_width=max(self.out.width - others_width, 20))
+            else:
+                table.add_column(col.lstrip("#~"), overflow="fold", min_width=len(col) - 1,
+                                 justify="right" if col.startswith("#") else "left")
+        return table
+
+    @staticmethod
+    def add_row(table: Table, *cells: object) -> None:
+        """Add a row of plain text: brackets in queue names or items are not markup."""
+        table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
+
+    def check_queue_name(self, engine: Engine, *names: str) -> None:
+        """Note on stderr when none of ``names`` holds items, naming the queues that do:
+        a mistyped ``--queue`` otherwise looks like an empty queue."""
+        if not any(_holds_items(engine, name) for name in names):
+            # An engine may list a queue that holds nothing (created, or emptied).
+            others = ", ".join(base for base in base_queues(engine)
+                               if _holds_items(engine, base)
+                               or _holds_items(engine, dead_queue_name(base))) or "none"
+            self.note(f"note: no queue {names[0]!r} holds items in this file "
+                      f"(queues with items: {others})")
+
+    def print_json(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+    def line(self, text: str) -> None:
+        """A line of plain text on stdout, left to the terminal to wrap."""
+        self.out.print(Text(text), soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        """A line for people on stderr (kept out of data written to stdout)."""
+        self.err.print(Text(message), soft_wrap=True)
+
+    @contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """A progress bar on a terminal's stderr; nothing at all when stderr is piped."""
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=self.err, transient=True,
+                      disable=not self.err.is_terminal) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
