@@ -61,6 +61,7 @@ from ..errors import ConfigurationError, CorruptError, EngineError
 from . import _lmdbformat as fmt
 from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
+from ._lmdblease import LeaseSettling
 from ._shared import SharedEngine
 from .base import (
     Counts,
@@ -70,7 +71,6 @@ from .base import (
     StoredRecord,
     batch_given,
     check_window,
-    dead_queue_name,
     distinct_ids,
     restore_refused,
 )
@@ -88,7 +88,7 @@ _MAX_GROWTH = 40
 _data, _raw_size = itemgetter(1), itemgetter(2)
 
 
-class _LMDBStore:
+class _LMDBStore(LeaseSettling):
     """One LMDB environment; see the module docstring."""
 
     name = "lmdb"
@@ -205,39 +205,6 @@ class _LMDBStore:
         self._save(txn, name, q)
         return first
 
-    def _unlease(self, txn: Txn, queue: str, q: fmt.QueueRow, rec: StoredRecord, not_before: float,
-                 max_attempts: int | None, count_attempt: bool, reason: str) -> None:
-        """Turn a leased record (already deleted from ``leased``) ready again, or dead."""
-        q.leased -= 1
-        attempts = rec.attempts if count_attempt else rec.attempts - 1
-        if count_attempt and max_attempts is not None and attempts >= max_attempts:
-            q.stored -= len(rec.data)
-            q.raw -= rec.raw_size
-            dead = dead_queue_name(queue)
-            self._add(txn, dead, self._new_queue(txn, dead), [rec._replace(reason=reason)])
-            return
-        q.ready += 1
-        value = fmt.pack(rec, attempts)
-        if not_before > 0:
-            walk.delay(txn, self._delayed, self._index(), q.number, rec.id, not_before, value)
-        else:
-            txn.put(fmt.KEY.pack(q.number, rec.id), value, db=self._ready)
-
-    def _held(self, txn: Txn, q: fmt.QueueRow, deliveries: Sequence[tuple[int, int]],
-              owner: str) -> Iterator[StoredRecord]:
-        """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
-        for ident, attempts in deliveries:
-            if not 0 < ident <= fmt.MAX_ID:
-                continue
-            key = fmt.KEY.pack(q.number, ident)
-            value = txn.get(key, db=self._leased)
-            if value is None:
-                continue
-            holder, _, rec = self._leased_record(ident, value)
-            if holder == owner and rec.attempts == attempts:
-                txn.delete(key, db=self._leased)
-                yield rec
-
     # ---- the engine protocol ------------------------------------------------------------
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
@@ -351,57 +318,6 @@ class _LMDBStore:
             return done
 
         return self._write("ack", body)
-
-    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
-                not_before: float, max_attempts: int | None, count_attempt: bool = True,
-                reason: str = "") -> list[int]:
-        def body(txn: Txn) -> list[int]:
-            q = self._queue(txn, queue)
-            if q is None or not deliveries:
-                return []
-            done = list(self._held(txn, q, deliveries, owner))
-            for rec in done:
-                self._unlease(txn, queue, q, rec, not_before, max_attempts, count_attempt,
-                              reason or "nacked")
-            if done:
-                self._save(txn, queue, q)
-            return sorted(r.id for r in done)
-
-        return self._write("release", body)
-
-    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
-               max_attempts: int | None = None) -> int:
-        gone = set(owners)
-
-        def body(txn: Txn) -> int:
-            q = self._queue(txn, queue)
-            if q is None or not q.leased:
-                return 0
-            count, start = 0, b""
-            while True:
-                # A chunk of due leases at a time: memory holds their keys, not the records.
-                due: list[tuple[bytes, str]] = []
-                for key, value in walk.prefixed(txn, self._leased, q.number, start):
-                    holder, until, _ = self._leased_record(fmt.KEY.unpack(key)[1], value)
-                    if until <= now or holder in gone:
-                        due.append((key, "lease expired" if until <= now else "owner died"))
-                        if len(due) == walk.CHUNK:
-                            break
-                for key, why in due:
-                    popped = txn.pop(key, db=self._leased)
-                    if popped is None:
-                        raise CorruptError(f"{self.path}: leased record {key.hex()} vanished")
-                    rec = self._leased_record(fmt.KEY.unpack(key)[1], popped)[2]
-                    self._unlease(txn, queue, q, rec, 0.0, max_attempts, True, why)
-                count += len(due)
-                if len(due) < walk.CHUNK:
-                    break
-                start = due[-1][0]
-            if count:
-                self._save(txn, queue, q)
-            return count
-
-        return self._write("expire", body)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         check_window(n, offset)

@@ -1,0 +1,137 @@
+"""How the LMDB engine settles leases other than by an ack: release puts leased
+records back (ready, or delayed until ``not_before``), expire does so for leases that
+ran out or whose owner died, and a record out of attempts goes to the tail of the
+queue's dead-letter queue instead.
+
+:class:`LeaseSettling` is a mixin of the LMDB engine's store; every call is one write
+transaction of the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from ..errors import CorruptError
+from . import _lmdbformat as fmt
+from . import _lmdbwalk as walk
+from .base import StoredRecord, dead_queue_name
+
+if TYPE_CHECKING:
+    import lmdb
+
+    Txn = lmdb.Transaction[bytes]
+    Db = lmdb._Database
+
+__all__ = ["LeaseSettling"]
+
+T = TypeVar("T")
+
+
+class LeaseSettling:
+    """Release, expire and the dead letters, for the LMDB store."""
+
+    if TYPE_CHECKING:
+        path: str
+        _ready: Db
+        _delayed: Db
+        _leased: Db
+
+        def _index(self) -> Db: ...
+
+        def _write(self, what: str, body: Callable[[Txn], T]) -> T: ...
+
+        def _leased_record(self, ident: int, value: bytes) -> tuple[str, float, StoredRecord]: ...
+
+        def _queue(self, txn: Txn, name: str) -> fmt.QueueRow | None: ...
+
+        def _new_queue(self, txn: Txn, name: str) -> fmt.QueueRow: ...
+
+        def _save(self, txn: Txn, name: str, q: fmt.QueueRow) -> None: ...
+
+        def _add(self, txn: Txn, name: str, q: fmt.QueueRow,
+                 recs: Sequence[StoredRecord]) -> int: ...
+
+    def _unlease(self, txn: Txn, queue: str, q: fmt.QueueRow, rec: StoredRecord, not_before: float,
+                 max_attempts: int | None, count_attempt: bool, reason: str) -> None:
+        """Turn a leased record (already deleted from ``leased``) ready again, or dead."""
+        q.leased -= 1
+        attempts = rec.attempts if count_attempt else rec.attempts - 1
+        if count_attempt and max_attempts is not None and attempts >= max_attempts:
+            q.stored -= len(rec.data)
+            q.raw -= rec.raw_size
+            dead = dead_queue_name(queue)
+            self._add(txn, dead, self._new_queue(txn, dead), [rec._replace(reason=reason)])
+            return
+        q.ready += 1
+        value = fmt.pack(rec, attempts)
+        if not_before > 0:
+            walk.delay(txn, self._delayed, self._index(), q.number, rec.id, not_before, value)
+        else:
+            txn.put(fmt.KEY.pack(q.number, rec.id), value, db=self._ready)
+
+    def _held(self, txn: Txn, q: fmt.QueueRow, deliveries: Sequence[tuple[int, int]],
+              owner: str) -> Iterator[StoredRecord]:
+        """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
+        for ident, attempts in deliveries:
+            if not 0 < ident <= fmt.MAX_ID:
+                continue
+            key = fmt.KEY.pack(q.number, ident)
+            value = txn.get(key, db=self._leased)
+            if value is None:
+                continue
+            holder, _, rec = self._leased_record(ident, value)
+            if holder == owner and rec.attempts == attempts:
+                txn.delete(key, db=self._leased)
+                yield rec
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        def body(txn: Txn) -> list[int]:
+            q = self._queue(txn, queue)
+            if q is None or not deliveries:
+                return []
+            done = list(self._held(txn, q, deliveries, owner))
+            for rec in done:
+                self._unlease(txn, queue, q, rec, not_before, max_attempts, count_attempt,
+                              reason or "nacked")
+            if done:
+                self._save(txn, queue, q)
+            return sorted(r.id for r in done)
+
+        return self._write("release", body)
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        gone = set(owners)
+
+        def body(txn: Txn) -> int:
+            q = self._queue(txn, queue)
+            if q is None or not q.leased:
+                return 0
+            count, start = 0, b""
+            while True:
+                # A chunk of due leases at a time: memory holds their keys, not the records.
+                due: list[tuple[bytes, str]] = []
+                for key, value in walk.prefixed(txn, self._leased, q.number, start):
+                    holder, until, _ = self._leased_record(fmt.KEY.unpack(key)[1], value)
+                    if until <= now or holder in gone:
+                        due.append((key, "lease expired" if until <= now else "owner died"))
+                        if len(due) == walk.CHUNK:
+                            break
+                for key, why in due:
+                    popped = txn.pop(key, db=self._leased)
+                    if popped is None:
+                        raise CorruptError(f"{self.path}: leased record {key.hex()} vanished")
+                    rec = self._leased_record(fmt.KEY.unpack(key)[1], popped)[2]
+                    self._unlease(txn, queue, q, rec, 0.0, max_attempts, True, why)
+                count += len(due)
+                if len(due) < walk.CHUNK:
+                    break
+                start = due[-1][0]
+            if count:
+                self._save(txn, queue, q)
+            return count
+
+        return self._write("expire", body)
