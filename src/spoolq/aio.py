@@ -3,7 +3,8 @@
 This module holds the public calls, their checks and their wait loops, and opening and
 closing. How the queue waits and is woken is :class:`spoolq._aiowait.Waiting`; takes on
 the worker thread and the give-backs of cancelled ones are
-:class:`spoolq._aiogiveback.GivingBack`.
+:class:`spoolq._aiogiveback.GivingBack`; leases and their settling are
+:class:`spoolq._aiolease.Leasing`.
 """
 
 from __future__ import annotations
@@ -14,21 +15,21 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._aiogiveback import GivingBack
+from ._aiolease import Leasing
 from ._aiowait import Waiting, wake_one
 from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown
 from .groupcommit import Ticket
-from .message import Message, Taken, log_failed_nack
-from .settings import Settings, check_count, check_seconds, resolve_target
+from .message import Taken
+from .settings import Settings, check_count, resolve_target
 from .worker import Worker
 
 __all__ = ["Queue"]
@@ -47,7 +48,7 @@ def _closed(closing: asyncio.Future[None], close: asyncio.Future[None]) -> None:
     wake_one(closing)
 
 
-class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
+class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
     """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
 
     Create it with ``await Queue.create(path, ...)``; close it with
@@ -369,69 +370,6 @@ class Queue(QueueViews, Waiting, GivingBack, Generic[T]):
         if self._unsettled and not dead:
             await self._await_give_backs()
         return await self._call(partial(self._core.peek, n, offset, dead=dead))
-
-    # ---- leases -------------------------------------------------------------------------
-
-    async def lease(self, *, ttl: float = 30.0, timeout: float | None = None) -> Message[T]:
-        """Lease the oldest item for ``ttl`` seconds; settle it with ``ack`` or ``nack``.
-
-        Until then no other consumer sees it; if it is not settled in time it
-        is delivered again with ``attempts + 1``. Waits like :meth:`get`;
-        raises :class:`Empty` when ``timeout`` passes.
-        """
-        return (await self.lease_many(1, ttl=ttl, timeout=timeout))[0]
-
-    async def lease_many(self, n: int, *, ttl: float = 30.0,
-                         timeout: float | None = None) -> list[Message[T]]:
-        """Lease up to ``n`` items: waits for one, then takes what is ready up to ``n``."""
-        check_seconds("ttl", ttl, positive=True)
-        check_count("n", n, 1)
-        return self._core.messages(await self._take(n, timeout, ttl))
-
-    async def ack(self, *messages: Message[T]) -> None:
-        """Remove leased items for good; raises :class:`LeaseError` for a lease not held."""
-        self._enter()
-        await self._call(self._core.ack, messages)
-        self._wake()
-
-    async def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
-        """Return leased items to their place in line, visible again after ``delay`` seconds."""
-        check_seconds("delay", delay)
-        self._enter()
-        await self._call(self._core.nack, messages, delay)
-
-    @asynccontextmanager
-    async def leased(self, *, ttl: float = 30.0,
-                     timeout: float | None = None) -> AsyncIterator[T]:
-        """Lease an item for the ``async with`` block: ack on success, nack (and re-raise)
-        on error.
-
-        The block's exception always propagates: if the nack fails (the lease expired, or
-        the queue was closed meanwhile, which released the lease) that is logged."""
-        msg = await self.lease(ttl=ttl, timeout=timeout)
-        try:
-            yield msg.item
-        except BaseException:
-            try:
-                await asyncio.shield(self.nack(msg))
-            except Exception as exc:
-                log_failed_nack(msg, exc)
-            raise
-        await self.ack(msg)
-
-    async def requeue_dead(self, ids: Iterable[int] | None = None) -> int:
-        """Move dead letters (all, or those with ``ids``) back to the tail of the queue."""
-        self._enter()
-        return await self._call(self._core.requeue_dead, None if ids is None else list(ids))
-
-    async def purge(self, *, dead: bool = False) -> int:
-        """Delete every item, ready and leased (or every dead letter); return how many.
-
-        Items a cancelled get is giving back are deleted too: it waits for them."""
-        self._enter()
-        if self._unsettled and not dead:
-            await self._await_give_backs()
-        return await self._call(partial(self._core.purge, dead=dead))
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
 
