@@ -319,23 +319,24 @@ class MemoryEngine:
         if s is None:
             return 0
         wanted = None if ids is None else set(ids)
-        chosen = sorted(chain(
-            (r for r in s.fresh if wanted is None or r[0] in wanted),
-            (_record(i, self._drop(s, i)) for i in s.back if wanted is None or i in wanted)))
-        if not chosen:
+        kept: deque[StoredRecord] = deque()
+        from_fresh: list[StoredRecord] = []
+        for rec in s.fresh:
+            (from_fresh if wanted is None or rec[0] in wanted else kept).append(rec)
+        from_back = [_record(i, self._drop(s, i)) for i in s.back
+                     if wanted is None or i in wanted]
+        if not from_fresh and not from_back:
             return 0
+        s.fresh = kept
+        s.stored_bytes -= sum(map(len, map(_data, from_fresh)))
+        s.raw_bytes -= sum(map(_raw_size, from_fresh))
+        if from_back:
+            s.back = [i for i in s.back if i in s.entries]
+            heapq.heapify(s.back)
         d = self._q(dst)
+        chosen = sorted(from_fresh + from_back)
         for rec in chosen:
             self._add(d, rec.data, rec.raw_size, rec.enqueued_at)
-        moved = {rec.id for rec in chosen}
-        kept = deque(r for r in s.fresh if r[0] not in moved)
-        for rec in s.fresh:
-            if rec[0] in moved:
-                s.stored_bytes -= len(rec.data)
-                s.raw_bytes -= rec.raw_size
-        s.fresh = kept
-        s.back = [i for i in s.back if i in s.entries]
-        heapq.heapify(s.back)
         return len(chosen)
 
     def purge(self, queue: str) -> int:
