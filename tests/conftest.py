@@ -82,9 +82,8 @@ def pg_url() -> str:
     return PG_URL
 
 
-@pytest.fixture
-def pg_schema(pg_url: str) -> Iterator[str]:
-    """A fresh schema name for one test; the schema is dropped afterwards."""
+def fresh_pg_schema(pg_url: str) -> Iterator[str]:
+    """Yield a fresh schema name, then drop the schema: the body of a schema fixture."""
     import psycopg
     from psycopg import sql
 
@@ -92,3 +91,9 @@ def pg_schema(pg_url: str) -> Iterator[str]:
     yield name
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """A fresh schema name for one test; the schema is dropped afterwards."""
+    yield from fresh_pg_schema(pg_url)

@@ -10,16 +10,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
 import click
-import psycopg
 import pytest
 from click.types import FloatParamType
-from psycopg import sql
 
 import spoolq
 from spoolq.cli import cli
@@ -40,6 +37,7 @@ from spoolq.protocol import (
 )
 
 from .cli_support import run, run_json
+from .conftest import fresh_pg_schema
 from .servers import SRC, ServerProcess, ThreadedServer
 
 # ---- --schema ---------------------------------------------------------------------------
@@ -48,10 +46,7 @@ from .servers import SRC, ServerProcess, ThreadedServer
 @pytest.fixture
 def other_schema(pg_url: str) -> Iterator[str]:
     """A second fresh schema for one test, dropped afterwards."""
-    name = f"spoolq_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    yield from fresh_pg_schema(pg_url)
 
 
 def _fill_pg(url: str, schema: str) -> None:
