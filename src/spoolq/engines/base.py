@@ -127,10 +127,17 @@ def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:
     return bool(records)
 
 
-def check_window(n: int, offset: int) -> None:
-    """Check the ``n`` and ``offset`` of a peek: ValueError when either is negative."""
+# No queue holds this many records, so a larger n or offset reads the same window; capped
+# there, offset + n still fits the 64-bit integers of SQLite, PostgreSQL and islice().
+WINDOW_MAX = 1 << 61
+
+
+def check_window(n: int, offset: int) -> tuple[int, int]:
+    """Check the ``n`` and ``offset`` of a peek: ValueError when either is negative.
+    Returns them capped at :data:`WINDOW_MAX`, which reads the same records."""
     if n < 0 or offset < 0:
         raise ValueError("n and offset must be >= 0")
+    return min(n, WINDOW_MAX), min(offset, WINDOW_MAX)
 
 
 def restore_refused(queue: str, ident: int) -> ValueError:

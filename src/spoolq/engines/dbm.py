@@ -286,6 +286,8 @@ class _DBMStore(Generations):
             raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        n, offset = check_window(n, offset)
+
         def read() -> list[StoredRecord]:
             q = self._state.queues.get(queue)
             if q is None or n <= 0:
@@ -295,7 +297,7 @@ class _DBMStore(Generations):
         return self._reading("peek", read)
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
 
         def read() -> list[LeasedRecord]:
             q = self._state.queues.get(queue)

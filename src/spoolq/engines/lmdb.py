@@ -320,7 +320,7 @@ class _LMDBStore(LeaseSettling):
         return self._write("ack", body)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
 
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
@@ -339,7 +339,7 @@ class _LMDBStore(LeaseSettling):
         return self._read("peek", body)
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
 
         def body(txn: Txn) -> list[LeasedRecord]:
             q = self._queue(txn, queue)

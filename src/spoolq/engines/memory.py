@@ -281,6 +281,7 @@ class MemoryEngine:
         return len(due)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        n, offset = check_window(n, offset)
         q = self._queues.get(queue)
         if q is None:
             return []
@@ -290,7 +291,7 @@ class MemoryEngine:
         return list(islice(heapq.merge(islice(q.fresh, end), back), offset, end))
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
         q = self._queues.get(queue)
         if q is None or not q.leased or n == 0:
             return []

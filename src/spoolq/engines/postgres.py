@@ -366,13 +366,14 @@ class PostgresEngine:
         return len(rows)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        n, offset = check_window(n, offset)
         with self._conn("peek") as conn:
             rows = conn.execute(self._sql.peek, {"queue": queue, "n": n, "offset": offset},
                                 binary=True).fetchall()
         return [StoredRecord(*row) for row in rows]
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
         clock = time.time()
         with self._conn("peek_leased") as conn:
             rows = conn.execute(self._sql.peek_leased,

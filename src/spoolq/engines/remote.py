@@ -232,13 +232,14 @@ class RemoteEngine:
                                                "max_attempts": max_attempts}))
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        if n < 1:
+        n, offset = check_window(n, offset)
+        if n == 0:
             return []
         return decode_records(self._call("peek", {"queue": queue, "n": min(n, _MAX_N),
                                                   "offset": min(offset, _MAX_N)}))
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
         if n == 0:
             return []
         return decode_leased(self._call("peek_leased", {

@@ -343,7 +343,7 @@ class SQLiteEngine(LeaseSettling):
         return rows
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
 
         def body(lo: int, hi: int) -> list[StoredRecord]:
             return self._records(self._page("spoolq_records", sql.COLUMNS, lo, hi, n, offset))
@@ -351,7 +351,7 @@ class SQLiteEngine(LeaseSettling):
         return self._read("peek", body, queue, [])
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        check_window(n, offset)
+        n, offset = check_window(n, offset)
 
         def body(lo: int, hi: int) -> list[LeasedRecord]:
             rows = self._page("spoolq_leased", sql.COLUMNS + ", owner, until", lo, hi, n, offset)
