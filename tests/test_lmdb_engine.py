@@ -89,6 +89,28 @@ def test_a_file_that_is_not_lmdb_is_refused_without_a_lock_file_beside_it(
     assert path.read_bytes() == b"shopping list\n" * 100
 
 
+def test_a_foreign_lmdb_file_is_refused_without_leaving_a_lock_file(tmp_path: Path) -> None:
+    path = tmp_path / "other.lmdb"
+    with lmdb.open(str(path), subdir=False, lock=False) as env, env.begin(write=True) as txn:
+        txn.put(b"user:1", b"alice")
+    for _ in range(2):
+        with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
+            SyncQueue.create(path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["other.lmdb"]
+    with lmdb.open(str(path), subdir=False, readonly=True, lock=False) as env, \
+            env.begin() as txn:
+        assert txn.get(b"user:1") == b"alice"
+
+
+def test_a_refused_lmdb_file_keeps_the_lock_file_its_own_program_made(tmp_path: Path) -> None:
+    path = tmp_path / "other.lmdb"
+    with lmdb.open(str(path), subdir=False) as env, env.begin(write=True) as txn:
+        txn.put(b"user:1", b"alice")  # the program that owns the file leaves its lock file
+    with pytest.raises(spoolq.FormatError, match="not a spoolq queue"):
+        SyncQueue.create(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.lmdb", "other.lmdb-lock"]
+
+
 def test_directory_in_place_of_the_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "q.lmdb"
     path.mkdir()

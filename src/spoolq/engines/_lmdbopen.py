@@ -3,10 +3,11 @@ upgrading a format 1 file (which has no ``delayed_ids`` index) to format 2."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["Layout", "open_environment", "open_layout"]
+__all__ = ["Layout", "no_lock_file_left", "open_environment", "open_layout"]
 
 log = logging.getLogger("spoolq")
 
@@ -67,6 +68,22 @@ def _check_magic(path: str, read_only: bool) -> None:
                           "(opened for writing, it becomes a new queue)")
     if head and (len(head) < _MAGIC.size or _MAGIC.unpack(head)[0] != _MAGIC_NUMBER):
         raise FormatError(f"{path} is not an LMDB file, so not a spoolq queue file")
+
+
+@contextlib.contextmanager
+def no_lock_file_left(path: str) -> Iterator[None]:
+    """Remove the ``-lock`` file that opening ``path`` created when the file is refused
+    (FormatError, CorruptError): a file that is not a queue gets nothing put beside it. A
+    lock file that was there before is another program's, and stays."""
+    lock_file = path + "-lock"
+    had_lock_file = os.path.lexists(lock_file)
+    try:
+        yield
+    except (FormatError, CorruptError):
+        if not had_lock_file:
+            with contextlib.suppress(OSError):
+                os.remove(lock_file)
+        raise
 
 
 def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,

@@ -97,14 +97,15 @@ class _LMDBStore(LeaseSettling):
                  map_size: int, max_readers: int) -> None:
         self.path = path
         self._pages = PageEnds()  # valid for one snapshot: keyed by the read txn's id
-        self._env = opening.open_environment(path, read_only=read_only, sync=sync,
-                                             metasync=metasync, map_size=map_size,
-                                             max_readers=max_readers)
-        try:
-            layout = opening.open_layout(self._env, path, read_only, self._write)
-        except BaseException:
-            self._env.close()
-            raise
+        with opening.no_lock_file_left(path):
+            self._env = opening.open_environment(path, read_only=read_only, sync=sync,
+                                                 metasync=metasync, map_size=map_size,
+                                                 max_readers=max_readers)
+            try:
+                layout = opening.open_layout(self._env, path, read_only, self._write)
+            except BaseException:
+                self._env.close()
+                raise
         self._meta, self._counters, self._queues = layout.meta, layout.counters, layout.queues
         self._ready, self._delayed, self._leased = layout.ready, layout.delayed, layout.leased
         self._ids = layout.ids
