@@ -34,8 +34,13 @@ async def produce(path: str) -> None:
         await q.put_many({"job": i, "resize": f"photos/{i:05}.jpg", "sizes": [64, 256, 1024]}
                          for i in range(1000))
         stats = q.stats
-        print(f"process 1 put {stats['count']} jobs ({stats['raw_size_bytes']} bytes) "
+        count, raw, stored = stats["count"], stats["raw_size_bytes"], \
+            stats["compressed_size_bytes"]
+        print(f"process 1 put {count} jobs ({raw} bytes serialized, {stored} stored) "
               f"into {path}")
+        if stored >= raw:
+            print(f"  (items this small are stored uncompressed, {(stored - raw) / count:.0f} "
+                  f"bytes of header each; compressor=\"zstd-dict\" compresses them too)")
 
 
 def main() -> None:
