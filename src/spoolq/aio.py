@@ -396,14 +396,19 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
 
         With ``immediate=True`` gets raise at once. Persisted items are kept. A put
-        either raises :class:`QueueShutDown` or had its item accepted before this call
-        (counted by ``qsize()`` and drained by gets), as puts and this call run on the
-        event loop.
+        either raises :class:`QueueShutDown` or has its item written when this returns
+        (counted by ``qsize()`` and drained by gets): puts waiting for their group
+        commit are written here, on the event loop, which waits for a commit the worker
+        has under way. With durability "buffer" a put's item counts as accepted once it
+        is in the buffer, which is written later, as ever.
         """
         self._shutdown = True
         self._immediate = self._immediate or immediate
-        self._core.shut_down(wait=False)  # nothing to wait for: puts hand over on the loop
-        self._core.cancel_waits()
+        core = self._core
+        # Puts on the loop hand their records to the group commit; one the worker had not
+        # written yet would otherwise be written after this returns.
+        core.shut_down(wait=not core.buffered and core.group.unwritten() > 0)
+        core.cancel_waits()
         self._wake()
 
     async def aclose(self) -> None:

@@ -1,0 +1,47 @@
+"""Queue (asyncio): shutdown racing puts, cancellation, counts and errors at their edges."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import spoolq
+from spoolq import Queue
+
+
+def _records_in_file(path: Path) -> int:
+    """Ready records in a SQLite queue file, read with a connection of its own."""
+    con = sqlite3.connect(path)
+    try:
+        count: int = con.execute("SELECT count(*) FROM spoolq_records").fetchone()[0]
+        return count
+    finally:
+        con.close()
+
+
+async def test_no_put_is_written_after_shutdown_returns(tmp_path: Path) -> None:
+    # A put handed to the group commit just before shutdown() was written by the worker
+    # after shutdown() had returned: the file gained items behind the shutdown's back.
+    producers = 60
+    for round_ in range(12):
+        path = tmp_path / f"q{round_}.sqlite"
+        async with await Queue.create(path) as q:
+
+            async def produce(i: int) -> None:
+                for _ in range(i % 5):
+                    await asyncio.sleep(0)
+                await q.put(i)
+
+            tasks = [asyncio.create_task(produce(i)) for i in range(producers)]
+            for _ in range(round_ % 4 + 1):
+                await asyncio.sleep(0)
+            q.shutdown()
+            at_shutdown = _records_in_file(path)
+            results = await asyncio.wait_for(
+                asyncio.gather(*tasks, return_exceptions=True), 10)
+            stored = [i for i, r in enumerate(results) if r is None]
+            refused = [r for r in results if isinstance(r, spoolq.QueueShutDown)]
+            assert len(stored) + len(refused) == producers, results
+            assert _records_in_file(path) == at_shutdown == len(stored) == q.qsize()
+            assert sorted(await q.get_many(None)) == stored
