@@ -355,3 +355,27 @@ def test_queue_names_take_up_to_255_bytes_of_utf8_on_every_engine(path: str) -> 
                      ("a\ud800b", "UTF-8"), ("", "non-empty"), ("a\x00b", "NUL")):
         with pytest.raises(spoolq.ConfigurationError, match=why):
             SyncQueue.create(path, name=bad)
+
+
+def test_spoolqs_own_queues_cannot_be_opened_so_their_dictionaries_stay(
+        tmp_path: Path) -> None:
+    from tests.cli_support import run
+
+    path = str(tmp_path / "q.sqlite")
+    jobs = [{"job": i, "resize": f"photos/{i:05}.jpg"} for i in range(1500)]
+    with SyncQueue.create(path, compressor="zstd-dict") as q:
+        q.put_many(jobs[:1000])  # enough samples: a dictionary is trained and stored
+        q.put_many(jobs[1000:])  # compressed with it
+    engine = SQLiteEngine(path)
+    try:
+        assert len(engine.peek("__spoolq_dictionaries__", 10)) == 1
+    finally:
+        engine.close()
+    for name in ("__spoolq_dictionaries__", "__spoolq_anything"):
+        with pytest.raises(spoolq.ConfigurationError, match="reserved"):
+            SyncQueue.create(path, name=name)
+    result = run("purge", path, "-q", "__spoolq_dictionaries__", "--yes")
+    assert result.exit_code == 2 and "reserved" in result.output
+    with SyncQueue.create(path) as q:
+        assert q.get_many(1500) == jobs
+        assert q.qsize() == 0 and q.peek(1, dead=True) == []

@@ -15,8 +15,8 @@ from .engines.remote import url_queue_name
 from .errors import ConfigurationError
 from .zdict import load_dictionaries
 
-__all__ = ["DURABILITIES", "Settings", "check_count", "check_seconds", "resolve_target",
-           "setting_checks", "stored_codec"]
+__all__ = ["DURABILITIES", "RESERVED_PREFIX", "Settings", "check_count", "check_seconds",
+           "resolve_target", "setting_checks", "stored_codec"]
 
 DURABILITIES = ("fsync", "commit", "buffer")
 
@@ -26,11 +26,20 @@ MAX_NAME_BYTES = 255
 some 500 bytes, and a name goes into keys with a prefix and a suffix)."""
 
 
+RESERVED_PREFIX = "__spoolq_"
+"""Names starting with this are spoolq's own queues in a file (such as its zstd
+dictionaries): a queue handle cannot open them, so no program purges them by mistake."""
+
+
 def check_queue_name(name: object) -> str:
     """``name`` as a queue name: ConfigurationError unless it is a non-empty string without
-    NUL characters of at most MAX_NAME_BYTES bytes of UTF-8."""
+    NUL characters of at most MAX_NAME_BYTES bytes of UTF-8, not starting with
+    :data:`RESERVED_PREFIX`."""
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"name must be a non-empty string, not {name!r}")
+    if name.startswith(RESERVED_PREFIX):
+        raise ConfigurationError(f"name {name!r} is reserved: names starting with "
+                                 f"{RESERVED_PREFIX!r} are spoolq's own queues")
     if "\x00" in name:
         raise ConfigurationError(f"name {name!r} holds a NUL character, which no engine stores")
     try:
