@@ -6,6 +6,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 import spoolq
 from spoolq import Queue
 
@@ -45,3 +47,18 @@ async def test_no_put_is_written_after_shutdown_returns(tmp_path: Path) -> None:
             assert len(stored) + len(refused) == producers, results
             assert _records_in_file(path) == at_shutdown == len(stored) == q.qsize()
             assert sorted(await q.get_many(None)) == stored
+
+
+@pytest.mark.parametrize("name", [":memory:", "q.sqlite"])
+async def test_a_put_waiting_for_room_raises_when_the_queue_is_closed(tmp_path: Path,
+                                                                     name: str) -> None:
+    # Woken by aclose(), a put that had waited past the poll interval re-read the counts
+    # on the worker thread, which aclose() had stopped already: the put waited forever.
+    path = name if name == ":memory:" else str(tmp_path / name)
+    q = await Queue.create(path, maxsize=1, poll_interval=0.01)
+    await q.put("a")
+    putting = asyncio.create_task(q.put("b"))
+    await asyncio.sleep(0.05)  # several poll intervals: a re-read of the counts is due
+    await q.aclose()
+    with pytest.raises(spoolq.QueueShutDown):
+        await asyncio.wait_for(putting, 2)

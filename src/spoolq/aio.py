@@ -249,7 +249,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                 recounted = True  # before refusing, look at the file's counts once more
                 await self._call(core.refresh)
                 continue
-            if core.refresh_due():
+            if core.refresh_due() and not self._shutdown:  # aclose() may have stopped the worker
                 await self._call(core.refresh)
 
     # ---- getting ------------------------------------------------------------------------
