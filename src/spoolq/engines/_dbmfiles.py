@@ -81,15 +81,22 @@ def files_of(path: str, generation: str) -> Iterator[str]:
             yield os.path.join(path, name)
 
 
+_UNFINISHED = ".new-" + "[0-9a-f]" * 12  # the names unfinished_name makes; nothing else goes
+
+
 def unfinished_name(path: str) -> str:
     """Where a new queue directory is made before it is renamed to ``path``."""
     return f"{path}.new-{uuid.uuid4().hex[:12]}"
 
 
 def remove_unfinished(path: str) -> None:
-    """Remove what a process killed while making the queue at ``path`` left beside it."""
-    for leftover in glob.glob(glob.escape(path) + ".new-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    """Remove what a process killed while making the queue at ``path`` left beside it:
+    only directories named as :func:`unfinished_name` names them, never the user's own
+    files that merely start like them."""
+    for leftover in glob.glob(glob.escape(path) + _UNFINISHED):
+        if os.path.isdir(leftover) and not os.path.islink(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.info("spoolq: removed %s, left by an interrupted creation", leftover)
 
 
 def foreign_database(path: str) -> str | None:
@@ -146,7 +153,12 @@ def open_generation(path: str, generation: str, flag: str) -> tuple[Database, st
     except ImportError as exc:
         raise FormatError(f"{path} was written with {which}, which this Python does not have"
                           ) from exc
-    db: Database = module.open(base, flag)
+    try:
+        db: Database = module.open(base, flag)
+    except (SyntaxError, ValueError, TypeError) as exc:
+        # dbm.dumb evaluates each line of its index: a damaged line fails to parse.
+        raise CorruptError(f"{path}: the index of {generation} is damaged: "
+                           f"{type(exc).__name__}: {exc}") from exc
     return db, which
 
 
