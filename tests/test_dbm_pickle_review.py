@@ -3,12 +3,19 @@ and calls that fail half-way."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import spoolq
-from spoolq.engines import DBMEngine
+from spoolq import open_engine
+from spoolq.engines import DBMEngine, Lease, PickleEngine
+
+from .conftest import queue_path
+
+SINGLE_PROCESS = ["dbm", "pickle"]
 
 
 def _generation(path: Path) -> str:
@@ -47,3 +54,63 @@ def test_dbm_damaged_index_line_is_a_corrupt_error(tmp_path: Path) -> None:
         with pytest.raises(spoolq.CorruptError, match=r"index of gen-\d+ is damaged"):
             DBMEngine(path, read_only=read_only)
     assert index.read_bytes() == before
+
+
+# ---- both ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_values_the_file_cannot_hold_are_refused_and_the_file_stays_readable(
+        tmp_path: Path, engine: str) -> None:
+    path = queue_path(tmp_path, engine)
+    eng = open_engine(path)
+    try:
+        eng.append("q", [b"first"], [5], 1.0)
+        bad_calls: list[Callable[[], object]] = [
+            lambda: eng.append("q", ["text"], [4], 1.0),  # type: ignore[list-item]
+            lambda: eng.append("q", [b"ok", 7], [2, 1], 1.0),  # type: ignore[list-item]
+            lambda: eng.set_meta("k", "text"),  # type: ignore[arg-type]
+            lambda: eng.set_meta("k", 5),  # type: ignore[arg-type]
+        ]
+        for call in bad_calls:
+            with pytest.raises(TypeError, match="must be bytes"):
+                call()
+        assert eng.get_meta("k") is None
+        assert [r.data for r in eng.peek("q", 5)] == [b"first"]
+        # Any bytes-like value is taken, and read back as bytes.
+        likes: list[Any] = [bytearray(b"second"), memoryview(b"third")]
+        eng.append("q", likes, [6, 5], 1.0)
+        eng.set_meta("k", bytearray(b"v"))  # type: ignore[arg-type]
+    finally:
+        eng.close()
+    eng = open_engine(path)
+    try:
+        got = eng.take("q", 5, 2.0, Lease("me", 10.0))
+        assert [r.data for r in got] == [b"first", b"second", b"third"]
+        assert all(type(r.data) is bytes for r in got)
+        assert eng.get_meta("k") == b"v"
+    finally:
+        eng.close()
+
+
+def test_pickle_lease_owner_and_reason_must_be_text(tmp_path: Path) -> None:
+    path = tmp_path / "q.pickle"
+    eng = PickleEngine(path)
+    try:
+        eng.append("q", [b"a"], [1], 1.0)
+        with pytest.raises(TypeError, match="lease owner must be a str"):
+            eng.take("q", 1, 2.0, Lease(7, 10.0))  # type: ignore[arg-type]
+        [rec] = eng.take("q", 1, 2.0, Lease("me", 10.0))
+        with pytest.raises(TypeError, match="reason must be a str"):
+            eng.release("q", [(rec.id, rec.attempts)], "me", not_before=0.0, max_attempts=1,
+                        reason=b"why")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="queue name must be a str"):
+            eng.append(b"q", [b"b"], [1], 1.0)  # type: ignore[arg-type]
+        assert eng.counts("q").leased == 1
+    finally:
+        eng.close()
+    eng = PickleEngine(path)
+    try:
+        assert eng.owners("q") == {"me": 1}
+        assert eng.queues() == ["q"]
+    finally:
+        eng.close()

@@ -85,6 +85,16 @@ log = logging.getLogger("spoolq")
 T = TypeVar("T")
 
 
+def _bytes(value: object, what: str) -> bytes:
+    """``value`` as bytes (a bytes-like object is copied); TypeError for anything else."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return bytes(memoryview(value))  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
+
+
 class _DBMStore(Generations):
     """One dbm queue directory; see the module docstring."""
 
@@ -143,9 +153,10 @@ class _DBMStore(Generations):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        batch = [StoredRecord(0, _bytes(data, "a record"), raw, 0, now)
+                 for data, raw in zip(records, raw_sizes, strict=True)]
         with self._transaction("append") as st:
-            first = self._append(st, queue, [StoredRecord(0, data, raw, 0, now) for data, raw
-                                             in zip(records, raw_sizes, strict=True)])
+            first = self._append(st, queue, batch)
         return list(range(first, first + len(records)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
@@ -390,7 +401,7 @@ class _DBMStore(Generations):
 
     def set_meta(self, key: str, value: bytes) -> None:
         with self._transaction("set_meta") as st:
-            st.meta[key] = bytes(value)
+            st.meta[key] = _bytes(value, "a metadata value")
             self._changed = True
 
 class DBMEngine(SharedEngine):

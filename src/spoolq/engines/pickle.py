@@ -94,6 +94,35 @@ def _record(value: object) -> RecordState | None:
     return None
 
 
+def _name(queue: object) -> str:
+    if not isinstance(queue, str):
+        raise TypeError(f"a queue name must be a str, not {type(queue).__name__}")
+    return queue
+
+
+def _bytes(value: object, what: str) -> bytes:
+    """``value`` as bytes (a bytes-like object is copied); TypeError for anything else, which
+    this engine could save but never read back."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return bytes(memoryview(value))  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    return value
+
+
 class _PickleStore:
     """The queue of one pickle file, in memory; see the module docstring."""
 
@@ -257,12 +286,25 @@ class _PickleStore:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        return self._write("append", lambda m: m.append(queue, records, raw_sizes, now))
+        # Checked before anything changes: a value the file cannot hold would make it unreadable.
+        queue = _name(queue)
+        data = [_bytes(r, "a record") for r in records]
+        sizes = [_int(r, "a raw size") for r in raw_sizes]
+        return self._write("append", lambda m: m.append(queue, data, sizes, float(now)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if lease is not None:
+            lease = Lease(_text(lease.owner, "a lease owner"), float(lease.until))
         return self._write("take", lambda m: m.take(queue, n, now, lease))
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        queue = _name(queue)
+        records = [StoredRecord(_int(r.id, "a record id"), _bytes(r.data, "a record"),
+                                _int(r.raw_size, "a raw size"), _int(r.attempts, "attempts"),
+                                float(r.enqueued_at),
+                                None if r.reason is None else _text(r.reason, "a reason"))
+                   for r in records]
+
         def change(m: MemoryEngine) -> bool:
             m.restore(queue, records)
             return bool(records)
@@ -275,6 +317,7 @@ class _PickleStore:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        reason = _text(reason, "a reason")
         return self._write("release", lambda m: m.release(
             queue, deliveries, owner, not_before=not_before, max_attempts=max_attempts,
             count_attempt=count_attempt, reason=reason or "nacked"))
@@ -297,6 +340,7 @@ class _PickleStore:
         return self._mem.owners(queue)
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        dst = _name(dst)
         return self._write("move", lambda m: m.move(src, dst, ids))
 
     def purge(self, queue: str) -> int:
@@ -309,7 +353,8 @@ class _PickleStore:
         return self._mem.get_meta(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        self._write("set_meta", lambda m: m.set_meta(key, value))
+        key, blob = _text(key, "a metadata key"), _bytes(value, "a metadata value")
+        self._write("set_meta", lambda m: m.set_meta(key, blob))
 
     def close(self) -> None:
         self._unlock()
