@@ -11,6 +11,8 @@ import pytest
 import spoolq
 from spoolq import Queue
 
+from .servers import ThreadedServer
+
 
 def _records_in_file(path: Path) -> int:
     """Ready records in a SQLite queue file, read with a connection of its own."""
@@ -62,3 +64,19 @@ async def test_a_put_waiting_for_room_raises_when_the_queue_is_closed(tmp_path: 
     await q.aclose()
     with pytest.raises(spoolq.QueueShutDown):
         await asyncio.wait_for(putting, 2)
+
+
+async def test_shutdown_ends_a_long_poll_that_had_not_started_yet() -> None:
+    # shutdown() asked the engine to end the long-polls in progress, but a get's
+    # long-poll handed to its thread and not started yet began after that, and the get
+    # raised only when it ended (5 s later).
+    with ThreadedServer(":memory:") as server:
+        async with await Queue.create(f"{server.url}/jobs", poll_interval=5) as q:
+            with pytest.raises(spoolq.Empty):  # leaves an idle thread for the next poll
+                await q.get_many(1, timeout=0.05)
+            loop = asyncio.get_running_loop()
+            getting = asyncio.create_task(q.get())
+            # Runs right after the get's first step, which hands its long-poll to a thread.
+            loop.call_soon(q.shutdown, True)
+            with pytest.raises(spoolq.QueueShutDown):
+                await asyncio.wait_for(getting, 1)

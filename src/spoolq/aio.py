@@ -408,7 +408,9 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         # Puts on the loop hand their records to the group commit; one the worker had not
         # written yet would otherwise be written after this returns.
         core.shut_down(wait=not core.buffered and core.group.unwritten() > 0)
-        core.cancel_waits()
+        core.cancel_waits()  # the long-polls in progress
+        for cancel in self._long_polls:  # and those handed to a thread, not started yet
+            cancel.cancel()
         self._wake()
 
     async def aclose(self) -> None:
