@@ -3,6 +3,7 @@ and calls that fail half-way."""
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,41 @@ def test_pickle_lease_owner_and_reason_must_be_text(tmp_path: Path) -> None:
         assert eng.queues() == ["q"]
     finally:
         eng.close()
+
+
+def test_pickle_file_keeps_its_permissions_when_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "q.pickle"
+    PickleEngine(path).close()
+    path.chmod(0o600)
+    eng = PickleEngine(path)
+    try:
+        eng.append("q", [b"secret"], [6], 1.0)
+        eng.take("q", 1, 2.0, None)
+    finally:
+        eng.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_dbm_files_keep_their_permissions_through_a_compaction(tmp_path: Path) -> None:
+    import dbm.dumb
+
+    path = tmp_path / "q.dbm"
+    eng = DBMEngine(path)
+    eng.append("q", [b"secret"], [6], 1.0)
+    eng.close()
+    gen = _generation(path)
+    for name in path.iterdir():
+        if name.name.startswith(gen):
+            name.chmod(0o600)
+    with dbm.dumb.open(str(path / gen), "w") as db:
+        db[b"m1.1"] = b"written, never committed"  # the next open compacts
+    eng = DBMEngine(path)
+    try:
+        assert _generation(path) != gen
+        assert [r.data for r in eng.peek("q", 5)] == [b"secret"]
+        eng.append("q", [b"more"], [4], 1.0)  # dbm.dumb sets the mode on every write
+    finally:
+        eng.close()
+    modes = {name.name: stat.S_IMODE(name.stat().st_mode) for name in path.iterdir()
+             if name.name.startswith("gen-")}
+    assert modes and set(modes.values()) == {0o600}, modes

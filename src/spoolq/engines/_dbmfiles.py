@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
@@ -28,9 +29,10 @@ from ._dbmstate import State, encode_state, main_key
 from ._shared import fsync_dir, fsync_file
 
 __all__ = ["Database", "create_generation", "current", "files_of", "finish_generation",
-           "foreign_database", "get", "is_ours", "make_queue_directory", "open_generation",
-           "remove_generation", "remove_other_generations", "remove_unfinished", "repair_dumb",
-           "set_current", "sync_generation", "unfinished_name", "write_compacted"]
+           "foreign_database", "get", "is_ours", "make_queue_directory", "mode_of",
+           "open_generation", "remove_generation", "remove_other_generations",
+           "remove_unfinished", "repair_dumb", "set_current", "sync_generation",
+           "unfinished_name", "write_compacted"]
 
 log = logging.getLogger("spoolq")
 
@@ -140,6 +142,15 @@ def sync_generation(path: str, generation: str) -> None:
     fsync_dir(path)
 
 
+def mode_of(path: str, generation: str) -> int:
+    """The permissions of a generation's files, which the files written after it keep
+    (dbm.dumb sets its own on every write): 0o666 when it has none (the umask applies)."""
+    for name in sorted(files_of(path, generation)):
+        with suppress(FileNotFoundError):
+            return stat.S_IMODE(os.stat(name).st_mode)
+    return 0o666
+
+
 def open_generation(path: str, generation: str, flag: str) -> tuple[Database, str]:
     """Open a generation with the backend that wrote it; return it and the backend's name."""
     base = os.path.join(path, generation)
@@ -154,7 +165,7 @@ def open_generation(path: str, generation: str, flag: str) -> tuple[Database, st
         raise FormatError(f"{path} was written with {which}, which this Python does not have"
                           ) from exc
     try:
-        db: Database = module.open(base, flag)
+        db: Database = module.open(base, flag, mode_of(path, generation))
     except (SyntaxError, ValueError, TypeError) as exc:
         # dbm.dumb evaluates each line of its index: a damaged line fails to parse.
         raise CorruptError(f"{path}: the index of {generation} is damaged: "
@@ -162,12 +173,14 @@ def open_generation(path: str, generation: str, flag: str) -> tuple[Database, st
     return db, which
 
 
-def create_generation(path: str, generation: str, backend: str | None) -> Database:
+def create_generation(path: str, generation: str, backend: str | None,
+                      mode: int = 0o666) -> Database:
     """A new, empty database for ``generation``: with ``backend`` (a module name such as
-    ``"dbm.dumb"``), or with the ``dbm`` package's default when None."""
+    ``"dbm.dumb"``), or with the ``dbm`` package's default when None; its files get
+    ``mode`` less the umask."""
     remove_generation(path, generation)
     module = dbm if backend is None else importlib.import_module(backend)
-    db: Database = module.open(os.path.join(path, generation), "n")
+    db: Database = module.open(os.path.join(path, generation), "n", mode)
     return db
 
 
@@ -211,10 +224,12 @@ def make_queue_directory(path: str, st: State) -> str:
     return FIRST
 
 
-def write_compacted(path: str, generation: str, backend: str, old: Database, st: State) -> int:
+def write_compacted(path: str, generation: str, backend: str, old: Database, st: State,
+                    mode: int) -> int:
     """Write a new generation holding only the records ``st`` names, renumbered from 0,
-    and the state changed to match; return how many records it holds."""
-    new = create_generation(path, generation, backend)
+    and the state changed to match, its files with permissions ``mode``; return how many
+    records it holds."""
+    new = create_generation(path, generation, backend, mode)
     copied = 0
     try:
         for q in st.queues.values():

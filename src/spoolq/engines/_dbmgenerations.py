@@ -99,7 +99,8 @@ class Generations:
         db = self._require_db()
         generation = f"gen-{int(self._gen[4:]) + 1:06d}"
         copied = files.write_compacted(self.path, generation, self._backend, db,
-                                       decode_state(self._committed))
+                                       decode_state(self._committed),
+                                       files.mode_of(self.path, self._gen))
         files.set_current(self.path, generation)
         old_generation, self._db = self._gen, None
         db.close()

@@ -43,6 +43,7 @@ import io
 import logging
 import os
 import pickle
+import stat
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -241,7 +242,15 @@ class _PickleStore:
                             protocol=_PROTOCOL)
         tmp = f"{self._file}.{uuid.uuid4().hex[:12]}.tmp"
         try:
+            mode = stat.S_IMODE(os.stat(self._file).st_mode)
+        except FileNotFoundError:
+            mode = None
+        try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            if mode is not None and hasattr(os, "fchmod"):
+                # The new file takes the old one's place: it keeps the permissions the user
+                # gave it (a queue of private data made 0o600 must not become readable).
+                os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
                 if self._fsync:
