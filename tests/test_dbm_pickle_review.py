@@ -138,11 +138,11 @@ def test_dbm_files_keep_their_permissions_through_a_compaction(tmp_path: Path) -
     eng.append("q", [b"secret"], [6], 1.0)
     eng.close()
     gen = _generation(path)
+    with dbm.dumb.open(str(path / gen), "w") as db:
+        db[b"m1.1"] = b"written, never committed"  # the next open compacts
     for name in path.iterdir():
         if name.name.startswith(gen):
             name.chmod(0o600)
-    with dbm.dumb.open(str(path / gen), "w") as db:
-        db[b"m1.1"] = b"written, never committed"  # the next open compacts
     eng = DBMEngine(path)
     try:
         assert _generation(path) != gen
