@@ -81,6 +81,8 @@ class Batcher(Generic[T]):
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self._lease_ttl = lease_ttl
+        # Bound to the event loop of the current run; start() makes new ones on another.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -106,8 +108,11 @@ class Batcher(Generic[T]):
     async def start(self) -> None:
         """Open the queue if needed and start the background flusher.
 
-        Items left by an earlier run are flushed right away.
+        Items left by an earlier run are flushed right away. A Batcher stopped on one
+        event loop may start again on another (a second :func:`asyncio.run`); while it
+        runs on one, a start on another raises RuntimeError.
         """
+        await self._bind_loop()
         if self._stopping_task is not None:
             await asyncio.shield(self._stopping_task)  # let it close the queue first
         # Under the flush lock, so that two concurrent starts open one queue and one flusher.
@@ -121,6 +126,26 @@ class Batcher(Generic[T]):
             if self._queue.qsize():
                 self._force_next = True
                 self._wake.set()
+
+    async def _bind_loop(self) -> None:
+        """Make the running event loop this Batcher's; the asyncio primitives of a run on
+        another loop are bound to that loop and fail on this one."""
+        loop = asyncio.get_running_loop()
+        old = self._loop
+        if old is loop:
+            return
+        if old is not None and not old.is_closed() and (
+                self._task is not None or self._stopping_task is not None):
+            raise RuntimeError(f"batcher {self.name!r} is running on another event loop; "
+                               "stop it there first")
+        self._loop = loop
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        # A run whose loop ended without stop(): its flusher ended with the loop.
+        self._task = self._stopping_task = None
+        if self._owns_queue and self._queue is not None:
+            queue, self._queue = self._queue, None
+            await queue.aclose()  # closes a queue of a loop that has ended, from this one
 
     async def stop(self) -> None:
         """Stop the flusher, flush what is waiting (one attempt, even while a retry delay
@@ -150,8 +175,8 @@ class Batcher(Generic[T]):
     async def _stop(self, task: asyncio.Task[None]) -> None:
         self._stopping = True
         self._wake.set()
-        await task
         try:
+            await task
             await self.flush(force=True)
         finally:
             if self._owns_queue and self._queue is not None:

