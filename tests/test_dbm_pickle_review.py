@@ -153,3 +153,43 @@ def test_dbm_files_keep_their_permissions_through_a_compaction(tmp_path: Path) -
     modes = {name.name: stat.S_IMODE(name.stat().st_mode) for name in path.iterdir()
              if name.name.startswith("gen-")}
     assert modes and set(modes.values()) == {0o600}, modes
+
+
+def _break_index(path: Path) -> tuple[Path, Path]:
+    """Make dbm.dumb's next index append fail (its .dir becomes a directory); returns what
+    :func:`_mend_index` needs to put it back."""
+    index = path / f"{_generation(path)}.dir"
+    saved = index.with_name(index.name + ".saved")
+    index.rename(saved)
+    index.mkdir()
+    return index, saved
+
+
+def _mend_index(index: Path, saved: Path) -> None:
+    index.rmdir()
+    saved.rename(index)
+
+
+@pytest.mark.parametrize("then", ["call again", "reopen"])
+def test_dbm_take_that_failed_to_commit_has_not_happened(tmp_path: Path, then: str) -> None:
+    path = tmp_path / "q.dbm"
+    eng = DBMEngine(path)
+    try:
+        eng.append("q", [b"a", b"b", b"c"], [1, 1, 1], 1.0)
+        broken = _break_index(path)
+        with pytest.raises(spoolq.EngineError, match="take failed"):
+            eng.take("q", 2, 2.0, None)
+        _mend_index(*broken)
+        if then == "reopen":
+            eng.close()
+            eng = DBMEngine(path)
+        # The take raised: its records were delivered to no one, so they are still queued.
+        assert eng.counts("q").ready == 3
+        assert [r.data for r in eng.take("q", 5, 2.0, None)] == [b"a", b"b", b"c"]
+    finally:
+        eng.close()
+    eng = DBMEngine(path)
+    try:
+        assert eng.counts("q").ready == 0
+    finally:
+        eng.close()

@@ -81,14 +81,16 @@ class Generations:
             files.remove_other_generations(path, generation)
         self._load(generation)
 
-    def _load(self, generation: str) -> None:
+    def _load(self, generation: str, newest: int | None = None) -> None:
+        """Open ``generation`` at its newest intact state, or the newest up to commit
+        ``newest``; drop (by compacting) whatever no loaded state names."""
         files.repair_dumb(self.path, generation, read_only=self.read_only)
         self._gen = generation
         self._db, self._backend = files.open_generation(self.path, generation,
                                                         "r" if self.read_only else "w")
         keys = list(self._db.keys())
         state = trusted_state(self._db.__getitem__, keys, where=f"{self.path}: {generation}",
-                              path=self.path, go_back=self._go_back)
+                              path=self.path, go_back=self._go_back, newest=newest)
         self._state, self._committed, self._keys = state, encode_state(state), state.keys
         if len(keys) != state.keys and not self.read_only:
             log.info("spoolq: %s: dropping what an interrupted write left", self.path)
@@ -121,7 +123,7 @@ class Generations:
     def _transaction(self, what: str) -> Iterator[State]:
         """One engine call: yields the state to change; set ``self._changed`` to commit it."""
         if self._stale:
-            self._recover(what)
+            self._recover(what, failed=True)
         self._changed = False
         self._new_keys = 0
         try:
@@ -146,13 +148,21 @@ class Generations:
                     raise
                 log.warning("spoolq: %s: compaction failed, will retry: %s", self.path, exc)
 
-    def _recover(self, what: str) -> None:
+    def _recover(self, what: str, *, failed: bool = False) -> None:
+        """Load the generation ``CURRENT`` names again. After a call that ``failed``, its
+        state stays unloaded even when it reached the files (a dbm.dumb index append that
+        failed is still in the index dbm.dumb writes at close, and a failed fsync came after
+        the write): the call raised, so it must not have happened."""
         db, self._db = self._db, None
+        newest = decode_state(self._committed).commit if failed else None
+        generation = self._gen
         if db is not None:
             with suppress(Exception):
                 db.close()
         try:
-            self._load(files.current(self.path) or self._gen)
+            live = files.current(self.path) or generation
+            # A compaction that failed after naming its generation committed nothing new.
+            self._load(live, newest if live == generation else None)
         except OSError as exc:
             raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
         self._stale = False
@@ -179,6 +189,14 @@ class Generations:
             files.sync_generation(self.path, self._gen)
 
     def close(self) -> None:
+        if self._stale and self._db is not None and not self.read_only:
+            # Closing dbm.dumb writes its index as it holds it, with the keys of the call that
+            # failed: drop them now, or the next open would take that call as committed.
+            try:
+                self._recover("close", failed=True)
+            except Exception as exc:  # closing goes on; the files stay as they are
+                log.warning("spoolq: %s: could not drop what a failed call wrote: %s",
+                            self.path, exc)
         db, self._db = self._db, None
         lock, self._lock = self._lock, None
         try:

@@ -170,9 +170,10 @@ def decode_record(value: bytes) -> StoredRecord:
 
 
 def trusted_state(read: Callable[[bytes], bytes], keys: list[bytes], *, where: str, path: str,
-                  go_back: bool) -> State:
+                  go_back: bool, newest: int | None = None) -> State:
     """The newest intact state among the ``s<commit>`` keys of a generation's database
-    (``read`` gives a key's value).
+    (``read`` gives a key's value), passing over those above ``newest`` when given: states
+    of calls that failed after writing them, which must not take effect.
 
     A killed process never leaves a listed state torn (the index line is written after
     the value), so a damaged newest state is damage to the file or a power cut that came
@@ -181,8 +182,8 @@ def trusted_state(read: Callable[[bytes], bytes], keys: list[bytes], *, where: s
     file either way. A state of another format version, or of another program, is a
     FormatError.
     """
-    commits = sorted((int(k[1:]) for k in keys if k[:1] == b"s" and k[1:].isdigit()),
-                     reverse=True)
+    commits = sorted((c for c in (int(k[1:]) for k in keys if k[:1] == b"s" and k[1:].isdigit())
+                      if newest is None or c <= newest), reverse=True)
     torn: Exception | None = None
     for commit in commits:
         blob = b""
