@@ -67,3 +67,36 @@ def test_a_batcher_never_stopped_on_an_ended_loop_starts_on_another(tmp_path: Pa
     asyncio.run(forget_to_stop())
     asyncio.run(restart())
     assert got == [["left"]] and b.stats["queued"] == 0 and not b.stats["running"]
+
+
+async def test_a_cancelled_flush_waits_for_the_sink_to_end_before_the_next(
+        path: str) -> None:
+    running = 0
+    overlapped = False
+    started = asyncio.Event()
+    calls: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        nonlocal running, overlapped
+        overlapped = overlapped or running > 0
+        running += 1
+        calls.append(batch)
+        try:
+            if len(calls) == 1:
+                started.set()
+                await asyncio.sleep(60)
+        finally:
+            # A sink that cleans up on cancellation (rolls back, closes a connection).
+            await asyncio.sleep(0.02)
+            running -= 1
+
+    async with Batcher(sink, queue=path, flush_interval=60) as b:
+        await b.add_many([1, 2])
+        flushing = asyncio.create_task(b.flush())
+        await started.wait()
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        assert running == 0  # the cancelled call has ended when flush() returns
+        assert await b.flush()
+    assert calls == [[1, 2], [1, 2]] and not overlapped

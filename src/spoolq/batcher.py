@@ -291,6 +291,11 @@ class Batcher(Generic[T]):
             await asyncio.wait((sending,), timeout=self._lease_ttl)
         except asyncio.CancelledError:
             sending.cancel()
+            # Until the sink has ended, the batch stays leased and the flush lock held:
+            # no other flush may start while this call still works on the batch.
+            await asyncio.wait((sending,))
+            if not sending.cancelled():
+                sending.exception()  # retrieved: the caller's cancellation is what counts
             raise
         if not sending.done():
             sending.cancel()
