@@ -193,3 +193,24 @@ def test_dbm_take_that_failed_to_commit_has_not_happened(tmp_path: Path, then: s
         assert eng.counts("q").ready == 0
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_dbm_new_queue_through_a_symlink_is_made_where_it_points(tmp_path: Path,
+                                                                  target_exists: bool) -> None:
+    target = tmp_path / "real.dbm"
+    if target_exists:
+        target.mkdir()  # an empty directory, as for a new queue
+    link = tmp_path / "link.dbm"
+    link.symlink_to(target)
+    eng = DBMEngine(link)
+    try:
+        eng.append("q", [b"a"], [1], 1.0)
+    finally:
+        eng.close()
+    assert link.is_symlink() and (target / "CURRENT").is_file()
+    eng = DBMEngine(target)
+    try:
+        assert [r.data for r in eng.peek("q", 5)] == [b"a"]
+    finally:
+        eng.close()

@@ -67,8 +67,11 @@ class Generations:
 
     def _open(self) -> None:
         path = self.path
+        # A new queue reached through a symbolic link is made where the link points, so the
+        # link stays a link (the directory replaces only what rename(2) lets it replace).
+        real = os.path.realpath(path)
         if not self.read_only:
-            files.remove_unfinished(path)
+            files.remove_unfinished(real)
         generation = files.current(path) if os.path.isdir(path) else None
         if generation is None:
             if os.path.isdir(path) and os.listdir(path):
@@ -76,7 +79,7 @@ class Generations:
             if self.read_only:
                 raise FormatError(f"{path}: no such spoolq dbm queue")
             meta = {"application": APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
-            generation = files.make_queue_directory(path, State(meta=meta))
+            generation = files.make_queue_directory(real, State(meta=meta))
         if not self.read_only:
             files.remove_other_generations(path, generation)
         self._load(generation)
