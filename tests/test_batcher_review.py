@@ -4,10 +4,13 @@ while the sink works, and two Batchers draining one file."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from pathlib import Path
 
 import pytest
 
+import spoolq
 from spoolq import Batcher
 
 
@@ -100,3 +103,24 @@ async def test_a_cancelled_flush_waits_for_the_sink_to_end_before_the_next(
         assert running == 0  # the cancelled call has ended when flush() returns
         assert await b.flush()
     assert calls == [[1, 2], [1, 2]] and not overlapped
+
+
+async def test_a_sink_that_outlives_its_lease_is_a_flush_not_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "q.sqlite")
+    again: list[object] = []
+
+    def slow_sink(batch: list[object]) -> None:
+        time.sleep(0.06)  # longer than lease_ttl: a plain function cannot be stopped
+        # Another process sharing the file reaps the lease that ran out and takes the item.
+        with spoolq.SyncQueue.create(path, name="batcher") as other:
+            again.append(other.get_nowait())
+
+    caplog.set_level(logging.WARNING, logger="spoolq")
+    async with Batcher(slow_sink, queue=path, flush_interval=60, lease_ttl=0.05) as b:
+        await b.add("x")
+        assert await b.flush()
+        stats = b.stats
+        assert stats["flushes"] == 1 and stats["items"] == 1 and stats["failures"] == 0
+    assert again == ["x"]
+    assert any("lease" in r.getMessage() and r.name == "spoolq" for r in caplog.records)

@@ -43,7 +43,8 @@ class Batcher(Generic[T]):
     ``<name>.spoolq.sqlite`` in the working directory. An async ``on_flush``
     still running after ``lease_ttl`` seconds is cancelled and counts as a
     failure, so a sink that hangs cannot hold the batch (or :meth:`stop`)
-    forever; a plain function cannot be interrupted, so its lease may expire.
+    forever; a plain function cannot be interrupted, so its lease may expire: the
+    batch may then be delivered again, and the call still counts as a flush.
     """
 
     def __init__(self, on_flush: Callable[[list[T]], Awaitable[object] | object], *,
@@ -266,7 +267,13 @@ class Batcher(Generic[T]):
                     # for the retry delay instead.
                     self._wake.set()
                     return False
-                await queue.ack(*msgs)
+                try:
+                    await queue.ack(*msgs)
+                except LeaseError as exc:
+                    # The sink has the batch: this is a flush, not a failure to retry.
+                    self.log.warning("batcher %r: on_flush returned after the lease of its "
+                                     "batch ran out (lease_ttl=%ss): %s", self.name,
+                                     self._lease_ttl, exc)
                 self._streak = 0
                 self._retry_at = 0.0
                 self._flushes += 1
