@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -124,3 +128,43 @@ async def test_a_sink_that_outlives_its_lease_is_a_flush_not_an_error(
         assert stats["flushes"] == 1 and stats["items"] == 1 and stats["failures"] == 0
     assert again == ["x"]
     assert any("lease" in r.getMessage() and r.name == "spoolq" for r in caplog.records)
+
+
+HUNG_CHILD = textwrap.dedent("""
+    import asyncio, sys, spoolq
+    async def hang(batch):
+        print(batch, flush=True)
+        await asyncio.sleep(60)
+    async def main():
+        b = spoolq.Batcher(hang, queue=sys.argv[1], max_batch_size=5, flush_interval=3600,
+                           lease_ttl=0.3)
+        await b.start()
+        await b.add_many(range(12))
+        await asyncio.sleep(60)
+    asyncio.run(main())
+""")
+
+
+async def test_two_batchers_on_one_file_share_the_items_of_one_killed_mid_batch(
+        shared_path: str) -> None:
+    got: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        got.append(batch)
+
+    async with Batcher(sink, queue=shared_path, max_batch_size=5, flush_interval=0.02) as b:
+        with subprocess.Popen([sys.executable, "-c", HUNG_CHILD, shared_path],
+                              stdout=subprocess.PIPE, text=True) as child:
+            assert child.stdout is not None
+            line = await asyncio.to_thread(child.stdout.readline)
+            assert line.strip() == str([0, 1, 2, 3, 4])
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+        for _ in range(300):
+            if b.stats["items"] == 12:
+                break
+            await asyncio.sleep(0.01)
+    # The running Batcher sends the later items while the dead one's lease runs, then,
+    # once it has run out, the batch the killed process held: every item once.
+    assert got[-1] == [0, 1, 2, 3, 4]
+    assert sorted(i for batch in got for i in batch) == list(range(12))
