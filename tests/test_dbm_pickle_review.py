@@ -4,6 +4,10 @@ and calls that fail half-way."""
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,3 +218,43 @@ def test_dbm_new_queue_through_a_symlink_is_made_where_it_points(tmp_path: Path,
         assert [r.data for r in eng.peek("q", 5)] == [b"a"]
     finally:
         eng.close()
+
+
+CHURN = textwrap.dedent("""
+    import sys, time
+    from spoolq.engines import DBMEngine
+    eng = DBMEngine(sys.argv[1])
+    eng.append("keep", [b"kept"], [4], 1.0)
+    print("ready", flush=True)
+    end = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < end:  # every round leaves enough dead keys for a compaction
+        eng.append("churn", [b"x"] * 600, [1] * 600, 1.0)
+        eng.take("churn", 600, 1.0, None)
+    eng.close()
+""")
+
+
+def test_dbm_read_only_open_while_the_writer_compacts_reads_the_new_generation(
+        tmp_path: Path) -> None:
+    path = tmp_path / "q.dbm"
+    DBMEngine(path).close()
+    with subprocess.Popen([sys.executable, "-c", CHURN, str(path), "1.5"],
+                          stdout=subprocess.PIPE, text=True) as writer:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        first, opened, failures = _generation(path), 0, []
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            try:
+                eng = DBMEngine(path, read_only=True)
+            except spoolq.EngineError as exc:
+                failures.append(str(exc))
+                continue
+            try:
+                assert [r.data for r in eng.peek("keep", 5)] == [b"kept"]
+                opened += 1
+            finally:
+                eng.close()
+        compacted = _generation(path) != first
+        assert writer.wait(30) == 0
+    assert compacted and opened
+    assert not failures, f"{len(failures)} of {len(failures) + opened} opens failed: {failures[0]}"

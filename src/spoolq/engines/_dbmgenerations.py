@@ -20,6 +20,7 @@ __all__ = ["Generations"]
 log = logging.getLogger("spoolq")
 
 _COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
+_READER_TRIES = 20  # loads a read-only open tries while its writer keeps compacting
 
 
 class Generations:
@@ -80,8 +81,29 @@ class Generations:
                 raise FormatError(f"{path}: no such spoolq dbm queue")
             meta = {"application": APPLICATION, "format_version": str(FORMAT_VERSION).encode()}
             generation = files.make_queue_directory(real, State(meta=meta))
-        if not self.read_only:
-            files.remove_other_generations(path, generation)
+        if self.read_only:
+            self._load_as_reader(generation)
+            return
+        files.remove_other_generations(path, generation)
+        self._load(generation)
+
+    def _load_as_reader(self, generation: str) -> None:
+        """Load ``generation`` without the lock: its writer may compact it into a new one
+        meanwhile, removing its files or rewriting its index as they are read. A load that
+        fails while ``CURRENT`` names another generation loads that one instead."""
+        for _ in range(_READER_TRIES - 1):
+            try:
+                self._load(generation)
+                return
+            except (OSError, EngineError):
+                db, self._db = self._db, None
+                if db is not None:
+                    with suppress(Exception):
+                        db.close()
+                live = files.current(self.path)
+                if live is None or live == generation:
+                    raise
+                generation = live
         self._load(generation)
 
     def _load(self, generation: str, newest: int | None = None) -> None:
@@ -164,8 +186,11 @@ class Generations:
                 db.close()
         try:
             live = files.current(self.path) or generation
-            # A compaction that failed after naming its generation committed nothing new.
-            self._load(live, newest if live == generation else None)
+            if self.read_only:
+                self._load_as_reader(live)
+            else:
+                # A compaction that failed after naming its generation committed nothing new.
+                self._load(live, newest if live == generation else None)
         except OSError as exc:
             raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
         self._stale = False
