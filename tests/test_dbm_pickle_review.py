@@ -258,3 +258,17 @@ def test_dbm_read_only_open_while_the_writer_compacts_reads_the_new_generation(
         assert writer.wait(30) == 0
     assert compacted and opened
     assert not failures, f"{len(failures)} of {len(failures) + opened} opens failed: {failures[0]}"
+
+
+def test_pickle_file_cut_short_inside_its_header_is_damaged_not_foreign(tmp_path: Path) -> None:
+    path = tmp_path / "q.pickle"
+    eng = PickleEngine(path)
+    eng.append("q", [b"a"], [1], 1.0)
+    eng.close()
+    whole = path.read_bytes()
+    for size in (1, len(whole) // 2):
+        path.write_bytes(whole[:size])
+        for read_only in (False, True):
+            with pytest.raises(spoolq.CorruptError, match="damaged"):
+                PickleEngine(path, read_only=read_only)
+        assert path.read_bytes() == whole[:size]

@@ -169,7 +169,7 @@ class _PickleStore:
                 head = f.read(len(_HEADER))
         except FileNotFoundError:
             return
-        if head and not head.startswith(_HEADER):
+        if head and not _HEADER.startswith(head):  # a shorter head is a truncated file: _read
             raise self._not_a_pickle()
 
     def _not_a_pickle(self) -> FormatError:
@@ -187,6 +187,8 @@ class _PickleStore:
         if not blob:
             raise CorruptError(f"{self.path} is empty; this engine never writes an empty file "
                                "(remove it to start a new queue)")
+        if _HEADER.startswith(blob):
+            raise CorruptError(f"{self.path} is damaged: cut short after {len(blob)} bytes")
         if not blob.startswith(_HEADER):
             raise self._not_a_pickle()
         stream = io.BytesIO(blob)
