@@ -168,3 +168,26 @@ async def test_two_batchers_on_one_file_share_the_items_of_one_killed_mid_batch(
     # once it has run out, the batch the killed process held: every item once.
     assert got[-1] == [0, 1, 2, 3, 4]
     assert sorted(i for batch in got for i in batch) == list(range(12))
+
+
+
+async def test_a_sink_that_fails_for_ever_keeps_its_batch_after_a_thousand_failures(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    def down(batch: list[object]) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("sink down")
+
+    caplog.set_level(logging.CRITICAL, logger="spoolq")  # not a thousand tracebacks
+    async with await spoolq.Queue.create(":memory:") as q:
+        async with Batcher(down, queue=q, flush_interval=60, retry_delay=0.01,
+                           max_retry_delay=0.01) as b:
+            await b.add_many(["a", "b"])
+            for _ in range(1100):  # the backoff doubled past what a float holds
+                assert not await b.flush()
+            assert b.stats["failures"] == 1100 and b.stats["queued"] == 2
+            await b.add("c")
+        assert await q.peek(5) == ["a", "b", "c"] and q.stats["leased"] == 0
+    assert calls == 1101  # stop() tried once more

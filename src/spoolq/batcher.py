@@ -251,7 +251,9 @@ class Batcher(Generic[T]):
                 except Exception:
                     self._failures += 1
                     self._streak += 1
-                    delay = min(self._retry_delay * 2 ** (self._streak - 1),
+                    # A float power: an int one past 2**1023 cannot be multiplied by a
+                    # float (OverflowError), and a sink may stay down that long.
+                    delay = min(self._retry_delay * 2.0 ** min(self._streak - 1, 1000),
                                 self._max_retry_delay)
                     self._retry_at = time.monotonic() + delay
                     self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
