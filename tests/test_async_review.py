@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import spoolq
 from spoolq import Queue
+from spoolq.engines import Engine, open_engine
 
 from .servers import ThreadedServer
 
@@ -22,6 +25,25 @@ def _records_in_file(path: Path) -> int:
         return count
     finally:
         con.close()
+
+
+class _FailingAppend:
+    """Delegates to a real engine; the next ``failures`` appends raise an EngineError."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.failures = 0
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if self.failures:
+            self.failures -= 1
+            raise spoolq.EngineError("no space left on device")
+        return self._inner.append(queue, records, raw_sizes, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 async def test_no_put_is_written_after_shutdown_returns(tmp_path: Path) -> None:
@@ -80,3 +102,37 @@ async def test_shutdown_ends_a_long_poll_that_had_not_started_yet() -> None:
             loop.call_soon(q.shutdown, True)
             with pytest.raises(spoolq.QueueShutDown):
                 await asyncio.wait_for(getting, 1)
+
+
+async def test_a_buffered_put_whose_flush_fails_waits_for_the_next_one(tmp_path: Path) -> None:
+    # The put that made a flush due raised the flush's error, yet its item stayed in the
+    # buffer and the next flush stored it: a caller retrying it stored it twice.
+    path = str(tmp_path / "q.sqlite")
+    engine = _FailingAppend(open_engine(path))
+    async with await Queue.create(path, engine=engine, durability="buffer", flush_items=2,
+                                  flush_interval=60) as q:
+        await q.put("a")  # buffered
+        engine.failures = 1
+        putting = asyncio.create_task(q.put("b"))  # makes the flush due, which fails
+        await asyncio.sleep(0.05)
+        assert not putting.done()  # waits for its item to be written
+        await q.flush()
+        await asyncio.wait_for(putting, 2)
+        assert await q.get_many(None) == ["a", "b"]
+
+
+async def test_flush_raises_each_time_the_buffer_cannot_be_written(tmp_path: Path) -> None:
+    # After one failed flush the buffered records went back without their puts, and a
+    # flush that failed to write them again returned as if it had.
+    path = str(tmp_path / "q.sqlite")
+    engine = _FailingAppend(open_engine(path))
+    async with await Queue.create(path, engine=engine, durability="buffer",
+                                  flush_interval=60) as q:
+        await q.put_many(["a", "b"])
+        engine.failures = 2
+        for _ in range(2):
+            with pytest.raises(spoolq.EngineError, match="no space"):
+                await q.flush()
+        await q.flush()
+        assert _records_in_file(Path(path)) == 2
+        assert await q.get_many(None) == ["a", "b"]

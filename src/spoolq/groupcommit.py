@@ -73,12 +73,17 @@ class GroupCommit:
         with self._lock:
             self._writing -= n
 
-    def put_back(self, records: list[bytes], sizes: list[int], *, writing: bool = True) -> None:
+    def put_back(self, records: list[bytes], sizes: list[int], *, writing: bool = True,
+                 tickets: list[Ticket] | None = None) -> None:
         """Return records to the front of the next batch: ones a flush took (``writing``),
-        whose write failed, or ones :meth:`take_front` handed out."""
+        whose write failed, with the ``tickets`` that wait for them, or ones
+        :meth:`take_front` handed out."""
         with self._lock:
             self._records[:0] = records
             self._sizes[:0] = sizes
+            if tickets:
+                self._tickets[:0] = tickets
+                self._counts[:0] = [0] * len(tickets)  # unread: the batch is not intact
             if records:
                 self._intact = False  # records without tickets now lead the batch
             if writing:  # last, as in take_all: counted twice for a moment, never not

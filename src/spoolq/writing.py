@@ -126,21 +126,25 @@ class Writing:
         """Write every pending record in one engine transaction; settle their tickets.
 
         If the write fails, waiting callers get the error; with durability
-        "buffer", whose callers have returned already, the records stay
-        buffered for the next flush instead.
+        "buffer" the records stay buffered for the next flush instead, and the
+        puts waiting for this one (it was due) wait for that one: their items were
+        not lost. Then the one ticket returned carries the error, for the caller.
         """
         with self.lock:
             records, sizes, tickets = self.group.take_all()
             if not records and not tickets:
                 return tickets
             error: BaseException | None = None
+            kept = False
             try:
                 self._check_open()
                 self.engine.append(self.name, records, sizes, time.time())
             except BaseException as exc:
                 error = exc
-                if self.buffered and not self.closed:
-                    self.group.put_back(records, sizes)
+                kept = self.buffered and not self.closing
+                if kept:
+                    self.group.put_back(records, sizes, tickets=tickets)
+                    tickets = []
                 else:
                     self._settle_pending(records, sizes, lost=True)
                     self.group.written(len(records))
@@ -159,8 +163,11 @@ class Writing:
             self._after_put()
         else:
             log.error("spoolq: writing %d records to %r failed%s", len(records), self.name,
-                      "; they stay buffered" if self.buffered else "",
-                      exc_info=error)
+                      "; they stay buffered" if kept else "", exc_info=error)
+            if kept:
+                report = Ticket()
+                report.error, report.done = error, True
+                return [report]
         return tickets
 
     def _train(self) -> None:
