@@ -191,3 +191,27 @@ async def test_a_sink_that_fails_for_ever_keeps_its_batch_after_a_thousand_failu
             await b.add("c")
         assert await q.peek(5) == ["a", "b", "c"] and q.stats["leased"] == 0
     assert calls == 1101  # stop() tried once more
+
+
+async def test_a_flush_cancelled_after_its_lease_ran_out_ends_cancelled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "q.sqlite")
+    flushing: asyncio.Task[bool] | None = None
+    again: list[object] = []
+
+    async def sink(batch: list[object]) -> None:
+        time.sleep(0.06)  # past lease_ttl, before the flush's own timer can run
+        with spoolq.SyncQueue.create(path, name="batcher") as other:
+            again.append(other.get_nowait())  # another process reaps the lease
+        assert flushing is not None
+        flushing.cancel()  # say, a timeout around flush()
+        await asyncio.sleep(60)
+
+    caplog.set_level(logging.WARNING, logger="spoolq")
+    async with Batcher(sink, queue=path, flush_interval=60, lease_ttl=0.05) as b:
+        await b.add("x")
+        flushing = asyncio.create_task(b.flush())
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        assert again == ["x"] and b.stats["queued"] == 0
+    assert any("lease" in r.getMessage() and r.name == "spoolq" for r in caplog.records)

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from .aio import Queue
 from .errors import ConfigurationError, Empty, LeaseError
+from .message import Message
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
 __all__ = ["Batcher"]
@@ -246,7 +247,7 @@ class Batcher(Generic[T]):
                 try:
                     await self._send(batch)
                 except asyncio.CancelledError:
-                    await asyncio.shield(queue.nack(*msgs))
+                    await asyncio.shield(self._give_back(queue, msgs))
                     raise
                 except Exception:
                     self._failures += 1
@@ -258,13 +259,7 @@ class Batcher(Generic[T]):
                     self._retry_at = time.monotonic() + delay
                     self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
                                        self.name, len(batch), delay)
-                    try:
-                        await queue.nack(*msgs)
-                    except LeaseError:
-                        # The lease ran out just as the sink was cancelled: expiry puts the
-                        # batch back in its place all the same.
-                        self.log.warning("batcher %r: the failed batch's lease had expired",
-                                         self.name)
+                    await self._give_back(queue, msgs)
                     # The flusher may be waiting out a whole flush_interval: have it wait
                     # for the retry delay instead.
                     self._wake.set()
@@ -284,6 +279,17 @@ class Batcher(Generic[T]):
                 if len(msgs) < self.max_batch_size:
                     break  # nothing more was ready
         return True
+
+    async def _give_back(self, queue: Queue[T], msgs: list[Message[T]]) -> None:
+        """Nack a batch the sink did not take, back to its place in its order."""
+        try:
+            await queue.nack(*msgs)
+        except LeaseError as exc:
+            # The lease ran out while the sink ran: expiry put the batch back in its place
+            # all the same (and another handle may have leased it since).
+            self.log.warning("batcher %r: the lease of the batch on_flush did not take had "
+                             "run out already (lease_ttl=%ss): %s", self.name,
+                             self._lease_ttl, exc)
 
     async def _send(self, batch: list[T]) -> None:
         """Call ``on_flush``; an async one is cancelled when the batch's lease runs out.
