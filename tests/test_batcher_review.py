@@ -215,3 +215,26 @@ async def test_a_flush_cancelled_after_its_lease_ran_out_ends_cancelled(
             await flushing
         assert again == ["x"] and b.stats["queued"] == 0
     assert any("lease" in r.getMessage() and r.name == "spoolq" for r in caplog.records)
+
+
+async def test_adds_from_several_threads_through_the_loop_keep_each_threads_order(
+        path: str) -> None:
+    got: list[list[tuple[int, int]]] = []
+
+    async def sink(batch: list[tuple[int, int]]) -> None:
+        got.append(batch)
+
+    async with Batcher(sink, queue=path, max_batch_size=7, flush_interval=60) as b:
+        loop = asyncio.get_running_loop()
+
+        def producer(t: int) -> None:
+            for i in range(40):
+                asyncio.run_coroutine_threadsafe(b.add((t, i)), loop).result(5)
+
+        await asyncio.gather(*(asyncio.to_thread(producer, t) for t in range(4)))
+        with pytest.raises(RuntimeError, match="event loop"):  # an add on another loop
+            await asyncio.to_thread(asyncio.run, b.add((9, 9)))
+    items = [tuple(item) for batch in got for item in batch]
+    assert sorted(items) == [(t, i) for t in range(4) for i in range(40)]
+    for t in range(4):
+        assert [i for u, i in items if u == t] == list(range(40))
