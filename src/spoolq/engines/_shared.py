@@ -40,6 +40,10 @@ class _Entry:
     lock: threading.RLock
     flushes: dict[str, bool]
     handles: int = 1
+    #: Set, under ``lock``, when the last handle closed the store: a call that got the
+    #: entry before that must not reach the closed store (a pickle store would write its
+    #: file without holding the file's lock any more).
+    closed: bool = False
 
 
 _registry: dict[str, _Entry] = {}
@@ -94,6 +98,7 @@ def _release(key: str, entry: _Entry) -> None:
         # Closed under the registry lock: a new open of the same file waits until the
         # store has let go of it (and of its file lock).
         with entry.lock:
+            entry.closed = True
             entry.store.close()
 
 
@@ -122,8 +127,11 @@ class SharedEngine:
     def _open_entry(self) -> _Entry:
         entry = self._entry
         if entry is None:
-            raise ClosedError(f"the {self.name} engine on {self.path} is closed")
+            raise self._closed()
         return entry
+
+    def _closed(self) -> ClosedError:
+        return ClosedError(f"the {self.name} engine on {self.path} is closed")
 
     def _writable(self, what: str) -> _Entry:
         if self.read_only:
@@ -134,21 +142,29 @@ class SharedEngine:
                now: float) -> list[int]:
         entry = self._writable("append")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.append(queue, records, raw_sizes, now)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         entry = self._writable("take")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.take(queue, n, now, lease)
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         entry = self._writable("restore")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             entry.store.restore(queue, records)
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         entry = self._writable("ack")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.ack(queue, deliveries, owner)
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
@@ -156,6 +172,8 @@ class SharedEngine:
                 reason: str = "") -> list[int]:
         entry = self._writable("release")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.release(queue, deliveries, owner, not_before=not_before,
                                        max_attempts=max_attempts, count_attempt=count_attempt,
                                        reason=reason)
@@ -164,51 +182,71 @@ class SharedEngine:
                max_attempts: int | None = None) -> int:
         entry = self._writable("expire")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.expire(queue, now, owners=owners, max_attempts=max_attempts)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         entry = self._open_entry()
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.peek(queue, n, offset)
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
         entry = self._open_entry()
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.peek_leased(queue, n, offset)
 
     def counts(self, queue: str) -> Counts:
         entry = self._open_entry()
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.counts(queue)
 
     def owners(self, queue: str) -> dict[str, int]:
         entry = self._open_entry()
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.owners(queue)
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
         entry = self._writable("move")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.move(src, dst, ids)
 
     def purge(self, queue: str) -> int:
         entry = self._writable("purge")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.purge(queue)
 
     def queues(self) -> list[str]:
         entry = self._open_entry()
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.queues()
 
     def get_meta(self, key: str) -> bytes | None:
         entry = self._open_entry()
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             return entry.store.get_meta(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
         entry = self._writable("set_meta")
         with entry.lock:
+            if entry.closed:
+                raise self._closed()
             entry.store.set_meta(key, value)
 
     def close(self) -> None:
