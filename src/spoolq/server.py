@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import logging
 import math
@@ -75,6 +76,7 @@ class Server:
         self.connections: set[Session] = set()
         self.connection_closed = asyncio.Event()
         self.stopping = False
+        self.stopped_by: signal.Signals | None = None  # the signal that stopped serve()
         self.address: tuple[str, int] = ("", 0)
         self._server: asyncio.Server | None = None
         self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
@@ -325,6 +327,8 @@ def run(main: Coroutine[Any, Any, R], *, loop: str = "auto") -> R:
 
 def _on_signal(server: Server, sig: signal.Signals) -> None:
     log.info("spoolq: %s received", sig.name)
+    if server.stopped_by is None:
+        server.stopped_by = sig
     server.close()
 
 
@@ -365,11 +369,15 @@ class _LateSignals:
     """SIGTERM and SIGINT handlers of the command line, for when :func:`serve`'s own are
     not installed.
 
-    While the server runs, :func:`serve` handles both signals and starts a clean
-    shutdown. Once it has shut down it puts these handlers back for the rest of
-    the process, which only has to exit now: a signal then is logged and ignored
-    (the default action would end the process with the signal instead of status 0).
-    Before the server listens, a signal does what it did before.
+    Before the server listens, a signal does what it did before. While the server
+    runs, :func:`serve` handles both signals and starts a clean shutdown; after it
+    has shut down (while the event loop closes), a signal is logged and ignored.
+    When :func:`main` returns, :meth:`restore` puts back the handlers from before,
+    so that a program that runs the command line and goes on is not left ignoring
+    SIGTERM. When a signal stopped the server the process is on its way out: then,
+    once the interpreter exits, a later signal is logged and ignored again (the
+    default action would end the process with the signal instead of status 0), unless
+    the handlers were changed since.
     """
 
     def __init__(self) -> None:
@@ -387,6 +395,17 @@ class _LateSignals:
             self._before[sig] = signal.SIG_DFL if before is None else before
             signal.signal(sig, self._handle)
 
+    def restore(self, exiting: bool = False) -> None:
+        """Put back the handlers found by :meth:`install` (where ours are still there);
+        with ``exiting``, ignore a signal again once the interpreter exits."""
+        before = dict(self._before)
+        for sig, handler in before.items():
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, handler)
+        self._before.clear()
+        if exiting and before:
+            atexit.register(_ignore_while_exiting, before)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.serving:
             log.info("spoolq: %s received while exiting; the shutdown goes on",
@@ -394,6 +413,19 @@ class _LateSignals:
             return
         signal.signal(signum, self._before[signum])
         signal.raise_signal(signum)
+
+
+def _ignore_while_exiting(handlers: dict[int, Any]) -> None:
+    """At interpreter exit after a signal stopped the server: a SIGTERM or SIGINT is
+    logged and ignored, where the handler is still the one :func:`main` put back."""
+    for sig, handler in handlers.items():
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(sig) == handler:
+                signal.signal(sig, _ignored)
+
+
+def _ignored(signum: int, frame: FrameType | None) -> None:
+    log.info("spoolq: %s received while exiting; ignored", signal.Signals(signum).name)
 
 
 def _seconds(text: str) -> float:
@@ -446,28 +478,34 @@ def serve_command(args: argparse.Namespace) -> None:
     Sets up logging to stderr and prints the ``listening on`` line; raises
     what starting the server raises (:class:`SpoolqError`, :class:`OSError`),
     for :func:`main` and ``spoolq serve`` to report each in its own way.
-    Meant to end the process: once the server has shut down, SIGTERM and
-    SIGINT stay ignored (logged) so that the process exits with status 0.
+    The SIGTERM and SIGINT handlers found are put back when it returns; when a
+    signal stopped the server, a later one is ignored (logged) once the interpreter
+    exits, so that the process exits with status 0 (see :class:`_LateSignals`).
     """
     if not log.handlers:  # ``spoolq -v serve`` has given the logger its handler already
         logging.basicConfig(level=args.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(message)s")
 
     late = _LateSignals()
+    served: list[Server] = []
 
     def listening(server: Server) -> None:
         late.serving = True
+        served.append(server)
         sys.stdout.write(f"listening on {server.url}\n")
         sys.stdout.flush()
 
     options = _engine_options(args)
     token = None if args.token_file is None else read_token_file(args.token_file)
     late.install()
-    run(serve(args.path, host=args.host, port=args.port, token=token,
-              tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
-              durability=args.durability, stall_timeout=args.stall_timeout,
-              engine=args.engine, engine_options=options, on_listening=listening),
-        loop=args.loop)
+    try:
+        run(serve(args.path, host=args.host, port=args.port, token=token,
+                  tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
+                  durability=args.durability, stall_timeout=args.stall_timeout,
+                  engine=args.engine, engine_options=options, on_listening=listening),
+            loop=args.loop)
+    finally:
+        late.restore(exiting=any(s.stopped_by is not None for s in served))
 
 
 if __name__ == "__main__":

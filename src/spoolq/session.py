@@ -43,14 +43,14 @@ log = logging.getLogger("spoolq")
 # Ops whose reply the server keeps within max_reply (given to them as "limit"): fewer
 # records, or an error for queue names, owners or a metadata value that do not fit.
 _LIMITED = frozenset({"take", "peek", "peek_leased", "queues", "owners", "get_meta"})
+_SETTLING = frozenset({"ack", "release"})  # ops that end deliveries of this connection
 
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""
 _CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
-# The "now" of the expire that releases a dropped connection's leases: it releases what
-# its owners hold and nothing by time. The server's clock is never compared with lease
-# ends, which are the clients' clocks (and other clients' leases are theirs to expire).
-_NOTHING_RAN_OUT = 0.0
+# The dead-letter reason of a record given back for a connection that ended without a
+# goodbye, when that delivery was its last allowed attempt (as the engines' expire says).
+_OWNER_DIED = "owner died"
 
 
 def _version() -> str:
@@ -72,7 +72,12 @@ class Session(asyncio.Protocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.owners: dict[str, dict[str, int | None]] = {}
+        # The leased deliveries this connection sent and its client has not settled here
+        # yet: queue -> {(id, attempts): (owner, max_attempts)}. A connection that ends
+        # without a goodbye gives back exactly these (those still held), never every lease
+        # of their owners: a client that reconnects keeps its owner, and the leases it takes
+        # on its new connection are not this one's to release.
+        self.delivered: dict[str, dict[tuple[int, int], tuple[str, int | None]]] = {}
         self.inflight = 0
         self.closed = False
         self.orderly = False
@@ -176,7 +181,7 @@ class Session(asyncio.Protocol):
         for fut in self._sleepers:
             if not fut.done():
                 fut.set_result(False)
-        if self.owners and not self.orderly and not self.server.stopping:
+        if self.delivered and not self.orderly and not self.server.stopping:
             # A take still running would lease records after the release and then give
             # them back: the release waits for it, so it finds what the take gave back.
             if self.inflight:
@@ -262,26 +267,57 @@ class Session(asyncio.Protocol):
         self.drop()
 
     def _release_leases(self) -> None:
-        for queue_name, owners in self.owners.items():
-            by_limit: dict[int | None, list[str]] = {}
-            for owner, max_attempts in owners.items():
-                by_limit.setdefault(max_attempts, []).append(owner)
-            for max_attempts, group in by_limit.items():
-                args = {"queue": queue_name, "now": _NOTHING_RAN_OUT, "owners": group,
-                        "max_attempts": max_attempts}
-                self.server.runner.submit("expire", args, self._log_release(queue_name))
+        """Give back the deliveries of this connection that their owners still hold.
 
-    def _log_release(self, queue_name: str) -> Callable[[Any, BaseException | None], None]:
+        The engine's release skips a delivery that was settled, expired and delivered
+        again (its attempts differ) or leased by another owner since: only what this
+        connection handed out and nobody settled goes back, counted as an attempt."""
+        delivered, self.delivered = self.delivered, {}
+        for queue_name, held in delivered.items():
+            groups: dict[tuple[str, int | None], list[list[int]]] = {}
+            for (ident, attempts), key in held.items():
+                groups.setdefault(key, []).append([ident, attempts])
+            for (owner, max_attempts), deliveries in groups.items():
+                args = {"queue": queue_name, "owner": owner, "deliveries": deliveries,
+                        "not_before": 0.0, "max_attempts": max_attempts,
+                        "count_attempt": True, "reason": _OWNER_DIED}
+                self.server.runner.submit("release", args, self._log_release(queue_name))
+
+    def _delivered(self, args: dict[str, Any], records: list[Any]) -> None:
+        """Remember the leased records of a take whose reply was written."""
+        lease = args["lease"]
+        if lease is None or not records:
+            return
+        held = self.delivered.setdefault(args["queue"], {})
+        key = (lease[0], args["max_attempts"])
+        for delivery in zip(records[0::RECORD_FIELDS], records[3::RECORD_FIELDS], strict=True):
+            held[delivery] = key
+
+    def _settled(self, args: dict[str, Any]) -> None:
+        """Forget the deliveries an ack or release of this connection named: its client
+        settled them (or they were settled before, or were never this connection's)."""
+        held = self.delivered.get(args["queue"])
+        if not held:
+            return
+        owner = args["owner"]
+        for ident, attempts in args["deliveries"]:
+            if held.get((ident, attempts), ("",))[0] == owner:
+                del held[ident, attempts]
+        if not held:
+            del self.delivered[args["queue"]]
+
+    def _log_release(self, queue_name: str, unsent: bool = False
+                     ) -> Callable[[Any, BaseException | None], None]:
         def outcome(result: Any, error: BaseException | None) -> None:
             if error is not None:
                 log.error("spoolq: giving back the records of %s on %r failed", self.peer,
                           queue_name, exc_info=error)
-            elif isinstance(result, int) and result:
-                log.info("spoolq: released %d leases of %s on %r", result, self.peer,
-                         queue_name)
-            elif result is None or isinstance(result, list):
+            elif unsent:
                 log.info("spoolq: put back %s records taken for %s on %r, whose reply could "
                          "not be sent", "the" if result is None else len(result), self.peer,
+                         queue_name)
+            elif result:
+                log.info("spoolq: released %d leases of %s on %r", len(result), self.peer,
                          queue_name)
         return outcome
 
@@ -303,8 +339,6 @@ class Session(asyncio.Protocol):
             return
         if op in _LIMITED:
             args["limit"] = self.max_reply
-        if op == "take" and args["lease"] is not None:
-            self.owners.setdefault(args["queue"], {})[args["lease"][0]] = args["max_attempts"]
         inline = self._inline
         if inline is not None and op != "wait":
             # The engine never blocks: answer now, without a callback, a task or
@@ -315,9 +349,13 @@ class Session(asyncio.Protocol):
                 self._write(self._error_frame(req, exc))
                 return
             if op != "take" or not args["wait"] or record_count(result):
-                if op == "take" and self._failing() and record_count(result):
-                    self._give_back(args, result)
-                    return
+                if op == "take" and record_count(result):
+                    if self._failing():
+                        self._give_back(args, result)
+                        return
+                    self._delivered(args, result)
+                elif op in _SETTLING:
+                    self._settled(args)
                 self._write(encode_reply(req.id, result))
                 return
         self.inflight += 1
@@ -332,6 +370,8 @@ class Session(asyncio.Protocol):
 
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
         self.inflight -= 1
+        if error is None and req.op in _SETTLING:
+            self._settled(req.args)
         if self.closed or self._failing():
             if req.op == "take" and error is None and record_count(result):
                 self._give_back(req.args, result)
@@ -340,6 +380,8 @@ class Session(asyncio.Protocol):
                 self._release_leases()
             return
         if error is None:
+            if req.op == "take":
+                self._delivered(req.args, result)
             self._write(encode_reply(req.id, result))
         else:
             self._write(self._error_frame(req, error))
@@ -370,7 +412,7 @@ class Session(asyncio.Protocol):
                                                       records[3::RECORD_FIELDS], strict=True)],
                 "max_attempts": None,
                 "count_attempt": False, "reason": ""}
-        self.server.runner.submit(op, undo, self._log_release(queue_name))
+        self.server.runner.submit(op, undo, self._log_release(queue_name, unsent=True))
 
     async def _long_take(self, req: Request) -> None:
         a = req.args
