@@ -238,3 +238,24 @@ async def test_adds_from_several_threads_through_the_loop_keep_each_threads_orde
     assert sorted(items) == [(t, i) for t in range(4) for i in range(40)]
     for t in range(4):
         assert [i for u, i in items if u == t] == list(range(40))
+
+
+@pytest.mark.parametrize("logger", ["spoolq", print, 0])
+def test_a_logger_that_is_not_one_is_refused(logger: object) -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="logger"):
+        Batcher(lambda batch: None, queue=":memory:", logger=logger)  # type: ignore[arg-type]
+
+
+async def test_a_logger_adapter_gets_the_sink_failures(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def down(batch: list[object]) -> None:
+        raise ConnectionError("sink down")
+
+    adapter = logging.LoggerAdapter(logging.getLogger("spoolq.metrics"), {})
+    caplog.set_level(logging.ERROR, logger="spoolq")
+    async with await spoolq.Queue.create(":memory:") as q:
+        async with Batcher(down, queue=q, flush_interval=60, logger=adapter) as b:
+            await b.add(1)
+            assert not await b.flush()
+        assert await q.peek(5) == [1]
+    assert any(r.name == "spoolq.metrics" and r.exc_info for r in caplog.records)

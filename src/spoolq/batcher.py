@@ -51,12 +51,18 @@ class Batcher(Generic[T]):
     def __init__(self, on_flush: Callable[[list[T]], Awaitable[object] | object], *,
                  queue: Queue[T] | str | os.PathLike[str] | None = None,
                  max_batch_size: int = 100, flush_interval: float = 10.0,
-                 name: str = "batcher", logger: logging.Logger | None = None,
+                 name: str = "batcher",
+                 logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
                  retry_delay: float = 0.5, max_retry_delay: float = 60.0,
                  lease_ttl: float = 300.0) -> None:
         if not callable(on_flush):
             raise ConfigurationError(
                 f"on_flush must be callable, not {type(on_flush).__name__} {on_flush!r}")
+        if logger is not None and not isinstance(logger, (logging.Logger,
+                                                          logging.LoggerAdapter)):
+            # Else the first failed flush would raise here instead of giving its batch back.
+            raise ConfigurationError(f"logger must be a logging.Logger or LoggerAdapter, not "
+                                     f"{type(logger).__name__} {logger!r}")
         if queue is not None and not isinstance(queue, (Queue, str, os.PathLike)):
             raise ConfigurationError(f"queue must be a spoolq.Queue, a path or None, not "
                                      f"{type(queue).__name__} {queue!r}")
@@ -79,7 +85,8 @@ class Batcher(Generic[T]):
         self.max_batch_size = max_batch_size
         self.flush_interval = flush_interval
         self.name = name
-        self.log = logger or logging.getLogger("spoolq")
+        self.log: logging.Logger | logging.LoggerAdapter[Any] = (
+            logger if logger is not None else logging.getLogger("spoolq"))
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self._lease_ttl = lease_ttl
