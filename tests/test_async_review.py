@@ -136,3 +136,21 @@ async def test_flush_raises_each_time_the_buffer_cannot_be_written(tmp_path: Pat
         await q.flush()
         assert _records_in_file(Path(path)) == 2
         assert await q.get_many(None) == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", [":memory:", "q.sqlite"])
+async def test_requeue_dead_refuses_ids_that_are_not_ints(tmp_path: Path, name: str) -> None:
+    # The memory engine moved nothing and returned 0; SQLite raised a TypeError about
+    # comparing an int with a str.
+    path = name if name == ":memory:" else str(tmp_path / name)
+    async with await Queue.create(path, max_attempts=1) as q:
+        await q.put("a")
+        await q.nack(await q.lease())
+        assert q.stats["dead"] == 1
+        for ids in (["x"], [1.0], [None], [True]):
+            with pytest.raises(TypeError, match="ids must be an int"):
+                await q.requeue_dead(ids)  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="ids must be >= 0"):
+            await q.requeue_dead([-1])
+        assert q.stats["dead"] == 1 and await q.peek(dead=True) == ["a"]
+        assert await q.requeue_dead() == 1 and await q.get() == "a"

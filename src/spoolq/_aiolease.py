@@ -87,9 +87,12 @@ class Leasing(Generic[T]):
         await self.ack(msg)
 
     async def requeue_dead(self, ids: Iterable[int] | None = None) -> int:
-        """Move dead letters (all, or those with ``ids``) back to the tail of the queue."""
+        """Move dead letters (all, or those with ``ids``) back to the tail of the queue;
+        return how many moved. An id that is not an int raises TypeError, a negative one
+        ValueError, and nothing moves."""
+        wanted = None if ids is None else [check_count("ids", i, 0) for i in ids]
         self._enter()
-        return await self._call(self._core.requeue_dead, None if ids is None else list(ids))
+        return await self._call(self._core.requeue_dead, wanted)
 
     async def purge(self, *, dead: bool = False) -> int:
         """Delete every item, ready and leased (or every dead letter); return how many.
