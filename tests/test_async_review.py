@@ -46,18 +46,22 @@ class _FailingAppend:
         return getattr(self._inner, name)
 
 
-async def test_no_put_is_written_after_shutdown_returns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["commit", "fsync"])
+async def test_no_put_is_written_after_shutdown_returns(tmp_path: Path, durability: str) -> None:
     # A put handed to the group commit just before shutdown() was written by the worker
     # after shutdown() had returned: the file gained items behind the shutdown's back.
     producers = 60
     for round_ in range(12):
         path = tmp_path / f"q{round_}.sqlite"
-        async with await Queue.create(path) as q:
+        async with await Queue.create(path, durability=durability) as q:
 
             async def produce(i: int) -> None:
                 for _ in range(i % 5):
                     await asyncio.sleep(0)
-                await q.put(i)
+                if i % 7:
+                    await q.put(i)
+                else:
+                    await q.put_many([i])
 
             tasks = [asyncio.create_task(produce(i)) for i in range(producers)]
             for _ in range(round_ % 4 + 1):
