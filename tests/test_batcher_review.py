@@ -259,3 +259,29 @@ async def test_a_logger_adapter_gets_the_sink_failures(
             assert not await b.flush()
         assert await q.peek(5) == [1]
     assert any(r.name == "spoolq.metrics" and r.exc_info for r in caplog.records)
+
+
+async def test_a_restart_flushes_what_the_last_stop_left_without_waiting_for_the_backoff(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+    got: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise ConnectionError("sink down")
+        got.append(batch)
+
+    caplog.set_level(logging.CRITICAL, logger="spoolq")
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60, retry_delay=30)
+    async with b:
+        await b.add(1)
+        assert not await b.flush()
+    assert calls == 2 and b.stats["queued"] == 1  # stop() tried once more, in vain
+    async with b:  # "items left by an earlier run are flushed right away"
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [[1]]

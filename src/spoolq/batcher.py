@@ -131,6 +131,9 @@ class Batcher(Generic[T]):
             if self._queue is None:
                 self._queue = await Queue.create(self._path, name=self.name)
             self._stopping = False
+            # A start tries at once, as stop() and flush() do, whatever retry delay the last
+            # run's failures left; a new failure starts the delay again where it was.
+            self._retry_at = 0.0
             self._task = asyncio.create_task(self._run(), name=f"spoolq-batcher-{self.name}")
             if self._queue.qsize():
                 self._force_next = True
