@@ -285,3 +285,18 @@ async def test_a_restart_flushes_what_the_last_stop_left_without_waiting_for_the
                 break
             await asyncio.sleep(0.01)
         assert got == [[1]]
+
+
+async def test_an_add_waiting_for_room_in_a_bounded_queue_has_it_flushed(path: str) -> None:
+    got: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        got.append(batch)
+
+    async with await spoolq.Queue.create(path, maxsize=3) as q:
+        async with Batcher(sink, queue=q, max_batch_size=10, flush_interval=60) as b:
+            await asyncio.wait_for(b.add_many([0, 1]), 1)
+            for i in range(2, 7):  # the queue holds 3 items: a batch of 10 never fills
+                await asyncio.wait_for(b.add(i), 1)
+            await asyncio.wait_for(b.add_many([7, 8, 9, 10]), 1)  # more than maxsize
+        assert [i for batch in got for i in batch] == list(range(11))

@@ -220,13 +220,21 @@ class Batcher(Generic[T]):
 
     async def add_many(self, items: Iterable[T]) -> None:
         """Store several items in one transaction (all or none); RuntimeError unless
-        the Batcher is running."""
+        the Batcher is running. In a queue with a ``maxsize`` that has no room for them,
+        it has what is waiting flushed and waits for the room."""
         if self._task is None:
             # With no flusher, stored items would wait unsent, even past stop()'s last flush.
             raise RuntimeError(f"batcher {self.name!r} is not running: call start() first "
                                "or use async with")
-        await self.queue.put_many(items)
-        if self.queue.qsize() >= self.max_batch_size:
+        queue = self.queue
+        items = list(items)
+        if queue.maxsize and queue.qsize() + len(items) > queue.maxsize:
+            # The put waits for room, which only a flush makes: flush what is waiting now,
+            # not at the next interval (a batch as large as max_batch_size may never fit).
+            self._force_next = True
+            self._wake.set()
+        await queue.put_many(items)
+        if queue.qsize() >= self.max_batch_size:
             self._wake.set()
 
     async def flush(self, force: bool = True) -> bool:
