@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,16 @@ from typing import Any
 import cbor2
 import pytest
 
-from spoolq.engines import Lease
+import spoolq
+from spoolq.engines import Lease, open_engine
 from spoolq.engines.remote import RemoteEngine
-from spoolq.protocol import RECORD_FIELDS, FrameType, encode_frame, encode_preamble
+from spoolq.protocol import (
+    RECORD_FIELDS,
+    FrameType,
+    encode_frame,
+    encode_preamble,
+    encode_reply,
+)
 
 from .servers import SRC, ThreadedServer
 
@@ -257,3 +265,155 @@ def test_main_puts_back_the_signal_handlers_it_found(tmp_path: Path, loop: str,
     else:
         assert proc.returncode == -signal.SIGTERM, err
         assert out.splitlines() == ["returned 0 []", "sigint True"]
+
+
+# ---- shutdown ---------------------------------------------------------------------------
+
+
+class _GatedTake:
+    """An engine whose ``take`` from queue "gated" waits for ``gate`` (``entered`` says it
+    began)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> Any:
+        if queue == "gated":
+            self.entered.set()
+            self.gate.wait(10)
+        return self._inner.take(queue, n, now, lease)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+@pytest.mark.parametrize("leased", [False, True])
+def test_a_take_of_a_dropped_connection_still_running_at_shutdown_is_given_back(
+        tmp_path: Path, leased: bool) -> None:
+    """The client left while its take ran; the server then shuts down. The records the
+    take removed (or leased) go back before the engine closes: the server waits for the
+    requests of connections that already ended too, not only for those of open ones."""
+    path = tmp_path / "q.sqlite"
+    engine = _GatedTake(open_engine(path))
+    srv = ThreadedServer(str(path), engine=engine)
+    try:
+        assert srv.server is not None
+        eng = RemoteEngine(srv.url)
+        try:
+            eng.append("gated", [b"job"], [3], time.time())
+        finally:
+            eng.close()
+        client = Raw(srv.url)
+        now = time.time()
+        client.send("take", queue="gated", n=1, now=now,
+                    lease=["gone", now + 600] if leased else None)
+        assert engine.entered.wait(5)
+        client.close()
+        _until(lambda: not srv.server.connections)  # the server saw it end
+        srv.loop.call_soon_threadsafe(srv.server.close)
+        time.sleep(0.3)  # the shutdown is under way, waiting for nothing it knows of
+        engine.gate.set()
+    finally:
+        engine.gate.set()
+        srv.stop()
+    check = open_engine(path)
+    try:
+        assert tuple(check.counts("gated"))[:2] == (1, 0)
+    finally:
+        check.close()
+
+
+# ---- max_frame boundaries ---------------------------------------------------------------
+
+
+def _largest_append(eng: RemoteEngine, queue: str, limit: int) -> int:
+    """Append the largest record the client lets through (a frame of at most the server's
+    max_frame); return its size."""
+    for size in range(limit, 0, -1):
+        try:
+            eng.append(queue, [b"x" * size], [size], time.time())
+        except spoolq.EngineError as exc:
+            assert "exceeds the server's limit" in str(exc)
+            continue
+        return size
+    raise AssertionError("nothing fits")
+
+
+@pytest.mark.parametrize("leased", [False, True])
+def test_the_largest_record_a_server_accepts_can_be_taken_with_a_reply_of_that_size(
+        tmp_path: Path, leased: bool) -> None:
+    """A record in a frame of max_frame bytes fits a reply of max_frame bytes: the server
+    sends it to a client whose max_reply is the server's max_frame rather than refuse it
+    on an estimate of its size, which left it at the head of the queue for good."""
+    with ThreadedServer(":memory:", max_frame=65536) as srv:
+        eng = RemoteEngine(srv.url, max_reply=65536)
+        try:
+            size = _largest_append(eng, "q", 65536)
+            assert size > 65536 - 100
+            eng.append("q", [b"next"], [4], time.time())
+            now = time.time()
+            got = eng.take("q", 5, now, Lease("w", now + 60) if leased else None)
+            assert [len(r.data) for r in got] == [size, 4]
+        finally:
+            eng.close()
+
+
+@pytest.mark.parametrize("op", ["peek", "take", "peek_leased"])
+def test_a_reply_may_take_exactly_the_max_reply_of_its_client(op: str) -> None:
+    with ThreadedServer(":memory:") as srv:
+        eng = RemoteEngine(srv.url)
+        try:
+            eng.append("q", [b"a" * 900, b"b" * 900, b"c" * 900], [900] * 3, time.time())
+            now = time.time()
+            if op == "peek_leased":
+                eng.take("q", 3, now, Lease("owner-" + "o" * 40, now + 600))
+            fields = {"queue": "q", "n": 2}
+            if op == "take":
+                fields.update(now=now, lease=["w", now + 600])
+            exact = len(encode_reply(1, eng._call(op if op != "take" else "peek",
+                                                  {"queue": "q", "n": 2}
+                                                  if op != "peek_leased" else fields))) - 4
+            for max_reply, count in ((exact, 2), (exact - 1, 1)):
+                client = Raw(srv.url)
+                try:
+                    client.call("hello", max_reply=max_reply)
+                    reply = client.call(op, **fields)
+                    if op == "peek_leased":
+                        assert len(reply[1]) == count
+                    else:
+                        assert len(reply) == count * RECORD_FIELDS
+                    if op == "take":  # give them back for the next round
+                        deliveries = [[reply[i], reply[i + 3]]
+                                      for i in range(0, len(reply), RECORD_FIELDS)]
+                        client.call("release", queue="q", owner="w", deliveries=deliveries,
+                                    not_before=0.0, count_attempt=False)
+                finally:
+                    client.close()
+        finally:
+            eng.close()
+
+
+def test_the_reply_sizes_the_server_counts_are_those_of_the_frames_it_sends() -> None:
+    from spoolq.dispatch import _fitting, _fitting_leased
+    from spoolq.engines import LeasedRecord, StoredRecord
+    from spoolq.protocol import encode_leased, encode_records
+
+    recs = [StoredRecord(i, b"x" * n, n, a, t, r) for i, n, a, t, r in [
+        (1, 0, 0, 0.0, None), (23, 23, 1, 1.7e9, "nacked"), (24, 24, 255, 1.5, "é" * 30),
+        (2**16, 300, 2**16, 12.0, None), (2**32, 70000, 3, -1.0, "owner died"),
+        (2**40, 5, 2**33, 1e300, "x" * 300)]]
+    leased = [LeasedRecord(r, owner, 1.7e9) for r, owner in zip(
+        recs, ["w", "ü" * 30, "o" * 24, "", "p" * 300, "q"], strict=True)]
+    for k in range(1, len(recs) + 1):
+        for fitting, encode, items in ((_fitting, encode_records, recs),
+                                       (_fitting_leased, encode_leased, leased)):
+            length = len(encode_reply(1, encode(items[:k]))) - 4
+            assert fitting(items, length, "q") == k
+            if k > 1:
+                assert fitting(items, length - 1, "q") == k - 1
+            else:
+                with pytest.raises(spoolq.ConfigurationError, match=f"takes {length:,} bytes"):
+                    fitting(items, length - 1, "q")

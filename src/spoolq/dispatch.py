@@ -26,7 +26,13 @@ from typing import Any, Protocol, TypeVar
 
 from .engines import Engine, Lease, LeasedRecord, StoredRecord, SupportsPeekLeased
 from .errors import ClosedError, ConfigurationError, EngineError
-from .protocol import decode_records, encode_leased, encode_records, encode_reply
+from .protocol import (
+    RECORD_FIELDS,
+    decode_records,
+    encode_leased,
+    encode_records,
+    encode_reply,
+)
 
 __all__ = ["EngineThread", "InlineRunner", "Outcome", "Runner", "make_runner"]
 
@@ -36,7 +42,9 @@ Outcome = Callable[[Any, "BaseException | None"], None]
 """Called on the event loop with ``(result, None)`` or ``(None, error)``."""
 
 _RECORD_OVERHEAD = 48  # CBOR framing of one record's other fields, an upper bound
-_REPLY_OVERHEAD = 64  # frame header and CBOR framing of the reply itself
+_REPLY_OVERHEAD = 64  # frame header and CBOR framing of the reply itself, an upper bound
+_FRAME_HEAD = 5  # a frame's type and id: what its length counts besides the body
+_TIME = 9  # a time in CBOR: cbor2 writes a float as a double, and an integer takes no more
 _Job = tuple[str, dict[str, Any], Outcome]
 _T = TypeVar("_T")
 
@@ -44,40 +52,72 @@ _T = TypeVar("_T")
 _data, _reason = itemgetter(1), itemgetter(5)
 
 
-def _wire_size(rec: StoredRecord | LeasedRecord) -> int:
-    """An upper bound of the bytes ``rec`` takes in a reply."""
-    if isinstance(rec, LeasedRecord):
-        return _wire_size(rec.record) + len(rec.owner.encode()) + _RECORD_OVERHEAD
-    reason = 0 if rec.reason is None else len(rec.reason.encode())
-    return len(rec.data) + reason + _RECORD_OVERHEAD
+def _head(n: int) -> int:
+    """The bytes of a CBOR head carrying ``n``: a whole integer, or the header of a string
+    or an array of ``n`` elements."""
+    if n < 0:
+        n = -1 - n
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 1 << 32 else 9
+
+
+def _text(value: str) -> int:
+    n = len(value.encode())
+    return _head(n) + n
+
+
+def _record_size(rec: StoredRecord) -> int:
+    """The bytes ``rec`` takes in the records array of a reply (exact: the frame limit is
+    checked against it, and a record refused on an estimate would stay in the queue)."""
+    ident, data, raw_size, attempts, _, reason = rec
+    n = len(data)
+    return (_head(ident) + _head(n) + n + _head(raw_size) + _head(attempts) + _TIME
+            + (1 if reason is None else _text(reason)))
 
 
 def _reply_size(recs: list[StoredRecord]) -> int:
-    """An upper bound of the bytes a reply carrying ``recs`` takes."""
+    """An upper bound of the bytes a reply carrying ``recs`` takes (a quick check: only
+    a reply it finds too large is measured record by record)."""
     if any(map(_reason, recs)):  # dead letters: rare, and their reasons count too
-        return _REPLY_OVERHEAD + sum(map(_wire_size, recs))
+        return _REPLY_OVERHEAD + sum(map(_record_size, recs))
     return _REPLY_OVERHEAD + sum(map(len, map(_data, recs))) + _RECORD_OVERHEAD * len(recs)
 
 
-def _id(rec: StoredRecord | LeasedRecord) -> int:
-    return rec.record.id if isinstance(rec, LeasedRecord) else rec.id
+def _too_large(ident: int, size: int, limit: int, queue_name: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"record {ident} of queue {queue_name!r} takes {size:,} bytes in a reply, more "
+        f"than this connection accepts ({limit:,}): open the queue with a larger "
+        f"engine_options={{'max_reply': ...}} to receive it")
 
 
-def _fitting(recs: Sequence[StoredRecord | LeasedRecord], limit: int, queue_name: str) -> int:
-    """How many of ``recs``, from the first, fit in a reply of ``limit`` bytes; none fitting
-    is a ConfigurationError naming the first record (the caller gives it back first)."""
-    size, keep = _REPLY_OVERHEAD, 0
+def _fitting(recs: Sequence[StoredRecord], limit: int, queue_name: str) -> int:
+    """How many of ``recs``, from the first, fit in a reply frame of ``limit`` bytes (as
+    its length counts them); none fitting is a ConfigurationError naming the first record
+    (the caller gives it back first)."""
+    size, keep = 0, 0
     for rec in recs:
-        size += _wire_size(rec)
-        if size > limit:
+        size += _record_size(rec)
+        if _FRAME_HEAD + _head(RECORD_FIELDS * (keep + 1)) + size > limit:
             break
         keep += 1
     if not keep and recs:
-        raise ConfigurationError(
-            f"record {_id(recs[0])} of queue {queue_name!r} takes up to "
-            f"{_REPLY_OVERHEAD + _wire_size(recs[0]):,} bytes in a reply, more than this "
-            f"connection accepts ({limit:,}): open the queue with a larger "
-            f"engine_options={{'max_reply': ...}} to receive it")
+        raise _too_large(recs[0].id, _FRAME_HEAD + _head(RECORD_FIELDS) + size, limit,
+                         queue_name)
+    return keep
+
+
+def _fitting_leased(recs: Sequence[LeasedRecord], limit: int, queue_name: str) -> int:
+    """:func:`_fitting` for leased records, which travel as ``[records, owners, untils]``."""
+    size, keep = 0, 0
+    for rec in recs:
+        size += _record_size(rec.record) + _text(rec.owner) + _TIME
+        k = keep + 1
+        if _FRAME_HEAD + 1 + _head(RECORD_FIELDS * k) + 2 * _head(k) + size > limit:
+            break
+        keep = k
+    if not keep and recs:
+        raise _too_large(recs[0].record.id,
+                         _FRAME_HEAD + 1 + _head(RECORD_FIELDS) + 2 * _head(1) + size, limit,
+                         queue_name)
     return keep
 
 
@@ -111,7 +151,7 @@ def _peek_leased(engine: Engine, a: dict[str, Any]) -> list[Any]:
     recs = engine.peek_leased(a["queue"], a["n"], a["offset"])
     limit = a.get("limit")
     if limit is not None and recs:
-        recs = recs[:_fitting(recs, limit, a["queue"])]
+        recs = recs[:_fitting_leased(recs, limit, a["queue"])]
     return encode_leased(recs)
 
 

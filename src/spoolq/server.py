@@ -74,7 +74,10 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.runner = make_runner(engine, self.loop, self._on_ready)
         self.connections: set[Session] = set()
-        self.connection_closed = asyncio.Event()
+        # Sessions with requests in flight, open or not: a shutdown waits for them all
+        # (a closed connection's take still running gives its records back when it ends).
+        self.busy: set[Session] = set()
+        self.connection_closed = asyncio.Event()  # a connection ended, or went idle
         self.stopping = False
         self.stopped_by: signal.Signals | None = None  # the signal that stopped serve()
         self.address: tuple[str, int] = ("", 0)
@@ -160,7 +163,7 @@ class Server:
         for conn in list(self.connections):
             conn.update_reading()
         deadline = self.loop.time() + _SHUTDOWN_GRACE
-        while any(c.inflight for c in self.connections) and self.loop.time() < deadline:
+        while self.busy and self.loop.time() < deadline:
             self.connection_closed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.connection_closed.wait(), 0.01)

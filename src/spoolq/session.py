@@ -359,6 +359,8 @@ class Session(asyncio.Protocol):
                 self._write(encode_reply(req.id, result))
                 return
         self.inflight += 1
+        if self.inflight == 1:
+            self.server.busy.add(self)
         self.update_reading()
         if op == "wait":
             self.server.spawn(self._wait_ready(req))
@@ -378,7 +380,9 @@ class Session(asyncio.Protocol):
             if self._release_due and not self.inflight:
                 self._release_due = False
                 self._release_leases()
+            self._idle_check()
             return
+        self._idle_check()
         if error is None:
             if req.op == "take":
                 self._delivered(req.args, result)
@@ -389,6 +393,14 @@ class Session(asyncio.Protocol):
             self._run_backlog()
         else:
             self.update_reading()
+
+    def _idle_check(self) -> None:
+        """Leave the server's busy set once nothing of this connection is in flight: a
+        shutdown waits for that, so that what a request of a connection that ended still
+        gives back reaches the engine before it closes."""
+        if not self.inflight:
+            self.server.busy.discard(self)
+            self.server.connection_closed.set()
 
     def _error_frame(self, req: Request, error: BaseException) -> bytes:
         """The ERROR frame answering ``req``; unexpected failures are logged."""
