@@ -52,6 +52,26 @@ class Listener:
         self._lock = threading.Lock()
         self._heard: set[str] = set()  # payloads read by drain, not yet waited for
         self._cancelled_at = -math.inf  # time.monotonic() of the last cancel()
+        # Every notification read (by a wait or by drain) gets the next number of
+        # _read, and its payload remembers the last one in _read_at: a wait that began
+        # before then, still waiting for its turn to listen, was meant to hear it too.
+        self._read = 0
+        self._read_at: dict[str, int] = {}
+        self._overflow_at = 0  # when _read_at was full: every earlier wait wakes
+
+    def _note(self, note_payload: str) -> None:
+        """Remember that a notification of ``note_payload`` was read (lock held)."""
+        self._read += 1
+        if note_payload in self._read_at or len(self._read_at) < _HEARD_MAX:
+            self._read_at[note_payload] = self._read
+        else:
+            self._read_at.clear()
+            self._overflow_at = self._read
+
+    def _read_since(self, mark: int, wanted: str) -> bool:
+        """Whether a notification for ``wanted`` was read after ``mark`` (lock held)."""
+        return max(self._read_at.get(wanted, 0), self._read_at.get("", 0),
+                   self._overflow_at) > mark
 
     def drain(self, taking: str | None = None) -> None:
         """Read the notifications that reached the listener since the last wait.
@@ -72,6 +92,7 @@ class Listener:
                 skip = None if taking is None else payload(taking)
                 for _ in range(_DRAIN_ROUNDS):
                     for note in listener.notifies(timeout=0):
+                        self._note(note.payload)
                         # One entry per queue name: the set stays small.
                         if note.payload != skip and len(self._heard) < _HEARD_MAX:
                             self._heard.add(note.payload)
@@ -89,6 +110,7 @@ class Listener:
         ready; see ``PostgresEngine.wait_ready`` for what True and False mean."""
         started = time.monotonic()
         deadline = started + timeout
+        mark = self._read  # notifications read from now on may be this wait's
 
         def ended() -> bool:
             return (self._cancelled_at >= started or bool(cancel and cancel.cancelled)
@@ -99,16 +121,18 @@ class Listener:
             if ended():
                 return False
         try:
-            return self._listen(queue, deadline, ended)
+            return self._listen(queue, mark, deadline, ended)
         finally:
             self._lock.release()
 
-    def _listen(self, queue: str, deadline: float, ended: Callable[[], bool]) -> bool:
+    def _listen(self, queue: str, mark: int, deadline: float,
+                ended: Callable[[], bool]) -> bool:
         if self.conn is None:
             self._start()
             return True
         wanted = payload(queue)
-        if self._heard & {wanted, ""}:
+        # Heard by another thread's wait (or a drain) while this one waited its turn.
+        if self._read_since(mark, wanted) or self._heard & {wanted, ""}:
             self._heard -= {wanted, ""}
             return True
         try:
@@ -117,10 +141,15 @@ class Listener:
             while (remaining := deadline - time.monotonic()) > 0:
                 if ended():
                     return False
+                heard = False
+                # Every notification of a batch is read and noted, not only up to the
+                # first one for this queue: the others may be another thread's.
                 for note in self.conn.notifies(timeout=min(remaining, _WAIT_SLICE),
                                                stop_after=1):
-                    if note.payload in (wanted, ""):
-                        return True
+                    self._note(note.payload)
+                    heard = heard or note.payload in (wanted, "")
+                if heard:
+                    return True
         except psycopg.Error as exc:
             # The server ended the listener's session (pg_terminate_backend,
             # idle_session_timeout, a restart). Notifications may have been missed
