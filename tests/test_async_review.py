@@ -158,3 +158,20 @@ async def test_requeue_dead_refuses_ids_that_are_not_ints(tmp_path: Path, name: 
             await q.requeue_dead([-1])
         assert q.stats["dead"] == 1 and await q.peek(dead=True) == ["a"]
         assert await q.requeue_dead() == 1 and await q.get() == "a"
+
+
+async def test_a_put_the_engine_refuses_fails_alone_not_the_puts_written_with_it() -> None:
+    # Concurrent puts are written in one transaction: one record too large for the
+    # server failed every put of that transaction, and their items were not stored.
+    with ThreadedServer(":memory:", max_frame=1 << 20) as server:
+        async with await Queue.create(f"{server.url}/jobs", serializer="raw",
+                                      compressor="none") as q:
+            small = [b"%d" % i for i in range(9)]
+            results = await asyncio.gather(*(q.put(item) for item in small[:4]),
+                                           q.put(bytes(2 << 20)),
+                                           *(q.put(item) for item in small[4:]),
+                                           return_exceptions=True)
+            assert [type(r).__name__ for r in results] == (
+                ["NoneType"] * 4 + ["FrameTooLarge"] + ["NoneType"] * 5)
+            assert q.qsize() == 9 and q.stats["unfinished"] == 9
+            assert sorted(await q.get_many(9)) == sorted(small)

@@ -106,13 +106,22 @@ class GroupCommit:
     def take_all(self, writing: bool = True) -> tuple[list[bytes], list[int], list[Ticket]]:
         """Remove and return every pending record and ticket; with ``writing`` the records
         count as unwritten until :meth:`written` or :meth:`put_back`."""
+        records, sizes, tickets, _counts = self.take_batch(writing)
+        return records, sizes, tickets
+
+    def take_batch(self, writing: bool = True) -> tuple[list[bytes], list[int], list[Ticket],
+                                                        list[int] | None]:
+        """:meth:`take_all`, with how many of the records each ticket stands for, in
+        order; None when they no longer line up (records were put back or taken from
+        the front since the batch began)."""
         with self._lock:
             taken = self._records, self._sizes, self._tickets
+            counts = self._counts if self._intact else None
             if writing:  # first: a lock-free unwritten() may count them twice, never not
                 self._writing += len(taken[0])
             self._records, self._sizes, self._tickets, self._counts = [], [], [], []
             self._intact = True
-            return taken
+            return (*taken, counts)
 
     def wait_settled(self, ticket: Ticket, flush: Callable[[], None]) -> None:
         """Return once ``ticket`` is settled: call ``flush`` (which writes every pending

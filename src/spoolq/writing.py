@@ -125,16 +125,19 @@ class Writing:
     def flush(self) -> list[Ticket]:
         """Write every pending record in one engine transaction; settle their tickets.
 
-        If the write fails, waiting callers get the error; with durability
+        If the write fails, waiting callers get the error (after their records are
+        written apart, see :meth:`_write_apart`, so that one caller's records the
+        engine refuses fail no other caller); with durability
         "buffer" the records stay buffered for the next flush instead, and the
         puts waiting for this one (it was due) wait for that one: their items were
         not lost. Then the one ticket returned carries the error, for the caller.
         """
         with self.lock:
-            records, sizes, tickets = self.group.take_all()
+            records, sizes, tickets, counts = self.group.take_batch()
             if not records and not tickets:
                 return tickets
             error: BaseException | None = None
+            errors: list[BaseException | None] | None = None  # each ticket's, once split
             kept = False
             try:
                 self._check_open()
@@ -145,8 +148,12 @@ class Writing:
                 if kept:
                     self.group.put_back(records, sizes, tickets=tickets)
                     tickets = []
+                elif (counts is not None and len(counts) > 1 and not self.buffered
+                      and not self.closed and isinstance(exc, Exception)):
+                    errors = self._write_apart(records, sizes, counts, exc)
                 else:
                     self._settle_pending(records, sizes, lost=True)
+                if not kept:
                     self.group.written(len(records))
             else:
                 self._settle_pending(records, sizes, lost=False)
@@ -154,21 +161,67 @@ class Writing:
                 # Counted by the engine's counts now (twice for this moment, never none:
                 # a put checking for room must not see them missing).
                 self.group.written(len(records))
-        for ticket in tickets:
-            ticket.error = error
+        written_apart = 0
+        if errors is None:
+            errors = [error] * len(tickets)
+        elif counts is not None:
+            written_apart = sum(n for n, e in zip(counts, errors, strict=True) if e is None)
+        for ticket, ticket_error in zip(tickets, errors, strict=True):
+            ticket.error = ticket_error
             ticket.done = True
         if self.on_settled is not None:
             self.on_settled(tickets)
-        if error is None:
+        if error is None or written_apart:
             self._after_put()
-        else:
+        if error is not None:
             log.error("spoolq: writing %d records to %r failed%s", len(records), self.name,
-                      "; they stay buffered" if kept else "", exc_info=error)
+                      "; they stay buffered" if kept else
+                      f"; {written_apart} of them were written apart" if written_apart else "",
+                      exc_info=error)
             if kept:
                 report = Ticket()
                 report.error, report.done = error, True
                 return [report]
         return tickets
+
+    def _write_apart(self, records: list[bytes], sizes: list[int], counts: list[int],
+                     error: Exception) -> list[BaseException | None]:
+        """After the write of several callers' records failed with ``error``, write them
+        in halves, and the failing half in halves again, so that records the engine
+        refuses (too large for a server, say) fail only the caller that put them; return
+        each caller's error. When both halves fail, the failure is not one caller's (a
+        full disk, a lost connection): every caller of those halves gets its error,
+        after three writes rather than one per caller. The caller holds the lock and
+        settles the pending records' bytes here."""
+        starts = [0]
+        for n in counts:
+            starts.append(starts[-1] + n)
+        errors: list[BaseException | None] = [error] * len(counts)
+
+        def write(lo: int, hi: int) -> BaseException | None:
+            part, part_sizes = records[starts[lo]:starts[hi]], sizes[starts[lo]:starts[hi]]
+            try:
+                self.engine.append(self.name, part, part_sizes, time.time())
+            except Exception as exc:
+                errors[lo:hi] = [exc] * (hi - lo)
+                return exc
+            self._settle_pending(part, part_sizes, lost=False)
+            self._count_put(part, part_sizes)
+            errors[lo:hi] = [None] * (hi - lo)
+            return None
+
+        lo, hi = 0, len(counts)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            first, second = write(lo, mid), write(mid, hi)
+            if (first is None) == (second is None):
+                break  # both written, or both failed: then the failure is not one caller's
+            lo, hi = (lo, mid) if first is not None else (mid, hi)
+        for k, ticket_error in enumerate(errors):
+            if ticket_error is not None:
+                self._settle_pending(records[starts[k]:starts[k + 1]],
+                                     sizes[starts[k]:starts[k + 1]], lost=True)
+        return errors
 
     def _train(self) -> None:
         """Train the zstd dictionary; a failure is logged and never fails a put."""
