@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,53 @@ async def test_a_put_the_engine_refuses_fails_alone_not_the_puts_written_with_it
                 ["NoneType"] * 4 + ["FrameTooLarge"] + ["NoneType"] * 5)
             assert q.qsize() == 9 and q.stats["unfinished"] == 9
             assert sorted(await q.get_many(9)) == sorted(small)
+
+
+class _HeldAppend:
+    """Delegates to a real engine, counting appends; while ``go`` is clear an append
+    waits for it, and an append begun while ``failing`` is set raises EngineError."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.appends = 0
+        self.failing = False
+        self.go = threading.Event()
+        self.go.set()
+        self.waiting = threading.Event()
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        self.appends += 1
+        failing = self.failing
+        if not self.go.is_set():
+            self.waiting.set()
+            self.go.wait(5)
+        if failing:
+            raise spoolq.EngineError("disk I/O error")
+        return self._inner.append(queue, records, raw_sizes, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_group_commit_failing_for_every_caller_is_tried_three_times(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    engine = _HeldAppend(open_engine(path))
+    async with await Queue.create(path, engine=engine) as q:
+        engine.go.clear()
+        first = asyncio.create_task(q.put("first"))
+        while not engine.waiting.is_set():
+            await asyncio.sleep(0.001)
+        engine.failing = True
+        others = asyncio.gather(*(q.put(i) for i in range(8)), return_exceptions=True)
+        while q.qsize() < 9:  # all eight wait for the next group commit
+            await asyncio.sleep(0)
+        engine.go.set()
+        await first
+        results = await asyncio.wait_for(others, 5)
+        assert all(isinstance(r, spoolq.EngineError) for r in results)
+        assert engine.appends == 4  # "first", the batch of eight, and its two halves
+        assert q.qsize() == 1 and q.stats["unfinished"] == 1
+        assert await q.get_many(None) == ["first"]
