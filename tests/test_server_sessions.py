@@ -3,9 +3,11 @@ handlers of serve() and main(), long-polls, deadlines, frame limits, shutdown.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -417,3 +419,47 @@ def test_the_reply_sizes_the_server_counts_are_those_of_the_frames_it_sends() ->
             else:
                 with pytest.raises(spoolq.ConfigurationError, match=f"takes {length:,} bytes"):
                     fitting(items, length - 1, "q")
+
+
+def test_a_connection_whose_tls_handshake_ends_after_the_shutdown_began_is_not_served(
+        tmp_path: Path) -> None:
+    """The server stops accepting when it shuts down; a client it accepted just before,
+    whose TLS handshake ends afterwards, is closed rather than served while the engine
+    is about to close."""
+    from .test_server import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    path = tmp_path / "q.sqlite"
+    engine = _GatedTake(open_engine(path))
+    srv = ThreadedServer(str(path), engine=engine, tls_cert=cert, tls_key=key)
+    late = None
+    try:
+        assert srv.server is not None
+        ctx = ssl.create_default_context(cafile=str(cert))
+        host, port = srv.url.removeprefix("spoolq://").rsplit(":", 1)
+        busy = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10),
+                               server_hostname=host)
+        busy.sendall(encode_preamble() + encode_frame(FrameType.REQUEST, 1, {
+            "op": "take", "queue": "gated", "n": 1, "now": time.time()}))
+        assert engine.entered.wait(5)  # the shutdown will wait for this take
+        plain = socket.create_connection((host, int(port)), timeout=10)
+        time.sleep(0.2)  # accepted; its handshake has not begun
+        srv.loop.call_soon_threadsafe(srv.server.close)
+        _until(lambda: srv.server is not None and srv.server.stopping)
+        late = ctx.wrap_socket(plain, server_hostname=host)
+        late.settimeout(3)
+        with contextlib.suppress(OSError):
+            late.sendall(encode_preamble() + encode_frame(FrameType.REQUEST, 1, {
+                "op": "counts", "queue": "q"}))
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := late.recv(65536):
+                data += chunk
+        assert data == b"", "a connection made during the shutdown was served"
+        engine.gate.set()
+        busy.close()
+    finally:
+        engine.gate.set()
+        if late is not None:
+            late.close()
+        srv.stop()

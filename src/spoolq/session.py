@@ -110,6 +110,14 @@ class Session(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.server.stopping:
+            # Accepted before the server stopped listening, made only now (a TLS handshake
+            # ends after the shutdown began): not served, as the engine is about to close.
+            log.info("spoolq: closing the connection from %s: the server is stopping",
+                     self.peer)
+            self.closed = True
+            self.transport.close()
+            return
         self.server.connections.add(self)
         self._last_data = self.loop.time()
         self._arm_stall()
