@@ -226,3 +226,17 @@ async def test_a_group_commit_failing_for_every_caller_is_tried_three_times(
         assert engine.appends == 4  # "first", the batch of eight, and its two halves
         assert q.qsize() == 1 and q.stats["unfinished"] == 1
         assert await q.get_many(None) == ["first"]
+
+
+@pytest.mark.parametrize("name", [":memory:", "q.sqlite"])
+async def test_a_purge_wakes_a_put_waiting_for_room(tmp_path: Path, name: str) -> None:
+    # Only a get woke the puts waiting for room: after a purge they waited for their
+    # next poll (poll_interval seconds) to find it.
+    path = name if name == ":memory:" else str(tmp_path / name)
+    async with await Queue.create(path, maxsize=1, poll_interval=5) as q:
+        await q.put("a")
+        putting = asyncio.create_task(q.put("b"))
+        await asyncio.sleep(0.01)
+        assert await q.purge() == 1
+        await asyncio.wait_for(putting, 1)
+        assert await q.get_many(None) == ["b"]

@@ -101,4 +101,7 @@ class Leasing(Generic[T]):
         self._enter()
         if self._unsettled and not dead:
             await self._await_give_backs()
-        return await self._call(partial(self._core.purge, dead=dead))
+        removed = await self._call(partial(self._core.purge, dead=dead))
+        if removed and not dead:
+            self._wake()  # puts waiting for room, and join() when nothing is unfinished now
+        return removed
