@@ -240,3 +240,22 @@ async def test_a_purge_wakes_a_put_waiting_for_room(tmp_path: Path, name: str) -
         assert await q.purge() == 1
         await asyncio.wait_for(putting, 1)
         assert await q.get_many(None) == ["b"]
+
+
+@pytest.mark.parametrize("name", [":memory:", "q.sqlite"])
+async def test_an_ack_that_raises_for_one_lease_still_wakes_join(tmp_path: Path,
+                                                                 name: str) -> None:
+    # The ack settled the lease it held, then raised LeaseError for the stale one without
+    # waking join(), which saw the finished count at its next poll (poll_interval later).
+    path = name if name == ":memory:" else str(tmp_path / name)
+    async with await Queue.create(path, poll_interval=5) as q:
+        await q.put_many(["a", "b"])
+        done = await q.lease()
+        await q.ack(done)
+        held = await q.lease()
+        joining = asyncio.create_task(q.join())
+        await asyncio.sleep(0.01)
+        with pytest.raises(spoolq.LeaseError):
+            await q.ack(held, done)
+        await asyncio.wait_for(joining, 1)
+        assert q.stats["leased"] == 0 and q.stats["unfinished"] == 0

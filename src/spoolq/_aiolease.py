@@ -58,8 +58,10 @@ class Leasing(Generic[T]):
     async def ack(self, *messages: Message[T]) -> None:
         """Remove leased items for good; raises :class:`LeaseError` for a lease not held."""
         self._enter()
-        await self._call(self._core.ack, messages)
-        self._wake()
+        try:
+            await self._call(self._core.ack, messages)
+        finally:
+            self._wake()  # join(): also when it raised for some, it settled the others
 
     async def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
         """Return leased items to their place in line, visible again after ``delay`` seconds."""
