@@ -83,9 +83,11 @@ class GroupCommit:
             self._sizes[:0] = sizes
             if tickets:
                 self._tickets[:0] = tickets
-                self._counts[:0] = [0] * len(tickets)  # unread: the batch is not intact
+                self._counts[:0] = [0] * len(tickets)  # never read: the batch is not intact
             if records:
-                self._intact = False  # records without tickets now lead the batch
+                # The records that lead the batch no longer line up with the tickets'
+                # counts (tickets settled already, or put back with counts of 0).
+                self._intact = False
             if writing:  # last, as in take_all: counted twice for a moment, never not
                 self._writing -= len(records)
 
