@@ -205,6 +205,24 @@ _SERVE = textwrap.dedent("""\
     print("after", got, signal.getsignal(signal.SIGINT) is sigint, flush=True)
 """)
 
+_SERVE_IN_A_LOOP_WITH_HANDLERS = textwrap.dedent("""\
+    import asyncio, os, signal, sys
+    from spoolq.server import run, serve
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        got = []
+        loop.add_signal_handler(signal.SIGTERM, got.append, "program's")
+        await serve(":memory:", port=0,
+                    on_listening=lambda server: os.kill(os.getpid(), signal.SIGTERM))
+        got.clear()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        print("after", got, flush=True)
+
+    run(main(), loop=sys.argv[1])
+""")
+
 _MAIN = textwrap.dedent("""\
     import os, signal, sys, time
     from spoolq.server import main
@@ -243,6 +261,17 @@ def test_serve_puts_back_the_signal_handlers_it_found(tmp_path: Path, loop: str)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.splitlines() == ["served []", "after [15] True"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serve_keeps_the_signal_handlers_the_program_gave_its_event_loop(
+        tmp_path: Path, loop: str) -> None:
+    """serve() left a program that had registered SIGTERM on its event loop ignoring
+    SIGTERM once it returned: removing its own handler from the loop removed theirs."""
+    proc = _script(tmp_path, _SERVE_IN_A_LOOP_WITH_HANDLERS, _loop(loop))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["after [\"program's\"]"]
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -266,20 +266,28 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
     Takes the settings of :func:`start_server`; ``on_listening`` is called
     once the server listens. Signal handlers are installed only when running
     in the main thread, and once the server has shut down the handlers that
-    were there before are put back.
+    were there before are put back. They are Python-level handlers: a handler
+    the program registered with the loop's ``add_signal_handler`` for SIGTERM
+    or SIGINT stays registered (and is called too while the server runs).
     """
     server = await start_server(path, host=host, port=port, token=token, tls_cert=tls_cert,
                                 tls_key=tls_key, max_frame=max_frame, durability=durability,
                                 stall_timeout=stall_timeout, engine=engine,
                                 engine_options=engine_options)
     loop = asyncio.get_running_loop()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(_on_signal, server, signal.Signals(signum))
+
+    # Python-level handlers, not the loop's add_signal_handler(): removing a handler from
+    # the loop would drop one the program had registered there for the same signal, which
+    # it then ignored for good. These are swapped in and the ones found put back.
     installed: dict[signal.Signals, Any] = {}
     if sys.platform != "win32":
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError, RuntimeError):
-                before = signal.getsignal(sig)
-                loop.add_signal_handler(sig, _on_signal, server, sig)
-                installed[sig] = before
+            with contextlib.suppress(ValueError):  # not the main thread
+                installed[sig] = signal.signal(sig, handle)
     try:
         if on_listening is not None:
             on_listening(server)
@@ -288,11 +296,10 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
         server.close()
         await asyncio.shield(server.wait_closed())
         for sig, before in installed.items():
-            # The loop puts the default action back (a second SIGTERM would kill the
-            # process before it exits); the handler from before serve() ran goes back.
-            loop.remove_signal_handler(sig)
-            if before is not None:
-                signal.signal(sig, before)
+            # The handler from before serve() ran goes back (None: one not set from
+            # Python, which cannot be put back: the default action then).
+            if signal.getsignal(sig) == handle:
+                signal.signal(sig, signal.SIG_DFL if before is None else before)
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
