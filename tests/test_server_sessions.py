@@ -492,3 +492,54 @@ def test_a_connection_whose_tls_handshake_ends_after_the_shutdown_began_is_not_s
         if late is not None:
             late.close()
         srv.stop()
+
+
+# ---- long-polls -------------------------------------------------------------------------
+
+
+def test_a_long_poll_take_of_no_records_answers_at_once(served: ThreadedServer) -> None:
+    """A take of n=0 can never take anything: it does not wait for records."""
+    client = Raw(served.url)
+    try:
+        started = time.monotonic()
+        assert client.call("take", queue="q", n=0, now=time.time(), wait=5.0) == []
+        assert time.monotonic() - started < 2
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("op", ["take", "lease", "wait"])
+def test_a_long_poll_of_a_client_that_left_ends_and_takes_nothing(
+        served: ThreadedServer, op: str) -> None:
+    assert served.server is not None
+    client = Raw(served.url)
+    now = time.time()
+    if op == "wait":
+        client.send("wait", queue="q", timeout=30.0)
+    else:
+        client.send("take", queue="q", n=1, now=now, wait=30.0,
+                    lease=["gone", now + 600] if op == "lease" else None)
+    _until(lambda: served.server is not None and bool(served.server.busy))
+    client.close()
+    _until(lambda: served.server is not None and not served.server.busy)
+    eng = RemoteEngine(served.url)
+    try:
+        eng.append("q", [b"for someone present"], [19], time.time())
+        time.sleep(0.3)
+        assert _data(eng.take("q", 5, time.time(), None)) == [b"for someone present"]
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("op", ["take", "wait"])
+def test_a_long_poll_answers_when_its_time_is_up(served: ThreadedServer, op: str) -> None:
+    client = Raw(served.url)
+    try:
+        started = time.monotonic()
+        if op == "wait":
+            assert client.call("wait", queue="q", timeout=0.5) is False
+        else:
+            assert client.call("take", queue="q", n=1, now=time.time(), wait=0.5) == []
+        assert 0.45 <= time.monotonic() - started < 1.5
+    finally:
+        client.close()

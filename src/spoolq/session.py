@@ -347,6 +347,8 @@ class Session(asyncio.Protocol):
             return
         if op in _LIMITED:
             args["limit"] = self.max_reply
+        if op == "take" and not args["n"]:
+            args["wait"] = 0.0  # it can take nothing: no record to wait for
         inline = self._inline
         if inline is not None and op != "wait":
             # The engine never blocks: answer now, without a callback, a task or
