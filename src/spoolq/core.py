@@ -103,7 +103,8 @@ class QueueCore(Writing, Settling, Decoding):
         self._tally = threading.Lock()
         self._pending_bytes = (0, 0)
         self.counters = {"puts": 0, "gets": 0, "acks": 0, "nacks": 0, "redelivered": 0}
-        self.unfinished = 0
+        self._unfinished = 0
+        self._task_dones = 0
         self._next_reap = 0.0
         self._last_refresh = 0.0
         self._flusher: threading.Thread | None = None
@@ -132,7 +133,7 @@ class QueueCore(Writing, Settling, Decoding):
                     eng.expire(core.name, time.time(), owners=dead_owners,
                                max_attempts=settings.max_attempts)
                 core._refresh_locked()
-                core.unfinished = core._counts.ready + core._counts.leased
+                core._unfinished = core._counts.ready + core._counts.leased
         except BaseException:
             eng.close()
             raise

@@ -33,7 +33,8 @@ class Settling:
     lock: threading.RLock
     group: GroupCommit
     counters: dict[str, int]
-    unfinished: int
+    _unfinished: int
+    _task_dones: int
     _tally: threading.Lock
     _counts: Counts
     # Defined by QueueCore and its other parts.
@@ -66,7 +67,7 @@ class Settling:
                                   c.raw_bytes - raw)
             self.counters["acks"] += len(done)
             with self._tally:
-                self.unfinished = max(self.unfinished - len(done), 0)
+                self._unfinished = max(self._unfinished - len(done), 0)
         self._raise_missing(deliveries, done, "ack")
 
     def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
@@ -103,13 +104,24 @@ class Settling:
         """``n`` items left for good without a ``task_done`` (to the dead letters)."""
         if n > 0:
             with self._tally:
-                self.unfinished = max(self.unfinished - n, 0)
+                self._unfinished = max(self._unfinished - n, 0)
+
+    @property
+    def unfinished(self) -> int:
+        """What ``join()`` waits for: the items put through this handle or present when it
+        opened that are not finished, and at least the items this handle took with ``get``
+        and has not marked ``task_done`` (a consumer's items may come from other handles
+        and processes)."""
+        return max(self._unfinished, self.counters["gets"] - self._task_dones)
 
     def task_done(self) -> None:
         with self._tally:
-            if self.unfinished <= 0:
+            taken = self.counters["gets"] - self._task_dones
+            if self._unfinished <= 0 and taken <= 0:
                 raise ValueError("task_done() called too many times")
-            self.unfinished -= 1
+            self._unfinished = max(self._unfinished - 1, 0)
+            if taken > 0:
+                self._task_dones += 1
 
     def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
         with self.lock:
@@ -117,7 +129,7 @@ class Settling:
             moved = self.engine.move(self.dead_name, self.name, ids)
             self._refresh_locked()
             with self._tally:
-                self.unfinished += moved
+                self._unfinished += moved
         if moved:
             self._notify()
         return moved

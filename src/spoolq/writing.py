@@ -49,7 +49,7 @@ class Writing:
     closing: bool
     shut: bool
     counters: dict[str, int]
-    unfinished: int
+    _unfinished: int
     on_settled: Callable[[list[Ticket]], None] | None
     _fsync: bool
     _tally: threading.Lock
@@ -81,7 +81,7 @@ class Writing:
                 raise QueueShutDown("the queue is shut down")
             pending = self.group.add(records, sizes, ticket)
             self._count_pending(records, sizes, 1)
-            self.unfinished += len(records)
+            self._unfinished += len(records)
         return pending
 
     def withdraw(self, ticket: Ticket) -> bool:
@@ -93,7 +93,7 @@ class Writing:
                 return False
             records, sizes = taken
             self._count_pending(records, sizes, -1)
-            self.unfinished -= len(records)
+            self._unfinished -= len(records)
         return True
 
     def _count_pending(self, records: list[bytes], sizes: list[int], sign: int) -> None:
@@ -120,7 +120,7 @@ class Writing:
         with self._tally:
             self._count_pending(records, sizes, -1)
             if lost:
-                self.unfinished -= len(records)
+                self._unfinished -= len(records)
 
     def flush(self) -> list[Ticket]:
         """Write every pending record in one engine transaction; settle their tickets.
@@ -262,7 +262,7 @@ class Writing:
                         raise QueueShutDown("the queue is shut down")
                     self.engine.append(self.name, records, sizes, time.time())
                     with self._tally:
-                        self.unfinished += len(records)
+                        self._unfinished += len(records)
                     self._count_put(records, sizes)
             finally:
                 self.lock.release()
