@@ -209,3 +209,19 @@ def test_a_put_right_after_a_waiting_get_looked_wakes_it(tmp_path: Path,
         assert q.get(timeout=2) == "x"
         assert time.monotonic() - start < 1
         assert put_done.wait(5)
+
+
+@pytest.mark.parametrize("name", [":memory:", "q.sqlite"])
+def test_requeue_dead_refuses_ids_that_are_not_ints(tmp_path: Path, name: str) -> None:
+    path = name if name == ":memory:" else str(tmp_path / name)
+    with SyncQueue.create(path, max_attempts=1) as q:
+        q.put("a")
+        q.nack(q.lease())
+        assert q.stats["dead"] == 1
+        for ids in (["x"], [1.0], [None], [True]):
+            with pytest.raises(TypeError, match="ids must be an int"):
+                q.requeue_dead(ids)  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="ids must be >= 0"):
+            q.requeue_dead([-1])
+        assert q.stats["dead"] == 1 and q.peek(dead=True) == ["a"]
+        assert q.requeue_dead() == 1 and q.get() == "a"

@@ -382,8 +382,11 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         self.ack(msg)
 
     def requeue_dead(self, ids: Iterable[int] | None = None) -> int:
-        """Move dead letters (all, or those with ``ids``) back to the tail of the queue."""
-        return self._core.requeue_dead(None if ids is None else list(ids))
+        """Move dead letters (all, or those with ``ids``) back to the tail of the queue;
+        return how many moved. An id that is not an int raises TypeError, a negative one
+        ValueError, and nothing moves."""
+        return self._core.requeue_dead(
+            None if ids is None else [check_count("ids", i, 0) for i in ids])
 
     def purge(self, *, dead: bool = False) -> int:
         """Delete every item, ready and leased (or every dead letter); return how many."""
