@@ -26,6 +26,7 @@ from spoolq.engines import Lease, open_engine
 from spoolq.engines.remote import RemoteEngine
 from spoolq.protocol import (
     RECORD_FIELDS,
+    ErrorCode,
     FrameType,
     encode_frame,
     encode_preamble,
@@ -543,3 +544,33 @@ def test_a_long_poll_answers_when_its_time_is_up(served: ThreadedServer, op: str
         assert 0.45 <= time.monotonic() - started < 1.5
     finally:
         client.close()
+
+
+def test_a_frame_of_exactly_max_frame_is_taken_and_one_byte_more_refused() -> None:
+    def append(size: int) -> bytes:
+        return encode_frame(FrameType.REQUEST, 1, {"op": "append", "queue": "q",
+                                                   "records": [b"x" * size], "sizes": [size],
+                                                   "now": 1.0})
+
+    size = 65536 - (len(append(65000)) - 4 - 65000)
+    assert len(append(size)) - 4 == 65536  # the length counts all but its own 4 bytes
+    with ThreadedServer(":memory:", max_frame=65536) as srv:
+        client = Raw(srv.url)
+        try:
+            client.sock.sendall(append(size))
+            assert client.frame()[0] == FrameType.REPLY
+        finally:
+            client.close()
+        client = Raw(srv.url)
+        try:
+            client.sock.sendall(append(size + 1)[:9])  # refused from its header alone
+            kind, _, body = client.frame()
+            assert (kind, body["code"]) == (FrameType.ERROR, ErrorCode.FRAME_TOO_LARGE)
+            assert client.closed_by_server() == b""
+        finally:
+            client.close()
+        eng = RemoteEngine(srv.url)
+        try:
+            assert [len(r.data) for r in eng.take("q", 5, time.time(), None)] == [size]
+        finally:
+            eng.close()
