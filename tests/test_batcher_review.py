@@ -164,9 +164,10 @@ async def test_two_batchers_on_one_file_share_the_items_of_one_killed_mid_batch(
             if b.stats["items"] == 12:
                 break
             await asyncio.sleep(0.01)
-    # The running Batcher sends the later items while the dead one's lease runs, then,
-    # once it has run out, the batch the killed process held: every item once.
-    assert got[-1] == [0, 1, 2, 3, 4]
+    # The running Batcher sends the later items, and the batch the killed process held
+    # once its lease runs out or its owner is found dead, whichever comes first: every
+    # item once, the killed batch whole.
+    assert [0, 1, 2, 3, 4] in got
     assert sorted(i for batch in got for i in batch) == list(range(12))
 
 

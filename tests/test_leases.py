@@ -177,6 +177,46 @@ LEASER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["SyncQueue", "Queue"])
+def test_leases_of_a_killed_process_come_back_to_a_consumer_already_running(
+        shared_path: str, use_async: bool) -> None:
+    """A consumer that was running when another process on this host died with leases
+    gets their items within seconds, not at the end of their hour-long ttl."""
+    with SyncQueue.create(shared_path) as q:
+        q.put_many(range(3))
+    with subprocess.Popen([sys.executable, "-c", LEASER, shared_path, "2"],
+                          stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        lines = [child.stdout.readline().strip() for _ in range(3)]
+        assert lines == ["0", "1", "holding"]
+
+        def consume(q: SyncQueue[int]) -> list[tuple[int, int]]:
+            assert q.get(timeout=5) == 2
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            started = time.monotonic()
+            msgs = [q.lease(timeout=10) for _ in range(2)]
+            assert time.monotonic() - started < 6
+            return [(m.item, m.attempts) for m in msgs]
+
+        async def consume_async() -> list[tuple[int, int]]:
+            async with await Queue.create(shared_path) as q:
+                assert await q.get() == 2
+                child.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(child.wait, 10)
+                started = time.monotonic()
+                msgs = [await asyncio.wait_for(q.lease(), 10) for _ in range(2)]
+                assert time.monotonic() - started < 6
+                return [(m.item, m.attempts) for m in msgs]
+
+        if use_async:
+            got = asyncio.run(consume_async())
+        else:
+            with SyncQueue.create(shared_path) as q:
+                got = consume(q)
+    assert got == [(0, 2), (1, 2)]
+
+
 def test_leases_of_a_killed_process_come_back_on_reopen(shared_path: str) -> None:
     with SyncQueue.create(shared_path) as q:
         q.put_many(range(10))

@@ -46,6 +46,7 @@ written (no engine gives negative ids)."""
 
 log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
+_OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
 
 
@@ -106,6 +107,7 @@ class QueueCore(Writing, Settling, Decoding):
         self._unfinished = 0
         self._task_dones = 0
         self._next_reap = 0.0
+        self._next_owner_check = 0.0
         self._last_refresh = 0.0
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
@@ -247,8 +249,16 @@ class QueueCore(Writing, Settling, Decoding):
         if self._counts.leased and now >= self._next_reap and not self.read_only:
             self._next_reap = now + self._reap_interval()
             max_attempts = self.settings.max_attempts
+            dead_owners: list[str] = []
+            if now >= self._next_owner_check:
+                # Leases of a process on this host that died come back now, not at their
+                # ttl: opening the queue does the same.
+                self._next_owner_check = now + _OWNER_CHECK
+                dead_owners = [o for o in self.engine.owners(self.name)
+                               if o != self.owner and owner_is_dead(o)]
             dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
-            released = self.engine.expire(self.name, now, max_attempts=max_attempts)
+            released = self.engine.expire(self.name, now, owners=dead_owners,
+                                          max_attempts=max_attempts)
             if released:
                 self._refresh_locked()
                 died = 0 if max_attempts is None else self._dead - dead_before
