@@ -224,6 +224,22 @@ _SERVE_IN_A_LOOP_WITH_HANDLERS = textwrap.dedent("""\
     run(main(), loop=sys.argv[1])
 """)
 
+_SIGNAL_ON_ANOTHER_THREAD = textwrap.dedent("""\
+    import signal, sys, threading, time
+    from spoolq.server import run, serve
+
+    def listening(server):
+        def later():
+            time.sleep(0.2)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # not the main one
+            time.sleep(30)
+        threading.Thread(target=later, daemon=True).start()
+
+    started = time.monotonic()
+    run(serve(sys.argv[2], port=0, on_listening=listening), loop=sys.argv[1])
+    print("stopped", time.monotonic() - started < 5, signal.set_wakeup_fd(-1), flush=True)
+""")
+
 _MAIN = textwrap.dedent("""\
     import os, signal, sys, time
     from spoolq.server import main
@@ -273,6 +289,23 @@ def test_serve_keeps_the_signal_handlers_the_program_gave_its_event_loop(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.splitlines() == ["after [\"program's\"]"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_signal_another_thread_catches_stops_an_idle_server_at_once(
+        tmp_path: Path, loop: str) -> None:
+    """The kernel may hand a process's signal to any thread; the Python handler runs on
+    the main thread, which an idle asyncio loop only wakes for with a wakeup fd."""
+    proc = _script(tmp_path, _SIGNAL_ON_ANOTHER_THREAD, _loop(loop),
+                   os.fspath(tmp_path / "q.sqlite"))
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["stopped True -1"]  # and the wakeup fd is gone again
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -284,10 +285,13 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
     # the loop would drop one the program had registered there for the same signal, which
     # it then ignored for good. These are swapped in and the ones found put back.
     installed: dict[signal.Signals, Any] = {}
+    wakeup: _Wakeup | None = None
     if sys.platform != "win32":
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not the main thread
                 installed[sig] = signal.signal(sig, handle)
+        if installed:
+            wakeup = _Wakeup.install(loop)
     try:
         if on_listening is not None:
             on_listening(server)
@@ -300,6 +304,55 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
             # Python, which cannot be put back: the default action then).
             if signal.getsignal(sig) == handle:
                 signal.signal(sig, signal.SIG_DFL if before is None else before)
+        if wakeup is not None:
+            wakeup.remove()
+
+
+class _Wakeup:
+    """A signal wakeup fd for :func:`serve` on an asyncio loop that has none (it sets
+    one only for its own ``add_signal_handler``; uvloop always has one). A signal that
+    another thread caught then wakes the loop at once, and the main thread runs the
+    Python-level handler; without it the loop slept on until its next event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: socket.socket,
+                 writer: socket.socket) -> None:
+        self.loop = loop
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> _Wakeup | None:
+        if loop_name(loop) != "asyncio":
+            return None
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            before = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # not the main thread
+            before = None
+        if before != -1:  # the loop (or the program) has one: it stays
+            if before is not None:
+                signal.set_wakeup_fd(before)
+            reader.close()
+            writer.close()
+            return None
+        wakeup = cls(loop, reader, writer)
+        loop.add_reader(reader.fileno(), wakeup._drain)
+        return wakeup
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.reader.recv(4096):
+                pass
+
+    def remove(self) -> None:
+        self.loop.remove_reader(self.reader.fileno())
+        now = signal.set_wakeup_fd(-1)
+        if now != self.writer.fileno():  # replaced meanwhile (add_signal_handler): it stays
+            signal.set_wakeup_fd(now)
+        self.reader.close()
+        self.writer.close()
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
