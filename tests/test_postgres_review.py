@@ -12,6 +12,7 @@ import pytest
 if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
     pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
 
+from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
 from . import pg_support
@@ -67,3 +68,53 @@ def test_a_notification_for_another_queue_reaches_the_thread_waiting_for_it(
         thread.join(10)
     assert results[0][0] is True and results[1][0] is True
     assert max(took for _ready, took in results.values()) < 2.0
+
+
+# ---- large batches ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_batch_larger_than_a_message_is_stored_whole(engine: PostgresEngine) -> None:
+    """PostgreSQL takes messages of at most 1 GiB: a batch past that, each of its records
+    well below, made the server close the connection and stored nothing."""
+    chunk = b"\1" * (520 << 20)
+    ids = engine.append("q", [chunk, chunk], [1, 2], time.time())
+    assert len(ids) == 2 and ids == sorted(ids)
+    assert engine.counts("q") == (2, 0, 2 * len(chunk), 3)
+    assert [r.id for r in engine.peek("q", 2)] == ids
+
+
+def test_a_record_larger_than_postgresql_stores_is_refused_before_sending(
+        engine: PostgresEngine) -> None:
+    engine.append("q", [b"a"], [1], 1.0)
+    huge = bytes(1 << 30)  # sent, it made the server close the connection
+    assert len(huge) > pg.MAX_RECORD_BYTES
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=f"record of {len(huge)} bytes.*nothing was stored"):
+        engine.append("q", [b"b", huge], [1, len(huge)], 1.0)
+    assert time.monotonic() - start < 0.5  # refused, not sent
+    assert engine.counts("q") == (1, 0, 1, 1)
+    (taken,) = engine.take("q", 1, time.time(), None)
+    big = taken._replace(id=taken.id - 1, data=huge)
+    with pytest.raises(ValueError, match="nothing was stored"):
+        engine.restore("q", [big, taken])
+    assert engine.counts("q") == (0, 0, 0, 0)
+
+
+def test_a_batch_sent_in_several_statements_is_one_transaction(
+        engine: PostgresEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pg, "_STATEMENT_BYTES", 2)  # one statement per record or two
+    ids = engine.append("q", [b"a", b"b", b"c", b"d", b"e"], [1, 2, 3, 4, 5], 1.0)
+    assert [r.data for r in engine.peek("q", 10)] == [b"a", b"b", b"c", b"d", b"e"]
+    assert engine.counts("q") == (5, 0, 5, 15)
+    taken = engine.take("q", 3, time.time(), None)
+    assert [r.id for r in taken] == ids[:3]
+    # The last record collides with one the queue holds: the first statements of the
+    # batch, which went through, are rolled back with it.
+    clash = taken[2]._replace(id=ids[3])
+    with pytest.raises(ValueError, match="nothing was restored"):
+        engine.restore("q", [taken[0], taken[1], clash])
+    assert [r.id for r in engine.peek("q", 10)] == ids[3:]
+    assert engine.counts("q") == (2, 0, 2, 9)
+    engine.restore("q", taken)
+    assert [r.id for r in engine.peek("q", 10)] == ids
+    assert engine.counts("q") == (5, 0, 5, 15)

@@ -66,7 +66,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -91,13 +91,45 @@ from .base import (
     distinct_ids,
 )
 
-__all__ = ["SYNCHRONOUS_COMMIT", "PostgresEngine"]
+__all__ = ["MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT", "PostgresEngine"]
 
 SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 """The ``synchronous_commit`` each durability level runs with."""
 
 _MAX_BIGINT = (1 << 63) - 1
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
+
+MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
+"""The largest record the engine stores: PostgreSQL keeps a value, and receives a
+message, of at most 1 GiB; 64 KiB are left for what else a statement sends."""
+
+# Records a statement sends at most, in bytes, unless it sends one alone: a whole batch
+# in one message of more than 1 GiB makes the server close the connection.
+_STATEMENT_BYTES = 64 << 20
+
+
+def _parts(queue: str, records: Sequence[bytes], what: str) -> list[slice]:
+    """Split a batch into runs of records that one statement can send: ValueError,
+    naming its size, when a record is larger than :data:`MAX_RECORD_BYTES`."""
+    parts: list[slice] = []
+    start = size = 0
+    for k, record in enumerate(records):
+        length = len(record)
+        if length > MAX_RECORD_BYTES:
+            raise ValueError(
+                f"cannot {what} a record of {length} bytes into queue {queue!r}: PostgreSQL "
+                f"stores at most {MAX_RECORD_BYTES} bytes in one value; nothing was stored")
+        if k > start and size + length > _STATEMENT_BYTES:
+            parts.append(slice(start, k))
+            start, size = k, 0
+        size += length
+    parts.append(slice(start, len(records)))
+    return parts
+
+
+def _atomic(conn: Conn, parts: Sequence[slice]) -> AbstractContextManager[Any]:
+    """A transaction around a batch sent in several statements; none around one."""
+    return conn.transaction() if len(parts) > 1 else nullcontext()
 
 
 def _describe(conninfo: str, schema: str) -> str:
@@ -286,11 +318,18 @@ class PostgresEngine:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        parts = _parts(queue, records, "append")
         self._waits.drain()
-        with self._conn("append") as conn:
-            row = conn.execute(self._sql.append, self._params(
-                queue, data=list(records), raw=list(raw_sizes), now=now)).fetchone()
-        return list(row[0]) if row is not None else []
+        # One stripe for every statement: see _unlease on taking two of one queue.
+        params = self._params(queue, now=now)
+        ids: list[int] = []
+        with self._conn("append") as conn, _atomic(conn, parts):
+            for part in parts:
+                row = conn.execute(self._sql.append, {
+                    **params, "data": list(records[part]),
+                    "raw": list(raw_sizes[part])}).fetchone()
+                ids.extend(row[0] if row is not None else ())
+        return ids
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         self._waits.drain(taking=queue)
@@ -309,15 +348,21 @@ class PostgresEngine:
         if not records:
             return
         ids = distinct_ids(queue, records)
+        parts = _parts(queue, [r.data for r in records], "restore")
+        params = self._params(queue)
         with self._conn("restore") as conn:
             try:
-                conn.execute(self._sql.restore, self._params(
-                    queue, ids=ids, data=[r.data for r in records],
-                    raw=[r.raw_size for r in records], attempts=[r.attempts for r in records],
-                    enqueued=[r.enqueued_at for r in records],
-                    reasons=[r.reason for r in records]))
+                with _atomic(conn, parts):
+                    for part in parts:
+                        batch = records[part]
+                        conn.execute(self._sql.restore, {
+                            **params, "ids": ids[part], "data": [r.data for r in batch],
+                            "raw": [r.raw_size for r in batch],
+                            "attempts": [r.attempts for r in batch],
+                            "enqueued": [r.enqueued_at for r in batch],
+                            "reasons": [r.reason for r in batch]})
             except pg_errors.UniqueViolation as exc:
-                # One statement in autocommit mode: nothing was inserted.
+                # One statement in autocommit mode, or one transaction: nothing was inserted.
                 raise ValueError(f"cannot restore records into queue {queue!r}: it holds a "
                                  f"record of one of their ids ({exc.diag.message_detail}); "
                                  "nothing was restored") from exc
