@@ -257,9 +257,11 @@ LEASER = textwrap.dedent("""
 """)
 
 
-def test_leases_of_a_killed_consumer_come_back_after_their_ttl(
+def test_leases_of_a_killed_consumer_come_back_long_before_their_ttl(
         pg_url: str, pg_schema: str, opts: dict[str, Any]) -> None:
-    ttl = 1.5
+    """A handle in use takes back the leases of a process of its host that died within
+    about two seconds, however long their ttl."""
+    ttl = 60.0
     with SyncQueue.create(pg_url, name="jobs", **opts) as q:
         q.put_many(range(10))
         with subprocess.Popen([sys.executable, "-c", LEASER, pg_url, pg_schema, str(ttl)],
@@ -270,20 +272,17 @@ def test_leases_of_a_killed_consumer_come_back_after_their_ttl(
                 if line.strip() == "holding":
                     break
                 taken.append(int(line))
-            leased_at = time.monotonic()
             child.send_signal(signal.SIGKILL)
             child.wait(10)
+        killed_at = time.monotonic()
         assert taken == [0, 1, 2, 3]
-        rest = q.lease_many(10, block=False)
-        assert [(m.item, m.attempts) for m in rest] == [(i, 1) for i in range(4, 10)], \
-            "a lease was taken back before its ttl ran out"
-        q.ack(*rest)
-        back: list[spoolq.Message[Any]] = []
-        while len(back) < 4:
-            back += q.lease_many(4 - len(back), timeout=10)
-        assert time.monotonic() - leased_at >= ttl - 0.3
-        assert [(m.item, m.attempts) for m in back] == [(0, 2), (1, 2), (2, 2), (3, 2)]
-        q.ack(*back)
+        got: list[spoolq.Message[Any]] = []
+        while len(got) < 10:
+            got += q.lease_many(10 - len(got), timeout=10)
+        assert time.monotonic() - killed_at < 5.0
+        assert sorted((m.item, m.attempts) for m in got) == \
+            [(i, 2) for i in range(4)] + [(i, 1) for i in range(4, 10)]
+        q.ack(*got)
         with pytest.raises(spoolq.Empty):
             q.lease(timeout=0.2)
         q._core.refresh()
