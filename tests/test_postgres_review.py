@@ -9,13 +9,18 @@ import time
 
 import pytest
 
+import spoolq
+
 if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
     pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
+
+from psycopg import sql
 
 from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
 from . import pg_support
+from .pg_support import execute as _execute
 
 engine = pg_support.engine  # the fixture: an engine on the test's own schema
 
@@ -118,3 +123,20 @@ def test_a_batch_sent_in_several_statements_is_one_transaction(
     engine.restore("q", taken)
     assert [r.id for r in engine.peek("q", 10)] == ids
     assert engine.counts("q") == (5, 0, 5, 15)
+
+
+# ---- damaged schemas ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("damage", "named"), [
+    ("ALTER TABLE {}.records DROP COLUMN reason", "records.reason text"),
+    ("ALTER TABLE {}.records ALTER COLUMN attempts TYPE bigint", "records.attempts integer"),
+    ("DROP TABLE {0}.counts; CREATE TABLE {0}.counts (queue text, n bigint)",
+     "counts.leased bigint"),
+])
+def test_a_queue_whose_tables_lost_a_column_is_refused_at_open(
+        engine: PostgresEngine, pg_url: str, pg_schema: str, damage: str, named: str) -> None:
+    engine.append("q", [b"x"], [1], 1.0)
+    for statement in damage.split("; "):
+        _execute(pg_url, sql.SQL(statement).format(sql.Identifier(pg_schema)))
+    with pytest.raises(spoolq.FormatError, match=f"damaged: no column .*{named}"):
+        PostgresEngine(pg_url, schema=pg_schema)

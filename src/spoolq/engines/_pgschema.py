@@ -22,7 +22,16 @@ __all__ = ["open_schema"]
 log = logging.getLogger("spoolq")
 
 _APPLICATION = b"spoolq"
-_META_COLUMNS = {("key", "text"), ("value", "bytea")}
+_COLUMNS = {
+    "meta": {("key", "text"), ("value", "bytea")},
+    "records": {("id", "bigint"), ("queue", "text"), ("leased", "boolean"),
+                ("visible_at", "timestamp with time zone"), ("attempts", "integer"),
+                ("owner", "text"), ("enqueued_at", "double precision"),
+                ("raw_size", "bigint"), ("reason", "text"), ("data", "bytea")},
+    "counts": {("queue", "text"), ("slot", "smallint"), ("ready", "bigint"),
+               ("leased", "bigint"), ("stored_bytes", "bigint"), ("raw_bytes", "bigint")},
+}
+"""The columns, as (name, type), that the engine's statements read and write."""
 
 
 def open_schema(conn: Conn, schema: str, *, where: str, read_only: bool,
@@ -44,7 +53,8 @@ def open_schema(conn: Conn, schema: str, *, where: str, read_only: bool,
     tables = {name for name, kind in relations.items() if kind in ("r", "p")}
     # Checked in the catalog before reading: a table of someone else's
     # named "meta" would fail that read with an error about its columns.
-    if not set(TABLES) <= tables or not _meta_columns(conn, schema) >= _META_COLUMNS:
+    columns = _columns(conn, schema)
+    if not set(TABLES) <= tables or not columns.get("meta", set()) >= _COLUMNS["meta"]:
         raise FormatError(f"{where}: the schema holds tables that are not a "
                           "spoolq queue; pick another schema")
     meta: dict[str, bytes] = dict(conn.execute(sql.SQL(
@@ -57,16 +67,26 @@ def open_schema(conn: Conn, schema: str, *, where: str, read_only: bool,
         raise FormatError(
             f"{where} has schema version {bytes(version).decode(errors='replace')}; "
             f"this spoolq reads version {SCHEMA_VERSION}")
+    # A spoolq queue whose tables lost or changed a column would fail its first
+    # statement with an error about SQL; say at open what is wrong instead.
+    missing = sorted(f"{table}.{name} {kind}" for table in TABLES
+                     for name, kind in _COLUMNS[table] - columns.get(table, set()))
+    if missing:
+        raise FormatError(f"{where}: the spoolq tables are damaged: no column "
+                          f"{', '.join(missing)}")
 
 
-def _meta_columns(conn: Conn, schema: str) -> set[tuple[str, str]]:
-    """The columns of the schema's ``meta`` table, as (name, type)."""
-    return {(row[0], row[1]) for row in conn.execute(
-        """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relname = 'meta' AND a.attnum > 0
-          AND NOT a.attisdropped""", (schema,))}
+def _columns(conn: Conn, schema: str) -> dict[str, set[tuple[str, str]]]:
+    """The columns of the schema's tables named in TABLES, as (name, type) by table."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for table, name, kind in conn.execute(
+            """SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod)
+            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = ANY(%s) AND a.attnum > 0
+              AND NOT a.attisdropped""", (schema, list(TABLES))):
+        found.setdefault(table, set()).add((name, kind))
+    return found
 
 
 def _relations(conn: Conn, schema: str) -> dict[str, str]:
