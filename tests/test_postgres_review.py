@@ -16,6 +16,7 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 
 from psycopg import sql
 
+from spoolq.engines import Lease
 from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
@@ -140,3 +141,20 @@ def test_a_queue_whose_tables_lost_a_column_is_refused_at_open(
         _execute(pg_url, sql.SQL(statement).format(sql.Identifier(pg_schema)))
     with pytest.raises(spoolq.FormatError, match=f"damaged: no column .*{named}"):
         PostgresEngine(pg_url, schema=pg_schema)
+
+
+# ---- settling -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("max_attempts", [None, 1])
+def test_a_release_naming_a_delivery_twice_releases_it_once(
+        engine: PostgresEngine, max_attempts: int | None) -> None:
+    engine.append("q", [b"a", b"b"], [1, 1], 1.0)
+    first, _second = engine.take("q", 2, time.time(), Lease("me", time.time() + 60))
+    delivery = (first.id, first.attempts)
+    assert engine.release("q", [delivery, delivery], "me", not_before=0.0,
+                          max_attempts=max_attempts) == [first.id]
+    dead = 0 if max_attempts is None else 1
+    assert engine.counts("q") == (1 - dead, 1, 2 - dead, 2 - dead)
+    assert engine.counts("q.dead") == (dead, 0, dead, dead)
+    assert len(engine.peek("q.dead", 10)) == dead
+    assert len(engine.peek("q", 10)) == 1 - dead

@@ -382,10 +382,12 @@ class PostgresEngine:
         if not deliveries:
             return []
         clock = time.time()
+        # A delivery named twice would be locked, and counted, and buried, twice.
+        held = list(dict.fromkeys((d[0], d[1]) for d in deliveries))
         with self._tx("release") as conn:
             ids = [r[0] for r in conn.execute(self._sql.lock_held, {
-                "queue": queue, "owner": owner, "ids": [d[0] for d in deliveries],
-                "attempts": [d[1] for d in deliveries]})]
+                "queue": queue, "owner": owner, "ids": [d[0] for d in held],
+                "attempts": [d[1] for d in held]})]
             self._unlease(conn, queue, [(ids, reason or "nacked")], not_before - clock,
                           max_attempts, 0 if count_attempt else -1)
         return ids
