@@ -158,3 +158,11 @@ def test_a_release_naming_a_delivery_twice_releases_it_once(
     assert engine.counts("q.dead") == (dead, 0, dead, dead)
     assert len(engine.peek("q.dead", 10)) == dead
     assert len(engine.peek("q", 10)) == 1 - dead
+
+
+def test_a_take_of_no_records_or_fewer_takes_nothing(engine: PostgresEngine) -> None:
+    engine.append("q", [b"a"], [1], 1.0)
+    for n in (0, -1):
+        assert engine.take("q", n, time.time(), None) == []
+        assert engine.take("q", n, time.time(), Lease("me", time.time() + 60)) == []
+    assert engine.counts("q") == (1, 0, 1, 1)

@@ -332,6 +332,8 @@ class PostgresEngine:
         return ids
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if n <= 0:  # as every engine: nothing, where LIMIT would refuse a negative n
+            return []
         self._waits.drain(taking=queue)
         clock = time.time()
         # LIMIT takes a bigint; a larger n means every ready record all the same.
