@@ -48,6 +48,7 @@ __all__ = [
     "StoredRecord",
     "SupportsPeekLeased",
     "WaitCancel",
+    "as_bytes",
     "batch_given",
     "check_window",
     "dead_queue_name",
@@ -117,6 +118,18 @@ class WaitCancel:
         with self._lock:
             if hook in self._hooks:
                 self._hooks.remove(hook)
+
+
+def as_bytes(value: object, what: str) -> bytes:
+    """``value`` as bytes (a bytes-like object is copied); TypeError naming ``what`` for
+    anything else, which an engine that pickles its records could save but never read
+    back."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return bytes(memoryview(value))  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
 
 
 def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:

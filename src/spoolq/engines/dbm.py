@@ -71,6 +71,7 @@ from .base import (
     Lease,
     LeasedRecord,
     StoredRecord,
+    as_bytes,
     batch_given,
     check_window,
     dead_queue_name,
@@ -83,16 +84,6 @@ __all__ = ["DBMEngine"]
 log = logging.getLogger("spoolq")
 
 T = TypeVar("T")
-
-
-def _bytes(value: object, what: str) -> bytes:
-    """``value`` as bytes (a bytes-like object is copied); TypeError for anything else."""
-    if isinstance(value, bytes):
-        return value
-    try:
-        return bytes(memoryview(value))  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
 
 
 class _DBMStore(Generations):
@@ -153,7 +144,7 @@ class _DBMStore(Generations):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        batch = [StoredRecord(0, _bytes(data, "a record"), raw, 0, now)
+        batch = [StoredRecord(0, as_bytes(data, "a record"), raw, 0, now)
                  for data, raw in zip(records, raw_sizes, strict=True)]
         with self._transaction("append") as st:
             first = self._append(st, queue, batch)
@@ -401,7 +392,7 @@ class _DBMStore(Generations):
 
     def set_meta(self, key: str, value: bytes) -> None:
         with self._transaction("set_meta") as st:
-            st.meta[key] = _bytes(value, "a metadata value")
+            st.meta[key] = as_bytes(value, "a metadata value")
             self._changed = True
 
 class DBMEngine(SharedEngine):

@@ -51,7 +51,15 @@ from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
 from ._shared import SharedEngine, fsync_dir, lock_exclusively
-from .base import FORMAT_VERSION, Counts, Lease, LeasedRecord, StoredRecord, batch_given
+from .base import (
+    FORMAT_VERSION,
+    Counts,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    as_bytes,
+    batch_given,
+)
 from .memory import MemoryEngine, RecordState
 
 __all__ = ["PickleEngine"]
@@ -99,17 +107,6 @@ def _name(queue: object) -> str:
     if not isinstance(queue, str):
         raise TypeError(f"a queue name must be a str, not {type(queue).__name__}")
     return queue
-
-
-def _bytes(value: object, what: str) -> bytes:
-    """``value`` as bytes (a bytes-like object is copied); TypeError for anything else, which
-    this engine could save but never read back."""
-    if isinstance(value, bytes):
-        return value
-    try:
-        return bytes(memoryview(value))  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
 
 
 def _int(value: object, what: str) -> int:
@@ -299,7 +296,7 @@ class _PickleStore:
             return []
         # Checked before anything changes: a value the file cannot hold would make it unreadable.
         queue = _name(queue)
-        data = [_bytes(r, "a record") for r in records]
+        data = [as_bytes(r, "a record") for r in records]
         sizes = [_int(r, "a raw size") for r in raw_sizes]
         return self._write("append", lambda m: m.append(queue, data, sizes, float(now)))
 
@@ -310,7 +307,7 @@ class _PickleStore:
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         queue = _name(queue)
-        records = [StoredRecord(_int(r.id, "a record id"), _bytes(r.data, "a record"),
+        records = [StoredRecord(_int(r.id, "a record id"), as_bytes(r.data, "a record"),
                                 _int(r.raw_size, "a raw size"), _int(r.attempts, "attempts"),
                                 float(r.enqueued_at),
                                 None if r.reason is None else _text(r.reason, "a reason"))
@@ -364,7 +361,7 @@ class _PickleStore:
         return self._mem.get_meta(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        key, blob = _text(key, "a metadata key"), _bytes(value, "a metadata value")
+        key, blob = _text(key, "a metadata key"), as_bytes(value, "a metadata value")
         self._write("set_meta", lambda m: m.set_meta(key, blob))
 
     def close(self) -> None:
