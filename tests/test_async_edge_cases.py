@@ -15,6 +15,7 @@ import spoolq
 from spoolq import Queue, SyncQueue
 from spoolq.engines import Engine, Lease, StoredRecord, open_engine
 
+from .failing import FailingAppend
 from .servers import ThreadedServer
 
 
@@ -354,29 +355,10 @@ async def test_peek_and_purge_see_the_item_a_cancelled_get_gives_back(tmp_path: 
             assert await q.peek(5) == [] and q.qsize() == 0
 
 
-class _FailingAppend:
-    """Delegates to a real engine; the next ``failures`` appends raise an EngineError."""
-
-    def __init__(self, inner: Engine) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.failures = 0
-
-    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
-               now: float) -> list[int]:
-        if self.failures:
-            self.failures -= 1
-            raise spoolq.EngineError("no space left on device")
-        return self._inner.append(queue, records, raw_sizes, now)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 async def test_a_failed_group_commit_fails_each_put_and_leaves_the_queue_usable(
         tmp_path: Path) -> None:
     path = str(tmp_path / "q.sqlite")
-    engine = _FailingAppend(open_engine(path))
+    engine = FailingAppend(open_engine(path))
     async with await Queue.create(path, engine=engine, maxsize=20) as q:
         await q.put("before")
         engine.failures = 100  # every transaction the puts are written in fails

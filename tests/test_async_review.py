@@ -15,6 +15,7 @@ import spoolq
 from spoolq import Queue
 from spoolq.engines import Engine, open_engine
 
+from .failing import FailingAppend
 from .servers import ThreadedServer
 
 
@@ -26,25 +27,6 @@ def _records_in_file(path: Path) -> int:
         return count
     finally:
         con.close()
-
-
-class _FailingAppend:
-    """Delegates to a real engine; the next ``failures`` appends raise an EngineError."""
-
-    def __init__(self, inner: Engine) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.failures = 0
-
-    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
-               now: float) -> list[int]:
-        if self.failures:
-            self.failures -= 1
-            raise spoolq.EngineError("no space left on device")
-        return self._inner.append(queue, records, raw_sizes, now)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 @pytest.mark.parametrize("durability", ["commit", "fsync"])
@@ -113,7 +95,7 @@ async def test_a_buffered_put_whose_flush_fails_waits_for_the_next_one(tmp_path:
     # The put that made a flush due raised the flush's error, yet its item stayed in the
     # buffer and the next flush stored it: a caller retrying it stored it twice.
     path = str(tmp_path / "q.sqlite")
-    engine = _FailingAppend(open_engine(path))
+    engine = FailingAppend(open_engine(path))
     async with await Queue.create(path, engine=engine, durability="buffer", flush_items=2,
                                   flush_interval=60) as q:
         await q.put("a")  # buffered
@@ -130,7 +112,7 @@ async def test_flush_raises_each_time_the_buffer_cannot_be_written(tmp_path: Pat
     # After one failed flush the buffered records went back without their puts, and a
     # flush that failed to write them again returned as if it had.
     path = str(tmp_path / "q.sqlite")
-    engine = _FailingAppend(open_engine(path))
+    engine = FailingAppend(open_engine(path))
     async with await Queue.create(path, engine=engine, durability="buffer",
                                   flush_interval=60) as q:
         await q.put_many(["a", "b"])
