@@ -178,10 +178,10 @@ def test_leases_expire_by_the_database_clock(engine: PostgresEngine,
     real = time.time
     for skew, data in [(-3600.0, b"behind"), (3600.0, b"ahead")]:
         # a consumer whose clock is an hour off leases with its own clock's times
-        monkeypatch.setattr(pg.time, "time", lambda skew=skew: real() + skew)
-        now = pg.time.time()
+        monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
+        now = time.time()
         (rec,) = engine.take("q", 1, now, Lease(f"skewed{skew}", now + 0.5))
-        monkeypatch.setattr(pg.time, "time", real)
+        monkeypatch.setattr(time, "time", real)
         assert rec.data == data
     assert engine.expire("q", time.time()) == 0, "a lease expired early"
     time.sleep(0.7)
