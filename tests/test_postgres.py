@@ -21,7 +21,6 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 import psycopg
 from psycopg import sql
 
-from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
 from . import pg_support
