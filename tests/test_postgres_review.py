@@ -22,6 +22,7 @@ from spoolq.engines.postgres import PostgresEngine
 
 from . import pg_support
 from .pg_support import execute as _execute
+from .waiting import assert_cancel_ends_a_wait, assert_one_wait_is_cancelled_alone
 
 engine = pg_support.engine  # the fixture: an engine on the test's own schema
 
@@ -166,3 +167,42 @@ def test_a_take_of_no_records_or_fewer_takes_nothing(engine: PostgresEngine) -> 
         assert engine.take("q", n, time.time(), None) == []
         assert engine.take("q", n, time.time(), Lease("me", time.time() + 60)) == []
     assert engine.counts("q") == (1, 0, 1, 1)
+
+
+# ---- waiting without notifications --------------------------------------------------------
+
+def test_a_wait_without_notifications_sees_records_within_a_poll(
+        pg_url: str, pg_schema: str) -> None:
+    """With notify=False nothing is heard: a wait used to sleep out its whole timeout (a
+    get waited 5 seconds for an item put meanwhile)."""
+    quiet = PostgresEngine(pg_url, schema=pg_schema, notify=False)
+    producer = PostgresEngine(pg_url, schema=pg_schema, notify=False)
+    try:
+        assert quiet.wait_ready("q", 0.2) is False  # nothing ready: nothing to say
+        threads, results = _waiters(quiet, ["q"], 5)
+        time.sleep(0.2)
+        producer.append("q", [b"x"], [1], 1.0)
+        threads[0].join(10)
+        ready, took = results[0]
+        assert ready is True and took < 1.0
+        assert quiet._listener is None, "nothing to listen to without notifications"
+        assert_cancel_ends_a_wait(quiet, "other", within=0.5)
+        assert_one_wait_is_cancelled_alone(quiet, "another", within=0.5)
+    finally:
+        producer.close()
+        quiet.close()
+
+
+def test_a_get_without_notifications_wakes_within_a_poll(pg_url: str, pg_schema: str) -> None:
+    opts = {"schema": pg_schema, "notify": False}
+    with spoolq.SyncQueue.create(pg_url, name="jobs", engine_options=opts) as q, \
+            spoolq.SyncQueue.create(pg_url, name="jobs", engine_options=opts) as producer:
+        got: list[tuple[object, float]] = []
+        getter = threading.Thread(target=lambda: got.append((q.get(timeout=10),
+                                                            time.monotonic())))
+        getter.start()
+        time.sleep(0.3)
+        put_at = time.monotonic()
+        producer.put(1)
+        getter.join(10)
+        assert got[0][0] == 1 and got[0][1] - put_at < 1.0

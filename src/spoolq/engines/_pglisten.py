@@ -163,6 +163,20 @@ class Listener:
             return True
         return False
 
+    def poll(self, timeout: float, cancel: WaitCancel | None,
+             ready: Callable[[], bool]) -> bool:
+        """Wait without notifications: ask ``ready()`` every tenth of a second until it
+        says True (then True), ``timeout`` seconds pass or a cancel comes (then False)."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while self._cancelled_at < started and not (cancel and cancel.cancelled):
+            if ready():
+                return True
+            if (remaining := deadline - time.monotonic()) <= 0:
+                break
+            time.sleep(min(remaining, _WAIT_SLICE))
+        return False
+
     def _start(self) -> None:
         listener = self._connect()
         try:

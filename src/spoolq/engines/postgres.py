@@ -488,8 +488,14 @@ class PostgresEngine:
         cancelled (within a tenth of a second either way). Unlike
         the other methods this one may be called from a thread of its own while
         another thread uses the engine: it has its own connection.
+
+        An engine opened with ``notify=False`` hears nothing and listens to nothing:
+        it reads the counts of ``queue`` every tenth of a second instead and returns
+        True once they show ready records.
         """
         self._check_process("wait_ready")
+        if not self._notify:
+            return self._waits.poll(timeout, cancel, lambda: self.counts(queue).ready > 0)
         with self._guard("wait_ready"):
             return self._waits.wait(queue, timeout, cancel)
 
