@@ -96,7 +96,8 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.parametrize("options", [
-    {"schema": ""}, {"schema": "x" * 64}, {"synchronous_commit": "sometimes"},
+    {"schema": ""}, {"schema": "x" * 64}, {"schema": "jobs\x00"},
+    {"synchronous_commit": "sometimes"},
     {"durability": "eventually"}, {"pool_size": 0}, {"counter_slots": 0},
     {"lock_timeout": 0},
 ])

@@ -168,8 +168,10 @@ class PostgresEngine:
                  pool_size: int = 4, connect_timeout: float = 10.0,
                  lock_timeout: float = 10.0, counter_slots: int = 16,
                  notify: bool = True) -> None:
-        if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
-            raise ConfigurationError(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
+        if (not isinstance(schema, str) or not schema or len(schema.encode()) > 63
+                or "\x00" in schema):
+            raise ConfigurationError(
+                f"schema must be a name of 1 to 63 bytes without NUL, not {schema!r}")
         if synchronous_commit is None:
             if durability not in SYNCHRONOUS_COMMIT:
                 raise ConfigurationError(f"unknown durability {durability!r}")
