@@ -206,3 +206,21 @@ def test_a_get_without_notifications_wakes_within_a_poll(pg_url: str, pg_schema:
         producer.put(1)
         getter.join(10)
         assert got[0][0] == 1 and got[0][1] - put_at < 1.0
+
+
+def test_a_thread_waiting_its_turn_wakes_when_another_hears_its_queue(
+        engine: PostgresEngine, pg_url: str, pg_schema: str) -> None:
+    assert engine.wait_ready("a", 0) is True
+    listening, results = _waiters(engine, ["a"], 2)
+    time.sleep(0.2)  # "a" holds the listener
+    turn, more = _waiters(engine, ["b"], 5)
+    time.sleep(0.2)
+    producer = PostgresEngine(pg_url, schema=pg_schema)
+    try:
+        producer.append("b", [b"x"], [1], 1.0)
+    finally:
+        producer.close()
+    turn[0].join(10)
+    listening[0].join(10)
+    assert more[0][0] is True and more[0][1] < 1.0, "woken only when the listener let go"
+    assert results[0][0] is False

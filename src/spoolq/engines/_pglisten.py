@@ -69,7 +69,7 @@ class Listener:
             self._overflow_at = self._read
 
     def _read_since(self, mark: int, wanted: str) -> bool:
-        """Whether a notification for ``wanted`` was read after ``mark`` (lock held)."""
+        """Whether a notification for ``wanted`` was read after ``mark``."""
         return max(self._read_at.get(wanted, 0), self._read_at.get("", 0),
                    self._overflow_at) > mark
 
@@ -116,10 +116,14 @@ class Listener:
             return (self._cancelled_at >= started or bool(cancel and cancel.cancelled)
                     or time.monotonic() >= deadline)
 
-        # One thread listens at a time; the others wait their turn in short slices too.
+        # One thread listens at a time; the others wait their turn in short slices too,
+        # and end it when the listening thread read a notification for their queue.
+        wanted = payload(queue)
         while not self._lock.acquire(timeout=_WAIT_SLICE):
             if ended():
                 return False
+            if self._read_since(mark, wanted):
+                return True
         try:
             return self._listen(queue, mark, deadline, ended)
         finally:
