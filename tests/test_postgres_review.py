@@ -14,6 +14,7 @@ import spoolq
 if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
     pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
 
+import psycopg
 from psycopg import sql
 
 from spoolq.engines import Lease
@@ -224,3 +225,19 @@ def test_a_thread_waiting_its_turn_wakes_when_another_hears_its_queue(
     listening[0].join(10)
     assert more[0][0] is True and more[0][1] < 1.0, "woken only when the listener let go"
     assert results[0][0] is False
+
+
+def test_every_waiting_thread_looks_again_after_the_listener_was_lost(
+        engine: PostgresEngine, pg_url: str) -> None:
+    assert engine.wait_ready("q", 0) is True
+    threads, results = _waiters(engine, ["q", "q"], 3)
+    time.sleep(0.3)  # one listens, the other waits its turn
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(engine.channel)).as_string(admin)
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE query = %s AND pid <> pg_backend_pid()", (listen,))
+    for thread in threads:
+        thread.join(10)
+    # Notifications to either may have been missed while no session listened.
+    assert [results[k][0] for k in range(2)] == [True, True]
+    assert max(took for _ready, took in results.values()) < 1.5

@@ -68,6 +68,12 @@ class Listener:
             self._read_at.clear()
             self._overflow_at = self._read
 
+    def _lost(self) -> None:
+        """The listening session ended (lock held): notifications to any queue may have
+        been missed, so every wait that began before looks again."""
+        self._read += 1
+        self._overflow_at = self._read
+
     def _read_since(self, mark: int, wanted: str) -> bool:
         """Whether a notification for ``wanted`` was read after ``mark``."""
         return max(self._read_at.get(wanted, 0), self._read_at.get("", 0),
@@ -101,6 +107,7 @@ class Listener:
         except psycopg.Error:
             # A broken listener; the next wait opens another.
             self.conn = None
+            self._lost()
             listener.close()
         finally:
             self._lock.release()
@@ -161,6 +168,7 @@ class Listener:
             # the server is gone and that is the error.
             self.conn.close()
             self.conn = None
+            self._lost()
             log.info("spoolq: %s: the listening connection was lost: %s", self.where,
                      str(exc).strip())
             self._start()
