@@ -241,3 +241,29 @@ def test_every_waiting_thread_looks_again_after_the_listener_was_lost(
     # Notifications to either may have been missed while no session listened.
     assert [results[k][0] for k in range(2)] == [True, True]
     assert max(took for _ready, took in results.values()) < 1.5
+
+
+# ---- closing ------------------------------------------------------------------------------
+
+def test_a_wait_starting_while_close_runs_leaves_no_listener_open(
+        pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread's first wait_ready landing just after close() shut the listener
+    down used to open a new listening connection that nothing closed."""
+    eng = PostgresEngine(pg_url, schema=pg_schema)
+    stop_listening = eng._waits.close
+    outcome: list[object] = []
+
+    def close_then_wait() -> None:
+        stop_listening()
+        try:  # what a wait_ready of another thread may do at this very moment
+            outcome.append(eng.wait_ready("q", 0))
+        except spoolq.EngineError as exc:
+            outcome.append(exc)
+
+    monkeypatch.setattr(eng._waits, "close", close_then_wait)
+    eng.close()
+    leaked = eng._listener
+    if leaked is not None:
+        leaked.close()
+    assert leaked is None, f"a listener outlived close (the wait said {outcome})"
+    assert isinstance(outcome[0], spoolq.EngineError) and "closed" in str(outcome[0])

@@ -497,7 +497,11 @@ class PostgresEngine:
         """
         self._check_process("wait_ready")
         if not self._notify:
-            return self._waits.poll(timeout, cancel, lambda: self.counts(queue).ready > 0)
+            def ready() -> bool:
+                # A closing engine (pool gone, cancel next) has nothing to say.
+                return self._pool is not None and self.counts(queue).ready > 0
+
+            return self._waits.poll(timeout, cancel, ready)
         with self._guard("wait_ready"):
             return self._waits.wait(queue, timeout, cancel)
 
@@ -522,9 +526,11 @@ class PostgresEngine:
             # them here would end the parent's sessions. Only let go of them.
             self._waits.conn = self._pool = None
             return
+        # The pool goes first: a wait starting from now on cannot open a listener, and
+        # one opening it now holds the listener's lock, which close() waits for.
+        pool, self._pool = self._pool, None
         self._waits.close()
-        if self._pool is not None:
-            self._pool = None
+        if pool is not None:
             release_pool(self._pool_key)
 
     def __repr__(self) -> str:
