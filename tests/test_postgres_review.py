@@ -267,3 +267,18 @@ def test_a_wait_starting_while_close_runs_leaves_no_listener_open(
         leaked.close()
     assert leaked is None, f"a listener outlived close (the wait said {outcome})"
     assert isinstance(outcome[0], spoolq.EngineError) and "closed" in str(outcome[0])
+
+
+# ---- moving -------------------------------------------------------------------------------
+
+def test_a_move_of_a_queue_to_itself_moves_its_records_to_the_tail(
+        engine: PostgresEngine) -> None:
+    """As on every engine; it used to fail with an error about ON CONFLICT, since the
+    counts of the source and of the destination were one row changed twice."""
+    ids = engine.append("q", [b"a", b"b"], [1, 2], 1.0)
+    (late,) = engine.append("q", [b"c"], [3], 1.0)
+    assert engine.move("q", "q", ids) == 2
+    after = engine.peek("q", 10)
+    assert [r.data for r in after] == [b"c", b"a", b"b"]
+    assert after[0].id == late and min(r.id for r in after[1:]) > late
+    assert engine.counts("q") == (3, 0, 3, 6)

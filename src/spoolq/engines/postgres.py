@@ -269,7 +269,12 @@ class PostgresEngine:
     def _add_counts(self, conn: Conn, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
         """Add (queue, ready, leased, stored, raw) deltas, sorted by queue so two
         transactions touching the same stripes lock them in the same order."""
-        rows = sorted(r for r in rows if any(r[1:]))
+        # One row per queue: an upsert may not change a row twice (a move to itself).
+        merged: dict[str, tuple[int, int, int, int]] = {}
+        for queue, ready, leased, stored, raw in rows:
+            was = merged.get(queue, (0, 0, 0, 0))
+            merged[queue] = (was[0] + ready, was[1] + leased, was[2] + stored, was[3] + raw)
+        rows = sorted((queue, *deltas) for queue, deltas in merged.items() if any(deltas))
         if not rows:
             return
         slot = random.randrange(self._slots)
