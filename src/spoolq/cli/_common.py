@@ -222,11 +222,12 @@ def iter_pages_following(engine: Engine, queue: str, *,
     seen_head = head()
     while True:
         now_head = head()
-        if now_head == seen_head:
-            page = engine.peek(queue, chunk, offset)
-        else:
+        page = engine.peek(queue, chunk, offset) if now_head == seen_head else []
+        # The head is read again after the page: records that left it while the page was
+        # read moved the page on past records not read yet.
+        if now_head != seen_head or head() != now_head:
             offset, page = _resync(engine, queue, chunk, last, offset)
-            seen_head = now_head
+            seen_head = now_head  # a move from here on shows at the next page
         if not page:
             return
         offset += len(page)
