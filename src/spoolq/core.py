@@ -131,8 +131,7 @@ class QueueCore(Writing, Settling, Decoding):
             core = cls(eng, codec, settings)
             with core.lock:
                 if not read_only:
-                    dead_owners = [o for o in eng.owners(core.name) if owner_is_dead(o)]
-                    eng.expire(core.name, time.time(), owners=dead_owners,
+                    eng.expire(core.name, time.time(), owners=core._dead_owners(),
                                max_attempts=settings.max_attempts)
                 core._refresh_locked()
                 core._unfinished = core._counts.ready + core._counts.leased
@@ -245,6 +244,10 @@ class QueueCore(Writing, Settling, Decoding):
 
     # ---- taking -------------------------------------------------------------------------
 
+    def _dead_owners(self) -> list[str]:
+        """Owners of this queue's leases that are processes of this host no longer running."""
+        return [o for o in self.engine.owners(self.name) if o != self.owner and owner_is_dead(o)]
+
     def _reap_locked(self, now: float) -> None:
         if self._counts.leased and now >= self._next_reap and not self.read_only:
             self._next_reap = now + self._reap_interval()
@@ -254,8 +257,7 @@ class QueueCore(Writing, Settling, Decoding):
                 # Leases of a process on this host that died come back now, not at their
                 # ttl: opening the queue does the same.
                 self._next_owner_check = now + _OWNER_CHECK
-                dead_owners = [o for o in self.engine.owners(self.name)
-                               if o != self.owner and owner_is_dead(o)]
+                dead_owners = self._dead_owners()
             dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
             released = self.engine.expire(self.name, now, owners=dead_owners,
                                           max_attempts=max_attempts)
