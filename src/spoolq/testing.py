@@ -21,50 +21,25 @@ pytest.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from .engines.base import Engine, Lease, LeasedRecord, SupportsPeekLeased, dead_queue_name
+from ._conformance import Opener, PeekLeasedConformance, recs
+from .engines.base import Engine, Lease, SupportsPeekLeased, dead_queue_name
 
 __all__ = ["EngineConformance"]
 
-Opener = Callable[[], Engine]
-
-
-def _recs(*values: int) -> list[bytes]:
-    return [b"r%d" % v for v in values]
-
-
-class EngineConformance:
+class EngineConformance(PeekLeasedConformance):
     """What every engine must do. Set ``persistent = False`` for in-memory engines."""
-
-    persistent = True
-    NOW = 1_000_000.0
-    CLOCK_SLACK = 1.0
-    """Seconds a lease expiry read back may differ from the one given: an engine that
-    keeps time on another clock (PostgreSQL's) converts it there and back."""
-
-    @pytest.fixture
-    def engine(self, open_engine: Opener) -> Iterator[Engine]:
-        eng = open_engine()
-        try:
-            yield eng
-        finally:
-            eng.close()
-
-    def _put(self, eng: Engine, *values: int, queue: str = "q") -> list[int]:
-        data = _recs(*values)
-        return eng.append(queue, data, [len(d) * 2 for d in data], self.NOW)
 
     def test_append_then_take_is_fifo(self, engine: Engine) -> None:
         ids = self._put(engine, 1, 2, 3)
         assert ids == sorted(ids) and len(set(ids)) == 3
         got = engine.take("q", 2, self.NOW, None)
-        assert [r.data for r in got] == _recs(1, 2)
+        assert [r.data for r in got] == recs(1, 2)
         assert [r.id for r in got] == ids[:2]
-        assert [r.data for r in engine.take("q", 10, self.NOW, None)] == _recs(3)
+        assert [r.data for r in engine.take("q", 10, self.NOW, None)] == recs(3)
         assert engine.take("q", 10, self.NOW, None) == []
 
     def test_ids_only_grow_and_are_never_reused(self, engine: Engine) -> None:
@@ -81,17 +56,17 @@ class EngineConformance:
         ``n`` larger than the queue, it takes every ready record."""
         self._put(engine, 1, 2, 3)
         leased = engine.take("q", 2**63, self.NOW, Lease("me", self.NOW + 30))
-        assert [r.data for r in leased] == _recs(1, 2, 3)
+        assert [r.data for r in leased] == recs(1, 2, 3)
         for rec in leased:
             engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=None)
-        assert [r.data for r in engine.take("q", 2**64, self.NOW, None)] == _recs(1, 2, 3)
+        assert [r.data for r in engine.take("q", 2**64, self.NOW, None)] == recs(1, 2, 3)
         assert engine.take("q", 2**63, self.NOW, None) == []
         assert engine.counts("q") == (0, 0, 0, 0)
 
     def test_append_of_nothing_and_mismatched_sizes(self, engine: Engine) -> None:
         assert engine.append("q", [], [], self.NOW) == []
         with pytest.raises(ValueError):
-            engine.append("q", _recs(1, 2), [1], self.NOW)
+            engine.append("q", recs(1, 2), [1], self.NOW)
         assert engine.counts("q").ready == 0
 
     def test_record_fields(self, engine: Engine) -> None:
@@ -119,7 +94,7 @@ class EngineConformance:
     def test_named_queues_are_separate(self, engine: Engine) -> None:
         self._put(engine, 1, queue="a")
         self._put(engine, 2, queue="b")
-        assert [r.data for r in engine.take("b", 5, self.NOW, None)] == _recs(2)
+        assert [r.data for r in engine.take("b", 5, self.NOW, None)] == recs(2)
         assert engine.counts("a").ready == 1
         assert set(engine.queues()) >= {"a", "b"}
 
@@ -179,7 +154,7 @@ class EngineConformance:
         (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
         assert rec.attempts == 1
         assert [r.data for r in engine.take("q", 5, self.NOW, Lease("you", self.NOW + 30))] \
-            == _recs(2)
+            == recs(2)
         assert engine.ack("q", [(rec.id, 1)], "me") == [rec.id]
         assert engine.counts("q") .leased == 1
         assert engine.ack("q", [(rec.id, 1)], "me") == []
@@ -206,7 +181,7 @@ class EngineConformance:
         released = engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=None)
         assert released == [rec.id]
         again = engine.take("q", 3, self.NOW, None)
-        assert [r.data for r in again] == _recs(1, 2, 3)
+        assert [r.data for r in again] == recs(1, 2, 3)
         assert again[0].attempts == 1
 
     def test_release_with_delay_hides_until_then(self, engine: Engine) -> None:
@@ -214,8 +189,8 @@ class EngineConformance:
         (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
         engine.release("q", [(rec.id, 1)], "me", not_before=self.NOW + 10, max_attempts=None)
         assert [r.data for r in engine.take("q", 5, self.NOW, Lease("me", self.NOW + 30))] \
-            == _recs(2)
-        assert [r.data for r in engine.take("q", 5, self.NOW + 11, None)] == _recs(1)
+            == recs(2)
+        assert [r.data for r in engine.take("q", 5, self.NOW + 11, None)] == recs(1)
 
     def test_released_delayed_and_new_records_interleave_by_id(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3, 4)
@@ -224,15 +199,15 @@ class EngineConformance:
         engine.release("q", [(held[2].id, 1)], "me", not_before=0.0, max_attempts=None)
         engine.release("q", [(held[0].id, 1)], "me", not_before=self.NOW + 10,
                        max_attempts=None)
-        assert [r.data for r in engine.peek("q", 10)] == _recs(1, 3, 4, 5, 6)
-        assert [r.data for r in engine.peek("q", 2, 1)] == _recs(3, 4)
+        assert [r.data for r in engine.peek("q", 10)] == recs(1, 3, 4, 5, 6)
+        assert [r.data for r in engine.peek("q", 2, 1)] == recs(3, 4)
         assert engine.counts("q").ready == 5
-        assert [r.data for r in engine.take("q", 1, self.NOW, None)] == _recs(3)
-        assert [r.data for r in engine.take("q", 2, self.NOW, None)] == _recs(4, 5)
+        assert [r.data for r in engine.take("q", 1, self.NOW, None)] == recs(3)
+        assert [r.data for r in engine.take("q", 2, self.NOW, None)] == recs(4, 5)
         engine.release("q", [(held[1].id, 1)], "me", not_before=0.0, max_attempts=None)
         self._put(engine, 7)
-        assert [r.data for r in engine.take("q", 10, self.NOW, None)] == _recs(2, 6, 7)
-        assert [r.data for r in engine.take("q", 10, self.NOW + 11, None)] == _recs(1)
+        assert [r.data for r in engine.take("q", 10, self.NOW, None)] == recs(2, 6, 7)
+        assert [r.data for r in engine.take("q", 10, self.NOW + 11, None)] == recs(1)
         assert engine.counts("q") == (0, 0, 0, 0)
 
     def test_release_without_counting_undoes_the_attempt(self, engine: Engine) -> None:
@@ -249,7 +224,7 @@ class EngineConformance:
         engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=1,
                        reason="boom")
         dead = engine.peek(dead_queue_name("q"), 10)
-        assert [r.data for r in dead] == _recs(1)
+        assert [r.data for r in dead] == recs(1)
         assert dead[0].reason == "boom"
         assert dead[0].attempts == 1
         assert engine.counts("q") == (1, 0, 2, 4)
@@ -280,7 +255,7 @@ class EngineConformance:
         engine.take("q", 1, self.NOW, Lease("a", self.NOW + 5))
         assert engine.expire("q", self.NOW + 6, max_attempts=1) == 1
         assert engine.counts("q").ready == 0
-        assert [r.data for r in engine.peek(dead_queue_name("q"), 5)] == _recs(1)
+        assert [r.data for r in engine.peek(dead_queue_name("q"), 5)] == recs(1)
 
     def test_dead_letters_of_one_expiry_keep_id_order(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3)
@@ -296,7 +271,7 @@ class EngineConformance:
         self._put(engine, 1, 2, 3)
         taken = engine.take("q", 2, self.NOW, None)
         engine.restore("q", taken)
-        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == _recs(1, 2, 3)
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(1, 2, 3)
         assert engine.counts("q") == (0, 0, 0, 0)
 
     def test_restore_of_an_id_the_queue_holds_is_refused(self, engine: Engine) -> None:
@@ -314,11 +289,11 @@ class EngineConformance:
             with pytest.raises(ValueError):
                 engine.restore("q", batch)
             assert engine.counts("q") == before
-            assert [r.data for r in engine.peek("q", 10)] == _recs(3, 4)
+            assert [r.data for r in engine.peek("q", 10)] == recs(3, 4)
             assert self._ids(engine.peek("q", 10)) == self._ids([delayed, ready])
         engine.restore("q", taken)
         engine.ack("q", [(leased.id, 1)], "me")
-        assert [r.data for r in engine.take("q", 10, self.NOW + 61, None)] == _recs(1, 3, 4)
+        assert [r.data for r in engine.take("q", 10, self.NOW + 61, None)] == recs(1, 3, 4)
         assert engine.counts("q") == (0, 0, 0, 0)
 
     @staticmethod
@@ -327,8 +302,8 @@ class EngineConformance:
 
     def test_peek_does_not_remove(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3)
-        assert [r.data for r in engine.peek("q", 2)] == _recs(1, 2)
-        assert [r.data for r in engine.peek("q", 5, 1)] == _recs(2, 3)
+        assert [r.data for r in engine.peek("q", 2)] == recs(1, 2)
+        assert [r.data for r in engine.peek("q", 5, 1)] == recs(2, 3)
         assert engine.counts("q").ready == 3
 
     def test_peek_windows_beyond_64_bits(self, engine: Engine) -> None:
@@ -339,9 +314,9 @@ class EngineConformance:
         engine.take("q", 1, self.NOW, Lease("a", self.NOW + 30))
         huge = (2**63, 2**64, 10**30)
         for n in huge:
-            assert [r.data for r in engine.peek("q", n)] == _recs(2, 3)
-            assert [r.data for r in engine.peek("q", n, 1)] == _recs(3)
-            assert [d for d, _ in self._leased(engine, n=n)] == _recs(1)
+            assert [r.data for r in engine.peek("q", n)] == recs(2, 3)
+            assert [r.data for r in engine.peek("q", n, 1)] == recs(3)
+            assert [d for d, _ in self._leased(engine, n=n)] == recs(1)
         for offset in huge:
             assert engine.peek("q", 1, offset) == []
             assert engine.peek("q", offset, offset) == []
@@ -361,20 +336,20 @@ class EngineConformance:
         try:
             self._put(engine, *range(1, 31))
             paged = [r.data for at in range(0, 32, 4) for r in engine.peek("q", 4, at)]
-            assert paged == _recs(*range(1, 31))
-            assert [r.data for r in engine.peek("q", 4, 0)] == _recs(1, 2, 3, 4)
-            assert [r.data for r in engine.peek("q", 4, 4)] == _recs(5, 6, 7, 8)
+            assert paged == recs(*range(1, 31))
+            assert [r.data for r in engine.peek("q", 4, 0)] == recs(1, 2, 3, 4)
+            assert [r.data for r in engine.peek("q", 4, 4)] == recs(5, 6, 7, 8)
             engine.take("q", 2, self.NOW, None)  # this engine changes the queue
-            assert [r.data for r in engine.peek("q", 4, 8)] == _recs(11, 12, 13, 14)
-            assert [r.data for r in engine.peek("q", 4, 12)] == _recs(15, 16, 17, 18)
+            assert [r.data for r in engine.peek("q", 4, 8)] == recs(11, 12, 13, 14)
+            assert [r.data for r in engine.peek("q", 4, 12)] == recs(15, 16, 17, 18)
             other.take("q", 3, self.NOW, None)  # so does another one
-            assert [r.data for r in engine.peek("q", 4, 16)] == _recs(22, 23, 24, 25)
+            assert [r.data for r in engine.peek("q", 4, 16)] == recs(22, 23, 24, 25)
             leased = other.take("q", 1, self.NOW, Lease("o", self.NOW + 60))
-            assert [r.data for r in engine.peek("q", 2, 0)] == _recs(7, 8)
-            assert [r.data for r in engine.peek("q", 2, 2)] == _recs(9, 10)
+            assert [r.data for r in engine.peek("q", 2, 0)] == recs(7, 8)
+            assert [r.data for r in engine.peek("q", 2, 2)] == recs(9, 10)
             other.release("q", [(leased[0].id, leased[0].attempts)], "o", not_before=0.0,
                           max_attempts=None)
-            assert [r.data for r in engine.peek("q", 2, 4)] == _recs(10, 11)
+            assert [r.data for r in engine.peek("q", 2, 4)] == recs(10, 11)
         finally:
             if other is not engine:
                 other.close()
@@ -382,9 +357,9 @@ class EngineConformance:
     def test_move_and_purge(self, engine: Engine) -> None:
         ids = self._put(engine, 1, 2, 3, queue="src")
         assert engine.move("src", "dst", [ids[1]]) == 1
-        assert [r.data for r in engine.peek("dst", 5)] == _recs(2)
+        assert [r.data for r in engine.peek("dst", 5)] == recs(2)
         assert engine.move("src", "dst") == 2
-        assert [r.data for r in engine.peek("dst", 5)] == _recs(2, 1, 3)
+        assert [r.data for r in engine.peek("dst", 5)] == recs(2, 1, 3)
         assert engine.counts("src").ready == 0
         assert engine.counts("dst").stored_bytes == len(b"r1r2r3")
         assert engine.purge("dst") == 3
@@ -419,7 +394,7 @@ class EngineConformance:
             assert eng.counts("q")[:2] == (1, 1)
             assert eng.get_meta("k") == b"v"
             assert eng.owners("q") == {"me": 1}
-            assert [r.data for r in eng.peek("q", 5)] == _recs(2)
+            assert [r.data for r in eng.peek("q", 5)] == recs(2)
             later = self._put(eng, 3)
             assert later[0] > 2
         finally:
@@ -432,92 +407,3 @@ class EngineConformance:
         while chunk := engine.take("q", 333, self.NOW, None):
             got += [r.data for r in chunk]
         assert got == data
-
-    # ---- optional: peek_leased ----------------------------------------------------------
-
-    @staticmethod
-    def _lister(engine: Engine) -> SupportsPeekLeased:
-        if not isinstance(engine, SupportsPeekLeased):
-            pytest.skip("this engine cannot list leased records")
-        return engine
-
-    def _leased(self, engine: Engine, queue: str = "q", n: int = 100,
-                offset: int = 0) -> list[tuple[bytes, str]]:
-        return [(lr.record.data, lr.owner)
-                for lr in self._lister(engine).peek_leased(queue, n, offset)]
-
-    def test_peek_leased_lists_leases_in_fifo_order(self, engine: Engine) -> None:
-        lister = self._lister(engine)
-        ids = self._put(engine, 1, 2, 3, 4, 5)
-        engine.take("q", 2, self.NOW, Lease("a", self.NOW + 30))
-        engine.take("q", 1, self.NOW, Lease("b", self.NOW + 600))
-        got = lister.peek_leased("q", 10)
-        assert all(isinstance(lr, LeasedRecord) for lr in got)
-        assert [(lr.record.id, lr.record.data, lr.owner) for lr in got] == [
-            (ids[0], b"r1", "a"), (ids[1], b"r2", "a"), (ids[2], b"r3", "b")]
-        assert [lr.until for lr in got] == pytest.approx(
-            [self.NOW + 30, self.NOW + 30, self.NOW + 600], abs=self.CLOCK_SLACK)
-        rec = got[0].record
-        assert (rec.raw_size, rec.attempts, rec.enqueued_at, rec.reason) == (4, 1, self.NOW,
-                                                                             None)
-        assert [r.data for r in engine.peek("q", 10)] == _recs(4, 5)
-        assert engine.counts("q")[:2] == (2, 3)
-
-    def test_peek_leased_attempts_and_expired_leases(self, engine: Engine) -> None:
-        lister = self._lister(engine)
-        self._put(engine, 1, 2)
-        (rec,) = engine.take("q", 1, self.NOW, Lease("a", self.NOW + 30))
-        engine.release("q", [(rec.id, 1)], "a", not_before=0.0, max_attempts=None)
-        engine.take("q", 1, self.NOW, Lease("a", self.NOW + 30))
-        engine.take("q", 1, self.NOW, Lease("b", self.NOW - 5))
-        # A lease that ran out is still held until expire() releases it.
-        got = lister.peek_leased("q", 10)
-        assert [(lr.record.data, lr.record.attempts) for lr in got] == [(b"r1", 2), (b"r2", 1)]
-        assert got[1].until == pytest.approx(self.NOW - 5, abs=self.CLOCK_SLACK)
-        assert engine.expire("q", self.NOW) == 1
-        assert self._leased(engine) == [(b"r1", "a")]
-
-    def test_peek_leased_pages_with_n_and_offset(self, engine: Engine) -> None:
-        lister = self._lister(engine)
-        self._put(engine, 1, 2, 3, 4, 5, 6)
-        engine.take("q", 5, self.NOW, Lease("a", self.NOW + 30))
-        assert [d for d, _ in self._leased(engine, n=2)] == _recs(1, 2)
-        assert [d for d, _ in self._leased(engine, n=2, offset=2)] == _recs(3, 4)
-        assert [d for d, _ in self._leased(engine, n=10, offset=4)] == _recs(5)
-        assert self._leased(engine, n=10, offset=5) == []
-        assert self._leased(engine, n=0) == []
-        for n, offset in ((-1, 0), (1, -1)):
-            with pytest.raises(ValueError):
-                lister.peek_leased("q", n, offset)
-
-    def test_peek_leased_leaves_out_what_is_not_leased(self, engine: Engine) -> None:
-        lister = self._lister(engine)
-        self._put(engine, 1, 2, 3, 4, 5)
-        self._put(engine, 7, queue="other")
-        a, b, c, d = engine.take("q", 4, self.NOW, Lease("a", self.NOW + 30))
-        engine.take("other", 1, self.NOW, Lease("a", self.NOW + 30))
-        assert engine.ack("q", [(a.id, 1)], "a") == [a.id]
-        engine.release("q", [(b.id, 1)], "a", not_before=0.0, max_attempts=None)
-        engine.release("q", [(c.id, 1)], "a", not_before=self.NOW + 60, max_attempts=None)
-        engine.release("q", [(d.id, 1)], "a", not_before=0.0, max_attempts=1)
-        assert self._leased(engine) == []
-        assert self._leased(engine, "other") == [(b"r7", "a")]
-        assert self._leased(engine, dead_queue_name("q")) == []
-        assert self._leased(engine, "nothing-here") == []
-        assert [r.data for r in engine.peek("q", 10)] == _recs(2, 3, 5)
-        engine.take("q", 1, self.NOW, Lease("b", self.NOW + 30))
-        assert [lr.owner for lr in lister.peek_leased("q", 10)] == ["b"]
-
-    def test_peek_leased_after_reopen(self, open_engine: Opener) -> None:
-        eng = open_engine()
-        try:
-            self._lister(eng)
-            self._put(eng, 1, 2)
-            eng.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
-        finally:
-            eng.close()
-        eng = open_engine()
-        try:
-            assert self._leased(eng) == ([(b"r1", "me")] if self.persistent else [])
-        finally:
-            eng.close()
