@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from spoolq.engines import Lease
+from spoolq.engines import _pgparts as pgparts
 from spoolq.engines import postgres as pg
 from spoolq.engines.postgres import PostgresEngine
 
@@ -110,7 +111,7 @@ def test_a_record_larger_than_postgresql_stores_is_refused_before_sending(
 
 def test_a_batch_sent_in_several_statements_is_one_transaction(
         engine: PostgresEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pg, "_STATEMENT_BYTES", 2)  # one statement per record or two
+    monkeypatch.setattr(pgparts, "STATEMENT_BYTES", 2)  # one statement per record or two
     ids = engine.append("q", [b"a", b"b", b"c", b"d", b"e"], [1, 2, 3, 4, 5], 1.0)
     assert [r.data for r in engine.peek("q", 10)] == [b"a", b"b", b"c", b"d", b"e"]
     assert engine.counts("q") == (5, 0, 5, 15)

@@ -24,7 +24,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-__all__ = ["TCP_DEFAULTS", "Conn", "PoolKey", "acquire_pool", "connect", "connection",
+from ..errors import ConfigurationError
+
+__all__ = ["TCP_DEFAULTS", "Conn", "PoolKey", "acquire_pool", "connect", "connection", "describe",
            "readable", "release_pool"]
 
 log = logging.getLogger("spoolq")
@@ -155,3 +157,15 @@ def connect(conninfo: str, timeout: float) -> Conn:
     return psycopg.connect(_with_defaults(conninfo), autocommit=True,
                            connect_timeout=max(2, math.ceil(timeout)),
                            fallback_application_name="spoolq")
+
+
+def describe(conninfo: str, schema: str) -> str:
+    """Where the queue lives, for messages: never the password."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"not a PostgreSQL connection string: {exc}") from exc
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return (f"postgresql://{user}{parts.get('host') or 'localhost'}{port}/"
+            f"{parts.get('dbname') or ''} (schema {schema})")

@@ -56,8 +56,9 @@ statement is written so that its generic plan reaches rows through an index
 on the queue and the ids it names, whatever the number of rows asked for.
 
 This module holds the engine itself. Its private helpers: ``_pgsql`` (the
-SQL), ``_pgpool`` (the shared pools and connections), ``_pgschema`` (creating
-and checking the schema at open) and ``_pglisten`` (LISTEN/NOTIFY waiting).
+SQL), ``_pgparts`` (a batch in statements PostgreSQL accepts), ``_pgpool`` (the
+shared pools and connections), ``_pgschema`` (creating and checking the schema
+at open) and ``_pglisten`` (LISTEN/NOTIFY waiting).
 """
 
 from __future__ import annotations
@@ -67,17 +68,18 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
 from ._pglisten import Listener, payload
-from ._pgpool import Conn, PoolKey, acquire_pool, connect, connection, release_pool
+from ._pgparts import MAX_RECORD_BYTES, atomic
+from ._pgparts import parts as statement_parts
+from ._pgpool import Conn, PoolKey, acquire_pool, connect, connection, describe, release_pool
 from ._pgschema import open_schema
 from ._pgsql import compose
 from .base import (
@@ -99,51 +101,6 @@ SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 
 _MAX_BIGINT = (1 << 63) - 1
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
-
-MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
-"""The largest record the engine stores: PostgreSQL keeps a value, and receives a
-message, of at most 1 GiB; 64 KiB are left for what else a statement sends."""
-
-# Records a statement sends at most, in bytes, unless it sends one alone: a whole batch
-# in one message of more than 1 GiB makes the server close the connection.
-_STATEMENT_BYTES = 64 << 20
-
-
-def _parts(queue: str, records: Sequence[bytes], what: str) -> list[slice]:
-    """Split a batch into runs of records that one statement can send: ValueError,
-    naming its size, when a record is larger than :data:`MAX_RECORD_BYTES`."""
-    parts: list[slice] = []
-    start = size = 0
-    for k, record in enumerate(records):
-        length = len(record)
-        if length > MAX_RECORD_BYTES:
-            raise ValueError(
-                f"cannot {what} a record of {length} bytes into queue {queue!r}: PostgreSQL "
-                f"stores at most {MAX_RECORD_BYTES} bytes in one value; nothing was stored")
-        if k > start and size + length > _STATEMENT_BYTES:
-            parts.append(slice(start, k))
-            start, size = k, 0
-        size += length
-    parts.append(slice(start, len(records)))
-    return parts
-
-
-def _atomic(conn: Conn, parts: Sequence[slice]) -> AbstractContextManager[Any]:
-    """A transaction around a batch sent in several statements; none around one."""
-    return conn.transaction() if len(parts) > 1 else nullcontext()
-
-
-def _describe(conninfo: str, schema: str) -> str:
-    """Where the queue lives, for messages: never the password."""
-    try:
-        parts = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"not a PostgreSQL connection string: {exc}") from exc
-    user = f"{parts['user']}@" if parts.get("user") else ""
-    port = f":{parts['port']}" if parts.get("port") else ""
-    return (f"postgresql://{user}{parts.get('host') or 'localhost'}{port}/"
-            f"{parts.get('dbname') or ''} (schema {schema})")
-
 
 class PostgresEngine:
     """Queue storage in a PostgreSQL database; see the module docstring for the design.
@@ -188,7 +145,7 @@ class PostgresEngine:
                 f"counter_slots must be an int from 1 to 1000, not {counter_slots!r}")
         if not connect_timeout > 0 or not lock_timeout > 0:
             raise ConfigurationError("connect_timeout and lock_timeout must be > 0")
-        self.where = _describe(conninfo, schema)
+        self.where = describe(conninfo, schema)
         self.schema = schema
         self.read_only = read_only
         self.channel = f"spoolq.{schema}"
@@ -326,12 +283,12 @@ class PostgresEngine:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        parts = _parts(queue, records, "append")
+        parts = statement_parts(queue, records, "append")
         self._waits.drain()
         # One stripe for every statement: see _unlease on taking two of one queue.
         params = self._params(queue, now=now)
         ids: list[int] = []
-        with self._conn("append") as conn, _atomic(conn, parts):
+        with self._conn("append") as conn, atomic(conn, parts):
             for part in parts:
                 row = conn.execute(self._sql.append, {
                     **params, "data": list(records[part]),
@@ -358,11 +315,11 @@ class PostgresEngine:
         if not records:
             return
         ids = distinct_ids(queue, records)
-        parts = _parts(queue, [r.data for r in records], "restore")
+        parts = statement_parts(queue, [r.data for r in records], "restore")
         params = self._params(queue)
         with self._conn("restore") as conn:
             try:
-                with _atomic(conn, parts):
+                with atomic(conn, parts):
                     for part in parts:
                         batch = records[part]
                         conn.execute(self._sql.restore, {

@@ -1,0 +1,44 @@
+"""A batch of the PostgreSQL engine sent in statements that PostgreSQL accepts, and the
+largest record it stores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from ._pgpool import Conn
+
+__all__ = ["MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic", "parts"]
+
+MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
+"""The largest record the engine stores: PostgreSQL keeps a value, and receives a
+message, of at most 1 GiB; 64 KiB are left for what else a statement sends."""
+
+# Records a statement sends at most, in bytes, unless it sends one alone: a whole batch
+# in one message of more than 1 GiB makes the server close the connection.
+STATEMENT_BYTES = 64 << 20
+
+
+def parts(queue: str, records: Sequence[bytes], what: str) -> list[slice]:
+    """Split a batch into runs of records that one statement can send: ValueError,
+    naming its size, when a record is larger than :data:`MAX_RECORD_BYTES`."""
+    runs: list[slice] = []
+    start = size = 0
+    for k, record in enumerate(records):
+        length = len(record)
+        if length > MAX_RECORD_BYTES:
+            raise ValueError(
+                f"cannot {what} a record of {length} bytes into queue {queue!r}: PostgreSQL "
+                f"stores at most {MAX_RECORD_BYTES} bytes in one value; nothing was stored")
+        if k > start and size + length > STATEMENT_BYTES:
+            runs.append(slice(start, k))
+            start, size = k, 0
+        size += length
+    runs.append(slice(start, len(records)))
+    return runs
+
+
+def atomic(conn: Conn, runs: Sequence[slice]) -> AbstractContextManager[Any]:
+    """A transaction around a batch sent in several statements; none around one."""
+    return conn.transaction() if len(runs) > 1 else nullcontext()
