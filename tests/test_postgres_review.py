@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -283,3 +284,19 @@ def test_a_move_of_a_queue_to_itself_moves_its_records_to_the_tail(
     assert [r.data for r in after] == [b"c", b"a", b"b"]
     assert after[0].id == late and min(r.id for r in after[1:]) > late
     assert engine.counts("q") == (3, 0, 3, 6)
+
+
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+def test_a_record_too_large_is_refused_at_its_put_and_loses_nothing(
+        pg_url: str, pg_schema: str, durability: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With "buffer" the record used to wait in the buffer and fail every write of it and
+    of the items put around it, which were lost at close."""
+    monkeypatch.setattr(pgparts, "MAX_RECORD_BYTES", 1000)  # not 1 GiB of test data
+    opts: dict[str, Any] = {"engine_options": {"schema": pg_schema}}
+    with spoolq.SyncQueue.create(pg_url, durability=durability, **opts) as q:
+        q.put("before")
+        with pytest.raises(ValueError, match="nothing was stored"):
+            q.put(os.urandom(2000))
+        q.put("after")
+    with spoolq.SyncQueue.create(pg_url, **opts) as q:
+        assert q.get_many(10, timeout=0.2) == ["before", "after"]

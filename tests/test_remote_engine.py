@@ -273,3 +273,61 @@ def test_a_server_over_a_blocking_engine_uses_the_engine_thread(tmp_path: Path) 
         return type(memory).__name__, type(sqlite).__name__
 
     assert asyncio.run(main()) == ("InlineRunner", "EngineThread")
+
+
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+def test_a_record_too_large_for_the_server_is_refused_at_its_put_and_loses_nothing(
+        durability: str) -> None:
+    """With "buffer" the record used to wait in the buffer and fail every write of it
+    and of the items put around it, which were lost at close."""
+    import os
+
+    with ThreadedServer(":memory:", max_frame=65536) as server:
+        url = f"{server.url}/jobs"
+        with spoolq.SyncQueue.create(url, durability=durability) as q:
+            q.put("before")
+            with pytest.raises(spoolq.protocol.FrameTooLarge, match="nothing was stored"):
+                q.put(os.urandom(100_000))
+            with pytest.raises(spoolq.protocol.FrameTooLarge):
+                q.put_many(["in the same put_many", os.urandom(100_000)])
+            q.put("after")
+        with spoolq.SyncQueue.create(url) as q:
+            assert q.get_many(10, timeout=0.2) == ["before", "after"]
+
+
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+def test_puts_larger_than_a_frame_in_all_go_in_several_requests(durability: str) -> None:
+    """A put_many, or the puts a buffer or a group commit writes together, larger than the
+    server's max_frame: each record fits a request, so all are stored, in order."""
+    import os
+
+    items = [os.urandom(5000) for _ in range(40)]  # 200 KB, random: no compression
+    with ThreadedServer(":memory:", max_frame=65536) as server:
+        url = f"{server.url}/jobs"
+        with spoolq.SyncQueue.create(url, durability=durability) as q:
+            q.put_many(items[:20])
+            for item in items[20:]:
+                q.put(item)
+        with spoolq.SyncQueue.create(url) as q:
+            assert q.get_many(40, timeout=1) == items
+
+
+def test_a_record_as_large_as_check_records_allows_is_stored() -> None:
+    import re
+
+    with ThreadedServer(":memory:", max_frame=65536) as server:
+        engine = RemoteEngine(f"{server.url}/jobs")
+        try:
+            with pytest.raises(spoolq.protocol.FrameTooLarge) as refused:
+                engine.check_records("jobs", [bytes(70_000)])
+            found = re.search(r"room for a record of (\d+)", str(refused.value))
+            assert found is not None
+            room = int(found.group(1))
+            assert 65536 - 200 < room < 65536
+            engine.check_records("jobs", [bytes(room)])
+            with pytest.raises(spoolq.protocol.FrameTooLarge):
+                engine.check_records("jobs", [bytes(room + 1)])
+            engine.append("jobs", [bytes(room), b"x"], [room, 1], 1.0)
+            assert [len(r.data) for r in engine.take("jobs", 5, 2.0, None)] == [room, 1]
+        finally:
+            engine.close()

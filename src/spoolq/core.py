@@ -24,6 +24,7 @@ from .engines import (
     Engine,
     Lease,
     StoredRecord,
+    SupportsRecordCheck,
     WaitCancel,
     dead_queue_name,
     open_engine,
@@ -82,6 +83,8 @@ class QueueCore(Writing, Settling, Decoding):
         self.engine = engine
         self.codec = codec
         self.settings = settings
+        self.check_records = engine.check_records if isinstance(engine, SupportsRecordCheck) \
+            else None
         self.buffered = settings.durability == "buffer"
         self.read_only = bool(getattr(engine, "read_only", False))
         """An engine opened read-only: opening, reaping and closing write nothing."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -41,6 +41,7 @@ class Writing:
     engine: Engine
     codec: Codec
     settings: Settings
+    check_records: Callable[[str, Sequence[bytes]], None] | None
     name: str
     lock: threading.RLock
     group: GroupCommit
@@ -62,12 +63,18 @@ class Writing:
     _notify: Callable[[], None]
 
     def encode(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
-        """Encode items in the caller's thread; raises SerializationError, writes nothing."""
-        return self.codec.encode_many(items)
+        """Encode items in the caller's thread; raises SerializationError, or the engine's
+        error for a record too large for it (see ``SupportsRecordCheck``), writes nothing."""
+        records, sizes = self.codec.encode_many(items)
+        if self.check_records is not None:
+            self.check_records(self.name, records)
+        return records, sizes
 
     def encode_one(self, item: Any) -> tuple[list[bytes], list[int]]:
         """:meth:`encode` of one item, without the set-up a batch needs."""
         record, size = self.codec.encode(item)
+        if self.check_records is not None:
+            self.check_records(self.name, [record])
         return [record], [size]
 
     def submit(self, records: list[bytes], sizes: list[int], ticket: Ticket) -> int:

@@ -15,6 +15,7 @@ from .base import (
     LeasedRecord,
     StoredRecord,
     SupportsPeekLeased,
+    SupportsRecordCheck,
     WaitCancel,
     dead_queue_name,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SQLiteEngine",
     "StoredRecord",
     "SupportsPeekLeased",
+    "SupportsRecordCheck",
     "WaitCancel",
     "dead_queue_name",
     "engine_name_for",

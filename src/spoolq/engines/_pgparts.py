@@ -9,7 +9,7 @@ from typing import Any
 
 from ._pgpool import Conn
 
-__all__ = ["MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic", "parts"]
+__all__ = ["MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic", "check_sizes", "parts"]
 
 MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
 """The largest record the engine stores: PostgreSQL keeps a value, and receives a
@@ -20,17 +20,23 @@ message, of at most 1 GiB; 64 KiB are left for what else a statement sends."""
 STATEMENT_BYTES = 64 << 20
 
 
+def check_sizes(queue: str, records: Sequence[bytes], what: str) -> None:
+    """ValueError, naming its size, for a record larger than :data:`MAX_RECORD_BYTES`."""
+    largest = max(map(len, records), default=0)
+    if largest > MAX_RECORD_BYTES:
+        raise ValueError(
+            f"cannot {what} a record of {largest} bytes into queue {queue!r}: PostgreSQL "
+            f"stores at most {MAX_RECORD_BYTES} bytes in one value; nothing was stored")
+
+
 def parts(queue: str, records: Sequence[bytes], what: str) -> list[slice]:
-    """Split a batch into runs of records that one statement can send: ValueError,
-    naming its size, when a record is larger than :data:`MAX_RECORD_BYTES`."""
+    """Split a batch into runs of records that one statement can send; ValueError as
+    :func:`check_sizes` says."""
+    check_sizes(queue, records, what)
     runs: list[slice] = []
     start = size = 0
     for k, record in enumerate(records):
         length = len(record)
-        if length > MAX_RECORD_BYTES:
-            raise ValueError(
-                f"cannot {what} a record of {length} bytes into queue {queue!r}: PostgreSQL "
-                f"stores at most {MAX_RECORD_BYTES} bytes in one value; nothing was stored")
         if k > start and size + length > STATEMENT_BYTES:
             runs.append(slice(start, k))
             start, size = k, 0

@@ -26,8 +26,19 @@ from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigurationError
 
-__all__ = ["TCP_DEFAULTS", "Conn", "PoolKey", "acquire_pool", "connect", "connection", "describe",
-           "readable", "release_pool"]
+__all__ = [
+    "SYNCHRONOUS_COMMIT",
+    "TCP_DEFAULTS",
+    "Conn",
+    "PoolKey",
+    "acquire_pool",
+    "check_options",
+    "connect",
+    "connection",
+    "describe",
+    "readable",
+    "release_pool",
+]
 
 log = logging.getLogger("spoolq")
 
@@ -169,3 +180,36 @@ def describe(conninfo: str, schema: str) -> str:
     port = f":{parts['port']}" if parts.get("port") else ""
     return (f"postgresql://{user}{parts.get('host') or 'localhost'}{port}/"
             f"{parts.get('dbname') or ''} (schema {schema})")
+
+
+SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
+"""The ``synchronous_commit`` each durability level runs with."""
+
+_SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
+
+
+def check_options(schema: object, durability: str, synchronous_commit: str | None,
+                  pool_size: object, counter_slots: object, connect_timeout: float,
+                  lock_timeout: float) -> str:
+    """Check the PostgreSQL engine's options (ConfigurationError, naming the one that is
+    wrong); return the ``synchronous_commit`` its sessions run with."""
+    if (not isinstance(schema, str) or not schema or len(schema.encode()) > 63
+            or "\x00" in schema):
+        raise ConfigurationError(
+            f"schema must be a name of 1 to 63 bytes without NUL, not {schema!r}")
+    if synchronous_commit is None:
+        if durability not in SYNCHRONOUS_COMMIT:
+            raise ConfigurationError(f"unknown durability {durability!r}")
+        synchronous_commit = SYNCHRONOUS_COMMIT[durability]
+    if synchronous_commit not in _SYNC_VALUES:
+        raise ConfigurationError(
+            f"synchronous_commit must be one of {', '.join(_SYNC_VALUES)}, "
+            f"not {synchronous_commit!r}")
+    if not isinstance(pool_size, int) or pool_size < 1:
+        raise ConfigurationError(f"pool_size must be an int >= 1, not {pool_size!r}")
+    if not isinstance(counter_slots, int) or not 1 <= counter_slots <= 1000:
+        raise ConfigurationError(
+            f"counter_slots must be an int from 1 to 1000, not {counter_slots!r}")
+    if not connect_timeout > 0 or not lock_timeout > 0:
+        raise ConfigurationError("connect_timeout and lock_timeout must be > 0")
+    return synchronous_commit

@@ -47,6 +47,7 @@ __all__ = [
     "PageEnds",
     "StoredRecord",
     "SupportsPeekLeased",
+    "SupportsRecordCheck",
     "WaitCancel",
     "as_bytes",
     "batch_given",
@@ -312,6 +313,18 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the file. Calling it twice is harmless."""
+        ...
+
+
+@runtime_checkable
+class SupportsRecordCheck(Protocol):
+    """An engine that refuses records above some size: an optional part of the protocol."""
+
+    def check_records(self, queue: str, records: Sequence[bytes]) -> None:
+        """Raise, naming the size, when :meth:`Engine.append` would refuse one of
+        ``records`` for its size alone; store nothing. A queue checks what it puts here
+        first, so that a put whose record waits in a buffer (durability "buffer") or for a
+        group commit is refused at once, instead of failing the writes of other puts."""
         ...
 
 

@@ -75,11 +75,21 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import ConfigurationError, CorruptError, EngineError, FormatError, LockTimeout
+from ..errors import CorruptError, EngineError, FormatError, LockTimeout
 from ._pglisten import Listener, payload
-from ._pgparts import MAX_RECORD_BYTES, atomic
+from ._pgparts import MAX_RECORD_BYTES, atomic, check_sizes
 from ._pgparts import parts as statement_parts
-from ._pgpool import Conn, PoolKey, acquire_pool, connect, connection, describe, release_pool
+from ._pgpool import (
+    SYNCHRONOUS_COMMIT,
+    Conn,
+    PoolKey,
+    acquire_pool,
+    check_options,
+    connect,
+    connection,
+    describe,
+    release_pool,
+)
 from ._pgschema import open_schema
 from ._pgsql import compose
 from .base import (
@@ -96,11 +106,8 @@ from .base import (
 
 __all__ = ["MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT", "PostgresEngine"]
 
-SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
-"""The ``synchronous_commit`` each durability level runs with."""
-
 _MAX_BIGINT = (1 << 63) - 1
-_SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
+
 
 class PostgresEngine:
     """Queue storage in a PostgreSQL database; see the module docstring for the design.
@@ -126,25 +133,8 @@ class PostgresEngine:
                  pool_size: int = 4, connect_timeout: float = 10.0,
                  lock_timeout: float = 10.0, counter_slots: int = 16,
                  notify: bool = True) -> None:
-        if (not isinstance(schema, str) or not schema or len(schema.encode()) > 63
-                or "\x00" in schema):
-            raise ConfigurationError(
-                f"schema must be a name of 1 to 63 bytes without NUL, not {schema!r}")
-        if synchronous_commit is None:
-            if durability not in SYNCHRONOUS_COMMIT:
-                raise ConfigurationError(f"unknown durability {durability!r}")
-            synchronous_commit = SYNCHRONOUS_COMMIT[durability]
-        if synchronous_commit not in _SYNC_VALUES:
-            raise ConfigurationError(
-                f"synchronous_commit must be one of {', '.join(_SYNC_VALUES)}, "
-                f"not {synchronous_commit!r}")
-        if not isinstance(pool_size, int) or pool_size < 1:
-            raise ConfigurationError(f"pool_size must be an int >= 1, not {pool_size!r}")
-        if not isinstance(counter_slots, int) or not 1 <= counter_slots <= 1000:
-            raise ConfigurationError(
-                f"counter_slots must be an int from 1 to 1000, not {counter_slots!r}")
-        if not connect_timeout > 0 or not lock_timeout > 0:
-            raise ConfigurationError("connect_timeout and lock_timeout must be > 0")
+        synchronous_commit = check_options(schema, durability, synchronous_commit, pool_size,
+                                           counter_slots, connect_timeout, lock_timeout)
         self.where = describe(conninfo, schema)
         self.schema = schema
         self.read_only = read_only
@@ -295,6 +285,10 @@ class PostgresEngine:
                     "raw": list(raw_sizes[part])}).fetchone()
                 ids.extend(row[0] if row is not None else ())
         return ids
+
+    def check_records(self, queue: str, records: Sequence[bytes]) -> None:
+        """ValueError for a record larger than :data:`MAX_RECORD_BYTES`."""
+        check_sizes(queue, records, "append")
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         if n <= 0:  # as every engine: nothing, where LIMIT would refuse a negative n

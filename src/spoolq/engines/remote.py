@@ -23,11 +23,15 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import cbor2
+
 from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError
 from ..protocol import (
     DEFAULT_MAX_FRAME,
+    HEADER,
     MIN_MAX_REPLY,
     WRITE_OPS,
+    FrameTooLarge,
     ProtocolError,
     ReplyTooLarge,
     decode_counts,
@@ -60,6 +64,12 @@ log = logging.getLogger("spoolq")
 
 _MAX_N = 2**31 - 1
 _IDLE_WAITERS = 4
+# What a record adds to an append request besides its bytes, at most: the CBOR heads of
+# the byte string and of its size (9 bytes each).
+_PER_RECORD = 18
+# What an append request's CBOR heads of its two arrays and its time may take beyond the
+# lengths measured with empty arrays (9 bytes each at most, 1 when measured).
+_HEAD_SLACK = 3 * 8
 
 
 def _shut(link: Link) -> None:
@@ -81,7 +91,10 @@ class RemoteEngine:
     exceed it, and an append, ack or release of more records than a reply of
     ``max_reply`` bytes has room for ids (:func:`spoolq.protocol.max_ids`:
     111 at the smallest ``max_reply``) is sent as several requests, each its
-    own transaction. Connection failures raise :class:`EngineError`.
+    own transaction, and so is an append larger than the server's ``max_frame``;
+    a record too large for one request raises :class:`FrameTooLarge` before
+    anything is sent (:meth:`check_records`). Connection failures raise
+    :class:`EngineError`.
     """
 
     name = "remote"
@@ -111,6 +124,7 @@ class RemoteEngine:
         self._busy_waiters: set[Link] = set()
         self._wait_generation = 0
         self._max_attempts: dict[str, int | None] = {}
+        self._overheads: dict[str, int] = {}
         self._closed = False
         self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
@@ -158,16 +172,60 @@ class RemoteEngine:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        args = {"queue": queue, "records": records if isinstance(records, list) else list(records),
-                "sizes": raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes),
-                "now": now}
-        try:
-            ids = self._call("append", args)
-        except ReplyTooLarge as exc:
-            ids = self._in_parts("append", args, ("records", "sizes"), exc.fits)
-        if not isinstance(ids, list) or len(ids) != len(records):
-            raise ProtocolError("the server answered an append with the wrong number of ids")
+        records = records if isinstance(records, list) else list(records)
+        raw_sizes = raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes)
+        ids: list[int] = []
+        for part in self._frames(queue, records):
+            these = records[part]
+            sent = {"queue": queue, "records": these, "sizes": raw_sizes[part], "now": now}
+            try:
+                got = self._call("append", sent)
+            except ReplyTooLarge as exc:
+                got = self._in_parts("append", sent, ("records", "sizes"), exc.fits)
+            if not isinstance(got, list) or len(got) != len(these):
+                raise ProtocolError("the server answered an append with the wrong number of ids")
+            ids += got
         return ids
+
+    def _overhead(self, queue: str) -> int:
+        """The most an append request to ``queue`` takes besides its records."""
+        overhead = self._overheads.get(queue)
+        if overhead is None:
+            empty = {"op": "append", "queue": queue, "records": [], "sizes": [], "now": 0.0}
+            overhead = self._overheads[queue] = \
+                HEADER.size + len(cbor2.dumps(empty)) + _HEAD_SLACK
+        return overhead
+
+    def check_records(self, queue: str, records: Sequence[bytes]) -> None:
+        """:class:`FrameTooLarge`, stating the limit, for a record larger than one request
+        to the server can carry (its ``max_frame``, less the request's own bytes)."""
+        if not records:
+            return
+        largest = max(map(len, records))
+        max_frame = self.server_info["max_frame"]
+        room = max_frame - self._overhead(queue) - _PER_RECORD
+        if largest > room:
+            raise FrameTooLarge(
+                f"a record of {largest} bytes exceeds the server's limit: the spoolq server "
+                f"at {self.address.host}:{self.address.port} takes frames of {max_frame} "
+                f"bytes at most, room for a record of {room}; nothing was stored")
+
+    def _frames(self, queue: str, records: list[bytes]) -> list[slice]:
+        """The runs of ``records`` that each fit one append request to the server (each
+        sent as its own request and transaction, as the class docstring says)."""
+        self.check_records(queue, records)
+        max_frame = self.server_info["max_frame"]
+        base = self._overhead(queue)
+        parts: list[slice] = []
+        start, size = 0, base
+        for k, record in enumerate(records):
+            cost = len(record) + _PER_RECORD
+            if k > start and size + cost > max_frame:
+                parts.append(slice(start, k))
+                start, size = k, base
+            size += cost
+        parts.append(slice(start, len(records)))
+        return parts
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None, *,
              wait: float = 0.0) -> list[StoredRecord]:
