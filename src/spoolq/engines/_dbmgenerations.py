@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -20,7 +21,8 @@ __all__ = ["Generations"]
 log = logging.getLogger("spoolq")
 
 _COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
-_READER_TRIES = 20  # loads a read-only open tries while its writer keeps compacting
+_READER_TRIES = 20  # loads a read-only open tries while its writer keeps writing
+_READER_PAUSE = 0.005  # seconds between them while the same generation is current
 
 
 class Generations:
@@ -89,8 +91,10 @@ class Generations:
 
     def _load_as_reader(self, generation: str) -> None:
         """Load ``generation`` without the lock: its writer may compact it into a new one
-        meanwhile, removing its files or rewriting its index as they are read. A load that
-        fails while ``CURRENT`` names another generation loads that one instead."""
+        meanwhile, removing its files, or rewrite its index (at every commit) as it is read.
+        A load that fails while ``CURRENT`` names another generation loads that one instead;
+        one that fails in the current generation is tried again after a pause, so only an
+        index that stays torn (a writer killed while writing it) is reported."""
         for _ in range(_READER_TRIES - 1):
             try:
                 self._load(generation)
@@ -101,8 +105,10 @@ class Generations:
                     with suppress(Exception):
                         db.close()
                 live = files.current(self.path)
-                if live is None or live == generation:
+                if live is None:
                     raise
+                if live == generation:
+                    time.sleep(_READER_PAUSE)
                 generation = live
         self._load(generation)
 
