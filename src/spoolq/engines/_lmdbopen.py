@@ -121,13 +121,7 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
             raise CorruptError(f"{path} is truncated: {size} bytes, but its pages need {needed}")
         env.reader_check()  # frees reader slots of processes that died
         if not read_only:
-            with env.begin(write=True) as txn:
-                # Checked inside the write transaction: two processes may create at once.
-                if not txn.cursor().first():
-                    dbs = {name: env.open_db(name, txn=txn) for name in fmt.DB_NAMES}
-                    txn.put(b"application", _APPLICATION, db=dbs[b"meta"])
-                    txn.put(b"format_version", _FORMAT, db=dbs[b"meta"])
-                    log.debug("spoolq: created LMDB queue file %s", path)
+            _create_layout(env, path)
     except lmdb.Error as exc:
         env.close()
         raise fmt.translate(exc, path, "open") from exc
@@ -135,6 +129,28 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
         env.close()
         raise
     return env
+
+
+def _create_layout(env: lmdb.Environment, path: str) -> None:
+    """Create the sub-databases of a new queue file, growing the map as every write does
+    when a small ``map_size`` cannot hold them."""
+    for _ in range(16):
+        try:
+            with env.begin(write=True) as txn:
+                # Checked inside the write transaction: two processes may create at once.
+                if not txn.cursor().first():
+                    dbs = {name: env.open_db(name, txn=txn) for name in fmt.DB_NAMES}
+                    txn.put(b"application", _APPLICATION, db=dbs[b"meta"])
+                    txn.put(b"format_version", _FORMAT, db=dbs[b"meta"])
+                    log.debug("spoolq: created LMDB queue file %s", path)
+            return
+        except lmdb.MapFullError:
+            # Seven sub-databases need a few pages: doubling from 4 KiB fits them in 4 tries.
+            env.set_mapsize(env.info()["map_size"] * 2)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # adopt the size another process grew the map to
+    raise EngineError(f"{path}: the new queue file did not fit even in a map of "
+                      f"{env.info()['map_size']} bytes")
 
 
 def open_layout(env: lmdb.Environment, path: str, read_only: bool,
