@@ -386,11 +386,16 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
             self._wake()
 
     async def join(self) -> None:
-        """Wait until every item put (or present at open) has been processed."""
+        """Wait until every item put (or present at open) has been processed. Items that
+        other handles or processes take count as processed once the queue holds nothing,
+        ready or leased."""
         if asyncio.get_running_loop() is not self._loop:
             raise self._elsewhere()
-        while self._core.unfinished and not self._immediate:
-            await self._wait(None, lambda: not self._core.unfinished)
+        core = self._core
+        while core.unfinished and not self._immediate:
+            await self._wait(None, lambda: not core.unfinished)
+            if core.unfinished and core.refresh_due() and not self._closed:
+                await self._call(core.refresh)  # other handles or processes may drain it
 
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.

@@ -150,6 +150,13 @@ class QueueCore(Writing, Settling, Decoding):
     def _refresh_locked(self, dead: bool = True) -> Counts:
         counts = self._counts = self.engine.counts(self.name)
         self._last_refresh = time.monotonic()
+        if not counts.ready and not counts.leased:
+            # Nothing is left anywhere: whoever took the items this handle waits for (other
+            # handles and processes, whose task_done it never hears of), they are gone.
+            # Under _tally, so that no put is counted between the check and the reset.
+            with self._tally:
+                if not self.group.unwritten():
+                    self._unfinished = 0
         if dead:
             self._dead = self.engine.counts(self.dead_name).ready
             self._last_dead_refresh = self._last_refresh

@@ -402,10 +402,18 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
 
     def join(self) -> None:
         """Block until every item put (or present at open) has been processed, or the
-        queue is shut down with ``immediate=True``."""
-        with self._cond:
-            while self._core.unfinished and not self._immediate:
-                self._all_done.wait(self._core.settings.poll_interval)
+        queue is shut down with ``immediate=True``. Items that other handles or processes
+        take count as processed once the queue holds nothing, ready or leased."""
+        core = self._core
+        while True:
+            with self._cond:
+                if not core.unfinished or self._immediate:
+                    return
+                self._all_done.wait(core.settings.poll_interval)
+                if not core.unfinished or self._immediate:
+                    return
+            if core.refresh_due() and not core.closed:  # not under self._cond (lock order)
+                core.refresh()
 
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
