@@ -235,6 +235,16 @@ class Codec:
             self._update_small()
         return trained
 
+    def train_in_background(self) -> bool:
+        """Start training the dictionary in a thread of its own unless that was done
+        already: True when it started now. :attr:`training_due` turns true again when it
+        is done, and :meth:`train` then returns the dictionary without waiting."""
+        zdict = self._zdict
+        if zdict is None or not self._sampling or zdict.training_in_background:
+            return False
+        zdict.train_in_background()
+        return True
+
     def stop_sampling(self) -> None:
         """Stop sampling payloads for a dictionary (when the file can hold no more);
         records keep the compression they have now."""

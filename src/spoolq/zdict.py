@@ -100,6 +100,8 @@ class ZstdDictCompressor:
         self._samples: list[bytes | bytearray | memoryview] = []
         self._sample_bytes = 0
         self._generation = 0
+        # A training under way in a thread of its own, and the list its result goes in.
+        self._background: tuple[threading.Thread, list[bytes | None]] | None = None
 
     # ---- dictionaries -------------------------------------------------------------------
 
@@ -131,7 +133,8 @@ class ZstdDictCompressor:
 
     def sample(self, data: bytes) -> None:
         """Keep a payload as a training sample while no dictionary is active."""
-        if self.active_id is None and len(self._samples) < SAMPLE_COUNT:
+        if (self.active_id is None and len(self._samples) < SAMPLE_COUNT
+                and self._background is None):
             if len(data) > SAMPLE_MAX_SIZE:
                 data = bytes(data[:SAMPLE_MAX_SIZE])
             self._samples.append(data)
@@ -139,7 +142,11 @@ class ZstdDictCompressor:
 
     @property
     def training_due(self) -> bool:
-        """True once the samples are enough to train a dictionary from."""
+        """True once the samples are enough to train a dictionary from, or once a
+        training started by :meth:`train_in_background` is done."""
+        background = self._background
+        if background is not None:
+            return not background[0].is_alive()
         count = len(self._samples)
         return self.active_id is None and (count >= SAMPLE_COUNT or (
             count >= SAMPLE_MIN_COUNT and self._sample_bytes >= SAMPLE_BYTES))
@@ -151,8 +158,43 @@ class ZstdDictCompressor:
         return samples
 
     def train(self) -> bytes | None:
-        """Train a dictionary from the samples; None when they are too few or too alike."""
+        """Train a dictionary from the samples; None when they are too few or too alike.
+
+        After :meth:`train_in_background`, the dictionary that training made (waiting
+        for it if it is still under way)."""
+        with self._lock:
+            background, self._background = self._background, None
+        if background is not None:
+            background[0].join()
+            return background[1][0] if background[1] else None
+        return self._train_from(self.drop_samples())
+
+    def train_in_background(self) -> None:
+        """Train from the samples in a thread of its own (zstd releases the GIL meanwhile),
+        so that the caller does not wait the tens of milliseconds training takes;
+        :attr:`training_due` turns true again when it is done, and :meth:`train` then
+        returns its dictionary at once."""
         samples = self.drop_samples()
+        result: list[bytes | None] = []
+
+        def run() -> None:
+            try:
+                result.append(self._train_from(samples))
+            except Exception:
+                log.exception("spoolq: training a zstd dictionary failed")
+
+        thread = threading.Thread(target=run, name="spoolq-zstd-dict-training", daemon=True)
+        with self._lock:
+            self._background = (thread, result)
+        thread.start()
+
+    @property
+    def training_in_background(self) -> bool:
+        """Whether a training started by :meth:`train_in_background` has not been
+        collected by :meth:`train` yet."""
+        return self._background is not None
+
+    def _train_from(self, samples: list[bytes | bytearray | memoryview]) -> bytes | None:
         try:
             trained = zstandard.train_dictionary(DICT_SIZE, samples, level=self._level)
         except zstandard.ZstdError:
@@ -253,9 +295,16 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     """Train queue ``name``'s dictionary from ``codec``'s samples and store it in the file.
 
     A file holds at most 255 dictionaries (a record names one in a byte); once it is
-    full, the codec stops sampling and keeps compressing without a dictionary."""
+    full, the codec stops sampling and keeps compressing without a dictionary. With an
+    engine that never blocks (``inline``, called on an async queue's event loop), the
+    first call starts the training in a thread of its own and returns; the call made
+    once :attr:`Codec.training_due` is true again stores the dictionary."""
     if engine.peek(DICTIONARY_QUEUE, 1, offset=254):
         _file_full(name, codec)
+        return
+    if getattr(engine, "inline", False) and codec.train_in_background():
+        # An engine that never blocks is called on the event loop of an async queue,
+        # which training would hold up: a later put stores the dictionary once trained.
         return
     trained = codec.train()
     if trained is None:
