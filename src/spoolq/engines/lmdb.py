@@ -74,6 +74,7 @@ from .base import (
     distinct_ids,
     restore_refused,
 )
+from .memory import never_given
 
 __all__ = ["LMDBEngine"]
 
@@ -271,6 +272,10 @@ class _LMDBStore(LeaseSettling):
         ids = distinct_ids(queue, records)
 
         def body(txn: Txn) -> None:
+            last = self._bump(txn, b"next_id", 0)  # the id the next put gets
+            never = next((i for i in ids if not 0 < i < last), None)
+            if never is not None:
+                raise never_given(queue, never)  # a put would overwrite it
             q = self._new_queue(txn, queue)
             index = self._index()
             for ident in ids:

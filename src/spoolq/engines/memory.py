@@ -28,11 +28,19 @@ from .base import (
     restore_refused,
 )
 
-__all__ = ["MemoryEngine", "RecordState"]
+__all__ = ["MemoryEngine", "RecordState", "never_given"]
 
 RecordState = tuple[int, bytes, int, int, float, str | None, str | None, float]
 """One record as :meth:`MemoryEngine.export` gives it: id, data, raw_size,
 attempts, enqueued_at, reason, lease owner (None when ready) and visible_at."""
+
+
+def never_given(queue: str, ident: int) -> ValueError:
+    """The error of a ``restore`` given a record of an id ``queue`` never gave out: only
+    records a take removed go back (the disk engines would file such a record outside the
+    queue, or give its id out again to a later put)."""
+    return ValueError(f"cannot restore record {ident} into queue {queue!r}: the queue never "
+                      "gave out that id; nothing was restored")
 
 
 @dataclass(slots=True)
@@ -196,6 +204,9 @@ class MemoryEngine:
         if not records:
             return
         ids = distinct_ids(queue, records)
+        never = next((i for i in ids if not 0 < i < self._next_id), None)
+        if never is not None:
+            raise never_given(queue, never)
         q = self._queues.get(queue)
         if q is not None:
             for ident in ids:

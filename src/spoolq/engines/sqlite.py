@@ -41,6 +41,7 @@ from .base import (
     distinct_ids,
     restore_refused,
 )
+from .memory import never_given
 
 __all__ = ["SQLiteEngine"]
 
@@ -269,6 +270,12 @@ class SQLiteEngine(LeaseSettling):
     def _restore(self, conn: sqlite3.Connection, queue: str,
                  records: Sequence[StoredRecord]) -> None:
         ids = distinct_ids(queue, records)
+        row = conn.execute("SELECT last_seq FROM spoolq_queues WHERE name = ?",
+                           (queue,)).fetchone()
+        never = next((i for i in ids if not 0 < i <= (0 if row is None else row[0])), None)
+        if never is not None:
+            # Such a row would sit outside the queue's range, or be given out again by a put.
+            raise never_given(queue, never)
         lo = self._qno(conn, queue) << _SHIFT
         held = conn.execute(sql.HELD_IDS, (lo, _json(ids), lo, _json(ids))).fetchone()
         if held is not None:
