@@ -3,6 +3,9 @@ engine answering as the disk engines do."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,3 +62,36 @@ def test_a_restore_of_an_id_the_queue_never_gave_out_is_refused(engine: Engine,
                                                                   b"p3"]
     assert [r.data for r in engine.peek("other", 10)] == [b"o"]
     assert engine.counts("q") == (0, 0, 0, 0)
+
+
+def test_an_lmdb_map_that_cannot_grow_fails_the_write_and_keeps_the_handle(
+        tmp_path: Path) -> None:
+    """With the address space limited (ulimit -v), growing the map fails: the put raised
+    lmdb's own MemoryError and every later call on the handle failed."""
+    script = textwrap.dedent(f"""
+        import resource
+        from spoolq import EngineError
+        from spoolq.engines import LMDBEngine
+        eng = LMDBEngine({str(tmp_path / "q.lmdb")!r}, map_size=1 << 20)
+        eng.append("q", [b"a"], [1], 1.0)
+        big = b"x" * (48 << 20)
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+        # Room for a copy of the record and a map of 32 MiB, not 64.
+        resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (80 << 20), resource.RLIM_INFINITY))
+        try:
+            eng.append("q", [big], [1], 1.0)
+        except EngineError as exc:
+            assert "could not grow" in str(exc) and "nothing was written" in str(exc), exc
+        else:
+            raise AssertionError("the append fitted")
+        assert eng.counts("q") == (1, 0, 1, 1), eng.counts("q")
+        eng.append("q", [b"b"], [1], 1.0)
+        assert [r.data for r in eng.take("q", 5, 2.0, None)] == [b"a", b"b"]
+        eng.close()
+        print("ok")
+        """)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -97,16 +97,22 @@ class _LMDBStore(LeaseSettling):
     def __init__(self, path: str, *, read_only: bool, sync: bool, metasync: bool,
                  map_size: int, max_readers: int) -> None:
         self.path = path
+        self._read_only, self._sync, self._metasync = read_only, sync, metasync
+        self._max_readers = max_readers
         self._pages = PageEnds()  # valid for one snapshot: keyed by the read txn's id
         with opening.no_lock_file_left(path):
-            self._env = opening.open_environment(path, read_only=read_only, sync=sync,
-                                                 metasync=metasync, map_size=map_size,
-                                                 max_readers=max_readers)
-            try:
-                layout = opening.open_layout(self._env, path, read_only, self._write)
-            except BaseException:
-                self._env.close()
-                raise
+            self._open(map_size)
+
+    def _open(self, map_size: int) -> None:
+        """Open the environment with a map of ``map_size`` bytes, and its sub-databases."""
+        self._env = opening.open_environment(
+            self.path, read_only=self._read_only, sync=self._sync, metasync=self._metasync,
+            map_size=map_size, max_readers=self._max_readers)
+        try:
+            layout = opening.open_layout(self._env, self.path, self._read_only, self._write)
+        except BaseException:
+            self._env.close()
+            raise
         self._meta, self._counters, self._queues = layout.meta, layout.counters, layout.queues
         self._ready, self._delayed, self._leased = layout.ready, layout.delayed, layout.leased
         self._ids = layout.ids
@@ -134,11 +140,11 @@ class _LMDBStore(LeaseSettling):
                     return body(txn)
             except lmdb.MapFullError:
                 old = self._env.info()["map_size"]
-                self._env.set_mapsize(old * 2)
+                self._resize(what, old * 2)
                 log.info("spoolq: %s: the LMDB map was full; grew it from %d to %d bytes",
                          self.path, old, old * 2)
             except lmdb.MapResizedError:
-                self._env.set_mapsize(0)  # adopt the size another process grew the map to
+                self._resize(what, 0)  # adopt the size another process grew the map to
             except lmdb.Error as exc:
                 raise fmt.translate(exc, self.path, what) from exc
         raise EngineError(f"{self.path}: {what} did not fit even after growing the map to "
@@ -150,10 +156,26 @@ class _LMDBStore(LeaseSettling):
                 with self._env.begin() as txn:
                     return body(txn)
             except lmdb.MapResizedError:
-                self._env.set_mapsize(0)
+                self._resize(what, 0)
             except lmdb.Error as exc:
                 raise fmt.translate(exc, self.path, what) from exc
         raise EngineError(f"{self.path}: {what} failed: the map kept being resized")
+
+    def _resize(self, what: str, size: int) -> None:
+        """Set the map to ``size`` bytes (0: the size another process grew it to).
+
+        When the map cannot be that large (the address space is limited, say), LMDB can no
+        longer use the environment: it is opened again at its old size, and ``what``
+        fails with an EngineError, having written nothing."""
+        old = self._env.info()["map_size"]
+        try:
+            self._env.set_mapsize(size)
+        except lmdb.Error as exc:
+            self._env.close()
+            self._open(old)
+            wanted = f"{size} bytes" if size else "the size another process grew it to"
+            raise EngineError(f"{self.path}: {what} failed: the LMDB map could not grow from "
+                              f"{old} bytes to {wanted} ({exc}); nothing was written") from exc
 
     # ---- records and queues -------------------------------------------------------------
 
