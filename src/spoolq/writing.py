@@ -17,6 +17,7 @@ from typing import Any
 
 from .codec import Codec
 from .engines import Counts, Engine
+from .engines.base import stored_before_failure
 from .errors import ClosedError, QueueShutDown
 from .groupcommit import GroupCommit, Ticket
 from .settings import Settings
@@ -145,12 +146,22 @@ class Writing:
                 return tickets
             error: BaseException | None = None
             errors: list[BaseException | None] | None = None  # each ticket's, once split
+            stored = 0  # records stored by a write that failed after its first transaction
             kept = False
             try:
                 self._check_open()
                 self.engine.append(self.name, records, sizes, time.time())
             except BaseException as exc:
                 error = exc
+                stored = stored_before_failure(exc, len(records))
+                if stored:
+                    # Written in several transactions, the first of which are stored: they
+                    # count as written, and are never written again.
+                    self._settle_pending(records[:stored], sizes[:stored], lost=False)
+                    self._count_put(records[:stored], sizes[:stored])
+                    self.group.written(stored)
+                    records, sizes = records[stored:], sizes[stored:]
+                    counts = _left_after(counts, stored)
                 kept = self.buffered and not self.closing
                 if kept:
                     self.group.put_back(records, sizes, tickets=tickets)
@@ -178,10 +189,11 @@ class Writing:
             ticket.done = True
         if self.on_settled is not None:
             self.on_settled(tickets)
-        if error is None or written_apart:
+        if error is None or written_apart or stored:
             self._after_put()
         if error is not None:
-            log.error("spoolq: writing %d records to %r failed%s", len(records), self.name,
+            log.error("spoolq: writing %d records to %r failed%s%s", len(records) + stored,
+                      self.name, f"; the first {stored} were stored" if stored else "",
                       "; they stay buffered" if kept else
                       f"; {written_apart} of them were written apart" if written_apart else "",
                       exc_info=error)
@@ -303,3 +315,15 @@ class Writing:
         self._flusher = threading.Thread(target=run, name=f"spoolq-flush-{self.name}",
                                          daemon=True)
         self._flusher.start()
+
+
+def _left_after(counts: list[int] | None, stored: int) -> list[int] | None:
+    """Each ticket's count of records not among the first ``stored`` of a batch."""
+    if counts is None:
+        return None
+    left = []
+    for n in counts:
+        taken = min(n, stored)
+        stored -= taken
+        left.append(n - taken)
+    return left

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
+    "STORED_RECORDS",
     "Counts",
     "Engine",
     "Lease",
@@ -55,6 +56,7 @@ __all__ = [
     "dead_queue_name",
     "distinct_ids",
     "restore_refused",
+    "stored_before_failure",
 ]
 
 FORMAT_VERSION = 1
@@ -131,6 +133,18 @@ def as_bytes(value: object, what: str) -> bytes:
         return bytes(memoryview(value))  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
+
+
+STORED_RECORDS = "stored_records"
+"""The attribute an engine sets, on the error of an ``append`` that it wrote in several
+transactions and that failed after the first, to how many leading records are stored."""
+
+
+def stored_before_failure(exc: BaseException, n: int) -> int:
+    """How many of the first of the ``n`` records of an ``append`` that raised ``exc`` are
+    stored all the same (see :data:`STORED_RECORDS`): they must not be written again."""
+    stored = getattr(exc, STORED_RECORDS, 0)
+    return min(stored, n) if isinstance(stored, int) and stored > 0 else 0
 
 
 def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:

@@ -48,6 +48,7 @@ from ._link import (
     url_queue_name,
 )
 from .base import (
+    STORED_RECORDS,
     Counts,
     Lease,
     LeasedRecord,
@@ -91,7 +92,10 @@ class RemoteEngine:
     exceed it, and an append, ack or release of more records than a reply of
     ``max_reply`` bytes has room for ids (:func:`spoolq.protocol.max_ids`:
     111 at the smallest ``max_reply``) is sent as several requests, each its
-    own transaction, and so is an append larger than the server's ``max_frame``;
+    own transaction, and so is an append larger than the server's ``max_frame``
+    (when a later request fails, the error's ``stored_records`` attribute says how
+    many leading records the requests before it stored; see
+    :func:`spoolq.engines.base.stored_before_failure`);
     a record too large for one request raises :class:`FrameTooLarge` before
     anything is sent (:meth:`check_records`). Connection failures raise
     :class:`EngineError`.
@@ -175,16 +179,27 @@ class RemoteEngine:
         records = records if isinstance(records, list) else list(records)
         raw_sizes = raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes)
         ids: list[int] = []
-        for part in self._frames(queue, records):
-            these = records[part]
-            sent = {"queue": queue, "records": these, "sizes": raw_sizes[part], "now": now}
-            try:
-                got = self._call("append", sent)
-            except ReplyTooLarge as exc:
-                got = self._in_parts("append", sent, ("records", "sizes"), exc.fits)
-            if not isinstance(got, list) or len(got) != len(these):
-                raise ProtocolError("the server answered an append with the wrong number of ids")
-            ids += got
+        try:
+            for part in self._frames(queue, records):
+                these = records[part]
+                sent = {"queue": queue, "records": these, "sizes": raw_sizes[part], "now": now}
+                try:
+                    got = self._call("append", sent)
+                except ReplyTooLarge as exc:
+                    before = len(ids)
+                    got = self._in_parts("append", sent, ("records", "sizes"), exc.fits, ids)
+                    got = got[before:]
+                else:
+                    if not isinstance(got, list):
+                        raise ProtocolError("the server answered an append without its ids")
+                    ids += got
+                if len(got) != len(these):
+                    raise ProtocolError(
+                        "the server answered an append with the wrong number of ids")
+        except Exception as exc:
+            if ids:  # the requests before this one are stored: nobody may send them again
+                setattr(exc, STORED_RECORDS, len(ids))
+            raise
         return ids
 
     def _overhead(self, queue: str) -> int:
@@ -270,10 +285,11 @@ class RemoteEngine:
             return self._in_parts("release", args, ("deliveries",), exc.fits)
 
     def _in_parts(self, op: str, args: dict[str, Any], fields: tuple[str, ...],
-                  size: int) -> list[int]:
+                  size: int, ids: list[int] | None = None) -> list[int]:
         """Send ``op`` as several requests of ``size`` elements of ``fields`` each, in
-        order, so that each reply of ids fits in ``max_reply``; their ids, in order."""
-        ids: list[int] = []
+        order, so that each reply of ids fits in ``max_reply``; their ids, in order,
+        added to ``ids`` (when given) as each reply comes."""
+        ids = [] if ids is None else ids
         total = len(args[fields[0]])
         for start in range(0, total, size):
             part = dict(args)
