@@ -9,8 +9,10 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
+from spoolq import CorruptError
 from spoolq.engines import Engine, LMDBEngine, MemoryEngine, SQLiteEngine, StoredRecord
 
 
@@ -95,3 +97,23 @@ def test_an_lmdb_map_that_cannot_grow_fails_the_write_and_keeps_the_handle(
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("counter", [b"next_id", b"next_queue"])
+def test_a_damaged_lmdb_counter_is_reported_as_damage(tmp_path: Path, counter: bytes) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    eng.append("q", [b"a"], [1], 1.0)
+    eng.close()
+    env = lmdb.Environment(str(path), subdir=False, max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.put(counter, b"\x01\x02", db=env.open_db(b"counters", txn=txn))
+    env.close()
+    eng = LMDBEngine(path)
+    try:
+        with pytest.raises(CorruptError, match=f"counter {counter.decode()} is damaged"):
+            eng.append("q" if counter == b"next_id" else "new", [b"b"], [1], 1.0)
+        assert [r.data for r in eng.peek("q", 5)] == [b"a"]
+        assert eng.queues() == ["q"]
+    finally:
+        eng.close()

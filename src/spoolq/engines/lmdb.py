@@ -204,7 +204,11 @@ class _LMDBStore(LeaseSettling):
     def _bump(self, txn: Txn, counter: bytes, by: int) -> int:
         """Advance a counter by ``by``; return its value before."""
         value = txn.get(counter, db=self._counters)
-        first = 1 if value is None else fmt.U64.unpack(value)[0]
+        try:
+            first = 1 if value is None else fmt.U64.unpack(value)[0]
+        except struct.error as exc:
+            raise CorruptError(f"{self.path}: the counter {counter.decode()} is damaged "
+                               f"({len(value or b'')} bytes, not 8)") from exc
         if by:
             txn.put(counter, fmt.U64.pack(first + by), db=self._counters)
         return first
