@@ -12,7 +12,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from spoolq import CorruptError
+from spoolq import ConfigurationError, CorruptError
 from spoolq.engines import Engine, LMDBEngine, MemoryEngine, SQLiteEngine, StoredRecord
 
 
@@ -117,3 +117,36 @@ def test_a_damaged_lmdb_counter_is_reported_as_damage(tmp_path: Path, counter: b
         assert eng.queues() == ["q"]
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("timeout", ["10", -1, float("nan"), None, True])
+def test_a_bad_sqlite_timeout_is_a_configuration_error(tmp_path: Path, timeout: object) -> None:
+    """A string raised TypeError from sqlite3; a negative or NaN timeout was taken, and a
+    write then failed at once on any lock another process held."""
+    with pytest.raises(ConfigurationError, match="timeout must be a number of seconds"):
+        SQLiteEngine(tmp_path / "q.sqlite", timeout=timeout)  # type: ignore[arg-type]
+    assert not (tmp_path / "q.sqlite").exists()
+
+
+@pytest.mark.parametrize("timeout", [1e7, float("inf")])
+def test_a_very_long_sqlite_timeout_waits_for_a_lock(tmp_path: Path, timeout: float) -> None:
+    """Past 24.8 days (a C int of milliseconds) sqlite3 set no busy timeout at all, so a
+    write met another process's lock with an immediate LockTimeout."""
+    path = tmp_path / "q.sqlite"
+    SQLiteEngine(path).close()
+    with subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import sqlite3, sys, time
+                conn = sqlite3.connect({str(path)!r}, isolation_level=None)
+                conn.execute("BEGIN IMMEDIATE")
+                print("locked", flush=True)
+                time.sleep(0.5)
+                conn.execute("COMMIT")
+                """)], stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        eng = SQLiteEngine(path, timeout=timeout)
+        try:
+            assert eng.append("q", [b"a"], [1], 1.0) == [1]  # waited for the lock
+        finally:
+            eng.close()
+        assert holder.wait(timeout=10) == 0

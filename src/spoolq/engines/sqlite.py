@@ -50,6 +50,7 @@ R = TypeVar("R")
 
 _SHIFT, _MASK, _CHUNK, _json = sql.SHIFT, sql.MASK, sql.CHUNK, sql.json_list
 _MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
+_MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
@@ -92,6 +93,13 @@ class SQLiteEngine(LeaseSettling):
         if synchronous not in opening.SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+                not timeout >= 0:
+            raise ConfigurationError(
+                f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        # SQLite counts its busy timeout in milliseconds in a C int: past that, sqlite3
+        # sets no timeout at all, and a write would not wait for a lock.
+        timeout = min(timeout, _MAX_TIMEOUT)
         if type(page_size) is not int or page_size not in opening.PAGE_SIZES:
             raise ConfigurationError(
                 f"page_size must be a power of two from 512 to 65536, not {page_size!r}")
