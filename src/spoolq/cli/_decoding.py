@@ -20,6 +20,7 @@ from ._common import one_line
 __all__ = [
     "Decoded",
     "Decoder",
+    "check_json",
     "json_text",
     "record_json",
     "record_text",
@@ -95,11 +96,17 @@ def json_text(item: Any) -> str:
     a lone surrogate, which UTF-8 cannot encode) would not come back as the
     same item.
     """
+    check_json(item)
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def check_json(item: Any) -> None:
+    """Raise ValueError, naming the part at fault, unless JSON holds ``item`` exactly
+    (as :func:`json_text` writes it)."""
     try:
         _check_json(item, "item")
     except RecursionError:
         raise ValueError("the item is nested too deeply for JSON") from None
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _check_json(obj: Any, where: str) -> None:

@@ -28,7 +28,7 @@ from ._common import (
     set_stored_codec,
     stored_codec,
 )
-from ._decoding import Decoder, json_text
+from ._decoding import Decoder, check_json, json_text
 from ._options import engine_option, json_option, queue_option, schema_option
 from ._output import CliState
 
@@ -125,11 +125,22 @@ def _same_file(output: str, path: str) -> bool:
     return os.path.exists(output) and os.path.samefile(output, path)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parse_line(source: str, lineno: int, line: bytes) -> Any:
+    """The item of one line, which must be JSON that ``dump`` writes back as it is:
+    NaN, Infinity, numbers too large for a float and strings with a lone surrogate
+    (which Python's parser takes) are refused, as are items nested too deeply."""
     try:
-        return json.loads(line)
+        item = json.loads(line, parse_constant=_no_constant)
+        check_json(item)
+    except RecursionError:
+        raise Refused(f"{source}:{lineno}: the item is nested too deeply") from None
     except ValueError as exc:
         raise Refused(f"{source}:{lineno}: not valid JSON: {exc}") from None
+    return item
 
 
 def _count_items(source: str, f: IO[bytes]) -> int:

@@ -1,0 +1,59 @@
+"""The spoolq command on JSON Lines that Python's parser takes but JSON does not hold, on
+output files next to a queue, and on partial loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spoolq.cli import ExitCode
+
+from .cli_support import fill, run, run_json
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    ('"\\udcff"', "lone surrogate"),
+    ('{"a": NaN}', "NaN is not a JSON value"),
+    ('[Infinity]', "Infinity is not a JSON value"),
+    ('{"a": 1e400}', "item['a'] is inf"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+], ids=["surrogate", "nan", "infinity", "overflow", "deep"])
+def test_load_refuses_lines_json_does_not_hold_before_writing(tmp_path: Path, line: str,
+                                                              why: str) -> None:
+    """Such a line used to pass the read-through, so the batches before it were loaded
+    (or it was loaded, and ``dump`` then refused it; deep nesting was a traceback)."""
+    lines = tmp_path / "items.jsonl"
+    lines.write_text('{"n": 1}\n{"n": 2}\n{"n": 3}\n' + line + "\n")
+    path = str(tmp_path / "q.sqlite")
+    fill(path)
+    result = run("load", path, str(lines), "-q", "jobs", "--batch-size", "2")
+    assert result.exit_code == ExitCode.PROBLEM, result.output
+    assert result.stderr.startswith(f"Error: {lines}:4: ")
+    assert why in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    [q] = run_json("info", path, "-q", "jobs")["queues"]
+    assert q["ready"] == 23
+
+
+def test_load_from_stdin_refuses_nan_and_keeps_the_batches_before(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    result = run("load", path, "-", "--batch-size", "1", input='{"n": 1}\n[NaN]\n')
+    assert result.exit_code == ExitCode.PROBLEM, result.output
+    assert result.stderr == ("Error: -:2: not valid JSON: NaN is not a JSON value "
+                             "(1 item(s) before it were loaded)\n")
+    assert run("dump", path).stdout == '{"n":1}\n'
+
+
+
+def test_what_load_takes_dump_gives_back(tmp_path: Path) -> None:
+    lines = tmp_path / "items.jsonl"
+    items = [{"a": 1.5, "é": ["\u2603", None, True, -0.0, 10**30]}, "x", []]
+    lines.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items),
+                     encoding="utf-8")
+    path = str(tmp_path / "q.lmdb")
+    assert run("load", path, str(lines)).exit_code == 0
+    result = run("dump", path)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == items
