@@ -57,3 +57,25 @@ def test_what_load_takes_dump_gives_back(tmp_path: Path) -> None:
     result = run("dump", path)
     assert result.exit_code == 0, result.output
     assert [json.loads(line) for line in result.stdout.splitlines()] == items
+
+
+@pytest.mark.parametrize("suffix", [".sqlite", ".lmdb", ".dbm", ".pickle"])
+def test_load_with_the_raw_serializer_is_a_usage_error_and_creates_nothing(
+        tmp_path: Path, suffix: str) -> None:
+    """The raw serializer takes bytes only: the load failed, after creating the file and a
+    queue that keeps the raw codec (so a program opening it with the default codec is
+    refused)."""
+    lines = tmp_path / "items.jsonl"
+    lines.write_text('{"n": 1}\n"text"\n')
+    new = tmp_path / f"new{suffix}"
+    result = run("load", str(new), str(lines), "--serializer", "raw")
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "Error: Invalid value for '--serializer': the raw serializer takes bytes" in (
+        result.stderr)
+    assert not new.exists()
+    path = str(tmp_path / f"q{suffix}")
+    fill(path)
+    result = run("load", path, str(lines), "-q", "fresh", "--serializer", "raw")
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "fresh" not in {q["name"] for q in run_json("info", path)["queues"]}
+    assert run("load", path, str(lines), "-q", "fresh").exit_code == 0

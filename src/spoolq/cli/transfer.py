@@ -161,7 +161,8 @@ def _count_items(source: str, f: IO[bytes]) -> int:
 @click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Items written per transaction.")
 @click.option("--serializer", type=click.Choice(sorted(SERIALIZERS)), default=None,
-              help="Serializer of a queue created by this load (default: cbor).")
+              help="Serializer of a queue created by this load (default: cbor; not raw, "
+                   "which takes bytes only).")
 @click.option("--compressor", type=click.Choice(sorted(COMPRESSORS)), default=None,
               help="Compressor of a queue created by this load (default: zstd).")
 @engine_option()
@@ -181,6 +182,10 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     """
     if path == ":memory:":
         raise click.UsageError("':memory:' holds nothing once this command ends")
+    if serializer == "raw":
+        # Refused before the queue is created: it would keep a codec nothing JSON fits.
+        raise click.BadParameter("the raw serializer takes bytes, and no JSON line is "
+                                 "bytes", param_hint="'--serializer'")
     options = engine_options(path, engine, schema)
     state = CliState()
     stream: IO[bytes] = (sys.stdin.buffer if file == "-"
