@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 import time
+from pathlib import Path
+
+import pytest
 
 import spoolq
-from spoolq.zdict import DICTIONARY_QUEUE
+from spoolq.engines import open_engine
+from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, checksum_key, damaged_dictionaries
 
 
 def _documents(n: int, rows: int = 500, seed: int = 1) -> list[bytes]:
@@ -48,3 +53,53 @@ def test_training_a_dictionary_on_the_memory_engine_does_not_hold_up_the_event_l
             await q.aclose()
 
     asyncio.run(main())
+
+
+def _events(n: int, seed: int = 7) -> list[dict[str, object]]:
+    rnd = random.Random(seed)
+    return [{"event": rnd.choice(["click", "view", "buy"]), "user": f"user-{rnd.randint(1, 90)}",
+             "path": f"/products/{rnd.randint(1, 50)}", "n": i} for i in range(n)]
+
+
+def _as_an_earlier_release_with_a_damaged_dictionary(path: str) -> None:
+    """Drop the dictionary's checksum (files of earlier releases have none) and flip a
+    byte of the dictionary's header, as a bad sector would."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.execute("DELETE FROM spoolq_meta WHERE key = ?", (checksum_key(1),))
+            (qno,) = db.execute("SELECT qno FROM spoolq_queues WHERE name = ?",
+                                (DICTIONARY_QUEUE,)).fetchone()
+            rowid, data = db.execute(
+                "SELECT id, data FROM spoolq_records WHERE id >> 40 = ? ORDER BY id LIMIT 1",
+                (qno,)).fetchone()
+            damaged = bytearray(data)
+            damaged[20] ^= 0xFF
+            db.execute("UPDATE spoolq_records SET data = ? WHERE id = ?",
+                       (bytes(damaged), rowid))
+    finally:
+        db.close()
+
+
+def test_a_damaged_dictionary_without_a_checksum_does_not_fail_every_put(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "q.sqlite")
+    items = _events(SAMPLE_COUNT + 100)
+    with spoolq.SyncQueue.create(path, compressor="zstd-dict") as q:
+        q.put_many(items[:SAMPLE_COUNT])
+        q.put_many(items[SAMPLE_COUNT:])  # compressed with dictionary 1
+    _as_an_earlier_release_with_a_damaged_dictionary(path)
+    more = _events(50, seed=8)
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(more)  # compressed without the damaged dictionary
+        q.put(more[0])
+        got = q.get_many(None)
+        assert got[-51:] == [*more, more[0]]
+        assert got[:-51] == items[:len(got) - 51]  # never a wrong item
+        assert q.stats["dead"] == len(items) + 51 - len(got) > 0  # those needing dictionary 1
+    assert "zstd dictionary 1 of the file is damaged: zstd cannot load it" in caplog.text
+    engine = open_engine(path, read_only=True)
+    try:
+        assert damaged_dictionaries(engine) == [1]
+    finally:
+        engine.close()

@@ -258,17 +258,25 @@ def _checksum(dict_bytes: bytes) -> bytes:
     return b"%08x" % zlib.crc32(dict_bytes)
 
 
-def _fails_checksum(engine: Engine, number: int, dict_bytes: bytes) -> bool:
-    """Whether dictionary ``number`` fails the checksum stored beside it (one without a
-    checksum, as in files from before checksums, passes)."""
+def _damage(engine: Engine, number: int, dict_bytes: bytes) -> str | None:
+    """Why dictionary ``number`` is damaged, or None when it is sound: it fails the
+    checksum stored beside it, or (in files from before checksums, which store none)
+    zstd cannot load it. Compressing with such a dictionary would fail every put."""
     stored = engine.get_meta(checksum_key(number))
-    return stored is not None and stored != _checksum(dict_bytes)
+    if stored is not None:
+        return None if stored == _checksum(dict_bytes) else "it fails its checksum"
+    try:
+        zstandard.ZstdCompressionDict(dict_bytes).precompute_compress(level=LEVEL)
+    except zstandard.ZstdError as exc:
+        return f"zstd cannot load it ({exc})"
+    return None
 
 
 def damaged_dictionaries(engine: Engine) -> list[int]:
-    """Numbers of the file's zstd dictionaries that fail the checksum stored beside them."""
+    """Numbers of the file's zstd dictionaries that fail the checksum stored beside them
+    (or, without one, that zstd cannot load)."""
     return [number for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1)
-            if _fails_checksum(engine, number, rec.data)]
+            if _damage(engine, number, rec.data) is not None]
 
 
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
@@ -277,14 +285,17 @@ def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
     Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``,
     numbered by their place in it: appends are atomic and nothing takes from
     that queue, so no two processes can give one number to two dictionaries.
-    A dictionary that fails the checksum stored beside it is not used: records
-    that need it raise :class:`CorruptError` (a damaged dictionary would decode
-    them into wrong items, as their own checksums cover only compressed bytes).
+    A dictionary that fails the checksum stored beside it (or, without one,
+    that zstd cannot load) is not used: records that need it raise
+    :class:`CorruptError` (a damaged dictionary would decode them into wrong
+    items, as their own checksums cover only compressed bytes), and a queue
+    whose own dictionary it was trains another.
     """
     active = engine.get_meta(f"queue/{name}/zstd-dict")
     for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
-        if _fails_checksum(engine, number, rec.data):
-            reason = f"zstd dictionary {number} of the file is damaged: it fails its checksum"
+        damage = _damage(engine, number, rec.data)
+        if damage is not None:
+            reason = f"zstd dictionary {number} of the file is damaged: {damage}"
             log.error("spoolq: %s; records compressed with it cannot be decoded", reason)
             codec.add_damaged_dictionary(number, reason)
             continue
