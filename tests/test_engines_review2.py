@@ -3,16 +3,18 @@ engine answering as the disk engines do."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
 
-from spoolq import ConfigurationError, CorruptError
+from spoolq import ConfigurationError, CorruptError, SyncQueue
 from spoolq.engines import Engine, LMDBEngine, MemoryEngine, SQLiteEngine, StoredRecord
 
 
@@ -150,3 +152,24 @@ def test_a_very_long_sqlite_timeout_waits_for_a_lock(tmp_path: Path, timeout: fl
         finally:
             eng.close()
         assert holder.wait(timeout=10) == 0
+
+
+def test_an_sqlite_record_too_large_for_a_row_is_refused_at_the_put(tmp_path: Path) -> None:
+    """With durability "buffer" the put of such a record returned, and then every flush
+    of the buffer failed: the items put around it were lost at close."""
+    path = tmp_path / "q.sqlite"
+    eng = SQLiteEngine(path)
+    # SQLite's own limit is 1,000,000,000 bytes: a lower one keeps the test small.
+    conn: Any = eng._conn
+    conn.setlimit(0, 64 * 1024)  # 0: SQLITE_LIMIT_LENGTH
+    with pytest.raises(ValueError, match="an SQLite row holds a record of 64512 bytes"):
+        eng.append("q", [b"a", os.urandom(64_513)], [1, 64_513], 1.0)
+    assert eng.counts("q") == (0, 0, 0, 0)
+    with SyncQueue.create(path, engine=eng, compressor="none", durability="buffer") as q:
+        q.put(b"a")
+        with pytest.raises(ValueError, match="an SQLite row holds"):
+            q.put(os.urandom(100_000))
+        q.put(b"b")
+    eng.close()
+    with SyncQueue.create(path) as q:
+        assert q.get_many(None) == [b"a", b"b"]

@@ -50,6 +50,8 @@ R = TypeVar("R")
 
 _SHIFT, _MASK, _CHUNK, _json = sql.SHIFT, sql.MASK, sql.CHUNK, sql.json_list
 _MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
+_MAX_LENGTH, _LIMIT_LENGTH = 1_000_000_000, 0  # SQLite's default length limit, its limit id
+_ROW_ROOM = 1024  # bytes of a row beside its record: the other columns and a reason
 _MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
@@ -67,7 +69,7 @@ class _Closed:
     def execute(self, *args: object) -> Any:
         raise ClosedError(f"the sqlite engine on {self.path} is closed")
 
-    executemany = execute
+    executemany = getlimit = execute
 
 
 class SQLiteEngine(LeaseSettling):
@@ -202,8 +204,21 @@ class SQLiteEngine(LeaseSettling):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        self.check_records(queue, records)
         last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
+
+    def check_records(self, queue: str, records: Sequence[bytes]) -> None:
+        """ValueError, naming its size, for a record larger than a row of SQLite holds
+        (SQLite's length limit, 1,000,000,000 bytes unless it was built with another,
+        less room for the row's other columns and a dead letter's reason)."""
+        largest = max(map(len, records), default=0)
+        getlimit = getattr(self._conn, "getlimit", None)  # Python 3.11 on
+        room = (_MAX_LENGTH if getlimit is None else int(getlimit(_LIMIT_LENGTH))) - _ROW_ROOM
+        if largest > room:
+            raise ValueError(f"cannot append a record of {largest} bytes into queue {queue!r}: "
+                             f"an SQLite row holds a record of {room} bytes at most; nothing "
+                             "was stored")
 
     def _allocate(self, conn: sqlite3.Connection, queue: str, n: int, stored: int,
                   raw: int) -> tuple[int, int]:
