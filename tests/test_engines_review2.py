@@ -173,3 +173,20 @@ def test_an_sqlite_record_too_large_for_a_row_is_refused_at_the_put(tmp_path: Pa
     eng.close()
     with SyncQueue.create(path) as q:
         assert q.get_many(None) == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("mode", [0o660, 0o600, 0o644])
+def test_the_lmdb_lock_file_takes_the_mode_of_the_queue_file(tmp_path: Path, mode: int) -> None:
+    """A queue file shared by a group (0o660) got a lock file of 0o644, which the other
+    members of the group cannot write: they could not open the queue, not even to read."""
+    path = tmp_path / "q.lmdb"
+    LMDBEngine(path).close()
+    path.chmod(mode)
+    os.remove(f"{path}-lock")
+    eng = LMDBEngine(path)
+    try:
+        eng.append("q", [b"a"], [1], 1.0)
+        assert os.stat(f"{path}-lock").st_mode & 0o777 == mode
+        assert path.stat().st_mode & 0o777 == mode
+    finally:
+        eng.close()

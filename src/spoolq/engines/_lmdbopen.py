@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,6 +96,13 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
     if read_only and not os.path.exists(path):
         raise FormatError(f"{path}: no such file")
     _check_magic(path, read_only)
+    lock_file = path + "-lock"
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None  # a new file, which gets LMDB's own mode as the lock file does
+    had_lock_file = os.path.lexists(lock_file)
+
     def environment(lock: bool) -> lmdb.Environment:
         return lmdb.Environment(
             path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
@@ -113,6 +121,12 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
             env = environment(lock=False)
     except lmdb.Error as exc:
         raise fmt.translate(exc, path, "open") from exc
+    if mode is not None and not had_lock_file:
+        # Every process that opens the file writes its lock file: those the queue file's
+        # mode lets write it (a group sharing a 0o660 queue) get to write the lock file too,
+        # as SQLite gives its -wal and -shm files the mode of the database.
+        with contextlib.suppress(OSError):
+            os.chmod(lock_file, (mode & 0o666) | 0o600)
     try:
         # Pages past the end of a truncated file would fault (SIGBUS) when read.
         needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
