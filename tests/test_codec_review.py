@@ -9,11 +9,12 @@ import random
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import spoolq
-from spoolq.engines import open_engine
+from spoolq.engines import Engine, StoredRecord, open_engine
 from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, checksum_key, damaged_dictionaries
 
 
@@ -103,3 +104,42 @@ def test_a_damaged_dictionary_without_a_checksum_does_not_fail_every_put(
         assert damaged_dictionaries(engine) == [1]
     finally:
         engine.close()
+
+
+class FailingDictionaryReads:
+    """Delegates to a real engine; while ``failing``, reading the file's zstd dictionaries
+    raises an EngineError, as a disk I/O error would."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.failing = False
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        if self.failing and queue == DICTIONARY_QUEUE:
+            raise spoolq.EngineError("disk I/O error")
+        return self._inner.peek(queue, n, offset)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_records_taken_when_the_dictionaries_cannot_be_read_are_not_lost(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    items = _events(SAMPLE_COUNT + 100)
+    with spoolq.SyncQueue.create(path, compressor="zstd-dict") as writer:
+        writer.put_many(items[:SAMPLE_COUNT - 1])
+        engine = FailingDictionaryReads(open_engine(path))
+        # Opened before the writer trains its dictionary: the reader does not have it.
+        with spoolq.SyncQueue.create(path, engine=engine) as reader:
+            writer.put(items[SAMPLE_COUNT - 1])  # the writer trains its dictionary
+            writer.put_many(items[SAMPLE_COUNT:])  # these need it
+            engine.failing = True
+            got: list[Any] = []
+            while len(got) < SAMPLE_COUNT:  # the reader may count the writer's puts late
+                got += reader.get_many(None, timeout=5)
+            engine.failing = False
+            assert got == items[:SAMPLE_COUNT]
+            dead = reader.peek(200, dead=True)  # nothing lost: set aside, and readable
+    assert dead == items[SAMPLE_COUNT:]

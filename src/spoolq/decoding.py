@@ -60,16 +60,32 @@ class Decoding:
                 return list(zip(recs, items, strict=True))
         taken: list[Taken] = []
         decode = self.codec.decode
+        reloaded = False
         for rec in recs:
             try:
                 try:
                     item = decode(rec.data, rec.id)
-                except MissingDictionary:
-                    item = self._decode_with_new_dictionaries(rec)
+                except MissingDictionary as missing:
+                    if reloaded:  # the file's dictionaries are loaded: it lacks this one
+                        raise
+                    reloaded = True
+                    self._reload_dictionaries(missing)
+                    item = decode(rec.data, rec.id)
                 taken.append((rec, item))
             except (CorruptError, SerializationError) as exc:
                 self._bury(rec, leased, exc)
         return taken
+
+    def _reload_dictionaries(self, missing: MissingDictionary) -> None:
+        """Load the file's zstd dictionaries for a record that needs one this handle does
+        not have. When they cannot be read, MissingDictionary naming why: the records this
+        call took are set aside with it instead of being lost with an engine error."""
+        try:
+            with self.lock:
+                load_dictionaries(self.engine, self.name, self.codec)
+        except Exception as exc:
+            raise MissingDictionary(f"{missing}, and the file's dictionaries could not be "
+                                    f"read: {exc}") from exc
 
     def _bury(self, rec: StoredRecord, leased: bool, error: Exception) -> None:
         reason = f"cannot be decoded: {error}"
