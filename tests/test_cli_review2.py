@@ -4,10 +4,13 @@ output files next to a queue, and on partial loads."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+import spoolq
 from spoolq.cli import ExitCode
 
 from .cli_support import fill, run, run_json
@@ -79,3 +82,39 @@ def test_load_with_the_raw_serializer_is_a_usage_error_and_creates_nothing(
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "fresh" not in {q["name"] for q in run_json("info", path)["queues"]}
     assert run("load", path, str(lines), "-q", "fresh").exit_code == 0
+
+
+def _miscount(path: str, queue: str) -> None:
+    """Make the stored ready count of ``queue`` one more than its records (as damage
+    does), so a migrate stops at that queue after copying the queues before it."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE spoolq_queues SET ready = ready + 1 WHERE name = ?", (queue,))
+    conn.close()
+
+
+@pytest.mark.parametrize("suffix", [".sqlite", ".lmdb", ".dbm", ".pickle"])
+def test_a_migrate_that_stops_half_way_leaves_no_new_destination(tmp_path: Path,
+                                                                  suffix: str) -> None:
+    """'jobs' was copied before 'other' stopped the copy: the new DST kept it, so the
+    same migrate was then refused, and with --append copied 'jobs' twice."""
+    src = str(tmp_path / "src.sqlite")
+    fill(src)
+    _miscount(src, "other")
+    dst = tmp_path / f"dst{suffix}"
+    result = run("migrate", src, str(dst))
+    assert result.exit_code == ExitCode.PROBLEM, result.output
+    assert "'other': 4 items were to be copied, 3 were read" in result.stderr
+    assert [name for name in os.listdir(tmp_path) if name.startswith("dst")] == []
+
+
+def test_a_migrate_that_stops_half_way_keeps_an_existing_destination(tmp_path: Path) -> None:
+    src = str(tmp_path / "src.sqlite")
+    fill(src)
+    _miscount(src, "other")
+    dst = str(tmp_path / "dst.lmdb")
+    with spoolq.SyncQueue.create(dst, name="mine") as q:
+        q.put("kept")
+    result = run("migrate", src, dst)
+    assert result.exit_code == ExitCode.PROBLEM, result.output
+    assert run("dump", dst, "-q", "mine").stdout == '"kept"\n'

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import sys
 from typing import IO, Any
 
@@ -294,13 +295,20 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
         bases = base_queues(source, queue)
         names = [n for base in bases for n in (base, dead_queue_name(base))]
         plan = _plan(source, names)
+        new_files = _files_a_new_queue_file_adds(dst)
         target = open_engine(dst, to_engine, options=dst_options)
         try:
-            _check_destination(source, target, bases, names, append)
-            _copy_dictionaries(source, target, bases, names, chunk)
-            copied = _copy(state, source, target, bases, plan, chunk)
-        finally:
-            target.close()
+            try:
+                _check_destination(source, target, bases, names, append)
+                _copy_dictionaries(source, target, bases, names, chunk)
+                copied = _copy(state, source, target, bases, plan, chunk)
+            finally:
+                target.close()
+        except BaseException:
+            # A DST this migrate created goes again: a partial copy left in its place
+            # would be refused next time, or doubled with --append.
+            _remove(new_files)
+            raise
     finally:
         source.close()
     if as_json:
@@ -310,6 +318,30 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     for row in copied:
         state.add_row(table, row["name"], row["copied"], row["ready"])
     state.out.print(table)
+
+
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-lock", ".lock")
+"""What engines keep next to a queue file: SQLite's WAL, shared memory and journal, LMDB's
+lock file, and the lock file of the dbm and pickle engines."""
+
+
+def _files_a_new_queue_file_adds(path: str) -> list[str]:
+    """The paths that opening ``path`` as a new queue file may create: none when ``path``
+    exists already or names no file (a database URL)."""
+    if "://" in path or os.path.lexists(path):
+        return []
+    return [path] + [path + side for side in _SIDE_FILES if not os.path.lexists(path + side)]
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        except OSError as exc:
+            log.warning("spoolq: could not remove %s: %s", path, exc)
 
 
 def _copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: list[str],
