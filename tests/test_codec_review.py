@@ -8,6 +8,7 @@ import json
 import random
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,38 @@ def test_records_taken_when_the_dictionaries_cannot_be_read_are_not_lost(
             assert got == items[:SAMPLE_COUNT]
             dead = reader.peek(200, dead=True)  # nothing lost: set aside, and readable
     assert dead == items[SAMPLE_COUNT:]
+
+
+class Named:
+    """A custom compressor (zlib) with the given name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        return zlib.decompress(data)
+
+
+def test_a_codec_name_that_is_not_valid_text_is_a_configuration_error() -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="codec name 'zlib-\\\\udcff'"):
+        spoolq.Codec("cbor", Named("zlib-\udcff"))
+
+
+class Frame(bytes):
+    """What some libraries return: a subclass of bytes."""
+
+
+class FrameZlib(Named):
+    def compress(self, data: bytes) -> bytes:
+        return Frame(zlib.compress(data))
+
+
+def test_a_compressor_returning_a_bytes_subclass_is_taken() -> None:
+    codec = spoolq.Codec("raw", FrameZlib("frame-zlib"), threshold=0)
+    record, _ = codec.encode(b"spool " * 50)
+    assert type(record) is bytes
+    assert spoolq.codec.record_codec_names(record) == ("raw", "frame-zlib")
+    assert codec.decode(record) == b"spool " * 50

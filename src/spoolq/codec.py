@@ -55,7 +55,12 @@ def _custom_name(obj: object) -> str:
     elif not isinstance(name, str) or not name:
         cls = type(obj) if not isinstance(obj, type) else obj
         name = f"{cls.__module__}.{cls.__qualname__}"
-    if len(name.encode()) > 255:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError as exc:  # a lone surrogate: records store names as UTF-8
+        raise ConfigurationError(f"codec name {name[:40]!r} is not valid Unicode text: "
+                                 f"{exc.reason}") from None
+    if size > 255:
         raise ConfigurationError(f"codec name {name[:40]!r}... is longer than 255 bytes")
     return name
 
@@ -341,7 +346,7 @@ class Codec:
         return self._plain_head + _CRC.pack(crc) + self._plain_names + data
 
     def _packed_bytes(self, packed: object) -> bytes:
-        if not isinstance(packed, (bytearray, memoryview)):
+        if not isinstance(packed, (bytes, bytearray, memoryview)):
             raise SerializationError(
                 f"the {self.compressor_name} compressor returned {type(packed).__name__}, "
                 "not bytes")
