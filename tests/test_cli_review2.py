@@ -13,7 +13,7 @@ import pytest
 import spoolq
 from spoolq.cli import ExitCode
 
-from .cli_support import fill, run, run_json
+from .cli_support import fill, run, run_json, run_process
 
 
 @pytest.mark.parametrize(("line", "why"), [
@@ -118,3 +118,29 @@ def test_a_migrate_that_stops_half_way_keeps_an_existing_destination(tmp_path: P
     result = run("migrate", src, dst)
     assert result.exit_code == ExitCode.PROBLEM, result.output
     assert run("dump", dst, "-q", "mine").stdout == '"kept"\n'
+
+
+def test_load_reads_a_pipe_given_as_file(tmp_path: Path) -> None:
+    """`spoolq load q.sqlite <(command)` names a pipe, which cannot be read through twice:
+    it stopped with "File or stream is not seekable" and loaded nothing."""
+    path = str(tmp_path / "q.sqlite")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b'{"n": 1}\n{"n": 2}\n')
+        os.close(write_end)
+        result = run("load", path, f"/dev/fd/{read_end}", "--json")
+    finally:
+        os.close(read_end)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"queue": "default", "loaded": 2}
+    assert run("dump", path).stdout == '{"n":1}\n{"n":2}\n'
+
+
+def test_a_bad_line_in_a_pipe_keeps_the_batches_before(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    result = run_process("load", path, "/dev/stdin", "--batch-size", "1",
+                         input='{"n": 1}\nnot json\n')
+    assert result.returncode == ExitCode.PROBLEM, result.stderr
+    assert result.stderr.startswith("Error: /dev/stdin:2: not valid JSON")
+    assert result.stderr.rstrip().endswith("(1 item(s) before it were loaded)")
+    assert run("dump", path).stdout == '{"n":1}\n'

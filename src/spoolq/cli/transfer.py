@@ -177,8 +177,8 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     Items are encoded with the queue's own codec and written --batch-size at
     a time, each batch in one transaction. PATH and the queue are created if
     they do not exist. A FILE is read through once first, so a line that is
-    not JSON stops the load before anything is written; from stdin, the
-    batches before the bad line stay loaded. Like any program opening the
+    not JSON stops the load before anything is written; from stdin or a pipe,
+    the batches before the bad line stay loaded. Like any program opening the
     queue, load releases the leases of processes that have ended.
     """
     if path == ":memory:":
@@ -193,7 +193,8 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
                          else open(file, "rb"))  # noqa: SIM115 - closed below
     loaded = 0
     try:
-        total = None if file == "-" else _count_items(file, stream)
+        # A pipe (`<(command)`, /dev/stdin) is read once, as stdin is.
+        total = _count_items(file, stream) if file != "-" and stream.seekable() else None
         with SyncQueue.create(path, name=queue, engine=engine, serializer=serializer,
                               compressor=compressor, engine_options=options) as q, \
                 state.progress("loading", total) as advance:
