@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import sqlite3
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -179,3 +180,24 @@ def test_a_compressor_returning_a_bytes_subclass_is_taken() -> None:
     assert type(record) is bytes
     assert spoolq.codec.record_codec_names(record) == ("raw", "frame-zlib")
     assert codec.decode(record) == b"spool " * 50
+
+
+def test_records_of_a_compressor_whose_package_is_missing_are_set_aside_not_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "q.sqlite")
+    items = ["spool " * 100, "queue " * 100]
+    with spoolq.SyncQueue.create(path, compressor="lzo") as q:  # written where python-lzo is
+        q.put_many(items)
+        q.put("short")
+    # Read where it is not installed.
+    monkeypatch.setitem(sys.modules, "lzo", None)
+    monkeypatch.setattr(spoolq.codec, "_decompressors", {})
+    with spoolq.SyncQueue.create(path, compressor="zstd") as q:
+        assert q.get_many(None) == ["short"]  # stored uncompressed
+        assert q.stats["dead"] == 2
+    assert caplog.text.count("cannot be decoded: the lzo compressor needs the python-lzo "
+                             "package: pip install 'spoolq[lzo]'") == 2
+    monkeypatch.undo()
+    with spoolq.SyncQueue.create(path) as q:  # back where python-lzo is: all readable
+        assert q.peek(5, dead=True) == items

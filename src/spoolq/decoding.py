@@ -16,7 +16,7 @@ from typing import Any
 
 from .codec import Codec
 from .engines import Counts, Engine, StoredRecord
-from .errors import CorruptError, SerializationError
+from .errors import ConfigurationError, CorruptError, SerializationError
 from .message import Taken
 from .zdict import MissingDictionary, load_dictionaries
 
@@ -72,7 +72,8 @@ class Decoding:
                     self._reload_dictionaries(missing)
                     item = decode(rec.data, rec.id)
                 taken.append((rec, item))
-            except (CorruptError, SerializationError) as exc:
+            except (CorruptError, SerializationError, ConfigurationError) as exc:
+                # ConfigurationError: the record's compressor needs a package missing here.
                 self._bury(rec, leased, exc)
         return taken
 
