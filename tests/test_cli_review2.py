@@ -3,6 +3,7 @@ output files next to a queue, and on partial loads."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -144,3 +145,37 @@ def test_a_bad_line_in_a_pipe_keeps_the_batches_before(tmp_path: Path) -> None:
     assert result.stderr.startswith("Error: /dev/stdin:2: not valid JSON")
     assert result.stderr.rstrip().endswith("(1 item(s) before it were loaded)")
     assert run("dump", path).stdout == '{"n":1}\n'
+
+
+def test_dump_writes_into_a_pipe_named_by_o(tmp_path: Path) -> None:
+    """`-o >(command)`, `-o /dev/stdout`: the dump went to FILE.part, then replaced FILE,
+    so a device or pipe was replaced by a plain file (or, in /dev/fd, failed)."""
+    path = str(tmp_path / "q.sqlite")
+    fill(path)
+    read_end, write_end = os.pipe()
+    try:
+        result = run("dump", path, "-q", "other", "-o", f"/dev/fd/{write_end}")
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            data = pipe.read()
+    finally:
+        for fd in (read_end, write_end):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    assert result.exit_code == 0, result.output
+    assert data.decode().splitlines() == ['"a"', '"b"', json.dumps("c" * 500)]
+
+
+def test_dump_o_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    fill(path)
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    result = run("dump", path, "-q", "other", "-o", str(link))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink()
+    assert real.read_text().splitlines()[:2] == ['"a"', '"b"']
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".sqlite"
+                  and "sqlite" not in p.name) == ["link.jsonl", "real.jsonl"]

@@ -62,7 +62,8 @@ def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk
 @click.argument("path")
 @queue_option()
 @click.option("-o", "--output", metavar="FILE", default=None,
-              help="Write to FILE (replaced only once the dump is complete) instead of stdout.")
+              help="Write to FILE (replaced only once the dump is complete; a device or "
+                   "pipe is written to as it goes) instead of stdout.")
 @click.option("--dead", is_flag=True, help="Dump the queue's dead letters instead.")
 @click.option("--allow-pickle", is_flag=True,
               help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
@@ -96,12 +97,19 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
             if output is None or output == "-":
                 written = _write_items(eng, name, decoder, sys.stdout.buffer,
                                        chunk, advance)
+            elif os.path.exists(output) and not os.path.isfile(output):
+                # A device, a pipe or a terminal (/dev/stdout, `>(command)`) is written
+                # to as stdout is: replacing it would put a plain file in its place.
+                with open(output, "wb") as f:
+                    written = _write_items(eng, name, decoder, f, chunk, advance)
             else:
-                partial = output + ".part"
+                # Next to the file a symlink names, so that the link stays a link.
+                target = os.path.realpath(output)
+                partial = target + ".part"
                 try:
                     with open(partial, "wb") as f:
                         written = _write_items(eng, name, decoder, f, chunk, advance)
-                    os.replace(partial, output)
+                    os.replace(partial, target)
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.remove(partial)
