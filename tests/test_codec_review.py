@@ -201,3 +201,17 @@ def test_records_of_a_compressor_whose_package_is_missing_are_set_aside_not_lost
     monkeypatch.undo()
     with spoolq.SyncQueue.create(path) as q:  # back where python-lzo is: all readable
         assert q.peek(5, dead=True) == items
+
+
+def test_an_item_nested_deeper_than_cbor2_reads_by_default_comes_back(tmp_path: Path) -> None:
+    item: Any = "core"
+    for _ in range(2000):
+        item = [item, {"depth": 1}]
+    with spoolq.SyncQueue.create(str(tmp_path / "q.sqlite")) as q:
+        q.put(item)
+        got = q.get(timeout=1)
+        assert q.stats["dead"] == 0
+    for _ in range(2000):  # == would recurse once per level
+        assert isinstance(got, list) and got[1] == {"depth": 1}
+        got = got[0]
+    assert got == "core"

@@ -5,6 +5,7 @@ small damaged or hostile record cannot make a reader allocate gigabytes."""
 from __future__ import annotations
 
 import bz2
+import functools
 import json
 import lzma
 import pickle
@@ -40,10 +41,17 @@ class Compressor(Protocol):
     def decompress(self, data: bytes, /) -> bytes: ...
 
 
+# cbor2 reads containers nested at most 400 deep unless told otherwise, but writes deeper
+# ones: without a higher limit a put of such an item succeeds and every get of it fails.
+# Its decoder does not recurse on the C stack, so a deep hostile record costs no more
+# than a long flat one.
+_CBOR_MAX_DEPTH = 100_000
+
+
 class _Cbor:
     name = "cbor"
     dumps = staticmethod(cbor2.dumps)
-    loads = staticmethod(cbor2.loads)
+    loads = functools.partial(cbor2.loads, max_depth=_CBOR_MAX_DEPTH)
 
 
 class _Pickle:
