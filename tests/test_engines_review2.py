@@ -1,5 +1,6 @@
-"""SQLite, LMDB and memory engines: small maps, processes sharing a file, and the memory
-engine answering as the disk engines do."""
+"""SQLite, LMDB and memory engines at their limits: small maps and maps that cannot grow,
+restores of ids never given out, damaged counters, lock timeouts, records larger than a
+row, and the modes of files that processes of several users share."""
 
 from __future__ import annotations
 
