@@ -6,7 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ import pytest
 import spoolq
 from spoolq.cli import ExitCode
 
-from .cli_support import fill, run, run_json, run_process
+from .cli_support import ROOT, fill, run, run_json, run_process
 
 
 @pytest.mark.parametrize(("line", "why"), [
@@ -179,3 +183,36 @@ def test_dump_o_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
     assert real.read_text().splitlines()[:2] == ['"a"', '"b"']
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".sqlite"
                   and "sqlite" not in p.name) == ["link.jsonl", "real.jsonl"]
+
+
+def _ready(path: str) -> int:
+    """Ready items of the queue ``default`` of ``path``; 0 while it is being created."""
+    result = run("info", path, "-q", "default", "--json")
+    return json.loads(result.stdout)["queues"][0]["ready"] if result.exit_code == 0 else 0
+
+
+def test_an_interrupted_load_says_how_many_items_it_loaded(tmp_path: Path) -> None:
+    """Ctrl-C while loading from a pipe printed "Aborted!" alone: the batches written
+    stay, and without their count a new load adds them twice."""
+    path = str(tmp_path / "q.sqlite")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    with subprocess.Popen([sys.executable, "-m", "spoolq", "load", path, "-",
+                           "--batch-size", "1"], stdin=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            proc.stdin.write(b'{"n": 1}\n{"n": 2}\n')
+            proc.stdin.flush()
+            deadline = time.monotonic() + 10
+            while _ready(path) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            err = proc.stderr.read().decode()
+            assert proc.wait(10) == ExitCode.PROBLEM
+        finally:
+            proc.kill()
+    assert "default: 2 item(s) of - were loaded before the load stopped" in err
+    assert "Traceback" not in err

@@ -223,6 +223,13 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
         if loaded:
             raise Refused(f"{exc.message} ({loaded} item(s) before it were loaded)") from exc
         raise
+    except BaseException:
+        # Ctrl-C, a lock held too long, a full disk: the batches written stay, and a load
+        # run again would add them twice unless told how many they were.
+        if loaded:
+            state.note(f"{queue}: {loaded} item(s) of {file} were loaded before the load "
+                       "stopped")
+        raise
     finally:
         if file != "-":
             stream.close()
