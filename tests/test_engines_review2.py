@@ -191,3 +191,14 @@ def test_the_lmdb_lock_file_takes_the_mode_of_the_queue_file(tmp_path: Path, mod
         assert path.stat().st_mode & 0o777 == mode
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("options", [{"max_readers": 1}, {"max_readers": True},
+                                     {"map_size": 1 << 64}])
+def test_lmdb_options_it_cannot_open_with_are_configuration_errors(tmp_path: Path,
+                                                                   options: dict[str, int]) -> None:
+    """max_readers=1 was taken, and then a new queue file failed to open with
+    MDB_READERS_FULL; a map_size past 64 bits raised OverflowError."""
+    with pytest.raises(ConfigurationError, match=next(iter(options))):
+        LMDBEngine(tmp_path / "q.lmdb", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "q.lmdb").exists()

@@ -494,10 +494,13 @@ class LMDBEngine(SharedEngine):
     def __init__(self, path: str | os.PathLike[str], *, sync: bool = True,
                  metasync: bool = False, map_size: int = 64 << 20, max_readers: int = 126,
                  read_only: bool = False) -> None:
-        if not isinstance(map_size, int) or map_size < 4096:
-            raise ConfigurationError(f"map_size must be an int >= 4096, not {map_size!r}")
-        if not isinstance(max_readers, int) or max_readers < 1:
-            raise ConfigurationError(f"max_readers must be an int >= 1, not {max_readers!r}")
+        if type(map_size) is not int or not 4096 <= map_size < 1 << 64:
+            raise ConfigurationError(
+                f"map_size must be an int from 4096 to 2**64 - 1, not {map_size!r}")
+        # A process holds two reader slots at times (the lmdb binding keeps one for reuse),
+        # so a new file with a single slot could not even be opened.
+        if type(max_readers) is not int or max_readers < 2:
+            raise ConfigurationError(f"max_readers must be an int >= 2, not {max_readers!r}")
         spath = os.fspath(path)
         super().__init__(spath, read_only=read_only, opener=lambda: _LMDBStore(
             spath, read_only=read_only, sync=bool(sync), metasync=bool(metasync),
