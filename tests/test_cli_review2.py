@@ -216,3 +216,21 @@ def test_an_interrupted_load_says_how_many_items_it_loaded(tmp_path: Path) -> No
             proc.kill()
     assert "default: 2 item(s) of - were loaded before the load stopped" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["info"], ["verify"], ["migrate", "{dst}"]])
+def test_a_mistyped_queue_name_is_pointed_out_by_every_command(tmp_path: Path,
+                                                               command: list[str]) -> None:
+    """peek, dump, requeue and purge said so; info, verify and migrate showed an empty
+    queue (and migrate copied nothing) with status 0 and no word of it."""
+    path = str(tmp_path / "q.sqlite")
+    fill(path)
+    args = [a.format(dst=tmp_path / "dst.lmdb") for a in command]
+    result = run(args[0], path, *args[1:], "-q", "jbos")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ("note: no queue 'jbos' holds items in this file "
+                             "(queues with items: jobs, other)\n")
+    extra = ["--append"] if args[0] == "migrate" else []
+    held = run(args[0], path, *args[1:], "-q", "jobs", *extra)
+    assert held.exit_code == 0, held.output
+    assert held.stderr == ""

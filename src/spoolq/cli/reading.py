@@ -97,6 +97,8 @@ def info(path: str, queue: str | None, engine: str | None, schema: str | None,
             "file_bytes": disk_bytes(path),
             "queues": [_queue_info(eng, name, t) for name in base_queues(eng, queue)],
         }
+        if queue is not None:
+            state.check_queue_name(eng, queue, dead_queue_name(queue))
     finally:
         eng.close()
     if as_json:
@@ -367,6 +369,8 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
             found.problem(f"zstd dictionary {number} fails its checksum: the records "
                           "compressed with it cannot be decoded")
         names = [n for base in base_queues(eng, queue) for n in (base, dead_queue_name(base))]
+        if queue is not None:
+            state.check_queue_name(eng, *names)
         total = sum(c.ready + c.leased for c in map(eng.counts, names))
         with state.progress("verifying", total) as advance:
             for name in names:

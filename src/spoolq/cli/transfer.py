@@ -310,6 +310,8 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     try:
         bases = base_queues(source, queue)
         names = [n for base in bases for n in (base, dead_queue_name(base))]
+        if queue is not None:
+            state.check_queue_name(source, *names)
         plan = _plan(source, names)
         new_files = _files_a_new_queue_file_adds(dst)
         target = open_engine(dst, to_engine, options=dst_options)
