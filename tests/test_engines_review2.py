@@ -16,7 +16,15 @@ import lmdb
 import pytest
 
 from spoolq import ConfigurationError, CorruptError, SyncQueue
-from spoolq.engines import Engine, LMDBEngine, MemoryEngine, SQLiteEngine, StoredRecord
+from spoolq.engines import (
+    DBMEngine,
+    Engine,
+    LMDBEngine,
+    MemoryEngine,
+    PickleEngine,
+    SQLiteEngine,
+    StoredRecord,
+)
 
 
 def _open(kind: str, tmp_path: Path) -> Engine:
@@ -24,10 +32,14 @@ def _open(kind: str, tmp_path: Path) -> Engine:
         return SQLiteEngine(tmp_path / "q.sqlite")
     if kind == "lmdb":
         return LMDBEngine(tmp_path / "q.lmdb")
+    if kind == "dbm":
+        return DBMEngine(tmp_path / "q.dbm")
+    if kind == "pickle":
+        return PickleEngine(tmp_path / "q.pickle")
     return MemoryEngine()
 
 
-@pytest.fixture(params=["sqlite", "lmdb", "memory"])
+@pytest.fixture(params=["sqlite", "lmdb", "memory", "dbm", "pickle"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     eng = _open(str(request.param), tmp_path)
     yield eng

@@ -55,6 +55,7 @@ __all__ = [
     "check_window",
     "dead_queue_name",
     "distinct_ids",
+    "never_given",
     "restore_refused",
     "stored_before_failure",
 ]
@@ -166,6 +167,14 @@ def check_window(n: int, offset: int) -> tuple[int, int]:
     if n < 0 or offset < 0:
         raise ValueError("n and offset must be >= 0")
     return min(n, WINDOW_MAX), min(offset, WINDOW_MAX)
+
+
+def never_given(queue: str, ident: int) -> ValueError:
+    """The error of a ``restore`` given a record of an id ``queue`` never gave out: only
+    records a take removed go back (the disk engines would file such a record outside the
+    queue, or give its id out again to a later put)."""
+    return ValueError(f"cannot restore record {ident} into queue {queue!r}: the queue never "
+                      "gave out that id; nothing was restored")
 
 
 def restore_refused(queue: str, ident: int) -> ValueError:

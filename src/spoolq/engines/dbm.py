@@ -76,6 +76,7 @@ from .base import (
     check_window,
     dead_queue_name,
     distinct_ids,
+    never_given,
     restore_refused,
 )
 
@@ -197,6 +198,9 @@ class _DBMStore(Generations):
             return
         ids = distinct_ids(queue, records)
         with self._transaction("restore") as st:
+            never = next((i for i in ids if not 0 < i < st.next_id), None)
+            if never is not None:
+                raise never_given(queue, never)  # a later put would give its id out again
             q = self._queue(st, queue)
             for ident in ids:
                 if ident in q.aside or self._find(q, ident) is not None:

@@ -72,9 +72,9 @@ from .base import (
     batch_given,
     check_window,
     distinct_ids,
+    never_given,
     restore_refused,
 )
-from .memory import never_given
 
 __all__ = ["LMDBEngine"]
 

@@ -25,22 +25,15 @@ from .base import (
     check_window,
     dead_queue_name,
     distinct_ids,
+    never_given,
     restore_refused,
 )
 
-__all__ = ["MemoryEngine", "RecordState", "never_given"]
+__all__ = ["MemoryEngine", "RecordState"]
 
 RecordState = tuple[int, bytes, int, int, float, str | None, str | None, float]
 """One record as :meth:`MemoryEngine.export` gives it: id, data, raw_size,
 attempts, enqueued_at, reason, lease owner (None when ready) and visible_at."""
-
-
-def never_given(queue: str, ident: int) -> ValueError:
-    """The error of a ``restore`` given a record of an id ``queue`` never gave out: only
-    records a take removed go back (the disk engines would file such a record outside the
-    queue, or give its id out again to a later put)."""
-    return ValueError(f"cannot restore record {ident} into queue {queue!r}: the queue never "
-                      "gave out that id; nothing was restored")
 
 
 @dataclass(slots=True)
