@@ -296,6 +296,19 @@ class EngineConformance(PeekLeasedConformance):
         assert [r.data for r in engine.take("q", 10, self.NOW + 61, None)] == recs(1, 3, 4)
         assert engine.counts("q") == (0, 0, 0, 0)
 
+    def test_restore_of_an_id_never_given_out_is_refused(self, engine: Engine) -> None:
+        """Restoring a record under an id no append gave out raises ValueError and changes
+        nothing: a later append would give that id out again."""
+        self._put(engine, 1)
+        (taken,) = engine.take("q", 1, self.NOW, None)
+        for ident in (0, -1, taken.id + 1_000_000, 1 << 64):
+            with pytest.raises(ValueError, match="never gave out"):
+                engine.restore("q", [taken._replace(id=ident)])
+            assert engine.counts("q") == (0, 0, 0, 0)
+        self._put(engine, 2)
+        engine.restore("q", [taken])
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(1, 2)
+
     @staticmethod
     def _ids(records: list[Any]) -> list[int]:
         return [r.id for r in records]

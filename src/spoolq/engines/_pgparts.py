@@ -7,9 +7,13 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from ._pgpool import Conn
+from psycopg import sql
 
-__all__ = ["MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic", "check_sizes", "parts"]
+from ._pgpool import Conn
+from .base import never_given
+
+__all__ = ["MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic", "check_given", "check_sizes",
+           "parts"]
 
 MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
 """The largest record the engine stores: PostgreSQL keeps a value, and receives a
@@ -27,6 +31,17 @@ def check_sizes(queue: str, records: Sequence[bytes], what: str) -> None:
         raise ValueError(
             f"cannot {what} a record of {largest} bytes into queue {queue!r}: PostgreSQL "
             f"stores at most {MAX_RECORD_BYTES} bytes in one value; nothing was stored")
+
+
+def check_given(conn: Conn, last_id: sql.Composed, schema: str, queue: str,
+                ids: Sequence[int]) -> None:
+    """ValueError for a ``restore`` of an id that the records' identity never gave out
+    (``last_id`` reads the last one it did)."""
+    row = conn.execute(last_id, {"schema": schema}).fetchone()
+    last = int(row[0]) if row is not None else 0
+    never = next((i for i in ids if not 0 < i <= last), None)
+    if never is not None:
+        raise never_given(queue, never)
 
 
 def parts(queue: str, records: Sequence[bytes], what: str) -> list[slice]:

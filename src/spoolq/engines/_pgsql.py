@@ -226,6 +226,10 @@ _OWNERS = """SELECT owner, count(*) FROM {s}.records WHERE queue = %(queue)s AND
     GROUP BY owner"""
 
 _QUEUES = "SELECT DISTINCT queue FROM {s}.counts ORDER BY queue"
+# The last id the records' identity has given out (0 before the first): a restore of a
+# larger id would be given out again by a later append.
+_LAST_ID = """SELECT coalesce(pg_sequence_last_value(
+    pg_get_serial_sequence(format('%%I.records', %(schema)s::text), 'id')), 0)"""
 _GET_META = "SELECT value FROM {s}.meta WHERE key = %(key)s"
 _SET_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
@@ -254,6 +258,7 @@ class Statements:
     counts: sql.Composed
     owners: sql.Composed
     queues: sql.Composed
+    last_id: sql.Composed
     get_meta: sql.Composed
     set_meta: sql.Composed
 
@@ -264,7 +269,7 @@ _TEXTS = {
     "lock_expired_or_owned": _LOCK_EXPIRED_OR_OWNED, "bury": _BURY, "unlease": _UNLEASE,
     "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK,
     "peek_leased": _PEEK_LEASED, "counts": _COUNTS, "owners": _OWNERS, "queues": _QUEUES,
-    "get_meta": _GET_META, "set_meta": _SET_META,
+    "last_id": _LAST_ID, "get_meta": _GET_META, "set_meta": _SET_META,
 }
 
 

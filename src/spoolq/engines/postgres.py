@@ -77,7 +77,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import CorruptError, EngineError, FormatError, LockTimeout
 from ._pglisten import Listener, payload
-from ._pgparts import MAX_RECORD_BYTES, atomic, check_sizes
+from ._pgparts import MAX_RECORD_BYTES, atomic, check_given, check_sizes
 from ._pgparts import parts as statement_parts
 from ._pgpool import (
     SYNCHRONOUS_COMMIT,
@@ -312,6 +312,7 @@ class PostgresEngine:
         parts = statement_parts(queue, [r.data for r in records], "restore")
         params = self._params(queue)
         with self._conn("restore") as conn:
+            check_given(conn, self._sql.last_id, self.schema, queue, ids)
             try:
                 with atomic(conn, parts):
                     for part in parts:

@@ -56,6 +56,7 @@ from .base import (
     WaitCancel,
     batch_given,
     check_window,
+    never_given,
 )
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url",
@@ -258,6 +259,10 @@ class RemoteEngine:
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if records:
+            # The server checks the rest; these ids cannot even travel as a record's id.
+            never = next((r.id for r in records if not 0 < r.id < 1 << 63), None)
+            if never is not None:
+                raise never_given(queue, never)
             self._call("restore", {"queue": queue, "records": encode_records(list(records))})
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
