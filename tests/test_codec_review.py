@@ -215,3 +215,43 @@ def test_an_item_nested_deeper_than_cbor2_reads_by_default_comes_back(tmp_path: 
         assert isinstance(got, list) and got[1] == {"depth": 1}
         got = got[0]
     assert got == "core"
+
+
+class _Shout:
+    name = "shout"
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return str(obj).upper().encode()
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return data.decode()
+
+
+class _Reverse:
+    name = "reverse"
+
+    @staticmethod
+    def compress(data: bytes) -> bytes:
+        return data[::-1]
+
+    @staticmethod
+    def decompress(data: bytes) -> bytes:
+        return data[::-1]
+
+
+def test_reopening_without_the_custom_codecs_it_was_made_with_names_what_to_pass(
+        tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    with spoolq.SyncQueue.create(path, serializer=_Shout(), compressor=_Reverse(),
+                                 compress_threshold=0) as q:
+        q.put("hello")
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"created with the serializer 'shout'.*serializer= set to"):
+        spoolq.SyncQueue.create(path)
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"created with the compressor 'reverse'.*compressor= set to"):
+        spoolq.SyncQueue.create(path, serializer=_Shout())
+    with spoolq.SyncQueue.create(path, serializer=_Shout(), compressor=_Reverse()) as q:
+        assert q.get() == "HELLO"

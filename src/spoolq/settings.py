@@ -134,6 +134,12 @@ def resolve_target(path: str | os.PathLike[str], name: str | None,
     return "default" if name is None else name, engine_options
 
 
+def _custom_codec(queue: str, kind: str, name: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"queue {queue!r} was created with the {kind} {name!r}, which spoolq does not have "
+        f"built in: open it with {kind}= set to that {kind} object")
+
+
 def stored_codec(engine: Engine, settings: Settings, serializer: object,
                  compressor: object, *, store: bool = True) -> Codec:
     """The codec of the queue ``settings.name`` in ``engine``: the settings the file stores,
@@ -147,7 +153,12 @@ def stored_codec(engine: Engine, settings: Settings, serializer: object,
     if stored_ser is not None:
         stored = stored_ser.decode()
         wanted = serializer if serializer is not None else stored
-        codec_probe = Codec(wanted, "none")
+        try:
+            codec_probe = Codec(wanted, "none")
+        except ConfigurationError as exc:
+            if serializer is None:
+                raise _custom_codec(settings.name, "serializer", stored) from exc
+            raise
         if codec_probe.serializer_name != stored:
             raise ConfigurationError(
                 f"queue {settings.name!r} was created with serializer {stored!r}; "
@@ -155,9 +166,14 @@ def stored_codec(engine: Engine, settings: Settings, serializer: object,
         serializer = wanted
         if compressor is None:
             compressor = stored_comp.decode() if stored_comp else "zstd"
-    codec = Codec("cbor" if serializer is None else serializer,
-                  "zstd" if compressor is None else compressor,
-                  threshold=settings.compress_threshold)
+    try:
+        codec = Codec("cbor" if serializer is None else serializer,
+                      "zstd" if compressor is None else compressor,
+                      threshold=settings.compress_threshold)
+    except ConfigurationError as exc:
+        if stored_comp is not None and compressor == stored_comp.decode():
+            raise _custom_codec(settings.name, "compressor", compressor) from exc
+        raise
     if not store:
         pass
     elif stored_ser is None:
