@@ -234,3 +234,24 @@ def test_a_mistyped_queue_name_is_pointed_out_by_every_command(tmp_path: Path,
     held = run(args[0], path, *args[1:], "-q", "jobs", *extra)
     assert held.exit_code == 0, held.output
     assert held.stderr == ""
+
+
+def test_load_refuses_a_surrogate_written_as_utf8_bytes(tmp_path: Path) -> None:
+    """Python's parser decodes the bytes ED B3 BF to the lone surrogate U+DCFF."""
+    lines = tmp_path / "items.jsonl"
+    lines.write_bytes(b'{"n": 1}\n"\xed\xb3\xbf"\n')
+    path = str(tmp_path / "q.sqlite")
+    result = run("load", path, str(lines), "--batch-size", "1")
+    assert result.exit_code == ExitCode.PROBLEM, result.output
+    assert result.stderr.startswith(f"Error: {lines}:2: not valid JSON: item is a string "
+                                    "with a lone surrogate")
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 250 + "e99", "1.8e308", "1e+0400"])
+def test_load_refuses_every_number_too_large_for_a_float(tmp_path: Path, number: str) -> None:
+    lines = tmp_path / "items.jsonl"
+    lines.write_text(f'[0.5, 1e-400, 1e99, "\\u00e9\\ud83d\\ude00"]\n{{"a": [{number}]}}\n')
+    result = run("load", str(tmp_path / "q.sqlite"), str(lines))
+    assert result.exit_code == ExitCode.PROBLEM, result.output
+    assert result.stderr.startswith(f"Error: {lines}:2: not valid JSON: item['a'][0] is inf")

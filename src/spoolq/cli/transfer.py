@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from typing import IO, Any
@@ -138,13 +139,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+_SUSPECT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|[eE]\+?0*[1-9][0-9]{2}|[0-9]{200}")
+"""What a line needs to hold to parse to something JSON does not hold: a ``\\uD800``-
+``\\uDFFF`` escape or a surrogate written as UTF-8 bytes (which the parser lets
+through as a lone surrogate), or an exponent or a run of digits large enough for a
+number to overflow to infinity. Only the items of such lines are searched."""
+
+
 def _parse_line(source: str, lineno: int, line: bytes) -> Any:
     """The item of one line, which must be JSON that ``dump`` writes back as it is:
     NaN, Infinity, numbers too large for a float and strings with a lone surrogate
     (which Python's parser takes) are refused, as are items nested too deeply."""
     try:
         item = json.loads(line, parse_constant=_no_constant)
-        check_json(item)
+        if _SUSPECT.search(line):
+            check_json(item)
     except RecursionError:
         raise Refused(f"{source}:{lineno}: the item is nested too deeply") from None
     except ValueError as exc:
