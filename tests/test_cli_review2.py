@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import signal
 import sqlite3
 import subprocess
@@ -255,3 +256,44 @@ def test_load_refuses_every_number_too_large_for_a_float(tmp_path: Path, number:
     result = run("load", str(tmp_path / "q.sqlite"), str(lines))
     assert result.exit_code == ExitCode.PROBLEM, result.output
     assert result.stderr.startswith(f"Error: {lines}:2: not valid JSON: item['a'][0] is inf")
+
+
+def _on_a_terminal(*args: str) -> bytes:
+    """What ``spoolq ARGS`` shows on a terminal that is its stdout and stderr."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    env.update(COLUMNS="100", LINES="40", TERM="xterm")
+    main, side = pty.openpty()
+    try:
+        with subprocess.Popen([sys.executable, "-m", "spoolq", *args], stdin=subprocess.DEVNULL,
+                              stdout=side, stderr=side, env=env) as proc:
+            os.close(side)
+            side = -1
+            shown = b""
+            while True:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: every end of the terminal's side is closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            assert proc.wait(10) == 0, shown
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
+    return shown
+
+
+def test_dump_to_a_terminal_draws_no_progress_bar_among_the_items(tmp_path: Path) -> None:
+    """The bar went to stderr, the same terminal: its first frame stayed in front of the
+    first item ("dumping ━━━ 0/23 -:--:--{"n":2}"), and piped output fared the same."""
+    path = str(tmp_path / "q.sqlite")
+    fill(path)
+    shown = _on_a_terminal("dump", path, "-q", "jobs")
+    assert shown.replace(b"\r\n", b"\n").decode() == "".join(
+        f'{{"n":{n}}}\n' for n in range(2, 25))
+    shown = _on_a_terminal("dump", path, "-q", "jobs", "-o", str(tmp_path / "out.jsonl"))
+    assert b"jobs: dumped 23 item(s) to " in shown

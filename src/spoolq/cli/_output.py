@@ -132,10 +132,15 @@ class CliState:
         self.err.print(Text(message), soft_wrap=True)
 
     @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        """A progress bar on a terminal's stderr; nothing at all when stderr is piped."""
+    def progress(self, description: str, total: int | None, *,
+                 data_on_stdout: bool = False) -> Iterator[Callable[[int], None]]:
+        """A progress bar on a terminal's stderr; nothing at all when stderr is piped, nor
+        when the command writes its data to stdout (``data_on_stdout``): on the terminal
+        that shows stderr, the bar would be drawn among the lines of the data (or of
+        the program the data is piped to), and left there."""
+        hidden = not self.err.is_terminal or data_on_stdout
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=self.err, transient=True,
-                      disable=not self.err.is_terminal) as bar:
+                      disable=hidden) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)

@@ -94,7 +94,7 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
         total, leased = counts.ready, counts.leased
         if not total:
             state.check_queue_name(eng, name)
-        with state.progress("dumping", total) as advance:
+        with state.progress("dumping", total, data_on_stdout=output in (None, "-")) as advance:
             if output is None or output == "-":
                 written = _write_items(eng, name, decoder, sys.stdout.buffer,
                                        chunk, advance)
