@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sqlite3
 import sys
 import time
 import zlib
@@ -17,7 +16,9 @@ import pytest
 
 import spoolq
 from spoolq.engines import Engine, StoredRecord, open_engine
-from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, checksum_key, damaged_dictionaries
+from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, damaged_dictionaries
+
+from .test_zstd_dict import damage_first_dictionary
 
 
 def _documents(n: int, rows: int = 500, seed: int = 1) -> list[bytes]:
@@ -67,21 +68,7 @@ def _events(n: int, seed: int = 7) -> list[dict[str, object]]:
 def _as_an_earlier_release_with_a_damaged_dictionary(path: str) -> None:
     """Drop the dictionary's checksum (files of earlier releases have none) and flip a
     byte of the dictionary's header, as a bad sector would."""
-    db = sqlite3.connect(path)
-    try:
-        with db:
-            db.execute("DELETE FROM spoolq_meta WHERE key = ?", (checksum_key(1),))
-            (qno,) = db.execute("SELECT qno FROM spoolq_queues WHERE name = ?",
-                                (DICTIONARY_QUEUE,)).fetchone()
-            rowid, data = db.execute(
-                "SELECT id, data FROM spoolq_records WHERE id >> 40 = ? ORDER BY id LIMIT 1",
-                (qno,)).fetchone()
-            damaged = bytearray(data)
-            damaged[20] ^= 0xFF
-            db.execute("UPDATE spoolq_records SET data = ? WHERE id = ?",
-                       (bytes(damaged), rowid))
-    finally:
-        db.close()
+    damage_first_dictionary(path, 20, 0xFF, drop_checksum=True)
 
 
 def test_a_damaged_dictionary_without_a_checksum_does_not_fail_every_put(

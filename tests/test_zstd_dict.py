@@ -21,6 +21,7 @@ from spoolq.zdict import (
     DICTIONARY_QUEUE,
     SAMPLE_COUNT,
     ZstdDictCompressor,
+    checksum_key,
     load_dictionaries,
     train_dictionary,
 )
@@ -174,18 +175,22 @@ def test_a_dictionary_activated_while_a_thread_sets_up_its_compressor_is_used(
     assert compressor.compress(b"second record " * 10)[0] == 1
 
 
-def _damage_first_dictionary(path: str) -> None:
-    """Flip one byte of the file's first dictionary, as a bad sector would."""
+def damage_first_dictionary(path: str, offset: int = -100, mask: int = 0x20, *,
+                            drop_checksum: bool = False) -> None:
+    """Flip bits of one byte of the file's first dictionary, as a bad sector would; with
+    ``drop_checksum``, also drop its checksum (files of earlier releases have none)."""
     db = sqlite3.connect(path)
     try:
         with db:
+            if drop_checksum:
+                db.execute("DELETE FROM spoolq_meta WHERE key = ?", (checksum_key(1),))
             (qno,) = db.execute("SELECT qno FROM spoolq_queues WHERE name = ?",
                                 (DICTIONARY_QUEUE,)).fetchone()
             rowid, data = db.execute(
                 "SELECT id, data FROM spoolq_records WHERE id >> 40 = ? ORDER BY id LIMIT 1",
                 (qno,)).fetchone()
             damaged = bytearray(data)
-            damaged[-100] ^= 0x20
+            damaged[offset] ^= mask
             db.execute("UPDATE spoolq_records SET data = ? WHERE id = ?",
                        (bytes(damaged), rowid))
     finally:
@@ -199,7 +204,7 @@ def test_a_damaged_dictionary_is_detected_not_used_to_decode_wrong_items(tmp_pat
     with SyncQueue.create(path, compressor="zstd-dict") as q:
         for start in range(0, len(items), 100):
             q.put_many(items[start:start + 100])
-    _damage_first_dictionary(path)
+    damage_first_dictionary(path)
     engine = open_engine(path, read_only=True)
     try:
         tail = engine.peek("default", 1, offset=len(items) - 1)[0]
