@@ -27,6 +27,7 @@ log = logging.getLogger("spoolq")
 
 _MAX_PAYLOAD = 1000  # pg_notify refuses payloads near 8000 bytes; longer names notify ""
 _WAIT_SLICE = 0.1  # seconds; how soon cancel_waits ends a wait_ready
+_RETRY_PAUSE = 0.5  # seconds between attempts to listen again while the server is away
 _DRAIN_ROUNDS = 64  # socket-fulls of notifications one call reads at most
 _HEARD_MAX = 1000  # queue names remembered from notifications read outside a wait
 
@@ -139,8 +140,9 @@ class Listener:
     def _listen(self, queue: str, mark: int, deadline: float,
                 ended: Callable[[], bool]) -> bool:
         if self.conn is None:
-            self._start()
-            return True
+            # The first wait starts listening; a later one finds no listener when
+            # the server could not be reached: both cannot know what was missed.
+            return self._reopen(ended)
         wanted = payload(queue)
         # Heard by another thread's wait (or a drain) while this one waited its turn.
         if self._read_since(mark, wanted) or self._heard & {wanted, ""}:
@@ -171,9 +173,30 @@ class Listener:
             self._lost()
             log.info("spoolq: %s: the listening connection was lost: %s", self.where,
                      str(exc).strip())
-            self._start()
-            return True
+            return self._reopen(ended)
         return False
+
+    def _reopen(self, ended: Callable[[], bool]) -> bool:
+        """Open the listening connection, trying again while the server cannot be
+        reached (a restart, a failover): True once it listens, False when the wait
+        ended first. A server that is still away then fails the caller's next call."""
+        failures = 0
+        while True:
+            try:
+                self._start()
+                return True
+            except psycopg.OperationalError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("spoolq: %s: cannot listen for new records, trying again "
+                                "until the wait ends: %s", self.where, str(exc).strip())
+            pause = time.monotonic() + _RETRY_PAUSE
+            while not ended():
+                if time.monotonic() >= pause:
+                    break
+                time.sleep(_WAIT_SLICE)
+            else:
+                return False
 
     def poll(self, timeout: float, cancel: WaitCancel | None,
              ready: Callable[[], bool]) -> bool:

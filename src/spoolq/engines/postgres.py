@@ -440,8 +440,9 @@ class PostgresEngine:
         True means "look again": records were appended, released or moved
         to ``queue`` by some process (or this is the first call, which starts
         listening and cannot know what happened before, or the server ended the
-        listening session and a new one took over). EngineError when no new
-        listening session can be opened. It is only a hint:
+        listening session and a new one took over). While the server cannot be
+        reached (a restart) it tries to listen again until ``timeout``, then returns
+        False; the next call reports a server that is still away. It is only a hint:
         a ``take`` may still find nothing, and records whose delay runs out
         send no notification, so keep polling as well. False means nothing
         was heard within ``timeout``, or :meth:`cancel_waits` was called or ``cancel``

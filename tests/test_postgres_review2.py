@@ -1,0 +1,175 @@
+"""The postgres engine while its server goes away and comes back (seen through a TCP
+relay that drops every connection and refuses new ones for a while, as a restart
+does), and the engine under several handles and processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import spoolq
+
+if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
+    pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
+
+from psycopg.conninfo import conninfo_to_dict
+
+from spoolq.engines.postgres import PostgresEngine
+
+from . import pg_support
+
+engine = pg_support.engine  # the fixture: an engine on the test's own schema
+
+
+class Relay:
+    """A TCP relay to the test server on a port of its own. :meth:`cut` ends every
+    relayed connection and refuses new ones, as a server restarting does, until
+    :meth:`restore`."""
+
+    def __init__(self, url: str) -> None:
+        parts = conninfo_to_dict(url)
+        self._target = (str(parts.get("host") or "127.0.0.1"), int(parts.get("port") or 5432))
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self.port = 0
+        self._listen()
+        user = f"{parts['user']}@" if parts.get("user") else ""
+        self.url = f"postgresql://{user}127.0.0.1:{self.port}/{parts.get('dbname') or ''}"
+
+    def _listen(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+            sockets, self._sockets = self._sockets, []
+        if server is not None:
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
+            server.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self._listen()
+
+    def close(self) -> None:
+        self.cut()
+
+
+@pytest.fixture
+def relay(pg_url: str) -> Iterator[Relay]:
+    r = Relay(pg_url)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _later(delay: float, action: Any) -> threading.Timer:
+    timer = threading.Timer(delay, action)
+    timer.start()
+    return timer
+
+
+# ---- the server going away -----------------------------------------------------------------
+
+def test_a_wait_during_a_restart_waits_for_the_server(relay: Relay, pg_schema: str) -> None:
+    eng = PostgresEngine(relay.url, schema=pg_schema)
+    try:
+        assert eng.wait_ready("q", 0) is True  # listening now
+        relay.cut()
+        timer = _later(0.6, relay.restore)
+        start = time.monotonic()
+        assert eng.wait_ready("q", 5) is True  # listening again: look again
+        took = time.monotonic() - start
+        timer.join()
+        assert 0.5 < took < 2.5
+        assert eng.counts("q").ready == 0
+    finally:
+        eng.close()
+
+
+def test_a_wait_ends_at_its_timeout_while_the_server_is_away(relay: Relay,
+                                                             pg_schema: str) -> None:
+    eng = PostgresEngine(relay.url, schema=pg_schema)
+    try:
+        assert eng.wait_ready("q", 0) is True
+        relay.cut()
+        start = time.monotonic()
+        assert eng.wait_ready("q", 0.7) is False
+        assert time.monotonic() - start < 1.2
+        cancelled = threading.Timer(0.3, eng.cancel_waits)
+        cancelled.start()
+        start = time.monotonic()
+        assert eng.wait_ready("q", 30) is False
+        assert time.monotonic() - start < 1.0
+        cancelled.join()
+        relay.restore()
+        assert eng.wait_ready("q", 5) is True
+    finally:
+        eng.close()
+
+
+def test_a_blocked_get_gets_the_item_put_after_a_restart(relay: Relay, pg_url: str,
+                                                         pg_schema: str) -> None:
+    opts = {"schema": pg_schema}
+    q = spoolq.SyncQueue.create(relay.url, name="jobs", engine_options=opts)
+    producer = spoolq.SyncQueue.create(pg_url, name="jobs", engine_options=opts)
+    got: list[Any] = []
+    getter = threading.Thread(target=lambda: got.append(q.get(timeout=None)))
+    try:
+        getter.start()
+        time.sleep(0.3)  # blocked in its wait
+        relay.cut()
+        time.sleep(0.5)
+        relay.restore()
+        producer.put("after")
+        getter.join(5)
+        assert got == ["after"]
+        assert q.qsize() == 0
+    finally:
+        q.close()
+        producer.close()
+        getter.join(5)
