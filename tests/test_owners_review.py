@@ -1,0 +1,146 @@
+"""Lease owners: which processes count as dead, and what happens to their leases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from spoolq import SyncQueue
+from spoolq.owners import new_owner, owner_is_dead
+
+LEASER = textwrap.dedent("""
+    import sys, time, spoolq
+    q = spoolq.SyncQueue.create(sys.argv[1])
+    for _ in range(int(sys.argv[2])):
+        q.lease(ttl=3600)
+    print("holding", flush=True)
+    time.sleep(60)
+""")
+
+
+def start_leaser(path: str, n: int) -> subprocess.Popen[str]:
+    child = subprocess.Popen([sys.executable, "-c", LEASER, path, str(n)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "holding"
+    return child
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+def test_leases_of_a_killed_process_not_yet_waited_for_come_back(tmp_path: Path) -> None:
+    """A worker killed while its parent is busy stays a zombie until the parent waits
+    for it; it runs no more, so its leases come back at once."""
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+    child = start_leaser(path, 2)
+    try:
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while process_state(child.pid) != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with SyncQueue.create(path) as q:
+            assert q.stats["leased"] == 0
+            msgs = q.lease_many(2, block=False)
+            assert [(m.item, m.attempts) for m in msgs] == [("a", 2), ("b", 2)]
+    finally:
+        child.kill()
+        child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
+
+
+def _check_as_other_user(owner: str) -> tuple[bool, bool]:
+    """owner_is_dead(owner), and for the same pid with another start time (a new process
+    under the dead owner's pid), as seen by a process of another user."""
+    host, pid, start, rand = owner.split(":")
+    started, _, namespace = start.partition("/")
+    other = f"{host}:{pid}:{int(started) + 1}{'/' + namespace if namespace else ''}:{rand}"
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            with pytest.raises(PermissionError):
+                os.kill(int(pid), 0)
+            os.write(write, bytes([owner_is_dead(owner), owner_is_dead(other)]))
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        got = os.read(read, 2)
+    finally:
+        os.close(read)
+        os.waitpid(child, 0)
+    assert len(got) == 2, "the checking process failed"
+    return bool(got[0]), bool(got[1])
+
+
+def test_a_reused_pid_of_another_user_does_not_keep_a_dead_owner_alive() -> None:
+    """kill() answers EPERM for another user's process: the pid exists, but only its start
+    time says whether it is the owner or a new process that got the dead owner's pid."""
+    if os.geteuid() == 0:
+        owner = new_owner()  # this root process, checked by a process of user nobody
+        alive, reused = _check_as_other_user(owner)
+    else:
+        with open("/proc/1/stat", "rb") as f:  # pid 1: root's, never this user's
+            started = f.read().rsplit(b")", 1)[1].split()[19].decode()
+        namespace = os.readlink("/proc/self/ns/pid")[5:-1]
+        host = new_owner().split(":")[0]
+        alive = owner_is_dead(f"{host}:1:{started}/{namespace}:x")
+        reused = owner_is_dead(f"{host}:1:{int(started) + 1}/{namespace}:x")
+        alive = not alive
+    assert (alive, reused) == (False, True)
+
+
+def test_an_owner_in_another_pid_namespace_with_the_same_host_name_is_not_dead(
+        tmp_path: Path) -> None:
+    """Containers that share the host's name (host networking) have their own pids: a
+    live consumer in one must not lose its leases to a handle opened in another."""
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+        msg = q.lease(ttl=3600)
+        script = textwrap.dedent("""
+            import sys, spoolq
+            with spoolq.SyncQueue.create(sys.argv[1]) as q:
+                print(q.stats["leased"], q.lease(block=False).item)
+        """)
+        out = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc",
+             sys.executable, "-c", script, path],
+            check=False, capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["1", "b"]
+        q.ack(msg)
+        assert q.stats["leased"] == 0
+
+
+@pytest.mark.parametrize("pid", ["99999999999999999999999", "\u00b2", "0", "-5", ""])
+def test_owner_with_a_damaged_pid_is_not_dead_and_does_not_fail(pid: str) -> None:
+    host = new_owner().split(":")[0]
+    assert owner_is_dead(f"{host}:{pid}:0:x") is False
+
+
+def test_owner_of_a_live_process_and_of_an_ended_one() -> None:
+    child = subprocess.Popen([sys.executable, "-c",
+                              "from spoolq.owners import new_owner; print(new_owner())"],
+                             stdout=subprocess.PIPE, text=True)
+    owner = child.communicate(timeout=10)[0].strip()
+    assert owner_is_dead(owner)
+    assert not owner_is_dead(new_owner())
+    assert not owner_is_dead("elsewhere.invalid:1:0:remote")
