@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import spoolq
 from spoolq import SyncQueue
 from spoolq.owners import new_owner, owner_is_dead
 
@@ -144,3 +145,28 @@ def test_owner_of_a_live_process_and_of_an_ended_one() -> None:
     assert owner_is_dead(owner)
     assert not owner_is_dead(new_owner())
     assert not owner_is_dead("elsewhere.invalid:1:0:remote")
+
+
+def test_expired_leases_still_come_back_after_the_clock_is_set_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock set back an hour (NTP step, manual change) must not stop a waiting
+    consumer from returning leases that run out from then on."""
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path, poll_interval=0.01) as a, \
+            SyncQueue.create(path, poll_interval=0.01) as b:
+        a.put_many(["x", "y", "z"])
+        held = a.lease(ttl=3600)
+        assert b.get_nowait() == "y"  # b has looked for expired leases just now
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 3600)
+        a.ack(held)
+        short = a.lease(ttl=0.2)
+        assert short.item == "z"
+        started = time.monotonic()
+        again = b.lease(timeout=1.5)
+        assert (again.item, again.attempts) == ("z", 2)
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(spoolq.LeaseError):
+            a.ack(short)
+        b.ack(again)
+        assert b.stats["leased"] == 0 and b.stats["redelivered"] == 1

@@ -259,14 +259,17 @@ class QueueCore(Writing, Settling, Decoding):
         return [o for o in self.engine.owners(self.name) if o != self.owner and owner_is_dead(o)]
 
     def _reap_locked(self, now: float) -> None:
-        if self._counts.leased and now >= self._next_reap and not self.read_only:
-            self._next_reap = now + self._reap_interval()
+        # Scheduled on the monotonic clock: after the wall clock is set back, reaping
+        # must not pause until it catches up again.
+        tick = time.monotonic()
+        if self._counts.leased and tick >= self._next_reap and not self.read_only:
+            self._next_reap = tick + self._reap_interval()
             max_attempts = self.settings.max_attempts
             dead_owners: list[str] = []
-            if now >= self._next_owner_check:
+            if tick >= self._next_owner_check:
                 # Leases of a process on this host that died come back now, not at their
                 # ttl: opening the queue does the same.
-                self._next_owner_check = now + _OWNER_CHECK
+                self._next_owner_check = tick + _OWNER_CHECK
                 dead_owners = self._dead_owners()
             dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
             released = self.engine.expire(self.name, now, owners=dead_owners,
