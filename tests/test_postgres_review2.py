@@ -173,3 +173,27 @@ def test_a_blocked_get_gets_the_item_put_after_a_restart(relay: Relay, pg_url: s
         q.close()
         producer.close()
         getter.join(5)
+
+
+def test_calls_go_through_soon_after_the_server_is_back(relay: Relay, pg_schema: str) -> None:
+    """The pool tries to reconnect on a schedule of its own: one that doubled its pause
+    without bound left every call failing long after the server was back."""
+    eng = PostgresEngine(relay.url, schema=pg_schema, connect_timeout=0.3)
+    try:
+        eng.append("q", [b"x"], [1], time.time())
+        relay.cut()
+        start = time.monotonic()
+        with pytest.raises(spoolq.EngineError, match="no database connection within"):
+            eng.counts("q")  # the pool starts reconnecting
+        time.sleep(max(0.0, start + 1.1 - time.monotonic()))
+        relay.restore()
+        back = time.monotonic()
+        while True:
+            try:
+                assert eng.counts("q").ready == 1
+                break
+            except spoolq.EngineError:
+                assert time.monotonic() - back < 0.8, "no connection after the server was back"
+        assert time.monotonic() - back < 0.8
+    finally:
+        eng.close()

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from ..errors import ConfigurationError
 
@@ -75,6 +76,31 @@ def _with_defaults(conninfo: str) -> str:
                                       if name not in given})
 
 
+_RECONNECT_MAX = 2.0  # seconds between a pool's attempts to reconnect, at most
+
+
+class _Attempt(AttemptWithBackoff):
+    """psycopg_pool's schedule of attempts to replace a lost connection, starting
+    sooner and never waiting more than ``_RECONNECT_MAX`` between two. Its own
+    doubles without bound (1, 2, 4, ... 128 s), so after a restart of a minute
+    the pool tried again only about a minute after the server was back, and
+    every call until then failed for want of a connection."""
+
+    INITIAL_DELAY = 0.2
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, _RECONNECT_MAX)
+
+
+class _Pool(ConnectionPool[Conn]):
+    """A pool that reconnects on :class:`_Attempt`'s schedule."""
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None,
+                        growing: bool = False) -> None:
+        super()._add_connection(attempt or _Attempt(timeout=self.reconnect_timeout), growing)
+
+
 _POOLS: dict[PoolKey, _SharedPool] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -103,7 +129,7 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
                 if conn.info.server_version >= 120000:  # the setting is new in PostgreSQL 12
                     conn.execute("SET plan_cache_mode = force_generic_plan")
 
-            pool: ConnectionPool[Conn] = ConnectionPool(
+            pool: ConnectionPool[Conn] = _Pool(
                 _with_defaults(conninfo), min_size=1, max_size=size, open=False,
                 configure=configure,
                 kwargs={"autocommit": True, "fallback_application_name": "spoolq"},
