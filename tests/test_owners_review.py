@@ -170,3 +170,81 @@ def test_expired_leases_still_come_back_after_the_clock_is_set_back(
             a.ack(short)
         b.ack(again)
         assert b.stats["leased"] == 0 and b.stats["redelivered"] == 1
+
+
+def _in_child(body: object) -> int:
+    """Fork; run ``body()`` in the child and exit with its result (1 on an exception)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            code = body()  # type: ignore[operator]
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_forked_child_closing_its_parents_handle_leaves_the_parents_leases(
+        tmp_path: Path) -> None:
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+        msg = q.lease(ttl=3600)
+
+        def close_it() -> int:
+            q.close()
+            return 0
+
+        assert _in_child(close_it) == 0
+        with SyncQueue.create(path) as other:
+            assert other.stats["leased"] == 1
+        q.ack(msg)
+        assert q.get_nowait() == "b"
+
+
+def test_a_forked_child_settles_what_its_parent_leased(tmp_path: Path) -> None:
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b", "c"])
+        first, second = q.lease_many(2, ttl=3600)
+
+        def settle() -> int:
+            q.ack(first)
+            q.nack(second)
+            return 0
+
+        assert _in_child(settle) == 0
+        again = q.lease(block=False)
+        assert (again.item, again.attempts) == ("b", 2)
+        q.ack(again)
+        assert q.get_nowait() == "c"
+
+
+LONG_LIVED_CHILD = textwrap.dedent("""
+    import os, sys, time, spoolq
+    q = spoolq.SyncQueue.create(sys.argv[1])
+    if os.fork():
+        os._exit(0)  # the parent goes, as a process that puts itself in the background
+    msg = q.lease(ttl=3600)
+    print(os.getpid(), msg.item, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_leases_of_a_child_that_outlives_its_parent_are_not_taken(tmp_path: Path) -> None:
+    """A process that opened the queue and then forked into the background (the parent
+    exits) leases under its own pid: its leases are not those of a dead process."""
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+    with subprocess.Popen([sys.executable, "-c", LONG_LIVED_CHILD, path],
+                          stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None
+        child_pid, item = parent.stdout.readline().split()
+        try:
+            assert parent.wait(10) == 0 and item == "a"
+            with SyncQueue.create(path) as q:
+                assert q.stats["leased"] == 1
+                assert q.lease(block=False).item == "b"
+        finally:
+            os.kill(int(child_pid), signal.SIGKILL)

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +50,24 @@ log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
+
+
+_CORES: weakref.WeakSet[QueueCore] = weakref.WeakSet()
+"""Every queue core of this process, for :func:`_new_owners_after_fork`."""
+
+
+def _new_owners_after_fork() -> None:
+    # A child that goes on with its parent's handles leases under its own name: the
+    # leases it takes belong to it, not to the parent (whose exit would hand them to
+    # others while the child works on them), and closing a handle there gives back only
+    # the child's leases, never the ones the parent still works on.
+    for core in list(_CORES):
+        core.owner = new_owner()
+        core.owners.add(core.owner)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_owners_after_fork)
 
 
 class Holding:
@@ -92,6 +111,10 @@ class QueueCore(Writing, Settling, Decoding):
         self.name = settings.name
         self.dead_name = dead_queue_name(settings.name)
         self.owner = new_owner()
+        self.owners = {self.owner}
+        """The owner names this handle has leased under: a new one in a forked child,
+        which can still settle what the parent leased before the fork."""
+        _CORES.add(self)
         self.lock = threading.RLock()
         self.group = GroupCommit()
         self.closed = False

@@ -30,6 +30,7 @@ class Settling:
     name: str
     dead_name: str
     owner: str
+    owners: set[str]
     lock: threading.RLock
     group: GroupCommit
     counters: dict[str, int]
@@ -48,17 +49,29 @@ class Settling:
         for msg in messages:
             if not isinstance(msg, Message):
                 raise TypeError(f"expected a spoolq Message, not {type(msg).__name__}")
-            if msg.queue != self.name or msg._owner != self.owner:
+            if msg.queue != self.name or msg._owner not in self.owners:
                 raise LeaseError(
                     f"message {msg.id} was leased from another queue handle; settle it there")
         return [(m.id, m.attempts) for m in messages]
+
+    @staticmethod
+    def _by_owner(messages: Sequence[Message[Any]],
+                  deliveries: list[tuple[int, int]]) -> dict[str, list[tuple[int, int]]]:
+        """The deliveries of each owner (several only in a forked child that settles
+        what its parent leased as well as its own)."""
+        groups: dict[str, list[tuple[int, int]]] = {}
+        for msg, delivery in zip(messages, deliveries, strict=True):
+            groups.setdefault(msg._owner, []).append(delivery)
+        return groups
 
     def ack(self, messages: Sequence[Message[Any]]) -> None:
         """Remove leased items; raise LeaseError naming any lease no longer held."""
         deliveries = self._deliveries(messages)
         with self.lock:
             self._check_open()
-            done = self.engine.ack(self.name, deliveries, self.owner)
+            done: list[int] = []
+            for owner, group in self._by_owner(messages, deliveries).items():
+                done += self.engine.ack(self.name, group, owner)
             acked = set(done)
             stored = sum(m._sizes[0] for m in messages if m.id in acked)
             raw = sum(m._sizes[1] for m in messages if m.id in acked)
@@ -77,10 +90,12 @@ class Settling:
         with self.lock:
             self._check_open()
             # delay 0 means visible at once, whatever the wall clock does meanwhile
-            done = self.engine.release(self.name, deliveries, self.owner,
-                                       not_before=time.time() + delay if delay else 0.0,
-                                       max_attempts=self.settings.max_attempts,
-                                       reason=reason or "nacked")
+            not_before = time.time() + delay if delay else 0.0
+            done: list[int] = []
+            for owner, group in self._by_owner(messages, deliveries).items():
+                done += self.engine.release(self.name, group, owner, not_before=not_before,
+                                            max_attempts=self.settings.max_attempts,
+                                            reason=reason or "nacked")
             self._refresh_locked()
             self.counters["nacks"] += len(done)
             max_attempts = self.settings.max_attempts
