@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,23 @@ def test_immediate_shutdown_releases_join(tmp_path: Path) -> None:
             await asyncio.wait_for(aq.join(), 1)
 
     asyncio.run(main())
+
+
+def test_damaged_record_is_refused_by_peek_and_set_aside_by_get(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "q.sqlite"
+    with SyncQueue.create(path) as q:
+        q.put_many(["first", "damaged", "last"])
+    with sqlite3.connect(path) as con:
+        rid, data = con.execute("SELECT id, data FROM spoolq_records ORDER BY id").fetchall()[1]
+        con.execute("UPDATE spoolq_records SET data = ? WHERE id = ?",
+                    (data[:-1] + bytes([data[-1] ^ 0xFF]), rid))
+    con.close()
+    with SyncQueue.create(path) as q:
+        with pytest.raises(spoolq.CorruptError, match="record 2 "):
+            q.peek(3)
+        assert q.get() == "first"
+        with caplog.at_level(logging.ERROR, logger="spoolq"):
+            assert q.get() == "last"
+        assert "record 2 cannot be decoded" in caplog.text
+        assert (q.stats["count"], q.stats["dead"]) == (0, 1)
