@@ -1,8 +1,10 @@
 """A crash-safe worker: jobs are leased, and only acked once done.
 
-Kill the worker at any moment: a job it was working on is delivered again
-(``attempts`` grows) instead of being lost. Jobs that fail three times move to
-the dead letters.
+A worker killed while it works on a job does not lose it: the job is
+delivered again (``attempts`` grows) when the file is next opened on this
+host or its ``ttl`` runs out. This demo keeps its file in a temporary folder,
+so it shows the other half: jobs that fail three times move to the dead
+letters. Run it with ``python examples/crash_safe_worker.py``.
 """
 
 from __future__ import annotations
