@@ -197,3 +197,26 @@ def test_calls_go_through_soon_after_the_server_is_back(relay: Relay, pg_schema:
         assert time.monotonic() - back < 0.8
     finally:
         eng.close()
+
+
+def test_a_wait_without_notifications_polls_on_while_the_server_is_away(
+        relay: Relay, pg_url: str, pg_schema: str) -> None:
+    eng = PostgresEngine(relay.url, schema=pg_schema, notify=False, connect_timeout=5)
+    other = PostgresEngine(pg_url, schema=pg_schema, notify=False)
+    try:
+        assert eng.wait_ready("q", 0.1) is False
+        relay.cut()
+        start = time.monotonic()
+        assert eng.wait_ready("q", 0.4) is False  # its timeout, not connect_timeout
+        assert time.monotonic() - start < 0.9
+        cancelled = _later(0.2, eng.cancel_waits)
+        start = time.monotonic()
+        assert eng.wait_ready("q", 30) is False
+        assert time.monotonic() - start < 0.7
+        cancelled.join()
+        _later(0.3, relay.restore)
+        other.append("q", [b"x"], [1], time.time())
+        assert eng.wait_ready("q", 5) is True
+    finally:
+        eng.close()
+        other.close()

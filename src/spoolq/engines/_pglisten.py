@@ -17,11 +17,12 @@ from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ._pgpool import Conn, readable
+from ._pgpool import Conn, connection, readable
 from .base import WaitCancel
 
-__all__ = ["Listener", "payload"]
+__all__ = ["Listener", "any_ready", "payload"]
 
 log = logging.getLogger("spoolq")
 
@@ -36,6 +37,23 @@ def payload(queue: str) -> str:
     """The notification payload that announces records of ``queue``; ``""`` stands
     for every queue whose name is too long to send."""
     return queue if len(queue.encode()) <= _MAX_PAYLOAD else ""
+
+
+def any_ready(pool: ConnectionPool[Conn] | None, counts: sql.Composed, queue: str,
+              where: str) -> bool:
+    """Whether the counts of ``queue`` (read by ``counts``) show ready records, for a
+    wait without notifications. False, so that the wait polls again, when the engine
+    is closing (``pool`` is None) or no connection comes within a poll's slice: the
+    server is away (a restart), or every connection of the pool is busy."""
+    if pool is None:
+        return False
+    try:
+        with connection(pool, _WAIT_SLICE, where) as conn:
+            row = conn.execute(counts, {"queue": queue}).fetchone()
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        log.debug("spoolq: %s: no counts for a wait: %s", where, str(exc).strip())
+        return False
+    return row is not None and row[0] > 0
 
 
 class Listener:

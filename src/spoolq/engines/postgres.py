@@ -76,7 +76,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import CorruptError, EngineError, FormatError, LockTimeout
-from ._pglisten import Listener, payload
+from ._pglisten import Listener, any_ready, payload
 from ._pgparts import MAX_RECORD_BYTES, atomic, check_given, check_sizes
 from ._pgparts import parts as statement_parts
 from ._pgpool import (
@@ -441,8 +441,8 @@ class PostgresEngine:
         to ``queue`` by some process (or this is the first call, which starts
         listening and cannot know what happened before, or the server ended the
         listening session and a new one took over). While the server cannot be
-        reached (a restart) it tries to listen again until ``timeout``, then returns
-        False; the next call reports a server that is still away. It is only a hint:
+        reached (a restart) it tries again until ``timeout``, then returns False;
+        the next call reports a server that is still away. It is only a hint:
         a ``take`` may still find nothing, and records whose delay runs out
         send no notification, so keep polling as well. False means nothing
         was heard within ``timeout``, or :meth:`cancel_waits` was called or ``cancel``
@@ -455,13 +455,10 @@ class PostgresEngine:
         True once they show ready records.
         """
         self._check_process("wait_ready")
-        if not self._notify:
-            def ready() -> bool:
-                # A closing engine (pool gone, cancel next) has nothing to say.
-                return self._pool is not None and self.counts(queue).ready > 0
-
-            return self._waits.poll(timeout, cancel, ready)
         with self._guard("wait_ready"):
+            if not self._notify:
+                return self._waits.poll(timeout, cancel, lambda: any_ready(
+                    self._pool, self._sql.counts, queue, self.where))
             return self._waits.wait(queue, timeout, cancel)
 
     @property
