@@ -130,3 +130,18 @@ def test_damaged_record_is_refused_by_peek_and_set_aside_by_get(
             assert q.get() == "last"
         assert "record 2 cannot be decoded" in caplog.text
         assert (q.stats["count"], q.stats["dead"]) == (0, 1)
+
+
+def test_batcher_queue_is_there_while_it_runs(tmp_path: Path) -> None:
+    async def main() -> None:
+        batcher: spoolq.Batcher[str] = spoolq.Batcher(
+            lambda batch: None, queue=tmp_path / "b.sqlite", flush_interval=30)
+        with pytest.raises(RuntimeError, match="not started"):
+            batcher.queue  # noqa: B018
+        async with batcher:
+            await batcher.add("event")
+            assert await batcher.queue.peek() == ["event"]
+        with pytest.raises(RuntimeError, match="not started"):
+            batcher.queue  # noqa: B018
+
+    asyncio.run(main())
