@@ -19,11 +19,13 @@ import spoolq
 if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
     pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from spoolq.engines.postgres import PostgresEngine
 
 from . import pg_support
+from .pg_support import execute as _execute
 
 engine = pg_support.engine  # the fixture: an engine on the test's own schema
 
@@ -220,3 +222,37 @@ def test_a_wait_without_notifications_polls_on_while_the_server_is_away(
     finally:
         eng.close()
         other.close()
+
+
+# ---- privileges ------------------------------------------------------------------------------
+
+def test_a_role_granted_the_tables_alone_gets_records_given_back(pg_url: str,
+                                                                 pg_schema: str) -> None:
+    """docs/postgres.md grants the application USAGE on the schema and SELECT, INSERT,
+    UPDATE, DELETE on the tables: records a take gave back must reach the queue again."""
+    role = f"{pg_schema}_app"
+    PostgresEngine(pg_url, schema=pg_schema).close()  # created by the owner
+    schema, ident = sql.Identifier(pg_schema), sql.Identifier(role)
+    _execute(pg_url, sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    try:
+        _execute(pg_url, sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, ident))
+        _execute(pg_url, sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}.meta, "
+                                 "{}.records, {}.counts TO {}").format(schema, schema, schema,
+                                                                      ident))
+        app_url = make_conninfo(pg_url, user=role)
+        eng = PostgresEngine(app_url, schema=pg_schema)
+        try:
+            eng.append("q", [b"a", b"b"], [1, 1], time.time())
+            taken = eng.take("q", 2, time.time(), None)
+            eng.restore("q", taken)
+            assert [r.data for r in eng.peek("q", 5)] == [b"a", b"b"]
+            assert eng.counts("q").ready == 2
+            with pytest.raises(ValueError, match="never"):
+                eng.restore("q", [taken[0]._replace(id=10**9)])
+            assert eng.append("q", [b"c"], [1], time.time())[0] > taken[-1].id
+            assert eng.counts("q").ready == 3
+        finally:
+            eng.close()
+    finally:
+        _execute(pg_url, sql.SQL("DROP OWNED BY {}").format(ident))
+        _execute(pg_url, sql.SQL("DROP ROLE {}").format(ident))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ._pgpool import Conn
@@ -33,12 +34,19 @@ def check_sizes(queue: str, records: Sequence[bytes], what: str) -> None:
             f"stores at most {MAX_RECORD_BYTES} bytes in one value; nothing was stored")
 
 
-def check_given(conn: Conn, last_id: sql.Composed, schema: str, queue: str,
-                ids: Sequence[int]) -> None:
+def check_given(conn: Conn, last_id: sql.Composed, next_id: sql.Composed, schema: str,
+                queue: str, ids: Sequence[int]) -> None:
     """ValueError for a ``restore`` of an id that the records' identity never gave out
-    (``last_id`` reads the last one it did)."""
-    row = conn.execute(last_id, {"schema": schema}).fetchone()
-    last = int(row[0]) if row is not None else 0
+    (``last_id`` reads the last one it did; ``next_id`` inserts a row, rolled back, to
+    learn it where the role may not read the identity's sequence)."""
+    try:
+        row = conn.execute(last_id, {"schema": schema}).fetchone()
+        last = int(row[0]) if row is not None else 0
+    except pg_errors.InsufficientPrivilege:
+        # Granted the tables alone: reading the sequence is refused, inserting is not.
+        with conn.transaction(force_rollback=True):
+            row = conn.execute(next_id, {"queue": queue}).fetchone()
+        last = int(row[0]) - 1 if row is not None else 0
     never = next((i for i in ids if not 0 < i <= last), None)
     if never is not None:
         raise never_given(queue, never)

@@ -230,6 +230,10 @@ _QUEUES = "SELECT DISTINCT queue FROM {s}.counts ORDER BY queue"
 # larger id would be given out again by a later append.
 _LAST_ID = """SELECT coalesce(pg_sequence_last_value(
     pg_get_serial_sequence(format('%%I.records', %(schema)s::text), 'id')), 0)"""
+# The id the next append gets, for a role without the privilege on the identity's sequence
+# that the statement above needs: the row is rolled back, and the id is never given out.
+_NEXT_ID = """INSERT INTO {s}.records (queue, data, raw_size, enqueued_at)
+    VALUES (%(queue)s, '', 0, 0) RETURNING id"""
 _GET_META = "SELECT value FROM {s}.meta WHERE key = %(key)s"
 _SET_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
@@ -259,6 +263,7 @@ class Statements:
     owners: sql.Composed
     queues: sql.Composed
     last_id: sql.Composed
+    next_id: sql.Composed
     get_meta: sql.Composed
     set_meta: sql.Composed
 
@@ -269,7 +274,7 @@ _TEXTS = {
     "lock_expired_or_owned": _LOCK_EXPIRED_OR_OWNED, "bury": _BURY, "unlease": _UNLEASE,
     "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK,
     "peek_leased": _PEEK_LEASED, "counts": _COUNTS, "owners": _OWNERS, "queues": _QUEUES,
-    "last_id": _LAST_ID, "get_meta": _GET_META, "set_meta": _SET_META,
+    "last_id": _LAST_ID, "next_id": _NEXT_ID, "get_meta": _GET_META, "set_meta": _SET_META,
 }
 
 

@@ -312,7 +312,7 @@ class PostgresEngine:
         parts = statement_parts(queue, [r.data for r in records], "restore")
         params = self._params(queue)
         with self._conn("restore") as conn:
-            check_given(conn, self._sql.last_id, self.schema, queue, ids)
+            check_given(conn, self._sql.last_id, self._sql.next_id, self.schema, queue, ids)
             try:
                 with atomic(conn, parts):
                     for part in parts:
