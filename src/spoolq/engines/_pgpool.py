@@ -18,12 +18,19 @@ import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
-from psycopg_pool.base import AttemptWithBackoff
+
+if TYPE_CHECKING:
+    from psycopg_pool.base import AttemptWithBackoff
+else:
+    try:
+        from psycopg_pool.base import AttemptWithBackoff
+    except ImportError:  # psycopg_pool 3.2.0
+        from psycopg_pool.base import ConnectionAttempt as AttemptWithBackoff
 
 from ..errors import ConfigurationError
 
@@ -98,7 +105,14 @@ class _Pool(ConnectionPool[Conn]):
 
     def _add_connection(self, attempt: AttemptWithBackoff | None,
                         growing: bool = False) -> None:
-        super()._add_connection(attempt or _Attempt(timeout=self.reconnect_timeout), growing)
+        super()._add_connection(attempt or _attempt(self.reconnect_timeout), growing)
+
+
+def _attempt(timeout: float) -> AttemptWithBackoff:
+    try:
+        return _Attempt(timeout=timeout)
+    except TypeError:  # psycopg_pool 3.2.0 calls it reconnect_timeout
+        return _Attempt(reconnect_timeout=timeout)  # type: ignore[call-arg]
 
 
 _POOLS: dict[PoolKey, _SharedPool] = {}
