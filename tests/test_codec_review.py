@@ -242,3 +242,31 @@ def test_reopening_without_the_custom_codecs_it_was_made_with_names_what_to_pass
         spoolq.SyncQueue.create(path, serializer=_Shout())
     with spoolq.SyncQueue.create(path, serializer=_Shout(), compressor=_Reverse()) as q:
         assert q.get() == "HELLO"
+
+
+def test_a_bad_compress_threshold_is_named_and_checked_before_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    with spoolq.SyncQueue.create(path) as q:
+        q.put(1)
+    for bad in (-5, True, 1.5):
+        with pytest.raises(spoolq.ConfigurationError, match="compress_threshold"):
+            spoolq.SyncQueue.create(path, compress_threshold=bad)  # type: ignore[arg-type]
+    fresh = tmp_path / "fresh.sqlite"
+    with pytest.raises(spoolq.ConfigurationError, match="compress_threshold"):
+        spoolq.SyncQueue.create(fresh, compress_threshold=-1)
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("codec", [{"serializer": "yaml"}, {"compressor": "brotli"},
+                                   {"serializer": object()}])
+def test_an_unknown_codec_creates_no_file(tmp_path: Path, codec: dict[str, Any]) -> None:
+    fresh = tmp_path / "fresh.sqlite"
+    with pytest.raises(spoolq.ConfigurationError):
+        spoolq.SyncQueue.create(fresh, **codec)
+
+    async def main() -> None:
+        with pytest.raises(spoolq.ConfigurationError):
+            await spoolq.Queue.create(fresh, **codec)
+
+    asyncio.run(main())
+    assert not fresh.exists()

@@ -29,7 +29,7 @@ from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown
 from .groupcommit import Ticket
 from .message import Taken
-from .settings import Settings, check_count, resolve_target
+from .settings import Settings, check_codecs, check_count, resolve_target
 from .worker import Worker
 
 __all__ = ["Queue"]
@@ -109,6 +109,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                             flush_items=flush_items, flush_interval=flush_interval,
                             max_attempts=max_attempts, poll_interval=poll_interval,
                             compress_threshold=compress_threshold)
+        check_codecs(serializer, compressor)
         worker = Worker(asyncio.get_running_loop(), f"spoolq-{name}")
 
         def abandon(core: QueueCore | None) -> None:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import Codec
+from .codec import COMPRESSORS, SERIALIZERS, Codec
 from .engines import Engine
 from .engines.remote import url_queue_name
 from .errors import ConfigurationError
@@ -113,6 +113,7 @@ class Settings:
             if self.max_attempts is not None:
                 check_count("max_attempts", self.max_attempts, 1)
             check_seconds("poll_interval", self.poll_interval, positive=True)
+            check_count("compress_threshold", self.compress_threshold, 0)
 
 
 def resolve_target(path: str | os.PathLike[str], name: str | None,
@@ -132,6 +133,13 @@ def resolve_target(path: str | os.PathLike[str], name: str | None,
     if url_name is not None:
         return url_name, engine_options
     return "default" if name is None else name, engine_options
+
+
+def check_codecs(serializer: object, compressor: object) -> None:
+    """ConfigurationError for a serializer or compressor that spoolq cannot use (None: the
+    file's or the default), raised before anything opens or creates a file."""
+    Codec("cbor" if serializer is None else serializer,
+          "zstd" if compressor is None else compressor)
 
 
 def _custom_codec(queue: str, kind: str, name: str) -> ConfigurationError:
@@ -156,7 +164,7 @@ def stored_codec(engine: Engine, settings: Settings, serializer: object,
         try:
             codec_probe = Codec(wanted, "none")
         except ConfigurationError as exc:
-            if serializer is None:
+            if serializer is None and stored not in SERIALIZERS:
                 raise _custom_codec(settings.name, "serializer", stored) from exc
             raise
         if codec_probe.serializer_name != stored:
@@ -171,7 +179,8 @@ def stored_codec(engine: Engine, settings: Settings, serializer: object,
                       "zstd" if compressor is None else compressor,
                       threshold=settings.compress_threshold)
     except ConfigurationError as exc:
-        if stored_comp is not None and compressor == stored_comp.decode():
+        if (stored_comp is not None and compressor == stored_comp.decode()
+                and compressor not in COMPRESSORS):
             raise _custom_codec(settings.name, "compressor", compressor) from exc
         raise
     if not store:

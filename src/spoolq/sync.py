@@ -22,7 +22,7 @@ from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown
 from .message import Message, log_failed_nack
-from .settings import Settings, check_count, check_seconds, resolve_target
+from .settings import Settings, check_codecs, check_count, check_seconds, resolve_target
 
 __all__ = ["SyncQueue"]
 
@@ -91,6 +91,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                             flush_items=flush_items, flush_interval=flush_interval,
                             max_attempts=max_attempts, poll_interval=poll_interval,
                             compress_threshold=compress_threshold)
+        check_codecs(serializer, compressor)
         return cls(QueueCore.open(path, engine=engine, serializer=serializer,
                                   compressor=compressor, settings=settings,
                                   engine_options=engine_options))
