@@ -248,3 +248,24 @@ def test_leases_of_a_child_that_outlives_its_parent_are_not_taken(tmp_path: Path
                 assert q.lease(block=False).item == "b"
         finally:
             os.kill(int(child_pid), signal.SIGKILL)
+
+
+def test_a_failed_ack_leaves_the_handles_counts_right(tmp_path: Path) -> None:
+    """An ack that raises because the lease ran out and another handle settled the item
+    must not leave this handle counting the item as leased."""
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path, poll_interval=0.01) as a, \
+            SyncQueue.create(path, poll_interval=0.01) as b:
+        a.put_many(["x", "y"])
+        first = a.lease(ttl=0.05)
+        time.sleep(0.1)
+        again = b.lease(timeout=1)
+        assert (again.item, again.attempts) == ("x", 2)
+        b.ack(again)
+        with pytest.raises(spoolq.LeaseError):
+            a.ack(first)
+        stats = a.stats
+        assert (stats["leased"], stats["count"], stats["acks"]) == (0, 1, 0)
+        assert a.get_nowait() == "y"
+        a.task_done()
+        a.join()

@@ -75,9 +75,13 @@ class Settling:
             acked = set(done)
             stored = sum(m._sizes[0] for m in messages if m.id in acked)
             raw = sum(m._sizes[1] for m in messages if m.id in acked)
-            c = self._counts
-            self._counts = Counts(c.ready, max(c.leased - len(done), 0), c.stored_bytes - stored,
-                                  c.raw_bytes - raw)
+            if len(done) < len(deliveries):
+                # A lease this handle counted was taken back and maybe settled elsewhere.
+                self._refresh_locked()
+            else:
+                c = self._counts
+                self._counts = Counts(c.ready, max(c.leased - len(done), 0),
+                                      c.stored_bytes - stored, c.raw_bytes - raw)
             self.counters["acks"] += len(done)
             with self._tally:
                 self._unfinished = max(self._unfinished - len(done), 0)
