@@ -301,3 +301,42 @@ async def test_an_add_waiting_for_room_in_a_bounded_queue_has_it_flushed(path: s
                 await asyncio.wait_for(b.add(i), 1)
             await asyncio.wait_for(b.add_many([7, 8, 9, 10]), 1)  # more than maxsize
         assert [i for batch in got for i in batch] == list(range(11))
+
+
+def test_a_hanging_sink_is_cancelled_before_the_lease_of_its_batch_runs_out(
+        tmp_path: Path) -> None:
+    """Cancelled after the lease had run out, a sink overlapped with another consumer
+    that could lease the same batch meanwhile."""
+    from spoolq.engines import SQLiteEngine
+
+    path = tmp_path / "q.sqlite"
+    seen: dict[str, float] = {}
+
+    async def sink(batch: list[object]) -> None:
+        reader = SQLiteEngine(path, read_only=True)
+        try:
+            (leased,) = reader.peek_leased("default", 5)
+        finally:
+            reader.close()
+        if "until" in seen:
+            return  # the last flush of stop()
+        seen["until"] = leased.until
+        try:
+            await asyncio.sleep(60)
+        finally:
+            seen["cancelled"] = time.time()
+
+    async def main() -> None:
+        q = await spoolq.Queue.create(path)
+        try:
+            await q.put("job")
+            b = Batcher(sink, queue=q, flush_interval=3600, lease_ttl=1.0, retry_delay=60)
+            async with b:
+                assert await b.flush() is False  # the sink was cancelled: a failure
+                assert b.stats["failures"] == 1
+                assert q.qsize() == 1  # given back
+        finally:
+            await q.aclose()
+
+    asyncio.run(main())
+    assert seen["cancelled"] < seen["until"] - 0.02

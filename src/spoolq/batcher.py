@@ -42,7 +42,8 @@ class Batcher(Generic[T]):
     ``queue`` is an open :class:`spoolq.Queue` (left open on stop) or a path
     (opened on start with ``name`` and closed on stop); by default the file
     ``<name>.spoolq.sqlite`` in the working directory. An async ``on_flush``
-    still running after ``lease_ttl`` seconds is cancelled and counts as a
+    still running shortly before its batch's lease ends (``lease_ttl`` seconds
+    after it was leased, less 5% and at most 1 s) is cancelled and counts as a
     failure, so a sink that hangs cannot hold the batch (or :meth:`stop`)
     forever; a plain function cannot be interrupted, so its lease may expire: the
     batch may then be delivered again, and the call still counts as a flush.
@@ -256,6 +257,10 @@ class Batcher(Generic[T]):
             while force or queue.qsize() >= self.max_batch_size:
                 if not now and time.monotonic() < self._retry_at:
                     return False
+                # Taken before the lease is, and cut short by a margin, so that the sink
+                # is cancelled before the lease can run out and let another consumer
+                # lease the same batch.
+                deadline = time.monotonic() + self._lease_ttl - _margin(self._lease_ttl)
                 try:
                     msgs = await queue.lease_many(self.max_batch_size, ttl=self._lease_ttl,
                                                   timeout=0)
@@ -263,7 +268,7 @@ class Batcher(Generic[T]):
                     break
                 batch = [m.item for m in msgs]
                 try:
-                    await self._send(batch)
+                    await self._send(batch, deadline)
                 except asyncio.CancelledError:
                     await asyncio.shield(self._give_back(queue, msgs))
                     raise
@@ -309,8 +314,9 @@ class Batcher(Generic[T]):
                              "run out already (lease_ttl=%ss): %s", self.name,
                              self._lease_ttl, exc)
 
-    async def _send(self, batch: list[T]) -> None:
-        """Call ``on_flush``; an async one is cancelled when the batch's lease runs out.
+    async def _send(self, batch: list[T], deadline: float) -> None:
+        """Call ``on_flush``; an async one is cancelled at ``deadline`` (monotonic), before
+        the batch's lease runs out.
 
         An async sink runs as a task of its own, so that a CancelledError it raises by
         itself (a cancelled request inside it) counts as a failed flush instead of
@@ -321,7 +327,7 @@ class Batcher(Generic[T]):
             return
         sending = asyncio.ensure_future(result)
         try:
-            await asyncio.wait((sending,), timeout=self._lease_ttl)
+            await asyncio.wait((sending,), timeout=max(deadline - time.monotonic(), 0.0))
         except asyncio.CancelledError:
             sending.cancel()
             # Until the sink has ended, the batch stays leased and the flush lock held:
@@ -378,3 +384,8 @@ class Batcher(Generic[T]):
             "last_flush_time": self._last_flush_time,
             "running": self._task is not None and not self._task.done(),
         }
+
+
+def _margin(lease_ttl: float) -> float:
+    """How long before its batch's lease ends an async sink is cancelled."""
+    return min(lease_ttl * 0.05, 1.0)
