@@ -14,6 +14,7 @@ import pytest
 
 import spoolq
 from spoolq import SyncQueue
+from spoolq.engines import Lease, open_engine
 from spoolq.owners import new_owner, owner_is_dead
 
 LEASER = textwrap.dedent("""
@@ -269,3 +270,51 @@ def test_a_failed_ack_leaves_the_handles_counts_right(tmp_path: Path) -> None:
         assert a.get_nowait() == "y"
         a.task_done()
         a.join()
+
+
+def _lease_as(path: str, owner: str) -> None:
+    eng = open_engine(path)
+    try:
+        now = time.time()
+        assert len(eng.take("default", 1, now, Lease(owner, now + 3600))) == 1
+    finally:
+        eng.close()
+
+
+def _owner_elsewhere(boot: str, machine: str) -> str:
+    """An owner like this process's, with another boot and machine id, and the pid of a
+    process that has ended here."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           check=True, capture_output=True, text=True)
+    host, _pid, start, rand = new_owner().split(":")
+    started, namespace, our_boot, our_machine = start.split("/")
+    assert our_boot and our_machine, "this system tells its boot and machine ids"
+    return (f"{host}:{child.stdout.strip()}:{started}/{namespace}/{boot or our_boot}/"
+            f"{machine or our_machine}:{rand}")
+
+
+def test_leases_of_another_machine_with_the_same_host_name_are_kept(tmp_path: Path) -> None:
+    """Two machines named alike ("localhost", a cloned image) sharing a queue: a pid that
+    does not run here may run there."""
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+    owner = _owner_elsewhere("0123456789ab", "ba9876543210")
+    assert not owner_is_dead(owner)
+    _lease_as(path, owner)
+    with SyncQueue.create(path) as q:
+        assert q.stats["leased"] == 1
+        assert q.lease(block=False).item == "b"
+
+
+def test_leases_of_an_earlier_boot_of_this_machine_come_back(tmp_path: Path) -> None:
+    path = os.fspath(tmp_path / "q.sqlite")
+    with SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+    owner = _owner_elsewhere("0123456789ab", "")
+    assert owner_is_dead(owner)
+    _lease_as(path, owner)
+    with SyncQueue.create(path) as q:
+        assert q.stats["leased"] == 0
+        assert [(m.item, m.attempts) for m in q.lease_many(2, block=False)] == [
+            ("a", 2), ("b", 1)]
