@@ -97,16 +97,15 @@ def test_a_reused_pid_of_another_user_does_not_keep_a_dead_owner_alive() -> None
     time says whether it is the owner or a new process that got the dead owner's pid."""
     if os.geteuid() == 0:
         owner = new_owner()  # this root process, checked by a process of user nobody
-        alive, reused = _check_as_other_user(owner)
+        running, reused = _check_as_other_user(owner)
     else:
         with open("/proc/1/stat", "rb") as f:  # pid 1: root's, never this user's
             started = f.read().rsplit(b")", 1)[1].split()[19].decode()
         namespace = os.readlink("/proc/self/ns/pid")[5:-1]
         host = new_owner().split(":")[0]
-        alive = owner_is_dead(f"{host}:1:{started}/{namespace}:x")
+        running = owner_is_dead(f"{host}:1:{started}/{namespace}:x")
         reused = owner_is_dead(f"{host}:1:{int(started) + 1}/{namespace}:x")
-        alive = not alive
-    assert (alive, reused) == (False, True)
+    assert (running, reused) == (False, True)
 
 
 def test_an_owner_in_another_pid_namespace_with_the_same_host_name_is_not_dead(
