@@ -41,6 +41,7 @@ class Relay:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._server: socket.socket | None = None
+        self.hanging = False  # accept connections but never answer, as a stuck proxy
         self.port = 0
         self._listen()
         user = f"{parts['user']}@" if parts.get("user") else ""
@@ -61,6 +62,10 @@ class Relay:
                 client, _ = server.accept()
             except OSError:
                 return
+            if self.hanging:
+                with self._lock:
+                    self._sockets.append(client)
+                continue
             try:
                 upstream = socket.create_connection(self._target)
             except OSError:
@@ -94,6 +99,12 @@ class Relay:
             sock.close()
 
     def restore(self) -> None:
+        self._listen()
+
+    def hang(self) -> None:
+        """End every relayed connection; answer none of the new ones until :meth:`cut`."""
+        self.hanging = True
+        self.cut()
         self._listen()
 
     def close(self) -> None:
@@ -256,3 +267,26 @@ def test_a_role_granted_the_tables_alone_gets_records_given_back(pg_url: str,
     finally:
         _execute(pg_url, sql.SQL("DROP OWNED BY {}").format(ident))
         _execute(pg_url, sql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_a_connection_attempt_nobody_answers_gives_up(relay: Relay, pg_schema: str) -> None:
+    """A proxy whose server is away may take the connection and never answer. The pool's
+    attempt to reconnect waited for that answer (130 s, or for ever on older psycopg), and
+    a pool of one connection gave no call a connection meanwhile. libpq waits 2 s at
+    least, so this test takes a little longer than the others."""
+    eng = PostgresEngine(relay.url, schema=pg_schema, connect_timeout=0.3, pool_size=1)
+    try:
+        assert eng.counts("q").ready == 0
+        relay.hang()
+        with pytest.raises(spoolq.EngineError, match="no database connection within"):
+            eng.counts("q")  # the pool's attempt to reconnect gets no answer
+        relay.hanging = False  # new connections reach the server again
+        start = time.monotonic()
+        while True:
+            try:
+                assert eng.counts("q").ready == 0
+                break
+            except spoolq.EngineError:
+                assert time.monotonic() - start < 3.0, "the pool never connected again"
+    finally:
+        eng.close()

@@ -143,8 +143,14 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
                 if conn.info.server_version >= 120000:  # the setting is new in PostgreSQL 12
                     conn.execute("SET plan_cache_mode = force_generic_plan")
 
+            # Each attempt to connect gives up in time (libpq waits at least 2 s): one
+            # that a server or proxy accepted and never answered would otherwise hold
+            # the pool's attempt for ever, and no call got a connection again.
+            given = conninfo_to_dict(conninfo)
+            bounded = conninfo if given.get("connect_timeout") else make_conninfo(
+                conninfo, connect_timeout=str(max(2, math.ceil(timeout))))
             pool: ConnectionPool[Conn] = _Pool(
-                _with_defaults(conninfo), min_size=1, max_size=size, open=False,
+                _with_defaults(bounded), min_size=1, max_size=size, open=False,
                 configure=configure,
                 kwargs={"autocommit": True, "fallback_application_name": "spoolq"},
                 timeout=timeout, name="spoolq")
