@@ -290,3 +290,17 @@ def test_a_connection_attempt_nobody_answers_gives_up(relay: Relay, pg_schema: s
                 assert time.monotonic() - start < 3.0, "the pool never connected again"
     finally:
         eng.close()
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [
+    {"lock_timeout": float("inf")}, {"connect_timeout": float("inf")},
+    {"lock_timeout": 1e12}, {"connect_timeout": 1e12}, {"lock_timeout": float("nan")},
+    {"connect_timeout": True},
+])
+def test_a_timeout_past_what_postgresql_takes_is_a_configuration_error(
+        options: dict[str, float]) -> None:
+    name = next(iter(options))
+    with pytest.raises(spoolq.ConfigurationError, match=f"{name} must be a number of seconds"):
+        PostgresEngine("postgresql://nobody@127.0.0.1:1/none", **options)  # type: ignore[arg-type]

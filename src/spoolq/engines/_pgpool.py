@@ -231,6 +231,8 @@ def describe(conninfo: str, schema: str) -> str:
 SYNCHRONOUS_COMMIT = {"fsync": "on", "commit": "off", "buffer": "off"}
 """The ``synchronous_commit`` each durability level runs with."""
 
+_MAX_TIMEOUT = 2147483.0  # seconds: 2**31 - 1 milliseconds, some 24 days
+
 _SYNC_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
 
 
@@ -256,6 +258,11 @@ def check_options(schema: object, durability: str, synchronous_commit: str | Non
     if not isinstance(counter_slots, int) or not 1 <= counter_slots <= 1000:
         raise ConfigurationError(
             f"counter_slots must be an int from 1 to 1000, not {counter_slots!r}")
-    if not connect_timeout > 0 or not lock_timeout > 0:
-        raise ConfigurationError("connect_timeout and lock_timeout must be > 0")
+    for name, value in (("connect_timeout", connect_timeout), ("lock_timeout", lock_timeout)):
+        # PostgreSQL takes a lock_timeout of at most 2**31 - 1 ms, libpq whole seconds
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 < value <= _MAX_TIMEOUT):
+            raise ConfigurationError(
+                f"{name} must be a number of seconds > 0 and at most {_MAX_TIMEOUT:.0f}, "
+                f"not {value!r}")
     return synchronous_commit
