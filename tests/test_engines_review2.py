@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import lmdb
 import pytest
 
-from spoolq import ConfigurationError, CorruptError, SyncQueue
+from spoolq import ConfigurationError, CorruptError, FormatError, SyncQueue
 from spoolq.engines import (
     DBMEngine,
     Engine,
@@ -214,3 +215,65 @@ def test_lmdb_options_it_cannot_open_with_are_configuration_errors(tmp_path: Pat
     with pytest.raises(ConfigurationError, match=next(iter(options))):
         LMDBEngine(tmp_path / "q.lmdb", **options)  # type: ignore[arg-type]
     assert not (tmp_path / "q.lmdb").exists()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "lmdb"])
+def test_a_read_only_open_waits_for_the_process_creating_the_file(tmp_path: Path,
+                                                                  kind: str) -> None:
+    """A reader racing the creator of a new file (an empty file, or an SQLite one without
+    tables yet) was told it is not a spoolq queue file."""
+    import threading
+
+    path = tmp_path / f"q.{kind}"
+    if kind == "sqlite":
+        import sqlite3
+        blank = sqlite3.connect(path)
+        blank.execute("PRAGMA journal_mode = WAL")  # what the creator does before its tables
+        blank.close()
+    else:
+        path.write_bytes(b"")
+    cls = SQLiteEngine if kind == "sqlite" else LMDBEngine
+    result: list[object] = []
+
+    def read() -> None:
+        try:
+            reader = cls(path, read_only=True)
+        except Exception as exc:
+            result.append(exc)
+        else:
+            result.append(reader.counts("q"))
+            reader.close()
+
+    # The creator is another process: handles of one process share one open.
+    script = textwrap.dedent(f"""
+        import sys
+        from spoolq.engines import {cls.__name__}
+        print("ready", flush=True)
+        sys.stdin.readline()
+        writer = {cls.__name__}({str(path)!r})
+        writer.append("q", [b"a"], [1], 1.0)
+        writer.close()
+        """)
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as creator:
+        assert creator.stdin is not None and creator.stdout is not None
+        assert creator.stdout.readline().strip() == "ready"
+        thread = threading.Thread(target=read)
+        thread.start()
+        time.sleep(0.1)
+        creator.stdin.write("\n")
+        creator.stdin.flush()
+        assert creator.wait(30) == 0
+    thread.join(10)
+    assert result in ([(1, 0, 1, 1)], [(0, 0, 0, 0)]), result
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "lmdb"])
+def test_a_file_that_stays_blank_is_still_refused_read_only(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"q.{kind}"
+    path.write_bytes(b"")
+    start = time.monotonic()
+    with pytest.raises(FormatError, match="empty"):
+        (SQLiteEngine if kind == "sqlite" else LMDBEngine)(path, read_only=True)
+    assert time.monotonic() - start < 5
+    assert path.read_bytes() == b""

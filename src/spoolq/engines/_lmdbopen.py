@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,17 +53,25 @@ class Layout:
     ids: Db | None
 
 
+_CREATING_WAIT = 1.0  # seconds a read-only open waits for a file being created to fill
+
+
 def _check_magic(path: str, read_only: bool) -> None:
     """FormatError for a file that is not an LMDB file at all, before LMDB opens it (and
     puts its lock file beside it). An empty or missing file becomes a queue, unless
-    ``read_only``: then an empty file is refused too."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_MAGIC.size)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+    ``read_only``: then a file that stays empty for a second is refused too."""
+    deadline = time.monotonic() + _CREATING_WAIT
+    while True:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_MAGIC.size)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise EngineError(f"{path}: cannot open the queue: {exc}") from exc
+        if head or not read_only or time.monotonic() >= deadline:
+            break
+        time.sleep(0.005)  # the process creating the file may not have written it yet
     if not head and read_only:
         # LMDB itself would fail with "Bad file descriptor" here.
         raise FormatError(f"{path} is empty: not an LMDB file, so not a spoolq queue file "
@@ -167,6 +176,17 @@ def _create_layout(env: lmdb.Environment, path: str) -> None:
                       f"{env.info()['map_size']} bytes")
 
 
+def _wait_for_creator(env: lmdb.Environment) -> None:
+    """Wait, while the file holds nothing at all, for the process creating it to commit its
+    sub-databases (one transaction, within milliseconds); the caller then checks them."""
+    deadline = time.monotonic() + _CREATING_WAIT
+    while True:
+        with env.begin() as txn:
+            if txn.cursor().first() or time.monotonic() >= deadline:
+                return
+        time.sleep(0.005)
+
+
 def open_layout(env: lmdb.Environment, path: str, read_only: bool,
                 write: Callable[[str, Callable[[Txn], int]], int]) -> Layout:
     """The sub-databases of ``env``, after checking it is a spoolq queue file of a known
@@ -174,6 +194,8 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
     runs ``body`` in a write transaction (the engine's, which grows the map)."""
     foreign = f"{path} is an LMDB file but not a spoolq queue file"
     try:
+        if read_only:
+            _wait_for_creator(env)
         with env.begin() as txn:
             if not all(txn.get(name) is not None for name in fmt.V1_DB_NAMES):
                 raise FormatError(foreign)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from urllib.parse import quote
 
 from ..errors import CorruptError, EngineError, FormatError, LockTimeout
@@ -128,6 +129,21 @@ def _meta(conn: sqlite3.Connection, key: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
+_CREATING_WAIT = 1.0  # seconds a read-only open waits for a blank file's schema
+
+
+def _wait_for_creator(conn: sqlite3.Connection, path: str) -> None:
+    """Wait for the process that is creating the file to commit its schema (it does in one
+    transaction, within milliseconds); FormatError when the file stays blank."""
+    deadline = time.monotonic() + _CREATING_WAIT
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+        if not _blank(conn):
+            return
+    raise FormatError(f"{path} is an empty SQLite database, not a spoolq queue file (a "
+                      "queue opened for writing creates its tables)")
+
+
 def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous: str,
            page_size: int) -> None:
     """Create the tables in a new file (unless ``read_only``), check that the file is a
@@ -144,6 +160,8 @@ def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous:
                 ("format_version", str(FORMAT_VERSION).encode()),
             ])
         conn.execute("COMMIT")
+    if read_only and _blank(conn):
+        _wait_for_creator(conn, path)
     tables = {row[0] for row in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     foreign = f"{path} is an SQLite database but not a spoolq queue file"
