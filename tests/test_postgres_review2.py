@@ -304,3 +304,25 @@ def test_a_timeout_past_what_postgresql_takes_is_a_configuration_error(
     name = next(iter(options))
     with pytest.raises(spoolq.ConfigurationError, match=f"{name} must be a number of seconds"):
         PostgresEngine("postgresql://nobody@127.0.0.1:1/none", **options)  # type: ignore[arg-type]
+
+
+# ---- names ----------------------------------------------------------------------------------
+
+def test_a_schema_name_with_percent_signs_holds_a_queue(pg_url: str, pg_schema: str) -> None:
+    """psycopg reads "%" in a statement with parameters as a placeholder."""
+    schema = f"{pg_schema}%s%(queue)s%%"
+    try:
+        eng = PostgresEngine(pg_url, schema=schema)
+        try:
+            eng.append("q", [b"a", b"b"], [1, 1], time.time())
+            taken = eng.take("q", 1, time.time(), None)
+            assert [r.data for r in taken] == [b"a"]
+            assert eng.counts("q").ready == 1 and eng.queues() == ["q"]
+            assert eng.wait_ready("q", 0) is True
+        finally:
+            eng.close()
+        again = PostgresEngine(pg_url, schema=schema)
+        again.close()
+    finally:
+        _execute(pg_url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+            sql.Identifier(schema)))

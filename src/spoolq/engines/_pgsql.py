@@ -290,9 +290,12 @@ def ddl(schema: str, server_version: int) -> tuple[sql.Composed, ...]:
 
 
 def compose(schema: str, *, notify: bool) -> Statements:
-    """The statements for tables in ``schema``; with ``notify``, statements that make
-    records ready also send ``pg_notify(%(channel)s, %(payload)s)``."""
-    ident = sql.Identifier(schema)
+    """The statements for tables in ``schema``, each to be run with parameters (``{}``
+    when it takes none); with ``notify``, statements that make records ready also send
+    ``pg_notify(%(channel)s, %(payload)s)``."""
+    # Every statement here is run with parameters, so psycopg reads each "%" in it as
+    # the start of a placeholder: one in the schema's name is written "%%".
+    ident = sql.SQL('"{}"'.format(schema.replace('"', '""').replace("%", "%%")))
     notify_sql = sql.SQL("pg_notify(%(channel)s, %(payload)s)" if notify else "NULL")
     built = {name: sql.SQL(text).format(s=ident, notify=notify_sql)
              for name, text in _TEXTS.items()}

@@ -421,7 +421,7 @@ class PostgresEngine:
 
     def queues(self) -> list[str]:
         with self._conn("queues") as conn:
-            return [r[0] for r in conn.execute(self._sql.queues)]
+            return [r[0] for r in conn.execute(self._sql.queues, {})]
 
     def get_meta(self, key: str) -> bytes | None:
         with self._conn("get_meta") as conn:
