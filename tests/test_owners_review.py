@@ -317,3 +317,16 @@ def test_leases_of_an_earlier_boot_of_this_machine_come_back(tmp_path: Path) -> 
         assert q.stats["leased"] == 0
         assert [(m.item, m.attempts) for m in q.lease_many(2, block=False)] == [
             ("a", 2), ("b", 1)]
+
+
+def test_spoolq_tells_the_owners_of_other_machines_with_this_host_name_apart() -> None:
+    """`spoolq info --leases` showed such owners as running here."""
+    from spoolq.cli._output import owner_state
+
+    assert owner_state(new_owner()) == "running"
+    assert owner_state(_owner_elsewhere("0123456789ab", "ba9876543210")) == "unknown"
+    assert owner_state(_owner_elsewhere("0123456789ab", "")) == "gone"  # an earlier boot
+    host, pid, start, rand = new_owner().split(":")
+    started, _namespace, boot, machine = start.split("/")
+    other_namespace = f"{host}:{pid}:{started}/1/{boot}/{machine}:{rand}"
+    assert owner_state(other_namespace) == "unknown"

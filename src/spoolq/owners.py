@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 
-__all__ = ["new_owner", "owner_is_dead"]
+__all__ = ["new_owner", "owner_is_dead", "owner_is_here"]
 
 
 def _proc_stat(pid: int) -> tuple[bytes, str] | None:
@@ -63,6 +63,19 @@ def new_owner() -> str:
     started = "0" if stat is None else stat[1]
     start = f"{started}/{_pid_namespace()}/{_BOOT}/{_MACHINE}"
     return f"{socket.gethostname()}:{pid}:{start}:{uuid.uuid4().hex[:12]}"
+
+
+def owner_is_here(owner: str) -> bool:
+    """Whether a lease owner names a process of this host, its current boot and this pid
+    namespace: one whose state :func:`owner_is_dead` can tell."""
+    parts = owner.rsplit(":", 3)
+    if len(parts) != 4 or parts[0] != socket.gethostname():
+        return False
+    _started, *place = parts[2].split("/")
+    if len(place) >= 3 and (place[1] != _BOOT or place[2] != _MACHINE):
+        return False
+    namespace = place[0] if place else ""
+    return not namespace or namespace == _pid_namespace()
 
 
 def owner_is_dead(owner: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..engines import Engine, dead_queue_name
-from ..owners import owner_is_dead
+from ..owners import owner_is_dead, owner_is_here
 from ._common import base_queues
 
 __all__ = [
@@ -60,13 +59,11 @@ def ratio_pct(stored: int, raw: int) -> float | None:
 
 def owner_state(owner: str) -> str:
     """``"gone"`` (a process of this host that no longer runs), ``"running"`` (one that
-    does) or ``"unknown"`` (another host, or an owner name of another form)."""
+    does) or ``"unknown"`` (another host or container, even with this host name, or an
+    owner name of another form)."""
     if owner_is_dead(owner):
         return "gone"
-    parts = owner.split(":")
-    if len(parts) == 4 and parts[0] == socket.gethostname():
-        return "running"
-    return "unknown"
+    return "running" if owner_is_here(owner) else "unknown"
 
 
 def is_interactive() -> bool:
