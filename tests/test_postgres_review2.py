@@ -1,6 +1,7 @@
 """The postgres engine while its server goes away and comes back (seen through a TCP
 relay that drops every connection and refuses new ones for a while, as a restart
-does), and the engine under several handles and processes."""
+does, or takes connections and never answers, as a proxy whose server is away),
+a role granted only the tables, timeouts out of range, and schema names holding '%'."""
 
 from __future__ import annotations
 
