@@ -330,3 +330,17 @@ def test_spoolq_tells_the_owners_of_other_machines_with_this_host_name_apart() -
     started, _namespace, boot, machine = start.split("/")
     other_namespace = f"{host}:{pid}:{started}/1/{boot}/{machine}:{rand}"
     assert owner_state(other_namespace) == "unknown"
+
+
+def test_a_ttl_or_delay_past_the_float_range_is_a_value_error(tmp_path: Path) -> None:
+    with SyncQueue.create(tmp_path / "q.sqlite") as q:
+        q.put("a")
+        with pytest.raises(ValueError, match="ttl must be a finite number"):
+            q.lease(ttl=10**400)
+        msg = q.lease(ttl=30)
+        with pytest.raises(ValueError, match="delay must be a finite number"):
+            q.nack(msg, delay=10**400)
+        with pytest.raises(ValueError, match="timeout must be a finite number"):
+            q.get(timeout=10**400)
+        q.ack(msg)
+        assert q.qsize() == 0 and q.stats["leased"] == 0

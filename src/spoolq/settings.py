@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,14 +63,20 @@ def check_count(name: str, value: object, minimum: int) -> int:
     return value
 
 
+_LARGEST_SECONDS = sys.float_info.max  # an int past it cannot be added to a time
+
+
 def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
     """``value`` as a finite number of seconds, >= 0 (> 0 when ``positive``): TypeError
     unless it is an int or a float (a bool is refused), ValueError otherwise."""
-    if (type(value) is float or type(value) is int) and 0 < value < math.inf:
+    if (type(value) is float or type(value) is int) and 0 < value <= _LARGEST_SECONDS:
         return value  # the common case, in one test (a NaN fails it)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
             f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+    if isinstance(value, int) and value > _LARGEST_SECONDS:
+        raise ValueError(f"{name} must be a finite number of seconds, not an int of "
+                         f"{value.bit_length()} bits (past the float range)")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
     if value < 0 or (positive and value == 0):
