@@ -236,6 +236,22 @@ def test_a_wait_without_notifications_polls_on_while_the_server_is_away(
         other.close()
 
 
+
+def test_a_wait_ends_soon_when_nobody_answers_its_new_listener(relay: Relay,
+                                                              pg_schema: str) -> None:
+    """The attempt to listen again waited connect_timeout for an answer, past the wait's
+    own timeout and past close(); libpq waits 2 s at least."""
+    eng = PostgresEngine(relay.url, schema=pg_schema, connect_timeout=8)
+    try:
+        assert eng.wait_ready("q", 0) is True
+        relay.hang()
+        start = time.monotonic()
+        assert eng.wait_ready("q", 0.3) is False
+        assert time.monotonic() - start < 3.0
+    finally:
+        relay.hanging = False
+        eng.close()
+
 # ---- privileges ------------------------------------------------------------------------------
 
 def test_a_role_granted_the_tables_alone_gets_records_given_back(pg_url: str,

@@ -63,7 +63,7 @@ class Listener:
     read what piled up meanwhile without waiting for that thread.
     """
 
-    def __init__(self, channel: str, where: str, connect: Callable[[], Conn]) -> None:
+    def __init__(self, channel: str, where: str, connect: Callable[[float], Conn]) -> None:
         self.channel = channel
         self.where = where
         self.conn: Conn | None = None
@@ -160,7 +160,7 @@ class Listener:
         if self.conn is None:
             # The first wait starts listening; a later one finds no listener when
             # the server could not be reached: both cannot know what was missed.
-            return self._reopen(ended)
+            return self._reopen(ended, deadline)
         wanted = payload(queue)
         # Heard by another thread's wait (or a drain) while this one waited its turn.
         if self._read_since(mark, wanted) or self._heard & {wanted, ""}:
@@ -191,17 +191,19 @@ class Listener:
             self._lost()
             log.info("spoolq: %s: the listening connection was lost: %s", self.where,
                      str(exc).strip())
-            return self._reopen(ended)
+            return self._reopen(ended, deadline)
         return False
 
-    def _reopen(self, ended: Callable[[], bool]) -> bool:
+    def _reopen(self, ended: Callable[[], bool], deadline: float) -> bool:
         """Open the listening connection, trying again while the server cannot be
         reached (a restart, a failover): True once it listens, False when the wait
         ended first. A server that is still away then fails the caller's next call."""
         failures = 0
         while True:
             try:
-                self._start()
+                # An attempt that no one answers (a proxy whose server is away)
+                # lasts until the wait ends, or 2 s, the least libpq waits.
+                self._start(deadline - time.monotonic())
                 return True
             except psycopg.OperationalError as exc:
                 failures += 1
@@ -230,8 +232,8 @@ class Listener:
             time.sleep(min(remaining, _WAIT_SLICE))
         return False
 
-    def _start(self) -> None:
-        listener = self._connect()
+    def _start(self, timeout: float) -> None:
+        listener = self._connect(timeout)
         try:
             listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         except BaseException:

@@ -203,10 +203,10 @@ class PostgresEngine:
             open_schema(conn, self.schema, where=self.where, read_only=self.read_only,
                         lock_timeout=self._lock_timeout, set_meta=self._sql.set_meta)
 
-    def _connect_listener(self) -> Conn:
+    def _connect_listener(self, timeout: float) -> Conn:
         if self._pool is None:
             raise EngineError(f"{self.where}: wait_ready: the engine is closed")
-        return connect(self._conninfo, self._connect_timeout)
+        return connect(self._conninfo, min(self._connect_timeout, timeout))
 
     # ---- helpers ------------------------------------------------------------------------
 
