@@ -35,6 +35,7 @@ from .errors import (
     QueueShutDown,
     SerializationError,
     SpoolqError,
+    Unavailable,
 )
 from .message import Message
 from .sync import SyncQueue
@@ -67,6 +68,7 @@ __all__ = [
     "SpoolqError",
     "StoredRecord",
     "SyncQueue",
+    "Unavailable",
     "__version__",
     "open_engine",
     "register_engine",

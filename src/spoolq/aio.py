@@ -23,10 +23,11 @@ from typing import Any, Generic, TypeVar
 from ._aiogiveback import GivingBack
 from ._aiolease import Leasing
 from ._aiowait import Waiting, wake_one
+from ._outage import RETRY_INTERVAL, Outage
 from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
-from .errors import ClosedError, Empty, Full, QueueShutDown
+from .errors import ClosedError, Empty, Full, QueueShutDown, Unavailable
 from .groupcommit import Ticket
 from .message import Taken
 from .settings import Settings, check_codecs, check_count, resolve_target
@@ -66,6 +67,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         # A dict, in waiting order, so that a wait ending on its own (a poll, a timeout, a
         # cancel) removes its future at once: an idle consumer polls 20 times a second.
         self._waiters: dict[asyncio.Future[None], None] = {}
+        self._outage = Outage()
         self._shutdown = False
         self._immediate = False
         self._closed = False
@@ -279,26 +281,30 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                     raise QueueShutDown("the queue is shut down")
                 if self._shutdown and got and core.ready_hint() == 0:
                     break  # nothing more can come: hand out the part batch
-                if core.ready_hint() == 0 and core.refresh_due():
-                    await self._call(core.refresh)
-                if core.ready_hint() > 0:
-                    want = max(core.ready_hint(), 1) if n is None else n - len(got)
-                    before, epoch = len(got), self._epoch
-                    if self._inline:
-                        got += core.take(want, ttl, holding=holding)
+                try:
+                    if core.ready_hint() == 0 and core.refresh_due():
+                        await self._call(core.refresh)
+                    if core.ready_hint() > 0:
+                        want = max(core.ready_hint(), 1) if n is None else n - len(got)
+                        before, epoch = len(got), self._epoch
+                        if self._inline:
+                            got += core.take(want, ttl, holding=holding)
+                        else:
+                            got += await self._take_on_worker(want, ttl, holding)
+                        if len(got) > before:
+                            self._wake()  # puts waiting for room: a lease or a part batch
+                        if got and (not wait_for_all or n is None or len(got) >= n):
+                            break
+                        empty_since = epoch if before == len(got) else None
                     else:
-                        got += await self._take_on_worker(want, ttl, holding)
-                    if len(got) > before:
-                        self._wake()  # puts waiting for room: a lease or a part batch makes room
-                    if got and (not wait_for_all or n is None or len(got) >= n):
-                        break
-                    empty_since = epoch if before == len(got) else None
-                else:
-                    empty_since = None
-                if not await self._wait_for_items(deadline, empty_since):
-                    if got:
-                        break
-                    raise Empty("no item arrived within the timeout")
+                        empty_since = None
+                    if not await self._wait_for_items(deadline, empty_since):
+                        if got:
+                            break
+                        raise Empty("no item arrived within the timeout")
+                except Unavailable as exc:
+                    if got or not await self._ride_out(exc, deadline):
+                        raise
             if holding is not None and not core.hand_out(holding):
                 got = []  # back in the queue already
                 raise QueueShutDown("the queue was closed while this call waited")
@@ -308,6 +314,18 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         finally:
             self._takers -= 1
         return got
+
+    async def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
+        """Wait a while for the engine's server to come back; False once the deadline has
+        passed (the waiting call then raises ``error``)."""
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return False
+        self._outage.report(self._core.name, error)
+        until = now + RETRY_INTERVAL if deadline is None else min(now + RETRY_INTERVAL, deadline)
+        while not (self._shutdown or self._immediate) and time.monotonic() < until:
+            await self._wait(until, lambda: self._shutdown or self._immediate)
+        return True
 
     async def get(self) -> T:
         """Remove and return the oldest item, waiting until one is ready.

@@ -25,6 +25,7 @@ __all__ = [
     "QueueShutDown",
     "SerializationError",
     "SpoolqError",
+    "Unavailable",
 ]
 
 
@@ -42,6 +43,12 @@ class SerializationError(SpoolqError, TypeError):
 
 class EngineError(SpoolqError):
     """The storage engine failed; the original error is kept as ``__cause__``."""
+
+
+class Unavailable(EngineError):
+    """The engine's server (a spoolq server, PostgreSQL) cannot be reached just now: the
+    connection failed or was lost. A ``get`` or ``lease`` that blocks waits until it is
+    back (or its timeout passes, and then raises this)."""
 
 
 class CorruptError(EngineError):

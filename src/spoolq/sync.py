@@ -16,11 +16,12 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._outage import RETRY_INTERVAL, Outage
 from ._syncwait import SyncWaiting
 from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
-from .errors import ClosedError, Empty, Full, QueueShutDown
+from .errors import ClosedError, Empty, Full, QueueShutDown, Unavailable
 from .message import Message, log_failed_nack
 from .settings import Settings, check_codecs, check_count, check_seconds, resolve_target
 
@@ -54,6 +55,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         self._calls = 0
         self._sleepers = 0  # threads about to wait or waiting on self._cond: 0, none to wake
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
+        self._outage = Outage()
         # Room reserved (under self._cond) by puts of a queue with maxsize that are being
         # written, and how many such puts started and ended: the check for room and the
         # write are one step for the threads of this handle.
@@ -267,25 +269,42 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                 raise QueueShutDown("the queue is shut down")
             if self._shutdown and got and core.ready_hint() == 0:
                 break  # nothing more can come: hand out the part batch
-            if core.ready_hint() == 0 and (core.refresh_due() or not block):
-                core.refresh()
-            took_nothing = False
-            if core.ready_hint() > 0:
-                want = max(core.ready_hint(), 1) if n is None else n - len(got)
-                before = len(got)
-                got += take(want, ttl)
-                if got and (not wait_for_all or n is None or len(got) >= n):
-                    break
-                took_nothing = before == len(got)
-            if not block:
-                if got:
-                    break
-                raise Empty("the queue is empty")
-            if not self._wait_for_items(deadline, took_nothing):
-                if got:
-                    break
-                raise Empty("no item arrived within the timeout")
+            try:
+                if core.ready_hint() == 0 and (core.refresh_due() or not block):
+                    core.refresh()
+                took_nothing = False
+                if core.ready_hint() > 0:
+                    want = max(core.ready_hint(), 1) if n is None else n - len(got)
+                    before = len(got)
+                    got += take(want, ttl)
+                    if got and (not wait_for_all or n is None or len(got) >= n):
+                        break
+                    took_nothing = before == len(got)
+                if not block:
+                    if got:
+                        break
+                    raise Empty("the queue is empty")
+                if not self._wait_for_items(deadline, took_nothing):
+                    if got:
+                        break
+                    raise Empty("no item arrived within the timeout")
+            except Unavailable as exc:
+                if not block or got or not self._ride_out(exc, deadline):
+                    raise
         return got
+
+    def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
+        """Wait a while for the engine's server to come back; False once the deadline has
+        passed (the blocked call then raises ``error``)."""
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return False
+        self._outage.report(self._core.name, error)
+        until = now + RETRY_INTERVAL if deadline is None else min(now + RETRY_INTERVAL, deadline)
+        with self._cond:
+            while not (self._shutdown or self._immediate) and time.monotonic() < until:
+                self._sleep(until - time.monotonic())
+        return True
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting for one if needed.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import ConfigurationError, EngineError
+from ..errors import ConfigurationError, EngineError, Unavailable
 from ..protocol import ClientProtocol, ProtocolError
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "Link", "RemoteAddress", "parse_url",
@@ -83,7 +83,7 @@ def url_queue_name(path: str | os.PathLike[str]) -> str | None:
     return parse_url(spath).queue
 
 
-class ConnectionLost(EngineError):
+class ConnectionLost(Unavailable):
     """The connection to the server failed or timed out; the call's outcome is unknown."""
 
 
@@ -101,7 +101,7 @@ class Link:
         try:
             sock = socket.create_connection((address.host, address.port), connect_timeout)
         except OSError as exc:
-            raise EngineError(f"cannot connect to the spoolq server at {self.where}: {exc}") \
+            raise Unavailable(f"cannot connect to the spoolq server at {self.where}: {exc}") \
                 from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

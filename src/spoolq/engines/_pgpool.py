@@ -43,6 +43,7 @@ __all__ = [
     "check_options",
     "connect",
     "connection",
+    "connection_lost",
     "describe",
     "readable",
     "release_pool",
@@ -171,6 +172,19 @@ def release_pool(key: PoolKey) -> None:
             return
         del _POOLS[key]
     shared.pool.close()
+
+
+# Connection exceptions (class 08), and a server shutting down or starting up.
+_GONE_STATES = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether psycopg's ``exc`` says the server could not be reached or dropped the
+    connection, rather than refused what was sent."""
+    state = getattr(exc, "sqlstate", None)
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return str(state).startswith("08") or state in _GONE_STATES
 
 
 def readable(conn: Conn) -> bool:

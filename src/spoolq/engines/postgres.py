@@ -75,7 +75,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import CorruptError, EngineError, FormatError, LockTimeout
+from ..errors import CorruptError, EngineError, FormatError, LockTimeout, Unavailable
 from ._pglisten import Listener, any_ready, payload
 from ._pgparts import MAX_RECORD_BYTES, atomic, check_given, check_sizes
 from ._pgparts import parts as statement_parts
@@ -87,6 +87,7 @@ from ._pgpool import (
     check_options,
     connect,
     connection,
+    connection_lost,
     describe,
     release_pool,
 )
@@ -166,7 +167,7 @@ class PostgresEngine:
         try:
             yield
         except PoolTimeout as exc:
-            raise EngineError(f"{self.where}: {what}: no database connection within "
+            raise Unavailable(f"{self.where}: {what}: no database connection within "
                               f"{self._connect_timeout:g}s") from exc
         except pg_errors.LockNotAvailable as exc:
             raise LockTimeout(f"{self.where}: {what} waited too long for a lock: {exc}") from exc
@@ -175,7 +176,8 @@ class PostgresEngine:
         except pg_errors.UndefinedTable as exc:
             raise FormatError(f"{self.where}: the spoolq tables are gone: {exc}") from exc
         except psycopg.Error as exc:
-            raise EngineError(f"{self.where}: {what} failed: {exc}") from exc
+            kind = Unavailable if connection_lost(exc) else EngineError
+            raise kind(f"{self.where}: {what} failed: {exc}") from exc
 
     def _check_process(self, what: str) -> None:
         if os.getpid() != self._pid:
