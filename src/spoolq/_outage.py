@@ -22,10 +22,15 @@ class Outage:
     def __init__(self) -> None:
         self._logged = -math.inf
 
-    def report(self, queue: str, error: Exception) -> None:
-        """Log ``error`` as a warning, unless this handle did less than 30 s ago."""
+    def retry_at(self, queue: str, error: Exception, deadline: float | None) -> float | None:
+        """When (monotonic) a call waiting until ``deadline`` that met ``error`` tries
+        again, or None when the deadline has passed (it then raises ``error``). Logs
+        ``error`` as a warning, unless this handle did less than 30 s ago."""
         now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return None
         if now - self._logged >= _LOG_EVERY:
             self._logged = now
             log.warning("spoolq: queue %r: %s; waiting calls try again every %gs",
                         queue, error, RETRY_INTERVAL)
+        return now + RETRY_INTERVAL if deadline is None else min(now + RETRY_INTERVAL, deadline)

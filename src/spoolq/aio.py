@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from ._aiogiveback import GivingBack
 from ._aiolease import Leasing
 from ._aiowait import Waiting, wake_one
-from ._outage import RETRY_INTERVAL, Outage
+from ._outage import Outage
 from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
@@ -318,11 +318,9 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
     async def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
         """Wait a while for the engine's server to come back; False once the deadline has
         passed (the waiting call then raises ``error``)."""
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
+        until = self._outage.retry_at(self._core.name, error, deadline)
+        if until is None:
             return False
-        self._outage.report(self._core.name, error)
-        until = now + RETRY_INTERVAL if deadline is None else min(now + RETRY_INTERVAL, deadline)
         while not (self._shutdown or self._immediate) and time.monotonic() < until:
             await self._wait(until, lambda: self._shutdown or self._immediate)
         return True

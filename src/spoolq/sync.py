@@ -16,7 +16,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._outage import RETRY_INTERVAL, Outage
+from ._outage import Outage
 from ._syncwait import SyncWaiting
 from ._views import QueueViews
 from .core import Holding, QueueCore
@@ -296,11 +296,9 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
     def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
         """Wait a while for the engine's server to come back; False once the deadline has
         passed (the blocked call then raises ``error``)."""
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
+        until = self._outage.retry_at(self._core.name, error, deadline)
+        if until is None:
             return False
-        self._outage.report(self._core.name, error)
-        until = now + RETRY_INTERVAL if deadline is None else min(now + RETRY_INTERVAL, deadline)
         with self._cond:
             while not (self._shutdown or self._immediate) and time.monotonic() < until:
                 self._sleep(until - time.monotonic())
