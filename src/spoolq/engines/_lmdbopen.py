@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import lmdb
 
-from ..errors import CorruptError, EngineError, FormatError
+from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
 from .base import FORMAT_VERSION
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["Layout", "no_lock_file_left", "open_environment", "open_layout"]
+__all__ = ["Layout", "check_options", "no_lock_file_left", "open_environment", "open_layout"]
 
 log = logging.getLogger("spoolq")
 
@@ -51,6 +51,17 @@ class Layout:
     leased: Db
     #: ``delayed_ids``; None for a format 1 file opened read-only.
     ids: Db | None
+
+
+def check_options(map_size: object, max_readers: object) -> None:
+    """ConfigurationError for a ``map_size`` or ``max_readers`` LMDB cannot open with."""
+    if type(map_size) is not int or not 4096 <= map_size < 1 << 64:
+        raise ConfigurationError(
+            f"map_size must be an int from 4096 to 2**64 - 1, not {map_size!r}")
+    # A process holds two reader slots at times (the lmdb binding keeps one for reuse),
+    # so a new file with a single slot could not even be opened.
+    if type(max_readers) is not int or max_readers < 2:
+        raise ConfigurationError(f"max_readers must be an int >= 2, not {max_readers!r}")
 
 
 _CREATING_WAIT = 1.0  # seconds a read-only open waits for a file being created to fill

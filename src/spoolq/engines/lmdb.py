@@ -49,15 +49,14 @@ import itertools
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, TypeVar
 
 import lmdb
 
-from ..errors import ConfigurationError, CorruptError, EngineError
+from ..errors import CorruptError, EngineError
 from . import _lmdbformat as fmt
 from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
@@ -124,13 +123,6 @@ class _LMDBStore(LeaseSettling):
         return self._ids
 
     # ---- transactions and errors --------------------------------------------------------
-
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except lmdb.Error as exc:
-            raise fmt.translate(exc, self.path, what) from exc
 
     def _write(self, what: str, body: Callable[[Txn], T]) -> T:
         """Run ``body`` in one write transaction, growing the map while it does not fit."""
@@ -494,13 +486,7 @@ class LMDBEngine(SharedEngine):
     def __init__(self, path: str | os.PathLike[str], *, sync: bool = True,
                  metasync: bool = False, map_size: int = 64 << 20, max_readers: int = 126,
                  read_only: bool = False) -> None:
-        if type(map_size) is not int or not 4096 <= map_size < 1 << 64:
-            raise ConfigurationError(
-                f"map_size must be an int from 4096 to 2**64 - 1, not {map_size!r}")
-        # A process holds two reader slots at times (the lmdb binding keeps one for reuse),
-        # so a new file with a single slot could not even be opened.
-        if type(max_readers) is not int or max_readers < 2:
-            raise ConfigurationError(f"max_readers must be an int >= 2, not {max_readers!r}")
+        opening.check_options(map_size, max_readers)
         spath = os.fspath(path)
         super().__init__(spath, read_only=read_only, opener=lambda: _LMDBStore(
             spath, read_only=read_only, sync=bool(sync), metasync=bool(metasync),
