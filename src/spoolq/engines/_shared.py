@@ -22,7 +22,15 @@ from typing import Protocol
 from filelock import FileLock, Timeout
 
 from ..errors import ClosedError, ConfigurationError, EngineError, LockTimeout
-from .base import Counts, Engine, Lease, LeasedRecord, StoredRecord, SupportsPeekLeased
+from .base import (
+    Counts,
+    Engine,
+    Lease,
+    LeasedRecord,
+    StoredRecord,
+    SupportsPeekLeased,
+    forks,
+)
 
 __all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively"]
 
@@ -40,6 +48,8 @@ class _Entry:
     lock: threading.RLock
     flushes: dict[str, bool]
     handles: int = 1
+    #: :func:`forks` when opened: an entry of another count is a parent process's.
+    forks: int = 0
     #: Set, under ``lock``, when the last handle closed the store: a call that got the
     #: entry before that must not reach the closed store (a pickle store would write its
     #: file without holding the file's lock any more).
@@ -83,12 +93,21 @@ def _acquire(key: str, read_only: bool, opener: Callable[[], Store],
             entry.handles += 1
             return entry
         # Opened under the registry lock so two threads cannot open the same file twice.
-        entry = _Entry(opener(), read_only, threading.RLock(), dict(flushes))
+        entry = _Entry(opener(), read_only, threading.RLock(), dict(flushes), forks=forks())
         _registry[key] = entry
         return entry
 
 
+_INHERITED: list[_Entry] = []
+"""A parent process's stores that handles of this one let go of: kept, never closed."""
+
+
 def _release(key: str, entry: _Entry) -> None:
+    if entry.forks != forks():
+        # A parent's store (an LMDB environment, a file whose lock the parent holds):
+        # closing it here would act on the parent's behalf.
+        _INHERITED.append(entry)
+        return
     with _registry_lock:
         entry.handles -= 1
         if entry.handles > 0:
@@ -118,16 +137,30 @@ class SharedEngine:
         self.path = path
         self.read_only = read_only
         self._key = os.path.realpath(path)
-        self._entry: _Entry | None = _acquire(self._key, read_only, opener, flushes)
+        self._opening = opener, dict(flushes)
+        self._entry: _Entry | None = None
+        self._take_share()
+        assert self._entry is not None
         self.name = self._entry.store.name
+
+    def _take_share(self) -> None:
+        opener, flushes = self._opening
+        entry = self._entry = _acquire(self._key, self.read_only, opener, flushes)
         # A handle dropped without close() still gives back its share (and, with the last
         # share, the file and its lock).
-        self._release = weakref.finalize(self, _release, self._key, self._entry)
+        self._release = weakref.finalize(self, _release, self._key, entry)
 
     def _open_entry(self) -> _Entry:
         entry = self._entry
         if entry is None:
             raise self._closed()
+        if entry.forks != forks():
+            # A child forked from the process that opened the file: the store is the
+            # parent's, which a child must not use. It opens one of its own.
+            self._release()
+            self._take_share()
+            assert self._entry is not None
+            return self._entry
         return entry
 
     def _closed(self) -> ClosedError:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from typing import Any
 from urllib.parse import quote
 
-from ..errors import CorruptError, EngineError, FormatError, LockTimeout
+from ..errors import ClosedError, CorruptError, EngineError, FormatError, LockTimeout
 from .base import FORMAT_VERSION
 
-__all__ = ["MIN_SQLITE", "PAGE_SIZE", "PAGE_SIZES", "SCHEMA", "SYNCHRONOUS", "connect",
-           "set_up", "translate"]
+__all__ = ["INHERITED", "MIN_SQLITE", "PAGE_SIZE", "PAGE_SIZES", "SCHEMA", "SYNCHRONOUS",
+           "Closed", "connect", "open_connection", "set_up", "translate"]
 
 _APPLICATION = b"spoolq"
 # Every SQLite database starts with these 16 bytes (https://sqlite.org/fileformat.html).
@@ -191,3 +192,32 @@ def translate(exc: sqlite3.Error, path: str, what: str) -> EngineError:
     if "not a database" in text:
         return FormatError(f"{path} is not a spoolq queue file ({text})")
     return EngineError(f"{path}: {what} failed: {text}")
+
+INHERITED: list[sqlite3.Connection] = []
+"""Connections of a parent process, kept here so that they are never closed."""
+
+
+class Closed:
+    """Stands in for the connection of a closed engine: every call raises ClosedError."""
+
+    in_transaction = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def execute(self, *args: object) -> Any:
+        raise ClosedError(f"the sqlite engine on {self.path} is closed")
+
+    executemany = getlimit = execute
+
+
+def open_connection(path: str, read_only: bool, timeout: float, synchronous: str,
+                    page_size: int) -> sqlite3.Connection:
+    """A connection to queue file ``path``, set up (see :func:`set_up`)."""
+    conn = connect(path, read_only=read_only, timeout=timeout)
+    try:
+        set_up(conn, path, read_only=read_only, synchronous=synchronous, page_size=page_size)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

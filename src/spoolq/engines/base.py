@@ -35,6 +35,7 @@ the event loop instead of handing each call to its worker thread.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -55,6 +56,7 @@ __all__ = [
     "check_window",
     "dead_queue_name",
     "distinct_ids",
+    "forks",
     "never_given",
     "restore_refused",
     "stored_before_failure",
@@ -134,6 +136,25 @@ def as_bytes(value: object, what: str) -> bytes:
         return bytes(memoryview(value))  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
+
+
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks  # noqa: PLW0603 - one counter for the whole process
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_count_fork)
+
+
+def forks() -> int:
+    """How many forks made this process (a child of a child: 2). A file opened at another
+    count was opened by a parent process, whose handles a child must neither use nor
+    close: it opens its own."""
+    return _forks
 
 
 STORED_RECORDS = "stored_records"

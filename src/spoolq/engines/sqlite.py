@@ -26,7 +26,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from ..errors import ClosedError, ConfigurationError, EngineError, FormatError
+from ..errors import ConfigurationError, EngineError, FormatError
 from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
 from ._sqlite_leases import LeaseSettling, in_range
@@ -39,6 +39,7 @@ from .base import (
     batch_given,
     check_window,
     distinct_ids,
+    forks,
     never_given,
     restore_refused,
 )
@@ -58,18 +59,6 @@ _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
 
-class _Closed:
-    """Stands in for the connection of a closed engine: every call raises ClosedError."""
-
-    in_transaction = False
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def execute(self, *args: object) -> Any:
-        raise ClosedError(f"the sqlite engine on {self.path} is closed")
-
-    executemany = getlimit = execute
 
 
 class SQLiteEngine(LeaseSettling):
@@ -115,15 +104,31 @@ class SQLiteEngine(LeaseSettling):
             raise FormatError(f"{self.path}: no such file")
         if os.path.isdir(self.path):
             raise FormatError(f"{self.path} is a directory, not a spoolq SQLite queue file")
+        self._settings = timeout, synchronous, page_size
+        self._forks = forks()
+        self._connection = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
         with self._guard("open"):
-            self._conn = opening.connect(self.path, read_only=read_only, timeout=timeout)
-        try:
-            with self._guard("open"):
-                opening.set_up(self._conn, self.path, read_only=read_only,
-                               synchronous=synchronous, page_size=page_size)
-        except BaseException:
-            self._conn.close()
-            raise
+            return opening.open_connection(self.path, self.read_only, *self._settings)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._forks != forks():
+            self._reconnect_after_fork()
+        return self._connection
+
+    def _reconnect_after_fork(self) -> None:
+        """In a child forked from the process that opened the file, connect anew. The
+        parent's connection is left alone: SQLite forbids using it in a child, and closing
+        it here could checkpoint or remove the WAL that the parent still uses."""
+        self._forks = forks()
+        inherited = self._connection
+        if isinstance(inherited, sqlite3.Connection):  # else closed, and it stays so
+            opening.INHERITED.append(inherited)
+            self._connection = opening.Closed(self.path)  # type: ignore[assignment]
+            self._writes, self._pages = 0, PageEnds()
+            self._connection = self._connect()
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -480,7 +485,10 @@ class SQLiteEngine(LeaseSettling):
     def close(self) -> None:
         """Close the connection; later calls raise :class:`ClosedError`, a second close
         does nothing."""
-        conn = getattr(self, "_conn", None)
+        conn = getattr(self, "_connection", None)
         if isinstance(conn, sqlite3.Connection):
-            self._conn = _Closed(self.path)  # type: ignore[assignment]
-            conn.close()
+            self._connection = opening.Closed(self.path)  # type: ignore[assignment]
+            if self._forks == forks():
+                conn.close()
+            else:
+                opening.INHERITED.append(conn)  # the parent's (see _reconnect_after_fork)

@@ -1,0 +1,63 @@
+"""A child forked from a process with open queues, using its parent's handles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import spoolq
+
+from .conftest import queue_path
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _in_child(q: spoolq.SyncQueue[str]) -> str:
+    """Fork; in the child put and get through ``q`` and report what happened."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.close(read_end)
+        try:
+            q.put("child")
+            report = f"got {q.get(timeout=5)}"
+        except Exception as exc:
+            report = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, report.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        report = f.read().decode()
+    os.waitpid(pid, 0)
+    return report
+
+
+def test_a_child_uses_its_parents_sqlite_handle_through_a_connection_of_its_own(
+        tmp_path: Path) -> None:
+    path = queue_path(tmp_path, "sqlite")
+    with spoolq.SyncQueue.create(path) as q:
+        q.put("parent")
+        assert _in_child(q) == "got parent"
+        assert q.get_many(timeout=1) == ["child"]  # each item once, none lost
+        q.put("after")
+    with spoolq.SyncQueue.create(path) as again:
+        assert again.get_many(timeout=1) == ["after"]
+
+
+@pytest.mark.parametrize("engine", ["lmdb", "dbm", "pickle"])
+def test_a_child_cannot_use_its_parents_store_and_leaves_it_alone(tmp_path: Path,
+                                                                  engine: str) -> None:
+    """The child used the parent's LMDB environment, or its in-memory dbm or pickle state:
+    the parent then handed out an item the child had taken, and lost the child's put."""
+    path = queue_path(tmp_path, engine)
+    with spoolq.SyncQueue.create(path) as q:
+        q.put("parent")
+        report = _in_child(q)
+        assert report.startswith("LockTimeout" if engine != "lmdb" else "EngineError"), report
+        assert "fork" in report or "another process" in report
+        assert q.get_many(timeout=1) == ["parent"]
+        q.put("after")
+    with spoolq.SyncQueue.create(path) as again:
+        assert again.get_many(timeout=1) == ["after"]
