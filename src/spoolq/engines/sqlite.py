@@ -53,6 +53,7 @@ _SHIFT, _MASK, _CHUNK, _json = sql.SHIFT, sql.MASK, sql.CHUNK, sql.json_list
 _MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
 _MAX_LENGTH, _LIMIT_LENGTH = 1_000_000_000, 0  # SQLite's default length limit, its limit id
 _ROW_ROOM = 1024  # bytes of a row beside its record: the other columns and a reason
+_ALWAYS_FITS = 32 * 1024  # a record this small needs no look at the limit: far below it
 _MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
@@ -217,7 +218,9 @@ class SQLiteEngine(LeaseSettling):
         """ValueError, naming its size, for a record larger than a row of SQLite holds
         (SQLite's length limit, 1,000,000,000 bytes unless it was built with another,
         less room for the row's other columns and a dead letter's reason)."""
-        largest = max(map(len, records), default=0)
+        largest = len(records[0]) if len(records) == 1 else max(map(len, records), default=0)
+        if largest <= _ALWAYS_FITS:  # every put of small items comes here: spare the rest
+            return
         getlimit = getattr(self._conn, "getlimit", None)  # Python 3.11 on
         room = (_MAX_LENGTH if getlimit is None else int(getlimit(_LIMIT_LENGTH))) - _ROW_ROOM
         if largest > room:
