@@ -344,3 +344,18 @@ def test_a_ttl_or_delay_past_the_float_range_is_a_value_error(tmp_path: Path) ->
             q.get(timeout=10**400)
         q.ack(msg)
         assert q.qsize() == 0 and q.stats["leased"] == 0
+
+
+def test_leases_that_run_out_into_the_dead_letters_are_not_counted_as_redelivered(
+        tmp_path: Path) -> None:
+    with SyncQueue.create(tmp_path / "q.sqlite", max_attempts=2, poll_interval=0.01) as q:
+        q.put("job")
+        q.lease(ttl=0.05)
+        time.sleep(0.1)
+        again = q.lease(timeout=5, ttl=0.05)  # the first lease ran out: delivered again
+        assert again.attempts == 2 and q.stats["redelivered"] == 1
+        time.sleep(0.1)
+        with pytest.raises(spoolq.Empty):
+            q.get(timeout=0.3)  # the second ran out at max_attempts: a dead letter
+        assert q.stats["dead"] == 1
+        assert q.stats["redelivered"] == 1

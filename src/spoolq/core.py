@@ -300,8 +300,9 @@ class QueueCore(Writing, Settling, Decoding):
             if released:
                 self._refresh_locked()
                 died = 0 if max_attempts is None else self._dead - dead_before
-                self.counters["redelivered"] += released
-                self._finished(died)  # leases that ran out into the dead letters
+                # Leases that ran out into the dead letters are not delivered again.
+                self.counters["redelivered"] += max(released - died, 0)
+                self._finished(died)
 
     def take(self, n: int, ttl: float | None, *, fill: bool = False, buffered: bool = True,
              holding: Holding | None = None) -> list[Taken]:
