@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .codec import Codec
-from .engines import Counts, Engine, StoredRecord
+from .engines import Counts, Engine, Lease, StoredRecord
 from .errors import ConfigurationError, CorruptError, SerializationError
 from .message import Taken
 from .zdict import MissingDictionary, load_dictionaries
@@ -23,6 +23,10 @@ from .zdict import MissingDictionary, load_dictionaries
 __all__ = ["Decoding"]
 
 log = logging.getLogger("spoolq")
+
+# How long a record being set aside stays leased: should this process die meanwhile,
+# its lease runs out and the record is delivered again.
+_HOLD = 60.0
 
 
 class Decoding:
@@ -94,10 +98,28 @@ class Decoding:
                   self.dead_name)
         with self.lock:
             if leased:
-                self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,
-                                    not_before=0.0, max_attempts=1, reason=reason)
+                self._release_dead(rec, reason)
             else:
-                self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
+                self._bury_removed(rec, reason)
                 self.counters["gets"] -= 1
             self._refresh_locked()
         self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
+
+    def _release_dead(self, rec: StoredRecord, reason: str) -> None:
+        self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,
+                            not_before=0.0, max_attempts=1, reason=reason)
+
+    def _bury_removed(self, rec: StoredRecord, reason: str) -> None:
+        """Set aside a record that a take removed, with its reason: an append takes no
+        reason, so the record goes back to the head of its queue and is leased again to
+        be released into the dead letters. A consumer of another handle that takes it in
+        between sets it aside in turn, or decodes it when it has what this one lacks."""
+        self.engine.restore(self.name, [rec._replace(attempts=max(rec.attempts - 1, 0))])
+        now = time.time()
+        again = self.engine.take(self.name, 1, now, Lease(self.owner, now + _HOLD))
+        for other in again:
+            if other.id == rec.id:
+                self._release_dead(other, reason)
+            else:
+                self.engine.release(self.name, [(other.id, other.attempts)], self.owner,
+                                    not_before=0.0, max_attempts=None, count_attempt=False)
