@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,34 @@ def test_removed_record_keeps_its_reason_on_every_file_engine(tmp_path: Path,
         assert q.stats["dead"] == 1, engine
     (reason,) = _dead_reasons(path, engine)
     assert reason is not None and reason.startswith("cannot be decoded: "), engine
+
+
+class OneWaySerializer:
+    """A custom serializer that writes "bad" but cannot read it back."""
+
+    name = "one-way"
+
+    def dumps(self, obj: Any) -> bytes:
+        return str(obj).encode()
+
+    def loads(self, data: bytes) -> Any:
+        if data == b"bad":
+            raise ValueError("cannot read this one")
+        return data.decode()
+
+
+def test_buffered_put_that_cannot_be_read_back_is_set_aside(tmp_path: Path) -> None:
+    """With durability "buffer", a get may take a put that was never written: it has no
+    place in the file to go back to, and still reaches the dead letters (without the
+    reason: an append takes none)."""
+    path = tmp_path / "q.sqlite"
+    with SyncQueue.create(path, durability="buffer", serializer=OneWaySerializer()) as q:
+        q.put("bad")
+        q.put("good")
+        assert q.get() == "good"
+        assert (q.qsize(), q.stats["dead"]) == (0, 1)
+    engine = open_engine(path, read_only=True)
+    try:
+        assert len(engine.peek(dead_queue_name("default"), 5)) == 1
+    finally:
+        engine.close()

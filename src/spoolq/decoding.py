@@ -113,7 +113,12 @@ class Decoding:
         """Set aside a record that a take removed, with its reason: an append takes no
         reason, so the record goes back to the head of its queue and is leased again to
         be released into the dead letters. A consumer of another handle that takes it in
-        between sets it aside in turn, or decodes it when it has what this one lacks."""
+        between sets it aside in turn, or decodes it when it has what this one lacks.
+        A buffered put that was never written has no place to go back to: it is appended
+        to the dead letters, without the reason."""
+        if rec.id <= 0:
+            self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
+            return
         self.engine.restore(self.name, [rec._replace(attempts=max(rec.attempts - 1, 0))])
         now = time.time()
         again = self.engine.take(self.name, 1, now, Lease(self.owner, now + _HOLD))
