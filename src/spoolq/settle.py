@@ -104,10 +104,11 @@ class Settling:
             self.counters["nacks"] += len(done)
             max_attempts = self.settings.max_attempts
             if max_attempts is not None and done:
-                # Deliveries that reached max_attempts went to the dead letters: finished.
+                # Deliveries that reached max_attempts went to the dead letters: finished,
+                # once each, though the call may name a message twice.
                 released = set(done)
-                self._finished(sum(1 for ident, attempts in deliveries
-                                   if ident in released and attempts >= max_attempts))
+                self._finished(len({ident for ident, attempts in deliveries
+                                    if ident in released and attempts >= max_attempts}))
         self._notify()
         self._raise_missing(deliveries, done, "nack")
 

@@ -1,0 +1,31 @@
+"""Settling leased messages, task_done accounting, dead letters and the Message object,
+through the public API on the memory, sqlite and lmdb engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spoolq import SyncQueue
+
+from .conftest import queue_path
+
+
+@pytest.fixture(params=["memory", "sqlite", "lmdb"])
+def qpath(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return queue_path(tmp_path, str(request.param))
+
+
+def test_nack_naming_a_message_twice_finishes_its_dead_letter_once(qpath: str) -> None:
+    with SyncQueue.create(qpath, max_attempts=1) as q:
+        q.put_many(["a", "b"])
+        msg = q.lease()
+        q.nack(msg, msg)  # one delivery, to the dead letters once
+        assert q.stats["dead"] == 1 and q.qsize() == 1
+        assert q.stats["unfinished"] == 1  # "b" is still waiting
+        assert q.get() == "b"
+        q.task_done()
+        assert q.stats["unfinished"] == 0
+        with pytest.raises(ValueError, match="too many"):
+            q.task_done()
