@@ -42,6 +42,7 @@ DEFAULT_PORT = 7480
 LOOPS = ("auto", "asyncio", "uvloop")
 _SHUTDOWN_GRACE = 30.0
 _LINGER = 1.0  # seconds a stopping server waits for clients to close after its last reply
+_WRITE_STALL = 1.0  # seconds a stopping server waits for a client to read any of its replies
 
 
 class Server:
@@ -175,7 +176,19 @@ class Server:
                 await asyncio.wait_for(self.connection_closed.wait(), 0.05)
         for conn in list(self.connections):
             conn.drop()
+        # A connection closes once its replies are written. One whose client does not read
+        # them (its writes make no progress for _WRITE_STALL) is cut off: its replies are
+        # lost, its leases go back, and the shutdown does not wait on it.
+        progress: dict[Session, tuple[int, float]] = {}
         while self.connections and self.loop.time() < deadline:
+            now = self.loop.time()
+            for conn in list(self.connections):
+                size = conn.unsent()
+                last = progress.get(conn)
+                if last is None or size != last[0]:
+                    progress[conn] = (size, now)
+                elif now - last[1] >= _WRITE_STALL:
+                    conn.abandon(now - last[1])
             self.connection_closed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.connection_closed.wait(), 0.05)

@@ -94,6 +94,7 @@ class Session(asyncio.Protocol):
         # Long-polls of this connection sleeping in Server.wait_for: woken when it ends.
         self._sleepers: set[asyncio.Future[bool]] = set()
         self._release_due = False
+        self._abandoned = False  # cut off at shutdown, as its client did not read
         runner = server.runner
         self._inline = runner if isinstance(runner, InlineRunner) else None
 
@@ -189,7 +190,8 @@ class Session(asyncio.Protocol):
         for fut in self._sleepers:
             if not fut.done():
                 fut.set_result(False)
-        if self.delivered and not self.orderly and not self.server.stopping:
+        if self.delivered and not self.orderly and (self._abandoned
+                                                    or not self.server.stopping):
             # A take still running would lease records after the release and then give
             # them back: the release waits for it, so it finds what the take gave back.
             if self.inflight:
@@ -236,6 +238,23 @@ class Session(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def unsent(self) -> int:
+        """Bytes of replies written but not yet sent (the client is not reading them)."""
+        transport = self.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def abandon(self, stalled: float) -> None:
+        """Cut the connection off at shutdown, its replies unsent: its client has read
+        nothing for ``stalled`` seconds. The leases it delivered go back (the client may
+        never get them), as for a connection that dropped."""
+        self.closed = True
+        self._abandoned = True
+        if self.transport is not None:
+            log.warning("spoolq: dropping the connection from %s: it read none of its "
+                        "replies for %.1f s while the server stopped (%d bytes unsent)",
+                        self.peer, stalled, self.unsent())
+            self.transport.abort()
 
     def update_reading(self) -> None:
         """Pause or resume reading: paused while too many requests are in flight, while the

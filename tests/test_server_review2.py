@@ -1,0 +1,95 @@
+"""The server against clients that misbehave: a client that never reads its replies
+while the server shuts down, pipelined and long-polling requests, many connections."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from spoolq.engines import Lease, open_engine
+from spoolq.engines.remote import RemoteEngine
+from spoolq.protocol import FrameType, encode_frame, encode_preamble
+
+from .servers import ServerProcess
+
+
+def _raw(url: str, rcvbuf: int | None = None) -> socket.socket:
+    host, port = url.removeprefix("spoolq://").rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect((host, int(port)))
+    return sock
+
+
+def _request(ident: int, op: str, **fields: Any) -> bytes:
+    return encode_frame(FrameType.REQUEST, ident, {"op": op, **fields})
+
+
+def _frames(data: bytes) -> list[tuple[int, int, Any]]:
+    """(type, id, body) of each complete frame in ``data``."""
+    out = []
+    while len(data) >= 4 and len(data) >= 4 + struct.unpack_from(">I", data)[0]:
+        length, ftype, ident = struct.unpack_from(">IBI", data)
+        out.append((ftype, ident, cbor2.loads(data[9:4 + length])))
+        data = data[4 + length:]
+    return out
+
+
+def _until(condition: Any, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.01)
+
+
+# ---- shutdown with a client that does not read ------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sigterm_does_not_wait_for_a_client_that_never_reads(tmp_path: Path, loop: str) -> None:
+    """A client pipelines requests whose replies fill its socket and never reads them. On
+    SIGTERM the server gives up on that connection after a short while instead of
+    waiting out its whole grace period; what it ran is stored, and the lease the client
+    took goes back to the queue (the server gave up delivering its replies)."""
+    path = str(tmp_path / "q.sqlite")
+    big = b"b" * (1 << 20)
+    pytest.importorskip(loop)
+    with ServerProcess(path, "--loop", loop) as srv:
+        eng = RemoteEngine(srv.url)
+        try:
+            eng.append("big", [big], [len(big)], time.time())
+            eng.append("jobs", [b"job"], [3], time.time())
+        finally:
+            eng.close()
+        now = time.time()
+        requests = [_request(1, "take", queue="jobs", n=1, now=now, lease=["deaf", now + 600]),
+                    _request(2, "append", queue="put", records=[b"kept"], sizes=[4], now=now)]
+        requests += [_request(i, "peek", queue="big", n=1) for i in range(3, 100)]
+        with _raw(srv.url, rcvbuf=4096) as sock:
+            sock.sendall(encode_preamble() + b"".join(requests))
+            time.sleep(1.0)  # the replies fill the socket buffers: the server stops writing
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            try:
+                code = srv.proc.wait(20)
+            finally:
+                took = time.monotonic() - started
+        assert code == 0
+        assert took < 8, f"the shutdown waited {took:.1f} s on a client that does not read"
+    check = open_engine(path)
+    try:
+        assert tuple(check.counts("put"))[:2] == (1, 0)  # the append the server ran is kept
+        assert tuple(check.counts("jobs"))[:2] == (1, 0), "the deaf client's lease stayed"
+        (rec,) = check.take("jobs", 1, time.time(), Lease("next", time.time() + 60))
+        assert (rec.data, rec.attempts) == (b"job", 2)
+    finally:
+        check.close()
