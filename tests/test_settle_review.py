@@ -3,6 +3,7 @@ through the public API on the memory, sqlite and lmdb engines."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,14 @@ def test_nack_naming_a_message_twice_finishes_its_dead_letter_once(qpath: str) -
         assert q.stats["unfinished"] == 0
         with pytest.raises(ValueError, match="too many"):
             q.task_done()
+
+
+def test_message_with_an_unhashable_item_is_hashable(qpath: str) -> None:
+    with SyncQueue.create(qpath) as q:
+        q.put_many([{"job": 1}, {"job": 1}])
+        first, second = q.lease_many(2)
+        in_flight = {first, second}
+        assert len(in_flight) == 2 and first in in_flight
+        assert first != second and hash(first) == hash(copy.copy(first))
+        q.ack(*in_flight)
+        assert q.stats["leased"] == 0 and q.stats["acks"] == 2

@@ -24,9 +24,12 @@ class Message(Generic[T]):
 
     ``attempts`` is 1 on the first delivery and grows with each redelivery;
     ``enqueued_at`` is the wall-clock time (``time.time()``) of the put.
+
+    A message is hashable whatever its item (a dict, a list): its hash leaves the item
+    out, so messages can be kept in a set or as dict keys while they are in flight.
     """
 
-    item: T
+    item: T = field(hash=False)
     id: int
     attempts: int
     enqueued_at: float
