@@ -41,3 +41,18 @@ def test_message_with_an_unhashable_item_is_hashable(qpath: str) -> None:
         assert first != second and hash(first) == hash(copy.copy(first))
         q.ack(*in_flight)
         assert q.stats["leased"] == 0 and q.stats["acks"] == 2
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "lmdb"])
+def test_ack_of_items_another_handle_put_keeps_sizes_true(tmp_path: Path, engine: str) -> None:
+    qpath = queue_path(tmp_path, engine)
+    with SyncQueue.create(qpath) as a, SyncQueue.create(qpath) as b:
+        a.put("x")
+        b.put("hello world" * 5)  # a's counts do not know of it yet
+        msgs = a.lease_many(2, block=False)
+        assert [m.item for m in msgs] == ["x", "hello world" * 5]
+        a.ack(*msgs)
+        stats = a.stats
+        assert (stats["leased"], stats["acks"]) == (0, 2)
+        assert (stats["raw_size_bytes"], stats["compressed_size_bytes"]) == (0, 0)
+        assert stats["compression_ratio_pct"] is None

@@ -75,11 +75,12 @@ class Settling:
             acked = set(done)
             stored = sum(m._sizes[0] for m in messages if m.id in acked)
             raw = sum(m._sizes[1] for m in messages if m.id in acked)
-            if len(done) < len(deliveries):
-                # A lease this handle counted was taken back and maybe settled elsewhere.
+            c = self._counts
+            if len(done) < len(deliveries) or stored > c.stored_bytes or raw > c.raw_bytes:
+                # A lease this handle counted was taken back and maybe settled elsewhere, or
+                # the counts missed items others put (and this handle leased): read them.
                 self._refresh_locked()
             else:
-                c = self._counts
                 self._counts = Counts(c.ready, max(c.leased - len(done), 0),
                                       c.stored_bytes - stored, c.raw_bytes - raw)
             self.counters["acks"] += len(done)
