@@ -52,27 +52,49 @@ class RemoteAddress:
         return f"RemoteAddress({self.host!r}, {self.port}, queue={self.queue!r}, tls={self.tls})"
 
 
+_QUERY_KEYS = ("token", "tls", "ca")
+_TLS_VALUES = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}
+
+
 def parse_url(url: str) -> RemoteAddress:
-    """Split a ``spoolq://`` URL; :class:`ConfigurationError` if it is not one."""
-    parts = urlsplit(url)
+    """Split a ``spoolq://`` URL; :class:`ConfigurationError` if it is not one, or says
+    what the client cannot follow (the error never shows the URL: it may hold a token)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # an IPv6 literal left open, a port out of range
+        raise ConfigurationError(f"the spoolq:// URL is malformed: {exc}") from None
     if parts.scheme != "spoolq" or not parts.hostname:
         raise ConfigurationError(f"not a spoolq://host:port/name URL: {parts.scheme}://...")
+    if port == 0:
+        raise ConfigurationError("the spoolq:// URL has a bad port: 0")
+    if parts.fragment or url.endswith("#"):
+        raise ConfigurationError("the spoolq:// URL has a '#' fragment; write a '#' in a "
+                                 "queue name as %23")
     try:
-        port = parts.port or DEFAULT_PORT
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
-        raise ConfigurationError("the spoolq:// URL has a bad port") from None
-    query = parse_qs(parts.query)
-    tokens = query.get("token")
+        raise ConfigurationError("the spoolq:// URL has a malformed query") from None
+    unknown = sorted(set(query) - set(_QUERY_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"the spoolq:// URL has unknown parameters {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(_QUERY_KEYS)}")
+    tokens = [t for t in query.get("token", ()) if t]  # token= and ca= left blank: none
     token = tokens[-1] if tokens else None
     if parts.password:
         token = unquote(parts.password)
     elif parts.username:
         token = unquote(parts.username)
     name = unquote(parts.path.lstrip("/")) or None
-    cas = query.get("ca")
+    cas = [c for c in query.get("ca", ()) if c]
     ca_file = cas[-1] if cas else None
-    tls = (query.get("tls") or ["0"])[-1].lower() in ("1", "true", "yes") or ca_file is not None
-    return RemoteAddress(parts.hostname, port, name, token, tls, ca_file)
+    tls_value = (query.get("tls") or ["0"])[-1].lower()
+    if tls_value not in _TLS_VALUES:
+        raise ConfigurationError(f"the spoolq:// URL's tls= takes {', '.join(_TLS_VALUES)}")
+    tls = _TLS_VALUES[tls_value] or ca_file is not None
+    return RemoteAddress(parts.hostname, port or DEFAULT_PORT, name, token, tls, ca_file)
 
 
 def url_queue_name(path: str | os.PathLike[str]) -> str | None:

@@ -1,0 +1,49 @@
+"""The client of a spoolq server: what its URLs and options accept, and how long its calls
+last when the server is slow, stalled or away."""
+
+from __future__ import annotations
+
+import pytest
+
+import spoolq
+from spoolq.engines.remote import parse_url
+
+
+@pytest.mark.parametrize("url", [
+    "spoolq://127.0.0.1:0/jobs",  # port 0 connects nowhere; it used to mean 7480
+    "spoolq://[::1/jobs",  # an IPv6 literal left open
+    "spoolq://[::1]:7480:1/jobs",
+    "spoolq://127.0.0.1/jobs?tsl=1",  # a misspelt tls= sent the token in clear text
+    "spoolq://127.0.0.1/jobs?tls=maybe",
+    "spoolq://127.0.0.1/jobs?tls=",
+    "spoolq://127.0.0.1/jobs?token",
+    "spoolq://127.0.0.1/jobs#1",  # an unquoted '#' cut the queue name short
+])
+def test_a_url_the_client_cannot_follow_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="URL"):
+        parse_url(url)
+    with pytest.raises(spoolq.ConfigurationError, match="URL"):
+        spoolq.SyncQueue.create(url)
+
+
+def test_the_urls_the_client_takes() -> None:
+    six = parse_url("spoolq://[::1]:7481/jobs?tls=yes&token=t")
+    assert (six.host, six.port, six.queue, six.tls, six.token) == ("::1", 7481, "jobs", True,
+                                                                   "t")
+    assert parse_url("spoolq://[::1]/jobs%231?tls=off").queue == "jobs#1"
+    assert parse_url("spoolq://[::1]/jobs?tls=off").tls is False
+    assert parse_url("spoolq://h:7480/jobs?tls=0&ca=ca.pem").ca_file == "ca.pem"
+    assert parse_url("spoolq://h").queue is None
+
+
+def test_a_bad_url_never_shows_its_token() -> None:
+    for url in ("spoolq://:s3cret@h:0/q", "spoolq://:s3cret@[::1/q", "spoolq://h/q?x=s3cret",
+                "spoolq://:s3cret@h/q?tls=s3cret"):
+        with pytest.raises(spoolq.ConfigurationError) as info:
+            parse_url(url)
+        assert "s3cret" not in str(info.value)
+
+
+def test_blank_url_parameters_are_left_out() -> None:
+    blank = parse_url("spoolq://h/jobs?token=&ca=&tls=1")
+    assert (blank.token, blank.ca_file, blank.tls) == (None, None, True)
