@@ -3,10 +3,21 @@ last when the server is slow, stalled or away."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import pytest
 
 import spoolq
 from spoolq.engines.remote import parse_url
+
+from .servers import ThreadedServer
+
+
+@pytest.fixture(scope="module")
+def memory_server() -> Iterator[ThreadedServer]:
+    with ThreadedServer(":memory:") as server:
+        yield server
 
 
 @pytest.mark.parametrize("url", [
@@ -47,3 +58,21 @@ def test_a_bad_url_never_shows_its_token() -> None:
 def test_blank_url_parameters_are_left_out() -> None:
     blank = parse_url("spoolq://h/jobs?token=&ca=&tls=1")
     assert (blank.token, blank.ca_file, blank.tls) == (None, None, True)
+
+
+@pytest.mark.parametrize("option", ["timeout", "connect_timeout"])
+@pytest.mark.parametrize("value", [math.inf, 1e300, 10**400, math.nan, 0, -1, True, "5", None],
+                         ids=["inf", "1e300", "10**400", "nan", "0", "-1", "True", "'5'", "None"])
+def test_a_timeout_out_of_range_is_a_configuration_error_naming_it(
+        memory_server: ThreadedServer, option: str, value: object) -> None:
+    # inf and 1e300 raised OverflowError or struct.error at the first call, 10**400
+    # OverflowError, True was taken for one second, "5" and None raised TypeError
+    with pytest.raises(spoolq.ConfigurationError, match=option):
+        spoolq.SyncQueue.create(f"{memory_server.url}/jobs", engine_options={option: value})
+
+
+def test_a_long_timeout_is_taken(memory_server: ThreadedServer) -> None:
+    with spoolq.SyncQueue.create(f"{memory_server.url}/jobs", engine_options={
+            "timeout": 2147483, "connect_timeout": 2147483.0}) as q:
+        q.put("x")
+        assert q.get(timeout=1) == "x"

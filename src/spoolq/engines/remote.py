@@ -65,6 +65,9 @@ __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "p
 log = logging.getLogger("spoolq")
 
 _MAX_N = 2**31 - 1
+# The longest timeout or connect_timeout, in seconds (some 24 days): past any use, and
+# well within what the socket's limits and the deadlines' arithmetic take.
+_MAX_TIMEOUT = 2147483.0
 _IDLE_WAITERS = 4
 # What a record adds to an append request besides its bytes, at most: the CBOR heads of
 # the byte string and of its size (9 bytes each).
@@ -109,9 +112,10 @@ class RemoteEngine:
                  tls: bool | ssl.SSLContext | None = None, ca_file: str | None = None,
                  max_reply: int = DEFAULT_MAX_FRAME) -> None:
         for what, seconds in (("timeout", timeout), ("connect_timeout", connect_timeout)):
-            if not seconds > 0:
-                raise ConfigurationError(f"{what} must be a number of seconds > 0, "
-                                         f"not {seconds!r}")
+            if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                    or not 0 < seconds <= _MAX_TIMEOUT):
+                raise ConfigurationError(f"{what} must be a number of seconds > 0 and at most "
+                                         f"{_MAX_TIMEOUT:.0f}, not {seconds!r}")
         if type(max_reply) is not int or max_reply < MIN_MAX_REPLY:
             raise ConfigurationError(f"max_reply must be an int of at least {MIN_MAX_REPLY} "
                                      f"bytes, not {max_reply!r}")
