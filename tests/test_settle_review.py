@@ -56,3 +56,18 @@ def test_ack_of_items_another_handle_put_keeps_sizes_true(tmp_path: Path, engine
         assert (stats["leased"], stats["acks"]) == (0, 2)
         assert (stats["raw_size_bytes"], stats["compressed_size_bytes"]) == (0, 0)
         assert stats["compression_ratio_pct"] is None
+
+
+def test_settling_with_a_wrong_argument_says_how_and_changes_nothing(qpath: str) -> None:
+    with SyncQueue.create(qpath) as q:
+        q.put_many(["a", "b"])
+        first, second = q.lease_many(2)
+        with pytest.raises(TypeError, match=r"not int 5.*delay=5"):
+            q.nack(first, 5)  # the delay given positionally
+        with pytest.raises(TypeError, match=r"not list.*ack\(\*messages\)"):
+            q.ack([first, second])
+        with pytest.raises(TypeError, match=r"not tuple.*nack\(\*messages\)"):
+            q.nack((first, second))
+        assert q.stats["leased"] == 2 and (q.stats["acks"], q.stats["nacks"]) == (0, 0)
+        q.ack(first, second)
+        assert q.stats["leased"] == 0 and q.stats["acks"] == 2

@@ -21,6 +21,18 @@ from .settings import Settings, check_seconds
 __all__ = ["Settling"]
 
 
+def _not_a_message(arg: object, what: str) -> str:
+    """Why ``arg`` cannot be settled by ``what`` ("ack" or "nack"), with the likely fix."""
+    error = f"{what}() takes spoolq Messages, not {type(arg).__name__}"
+    if isinstance(arg, (list, tuple, set)):
+        return f"{error}: pass the messages as separate arguments, {what}(*messages)"
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        error += f" {arg!r}"
+        if what == "nack":
+            error += f": the delay is a keyword argument, nack(message, delay={arg!r})"
+    return error
+
+
 class Settling:
     """Acks, nacks, ``task_done``, dead letters and purges of one queue handle."""
 
@@ -45,10 +57,10 @@ class Settling:
     _settle: Callable[[list[Ticket]], None]
     _settle_pending: Callable[..., None]
 
-    def _deliveries(self, messages: Sequence[Message[Any]]) -> list[tuple[int, int]]:
+    def _deliveries(self, messages: Sequence[Message[Any]], what: str) -> list[tuple[int, int]]:
         for msg in messages:
             if not isinstance(msg, Message):
-                raise TypeError(f"expected a spoolq Message, not {type(msg).__name__}")
+                raise TypeError(_not_a_message(msg, what))
             if msg.queue != self.name or msg._owner not in self.owners:
                 raise LeaseError(
                     f"message {msg.id} was leased from another queue handle; settle it there")
@@ -66,7 +78,7 @@ class Settling:
 
     def ack(self, messages: Sequence[Message[Any]]) -> None:
         """Remove leased items; raise LeaseError naming any lease no longer held."""
-        deliveries = self._deliveries(messages)
+        deliveries = self._deliveries(messages, "ack")
         with self.lock:
             self._check_open()
             done: list[int] = []
@@ -91,7 +103,7 @@ class Settling:
     def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
         """Return leased items to their FIFO position, visible again after ``delay`` seconds."""
         check_seconds("delay", delay)
-        deliveries = self._deliveries(messages)
+        deliveries = self._deliveries(messages, "nack")
         with self.lock:
             self._check_open()
             # delay 0 means visible at once, whatever the wall clock does meanwhile
