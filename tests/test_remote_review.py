@@ -3,15 +3,20 @@ last when the server is slow, stalled or away."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 import spoolq
-from spoolq.engines.remote import parse_url
+from spoolq.engines.remote import RemoteEngine, parse_url
 
-from .servers import ThreadedServer
+from .servers import ServerProcess, ThreadedServer
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +81,53 @@ def test_a_long_timeout_is_taken(memory_server: ThreadedServer) -> None:
             "timeout": 2147483, "connect_timeout": 2147483.0}) as q:
         q.put("x")
         assert q.get(timeout=1) == "x"
+
+
+@contextlib.contextmanager
+def stalled(server: ServerProcess) -> Iterator[None]:
+    """The server process stopped (SIGSTOP): the kernel still accepts its connections and
+    takes what is sent, and nothing answers."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_a_get_blocked_in_a_long_poll_keeps_its_timeout_when_the_server_stalls() -> None:
+    # It waited its timeout plus the engine's timeout (10 s here, 30 s by default).
+    with ServerProcess(":memory:") as server, spoolq.SyncQueue.create(
+            f"{server.url}/jobs", engine_options={"timeout": 10}) as q:
+        outcome: list[object] = []
+
+        def get() -> None:
+            start = time.monotonic()
+            try:
+                outcome.append(q.get(timeout=1.0))
+            except (spoolq.Empty, spoolq.Unavailable) as exc:
+                outcome.append(exc)
+            outcome.append(time.monotonic() - start)
+
+        getter = threading.Thread(target=get)
+        getter.start()
+        time.sleep(0.4)  # in the engine's wait by now
+        with stalled(server):
+            getter.join(15)
+        assert isinstance(outcome[0], spoolq.Unavailable)
+        assert outcome[1] < 2.0
+
+
+def test_a_wait_for_items_keeps_its_timeout_when_the_server_stalls() -> None:
+    with ServerProcess(":memory:") as server:
+        engine = RemoteEngine(f"{server.url}/jobs", timeout=10, connect_timeout=10)
+        try:
+            assert engine.wait_ready("jobs", 0.05) is False  # a waiting connection kept
+            with stalled(server):
+                for _ in range(2):  # on the connection kept, then on a new one
+                    start = time.monotonic()
+                    with pytest.raises(spoolq.Unavailable):
+                        engine.wait_ready("jobs", 0.5)
+                    assert time.monotonic() - start < 1.5
+            assert engine.wait_ready("jobs", 0.05) is False
+        finally:
+            engine.close()

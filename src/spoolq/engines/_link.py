@@ -120,6 +120,7 @@ class Link:
                  ssl_context: ssl.SSLContext | None, connect_timeout: float,
                  max_reply: int) -> None:
         self.where = f"{address.host}:{address.port}"
+        started = time.monotonic()
         try:
             sock = socket.create_connection((address.host, address.port), connect_timeout)
         except OSError as exc:
@@ -173,8 +174,12 @@ class Link:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         self._answered = time.monotonic()
+        self.handshake_seconds = self._answered - started  # connecting, TLS and hello
         self.proto.server_max_frame = info["max_frame"]
-        skew = float(server_time) - time.time()
+        self._check_clock(float(server_time))
+
+    def _check_clock(self, server_time: float) -> None:
+        skew = server_time - time.time()
         if abs(skew) > _CLOCK_SKEW_WARNING:
             log.warning("spoolq: the clock of the server at %s differs from ours by %.1f s; "
                         "lease times assume synchronized clocks", self.where, skew)

@@ -69,6 +69,9 @@ _MAX_N = 2**31 - 1
 # well within what the socket's limits and the deadlines' arithmetic take.
 _MAX_TIMEOUT = 2147483.0
 _IDLE_WAITERS = 4
+# Seconds a wait's reply may come after the wait's end, besides two handshakes' time (the
+# round trips of a slow network), before the server counts as stalled.
+_WAIT_GRACE = 0.5
 # What a record adds to an append request besides its bytes, at most: the CBOR heads of
 # the byte string and of its size (9 bytes each).
 _PER_RECORD = 18
@@ -137,6 +140,7 @@ class RemoteEngine:
         self._closed = False
         self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
+        self._handshake_seconds = self._link.handshake_seconds
 
     def _ssl_context(self, tls: bool | ssl.SSLContext | None,
                      ca_file: str | None) -> ssl.SSLContext | None:
@@ -146,9 +150,10 @@ class RemoteEngine:
             return ssl.create_default_context(cafile=ca_file)
         return None
 
-    def _connect(self) -> Link:
+    def _connect(self, connect_timeout: float | None = None) -> Link:
         return Link(self.address, token=self._token, ssl_context=self._ssl,
-                     connect_timeout=self.connect_timeout, max_reply=self.max_reply)
+                     connect_timeout=connect_timeout or self.connect_timeout,
+                     max_reply=self.max_reply)
 
     def _call(self, op: str, args: dict[str, Any], wait: float = 0.0) -> Any:
         if self.read_only and op in WRITE_OPS:
@@ -400,7 +405,9 @@ class RemoteEngine:
             link.close()
             link = None
         if link is None:
-            link = self._connect()
+            # no longer than the wait, and time for the handshake the first one took
+            link = self._connect(min(self.connect_timeout, timeout + _WAIT_GRACE
+                                     + 2 * self._handshake_seconds))
         with self._waiters_lock:
             if generation != self._wait_generation or self._closed:
                 link.close()
@@ -408,8 +415,10 @@ class RemoteEngine:
             self._busy_waiters.add(link)
         unhook = cancel.on_cancel(partial(_shut, link)) if cancel is not None else None
         try:
-            ready = link.call("wait", {"queue": queue, "timeout": timeout},
-                              self.timeout + timeout)
+            # The server answers when the wait is over: a reply much later than that
+            # means it stalled, and the caller's own timeout is over by then.
+            grace = min(self.timeout, _WAIT_GRACE + 2 * link.handshake_seconds)
+            ready = link.call("wait", {"queue": queue, "timeout": timeout}, timeout + grace)
         except BaseException:
             link.close()
             with self._waiters_lock:
