@@ -71,3 +71,18 @@ def test_settling_with_a_wrong_argument_says_how_and_changes_nothing(qpath: str)
         assert q.stats["leased"] == 2 and (q.stats["acks"], q.stats["nacks"]) == (0, 0)
         q.ack(first, second)
         assert q.stats["leased"] == 0 and q.stats["acks"] == 2
+
+
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+def test_purge_counts_the_puts_it_deletes_at_every_durability(qpath: str, durability: str) -> None:
+    with SyncQueue.create(qpath, durability=durability, flush_items=100, flush_interval=60) as q:
+        q.put_many(["a", "b"])
+        q.put("c")
+        assert q.purge() == 3
+        stats = q.stats
+        assert (stats["count"], stats["puts"], stats["unfinished"]) == (0, 3, 0)
+        assert (stats["raw_size_bytes"], stats["compressed_size_bytes"]) == (0, 0)
+        q.put("d")
+        assert q.get() == "d"
+        q.task_done()
+        assert (q.stats["puts"], q.stats["gets"]) == (4, 1)

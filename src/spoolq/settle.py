@@ -176,6 +176,8 @@ class Settling:
                 records, sizes, tickets = self.group.take_all(writing=False)
                 self._settle_pending(records, sizes, lost=False)
                 buffered = len(records)
+                # Their puts returned: counted as when they are written or handed out.
+                self.counters["puts"] += buffered
             removed = self.engine.purge(self.dead_name if dead else self.name) + buffered
             self._refresh_locked()
             if not dead:
