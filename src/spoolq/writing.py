@@ -148,6 +148,7 @@ class Writing:
             errors: list[BaseException | None] | None = None  # each ticket's, once split
             stored = 0  # records stored by a write that failed after its first transaction
             kept = False
+            puts = self.counters["puts"]
             try:
                 self._check_open()
                 self.engine.append(self.name, records, sizes, time.time())
@@ -157,8 +158,7 @@ class Writing:
                 if stored:
                     # Written in several transactions, the first of which are stored: they
                     # count as written, and are never written again.
-                    self._settle_pending(records[:stored], sizes[:stored], lost=False)
-                    self._count_put(records[:stored], sizes[:stored])
+                    self._stored(records[:stored], sizes[:stored])
                     self.group.written(stored)
                     records, sizes = records[stored:], sizes[stored:]
                     counts = _left_after(counts, stored)
@@ -181,7 +181,7 @@ class Writing:
                 self.group.written(len(records))
         written_apart = 0
         if errors is None:
-            errors = [error] * len(tickets)
+            errors = _errors_of(tickets, error, counts if stored else None)
         elif counts is not None:
             written_apart = sum(n for n, e in zip(counts, errors, strict=True) if e is None)
         for ticket, ticket_error in zip(tickets, errors, strict=True):
@@ -189,7 +189,7 @@ class Writing:
             ticket.done = True
         if self.on_settled is not None:
             self.on_settled(tickets)
-        if error is None or written_apart or stored:
+        if self.counters["puts"] != puts:  # records stored, whatever failed
             self._after_put()
         if error is not None:
             log.error("spoolq: writing %d records to %r failed%s%s", len(records) + stored,
@@ -211,22 +211,39 @@ class Writing:
         each caller's error. When both halves fail, the failure is not one caller's (a
         full disk, a lost connection): every caller of those halves gets its error,
         after three writes rather than one per caller. The caller holds the lock and
-        settles the pending records' bytes here."""
+        settles the pending records' bytes here.
+
+        A write that fails after storing its first records (see
+        :func:`~spoolq.engines.base.stored_before_failure`) has them stored: they are
+        never written again, and a caller (a count of 0 here too) whose records are all
+        stored gets no error."""
         starts = [0]
         for n in counts:
             starts.append(starts[-1] + n)
-        errors: list[BaseException | None] = [error] * len(counts)
+        ends = starts[1:]
+        firsts = starts[:-1]  # each caller's first record not stored yet
+        errors: list[BaseException | None] = [error if n else None for n in counts]
 
         def write(lo: int, hi: int) -> BaseException | None:
-            part, part_sizes = records[starts[lo]:starts[hi]], sizes[starts[lo]:starts[hi]]
+            # What is stored of a range is a prefix of it (written by a write that failed
+            # part way): the rest begins at its first caller with records left.
+            left = [k for k in range(lo, hi) if firsts[k] < ends[k]]
+            if not left:
+                return None
+            a, b = firsts[left[0]], ends[hi - 1]
             try:
-                self.engine.append(self.name, part, part_sizes, time.time())
+                self.engine.append(self.name, records[a:b], sizes[a:b], time.time())
             except Exception as exc:
-                errors[lo:hi] = [exc] * (hi - lo)
+                edge = a + stored_before_failure(exc, b - a)
+                if edge > a:
+                    self._stored(records[a:edge], sizes[a:edge])
+                for k in range(lo, hi):
+                    firsts[k] = max(firsts[k], min(edge, ends[k]))
+                    errors[k] = exc if firsts[k] < ends[k] else None
                 return exc
-            self._settle_pending(part, part_sizes, lost=False)
-            self._count_put(part, part_sizes)
-            errors[lo:hi] = [None] * (hi - lo)
+            self._stored(records[a:b], sizes[a:b])
+            for k in range(lo, hi):
+                firsts[k], errors[k] = ends[k], None
             return None
 
         lo, hi = 0, len(counts)
@@ -238,9 +255,14 @@ class Writing:
             lo, hi = (lo, mid) if first is not None else (mid, hi)
         for k, ticket_error in enumerate(errors):
             if ticket_error is not None:
-                self._settle_pending(records[starts[k]:starts[k + 1]],
-                                     sizes[starts[k]:starts[k + 1]], lost=True)
+                self._settle_pending(records[firsts[k]:ends[k]], sizes[firsts[k]:ends[k]],
+                                     lost=True)
         return errors
+
+    def _stored(self, records: list[bytes], sizes: list[int]) -> None:
+        """Pending records a flush took are stored: count them as put."""
+        self._settle_pending(records, sizes, lost=False)
+        self._count_put(records, sizes)
 
     def _train(self) -> None:
         """Train the zstd dictionary; a failure is logged and never fails a put."""
@@ -315,6 +337,16 @@ class Writing:
         self._flusher = threading.Thread(target=run, name=f"spoolq-flush-{self.name}",
                                          daemon=True)
         self._flusher.start()
+
+
+def _errors_of(tickets: list[Ticket], error: BaseException | None,
+               counts: list[int] | None) -> list[BaseException | None]:
+    """Each ticket's ``error``; with ``counts``, each ticket's records not stored, a ticket
+    whose records were all stored before the failure gets none: its put is stored, and a
+    caller who put it again would store it twice."""
+    if counts is None:
+        return [error] * len(tickets)
+    return [error if n else None for n in counts]
 
 
 def _left_after(counts: list[int] | None, stored: int) -> list[int] | None:

@@ -1,0 +1,152 @@
+"""How puts are written: group commit of many callers' records, and an append that stores
+part of a batch before it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import spoolq
+from spoolq import Queue, SyncQueue
+from spoolq.engines import Engine, open_engine
+from spoolq.engines.base import STORED_RECORDS
+
+
+class RequestsEngine:
+    """Delegates to a real engine, storing each record of an append in its own
+    transaction, as the remote engine does with a batch larger than one request. Each
+    append takes the next entry of ``script``: None stores every record; a number k
+    stores the first k, then raises an EngineError (a lost connection) that says how
+    many were stored, as the remote engine's does. The append after ``hold()`` waits
+    for ``release()``."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.script: list[int | None] = []
+        self.appends: list[int] = []
+        self._held = threading.Event()
+        self._hold = False
+        self._go = threading.Event()
+
+    def hold(self) -> None:
+        self._hold, self._go = True, threading.Event()
+        self._held.clear()
+
+    def wait_held(self) -> None:
+        assert self._held.wait(5)
+
+    def release(self) -> None:
+        self._go.set()
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if self._hold:
+            self._hold = False
+            self._held.set()
+            assert self._go.wait(10), "never released"
+        self.appends.append(len(records))
+        limit = self.script.pop(0) if self.script else None
+        ids: list[int] = []
+        try:
+            for record, size in zip(records, raw_sizes, strict=True):
+                if limit is not None and len(ids) >= limit:
+                    raise spoolq.EngineError("connection lost")
+                ids += self._inner.append(queue, [record], [size], now)
+        except spoolq.EngineError as exc:
+            if ids:
+                setattr(exc, STORED_RECORDS, len(ids))
+            raise
+        return ids
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def _group_of_four(path: str, script: list[int | None]) -> tuple[list[Any], list[str]]:
+    """Put "first" alone, then t0..t3 from four tasks in one group commit that meets
+    ``script``; return the four results and what the file holds afterwards."""
+    engine = RequestsEngine(open_engine(path))
+    async with await Queue.create(path, engine=engine) as q:
+        engine.hold()
+        first = asyncio.create_task(q.put("first"))
+        await asyncio.get_running_loop().run_in_executor(None, engine.wait_held)
+        others = asyncio.gather(*(q.put(f"t{i}") for i in range(4)), return_exceptions=True)
+        while q.qsize() < 5:  # all four wait for the next group commit
+            await asyncio.sleep(0)
+        engine.script = [None, *script]  # "first" is stored
+        engine.release()
+        await first
+        results = await asyncio.wait_for(others, 5)
+        assert engine.appends[1] == 4  # the four were one group
+    with SyncQueue.create(path) as q:
+        return results, q.peek(100)
+
+
+async def test_a_put_stored_before_the_group_commit_failed_does_not_raise(
+        tmp_path: Path) -> None:
+    # The batch's first record is stored, then the connection is lost for good: t0 is
+    # in the queue, so its put must return; t1..t3 are not, so theirs raise. t0's put
+    # raised EngineError too, and a caller that put it again stored it twice.
+    path = str(tmp_path / "q.sqlite")
+    results, stored = await _group_of_four(path, [1, 0, 0, 0, 0, 0, 0])
+    assert stored == ["first", "t0"]
+    assert results[0] is None
+    assert all(isinstance(r, spoolq.EngineError) for r in results[1:])
+
+
+async def test_a_put_of_a_group_all_stored_before_the_failure_does_not_raise(
+        tmp_path: Path) -> None:
+    # Every record of the group is stored and the append fails after its last request
+    # (an answer lost): no put may raise.
+    path = str(tmp_path / "q.sqlite")
+    results, stored = await _group_of_four(path, [4, 0, 0, 0])
+    assert stored == ["first", "t0", "t1", "t2", "t3"]
+    assert results == [None] * 4
+
+
+async def test_records_stored_by_a_failed_write_apart_are_not_written_again(
+        tmp_path: Path) -> None:
+    # The batch stores t0 and fails; written apart, [t1] is stored, and [t2, t3] stores
+    # t2 before failing again. t2 was then written again with the half that failed.
+    path = str(tmp_path / "q.sqlite")
+    results, stored = await _group_of_four(path, [1, None, 1, None, None])
+    assert results == [None] * 4
+    assert stored == ["first", "t0", "t1", "t2", "t3"]
+
+
+def test_threads_a_put_stored_before_the_group_commit_failed_does_not_raise(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    engine = RequestsEngine(open_engine(path))
+    results: dict[str, BaseException | None] = {}
+
+    def put(item: str) -> None:
+        try:
+            q.put(item)
+        except spoolq.EngineError as exc:
+            results[item] = exc
+        else:
+            results[item] = None
+
+    with SyncQueue.create(path, engine=engine) as q:  # type: ignore[arg-type]
+        engine.hold()
+        first = threading.Thread(target=put, args=("first",))
+        first.start()
+        engine.wait_held()
+        threads = [threading.Thread(target=put, args=(f"t{i}",)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        while q.qsize() < 4:  # "first", held in its write, is not counted yet
+            threading.Event().wait(0.001)
+        engine.script = [None, 1, 0, 0, 0, 0, 0]
+        engine.release()
+        for thread in [first, *threads]:
+            thread.join(5)
+        assert engine.appends[1] == 4
+        assert q.peek(100) == ["first", "t0"]
+    assert results["first"] is None and results["t0"] is None
+    assert all(isinstance(results[f"t{i}"], spoolq.EngineError) for i in (1, 2, 3))
