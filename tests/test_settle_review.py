@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolq import SyncQueue
+from spoolq import Empty, SyncQueue
 
 from .conftest import queue_path
 
@@ -86,3 +86,20 @@ def test_purge_counts_the_puts_it_deletes_at_every_durability(qpath: str, durabi
         assert q.get() == "d"
         q.task_done()
         assert (q.stats["puts"], q.stats["gets"]) == (4, 1)
+
+
+def test_join_waits_for_a_put_after_the_queue_was_seen_empty(qpath: str) -> None:
+    """As queue.Queue: two puts and one task_done leave one item unfinished, even when a
+    get re-read the counts of the empty file in between."""
+    with SyncQueue.create(qpath) as q:
+        q.put("A")
+        assert q.get() == "A"
+        with pytest.raises(Empty):
+            q.get(timeout=0.05)  # re-reads the counts: the file holds nothing
+        q.put("B")
+        q.task_done()  # for A
+        assert q.stats["unfinished"] == 1
+        assert q.get() == "B"
+        q.task_done()
+        assert q.stats["unfinished"] == 0
+        q.join()

@@ -175,11 +175,13 @@ class QueueCore(Writing, Settling, Decoding):
         self._last_refresh = time.monotonic()
         if not counts.ready and not counts.leased:
             # Nothing is left anywhere: whoever took the items this handle waits for (other
-            # handles and processes, whose task_done it never hears of), they are gone.
+            # handles and processes, whose task_done it never hears of), they are gone;
+            # those this handle took itself stay unfinished until their task_done.
             # Under _tally, so that no put is counted between the check and the reset.
             with self._tally:
                 if not self.group.unwritten():
-                    self._unfinished = 0
+                    self._unfinished = max(
+                        min(self._unfinished, self.counters["gets"] - self._task_dones), 0)
         if dead:
             self._dead = self.engine.counts(self.dead_name).ready
             self._last_dead_refresh = self._last_refresh
