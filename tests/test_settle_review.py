@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolq import Empty, SyncQueue
+from spoolq import Empty, Queue, SyncQueue
 
 from .conftest import queue_path
 
@@ -103,3 +103,24 @@ def test_join_waits_for_a_put_after_the_queue_was_seen_empty(qpath: str) -> None
         q.task_done()
         assert q.stats["unfinished"] == 0
         q.join()
+
+
+@pytest.mark.parametrize("ids", [5, "12", b"1"])
+def test_requeue_dead_refuses_ids_that_are_not_a_list(qpath: str, ids: object) -> None:
+    with SyncQueue.create(qpath, max_attempts=1) as q:
+        q.put_many(["a", "b"])
+        q.nack(q.lease(), q.lease())
+        assert q.stats["dead"] == 2
+        with pytest.raises(TypeError, match="ids must be a list of ids"):
+            q.requeue_dead(ids)  # type: ignore[arg-type]
+        assert (q.stats["dead"], q.qsize()) == (2, 0)
+        assert q.requeue_dead() == 2 and q.qsize() == 2
+
+
+async def test_async_requeue_dead_refuses_one_int(tmp_path: Path) -> None:
+    async with await Queue.create(tmp_path / "q.sqlite", max_attempts=1) as q:
+        await q.put("a")
+        await q.nack(await q.lease())
+        with pytest.raises(TypeError, match="ids must be a list of ids"):
+            await q.requeue_dead(1)  # type: ignore[arg-type]
+        assert await q.requeue_dead() == 1

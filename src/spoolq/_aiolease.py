@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .core import QueueCore
 from .message import Message, Taken, log_failed_nack
-from .settings import check_count, check_seconds
+from .settings import check_count, check_ids, check_seconds
 
 __all__ = ["Leasing"]
 
@@ -92,7 +92,7 @@ class Leasing(Generic[T]):
         """Move dead letters (all, or those with ``ids``) back to the tail of the queue;
         return how many moved. An id that is not an int raises TypeError, a negative one
         ValueError, and nothing moves."""
-        wanted = None if ids is None else [check_count("ids", i, 0) for i in ids]
+        wanted = check_ids(ids)
         self._enter()
         return await self._call(self._core.requeue_dead, wanted)
 

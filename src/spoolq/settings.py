@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +61,17 @@ def check_count(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
     return value
+
+
+def check_ids(ids: object) -> list[int] | None:
+    """The ids of a ``requeue_dead``: None, or an iterable of ints >= 0 (not one int, and
+    not a text or bytes, whose characters would be taken for ids)."""
+    if ids is None:
+        return None
+    if isinstance(ids, (int, str, bytes, bytearray)) or not isinstance(ids, Iterable):
+        raise TypeError(f"ids must be a list of ids (or None for all), not "
+                        f"{type(ids).__name__} {ids!r}")
+    return [check_count("ids", i, 0) for i in ids]
 
 
 _LARGEST_SECONDS = sys.float_info.max  # an int past it cannot be added to a time

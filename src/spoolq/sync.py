@@ -23,7 +23,14 @@ from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown, Unavailable
 from .message import Message, log_failed_nack
-from .settings import Settings, check_codecs, check_count, check_seconds, resolve_target
+from .settings import (
+    Settings,
+    check_codecs,
+    check_count,
+    check_ids,
+    check_seconds,
+    resolve_target,
+)
 
 __all__ = ["SyncQueue"]
 
@@ -403,8 +410,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         """Move dead letters (all, or those with ``ids``) back to the tail of the queue;
         return how many moved. An id that is not an int raises TypeError, a negative one
         ValueError, and nothing moves."""
-        return self._core.requeue_dead(
-            None if ids is None else [check_count("ids", i, 0) for i in ids])
+        return self._core.requeue_dead(check_ids(ids))
 
     def purge(self, *, dead: bool = False) -> int:
         """Delete every item, ready and leased (or every dead letter); return how many."""
