@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,15 @@ def test_a_wait_for_items_keeps_its_timeout_when_the_server_stalls() -> None:
             assert engine.wait_ready("jobs", 0.05) is False
         finally:
             engine.close()
+
+
+def test_a_ca_file_the_client_cannot_read_is_a_configuration_error(tmp_path: Path) -> None:
+    # FileNotFoundError or ssl.SSLError, before the client tried to connect
+    missing, empty = tmp_path / "missing.pem", tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    for ca in (missing, empty):
+        with pytest.raises(spoolq.ConfigurationError, match="ca_file"):
+            spoolq.SyncQueue.create("spoolq://127.0.0.1:1/jobs", engine_options={"ca_file": ca})
+        with pytest.raises(spoolq.ConfigurationError, match="ca_file"):
+            spoolq.SyncQueue.create(f"spoolq://127.0.0.1:1/jobs?ca={ca}")
+

@@ -147,7 +147,12 @@ class RemoteEngine:
         if isinstance(tls, ssl.SSLContext):
             return tls
         if tls or (tls is None and (self.address.tls or ca_file)):
-            return ssl.create_default_context(cafile=ca_file)
+            try:
+                return ssl.create_default_context(cafile=ca_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigurationError(
+                    f"ca_file {ca_file!r} is not a readable PEM file of certificates: {exc}"
+                ) from exc
         return None
 
     def _connect(self, connect_timeout: float | None = None) -> Link:
