@@ -18,6 +18,7 @@ import spoolq
 from spoolq.engines.remote import RemoteEngine, parse_url
 
 from .servers import ServerProcess, ThreadedServer
+from .test_server import _self_signed
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +145,22 @@ def test_a_ca_file_the_client_cannot_read_is_a_configuration_error(tmp_path: Pat
         with pytest.raises(spoolq.ConfigurationError, match="ca_file"):
             spoolq.SyncQueue.create(f"spoolq://127.0.0.1:1/jobs?ca={ca}")
 
+
+def test_a_tls_server_that_stalls_is_unavailable(tmp_path: Path) -> None:
+    # The TLS handshake's timeout was an EngineError, where a server without TLS that
+    # stalls is Unavailable: a blocked get did not wait it out.
+    cert, key = _self_signed(tmp_path)
+    with ServerProcess(":memory:", "--tls-cert", str(cert), "--tls-key", str(key)) as server:
+        url, options = f"{server.url}/jobs", {"ca_file": str(cert), "connect_timeout": 0.5}
+        engine = RemoteEngine(url, **options)  # type: ignore[arg-type]
+        try:
+            with stalled(server):
+                with pytest.raises(spoolq.Unavailable):
+                    spoolq.SyncQueue.create(url, engine_options=options)
+                start = time.monotonic()
+                with pytest.raises(spoolq.Unavailable):  # on a connection of its own
+                    engine.wait_ready("jobs", 0.2)
+                assert time.monotonic() - start < 1.5
+            assert engine.wait_ready("jobs", 0.05) is False
+        finally:
+            engine.close()

@@ -121,21 +121,7 @@ class Link:
                  max_reply: int) -> None:
         self.where = f"{address.host}:{address.port}"
         started = time.monotonic()
-        try:
-            sock = socket.create_connection((address.host, address.port), connect_timeout)
-        except OSError as exc:
-            raise Unavailable(f"cannot connect to the spoolq server at {self.where}: {exc}") \
-                from exc
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock, server_hostname=address.host)
-        except BaseException as exc:
-            sock.close()
-            if isinstance(exc, OSError):
-                raise EngineError(f"TLS with the spoolq server at {self.where} failed: {exc}") \
-                    from exc
-            raise
+        sock = self._open(address, ssl_context, connect_timeout)
         self.sock = sock
         # Python's socket timeouts cost a poll() before every send and recv; on Linux the
         # kernel's SO_SNDTIMEO/SO_RCVTIMEO bound a blocking socket at one system call each.
@@ -177,6 +163,30 @@ class Link:
         self.handshake_seconds = self._answered - started  # connecting, TLS and hello
         self.proto.server_max_frame = info["max_frame"]
         self._check_clock(float(server_time))
+
+    def _open(self, address: RemoteAddress, ssl_context: ssl.SSLContext | None,
+              connect_timeout: float) -> socket.socket:
+        """A connected socket, with TLS when ``ssl_context`` is given."""
+        try:
+            sock = socket.create_connection((address.host, address.port), connect_timeout)
+        except OSError as exc:
+            raise Unavailable(f"cannot connect to the spoolq server at {self.where}: {exc}") \
+                from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=address.host)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, (TimeoutError, ConnectionError, ssl.SSLEOFError)):
+                # a server that stalled or went away during the handshake, as without TLS
+                raise ConnectionLost(f"TLS with the spoolq server at {self.where} failed: "
+                                     f"{exc}") from exc
+            if isinstance(exc, OSError):
+                raise EngineError(f"TLS with the spoolq server at {self.where} failed: {exc}") \
+                    from exc
+            raise
+        return sock
 
     def _check_clock(self, server_time: float) -> None:
         skew = server_time - time.time()
