@@ -124,3 +124,21 @@ async def test_async_requeue_dead_refuses_one_int(tmp_path: Path) -> None:
         with pytest.raises(TypeError, match="ids must be a list of ids"):
             await q.requeue_dead(1)  # type: ignore[arg-type]
         assert await q.requeue_dead() == 1
+
+
+def test_stats_after_close_show_the_leases_it_gave_back(qpath: str) -> None:
+    q = SyncQueue.create(qpath, max_attempts=1)
+    q.put_many(["a", "b"])
+    q.lease()
+    assert (q.stats["count"], q.stats["leased"]) == (1, 1)
+    q.close()
+    # max_attempts=1: the lease close gave back was the item's one delivery
+    assert (q.stats["count"], q.stats["leased"], q.stats["dead"]) == (1, 0, 1)
+
+
+async def test_async_stats_after_aclose_show_the_leases_it_gave_back(tmp_path: Path) -> None:
+    q = await Queue.create(tmp_path / "q.sqlite")
+    await q.put_many(["a", "b"])
+    await q.lease()
+    await q.aclose()
+    assert (q.stats["count"], q.stats["leased"], q.qsize()) == (2, 0, 2)

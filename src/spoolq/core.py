@@ -487,6 +487,7 @@ class QueueCore(Writing, Settling, Decoding):
                 if self._counts.leased and not self.read_only:
                     self.engine.expire(self.name, time.time(), owners=[self.owner],
                                        max_attempts=self.settings.max_attempts)
+                    self._refresh_locked()  # stats after close show the leases given back
             finally:
                 self.closed = True
                 self.engine.close()
