@@ -1,13 +1,20 @@
-"""How puts are written: group commit of many callers' records, and an append that stores
-part of a batch before it fails."""
+"""How puts are written: group commit of many callers' records, an append that stores
+part of a batch before it fails, and puts of a process forked with records pending."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import spoolq
 from spoolq import Queue, SyncQueue
@@ -150,3 +157,38 @@ def test_threads_a_put_stored_before_the_group_commit_failed_does_not_raise(
         assert q.peek(100) == ["first", "t0"]
     assert results["first"] is None and results["t0"] is None
     assert all(isinstance(results[f"t{i}"], spoolq.EngineError) for i in (1, 2, 3))
+# ---- fork ---------------------------------------------------------------------------
+
+FORKED = textwrap.dedent("""
+    import os, sys, time, spoolq
+    q = spoolq.SyncQueue.create(sys.argv[1], durability="buffer", flush_interval=0.2)
+    for i in range(5):
+        q.put(f"parent-{i}")
+    for child in ("closes", "is killed"):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                q.put(child)
+                if child == "closes":
+                    q.close()
+                else:
+                    time.sleep(2)  # its flusher writes the put within flush_interval
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+    q.close()
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_writes_its_own_puts_and_not_its_parents_buffer(
+        tmp_path: Path) -> None:
+    # A child inherits its parent's buffer of unwritten puts, which the parent writes.
+    # Closing the handle in the child wrote them a second time; and the child had no
+    # flusher thread, so its own buffered puts waited for flush_items or close.
+    path = str(tmp_path / "q.sqlite")
+    subprocess.run([sys.executable, "-c", FORKED, path], check=True, timeout=60)
+    with SyncQueue.create(path) as q:
+        got = q.get_many(None, block=False)
+    assert collections.Counter(got) == collections.Counter(
+        ["closes", "is killed"] + [f"parent-{i}" for i in range(5)])

@@ -125,6 +125,18 @@ class GroupCommit:
             self._intact = True
             return (*taken, counts)
 
+    def after_fork(self) -> tuple[list[bytes], list[int]]:
+        """In a process just forked: drop every pending record and ticket (the parent's
+        buffer and the puts of its threads, which the parent writes) and start afresh,
+        with new locks (a thread of the parent may have held one at the fork); return
+        the records dropped."""
+        dropped = self._records, self._sizes
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(threading.Lock())
+        self._records, self._sizes, self._tickets, self._counts = [], [], [], []
+        self._intact, self._leading, self._writing = True, False, 0
+        return dropped
+
     def wait_settled(self, ticket: Ticket, flush: Callable[[], None]) -> None:
         """Return once ``ticket`` is settled: call ``flush`` (which writes every pending
         record) when no other thread is flushing for its waiters, else wait for that flush.

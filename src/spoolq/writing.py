@@ -9,6 +9,8 @@ it works on the core's state under the core's locks, as the rest of the core doe
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -328,6 +330,17 @@ class Writing:
             if not ticket.done:
                 self.flush()
 
+    def _after_fork_in_child(self) -> None:
+        """Forget the records the parent had pending (see :func:`_forget_parents_writes`)
+        and give a buffer a flusher thread of this process."""
+        records, sizes = self.group.after_fork()
+        self._tally = threading.Lock()
+        # Not taken from unfinished: the parent writes them, so they come to the queue.
+        self._count_pending(records, sizes, -1)
+        if self._flusher is not None and not self.closed:
+            self._flusher_stop = threading.Event()
+            self._start_flusher()
+
     def _start_flusher(self) -> None:
         def run(core_ref: Writing = self) -> None:
             while not core_ref._flusher_stop.wait(core_ref.settings.flush_interval):
@@ -337,6 +350,21 @@ class Writing:
         self._flusher = threading.Thread(target=run, name=f"spoolq-flush-{self.name}",
                                          daemon=True)
         self._flusher.start()
+
+
+def _forget_parents_writes() -> None:
+    """In a forked child, every queue handle forgets the records its parent had pending:
+    the parent's buffer of durability "buffer" and the puts its threads were writing.
+    The parent writes them; written by the child too (its handle's next flush, or close),
+    they were stored twice. The child's own buffered puts are flushed by a thread of
+    its own, as threads do not survive a fork."""
+    core = sys.modules.get("spoolq.core")  # the cores are kept there (it imports this)
+    for writer in list(getattr(core, "_CORES", ())):
+        writer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_forget_parents_writes)
 
 
 def _errors_of(tickets: list[Ticket], error: BaseException | None,
