@@ -142,3 +142,14 @@ async def test_async_stats_after_aclose_show_the_leases_it_gave_back(tmp_path: P
     await q.lease()
     await q.aclose()
     assert (q.stats["count"], q.stats["leased"], q.qsize()) == (2, 0, 2)
+
+
+def test_get_of_an_item_another_handle_put_keeps_sizes_true(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    with SyncQueue.create(path) as a, SyncQueue.create(path) as b:
+        b.put("x" * 50)
+        a.put("y")
+        assert a.get() == "x" * 50
+        stats = a.stats
+        assert stats["raw_size_bytes"] > 0 and stats["compressed_size_bytes"] > 0
+        assert stats["count"] == 1

@@ -361,7 +361,10 @@ class QueueCore(Writing, Settling, Decoding):
             self.counters["gets"] += k
         else:
             leased += k
-        self._counts = new_counts(ready, leased, stored, raw)
+        if stored < 0 or raw < 0:  # records another handle put, which these counts lack
+            self._refresh_locked()
+        else:
+            self._counts = new_counts(ready, leased, stored, raw)
         return recs
 
     def _buffer_serves(self) -> bool:
