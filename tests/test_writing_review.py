@@ -192,3 +192,35 @@ def test_a_forked_child_writes_its_own_puts_and_not_its_parents_buffer(
         got = q.get_many(None, block=False)
     assert collections.Counter(got) == collections.Counter(
         ["closes", "is killed"] + [f"parent-{i}" for i in range(5)])
+
+
+# ---- exit -----------------------------------------------------------------------------
+
+EXITS = {
+    "sync": """
+        import sys, spoolq
+        q = spoolq.SyncQueue.create(sys.argv[1], durability="buffer", flush_interval=60)
+        for i in range(10):
+            q.put(i)
+    """,
+    "async": """
+        import asyncio, sys, spoolq
+        async def main():
+            q = await spoolq.Queue.create(sys.argv[1], durability="buffer", flush_interval=60)
+            for i in range(10):
+                await q.put(i)
+        asyncio.run(main())
+    """,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXITS))
+def test_a_buffer_left_open_is_written_when_the_interpreter_exits(
+        tmp_path: Path, kind: str) -> None:
+    # A program that ends without closing its queue lost the buffered puts: only a
+    # killed process may lose them.
+    path = str(tmp_path / "q.sqlite")
+    subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(EXITS[kind]), path],
+                   check=True, timeout=60)
+    with SyncQueue.create(path) as q:
+        assert q.get_many(None, block=False) == list(range(10))

@@ -8,6 +8,7 @@ it works on the core's state under the core's locks, as the rest of the core doe
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -365,6 +366,34 @@ def _forget_parents_writes() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_forget_parents_writes)
+
+
+_EXIT_WAIT = 5.0
+"""Seconds :func:`_flush_at_exit` waits for a queue's lock."""
+
+
+def _flush_at_exit() -> None:
+    """When the interpreter exits, write the buffers of the queues left open: their
+    flusher threads stop with it, and only a killed process may lose a buffer."""
+    core = sys.modules.get("spoolq.core")
+    for writer in list(getattr(core, "_CORES", ())):
+        if not writer.buffered or writer.closed or not writer.group.pending():
+            continue
+        # Not for ever: a thread of the exiting program may hold the lock and be stuck.
+        if not writer.lock.acquire(timeout=_EXIT_WAIT):
+            log.error("spoolq: queue %r: its buffer of %d puts was not written at exit",
+                      writer.name, writer.group.pending())
+            continue
+        try:
+            if not writer.closed:
+                writer.flush()  # logs a failure
+        except Exception:
+            log.exception("spoolq: queue %r: writing its buffer at exit failed", writer.name)
+        finally:
+            writer.lock.release()
+
+
+atexit.register(_flush_at_exit)
 
 
 def _errors_of(tickets: list[Ticket], error: BaseException | None,
