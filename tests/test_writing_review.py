@@ -224,3 +224,77 @@ def test_a_buffer_left_open_is_written_when_the_interpreter_exits(
                    check=True, timeout=60)
     with SyncQueue.create(path) as q:
         assert q.get_many(None, block=False) == list(range(10))
+
+
+# ---- kill -----------------------------------------------------------------------------
+
+PRODUCERS = """
+    import asyncio, os, sys, threading, spoolq
+    path, kind, durability = sys.argv[1:4]
+    out = os.fdopen(sys.stdout.fileno(), "w", buffering=1)
+    lock = threading.Lock()
+
+    def returned(item):
+        with lock:
+            out.write(item + "\\n")
+
+    if kind == "threads":
+        q = spoolq.SyncQueue.create(path, durability=durability, flush_items=7)
+        def produce(t):
+            for n in range(10**9):
+                if n % 3:
+                    q.put(f"{t}-{n}")
+                else:
+                    q.put_many([f"{t}-{n}", f"{t}-{n}b"])
+                returned(f"{t}-{n}")
+        for t in range(8):
+            threading.Thread(target=produce, args=(t,), daemon=True).start()
+        threading.Event().wait()
+    else:
+        async def main():
+            q = await spoolq.Queue.create(path, durability=durability, flush_items=7)
+            async def produce(t):
+                for n in range(10**9):
+                    if n % 3:
+                        await q.put(f"{t}-{n}")
+                    else:
+                        await q.put_many([f"{t}-{n}", f"{t}-{n}b"])
+                    returned(f"{t}-{n}")
+            await asyncio.gather(*(produce(t) for t in range(16)))
+        asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["threads", "tasks"])
+@pytest.mark.parametrize("durability", ["commit", "buffer"])
+def test_group_committed_puts_survive_sigkill_once_each(
+        tmp_path: Path, kind: str, durability: str) -> None:
+    # Every put that returned with "commit" is stored, once; with "buffer", what is
+    # stored is a prefix of each producer's puts (the buffer lost, nothing more), and a
+    # put_many is stored whole or not at all.
+    path = str(tmp_path / "q.sqlite")
+    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(PRODUCERS), path, kind,
+                           durability], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        returned = [child.stdout.readline().strip() for _ in range(2000)]
+        child.kill()
+        returned += child.stdout.read().split()
+        child.wait(10)
+    with SyncQueue.create(path) as q:
+        stored = q.get_many(None, block=False)
+    counts = collections.Counter(stored)
+    assert max(counts.values()) == 1
+    for item in stored:
+        producer, n = item.rstrip("b").split("-")
+        if int(n) % 3 == 0:  # put_many: both or neither
+            assert f"{producer}-{n}" in counts and f"{producer}-{n}b" in counts
+    if durability == "commit":
+        assert not set(returned) - set(counts)
+    else:
+        by_producer = collections.defaultdict(list)
+        for item in stored:
+            if not item.endswith("b"):
+                producer, n = item.split("-")
+                by_producer[producer].append(int(n))
+        for ns in by_producer.values():
+            assert sorted(ns) == list(range(len(ns)))
