@@ -164,3 +164,24 @@ def test_a_tls_server_that_stalls_is_unavailable(tmp_path: Path) -> None:
             assert engine.wait_ready("jobs", 0.05) is False
         finally:
             engine.close()
+
+
+def test_a_put_many_is_cut_to_the_frames_of_a_server_restarted_with_a_smaller_max_frame(
+        tmp_path: Path) -> None:
+    # The client cut appends to the frame limit the first server had, and a put_many after
+    # the restart raised FrameTooLarge, storing nothing, though each item fitted a frame.
+    path = str(tmp_path / "q.sqlite")
+    items = [bytes([k]) * 30_000 for k in range(10)]
+    with ServerProcess(path, "--max-frame", "65536") as first:
+        port = first.port
+        q = spoolq.SyncQueue.create(f"{first.url}/jobs", serializer="raw", compressor="none")
+        q.put_many(items[:4])
+    try:
+        with ServerProcess(path, "--max-frame", "40000", port=port):
+            q.put_many(items[4:])
+            assert q.get_many(10, timeout=2) == items
+            with pytest.raises(spoolq.protocol.FrameTooLarge, match="40000"):
+                q.put(b"x" * 45_000)
+            assert q.qsize() == 0
+    finally:
+        q.close()

@@ -171,6 +171,7 @@ class RemoteEngine:
                 self._link = None
             if self._link is None:
                 self._link = self._connect()
+                self.server_info = dict(self._link.info)  # a restarted server's, say
             # FrameTooLarge here is raised before sending: the connection stays usable
             ident, frame = self._link.proto.request(op, args)
             try:
@@ -195,27 +196,41 @@ class RemoteEngine:
         raw_sizes = raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes)
         ids: list[int] = []
         try:
-            for part in self._frames(queue, records):
-                these = records[part]
-                sent = {"queue": queue, "records": these, "sizes": raw_sizes[part], "now": now}
+            while True:
+                max_frame = self.server_info["max_frame"]
                 try:
-                    got = self._call("append", sent)
-                except ReplyTooLarge as exc:
-                    before = len(ids)
-                    got = self._in_parts("append", sent, ("records", "sizes"), exc.fits, ids)
-                    got = got[before:]
-                else:
-                    if not isinstance(got, list):
-                        raise ProtocolError("the server answered an append without its ids")
-                    ids += got
-                if len(got) != len(these):
-                    raise ProtocolError(
-                        "the server answered an append with the wrong number of ids")
+                    self._append_from(queue, records, raw_sizes, now, ids)
+                    return ids
+                except FrameTooLarge:
+                    # Refused before it was sent when the connection is new and its server
+                    # takes smaller frames (restarted with a lower --max-frame): the records
+                    # not stored yet are cut again to the new limit.
+                    if self.server_info["max_frame"] >= max_frame:
+                        raise
         except Exception as exc:
             if ids:  # the requests before this one are stored: nobody may send them again
                 setattr(exc, STORED_RECORDS, len(ids))
             raise
-        return ids
+
+    def _append_from(self, queue: str, records: list[bytes], raw_sizes: list[int],
+                     now: float, ids: list[int]) -> None:
+        """Append the records after the first ``len(ids)``, adding their ids to ``ids`` as
+        each request's reply comes."""
+        for part in self._frames(queue, records, len(ids)):
+            these = records[part]
+            sent = {"queue": queue, "records": these, "sizes": raw_sizes[part], "now": now}
+            try:
+                got = self._call("append", sent)
+            except ReplyTooLarge as exc:
+                before = len(ids)
+                got = self._in_parts("append", sent, ("records", "sizes"), exc.fits, ids)
+                got = got[before:]
+            else:
+                if not isinstance(got, list):
+                    raise ProtocolError("the server answered an append without its ids")
+                ids += got
+            if len(got) != len(these):
+                raise ProtocolError("the server answered an append with the wrong number of ids")
 
     def _overhead(self, queue: str) -> int:
         """The most an append request to ``queue`` takes besides its records."""
@@ -240,15 +255,17 @@ class RemoteEngine:
                 f"at {self.address.host}:{self.address.port} takes frames of {max_frame} "
                 f"bytes at most, room for a record of {room}; nothing was stored")
 
-    def _frames(self, queue: str, records: list[bytes]) -> list[slice]:
-        """The runs of ``records`` that each fit one append request to the server (each
-        sent as its own request and transaction, as the class docstring says)."""
-        self.check_records(queue, records)
+    def _frames(self, queue: str, records: list[bytes], first: int = 0) -> list[slice]:
+        """The runs of ``records`` from ``first`` on that each fit one append request to the
+        server (each sent as its own request and transaction, as the class docstring
+        says)."""
+        rest = records[first:] if first else records
+        self.check_records(queue, rest)
         max_frame = self.server_info["max_frame"]
         base = self._overhead(queue)
         parts: list[slice] = []
-        start, size = 0, base
-        for k, record in enumerate(records):
+        start, size = first, base
+        for k, record in enumerate(rest, first):
             cost = len(record) + _PER_RECORD
             if k > start and size + cost > max_frame:
                 parts.append(slice(start, k))
