@@ -71,3 +71,24 @@ def test_an_async_blocked_get_waits_out_a_server_restart(tmp_path: Path) -> None
                 assert await asyncio.wait_for(getting, 15) == "after the restart"
 
     asyncio.run(main())
+
+
+def test_close_during_an_outage_does_not_raise_for_the_leases_it_holds(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The leases come back without it, when they run out: close() logs that it could
+    not give them back."""
+    path = str(tmp_path / "q.sqlite")
+    server = ServerProcess(path)
+    port = server.port
+    q = spoolq.SyncQueue.create(f"{server.url}/jobs")
+    q.put_many(["a", "b"])
+    assert q.lease(ttl=1).item == "a"
+    server.stop()
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="spoolq"):
+        q.close()
+    assert time.monotonic() - start < 15
+    assert "could not give back" in caplog.text
+    with ServerProcess(path, port=port) as again, \
+            spoolq.SyncQueue.create(f"{again.url}/jobs") as q2:
+        assert sorted([q2.get(timeout=10), q2.get(timeout=10)]) == ["a", "b"]

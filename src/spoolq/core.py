@@ -32,6 +32,7 @@ from .engines import (
 )
 from .errors import (
     ClosedError,
+    Unavailable,
 )
 from .groupcommit import GroupCommit, Ticket
 from .message import Message, Taken, messages_for
@@ -471,8 +472,21 @@ class QueueCore(Writing, Settling, Decoding):
             recs = self.engine.peek(self.dead_name if dead else self.name, n, offset)
         return [self._decode_one(rec) for rec in recs]
 
+    def _give_back_leases(self) -> None:
+        try:
+            self.engine.expire(self.name, time.time(), owners=[self.owner],
+                               max_attempts=self.settings.max_attempts)
+        except Unavailable as exc:
+            # They come back without it: when they run out, or (on a server) as soon as
+            # the connection that leased them is gone.
+            log.warning("spoolq: queue %r: could not give back %d lease(s) on close: %s",
+                        self.name, self._counts.leased, exc)
+            return
+        self._refresh_locked()  # stats after close show the leases given back
+
     def close(self) -> None:
-        """Flush buffered puts, release this handle's leases and close the engine."""
+        """Flush buffered puts, release this handle's leases and close the engine. Leases
+        that an engine out of reach cannot take back are logged, not raised."""
         if self.closed:
             return
         self.cancel_waits()
@@ -488,9 +502,7 @@ class QueueCore(Writing, Settling, Decoding):
                 self._reclaim_holdings()  # first: records from the buffer go back to it
                 self.flush()
                 if self._counts.leased and not self.read_only:
-                    self.engine.expire(self.name, time.time(), owners=[self.owner],
-                                       max_attempts=self.settings.max_attempts)
-                    self._refresh_locked()  # stats after close show the leases given back
+                    self._give_back_leases()
             finally:
                 self.closed = True
                 self.engine.close()
