@@ -298,3 +298,24 @@ def test_group_committed_puts_survive_sigkill_once_each(
                 by_producer[producer].append(int(n))
         for ns in by_producer.values():
             assert sorted(ns) == list(range(len(ns)))
+
+
+# ---- a put alone ----------------------------------------------------------------------
+
+
+def test_records_a_put_alone_stored_before_failing_are_counted(tmp_path: Path) -> None:
+    # A put_many with the queue to itself is written at once; when the engine stored its
+    # first request's records and then failed, those are in the queue: qsize() and
+    # task_done() must know of them. qsize() said 0, and task_done() after getting one
+    # raised ValueError.
+    path = str(tmp_path / "q.sqlite")
+    engine = RequestsEngine(open_engine(path))
+    with SyncQueue.create(path, engine=engine) as q:  # type: ignore[arg-type]
+        engine.script = [2]
+        with pytest.raises(spoolq.EngineError):
+            q.put_many(["a", "b", "c"])
+        assert q.qsize() == 2 and q.stats["unfinished"] == 2 and q.stats["puts"] == 2
+        assert q.get_many(None, block=False) == ["a", "b"]
+        q.task_done()
+        q.task_done()
+        q.join()

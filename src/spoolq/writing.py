@@ -298,18 +298,28 @@ class Writing:
         QueueShutDown once :attr:`shut` is set."""
         if not self.buffered and self.lock.acquire(blocking=False):
             # Nobody else is writing: no batch to join, so write at once.
+            stored = 0
             try:
                 alone = not self.group.pending()
                 if alone:
                     self._check_open()
                     if self.shut:
                         raise QueueShutDown("the queue is shut down")
-                    self.engine.append(self.name, records, sizes, time.time())
+                    try:
+                        self.engine.append(self.name, records, sizes, time.time())
+                    except BaseException as exc:
+                        # Written in several transactions, the first of which are stored:
+                        # they are in the queue.
+                        stored = stored_before_failure(exc, len(records))
+                        self._put_alone(records[:stored], sizes[:stored])
+                        raise
                     with self._tally:
                         self._unfinished += len(records)
                     self._count_put(records, sizes)
             finally:
                 self.lock.release()
+                if stored:
+                    self._notify()
             if alone:
                 self._after_put()
                 return
@@ -325,6 +335,13 @@ class Writing:
             self._flush_for(ticket)
         if ticket.error is not None:
             raise ticket.error
+
+    def _put_alone(self, records: list[bytes], sizes: list[int]) -> None:
+        """Records :meth:`put_now` wrote at once are stored: count them (none: nothing)."""
+        if records:
+            with self._tally:
+                self._unfinished += len(records)
+            self._count_put(records, sizes)
 
     def _flush_for(self, ticket: Ticket) -> None:
         with self.lock:
