@@ -93,3 +93,57 @@ def test_sigterm_does_not_wait_for_a_client_that_never_reads(tmp_path: Path, loo
         assert (rec.data, rec.attempts) == (b"job", 2)
     finally:
         check.close()
+
+
+# ---- memory a client that does not read can pin ----------------------------------------
+
+
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_pipelined_reads_a_client_does_not_read_do_not_pile_up_in_the_server(
+        tmp_path: Path) -> None:
+    """A client pipelines 256 peeks of a 1 MiB record and reads none of the replies. The
+    server runs only as many at a time as a few replies of the client's largest size
+    hold: it does not keep 256 copies of the record in memory (with records of 16 MiB,
+    4 GiB) for a client that is not reading them."""
+    path = str(tmp_path / "q.sqlite")
+    big = b"b" * (1 << 20)
+    with ServerProcess(path) as srv:
+        eng = RemoteEngine(srv.url)
+        try:
+            eng.append("big", [big], [len(big)], time.time())
+        finally:
+            eng.close()
+        before = _rss_mib(srv.proc.pid)
+        peeks = b"".join(_request(i, "peek", queue="big", n=1) for i in range(1, 257))
+        with _raw(srv.url, rcvbuf=4096) as sock:
+            sock.sendall(encode_preamble() + peeks)
+            time.sleep(2.0)
+            grown = _rss_mib(srv.proc.pid) - before
+            # The client reads now: every request is still answered, in full.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            assert _read(sock, 8) == encode_preamble()
+            answered = []
+            for _ in range(256):
+                length, kind, ident = struct.unpack(">IBI", _read(sock, 9))
+                body = cbor2.loads(_read(sock, length - 5))
+                answered.append(ident)
+                assert kind == FrameType.REPLY and body[1] == big
+        assert grown < 120, f"the server grew by {grown} MiB for replies nobody reads"
+        assert sorted(answered) == list(range(1, 257))
+
+
+def _read(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        assert chunk, "the server closed the connection"
+        buf += chunk
+    return bytes(buf)

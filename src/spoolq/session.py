@@ -48,9 +48,21 @@ _SETTLING = frozenset({"ack", "release"})  # ops that end deliveries of this con
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""
 _CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
+# What the replies of one connection's reads on the engine thread may come to at once, at
+# their largest (max_reply each): more of them wait unstarted until one is answered, so a
+# client that pipelines large reads without reading the replies pins no more than this.
+_REPLY_BUDGET = 64 * 1024 * 1024
 # The dead-letter reason of a record given back for a connection that ended without a
 # goodbye, when that delivery was its last allowed attempt (as the engines' expire says).
 _OWNER_DIED = "owner died"
+
+
+def _reserves(req: Request) -> bool:
+    """Whether ``req`` counts against _REPLY_BUDGET while in flight: a read whose reply
+    may take up to max_reply, but not a long-polling take (which may wait for long, and
+    takes each record once)."""
+    return req.op in _LIMITED and not (req.op == "take" and req.args["wait"] > 0
+                                       and req.args["n"])
 
 
 def _version() -> str:
@@ -79,6 +91,7 @@ class Session(asyncio.Protocol):
         # on its new connection are not this one's to release.
         self.delivered: dict[str, dict[tuple[int, int], tuple[str, int | None]]] = {}
         self.inflight = 0
+        self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
         self.closed = False
         self.orderly = False
         self.max_reply = server.max_frame
@@ -137,7 +150,8 @@ class Session(asyncio.Protocol):
             return
         if self.sans.outbox:
             self._write(self.sans.data_to_send())
-        if len(requests) == 1 and not self._backlog and not self._write_paused:
+        if len(requests) == 1 and not self._backlog and not self._write_paused \
+                and not self._must_wait(requests[0]):
             self._dispatch(requests[0])
         elif requests:
             self._backlog.extend(requests)
@@ -151,7 +165,8 @@ class Session(asyncio.Protocol):
         self._corked, self._corked_bytes = [], 0
         try:
             while backlog and not self.closed and not self._write_paused \
-                    and self.inflight < MAX_INFLIGHT and not self._failing():
+                    and self.inflight < MAX_INFLIGHT and not self._failing() \
+                    and not self._must_wait(backlog[0]):
                 self._dispatch(backlog.popleft())
                 if self._corked_bytes >= _CORK_LIMIT:
                     self._uncork()  # the transport may ask for a pause right here
@@ -159,6 +174,12 @@ class Session(asyncio.Protocol):
         finally:
             self._uncork()
         self.update_reading()
+
+    def _must_wait(self, req: Request) -> bool:
+        """Whether ``req`` must wait for a reply in flight to go first: its reply, with
+        those of the requests in flight, could exceed _REPLY_BUDGET."""
+        return bool(self._reserved) and _reserves(req) \
+            and (self._reserved + 1) * self.max_reply > _REPLY_BUDGET
 
     def _uncork(self) -> None:
         out, self._corked = self._corked, None
@@ -388,6 +409,8 @@ class Session(asyncio.Protocol):
                 self._write(encode_reply(req.id, result))
                 return
         self.inflight += 1
+        if _reserves(req):
+            self._reserved += 1
         if self.inflight == 1:
             self.server.busy.add(self)
         self.update_reading()
@@ -401,6 +424,8 @@ class Session(asyncio.Protocol):
 
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
         self.inflight -= 1
+        if _reserves(req):
+            self._reserved -= 1
         if error is None and req.op in _SETTLING:
             self._settled(req.args)
         if self.closed or self._failing():
