@@ -184,7 +184,7 @@ class Writing:
                 self.group.written(len(records))
         written_apart = 0
         if errors is None:
-            errors = _errors_of(tickets, error, counts if stored else None)
+            errors = _errors_of(tickets, error, counts if stored and not kept else None)
         elif counts is not None:
             written_apart = sum(n for n, e in zip(counts, errors, strict=True) if e is None)
         for ticket, ticket_error in zip(tickets, errors, strict=True):
