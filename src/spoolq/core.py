@@ -486,7 +486,8 @@ class QueueCore(Writing, Settling, Decoding):
 
     def close(self) -> None:
         """Flush buffered puts, release this handle's leases and close the engine. Leases
-        that an engine out of reach cannot take back are logged, not raised."""
+        that an engine out of reach cannot take back are logged, not raised; buffered
+        puts that cannot be written raise the engine's error once the handle is closed."""
         if self.closed:
             return
         self.cancel_waits()
@@ -498,11 +499,16 @@ class QueueCore(Writing, Settling, Decoding):
                 return  # closed by another thread while this one waited for the lock
             with self._tally:
                 self.closing = True  # a put submitted from now on would miss the flush
+            lost: BaseException | None = None
             try:
                 self._reclaim_holdings()  # first: records from the buffer go back to it
-                self.flush()
+                tickets = self.flush()
+                if self.buffered:  # their puts returned: no one else hears of the loss
+                    lost = next((t.error for t in tickets if t.error is not None), None)
                 if self._counts.leased and not self.read_only:
                     self._give_back_leases()
             finally:
                 self.closed = True
                 self.engine.close()
+            if lost is not None:
+                raise lost
