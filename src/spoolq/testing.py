@@ -321,24 +321,28 @@ class EngineConformance(PeekLeasedConformance):
 
     def test_peek_windows_beyond_64_bits(self, engine: Engine) -> None:
         """An n or offset past any integer a store keeps reads what any large one does;
-        a negative one is refused with ValueError."""
-        lister = self._lister(engine)
+        a negative one is refused with ValueError. (The checks of ``peek_leased`` run only
+        on an engine that has it; those of ``peek`` run on every engine.)"""
+        lists = isinstance(engine, SupportsPeekLeased)
         self._put(engine, 1, 2, 3)
         engine.take("q", 1, self.NOW, Lease("a", self.NOW + 30))
         huge = (2**63, 2**64, 10**30)
         for n in huge:
             assert [r.data for r in engine.peek("q", n)] == recs(2, 3)
             assert [r.data for r in engine.peek("q", n, 1)] == recs(3)
-            assert [d for d, _ in self._leased(engine, n=n)] == recs(1)
+            if lists:
+                assert [d for d, _ in self._leased(engine, n=n)] == recs(1)
         for offset in huge:
             assert engine.peek("q", 1, offset) == []
             assert engine.peek("q", offset, offset) == []
-            assert self._leased(engine, n=offset, offset=offset) == []
+            if lists:
+                assert self._leased(engine, n=offset, offset=offset) == []
         for n, offset in ((-1, 0), (1, -1)):
             with pytest.raises(ValueError):
                 engine.peek("q", n, offset)
-            with pytest.raises(ValueError):
-                lister.peek_leased("q", n, offset)
+            if isinstance(engine, SupportsPeekLeased):
+                with pytest.raises(ValueError):
+                    engine.peek_leased("q", n, offset)
 
     def test_peek_page_by_page_is_peek_at_each_offset(self, open_engine: Opener,
                                                        engine: Engine) -> None:
