@@ -63,6 +63,14 @@ class EngineConformance(PeekLeasedConformance):
         assert engine.take("q", 2**63, self.NOW, None) == []
         assert engine.counts("q") == (0, 0, 0, 0)
 
+    def test_take_of_nothing_takes_nothing(self, engine: Engine) -> None:
+        """``n=0`` takes no record, leased or not (a ``LIMIT 0`` is no missing limit)."""
+        self._put(engine, 1, 2)
+        assert engine.take("q", 0, self.NOW, None) == []
+        assert engine.take("q", 0, self.NOW, Lease("me", self.NOW + 30)) == []
+        assert engine.counts("q")[:2] == (2, 0)
+        assert engine.owners("q") == {}
+
     def test_append_of_nothing_and_mismatched_sizes(self, engine: Engine) -> None:
         assert engine.append("q", [], [], self.NOW) == []
         with pytest.raises(ValueError):
@@ -90,6 +98,44 @@ class EngineConformance(PeekLeasedConformance):
         c = engine.counts("q")
         assert (c.ready, c.leased, c.stored_bytes) == (1, 1, len(b"r1r333"))
         assert engine.counts("nothing-here") == (0, 0, 0, 0)
+
+    def test_counts_follow_every_change(self, engine: Engine) -> None:
+        """Counts and bytes of a queue and of its dead letters after each kind of change:
+        lease, ack, release, expiry, burial, move, take, restore and purge."""
+        dead = dead_queue_name("q")
+
+        def counts(queue: str) -> tuple[int, ...]:
+            return tuple(engine.counts(queue))
+
+        self._put(engine, 1, 2, 3, 4)  # each record: 2 bytes stored, 4 raw
+        assert counts("q") == (4, 0, 8, 16)
+        a, b, c = engine.take("q", 3, self.NOW, Lease("me", self.NOW + 5))
+        assert counts("q") == (1, 3, 8, 16)
+        assert engine.ack("q", [(a.id, 1)], "me") == [a.id]
+        assert counts("q") == (1, 2, 6, 12)
+        engine.release("q", [(b.id, 1)], "me", not_before=0.0, max_attempts=None)
+        assert counts("q") == (2, 1, 6, 12)
+        assert engine.expire("q", self.NOW + 6) == 1  # c
+        assert counts("q") == (3, 0, 6, 12)
+        (b2,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        assert b2.id == b.id
+        engine.release("q", [(b.id, 2)], "me", not_before=0.0, max_attempts=2)
+        assert (counts("q"), counts(dead)) == ((2, 0, 4, 8), (1, 0, 2, 4))
+        (c2,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 5))
+        assert c2.id == c.id
+        assert engine.expire("q", self.NOW + 6, max_attempts=2) == 1
+        assert (counts("q"), counts(dead)) == ((1, 0, 2, 4), (2, 0, 4, 8))
+        assert engine.move(dead, "q2") == 2
+        assert (counts(dead), counts("q2")) == ((0, 0, 0, 0), (2, 0, 4, 8))
+        (last,) = engine.peek("q", 1)
+        assert engine.move("q", "q2", [last.id]) == 1
+        assert (counts("q"), counts("q2")) == ((0, 0, 0, 0), (3, 0, 6, 12))
+        taken = engine.take("q2", 2, self.NOW, None)
+        assert counts("q2") == (1, 0, 2, 4)
+        engine.restore("q2", taken)
+        assert counts("q2") == (3, 0, 6, 12)
+        assert engine.purge("q2") == 3
+        assert counts("q2") == (0, 0, 0, 0)
 
     def test_named_queues_are_separate(self, engine: Engine) -> None:
         self._put(engine, 1, queue="a")
@@ -174,6 +220,71 @@ class EngineConformance(PeekLeasedConformance):
         counts = engine.counts("q")
         assert (counts.ready, counts.leased) == (0, 1)
         assert engine.ack("q", [(b, 1)], "me") == [b]
+
+    def test_release_refuses_other_owner_and_stale_attempts(self, engine: Engine) -> None:
+        """A release, like an ack, settles only a lease its owner holds at those attempts;
+        an expiry by owner releases only the owners named."""
+        self._put(engine, 1)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        for delivery, owner in (((rec.id, 1), "you"), ((rec.id, 2), "me"),
+                                ((rec.id + 1000, 1), "me")):
+            assert engine.release("q", [delivery], owner, not_before=0.0,
+                                  max_attempts=None) == []
+            assert engine.release("q", [delivery], owner, not_before=0.0, max_attempts=1) == []
+        assert engine.expire("q", self.NOW, owners=["you"], max_attempts=1) == 0
+        assert engine.counts("q")[:2] == (0, 1)
+        assert engine.owners("q") == {"me": 1}
+        assert engine.counts(dead_queue_name("q")).ready == 0
+        assert engine.ack("q", [(rec.id, 1)], "me") == [rec.id]
+
+    def test_ack_and_release_leave_records_not_leased_alone(self, engine: Engine) -> None:
+        """Only a leased record is settled: not a ready one, not a released one waiting for
+        its delay, and not a lease of the same id in another queue."""
+        ready_ids = self._put(engine, 1, 2, queue="q")
+        self._put(engine, 3, 4, queue="other")
+        (rec,) = engine.take("other", 1, self.NOW, Lease("me", self.NOW + 30))
+        (delayed,) = engine.take("other", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("other", [(delayed.id, 1)], "me", not_before=self.NOW + 60,
+                       max_attempts=None)
+        for queue, ident in [("q", rec.id), ("other", delayed.id)] + [
+                ("q", i) for i in ready_ids]:
+            for attempts in (0, 1):
+                assert engine.ack(queue, [(ident, attempts)], "me") == []
+                assert engine.release(queue, [(ident, attempts)], "me", not_before=0.0,
+                                      max_attempts=1) == []
+        assert engine.counts("q")[:2] == (2, 0)
+        assert engine.counts("other")[:2] == (1, 1)
+        assert engine.queues().count(dead_queue_name("q")) == 0
+        assert engine.counts(dead_queue_name("other")).ready == 0
+        assert [r.data for r in engine.peek("q", 5)] == recs(1, 2)
+        assert engine.ack("other", [(rec.id, 1)], "me") == [rec.id]
+
+    def test_attempts_grow_with_each_delivery(self, engine: Engine) -> None:
+        """Each lease counts one more attempt; an ack or release names the attempt it
+        settles; ``max_attempts`` buries the record at that attempt, not before."""
+        self._put(engine, 1)
+        for attempt in (1, 2, 3):
+            (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+            assert rec.attempts == attempt
+            assert engine.ack("q", [(rec.id, attempt - 1)], "me") == []
+            assert engine.release("q", [(rec.id, attempt)], "me", not_before=0.0,
+                                  max_attempts=3) == [rec.id]
+            assert engine.counts(dead_queue_name("q")).ready == (attempt == 3)
+        (dead,) = engine.peek(dead_queue_name("q"), 5)
+        assert (dead.data, dead.attempts) == (b"r1", 3)
+        assert engine.counts("q") == (0, 0, 0, 0)
+
+    def test_expired_leases_keep_their_fifo_position(self, engine: Engine) -> None:
+        """A lease that ran out, or whose owner died, gives its record back at its place,
+        ahead of records appended after it."""
+        self._put(engine, 1, 2, 3)
+        engine.take("q", 1, self.NOW, Lease("a", self.NOW + 5))
+        engine.take("q", 1, self.NOW, Lease("gone", self.NOW + 50))
+        self._put(engine, 4)
+        assert engine.expire("q", self.NOW + 6, owners=["gone"]) == 2
+        got = engine.take("q", 5, self.NOW + 6, None)
+        assert [(r.data, r.attempts) for r in got] == [(b"r1", 1), (b"r2", 1), (b"r3", 0),
+                                                       (b"r4", 0)]
 
     def test_release_keeps_fifo_position(self, engine: Engine) -> None:
         self._put(engine, 1, 2, 3)
@@ -382,6 +493,33 @@ class EngineConformance(PeekLeasedConformance):
         assert engine.purge("dst") == 3
         assert engine.counts("dst") == (0, 0, 0, 0)
 
+    def test_move_leaves_leased_records(self, engine: Engine) -> None:
+        """``move`` takes ready records only: a leased one stays with its owner."""
+        self._put(engine, 1, 2, 3, queue="src")
+        (rec,) = engine.take("src", 1, self.NOW, Lease("me", self.NOW + 30))
+        assert engine.move("src", "dst", [rec.id]) == 0
+        assert engine.move("src", "dst") == 2
+        assert [r.data for r in engine.peek("dst", 5)] == recs(2, 3)
+        assert engine.counts("src") == (0, 1, 2, 4)
+        assert engine.owners("src") == {"me": 1}
+        assert engine.ack("src", [(rec.id, 1)], "me") == [rec.id]
+
+    def test_purge_removes_leased_records_too(self, engine: Engine) -> None:
+        """``purge`` removes every record of the queue, leased and delayed ones too, and
+        counts them all; their leases can no longer be settled."""
+        self._put(engine, 1, 2, 3)
+        (leased,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        (delayed,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(delayed.id, 1)], "me", not_before=self.NOW + 60,
+                       max_attempts=None)
+        assert engine.purge("q") == 3
+        assert engine.counts("q") == (0, 0, 0, 0)
+        assert engine.owners("q") == {}
+        assert engine.peek("q", 5) == []
+        assert engine.ack("q", [(leased.id, 1)], "me") == []
+        assert engine.expire("q", self.NOW + 100) == 0
+        assert engine.take("q", 5, self.NOW + 100, None) == []
+
     def test_metadata(self, engine: Engine) -> None:
         assert engine.get_meta("k") is None
         engine.set_meta("k", b"v1")
@@ -414,6 +552,32 @@ class EngineConformance(PeekLeasedConformance):
             assert [r.data for r in eng.peek("q", 5)] == recs(2)
             later = self._put(eng, 3)
             assert later[0] > 2
+        finally:
+            eng.close()
+
+    def test_dead_letters_and_attempts_survive_reopen(self, open_engine: Opener) -> None:
+        """A reopened store keeps what each record carries: a dead letter's reason,
+        attempts, sizes and time; a lease's attempts; a delay."""
+        if not self.persistent:
+            pytest.skip("a non-persistent engine keeps nothing across a reopen")
+        eng = open_engine()
+        try:
+            self._put(eng, 1, 2, 3)
+            a, b, c = eng.take("q", 3, self.NOW, Lease("me", self.NOW + 30))
+            eng.release("q", [(a.id, 1)], "me", not_before=0.0, max_attempts=1, reason="boom")
+            eng.release("q", [(b.id, 1)], "me", not_before=self.NOW + 60, max_attempts=None)
+        finally:
+            eng.close()
+        eng = open_engine()
+        try:
+            (dead,) = eng.peek(dead_queue_name("q"), 5)
+            assert (dead.data, dead.raw_size, dead.attempts, dead.enqueued_at, dead.reason) \
+                == (b"r1", 4, 1, self.NOW, "boom")
+            assert eng.ack("q", [(c.id, 1)], "me") == [c.id]
+            assert eng.take("q", 5, self.NOW, None) == []
+            (again,) = eng.take("q", 5, self.NOW + 61, Lease("me", self.NOW + 90))
+            assert (again.id, again.data, again.attempts, again.enqueued_at) == (
+                b.id, b"r2", 2, self.NOW)
         finally:
             eng.close()
 
