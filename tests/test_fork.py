@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,41 @@ def test_a_child_cannot_use_its_parents_store_and_leaves_it_alone(tmp_path: Path
         q.put("after")
     with spoolq.SyncQueue.create(path) as again:
         assert again.get_many(timeout=1) == ["after"]
+
+
+def test_a_child_forked_while_a_thread_is_inside_a_call_does_not_hang(
+        tmp_path: Path) -> None:
+    """A thread of the parent is inside a call of the handle (it holds the handle's lock)
+    when another thread forks: that thread does not exist in the child, so its lock must
+    not stay held there. Run in a child process, so that a hang is a timeout."""
+    script = textwrap.dedent(f"""
+        import os, signal, threading, spoolq
+        q = spoolq.SyncQueue.create({queue_path(tmp_path, "sqlite")!r})
+        q.put("before")
+        inside, leave = threading.Event(), threading.Event()
+
+        def busy() -> None:
+            with q._core.lock:  # as any call does while it runs
+                inside.set()
+                leave.wait()
+
+        t = threading.Thread(target=busy)
+        t.start()
+        inside.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(15)  # a child that hangs ends all the same
+            q.put("child")
+            print("child got", q.get_many(5, timeout=0), flush=True)
+            q.close()
+            os._exit(0)
+        leave.set()
+        t.join()
+        _, status = os.waitpid(pid, 0)
+        print("parent sees", q.peek(5), os.waitstatus_to_exitcode(status))
+        q.close()
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=20, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child got ['before', 'child']", "parent sees [] 0"]

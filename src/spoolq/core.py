@@ -62,9 +62,12 @@ def _new_owners_after_fork() -> None:
     # leases it takes belong to it, not to the parent (whose exit would hand them to
     # others while the child works on them), and closing a handle there gives back only
     # the child's leases, never the ones the parent still works on.
+    # A thread of the parent inside a call held the handle's lock at the fork: that
+    # thread is gone here, and the lock would stay held for ever.
     for core in list(_CORES):
         core.owner = new_owner()
         core.owners.add(core.owner)
+        core.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
