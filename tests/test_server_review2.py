@@ -15,7 +15,15 @@ import pytest
 
 from spoolq.engines import Lease, open_engine
 from spoolq.engines.remote import RemoteEngine
-from spoolq.protocol import FrameType, encode_frame, encode_preamble
+from spoolq.protocol import (
+    MAX_AUTH_FRAME,
+    ErrorCode,
+    FrameTooLarge,
+    FrameType,
+    ServerProtocol,
+    encode_frame,
+    encode_preamble,
+)
 
 from .servers import ServerProcess
 
@@ -147,3 +155,24 @@ def _read(sock: socket.socket, n: int) -> bytes:
         assert chunk, "the server closed the connection"
         buf += chunk
     return bytes(buf)
+
+
+# ---- authentication ---------------------------------------------------------------------
+
+
+def test_an_auth_frame_over_64_kib_is_refused_even_when_it_arrives_whole() -> None:
+    """Before authentication only AUTH frames of at most 64 KiB are read: a longer one is
+    refused with FRAME_TOO_LARGE whether its bytes arrive in pieces or at once (a token
+    padded past the limit is not accepted)."""
+    frame = encode_frame(FrameType.AUTH, 1, {"token": "s3cret", "pad": b"x" * 70000})
+    assert len(frame) - 4 > MAX_AUTH_FRAME
+    for pieces in ([frame], [frame[:20], frame[20:]]):
+        server = ServerProtocol(token="s3cret")
+        server.receive_data(encode_preamble())
+        with pytest.raises(FrameTooLarge):
+            for piece in pieces:
+                server.receive_data(piece)
+        out = server.data_to_send()[8:]
+        ((kind, _, body),) = _frames(out)
+        assert kind == FrameType.ERROR and body["code"] == ErrorCode.FRAME_TOO_LARGE
+        assert not server.authenticated

@@ -645,6 +645,11 @@ class ServerProtocol:
         if frame.id == 0:
             raise self._fail(ProtocolError("request id 0 is reserved"))
         if frame.type == FrameType.AUTH:
+            if not self.authenticated and 5 + len(frame.body) > MAX_AUTH_FRAME:
+                # arrived whole at once: refused as it is when its header comes first
+                raise self._fail(FrameTooLarge(
+                    f"an AUTH frame of {5 + len(frame.body)} bytes exceeds the limit of "
+                    f"{MAX_AUTH_FRAME}"), frame.id)
             try:
                 body = decode_body(frame) if frame.body else None
             except ProtocolError as exc:
