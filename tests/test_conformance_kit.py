@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import spoolq
-from spoolq.engines import Engine, Lease, MemoryEngine, StoredRecord
+from spoolq.engines import ENGINES, Engine, Lease, MemoryEngine, StoredRecord, open_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
@@ -554,3 +554,155 @@ def test_the_suite_catches_a_broken_engine(name: str, plain: str,
     caught_by = BROKEN[name][2]
     assert outcomes.get(caught_by) == "failed", {t: o for t, o in outcomes.items()
                                                  if o != "passed"}
+
+
+# ---- register_engine and opening an engine by name -------------------------------------
+
+
+def open_memory(path: str, *, durability: str, read_only: bool = False,
+                **options: Any) -> Engine:
+    return MemoryEngine()
+
+
+@pytest.fixture
+def registry() -> Any:
+    """Leaves the registry of engines as it found it."""
+    before = dict(ENGINES)
+    yield ENGINES
+    ENGINES.clear()
+    ENGINES.update(before)
+
+
+@pytest.mark.parametrize("name", [5, None, b"mine", ""])
+def test_register_engine_refuses_a_name_that_is_not_a_nonempty_string(
+        registry: Any, name: Any) -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="engine name must be a non-empty"):
+        spoolq.register_engine(name, open_memory)
+    assert dict(registry) == dict(ENGINES) and name not in registry
+
+
+@pytest.mark.parametrize("factory", [5, "memory", MemoryEngine()])
+def test_register_engine_refuses_a_factory_that_is_not_callable(registry: Any,
+                                                               factory: Any) -> None:
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"the factory of engine 'mine' must be callable"):
+        spoolq.register_engine("mine", factory)
+    assert "mine" not in registry
+
+
+def test_register_engine_refuses_to_replace_an_engine(registry: Any, tmp_path: Path) -> None:
+    """A name that names an engine already (built in, or registered with another factory)
+    is refused, saying how to replace it on purpose; registering the same factory again,
+    or the same function defined again (a module or a notebook cell run again), is
+    harmless."""
+    sqlite = registry["sqlite"]
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"an engine named 'sqlite' is registered already.*replace=True"):
+        spoolq.register_engine("sqlite", open_memory)
+    assert registry["sqlite"] is sqlite
+    spoolq.register_engine("mine", open_memory)
+    spoolq.register_engine("mine", open_memory)
+
+    def other(path: str, **options: Any) -> Engine:
+        return MemoryEngine()
+
+    with pytest.raises(spoolq.ConfigurationError, match="'mine' is registered already"):
+        spoolq.register_engine("mine", other)
+    assert registry["mine"] is open_memory
+    namespace: dict[str, Any] = {}
+    for _ in range(2):  # the same code run twice defines two equal functions
+        exec("from spoolq.engines import MemoryEngine\n"
+             "def open_again(path, **options):\n    return MemoryEngine()\n", namespace)
+        spoolq.register_engine("again", namespace["open_again"])
+    assert registry["again"] is namespace["open_again"]
+    spoolq.register_engine("mine", other, replace=True)
+    assert registry["mine"] is other
+    path = str(tmp_path / "q.sqlite")
+    spoolq.register_engine("sqlite", open_memory, replace=True)
+    with spoolq.SyncQueue.create(path, engine="sqlite") as q:
+        q.put(1)
+    assert not os.path.exists(path)
+
+
+def test_a_factory_that_does_not_return_an_engine(registry: Any) -> None:
+    """A factory that returns something that is not an engine fails the open with an
+    error naming the engine and what is missing, not an AttributeError from inside."""
+
+    class Half:
+        name = "half"
+
+        def append(self, *args: Any) -> list[int]:
+            return []
+
+        def close(self) -> None:
+            self.closed = True
+
+    half = Half()
+    spoolq.register_engine("none", lambda path, **options: None)
+    spoolq.register_engine("half", lambda path, **options: half)
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"the factory of engine 'none' returned None, not an engine"):
+        spoolq.SyncQueue.create("jobs", engine="none")
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"the factory of engine 'half' returned a Half, which lacks "
+                             r"take\(\), restore\(\), ack\(\)"):
+        open_engine("jobs", "half")
+    assert half.closed
+
+
+def test_a_factory_that_does_not_take_the_documented_arguments(registry: Any) -> None:
+    """A factory is called as ``factory(path, durability=..., read_only=...,
+    **engine_options)``: one that cannot be is refused when registered, saying so."""
+
+    class Bare(MemoryEngine):
+        def __init__(self, path: str) -> None:
+            super().__init__()
+
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"the factory of engine 'bare' cannot be called as "
+                             r"factory\(path, durability=\.\.\., read_only=\.\.\."):
+        spoolq.register_engine("bare", Bare)
+    assert "bare" not in registry
+
+    class Taking(MemoryEngine):
+        def __init__(self, path: str, *, durability: str, read_only: bool = False) -> None:
+            super().__init__()
+
+    spoolq.register_engine("taking", Taking)
+    spoolq.register_engine("any", lambda *args, **kwargs: MemoryEngine())
+    for name in ("taking", "any"):
+        with spoolq.SyncQueue.create("jobs", engine=name) as q:
+            q.put(1)
+            assert q.get() == 1
+
+
+def test_a_registered_engine_opens_by_name_with_its_options(registry: Any) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def factory(path: str, **kwargs: Any) -> Engine:
+        seen.append((path, kwargs))
+        return MemoryEngine()
+
+    spoolq.register_engine("seen", factory)
+    with spoolq.SyncQueue.create("jobs", engine="seen", engine_options={"level": 3}) as q:
+        q.put("x")
+    assert seen == [("jobs", {"durability": "commit", "read_only": False, "level": 3})]
+    with pytest.raises(spoolq.ConfigurationError, match=r"no engine named 'unseen'.*seen"):
+        spoolq.SyncQueue.create("jobs", engine="unseen")
+
+
+def test_an_option_a_registered_engine_does_not_take(registry: Any) -> None:
+    """An engine option the factory has no parameter for is a ConfigurationError naming
+    it, as with the built-in engines, not a TypeError from the call."""
+
+    def strict(path: str, *, durability: str, read_only: bool = False,
+               level: int = 1) -> Engine:
+        return MemoryEngine()
+
+    spoolq.register_engine("strict", strict)
+    with pytest.raises(spoolq.ConfigurationError, match="the strict engine takes no option "
+                                                        "'levl'"):
+        spoolq.SyncQueue.create("jobs", engine="strict", engine_options={"levl": 2})
+    with spoolq.SyncQueue.create("jobs", engine="strict", engine_options={"level": 2}) as q:
+        q.put(1)
+

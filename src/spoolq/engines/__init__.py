@@ -128,9 +128,85 @@ _SUFFIXES = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
              ".lmdb": "lmdb", ".dbm": "dbm", ".pickle": "pickle", ".pkl": "pickle"}
 
 
-def register_engine(name: str, factory: EngineFactory) -> None:
-    """Make ``engine=name`` open storage with ``factory``."""
+_CALL = "factory(path, durability=..., read_only=..., **engine_options)"
+_MEMBERS = ("name", *(member for member, value in vars(Engine).items()
+                      if callable(value) and not member.startswith("_")))
+"""What an engine has: its ``name`` and the methods of :class:`Engine`."""
+
+
+def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):  # none to read (a builtin): trust the documentation
+        return None
+
+
+def _same_function(a: object, b: object) -> bool:
+    """Whether ``b`` is ``a`` defined again: the same named function or class of the same
+    module (a module reloaded, a notebook cell run again)."""
+    def where(f: object) -> tuple[object, object]:
+        return getattr(f, "__module__", None), getattr(f, "__qualname__", None)
+
+    qualname = where(a)[1]
+    return isinstance(qualname, str) and "<lambda>" not in qualname and where(a) == where(b)
+
+
+def register_engine(name: str, factory: EngineFactory, *, replace: bool = False) -> None:
+    """Make ``engine=name`` open storage with ``factory``, which is called as
+    ``factory(path, durability=..., read_only=..., **engine_options)`` and returns an
+    engine.
+
+    ConfigurationError when ``name`` is not a non-empty string, when ``factory`` is not
+    callable or cannot be called so, and when ``name`` names an engine already (a built-in
+    one too) unless ``replace=True``. Registering the same factory again (or the same
+    function defined again, by a module reloaded) is harmless.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"engine name must be a non-empty string, not {name!r}")
+    if not callable(factory):
+        raise ConfigurationError(f"the factory of engine {name!r} must be callable, not "
+                                 f"{type(factory).__name__} {factory!r}")
+    signature = _signature(factory)
+    if signature is not None:
+        try:
+            signature.bind("path", durability="commit", read_only=False)
+        except TypeError as exc:
+            raise ConfigurationError(f"the factory of engine {name!r} cannot be called as "
+                                     f"{_CALL}: {exc}") from None
+    old = ENGINES.get(name)
+    if old is not None and old is not factory and not replace and not _same_function(
+            old, factory):
+        raise ConfigurationError(f"an engine named {name!r} is registered already (with "
+                                 f"{old!r}); pass replace=True to replace it")
     ENGINES[name] = factory
+
+
+def _opened(name: str, factory: EngineFactory, path: str, durability: str, read_only: bool,
+            options: dict[str, Any]) -> Engine:
+    """``factory`` called as documented; ConfigurationError naming the options it does not
+    take, or when what it returns lacks part of an engine (which is then closed)."""
+    signature = _signature(factory)
+    if signature is not None and options:
+        try:
+            signature.bind(path, durability=durability, read_only=read_only, **options)
+        except TypeError:
+            raise ConfigurationError(
+                f"the {name} engine takes no option {', '.join(map(repr, sorted(options)))} "
+                f"(its factory {factory!r} is called as {_CALL})") from None
+    engine = factory(path, durability=durability, read_only=read_only, **options)
+    missing = [m if m == "name" else f"{m}()" for m in _MEMBERS if
+               (m == "name" and not hasattr(engine, m))
+               or (m != "name" and not callable(getattr(engine, m, None)))]
+    if engine is None:
+        raise ConfigurationError(f"the factory of engine {name!r} returned None, not an engine")
+    if missing:
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+        raise ConfigurationError(
+            f"the factory of engine {name!r} returned a {type(engine).__name__}, which lacks "
+            f"{', '.join(missing)}: an engine has every method of spoolq.Engine")
+    return engine
 
 
 def engine_name_for(path: str) -> str:
@@ -171,4 +247,4 @@ def open_engine(path: str | os.PathLike[str], engine: str | Engine | None = None
         if not isinstance(flag, bool):
             raise ConfigurationError(f"engine option read_only must be a bool, not {flag!r}")
         read_only = read_only or flag
-    return factory(spath, durability=durability, read_only=read_only, **opts)
+    return _opened(name, factory, spath, durability, read_only, opts)
