@@ -106,10 +106,10 @@ def test_sigterm_does_not_wait_for_a_client_that_never_reads(tmp_path: Path, loo
 # ---- memory a client that does not read can pin ----------------------------------------
 
 
-def _rss_mib(pid: int) -> int:
+def _rss_mib(pid: int, field: str = "VmRSS") -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) // 1024
     raise AssertionError("no VmRSS")
 
@@ -176,3 +176,35 @@ def test_an_auth_frame_over_64_kib_is_refused_even_when_it_arrives_whole() -> No
         ((kind, _, body),) = _frames(out)
         assert kind == FrameType.ERROR and body["code"] == ErrorCode.FRAME_TOO_LARGE
         assert not server.authenticated
+
+
+# ---- a take or peek of more records than a reply holds ----------------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("op", ["take", "peek"])
+def test_a_read_of_every_record_loads_only_about_what_its_reply_holds(
+        tmp_path: Path, op: str) -> None:
+    """A take or peek of n = 2**31 - 1 (what ``get_many()`` of every ready item asks for)
+    from a queue of 120 MiB, by a client accepting replies of 4 MiB: the server reads
+    about what the reply holds, not the whole queue into memory (and, for a take, writes
+    most of it back). The records not returned stay in place, in order."""
+    path = str(tmp_path / "q.sqlite")
+    item = b"i" * (1 << 20)
+    with ServerProcess(path) as srv:
+        eng = RemoteEngine(srv.url, max_reply=4 << 20)
+        try:
+            for _ in range(12):
+                eng.append("q", [item] * 10, [len(item)] * 10, time.time())
+            before = _rss_mib(srv.proc.pid, "VmHWM")  # the peak, so far
+            if op == "take":
+                got = eng.take("q", 2**31 - 1, time.time(), None)
+            else:
+                got = eng.peek("q", 2**31 - 1)
+            grown = _rss_mib(srv.proc.pid, "VmHWM") - before
+            assert len(got) == 3 and [r.id for r in got] == [1, 2, 3]
+            assert eng.counts("q").ready == (117 if op == "take" else 120)
+            assert eng.peek("q", 1)[0].id == (4 if op == "take" else 1)
+        finally:
+            eng.close()
+    assert grown < 60, f"the server grew by {grown} MiB for a reply of 4 MiB"

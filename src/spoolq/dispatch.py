@@ -121,10 +121,35 @@ def _fitting_leased(recs: Sequence[LeasedRecord], limit: int, queue_name: str) -
     return keep
 
 
+def _gather(engine: Engine, queue_name: str, n: int, limit: int | None,
+            fetch: Callable[[int, int], list[StoredRecord]]) -> list[StoredRecord]:
+    """Up to ``n`` records from ``fetch(count, already)``, in chunks: no more than about
+    twice what a reply of ``limit`` bytes holds is read (a client asking for every record
+    of a large queue gets a reply's worth, and the server does not load the queue). The
+    first chunk is sized from the queue's average record, each next one doubles."""
+    if limit is None or n <= 1:
+        return fetch(n, 0)
+    held = engine.counts(queue_name)
+    records = held.ready + held.leased
+    want = n
+    if records and held.stored_bytes:
+        average = held.stored_bytes / records + _RECORD_OVERHEAD
+        want = min(n, max(1, int(2 * limit / average) + 1))
+    recs = fetch(want, 0)
+    while len(recs) < n and len(recs) == want and _reply_size(recs) <= limit:
+        more = fetch(min(n - len(recs), len(recs)), len(recs))
+        want = len(recs) + min(n - len(recs), len(recs))
+        recs += more
+        if not more:
+            break
+    return recs
+
+
 def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
-    recs = engine.take(a["queue"], a["n"], a["now"], lease)
     limit = a.get("limit")
+    recs = _gather(engine, a["queue"], a["n"], limit,
+                   lambda k, _: engine.take(a["queue"], k, a["now"], lease))
     if limit is not None and recs and _reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
         try:
@@ -138,8 +163,9 @@ def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
 
 
 def _peek(engine: Engine, a: dict[str, Any]) -> list[Any]:
-    recs = engine.peek(a["queue"], a["n"], a["offset"])
     limit = a.get("limit")
+    recs = _gather(engine, a["queue"], a["n"], limit,
+                   lambda k, done: engine.peek(a["queue"], k, a["offset"] + done))
     if limit is not None and recs and _reply_size(recs) > limit:
         recs = recs[:_fitting(recs, limit, a["queue"])]
     return encode_records(recs)
