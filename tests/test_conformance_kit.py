@@ -706,3 +706,25 @@ def test_an_option_a_registered_engine_does_not_take(registry: Any) -> None:
     with spoolq.SyncQueue.create("jobs", engine="strict", engine_options={"level": 2}) as q:
         q.put(1)
 
+
+
+def test_an_engine_instance_that_lacks_methods_is_named_with_them() -> None:
+    """An object passed as ``engine=`` that lacks part of an engine is refused naming
+    what it lacks; one that hands every method on through ``__getattr__`` (a wrapper, as
+    ``Plain`` above) is an engine, on every Python version."""
+
+    class Half:
+        name = "half"
+
+        def append(self, *args: Any) -> list[int]:
+            return []
+
+    with pytest.raises(spoolq.ConfigurationError,
+                       match=r"not Half, which lacks take\(\), restore\(\), .*close\(\)$"):
+        spoolq.SyncQueue.create("jobs", engine=Half())  # type: ignore[arg-type]
+    with pytest.raises(spoolq.ConfigurationError, match=r"spoolq.Engine, not int$"):
+        open_engine("jobs", 5)  # type: ignore[arg-type]
+    inner = MemoryEngine()
+    with spoolq.SyncQueue.create("jobs", engine=Plain(inner)) as q:  # type: ignore[arg-type]
+        q.put(1)
+    assert inner.counts("default").ready == 1

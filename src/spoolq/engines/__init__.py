@@ -181,6 +181,15 @@ def register_engine(name: str, factory: EngineFactory, *, replace: bool = False)
     ENGINES[name] = factory
 
 
+def _lacking(engine: object) -> list[str]:
+    """What ``engine`` lacks of an engine, as ``name`` and ``method()``. Looked up with
+    getattr, so an engine that hands its methods on through ``__getattr__`` (a wrapper) has
+    them, which ``isinstance(engine, Engine)`` denies from Python 3.12 on."""
+    return [m if m == "name" else f"{m}()" for m in _MEMBERS
+            if (m == "name" and not hasattr(engine, m))
+            or (m != "name" and not callable(getattr(engine, m, None)))]
+
+
 def _opened(name: str, factory: EngineFactory, path: str, durability: str, read_only: bool,
             options: dict[str, Any]) -> Engine:
     """``factory`` called as documented; ConfigurationError naming the options it does not
@@ -194,9 +203,7 @@ def _opened(name: str, factory: EngineFactory, path: str, durability: str, read_
                 f"the {name} engine takes no option {', '.join(map(repr, sorted(options)))} "
                 f"(its factory {factory!r} is called as {_CALL})") from None
     engine = factory(path, durability=durability, read_only=read_only, **options)
-    missing = [m if m == "name" else f"{m}()" for m in _MEMBERS if
-               (m == "name" and not hasattr(engine, m))
-               or (m != "name" and not callable(getattr(engine, m, None)))]
+    missing = _lacking(engine)
     if engine is None:
         raise ConfigurationError(f"the factory of engine {name!r} returned None, not an engine")
     if missing:
@@ -227,10 +234,13 @@ def open_engine(path: str | os.PathLike[str], engine: str | Engine | None = None
     (pick by path). ``options`` may hold ``read_only`` too (a bool): the file is then
     opened read-only when either says so."""
     if engine is not None and not isinstance(engine, str):
-        if not isinstance(engine, Engine):
+        missing = _lacking(engine)
+        if missing:
+            some = len(missing) < len(_MEMBERS)  # name all it lacks only if it has some
             raise ConfigurationError(
                 f"engine must be a name or an object implementing spoolq.Engine, "
-                f"not {type(engine).__name__}")
+                f"not {type(engine).__name__}"
+                + (f", which lacks {', '.join(missing)}" if some else ""))
         return engine
     spath = os.fspath(path)
     name = engine or engine_name_for(spath)
