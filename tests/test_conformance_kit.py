@@ -314,6 +314,29 @@ class RestoreOfAnyId(MemoryEngine):
         super().restore(queue, records)
 
 
+class RestoreForgets(MemoryEngine):
+    """Broken: a restored record loses its attempts and its reason."""
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        super().restore(queue, [r._replace(attempts=0, reason=None) for r in records])
+
+
+class MoveKeepsDeliveries(MemoryEngine):
+    """Broken: a moved record keeps its attempts and reason (a requeued dead letter is
+    buried again at its next failure)."""
+
+    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        chosen = [r for r in self.peek(src, 1 << 30) if ids is None or r.id in ids]
+        n = super().move(src, dst, ids)
+        q = self._queues.get(dst)
+        if q is not None and chosen:
+            moved = list(q.fresh)[-len(chosen):]
+            for rec, old in zip(moved, chosen, strict=True):
+                q.fresh.remove(rec)
+                q.fresh.append(rec._replace(attempts=old.attempts, reason=old.reason))
+        return n
+
+
 class ReadyCountsLeased(MemoryEngine):
     """Broken: counts the leased records among the ready."""
 
@@ -471,6 +494,9 @@ BROKEN: dict[str, tuple[Callable[[Path], Any], bool, str]] = {
                       "test_ack_and_release_leave_records_not_leased_alone"),
     "RestoreOfAnyId": (lambda _: RestoreOfAnyId(), False,
                        "test_restore_of_an_id_never_given_out_is_refused"),
+    "RestoreForgets": (lambda _: RestoreForgets(), False, "test_restore_keeps_every_field"),
+    "MoveKeepsDeliveries": (lambda _: MoveKeepsDeliveries(), False,
+                            "test_moved_records_are_new_records"),
     "ReadyCountsLeased": (lambda _: ReadyCountsLeased(), False,
                           "test_counts_track_records_and_bytes"),
     "AckKeepsBytes": (lambda _: AckKeepsBytes(), False, "test_counts_follow_every_change"),

@@ -385,6 +385,22 @@ class EngineConformance(PeekLeasedConformance):
         assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(1, 2, 3)
         assert engine.counts("q") == (0, 0, 0, 0)
 
+    def test_restore_keeps_every_field(self, engine: Engine) -> None:
+        """A restored record comes back as it was taken: data, sizes, attempts, time and
+        a dead letter's reason."""
+        self._put(engine, 1, 2)
+        dead = dead_queue_name("q")
+        (a,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(a.id, 1)], "me", not_before=0.0, max_attempts=1, reason="boom")
+        (b,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(b.id, 1)], "me", not_before=0.0, max_attempts=None)
+        for queue in ("q", dead):
+            taken = engine.take(queue, 5, self.NOW, None)
+            assert len(taken) == 1
+            engine.restore(queue, taken)
+            assert engine.peek(queue, 5) == taken
+        assert (engine.peek(dead, 1)[0].reason, engine.peek("q", 1)[0].attempts) == ("boom", 1)
+
     def test_restore_of_an_id_the_queue_holds_is_refused(self, engine: Engine) -> None:
         """Restoring a record whose id the queue holds (ready, delayed or leased), or one
         given twice, raises ValueError and changes nothing."""
@@ -492,6 +508,21 @@ class EngineConformance(PeekLeasedConformance):
         assert engine.counts("dst").stored_bytes == len(b"r1r2r3")
         assert engine.purge("dst") == 3
         assert engine.counts("dst") == (0, 0, 0, 0)
+
+    def test_moved_records_are_new_records(self, engine: Engine) -> None:
+        """``move`` appends new records at the tail of ``dst``: ids above every id ``dst``
+        gave out, no attempts and no reason (a requeued dead letter gets its deliveries
+        afresh), the data, sizes and time of the original."""
+        ids = self._put(engine, 1, 2)
+        (rec,) = engine.take("q", 1, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(rec.id, 1)], "me", not_before=0.0, max_attempts=1, reason="boom")
+        assert engine.move(dead_queue_name("q"), "q") == 1
+        kept, moved = engine.peek("q", 5)
+        assert kept.id == ids[1]
+        assert moved.id > max(ids)
+        assert (moved.data, moved.raw_size, moved.attempts, moved.enqueued_at, moved.reason) \
+            == (b"r1", 4, 0, self.NOW, None)
+        assert engine.counts(dead_queue_name("q")) == (0, 0, 0, 0)
 
     def test_move_leaves_leased_records(self, engine: Engine) -> None:
         """``move`` takes ready records only: a leased one stays with its owner."""
