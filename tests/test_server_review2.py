@@ -208,3 +208,34 @@ def test_a_read_of_every_record_loads_only_about_what_its_reply_holds(
         finally:
             eng.close()
     assert grown < 60, f"the server grew by {grown} MiB for a reply of 4 MiB"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sigterm_keeps_the_leases_of_an_idle_tls_client_that_got_its_replies(
+        tmp_path: Path, loop: str) -> None:
+    """An idle TLS client holds a lease and does not answer the server's close_notify
+    (it reads nothing while idle). The server does not wait for it, and as the client
+    received every reply, its lease stays: a server shutdown keeps leases."""
+    from .test_server import _self_signed
+
+    pytest.importorskip(loop)
+    cert, key = _self_signed(tmp_path)
+    path = str(tmp_path / "q.sqlite")
+    with ServerProcess(path, "--tls-cert", str(cert), "--tls-key", str(key),
+                       "--loop", loop) as srv:
+        eng = RemoteEngine(f"{srv.url}?ca={cert}")
+        try:
+            eng.append("jobs", [b"job"], [3], time.time())
+            assert len(eng.take("jobs", 1, time.time(), Lease("idle", time.time() + 600))) == 1
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            assert srv.proc.wait(20) == 0
+            took = time.monotonic() - started
+        finally:
+            eng.close()
+    assert took < 8, f"the shutdown waited {took:.1f} s on an idle TLS client"
+    check = open_engine(path)
+    try:
+        assert tuple(check.counts("jobs"))[:2] == (0, 1), "the idle client's lease was ended"
+    finally:
+        check.close()

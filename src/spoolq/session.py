@@ -257,24 +257,32 @@ class Session(asyncio.Protocol):
     def drop(self) -> None:
         """Close the connection (after sending what is already queued)."""
         self.closed = True
-        if self.transport is not None:
+        # Once: asyncio's TLS transport, closed twice, lets go of its connection, which
+        # abort() then no longer reaches.
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     def unsent(self) -> int:
-        """Bytes of replies written but not yet sent (the client is not reading them)."""
+        """Bytes of replies written but not yet sent (the client is not reading them); 0
+        when the transport cannot tell (asyncio's TLS transport once it is closing)."""
         transport = self.transport
-        return 0 if transport is None else transport.get_write_buffer_size()
+        try:
+            return 0 if transport is None else transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError):
+            return 0
 
     def abandon(self, stalled: float) -> None:
-        """Cut the connection off at shutdown, its replies unsent: its client has read
-        nothing for ``stalled`` seconds. The leases it delivered go back (the client may
-        never get them), as for a connection that dropped."""
+        """Cut the connection off at shutdown: its client has read nothing for
+        ``stalled`` seconds. When replies were left unsent, the leases it delivered go
+        back (the client may never get them), as for a connection that dropped; a client
+        that got every reply (a TLS client that does not answer the close) keeps them."""
+        unsent = self.unsent()
         self.closed = True
-        self._abandoned = True
+        self._abandoned = unsent > 0
         if self.transport is not None:
             log.warning("spoolq: dropping the connection from %s: it read none of its "
                         "replies for %.1f s while the server stopped (%d bytes unsent)",
-                        self.peer, stalled, self.unsent())
+                        self.peer, stalled, unsent)
             self.transport.abort()
 
     def update_reading(self) -> None:
