@@ -237,6 +237,17 @@ class EngineConformance(PeekLeasedConformance):
         assert engine.counts(dead_queue_name("q")).ready == 0
         assert engine.ack("q", [(rec.id, 1)], "me") == [rec.id]
 
+    def test_release_of_a_mixed_batch_releases_what_is_held(self, engine: Engine) -> None:
+        """A release, like an ack, skips the deliveries no longer held and settles the
+        others of its batch."""
+        self._put(engine, 1, 2, 3)
+        a, b, c = (r.id for r in engine.take("q", 3, self.NOW, Lease("me", self.NOW + 30)))
+        assert engine.release("q", [(a, 1), (b, 2), (c, 1), (c, 1)], "me", not_before=0.0,
+                              max_attempts=None) == [a, c]
+        assert engine.counts("q")[:2] == (2, 1)
+        assert engine.release("q", [(b, 1)], "me", not_before=0.0, max_attempts=None) == [b]
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(1, 2, 3)
+
     def test_ack_and_release_leave_records_not_leased_alone(self, engine: Engine) -> None:
         """Only a leased record is settled: not a ready one, not a released one waiting for
         its delay, and not a lease of the same id in another queue."""
@@ -583,6 +594,26 @@ class EngineConformance(PeekLeasedConformance):
             assert [r.data for r in eng.peek("q", 5)] == recs(2)
             later = self._put(eng, 3)
             assert later[0] > 2
+        finally:
+            eng.close()
+
+    def test_ids_are_not_reused_after_reopen(self, open_engine: Opener) -> None:
+        """An id given out is never given out again, also when the queue was drained or
+        purged before the store was closed (an engine that counts on from the highest id
+        it still holds would give the same ids again)."""
+        if not self.persistent:
+            pytest.skip("a non-persistent engine keeps nothing across a reopen")
+        eng = open_engine()
+        try:
+            given = self._put(eng, 1, 2, 3) + self._put(eng, 4, queue="other")
+            eng.take("q", 5, self.NOW, None)
+            eng.purge("other")
+        finally:
+            eng.close()
+        eng = open_engine()
+        try:
+            assert self._put(eng, 5)[0] > max(given[:3])
+            assert self._put(eng, 6, queue="other")[0] > given[3]
         finally:
             eng.close()
 
