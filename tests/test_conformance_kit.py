@@ -783,3 +783,12 @@ def test_an_engine_instance_that_lacks_methods_is_named_with_them() -> None:
     with spoolq.SyncQueue.create("jobs", engine=Plain(inner)) as q:  # type: ignore[arg-type]
         q.put(1)
     assert inner.counts("default").ready == 1
+
+
+def test_an_empty_engine_name_is_no_engine(tmp_path: Path) -> None:
+    """``engine=""`` names no engine: it is refused like any unknown name, not taken for
+    None (pick by path)."""
+    path = tmp_path / "jobs.sqlite"
+    with pytest.raises(spoolq.ConfigurationError, match="no engine named '' is available"):
+        spoolq.SyncQueue.create(str(path), engine="")
+    assert not path.exists()

@@ -243,7 +243,7 @@ def open_engine(path: str | os.PathLike[str], engine: str | Engine | None = None
                 + (f", which lacks {', '.join(missing)}" if some else ""))
         return engine
     spath = os.fspath(path)
-    name = engine or engine_name_for(spath)
+    name = engine_name_for(spath) if engine is None else engine
     factory = ENGINES.get(name)
     if factory is None:
         raise ConfigurationError(
