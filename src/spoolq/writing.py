@@ -394,15 +394,18 @@ def _flush_at_exit() -> None:
     flusher threads stop with it, and only a killed process may lose a buffer."""
     core = sys.modules.get("spoolq.core")
     for writer in list(getattr(core, "_CORES", ())):
-        if not writer.buffered or writer.closed or not writer.group.pending():
+        if not writer.buffered or writer.closed:
             continue
         # Not for ever: a thread of the exiting program may hold the lock and be stuck.
+        # Pending records are looked at under the lock: a flush under way (the close of a
+        # queue collected without one, on its worker thread) has taken them from the
+        # buffer but not written them yet, and that thread ends with the interpreter.
         if not writer.lock.acquire(timeout=_EXIT_WAIT):
             log.error("spoolq: queue %r: its buffer of %d puts was not written at exit",
                       writer.name, writer.group.pending())
             continue
         try:
-            if not writer.closed:
+            if not writer.closed and writer.group.pending():
                 writer.flush()  # logs a failure
         except Exception:
             log.exception("spoolq: queue %r: writing its buffer at exit failed", writer.name)
