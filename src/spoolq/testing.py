@@ -597,21 +597,24 @@ class EngineConformance(PeekLeasedConformance):
         finally:
             eng.close()
 
+    def _reopened(self, eng: Engine, open_engine: Opener) -> Engine:
+        """The store closed and opened again; a non-persistent engine's stays open (it
+        keeps nothing across a reopen), so a test checks what it keeps while open."""
+        if not self.persistent:
+            return eng
+        eng.close()
+        return open_engine()
+
     def test_ids_are_not_reused_after_reopen(self, open_engine: Opener) -> None:
         """An id given out is never given out again, also when the queue was drained or
         purged before the store was closed (an engine that counts on from the highest id
         it still holds would give the same ids again)."""
-        if not self.persistent:
-            pytest.skip("a non-persistent engine keeps nothing across a reopen")
         eng = open_engine()
         try:
             given = self._put(eng, 1, 2, 3) + self._put(eng, 4, queue="other")
             eng.take("q", 5, self.NOW, None)
             eng.purge("other")
-        finally:
-            eng.close()
-        eng = open_engine()
-        try:
+            eng = self._reopened(eng, open_engine)
             assert self._put(eng, 5)[0] > max(given[:3])
             assert self._put(eng, 6, queue="other")[0] > given[3]
         finally:
@@ -620,18 +623,13 @@ class EngineConformance(PeekLeasedConformance):
     def test_dead_letters_and_attempts_survive_reopen(self, open_engine: Opener) -> None:
         """A reopened store keeps what each record carries: a dead letter's reason,
         attempts, sizes and time; a lease's attempts; a delay."""
-        if not self.persistent:
-            pytest.skip("a non-persistent engine keeps nothing across a reopen")
         eng = open_engine()
         try:
             self._put(eng, 1, 2, 3)
             a, b, c = eng.take("q", 3, self.NOW, Lease("me", self.NOW + 30))
             eng.release("q", [(a.id, 1)], "me", not_before=0.0, max_attempts=1, reason="boom")
             eng.release("q", [(b.id, 1)], "me", not_before=self.NOW + 60, max_attempts=None)
-        finally:
-            eng.close()
-        eng = open_engine()
-        try:
+            eng = self._reopened(eng, open_engine)
             (dead,) = eng.peek(dead_queue_name("q"), 5)
             assert (dead.data, dead.raw_size, dead.attempts, dead.enqueued_at, dead.reason) \
                 == (b"r1", 4, 1, self.NOW, "boom")
