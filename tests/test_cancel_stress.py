@@ -561,3 +561,52 @@ def test_sync_blocked_putters_timing_out_no_lost_wakeup(target: str, seed: int) 
     assert len(stored) == patient
     q.close()
 
+
+async def test_async_item_a_get_is_receiving_keeps_its_room(tmp_path: Path) -> None:
+    """While a get's take runs on the worker, its item keeps its room: a put that found
+    room in that moment (the take had lowered the ready count and was decoding the
+    record), with the get then cancelled and its item given back, left the queue holding
+    more than maxsize. A large item, slow to decode, widens that moment."""
+    q = await spoolq.Queue.create(str(tmp_path / "q.sqlite"), maxsize=1, compressor="lzma")
+    big = b"x" * (8 << 20)
+    await q.put(big)
+    task = asyncio.ensure_future(q.get())
+    put_in = False
+    deadline = time.monotonic() + 10
+    while not task.done() and time.monotonic() < deadline:
+        try:
+            q.put_nowait(b"small")
+        except Full:
+            await asyncio.sleep(0)
+            continue
+        put_in = True
+        task.cancel()
+        break
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    held = await q.peek(5)  # after the give-back of a cancelled get
+    await q.aclose()
+    assert not put_in, "a put found room while a get was receiving the only item"
+    assert len(held) <= 1
+
+
+async def test_async_put_waits_for_the_item_a_get_is_receiving(tmp_path: Path) -> None:
+    """The same for a put that may wait for room: started while the get's take runs, it
+    must wait until the get returned its item."""
+    q = await spoolq.Queue.create(str(tmp_path / "q.sqlite"), maxsize=1, compressor="lzma")
+    await q.put(b"x" * (8 << 20))
+    getter = asyncio.ensure_future(q.get())
+    deadline = time.monotonic() + 10
+    while q.full() and not getter.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0)  # until the take has lowered the ready count
+    putter = asyncio.ensure_future(q.put(b"small"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    getter.cancel()  # its item goes back: the put must still wait for room
+    with contextlib.suppress(asyncio.CancelledError):
+        await getter
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(putter, 0.5)
+    held = await q.peek(5)
+    await q.aclose()
+    assert len(held) <= 1, f"{len(held)} items in a queue of maxsize 1"

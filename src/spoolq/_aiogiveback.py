@@ -37,8 +37,11 @@ class GivingBack:
     _unsettled: int
     _taken_out: int
     _taken_in: int
+    _taking: int
+    _take_seq: int
     # Defined by Queue and its other parts.
     _check: Callable[[], None]
+    qsize: Callable[[], int]
     _wake: Callable[[], None]
     _wait: Callable[[float | None, Callable[[], bool]], Coroutine[Any, Any, bool]]
 
@@ -133,7 +136,32 @@ class GivingBack:
 
     def _take_for_caller(self, n: int, ttl: float | None,
                          holding: Holding | None) -> list[Taken]:
-        """The take of :meth:`_take_on_worker`, on the worker thread."""
-        recs = self._core.take(n, ttl, buffered=False, holding=holding)
-        self._taken_out += len(recs)
+        """The take of :meth:`_take_on_worker`, on the worker thread.
+
+        While it runs, :meth:`_room_size` counts up to ``n`` more ready records: the take
+        lowers the ready count before it returns (the records are decoded after), and
+        until the records are counted as taken out a put would find room that they
+        still take up, and keep taking up if a cancelled caller gives them back."""
+        core = self._core
+        with core.lock:  # the ready count cannot change between this look and the take
+            self._taking = min(n, core.ready_hint())
+            self._take_seq += 1  # odd while the take runs
+            try:
+                recs = core.take(n, ttl, buffered=False, holding=holding)
+                self._taken_out += len(recs)
+            finally:
+                self._take_seq += 1
         return recs
+
+    def _room_size(self) -> int:
+        """:meth:`qsize` for a put's check for room: also counts the records a take
+        running on the worker may have removed from the ready count and not yet counted
+        as taken out (qsize() itself is short by them for that moment)."""
+        size = taking = 0
+        for _ in range(100):
+            seq = self._take_seq
+            taking = self._taking
+            size = self.qsize()
+            if self._take_seq == seq:
+                return size + taking if seq % 2 else size
+        return size + taking  # takes ran back to back meanwhile: the safe side

@@ -88,6 +88,10 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         # the worker, taken_in by the loop), so neither needs a lock.
         self._taken_out = 0
         self._taken_in = 0
+        # A take running on the worker: how many ready records it may take, and a count
+        # that is odd while it runs (see GivingBack._room_size).
+        self._taking = 0
+        self._take_seq = 0
         self._inline = bool(getattr(core.engine, "inline", False))
         self._listen()
 
@@ -217,9 +221,10 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         self._check()
         if self._shutdown:
             raise QueueShutDown("the queue is shut down")
-        if self.full():
+        maxsize = self._core.settings.maxsize
+        if maxsize > 0 and self._room_size() >= maxsize:
             self._core.refresh()  # other handles or processes may have taken items since
-            if self.full():
+            if self._room_size() >= maxsize:
                 raise Full(f"the queue holds {self.qsize()} of {self.maxsize} items")
         self._core.put_now(*self._core.encode_one(item))
         if self._core.buffered:
@@ -243,10 +248,10 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         while True:
             if self._shutdown:
                 raise QueueShutDown("the queue is shut down")
-            size = self.qsize()
+            size = self._room_size()  # with the records a take on the worker removes
             if size + n <= maxsize or (n > maxsize and size == 0):
                 return
-            if not await self._wait(deadline, lambda: self.qsize() + n <= maxsize):
+            if not await self._wait(deadline, lambda: self._room_size() + n <= maxsize):
                 if recounted:
                     raise Full(f"no room for {n} item(s) within the timeout")
                 recounted = True  # before refusing, look at the file's counts once more
