@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import cbor2
+
+from spoolq.protocol import FrameType, encode_frame
 from spoolq.server import Server, start_server
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
@@ -101,3 +107,26 @@ class ThreadedServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def request_frame(ident: int, op: str, **fields: Any) -> bytes:
+    """A request frame of ``op`` with ``fields``, as a client sends it."""
+    return encode_frame(FrameType.REQUEST, ident, {"op": op, **fields})
+
+
+def reply_frames(data: bytes) -> list[tuple[int, int, Any]]:
+    """(type, id, body) of each complete frame in ``data``."""
+    out = []
+    while len(data) >= 4 and len(data) >= 4 + struct.unpack_from(">I", data)[0]:
+        length, ftype, ident = struct.unpack_from(">IBI", data)
+        out.append((ftype, ident, cbor2.loads(data[9:4 + length])))
+        data = data[4 + length:]
+    return out
+
+
+def wait_until(condition: Callable[[], Any], within: float = 3.0) -> None:
+    """Wait until ``condition()`` is true; AssertionError after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.01)

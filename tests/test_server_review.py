@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import pytest
 
 import spoolq
@@ -26,14 +25,13 @@ from spoolq.protocol import (
     FrameType,
     ProtocolError,
     ServerProtocol,
-    encode_frame,
     encode_preamble,
     encode_reply,
 )
 from spoolq.server import Server
 from spoolq.session import Session
 
-from .servers import ServerProcess, ThreadedServer
+from .servers import ServerProcess, ThreadedServer, reply_frames, request_frame, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +50,7 @@ def _raw(url: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=5)
 
 
-def _request(ident: int, op: str, **fields: Any) -> bytes:
-    return encode_frame(FrameType.REQUEST, ident, {"op": op, **fields})
 
-
-def _frames(data: bytes) -> list[tuple[int, int, Any]]:
-    """(type, id, body) of each complete frame in ``data``."""
-    out = []
-    while len(data) >= 4 and len(data) >= 4 + struct.unpack_from(">I", data)[0]:
-        length, ftype, ident = struct.unpack_from(">IBI", data)
-        out.append((ftype, ident, cbor2.loads(data[9:4 + length])))
-        data = data[4 + length:]
-    return out
-
-
-def _until(condition: Any, within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.01)
 
 
 # ---- leases of a dropped connection -----------------------------------------------------
@@ -87,12 +67,12 @@ def test_a_dropped_connection_releases_only_its_own_leases_whatever_the_clocks(
         behind = time.time() - 60
         (held,) = eng.take(name, 1, behind, Lease("slow-clock", behind + 30))
         with _raw(server.url) as sock:
-            sock.sendall(encode_preamble() + _request(
+            sock.sendall(encode_preamble() + request_frame(
                 1, "take", queue=name, n=1, now=time.time(),
                 lease=["dropping", time.time() + 600]))
-            (reply,) = _frames(sock.recv(65536)[8:] or sock.recv(65536))
+            (reply,) = reply_frames(sock.recv(65536)[8:] or sock.recv(65536))
             assert reply[0] == FrameType.REPLY and reply[2][1] == b"dropped"
-        _until(lambda: eng.counts(name).ready > 0)  # the dropped connection's lease is back
+        wait_until(lambda: eng.counts(name).ready > 0)  # the dropped connection's lease is back
         assert eng.counts(name).leased == 1, "the lease of a live client was ended"
         assert eng.ack(name, [(held.id, held.attempts)], "slow-clock") == [held.id]
     finally:
@@ -128,14 +108,14 @@ def test_a_take_running_when_its_connection_drops_is_undone_not_counted(
         try:
             eng.append("gated", [b"job"], [3], time.time())
             with _raw(srv.url) as sock:
-                sock.sendall(encode_preamble() + _request(
+                sock.sendall(encode_preamble() + request_frame(
                     1, "take", queue="gated", n=1, now=time.time(),
                     lease=["gone", time.time() + 600], max_attempts=1))
                 assert engine.entered.wait(5)
             assert srv.server is not None
-            _until(lambda: len(srv.server.connections) == 1)  # the server saw it end
+            wait_until(lambda: len(srv.server.connections) == 1)  # the server saw it end
             engine.gate.set()
-            _until(lambda: eng.counts("gated").leased == 0)
+            wait_until(lambda: eng.counts("gated").leased == 0)
             assert (eng.counts("gated").ready, eng.counts("gated.dead").ready) == (1, 0)
             (again,) = eng.take("gated", 1, time.time(), Lease("next", time.time() + 60))
             assert (again.data, again.attempts) == (b"job", 1)
@@ -250,7 +230,7 @@ def test_before_auth_a_request_is_refused_as_soon_as_its_header_arrives(
                 while chunk := sock.recv(65536):
                     data += chunk
                 assert data[:8] == encode_preamble()
-                ((kind, _, body),) = _frames(data[8:])
+                ((kind, _, body),) = reply_frames(data[8:])
                 assert kind == FrameType.ERROR
                 assert body["code"] in (ErrorCode.AUTH, ErrorCode.FRAME_TOO_LARGE)
         with spoolq.SyncQueue.create(srv.url + "/jobs", name="jobs",
@@ -314,7 +294,7 @@ def test_a_get_whose_reply_cannot_be_written_any_more_gives_its_records_back() -
         session = Session(server)
         transport = _DyingTransport()
         session.connection_made(transport)  # type: ignore[arg-type]
-        session.data_received(encode_preamble() + _request(1, "take", queue="q", n=1,
+        session.data_received(encode_preamble() + request_frame(1, "take", queue="q", n=1,
                                                            now=time.time()))
         assert session.inflight == 1
         transport.closing = True  # a write failed meanwhile
@@ -340,7 +320,7 @@ def test_sigterm_answers_pipelined_requests_and_ends_without_a_reset(tmp_path: P
     closing does not reset the connection (a reset destroys replies not yet read)."""
     path = str(tmp_path / "q.sqlite")
     n = 1000
-    requests = b"".join(_request(i, "append", queue="q", records=[b"x" * 100], sizes=[100],
+    requests = b"".join(request_frame(i, "append", queue="q", records=[b"x" * 100], sizes=[100],
                                  now=time.time()) for i in range(1, n + 1))
     with ServerProcess(path) as srv, _raw(srv.url) as sock:
         srv.proc.send_signal(signal.SIGSTOP)
@@ -355,7 +335,7 @@ def test_sigterm_answers_pipelined_requests_and_ends_without_a_reset(tmp_path: P
         sender.join(5)
         sock.close()
         assert srv.proc.wait(10) == 0
-    replies = _frames(data[8:])
+    replies = reply_frames(data[8:])
     assert {kind for kind, _, _ in replies} <= {FrameType.REPLY}
     with ServerProcess(path) as again:
         eng = RemoteEngine(again.url)

@@ -8,7 +8,6 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any
 
 import cbor2
 import pytest
@@ -25,7 +24,7 @@ from spoolq.protocol import (
     encode_preamble,
 )
 
-from .servers import ServerProcess
+from .servers import ServerProcess, reply_frames, request_frame
 
 
 def _raw(url: str, rcvbuf: int | None = None) -> socket.socket:
@@ -38,25 +37,7 @@ def _raw(url: str, rcvbuf: int | None = None) -> socket.socket:
     return sock
 
 
-def _request(ident: int, op: str, **fields: Any) -> bytes:
-    return encode_frame(FrameType.REQUEST, ident, {"op": op, **fields})
 
-
-def _frames(data: bytes) -> list[tuple[int, int, Any]]:
-    """(type, id, body) of each complete frame in ``data``."""
-    out = []
-    while len(data) >= 4 and len(data) >= 4 + struct.unpack_from(">I", data)[0]:
-        length, ftype, ident = struct.unpack_from(">IBI", data)
-        out.append((ftype, ident, cbor2.loads(data[9:4 + length])))
-        data = data[4 + length:]
-    return out
-
-
-def _until(condition: Any, within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.01)
 
 
 # ---- shutdown with a client that does not read ------------------------------------------
@@ -79,9 +60,9 @@ def test_sigterm_does_not_wait_for_a_client_that_never_reads(tmp_path: Path, loo
         finally:
             eng.close()
         now = time.time()
-        requests = [_request(1, "take", queue="jobs", n=1, now=now, lease=["deaf", now + 600]),
-                    _request(2, "append", queue="put", records=[b"kept"], sizes=[4], now=now)]
-        requests += [_request(i, "peek", queue="big", n=1) for i in range(3, 100)]
+        requests = [request_frame(1, "take", queue="jobs", n=1, now=now, lease=["deaf", now + 600]),
+                    request_frame(2, "append", queue="put", records=[b"kept"], sizes=[4], now=now)]
+        requests += [request_frame(i, "peek", queue="big", n=1) for i in range(3, 100)]
         with _raw(srv.url, rcvbuf=4096) as sock:
             sock.sendall(encode_preamble() + b"".join(requests))
             time.sleep(1.0)  # the replies fill the socket buffers: the server stops writing
@@ -130,7 +111,7 @@ def test_pipelined_reads_a_client_does_not_read_do_not_pile_up_in_the_server(
         finally:
             eng.close()
         before = _rss_mib(srv.proc.pid)
-        peeks = b"".join(_request(i, "peek", queue="big", n=1) for i in range(1, 257))
+        peeks = b"".join(request_frame(i, "peek", queue="big", n=1) for i in range(1, 257))
         with _raw(srv.url, rcvbuf=4096) as sock:
             sock.sendall(encode_preamble() + peeks)
             time.sleep(2.0)
@@ -173,7 +154,7 @@ def test_an_auth_frame_over_64_kib_is_refused_even_when_it_arrives_whole() -> No
             for piece in pieces:
                 server.receive_data(piece)
         out = server.data_to_send()[8:]
-        ((kind, _, body),) = _frames(out)
+        ((kind, _, body),) = reply_frames(out)
         assert kind == FrameType.ERROR and body["code"] == ErrorCode.FRAME_TOO_LARGE
         assert not server.authenticated
 
