@@ -8,6 +8,9 @@ with each, the exit codes and the JSON shapes.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,14 +30,21 @@ __all__ = ["ExitCode", "cli", "main"]
 log = logging.getLogger("spoolq")
 
 
+class _ReaderGone(Exception):
+    """The program reading the command's output went away (``spoolq dump FILE | head``)."""
+
+
 class _Group(click.Group):
     """Turns spoolq and OS errors into one line on stderr and a meaningful exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError as exc:
+            # Not an OSError any more: click would turn it into status 1.
+            raise _ReaderGone() from exc
         except (EngineError, OSError) as exc:
             log.debug("spoolq command failed", exc_info=True)
             raise FileProblem(one_line(exc)) from exc
@@ -67,5 +77,22 @@ for _command in (info, peek, dump, load, requeue, purge, compact, verify, migrat
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the ``spoolq`` command with ``argv`` (default: the process's arguments); exits."""
-    cli.main(args=None if argv is None else list(argv), prog_name="spoolq")
+    """Run the ``spoolq`` command with ``argv`` (default: the process's arguments); exits.
+
+    When the reader of its output goes away, the command ends as ``cat`` or ``seq`` do:
+    quietly, killed by SIGPIPE (status 141 in a shell; 1 where there is no SIGPIPE).
+    """
+    try:
+        cli.main(args=None if argv is None else list(argv), prog_name="spoolq")
+    except _ReaderGone:
+        log.debug("spoolq: the reader of the output went away")
+        # Output still buffered for the broken pipe must not be written at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        if hasattr(signal, "SIGPIPE"):
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGPIPE)
+        sys.exit(ExitCode.PROBLEM)

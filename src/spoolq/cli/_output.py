@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,12 +80,21 @@ def _holds_items(engine: Engine, name: str) -> bool:
 
 # ---- output -------------------------------------------------------------------------------
 
+class _Console(Console):
+    """A console that lets a broken pipe reach the command (which then ends as other
+    tools do when their reader goes away); rich's own way exits with status 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 class CliState:
     """Where a command writes: tables on stdout, notes and progress on stderr."""
 
     def __init__(self) -> None:
-        self.out = Console(highlight=False, soft_wrap=False)
-        self.err = Console(stderr=True, highlight=False)
+        self.out = _Console(highlight=False, soft_wrap=False)
+        self.err = _Console(stderr=True, highlight=False)
 
     def table(self, *columns: str, title: str | None = None, fold: bool = False,
               others_width: int = 40) -> Table:

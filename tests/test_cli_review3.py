@@ -1,0 +1,69 @@
+"""The spoolq command when its reader goes away, on outputs written at the same time,
+and on files other programs change while it runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import spoolq
+
+from .cli_support import ROOT
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+def _many(path: str, n: int = 5000) -> None:
+    with spoolq.SyncQueue.create(path, serializer="json") as q:
+        q.put_many([{"n": i, "text": "x" * 100} for i in range(n)])
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGPIPE"), reason="no SIGPIPE here")
+def test_dump_whose_reader_goes_away_ends_as_other_tools_do(tmp_path: Path) -> None:
+    """``spoolq dump FILE | head -1`` exited with status 1 (click's way with a broken
+    pipe); it now ends quietly, killed by SIGPIPE as ``cat`` or ``seq`` would be."""
+    path = str(tmp_path / "q.sqlite")
+    _many(path)
+    proc = subprocess.Popen([sys.executable, "-m", "spoolq", "dump", path, "--chunk", "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == -signal.SIGPIPE
+    assert first.startswith(b'{"n":0,')
+    assert err == b""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGPIPE"), reason="no SIGPIPE here")
+@pytest.mark.parametrize("args", [
+    ["dump"], ["peek"], ["peek", "--json"], ["info"], ["info", "--json"], ["verify"],
+    ["verify", "--json"],
+], ids="-".join)
+def test_every_command_ends_quietly_when_its_output_cannot_be_read(tmp_path: Path,
+                                                                  args: list[str]) -> None:
+    """Tables (written by rich, which exits with status 1 on a broken pipe) and JSON
+    alike: the command is killed by SIGPIPE and says nothing."""
+    path = str(tmp_path / "q.sqlite")
+    _many(path, 50)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "spoolq", args[0], path, *args[1:]],
+                              stdout=write_end, stderr=subprocess.PIPE, env=_env(),
+                              timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == -signal.SIGPIPE, proc.stderr
+    assert proc.stderr == b""
