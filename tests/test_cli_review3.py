@@ -13,7 +13,7 @@ import pytest
 
 import spoolq
 
-from .cli_support import ROOT
+from .cli_support import ROOT, run
 
 
 def _env() -> dict[str, str]:
@@ -21,6 +21,12 @@ def _env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
     return env
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _many(path: str, n: int = 5000) -> None:
@@ -67,3 +73,35 @@ def test_every_command_ends_quietly_when_its_output_cannot_be_read(tmp_path: Pat
         os.close(write_end)
     assert proc.returncode == -signal.SIGPIPE, proc.stderr
     assert proc.stderr == b""
+
+
+def test_dump_o_leaves_a_file_named_like_its_old_temporary_alone(tmp_path: Path) -> None:
+    """The temporary of ``dump -o OUT`` was always OUT.part: a file of that name was
+    overwritten and then removed."""
+    path = str(tmp_path / "q.sqlite")
+    _many(path, 20)
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.part").write_text("kept\n")
+    result = run("dump", path, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.jsonl.part").read_text() == "kept\n"
+    assert len(out.read_text().splitlines()) == 20
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("out")) == [
+        "out.jsonl", "out.jsonl.part"]
+
+
+def test_two_dumps_to_the_same_file_at_once_both_finish(tmp_path: Path) -> None:
+    """Both wrote OUT.part: one moved the other's unfinished file into place, and the
+    other then failed (status 3) or left OUT cut short."""
+    path = str(tmp_path / "q.sqlite")
+    _many(path, 20000)
+    out = tmp_path / "out.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-m", "spoolq", "dump", path, "-o", str(out),
+                               "--chunk", "50"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+             for _ in range(3)]
+    results = [(proc.communicate(timeout=120)[1], proc.returncode) for proc in procs]
+    assert [code for _, code in results] == [0, 0, 0], results
+    assert len(out.read_text().splitlines()) == 20000
+    assert [n for n in os.listdir(tmp_path) if n.startswith("out")] == ["out.jsonl"]

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from typing import IO, Any
 
 import click
@@ -104,11 +105,15 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
                 with open(output, "wb") as f:
                     written = _write_items(eng, name, decoder, f, chunk, advance)
             else:
-                # Next to the file a symlink names, so that the link stays a link.
+                # Next to the file a symlink names, so that the link stays a link; a
+                # name of its own, so that dumps to the same file at once do not meet.
                 target = os.path.realpath(output)
-                partial = target + ".part"
+                fd, partial = tempfile.mkstemp(dir=os.path.dirname(target),
+                                               prefix=os.path.basename(target) + ".",
+                                               suffix=".part")
                 try:
-                    with open(partial, "wb") as f:
+                    os.chmod(partial, 0o666 & ~_umask())  # as open() would create it
+                    with open(fd, "wb") as f:
                         written = _write_items(eng, name, decoder, f, chunk, advance)
                     os.replace(partial, target)
                 except BaseException:
@@ -122,6 +127,12 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     if leased:
         state.note(f"note: {leased} leased item(s) of {name!r} not dumped; ack or requeue "
                    "them first (`spoolq requeue --leased` takes back stuck leases)")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _same_file(output: str, path: str) -> bool:
