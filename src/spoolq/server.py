@@ -78,6 +78,9 @@ class Server:
         # (a closed connection's take still running gives its records back when it ends).
         self.busy: set[Session] = set()
         self.connection_closed = asyncio.Event()  # a connection ended, or went idle
+        # queue -> {record id: the connection whose delivery of it is still out}: an ack,
+        # release or take on any connection ends that connection's record of it.
+        self.holders: dict[str, dict[int, Session]] = {}
         self.stopping = False
         self.stopped_by: signal.Signals | None = None  # the signal that stopped serve()
         self.address: tuple[str, int] = ("", 0)

@@ -84,12 +84,14 @@ class Session(asyncio.Protocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        # The leased deliveries this connection sent and its client has not settled here
-        # yet: queue -> {(id, attempts): (owner, max_attempts)}. A connection that ends
-        # without a goodbye gives back exactly these (those still held), never every lease
-        # of their owners: a client that reconnects keeps its owner, and the leases it takes
-        # on its new connection are not this one's to release.
-        self.delivered: dict[str, dict[tuple[int, int], tuple[str, int | None]]] = {}
+        # The leased deliveries this connection sent that nobody has settled yet, as far
+        # as the server saw: queue -> {id: (attempts, owner, max_attempts)}. A connection
+        # that ends without a goodbye gives back exactly these (those still held), never
+        # every lease of their owners: a client that reconnects keeps its owner, and the
+        # leases it takes on its new connection are not this one's to release. A delivery
+        # leaves it when any connection acks or releases it, or takes its record again
+        # (its lease ran out), so a long-lived connection holds no more than is still out.
+        self.delivered: dict[str, dict[int, tuple[int, str, int | None]]] = {}
         self.inflight = 0
         self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
         self.closed = False
@@ -219,6 +221,8 @@ class Session(asyncio.Protocol):
                 self._release_due = True
             else:
                 self._release_leases()
+        else:
+            self._unregister()
         log.info("spoolq: connection from %s closed%s", self.peer,
                  f" ({exc})" if exc is not None else "")
 
@@ -328,39 +332,84 @@ class Session(asyncio.Protocol):
         The engine's release skips a delivery that was settled, expired and delivered
         again (its attempts differ) or leased by another owner since: only what this
         connection handed out and nobody settled goes back, counted as an attempt."""
-        delivered, self.delivered = self.delivered, {}
-        for queue_name, held in delivered.items():
+        for queue_name, held in self._unregister().items():
             groups: dict[tuple[str, int | None], list[list[int]]] = {}
-            for (ident, attempts), key in held.items():
-                groups.setdefault(key, []).append([ident, attempts])
+            for ident, (attempts, owner, max_attempts) in held.items():
+                groups.setdefault((owner, max_attempts), []).append([ident, attempts])
             for (owner, max_attempts), deliveries in groups.items():
                 args = {"queue": queue_name, "owner": owner, "deliveries": deliveries,
                         "not_before": 0.0, "max_attempts": max_attempts,
                         "count_attempt": True, "reason": _OWNER_DIED}
                 self.server.runner.submit("release", args, self._log_release(queue_name))
 
+    def _unregister(self) -> dict[str, dict[int, tuple[int, str, int | None]]]:
+        """Forget every delivery of this connection; return what it held."""
+        delivered, self.delivered = self.delivered, {}
+        holders = self.server.holders
+        for queue_name, held in delivered.items():
+            by_id = holders.get(queue_name)
+            if by_id is None:
+                continue
+            for ident in held:
+                if by_id.get(ident) is self:
+                    del by_id[ident]
+            if not by_id:
+                del holders[queue_name]
+        return delivered
+
+    def _forget(self, queue_name: str, ident: int) -> None:
+        """Forget this connection's delivery of record ``ident``: it is no longer held."""
+        held = self.delivered.get(queue_name)
+        if held is not None and held.pop(ident, None) is not None and not held:
+            del self.delivered[queue_name]
+        by_id = self.server.holders.get(queue_name)
+        if by_id is not None and by_id.get(ident) is self:
+            del by_id[ident]
+            if not by_id:
+                del self.server.holders[queue_name]
+
     def _delivered(self, args: dict[str, Any], records: list[Any]) -> None:
-        """Remember the leased records of a take whose reply was written."""
-        lease = args["lease"]
-        if lease is None or not records:
+        """Remember the leased records of a take whose reply was written. A record taken
+        again (its lease ran out, or it was released) is no longer held through the
+        connection that delivered it before."""
+        if not records:
             return
-        held = self.delivered.setdefault(args["queue"], {})
-        key = (lease[0], args["max_attempts"])
-        for delivery in zip(records[0::RECORD_FIELDS], records[3::RECORD_FIELDS], strict=True):
-            held[delivery] = key
+        queue_name, lease = args["queue"], args["lease"]
+        holders = self.server.holders
+        ids = records[0::RECORD_FIELDS]
+        if lease is None:
+            by_id = holders.get(queue_name)
+            if by_id:
+                for ident in ids:
+                    prev = by_id.get(ident)
+                    if prev is not None:
+                        prev._forget(queue_name, ident)
+            return
+        by_id = holders.setdefault(queue_name, {})
+        held = self.delivered.setdefault(queue_name, {})
+        owner, max_attempts = lease[0], args["max_attempts"]
+        for ident, attempts in zip(ids, records[3::RECORD_FIELDS], strict=True):
+            prev = by_id.get(ident)
+            if prev is not None and prev is not self:
+                prev._forget(queue_name, ident)
+            held[ident] = (attempts, owner, max_attempts)
+            by_id[ident] = self
 
     def _settled(self, args: dict[str, Any]) -> None:
-        """Forget the deliveries an ack or release of this connection named: its client
-        settled them (or they were settled before, or were never this connection's)."""
-        held = self.delivered.get(args["queue"])
-        if not held:
+        """Forget the deliveries an ack or release named, whichever connection delivered
+        them: they are settled (or were settled before)."""
+        queue_name = args["queue"]
+        by_id = self.server.holders.get(queue_name)
+        if not by_id:
             return
         owner = args["owner"]
         for ident, attempts in args["deliveries"]:
-            if held.get((ident, attempts), ("",))[0] == owner:
-                del held[ident, attempts]
-        if not held:
-            del self.delivered[args["queue"]]
+            holder = by_id.get(ident)
+            if holder is None:
+                continue
+            entry = holder.delivered.get(queue_name, {}).get(ident)
+            if entry is not None and entry[0] == attempts and entry[1] == owner:
+                holder._forget(queue_name, ident)
 
     def _log_release(self, queue_name: str, unsent: bool = False
                      ) -> Callable[[Any, BaseException | None], None]:
