@@ -4,14 +4,18 @@ and on files other programs change while it runs."""
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import spoolq
+from spoolq.cli import ExitCode
 
 from .cli_support import ROOT, run
 
@@ -105,3 +109,68 @@ def test_two_dumps_to_the_same_file_at_once_both_finish(tmp_path: Path) -> None:
     assert [code for _, code in results] == [0, 0, 0], results
     assert len(out.read_text().splitlines()) == 20000
     assert [n for n in os.listdir(tmp_path) if n.startswith("out")] == ["out.jsonl"]
+
+
+def _purge_on_a_terminal(path: str, meanwhile: Callable[[], None]) -> tuple[int, bytes]:
+    """Run ``purge`` on a terminal, call ``meanwhile`` once it has asked, then answer yes."""
+    env = _env()
+    env.update(COLUMNS="200", LINES="40", TERM="dumb")
+    main, side = pty.openpty()
+    try:
+        with subprocess.Popen([sys.executable, "-m", "spoolq", "purge", path],
+                              stdin=side, stdout=side, stderr=side, env=env) as proc:
+            os.close(side)
+            side = -1
+            shown = b""
+            answered = False
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: every end of the terminal's side is closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+                if not answered and b"[y/N]" in shown:
+                    meanwhile()
+                    os.write(main, b"y\n")
+                    answered = True
+            return proc.wait(10), shown
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
+
+
+def test_purge_deletes_no_item_put_after_its_question(tmp_path: Path) -> None:
+    """The question counted the items in one open of the file and the purge deleted in
+    another: items put while it asked were deleted too, more than were confirmed."""
+    path = str(tmp_path / "q.sqlite")
+    _many(path, 5)
+
+    def put_more() -> None:
+        with spoolq.SyncQueue.create(path, serializer="json") as q:
+            q.put_many([{"late": i} for i in range(3)])
+
+    code, shown = _purge_on_a_terminal(path, put_more)
+    assert b"Delete 5 ready and 0 leased item(s)" in shown
+    assert code == ExitCode.PROBLEM, shown
+    assert b"nothing was deleted" in shown
+    with spoolq.SyncQueue.create(path, serializer="json") as q:
+        assert q.qsize() == 8
+
+
+def test_purge_deletes_what_was_confirmed_when_items_left_meanwhile(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    _many(path, 5)
+
+    def take_two() -> None:
+        with spoolq.SyncQueue.create(path, serializer="json") as q:
+            q.get_many(2)
+
+    code, shown = _purge_on_a_terminal(path, take_two)
+    assert code == 0, shown
+    assert b"deleted 3 item(s)" in shown
+    with spoolq.SyncQueue.create(path, serializer="json") as q:
+        assert q.qsize() == 0

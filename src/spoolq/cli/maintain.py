@@ -123,30 +123,45 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
     """Delete every item of a queue, ready and leased (or every dead letter, with --dead).
 
     Asks for confirmation first unless --yes is given; without a terminal to
-    ask on, and without --yes, it refuses (exit status 1) and deletes nothing.
+    ask on, and without --yes, it refuses (exit status 1) and deletes nothing,
+    as it does when the queue gained items while the question was asked.
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
-    eng = open_existing(path, engine, read_only=True, schema=schema)
-    try:
-        counts = eng.counts(name)
-        if not counts.ready + counts.leased:
-            state.check_queue_name(eng, name)
-    finally:
-        eng.close()
-    held = counts.ready + counts.leased
-    removed = 0
-    if held:
-        question = (f"Delete {counts.ready} ready and {counts.leased} leased item(s) of "
-                    f"{name!r} in {path}?")
-        if not yes:
+    confirmed: int | None = None
+    if not yes:
+        eng = open_existing(path, engine, read_only=True, schema=schema)
+        try:
+            counts = eng.counts(name)
+            if not counts.ready + counts.leased:
+                state.check_queue_name(eng, name)
+        finally:
+            eng.close()
+        confirmed = counts.ready + counts.leased
+        if confirmed:
+            question = (f"Delete {counts.ready} ready and {counts.leased} leased item(s) of "
+                        f"{name!r} in {path}?")
             if not is_interactive():
                 raise Refused(f"{question} Refusing without confirmation: pass --yes")
             if not click.confirm(question, default=False, err=True):
                 raise Refused("nothing was deleted")
+    removed = 0
+    held = 0
+    if confirmed is None or confirmed:
+        # Counted again in the open that deletes: items put while the question was
+        # asked were not confirmed.
         eng = open_existing(path, engine, read_only=False, schema=schema)
         try:
-            removed = eng.purge(name)
+            counts = eng.counts(name)
+            held = counts.ready + counts.leased
+            if confirmed is not None and held > confirmed:
+                raise Refused(f"{name!r} gained items while the question was asked (now "
+                              f"{counts.ready} ready and {counts.leased} leased); nothing "
+                              "was deleted")
+            if held:
+                removed = eng.purge(name)
+            elif confirmed is None:
+                state.check_queue_name(eng, name)
         finally:
             eng.close()
     if as_json:
