@@ -142,3 +142,28 @@ def test_a_dropped_connection_still_releases_what_it_holds(tmp_path: Path) -> No
         recs = other.call("take", queue="q", n=10, now=time.time(), lease=None)
         assert sorted(recs[1::6]) == [b"b", b"c"]
         other.close()
+
+
+# ---- leases taken after a goodbye --------------------------------------------------------
+
+
+def test_leases_taken_after_bye_go_back_when_the_connection_drops(tmp_path: Path) -> None:
+    """A ``bye`` keeps the leases delivered before it; a lease taken on the same
+    connection after it is released at once when the connection then drops."""
+    with ServerProcess(":memory:") as srv:
+        client, other = Raw(srv.url), Raw(srv.url)
+        try:
+            now = time.time()
+            other.call("append", queue="q", records=[b"before", b"after"], sizes=[6, 5],
+                       now=now)
+            kept = client.call("take", queue="q", n=1, now=now, lease=["c", now + 600])
+            assert kept[1] == b"before"
+            assert client.call("bye") is None
+            late = client.call("take", queue="q", n=1, now=now, lease=["c", now + 600])
+            assert late[1] == b"after"
+        finally:
+            client.close()
+        wait_until(lambda: _counts(other, "q") == (1, 1))
+        (rec,) = [other.call("take", queue="q", n=1, now=time.time(), lease=None)]
+        assert (rec[1], rec[3]) == (b"after", 1)
+        other.close()

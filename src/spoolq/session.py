@@ -95,7 +95,6 @@ class Session(asyncio.Protocol):
         self.inflight = 0
         self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
         self.closed = False
-        self.orderly = False
         self.max_reply = server.max_frame
         self._last_data = 0.0
         self._stall: asyncio.TimerHandle | None = None
@@ -213,8 +212,7 @@ class Session(asyncio.Protocol):
         for fut in self._sleepers:
             if not fut.done():
                 fut.set_result(False)
-        if self.delivered and not self.orderly and (self._abandoned
-                                                    or not self.server.stopping):
+        if self.delivered and (self._abandoned or not self.server.stopping):
             # A take still running would lease records after the release and then give
             # them back: the release waits for it, so it finds what the take gave back.
             if self.inflight:
@@ -439,7 +437,9 @@ class Session(asyncio.Protocol):
                 "time": time.time()}))
             return
         if op == "bye":
-            self.orderly = True
+            # The leases delivered so far are kept when the connection ends; those taken
+            # after the goodbye are this connection's to give back, as without one.
+            self._unregister()
             self._write(encode_reply(req.id, None))
             return
         if op in _LIMITED:
