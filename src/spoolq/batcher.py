@@ -101,6 +101,7 @@ class Batcher(Generic[T]):
         self._force_next = False
         self._stopping = False
         self._streak = 0
+        self._callers = 0  # flush() and stop() calls waiting for the flush lock
         self._flushes = 0
         self._items = 0
         self._failures = 0
@@ -250,57 +251,84 @@ class Batcher(Generic[T]):
     async def _flush(self, force: bool, *, now: bool) -> bool:
         """Flush as :meth:`flush` does; unless ``now``, return False at once while a
         retry delay is running."""
-        async with self._lock:
-            queue = self.queue
-            # With force, lease even when this handle counts no items: the lease reads
-            # the file again, so items other handles or processes put there are seen.
-            while force or queue.qsize() >= self.max_batch_size:
-                if not now and time.monotonic() < self._retry_at:
-                    return False
-                # Taken before the lease is, and cut short by a margin, so that the sink
-                # is cancelled before the lease can run out and let another consumer
-                # lease the same batch.
-                deadline = time.monotonic() + self._lease_ttl - _margin(self._lease_ttl)
-                try:
-                    msgs = await queue.lease_many(self.max_batch_size, ttl=self._lease_ttl,
-                                                  timeout=0)
-                except Empty:
-                    break
-                batch = [m.item for m in msgs]
-                try:
-                    await self._send(batch, deadline)
-                except asyncio.CancelledError:
-                    await asyncio.shield(self._give_back(queue, msgs))
-                    raise
-                except Exception:
-                    self._failures += 1
-                    self._streak += 1
-                    # A float power: an int one past 2**1023 cannot be multiplied by a
-                    # float (OverflowError), and a sink may stay down that long.
-                    delay = min(self._retry_delay * 2.0 ** min(self._streak - 1, 1000),
-                                self._max_retry_delay)
-                    self._retry_at = time.monotonic() + delay
-                    self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
-                                       self.name, len(batch), delay)
-                    await self._give_back(queue, msgs)
-                    # The flusher may be waiting out a whole flush_interval: have it wait
-                    # for the retry delay instead.
-                    self._wake.set()
-                    return False
-                try:
-                    await queue.ack(*msgs)
-                except LeaseError as exc:
-                    # The sink has the batch: this is a flush, not a failure to retry.
-                    self.log.warning("batcher %r: on_flush returned after the lease of its "
-                                     "batch ran out (lease_ttl=%ss): %s", self.name,
-                                     self._lease_ttl, exc)
-                self._streak = 0
-                self._retry_at = 0.0
-                self._flushes += 1
-                self._items += len(batch)
-                self._last_flush_time = time.time()
-                if len(msgs) < self.max_batch_size:
-                    break  # nothing more was ready
+        if not now:
+            async with self._lock:
+                return await self._flush_locked(force, now=False)
+        self._callers += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._callers -= 1
+        try:
+            return await self._flush_locked(force, now=True)
+        finally:
+            self._lock.release()
+
+    async def _flush_locked(self, force: bool, *, now: bool) -> bool:
+        queue = self.queue
+        # An explicit flush (and stop's) sends what is waiting when it begins, not what
+        # other handles or processes put meanwhile: else one that puts faster than the
+        # sink sends would keep it (and stop()) from ever returning. The count is read
+        # from the file, which may hold items this handle has not counted.
+        limit: int | None = None
+        if now:
+            await queue._call(queue._core.refresh)
+            limit = queue.qsize()
+        sent = 0
+        # With force, lease even when this handle counts no items: the lease reads
+        # the file again, so items other handles or processes put there are seen.
+        while force or queue.qsize() >= self.max_batch_size:
+            if not now and time.monotonic() < self._retry_at:
+                return False
+            if not now and sent and (self._stopping or self._callers):
+                break  # stop() or flush() sends the rest, and has to wait for this one
+            # Taken before the lease is, and cut short by a margin, so that the sink
+            # is cancelled before the lease can run out and let another consumer
+            # lease the same batch.
+            deadline = time.monotonic() + self._lease_ttl - _margin(self._lease_ttl)
+            try:
+                msgs = await queue.lease_many(self.max_batch_size, ttl=self._lease_ttl,
+                                              timeout=0)
+            except Empty:
+                break
+            batch = [m.item for m in msgs]
+            try:
+                await self._send(batch, deadline)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._give_back(queue, msgs))
+                raise
+            except Exception:
+                self._failures += 1
+                self._streak += 1
+                # A float power: an int one past 2**1023 cannot be multiplied by a
+                # float (OverflowError), and a sink may stay down that long.
+                delay = min(self._retry_delay * 2.0 ** min(self._streak - 1, 1000),
+                            self._max_retry_delay)
+                self._retry_at = time.monotonic() + delay
+                self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
+                                   self.name, len(batch), delay)
+                await self._give_back(queue, msgs)
+                # The flusher may be waiting out a whole flush_interval: have it wait
+                # for the retry delay instead.
+                self._wake.set()
+                return False
+            try:
+                await queue.ack(*msgs)
+            except LeaseError as exc:
+                # The sink has the batch: this is a flush, not a failure to retry.
+                self.log.warning("batcher %r: on_flush returned after the lease of its "
+                                 "batch ran out (lease_ttl=%ss): %s", self.name,
+                                 self._lease_ttl, exc)
+            self._streak = 0
+            self._retry_at = 0.0
+            self._flushes += 1
+            self._items += len(batch)
+            self._last_flush_time = time.time()
+            sent += len(msgs)
+            if len(msgs) < self.max_batch_size:
+                break  # nothing more was ready
+            if limit is not None and sent >= limit:
+                break  # all that was waiting when this flush began
         return True
 
     async def _give_back(self, queue: Queue[T], msgs: list[Message[T]]) -> None:

@@ -1,0 +1,230 @@
+"""Batcher: killed processes, failing and hanging sinks, stopping under load, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import spoolq
+from spoolq import Batcher, Queue
+
+# Appends each batch the sink receives as one JSON line to LOG (written before the sink
+# returns, so a batch in the log was received), adds N items one by one and prints each
+# number once its add has returned.
+LOGGING_ADDER = textwrap.dedent("""
+    import asyncio, json, os, sys
+    from spoolq import Batcher
+    path, log, first, n, kill_before_ack = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
+                                            int(sys.argv[4]), sys.argv[5] == "1")
+    async def sink(batch):
+        with open(log, "a") as f:
+            f.write(json.dumps(batch) + "\\n")
+    async def main():
+        b = Batcher(sink, queue=path, max_batch_size=7, flush_interval=0.01)
+        await b.start()
+        if kill_before_ack:
+            ack = b.queue.ack
+            async def dying_ack(*msgs):
+                os.kill(os.getpid(), 9)  # the sink has returned; the ack is not written
+                await ack(*msgs)
+            b.queue.ack = dying_ack
+        for i in range(first, first + n):
+            await b.add(i)
+            print(i, flush=True)
+        await asyncio.sleep(60)
+    asyncio.run(main())
+""")
+
+
+def _log(path: Path) -> list[list[int]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _check_at_least_once_in_order(batches: list[list[int]], added: list[int]) -> None:
+    """Every added item was received; the first receipt of each item comes in the order
+    of the adds; a batch received again is received whole and before any later item."""
+    received = [i for batch in batches for i in batch]
+    assert set(added) <= set(received)
+    firsts: list[int] = []
+    seen: set[int] = set()
+    for i in received:
+        if i not in seen:
+            seen.add(i)
+            firsts.append(i)
+    assert firsts == sorted(firsts)
+    # A repeat only ever repeats items of the last new batch that was received before it.
+    for k, batch in enumerate(batches):
+        earlier = {i for b in batches[:k] for i in b}
+        if set(batch) & earlier:
+            assert batch[0] == min(batch)
+            assert batch == sorted(batch)
+
+
+async def _drain(path: str, log: Path) -> None:
+    async def sink(batch: list[int]) -> None:
+        with log.open("a") as f:
+            f.write(json.dumps(batch) + "\n")
+
+    async with Batcher(sink, queue=path, max_batch_size=7, flush_interval=0.01):
+        pass
+
+
+async def test_a_kill_after_the_sink_returned_before_the_ack_sends_the_batch_again_first(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    log = tmp_path / "log"
+    with subprocess.Popen([sys.executable, "-c", LOGGING_ADDER, path, str(log), "0", "20",
+                           "1"], stdout=subprocess.PIPE, text=True) as child:
+        child.wait(30)
+        assert child.returncode == -signal.SIGKILL
+    first = _log(log)
+    assert first == [list(range(7))]
+    await _drain(path, log)
+    batches = _log(log)
+    # The batch whose ack was never written comes again, whole and first.
+    assert batches[1] == list(range(7))
+    _check_at_least_once_in_order(batches, list(range(7)))
+    async with await Queue.create(path, name="batcher") as q:
+        assert q.qsize() == 0 and q.stats["leased"] == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_kills_at_random_moments_lose_nothing_and_keep_the_order(tmp_path: Path,
+                                                                     seed: int) -> None:
+    rnd = random.Random(seed)
+    path = str(tmp_path / "q.sqlite")
+    log = tmp_path / "log"
+    added: list[int] = []
+    for rounds in range(4):
+        first = rounds * 1000
+        with subprocess.Popen([sys.executable, "-c", LOGGING_ADDER, path, str(log),
+                               str(first), "300", "0"], stdout=subprocess.PIPE,
+                              text=True) as child:
+            assert child.stdout is not None
+            stop_at = first + rnd.randrange(5, 200)
+            for line in child.stdout:
+                added.append(int(line))
+                if int(line) >= stop_at:
+                    break
+            time.sleep(rnd.random() * 0.05)
+            child.send_signal(signal.SIGKILL)
+            # Items whose add returned after the last line read still count as added.
+            rest = child.stdout.read()
+            added.extend(int(x) for x in rest.split())
+            child.wait(10)
+    await _drain(path, log)
+    _check_at_least_once_in_order(_log(log), added)
+
+
+async def test_a_batch_that_fails_max_attempts_times_goes_to_the_dead_letters_whole(
+        tmp_path: Path) -> None:
+    calls: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        calls.append(batch)
+        if 0 in batch:
+            raise ConnectionError("refused")
+
+    async with await Queue.create(str(tmp_path / "q.sqlite"), max_attempts=3) as q:
+        async with Batcher(sink, queue=q, max_batch_size=4, flush_interval=0.01,
+                           retry_delay=0.01, max_retry_delay=0.02) as b:
+            await b.add_many(range(10))
+            for _ in range(300):
+                if b.stats["items"] == 6:
+                    break
+                await asyncio.sleep(0.01)
+            assert b.stats["items"] == 6
+        assert calls[:3] == [[0, 1, 2, 3]] * 3
+        assert calls[3:] == [[4, 5, 6, 7], [8, 9]]
+        assert await q.peek(10, dead=True) == [0, 1, 2, 3]
+        assert q.qsize() == 0
+
+
+async def test_stop_ends_while_another_handle_keeps_filling_the_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    received: list[int] = []
+
+    async def sink(batch: list[int]) -> None:  # about 1,000 items a second
+        await asyncio.sleep(0.005)
+        received.extend(batch)
+
+    async with await Queue.create(path, name="batcher") as other:
+        b = Batcher(sink, queue=path, max_batch_size=5, flush_interval=0.01)
+        await b.start()
+        producing = True
+
+        async def produce() -> None:
+            n = 0
+            until = time.monotonic() + 8
+            while producing and time.monotonic() < until:
+                await other.put_many(range(n, n + 20))  # about 2,000 a second
+                n += 20
+                await asyncio.sleep(0.01)
+
+        producer = asyncio.create_task(produce())
+        await asyncio.sleep(0.3)
+        try:
+            await asyncio.wait_for(asyncio.shield(b.stop()), 4)
+        finally:
+            producing = False
+            await producer
+            await b.stop()
+        assert received == list(range(len(received)))
+
+
+async def test_flush_on_interval_under_a_steady_trickle_of_adds(tmp_path: Path) -> None:
+    times: list[float] = []
+
+    async def sink(batch: list[int]) -> None:
+        times.append(time.monotonic())
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=10_000,
+                       flush_interval=0.2) as b:
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() - start < 1.5:
+            await b.add(i)
+            i += 1
+            await asyncio.sleep(0.01)
+    gaps = [b - a for a, b in itertools.pairwise(times[:-1])]  # the last: stop()'s
+    assert len(times) >= 5
+    assert max(gaps) < 0.5, gaps
+
+
+@pytest.mark.parametrize(("kwargs", "word"), [
+    ({"max_batch_size": 0}, "max_batch_size"),
+    ({"max_batch_size": -1}, "max_batch_size"),
+    ({"max_batch_size": True}, "max_batch_size"),
+    ({"flush_interval": -1.0}, "flush_interval"),
+    ({"flush_interval": 0}, "flush_interval"),
+    ({"flush_interval": math.nan}, "flush_interval"),
+    ({"retry_delay": 2.0, "max_retry_delay": 1.0}, "retry_delay"),
+    ({"lease_ttl": math.inf}, "lease_ttl"),
+])
+def test_bad_arguments_are_refused_naming_them(tmp_path: Path, kwargs: dict[str, object],
+                                                word: str) -> None:
+    async def sink(batch: list[int]) -> None:
+        pass
+
+    with pytest.raises(spoolq.ConfigurationError, match=word):
+        Batcher(sink, queue=str(tmp_path / "q.sqlite"), **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "q.sqlite").exists()
+
+
+@pytest.mark.parametrize("sink", [None, 3, "send", [print]])
+def test_a_sink_that_is_not_callable_is_refused(sink: object) -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="on_flush"):
+        Batcher(sink)  # type: ignore[arg-type]
