@@ -228,3 +228,23 @@ def test_bad_arguments_are_refused_naming_them(tmp_path: Path, kwargs: dict[str,
 def test_a_sink_that_is_not_callable_is_refused(sink: object) -> None:
     with pytest.raises(spoolq.ConfigurationError, match="on_flush"):
         Batcher(sink)  # type: ignore[arg-type]
+
+
+async def test_a_passed_queue_closed_while_its_batch_is_in_flight_fails_stop_at_once(
+        tmp_path: Path) -> None:
+    q: Queue[int] = await Queue.create(str(tmp_path / "q.sqlite"))
+
+    async def sink(batch: list[int]) -> None:
+        await q.aclose()
+
+    b = Batcher(sink, queue=q, max_batch_size=3, flush_interval=60)
+    await b.start()
+    await b.add_many(range(5))
+    with pytest.raises(spoolq.ClosedError):
+        await asyncio.wait_for(b.flush(), 5)
+    with pytest.raises(spoolq.ClosedError):
+        await asyncio.wait_for(b.stop(), 5)
+    assert not b.stats["running"]
+    async with await Queue.create(str(tmp_path / "q.sqlite")) as again:
+        # The batch the sink had when its queue was closed is given back on close.
+        assert await again.peek(5) == list(range(5))

@@ -272,6 +272,7 @@ class Batcher(Generic[T]):
         # from the file, which may hold items this handle has not counted.
         limit: int | None = None
         if now:
+            queue._enter()  # a closed queue raises ClosedError (its worker would never answer)
             await queue._call(queue._core.refresh)
             limit = queue.qsize()
         sent = 0
