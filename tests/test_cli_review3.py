@@ -3,6 +3,7 @@ and on files other programs change while it runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import signal
@@ -174,3 +175,32 @@ def test_purge_deletes_what_was_confirmed_when_items_left_meanwhile(tmp_path: Pa
     assert b"deleted 3 item(s)" in shown
     with spoolq.SyncQueue.create(path, serializer="json") as q:
         assert q.qsize() == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="file names are not bytes there")
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8:surrogateescape"])
+@pytest.mark.parametrize("args", [
+    ["info"], ["info", "--json"], ["verify"], ["verify", "--json"], ["load", "-q", "jobs"],
+    ["compact"], ["compact", "--json"], ["migrate"],
+], ids=" ".join)
+def test_a_file_name_that_is_not_utf8_is_shown_and_given_in_json(tmp_path: Path,
+                                                                 encoding: str,
+                                                                 args: list[str]) -> None:
+    """A table or line naming the file failed with a traceback (UnicodeEncodeError) on a
+    UTF-8 terminal, and --json wrote bytes that are not UTF-8 where stdout lets them
+    through; JSON now escapes the name (os.fsencode gives its bytes back)."""
+    name = os.fsencode(tmp_path) + b"/jobs\xff.pickle"
+    with spoolq.SyncQueue.create(os.fsdecode(name), name="jobs") as q:
+        q.put_many([{"n": 1}, {"n": 2}])
+    env = _env()
+    env["PYTHONIOENCODING"] = encoding
+    extra = {"migrate": [os.fsencode(tmp_path) + b"/copy\xfe.pickle"],
+             "load": [str(tmp_path / "items.jsonl")]}.get(args[0], [])
+    (tmp_path / "items.jsonl").write_text('{"n": 3}\n')
+    proc = subprocess.run([sys.executable, "-m", "spoolq", args[0], name, *extra, *args[1:]],
+                          capture_output=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode("utf-8")  # strict: every byte is UTF-8
+    assert "jobs\\xff.pickle" in text or "--json" in args
+    if "--json" in args:
+        assert os.fsencode(json.loads(text)["path"]) == name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ __all__ = [
     "format_age",
     "format_bytes",
     "is_interactive",
+    "json_document",
     "owner_state",
+    "printable",
     "ratio_pct",
 ]
 
@@ -68,6 +71,29 @@ def owner_state(owner: str) -> str:
     return "running" if owner_is_here(owner) else "unknown"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can show it: a byte of a file name that is not UTF-8 (which
+    Python holds as a lone surrogate) as ``\\xff``, another lone surrogate as
+    ``\\udcff``."""
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return _SURROGATE.sub(escape, text)
+
+
+def json_document(data: Any) -> str:
+    """``data`` as indented JSON that is valid UTF-8: a lone surrogate (a byte of a file
+    name that is not UTF-8) is written as a ``\\udcff`` escape, which ``json.loads``
+    reads back and ``os.fsencode`` turns into the byte again."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    # Surrogates only occur inside JSON strings, where an escape stands for them.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def is_interactive() -> bool:
     """Whether a person can answer a question: stdin and stderr are terminals."""
     return sys.stdin.isatty() and sys.stderr.isatty()
@@ -101,8 +127,8 @@ class CliState:
         """A table for people. Columns named ``#...`` hold numbers (right-aligned);
         ``~...`` hold long text, cut to one line with an ellipsis unless ``fold``, leaving
         about ``others_width`` characters of the console's width to the other columns."""
-        table = Table(title=title, title_justify="left", box=None, header_style="bold",
-                      pad_edge=False, padding=(0, 1, 0, 0))
+        table = Table(title=None if title is None else printable(title), title_justify="left",
+                      box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
         for col in columns:
             if col.startswith("~") and not fold:
                 table.add_column(col[1:], no_wrap=True, overflow="ellipsis",
@@ -115,7 +141,7 @@ class CliState:
     @staticmethod
     def add_row(table: Table, *cells: object) -> None:
         """Add a row of plain text: brackets in queue names or items are not markup."""
-        table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
+        table.add_row(*(c if isinstance(c, Text) else Text(printable(str(c))) for c in cells))
 
     def check_queue_name(self, engine: Engine, *names: str) -> None:
         """Note on stderr when none of ``names`` holds items, naming the queues that do:
@@ -129,15 +155,15 @@ class CliState:
                       f"(queues with items: {others})")
 
     def print_json(self, data: Any) -> None:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json_document(data))
 
     def line(self, text: str) -> None:
         """A line of plain text on stdout, left to the terminal to wrap."""
-        self.out.print(Text(text), soft_wrap=True)
+        self.out.print(Text(printable(text)), soft_wrap=True)
 
     def note(self, message: str) -> None:
         """A line for people on stderr (kept out of data written to stdout)."""
-        self.err.print(Text(message), soft_wrap=True)
+        self.err.print(Text(printable(message)), soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int | None, *,
