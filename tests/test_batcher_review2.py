@@ -248,3 +248,46 @@ async def test_a_passed_queue_closed_while_its_batch_is_in_flight_fails_stop_at_
     async with await Queue.create(str(tmp_path / "q.sqlite")) as again:
         # The batch the sink had when its queue was closed is given back on close.
         assert await again.peek(5) == list(range(5))
+
+
+async def test_flush_inside_the_sink_raises_instead_of_hanging(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    batches: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        try:
+            await asyncio.wait_for(b.flush(), 5)
+        except RuntimeError as exc:
+            errors.append(exc)
+        batches.append(batch)
+
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=2, flush_interval=60)
+    await b.start()
+    await b.add_many(range(4))
+    await asyncio.wait_for(b.stop(), 5)
+    assert batches == [[0, 1], [2, 3]]
+    assert len(errors) == 2 and all("on_flush" in str(e) for e in errors)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+async def test_stop_inside_the_sink_stops_once_the_sink_returns(tmp_path: Path,
+                                                               wrap: bool) -> None:
+    batches: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        await (asyncio.wait_for(b.stop(), 5) if wrap else b.stop())
+        batches.append(batch)
+
+    path = str(tmp_path / "q.sqlite")
+    b = Batcher(sink, queue=path, max_batch_size=2, flush_interval=60)
+    await b.start()
+    await b.add_many(range(4))
+    for _ in range(500):
+        if not b.stats["running"] and b.stats["items"] == 4:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(b.stop(), 5)
+    # The stop asked for inside the sink flushes the rest, as a stop does, and closes.
+    assert batches == [[0, 1], [2, 3]]
+    with pytest.raises(RuntimeError):
+        b.queue  # noqa: B018

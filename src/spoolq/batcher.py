@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import os
@@ -176,6 +177,10 @@ class Batcher(Generic[T]):
                 return
             stopping = self._stopping_task = asyncio.ensure_future(self._stop(task))
             stopping.add_done_callback(self._stopped)
+        if _in_sink.get() is self:
+            # From inside on_flush (or a task it started), which the stop waits for: the
+            # stop goes on once the sink returns.
+            return
         await asyncio.shield(stopping)
 
     def _stopped(self, stopping: asyncio.Future[None]) -> None:
@@ -191,7 +196,7 @@ class Batcher(Generic[T]):
         self._wake.set()
         try:
             await task
-            await self.flush(force=True)
+            await self._flush(True, now=True)  # also when asked for inside on_flush
         finally:
             if self._owns_queue and self._queue is not None:
                 self._left = self._queued(self._queue)
@@ -246,7 +251,15 @@ class Batcher(Generic[T]):
         running. Returns False when ``on_flush`` failed: the batch stays queued in
         order and the background flusher retries it after the retry delay.
         """
+        self._not_in_sink("flush")
         return await self._flush(force, now=True)
+
+    def _not_in_sink(self, call: str) -> None:
+        """Refuse a flush from inside on_flush (or a task it started): it would wait for
+        the flush in progress, which waits for the sink, for ever."""
+        if _in_sink.get() is self:
+            raise RuntimeError(f"batcher {self.name!r}: {call}() cannot be called inside "
+                               "on_flush, whose flush it would wait for")
 
     async def _flush(self, force: bool, *, now: bool) -> bool:
         """Flush as :meth:`flush` does; unless ``now``, return False at once while a
@@ -354,7 +367,11 @@ class Batcher(Generic[T]):
         result = self._on_flush(batch)
         if not inspect.isawaitable(result):
             return
-        sending = asyncio.ensure_future(result)
+        token = _in_sink.set(self)  # in the context the sink's task copies
+        try:
+            sending = asyncio.ensure_future(result)
+        finally:
+            _in_sink.reset(token)
         try:
             await asyncio.wait((sending,), timeout=max(deadline - time.monotonic(), 0.0))
         except asyncio.CancelledError:
@@ -413,6 +430,11 @@ class Batcher(Generic[T]):
             "last_flush_time": self._last_flush_time,
             "running": self._task is not None and not self._task.done(),
         }
+
+
+_in_sink: contextvars.ContextVar[Batcher[Any] | None] = contextvars.ContextVar(
+    "spoolq_batcher_in_sink", default=None)
+"""The Batcher whose async on_flush runs in this context, if any."""
 
 
 def _margin(lease_ttl: float) -> float:
