@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import socket
 import struct
 import time
@@ -11,6 +14,7 @@ from typing import Any
 import cbor2
 import pytest
 
+import spoolq
 from spoolq.protocol import PREAMBLE, FrameType, encode_preamble
 
 from .servers import ServerProcess, request_frame, wait_until
@@ -167,3 +171,85 @@ def test_leases_taken_after_bye_go_back_when_the_connection_drops(tmp_path: Path
         (rec,) = [other.call("take", queue="q", n=1, now=time.time(), lease=None)]
         assert (rec[1], rec[3]) == (b"after", 1)
         other.close()
+
+
+# ---- the client's long-poll connections --------------------------------------------------
+
+
+def _sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def test_many_blocked_async_gets_share_their_long_poll(tmp_path: Path) -> None:
+    """200 tasks blocked in ``get`` on one queue wait through a connection or two, not
+    one each (which cost a socket each on both sides, and the server a look at the
+    queue for each every 0.2 s); an item put meanwhile still reaches one of them."""
+    log = tmp_path / "server.log"
+    with ServerProcess(":memory:", log_file=log) as srv:
+
+        async def main() -> tuple[int, int, list[Any]]:
+            async with await spoolq.Queue.create(f"{srv.url}/jobs") as q, \
+                    await spoolq.Queue.create(f"{srv.url}/jobs") as producer:
+                getters = [asyncio.ensure_future(q.get()) for _ in range(200)]
+                await asyncio.sleep(1.0)
+                before = _connections(log)
+                sockets = _sockets()
+                await asyncio.sleep(6.0)  # past one long-poll round
+                opened = _connections(log) - before
+                await producer.put("one")
+                done, _ = await asyncio.wait(getters, timeout=3,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                got = [t.result() for t in done]
+                for t in getters:
+                    t.cancel()
+                await asyncio.gather(*getters, return_exceptions=True)
+                return sockets, opened, got
+
+        sockets, opened, got = asyncio.run(main())
+    assert got == ["one"]
+    assert opened < 10, f"{opened} connections opened in 6 s by 200 blocked gets"
+    assert sockets < 20, f"{sockets} sockets open for 200 blocked gets"
+    # each waiting connection costs the server a look at the queue every 0.2 s
+    (line,) = [ln for ln in log.read_text().splitlines() if "server stopped" in ln]
+    transactions = int(line.split("; ")[1].split()[0])
+    assert transactions < 1500, f"{transactions} engine transactions for 200 idle gets"
+
+
+def _connections(log: Path) -> int:
+    return log.read_text().count("spoolq: connection from")
+
+
+def test_threads_sharing_a_wait_keep_their_own_timeouts_and_cancels(tmp_path: Path) -> None:
+    """Threads waiting on one queue share a wait, yet each keeps its own timeout and
+    cancel: the first thread (whose wait the others joined) cancelled, and another one
+    timed out, the rest still wait, and records appended wake them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spoolq.engines.base import WaitCancel
+    from spoolq.engines.remote import RemoteEngine
+
+    with ServerProcess(":memory:") as srv:
+        engine = RemoteEngine(f"{srv.url}/q")
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                first_cancel = WaitCancel()
+                first = pool.submit(engine.wait_ready, "q", 30, first_cancel)
+                time.sleep(0.3)
+                short = pool.submit(engine.wait_ready, "q", 1.0)
+                rest = [pool.submit(engine.wait_ready, "q", 30) for _ in range(5)]
+                time.sleep(0.3)
+                started = time.monotonic()
+                first_cancel.cancel()
+                assert first.result(5) is False
+                assert time.monotonic() - started < 1
+                assert short.result(5) is False
+                assert time.monotonic() - started < 2
+                assert not any(f.done() for f in rest)
+                engine.append("q", [b"x"], [1], time.time())
+                assert [f.result(5) for f in rest] == [True] * 5
+        finally:
+            engine.close()

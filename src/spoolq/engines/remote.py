@@ -15,10 +15,12 @@ call connects again; the server releases the leases the lost connection held.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -86,6 +88,60 @@ def _shut(link: Link) -> None:
         link.sock.shutdown(socket.SHUT_RDWR)
 
 
+class _SharedWait:
+    """A ``wait`` request in progress on one queue, which other threads waiting on that
+    queue join instead of sending their own: its outcome is theirs too."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._done = False
+        self._ready = False
+        self._error: Exception | None = None
+        self._again = False  # ended for its own caller only: those who joined wait on
+        self.cancelled_all = False
+
+    def cancel_all(self) -> None:
+        """:meth:`RemoteEngine.cancel_waits`: every thread of this wait returns False."""
+        with self._cond:
+            self.cancelled_all = True
+            self._cond.notify_all()
+
+    def finish(self, ready: bool, error: Exception | None, again: bool) -> None:
+        with self._cond:
+            self._done, self._ready, self._error = True, ready, error
+            self._again = again and not self.cancelled_all
+            self._cond.notify_all()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def join(self, deadline: float, cancel: WaitCancel | None) -> bool | None:
+        """Wait for the outcome until ``deadline`` (monotonic) or ``cancel``: True or False
+        to return, None to wait on (the wait ended early for its own caller, or at its
+        own deadline before ours). A connection failure of the wait is raised."""
+        unhook = cancel.on_cancel(self._wake) if cancel is not None else None
+        try:
+            with self._cond:
+                while not (self._done or self.cancelled_all
+                           or (cancel is not None and cancel.cancelled)):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+                if self.cancelled_all or (cancel is not None and cancel.cancelled):
+                    return False
+                if self._error is not None:
+                    # the leader's error, as if this thread's own wait had met it
+                    raise copy.copy(self._error) from self._error
+                if self._ready:
+                    return True
+                return None if self._again else False
+        finally:
+            if unhook is not None:
+                unhook()
+
+
 class RemoteEngine:
     """An :class:`~spoolq.Engine` whose storage is a spoolq server.
 
@@ -135,6 +191,7 @@ class RemoteEngine:
         self._idle_waiters: list[Link] = []
         self._busy_waiters: set[Link] = set()
         self._wait_generation = 0
+        self._shared_waits: dict[str, _SharedWait] = {}
         self._max_attempts: dict[str, int | None] = {}
         self._overheads: dict[str, int] = {}
         self._closed = False
@@ -414,10 +471,53 @@ class RemoteEngine:
         some, which may include records not visible yet after a delayed nack),
         False when the timeout passes, :meth:`cancel_waits` is called or
         ``cancel`` is cancelled. It uses a connection of its own, so other calls
-        go on meanwhile; many threads may wait at once. Connection failures raise
-        :class:`EngineError`.
+        go on meanwhile; many threads may wait at once, and those waiting on the
+        same queue share one ``wait`` request (one connection, one long-poll on
+        the server). Connection failures raise :class:`EngineError`.
         """
         timeout = min(max(timeout, 0.0), 86400.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._waiters_lock:
+                if self._closed:
+                    raise ClosedError("the remote engine is closed")
+                shared = self._shared_waits.get(queue)
+                lead = shared is None
+                if shared is None:
+                    shared = self._shared_waits[queue] = _SharedWait()
+            if lead:
+                return self._lead_wait(queue, shared, timeout, cancel)
+            outcome = shared.join(deadline, cancel)
+            if outcome is not None:
+                return outcome
+            # The wait shared ended early for its own caller only (cancelled), or its time
+            # was up before ours: wait on, in a wait of our own or one shared anew.
+            left = deadline - time.monotonic()
+            if left <= _WAIT_GRACE or (cancel is not None and cancel.cancelled):
+                return False
+            timeout = left
+
+    def _lead_wait(self, queue: str, shared: _SharedWait, timeout: float,
+                   cancel: WaitCancel | None) -> bool:
+        """Run the wait that ``shared`` stands for, then give its outcome to those who
+        joined it."""
+        ready, error, again = False, None, True
+        try:
+            ready = self._wait_on_link(queue, timeout, cancel)
+            # over at its time, or for its own caller only (cancelled): not for the others
+            again = not ready or (cancel is not None and cancel.cancelled)
+        except Exception as exc:  # a connection failure: theirs too
+            error, again = exc, False
+            raise
+        finally:  # (an exception that is no failure of the wait: the others wait on)
+            with self._waiters_lock:
+                if self._shared_waits.get(queue) is shared:
+                    del self._shared_waits[queue]
+            shared.finish(ready, error, again)
+        return ready
+
+    def _wait_on_link(self, queue: str, timeout: float, cancel: WaitCancel | None) -> bool:
+        """One ``wait`` request on a waiting connection (an idle one, or a new one)."""
         with self._waiters_lock:
             if self._closed:
                 raise ClosedError("the remote engine is closed")
@@ -465,6 +565,9 @@ class RemoteEngine:
         with self._waiters_lock:
             self._wait_generation += 1
             busy = list(self._busy_waiters)
+            shared = list(self._shared_waits.values())
+        for wait in shared:
+            wait.cancel_all()
         for link in busy:
             _shut(link)
 
