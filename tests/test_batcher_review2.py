@@ -291,3 +291,77 @@ async def test_stop_inside_the_sink_stops_once_the_sink_returns(tmp_path: Path,
     assert batches == [[0, 1], [2, 3]]
     with pytest.raises(RuntimeError):
         b.queue  # noqa: B018
+
+
+# Adds its own numbers in add_many chunks, then stops; its sink logs what it got.
+SHARING_ADDER = textwrap.dedent("""
+    import asyncio, json, sys
+    from spoolq import Batcher
+    path, log, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    async def sink(batch):
+        with open(log, "a") as f:
+            f.write(json.dumps(batch) + "\\n")
+    async def main():
+        async with Batcher(sink, queue=path, max_batch_size=9, flush_interval=0.01) as b:
+            for i in range(first, first + 600, 3):
+                await b.add_many([i, i + 1, i + 2])
+    asyncio.run(main())
+""")
+
+
+async def test_several_batcher_processes_on_one_file_send_each_item_once(
+        shared_path: str, tmp_path: Path) -> None:
+    logs = [tmp_path / f"log{k}" for k in range(3)]
+    children = [subprocess.Popen([sys.executable, "-c", SHARING_ADDER, shared_path, str(log),
+                                  str(k * 10_000)]) for k, log in enumerate(logs)]
+    for child in children:
+        assert await asyncio.to_thread(child.wait, 60) == 0
+    everything: list[int] = []
+    for log in logs:
+        got = [i for batch in _log(log) for i in batch]
+        everything.extend(got)
+        # Each process sends the items it received of each producer in that one's order.
+        for k in range(3):
+            mine = [i for i in got if k * 10_000 <= i < (k + 1) * 10_000]
+            assert mine == sorted(mine)
+    assert sorted(everything) == sorted(k * 10_000 + i for k in range(3) for i in range(600))
+
+
+async def test_the_retry_delay_doubles_up_to_its_cap_while_adds_keep_filling_batches(
+        tmp_path: Path) -> None:
+    calls: list[tuple[float, list[int]]] = []
+
+    async def sink(batch: list[int]) -> None:
+        calls.append((time.monotonic(), batch))
+        if len(calls) <= 5:
+            raise ConnectionError("down")
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=3,
+                       flush_interval=60, retry_delay=0.1, max_retry_delay=0.4) as b:
+        await b.add_many(range(3))
+        n = 3
+        while len(calls) < 6:
+            await b.add_many(range(n, n + 3))  # a full batch each time: wakes the flusher
+            n += 3
+            await asyncio.sleep(0.01)
+        for _ in range(300):
+            if b.stats["items"] == n:
+                break
+            await asyncio.sleep(0.01)
+        assert b.stats["failures"] == 5
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(calls[:6])]
+    for gap, want in zip(gaps, [0.1, 0.2, 0.4, 0.4, 0.4], strict=True):
+        assert want * 0.9 <= gap < want + 0.15, gaps
+    assert all(batch == [0, 1, 2] for _, batch in calls[:6])
+    sent = [i for _, batch in calls[5:] for i in batch]
+    assert sent == list(range(n))
+
+
+def test_an_empty_queue_path_is_refused() -> None:
+    # SQLite takes "" for a temporary database, deleted on close: every item would be
+    # lost with the process instead of waiting in a file for the next start.
+    async def sink(batch: list[int]) -> None:
+        pass
+
+    with pytest.raises(spoolq.ConfigurationError, match="queue"):
+        Batcher(sink, queue="")

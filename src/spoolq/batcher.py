@@ -68,6 +68,9 @@ class Batcher(Generic[T]):
         if queue is not None and not isinstance(queue, (Queue, str, os.PathLike)):
             raise ConfigurationError(f"queue must be a spoolq.Queue, a path or None, not "
                                      f"{type(queue).__name__} {queue!r}")
+        if isinstance(queue, (str, os.PathLike)) and not os.fspath(queue):
+            # SQLite would open a temporary database, lost with the process.
+            raise ConfigurationError("queue must not be an empty path")
         check_queue_name(name)
         with setting_checks():
             max_batch_size = check_count("max_batch_size", max_batch_size, 1)
