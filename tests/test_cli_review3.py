@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import spoolq
-from spoolq.cli import ExitCode
+from spoolq.cli import ExitCode, _sqlite
 
 from .cli_support import ROOT, run
 
@@ -204,3 +204,14 @@ def test_a_file_name_that_is_not_utf8_is_shown_and_given_in_json(tmp_path: Path,
     assert "jobs\\xff.pickle" in text or "--json" in args
     if "--json" in args:
         assert os.fsencode(json.loads(text)["path"]) == name
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="file names are not bytes there")
+def test_sqlite_quick_check_reads_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """The read-only URI was quoted from the name as text, which UTF-8 cannot encode
+    (UnicodeEncodeError); its bytes are quoted now."""
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/jobs\xff?#%.sqlite")
+    with spoolq.SyncQueue.create(str(tmp_path / "plain.sqlite")) as q:
+        q.put({"n": 1})
+    os.rename(tmp_path / "plain.sqlite", name)
+    assert _sqlite.quick_check(name) == []

@@ -28,7 +28,8 @@ def _translate(path: str, what: str, exc: sqlite3.Error) -> EngineError:
 def quick_check(path: str) -> list[str]:
     """SQLite's ``PRAGMA quick_check`` on a read-only connection: [] when the pages are sound,
     else up to 20 lines naming what is wrong. It reads every page and changes nothing."""
-    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    # Quoted as bytes: a name that is not UTF-8 cannot be encoded as text.
+    uri = "file:" + quote(os.fsencode(os.path.abspath(path))) + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
