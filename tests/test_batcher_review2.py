@@ -351,7 +351,7 @@ async def test_the_retry_delay_doubles_up_to_its_cap_while_adds_keep_filling_bat
         assert b.stats["failures"] == 5
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(calls[:6])]
     for gap, want in zip(gaps, [0.1, 0.2, 0.4, 0.4, 0.4], strict=True):
-        assert want * 0.9 <= gap < want + 0.15, gaps
+        assert want * 0.9 <= gap < want + 0.3, gaps
     assert all(batch == [0, 1, 2] for _, batch in calls[:6])
     sent = [i for _, batch in calls[5:] for i in batch]
     assert sent == list(range(n))
