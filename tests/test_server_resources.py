@@ -253,3 +253,56 @@ def test_threads_sharing_a_wait_keep_their_own_timeouts_and_cancels(tmp_path: Pa
                 assert [f.result(5) for f in rest] == [True] * 5
         finally:
             engine.close()
+
+
+# ---- a take that ends after the shutdown gave up on it ------------------------------------
+
+
+def test_a_take_ending_after_the_grace_period_gives_its_records_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get still running on the engine when the shutdown's grace period ran out ends
+    after the server told its engine thread to stop, on a connection already closed: the
+    records it removed go back to the queue before the file is closed, not lost."""
+    import threading
+
+    import spoolq.server
+    from spoolq.engines import open_engine
+    from spoolq.engines.sqlite import SQLiteEngine
+
+    from .servers import ThreadedServer
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowTakes(SQLiteEngine):
+        def take(self, *args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            assert release.wait(20)
+            return super().take(*args, **kwargs)
+
+    monkeypatch.setattr(spoolq.server, "_SHUTDOWN_GRACE", 0.5)
+    path = tmp_path / "q.sqlite"
+    check = open_engine(str(path))
+    check.append("q", [b"kept"], [4], time.time())
+    check.close()
+    srv = ThreadedServer(str(path), engine=SlowTakes(path))
+    conn = Raw(srv.url)
+    try:
+        conn.sock.sendall(request_frame(99, "take", queue="q", n=1, now=time.time(),
+                                        lease=None))
+        assert entered.wait(5)
+        assert srv.server is not None
+        srv.loop.call_soon_threadsafe(srv.server.close)
+        wait_until(lambda: not srv.server.connections, within=5)  # type: ignore[union-attr]
+        time.sleep(0.5)
+        release.set()
+        srv.stop()
+        assert not srv._thread.is_alive()
+    finally:
+        release.set()
+        conn.close()
+        srv.stop()
+    check = open_engine(str(path))
+    try:
+        assert [r.data for r in check.peek("q", 10)] == [b"kept"]
+    finally:
+        check.close()

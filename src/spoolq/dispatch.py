@@ -408,19 +408,51 @@ class EngineThread:
                     break
             else:
                 stop = True
-            done: list[tuple[Outcome, Any, BaseException | None]] = []
-            woken: set[str] = set()
-            self._run_batch(batch, done, woken)
-            if done or woken:
+            self._finish_batch(batch)
+        # What the last results set off on the loop (a take whose connection closed
+        # meanwhile gives its records back) comes after the stop: it runs too, before the
+        # engine closes. The loop answers once it has handed those results out.
+        drained = threading.Event()
+        try:
+            self._loop.call_soon_threadsafe(self._drained, drained)
+        except RuntimeError:  # the loop closed: nothing more can come from it
+            drained.set()
+        while True:
+            try:
+                job = self._jobs.get(timeout=0.05)
+            except queue.Empty:
+                if drained.is_set() or not self._loop.is_running():
+                    break
+                continue
+            batch = []
+            while job is not None:
+                batch.append(job)
                 try:
-                    self._loop.call_soon_threadsafe(self._deliver, done, woken)
-                except RuntimeError:
-                    log.warning("spoolq: the event loop closed before %d results were "
-                                "delivered", len(done))
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+            self._finish_batch(batch)
         try:
             self.engine.close()
         except Exception:
             log.exception("spoolq: closing the engine failed")
+
+    def _finish_batch(self, batch: list[_Job]) -> None:
+        """Run ``batch`` and hand its results to the loop."""
+        done: list[tuple[Outcome, Any, BaseException | None]] = []
+        woken: set[str] = set()
+        self._run_batch(batch, done, woken)
+        if done or woken:
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, done, woken)
+            except RuntimeError:
+                log.warning("spoolq: the event loop closed before %d results were "
+                            "delivered", len(done))
+
+    def _drained(self, event: threading.Event) -> None:
+        """Called on the loop after the results handed to it so far (see :meth:`_run`)."""
+        event.set()
+        self._jobs.put(None)
 
     def _run_batch(self, batch: list[_Job], done: list[tuple[Outcome, Any, BaseException | None]],
                    woken: set[str]) -> None:
