@@ -365,3 +365,22 @@ def test_an_empty_queue_path_is_refused() -> None:
 
     with pytest.raises(spoolq.ConfigurationError, match="queue"):
         Batcher(sink, queue="")
+
+
+async def test_stop_after_the_flusher_task_was_cancelled_still_flushes_and_returns(
+        tmp_path: Path) -> None:
+    # As a server's shutdown does when it cancels every task it finds before cleaning up.
+    batches: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        batches.append(batch)
+
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=100, flush_interval=60)
+    await b.start()
+    await b.add_many(range(5))
+    flusher = next(t for t in asyncio.all_tasks() if t.get_name().startswith("spoolq-batcher"))
+    flusher.cancel()
+    await asyncio.wait((flusher,))
+    await asyncio.wait_for(b.stop(), 5)  # neither CancelledError nor a skipped flush
+    assert batches == [list(range(5))]
+    assert b.stats["queued"] == 0

@@ -198,7 +198,12 @@ class Batcher(Generic[T]):
         self._stopping = True
         self._wake.set()
         try:
-            await task
+            # A flusher cancelled from outside (a shutdown cancelling every task it finds)
+            # has ended: the stop goes on to its flush instead of raising CancelledError.
+            await asyncio.wait((task,))
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
             await self._flush(True, now=True)  # also when asked for inside on_flush
         finally:
             if self._owns_queue and self._queue is not None:
