@@ -17,6 +17,7 @@ import pytest
 
 import spoolq
 from spoolq.cli import ExitCode, _sqlite
+from spoolq.engines import Lease, open_engine
 
 from .cli_support import ROOT, run
 
@@ -215,3 +216,35 @@ def test_sqlite_quick_check_reads_a_file_whose_name_is_not_utf8(tmp_path: Path) 
         q.put({"n": 1})
     os.rename(tmp_path / "plain.sqlite", name)
     assert _sqlite.quick_check(name) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["info"], ["info", "--json"], ["peek"], ["peek", "--json"], ["peek", "--leased"],
+    ["peek", "--leased", "--json"], ["peek", "--offset", "1"], ["peek", "--offset", "2"],
+], ids=" ".join)
+def test_times_that_are_not_finite_numbers_are_shown_and_json_stays_json(
+        tmp_path: Path, args: list[str]) -> None:
+    """A record whose enqueue time (or a lease whose expiry) in the file is NaN or
+    infinite, as a damaged file or a foreign writer may hold, made the tables fail with a
+    traceback (ValueError: cannot convert float NaN to integer) and --json write NaN and
+    Infinity, which JSON parsers refuse; such a time is now shown as ? and given as null."""
+    path = str(tmp_path / "q.pickle")
+    with spoolq.SyncQueue.create(path, name="jobs") as q:
+        q.put({"n": 1})
+    eng = open_engine(path)
+    try:
+        head = eng.peek("jobs", 1)[0]
+        for stamp in (float("nan"), float("inf"), float("-inf")):
+            eng.append("jobs", [head.data], [head.raw_size], stamp)
+        assert eng.take("jobs", 1, time.time(), Lease("elsewhere.invalid:1:0:x", float("inf")))
+    finally:
+        eng.close()
+    result = run(args[0], path, *(["-q", "jobs"] if args[0] == "peek" else []), *args[1:])
+    assert result.exit_code == 0, result.output
+    if "--json" in args:
+        def refuse(constant: str) -> None:
+            raise AssertionError(f"{constant} is not JSON")
+
+        json.loads(result.stdout, parse_constant=refuse)
+    else:
+        assert "?" in result.stdout

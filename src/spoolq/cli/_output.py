@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import sys
@@ -46,9 +47,11 @@ def format_bytes(n: int) -> str:
 
 
 def format_age(seconds: float | None) -> str:
-    """``200`` → ``"3m 20s"``; None → ``"-"``."""
+    """``200`` → ``"3m 20s"``; None → ``"-"``; NaN or infinity → ``"?"``."""
     if seconds is None:
         return "-"
+    if not math.isfinite(seconds):  # a time in a damaged file, or one a foreign writer set
+        return "?"
     s = max(int(seconds), 0)
     for size, unit, sub_size, sub_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"),
                                            (60, "m", 1, "s")):
@@ -85,11 +88,22 @@ def printable(text: str) -> str:
     return _SURROGATE.sub(escape, text)
 
 
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_finite(value) for value in data]
+    return data
+
+
 def json_document(data: Any) -> str:
     """``data`` as indented JSON that is valid UTF-8: a lone surrogate (a byte of a file
     name that is not UTF-8) is written as a ``\\udcff`` escape, which ``json.loads``
-    reads back and ``os.fsencode`` turns into the byte again."""
-    text = json.dumps(data, indent=2, ensure_ascii=False)
+    reads back and ``os.fsencode`` turns into the byte again. A number that is not finite
+    (a time in a damaged file), which JSON cannot hold, is null."""
+    text = json.dumps(_finite(data), indent=2, ensure_ascii=False)
     # Surrogates only occur inside JSON strings, where an escape stands for them.
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
