@@ -384,3 +384,36 @@ async def test_stop_after_the_flusher_task_was_cancelled_still_flushes_and_retur
     await asyncio.wait_for(b.stop(), 5)  # neither CancelledError nor a skipped flush
     assert batches == [list(range(5))]
     assert b.stats["queued"] == 0
+
+
+def test_a_generator_function_sink_is_refused() -> None:
+    # Calling it runs none of its body: every batch would be acked unsent.
+    async def agen(batch: list[int]):  # type: ignore[no-untyped-def]
+        yield batch
+
+    def gen(batch: list[int]):  # type: ignore[no-untyped-def]
+        yield batch
+
+    for sink in (agen, gen):
+        with pytest.raises(spoolq.ConfigurationError, match="on_flush"):
+            Batcher(sink)
+
+
+async def test_a_sink_returning_a_generator_fails_its_flush_and_keeps_the_batch(
+        tmp_path: Path) -> None:
+    ran: list[list[int]] = []
+
+    async def agen(batch: list[int]):  # type: ignore[no-untyped-def]
+        ran.append(batch)
+        yield
+
+    def sink(batch: list[int]) -> object:  # a plain function handing on to the generator
+        return agen(batch)
+
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
+    await b.start()
+    await b.add_many(range(3))
+    assert await b.flush() is False
+    assert b.stats["failures"] == 1 and b.stats["items"] == 0
+    assert await b.queue.peek(5) == [0, 1, 2]
+    await b.stop()

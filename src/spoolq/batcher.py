@@ -60,6 +60,10 @@ class Batcher(Generic[T]):
         if not callable(on_flush):
             raise ConfigurationError(
                 f"on_flush must be callable, not {type(on_flush).__name__} {on_flush!r}")
+        if inspect.isgeneratorfunction(on_flush) or inspect.isasyncgenfunction(on_flush):
+            # Calling one runs none of its body: every batch would be acked unsent.
+            raise ConfigurationError(f"on_flush must be a function or coroutine function, "
+                                     f"not the generator function {on_flush!r}")
         if logger is not None and not isinstance(logger, (logging.Logger,
                                                           logging.LoggerAdapter)):
             # Else the first failed flush would raise here instead of giving its batch back.
@@ -373,6 +377,12 @@ class Batcher(Generic[T]):
         ending the flusher, while cancelling the caller still cancels the sink.
         """
         result = self._on_flush(batch)
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            if inspect.isgenerator(result):
+                result.close()
+            else:
+                await result.aclose()
+            raise TypeError("on_flush returned a generator, which would send nothing")
         if not inspect.isawaitable(result):
             return
         token = _in_sink.set(self)  # in the context the sink's task copies
