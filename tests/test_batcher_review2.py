@@ -102,10 +102,12 @@ async def test_a_kill_after_the_sink_returned_before_the_ack_sends_the_batch_aga
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-async def test_kills_at_random_moments_lose_nothing_and_keep_the_order(tmp_path: Path,
-                                                                     seed: int) -> None:
+async def test_kills_at_random_moments_lose_nothing_and_keep_the_order(
+        tmp_path: Path, seed: int, disk_engine: str) -> None:
+    from .conftest import queue_path
+
     rnd = random.Random(seed)
-    path = str(tmp_path / "q.sqlite")
+    path = queue_path(tmp_path, disk_engine)
     log = tmp_path / "log"
     added: list[int] = []
     for rounds in range(4):
