@@ -248,3 +248,16 @@ def test_times_that_are_not_finite_numbers_are_shown_and_json_stays_json(
         json.loads(result.stdout, parse_constant=refuse)
     else:
         assert "?" in result.stdout
+
+
+def test_dump_to_a_closed_stdout_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """With its standard output closed (``>&-``), dump failed with a traceback
+    (AttributeError: 'NoneType' object has no attribute 'buffer')."""
+    path = str(tmp_path / "q.sqlite")
+    _many(path, 3)
+    proc = subprocess.run(["sh", "-c", 'exec "$0" -m spoolq dump "$1" >&-', sys.executable,
+                           path], capture_output=True, text=True, env=_env(), timeout=60,
+                          check=False)
+    assert proc.returncode == ExitCode.FILE, proc.stderr
+    assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -22,6 +22,7 @@ from ..zdict import DICTIONARY_QUEUE, checksum_key
 from ._common import (
     DEFAULT_CHUNK,
     MAX_CHUNK,
+    FileProblem,
     Refused,
     base_queues,
     engine_options,
@@ -88,6 +89,9 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     name = dead_queue_name(queue) if dead else queue
     if output not in (None, "-") and _same_file(output, path):
         raise click.UsageError(f"-o {output} would overwrite the queue {path}")
+    if output in (None, "-") and sys.stdout is None:  # started with stdout closed (>&-)
+        raise FileProblem("standard output is closed: no place to write the items to "
+                          "(-o FILE writes them to a file)")
     eng = open_existing(path, engine, read_only=True, schema=schema)
     decoder = Decoder(eng, allow_pickle=allow_pickle)
     try:
