@@ -61,7 +61,7 @@ def test_dump_whose_reader_goes_away_ends_as_other_tools_do(tmp_path: Path) -> N
 @pytest.mark.skipif(not hasattr(signal, "SIGPIPE"), reason="no SIGPIPE here")
 @pytest.mark.parametrize("args", [
     ["dump"], ["peek"], ["peek", "--json"], ["info"], ["info", "--json"], ["verify"],
-    ["verify", "--json"],
+    ["verify", "--json"], ["--help"], ["--version"], ["dump", "--help"],
 ], ids="-".join)
 def test_every_command_ends_quietly_when_its_output_cannot_be_read(tmp_path: Path,
                                                                   args: list[str]) -> None:
@@ -72,7 +72,9 @@ def test_every_command_ends_quietly_when_its_output_cannot_be_read(tmp_path: Pat
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = subprocess.run([sys.executable, "-m", "spoolq", args[0], path, *args[1:]],
+        command = args if "--help" in args or "--version" in args else [args[0], path,
+                                                                         *args[1:]]
+        proc = subprocess.run([sys.executable, "-m", "spoolq", *command],
                               stdout=write_end, stderr=subprocess.PIPE, env=_env(),
                               timeout=60, check=False)
     finally:

@@ -37,6 +37,13 @@ class _ReaderGone(Exception):
 class _Group(click.Group):
     """Turns spoolq and OS errors into one line on stderr and a meaningful exit status."""
 
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # --help and --version write while the command line is parsed
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError as exc:
+            raise _ReaderGone() from exc
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
