@@ -419,3 +419,23 @@ async def test_a_sink_returning_a_generator_fails_its_flush_and_keeps_the_batch(
     assert b.stats["failures"] == 1 and b.stats["items"] == 0
     assert await b.queue.peek(5) == [0, 1, 2]
     await b.stop()
+
+
+async def test_stop_while_start_opens_the_queue_stops_what_start_started(
+        tmp_path: Path) -> None:
+    batches: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        batches.append(batch)
+
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
+    starting = asyncio.create_task(b.start())
+    await asyncio.sleep(0)  # start() is opening the queue
+    await b.stop()
+    await starting
+    # The stop came after the start: the Batcher is stopped and its queue closed.
+    assert not b.stats["running"]
+    with pytest.raises(RuntimeError):
+        b.queue  # noqa: B018
+    with pytest.raises(RuntimeError):
+        await b.add(1)

@@ -110,6 +110,7 @@ class Batcher(Generic[T]):
         self._stopping = False
         self._streak = 0
         self._callers = 0  # flush() and stop() calls waiting for the flush lock
+        self._starts = 0  # start() calls in progress
         self._flushes = 0
         self._items = 0
         self._failures = 0
@@ -135,19 +136,24 @@ class Batcher(Generic[T]):
         if self._stopping_task is not None:
             await asyncio.shield(self._stopping_task)  # let it close the queue first
         # Under the flush lock, so that two concurrent starts open one queue and one flusher.
-        async with self._lock:
-            if self._task is not None:
-                return
-            if self._queue is None:
-                self._queue = await Queue.create(self._path, name=self.name)
-            self._stopping = False
-            # A start tries at once, as stop() and flush() do, whatever retry delay the last
-            # run's failures left; a new failure starts the delay again where it was.
-            self._retry_at = 0.0
-            self._task = asyncio.create_task(self._run(), name=f"spoolq-batcher-{self.name}")
-            if self._queue.qsize():
-                self._force_next = True
-                self._wake.set()
+        self._starts += 1  # a stop() made meanwhile waits for this start, then stops
+        try:
+            async with self._lock:
+                if self._task is not None:
+                    return
+                if self._queue is None:
+                    self._queue = await Queue.create(self._path, name=self.name)
+                self._stopping = False
+                # A start tries at once, as stop() and flush() do, whatever retry delay the
+                # last run's failures left; a new failure starts the delay again where it was.
+                self._retry_at = 0.0
+                self._task = asyncio.create_task(self._run(),
+                                                 name=f"spoolq-batcher-{self.name}")
+                if self._queue.qsize():
+                    self._force_next = True
+                    self._wake.set()
+        finally:
+            self._starts -= 1
 
     async def _bind_loop(self) -> None:
         """Make the running event loop this Batcher's; the asyncio primitives of a run on
@@ -177,6 +183,9 @@ class Batcher(Generic[T]):
         while another is stopping waits for that one. Cancelling the caller (say, by a
         timeout) does not interrupt the stop: it goes on, and a later call waits for it.
         """
+        if self._task is None and self._stopping_task is None and self._starts:
+            async with self._lock:
+                pass  # a start() is opening the queue: stop what it starts
         stopping = self._stopping_task
         if stopping is None:
             task, self._task = self._task, None
