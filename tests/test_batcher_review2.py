@@ -439,3 +439,19 @@ async def test_stop_while_start_opens_the_queue_stops_what_start_started(
         b.queue  # noqa: B018
     with pytest.raises(RuntimeError):
         await b.add(1)
+
+
+async def test_stats_count_the_items_sent_when_the_sink_empties_its_list(
+        tmp_path: Path) -> None:
+    sent: list[int] = []
+
+    async def sink(batch: list[int]) -> None:
+        while batch:
+            sent.append(batch.pop(0))
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=2,
+                       flush_interval=60) as b:
+        await b.add_many(range(5))
+        await b.flush()
+        assert b.stats["items"] == 5 and b.stats["flushes"] == 3
+    assert sent == list(range(5))

@@ -341,7 +341,7 @@ class Batcher(Generic[T]):
                             self._max_retry_delay)
                 self._retry_at = time.monotonic() + delay
                 self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
-                                   self.name, len(batch), delay)
+                                   self.name, len(msgs), delay)
                 await self._give_back(queue, msgs)
                 # The flusher may be waiting out a whole flush_interval: have it wait
                 # for the retry delay instead.
@@ -357,7 +357,7 @@ class Batcher(Generic[T]):
             self._streak = 0
             self._retry_at = 0.0
             self._flushes += 1
-            self._items += len(batch)
+            self._items += len(msgs)
             self._last_flush_time = time.time()
             sent += len(msgs)
             if len(msgs) < self.max_batch_size:
