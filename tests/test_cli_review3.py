@@ -263,3 +263,25 @@ def test_dump_to_a_closed_stdout_is_an_error_not_a_traceback(tmp_path: Path) -> 
     assert proc.returncode == ExitCode.FILE, proc.stderr
     assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(("queue_file", "side"), [
+    ("q.sqlite", "-wal"), ("q.sqlite", "-shm"), ("q.lmdb", "-lock"), ("q.pickle", ".lock"),
+])
+def test_dump_o_refuses_a_file_the_engine_keeps_beside_the_queue(tmp_path: Path,
+                                                               queue_file: str,
+                                                               side: str) -> None:
+    """``-o jobs.sqlite-wal`` replaced the WAL (committed items not yet copied into the
+    file were lost) and ``-o jobs.pickle.lock`` the lock file (a second writer could then
+    lock a file of its own); only the queue file itself was refused."""
+    path = str(tmp_path / queue_file)
+    q = spoolq.SyncQueue.create(path, serializer="json")
+    try:
+        q.put_many([{"n": i} for i in range(5)])
+        before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+        result = run("dump", path, "-o", path + side)
+        assert result.exit_code == ExitCode.USAGE, result.output
+        assert "would overwrite" in result.stderr
+        assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    finally:
+        q.close()

@@ -141,9 +141,14 @@ def _umask() -> int:
 
 def _same_file(output: str, path: str) -> bool:
     """Whether writing ``output`` would replace ``path`` (or a file inside a directory
-    ``path``, as a dbm queue is)."""
+    ``path``, as a dbm queue is), or a file an engine keeps beside it (SQLite's WAL, a
+    lock file), whether that exists yet or not."""
     if not os.path.exists(path):
         return False
+    beside = {os.path.realpath(base + side) for base in (path, os.path.realpath(path))
+              for side in _SIDE_FILES}
+    if os.path.realpath(output) in beside:
+        return True
     if os.path.isdir(path):
         return os.path.commonpath([os.path.realpath(output),
                                    os.path.realpath(path)]) == os.path.realpath(path)
