@@ -285,3 +285,22 @@ def test_dump_o_refuses_a_file_the_engine_keeps_beside_the_queue(tmp_path: Path,
         assert {name: (tmp_path / name).read_bytes() for name in before} == before
     finally:
         q.close()
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["purge", "-q", "jobs"], ExitCode.PROBLEM), (["load", "-", "-q", "jobs"], ExitCode.FILE),
+], ids=["purge", "load-stdin"])
+def test_a_closed_stdin_is_an_error_not_a_traceback(tmp_path: Path, args: list[str],
+                                                     code: int) -> None:
+    """With standard input closed (``<&-``), purge's check for a terminal and load's
+    read of ``-`` failed with a traceback (AttributeError on None)."""
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path, name="jobs") as q:
+        q.put_many([1, 2, 3])
+    proc = subprocess.run(["sh", "-c", 'exec "$0" -m spoolq "$@" <&-', sys.executable,
+                           args[0], path, *args[1:]], capture_output=True, text=True,
+                          env=_env(), timeout=60, check=False)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+    with spoolq.SyncQueue.create(path, name="jobs") as q:
+        assert q.qsize() == 3

@@ -110,7 +110,9 @@ def json_document(data: Any) -> str:
 
 def is_interactive() -> bool:
     """Whether a person can answer a question: stdin and stderr are terminals."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
+    # Either is None when the command was started with it closed (<&-, 2>&-).
+    return (sys.stdin is not None and sys.stdin.isatty()
+            and sys.stderr is not None and sys.stderr.isatty())
 
 
 def _holds_items(engine: Engine, name: str) -> bool:

@@ -225,6 +225,8 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
         raise click.BadParameter("the raw serializer takes bytes, and no JSON line is "
                                  "bytes", param_hint="'--serializer'")
     options = engine_options(path, engine, schema)
+    if file == "-" and sys.stdin is None:  # started with stdin closed (<&-)
+        raise FileProblem("standard input is closed: no items to read from it")
     state = CliState()
     stream: IO[bytes] = (sys.stdin.buffer if file == "-"
                          else open(file, "rb"))  # noqa: SIM115 - closed below
