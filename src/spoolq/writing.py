@@ -151,6 +151,7 @@ class Writing:
             errors: list[BaseException | None] | None = None  # each ticket's, once split
             stored = 0  # records stored by a write that failed after its first transaction
             kept = False
+            interrupted: BaseException | None = None
             puts = self.counters["puts"]
             try:
                 self._check_open()
@@ -171,7 +172,7 @@ class Writing:
                     tickets = []
                 elif (counts is not None and len(counts) > 1 and not self.buffered
                       and not self.closed and isinstance(exc, Exception)):
-                    errors = self._write_apart(records, sizes, counts, exc)
+                    errors, interrupted = self._write_apart(records, sizes, counts, exc)
                 else:
                     self._settle_pending(records, sizes, lost=True)
                 if not kept:
@@ -187,11 +188,7 @@ class Writing:
             errors = _errors_of(tickets, error, counts if stored and not kept else None)
         elif counts is not None:
             written_apart = sum(n for n, e in zip(counts, errors, strict=True) if e is None)
-        for ticket, ticket_error in zip(tickets, errors, strict=True):
-            ticket.error = ticket_error
-            ticket.done = True
-        if self.on_settled is not None:
-            self.on_settled(tickets)
+        self._settle_tickets(tickets, errors)
         if self.counters["puts"] != puts:  # records stored, whatever failed
             self._after_put()
         if error is not None:
@@ -204,10 +201,21 @@ class Writing:
                 report = Ticket()
                 report.error, report.done = error, True
                 return [report]
+        if interrupted is not None:
+            raise interrupted
         return tickets
 
+    def _settle_tickets(self, tickets: list[Ticket],
+                        errors: list[BaseException | None]) -> None:
+        for ticket, ticket_error in zip(tickets, errors, strict=True):
+            ticket.error = ticket_error
+            ticket.done = True
+        if self.on_settled is not None:
+            self.on_settled(tickets)
+
     def _write_apart(self, records: list[bytes], sizes: list[int], counts: list[int],
-                     error: Exception) -> list[BaseException | None]:
+                     error: Exception) -> tuple[list[BaseException | None],
+                                                BaseException | None]:
         """After the write of several callers' records failed with ``error``, write them
         in halves, and the failing half in halves again, so that records the engine
         refuses (too large for a server, say) fail only the caller that put them; return
@@ -219,7 +227,8 @@ class Writing:
         A write that fails after storing its first records (see
         :func:`~spoolq.engines.base.stored_before_failure`) has them stored: they are
         never written again, and a caller (a count of 0 here too) whose records are all
-        stored gets no error."""
+        stored gets no error. An interruption (KeyboardInterrupt, SystemExit) is
+        returned second, for the flush to raise once every caller is settled."""
         starts = [0]
         for n in counts:
             starts.append(starts[-1] + n)
@@ -250,17 +259,26 @@ class Writing:
             return None
 
         lo, hi = 0, len(counts)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            first, second = write(lo, mid), write(mid, hi)
-            if (first is None) == (second is None):
-                break  # both written, or both failed: then the failure is not one caller's
-            lo, hi = (lo, mid) if first is not None else (mid, hi)
+        interrupted: BaseException | None = None
+        try:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                first, second = write(lo, mid), write(mid, hi)
+                if (first is None) == (second is None):
+                    break  # both written, or both failed: the failure is not one caller's
+                lo, hi = (lo, mid) if first is not None else (mid, hi)
+        except BaseException as stop:
+            # Interrupted (KeyboardInterrupt, SystemExit): whoever's records are not known
+            # to be stored fails with it; none may return as if its put were stored.
+            for k in range(len(counts)):
+                if firsts[k] < ends[k]:
+                    errors[k] = stop
+            interrupted = stop
         for k, ticket_error in enumerate(errors):
             if ticket_error is not None:
                 self._settle_pending(records[firsts[k]:ends[k]], sizes[firsts[k]:ends[k]],
                                      lost=True)
-        return errors
+        return errors, interrupted
 
     def _stored(self, records: list[bytes], sizes: list[int]) -> None:
         """Pending records a flush took are stored: count them as put."""
