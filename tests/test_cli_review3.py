@@ -304,3 +304,28 @@ def test_a_closed_stdin_is_an_error_not_a_traceback(tmp_path: Path, args: list[s
     assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
     with spoolq.SyncQueue.create(path, name="jobs") as q:
         assert q.qsize() == 3
+
+
+@pytest.mark.parametrize("args", [["info"], ["peek", "--leased"], ["requeue", "--leased"],
+                                  ["verify"]], ids=" ".join)
+def test_control_characters_from_the_file_reach_no_terminal(tmp_path: Path,
+                                                            args: list[str]) -> None:
+    """Queue names and lease owners come from the file, written by any program: their
+    escape sequences (colours, a window title, a cleared screen) and line breaks went
+    to the terminal as they were; they are shown as \\x1b escapes now."""
+    path = str(tmp_path / "q.sqlite")
+    name = "jobs\x1b[2J\x1b]0;title\x07\nfake row\x9b"
+    owner = "host\x1b[31m.invalid:1:0:x"
+    with spoolq.SyncQueue.create(path, name=name) as q:
+        q.put_many([1, 2])
+    eng = open_engine(path)
+    try:
+        assert eng.take(name, 1, time.time(), Lease(owner, time.time() + 3600))
+    finally:
+        eng.close()
+    extra = [] if args[0] in ("info", "verify") else ["-q", name]
+    result = run(args[0], path, *extra, *args[1:])
+    assert result.exit_code in (0, ExitCode.PROBLEM), result.output
+    for control in ("\x1b", "\x07", "\x9b", "\nfake row"):
+        assert control not in result.stdout
+    assert "jobs\\x1b[2J" in result.stdout  # a table may fold the rest over lines

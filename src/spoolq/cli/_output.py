@@ -75,17 +75,22 @@ def owner_state(owner: str) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """``text`` as UTF-8 can show it: a byte of a file name that is not UTF-8 (which
-    Python holds as a lone surrogate) as ``\\xff``, another lone surrogate as
+    """``text`` as a terminal can show it, on one line: a control character (an escape
+    sequence or a line break in a queue name or lease owner, which any program may
+    have written into the file) as ``\\x1b``; a byte of a file name that is not UTF-8
+    (which Python holds as a lone surrogate) as ``\\xff``, another lone surrogate as
     ``\\udcff``."""
     def escape(match: re.Match[str]) -> str:
         code = ord(match.group())
-        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+        if 0xDC80 <= code <= 0xDCFF:
+            code -= 0xDC00
+        return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
-    return _SURROGATE.sub(escape, text)
+    return _UNPRINTABLE.sub(escape, text)
 
 
 def _finite(data: Any) -> Any:
