@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import spoolq
 from spoolq import Empty, Queue, SyncQueue
 
 from .conftest import queue_path
@@ -153,3 +154,15 @@ def test_get_of_an_item_another_handle_put_keeps_sizes_true(tmp_path: Path) -> N
         stats = a.stats
         assert stats["raw_size_bytes"] > 0 and stats["compressed_size_bytes"] > 0
         assert stats["count"] == 1
+
+
+async def test_an_empty_path_is_refused_not_a_temporary_queue(tmp_path: Path) -> None:
+    """SQLite takes an empty file name for a temporary database, deleted on close with
+    everything put into it."""
+    with pytest.raises(spoolq.ConfigurationError, match="path is empty"):
+        SyncQueue.create("")
+    with pytest.raises(spoolq.ConfigurationError, match="path is empty"):
+        await Queue.create("", engine="sqlite")
+    with SyncQueue.create("", engine="memory") as q:  # a memory queue needs no file
+        q.put("kept while open")
+        assert q.get() == "kept while open"

@@ -139,6 +139,11 @@ def resolve_target(path: str | os.PathLike[str], name: str | None,
                    engine_options: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
     """The queue name and engine options of ``create()``: a ``spoolq://`` URL's path names
     the queue (a different ``name=`` is an error); ``token`` goes to the remote engine."""
+    if not os.fspath(path) and (engine is None or (isinstance(engine, str)
+                                                  and engine != "memory")):
+        # SQLite would open a temporary database, deleted with every item on close.
+        raise ConfigurationError("the queue's path is empty: name a file (or ':memory:' "
+                                 "for a queue kept in memory only)")
     url_name = url_queue_name(path)
     if url_name is not None and name is not None and name != url_name:
         raise ConfigurationError(f"the URL names the queue {url_name!r}, not {name!r}")
