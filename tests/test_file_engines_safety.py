@@ -330,3 +330,14 @@ def test_dbm_queue_of_another_format_version_is_refused_by_its_version(tmp_path:
     for options in ({}, {"recover": True}):
         with pytest.raises(spoolq.FormatError, match="format version 2"):
             SyncQueue.create(path, engine_options=options)
+
+
+def test_a_read_only_open_of_an_sqlite_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """The read-only URI is built from the name's bytes: a name that is not UTF-8
+    failed with UnicodeEncodeError."""
+    path = os.path.join(os.fsencode(tmp_path), b"jobs-\xff.sqlite").decode(
+        "utf-8", "surrogateescape")
+    with spoolq.SyncQueue.create(path) as q:
+        q.put("kept")
+    with spoolq.SyncQueue.create(path, engine_options={"read_only": True}) as q:
+        assert q.peek() == ["kept"]
