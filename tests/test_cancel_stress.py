@@ -69,6 +69,20 @@ def _check_delivery(done: set[Any], maybe: set[Any], received: list[Any],
     assert not unknown, f"seed {seed}: items never put: {sorted(unknown)[:20]}"
 
 
+async def _check_after_close(target: str, done: set[Any], received: list[Any],
+                             seed: int) -> None:
+    """After the queue was closed: what a reopen finds left, with what was received, is
+    every put that returned, once each (in memory, what was received came once each)."""
+    if target == ":memory:":
+        counts = Counter(map(_norm, received))
+        assert all(v == 1 for v in counts.values()), f"seed {seed}: duplicates"
+        return
+    q2 = await spoolq.Queue.create(target)
+    left = await _drain(q2)
+    await q2.aclose()
+    _check_delivery(done, done | {_norm(x) for x in left}, received, left, seed)
+
+
 # ---- async: many producers and consumers, random cancellation ---------------------------
 
 
@@ -238,7 +252,7 @@ async def test_async_blocked_putters_cancelled_no_lost_wakeup(
 
 @pytest.mark.parametrize("how", ["shutdown", "immediate", "aclose"])
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_async_shutdown_races_blocked_calls(  # noqa: PLR0915 - tasks are closures
+async def test_async_shutdown_races_blocked_calls(
         target: str, how: str, seed: int) -> None:
     rng = random.Random(seed)
     q = await spoolq.Queue.create(target, maxsize=4,
@@ -294,15 +308,7 @@ async def test_async_shutdown_races_blocked_calls(  # noqa: PLR0915 - tasks are 
         assert q.qsize() == 0
     if how != "aclose":
         await q.aclose()
-    left: list[Any] = []
-    if target != ":memory:":
-        q2 = await spoolq.Queue.create(target)
-        left = await _drain(q2)
-        await q2.aclose()
-        _check_delivery(done, done | {_norm(x) for x in left}, received, left, seed)
-    else:
-        counts = Counter(map(_norm, received))
-        assert all(v == 1 for v in counts.values()), f"seed {seed}: duplicates"
+    await _check_after_close(target, done, received, seed)
 
 
 # ---- threads ------------------------------------------------------------------------------
@@ -515,14 +521,7 @@ async def test_async_cancelled_aclose_still_closes_and_loses_nothing(
     await asyncio.wait_for(q.aclose(), 5)
     with pytest.raises(ClosedError):
         await q.put("late")
-    left: list[Any] = []
-    if target != ":memory:":
-        q2 = await spoolq.Queue.create(target)
-        left = await _drain(q2)
-        await q2.aclose()
-        _check_delivery(done, done | {_norm(x) for x in left}, received, left, seed)
-    else:
-        assert all(v == 1 for v in Counter(map(_norm, received)).values())
+    await _check_after_close(target, done, received, seed)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
