@@ -26,6 +26,7 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from ._serversignals import LateSignals, Wakeup, loop_name
+from ._sessionleases import Deliveries
 from .dispatch import make_runner
 from .engines import Engine, engine_name_for, open_engine
 from .errors import ConfigurationError, SpoolqError
@@ -80,7 +81,7 @@ class Server:
         self.connection_closed = asyncio.Event()  # a connection ended, or went idle
         # queue -> {record id: the connection whose delivery of it is still out}: an ack,
         # release or take on any connection ends that connection's record of it.
-        self.holders: dict[str, dict[int, Session]] = {}
+        self.holders: dict[str, dict[int, Deliveries]] = {}
         self.stopping = False
         self.stopped_by: signal.Signals | None = None  # the signal that stopped serve()
         self.address: tuple[str, int] = ("", 0)

@@ -1,0 +1,151 @@
+"""What the server remembers of the leases a connection delivered: which deliveries
+each connection still holds, so that a connection that ends without a goodbye gives
+them back at once, and nothing more; and how a take whose reply cannot be sent is
+undone.
+
+:class:`Deliveries` is a part of :class:`spoolq.session.Session`, kept in its own
+module; it runs on the server's event loop, as the rest of the session does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .protocol import RECORD_FIELDS
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Deliveries"]
+
+log = logging.getLogger("spoolq")
+
+# The dead-letter reason of a record given back for a connection that ended without a
+# goodbye, when that delivery was its last allowed attempt (as the engines' expire says).
+_OWNER_DIED = "owner died"
+
+
+class Deliveries:
+    """A connection's leased deliveries that nobody has settled yet, as far as the server
+    saw, kept in :attr:`delivered` and in the server's map of who holds each record."""
+
+    # Set up by Session.__init__.
+    server: Server
+    peer: str
+    delivered: dict[str, dict[int, tuple[int, str, int | None]]]
+
+    def _release_leases(self) -> None:
+        """Give back the deliveries of this connection that their owners still hold.
+
+        The engine's release skips a delivery that was settled, expired and delivered
+        again (its attempts differ) or leased by another owner since: only what this
+        connection handed out and nobody settled goes back, counted as an attempt."""
+        for queue_name, held in self._unregister().items():
+            groups: dict[tuple[str, int | None], list[list[int]]] = {}
+            for ident, (attempts, owner, max_attempts) in held.items():
+                groups.setdefault((owner, max_attempts), []).append([ident, attempts])
+            for (owner, max_attempts), deliveries in groups.items():
+                args = {"queue": queue_name, "owner": owner, "deliveries": deliveries,
+                        "not_before": 0.0, "max_attempts": max_attempts,
+                        "count_attempt": True, "reason": _OWNER_DIED}
+                self.server.runner.submit("release", args, self._log_release(queue_name))
+
+    def _unregister(self) -> dict[str, dict[int, tuple[int, str, int | None]]]:
+        """Forget every delivery of this connection; return what it held."""
+        delivered, self.delivered = self.delivered, {}
+        holders = self.server.holders
+        for queue_name, held in delivered.items():
+            by_id = holders.get(queue_name)
+            if by_id is None:
+                continue
+            for ident in held:
+                if by_id.get(ident) is self:
+                    del by_id[ident]
+            if not by_id:
+                del holders[queue_name]
+        return delivered
+
+    def _forget(self, queue_name: str, ident: int) -> None:
+        """Forget this connection's delivery of record ``ident``: it is no longer held."""
+        held = self.delivered.get(queue_name)
+        if held is not None and held.pop(ident, None) is not None and not held:
+            del self.delivered[queue_name]
+        by_id = self.server.holders.get(queue_name)
+        if by_id is not None and by_id.get(ident) is self:
+            del by_id[ident]
+            if not by_id:
+                del self.server.holders[queue_name]
+
+    def _delivered(self, args: dict[str, Any], records: list[Any]) -> None:
+        """Remember the leased records of a take whose reply was written. A record taken
+        again (its lease ran out, or it was released) is no longer held through the
+        connection that delivered it before."""
+        if not records:
+            return
+        queue_name, lease = args["queue"], args["lease"]
+        holders = self.server.holders
+        ids = records[0::RECORD_FIELDS]
+        if lease is None:
+            by_id = holders.get(queue_name)
+            if by_id:
+                for ident in ids:
+                    prev = by_id.get(ident)
+                    if prev is not None:
+                        prev._forget(queue_name, ident)
+            return
+        by_id = holders.setdefault(queue_name, {})
+        held = self.delivered.setdefault(queue_name, {})
+        owner, max_attempts = lease[0], args["max_attempts"]
+        for ident, attempts in zip(ids, records[3::RECORD_FIELDS], strict=True):
+            prev = by_id.get(ident)
+            if prev is not None and prev is not self:
+                prev._forget(queue_name, ident)
+            held[ident] = (attempts, owner, max_attempts)
+            by_id[ident] = self
+
+    def _settled(self, args: dict[str, Any]) -> None:
+        """Forget the deliveries an ack or release named, whichever connection delivered
+        them: they are settled (or were settled before)."""
+        queue_name = args["queue"]
+        by_id = self.server.holders.get(queue_name)
+        if not by_id:
+            return
+        owner = args["owner"]
+        for ident, attempts in args["deliveries"]:
+            holder = by_id.get(ident)
+            if holder is None:
+                continue
+            entry = holder.delivered.get(queue_name, {}).get(ident)
+            if entry is not None and entry[0] == attempts and entry[1] == owner:
+                holder._forget(queue_name, ident)
+
+    def _log_release(self, queue_name: str, unsent: bool = False
+                     ) -> Callable[[Any, BaseException | None], None]:
+        def outcome(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                log.error("spoolq: giving back the records of %s on %r failed", self.peer,
+                          queue_name, exc_info=error)
+            elif unsent:
+                log.info("spoolq: put back %s records taken for %s on %r, whose reply could "
+                         "not be sent", "the" if result is None else len(result), self.peer,
+                         queue_name)
+            elif result:
+                log.info("spoolq: released %d leases of %s on %r", len(result), self.peer,
+                         queue_name)
+        return outcome
+
+    def _give_back(self, args: dict[str, Any], records: list[Any]) -> None:
+        """Undo a take whose reply can no longer be sent: the records go back in place."""
+        queue_name, lease = args["queue"], args["lease"]
+        if lease is None:
+            op, undo = "restore", {"queue": queue_name, "records": records}
+        else:
+            op, undo = "release", {
+                "queue": queue_name, "owner": lease[0], "not_before": 0.0,
+                "deliveries": [[i, a] for i, a in zip(records[0::RECORD_FIELDS],
+                                                      records[3::RECORD_FIELDS], strict=True)],
+                "max_attempts": None,
+                "count_attempt": False, "reason": ""}
+        self.server.runner.submit(op, undo, self._log_release(queue_name, unsent=True))
