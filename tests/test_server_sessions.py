@@ -462,7 +462,8 @@ def test_a_reply_may_take_exactly_the_max_reply_of_its_client(op: str) -> None:
 
 
 def test_the_reply_sizes_the_server_counts_are_those_of_the_frames_it_sends() -> None:
-    from spoolq.dispatch import _fitting, _fitting_leased
+    from spoolq._replysize import fitting as records_fitting
+    from spoolq._replysize import fitting_leased
     from spoolq.engines import LeasedRecord, StoredRecord
     from spoolq.protocol import encode_leased, encode_records
 
@@ -473,8 +474,8 @@ def test_the_reply_sizes_the_server_counts_are_those_of_the_frames_it_sends() ->
     leased = [LeasedRecord(r, owner, 1.7e9) for r, owner in zip(
         recs, ["w", "ü" * 30, "o" * 24, "", "p" * 300, "q"], strict=True)]
     for k in range(1, len(recs) + 1):
-        for fitting, encode, items in ((_fitting, encode_records, recs),
-                                       (_fitting_leased, encode_leased, leased)):
+        for fitting, encode, items in ((records_fitting, encode_records, recs),
+                                       (fitting_leased, encode_leased, leased)):
             length = len(encode_reply(1, encode(items[:k]))) - 4
             assert fitting(items, length, "q") == k
             if k > 1:
