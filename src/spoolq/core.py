@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._holdings import UNWRITTEN, Holding, Holdings
 from .codec import Codec
 from .decoding import Decoding
 from .engines import (
@@ -42,10 +43,6 @@ from .settle import Settling
 from .writing import Writing, new_counts
 
 __all__ = ["UNWRITTEN", "Holding", "QueueCore"]
-
-UNWRITTEN = -1
-"""The id of a record handed out from the buffer of durability "buffer" before it was
-written (no engine gives negative ids)."""
 
 log = logging.getLogger("spoolq")
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
@@ -74,20 +71,6 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_new_owners_after_fork)
 
 
-class Holding:
-    """The records one call took and keeps in memory while it waits for more (a
-    ``get_many(n)`` that waits for ``n``). :meth:`QueueCore.close` gives them back if the
-    call has not handed them out by then: it may close without waiting for the call."""
-
-    __slots__ = ("leased", "reclaimed", "taken")
-
-    def __init__(self, leased: bool) -> None:
-        self.leased = leased
-        self.taken: list[Taken] = []
-        self.reclaimed = False
-        """Set by close() once it gave the records back: the call must not hand them out."""
-
-
 @functools.cache
 def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
     """Whether an engine's wait_ready (the function, not a bound method: the cache would
@@ -99,7 +82,7 @@ def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
         return False
 
 
-class QueueCore(Writing, Settling, Decoding):
+class QueueCore(Holdings, Writing, Settling, Decoding):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -396,69 +379,6 @@ class QueueCore(Writing, Settling, Decoding):
             ticket.done = True
         if tickets and self.on_settled is not None:
             self.on_settled(tickets)
-
-    def restore(self, taken: Sequence[Taken], leased: bool,
-                holding: Holding | None = None) -> None:
-        """Give back records whose taker never received them (a cancelled waiter), or
-        that a call which kept them in ``holding`` will not hand out. Nothing to do
-        when close() gave them back already."""
-        if not taken:
-            return
-        with self.lock:
-            if holding is not None:
-                if holding.reclaimed:
-                    return
-                back = {id(rec) for rec, _item in taken}
-                holding.taken = [t for t in holding.taken if id(t[0]) not in back]
-                if not holding.taken:
-                    self._holdings.discard(holding)
-            self._check_open()
-            self._give_back_locked([rec for rec, _item in taken], leased)
-        self._notify()
-
-    def hand_out(self, holding: Holding) -> bool:
-        """The call that kept ``holding`` is about to return its records. False when
-        close() gave them back already: the call must raise instead."""
-        if not holding.taken:
-            return not holding.reclaimed
-        with self.lock:
-            self._holdings.discard(holding)
-            return not holding.reclaimed
-
-    def _give_back_locked(self, recs: list[StoredRecord], leased: bool) -> None:
-        if leased:
-            self.engine.release(self.name, [(r.id, r.attempts) for r in recs], self.owner,
-                                not_before=0.0, max_attempts=None, count_attempt=False)
-        else:
-            self._restore(recs)
-        self._refresh_locked()
-
-    def _reclaim_holdings(self) -> None:
-        """Give back what calls still waiting for more records hold (close() does not
-        wait for them forever); their records would be lost with the engine."""
-        holdings, self._holdings = self._holdings, set()
-        for holding in holdings:
-            holding.reclaimed = True
-            try:
-                self._give_back_locked([rec for rec, _item in holding.taken], holding.leased)
-            except Exception:
-                log.exception("spoolq: queue %r: giving back %d records a waiting call "
-                              "held failed", self.name, len(holding.taken))
-
-    def _restore(self, recs: list[StoredRecord]) -> None:
-        """Give back removed records: written ones to the engine, at their old place;
-        ones taken from the buffer back to its front."""
-        written = [r for r in recs if r.id != UNWRITTEN]
-        if written:
-            self.engine.restore(self.name, written)
-        unwritten = [r for r in recs if r.id == UNWRITTEN]
-        if unwritten:
-            records, sizes = [r.data for r in unwritten], [r.raw_size for r in unwritten]
-            self.group.put_back(records, sizes, writing=False)
-            with self._tally:
-                self._count_pending(records, sizes, 1)
-            self.counters["puts"] -= len(unwritten)
-        self.counters["gets"] -= len(recs)
 
     @staticmethod
     def items(taken: Sequence[Taken]) -> list[Any]:
