@@ -8,6 +8,7 @@ serialized by one lock.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import logging
@@ -51,24 +52,32 @@ _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while p
 
 
 _CORES: weakref.WeakSet[QueueCore] = weakref.WeakSet()
-"""Every queue core of this process, for :func:`_new_owners_after_fork`."""
+"""Every queue core of this process, for :func:`_after_fork_in_child` and
+:func:`_flush_at_exit`."""
 
 
-def _new_owners_after_fork() -> None:
+def _after_fork_in_child() -> None:
+    # A thread of the parent inside a call held the handle's lock at the fork: that
+    # thread is gone here, and the lock would stay held for ever.
     # A child that goes on with its parent's handles leases under its own name: the
     # leases it takes belong to it, not to the parent (whose exit would hand them to
     # others while the child works on them), and closing a handle there gives back only
     # the child's leases, never the ones the parent still works on.
-    # A thread of the parent inside a call held the handle's lock at the fork: that
-    # thread is gone here, and the lock would stay held for ever.
     for core in list(_CORES):
+        core.lock = threading.RLock()
         core.owner = new_owner()
         core.owners.add(core.owner)
-        core.lock = threading.RLock()
+        core._after_fork_in_child()
+
+
+def _flush_at_exit() -> None:
+    for core in list(_CORES):
+        core._flush_at_exit()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_new_owners_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)
 
 
 @functools.cache

@@ -8,10 +8,7 @@ it works on the core's state under the core's locks, as the rest of the core doe
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +26,9 @@ from .zdict import train_dictionary
 __all__ = ["Writing", "new_counts"]
 
 log = logging.getLogger("spoolq")
+
+_EXIT_WAIT = 5.0
+"""Seconds :meth:`Writing._flush_at_exit` waits for a queue's lock."""
 
 
 def new_counts(ready: int, leased: int, stored: int, raw: int) -> Counts:
@@ -367,8 +367,10 @@ class Writing:
                 self.flush()
 
     def _after_fork_in_child(self) -> None:
-        """Forget the records the parent had pending (see :func:`_forget_parents_writes`)
-        and give a buffer a flusher thread of this process."""
+        """In a forked child: forget the records the parent had pending (the parent's
+        buffer of durability "buffer" and the puts its threads were writing; the parent
+        writes them, and written by the child too they were stored twice), and give a
+        buffer a flusher thread of this process, as threads do not survive a fork."""
         records, sizes = self.group.after_fork()
         self._tally = threading.Lock()
         # Not taken from unfinished: the parent writes them, so they come to the queue.
@@ -376,6 +378,27 @@ class Writing:
         if self._flusher is not None and not self.closed:
             self._flusher_stop = threading.Event()
             self._start_flusher()
+
+    def _flush_at_exit(self) -> None:
+        """When the interpreter exits, write the buffer of a queue left open: its flusher
+        thread stops with it, and only a killed process may lose a buffer."""
+        if not self.buffered or self.closed:
+            return
+        # Not for ever: a thread of the exiting program may hold the lock and be stuck.
+        # Pending records are looked at under the lock: a flush under way (the close of a
+        # queue collected without one, on its worker thread) has taken them from the
+        # buffer but not written them yet, and that thread ends with the interpreter.
+        if not self.lock.acquire(timeout=_EXIT_WAIT):
+            log.error("spoolq: queue %r: its buffer of %d puts was not written at exit",
+                      self.name, self.group.pending())
+            return
+        try:
+            if not self.closed and self.group.pending():
+                self.flush()  # logs a failure
+        except Exception:
+            log.exception("spoolq: queue %r: writing its buffer at exit failed", self.name)
+        finally:
+            self.lock.release()
 
     def _start_flusher(self) -> None:
         def run(core_ref: Writing = self) -> None:
@@ -386,52 +409,6 @@ class Writing:
         self._flusher = threading.Thread(target=run, name=f"spoolq-flush-{self.name}",
                                          daemon=True)
         self._flusher.start()
-
-
-def _forget_parents_writes() -> None:
-    """In a forked child, every queue handle forgets the records its parent had pending:
-    the parent's buffer of durability "buffer" and the puts its threads were writing.
-    The parent writes them; written by the child too (its handle's next flush, or close),
-    they were stored twice. The child's own buffered puts are flushed by a thread of
-    its own, as threads do not survive a fork."""
-    core = sys.modules.get("spoolq.core")  # the cores are kept there (it imports this)
-    for writer in list(getattr(core, "_CORES", ())):
-        writer._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_forget_parents_writes)
-
-
-_EXIT_WAIT = 5.0
-"""Seconds :func:`_flush_at_exit` waits for a queue's lock."""
-
-
-def _flush_at_exit() -> None:
-    """When the interpreter exits, write the buffers of the queues left open: their
-    flusher threads stop with it, and only a killed process may lose a buffer."""
-    core = sys.modules.get("spoolq.core")
-    for writer in list(getattr(core, "_CORES", ())):
-        if not writer.buffered or writer.closed:
-            continue
-        # Not for ever: a thread of the exiting program may hold the lock and be stuck.
-        # Pending records are looked at under the lock: a flush under way (the close of a
-        # queue collected without one, on its worker thread) has taken them from the
-        # buffer but not written them yet, and that thread ends with the interpreter.
-        if not writer.lock.acquire(timeout=_EXIT_WAIT):
-            log.error("spoolq: queue %r: its buffer of %d puts was not written at exit",
-                      writer.name, writer.group.pending())
-            continue
-        try:
-            if not writer.closed and writer.group.pending():
-                writer.flush()  # logs a failure
-        except Exception:
-            log.exception("spoolq: queue %r: writing its buffer at exit failed", writer.name)
-        finally:
-            writer.lock.release()
-
-
-atexit.register(_flush_at_exit)
 
 
 def _errors_of(tickets: list[Ticket], error: BaseException | None,
