@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._holdings import UNWRITTEN
 from .codec import Codec
 from .engines import Counts, Engine, Lease, StoredRecord
 from .errors import ConfigurationError, CorruptError, SerializationError
@@ -116,7 +117,7 @@ class Decoding:
         between sets it aside in turn, or decodes it when it has what this one lacks.
         A buffered put that was never written has no place to go back to: it is appended
         to the dead letters, without the reason."""
-        if rec.id <= 0:
+        if rec.id == UNWRITTEN:
             self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
             return
         self.engine.restore(self.name, [rec._replace(attempts=max(rec.attempts - 1, 0))])
