@@ -329,3 +329,28 @@ def test_control_characters_from_the_file_reach_no_terminal(tmp_path: Path,
     for control in ("\x1b", "\x07", "\x9b", "\nfake row"):
         assert control not in result.stdout
     assert "jobs\\x1b[2J" in result.stdout  # a table may fold the rest over lines
+
+
+def test_main_called_in_process_exits_instead_of_killing_its_caller(tmp_path: Path) -> None:
+    """A program calling ``spoolq.cli.main([...])`` whose output reader went away was
+    killed by SIGPIPE with it; ``main`` now raises SystemExit(1) as click would, and only
+    the command itself ends by SIGPIPE."""
+    path = str(tmp_path / "q.sqlite")
+    _many(path, 50)
+    program = (
+        "import sys\n"
+        "from spoolq.cli import main\n"
+        "try:\n"
+        f"    main(['dump', {path!r}])\n"
+        "except SystemExit as exc:\n"
+        "    sys.stderr.write(f'caller goes on after exit {exc.code}')\n"
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-c", program], stdout=write_end,
+                              stderr=subprocess.PIPE, env=_env(), timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert b"caller goes on after exit 1" in proc.stderr, proc.stderr
+    assert proc.returncode != -signal.SIGPIPE

@@ -1,6 +1,6 @@
 """``python -m spoolq``: the ``spoolq`` command."""
 
-from spoolq.cli import main
+from spoolq.cli import console
 
 if __name__ == "__main__":
-    main()
+    console()

@@ -1,6 +1,7 @@
 """The ``spoolq`` command: look inside queue files, fix them, move them.
 
-``main()`` is the console-script entry point (also ``python -m spoolq``). Each
+``console()`` is the console-script entry point (also ``python -m spoolq``);
+``main(argv)`` runs the command in-process. Each
 subcommand lives in a module of this package; see docs/cli.md for a session
 with each, the exit codes and the JSON shapes.
 """
@@ -25,7 +26,7 @@ from .reading import info, peek, verify
 from .serve import serve
 from .transfer import dump, load, migrate
 
-__all__ = ["ExitCode", "cli", "main"]
+__all__ = ["ExitCode", "cli", "console", "main"]
 
 log = logging.getLogger("spoolq")
 
@@ -86,11 +87,25 @@ for _command in (info, peek, dump, load, requeue, purge, compact, verify, migrat
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``spoolq`` command with ``argv`` (default: the process's arguments); exits.
 
-    When the reader of its output goes away, the command ends as ``cat`` or ``seq`` do:
-    quietly, killed by SIGPIPE (status 141 in a shell; 1 where there is no SIGPIPE).
+    Always ends by raising SystemExit with the command's exit status (see docs/cli.md),
+    so a program may call it in-process. When the reader of the output goes away, the
+    status is 1, as click gives; the ``spoolq`` command itself ends as ``cat`` does
+    then (see :func:`console`).
     """
     try:
         cli.main(args=None if argv is None else list(argv), prog_name="spoolq")
+    except _ReaderGone:
+        log.debug("spoolq: the reader of the output went away")
+        sys.exit(ExitCode.PROBLEM)
+
+
+def console() -> None:
+    """The ``spoolq`` command and ``python -m spoolq``: :func:`main` on the process's
+    arguments, except that when the reader of its output goes away the process ends as
+    ``cat`` or ``seq`` do: quietly, killed by SIGPIPE (status 141 in a shell; 1 where
+    there is no SIGPIPE)."""
+    try:
+        cli.main(prog_name="spoolq")
     except _ReaderGone:
         log.debug("spoolq: the reader of the output went away")
         # Output still buffered for the broken pipe must not be written at exit.
