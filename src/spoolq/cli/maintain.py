@@ -44,7 +44,8 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
     """Give items back to a queue: dead letters (--dead), stuck leases (--leased), or both.
 
     --dead moves every dead letter to the tail of the queue as a new item
-    (attempts start again at 0). --leased releases leases that ran out and
+    (attempts start again at 0); items that become dead letters while it runs
+    stay there. --leased releases leases that ran out and
     leases whose owner process on this host has ended; the items keep their
     place in line. Leases of running processes, or of processes on other
     hosts, are left alone (exit status 1) unless --force is given.
@@ -98,16 +99,24 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
 
 def _move_dead(eng: Engine, queue: str, chunk: int) -> int:
     """Move the dead letters of ``queue`` to its tail, ``chunk`` per transaction, oldest
-    first; return how many moved. Moving them in one call would hold them all in memory."""
+    first; return how many moved. Moving them in one call would hold them all in memory.
+
+    Only as many as the dead letters held when it started are moved: items a consumer
+    fails again meanwhile join the tail of the dead letters, and chasing them would
+    never end while it keeps failing them."""
+    dead = dead_queue_name(queue)
+    left = eng.counts(dead).ready
     moved = 0
-    while True:
-        ids = [rec.id for rec in eng.peek(dead_queue_name(queue), chunk)]
+    while left > 0:
+        ids = [rec.id for rec in eng.peek(dead, min(chunk, left))]
         if not ids:
             return moved
-        done = eng.move(dead_queue_name(queue), queue, ids)
+        done = eng.move(dead, queue, ids)
         if not done:  # another program took them meanwhile
             return moved
         moved += done
+        left -= len(ids)
+    return moved
 
 
 @click.command(short_help="Delete a queue's items or its dead letters.")
