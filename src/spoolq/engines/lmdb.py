@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -86,6 +87,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _MAX_GROWTH = 40
 _data, _raw_size = itemgetter(1), itemgetter(2)
+
+
+def _refuse_nan(path: str, what: str, name: str, value: float) -> None:
+    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
+    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
+    would never come due. Nothing has changed when it is raised. Infinite times pass."""
+    if math.isnan(value):
+        raise EngineError(f"{path}: {what} failed: {name} is NaN, not a time; nothing "
+                          "was changed")
 
 
 class _LMDBStore(LeaseSettling):
@@ -231,6 +241,7 @@ class _LMDBStore(LeaseSettling):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        _refuse_nan(self.path, "append", "now", now)
         values = fmt.pack_new_many(records, raw_sizes, now)
         stored, raw = sum(map(len, records)), sum(raw_sizes)
 
@@ -241,6 +252,11 @@ class _LMDBStore(LeaseSettling):
         return self._write("append", body)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if math.isnan(now):
+            return []  # no record is visible at it, as in SQLite
+        if lease is not None:
+            _refuse_nan(self.path, "take", "the lease's end", lease.until)
+
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
@@ -288,6 +304,9 @@ class _LMDBStore(LeaseSettling):
             return
 
         ids = distinct_ids(queue, records)
+        for rec in records:
+            _refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
+                        rec.enqueued_at)
 
         def body(txn: Txn) -> None:
             last = self._bump(txn, b"next_id", 0)  # the id the next put gets
@@ -309,6 +328,14 @@ class _LMDBStore(LeaseSettling):
             self._save(txn, queue, q)
 
         self._write("restore", body)
+
+    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
+                not_before: float, max_attempts: int | None, count_attempt: bool = True,
+                reason: str = "") -> list[int]:
+        _refuse_nan(self.path, "release", "not_before", not_before)
+        return super().release(queue, deliveries, owner, not_before=not_before,
+                               max_attempts=max_attempts, count_attempt=count_attempt,
+                               reason=reason)
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         holder = owner.encode()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import glob
 import io
 import logging
+import math
 import os
 import pickle
 import stat
@@ -101,6 +102,15 @@ def _record(value: object) -> RecordState | None:
         return (ident, data, raw_size, attempts, float(enqueued_at), reason, owner,
                 float(visible_at))
     return None
+
+
+def _refuse_nan(path: str, what: str, name: str, value: float) -> None:
+    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
+    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
+    would never come due. Nothing has changed when it is raised. Infinite times pass."""
+    if math.isnan(value):
+        raise EngineError(f"{path}: {what} failed: {name} is NaN, not a time; nothing "
+                          "was changed")
 
 
 def _name(queue: object) -> str:
@@ -296,13 +306,17 @@ class _PickleStore:
             return []
         # Checked before anything changes: a value the file cannot hold would make it unreadable.
         queue = _name(queue)
+        _refuse_nan(self.path, "append", "now", now)
         data = [as_bytes(r, "a record") for r in records]
         sizes = [_int(r, "a raw size") for r in raw_sizes]
         return self._write("append", lambda m: m.append(queue, data, sizes, float(now)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if math.isnan(now):
+            return []  # no record is visible at it, as in SQLite
         if lease is not None:
             lease = Lease(_text(lease.owner, "a lease owner"), float(lease.until))
+            _refuse_nan(self.path, "take", "the lease's end", lease.until)
         return self._write("take", lambda m: m.take(queue, n, now, lease))
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
@@ -312,6 +326,9 @@ class _PickleStore:
                                 float(r.enqueued_at),
                                 None if r.reason is None else _text(r.reason, "a reason"))
                    for r in records]
+        for rec in records:
+            _refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
+                        rec.enqueued_at)
 
         def change(m: MemoryEngine) -> bool:
             m.restore(queue, records)
@@ -326,6 +343,7 @@ class _PickleStore:
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
         reason = _text(reason, "a reason")
+        _refuse_nan(self.path, "release", "not_before", not_before)
         return self._write("release", lambda m: m.release(
             queue, deliveries, owner, not_before=not_before, max_attempts=max_attempts,
             count_attempt=count_attempt, reason=reason or "nacked"))
