@@ -25,6 +25,13 @@ log = logging.getLogger("spoolq")
 # The dead-letter reason of a record given back for a connection that ended without a
 # goodbye, when that delivery was its last allowed attempt (as the engines' expire says).
 _OWNER_DIED = "owner died"
+# Deliveries of one queue a connection remembers before it forgets those whose lease ran
+# out; then twice what it kept, so that forgetting costs a take no more than O(1) on average.
+_SWEEP_AT = 64
+
+Delivery = tuple[int, str, int | None, float]
+"""What a connection remembers of a delivery: (attempts, owner, max_attempts, the lease's
+end on its client's clock)."""
 
 
 class Deliveries:
@@ -34,7 +41,8 @@ class Deliveries:
     # Set up by Session.__init__.
     server: Server
     peer: str
-    delivered: dict[str, dict[int, tuple[int, str, int | None]]]
+    delivered: dict[str, dict[int, Delivery]]
+    _sweep_at: dict[str, int]  # queue -> how many deliveries of it start the next sweep
 
     def _release_leases(self) -> None:
         """Give back the deliveries of this connection that their owners still hold.
@@ -44,7 +52,7 @@ class Deliveries:
         connection handed out and nobody settled goes back, counted as an attempt."""
         for queue_name, held in self._unregister().items():
             groups: dict[tuple[str, int | None], list[list[int]]] = {}
-            for ident, (attempts, owner, max_attempts) in held.items():
+            for ident, (attempts, owner, max_attempts, _) in held.items():
                 groups.setdefault((owner, max_attempts), []).append([ident, attempts])
             for (owner, max_attempts), deliveries in groups.items():
                 args = {"queue": queue_name, "owner": owner, "deliveries": deliveries,
@@ -52,9 +60,10 @@ class Deliveries:
                         "count_attempt": True, "reason": _OWNER_DIED}
                 self.server.runner.submit("release", args, self._log_release(queue_name))
 
-    def _unregister(self) -> dict[str, dict[int, tuple[int, str, int | None]]]:
+    def _unregister(self) -> dict[str, dict[int, Delivery]]:
         """Forget every delivery of this connection; return what it held."""
         delivered, self.delivered = self.delivered, {}
+        self._sweep_at.clear()
         holders = self.server.holders
         for queue_name, held in delivered.items():
             by_id = holders.get(queue_name)
@@ -72,6 +81,7 @@ class Deliveries:
         held = self.delivered.get(queue_name)
         if held is not None and held.pop(ident, None) is not None and not held:
             del self.delivered[queue_name]
+            self._sweep_at.pop(queue_name, None)
         by_id = self.server.holders.get(queue_name)
         if by_id is not None and by_id.get(ident) is self:
             del by_id[ident]
@@ -81,7 +91,8 @@ class Deliveries:
     def _delivered(self, args: dict[str, Any], records: list[Any]) -> None:
         """Remember the leased records of a take whose reply was written. A record taken
         again (its lease ran out, or it was released) is no longer held through the
-        connection that delivered it before."""
+        connection that delivered it before. Deliveries whose lease ran out by this take's
+        time are forgotten now and then (see :meth:`_sweep`)."""
         if not records:
             return
         queue_name, lease = args["queue"], args["lease"]
@@ -97,13 +108,28 @@ class Deliveries:
             return
         by_id = holders.setdefault(queue_name, {})
         held = self.delivered.setdefault(queue_name, {})
-        owner, max_attempts = lease[0], args["max_attempts"]
+        owner, until, max_attempts = lease[0], float(lease[1]), args["max_attempts"]
         for ident, attempts in zip(ids, records[3::RECORD_FIELDS], strict=True):
             prev = by_id.get(ident)
             if prev is not None and prev is not self:
                 prev._forget(queue_name, ident)
-            held[ident] = (attempts, owner, max_attempts)
+            held[ident] = (attempts, owner, max_attempts, until)
             by_id[ident] = self
+        if len(held) >= self._sweep_at.get(queue_name, _SWEEP_AT):
+            self._sweep(queue_name, held, args["now"])
+
+    def _sweep(self, queue_name: str, held: dict[int, Delivery], now: float) -> None:
+        """Forget the deliveries of ``queue_name`` whose lease ended by ``now`` (the time
+        of a take of this connection: its client's clock, as the leases' ends are).
+
+        A lease that ran out is no longer this connection's to give back: expire() gives
+        it back, or sends it to the dead letters, where nobody takes it again (so a take
+        would never make the connection forget it)."""
+        for ident in [i for i, d in held.items() if d[3] <= now]:
+            self._forget(queue_name, ident)
+        left = len(self.delivered.get(queue_name, ()))
+        if left:
+            self._sweep_at[queue_name] = max(_SWEEP_AT, 2 * left)
 
     def _settled(self, args: dict[str, Any]) -> None:
         """Forget the deliveries an ack or release named, whichever connection delivered

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from ._sessionleases import Deliveries
+from ._sessionleases import Deliveries, Delivery
 from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
@@ -81,13 +81,15 @@ class Session(Deliveries, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         # The leased deliveries this connection sent that nobody has settled yet, as far
-        # as the server saw: queue -> {id: (attempts, owner, max_attempts)}. A connection
-        # that ends without a goodbye gives back exactly these (those still held), never
-        # every lease of their owners: a client that reconnects keeps its owner, and the
-        # leases it takes on its new connection are not this one's to release. A delivery
-        # leaves it when any connection acks or releases it, or takes its record again
-        # (its lease ran out), so a long-lived connection holds no more than is still out.
-        self.delivered: dict[str, dict[int, tuple[int, str, int | None]]] = {}
+        # as the server saw: queue -> {id: (attempts, owner, max_attempts, until)}. A
+        # connection that ends without a goodbye gives back exactly these (those still
+        # held), never every lease of their owners: a client that reconnects keeps its
+        # owner, and the leases it takes on its new connection are not this one's to
+        # release. A delivery leaves it when any connection acks or releases it, or takes
+        # its record again, or once its lease has run out (see Deliveries._sweep), so a
+        # long-lived connection holds not much more than is still out.
+        self.delivered: dict[str, dict[int, Delivery]] = {}
+        self._sweep_at: dict[str, int] = {}
         self.inflight = 0
         self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
         self.closed = False
@@ -441,6 +443,9 @@ class Session(Deliveries, asyncio.Protocol):
         except Exception as exc:
             self._complete(req, None, exc)
             return
+        # The leases run from the time of the take that found the records, as its client
+        # was told: that is when this connection's record of them (see _delivered) ends.
+        a["now"], a["lease"] = args["now"], args["lease"]
         self._complete(req, result, None)
 
     async def _wait_ready(self, req: Request) -> None:
