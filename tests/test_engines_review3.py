@@ -5,6 +5,12 @@ queue whose recovery after a crash is itself cut short by SIGKILL."""
 from __future__ import annotations
 
 import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from spoolq.engines import (
     StoredRecord,
     SupportsPeekLeased,
 )
+from spoolq.engines._dbmfiles import current
 
 NAN = math.nan
 
@@ -148,3 +155,156 @@ def test_infinite_times_are_times_in_every_file_engine(engine: Engine, tmp_path:
                           max_attempts=None) == [1]
     assert engine.take("q", 5, 1e300, None) == []
     assert [r.id for r in engine.take("q", 5, math.inf, None)] == [1]
+
+
+# ---- dbm: SIGKILL inside the recovery of an earlier crash --------------------------------
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+# Appends batches until killed, printing the first id of each batch once it is committed.
+_WRITER = """
+import sys
+from spoolq.engines import DBMEngine
+eng = DBMEngine(sys.argv[1])
+n = 0
+while True:
+    first = eng.append("q", [b"w%d" % (n + k) for k in range(200)], [1] * 200, 1.0)[0]
+    n += 200
+    print(first, flush=True)
+"""
+
+# Opens the queue (which recovers it) after saying it is about to.
+_OPENER = """
+import sys
+from spoolq.engines import DBMEngine
+print("opening", flush=True)
+DBMEngine(sys.argv[1]).close()
+print("opened", flush=True)
+"""
+
+
+def _child(script: str, path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (SRC, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen([sys.executable, "-c", script, str(path)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _contents(path: Path) -> tuple[object, ...]:
+    eng = DBMEngine(path)
+    try:
+        return (eng.counts("q"), eng.peek("q", 1 << 20), eng.peek_leased("q", 1 << 20),
+                eng.counts("q.dead"), eng.peek("q.dead", 100))
+    finally:
+        eng.close()
+
+
+def test_a_dbm_queue_killed_inside_its_recovery_recovers_all_of_it_next_time(
+        tmp_path: Path) -> None:
+    """A writer is killed mid-call (the next open must drop what that call left, by
+    copying every live record into a new generation); then the opens that recover it
+    are killed at random points, again and again. The open that finally completes must
+    find what an open that was never interrupted finds: nothing lost, nothing twice."""
+    rng = random.Random(os.getpid())
+    path = tmp_path / "q.dbm"
+    eng = DBMEngine(path)
+    try:  # records on the main line, leased, released, dead, restored: every kind of key
+        eng.append("q", [b"r%d" % i for i in range(3000)], [2] * 3000, 1.0)
+        held = eng.take("q", 300, 2.0, Lease("worker", 1e12))
+        eng.release("q", [(r.id, r.attempts) for r in held[:100]], "worker", not_before=5.0,
+                    max_attempts=None)
+        eng.release("q", [(r.id, r.attempts) for r in held[100:110]], "worker",
+                    not_before=5.0, max_attempts=1)
+        eng.restore("q", eng.take("q", 20, 9.0, None))
+    finally:
+        eng.close()
+    deadline = time.monotonic() + 6
+    for _ in range(3):
+        writer = _child(_WRITER, path)
+        assert writer.stdout is not None
+        committed = [int(writer.stdout.readline()) for _ in range(rng.randint(1, 3))]
+        time.sleep(rng.uniform(0, 0.05))  # inside a call, most likely: calls take most of it
+        writer.kill()
+        writer.communicate()
+        reference = tmp_path / "reference.dbm"
+        shutil.rmtree(reference, ignore_errors=True)
+        shutil.copytree(path, reference)
+        started = time.monotonic()
+        expected = _contents(reference)  # recovered by an open nobody interrupts
+        took = time.monotonic() - started
+        ids = [r.id for r in expected[1]]  # type: ignore[attr-defined]
+        assert len(ids) == len(set(ids)) and ids == sorted(ids)
+        assert all(first in ids for first in committed)
+        kills = 0
+        while kills < 6 and time.monotonic() < deadline:
+            opener = _child(_OPENER, path)
+            assert opener.stdout is not None
+            assert opener.stdout.readline() == "opening\n"
+            time.sleep(rng.uniform(0, took))
+            opener.kill()
+            opener.communicate()
+            kills += 1
+        assert _contents(path) == expected
+
+
+# Appends once, then again after making the fsync of the generation's files fail (a name of
+# the generation that cannot be opened), then waits to be killed.
+_FAILED_COMMIT = """
+import os, sys, time
+from spoolq import EngineError
+from spoolq.engines import DBMEngine
+path = sys.argv[1]
+eng = DBMEngine(path, fsync=True)
+eng.append("q", [b"kept"], [4], 1.0)
+generation = open(os.path.join(path, "CURRENT")).read().split()[1]
+os.symlink(os.path.join(path, "nowhere"), os.path.join(path, generation + ".stray"))
+try:
+    eng.append("q", [b"refused"], [7], 2.0)
+except EngineError as exc:
+    print("failed:", exc, flush=True)
+else:
+    print("stored", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_dbm_call_that_raised_after_writing_its_state_stays_undone_after_a_kill(
+        tmp_path: Path) -> None:
+    """With fsync on, a call whose state reached the files but whose fsync failed raises:
+    it must not have happened. The engine only dropped that state when the next call (or
+    close) recovered the queue, so a process killed before that, or inside it, left a
+    queue whose next open took the refused append as committed: a producer that put the
+    item again, as told, had it twice."""
+    path = tmp_path / "q.dbm"
+    child = _child(_FAILED_COMMIT, path)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    child.kill()
+    child.communicate()
+    assert line.startswith("failed:"), line
+    for name in os.listdir(path):
+        if name.endswith(".stray"):
+            os.unlink(path / name)
+    counts, ready = _contents(path)[:2]
+    assert [r.data for r in ready] == [b"kept"]  # type: ignore[attr-defined]
+    assert counts == (1, 0, 4, 4)
+
+
+def test_a_dbm_call_whose_fsync_failed_is_undone_in_the_handle_too(tmp_path: Path) -> None:
+    """The handle that saw the call fail took its state as the committed one all the same:
+    counts, peeks and the next calls went on from a call that raised."""
+    path = tmp_path / "q.dbm"
+    eng = DBMEngine(path, fsync=True)
+    try:
+        eng.append("q", [b"kept"], [4], 1.0)
+        stray = path / (str(current(str(path))) + ".stray")
+        os.symlink(path / "nowhere", stray)
+        with pytest.raises(EngineError, match="append"):
+            eng.append("q", [b"refused"], [7], 2.0)
+        assert eng.counts("q") == (1, 0, 4, 4)
+        os.unlink(stray)
+        assert eng.append("q", [b"next"], [4], 3.0) == [2]
+        assert [r.data for r in eng.peek("q", 10)] == [b"kept", b"next"]
+    finally:
+        eng.close()
+    assert [r.data for r in _contents(path)[1]] == [b"kept", b"next"]  # type: ignore[attr-defined]

@@ -157,6 +157,7 @@ class Generations:
             self._recover(what, failed=True)
         self._changed = False
         self._new_keys = 0
+        self._written = 0
         try:
             yield self._state
             if self._changed:
@@ -164,6 +165,8 @@ class Generations:
         except BaseException as exc:
             if self._new_keys or self._changed:
                 self._stale = True  # the files may hold part of this call: reload before next
+            if self._written:
+                self._supersede(self._written, what)
             self._state = decode_state(self._committed)
             if isinstance(exc, OSError):
                 raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
@@ -214,13 +217,36 @@ class Generations:
         st.keys = self._keys + self._new_keys + 1
         blob = encode_state(st)
         self._require_db()[b"s%d" % st.commit] = blob  # the commit point
-        self._keys, self._committed = st.keys, blob
+        self._written = st.commit
         if self._fsync:
             if self._backend != "dbm.dumb":  # dumb's sync rewrites the index; see the module
                 sync = getattr(self._db, "sync", None)
                 if sync is not None:
                     sync()
             files.sync_generation(self.path, self._gen)
+        self._keys, self._committed = st.keys, blob
+
+    def _supersede(self, failed: int, what: str) -> None:
+        """Write the last committed state again, as commit ``failed + 1``: the state of
+        call ``failed`` is in the files, but the call raised (its fsync failed), so no open
+        may take it as committed. Done before the call raises, so a process killed later,
+        before or while the next call drops that state, leaves no trace of the call.
+
+        Not fsynced: the fsync is what failed. A power cut may still bring the call back.
+        When this write fails too, the next call (or close) drops the state instead."""
+        st = decode_state(self._committed)
+        st.commit = failed + 1
+        # Every key now in the generation: the committed ones, the failed call's records
+        # and state, and this state.
+        st.keys = self._keys + self._new_keys + 2
+        blob = encode_state(st)
+        try:
+            self._require_db()[b"s%d" % st.commit] = blob
+        except Exception as exc:  # the call's own error is the one raised
+            log.warning("spoolq: %s: %s failed and its state could not be undone in the "
+                        "files (%s); the next call drops it", self.path, what, exc)
+            return
+        self._keys, self._committed = st.keys, blob
 
     def close(self) -> None:
         if self._stale and self._db is not None and not self.read_only:
