@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from .aio import Queue
-from .errors import ConfigurationError, Empty, LeaseError
+from .errors import ClosedError, ConfigurationError, Empty, LeaseError
 from .message import Message
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
@@ -32,8 +32,10 @@ class Batcher(Generic[T]):
     batch is leased while ``on_flush`` runs and acked when it returns; when
     it raises, the batch goes back in its original order, ``failures`` grows,
     and the background flusher waits for the retry delay (``retry_delay``
-    doubling up to ``max_retry_delay``) before it tries again from the same
-    place, so order is kept; :meth:`flush` and :meth:`stop` try at once.
+    doubling up to ``max_retry_delay``) before it sends the same batch again,
+    no more, so order is kept and a queue's ``max_attempts`` dead-letters it
+    whole; :meth:`flush` and :meth:`stop` try at once. An ack (or nack) the
+    engine refuses is tried again the same way before anything else is sent.
     Flushes never overlap.
 
     ``on_flush`` is a coroutine function or a plain function. A plain one is
@@ -106,6 +108,9 @@ class Batcher(Generic[T]):
         self._task: asyncio.Task[None] | None = None
         self._stopping_task: asyncio.Future[None] | None = None
         self._retry_at = 0.0
+        self._retry_size = 0  # the size of the failed batch to lease again, if any
+        # Acks (True) and nacks the engine refused, tried again before the next lease.
+        self._pending: list[tuple[bool, list[Message[T]]]] = []
         self._force_next = False
         self._stopping = False
         self._streak = 0
@@ -171,6 +176,7 @@ class Batcher(Generic[T]):
         self._wake = asyncio.Event()
         # A run whose loop ended without stop(): its flusher ended with the loop.
         self._task = self._stopping_task = None
+        self._pending = []  # leases of a handle bound to the loop that ended
         if self._owns_queue and self._queue is not None:
             queue, self._queue = self._queue, None
             await queue.aclose()  # closes a queue of a loop that has ended, from this one
@@ -219,6 +225,13 @@ class Batcher(Generic[T]):
                 raise error
             await self._flush(True, now=True)  # also when asked for inside on_flush
         finally:
+            if self._pending:
+                # Leased by this handle still: closing an owned queue gives them back, or
+                # their leases run out.
+                self.log.warning("batcher %r: %d items whose ack or nack failed are "
+                                 "delivered again once their leases are given back or run "
+                                 "out", self.name, sum(len(m) for _, m in self._pending))
+                self._pending = []
             if self._owns_queue and self._queue is not None:
                 self._left = self._queued(self._queue)
                 if self._left:
@@ -269,8 +282,10 @@ class Batcher(Generic[T]):
         """Flush waiting items now: all of them with ``force``, else only full batches.
 
         The sink is called even while the retry delay of an earlier failure is
-        running. Returns False when ``on_flush`` failed: the batch stays queued in
-        order and the background flusher retries it after the retry delay.
+        running. Returns False when ``on_flush`` failed (the batch stays queued in
+        order and the background flusher retries it after the retry delay) or when
+        the ack of a batch it took failed (the ack is retried likewise; the flush
+        counts in ``stats``). Raises ClosedError when the queue was closed.
         """
         self._not_in_sink("flush")
         return await self._flush(force, now=True)
@@ -309,6 +324,13 @@ class Batcher(Generic[T]):
             queue._enter()  # a closed queue raises ClosedError (its worker would never answer)
             await queue._call(queue._core.refresh)
             limit = queue.qsize()
+        if self._pending:
+            # An ack or nack the engine refused earlier comes first: until the batch it
+            # settles is settled, the items after it wait, so that none overtakes it.
+            if not now and time.monotonic() < self._retry_at:
+                return False
+            if not await self._settle_pending(queue):
+                return False
         sent = 0
         # With force, lease even when this handle counts no items: the lease reads
         # the file again, so items other handles or processes put there are seen.
@@ -321,61 +343,114 @@ class Batcher(Generic[T]):
             # is cancelled before the lease can run out and let another consumer
             # lease the same batch.
             deadline = time.monotonic() + self._lease_ttl - _margin(self._lease_ttl)
+            # A failed batch is retried alone: items put after it would reach max_attempts
+            # after it and split it between the dead letters and the queue.
+            size, self._retry_size = self._retry_size or self.max_batch_size, 0
             try:
-                msgs = await queue.lease_many(self.max_batch_size, ttl=self._lease_ttl,
-                                              timeout=0)
+                msgs = await queue.lease_many(size, ttl=self._lease_ttl, timeout=0)
             except Empty:
                 break
-            batch = [m.item for m in msgs]
-            try:
-                await self._send(batch, deadline)
-            except asyncio.CancelledError:
-                await asyncio.shield(self._give_back(queue, msgs))
-                raise
-            except Exception:
-                self._failures += 1
-                self._streak += 1
-                # A float power: an int one past 2**1023 cannot be multiplied by a
-                # float (OverflowError), and a sink may stay down that long.
-                delay = min(self._retry_delay * 2.0 ** min(self._streak - 1, 1000),
-                            self._max_retry_delay)
-                self._retry_at = time.monotonic() + delay
-                self.log.exception("batcher %r: flushing %d items failed; retrying in %.1fs",
-                                   self.name, len(msgs), delay)
-                await self._give_back(queue, msgs)
-                # The flusher may be waiting out a whole flush_interval: have it wait
-                # for the retry delay instead.
-                self._wake.set()
+            if not await self._send_runs(queue, msgs, deadline):
                 return False
-            try:
-                await queue.ack(*msgs)
-            except LeaseError as exc:
-                # The sink has the batch: this is a flush, not a failure to retry.
-                self.log.warning("batcher %r: on_flush returned after the lease of its "
-                                 "batch ran out (lease_ttl=%ss): %s", self.name,
-                                 self._lease_ttl, exc)
-            self._streak = 0
-            self._retry_at = 0.0
-            self._flushes += 1
-            self._items += len(msgs)
-            self._last_flush_time = time.time()
             sent += len(msgs)
-            if len(msgs) < self.max_batch_size:
+            if len(msgs) < size:
                 break  # nothing more was ready
             if limit is not None and sent >= limit:
                 break  # all that was waiting when this flush began
         return True
 
-    async def _give_back(self, queue: Queue[T], msgs: list[Message[T]]) -> None:
-        """Nack a batch the sink did not take, back to its place in its order."""
+    async def _send_runs(self, queue: Queue[T], msgs: list[Message[T]],
+                         deadline: float) -> bool:
+        """Send leased items as batches of items delivered as often, in order (a batch an
+        earlier run or a dead process left leads newer items); False when one failed or
+        could not be settled: the items after it are given back."""
+        done = 0  # items acked, given back or left to _pending
         try:
-            await queue.nack(*msgs)
+            for run in _runs(msgs):
+                try:
+                    await self._send([m.item for m in run], deadline)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self._failures += 1
+                    delay = self._back_off()
+                    self.log.exception("batcher %r: flushing %d items failed; retrying in "
+                                       "%.1fs", self.name, len(run), delay)
+                    self._retry_size = len(run)
+                    rest, done = msgs[done:], len(msgs)
+                    await self._settle(queue, rest, ack=False)
+                    # The flusher may be waiting out a whole flush_interval: have it wait
+                    # for the retry delay instead.
+                    self._wake.set()
+                    return False
+                # The sink has the batch: a flush, whatever becomes of the ack.
+                self._flushes += 1
+                self._items += len(run)
+                self._last_flush_time = time.time()
+                done += len(run)
+                if not await self._settle(queue, run, ack=True):
+                    rest, done = msgs[done:], len(msgs)
+                    await self._settle(queue, rest, ack=False)
+                    return False
+        except asyncio.CancelledError:
+            await asyncio.shield(self._settle(queue, msgs[done:], ack=False))
+            raise
+        return True
+
+    def _back_off(self) -> float:
+        """Count a failure in a row and set the time of the retry; return its delay."""
+        self._streak += 1
+        # A float power: an int one past 2**1023 cannot be multiplied by a float
+        # (OverflowError), and a sink may stay down that long.
+        delay = min(self._retry_delay * 2.0 ** min(self._streak - 1, 1000),
+                    self._max_retry_delay)
+        self._retry_at = time.monotonic() + delay
+        return delay
+
+    async def _settle(self, queue: Queue[T], msgs: list[Message[T]], *, ack: bool) -> bool:
+        """Ack a batch the sink took, or nack (back to its place in its order) one it did
+        not take. False when the engine refused (say, its server is away): the call is
+        kept in ``_pending`` and tried again, after the retry delay, before anything else.
+        A closed queue raises ClosedError: its close gave the leases back."""
+        if not msgs:
+            return True
+        try:
+            if ack:
+                await queue.ack(*msgs)
+            else:
+                await queue.nack(*msgs)
         except LeaseError as exc:
-            # The lease ran out while the sink ran: expiry put the batch back in its place
-            # all the same (and another handle may have leased it since).
-            self.log.warning("batcher %r: the lease of the batch on_flush did not take had "
-                             "run out already (lease_ttl=%ss): %s", self.name,
+            # The lease ran out meanwhile: expiry put the batch back in its place, and
+            # another handle may have leased it since. After an ack, the sink has it
+            # all the same: a flush, not a failure to retry.
+            self.log.warning("batcher %r: the lease of a batch of %d items had run out "
+                             "before its %s (lease_ttl=%ss); it is delivered again: %s",
+                             self.name, len(msgs), "ack" if ack else "nack",
                              self._lease_ttl, exc)
+        except ClosedError:
+            raise
+        except Exception:
+            wait = self._retry_at - time.monotonic()
+            # A nack after a failed sink call: its retry delay is running already.
+            delay = wait if wait > 0 else self._back_off()
+            self._pending.append((ack, msgs))
+            self.log.exception("batcher %r: the %s of a batch of %d items failed; trying "
+                               "again in %.1fs (the items come back by themselves when "
+                               "their lease runs out)", self.name,
+                               "ack" if ack else "nack", len(msgs), delay)
+            return False
+        if ack:
+            self._streak = 0
+            self._retry_at = 0.0
+        return True
+
+    async def _settle_pending(self, queue: Queue[T]) -> bool:
+        """Try again the acks and nacks the engine refused; False if one fails again."""
+        pending, self._pending = self._pending, []
+        ok = True
+        for ack, msgs in pending:
+            ok = await self._settle(queue, msgs, ack=ack) and ok
+        return ok
 
     async def _send(self, batch: list[T], deadline: float) -> None:
         """Call ``on_flush``; an async one is cancelled at ``deadline`` (monotonic), before
@@ -462,6 +537,17 @@ class Batcher(Generic[T]):
 _in_sink: contextvars.ContextVar[Batcher[Any] | None] = contextvars.ContextVar(
     "spoolq_batcher_in_sink", default=None)
 """The Batcher whose async on_flush runs in this context, if any."""
+
+
+def _runs(msgs: list[Message[T]]) -> list[list[Message[T]]]:
+    """Split leased items, in order, where the number of deliveries changes."""
+    runs: list[list[Message[T]]] = []
+    for msg in msgs:
+        if runs and runs[-1][-1].attempts == msg.attempts:
+            runs[-1].append(msg)
+        else:
+            runs.append([msg])
+    return runs
 
 
 def _margin(lease_ttl: float) -> float:
