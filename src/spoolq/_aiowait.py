@@ -57,6 +57,8 @@ class Waiting:
     _waiters: dict[asyncio.Future[None], None]
     _shutdown: bool
     _long_polls: set[WaitCancel]
+    _poll: asyncio.Task[bool] | None
+    _poll_users: int
     _changes: itertools.count[int]
     _epoch: int
 
@@ -128,30 +130,66 @@ class Waiting:
     async def _wait_for_items(self, deadline: float | None, empty_since: int | None) -> bool:
         """Sleep until items may be ready; False once the deadline passed.
 
-        With an engine that can long-poll it blocks there (on a thread other than
-        the queue's worker). After a take found nothing although the counts
-        promised items (they are delayed by a nack, or another get took them), it
-        sleeps until something changes or a poll interval passes instead of retrying at
-        once; ``empty_since`` is :attr:`_epoch` from before that take, so a change while
-        it ran (a put no wake-up reached, as this get was not waiting) ends the sleep.
+        With an engine that can long-poll it waits for that, sharing one long-poll (on a
+        thread other than the queue's worker) with the handle's other waiting gets.
+        After a take found nothing although the counts promised items (they are delayed
+        by a nack, or another get took them), it sleeps until something changes or a poll
+        interval passes instead of retrying at once; ``empty_since`` is :attr:`_epoch`
+        from before that take, so a change while it ran (a put no wake-up reached, as
+        this get was not waiting) ends the sleep.
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
-            cancel = WaitCancel()
-            self._long_polls.add(cancel)
-            try:
-                ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready,
-                                                         deadline, cancel)
-            except asyncio.CancelledError:
-                cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
-                raise
-            finally:
-                self._long_polls.discard(cancel)
-            if ready is None:
-                return False
-            if ready:
-                await self._worker.submit(core.refresh)
-            return True
+            return await self._share_long_poll(deadline)
         if empty_since is not None:
             return await self._wait(deadline, lambda: self._epoch != empty_since)
         return await self._wait(deadline, lambda: core.ready_hint() > 0)
+
+    async def _share_long_poll(self, deadline: float | None) -> bool:
+        """Wait for the long-poll this handle's waiting gets share, starting one if none
+        runs; False once ``deadline`` passed. The last get to stop waiting ends it: a
+        thread per waiting get would hold a thread each, and a pool's worth of them
+        would keep the rest from starting their waits."""
+        poll = self._poll
+        if poll is None or poll.done():
+            poll = self._poll = self._loop.create_task(self._long_poll())
+            poll.add_done_callback(_retrieve)
+        self._poll_users += 1
+        try:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            done, _ = await asyncio.wait((poll,), timeout=timeout)
+        finally:
+            self._poll_users -= 1
+            if self._poll_users == 0 and not poll.done():
+                poll.cancel()
+                if self._poll is poll:
+                    self._poll = None
+        if not done:
+            return False
+        poll.result()  # its error, if it failed
+        return True
+
+    async def _long_poll(self) -> bool:
+        """Block on a thread until the engine says items may be ready (the counts are
+        read again then) or its wait ends; True if they may be."""
+        core = self._core
+        cancel = WaitCancel()
+        self._long_polls.add(cancel)
+        try:
+            ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready, None,
+                                                     cancel)
+        except asyncio.CancelledError:
+            cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
+            raise
+        finally:
+            self._long_polls.discard(cancel)
+        if ready:
+            await self._worker.submit(core.refresh)
+        return bool(ready)
+
+
+def _retrieve(task: asyncio.Task[bool]) -> None:
+    """Mark a shared long-poll's error as seen: the gets that would have raised it may
+    all have stopped waiting."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,84 @@
+"""How many threads async gets take while an engine long-polls for them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import spoolq
+
+from .servers import ServerProcess
+
+WAITERS = 200
+
+
+def _wait_threads() -> int:
+    return sum(t.name.startswith("spoolq-wait") and t.is_alive()
+               for t in threading.enumerate())
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess(":memory:") as proc:
+        yield proc
+
+
+async def test_many_blocked_gets_share_one_long_poll_thread(server: ServerProcess) -> None:
+    """Each blocked get held a thread of a pool of 128 for its long-poll, so 200 consumer
+    tasks took all 128 (and the rest queued behind them). The gets of one queue handle
+    now share one long-poll, and every one of them still gets its item."""
+    url = f"{server.url}/shared"
+    before = _wait_threads()
+    async with await spoolq.Queue.create(url) as q:
+        gets = [asyncio.create_task(q.get()) for _ in range(WAITERS)]
+        await asyncio.sleep(0.5)
+        assert not any(g.done() for g in gets)
+        assert _wait_threads() - before <= 2
+        async with await spoolq.Queue.create(url) as producer:
+            await producer.put_many(list(range(WAITERS)))
+        got = await asyncio.wait_for(asyncio.gather(*gets), 30)
+    assert sorted(got) == list(range(WAITERS))
+
+
+async def test_shared_long_poll_keeps_each_get_to_its_own_timeout(
+        server: ServerProcess) -> None:
+    """Gets sharing a long-poll each end at their own timeout; a get that starts later
+    still gets an item put after the others gave up."""
+    url = f"{server.url}/timeouts"
+    async with await spoolq.Queue.create(url) as q:
+        started = time.monotonic()
+
+        async def timed(timeout: float) -> float:
+            with pytest.raises(spoolq.Empty):
+                await q.get_many(1, timeout=timeout)
+            return time.monotonic() - started
+
+        ends = await asyncio.gather(timed(0.3), timed(0.8), timed(1.5))
+        assert 0.25 <= ends[0] < 0.8
+        assert 0.75 <= ends[1] < 1.4
+        assert 1.45 <= ends[2] < 2.5
+        late = asyncio.create_task(q.get_many(1, timeout=10))
+        await asyncio.sleep(0.2)
+        async with await spoolq.Queue.create(url) as producer:
+            await producer.put("late")
+        assert await late == ["late"]
+
+
+async def test_a_cancelled_get_does_not_end_the_long_poll_of_the_others(
+        server: ServerProcess) -> None:
+    url = f"{server.url}/cancel"
+    async with await spoolq.Queue.create(url) as q:
+        first = asyncio.create_task(q.get())
+        second = asyncio.create_task(q.get_many(1, timeout=20))
+        await asyncio.sleep(0.3)
+        first.cancel()
+        await asyncio.sleep(0.3)
+        async with await spoolq.Queue.create(url) as producer:
+            await producer.put("kept")
+        assert await asyncio.wait_for(second, 20) == ["kept"]
+        assert first.cancelled()
+        assert q.qsize() == 0
