@@ -3,7 +3,9 @@
 Tables live in one schema (``schema="spoolq"`` by default), created on first
 use: ``meta`` (settings and the ``schema_version``), ``records`` (every
 record of every named queue, ids from an identity column, so they only grow
-and are never reused) and ``counts`` (per-queue counters).
+and are never reused, except after a crash of the server with
+``synchronous_commit=off``: see docs/postgres.md) and ``counts`` (per-queue
+counters).
 
 Concurrency. Taking records is ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent
 consumers never wait for each other and never take the same row. Every
