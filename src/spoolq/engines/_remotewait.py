@@ -19,11 +19,11 @@ from ..errors import ClosedError
 from ._link import Link
 from .base import WaitCancel
 
-__all__ = ["LongPolls", "SharedWait"]
+__all__ = ["WAIT_GRACE", "LongPolls", "SharedWait"]
 
 _IDLE_WAITERS = 4
 """Waiting connections kept open for the next wait."""
-_WAIT_GRACE = 0.5
+WAIT_GRACE = 0.5
 """Seconds past its own timeout that a wait's reply may take before the server counts as
 stalled (plus twice the time a handshake took)."""
 
@@ -133,7 +133,7 @@ class LongPolls:
             # The wait shared ended early for its own caller only (cancelled), or its time
             # was up before ours: wait on, in a wait of our own or one shared anew.
             left = deadline - time.monotonic()
-            if left <= _WAIT_GRACE or (cancel is not None and cancel.cancelled):
+            if left <= WAIT_GRACE or (cancel is not None and cancel.cancelled):
                 return False
             timeout = left
 
@@ -168,7 +168,7 @@ class LongPolls:
             link = None
         if link is None:
             # no longer than the wait, and time for the handshake the first one took
-            link = self._connect(min(self.connect_timeout, timeout + _WAIT_GRACE
+            link = self._connect(min(self.connect_timeout, timeout + WAIT_GRACE
                                      + 2 * self._handshake_seconds))
         with self._waiters_lock:
             if generation != self._wait_generation or self._closed:
@@ -179,7 +179,7 @@ class LongPolls:
         try:
             # The server answers when the wait is over: a reply much later than that
             # means it stalled, and the caller's own timeout is over by then.
-            grace = min(self.timeout, _WAIT_GRACE + 2 * link.handshake_seconds)
+            grace = min(self.timeout, WAIT_GRACE + 2 * link.handshake_seconds)
             ready = link.call("wait", {"queue": queue, "timeout": timeout}, timeout + grace)
         except BaseException:
             link.close()

@@ -15,15 +15,17 @@ the leases the lost connection held.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cbor2
 
-from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError
+from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError, Unavailable
 from ..protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
@@ -45,7 +47,7 @@ from ._link import (
     parse_url,
     url_queue_name,
 )
-from ._remotewait import LongPolls, SharedWait
+from ._remotewait import WAIT_GRACE, LongPolls, SharedWait
 from .base import (
     STORED_RECORDS,
     Counts,
@@ -127,6 +129,7 @@ class RemoteEngine(LongPolls):
         self._max_attempts: dict[str, int | None] = {}
         self._overheads: dict[str, int] = {}
         self._closed = False
+        self._deadlines = threading.local()  # .at: see call_deadline()
         self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
         self._handshake_seconds = self._link.handshake_seconds
@@ -149,22 +152,65 @@ class RemoteEngine(LongPolls):
                      connect_timeout=connect_timeout or self.connect_timeout,
                      max_reply=self.max_reply)
 
+    @contextlib.contextmanager
+    def call_deadline(self, deadline: float | None) -> Iterator[None]:
+        """Bound the calls this thread makes in the block by ``deadline`` (a
+        ``time.monotonic()`` time; None: no bound), as a blocked ``get`` with a timeout
+        needs: each call, connecting again included, may take until then plus the grace
+        of :meth:`wait_ready` (half a second and twice a handshake's time), and never more
+        than ``timeout``. One that would take longer raises :class:`Unavailable`: one that
+        had not started (waiting for another thread's call, or past the deadline) did
+        nothing; one that had, like any call that timed out, closes its connection. Blocks
+        nest; the inner one cannot extend the outer one's deadline."""
+        before: float | None = getattr(self._deadlines, "at", None)
+        self._deadlines.at = before if deadline is None else \
+            deadline if before is None else min(before, deadline)
+        try:
+            yield
+        finally:
+            self._deadlines.at = before
+
+    def _time_left(self) -> float | None:
+        """Seconds a call of this thread may take by its :meth:`call_deadline`, if any."""
+        at: float | None = getattr(self._deadlines, "at", None)
+        if at is None:
+            return None
+        left = at - time.monotonic() + WAIT_GRACE + 2 * self._handshake_seconds
+        if left <= 0:
+            raise Unavailable(f"the spoolq server at {self.address.host}:{self.address.port} "
+                              "did not answer in time")
+        return left
+
     def _call(self, op: str, args: dict[str, Any], wait: float = 0.0) -> Any:
         if self.read_only and op in WRITE_OPS:
             raise EngineError(f"the remote queue was opened read-only; {op} refused")
-        with self._lock:
+        left = self._time_left()
+        if left is None:
+            self._lock.acquire()
+        elif not self._lock.acquire(timeout=min(left, self.timeout + wait)):
+            raise Unavailable(f"the spoolq server at {self.address.host}:{self.address.port} "
+                              "did not answer another call of this engine in time")
+        try:
             if self._closed:
                 raise ClosedError("the remote engine is closed")
+            limit = self.timeout + wait
+            left = self._time_left()
+            if left is not None:
+                limit = min(limit, left)
             if self._link is not None and self._link.stale():
                 self._link.close()
                 self._link = None
             if self._link is None:
-                self._link = self._connect()
+                self._link = self._connect(None if left is None
+                                           else min(self.connect_timeout, left))
                 self.server_info = dict(self._link.info)  # a restarted server's, say
+                left = self._time_left()
+                if left is not None:
+                    limit = min(limit, left)
             # FrameTooLarge here is raised before sending: the connection stays usable
             ident, frame = self._link.proto.request(op, args)
             try:
-                return self._link.exchange(ident, frame, self.timeout + wait)
+                return self._link.exchange(ident, frame, limit)
             except BaseException as exc:
                 # A call that ended before its reply (a timeout, a lost connection, an
                 # exception from a signal handler) leaves a reply that would answer no one:
@@ -174,6 +220,8 @@ class RemoteEngine(LongPolls):
                     self._link.close()
                     self._link = None
                 raise
+        finally:
+            self._lock.release()
 
     # ---- the engine protocol ------------------------------------------------------------
 
