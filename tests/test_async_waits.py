@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -82,3 +84,42 @@ async def test_a_cancelled_get_does_not_end_the_long_poll_of_the_others(
         assert await asyncio.wait_for(second, 20) == ["kept"]
         assert first.cancelled()
         assert q.qsize() == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_get_with_a_timeout_keeps_it_when_the_server_stalls(kind: str) -> None:
+    """A blocked get re-read the counts before its long-poll; on a server that stalled
+    (stopped, its connections still accepted) that call took the engine's timeout (10 s
+    here, 30 s by default) instead of what was left of the get's own."""
+    with ServerProcess(":memory:") as server:
+        url = f"{server.url}/stalls"
+        options = {"timeout": 10.0, "connect_timeout": 10.0}
+
+        def stalled_get(get: Callable[[], object]) -> float:
+            time.sleep(0.2)  # the counts are due to be read again
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                with pytest.raises(spoolq.Unavailable):
+                    get()
+                return time.monotonic() - start
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+
+        if kind == "sync":
+            with spoolq.SyncQueue.create(url, engine_options=options) as q:
+                took = stalled_get(lambda: q.get(timeout=1))
+                q.put("after")
+                assert q.get(timeout=5) == "after"
+        else:
+            async def run() -> float:
+                async with await spoolq.Queue.create(url, engine_options=options) as q:
+                    loop = asyncio.get_running_loop()
+                    spent = await loop.run_in_executor(None, stalled_get, lambda: (
+                        asyncio.run_coroutine_threadsafe(q.get_many(1, timeout=1), loop)
+                        .result()))
+                    await q.put("after")
+                    assert await q.get_many(1, timeout=5) == ["after"]
+                    return spent
+            took = asyncio.run(run())
+        assert took < 3.0

@@ -290,7 +290,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                     break  # nothing more can come: hand out the part batch
                 try:
                     if core.ready_hint() == 0 and core.refresh_due():
-                        await self._call(core.refresh)
+                        await self._call(core.refresh, deadline)
                     if core.ready_hint() > 0:
                         want = max(core.ready_hint(), 1) if n is None else n - len(got)
                         before, epoch = len(got), self._epoch

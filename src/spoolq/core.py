@@ -183,10 +183,21 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             self._last_dead_refresh = self._last_refresh
         return counts
 
-    def refresh(self) -> Counts:
+    def refresh(self, deadline: float | None = None) -> Counts:
         """Re-read the counts from the file (picks up other processes' work) and
         return expired leases to the queue. The dead-letter count, which only
-        changes when items die, is re-read at most once a second here."""
+        changes when items die, is re-read at most once a second here.
+
+        A blocked get passes its ``deadline`` (``time.monotonic()``): an engine that can
+        bound its calls by one (the remote engine, when its server stalls) raises
+        :class:`Unavailable` soon after it rather than at its own timeout."""
+        bound = getattr(self.engine, "call_deadline", None)
+        if deadline is None or bound is None:
+            return self._refresh()
+        with bound(deadline):
+            return self._refresh()
+
+    def _refresh(self) -> Counts:
         with self.lock:
             self._check_open()
             self._reap_locked(time.time())

@@ -278,7 +278,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                 break  # nothing more can come: hand out the part batch
             try:
                 if core.ready_hint() == 0 and (core.refresh_due() or not block):
-                    core.refresh()
+                    core.refresh(deadline)
                 took_nothing = False
                 if core.ready_hint() > 0:
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
