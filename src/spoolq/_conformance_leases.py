@@ -1,11 +1,16 @@
 """The conformance suite's tests of leases and of settling them: acks, releases, expiry,
-attempts, delays and dead letters (:class:`LeaseConformance`); :mod:`spoolq.testing`
-puts them together with the rest."""
+attempts, delays and dead letters, and the times every call that stores one must refuse
+(:class:`LeaseConformance`); :mod:`spoolq.testing` puts them together with the rest."""
 
 from __future__ import annotations
 
-from ._conformance import ConformanceBase, recs
-from .engines.base import Engine, Lease, dead_queue_name
+import math
+
+import pytest
+
+from ._conformance import ConformanceBase, Opener, recs
+from .engines.base import Engine, Lease, SupportsPeekLeased, dead_queue_name
+from .errors import EngineError
 
 __all__ = ["LeaseConformance"]
 
@@ -206,3 +211,97 @@ class LeaseConformance(ConformanceBase):
         dead = engine.peek(dead_queue_name("q"), 5)
         assert [(r.data, r.reason) for r in dead] == [
             (b"r1", "owner died"), (b"r2", "lease expired"), (b"r3", "owner died")]
+
+    # ---- times that are not times ----------------------------------------------------
+    # No comparison orders NaN: a record put, released or restored at NaN, or a lease
+    # ending at NaN, would never come due. Every engine refuses them as SQLite does (its
+    # columns cannot hold NaN). Infinite times are times, and stay allowed.
+
+    def _store(self, eng: Engine) -> tuple[object, ...]:
+        """What a refused call must leave as it was: the records, leases and counts of
+        the queue and of its dead letters (a lease's end is left out: an engine on
+        another clock reads it back a little different each time)."""
+        dead = dead_queue_name("q")
+        leased = ([(lr.record, lr.owner) for lr in eng.peek_leased("q", 100)]
+                  if isinstance(eng, SupportsPeekLeased) else [])
+        return (eng.counts("q"), eng.peek("q", 100), leased, eng.owners("q"),
+                eng.counts(dead), eng.peek(dead, 100))
+
+    def _unchanged(self, engine: Engine, open_engine: Opener, before: tuple[object, ...]
+                   ) -> None:
+        """The store is as ``before``, read by ``engine`` and, on a persistent engine, by
+        another engine opened on the same store."""
+        assert self._store(engine) == before
+        if self.persistent:
+            other = open_engine()
+            try:
+                assert self._store(other) == before
+            finally:
+                other.close()
+
+    def test_an_append_at_a_nan_time_is_refused(self, engine: Engine,
+                                                open_engine: Opener) -> None:
+        """An append at ``now=NaN`` raises EngineError and stores nothing of its batch."""
+        first = self._put(engine, 1)
+        before = self._store(engine)
+        data = recs(2, 3)
+        with pytest.raises(EngineError):
+            engine.append("q", data, [4, 4], math.nan)
+        self._unchanged(engine, open_engine, before)
+        assert self._put(engine, 4)[0] > first[0]
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(1, 4)
+
+    def test_a_lease_until_a_nan_time_is_refused(self, engine: Engine,
+                                                 open_engine: Opener) -> None:
+        """A take leasing until NaN raises EngineError and leases nothing: such a lease
+        would never run out."""
+        self._put(engine, 1, 2)
+        before = self._store(engine)
+        with pytest.raises(EngineError):
+            engine.take("q", 2, self.NOW, Lease("me", math.nan))
+        self._unchanged(engine, open_engine, before)
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(1, 2)
+
+    def test_a_take_at_a_nan_time_takes_nothing(self, engine: Engine,
+                                                open_engine: Opener) -> None:
+        """No record is ready at ``now=NaN``: a take, leasing or not, takes nothing and
+        changes nothing (an expiry at NaN, likewise, ends no lease by time)."""
+        self._put(engine, 1, 2)
+        engine.take("q", 1, self.NOW, Lease("me", self.NOW + 5))
+        before = self._store(engine)
+        assert engine.take("q", 5, math.nan, None) == []
+        assert engine.take("q", 5, math.nan, Lease("you", self.NOW + 30)) == []
+        assert engine.take("q", 5, math.nan, Lease("you", math.nan)) == []
+        assert engine.expire("q", math.nan) == 0
+        self._unchanged(engine, open_engine, before)
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(2)
+
+    def test_a_release_until_a_nan_time_is_refused(self, engine: Engine,
+                                                   open_engine: Opener) -> None:
+        """A release with ``not_before=NaN`` of records that go back to the queue raises
+        EngineError and settles nothing of its batch: they would never be ready again.
+        (Records it buries as dead letters never wait for ``not_before``: whether a
+        release that buries them all refuses NaN is left to the engine.)"""
+        self._put(engine, 1, 2)
+        held = [(r.id, r.attempts)
+                for r in engine.take("q", 2, self.NOW, Lease("me", self.NOW + 30))]
+        before = self._store(engine)
+        for max_attempts in (None, 2):
+            with pytest.raises(EngineError):
+                engine.release("q", held, "me", not_before=math.nan,
+                               max_attempts=max_attempts)
+            self._unchanged(engine, open_engine, before)
+        assert engine.ack("q", held, "me") == [i for i, _ in held]
+
+    def test_a_restore_of_a_record_put_at_a_nan_time_is_refused(
+            self, engine: Engine, open_engine: Opener) -> None:
+        """A restore of a batch holding a record whose ``enqueued_at`` is NaN raises
+        EngineError and restores none of the batch."""
+        self._put(engine, 1, 2)
+        taken = engine.take("q", 2, self.NOW, None)
+        before = self._store(engine)
+        with pytest.raises(EngineError):
+            engine.restore("q", [taken[0], taken[1]._replace(enqueued_at=math.nan)])
+        self._unchanged(engine, open_engine, before)
+        engine.restore("q", taken)
+        assert engine.peek("q", 5) == taken

@@ -1,5 +1,6 @@
 """What the file engines (lmdb, dbm, pickle) share: one store per file per process,
-an exclusive lock for the single-process engines, and fsync helpers.
+an exclusive lock for the single-process engines, and fsync helpers; and the refusal
+of a NaN time, which every engine shares.
 
 Several queue handles in one process often open the same file (one handle per
 named queue). LMDB forbids opening one environment twice in a process, and the
@@ -12,6 +13,7 @@ with the last handle.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import weakref
@@ -32,9 +34,21 @@ from .base import (
     forks,
 )
 
-__all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively"]
+__all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively",
+           "refuse_nan"]
 
 log = logging.getLogger("spoolq")
+
+
+def refuse_nan(where: str, what: str, name: str, value: float) -> None:
+    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
+    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
+    would never come due. Call it before changing anything: the message says nothing
+    was changed. Infinite times pass. ``where`` names the store, ``what`` the call and
+    ``name`` the time in the message."""
+    if math.isnan(value):
+        raise EngineError(f"{where}: {what} failed: {name} is NaN, not a time; nothing "
+                          "was changed")
 
 
 class Store(Engine, SupportsPeekLeased, Protocol):

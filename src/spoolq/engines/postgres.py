@@ -66,6 +66,7 @@ at open) and ``_pglisten`` (LISTEN/NOTIFY waiting).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import time
@@ -95,6 +96,7 @@ from ._pgpool import (
 )
 from ._pgschema import open_schema
 from ._pgsql import compose
+from ._shared import refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -277,6 +279,7 @@ class PostgresEngine:
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        refuse_nan(self.where, "append", "now", now)
         parts = statement_parts(queue, records, "append")
         self._waits.drain()
         # One stripe for every statement: see _unlease on taking two of one queue.
@@ -295,6 +298,10 @@ class PostgresEngine:
         check_sizes(queue, records, "append")
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if math.isnan(now):
+            return []  # no record is ready at it, as in every engine
+        if lease is not None:
+            refuse_nan(self.where, "take", "the lease's end", lease.until)
         if n <= 0:  # as every engine: nothing, where LIMIT would refuse a negative n
             return []
         self._waits.drain(taking=queue)
@@ -313,6 +320,9 @@ class PostgresEngine:
         if not records:
             return
         ids = distinct_ids(queue, records)
+        for rec in records:
+            refuse_nan(self.where, "restore", f"the enqueue time of record {rec.id}",
+                       rec.enqueued_at)
         parts = statement_parts(queue, [r.data for r in records], "restore")
         params = self._params(queue)
         with self._conn("restore") as conn:
@@ -347,6 +357,7 @@ class PostgresEngine:
                 reason: str = "") -> list[int]:
         if not deliveries:
             return []
+        refuse_nan(self.where, "release", "not_before", not_before)
         clock = time.time()
         # A delivery named twice would be locked, and counted, and buried, twice.
         held = list(dict.fromkeys((d[0], d[1]) for d in deliveries))
@@ -360,7 +371,9 @@ class PostgresEngine:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        params = {"queue": queue, "now_in": now - time.time(), "owners": list(owners)}
+        # At NaN no lease runs out by time (NULL compares as false); dead owners' still go.
+        now_in = None if math.isnan(now) else now - time.time()
+        params = {"queue": queue, "now_in": now_in, "owners": list(owners)}
         if not owners:
             # The common case, checked about once a second by every consumer
             # holding leases: nothing ran out. Then one read answers, instead
