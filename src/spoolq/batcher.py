@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._batchsettle import BatchSettling
 from .aio import Queue
-from .errors import ClosedError, ConfigurationError, Empty, LeaseError
+from .errors import ConfigurationError, Empty
 from .message import Message
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
@@ -22,7 +23,7 @@ __all__ = ["Batcher"]
 T = TypeVar("T")
 
 
-class Batcher(Generic[T]):
+class Batcher(BatchSettling[T], Generic[T]):
     """Persist items on ``add`` and pass them to ``on_flush`` in batches.
 
     A batch is flushed when ``max_batch_size`` items are waiting, every
@@ -109,8 +110,7 @@ class Batcher(Generic[T]):
         self._stopping_task: asyncio.Future[None] | None = None
         self._retry_at = 0.0
         self._retry_size = 0  # the size of the failed batch to lease again, if any
-        # Acks (True) and nacks the engine refused, tried again before the next lease.
-        self._pending: list[tuple[bool, list[Message[T]]]] = []
+        self._pending = []
         self._force_next = False
         self._stopping = False
         self._streak = 0
@@ -396,61 +396,6 @@ class Batcher(Generic[T]):
             await asyncio.shield(self._settle(queue, msgs[done:], ack=False))
             raise
         return True
-
-    def _back_off(self) -> float:
-        """Count a failure in a row and set the time of the retry; return its delay."""
-        self._streak += 1
-        # A float power: an int one past 2**1023 cannot be multiplied by a float
-        # (OverflowError), and a sink may stay down that long.
-        delay = min(self._retry_delay * 2.0 ** min(self._streak - 1, 1000),
-                    self._max_retry_delay)
-        self._retry_at = time.monotonic() + delay
-        return delay
-
-    async def _settle(self, queue: Queue[T], msgs: list[Message[T]], *, ack: bool) -> bool:
-        """Ack a batch the sink took, or nack (back to its place in its order) one it did
-        not take. False when the engine refused (say, its server is away): the call is
-        kept in ``_pending`` and tried again, after the retry delay, before anything else.
-        A closed queue raises ClosedError: its close gave the leases back."""
-        if not msgs:
-            return True
-        try:
-            if ack:
-                await queue.ack(*msgs)
-            else:
-                await queue.nack(*msgs)
-        except LeaseError as exc:
-            # The lease ran out meanwhile: expiry put the batch back in its place, and
-            # another handle may have leased it since. After an ack, the sink has it
-            # all the same: a flush, not a failure to retry.
-            self.log.warning("batcher %r: the lease of a batch of %d items had run out "
-                             "before its %s (lease_ttl=%ss); it is delivered again: %s",
-                             self.name, len(msgs), "ack" if ack else "nack",
-                             self._lease_ttl, exc)
-        except ClosedError:
-            raise
-        except Exception:
-            wait = self._retry_at - time.monotonic()
-            # A nack after a failed sink call: its retry delay is running already.
-            delay = wait if wait > 0 else self._back_off()
-            self._pending.append((ack, msgs))
-            self.log.exception("batcher %r: the %s of a batch of %d items failed; trying "
-                               "again in %.1fs (the items come back by themselves when "
-                               "their lease runs out)", self.name,
-                               "ack" if ack else "nack", len(msgs), delay)
-            return False
-        if ack:
-            self._streak = 0
-            self._retry_at = 0.0
-        return True
-
-    async def _settle_pending(self, queue: Queue[T]) -> bool:
-        """Try again the acks and nacks the engine refused; False if one fails again."""
-        pending, self._pending = self._pending, []
-        ok = True
-        for ack, msgs in pending:
-            ok = await self._settle(queue, msgs, ack=ack) and ok
-        return ok
 
     async def _send(self, batch: list[T], deadline: float) -> None:
         """Call ``on_flush``; an async one is cancelled at ``deadline`` (monotonic), before
