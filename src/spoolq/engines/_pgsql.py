@@ -234,6 +234,16 @@ _LAST_ID = """SELECT coalesce(pg_sequence_last_value(
 # that the statement above needs: the row is rolled back, and the id is never given out.
 _NEXT_ID = """INSERT INTO {s}.records (queue, data, raw_size, enqueued_at)
     VALUES (%(queue)s, '', 0, 0) RETURNING id"""
+# When the server last started, as the meta key ``server_started`` records it.
+_SERVER_STARTED = "SELECT extract(epoch FROM pg_postmaster_start_time())::text"
+# Moves the records' identity past ``gap`` ids it may have handed out and lost the record
+# of (see the engine's docstring on restarts).
+_SKIP_IDS = """SELECT setval(s.seq, coalesce(pg_sequence_last_value(s.seq), 0) + %(gap)s)
+    FROM (SELECT pg_get_serial_sequence(format('%%I.records', %(schema)s::text), 'id')::regclass
+          AS seq) AS s"""
+# Two processes noticing one restart take turns: the second finds it recorded.
+_LOCK_RESTART = """SELECT pg_advisory_xact_lock(hashtextextended(
+    'spoolq restart ' || %(schema)s::text, 0))"""
 _GET_META = "SELECT value FROM {s}.meta WHERE key = %(key)s"
 _SET_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
@@ -266,6 +276,9 @@ class Statements:
     next_id: sql.Composed
     get_meta: sql.Composed
     set_meta: sql.Composed
+    server_started: sql.Composed
+    skip_ids: sql.Composed
+    lock_restart: sql.Composed
 
 
 _TEXTS = {
@@ -275,6 +288,7 @@ _TEXTS = {
     "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK,
     "peek_leased": _PEEK_LEASED, "counts": _COUNTS, "owners": _OWNERS, "queues": _QUEUES,
     "last_id": _LAST_ID, "next_id": _NEXT_ID, "get_meta": _GET_META, "set_meta": _SET_META,
+    "server_started": _SERVER_STARTED, "skip_ids": _SKIP_IDS, "lock_restart": _LOCK_RESTART,
 }
 
 

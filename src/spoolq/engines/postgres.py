@@ -3,9 +3,13 @@
 Tables live in one schema (``schema="spoolq"`` by default), created on first
 use: ``meta`` (settings and the ``schema_version``), ``records`` (every
 record of every named queue, ids from an identity column, so they only grow
-and are never reused, except after a crash of the server with
-``synchronous_commit=off``: see docs/postgres.md) and ``counts`` (per-queue
-counters).
+and are never reused) and ``counts`` (per-queue counters).
+
+Restarts. With ``synchronous_commit=off`` a crash of the server may lose the
+identity's last advances with the last commits, and it would hand their ids
+out again. ``meta`` records when the server last started; a connection new to
+the engine that finds the server started since moves the identity on by
+:data:`ID_GAP`, once per restart (see ``_after_restart`` and docs/postgres.md).
 
 Concurrency. Taking records is ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent
 consumers never wait for each other and never take the same row. Every
@@ -66,10 +70,12 @@ at open) and ``_pglisten`` (LISTEN/NOTIFY waiting).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import random
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -109,9 +115,18 @@ from .base import (
     distinct_ids,
 )
 
-__all__ = ["MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT", "PostgresEngine"]
+__all__ = ["ID_GAP", "MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT", "PostgresEngine"]
+
+log = logging.getLogger("spoolq")
 
 _MAX_BIGINT = (1 << 63) - 1
+
+ID_GAP = 1 << 40
+"""Ids skipped once after each restart of the server: more than a server hands out in the
+moments a crash loses. Ids stay below 2**63 (the ``bigint`` column, the wire protocol)
+for some eight million restarts."""
+
+_STARTED_KEY = "server_started"
 
 
 class PostgresEngine:
@@ -153,6 +168,8 @@ class PostgresEngine:
         self._sql = compose(schema, notify=notify)
         self._waits = Listener(self.channel, self.where, self._connect_listener)
         self._pool: ConnectionPool[Conn] | None = None
+        # The pooled connections this engine checked for a restart of the server.
+        self._checked: weakref.WeakSet[Conn] = weakref.WeakSet()
         self._pid = os.getpid()
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._setup()
@@ -196,7 +213,48 @@ class PostgresEngine:
             raise EngineError(f"{self.where}: {what}: the engine is closed")
         self._check_process(what)
         with self._guard(what), connection(pool, self._connect_timeout, self.where) as conn:
+            if conn not in self._checked:
+                self._after_restart(conn)
+                self._checked.add(conn)
             yield conn
+
+    def _after_restart(self, conn: Conn) -> None:
+        """Skip :data:`ID_GAP` ids once after each restart of the server, which ``conn``,
+        a connection new to this engine, may be the first to see.
+
+        With ``synchronous_commit=off`` a crash of the server may lose the last
+        advances of the records' identity with the last commits; it would then hand
+        out again ids callers were given. The start time of the server recorded in
+        ``meta`` tells whether it restarted since the last check; the skip and the
+        new start time are flushed to disk before any statement of this connection
+        (``synchronous_commit = on``), whatever the engine's durability. A queue
+        that never recorded a start and handed ids out skips too: it may have lived
+        through a crash.
+        """
+        if self.read_only:
+            return  # it gives no id out
+        schema = {"schema": self.schema}
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = on")
+                conn.execute(self._sql.lock_restart, schema)
+                row = conn.execute(self._sql.server_started, {}).fetchone()
+                started = str(row[0] if row is not None else "").encode()
+                row = conn.execute(self._sql.get_meta, {"key": _STARTED_KEY}).fetchone()
+                if row is not None and bytes(row[0]) == started:
+                    return
+                row = None if row is not None else conn.execute(self._sql.last_id,
+                                                                schema).fetchone()
+                if row is None or row[0]:
+                    got = conn.execute(self._sql.skip_ids, {**schema, "gap": ID_GAP}).fetchone()
+                    log.info("spoolq: %s: the database server restarted; ids go on from "
+                             "%s, past any it may have handed out and lost in a crash",
+                             self.where, None if got is None else got[0] + 1)
+                conn.execute(self._sql.set_meta, {"key": _STARTED_KEY, "value": started})
+        except pg_errors.InsufficientPrivilege as exc:
+            log.warning("spoolq: %s: cannot move the record ids past a restart of the "
+                        "server (%s); after a crash of the server, ids handed out before it "
+                        "may be handed out again", self.where, exc)
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[Conn]:
