@@ -8,6 +8,7 @@ module; it works on the Batcher's state on its event loop, under its flush lock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Generic, TypeVar
@@ -30,6 +31,7 @@ class BatchSettling(Generic[T]):
     _retry_delay: float
     _max_retry_delay: float
     _lease_ttl: float
+    _wake: asyncio.Event  # wakes the background flusher
     _retry_at: float  # time.monotonic() before which the background flusher sends nothing
     _streak: int  # failures in a row
     # Acks (True) and nacks the engine refused, tried again before the next lease.
@@ -72,6 +74,9 @@ class BatchSettling(Generic[T]):
             # A nack after a failed sink call: its retry delay is running already.
             delay = wait if wait > 0 else self._back_off()
             self._pending.append((ack, msgs))
+            # From flush(), the background flusher may be waiting out a whole
+            # flush_interval: have it try again after the retry delay instead.
+            self._wake.set()
             self.log.exception("batcher %r: the %s of a batch of %d items failed; trying "
                                "again in %.1fs (the items come back by themselves when "
                                "their lease runs out)", self.name,

@@ -345,7 +345,8 @@ class Batcher(BatchSettling[T], Generic[T]):
             deadline = time.monotonic() + self._lease_ttl - _margin(self._lease_ttl)
             # A failed batch is retried alone: items put after it would reach max_attempts
             # after it and split it between the dead letters and the queue.
-            size, self._retry_size = self._retry_size or self.max_batch_size, 0
+            size = min(self._retry_size, self.max_batch_size) or self.max_batch_size
+            self._retry_size = 0
             try:
                 msgs = await queue.lease_many(size, ttl=self._lease_ttl, timeout=0)
             except Empty:
@@ -376,7 +377,9 @@ class Batcher(BatchSettling[T], Generic[T]):
                     delay = self._back_off()
                     self.log.exception("batcher %r: flushing %d items failed; retrying in "
                                        "%.1fs", self.name, len(run), delay)
-                    self._retry_size = len(run)
+                    max_attempts = queue._core.settings.max_attempts
+                    if max_attempts is None or run[0].attempts < max_attempts:
+                        self._retry_size = len(run)  # else the nack dead-letters it
                     rest, done = msgs[done:], len(msgs)
                     await self._settle(queue, rest, ack=False)
                     # The flusher may be waiting out a whole flush_interval: have it wait
@@ -392,7 +395,11 @@ class Batcher(BatchSettling[T], Generic[T]):
                     rest, done = msgs[done:], len(msgs)
                     await self._settle(queue, rest, ack=False)
                     return False
-        except asyncio.CancelledError:
+        except GeneratorExit:
+            raise  # the coroutine is being closed: it may not await
+        except BaseException:
+            # Cancelled, or a plain sink raised KeyboardInterrupt or SystemExit: what the
+            # sink did not take goes back to its place now, not when its lease runs out.
             await asyncio.shield(self._settle(queue, msgs[done:], ack=False))
             raise
         return True
@@ -405,7 +412,11 @@ class Batcher(BatchSettling[T], Generic[T]):
         itself (a cancelled request inside it) counts as a failed flush instead of
         ending the flusher, while cancelling the caller still cancels the sink.
         """
-        result = self._on_flush(batch)
+        try:
+            result = self._on_flush(batch)
+        except asyncio.CancelledError as exc:
+            # Raised by a plain sink itself: nothing was awaited, so nothing cancelled us.
+            raise RuntimeError("on_flush raised CancelledError") from exc
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             if inspect.isgenerator(result):
                 result.close()
