@@ -1,6 +1,7 @@
-"""How the ``Batcher`` settles the batches it leased, and when it tries again: the ack of a
-batch the sink took, the nack of one it did not take, the acks and nacks the engine
-refused (kept and tried again before the next lease), and the retry delay.
+"""What becomes of a batch the ``Batcher`` leased: sent to the sink in runs of items
+delivered as often, acked when the sink took it, nacked (back to its place) when it did
+not, the acks and nacks the engine refused kept and tried again before the next lease,
+and the retry delay.
 
 :class:`BatchSettling` is a part of :class:`spoolq.batcher.Batcher`, kept in its own
 module; it works on the Batcher's state on its event loop, under its flush lock.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from .aio import Queue
@@ -23,10 +25,14 @@ T = TypeVar("T")
 
 
 class BatchSettling(Generic[T]):
-    """Acks and nacks of leased batches, those to try again, and the retry delay."""
+    """Sending and settling leased batches, the settling to try again, the retry delay."""
 
     # Set up by Batcher.__init__.
     name: str
+    _flushes: int
+    _items: int
+    _failures: int
+    _last_flush_time: float | None
     log: logging.Logger | logging.LoggerAdapter[Any]
     _retry_delay: float
     _max_retry_delay: float
@@ -34,8 +40,55 @@ class BatchSettling(Generic[T]):
     _wake: asyncio.Event  # wakes the background flusher
     _retry_at: float  # time.monotonic() before which the background flusher sends nothing
     _streak: int  # failures in a row
+    _retry_size: int  # the size of the failed batch to lease again, if any
     # Acks (True) and nacks the engine refused, tried again before the next lease.
     _pending: list[tuple[bool, list[Message[T]]]]
+    # Defined by Batcher.
+    _send: Callable[[list[T], float], Coroutine[Any, Any, None]]
+
+    async def _send_runs(self, queue: Queue[T], msgs: list[Message[T]],
+                         deadline: float) -> bool:
+        """Send leased items as batches of items delivered as often, in order (a batch an
+        earlier run or a dead process left leads newer items); False when one failed or
+        could not be settled: the items after it are given back."""
+        done = 0  # items acked, given back or left to _pending
+        try:
+            for run in _runs(msgs):
+                try:
+                    await self._send([m.item for m in run], deadline)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self._failures += 1
+                    delay = self._back_off()
+                    self.log.exception("batcher %r: flushing %d items failed; retrying in "
+                                       "%.1fs", self.name, len(run), delay)
+                    max_attempts = queue._core.settings.max_attempts
+                    if max_attempts is None or run[0].attempts < max_attempts:
+                        self._retry_size = len(run)  # else the nack dead-letters it
+                    rest, done = msgs[done:], len(msgs)
+                    await self._settle(queue, rest, ack=False)
+                    # The flusher may be waiting out a whole flush_interval: have it wait
+                    # for the retry delay instead.
+                    self._wake.set()
+                    return False
+                # The sink has the batch: a flush, whatever becomes of the ack.
+                self._flushes += 1
+                self._items += len(run)
+                self._last_flush_time = time.time()
+                done += len(run)
+                if not await self._settle(queue, run, ack=True):
+                    rest, done = msgs[done:], len(msgs)
+                    await self._settle(queue, rest, ack=False)
+                    return False
+        except GeneratorExit:
+            raise  # the coroutine is being closed: it may not await
+        except BaseException:
+            # Cancelled, or a plain sink raised KeyboardInterrupt or SystemExit: what the
+            # sink did not take goes back to its place now, not when its lease runs out.
+            await asyncio.shield(self._settle(queue, msgs[done:], ack=False))
+            raise
+        return True
 
     def _back_off(self) -> float:
         """Count a failure in a row and set the time of the retry; return its delay."""
@@ -94,3 +147,14 @@ class BatchSettling(Generic[T]):
         for ack, msgs in pending:
             ok = await self._settle(queue, msgs, ack=ack) and ok
         return ok
+
+
+def _runs(msgs: list[Message[T]]) -> list[list[Message[T]]]:
+    """Split leased items, in order, where the number of deliveries changes."""
+    runs: list[list[Message[T]]] = []
+    for msg in msgs:
+        if runs and runs[-1][-1].attempts == msg.attempts:
+            runs[-1].append(msg)
+        else:
+            runs.append([msg])
+    return runs

@@ -15,7 +15,6 @@ from typing import Any, Generic, TypeVar
 from ._batchsettle import BatchSettling
 from .aio import Queue
 from .errors import ConfigurationError, Empty
-from .message import Message
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
 __all__ = ["Batcher"]
@@ -109,7 +108,7 @@ class Batcher(BatchSettling[T], Generic[T]):
         self._task: asyncio.Task[None] | None = None
         self._stopping_task: asyncio.Future[None] | None = None
         self._retry_at = 0.0
-        self._retry_size = 0  # the size of the failed batch to lease again, if any
+        self._retry_size = 0
         self._pending = []
         self._force_next = False
         self._stopping = False
@@ -360,50 +359,6 @@ class Batcher(BatchSettling[T], Generic[T]):
                 break  # all that was waiting when this flush began
         return True
 
-    async def _send_runs(self, queue: Queue[T], msgs: list[Message[T]],
-                         deadline: float) -> bool:
-        """Send leased items as batches of items delivered as often, in order (a batch an
-        earlier run or a dead process left leads newer items); False when one failed or
-        could not be settled: the items after it are given back."""
-        done = 0  # items acked, given back or left to _pending
-        try:
-            for run in _runs(msgs):
-                try:
-                    await self._send([m.item for m in run], deadline)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self._failures += 1
-                    delay = self._back_off()
-                    self.log.exception("batcher %r: flushing %d items failed; retrying in "
-                                       "%.1fs", self.name, len(run), delay)
-                    max_attempts = queue._core.settings.max_attempts
-                    if max_attempts is None or run[0].attempts < max_attempts:
-                        self._retry_size = len(run)  # else the nack dead-letters it
-                    rest, done = msgs[done:], len(msgs)
-                    await self._settle(queue, rest, ack=False)
-                    # The flusher may be waiting out a whole flush_interval: have it wait
-                    # for the retry delay instead.
-                    self._wake.set()
-                    return False
-                # The sink has the batch: a flush, whatever becomes of the ack.
-                self._flushes += 1
-                self._items += len(run)
-                self._last_flush_time = time.time()
-                done += len(run)
-                if not await self._settle(queue, run, ack=True):
-                    rest, done = msgs[done:], len(msgs)
-                    await self._settle(queue, rest, ack=False)
-                    return False
-        except GeneratorExit:
-            raise  # the coroutine is being closed: it may not await
-        except BaseException:
-            # Cancelled, or a plain sink raised KeyboardInterrupt or SystemExit: what the
-            # sink did not take goes back to its place now, not when its lease runs out.
-            await asyncio.shield(self._settle(queue, msgs[done:], ack=False))
-            raise
-        return True
-
     async def _send(self, batch: list[T], deadline: float) -> None:
         """Call ``on_flush``; an async one is cancelled at ``deadline`` (monotonic), before
         the batch's lease runs out.
@@ -493,17 +448,6 @@ class Batcher(BatchSettling[T], Generic[T]):
 _in_sink: contextvars.ContextVar[Batcher[Any] | None] = contextvars.ContextVar(
     "spoolq_batcher_in_sink", default=None)
 """The Batcher whose async on_flush runs in this context, if any."""
-
-
-def _runs(msgs: list[Message[T]]) -> list[list[Message[T]]]:
-    """Split leased items, in order, where the number of deliveries changes."""
-    runs: list[list[Message[T]]] = []
-    for msg in msgs:
-        if runs and runs[-1][-1].attempts == msg.attempts:
-            runs[-1].append(msg)
-        else:
-            runs.append([msg])
-    return runs
 
 
 def _margin(lease_ttl: float) -> float:
