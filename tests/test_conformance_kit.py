@@ -21,8 +21,6 @@ import pytest
 import spoolq
 from spoolq.engines import ENGINES, Engine, Lease, MemoryEngine, StoredRecord, open_engine
 
-from .test_engine_conformance import NAN_RULE, memory_stores_nan_times
-
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
@@ -98,7 +96,7 @@ def test_the_documented_engine_of_ones_own_passes_the_suite(tmp_path: Path) -> N
         "    def open_engine(self):\n"
         "        return lambda: Plain(AuditedEngine())\n")
     result, outcomes = run_pytest(module, "-rs")
-    assert result.returncode == 0 or memory_stores_nan_times(), result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert skipped(outcomes["TestAudited"]) == []
     plain = skipped(outcomes["TestPlain"])
     assert plain and all("peek_leased" in name for name in plain), plain
@@ -114,12 +112,10 @@ checked for it within one store."""
 
 
 def skipped(outcomes: dict[str, str]) -> list[str]:
-    """The tests skipped; AssertionError when one failed. The engines of one's own here
-    are made of the memory engine: while it stores NaN times, they fail the tests of
-    that rule, and only those."""
+    """The tests skipped; AssertionError when one failed."""
     failed = {name for name, outcome in outcomes.items() if outcome not in ("passed",
                                                                           "skipped")}
-    assert failed == (set(NAN_RULE) if memory_stores_nan_times() else set()), outcomes
+    assert failed == set(), outcomes
     return sorted(name for name, outcome in outcomes.items() if outcome == "skipped")
 
 

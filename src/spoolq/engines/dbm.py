@@ -66,7 +66,7 @@ from ._dbmstate import State as _State
 from ._dbmstate import decode_record, leased_window, ready_window
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
-from ._shared import SharedEngine
+from ._shared import SharedEngine, refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -86,15 +86,6 @@ __all__ = ["DBMEngine"]
 log = logging.getLogger("spoolq")
 
 T = TypeVar("T")
-
-
-def _refuse_nan(path: str, what: str, name: str, value: float) -> None:
-    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
-    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
-    would never come due. Nothing has changed when it is raised. Infinite times pass."""
-    if math.isnan(value):
-        raise EngineError(f"{path}: {what} failed: {name} is NaN, not a time; nothing "
-                          "was changed")
 
 
 class _DBMStore(Generations):
@@ -155,7 +146,7 @@ class _DBMStore(Generations):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        _refuse_nan(self.path, "append", "now", now)
+        refuse_nan(self.path, "append", "now", now)
         batch = [StoredRecord(0, as_bytes(data, "a record"), raw, 0, now)
                  for data, raw in zip(records, raw_sizes, strict=True)]
         with self._transaction("append") as st:
@@ -166,7 +157,7 @@ class _DBMStore(Generations):
         if math.isnan(now):
             return []  # no record is visible at it, as in SQLite
         if lease is not None:
-            _refuse_nan(self.path, "take", "the lease's end", lease.until)
+            refuse_nan(self.path, "take", "the lease's end", lease.until)
         with self._transaction("take") as st:
             q = st.queues.get(queue)
             if q is None or n <= 0:
@@ -213,7 +204,7 @@ class _DBMStore(Generations):
             return
         ids = distinct_ids(queue, records)
         for rec in records:
-            _refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
+            refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
                         rec.enqueued_at)
         with self._transaction("restore") as st:
             never = next((i for i in ids if not 0 < i < st.next_id), None)
@@ -261,7 +252,7 @@ class _DBMStore(Generations):
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
-        _refuse_nan(self.path, "release", "not_before", not_before)
+        refuse_nan(self.path, "release", "not_before", not_before)
         with self._transaction("release") as st:
             q = st.queues.get(queue)
             if q is None:

@@ -62,7 +62,7 @@ from . import _lmdbformat as fmt
 from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
 from ._lmdblease import LeaseSettling
-from ._shared import SharedEngine
+from ._shared import SharedEngine, refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -87,15 +87,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _MAX_GROWTH = 40
 _data, _raw_size = itemgetter(1), itemgetter(2)
-
-
-def _refuse_nan(path: str, what: str, name: str, value: float) -> None:
-    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
-    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
-    would never come due. Nothing has changed when it is raised. Infinite times pass."""
-    if math.isnan(value):
-        raise EngineError(f"{path}: {what} failed: {name} is NaN, not a time; nothing "
-                          "was changed")
 
 
 class _LMDBStore(LeaseSettling):
@@ -241,7 +232,7 @@ class _LMDBStore(LeaseSettling):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        _refuse_nan(self.path, "append", "now", now)
+        refuse_nan(self.path, "append", "now", now)
         values = fmt.pack_new_many(records, raw_sizes, now)
         stored, raw = sum(map(len, records)), sum(raw_sizes)
 
@@ -255,7 +246,7 @@ class _LMDBStore(LeaseSettling):
         if math.isnan(now):
             return []  # no record is visible at it, as in SQLite
         if lease is not None:
-            _refuse_nan(self.path, "take", "the lease's end", lease.until)
+            refuse_nan(self.path, "take", "the lease's end", lease.until)
 
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
@@ -305,7 +296,7 @@ class _LMDBStore(LeaseSettling):
 
         ids = distinct_ids(queue, records)
         for rec in records:
-            _refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
+            refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
                         rec.enqueued_at)
 
         def body(txn: Txn) -> None:
@@ -332,7 +323,7 @@ class _LMDBStore(LeaseSettling):
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
-        _refuse_nan(self.path, "release", "not_before", not_before)
+        refuse_nan(self.path, "release", "not_before", not_before)
         return super().release(queue, deliveries, owner, not_before=not_before,
                                max_attempts=max_attempts, count_attempt=count_attempt,
                                reason=reason)

@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice, repeat
+from math import isnan
 from operator import itemgetter
 
+from ._shared import refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -30,6 +32,18 @@ from .base import (
 )
 
 __all__ = ["MemoryEngine", "RecordState"]
+
+_WHERE = "the memory engine"
+
+
+def _nothing_visible(now: float, lease: Lease | None) -> bool:
+    """Whether a take at ``now`` sees no record (NaN is no time); EngineError for a
+    lease ending at NaN, which would never run out."""
+    if isnan(now):
+        return True
+    if lease is not None:
+        refuse_nan(_WHERE, "take", "the lease's end", lease.until)
+    return False
 
 RecordState = tuple[int, bytes, int, int, float, str | None, str | None, float]
 """One record as :meth:`MemoryEngine.export` gives it: id, data, raw_size,
@@ -113,6 +127,7 @@ class MemoryEngine:
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
+        refuse_nan(_WHERE, "append", "now", now)
         first = self._next_id
         k = len(records)
         if k == 1 and len(raw_sizes) == 1:  # the common put, without the batch's set-up
@@ -136,7 +151,7 @@ class MemoryEngine:
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         q = self._queues.get(queue)
-        if q is None:
+        if q is None or _nothing_visible(now, lease):
             return []
         fresh, back, entries = q.fresh, q.back, q.entries
         if lease is None and not back:  # get and get_many: the oldest fresh records
@@ -196,6 +211,9 @@ class MemoryEngine:
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
+        for rec in records:
+            refuse_nan(_WHERE, "restore", f"the enqueue time of record {rec.id}",
+                       rec.enqueued_at)
         ids = distinct_ids(queue, records)
         never = next((i for i in ids if not 0 < i < self._next_id), None)
         if never is not None:
@@ -263,6 +281,7 @@ class MemoryEngine:
         done: list[int] = []
         if q is None:
             return done
+        refuse_nan(_WHERE, "release", "not_before", not_before)
         for ident, attempts in deliveries:
             entry = self._held(q, ident, attempts, owner)
             if entry is not None:

@@ -51,7 +51,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
-from ._shared import SharedEngine, fsync_dir, lock_exclusively
+from ._shared import SharedEngine, fsync_dir, lock_exclusively, refuse_nan
 from .base import (
     FORMAT_VERSION,
     Counts,
@@ -102,15 +102,6 @@ def _record(value: object) -> RecordState | None:
         return (ident, data, raw_size, attempts, float(enqueued_at), reason, owner,
                 float(visible_at))
     return None
-
-
-def _refuse_nan(path: str, what: str, name: str, value: float) -> None:
-    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
-    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
-    would never come due. Nothing has changed when it is raised. Infinite times pass."""
-    if math.isnan(value):
-        raise EngineError(f"{path}: {what} failed: {name} is NaN, not a time; nothing "
-                          "was changed")
 
 
 def _name(queue: object) -> str:
@@ -306,7 +297,7 @@ class _PickleStore:
             return []
         # Checked before anything changes: a value the file cannot hold would make it unreadable.
         queue = _name(queue)
-        _refuse_nan(self.path, "append", "now", now)
+        refuse_nan(self.path, "append", "now", now)
         data = [as_bytes(r, "a record") for r in records]
         sizes = [_int(r, "a raw size") for r in raw_sizes]
         return self._write("append", lambda m: m.append(queue, data, sizes, float(now)))
@@ -316,7 +307,7 @@ class _PickleStore:
             return []  # no record is visible at it, as in SQLite
         if lease is not None:
             lease = Lease(_text(lease.owner, "a lease owner"), float(lease.until))
-            _refuse_nan(self.path, "take", "the lease's end", lease.until)
+            refuse_nan(self.path, "take", "the lease's end", lease.until)
         return self._write("take", lambda m: m.take(queue, n, now, lease))
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
@@ -327,7 +318,7 @@ class _PickleStore:
                                 None if r.reason is None else _text(r.reason, "a reason"))
                    for r in records]
         for rec in records:
-            _refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
+            refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
                         rec.enqueued_at)
 
         def change(m: MemoryEngine) -> bool:
@@ -343,7 +334,7 @@ class _PickleStore:
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
         reason = _text(reason, "a reason")
-        _refuse_nan(self.path, "release", "not_before", not_before)
+        refuse_nan(self.path, "release", "not_before", not_before)
         return self._write("release", lambda m: m.release(
             queue, deliveries, owner, not_before=not_before, max_attempts=max_attempts,
             count_attempt=count_attempt, reason=reason or "nacked"))

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -48,6 +50,7 @@ from ._link import (
     url_queue_name,
 )
 from ._remotewait import WAIT_GRACE, LongPolls, SharedWait
+from ._shared import refuse_nan
 from .base import (
     STORED_RECORDS,
     Counts,
@@ -181,6 +184,9 @@ class RemoteEngine(LongPolls):
                               "did not answer in time")
         return left
 
+    def _where(self) -> str:
+        return f"the spoolq server at {self.address.host}:{self.address.port}"
+
     def _call(self, op: str, args: dict[str, Any], wait: float = 0.0) -> Any:
         if self.read_only and op in WRITE_OPS:
             raise EngineError(f"the remote queue was opened read-only; {op} refused")
@@ -229,6 +235,7 @@ class RemoteEngine(LongPolls):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        refuse_nan(self._where(), "append", "now", now)
         records = records if isinstance(records, list) else list(records)
         raw_sizes = raw_sizes if isinstance(raw_sizes, list) else list(raw_sizes)
         ids: list[int] = []
@@ -315,8 +322,10 @@ class RemoteEngine(LongPolls):
              wait: float = 0.0) -> list[StoredRecord]:
         """As :meth:`Engine.take`; with ``wait`` the server waits up to that many
         seconds for a record when none is ready (long-poll)."""
-        if n < 1:
+        if n < 1 or math.isnan(now):  # no record is visible at a NaN time
             return []
+        if lease is not None:
+            refuse_nan(self._where(), "take", "the lease's end", lease.until)
         args: dict[str, Any] = {"queue": queue, "n": min(n, _MAX_N), "now": now,
                                 "lease": None if lease is None else [lease.owner, lease.until]}
         if wait > 0:
@@ -331,6 +340,9 @@ class RemoteEngine(LongPolls):
             never = next((r.id for r in records if not 0 < r.id < 1 << 63), None)
             if never is not None:
                 raise never_given(queue, never)
+            for rec in records:
+                refuse_nan(self._where(), "restore", f"the enqueue time of record {rec.id}",
+                           rec.enqueued_at)
             self._call("restore", {"queue": queue, "records": encode_records(list(records))})
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
@@ -349,6 +361,7 @@ class RemoteEngine(LongPolls):
             self._max_attempts[queue] = max_attempts
         if not deliveries:
             return []
+        refuse_nan(self._where(), "release", "not_before", not_before)
         args = {"queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries],
                 "not_before": not_before, "max_attempts": max_attempts,
                 "count_attempt": count_attempt, "reason": reason}
@@ -374,6 +387,13 @@ class RemoteEngine(LongPolls):
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
         self._max_attempts[queue] = max_attempts
+        if math.isnan(now):
+            # No lease ends by time at NaN. The protocol carries no NaN (a request holding
+            # one would cost the connection and the leases it holds): the earliest time
+            # there is stands for it.
+            if not owners:
+                return 0
+            now = -sys.float_info.max
         return self._int(self._call("expire", {"queue": queue, "now": now,
                                                "owners": list(owners),
                                                "max_attempts": max_attempts}))
