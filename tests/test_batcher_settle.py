@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from spoolq import Batcher, Queue
+from spoolq import Batcher, Queue, Unavailable
+from spoolq.engines import open_engine
 
+from .failing import FailingSettle
 from .servers import ServerProcess
 
 
@@ -160,3 +162,74 @@ async def test_an_ack_that_failed_in_flush_is_retried_after_the_retry_delay(
             assert calls[0] == [0, 1, 2] and calls[1:] in ([], [[0, 1, 2]])
     finally:
         server.stop()
+
+
+async def test_a_lease_that_fails_keeps_the_failed_batch_apart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The size of the failed batch to send again was forgotten when the lease that was to
+    take it failed (its server away): the next lease took the newer items with it, and
+    when the batch failed again they went back unsent, one of their deliveries used."""
+    path = str(tmp_path / "q.sqlite")
+    server = ServerProcess(path)
+    port = server.port
+    calls: list[list[int]] = []
+
+    def sink(batch: list[int]) -> None:
+        calls.append(list(batch))
+        raise RuntimeError("the sink is down")
+
+    caplog.set_level(logging.CRITICAL, logger="spoolq")
+    try:
+        async with await Queue.create(f"{server.url}/jobs") as q, Batcher(
+            sink, queue=q, max_batch_size=10, flush_interval=60, retry_delay=0.01,
+            max_retry_delay=0.01,
+        ) as b:
+            await b.add_many([0, 1])
+            assert not await b.flush()
+            await b.add_many([2, 3])
+            await asyncio.to_thread(server.stop)
+            with pytest.raises(Unavailable):
+                await b.flush()
+            server = ServerProcess(path, port=port)
+            await asyncio.sleep(0.05)
+            assert not await b.flush()
+            assert calls == [[0, 1], [0, 1]]
+            msgs = await q.lease_many(10, ttl=30, timeout=5)
+            assert [(m.item, m.attempts) for m in msgs] == [(0, 3), (1, 3), (2, 1), (3, 1)]
+            await q.nack(*msgs)
+    finally:
+        server.stop()
+
+
+async def test_a_flush_cancelled_while_it_retries_refused_settles_keeps_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flush retrying acks and nacks the engine had refused took them all off the list
+    first: cancelled during the first, it forgot the others, and a forgotten nack left its
+    items leased, overtaken by every later item until the lease ran out."""
+    path = str(tmp_path / "q.sqlite")
+    engine = FailingSettle(open_engine(path))
+    calls: list[list[int]] = []
+    caplog.set_level(logging.CRITICAL, logger="spoolq")
+    async with await Queue.create(path, engine=engine) as q:
+        await q.put_many([0, 1])
+        await q.nack(*await q.lease_many(2, ttl=30))  # delivered once already
+        await q.put_many([2, 3])
+        async with Batcher(calls.append, queue=q, max_batch_size=10, flush_interval=60,
+                           retry_delay=0.01, max_retry_delay=0.01) as b:
+            # One lease takes [0, 1] and [2, 3], sent apart: the ack of the first and the
+            # nack of the second (not sent, as the ack failed) are both refused.
+            engine.ack_failures = engine.release_failures = 1
+            assert not await b.flush()
+            assert calls == [[0, 1]]
+            engine.gate.clear()
+            engine.acking.clear()
+            flushing = asyncio.create_task(b.flush())
+            assert await asyncio.to_thread(engine.acking.wait, 10)
+            flushing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await flushing
+            engine.gate.set()
+            assert await b.flush()
+            assert calls == [[0, 1], [2, 3]]

@@ -345,11 +345,12 @@ class Batcher(BatchSettling[T], Generic[T]):
             # A failed batch is retried alone: items put after it would reach max_attempts
             # after it and split it between the dead letters and the queue.
             size = min(self._retry_size, self.max_batch_size) or self.max_batch_size
-            self._retry_size = 0
             try:
                 msgs = await queue.lease_many(size, ttl=self._lease_ttl, timeout=0)
             except Empty:
+                self._retry_size = 0
                 break
+            self._retry_size = 0  # kept while a lease fails: the next one takes the batch
             if not await self._send_runs(queue, msgs, deadline):
                 return False
             sent += len(msgs)
