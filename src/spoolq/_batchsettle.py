@@ -141,11 +141,18 @@ class BatchSettling(Generic[T]):
         return True
 
     async def _settle_pending(self, queue: Queue[T]) -> bool:
-        """Try again the acks and nacks the engine refused; False if one fails again."""
+        """Try again the acks and nacks the engine refused, in order; False if one fails
+        again. Cancelled, it keeps the one under way and those not tried yet for the next
+        call (one that went through then only meets a LeaseError, which is logged)."""
         pending, self._pending = self._pending, []
         ok = True
-        for ack, msgs in pending:
-            ok = await self._settle(queue, msgs, ack=ack) and ok
+        try:
+            while pending:
+                ack, msgs = pending[0]
+                ok = await self._settle(queue, msgs, ack=ack) and ok
+                del pending[0]
+        finally:
+            self._pending.extend(pending)  # after those that failed again: in order
         return ok
 
 
