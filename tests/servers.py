@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import struct
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,6 +57,16 @@ class ServerProcess:
             if self._log is not None:
                 self._log.close()
         return code
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """The server process stopped (SIGSTOP) for the block: the kernel still accepts
+        its connections and takes what is sent, and nothing answers."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def __enter__(self) -> ServerProcess:
         return self

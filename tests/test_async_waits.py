@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,14 +95,11 @@ def test_a_get_with_a_timeout_keeps_it_when_the_server_stalls(kind: str) -> None
 
         def stalled_get(get: Callable[[], object]) -> float:
             time.sleep(0.2)  # the counts are due to be read again
-            os.kill(server.proc.pid, signal.SIGSTOP)
-            try:
+            with server.stalled():
                 start = time.monotonic()
                 with pytest.raises(spoolq.Unavailable):
                     get()
                 return time.monotonic() - start
-            finally:
-                os.kill(server.proc.pid, signal.SIGCONT)
 
         if kind == "sync":
             with spoolq.SyncQueue.create(url, engine_options=options) as q:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,18 @@ async def test_a_batch_left_by_an_earlier_run_is_sent_apart_from_newer_items(
         assert q.qsize() == 0
 
 
+def stopping_sink(server: ServerProcess,
+                  calls: list[list[int]]) -> Callable[[list[int]], Awaitable[None]]:
+    """An async sink that records each batch and stops ``server`` in its first call."""
+
+    async def sink(batch: list[int]) -> None:
+        calls.append(list(batch))
+        if len(calls) == 1:
+            await asyncio.to_thread(server.stop)
+
+    return sink
+
+
 async def test_an_ack_that_fails_after_the_sink_took_the_batch_is_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -86,12 +99,7 @@ async def test_an_ack_that_fails_after_the_sink_took_the_batch_is_retried(
     server = ServerProcess(path)
     port = server.port
     calls: list[list[int]] = []
-
-    async def sink(batch: list[int]) -> None:
-        calls.append(list(batch))
-        if len(calls) == 1:
-            await asyncio.to_thread(server.stop)
-
+    sink = stopping_sink(server, calls)
     caplog.set_level(logging.ERROR, logger="spoolq")
     try:
         async with await Queue.create(f"{server.url}/jobs") as q:

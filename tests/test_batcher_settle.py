@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,19 @@ from spoolq.engines import open_engine
 
 from .failing import FailingSettle
 from .servers import ServerProcess
+from .test_batcher_review3 import stopping_sink
+
+
+def _failing_once(calls: list[list[int]],
+                  error: type[BaseException]) -> Callable[[list[int]], None]:
+    """A plain sink that records each batch and raises ``error`` at its first call."""
+
+    def sink(batch: list[int]) -> None:
+        calls.append(list(batch))
+        if len(calls) == 1:
+            raise error
+
+    return sink
 
 
 async def test_a_plain_sink_that_raises_keyboardinterrupt_gives_its_batch_back(
@@ -23,11 +37,7 @@ async def test_a_plain_sink_that_raises_keyboardinterrupt_gives_its_batch_back(
     do not overtake it while its lease runs."""
     calls: list[list[int]] = []
 
-    def sink(batch: list[int]) -> None:
-        calls.append(list(batch))
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-
+    sink = _failing_once(calls, KeyboardInterrupt)
     async with await Queue.create(str(tmp_path / "q.sqlite")) as q:
         async with Batcher(sink, queue=q, max_batch_size=10, flush_interval=60) as b:
             await b.add_many([0, 1])
@@ -46,11 +56,7 @@ async def test_a_plain_sink_that_raises_cancellederror_fails_its_flush(tmp_path:
     sink, as it is for an async one, not a cancellation of the caller."""
     calls: list[list[int]] = []
 
-    def sink(batch: list[int]) -> None:
-        calls.append(list(batch))
-        if len(calls) == 1:
-            raise asyncio.CancelledError
-
+    sink = _failing_once(calls, asyncio.CancelledError)
     async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=10,
                        flush_interval=60, retry_delay=60, max_retry_delay=60) as b:
         await b.add_many([0, 1])
@@ -65,11 +71,7 @@ async def test_a_plain_sink_that_raises_cancellederror_does_not_end_the_flusher(
 ) -> None:
     calls: list[list[int]] = []
 
-    def sink(batch: list[int]) -> None:
-        calls.append(list(batch))
-        if len(calls) == 1:
-            raise asyncio.CancelledError
-
+    sink = _failing_once(calls, asyncio.CancelledError)
     async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=10,
                        flush_interval=0.05, retry_delay=0.05, max_retry_delay=0.05) as b:
         await b.add_many([0, 1])
@@ -138,12 +140,7 @@ async def test_an_ack_that_failed_in_flush_is_retried_after_the_retry_delay(
     server = ServerProcess(path)
     port = server.port
     calls: list[list[int]] = []
-
-    async def sink(batch: list[int]) -> None:
-        calls.append(list(batch))
-        if len(calls) == 1:
-            await asyncio.to_thread(server.stop)
-
+    sink = stopping_sink(server, calls)
     caplog.set_level(logging.CRITICAL, logger="spoolq")
     try:
         url = f"{server.url}/jobs"

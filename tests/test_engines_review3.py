@@ -21,25 +21,14 @@ from spoolq.engines import (
     DBMEngine,
     Engine,
     Lease,
-    LMDBEngine,
-    PickleEngine,
-    SQLiteEngine,
     StoredRecord,
     SupportsPeekLeased,
 )
 from spoolq.engines._dbmfiles import current
 
+from .test_engines_review2 import _open
+
 NAN = math.nan
-
-
-def _open(kind: str, tmp_path: Path) -> Engine:
-    if kind == "sqlite":
-        return SQLiteEngine(tmp_path / "q.sqlite")
-    if kind == "lmdb":
-        return LMDBEngine(tmp_path / "q.lmdb")
-    if kind == "dbm":
-        return DBMEngine(tmp_path / "q.dbm")
-    return PickleEngine(tmp_path / "q.pickle")
 
 
 @pytest.fixture(params=["sqlite", "lmdb", "dbm", "pickle"])

@@ -3,10 +3,7 @@ last when the server is slow, stalled or away."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -85,17 +82,6 @@ def test_a_long_timeout_is_taken(memory_server: ThreadedServer) -> None:
         assert q.get(timeout=1) == "x"
 
 
-@contextlib.contextmanager
-def stalled(server: ServerProcess) -> Iterator[None]:
-    """The server process stopped (SIGSTOP): the kernel still accepts its connections and
-    takes what is sent, and nothing answers."""
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
 def test_a_get_blocked_in_a_long_poll_keeps_its_timeout_when_the_server_stalls() -> None:
     # It waited its timeout plus the engine's timeout (10 s here, 30 s by default).
     with ServerProcess(":memory:") as server, spoolq.SyncQueue.create(
@@ -113,7 +99,7 @@ def test_a_get_blocked_in_a_long_poll_keeps_its_timeout_when_the_server_stalls()
         getter = threading.Thread(target=get)
         getter.start()
         time.sleep(0.4)  # in the engine's wait by now
-        with stalled(server):
+        with server.stalled():
             getter.join(15)
         assert isinstance(outcome[0], spoolq.Unavailable)
         assert outcome[1] < 2.0
@@ -124,7 +110,7 @@ def test_a_wait_for_items_keeps_its_timeout_when_the_server_stalls() -> None:
         engine = RemoteEngine(f"{server.url}/jobs", timeout=10, connect_timeout=10)
         try:
             assert engine.wait_ready("jobs", 0.05) is False  # a waiting connection kept
-            with stalled(server):
+            with server.stalled():
                 for _ in range(2):  # on the connection kept, then on a new one
                     start = time.monotonic()
                     with pytest.raises(spoolq.Unavailable):
@@ -154,7 +140,7 @@ def test_a_tls_server_that_stalls_is_unavailable(tmp_path: Path) -> None:
         url, options = f"{server.url}/jobs", {"ca_file": str(cert), "connect_timeout": 0.5}
         engine = RemoteEngine(url, **options)  # type: ignore[arg-type]
         try:
-            with stalled(server):
+            with server.stalled():
                 with pytest.raises(spoolq.Unavailable):
                     spoolq.SyncQueue.create(url, engine_options=options)
                 start = time.monotonic()

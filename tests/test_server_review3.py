@@ -4,9 +4,6 @@ client's calls last when the server stalls."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,17 +91,6 @@ def test_a_dropped_connection_still_gives_back_what_it_held_after_forgetting_lea
         eng.close()
 
 
-@contextlib.contextmanager
-def _stalled(server: ServerProcess) -> Iterator[None]:
-    """The server process stopped (SIGSTOP): the kernel still accepts its connections and
-    takes what is sent, and nothing answers."""
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
 def test_a_call_deadline_bounds_the_calls_of_its_thread_when_the_server_stalls() -> None:
     # A blocked get re-reads the counts before its long-poll: that call took the engine's
     # timeout (10 s here, 30 s by default), not what was left of the get's own.
@@ -112,7 +98,7 @@ def test_a_call_deadline_bounds_the_calls_of_its_thread_when_the_server_stalls()
         engine = RemoteEngine(f"{server.url}/jobs", timeout=10, connect_timeout=10)
         try:
             assert engine.counts("jobs").ready == 0
-            with _stalled(server):
+            with server.stalled():
                 for _ in range(2):  # on the connection open, then on a new one
                     start = time.monotonic()
                     with (
