@@ -4,7 +4,8 @@ The schema name is the only identifier that varies; it goes through
 ``psycopg.sql.Identifier``. Everything else a statement needs is a bound
 parameter. Times are ``timestamptz`` on the database clock: a parameter named
 ``*_in`` is a number of seconds added to ``statement_timestamp()`` (see the
-engine's docstring for how caller times become such offsets).
+engine's docstring for how caller times become such offsets), ``±Infinity`` for
+the infinite times; a finite offset is held to :data:`AHEAD` and :data:`BEHIND`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-__all__ = ["SCHEMA_VERSION", "Statements", "compose", "ddl"]
+__all__ = ["AHEAD", "BEHIND", "SCHEMA_VERSION", "Statements", "compose", "ddl"]
 
 SCHEMA_VERSION = 1
 """Version of the table layout, stored in ``meta`` under ``schema_version``."""
@@ -62,6 +63,26 @@ _DDL = (
             autovacuum_vacuum_threshold = 1000)""",
 )
 
+AHEAD = 9e12
+"""Seconds (some 285,000 years) a finite time may lie ahead of the database clock's now,
+and :data:`BEHIND` (some 6,000 years) behind it: one further away counts as that far.
+``timestamptz`` holds the years 4714 BC to 294276 AD, and a time past them fails the
+statement ("timestamp out of range") where the other engines compare it as a number;
+``±infinity`` are the infinite times."""
+BEHIND = 2e11
+
+
+def _at(offset: str) -> str:
+    """The ``timestamptz`` ``offset`` (a float8 parameter's name) seconds from the
+    statement's now: ``±infinity`` for ``±Infinity`` (``make_interval`` refuses them),
+    NULL for NULL."""
+    value = f"%({offset})s::float8"
+    return (f"CASE WHEN {value} = 'Infinity' THEN 'infinity'::timestamptz "
+            f"WHEN {value} = '-Infinity' THEN '-infinity'::timestamptz "
+            f"ELSE statement_timestamp() + make_interval(secs => "
+            f"least(greatest({value}, -{BEHIND:.0f}), {AHEAD:.0f})) END")
+
+
 _RECORD = "id, data, raw_size, attempts, enqueued_at, reason"
 _UPSERT = """INSERT INTO {s}.counts AS c (queue, slot, ready, leased, stored_bytes, raw_bytes)
     {source}
@@ -79,8 +100,8 @@ def _counted(ready: str, leased: str, stored: str, raw: str, rows: str) -> str:
 
 _READY = """SELECT id FROM {s}.records
     WHERE queue = %(queue)s AND NOT leased
-      AND visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)
-    ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED"""
+      AND visible_at <= {at_now}
+    ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED""".replace("{at_now}", _at("now_in"))
 
 _APPEND = f"""WITH ins AS (
         INSERT INTO {{s}}.records (queue, data, raw_size, enqueued_at)
@@ -104,7 +125,7 @@ _REMOVE = f"""WITH picked AS ({_READY}),
 
 _LEASE = f"""WITH picked AS ({_READY}),
     taken AS (UPDATE {{s}}.records r SET leased = true, owner = %(owner)s,
-            visible_at = statement_timestamp() + make_interval(secs => %(until_in)s),
+            visible_at = {_at('until_in')},
             attempts = r.attempts + 1
         WHERE r.queue = %(queue)s AND r.id = ANY(ARRAY(SELECT id FROM picked))
         RETURNING r.id, r.data, r.raw_size, r.attempts, r.enqueued_at, r.reason),
@@ -143,7 +164,7 @@ _ACK = f"""WITH gone AS (DELETE FROM {{s}}.records r
     {_counted("0", "-count(*)", "-sum(stored)", "-sum(raw_size)", "gone")}
     SELECT id FROM gone ORDER BY id"""
 
-_EXPIRED = "visible_at <= statement_timestamp() + make_interval(secs => %(now_in)s)"
+_EXPIRED = "visible_at <= " + _at("now_in")
 
 # Whether any lease of the queue ran out: a plain read of the first entry of
 # ``records_leased`` (the lease that ends first), so the periodic check costs
@@ -182,9 +203,9 @@ _BURY = """WITH dead AS (
     SELECT id, length(data), raw_size FROM dead"""
 
 _UNLEASE = """UPDATE {s}.records SET leased = false, owner = NULL, attempts = attempts + %(delta)s,
-        visible_at = CASE WHEN %(visible_in)s::float8 IS NULL THEN '-infinity'::timestamptz
-            ELSE statement_timestamp() + make_interval(secs => %(visible_in)s::float8) END
-    WHERE queue = %(queue)s AND id = ANY(%(ids)s::bigint[]) RETURNING id"""
+        visible_at = coalesce({at_visible}, '-infinity'::timestamptz)
+    WHERE queue = %(queue)s AND id = ANY(%(ids)s::bigint[]) RETURNING id""".replace(
+        "{at_visible}", _at("visible_in"))
 
 _ADD_COUNTS = _UPSERT.replace("{source}", """SELECT u.* FROM unnest(%(queues)s::text[],
         %(slots)s::smallint[], %(ready)s::bigint[], %(leased)s::bigint[], %(stored)s::bigint[],
@@ -212,9 +233,10 @@ _PEEK = f"""SELECT {_RECORD} FROM {{s}}.records WHERE queue = %(queue)s AND NOT 
     ORDER BY id LIMIT %(n)s OFFSET %(offset)s"""
 
 # Leased records in id order, with how many seconds each lease has left on the
-# database clock (the engine adds that to its own clock, see the module docs).
+# database clock (the engine adds that to its own clock, see the module docs); ±Infinity
+# for a lease until ±infinity, where the difference of the timestamps would fail.
 _PEEK_LEASED = f"""SELECT {_RECORD}, owner,
-        extract(epoch FROM visible_at - statement_timestamp())::float8
+        (extract(epoch FROM visible_at) - extract(epoch FROM statement_timestamp()))::float8
     FROM {{s}}.records WHERE queue = %(queue)s AND leased
     ORDER BY id LIMIT %(n)s OFFSET %(offset)s"""
 

@@ -32,7 +32,8 @@ each time ``t`` into ``statement_timestamp() + (t - time.time())``, i.e. the
 offset from the caller's clock at the moment of the call, applied to the
 database clock. A caller's clock error cancels out; only durations matter.
 ``peek_leased`` goes the other way: a lease's time left on the database clock
-is added to the caller's clock.
+is added to the caller's clock. Infinite times become ``±infinity``, and a finite
+one past the ends of ``timestamptz`` counts as at the end (see ``_pgsql.AHEAD``).
 ``enqueued_at`` is stored as given (it is reported, never compared).
 
 Durability. ``durability`` picks the session's ``synchronous_commit``:
