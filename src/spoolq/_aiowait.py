@@ -57,8 +57,8 @@ class Waiting:
     _waiters: dict[asyncio.Future[None], None]
     _shutdown: bool
     _long_polls: set[WaitCancel]
-    _poll: asyncio.Task[bool] | None
-    _poll_users: int
+    _poll: asyncio.Task[bool] | None = None  # the long-poll the waiting gets share
+    _poll_users = 0
     _changes: itertools.count[int]
     _epoch: int
 

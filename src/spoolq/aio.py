@@ -74,8 +74,6 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         self._closing: asyncio.Future[None] | None = None  # done once the file is closed
         self._takers = 0
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
-        self._poll: asyncio.Task[bool] | None = None  # the long-poll waiting gets share
-        self._poll_users = 0
         # A new value at every change that may make items takeable (puts, give-backs,
         # nacks, takes), whether or not anyone waits: a get whose take found nothing
         # compares it to learn whether something changed while its take ran. Several

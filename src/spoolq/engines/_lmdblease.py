@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ..errors import CorruptError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
+from ._shared import refuse_nan
 from .base import StoredRecord, dead_queue_name
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class LeaseSettling:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        refuse_nan(self.path, "release", "not_before", not_before)
+
         def body(txn: Txn) -> list[int]:
             q = self._queue(txn, queue)
             if q is None or not deliveries:

@@ -51,6 +51,16 @@ def refuse_nan(where: str, what: str, name: str, value: float) -> None:
                           "was changed")
 
 
+def nothing_visible(where: str, now: float, lease: Lease | None) -> bool:
+    """Whether a take at ``now`` sees no record: none is visible at NaN, which is no time.
+    EngineError, nothing changed, for a lease ending at NaN: it would never run out."""
+    if math.isnan(now):
+        return True
+    if lease is not None:
+        refuse_nan(where, "take", "the lease's end", lease.until)
+    return False
+
+
 class Store(Engine, SupportsPeekLeased, Protocol):
     """What a shared store offers: the engine protocol and listing leased records."""
 

@@ -51,7 +51,6 @@ is at that moment (the files it had loaded are gone).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -66,7 +65,7 @@ from ._dbmstate import State as _State
 from ._dbmstate import decode_record, leased_window, ready_window
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
-from ._shared import SharedEngine, refuse_nan
+from ._shared import SharedEngine, nothing_visible, refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -154,10 +153,8 @@ class _DBMStore(Generations):
         return list(range(first, first + len(records)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        if math.isnan(now):
-            return []  # no record is visible at it, as in SQLite
-        if lease is not None:
-            refuse_nan(self.path, "take", "the lease's end", lease.until)
+        if nothing_visible(self.path, now, lease):
+            return []
         with self._transaction("take") as st:
             q = st.queues.get(queue)
             if q is None or n <= 0:

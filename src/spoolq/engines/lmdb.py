@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -62,7 +61,7 @@ from . import _lmdbformat as fmt
 from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
 from ._lmdblease import LeaseSettling
-from ._shared import SharedEngine, refuse_nan
+from ._shared import SharedEngine, nothing_visible, refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -243,11 +242,8 @@ class _LMDBStore(LeaseSettling):
         return self._write("append", body)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        if math.isnan(now):
-            return []  # no record is visible at it, as in SQLite
-        if lease is not None:
-            refuse_nan(self.path, "take", "the lease's end", lease.until)
-
+        if nothing_visible(self.path, now, lease):
+            return []
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
@@ -319,14 +315,6 @@ class _LMDBStore(LeaseSettling):
             self._save(txn, queue, q)
 
         self._write("restore", body)
-
-    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
-                not_before: float, max_attempts: int | None, count_attempt: bool = True,
-                reason: str = "") -> list[int]:
-        refuse_nan(self.path, "release", "not_before", not_before)
-        return super().release(queue, deliveries, owner, not_before=not_before,
-                               max_attempts=max_attempts, count_attempt=count_attempt,
-                               reason=reason)
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         holder = owner.encode()

@@ -17,7 +17,7 @@ from itertools import chain, islice, repeat
 from math import isnan
 from operator import itemgetter
 
-from ._shared import refuse_nan
+from ._shared import nothing_visible, refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -34,16 +34,6 @@ from .base import (
 __all__ = ["MemoryEngine", "RecordState"]
 
 _WHERE = "the memory engine"
-
-
-def _nothing_visible(now: float, lease: Lease | None) -> bool:
-    """Whether a take at ``now`` sees no record (NaN is no time); EngineError for a
-    lease ending at NaN, which would never run out."""
-    if isnan(now):
-        return True
-    if lease is not None:
-        refuse_nan(_WHERE, "take", "the lease's end", lease.until)
-    return False
 
 RecordState = tuple[int, bytes, int, int, float, str | None, str | None, float]
 """One record as :meth:`MemoryEngine.export` gives it: id, data, raw_size,
@@ -152,7 +142,7 @@ class MemoryEngine:
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         q = self._queues.get(queue)
-        if q is None or _nothing_visible(now, lease):
+        if q is None or nothing_visible(_WHERE, now, lease):
             return []
         fresh, back, entries = q.fresh, q.back, q.entries
         if lease is None and not back:  # get and get_many: the oldest fresh records
