@@ -490,6 +490,22 @@ class TakesAtNaN(MemoryEngine):
         return super().take(queue, n, math.inf if math.isnan(now) else now, lease)
 
 
+class TakesNothingAtInfinity(MemoryEngine):
+    """Broken: a take at +inf takes nothing, as at a time the engine cannot hold."""
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        return [] if now == math.inf else super().take(queue, n, now, lease)
+
+
+class LeaseUntilInfinityRunsOut(MemoryEngine):
+    """Broken: a lease until +inf lasts a day, as if held to the longest lease it stores."""
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if lease is not None and lease.until == math.inf:
+            lease = lease._replace(until=min(now, 1e15) + 86400)
+        return super().take(queue, n, now, lease)
+
+
 class TakeOfNoneTakesAll(MemoryEngine):
     """Broken: a take of 0 records takes them all (a LIMIT of 0 read as no limit)."""
 
@@ -553,6 +569,10 @@ BROKEN: dict[str, tuple[Callable[[Path], Any], bool, str]] = {
     "TakeOfNoneTakesAll": (lambda _: TakeOfNoneTakesAll(), False,
                            "test_take_of_nothing_takes_nothing"),
     "TakesAtNaN": (lambda _: TakesAtNaN(), False, "test_a_take_at_a_nan_time_takes_nothing"),
+    "TakesNothingAtInfinity": (lambda _: TakesNothingAtInfinity(), False,
+                               "test_a_take_at_infinity_takes_every_ready_record"),
+    "LeaseUntilInfinityRunsOut": (lambda _: LeaseUntilInfinityRunsOut(), False,
+                                  "test_a_lease_until_infinity_never_runs_out"),
     "StoredCountingOnFromHighest": (lambda d: StoredCountingOnFromHighest(d / "q.stored"),
                                     True, "test_ids_are_not_reused_after_reopen"),
     "ReleaseAllOrNothing": (lambda _: ReleaseAllOrNothing(), False,

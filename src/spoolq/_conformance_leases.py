@@ -212,6 +212,59 @@ class LeaseConformance(ConformanceBase):
         assert [(r.data, r.reason) for r in dead] == [
             (b"r1", "owner died"), (b"r2", "lease expired"), (b"r3", "owner died")]
 
+    # ---- infinite times ----------------------------------------------------------------
+    # Infinite times are times: +inf is later than every finite time, and equal to itself.
+
+    def _finite_only(self, engine: Engine) -> bool:
+        """Whether ``engine`` is spoolq's remote engine, whose protocol carries finite
+        numbers only: its server refuses a request holding an infinite time, and the
+        tests of infinite times check that it still does (so that they are turned on
+        once it takes them)."""
+        return getattr(engine, "name", None) == "remote"
+
+    def test_a_take_at_infinity_takes_every_ready_record(self, engine: Engine) -> None:
+        """A take at ``now=+inf`` takes every ready record in id order, those released
+        to wait until a far time or until +inf too; leased records stay leased."""
+        self._put(engine, 1, 2, 3, 4)
+        a, b, c = engine.take("q", 3, self.NOW, Lease("me", self.NOW + 30))
+        engine.release("q", [(b.id, 1)], "me", not_before=1e300, max_attempts=None)
+        if self._finite_only(engine):
+            with pytest.raises(EngineError):
+                engine.release("q", [(c.id, 1)], "me", not_before=math.inf,
+                               max_attempts=None)
+            with pytest.raises(EngineError):
+                engine.take("q", 5, math.inf, None)
+            return
+        engine.release("q", [(c.id, 1)], "me", not_before=math.inf, max_attempts=None)
+        assert [r.data for r in engine.take("q", 5, self.NOW + 1e9, None)] == recs(4)
+        got = engine.take("q", 1, math.inf, None) + engine.take("q", 5, math.inf, None)
+        assert [(r.data, r.attempts) for r in got] == [(b"r2", 1), (b"r3", 1)]
+        assert engine.counts("q")[:2] == (0, 1)
+        assert engine.ack("q", [(a.id, 1)], "me") == [a.id]
+
+    def test_a_lease_until_infinity_never_runs_out(self, engine: Engine) -> None:
+        """A lease until ``+inf`` outlives an expiry at any finite time, as one by a
+        dead owner's name ends it; an expiry at +inf ends it."""
+        self._put(engine, 1, 2, 3)
+        if self._finite_only(engine):
+            with pytest.raises(EngineError):
+                engine.take("q", 1, self.NOW, Lease("me", math.inf))
+            return
+        (forever,) = engine.take("q", 1, self.NOW, Lease("me", math.inf))
+        engine.take("q", 1, self.NOW, Lease("you", self.NOW + 5))
+        (gone,) = engine.take("q", 1, math.inf, Lease("gone", math.inf))
+        assert gone.data == b"r3"
+        assert engine.expire("q", self.NOW + 6, max_attempts=1) == 1
+        for now in (self.NOW + 1e9, 1e300):
+            assert engine.expire("q", now, owners=["other"], max_attempts=1) == 0
+        assert engine.expire("q", 1e300, owners=["gone"]) == 1
+        assert engine.owners("q") == {"me": 1}
+        assert engine.counts("q")[:2] == (1, 1)
+        assert engine.expire("q", math.inf) == 1
+        again = engine.take("q", 5, self.NOW, None)
+        assert [(r.id, r.data, r.attempts) for r in again] == [(forever.id, b"r1", 1),
+                                                              (gone.id, b"r3", 1)]
+
     # ---- times that are not times ----------------------------------------------------
     # No comparison orders NaN: a record put, released or restored at NaN, or a lease
     # ending at NaN, would never come due. Every engine refuses them as SQLite does (its
