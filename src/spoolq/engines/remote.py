@@ -79,6 +79,12 @@ _PER_RECORD = 18
 _HEAD_SLACK = 3 * 8
 
 
+def _wire(t: float) -> float:
+    """``t`` as the protocol carries it: finite numbers only, so an infinite time goes as
+    the farthest finite one, which every time a caller gives lies within."""
+    return math.copysign(sys.float_info.max, t) if math.isinf(t) else t
+
+
 class RemoteEngine(LongPolls):
     """An :class:`~spoolq.Engine` whose storage is a spoolq server.
 
@@ -262,7 +268,8 @@ class RemoteEngine(LongPolls):
         each request's reply comes."""
         for part in self._frames(queue, records, len(ids)):
             these = records[part]
-            sent = {"queue": queue, "records": these, "sizes": raw_sizes[part], "now": now}
+            sent = {"queue": queue, "records": these, "sizes": raw_sizes[part],
+                    "now": _wire(now)}
             try:
                 got = self._call("append", sent)
             except ReplyTooLarge as exc:
@@ -326,8 +333,9 @@ class RemoteEngine(LongPolls):
             return []
         if lease is not None:
             refuse_nan(self._where(), "take", "the lease's end", lease.until)
-        args: dict[str, Any] = {"queue": queue, "n": min(n, _MAX_N), "now": now,
-                                "lease": None if lease is None else [lease.owner, lease.until]}
+        args: dict[str, Any] = {"queue": queue, "n": min(n, _MAX_N), "now": _wire(now),
+                                "lease": None if lease is None
+                                else [lease.owner, _wire(lease.until)]}
         if wait > 0:
             args["wait"] = wait
         if lease is not None:
@@ -343,7 +351,8 @@ class RemoteEngine(LongPolls):
             for rec in records:
                 refuse_nan(self._where(), "restore", f"the enqueue time of record {rec.id}",
                            rec.enqueued_at)
-            self._call("restore", {"queue": queue, "records": encode_records(list(records))})
+            sent = [r._replace(enqueued_at=_wire(r.enqueued_at)) for r in records]
+            self._call("restore", {"queue": queue, "records": encode_records(sent)})
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         if not deliveries:
@@ -363,7 +372,7 @@ class RemoteEngine(LongPolls):
             return []
         refuse_nan(self._where(), "release", "not_before", not_before)
         args = {"queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries],
-                "not_before": not_before, "max_attempts": max_attempts,
+                "not_before": _wire(not_before), "max_attempts": max_attempts,
                 "count_attempt": count_attempt, "reason": reason}
         try:
             return self._ids(self._call("release", args))
@@ -393,8 +402,8 @@ class RemoteEngine(LongPolls):
             # there is stands for it.
             if not owners:
                 return 0
-            now = -sys.float_info.max
-        return self._int(self._call("expire", {"queue": queue, "now": now,
+            now = -math.inf
+        return self._int(self._call("expire", {"queue": queue, "now": _wire(now),
                                                "owners": list(owners),
                                                "max_attempts": max_attempts}))
 
