@@ -14,6 +14,7 @@ import itertools
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from .core import QueueCore
 from .engines import WaitCancel
@@ -152,8 +153,12 @@ class Waiting:
         would keep the rest from starting their waits."""
         poll = self._poll
         if poll is None or poll.done():
-            poll = self._poll = self._loop.create_task(self._long_poll())
-            poll.add_done_callback(_retrieve)
+            # Registered now, not in the task's first step: a shutdown() or buffered put
+            # before that step cancels this wait too.
+            cancel = WaitCancel()
+            self._long_polls.add(cancel)
+            poll = self._poll = self._loop.create_task(self._long_poll(cancel))
+            poll.add_done_callback(partial(_retrieve, self._long_polls, cancel))
         self._poll_users += 1
         try:
             timeout = None if deadline is None else deadline - time.monotonic()
@@ -169,12 +174,13 @@ class Waiting:
         poll.result()  # its error, if it failed
         return True
 
-    async def _long_poll(self) -> bool:
+    async def _long_poll(self, cancel: WaitCancel) -> bool:
         """Block on a thread until the engine says items may be ready (the counts are
-        read again then) or its wait ends; True if they may be."""
+        read again then) or its wait ends; True if they may be. ``cancel``, in
+        :attr:`_long_polls` until the task ends, ends the wait early."""
         core = self._core
-        cancel = WaitCancel()
-        self._long_polls.add(cancel)
+        if cancel.cancelled:
+            return False
         try:
             ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready, None,
                                                      cancel)
@@ -188,8 +194,11 @@ class Waiting:
         return bool(ready)
 
 
-def _retrieve(task: asyncio.Task[bool]) -> None:
-    """Mark a shared long-poll's error as seen: the gets that would have raised it may
-    all have stopped waiting."""
+def _retrieve(long_polls: set[WaitCancel], cancel: WaitCancel,
+              task: asyncio.Task[bool]) -> None:
+    """Forget a shared long-poll's cancel (also when the task was cancelled before its
+    first step) and mark its error as seen: the gets that would have raised it may all
+    have stopped waiting."""
+    long_polls.discard(cancel)
     if not task.cancelled():
         task.exception()

@@ -255,10 +255,10 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                 if recounted:
                     raise Full(f"no room for {n} item(s) within the timeout")
                 recounted = True  # before refusing, look at the file's counts once more
-                await self._call(core.refresh)
+                await self._call(core.refresh, deadline)
                 continue
             if core.refresh_due() and not self._shutdown:  # aclose() may have stopped the worker
-                await self._call(core.refresh)
+                await self._call(core.refresh, deadline)
 
     # ---- getting ------------------------------------------------------------------------
 

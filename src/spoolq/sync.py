@@ -229,15 +229,16 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                         raise Full(f"no room for {n} item(s) within the timeout")
                     self._sleep(core.settings.poll_interval)
                     continue
+            # The reads of the counts are bounded by the put's deadline, as a get's are.
             if out_of_time:
-                core.refresh()  # not under self._cond: the core's lock is taken before it
+                core.refresh(deadline)  # not under self._cond: the core's lock is taken first
                 recounted = True
                 continue
             if not self._wait(deadline, lambda: self._shutdown or (
                     core.ready_hint() + self._reserved + n <= maxsize)):
                 continue  # the deadline passed: the check above decides
             if core.refresh_due():
-                core.refresh()
+                core.refresh(deadline)
 
     # ---- getting ------------------------------------------------------------------------
 
