@@ -17,6 +17,7 @@ import struct
 import sys
 import threading
 import types
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -65,6 +66,53 @@ def _custom_name(obj: object) -> str:
     return name
 
 
+_custom_locks: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
+_custom_locks_lock = threading.Lock()
+_shared_custom_lock = threading.Lock()  # for objects that take no weak reference
+
+
+def _custom_lock(obj: object) -> threading.Lock:
+    """The lock serializing calls into one custom codec object, shared by every codec
+    that uses it (the same object may serve several queues)."""
+    with _custom_locks_lock:
+        try:
+            lock = _custom_locks.get(obj)
+            if lock is None:
+                lock = _custom_locks[obj] = threading.Lock()
+        except TypeError:  # unhashable, or no weak reference to it
+            return _shared_custom_lock
+        return lock
+
+
+class _OneAtATime:
+    """A custom serializer or compressor called by one thread at a time.
+
+    Puts encode in their callers' threads, so a thread-safe queue would otherwise call a
+    custom object from several threads at once; one written for a single thread then
+    mixes up the payloads (wrong items with valid checksums) or, holding a C compressor
+    object, crashes the process."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self._lock = _custom_lock(obj)
+
+    def dumps(self, item: Any) -> Any:
+        with self._lock:
+            return self.obj.dumps(item)
+
+    def loads(self, data: bytes) -> Any:
+        with self._lock:
+            return self.obj.loads(data)
+
+    def compress(self, data: bytes) -> Any:
+        with self._lock:
+            return self.obj.compress(data)
+
+    def decompress(self, data: bytes) -> Any:
+        with self._lock:
+            return self.obj.decompress(data)
+
+
 def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], Any]]],
              methods: tuple[str, str]) -> tuple[int, str, Any]:
     if isinstance(spec, str):
@@ -79,7 +127,7 @@ def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], A
     if all(callable(getattr(spec, m, None)) for m in methods):
         name = _custom_name(spec)
         if name not in table:
-            return CUSTOM_ID, name, spec
+            return CUSTOM_ID, name, _OneAtATime(spec)
         # A file stores the codec's name, and reopening by that name gives the built-in:
         # records written under a built-in's name by another object would not decode.
         if isinstance(spec, types.ModuleType):
@@ -158,7 +206,8 @@ class Codec:
     cannot exhaust memory. With ``"zstd-dict"`` the codec samples the first
     payloads until :attr:`training_due`; the owner of the codec then calls
     :meth:`train` and stores the dictionary (see :mod:`spoolq.zdict`).
-    Instances are thread-safe.
+    Instances are thread-safe, whatever the serializer and compressor: a custom one is
+    called by one thread at a time (one lock per object, shared by every codec using it).
     """
 
     def __init__(self, serializer: object = "cbor", compressor: object = "zstd", *,
