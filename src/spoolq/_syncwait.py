@@ -111,7 +111,7 @@ class SyncWaiting:
             if ready is None:
                 return False
             if ready:
-                core.refresh()
+                core.refresh(deadline)
             return True
         if took_nothing:  # items are promised but delayed: wait a poll unless closing
             return self._wait(deadline, lambda: self._immediate)
