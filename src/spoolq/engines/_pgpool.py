@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 if TYPE_CHECKING:
     from psycopg_pool.base import AttemptWithBackoff
@@ -32,7 +33,14 @@ else:
     except ImportError:  # psycopg_pool 3.2.0
         from psycopg_pool.base import ConnectionAttempt as AttemptWithBackoff
 
-from ..errors import ConfigurationError
+from ..errors import (
+    ConfigurationError,
+    CorruptError,
+    EngineError,
+    FormatError,
+    LockTimeout,
+    Unavailable,
+)
 
 __all__ = [
     "SYNCHRONOUS_COMMIT",
@@ -47,6 +55,7 @@ __all__ = [
     "describe",
     "readable",
     "release_pool",
+    "translated",
 ]
 
 log = logging.getLogger("spoolq")
@@ -185,6 +194,27 @@ def connection_lost(exc: BaseException) -> bool:
     if state is None:
         return isinstance(exc, psycopg.OperationalError)
     return str(state).startswith("08") or state in _GONE_STATES
+
+
+@contextmanager
+def translated(where: str, what: str, timeout: float) -> Iterator[None]:
+    """Translate psycopg's errors into spoolq's, keeping the original as ``__cause__``:
+    ``where`` names the queue, ``what`` the call, ``timeout`` the seconds waited for a
+    connection."""
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise Unavailable(f"{where}: {what}: no database connection within "
+                          f"{timeout:g}s") from exc
+    except pg_errors.LockNotAvailable as exc:
+        raise LockTimeout(f"{where}: {what} waited too long for a lock: {exc}") from exc
+    except (pg_errors.DataCorrupted, pg_errors.IndexCorrupted) as exc:
+        raise CorruptError(f"{where} is damaged: {exc}") from exc
+    except pg_errors.UndefinedTable as exc:
+        raise FormatError(f"{where}: the spoolq tables are gone: {exc}") from exc
+    except psycopg.Error as exc:
+        kind = Unavailable if connection_lost(exc) else EngineError
+        raise kind(f"{where}: {what} failed: {exc}") from exc
 
 
 def readable(conn: Conn) -> bool:

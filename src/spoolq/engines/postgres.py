@@ -3,13 +3,8 @@
 Tables live in one schema (``schema="spoolq"`` by default), created on first
 use: ``meta`` (settings and the ``schema_version``), ``records`` (every
 record of every named queue, ids from an identity column, so they only grow
-and are never reused) and ``counts`` (per-queue counters).
-
-Restarts. With ``synchronous_commit=off`` a crash of the server may lose the
-identity's last advances with the last commits, and it would hand their ids
-out again. ``meta`` records when the server last started; a connection new to
-the engine that finds the server started since moves the identity on by
-:data:`ID_GAP`, once per restart (see ``_after_restart`` and docs/postgres.md).
+and are never reused, even after a crash of the server: see ``_pgids``) and
+``counts`` (per-queue counters).
 
 Concurrency. Taking records is ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent
 consumers never wait for each other and never take the same row. Every
@@ -65,27 +60,26 @@ on the queue and the ids it names, whatever the number of rows asked for.
 This module holds the engine itself. Its private helpers: ``_pgsql`` (the
 SQL), ``_pgparts`` (a batch in statements PostgreSQL accepts), ``_pgpool`` (the
 shared pools and connections), ``_pgschema`` (creating and checking the schema
-at open) and ``_pglisten`` (LISTEN/NOTIFY waiting).
+at open), ``_pgids`` (ids across restarts of the server) and ``_pglisten``
+(LISTEN/NOTIFY waiting).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
 import random
 import time
-import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
-from ..errors import CorruptError, EngineError, FormatError, LockTimeout, Unavailable
+from ..errors import EngineError
+from ._pgids import ID_GAP, RestartCheck
 from ._pglisten import Listener, any_ready, payload
 from ._pgparts import MAX_RECORD_BYTES, atomic, check_given, check_sizes
 from ._pgparts import parts as statement_parts
@@ -97,9 +91,9 @@ from ._pgpool import (
     check_options,
     connect,
     connection,
-    connection_lost,
     describe,
     release_pool,
+    translated,
 )
 from ._pgschema import open_schema
 from ._pgsql import compose
@@ -118,16 +112,7 @@ from .base import (
 
 __all__ = ["ID_GAP", "MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT", "PostgresEngine"]
 
-log = logging.getLogger("spoolq")
-
 _MAX_BIGINT = (1 << 63) - 1
-
-ID_GAP = 1 << 40
-"""Ids skipped once after each restart of the server: more than a server hands out in the
-moments a crash loses. Ids stay below 2**63 (the ``bigint`` column, the wire protocol)
-for some eight million restarts."""
-
-_STARTED_KEY = "server_started"
 
 
 class PostgresEngine:
@@ -169,8 +154,7 @@ class PostgresEngine:
         self._sql = compose(schema, notify=notify)
         self._waits = Listener(self.channel, self.where, self._connect_listener)
         self._pool: ConnectionPool[Conn] | None = None
-        # The pooled connections this engine checked for a restart of the server.
-        self._checked: weakref.WeakSet[Conn] = weakref.WeakSet()
+        self._restarts = None if read_only else RestartCheck(self._sql, schema, self.where)
         self._pid = os.getpid()
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self._setup()
@@ -183,23 +167,9 @@ class PostgresEngine:
 
     # ---- connections and errors ---------------------------------------------------------
 
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
+    def _guard(self, what: str) -> AbstractContextManager[None]:
         """Translate psycopg's errors into spoolq's, keeping the original as ``__cause__``."""
-        try:
-            yield
-        except PoolTimeout as exc:
-            raise Unavailable(f"{self.where}: {what}: no database connection within "
-                              f"{self._connect_timeout:g}s") from exc
-        except pg_errors.LockNotAvailable as exc:
-            raise LockTimeout(f"{self.where}: {what} waited too long for a lock: {exc}") from exc
-        except (pg_errors.DataCorrupted, pg_errors.IndexCorrupted) as exc:
-            raise CorruptError(f"{self.where} is damaged: {exc}") from exc
-        except pg_errors.UndefinedTable as exc:
-            raise FormatError(f"{self.where}: the spoolq tables are gone: {exc}") from exc
-        except psycopg.Error as exc:
-            kind = Unavailable if connection_lost(exc) else EngineError
-            raise kind(f"{self.where}: {what} failed: {exc}") from exc
+        return translated(self.where, what, self._connect_timeout)
 
     def _check_process(self, what: str) -> None:
         if os.getpid() != self._pid:
@@ -214,48 +184,9 @@ class PostgresEngine:
             raise EngineError(f"{self.where}: {what}: the engine is closed")
         self._check_process(what)
         with self._guard(what), connection(pool, self._connect_timeout, self.where) as conn:
-            if conn not in self._checked:
-                self._after_restart(conn)
-                self._checked.add(conn)
+            if self._restarts is not None:  # a read-only engine gives no id out
+                self._restarts.check(conn)
             yield conn
-
-    def _after_restart(self, conn: Conn) -> None:
-        """Skip :data:`ID_GAP` ids once after each restart of the server, which ``conn``,
-        a connection new to this engine, may be the first to see.
-
-        With ``synchronous_commit=off`` a crash of the server may lose the last
-        advances of the records' identity with the last commits; it would then hand
-        out again ids callers were given. The start time of the server recorded in
-        ``meta`` tells whether it restarted since the last check; the skip and the
-        new start time are flushed to disk before any statement of this connection
-        (``synchronous_commit = on``), whatever the engine's durability. A queue
-        that never recorded a start and handed ids out skips too: it may have lived
-        through a crash.
-        """
-        if self.read_only:
-            return  # it gives no id out
-        schema = {"schema": self.schema}
-        try:
-            with conn.transaction():
-                conn.execute("SET LOCAL synchronous_commit = on")
-                conn.execute(self._sql.lock_restart, schema)
-                row = conn.execute(self._sql.server_started, {}).fetchone()
-                started = str(row[0] if row is not None else "").encode()
-                row = conn.execute(self._sql.get_meta, {"key": _STARTED_KEY}).fetchone()
-                if row is not None and bytes(row[0]) == started:
-                    return
-                row = None if row is not None else conn.execute(self._sql.last_id,
-                                                                schema).fetchone()
-                if row is None or row[0]:
-                    got = conn.execute(self._sql.skip_ids, {**schema, "gap": ID_GAP}).fetchone()
-                    log.info("spoolq: %s: the database server restarted; ids go on from "
-                             "%s, past any it may have handed out and lost in a crash",
-                             self.where, None if got is None else got[0] + 1)
-                conn.execute(self._sql.set_meta, {"key": _STARTED_KEY, "value": started})
-        except pg_errors.InsufficientPrivilege as exc:
-            log.warning("spoolq: %s: cannot move the record ids past a restart of the "
-                        "server (%s); after a crash of the server, ids handed out before it "
-                        "may be handed out again", self.where, exc)
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[Conn]:
