@@ -17,7 +17,9 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
+import spoolq
 from spoolq.engines.postgres import ID_GAP, PostgresEngine
 
 from .pg_support import execute
@@ -127,3 +129,73 @@ def test_a_read_only_engine_moves_no_id(opened: list[PostgresEngine], pg_url: st
     reader = _open(opened, pg_url, pg_schema, read_only=True)
     assert [r.data for r in reader.peek("q", 5)] == [b"a"]
     assert reader.get_meta(STARTED) == b"12345.678"
+
+
+def _lock_restart(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('spoolq restart ' || %s, 0))",
+                 (schema,))
+
+
+def test_a_process_stalled_in_its_check_holds_up_nobody_once_the_start_is_recorded(
+        opened: list[PostgresEngine], pg_url: str, pg_schema: str) -> None:
+    """A process whose host vanished in the middle of its check keeps the restart lock
+    until the server notices (hours, with the server's default keepalives). Connections
+    new to other engines, and other processes, waited for it up to lock_timeout and then
+    failed every call, reads too, although the start was recorded long before."""
+    _open(opened, pg_url, pg_schema).append("q", [b"a"], [1], 1.0)  # the start recorded
+    with psycopg.connect(pg_url, autocommit=True) as stalled, stalled.transaction():
+        _lock_restart(stalled, pg_schema)
+        eng = PostgresEngine(pg_url, schema=pg_schema, pool_size=9, lock_timeout=0.5)
+        opened.append(eng)
+        assert eng.counts("q").ready == 1
+        assert eng.append("q", [b"b"], [1], 1.0) == [2]
+
+
+def test_engines_noticing_a_restart_wait_for_the_one_moving_the_ids(
+        opened: list[PostgresEngine], pg_url: str, pg_schema: str) -> None:
+    """While another process moves the ids after a restart, a new connection waits: an id
+    it handed out before the move is done could be one given out before the crash."""
+    _open(opened, pg_url, pg_schema).append("q", [b"a"], [1], 1.0)
+    with psycopg.connect(pg_url, autocommit=True) as mover:
+        with mover.transaction():
+            _lock_restart(mover, pg_schema)
+            mover.execute(sql.SQL("UPDATE {}.meta SET value = 'before' WHERE key = %s").format(
+                sql.Identifier(pg_schema)), (STARTED,))
+        with mover.transaction():
+            _lock_restart(mover, pg_schema)
+            eng = PostgresEngine(pg_url, schema=pg_schema, pool_size=9, lock_timeout=0.5)
+            opened.append(eng)
+            with pytest.raises(spoolq.LockTimeout):
+                eng.append("q", [b"b"], [1], 1.0)
+        (first,) = eng.append("q", [b"b"], [1], 1.0)
+        assert first > ID_GAP
+
+
+def test_a_role_that_may_not_record_the_start_moves_the_ids_no_further(
+        opened: list[PostgresEngine], pg_url: str, pg_schema: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """setval() is not undone by a rollback: when recording the start failed after the
+    move, every connection new to an engine moved the ids on by ID_GAP again."""
+    owner = _open(opened, pg_url, pg_schema)
+    owner.append("q", [b"a"], [1], 1.0)
+    owner.set_meta(STARTED, b"12345.678")  # as if recorded before a restart
+    role = f"{pg_schema}_ids"
+    schema, ident = sql.Identifier(pg_schema), sql.Identifier(role)
+    execute(pg_url, sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    try:
+        for grant in ("GRANT USAGE ON SCHEMA {s} TO {r}",
+                      "GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.records, {s}.counts TO {r}",
+                      "GRANT SELECT ON {s}.meta TO {r}",
+                      "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}"):
+            execute(pg_url, sql.SQL(grant).format(s=schema, r=ident))
+        app_url = make_conninfo(pg_url, user=role)
+        ids = [_open(opened, app_url, pg_schema).append("q", [b"b"], [1], 1.0)[0]
+               for _ in range(3)]
+        assert ids == [2, 3, 4]
+        assert "cannot move the record ids" in caplog.text
+    finally:
+        for eng in opened:
+            eng.close()
+        opened.clear()
+        execute(pg_url, sql.SQL("DROP OWNED BY {}").format(ident))
+        execute(pg_url, sql.SQL("DROP ROLE {}").format(ident))

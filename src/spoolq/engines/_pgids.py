@@ -61,25 +61,38 @@ def after_restart(conn: Conn, statements: Statements, schema: str, where: str) -
     handed ids out skips too: it may have lived through a crash. A role without
     the privileges the skip needs gets a warning, and no skip.
     """
-    params = {"schema": schema}
+    params = {"schema": schema, "key": _STARTED_KEY}
+    started, recorded = _starts(conn, statements)
+    if recorded == started:
+        # The common case, and one read: no lock to wait for behind a process stalled
+        # in its own check (the server holds its locks until it notices it is gone).
+        return
     try:
         with conn.transaction():
             conn.execute("SET LOCAL synchronous_commit = on")
             conn.execute(statements.lock_restart, params)
-            row = conn.execute(statements.server_started, {}).fetchone()
-            started = str(row[0] if row is not None else "").encode()
-            row = conn.execute(statements.get_meta, {"key": _STARTED_KEY}).fetchone()
-            if row is not None and bytes(row[0]) == started:
-                return
-            row = None if row is not None else conn.execute(statements.last_id,
-                                                            params).fetchone()
+            started, recorded = _starts(conn, statements)
+            if recorded == started:
+                return  # another connection moved the ids while this one waited
+            row = None if recorded is not None else conn.execute(statements.last_id,
+                                                                 params).fetchone()
+            # Recorded before the move, which setval() makes at once and for good: when
+            # recording fails, the ids must not have moved, or each connection moves them.
+            conn.execute(statements.set_meta, {"key": _STARTED_KEY, "value": started})
             if row is None or row[0]:
                 got = conn.execute(statements.skip_ids, {**params, "gap": ID_GAP}).fetchone()
                 log.info("spoolq: %s: the database server restarted; ids go on from "
                          "%s, past any it may have handed out and lost in a crash",
                          where, None if got is None else got[0] + 1)
-            conn.execute(statements.set_meta, {"key": _STARTED_KEY, "value": started})
     except pg_errors.InsufficientPrivilege as exc:
         log.warning("spoolq: %s: cannot move the record ids past a restart of the "
                     "server (%s); after a crash of the server, ids handed out before it "
                     "may be handed out again", where, exc)
+
+
+def _starts(conn: Conn, statements: Statements) -> tuple[bytes, bytes | None]:
+    """When the server started, as ``meta`` records it, and what ``meta`` records."""
+    row = conn.execute(statements.server_started, {"key": _STARTED_KEY}).fetchone()
+    if row is None:
+        return b"", None
+    return str(row[0]).encode(), None if row[1] is None else bytes(row[1])

@@ -256,8 +256,9 @@ _LAST_ID = """SELECT coalesce(pg_sequence_last_value(
 # that the statement above needs: the row is rolled back, and the id is never given out.
 _NEXT_ID = """INSERT INTO {s}.records (queue, data, raw_size, enqueued_at)
     VALUES (%(queue)s, '', 0, 0) RETURNING id"""
-# When the server last started, as the meta key ``server_started`` records it.
-_SERVER_STARTED = "SELECT extract(epoch FROM pg_postmaster_start_time())::text"
+# When the server last started, as the meta key ``%(key)s`` records it, and what it records.
+_SERVER_STARTED = """SELECT extract(epoch FROM pg_postmaster_start_time())::text,
+    (SELECT value FROM {s}.meta WHERE key = %(key)s)"""
 # Moves the records' identity past ``gap`` ids it may have handed out and lost the record
 # of (see the engine's docstring on restarts).
 _SKIP_IDS = """SELECT setval(s.seq, coalesce(pg_sequence_last_value(s.seq), 0) + %(gap)s)
