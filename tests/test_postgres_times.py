@@ -243,3 +243,16 @@ def test_times_before_any_time(engine: PostgresEngine) -> None:
             [(b"a", 2), (b"c", 1)], 2, [(b"a", 2), (b"c", 1)])
     finally:
         memory.close()
+
+
+def test_an_expiry_at_a_nan_time_ends_no_lease_until_a_time_long_past(
+        engine: PostgresEngine, sqlite: SQLiteEngine) -> None:
+    """No lease runs out at a time that is not one, not even one until -inf or until a
+    time before the start of timestamptz. The engine read NaN as a time 6,000 years ago
+    (GREATEST skips the NULL it stands for) and ended both leases."""
+    def case(eng: Engine, now: float) -> object:
+        eng.append("q", [b"a", b"b", b"c"], [1, 1, 1], now)
+        for until in (-INF, -FAR):
+            eng.take("q", 1, now, Lease("me", until))
+        return eng.expire("q", math.nan), eng.owners("q"), eng.counts("q")[:2]
+    assert _same(engine, sqlite, case) == (0, {"me": 2}, (1, 2))

@@ -77,10 +77,12 @@ def _at(offset: str) -> str:
     statement's now: ``±infinity`` for ``±Infinity`` (``make_interval`` refuses them),
     NULL for NULL."""
     value = f"%({offset})s::float8"
+    # Not least(greatest(...)): GREATEST skips a NULL, which would become -BEHIND.
     return (f"CASE WHEN {value} = 'Infinity' THEN 'infinity'::timestamptz "
             f"WHEN {value} = '-Infinity' THEN '-infinity'::timestamptz "
             f"ELSE statement_timestamp() + make_interval(secs => "
-            f"least(greatest({value}, -{BEHIND:.0f}), {AHEAD:.0f})) END")
+            f"CASE WHEN {value} > {AHEAD:.0f} THEN {AHEAD:.0f} "
+            f"WHEN {value} < -{BEHIND:.0f} THEN -{BEHIND:.0f} ELSE {value} END) END")
 
 
 _RECORD = "id, data, raw_size, attempts, enqueued_at, reason"
