@@ -1,6 +1,7 @@
 """The built-in serializers and compressors that :mod:`spoolq.codec` names by id, and the
 protocols a custom one follows. Decompression is bounded at ``MAX_UNPACKED_SIZE``, so a
-small damaged or hostile record cannot make a reader allocate gigabytes."""
+small damaged or hostile record cannot make a reader unpack gigabytes (the item that the
+serializer builds from the payload can still take many times its size)."""
 
 from __future__ import annotations
 

@@ -202,8 +202,11 @@ class Codec:
     than ``threshold`` bytes, payloads longer than
     :data:`~spoolq.zdict.MAX_UNPACKED_SIZE` (256 MiB), and payloads that
     compression does not shrink, are stored uncompressed; a record that would
-    decompress beyond that size is refused as corrupt, so a small hostile record
-    cannot exhaust memory. With ``"zstd-dict"`` the codec samples the first
+    decompress beyond that size is refused as corrupt before it is unpacked. That
+    bounds the bytes, not the item they make: cbor or json made of many empty lists
+    takes about 70 bytes of memory per payload byte, and a 1 KB zstd record can hold
+    32 MB of payload: such a record still costs its reader gigabytes.
+    With ``"zstd-dict"`` the codec samples the first
     payloads until :attr:`training_due`; the owner of the codec then calls
     :meth:`train` and stores the dictionary (see :mod:`spoolq.zdict`).
     Instances are thread-safe, whatever the serializer and compressor: a custom one is

@@ -52,7 +52,7 @@ MAX_UNPACKED_SIZE = 256 * 1024 * 1024
 
 A larger serialized item is stored uncompressed, so every record spoolq writes
 stays readable; a small hostile record (a "decompression bomb") is refused instead
-of making its reader allocate gigabytes."""
+of being unpacked to gigabytes."""
 
 # A zstd block holds at most 128 KiB, and the smallest (an RLE block) takes 4 bytes: a
 # frame this many times shorter than the limit cannot decompress beyond it.
