@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,42 @@ def test_a_child_forked_while_a_thread_is_inside_a_call_does_not_hang(
                           timeout=20, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child got ['before', 'child']", "parent sees [] 0"]
+
+
+def test_a_child_forked_while_a_thread_used_a_custom_codec_can_use_it(
+        tmp_path: Path) -> None:
+    """A custom serializer is called by one thread at a time, under a lock: a child forked
+    while another thread of its parent held that lock hung at its first put."""
+    entered, leave = threading.Event(), threading.Event()
+
+    class Slow:
+        def dumps(self, item: object) -> bytes:
+            if item == "slow":
+                entered.set()
+                leave.wait(10)
+            return json.dumps(item).encode()
+
+        def loads(self, data: bytes) -> object:
+            return json.loads(data)
+
+    with spoolq.SyncQueue.create(queue_path(tmp_path, "sqlite"), serializer=Slow()) as q:
+        busy = threading.Thread(target=q.put, args=("slow",))
+        busy.start()
+        try:
+            assert entered.wait(10)
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                os.close(read_end)
+                signal.alarm(10)  # a hang ends the child, and the test fails
+                q.put("child")
+                os.write(write_end, b"put")
+                os._exit(0)
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as f:
+                report = f.read()
+            os.waitpid(pid, 0)
+        finally:
+            leave.set()
+            busy.join()
+    assert report == b"put"

@@ -13,6 +13,7 @@ compressor changes stays readable, and a file can be decoded offline.
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import threading
@@ -84,6 +85,28 @@ def _custom_lock(obj: object) -> threading.Lock:
         return lock
 
 
+_wrappers: weakref.WeakSet[_OneAtATime] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    """A child forked while another thread held one of these locks would wait for it for
+    ever: that thread does not exist in the child. Each lock is replaced, shared as it
+    was."""
+    global _custom_locks_lock, _shared_custom_lock, _decompressors_lock  # noqa: PLW0603
+    _custom_locks_lock = threading.Lock()
+    _decompressors_lock = threading.Lock()
+    fresh: dict[int, threading.Lock] = {id(_shared_custom_lock): threading.Lock()}
+    _shared_custom_lock = fresh[id(_shared_custom_lock)]
+    for obj, lock in list(_custom_locks.items()):
+        _custom_locks[obj] = fresh.setdefault(id(lock), threading.Lock())
+    for wrapper in list(_wrappers):
+        wrapper._lock = fresh.setdefault(id(wrapper._lock), threading.Lock())
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 class _OneAtATime:
     """A custom serializer or compressor called by one thread at a time.
 
@@ -95,6 +118,7 @@ class _OneAtATime:
     def __init__(self, obj: Any) -> None:
         self.obj = obj
         self._lock = _custom_lock(obj)
+        _wrappers.add(self)
 
     def dumps(self, item: Any) -> Any:
         with self._lock:
