@@ -18,12 +18,12 @@ import struct
 import sys
 import threading
 import types
-import weakref
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._builtin_codecs import COMPRESSORS, SERIALIZERS, Compressor, Serializer, too_large
+from ._onethread import OneAtATime
 from .errors import ConfigurationError, CorruptError, SerializationError
 from .zdict import MAX_UNPACKED_SIZE, ZstdDictCompressor
 
@@ -67,76 +67,6 @@ def _custom_name(obj: object) -> str:
     return name
 
 
-_custom_locks: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
-_custom_locks_lock = threading.Lock()
-_shared_custom_lock = threading.Lock()  # for objects that take no weak reference
-
-
-def _custom_lock(obj: object) -> threading.Lock:
-    """The lock serializing calls into one custom codec object, shared by every codec
-    that uses it (the same object may serve several queues)."""
-    with _custom_locks_lock:
-        try:
-            lock = _custom_locks.get(obj)
-            if lock is None:
-                lock = _custom_locks[obj] = threading.Lock()
-        except TypeError:  # unhashable, or no weak reference to it
-            return _shared_custom_lock
-        return lock
-
-
-_wrappers: weakref.WeakSet[_OneAtATime] = weakref.WeakSet()
-
-
-def _new_locks_in_child() -> None:
-    """A child forked while another thread held one of these locks would wait for it for
-    ever: that thread does not exist in the child. Each lock is replaced, shared as it
-    was."""
-    global _custom_locks_lock, _shared_custom_lock, _decompressors_lock  # noqa: PLW0603
-    _custom_locks_lock = threading.Lock()
-    _decompressors_lock = threading.Lock()
-    fresh: dict[int, threading.Lock] = {id(_shared_custom_lock): threading.Lock()}
-    _shared_custom_lock = fresh[id(_shared_custom_lock)]
-    for obj, lock in list(_custom_locks.items()):
-        _custom_locks[obj] = fresh.setdefault(id(lock), threading.Lock())
-    for wrapper in list(_wrappers):
-        wrapper._lock = fresh.setdefault(id(wrapper._lock), threading.Lock())
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_new_locks_in_child)
-
-
-class _OneAtATime:
-    """A custom serializer or compressor called by one thread at a time.
-
-    Puts encode in their callers' threads, so a thread-safe queue would otherwise call a
-    custom object from several threads at once; one written for a single thread then
-    mixes up the payloads (wrong items with valid checksums) or, holding a C compressor
-    object, crashes the process."""
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-        self._lock = _custom_lock(obj)
-        _wrappers.add(self)
-
-    def dumps(self, item: Any) -> Any:
-        with self._lock:
-            return self.obj.dumps(item)
-
-    def loads(self, data: bytes) -> Any:
-        with self._lock:
-            return self.obj.loads(data)
-
-    def compress(self, data: bytes) -> Any:
-        with self._lock:
-            return self.obj.compress(data)
-
-    def decompress(self, data: bytes) -> Any:
-        with self._lock:
-            return self.obj.decompress(data)
-
-
 def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], Any]]],
              methods: tuple[str, str]) -> tuple[int, str, Any]:
     if isinstance(spec, str):
@@ -151,7 +81,7 @@ def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], A
     if all(callable(getattr(spec, m, None)) for m in methods):
         name = _custom_name(spec)
         if name not in table:
-            return CUSTOM_ID, name, _OneAtATime(spec)
+            return CUSTOM_ID, name, OneAtATime(spec)
         # A file stores the codec's name, and reopening by that name gives the built-in:
         # records written under a built-in's name by another object would not decode.
         if isinstance(spec, types.ModuleType):
@@ -536,6 +466,16 @@ class Codec:
 
 _decompressors: dict[str, Compressor] = {}
 _decompressors_lock = threading.Lock()
+
+
+def _new_decompressors_lock() -> None:
+    # A child forked while another thread held it would wait for it for ever.
+    global _decompressors_lock  # noqa: PLW0603
+    _decompressors_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_decompressors_lock)
 
 
 def _decompressor(name: str) -> Compressor:

@@ -1,0 +1,83 @@
+"""Custom serializers and compressors called by one thread at a time.
+
+Puts encode in their callers' threads, so a thread-safe queue would otherwise call a custom
+codec object from several threads at once. :class:`OneAtATime` wraps one; the lock is one
+per object, shared by every queue that uses it, and renewed in a forked child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+__all__ = ["OneAtATime"]
+
+_custom_locks: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
+_custom_locks_lock = threading.Lock()
+_shared_custom_lock = threading.Lock()  # for objects that take no weak reference
+
+
+def _custom_lock(obj: object) -> threading.Lock:
+    """The lock serializing calls into one custom codec object, shared by every codec
+    that uses it (the same object may serve several queues)."""
+    with _custom_locks_lock:
+        try:
+            lock = _custom_locks.get(obj)
+            if lock is None:
+                lock = _custom_locks[obj] = threading.Lock()
+        except TypeError:  # unhashable, or no weak reference to it
+            return _shared_custom_lock
+        return lock
+
+
+_wrappers: weakref.WeakSet[OneAtATime] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    """A child forked while another thread held one of these locks would wait for it for
+    ever: that thread does not exist in the child. Each lock is replaced, shared as it
+    was."""
+    global _custom_locks_lock, _shared_custom_lock  # noqa: PLW0603
+    _custom_locks_lock = threading.Lock()
+    fresh: dict[int, threading.Lock] = {id(_shared_custom_lock): threading.Lock()}
+    _shared_custom_lock = fresh[id(_shared_custom_lock)]
+    for obj, lock in list(_custom_locks.items()):
+        _custom_locks[obj] = fresh.setdefault(id(lock), threading.Lock())
+    for wrapper in list(_wrappers):
+        wrapper._lock = fresh.setdefault(id(wrapper._lock), threading.Lock())
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
+class OneAtATime:
+    """A custom serializer or compressor called by one thread at a time.
+
+    Puts encode in their callers' threads, so a thread-safe queue would otherwise call a
+    custom object from several threads at once; one written for a single thread then
+    mixes up the payloads (wrong items with valid checksums) or, holding a C compressor
+    object, crashes the process."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self._lock = _custom_lock(obj)
+        _wrappers.add(self)
+
+    def dumps(self, item: Any) -> Any:
+        with self._lock:
+            return self.obj.dumps(item)
+
+    def loads(self, data: bytes) -> Any:
+        with self._lock:
+            return self.obj.loads(data)
+
+    def compress(self, data: bytes) -> Any:
+        with self._lock:
+            return self.obj.compress(data)
+
+    def decompress(self, data: bytes) -> Any:
+        with self._lock:
+            return self.obj.decompress(data)
