@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import IO, Any
 
 import click
@@ -42,21 +43,32 @@ log = logging.getLogger("spoolq")
 
 
 def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk: int,
-                 advance: Any) -> int:
+                 advance: Any, skip: Callable[[int, str], None] | None) -> int:
+    """Write the items of ``name`` as JSON Lines; the number written.
+
+    A record that cannot be decoded or written as JSON stops the dump with
+    :class:`Refused`, or with ``skip`` is passed to it (id, why) and left out.
+    """
     written = 0
     for page in iter_pages_following(eng, name, chunk=chunk):
         lines = []
         for rec in page:
             d = decoder.decode(rec)
             if not d.ok:
-                raise Refused(f"record {rec.id} of {name!r}: {d.note}")
+                if skip is None:
+                    raise Refused(f"record {rec.id} of {name!r}: {d.note}")
+                skip(rec.id, d.note or d.status)
+                continue
             try:
                 lines.append(json_text(d.item))
             except ValueError as exc:
-                raise Refused(f"record {rec.id} of {name!r} cannot be written as JSON: {exc}; "
-                              "dump handles JSON-compatible items only") from None
-        out.write(("\n".join(lines) + "\n").encode())
-        written += len(page)
+                if skip is None:
+                    raise Refused(f"record {rec.id} of {name!r} cannot be written as JSON: "
+                                  f"{exc}; dump handles JSON-compatible items only") from None
+                skip(rec.id, f"cannot be written as JSON: {exc}")
+        if lines:
+            out.write(("\n".join(lines) + "\n").encode())
+        written += len(lines)
         advance(len(page))
     return written
 
@@ -70,23 +82,37 @@ def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk
 @click.option("--dead", is_flag=True, help="Dump the queue's dead letters instead.")
 @click.option("--allow-pickle", is_flag=True,
               help="Unpickle pickled items. Only for files you trust: unpickling can run code.")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out records that cannot be decoded or written as JSON (each named "
+                   "on stderr) and dump the others; the exit status is then 1.")
 @click.option("--chunk", type=click.IntRange(1, MAX_CHUNK), default=DEFAULT_CHUNK,
               show_default=True,
               help="Records read per engine call.")
 @engine_option()
 @schema_option()
-def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bool, chunk: int,
-         engine: str | None, schema: str | None) -> None:
+def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bool,
+         skip_bad: bool, chunk: int, engine: str | None, schema: str | None) -> None:
     """Write a queue's items as JSON Lines, oldest first, one item per line.
 
     Only items that JSON holds exactly (dicts with string keys, lists,
-    strings, numbers, booleans, null) can be dumped; anything else stops the
-    dump with an error naming the record, and -o FILE is then left as it was.
-    Leased items are not dumped: a note on stderr counts them (the exit
-    status stays 0). `spoolq load` reads the output back.
+    strings, numbers, booleans, null) can be dumped; anything else, or a
+    record that cannot be decoded (damaged, pickled without --allow-pickle, of
+    a custom codec), stops the dump with an error naming the record, and -o
+    FILE is then left as it was. With --skip-bad such records are left out,
+    each named on stderr, the others are dumped (-o FILE is replaced), and the
+    exit status is 1. Leased items are not dumped: a note on stderr counts
+    them (the exit status stays 0). `spoolq load` reads the output back.
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
+    skipped = 0
+
+    def skip(record_id: int, why: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        state.note(f"skipped record {record_id} of {name!r}: {why}")
+
+    on_bad = skip if skip_bad else None
     if output not in (None, "-") and _same_file(output, path):
         raise click.UsageError(f"-o {output} would overwrite the queue {path}")
     if output in (None, "-") and sys.stdout is None:  # started with stdout closed (>&-)
@@ -102,12 +128,12 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
         with state.progress("dumping", total, data_on_stdout=output in (None, "-")) as advance:
             if output is None or output == "-":
                 written = _write_items(eng, name, decoder, sys.stdout.buffer,
-                                       chunk, advance)
+                                       chunk, advance, on_bad)
             elif os.path.exists(output) and not os.path.isfile(output):
                 # A device, a pipe or a terminal (/dev/stdout, `>(command)`) is written
                 # to as stdout is: replacing it would put a plain file in its place.
                 with open(output, "wb") as f:
-                    written = _write_items(eng, name, decoder, f, chunk, advance)
+                    written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
             else:
                 # Next to the file a symlink names, so that the link stays a link; a
                 # name of its own, so that dumps to the same file at once do not meet.
@@ -118,7 +144,7 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
                 try:
                     os.chmod(partial, 0o666 & ~_umask())  # as open() would create it
                     with open(fd, "wb") as f:
-                        written = _write_items(eng, name, decoder, f, chunk, advance)
+                        written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
                     os.replace(partial, target)
                 except BaseException:
                     with contextlib.suppress(OSError):
@@ -131,6 +157,9 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     if leased:
         state.note(f"note: {leased} leased item(s) of {name!r} not dumped; ack or requeue "
                    "them first (`spoolq requeue --leased` takes back stuck leases)")
+    if skipped:
+        raise Refused(f"{skipped} record(s) of {name!r} left out of the dump (named above); "
+                      f"{written} item(s) dumped")
 
 
 def _umask() -> int:
