@@ -100,8 +100,9 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     a custom codec), stops the dump with an error naming the record, and -o
     FILE is then left as it was. With --skip-bad such records are left out,
     each named on stderr, the others are dumped (-o FILE is replaced), and the
-    exit status is 1. Leased items are not dumped: a note on stderr counts
-    them (the exit status stays 0). `spoolq load` reads the output back.
+    dump ends with exit status 1. Leased items are not dumped: a note on
+    stderr counts them (the exit status stays 0). `spoolq load` reads the
+    output back.
     """
     state = CliState()
     name = dead_queue_name(queue) if dead else queue
