@@ -118,3 +118,24 @@ def test_a_get_with_a_timeout_keeps_it_when_the_server_stalls(kind: str) -> None
                     return spent
             took = asyncio.run(run())
         assert took < 3.0
+
+
+def test_a_get_cut_short_by_a_stall_keeps_the_leases_of_its_handle() -> None:
+    """The count read a get bounds by its own deadline closed the connection when the
+    server stalled for a moment past it; the server then gave back every lease delivered
+    on that connection, and the job leased before was delivered twice."""
+    with ServerProcess(":memory:") as server:
+        url = f"{server.url}/stall-leases"
+        with spoolq.SyncQueue.create(url) as q:
+            q.put("job")
+            msg = q.lease(ttl=600)
+            time.sleep(0.2)  # the counts are due to be read again
+            with server.stalled():
+                with pytest.raises(spoolq.Unavailable):
+                    q.get(timeout=0.05)
+                time.sleep(0.5)
+            q.ack(msg)
+            with spoolq.SyncQueue.create(url) as other, pytest.raises(spoolq.Empty):
+                other.lease(timeout=0.5)
+            q.put("after")
+            assert q.get(timeout=5) == "after"  # the connection serves later calls

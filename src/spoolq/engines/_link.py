@@ -109,6 +109,10 @@ class ConnectionLost(Unavailable):
     """The connection to the server failed or timed out; the call's outcome is unknown."""
 
 
+class ReplyLate(ConnectionLost):
+    """The request went out whole and its reply did not come in time."""
+
+
 _FRESH = 0.001  # seconds since the last reply within which stale() trusts a link
 _SLACK = 0.05  # seconds a call may overrun its timeout rather than reset the socket's limit
 
@@ -138,6 +142,7 @@ class Link:
         self._view = memoryview(self._buf)
         self.proto = ClientProtocol(max_frame=max_reply)
         self._early: dict[int, Any] = {}
+        self._abandoned: set[int] = set()  # requests whose replies are dropped when they come
         self.busy = False
         try:
             opening, ids = self.proto.start(token)
@@ -253,15 +258,14 @@ class Link:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ConnectionLost(
-                        f"no reply from the spoolq server at {self.where} in time")
+                    raise ReplyLate(f"no reply from the spoolq server at {self.where} in time")
                 if not first or left < self._timeout_or_inf() - _SLACK:
                     self._set_timeout(left)
             first = False
             try:
                 got = self.sock.recv_into(self._buf)
             except (TimeoutError, BlockingIOError) as exc:  # Python's timeout, the kernel's
-                raise ConnectionLost(f"no reply from the spoolq server at {self.where} in time") \
+                raise ReplyLate(f"no reply from the spoolq server at {self.where} in time") \
                     from exc
             except OSError as exc:
                 raise ConnectionLost(f"lost the connection to the spoolq server at {self.where}: "
@@ -276,6 +280,9 @@ class Link:
             for reply in replies:
                 if reply.id == 0 and reply.error is not None:
                     raise reply.error  # about the whole connection: it is being closed
+                if reply.id in self._abandoned:
+                    self._abandoned.discard(reply.id)
+                    continue
                 self._early[reply.id] = reply
         reply = self._early.pop(ident)
         self.busy = False
@@ -299,13 +306,20 @@ class Link:
         self._answered = time.monotonic()
         return reply
 
+    def abandon(self, ident: int) -> None:
+        """Stop waiting for the reply to ``ident``, whose request went out whole (after
+        :class:`ReplyLate`): it is dropped when it comes, and the connection serves the
+        calls after it, the leases delivered on it kept."""
+        self._abandoned.add(ident)
+        self.busy = False
+
     def stale(self) -> bool:
         """Whether this idle connection has something to read: the server closed it (after
         a restart, say) or sent what nobody asked for. Either way it is of no more use.
         A connection answered within the last millisecond is taken as sound unasked: a
         call right after another then costs no system call."""
-        if time.monotonic() - self._answered < _FRESH:
-            return False
+        if self._abandoned or time.monotonic() - self._answered < _FRESH:
+            return False  # what is there to read may be an abandoned call's late reply
         try:
             return bool(self._poll.poll(0)) or (isinstance(self.sock, ssl.SSLSocket)
                                                  and self.sock.pending() > 0)

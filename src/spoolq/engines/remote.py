@@ -46,6 +46,7 @@ from ._link import (
     ConnectionLost,
     Link,
     RemoteAddress,
+    ReplyLate,
     parse_url,
     url_queue_name,
 )
@@ -68,6 +69,10 @@ __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "p
 log = logging.getLogger("spoolq")
 
 _MAX_N = 2**31 - 1
+_MAY_ABANDON = frozenset({"counts", "owners", "expire"})
+"""Calls whose reply may be given up when a caller's deadline cuts them short (see
+:meth:`RemoteEngine.call_deadline`): the reads and the expiry a queue's count refresh makes,
+which change nothing a dropped reply would leave half done."""
 # The longest timeout or connect_timeout, in seconds (some 24 days): past any use, and
 # well within what the socket's limits and the deadlines' arithmetic take.
 _MAX_TIMEOUT = 2147483.0
@@ -186,8 +191,7 @@ class RemoteEngine(LongPolls):
             return None
         left = at - time.monotonic() + WAIT_GRACE + 2 * self._handshake_seconds
         if left <= 0:
-            raise Unavailable(f"the spoolq server at {self.address.host}:{self.address.port} "
-                              "did not answer in time")
+            raise Unavailable(f"{self._where()} did not answer in time")
         return left
 
     def _where(self) -> str:
@@ -200,8 +204,8 @@ class RemoteEngine(LongPolls):
         if left is None:
             self._lock.acquire()
         elif not self._lock.acquire(timeout=min(left, self.timeout + wait)):
-            raise Unavailable(f"the spoolq server at {self.address.host}:{self.address.port} "
-                              "did not answer another call of this engine in time")
+            raise Unavailable(f"{self._where()} did not answer another call of this engine "
+                              "in time")
         try:
             if self._closed:
                 raise ClosedError("the remote engine is closed")
@@ -223,6 +227,16 @@ class RemoteEngine(LongPolls):
             ident, frame = self._link.proto.request(op, args)
             try:
                 return self._link.exchange(ident, frame, limit)
+            except ReplyLate:
+                if limit < self.timeout + wait and op in _MAY_ABANDON:
+                    # Cut short by the caller's deadline on a server that stalls, maybe
+                    # only for a moment: closing the connection would give back every
+                    # lease delivered on it. The late reply is dropped when it comes.
+                    self._link.abandon(ident)
+                    raise Unavailable(f"{self._where()} did not answer in time") from None
+                self._link.close()
+                self._link = None
+                raise
             except BaseException as exc:
                 # A call that ended before its reply (a timeout, a lost connection, an
                 # exception from a signal handler) leaves a reply that would answer no one:
