@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ..errors import CorruptError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
-from ._shared import refuse_nan
-from .base import StoredRecord, dead_queue_name
+from .base import StoredRecord, dead_queue_name, refuse_nan
 
 if TYPE_CHECKING:
     import lmdb

@@ -13,7 +13,6 @@ with the last handle.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import weakref
@@ -34,31 +33,9 @@ from .base import (
     forks,
 )
 
-__all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively",
-           "refuse_nan"]
+__all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively"]
 
 log = logging.getLogger("spoolq")
-
-
-def refuse_nan(where: str, what: str, name: str, value: float) -> None:
-    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
-    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
-    would never come due. Call it before changing anything: the message says nothing
-    was changed. Infinite times pass. ``where`` names the store, ``what`` the call and
-    ``name`` the time in the message."""
-    if math.isnan(value):
-        raise EngineError(f"{where}: {what} failed: {name} is NaN, not a time; nothing "
-                          "was changed")
-
-
-def nothing_visible(where: str, now: float, lease: Lease | None) -> bool:
-    """Whether a take at ``now`` sees no record: none is visible at NaN, which is no time.
-    EngineError, nothing changed, for a lease ending at NaN: it would never run out."""
-    if math.isnan(now):
-        return True
-    if lease is not None:
-        refuse_nan(where, "take", "the lease's end", lease.until)
-    return False
 
 
 class Store(Engine, SupportsPeekLeased, Protocol):

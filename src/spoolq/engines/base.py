@@ -35,10 +35,13 @@ the event loop instead of handing each call to its worker thread.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
+
+from ..errors import EngineError
 
 __all__ = [
     "STORED_RECORDS",
@@ -58,6 +61,8 @@ __all__ = [
     "distinct_ids",
     "forks",
     "never_given",
+    "nothing_visible",
+    "refuse_nan",
     "restore_refused",
     "stored_before_failure",
 ]
@@ -386,3 +391,24 @@ class SupportsPeekLeased(Protocol):
         ``offset`` is negative.
         """
         ...
+
+
+def refuse_nan(where: str, what: str, name: str, value: float) -> None:
+    """EngineError when the time ``value`` is NaN, as the SQLite engine refuses one (its
+    columns cannot hold it): no comparison orders NaN, so a record or a lease holding it
+    would never come due. Call it before changing anything: the message says nothing
+    was changed. Infinite times pass. ``where`` names the store, ``what`` the call and
+    ``name`` the time in the message."""
+    if math.isnan(value):
+        raise EngineError(f"{where}: {what} failed: {name} is NaN, not a time; nothing "
+                          "was changed")
+
+
+def nothing_visible(where: str, now: float, lease: Lease | None) -> bool:
+    """Whether a take at ``now`` sees no record: none is visible at NaN, which is no time.
+    EngineError, nothing changed, for a lease ending at NaN: it would never run out."""
+    if math.isnan(now):
+        return True
+    if lease is not None:
+        refuse_nan(where, "take", "the lease's end", lease.until)
+    return False

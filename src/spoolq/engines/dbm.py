@@ -65,7 +65,7 @@ from ._dbmstate import State as _State
 from ._dbmstate import decode_record, leased_window, ready_window
 from ._dbmstate import main_key as _main_key
 from ._dbmstate import pack as _pack
-from ._shared import SharedEngine, nothing_visible, refuse_nan
+from ._shared import SharedEngine
 from .base import (
     Counts,
     Lease,
@@ -77,6 +77,8 @@ from .base import (
     dead_queue_name,
     distinct_ids,
     never_given,
+    nothing_visible,
+    refuse_nan,
     restore_refused,
 )
 

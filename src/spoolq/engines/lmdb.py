@@ -61,7 +61,7 @@ from . import _lmdbformat as fmt
 from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
 from ._lmdblease import LeaseSettling
-from ._shared import SharedEngine, nothing_visible, refuse_nan
+from ._shared import SharedEngine
 from .base import (
     Counts,
     Lease,
@@ -72,6 +72,8 @@ from .base import (
     check_window,
     distinct_ids,
     never_given,
+    nothing_visible,
+    refuse_nan,
     restore_refused,
 )
 

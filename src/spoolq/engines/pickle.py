@@ -41,7 +41,6 @@ from __future__ import annotations
 import glob
 import io
 import logging
-import math
 import os
 import pickle
 import stat
@@ -51,7 +50,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
-from ._shared import SharedEngine, fsync_dir, lock_exclusively, refuse_nan
+from ._shared import SharedEngine, fsync_dir, lock_exclusively
 from .base import (
     FORMAT_VERSION,
     Counts,
@@ -60,6 +59,8 @@ from .base import (
     StoredRecord,
     as_bytes,
     batch_given,
+    nothing_visible,
+    refuse_nan,
 )
 from .memory import MemoryEngine, RecordState
 
@@ -303,11 +304,10 @@ class _PickleStore:
         return self._write("append", lambda m: m.append(queue, data, sizes, float(now)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        if math.isnan(now):
-            return []  # no record is visible at it, as in SQLite
         if lease is not None:
             lease = Lease(_text(lease.owner, "a lease owner"), float(lease.until))
-            refuse_nan(self.path, "take", "the lease's end", lease.until)
+        if nothing_visible(self.path, now, lease):
+            return []
         return self._write("take", lambda m: m.take(queue, n, now, lease))
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:

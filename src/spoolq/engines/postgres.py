@@ -97,7 +97,6 @@ from ._pgpool import (
 )
 from ._pgschema import open_schema
 from ._pgsql import compose
-from ._shared import refuse_nan
 from .base import (
     Counts,
     Lease,
@@ -108,6 +107,8 @@ from .base import (
     check_window,
     dead_queue_name,
     distinct_ids,
+    nothing_visible,
+    refuse_nan,
 )
 
 __all__ = ["ID_GAP", "MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT", "PostgresEngine"]
@@ -288,10 +289,8 @@ class PostgresEngine:
         check_sizes(queue, records, "append")
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        if math.isnan(now):
-            return []  # no record is ready at it, as in every engine
-        if lease is not None:
-            refuse_nan(self.where, "take", "the lease's end", lease.until)
+        if nothing_visible(self.where, now, lease):
+            return []
         if n <= 0:  # as every engine: nothing, where LIMIT would refuse a negative n
             return []
         self._waits.drain(taking=queue)

@@ -51,7 +51,6 @@ from ._link import (
     url_queue_name,
 )
 from ._remotewait import WAIT_GRACE, LongPolls, SharedWait
-from ._shared import refuse_nan
 from .base import (
     STORED_RECORDS,
     Counts,
@@ -61,6 +60,8 @@ from .base import (
     batch_given,
     check_window,
     never_given,
+    nothing_visible,
+    refuse_nan,
 )
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "RemoteAddress", "RemoteEngine", "parse_url",
@@ -343,10 +344,8 @@ class RemoteEngine(LongPolls):
              wait: float = 0.0) -> list[StoredRecord]:
         """As :meth:`Engine.take`; with ``wait`` the server waits up to that many
         seconds for a record when none is ready (long-poll)."""
-        if n < 1 or math.isnan(now):  # no record is visible at a NaN time
+        if nothing_visible(self._where(), now, lease) or n < 1:
             return []
-        if lease is not None:
-            refuse_nan(self._where(), "take", "the lease's end", lease.until)
         args: dict[str, Any] = {"queue": queue, "n": min(n, _MAX_N), "now": _wire(now),
                                 "lease": None if lease is None
                                 else [lease.owner, _wire(lease.until)]}
