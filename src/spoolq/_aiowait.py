@@ -58,7 +58,7 @@ class Waiting:
     _waiters: dict[asyncio.Future[None], None]
     _shutdown: bool
     _long_polls: set[WaitCancel]
-    _poll: asyncio.Task[bool] | None = None  # the long-poll the waiting gets share
+    _poll: asyncio.Task[None] | None = None  # the long-poll the waiting gets share
     _poll_users = 0
     _changes: itertools.count[int]
     _epoch: int
@@ -174,28 +174,25 @@ class Waiting:
         poll.result()  # its error, if it failed
         return True
 
-    async def _long_poll(self, cancel: WaitCancel) -> bool:
+    async def _long_poll(self, cancel: WaitCancel) -> None:
         """Block on a thread until the engine says items may be ready (the counts are
-        read again then) or its wait ends; True if they may be. ``cancel``, in
-        :attr:`_long_polls` until the task ends, ends the wait early."""
+        read again then) or its wait ends. ``cancel``, in :attr:`_long_polls` until the
+        task ends, ends the wait early."""
         core = self._core
         if cancel.cancelled:
-            return False
+            return
         try:
             ready = await self._loop.run_in_executor(wait_pool(), core.wait_ready, None,
                                                      cancel)
         except asyncio.CancelledError:
             cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
             raise
-        finally:
-            self._long_polls.discard(cancel)
         if ready:
             await self._worker.submit(core.refresh)
-        return bool(ready)
 
 
 def _retrieve(long_polls: set[WaitCancel], cancel: WaitCancel,
-              task: asyncio.Task[bool]) -> None:
+              task: asyncio.Task[None]) -> None:
     """Forget a shared long-poll's cancel (also when the task was cancelled before its
     first step) and mark its error as seen: the gets that would have raised it may all
     have stopped waiting."""

@@ -92,11 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     status is 1, as click gives; the ``spoolq`` command itself ends as ``cat`` does
     then (see :func:`console`).
     """
-    try:
-        cli.main(args=None if argv is None else list(argv), prog_name="spoolq")
-    except _ReaderGone:
-        log.debug("spoolq: the reader of the output went away")
-        sys.exit(ExitCode.PROBLEM)
+    _run(argv, by_sigpipe=False)
 
 
 def console() -> None:
@@ -104,17 +100,22 @@ def console() -> None:
     arguments, except that when the reader of its output goes away the process ends as
     ``cat`` or ``seq`` do: quietly, killed by SIGPIPE (status 141 in a shell; 1 where
     there is no SIGPIPE)."""
+    _run(None, by_sigpipe=True)
+
+
+def _run(argv: Sequence[str] | None, *, by_sigpipe: bool) -> None:
     try:
-        cli.main(prog_name="spoolq")
+        cli.main(args=None if argv is None else list(argv), prog_name="spoolq")
     except _ReaderGone:
         log.debug("spoolq: the reader of the output went away")
-        # Output still buffered for the broken pipe must not be written at exit.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        if hasattr(signal, "SIGPIPE"):
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGPIPE)
+        if by_sigpipe:
+            # Output still buffered for the broken pipe must not be written at exit.
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            if hasattr(signal, "SIGPIPE"):
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGPIPE)
         sys.exit(ExitCode.PROBLEM)
