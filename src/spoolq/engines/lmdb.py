@@ -61,6 +61,7 @@ from . import _lmdbformat as fmt
 from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
 from ._lmdblease import LeaseSettling
+from ._lmdbmaintain import Maintaining
 from ._shared import SharedEngine
 from .base import (
     Counts,
@@ -90,7 +91,7 @@ _MAX_GROWTH = 40
 _data, _raw_size = itemgetter(1), itemgetter(2)
 
 
-class _LMDBStore(LeaseSettling):
+class _LMDBStore(LeaseSettling, Maintaining):
     """One LMDB environment; see the module docstring."""
 
     name = "lmdb"
@@ -409,62 +410,6 @@ class _LMDBStore(LeaseSettling):
             return held
 
         return self._read("owners", body)
-
-    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        def body(txn: Txn) -> int:
-            s = self._queue(txn, src)
-            if s is None:
-                return 0
-            d = s if dst == src else self._new_queue(txn, dst)
-            index = self._index()
-            moved = 0
-
-            def carry(ident: int, key: bytes, db: Db, value: bytes) -> None:
-                nonlocal moved
-                rec = self._record(ident, value)
-                txn.delete(key, db=db)
-                if db is self._delayed:
-                    txn.delete(fmt.KEY.pack(s.number, ident), db=index)
-                s.ready -= 1
-                s.stored -= len(rec.data)
-                s.raw -= rec.raw_size
-                self._add(txn, dst, d, [rec._replace(attempts=0, reason=None)])
-                moved += 1
-
-            if ids is None:
-                # Ids given out before the move bound the walk: moving a queue onto itself ends.
-                for item in walk.in_order(txn, self._ready, self._delayed, index, s.number,
-                                          self._bump(txn, b"next_id", 0)):
-                    carry(*item)
-            else:
-                for ident in sorted({i for i in ids if 0 < i <= fmt.MAX_ID}):
-                    key = fmt.KEY.pack(s.number, ident)
-                    value = txn.get(key, db=self._ready)
-                    if value is not None:
-                        carry(ident, key, self._ready, value)
-                        continue
-                    held = txn.get(key, db=index)
-                    found = None if held is None else txn.get(held, db=self._delayed)
-                    if held is not None and found is not None:
-                        carry(ident, held, self._delayed, found)
-            if moved:
-                self._save(txn, src, s)
-            return moved
-
-        return self._write("move", body)
-
-    def purge(self, queue: str) -> int:
-        def body(txn: Txn) -> int:
-            q = self._queue(txn, queue)
-            if q is None:
-                return 0
-            removed = sum(walk.clear(txn, db, q.number)
-                          for db in (self._ready, self._delayed, self._leased))
-            walk.clear(txn, self._index(), q.number)
-            self._save(txn, queue, fmt.QueueRow(q.number))  # empty, and still listed
-            return removed
-
-        return self._write("purge", body)
 
     def queues(self) -> list[str]:
         def body(txn: Txn) -> list[str]:
