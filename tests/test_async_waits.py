@@ -139,3 +139,25 @@ def test_a_get_cut_short_by_a_stall_keeps_the_leases_of_its_handle() -> None:
                 other.lease(timeout=0.5)
             q.put("after")
             assert q.get(timeout=5) == "after"  # the connection serves later calls
+
+
+def test_a_get_keeps_its_timeout_while_another_thread_waits_for_a_stalled_server() -> None:
+    """A put of another thread held the handle's lock while it waited for the stalled
+    server; the get's count read waited for that lock up to the engine's timeout (6 s
+    here) instead of its own."""
+    with ServerProcess(":memory:") as server:
+        url = f"{server.url}/stall-lock"
+        with spoolq.SyncQueue.create(url, engine_options={"timeout": 6.0}) as q:
+            time.sleep(0.2)  # the counts are due to be read again
+            with server.stalled():
+                # It waits for the server, and is written once the server goes on.
+                putting = threading.Thread(target=q.put, args=("stuck",))
+                putting.start()
+                time.sleep(0.1)
+                start = time.monotonic()
+                with pytest.raises((spoolq.Empty, spoolq.Unavailable)):
+                    q.get(timeout=0.5)
+                took = time.monotonic() - start
+            putting.join(20)
+            assert took < 2.5
+            assert q.get(timeout=5) == "stuck"

@@ -46,6 +46,7 @@ from .writing import Writing, new_counts
 __all__ = ["UNWRITTEN", "Holding", "QueueCore"]
 
 log = logging.getLogger("spoolq")
+_LOCK_GRACE = 0.5  # seconds past a get's deadline it waits for the lock to read the counts
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
@@ -190,19 +191,27 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
 
         A blocked get passes its ``deadline`` (``time.monotonic()``): an engine that can
         bound its calls by one (the remote engine, when its server stalls) raises
-        :class:`Unavailable` soon after it rather than at its own timeout."""
+        :class:`Unavailable` soon after it rather than at its own timeout. If another
+        call of this handle holds the lock past the deadline (waiting for that stalled
+        server, say), the counts are left as they were."""
         bound = getattr(self.engine, "call_deadline", None)
         if deadline is None or bound is None:
             return self._refresh()
         with bound(deadline):
-            return self._refresh()
+            return self._refresh(deadline + _LOCK_GRACE)
 
-    def _refresh(self) -> Counts:
-        with self.lock:
+    def _refresh(self, lock_by: float | None = None) -> Counts:
+        if lock_by is None:
+            self.lock.acquire()
+        elif not self.lock.acquire(timeout=max(lock_by - time.monotonic(), 0.0)):
+            return self._counts
+        try:
             self._check_open()
             self._reap_locked(time.time())
             return self._refresh_locked(
                 dead=time.monotonic() - self._last_dead_refresh >= _DEAD_REFRESH)
+        finally:
+            self.lock.release()
 
     def refresh_due(self) -> bool:
         """Whether the poll interval has passed since the counts were last read."""
