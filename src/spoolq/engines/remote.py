@@ -195,50 +195,45 @@ class RemoteEngine(LongPolls):
             raise Unavailable(f"{self._where()} did not answer in time")
         return left
 
+    def _limit(self, seconds: float) -> float:
+        """``seconds``, or what this thread's :meth:`call_deadline` leaves if less."""
+        left = self._time_left()
+        return seconds if left is None else min(seconds, left)
+
     def _where(self) -> str:
         return f"the spoolq server at {self.address.host}:{self.address.port}"
 
     def _call(self, op: str, args: dict[str, Any], wait: float = 0.0) -> Any:
         if self.read_only and op in WRITE_OPS:
             raise EngineError(f"the remote queue was opened read-only; {op} refused")
+        full = self.timeout + wait
         left = self._time_left()
         if left is None:
             self._lock.acquire()
-        elif not self._lock.acquire(timeout=min(left, self.timeout + wait)):
+        elif not self._lock.acquire(timeout=min(left, full)):
             raise Unavailable(f"{self._where()} did not answer another call of this engine "
                               "in time")
         try:
             if self._closed:
                 raise ClosedError("the remote engine is closed")
-            limit = self.timeout + wait
-            left = self._time_left()
-            if left is not None:
-                limit = min(limit, left)
             if self._link is not None and self._link.stale():
                 self._link.close()
                 self._link = None
             if self._link is None:
-                self._link = self._connect(None if left is None
-                                           else min(self.connect_timeout, left))
+                self._link = self._connect(self._limit(self.connect_timeout))
                 self.server_info = dict(self._link.info)  # a restarted server's, say
-                left = self._time_left()
-                if left is not None:
-                    limit = min(limit, left)
+            limit = self._limit(full)
             # FrameTooLarge here is raised before sending: the connection stays usable
             ident, frame = self._link.proto.request(op, args)
             try:
                 return self._link.exchange(ident, frame, limit)
-            except ReplyLate:
-                if limit < self.timeout + wait and op in _MAY_ABANDON:
+            except BaseException as exc:
+                if isinstance(exc, ReplyLate) and limit < full and op in _MAY_ABANDON:
                     # Cut short by the caller's deadline on a server that stalls, maybe
                     # only for a moment: closing the connection would give back every
                     # lease delivered on it. The late reply is dropped when it comes.
                     self._link.abandon(ident)
                     raise Unavailable(f"{self._where()} did not answer in time") from None
-                self._link.close()
-                self._link = None
-                raise
-            except BaseException as exc:
                 # A call that ended before its reply (a timeout, a lost connection, an
                 # exception from a signal handler) leaves a reply that would answer no one:
                 # the connection goes, and with it whatever the server would send on it.
