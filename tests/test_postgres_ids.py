@@ -1,7 +1,8 @@
 """PostgreSQL record ids across a restart of the server: with ``synchronous_commit=off``
 a crash can lose the sequence's last advances, and the ids handed out then would be
 handed out again. The engine skips the ids past a gap once after each restart of the
-server, which it notices by ``pg_postmaster_start_time()``. The shared server is never
+server, which it notices by ``pg_postmaster_start_time()`` (and a recovery from a crash by
+the reset time of the shared statistics). The shared server is never
 restarted here: a start time written into the meta table stands for one."""
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def _started(url: str) -> bytes:
     """The server's start time as the engine records it."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT extract(epoch FROM pg_postmaster_start_time())::text").fetchone()
+            "SELECT extract(epoch FROM pg_postmaster_start_time())::text || ' ' || "
+            "coalesce(extract(epoch FROM (SELECT stats_reset FROM pg_stat_bgwriter))::text, "
+            "'')").fetchone()
     assert row is not None
     return str(row[0]).encode()
 

@@ -4,9 +4,10 @@ With ``synchronous_commit=off`` a crash of the server may lose the last
 advances of the records' identity with the last commits; it would then hand
 out again ids callers were given (what a ``put`` returned, the ``Message.id``
 of a lease, with which an old message could settle a new record). ``meta``
-records when the server last started (the key ``server_started``); a
-connection new to an engine that finds the server started since moves the
-identity on by :data:`ID_GAP`, once per restart. psycopg's errors pass through
+records when the server last started or recovered from a crash of one of its
+processes (the key ``server_started``, see ``_pgsql``); a connection new to an
+engine that finds the server started since moves the identity on by
+:data:`ID_GAP`, once per restart. psycopg's errors pass through
 untranslated; the engine translates them.
 """
 

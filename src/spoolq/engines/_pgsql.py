@@ -258,8 +258,13 @@ _LAST_ID = """SELECT coalesce(pg_sequence_last_value(
 # that the statement above needs: the row is rolled back, and the id is never given out.
 _NEXT_ID = """INSERT INTO {s}.records (queue, data, raw_size, enqueued_at)
     VALUES (%(queue)s, '', 0, 0) RETURNING id"""
-# When the server last started, as the meta key ``%(key)s`` records it, and what it records.
-_SERVER_STARTED = """SELECT extract(epoch FROM pg_postmaster_start_time())::text,
+# When the server last started or recovered from a crash, and what the meta key ``%(key)s``
+# records of it. A crash of one server process makes the server recover from its WAL
+# without restarting: pg_postmaster_start_time() stays, but the shared statistics are
+# thrown away and their reset time (which every role may read) becomes the recovery's.
+_SERVER_STARTED = """SELECT extract(epoch FROM pg_postmaster_start_time())::text || ' ' ||
+        coalesce(extract(epoch FROM (SELECT stats_reset FROM pg_catalog.pg_stat_bgwriter)
+                 )::text, ''),
     (SELECT value FROM {s}.meta WHERE key = %(key)s)"""
 # Moves the records' identity past ``gap`` ids it may have handed out and lost the record
 # of (see the engine's docstring on restarts).
