@@ -354,8 +354,10 @@ class Batcher(BatchSettling[T], Generic[T]):
             if not await self._send_runs(queue, msgs, deadline):
                 return False
             sent += len(msgs)
-            if len(msgs) < size:
-                break  # nothing more was ready
+            if len(msgs) < size and not queue.qsize():
+                # Nothing more was ready. (A lease that set aside a record it could not
+                # decode returns fewer items than asked for while more are ready.)
+                break
             if limit is not None and sent >= limit:
                 break  # all that was waiting when this flush began
         return True
@@ -383,7 +385,7 @@ class Batcher(BatchSettling[T], Generic[T]):
             return
         token = _in_sink.set(self)  # in the context the sink's task copies
         try:
-            sending = asyncio.ensure_future(result)
+            sending = asyncio.ensure_future(_contained(result))
         finally:
             _in_sink.reset(token)
         try:
@@ -393,17 +395,19 @@ class Batcher(BatchSettling[T], Generic[T]):
             # Until the sink has ended, the batch stays leased and the flush lock held:
             # no other flush may start while this call still works on the batch.
             await asyncio.wait((sending,))
-            if not sending.cancelled():
-                sending.exception()  # retrieved: the caller's cancellation is what counts
+            if not sending.cancelled() and sending.exception() is None:
+                _raise_escaped(sending)  # else the caller's cancellation is what counts
             raise
         if not sending.done():
             sending.cancel()
             await asyncio.wait((sending,))
+            if not sending.cancelled() and sending.exception() is None:
+                _raise_escaped(sending)
             raise TimeoutError(f"on_flush took longer than lease_ttl ({self._lease_ttl}s) "
                                "and was cancelled")
         if sending.cancelled():
             raise RuntimeError("on_flush raised CancelledError")
-        sending.result()
+        _raise_escaped(sending)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -449,6 +453,24 @@ class Batcher(BatchSettling[T], Generic[T]):
 _in_sink: contextvars.ContextVar[Batcher[Any] | None] = contextvars.ContextVar(
     "spoolq_batcher_in_sink", default=None)
 """The Batcher whose async on_flush runs in this context, if any."""
+
+
+async def _contained(sending: Awaitable[object]) -> BaseException | None:
+    """Await an async sink; return the KeyboardInterrupt or SystemExit it raises. Raised
+    in a task, either would leave the event loop at once, its batch still leased."""
+    try:
+        await sending
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return exc
+    return None
+
+
+def _raise_escaped(sending: asyncio.Future[BaseException | None]) -> None:
+    """Raise the KeyboardInterrupt or SystemExit an async sink raised, here, where the
+    batch goes back to its place before it propagates."""
+    escaped = sending.result()
+    if escaped is not None:
+        raise escaped
 
 
 def _margin(lease_ttl: float) -> float:
