@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from spoolq import Batcher, Queue
+from spoolq import Batcher, ClosedError, Queue
 
 
 class Picky:
@@ -106,3 +107,22 @@ async def test_an_async_sink_that_exits_when_cancelled_at_its_deadline_gives_its
         assert b.stats["failures"] == 0
         await b.stop()
         assert calls == [[0, 1], [0, 1]] and q.qsize() == 0
+
+
+async def test_a_queue_closed_under_a_running_batcher_ends_its_flusher_with_one_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background flusher used to log the same ClosedError at every interval for as
+    long as the Batcher lived, and stats still said it was running."""
+    q = await Queue.create(str(tmp_path / "q.sqlite"))
+    b = Batcher(lambda batch: None, queue=q, max_batch_size=10, flush_interval=0.05)
+    await b.start()
+    await b.add(1)
+    await q.aclose()
+    with caplog.at_level(logging.ERROR, logger="spoolq"):
+        await asyncio.sleep(0.5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "closed" in errors[0].getMessage()
+    assert not b.stats["running"]
+    with pytest.raises(ClosedError):
+        await b.stop()

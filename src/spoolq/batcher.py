@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from ._batchsettle import BatchSettling
 from .aio import Queue
-from .errors import ConfigurationError, Empty
+from .errors import ClosedError, ConfigurationError, Empty
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
 __all__ = ["Batcher"]
@@ -426,6 +426,11 @@ class Batcher(BatchSettling[T], Generic[T]):
             forced, self._force_next = forced or self._force_next, False
             try:
                 await self._flush(forced, now=False)
+            except ClosedError:
+                # For good: every later flush would fail alike. stop() raises it.
+                self.log.exception("batcher %r: its queue was closed under it; the "
+                                   "background flusher ends", self.name)
+                return
             except Exception:
                 self.log.exception("batcher %r: flush failed", self.name)
 
