@@ -15,6 +15,7 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 
 import psycopg
 
+from spoolq.engines._pgpool import readable
 from spoolq.engines.postgres import ID_GAP, PostgresEngine
 from spoolq.errors import EngineError
 
@@ -76,3 +77,54 @@ def test_a_real_restart_moves_the_ids_once(cluster: pg_support.Cluster) -> None:
                                                                          b"d"]
     finally:
         eng.close()
+
+
+def test_a_take_of_fewer_records_than_announced_leaves_the_next_wait_woken(
+        pg_url: str, pg_schema: str) -> None:
+    """A take reads the notifications waiting on the listener; those for its own queue
+    were dropped, as if the take saw their records. A take of fewer records than are
+    ready leaves some: the next wait then slept the whole long poll (5 s in the queues)
+    while records were ready, until another put happened to notify."""
+    consumer = PostgresEngine(pg_url, schema=pg_schema)
+    producer = PostgresEngine(pg_url, schema=pg_schema, pool_size=2)
+    try:
+        assert consumer.wait_ready("q", 0.1)  # the first wait starts listening
+        producer.append("q", [b"a"], [1], time.time())
+        producer.append("q", [b"b"], [1], time.time())
+        listener = consumer._listener
+        assert listener is not None
+        deadline = time.monotonic() + 5
+        while not readable(listener) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # both notifications are in
+        assert [r.data for r in consumer.take("q", 1, time.time(), None)] == [b"a"]
+        started = time.monotonic()
+        assert consumer.wait_ready("q", 3.0)
+        assert time.monotonic() - started < 1.0
+        assert [r.data for r in consumer.take("q", 1, time.time(), None)] == [b"b"]
+    finally:
+        producer.close()
+        consumer.close()
+
+
+def test_a_take_of_every_ready_record_still_drops_their_notifications(
+        pg_url: str, pg_schema: str) -> None:
+    """The other side: a take that found fewer records than it asked for saw every
+    record the notifications it read announce, and the next wait does not wake for them."""
+    consumer = PostgresEngine(pg_url, schema=pg_schema)
+    producer = PostgresEngine(pg_url, schema=pg_schema, pool_size=2)
+    try:
+        assert consumer.wait_ready("q", 0.1)
+        producer.append("q", [b"a"], [1], time.time())
+        producer.append("q", [b"b"], [1], time.time())
+        listener = consumer._listener
+        assert listener is not None
+        deadline = time.monotonic() + 5
+        while not readable(listener) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert [r.data for r in consumer.take("q", 5, time.time(), None)] == [b"a", b"b"]
+        assert not consumer.wait_ready("q", 0.5)
+    finally:
+        producer.close()
+        consumer.close()

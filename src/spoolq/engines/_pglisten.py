@@ -98,28 +98,33 @@ class Listener:
         return max(self._read_at.get(wanted, 0), self._read_at.get("", 0),
                    self._overflow_at) > mark
 
-    def drain(self, taking: str | None = None) -> None:
+    def drain(self, taking: str | None = None) -> bool:
         """Read the notifications that reached the listener since the last wait.
 
         Unread, they fill the socket; the server then stops reading the notification
         queue for this listener, and that queue, shared by the whole server, fills
         up until every statement that notifies fails (after days of a busy queue).
         The queues they name are remembered for the next :meth:`wait`, except
-        ``taking``: the take about to run sees the records they announce.
+        ``taking``: the take about to run sees the records they announce. True when
+        one for ``taking`` was read: a take that stopped at the number of records it
+        asked for may have left some of them, and then calls :meth:`keep`.
         """
         listener = self.conn
         if listener is None or not readable(listener):
-            return
+            return False
         if not self._lock.acquire(blocking=False):
-            return  # a wait in another thread is reading them
+            return False  # a wait in another thread is reading them
+        skip = None if taking is None else payload(taking)
+        skipped = False
         try:
             if self.conn is listener:
-                skip = None if taking is None else payload(taking)
                 for _ in range(_DRAIN_ROUNDS):
                     for note in listener.notifies(timeout=0):
                         self._note(note.payload)
+                        if note.payload == skip:
+                            skipped = True
                         # One entry per queue name: the set stays small.
-                        if note.payload != skip and len(self._heard) < _HEARD_MAX:
+                        elif len(self._heard) < _HEARD_MAX:
                             self._heard.add(note.payload)
                     if not readable(listener):
                         break
@@ -130,6 +135,14 @@ class Listener:
             listener.close()
         finally:
             self._lock.release()
+        return skipped
+
+    def keep(self, queue: str) -> None:
+        """Remember a notification for ``queue`` that :meth:`drain` read for a take
+        which may have left records it announced: the next :meth:`wait` for ``queue``
+        returns at once, and one listening now within a slice."""
+        # No lock: a wait holds it while it listens. Adding to a set is atomic.
+        self._heard.add(payload(queue))
 
     def wait(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
         """Wait up to ``timeout`` seconds for a hint that records of ``queue`` became
@@ -163,8 +176,7 @@ class Listener:
             return self._reopen(ended, deadline)
         wanted = payload(queue)
         # Heard by another thread's wait (or a drain) while this one waited its turn.
-        if self._read_since(mark, wanted) or self._heard & {wanted, ""}:
-            self._heard -= {wanted, ""}
+        if self._read_since(mark, wanted) or self._took_heard(wanted):
             return True
         try:
             # Listening in short slices is what lets cancel end a wait: nothing
@@ -179,7 +191,7 @@ class Listener:
                                                stop_after=1):
                     self._note(note.payload)
                     heard = heard or note.payload in (wanted, "")
-                if heard:
+                if heard or self._took_heard(wanted):
                     return True
         except psycopg.Error as exc:
             # The server ended the listener's session (pg_terminate_backend,
@@ -193,6 +205,16 @@ class Listener:
                      str(exc).strip())
             return self._reopen(ended, deadline)
         return False
+
+    def _took_heard(self, wanted: str) -> bool:
+        """Whether a notification for ``wanted`` (or for every queue) was kept for a
+        wait, forgetting it."""
+        found = False
+        for key in (wanted, ""):
+            if key in self._heard:
+                self._heard.discard(key)
+                found = True
+        return found
 
     def _reopen(self, ended: Callable[[], bool], deadline: float) -> bool:
         """Open the listening connection, trying again while the server cannot be
