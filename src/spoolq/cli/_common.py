@@ -24,12 +24,14 @@ from ..engines import (
     engine_name_for,
     open_engine,
 )
+from ..errors import CorruptError
 from ..zdict import DICTIONARY_QUEUE
 
 __all__ = [
     "DEFAULT_CHUNK",
     "MAX_CHUNK",
     "MAX_OFFSET",
+    "DamagedRecord",
     "ExitCode",
     "FileProblem",
     "Refused",
@@ -43,7 +45,9 @@ __all__ = [
     "one_line",
     "open_existing",
     "set_stored_codec",
+    "skipping_damaged",
     "stored_codec",
+    "umask",
 ]
 
 log = logging.getLogger("spoolq")
@@ -203,30 +207,93 @@ def iter_leased_pages(engine: SupportsPeekLeased, queue: str, *, offset: int = 0
     return _pages(lambda n, at: engine.peek_leased(queue, n, at), offset, chunk, limit)
 
 
-def iter_pages_following(engine: Engine, queue: str, *,
-                         chunk: int = DEFAULT_CHUNK) -> Iterator[list[StoredRecord]]:
+class DamagedRecord(StoredRecord):
+    """Stands in for a record the engine itself could not read (it raised
+    :class:`CorruptError`); ``reason`` is why. Its id is one between its neighbours'
+    (the real one is not known), so that pages stay in id order."""
+
+
+Peek = Callable[[int, int], list[StoredRecord]]
+"""Reads ``n`` ready records of a queue from an offset, as ``Engine.peek`` does."""
+
+
+def skipping_damaged(engine: Engine, queue: str) -> Peek:
+    """A peek of ``queue`` that reads on past records the engine finds damaged: a page
+    that raises :class:`CorruptError` is read again one record at a time, and each
+    record that raises is a :class:`DamagedRecord` in it. (The dbm engine checks each
+    record it reads; one damaged record would stop every read of a page holding it.)"""
+    def one(offset: int) -> StoredRecord | None:
+        try:
+            page = engine.peek(queue, 1, offset)
+        except CorruptError as exc:
+            return DamagedRecord(0, b"", 0, 0, float("nan"), one_line(exc))
+        return page[0] if page else None
+
+    def read(n: int, offset: int) -> list[StoredRecord]:
+        try:
+            return engine.peek(queue, n, offset)
+        except CorruptError:
+            log.debug("spoolq: %s: a damaged record at offsets %d-%d; reading them one by "
+                      "one", queue, offset, offset + n - 1)
+        page: list[StoredRecord] = []
+        for at in range(offset, offset + n):
+            rec = one(at)
+            if rec is None:
+                break
+            page.append(rec)
+        before = one(offset - 1) if offset else None
+        return _number_damaged(page, None if before is None or isinstance(
+            before, DamagedRecord) else before.id)
+
+    return read
+
+
+def _number_damaged(page: list[StoredRecord], before: int | None) -> list[StoredRecord]:
+    """Give each :class:`DamagedRecord` of ``page`` an id after the record before it (or
+    before the record after it): ids only grow, so the real one lies between them."""
+    out = list(page)
+    for i, rec in enumerate(out):
+        if not isinstance(rec, DamagedRecord):
+            continue
+        if i:
+            out[i] = rec._replace(id=out[i - 1].id + 1)
+        elif before is not None:
+            out[i] = rec._replace(id=before + 1)
+        else:
+            after = next((r.id for r in out if not isinstance(r, DamagedRecord)), None)
+            run = next((k for k, r in enumerate(out) if not isinstance(r, DamagedRecord)),
+                       len(out))
+            out[i] = rec._replace(id=0 if after is None else max(after - run, 0))
+    return out
+
+
+def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHUNK,
+                         read: Peek | None = None) -> Iterator[list[StoredRecord]]:
     """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, while other programs
     may take records from the head meanwhile: every record that stays ready from start to
-    end is yielded once (those taken meanwhile may or may not be).
+    end is yielded once (those taken meanwhile may or may not be). ``read`` replaces
+    ``engine.peek`` of the queue (see :func:`skipping_damaged`).
 
     Records are in id order, so a page goes on after the last id read; the position
     of that id is searched for (O(log n) reads) only when the head of the queue has
     changed since the page before, and otherwise, as in :func:`iter_pages`, the next
     page starts where the last one ended.
     """
+    peek: Peek = read or (lambda n, at: engine.peek(queue, n, at))
+
     def head() -> int | None:
-        first = engine.peek(queue, 1, 0)
+        first = peek(1, 0)
         return first[0].id if first else None
 
     offset, last = 0, -1
     seen_head = head()
     while True:
         now_head = head()
-        page = engine.peek(queue, chunk, offset) if now_head == seen_head else []
+        page = peek(chunk, offset) if now_head == seen_head else []
         # The head is read again after the page: records that left it while the page was
         # read moved the page on past records not read yet.
         if now_head != seen_head or head() != now_head:
-            offset, page = _resync(engine, queue, chunk, last, offset)
+            offset, page = _resync(peek, chunk, last, offset)
             seen_head = now_head  # a move from here on shows at the next page
         if not page:
             return
@@ -239,7 +306,7 @@ def iter_pages_following(engine: Engine, queue: str, *,
             return
 
 
-def _resync(engine: Engine, queue: str, chunk: int, last: int,
+def _resync(peek: Peek, chunk: int, last: int,
             offset: int) -> tuple[int, list[StoredRecord]]:
     """The offset of the first ready record with an id above ``last`` (at most
     ``offset``, where it was before records left the head) and the page there."""
@@ -247,13 +314,13 @@ def _resync(engine: Engine, queue: str, chunk: int, last: int,
         lo, hi = 0, offset
         while lo < hi:
             mid = (lo + hi) // 2
-            probe = engine.peek(queue, 1, mid)
+            probe = peek(1, mid)
             if probe and probe[0].id <= last:
                 lo = mid + 1
             else:
                 hi = mid
-        page = engine.peek(queue, chunk, lo)
-        before = engine.peek(queue, 1, lo - 1) if lo else []
+        page = peek(chunk, lo)
+        before = peek(1, lo - 1) if lo else []
         # Records leaving the head between the search and the read move the page
         # further on; the record before it is then one not read yet: search again.
         if lo == 0 or (before and before[0].id <= last):
@@ -275,6 +342,13 @@ def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,
             left -= len(page)
         if len(page) < want:
             return
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it, and back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def now() -> float:

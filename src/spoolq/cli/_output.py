@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -136,6 +137,12 @@ class _Console(Console):
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
+class _Table(Table):
+    """A table whose title :meth:`CliState.print_table` prints as a line of its own."""
+
+    heading: str | None = None
+
+
 class CliState:
     """Where a command writes: tables on stdout, notes and progress on stderr."""
 
@@ -144,12 +151,13 @@ class CliState:
         self.err = _Console(stderr=True, highlight=False)
 
     def table(self, *columns: str, title: str | None = None, fold: bool = False,
-              others_width: int = 40) -> Table:
-        """A table for people. Columns named ``#...`` hold numbers (right-aligned);
-        ``~...`` hold long text, cut to one line with an ellipsis unless ``fold``, leaving
-        about ``others_width`` characters of the console's width to the other columns."""
-        table = Table(title=None if title is None else printable(title), title_justify="left",
-                      box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+              others_width: int = 40) -> _Table:
+        """A table for people, shown with :meth:`print_table`. Columns named ``#...`` hold
+        numbers (right-aligned); ``~...`` hold long text, cut to one line with an ellipsis
+        unless ``fold``, leaving about ``others_width`` characters of the console's width
+        to the other columns."""
+        table = _Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+        table.heading = None if title is None else printable(title)
         for col in columns:
             if col.startswith("~") and not fold:
                 table.add_column(col[1:], no_wrap=True, overflow="ellipsis",
@@ -158,6 +166,26 @@ class CliState:
                 table.add_column(col.lstrip("#~"), overflow="fold", min_width=len(col) - 1,
                                  justify="right" if col.startswith("#") else "left")
         return table
+
+    def print_table(self, table: _Table, *, min_width: int | None = None) -> None:
+        """Print ``table`` on stdout after its title, a line of its own (rich would break
+        a title longer than the table at the table's width).
+
+        The table is laid out at least ``min_width`` wide (default: what its cells need
+        unbroken; a table with a ``~`` column must say), wider than the terminal or than a
+        pipe's 80 columns if need be: rich would otherwise cut a lease owner in two, or
+        leave out whole columns.
+        """
+        if table.heading is not None:
+            self.line(table.heading)
+        if min_width is None:
+            min_width = Measurement.get(self.out, self.out.options.update_width(2**20),
+                                        table).minimum
+        if min_width <= self.out.width:
+            self.out.print(table)
+            return
+        wide = _Console(highlight=False, soft_wrap=False, width=min_width)
+        wide.print(table)
 
     @staticmethod
     def add_row(table: Table, *cells: object) -> None:

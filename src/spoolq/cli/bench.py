@@ -332,7 +332,7 @@ def bench(target: str | None, engine: str | None, durability: str, items: int, s
     total = result.put_seconds + result.get_seconds
     state.add_row(table, "put+get", f"{result.ops_per_second:,.0f}",
                   f"{total / (2 * items) * 1e6:,.1f}", f"{total:.3f}")
-    state.out.print(table)
+    state.print_table(table)
     saved = result.compression_ratio_pct
     if saved is None:
         effect = ""

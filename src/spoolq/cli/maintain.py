@@ -91,7 +91,7 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
             table = state.table("lease owner", "#items", "process", title="leases left alone")
             for o in result["owners_left"]:
                 state.add_row(table, o["owner"], o["leased"], o["process"])
-            state.out.print(table)
+            state.print_table(table)
     if result["leases_left"]:
         raise Refused(f"{queue}: {result['leases_left']} lease(s) of running or unknown "
                       "processes were left alone; --force takes them back")

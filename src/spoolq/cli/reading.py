@@ -124,10 +124,10 @@ def info(path: str, queue: str | None, engine: str | None, schema: str | None,
         for lease in q["lease_owners"]:
             state.add_row(owners, q["name"], lease["owner"], lease["leased"],
                           lease["process"])
-    state.out.print(table)
+    state.print_table(table)
     if owners.row_count:
         state.out.print()
-        state.out.print(owners)
+        state.print_table(owners)
 
 
 @click.command(short_help="Show items at the head of a queue, its dead letters or its leases.")
@@ -207,7 +207,7 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, leased: boo
         if dead:
             row.append(rec.reason or "")
         state.add_row(table, *row)
-    state.out.print(table)
+    state.print_table(table, min_width=0)
     _raw_notes(state, decoded)
 
 
@@ -241,7 +241,8 @@ def _show_leased(state: CliState, name: str, offset: int, total: int,
         state.add_row(table, str(rec.id), format_age(t - rec.enqueued_at), str(rec.attempts),
                       format_bytes(len(rec.data)), lr.owner, processes[lr.owner],
                       _time_left(lr.until - t), record_text(d, 0 if full else 1000))
-    state.out.print(table)
+    # Wider than the terminal rather than without the columns after the owner.
+    state.print_table(table, min_width=60 + widest + 20)
     _raw_notes(state, [d for d, _ in held])
 
 
@@ -400,7 +401,7 @@ def _print_verification(state: CliState, path: str, engine_name: str,
         if q["ready"] or q["leased"] or q["read"] or q["problems"]:
             state.add_row(table, q["name"], q["ready"], q["leased"], q["read"], q["checked"],
                           q["not_decodable_here"], q["problems"])
-    state.out.print(table)
+    state.print_table(table)
     for line in report["problems"]:
         state.line(f"  problem: {line}")
     hidden = report["problem_count"] - len(report["problems"])

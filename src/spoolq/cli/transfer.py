@@ -23,6 +23,7 @@ from ..zdict import DICTIONARY_QUEUE, checksum_key
 from ._common import (
     DEFAULT_CHUNK,
     MAX_CHUNK,
+    DamagedRecord,
     FileProblem,
     Refused,
     base_queues,
@@ -31,7 +32,9 @@ from ._common import (
     iter_pages_following,
     open_existing,
     set_stored_codec,
+    skipping_damaged,
     stored_codec,
+    umask,
 )
 from ._decoding import Decoder, check_json, json_text
 from ._options import engine_option, json_option, queue_option, schema_option
@@ -43,21 +46,26 @@ log = logging.getLogger("spoolq")
 
 
 def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk: int,
-                 advance: Any, skip: Callable[[int, str], None] | None) -> int:
+                 advance: Any, skip: Callable[[str, str], None] | None) -> int:
     """Write the items of ``name`` as JSON Lines; the number written.
 
     A record that cannot be decoded or written as JSON stops the dump with
-    :class:`Refused`, or with ``skip`` is passed to it (id, why) and left out.
+    :class:`Refused`, or with ``skip`` is passed to it ("record ID", why) and left out,
+    as is one the engine cannot read ("a record": its error names it as the engine can).
     """
     written = 0
-    for page in iter_pages_following(eng, name, chunk=chunk):
+    read = None if skip is None else skipping_damaged(eng, name)
+    for page in iter_pages_following(eng, name, chunk=chunk, read=read):
         lines = []
         for rec in page:
+            if skip is not None and isinstance(rec, DamagedRecord):
+                skip("a record", rec.reason or "damaged")
+                continue
             d = decoder.decode(rec)
             if not d.ok:
                 if skip is None:
                     raise Refused(f"record {rec.id} of {name!r}: {d.note}")
-                skip(rec.id, d.note or d.status)
+                skip(f"record {rec.id}", d.note or d.status)
                 continue
             try:
                 lines.append(json_text(d.item))
@@ -65,7 +73,7 @@ def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk
                 if skip is None:
                     raise Refused(f"record {rec.id} of {name!r} cannot be written as JSON: "
                                   f"{exc}; dump handles JSON-compatible items only") from None
-                skip(rec.id, f"cannot be written as JSON: {exc}")
+                skip(f"record {rec.id}", f"cannot be written as JSON: {exc}")
         if lines:
             out.write(("\n".join(lines) + "\n").encode())
         written += len(lines)
@@ -108,10 +116,10 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
     name = dead_queue_name(queue) if dead else queue
     skipped = 0
 
-    def skip(record_id: int, why: str) -> None:
+    def skip(record: str, why: str) -> None:
         nonlocal skipped
         skipped += 1
-        state.note(f"skipped record {record_id} of {name!r}: {why}")
+        state.note(f"skipped {record} of {name!r}: {why}")
 
     on_bad = skip if skip_bad else None
     if output not in (None, "-") and _same_file(output, path):
@@ -131,8 +139,8 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
                 written = _write_items(eng, name, decoder, sys.stdout.buffer,
                                        chunk, advance, on_bad)
             elif os.path.exists(output) and not os.path.isfile(output):
-                # A device, a pipe or a terminal (/dev/stdout, `>(command)`) is written
-                # to as stdout is: replacing it would put a plain file in its place.
+                # A device, pipe or terminal (/dev/stdout, `>(command)`) is written to as
+                # stdout is: replacing it would put a plain file in its place.
                 with open(output, "wb") as f:
                     written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
             else:
@@ -143,7 +151,7 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
                                                prefix=os.path.basename(target) + ".",
                                                suffix=".part")
                 try:
-                    os.chmod(partial, 0o666 & ~_umask())  # as open() would create it
+                    os.chmod(partial, 0o666 & ~umask())  # as open() would create it
                     with open(fd, "wb") as f:
                         written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
                     os.replace(partial, target)
@@ -163,16 +171,9 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
                       f"{written} item(s) dumped")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _same_file(output: str, path: str) -> bool:
-    """Whether writing ``output`` would replace ``path`` (or a file inside a directory
-    ``path``, as a dbm queue is), or a file an engine keeps beside it (SQLite's WAL, a
-    lock file), whether that exists yet or not."""
+    """Whether writing ``output`` would replace ``path`` (or a file in a dbm queue's
+    directory), or a file an engine keeps beside it (a WAL, a lock), existing or not."""
     if not os.path.exists(path):
         return False
     beside = {os.path.realpath(base + side) for base in (path, os.path.realpath(path))
@@ -396,7 +397,7 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     table = state.table("queue", "#copied", "#now in destination", title=f"{src} -> {dst}")
     for row in copied:
         state.add_row(table, row["name"], row["copied"], row["ready"])
-    state.out.print(table)
+    state.print_table(table)
 
 
 _SIDE_FILES = ("-wal", "-shm", "-journal", "-lock", ".lock")
