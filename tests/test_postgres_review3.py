@@ -14,10 +14,11 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
     pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
 
 import psycopg
+from psycopg import sql
 
 from spoolq.engines._pgpool import readable
 from spoolq.engines.postgres import ID_GAP, PostgresEngine
-from spoolq.errors import EngineError
+from spoolq.errors import EngineError, FormatError
 
 from . import pg_support
 
@@ -128,3 +129,14 @@ def test_a_take_of_every_ready_record_still_drops_their_notifications(
     finally:
         producer.close()
         consumer.close()
+
+
+def test_a_schema_holding_a_type_named_like_a_table_is_a_format_error(
+        pg_url: str, pg_schema: str) -> None:
+    """A composite type takes a table's name in its schema: the schema is someone's,
+    as one holding a view is, and the open says so instead of failing its CREATE TABLE."""
+    pg_support.execute(pg_url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema)))
+    pg_support.execute(pg_url, sql.SQL("CREATE TYPE {}.records AS (a integer)").format(
+        sql.Identifier(pg_schema)))
+    with pytest.raises(FormatError, match="not a spoolq queue"):
+        PostgresEngine(pg_url, schema=pg_schema)

@@ -90,12 +90,13 @@ def _columns(conn: Conn, schema: str) -> dict[str, set[tuple[str, str]]]:
 
 
 def _relations(conn: Conn, schema: str) -> dict[str, str]:
-    """Every table, view, sequence or foreign table in the schema, with its relkind:
-    a schema holding any of them is someone's, and no place to create tables in."""
+    """Every table, view, sequence, foreign table or composite type in the schema, with
+    its relkind: a schema holding any of them is someone's, and no place to create
+    tables in."""
     return {row[0]: row[1] for row in conn.execute(
         """SELECT c.relname, c.relkind::text FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')""",
+        WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')""",
         (schema,))}
 
 
