@@ -228,6 +228,16 @@ class LeaseConformance(ConformanceBase):
         assert engine.counts("q")[:2] == (0, 1)
         assert engine.ack("q", [(a.id, 1)], "me") == [a.id]
 
+    def test_a_take_before_zero_sees_records_that_wait_for_no_time(self,
+                                                                   engine: Engine) -> None:
+        """A record put, or given back by an expiry, waits for no time: a take at a
+        negative time or at -inf sees it."""
+        self._put(engine, 1, 2)
+        engine.take("q", 1, -math.inf, Lease("gone", math.inf))
+        assert engine.expire("q", self.NOW, owners=["gone"]) == 1
+        got = engine.take("q", 1, -1.0, None) + engine.take("q", 1, -math.inf, None)
+        assert [(r.data, r.attempts) for r in got] == [(b"r1", 1), (b"r2", 0)]
+
     def test_a_lease_until_infinity_never_runs_out(self, engine: Engine) -> None:
         """A lease until ``+inf`` outlives an expiry at any finite time, as one by a
         dead owner's name ends it; an expiry at +inf ends it."""

@@ -59,6 +59,7 @@ __all__ = [
     "check_window",
     "dead_queue_name",
     "distinct_ids",
+    "due_by",
     "forks",
     "never_given",
     "nothing_visible",
@@ -402,6 +403,16 @@ def refuse_nan(where: str, what: str, name: str, value: float) -> None:
     if math.isnan(value):
         raise EngineError(f"{where}: {what} failed: {name} is NaN, not a time; nothing "
                           "was changed")
+
+
+def due_by(now: float) -> float:
+    """The time a take at ``now`` compares a ready record's ``visible_at`` with.
+
+    A record put, or given back at once (an expired lease, a release with ``not_before``
+    0 or less), is stored visible from 0 or earlier and waits for no time: a take at a
+    negative time, or at -inf, sees it too. So a take before 0 sees what one at 0 sees;
+    NaN stays NaN, at which nothing is visible."""
+    return 0.0 if now < 0.0 else now
 
 
 def nothing_visible(where: str, now: float, lease: Lease | None) -> bool:

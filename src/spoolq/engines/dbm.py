@@ -76,6 +76,7 @@ from .base import (
     check_window,
     dead_queue_name,
     distinct_ids,
+    due_by,
     never_given,
     nothing_visible,
     refuse_nan,
@@ -163,7 +164,9 @@ class _DBMStore(Generations):
                 return []
             out: list[StoredRecord] = []
             # Records held aside always precede the main line: they were taken from it.
-            due = sorted(i for i, a in q.aside.items() if a.owner is None and a.visible_at <= now)
+            due_at = due_by(now)
+            due = sorted(i for i, a in q.aside.items()
+                         if a.owner is None and a.visible_at <= due_at)
             for ident in due[:n]:
                 a = q.aside[ident]
                 rec = self._read(a.key, a)

@@ -26,6 +26,7 @@ from .base import (
     check_window,
     dead_queue_name,
     distinct_ids,
+    due_by,
     never_given,
     nothing_visible,
     refuse_nan,
@@ -163,7 +164,7 @@ class MemoryEngine:
             return out
         out = []
         hidden: list[int] = []
-        heappop = heapq.heappop
+        heappop, now = heapq.heappop, due_by(now)  # what waits for no time is seen before 0
         stored = raw = 0
         while len(out) < n:
             if back and (not fresh or back[0] < fresh[0][0]):

@@ -39,6 +39,7 @@ from .base import (
     batch_given,
     check_window,
     distinct_ids,
+    due_by,
     forks,
     never_given,
     restore_refused,
@@ -264,6 +265,7 @@ class SQLiteEngine(LeaseSettling):
         if n <= 0:
             return []  # LIMIT would read a negative n as no limit at all
         n = min(n, _MAX_INT)  # a larger n means every ready record all the same
+        now = due_by(now)  # new rows are visible from 0 (the column's default) on
         rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
         if lease is None:
             return list(map(_new_record, rows))  # already the records, in id order
