@@ -122,3 +122,16 @@ def test_dump_skip_bad_leaves_out_a_record_the_dbm_engine_finds_damaged(
     result = _spoolq("dump", path, "-q", "jobs")
     assert result.returncode == 3
     assert "damaged" in result.stderr
+
+
+def test_dump_to_a_folder_that_does_not_exist_names_the_output_not_a_temporary(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path, name="jobs") as q:
+        q.put(1)
+    out = str(tmp_path / "missing" / "out.jsonl")
+    result = _spoolq("dump", path, "-q", "jobs", "-o", out)
+    assert result.returncode == 3
+    assert result.stderr.startswith(f"Error: {out}: "), result.stderr
+    assert ".part" not in result.stderr
+    assert not (tmp_path / "missing").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from enum import IntEnum
@@ -44,10 +45,10 @@ __all__ = [
     "now",
     "one_line",
     "open_existing",
+    "partial_file",
     "set_stored_codec",
     "skipping_damaged",
     "stored_codec",
-    "umask",
 ]
 
 log = logging.getLogger("spoolq")
@@ -344,11 +345,24 @@ def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,
             return
 
 
-def umask() -> int:
-    """The process's umask (reading it means setting it, and back)."""
+def partial_file(output: str) -> tuple[int, str, str]:
+    """A new temporary file to write ``output`` into, to be moved over it once complete:
+    its descriptor, its path and the path to move it to.
+
+    It lies next to the file a symlink ``output`` names, so that the link stays a link,
+    and has a name of its own, so that two commands writing the same file at once do
+    not meet. Raises :class:`FileProblem` naming ``output`` when it cannot be created.
+    """
+    target = os.path.realpath(output)
+    try:
+        fd, partial = tempfile.mkstemp(dir=os.path.dirname(target),
+                                       prefix=os.path.basename(target) + ".", suffix=".part")
+    except OSError as exc:
+        raise FileProblem(f"{output}: cannot be written: {exc.strerror or exc}") from exc
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    os.chmod(partial, 0o666 & ~mask)  # as open() would create it
+    return fd, partial, target
 
 
 def now() -> float:

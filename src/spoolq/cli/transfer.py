@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -31,10 +30,10 @@ from ._common import (
     iter_pages,
     iter_pages_following,
     open_existing,
+    partial_file,
     set_stored_codec,
     skipping_damaged,
     stored_codec,
-    umask,
 )
 from ._decoding import Decoder, check_json, json_text
 from ._options import engine_option, json_option, queue_option, schema_option
@@ -144,14 +143,8 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
                 with open(output, "wb") as f:
                     written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
             else:
-                # Next to the file a symlink names, so that the link stays a link; a
-                # name of its own, so that dumps to the same file at once do not meet.
-                target = os.path.realpath(output)
-                fd, partial = tempfile.mkstemp(dir=os.path.dirname(target),
-                                               prefix=os.path.basename(target) + ".",
-                                               suffix=".part")
+                fd, partial, target = partial_file(output)
                 try:
-                    os.chmod(partial, 0o666 & ~umask())  # as open() would create it
                     with open(fd, "wb") as f:
                         written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
                     os.replace(partial, target)
