@@ -135,3 +135,18 @@ def test_dump_to_a_folder_that_does_not_exist_names_the_output_not_a_temporary(
     assert result.stderr.startswith(f"Error: {out}: "), result.stderr
     assert ".part" not in result.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_verify_reads_on_past_a_record_the_dbm_engine_finds_damaged(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.dbm")
+    with spoolq.SyncQueue.create(path, name="jobs") as q:
+        q.put_many([{"n": n} for n in range(30)])
+    for key in ("m1.3", "m1.20"):
+        _damage_dbm_record(path, key)
+    result = _spoolq("verify", path, "--json", "--chunk", "8")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["problem_count"] == 2, report["problems"]
+    assert all("damaged" in p for p in report["problems"])
+    jobs = report["queues"][0]
+    assert (jobs["name"], jobs["read"], jobs["checked"]) == ("jobs", 30, 28)

@@ -196,9 +196,11 @@ def disk_bytes(path: str) -> int:
 
 
 def iter_pages(engine: Engine, queue: str, *, offset: int = 0, chunk: int = DEFAULT_CHUNK,
-               limit: int | None = None) -> Iterator[list[StoredRecord]]:
-    """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, never all at once."""
-    return _pages(lambda n, at: engine.peek(queue, n, at), offset, chunk, limit)
+               limit: int | None = None, read: Peek | None = None,
+               ) -> Iterator[list[StoredRecord]]:
+    """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, never all at once;
+    ``read`` replaces ``engine.peek`` of the queue (see :func:`skipping_damaged`)."""
+    return _pages(read or (lambda n, at: engine.peek(queue, n, at)), offset, chunk, limit)
 
 
 def iter_leased_pages(engine: SupportsPeekLeased, queue: str, *, offset: int = 0,
