@@ -6,12 +6,14 @@ files."""
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from spoolq.engines import Engine, Lease
+from spoolq import SyncQueue
+from spoolq.engines import Engine, Lease, SQLiteEngine
 
 from .test_engines_review2 import _open
 
@@ -58,3 +60,57 @@ def test_a_record_released_until_later_stays_hidden_before_zero(engine: Engine) 
     for now in (-math.inf, -1.0, 0.0, 6.9):
         assert engine.take("q", 5, now, None) == []
     assert [r.data for r in engine.take("q", 5, 7.0, None)] == [b"a"]
+
+
+# ---- a record of another type in an SQLite file --------------------------------------------
+# SQLite keeps any value in any column: a file another program wrote into, or damaged in
+# a value's type byte, holds a record that is text or a number. The engine hands each
+# record out as the bytes it holds, for the codec to refuse as it refuses any damaged
+# record, instead of a str or an int, or an error at every take that kept the queue's
+# head from anyone.
+
+_NOT_BLOBS = ["'hello'", "CAST(x'ff00fe' AS TEXT)", "12", "1.5"]
+
+
+def _retype(path: Path, ident: int, value: str, table: str = "spoolq_records") -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"UPDATE {table} SET data = {value} WHERE id & ((1 << 40) - 1) = ?",
+                     (ident,))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("value", _NOT_BLOBS)
+def test_an_sqlite_record_that_is_not_a_blob_is_read_as_bytes(tmp_path: Path,
+                                                              value: str) -> None:
+    path = tmp_path / "q.sqlite"
+    eng = SQLiteEngine(path)
+    try:
+        eng.append("q", [b"a", b"b", b"c", b"d"], [1, 1, 1, 1], 1.0)
+        eng.take("q", 1, 1.0, Lease("me", 50.0))
+        _retype(path, 1, value, "spoolq_leased")
+        _retype(path, 2, value)
+        _retype(path, 3, value)
+        (leased,) = eng.peek_leased("q", 5)
+        peeked = eng.peek("q", 5)
+        (taken,) = eng.take("q", 1, 2.0, None)
+        (held,) = eng.take("q", 1, 2.0, Lease("me", 50.0))
+        for rec in (leased.record, *peeked, taken, held):
+            assert type(rec.data) is bytes
+        assert [r.data for r in eng.take("q", 5, 2.0, None)] == [b"d"]
+    finally:
+        eng.close()
+
+
+def test_a_queue_hands_on_past_an_sqlite_record_that_is_not_a_blob(tmp_path: Path) -> None:
+    """The queue moves such a record to its dead letters as it does any record it cannot
+    decode, and delivers the rest."""
+    path = tmp_path / "q.sqlite"
+    with SyncQueue.create(path) as q:
+        q.put_many([1, 2, 3])
+    _retype(path, 2, "CAST(x'ff00fe' AS TEXT)")
+    with SyncQueue.create(path) as q:
+        assert [q.get(timeout=5) for _ in range(2)] == [1, 3]
+        assert q.stats["dead"] == 1

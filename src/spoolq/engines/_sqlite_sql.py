@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "CHUNK", "COLUMNS", "COUNTS", "HELD", "HELD_IDS",
-    "INSERT", "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_SIZES", "LEASE_COPY",
+    "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "CHUNK", "COLUMNS", "COUNTS", "DATA", "HELD",
+    "HELD_IDS", "INSERT", "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_SIZES", "LEASE_COPY",
     "LEASE_REMOVE", "MASK", "MOVE_ALL_IDS", "MOVE_ALL_SIZES", "MOVE_IDS", "MOVE_ROW",
     "MOVE_SIZES", "NEW_QUEUE", "READY", "READY_ROWS", "REMOVE_RANGE", "ROWS_PER_INSERT", "SHIFT",
     "json_list",
@@ -46,12 +46,16 @@ INSERT_NEXT = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data)
 # row than executemany's one row per step, with a fixed handful of statements to cache.
 ROWS_PER_INSERT = (64, 16, 4, 1)
 INSERT_ROWS = {k: INSERT + ", (?, ?, ?, ?)" * (k - 1) for k in ROWS_PER_INSERT}
-COLUMNS = "id, data, raw_size, attempts, enqueued_at, reason"
+# A record is read as the bytes it holds whatever the type of its value: a file another
+# program wrote into, or a damaged type byte, can hold text or a number there, which the
+# codec then refuses as any damaged record (text that is not UTF-8 failed every take).
+DATA = "coalesce(CAST(data AS BLOB), x'')"
+COLUMNS = "id, " + DATA + ", raw_size, attempts, enqueued_at, reason"
 READY = """SELECT id FROM spoolq_records WHERE id BETWEEN ? AND ? AND visible_at <= ?
     ORDER BY id LIMIT ?"""
 # The queue's own ids (the full id less the queue's base, ?1): rows become records as
 # they are.
-READY_ROWS = """SELECT id - ?1, data, raw_size, attempts, enqueued_at, reason
+READY_ROWS = """SELECT id - ?1, """ + DATA + """, raw_size, attempts, enqueued_at, reason
     FROM spoolq_records WHERE id BETWEEN ?1 AND ?2 AND visible_at <= ?3 ORDER BY id LIMIT ?4"""
 # The first n ready rows are every ready row from the first one to the last one: deleting
 # that range with the same filter removes exactly them (a quarter faster than a DELETE of
@@ -63,7 +67,7 @@ LEASE_COPY = """INSERT INTO spoolq_leased
     WHERE id IN (""" + READY + ")"
 # The same READY selection as LEASE_COPY: nothing in spoolq_records changed in between.
 LEASE_REMOVE = ("DELETE FROM spoolq_records WHERE id IN (" + READY + ") "
-                 "RETURNING id, data, raw_size, attempts + 1, enqueued_at, reason")
+                 "RETURNING id, " + DATA + ", raw_size, attempts + 1, enqueued_at, reason")
 ACK_ANY = """DELETE FROM spoolq_leased WHERE owner = ?
     AND id IN (SELECT ? + value FROM json_each(?)) RETURNING id, attempts, length(data), raw_size"""
 HELD = """SELECT id FROM spoolq_leased WHERE owner = ?
