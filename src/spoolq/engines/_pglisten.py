@@ -68,8 +68,17 @@ class Listener:
         self.where = where
         self.conn: Conn | None = None
         self._connect = connect
-        self._lock = threading.Lock()
-        self._heard: set[str] = set()  # payloads read by drain, not yet waited for
+        self._lock = threading.Lock()  # held by the thread that listens
+        # Guards _heard and _waiting, and makes noting a notification and looking at
+        # _waiting one step against a wait that registers and takes its mark.
+        self._state = threading.Lock()
+        # Payloads read while no wait for them was in progress -> when (see _read).
+        self._heard: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}  # payload -> waits in progress for it
+        # Per thread: queue -> the _read of the thread's last look at the queue (a take
+        # that saw every ready record, a wait that returned True). Its next wait wakes
+        # for what was read after that: the thread has not seen those records.
+        self._marks = threading.local()
         self._cancelled_at = -math.inf  # time.monotonic() of the last cancel()
         # Every notification read (by a wait or by drain) gets the next number of
         # _read, and its payload remembers the last one in _read_at: a wait that began
@@ -80,18 +89,62 @@ class Listener:
 
     def _note(self, note_payload: str) -> None:
         """Remember that a notification of ``note_payload`` was read (lock held)."""
-        self._read += 1
+        # _read grows last: whoever reads it finds every notification up to it noted.
+        read = self._read + 1
         if note_payload in self._read_at or len(self._read_at) < _HEARD_MAX:
-            self._read_at[note_payload] = self._read
+            self._read_at[note_payload] = read
         else:
             self._read_at.clear()
-            self._overflow_at = self._read
+            self._overflow_at = read
+        self._read = read
+
+    def _note_unwaited(self, note_payload: str) -> None:
+        """Note a notification read by a wait for another queue; when no wait for its
+        queue is in progress, keep it for the next one, as :meth:`drain` does."""
+        with self._state:
+            self._note(note_payload)
+            if note_payload not in self._waiting:
+                self._keep(note_payload)
+
+    def _keep(self, kept: str) -> None:
+        """Keep ``kept`` for the next wait (``_state`` held); one entry per queue name."""
+        if kept in self._heard or len(self._heard) < _HEARD_MAX:
+            self._heard[kept] = self._read
 
     def _lost(self) -> None:
         """The listening session ended (lock held): notifications to any queue may have
         been missed, so every wait that began before looks again."""
-        self._read += 1
-        self._overflow_at = self._read
+        self._overflow_at = self._read + 1
+        self._read = self._overflow_at
+
+    def _thread_marks(self) -> dict[str, int]:
+        marks: dict[str, int] | None = getattr(self._marks, "marks", None)
+        if marks is None:
+            marks = self._marks.marks = {}
+        return marks
+
+    def before_take(self, queue: str) -> tuple[bool, int]:
+        """:meth:`drain` for a take of ``queue``, and where the notifications read stand
+        then, before the take's snapshot: give both to :meth:`after_take`."""
+        return self.drain(taking=queue), self._read
+
+    def after_take(self, queue: str, announced: bool, mark: int, saw_all: bool) -> None:
+        """After a take of ``queue`` in this thread. When it ``saw_all`` ready records
+        (it took fewer than it asked for) it saw those of every notification read
+        before ``mark``: the thread's next :meth:`wait` for ``queue`` wakes only for
+        later ones, and a notification kept from before ``mark`` is dropped. When it
+        did not, and drain read one for the queue (``announced``), that one is kept:
+        the records it announced may be left."""
+        if not saw_all:
+            if announced:
+                self.keep(queue)
+            return
+        self._set_mark(self._thread_marks(), queue, mark)
+        kept = payload(queue)
+        if kept and self._heard.get(kept, mark + 1) <= mark:
+            with self._state:
+                if self._heard.get(kept, mark + 1) <= mark:
+                    del self._heard[kept]
 
     def _read_since(self, mark: int, wanted: str) -> bool:
         """Whether a notification for ``wanted`` was read after ``mark``."""
@@ -120,12 +173,12 @@ class Listener:
             if self.conn is listener:
                 for _ in range(_DRAIN_ROUNDS):
                     for note in listener.notifies(timeout=0):
-                        self._note(note.payload)
-                        if note.payload == skip:
-                            skipped = True
-                        # One entry per queue name: the set stays small.
-                        elif len(self._heard) < _HEARD_MAX:
-                            self._heard.add(note.payload)
+                        with self._state:
+                            self._note(note.payload)
+                            if note.payload == skip:
+                                skipped = True
+                            else:
+                                self._keep(note.payload)
                     if not readable(listener):
                         break
         except psycopg.Error:
@@ -141,40 +194,70 @@ class Listener:
         """Remember a notification for ``queue`` that :meth:`drain` read for a take
         which may have left records it announced: the next :meth:`wait` for ``queue``
         returns at once, and one listening now within a slice."""
-        # No lock: a wait holds it while it listens. Adding to a set is atomic.
-        self._heard.add(payload(queue))
+        with self._state:  # not the listener's lock: a wait holds it while it listens
+            self._keep(payload(queue))
 
     def wait(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
         """Wait up to ``timeout`` seconds for a hint that records of ``queue`` became
         ready; see ``PostgresEngine.wait_ready`` for what True and False mean."""
         started = time.monotonic()
         deadline = started + timeout
-        mark = self._read  # notifications read from now on may be this wait's
+        wanted = payload(queue)
+        marks = self._thread_marks()
+        with self._state:
+            # Notifications read since this thread last looked at the queue (or, when
+            # it never did, from now on) are this wait's: the thread has not seen the
+            # records they announce, even when another thread's wait read them.
+            mark = marks.get(queue, self._read)
+            self._waiting[wanted] = self._waiting.get(wanted, 0) + 1
+        ready, seen = False, mark
+        try:
+            ready, seen = self._wait(wanted, mark, deadline, lambda: (
+                self._cancelled_at >= started or bool(cancel and cancel.cancelled)
+                or time.monotonic() >= deadline))
+            return ready
+        finally:
+            with self._state:
+                left = self._waiting[wanted] - 1
+                if left:
+                    self._waiting[wanted] = left
+                else:
+                    del self._waiting[wanted]
+            # After True the caller looks; after False nothing for the queue was read
+            # up to seen.
+            self._set_mark(marks, queue, self._read if ready else seen)
 
-        def ended() -> bool:
-            return (self._cancelled_at >= started or bool(cancel and cancel.cancelled)
-                    or time.monotonic() >= deadline)
+    def _set_mark(self, marks: dict[str, int], queue: str, mark: int) -> None:
+        if queue not in marks and len(marks) >= _HEARD_MAX:
+            marks.clear()  # a thread that forgot its looks only wakes more often
+        marks[queue] = mark
 
+    def _wait(self, wanted: str, mark: int, deadline: float,
+              ended: Callable[[], bool]) -> tuple[bool, int]:
+        """Whether a hint came, and how far the notifications read were looked at."""
+        seen = self._read
+        if self._read_since(mark, wanted) or self._took_heard(wanted):
+            return True, seen
         # One thread listens at a time; the others wait their turn in short slices too,
         # and end it when the listening thread read a notification for their queue.
-        wanted = payload(queue)
         while not self._lock.acquire(timeout=_WAIT_SLICE):
-            if ended():
-                return False
+            seen = self._read
             if self._read_since(mark, wanted):
-                return True
+                return True, seen
+            if ended():
+                return False, seen
         try:
-            return self._listen(queue, mark, deadline, ended)
+            # The listening thread reads every notification itself: up to the end.
+            return self._listen(wanted, mark, deadline, ended), self._read
         finally:
             self._lock.release()
 
-    def _listen(self, queue: str, mark: int, deadline: float,
+    def _listen(self, wanted: str, mark: int, deadline: float,
                 ended: Callable[[], bool]) -> bool:
         if self.conn is None:
             # The first wait starts listening; a later one finds no listener when
             # the server could not be reached: both cannot know what was missed.
             return self._reopen(ended, deadline)
-        wanted = payload(queue)
         # Heard by another thread's wait (or a drain) while this one waited its turn.
         if self._read_since(mark, wanted) or self._took_heard(wanted):
             return True
@@ -189,7 +272,7 @@ class Listener:
                 # first one for this queue: the others may be another thread's.
                 for note in self.conn.notifies(timeout=min(remaining, _WAIT_SLICE),
                                                stop_after=1):
-                    self._note(note.payload)
+                    self._note_unwaited(note.payload)
                     heard = heard or note.payload in (wanted, "")
                 if heard or self._took_heard(wanted):
                     return True
@@ -209,12 +292,11 @@ class Listener:
     def _took_heard(self, wanted: str) -> bool:
         """Whether a notification for ``wanted`` (or for every queue) was kept for a
         wait, forgetting it."""
-        found = False
-        for key in (wanted, ""):
-            if key in self._heard:
-                self._heard.discard(key)
-                found = True
-        return found
+        if wanted not in self._heard and "" not in self._heard:
+            return False
+        with self._state:
+            found = self._heard.pop(wanted, None) is not None
+            return self._heard.pop("", None) is not None or found
 
     def _reopen(self, ended: Callable[[], bool], deadline: float) -> bool:
         """Open the listening connection, trying again while the server cannot be

@@ -291,7 +291,7 @@ class PostgresEngine:
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         if nothing_visible(self.where, now, lease) or n <= 0:  # LIMIT refuses an n < 0
             return []
-        announced = self._waits.drain(taking=queue)
+        announced, mark = self._waits.before_take(queue)
         clock = time.time()
         # LIMIT takes a bigint; a larger n means every ready record all the same.
         params = self._params(queue, n=min(n, _MAX_BIGINT), now_in=now - clock)
@@ -301,8 +301,7 @@ class PostgresEngine:
             else:
                 params.update(owner=lease.owner, until_in=lease.until - clock)
                 rows = conn.execute(self._sql.lease, params, binary=True).fetchall()
-        if announced and len(rows) >= n:
-            self._waits.keep(queue)  # records announced may be left for the next wait
+        self._waits.after_take(queue, announced, mark, saw_all=len(rows) < n)
         return [StoredRecord(*row) for row in rows]
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
