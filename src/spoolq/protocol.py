@@ -233,10 +233,28 @@ def encode_error(ident: int, code: int, message: str) -> bytes:
     return encode_frame(FrameType.ERROR, ident, {"code": int(code), "message": message})
 
 
+class _NoTags(dict[int, Any]):
+    """cbor2's ``semantic_decoders``, refusing every tag but bignums (2 and 3: a number
+    beyond 64 bits is a BAD_REQUEST, not a broken frame). The protocol uses no tags, and
+    cbor2 acts on some it knows (tag 35 compiles a regular expression: seconds for a few
+    MiB, on the event loop that serves every client)."""
+
+    def __missing__(self, tag: int) -> Any:
+        if tag in (2, 3):
+            raise KeyError(tag)  # cbor2's own decoder: linear in the number's size
+        raise ValueError(f"CBOR tag {tag}: the protocol uses no tags")
+
+
+_NO_TAGS = _NoTags()
+
+
 def decode_body(frame: Frame) -> Any:
-    """The CBOR value of a frame's body; :class:`ProtocolError` if it is not CBOR."""
+    """The CBOR value of a frame's body; :class:`ProtocolError` if it is not CBOR, or
+    holds a tag (but a bignum) or a map key that is no text or bytes: the protocol uses
+    neither, and keys that all hash alike (multiples of 2**61 - 1) would take a dict
+    quadratic time."""
     try:
-        return cbor2.loads(frame.body)
+        return cbor2.loads(frame.body, semantic_decoders=_NO_TAGS, strict_hashable_types=True)
     except Exception as exc:  # cbor2 raises several types on hostile input
         raise ProtocolError(f"frame {frame.id}: the body is not valid CBOR ({exc})") from None
 
