@@ -50,6 +50,8 @@ _LOCK_GRACE = 0.5  # seconds past a get's deadline it waits for the lock to read
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
+_PAST_LIMIT = "max_attempts reached"
+"""The reason of a record leased past max_attempts after another handle gave it back."""
 
 
 _CORES: weakref.WeakSet[QueueCore] = weakref.WeakSet()
@@ -340,6 +342,8 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
         """
         with self.lock:
             recs = self._take_locked(n, ttl, buffered, fill or holding is not None)
+            if ttl is not None and self.settings.max_attempts is not None:
+                recs = self._within_max_attempts(recs, n, ttl)
             if holding is not None and recs and (holding.taken or len(recs) < n):
                 taken = self._decode_taken(recs, ttl is not None)
                 if taken:  # none when every record went to the dead letters
@@ -382,6 +386,30 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
         else:
             self._counts = new_counts(ready, leased, stored, raw)
         return recs
+
+    def _within_max_attempts(self, recs: list[StoredRecord], n: int,
+                             ttl: float) -> list[StoredRecord]:
+        """The leased records not past max_attempts. A handle without it (or with a larger
+        one) gives back leases that ran out, or whose process died, after the last delivery
+        this one allows: such a record goes to the dead letters instead of a delivery too
+        many, and the take goes on with the records behind it."""
+        limit = self.settings.max_attempts
+        assert limit is not None
+        kept: list[StoredRecord] = []
+        while True:
+            over = [(r.id, r.attempts) for r in recs if r.attempts > limit]
+            kept += [r for r in recs if r.attempts <= limit]
+            if not over:
+                return kept
+            log.warning("spoolq: queue %r: %d record(s) delivered max_attempts (%d) times "
+                        "already moved to %r", self.name, len(over), limit, self.dead_name)
+            self.engine.release(self.name, over, self.owner, not_before=0.0,
+                                max_attempts=limit, reason=_PAST_LIMIT)
+            self._refresh_locked()
+            self._finished(len(over))
+            if len(kept) >= n:
+                return kept
+            recs = self._take_locked(n - len(kept), ttl, False, False)
 
     def _buffer_serves(self) -> bool:
         """Whether the next get may take this handle's oldest unflushed put: the file has

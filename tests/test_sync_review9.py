@@ -1,0 +1,44 @@
+"""SyncQueue and leases as a user of queue.Queue or of a job queue meets them: max_attempts
+across handles, and the calls that wait."""
+
+from __future__ import annotations
+
+import pytest
+
+import spoolq
+from spoolq import SyncQueue
+
+# ---- max_attempts -----------------------------------------------------------------------
+
+
+def test_a_handle_with_max_attempts_never_leases_an_item_past_it(disk_path: str) -> None:
+    # Another handle, without max_attempts (a producer whose join() looks for expired
+    # leases, say), gave the item back after its second delivery: the handle with
+    # max_attempts=2 delivered it a third and a fourth time.
+    with SyncQueue.create(disk_path) as lax, \
+            SyncQueue.create(disk_path, max_attempts=2) as strict:
+        lax.put_many(["poison", "next"])
+        for attempt in (1, 2):
+            msg = lax.lease()
+            assert (msg.item, msg.attempts) == ("poison", attempt)
+            lax.nack(msg)
+        got = strict.lease(block=False)
+        assert (got.item, got.attempts) == ("next", 1)
+        assert strict.peek(dead=True) == ["poison"]
+        assert strict.stats["dead"] == 1
+        strict.ack(got)
+        with pytest.raises(spoolq.Empty):
+            strict.lease(block=False)
+        assert strict.stats["unfinished"] == 0
+
+
+def test_lease_many_passes_over_items_past_max_attempts(disk_path: str) -> None:
+    with SyncQueue.create(disk_path) as lax, \
+            SyncQueue.create(disk_path, max_attempts=1) as strict:
+        lax.put_many(["a", "b", "c", "d"])
+        lax.nack(*lax.lease_many(2))  # a and b were delivered once
+        got = strict.lease_many(3, block=False)
+        assert [(m.item, m.attempts) for m in got] == [("c", 1), ("d", 1)]
+        assert strict.peek(5, dead=True) == ["a", "b"]
+        strict.ack(*got)
+        assert strict.qsize() == 0
