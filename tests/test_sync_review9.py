@@ -3,10 +3,15 @@ across handles, and the calls that wait."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import spoolq
 from spoolq import SyncQueue
+
+from .servers import ServerProcess
+from .waiting import in_thread
 
 # ---- max_attempts -----------------------------------------------------------------------
 
@@ -42,3 +47,24 @@ def test_lease_many_passes_over_items_past_max_attempts(disk_path: str) -> None:
         assert strict.peek(5, dead=True) == ["a", "b"]
         strict.ack(*got)
         assert strict.qsize() == 0
+
+
+# ---- a server away ----------------------------------------------------------------------
+
+
+def test_a_blocked_get_with_items_counted_rides_out_a_server_restart(tmp_path: Path) -> None:
+    # The get took its short way (items counted as ready) and raised Unavailable at
+    # once, where a blocking get waits for the server until its timeout.
+    path = str(tmp_path / "q.sqlite")
+    server = ServerProcess(path)
+    port = server.port
+    with SyncQueue.create(f"{server.url}/jobs") as q:
+        q.put_many(["a", "b"])
+        server.stop()
+        getter, out = in_thread(lambda: q.get(timeout=20))
+        getter.join(1.0)
+        assert getter.is_alive() and not out
+        with ServerProcess(path, port=port):
+            getter.join(20)
+            assert out == ["a"]
+            assert q.get(block=False) == "b"

@@ -329,6 +329,10 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
             except ClosedError:
                 # Closed by another thread while this get ran: as for a waiting call.
                 raise QueueShutDown("the queue is shut down") from None
+            except Unavailable:
+                if not block:
+                    raise
+                got = []  # a get that blocks waits for the server, below
             if got:
                 if self._sleepers:
                     self._wake()
