@@ -68,3 +68,35 @@ def test_a_blocked_get_with_items_counted_rides_out_a_server_restart(tmp_path: P
             getter.join(20)
             assert out == ["a"]
             assert q.get(block=False) == "b"
+
+
+def test_a_get_many_holding_part_of_its_batch_rides_out_a_server_restart(
+        tmp_path: Path) -> None:
+    # get_many(3) held "a" when the server went away: it raised Unavailable, and "a",
+    # removed on the server and given back to no one, was lost.
+    path = str(tmp_path / "q.sqlite")
+    server = ServerProcess(path)
+    port = server.port
+    with SyncQueue.create(f"{server.url}/jobs") as q:
+        q.put("a")
+        getter, out = in_thread(lambda: q.get_many(3, timeout=20))
+        getter.join(0.5)  # it holds "a" and waits for two more
+        server.stop()
+        getter.join(1.0)
+        assert getter.is_alive() and not out
+        with ServerProcess(path, port=port), SyncQueue.create(f"{server.url}/jobs") as other:
+            other.put_many(["b", "c"])
+            getter.join(20)
+        assert out == [["a", "b", "c"]]
+
+
+def test_a_get_many_holding_part_of_its_batch_returns_it_when_the_server_stays_away(
+        tmp_path: Path) -> None:
+    server = ServerProcess(str(tmp_path / "q.sqlite"))
+    with SyncQueue.create(f"{server.url}/jobs") as q:
+        q.put("a")
+        getter, out = in_thread(lambda: q.get_many(3, timeout=2))
+        getter.join(0.5)
+        server.stop()
+        getter.join(20)
+        assert out == [["a"]]

@@ -297,7 +297,11 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                         break
                     raise Empty("no item arrived within the timeout")
             except Unavailable as exc:
-                if not block or got or not self._ride_out(exc, deadline):
+                # A get_many(n) holding part of its batch waits too, then hands it out:
+                # raising would give the items back to a server that is away.
+                if not block or not self._ride_out(exc, deadline):
+                    if got:
+                        break
                     raise
         return got
 
