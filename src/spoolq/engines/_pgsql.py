@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-__all__ = ["AHEAD", "BEHIND", "SCHEMA_VERSION", "Statements", "compose", "ddl"]
+__all__ = ["AHEAD", "BEHIND", "FORMAT_VERSION", "SCHEMA_VERSION", "Statements", "compose", "ddl"]
 
-SCHEMA_VERSION = 1
-"""Version of the table layout, stored in ``meta`` under ``schema_version``."""
+FORMAT_VERSION = 1
+"""Version of the schema's layout, stored in ``meta`` under ``format_version`` as every
+engine records its own."""
+SCHEMA_VERSION = FORMAT_VERSION
+"""The same, stored under ``schema_version`` too: releases that came before the format
+version was recorded read that key alone, so a schema they cannot read must say so there."""
 
 TABLES = ("meta", "records", "counts")
 
@@ -277,6 +281,9 @@ _LOCK_RESTART = """SELECT pg_advisory_xact_lock(hashtextextended(
 _GET_META = "SELECT value FROM {s}.meta WHERE key = %(key)s"
 _SET_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+# Stores a meta key unless it is there already.
+_ADD_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
+    ON CONFLICT (key) DO NOTHING"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +313,7 @@ class Statements:
     next_id: sql.Composed
     get_meta: sql.Composed
     set_meta: sql.Composed
+    add_meta: sql.Composed
     server_started: sql.Composed
     skip_ids: sql.Composed
     lock_restart: sql.Composed
@@ -318,7 +326,8 @@ _TEXTS = {
     "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK,
     "peek_leased": _PEEK_LEASED, "counts": _COUNTS, "owners": _OWNERS, "queues": _QUEUES,
     "last_id": _LAST_ID, "next_id": _NEXT_ID, "get_meta": _GET_META, "set_meta": _SET_META,
-    "server_started": _SERVER_STARTED, "skip_ids": _SKIP_IDS, "lock_restart": _LOCK_RESTART,
+    "add_meta": _ADD_META, "server_started": _SERVER_STARTED, "skip_ids": _SKIP_IDS,
+    "lock_restart": _LOCK_RESTART,
 }
 
 

@@ -1,7 +1,7 @@
 """The PostgreSQL engine: one queue database shared by many processes and hosts.
 
 Tables live in one schema (``schema="spoolq"`` by default), created on first
-use: ``meta`` (settings and the ``schema_version``), ``records`` (every
+use: ``meta`` (settings and the format version), ``records`` (every
 record of every named queue, ids from an identity column, so they only grow
 and are never reused, even after a crash of the server: see ``_pgids``) and
 ``counts`` (per-queue counters).
@@ -130,7 +130,7 @@ class PostgresEngine:
 
     Raises :class:`ConfigurationError` for bad settings, :class:`EngineError`
     when the server cannot be reached, :class:`FormatError` when the schema
-    holds something other than spoolq tables of this schema version.
+    holds something other than spoolq tables of a format version this release reads.
     """
 
     name = "postgres"
@@ -197,8 +197,8 @@ class PostgresEngine:
     def _setup(self) -> None:
         """Create the schema and tables if missing; check what is there."""
         with self._guard("open"), connect(self._conninfo, self._connect_timeout) as conn:
-            open_schema(conn, self.schema, where=self.where, read_only=self.read_only,
-                        lock_timeout=self._lock_timeout, set_meta=self._sql.set_meta)
+            self._implied = open_schema(conn, self.schema, self._sql, where=self.where,
+                                        read_only=self.read_only, lock_timeout=self._lock_timeout)
 
     def _connect_listener(self, timeout: float) -> Conn:
         if self._pool is None:
@@ -431,7 +431,7 @@ class PostgresEngine:
     def get_meta(self, key: str) -> bytes | None:
         with self._conn("get_meta") as conn:
             row = conn.execute(self._sql.get_meta, {"key": key}).fetchone()
-        return None if row is None else bytes(row[0])
+        return self._implied.get(key) if row is None else bytes(row[0])
 
     def set_meta(self, key: str, value: bytes) -> None:
         with self._conn("set_meta") as conn:
