@@ -232,6 +232,11 @@ class Codec:
         self._zdict.add_damaged(number, reason)
 
     @property
+    def sampling(self) -> bool:
+        """True while ``"zstd-dict"`` samples payloads, before it has a dictionary to use."""
+        return self._sampling
+
+    @property
     def training_due(self) -> bool:
         """True when ``"zstd-dict"`` has sampled enough payloads to train a dictionary."""
         return self._sampling and self._zdict is not None and self._zdict.training_due

@@ -306,12 +306,15 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     """Train queue ``name``'s dictionary from ``codec``'s samples and store it in the file.
 
     A file holds at most 255 dictionaries (a record names one in a byte); once it is
-    full, the codec stops sampling and keeps compressing without a dictionary. With an
+    full, the codec stops sampling and keeps compressing without a dictionary. When another
+    handle stored the queue's dictionary meanwhile, the codec uses that one instead. With an
     engine that never blocks (``inline``, called on an async queue's event loop), the
     first call starts the training in a thread of its own and returns; the call made
     once :attr:`Codec.training_due` is true again stores the dictionary."""
     if engine.peek(DICTIONARY_QUEUE, 1, offset=254):
         _file_full(name, codec)
+        return
+    if _trained_elsewhere(engine, name, codec):
         return
     if getattr(engine, "inline", False) and codec.train_in_background():
         # An engine that never blocks is called on the event loop of an async queue,
@@ -320,6 +323,8 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     trained = codec.train()
     if trained is None:
         log.info("spoolq: queue %r: records too few or too alike for a zstd dictionary", name)
+        return
+    if _trained_elsewhere(engine, name, codec):  # while this one trained
         return
     (ident,) = engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
     held = [rec.id for rec in engine.peek(DICTIONARY_QUEUE, 256)]
@@ -332,6 +337,16 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     codec.add_dictionary(number, trained, activate=True)
     log.info("spoolq: queue %r: trained zstd dictionary %d (%d bytes)", name, number,
              len(trained))
+
+
+def _trained_elsewhere(engine: Engine, name: str, codec: Codec) -> bool:
+    """Whether another handle (of this process or another) stored queue ``name``'s
+    dictionary since this one read the file's: then ``codec`` compresses with that one
+    from now on, and the queue gets no second dictionary."""
+    if engine.get_meta(f"queue/{name}/zstd-dict") is None:
+        return False
+    load_dictionaries(engine, name, codec)
+    return not codec.sampling  # else the stored one is damaged: this handle trains anew
 
 
 def _file_full(name: str, codec: Codec) -> None:
