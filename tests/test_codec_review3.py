@@ -73,3 +73,39 @@ def test_a_queue_dictionary_another_process_trained_is_used_not_trained_again(
     assert sorted(item["n"] for item in items if item["who"] == "late") == list(
         range(first + more))
     assert q.stats["dead"] == 0
+
+
+# A serializer that files large attachments in a queue of their own, encoded by the same
+# object, and puts only their ids in the item itself.
+CLAIM_CHECK = textwrap.dedent("""
+    import json, sys, spoolq
+
+    class ClaimCheck:
+        name = "claim-check"
+        blobs = None
+
+        def dumps(self, item):
+            if isinstance(item, dict) and "attachment" in item:
+                self.blobs.put({"blob": item["attachment"]})
+                item = {k: v for k, v in item.items() if k != "attachment"}
+            return json.dumps(item).encode()
+
+        def loads(self, data):
+            return json.loads(data)
+
+    codec = ClaimCheck()
+    with spoolq.SyncQueue.create(sys.argv[1], name="blobs", serializer=codec) as blobs, \\
+            spoolq.SyncQueue.create(sys.argv[1], name="mails", serializer=codec) as mails:
+        codec.blobs = blobs
+        mails.put({"to": "a@example.org", "attachment": "x" * 300})
+        print(mails.get(timeout=5), blobs.get(timeout=5)["blob"] == "x" * 300, flush=True)
+""")
+
+
+@pytest.mark.parametrize("engine", SHARED_ENGINES)
+def test_a_custom_serializer_may_put_into_a_queue_that_uses_it_too(
+        tmp_path: Path, engine: str) -> None:
+    done = subprocess.run([sys.executable, "-c", CLAIM_CHECK, queue_path(tmp_path, engine)],
+                          capture_output=True, text=True, timeout=20, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["{'to': 'a@example.org'} True"]

@@ -2,7 +2,8 @@
 
 Puts encode in their callers' threads, so a thread-safe queue would otherwise call a custom
 codec object from several threads at once. :class:`OneAtATime` wraps one; the lock is one
-per object, shared by every queue that uses it, and renewed in a forked child.
+per object, shared by every queue that uses it, and renewed in a forked child. The thread
+that holds it may call in again: a serializer may put into a queue that uses it too.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ from typing import Any
 
 __all__ = ["OneAtATime"]
 
-_custom_locks: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
+_custom_locks: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
 _custom_locks_lock = threading.Lock()
-_shared_custom_lock = threading.Lock()  # for objects that take no weak reference
+_shared_custom_lock = threading.RLock()  # for objects that take no weak reference
 
 
-def _custom_lock(obj: object) -> threading.Lock:
+def _custom_lock(obj: object) -> threading.RLock:
     """The lock serializing calls into one custom codec object, shared by every codec
     that uses it (the same object may serve several queues)."""
     with _custom_locks_lock:
         try:
             lock = _custom_locks.get(obj)
             if lock is None:
-                lock = _custom_locks[obj] = threading.Lock()
+                lock = _custom_locks[obj] = threading.RLock()
         except TypeError:  # unhashable, or no weak reference to it
             return _shared_custom_lock
         return lock
@@ -41,12 +42,12 @@ def _new_locks_in_child() -> None:
     was."""
     global _custom_locks_lock, _shared_custom_lock  # noqa: PLW0603
     _custom_locks_lock = threading.Lock()
-    fresh: dict[int, threading.Lock] = {id(_shared_custom_lock): threading.Lock()}
+    fresh: dict[int, threading.RLock] = {id(_shared_custom_lock): threading.RLock()}
     _shared_custom_lock = fresh[id(_shared_custom_lock)]
     for obj, lock in list(_custom_locks.items()):
-        _custom_locks[obj] = fresh.setdefault(id(lock), threading.Lock())
+        _custom_locks[obj] = fresh.setdefault(id(lock), threading.RLock())
     for wrapper in list(_wrappers):
-        wrapper._lock = fresh.setdefault(id(wrapper._lock), threading.Lock())
+        wrapper._lock = fresh.setdefault(id(wrapper._lock), threading.RLock())
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
