@@ -16,6 +16,7 @@ from spoolq.engines import open_engine
 from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT
 
 from .conftest import SHARED_ENGINES, queue_path
+from .test_zstd_dict import damage_first_dictionary
 
 
 def _event(who: str, i: int) -> dict[str, object]:
@@ -109,3 +110,22 @@ def test_a_custom_serializer_may_put_into_a_queue_that_uses_it_too(
                           capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["{'to': 'a@example.org'} True"]
+
+
+def test_a_queue_whose_dictionary_is_damaged_trains_another_and_says_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = queue_path(tmp_path, "sqlite")
+    with SyncQueue.create(path, compressor="zstd-dict") as q:
+        q.put_many([_event("first", i) for i in range(SAMPLE_COUNT + 10)])
+    damage_first_dictionary(path)
+    with SyncQueue.create(path, compressor="zstd-dict") as q:
+        q.put_many([_event("second", i) for i in range(SAMPLE_COUNT + 10)])
+        q.put(_event("third", 0))
+        assert len(q.get_many(None)) == 2 * (SAMPLE_COUNT + 10) + 1
+    eng = open_engine(path, read_only=True)
+    try:
+        assert len(eng.peek(DICTIONARY_QUEUE, 255)) == 2
+        assert eng.get_meta("queue/default/zstd-dict") == b"2"
+    finally:
+        eng.close()
+    assert caplog.text.count("zstd dictionary 1 of the file is damaged") == 1

@@ -343,10 +343,14 @@ def _trained_elsewhere(engine: Engine, name: str, codec: Codec) -> bool:
     """Whether another handle (of this process or another) stored queue ``name``'s
     dictionary since this one read the file's: then ``codec`` compresses with that one
     from now on, and the queue gets no second dictionary."""
-    if engine.get_meta(f"queue/{name}/zstd-dict") is None:
+    stored = engine.get_meta(f"queue/{name}/zstd-dict")
+    if stored is None or not stored.isdigit() or not 1 <= int(stored) <= 255:
         return False
+    held = engine.peek(DICTIONARY_QUEUE, 1, offset=int(stored) - 1)
+    if not held or _damage(engine, int(stored), held[0].data) is not None:
+        return False  # this handle trains another (the damage was logged when it opened)
     load_dictionaries(engine, name, codec)
-    return not codec.sampling  # else the stored one is damaged: this handle trains anew
+    return not codec.sampling
 
 
 def _file_full(name: str, codec: Codec) -> None:
