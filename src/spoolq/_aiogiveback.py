@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core import Holding, QueueCore
 from .errors import QueueShutDown
 from .message import Taken
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from ._aiowait import Turn
 
 __all__ = ["GivingBack"]
 
@@ -44,6 +48,7 @@ class GivingBack:
     qsize: Callable[[], int]
     _wake: Callable[[], None]
     _wait: Callable[[float | None, Callable[[], bool]], Coroutine[Any, Any, bool]]
+    _take_turn: Callable[[Turn], AbstractContextManager[None]]
 
     def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool,
                    holding: Holding | None = None) -> None:
@@ -108,6 +113,15 @@ class GivingBack:
         while self._unsettled:
             self._check()
             await self._wait(None, lambda: not self._unsettled)
+
+    async def _take_in_turn(self, n: int, ttl: float | None, holding: Holding | None,
+                            turn: Turn) -> list[Taken]:
+        """Take up to n records for the call whose turn in line it is: on the loop for an
+        engine called there, else on the worker (:meth:`_take_on_worker`)."""
+        if self._inline:
+            return self._core.take(n, ttl, holding=holding)
+        with self._take_turn(turn):
+            return await self._take_on_worker(n, ttl, holding)
 
     async def _take_on_worker(self, n: int, ttl: float | None,
                               holding: Holding | None = None) -> list[Taken]:

@@ -1,6 +1,6 @@
 """How the asyncio queue waits: waiter futures, the change marker a get compares, wake-ups
-from the worker and flushing threads, and the long-poll of engines that can block until
-items are ready.
+from the worker and flushing threads, the long-poll of engines that can block until
+items are ready, and the line that serves waiting gets and leases in the order they came.
 
 :class:`Waiting` is a part of :class:`spoolq.aio.Queue`, kept in its own module; it works
 on the queue's state on the queue's event loop, as the rest of the queue does.
@@ -13,16 +13,18 @@ import contextlib
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
+from ._outage import Outage
 from .core import QueueCore
 from .engines import WaitCancel
+from .errors import Unavailable
 from .groupcommit import Ticket
 from .settings import check_seconds
 from .worker import Worker, wait_pool
 
-__all__ = ["Waiting", "wake_one"]
+__all__ = ["Turn", "Waiting", "wake_one"]
 
 
 def _settle(tickets: list[Ticket]) -> None:
@@ -48,15 +50,29 @@ def wake_one(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+class Turn:
+    """A taking call's place in the queue's line (see :meth:`Waiting._my_turn`)."""
+
+    __slots__ = ("taking", "waiting")
+
+    def __init__(self) -> None:
+        self.taking = False  # a take of its own is under way on the worker
+        self.waiting: asyncio.Future[None] | None = None  # its sleep, while it sleeps
+
+
 class Waiting:
-    """Waiter futures, wake-ups and the change marker of one asyncio queue handle."""
+    """Waiter futures, wake-ups, the change marker and the line of takers of one asyncio
+    queue handle."""
 
     # Set up by Queue.__init__.
     _core: QueueCore
     _worker: Worker
     _loop: asyncio.AbstractEventLoop
     _waiters: dict[asyncio.Future[None], None]
+    _line: dict[Turn, None]
+    _outage: Outage
     _shutdown: bool
+    _immediate: bool
     _long_polls: set[WaitCancel]
     _poll: asyncio.Task[None] | None = None  # the long-poll the waiting gets share
     _poll_users = 0
@@ -91,8 +107,10 @@ class Waiting:
         waiters, self._waiters = self._waiters, {}
         _wake_all(waiters)
 
-    async def _wait(self, deadline: float | None, ready: Callable[[], bool]) -> bool:
-        """Sleep until something changes or the poll interval passes; False after deadline."""
+    async def _wait(self, deadline: float | None, ready: Callable[[], bool],
+                    turn: Turn | None = None) -> bool:
+        """Sleep until something changes or the poll interval passes; False after deadline.
+        ``turn``: the sleep of that taker, which :meth:`_pass_turn` may end too."""
         timeout = self._core.settings.poll_interval
         if deadline is not None:
             remaining = deadline - time.monotonic()
@@ -105,11 +123,75 @@ class Waiting:
             self._waiters.pop(fut, None)
             return True
         handle = self._loop.call_later(timeout, wake_one, fut)
+        if turn is not None:
+            turn.waiting = fut
         try:
             await fut
         finally:
             handle.cancel()
             self._waiters.pop(fut, None)  # still there unless a wake-up took it
+            if turn is not None:
+                turn.waiting = None
+        return True
+
+    # ---- the line -----------------------------------------------------------------------
+    # Waiting gets and leases take in the order they started, as asyncio.Queue serves its
+    # getters: woken together (or by their own poll, or by a long-poll's end), the first to
+    # run would otherwise take the oldest item. A call may take when every call ahead of it
+    # has its take under way and the ready records outnumber those calls.
+
+    def _join_line(self) -> Turn:
+        turn = Turn()
+        self._line[turn] = None
+        return turn
+
+    def _leave_line(self, turn: Turn) -> None:
+        if self._line.pop(turn, 0) is None:
+            self._pass_turn()
+
+    def _served(self, turn: Turn) -> None:
+        """``turn``'s take received records: wake the waiting calls, as for any change, and
+        send a call that waits for more to the back of the line, as a new call."""
+        self._wake()
+        if self._line.pop(turn, 0) is None:
+            self._line[turn] = None
+
+    def _my_turn(self, turn: Turn) -> bool:
+        ready = self._core.ready_hint()
+        for ahead, other in enumerate(self._line):
+            if other is turn:
+                return ahead < ready
+            if not other.taking:
+                return False
+        return ready > 0  # (every taking call is in the line)
+
+    def _pass_turn(self) -> None:
+        """Wake the first call in line without a take under way, whose turn it may be."""
+        for other in self._line:
+            if not other.taking:
+                if other.waiting is not None:
+                    wake_one(other.waiting)
+                return
+
+    @contextlib.contextmanager
+    def _take_turn(self, turn: Turn) -> Iterator[None]:
+        """``turn``'s take runs on the worker for the block; the next call in line may
+        send its own meanwhile."""
+        turn.taking = True
+        self._pass_turn()
+        try:
+            yield
+        finally:
+            turn.taking = False
+
+    async def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
+        """Wait a while for the engine's server to come back; False once the deadline has
+        passed (the waiting call then raises ``error``)."""
+        until = self._outage.retry_at(self._core.name, error, deadline)
+        if until is None:
+            return False
+        while not (self._shutdown or self._immediate) and time.monotonic() < until:
+            await self._wait(until, lambda: self._shutdown or self._immediate)
         return True
 
     @staticmethod
@@ -128,8 +210,9 @@ class Waiting:
         for cancel in self._long_polls:
             cancel.cancel()
 
-    async def _wait_for_items(self, deadline: float | None, empty_since: int | None) -> bool:
-        """Sleep until items may be ready; False once the deadline passed.
+    async def _wait_for_items(self, deadline: float | None, empty_since: int | None,
+                              turn: Turn) -> bool:
+        """Sleep until items may be ready for ``turn``; False once the deadline passed.
 
         With an engine that can long-poll it waits for that, sharing one long-poll (on a
         thread other than the queue's worker) with the handle's other waiting gets.
@@ -137,14 +220,15 @@ class Waiting:
         by a nack, or another get took them), it sleeps until something changes or a poll
         interval passes instead of retrying at once; ``empty_since`` is :attr:`_epoch`
         from before that take, so a change while it ran (a put no wake-up reached, as
-        this get was not waiting) ends the sleep.
+        this get was not waiting) ends the sleep. With records ready and calls ahead in
+        line, it sleeps until its turn comes.
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
             return await self._share_long_poll(deadline)
         if empty_since is not None:
             return await self._wait(deadline, lambda: self._epoch != empty_since)
-        return await self._wait(deadline, lambda: core.ready_hint() > 0)
+        return await self._wait(deadline, lambda: self._my_turn(turn), turn)
 
     async def _share_long_poll(self, deadline: float | None) -> bool:
         """Wait for the long-poll this handle's waiting gets share, starting one if none

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from ._aiogiveback import GivingBack
 from ._aiolease import Leasing
-from ._aiowait import Waiting, wake_one
+from ._aiowait import Turn, Waiting, wake_one
 from ._outage import Outage
 from ._views import QueueViews
 from .core import Holding, QueueCore
@@ -67,6 +67,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         # A dict, in waiting order, so that a wait ending on its own (a poll, a timeout, a
         # cancel) removes its future at once: an idle consumer polls 20 times a second.
         self._waiters: dict[asyncio.Future[None], None] = {}
+        self._line: dict[Turn, None] = {}  # gets and leases under way, in the order they came
         self._outage = Outage()
         self._shutdown = False
         self._immediate = False
@@ -272,6 +273,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         # A call that waits for n items keeps what it took meanwhile: aclose() gives that
         # back if it stops waiting for this call.
         holding = Holding(leased) if wait_for_all and n is not None else None
+        turn = self._join_line()
         self._takers += 1
         try:
             while True:
@@ -289,21 +291,18 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                 try:
                     if core.ready_hint() == 0 and core.refresh_due():
                         await self._call(core.refresh, deadline)
-                    if core.ready_hint() > 0:
+                    if core.ready_hint() > 0 and self._my_turn(turn):
                         want = max(core.ready_hint(), 1) if n is None else n - len(got)
                         before, epoch = len(got), self._epoch
-                        if self._inline:
-                            got += core.take(want, ttl, holding=holding)
-                        else:
-                            got += await self._take_on_worker(want, ttl, holding)
+                        got += await self._take_in_turn(want, ttl, holding, turn)
                         if len(got) > before:
-                            self._wake()  # puts waiting for room: a lease or a part batch
+                            self._served(turn)  # puts waiting for room: a lease or a part batch
                         if got and (not wait_for_all or n is None or len(got) >= n):
                             break
                         empty_since = epoch if before == len(got) else None
                     else:
                         empty_since = None
-                    if not await self._wait_for_items(deadline, empty_since):
+                    if not await self._wait_for_items(deadline, empty_since, turn):
                         if got:
                             break
                         raise Empty("no item arrived within the timeout")
@@ -318,17 +317,8 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
             raise
         finally:
             self._takers -= 1
+            self._leave_line(turn)
         return got
-
-    async def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
-        """Wait a while for the engine's server to come back; False once the deadline has
-        passed (the waiting call then raises ``error``)."""
-        until = self._outage.retry_at(self._core.name, error, deadline)
-        if until is None:
-            return False
-        while not (self._shutdown or self._immediate) and time.monotonic() < until:
-            await self._wait(until, lambda: self._shutdown or self._immediate)
-        return True
 
     async def get(self) -> T:
         """Remove and return the oldest item, waiting until one is ready.
@@ -340,7 +330,8 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         if asyncio.get_running_loop() is not self._loop:
             raise self._elsewhere()
         core = self._core
-        if self._inline and not self._shutdown and not self._closed and core.ready_hint() > 0:
+        if (self._inline and not self._shutdown and not self._closed and not self._line
+                and core.ready_hint() > 0):
             # An engine called on the loop with an item ready: take it as get_nowait does.
             got = core.take(1, None)
             if got:
