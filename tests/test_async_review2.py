@@ -90,3 +90,28 @@ async def test_waiting_leases_are_served_in_the_order_they_started_waiting(where
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
         assert [(rank, msg.item) for rank, msg in served] == [(i, i) for i in range(WAITERS)]
         await q.ack(*(msg for _, msg in served))
+
+
+@pytest.mark.parametrize("call", ["get_many", "lease_many"])
+async def test_a_call_out_of_time_takes_what_is_ready_behind_a_waiting_get(where: str,
+                                                                         call: str) -> None:
+    # A call whose timeout is over looks once more, as get_nowait would: with records
+    # ready it takes them although an older get still waits its turn, instead of raising
+    # Empty with items ready.
+    async with await Queue.create(where) as q, await _producer(where, q) as producer:
+        waiting = asyncio.create_task(q.get())
+        await asyncio.sleep(0.2)
+        await producer.put_many(["a", "b", "c"])
+        took: list[Any]
+        if call == "get_many":
+            took = await q.get_many(3, timeout=0)
+        else:
+            took = [msg.item for msg in await q.lease_many(3, timeout=0, ttl=60)]
+        try:
+            assert took and set(took) <= {"a", "b", "c"}
+            rest = sorted({"a", "b", "c"} - set(took))
+            if rest:
+                assert await asyncio.wait_for(waiting, 5) == rest[0]
+        finally:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)

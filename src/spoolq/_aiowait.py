@@ -165,6 +165,11 @@ class Waiting:
                 return False
         return ready > 0  # (every taking call is in the line)
 
+    def _may_take(self, turn: Turn, deadline: float | None) -> bool:
+        """Whether ``turn`` takes now: in its turn, or out of it once its time is over, as
+        ``get_nowait`` would (rather than raise Empty while records are ready)."""
+        return self._my_turn(turn) or (deadline is not None and time.monotonic() >= deadline)
+
     def _pass_turn(self) -> None:
         """Wake the first call in line without a take under way, whose turn it may be."""
         for other in self._line:
@@ -228,7 +233,9 @@ class Waiting:
             return await self._share_long_poll(deadline)
         if empty_since is not None:
             return await self._wait(deadline, lambda: self._epoch != empty_since)
-        return await self._wait(deadline, lambda: self._my_turn(turn), turn)
+        if await self._wait(deadline, lambda: self._my_turn(turn), turn):
+            return True
+        return core.ready_hint() > 0  # out of time: one look out of turn (_may_take)
 
     async def _share_long_poll(self, deadline: float | None) -> bool:
         """Wait for the long-poll this handle's waiting gets share, starting one if none

@@ -291,7 +291,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                 try:
                     if core.ready_hint() == 0 and core.refresh_due():
                         await self._call(core.refresh, deadline)
-                    if core.ready_hint() > 0 and self._my_turn(turn):
+                    if core.ready_hint() > 0 and self._may_take(turn, deadline):
                         want = max(core.ready_hint(), 1) if n is None else n - len(got)
                         before, epoch = len(got), self._epoch
                         got += await self._take_in_turn(want, ttl, holding, turn)
