@@ -47,7 +47,8 @@ from .errors import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "ID_OPS", "MAGIC", "MAX_AUTH_FRAME", "MAX_ERROR_MESSAGE",
-    "MIN_MAX_REPLY", "OPS", "VERSION", "WRITE_OPS", "BadRequest", "ClientProtocol",
+    "MAX_QUEUE_BYTES", "MIN_MAX_REPLY", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
+    "ClientProtocol",
     "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
     "ProtocolError", "Reply", "ReplyTooLarge", "Request", "ServerProtocol", "code_for",
     "decode_body", "decode_counts", "decode_leased", "decode_records", "encode_error",
@@ -367,6 +368,17 @@ def _is_str(v: object) -> bool:
     return isinstance(v, str)
 
 
+MAX_QUEUE_BYTES = 260
+"""The longest queue name a request may give, in bytes of UTF-8: a queue name of
+``spoolq.settings.MAX_NAME_BYTES`` (255) and the ``.dead`` of its dead letters. Longer
+ones, empty ones and ones holding NUL are what some engine cannot store."""
+
+
+def _is_queue(v: object) -> bool:
+    return (type(v) is str and 0 < len(v) <= MAX_QUEUE_BYTES and "\x00" not in v
+            and len(v.encode("utf-8", "surrogatepass")) <= MAX_QUEUE_BYTES)
+
+
 def _is_bytes(v: object) -> bool:
     return isinstance(v, bytes)
 
@@ -453,32 +465,32 @@ _E = TypeVar("_E", bound=SpoolqError)
 OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
     "hello": {"max_reply": (_opt(_is_uint), None), "client": (_opt(_is_str), None)},
     "bye": {},
-    "append": {"queue": (_is_str, ...), "records": (_list_of_type(bytes), ...),
+    "append": {"queue": (_is_queue, ...), "records": (_list_of_type(bytes), ...),
                "sizes": (_is_sizes, ...), "now": (_is_num, ...)},
-    "take": {"queue": (_is_str, ...), "n": (_is_count, ...), "now": (_is_num, ...),
+    "take": {"queue": (_is_queue, ...), "n": (_is_count, ...), "now": (_is_num, ...),
              "lease": (_opt(_is_lease), None), "wait": (_is_wait, 0.0),
              "max_attempts": (_opt(_is_uint), None)},
-    "restore": {"queue": (_is_str, ...), "records": (_is_records, ...)},
-    "ack": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
+    "restore": {"queue": (_is_queue, ...), "records": (_is_records, ...)},
+    "ack": {"queue": (_is_queue, ...), "deliveries": (_list_of(_is_delivery), ...),
             "owner": (_is_str, ...)},
-    "release": {"queue": (_is_str, ...), "deliveries": (_list_of(_is_delivery), ...),
+    "release": {"queue": (_is_queue, ...), "deliveries": (_list_of(_is_delivery), ...),
                 "owner": (_is_str, ...), "not_before": (_is_num, ...),
                 "max_attempts": (_opt(_is_uint), None), "count_attempt": (_is_bool, True),
                 "reason": (_is_str, "")},
-    "expire": {"queue": (_is_str, ...), "now": (_is_num, ...),
+    "expire": {"queue": (_is_queue, ...), "now": (_is_num, ...),
                "owners": (_list_of(_is_str), []), "max_attempts": (_opt(_is_uint), None)},
-    "peek": {"queue": (_is_str, ...), "n": (_is_count, ...), "offset": (_is_count, 0)},
-    "peek_leased": {"queue": (_is_str, ...), "n": (_is_count, ...),
+    "peek": {"queue": (_is_queue, ...), "n": (_is_count, ...), "offset": (_is_count, 0)},
+    "peek_leased": {"queue": (_is_queue, ...), "n": (_is_count, ...),
                     "offset": (_is_count, 0)},
-    "counts": {"queue": (_is_str, ...)},
-    "owners": {"queue": (_is_str, ...)},
+    "counts": {"queue": (_is_queue, ...)},
+    "owners": {"queue": (_is_queue, ...)},
     "move": {"src": (_is_str, ...), "dst": (_is_str, ...),
              "ids": (_opt(_is_ids), None)},
-    "purge": {"queue": (_is_str, ...)},
+    "purge": {"queue": (_is_queue, ...)},
     "queues": {},
     "get_meta": {"key": (_is_str, ...)},
     "set_meta": {"key": (_is_str, ...), "value": (_is_bytes, ...)},
-    "wait": {"queue": (_is_str, ...), "timeout": (_is_wait, ...)},
+    "wait": {"queue": (_is_queue, ...), "timeout": (_is_wait, ...)},
 }
 WRITE_OPS = frozenset({"append", "take", "restore", "ack", "release", "expire", "move",
                        "purge", "set_meta"})
@@ -516,6 +528,9 @@ def parse_request(ident: int, body: Any) -> Request:
                 raise BadRequest(f"request {ident} ({op}): missing field {key!r}")
             value = list(default) if isinstance(default, list) else default
         elif not check(value):
+            if key == "queue" and type(value) is str:
+                raise BadRequest(f"request {ident} ({op}): a queue name is 1 to "
+                                 f"{MAX_QUEUE_BYTES} bytes of UTF-8 without NUL, not {value!r:.80}")
             raise BadRequest(f"request {ident} ({op}): bad value for {key!r}")
         args[key] = value
     if op == "append" and len(args["records"]) != len(args["sizes"]):
