@@ -90,7 +90,7 @@ class Waiting:
             if queue is None:
                 return
             queue._epoch = next(queue._changes)
-            if queue._waiters:
+            if queue._waiters or queue._line:
                 with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
                     queue._loop.call_soon_threadsafe(queue._wake)
 
@@ -105,26 +105,30 @@ class Waiting:
     def _wake(self) -> None:
         self._epoch = next(self._changes)
         waiters, self._waiters = self._waiters, {}
+        for turn in self._line:  # the gets and leases first, in their order
+            if turn.waiting is not None:
+                wake_one(turn.waiting)
         _wake_all(waiters)
 
     async def _wait(self, deadline: float | None, ready: Callable[[], bool],
                     turn: Turn | None = None) -> bool:
         """Sleep until something changes or the poll interval passes; False after deadline.
-        ``turn``: the sleep of that taker, which :meth:`_pass_turn` may end too."""
+        ``turn``: the sleep of that taker waiting for its turn, which :meth:`_wake` ends in
+        the line's order and :meth:`_pass_turn` ends too."""
         timeout = self._core.settings.poll_interval
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             timeout = min(timeout, remaining)
-        fut = self._loop.create_future()
-        self._waiters[fut] = None
         if ready():
-            self._waiters.pop(fut, None)
             return True
-        handle = self._loop.call_later(timeout, wake_one, fut)
-        if turn is not None:
+        fut = self._loop.create_future()
+        if turn is None:
+            self._waiters[fut] = None
+        else:
             turn.waiting = fut
+        handle = self._loop.call_later(timeout, wake_one, fut)
         try:
             await fut
         finally:
@@ -146,15 +150,20 @@ class Waiting:
         return turn
 
     def _leave_line(self, turn: Turn) -> None:
-        if self._line.pop(turn, 0) is None:
+        last = next(reversed(self._line), None) is turn  # (as after _served): no one behind
+        if self._line.pop(turn, 0) is None and not last:
             self._pass_turn()
 
     def _served(self, turn: Turn) -> None:
-        """``turn``'s take received records: wake the waiting calls, as for any change, and
-        send a call that waits for more to the back of the line, as a new call."""
-        self._wake()
+        """``turn``'s take received records: wake the calls waiting for room or for
+        ``join()``, send a call that waits for more to the back of the line, as a new
+        call, and pass the turn (the calls behind have nothing else to wake for)."""
+        self._epoch = next(self._changes)
+        waiters, self._waiters = self._waiters, {}
+        _wake_all(waiters)
         if self._line.pop(turn, 0) is None:
             self._line[turn] = None
+        self._pass_turn()
 
     def _my_turn(self, turn: Turn) -> bool:
         ready = self._core.ready_hint()
@@ -171,12 +180,16 @@ class Waiting:
         return self._my_turn(turn) or (deadline is not None and time.monotonic() >= deadline)
 
     def _pass_turn(self) -> None:
-        """Wake the first call in line without a take under way, whose turn it may be."""
+        """Wake the calls in line whose turn may come with the records ready, in order (one
+        whose call ahead has not sent its take yet sleeps again)."""
+        left = self._core.ready_hint()
         for other in self._line:
-            if not other.taking:
-                if other.waiting is not None:
-                    wake_one(other.waiting)
+            if left <= 0:
                 return
+            left -= 1
+            waiting = other.waiting
+            if waiting is not None and not waiting.done() and not other.taking:
+                waiting.set_result(None)
 
     @contextlib.contextmanager
     def _take_turn(self, turn: Turn) -> Iterator[None]:
@@ -210,7 +223,7 @@ class Waiting:
         writes, which for a buffered put may be ``flush_interval`` seconds away, and an
         engine's long-poll never hears of it."""
         self._epoch = next(self._changes)
-        if self._waiters:
+        if self._waiters or self._line:
             self._wake()
         for cancel in self._long_polls:
             cancel.cancel()
