@@ -212,6 +212,18 @@ class Waiting:
             await self._wait(until, lambda: self._shutdown or self._immediate)
         return True
 
+    async def _outage_ends(self, error: Unavailable, deadline: float | None,
+                           holding: int) -> bool:
+        """Ride out the server's outage for a call holding ``holding`` items: False once
+        the server may be back (try again); True when the deadline passed while the call
+        holds items, which it then hands out (given back to a server that is away, they
+        would be lost); ``error`` is raised when it passed with nothing held."""
+        if await self._ride_out(error, deadline):
+            return False
+        if holding:
+            return True
+        raise error
+
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
         if timeout is None:

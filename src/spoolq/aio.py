@@ -307,8 +307,8 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                             break
                         raise Empty("no item arrived within the timeout")
                 except Unavailable as exc:
-                    if got or not await self._ride_out(exc, deadline):
-                        raise
+                    if await self._outage_ends(exc, deadline, len(got)):
+                        break
             if holding is not None and not core.hand_out(holding):
                 got = []  # back in the queue already
                 raise QueueShutDown("the queue was closed while this call waited")
