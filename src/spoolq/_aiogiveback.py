@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from contextlib import AbstractContextManager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +47,8 @@ class GivingBack:
     qsize: Callable[[], int]
     _wake: Callable[[], None]
     _wait: Callable[[float | None, Callable[[], bool]], Coroutine[Any, Any, bool]]
-    _take_turn: Callable[[Turn], AbstractContextManager[None]]
+    _line: dict[Turn, None]
+    _pass_turn: Callable[[], None]
 
     def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool,
                    holding: Holding | None = None) -> None:
@@ -120,8 +120,13 @@ class GivingBack:
         engine called there, else on the worker (:meth:`_take_on_worker`)."""
         if self._inline:
             return self._core.take(n, ttl, holding=holding)
-        with self._take_turn(turn):
+        turn.taking = True  # the next call in line may send its own take meanwhile
+        if len(self._line) > 1:
+            self._pass_turn()
+        try:
             return await self._take_on_worker(n, ttl, holding)
+        finally:
+            turn.taking = False
 
     async def _take_on_worker(self, n: int, ttl: float | None,
                               holding: Holding | None = None) -> list[Taken]:

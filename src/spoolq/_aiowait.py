@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from ._outage import Outage
@@ -76,6 +76,7 @@ class Waiting:
     _long_polls: set[WaitCancel]
     _poll: asyncio.Task[None] | None = None  # the long-poll the waiting gets share
     _poll_users = 0
+    _sleeping = 0  # calls in line asleep in _wait (read by other threads' wake-ups)
     _changes: itertools.count[int]
     _epoch: int
 
@@ -90,7 +91,9 @@ class Waiting:
             if queue is None:
                 return
             queue._epoch = next(queue._changes)
-            if queue._waiters or queue._line:
+            # Only a sleeping call needs the loop woken: one whose take is under way sees
+            # the change when it returns.
+            if queue._waiters or queue._sleeping:
                 with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
                     queue._loop.call_soon_threadsafe(queue._wake)
 
@@ -121,21 +124,27 @@ class Waiting:
             if remaining <= 0:
                 return False
             timeout = min(timeout, remaining)
-        if ready():
-            return True
+        # Seen by the wake-ups of other threads before ready() is read: a change between
+        # the two wakes this sleep instead of missing it until the poll interval passes.
         fut = self._loop.create_future()
         if turn is None:
             self._waiters[fut] = None
         else:
             turn.waiting = fut
-        handle = self._loop.call_later(timeout, wake_one, fut)
+            self._sleeping += 1
         try:
-            await fut
+            if ready():
+                return True
+            handle = self._loop.call_later(timeout, wake_one, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
         finally:
-            handle.cancel()
             self._waiters.pop(fut, None)  # still there unless a wake-up took it
             if turn is not None:
                 turn.waiting = None
+                self._sleeping -= 1
         return True
 
     # ---- the line -----------------------------------------------------------------------
@@ -159,11 +168,14 @@ class Waiting:
         ``join()``, send a call that waits for more to the back of the line, as a new
         call, and pass the turn (the calls behind have nothing else to wake for)."""
         self._epoch = next(self._changes)
-        waiters, self._waiters = self._waiters, {}
-        _wake_all(waiters)
-        if self._line.pop(turn, 0) is None:
-            self._line[turn] = None
-        self._pass_turn()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, {}
+            _wake_all(waiters)
+        line = self._line
+        if len(line) > 1:  # (a lone call is at the back already, with no one to wake)
+            if line.pop(turn, 0) is None:
+                line[turn] = None
+            self._pass_turn()
 
     def _my_turn(self, turn: Turn) -> bool:
         ready = self._core.ready_hint()
@@ -190,17 +202,6 @@ class Waiting:
             waiting = other.waiting
             if waiting is not None and not waiting.done() and not other.taking:
                 waiting.set_result(None)
-
-    @contextlib.contextmanager
-    def _take_turn(self, turn: Turn) -> Iterator[None]:
-        """``turn``'s take runs on the worker for the block; the next call in line may
-        send its own meanwhile."""
-        turn.taking = True
-        self._pass_turn()
-        try:
-            yield
-        finally:
-            turn.taking = False
 
     async def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
         """Wait a while for the engine's server to come back; False once the deadline has
