@@ -126,7 +126,9 @@ def _blank(conn: sqlite3.Connection) -> bool:
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> bytes | None:
-    row = conn.execute("SELECT value FROM spoolq_meta WHERE key = ?", (key,)).fetchone()
+    # As bytes whatever the type: another program (the sqlite3 shell) may write text or a number.
+    row = conn.execute("SELECT CAST(value AS BLOB) FROM spoolq_meta WHERE key = ?",
+                       (key,)).fetchone()
     return None if row is None else bytes(row[0])
 
 

@@ -478,7 +478,7 @@ class SQLiteEngine(LeaseSettling):
 
     def get_meta(self, key: str) -> bytes | None:
         with self._guard("get_meta"):
-            row = self._conn.execute("SELECT value FROM spoolq_meta WHERE key = ?",
+            row = self._conn.execute("SELECT CAST(value AS BLOB) FROM spoolq_meta WHERE key = ?",
                                      (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
