@@ -45,7 +45,7 @@ class GivingBack:
     # Defined by Queue and its other parts.
     _check: Callable[[], None]
     qsize: Callable[[], int]
-    _wake: Callable[[], None]
+    _wake_every: Callable[[], None]
     _wait: Callable[[float | None, Callable[[], bool]], Coroutine[Any, Any, bool]]
     _line: dict[Turn, None]
     _pass_turn: Callable[[], None]
@@ -84,7 +84,7 @@ class GivingBack:
         """One give-back counted in ``_unsettled`` is done; wake the takes waiting on it."""
         self._unsettled -= 1
         if not self._unsettled:
-            self._wake()
+            self._wake_every()
 
     def _take_undone(self, leased: bool, state: list[bool], holding: Holding | None,
                      recs: list[Taken] | None) -> None:

@@ -106,6 +106,18 @@ class Waiting:
         self._core.on_settled = settle
 
     def _wake(self) -> None:
+        """Something changed: wake every waiting call but the gets and leases in line
+        whose turn has not come (the calls ahead of them pass it on as they take)."""
+        self._epoch = next(self._changes)
+        if self._line:
+            self._pass_turn()  # first, in their order
+        if self._waiters:
+            waiters, self._waiters = self._waiters, {}
+            _wake_all(waiters)
+
+    def _wake_every(self) -> None:
+        """Wake every waiting call, those in line too, to look again at what else they
+        wait for (a shutdown, the give-backs of cancelled takes)."""
         self._epoch = next(self._changes)
         waiters, self._waiters = self._waiters, {}
         for turn in self._line:  # the gets and leases first, in their order
@@ -195,6 +207,13 @@ class Waiting:
         """Wake the calls in line whose turn may come with the records ready, in order (one
         whose call ahead has not sent its take yet sleeps again)."""
         left = self._core.ready_hint()
+        if left <= 0 and self._shutdown:
+            # Drained: the calls still waiting raise QueueShutDown (or hand out a part
+            # batch) now, not once their poll interval has passed.
+            for other in self._line:
+                if other.waiting is not None:
+                    wake_one(other.waiting)
+            return
         for other in self._line:
             if left <= 0:
                 return

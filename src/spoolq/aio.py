@@ -203,8 +203,13 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         if not self._core.flush_due(pending):
             fut.set_result(None)
             self._wake_for_buffered()
-        elif self._core.schedules_flush(pending, len(records)):
-            self._worker.post(self._core.flush)
+        else:
+            if self._core.schedules_flush(pending, len(records)):
+                self._worker.post(self._core.flush)
+            if self._line:
+                # A take sent now runs after that flush (or flushes the records itself),
+                # without waiting for its wake-up.
+                self._pass_turn()
         try:
             await fut
         except asyncio.CancelledError:
@@ -429,7 +434,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         core.cancel_waits()  # the long-polls in progress
         for cancel in self._long_polls:  # and those handed to a thread, not started yet
             cancel.cancel()
-        self._wake()
+        self._wake_every()
 
     async def aclose(self) -> None:
         """Flush, release this handle's leases and close the file; idempotent.
