@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import ConfigurationError, EngineError, Unavailable
+from ..errors import AuthenticationError, ConfigurationError, EngineError, Unavailable
 from ..protocol import ClientProtocol, ProtocolError
 
-__all__ = ["DEFAULT_PORT", "ConnectionLost", "Link", "RemoteAddress", "parse_url",
-           "url_queue_name"]
+__all__ = ["DEFAULT_PORT", "ConnectionLost", "Link", "RemoteAddress", "parse_url", "ssl_context",
+           "unwire", "url_queue_name", "wire"]
 
 log = logging.getLogger("spoolq")
 
@@ -35,6 +35,22 @@ _KERNEL_TIMEOUTS = sys.platform.startswith("linux")
 # struct timeval of SO_RCVTIMEO / SO_SNDTIMEO, by its size: two longs, or two 64-bit
 # integers where a 32-bit system has a 64-bit time_t.
 _TIMEVALS = {struct.calcsize("@ll"): struct.Struct("@ll"), 16: struct.Struct("@qq")}
+_FARTHEST = sys.float_info.max
+_NEXT_TO_FARTHEST = math.nextafter(_FARTHEST, 0.0)
+
+
+def wire(t: float) -> float:
+    """``t`` as the protocol carries it: finite numbers only, so an infinite time goes as
+    the farthest finite one, and a finite time that far as the one next to it: a lease
+    until +inf outlives an expiry at every finite time, as on any other engine."""
+    if math.isinf(t):
+        return math.copysign(_FARTHEST, t)
+    return math.copysign(_NEXT_TO_FARTHEST, t) if abs(t) == _FARTHEST else t
+
+
+def unwire(t: float) -> float:
+    """A time the server sent back: the farthest finite one stands for an infinite one."""
+    return math.copysign(math.inf, t) if abs(t) == _FARTHEST else t
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,22 @@ def parse_url(url: str) -> RemoteAddress:
     return RemoteAddress(parts.hostname, port or DEFAULT_PORT, name, token, tls, ca_file)
 
 
+def ssl_context(tls: bool | ssl.SSLContext | None, ca_file: str | None,
+                url_tls: bool) -> ssl.SSLContext | None:
+    """The TLS context of the engine's ``tls`` and ``ca_file`` options (``url_tls``: what
+    the URL asked for); None without TLS. :class:`ConfigurationError` for a bad CA file."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if tls or (tls is None and (url_tls or ca_file)):
+        try:
+            return ssl.create_default_context(cafile=ca_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigurationError(
+                f"ca_file {ca_file!r} is not a readable PEM file of certificates: {exc}"
+            ) from exc
+    return None
+
+
 def url_queue_name(path: str | os.PathLike[str]) -> str | None:
     """The queue a ``spoolq://`` URL names in its path; None for other paths or no path."""
     spath = os.fspath(path)
@@ -153,6 +185,12 @@ class Link:
             for ident in ids:
                 self._receive(ident, deadline)
             info = self._receive(hello_id, deadline)
+        except AuthenticationError as exc:
+            self.close()
+            said = str(exc)
+            named = said.replace("the server", f"the spoolq server at {self.where}", 1)
+            raise AuthenticationError(named if named != said
+                                      else f"the spoolq server at {self.where}: {said}") from exc
         except BaseException:
             self.close()
             raise

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 
@@ -19,7 +21,7 @@ from ..errors import ClosedError
 from ._link import Link
 from .base import WaitCancel
 
-__all__ = ["WAIT_GRACE", "LongPolls", "SharedWait"]
+__all__ = ["WAIT_GRACE", "LongPolls", "SharedWait", "shut"]
 
 _IDLE_WAITERS = 4
 """Waiting connections kept open for the next wait."""
@@ -28,8 +30,20 @@ WAIT_GRACE = 0.5
 stalled (plus twice the time a handshake took)."""
 
 
-def _shut(link: Link) -> None:
-    """End what a waiting connection is doing, from another thread (it fails at once)."""
+_FORK_AWARE: weakref.WeakSet[LongPolls] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    for engine in list(_FORK_AWARE):
+        engine._forget_connections()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
+def shut(link: Link) -> None:
+    """End what a connection is doing, from another thread (its call fails at once)."""
     with contextlib.suppress(OSError):
         link.sock.shutdown(socket.SHUT_RDWR)
 
@@ -101,6 +115,9 @@ class LongPolls:
     _wait_generation: int
     _shared_waits: dict[str, SharedWait]
     _handshake_seconds: float
+    _lock: threading.Lock
+    _link: Link | None
+    _long_poll: bool
     # Defined by RemoteEngine.
     _connect: Callable[[float | None], Link]
 
@@ -175,7 +192,7 @@ class LongPolls:
                 link.close()
                 return False
             self._busy_waiters.add(link)
-        unhook = cancel.on_cancel(partial(_shut, link)) if cancel is not None else None
+        unhook = cancel.on_cancel(partial(shut, link)) if cancel is not None else None
         try:
             # The server answers when the wait is over: a reply much later than that
             # means it stalled, and the caller's own timeout is over by then.
@@ -209,7 +226,28 @@ class LongPolls:
         for wait in shared:
             wait.cancel_all()
         for link in busy:
-            _shut(link)
+            shut(link)
+
+    def _forget_in_forked_children(self) -> None:
+        """Have a child process started with fork forget this engine's connections."""
+        _FORK_AWARE.add(self)
+
+    def _forget_connections(self) -> None:
+        """In a child started with fork: the connections are the parent's, and stay so
+        (this process closes only its copies of their sockets, without a goodbye), and so
+        are the waits in progress; the next call connects anew. The locks may have been
+        held by a thread of the parent."""
+        self._lock = threading.Lock()
+        self._waiters_lock = threading.Lock()
+        self._long_poll = False
+        links = [*self._idle_waiters, *self._busy_waiters]
+        if self._link is not None:
+            links.append(self._link)
+            self._link = None
+        self._idle_waiters, self._busy_waiters, self._shared_waits = [], set(), {}
+        self._wait_generation += 1
+        for link in links:
+            link.close()
 
     def _close_idle_waiters(self) -> None:
         with self._waiters_lock:

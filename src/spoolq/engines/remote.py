@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -48,9 +47,12 @@ from ._link import (
     RemoteAddress,
     ReplyLate,
     parse_url,
+    ssl_context,
+    unwire,
     url_queue_name,
+    wire,
 )
-from ._remotewait import WAIT_GRACE, LongPolls, SharedWait
+from ._remotewait import WAIT_GRACE, LongPolls, SharedWait, shut
 from .base import (
     STORED_RECORDS,
     Counts,
@@ -83,12 +85,7 @@ _PER_RECORD = 18
 # What an append request's CBOR heads of its two arrays and its time may take beyond the
 # lengths measured with empty arrays (9 bytes each at most, 1 when measured).
 _HEAD_SLACK = 3 * 8
-
-
-def _wire(t: float) -> float:
-    """``t`` as the protocol carries it: finite numbers only, so an infinite time goes as
-    the farthest finite one, which every time a caller gives lies within."""
-    return math.copysign(sys.float_info.max, t) if math.isinf(t) else t
+_CLOSE_WAIT = 1.0  # seconds close() lets another thread's call finish before cutting it
 
 
 class RemoteEngine(LongPolls):
@@ -134,7 +131,7 @@ class RemoteEngine(LongPolls):
         self.connect_timeout = connect_timeout
         self.max_reply = max_reply
         self._token = token if token is not None else self.address.token
-        self._ssl = self._ssl_context(tls, ca_file or self.address.ca_file)
+        self._ssl = ssl_context(tls, ca_file or self.address.ca_file, self.address.tls)
         self._lock = threading.Lock()
         self._waiters_lock = threading.Lock()
         self._idle_waiters: list[Link] = []
@@ -144,23 +141,13 @@ class RemoteEngine(LongPolls):
         self._max_attempts: dict[str, int | None] = {}
         self._overheads: dict[str, int] = {}
         self._closed = False
+        self._closing = False  # close() began: no call starts any more
+        self._long_poll = False  # the running call is a take that waits on the server
         self._deadlines = threading.local()  # .at: see call_deadline()
         self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
         self._handshake_seconds = self._link.handshake_seconds
-
-    def _ssl_context(self, tls: bool | ssl.SSLContext | None,
-                     ca_file: str | None) -> ssl.SSLContext | None:
-        if isinstance(tls, ssl.SSLContext):
-            return tls
-        if tls or (tls is None and (self.address.tls or ca_file)):
-            try:
-                return ssl.create_default_context(cafile=ca_file)
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise ConfigurationError(
-                    f"ca_file {ca_file!r} is not a readable PEM file of certificates: {exc}"
-                ) from exc
-        return None
+        self._forget_in_forked_children()
 
     def _connect(self, connect_timeout: float | None = None) -> Link:
         return Link(self.address, token=self._token, ssl_context=self._ssl,
@@ -214,7 +201,7 @@ class RemoteEngine(LongPolls):
             raise Unavailable(f"{self._where()} did not answer another call of this engine "
                               "in time")
         try:
-            if self._closed:
+            if self._closed or self._closing:
                 raise ClosedError("the remote engine is closed")
             if self._link is not None and self._link.stale():
                 self._link.close()
@@ -225,6 +212,7 @@ class RemoteEngine(LongPolls):
             limit = self._limit(full)
             # FrameTooLarge here is raised before sending: the connection stays usable
             ident, frame = self._link.proto.request(op, args)
+            self._long_poll = wait > 0
             try:
                 return self._link.exchange(ident, frame, limit)
             except BaseException as exc:
@@ -241,7 +229,12 @@ class RemoteEngine(LongPolls):
                                                        AuthenticationError)):
                     self._link.close()
                     self._link = None
+                if self._closing and isinstance(exc, ConnectionLost):
+                    raise ClosedError(f"the remote engine was closed during its {op} call, "
+                                      "whose outcome is unknown") from exc
                 raise
+            finally:
+                self._long_poll = False
         finally:
             self._lock.release()
 
@@ -279,7 +272,7 @@ class RemoteEngine(LongPolls):
         for part in self._frames(queue, records, len(ids)):
             these = records[part]
             sent = {"queue": queue, "records": these, "sizes": raw_sizes[part],
-                    "now": _wire(now)}
+                    "now": wire(now)}
             try:
                 got = self._call("append", sent)
             except ReplyTooLarge as exc:
@@ -341,9 +334,9 @@ class RemoteEngine(LongPolls):
         seconds for a record when none is ready (long-poll)."""
         if nothing_visible(self._where(), now, lease) or n < 1:
             return []
-        args: dict[str, Any] = {"queue": queue, "n": min(n, _MAX_N), "now": _wire(now),
+        args: dict[str, Any] = {"queue": queue, "n": min(n, _MAX_N), "now": wire(now),
                                 "lease": None if lease is None
-                                else [lease.owner, _wire(lease.until)]}
+                                else [lease.owner, wire(lease.until)]}
         if wait > 0:
             args["wait"] = wait
         if lease is not None:
@@ -359,7 +352,7 @@ class RemoteEngine(LongPolls):
             for rec in records:
                 refuse_nan(self._where(), "restore", f"the enqueue time of record {rec.id}",
                            rec.enqueued_at)
-            sent = [r._replace(enqueued_at=_wire(r.enqueued_at)) for r in records]
+            sent = [r._replace(enqueued_at=wire(r.enqueued_at)) for r in records]
             self._call("restore", {"queue": queue, "records": encode_records(sent)})
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
@@ -380,7 +373,7 @@ class RemoteEngine(LongPolls):
             return []
         refuse_nan(self._where(), "release", "not_before", not_before)
         args = {"queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries],
-                "not_before": _wire(not_before), "max_attempts": max_attempts,
+                "not_before": wire(not_before), "max_attempts": max_attempts,
                 "count_attempt": count_attempt, "reason": reason}
         try:
             return self._ids(self._call("release", args))
@@ -411,7 +404,7 @@ class RemoteEngine(LongPolls):
             if not owners:
                 return 0
             now = -math.inf
-        return self._int(self._call("expire", {"queue": queue, "now": _wire(now),
+        return self._int(self._call("expire", {"queue": queue, "now": wire(now),
                                                "owners": list(owners),
                                                "max_attempts": max_attempts}))
 
@@ -426,8 +419,8 @@ class RemoteEngine(LongPolls):
         n, offset = check_window(n, offset)
         if n == 0:
             return []
-        return decode_leased(self._call("peek_leased", {
-            "queue": queue, "n": min(n, _MAX_N), "offset": min(offset, _MAX_N)}))
+        return [lr._replace(until=unwire(lr.until)) for lr in decode_leased(self._call(
+            "peek_leased", {"queue": queue, "n": min(n, _MAX_N), "offset": min(offset, _MAX_N)}))]
 
     def counts(self, queue: str) -> Counts:
         return decode_counts(self._call("counts", {"queue": queue}))
@@ -461,12 +454,26 @@ class RemoteEngine(LongPolls):
         self._call("set_meta", {"key": key, "value": bytes(value)})
 
     def close(self) -> None:
-        """Say goodbye (leases stay with their owners) and close every connection."""
-        with self._lock:
+        """Say goodbye (leases stay with their owners) and close every connection.
+
+        A call another thread is running may finish for up to a second (a long-poll
+        ``take`` is not waited for); then its connection is cut: the call raises
+        :class:`ClosedError`, its outcome unknown, and the server gives back the leases
+        delivered on that connection, as for a lost one. Later calls raise it too."""
+        self._closing = True
+        if not (self._lock.acquire(blocking=False) if self._long_poll
+                else self._lock.acquire(timeout=min(self.timeout, _CLOSE_WAIT))):
+            running = self._link
+            if running is not None and running.busy:
+                shut(running)
+            self._lock.acquire()
+        try:
             if self._closed:
                 return
             self._closed = True
             link, self._link = self._link, None
+        finally:
+            self._lock.release()
         if link is not None:
             try:
                 link.call("bye", {}, min(self.timeout, 2.0))
