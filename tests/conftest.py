@@ -6,8 +6,12 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .servers import ServerProcess
 
 ENGINE_SUFFIXES = {"memory": None, "sqlite": ".sqlite", "lmdb": ".lmdb", "dbm": ".dbm",
                    "pickle": ".pickle"}
@@ -97,3 +101,25 @@ def fresh_pg_schema(pg_url: str) -> Iterator[str]:
 def pg_schema(pg_url: str) -> Iterator[str]:
     """A fresh schema name for one test; the schema is dropped afterwards."""
     yield from fresh_pg_schema(pg_url)
+
+
+@pytest.fixture(scope="module")
+def served_queues(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One ``python -m spoolq.server`` for a module; each test uses queues of its own."""
+    from .servers import ServerProcess
+
+    path = tmp_path_factory.mktemp("server") / "served.sqlite"
+    with ServerProcess(os.fspath(path)) as proc:
+        yield proc
+
+
+_queue_names = iter(range(10**6))
+
+
+@pytest.fixture(params=["memory", "sqlite", "lmdb", "remote"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A queue path: a local engine, or a fresh queue on the module's server."""
+    if request.param == "remote":
+        proc: ServerProcess = request.getfixturevalue("served_queues")
+        return f"{proc.url}/q{next(_queue_names)}"
+    return queue_path(tmp_path, str(request.param))

@@ -5,40 +5,14 @@ and drained."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from spoolq import Queue, QueueShutDown
 
-from .conftest import queue_path
-from .servers import ServerProcess
-
 CONSUMERS = 4
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One ``python -m spoolq.server`` for the module; each test uses queues of its own."""
-    path = tmp_path_factory.mktemp("server") / "served.sqlite"
-    with ServerProcess(os.fspath(path)) as proc:
-        yield proc
-
-
-_names = iter(range(10**6))
-
-
-@pytest.fixture(params=["memory", "sqlite", "lmdb", "remote"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A queue path: a local engine, or a fresh queue on the module's server."""
-    if request.param == "remote":
-        proc: ServerProcess = request.getfixturevalue("server")
-        return f"{proc.url}/q{next(_names)}"
-    return queue_path(tmp_path, str(request.param))
 
 
 @pytest.mark.parametrize("call", ["get", "lease"])
