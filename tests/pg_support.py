@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
 import psycopg
 import pytest
@@ -91,19 +92,26 @@ class Cluster:
                 time.sleep(0.1)
 
 
+def _skip_or_fail(problem: str) -> NoReturn:
+    """Skip, stating ``problem``; fail instead where SPOOLQ_REQUIRE_POSTGRES is set (CI)."""
+    if os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
+        pytest.fail(f"SPOOLQ_REQUIRE_POSTGRES is set but {problem}")
+    pytest.skip(reason=problem)
+
+
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     """A started server of the test's own (see :class:`Cluster`), stopped afterwards;
     skips where PostgreSQL's server programs are not installed."""
     bindir = _server_binaries()
     if bindir is None:
-        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+        _skip_or_fail("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
     base = tempfile.mkdtemp(prefix="spoolq-pg-")
     try:
         try:
             server = Cluster(bindir, base)
         except (OSError, KeyError, subprocess.SubprocessError) as exc:
-            pytest.skip(f"cannot create a PostgreSQL cluster here: {exc}")
+            _skip_or_fail(f"cannot create a PostgreSQL cluster here: {exc}")
         server.start()
         try:
             yield server
