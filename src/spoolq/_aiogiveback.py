@@ -115,7 +115,7 @@ class GivingBack:
             await self._wait(None, lambda: not self._unsettled)
 
     async def _take_in_turn(self, n: int, ttl: float | None, holding: Holding | None,
-                            turn: Turn) -> list[Taken]:
+                            turn: Turn, deadline: float | None = None) -> list[Taken]:
         """Take up to n records for the call whose turn in line it is: on the loop for an
         engine called there, else on the worker (:meth:`_take_on_worker`)."""
         if self._inline:
@@ -124,21 +124,22 @@ class GivingBack:
         if len(self._line) > 1:
             self._pass_turn()
         try:
-            return await self._take_on_worker(n, ttl, holding)
+            return await self._take_on_worker(n, ttl, holding, deadline)
         finally:
             turn.taking = False
 
     async def _take_on_worker(self, n: int, ttl: float | None,
-                              holding: Holding | None = None) -> list[Taken]:
+                              holding: Holding | None = None,
+                              deadline: float | None = None) -> list[Taken]:
         """Take up to n records on the worker thread (see :meth:`QueueCore.take` for
-        ``holding``); if the caller is cancelled, whatever the call took is given back,
-        and later takes wait for that."""
+        ``holding`` and ``deadline``); if the caller is cancelled, whatever the call took
+        is given back, and later takes wait for that."""
         leased = ttl is not None
         # No records from the buffer of durability "buffer": a cancelled caller could only
         # give them back behind records written since.
         state = [False, False]
         fut: asyncio.Future[list[Taken]] = self._worker.submit(
-            self._take_for_caller, n, ttl, holding,
+            self._take_for_caller, n, ttl, holding, deadline,
             undo=partial(self._take_undone, leased, state, holding))
         try:
             recs = await fut
@@ -153,8 +154,8 @@ class GivingBack:
         self._taken_in += len(recs)
         return recs
 
-    def _take_for_caller(self, n: int, ttl: float | None,
-                         holding: Holding | None) -> list[Taken]:
+    def _take_for_caller(self, n: int, ttl: float | None, holding: Holding | None,
+                         deadline: float | None) -> list[Taken]:
         """The take of :meth:`_take_on_worker`, on the worker thread.
 
         While it runs, :meth:`_room_size` counts up to ``n`` more ready records: the take
@@ -166,7 +167,7 @@ class GivingBack:
             self._taking = min(n, core.ready_hint())
             self._take_seq += 1  # odd while the take runs
             try:
-                recs = core.take(n, ttl, buffered=False, holding=holding)
+                recs = core.take(n, ttl, buffered=False, holding=holding, deadline=deadline)
                 self._taken_out += len(recs)
             finally:
                 self._take_seq += 1

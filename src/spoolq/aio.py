@@ -299,7 +299,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                     if core.ready_hint() > 0 and self._may_take(turn, deadline):
                         want = max(core.ready_hint(), 1) if n is None else n - len(got)
                         before, epoch = len(got), self._epoch
-                        got += await self._take_in_turn(want, ttl, holding, turn)
+                        got += await self._take_in_turn(want, ttl, holding, turn, deadline)
                         if len(got) > before:
                             self._served(turn)  # puts waiting for room: a lease or a part batch
                         if got and (not wait_for_all or n is None or len(got) >= n):

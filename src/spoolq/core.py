@@ -325,7 +325,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
                 self._finished(died)
 
     def take(self, n: int, ttl: float | None, *, fill: bool = False, buffered: bool = True,
-             holding: Holding | None = None) -> list[Taken]:
+             holding: Holding | None = None, deadline: float | None = None) -> list[Taken]:
         """Remove (ttl None) or lease up to n ready records and decode them; never waits.
 
         With durability "buffer", unflushed puts may be handed out from memory (see
@@ -338,8 +338,12 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
 
         A record that cannot be decoded (damaged, or written by a codec this
         queue does not have) is moved to the dead letters with the reason, and
-        logged, rather than handed out or lost.
+        logged, rather than handed out or lost. A blocked get's ``deadline`` bounds the
+        engine's connecting again first (:class:`Unavailable`, nothing taken).
         """
+        if deadline is not None and (bound := getattr(self.engine, "call_deadline", None)):
+            with bound(deadline, replies=False):
+                return self.take(n, ttl, fill=fill, buffered=buffered, holding=holding)
         with self.lock:
             recs = self._take_locked(n, ttl, buffered, fill or holding is not None)
             if ttl is not None and self.settings.max_attempts is not None:

@@ -271,7 +271,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                    ttl: float | None, wait_for_all: bool, got: list[Any],
                    holding: Holding | None) -> list[Any]:
         core = self._core
-        take = core.take if holding is None else partial(core.take, holding=holding)
+        take = partial(core.take, holding=holding, deadline=deadline)
         while True:
             if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                 raise QueueShutDown("the queue is shut down")
@@ -329,7 +329,8 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         if not self._shutdown and core.ready_hint() > 0:
             # An item is ready: take it without the bookkeeping of a call that may wait.
             try:
-                got = core.take(1, None)
+                got = core.take(1, None, deadline=None if timeout is None or not block
+                                else time.monotonic() + timeout)
             except ClosedError:
                 # Closed by another thread while this get ran: as for a waiting call.
                 raise QueueShutDown("the queue is shut down") from None

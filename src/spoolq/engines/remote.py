@@ -15,13 +15,11 @@ the leases the lost connection held.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import ssl
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import cbor2
@@ -52,7 +50,8 @@ from ._link import (
     url_queue_name,
     wire,
 )
-from ._remotewait import WAIT_GRACE, LongPolls, SharedWait, shut
+from ._remotedeadline import CallDeadlines, Deadlines
+from ._remotewait import LongPolls, SharedWait, shut
 from .base import (
     STORED_RECORDS,
     Counts,
@@ -88,7 +87,7 @@ _HEAD_SLACK = 3 * 8
 _CLOSE_WAIT = 1.0  # seconds close() lets another thread's call finish before cutting it
 
 
-class RemoteEngine(LongPolls):
+class RemoteEngine(CallDeadlines, LongPolls):
     """An :class:`~spoolq.Engine` whose storage is a spoolq server.
 
     ``url`` is ``spoolq://[:TOKEN@]HOST[:PORT][/NAME][?token=...&tls=1&ca=...]``.
@@ -143,7 +142,7 @@ class RemoteEngine(LongPolls):
         self._closed = False
         self._closing = False  # close() began: no call starts any more
         self._long_poll = False  # the running call is a take that waits on the server
-        self._deadlines = threading.local()  # .at: see call_deadline()
+        self._deadlines = Deadlines()
         self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
         self._handshake_seconds = self._link.handshake_seconds
@@ -153,39 +152,6 @@ class RemoteEngine(LongPolls):
         return Link(self.address, token=self._token, ssl_context=self._ssl,
                      connect_timeout=connect_timeout or self.connect_timeout,
                      max_reply=self.max_reply)
-
-    @contextlib.contextmanager
-    def call_deadline(self, deadline: float | None) -> Iterator[None]:
-        """Bound the calls this thread makes in the block by ``deadline`` (a
-        ``time.monotonic()`` time; None: no bound), as a blocked ``get`` with a timeout
-        needs: each call, connecting again included, may take until then plus the grace
-        of :meth:`wait_ready` (half a second and twice a handshake's time), and never more
-        than ``timeout``. One that would take longer raises :class:`Unavailable`: one that
-        had not started (waiting for another thread's call, or past the deadline) did
-        nothing; one that had, like any call that timed out, closes its connection. Blocks
-        nest; the inner one cannot extend the outer one's deadline."""
-        before: float | None = getattr(self._deadlines, "at", None)
-        self._deadlines.at = before if deadline is None else \
-            deadline if before is None else min(before, deadline)
-        try:
-            yield
-        finally:
-            self._deadlines.at = before
-
-    def _time_left(self) -> float | None:
-        """Seconds a call of this thread may take by its :meth:`call_deadline`, if any."""
-        at: float | None = getattr(self._deadlines, "at", None)
-        if at is None:
-            return None
-        left = at - time.monotonic() + WAIT_GRACE + 2 * self._handshake_seconds
-        if left <= 0:
-            raise Unavailable(f"{self._where()} did not answer in time")
-        return left
-
-    def _limit(self, seconds: float) -> float:
-        """``seconds``, or what this thread's :meth:`call_deadline` leaves if less."""
-        left = self._time_left()
-        return seconds if left is None else min(seconds, left)
 
     def _where(self) -> str:
         return f"the spoolq server at {self.address.host}:{self.address.port}"
@@ -209,7 +175,7 @@ class RemoteEngine(LongPolls):
             if self._link is None:
                 self._link = self._connect(self._limit(self.connect_timeout))
                 self.server_info = dict(self._link.info)  # a restarted server's, say
-            limit = self._limit(full)
+            limit = self._limit(full) if self._deadlines.replies else full
             # FrameTooLarge here is raised before sending: the connection stays usable
             ident, frame = self._link.proto.request(op, args)
             self._long_poll = wait > 0
