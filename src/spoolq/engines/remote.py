@@ -176,6 +176,8 @@ class RemoteEngine(CallDeadlines, LongPolls):
                 self._link = self._connect(self._limit(self.connect_timeout))
                 self.server_info = dict(self._link.info)  # a restarted server's, say
             limit = self._limit(full) if self._deadlines.replies else full
+            if op == "take" and not self._deadlines.replies:
+                self._deadlines.at = None  # the calls after it finish what it began
             # FrameTooLarge here is raised before sending: the connection stays usable
             ident, frame = self._link.proto.request(op, args)
             self._long_poll = wait > 0
