@@ -13,8 +13,9 @@ import contextlib
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
+from typing import Any
 
 from ._outage import Outage
 from .core import QueueCore
@@ -79,6 +80,8 @@ class Waiting:
     _sleeping = 0  # calls in line asleep in _wait (read by other threads' wake-ups)
     _changes: itertools.count[int]
     _epoch: int
+    # Defined by Queue.
+    _call: Callable[..., Coroutine[Any, Any, Any]]
 
     def _listen(self) -> None:
         """Hear of the core's changes and finished flushes, on whichever thread they
@@ -187,6 +190,15 @@ class Waiting:
         if len(line) > 1:  # (a lone call is at the back already, with no one to wake)
             if line.pop(turn, 0) is None:
                 line[turn] = None
+            self._pass_turn()
+
+    async def _refresh(self, deadline: float | None = None) -> None:
+        """Re-read the counts (see :meth:`QueueCore.refresh`). Records they show, put
+        by another handle or process, pass the turn as a put of this handle does: the
+        calls first in line may sleep until their own poll timers, and the call that
+        read the counts may not be first."""
+        await self._call(self._core.refresh, deadline)
+        if self._line and self._core.ready_hint() > 0:
             self._pass_turn()
 
     def _my_turn(self, turn: Turn) -> bool:
@@ -324,7 +336,7 @@ class Waiting:
             cancel.cancel()  # the thread's wait ends now, not at its long-poll's end
             raise
         if ready:
-            await self._worker.submit(core.refresh)
+            await self._refresh()
 
 
 def _retrieve(long_polls: set[WaitCancel], cancel: WaitCancel,

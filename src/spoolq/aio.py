@@ -261,10 +261,10 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                 if recounted:
                     raise Full(f"no room for {n} item(s) within the timeout")
                 recounted = True  # before refusing, look at the file's counts once more
-                await self._call(core.refresh, deadline)
+                await self._refresh(deadline)
                 continue
             if core.refresh_due() and not self._shutdown:  # aclose() may have stopped the worker
-                await self._call(core.refresh, deadline)
+                await self._refresh(deadline)
 
     # ---- getting ------------------------------------------------------------------------
 
@@ -295,7 +295,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                     break  # nothing more can come: hand out the part batch
                 try:
                     if core.ready_hint() == 0 and core.refresh_due():
-                        await self._call(core.refresh, deadline)
+                        await self._refresh(deadline)
                     if core.ready_hint() > 0 and self._may_take(turn, deadline):
                         want = max(core.ready_hint(), 1) if n is None else n - len(got)
                         before, epoch = len(got), self._epoch
@@ -413,7 +413,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         while core.unfinished and not self._immediate:
             await self._wait(None, lambda: not core.unfinished)
             if core.unfinished and core.refresh_due() and not self._closed:
-                await self._call(core.refresh)  # other handles or processes may drain it
+                await self._refresh()  # other handles or processes may drain it
 
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
