@@ -278,9 +278,9 @@ def test_get_waits_quietly_while_only_delayed_items_exist(path: str) -> None:
         q.nack(q.lease(), delay=0.5)
         take = q._core.take
 
-        def counting_take(n: int, ttl: float | None, *, fill: bool = False) -> Any:
+        def counting_take(n: int, ttl: float | None, **options: Any) -> Any:
             engine_calls.append(n)
-            return take(n, ttl, fill=fill)
+            return take(n, ttl, **options)
 
         q._core.take = counting_take  # type: ignore[method-assign]
         assert q.get(timeout=3) == "later"
