@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from spoolq import Empty, Queue
+from spoolq import Queue
 
 from .conftest import SHARED_ENGINES, queue_path
 
@@ -60,10 +60,6 @@ async def test_the_first_in_line_takes_as_soon_as_a_call_behind_it_reads_the_rec
     assert took < 0.4
 
 
-@pytest.mark.xfail(strict=True, raises=Empty,
-                   reason="a get_many or lease whose timeout passes raises Empty without "
-                   "reading the counts once more (SyncQueue's neither does); put and "
-                   "get_nowait look once more")
 @pytest.mark.parametrize("call", ["get_many", "lease"])
 @pytest.mark.parametrize("engine", SHARED_ENGINES)
 async def test_a_call_whose_timeout_passes_looks_at_the_file_once_more(

@@ -20,7 +20,7 @@ from typing import Any
 from ._outage import Outage
 from .core import QueueCore
 from .engines import WaitCancel
-from .errors import Unavailable
+from .errors import Empty, Unavailable
 from .groupcommit import Ticket
 from .settings import check_seconds
 from .worker import Worker, wait_pool
@@ -255,6 +255,14 @@ class Waiting:
         if holding:
             return True
         raise error
+
+    @staticmethod
+    def _last_look(looked: bool) -> bool:
+        """For a take whose timeout passed with nothing: True, read the counts once more
+        (records another process put since the last read count); Empty once it has."""
+        if looked:
+            raise Empty("no item arrived within the timeout")
+        return True
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:

@@ -279,6 +279,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         # back if it stops waiting for this call.
         holding = Holding(leased) if wait_for_all and n is not None else None
         turn = self._join_line()
+        looked = False  # at the file's counts once more, as the timeout passed
         self._takers += 1
         try:
             while True:
@@ -294,7 +295,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                 if self._shutdown and got and core.ready_hint() == 0:
                     break  # nothing more can come: hand out the part batch
                 try:
-                    if core.ready_hint() == 0 and core.refresh_due():
+                    if core.ready_hint() == 0 and (core.refresh_due() or looked):
                         await self._refresh(deadline)
                     if core.ready_hint() > 0 and self._may_take(turn, deadline):
                         want = max(core.ready_hint(), 1) if n is None else n - len(got)
@@ -310,7 +311,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                     if not await self._wait_for_items(deadline, empty_since, turn):
                         if got:
                             break
-                        raise Empty("no item arrived within the timeout")
+                        looked = self._last_look(looked)
                 except Unavailable as exc:
                     if await self._outage_ends(exc, deadline, len(got)):
                         break

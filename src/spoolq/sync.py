@@ -272,13 +272,14 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                    holding: Holding | None) -> list[Any]:
         core = self._core
         take = partial(core.take, holding=holding, deadline=deadline)
+        looked = False  # at the file's counts once more, as the timeout passed
         while True:
             if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                 raise QueueShutDown("the queue is shut down")
             if self._shutdown and got and core.ready_hint() == 0:
                 break  # nothing more can come: hand out the part batch
             try:
-                if core.ready_hint() == 0 and (core.refresh_due() or not block):
+                if core.ready_hint() == 0 and (core.refresh_due() or not block or looked):
                     core.refresh(deadline)
                 took_nothing = False
                 if core.ready_hint() > 0:
@@ -295,7 +296,9 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                 if not self._wait_for_items(deadline, took_nothing):
                     if got:
                         break
-                    raise Empty("no item arrived within the timeout")
+                    if looked:
+                        raise Empty("no item arrived within the timeout")
+                    looked = True
             except Unavailable as exc:
                 # A get_many(n) holding part of its batch waits too, then hands it out:
                 # raising would give the items back to a server that is away.
