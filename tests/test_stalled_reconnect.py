@@ -53,3 +53,54 @@ def test_a_get_reconnecting_to_a_stalled_server_keeps_its_timeout(kind: str) -> 
                     return spent
             took = asyncio.run(run())
         assert took < 3.0, f"the get took {took:.1f} s"
+
+
+def test_a_get_waiting_for_its_handle_on_a_healthy_server_is_not_unavailable() -> None:
+    """Only connecting again is bounded by a get's deadline: a get with an item ready that
+    waits for another thread's slow call of the same handle (a large put_many, here held
+    up by a paused server that comes back) takes its item, as before."""
+    with ServerProcess(":memory:") as server:
+        url = f"{server.url}/busy"
+        with spoolq.SyncQueue.create(url, engine_options={"timeout": 10.0}) as q:
+            q.put("ready")
+            import os
+            import signal
+            import threading
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            resume = threading.Timer(2.0, os.kill, (server.proc.pid, signal.SIGCONT))
+            resume.start()
+            putter = threading.Thread(target=q.put_many, args=(["later"] * 10,))
+            putter.start()  # holds the handle's locks until the server answers
+            time.sleep(0.1)
+            try:
+                assert q.get(timeout=0.05) == "ready"
+            finally:
+                resume.join()
+                putter.join()
+            assert q.get_many(10, timeout=5) == ["later"] * 10
+
+
+def test_an_async_get_behind_a_slow_put_of_its_handle_takes_its_item() -> None:
+    """The async queue's take waits behind the put on the queue's worker thread: on a
+    connection that is up, the get's deadline does not refuse the take that follows."""
+    import os
+    import signal
+    import threading
+
+    async def run(url: str, pid: int) -> list[str]:
+        async with await spoolq.Queue.create(url, engine_options={"timeout": 10.0}) as q:
+            await q.put("ready")
+            os.kill(pid, signal.SIGSTOP)
+            resume = threading.Timer(2.0, os.kill, (pid, signal.SIGCONT))
+            resume.start()
+            put = asyncio.ensure_future(q.put_many(["later"] * 10))
+            await asyncio.sleep(0.1)
+            try:
+                got: list[str] = await q.get_many(1, timeout=0.05)
+            finally:
+                await put
+                resume.join()
+            return got
+
+    with ServerProcess(":memory:") as server:
+        assert asyncio.run(run(f"{server.url}/busy", server.proc.pid)) == ["ready"]

@@ -160,7 +160,7 @@ class RemoteEngine(CallDeadlines, LongPolls):
         if self.read_only and op in WRITE_OPS:
             raise EngineError(f"the remote queue was opened read-only; {op} refused")
         full = self.timeout + wait
-        left = self._time_left()
+        left = self._time_left() if self._deadlines.replies else None  # else: connecting only
         if left is None:
             self._lock.acquire()
         elif not self._lock.acquire(timeout=min(left, full)):
