@@ -39,8 +39,8 @@ class CallDeadlines:
         than ``timeout``. One that would take longer raises :class:`Unavailable`: one that
         had not started (waiting for another thread's call, or connecting) did nothing;
         one that had closes its connection, as any call that timed out. With ``replies``
-        false only the start is bounded (a take, whose records a cut reply would lose),
-        and the calls after a take are not (they finish what it began).
+        false only connecting again is bounded (a take, whose records a cut reply would
+        lose), and the calls after a take are not (they finish what it began).
         Blocks nest; the inner one cannot extend the outer one's bounds."""
         before = self._deadlines.at, self._deadlines.replies
         self._deadlines.at = before[0] if deadline is None else \
