@@ -3,6 +3,7 @@ statement run on a connection of its own, and a server of a test's own to crash.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import NoReturn
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from spoolq.engines.postgres import PostgresEngine
 
@@ -33,6 +35,24 @@ def execute(url: str, statement: sql.Composable, *params: object) -> None:
     """Run ``statement`` in autocommit mode on a new connection to ``url``."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(statement, params or None)
+
+
+@contextlib.contextmanager
+def meta_reader_role(url: str, schema: str, role: str) -> Iterator[str]:
+    """A login role ``role`` that may put, take and move ids in ``schema`` but only read
+    its meta; yields the conninfo to connect as it, then drops the role."""
+    s, r = sql.Identifier(schema), sql.Identifier(role)
+    execute(url, sql.SQL("CREATE ROLE {} LOGIN").format(r))
+    try:
+        for grant in ("GRANT USAGE ON SCHEMA {s} TO {r}",
+                      "GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.records, {s}.counts TO {r}",
+                      "GRANT SELECT ON {s}.meta TO {r}",
+                      "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}"):
+            execute(url, sql.SQL(grant).format(s=s, r=r))
+        yield make_conninfo(url, user=role)
+    finally:
+        execute(url, sql.SQL("DROP OWNED BY {}").format(r))
+        execute(url, sql.SQL("DROP ROLE {}").format(r))
 
 
 def _server_binaries() -> str | None:

@@ -25,7 +25,7 @@ from spoolq.engines import Lease
 from spoolq.engines.postgres import PostgresEngine
 
 from .cli_support import run, run_json
-from .pg_support import execute
+from .pg_support import execute, meta_reader_role
 
 
 def _meta(url: str, schema: str) -> dict[str, bytes]:
@@ -142,16 +142,8 @@ def test_a_schema_of_an_earlier_release_opens_for_a_role_that_may_not_write_meta
     """Recording the version is a courtesy: an application granted SELECT on ``meta``
     alone opened such a schema before, and still does."""
     caplog.set_level(logging.INFO, logger="spoolq")
-    role = f"{earlier}_app"
-    schema, ident = sql.Identifier(earlier), sql.Identifier(role)
-    execute(pg_url, sql.SQL("CREATE ROLE {} LOGIN").format(ident))
-    try:
-        for grant in ("GRANT USAGE ON SCHEMA {s} TO {r}",
-                      "GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.records, {s}.counts TO {r}",
-                      "GRANT SELECT ON {s}.meta TO {r}",
-                      "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}"):
-            execute(pg_url, sql.SQL(grant).format(s=schema, r=ident))
-        eng = PostgresEngine(make_conninfo(pg_url, user=role), schema=earlier)
+    with meta_reader_role(pg_url, earlier, f"{earlier}_app") as app_url:
+        eng = PostgresEngine(app_url, schema=earlier)
         try:
             assert eng.get_meta("format_version") == b"1"
             eng.append("jobs", [b"d"], [1], time.time())
@@ -160,9 +152,6 @@ def test_a_schema_of_an_earlier_release_opens_for_a_role_that_may_not_write_meta
             eng.close()
         assert "format_version" not in _meta(pg_url, earlier)
         assert "format version" in caplog.text
-    finally:
-        execute(pg_url, sql.SQL("DROP OWNED BY {}").format(ident))
-        execute(pg_url, sql.SQL("DROP ROLE {}").format(ident))
 
 
 def test_a_schema_of_an_earlier_release_opens_in_a_read_only_session(

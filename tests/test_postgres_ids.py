@@ -18,12 +18,11 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 import spoolq
 from spoolq.engines.postgres import ID_GAP, PostgresEngine
 
-from .pg_support import execute
+from .pg_support import execute, meta_reader_role
 
 STARTED = "server_started"
 
@@ -182,23 +181,13 @@ def test_a_role_that_may_not_record_the_start_moves_the_ids_no_further(
     owner = _open(opened, pg_url, pg_schema)
     owner.append("q", [b"a"], [1], 1.0)
     owner.set_meta(STARTED, b"12345.678")  # as if recorded before a restart
-    role = f"{pg_schema}_ids"
-    schema, ident = sql.Identifier(pg_schema), sql.Identifier(role)
-    execute(pg_url, sql.SQL("CREATE ROLE {} LOGIN").format(ident))
-    try:
-        for grant in ("GRANT USAGE ON SCHEMA {s} TO {r}",
-                      "GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.records, {s}.counts TO {r}",
-                      "GRANT SELECT ON {s}.meta TO {r}",
-                      "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}"):
-            execute(pg_url, sql.SQL(grant).format(s=schema, r=ident))
-        app_url = make_conninfo(pg_url, user=role)
-        ids = [_open(opened, app_url, pg_schema).append("q", [b"b"], [1], 1.0)[0]
-               for _ in range(3)]
-        assert ids == [2, 3, 4]
-        assert "cannot move the record ids" in caplog.text
-    finally:
-        for eng in opened:
-            eng.close()
-        opened.clear()
-        execute(pg_url, sql.SQL("DROP OWNED BY {}").format(ident))
-        execute(pg_url, sql.SQL("DROP ROLE {}").format(ident))
+    with meta_reader_role(pg_url, pg_schema, f"{pg_schema}_ids") as app_url:
+        try:
+            ids = [_open(opened, app_url, pg_schema).append("q", [b"b"], [1], 1.0)[0]
+                   for _ in range(3)]
+            assert ids == [2, 3, 4]
+            assert "cannot move the record ids" in caplog.text
+        finally:
+            for eng in opened:
+                eng.close()
+            opened.clear()
