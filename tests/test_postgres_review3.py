@@ -80,6 +80,20 @@ def test_a_real_restart_moves_the_ids_once(cluster: pg_support.Cluster) -> None:
         eng.close()
 
 
+def _two_puts_heard(consumer: PostgresEngine, producer: PostgresEngine) -> None:
+    """``consumer`` listens (its first wait starts it), then the notifications of two
+    puts by ``producer`` to queue "q", a and b, are waiting on its listener."""
+    assert consumer.wait_ready("q", 0.1)
+    producer.append("q", [b"a"], [1], time.time())
+    producer.append("q", [b"b"], [1], time.time())
+    listener = consumer._listener
+    assert listener is not None
+    deadline = time.monotonic() + 5
+    while not readable(listener) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # both notifications are in
+
+
 def test_a_take_of_fewer_records_than_announced_leaves_the_next_wait_woken(
         pg_url: str, pg_schema: str) -> None:
     """A take reads the notifications waiting on the listener; those for its own queue
@@ -89,15 +103,7 @@ def test_a_take_of_fewer_records_than_announced_leaves_the_next_wait_woken(
     consumer = PostgresEngine(pg_url, schema=pg_schema)
     producer = PostgresEngine(pg_url, schema=pg_schema, pool_size=2)
     try:
-        assert consumer.wait_ready("q", 0.1)  # the first wait starts listening
-        producer.append("q", [b"a"], [1], time.time())
-        producer.append("q", [b"b"], [1], time.time())
-        listener = consumer._listener
-        assert listener is not None
-        deadline = time.monotonic() + 5
-        while not readable(listener) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.1)  # both notifications are in
+        _two_puts_heard(consumer, producer)
         assert [r.data for r in consumer.take("q", 1, time.time(), None)] == [b"a"]
         started = time.monotonic()
         assert consumer.wait_ready("q", 3.0)
@@ -115,15 +121,7 @@ def test_a_take_of_every_ready_record_still_drops_their_notifications(
     consumer = PostgresEngine(pg_url, schema=pg_schema)
     producer = PostgresEngine(pg_url, schema=pg_schema, pool_size=2)
     try:
-        assert consumer.wait_ready("q", 0.1)
-        producer.append("q", [b"a"], [1], time.time())
-        producer.append("q", [b"b"], [1], time.time())
-        listener = consumer._listener
-        assert listener is not None
-        deadline = time.monotonic() + 5
-        while not readable(listener) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.1)
+        _two_puts_heard(consumer, producer)
         assert [r.data for r in consumer.take("q", 5, time.time(), None)] == [b"a", b"b"]
         assert not consumer.wait_ready("q", 0.5)
     finally:
