@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import Unavailable
 from ._remotewait import WAIT_GRACE
@@ -26,9 +26,7 @@ class CallDeadlines:
 
     _deadlines: Deadlines
     _handshake_seconds: float
-
-    def _where(self) -> str:
-        raise NotImplementedError
+    _where: Callable[[], str]  # the engine's "the spoolq server at host:port"
 
     @contextlib.contextmanager
     def call_deadline(self, deadline: float | None, *, replies: bool = True) -> Iterator[None]:
