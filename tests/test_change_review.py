@@ -56,7 +56,7 @@ def test_a_client_with_the_oldest_cbor2_allowed_talks_to_a_server(tmp_path: Path
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(old),
          _OLD_CBOR2], capture_output=True, text=True, timeout=300, check=False)
     if installed.returncode != 0:
-        pytest.skip(f"{_OLD_CBOR2} could not be installed: {installed.stderr[-300:]}")
+        pytest.skip(reason=f"{_OLD_CBOR2} could not be installed: {installed.stderr[-300:]}")
     with ServerProcess(":memory:") as server:
         script = (
             "import cbor2, spoolq\n"
