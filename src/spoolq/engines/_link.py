@@ -15,6 +15,7 @@ import socket
 import ssl
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..errors import AuthenticationError, ConfigurationError, EngineError, Unavailable
 from ..protocol import ClientProtocol, ProtocolError
 
-__all__ = ["DEFAULT_PORT", "ConnectionLost", "Link", "RemoteAddress", "parse_url", "ssl_context",
-           "unwire", "url_queue_name", "wire"]
+__all__ = ["DEFAULT_PORT", "ConnectionLost", "Dialing", "Link", "RemoteAddress", "parse_url",
+           "ssl_context", "unwire", "url_queue_name", "wire"]
 
 log = logging.getLogger("spoolq")
 
@@ -149,15 +150,56 @@ _FRESH = 0.001  # seconds since the last reply within which stale() trusts a lin
 _SLACK = 0.05  # seconds a call may overrun its timeout rather than reset the socket's limit
 
 
+class Dialing:
+    """A connection being made, which another thread may cut: from the moment its socket
+    is connected, through TLS and the handshake, :meth:`cut` makes it fail at once with
+    :class:`ConnectionLost` (the engine's ``close()`` uses it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handle: socket.socket | None = None  # a duplicate: TLS takes over the socket
+        self._cut = False
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._cut:
+                sock.close()
+                raise ConnectionLost("the connection was cut while it was being made")
+            self._handle = sock.dup()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            if self._handle is not None:
+                with contextlib.suppress(OSError):
+                    self._handle.shutdown(socket.SHUT_RDWR)
+
+    def done(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+
+
 class Link:
     """One connection to the server: handshake, then one request at a time."""
 
     def __init__(self, address: RemoteAddress, *, token: str | None,
                  ssl_context: ssl.SSLContext | None, connect_timeout: float,
-                 max_reply: int) -> None:
+                 max_reply: int, dialing: Dialing | None = None) -> None:
         self.where = f"{address.host}:{address.port}"
         started = time.monotonic()
-        sock = self._open(address, ssl_context, connect_timeout)
+        try:
+            self._begin(address, token, ssl_context, connect_timeout, max_reply, dialing)
+        finally:
+            if dialing is not None:
+                dialing.done()
+        self.handshake_seconds = self._answered - started  # connecting, TLS and hello
+
+    def _begin(self, address: RemoteAddress, token: str | None,
+               ssl_context: ssl.SSLContext | None, connect_timeout: float, max_reply: int,
+               dialing: Dialing | None) -> None:
+        sock = self._open(address, ssl_context, connect_timeout, dialing)
         self.sock = sock
         # Python's socket timeouts cost a poll() before every send and recv; on Linux the
         # kernel's SO_SNDTIMEO/SO_RCVTIMEO bound a blocking socket at one system call each.
@@ -203,12 +245,11 @@ class Link:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         self._answered = time.monotonic()
-        self.handshake_seconds = self._answered - started  # connecting, TLS and hello
         self.proto.server_max_frame = info["max_frame"]
         self._check_clock(float(server_time))
 
     def _open(self, address: RemoteAddress, ssl_context: ssl.SSLContext | None,
-              connect_timeout: float) -> socket.socket:
+              connect_timeout: float, dialing: Dialing | None) -> socket.socket:
         """A connected socket, with TLS when ``ssl_context`` is given."""
         try:
             sock = socket.create_connection((address.host, address.port), connect_timeout)
@@ -216,6 +257,8 @@ class Link:
             raise Unavailable(f"cannot connect to the spoolq server at {self.where}: {exc}") \
                 from exc
         try:
+            if dialing is not None:
+                dialing.watch(sock)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if ssl_context is not None:
                 sock = ssl_context.wrap_socket(sock, server_hostname=address.host)

@@ -41,6 +41,7 @@ from ..protocol import (
 from ._link import (
     DEFAULT_PORT,
     ConnectionLost,
+    Dialing,
     Link,
     RemoteAddress,
     ReplyLate,
@@ -143,15 +144,20 @@ class RemoteEngine(CallDeadlines, LongPolls):
         self._closing = False  # close() began: no call starts any more
         self._long_poll = False  # the running call is a take that waits on the server
         self._deadlines = Deadlines()
+        self._dialing: Dialing | None = None  # the connection a call is making, if any
         self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
         self._handshake_seconds = self._link.handshake_seconds
         self._forget_in_forked_children()
 
     def _connect(self, connect_timeout: float | None = None) -> Link:
-        return Link(self.address, token=self._token, ssl_context=self._ssl,
-                     connect_timeout=connect_timeout or self.connect_timeout,
-                     max_reply=self.max_reply)
+        self._dialing = dialing = Dialing()
+        try:
+            return Link(self.address, token=self._token, ssl_context=self._ssl,
+                        connect_timeout=connect_timeout or self.connect_timeout,
+                        max_reply=self.max_reply, dialing=dialing)
+        finally:
+            self._dialing = None
 
     def _where(self) -> str:
         return f"the spoolq server at {self.address.host}:{self.address.port}"
@@ -173,7 +179,13 @@ class RemoteEngine(CallDeadlines, LongPolls):
                 self._link.close()
                 self._link = None
             if self._link is None:
-                self._link = self._connect(self._limit(self.connect_timeout))
+                try:
+                    self._link = self._connect(self._limit(self.connect_timeout))
+                except ConnectionLost as exc:
+                    if self._closing:
+                        raise ClosedError("the remote engine was closed while its "
+                                          f"{op} call was connecting") from exc
+                    raise
                 self.server_info = dict(self._link.info)  # a restarted server's, say
             limit = self._limit(full) if self._deadlines.replies else full
             if op == "take" and not self._deadlines.replies:
@@ -425,15 +437,18 @@ class RemoteEngine(CallDeadlines, LongPolls):
         """Say goodbye (leases stay with their owners) and close every connection.
 
         A call another thread is running may finish for up to a second (a long-poll
-        ``take`` is not waited for); then its connection is cut: the call raises
+        ``take`` is not waited for); then its connection, or the one it is making, is
+        cut: the call raises
         :class:`ClosedError`, its outcome unknown, and the server gives back the leases
         delivered on that connection, as for a lost one. Later calls raise it too."""
         self._closing = True
         if not (self._lock.acquire(blocking=False) if self._long_poll
                 else self._lock.acquire(timeout=min(self.timeout, _CLOSE_WAIT))):
-            running = self._link
+            running, dialing = self._link, self._dialing
             if running is not None and running.busy:
                 shut(running)
+            if dialing is not None:
+                dialing.cut()
             self._lock.acquire()
         try:
             if self._closed:
