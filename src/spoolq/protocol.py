@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from functools import partial
+from io import BytesIO
 from itertools import chain
 from typing import Any, NamedTuple, TypeVar
 
@@ -250,14 +251,25 @@ _NO_TAGS = _NoTags()
 
 
 def decode_body(frame: Frame) -> Any:
-    """The CBOR value of a frame's body; :class:`ProtocolError` if it is not CBOR, or
-    holds a tag (but a bignum) or a map key that is no text or bytes: the protocol uses
-    neither, and keys that all hash alike (multiples of 2**61 - 1) would take a dict
-    quadratic time."""
+    """The CBOR value of a frame's body; :class:`ProtocolError` if it is not exactly one
+    CBOR item (bytes after the item are an error, never ignored), or holds a tag (but a
+    bignum) or a map key that is no text or bytes: the protocol uses neither, and keys
+    that all hash alike (multiples of 2**61 - 1) would take a dict quadratic time."""
+    body = frame.body
+    # A decoder reading the whole body at once: it hands back what it read beyond the
+    # item (seeks back), so the position after the item tells whether bytes are left.
+    stream = BytesIO(body)
     try:
-        return cbor2.loads(frame.body, semantic_decoders=_NO_TAGS, strict_hashable_types=True)
+        value = cbor2.CBORDecoder(stream, read_size=max(len(body), 1),
+                                  semantic_decoders=_NO_TAGS,
+                                  strict_hashable_types=True).decode()
     except Exception as exc:  # cbor2 raises several types on hostile input
         raise ProtocolError(f"frame {frame.id}: the body is not valid CBOR ({exc})") from None
+    end = stream.tell()
+    if end != len(body):
+        raise ProtocolError(f"frame {frame.id}: the body is not one CBOR item "
+                            f"({len(body) - end} bytes follow the item)")
+    return value
 
 
 class FrameDecoder:
