@@ -341,3 +341,54 @@ def test_a_read_only_open_of_an_sqlite_file_whose_name_is_not_utf8(tmp_path: Pat
         q.put("kept")
     with spoolq.SyncQueue.create(path, engine_options={"read_only": True}) as q:
         assert q.peek() == ["kept"]
+
+
+def test_sqlite_creation_waits_for_another_connection_holding_the_blank_file(
+        tmp_path: Path) -> None:
+    # Switching a blank file to WAL gets no busy wait from SQLite: a queue created while
+    # another process held the new file (creating the same queue, say) raised LockTimeout
+    # at once, whatever its timeout.
+    import sqlite3
+    import threading
+
+    path = tmp_path / "q.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    released.start()
+    try:
+        with SyncQueue.create(path) as q:
+            q.put("first")
+            assert q.get_nowait() == "first"
+    finally:
+        released.join()
+        holder.close()
+    holder = sqlite3.connect(tmp_path / "held.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    start = time.monotonic()
+    with pytest.raises(spoolq.LockTimeout, match=r"held\.sqlite"):
+        SyncQueue.create(tmp_path / "held.sqlite", engine_options={"timeout": 0.2})
+    assert 0.15 < time.monotonic() - start < 5
+    holder.close()
+
+
+def test_processes_creating_one_sqlite_queue_at_once_all_open_it(tmp_path: Path) -> None:
+    child = textwrap.dedent("""
+        import sys, time, spoolq
+        start = float(sys.argv[2])
+        while time.time() < start:
+            pass
+        with spoolq.SyncQueue.create(sys.argv[1]) as q:
+            q.put(sys.argv[3])
+    """)
+    for trial in range(3):
+        path = tmp_path / f"q{trial}.sqlite"
+        start = time.time() + 0.5
+        children = [subprocess.Popen([sys.executable, "-c", child, str(path), str(start),
+                                      f"{trial}-{k}"], stderr=subprocess.PIPE)
+                    for k in range(6)]
+        for proc in children:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err.decode()
+        with SyncQueue.create(path) as q:
+            assert sorted(q.get_many(10, timeout=0)) == sorted(f"{trial}-{k}" for k in range(6))

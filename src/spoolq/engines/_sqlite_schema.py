@@ -147,14 +147,11 @@ def _wait_for_creator(conn: sqlite3.Connection, path: str) -> None:
                       "queue opened for writing creates its tables)")
 
 
-def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous: str,
-           page_size: int) -> None:
-    """Create the tables in a new file (unless ``read_only``), check that the file is a
-    spoolq queue file of this format, and set WAL mode and ``synchronous``."""
-    if _blank(conn) and not read_only:
-        conn.execute(f"PRAGMA page_size = {page_size}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("BEGIN IMMEDIATE")
+def _create(conn: sqlite3.Connection, page_size: int) -> None:
+    conn.execute(f"PRAGMA page_size = {page_size}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         if _blank(conn):
             for statement in SCHEMA:
                 conn.execute(statement)
@@ -163,6 +160,41 @@ def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous:
                 ("format_version", str(FORMAT_VERSION).encode()),
             ])
         conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    text = str(exc)
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _create_in_turn(conn: sqlite3.Connection, page_size: int, timeout: float) -> None:
+    """Create the tables of a blank file, waiting up to ``timeout`` seconds for another
+    connection that holds it (another process creating the same file, say): switching a
+    blank file to WAL gets no busy wait from SQLite, and fails at once while it is held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _create(conn, page_size)
+            return
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
+        if not _blank(conn):
+            return
+
+
+def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous: str,
+           page_size: int, timeout: float = 0.0) -> None:
+    """Create the tables in a new file (unless ``read_only``, waiting up to ``timeout``
+    seconds for a lock on it), check that the file is a spoolq queue file of this format,
+    and set WAL mode and ``synchronous``."""
+    if _blank(conn) and not read_only:
+        _create_in_turn(conn, page_size, timeout)
     if read_only and _blank(conn):
         _wait_for_creator(conn, path)
     tables = {row[0] for row in conn.execute(
@@ -184,7 +216,7 @@ def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous:
 def translate(exc: sqlite3.Error, path: str, what: str) -> EngineError:
     """The spoolq error for a sqlite3 error (the caller raises it ``from exc``)."""
     text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+    if _locked(exc):
         return LockTimeout(f"{path}: {what} waited too long for a lock: {text}")
     if "malformed" in text or "corrupt" in text:
         return CorruptError(f"{path} is damaged: {text}")
@@ -218,7 +250,8 @@ def open_connection(path: str, read_only: bool, timeout: float, synchronous: str
     """A connection to queue file ``path``, set up (see :func:`set_up`)."""
     conn = connect(path, read_only=read_only, timeout=timeout)
     try:
-        set_up(conn, path, read_only=read_only, synchronous=synchronous, page_size=page_size)
+        set_up(conn, path, read_only=read_only, synchronous=synchronous, page_size=page_size,
+               timeout=timeout)
     except BaseException:
         conn.close()
         raise
