@@ -316,8 +316,14 @@ async def test_several_batcher_processes_on_one_file_send_each_item_once(
     logs = [tmp_path / f"log{k}" for k in range(3)]
     children = [subprocess.Popen([sys.executable, "-c", SHARING_ADDER, shared_path, str(log),
                                   str(k * 10_000)]) for k, log in enumerate(logs)]
-    for child in children:
-        assert await asyncio.to_thread(child.wait, 60) == 0
+    try:
+        codes = [await asyncio.to_thread(child.wait, 60) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert codes == [0, 0, 0]
     everything: list[int] = []
     for log in logs:
         got = [i for batch in _log(log) for i in batch]
