@@ -20,6 +20,7 @@ import click
 from .. import __version__
 from ..errors import EngineError, SpoolqError
 from ._common import ExitCode, FileProblem, Refused, one_line
+from ._stdout import whole_writes
 from .bench import bench
 from .maintain import compact, purge, requeue
 from .reading import info, peek, verify
@@ -99,13 +100,14 @@ def console() -> None:
     """The ``spoolq`` command and ``python -m spoolq``: :func:`main` on the process's
     arguments, except that when the reader of its output goes away the process ends as
     ``cat`` or ``seq`` do: quietly, killed by SIGPIPE (status 141 in a shell; 1 where
-    there is no SIGPIPE)."""
+    there is no SIGPIPE), with Python's output buffered or not (``PYTHONUNBUFFERED``)."""
     _run(None, by_sigpipe=True)
 
 
 def _run(argv: Sequence[str] | None, *, by_sigpipe: bool) -> None:
     try:
-        cli.main(args=None if argv is None else list(argv), prog_name="spoolq")
+        with whole_writes():
+            cli.main(args=None if argv is None else list(argv), prog_name="spoolq")
     except _ReaderGone:
         log.debug("spoolq: the reader of the output went away")
         if by_sigpipe:
