@@ -144,20 +144,17 @@ class RemoteEngine(CallDeadlines, LongPolls):
         self._closing = False  # close() began: no call starts any more
         self._long_poll = False  # the running call is a take that waits on the server
         self._deadlines = Deadlines()
-        self._dialing: Dialing | None = None  # the connection a call is making, if any
+        self._dialing: Dialing | None = None  # the connection _call is making, if any
         self._link: Link | None = self._connect()
         self.server_info: dict[str, Any] = dict(self._link.info)
         self._handshake_seconds = self._link.handshake_seconds
         self._forget_in_forked_children()
 
-    def _connect(self, connect_timeout: float | None = None) -> Link:
-        self._dialing = dialing = Dialing()
-        try:
-            return Link(self.address, token=self._token, ssl_context=self._ssl,
-                        connect_timeout=connect_timeout or self.connect_timeout,
-                        max_reply=self.max_reply, dialing=dialing)
-        finally:
-            self._dialing = None
+    def _connect(self, connect_timeout: float | None = None,
+                 dialing: Dialing | None = None) -> Link:
+        return Link(self.address, token=self._token, ssl_context=self._ssl,
+                    connect_timeout=connect_timeout or self.connect_timeout,
+                    max_reply=self.max_reply, dialing=dialing)
 
     def _where(self) -> str:
         return f"the spoolq server at {self.address.host}:{self.address.port}"
@@ -179,13 +176,16 @@ class RemoteEngine(CallDeadlines, LongPolls):
                 self._link.close()
                 self._link = None
             if self._link is None:
+                self._dialing = dialing = Dialing()  # for close() to cut
                 try:
-                    self._link = self._connect(self._limit(self.connect_timeout))
+                    self._link = self._connect(self._limit(self.connect_timeout), dialing)
                 except ConnectionLost as exc:
                     if self._closing:
                         raise ClosedError("the remote engine was closed while its "
                                           f"{op} call was connecting") from exc
                     raise
+                finally:
+                    self._dialing = None
                 self.server_info = dict(self._link.info)  # a restarted server's, say
             limit = self._limit(full) if self._deadlines.replies else full
             if op == "take" and not self._deadlines.replies:
