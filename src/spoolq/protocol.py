@@ -48,8 +48,8 @@ from .errors import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "ID_OPS", "MAGIC", "MAX_AUTH_FRAME", "MAX_ERROR_MESSAGE",
-    "MAX_QUEUE_BYTES", "MIN_MAX_REPLY", "OPS", "VERSION", "WRITE_OPS", "BadRequest",
-    "ClientProtocol",
+    "MAX_QUEUE_BYTES", "MIN_MAX_REPLY", "NOT_TLS_REASONS", "OPS", "VERSION", "WRITE_OPS",
+    "BadRequest", "ClientProtocol",
     "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
     "ProtocolError", "Reply", "ReplyTooLarge", "Request", "ServerProtocol", "code_for",
     "decode_body", "decode_counts", "decode_leased", "decode_records", "encode_error",
@@ -339,6 +339,20 @@ class FrameDecoder:
 def encode_preamble(version: int = VERSION) -> bytes:
     """The 8 bytes each side sends first."""
     return PREAMBLE.pack(MAGIC, version)
+
+
+NOT_TLS_REASONS = frozenset({
+    "WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE", "HTTP_REQUEST",
+    "PACKET_LENGTH_TOO_LONG", "UNEXPECTED_RECORD", "RECORD_LENGTH_MISMATCH",
+    "ENCRYPTED_LENGTH_TOO_LONG", "WRONG_SSL_VERSION"})
+"""OpenSSL's reasons (``ssl.SSLError.reason``) for a TLS handshake whose peer sent bytes
+that are no TLS record: a peer without TLS, such as spoolq's greeting."""
+
+
+def _looks_like_tls(data: bytes | bytearray) -> bool:
+    """Whether ``data`` starts as a TLS record does: a handshake (a client's hello) or an
+    alert, of TLS 1.0 to 1.3 (all say major version 3)."""
+    return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 3
 
 
 def parse_preamble(data: bytes) -> int:
@@ -650,8 +664,13 @@ class ServerProtocol:
             try:
                 version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
             except ProtocolError as exc:
+                refused = exc
+                if _looks_like_tls(self._head):
+                    refused = ProtocolError(
+                        "the client speaks TLS to this server, which runs without TLS (no "
+                        "--tls-cert): does its URL say tls=1 or ca= by mistake?")
                 self._head.clear()
-                raise self._fail(exc) from None
+                raise self._fail(refused) from None
             data = bytes(self._head[PREAMBLE.size:])
             self._head.clear()
             self.version = min(version, VERSION)

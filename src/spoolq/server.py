@@ -30,7 +30,7 @@ from ._sessionleases import Deliveries
 from .dispatch import make_runner
 from .engines import Engine, engine_name_for, open_engine
 from .errors import ConfigurationError, SpoolqError
-from .protocol import DEFAULT_MAX_FRAME
+from .protocol import DEFAULT_MAX_FRAME, NOT_TLS_REASONS
 from .session import Session
 
 __all__ = ["DEFAULT_PORT", "LOOPS", "Server", "loop_name", "main", "read_token_file", "run",
@@ -217,6 +217,26 @@ def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
         fut.set_result(value)
 
 
+class _LoggedHandshake(ssl.SSLObject):
+    """TLS of one connection that logs why a client's handshake failed (asyncio and uvloop
+    close the connection without a word, before the session starts)."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError):
+            raise  # more to read or write; or a client that went away
+        except ssl.SSLError as exc:
+            if exc.reason in NOT_TLS_REASONS:
+                log.warning("spoolq: closing a connection that does not speak TLS (%s): a "
+                            "client without ?tls=1 in its URL?", exc.reason)
+            else:
+                log.warning("spoolq: a client's TLS handshake failed (%s)%s", exc.reason,
+                            ": does it trust this server's certificate (its ca=)?"
+                            if "ALERT" in str(exc.reason) else "")
+            raise
+
+
 def _ssl_context(tls_cert: str | os.PathLike[str] | None,
                  tls_key: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
     if tls_cert is None and tls_key is None:
@@ -226,6 +246,7 @@ def _ssl_context(tls_cert: str | os.PathLike[str] | None,
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(tls_cert, tls_key)
+    ctx.sslobject_class = _LoggedHandshake
     return ctx
 
 

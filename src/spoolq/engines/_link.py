@@ -22,10 +22,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import AuthenticationError, ConfigurationError, EngineError, Unavailable
-from ..protocol import ClientProtocol, ProtocolError
+from ..protocol import NOT_TLS_REASONS, ClientProtocol, ProtocolError
 
-__all__ = ["DEFAULT_PORT", "ConnectionLost", "Dialing", "Link", "RemoteAddress", "parse_url",
-           "ssl_context", "unwire", "url_queue_name", "wire"]
+__all__ = ["DEFAULT_PORT", "ConnectionLost", "Dialing", "Link", "RemoteAddress", "TLSMismatch",
+           "parse_url", "ssl_context", "unwire", "url_queue_name", "wire"]
 
 log = logging.getLogger("spoolq")
 
@@ -146,6 +146,13 @@ class ReplyLate(ConnectionLost):
     """The request went out whole and its reply did not come in time."""
 
 
+class TLSMismatch(ConfigurationError, EngineError):
+    """The client and the server disagree on TLS: one side speaks it and the other does
+    not, or the client cannot verify the server's certificate. A setting to fix, not an
+    outage to wait out (no :class:`Unavailable`); an :class:`EngineError` as well, as
+    every failed TLS handshake is."""
+
+
 _FRESH = 0.001  # seconds since the last reply within which stale() trusts a link
 _SLACK = 0.05  # seconds a call may overrun its timeout rather than reset the socket's limit
 
@@ -224,9 +231,20 @@ class Link:
                                                            "client": "spoolq-python"})
             self._send(opening + hello, connect_timeout)
             deadline = time.monotonic() + connect_timeout
-            for ident in ids:
-                self._receive(ident, deadline)
-            info = self._receive(hello_id, deadline)
+            try:
+                for ident in ids:
+                    self._receive(ident, deadline)
+                info = self._receive(hello_id, deadline)
+            except ConnectionLost as exc:
+                if (ssl_context is not None or self.proto.version is not None
+                        or isinstance(exc, ReplyLate)
+                        or not self._speaks_tls(address, deadline)):
+                    raise
+                raise TLSMismatch(
+                    f"the server at {self.where} closed the connection without the spoolq "
+                    "greeting, and it answers TLS: is it a TLS server (started with "
+                    "--tls-cert)? Add ?tls=1 to the URL (and ?ca=CA.pem for a certificate "
+                    "not from a CA this system trusts)") from exc
         except AuthenticationError as exc:
             self.close()
             said = str(exc)
@@ -268,11 +286,42 @@ class Link:
                 # a server that stalled or went away during the handshake, as without TLS
                 raise ConnectionLost(f"TLS with the spoolq server at {self.where} failed: "
                                      f"{exc}") from exc
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                raise TLSMismatch(
+                    f"TLS with the spoolq server at {self.where} failed: its certificate "
+                    f"failed verification ({exc.verify_message}): give the certificate of "
+                    "the CA that signed it (or the self-signed certificate itself) as "
+                    "ca_file, ?ca=CA.pem in the URL; the certificate must name the URL's "
+                    "host too") from exc
+            if isinstance(exc, ssl.SSLError) and exc.reason in NOT_TLS_REASONS:
+                raise TLSMismatch(
+                    f"the server at {self.where} did not answer with TLS ({exc.reason}): is "
+                    "it running without --tls-cert? Connect without tls=1 and ca=, or give "
+                    "the server a certificate") from exc
             if isinstance(exc, OSError):
                 raise EngineError(f"TLS with the spoolq server at {self.where} failed: {exc}") \
                     from exc
             raise
         return sock
+
+    def _speaks_tls(self, address: RemoteAddress, deadline: float) -> bool:
+        """Whether the server answers a TLS handshake (on a connection of its own): asked
+        when it closed a connection without TLS before its greeting, which is what a TLS
+        server does with a client that does not speak TLS."""
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.check_hostname = False
+        probe.verify_mode = ssl.CERT_NONE  # whom it is does not matter: whether it is TLS
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with socket.create_connection((address.host, address.port), left) as sock, \
+                    probe.wrap_socket(sock, server_hostname=address.host):
+                return True
+        except ssl.SSLError as exc:  # a TLS alert: a TLS server refused this handshake
+            return "ALERT" in str(exc.reason)
+        except OSError:
+            return False
 
     def _check_clock(self, server_time: float) -> None:
         skew = server_time - time.time()
