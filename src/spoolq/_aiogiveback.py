@@ -3,6 +3,11 @@ cancelled meanwhile, and gives back what such a caller will never have: records 
 back to the head of the queue, the count of give-backs under way that later takes wait
 for, and the counters that keep those records in ``qsize()`` until they are back.
 
+None of it waits for the event loop: a take whose caller was cancelled gives its records
+back on the worker, and a give-back counts itself done there. A loop that stops (or
+closes) while such a take runs would otherwise never receive the result, and the records
+the take removed would be lost.
+
 :class:`GivingBack` is a part of :class:`spoolq.aio.Queue`, kept in its own module; it
 works on the queue's state on the queue's event loop (and, where a method says so, on
 its worker thread), as the rest of the queue does.
@@ -11,9 +16,10 @@ its worker thread), as the rest of the queue does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .core import Holding, QueueCore
@@ -24,9 +30,38 @@ from .worker import Worker
 if TYPE_CHECKING:
     from ._aiowait import Turn
 
-__all__ = ["GivingBack"]
+__all__ = ["GivingBack", "TakeOnWorker"]
 
 log = logging.getLogger("spoolq")
+
+
+class TakeOnWorker:
+    """One take sent to the worker for a caller on the loop, which may be cancelled
+    before the take's result reaches it. The two threads hand over under ``lock``: a
+    take cancelled before it runs takes nothing, one cancelled while it runs gives back
+    on the worker what it took, and one that ran gives its records to whichever comes
+    first, the caller (as its result) or the caller's cancellation (to give back)."""
+
+    __slots__ = ("cancelled", "finished", "holding", "leased", "lock", "taken")
+
+    def __init__(self, leased: bool, holding: Holding | None) -> None:
+        self.lock = threading.Lock()
+        self.leased = leased
+        self.holding = holding
+        self.cancelled = False
+        self.finished = False
+        self.taken: list[Taken] | None = None
+        """What the take removed, until the caller or its cancellation claims it."""
+
+    def claim(self, *, cancel: bool) -> tuple[list[Taken] | None, bool]:
+        """On the loop: the records the take removed (None if not finished, or claimed
+        already) and whether it is still running; with ``cancel``, the take will take
+        nothing more and gives back itself what it takes from now on."""
+        with self.lock:
+            taken, self.taken = self.taken, None
+            if cancel:
+                self.cancelled = True
+            return taken, not self.finished
 
 
 class GivingBack:
@@ -35,9 +70,14 @@ class GivingBack:
     # Set up by Queue.__init__.
     _core: QueueCore
     _worker: Worker
+    _loop: asyncio.AbstractEventLoop
     _inline: bool
     _immediate: bool
-    _unsettled: int
+    # Give-backs under way, counted on the loop as they start and on the worker as they
+    # end (each counter written by one thread only, so neither needs a lock).
+    _backs_sent: int
+    _backs_done: int
+    _takes_out: set[TakeOnWorker]  # sent from the loop, not claimed there yet
     _taken_out: int
     _taken_in: int
     _taking: int
@@ -49,6 +89,12 @@ class GivingBack:
     _wait: Callable[[float | None, Callable[[], bool]], Coroutine[Any, Any, bool]]
     _line: dict[Turn, None]
     _pass_turn: Callable[[], None]
+
+    @property
+    def _unsettled(self) -> int:
+        """Give-backs under way: later takes wait for them, or they would be handed newer
+        records first."""
+        return self._backs_sent - self._backs_done
 
     def _give_back(self, leased: bool, recs: list[Taken] | None, *, received: bool,
                    holding: Holding | None = None) -> None:
@@ -63,38 +109,28 @@ class GivingBack:
         if received:
             self._taken_in -= len(recs)
         # Counted until the restore has run: get_nowait takes on the loop, not the worker.
-        self._unsettled += 1
-        self._worker.submit(self._restore_on_worker, recs, leased, holding).add_done_callback(
-            self._restored)
+        self._backs_sent += 1
+        self._worker.post(self._restore_on_worker, recs, leased, holding)
 
     def _restore_on_worker(self, recs: list[Taken], leased: bool,
                            holding: Holding | None) -> None:
+        """Give back ``recs`` (none: only count a give-back done), on the worker thread (or
+        on the thread closing the queue, once the worker ended)."""
         try:
             self._core.restore(recs, leased, holding)
+        except Exception:
+            log.exception("spoolq: queue %r: giving back %d taken records failed",
+                          self._core.name, len(recs))
         finally:
             self._taken_out -= len(recs)  # restored, or lost to the error logged
-
-    def _restored(self, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error("spoolq: queue %r: giving back taken records failed", self._core.name,
-                      exc_info=fut.exception())
-        self._one_settled()
+            self._backs_done += 1
+            with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
+                self._loop.call_soon_threadsafe(self._one_settled)
 
     def _one_settled(self) -> None:
-        """One give-back counted in ``_unsettled`` is done; wake the takes waiting on it."""
-        self._unsettled -= 1
+        """A give-back is done; once none is under way, wake the takes waiting on them."""
         if not self._unsettled:
             self._wake_every()
-
-    def _take_undone(self, leased: bool, state: list[bool], holding: Holding | None,
-                     recs: list[Taken] | None) -> None:
-        """The result of a take whose caller was cancelled arrives: give it back, then let
-        the takes that waited for it go (their calls then run after the give-back).
-        ``state`` is ``[given back, counted in _unsettled]``, shared with the caller."""
-        state[0] = True
-        self._give_back(leased, recs, received=False, holding=holding)
-        if state[1]:
-            self._one_settled()
 
     async def _settle_cancelled_takes(self, deadline: float | None) -> bool:
         """Wait until the records of cancelled takes are given back (a later take would
@@ -137,41 +173,68 @@ class GivingBack:
         leased = ttl is not None
         # No records from the buffer of durability "buffer": a cancelled caller could only
         # give them back behind records written since.
-        state = [False, False]
-        fut: asyncio.Future[list[Taken]] = self._worker.submit(
-            self._take_for_caller, n, ttl, holding, deadline,
-            undo=partial(self._take_undone, leased, state, holding))
+        take = TakeOnWorker(leased, holding)
+        self._takes_out.add(take)
         try:
-            recs = await fut
+            await self._worker.submit(self._take_for_caller, take, n, ttl, deadline)
         except asyncio.CancelledError:
-            if fut.cancelled():
-                if not state[0]:  # _take_undone will give them back
-                    state[1] = True
-                    self._unsettled += 1
-            elif fut.exception() is None:
-                self._give_back(leased, fut.result(), received=False, holding=holding)
+            # Counted before the worker can see the cancellation: while the take runs, it
+            # gives back what it takes and counts that give-back done.
+            self._backs_sent += 1
+            recs, running = take.claim(cancel=True)
+            if not running:
+                self._backs_sent -= 1
+                self._give_back(leased, recs, received=False, holding=holding)
             raise
+        finally:
+            self._takes_out.discard(take)
+        recs = take.claim(cancel=False)[0] or []
         self._taken_in += len(recs)
         return recs
 
-    def _take_for_caller(self, n: int, ttl: float | None, holding: Holding | None,
-                         deadline: float | None) -> list[Taken]:
-        """The take of :meth:`_take_on_worker`, on the worker thread.
+    def _take_for_caller(self, take: TakeOnWorker, n: int, ttl: float | None,
+                         deadline: float | None) -> None:
+        """The take of :meth:`_take_on_worker`, on the worker thread; it leaves its records
+        in ``take`` (its result may never reach the loop).
 
         While it runs, :meth:`_room_size` counts up to ``n`` more ready records: the take
         lowers the ready count before it returns (the records are decoded after), and
         until the records are counted as taken out a put would find room that they
         still take up, and keep taking up if a cancelled caller gives them back."""
         core = self._core
-        with core.lock:  # the ready count cannot change between this look and the take
-            self._taking = min(n, core.ready_hint())
-            self._take_seq += 1  # odd while the take runs
-            try:
-                recs = core.take(n, ttl, buffered=False, holding=holding, deadline=deadline)
-                self._taken_out += len(recs)
-            finally:
-                self._take_seq += 1
-        return recs
+        recs: list[Taken] = []
+        with take.lock:
+            skip = take.cancelled
+        try:
+            if not skip:
+                with core.lock:  # the ready count cannot change between this look and the take
+                    self._taking = min(n, core.ready_hint())
+                    self._take_seq += 1  # odd while the take runs
+                    try:
+                        recs = core.take(n, ttl, buffered=False, holding=take.holding,
+                                         deadline=deadline)
+                        self._taken_out += len(recs)
+                    finally:
+                        self._take_seq += 1
+        finally:
+            with take.lock:
+                take.finished = True
+                cancelled = take.cancelled
+                if not cancelled:
+                    take.taken = recs
+            if cancelled:  # counted by the caller as a give-back under way
+                self._restore_on_worker(recs, take.leased, take.holding)
+
+    def _give_back_untaken(self) -> None:
+        """Give back what takes left for callers that never claimed it: their loop stopped
+        before they resumed. For a queue closed from another loop, once the worker ended;
+        on the thread that closes it."""
+        for take in list(self._takes_out):
+            recs, _running = take.claim(cancel=True)
+            if recs:
+                self._backs_sent += 1
+                self._restore_on_worker(recs, take.leased, take.holding)
+        self._takes_out.clear()
 
     def _room_size(self) -> int:
         """:meth:`qsize` for a put's check for room: also counts the records a take

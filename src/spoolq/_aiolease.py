@@ -29,7 +29,6 @@ class Leasing(Generic[T]):
 
     # Set up by Queue.__init__.
     _core: QueueCore
-    _unsettled: int
     # Defined by Queue and its other parts.
     _enter: Callable[[], None]
     _wake: Callable[[], None]
@@ -38,6 +37,9 @@ class Leasing(Generic[T]):
 
     if TYPE_CHECKING:
         async def _call(self, fn: Callable[..., R], *args: Any) -> R: ...
+
+        @property
+        def _unsettled(self) -> int: ...
 
     async def lease(self, *, ttl: float = 30.0, timeout: float | None = None) -> Message[T]:
         """Lease the oldest item for ``ttl`` seconds; settle it with ``ack`` or ``nack``.

@@ -20,7 +20,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._aiogiveback import GivingBack
+from ._aiogiveback import GivingBack, TakeOnWorker
 from ._aiolease import Leasing
 from ._aiowait import Turn, Waiting, wake_one
 from ._outage import Outage
@@ -82,7 +82,9 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         # atomic), so whatever value a change leaves differs from any seen before it.
         self._changes = itertools.count(1)
         self._epoch = 0
-        self._unsettled = 0  # cancelled takes whose records have not come back yet
+        self._backs_sent = 0  # give-backs under way: see GivingBack._unsettled
+        self._backs_done = 0
+        self._takes_out: set[TakeOnWorker] = set()
         # Records taken on the worker and not handed to a caller yet, or given back and not
         # restored yet: still in the queue for qsize(), or a put would find room that a
         # give-back fills again. Two counters, each written by one thread only (taken_out by
@@ -476,6 +478,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         self._worker.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._worker.join)
+        await loop.run_in_executor(None, self._give_back_untaken)  # the loop stopped first
         await loop.run_in_executor(None, self._core.close)
 
     async def __aenter__(self) -> Queue[T]:
