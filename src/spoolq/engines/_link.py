@@ -167,11 +167,18 @@ class Dialing:
         self._handle: socket.socket | None = None  # a duplicate: TLS takes over the socket
         self._cut = False
 
+    @property
+    def was_cut(self) -> bool:
+        return self._cut
+
     def watch(self, sock: socket.socket) -> None:
+        """Cut ``sock`` too (in place of the socket watched before) on :meth:`cut`."""
         with self._lock:
             if self._cut:
                 sock.close()
                 raise ConnectionLost("the connection was cut while it was being made")
+            if self._handle is not None:
+                self._handle.close()
             self._handle = sock.dup()
 
     def cut(self) -> None:
@@ -238,7 +245,8 @@ class Link:
             except ConnectionLost as exc:
                 if (ssl_context is not None or self.proto.version is not None
                         or isinstance(exc, ReplyLate)
-                        or not self._speaks_tls(address, deadline)):
+                        or (dialing is not None and dialing.was_cut)
+                        or not self._speaks_tls(address, deadline, dialing)):
                     raise
                 raise TLSMismatch(
                     f"the server at {self.where} closed the connection without the spoolq "
@@ -304,7 +312,8 @@ class Link:
             raise
         return sock
 
-    def _speaks_tls(self, address: RemoteAddress, deadline: float) -> bool:
+    def _speaks_tls(self, address: RemoteAddress, deadline: float,
+                    dialing: Dialing | None) -> bool:
         """Whether the server answers a TLS handshake (on a connection of its own): asked
         when it closed a connection without TLS before its greeting, which is what a TLS
         server does with a client that does not speak TLS."""
@@ -315,9 +324,11 @@ class Link:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            with socket.create_connection((address.host, address.port), left) as sock, \
-                    probe.wrap_socket(sock, server_hostname=address.host):
-                return True
+            with socket.create_connection((address.host, address.port), left) as sock:
+                if dialing is not None:
+                    dialing.watch(sock)
+                with probe.wrap_socket(sock, server_hostname=address.host):
+                    return True
         except ssl.SSLError as exc:  # a TLS alert: a TLS server refused this handshake
             return "ALERT" in str(exc.reason)
         except OSError:
