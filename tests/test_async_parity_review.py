@@ -1,5 +1,6 @@
 """Queue (asyncio) against what a user of asyncio.Queue expects: a call cancelled while the
-worker holds what it took, and a loop that stops with such a call under way."""
+worker holds what it took, a loop that stops with such a call under way, and a shut-down
+queue drained while another get is receiving its last item."""
 
 from __future__ import annotations
 
@@ -169,3 +170,62 @@ def test_a_get_whose_loop_stops_before_it_resumes_gives_its_item_back_at_close(
     finally:
         loop.close()
     assert _left_in(path) == ["x"]
+
+
+# ---- shutdown: drained means nothing is on its way to a get either ----------------------
+
+
+def _hold_loop_until(done: threading.Event) -> None:
+    """Block the event loop until the worker thread has done something: its result then
+    waits for the loop, as it does whenever the loop is busy."""
+    assert done.wait(5)
+    time.sleep(0.01)  # the take returns and its result is sent to the loop
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+async def test_a_shut_down_queue_is_not_drained_while_a_get_receives_its_last_item(
+        tmp_path: Path, engine_name: str) -> None:
+    # A get that began while another was receiving the last item raised QueueShutDown at
+    # once (qsize() was 1); the other was then cancelled and gave the item back, which no
+    # consumer drained. get_nowait raised QueueShutDown too.
+    path = queue_path(tmp_path, engine_name)
+    engine = _Held(open_engine(path))
+    async with await Queue.create(path, engine=engine, poll_interval=30) as q:
+        await q.put("x")
+        first = asyncio.create_task(q.get())
+        await asyncio.sleep(0)  # its take is sent to the worker
+        _hold_loop_until(engine.took)
+        q.shutdown()
+        assert q.qsize() == 1
+        with pytest.raises(spoolq.Empty):  # not ready now, but not drained either
+            q.get_nowait()
+        second = asyncio.create_task(q.get())
+        await asyncio.sleep(0)  # it starts; the first has its item, not yet resumed
+        assert not second.done()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await asyncio.wait_for(second, 5) == "x"
+        assert q.qsize() == 0
+        with pytest.raises(spoolq.QueueShutDown):
+            q.get_nowait()
+        with pytest.raises(spoolq.QueueShutDown):
+            await asyncio.wait_for(q.get(), 5)
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+async def test_a_get_waiting_on_a_shut_down_queue_raises_once_the_last_item_is_received(
+        tmp_path: Path, engine_name: str) -> None:
+    path = queue_path(tmp_path, engine_name)
+    engine = _Held(open_engine(path))
+    async with await Queue.create(path, engine=engine, poll_interval=30) as q:
+        await q.put("x")
+        first = asyncio.create_task(q.get())
+        await asyncio.sleep(0)
+        _hold_loop_until(engine.took)
+        q.shutdown()
+        second = asyncio.create_task(q.get())
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(first, 5) == "x"
+        with pytest.raises(spoolq.QueueShutDown):
+            await asyncio.wait_for(second, 1)  # at once, not after the poll interval

@@ -236,6 +236,11 @@ class GivingBack:
                 self._restore_on_worker(recs, take.leased, take.holding)
         self._takes_out.clear()
 
+    def _drained(self) -> bool:
+        """Nothing left to hand out after a shutdown: no ready record, none a get is
+        receiving (it may yet be cancelled and give it back) and none on its way back."""
+        return not self._unsettled and self._room_size() == 0
+
     def _room_size(self) -> int:
         """:meth:`qsize` for a put's check for room: also counts the records a take
         running on the worker may have removed from the ready count and not yet counted

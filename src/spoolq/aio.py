@@ -292,7 +292,7 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
                         break
                     raise Empty("the oldest items are on their way back from a cancelled "
                                 "get and the timeout passed")
-                if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
+                if self._immediate or (self._shutdown and not got and self._drained()):
                     raise QueueShutDown("the queue is shut down")
                 if self._shutdown and got and core.ready_hint() == 0:
                     break  # nothing more can come: hand out the part batch
@@ -358,10 +358,10 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         """
         self._check()
         core = self._core
-        if self._immediate or (self._shutdown and core.ready_hint() == 0):
+        if self._immediate or (self._shutdown and self._drained()):
             raise QueueShutDown("the queue is shut down")
-        if self._unsettled:
-            raise Empty("the oldest items are on their way back from a cancelled get")
+        if self._unsettled or (self._shutdown and core.ready_hint() == 0):
+            raise Empty("the oldest items are on their way to a get or back from one")
         if core.ready_hint() == 0:
             core.refresh()
         recs = core.take(1, None) if core.ready_hint() else []
