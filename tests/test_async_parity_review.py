@@ -229,3 +229,23 @@ async def test_a_get_waiting_on_a_shut_down_queue_raises_once_the_last_item_is_r
         assert await asyncio.wait_for(first, 5) == "x"
         with pytest.raises(spoolq.QueueShutDown):
             await asyncio.wait_for(second, 1)  # at once, not after the poll interval
+
+
+# ---- a nack's delay ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine_name", ["memory", *ENGINES])
+async def test_a_waiting_get_returns_a_nacked_item_when_its_delay_ends(
+        tmp_path: Path, engine_name: str) -> None:
+    # The get looked again only after the poll interval (30 s here), however short the
+    # delay this handle's own nack had set.
+    async with await Queue.create(queue_path(tmp_path, engine_name), poll_interval=30) as q:
+        await q.put("x")
+        msg = await q.lease()
+        await q.nack(msg, delay=0.2)
+        started = time.monotonic()
+        getting = asyncio.create_task(q.get())
+        await asyncio.sleep(0.1)
+        assert not getting.done()  # not before the delay ends
+        assert await asyncio.wait_for(getting, 5) == "x"
+        assert time.monotonic() - started < 2
