@@ -47,9 +47,14 @@ class SyncWaiting:
         finally:
             self._sleepers -= 1
 
-    def _wait(self, deadline: float | None, ready: Callable[[], bool]) -> bool:
-        """Sleep until ``ready()`` may have changed; False when the deadline passed."""
+    def _wait(self, deadline: float | None, ready: Callable[[], bool],
+              wake_at: float | None = None) -> bool:
+        """Sleep until ``ready()`` may have changed; False when the deadline passed.
+        ``wake_at`` (``time.monotonic()``) ends the sleep sooner than the poll interval
+        would."""
         poll = self._core.settings.poll_interval
+        if wake_at is not None:
+            poll = min(poll, max(wake_at - time.monotonic(), 0.0))
         with self._cond:
             self._sleepers += 1
             try:
@@ -91,7 +96,8 @@ class SyncWaiting:
 
         With an engine that can long-poll it blocks there. After a take found
         nothing although the counts promised items (they are delayed by a nack),
-        it sleeps a poll interval instead of retrying at once.
+        it sleeps a poll interval instead of retrying at once, or less: until records
+        that a nack of this handle delayed become visible.
         """
         core = self._core
         if core.can_wait_ready and core.ready_hint() == 0 and not self._shutdown:
@@ -114,5 +120,5 @@ class SyncWaiting:
                 core.refresh(deadline)
             return True
         if took_nothing:  # items are promised but delayed: wait a poll unless closing
-            return self._wait(deadline, lambda: self._immediate)
+            return self._wait(deadline, lambda: self._immediate, core.next_visible())
         return self._wait(deadline, lambda: core.ready_hint() > 0 or self._shutdown)

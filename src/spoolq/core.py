@@ -131,6 +131,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
         self.counters = {"puts": 0, "gets": 0, "acks": 0, "nacks": 0, "redelivered": 0}
         self._unfinished = 0
         self._task_dones = 0
+        self._visible_at: list[float] = []  # see Settling.next_visible
         self._next_reap = 0.0
         self._next_owner_check = 0.0
         self._last_refresh = 0.0

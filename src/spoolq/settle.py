@@ -7,6 +7,7 @@ it works on the core's state under the core's lock, as the rest of the core does
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,9 @@ from .message import Message
 from .settings import Settings, check_seconds
 
 __all__ = ["Settling"]
+
+_VISIBLE_MARGIN = 0.005
+"""Seconds past a nack's delay a waiting call looks again for the records it delayed."""
 
 
 def _not_a_message(arg: object, what: str) -> str:
@@ -50,6 +54,7 @@ class Settling:
     _task_dones: int
     _tally: threading.Lock
     _counts: Counts
+    _visible_at: list[float]  # (a heap, under _tally) see next_visible()
     # Defined by QueueCore and its other parts.
     _check_open: Callable[[], None]
     _refresh_locked: Callable[..., Counts]
@@ -114,6 +119,12 @@ class Settling:
                                             max_attempts=self.settings.max_attempts,
                                             reason=reason or "nacked")
             self._refresh_locked()
+            if delay and done:
+                # A little late rather than early: the engine's time is the wall clock's,
+                # read before this.
+                with self._tally:
+                    heapq.heappush(self._visible_at,
+                                   time.monotonic() + delay + _VISIBLE_MARGIN)
             self.counters["nacks"] += len(done)
             max_attempts = self.settings.max_attempts
             if max_attempts is not None and done:
@@ -124,6 +135,16 @@ class Settling:
                                     if ident in released and attempts >= max_attempts}))
         self._notify()
         self._raise_missing(deliveries, done, "nack")
+
+    def next_visible(self) -> float | None:
+        """When (``time.monotonic()``) records that a nack of this handle delayed next
+        become visible; None if none is delayed now. A call that waits for items and whose
+        take found none looks again then, not only at its next poll."""
+        with self._tally:
+            due, now = self._visible_at, time.monotonic()
+            while due and due[0] <= now:
+                heapq.heappop(due)
+            return due[0] if due else None
 
     @staticmethod
     def _raise_missing(deliveries: list[tuple[int, int]], done: list[int], what: str) -> None:
