@@ -1,46 +1,28 @@
 """The LMDB engine: a memory-mapped B+tree file that many processes share safely.
 
-Layout. ``path`` is the data file itself (LMDB's ``subdir=False``), so a queue
-is one file like an SQLite one; LMDB keeps its reader table in
-``<path>-lock`` beside it. The file holds seven named sub-databases:
+Layout. ``path`` is the data file itself (LMDB's ``subdir=False``), so a queue is one
+file like an SQLite one; LMDB keeps its reader table in ``<path>-lock`` beside it. The
+file holds seven named sub-databases: ``meta`` (``application``, ``format_version``,
+codec settings); ``counters`` (the id and queue-number counters); ``queues`` (queue
+name -> its number and its counts, changed in the same transaction as the records, so
+:meth:`counts` is O(1) and right across processes); ``ready`` (queue number (4 bytes) +
+record id (8 bytes, big-endian) -> record, so a cursor walks a queue in FIFO order);
+``delayed`` (queue number + visible_at + id -> record released with a delay: each
+``take`` first moves the ones now due back to ``ready``, stopping at the first that is
+not, so a delayed record at the head never makes a take scan the queue); ``leased``
+(queue number + id -> lease (until, owner) + record); ``delayed_ids`` (queue number + id
+-> the record's key in ``delayed``, so ``peek`` and ``move`` walk delayed records in id
+order with a cursor; format 2: a format 1 file is upgraded when opened for writing).
+Ids come from one counter for the whole file, written in the same transaction as the
+records: they only grow and are never reused.
 
-- ``meta``: metadata (``application``, ``format_version``, codec settings);
-- ``counters``: the id counter and the queue-number counter;
-- ``queues``: queue name -> its number and its counts (ready, leased, stored
-  and raw bytes), changed in the same transaction as the records, so
-  :meth:`counts` is O(1) and right across processes;
-- ``ready``: queue number (4 bytes) + record id (8 bytes, big-endian) ->
-  record, so a cursor walks a queue in FIFO order;
-- ``delayed``: queue number + visible_at + id -> record, for records released
-  with a delay; each ``take`` first moves the ones now due back to ``ready``
-  (stopping at the first that is not), so a delayed record at the head never
-  makes a take scan the queue;
-- ``leased``: queue number + id -> lease (until, owner) + record;
-- ``delayed_ids``: queue number + id -> the record's key in ``delayed``, so
-  ``peek`` and ``move`` walk delayed records in id order with a cursor (format
-  2; a format 1 file is upgraded when opened for writing).
-
-Ids come from one counter for the whole file, written in the same transaction
-as the records: they only grow and are never reused.
-
-Costs. Each call is one LMDB transaction; readers never block the writer or
-each other, and writers from every process take turns on LMDB's own lock.
-``take``, ``ack`` and ``append`` are O(log n) per record; ``expire`` and
-``owners`` walk the queue's leased records (``peek_leased`` only up to the
-last it returns). Records are read through cursors, never all at once. The
-map (LMDB's view of the file) starts at ``map_size`` bytes and doubles whenever
-a write does not fit; the file grows only with the data, and freed pages are
-reused.
-
-Durability. ``durability="fsync"`` (``sync=True, metasync=True``) flushes
-data and meta pages on every commit: a returned call survives power loss.
-``"commit"`` and ``"buffer"`` use ``metasync=False``: one flush per commit
-instead of two; a killed process loses nothing, and a power cut never damages
-the file but may undo the last commit. ``engine_options={"sync": False}``
-drops the flush altogether (10 to 40 times faster commits here): committed
-transactions then sit in the OS page cache and survive a killed process, but
-after a power cut the file can be damaged unless the file system keeps write
-order (LMDB's own warning for ``MDB_NOSYNC``).
+Costs. Each call is one LMDB transaction; readers never block the writer or each other,
+and writers from every process take turns on LMDB's own lock. ``take``, ``ack`` and
+``append`` are O(log n) per record; ``expire`` and ``owners`` walk the queue's leased
+records (``peek_leased`` only up to the last it returns). Records are read through
+cursors, never all at once. The map (LMDB's view of the file) doubles whenever a write
+does not fit; the file grows only with the data, and freed pages are reused. What each
+``durability`` keeps through a crash or a power cut: docs/engines.md.
 """
 
 from __future__ import annotations
@@ -91,6 +73,39 @@ _MAX_GROWTH = 40
 _data, _raw_size = itemgetter(1), itemgetter(2)
 
 
+def _unusable(path: str, read_only: bool, cause: object) -> tuple[bool, str] | None:
+    """Why LMDB (whose error is ``cause``) could not open the queue file or its ``-lock``
+    file: (whether to read without LMDB's lock, as no process holds it; a message) or None."""
+    lock, need = path + "-lock", "read" if read_only else "write"
+    for name in (path, lock):
+        try:
+            os.close(os.open(name, os.O_RDONLY if read_only and name == path else os.O_RDWR))
+        except OSError as err:
+            why = err.strerror if os.path.lexists(name) else str(cause).rpartition(": ")[2]
+            if name == path:
+                return False, (f"{path} cannot be opened to {need} ({why}): this needs {need} "
+                               "access to the file")
+            alone, is_dir = read_only and not _held(lock), os.path.isdir(lock)
+            wrong = f"{path}: its lock file {lock} " + (
+                "is a directory" if is_dir else f"cannot be written ({why})")
+            doing = "reading it while another process may have it open" if read_only else "writing"
+            return alone, wrong if alone else wrong + (": remove it" if is_dir else (
+                f": every process that opens the queue records itself there, so {doing} "
+                "needs write access to it"))
+    return None
+
+
+def _held(lock: str) -> bool:
+    """Whether a process may have the queue open (each holds a lock on ``lock``'s byte 0)."""
+    import fcntl  # POSIX only
+    try:  # struct flock: type, whence, start, len, pid
+        with open(lock, "rb") as f:
+            got = fcntl.fcntl(f, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0))
+    except OSError as exc:  # none can without that file; else this cannot be told
+        return not isinstance(exc, (FileNotFoundError, IsADirectoryError))
+    return bool(struct.unpack_from("hhqqi", got)[0] != fcntl.F_UNLCK)
+
+
 class _LMDBStore(LeaseSettling, Maintaining):
     """One LMDB environment; see the module docstring."""
 
@@ -100,16 +115,15 @@ class _LMDBStore(LeaseSettling, Maintaining):
                  map_size: int, max_readers: int) -> None:
         self.path = path
         self._read_only, self._sync, self._metasync = read_only, sync, metasync
-        self._max_readers = max_readers
+        self._max_readers, self._unlocked = max_readers, False  # _unlocked: see _alone
         self._pages = PageEnds()  # valid for one snapshot: keyed by the read txn's id
         with opening.no_lock_file_left(path):
             self._open(map_size)
 
     def _open(self, map_size: int) -> None:
         """Open the environment with a map of ``map_size`` bytes, and its sub-databases."""
-        self._env = opening.open_environment(
-            self.path, read_only=self._read_only, sync=self._sync, metasync=self._metasync,
-            map_size=map_size, max_readers=self._max_readers)
+        self._env = self._environment(map_size)
+        self._unlocked = not self._env.flags()["lock"]
         try:
             layout = opening.open_layout(self._env, self.path, self._read_only, self._write)
         except BaseException:
@@ -118,6 +132,30 @@ class _LMDBStore(LeaseSettling, Maintaining):
         self._meta, self._counters, self._queues = layout.meta, layout.counters, layout.queues
         self._ready, self._delayed, self._leased = layout.ready, layout.delayed, layout.leased
         self._ids = layout.ids
+
+    def _environment(self, map_size: int) -> lmdb.Environment:
+        """The environment; without LMDB's lock for a reader that cannot use it."""
+        if not self._unlocked:
+            try:
+                return opening.open_environment(
+                    self.path, read_only=self._read_only, sync=self._sync,
+                    metasync=self._metasync, map_size=map_size, max_readers=self._max_readers)
+            except EngineError as exc:
+                if type(exc) is not EngineError or (found := _unusable(
+                        self.path, self._read_only, exc.__cause__)) is None:
+                    raise
+                if not found[0]:
+                    raise EngineError(found[1]) from exc
+                log.info("spoolq: %s: reading it without LMDB's lock", found[1])
+        try:
+            env = lmdb.Environment(self.path, subdir=False, readonly=True, create=False,
+                                   lock=False, map_size=map_size, max_dbs=len(fmt.DB_NAMES))
+            if os.path.getsize(self.path) >= (env.info()["last_pgno"] + 1) * env.stat()["psize"]:
+                return env
+        except lmdb.Error as exc:
+            raise fmt.translate(exc, self.path, "open") from exc
+        env.close()  # pages past the end would fault if read
+        raise CorruptError(f"{self.path} is truncated")
 
     def _index(self) -> Db:
         """The ``delayed_ids`` sub-database, which every writable handle has."""
@@ -146,15 +184,29 @@ class _LMDBStore(LeaseSettling, Maintaining):
                           f"{self._env.info()['map_size']} bytes")
 
     def _read(self, what: str, body: Callable[[Txn], T]) -> T:
+        """Run ``body`` in one read transaction (without LMDB's lock, see :meth:`_alone`)."""
         for _ in range(2):
             try:
+                self._alone(what)
                 with self._env.begin() as txn:
-                    return body(txn)
+                    try:
+                        return body(txn)
+                    finally:  # pages a writer reused may have made body fail, or read wrong
+                        self._alone(what, txn)
             except lmdb.MapResizedError:
                 self._resize(what, 0)
             except lmdb.Error as exc:
                 raise fmt.translate(exc, self.path, what) from exc
         raise EngineError(f"{self.path}: {what} failed: the map kept being resized")
+
+    def _alone(self, what: str, txn: Txn | None = None) -> None:
+        """Read without LMDB's lock (and its reader table, which keeps writers off the pages
+        read), raise if another process opened the queue, or committed twice since ``txn``."""
+        if self._unlocked and (_held(self.path + "-lock") or (
+                txn is not None and self._env.info()["last_txnid"] > txn.id() + 1)):
+            raise EngineError(f"{self.path}: {what} failed: another process opened the queue, "
+                              f"which this one reads without LMDB's lock ({self.path}-lock "
+                              "cannot be written): read it once no process has it open")
 
     def _resize(self, what: str, size: int) -> None:
         """Set the map to ``size`` bytes (0: the size another process grew it to).
