@@ -1,7 +1,14 @@
-"""SyncQueue's waiting calls look again when a nack's delay ends."""
+"""SyncQueue's waiting calls look again when a nack's delay ends; join() and task_done()
+count unfinished tasks as queue.Queue and asyncio.Queue do."""
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -10,7 +17,7 @@ import pytest
 
 import spoolq
 
-from .conftest import queue_path
+from .conftest import SHARED_ENGINES, queue_path
 
 ENGINES = ["lmdb", "memory", "sqlite"]
 
@@ -88,3 +95,174 @@ def test_a_timeout_shorter_than_the_delay_still_raises_empty(path: str) -> None:
             q.get(timeout=0.3)
         assert time.monotonic() - started < 1.0
         assert q.get(timeout=5) == "x"
+
+
+# ---- task_done and join count as queue.Queue does ---------------------------------------
+
+
+def _join_within(q: spoolq.SyncQueue[object], seconds: float) -> bool:
+    """Whether q.join() returns within ``seconds`` (it goes on in a daemon thread if not)."""
+    t = threading.Thread(target=q.join, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()
+
+
+def test_task_done_before_the_get_it_stands_for_lets_join_return(path: str) -> None:
+    with spoolq.SyncQueue.create(path, poll_interval=0.05) as q:
+        q.put("a")
+        q.put("b")
+        q.task_done()
+        assert q.stats["unfinished"] == 1
+        assert q.get(timeout=5) == "a"
+        assert q.get(timeout=5) == "b"
+        assert q.stats["unfinished"] == 1
+        q.task_done()
+        assert q.stats["unfinished"] == 0
+        assert _join_within(q, 5)
+        with pytest.raises(ValueError):
+            q.task_done()
+
+
+def test_task_done_ahead_of_every_get_lets_join_return(path: str) -> None:
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+        q.task_done()
+        q.task_done()
+        assert _join_within(q, 5)
+        with pytest.raises(ValueError):
+            q.task_done()
+        assert q.get_many(2, timeout=5) == ["a", "b"]
+        assert q.stats["unfinished"] == 0
+        with pytest.raises(ValueError):
+            q.task_done()
+
+
+def _random_ops(seed: int, n: int = 200) -> list[str]:
+    rng = random.Random(seed)
+    return [rng.choice(["put", "put", "get", "task_done", "task_done", "join"])
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sync_unfinished_counts_as_queue_queue(path: str, seed: int) -> None:
+    ref: queue.Queue[int] = queue.Queue()
+    with spoolq.SyncQueue.create(path) as q:
+        for step, op in enumerate(_random_ops(seed)):
+            if op == "put":
+                ref.put(step)
+                q.put(step)
+            elif op == "get":
+                try:
+                    expected = ref.get_nowait()
+                except queue.Empty:
+                    with pytest.raises(queue.Empty):
+                        q.get_nowait()
+                else:
+                    assert q.get(timeout=5) == expected
+            elif op == "task_done":
+                try:
+                    ref.task_done()
+                except ValueError:
+                    with pytest.raises(ValueError):
+                        q.task_done()
+                else:
+                    q.task_done()
+            else:
+                assert _join_within(q, 0.5 if not ref.unfinished_tasks else 0.0) == (
+                    ref.unfinished_tasks == 0), (step, ref.unfinished_tasks)
+            assert q.stats["unfinished"] == ref.unfinished_tasks, (step, op)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_async_unfinished_counts_as_asyncio_queue(path: str, seed: int) -> None:
+    async def run() -> None:
+        ref: asyncio.Queue[int] = asyncio.Queue()
+        unfinished = 0  # asyncio.Queue's own count, kept as it keeps it
+        async with await spoolq.Queue.create(path) as q:
+            for step, op in enumerate(_random_ops(seed)):
+                if op == "put":
+                    ref.put_nowait(step)
+                    unfinished += 1
+                    await q.put(step)
+                elif op == "get":
+                    try:
+                        expected = ref.get_nowait()
+                    except asyncio.QueueEmpty:
+                        with pytest.raises(asyncio.QueueEmpty):
+                            q.get_nowait()
+                    else:
+                        assert await asyncio.wait_for(q.get(), 5) == expected
+                elif op == "task_done":
+                    try:
+                        ref.task_done()
+                    except ValueError:
+                        with pytest.raises(ValueError):
+                            q.task_done()
+                    else:
+                        unfinished -= 1
+                        q.task_done()
+                else:
+                    joining = asyncio.ensure_future(q.join())
+                    await asyncio.sleep(0.05)
+                    assert joining.done() == (unfinished == 0), step
+                    joining.cancel()
+                assert q.stats["unfinished"] == unfinished, (step, op)
+
+    asyncio.run(run())
+
+
+def test_async_task_done_before_the_get_lets_join_return(path: str) -> None:
+    async def run() -> None:
+        async with await spoolq.Queue.create(path) as q:
+            await q.put("a")
+            await q.put("b")
+            q.task_done()
+            assert await q.get() == "a"
+            assert await q.get() == "b"
+            q.task_done()
+            await asyncio.wait_for(q.join(), 5)
+            with pytest.raises(ValueError):
+                q.task_done()
+
+    asyncio.run(run())
+
+
+CONSUMER = textwrap.dedent("""
+    import sys, spoolq
+    path, n = sys.argv[1], int(sys.argv[2])
+    with spoolq.SyncQueue.create(path) as q:
+        for _ in range(n):
+            q.get(timeout=10)
+            q.task_done()
+""")
+
+PRODUCER = textwrap.dedent("""
+    import sys, spoolq
+    with spoolq.SyncQueue.create(sys.argv[1]) as q:
+        q.put("theirs")
+""")
+
+
+@pytest.mark.parametrize("engine", SHARED_ENGINES)
+def test_task_done_ahead_of_items_another_process_took_does_not_cover_later_gets(
+        tmp_path: Path, engine: str) -> None:
+    path = queue_path(tmp_path, engine)
+    with spoolq.SyncQueue.create(path, poll_interval=0.05) as q:
+        q.put_many(["a", "b"])
+        q.task_done()
+        q.task_done()
+        assert _join_within(q, 5)
+        subprocess.run([sys.executable, "-c", CONSUMER, path, "2"], check=True, timeout=30)
+        with pytest.raises(spoolq.Empty):
+            q.get_nowait()  # this handle sees the queue empty
+        subprocess.run([sys.executable, "-c", PRODUCER, path], check=True, timeout=30)
+        # This handle's task_done calls stood for "a" and "b", which another process
+        # took: the item it takes now is unfinished until its own task_done.
+        assert q.get(timeout=5) == "theirs"
+        assert q.stats["unfinished"] == 1
+        assert not _join_within(q, 0.3)
+        q.task_done()
+        assert _join_within(q, 5)
+        with pytest.raises(ValueError):
+            q.task_done()

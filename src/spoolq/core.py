@@ -174,14 +174,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
         counts = self._counts = self.engine.counts(self.name)
         self._last_refresh = time.monotonic()
         if not counts.ready and not counts.leased:
-            # Nothing is left anywhere: whoever took the items this handle waits for (other
-            # handles and processes, whose task_done it never hears of), they are gone;
-            # those this handle took itself stay unfinished until their task_done.
-            # Under _tally, so that no put is counted between the check and the reset.
-            with self._tally:
-                if not self.group.unwritten():
-                    self._unfinished = max(
-                        min(self._unfinished, self.counters["gets"] - self._task_dones), 0)
+            self._nothing_left()
         if dead:
             self._dead = self.engine.counts(self.dead_name).ready
             self._last_dead_refresh = self._last_refresh

@@ -168,14 +168,29 @@ class Settling:
         and processes)."""
         return max(self._unfinished, self.counters["gets"] - self._task_dones)
 
-    def task_done(self) -> None:
+    def _nothing_left(self) -> None:
+        """The file holds nothing, ready or leased: whoever took the items this handle
+        waits for (other handles and processes, whose task_done it never hears of), they
+        are gone; those this handle took itself stay unfinished until their task_done."""
+        # Under _tally, so that no put is counted between the check and the reset.
         with self._tally:
-            taken = self.counters["gets"] - self._task_dones
-            if self._unfinished <= 0 and taken <= 0:
+            if self.group.unwritten():
+                return
+            gets = self.counters["gets"]
+            self._unfinished = max(min(self._unfinished, gets - self._task_dones), 0)
+            # task_done calls ahead of this handle's gets stood for items others took.
+            self._task_dones = min(self._task_dones, gets)
+
+    def task_done(self) -> None:
+        # Counted in both tallies, as queue.Queue counts it, whether or not the get it
+        # stands for came first: put, put, task_done, get, get, task_done leaves nothing
+        # unfinished. A task_done ahead of gets makes ``gets - task_dones`` negative until
+        # they come, which the max in ``unfinished`` covers (see _refresh_locked).
+        with self._tally:
+            if self.unfinished <= 0:
                 raise ValueError("task_done() called too many times")
             self._unfinished = max(self._unfinished - 1, 0)
-            if taken > 0:
-                self._task_dones += 1
+            self._task_dones += 1
 
     def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
         with self.lock:

@@ -432,7 +432,8 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
     # ---- sizes, join, shutdown ----------------------------------------------------------
 
     def task_done(self) -> None:
-        """Mark one item taken with ``get`` as processed; ValueError if none is unfinished."""
+        """Mark one task as processed, counted as ``queue.Queue`` counts it (before or after
+        the ``get`` it stands for); ValueError if none is unfinished."""
         self._core.task_done()
         with self._cond:
             self._all_done.notify_all()
