@@ -266,3 +266,29 @@ def test_task_done_ahead_of_items_another_process_took_does_not_cover_later_gets
         assert _join_within(q, 5)
         with pytest.raises(ValueError):
             q.task_done()
+
+
+def test_joins_waiting_in_other_threads_return_when_the_queue_closes(path: str) -> None:
+    # A join() that read the closed flag just before close() set it went on to read the
+    # file's counts once the file was closed: it raised ClosedError instead of returning,
+    # as shutdown(immediate=True) makes it.
+    errors: list[BaseException] = []
+
+    def joiner(q: spoolq.SyncQueue[int]) -> None:
+        try:
+            q.join()
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(40):
+        q: spoolq.SyncQueue[int] = spoolq.SyncQueue.create(path, poll_interval=0.001)
+        q.put_many(range(10))
+        threads = [threading.Thread(target=joiner, args=(q,)) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.01)
+        q.close()
+        for thread in threads:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []

@@ -1,6 +1,6 @@
 """How the thread-safe queue waits: the sleepers counted on its condition, the wake-ups
-sent to them, the count of calls that close() lets finish, and the cancel handles of gets
-blocked in an engine's long-poll.
+sent to them, the count of calls that close() lets finish, the cancel handles of gets
+blocked in an engine's long-poll, and the waits of blocked calls for a server that is away.
 
 :class:`SyncWaiting` is a part of :class:`spoolq.sync.SyncQueue`, kept in its own module;
 it works on the queue's state under the queue's condition, as the rest of the queue does.
@@ -12,8 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._outage import Outage
 from .core import QueueCore
 from .engines import WaitCancel
+from .errors import Unavailable
 
 __all__ = ["SyncWaiting"]
 
@@ -29,6 +31,7 @@ class SyncWaiting:
     _calls: int
     _sleepers: int
     _long_polls: set[WaitCancel]
+    _outage: Outage
 
     def _wake(self) -> None:
         # A sleeper is counted (under self._cond) before it checks its condition: a change
@@ -70,6 +73,17 @@ class SyncWaiting:
                 return True
             finally:
                 self._sleepers -= 1
+
+    def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
+        """Wait a while for the engine's server to come back; False once the deadline has
+        passed (the blocked call then raises ``error``)."""
+        until = self._outage.retry_at(self._core.name, error, deadline)
+        if until is None:
+            return False
+        with self._cond:
+            while not (self._shutdown or self._immediate) and time.monotonic() < until:
+                self._sleep(until - time.monotonic())
+        return True
 
     def _enter_call(self) -> None:
         with self._cond:

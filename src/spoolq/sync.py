@@ -308,17 +308,6 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                     raise
         return got
 
-    def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
-        """Wait a while for the engine's server to come back; False once the deadline has
-        passed (the blocked call then raises ``error``)."""
-        until = self._outage.retry_at(self._core.name, error, deadline)
-        if until is None:
-            return False
-        with self._cond:
-            while not (self._shutdown or self._immediate) and time.monotonic() < until:
-                self._sleep(until - time.monotonic())
-        return True
-
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         """Remove and return the oldest item, waiting for one if needed.
 
@@ -451,7 +440,11 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                 if not core.unfinished or self._immediate:
                     return
             if core.refresh_due() and not core.closed:  # not under self._cond (lock order)
-                core.refresh()
+                try:
+                    core.refresh()
+                except ClosedError:
+                    if not self._immediate:  # set by close() before it closes the file
+                        raise
 
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
