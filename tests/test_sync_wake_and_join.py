@@ -292,3 +292,14 @@ def test_joins_waiting_in_other_threads_return_when_the_queue_closes(path: str) 
             thread.join(5)
         assert not any(thread.is_alive() for thread in threads)
         assert errors == []
+
+
+def test_delays_that_ended_are_not_kept(path: str) -> None:
+    # Every nack with a delay kept its time for good when no get waited for it (an async
+    # Queue never asks the core for it): memory grew with each one.
+    with spoolq.SyncQueue.create(path) as q:
+        q.put("x")
+        for _ in range(50):
+            q.nack(q.lease(timeout=5), delay=0.001)
+            time.sleep(0.01)
+        assert len(q._core._visible_at) <= 1

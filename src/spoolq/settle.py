@@ -121,7 +121,8 @@ class Settling:
             self._refresh_locked()
             if delay and done:
                 # A little late rather than early: the engine's time is the wall clock's,
-                # read before this.
+                # read before this. Times past are dropped here too, waited for or not.
+                self.next_visible()
                 with self._tally:
                     heapq.heappush(self._visible_at,
                                    time.monotonic() + delay + _VISIBLE_MARGIN)
