@@ -32,7 +32,6 @@ class Leasing(Generic[T]):
     # Defined by Queue and its other parts.
     _enter: Callable[[], None]
     _wake: Callable[[], None]
-    _delayed: Callable[[float], None]
     _take: Callable[[int | None, float | None, float | None], Coroutine[Any, Any, list[Taken]]]
     _await_give_backs: Callable[[], Coroutine[Any, Any, None]]
 
@@ -70,11 +69,7 @@ class Leasing(Generic[T]):
         """Return leased items to their place in line, visible again after ``delay`` seconds."""
         check_seconds("delay", delay)
         self._enter()
-        try:
-            await self._call(self._core.nack, messages, delay)
-        finally:  # also when it raised for some: it settled the others
-            if delay:
-                self._delayed(delay)
+        await self._call(self._core.nack, messages, delay)
 
     @asynccontextmanager
     async def leased(self, *, ttl: float = 30.0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import time
 import weakref
@@ -27,9 +26,6 @@ from .settings import check_seconds
 from .worker import Worker, wait_pool
 
 __all__ = ["Turn", "Waiting", "wake_one"]
-
-_VISIBLE_MARGIN = 0.005
-"""Seconds past a nack's delay a waiting get looks again for the record it delayed."""
 
 
 def _settle(tickets: list[Ticket]) -> None:
@@ -84,7 +80,6 @@ class Waiting:
     _sleeping = 0  # calls in line asleep in _wait (read by other threads' wake-ups)
     _changes: itertools.count[int]
     _epoch: int
-    _visible_at: list[float]  # (a heap) when records this handle's nacks delayed show again
     # Defined by Queue.
     _call: Callable[..., Coroutine[Any, Any, Any]]
 
@@ -306,25 +301,10 @@ class Waiting:
             return await self._share_long_poll(deadline)
         if empty_since is not None:
             return await self._wait(deadline, lambda: self._epoch != empty_since,
-                                    wake_at=self._next_visible())
+                                    wake_at=core.next_visible())
         if await self._wait(deadline, lambda: self._my_turn(turn), turn):
             return True
         return core.ready_hint() > 0  # out of time: one look out of turn (_may_take)
-
-    def _delayed(self, delay: float) -> None:
-        """A nack of this handle made records visible again in ``delay`` seconds: a get
-        whose take finds nothing looks again then, not only at its next poll."""
-        # A little late rather than early: the engine's time is the wall clock's, read
-        # on the worker before this.
-        heapq.heappush(self._visible_at, time.monotonic() + delay + _VISIBLE_MARGIN)
-
-    def _next_visible(self) -> float | None:
-        """When records a nack of this handle delayed next become visible; None if none
-        are delayed now."""
-        due, now = self._visible_at, time.monotonic()
-        while due and due[0] <= now:
-            heapq.heappop(due)
-        return due[0] if due else None
 
     async def _share_long_poll(self, deadline: float | None) -> bool:
         """Wait for the long-poll this handle's waiting gets share, starting one if none

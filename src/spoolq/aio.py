@@ -83,7 +83,6 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         self._changes = itertools.count(1)
         self._epoch = 0
         self._backs_sent = self._backs_done = 0  # give-backs under way: GivingBack._unsettled
-        self._visible_at: list[float] = []
         self._takes_out: set[TakeOnWorker] = set()
         # Records taken on the worker and not handed to a caller yet, or given back and not
         # restored yet: still in the queue for qsize(), or a put would find room that a
