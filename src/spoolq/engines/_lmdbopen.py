@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["Layout", "check_options", "no_lock_file_left", "open_environment", "open_layout"]
+__all__ = ["Layout", "check_options", "lock_held", "no_lock_file_left", "open_environment",
+           "open_layout", "unusable"]
 
 log = logging.getLogger("spoolq")
 
@@ -246,3 +248,39 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
     except lmdb.Error as exc:
         raise fmt.translate(exc, path, "open") from exc
     return Layout(meta, counters, queues, ready, delayed, leased, ids)
+
+
+def unusable(path: str, read_only: bool, cause: object) -> tuple[bool, str] | None:
+    """Why LMDB (whose error is ``cause``) could not open the queue file or its ``-lock``
+    file: (whether to read without LMDB's lock, as no process holds it; a message) or None."""
+    lock, need = path + "-lock", "read" if read_only else "write"
+    for name in (path, lock):
+        try:
+            os.close(os.open(name, os.O_RDONLY if read_only and name == path else os.O_RDWR))
+        except OSError as err:
+            why = err.strerror if os.path.lexists(name) else str(cause).rpartition(": ")[2]
+            if name == path:
+                return False, (f"{path} cannot be opened to {need} ({why}): this needs {need} "
+                               "access to the file")
+            alone, is_dir = read_only and not lock_held(lock), os.path.isdir(lock)
+            wrong = f"{path}: its lock file {lock} " + (
+                "is a directory" if is_dir else f"cannot be written ({why})")
+            doing = "reading it while another process may have it open" if read_only else "writing"
+            return alone, wrong if alone else wrong + (": remove it" if is_dir else (
+                f": every process that opens the queue records itself there, so {doing} "
+                "needs write access to it"))
+    return None
+
+
+def lock_held(lock: str) -> bool:
+    """Whether a process may have the queue open (each holds a lock on ``lock``'s byte 0).
+    Told on Linux only, whose ``struct flock`` this reads; elsewhere it may always be."""
+    if not sys.platform.startswith("linux"):
+        return True
+    import fcntl
+    try:  # struct flock: type, whence, start, len, pid
+        with open(lock, "rb") as f:
+            got = fcntl.fcntl(f, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0))
+    except OSError as exc:  # none can without that file; else this cannot be told
+        return not isinstance(exc, (FileNotFoundError, IsADirectoryError))
+    return bool(struct.unpack_from("hhqqi", got)[0] != fcntl.F_UNLCK)

@@ -73,39 +73,6 @@ _MAX_GROWTH = 40
 _data, _raw_size = itemgetter(1), itemgetter(2)
 
 
-def _unusable(path: str, read_only: bool, cause: object) -> tuple[bool, str] | None:
-    """Why LMDB (whose error is ``cause``) could not open the queue file or its ``-lock``
-    file: (whether to read without LMDB's lock, as no process holds it; a message) or None."""
-    lock, need = path + "-lock", "read" if read_only else "write"
-    for name in (path, lock):
-        try:
-            os.close(os.open(name, os.O_RDONLY if read_only and name == path else os.O_RDWR))
-        except OSError as err:
-            why = err.strerror if os.path.lexists(name) else str(cause).rpartition(": ")[2]
-            if name == path:
-                return False, (f"{path} cannot be opened to {need} ({why}): this needs {need} "
-                               "access to the file")
-            alone, is_dir = read_only and not _held(lock), os.path.isdir(lock)
-            wrong = f"{path}: its lock file {lock} " + (
-                "is a directory" if is_dir else f"cannot be written ({why})")
-            doing = "reading it while another process may have it open" if read_only else "writing"
-            return alone, wrong if alone else wrong + (": remove it" if is_dir else (
-                f": every process that opens the queue records itself there, so {doing} "
-                "needs write access to it"))
-    return None
-
-
-def _held(lock: str) -> bool:
-    """Whether a process may have the queue open (each holds a lock on ``lock``'s byte 0)."""
-    import fcntl  # POSIX only
-    try:  # struct flock: type, whence, start, len, pid
-        with open(lock, "rb") as f:
-            got = fcntl.fcntl(f, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0))
-    except OSError as exc:  # none can without that file; else this cannot be told
-        return not isinstance(exc, (FileNotFoundError, IsADirectoryError))
-    return bool(struct.unpack_from("hhqqi", got)[0] != fcntl.F_UNLCK)
-
-
 class _LMDBStore(LeaseSettling, Maintaining):
     """One LMDB environment; see the module docstring."""
 
@@ -141,7 +108,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
                     self.path, read_only=self._read_only, sync=self._sync,
                     metasync=self._metasync, map_size=map_size, max_readers=self._max_readers)
             except EngineError as exc:
-                if type(exc) is not EngineError or (found := _unusable(
+                if type(exc) is not EngineError or (found := opening.unusable(
                         self.path, self._read_only, exc.__cause__)) is None:
                     raise
                 if not found[0]:
@@ -202,7 +169,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
     def _alone(self, what: str, txn: Txn | None = None) -> None:
         """Read without LMDB's lock (and its reader table, which keeps writers off the pages
         read), raise if another process opened the queue, or committed twice since ``txn``."""
-        if self._unlocked and (_held(self.path + "-lock") or (
+        if self._unlocked and (opening.lock_held(self.path + "-lock") or (
                 txn is not None and self._env.info()["last_txnid"] > txn.id() + 1)):
             raise EngineError(f"{self.path}: {what} failed: another process opened the queue, "
                               f"which this one reads without LMDB's lock ({self.path}-lock "
