@@ -187,6 +187,8 @@ class RemoteEngine(CallDeadlines, LongPolls):
                 finally:
                     self._dialing = None
                 self.server_info = dict(self._link.info)  # a restarted server's, say
+                if self._closing:  # close() began as the connection was made: nothing sent
+                    raise ClosedError("the remote engine is closed")
             limit = self._limit(full) if self._deadlines.replies else full
             if op == "take" and not self._deadlines.replies:
                 self._deadlines.at = None  # the calls after it finish what it began
