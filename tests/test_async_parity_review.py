@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,22 @@ def _get_nowait_within(q: Queue[Any], seconds: float) -> Any:
             time.sleep(0.005)
 
 
+@contextlib.contextmanager
+def _on_own_loop(tmp_path: Path, engine_name: str,
+                 items: list[Any]) -> Iterator[tuple[_Held, asyncio.AbstractEventLoop, Queue[Any]]]:
+    """A queue holding ``items`` on a held engine, created on a loop of its own that the
+    test runs and stops; the loop is closed at the end."""
+    path = queue_path(tmp_path, engine_name)
+    engine = _Held(open_engine(path))
+    loop = asyncio.new_event_loop()
+    try:
+        q: Queue[Any] = loop.run_until_complete(Queue.create(path, engine=engine))
+        loop.run_until_complete(q.put_many(items))
+        yield engine, loop, q
+    finally:
+        loop.close()
+
+
 # ---- a loop that stops while a cancelled call's records are on the worker ----------------
 
 
@@ -84,11 +100,7 @@ def test_a_get_cancelled_while_its_take_runs_keeps_the_item_when_its_loop_stops(
     # reached the loop: a loop that had stopped (closed from another loop, as documented)
     # never received it, and the item was gone from the file.
     path = queue_path(tmp_path, engine_name)
-    engine = _Held(open_engine(path))
-    loop = asyncio.new_event_loop()
-    try:
-        q = loop.run_until_complete(Queue.create(path, engine=engine))
-        loop.run_until_complete(q.put("x"))
+    with _on_own_loop(tmp_path, engine_name, ["x"]) as (engine, loop, q):
         engine.take_gate.clear()
 
         async def get_and_cancel() -> None:
@@ -104,8 +116,6 @@ def test_a_get_cancelled_while_its_take_runs_keeps_the_item_when_its_loop_stops(
         assert _get_nowait_within(q, 5) == "x"  # back in the queue, for this handle too
         q.put_nowait("y")
         asyncio.run(q.aclose())
-    finally:
-        loop.close()
     assert _left_in(path) == ["y"]
 
 
@@ -116,11 +126,7 @@ def test_a_get_many_cancelled_as_its_loop_stops_leaves_its_items_to_get_nowait(
     # until its result reached the loop, which had stopped: get_nowait raised Empty for
     # ever, with qsize() 2.
     path = queue_path(tmp_path, engine_name)
-    engine = _Held(open_engine(path))
-    loop = asyncio.new_event_loop()
-    try:
-        q = loop.run_until_complete(Queue.create(path, engine=engine))
-        loop.run_until_complete(q.put_many([1, 2]))
+    with _on_own_loop(tmp_path, engine_name, [1, 2]) as (engine, loop, q):
         engine.restore_gate.clear()
 
         async def get_many_and_cancel() -> None:
@@ -137,8 +143,6 @@ def test_a_get_many_cancelled_as_its_loop_stops_leaves_its_items_to_get_nowait(
         engine.restore_gate.set()  # the give-back ends with the loop stopped
         assert [_get_nowait_within(q, 5), _get_nowait_within(q, 5)] == [1, 2]
         asyncio.run(q.aclose())
-    finally:
-        loop.close()
     assert _left_in(path) == []
 
 
@@ -148,11 +152,7 @@ def test_a_get_whose_loop_stops_before_it_resumes_gives_its_item_back_at_close(
     # The take's result waited in the stopped loop for a get that never resumed: closing
     # the queue from another loop closed the file without the item.
     path = queue_path(tmp_path, engine_name)
-    engine = _Held(open_engine(path))
-    loop = asyncio.new_event_loop()
-    try:
-        q = loop.run_until_complete(Queue.create(path, engine=engine))
-        loop.run_until_complete(q.put("x"))
+    with _on_own_loop(tmp_path, engine_name, ["x"]) as (engine, loop, q):
         engine.take_gate.clear()
 
         async def start_get() -> asyncio.Task[Any]:
@@ -167,8 +167,6 @@ def test_a_get_whose_loop_stops_before_it_resumes_gives_its_item_back_at_close(
         # Resumed after all, the get hands out nothing: the close gave its item back.
         with pytest.raises(spoolq.QueueShutDown):
             loop.run_until_complete(getting)
-    finally:
-        loop.close()
     assert _left_in(path) == ["x"]
 
 
