@@ -18,6 +18,7 @@ import pytest
 import spoolq
 
 from .conftest import SHARED_ENGINES, queue_path
+from .test_join_across import CONSUMER
 
 ENGINES = ["lmdb", "memory", "sqlite"]
 
@@ -228,14 +229,6 @@ def test_async_task_done_before_the_get_lets_join_return(path: str) -> None:
     asyncio.run(run())
 
 
-CONSUMER = textwrap.dedent("""
-    import sys, spoolq
-    path, n = sys.argv[1], int(sys.argv[2])
-    with spoolq.SyncQueue.create(path) as q:
-        for _ in range(n):
-            q.get(timeout=10)
-            q.task_done()
-""")
 
 PRODUCER = textwrap.dedent("""
     import sys, spoolq
