@@ -132,6 +132,8 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
         self._unfinished = 0
         self._task_dones = 0
         self._visible_at: list[float] = []  # see Settling.next_visible
+        self._visible_set: set[float] = set()
+        self._cleared = False  # see Settling._finished
         self._next_reap = 0.0
         self._next_owner_check = 0.0
         self._last_refresh = 0.0
@@ -173,6 +175,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
     def _refresh_locked(self, dead: bool = True) -> Counts:
         counts = self._counts = self.engine.counts(self.name)
         self._last_refresh = time.monotonic()
+        self._cleared = False
         if not counts.ready and not counts.leased:
             self._nothing_left()
         if dead:

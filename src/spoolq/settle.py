@@ -8,6 +8,7 @@ it works on the core's state under the core's lock, as the rest of the core does
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,19 @@ __all__ = ["Settling"]
 
 _VISIBLE_MARGIN = 0.005
 """Seconds past a nack's delay a waiting call looks again for the records it delayed."""
+_VISIBLE_STEPS = 1024
+"""The times a handle keeps of its delayed records are rounded up to a step of about
+1/_VISIBLE_STEPS of their delay (a power of two, at least _VISIBLE_MARGIN): nacks that end
+within one step share one time, so a handle parking a backlog keeps a few of them, not one
+per nack."""
+
+
+def _visible_time(delay: float) -> float:
+    """When (``time.monotonic()``) records a nack delays by ``delay`` seconds from now
+    show again, a little late rather than early, on the grid of its delay's step."""
+    step = max(_VISIBLE_MARGIN, 2.0 ** math.ceil(math.log2(delay / _VISIBLE_STEPS)))
+    at = time.monotonic() + delay + _VISIBLE_MARGIN
+    return math.ceil(at / step) * step
 
 
 def _not_a_message(arg: object, what: str) -> str:
@@ -54,7 +68,9 @@ class Settling:
     _task_dones: int
     _tally: threading.Lock
     _counts: Counts
+    _cleared: bool  # the last read of the counts found nothing left (see _nothing_left)
     _visible_at: list[float]  # (a heap, under _tally) see next_visible()
+    _visible_set: set[float]  # the times in _visible_at
     # Defined by QueueCore and its other parts.
     _check_open: Callable[[], None]
     _refresh_locked: Callable[..., Counts]
@@ -97,12 +113,13 @@ class Settling:
                 # A lease this handle counted was taken back and maybe settled elsewhere, or
                 # the counts missed items others put (and this handle leased): read them.
                 self._refresh_locked()
+                self._finished(len(done))
             else:
                 self._counts = Counts(c.ready, max(c.leased - len(done), 0),
                                       c.stored_bytes - stored, c.raw_bytes - raw)
+                with self._tally:
+                    self._unfinished = max(self._unfinished - len(done), 0)
             self.counters["acks"] += len(done)
-            with self._tally:
-                self._unfinished = max(self._unfinished - len(done), 0)
         self._raise_missing(deliveries, done, "ack")
 
     def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
@@ -119,23 +136,31 @@ class Settling:
                                             max_attempts=self.settings.max_attempts,
                                             reason=reason or "nacked")
             self._refresh_locked()
-            if delay and done:
-                # A little late rather than early: the engine's time is the wall clock's,
-                # read before this. Times past are dropped here too, waited for or not.
-                self.next_visible()
-                with self._tally:
-                    heapq.heappush(self._visible_at,
-                                   time.monotonic() + delay + _VISIBLE_MARGIN)
             self.counters["nacks"] += len(done)
+            released = set(done)
             max_attempts = self.settings.max_attempts
             if max_attempts is not None and done:
                 # Deliveries that reached max_attempts went to the dead letters: finished,
                 # once each, though the call may name a message twice.
-                released = set(done)
-                self._finished(len({ident for ident, attempts in deliveries
-                                    if ident in released and attempts >= max_attempts}))
+                died = {ident for ident, attempts in deliveries
+                        if ident in released and attempts >= max_attempts}
+                self._finished(len(died))
+                released -= died
+            if delay and released:  # records wait in the queue for the delay to end
+                self._delayed(delay)
         self._notify()
         self._raise_missing(deliveries, done, "nack")
+
+    def _delayed(self, delay: float) -> None:
+        """Keep when the records a nack of this handle just delayed show again. A little
+        late rather than early: the engine's time is the wall clock's, read before this.
+        Times past are dropped here too, waited for or not."""
+        at = _visible_time(delay)
+        self.next_visible()
+        with self._tally:
+            if at not in self._visible_set:
+                self._visible_set.add(at)
+                heapq.heappush(self._visible_at, at)
 
     def next_visible(self) -> float | None:
         """When (``time.monotonic()``) records that a nack of this handle delayed next
@@ -144,7 +169,7 @@ class Settling:
         with self._tally:
             due, now = self._visible_at, time.monotonic()
             while due and due[0] <= now:
-                heapq.heappop(due)
+                self._visible_set.discard(heapq.heappop(due))
             return due[0] if due else None
 
     @staticmethod
@@ -156,8 +181,11 @@ class Settling:
                 "or the item was delivered again since")
 
     def _finished(self, n: int) -> None:
-        """``n`` items left for good without a ``task_done`` (to the dead letters)."""
-        if n > 0:
+        """``n`` items left for good without a ``task_done`` (to the dead letters, purged,
+        acked). The caller has just read the counts: when they found nothing left,
+        :meth:`_nothing_left` counted these items out already, with every other item not
+        in the file, and they are not counted out twice."""
+        if n > 0 and not self._cleared:
             with self._tally:
                 self._unfinished = max(self._unfinished - n, 0)
 
@@ -181,6 +209,7 @@ class Settling:
             self._unfinished = max(min(self._unfinished, gets - self._task_dones), 0)
             # task_done calls ahead of this handle's gets stood for items others took.
             self._task_dones = min(self._task_dones, gets)
+            self._cleared = True
 
     def task_done(self) -> None:
         # Counted in both tallies, as queue.Queue counts it, whether or not the get it
@@ -218,6 +247,9 @@ class Settling:
             removed = self.engine.purge(self.dead_name if dead else self.name) + buffered
             self._refresh_locked()
             if not dead:
+                with self._tally:  # the delayed records are gone too
+                    self._visible_at.clear()
+                    self._visible_set.clear()
                 # The purged records never reach a consumer; items taken with get and not
                 # yet marked task_done stay unfinished.
                 self._finished(removed)
