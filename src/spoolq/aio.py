@@ -400,7 +400,8 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         return self._core.ready_hint() + self._taken_out - self._taken_in
 
     def task_done(self) -> None:
-        """Mark one item taken with ``get`` as processed; ValueError if none is unfinished."""
+        """Mark one task as processed, counted as ``asyncio.Queue`` counts it (before or
+        after the ``get`` it stands for); ValueError if none is unfinished."""
         self._core.task_done()
         if not self._core.unfinished:
             self._wake()
