@@ -104,7 +104,8 @@ class Decoding:
                 self._bury_removed(rec, reason)
                 self.counters["gets"] -= 1
             self._refresh_locked()
-        self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
+            # under the lock: a put after that count read would be counted out instead
+            self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
 
     def _release_dead(self, rec: StoredRecord, reason: str) -> None:
         self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,

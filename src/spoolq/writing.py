@@ -104,7 +104,8 @@ class Writing:
                 return False
             records, sizes = taken
             self._count_pending(records, sizes, -1)
-            self._unfinished -= len(records)
+            # a task_done may have counted them out already: never below 0
+            self._unfinished = max(self._unfinished - len(records), 0)
         return True
 
     def _count_pending(self, records: list[bytes], sizes: list[int], sign: int) -> None:
@@ -131,7 +132,7 @@ class Writing:
         with self._tally:
             self._count_pending(records, sizes, -1)
             if lost:
-                self._unfinished -= len(records)
+                self._unfinished = max(self._unfinished - len(records), 0)
 
     def flush(self) -> list[Ticket]:
         """Write every pending record in one engine transaction; settle their tickets.
