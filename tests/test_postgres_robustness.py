@@ -374,7 +374,7 @@ def test_a_busy_consumer_keeps_reading_its_notifications(engine: PostgresEngine,
         while _wait_event(producer, pid) != "ClientWrite":
             assert time.monotonic() < deadline, "the listener's backend never blocked"
             time.sleep(0.02)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # some 50 MB to read: slow on a loaded machine
         while _wait_event(producer, pid) == "ClientWrite":
             assert time.monotonic() < deadline, "the consumer never read its notifications"
             assert engine.take("q", 1, time.time(), None) == []
