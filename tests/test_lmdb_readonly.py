@@ -129,7 +129,7 @@ def test_an_immutable_directory_or_lock_file(folder: Path, immutable: str) -> No
     target = folder if immutable == "directory" else lock
     if subprocess.run(["chattr", "+i", str(target)], capture_output=True,
                       check=False).returncode != 0:
-        pytest.skip("this file system does not take chattr +i")
+        pytest.skip(reason="this file system does not take chattr +i")
     before = contents(folder)
     check_reads(path)
     purge = spoolq_cmd("purge", str(path), "--yes", plain=False)
