@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +183,11 @@ def _hold_loop_until(q: Queue[Any], done: threading.Event) -> None:
     assert finished.wait(5)
 
 
-@pytest.mark.parametrize("engine_name", ENGINES)
-async def test_a_shut_down_queue_is_not_drained_while_a_get_receives_its_last_item(
-        tmp_path: Path, engine_name: str) -> None:
-    # A get that began while another was receiving the last item raised QueueShutDown at
-    # once (qsize() was 1); the other was then cancelled and gave the item back, which no
-    # consumer drained. get_nowait raised QueueShutDown too.
+@contextlib.asynccontextmanager
+async def _shut_down_as_a_get_receives(
+        tmp_path: Path, engine_name: str) -> AsyncIterator[tuple[Queue[Any], asyncio.Task[Any]]]:
+    """A queue (poll interval 30 s) whose one item a first get has taken on the worker
+    and not yet received when the queue is shut down; yields the queue and that get."""
     path = queue_path(tmp_path, engine_name)
     engine = _Held(open_engine(path))
     async with await Queue.create(path, engine=engine, poll_interval=30) as q:
@@ -197,6 +196,16 @@ async def test_a_shut_down_queue_is_not_drained_while_a_get_receives_its_last_it
         await asyncio.sleep(0)  # its take is sent to the worker
         _hold_loop_until(q, engine.took)
         q.shutdown()
+        yield q, first
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+async def test_a_shut_down_queue_is_not_drained_while_a_get_receives_its_last_item(
+        tmp_path: Path, engine_name: str) -> None:
+    # A get that began while another was receiving the last item raised QueueShutDown at
+    # once (qsize() was 1); the other was then cancelled and gave the item back, which no
+    # consumer drained. get_nowait raised QueueShutDown too.
+    async with _shut_down_as_a_get_receives(tmp_path, engine_name) as (q, first):
         assert q.qsize() == 1
         with pytest.raises(spoolq.Empty):  # not ready now, but not drained either
             q.get_nowait()
@@ -217,14 +226,7 @@ async def test_a_shut_down_queue_is_not_drained_while_a_get_receives_its_last_it
 @pytest.mark.parametrize("engine_name", ENGINES)
 async def test_a_get_waiting_on_a_shut_down_queue_raises_once_the_last_item_is_received(
         tmp_path: Path, engine_name: str) -> None:
-    path = queue_path(tmp_path, engine_name)
-    engine = _Held(open_engine(path))
-    async with await Queue.create(path, engine=engine, poll_interval=30) as q:
-        await q.put("x")
-        first = asyncio.create_task(q.get())
-        await asyncio.sleep(0)
-        _hold_loop_until(q, engine.took)
-        q.shutdown()
+    async with _shut_down_as_a_get_receives(tmp_path, engine_name) as (q, first):
         second = asyncio.create_task(q.get())
         await asyncio.sleep(0)
         assert await asyncio.wait_for(first, 5) == "x"
