@@ -152,18 +152,24 @@ async def test_two_batchers_on_one_file_share_the_items_of_one_killed_mid_batch(
     async def sink(batch: list[int]) -> None:
         got.append(batch)
 
-    async with Batcher(sink, queue=shared_path, max_batch_size=5, flush_interval=0.02) as b:
-        with subprocess.Popen([sys.executable, "-c", HUNG_CHILD, shared_path],
-                              stdout=subprocess.PIPE, text=True) as child:
+    with subprocess.Popen([sys.executable, "-c", HUNG_CHILD, shared_path],
+                          stdout=subprocess.PIPE, text=True) as child:
+        try:
             assert child.stdout is not None
             line = await asyncio.to_thread(child.stdout.readline)
             assert line.strip() == str([0, 1, 2, 3, 4])
-            child.send_signal(signal.SIGKILL)
+            # This Batcher starts once the child holds its batch, so that batch is known.
+            async with Batcher(sink, queue=shared_path, max_batch_size=5,
+                               flush_interval=0.02) as b:
+                child.send_signal(signal.SIGKILL)
+                child.wait(10)
+                for _ in range(1000):
+                    if b.stats["items"] == 12:
+                        break
+                    await asyncio.sleep(0.01)
+        finally:
+            child.kill()
             child.wait(10)
-        for _ in range(300):
-            if b.stats["items"] == 12:
-                break
-            await asyncio.sleep(0.01)
     # The running Batcher sends the later items, and the batch the killed process held
     # once its lease runs out or its owner is found dead, whichever comes first: every
     # item once, the killed batch whole.
