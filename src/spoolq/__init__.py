@@ -35,6 +35,7 @@ from .errors import (
     QueueShutDown,
     SerializationError,
     SpoolqError,
+    TLSMismatch,
     Unavailable,
 )
 from .message import Message
@@ -68,6 +69,7 @@ __all__ = [
     "SpoolqError",
     "StoredRecord",
     "SyncQueue",
+    "TLSMismatch",
     "Unavailable",
     "__version__",
     "open_engine",

@@ -25,6 +25,7 @@ __all__ = [
     "QueueShutDown",
     "SerializationError",
     "SpoolqError",
+    "TLSMismatch",
     "Unavailable",
 ]
 
@@ -61,6 +62,13 @@ class FormatError(EngineError):
 
 class LockTimeout(EngineError):
     """The file stayed locked by another writer for longer than the timeout."""
+
+
+class TLSMismatch(ConfigurationError, EngineError):
+    """The client and the server disagree on TLS: one side speaks it and the other does
+    not, or the client cannot verify the server's certificate. A setting to fix, not an
+    outage to wait out (no :class:`Unavailable`); an :class:`EngineError` as well, as
+    every failed TLS handshake is."""
 
 
 class ClosedError(SpoolqError):

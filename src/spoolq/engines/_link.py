@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import AuthenticationError, ConfigurationError, EngineError, Unavailable
+from ..errors import (
+    AuthenticationError,
+    ConfigurationError,
+    EngineError,
+    TLSMismatch,
+    Unavailable,
+)
 from ..protocol import NOT_TLS_REASONS, ClientProtocol, ProtocolError
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "Dialing", "Link", "RemoteAddress", "TLSMismatch",
@@ -144,13 +150,6 @@ class ConnectionLost(Unavailable):
 
 class ReplyLate(ConnectionLost):
     """The request went out whole and its reply did not come in time."""
-
-
-class TLSMismatch(ConfigurationError, EngineError):
-    """The client and the server disagree on TLS: one side speaks it and the other does
-    not, or the client cannot verify the server's certificate. A setting to fix, not an
-    outage to wait out (no :class:`Unavailable`); an :class:`EngineError` as well, as
-    every failed TLS handshake is."""
 
 
 _FRESH = 0.001  # seconds since the last reply within which stale() trusts a link
