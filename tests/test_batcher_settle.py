@@ -15,7 +15,7 @@ from spoolq.engines import open_engine
 
 from .failing import FailingSettle
 from .servers import ServerProcess
-from .test_batcher_review3 import stopping_sink
+from .test_batcher_retry_whole import stopping_sink
 
 
 def _failing_once(calls: list[list[int]],

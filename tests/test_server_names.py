@@ -10,7 +10,7 @@ import pytest
 from spoolq.protocol import MAX_QUEUE_BYTES, BadRequest, parse_request
 
 from .servers import ServerProcess
-from .test_server_review6 import _ready
+from .test_server_doc_client import _ready
 
 BAD_NAMES = ["", "a\x00b", "é" * 200, "x" * (MAX_QUEUE_BYTES + 1)]
 

@@ -15,7 +15,7 @@ import pytest
 from spoolq import SyncQueue
 from spoolq.engines import Engine, Lease, SQLiteEngine
 
-from .test_engines_review2 import _open
+from .test_engines_limits import _open
 
 KINDS = ["memory", "sqlite", "lmdb", "dbm", "pickle"]
 

@@ -1,5 +1,5 @@
-"""What a review of the late changes to the waiting line, the remote engine's call
-deadlines and its close() found, each checked against a real server process."""
+"""The waiting line, the remote engine's call deadlines and its close(), each checked
+against a real server process."""
 
 from __future__ import annotations
 

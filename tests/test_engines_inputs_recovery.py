@@ -26,7 +26,7 @@ from spoolq.engines import (
 )
 from spoolq.engines._dbmfiles import current
 
-from .test_engines_review2 import _open
+from .test_engines_limits import _open
 
 NAN = math.nan
 
