@@ -23,8 +23,8 @@ from typing import Any, Generic, TypeVar
 from ._aiogiveback import GivingBack, TakeOnWorker
 from ._aiolease import Leasing
 from ._aiowait import Turn, Waiting, wake_one
+from ._counting import AsyncCounts
 from ._outage import Outage
-from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown, Unavailable
@@ -49,7 +49,7 @@ def _closed(closing: asyncio.Future[None], close: asyncio.Future[None]) -> None:
     wake_one(closing)
 
 
-class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
+class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
     """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
 
     Create it with ``await Queue.create(path, ...)``; close it with
@@ -392,12 +392,6 @@ class Queue(QueueViews, Waiting, GivingBack, Leasing[T], Generic[T]):
         return await self._call(partial(self._core.peek, n, offset, dead=dead))
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
-
-    def qsize(self) -> int:
-        """Ready items, approximate when other processes share the file. An item a ``get``
-        is receiving counts until the get returns it, and one a cancelled get gives back
-        counts all along, as in ``asyncio.Queue``, where neither leaves the queue."""
-        return self._core.ready_hint() + self._taken_out - self._taken_in
 
     def task_done(self) -> None:
         """Mark one task as processed, counted as ``asyncio.Queue`` counts it (before or

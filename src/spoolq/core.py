@@ -122,6 +122,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
         self.shut = False
         """Set by :meth:`shut_down`: puts raise QueueShutDown."""
         self._counts = Counts(0, 0, 0, 0)
+        self._stale = False  # see Writing._append
         self._dead = 0
         self._last_dead_refresh = 0.0
         # unfinished and _pending_bytes change under _tally, never held across an engine
@@ -175,6 +176,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
     def _refresh_locked(self, dead: bool = True) -> Counts:
         counts = self._counts = self.engine.counts(self.name)
         self._last_refresh = time.monotonic()
+        self._stale = False
         self._cleared = False
         if not counts.ready and not counts.leased:
             self._nothing_left()
@@ -206,6 +208,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             return self._counts
         try:
             self._check_open()
+            self._stale = False  # read once: if this read fails, the poll reads them later
             self._reap_locked(time.time())
             return self._refresh_locked(
                 dead=time.monotonic() - self._last_dead_refresh >= _DEAD_REFRESH)
@@ -213,8 +216,9 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             self.lock.release()
 
     def refresh_due(self) -> bool:
-        """Whether the poll interval has passed since the counts were last read."""
-        return time.monotonic() - self._last_refresh >= self.settings.poll_interval
+        """Whether the poll interval has passed since the counts were last read, or a
+        write whose outcome is unknown left them to be read again."""
+        return self._stale or time.monotonic() - self._last_refresh >= self.settings.poll_interval
 
     @property
     def can_wait_ready(self) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 from .codec import Codec
 from .engines import Counts, Engine
 from .engines.base import stored_before_failure
-from .errors import ClosedError, QueueShutDown
+from .errors import ClosedError, QueueShutDown, Unavailable
 from .groupcommit import GroupCommit, Ticket
 from .settings import Settings
 from .zdict import train_dictionary
@@ -60,11 +60,46 @@ class Writing:
     _tally: threading.Lock
     _pending_bytes: tuple[int, int]
     _counts: Counts
+    _stale: bool
     _flusher: threading.Thread | None
     _flusher_stop: threading.Event
     # Defined by QueueCore.
     _check_open: Callable[[], None]
     _notify: Callable[[], None]
+    refresh: Callable[[], Counts]
+
+    @property
+    def counts(self) -> Counts:
+        """The counts as this handle last knew them (each change makes a new tuple)."""
+        return self._counts
+
+    @property
+    def stale(self) -> bool:
+        """Whether a write whose outcome is unknown left the counts to be read again."""
+        return self._stale
+
+    def refresh_if_stale(self) -> None:
+        """After a write whose outcome is unknown (see :meth:`_append`), re-read the counts
+        once. An engine still out of reach leaves them as they were, until the poll."""
+        if not self._stale or self.closed:
+            return
+        self._stale = False
+        try:
+            self.refresh()
+        except (Unavailable, ClosedError) as exc:
+            log.debug("spoolq: queue %r: re-reading the counts failed: %s", self.name, exc)
+
+    def _append(self, records: list[bytes], sizes: list[int]) -> None:
+        """Write records in one engine call. When it fails with its outcome unknown (a
+        lost connection, :class:`Unavailable`: the server may have stored them, or an
+        interruption), the counts are marked stale: the next qsize(), stats or get reads
+        them again rather than wait for the poll."""
+        try:
+            self.engine.append(self.name, records, sizes, time.time())
+        except BaseException as exc:
+            if isinstance(exc, Unavailable) or not isinstance(exc, Exception):
+                self._stale = True
+            raise
 
     def encode(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
         """Encode items in the caller's thread; raises SerializationError, or the engine's
@@ -156,7 +191,7 @@ class Writing:
             puts = self.counters["puts"]
             try:
                 self._check_open()
-                self.engine.append(self.name, records, sizes, time.time())
+                self._append(records, sizes)
             except BaseException as exc:
                 error = exc
                 stored = stored_before_failure(exc, len(records))
@@ -245,7 +280,7 @@ class Writing:
                 return None
             a, b = firsts[left[0]], ends[hi - 1]
             try:
-                self.engine.append(self.name, records[a:b], sizes[a:b], time.time())
+                self._append(records[a:b], sizes[a:b])
             except Exception as exc:
                 edge = a + stored_before_failure(exc, b - a)
                 if edge > a:
@@ -325,7 +360,7 @@ class Writing:
                     if self.shut:
                         raise QueueShutDown("the queue is shut down")
                     try:
-                        self.engine.append(self.name, records, sizes, time.time())
+                        self._append(records, sizes)
                     except BaseException as exc:
                         # Written in several transactions, the first of which are stored:
                         # they are in the queue.

@@ -1,0 +1,63 @@
+"""``qsize()`` and ``stats`` of the sync and async queues, which read the counts again once
+after a put whose outcome is unknown (see :meth:`spoolq.writing.Writing._append`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._views import QueueViews
+from .worker import Worker
+
+__all__ = ["AsyncCounts", "SyncCounts"]
+
+
+class SyncCounts(QueueViews):
+    """The sizes of :class:`spoolq.SyncQueue`."""
+
+    def qsize(self) -> int:
+        """Ready items (approximate when other processes share the file). After a put
+        whose outcome is unknown (it raised :class:`Unavailable`: the server may have
+        stored it) the first call reads the counts from the engine again, which may take
+        up to the engine's timeout; if that read fails, the counts stay as they were."""
+        self._core.refresh_if_stale()
+        return self._core.ready_hint()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counts, sizes and counters; see the README for each key. ``count`` is
+        :meth:`qsize`, and like it, after a put whose outcome is unknown the first call
+        reads the counts from the engine again."""
+        self._core.refresh_if_stale()
+        return super().stats
+
+
+class AsyncCounts(QueueViews):
+    """The sizes of :class:`spoolq.Queue`, which never call the engine on the event loop."""
+
+    # Set up by Queue.__init__ (and the class, for the flag).
+    _worker: Worker
+    _closed: bool
+    _stale_read_sent = False
+    _taken_out: int
+    _taken_in: int
+
+    def qsize(self) -> int:
+        """Ready items, approximate when other processes share the file. An item a ``get``
+        is receiving counts until the get returns it, and one a cancelled get gives back
+        counts all along, as in ``asyncio.Queue``, where neither leaves the queue.
+
+        After a put whose outcome is unknown (it raised :class:`Unavailable`: the server
+        may have stored it), the first call sends a read of the counts to the queue's
+        worker thread and answers at once: the calls after that read count the item. A
+        get, or a put waiting for room, reads them first."""
+        if self._core.stale and not self._stale_read_sent and not self._closed:
+            self._stale_read_sent = True
+            self._worker.post(self._read_stale_counts)
+        return self._core.ready_hint() + self._taken_out - self._taken_in
+
+    def _read_stale_counts(self) -> None:
+        """On the worker thread: :meth:`QueueCore.refresh_if_stale`."""
+        try:
+            self._core.refresh_if_stale()
+        finally:
+            self._stale_read_sent = False
