@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .core import Holding, QueueCore
+from .engines import Counts
 from .errors import QueueShutDown
 from .message import Taken
 from .worker import Worker
@@ -80,6 +81,11 @@ class GivingBack:
     _takes_out: set[TakeOnWorker]  # sent from the loop, not claimed there yet
     _taken_out: int
     _taken_in: int
+    # A give-back moving records from _taken_out to the core's ready count: odd while it
+    # runs (written by the thread giving back only), and what _size needs to read during
+    # one: the counts it began with, _taken_out then, and its number of records.
+    _back_seq = 0
+    _back: tuple[Counts, int, int] = (Counts(0, 0, 0, 0), 0, 0)
     _taking: int
     _take_seq: int
     # Defined by Queue and its other parts.
@@ -116,13 +122,23 @@ class GivingBack:
                            holding: Holding | None) -> None:
         """Give back ``recs`` (none: only count a give-back done), on the worker thread (or
         on the thread closing the queue, once the worker ended)."""
+        core = self._core
         try:
-            self._core.restore(recs, leased, holding)
+            if not recs:
+                return
+            # Under the core's lock, only this restore changes the counts (see _size).
+            with core.lock:
+                self._back = (core.counts, self._taken_out, len(recs))
+                self._back_seq += 1
+                try:
+                    core.restore(recs, leased, holding)
+                finally:
+                    self._taken_out -= len(recs)  # restored, or lost to the error logged
+                    self._back_seq += 1
         except Exception:
             log.exception("spoolq: queue %r: giving back %d taken records failed",
-                          self._core.name, len(recs))
+                          core.name, len(recs))
         finally:
-            self._taken_out -= len(recs)  # restored, or lost to the error logged
             self._backs_done += 1
             with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
                 self._loop.call_soon_threadsafe(self._one_settled)
@@ -240,6 +256,29 @@ class GivingBack:
         """Nothing left to hand out after a shutdown: no ready record, none a get is
         receiving (it may yet be cancelled and give it back) and none on its way back."""
         return not self._unsettled and self._room_size() == 0
+
+    def _size(self) -> int:
+        """:meth:`qsize`: the ready records, and those taken on the worker and not handed
+        to a caller yet or given back and not restored yet (see ``Queue.__init__``).
+
+        A give-back moves records from ``_taken_out`` to the core's ready count in two
+        steps, and a read between them would count them twice: a read during one tells
+        by the counts it began with (new ones came with its restore, the only change of
+        the counts under the lock it holds) and by ``_taken_out`` which steps are done."""
+        core = self._core
+        size = 0
+        for _ in range(100):
+            seq = self._back_seq
+            began, out_before, n = self._back
+            counts = core.counts
+            out = self._taken_out
+            size = counts.ready + core.group.unwritten() + out - self._taken_in
+            if self._back_seq != seq:
+                continue  # a give-back began or ended meanwhile: read again
+            if seq % 2 and counts is not began and out == out_before:
+                size -= n  # restored and still counted as taken out
+            return size
+        return size  # give-backs ran back to back meanwhile
 
     def _room_size(self) -> int:
         """:meth:`qsize` for a put's check for room: also counts the records a take

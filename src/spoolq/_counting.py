@@ -3,6 +3,7 @@ after a put whose outcome is unknown (see :meth:`spoolq.writing.Writing._append`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._views import QueueViews
@@ -38,8 +39,8 @@ class AsyncCounts(QueueViews):
     _worker: Worker
     _closed: bool
     _stale_read_sent = False
-    _taken_out: int
-    _taken_in: int
+    # Defined by GivingBack.
+    _size: Callable[[], int]
 
     def qsize(self) -> int:
         """Ready items, approximate when other processes share the file. An item a ``get``
@@ -53,7 +54,7 @@ class AsyncCounts(QueueViews):
         if self._core.stale and not self._stale_read_sent and not self._closed:
             self._stale_read_sent = True
             self._worker.post(self._read_stale_counts)
-        return self._core.ready_hint() + self._taken_out - self._taken_in
+        return self._size()
 
     def _read_stale_counts(self) -> None:
         """On the worker thread: :meth:`QueueCore.refresh_if_stale`."""
