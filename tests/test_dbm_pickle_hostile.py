@@ -10,13 +10,43 @@ from pathlib import Path
 import pytest
 
 import spoolq
-from spoolq.engines import DBMEngine
+from spoolq import open_engine
+from spoolq.engines import DBMEngine, Engine, Lease, MemoryEngine
+
+from .conftest import queue_path
 
 SINGLE_PROCESS = ["dbm", "pickle"]
 
 
 def _generation(path: Path) -> str:
     return (path / "CURRENT").read_text().split()[1]
+
+
+# ---- a queue moved into itself ------------------------------------------------------------
+
+def _filled(eng: Engine) -> None:
+    """Four records, the first of them leased and given back (held aside on dbm)."""
+    eng.append("q", [b"a", b"b", b"c", b"d"], [1] * 4, 1.0)
+    [rec] = eng.take("q", 1, 1.0, Lease("o", 10.0))
+    eng.release("q", [(rec.id, rec.attempts)], "o", not_before=0.0, max_attempts=None)
+
+
+@pytest.mark.parametrize("ids", [None, list(range(1, 100))], ids=["all", "by-id"])
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_a_queue_moved_into_itself_keeps_its_order_and_counts_each_record_once(
+        tmp_path: Path, engine: str, ids: list[int] | None) -> None:
+    oracle = MemoryEngine()
+    _filled(oracle)
+    eng = open_engine(queue_path(tmp_path, engine))
+    try:
+        _filled(eng)
+        assert eng.move("q", "q", ids) == oracle.move("q", "q", ids) == 4
+        assert [r.data for r in eng.peek("q", 10)] == [b"a", b"b", b"c", b"d"]
+        assert eng.peek("q", 10) == oracle.peek("q", 10)
+        assert eng.counts("q") == oracle.counts("q")
+        assert eng.append("q", [b"e"], [1], 1.0) == oracle.append("q", [b"e"], [1], 1.0)
+    finally:
+        eng.close()
 
 
 # ---- a damaged CURRENT --------------------------------------------------------------------

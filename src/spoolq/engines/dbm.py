@@ -54,6 +54,7 @@ import logging
 import os
 import struct
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError
@@ -371,25 +372,28 @@ class _DBMStore(Generations):
             wanted = None if ids is None else set(ids)
             chosen = sorted(i for i, a in s.aside.items()
                             if a.owner is None and (wanted is None or i in wanted))
+            # Chosen before anything is carried: a queue moved into itself gets its records
+            # back at its tail, where they must not be found and carried again.
+            end = s.tail
+            found = [] if wanted is None else [
+                p for p in map(partial(self._find, s), sorted(wanted - set(chosen)))
+                if p is not None]
             moved = 0
             for ident in chosen:
                 a = s.aside.pop(ident)
                 self._carry(st, s, dst, self._read(a.key, a))
                 moved += 1
             if wanted is None:
-                end = s.tail
                 for position in range(s.head, end):
                     if position not in s.holes:
                         self._carry(st, s, dst, self._read(_main_key(s, position)))
                         moved += 1
                 s.head, s.holes = end, set()
             else:
-                for ident in sorted(wanted - set(chosen)):
-                    found = self._find(s, ident)
-                    if found is not None:
-                        self._carry(st, s, dst, self._read(_main_key(s, found)))
-                        s.holes.add(found)
-                        moved += 1
+                for position in found:
+                    self._carry(st, s, dst, self._read(_main_key(s, position)))
+                    s.holes.add(position)
+                    moved += 1
             self._changed = self._changed or moved > 0
             return moved
 
