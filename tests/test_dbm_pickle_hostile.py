@@ -49,6 +49,51 @@ def test_a_queue_moved_into_itself_keeps_its_order_and_counts_each_record_once(
         eng.close()
 
 
+# ---- values the state cannot hold as given ------------------------------------------------
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_queue_names_and_lease_owners_of_another_type_are_refused(tmp_path: Path,
+                                                                  engine: str) -> None:
+    path = queue_path(tmp_path, engine)
+    eng = open_engine(path)
+    try:
+        eng.append("q", [b"a", b"b"], [1, 1], 1.0)
+        with pytest.raises(TypeError, match="queue name must be a str"):
+            eng.append(7, [b"x"], [1], 1.0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="queue name must be a str"):
+            eng.append(None, [b"x"], [1], 1.0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="queue name must be a str"):
+            eng.move("q", 5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="lease owner must be a str"):
+            eng.take("q", 1, 2.0, Lease(7, 10.0))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="raw size must be an int"):
+            eng.append("q", [b"x", b"y"], [1, "2"], 1.0)  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="metadata key must be a str"):
+            eng.set_meta(5, b"v")  # type: ignore[arg-type]
+        [taken] = eng.take("q", 1, 2.0, None)
+        with pytest.raises(TypeError, match="queue name must be a str"):
+            eng.restore(None, [taken])  # type: ignore[arg-type]
+        eng.restore("q", [taken])
+        [leased] = eng.take("q", 1, 2.0, Lease("me", 10.0))
+        with pytest.raises(TypeError, match="reason must be a str"):
+            eng.release("q", [(leased.id, 1)], "me", not_before=0.0, max_attempts=1,
+                        reason=b"why")  # type: ignore[arg-type]
+        assert eng.counts("q") == (1, 1, 2, 2)
+        assert eng.release("q", [(leased.id, 1)], "me", not_before=0.0,
+                           max_attempts=None) == [leased.id]
+        assert eng.queues() == ["q"]
+        assert eng.counts("q") == (2, 0, 2, 2)
+    finally:
+        eng.close()
+    eng = open_engine(path)
+    try:
+        assert eng.queues() == ["q"]
+        assert [r.data for r in eng.peek("q", 5)] == [b"a", b"b"]
+        assert eng.get_meta("5") is None
+    finally:
+        eng.close()
+
+
 # ---- a damaged CURRENT --------------------------------------------------------------------
 
 def test_dbm_current_naming_a_missing_generation_is_reported_and_no_file_removed(

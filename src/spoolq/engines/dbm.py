@@ -83,6 +83,7 @@ from .base import (
     refuse_nan,
     restore_refused,
 )
+from .pickle import _int, _name, _text
 
 __all__ = ["DBMEngine"]
 
@@ -161,14 +162,19 @@ class _DBMStore(Generations):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        # Checked before anything is written: the state keeps names as JSON text, where
+        # another type would come back as another name (7 as "7", None as "null").
+        queue = _name(queue)
         refuse_nan(self.path, "append", "now", now)
-        batch = [StoredRecord(0, as_bytes(data, "a record"), raw, 0, now)
+        batch = [StoredRecord(0, as_bytes(data, "a record"), _int(raw, "a raw size"), 0, now)
                  for data, raw in zip(records, raw_sizes, strict=True)]
         with self._transaction("append") as st:
             first = self._append(st, queue, batch)
         return list(range(first, first + len(records)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if lease is not None:
+            lease = Lease(_text(lease.owner, "a lease owner"), lease.until)
         if nothing_visible(self.path, now, lease):
             return []
         with self._transaction("take") as st:
@@ -217,6 +223,7 @@ class _DBMStore(Generations):
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
+        queue = _name(queue)
         ids = distinct_ids(queue, records)
         for rec in records:
             refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
@@ -267,6 +274,7 @@ class _DBMStore(Generations):
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        reason = _text(reason, "a reason")
         refuse_nan(self.path, "release", "not_before", not_before)
         with self._transaction("release") as st:
             q = st.queues.get(queue)
@@ -365,6 +373,7 @@ class _DBMStore(Generations):
         return None
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        dst = _name(dst)
         with self._transaction("move") as st:
             s = st.queues.get(src)
             if s is None:
@@ -423,8 +432,9 @@ class _DBMStore(Generations):
         return self._state.meta.get(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
+        key, blob = _text(key, "a metadata key"), as_bytes(value, "a metadata value")
         with self._transaction("set_meta") as st:
-            st.meta[key] = as_bytes(value, "a metadata value")
+            st.meta[key] = blob
             self._changed = True
 
 class DBMEngine(SharedEngine):
