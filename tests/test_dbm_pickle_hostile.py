@@ -5,13 +5,18 @@ random moments of lease-heavy work."""
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import spoolq
 from spoolq import open_engine
-from spoolq.engines import DBMEngine, Engine, Lease, MemoryEngine
+from spoolq.engines import DBMEngine, Engine, Lease, MemoryEngine, StoredRecord
 
 from .conftest import queue_path
 
@@ -116,3 +121,152 @@ def test_dbm_current_naming_a_missing_generation_is_reported_and_no_file_removed
         assert [r.data for r in eng.peek("q", 5)] == [b"precious"]
     finally:
         eng.close()
+
+
+# ---- killed at random moments of lease-heavy work -----------------------------------------
+# A forked worker appends, leases, acks, nacks (to the dead letters after 3 attempts),
+# takes and restores, expires and sets metadata, reporting around each call that removes or
+# adds records; the supervisor kills it at a random moment and checks, after reopening,
+# that every record confirmed present is there once and whole, nothing confirmed gone came
+# back, and each queue's counts (ready, leased, bytes) match the records it lists.
+
+_SEEN = ("q", "q.dead")
+
+
+def _payload(seq: int) -> bytes:
+    return b"%d:" % seq + bytes([seq % 251]) * ((seq * 7919) % 700)
+
+
+def _seq(data: bytes) -> int:
+    return int(data.split(b":")[0])
+
+
+def _work(path: str, out: int, seed: int, seq: int) -> None:
+    rnd = random.Random(seed)
+    report = os.fdopen(out, "w", buffering=1)  # a line a write(2): whole lines or nothing
+    eng = open_engine(path)
+    held: list[StoredRecord] = []
+    while True:
+        r = rnd.random()
+        if r < 0.02:
+            eng.close()
+            eng = open_engine(path)
+            held = []
+        elif r < 0.35:
+            data = [_payload(seq + i) for i in range(rnd.randint(1, 8))]
+            report.write("A " + " ".join(str(_seq(d)) for d in data) + "\n")
+            eng.append("q", data, [2 * len(d) for d in data], 1.0)
+            report.write("a\n")
+            seq += len(data)
+        elif r < 0.5:
+            held += eng.take("q", rnd.randint(1, 4), 1.0, Lease("w", 1e12))
+        elif r < 0.6 and held:
+            batch, held = held[:3], held[3:]
+            report.write("K " + " ".join(str(_seq(g.data)) for g in batch) + "\n")
+            eng.ack("q", [(g.id, g.attempts) for g in batch], "w")
+            report.write("k\n")
+        elif r < 0.72 and held:
+            batch, held = held[:3], held[3:]
+            eng.release("q", [(g.id, g.attempts) for g in batch], "w",
+                        not_before=rnd.choice([0.0, 5.0]), max_attempts=3)
+        elif r < 0.85:
+            report.write("T\n")
+            got = eng.take("q", rnd.randint(1, 4), 1.0, None)
+            report.write("t " + " ".join(str(_seq(g.data)) for g in got) + "\n")
+            if got and rnd.random() < 0.5:
+                report.write("R " + " ".join(str(_seq(g.data)) for g in got) + "\n")
+                eng.restore("q", got)
+                report.write("r\n")
+        elif r < 0.9:
+            eng.expire("q", 2.0, max_attempts=3)
+        else:
+            eng.set_meta("m", b"%d" % rnd.randrange(1000))
+
+
+def _replay(lines: list[str], present: set[int]) -> tuple[set[int], set[int], set[int]]:
+    """The records present after the calls the report confirms, and those the call in
+    flight may have added and removed."""
+    maybe_in: set[int] = set()
+    maybe_out: set[int] = set()
+    for line in lines:
+        kind, *rest = line.split()
+        numbers = {int(x) for x in rest}
+        if kind == "A":
+            maybe_in, maybe_out = numbers, set()
+        elif kind == "K":
+            maybe_in, maybe_out = set(), numbers
+        elif kind == "R":
+            maybe_in, maybe_out = numbers, set()
+        elif kind == "T":
+            maybe_in, maybe_out = set(), set(present)
+        elif kind in ("a", "r"):
+            present, maybe_in = present | maybe_in, set()
+        elif kind == "k":
+            present, maybe_out = present - maybe_out, set()
+        elif kind == "t":
+            present, maybe_out = present - numbers, set()
+    return present, maybe_in, maybe_out
+
+
+def _check(path: str, lines: list[str], present: set[int]) -> set[int]:
+    present, maybe_in, maybe_out = _replay(lines, present)
+    eng = open_engine(path)
+    try:
+        seen: list[int] = []
+        for name in _SEEN:
+            ready = eng.peek(name, 1_000_000)
+            leased = [lr.record for lr in eng.peek_leased(name, 1_000_000)]
+            records = ready + leased
+            for rec in records:
+                assert rec.data == _payload(_seq(rec.data)), f"record {rec.id} is half-written"
+                assert rec.raw_size == 2 * len(rec.data)
+            assert tuple(eng.counts(name)) == (
+                len(ready), len(leased), sum(len(r.data) for r in records),
+                sum(r.raw_size for r in records)), f"the counts of {name} are wrong"
+            seen += [_seq(r.data) for r in records]
+        assert len(seen) == len(set(seen)), "a record is there twice"
+        found = set(seen)
+        assert found - present <= maybe_in, f"back from nowhere: {sorted(found - present)}"
+        assert present - found <= maybe_out, f"lost: {sorted(present - found)}"
+    finally:
+        eng.close()
+    return found
+
+
+def supervise(path: str, seconds: float, seed: int) -> int:
+    """Kill workers on ``path`` for ``seconds``; return how many were killed and checked."""
+    rnd = random.Random(seed)
+    deadline = time.monotonic() + seconds
+    present: set[int] = set()
+    rounds = 0
+    while time.monotonic() < deadline:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                _work(path, write_end, rnd.randrange(1 << 30), rounds * 1_000_000)
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        time.sleep(rnd.uniform(0.0, 0.25))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as f:
+            lines = f.read().decode().split("\n")[:-1]  # a cut last line is no report
+        present = _check(path, lines, present)
+        rounds += 1
+    return rounds
+
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+def test_leases_nacks_and_restores_killed_at_random_moments_keep_records_and_counts(
+        tmp_path: Path, engine: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\n"
+         "from tests.test_dbm_pickle_hostile import supervise\n"
+         "print(supervise(sys.argv[1], 2.5, 11))", queue_path(tmp_path, engine)],
+        cwd=Path(__file__).resolve().parents[1], check=False, capture_output=True, text=True,
+        timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 5
