@@ -1,10 +1,11 @@
 """The dbm and pickle engines used the way a careless or hostile user would: queues moved
-into themselves, names of the wrong type, a damaged ``CURRENT``, and processes killed at
-random moments of lease-heavy work."""
+into themselves, names of the wrong type, a damaged ``CURRENT``, a pickle file holding an id
+twice, and processes killed at random moments of lease-heavy work."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -270,3 +271,22 @@ def test_leases_nacks_and_restores_killed_at_random_moments_keep_records_and_cou
         timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 5
+
+
+# ---- a pickle file naming one id twice ----------------------------------------------------
+
+@pytest.mark.parametrize("where", ["same queue", "other queue"])
+def test_pickle_file_holding_one_id_twice_is_damaged(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "q.pickle"
+    eng = open_engine(path)
+    eng.append("q", [b"a"], [1], 1.0)
+    eng.close()
+    with path.open("rb") as f:
+        doc = pickle.load(f)
+    record = doc["queues"]["q"][0]
+    doc["queues"].setdefault("q" if where == "same queue" else "other", []).append(record)
+    path.write_bytes(pickle.dumps(doc, protocol=5))
+    before = path.read_bytes()
+    with pytest.raises(spoolq.CorruptError, match="record 1 twice"):
+        open_engine(path)
+    assert path.read_bytes() == before

@@ -227,6 +227,7 @@ class _PickleStore:
         if not isinstance(next_id, int) or not isinstance(queues, dict):
             raise damaged
         checked: dict[str, list[RecordState]] = {}
+        seen: set[int] = set()
         for name, records in queues.items():
             if not isinstance(name, str) or not isinstance(records, list):
                 raise damaged
@@ -234,6 +235,10 @@ class _PickleStore:
             good = [r for r in rows if r is not None]
             if len(good) != len(rows) or any(r[0] >= next_id for r in good):
                 raise damaged
+            for r in good:
+                if r[0] in seen:  # one record's counts would be kept twice, and freed once
+                    raise CorruptError(f"{self.path} is damaged: it holds record {r[0]} twice")
+                seen.add(r[0])
             checked[name] = good
         return next_id, meta, checked
 
