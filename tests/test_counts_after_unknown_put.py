@@ -1,5 +1,6 @@
-"""A put whose outcome is unknown (the server stored it, its reply never came) counts
-in qsize() and stats at once, not only at the next poll of the counts."""
+"""A put whose outcome is unknown (the server stored it, its reply never came) counts in
+qsize() and stats once the handle next reaches the server (the sync queue's next get, the
+async queue's worker right away), not only at the next poll of the counts."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _stored(server: ServerProcess, n: int) -> None:
         engine.close()
 
 
-def test_sync_qsize_counts_a_put_whose_reply_was_lost(server: ServerProcess) -> None:
+def test_sync_counts_a_put_whose_reply_was_lost_at_the_next_get(server: ServerProcess) -> None:
     q = spoolq.SyncQueue.create(f"{server.url}/jobs", poll_interval=_POLL,
                                 engine_options=_CALL)
     try:
@@ -44,13 +45,16 @@ def test_sync_qsize_counts_a_put_whose_reply_was_lost(server: ServerProcess) -> 
         with server.stalled(), pytest.raises(Unavailable):
             q.put("b")  # the server has the request, and answers only once continued
         _stored(server, 2)
-        assert q.qsize() == 2
-        assert q.stats["count"] == 2
+        started = time.monotonic()
+        assert q.qsize() == 1  # qsize() never calls the engine: the last counts read
+        assert time.monotonic() - started < 0.5
         # The put raised: join() does not wait for its item, but a get of this handle
         # that takes it counts it, so its task_done is welcome.
         assert q.stats["unfinished"] == 1
-        assert q.get(timeout=5) == "a"
+        assert q.get(timeout=5) == "a"  # reads the counts again first
+        assert q.qsize() == 1 and q.stats["count"] == 1
         assert q.get(timeout=5) == "b"
+        assert q.qsize() == 0
         q.task_done()
         q.task_done()
         q.join()

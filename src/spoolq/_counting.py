@@ -1,35 +1,15 @@
-"""``qsize()`` and ``stats`` of the sync and async queues, which read the counts again once
-after a put whose outcome is unknown (see :meth:`spoolq.writing.Writing._append`)."""
+"""``qsize()`` of the async queue, which has the counts read again once, on the queue's
+worker thread, after a put whose outcome is unknown (see
+:meth:`spoolq.writing.Writing._append`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ._views import QueueViews
 from .worker import Worker
 
-__all__ = ["AsyncCounts", "SyncCounts"]
-
-
-class SyncCounts(QueueViews):
-    """The sizes of :class:`spoolq.SyncQueue`."""
-
-    def qsize(self) -> int:
-        """Ready items (approximate when other processes share the file). After a put
-        whose outcome is unknown (it raised :class:`Unavailable`: the server may have
-        stored it) the first call reads the counts from the engine again, which may take
-        up to the engine's timeout; if that read fails, the counts stay as they were."""
-        self._core.refresh_if_stale()
-        return self._core.ready_hint()
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Counts, sizes and counters; see the README for each key. ``count`` is
-        :meth:`qsize`, and like it, after a put whose outcome is unknown the first call
-        reads the counts from the engine again."""
-        self._core.refresh_if_stale()
-        return super().stats
+__all__ = ["AsyncCounts"]
 
 
 class AsyncCounts(QueueViews):

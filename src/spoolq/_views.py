@@ -15,7 +15,9 @@ class QueueViews:
     _core: QueueCore
 
     def qsize(self) -> int:
-        """Ready items (approximate when other processes share the file)."""
+        """Ready items (approximate when other processes share the file). Never calls the
+        engine: after a put that raised :class:`Unavailable` (its outcome unknown: the server
+        may have stored it), the next get or wait for room reads the counts again."""
         return self._core.ready_hint()
 
     def empty(self) -> bool:

@@ -374,7 +374,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
         recs = self.engine.take(self.name, n, now, lease)
         ready, leased, stored, raw = self._counts
         if not recs:
-            if time.monotonic() - self._last_refresh > self.settings.poll_interval or ready:
+            if ready or self.refresh_due():
                 self._refresh_locked()
             return recs
         k = len(recs)
@@ -386,8 +386,8 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             self.counters["gets"] += k
         else:
             leased += k
-        if stored < 0 or raw < 0:  # records another handle put, which these counts lack
-            self._refresh_locked()
+        if stored < 0 or raw < 0 or self._stale:  # records these counts lack: another
+            self._refresh_locked()  # handle's, or of a put whose outcome is unknown
         else:
             self._counts = new_counts(ready, leased, stored, raw)
         return recs

@@ -16,9 +16,9 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._counting import SyncCounts
 from ._outage import Outage
 from ._syncwait import SyncWaiting
+from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, Full, QueueShutDown, Unavailable
@@ -40,7 +40,7 @@ _CLOSE_WAIT = 10.0
 """Seconds close() waits for calls blocked in other threads before it closes anyway."""
 
 
-class SyncQueue(SyncCounts, SyncWaiting, Generic[T]):
+class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
     """A durable FIFO queue for threads, with the signatures of ``queue.Queue``.
 
     Create it with :meth:`create`; close it with :meth:`close` or ``with``.
