@@ -38,6 +38,7 @@ from ._common import (
 from ._decoding import Decoder, check_json, json_text
 from ._options import engine_option, json_option, queue_option, schema_option
 from ._output import CliState
+from ._signals import sigint_deferred
 
 __all__ = ["dump", "load", "migrate"]
 
@@ -254,7 +255,7 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     state = CliState()
     stream: IO[bytes] = (sys.stdin.buffer if file == "-"
                          else open(file, "rb"))  # noqa: SIM115 - closed below
-    loaded = 0
+    loaded = writing = 0
     try:
         # A pipe (`<(command)`, /dev/stdin) is read once, as stdin is.
         total = _count_items(file, stream) if file != "-" and stream.seekable() else None
@@ -262,18 +263,17 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
                               compressor=compressor, engine_options=options) as q, \
                 state.progress("loading", total) as advance:
             batch: list[Any] = []
-            for lineno, line in enumerate(stream, 1):
+            for lineno, line in itertools.chain(enumerate(stream, 1), [(0, b"")]):
                 if line.strip():
                     batch.append(_parse_line(file, lineno, line))
-                if len(batch) >= batch_size:
-                    q.put_many(batch)
-                    loaded += len(batch)
+                if batch and (len(batch) >= batch_size or not lineno):
+                    # Ctrl-C as the batch commits would leave it stored but not counted.
+                    with sigint_deferred():
+                        writing = len(batch)
+                        q.put_many(batch)
+                        loaded, writing = loaded + writing, 0
                     advance(len(batch))
                     batch = []
-            if batch:
-                q.put_many(batch)
-                loaded += len(batch)
-                advance(len(batch))
     except Refused as exc:
         if loaded:
             raise Refused(f"{exc.message} ({loaded} item(s) before it were loaded)") from exc
@@ -281,9 +281,10 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     except BaseException:
         # Ctrl-C, a lock held too long, a full disk: the batches written stay, and a load
         # run again would add them twice unless told how many they were.
-        if loaded:
+        if loaded or writing:
             state.note(f"{queue}: {loaded} item(s) of {file} were loaded before the load "
-                       "stopped")
+                       "stopped" + (f", and the {writing} after them may be stored too"
+                                    if writing else ""))
         raise
     finally:
         if file != "-":

@@ -1,0 +1,56 @@
+"""The ``spoolq`` command used as a careless or hostile user would: interrupted, fed odd
+files and odd arguments, run beside programs that use the same queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cli_support import ROOT, run_process
+
+
+def _spoolq(*args: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.Popen([sys.executable, "-m", "spoolq", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _ready(path: str, queue: str) -> int:
+    info = run_process("info", path, "-q", queue, "--json")
+    assert info.returncode == 0, info.stderr
+    return int(json.loads(info.stdout)["queues"][0]["ready"])
+
+
+def test_load_interrupted_while_a_batch_commits_counts_that_batch(tmp_path: Path) -> None:
+    """Ctrl-C that lands while a batch is being committed: the batch is stored, and the
+    line that tells how many items were loaded (so that a load run again can skip
+    them) counts it."""
+    lines = tmp_path / "items.jsonl"
+    lines.write_text("".join(json.dumps({"n": n, "pad": "p" * 40}) + "\n"
+                             for n in range(20_000)))
+    for attempt in range(3):  # the signal may land before the commit: then try again
+        path = str(tmp_path / f"jobs{attempt}.sqlite")
+        wal = path + "-wal"
+        # A batch is about 1 MB of pages. SQLite writes about half of them to the WAL
+        # while the rows go in, the rest as it commits: a WAL past 700 KB is that commit.
+        proc = _spoolq("load", path, str(lines), "-q", "jobs", "--batch-size", "10000",
+                       "--compressor", "none")
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(wal) and os.path.getsize(wal) > 700_000):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert b"Traceback" not in err
+        stored = _ready(path, "jobs")
+        said = re.search(rb"(\d+) item\(s\) of \S+ were loaded before the load stopped", err)
+        assert (0 if said is None else int(said.group(1))) == stored, err
