@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import spoolq
+
 from .cli_support import ROOT, run_process
 
 
@@ -54,3 +56,33 @@ def test_load_interrupted_while_a_batch_commits_counts_that_batch(tmp_path: Path
         stored = _ready(path, "jobs")
         said = re.search(rb"(\d+) item\(s\) of \S+ were loaded before the load stopped", err)
         assert (0 if said is None else int(said.group(1))) == stored, err
+
+
+def test_migrate_interrupted_into_an_existing_file_says_what_it_left_there(
+        tmp_path: Path) -> None:
+    """Ctrl-C during a migrate into a file that existed: the records copied so far stay
+    there (the file is not the migrate's to remove), and a line on stderr says how many
+    of which queue, since a migrate run again would refuse them, or double them with
+    --append."""
+    src = str(tmp_path / "src.sqlite")
+    dst = str(tmp_path / "dst.sqlite")
+    with spoolq.SyncQueue.create(src, name="jobs", compressor="none") as q:
+        for start in range(0, 200_000, 20_000):
+            q.put_many([{"n": n} for n in range(start, start + 20_000)])
+    with spoolq.SyncQueue.create(dst, name="other") as q:
+        q.put("kept")
+    proc = _spoolq("migrate", src, dst, "--chunk", "500")
+    deadline = time.monotonic() + 60
+    while not (os.path.exists(dst + "-wal") and os.path.getsize(dst + "-wal") > 300_000):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert b"Traceback" not in err
+    copied = _ready(dst, "jobs")
+    assert 0 < copied < 200_000
+    assert _ready(dst, "other") == 1
+    said = re.search(rb"(\d+) of the 200000 record\(s\) of 'jobs'", err)
+    assert said is not None, err
+    assert int(said.group(1)) == copied

@@ -15,10 +15,9 @@ from typing import IO, Any
 
 import click
 
-from ..codec import COMPRESSORS, SERIALIZERS, record_dictionary
+from ..codec import COMPRESSORS, SERIALIZERS
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
 from ..sync import SyncQueue
-from ..zdict import DICTIONARY_QUEUE, checksum_key
 from ._common import (
     DEFAULT_CHUNK,
     MAX_CHUNK,
@@ -27,14 +26,13 @@ from ._common import (
     Refused,
     base_queues,
     engine_options,
-    iter_pages,
     iter_pages_following,
     open_existing,
     partial_file,
-    set_stored_codec,
     skipping_damaged,
     stored_codec,
 )
+from ._copying import copy_dictionaries, copy_queues
 from ._decoding import Decoder, check_json, json_text
 from ._options import engine_option, json_option, queue_option, schema_option
 from ._output import CliState
@@ -370,18 +368,23 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
             state.check_queue_name(source, *names)
         plan = _plan(source, names)
         new_files = _files_a_new_queue_file_adds(dst)
+        written: dict[str, int] = {}
         target = open_engine(dst, to_engine, options=dst_options)
         try:
             try:
                 _check_destination(source, target, bases, names, append)
-                _copy_dictionaries(source, target, bases, names, chunk)
-                copied = _copy(state, source, target, bases, plan, chunk)
+                copy_dictionaries(source, target, bases, names, chunk)
+                copied = copy_queues(state, source, target, bases, plan, chunk, written)
             finally:
                 target.close()
         except BaseException:
             # A DST this migrate created goes again: a partial copy left in its place
             # would be refused next time, or doubled with --append.
             _remove(new_files)
+            if not new_files and any(written.values()):
+                kept = ", ".join(f"{n} of the {plan[q]} record(s) of {q!r}"
+                                 for q, n in written.items() if n)
+                state.note(f"{dst} keeps what was copied before the migrate stopped: {kept}")
             raise
     finally:
         source.close()
@@ -416,78 +419,3 @@ def _remove(paths: list[str]) -> None:
                 os.remove(path)
         except OSError as exc:
             log.warning("spoolq: could not remove %s: %s", path, exc)
-
-
-def _copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: list[str],
-                       chunk: int) -> None:
-    """Give the destination the source's zstd dictionaries under the same numbers.
-
-    Records are copied as stored, and a ``zstd-dict`` record names its
-    dictionary by number (its place in the dictionary queue), so each number
-    a copied record needs must hold the same dictionary in both files. The
-    source's dictionaries beyond the destination's are appended, so they keep
-    their numbers; a number the destination already gives another dictionary
-    is refused only when a copied record needs it.
-    """
-    have = [d.data for d in target.peek(DICTIONARY_QUEUE, 255)]
-    wanted = source.peek(DICTIONARY_QUEUE, 255)
-    clash = {n for n in range(1, len(have) + 1)
-             if n > len(wanted) or have[n - 1] != wanted[n - 1].data}
-    if clash:
-        for name in names:
-            for page in iter_pages(source, name, chunk=chunk):
-                for rec in page:
-                    number = record_dictionary(rec.data)
-                    if number in clash:
-                        raise Refused(
-                            f"record {rec.id} of {name!r} needs zstd dictionary {number}, and "
-                            f"the destination's dictionary {number} is another one; migrate "
-                            "into a new file")
-    for number, rec in enumerate(wanted[len(have):], len(have) + 1):
-        target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
-        crc = source.get_meta(checksum_key(number))
-        if crc is not None:
-            target.set_meta(checksum_key(number), crc)
-    for base in bases:
-        key = f"queue/{base}/zstd-dict"
-        active = source.get_meta(key)
-        if active is None or target.get_meta(key) is not None:
-            continue
-        if active.isdigit() and int(active) in clash:
-            # The destination's dictionary of that number is another queue's: the queue
-            # trains its own there once it has enough new items.
-            log.info("spoolq: %r: zstd dictionary %s is another one in the destination; "
-                     "the queue will train its own", base, active.decode())
-            continue
-        target.set_meta(key, active)
-
-
-def _copy(state: CliState, source: Engine, target: Engine, bases: list[str],
-          plan: dict[str, int], chunk: int) -> list[dict[str, Any]]:
-    """Copy the queues of ``plan`` (name -> ready count), codec settings first."""
-    names = list(plan)
-    for base in bases:
-        ser, comp = stored_codec(source, base)
-        have_ser, have_comp = stored_codec(target, base)
-        set_stored_codec(target, base, None if have_ser else ser, None if have_comp else comp)
-    before = {name: target.counts(name).ready for name in names}
-    copied: list[dict[str, Any]] = []
-    with state.progress("copying", sum(plan.values())) as advance:
-        for name in names:
-            done = 0
-            for page in iter_pages(source, name, chunk=chunk):
-                # append() stamps one time per call: runs of equal times keep each record's.
-                for stamp, run in itertools.groupby(page, key=lambda r: r.enqueued_at):
-                    recs = list(run)
-                    target.append(name, [r.data for r in recs], [r.raw_size for r in recs],
-                                  stamp)
-                done += len(page)
-                advance(len(page))
-            ready = target.counts(name).ready
-            if done != plan[name] or ready != before[name] + done:
-                raise Refused(f"{name!r}: {plan[name]} items were to be copied, {done} were "
-                              f"read and the destination gained {ready - before[name]}; "
-                              "was another program using the files?")
-            if done or plan[name] or name in bases:
-                copied.append({"name": name, "copied": done, "ready": ready})
-    return copied

@@ -1,0 +1,99 @@
+"""What ``migrate`` copies: zstd dictionaries, codec settings and records, as stored."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+from ..codec import record_dictionary
+from ..engines import Engine
+from ..zdict import DICTIONARY_QUEUE, checksum_key
+from ._common import Refused, iter_pages, set_stored_codec, stored_codec
+from ._output import CliState
+from ._signals import sigint_deferred
+
+__all__ = ["copy_dictionaries", "copy_queues"]
+
+log = logging.getLogger("spoolq")
+
+
+def copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: list[str],
+                       chunk: int) -> None:
+    """Give the destination the source's zstd dictionaries under the same numbers.
+
+    Records are copied as stored, and a ``zstd-dict`` record names its
+    dictionary by number (its place in the dictionary queue), so each number
+    a copied record needs must hold the same dictionary in both files. The
+    source's dictionaries beyond the destination's are appended, so they keep
+    their numbers; a number the destination already gives another dictionary
+    is refused only when a copied record needs it.
+    """
+    have = [d.data for d in target.peek(DICTIONARY_QUEUE, 255)]
+    wanted = source.peek(DICTIONARY_QUEUE, 255)
+    clash = {n for n in range(1, len(have) + 1)
+             if n > len(wanted) or have[n - 1] != wanted[n - 1].data}
+    if clash:
+        for name in names:
+            for page in iter_pages(source, name, chunk=chunk):
+                for rec in page:
+                    number = record_dictionary(rec.data)
+                    if number in clash:
+                        raise Refused(
+                            f"record {rec.id} of {name!r} needs zstd dictionary {number}, and "
+                            f"the destination's dictionary {number} is another one; migrate "
+                            "into a new file")
+    for number, rec in enumerate(wanted[len(have):], len(have) + 1):
+        target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
+        crc = source.get_meta(checksum_key(number))
+        if crc is not None:
+            target.set_meta(checksum_key(number), crc)
+    for base in bases:
+        key = f"queue/{base}/zstd-dict"
+        active = source.get_meta(key)
+        if active is None or target.get_meta(key) is not None:
+            continue
+        if active.isdigit() and int(active) in clash:
+            # The destination's dictionary of that number is another queue's: the queue
+            # trains its own there once it has enough new items.
+            log.info("spoolq: %r: zstd dictionary %s is another one in the destination; "
+                     "the queue will train its own", base, active.decode())
+            continue
+        target.set_meta(key, active)
+
+
+def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str],
+                plan: dict[str, int], chunk: int,
+                written: dict[str, int]) -> list[dict[str, Any]]:
+    """Copy the queues of ``plan`` (name -> ready count), codec settings first.
+
+    ``written`` counts the records stored in each destination queue so far, also when
+    the copy stops part of the way (a Ctrl-C as a run commits waits for it)."""
+    names = list(plan)
+    for base in bases:
+        ser, comp = stored_codec(source, base)
+        have_ser, have_comp = stored_codec(target, base)
+        set_stored_codec(target, base, None if have_ser else ser, None if have_comp else comp)
+    before = {name: target.counts(name).ready for name in names}
+    copied: list[dict[str, Any]] = []
+    with state.progress("copying", sum(plan.values())) as advance:
+        for name in names:
+            done = 0
+            for page in iter_pages(source, name, chunk=chunk):
+                # append() stamps one time per call: runs of equal times keep each record's.
+                for stamp, run in itertools.groupby(page, key=lambda r: r.enqueued_at):
+                    recs = list(run)
+                    with sigint_deferred():
+                        target.append(name, [r.data for r in recs],
+                                      [r.raw_size for r in recs], stamp)
+                        written[name] = written.get(name, 0) + len(recs)
+                done += len(page)
+                advance(len(page))
+            ready = target.counts(name).ready
+            if done != plan[name] or ready != before[name] + done:
+                raise Refused(f"{name!r}: {plan[name]} items were to be copied, {done} were "
+                              f"read and the destination gained {ready - before[name]}; "
+                              "was another program using the files?")
+            if done or plan[name] or name in bases:
+                copied.append({"name": name, "copied": done, "ready": ready})
+    return copied
