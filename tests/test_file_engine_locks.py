@@ -1,0 +1,106 @@
+"""The single-process file engines (dbm, pickle): their file lock across fork, the numbers
+they refuse, and the repair of a dbm.dumb index."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import spoolq
+
+from .conftest import queue_path
+
+FORKING = ["os.fork", "multiprocessing"]
+
+_PARENT = """
+import multiprocessing, os, sys, time
+import spoolq
+
+q = spoolq.SyncQueue.create({path!r})
+q.put_many(list(range(5)))
+if {how!r} == "os.fork":
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        sys.exit(0)  # a normal exit, which runs every finalizer the child has
+else:
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    pid = child.pid
+q.put("after the fork")
+print(pid, flush=True)
+if {then!r} == "wait for the child":
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("child gone", flush=True)
+time.sleep(60)
+"""
+
+
+def _start_parent(path: str, how: str, then: str = "") -> tuple[subprocess.Popen[str], int]:
+    """A process that opens the queue at ``path``, puts six items and forks a child that
+    sleeps; returns it and the child's pid."""
+    script = textwrap.dedent(_PARENT).format(path=path, how=how, then=then)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    line = parent.stdout.readline()
+    if not line:
+        parent.kill()
+        raise AssertionError(parent.communicate(timeout=10)[1])
+    return parent, int(line)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+@pytest.mark.parametrize("how", FORKING)
+@pytest.mark.parametrize("engine", ["dbm", "pickle", "sqlite", "lmdb"])
+def test_a_queue_opens_at_once_when_its_process_was_killed_and_a_forked_child_lives_on(
+        tmp_path: Path, engine: str, how: str) -> None:
+    """The child inherited the descriptor of the parent's lock: the lock stayed held until
+    the child ended, and every open of the queue raised LockTimeout meanwhile."""
+    path = queue_path(tmp_path, engine)
+    parent, child = _start_parent(path, how)
+    try:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        os.kill(child, 0)  # still alive
+        started = time.monotonic()
+        with spoolq.SyncQueue.create(path) as q:
+            assert q.get_many(timeout=1) == [0, 1, 2, 3, 4, "after the fork"]
+        assert time.monotonic() - started < 5
+    finally:
+        _kill(parent.pid)
+        _kill(child)
+        parent.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("then", ["", "wait for the child"])
+@pytest.mark.parametrize("engine", ["dbm", "pickle"])
+def test_the_parent_keeps_its_lock_while_its_forked_child_lives_and_after_it_ended(
+        tmp_path: Path, engine: str, then: str) -> None:
+    """What a forked child does with the lock it inherited must never free the parent's."""
+    path = queue_path(tmp_path, engine)
+    parent, child = _start_parent(path, "os.fork", then)
+    try:
+        assert parent.stdout is not None
+        if then:
+            assert parent.stdout.readline() == "child gone\n"
+        with pytest.raises(spoolq.LockTimeout):
+            spoolq.SyncQueue.create(path)
+    finally:
+        _kill(parent.pid)
+        _kill(child)
+        parent.communicate(timeout=10)
