@@ -19,7 +19,7 @@ import click
 
 from .. import __version__
 from ..errors import EngineError, SpoolqError
-from ._common import ExitCode, FileProblem, Refused, one_line
+from ._common import ExitCode, FileProblem, Interrupted, Refused, one_line
 from ._stdout import whole_writes
 from .bench import bench
 from .maintain import compact, purge, requeue
@@ -54,6 +54,9 @@ class _Group(click.Group):
         except BrokenPipeError as exc:
             # Not an OSError any more: click would turn it into status 1.
             raise _ReaderGone() from exc
+        except KeyboardInterrupt:
+            # click would say "Aborted!" with status 1
+            raise Interrupted("interrupted (Ctrl-C)") from None
         except (EngineError, OSError) as exc:
             log.debug("spoolq command failed", exc_info=True)
             raise FileProblem(one_line(exc)) from exc
@@ -71,7 +74,8 @@ def cli(verbose: bool) -> None:
 
     Exit status: 0 success; 1 verify found problems, or an operation was
     refused or could not finish; 2 bad usage; 3 the file is missing, not a
-    spoolq queue file, damaged, locked, or an I/O error occurred.
+    spoolq queue file, damaged, locked, or an I/O error occurred; 130
+    stopped by Ctrl-C.
     """
     if verbose:
         handler = logging.StreamHandler()

@@ -72,12 +72,20 @@ class ExitCode(IntEnum):
     """Bad arguments or options (click's own usage errors use 2 as well)."""
     FILE = 3
     """The file is missing, is not a spoolq queue file, is damaged or locked, or I/O failed."""
+    INTERRUPTED = 130
+    """Stopped by Ctrl-C (SIGINT), as a shell reports a command SIGINT ended."""
 
 
 class Refused(click.ClickException):
     """An operation was refused or found problems: exit status 1, one line on stderr."""
 
     exit_code = ExitCode.PROBLEM
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C (SIGINT) stopped the command: exit status 130, one line on stderr."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 class FileProblem(click.ClickException):
