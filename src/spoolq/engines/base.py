@@ -55,6 +55,9 @@ __all__ = [
     "SupportsRecordCheck",
     "WaitCancel",
     "as_bytes",
+    "as_int",
+    "as_queue_name",
+    "as_text",
     "batch_given",
     "check_window",
     "dead_queue_name",
@@ -142,6 +145,28 @@ def as_bytes(value: object, what: str) -> bytes:
         return bytes(memoryview(value))  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
+
+
+def as_queue_name(value: object) -> str:
+    """``value`` when it is a str; TypeError for anything else, which a file engine keeping
+    names as text would give back as another name (7 as "7")."""
+    if not isinstance(value, str):
+        raise TypeError(f"a queue name must be a str, not {type(value).__name__}")
+    return value
+
+
+def as_int(value: object, what: str) -> int:
+    """``value`` when it is an int; TypeError naming ``what`` for anything else."""
+    if not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return value
+
+
+def as_text(value: object, what: str) -> str:
+    """``value`` when it is a str; TypeError naming ``what`` for anything else."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    return value
 
 
 _forks = 0

@@ -73,6 +73,9 @@ from .base import (
     LeasedRecord,
     StoredRecord,
     as_bytes,
+    as_int,
+    as_queue_name,
+    as_text,
     batch_given,
     check_window,
     dead_queue_name,
@@ -83,7 +86,6 @@ from .base import (
     refuse_nan,
     restore_refused,
 )
-from .pickle import _int, _name, _text
 
 __all__ = ["DBMEngine"]
 
@@ -164,9 +166,9 @@ class _DBMStore(Generations):
             return []
         # Checked before anything is written: the state keeps names as JSON text, where
         # another type would come back as another name (7 as "7", None as "null").
-        queue = _name(queue)
+        queue = as_queue_name(queue)
         refuse_nan(self.path, "append", "now", now)
-        batch = [StoredRecord(0, as_bytes(data, "a record"), _int(raw, "a raw size"), 0, now)
+        batch = [StoredRecord(0, as_bytes(data, "a record"), as_int(raw, "a raw size"), 0, now)
                  for data, raw in zip(records, raw_sizes, strict=True)]
         with self._transaction("append") as st:
             first = self._append(st, queue, batch)
@@ -174,7 +176,7 @@ class _DBMStore(Generations):
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         if lease is not None:
-            lease = Lease(_text(lease.owner, "a lease owner"), lease.until)
+            lease = Lease(as_text(lease.owner, "a lease owner"), lease.until)
         if nothing_visible(self.path, now, lease):
             return []
         with self._transaction("take") as st:
@@ -223,7 +225,7 @@ class _DBMStore(Generations):
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
-        queue = _name(queue)
+        queue = as_queue_name(queue)
         ids = distinct_ids(queue, records)
         for rec in records:
             refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
@@ -274,7 +276,7 @@ class _DBMStore(Generations):
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
-        reason = _text(reason, "a reason")
+        reason = as_text(reason, "a reason")
         refuse_nan(self.path, "release", "not_before", not_before)
         with self._transaction("release") as st:
             q = st.queues.get(queue)
@@ -373,7 +375,7 @@ class _DBMStore(Generations):
         return None
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        dst = _name(dst)
+        dst = as_queue_name(dst)
         with self._transaction("move") as st:
             s = st.queues.get(src)
             if s is None:
@@ -432,7 +434,7 @@ class _DBMStore(Generations):
         return self._state.meta.get(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        key, blob = _text(key, "a metadata key"), as_bytes(value, "a metadata value")
+        key, blob = as_text(key, "a metadata key"), as_bytes(value, "a metadata value")
         with self._transaction("set_meta") as st:
             st.meta[key] = blob
             self._changed = True

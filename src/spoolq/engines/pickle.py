@@ -63,6 +63,9 @@ from .base import (
     nothing_visible,
     refuse_nan,
 )
+from .base import as_int as _int
+from .base import as_queue_name as _name
+from .base import as_text as _text
 from .memory import MemoryEngine, RecordState
 
 __all__ = ["PickleEngine"]
@@ -104,24 +107,6 @@ def _record(value: object) -> RecordState | None:
         return (ident, data, raw_size, attempts, float(enqueued_at), reason, owner,
                 float(visible_at))
     return None
-
-
-def _name(queue: object) -> str:
-    if not isinstance(queue, str):
-        raise TypeError(f"a queue name must be a str, not {type(queue).__name__}")
-    return queue
-
-
-def _int(value: object, what: str) -> int:
-    if not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return value
-
-
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    return value
 
 
 class _PickleStore:
