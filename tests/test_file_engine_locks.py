@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 
 import spoolq
+from spoolq import open_engine
 
 from .conftest import queue_path
 
 FORKING = ["os.fork", "multiprocessing"]
+MAX_RAW_SIZE = (1 << 63) - 1  # SQLite's largest integer
+MAX_ATTEMPTS = (1 << 32) - 1  # what the dbm and lmdb records hold
 
 _PARENT = """
 import multiprocessing, os, sys, time
@@ -104,3 +107,67 @@ def test_the_parent_keeps_its_lock_while_its_forked_child_lives_and_after_it_end
         _kill(parent.pid)
         _kill(child)
         parent.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("raw", [-1, 1 << 63, 1 << 64])
+@pytest.mark.parametrize("engine", ["dbm", "pickle"])
+def test_a_raw_size_out_of_range_is_refused_naming_it_and_nothing_changes(
+        tmp_path: Path, engine: str, raw: int) -> None:
+    """dbm raised struct.error ("argument out of range", "int too large to convert") for
+    what its records cannot hold, and stored 2**63, which SQLite refuses; pickle stored
+    every one of them."""
+    path = queue_path(tmp_path, engine)
+    eng = open_engine(path)
+    try:
+        eng.append("q", [b"a", b"b"], [1, 1], 1.0)
+        with pytest.raises(ValueError, match=f"raw size must be from 0 to {MAX_RAW_SIZE}"):
+            eng.append("q", [b"x", b"y"], [1, raw], 1.0)
+        [taken] = eng.take("q", 1, 2.0, None)
+        with pytest.raises(ValueError, match=f"raw size must be from 0 to {MAX_RAW_SIZE}"):
+            eng.restore("q", [taken._replace(raw_size=raw)])
+        assert eng.counts("q") == (1, 0, 1, 1)
+        eng.restore("q", [taken])
+    finally:
+        eng.close()
+    eng = open_engine(path)
+    try:
+        assert [(r.data, r.raw_size) for r in eng.peek("q", 5)] == [(b"a", 1), (b"b", 1)]
+        assert eng.counts("q") == (2, 0, 2, 2)
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("attempts", [-1, 1 << 32, 1 << 63])
+@pytest.mark.parametrize("engine", ["dbm", "pickle"])
+def test_attempts_out_of_range_in_a_restore_are_refused_naming_them(
+        tmp_path: Path, engine: str, attempts: int) -> None:
+    path = queue_path(tmp_path, engine)
+    eng = open_engine(path)
+    try:
+        eng.append("q", [b"a", b"b"], [1, 1], 1.0)
+        [taken] = eng.take("q", 1, 2.0, None)
+        with pytest.raises(ValueError, match=f"attempts must be from 0 to {MAX_ATTEMPTS}"):
+            eng.restore("q", [taken._replace(attempts=attempts)])
+        assert [r.data for r in eng.peek("q", 5)] == [b"b"]
+        assert eng.counts("q") == (1, 0, 1, 1)
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("engine", ["dbm", "pickle", "sqlite"])
+def test_the_largest_raw_size_and_attempts_are_stored(tmp_path: Path, engine: str) -> None:
+    path = queue_path(tmp_path, engine)
+    eng = open_engine(path)
+    try:
+        eng.append("q", [b"a"], [MAX_RAW_SIZE], 1.0)
+        [taken] = eng.take("q", 1, 2.0, None)
+        eng.restore("q", [taken._replace(attempts=MAX_ATTEMPTS)])
+    finally:
+        eng.close()
+    eng = open_engine(path)
+    try:
+        [rec] = eng.peek("q", 5)
+        assert (rec.raw_size, rec.attempts) == (MAX_RAW_SIZE, MAX_ATTEMPTS)
+    finally:
+        eng.close()
+

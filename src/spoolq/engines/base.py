@@ -44,6 +44,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 from ..errors import EngineError
 
 __all__ = [
+    "MAX_ATTEMPTS",
+    "MAX_RAW_SIZE",
     "STORED_RECORDS",
     "Counts",
     "Engine",
@@ -60,6 +62,9 @@ __all__ = [
     "as_text",
     "batch_given",
     "check_window",
+    "checked_attempts",
+    "checked_raw_size",
+    "checked_records",
     "dead_queue_name",
     "distinct_ids",
     "due_by",
@@ -167,6 +172,43 @@ def as_text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     return value
+
+
+MAX_RAW_SIZE = (1 << 63) - 1
+"""The largest raw size a record may have: SQLite's largest integer."""
+
+MAX_ATTEMPTS = (1 << 32) - 1
+"""The largest attempts a restored record may have: what the dbm and lmdb formats hold."""
+
+
+def _in_range(value: object, what: str, top: int) -> int:
+    number = as_int(value, what)
+    if not 0 <= number <= top:
+        raise ValueError(f"{what} must be from 0 to {top}, not {number}; nothing was changed")
+    return number
+
+
+def checked_raw_size(value: object) -> int:
+    """A record's raw size: TypeError when it is not an int, ValueError when it is negative
+    or above :data:`MAX_RAW_SIZE`. Call it before changing anything."""
+    return _in_range(value, "a raw size", MAX_RAW_SIZE)
+
+
+def checked_attempts(value: object) -> int:
+    """A restored record's attempts: TypeError when not an int, ValueError when negative or
+    above :data:`MAX_ATTEMPTS`. Call it before changing anything."""
+    return _in_range(value, "attempts", MAX_ATTEMPTS)
+
+
+def checked_records(records: Sequence[StoredRecord]) -> list[StoredRecord]:
+    """The records of a ``restore``, each field checked as above (the id an int, the data
+    bytes, the reason None or a str): TypeError or ValueError naming the field, before
+    anything changes."""
+    return [StoredRecord(as_int(r.id, "a record id"), as_bytes(r.data, "a record"),
+                         checked_raw_size(r.raw_size), checked_attempts(r.attempts),
+                         float(r.enqueued_at),
+                         None if r.reason is None else as_text(r.reason, "a reason"))
+            for r in records]
 
 
 _forks = 0

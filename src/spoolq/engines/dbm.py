@@ -73,11 +73,12 @@ from .base import (
     LeasedRecord,
     StoredRecord,
     as_bytes,
-    as_int,
     as_queue_name,
     as_text,
     batch_given,
     check_window,
+    checked_raw_size,
+    checked_records,
     dead_queue_name,
     distinct_ids,
     due_by,
@@ -168,7 +169,7 @@ class _DBMStore(Generations):
         # another type would come back as another name (7 as "7", None as "null").
         queue = as_queue_name(queue)
         refuse_nan(self.path, "append", "now", now)
-        batch = [StoredRecord(0, as_bytes(data, "a record"), as_int(raw, "a raw size"), 0, now)
+        batch = [StoredRecord(0, as_bytes(data, "a record"), checked_raw_size(raw), 0, now)
                  for data, raw in zip(records, raw_sizes, strict=True)]
         with self._transaction("append") as st:
             first = self._append(st, queue, batch)
@@ -226,6 +227,7 @@ class _DBMStore(Generations):
         if not records:
             return
         queue = as_queue_name(queue)
+        records = checked_records(records)  # before the transaction: a value _pack cannot hold
         ids = distinct_ids(queue, records)
         for rec in records:
             refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",

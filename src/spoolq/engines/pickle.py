@@ -60,10 +60,11 @@ from .base import (
     StoredRecord,
     as_bytes,
     batch_given,
+    checked_raw_size,
+    checked_records,
     nothing_visible,
     refuse_nan,
 )
-from .base import as_int as _int
 from .base import as_queue_name as _name
 from .base import as_text as _text
 from .memory import MemoryEngine, RecordState
@@ -291,7 +292,7 @@ class _PickleStore:
         queue = _name(queue)
         refuse_nan(self.path, "append", "now", now)
         data = [as_bytes(r, "a record") for r in records]
-        sizes = [_int(r, "a raw size") for r in raw_sizes]
+        sizes = [checked_raw_size(r) for r in raw_sizes]
         return self._write("append", lambda m: m.append(queue, data, sizes, float(now)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
@@ -303,11 +304,7 @@ class _PickleStore:
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         queue = _name(queue)
-        records = [StoredRecord(_int(r.id, "a record id"), as_bytes(r.data, "a record"),
-                                _int(r.raw_size, "a raw size"), _int(r.attempts, "attempts"),
-                                float(r.enqueued_at),
-                                None if r.reason is None else _text(r.reason, "a reason"))
-                   for r in records]
+        records = checked_records(records)
         for rec in records:
             refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
                         rec.enqueued_at)
