@@ -171,3 +171,44 @@ def test_the_largest_raw_size_and_attempts_are_stored(tmp_path: Path, engine: st
     finally:
         eng.close()
 
+
+def _dumb_files(path: Path) -> tuple[Path, Path]:
+    """The .dir index and the .bak of the live generation of the dbm queue at ``path``."""
+    generation = (path / "CURRENT").read_text().split()[1]
+    return path / f"{generation}.dir", path / f"{generation}.bak"
+
+
+@pytest.mark.parametrize("damage", ["lines that are not an index", "entries that disagree"])
+def test_a_damaged_dbm_index_backup_never_replaces_a_readable_index(tmp_path: Path,
+                                                                    damage: str) -> None:
+    """A .bak with more lines than .dir was taken for the index of a rewrite cut short: it
+    replaced the good .dir, the open then failed on its damaged lines, and the index of
+    every record was gone."""
+    path = tmp_path / "q.dbm"
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(list(range(20)))
+    index, backup = _dumb_files(path)
+    good = index.read_bytes()
+    assert backup.exists()
+    if damage == "lines that are not an index":
+        backup.write_bytes(good + b"\x00\x17garbage\n" * 3)
+    else:  # the first record's entry names the place of the second
+        first, second = [line for line in good.splitlines() if line.startswith(b"'m")][:2]
+        wrong = first.split(b",")[0] + b"," + second.split(b",", 1)[1]
+        backup.write_bytes(good.replace(first, wrong) + b"'x9.0', (0, 10)\n")
+    with spoolq.SyncQueue.create(path) as q:
+        assert q.get_many(None) == list(range(20))
+    assert _dumb_files(path)[0].read_bytes() != b""
+
+
+def test_a_dbm_index_cut_short_is_still_repaired_from_an_intact_backup(tmp_path: Path) -> None:
+    """What the repair is for: a kill while dbm.dumb rewrote .dir, whose .bak is whole."""
+    path = tmp_path / "q.dbm"
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(list(range(20)))
+    index, backup = _dumb_files(path)
+    good = index.read_bytes()
+    backup.write_bytes(good)
+    index.write_bytes(good[:len(good) // 2 + 3])  # a torn last line
+    with spoolq.SyncQueue.create(path) as q:
+        assert q.get_many(None) == list(range(20))

@@ -12,6 +12,7 @@ directory naming one complete generation.
 
 from __future__ import annotations
 
+import ast
 import dbm
 import glob
 import importlib
@@ -263,6 +264,9 @@ def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
     appended lines and a complete rewrite has as many lines as the ``.bak``
     it replaced: fewer lines, a torn last line or no ``.dir`` at all mean a
     rewrite was cut short, and the ``.bak`` (or the whole lines) are the index.
+    A ``.bak`` takes the place of ``.dir`` only when every line of it is an
+    index entry and it holds every entry of ``.dir`` as ``.dir`` has it: a
+    damaged ``.bak`` never replaces an index that can be read.
     """
     base = os.path.join(path, generation)
     index, backup = base + ".dir", base + ".bak"
@@ -278,7 +282,16 @@ def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
     whole = b"" if current_bytes is None else current_bytes[:current_bytes.rfind(b"\n") + 1]
     fixed = whole
     if backup_bytes is not None and backup_bytes.count(b"\n") > whole.count(b"\n"):
-        fixed = backup_bytes[:backup_bytes.rfind(b"\n") + 1]
+        candidate = backup_bytes[:backup_bytes.rfind(b"\n") + 1]
+        if _completes(candidate, whole):
+            fixed = candidate
+        elif current_bytes is None:
+            raise CorruptError(f"{path}: the index of {generation} is missing and its "
+                               f"backup {generation}.bak is damaged; the files are left as "
+                               "they are")
+        else:
+            log.warning("spoolq: %s: %s.bak is damaged or does not match the index; the "
+                        "index is kept", path, generation)
     if fixed == current_bytes:
         return
     if read_only:
@@ -293,6 +306,30 @@ def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
     fsync_dir(path)
     log.warning("spoolq: %s: repaired the index of %s after an interrupted write", path,
                 generation)
+
+
+def _entries(index: bytes) -> dict[str, tuple[int, int]] | None:
+    """The entries of a ``dbm.dumb`` index, each line read as ``dbm.dumb`` reads it; None
+    when a line is not an entry (a key and a position and size)."""
+    entries = {}
+    for line in index.decode("latin-1").splitlines():
+        try:
+            key, where = ast.literal_eval(line.rstrip())
+        except Exception:  # any line literal_eval cannot read is damaged
+            return None
+        if not (isinstance(key, str) and isinstance(where, tuple) and len(where) == 2
+                and all(type(n) is int for n in where)):
+            return None
+        entries[key] = where
+    return entries
+
+
+def _completes(backup: bytes, index: bytes) -> bool:
+    """Whether ``backup`` is an index holding every entry of ``index`` unchanged: what a
+    rewrite cut short leaves (``index`` then holds the first entries of ``backup``)."""
+    old, new = _entries(backup), _entries(index)
+    return (old is not None and new is not None
+            and all(old.get(key) == where for key, where in new.items()))
 
 
 def _read(name: str) -> bytes | None:
