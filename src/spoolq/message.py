@@ -25,11 +25,13 @@ class Message(Generic[T]):
     ``attempts`` is 1 on the first delivery and grows with each redelivery;
     ``enqueued_at`` is the wall-clock time (``time.time()``) of the put.
 
-    A message is hashable whatever its item (a dict, a list): its hash leaves the item
-    out, so messages can be kept in a set or as dict keys while they are in flight.
+    Messages are equal when they stand for the same delivery (queue, id, attempts,
+    ``enqueued_at``): the item takes no part, so a copy or an unpickled message equals its
+    original whatever its item (a NaN, an array). A message is hashable whatever its item
+    (a dict, a list), so messages can be kept in a set or as dict keys while in flight.
     """
 
-    item: T = field(hash=False)
+    item: T = field(compare=False)
     id: int
     attempts: int
     enqueued_at: float

@@ -51,6 +51,11 @@ def _not_a_message(arg: object, what: str) -> str:
     return error
 
 
+def _foreign_error(ids: list[int], what: str) -> str:
+    return (f"cannot {what} message(s) {ids}: leased from another queue handle "
+            "(or another queue); settle them there")
+
+
 class Settling:
     """Acks, nacks, ``task_done``, dead letters and purges of one queue handle."""
 
@@ -78,32 +83,38 @@ class Settling:
     _settle: Callable[[list[Ticket]], None]
     _settle_pending: Callable[..., None]
 
-    def _deliveries(self, messages: Sequence[Message[Any]], what: str) -> list[tuple[int, int]]:
+    def _deliveries(self, messages: Sequence[Message[Any]], what: str
+                    ) -> tuple[list[Message[Any]], list[int]]:
+        """The messages this handle leased, and the ids of those another handle (or another
+        queue) leased, which it cannot settle. Anything but a Message raises TypeError
+        before anything is settled."""
         for msg in messages:
             if not isinstance(msg, Message):
                 raise TypeError(_not_a_message(msg, what))
-            if msg.queue != self.name or msg._owner not in self.owners:
-                raise LeaseError(
-                    f"message {msg.id} was leased from another queue handle; settle it there")
-        return [(m.id, m.attempts) for m in messages]
+        held = [m for m in messages if m.queue == self.name and m._owner in self.owners]
+        foreign = [] if len(held) == len(messages) else sorted(
+            {m.id for m in messages if m.queue != self.name or m._owner not in self.owners})
+        if foreign and not held:  # nothing to settle, nothing to wait for
+            raise LeaseError(_foreign_error(foreign, what))
+        return held, foreign
 
     @staticmethod
-    def _by_owner(messages: Sequence[Message[Any]],
-                  deliveries: list[tuple[int, int]]) -> dict[str, list[tuple[int, int]]]:
+    def _by_owner(messages: Sequence[Message[Any]]) -> dict[str, list[tuple[int, int]]]:
         """The deliveries of each owner (several only in a forked child that settles
         what its parent leased as well as its own)."""
         groups: dict[str, list[tuple[int, int]]] = {}
-        for msg, delivery in zip(messages, deliveries, strict=True):
-            groups.setdefault(msg._owner, []).append(delivery)
+        for msg in messages:
+            groups.setdefault(msg._owner, []).append((msg.id, msg.attempts))
         return groups
 
     def ack(self, messages: Sequence[Message[Any]]) -> None:
         """Remove leased items; raise LeaseError naming any lease no longer held."""
-        deliveries = self._deliveries(messages, "ack")
+        messages, foreign = self._deliveries(messages, "ack")
+        deliveries = [(m.id, m.attempts) for m in messages]
         with self.lock:
             self._check_open()
             done: list[int] = []
-            for owner, group in self._by_owner(messages, deliveries).items():
+            for owner, group in self._by_owner(messages).items():
                 done += self.engine.ack(self.name, group, owner)
             acked = set(done)
             stored = sum(m._sizes[0] for m in messages if m.id in acked)
@@ -120,18 +131,19 @@ class Settling:
                 with self._tally:
                     self._unfinished = max(self._unfinished - len(done), 0)
             self.counters["acks"] += len(done)
-        self._raise_missing(deliveries, done, "ack")
+        self._raise_missing(deliveries, done, "ack", foreign)
 
     def nack(self, messages: Sequence[Message[Any]], delay: float, reason: str = "") -> None:
         """Return leased items to their FIFO position, visible again after ``delay`` seconds."""
         check_seconds("delay", delay)
-        deliveries = self._deliveries(messages, "nack")
+        messages, foreign = self._deliveries(messages, "nack")
+        deliveries = [(m.id, m.attempts) for m in messages]
         with self.lock:
             self._check_open()
             # delay 0 means visible at once, whatever the wall clock does meanwhile
             not_before = time.time() + delay if delay else 0.0
             done: list[int] = []
-            for owner, group in self._by_owner(messages, deliveries).items():
+            for owner, group in self._by_owner(messages).items():
                 done += self.engine.release(self.name, group, owner, not_before=not_before,
                                             max_attempts=self.settings.max_attempts,
                                             reason=reason or "nacked")
@@ -149,7 +161,7 @@ class Settling:
             if delay and released:  # records wait in the queue for the delay to end
                 self._delayed(delay)
         self._notify()
-        self._raise_missing(deliveries, done, "nack")
+        self._raise_missing(deliveries, done, "nack", foreign)
 
     def _delayed(self, delay: float) -> None:
         """Keep when the records a nack of this handle just delayed show again. A little
@@ -173,12 +185,17 @@ class Settling:
             return due[0] if due else None
 
     @staticmethod
-    def _raise_missing(deliveries: list[tuple[int, int]], done: list[int], what: str) -> None:
+    def _raise_missing(deliveries: list[tuple[int, int]], done: list[int], what: str,
+                       foreign: list[int]) -> None:
+        """Raise LeaseError naming the messages a call could not settle, once it has
+        settled the others."""
         missing = sorted({i for i, _ in deliveries} - set(done))
-        if missing:
-            raise LeaseError(
-                f"cannot {what} message(s) {missing}: the lease expired, was settled already, "
-                "or the item was delivered again since")
+        errors = [f"cannot {what} message(s) {missing}: the lease expired, was settled "
+                  "already, or the item was delivered again since"] if missing else []
+        if foreign:
+            errors.append(_foreign_error(foreign, what))
+        if errors:
+            raise LeaseError("; ".join(errors))
 
     def _finished(self, n: int) -> None:
         """``n`` items left for good without a ``task_done`` (to the dead letters, purged,
