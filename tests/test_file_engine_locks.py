@@ -4,6 +4,7 @@ they refuse, and the repair of a dbm.dumb index."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,3 +213,31 @@ def test_a_dbm_index_cut_short_is_still_repaired_from_an_intact_backup(tmp_path:
     index.write_bytes(good[:len(good) // 2 + 3])  # a torn last line
     with spoolq.SyncQueue.create(path) as q:
         assert q.get_many(None) == list(range(20))
+
+
+def test_a_dbm_open_that_fails_on_the_live_generation_leaves_the_others(tmp_path: Path) -> None:
+    """A writable open removed every generation but the live one before it loaded that one:
+    when the live one turned out damaged, the older generation a compaction killed after
+    switching had left (a copy of the queue a moment before) was gone with the rest."""
+    path = tmp_path / "q.dbm"
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(list(range(5)))
+    for suffix in (".dat", ".dir", ".bak"):
+        shutil.copy(path / f"gen-000001{suffix}", path / f"gen-000002{suffix}")
+    (path / "CURRENT").write_text("spoolq-dbm gen-000002\n")
+    index = (path / "gen-000002.dir").read_text(encoding="latin-1")
+    newest = max((line for line in index.splitlines() if line.startswith("'s")),
+                 key=lambda line: int(line.split("'")[1][1:]))
+    where = int(newest.split("(")[1].split(",")[0])
+    data = bytearray((path / "gen-000002.dat").read_bytes())
+    data[where + 20] ^= 0xFF  # the newest state of the live generation is damaged
+    (path / "gen-000002.dat").write_bytes(bytes(data))
+    before = sorted(os.listdir(path))
+    with pytest.raises(spoolq.CorruptError, match="newest state"):
+        spoolq.SyncQueue.create(path)
+    assert sorted(os.listdir(path)) == before
+    # What was kept is the queue as it was: put it back in place and it opens whole.
+    (path / "CURRENT").write_text("spoolq-dbm gen-000001\n")
+    with spoolq.SyncQueue.create(path) as q:
+        assert q.get_many(None) == list(range(5))
+    assert not any(name.startswith("gen-000002") for name in os.listdir(path))

@@ -86,8 +86,12 @@ class Generations:
         if self.read_only:
             self._load_as_reader(generation)
             return
-        files.remove_other_generations(path, generation)
         self._load(generation)
+        # Only once the live generation has loaded: when it cannot be, the generation a
+        # compaction killed after switching left is the queue a moment before, and stays.
+        # (A half-written newer one is replaced by the next compaction, which may have run
+        # in _load: self._gen is the generation live now.)
+        files.remove_other_generations(path, self._gen)
 
     def _load_as_reader(self, generation: str) -> None:
         """Load ``generation`` without the lock: its writer may compact it into a new one

@@ -98,18 +98,6 @@ T = TypeVar("T")
 class _DBMStore(Generations):
     """One dbm queue directory; see the module docstring."""
 
-    def _open(self) -> None:
-        # A writable open removes every generation but the one CURRENT names, so it must
-        # not begin when that one is missing: its records would be gone with the others.
-        # (A reader may see CURRENT name a generation its writer has compacted away since:
-        # it loads the next one, see _load_as_reader.)
-        writer = not self.read_only and os.path.isdir(self.path)
-        generation = files.current(self.path) if writer else None
-        if generation is not None and next(files.files_of(self.path, generation), None) is None:
-            raise CorruptError(f"{self.path}: {files.CURRENT} names {generation}, whose files "
-                               "are missing; the files are left as they are")
-        super()._open()
-
     # ---- records ------------------------------------------------------------------------
 
     def _read(self, key: str | bytes, aside: _Aside | None = None) -> StoredRecord:
