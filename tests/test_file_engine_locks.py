@@ -27,39 +27,49 @@ _PARENT = """
 import multiprocessing, os, sys, time
 import spoolq
 
+up_read, up_write = os.pipe()
+
+def child() -> None:
+    os.write(up_write, b"up")  # past the fork hooks: the child runs its own code
+    time.sleep(60)
+
 q = spoolq.SyncQueue.create({path!r})
 q.put_many(list(range(5)))
 if {how!r} == "os.fork":
     pid = os.fork()
     if pid == 0:
-        time.sleep(60)
+        child()
         sys.exit(0)  # a normal exit, which runs every finalizer the child has
 else:
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
-    child.start()
-    pid = child.pid
-q.put("after the fork")
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    pid = process.pid
+os.read(up_read, 2)
 print(pid, flush=True)
+q.put("after the fork")
 if {then!r} == "wait for the child":
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     print("child gone", flush=True)
+else:
+    print("parent put", flush=True)
 time.sleep(60)
 """
 
 
 def _start_parent(path: str, how: str, then: str = "") -> tuple[subprocess.Popen[str], int]:
     """A process that opens the queue at ``path``, puts six items and forks a child that
-    sleeps; returns it and the child's pid."""
+    sleeps; returns it and the child's pid once both the child runs and the parent put."""
     script = textwrap.dedent(_PARENT).format(path=path, how=how, then=then)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     assert parent.stdout is not None
-    line = parent.stdout.readline()
-    if not line:
+    lines = [parent.stdout.readline(), parent.stdout.readline()]
+    if not all(lines):
         parent.kill()
         raise AssertionError(parent.communicate(timeout=10)[1])
-    return parent, int(line)
+    assert lines[1] in ("parent put\n", "child gone\n"), lines
+    return parent, int(lines[0])
 
 
 def _kill(pid: int) -> None:
@@ -99,9 +109,6 @@ def test_the_parent_keeps_its_lock_while_its_forked_child_lives_and_after_it_end
     path = queue_path(tmp_path, engine)
     parent, child = _start_parent(path, "os.fork", then)
     try:
-        assert parent.stdout is not None
-        if then:
-            assert parent.stdout.readline() == "child gone\n"
         with pytest.raises(spoolq.LockTimeout):
             spoolq.SyncQueue.create(path)
     finally:
