@@ -311,8 +311,7 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             max_attempts = self.settings.max_attempts
             dead_owners: list[str] = []
             if tick >= self._next_owner_check:
-                # Leases of a process on this host that died come back now, not at their
-                # ttl: opening the queue does the same.
+                # Leases of a dead process of this host come back now, as at an open.
                 self._next_owner_check = tick + _OWNER_CHECK
                 dead_owners = self._dead_owners()
             dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
@@ -386,10 +385,11 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             self.counters["gets"] += k
         else:
             leased += k
+        counts = new_counts(ready, leased, max(stored, 0), max(raw, 0))
         if stored < 0 or raw < 0 or self._stale:  # records these counts lack: another
-            self._refresh_locked()  # handle's, or of a put whose outcome is unknown
+            self._recount(counts)  # handle's, or of a put whose outcome is unknown
         else:
-            self._counts = new_counts(ready, leased, stored, raw)
+            self._counts = counts
         return recs
 
     def _within_max_attempts(self, recs: list[StoredRecord], n: int,

@@ -67,6 +67,7 @@ class Writing:
     _check_open: Callable[[], None]
     _notify: Callable[[], None]
     refresh: Callable[[], Counts]
+    _refresh_locked: Callable[..., Counts]
 
     @property
     def counts(self) -> Counts:
@@ -89,11 +90,24 @@ class Writing:
         except (Unavailable, ClosedError) as exc:
             log.debug("spoolq: queue %r: re-reading the counts failed: %s", self.name, exc)
 
+    def _recount(self, counts: Counts) -> None:
+        """After a take, whose records these counts may lack (another handle's, those of a
+        write whose outcome is unknown): read the counts again. If that read fails, keep
+        ``counts`` and read again at the next take: the records taken must reach their
+        caller, and a get raising now would lose them."""
+        self._counts = counts
+        self._stale = True
+        try:
+            self._refresh_locked()
+        except Exception as exc:
+            log.debug("spoolq: queue %r: reading the counts after a take failed: %s",
+                      self.name, exc)
+
     def _append(self, records: list[bytes], sizes: list[int]) -> None:
         """Write records in one engine call. When it fails with its outcome unknown (a
         lost connection, :class:`Unavailable`: the server may have stored them, or an
-        interruption), the counts are marked stale: the next qsize(), stats or get reads
-        them again rather than wait for the poll."""
+        interruption), the counts are marked stale: the next take reads them again (and
+        the async queue's qsize() has its worker read them) rather than wait for the poll."""
         try:
             self.engine.append(self.name, records, sizes, time.time())
         except BaseException as exc:
