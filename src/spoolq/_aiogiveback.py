@@ -270,8 +270,8 @@ class GivingBack:
         for _ in range(100):
             seq = self._back_seq
             began, out_before, n = self._back
+            out = self._taken_out  # before the counts: a restore changes them first
             counts = core.counts
-            out = self._taken_out
             size = counts.ready + core.group.unwritten() + out - self._taken_in
             if self._back_seq != seq:
                 continue  # a give-back began or ended meanwhile: read again
