@@ -17,11 +17,15 @@ import spoolq
 from .cli_support import ROOT, run_process
 
 
-def _spoolq(*args: str) -> subprocess.Popen[bytes]:
+def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
-    return subprocess.Popen([sys.executable, "-m", "spoolq", *args], env=env,
+    return env
+
+
+def _spoolq(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "spoolq", *args], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -86,3 +90,25 @@ def test_migrate_interrupted_into_an_existing_file_says_what_it_left_there(
     said = re.search(rb"(\d+) of the 200000 record\(s\) of 'jobs'", err)
     assert said is not None, err
     assert int(said.group(1)) == copied
+
+
+HELD_BACK = """
+import os, signal
+from spoolq.cli._signals import sigint_deferred
+try:
+    with sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)  # held back: the block goes on
+        print("went on", flush=True)
+        raise OSError("the write failed")
+except KeyboardInterrupt as exc:
+    print("interrupted after", repr(exc.__cause__), flush=True)
+"""
+
+
+def test_a_ctrl_c_held_back_during_a_write_that_then_fails_still_interrupts() -> None:
+    """A first Ctrl-C waits for the write under way; when that write fails, the command
+    still ends as interrupted (status 130), not with the write's error alone."""
+    out = subprocess.run([sys.executable, "-c", HELD_BACK], env=_env(), capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert out.stdout.splitlines() == ["went on",
+                                       "interrupted after OSError('the write failed')"]

@@ -36,6 +36,10 @@ def sigint_deferred() -> Iterator[None]:
     signal.signal(signal.SIGINT, hold)
     try:
         yield
+    except BaseException as exc:
+        if caught and not isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc  # the block failed: the Ctrl-C still counts
+        raise
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if caught:
