@@ -12,15 +12,15 @@ with the last handle.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from filelock import FileLock, Timeout
 
 from ..errors import ClosedError, ConfigurationError, EngineError, LockTimeout
 from .base import (
@@ -289,113 +289,28 @@ class SharedEngine:
         self._release()
 
 
-class _Busy(Exception):
-    """Another process holds the lock."""
-
-
-class _Held(Protocol):
-    def release(self) -> None: ...
-
-
-if sys.platform == "win32":  # pragma: no cover - no fork there; filelock's lock does
-    from filelock import FileLock, Timeout
-
-    def _take(name: str) -> _Held:
-        lock = FileLock(name, timeout=0, thread_local=False)
-        try:
-            lock.acquire()
-        except Timeout as exc:
-            raise _Busy from exc
-        return lock
-else:
-    import fcntl
-
-    class FileLockHeld:
-        """An exclusive ``flock`` on a file, held by the process that took it.
-
-        A flock belongs to the open file, which a forked child shares: a child that kept
-        its copy would keep the queue locked after its parent died. So a forked child
-        closes its copy at once (never unlocking: that would unlock the parent's file too),
-        and the lock ends with the process that took it, whatever its children do.
-        """
-
-        def __init__(self, name: str) -> None:
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-            with _forking_guard:  # a fork meanwhile would copy a descriptor not yet known
-                fd = os.open(name, flags, 0o666)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BaseException as exc:
-                    os.close(fd)
-                    if isinstance(exc, OSError) and exc.errno in _CONTENDED:
-                        raise _Busy from exc
-                    raise
-                self._fd: int | None = fd
-                # Closes the descriptor of a lock dropped without release().
-                self._dropped = weakref.finalize(self, os.close, fd)
-                _held_locks.add(self)
-
-        def release(self) -> None:
-            """Unlock and close the file. A second call, or one in a forked child, does
-            nothing."""
-            with _forking_guard:
-                fd, self._fd = self._fd, None
-                _held_locks.discard(self)
-                self._dropped.detach()
-            if fd is None:
-                return
-            try:
-                # At once, even while a child forked without the fork hooks (from C) holds
-                # a copy of the descriptor.
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-
-        def _leave_to_parent(self) -> None:
-            fd, self._fd = self._fd, None
-            self._dropped.detach()
-            if fd is not None:
-                os.close(fd)
-
-    # What flock says when another open file holds the lock (EACCES on some file systems).
-    _CONTENDED = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
-    _held_locks: weakref.WeakSet[FileLockHeld] = weakref.WeakSet()
-    # Held across every fork, so that no lock is taken or let go of while the child is made.
-    _forking_guard = threading.Lock()
-
-    def _close_inherited_locks() -> None:
-        try:
-            for lock in list(_held_locks):
-                lock._leave_to_parent()
-            _held_locks.clear()
-        finally:
-            _forking_guard.release()  # the fork's own hold, copied into the child
-
-    os.register_at_fork(before=_forking_guard.acquire, after_in_parent=_forking_guard.release,
-                        after_in_child=_close_inherited_locks)
-
-    def _take(name: str) -> _Held:
-        return FileLockHeld(name)
-
-
-def lock_exclusively(path: str, engine: str) -> _Held:
+def lock_exclusively(path: str, engine: str) -> FileLock:
     """Take the lock ``<path>.lock`` that keeps a single-process engine's file to one process;
-    ``release()`` it when done. A child forked from this process does not hold it.
+    ``release()`` it when done. With filelock 4.3 or later (on Python 3.11 and later), a
+    child forked from this process does not keep it: see docs/engines.md.
 
     Raises :class:`LockTimeout` at once when another process holds it.
     """
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
+        # Checked here because filelock would create the missing directories.
         raise EngineError(f"{path}: cannot open the queue: no directory {parent}")
+    lock = FileLock(path + ".lock", timeout=0, thread_local=False)
     try:
-        return _take(path + ".lock")
-    except _Busy as exc:
+        lock.acquire()
+    except Timeout as exc:
         raise LockTimeout(
             f"{path} is in use by another process; the {engine} engine allows one process "
             "per file (use the sqlite or lmdb engine to share a queue between processes)"
         ) from exc
     except OSError as exc:
         raise EngineError(f"{path}: cannot create the lock file {path}.lock: {exc}") from exc
+    return lock
 
 
 def fsync_file(path: str) -> None:

@@ -28,8 +28,8 @@ calls; most file systems (ext4's default ``auto_da_alloc``, btrfs) then still
 leave the old or the new file, and a file left damaged is reported with
 :class:`~spoolq.CorruptError`, never read as an empty queue.
 
-One process at a time: opening takes ``<path>.lock`` (an exclusive ``flock``
-that a forked child does not keep), and a second process gets
+One process at a time: opening takes ``<path>.lock`` (an exclusive
+``filelock``, which a forked child does not keep), and a second process gets
 :class:`~spoolq.LockTimeout` at once.
 A ``path`` that is a symbolic link stands for the file it points to: the lock
 and the file written are the target's, so the link stays a link.
