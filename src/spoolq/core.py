@@ -385,11 +385,11 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             self.counters["gets"] += k
         else:
             leased += k
-        counts = new_counts(ready, leased, max(stored, 0), max(raw, 0))
         if stored < 0 or raw < 0 or self._stale:  # records these counts lack: another
-            self._recount(counts)  # handle's, or of a put whose outcome is unknown
+            # handle's, or of a put whose outcome is unknown
+            self._recount(new_counts(ready, leased, max(stored, 0), max(raw, 0)))
         else:
-            self._counts = counts
+            self._counts = new_counts(ready, leased, stored, raw)
         return recs
 
     def _within_max_attempts(self, recs: list[StoredRecord], n: int,
