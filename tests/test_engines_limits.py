@@ -277,3 +277,32 @@ def test_a_file_that_stays_blank_is_still_refused_read_only(tmp_path: Path, kind
         (SQLiteEngine if kind == "sqlite" else LMDBEngine)(path, read_only=True)
     assert time.monotonic() - start < 5
     assert path.read_bytes() == b""
+
+
+_TOO_LARGE = 1 << 63  # one past SQLite's largest integer
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "lmdb"])
+@pytest.mark.parametrize("raw", [-1, -(1 << 63), _TOO_LARGE])
+def test_a_raw_size_out_of_range_is_refused_and_the_queue_works_on(tmp_path: Path, kind: str,
+                                                                   raw: int) -> None:
+    """SQLite stored a raw size of -2**63, after which every take of the queue raised
+    OverflowError summing the sizes; LMDB raised struct.error."""
+    eng = _open(kind, tmp_path)
+    try:
+        eng.append("q", [b"a"], [1], 1.0)
+        for batch in ([b"x"], [b"x", b"y"]):
+            with pytest.raises(ValueError, match="raw size must be from 0 to"):
+                eng.append("q", batch, [raw] * len(batch), 1.0)
+        [taken] = eng.take("q", 1, 2.0, None)
+        for bad in (taken._replace(raw_size=raw), taken._replace(attempts=-1),
+                    taken._replace(attempts=1 << 32)):
+            with pytest.raises(ValueError, match="must be from 0 to"):
+                eng.restore("q", [bad])
+        assert eng.counts("q") == (0, 0, 0, 0)
+        eng.restore("q", [taken])
+        assert [r.data for r in eng.take("q", 5, 3.0, None)] == [b"a"]
+        eng.append("q", [b"b"], [(1 << 63) - 1], 4.0)  # the largest raw size is stored
+        assert [(r.data, r.raw_size) for r in eng.peek("q", 5)] == [(b"b", (1 << 63) - 1)]
+    finally:
+        eng.close()

@@ -243,10 +243,13 @@ def stored_before_failure(exc: BaseException, n: int) -> int:
 
 
 def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:
-    """Check an ``append`` batch: ValueError when the two lists differ in length,
-    False when there is nothing to append."""
+    """Check an ``append`` batch: ValueError when the lists differ in length or a raw size
+    is out of range (see :func:`checked_raw_size`); False when there is nothing to append."""
     if len(records) != len(raw_sizes):
         raise ValueError("records and raw_sizes differ in length")
+    if records and (min(raw_sizes) < 0 or max(raw_sizes) > MAX_RAW_SIZE):
+        for size in raw_sizes:
+            checked_raw_size(size)
     return bool(records)
 
 
@@ -278,7 +281,11 @@ def restore_refused(queue: str, ident: int) -> ValueError:
 
 
 def distinct_ids(queue: str, records: Sequence[StoredRecord]) -> list[int]:
-    """The ids of a ``restore`` batch; ValueError when one is given twice."""
+    """The ids of a ``restore`` batch; ValueError for an id given twice or a field out of range."""
+    for r in records:
+        if not (0 <= r.raw_size <= MAX_RAW_SIZE and 0 <= r.attempts <= MAX_ATTEMPTS):
+            checked_raw_size(r.raw_size)
+            checked_attempts(r.attempts)
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         twice = next(i for k, i in enumerate(ids) if i in ids[:k])

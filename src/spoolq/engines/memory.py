@@ -18,12 +18,14 @@ from math import isnan
 from operator import itemgetter
 
 from .base import (
+    MAX_RAW_SIZE,
     Counts,
     Lease,
     LeasedRecord,
     StoredRecord,
     batch_given,
     check_window,
+    checked_raw_size,
     dead_queue_name,
     distinct_ids,
     due_by,
@@ -126,6 +128,8 @@ class MemoryEngine:
         if k == 1 and len(raw_sizes) == 1:  # the common put, without the batch's set-up
             q = self._queues.get(queue) or self._q(queue)
             data, raw_size = records[0], raw_sizes[0]
+            if not 0 <= raw_size <= MAX_RAW_SIZE:
+                checked_raw_size(raw_size)
             self._next_id = first + 1
             q.fresh.append(_new_record((first, data, raw_size, 0, now, None)))
             q.stored_bytes += len(data)
