@@ -22,6 +22,7 @@ from spoolq import Batcher, SyncQueue
 from spoolq.engines import open_engine
 from spoolq.engines.base import dead_queue_name
 
+from .cli_support import run_process
 from .conftest import queue_path
 
 
@@ -213,6 +214,29 @@ def test_a_message_keeps_its_fields_after_close_and_equals_its_copies(qpath: str
         # The same delivery, as a process that was handed a message returns it.
         twin = pickle.loads(pickle.dumps(msg))
         assert twin == msg and hash(twin) == hash(msg) and twin in set(msgs)
+
+
+def test_messages_of_two_files_alike_in_id_attempts_and_time_are_not_equal(
+        tmp_path: Path) -> None:
+    """A migrate keeps enqueue times and a put_many stamps one time for all its items, so
+    two files can deliver other items under the same id, attempts and time: a consumer of
+    both keeping messages in a set must not take one for the other."""
+    old, new = str(tmp_path / "old.sqlite"), str(tmp_path / "new.sqlite")
+    with SyncQueue.create(old) as q:
+        q.put_many(["job-1", "job-2"])
+    with SyncQueue.create(new) as q:
+        q.put("warm-up")
+        q.get()  # the next id of this file is 2
+    moved = run_process("migrate", "--append", old, new)
+    assert moved.returncode == 0, moved.stderr
+    with SyncQueue.create(old) as a, SyncQueue.create(new) as b:
+        a.get()
+        ma, mb = a.lease(timeout=5), b.lease(timeout=5)
+        assert (ma.id, ma.attempts, ma.enqueued_at) == (mb.id, mb.attempts, mb.enqueued_at)
+        assert (ma.item, mb.item) == ("job-2", "job-1")
+        assert ma != mb and len({ma, mb}) == 2
+        a.ack(ma)
+        b.ack(mb)
 
 
 # ---- Batcher (docs/batcher.md, docs/api.md "Batcher") ------------------------------------

@@ -26,8 +26,9 @@ class Message(Generic[T]):
     ``enqueued_at`` is the wall-clock time (``time.time()``) of the put.
 
     Messages are equal when they stand for the same delivery (queue, id, attempts,
-    ``enqueued_at``): the item takes no part, so a copy or an unpickled message equals its
-    original whatever its item (a NaN, an array). A message is hashable whatever its item
+    ``enqueued_at`` and the queue handle that leased it): the item takes no part, so a copy
+    or an unpickled message equals its original whatever its item (a NaN, an array), and
+    messages of two files are never equal. A message is hashable whatever its item
     (a dict, a list), so messages can be kept in a set or as dict keys while in flight.
     """
 
@@ -36,7 +37,7 @@ class Message(Generic[T]):
     attempts: int
     enqueued_at: float
     queue: str = field(repr=False)
-    _owner: str = field(repr=False, compare=False)
+    _owner: str = field(repr=False)
     _sizes: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
 
 
