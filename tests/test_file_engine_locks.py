@@ -16,12 +16,13 @@ import pytest
 
 import spoolq
 from spoolq import open_engine
+from spoolq.engines.base import dead_queue_name
 
 from .conftest import queue_path
 
 FORKING = ["os.fork", "multiprocessing"]
 MAX_RAW_SIZE = (1 << 63) - 1  # SQLite's largest integer
-MAX_ATTEMPTS = (1 << 32) - 1  # what the dbm and lmdb records hold
+MAX_ATTEMPTS = (1 << 30) - 1  # with room for as many deliveries again in every format
 
 _PARENT = """
 import multiprocessing, os, sys, time
@@ -145,7 +146,7 @@ def test_a_raw_size_out_of_range_is_refused_naming_it_and_nothing_changes(
         eng.close()
 
 
-@pytest.mark.parametrize("attempts", [-1, 1 << 32, 1 << 63])
+@pytest.mark.parametrize("attempts", [-1, 1 << 30, 1 << 32, 1 << 63])
 @pytest.mark.parametrize("engine", ["dbm", "pickle"])
 def test_attempts_out_of_range_in_a_restore_are_refused_naming_them(
         tmp_path: Path, engine: str, attempts: int) -> None:
@@ -162,8 +163,11 @@ def test_attempts_out_of_range_in_a_restore_are_refused_naming_them(
         eng.close()
 
 
-@pytest.mark.parametrize("engine", ["dbm", "pickle", "sqlite"])
-def test_the_largest_raw_size_and_attempts_are_stored(tmp_path: Path, engine: str) -> None:
+@pytest.mark.parametrize("engine", ["dbm", "pickle", "sqlite", "lmdb"])
+def test_the_largest_raw_size_and_attempts_are_stored_and_delivered_again(
+        tmp_path: Path, engine: str) -> None:
+    """A record restored with the largest attempts was then refused by every lease on lmdb
+    (struct.error) and stuck in the dbm queue at max_attempts: one delivery more did not fit."""
     path = queue_path(tmp_path, engine)
     eng = open_engine(path)
     try:
@@ -176,6 +180,11 @@ def test_the_largest_raw_size_and_attempts_are_stored(tmp_path: Path, engine: st
     try:
         [rec] = eng.peek("q", 5)
         assert (rec.raw_size, rec.attempts) == (MAX_RAW_SIZE, MAX_ATTEMPTS)
+        [leased] = eng.take("q", 1, 3.0, spoolq.engines.Lease("me", 100.0))
+        assert leased.attempts == MAX_ATTEMPTS + 1
+        assert eng.release("q", [(leased.id, leased.attempts)], "me", not_before=0.0,
+                           max_attempts=3, reason="nacked") == [leased.id]
+        assert eng.counts(dead_queue_name("q")).ready == 1
     finally:
         eng.close()
 

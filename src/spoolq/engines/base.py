@@ -177,8 +177,8 @@ def as_text(value: object, what: str) -> str:
 MAX_RAW_SIZE = (1 << 63) - 1
 """The largest raw size a record may have: SQLite's largest integer."""
 
-MAX_ATTEMPTS = (1 << 32) - 1
-"""The largest attempts a restored record may have: what the dbm and lmdb formats hold."""
+MAX_ATTEMPTS = (1 << 30) - 1
+"""The largest attempts a restore takes: room for as many deliveries again in every format."""
 
 
 def _in_range(value: object, what: str, top: int) -> int:
