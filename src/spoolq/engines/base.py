@@ -42,6 +42,17 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..errors import EngineError
+from ._checks import (
+    MAX_ATTEMPTS,
+    MAX_RAW_SIZE,
+    as_bytes,
+    as_int,
+    as_queue_name,
+    as_text,
+    checked_attempts,
+    checked_raw_size,
+    checked_raw_sizes,
+)
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -140,66 +151,6 @@ class WaitCancel:
                 self._hooks.remove(hook)
 
 
-def as_bytes(value: object, what: str) -> bytes:
-    """``value`` as bytes (a bytes-like object is copied); TypeError naming ``what`` for
-    anything else, which an engine that pickles its records could save but never read
-    back."""
-    if isinstance(value, bytes):
-        return value
-    try:
-        return bytes(memoryview(value))  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}") from None
-
-
-def as_queue_name(value: object) -> str:
-    """``value`` when it is a str; TypeError for anything else, which a file engine keeping
-    names as text would give back as another name (7 as "7")."""
-    if not isinstance(value, str):
-        raise TypeError(f"a queue name must be a str, not {type(value).__name__}")
-    return value
-
-
-def as_int(value: object, what: str) -> int:
-    """``value`` when it is an int; TypeError naming ``what`` for anything else."""
-    if not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return value
-
-
-def as_text(value: object, what: str) -> str:
-    """``value`` when it is a str; TypeError naming ``what`` for anything else."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    return value
-
-
-MAX_RAW_SIZE = (1 << 63) - 1
-"""The largest raw size a record may have: SQLite's largest integer."""
-
-MAX_ATTEMPTS = (1 << 30) - 1
-"""The largest attempts a restore takes: room for as many deliveries again in every format."""
-
-
-def _in_range(value: object, what: str, top: int) -> int:
-    number = as_int(value, what)
-    if not 0 <= number <= top:
-        raise ValueError(f"{what} must be from 0 to {top}, not {number}; nothing was changed")
-    return number
-
-
-def checked_raw_size(value: object) -> int:
-    """A record's raw size: TypeError when it is not an int, ValueError when it is negative
-    or above :data:`MAX_RAW_SIZE`. Call it before changing anything."""
-    return _in_range(value, "a raw size", MAX_RAW_SIZE)
-
-
-def checked_attempts(value: object) -> int:
-    """A restored record's attempts: TypeError when not an int, ValueError when negative or
-    above :data:`MAX_ATTEMPTS`. Call it before changing anything."""
-    return _in_range(value, "attempts", MAX_ATTEMPTS)
-
-
 def checked_records(records: Sequence[StoredRecord]) -> list[StoredRecord]:
     """The records of a ``restore``, each field checked as above (the id an int, the data
     bytes, the reason None or a str): TypeError or ValueError naming the field, before
@@ -247,9 +198,7 @@ def batch_given(records: Sequence[bytes], raw_sizes: Sequence[int]) -> bool:
     is out of range (see :func:`checked_raw_size`); False when there is nothing to append."""
     if len(records) != len(raw_sizes):
         raise ValueError("records and raw_sizes differ in length")
-    if records and (min(raw_sizes) < 0 or max(raw_sizes) > MAX_RAW_SIZE):
-        for size in raw_sizes:
-            checked_raw_size(size)
+    checked_raw_sizes(raw_sizes)
     return bool(records)
 
 

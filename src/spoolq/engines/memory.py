@@ -128,7 +128,7 @@ class MemoryEngine:
         if k == 1 and len(raw_sizes) == 1:  # the common put, without the batch's set-up
             q = self._queues.get(queue) or self._q(queue)
             data, raw_size = records[0], raw_sizes[0]
-            if not 0 <= raw_size <= MAX_RAW_SIZE:
+            if type(raw_size) is not int or not 0 <= raw_size <= MAX_RAW_SIZE:
                 checked_raw_size(raw_size)
             self._next_id = first + 1
             q.fresh.append(_new_record((first, data, raw_size, 0, now, None)))
