@@ -35,6 +35,21 @@ def _ready(path: str, queue: str) -> int:
     return int(json.loads(info.stdout)["queues"][0]["ready"])
 
 
+def _interrupt_at(proc: subprocess.Popen[bytes], wal: str, size: int) -> bytes:
+    """Send Ctrl-C once ``wal`` grows past ``size`` bytes (watched without a pause, so as
+    to land in the write that grows it); the command's stderr, once it ended as
+    interrupted."""
+    deadline = time.monotonic() + 60
+    while not (os.path.exists(wal) and os.path.getsize(wal) > size):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err
+    return err
+
+
 def test_load_interrupted_while_a_batch_commits_counts_that_batch(tmp_path: Path) -> None:
     """Ctrl-C that lands while a batch is being committed: the batch is stored, and the
     line that tells how many items were loaded (so that a load run again can skip
@@ -49,14 +64,7 @@ def test_load_interrupted_while_a_batch_commits_counts_that_batch(tmp_path: Path
         # while the rows go in, the rest as it commits: a WAL past 700 KB is that commit.
         proc = _spoolq("load", path, str(lines), "-q", "jobs", "--batch-size", "10000",
                        "--compressor", "none")
-        deadline = time.monotonic() + 60
-        while not (os.path.exists(wal) and os.path.getsize(wal) > 700_000):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130
-        assert b"Traceback" not in err
+        err = _interrupt_at(proc, wal, 700_000)
         stored = _ready(path, "jobs")
         said = re.search(rb"(\d+) item\(s\) of \S+ were loaded before the load stopped", err)
         assert (0 if said is None else int(said.group(1))) == stored, err
@@ -76,14 +84,7 @@ def test_migrate_interrupted_into_an_existing_file_says_what_it_left_there(
     with spoolq.SyncQueue.create(dst, name="other") as q:
         q.put("kept")
     proc = _spoolq("migrate", src, dst, "--chunk", "500")
-    deadline = time.monotonic() + 60
-    while not (os.path.exists(dst + "-wal") and os.path.getsize(dst + "-wal") > 300_000):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert b"Traceback" not in err
+    err = _interrupt_at(proc, dst + "-wal", 300_000)
     copied = _ready(dst, "jobs")
     assert 0 < copied < 200_000
     assert _ready(dst, "other") == 1
