@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from spoolq import open_engine
 from spoolq.engines import DBMEngine, Engine, Lease, MemoryEngine, StoredRecord
 
 from .conftest import queue_path
+from .killing import killed_mid_work
 
 SINGLE_PROCESS = ["dbm", "pickle"]
 
@@ -241,20 +242,8 @@ def supervise(path: str, seconds: float, seed: int) -> int:
     present: set[int] = set()
     rounds = 0
     while time.monotonic() < deadline:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            try:
-                _work(path, write_end, rnd.randrange(1 << 30), rounds * 1_000_000)
-            finally:
-                os._exit(1)
-        os.close(write_end)
-        time.sleep(rnd.uniform(0.0, 0.25))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        with os.fdopen(read_end, "rb") as f:
-            lines = f.read().decode().split("\n")[:-1]  # a cut last line is no report
+        work = partial(_work, path, seed=rnd.randrange(1 << 30), seq=rounds * 1_000_000)
+        lines = killed_mid_work(work, rnd.uniform(0.0, 0.25))
         present = _check(path, lines, present)
         rounds += 1
     return rounds

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import signal
 import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from spoolq import SyncQueue, open_engine
 from spoolq.engines import DBMEngine, Lease
 
 from .conftest import queue_path
+from .killing import killed_mid_work
 
 
 def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -257,20 +258,8 @@ def _supervise(path: str, seconds: float, seed: int) -> int:
     present: dict[int, int] = {}
     seq = rounds = 0
     while time.monotonic() < deadline:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            try:
-                _work(path, write_end, rnd.randrange(1 << 30), seq)
-            finally:
-                os._exit(1)
-        os.close(write_end)
-        time.sleep(rnd.uniform(0.0, 0.2))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        with os.fdopen(read_end, "rb") as f:
-            lines = f.read().decode().split("\n")[:-1]  # a cut last line is no report
+        work = partial(_work, path, seed=rnd.randrange(1 << 30), seq=seq)
+        lines = killed_mid_work(work, rnd.uniform(0.0, 0.2))
         reports = [(kind, [int(x) for x in rest])
                    for kind, *rest in (line.split() for line in lines)]
         present, seq = _check(path, reports, present, seq)
