@@ -185,6 +185,7 @@ class PostgresEngine:
             raise EngineError(f"{self.where}: {what}: the engine is closed")
         self._check_process(what)
         with self._guard(what), connection(pool, self._connect_timeout, self.where) as conn:
+            self._opened.check(conn)
             if self._restarts is not None:  # a read-only engine gives no id out
                 self._restarts.check(conn)
             yield conn
@@ -197,8 +198,8 @@ class PostgresEngine:
     def _setup(self) -> None:
         """Create the schema and tables if missing; check what is there."""
         with self._guard("open"), connect(self._conninfo, self._connect_timeout) as conn:
-            self._implied = open_schema(conn, self.schema, self._sql, where=self.where,
-                                        read_only=self.read_only, lock_timeout=self._lock_timeout)
+            self._opened = open_schema(conn, self.schema, self._sql, where=self.where,
+                                       read_only=self.read_only, lock_timeout=self._lock_timeout)
 
     def _connect_listener(self, timeout: float) -> Conn:
         if self._pool is None:
@@ -346,15 +347,15 @@ class PostgresEngine:
         if not deliveries:
             return []
         refuse_nan(self.where, "release", "not_before", not_before)
-        clock = time.time()
         # A delivery named twice would be locked, and counted, and buried, twice.
         held = list(dict.fromkeys((d[0], d[1]) for d in deliveries))
         with self._tx("release") as conn:
             ids = [r[0] for r in conn.execute(self._sql.lock_held, {
                 "queue": queue, "owner": owner, "ids": [d[0] for d in held],
                 "attempts": [d[1] for d in held]})]
-            self._unlease(conn, queue, [(ids, reason or "nacked")], not_before - clock,
-                          max_attempts, 0 if count_attempt else -1)
+            at = None if not_before <= 0 else not_before - time.time()  # None: as a put
+            self._unlease(conn, queue, [(ids, reason or "nacked")], at, max_attempts,
+                          0 if count_attempt else -1)
         return ids
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
@@ -431,7 +432,7 @@ class PostgresEngine:
     def get_meta(self, key: str) -> bytes | None:
         with self._conn("get_meta") as conn:
             row = conn.execute(self._sql.get_meta, {"key": key}).fetchone()
-        return self._implied.get(key) if row is None else bytes(row[0])
+        return self._opened.implied.get(key) if row is None else bytes(row[0])
 
     def set_meta(self, key: str, value: bytes) -> None:
         with self._conn("set_meta") as conn:
