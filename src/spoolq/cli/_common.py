@@ -119,7 +119,8 @@ def open_existing(path: str, engine: str | None, *, read_only: bool,
     """Open the queue file at ``path``, which must exist; nothing is ever created.
 
     ``schema`` is the PostgreSQL schema of a ``postgresql://`` path, given
-    with the ``option`` of the argument ``what``. Raises :class:`FileProblem` for a missing path and
+    with the ``option`` of the argument ``what``. Raises :class:`FileProblem` for a missing
+    path or, unless ``engine`` is given, an empty file that no suffix names a database, and
     usage errors for paths that name no file (``:memory:``) or a schema for
     another engine; engine errors propagate to ``main``.
     With ``read_only=False`` the file is first checked to hold a queue: an
@@ -132,11 +133,34 @@ def open_existing(path: str, engine: str | None, *, read_only: bool,
     options = engine_options(path, engine, schema, option=option, what=what)
     if "://" not in path and not os.path.exists(path):
         raise FileProblem(f"{path}: no such file")
+    if engine is None:
+        _check_not_a_stray_empty_file(path)
     log.debug("spoolq: opening %s (engine=%s, read_only=%s)", path, engine or "by suffix",
               read_only)
     if not read_only:
         _check_holds_a_queue(path, engine, options)
     return open_engine(path, engine, read_only=read_only, options=options)
+
+
+_SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+"""Suffixes that name an SQLite database, of which an empty file is an empty one."""
+_LOCKED_ENGINES = ("dbm", "pickle")
+"""The engines that keep an empty ``PATH.lock`` file beside a queue."""
+
+
+def _check_not_a_stray_empty_file(path: str) -> None:
+    """Raise for an empty file whose suffix names no engine: it would be opened as an
+    SQLite database, and called an empty one, when it is only an empty file (often the
+    lock file of a dbm or pickle queue, which is then named)."""
+    if ("://" in path or engine_name_for(path) != "sqlite"
+            or os.path.splitext(path)[1].lower() in _SQLITE_SUFFIXES
+            or not os.path.isfile(path) or os.path.getsize(path) != 0):
+        return
+    message = f"{path} is an empty file, not a spoolq queue file"
+    queue = path[: -len(".lock")] if path.endswith(".lock") else ""
+    if queue and engine_name_for(queue) in _LOCKED_ENGINES and os.path.exists(queue):
+        message += f"; it is the lock file of the queue {queue}"
+    raise FileProblem(message)
 
 
 def _check_holds_a_queue(path: str, engine: str | None,
