@@ -12,6 +12,7 @@ from . import _sqlite
 from ._common import DEFAULT_CHUNK, MAX_CHUNK, Refused, disk_bytes, now, open_existing
 from ._options import FiniteFloatRange, engine_option, json_option, queue_option, schema_option
 from ._output import CliState, format_bytes, is_interactive, owner_state
+from ._signals import sigint_deferred
 
 __all__ = ["compact", "purge", "requeue"]
 
@@ -63,21 +64,31 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
         # Engine calls that write are only made when there is something to give back:
         # some engines record a queue they are asked to write to, even to change nothing.
         if dead:
-            result["dead_moved"] = _move_dead(eng, queue, chunk)
+            _move_dead(eng, queue, chunk, result)
         if leased:
             left = eng.owners(queue)
-            released = 0
             if left:
                 gone = [owner for owner in left if owner_is_dead(owner)]
-                released = eng.expire(queue, now(), owners=gone)
+                with sigint_deferred():
+                    result["leases_released"] += eng.expire(queue, now(), owners=gone)
                 left = eng.owners(queue)
             if left and force:
-                released += eng.expire(queue, now(), owners=sorted(left))
+                with sigint_deferred():
+                    result["leases_released"] += eng.expire(queue, now(),
+                                                            owners=sorted(left))
                 left = eng.owners(queue)
-            result["leases_released"] = released
             result["leases_left"] = sum(left.values())
             result["owners_left"] = [{"owner": o, "leased": n, "process": owner_state(o)}
                                      for o, n in sorted(left.items())]
+    except BaseException:
+        # Ctrl-C, a lock held too long: what was given back stays given back.
+        if result["dead_moved"]:
+            state.note(f"{queue}: {result['dead_moved']} dead letter(s) were moved back to "
+                       "the queue before the requeue stopped")
+        if result["leases_released"]:
+            state.note(f"{queue}: {result['leases_released']} lease(s) were released "
+                       "before the requeue stopped")
+        raise
     finally:
         eng.close()
     if as_json:
@@ -97,26 +108,26 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
                       "processes were left alone; --force takes them back")
 
 
-def _move_dead(eng: Engine, queue: str, chunk: int) -> int:
+def _move_dead(eng: Engine, queue: str, chunk: int, result: dict[str, Any]) -> None:
     """Move the dead letters of ``queue`` to its tail, ``chunk`` per transaction, oldest
-    first; return how many moved. Moving them in one call would hold them all in memory.
+    first, counting them in ``result["dead_moved"]`` as each transaction ends (a first
+    Ctrl-C waits for it). Moving them in one call would hold them all in memory.
 
     Only as many as the dead letters held when it started are moved: items a consumer
     fails again meanwhile join the tail of the dead letters, and chasing them would
     never end while it keeps failing them."""
     dead = dead_queue_name(queue)
     left = eng.counts(dead).ready
-    moved = 0
     while left > 0:
         ids = [rec.id for rec in eng.peek(dead, min(chunk, left))]
         if not ids:
-            return moved
-        done = eng.move(dead, queue, ids)
+            return
+        with sigint_deferred():
+            done = eng.move(dead, queue, ids)
+            result["dead_moved"] += done
         if not done:  # another program took them meanwhile
-            return moved
-        moved += done
+            return
         left -= len(ids)
-    return moved
 
 
 @click.command(short_help="Delete a queue's items or its dead letters.")
@@ -168,7 +179,17 @@ def purge(path: str, queue: str, dead: bool, yes: bool, engine: str | None,
                               f"{counts.ready} ready and {counts.leased} leased); nothing "
                               "was deleted")
             if held:
-                removed = eng.purge(name)
+                # One transaction: a first Ctrl-C waits for it, and is told what it did.
+                purged = False
+                try:
+                    with sigint_deferred():
+                        removed = eng.purge(name)
+                        purged = True
+                except BaseException:
+                    if purged:
+                        state.note(f"{name}: deleted {removed} item(s) before the purge "
+                                   "stopped")
+                    raise
             elif confirmed is None:
                 state.check_queue_name(eng, name)
         finally:
@@ -205,19 +226,27 @@ def compact(path: str, timeout: float, engine: str | None, schema: str | None,
         eng.close()
     before = disk_bytes(path)
     action: str | None = None
-    if engine_name == "sqlite":
-        with state.progress("compacting", None):
-            _sqlite.vacuum(path, timeout=timeout)
-        action = "VACUUM"
-    elif can_compact:
-        eng = open_existing(path, engine, read_only=False, schema=schema)
-        try:
-            if isinstance(eng, _Compactable):
-                with state.progress("compacting", None):
-                    eng.compact()
-        finally:
-            eng.close()
-        action = "compact()"
+    try:
+        # A first Ctrl-C waits for the rewrite, which ends whole or not at all either way,
+        # so that the user learns that it was done.
+        if engine_name == "sqlite":
+            with state.progress("compacting", None), sigint_deferred():
+                _sqlite.vacuum(path, timeout=timeout)
+                action = "VACUUM"
+        elif can_compact:
+            eng = open_existing(path, engine, read_only=False, schema=schema)
+            try:
+                if isinstance(eng, _Compactable):
+                    with state.progress("compacting", None), sigint_deferred():
+                        eng.compact()
+                        action = "compact()"
+            finally:
+                eng.close()
+    except BaseException:
+        if action is not None:
+            state.note(f"{path}: {format_bytes(before)} -> {format_bytes(disk_bytes(path))} "
+                       f"({action}) before the compact stopped")
+        raise
     after = disk_bytes(path)
     if as_json:
         state.print_json({"path": path, "engine": engine_name, "action": action,
