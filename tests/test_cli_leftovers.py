@@ -71,6 +71,30 @@ def test_the_lock_file_beside_a_queue_is_named_as_such(
     assert os.path.getsize(lock) == 0  # left as it was
 
 
+@pytest.mark.parametrize("suffix", [".dbm", ".pickle"])
+def test_load_and_migrate_make_no_queue_in_the_lock_file_beside_a_queue(
+        tmp_path: Path, suffix: str) -> None:
+    """A load or migrate into a dbm or pickle queue's lock file, by a slip of the shell's
+    completion, made an SQLite queue in it."""
+    path = str(tmp_path / f"jobs{suffix}")
+    with spoolq.SyncQueue.create(path, name="jobs") as q:
+        q.put(1)
+    lock = path + ".lock"
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"n": 1}\n')
+    src = str(tmp_path / "src.sqlite")
+    with spoolq.SyncQueue.create(src) as q:
+        q.put(2)
+    for command in (["load", lock, str(items)], ["migrate", src, lock]):
+        result = run_process(*command)
+        assert result.returncode == 3, result.stderr
+        assert result.stderr == (f"Error: {lock} is an empty file, not a spoolq queue file; "
+                                 f"it is the lock file of the queue {path}\n")
+        assert os.path.getsize(lock) == 0
+    with spoolq.SyncQueue.create(path, name="jobs") as q:
+        assert q.get_nowait() == 1
+
+
 @pytest.mark.parametrize("name", ["notes.txt", "jobs.queue", "noext", "stray.lock"])
 def test_an_empty_file_of_no_queue_suffix_is_an_empty_file(tmp_path: Path, name: str) -> None:
     """An empty file whose suffix names no engine is opened as SQLite, but to call it an

@@ -37,6 +37,7 @@ __all__ = [
     "FileProblem",
     "Refused",
     "base_queues",
+    "check_not_a_stray_empty_file",
     "disk_bytes",
     "engine_options",
     "iter_leased_pages",
@@ -134,7 +135,7 @@ def open_existing(path: str, engine: str | None, *, read_only: bool,
     if "://" not in path and not os.path.exists(path):
         raise FileProblem(f"{path}: no such file")
     if engine is None:
-        _check_not_a_stray_empty_file(path)
+        check_not_a_stray_empty_file(path)
     log.debug("spoolq: opening %s (engine=%s, read_only=%s)", path, engine or "by suffix",
               read_only)
     if not read_only:
@@ -148,7 +149,7 @@ _LOCKED_ENGINES = ("dbm", "pickle")
 """The engines that keep an empty ``PATH.lock`` file beside a queue."""
 
 
-def _check_not_a_stray_empty_file(path: str) -> None:
+def check_not_a_stray_empty_file(path: str) -> None:
     """Raise for an empty file whose suffix names no engine: it would be opened as an
     SQLite database, and called an empty one, when it is only an empty file (often the
     lock file of a dbm or pickle queue, which is then named)."""

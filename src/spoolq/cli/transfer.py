@@ -25,6 +25,7 @@ from ._common import (
     FileProblem,
     Refused,
     base_queues,
+    check_not_a_stray_empty_file,
     engine_options,
     iter_pages_following,
     open_existing,
@@ -248,6 +249,8 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
         raise click.BadParameter("the raw serializer takes bytes, and no JSON line is "
                                  "bytes", param_hint="'--serializer'")
     options = engine_options(path, engine, schema)
+    if engine is None:
+        check_not_a_stray_empty_file(path)  # a lock file, say: no SQLite queue made in it
     if file == "-" and sys.stdin is None:  # started with stdin closed (<&-)
         raise FileProblem("standard input is closed: no items to read from it")
     state = CliState()
@@ -357,6 +360,8 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise click.UsageError("SRC and DST are the same file")
     dst_options = engine_options(dst, to_engine, to_schema, option="--to-schema", what="DST")
+    if to_engine is None:
+        check_not_a_stray_empty_file(dst)
     if src == dst and from_schema == to_schema and "://" in src:
         raise click.UsageError("SRC and DST are the same queue store")
     source = open_existing(src, from_engine, read_only=True, schema=from_schema,
