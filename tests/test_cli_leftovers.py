@@ -3,8 +3,11 @@ what it says must tell the user what the file is, and what was done before it st
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -195,3 +198,32 @@ def test_compact_interrupted_as_it_rewrites_finishes_and_says_so(tmp_path: Path)
     assert _counts(path, "jobs").ready == 200_000
     assert re.search(rf"{re.escape(path)}: \S+ \S+ -> \S+ \S+ \(VACUUM\) before the compact "
                      r"stopped\n", err), err
+
+
+def test_ctrl_c_at_the_purge_question_ends_as_interrupted(tmp_path: Path) -> None:
+    """click turns a Ctrl-C at its question into "Aborted!" and status 1."""
+    path = str(tmp_path / "jobs.sqlite")
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many([1, 2])
+    main, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    with subprocess.Popen([sys.executable, "-m", "spoolq", "purge", path], stdin=terminal,
+                          stdout=subprocess.DEVNULL, stderr=terminal, env=env) as proc:
+        os.close(terminal)
+        said = b""
+        try:
+            while b"[y/N]" not in said:
+                ready, _, _ = select.select([main], [], [], 30)
+                assert ready, said
+                said += os.read(main, 4096)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130
+            with contextlib.suppress(OSError):  # the terminal closes with the process
+                while chunk := os.read(main, 4096):
+                    said += chunk
+        finally:
+            proc.kill()
+            os.close(main)
+    assert b"Error: interrupted (Ctrl-C)" in said and b"Aborted" not in said, said
+    assert _counts(path, "default").ready == 2

@@ -49,7 +49,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):  # at a question (purge)
+                raise Interrupted("interrupted (Ctrl-C)") from None
+            raise
+        except (click.ClickException, click.exceptions.Exit):
             raise
         except BrokenPipeError as exc:
             # Not an OSError any more: click would turn it into status 1.
