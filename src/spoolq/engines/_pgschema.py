@@ -3,9 +3,7 @@ that what the schema holds is a spoolq queue of the format version this code rea
 
 A schema holding anything else (someone's tables, views or sequences) is no
 place to create tables in, and one holding spoolq tables of another version is
-refused: both are a :class:`~spoolq.errors.FormatError`. An open engine looks
-again, at most once a second (see :class:`OpenedSchema`), since another process
-may drop the schema, create it again or record another version meanwhile. A schema of a release
+refused: both are a :class:`~spoolq.errors.FormatError`. A schema of a release
 that recorded ``schema_version`` alone is of format version 1; opening it for
 writing records ``format_version`` too, and changes nothing else. psycopg's errors
 pass through untranslated; the engine translates them.
@@ -14,7 +12,6 @@ pass through untranslated; the engine translates them.
 from __future__ import annotations
 
 import logging
-import time
 
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -23,7 +20,7 @@ from ..errors import FormatError
 from ._pgpool import Conn
 from ._pgsql import FORMAT_VERSION, SCHEMA_VERSION, TABLES, Statements, ddl
 
-__all__ = ["RECHECK_EVERY", "OpenedSchema", "open_schema"]
+__all__ = ["open_schema"]
 
 log = logging.getLogger("spoolq")
 
@@ -40,58 +37,16 @@ _COLUMNS = {
 }
 """The columns, as (name, type), that the engine's statements read and write."""
 
-RECHECK_EVERY = 1.0
-"""Seconds between two looks of an open engine at its schema's tables and versions."""
-
-
-class OpenedSchema:
-    """What :func:`open_schema` found, and the look an open engine takes again at it.
-
-    ``implied`` holds the meta keys the schema does not record but holds all the same
-    (see :func:`open_schema`). :meth:`check` raises :class:`FormatError` once the
-    schema's tables are not the ones opened (dropped, or created again) or record
-    another version: a newer spoolq changed them, and going on would read an empty
-    queue or write into a layout this code does not know."""
-
-    __slots__ = ("_identity", "_look", "_next", "_schema", "_where", "implied")
-
-    def __init__(self, conn: Conn, schema: str, statements: Statements, where: str,
-                 implied: dict[str, bytes]) -> None:
-        self.implied, self._schema, self._where = implied, schema, where
-        self._look = statements.look_schema
-        self._identity = self._read(conn)
-        self._next = time.monotonic() + RECHECK_EVERY
-
-    def _read(self, conn: Conn) -> int:
-        row = conn.execute(self._look, {"schema": self._schema}).fetchone()
-        if row is None or row[0] is None:
-            raise FormatError(f"{self._where}: the spoolq tables are gone")
-        _check_versions({key: bytes(value) for key, value in zip(row[1] or (), row[2] or (),
-                                                                  strict=True)}, self._where)
-        return int(row[0])
-
-    def check(self, conn: Conn) -> None:
-        """Look at the schema through ``conn`` when :data:`RECHECK_EVERY` seconds passed
-        since the last look that found it unchanged; psycopg's errors (a table gone)
-        pass through untranslated."""
-        if time.monotonic() < self._next:
-            return
-        if self._read(conn) != self._identity:
-            raise FormatError(f"{self._where}: the schema was dropped and created again "
-                              "since this queue was opened; open the queue again")
-        self._next = time.monotonic() + RECHECK_EVERY
-
 
 def open_schema(conn: Conn, schema: str, statements: Statements, *, where: str,
-                read_only: bool, lock_timeout: str) -> OpenedSchema:
+                read_only: bool, lock_timeout: str) -> dict[str, bytes]:
     """Create ``schema`` and its tables through ``conn`` if missing (unless ``read_only``),
     then check what is there. ``statements`` are the engine's for ``schema``;
     ``where`` names the queue in messages.
 
-    Returns what it found: its ``implied`` meta keys are those the schema does not
-    record but holds all the same, the format version of a schema of an earlier release
-    that this open did not record (``read_only``, or a role or server that may not write
-    ``meta``)."""
+    Returns the meta keys the schema does not record but holds all the same: the
+    format version of a schema of an earlier release that this open did not record
+    (``read_only``, or a role or server that may not write ``meta``)."""
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
     with conn.transaction():
         # Two processes opening a new schema at once must not both create it.
@@ -122,11 +77,9 @@ def open_schema(conn: Conn, schema: str, statements: Statements, *, where: str,
     if missing:
         raise FormatError(f"{where}: the spoolq tables are damaged: no column "
                           f"{', '.join(missing)}")
-    implied: dict[str, bytes] = {}
-    if "format_version" not in meta and (read_only
-                                         or not _record_format(conn, where, statements)):
-        implied = {"format_version": _FORMAT}
-    return OpenedSchema(conn, schema, statements, where, implied)
+    if "format_version" in meta or (not read_only and _record_format(conn, where, statements)):
+        return {}
+    return {"format_version": _FORMAT}
 
 
 def _check_versions(meta: dict[str, bytes], where: str) -> None:

@@ -278,11 +278,6 @@ _SKIP_IDS = """SELECT setval(s.seq, coalesce(pg_sequence_last_value(s.seq), 0) +
 # Two processes noticing one restart take turns: the second finds it recorded.
 _LOCK_RESTART = """SELECT pg_advisory_xact_lock(hashtextextended(
     'spoolq restart ' || %(schema)s::text, 0))"""
-# The identity of the records table (one created again has another) and the versions
-# meta records: an open engine looks at them again now and then.
-_LOOK_SCHEMA = """SELECT to_regclass(format('%%I.records', %(schema)s::text))::oid::bigint,
-        array_agg(key), array_agg(value)
-    FROM {s}.meta WHERE key IN ('application', 'schema_version', 'format_version')"""
 _GET_META = "SELECT value FROM {s}.meta WHERE key = %(key)s"
 _SET_META = """INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
@@ -322,7 +317,6 @@ class Statements:
     server_started: sql.Composed
     skip_ids: sql.Composed
     lock_restart: sql.Composed
-    look_schema: sql.Composed
 
 
 _TEXTS = {
@@ -333,7 +327,7 @@ _TEXTS = {
     "peek_leased": _PEEK_LEASED, "counts": _COUNTS, "owners": _OWNERS, "queues": _QUEUES,
     "last_id": _LAST_ID, "next_id": _NEXT_ID, "get_meta": _GET_META, "set_meta": _SET_META,
     "add_meta": _ADD_META, "server_started": _SERVER_STARTED, "skip_ids": _SKIP_IDS,
-    "lock_restart": _LOCK_RESTART, "look_schema": _LOOK_SCHEMA,
+    "lock_restart": _LOCK_RESTART,
 }
 
 

@@ -185,7 +185,6 @@ class PostgresEngine:
             raise EngineError(f"{self.where}: {what}: the engine is closed")
         self._check_process(what)
         with self._guard(what), connection(pool, self._connect_timeout, self.where) as conn:
-            self._opened.check(conn)
             if self._restarts is not None:  # a read-only engine gives no id out
                 self._restarts.check(conn)
             yield conn
@@ -198,8 +197,8 @@ class PostgresEngine:
     def _setup(self) -> None:
         """Create the schema and tables if missing; check what is there."""
         with self._guard("open"), connect(self._conninfo, self._connect_timeout) as conn:
-            self._opened = open_schema(conn, self.schema, self._sql, where=self.where,
-                                       read_only=self.read_only, lock_timeout=self._lock_timeout)
+            self._implied = open_schema(conn, self.schema, self._sql, where=self.where,
+                                        read_only=self.read_only, lock_timeout=self._lock_timeout)
 
     def _connect_listener(self, timeout: float) -> Conn:
         if self._pool is None:
@@ -432,7 +431,7 @@ class PostgresEngine:
     def get_meta(self, key: str) -> bytes | None:
         with self._conn("get_meta") as conn:
             row = conn.execute(self._sql.get_meta, {"key": key}).fetchone()
-        return self._opened.implied.get(key) if row is None else bytes(row[0])
+        return self._implied.get(key) if row is None else bytes(row[0])
 
     def set_meta(self, key: str, value: bytes) -> None:
         with self._conn("set_meta") as conn:
