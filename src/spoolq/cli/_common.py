@@ -121,7 +121,7 @@ def open_existing(path: str, engine: str | None, *, read_only: bool,
 
     ``schema`` is the PostgreSQL schema of a ``postgresql://`` path, given
     with the ``option`` of the argument ``what``. Raises :class:`FileProblem` for a missing
-    path or, unless ``engine`` is given, an empty file that no suffix names a database, and
+    path or, unless ``engine`` is given, the lock file of a dbm or pickle queue, and
     usage errors for paths that name no file (``:memory:``) or a schema for
     another engine; engine errors propagate to ``main``.
     With ``read_only=False`` the file is first checked to hold a queue: an
@@ -143,25 +143,21 @@ def open_existing(path: str, engine: str | None, *, read_only: bool,
     return open_engine(path, engine, read_only=read_only, options=options)
 
 
-_SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
-"""Suffixes that name an SQLite database, of which an empty file is an empty one."""
 _LOCKED_ENGINES = ("dbm", "pickle")
 """The engines that keep an empty ``PATH.lock`` file beside a queue."""
 
 
 def check_not_a_stray_empty_file(path: str) -> None:
-    """Raise for an empty file whose suffix names no engine: it would be opened as an
-    SQLite database, and called an empty one, when it is only an empty file (often the
-    lock file of a dbm or pickle queue, which is then named)."""
-    if ("://" in path or engine_name_for(path) != "sqlite"
-            or os.path.splitext(path)[1].lower() in _SQLITE_SUFFIXES
-            or not os.path.isfile(path) or os.path.getsize(path) != 0):
+    """Raise for the empty lock file a dbm or pickle queue keeps beside it: with no suffix
+    of its own it would be opened (or made) as an SQLite database. Other empty files are
+    SQLite databases as SQLite makes them first, and left to the engine."""
+    if ("://" in path or not path.endswith(".lock") or not os.path.isfile(path)
+            or os.path.getsize(path) != 0):
         return
-    message = f"{path} is an empty file, not a spoolq queue file"
-    queue = path[: -len(".lock")] if path.endswith(".lock") else ""
-    if queue and engine_name_for(queue) in _LOCKED_ENGINES and os.path.exists(queue):
-        message += f"; it is the lock file of the queue {queue}"
-    raise FileProblem(message)
+    queue = path[: -len(".lock")]
+    if engine_name_for(queue) in _LOCKED_ENGINES and os.path.exists(queue):
+        raise FileProblem(f"{path} is an empty file, not a spoolq queue file; it is the "
+                          f"lock file of the queue {queue}")
 
 
 def _check_holds_a_queue(path: str, engine: str | None,
