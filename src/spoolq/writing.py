@@ -84,9 +84,8 @@ class Writing:
         once. An engine still out of reach leaves them as they were, until the poll."""
         if not self._stale or self.closed:
             return
-        self._stale = False
         try:
-            self.refresh()
+            self.refresh()  # clears _stale before it reads: one read, whatever its outcome
         except (Unavailable, ClosedError) as exc:
             log.debug("spoolq: queue %r: re-reading the counts failed: %s", self.name, exc)
 
