@@ -12,6 +12,7 @@ from typing import Any
 
 from .codec import COMPRESSORS, SERIALIZERS, Codec
 from .engines import Engine
+from .engines.base import MAX_ATTEMPTS
 from .engines.remote import url_queue_name
 from .errors import ConfigurationError
 from .zdict import load_dictionaries
@@ -128,8 +129,12 @@ class Settings:
             check_count("maxsize", self.maxsize, 0)
             check_count("flush_items", self.flush_items, 1)
             check_seconds("flush_interval", self.flush_interval, positive=True)
-            if self.max_attempts is not None:
-                check_count("max_attempts", self.max_attempts, 1)
+            # Attempts above MAX_ATTEMPTS fit no engine's records (SQLite refused a larger
+            # limit itself on every nack): such a limit would never be reached anyway.
+            if (self.max_attempts is not None
+                    and check_count("max_attempts", self.max_attempts, 1) > MAX_ATTEMPTS):
+                raise ValueError(f"max_attempts must be at most {MAX_ATTEMPTS} (or None for "
+                                 f"no limit), not {self.max_attempts!r}")
             check_seconds("poll_interval", self.poll_interval, positive=True)
             check_count("compress_threshold", self.compress_threshold, 0)
 

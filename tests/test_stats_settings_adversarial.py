@@ -1,0 +1,31 @@
+"""Settings at the edges of their ranges, the stats a queue reports against what
+happened, and the memory engine held to the engine protocol."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from spoolq import ConfigurationError, SyncQueue
+from spoolq.engines.base import MAX_ATTEMPTS
+
+
+def _files(tmp_path: Path) -> list[str]:
+    return sorted(os.listdir(tmp_path))
+
+
+# ---- settings -----------------------------------------------------------------------------
+
+
+def test_max_attempts_beyond_what_engines_store_is_refused(tmp_path: Path) -> None:
+    # SQLite took 2**100 at open, then failed every nack with an OverflowError.
+    path = os.fspath(tmp_path / "q.sqlite")
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        SyncQueue.create(path, max_attempts=2**100)
+    assert _files(tmp_path) == []
+    with SyncQueue.create(path, max_attempts=MAX_ATTEMPTS) as q:
+        q.put(1)
+        q.nack(q.lease(ttl=30))
+        assert q.get_nowait() == 1
