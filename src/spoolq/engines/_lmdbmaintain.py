@@ -70,13 +70,15 @@ class Maintaining:
                 self._add(txn, dst, d, [rec._replace(attempts=0, reason=None)])
                 moved += 1
 
+            # Only ids given out before the move: moving a queue onto itself ends, and moves
+            # no record a second time under the id it just got.
+            limit = self._bump(txn, b"next_id", 0)
             if ids is None:
-                # Ids given out before the move bound the walk: moving a queue onto itself ends.
                 for item in walk.in_order(txn, self._ready, self._delayed, index, s.number,
-                                          self._bump(txn, b"next_id", 0)):
+                                          limit):
                     carry(*item)
             else:
-                for ident in sorted({i for i in ids if 0 < i <= fmt.MAX_ID}):
+                for ident in sorted({i for i in ids if 0 < i < limit}):
                     key = fmt.KEY.pack(s.number, ident)
                     value = txn.get(key, db=self._ready)
                     if value is not None:
