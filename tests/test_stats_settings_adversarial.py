@@ -4,6 +4,7 @@ happened, and the memory engine held to the engine protocol."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,19 @@ def test_max_attempts_beyond_what_engines_store_is_refused(tmp_path: Path) -> No
         q.put(1)
         q.nack(q.lease(ttl=30))
         assert q.get_nowait() == 1
+
+
+@pytest.mark.parametrize("setting", ["poll_interval", "flush_interval"])
+def test_intervals_longer_than_a_thread_can_wait_are_refused(tmp_path: Path,
+                                                             setting: str) -> None:
+    # Accepted, they failed later: join() raised OverflowError (poll_interval), and the
+    # flusher thread of durability "buffer" died with one (flush_interval).
+    path = os.fspath(tmp_path / "q.sqlite")
+    with pytest.raises(ConfigurationError, match=setting):
+        SyncQueue.create(path, durability="buffer", **{setting: 1e300})
+    assert _files(tmp_path) == []
+    limit = threading.TIMEOUT_MAX
+    with SyncQueue.create(path, durability="buffer", **{setting: limit}) as q:
+        q.put(1)
+        q.task_done()
+        q.join()

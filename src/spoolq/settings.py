@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,17 @@ def setting_checks() -> Iterator[None]:
         raise ConfigurationError(str(exc)) from None
 
 
+_LONGEST_INTERVAL = threading.TIMEOUT_MAX
+"""The longest ``poll_interval`` or ``flush_interval``: the queue waits on threads that long,
+and a thread's wait refuses a longer timeout (OverflowError)."""
+
+
+def _check_interval(name: str, value: object) -> None:
+    if check_seconds(name, value, positive=True) > _LONGEST_INTERVAL:
+        raise ValueError(f"{name} must be at most {_LONGEST_INTERVAL:.0f} seconds, "
+                         f"not {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Validated settings of one queue handle."""
@@ -128,14 +140,14 @@ class Settings:
         with setting_checks():
             check_count("maxsize", self.maxsize, 0)
             check_count("flush_items", self.flush_items, 1)
-            check_seconds("flush_interval", self.flush_interval, positive=True)
+            _check_interval("flush_interval", self.flush_interval)
             # Attempts above MAX_ATTEMPTS fit no engine's records (SQLite refused a larger
             # limit itself on every nack): such a limit would never be reached anyway.
             if (self.max_attempts is not None
                     and check_count("max_attempts", self.max_attempts, 1) > MAX_ATTEMPTS):
                 raise ValueError(f"max_attempts must be at most {MAX_ATTEMPTS} (or None for "
                                  f"no limit), not {self.max_attempts!r}")
-            check_seconds("poll_interval", self.poll_interval, positive=True)
+            _check_interval("poll_interval", self.poll_interval)
             check_count("compress_threshold", self.compress_threshold, 0)
 
 
