@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,12 @@ def test_intervals_longer_than_a_thread_can_wait_are_refused(tmp_path: Path,
         q.put(1)
         q.task_done()
         q.join()
+
+
+@pytest.mark.parametrize("options", [[("timeout", 1)], "timeout", 5])
+def test_engine_options_that_are_not_a_dict_are_a_configuration_error(
+        tmp_path: Path, options: Any) -> None:
+    path = os.fspath(tmp_path / "q.sqlite")
+    with pytest.raises(ConfigurationError, match="engine_options"):
+        SyncQueue.create(path, engine_options=options)
+    assert _files(tmp_path) == []

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +161,9 @@ def resolve_target(path: str | os.PathLike[str], name: str | None,
         # SQLite would open a temporary database, deleted with every item on close.
         raise ConfigurationError("the queue's path is empty: name a file (or ':memory:' "
                                  "for a queue kept in memory only)")
+    if engine_options is not None and not isinstance(engine_options, Mapping):
+        raise ConfigurationError(f"engine_options must be a dict of option names and values, "
+                                 f"not {type(engine_options).__name__} {engine_options!r}")
     url_name = url_queue_name(path)
     if url_name is not None and name is not None and name != url_name:
         raise ConfigurationError(f"the URL names the queue {url_name!r}, not {name!r}")
