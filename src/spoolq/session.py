@@ -44,6 +44,7 @@ log = logging.getLogger("spoolq")
 _LIMITED = frozenset({"take", "peek", "peek_leased", "queues", "owners", "get_meta"})
 _SETTLING = frozenset({"ack", "release"})  # ops that end deliveries of this connection
 
+_MAX_LENGTH = 2**32 - 1  # the largest frame a frame's length field can tell
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""
 _CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
@@ -93,7 +94,7 @@ class Session(Deliveries, asyncio.Protocol):
         self.inflight = 0
         self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
         self.closed = False
-        self.max_reply = server.max_frame
+        self.max_reply = min(server.max_frame, _MAX_LENGTH)
         self._last_data = 0.0
         self._stall: asyncio.TimerHandle | None = None
         self._write_paused = False
@@ -328,7 +329,11 @@ class Session(Deliveries, asyncio.Protocol):
         op, args = req.op, req.args
         if op == "hello":
             if args["max_reply"]:
-                self.max_reply = max(args["max_reply"], MIN_MAX_REPLY)
+                # Never more than this server's frames: a reply larger than that would
+                # read as much of the queue into memory, and one past a frame's length
+                # field could not be sent at all.
+                self.max_reply = min(max(args["max_reply"], MIN_MAX_REPLY), self.server.max_frame,
+                                     _MAX_LENGTH)
             self._write(encode_reply(req.id, {
                 "server": f"spoolq {_version()}", "version": VERSION,
                 "engine": self.server.engine.name, "max_frame": self.server.max_frame,
