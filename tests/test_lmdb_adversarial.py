@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spoolq.engines import LMDBEngine
+from spoolq.engines import Lease, LMDBEngine
 
 
 def test_a_move_onto_its_own_queue_moves_each_record_once(tmp_path: Path) -> None:
@@ -17,5 +17,23 @@ def test_a_move_onto_its_own_queue_moves_each_record_once(tmp_path: Path) -> Non
         assert eng.move("q", "q", [first, second, second + 1, second + 2]) == 2
         assert [(r.id, r.data) for r in eng.peek("q", 5)] == [(3, b"a"), (4, b"b")]
         assert eng.counts("q") == (2, 0, 2, 2)
+    finally:
+        eng.close()
+
+
+def test_ids_that_are_not_ints_are_skipped_by_release_and_move(tmp_path: Path) -> None:
+    """As ack does, and the other engines: release and move raised a bare struct.error."""
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        eng.append("q", [b"a", b"b"], [1, 1], 1.0)
+        (got,) = eng.take("q", 1, 1.0, Lease("o", 9.0))
+        odd = [(1.5, 1), (float(got.id), 1)]
+        assert eng.release("q", odd, "o", not_before=0.0, max_attempts=None) == []
+        assert eng.move("q", "r", [1.5, 2.0]) == 0
+        assert eng.counts("q") == (1, 1, 2, 2)
+        assert eng.release("q", [*odd, (got.id, 1)], "o", not_before=0.0,
+                           max_attempts=None) == [got.id]
+        assert eng.move("q", "r", [0.5, got.id]) == 1
+        assert [r.data for r in eng.peek("q", 5)] == [b"b"]
     finally:
         eng.close()

@@ -9,6 +9,7 @@ transaction of the store.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -74,9 +75,10 @@ class LeaseSettling:
               owner: str) -> Iterator[StoredRecord]:
         """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
         for ident, attempts in deliveries:
-            if not 0 < ident <= fmt.MAX_ID:
-                continue
-            key = fmt.KEY.pack(q.number, ident)
+            try:
+                key = fmt.KEY.pack(q.number, ident)
+            except struct.error:
+                continue  # an id no record can have (not an int, negative, past 64 bits)
             value = txn.get(key, db=self._leased)
             if value is None:
                 continue

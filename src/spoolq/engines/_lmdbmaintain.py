@@ -6,6 +6,7 @@ transaction of the store.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -79,7 +80,10 @@ class Maintaining:
                     carry(*item)
             else:
                 for ident in sorted({i for i in ids if 0 < i < limit}):
-                    key = fmt.KEY.pack(s.number, ident)
+                    try:
+                        key = fmt.KEY.pack(s.number, ident)
+                    except struct.error:
+                        continue  # not an int
                     value = txn.get(key, db=self._ready)
                     if value is not None:
                         carry(ident, key, self._ready, value)
