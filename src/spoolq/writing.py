@@ -115,7 +115,7 @@ class Writing:
 
     def _unknown_outcome(self, exc: BaseException) -> None:
         """Mark the counts stale if ``exc``, raised by a write, leaves its outcome unknown."""
-        if isinstance(exc, Unavailable) or not isinstance(exc, Exception):
+        if _outcome_unknown(exc):
             self._stale = True
 
     def encode(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
@@ -224,7 +224,7 @@ class Writing:
                     self.group.put_back(records, sizes, tickets=tickets)
                     tickets = []
                 elif (counts is not None and len(counts) > 1 and not self.buffered
-                      and not self.closed and isinstance(exc, Exception)):
+                      and not self.closed and not _outcome_unknown(exc)):
                     errors, interrupted = self._write_apart(records, sizes, counts, exc)
                 else:
                     self._settle_pending(records, sizes, lost=True)
@@ -267,15 +267,18 @@ class Writing:
             self.on_settled(tickets)
 
     def _write_apart(self, records: list[bytes], sizes: list[int], counts: list[int],
-                     error: Exception) -> tuple[list[BaseException | None],
+                     error: BaseException) -> tuple[list[BaseException | None],
                                                 BaseException | None]:
         """After the write of several callers' records failed with ``error``, write them
         in halves, and the failing half in halves again, so that records the engine
         refuses (too large for a server, say) fail only the caller that put them; return
         each caller's error. When both halves fail, the failure is not one caller's (a
         full disk, a lost connection): every caller of those halves gets its error,
-        after three writes rather than one per caller. The caller holds the lock and
-        settles the pending records' bytes here.
+        after three writes rather than one per caller. A write whose outcome is unknown
+        (:class:`Unavailable`: the engine may have stored the records) is never made
+        again, lest its records be stored twice: its callers get its error, as a put
+        written alone would. The caller holds the lock and settles the pending records'
+        bytes here.
 
         A write that fails after storing its first records (see
         :func:`~spoolq.engines.base.stored_before_failure`) has them stored: they are
@@ -319,6 +322,9 @@ class Writing:
                 first, second = write(lo, mid), write(mid, hi)
                 if (first is None) == (second is None):
                     break  # both written, or both failed: the failure is not one caller's
+                failed = first if first is not None else second
+                if failed is not None and _outcome_unknown(failed):
+                    break  # the half that failed may be stored: never written again
                 lo, hi = (lo, mid) if first is not None else (mid, hi)
         except BaseException as stop:
             # Interrupted (KeyboardInterrupt, SystemExit): whoever's records are not known
@@ -463,6 +469,12 @@ class Writing:
         self._flusher = threading.Thread(target=run, name=f"spoolq-flush-{self.name}",
                                          daemon=True)
         self._flusher.start()
+
+
+def _outcome_unknown(exc: BaseException) -> bool:
+    """Whether a write that raised ``exc`` may have stored its records all the same: a
+    connection lost before the reply came (:class:`Unavailable`), or an interruption."""
+    return isinstance(exc, Unavailable) or not isinstance(exc, Exception)
 
 
 def _errors_of(tickets: list[Ticket], error: BaseException | None,
