@@ -3,16 +3,22 @@ of a reply, connecting within one deadline, and what the server logs of TLS clie
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import threading
 import time
+from pathlib import Path
 
 import cbor2
+import pytest
 
+import spoolq
 from spoolq.engines.remote import RemoteEngine
 from spoolq.protocol import FrameType, encode_frame
 
 from .servers import ServerProcess, request_frame
+from .test_server import _self_signed
 
 
 def _frames(sock: socket.socket, count: int) -> list[tuple[int, int, bytes]]:
@@ -56,3 +62,56 @@ def test_a_reply_never_exceeds_the_servers_max_frame_whatever_the_client_accepts
             records = cbor2.loads(body)
             assert 0 < len(records) // 6 < 40
             assert length <= 65536
+
+
+class _SlowRelay:
+    """A TCP relay on 127.0.0.1 to ``port`` that hands on what the server sends ``delay``
+    seconds after it came (a slow network), and what the client sends at once."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.delay = delay
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._socks: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target))
+                self._socks += [client, server]
+                threading.Thread(target=self._pump, args=(client, server, 0.0),
+                                 daemon=True).start()
+                threading.Thread(target=self._pump, args=(server, client, self.delay),
+                                 daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                came = time.monotonic()
+                time.sleep(max(came + delay - time.monotonic(), 0.0))
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+
+
+def test_connecting_over_tls_takes_connect_timeout_in_all(tmp_path: Path) -> None:
+    # Each step had a connect_timeout of its own (the TLS handshake, then the spoolq
+    # greeting): over a slow network connecting took up to twice the time given.
+    cert, key = _self_signed(tmp_path)
+    with ServerProcess(":memory:", "--tls-cert", str(cert), "--tls-key", str(key)) as server:
+        relay = _SlowRelay(server.port, 0.9)  # each step in time, not both together
+        try:
+            start = time.monotonic()
+            with pytest.raises(spoolq.Unavailable):
+                RemoteEngine(f"spoolq://127.0.0.1:{relay.port}/jobs", ca_file=str(cert),
+                             connect_timeout=1.0).close()
+            assert time.monotonic() - start < 1.7
+        finally:
+            relay.close()

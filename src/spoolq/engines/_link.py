@@ -212,6 +212,7 @@ class Link:
     def _begin(self, address: RemoteAddress, token: str | None,
                ssl_context: ssl.SSLContext | None, connect_timeout: float, max_reply: int,
                dialing: Dialing | None) -> None:
+        deadline = time.monotonic() + connect_timeout  # for every step: one bound in all
         sock = self._open(address, ssl_context, connect_timeout, dialing)
         self.sock = sock
         # Python's socket timeouts cost a poll() before every send and recv; on Linux the
@@ -235,8 +236,11 @@ class Link:
             opening, ids = self.proto.start(token)
             hello_id, hello = self.proto.request("hello", {"max_reply": max_reply,
                                                            "client": "spoolq-python"})
-            self._send(opening + hello, connect_timeout)
-            deadline = time.monotonic() + connect_timeout
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReplyLate(f"the spoolq server at {self.where} did not answer the "
+                                "connection in time")
+            self._send(opening + hello, left)
             try:
                 for ident in ids:
                     self._receive(ident, deadline)
@@ -276,6 +280,7 @@ class Link:
     def _open(self, address: RemoteAddress, ssl_context: ssl.SSLContext | None,
               connect_timeout: float, dialing: Dialing | None) -> socket.socket:
         """A connected socket, with TLS when ``ssl_context`` is given."""
+        began = time.monotonic()
         try:
             sock = socket.create_connection((address.host, address.port), connect_timeout)
         except OSError as exc:
@@ -286,6 +291,8 @@ class Link:
                 dialing.watch(sock)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if ssl_context is not None:
+                # what connecting left of connect_timeout, for the whole TLS handshake
+                sock.settimeout(max(connect_timeout - (time.monotonic() - began), 0.001))
                 sock = ssl_context.wrap_socket(sock, server_hostname=address.host)
         except BaseException as exc:
             sock.close()
