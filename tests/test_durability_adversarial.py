@@ -12,10 +12,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 import spoolq
 from spoolq import Queue, SyncQueue
+from spoolq.engines import open_engine
 from spoolq.errors import Unavailable
 
+from .failing import FailingAppend
 from .servers import ThreadedServer, wait_until
 
 
@@ -158,3 +162,41 @@ async def test_tasks_group_commit_whose_reply_was_lost_is_not_written_again(
             stored = await q.peek(100)
         assert stored[0] == "first"
         _check_told_right(dict(zip(items, answers, strict=True)), stored[1:])
+
+
+# ---- cancelled puts ---------------------------------------------------------------------
+
+
+async def test_a_put_cancelled_before_its_write_after_a_failed_flush_is_not_stored(
+        tmp_path: Path) -> None:
+    # With "buffer", a flush that failed keeps its puts for the next one. A put cancelled
+    # after that, while it waited for a write that had not begun, raised CancelledError
+    # and was stored all the same: the buffer no longer lined up with its puts, and the
+    # put could not be taken back.
+    path = str(tmp_path / "q.sqlite")
+    engine = FailingAppend(open_engine(path))
+    async with await Queue.create(path, engine=engine, durability="buffer", flush_items=2,
+                                  flush_interval=60) as q:
+        await q.put("a")
+        engine.failures = 1
+        b = asyncio.create_task(q.put("b"))  # due: its write fails, the buffer is kept
+        while engine.failures:
+            await asyncio.sleep(0.001)
+        q._core.lock.acquire()  # a write under way: c waits for the next one
+        try:
+            await q._worker.submit(lambda: None)  # b's write is over
+            assert not b.done() and q.qsize() == 2
+            c = asyncio.create_task(q.put("c"))
+            while q.qsize() < 3:
+                await asyncio.sleep(0.001)
+            c.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await c
+            assert q.qsize() == 2
+        finally:
+            q._core.lock.release()
+        await asyncio.wait_for(b, 10)
+        assert q.qsize() == 2 and q.stats["unfinished"] == 2
+        assert await q.peek(10) == ["a", "b"]
+    with SyncQueue.create(path) as q:
+        assert q.get_many(None, block=False) == ["a", "b"]

@@ -12,12 +12,13 @@ __all__ = ["GroupCommit", "Ticket"]
 class Ticket:
     """A group-commit waiter: set once its records are written (or failed)."""
 
-    __slots__ = ("done", "error", "payload")
+    __slots__ = ("done", "error", "payload", "records")
 
     def __init__(self, payload: Any = None) -> None:
         self.done = False
         self.error: BaseException | None = None
         self.payload = payload
+        self.records = 0  # how many records it stands for, set by GroupCommit.add
 
 
 class GroupCommit:
@@ -28,10 +29,10 @@ class GroupCommit:
         self._records: list[bytes] = []
         self._sizes: list[int] = []
         self._tickets: list[Ticket] = []
-        self._counts: list[int] = []  # records of each ticket, in order
-        # Whether the pending records are exactly the tickets' records in order (no
-        # take_front or put_back since the batch began), so a ticket's can be found.
-        self._intact = True
+        # The pending records of each ticket, in order: together, every pending record.
+        # Fewer than its ``records`` once some were stored by a failed write or handed
+        # out by take_front.
+        self._counts: list[int] = []
         self._settled = threading.Condition(threading.Lock())
         self._leading = False
         self._writing = 0  # records taken by a flush that are not written yet
@@ -41,18 +42,18 @@ class GroupCommit:
         with self._lock:
             self._records += records
             self._sizes += sizes
+            ticket.records = len(records)
             self._tickets.append(ticket)
             self._counts.append(len(records))
             return len(self._records)
 
     def withdraw(self, ticket: Ticket) -> tuple[list[bytes], list[int]] | None:
         """Remove ``ticket`` and its records if no flush has taken them yet (they will not
-        be written); return them, or None when they are beyond reach."""
+        be written); return them, or None when they are beyond reach: taken by a flush,
+        or some of them stored or handed out already."""
         with self._lock:
-            if not self._intact:
-                return None
             k = next((k for k, held in enumerate(self._tickets) if held is ticket), None)
-            if k is None:
+            if k is None or self._counts[k] != ticket.records:
                 return None
             start = sum(self._counts[:k])
             end = start + self._counts[k]
@@ -74,20 +75,24 @@ class GroupCommit:
             self._writing -= n
 
     def put_back(self, records: list[bytes], sizes: list[int], *, writing: bool = True,
-                 tickets: list[Ticket] | None = None) -> None:
+                 tickets: list[Ticket] | None = None, counts: list[int] | None = None) -> None:
         """Return records to the front of the next batch: ones a flush took (``writing``),
-        whose write failed, with the ``tickets`` that wait for them, or ones
-        :meth:`take_front` handed out."""
+        whose write failed, with the ``tickets`` that wait for them and the ``counts`` of
+        their records among ``records``; or, without tickets, ones :meth:`take_front`
+        handed out, which a ticket of no caller stands for from now on."""
         with self._lock:
             self._records[:0] = records
             self._sizes[:0] = sizes
             if tickets:
+                if counts is None or len(counts) != len(tickets):
+                    raise ValueError("put_back needs the count of records of each ticket")
                 self._tickets[:0] = tickets
-                self._counts[:0] = [0] * len(tickets)  # never read: the batch is not intact
-            if records:
-                # The records that lead the batch no longer line up with the tickets'
-                # counts (tickets settled already, or put back with counts of 0).
-                self._intact = False
+                self._counts[:0] = counts
+            elif records:
+                anonymous = Ticket()
+                anonymous.records = len(records)
+                self._tickets.insert(0, anonymous)
+                self._counts.insert(0, len(records))
             if writing:  # last, as in take_all: counted twice for a moment, never not
                 self._writing -= len(records)
 
@@ -100,9 +105,14 @@ class GroupCommit:
             tickets: list[Ticket] = []
             if not self._records:
                 tickets, self._tickets, self._counts = self._tickets, [], []
-                self._intact = True
-            elif records:
-                self._intact = False
+                return records, sizes, tickets
+            left = len(records)
+            for k, count in enumerate(self._counts):
+                if not left:
+                    break
+                taken = min(count, left)
+                self._counts[k] -= taken
+                left -= taken
             return records, sizes, tickets
 
     def take_all(self, writing: bool = True) -> tuple[list[bytes], list[int], list[Ticket]]:
@@ -112,17 +122,15 @@ class GroupCommit:
         return records, sizes, tickets
 
     def take_batch(self, writing: bool = True) -> tuple[list[bytes], list[int], list[Ticket],
-                                                        list[int] | None]:
+                                                        list[int]]:
         """:meth:`take_all`, with how many of the records each ticket stands for, in
-        order; None when they no longer line up (records were put back or taken from
-        the front since the batch began)."""
+        order."""
         with self._lock:
             taken = self._records, self._sizes, self._tickets
-            counts = self._counts if self._intact else None
+            counts = self._counts
             if writing:  # first: a lock-free unwritten() may count them twice, never not
                 self._writing += len(taken[0])
             self._records, self._sizes, self._tickets, self._counts = [], [], [], []
-            self._intact = True
             return (*taken, counts)
 
     def after_fork(self) -> tuple[list[bytes], list[int]]:
@@ -134,7 +142,7 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._settled = threading.Condition(threading.Lock())
         self._records, self._sizes, self._tickets, self._counts = [], [], [], []
-        self._intact, self._leading, self._writing = True, False, 0
+        self._leading, self._writing = False, 0
         return dropped
 
     def wait_settled(self, ticket: Ticket, flush: Callable[[], None]) -> None:

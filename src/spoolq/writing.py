@@ -221,9 +221,9 @@ class Writing:
                     counts = _left_after(counts, stored)
                 kept = self.buffered and not self.closing
                 if kept:
-                    self.group.put_back(records, sizes, tickets=tickets)
+                    self.group.put_back(records, sizes, tickets=tickets, counts=counts)
                     tickets = []
-                elif (counts is not None and len(counts) > 1 and not self.buffered
+                elif (len(counts) > 1 and not self.buffered
                       and not self.closed and not _outcome_unknown(exc)):
                     errors, interrupted = self._write_apart(records, sizes, counts, exc)
                 else:
@@ -239,7 +239,7 @@ class Writing:
         written_apart = 0
         if errors is None:
             errors = _errors_of(tickets, error, counts if stored and not kept else None)
-        elif counts is not None:
+        else:
             written_apart = sum(n for n, e in zip(counts, errors, strict=True) if e is None)
         self._settle_tickets(tickets, errors)
         if self.counters["puts"] != puts:  # records stored, whatever failed
@@ -487,10 +487,8 @@ def _errors_of(tickets: list[Ticket], error: BaseException | None,
     return [error if n else None for n in counts]
 
 
-def _left_after(counts: list[int] | None, stored: int) -> list[int] | None:
+def _left_after(counts: list[int], stored: int) -> list[int]:
     """Each ticket's count of records not among the first ``stored`` of a batch."""
-    if counts is None:
-        return None
     left = []
     for n in counts:
         taken = min(n, stored)
