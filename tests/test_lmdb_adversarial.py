@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
+from spoolq import FormatError
 from spoolq.engines import Lease, LMDBEngine
 
 
@@ -37,3 +45,47 @@ def test_ids_that_are_not_ints_are_skipped_by_release_and_move(tmp_path: Path) -
         assert [r.data for r in eng.peek("q", 5)] == [b"b"]
     finally:
         eng.close()
+
+
+def test_a_refused_read_only_open_leaves_the_lock_file_of_the_process_creating_the_queue(
+        tmp_path: Path) -> None:
+    """A reader waits a second for the process creating a queue in an empty file; refused
+    after that, it removed the lock file that the creator, which had made it meanwhile,
+    still used: a third process would then make another, and two writers work at once."""
+    path = tmp_path / "q.lmdb"
+    path.write_bytes(b"")
+    lock = tmp_path / "q.lmdb-lock"
+    # A creator stalled before its first commit (one whose fsync takes seconds, say).
+    script = textwrap.dedent(f"""
+        import sys
+        import lmdb
+        print("ready", flush=True)
+        sys.stdin.readline()
+        env = lmdb.Environment({str(path)!r}, subdir=False, max_dbs=8)
+        print("open", flush=True)
+        sys.stdin.readline()
+        env.close()
+        """)
+    refused: list[BaseException] = []
+
+    def read() -> None:
+        with pytest.raises(FormatError) as caught:
+            LMDBEngine(path, read_only=True)
+        refused.append(caught.value)
+
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as creator:
+        assert creator.stdin is not None and creator.stdout is not None
+        assert creator.stdout.readline().strip() == "ready"
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.1)  # the reader waits for the empty file to fill
+        creator.stdin.write("\n")
+        creator.stdin.flush()
+        assert creator.stdout.readline().strip() == "open"
+        reader.join(30)
+        assert len(refused) == 1
+        assert lock.exists()
+        creator.stdin.write("\n")
+        creator.stdin.flush()
+        assert creator.wait(30) == 0

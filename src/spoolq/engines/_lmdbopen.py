@@ -97,13 +97,14 @@ def _check_magic(path: str, read_only: bool) -> None:
 def no_lock_file_left(path: str) -> Iterator[None]:
     """Remove the ``-lock`` file that opening ``path`` created when the file is refused
     (FormatError, CorruptError): a file that is not a queue gets nothing put beside it. A
-    lock file that was there before is another program's, and stays."""
+    lock file that was there before is another program's, and stays; so does one that a
+    process holds (Linux tells), such as one creating the queue while this open waited."""
     lock_file = path + "-lock"
     had_lock_file = os.path.lexists(lock_file)
     try:
         yield
     except (FormatError, CorruptError):
-        if not had_lock_file:
+        if not had_lock_file and not (sys.platform.startswith("linux") and lock_held(lock_file)):
             with contextlib.suppress(OSError):
                 os.remove(lock_file)
         raise
