@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolq import FormatError
+from spoolq import EngineError, FormatError
 from spoolq.engines import Lease, LMDBEngine
 
 
@@ -89,3 +89,20 @@ def test_a_refused_read_only_open_leaves_the_lock_file_of_the_process_creating_t
         creator.stdin.write("\n")
         creator.stdin.flush()
         assert creator.wait(30) == 0
+
+
+def test_a_lease_owner_too_long_for_the_file_is_refused_by_name(tmp_path: Path) -> None:
+    """An owner's length is stored in 16 bits: a longer one raised a bare struct.error
+    ("'H' format requires 0 <= number <= 65535"), which a server passed on as it was."""
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        eng.append("q", [b"a"], [1], 1.0)
+        with pytest.raises(EngineError, match=r"lease owner is 65536 bytes.*at most 65535.*"
+                                              r"nothing was changed"):
+            eng.take("q", 1, 1.0, Lease("é" * (1 << 15), 9.0))
+        assert eng.counts("q") == (1, 0, 1, 1)
+        (got,) = eng.take("q", 1, 1.0, Lease("o" * 65535, 9.0))
+        assert eng.owners("q") == {"o" * 65535: 1}
+        assert eng.ack("q", [(got.id, 1)], "o" * 65535) == [got.id]
+    finally:
+        eng.close()

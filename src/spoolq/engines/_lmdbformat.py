@@ -17,9 +17,9 @@ import lmdb
 from ..errors import CorruptError, EngineError, FormatError
 from .base import Lease, StoredRecord
 
-__all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "QUEUE", "U32", "U64", "V1_DB_NAMES", "QueueRow",
-           "held_by", "lease_head", "lease_reader", "pack", "pack_new_many",
-           "translate", "unpack", "unpack_leased", "unpack_plain", "with_attempts"]
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_OWNER", "QUEUE", "U32", "U64",
+           "V1_DB_NAMES", "QueueRow", "held_by", "lease_head", "lease_reader", "pack",
+           "pack_new_many", "translate", "unpack", "unpack_leased", "unpack_plain", "with_attempts"]
 
 DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids")
 #: The sub-databases of a format 1 file, which has no ``delayed_ids`` index yet.
@@ -92,9 +92,17 @@ def with_attempts(value: bytes, attempts: int) -> bytes:
     return value[:_ATTEMPTS_AT] + _ATTEMPTS.pack(attempts) + value[_ATTEMPTS_AT + _ATTEMPTS.size:]
 
 
-def lease_head(lease: Lease) -> bytes:
-    """What precedes the record's value in a leased record's value: until, then owner."""
+MAX_OWNER = (1 << 16) - 1  # the longest lease owner in bytes: its length takes 16 bits
+
+
+def lease_head(path: str, lease: Lease) -> bytes:
+    """What precedes the record's value in a leased record's value: until, then owner.
+    EngineError for an owner longer than :data:`MAX_OWNER` bytes."""
     owner = lease.owner.encode()
+    if len(owner) > MAX_OWNER:
+        raise EngineError(f"{path}: take failed: the lease owner is {len(owner)} bytes of "
+                          f"UTF-8, and an LMDB queue holds at most {MAX_OWNER}; nothing was "
+                          "changed")
     return _LEASE.pack(lease.until, len(owner)) + owner
 
 

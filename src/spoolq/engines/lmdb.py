@@ -266,6 +266,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         if nothing_visible(self.path, now, lease):
             return []
+        head = None if lease is None else fmt.lease_head(self.path, lease)
+
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
             if q is None or n <= 0:
@@ -274,7 +276,6 @@ class _LMDBStore(LeaseSettling, Maintaining):
             prefix = fmt.U32.pack(q.number)
             out: list[StoredRecord] = []
             leased: list[tuple[bytes, bytes]] = []
-            head = None if lease is None else fmt.lease_head(lease)
             unpack, plain, ident_of, path = fmt.unpack, fmt.unpack_plain, fmt.KEY.unpack, self.path
             cur = txn.cursor(self._ready)
             more = cur.set_range(prefix)
