@@ -56,3 +56,26 @@ def test_engine_options_that_are_not_a_dict_are_a_configuration_error(
     with pytest.raises(ConfigurationError, match="engine_options"):
         SyncQueue.create(path, engine_options=options)
     assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".sqlite", ".lmdb", ".dbm", ".pickle"])
+def test_a_buffer_on_a_read_only_queue_is_refused(tmp_path: Path, suffix: str) -> None:
+    # Accepted, a put returned into a buffer that could never be written: the item was
+    # lost at close, with the engine's error.
+    path = os.fspath(tmp_path / f"q{suffix}")
+    with SyncQueue.create(path) as q:
+        q.put(1)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"durability.*read_only"):
+        SyncQueue.create(path, durability="buffer", engine_options={"read_only": True})
+    assert _snapshot(tmp_path) == before
+    with SyncQueue.create(path, engine_options={"read_only": True}) as q:
+        assert q.peek(5) == [1]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """The queue's files, without SQLite's and LMDB's lock and index files, which any
+    read-only open touches."""
+    return {os.fspath(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(("-lock", "-shm", "-wal"))}

@@ -197,7 +197,12 @@ def stored_codec(engine: Engine, settings: Settings, serializer: object,
     which a new queue stores first. Another serializer than the stored one is a
     :class:`ConfigurationError`; another compressor changes it for new records. Loads the
     queue's zstd dictionaries. With ``store`` false (an engine opened read-only) nothing is
-    written."""
+    written, and durability "buffer" is a ConfigurationError: its puts would return before
+    a write that can never happen."""
+    if not store and settings.durability == "buffer":
+        raise ConfigurationError("durability='buffer' cannot be used with an engine opened "
+                                 "read-only (engine_options read_only): buffered puts would "
+                                 "return and never be written")
     key = f"queue/{settings.name}/"
     stored_ser = engine.get_meta(key + "serializer")
     stored_comp = engine.get_meta(key + "compressor")
