@@ -13,7 +13,8 @@ from ..errors import ClosedError, CorruptError, EngineError, FormatError, LockTi
 from .base import FORMAT_VERSION
 
 __all__ = ["INHERITED", "MIN_SQLITE", "PAGE_SIZE", "PAGE_SIZES", "SCHEMA", "SYNCHRONOUS",
-           "Closed", "connect", "open_connection", "set_up", "translate"]
+           "Closed", "Unlocked", "check_unchanged", "connect", "open_connection", "set_up",
+           "translate"]
 
 _APPLICATION = b"spoolq"
 # Every SQLite database starts with these 16 bytes (https://sqlite.org/fileformat.html).
@@ -97,12 +98,45 @@ def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
             conn.close()
             raise
         conn.close()
+        seen = _signature(path)
         conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None,
-                               check_same_thread=False, timeout=timeout)
+                               check_same_thread=False, timeout=timeout, factory=Unlocked)
+        conn.signature = seen
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _signature(path: str) -> tuple[int, ...] | None:
+    """What changes when a process writes the file: its inode, size and times."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class Unlocked(sqlite3.Connection):
+    """A read-only connection without SQLite's locks (``immutable=1``), made in a directory
+    the process cannot write. SQLite then takes the file for one nobody changes and keeps
+    the pages it read; a process that may write there can still open the queue and write,
+    after which the pages read mix two states of the file. ``signature`` is the file's
+    (see :func:`_signature`) when the connection was made."""
+
+    signature: tuple[int, ...] | None = None
+
+
+def check_unchanged(conn: object, path: str) -> None:
+    """EngineError when ``conn`` reads without locks (:class:`Unlocked`) and another process
+    has written the file since it was opened, or has it open for writing (its ``-wal``
+    file exists): what was read may be wrong. A new open reads the file as it is."""
+    if isinstance(conn, Unlocked) and (
+            os.path.exists(path + "-wal") or _signature(path) != conn.signature):
+        raise EngineError(
+            f"{path} was written by another process while this one read it without "
+            "SQLite's locks (the directory is read-only to this process, so it cannot make "
+            "the -shm file that locking needs): open the queue again to read it as it is")
 
 
 def connect(path: str, *, read_only: bool, timeout: float) -> sqlite3.Connection:

@@ -61,8 +61,6 @@ _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
 
-
-
 class SQLiteEngine(LeaseSettling):
     """Queue storage in one SQLite file (WAL mode), safe to share between processes.
 
@@ -137,7 +135,9 @@ class SQLiteEngine(LeaseSettling):
         try:
             yield
         except sqlite3.Error as exc:
+            opening.check_unchanged(getattr(self, "_connection", None), self.path)
             raise opening.translate(exc, self.path, what) from exc
+        opening.check_unchanged(getattr(self, "_connection", None), self.path)  # read unlocked
 
     def _txn(self, what: str, body: Callable[..., R], *args: Any) -> R:
         """Run ``body(conn, *args)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
