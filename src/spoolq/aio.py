@@ -238,8 +238,12 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
             self._wake_for_buffered()
 
     async def flush(self) -> None:
-        """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
+        """Write buffered puts now (``durability="buffer"``) and raise what the write raised.
+        Otherwise nothing is pending and it returns at once: the puts of other tasks
+        waiting for a group commit are written, and fail, for their own callers."""
         self._enter()
+        if not self._core.buffered:
+            return
         tickets = await self._call(self._core.flush)
         errors = [t.error for t in tickets if t.error is not None]
         if errors:

@@ -165,8 +165,12 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         self._put_with_room(records, sizes, block, timeout)
 
     def flush(self) -> None:
-        """Write buffered puts now (``durability="buffer"``); otherwise nothing is pending."""
+        """Write buffered puts now (``durability="buffer"``) and raise what the write raised.
+        Otherwise nothing is pending and it returns at once: the puts of other threads
+        waiting for a group commit are written, and fail, for their own callers."""
         self._check()
+        if not self._core.buffered:
+            return
         tickets = self._core.flush()
         errors = [t.error for t in tickets if t.error is not None]
         if errors:

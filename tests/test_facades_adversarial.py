@@ -1,0 +1,107 @@
+"""SyncQueue and Queue against the promises of docs/api.md and the behaviour of
+queue.Queue and asyncio.Queue: flush() at the durabilities where nothing is pending,
+get_many(None) with items the handle's counts do not know of yet, and the edges of
+waiting, cancelling and closing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import spoolq
+from spoolq import Queue, SyncQueue
+from spoolq.engines import open_engine
+
+from .failing import FailingAppend
+
+
+class _HeldAppend(FailingAppend):
+    """FailingAppend whose appends wait for ``go`` while ``hold`` is set (``entered`` is
+    set meanwhile)."""
+
+    def __init__(self, inner: spoolq.Engine) -> None:
+        super().__init__(inner)
+        self.hold = False
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def append(self, queue: str, records: object, raw_sizes: object, now: float) -> list[int]:
+        if self.hold:
+            self.entered.set()
+            assert self.go.wait(5), "append was held for too long"
+        return super().append(queue, records, raw_sizes, now)  # type: ignore[arg-type]
+
+
+# ---- flush() where nothing is pending ------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["commit", "fsync"])
+def test_sync_flush_never_raises_the_write_error_of_another_threads_put(
+        tmp_path: Path, durability: str) -> None:
+    # A put of another thread waiting in a group commit (a write under way holds the
+    # lock) was taken and written by flush(), which then raised that put's error to its
+    # own caller, although at these durabilities flush() has nothing of its own to write.
+    path = str(tmp_path / "q.sqlite")
+    engine = FailingAppend(open_engine(path))
+    with SyncQueue.create(path, engine=engine, durability=durability) as q:
+        errors: list[BaseException] = []
+
+        def put() -> None:
+            try:
+                q.put("theirs")
+            except BaseException as exc:
+                errors.append(exc)
+
+        engine.failures = 1
+        q._core.lock.acquire()  # a write under way: the put joins the next group commit
+        try:
+            thread = threading.Thread(target=put)
+            thread.start()
+            deadline = time.monotonic() + 5
+            while not q._core.group.pending() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert q._core.group.pending() == 1
+            q.flush()  # must not raise the other thread's error
+        finally:
+            q._core.lock.release()
+        thread.join(5)
+        assert len(errors) == 1 and isinstance(errors[0], spoolq.EngineError)
+        assert q.qsize() == 0
+
+
+@pytest.mark.parametrize("durability", ["commit", "fsync"])
+async def test_async_flush_returns_at_once_where_nothing_is_pending(
+        tmp_path: Path, durability: str) -> None:
+    # flush() went through the worker thread, so it waited for another task's write in
+    # progress (and would have raised its error) instead of returning at once.
+    path = str(tmp_path / "q.sqlite")
+    engine = _HeldAppend(open_engine(path))
+    async with await Queue.create(path, engine=engine, durability=durability) as q:
+        engine.hold = True
+        put = asyncio.create_task(q.put("theirs"))
+        try:
+            while not engine.entered.is_set():
+                await asyncio.sleep(0.001)
+            await asyncio.wait_for(q.flush(), 2)
+        finally:
+            engine.hold = False
+            engine.go.set()
+        await asyncio.wait_for(put, 5)
+        assert await q.get() == "theirs"
+
+
+def test_sync_flush_with_buffer_still_raises_its_write_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    engine = FailingAppend(open_engine(path))
+    with SyncQueue.create(path, engine=engine, durability="buffer", flush_items=100,
+                          flush_interval=60) as q:
+        q.put("a")
+        engine.failures = 1
+        with pytest.raises(spoolq.EngineError):
+            q.flush()
+        q.flush()
+        assert q.get_nowait() == "a"
