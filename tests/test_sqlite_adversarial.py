@@ -3,13 +3,16 @@ one reads, and values of the wrong type or out of range given to its calls."""
 
 from __future__ import annotations
 
+import array
 import ctypes
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +86,74 @@ def test_a_read_without_locks_refuses_a_file_written_since(tmp_path: Path) -> No
     assert second.startswith("EngineError"), second + err
     assert "written by another process" in second
     assert third.split() == ["70", "70"], third + err
+
+
+# ---- values of the wrong type -------------------------------------------------------------
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[SQLiteEngine]:
+    eng = SQLiteEngine(tmp_path / "q.sqlite")
+    yield eng
+    eng.close()
+
+
+def _rows(eng: SQLiteEngine) -> tuple[object, ...]:
+    return (eng.counts("q"), eng.peek("q", 100), eng.peek_leased("q", 100), eng.queues())
+
+
+@pytest.mark.parametrize("name", [b"q", 7, None])
+def test_a_queue_name_that_is_not_a_str_is_refused(engine: SQLiteEngine, name: Any) -> None:
+    # SQLite kept b"q" as a blob, a queue apart from "q" that queues() listed as bytes
+    # (spoolq info then failed on the file), and 7 as the queue "7".
+    engine.append("q", [b"a", b"b"], [1, 1], 0.0)
+    taken = engine.take("q", 1, 0.0, None)
+    before = _rows(engine)
+    with pytest.raises(TypeError, match="queue name must be a str"):
+        engine.append(name, [b"x"], [1], 0.0)
+    with pytest.raises(TypeError, match="queue name must be a str"):
+        engine.append(name, [b"x", b"y"], [1, 1], 0.0)
+    with pytest.raises(TypeError, match="queue name must be a str"):
+        engine.move("q", name)
+    with pytest.raises(TypeError, match="queue name must be a str"):
+        engine.restore(name, taken)
+    assert _rows(engine) == before
+    assert engine.queues() == ["q"]
+
+
+@pytest.mark.parametrize("record", ["héllo", None, 5])
+def test_a_record_that_is_not_bytes_is_refused(engine: SQLiteEngine, record: Any) -> None:
+    # A str was stored as text, counted in characters and taken back as its UTF-8
+    # bytes: the queue's stored bytes went below zero.
+    engine.append("q", [b"a"], [1], 0.0)
+    before = _rows(engine)
+    for batch in ([record], [b"x", record]):
+        with pytest.raises(TypeError, match="a record must be bytes"):
+            engine.append("q", batch, [1] * len(batch), 0.0)
+    assert _rows(engine) == before
+
+
+def test_bytes_like_records_are_stored_as_their_bytes(engine: SQLiteEngine) -> None:
+    # A memoryview of 4-byte items counted its items, not its 8 bytes.
+    wide = memoryview(array.array("i", [1, 2]))
+    assert engine.append("q", [bytearray(b"ab"), wide], [2, 8], 0.0) == [1, 2]
+    assert engine.counts("q").stored_bytes == 10
+    assert [r.data for r in engine.take("q", 2, 0.0, None)] == [b"ab", wide.tobytes()]
+    assert engine.counts("q") == (0, 0, 0, 0)
+    assert engine.append("q", [memoryview(b"xyz")], [3], 0.0) == [3]
+    assert engine.counts("q").stored_bytes == 3
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("data", "ü", TypeError), ("data", None, TypeError), ("reason", b"why", TypeError),
+    ("id", "1", TypeError), ("enqueued_at", "noon", ValueError)])
+def test_a_restore_of_a_field_of_the_wrong_type_is_refused(
+        engine: SQLiteEngine, field: str, value: Any, error: type[Exception]) -> None:
+    engine.append("q", [b"a", b"b"], [1, 1], 0.0)
+    taken = engine.take("q", 2, 0.0, None)
+    before = _rows(engine)
+    with pytest.raises(error):
+        engine.restore("q", [taken[0], taken[1]._replace(**{field: value})])
+    assert _rows(engine) == before
+    engine.restore("q", taken)
+    assert engine.take("q", 5, 0.0, None) == taken
+    assert engine.counts("q") == (0, 0, 0, 0)

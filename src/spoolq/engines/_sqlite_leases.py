@@ -1,7 +1,8 @@
-"""How the SQLite engine settles leases other than by an ack: release puts leased
-records back (ready, or delayed until ``not_before``), expire does so for leases that
-ran out or whose owner died, and a record out of attempts is buried at the tail of
-the queue's dead-letter queue instead.
+"""How the SQLite engine puts records back, and settles leases other than by an ack:
+restore puts back records a take removed, release puts leased records back (ready, or
+delayed until ``not_before``), expire does so for leases that ran out or whose owner
+died, and a record out of attempts is buried at the tail of the queue's dead-letter
+queue instead.
 
 :class:`LeaseSettling` is a mixin of :class:`~spoolq.engines.sqlite.SQLiteEngine`;
 every call runs inside the engine's one write transaction.
@@ -15,8 +16,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from . import _sqlite_sql as sql
-from ._sqlite_sql import CHUNK, MASK, json_list
-from .base import dead_queue_name
+from ._sqlite_sql import CHUNK, MASK, SHIFT, json_list
+from .base import (
+    StoredRecord,
+    as_queue_name,
+    checked_records,
+    dead_queue_name,
+    distinct_ids,
+    never_given,
+    restore_refused,
+)
 
 __all__ = ["LeaseSettling", "in_range"]
 
@@ -40,6 +49,35 @@ class LeaseSettling:
 
         def _allocate(self, conn: sqlite3.Connection, queue: str, n: int, stored: int,
                       raw: int) -> tuple[int, int]: ...
+
+        def _qno(self, conn: sqlite3.Connection, queue: str) -> int: ...
+
+    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
+        if records:
+            # Checked first: SQLite would keep text as a record or a reason, or a time that
+            # is not a number, and count a text record in characters instead of bytes.
+            self._txn("restore", self._restore, as_queue_name(queue), checked_records(records))
+
+    def _restore(self, conn: sqlite3.Connection, queue: str,
+                 records: Sequence[StoredRecord]) -> None:
+        ids = distinct_ids(queue, records)
+        row = conn.execute("SELECT last_seq FROM spoolq_queues WHERE name = ?",
+                           (queue,)).fetchone()
+        never = next((i for i in ids if not 0 < i <= (0 if row is None else row[0])), None)
+        if never is not None:
+            # Such a row would sit outside the queue's range, or be given out again by a put.
+            raise never_given(queue, never)
+        lo = self._qno(conn, queue) << SHIFT
+        held = conn.execute(sql.HELD_IDS, (lo, json_list(ids), lo, json_list(ids))).fetchone()
+        if held is not None:
+            raise restore_refused(queue, int(held[0]) & MASK)  # rolled back: nothing changed
+        conn.executemany(
+            """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
+            VALUES (?, ?, ?, ?, ?, ?)""",
+            [(lo | r.id, r.attempts, r.enqueued_at, r.raw_size, r.reason, r.data)
+             for r in records])
+        conn.execute(sql.COUNTS, (len(records), 0, sum(len(r.data) for r in records),
+                                  sum(r.raw_size for r in records), queue))
 
     def _unlease(self, conn: sqlite3.Connection, queue: str, ids: list[int], not_before: float,
                  max_attempts: int | None, attempt_delta: int,

@@ -36,13 +36,12 @@ from .base import (
     LeasedRecord,
     PageEnds,
     StoredRecord,
+    as_bytes,
+    as_queue_name,
     batch_given,
     check_window,
-    distinct_ids,
     due_by,
     forks,
-    never_given,
-    restore_refused,
 )
 
 __all__ = ["SQLiteEngine"]
@@ -57,6 +56,7 @@ _ROW_ROOM = 1024  # bytes of a row beside its record: the other columns and a re
 _ALWAYS_FITS = 32 * 1024  # a record this small needs no look at the limit: far below it
 _MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
 _data, _raw_size = itemgetter(1), itemgetter(2)
+_ONLY_BYTES = {bytes}
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
@@ -211,6 +211,11 @@ class SQLiteEngine(LeaseSettling):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        queue = as_queue_name(queue)  # SQLite would keep b"q" as a queue apart from "q"
+        if type(records[0]) is not bytes or (len(records) > 1
+                                            and {*map(type, records)} != _ONLY_BYTES):
+            # SQLite would keep text as text, counted in characters and taken as bytes.
+            records = [as_bytes(r, "a record") for r in records]
         self.check_records(queue, records)
         last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
@@ -295,31 +300,6 @@ class SQLiteEngine(LeaseSettling):
         rows = conn.execute(sql.LEASE_REMOVE, (lo, hi, now, n)).fetchall()
         conn.execute(sql.COUNTS, (-len(rows), len(rows), 0, 0, queue))
         return rows
-
-    def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
-        if records:
-            self._txn("restore", self._restore, queue, records)
-
-    def _restore(self, conn: sqlite3.Connection, queue: str,
-                 records: Sequence[StoredRecord]) -> None:
-        ids = distinct_ids(queue, records)
-        row = conn.execute("SELECT last_seq FROM spoolq_queues WHERE name = ?",
-                           (queue,)).fetchone()
-        never = next((i for i in ids if not 0 < i <= (0 if row is None else row[0])), None)
-        if never is not None:
-            # Such a row would sit outside the queue's range, or be given out again by a put.
-            raise never_given(queue, never)
-        lo = self._qno(conn, queue) << _SHIFT
-        held = conn.execute(sql.HELD_IDS, (lo, _json(ids), lo, _json(ids))).fetchone()
-        if held is not None:
-            raise restore_refused(queue, int(held[0]) & _MASK)  # rolled back: nothing changed
-        conn.executemany(
-            """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
-            VALUES (?, ?, ?, ?, ?, ?)""",
-            [(lo | r.id, r.attempts, r.enqueued_at, r.raw_size, r.reason, r.data)
-             for r in records])
-        conn.execute(sql.COUNTS, (len(records), 0, sum(len(r.data) for r in records),
-                               sum(r.raw_size for r in records), queue))
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         deliveries = in_range(deliveries)
@@ -415,7 +395,7 @@ class SQLiteEngine(LeaseSettling):
         return self._read("owners", body, queue, {})
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        return self._txn("move", self._move, src, dst, ids)
+        return self._txn("move", self._move, src, as_queue_name(dst), ids)
 
     def _move(self, conn: sqlite3.Connection, src: str, dst: str,
               ids: Sequence[int] | None) -> int:
