@@ -105,3 +105,56 @@ def test_sync_flush_with_buffer_still_raises_its_write_error(tmp_path: Path) -> 
             q.flush()
         q.flush()
         assert q.get_nowait() == "a"
+
+
+# ---- get_many(None): every item ready at that moment ---------------------------------
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_sync_get_many_none_takes_items_another_handle_put(tmp_path: Path,
+                                                           block: bool) -> None:
+    # The take was sized by this handle's own counts (2 items), read again only every
+    # poll_interval: the items the other handle put stayed behind.
+    path = str(tmp_path / "q.sqlite")
+    with SyncQueue.create(path, poll_interval=30) as mine, SyncQueue.create(path) as other:
+        mine.put_many([1, 2])
+        other.put_many([3, 4, 5])
+        assert mine.get_many(None, block=block) == [1, 2, 3, 4, 5]
+
+
+async def test_async_get_many_none_takes_items_another_handle_put(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    async with await Queue.create(path, poll_interval=30) as mine:
+        with SyncQueue.create(path) as other:
+            await mine.put_many([1, 2])
+            other.put_many([3, 4, 5])
+            assert await mine.get_many() == [1, 2, 3, 4, 5]
+
+
+def test_sync_get_many_none_after_a_put_of_unknown_outcome(tmp_path: Path) -> None:
+    # A put that raised Unavailable after its item was stored marks the counts stale;
+    # get_many(None) took only as many as the old counts held.
+    path = str(tmp_path / "q.sqlite")
+    engine = _StoredThenLost(open_engine(path))
+    with SyncQueue.create(path, engine=engine, poll_interval=30) as q:
+        q.put(1)
+        engine.lose_reply = True
+        with pytest.raises(spoolq.Unavailable):
+            q.put(2)
+        assert q.get_many(None, block=False) == [1, 2]
+
+
+class _StoredThenLost(FailingAppend):
+    """Stores the records of an append, then, while ``lose_reply`` is set, raises
+    Unavailable as a connection lost before the reply does."""
+
+    def __init__(self, inner: spoolq.Engine) -> None:
+        super().__init__(inner)
+        self.lose_reply = False
+
+    def append(self, queue: str, records: object, raw_sizes: object, now: float) -> list[int]:
+        ids = super().append(queue, records, raw_sizes, now)  # type: ignore[arg-type]
+        if self.lose_reply:
+            self.lose_reply = False
+            raise spoolq.Unavailable("the connection was lost before the reply")
+        return ids

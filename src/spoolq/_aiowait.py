@@ -259,6 +259,16 @@ class Waiting:
             return True
         raise error
 
+    def _look_first(self, every_ready: bool, looked: bool) -> bool:
+        """Whether a take reads the file's counts before it takes: when none is ready by
+        this handle's counts and a poll is due (or the timeout passed), and always for a
+        take of every ready item (``get_many(None)``), which takes those another handle
+        or process put too."""
+        core = self._core
+        if core.ready_hint() == 0:
+            return core.refresh_due() or looked
+        return every_ready
+
     @staticmethod
     def _last_look(looked: bool) -> bool:
         """For a take whose timeout passed with nothing: True, read the counts once more

@@ -300,7 +300,7 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
                 if self._shutdown and got and core.ready_hint() == 0:
                     break  # nothing more can come: hand out the part batch
                 try:
-                    if core.ready_hint() == 0 and (core.refresh_due() or looked):
+                    if self._look_first(n is None, looked):
                         await self._refresh(deadline)
                     if core.ready_hint() > 0 and self._may_take(turn, deadline):
                         want = max(core.ready_hint(), 1) if n is None else n - len(got)

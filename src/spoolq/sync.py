@@ -285,6 +285,8 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
             try:
                 if core.ready_hint() == 0 and (core.refresh_due() or not block or looked):
                     core.refresh(deadline)
+                elif n is None and core.ready_hint() > 0:
+                    core.refresh(deadline)  # "every item ready": other handles' puts too
                 took_nothing = False
                 if core.ready_hint() > 0:
                     want = max(core.ready_hint(), 1) if n is None else n - len(got)
