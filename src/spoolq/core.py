@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._holdings import UNWRITTEN, Holding, Holdings
+from ._reaping import Reaping
 from .codec import Codec
 from .decoding import Decoding
 from .engines import (
@@ -38,7 +39,7 @@ from .errors import (
 )
 from .groupcommit import GroupCommit, Ticket
 from .message import Message, Taken, messages_for
-from .owners import new_owner, owner_is_dead
+from .owners import new_owner
 from .settings import Settings, stored_codec
 from .settle import Settling
 from .writing import Writing, new_counts
@@ -48,7 +49,6 @@ __all__ = ["UNWRITTEN", "Holding", "QueueCore"]
 log = logging.getLogger("spoolq")
 _LOCK_GRACE = 0.5  # seconds past a get's deadline it waits for the lock to read the counts
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
-_OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
 _PAST_LIMIT = "max_attempts reached"
 """The reason of a record leased past max_attempts after another handle gave it back."""
@@ -94,7 +94,7 @@ def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
         return False
 
 
-class QueueCore(Holdings, Writing, Settling, Decoding):
+class QueueCore(Holdings, Writing, Settling, Decoding, Reaping):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -239,9 +239,6 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             return bool(wait(self.name, timeout))
         return bool(wait(self.name, timeout, cancel))
 
-    def _reap_interval(self) -> float:
-        return min(1.0, self.settings.poll_interval * 10)
-
     def cancel_waits(self) -> None:
         """End every wait_ready in progress (on shutdown and close)."""
         cancel = getattr(self.engine, "cancel_waits", None)
@@ -297,32 +294,6 @@ class QueueCore(Holdings, Writing, Settling, Decoding):
             listener()
 
     # ---- taking -------------------------------------------------------------------------
-
-    def _dead_owners(self) -> list[str]:
-        """Owners of this queue's leases that are processes of this host no longer running."""
-        return [o for o in self.engine.owners(self.name) if o != self.owner and owner_is_dead(o)]
-
-    def _reap_locked(self, now: float) -> None:
-        # Scheduled on the monotonic clock: after the wall clock is set back, reaping
-        # must not pause until it catches up again.
-        tick = time.monotonic()
-        if self._counts.leased and tick >= self._next_reap and not self.read_only:
-            self._next_reap = tick + self._reap_interval()
-            max_attempts = self.settings.max_attempts
-            dead_owners: list[str] = []
-            if tick >= self._next_owner_check:
-                # Leases of a dead process of this host come back now, as at an open.
-                self._next_owner_check = tick + _OWNER_CHECK
-                dead_owners = self._dead_owners()
-            dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
-            released = self.engine.expire(self.name, now, owners=dead_owners,
-                                          max_attempts=max_attempts)
-            if released:
-                self._refresh_locked()
-                died = 0 if max_attempts is None else self._dead - dead_before
-                # Leases that ran out into the dead letters are not delivered again.
-                self.counters["redelivered"] += max(released - died, 0)
-                self._finished(died)
 
     def take(self, n: int, ttl: float | None, *, fill: bool = False, buffered: bool = True,
              holding: Holding | None = None, deadline: float | None = None) -> list[Taken]:

@@ -1,0 +1,68 @@
+"""The queue core under several handles on one file: leases reaped by one handle while
+others settle theirs, dead letters, and the counts join() relies on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import spoolq
+from spoolq.engines import Engine, open_engine
+
+
+class ActsBeforeExpire:
+    """Delegates to a real engine; ``before_expire``, when set, runs once just before the
+    next expire, as another process sharing the file may act at that moment."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.before_expire: Callable[[], None] | None = None
+
+    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
+               max_attempts: int | None = None) -> int:
+        hook, self.before_expire = self.before_expire, None
+        if hook is not None:
+            hook()
+        return self._inner.expire(queue, now, owners=owners, max_attempts=max_attempts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _wait_past(deadline: float) -> None:
+    while time.time() <= deadline:
+        time.sleep(0.02)
+
+
+def test_dead_letters_of_another_handle_are_not_counted_as_reaped(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path, max_attempts=1) as other:
+        other.put("x")
+        x_lease = other.lease(ttl=1.0)
+        leased_at = time.time()
+        engine = ActsBeforeExpire(open_engine(path))
+        with spoolq.SyncQueue.create(path, engine=engine, max_attempts=3) as q:
+            assert q.stats["leased"] == 1  # x: present at open, so join() waits for it
+            other.put_many(["y1", "y2"])  # not this handle's: its join() never waits for them
+            ys = other.lease_many(2, ttl=60)
+            assert [m.item for m in ys] == ["y1", "y2"]
+            q.put("z")
+            assert q.stats["unfinished"] == 2
+            _wait_past(leased_at + 1.05)
+            # Just as this handle reaps x (its lease ran out, a delivery to come again),
+            # the other handle's nacks move y1 and y2 to the dead letters.
+            engine.before_expire = lambda: other.nack(*ys)
+            assert q.get_nowait() == "x"
+            assert q.peek(3, dead=True) == ["y1", "y2"]
+            assert x_lease.attempts == 1
+            assert q.stats["redelivered"] == 1
+            q.task_done()
+            # z is still to be processed: join() must not return.
+            assert q.qsize() == 1
+            assert q.stats["unfinished"] == 1
+            assert q.get_nowait() == "z"
+            q.task_done()
+            assert q.stats["unfinished"] == 0
