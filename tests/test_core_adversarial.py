@@ -4,9 +4,12 @@ others settle theirs, dead letters, and the counts join() relies on."""
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import spoolq
 from spoolq.engines import Engine, open_engine
@@ -66,3 +69,69 @@ def test_dead_letters_of_another_handle_are_not_counted_as_reaped(tmp_path: Path
             assert q.get_nowait() == "z"
             q.task_done()
             assert q.stats["unfinished"] == 0
+
+
+class _Zlib:
+    """A compressor the reading handle is not given: its records cannot be decoded there."""
+
+    name = "tests.zlib"
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        return zlib.decompress(data)
+
+
+class RefusesRestore:
+    """Delegates to a real engine; the next ``failures`` restores raise LockTimeout, as
+    SQLite does while another process holds its write lock too long."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.failures = 0
+
+    def restore(self, queue: str, records: Sequence[Any]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise spoolq.LockTimeout("database is locked")
+        self._inner.restore(queue, records)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _mixed_queue(path: str) -> None:
+    """good 1, a record of a compressor readers lack, good 2."""
+    with spoolq.SyncQueue.create(path) as q:
+        q.put("good 1")
+    with spoolq.SyncQueue.create(path, compressor=_Zlib(), compress_threshold=0) as w:
+        w.put("unreadable " * 50)
+    with spoolq.SyncQueue.create(path, compressor="zstd") as q:
+        q.put("good 2")
+
+
+def test_items_taken_with_an_undecodable_one_reach_the_caller_when_setting_it_aside_fails(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    _mixed_queue(path)
+    engine = RefusesRestore(open_engine(path))
+    with spoolq.SyncQueue.create(path, engine=engine, compressor="zstd") as q:
+        engine.failures = 1
+        # The two good items left the file with the take: they must reach the caller.
+        assert q.get_many(3, block=False) == ["good 1", "good 2"]
+        assert q.stats["gets"] == 2
+        assert q.qsize() == 0
+
+
+def test_a_take_of_undecodable_records_alone_raises_when_setting_them_aside_fails(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path, compressor=_Zlib(), compress_threshold=0) as w:
+        w.put("unreadable " * 50)
+    engine = RefusesRestore(open_engine(path))
+    with spoolq.SyncQueue.create(path, engine=engine, compressor="zstd") as q:
+        engine.failures = 1
+        with pytest.raises(spoolq.LockTimeout):
+            q.get_nowait()

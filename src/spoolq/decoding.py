@@ -66,6 +66,7 @@ class Decoding:
         taken: list[Taken] = []
         decode = self.codec.decode
         reloaded = False
+        failed: Exception | None = None
         for rec in recs:
             try:
                 try:
@@ -79,7 +80,14 @@ class Decoding:
                 taken.append((rec, item))
             except (CorruptError, SerializationError, ConfigurationError) as exc:
                 # ConfigurationError: the record's compressor needs a package missing here.
-                self._bury(rec, leased, exc)
+                try:
+                    self._bury(rec, leased, exc)
+                except Exception as error:  # logged by _bury
+                    failed = failed or error
+        if failed is not None and not taken:
+            raise failed
+        # The items decoded left the file with the take: they reach the caller, whatever
+        # became of the records that could not be set aside.
         return taken
 
     def _reload_dictionaries(self, missing: MissingDictionary) -> None:
@@ -95,14 +103,21 @@ class Decoding:
 
     def _bury(self, rec: StoredRecord, leased: bool, error: Exception) -> None:
         reason = f"cannot be decoded: {error}"
-        log.error("spoolq: queue %r: record %d %s; moved to %r", self.name, rec.id, reason,
-                  self.dead_name)
         with self.lock:
-            if leased:
-                self._release_dead(rec, reason)
-            else:
-                self._bury_removed(rec, reason)
-                self.counters["gets"] -= 1
+            if not leased:
+                self.counters["gets"] -= 1  # never handed out, whatever becomes of it
+            try:
+                if leased:
+                    self._release_dead(rec, reason)
+                else:
+                    self._bury_removed(rec, reason)
+            except Exception as exc:
+                log.error("spoolq: queue %r: record %d %s; moving it to %r failed: %s%s",
+                          self.name, rec.id, reason, self.dead_name, exc,
+                          "; it comes back when its lease runs out" if leased else "")
+                raise
+            log.error("spoolq: queue %r: record %d %s; moved to %r", self.name, rec.id,
+                      reason, self.dead_name)
             self._refresh_locked()
             # under the lock: a put after that count read would be counted out instead
             self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
