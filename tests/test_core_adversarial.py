@@ -135,3 +135,49 @@ def test_a_take_of_undecodable_records_alone_raises_when_setting_them_aside_fail
         engine.failures = 1
         with pytest.raises(spoolq.LockTimeout):
             q.get_nowait()
+
+
+class ActsBeforeRestore:
+    """Delegates to a real engine; ``before_restore``, when set, runs once just before the
+    next restore, as another process sharing the file may act at that moment."""
+
+    def __init__(self, inner: Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.before_restore: Callable[[], None] | None = None
+
+    def restore(self, queue: str, records: Sequence[Any]) -> None:
+        hook, self.before_restore = self.before_restore, None
+        if hook is not None:
+            hook()
+        self._inner.restore(queue, records)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_an_undecodable_record_that_stays_in_the_queue_is_not_counted_finished(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path) as q:
+        q.put("old")
+    with spoolq.SyncQueue.create(path, compressor=_Zlib(), compress_threshold=0) as w:
+        w.put("unreadable " * 50)
+    with spoolq.SyncQueue.create(path, compressor="zstd") as other:
+        old = other.lease()
+        engine = ActsBeforeRestore(open_engine(path))
+        with spoolq.SyncQueue.create(path, engine=engine, compressor="zstd") as q:
+            assert q.stats["unfinished"] == 2
+            # While this get sets the unreadable record aside, the other handle gives the
+            # older item back: it comes first again, and the unreadable record stays in
+            # the queue for the next take to set aside.
+            engine.before_restore = lambda: other.nack(old)
+            assert q.get_nowait() == "old"
+            assert q.peek(3, dead=True) == []
+            assert q.stats["unfinished"] == 2
+            q.task_done()
+            assert q.stats["unfinished"] == 1
+            with pytest.raises(spoolq.Empty):
+                q.get_nowait()  # sets the unreadable record aside
+            assert q.stats["dead"] == 1
+            assert q.stats["unfinished"] == 0

@@ -107,41 +107,48 @@ class Decoding:
             if not leased:
                 self.counters["gets"] -= 1  # never handed out, whatever becomes of it
             try:
-                if leased:
-                    self._release_dead(rec, reason)
-                else:
-                    self._bury_removed(rec, reason)
+                moved = self._release_dead(rec, reason) if leased \
+                    else self._bury_removed(rec, reason)
             except Exception as exc:
                 log.error("spoolq: queue %r: record %d %s; moving it to %r failed: %s%s",
                           self.name, rec.id, reason, self.dead_name, exc,
                           "; it comes back when its lease runs out" if leased else "")
                 raise
+            self._refresh_locked()
+            if not moved:  # in the queue again, or another take has it: not finished here
+                log.error("spoolq: queue %r: record %d %s; it is in the queue again, for "
+                          "the take that meets it next to set aside", self.name, rec.id,
+                          reason)
+                return
             log.error("spoolq: queue %r: record %d %s; moved to %r", self.name, rec.id,
                       reason, self.dead_name)
-            self._refresh_locked()
             # under the lock: a put after that count read would be counted out instead
             self._finished(1)  # it never reaches a consumer, so no ack or task_done comes
 
-    def _release_dead(self, rec: StoredRecord, reason: str) -> None:
-        self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,
-                            not_before=0.0, max_attempts=1, reason=reason)
+    def _release_dead(self, rec: StoredRecord, reason: str) -> bool:
+        """Move a record this handle leased to the dead letters; False when its lease is
+        no longer held (it ran out, and the record went back to the queue)."""
+        return bool(self.engine.release(self.name, [(rec.id, rec.attempts)], self.owner,
+                                        not_before=0.0, max_attempts=1, reason=reason))
 
-    def _bury_removed(self, rec: StoredRecord, reason: str) -> None:
+    def _bury_removed(self, rec: StoredRecord, reason: str) -> bool:
         """Set aside a record that a take removed, with its reason: an append takes no
         reason, so the record goes back to the head of its queue and is leased again to
         be released into the dead letters. A consumer of another handle that takes it in
         between sets it aside in turn, or decodes it when it has what this one lacks.
         A buffered put that was never written has no place to go back to: it is appended
-        to the dead letters, without the reason."""
+        to the dead letters, without the reason. False when the record is not among the
+        dead letters: an older record came back ahead of it meanwhile, or another
+        consumer took it."""
         if rec.id == UNWRITTEN:
             self.engine.append(self.dead_name, [rec.data], [rec.raw_size], time.time())
-            return
+            return True
         self.engine.restore(self.name, [rec._replace(attempts=max(rec.attempts - 1, 0))])
         now = time.time()
         again = self.engine.take(self.name, 1, now, Lease(self.owner, now + _HOLD))
         for other in again:
             if other.id == rec.id:
-                self._release_dead(other, reason)
-            else:
-                self.engine.release(self.name, [(other.id, other.attempts)], self.owner,
-                                    not_before=0.0, max_attempts=None, count_attempt=False)
+                return self._release_dead(other, reason)
+            self.engine.release(self.name, [(other.id, other.attempts)], self.owner,
+                                not_before=0.0, max_attempts=None, count_attempt=False)
+        return False
