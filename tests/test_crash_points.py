@@ -245,6 +245,11 @@ def _spawn(path: str, log: Path, seed: int, tag: str, mode: str, compressor: str
                              mode, compressor or "-", str(max_attempts or 0), ops])
 
 
+# How long a child may take to start and reach the line it is to be killed after: a loaded
+# machine can take seconds to start Python; the wait ends as soon as the line is there.
+_START = 30.0
+
+
 def _wait_lines(log: Path, child: subprocess.Popen[bytes], lines: int, limit: float) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and child.poll() is None:
@@ -252,6 +257,11 @@ def _wait_lines(log: Path, child: subprocess.Popen[bytes], lines: int, limit: fl
             return
         time.sleep(0.002)
     assert child.poll() is None, f"the child exited early ({child.returncode})"
+
+
+def _lines(log: Path) -> list[str]:
+    """The lines a child wrote: none when it was killed before it opened its log."""
+    return log.read_text().splitlines() if log.exists() else []
 
 
 def _kill(child: subprocess.Popen[bytes]) -> None:
@@ -269,11 +279,11 @@ def _rounds(tmp_path: Path, engine: str, seed: int, *, rounds: int, ops: str, mo
         log = tmp_path / f"log{r}"
         child = _spawn(path, log, seed * 100 + r, f"r{r}", mode, compressor, max_attempts, ops)
         try:
-            _wait_lines(log, child, rng.randrange(*lines), 4.0)
+            _wait_lines(log, child, rng.randrange(*lines), _START)
             time.sleep(rng.uniform(0, 0.01))
         finally:
             _kill(child)
-        pending = model.replay(log.read_text().splitlines())
+        pending = model.replay(_lines(log))
         size, got, dead = _drain(path, compressor, max_attempts)
         _check(model, pending, size, got, dead, f"{engine} seed {seed} round {r} ({pending})")
         if got:  # the drain took them: put them back as the next round starts
@@ -327,7 +337,7 @@ def test_kill_while_the_file_is_first_created(tmp_path: Path, engine: str) -> No
         finally:
             _kill(child)
         model = Model()
-        pending = model.replay(log.read_text().splitlines() if log.exists() else [])
+        pending = model.replay(_lines(log))
         size, got, dead = _drain(path, None, None)
         _check(model, pending, size, got, dead, f"{engine} round {r} ({pending})")
 
@@ -358,7 +368,7 @@ def _two_logs(log: Path) -> tuple[set[str], set[str], set[str], bool]:
     puts: set[str] = set()
     gets: set[str] = set()
     pending: list[str] = []
-    for line in log.read_text().splitlines():
+    for line in _lines(log):
         op, *args = line.split()
         if op.endswith("+"):
             pending = [op, *args]
@@ -382,11 +392,11 @@ def test_two_writers_one_killed_the_other_goes_on(tmp_path: Path, engine: str) -
         children = [subprocess.Popen([sys.executable, "-c", TWO, path, os.fspath(log),
                                       f"{name}{r}"]) for name, log in zip("ab", logs, strict=True)]
         try:
-            _wait_lines(logs[0], children[0], rng.randrange(20, 200), 4.0)
-            _wait_lines(logs[1], children[1], 10, 4.0)
+            _wait_lines(logs[0], children[0], rng.randrange(20, 200), _START)
+            _wait_lines(logs[1], children[1], 10, _START)
             _kill(children[0])
-            before = logs[1].read_bytes().count(b"\n")
-            _wait_lines(logs[1], children[1], before + 100, 4.0)
+            before = len(_lines(logs[1]))
+            _wait_lines(logs[1], children[1], before + 100, _START)
         finally:
             for child in children:
                 if child.poll() is None:
