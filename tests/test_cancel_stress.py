@@ -516,7 +516,7 @@ async def test_async_cancelled_aclose_still_closes_and_loses_nothing(
     closing.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await closing
-    _, pending = await asyncio.wait(tasks, timeout=5)
+    _, pending = await asyncio.wait(tasks, timeout=30)  # a loaded machine is slow
     assert not pending, f"seed {seed}: {len(pending)} calls still blocked after aclose"
     await asyncio.wait_for(q.aclose(), 5)
     with pytest.raises(ClosedError):
