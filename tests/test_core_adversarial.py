@@ -181,3 +181,19 @@ def test_an_undecodable_record_that_stays_in_the_queue_is_not_counted_finished(
                 q.get_nowait()  # sets the unreadable record aside
             assert q.stats["dead"] == 1
             assert q.stats["unfinished"] == 0
+
+
+def test_leases_a_reap_moves_to_the_dead_letters_are_finished_not_redelivered(
+        path: str) -> None:
+    with spoolq.SyncQueue.create(path, max_attempts=1) as q:
+        q.put_many(["a", "b", "c"])
+        leases = q.lease_many(2, ttl=0.05)
+        assert len(leases) == 2
+        time.sleep(0.1)
+        assert q.get(timeout=5) == "c"  # the take reaps the leases that ran out first
+        assert q.stats["dead"] == 2
+        assert q.stats["redelivered"] == 0
+        assert q.stats["unfinished"] == 1
+        q.task_done()
+        assert q.stats["unfinished"] == 0
+        assert sorted(q.peek(5, dead=True)) == ["a", "b"]

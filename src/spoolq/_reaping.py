@@ -8,7 +8,7 @@ works on the core's state under the core's lock, as the rest of the core does.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from .engines import Counts, Engine
 from .owners import owner_is_dead
@@ -17,9 +17,8 @@ from .settings import Settings
 __all__ = ["Reaping"]
 
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
-_SCAN_LIMIT = 1000
-"""The most leases listed before a reap to count those it may move to the dead letters;
-with more out, the count of the dead letters read around it is all there is to go by."""
+_REAPED = ("lease expired", "owner died")
+"""The reasons an expire gives the records it moves to the dead letters."""
 
 
 class Reaping:
@@ -61,35 +60,24 @@ class Reaping:
             # Leases of a dead process of this host come back now, as at an open.
             self._next_owner_check = tick + _OWNER_CHECK
             dead_owners = self._dead_owners()
-        # The dead letters other handles and processes add or take meanwhile change the
-        # count read around the expire too: what it moved there is bounded by what it
-        # released, and by the leases it could move there (when they can be listed).
-        most = 0 if max_attempts is None else self._may_die(now, dead_owners, max_attempts)
-        dead_before = 0 if most == 0 else self.engine.counts(self.dead_name).ready
+        dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
         released = self.engine.expire(self.name, now, owners=dead_owners,
                                       max_attempts=max_attempts)
         if released:
             self._refresh_locked()
-            died = 0 if most == 0 else max(min(self._dead - dead_before, released,
-                                               released if most is None else most), 0)
+            died = 0 if max_attempts is None else self._reaped_dead(dead_before, released)
             # Leases that ran out into the dead letters are not delivered again.
             self.counters["redelivered"] += released - died
             self._finished(died)
 
-    def _may_die(self, now: float, dead_owners: Sequence[str],
-                 max_attempts: int) -> int | None:
-        """How many leases an expire at ``now`` may move to the dead letters: those that
-        ran out or belong to ``dead_owners`` and were delivered ``max_attempts`` times.
-        None when the engine cannot list its leases (no ``peek_leased``) or too many are
-        out to list at every reap."""
-        # Not isinstance(SupportsPeekLeased): a wrapper handing its methods on through
-        # __getattr__ has it all the same.
-        peek_leased = getattr(self.engine, "peek_leased", None)
-        if peek_leased is None:
-            return None
-        leases = peek_leased(self.name, _SCAN_LIMIT + 1)
-        if len(leases) > _SCAN_LIMIT:
-            return None
-        gone = set(dead_owners)
-        return sum(1 for lease in leases if lease.record.attempts >= max_attempts
-                   and (lease.until <= now or lease.owner in gone))
+    def _reaped_dead(self, dead_before: int, released: int) -> int:
+        """How many of the ``released`` leases an expire moved to the dead letters, which
+        held ``dead_before`` records before it. Other handles and processes add dead
+        letters meanwhile too (nacked, set aside at a take): those after ``dead_before``
+        are told apart by their reason; dead letters taken or requeued meanwhile make it
+        count fewer, never more, than the expire moved."""
+        added = self._dead - dead_before
+        if added <= 0:
+            return 0
+        tail = self.engine.peek(self.dead_name, added, dead_before)
+        return min(sum(1 for rec in tail if rec.reason in _REAPED), released)
