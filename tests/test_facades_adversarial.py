@@ -6,9 +6,11 @@ waiting, cancelling and closing."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +160,61 @@ class _StoredThenLost(FailingAppend):
             self.lose_reply = False
             raise spoolq.Unavailable("the connection was lost before the reply")
         return ids
+
+
+# ---- a get whose task is dropped after its loop stopped -------------------------------
+
+
+class _HeldTake:
+    """Delegates to a real engine; a take that removed records sets ``took``, then waits
+    for ``gate`` while it is clear."""
+
+    def __init__(self, inner: spoolq.Engine) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.took = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def take(self, *args: Any) -> Any:
+        recs = self._inner.take(*args)
+        if recs:
+            self.took.set()
+            self.gate.wait(5)
+        return recs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_get_dropped_with_its_stopped_loop_loses_no_item(tmp_path: Path) -> None:
+    # The loop stopped and was closed while a get's take ran on the worker, and the
+    # program dropped the pending task: collected, its coroutine was closed
+    # (GeneratorExit) and forgot the take, whose item was then neither handed out nor
+    # given back by aclose() on another loop.
+    path = str(tmp_path / "q.sqlite")
+    engine = _HeldTake(open_engine(path))
+    loop = asyncio.new_event_loop()
+    try:
+        q: Queue[Any] = loop.run_until_complete(Queue.create(path, engine=engine))
+        loop.run_until_complete(q.put("x"))
+        engine.gate.clear()
+
+        async def start_get() -> asyncio.Task[Any]:
+            getting = asyncio.create_task(q.get())
+            while not engine.took.is_set():
+                await asyncio.sleep(0.001)
+            return getting
+
+        getting = loop.run_until_complete(start_get())
+        engine.gate.set()
+        done = threading.Event()
+        q._worker.post(done.set)  # the take has returned
+        assert done.wait(5)
+    finally:
+        loop.close()
+    del getting
+    gc.collect()  # the coroutine is closed, as when a program drops a pending task
+    asyncio.run(q.aclose())
+    with SyncQueue.create(path) as again:
+        assert again.get_many(None, block=False) == ["x"]

@@ -193,7 +193,9 @@ class GivingBack:
         self._takes_out.add(take)
         try:
             await self._worker.submit(self._take_for_caller, take, n, ttl, deadline)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: a pending task dropped once its loop was closed, whose
+            # coroutine is closed when collected; as cancelled, it gives back the records.
             # Counted before the worker can see the cancellation: while the take runs, it
             # gives back what it takes and counts that give-back done.
             self._backs_sent += 1
