@@ -317,12 +317,14 @@ class Batcher(BatchSettling[T], Generic[T]):
         # An explicit flush (and stop's) sends what is waiting when it begins, not what
         # other handles or processes put meanwhile: else one that puts faster than the
         # sink sends would keep it (and stop()) from ever returning. The count is read
-        # from the file, which may hold items this handle has not counted.
+        # from the file, which may hold items this handle has not counted. Leased ones
+        # count too: a lease that ran out (or a nack refused here) comes back ahead of the
+        # ready items, which would be left behind if only they were counted.
         limit: int | None = None
         if now:
             queue._enter()  # a closed queue raises ClosedError (its worker would never answer)
             await queue._call(queue._core.refresh)
-            limit = queue.qsize()
+            limit = self._queued(queue)
         if self._pending:
             # An ack or nack the engine refused earlier comes first: until the batch it
             # settles is settled, the items after it wait, so that none overtakes it.
