@@ -218,3 +218,46 @@ def test_a_get_dropped_with_its_stopped_loop_loses_no_item(tmp_path: Path) -> No
     asyncio.run(q.aclose())
     with SyncQueue.create(path) as again:
         assert again.get_many(None, block=False) == ["x"]
+
+
+# ---- puts waiting for room ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", [":memory:", "q.sqlite"])
+async def test_async_puts_waiting_for_room_are_served_in_the_order_they_came(
+        tmp_path: Path, where: str) -> None:
+    # As asyncio.Queue serves its putters: each freed place went to whichever waiting put
+    # ran first after the wake-up, often one whose poll had just ended, so items of puts
+    # that waited came out of order and a put could wait behind later ones.
+    path = where if where == ":memory:" else str(tmp_path / where)
+    async with await Queue.create(path, maxsize=1, poll_interval=0.002) as q:
+        await q.put("first")
+        putters = []
+        for i in range(8):
+            putters.append(asyncio.create_task(q.put(i)))
+            await asyncio.sleep(0.003)  # it waits for room, and polls meanwhile
+        got = []
+        for _ in range(9):
+            got.append(await q.get())
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*putters)
+        assert got == ["first", *range(8)]
+
+
+async def test_async_a_put_whose_timeout_passed_takes_room_out_of_turn(
+        tmp_path: Path) -> None:
+    # Behind a batch that waits for room for both its items, a put of one item waits its
+    # turn; once its timeout has passed it takes the room there is, as put_nowait would,
+    # rather than raise Full with room free.
+    async with await Queue.create(str(tmp_path / "q.sqlite"), maxsize=2) as q:
+        await q.put_many(["a", "b"])
+        big = asyncio.create_task(q.put_many([1, 2]))
+        await asyncio.sleep(0.01)  # waiting, first in line
+        late = asyncio.create_task(q.put_many(["late"], timeout=0.2))
+        await asyncio.sleep(0.01)
+        assert await q.get() == "a"  # room for one: not for the batch
+        await asyncio.wait_for(late, 5)
+        assert not big.done() and q.qsize() == 2
+        assert await q.get_many(2) == ["b", "late"]
+        await asyncio.wait_for(big, 5)
+        assert await q.get_many(2) == [1, 2]

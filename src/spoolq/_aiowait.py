@@ -20,7 +20,7 @@ from typing import Any
 from ._outage import Outage
 from .core import QueueCore
 from .engines import WaitCancel
-from .errors import Empty, Unavailable
+from .errors import Empty, Full, QueueShutDown, Unavailable
 from .groupcommit import Ticket
 from .settings import check_seconds
 from .worker import Worker, wait_pool
@@ -71,6 +71,7 @@ class Waiting:
     _loop: asyncio.AbstractEventLoop
     _waiters: dict[asyncio.Future[None], None]
     _line: dict[Turn, None]
+    _putters: dict[object, None]
     _outage: Outage
     _shutdown: bool
     _immediate: bool
@@ -80,8 +81,9 @@ class Waiting:
     _sleeping = 0  # calls in line asleep in _wait (read by other threads' wake-ups)
     _changes: itertools.count[int]
     _epoch: int
-    # Defined by Queue.
+    # Defined by Queue and its other parts.
     _call: Callable[..., Coroutine[Any, Any, Any]]
+    _room_size: Callable[[], int]
 
     def _listen(self) -> None:
         """Hear of the core's changes and finished flushes, on whichever thread they
@@ -164,6 +166,62 @@ class Waiting:
                 turn.waiting = None
                 self._sleeping -= 1
         return True
+
+    # ---- room for puts -------------------------------------------------------------------
+
+    def _fits(self, n: int) -> bool:
+        """Whether ``n`` records fit within ``maxsize`` now (a batch larger than it: whether
+        the queue is empty), counting those a take on the worker removes."""
+        maxsize = self._core.settings.maxsize
+        size = self._room_size()
+        return size + n <= maxsize or (n > maxsize and size == 0)
+
+    async def _wait_for_room(self, n: int, timeout: float | None) -> None:
+        """Return once ``n`` records fit (see :meth:`_fits`); the caller writes them before
+        it awaits anything. Puts that wait are served in the order they started waiting,
+        as ``asyncio.Queue`` serves its putters; one whose timeout has passed takes room
+        out of turn, as ``put_nowait`` would. :class:`Full` once the timeout passed and a
+        look at the file's counts found no room; :class:`QueueShutDown` after shutdown."""
+        if self._core.settings.maxsize <= 0 and not self._shutdown:
+            return  # never full: no wait, and the timeout is not read
+        deadline = self._deadline(timeout)
+        if self._shutdown:
+            raise QueueShutDown("the queue is shut down")
+        if self._fits(n):
+            return  # as asyncio.Queue.put: only a put that finds no room waits in line
+        place = object()
+        self._putters[place] = None
+        try:
+            await self._wait_in_line_for_room(n, deadline, place)
+        finally:
+            first = next(iter(self._putters)) is place
+            del self._putters[place]
+            if first and self._putters and self._waiters:
+                waiters, self._waiters = self._waiters, {}
+                _wake_all(waiters)  # the next put's turn
+
+    async def _wait_in_line_for_room(self, n: int, deadline: float | None,
+                                     place: object) -> None:
+        core = self._core
+
+        def my_turn() -> bool:
+            return next(iter(self._putters)) is place and self._fits(n)
+
+        recounted = False
+        while True:
+            if self._shutdown:
+                raise QueueShutDown("the queue is shut down")
+            if my_turn() or (deadline is not None and time.monotonic() >= deadline
+                             and self._fits(n)):
+                return
+            if not await self._wait(deadline, my_turn):
+                if recounted:
+                    raise Full(f"no room for {n} item(s) within the timeout")
+                recounted = True  # before refusing, look at the file's counts once more
+                await self._refresh(deadline)
+                continue
+            if core.refresh_due() and not self._shutdown:  # aclose() may have stopped the worker
+                await self._refresh(deadline)
 
     # ---- the line -----------------------------------------------------------------------
     # Waiting gets and leases take in the order they started, as asyncio.Queue serves its

@@ -68,6 +68,7 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
         # cancel) removes its future at once: an idle consumer polls 20 times a second.
         self._waiters: dict[asyncio.Future[None], None] = {}
         self._line: dict[Turn, None] = {}  # gets and leases under way, in the order they came
+        self._putters: dict[object, None] = {}  # puts waiting for room, in the order they came
         self._outage = Outage()
         self._shutdown = False
         self._immediate = False
@@ -248,28 +249,6 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
         errors = [t.error for t in tickets if t.error is not None]
         if errors:
             raise errors[0]
-
-    async def _wait_for_room(self, n: int, timeout: float | None) -> None:
-        core = self._core
-        maxsize = core.settings.maxsize
-        if maxsize <= 0 and not self._shutdown:
-            return  # never full: no wait, and the timeout is not read
-        deadline = self._deadline(timeout)
-        recounted = False
-        while True:
-            if self._shutdown:
-                raise QueueShutDown("the queue is shut down")
-            size = self._room_size()  # with the records a take on the worker removes
-            if size + n <= maxsize or (n > maxsize and size == 0):
-                return
-            if not await self._wait(deadline, lambda: self._room_size() + n <= maxsize):
-                if recounted:
-                    raise Full(f"no room for {n} item(s) within the timeout")
-                recounted = True  # before refusing, look at the file's counts once more
-                await self._refresh(deadline)
-                continue
-            if core.refresh_due() and not self._shutdown:  # aclose() may have stopped the worker
-                await self._refresh(deadline)
 
     # ---- getting ------------------------------------------------------------------------
 
