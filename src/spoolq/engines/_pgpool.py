@@ -125,6 +125,13 @@ def _attempt(timeout: float) -> AttemptWithBackoff:
         return _Attempt(reconnect_timeout=timeout)  # type: ignore[call-arg]
 
 
+# The engine's statements are written for read committed, whatever the database or role
+# defaults to: a statement that waited for a row lock (a counter stripe, a record) then
+# reads the row's new version, where repeatable read and serializable fail it ("could not
+# serialize access"), and an open that waited for another process creating the tables sees
+# them, where an older snapshot would try to create them again.
+_READ_COMMITTED = "SET default_transaction_isolation = 'read committed'"
+
 _POOLS: dict[PoolKey, _SharedPool] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -148,6 +155,7 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
         shared = _POOLS.get(key)
         if shared is None:
             def configure(conn: Conn) -> None:
+                conn.execute(_READ_COMMITTED)
                 for name, value in settings:
                     conn.execute("SELECT set_config(%s, %s, false)", (name, value))
                 if conn.info.server_version >= 120000:  # the setting is new in PostgreSQL 12
@@ -255,9 +263,15 @@ def connection(pool: ConnectionPool[Conn], timeout: float, where: str) -> Iterat
 
 def connect(conninfo: str, timeout: float) -> Conn:
     """A connection of its own, outside every pool, in autocommit mode."""
-    return psycopg.connect(_with_defaults(conninfo), autocommit=True,
+    conn = psycopg.connect(_with_defaults(conninfo), autocommit=True,
                            connect_timeout=max(2, math.ceil(timeout)),
                            fallback_application_name="spoolq")
+    try:
+        conn.execute(_READ_COMMITTED)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def describe(conninfo: str, schema: str) -> str:
