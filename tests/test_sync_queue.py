@@ -257,10 +257,27 @@ def test_closed_queue_refuses_work(path: str) -> None:
 
 
 def test_bad_settings_are_configuration_errors(path: str) -> None:
-    for kwargs in ({"maxsize": -1}, {"durability": "sometimes"}, {"name": ""},
+    for kwargs in ({"maxsize": 1.5}, {"durability": "sometimes"}, {"name": ""},
                    {"max_attempts": 0}, {"serializer": "yaml"}, {"compressor": "rar"}):
         with pytest.raises(spoolq.ConfigurationError):
             SyncQueue.create(path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_negative_maxsize_is_no_limit_as_in_queue_queue(path: str) -> None:
+    with SyncQueue.create(path, maxsize=-1) as q:
+        q.put_many(range(5), block=False)
+        q.put(5, block=False)
+        assert (q.maxsize, q.full(), q.qsize()) == (0, False, 6)
+
+
+async def test_a_negative_maxsize_is_no_limit_as_in_asyncio_queue(path: str) -> None:
+    q = await spoolq.Queue.create(path, maxsize=-3)
+    try:
+        await q.put_many(range(5))
+        q.put_nowait(5)
+        assert (q.maxsize, q.full(), q.qsize()) == (0, False, 6)
+    finally:
+        await q.aclose()
 
 
 def test_a_get_that_races_close_raises_shutdown(path: str) -> None:

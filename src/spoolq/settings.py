@@ -138,7 +138,8 @@ class Settings:
             raise ConfigurationError(
                 f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
         with setting_checks():
-            check_count("maxsize", self.maxsize, 0)
+            if check_count("maxsize", self.maxsize, -(2**63)) < 0:
+                object.__setattr__(self, "maxsize", 0)  # no limit, as in queue.Queue
             check_count("flush_items", self.flush_items, 1)
             _check_interval("flush_interval", self.flush_interval)
             # Attempts above MAX_ATTEMPTS fit no engine's records (SQLite refused a larger
