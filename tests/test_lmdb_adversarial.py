@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from spoolq import EngineError, FormatError
@@ -104,5 +106,46 @@ def test_a_lease_owner_too_long_for_the_file_is_refused_by_name(tmp_path: Path) 
         (got,) = eng.take("q", 1, 1.0, Lease("o" * 65535, 9.0))
         assert eng.owners("q") == {"o" * 65535: 1}
         assert eng.ack("q", [(got.id, 1)], "o" * 65535) == [got.id]
+    finally:
+        eng.close()
+
+
+def test_a_queue_opened_through_a_symlink_shares_the_lock_of_the_file(tmp_path: Path) -> None:
+    """LMDB keeps its lock beside the name it opens: a process opening the queue through a
+    symlink wrote while another held the file's write lock, and one of the two commits
+    was lost."""
+    real, link = tmp_path / "q.lmdb", tmp_path / "link.lmdb"
+    LMDBEngine(real).close()
+    link.symlink_to(real)
+    script = textwrap.dedent(f"""
+        import sys
+        from spoolq.engines import LMDBEngine
+        eng = LMDBEngine({str(link)!r})
+        print("opened", flush=True)
+        sys.stdin.readline()
+        eng.append("q", [b"a"], [1], 1.0)
+        print("appended", flush=True)
+        eng.close()
+        """)
+    env = lmdb.Environment(str(real), subdir=False, max_dbs=8)
+    try:
+        with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) as writer:
+            assert writer.stdin is not None and writer.stdout is not None
+            assert writer.stdout.readline().strip() == "opened"
+            txn = env.begin(write=True)  # another process's write in progress
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+            waiting, _, _ = select.select([writer.stdout], [], [], 0.5)
+            txn.abort()
+            assert not waiting, "the append did not wait for the write in progress"
+            assert writer.stdout.readline().strip() == "appended"
+            assert writer.wait(30) == 0
+    finally:
+        env.close()
+    assert not (tmp_path / "link.lmdb-lock").exists()
+    eng = LMDBEngine(link)
+    try:
+        assert [r.data for r in eng.peek("q", 5)] == [b"a"]
     finally:
         eng.close()

@@ -80,11 +80,13 @@ class _LMDBStore(LeaseSettling, Maintaining):
 
     def __init__(self, path: str, *, read_only: bool, sync: bool, metasync: bool,
                  map_size: int, max_readers: int) -> None:
-        self.path = path
+        # LMDB keeps its lock beside the name it opens: a process opening the file through
+        # a symlink must find the lock of every other, so it opens the file itself.
+        self.path = os.path.realpath(path) if os.path.islink(path) else path
         self._read_only, self._sync, self._metasync = read_only, sync, metasync
         self._max_readers, self._unlocked = max_readers, False  # _unlocked: see _alone
         self._pages = PageEnds()  # valid for one snapshot: keyed by the read txn's id
-        with opening.no_lock_file_left(path):
+        with opening.no_lock_file_left(self.path):
             self._open(map_size)
 
     def _open(self, map_size: int) -> None:
