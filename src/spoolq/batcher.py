@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from ._batchsettle import BatchSettling
 from .aio import Queue
-from .errors import ClosedError, ConfigurationError, Empty
+from .errors import ClosedError, ConfigurationError, Empty, QueueShutDown
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
 __all__ = ["Batcher"]
@@ -349,8 +349,10 @@ class Batcher(BatchSettling[T], Generic[T]):
             size = min(self._retry_size, self.max_batch_size) or self.max_batch_size
             try:
                 msgs = await queue.lease_many(size, ttl=self._lease_ttl, timeout=0)
-            except Empty:
-                self._retry_size = 0
+            except (Empty, QueueShutDown) as exc:
+                if isinstance(exc, QueueShutDown) and queue.qsize():
+                    raise  # shut down at once by its owner: nothing is handed out any more
+                self._retry_size = 0  # (a shut-down queue raises once it is drained)
                 break
             self._retry_size = 0  # kept while a lease fails: the next one takes the batch
             if not await self._send_runs(queue, msgs, deadline):
@@ -428,10 +430,10 @@ class Batcher(BatchSettling[T], Generic[T]):
             forced, self._force_next = forced or self._force_next, False
             try:
                 await self._flush(forced, now=False)
-            except ClosedError:
+            except (ClosedError, QueueShutDown):
                 # For good: every later flush would fail alike. stop() raises it.
-                self.log.exception("batcher %r: its queue was closed under it; the "
-                                   "background flusher ends", self.name)
+                self.log.exception("batcher %r: its queue was closed or shut down under "
+                                   "it; the background flusher ends", self.name)
                 return
             except Exception:
                 self.log.exception("batcher %r: flush failed", self.name)
