@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolq.protocol import MAX_QUEUE_BYTES, BadRequest, parse_request
+from spoolq.protocol import MAX_META_KEY_BYTES, MAX_QUEUE_BYTES, BadRequest, parse_request
 
 from .servers import ServerProcess
 from .test_server_doc_client import _ready
@@ -25,6 +25,29 @@ def test_the_longest_name_and_its_dead_letters_are_accepted() -> None:
     longest = "q" * 255 + ".dead"
     assert len(longest.encode()) == MAX_QUEUE_BYTES
     assert parse_request(1, {"op": "counts", "queue": longest}).args["queue"] == longest
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=["empty", "nul", "long-utf8", "long"])
+@pytest.mark.parametrize("field", ["src", "dst"])
+def test_a_move_naming_a_queue_no_engine_holds_is_a_bad_request(name: str, field: str) -> None:
+    body = {"op": "move", "src": "q", "dst": "r", field: name}
+    with pytest.raises(BadRequest, match="queue"):
+        parse_request(7, body)
+
+
+BAD_KEYS = ["", "a\x00b", "é" * 201, "k" * (MAX_META_KEY_BYTES + 1)]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS, ids=["empty", "nul", "long-utf8", "long"])
+@pytest.mark.parametrize("op", ["get_meta", "set_meta"])
+def test_a_meta_key_no_engine_holds_is_a_bad_request(key: str, op: str) -> None:
+    with pytest.raises(BadRequest, match="'key'"):
+        parse_request(7, {"op": op, "key": key, "value": b"v"})
+
+
+def test_the_longest_meta_key_is_accepted() -> None:
+    key = "k" * MAX_META_KEY_BYTES
+    assert parse_request(1, {"op": "set_meta", "key": key, "value": b"v"}).args["key"] == key
 
 
 @pytest.mark.parametrize("suffix", [".lmdb", ".sqlite", ".dbm"])

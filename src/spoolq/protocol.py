@@ -485,6 +485,16 @@ def _is_wait(v: object) -> bool:
     return _is_num(v) and 0 <= v <= 86400  # type: ignore[operator]
 
 
+MAX_META_KEY_BYTES = 400
+"""The longest metadata key a request may give, in bytes of UTF-8: room for the keys
+spoolq writes for a queue of the longest name, within what every engine can store."""
+
+
+def _is_meta_key(v: object) -> bool:
+    return (type(v) is str and 0 < len(v) <= MAX_META_KEY_BYTES and "\x00" not in v
+            and len(v.encode("utf-8", "surrogatepass")) <= MAX_META_KEY_BYTES)
+
+
 _Check = Callable[[object], bool]
 _E = TypeVar("_E", bound=SpoolqError)
 # op -> {field: (check, default)}; a default of ... marks a required field.
@@ -510,12 +520,12 @@ OPS: dict[str, dict[str, tuple[_Check, Any]]] = {
                     "offset": (_is_count, 0)},
     "counts": {"queue": (_is_queue, ...)},
     "owners": {"queue": (_is_queue, ...)},
-    "move": {"src": (_is_str, ...), "dst": (_is_str, ...),
+    "move": {"src": (_is_queue, ...), "dst": (_is_queue, ...),
              "ids": (_opt(_is_ids), None)},
     "purge": {"queue": (_is_queue, ...)},
     "queues": {},
-    "get_meta": {"key": (_is_str, ...)},
-    "set_meta": {"key": (_is_str, ...), "value": (_is_bytes, ...)},
+    "get_meta": {"key": (_is_meta_key, ...)},
+    "set_meta": {"key": (_is_meta_key, ...), "value": (_is_bytes, ...)},
     "wait": {"queue": (_is_queue, ...), "timeout": (_is_wait, ...)},
 }
 WRITE_OPS = frozenset({"append", "take", "restore", "ack", "release", "expire", "move",
@@ -554,7 +564,7 @@ def parse_request(ident: int, body: Any) -> Request:
                 raise BadRequest(f"request {ident} ({op}): missing field {key!r}")
             value = list(default) if isinstance(default, list) else default
         elif not check(value):
-            if key == "queue" and type(value) is str:
+            if key in ("queue", "src", "dst") and type(value) is str:
                 raise BadRequest(f"request {ident} ({op}): a queue name is 1 to "
                                  f"{MAX_QUEUE_BYTES} bytes of UTF-8 without NUL, not {value!r:.80}")
             raise BadRequest(f"request {ident} ({op}): bad value for {key!r}")
