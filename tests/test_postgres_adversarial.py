@@ -17,6 +17,10 @@ from psycopg.conninfo import make_conninfo
 
 from spoolq.engines.postgres import PostgresEngine
 
+from . import pg_support
+
+engine = pg_support.engine  # the fixture: an engine on the test's own schema
+
 
 def _wait_for_lock_wait(url: str, schema: str) -> None:
     """Wait until a statement on ``schema`` waits for a lock."""
@@ -68,3 +72,56 @@ def test_a_put_waiting_for_a_counter_stripe_goes_through_at_any_default_isolatio
                                                                             b"second"]
     finally:
         engine.close()
+
+
+# ---- values of the wrong type -------------------------------------------------------------
+# As the other engines do, the engine refuses a queue name that is not a str and records
+# that are not bytes-like before anything is sent. PostgreSQL cast a str record to bytea
+# by reading its backslashes as escapes ("\\x41" was stored as b"A"), kept a bytes queue
+# name or reason as the text of its hex escape ("\\x71"), and a bytes name failed with an
+# AttributeError of the engine's own code.
+
+
+def _nothing_stored(engine: PostgresEngine) -> bool:
+    return engine.queues() == [] and engine.counts("q") == (0, 0, 0, 0)
+
+
+def test_an_append_of_a_str_record_or_a_name_not_a_str_is_refused(
+        engine: PostgresEngine) -> None:
+    with pytest.raises(TypeError, match="a record must be bytes, not str"):
+        engine.append("q", [b"fine", "\\x41"], [4, 4], time.time())
+    for name in (b"q", 7):
+        with pytest.raises(TypeError, match="queue name must be a str"):
+            engine.append(name, [b"a"], [1], time.time())  # type: ignore[arg-type]
+    assert _nothing_stored(engine)
+    engine.append("q", [bytearray(b"ba"), memoryview(b"mv")], [2, 2], time.time())
+    assert [r.data for r in engine.take("q", 5, time.time(), None)] == [b"ba", b"mv"]
+
+
+def test_a_restore_of_fields_of_the_wrong_type_is_refused(engine: PostgresEngine) -> None:
+    engine.append("q", [b"a"], [1], time.time())
+    (rec,) = engine.take("q", 1, time.time(), None)
+    with pytest.raises(TypeError, match="a record must be bytes, not str"):
+        engine.restore("q", [rec._replace(data="\\x41")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a reason must be a str"):
+        engine.restore("q", [rec._replace(reason=b"why")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="queue name must be a str"):
+        engine.restore(b"q", [rec])  # type: ignore[arg-type]
+    assert engine.counts("q") == (0, 0, 0, 0)
+    engine.restore("q", [rec])
+    assert engine.peek("q", 5) == [rec]
+
+
+def test_a_move_to_a_name_not_a_str_is_refused(engine: PostgresEngine) -> None:
+    engine.append("q", [b"a"], [1], time.time())
+    with pytest.raises(TypeError, match="queue name must be a str"):
+        engine.move("q", b"x")  # type: ignore[arg-type]
+    assert engine.queues() == ["q"] and engine.counts("q")[0] == 1
+
+
+def test_metadata_of_the_wrong_type_is_refused(engine: PostgresEngine) -> None:
+    with pytest.raises(TypeError, match="a metadata value must be bytes"):
+        engine.set_meta("k", "\\x41")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a metadata key must be a str"):
+        engine.set_meta(b"k", b"v")  # type: ignore[arg-type]
+    assert engine.get_meta("k") is None

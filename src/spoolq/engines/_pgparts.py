@@ -1,5 +1,6 @@
-"""A batch of the PostgreSQL engine sent in statements that PostgreSQL accepts, and the
-largest record it stores."""
+"""A batch of the PostgreSQL engine sent in statements that PostgreSQL accepts, the
+largest record it stores, the checks of the values it is given, and the deltas it adds
+to the counter stripes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ._pgpool import Conn
-from .base import never_given
+from .base import (
+    StoredRecord,
+    as_bytes,
+    as_queue_name,
+    as_text,
+    checked_records,
+    never_given,
+    refuse_nan,
+)
 
 __all__ = ["MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic", "check_given", "check_sizes",
-           "parts"]
+           "checked_batch", "checked_meta", "checked_restore", "counter_deltas", "parts"]
 
 MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
 """The largest record the engine stores: PostgreSQL keeps a value, and receives a
@@ -71,3 +80,52 @@ def parts(queue: str, records: Sequence[bytes], what: str) -> list[slice]:
 def atomic(conn: Conn, runs: Sequence[slice]) -> AbstractContextManager[Any]:
     """A transaction around a batch sent in several statements; none around one."""
     return conn.transaction() if len(runs) > 1 else nullcontext()
+
+
+# PostgreSQL would cast what is not bytes to bytea or text on its own terms: a str record's
+# backslashes read as escapes ("\\x41" stored as b"A"), a bytes name kept as the text of its
+# hex escape. So the values are checked as every engine checks them, before anything is sent.
+
+def checked_batch(queue: str, records: Sequence[bytes]) -> Sequence[bytes]:
+    """The records of an ``append`` to ``queue``: TypeError for a name that is not a str or
+    a record that is not bytes-like; bytes-like records other than bytes are copied."""
+    as_queue_name(queue)
+    if all(type(record) is bytes for record in records):
+        return records
+    return [as_bytes(record, "a record") for record in records]
+
+
+def checked_restore(where: str, queue: str,
+                    records: Sequence[StoredRecord]) -> list[StoredRecord]:
+    """The records of a ``restore`` to ``queue``, each field checked (see
+    ``base.checked_records``): TypeError for a name that is not a str, EngineError for an
+    enqueue time that is NaN (``where`` names the store)."""
+    as_queue_name(queue)
+    checked = checked_records(records)
+    for rec in checked:
+        refuse_nan(where, "restore", f"the enqueue time of record {rec.id}", rec.enqueued_at)
+    return checked
+
+
+def checked_meta(key: str, value: bytes) -> dict[str, object]:
+    """The parameters of a ``set_meta``: TypeError unless ``key`` is a str and ``value``
+    bytes-like."""
+    return {"key": as_text(key, "a metadata key"), "value": as_bytes(value, "a metadata value")}
+
+
+def counter_deltas(rows: Sequence[tuple[str, int, int, int, int]],
+                   slot: int) -> dict[str, list[Any]] | None:
+    """The parameters of the statement adding (queue, ready, leased, stored, raw) deltas to
+    the stripe ``slot`` of each queue, or None when they add nothing: one row per queue,
+    since an upsert may not change a row twice (a move to itself), sorted by queue so two
+    transactions touching the same stripes lock them in the same order."""
+    merged: dict[str, tuple[int, int, int, int]] = {}
+    for queue, ready, leased, stored, raw in rows:
+        was = merged.get(queue, (0, 0, 0, 0))
+        merged[queue] = (was[0] + ready, was[1] + leased, was[2] + stored, was[3] + raw)
+    kept = sorted((queue, *deltas) for queue, deltas in merged.items() if any(deltas))
+    if not kept:
+        return None
+    return {"queues": [r[0] for r in kept], "slots": [slot] * len(kept),
+            "ready": [r[1] for r in kept], "leased": [r[2] for r in kept],
+            "stored": [r[3] for r in kept], "raw": [r[4] for r in kept]}

@@ -58,10 +58,10 @@ statement is written so that its generic plan reaches rows through an index
 on the queue and the ids it names, whatever the number of rows asked for.
 
 This module holds the engine itself. Its private helpers: ``_pgsql`` (the
-SQL), ``_pgparts`` (a batch in statements PostgreSQL accepts), ``_pgpool`` (the
-shared pools and connections), ``_pgschema`` (creating and checking the schema
-at open), ``_pgids`` (ids across restarts of the server) and ``_pglisten``
-(LISTEN/NOTIFY waiting).
+SQL), ``_pgparts`` (a batch in statements PostgreSQL accepts, the checks of what
+calls are given, counter deltas), ``_pgpool`` (the shared pools and connections),
+``_pgschema`` (creating and checking the schema at open), ``_pgids`` (ids across
+restarts of the server) and ``_pglisten`` (LISTEN/NOTIFY waiting).
 """
 
 from __future__ import annotations
@@ -81,7 +81,16 @@ from psycopg_pool import ConnectionPool
 from ..errors import EngineError
 from ._pgids import ID_GAP, RestartCheck
 from ._pglisten import Listener, any_ready, payload
-from ._pgparts import MAX_RECORD_BYTES, atomic, check_given, check_sizes
+from ._pgparts import (
+    MAX_RECORD_BYTES,
+    atomic,
+    check_given,
+    check_sizes,
+    checked_batch,
+    checked_meta,
+    checked_restore,
+    counter_deltas,
+)
 from ._pgparts import parts as statement_parts
 from ._pgpool import (
     SYNCHRONOUS_COMMIT,
@@ -103,6 +112,7 @@ from .base import (
     LeasedRecord,
     StoredRecord,
     WaitCancel,
+    as_queue_name,
     batch_given,
     check_window,
     dead_queue_name,
@@ -212,21 +222,10 @@ class PostgresEngine:
                 "channel": self.channel, "payload": payload(queue), **more}
 
     def _add_counts(self, conn: Conn, rows: Sequence[tuple[str, int, int, int, int]]) -> None:
-        """Add (queue, ready, leased, stored, raw) deltas, sorted by queue so two
-        transactions touching the same stripes lock them in the same order."""
-        # One row per queue: an upsert may not change a row twice (a move to itself).
-        merged: dict[str, tuple[int, int, int, int]] = {}
-        for queue, ready, leased, stored, raw in rows:
-            was = merged.get(queue, (0, 0, 0, 0))
-            merged[queue] = (was[0] + ready, was[1] + leased, was[2] + stored, was[3] + raw)
-        rows = sorted((queue, *deltas) for queue, deltas in merged.items() if any(deltas))
-        if not rows:
-            return
-        slot = random.randrange(self._slots)
-        conn.execute(self._sql.add_counts, {
-            "queues": [r[0] for r in rows], "slots": [slot] * len(rows),
-            "ready": [r[1] for r in rows], "leased": [r[2] for r in rows],
-            "stored": [r[3] for r in rows], "raw": [r[4] for r in rows]})
+        """Add (queue, ready, leased, stored, raw) deltas to one stripe of each queue."""
+        params = counter_deltas(rows, random.randrange(self._slots))
+        if params is not None:
+            conn.execute(self._sql.add_counts, params)
 
     def _notify_ready(self, conn: Conn, queue: str) -> None:
         if self._notify:
@@ -271,6 +270,7 @@ class PostgresEngine:
         if not batch_given(records, raw_sizes):
             return []
         refuse_nan(self.where, "append", "now", now)
+        records = checked_batch(queue, records)
         parts = statement_parts(queue, records, "append")
         self._waits.drain()
         # One stripe for every statement: see _unlease on taking two of one queue.
@@ -307,10 +307,8 @@ class PostgresEngine:
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
+        records = checked_restore(self.where, queue, records)
         ids = distinct_ids(queue, records)
-        for rec in records:
-            refuse_nan(self.where, "restore", f"the enqueue time of record {rec.id}",
-                       rec.enqueued_at)
         parts = statement_parts(queue, [r.data for r in records], "restore")
         params = self._params(queue)
         with self._conn("restore") as conn:
@@ -407,7 +405,8 @@ class PostgresEngine:
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
         with self._tx("move") as conn:
             row = conn.execute(self._sql.move, {
-                "src": src, "dst": dst, "ids": None if ids is None else list(ids)}).fetchone()
+                "src": src, "dst": as_queue_name(dst),
+                "ids": None if ids is None else list(ids)}).fetchone()
             moved, stored, raw = row if row is not None else (0, 0, 0)
             if moved:
                 self._add_counts(conn, [(src, -moved, 0, -stored, -raw),
@@ -435,7 +434,7 @@ class PostgresEngine:
 
     def set_meta(self, key: str, value: bytes) -> None:
         with self._conn("set_meta") as conn:
-            conn.execute(self._sql.set_meta, {"key": key, "value": value})
+            conn.execute(self._sql.set_meta, checked_meta(key, value))
 
     # ---- beyond the protocol ------------------------------------------------------------
 
