@@ -125,3 +125,33 @@ def test_metadata_of_the_wrong_type_is_refused(engine: PostgresEngine) -> None:
     with pytest.raises(TypeError, match="a metadata key must be a str"):
         engine.set_meta(b"k", b"v")  # type: ignore[arg-type]
     assert engine.get_meta("k") is None
+
+
+# ---- search_path ----------------------------------------------------------------------------
+# Every table the engine reads is named with its schema, but functions, operators and types
+# (length, unnest, count, bytea...) are found along the search_path. A database, role or URL
+# setting a search_path that lists a schema before pg_catalog let that schema's functions
+# of the same names run in the engine's statements in place of PostgreSQL's own: here a
+# length() of an application's schema made the counts of stored bytes wrong.
+
+
+def test_functions_of_a_schema_ahead_of_pg_catalog_in_the_search_path_are_not_used(
+        pg_url: str, pg_schema: str) -> None:
+    other = f"{pg_schema}_app"
+    pg_support.execute(pg_url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other)))
+    try:
+        pg_support.execute(pg_url, sql.SQL(
+            "CREATE FUNCTION {}.length(bytea) RETURNS integer LANGUAGE sql "
+            "AS 'SELECT 1000'").format(sql.Identifier(other)))
+        url = make_conninfo(pg_url, options=f"-c search_path={other},pg_catalog")
+        engine = PostgresEngine(url, schema=pg_schema)
+        try:
+            engine.append("q", [b"ab", b"cde"], [2, 3], time.time())
+            assert engine.counts("q") == (2, 0, 5, 5)
+            engine.take("q", 1, time.time(), None)
+            assert engine.counts("q") == (1, 0, 3, 3)
+        finally:
+            engine.close()
+    finally:
+        pg_support.execute(pg_url, sql.SQL("DROP SCHEMA {} CASCADE").format(
+            sql.Identifier(other)))

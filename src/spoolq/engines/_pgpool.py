@@ -125,12 +125,20 @@ def _attempt(timeout: float) -> AttemptWithBackoff:
         return _Attempt(reconnect_timeout=timeout)  # type: ignore[call-arg]
 
 
-# The engine's statements are written for read committed, whatever the database or role
-# defaults to: a statement that waited for a row lock (a counter stripe, a record) then
-# reads the row's new version, where repeatable read and serializable fail it ("could not
-# serialize access"), and an open that waited for another process creating the tables sees
-# them, where an older snapshot would try to create them again.
-_READ_COMMITTED = "SET default_transaction_isolation = 'read committed'"
+# What every session of the engine runs with, whatever the database, role or URL set:
+# - read committed: a statement that waited for a row lock (a counter stripe, a record)
+#   then reads the row's new version, where repeatable read and serializable fail it
+#   ("could not serialize access");
+# - PostgreSQL's own functions, operators and types: the statements name every table with
+#   its schema but find length(), unnest(), = or bytea along the search_path, where a
+#   schema listed ahead of pg_catalog would have its own of those names used instead.
+_SESSION = ("SET default_transaction_isolation = 'read committed'",
+            "SET search_path = pg_catalog, pg_temp")
+
+
+def _set_session(conn: Conn) -> None:
+    for statement in _SESSION:
+        conn.execute(statement)
 
 _POOLS: dict[PoolKey, _SharedPool] = {}
 _POOLS_LOCK = threading.Lock()
@@ -155,7 +163,7 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
         shared = _POOLS.get(key)
         if shared is None:
             def configure(conn: Conn) -> None:
-                conn.execute(_READ_COMMITTED)
+                _set_session(conn)
                 for name, value in settings:
                     conn.execute("SELECT set_config(%s, %s, false)", (name, value))
                 if conn.info.server_version >= 120000:  # the setting is new in PostgreSQL 12
@@ -267,7 +275,7 @@ def connect(conninfo: str, timeout: float) -> Conn:
                            connect_timeout=max(2, math.ceil(timeout)),
                            fallback_application_name="spoolq")
     try:
-        conn.execute(_READ_COMMITTED)
+        _set_session(conn)
     except BaseException:
         conn.close()
         raise
