@@ -75,3 +75,92 @@ async def test_a_queue_shut_down_at_once_ends_the_flusher_with_one_error(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR
               and "flush" in r.getMessage()]
     assert len(errors) == 1
+
+
+async def test_a_flush_cancelled_as_the_sink_returns_acks_the_batch_it_took(
+        tmp_path: Path) -> None:
+    got: list[list[int]] = []
+    caller: asyncio.Future[bool] | None = None
+
+    async def sink(batch: list[int]) -> None:
+        got.append(batch)
+        if len(got) == 1:
+            assert caller is not None
+            caller.cancel()  # as a timeout of the flush() caller lands just now
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=10,
+                       flush_interval=60) as b:
+        await b.add_many(range(3))
+        caller = asyncio.ensure_future(b.flush())
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert caller.cancelled()
+        assert b.stats["flushes"] == 1 and b.stats["items"] == 3
+        assert b.stats["queued"] == 0
+        assert await b.flush()
+    assert got == [[0, 1, 2]]  # not sent a second time
+    assert b.stats["flushes"] == 1 and b.stats["failures"] == 0
+
+
+async def test_a_sink_that_returns_when_its_flush_times_out_has_its_batch_acked(
+        tmp_path: Path) -> None:
+    got: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        got.append(batch)
+        if len(got) == 1:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                return  # finishes its work and returns: it took the batch
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=10,
+                       flush_interval=60) as b:
+        await b.add_many(range(3))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(b.flush(), 0.2)
+        assert b.stats["flushes"] == 1 and b.stats["queued"] == 0
+        await b.add(3)
+    assert got == [[0, 1, 2], [3]]
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout: Python 3.11+")
+async def test_a_flush_under_asyncio_timeout_acked_as_it_ends_raises_timeout_error(
+        tmp_path: Path) -> None:
+    got: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        got.append(batch)
+        if len(got) == 1:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                return
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=10,
+                       flush_interval=60) as b:
+        await b.add_many(range(3))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await b.flush()
+        assert b.stats["flushes"] == 1 and b.stats["queued"] == 0
+    assert got == [[0, 1, 2]]
+
+
+async def test_a_flush_cancelled_while_the_sink_runs_gives_the_batch_back(
+        tmp_path: Path) -> None:
+    got: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        got.append(batch)
+        if len(got) == 1:
+            await asyncio.sleep(60)
+
+    async with Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=10,
+                       flush_interval=60) as b:
+        await b.add_many(range(3))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(b.flush(), 0.2)
+        assert b.stats["flushes"] == 0 and b.stats["queued"] == 3
+    assert got == [[0, 1, 2], [0, 1, 2]]  # sent again, whole, by stop()
+

@@ -19,9 +19,18 @@ from .aio import Queue
 from .errors import ClosedError, LeaseError
 from .message import Message
 
-__all__ = ["BatchSettling"]
+__all__ = ["BatchSettling", "TakenThenCancelled"]
 
 T = TypeVar("T")
+
+
+class TakenThenCancelled(asyncio.CancelledError):
+    """The sending task was cancelled while (or just as) an async sink returned without
+    error: the sink took the batch, which is acked before ``cancelled`` goes on."""
+
+    def __init__(self, cancelled: asyncio.CancelledError) -> None:
+        super().__init__(*cancelled.args)
+        self.cancelled = cancelled
 
 
 class BatchSettling(Generic[T]):
@@ -56,6 +65,14 @@ class BatchSettling(Generic[T]):
             for run in _runs(msgs):
                 try:
                     await self._send([m.item for m in run], deadline)
+                except TakenThenCancelled as taken:
+                    self._took(run)
+                    done += len(run)
+                    # Else the batch would go back and be sent again.
+                    await asyncio.shield(self._settle(queue, run, ack=True))
+                    # The caller's own: asyncio.timeout() takes only a CancelledError
+                    # itself for its expiry.
+                    raise taken.cancelled from None
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -72,10 +89,7 @@ class BatchSettling(Generic[T]):
                     # for the retry delay instead.
                     self._wake.set()
                     return False
-                # The sink has the batch: a flush, whatever becomes of the ack.
-                self._flushes += 1
-                self._items += len(run)
-                self._last_flush_time = time.time()
+                self._took(run)
                 done += len(run)
                 if not await self._settle(queue, run, ack=True):
                     rest, done = msgs[done:], len(msgs)
@@ -84,11 +98,17 @@ class BatchSettling(Generic[T]):
         except GeneratorExit:
             raise  # the coroutine is being closed: it may not await
         except BaseException:
-            # Cancelled, or a plain sink raised KeyboardInterrupt or SystemExit: what the
-            # sink did not take goes back to its place now, not when its lease runs out.
+            # Cancelled, or the sink raised a BaseException that is not an Exception: what
+            # the sink did not take goes back to its place now, not when its lease runs out.
             await asyncio.shield(self._settle(queue, msgs[done:], ack=False))
             raise
         return True
+
+    def _took(self, run: list[Message[T]]) -> None:
+        """Count a batch the sink took: a flush, whatever becomes of its ack."""
+        self._flushes += 1
+        self._items += len(run)
+        self._last_flush_time = time.time()
 
     def _back_off(self) -> float:
         """Count a failure in a row and set the time of the retry; return its delay."""

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._batchsettle import BatchSettling
+from ._batchsettle import BatchSettling, TakenThenCancelled
 from .aio import Queue
 from .errors import ClosedError, ConfigurationError, Empty, QueueShutDown
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
@@ -394,13 +394,15 @@ class Batcher(BatchSettling[T], Generic[T]):
             _in_sink.reset(token)
         try:
             await asyncio.wait((sending,), timeout=max(deadline - time.monotonic(), 0.0))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             sending.cancel()
             # Until the sink has ended, the batch stays leased and the flush lock held:
             # no other flush may start while this call still works on the batch.
             await asyncio.wait((sending,))
             if not sending.cancelled() and sending.exception() is None:
-                _raise_escaped(sending)  # else the caller's cancellation is what counts
+                _raise_escaped(sending)
+                # It returned (before the cancellation reached it, or in spite of it).
+                raise TakenThenCancelled(exc) from exc
             raise
         if not sending.done():
             sending.cancel()
