@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,3 +167,55 @@ async def test_a_flush_cancelled_while_the_sink_runs_gives_the_batch_back(
         assert b.stats["flushes"] == 0 and b.stats["queued"] == 3
     assert got == [[0, 1, 2], [0, 1, 2]]  # sent again, whole, by stop()
 
+
+class _OddExit(BaseException):
+    """Neither an Exception nor one of the exits asyncio handles."""
+
+
+def _odd_errors() -> list[Any]:
+    errors = [pytest.param(lambda: _OddExit("odd"), id="subclass")]
+    group = getattr(builtins, "BaseExceptionGroup", None)  # Python 3.11+
+    if group is not None:
+        errors.append(pytest.param(lambda: group("odd", [_OddExit("inside")]), id="group"))
+    return errors
+
+
+@pytest.mark.parametrize("make_error", _odd_errors())
+async def test_a_sink_raising_an_odd_base_exception_ends_the_flusher_with_a_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        make_error: Callable[[], BaseException]) -> None:
+    error = make_error()
+    calls = 0
+
+    got: list[list[int]] = []
+
+    async def sink(batch: list[int]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        got.append(batch)
+
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), max_batch_size=2, flush_interval=60)
+    await b.start()
+    try:
+        await b.add_many(range(3))  # a full batch: the background flusher sends it
+        for _ in range(500):
+            if not b.stats["running"]:
+                break
+            await asyncio.sleep(0.01)
+        assert not b.stats["running"]
+        assert calls == 1 and b.stats["queued"] == 3  # the batch went back
+        ended = [r for r in caplog.records if r.name == "spoolq"
+                 and r.levelno >= logging.ERROR and r.exc_info
+                 and r.exc_info[1] is error]
+        assert len(ended) == 1
+        assert "background flusher" in ended[0].getMessage()
+        await b.add(3)  # waits for a flush() now
+        assert await b.flush()
+        assert got == [[0, 1], [2, 3]]
+        await b.add(4)
+    finally:
+        with pytest.raises(type(error)):
+            await b.stop()  # raises what ended the flusher, without a last flush
+    assert b.stats["queued"] == 1  # left for the next start

@@ -439,6 +439,14 @@ class Batcher(BatchSettling[T], Generic[T]):
                 return
             except Exception:
                 self.log.exception("batcher %r: flush failed", self.name)
+            except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
+                raise
+            except BaseException:
+                # Say, from on_flush. It ends the flusher, which stop() (perhaps much later)
+                # awaits and raises it.
+                self.log.exception("batcher %r: the background flusher ends; stop() raises "
+                                   "the error", self.name)
+                raise
 
     @staticmethod
     def _queued(queue: Queue[T]) -> int:
