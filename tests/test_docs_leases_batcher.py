@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,14 @@ def test_the_documented_batcher_defaults() -> None:
         "logger": None, "retry_delay": 0.5, "max_retry_delay": 60.0, "lease_ttl": 300.0}
 
 
+async def _until(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    """Poll until ``condition`` holds, at most ``limit`` seconds (a loaded machine may
+    take long; the poll ends as soon as it holds)."""
+    deadline = time.monotonic() + limit
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 async def test_without_a_queue_the_batcher_uses_name_spoolq_sqlite_in_the_working_dir(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with SyncQueue.create(tmp_path / "metrics.spoolq.sqlite", name="metrics") as q:
@@ -257,19 +266,14 @@ async def test_without_a_queue_the_batcher_uses_name_spoolq_sqlite_in_the_workin
     got: list[list[object]] = []
     async with Batcher(got.append, name="metrics", flush_interval=60) as b:
         assert b.queue.name == "metrics"
-        for _ in range(200):  # a start flushes what an earlier run left, at once
-            if got:
-                break
-            await asyncio.sleep(0.01)
+        # A start flushes what an earlier run left, at once (well before the interval).
+        await _until(lambda: bool(got))
         assert got == [["left by an earlier run"]]
         await b.add_many(range(99))
         await asyncio.sleep(0.3)
         assert len(got) == 1  # 99 items: not a full batch of the default size
         await b.add(99)
-        for _ in range(200):
-            if len(got) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(got) == 2)
         assert got[1:] == [list(range(100))]
     assert os.listdir(tmp_path) == ["metrics.spoolq.sqlite"]
 
