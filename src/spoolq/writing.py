@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
+from ._ticketcounts import errors_of, keep_waiting, left_after
 from .codec import Codec
 from .engines import Counts, Engine
 from .engines.base import stored_before_failure
@@ -218,11 +219,10 @@ class Writing:
                     self._stored(records[:stored], sizes[:stored])
                     self.group.written(stored)
                     records, sizes = records[stored:], sizes[stored:]
-                    counts = _left_after(counts, stored)
+                    counts = left_after(counts, stored)
                 kept = self.buffered and not self.closing
-                if kept:
-                    self.group.put_back(records, sizes, tickets=tickets, counts=counts)
-                    tickets = []
+                if kept:  # a put all of whose records are stored returns now
+                    tickets, counts = keep_waiting(self.group, records, sizes, tickets, counts)
                 elif (len(counts) > 1 and not self.buffered
                       and not self.closed and not _outcome_unknown(exc)):
                     errors, interrupted = self._write_apart(records, sizes, counts, exc)
@@ -238,7 +238,7 @@ class Writing:
                 self.group.written(len(records))
         written_apart = 0
         if errors is None:
-            errors = _errors_of(tickets, error, counts if stored and not kept else None)
+            errors = errors_of(tickets, error, counts)
         else:
             written_apart = sum(n for n, e in zip(counts, errors, strict=True) if e is None)
         self._settle_tickets(tickets, errors)
@@ -475,23 +475,3 @@ def _outcome_unknown(exc: BaseException) -> bool:
     """Whether a write that raised ``exc`` may have stored its records all the same: a
     connection lost before the reply came (:class:`Unavailable`), or an interruption."""
     return isinstance(exc, Unavailable) or not isinstance(exc, Exception)
-
-
-def _errors_of(tickets: list[Ticket], error: BaseException | None,
-               counts: list[int] | None) -> list[BaseException | None]:
-    """Each ticket's ``error``; with ``counts``, each ticket's records not stored, a ticket
-    whose records were all stored before the failure gets none: its put is stored, and a
-    caller who put it again would store it twice."""
-    if counts is None:
-        return [error] * len(tickets)
-    return [error if n else None for n in counts]
-
-
-def _left_after(counts: list[int], stored: int) -> list[int]:
-    """Each ticket's count of records not among the first ``stored`` of a batch."""
-    left = []
-    for n in counts:
-        taken = min(n, stored)
-        stored -= taken
-        left.append(n - taken)
-    return left
