@@ -113,6 +113,9 @@ _LONGEST_INTERVAL = threading.TIMEOUT_MAX
 and a thread's wait refuses a longer timeout (OverflowError)."""
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 def _check_interval(name: str, value: object) -> None:
     if check_seconds(name, value, positive=True) > _LONGEST_INTERVAL:
         raise ValueError(f"{name} must be at most {_LONGEST_INTERVAL:.0f} seconds, "
@@ -142,12 +145,15 @@ class Settings:
                 object.__setattr__(self, "maxsize", 0)  # no limit, as in queue.Queue
             check_count("flush_items", self.flush_items, 1)
             _check_interval("flush_interval", self.flush_interval)
-            # Attempts above MAX_ATTEMPTS fit no engine's records (SQLite refused a larger
-            # limit itself on every nack): such a limit would never be reached anyway.
+            # No record reaches more than MAX_ATTEMPTS attempts, so a larger limit (2**31-1
+            # and sys.maxsize are common ways to say "never") is none: engines get None,
+            # which SQLite can bind. Past 64 bits it is refused, as SQLite did on a nack.
             if (self.max_attempts is not None
                     and check_count("max_attempts", self.max_attempts, 1) > MAX_ATTEMPTS):
-                raise ValueError(f"max_attempts must be at most {MAX_ATTEMPTS} (or None for "
-                                 f"no limit), not {self.max_attempts!r}")
+                if self.max_attempts > _INT64_MAX:
+                    raise ValueError(f"max_attempts must be at most {_INT64_MAX} (or None "
+                                     f"for no limit), not {self.max_attempts!r}")
+                object.__setattr__(self, "max_attempts", None)
             _check_interval("poll_interval", self.poll_interval)
             check_count("compress_threshold", self.compress_threshold, 0)
 
