@@ -109,12 +109,14 @@ def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
 
 
 def _signature(path: str) -> tuple[int, ...] | None:
-    """What changes when a process writes the file: its inode, size and times."""
+    """What changes when a process writes the file: its inode, size and modification time.
+    Not its ctime, which changes without a write too: a chmod, a hard link (snapshots), a
+    backup tool giving back the atime it had."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class Unlocked(sqlite3.Connection):
