@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ import spoolq
 from spoolq import Queue, SyncQueue
 from spoolq.engines import Engine, open_engine
 from spoolq.engines.base import STORED_RECORDS
+from spoolq.protocol import MIN_MAX_REPLY
+
+from .servers import ThreadedServer
 
 
 class PartialAppend:
@@ -86,3 +91,29 @@ async def test_a_buffered_put_stored_by_a_flush_that_failed_later_returns(
     assert isinstance(results[1], spoolq.EngineError)
     with SyncQueue.create(path) as sq:
         assert sq.get_many(None, block=False) == ["a"]
+
+
+# ---- the reap's count of dead letters -------------------------------------------------
+
+
+def test_a_reap_counts_every_dead_letter_a_remote_reply_holds_in_parts(tmp_path: Path) -> None:
+    # A reap reads the dead letters its expire added, to tell them from those other
+    # handles add. A server returns fewer records than asked for when they do not fit
+    # the client's max_reply: the dead letters past the first reply were not counted
+    # finished, and join() never returned.
+    with ThreadedServer(str(tmp_path / "served.sqlite")) as server, SyncQueue.create(
+            f"{server.url}/jobs", engine_options={"max_reply": MIN_MAX_REPLY},
+            max_attempts=1) as q:
+        # Far more than one reply of 1024 bytes (random bytes: zstd cannot shrink them).
+        q.put_many([os.urandom(400) for _ in range(6)])
+        q.put("last")
+        held: list[Any] = []
+        while len(held) < 6:
+            held += q.lease_many(6 - len(held), ttl=0.05)
+        time.sleep(0.1)
+        q._core._next_reap = 0.0  # the next take reaps
+        assert q.get(block=False) == "last"
+        q.task_done()
+        assert q.stats["dead"] == 6 and q.stats["leased"] == 0
+        assert q.stats["unfinished"] == 0  # join() returns
+        assert q.stats["redelivered"] == 0

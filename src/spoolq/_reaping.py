@@ -7,6 +7,7 @@ works on the core's state under the core's lock, as the rest of the core does.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,8 @@ from .owners import owner_is_dead
 from .settings import Settings
 
 __all__ = ["Reaping"]
+
+log = logging.getLogger("spoolq")
 
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
 _REAPED = ("lease expired", "owner died")
@@ -79,5 +82,16 @@ class Reaping:
         added = self._dead - dead_before
         if added <= 0:
             return 0
-        tail = self.engine.peek(self.dead_name, added, dead_before)
-        return min(sum(1 for rec in tail if rec.reason in _REAPED), released)
+        died = read = 0
+        try:
+            while read < added:  # a server's reply may hold fewer records than asked for
+                tail = self.engine.peek(self.dead_name, added - read, dead_before + read)
+                if not tail:
+                    break
+                read += len(tail)
+                died += sum(1 for rec in tail if rec.reason in _REAPED)
+        except Exception as exc:  # the leases are released: count what cannot be read
+            log.warning("spoolq: queue %r: reading the dead letters a reap added failed; "
+                        "%d of them are counted as its own: %s", self.name, added - read, exc)
+            died += added - read
+        return min(died, released)
