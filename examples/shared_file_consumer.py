@@ -1,7 +1,9 @@
 """The consumer half of ``shared_file_producer.py``: leases jobs from a shared file.
 
-Run on its own it needs the path of the queue file: ``python shared_file_consumer.py
-jobs.sqlite``. Without an argument it makes a file, fills it and drains it.
+Given the path of a queue file (``python examples/shared_file_consumer.py jobs.sqlite``)
+it handles the jobs of the file's default queue until it takes the job ``"stop"``, or
+until no job has come for 30 seconds (a second argument sets another wait, in seconds).
+Without an argument it makes a file, fills it and drains it.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ from pathlib import Path
 import spoolq
 
 
-def consume(path: str) -> int:
+def consume(path: str, wait: float = 30.0) -> int:
     handled = 0
     with spoolq.SyncQueue.create(path) as q:
         while True:
-            with q.leased(timeout=30) as job:
-                if job == "stop":
-                    return handled
-                handled += 1
+            try:
+                with q.leased(timeout=wait) as job:
+                    if job == "stop":
+                        return handled
+                    handled += 1
+            except spoolq.Empty:
+                print(f"consumer: no job for {wait:g} s and no stop job; leaving")
+                return handled
 
 
 def main() -> None:
     if len(sys.argv) > 1:
-        print(f"consumer: handled {consume(sys.argv[1])} jobs")
+        wait = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
+        print(f"consumer: handled {consume(sys.argv[1], wait)} jobs")
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "jobs.sqlite")
