@@ -20,6 +20,9 @@ __all__ = ["Reaping"]
 log = logging.getLogger("spoolq")
 
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
+_EXACT_UP_TO = 10_000
+"""Dead letters a reap reads past to tell its own from those other handles add meanwhile;
+beyond that it counts every one added, up to the leases it released."""
 _REAPED = ("lease expired", "owner died")
 """The reasons an expire gives the records it moves to the dead letters."""
 
@@ -77,11 +80,16 @@ class Reaping:
         """How many of the ``released`` leases an expire moved to the dead letters, which
         held ``dead_before`` records before it. Other handles and processes add dead
         letters meanwhile too (nacked, set aside at a take): those after ``dead_before``
-        are told apart by their reason; dead letters taken or requeued meanwhile make it
-        count fewer, never more, than the expire moved."""
+        are told apart by their reason while the dead letters are few (see
+        :data:`_EXACT_UP_TO`); dead letters taken or requeued meanwhile make it count
+        fewer, never more, than the expire moved."""
         added = self._dead - dead_before
         if added <= 0:
             return 0
+        if dead_before > _EXACT_UP_TO:
+            # Reading past that many dead letters would cost the reap, and the gets that
+            # wait for the lock, more than an exact count is worth.
+            return min(added, released)
         died = read = 0
         try:
             while read < added:  # a server's reply may hold fewer records than asked for
