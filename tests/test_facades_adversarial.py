@@ -261,3 +261,69 @@ async def test_async_a_put_whose_timeout_passed_takes_room_out_of_turn(
         assert await q.get_many(2) == ["b", "late"]
         await asyncio.wait_for(big, 5)
         assert await q.get_many(2) == [1, 2]
+
+
+class _GatedTake:
+    """Delegates to a real engine; a take waits for ``gate`` (``taking`` is set meanwhile)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.gate = threading.Event()
+        self.taking = threading.Event()
+
+    def take(self, *args: Any, **kwargs: Any) -> Any:
+        self.taking.set()
+        self.gate.wait(10)
+        return self._inner.take(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_cancelled_aclose_waits_for_a_get_to_give_back_what_it_took(
+        tmp_path: Path) -> None:
+    """The get's take ends after the close began, and the get may give its item back on
+    the worker: a cancelled aclose() stopped the worker at once, and the get waited for
+    ever."""
+    path = str(tmp_path / "q.sqlite")
+    engine = _GatedTake(open_engine(path))
+    q: Queue[Any] = await Queue.create(path, engine=engine)  # type: ignore[arg-type]
+    await q.put("x")
+    getter = asyncio.ensure_future(q.get())
+    while not engine.taking.is_set():
+        await asyncio.sleep(0.005)
+    closing = asyncio.ensure_future(q.aclose())
+    await asyncio.sleep(0.05)
+    closing.cancel()
+    engine.gate.set()
+    done, _ = await asyncio.wait([getter], timeout=10)
+    assert done, "the get never ended"
+    got = [] if isinstance(getter.exception(), spoolq.QueueShutDown) else [getter.result()]
+    await asyncio.wait_for(q.aclose(), 10)
+    async with await Queue.create(path) as again:
+        left = await again.get_many(5, timeout=0.2) if again.qsize() else []
+    assert got + left == ["x"]  # handed out or given back, once
+
+
+async def test_a_cancelled_aclose_waits_for_a_cancelled_get_to_give_back_what_it_took(
+        tmp_path: Path) -> None:
+    """A get cancelled while its take runs gives the item back on the worker once the take
+    ends: a cancelled aclose() had stopped the worker at once, and the item was lost."""
+    path = str(tmp_path / "q.sqlite")
+    engine = _GatedTake(open_engine(path))
+    q: Queue[Any] = await Queue.create(path, engine=engine)  # type: ignore[arg-type]
+    await q.put("x")
+    getter = asyncio.ensure_future(q.get())
+    while not engine.taking.is_set():
+        await asyncio.sleep(0.005)
+    closing = asyncio.ensure_future(q.aclose())
+    await asyncio.sleep(0.05)
+    closing.cancel()
+    getter.cancel()
+    await asyncio.sleep(0.05)
+    engine.gate.set()
+    await asyncio.wait([getter], timeout=10)
+    await asyncio.wait_for(q.aclose(), 10)
+    async with await Queue.create(path) as again:
+        assert await again.get_many(5, timeout=1) == ["x"]

@@ -49,6 +49,11 @@ def _closed(closing: asyncio.Future[None], close: asyncio.Future[None]) -> None:
     wake_one(closing)
 
 
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
     """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
 
@@ -74,6 +79,7 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
         self._immediate = False
         self._closed = False
         self._closing: asyncio.Future[None] | None = None  # done once the file is closed
+        self._close_task: asyncio.Task[None] | None = None
         self._takers = 0
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
         # A new value at every change that may make items takeable (puts, give-backs,
@@ -435,12 +441,19 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
         self.shutdown(immediate=True)
         self._closed = True
         closing = self._closing = self._loop.create_future()
+        # A task of its own, which cancelling this call does not cut short: the gets
+        # giving their items back need the worker that the close stops.
+        task = self._close_task = self._loop.create_task(self._close_once_given_back(closing))
+        task.add_done_callback(_retrieved)  # raised to this call, unless it was cancelled
+        await asyncio.shield(task)
+
+    async def _close_once_given_back(self, closing: asyncio.Future[None]) -> None:
         try:
             deadline = time.monotonic() + _CLOSE_WAIT
             while (self._takers or self._unsettled) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)  # waiting or cancelled gets give their items back
         finally:
-            # Also when this call is cancelled: no later call would close the file.
+            # Also when the loop cancels this task as it ends: nothing else would close it.
             closed = self._worker.submit(self._core.close)
             self._worker.stop()
             closed.add_done_callback(partial(_closed, closing))
