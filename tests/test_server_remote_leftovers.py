@@ -64,6 +64,28 @@ def test_a_reply_never_exceeds_the_servers_max_frame_whatever_the_client_accepts
             assert length <= 65536
 
 
+def test_a_record_larger_than_the_servers_max_frame_still_goes_out_alone(
+        tmp_path: Path) -> None:
+    # A record stored without this server (put on the file itself, or through a server
+    # with a larger --max-frame) fits no reply of its frames: it goes out alone, within
+    # the client's own max_reply, rather than stay at the head and fail every take.
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path, compressor="none") as q:
+        q.put_many([b"x" * 10_000, b"small", b"y" * 10_000])
+    with ServerProcess(path, "--max-frame", "4096") as server:
+        with spoolq.SyncQueue.create(server.url, compressor="none",
+                                     engine_options={"max_reply": 1 << 20}) as remote:
+            assert remote.peek(3) == [b"x" * 10_000]  # fewer records, as the reply allows
+            assert remote.get(timeout=5) == b"x" * 10_000
+            assert remote.get(timeout=5) == b"small"
+            message = remote.lease()
+            assert message.item == b"y" * 10_000
+            remote.ack(message)
+        with spoolq.SyncQueue.create(server.url, engine_options={"max_reply": 8192}) as small:
+            small.put(b"z")
+            assert small.get(timeout=5) == b"z"
+
+
 class _SlowRelay:
     """A TCP relay on 127.0.0.1 to ``port`` that hands on what the server sends ``delay``
     seconds after it came (a slow network), and what the client sends at once."""

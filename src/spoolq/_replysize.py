@@ -59,10 +59,11 @@ def _too_large(ident: int, size: int, limit: int, queue_name: str) -> Configurat
         f"engine_options={{'max_reply': ...}} to receive it")
 
 
-def fitting(recs: Sequence[StoredRecord], limit: int, queue_name: str) -> int:
+def fitting(recs: Sequence[StoredRecord], limit: int, queue_name: str,
+            limit_one: int | None = None) -> int:
     """How many of ``recs``, from the first, fit in a reply frame of ``limit`` bytes (as
-    its length counts them); none fitting is a ConfigurationError naming the first record
-    (the caller gives it back first)."""
+    its length counts them), or the first alone in one of ``limit_one``; none fitting is a
+    ConfigurationError naming the first record (the caller gives it back first)."""
     size, keep = 0, 0
     for rec in recs:
         size += _record_size(rec)
@@ -70,13 +71,16 @@ def fitting(recs: Sequence[StoredRecord], limit: int, queue_name: str) -> int:
             break
         keep += 1
     if not keep and recs:
-        raise _too_large(recs[0].id, _FRAME_HEAD + _head(RECORD_FIELDS) + size, limit,
-                         queue_name)
+        alone = _FRAME_HEAD + _head(RECORD_FIELDS) + size
+        if limit_one is not None and alone <= limit_one:
+            return 1
+        raise _too_large(recs[0].id, alone, max(limit, limit_one or 0), queue_name)
     return keep
 
 
-def fitting_leased(recs: Sequence[LeasedRecord], limit: int, queue_name: str) -> int:
-    """:func:`_fitting` for leased records, which travel as ``[records, owners, untils]``."""
+def fitting_leased(recs: Sequence[LeasedRecord], limit: int, queue_name: str,
+                   limit_one: int | None = None) -> int:
+    """:func:`fitting` for leased records, which travel as ``[records, owners, untils]``."""
     size, keep = 0, 0
     for rec in recs:
         size += _record_size(rec.record) + _text(rec.owner) + _TIME
@@ -85,9 +89,10 @@ def fitting_leased(recs: Sequence[LeasedRecord], limit: int, queue_name: str) ->
             break
         keep = k
     if not keep and recs:
-        raise _too_large(recs[0].record.id,
-                         _FRAME_HEAD + 1 + _head(RECORD_FIELDS) + 2 * _head(1) + size, limit,
-                         queue_name)
+        alone = _FRAME_HEAD + 1 + _head(RECORD_FIELDS) + 2 * _head(1) + size
+        if limit_one is not None and alone <= limit_one:
+            return 1
+        raise _too_large(recs[0].record.id, alone, max(limit, limit_one or 0), queue_name)
     return keep
 
 

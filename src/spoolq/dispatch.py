@@ -52,7 +52,7 @@ def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
     if limit is not None and recs and reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
         try:
-            keep = fitting(recs, limit, a["queue"])
+            keep = fitting(recs, limit, a["queue"], a.get("limit_one"))
         except ConfigurationError:
             _give_back(engine, a["queue"], recs, lease)
             raise
@@ -66,7 +66,7 @@ def _peek(engine: Engine, a: dict[str, Any]) -> list[Any]:
     recs = gather(engine, a["queue"], a["n"], limit,
                    lambda k, done: engine.peek(a["queue"], k, a["offset"] + done))
     if limit is not None and recs and reply_size(recs) > limit:
-        recs = recs[:fitting(recs, limit, a["queue"])]
+        recs = recs[:fitting(recs, limit, a["queue"], a.get("limit_one"))]
     return encode_records(recs)
 
 
@@ -76,7 +76,7 @@ def _peek_leased(engine: Engine, a: dict[str, Any]) -> list[Any]:
     recs = engine.peek_leased(a["queue"], a["n"], a["offset"])
     limit = a.get("limit")
     if limit is not None and recs:
-        recs = recs[:fitting_leased(recs, limit, a["queue"])]
+        recs = recs[:fitting_leased(recs, limit, a["queue"], a.get("limit_one"))]
     return encode_leased(recs)
 
 

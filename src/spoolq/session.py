@@ -95,6 +95,7 @@ class Session(Deliveries, asyncio.Protocol):
         self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
         self.closed = False
         self.max_reply = min(server.max_frame, _MAX_LENGTH)
+        self.max_one = self.max_reply  # a reply of one record, which may be larger
         self._last_data = 0.0
         self._stall: asyncio.TimerHandle | None = None
         self._write_paused = False
@@ -331,9 +332,10 @@ class Session(Deliveries, asyncio.Protocol):
             if args["max_reply"]:
                 # Never more than this server's frames: a reply larger than that would
                 # read as much of the queue into memory, and one past a frame's length
-                # field could not be sent at all.
-                self.max_reply = min(max(args["max_reply"], MIN_MAX_REPLY), self.server.max_frame,
-                                     _MAX_LENGTH)
+                # field could not be sent at all. A record larger than that (stored
+                # without this server) still goes out alone, within the client's limit.
+                self.max_one = min(max(args["max_reply"], MIN_MAX_REPLY), _MAX_LENGTH)
+                self.max_reply = min(self.max_one, self.server.max_frame)
             self._write(encode_reply(req.id, {
                 "server": f"spoolq {_version()}", "version": VERSION,
                 "engine": self.server.engine.name, "max_frame": self.server.max_frame,
@@ -347,6 +349,7 @@ class Session(Deliveries, asyncio.Protocol):
             return
         if op in _LIMITED:
             args["limit"] = self.max_reply
+            args["limit_one"] = self.max_one
         if op == "take" and not args["n"]:
             args["wait"] = 0.0  # it can take nothing: no record to wait for
         inline = self._inline
