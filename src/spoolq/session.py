@@ -282,9 +282,14 @@ class Session(Deliveries, asyncio.Protocol):
         self.closed = True
         self._abandoned = unsent > 0
         if self.transport is not None:
-            log.warning("spoolq: dropping the connection from %s: it read none of its "
-                        "replies for %.1f s while the server stopped (%d bytes unsent)",
-                        self.peer, stalled, unsent)
+            if unsent:
+                log.warning("spoolq: dropping the connection from %s: it read none of its "
+                            "replies for %.1f s while the server stopped (%d bytes unsent)",
+                            self.peer, stalled, unsent)
+            else:
+                log.info("spoolq: dropping the connection from %s: it got every reply but "
+                         "did not close its connection within %.1f s while the server "
+                         "stopped", self.peer, stalled)
             self.transport.abort()
 
     def update_reading(self) -> None:
