@@ -13,16 +13,16 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._aioclose import Closing, retrieved
 from ._aiogiveback import GivingBack, TakeOnWorker
 from ._aiolease import Leasing
-from ._aiowait import Turn, Waiting, wake_one
+from ._aiowait import Turn, Waiting
 from ._counting import AsyncCounts
 from ._outage import Outage
 from .core import Holding, QueueCore
@@ -38,23 +38,9 @@ __all__ = ["Queue"]
 T = TypeVar("T")
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
-_CLOSE_WAIT = 10.0
-"""Seconds aclose() waits for waiting calls to give back what they took before it closes
-anyway."""
 
 
-def _closed(closing: asyncio.Future[None], close: asyncio.Future[None]) -> None:
-    if not close.cancelled():
-        close.exception()  # raised to the call that closed; the others only wait
-    wake_one(closing)
-
-
-def _retrieved(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
+class Queue(AsyncCounts, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
     """A durable FIFO queue for asyncio, with the semantics of ``asyncio.Queue``.
 
     Create it with ``await Queue.create(path, ...)``; close it with
@@ -80,6 +66,7 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
         self._closed = False
         self._closing: asyncio.Future[None] | None = None  # done once the file is closed
         self._close_task: asyncio.Task[None] | None = None
+        self._worker_stopped = False  # the close is on the worker, or done without it
         self._takers = 0
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
         # A new value at every change that may make items takeable (puts, give-backs,
@@ -434,6 +421,8 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
         if self._closed:
             if self._closing is not None and here:
                 await asyncio.shield(self._closing)  # another call is closing: wait for it
+            elif self._close_left():
+                await self._close_elsewhere()
             return
         if not here:
             await self._close_elsewhere()
@@ -444,32 +433,9 @@ class Queue(AsyncCounts, Waiting, GivingBack, Leasing[T], Generic[T]):
         # A task of its own, which cancelling this call does not cut short: the gets
         # giving their items back need the worker that the close stops.
         task = self._close_task = self._loop.create_task(self._close_once_given_back(closing))
-        task.add_done_callback(_retrieved)  # raised to this call, unless it was cancelled
+        task.add_done_callback(retrieved)  # raised to this call, unless it was cancelled
+        task.add_done_callback(partial(self._close_unbegun, closing))
         await asyncio.shield(task)
-
-    async def _close_once_given_back(self, closing: asyncio.Future[None]) -> None:
-        try:
-            deadline = time.monotonic() + _CLOSE_WAIT
-            while (self._takers or self._unsettled) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)  # waiting or cancelled gets give their items back
-        finally:
-            # Also when the loop cancels this task as it ends: nothing else would close it.
-            closed = self._worker.submit(self._core.close)
-            self._worker.stop()
-            closed.add_done_callback(partial(_closed, closing))
-        await asyncio.shield(closed)
-
-    async def _close_elsewhere(self) -> None:
-        """Close from another loop: no task of the queue's loop can be woken from here
-        and no worker result can come back through it, so the worker is stopped and
-        joined, and the file is closed on a thread of this loop."""
-        self._shutdown = self._immediate = self._closed = True
-        self._core.cancel_waits()
-        self._worker.stop()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._worker.join)
-        await loop.run_in_executor(None, self._give_back_untaken)  # the loop stopped first
-        await loop.run_in_executor(None, self._core.close)
 
     async def __aenter__(self) -> Queue[T]:
         return self
