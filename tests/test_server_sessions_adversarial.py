@@ -3,18 +3,50 @@ at awkward moments, and against signals that stop it while clients wait or write
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from spoolq.engines import open_engine
 from spoolq.protocol import encode_preamble
 
-from .servers import ThreadedServer, request_frame
+from .servers import ThreadedServer, reply_frames, request_frame
+
+
+class _GatedAppend:
+    """The memory engine run on the engine thread, whose appends to queue "gated" wait
+    for ``gate`` (``entered`` says the first began)."""
+
+    inline = False
+
+    def __init__(self) -> None:
+        self._inner = open_engine(":memory:")
+        self.name = self._inner.name
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
+               now: float) -> list[int]:
+        if queue == "gated":
+            self.entered.set()
+            self.gate.wait(10)
+        return self._inner.append(queue, records, raw_sizes, now)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("spoolq://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
 
 
 def test_an_idle_tls_client_that_does_not_answer_the_close_is_logged_as_such(
@@ -57,3 +89,41 @@ def test_an_idle_tls_client_that_does_not_answer_the_close_is_logged_as_such(
         assert tuple(check.counts("jobs"))[:2] == (0, 1)  # the lease stays with its owner
     finally:
         check.close()
+
+
+def test_pipelined_large_appends_held_in_flight_stay_bounded() -> None:
+    """A client pipelines large appends faster than the engine writes them. The server
+    stops reading once the requests in flight of that connection hold 64 MiB of records
+    (it read up to 256 of them, 4 GiB at 16 MiB each); every append still runs and is
+    answered once the engine catches up."""
+    engine = _GatedAppend()
+    record = b"r" * (1 << 20)
+    count = 150
+    with ThreadedServer(":memory:", engine=engine, max_frame=2 << 20) as srv:
+        sock = _connect(srv.url)
+        try:
+            sock.sendall(encode_preamble() + request_frame(
+                1, "append", queue="gated", records=[record], sizes=[len(record)], now=1.0))
+            assert engine.entered.wait(5)
+            frame = request_frame(2, "append", queue="gated", records=[record],
+                                  sizes=[len(record)], now=1.0)
+            sock.settimeout(1.0)
+            sent = 0
+            with contextlib.suppress(TimeoutError):
+                for _ in range(count - 1):
+                    sock.sendall(frame)
+                    sent += 1
+            assert sent < 100, f"the server read {sent} MiB of appends it could not run yet"
+            engine.gate.set()
+            sock.settimeout(10)
+            sock.sendall(frame * (count - 1 - sent))
+            data = b""
+            while len(reply_frames(data[8:])) < count:
+                chunk = sock.recv(1 << 16)
+                assert chunk, "the server closed the connection"
+                data += chunk
+            assert all(ftype == 3 for ftype, _, _ in reply_frames(data[8:]))
+        finally:
+            engine.gate.set()
+            sock.close()
+        assert engine.counts("gated")[0] == count

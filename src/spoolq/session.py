@@ -22,6 +22,7 @@ from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
     MIN_MAX_REPLY,
+    RECORD_FIELDS,
     VERSION,
     ErrorCode,
     ProtocolError,
@@ -52,6 +53,11 @@ _CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are writ
 # their largest (max_reply each): more of them wait unstarted until one is answered, so a
 # client that pipelines large reads without reading the replies pins no more than this.
 _REPLY_BUDGET = 64 * 1024 * 1024
+# What the records (and ids) of one connection's requests waiting on the engine thread may
+# come to at once: more wait unread, so a client that pipelines large appends faster than
+# the engine writes them pins no more than this (and one request), not MAX_INFLIGHT frames.
+_REQUEST_BUDGET = 64 * 1024 * 1024
+_ITEM_COST = 64  # bytes a record or id of a request takes in memory besides its data
 
 
 def _reserves(req: Request) -> bool:
@@ -60,6 +66,24 @@ def _reserves(req: Request) -> bool:
     takes each record once)."""
     return req.op in _LIMITED and not (req.op == "take" and req.args["wait"] > 0
                                        and req.args["n"])
+
+
+def _request_cost(req: Request) -> int:
+    """About the memory ``req``'s records, ids or value hold while it waits to run."""
+    op, args = req.op, req.args
+    if op == "append":
+        records = args["records"]
+        return sum(map(len, records)) + _ITEM_COST * len(records)
+    if op == "restore":
+        records = args["records"]
+        return sum(map(len, records[1::RECORD_FIELDS])) + _ITEM_COST * len(records)
+    if op in _SETTLING:
+        return _ITEM_COST * len(args["deliveries"])
+    if op == "move":
+        return _ITEM_COST * len(args["ids"] or ())
+    if op == "set_meta":
+        return len(args["value"])
+    return 0
 
 
 def _version() -> str:
@@ -93,6 +117,7 @@ class Session(Deliveries, asyncio.Protocol):
         self._sweep_at: dict[str, int] = {}
         self.inflight = 0
         self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
+        self._held = 0  # the _request_cost of the requests in flight
         self.closed = False
         self.max_reply = min(server.max_frame, _MAX_LENGTH)
         self.max_one = self.max_reply  # a reply of one record, which may be larger
@@ -178,9 +203,12 @@ class Session(Deliveries, asyncio.Protocol):
 
     def _must_wait(self, req: Request) -> bool:
         """Whether ``req`` must wait for a reply in flight to go first: its reply, with
-        those of the requests in flight, could exceed _REPLY_BUDGET."""
-        return bool(self._reserved) and _reserves(req) \
-            and (self._reserved + 1) * self.max_reply > _REPLY_BUDGET
+        those of the requests in flight, could exceed _REPLY_BUDGET, or its records, with
+        theirs, _REQUEST_BUDGET."""
+        if self._reserved and _reserves(req) \
+                and (self._reserved + 1) * self.max_reply > _REPLY_BUDGET:
+            return True
+        return bool(self._held) and self._held + _request_cost(req) > _REQUEST_BUDGET
 
     def _uncork(self) -> None:
         out, self._corked = self._corked, None
@@ -379,6 +407,7 @@ class Session(Deliveries, asyncio.Protocol):
         self.inflight += 1
         if _reserves(req):
             self._reserved += 1
+        self._held += _request_cost(req)
         if self.inflight == 1:
             self.server.busy.add(self)
         self.update_reading()
@@ -394,6 +423,7 @@ class Session(Deliveries, asyncio.Protocol):
         self.inflight -= 1
         if _reserves(req):
             self._reserved -= 1
+        self._held -= _request_cost(req)
         if error is None and req.op in _SETTLING:
             self._settled(req.args)
         if self.closed or self._failing():
