@@ -17,12 +17,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from ._inflight import LIMITED, SETTLING, request_cost, reserves, too_much
 from ._sessionleases import Deliveries, Delivery
 from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
     MIN_MAX_REPLY,
-    RECORD_FIELDS,
     VERSION,
     ErrorCode,
     ProtocolError,
@@ -40,50 +40,10 @@ if TYPE_CHECKING:
 __all__ = ["MAX_INFLIGHT", "Session"]
 
 log = logging.getLogger("spoolq")
-# Ops whose reply the server keeps within max_reply (given to them as "limit"): fewer
-# records, or an error for queue names, owners or a metadata value that do not fit.
-_LIMITED = frozenset({"take", "peek", "peek_leased", "queues", "owners", "get_meta"})
-_SETTLING = frozenset({"ack", "release"})  # ops that end deliveries of this connection
-
 _MAX_LENGTH = 2**32 - 1  # the largest frame a frame's length field can tell
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""
 _CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
-# What the replies of one connection's reads on the engine thread may come to at once, at
-# their largest (max_reply each): more of them wait unstarted until one is answered, so a
-# client that pipelines large reads without reading the replies pins no more than this.
-_REPLY_BUDGET = 64 * 1024 * 1024
-# What the records (and ids) of one connection's requests waiting on the engine thread may
-# come to at once: more wait unread, so a client that pipelines large appends faster than
-# the engine writes them pins no more than this (and one request), not MAX_INFLIGHT frames.
-_REQUEST_BUDGET = 64 * 1024 * 1024
-_ITEM_COST = 64  # bytes a record or id of a request takes in memory besides its data
-
-
-def _reserves(req: Request) -> bool:
-    """Whether ``req`` counts against _REPLY_BUDGET while in flight: a read whose reply
-    may take up to max_reply, but not a long-polling take (which may wait for long, and
-    takes each record once)."""
-    return req.op in _LIMITED and not (req.op == "take" and req.args["wait"] > 0
-                                       and req.args["n"])
-
-
-def _request_cost(req: Request) -> int:
-    """About the memory ``req``'s records, ids or value hold while it waits to run."""
-    op, args = req.op, req.args
-    if op == "append":
-        records = args["records"]
-        return sum(map(len, records)) + _ITEM_COST * len(records)
-    if op == "restore":
-        records = args["records"]
-        return sum(map(len, records[1::RECORD_FIELDS])) + _ITEM_COST * len(records)
-    if op in _SETTLING:
-        return _ITEM_COST * len(args["deliveries"])
-    if op == "move":
-        return _ITEM_COST * len(args["ids"] or ())
-    if op == "set_meta":
-        return len(args["value"])
-    return 0
 
 
 def _version() -> str:
@@ -116,8 +76,8 @@ class Session(Deliveries, asyncio.Protocol):
         self.delivered: dict[str, dict[int, Delivery]] = {}
         self._sweep_at: dict[str, int] = {}
         self.inflight = 0
-        self._reserved = 0  # requests in flight that hold a share of _REPLY_BUDGET
-        self._held = 0  # the _request_cost of the requests in flight
+        self._reserved = 0  # requests in flight that hold a share of the reply budget
+        self._held = 0  # the request_cost of the requests in flight
         self.closed = False
         self.max_reply = min(server.max_frame, _MAX_LENGTH)
         self.max_one = self.max_reply  # a reply of one record, which may be larger
@@ -202,13 +162,9 @@ class Session(Deliveries, asyncio.Protocol):
         self.update_reading()
 
     def _must_wait(self, req: Request) -> bool:
-        """Whether ``req`` must wait for a reply in flight to go first: its reply, with
-        those of the requests in flight, could exceed _REPLY_BUDGET, or its records, with
-        theirs, _REQUEST_BUDGET."""
-        if self._reserved and _reserves(req) \
-                and (self._reserved + 1) * self.max_reply > _REPLY_BUDGET:
-            return True
-        return bool(self._held) and self._held + _request_cost(req) > _REQUEST_BUDGET
+        """Whether ``req`` must wait for a request in flight to be answered first (see
+        :func:`spoolq._inflight.too_much`)."""
+        return too_much(req, self._reserved, self._held, self.max_reply)
 
     def _uncork(self) -> None:
         out, self._corked = self._corked, None
@@ -380,7 +336,7 @@ class Session(Deliveries, asyncio.Protocol):
             self._unregister()
             self._write(encode_reply(req.id, None))
             return
-        if op in _LIMITED:
+        if op in LIMITED:
             args["limit"] = self.max_reply
             args["limit_one"] = self.max_one
         if op == "take" and not args["n"]:
@@ -400,14 +356,14 @@ class Session(Deliveries, asyncio.Protocol):
                         self._give_back(args, result)
                         return
                     self._delivered(args, result)
-                elif op in _SETTLING:
+                elif op in SETTLING:
                     self._settled(args)
                 self._write(encode_reply(req.id, result))
                 return
         self.inflight += 1
-        if _reserves(req):
+        if reserves(req):
             self._reserved += 1
-        self._held += _request_cost(req)
+        self._held += request_cost(req)
         if self.inflight == 1:
             self.server.busy.add(self)
         self.update_reading()
@@ -421,10 +377,10 @@ class Session(Deliveries, asyncio.Protocol):
 
     def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
         self.inflight -= 1
-        if _reserves(req):
+        if reserves(req):
             self._reserved -= 1
-        self._held -= _request_cost(req)
-        if error is None and req.op in _SETTLING:
+        self._held -= request_cost(req)
+        if error is None and req.op in SETTLING:
             self._settled(req.args)
         if self.closed or self._failing():
             if req.op == "take" and error is None and record_count(result):
