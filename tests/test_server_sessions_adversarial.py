@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from spoolq.engines import open_engine
-from spoolq.protocol import encode_preamble
+import spoolq
+from spoolq.engines import Lease, open_engine
+from spoolq.protocol import ErrorCode, encode_preamble
 
 from .servers import ThreadedServer, reply_frames, request_frame
 
@@ -127,3 +128,57 @@ def test_pipelined_large_appends_held_in_flight_stay_bounded() -> None:
             engine.gate.set()
             sock.close()
         assert engine.counts("gated")[0] == count
+
+
+class _FailingSecondTake:
+    """An SQLite engine whose takes fail, as a lock another process holds makes them fail,
+    from the ``fail_from``-th on (counted from 1; 0: none fail)."""
+
+    def __init__(self, path: Path) -> None:
+        self._inner = open_engine(path)
+        self.name = self._inner.name
+        self.takes = 0
+        self.fail_from = 0
+
+    def take(self, queue: str, n: int, now: float, lease: Lease | None) -> Any:
+        self.takes += 1
+        if self.fail_from and self.takes >= self.fail_from:
+            raise spoolq.LockTimeout("database is locked")
+        return self._inner.take(queue, n, now, lease)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+@pytest.mark.parametrize("leased", [False, True])
+def test_a_take_read_in_chunks_whose_later_chunk_fails_takes_nothing(
+        tmp_path: Path, leased: bool) -> None:
+    """A take of many records reads them in chunks, each its own engine call. When a
+    later chunk fails, the client gets the error and the records of the earlier chunks
+    go back: a get whose chunks failed half-way removed them for good."""
+    engine = _FailingSecondTake(tmp_path / "q.sqlite")
+    engine.append("jobs", [b"L" * 4000], [4000], 1.0)
+    engine.take("jobs", 1, 1.0, Lease("other", 1e12))  # a large record, leased elsewhere
+    engine.append("jobs", [b"small %d" % i for i in range(3)], [7] * 3, 1.0)
+    engine.fail_from = engine.takes + 2  # the second chunk of the next take fails
+    with ThreadedServer(":memory:", engine=engine) as srv:
+        sock = _connect(srv.url)
+        try:
+            now = time.time()
+            sock.sendall(encode_preamble() + request_frame(1, "hello", max_reply=1024)
+                         + request_frame(2, "take", queue="jobs", n=10, now=now,
+                                         lease=["me", now + 600] if leased else None))
+            data = b""
+            while len(reply_frames(data[8:])) < 2:
+                chunk = sock.recv(1 << 16)
+                assert chunk, "the server closed the connection"
+                data += chunk
+            (_, _, _), (ftype, ident, body) = reply_frames(data[8:])
+            assert (ftype, ident, body["code"]) == (4, 2, ErrorCode.LOCK_TIMEOUT)
+        finally:
+            sock.close()
+        assert engine.takes == engine.fail_from, "the take was not read in two chunks"
+        engine.fail_from = 0
+        assert tuple(engine.counts("jobs"))[:2] == (3, 1)
+        assert [(r.data, r.attempts) for r in engine.peek("jobs", 10)] == [
+            (b"small %d" % i, 0) for i in range(3)]

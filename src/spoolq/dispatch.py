@@ -47,8 +47,25 @@ _T = TypeVar("_T")
 def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     limit = a.get("limit")
-    recs = gather(engine, a["queue"], a["n"], limit,
-                   lambda k, _: engine.take(a["queue"], k, a["now"], lease))
+    taken: list[StoredRecord] = []
+
+    def fetch(k: int, _: int) -> list[StoredRecord]:
+        got = engine.take(a["queue"], k, a["now"], lease)
+        taken.extend(got)
+        return got
+
+    try:
+        recs = gather(engine, a["queue"], a["n"], limit, fetch)
+    except Exception:
+        # A later chunk failed: the take answers with the error, so the records of the
+        # chunks before it go back, as if it had taken nothing.
+        if taken:
+            try:
+                _give_back(engine, a["queue"], taken, lease)
+            except Exception:
+                log.exception("spoolq: giving back %d records a failed take removed from %r "
+                              "failed", len(taken), a["queue"])
+        raise
     if limit is not None and recs and reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
         try:
