@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -17,9 +18,10 @@ import pytest
 
 import spoolq
 from spoolq.engines import Lease, open_engine
+from spoolq.engines.remote import RemoteEngine
 from spoolq.protocol import ErrorCode, encode_preamble
 
-from .servers import ThreadedServer, reply_frames, request_frame
+from .servers import ThreadedServer, reply_frames, request_frame, wait_until
 
 
 class _GatedAppend:
@@ -182,3 +184,33 @@ def test_a_take_read_in_chunks_whose_later_chunk_fails_takes_nothing(
         assert tuple(engine.counts("jobs"))[:2] == (3, 1)
         assert [(r.data, r.attempts) for r in engine.peek("jobs", 10)] == [
             (b"small %d" % i, 0) for i in range(3)]
+
+
+@pytest.mark.parametrize("path", [":memory:", "q.sqlite"])
+def test_a_connection_reset_with_pipelined_leases_in_every_state_gives_each_back_once(
+        tmp_path: Path, path: str) -> None:
+    """A client pipelines more lease takes than MAX_INFLIGHT, reads some replies and
+    resets the connection: the records it read, those whose replies it did not read,
+    those of takes still running and those never read by the server all end up ready,
+    each released at most once (attempts 0 or 1)."""
+    with ThreadedServer(path if path == ":memory:" else str(tmp_path / path)) as srv:
+        client = RemoteEngine(srv.url)
+        try:
+            client.append("m", [b"x"] * 600, [1] * 600, time.time())
+            sock = _connect(srv.url)
+            now = time.time()
+            sock.sendall(encode_preamble() + b"".join(
+                request_frame(i, "take", queue="m", n=1, now=now, lease=["me", now + 600])
+                for i in range(1, 601)))
+            data = b""
+            while len(reply_frames(data[8:])) < 100:
+                chunk = sock.recv(4096)
+                assert chunk, "the server closed the connection"
+                data += chunk
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            wait_until(lambda: tuple(client.counts("m"))[:2] == (600, 0), within=10)
+            attempts = [r.attempts for r in client.peek("m", 1000)]
+        finally:
+            client.close()
+        assert len(attempts) == 600 and set(attempts) <= {0, 1}
