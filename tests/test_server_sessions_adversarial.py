@@ -214,3 +214,55 @@ def test_a_connection_reset_with_pipelined_leases_in_every_state_gives_each_back
         finally:
             client.close()
         assert len(attempts) == 600 and set(attempts) <= {0, 1}
+
+
+class _FailingGiveBack:
+    """An SQLite engine whose restores and releases fail once ``failing`` is set, as a
+    lock another process holds makes them fail."""
+
+    def __init__(self, path: Path) -> None:
+        self._inner = open_engine(path)
+        self.name = self._inner.name
+        self.failing = False
+
+    def restore(self, queue: str, records: Any) -> None:
+        if self.failing:
+            raise spoolq.LockTimeout("database is locked")
+        self._inner.restore(queue, records)
+
+    def release(self, queue: str, deliveries: Any, owner: str, **options: Any) -> list[int]:
+        if self.failing:
+            raise spoolq.LockTimeout("database is locked")
+        return self._inner.release(queue, deliveries, owner, **options)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+@pytest.mark.parametrize("leased", [False, True])
+def test_a_take_whose_surplus_cannot_go_back_still_answers_with_what_it_took(
+        tmp_path: Path, leased: bool) -> None:
+    """A take reads more records than its reply holds and gives the rest back. When that
+    give-back fails, the records that fit are still sent: the take had removed (or
+    leased) them, and an error reply lost them for good (a get) or left them held,
+    unknown to the client, until their lease ran out."""
+    engine = _FailingGiveBack(tmp_path / "q.sqlite")
+    engine.append("jobs", [b"%d" % i * 400 for i in range(3)], [400] * 3, 1.0)
+    engine.failing = True
+    with ThreadedServer(":memory:", engine=engine) as srv:
+        sock = _connect(srv.url)
+        try:
+            now = time.time()
+            sock.sendall(encode_preamble() + request_frame(1, "hello", max_reply=1024)
+                         + request_frame(2, "take", queue="jobs", n=10, now=now,
+                                         lease=["me", now + 600] if leased else None))
+            data = b""
+            while len(reply_frames(data[8:])) < 2:
+                chunk = sock.recv(1 << 16)
+                assert chunk, "the server closed the connection"
+                data += chunk
+            (_, _, _), (ftype, ident, body) = reply_frames(data[8:])
+            assert (ftype, ident) == (3, 2), body
+            assert body[1::6] == [b"0" * 400, b"1" * 400]
+        finally:
+            sock.close()

@@ -60,11 +60,7 @@ def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
         # A later chunk failed: the take answers with the error, so the records of the
         # chunks before it go back, as if it had taken nothing.
         if taken:
-            try:
-                _give_back(engine, a["queue"], taken, lease)
-            except Exception:
-                log.exception("spoolq: giving back %d records a failed take removed from %r "
-                              "failed", len(taken), a["queue"])
+            _give_back_logged(engine, a["queue"], taken, lease)
         raise
     if limit is not None and recs and reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
@@ -73,9 +69,22 @@ def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
         except ConfigurationError:
             _give_back(engine, a["queue"], recs, lease)
             raise
-        _give_back(engine, a["queue"], recs[keep:], lease)
+        # The records kept are taken: they are sent even if the rest cannot go back.
+        _give_back_logged(engine, a["queue"], recs[keep:], lease)
         recs = recs[:keep]
     return encode_records(recs), set()
+
+
+def _give_back_logged(engine: Engine, queue_name: str, recs: list[StoredRecord],
+                      lease: Lease | None) -> None:
+    """:func:`_give_back`, logging a failure instead of raising it (the caller's outcome
+    does not depend on it)."""
+    try:
+        _give_back(engine, queue_name, recs, lease)
+    except Exception:
+        log.exception("spoolq: the %d records a take from %r did not send could not go "
+                      "back: %s", len(recs), queue_name, "they are lost" if lease is None
+                      else "they stay leased until their lease runs out")
 
 
 def _peek(engine: Engine, a: dict[str, Any]) -> list[Any]:
