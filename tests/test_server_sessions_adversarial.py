@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import spoolq
+import spoolq.server
 from spoolq.engines import Lease, open_engine
 from spoolq.engines.remote import RemoteEngine
 from spoolq.protocol import ErrorCode, encode_preamble
@@ -266,3 +267,55 @@ def test_a_take_whose_surplus_cannot_go_back_still_answers_with_what_it_took(
             assert body[1::6] == [b"0" * 400, b"1" * 400]
         finally:
             sock.close()
+
+
+def test_a_slow_reader_is_cut_off_when_the_shutdown_grace_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client reads its replies, but slowly: it never stalls for a second, so the
+    shutdown does not cut it off early. When the grace period ends the server cuts it off
+    like a client that does not read (its unsent replies lost, its lease back) before it
+    ends; it left the connection open, with its lease kept, past the server's end (and on
+    Python 3.12, whose Server.wait_closed() waits for every connection, the shutdown
+    waited for the slow reader to read everything)."""
+    monkeypatch.setattr(spoolq.server, "_SHUTDOWN_GRACE", 2.0)
+    path = tmp_path / "q.sqlite"
+    eng = open_engine(path)
+    big = b"b" * (1 << 20)
+    eng.append("big", [big], [len(big)], 1.0)
+    eng.append("jobs", [b"job"], [3], 1.0)
+    eng.close()
+    srv = ThreadedServer(str(path))
+    host, port = srv.url.removeprefix("spoolq://").rsplit(":", 1)
+    sock = socket.socket()
+    reading = threading.Event()
+    reading.set()
+
+    def read_slowly() -> None:
+        with contextlib.suppress(OSError):
+            while reading.is_set() and sock.recv(2048):
+                time.sleep(0.05)
+
+    reader = threading.Thread(target=read_slowly)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect((host, int(port)))
+        now = time.time()
+        sock.sendall(encode_preamble() + request_frame(
+            1, "take", queue="jobs", n=1, now=now, lease=["slow", now + 600]) + b"".join(
+            request_frame(i, "peek", queue="big", n=1) for i in range(2, 22)))
+        reader.start()
+        time.sleep(0.3)
+        srv.stop()
+        assert srv.server is not None and not srv.server.connections
+    finally:
+        reading.clear()
+        if reader.is_alive():
+            reader.join(10)
+        sock.close()
+        srv.stop()
+    check = open_engine(path)
+    try:
+        assert tuple(check.counts("jobs"))[:2] == (1, 0), "the slow reader's lease stayed"
+    finally:
+        check.close()

@@ -196,6 +196,8 @@ class Server:
             self.connection_closed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.connection_closed.wait(), 0.05)
+        for conn in list(self.connections):  # still sending when the grace period ended
+            conn.abandon(None)
         if self._server is not None:
             await self._server.wait_closed()
         self.runner.stop()

@@ -257,23 +257,27 @@ class Session(Deliveries, asyncio.Protocol):
         except (AttributeError, RuntimeError):
             return 0
 
-    def abandon(self, stalled: float) -> None:
+    def abandon(self, stalled: float | None) -> None:
         """Cut the connection off at shutdown: its client has read nothing for
-        ``stalled`` seconds. When replies were left unsent, the leases it delivered go
-        back (the client may never get them), as for a connection that dropped; a client
-        that got every reply (a TLS client that does not answer the close) keeps them."""
+        ``stalled`` seconds (None: the shutdown's grace period ended). When replies were
+        left unsent, the leases it delivered go back (the client may never get them), as
+        for a connection that dropped; a client that got every reply (a TLS client that
+        does not answer the close) keeps them."""
         unsent = self.unsent()
         self.closed = True
         self._abandoned = unsent > 0
         if self.transport is not None:
-            if unsent:
+            if unsent and stalled is None:
+                log.warning("spoolq: dropping the connection from %s: the shutdown's grace "
+                            "period ended before its client read its replies (%d bytes "
+                            "unsent)", self.peer, unsent)
+            elif unsent:
                 log.warning("spoolq: dropping the connection from %s: it read none of its "
                             "replies for %.1f s while the server stopped (%d bytes unsent)",
                             self.peer, stalled, unsent)
             else:
                 log.info("spoolq: dropping the connection from %s: it got every reply but "
-                         "did not close its connection within %.1f s while the server "
-                         "stopped", self.peer, stalled)
+                         "did not close its connection while the server stopped", self.peer)
             self.transport.abort()
 
     def update_reading(self) -> None:
