@@ -4,6 +4,7 @@ of a reply, connecting within one deadline, and what the server logs of TLS clie
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import threading
@@ -137,3 +138,33 @@ def test_connecting_over_tls_takes_connect_timeout_in_all(tmp_path: Path) -> Non
             assert time.monotonic() - start < 1.7
         finally:
             relay.close()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_replies_of_one_record_beyond_max_frame_stay_within_the_reply_budget(
+        tmp_path: Path) -> None:
+    # A reply of one record larger than --max-frame may be as large as the client's
+    # max_reply: the reads a connection has in flight are budgeted at that size, or 40
+    # pipelined peeks of a 6 MiB record ran at once, the server holding 40 such replies.
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path, serializer="raw", compressor="none") as q:
+        q.put(os.urandom(6 << 20))
+    with ServerProcess(path, "--max-frame", str(1 << 20)) as server:
+        before = _peak_rss_mb(server.proc.pid)
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"SPOOLQ\x00\x02" + encode_frame(FrameType.AUTH, 1, {})
+                         + request_frame(2, "hello", max_reply=16 << 20)
+                         + b"".join(request_frame(3 + k, "peek", queue="default", n=1)
+                                    for k in range(40)))
+            time.sleep(1.5)  # replies unread: the server holds what it built
+            grown = _peak_rss_mb(server.proc.pid) - before
+            frames = _frames(sock, 42)
+        assert all(len(body) > 6 << 20 for _, _, body in frames[2:])
+        assert grown < 120, f"the server grew {grown:.0f} MiB"

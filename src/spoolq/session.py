@@ -164,7 +164,7 @@ class Session(Deliveries, asyncio.Protocol):
     def _must_wait(self, req: Request) -> bool:
         """Whether ``req`` must wait for a request in flight to be answered first (see
         :func:`spoolq._inflight.too_much`)."""
-        return too_much(req, self._reserved, self._held, self.max_reply)
+        return too_much(req, self._reserved, self._held, self.max_one)
 
     def _uncork(self) -> None:
         out, self._corked = self._corked, None
