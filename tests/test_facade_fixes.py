@@ -248,7 +248,7 @@ def test_sync_close_gives_back_what_a_waiting_get_many_holds(
 
 async def test_async_close_gives_back_what_a_waiting_get_many_holds(
         either_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spoolq.aio, "_CLOSE_WAIT", 0.1)
+    monkeypatch.setattr(spoolq._aioclose, "_CLOSE_WAIT", 0.1)
     engine = _Gated(open_engine(either_path))
     q: Queue[str] = await Queue.create(either_path, engine=engine)
     await q.put("a")
