@@ -169,7 +169,7 @@ class Codec:
 
     def __init__(self, serializer: object = "cbor", compressor: object = "zstd", *,
                  threshold: int = 128) -> None:
-        if not isinstance(threshold, int) or threshold < 0:
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise ConfigurationError(f"threshold must be a non-negative int, not {threshold!r}")
         self._ser_id, self.serializer_name, self._ser = _resolve(
             "serializer", serializer, SERIALIZERS, ("dumps", "loads"))
