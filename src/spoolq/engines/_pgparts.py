@@ -16,6 +16,7 @@ from .base import (
     StoredRecord,
     as_bytes,
     as_queue_name,
+    as_records,
     as_text,
     checked_records,
     never_given,
@@ -90,9 +91,7 @@ def checked_batch(queue: str, records: Sequence[bytes]) -> Sequence[bytes]:
     """The records of an ``append`` to ``queue``: TypeError for a name that is not a str or
     a record that is not bytes-like; bytes-like records other than bytes are copied."""
     as_queue_name(queue)
-    if all(type(record) is bytes for record in records):
-        return records
-    return [as_bytes(record, "a record") for record in records]
+    return as_records(records)
 
 
 def checked_restore(where: str, queue: str,

@@ -36,8 +36,8 @@ from .base import (
     LeasedRecord,
     PageEnds,
     StoredRecord,
-    as_bytes,
     as_queue_name,
+    as_records,
     batch_given,
     check_window,
     due_by,
@@ -56,7 +56,6 @@ _ROW_ROOM = 1024  # bytes of a row beside its record: the other columns and a re
 _ALWAYS_FITS = 32 * 1024  # a record this small needs no look at the limit: far below it
 _MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
 _data, _raw_size = itemgetter(1), itemgetter(2)
-_ONLY_BYTES = {bytes}
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
@@ -212,10 +211,7 @@ class SQLiteEngine(LeaseSettling):
         if not batch_given(records, raw_sizes):
             return []
         queue = as_queue_name(queue)  # SQLite would keep b"q" as a queue apart from "q"
-        if type(records[0]) is not bytes or (len(records) > 1
-                                            and {*map(type, records)} != _ONLY_BYTES):
-            # SQLite would keep text as text, counted in characters and taken as bytes.
-            records = [as_bytes(r, "a record") for r in records]
+        records = as_records(records)
         self.check_records(queue, records)
         last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
