@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .groupcommit import GroupCommit, Ticket
 
-__all__ = ["errors_of", "keep_waiting", "left_after"]
+__all__ = ["errors_of", "keep_waiting"]
 
 
 def errors_of(tickets: list[Ticket], error: BaseException | None,
@@ -14,16 +14,6 @@ def errors_of(tickets: list[Ticket], error: BaseException | None,
     whose records were all stored (or handed out from the buffer) gets none, as its put
     is in the queue, and a caller who put it again would store it twice."""
     return [error if n else None for n in counts]
-
-
-def left_after(counts: list[int], stored: int) -> list[int]:
-    """Each ticket's count of records not among the first ``stored`` of a batch."""
-    left = []
-    for n in counts:
-        taken = min(n, stored)
-        stored -= taken
-        left.append(n - taken)
-    return left
 
 
 def keep_waiting(group: GroupCommit, records: list[bytes], sizes: list[int],

@@ -6,7 +6,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["GroupCommit", "Ticket"]
+__all__ = ["GroupCommit", "Ticket", "left_after"]
+
+
+def left_after(counts: list[int], taken: int) -> list[int]:
+    """Each ticket's count of records not among the first ``taken`` of a batch."""
+    left = []
+    for n in counts:
+        off = min(n, taken)
+        taken -= off
+        left.append(n - off)
+    return left
 
 
 class Ticket:
@@ -106,13 +116,7 @@ class GroupCommit:
             if not self._records:
                 tickets, self._tickets, self._counts = self._tickets, [], []
                 return records, sizes, tickets
-            left = len(records)
-            for k, count in enumerate(self._counts):
-                if not left:
-                    break
-                taken = min(count, left)
-                self._counts[k] -= taken
-                left -= taken
+            self._counts = left_after(self._counts, len(records))
             return records, sizes, tickets
 
     def take_all(self, writing: bool = True) -> tuple[list[bytes], list[int], list[Ticket]]:

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-from ._ticketcounts import errors_of, keep_waiting, left_after
+from ._ticketcounts import errors_of, keep_waiting
 from .codec import Codec
 from .engines import Counts, Engine
 from .engines.base import stored_before_failure
 from .errors import ClosedError, QueueShutDown, Unavailable
-from .groupcommit import GroupCommit, Ticket
+from .groupcommit import GroupCommit, Ticket, left_after
 from .settings import Settings
 from .zdict import train_dictionary
 
