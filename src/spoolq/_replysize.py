@@ -59,6 +59,14 @@ def _too_large(ident: int, size: int, limit: int, queue_name: str) -> Configurat
         f"engine_options={{'max_reply': ...}} to receive it")
 
 
+def _alone(ident: int, size: int, limit: int, limit_one: int | None, queue_name: str) -> int:
+    """1 when a first record that fits no reply of ``limit`` bytes, its reply ``size``
+    bytes, goes out alone within ``limit_one``; else a ConfigurationError naming it."""
+    if limit_one is not None and size <= limit_one:
+        return 1
+    raise _too_large(ident, size, max(limit, limit_one or 0), queue_name)
+
+
 def fitting(recs: Sequence[StoredRecord], limit: int, queue_name: str,
             limit_one: int | None = None) -> int:
     """How many of ``recs``, from the first, fit in a reply frame of ``limit`` bytes (as
@@ -71,10 +79,8 @@ def fitting(recs: Sequence[StoredRecord], limit: int, queue_name: str,
             break
         keep += 1
     if not keep and recs:
-        alone = _FRAME_HEAD + _head(RECORD_FIELDS) + size
-        if limit_one is not None and alone <= limit_one:
-            return 1
-        raise _too_large(recs[0].id, alone, max(limit, limit_one or 0), queue_name)
+        return _alone(recs[0].id, _FRAME_HEAD + _head(RECORD_FIELDS) + size, limit, limit_one,
+                      queue_name)
     return keep
 
 
@@ -89,10 +95,8 @@ def fitting_leased(recs: Sequence[LeasedRecord], limit: int, queue_name: str,
             break
         keep = k
     if not keep and recs:
-        alone = _FRAME_HEAD + 1 + _head(RECORD_FIELDS) + 2 * _head(1) + size
-        if limit_one is not None and alone <= limit_one:
-            return 1
-        raise _too_large(recs[0].record.id, alone, max(limit, limit_one or 0), queue_name)
+        return _alone(recs[0].record.id, _FRAME_HEAD + 1 + _head(RECORD_FIELDS) + 2 * _head(1)
+                      + size, limit, limit_one, queue_name)
     return keep
 
 
