@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import marshal
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import spoolq
 from spoolq.codec import COMPRESSORS, HEADER_SIZE, Codec, record_codec_names
+from spoolq.engines import open_engine
+from spoolq.engines.base import dead_queue_name
 
 try:
     import lzo  # noqa: F401
@@ -187,3 +190,77 @@ def test_decode_all_takes_own_records_and_hands_any_other_batch_back() -> None:
         # goes back to decode(), which reads each one or names the failure.
         assert codec.decode_all([records[0], odd, records[2]]) is None
     assert codec.decode(foreign) == "long " * 100
+
+
+class LockedZlib:
+    """A custom compressor that can read back only while it is unlocked (as one whose
+    key lives elsewhere)."""
+
+    name = "locked-zlib"
+
+    def __init__(self, unlocked: bool = True) -> None:
+        self.unlocked = unlocked
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data)
+
+    def decompress(self, data: bytes) -> bytes:
+        if not self.unlocked:
+            raise PermissionError("the key is not loaded")
+        return zlib.decompress(data)
+
+
+class LockedUpper(Upper):
+    """A custom serializer that can read back only while it is unlocked."""
+
+    name = "locked-upper"
+
+    def __init__(self, unlocked: bool = True) -> None:
+        self.unlocked = unlocked
+
+    def loads(self, data: bytes) -> Any:
+        if not self.unlocked:
+            raise PermissionError("the key is not loaded")
+        return data.decode()
+
+
+def test_a_failing_custom_decompress_is_the_compressor_s_failure_not_damage() -> None:
+    record, _ = Codec("json", LockedZlib(), threshold=0).encode("abc" * 50)
+    with pytest.raises(spoolq.SerializationError,
+                       match="record 7 could not be decompressed by the custom compressor "
+                             "'locked-zlib': the key is not loaded") as raised:
+        Codec("json", LockedZlib(unlocked=False)).decode(record, 7)
+    assert not isinstance(raised.value, spoolq.CorruptError)
+    assert isinstance(raised.value.__cause__, PermissionError)
+    # As a failing custom serializer is reported.
+    record, _ = Codec(LockedUpper(), "none").encode("abc")
+    with pytest.raises(spoolq.SerializationError, match="the key is not loaded"):
+        Codec(LockedUpper(unlocked=False), "none").decode(record, 7)
+
+
+@pytest.mark.parametrize("failing", ["compressor", "serializer"])
+def test_a_record_a_custom_codec_fails_to_read_goes_to_the_dead_letters_naming_it(
+        tmp_path: Path, failing: str) -> None:
+    path = tmp_path / "q.sqlite"
+
+    def codecs(unlocked: bool) -> dict[str, Any]:
+        if failing == "compressor":
+            return {"serializer": "json", "compressor": LockedZlib(unlocked)}
+        return {"serializer": LockedUpper(unlocked), "compressor": "none"}
+
+    with spoolq.SyncQueue.create(path, **codecs(True)) as q:
+        q.put("abc" * 100)
+    with spoolq.SyncQueue.create(path, max_attempts=3, **codecs(False)) as q:
+        with pytest.raises(spoolq.Empty):
+            q.get(timeout=0)
+        assert (q.stats["count"], q.stats["dead"]) == (0, 1)
+    engine = open_engine(path, read_only=True)
+    try:
+        (dead,) = engine.peek(dead_queue_name("default"), 10)
+    finally:
+        engine.close()
+    assert dead.reason is not None
+    assert dead.reason.startswith("cannot be decoded: record 1 could not be ")
+    assert "the key is not loaded" in dead.reason
+    if failing == "compressor":
+        assert "custom compressor 'locked-zlib'" in dead.reason

@@ -440,6 +440,9 @@ class Codec:
         try:
             data = comp.decompress(payload)
         except Exception as exc:
+            if comp_id == CUSTOM_ID:  # the checksum passed: the compressor failed, not the file
+                raise SerializationError(f"{where} could not be decompressed by the custom "
+                                         f"compressor {name!r}: {exc}") from exc
             raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
         if isinstance(data, (bytes, bytearray, memoryview)):
             if len(data) > MAX_UNPACKED_SIZE:
