@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from spoolq.engines import SQLiteEngine
+from spoolq.engines import Lease, SQLiteEngine
+from spoolq.errors import EngineError
 from tests.cli_support import ROOT
 
 
@@ -157,3 +159,33 @@ def test_a_restore_of_a_field_of_the_wrong_type_is_refused(
     engine.restore("q", taken)
     assert engine.take("q", 5, 0.0, None) == taken
     assert engine.counts("q") == (0, 0, 0, 0)
+
+
+# ---- times that are NaN -------------------------------------------------------------------
+
+def test_times_that_are_nan_are_refused_naming_the_argument(engine: SQLiteEngine) -> None:
+    # SQLite stores NaN as NULL: each call failed on a NOT NULL constraint of a column
+    # ("spoolq_leased.until"), which names no argument of the call.
+    engine.append("q", [b"a", b"b"], [1, 1], 0.0)
+    held = [(r.id, r.attempts) for r in engine.take("q", 1, 0.0, Lease("me", 60.0))]
+    taken = engine.take("q", 1, 0.0, None)
+    before = _rows(engine)
+    with pytest.raises(EngineError, match="append failed: now is NaN, not a time"):
+        engine.append("q", [b"x"], [1], math.nan)
+    with pytest.raises(EngineError, match="take failed: the lease's end is NaN, not a time"):
+        engine.take("q", 1, 0.0, Lease("me", math.nan))
+    for max_attempts in (None, 1):
+        with pytest.raises(EngineError, match="release failed: not_before is NaN, not a time"):
+            engine.release("q", held, "me", not_before=math.nan, max_attempts=max_attempts)
+    with pytest.raises(EngineError, match="the enqueue time of record 2 is NaN, not a time"):
+        engine.restore("q", [taken[0]._replace(enqueued_at=math.nan)])
+    assert _rows(engine) == before
+    assert engine.counts("q.dead") == (0, 0, 0, 0)
+    # No record is ready at NaN, and no lease ends at it: a take or an expire at NaN
+    # does nothing, as on every engine.
+    assert engine.take("q", 1, math.nan, Lease("me", 60.0)) == []
+    assert engine.expire("q", math.nan) == 0
+    assert _rows(engine) == before
+    # Infinite times are times.
+    assert engine.release("q", held, "me", not_before=math.inf, max_attempts=None) == [1]
+    assert [r.data for r in engine.take("q", 1, math.inf, None)] == [b"a"]

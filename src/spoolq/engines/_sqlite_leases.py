@@ -24,6 +24,7 @@ from .base import (
     dead_queue_name,
     distinct_ids,
     never_given,
+    refuse_nan,
     restore_refused,
 )
 
@@ -56,7 +57,11 @@ class LeaseSettling:
         if records:
             # Checked first: SQLite would keep text as a record or a reason, or a time that
             # is not a number, and count a text record in characters instead of bytes.
-            self._txn("restore", self._restore, as_queue_name(queue), checked_records(records))
+            records = checked_records(records)
+            for rec in records:  # SQLite would store NaN as NULL
+                refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
+                           rec.enqueued_at)
+            self._txn("restore", self._restore, as_queue_name(queue), records)
 
     def _restore(self, conn: sqlite3.Connection, queue: str,
                  records: Sequence[StoredRecord]) -> None:
@@ -124,6 +129,7 @@ class LeaseSettling:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        refuse_nan(self.path, "release", "not_before", not_before)  # SQLite would store NULL
         deliveries = in_range(deliveries)
         if not deliveries:
             return []

@@ -42,6 +42,8 @@ from .base import (
     check_window,
     due_by,
     forks,
+    nothing_visible,
+    refuse_nan,
 )
 
 __all__ = ["SQLiteEngine"]
@@ -213,6 +215,7 @@ class SQLiteEngine(LeaseSettling):
         queue = as_queue_name(queue)  # SQLite would keep b"q" as a queue apart from "q"
         records = as_records(records)
         self.check_records(queue, records)
+        refuse_nan(self.path, "append", "now", now)  # SQLite would store NULL
         last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
 
@@ -266,6 +269,8 @@ class SQLiteEngine(LeaseSettling):
         if n <= 0:
             return []  # LIMIT would read a negative n as no limit at all
         n = min(n, _MAX_INT)  # a larger n means every ready record all the same
+        if nothing_visible(self.path, now, lease):
+            return []
         now = due_by(now)  # new rows are visible from 0 (the column's default) on
         rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
         if lease is None:
