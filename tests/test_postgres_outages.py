@@ -20,9 +20,11 @@ import spoolq
 if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
     pytest.importorskip("psycopg", reason="psycopg is not installed (spoolq[postgres])")
 
+import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from spoolq.engines import _pgpool
 from spoolq.engines.postgres import PostgresEngine
 
 from . import pg_support
@@ -307,6 +309,59 @@ def test_a_connection_attempt_nobody_answers_gives_up(relay: Relay, pg_schema: s
                 assert time.monotonic() - start < 3.0, "the pool never connected again"
     finally:
         eng.close()
+
+
+# ---- sessions the server ends ---------------------------------------------------------------
+
+def _with_options(url: str, options: str) -> str:
+    return make_conninfo(url, options=options)
+
+
+def _server_version(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.info.server_version
+
+
+@pytest.mark.parametrize("timeout", ["idle_session_timeout", "idle_in_transaction_session_timeout"])
+def test_a_session_ended_for_idling_is_a_lost_connection(pg_url: str, timeout: str) -> None:
+    """The server ends a session idle past its timeout with an error of its own (57P05,
+    25P03) rather than a connection exception (class 08): an outage, not a refusal."""
+    if timeout == "idle_session_timeout" and _server_version(pg_url) < 140000:
+        pytest.skip("idle_session_timeout is new in PostgreSQL 14")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET {} = '50ms'").format(sql.Identifier(timeout)))
+        if timeout != "idle_session_timeout":
+            conn.execute("BEGIN")
+        time.sleep(0.3)
+        with pytest.raises(spoolq.Unavailable, match="q: take failed: terminating") as raised:
+            with _pgpool.translated("q", "take", 1.0):
+                conn.execute("SELECT 1")
+    assert isinstance(raised.value.__cause__, psycopg.Error)
+    assert raised.value.__cause__.sqlstate in ("57P05", "25P03")
+
+
+def test_calls_meeting_idle_session_timeout_are_unavailable_not_failed(
+        pg_url: str, pg_schema: str) -> None:
+    """A pooled session the server ends for idling between the pool's check and the
+    call's statement fails the call as an outage (which a get or put rides out), never
+    as an error of the call itself."""
+    if _server_version(pg_url) < 140000:
+        pytest.skip("idle_session_timeout is new in PostgreSQL 14")
+    PostgresEngine(pg_url, schema=pg_schema).close()
+    eng = PostgresEngine(_with_options(pg_url, "-c idle_session_timeout=2"),
+                         schema=pg_schema, pool_size=1)
+    ended = 0
+    deadline = time.monotonic() + 20
+    try:
+        while ended < 3 and time.monotonic() < deadline:
+            try:
+                eng.counts("q")
+            except spoolq.Unavailable as exc:
+                ended += getattr(exc.__cause__, "sqlstate", None) == "57P05"
+            time.sleep(0.01)
+    finally:
+        eng.close()
+    assert ended == 3, "no call met a session the server ended for idling"
 
 
 # ---- settings ---------------------------------------------------------------------------------

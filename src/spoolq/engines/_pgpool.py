@@ -199,8 +199,9 @@ def release_pool(key: PoolKey) -> None:
     shared.pool.close()
 
 
-# Connection exceptions (class 08), and a server shutting down or starting up.
-_GONE_STATES = ("57P01", "57P02", "57P03")
+# Beside connection exceptions (class 08): a server shutting down or starting up, and
+# a session it ended for idling (idle_session_timeout, idle_in_transaction_session_timeout).
+_GONE_STATES = ("57P01", "57P02", "57P03", "57P05", "25P03")
 
 
 def connection_lost(exc: BaseException) -> bool:
