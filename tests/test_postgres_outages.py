@@ -333,9 +333,9 @@ def test_a_session_ended_for_idling_is_a_lost_connection(pg_url: str, timeout: s
         if timeout != "idle_session_timeout":
             conn.execute("BEGIN")
         time.sleep(0.3)
-        with pytest.raises(spoolq.Unavailable, match="q: take failed: terminating") as raised:
-            with _pgpool.translated("q", "take", 1.0):
-                conn.execute("SELECT 1")
+        with (pytest.raises(spoolq.Unavailable, match="q: take failed: terminating") as raised,
+              _pgpool.translated("q", "take", 1.0)):
+            conn.execute("SELECT 1")
     assert isinstance(raised.value.__cause__, psycopg.Error)
     assert raised.value.__cause__.sqlstate in ("57P05", "25P03")
 
