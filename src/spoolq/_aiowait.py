@@ -20,7 +20,7 @@ from typing import Any
 from ._outage import Outage
 from .core import QueueCore
 from .engines import WaitCancel
-from .errors import Empty, Full, QueueShutDown, Unavailable
+from .errors import ClosedError, Empty, Full, QueueShutDown, Unavailable
 from .groupcommit import Ticket
 from .settings import check_seconds
 from .worker import Worker, wait_pool
@@ -252,6 +252,15 @@ class Waiting:
             if line.pop(turn, 0) is None:
                 line[turn] = None
             self._pass_turn()
+
+    async def _recount_after_shutdown(self, deadline: float | None) -> bool:
+        """Read the file's counts before a get after shutdown calls the queue drained:
+        items other handles put before the shutdown are still to drain. True, also when
+        the file cannot be read now (closed, or a server away: drained, then)."""
+        if not self._immediate:  # (close() stops the worker)
+            with contextlib.suppress(ClosedError, Unavailable):
+                await self._refresh(deadline)
+        return True
 
     async def _refresh(self, deadline: float | None = None) -> None:
         """Re-read the counts (see :meth:`QueueCore.refresh`). Records they show, put

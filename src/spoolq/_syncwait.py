@@ -8,6 +8,7 @@ it works on the queue's state under the queue's condition, as the rest of the qu
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from collections.abc import Callable
 from ._outage import Outage
 from .core import QueueCore
 from .engines import WaitCancel
-from .errors import Unavailable
+from .errors import ClosedError, Unavailable
+from .settings import check_seconds
 
 __all__ = ["SyncWaiting"]
 
@@ -32,6 +34,12 @@ class SyncWaiting:
     _sleepers: int
     _long_polls: set[WaitCancel]
     _outage: Outage
+
+    @staticmethod
+    def _deadline(block: bool, timeout: float | None) -> float | None:
+        if not block or timeout is None:
+            return None
+        return time.monotonic() + check_seconds("timeout", timeout)
 
     def _wake(self) -> None:
         # A sleeper is counted (under self._cond) before it checks its condition: a change
@@ -136,3 +144,11 @@ class SyncWaiting:
         if took_nothing:  # items are promised but delayed: wait a poll unless closing
             return self._wait(deadline, lambda: self._immediate, core.next_visible())
         return self._wait(deadline, lambda: core.ready_hint() > 0 or self._shutdown)
+
+    def _recount_after_shutdown(self, deadline: float | None) -> bool:
+        """Read the file's counts before a get after shutdown calls the queue drained:
+        items other handles put before the shutdown are still to drain. True, also when
+        the file cannot be read now (closed, or a server away: drained, then)."""
+        with contextlib.suppress(ClosedError, Unavailable):
+            self._core.refresh(deadline)
+        return True

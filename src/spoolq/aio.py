@@ -258,19 +258,13 @@ class Queue(AsyncCounts, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
         turn = self._join_line()
         looked = False  # at the file's counts once more, as the timeout passed
         self._takers += 1
+        recounted = False  # after shutdown: at the file's counts, before calling it drained
         try:
             while True:
-                # Records of cancelled takes on their way back: take after them, or newer
-                # records would be handed out first (and the counts are short).
-                if self._unsettled and not await self._settle_cancelled_takes(deadline):
-                    if got:
-                        break
-                    raise Empty("the oldest items are on their way back from a cancelled "
-                                "get and the timeout passed")
-                if self._immediate or (self._shutdown and not got and self._drained()):
-                    raise QueueShutDown("the queue is shut down")
-                if self._shutdown and got and core.ready_hint() == 0:
-                    break  # nothing more can come: hand out the part batch
+                if self._shutdown and not recounted and core.ready_hint() == 0:
+                    recounted = await self._recount_after_shutdown(deadline)
+                if (self._unsettled or self._shutdown) and await self._ends_now(got, deadline):
+                    break
                 try:
                     if self._look_first(n is None, looked):
                         await self._refresh(deadline)
@@ -302,6 +296,21 @@ class Queue(AsyncCounts, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
             self._takers -= 1
             self._leave_line(turn)
         return got
+
+    async def _ends_now(self, got: list[Taken], deadline: float | None) -> bool:
+        """Whether a take that holds ``got`` hands it out now, before taking more; raises
+        :class:`Empty` or :class:`QueueShutDown` for one that ends holding nothing."""
+        # Records of cancelled takes on their way back: take after them, or newer records
+        # would be handed out first (and the counts are short).
+        if self._unsettled and not await self._settle_cancelled_takes(deadline):
+            if got:
+                return True
+            raise Empty("the oldest items are on their way back from a cancelled get and "
+                        "the timeout passed")
+        if self._immediate or (self._shutdown and not got and self._drained()):
+            raise QueueShutDown("the queue is shut down")
+        # Shut down and nothing more can come: hand out the part batch.
+        return bool(self._shutdown and got and self._core.ready_hint() == 0)
 
     async def get(self) -> T:
         """Remove and return the oldest item, waiting until one is ready.

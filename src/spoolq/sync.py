@@ -111,12 +111,6 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         if self._closed:
             raise ClosedError(f"queue {self._core.name!r} is closed")
 
-    @staticmethod
-    def _deadline(block: bool, timeout: float | None) -> float | None:
-        if not block or timeout is None:
-            return None
-        return time.monotonic() + check_seconds("timeout", timeout)
-
     # ---- putting ------------------------------------------------------------------------
 
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
@@ -277,7 +271,10 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         core = self._core
         take = partial(core.take, holding=holding, deadline=deadline)
         looked = False  # at the file's counts once more, as the timeout passed
+        recounted = False  # after shutdown: at the file's counts, before calling it drained
         while True:
+            if self._shutdown and not recounted and core.ready_hint() == 0:
+                recounted = self._recount_after_shutdown(deadline)
             if self._immediate or (self._shutdown and not got and core.ready_hint() == 0):
                 raise QueueShutDown("the queue is shut down")
             if self._shutdown and got and core.ready_hint() == 0:

@@ -1,0 +1,69 @@
+"""After shutdown(), gets drain what the file holds, not only what this handle last counted:
+items another handle put before the shutdown, within this handle's poll interval."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import spoolq
+
+
+def _put_elsewhere(path: str, items: list[int]) -> None:
+    with spoolq.SyncQueue.create(path) as other:
+        other.put_many(items)
+
+
+def test_sync_get_after_shutdown_drains_items_another_handle_put(shared_path: str) -> None:
+    with spoolq.SyncQueue.create(shared_path, poll_interval=60.0) as q:
+        assert q.qsize() == 0  # counted now; the next look at the file is a minute away
+        _put_elsewhere(shared_path, [1, 2, 3])
+        q.shutdown()
+        assert [q.get(timeout=5), q.get_nowait(), q.get()] == [1, 2, 3]
+        with pytest.raises(spoolq.QueueShutDown):
+            q.get(timeout=5)
+
+
+def test_sync_get_many_after_shutdown_hands_out_what_the_file_holds(shared_path: str) -> None:
+    with spoolq.SyncQueue.create(shared_path, poll_interval=60.0) as q:
+        assert q.qsize() == 0
+        _put_elsewhere(shared_path, [0, 1, 2])
+        q.shutdown()
+        assert q.get_many(10, timeout=5) == [0, 1, 2]
+        with pytest.raises(spoolq.QueueShutDown):
+            q.get_many(10, timeout=5)
+
+
+def test_async_get_after_shutdown_drains_items_another_handle_put(shared_path: str) -> None:
+    async def main() -> None:
+        q = await spoolq.Queue.create(shared_path, poll_interval=60.0)
+        try:
+            assert q.qsize() == 0
+            await asyncio.to_thread(_put_elsewhere, shared_path, [1, 2, 3])
+            q.shutdown()
+            assert [await q.get(), await q.get(), await q.get()] == [1, 2, 3]
+            with pytest.raises(spoolq.QueueShutDown):
+                await q.get()
+            with pytest.raises(spoolq.QueueShutDown):
+                q.get_nowait()
+        finally:
+            await q.aclose()
+
+    asyncio.run(main())
+
+
+def test_async_get_many_after_shutdown_hands_out_what_the_file_holds(shared_path: str) -> None:
+    async def main() -> None:
+        q = await spoolq.Queue.create(shared_path, poll_interval=60.0)
+        try:
+            assert q.qsize() == 0
+            await asyncio.to_thread(_put_elsewhere, shared_path, [0, 1, 2])
+            q.shutdown()
+            assert await q.get_many(10, timeout=5) == [0, 1, 2]
+            with pytest.raises(spoolq.QueueShutDown):
+                await q.get_many(10, timeout=5)
+        finally:
+            await q.aclose()
+
+    asyncio.run(main())
