@@ -35,6 +35,9 @@ from .engines import (
 )
 from .errors import (
     ClosedError,
+    ConfigurationError,
+    CorruptError,
+    SerializationError,
     Unavailable,
 )
 from .groupcommit import GroupCommit, Ticket
@@ -48,6 +51,7 @@ __all__ = ["UNWRITTEN", "Holding", "QueueCore"]
 
 log = logging.getLogger("spoolq")
 _LOCK_GRACE = 0.5  # seconds past a get's deadline it waits for the lock to read the counts
+_UNDECODABLE = (CorruptError, SerializationError, ConfigurationError)
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
 _PAST_LIMIT = "max_attempts reached"
@@ -426,7 +430,15 @@ class QueueCore(Holdings, Writing, Settling, Decoding, Reaping):
             if self.group.pending():
                 self.flush()
             recs = self.engine.peek(self.dead_name if dead else self.name, n, offset)
-        return [self._decode_one(rec) for rec in recs]
+        items = []
+        for at, rec in enumerate(recs, offset):
+            try:
+                items.append(self._decode_one(rec))
+            except _UNDECODABLE as exc:
+                kind = next(cls for cls in _UNDECODABLE if isinstance(exc, cls))
+                raise kind(f"peek: the record at offset {at} (id {rec.id}) cannot be decoded "
+                           f"({exc}); peek(offset={at + 1}) looks past it") from exc
+        return items
 
     def _give_back_leases(self) -> None:
         try:
