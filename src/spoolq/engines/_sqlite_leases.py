@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from . import _sqlite_sql as sql
-from ._sqlite_sql import CHUNK, MASK, SHIFT, json_list
+from ._sqlite_schema import length_limit
+from ._sqlite_sql import CHUNK, MASK, MAX_REASON, ROW_ROOM, SHIFT, json_list
 from .base import (
     StoredRecord,
     as_queue_name,
@@ -28,7 +29,7 @@ from .base import (
     restore_refused,
 )
 
-__all__ = ["LeaseSettling", "in_range"]
+__all__ = ["LeaseSettling", "cut_reason", "in_range"]
 
 R = TypeVar("R")
 
@@ -36,6 +37,19 @@ R = TypeVar("R")
 def in_range(deliveries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """Deliveries whose ids can belong to a queue; others could reach another queue's rows."""
     return [(i, a) for i, a in deliveries if 0 < i <= MASK]
+
+
+def cut_reason(reason: str, room: int) -> str:
+    """``reason`` when its UTF-8 takes at most ``room`` bytes, else its head, cut at a
+    character and ended with "…", in ``room`` bytes."""
+    if len(reason) * 4 <= room:  # at most 4 bytes a character: no need to encode
+        return reason
+    encoded = reason.encode("utf-8", "surrogatepass")
+    if len(encoded) <= room:
+        return reason
+    if room < 3:
+        return ""
+    return encoded[:room - 3].decode("utf-8", "ignore") + "…"
 
 
 class LeaseSettling:
@@ -116,10 +130,18 @@ class LeaseSettling:
     def _bury(self, conn: sqlite3.Connection, queue: str, ids: list[int],
               reasons: Sequence[str]) -> None:
         """Move leased rows (full ids in increasing order, each leased) to the tail of the
-        dead-letter queue, in that order, each with its reason."""
-        n, stored, raw = conn.execute(sql.LEASED_SIZES, (json_list(ids),)).fetchone()
+        dead-letter queue, in that order, each with its reason, kept to MAX_REASON bytes (or
+        fewer, in a row of a record larger than an append takes, which files of earlier
+        versions may hold): the dead letter's row must fit SQLite's length limit, with room
+        for the owner of a lease of it."""
+        rows = conn.execute(sql.LEASED_LENGTHS, (json_list(ids),)).fetchall()
+        n = len(rows)
         if n != len(ids):
             raise EngineError(f"{self.path}: {len(ids)} leased records to bury, {n} found")
+        stored, raw = sum(r[0] for r in rows), sum(r[1] for r in rows)
+        spare = length_limit(conn) - ROW_ROOM + MAX_REASON  # a reason's room beside no record
+        reasons = [cut_reason(why, max(0, min(MAX_REASON, spare - r[0])))
+                   for why, r in zip(reasons, rows, strict=True)]
         base, last = self._allocate(conn, dead_queue_name(queue), n, stored, raw)
         first = base | (last - n + 1)
         conn.executemany(sql.BURY_ROW, zip(range(first, first + n), reasons, ids, strict=True))

@@ -13,8 +13,8 @@ from ..errors import ClosedError, CorruptError, EngineError, FormatError, LockTi
 from .base import FORMAT_VERSION
 
 __all__ = ["INHERITED", "MIN_SQLITE", "PAGE_SIZE", "PAGE_SIZES", "SCHEMA", "SYNCHRONOUS",
-           "Closed", "Unlocked", "check_unchanged", "connect", "open_connection", "set_up",
-           "translate"]
+           "Closed", "Unlocked", "check_unchanged", "connect", "length_limit", "open_connection",
+           "set_up", "translate"]
 
 _APPLICATION = b"spoolq"
 # Every SQLite database starts with these 16 bytes (https://sqlite.org/fileformat.html).
@@ -262,6 +262,16 @@ def translate(exc: sqlite3.Error, path: str, what: str) -> EngineError:
     if "not a database" in text:
         return FormatError(f"{path} is not a spoolq queue file ({text})")
     return EngineError(f"{path}: {what} failed: {text}")
+
+_MAX_LENGTH, _LIMIT_LENGTH = 1_000_000_000, 0  # SQLite's default length limit, its limit id
+
+
+def length_limit(conn: sqlite3.Connection) -> int:
+    """The most bytes a string, a blob or a whole row may have on ``conn``: SQLite's length
+    limit, 1,000,000,000 unless it was built or set with another."""
+    getlimit = getattr(conn, "getlimit", None)  # Python 3.11 on
+    return _MAX_LENGTH if getlimit is None else int(getlimit(_LIMIT_LENGTH))
+
 
 INHERITED: list[sqlite3.Connection] = []
 """Connections of a parent process, kept here so that they are never closed."""

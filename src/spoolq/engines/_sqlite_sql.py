@@ -11,25 +11,30 @@ from typing import Any
 
 __all__ = [
     "ACK_ANY", "ALLOCATE", "BUMP", "BURY_ROW", "CHUNK", "COLUMNS", "COUNTS", "DATA", "HELD",
-    "HELD_IDS", "INSERT", "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_SIZES", "LEASE_COPY",
-    "LEASE_REMOVE", "MASK", "MOVE_ALL_IDS", "MOVE_ALL_SIZES", "MOVE_IDS", "MOVE_ROW",
-    "MOVE_SIZES", "NEW_QUEUE", "READY", "READY_ROWS", "REMOVE_RANGE", "ROWS_PER_INSERT", "SHIFT",
-    "json_list",
+    "HELD_IDS", "INSERT", "INSERT_NEXT", "INSERT_ROWS", "IN_JSON", "LEASED_LENGTHS",
+    "LEASE_COPY", "LEASE_REMOVE", "MASK", "MAX_QNO", "MAX_REASON", "MOVE_ALL_IDS",
+    "MOVE_ALL_SIZES", "MOVE_IDS", "MOVE_ROW", "MOVE_SIZES", "NEW_QUEUE", "READY", "READY_ROWS",
+    "REMOVE_RANGE", "ROWS_PER_INSERT", "ROW_ROOM", "SHIFT", "TOP_QNO", "json_list",
 ]
 
 # A record's row id is ``queue number << SHIFT | sequence``.
 SHIFT = 40
 MASK = (1 << SHIFT) - 1
+MAX_QNO = (1 << (63 - SHIFT)) - 1  # the largest queue number: its ids stay below 2**63
 CHUNK = 512  # ids a move or an expire reads at a time
+# A row holds at most SQLite's length limit of bytes, all its columns together. A record
+# may take all but ROW_ROOM of them; the rest holds the row's other columns (64 bytes at
+# most), a lease's owner (448) and a dead letter's reason, kept to MAX_REASON bytes.
+ROW_ROOM = 1024
+MAX_REASON = 512
 
 
 def json_list(values: Sequence[Any]) -> str:
     return json.dumps(list(values))
 
 
-NEW_QUEUE = """INSERT INTO spoolq_queues (name, qno)
-    VALUES (?, (SELECT coalesce(max(qno), 0) + 1 FROM spoolq_queues))
-    ON CONFLICT (name) DO NOTHING"""
+TOP_QNO = "SELECT coalesce(max(qno), 0) FROM spoolq_queues"
+NEW_QUEUE = "INSERT INTO spoolq_queues (name, qno) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"
 ALLOCATE = """UPDATE spoolq_queues SET last_seq = last_seq + ?1, ready = ready + ?1,
     stored_bytes = stored_bytes + ?2, raw_bytes = raw_bytes + ?3 WHERE name = ?4
     RETURNING last_seq"""
@@ -93,7 +98,7 @@ MOVE_IDS = """SELECT id FROM spoolq_records WHERE id IN (SELECT ? + value FROM j
     AND id > ? ORDER BY id LIMIT ?"""
 MOVE_ROW = """INSERT INTO spoolq_records (id, enqueued_at, raw_size, data)
     SELECT ?, enqueued_at, raw_size, data FROM spoolq_records WHERE id = ?"""
-LEASED_SIZES = """SELECT count(*), coalesce(sum(length(data)), 0), coalesce(sum(raw_size), 0)
-    FROM spoolq_leased WHERE id IN (SELECT value FROM json_each(?))"""
+LEASED_LENGTHS = """SELECT length(data), raw_size FROM spoolq_leased
+    WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"""
 BURY_ROW = """INSERT INTO spoolq_records (id, attempts, enqueued_at, raw_size, reason, data)
     SELECT ?, attempts, enqueued_at, raw_size, ?, data FROM spoolq_leased WHERE id = ?"""

@@ -53,8 +53,6 @@ R = TypeVar("R")
 
 _SHIFT, _MASK, _CHUNK, _json = sql.SHIFT, sql.MASK, sql.CHUNK, sql.json_list
 _MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
-_MAX_LENGTH, _LIMIT_LENGTH = 1_000_000_000, 0  # SQLite's default length limit, its limit id
-_ROW_ROOM = 1024  # bytes of a row beside its record: the other columns and a reason
 _ALWAYS_FITS = 32 * 1024  # a record this small needs no look at the limit: far below it
 _MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
 _data, _raw_size = itemgetter(1), itemgetter(2)
@@ -188,7 +186,12 @@ class SQLiteEngine(LeaseSettling):
         """The queue's number, giving it one on first use (inside a write transaction)."""
         qno = self._find_qno(conn, queue)
         if qno is None:
-            conn.execute(sql.NEW_QUEUE, (queue,))
+            top = int(conn.execute(sql.TOP_QNO).fetchone()[0])
+            if top >= sql.MAX_QNO:  # a larger number would not fit a record's id
+                raise EngineError(f"{self.path}: cannot add queue {queue!r}: the file has "
+                                  f"numbered {sql.MAX_QNO:,} queues, the most it can; nothing "
+                                  "was changed")
+            conn.execute(sql.NEW_QUEUE, (queue, top + 1))
             qno = self._find_qno(conn, queue)
             if qno is None:
                 raise EngineError(f"{self.path}: could not register queue {queue!r}")
@@ -222,12 +225,12 @@ class SQLiteEngine(LeaseSettling):
     def check_records(self, queue: str, records: Sequence[bytes]) -> None:
         """ValueError, naming its size, for a record larger than a row of SQLite holds
         (SQLite's length limit, 1,000,000,000 bytes unless it was built with another,
-        less room for the row's other columns and a dead letter's reason)."""
+        less room for the row's other columns, a lease's owner and a dead letter's
+        reason)."""
         largest = len(records[0]) if len(records) == 1 else max(map(len, records), default=0)
         if largest <= _ALWAYS_FITS:  # every put of small items comes here: spare the rest
             return
-        getlimit = getattr(self._conn, "getlimit", None)  # Python 3.11 on
-        room = (_MAX_LENGTH if getlimit is None else int(getlimit(_LIMIT_LENGTH))) - _ROW_ROOM
+        room = opening.length_limit(self._conn) - sql.ROW_ROOM
         if largest > room:
             raise ValueError(f"cannot append a record of {largest} bytes into queue {queue!r}: "
                              f"an SQLite row holds a record of {room} bytes at most; nothing "
