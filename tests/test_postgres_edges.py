@@ -4,6 +4,8 @@ and of its schema."""
 from __future__ import annotations
 
 import os
+import random
+import string
 import threading
 import time
 from typing import Any
@@ -21,6 +23,7 @@ from psycopg import sql
 from spoolq.engines import Lease
 from spoolq.engines import _pgparts as pgparts
 from spoolq.engines import postgres as pg
+from spoolq.engines.base import dead_queue_name
 from spoolq.engines.postgres import PostgresEngine
 
 from . import pg_support
@@ -300,3 +303,41 @@ def test_a_record_too_large_is_refused_at_its_put_and_loses_nothing(
         q.put("after")
     with spoolq.SyncQueue.create(pg_url, **opts) as q:
         assert q.get_many(10, timeout=0.2) == ["before", "after"]
+
+
+def _name(size: int) -> str:
+    """A queue name of ``size`` bytes that PostgreSQL cannot compress in its index."""
+    return "".join(random.Random(size).choices(string.ascii_letters + string.digits, k=size))
+
+
+def test_the_longest_queue_name_reaches_its_dead_letters(engine: PostgresEngine) -> None:
+    queue = _name(pg.MAX_QUEUE_NAME_BYTES)
+    engine.append(queue, [b"a", b"b"], [1, 1], time.time())
+    (rec,) = engine.take(queue, 1, time.time(), Lease("me", time.time() + 60))
+    assert engine.release(queue, [(rec.id, rec.attempts)], "me", not_before=0.0,
+                          max_attempts=1, reason="gave up") == [rec.id]
+    dead = dead_queue_name(queue)
+    assert [r.data for r in engine.peek(dead, 10)] == [b"a"]
+    assert engine.move(dead, queue) == 1
+    taken = engine.take(queue, 2, time.time(), None)
+    assert [r.data for r in taken] == [b"b", b"a"]
+    engine.restore(dead, taken[1:])  # as a copy of a file's dead letters does
+    assert engine.counts(dead).ready == 1
+
+
+@pytest.mark.parametrize("size", [pg.MAX_QUEUE_NAME_BYTES + 1, 2680, 2700, 10_000])
+def test_a_longer_queue_name_is_refused_before_anything_is_stored(
+        engine: PostgresEngine, size: int) -> None:
+    queue = _name(size)
+    with pytest.raises(ValueError, match=f"queue name of {size} bytes.* at most 2048 bytes"):
+        engine.append(queue, [b"a"], [1], time.time())
+    engine.append("q", [b"a"], [1], time.time())
+    (rec,) = engine.take("q", 1, time.time(), None)
+    for name in (queue, dead_queue_name(queue)):
+        with pytest.raises(ValueError, match="at most 2048 bytes"):
+            engine.restore(name, [rec])
+        engine.restore("q", [rec])
+        with pytest.raises(ValueError, match="at most 2048 bytes"):
+            engine.move("q", name)
+        rec, = engine.take("q", 1, time.time(), None)
+    assert engine.queues() == ["q"]

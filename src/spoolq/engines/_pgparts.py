@@ -23,12 +23,20 @@ from .base import (
     refuse_nan,
 )
 
-__all__ = ["MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic", "check_given", "check_sizes",
-           "checked_batch", "checked_meta", "checked_restore", "counter_deltas", "parts"]
+__all__ = ["MAX_QUEUE_NAME_BYTES", "MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic",
+           "check_given", "check_sizes", "checked_batch", "checked_meta", "checked_name",
+           "checked_restore", "counter_deltas", "parts"]
 
 MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
 """The largest record the engine stores: PostgreSQL keeps a value, and receives a
 message, of at most 1 GiB; 64 KiB are left for what else a statement sends."""
+
+MAX_QUEUE_NAME_BYTES = 2048
+"""The longest queue name the engine stores records under, in bytes of UTF-8; the name
+of its dead letters (``<name>.dead``) takes 5 more. A btree index entry holds at most
+some 2.7 kB (a third of a page): the name and an id go into the key of every record."""
+
+_DEAD = ".dead"
 
 # Records a statement sends at most, in bytes, unless it sends one alone: a whole batch
 # in one message of more than 1 GiB makes the server close the connection.
@@ -87,10 +95,25 @@ def atomic(conn: Conn, runs: Sequence[slice]) -> AbstractContextManager[Any]:
 # backslashes read as escapes ("\\x41" stored as b"A"), a bytes name kept as the text of its
 # hex escape. So the values are checked as every engine checks them, before anything is sent.
 
+def checked_name(queue: object) -> str:
+    """``queue`` as the name of a queue to store records under: TypeError unless it is a
+    str, ValueError when it is longer than :data:`MAX_QUEUE_NAME_BYTES` (the name of a
+    queue's dead letters, 5 bytes more, is taken too)."""
+    name = as_queue_name(queue)
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size - (len(_DEAD) if name.endswith(_DEAD) else 0) > MAX_QUEUE_NAME_BYTES:
+        raise ValueError(
+            f"a queue name of {size} bytes of UTF-8 ({name[:40]!r}...) is too long: the "
+            f"PostgreSQL engine takes names of at most {MAX_QUEUE_NAME_BYTES} bytes (and "
+            f"their dead letters' ending in {_DEAD!r}); nothing was stored")
+    return name
+
+
 def checked_batch(queue: str, records: Sequence[bytes]) -> Sequence[bytes]:
     """The records of an ``append`` to ``queue``: TypeError for a name that is not a str or
-    a record that is not bytes-like; bytes-like records other than bytes are copied."""
-    as_queue_name(queue)
+    a record that is not bytes-like, ValueError for a name too long (see
+    :func:`checked_name`); bytes-like records other than bytes are copied."""
+    checked_name(queue)
     return as_records(records)
 
 
@@ -98,8 +121,8 @@ def checked_restore(where: str, queue: str,
                     records: Sequence[StoredRecord]) -> list[StoredRecord]:
     """The records of a ``restore`` to ``queue``, each field checked (see
     ``base.checked_records``): TypeError for a name that is not a str, EngineError for an
-    enqueue time that is NaN (``where`` names the store)."""
-    as_queue_name(queue)
+    enqueue time that is NaN (``where`` names the store), ValueError for a name too long."""
+    checked_name(queue)
     checked = checked_records(records)
     for rec in checked:
         refuse_nan(where, "restore", f"the enqueue time of record {rec.id}", rec.enqueued_at)

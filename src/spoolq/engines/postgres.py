@@ -82,12 +82,14 @@ from ..errors import EngineError
 from ._pgids import ID_GAP, RestartCheck
 from ._pglisten import Listener, any_ready, payload
 from ._pgparts import (
+    MAX_QUEUE_NAME_BYTES,
     MAX_RECORD_BYTES,
     atomic,
     check_given,
     check_sizes,
     checked_batch,
     checked_meta,
+    checked_name,
     checked_restore,
     counter_deltas,
 )
@@ -112,7 +114,6 @@ from .base import (
     LeasedRecord,
     StoredRecord,
     WaitCancel,
-    as_queue_name,
     batch_given,
     check_window,
     dead_queue_name,
@@ -121,7 +122,8 @@ from .base import (
     refuse_nan,
 )
 
-__all__ = ["ID_GAP", "MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT", "PostgresEngine"]
+__all__ = ["ID_GAP", "MAX_QUEUE_NAME_BYTES", "MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT",
+           "PostgresEngine"]
 
 _MAX_BIGINT = (1 << 63) - 1
 
@@ -405,7 +407,7 @@ class PostgresEngine:
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
         with self._tx("move") as conn:
             row = conn.execute(self._sql.move, {
-                "src": src, "dst": as_queue_name(dst),
+                "src": src, "dst": checked_name(dst),
                 "ids": None if ids is None else list(ids)}).fetchone()
             moved, stored, raw = row if row is not None else (0, 0, 0)
             if moved:
