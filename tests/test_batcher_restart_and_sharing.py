@@ -109,6 +109,40 @@ async def test_a_cancelled_flush_waits_for_the_sink_to_end_before_the_next(
     assert calls == [[1, 2], [1, 2]] and not overlapped
 
 
+async def test_a_flush_cancelled_twice_still_waits_for_the_sink_to_end(path: str) -> None:
+    running = 0
+    overlapped = False
+    started, cleaning = asyncio.Event(), asyncio.Event()
+    calls: list[list[object]] = []
+
+    async def sink(batch: list[object]) -> None:
+        nonlocal running, overlapped
+        overlapped = overlapped or running > 0
+        running += 1
+        calls.append(batch)
+        try:
+            if len(calls) == 1:
+                started.set()
+                await asyncio.sleep(60)
+        finally:
+            cleaning.set()
+            await asyncio.shield(asyncio.sleep(0.3))  # a clean-up that is not cut short
+            running -= 1
+
+    async with Batcher(sink, queue=path, flush_interval=60) as b:
+        await b.add_many([1, 2])
+        flushing = asyncio.create_task(b.flush())
+        await started.wait()
+        flushing.cancel()
+        await cleaning.wait()
+        flushing.cancel()  # impatient: a second cancellation while the sink cleans up
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        assert running == 0  # the cancelled call has ended when flush() returns
+        assert await b.flush()
+    assert calls == [[1, 2], [1, 2]] and not overlapped
+
+
 async def test_a_sink_that_outlives_its_lease_is_a_flush_not_an_error(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = str(tmp_path / "q.sqlite")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import os
@@ -12,7 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._batchsettle import BatchSettling, TakenThenCancelled
+from ._batchsettle import BatchSettling
+from ._sinkcall import call_sink, in_sink
 from .aio import Queue
 from .errors import ClosedError, ConfigurationError, Empty, QueueShutDown
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
@@ -198,7 +198,7 @@ class Batcher(BatchSettling[T], Generic[T]):
                 return
             stopping = self._stopping_task = asyncio.ensure_future(self._stop(task))
             stopping.add_done_callback(self._stopped)
-        if _in_sink.get() is self:
+        if in_sink.get() is self:
             # From inside on_flush (or a task it started), which the stop waits for: the
             # stop goes on once the sink returns.
             return
@@ -292,7 +292,7 @@ class Batcher(BatchSettling[T], Generic[T]):
     def _not_in_sink(self, call: str) -> None:
         """Refuse a flush from inside on_flush (or a task it started): it would wait for
         the flush in progress, which waits for the sink, for ever."""
-        if _in_sink.get() is self:
+        if in_sink.get() is self:
             raise RuntimeError(f"batcher {self.name!r}: {call}() cannot be called inside "
                                "on_flush, whose flush it would wait for")
 
@@ -367,53 +367,7 @@ class Batcher(BatchSettling[T], Generic[T]):
         return True
 
     async def _send(self, batch: list[T], deadline: float) -> None:
-        """Call ``on_flush``; an async one is cancelled at ``deadline`` (monotonic), before
-        the batch's lease runs out.
-
-        An async sink runs as a task of its own, so that a CancelledError it raises by
-        itself (a cancelled request inside it) counts as a failed flush instead of
-        ending the flusher, while cancelling the caller still cancels the sink.
-        """
-        try:
-            result = self._on_flush(batch)
-        except asyncio.CancelledError as exc:
-            # Raised by a plain sink itself: nothing was awaited, so nothing cancelled us.
-            raise RuntimeError("on_flush raised CancelledError") from exc
-        if inspect.isgenerator(result) or inspect.isasyncgen(result):
-            if inspect.isgenerator(result):
-                result.close()
-            else:
-                await result.aclose()
-            raise TypeError("on_flush returned a generator, which would send nothing")
-        if not inspect.isawaitable(result):
-            return
-        token = _in_sink.set(self)  # in the context the sink's task copies
-        try:
-            sending = asyncio.ensure_future(_contained(result))
-        finally:
-            _in_sink.reset(token)
-        try:
-            await asyncio.wait((sending,), timeout=max(deadline - time.monotonic(), 0.0))
-        except asyncio.CancelledError as exc:
-            sending.cancel()
-            # Until the sink has ended, the batch stays leased and the flush lock held:
-            # no other flush may start while this call still works on the batch.
-            await asyncio.wait((sending,))
-            if not sending.cancelled() and sending.exception() is None:
-                _raise_escaped(sending)
-                # It returned (before the cancellation reached it, or in spite of it).
-                raise TakenThenCancelled(exc) from exc
-            raise
-        if not sending.done():
-            sending.cancel()
-            await asyncio.wait((sending,))
-            if not sending.cancelled() and sending.exception() is None:
-                _raise_escaped(sending)
-            raise TimeoutError(f"on_flush took longer than lease_ttl ({self._lease_ttl}s) "
-                               "and was cancelled")
-        if sending.cancelled():
-            raise RuntimeError("on_flush raised CancelledError")
-        _raise_escaped(sending)
+        await call_sink(self._on_flush, batch, deadline, self._lease_ttl, self)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -467,29 +421,6 @@ class Batcher(BatchSettling[T], Generic[T]):
             "last_flush_time": self._last_flush_time,
             "running": self._task is not None and not self._task.done(),
         }
-
-
-_in_sink: contextvars.ContextVar[Batcher[Any] | None] = contextvars.ContextVar(
-    "spoolq_batcher_in_sink", default=None)
-"""The Batcher whose async on_flush runs in this context, if any."""
-
-
-async def _contained(sending: Awaitable[object]) -> BaseException | None:
-    """Await an async sink; return the KeyboardInterrupt or SystemExit it raises. Raised
-    in a task, either would leave the event loop at once, its batch still leased."""
-    try:
-        await sending
-    except (KeyboardInterrupt, SystemExit) as exc:
-        return exc
-    return None
-
-
-def _raise_escaped(sending: asyncio.Future[BaseException | None]) -> None:
-    """Raise the KeyboardInterrupt or SystemExit an async sink raised, here, where the
-    batch goes back to its place before it propagates."""
-    escaped = sending.result()
-    if escaped is not None:
-        raise escaped
 
 
 def _margin(lease_ttl: float) -> float:

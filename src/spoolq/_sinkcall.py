@@ -1,0 +1,107 @@
+"""How a :class:`spoolq.Batcher` calls its sink: a plain function in place, an async one as
+a task of its own, cancelled before its batch's lease runs out, and waited for to the end
+however often the flush is cancelled meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._batchsettle import TakenThenCancelled
+
+__all__ = ["call_sink", "in_sink"]
+
+in_sink: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "spoolq_batcher_in_sink", default=None)
+"""The Batcher whose async on_flush runs in this context, if any."""
+
+
+async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], deadline: float,
+                    lease_ttl: float, batcher: object) -> None:
+    """Call ``on_flush(batch)``; an async one is cancelled at ``deadline`` (monotonic),
+    before the batch's lease runs out.
+
+    An async sink runs as a task of its own, so that a CancelledError it raises by itself
+    (a cancelled request inside it) counts as a failed flush instead of ending the
+    flusher, while cancelling the caller still cancels the sink. Until the sink has
+    ended, the batch stays leased and the flush lock held, so no other flush starts
+    while this call still works on the batch: a cancelled call waits for it, through
+    further cancellations too. :class:`TakenThenCancelled` when the call was cancelled
+    but the sink returned: it took the batch.
+    """
+    try:
+        result = on_flush(batch)
+    except asyncio.CancelledError as exc:
+        # Raised by a plain sink itself: nothing was awaited, so nothing cancelled us.
+        raise RuntimeError("on_flush raised CancelledError") from exc
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        if inspect.isgenerator(result):
+            result.close()
+        else:
+            await result.aclose()
+        raise TypeError("on_flush returned a generator, which would send nothing")
+    if not inspect.isawaitable(result):
+        return
+    token = in_sink.set(batcher)  # in the context the sink's task copies
+    try:
+        sending = asyncio.ensure_future(_contained(result))
+    finally:
+        in_sink.reset(token)
+    cancelled: asyncio.CancelledError | None = None
+    try:
+        await asyncio.wait((sending,), timeout=max(deadline - time.monotonic(), 0.0))
+    except asyncio.CancelledError as exc:
+        cancelled = exc
+    timed_out = cancelled is None and not sending.done()
+    if not sending.done():
+        sending.cancel()
+        again = await _wait_out(sending)
+        if cancelled is None and again is not None:
+            cancelled = again
+    returned = not sending.cancelled() and sending.exception() is None
+    if returned:
+        _raise_escaped(sending)
+    if cancelled is not None:
+        if returned:  # before the cancellation reached it, or in spite of it
+            raise TakenThenCancelled(cancelled) from cancelled
+        raise cancelled
+    if timed_out:
+        raise TimeoutError(f"on_flush took longer than lease_ttl ({lease_ttl}s) and was "
+                           "cancelled")
+    if sending.cancelled():
+        raise RuntimeError("on_flush raised CancelledError")
+    _raise_escaped(sending)  # (or the sink's own error)
+
+
+async def _wait_out(task: asyncio.Future[Any]) -> asyncio.CancelledError | None:
+    """Wait for ``task`` (cancelled already) to end, through cancellations of the caller,
+    which would cut its clean-up short; the last such cancellation, if any."""
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    return cancelled
+
+
+async def _contained(sending: Awaitable[object]) -> BaseException | None:
+    """Await an async sink; return the KeyboardInterrupt or SystemExit it raises. Raised
+    in a task, either would leave the event loop at once, its batch still leased."""
+    try:
+        await sending
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return exc
+    return None
+
+
+def _raise_escaped(sending: asyncio.Future[BaseException | None]) -> None:
+    """Raise the KeyboardInterrupt or SystemExit an async sink raised, here, where the
+    batch goes back to its place before it propagates."""
+    escaped = sending.result()
+    if escaped is not None:
+        raise escaped
