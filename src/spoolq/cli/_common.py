@@ -39,10 +39,13 @@ __all__ = [
     "base_queues",
     "check_not_a_stray_empty_file",
     "disk_bytes",
+    "disk_size",
     "engine_options",
     "iter_leased_pages",
     "iter_pages",
     "iter_pages_following",
+    "names_not_text",
+    "not_text_note",
     "now",
     "one_line",
     "open_existing",
@@ -203,11 +206,38 @@ def base_queues(engine: Engine, only: str | None = None) -> list[str]:
     """
     if only is not None:
         return [only]
-    names = set(engine.queues()) - {DICTIONARY_QUEUE}
+    names = {n for n in engine.queues() if isinstance(n, str)} - {DICTIONARY_QUEUE}
     suffix = dead_queue_name("")
     bases = {n for n in names if not n.endswith(suffix)}
     bases |= {n[: -len(suffix)] for n in names if n.endswith(suffix)}
     return sorted(bases)
+
+
+def names_not_text(engine: Engine) -> list[Any]:
+    """The queue names ``engine`` lists that are not text, which :func:`base_queues`
+    leaves out: bytes, in an SQLite file written by a spoolq that did not check the type
+    of a name. No queue can be opened by such a name; the engine's reads (``counts``,
+    ``peek``) still take it."""
+    return sorted((n for n in engine.queues() if not isinstance(n, str)), key=repr)
+
+
+def not_text_note(engine: Engine, name: Any) -> str:
+    """What to tell of a queue :func:`names_not_text` lists, shown as Python writes it."""
+    counts = engine.counts(name)
+    return (f"queue name {name!r} is stored as {type(name).__name__}, not text (a file "
+            "written by an earlier spoolq): no queue can be opened by that name, so its "
+            f"{counts.ready} ready and {counts.leased} leased items are out of reach")
+
+
+_NO_FILE = frozenset({"postgres", "remote"})
+
+
+def disk_size(path: str, engine_name: str) -> int | None:
+    """:func:`disk_bytes`, or None for a queue store that has no file of its own: a
+    PostgreSQL database, a server's queues, an engine whose path names no file."""
+    if engine_name in _NO_FILE or not os.path.exists(path):
+        return None
+    return disk_bytes(path)
 
 
 def disk_bytes(path: str) -> int:

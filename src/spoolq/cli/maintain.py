@@ -9,12 +9,16 @@ import click
 from ..engines import Engine, dead_queue_name
 from ..owners import owner_is_dead
 from . import _sqlite
-from ._common import DEFAULT_CHUNK, MAX_CHUNK, Refused, disk_bytes, now, open_existing
+from ._common import DEFAULT_CHUNK, MAX_CHUNK, Refused, disk_size, now, open_existing
 from ._options import FiniteFloatRange, engine_option, json_option, queue_option, schema_option
 from ._output import CliState, format_bytes, is_interactive, owner_state
 from ._signals import sigint_deferred
 
 __all__ = ["compact", "purge", "requeue"]
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None else format_bytes(n)
 
 
 @runtime_checkable
@@ -224,7 +228,7 @@ def compact(path: str, timeout: float, engine: str | None, schema: str | None,
         can_compact = isinstance(eng, _Compactable)
     finally:
         eng.close()
-    before = disk_bytes(path)
+    before = disk_size(path, engine_name)
     action: str | None = None
     try:
         # A first Ctrl-C waits for the rewrite, which ends whole or not at all either way,
@@ -244,14 +248,14 @@ def compact(path: str, timeout: float, engine: str | None, schema: str | None,
                 eng.close()
     except BaseException:
         if action is not None:
-            state.note(f"{path}: {format_bytes(before)} -> {format_bytes(disk_bytes(path))} "
+            state.note(f"{path}: {_size(before)} -> {_size(disk_size(path, engine_name))} "
                        f"({action}) before the compact stopped")
         raise
-    after = disk_bytes(path)
+    after = disk_size(path, engine_name)
     if as_json:
         state.print_json({"path": path, "engine": engine_name, "action": action,
                           "bytes_before": before, "bytes_after": after})
     elif action is None:
         state.line(f"{path}: nothing to do: the {engine_name} engine has no space to reclaim")
     else:
-        state.line(f"{path}: {format_bytes(before)} -> {format_bytes(after)} ({action})")
+        state.line(f"{path}: {_size(before)} -> {_size(after)} ({action})")

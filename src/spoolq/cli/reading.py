@@ -22,9 +22,11 @@ from ._common import (
     DamagedRecord,
     Refused,
     base_queues,
-    disk_bytes,
+    disk_size,
     iter_leased_pages,
     iter_pages,
+    names_not_text,
+    not_text_note,
     now,
     one_line,
     open_existing,
@@ -96,9 +98,14 @@ def info(path: str, queue: str | None, engine: str | None, schema: str | None,
             "path": path,
             "engine": eng.name,
             "format_version": _format_version(eng),
-            "file_bytes": disk_bytes(path),
+            "file_bytes": disk_size(path, eng.name),
             "queues": [_queue_info(eng, name, t) for name in base_queues(eng, queue)],
         }
+        odd = [] if queue is not None else names_not_text(eng)
+        for name in odd:
+            state.note(f"note: {not_text_note(eng, name)}; listed as {name!r}")
+            report["queues"].append({**_queue_info(eng, name, t), "name": repr(name),
+                                     "name_hex": bytes(name).hex()})
         if queue is not None:
             state.check_queue_name(eng, queue, dead_queue_name(queue))
     finally:
@@ -106,9 +113,10 @@ def info(path: str, queue: str | None, engine: str | None, schema: str | None,
     if as_json:
         state.print_json(report)
         return
+    size = report["file_bytes"]
     state.line(f"{path}: {report['engine']} engine, format version "
-               f"{report['format_version'] or '?'}, {format_bytes(report['file_bytes'])} "
-               "on disk")
+               f"{report['format_version'] or '?'}, "
+               + ("no file of its own" if size is None else f"{format_bytes(size)} on disk"))
     queues: list[dict[str, Any]] = report["queues"]
     if not queues:
         state.line("no queues hold records")
@@ -382,6 +390,9 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
         names = [n for base in base_queues(eng, queue) for n in (base, dead_queue_name(base))]
         if queue is not None:
             state.check_queue_name(eng, *names)
+        else:
+            for odd in names_not_text(eng):
+                found.problem(not_text_note(eng, odd))
         total = sum(c.ready + c.leased for c in map(eng.counts, names))
         with state.progress("verifying", total) as advance:
             for name in names:

@@ -28,6 +28,8 @@ from ._common import (
     check_not_a_stray_empty_file,
     engine_options,
     iter_pages_following,
+    names_not_text,
+    not_text_note,
     open_existing,
     partial_file,
     skipping_damaged,
@@ -371,6 +373,9 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
         names = [n for base in bases for n in (base, dead_queue_name(base))]
         if queue is not None:
             state.check_queue_name(source, *names)
+        else:
+            for odd in names_not_text(source):
+                state.note(f"note: {not_text_note(source, odd)}; it is not copied")
         plan = _plan(source, names)
         new_files = _files_a_new_queue_file_adds(dst)
         written: dict[str, int] = {}
