@@ -149,3 +149,69 @@ def test_a_queue_opened_through_a_symlink_shares_the_lock_of_the_file(tmp_path: 
         assert [r.data for r in eng.peek("q", 5)] == [b"a"]
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("key", ["", "k" * 401, "é" * 201, "a\x00b"])
+def test_a_metadata_key_the_protocol_refuses_is_refused_by_name(tmp_path: Path,
+                                                                key: str) -> None:
+    """An empty key, or one over LMDB's 511 bytes, failed with MDB_BAD_VALSIZE. Keys follow
+    the rule the server applies (1 to 400 bytes of UTF-8, no NUL), so a key that works on
+    a local file works through a server too."""
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        eng.set_meta("k", b"v")
+        with pytest.raises(ValueError, match=r"a metadata key must be 1 to 400 bytes of "
+                                             r"UTF-8 without NUL.*nothing was changed"):
+            eng.set_meta(key, b"w")
+        with pytest.raises(ValueError, match="a metadata key must be 1 to 400 bytes"):
+            eng.get_meta(key)
+        with pytest.raises(TypeError, match="a metadata key must be a str, not bytes"):
+            eng.get_meta(b"k")  # type: ignore[arg-type]
+        eng.set_meta("é" * 200, b"w")
+        assert eng.get_meta("é" * 200) == b"w"
+        assert eng.get_meta("k") == b"v"
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("name", ["", "q" * 512, "é" * 256])
+def test_a_queue_name_longer_than_a_key_is_refused_by_name(tmp_path: Path, name: str) -> None:
+    """LMDB keys a queue by its name, of 1 to 511 bytes: an empty or longer name failed with
+    MDB_BAD_VALSIZE. Reading such a queue finds it empty, as one never used."""
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        eng.append("q", [b"a"], [1], 1.0)
+        with pytest.raises(ValueError, match=r"a queue name must be 1 to 511 bytes of UTF-8 "
+                                             r"in an LMDB queue, not \d+; nothing was changed"):
+            eng.append(name, [b"x"], [1], 1.0)
+        with pytest.raises(ValueError, match="a queue name must be 1 to 511 bytes"):
+            eng.move("q", name)
+        (taken,) = eng.take("q", 1, 1.0, None)
+        with pytest.raises(ValueError, match="a queue name must be 1 to 511 bytes"):
+            eng.restore(name, [taken])
+        eng.restore("q", [taken])
+        assert eng.counts(name) == (0, 0, 0, 0)
+        assert eng.peek(name, 5) == eng.take(name, 5, 1.0, None) == []
+        assert eng.purge(name) == 0
+        assert eng.queues() == ["q"]
+        assert eng.counts("q") == (1, 0, 1, 1)
+    finally:
+        eng.close()
+
+
+def test_dead_letters_of_a_queue_whose_dead_letter_name_is_too_long_stay_leased(
+        tmp_path: Path) -> None:
+    """A queue of 510 bytes has dead letters in a queue of 515: the release that would
+    bury a record there fails naming that queue, and the record stays leased."""
+    name = "q" * 510
+    eng = LMDBEngine(tmp_path / "q.lmdb")
+    try:
+        eng.append(name, [b"a"], [1], 1.0)
+        (got,) = eng.take(name, 1, 1.0, Lease("o", 9.0))
+        with pytest.raises(ValueError, match=r"a queue name must be 1 to 511 bytes.*not 515"):
+            eng.release(name, [(got.id, 1)], "o", not_before=0.0, max_attempts=1)
+        assert eng.counts(name) == (0, 1, 1, 1)
+        assert eng.release(name, [(got.id, 1)], "o", not_before=0.0,
+                           max_attempts=None) == [got.id]
+    finally:
+        eng.close()

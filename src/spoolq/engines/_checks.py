@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["MAX_ATTEMPTS", "MAX_RAW_SIZE", "as_bytes", "as_int", "as_queue_name", "as_records",
-           "as_text", "checked_attempts", "checked_raw_size", "checked_raw_sizes"]
+__all__ = ["MAX_ATTEMPTS", "MAX_META_KEY_BYTES", "MAX_RAW_SIZE", "as_bytes", "as_int",
+           "as_max_attempts", "as_queue_name", "as_records", "as_text", "checked_attempts",
+           "checked_raw_size", "checked_raw_sizes", "checked_size_types", "meta_key_bytes"]
 
 
 def as_bytes(value: object, what: str) -> bytes:
@@ -50,6 +51,13 @@ def as_int(value: object, what: str) -> int:
     return value
 
 
+def as_max_attempts(value: object) -> int | None:
+    """The ``max_attempts`` of a ``release`` or an ``expire``: None, or an int; TypeError
+    for anything else, which would stop the settling half way (a str) or bury records
+    early (a float)."""
+    return None if value is None else as_int(value, "max_attempts")
+
+
 def as_text(value: object, what: str) -> str:
     """``value`` when it is a str; TypeError naming ``what`` for anything else."""
     if not isinstance(value, str):
@@ -81,6 +89,39 @@ def checked_attempts(value: object) -> int:
     """A restored record's attempts: TypeError when not an int, ValueError when negative or
     above :data:`MAX_ATTEMPTS`. Call it before changing anything."""
     return _in_range(value, "attempts", MAX_ATTEMPTS)
+
+
+MAX_META_KEY_BYTES = 400
+"""The longest metadata key, in bytes of UTF-8: what a server takes
+(``spoolq.protocol.MAX_META_KEY_BYTES``)."""
+
+
+def meta_key_bytes(value: object) -> bytes:
+    """A metadata key as UTF-8, checked against the rule a server applies: TypeError when it
+    is not a str, ValueError when it is empty, longer than :data:`MAX_META_KEY_BYTES`,
+    holds NUL or cannot be written as UTF-8. For an engine that cannot store every key."""
+    key = as_text(value, "a metadata key")
+    try:
+        data = key.encode()
+    except UnicodeEncodeError:
+        problem = "one that cannot be written as UTF-8"
+    else:
+        if 0 < len(data) <= MAX_META_KEY_BYTES and b"\0" not in data:
+            return data
+        problem = "one holding NUL" if b"\0" in data else f"{len(data)} bytes"
+    raise ValueError(f"a metadata key must be 1 to {MAX_META_KEY_BYTES} bytes of UTF-8 "
+                     f"without NUL, not {problem}; nothing was changed")
+
+
+_ONLY_INTS = {int}
+
+
+def checked_size_types(raw_sizes: Sequence[object]) -> None:
+    """TypeError naming it when one of an ``append``'s raw sizes is not an int (a float in
+    range passes :func:`checked_raw_sizes`), checked without a loop in Python."""
+    if not {*map(type, raw_sizes)} <= _ONLY_INTS:
+        for size in raw_sizes:
+            checked_raw_size(size)
 
 
 def checked_raw_sizes(raw_sizes: Sequence[int]) -> None:

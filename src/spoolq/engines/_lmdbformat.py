@@ -15,11 +15,13 @@ from itertools import repeat
 import lmdb
 
 from ..errors import CorruptError, EngineError, FormatError
+from ._checks import as_queue_name, as_text
 from .base import Lease, StoredRecord
 
-__all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_OWNER", "QUEUE", "U32", "U64",
-           "V1_DB_NAMES", "QueueRow", "held_by", "lease_head", "lease_reader", "pack",
-           "pack_new_many", "translate", "unpack", "unpack_leased", "unpack_plain", "with_attempts"]
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_NAME", "MAX_OWNER", "QUEUE", "U32",
+           "U64", "V1_DB_NAMES", "QueueRow", "held_by", "lease_head", "lease_reader",
+           "name_key", "new_name_key", "pack", "pack_new_many", "translate", "unpack",
+           "unpack_leased", "unpack_plain", "with_attempts"]
 
 DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids")
 #: The sub-databases of a format 1 file, which has no ``delayed_ids`` index yet.
@@ -49,6 +51,31 @@ class QueueRow:
 
     def packed(self) -> bytes:
         return QUEUE.pack(self.number, self.ready, self.leased, self.stored, self.raw)
+
+
+MAX_NAME = 511  # the longest key LMDB takes (its default MDB_MAXKEYSIZE), so queue name
+
+
+def name_key(name: object) -> bytes | None:
+    """The key of queue ``name`` in ``queues``; None for a name no queue can have (not a
+    str, empty, too long for a key, not writable as UTF-8), which reads find empty."""
+    if type(name) is not str:
+        return None
+    try:
+        key = name.encode()
+    except UnicodeEncodeError:
+        return None
+    return key if 0 < len(key) <= MAX_NAME else None
+
+
+def new_name_key(name: object) -> bytes:
+    """The key of a queue that records are stored in: TypeError when ``name`` is not a str,
+    ValueError when it is empty or longer than a key."""
+    key = as_queue_name(name).encode()
+    if not 0 < len(key) <= MAX_NAME:
+        raise ValueError(f"a queue name must be 1 to {MAX_NAME} bytes of UTF-8 in an LMDB "
+                         f"queue, not {len(key)}; nothing was changed")
+    return key
 
 
 def pack(rec: StoredRecord, attempts: int | None = None) -> bytes:
@@ -98,7 +125,7 @@ MAX_OWNER = (1 << 16) - 1  # the longest lease owner in bytes: its length takes 
 def lease_head(path: str, lease: Lease) -> bytes:
     """What precedes the record's value in a leased record's value: until, then owner.
     EngineError for an owner longer than :data:`MAX_OWNER` bytes."""
-    owner = lease.owner.encode()
+    owner = as_text(lease.owner, "a lease owner").encode()
     if len(owner) > MAX_OWNER:
         raise EngineError(f"{path}: take failed: the lease owner is {len(owner)} bytes of "
                           f"UTF-8, and an LMDB queue holds at most {MAX_OWNER}; nothing was "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ..errors import CorruptError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
+from ._checks import as_max_attempts, as_text
 from .base import StoredRecord, dead_queue_name, refuse_nan
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class LeaseSettling:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        reason = as_text(reason, "a reason")
+        as_max_attempts(max_attempts)
         refuse_nan(self.path, "release", "not_before", not_before)
 
         def body(txn: Txn) -> list[int]:
@@ -108,6 +111,7 @@ class LeaseSettling:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
+        as_max_attempts(max_attempts)
         gone = set(owners)
 
         def body(txn: Txn) -> int:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
+from ._checks import as_queue_name
 from .base import StoredRecord
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class Maintaining:
                  recs: Sequence[StoredRecord]) -> int: ...
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        dst = as_queue_name(dst)
+
         def body(txn: Txn) -> int:
             s = self._queue(txn, src)
             if s is None:

@@ -42,6 +42,14 @@ from ..errors import CorruptError, EngineError
 from . import _lmdbformat as fmt
 from . import _lmdbopen as opening
 from . import _lmdbwalk as walk
+from ._checks import (
+    as_bytes,
+    as_int,
+    as_queue_name,
+    as_records,
+    checked_size_types,
+    meta_key_bytes,
+)
 from ._lmdblease import LeaseSettling
 from ._lmdbmaintain import Maintaining
 from ._shared import SharedEngine
@@ -53,6 +61,7 @@ from .base import (
     StoredRecord,
     batch_given,
     check_window,
+    checked_records,
     distinct_ids,
     never_given,
     nothing_visible,
@@ -202,7 +211,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
         return fmt.unpack_leased(self.path, ident, value)
 
     def _queue(self, txn: Txn, name: str) -> fmt.QueueRow | None:
-        value = txn.get(name.encode(), db=self._queues)
+        key = fmt.name_key(name)
+        value = None if key is None else txn.get(key, db=self._queues)
         if value is None:
             return None
         try:
@@ -212,7 +222,10 @@ class _LMDBStore(LeaseSettling, Maintaining):
 
     def _new_queue(self, txn: Txn, name: str) -> fmt.QueueRow:
         found = self._queue(txn, name)
-        return found if found is not None else fmt.QueueRow(self._bump(txn, b"next_queue", 1))
+        if found is not None:
+            return found
+        fmt.new_name_key(name)  # a name no key can hold is refused: the write is undone
+        return fmt.QueueRow(self._bump(txn, b"next_queue", 1))
 
     def _save(self, txn: Txn, name: str, q: fmt.QueueRow) -> None:
         txn.put(name.encode(), q.packed(), db=self._queues)
@@ -255,6 +268,9 @@ class _LMDBStore(LeaseSettling, Maintaining):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        queue = as_queue_name(queue)
+        records = as_records(records)
+        checked_size_types(raw_sizes)
         refuse_nan(self.path, "append", "now", now)
         values = fmt.pack_new_many(records, raw_sizes, now)
         stored, raw = sum(map(len, records)), sum(raw_sizes)
@@ -266,6 +282,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
         return self._write("append", body)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        n = as_int(n, "n")
         if nothing_visible(self.path, now, lease):
             return []
         head = None if lease is None else fmt.lease_head(self.path, lease)
@@ -314,7 +331,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
-
+        queue = as_queue_name(queue)
+        records = checked_records(records)
         ids = distinct_ids(queue, records)
         for rec in records:
             refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
@@ -342,6 +360,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
         self._write("restore", body)
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        if type(owner) is not str:
+            return []  # an owner of no lease
         holder = owner.encode()
 
         def body(txn: Txn) -> list[int]:
@@ -375,7 +395,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
         return self._write("ack", body)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
 
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
@@ -394,7 +414,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
         return self._read("peek", body)
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
 
         def body(txn: Txn) -> list[LeasedRecord]:
             q = self._queue(txn, queue)
@@ -440,10 +460,16 @@ class _LMDBStore(LeaseSettling, Maintaining):
         return self._read("queues", body)
 
     def get_meta(self, key: str) -> bytes | None:
-        return self._read("get_meta", lambda txn: txn.get(key.encode(), db=self._meta))
+        """The value stored under ``key``, or None. Keys follow the rule of
+        :func:`~spoolq.engines._checks.meta_key_bytes` (TypeError or ValueError)."""
+        name = meta_key_bytes(key)
+        return self._read("get_meta", lambda txn: txn.get(name, db=self._meta))
 
     def set_meta(self, key: str, value: bytes) -> None:
-        self._write("set_meta", lambda txn: txn.put(key.encode(), value, db=self._meta))
+        """Store ``value`` (bytes-like) under ``key``, which follows the rule of
+        :func:`~spoolq.engines._checks.meta_key_bytes` (TypeError or ValueError)."""
+        name, blob = meta_key_bytes(key), as_bytes(value, "a metadata value")
+        self._write("set_meta", lambda txn: txn.put(name, blob, db=self._meta))
 
     def close(self) -> None:
         self._env.close()

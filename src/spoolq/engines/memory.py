@@ -17,6 +17,15 @@ from itertools import chain, islice, repeat
 from math import isnan
 from operator import itemgetter
 
+from ._checks import (
+    as_bytes,
+    as_int,
+    as_max_attempts,
+    as_queue_name,
+    as_records,
+    as_text,
+    checked_size_types,
+)
 from .base import (
     MAX_RAW_SIZE,
     Counts,
@@ -26,6 +35,7 @@ from .base import (
     batch_given,
     check_window,
     checked_raw_size,
+    checked_records,
     dead_queue_name,
     distinct_ids,
     due_by,
@@ -60,6 +70,13 @@ _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
 
+def _check_take(n: object, lease: Lease | None) -> None:
+    """TypeError for a take's count that is not an int, or a lease owner not a str."""
+    as_int(n, "n")
+    if lease is not None:
+        as_text(lease.owner, "a lease owner")
+
+
 def _record(ident: int, e: _Entry) -> StoredRecord:
     return _new_record((ident, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason))
 
@@ -77,6 +94,15 @@ class _Queue:
     leased: int = 0
     stored_bytes: int = 0
     raw_bytes: int = 0
+
+
+def _pop_fresh(q: _Queue, n: int) -> list[StoredRecord]:
+    """Remove and return up to ``n`` of the oldest fresh records (get_many)."""
+    popleft = q.fresh.popleft
+    out = [popleft() for _ in range(min(n, len(q.fresh)))]
+    q.stored_bytes -= sum(map(len, map(_data, out)))
+    q.raw_bytes -= sum(map(_raw_size, out))
+    return out
 
 
 class MemoryEngine:
@@ -123,13 +149,17 @@ class MemoryEngine:
                now: float) -> list[int]:
         if isnan(now):
             refuse_nan(_WHERE, "append", "now", now)
+        if type(queue) is not str:
+            as_queue_name(queue)
         first = self._next_id
         k = len(records)
         if k == 1 and len(raw_sizes) == 1:  # the common put, without the batch's set-up
-            q = self._queues.get(queue) or self._q(queue)
             data, raw_size = records[0], raw_sizes[0]
+            if type(data) is not bytes:
+                data = as_bytes(data, "a record")
             if type(raw_size) is not int or not 0 <= raw_size <= MAX_RAW_SIZE:
                 checked_raw_size(raw_size)
+            q = self._queues.get(queue) or self._q(queue)
             self._next_id = first + 1
             q.fresh.append(_new_record((first, data, raw_size, 0, now, None)))
             q.stored_bytes += len(data)
@@ -137,6 +167,8 @@ class MemoryEngine:
             return [first]
         if not batch_given(records, raw_sizes):
             return []
+        records = as_records(records)
+        checked_size_types(raw_sizes)
         q = self._queues.get(queue) or self._q(queue)
         ids = range(first, first + k)
         self._next_id = ids.stop
@@ -147,6 +179,8 @@ class MemoryEngine:
         return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if type(n) is not int or (lease is not None and type(lease.owner) is not str):
+            _check_take(n, lease)
         q = self._queues.get(queue)
         # Two C calls on the way of every take; the helper only for a NaN.
         if ((isnan(now) or (lease is not None and isnan(lease.until)))
@@ -161,12 +195,8 @@ class MemoryEngine:
                 q.stored_bytes -= len(rec[1])
                 q.raw_bytes -= rec[2]
                 return [rec]
-            popleft = fresh.popleft
-            out = [popleft() for _ in range(min(n, len(fresh)))]
-            q.stored_bytes -= sum(map(len, map(_data, out)))
-            q.raw_bytes -= sum(map(_raw_size, out))
-            return out
-        out = []
+            return _pop_fresh(q, n)
+        out: list[StoredRecord] = []
         hidden: list[int] = []
         heappop, now = heapq.heappop, due_by(now)  # what waits for no time is seen before 0
         stored = raw = 0
@@ -210,6 +240,8 @@ class MemoryEngine:
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
+        queue = as_queue_name(queue)
+        records = checked_records(records)
         for rec in records:
             refuse_nan(_WHERE, "restore", f"the enqueue time of record {rec.id}",
                        rec.enqueued_at)
@@ -276,6 +308,9 @@ class MemoryEngine:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        if type(reason) is not str:
+            as_text(reason, "a reason")
+        as_max_attempts(max_attempts)
         q = self._queues.get(queue)
         done: list[int] = []
         if q is None:
@@ -292,6 +327,7 @@ class MemoryEngine:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
+        as_max_attempts(max_attempts)
         q = self._queues.get(queue)
         if q is None:
             return 0
@@ -304,7 +340,7 @@ class MemoryEngine:
         return len(due)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
         q = self._queues.get(queue)
         if q is None:
             return []
@@ -314,7 +350,7 @@ class MemoryEngine:
         return list(islice(heapq.merge(islice(q.fresh, end), back), offset, end))
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
         q = self._queues.get(queue)
         if q is None or not q.leased or n == 0:
             return []
@@ -339,6 +375,7 @@ class MemoryEngine:
         return held
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        dst = as_queue_name(dst)
         s = self._queues.get(src)
         if s is None:
             return 0
@@ -377,7 +414,7 @@ class MemoryEngine:
         return self._meta.get(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        self._meta[key] = value
+        self._meta[as_text(key, "a metadata key")] = as_bytes(value, "a metadata value")
 
     def close(self) -> None:
         """Nothing to release: the records simply go when the engine is dropped."""

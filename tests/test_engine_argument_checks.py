@@ -1,0 +1,191 @@
+"""Engines called directly with arguments of the wrong type or out of range: each refuses
+them the way the SQLite engine does, naming what is wrong, and leaves the queue as it was."""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoolq.engines import Engine, Lease, StoredRecord, SupportsPeekLeased
+
+from .test_engines_limits import _open
+
+ALL = ["memory", "sqlite", "lmdb", "dbm", "pickle"]
+"""Engines that refuse a call of the tables below the same way."""
+NOT_SQLITE = ["memory", "lmdb", "dbm", "pickle"]
+"""For calls that the SQLite engine takes as they are."""
+COUNTED = ["memory", "lmdb", "pickle"]
+"""For counts and max_attempts that are not ints (SQLite fails with its own error)."""
+
+Call = Callable[[Any], object]
+
+
+def _state(eng: Engine) -> tuple[object, ...]:
+    assert isinstance(eng, SupportsPeekLeased)
+    return (eng.counts("q"), eng.peek("q", 100), eng.peek_leased("q", 100), eng.owners("q"),
+            eng.counts("q.dead"), eng.peek("q.dead", 100), eng.counts("r"), eng.peek("r", 100),
+            sorted(eng.queues()), eng.get_meta("k"))
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[Callable[[str], Engine]]:
+    """Opens an engine of a kind holding queue "q": records 2 and 3 ready, 1 leased by
+    "o" (attempts 1), and the metadata k = v."""
+    engines: list[Engine] = []
+
+    def open_kind(kind: str) -> Engine:
+        eng = _open(kind, tmp_path)
+        engines.append(eng)
+        eng.append("q", [b"a", b"b", b"c"], [1, 1, 1], 1.0)
+        eng.take("q", 1, 2.0, Lease("o", 90.0))
+        eng.set_meta("k", b"v")
+        return eng
+
+    yield open_kind
+    for eng in engines:
+        eng.close()
+
+
+def _cases(*rows: tuple[str, Call, type[Exception], str, list[str]]) -> list[Any]:
+    return [pytest.param(call, error, match, kind, id=f"{label}-{kind}")
+            for label, call, error, match, kinds in rows for kind in kinds]
+
+
+GONE = StoredRecord(1, b"a", 1, 0, 1.0)
+
+
+@pytest.mark.parametrize("call, error, match, kind", _cases(
+    ("take-float-count", lambda e: e.take("q", 1.5, 5.0, None), TypeError,
+     "n must be an int, not float", COUNTED),
+    ("lease-float-count", lambda e: e.take("q", 1.5, 5.0, Lease("p", 90.0)), TypeError,
+     "n must be an int, not float", COUNTED),
+    ("take-str-count", lambda e: e.take("q", "1", 5.0, None), TypeError,
+     "n must be an int, not str", COUNTED),
+    ("take-infinite-count", lambda e: e.take("q", float("inf"), 5.0, None), TypeError,
+     "n must be an int, not float", COUNTED),
+    ("peek-float-count", lambda e: e.peek("q", 1.5), TypeError,
+     "n must be an int, not float", COUNTED),
+    ("peek-float-offset", lambda e: e.peek("q", 1, 0.5), TypeError,
+     "offset must be an int, not float", COUNTED),
+    ("peek-leased-float-count", lambda e: e.peek_leased("q", 1.5), TypeError,
+     "n must be an int, not float", COUNTED),
+    ("release-str-max-attempts", lambda e: e.release(
+        "q", [(1, 1)], "o", not_before=0.0, max_attempts="1"), TypeError,
+     "max_attempts must be an int, not str", COUNTED),
+    ("release-float-max-attempts", lambda e: e.release(
+        "q", [(1, 1)], "o", not_before=0.0, max_attempts=0.5), TypeError,
+     "max_attempts must be an int, not float", COUNTED),
+    ("expire-str-max-attempts", lambda e: e.expire("q", 100.0, max_attempts="1"), TypeError,
+     "max_attempts must be an int, not str", COUNTED),
+    ("append-bytes-name", lambda e: e.append(b"q", [b"x"], [1], 3.0), TypeError,
+     "a queue name must be a str, not bytes", ALL),
+    ("append-batch-int-name", lambda e: e.append(7, [b"x", b"y"], [1, 1], 3.0), TypeError,
+     "a queue name must be a str, not int", ALL),
+    ("append-str-record", lambda e: e.append("r", ["x"], [1], 3.0), TypeError,
+     "a record must be bytes, not str", ALL),
+    ("append-int-record", lambda e: e.append("r", [5], [1], 3.0), TypeError,
+     "a record must be bytes, not int", ALL),
+    ("append-batch-str-record", lambda e: e.append("r", [b"x", "y"], [1, 1], 3.0),
+     TypeError, "a record must be bytes, not str", ALL),
+    ("append-float-raw-size", lambda e: e.append("r", [b"x"], [1.5], 3.0), TypeError,
+     "a raw size must be an int, not float", NOT_SQLITE),
+    ("append-batch-float-raw-size", lambda e: e.append("r", [b"x", b"y"], [1, 1.5], 3.0),
+     TypeError, "a raw size must be an int, not float", NOT_SQLITE),
+    ("restore-bytes-name", lambda e: e.restore(b"q", [GONE]), TypeError,
+     "a queue name must be a str, not bytes", ALL),
+    ("restore-bytes-reason", lambda e: e.restore("q", [GONE._replace(reason=b"why")]),
+     TypeError, "a reason must be a str, not bytes", ALL),
+    ("restore-str-data", lambda e: e.restore("q", [GONE._replace(data="a")]), TypeError,
+     "a record must be bytes, not str", ALL),
+    ("restore-str-id", lambda e: e.restore("q", [GONE._replace(id="1")]), TypeError,
+     "a record id must be an int, not str", ALL),
+    ("restore-text-time", lambda e: e.restore("q", [GONE._replace(enqueued_at="noon")]),
+     ValueError, "noon", ALL),
+    ("move-bytes-destination", lambda e: e.move("q", b"r"), TypeError,
+     "a queue name must be a str, not bytes", ALL),
+    ("release-bytes-reason", lambda e: e.release(
+        "q", [(1, 1)], "o", not_before=0.0, max_attempts=1, reason=b"why"), TypeError,
+     "a reason must be a str, not bytes", NOT_SQLITE),
+    ("release-bytes-reason-kept", lambda e: e.release(
+        "q", [(1, 1)], "o", not_before=0.0, max_attempts=None, reason=b"why"), TypeError,
+     "a reason must be a str, not bytes", NOT_SQLITE),
+    ("release-int-reason", lambda e: e.release(
+        "q", [(1, 1)], "o", not_before=0.0, max_attempts=1, reason=5), TypeError,
+     "a reason must be a str, not int", NOT_SQLITE),
+    ("lease-bytes-owner", lambda e: e.take("q", 1, 5.0, Lease(b"p", 90.0)), TypeError,
+     "a lease owner must be a str, not bytes", NOT_SQLITE),
+    ("lease-int-owner", lambda e: e.take("q", 1, 5.0, Lease(5, 90.0)), TypeError,
+     "a lease owner must be a str, not int", NOT_SQLITE),
+    ("set-meta-bytes-key", lambda e: e.set_meta(b"k", b"w"), TypeError,
+     "a metadata key must be a str, not bytes", NOT_SQLITE),
+    ("set-meta-str-value", lambda e: e.set_meta("k", "w"), TypeError,
+     "a metadata value must be bytes, not str", NOT_SQLITE),
+    ("set-meta-int-value", lambda e: e.set_meta("k", 5), TypeError,
+     "a metadata value must be bytes, not int", NOT_SQLITE),
+))
+def test_a_bad_argument_is_refused_by_name_and_changes_nothing(
+        opened: Callable[[str], Engine], call: Call, error: type[Exception], match: str,
+        kind: str) -> None:
+    eng = opened(kind)
+    before = _state(eng)
+    with pytest.raises(error, match=match):
+        call(eng)
+    assert _state(eng) == before
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_bytes_like_records_are_stored_and_counted_as_their_bytes(
+        opened: Callable[[str], Engine], kind: str) -> None:
+    """A memoryview of 4-byte items counts 2 items but holds 8 bytes."""
+    eng = opened(kind)
+    wide = memoryview(array.array("i", [1, 2]))
+    assert len(eng.append("r", [wide], [8], 3.0)) == 1
+    assert len(eng.append("r", [bytearray(b"xy"), wide], [2, 8], 3.0)) == 2
+    assert eng.counts("r") == (3, 0, 18, 18)
+    assert [r.data for r in eng.take("r", 5, 3.0, None)] == [wide.tobytes(), b"xy",
+                                                             wide.tobytes()]
+    assert eng.counts("r") == (0, 0, 0, 0)
+    eng.set_meta("m", bytearray(b"w"))
+    assert eng.get_meta("m") == b"w"
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_names_and_owners_of_another_type_find_nothing_where_only_read(
+        opened: Callable[[str], Engine], kind: str) -> None:
+    """Reading, or settling leases in, a queue by a name that is not a str finds no queue,
+    as a name never used does; an owner that is not a str holds no lease."""
+    eng = opened(kind)
+    assert isinstance(eng, SupportsPeekLeased)
+    before = _state(eng)
+    name: Any = b"q"
+    assert eng.counts(name) == (0, 0, 0, 0)
+    assert eng.peek(name, 5) == []
+    assert eng.peek_leased(name, 5) == []
+    assert eng.owners(name) == {}
+    assert eng.take(name, 1, 5.0, None) == []
+    assert eng.ack(name, [(1, 1)], "o") == []
+    assert eng.release(name, [(1, 1)], "o", not_before=0.0, max_attempts=None) == []
+    assert eng.expire(name, 100.0) == 0
+    assert eng.move(name, "r") == 0
+    assert eng.purge(name) == 0
+    owner: Any = b"o"
+    assert eng.ack("q", [(1, 1)], owner) == []
+    assert eng.release("q", [(1, 1)], owner, not_before=0.0, max_attempts=None) == []
+    assert _state(eng) == before
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_a_refused_append_to_a_new_queue_leaves_no_queue_behind(
+        opened: Callable[[str], Engine], kind: str) -> None:
+    """The memory engine made the queue before checking the raw size: queues() listed it."""
+    eng = opened(kind)
+    before = _state(eng)
+    for sizes in ([-1], [1, -1]):
+        with pytest.raises(ValueError, match="a raw size must be from 0"):
+            eng.append("new", [b"x"] * len(sizes), sizes, 3.0)
+    assert _state(eng) == before
+    assert eng.counts("new") == (0, 0, 0, 0)
