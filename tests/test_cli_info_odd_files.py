@@ -68,6 +68,11 @@ def test_the_other_commands_that_list_queues_name_it_too(tmp_path: Path) -> None
     assert f"queue name {SHOWN} is stored as bytes" in migrated.stderr
     assert run_json("info", copy)["queues"][0]["name"] == "jobs"
     assert unchanged(path, before)
+    # A server does not list the name among its queues: the name of no queue it serves.
+    with ThreadedServer(path) as srv:
+        served = run("info", srv.url)
+    assert served.exit_code == 0, served.output
+    assert "xffjobs" not in served.output
 
 
 # ---- stores without a file -------------------------------------------------------------------

@@ -7,6 +7,7 @@ import array
 import ctypes
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -189,3 +190,23 @@ def test_times_that_are_nan_are_refused_naming_the_argument(engine: SQLiteEngine
     # Infinite times are times.
     assert engine.release("q", held, "me", not_before=math.inf, max_attempts=None) == [1]
     assert [r.data for r in engine.take("q", 1, math.inf, None)] == [b"a"]
+
+
+def test_a_queue_name_stored_as_bytes_is_listed_apart(tmp_path: Path) -> None:
+    # A file of a spoolq that did not check a name's type may hold a name as a blob:
+    # queues() listed it as bytes, and a server sent it to its clients, which made it
+    # the text "b'raw'", a queue that does not exist.
+    path = tmp_path / "q.sqlite"
+    eng = SQLiteEngine(path)
+    eng.append("q", [b"a"], [1], 0.0)
+    eng.append("other", [b"b", b"c"], [1, 1], 0.0)
+    eng.close()
+    with closing(sqlite3.connect(path)) as con, con:
+        con.execute("UPDATE spoolq_queues SET name = ? WHERE name = 'other'", (b"raw",))
+    eng = SQLiteEngine(path, read_only=True)
+    try:
+        assert eng.queues() == ["q"]
+        assert eng.names_not_text() == [b"raw"]
+        assert eng.counts(b"raw").ready == 2  # type: ignore[arg-type]
+    finally:
+        eng.close()

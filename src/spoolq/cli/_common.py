@@ -214,11 +214,15 @@ def base_queues(engine: Engine, only: str | None = None) -> list[str]:
 
 
 def names_not_text(engine: Engine) -> list[Any]:
-    """The queue names ``engine`` lists that are not text, which :func:`base_queues`
-    leaves out: bytes, in an SQLite file written by a spoolq that did not check the type
-    of a name. No queue can be opened by such a name; the engine's reads (``counts``,
-    ``peek``) still take it."""
-    return sorted((n for n in engine.queues() if not isinstance(n, str)), key=repr)
+    """Queue names of ``engine`` that are not text, which :func:`base_queues` leaves out:
+    bytes, in an SQLite file written by a spoolq that did not check the type of a name
+    (``SQLiteEngine.names_not_text``), or a name of another type an engine lists. No
+    queue can be opened by such a name; the engine's reads (``counts``, ``peek``) take it."""
+    found = {n for n in engine.queues() if not isinstance(n, str)}
+    listed = getattr(engine, "names_not_text", None)
+    if listed is not None:
+        found.update(listed())
+    return sorted(found, key=repr)
 
 
 def not_text_note(engine: Engine, name: Any) -> str:

@@ -104,8 +104,9 @@ def info(path: str, queue: str | None, engine: str | None, schema: str | None,
         odd = [] if queue is not None else names_not_text(eng)
         for name in odd:
             state.note(f"note: {not_text_note(eng, name)}; listed as {name!r}")
-            report["queues"].append({**_queue_info(eng, name, t), "name": repr(name),
-                                     "name_hex": bytes(name).hex()})
+            report["queues"].append({
+                **_queue_info(eng, name, t), "name": repr(name),
+                "name_hex": name.hex() if isinstance(name, bytes) else None})
         if queue is not None:
             state.check_queue_name(eng, queue, dead_queue_name(queue))
     finally:

@@ -457,8 +457,17 @@ class SQLiteEngine(LeaseSettling):
             # Files of earlier versions registered a queue on a take or an expire too; a
             # queue that got no sequence (nor a restored record) never held one.
             return [r[0] for r in self._conn.execute(
-                "SELECT name FROM spoolq_queues WHERE last_seq > 0 OR ready + leased > 0 "
-                "ORDER BY name")]
+                "SELECT name FROM spoolq_queues WHERE (last_seq > 0 OR ready + leased > 0) "
+                "AND typeof(name) = 'text' ORDER BY name")]
+
+    def names_not_text(self) -> list[bytes]:
+        """The names :meth:`queues` leaves out: bytes, which a spoolq that did not check
+        the type of a name stored. No queue opens by such a name; ``counts``, ``peek`` and
+        ``peek_leased`` read it."""
+        with self._guard("queues"):
+            return [bytes(r[0]) for r in self._conn.execute(
+                "SELECT name FROM spoolq_queues WHERE (last_seq > 0 OR ready + leased > 0) "
+                "AND typeof(name) = 'blob' ORDER BY name")]
 
     def get_meta(self, key: str) -> bytes | None:
         with self._guard("get_meta"):
