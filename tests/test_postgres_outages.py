@@ -6,6 +6,7 @@ a role granted only the tables, timeouts out of range, and schema names holding 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -23,6 +24,7 @@ if not os.environ.get("SPOOLQ_REQUIRE_POSTGRES"):
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
 
 from spoolq.engines import _pgpool
 from spoolq.engines.postgres import PostgresEngine
@@ -189,6 +191,48 @@ def test_a_blocked_get_gets_the_item_put_after_a_restart(relay: Relay, pg_url: s
         q.close()
         producer.close()
         getter.join(5)
+
+
+def test_an_outage_is_reported_by_spoolq_alone_not_by_its_pool_too(
+        relay: Relay, pg_url: str, pg_schema: str, caplog: pytest.LogCaptureFixture) -> None:
+    """psycopg_pool warns on its own logger of each connection it loses or fails to make:
+    for spoolq's pools those are kept at DEBUG under the spoolq logger (the calls that meet
+    the outage raise Unavailable, and calls that wait it out warn once); a pool of the
+    program's own still warns."""
+    opts = {"schema": pg_schema}
+    mine = ConnectionPool(relay.url, min_size=1, name="mine", open=False)
+    mine.open(wait=True, timeout=5)
+    q = spoolq.SyncQueue.create(relay.url, name="jobs", engine_options=opts)
+    producer = spoolq.SyncQueue.create(pg_url, name="jobs", engine_options=opts)
+    got: list[Any] = []
+    getter = threading.Thread(target=lambda: got.append(q.get(timeout=10)))
+    try:
+        with caplog.at_level(logging.DEBUG):
+            q.put("before")
+            relay.cut()
+            with pytest.raises(spoolq.Unavailable):
+                q.put("during")
+            getter.start()
+            with pytest.raises(psycopg.OperationalError), mine.connection(timeout=1) as conn:
+                conn.execute("SELECT 1")
+            time.sleep(1.0)
+            relay.restore()
+            getter.join(10)
+        assert got == ["before"]
+    finally:
+        q.close()
+        producer.close()
+        mine.close()
+        getter.join(5)
+    pool_warnings = [r.getMessage() for r in caplog.records
+                     if r.name == "psycopg.pool" and r.levelno >= logging.WARNING]
+    assert any("'mine'" in m for m in pool_warnings)
+    assert not any("'spoolq'" in m for m in pool_warnings)
+    # The one connection the program's pool lent out; spoolq's pool lost two and more.
+    assert sum("connection: <" in m for m in pool_warnings) == 1, pool_warnings
+    spoolq_debug = [r.getMessage() for r in caplog.records
+                    if r.name == "spoolq" and r.levelno == logging.DEBUG]
+    assert any("the connection pool: error connecting in 'spoolq'" in m for m in spoolq_debug)
 
 
 def test_calls_go_through_soon_after_the_server_is_back(relay: Relay, pg_schema: str) -> None:

@@ -16,6 +16,7 @@ import math
 import os
 import select
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,39 @@ def _set_session(conn: Conn) -> None:
     for statement in _SESSION:
         conn.execute(statement)
 
+
+_POOL_NAME = "spoolq"
+# The connections of this process's pools, for _PoolMessages to know them by.
+_POOLED: weakref.WeakSet[Conn] = weakref.WeakSet()
+
+
+class _PoolMessages(logging.Filter):
+    """Moves what psycopg_pool logs about spoolq's pools (a connection lost, an attempt
+    to reconnect that failed: a warning each, several for one outage) to the spoolq
+    logger at DEBUG: the queue reports the outage itself, once. What it logs about the
+    program's other pools passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not any(_of_spoolq(arg) for arg in args):
+            return True
+        log.debug("spoolq: the connection pool: %s", record.getMessage())
+        return False
+
+
+def _of_spoolq(arg: object) -> bool:
+    """Whether an argument of a psycopg_pool message names one of spoolq's pools: its
+    name, one of its connections, or one of its tasks (which refer to their pool)."""
+    if isinstance(arg, str):
+        return arg == _POOL_NAME
+    if isinstance(arg, psycopg.Connection):
+        return arg in _POOLED
+    pool = getattr(arg, "pool", None)
+    return callable(pool) and isinstance(pool(), _Pool)
+
+
+logging.getLogger("psycopg.pool").addFilter(_PoolMessages())
+
 _POOLS: dict[PoolKey, _SharedPool] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -163,6 +197,7 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
         shared = _POOLS.get(key)
         if shared is None:
             def configure(conn: Conn) -> None:
+                _POOLED.add(conn)
                 _set_session(conn)
                 for name, value in settings:
                     conn.execute("SELECT set_config(%s, %s, false)", (name, value))
@@ -179,7 +214,7 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
                 _with_defaults(bounded), min_size=1, max_size=size, open=False,
                 configure=configure,
                 kwargs={"autocommit": True, "fallback_application_name": "spoolq"},
-                timeout=timeout, name="spoolq")
+                timeout=timeout, name=_POOL_NAME)
             pool.open(wait=True, timeout=timeout)
             shared = _POOLS[key] = _SharedPool(pool)
         shared.users += 1
