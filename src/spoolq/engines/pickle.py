@@ -85,6 +85,26 @@ class _RefusedGlobal(pickle.UnpicklingError):
     pass
 
 
+def _str(value: str) -> str:
+    """``value`` as a plain str: a pickled subclass (an enum of names) would name its class,
+    which the unpickler refuses, so the file could never be read again."""
+    return value if type(value) is str else str.__str__(value)
+
+
+def _bytes(value: bytes) -> bytes:
+    """``value`` as plain bytes (see :func:`_str`)."""
+    return value if type(value) is bytes else bytes(memoryview(value))
+
+
+class _DataOnlyPickler(pickle.Pickler):
+    """Refuses to write anything but the plain types the unpickler reads back: the values
+    are made plain on the way in, and this keeps a file from ever naming a class."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        # Only called for objects of types that pickle does not write by itself.
+        raise TypeError(f"a {type(obj).__name__} cannot be stored in a pickle queue file")
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     """Builds only containers and scalars: every class and function lookup is refused."""
 
@@ -231,8 +251,10 @@ class _PickleStore:
 
     def _save(self) -> None:
         next_id, meta, queues = self._mem.export()
-        blob = pickle.dumps({"meta": meta, "next_id": next_id, "queues": queues},
-                            protocol=_PROTOCOL)
+        out = io.BytesIO()
+        _DataOnlyPickler(out, protocol=_PROTOCOL).dump(
+            {"meta": meta, "next_id": next_id, "queues": queues})
+        blob = out.getbuffer()
         tmp = f"{self._file}.{uuid.uuid4().hex[:12]}.tmp"
         try:
             mode = stat.S_IMODE(os.stat(self._file).st_mode)
@@ -289,22 +311,24 @@ class _PickleStore:
         if not batch_given(records, raw_sizes):
             return []
         # Checked before anything changes: a value the file cannot hold would make it unreadable.
-        queue = _name(queue)
+        queue = _str(_name(queue))
         refuse_nan(self.path, "append", "now", now)
-        data = [as_bytes(r, "a record") for r in records]
-        sizes = [checked_raw_size(r) for r in raw_sizes]
+        data = [_bytes(as_bytes(r, "a record")) for r in records]
+        sizes = [int(checked_raw_size(r)) for r in raw_sizes]
         return self._write("append", lambda m: m.append(queue, data, sizes, float(now)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         if lease is not None:
-            lease = Lease(_text(lease.owner, "a lease owner"), float(lease.until))
+            lease = Lease(_str(_text(lease.owner, "a lease owner")), float(lease.until))
         if nothing_visible(self.path, now, lease):
             return []
         return self._write("take", lambda m: m.take(queue, n, now, lease))
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
-        queue = _name(queue)
-        records = checked_records(records)
+        queue = _str(_name(queue))
+        records = [StoredRecord(int(r.id), _bytes(r.data), int(r.raw_size), int(r.attempts),
+                                float(r.enqueued_at), None if r.reason is None else _str(r.reason))
+                   for r in checked_records(records)]
         for rec in records:
             refuse_nan(self.path, "restore", f"the enqueue time of record {rec.id}",
                         rec.enqueued_at)
@@ -321,8 +345,9 @@ class _PickleStore:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
-        reason = _text(reason, "a reason")
+        reason = _str(_text(reason, "a reason"))
         refuse_nan(self.path, "release", "not_before", not_before)
+        not_before = float(not_before)
         return self._write("release", lambda m: m.release(
             queue, deliveries, owner, not_before=not_before, max_attempts=max_attempts,
             count_attempt=count_attempt, reason=reason or "nacked"))
@@ -345,7 +370,7 @@ class _PickleStore:
         return self._mem.owners(queue)
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        dst = _name(dst)
+        dst = _str(_name(dst))
         return self._write("move", lambda m: m.move(src, dst, ids))
 
     def purge(self, queue: str) -> int:
@@ -358,7 +383,8 @@ class _PickleStore:
         return self._mem.get_meta(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        key, blob = _text(key, "a metadata key"), as_bytes(value, "a metadata value")
+        key = _str(_text(key, "a metadata key"))
+        blob = _bytes(as_bytes(value, "a metadata value"))
         self._write("set_meta", lambda m: m.set_meta(key, blob))
 
     def close(self) -> None:
