@@ -272,3 +272,36 @@ def test_pickle_file_cut_short_inside_its_header_is_damaged_not_foreign(tmp_path
             with pytest.raises(spoolq.CorruptError, match="damaged"):
                 PickleEngine(path, read_only=read_only)
         assert path.read_bytes() == whole[:size]
+
+
+@pytest.mark.parametrize("engine", SINGLE_PROCESS)
+@pytest.mark.parametrize("call, match", [
+    (lambda e: e.take("q", 1.5, 5.0, None), "n must be an int, not float"),
+    (lambda e: e.take("q", "1", 5.0, Lease("p", 90.0)), "n must be an int, not str"),
+    (lambda e: e.take("q", float("inf"), 5.0, None), "n must be an int, not float"),
+    (lambda e: e.peek("q", 1.5), "n must be an int, not float"),
+    (lambda e: e.peek("q", 1, 0.5), "offset must be an int, not float"),
+    (lambda e: e.peek_leased("q", 1.5), "n must be an int, not float"),
+    (lambda e: e.peek_leased("q", 1, "0"), "offset must be an int, not str"),
+    (lambda e: e.release("q", [(1, 1)], "o", not_before=0.0, max_attempts=0.5),
+     "max_attempts must be an int, not float"),
+    (lambda e: e.release("q", [(1, 1)], "o", not_before=0.0, max_attempts="1"),
+     "max_attempts must be an int, not str"),
+    (lambda e: e.expire("q", 100.0, max_attempts=0.5), "max_attempts must be an int"),
+], ids=["take-float", "lease-str", "take-inf", "peek-float", "peek-offset", "leased-float",
+        "leased-offset", "release-float-max", "release-str-max", "expire-float-max"])
+def test_counts_and_max_attempts_that_are_not_ints_are_refused_by_name(
+        tmp_path: Path, engine: str, call: Callable[[Any], object], match: str) -> None:
+    """A max_attempts of 0.5 buried a leased record at its first release on dbm."""
+    path = queue_path(tmp_path, engine)
+    eng = open_engine(path)
+    try:
+        eng.append("q", [b"a", b"b", b"c"], [1, 1, 1], 1.0)
+        eng.take("q", 1, 2.0, Lease("o", 90.0))
+        before = (eng.counts("q"), eng.counts("q.dead"), eng.peek("q", 9), eng.owners("q"))
+        with pytest.raises(TypeError, match=match):
+            call(eng)
+        assert (eng.counts("q"), eng.counts("q.dead"), eng.peek("q", 9),
+                eng.owners("q")) == before
+    finally:
+        eng.close()

@@ -59,6 +59,7 @@ from typing import TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError
 from . import _dbmfiles as files
+from ._checks import as_int, as_max_attempts
 from ._dbmgenerations import Generations
 from ._dbmstate import Aside as _Aside
 from ._dbmstate import QueueState as _Queue
@@ -164,6 +165,7 @@ class _DBMStore(Generations):
         return list(range(first, first + len(records)))
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        n = as_int(n, "n")
         if lease is not None:
             lease = Lease(as_text(lease.owner, "a lease owner"), lease.until)
         if nothing_visible(self.path, now, lease):
@@ -267,6 +269,7 @@ class _DBMStore(Generations):
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
         reason = as_text(reason, "a reason")
+        as_max_attempts(max_attempts)
         refuse_nan(self.path, "release", "not_before", not_before)
         with self._transaction("release") as st:
             q = st.queues.get(queue)
@@ -282,6 +285,7 @@ class _DBMStore(Generations):
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
+        as_max_attempts(max_attempts)
         gone = set(owners)
         with self._transaction("expire") as st:
             q = st.queues.get(queue)
@@ -317,7 +321,7 @@ class _DBMStore(Generations):
             raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
 
         def read() -> list[StoredRecord]:
             q = self._state.queues.get(queue)
@@ -328,7 +332,7 @@ class _DBMStore(Generations):
         return self._reading("peek", read)
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
 
         def read() -> list[LeasedRecord]:
             q = self._state.queues.get(queue)
