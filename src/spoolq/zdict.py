@@ -283,8 +283,10 @@ def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
     """Give ``codec`` every zstd dictionary in the file; activate queue ``name``'s own.
 
     Dictionaries are records of the internal queue ``DICTIONARY_QUEUE``,
-    numbered by their place in it: appends are atomic and nothing takes from
-    that queue, so no two processes can give one number to two dictionaries.
+    numbered by their place in it: appends are atomic, nothing takes from that
+    queue, and its appends become visible in the order of their ids (PostgreSQL,
+    which draws ids before commit, makes them take turns), so no two processes can
+    give one number to two dictionaries.
     A dictionary that fails the checksum stored beside it (or, without one,
     that zstd cannot load) is not used: records that need it raise
     :class:`CorruptError` (a damaged dictionary would decode them into wrong

@@ -1,6 +1,6 @@
-"""A batch of the PostgreSQL engine sent in statements that PostgreSQL accepts, the
-largest record it stores, the checks of the values it is given, and the deltas it adds
-to the counter stripes."""
+"""A batch of the PostgreSQL engine sent in statements that PostgreSQL accepts (and
+appended to spoolq's own queues one at a time), the largest record it stores, the checks
+of the values it is given, and the deltas it adds to the counter stripes."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from .base import (
     refuse_nan,
 )
 
-__all__ = ["MAX_QUEUE_NAME_BYTES", "MAX_RECORD_BYTES", "STATEMENT_BYTES", "atomic",
-           "check_given", "check_sizes", "checked_batch", "checked_meta", "checked_name",
+__all__ = ["MAX_QUEUE_NAME_BYTES", "MAX_RECORD_BYTES", "STATEMENT_BYTES", "append_runs",
+           "atomic", "check_given", "check_sizes", "checked_batch", "checked_meta", "checked_name",
            "checked_restore", "counter_deltas", "parts"]
 
 MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
@@ -37,6 +37,8 @@ of its dead letters (``<name>.dead``) takes 5 more. A btree index entry holds at
 some 2.7 kB (a third of a page): the name and an id go into the key of every record."""
 
 _DEAD = ".dead"
+
+_OWN = "__spoolq_"  # spoolq's own queues (its zstd dictionaries), as settings reserves them
 
 # Records a statement sends at most, in bytes, unless it sends one alone: a whole batch
 # in one message of more than 1 GiB makes the server close the connection.
@@ -89,6 +91,30 @@ def parts(queue: str, records: Sequence[bytes], what: str) -> list[slice]:
 def atomic(conn: Conn, runs: Sequence[slice]) -> AbstractContextManager[Any]:
     """A transaction around a batch sent in several statements; none around one."""
     return conn.transaction() if len(runs) > 1 else nullcontext()
+
+
+def append_runs(conn: Conn, append: sql.Composed, schema: str, queue: str,
+                records: Sequence[bytes], raw_sizes: Sequence[int], runs: Sequence[slice],
+                params: dict[str, Any]) -> list[int]:
+    """Append a batch to ``queue`` of ``schema``, each of its ``runs`` by one ``append``
+    statement (run with ``params``), all in one transaction; the ids the records got.
+
+    Appends to one of spoolq's own queues take turns, each in a transaction that takes
+    a lock of the queue before drawing ids: ids are drawn before commit, so two appends
+    at once could become visible in the other order, and a reader that saw the later
+    id alone would take it for the first. A zstd dictionary's number is its place in its
+    queue, so two dictionaries could get one number."""
+    ids: list[int] = []
+    own = queue.startswith(_OWN)
+    with conn.transaction() if own else atomic(conn, runs):
+        if own:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                         (f"spoolq append {schema} {queue}",))
+        for run in runs:
+            row = conn.execute(append, {**params, "data": list(records[run]),
+                                        "raw": list(raw_sizes[run])}).fetchone()
+            ids.extend(row[0] if row is not None else ())
+    return ids
 
 
 # PostgreSQL would cast what is not bytes to bytea or text on its own terms: a str record's

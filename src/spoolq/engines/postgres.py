@@ -84,6 +84,7 @@ from ._pglisten import Listener, any_ready, payload
 from ._pgparts import (
     MAX_QUEUE_NAME_BYTES,
     MAX_RECORD_BYTES,
+    append_runs,
     atomic,
     check_given,
     check_sizes,
@@ -277,14 +278,9 @@ class PostgresEngine:
         self._waits.drain()
         # One stripe for every statement: see _unlease on taking two of one queue.
         params = self._params(queue, now=now)
-        ids: list[int] = []
-        with self._conn("append") as conn, atomic(conn, parts):
-            for part in parts:
-                row = conn.execute(self._sql.append, {
-                    **params, "data": list(records[part]),
-                    "raw": list(raw_sizes[part])}).fetchone()
-                ids.extend(row[0] if row is not None else ())
-        return ids
+        with self._conn("append") as conn:
+            return append_runs(conn, self._sql.append, self.schema, queue, records,
+                               raw_sizes, parts, params)
 
     def check_records(self, queue: str, records: Sequence[bytes]) -> None:
         """ValueError for a record larger than :data:`MAX_RECORD_BYTES`."""
