@@ -305,3 +305,24 @@ def test_counts_and_max_attempts_that_are_not_ints_are_refused_by_name(
                 eng.owners("q")) == before
     finally:
         eng.close()
+
+
+def _bytes_in(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.iterdir())
+
+
+def test_dbm_files_stay_small_while_many_records_are_held_aside(tmp_path: Path) -> None:
+    """Every call writes a state holding each record held aside (800 nacked with a delay:
+    about 60 KB). The states a call replaces were reclaimed only once the dead keys
+    outnumbered the live ones, whatever their size: 800 nacks and 800 puts left 64 MB."""
+    path = tmp_path / "q.dbm"
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(list(range(800)))
+        for msg in [q.lease(ttl=600) for _ in range(800)]:
+            q.nack(msg, delay=600)
+        for i in range(800):
+            q.put(i)
+        assert _bytes_in(path) < 24_000_000
+    with spoolq.SyncQueue.create(path) as q:
+        assert q.qsize() == 1600  # the 800 nacked wait for their delay
+        assert q.get_many(1000, timeout=0.5) == list(range(800))

@@ -200,6 +200,7 @@ def finish_generation(directory: str, generation: str, db: Database, st: State,
     try:
         st.commit += 1
         st.keys = copied + 1
+        st.waste = 0
         db[b"s%d" % st.commit] = encode_state(st)
     finally:
         db.close()

@@ -21,6 +21,8 @@ __all__ = ["Generations"]
 log = logging.getLogger("spoolq")
 
 _COMPACT_MIN = 1000  # dead keys tolerated before a rewrite, whatever the live count
+_COMPACT_MIN_BYTES = 8 << 20  # bytes of replaced states tolerated, whatever the live size
+_PADDED = 512  # what dbm.dumb takes at least for a value
 _READER_TRIES = 20  # loads a read-only open tries while its writer keeps writing
 _READER_PAUSE = 0.005  # seconds between them while the same generation is current
 
@@ -175,7 +177,9 @@ class Generations:
             if isinstance(exc, OSError):
                 raise EngineError(f"{self.path}: {what} failed: {exc}") from exc
             raise
-        if self._changed and self._keys - self._live() > max(self._live(), _COMPACT_MIN):
+        if self._changed and (self._keys - self._live() > max(self._live(), _COMPACT_MIN)
+                              or self._state.waste > max(self._live_bytes(),
+                                                         _COMPACT_MIN_BYTES)):
             try:
                 self._compact()
             except BaseException as exc:
@@ -211,6 +215,14 @@ class Generations:
     def _live(self) -> int:
         return 1 + sum(q.live() for q in self._state.queues.values())
 
+    def _live_bytes(self) -> int:
+        """About what a compaction copies: the records, each padded as dbm.dumb pads it,
+        and the state. States replaced by more than this are reclaimed: each state holds
+        every record held aside, so with thousands of them the states, not the records,
+        fill the files."""
+        return len(self._committed) + sum(q.stored + _PADDED * q.live()
+                                          for q in self._state.queues.values())
+
     def _put(self, key: bytes, value: bytes) -> None:
         self._require_db()[key] = value
         self._new_keys += 1
@@ -219,6 +231,7 @@ class Generations:
         st = self._state
         st.commit += 1
         st.keys = self._keys + self._new_keys + 1
+        st.waste += len(self._committed)  # the state this one replaces
         blob = encode_state(st)
         self._require_db()[b"s%d" % st.commit] = blob  # the commit point
         self._written = st.commit
@@ -243,6 +256,7 @@ class Generations:
         # Every key now in the generation: the committed ones, the failed call's records
         # and state, and this state.
         st.keys = self._keys + self._new_keys + 2
+        st.waste += 2 * len(self._committed)  # it and the failed call's, about as large
         blob = encode_state(st)
         try:
             self._require_db()[b"s%d" % st.commit] = blob

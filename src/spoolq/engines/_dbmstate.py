@@ -66,6 +66,7 @@ class State:
 
     commit: int = 0
     keys: int = 0  # keys in the generation once this state is written, itself included
+    waste: int = 0  # bytes of the states this generation holds that later ones replaced
     next_id: int = 1
     next_number: int = 1
     meta: dict[str, bytes] = field(default_factory=dict)
@@ -74,7 +75,7 @@ class State:
 
 def encode_state(st: State) -> bytes:
     doc = {
-        "commit": st.commit, "keys": st.keys, "next_id": st.next_id,
+        "commit": st.commit, "keys": st.keys, "waste": st.waste, "next_id": st.next_id,
         "next_number": st.next_number, "meta": {k: v.hex() for k, v in st.meta.items()},
         "queues": {name: [q.number, q.head, q.tail, q.extra, q.ready, q.leased, q.stored, q.raw,
                           sorted(q.holes),
@@ -100,9 +101,9 @@ def decode_state(blob: bytes) -> State:
             {int(i): Aside(str(key), None if owner is None else str(owner), float(visible),
                             int(attempts), int(size), int(r_raw))
              for i, key, owner, visible, attempts, size, r_raw in aside})
-    return State(int(doc["commit"]), int(doc["keys"]), int(doc["next_id"]),
-                  int(doc["next_number"]), {str(k): bytes.fromhex(v)
-                                            for k, v in doc["meta"].items()}, queues)
+    return State(int(doc["commit"]), int(doc["keys"]), int(doc.get("waste", 0)),
+                 int(doc["next_id"]), int(doc["next_number"]),
+                 {str(k): bytes.fromhex(v) for k, v in doc["meta"].items()}, queues)
 
 
 def state_version(blob: bytes) -> bytes | None:
