@@ -16,10 +16,8 @@ from .test_engines_limits import _open
 
 ALL = ["memory", "sqlite", "lmdb", "dbm", "pickle"]
 """Engines that refuse a call of the tables below the same way."""
-NOT_SQLITE = ["memory", "lmdb", "dbm", "pickle"]
-"""For calls that the SQLite engine takes as they are."""
-COUNTED = ["memory", "lmdb", "pickle"]
-"""For counts and max_attempts that are not ints (SQLite fails with its own error)."""
+COUNTED = ["memory", "sqlite", "lmdb", "pickle"]
+"""For counts and max_attempts that are not ints (the DBM engine fails with its own error)."""
 
 Call = Callable[[Any], object]
 
@@ -73,6 +71,12 @@ GONE = StoredRecord(1, b"a", 1, 0, 1.0)
      "offset must be an int, not float", COUNTED),
     ("peek-leased-float-count", lambda e: e.peek_leased("q", 1.5), TypeError,
      "n must be an int, not float", COUNTED),
+    ("peek-str-count", lambda e: e.peek("q", "1"), TypeError,
+     "n must be an int, not str", COUNTED),
+    ("peek-str-offset", lambda e: e.peek("q", 1, "0"), TypeError,
+     "offset must be an int, not str", COUNTED),
+    ("peek-leased-float-offset", lambda e: e.peek_leased("q", 1, 0.5), TypeError,
+     "offset must be an int, not float", COUNTED),
     ("release-str-max-attempts", lambda e: e.release(
         "q", [(1, 1)], "o", not_before=0.0, max_attempts="1"), TypeError,
      "max_attempts must be an int, not str", COUNTED),
@@ -81,6 +85,11 @@ GONE = StoredRecord(1, b"a", 1, 0, 1.0)
      "max_attempts must be an int, not float", COUNTED),
     ("expire-str-max-attempts", lambda e: e.expire("q", 100.0, max_attempts="1"), TypeError,
      "max_attempts must be an int, not str", COUNTED),
+    ("expire-float-max-attempts", lambda e: e.expire("q", 100.0, max_attempts=0.5),
+     TypeError, "max_attempts must be an int, not float", COUNTED),
+    ("append-text-time", lambda e: e.append("r", [b"x"], [1], "noon"), TypeError, "str",
+     ALL),
+    ("expire-text-time", lambda e: e.expire("q", "x"), TypeError, "str", ALL),
     ("append-bytes-name", lambda e: e.append(b"q", [b"x"], [1], 3.0), TypeError,
      "a queue name must be a str, not bytes", ALL),
     ("append-batch-int-name", lambda e: e.append(7, [b"x", b"y"], [1, 1], 3.0), TypeError,
@@ -92,9 +101,9 @@ GONE = StoredRecord(1, b"a", 1, 0, 1.0)
     ("append-batch-str-record", lambda e: e.append("r", [b"x", "y"], [1, 1], 3.0),
      TypeError, "a record must be bytes, not str", ALL),
     ("append-float-raw-size", lambda e: e.append("r", [b"x"], [1.5], 3.0), TypeError,
-     "a raw size must be an int, not float", NOT_SQLITE),
+     "a raw size must be an int, not float", ALL),
     ("append-batch-float-raw-size", lambda e: e.append("r", [b"x", b"y"], [1, 1.5], 3.0),
-     TypeError, "a raw size must be an int, not float", NOT_SQLITE),
+     TypeError, "a raw size must be an int, not float", ALL),
     ("restore-bytes-name", lambda e: e.restore(b"q", [GONE]), TypeError,
      "a queue name must be a str, not bytes", ALL),
     ("restore-bytes-reason", lambda e: e.restore("q", [GONE._replace(reason=b"why")]),
@@ -109,23 +118,28 @@ GONE = StoredRecord(1, b"a", 1, 0, 1.0)
      "a queue name must be a str, not bytes", ALL),
     ("release-bytes-reason", lambda e: e.release(
         "q", [(1, 1)], "o", not_before=0.0, max_attempts=1, reason=b"why"), TypeError,
-     "a reason must be a str, not bytes", NOT_SQLITE),
+     "a reason must be a str, not bytes", ALL),
     ("release-bytes-reason-kept", lambda e: e.release(
         "q", [(1, 1)], "o", not_before=0.0, max_attempts=None, reason=b"why"), TypeError,
-     "a reason must be a str, not bytes", NOT_SQLITE),
+     "a reason must be a str, not bytes", ALL),
     ("release-int-reason", lambda e: e.release(
         "q", [(1, 1)], "o", not_before=0.0, max_attempts=1, reason=5), TypeError,
-     "a reason must be a str, not int", NOT_SQLITE),
+     "a reason must be a str, not int", ALL),
+    ("release-list-reason", lambda e: e.release(
+        "q", [(1, 1)], "o", not_before=0.0, max_attempts=1, reason=["why"]), TypeError,
+     "a reason must be a str, not list", ALL),
     ("lease-bytes-owner", lambda e: e.take("q", 1, 5.0, Lease(b"p", 90.0)), TypeError,
-     "a lease owner must be a str, not bytes", NOT_SQLITE),
+     "a lease owner must be a str, not bytes", ALL),
     ("lease-int-owner", lambda e: e.take("q", 1, 5.0, Lease(5, 90.0)), TypeError,
-     "a lease owner must be a str, not int", NOT_SQLITE),
+     "a lease owner must be a str, not int", ALL),
     ("set-meta-bytes-key", lambda e: e.set_meta(b"k", b"w"), TypeError,
-     "a metadata key must be a str, not bytes", NOT_SQLITE),
+     "a metadata key must be a str, not bytes", ALL),
+    ("set-meta-int-key", lambda e: e.set_meta(5, b"w"), TypeError,
+     "a metadata key must be a str, not int", ALL),
     ("set-meta-str-value", lambda e: e.set_meta("k", "w"), TypeError,
-     "a metadata value must be bytes, not str", NOT_SQLITE),
+     "a metadata value must be bytes, not str", ALL),
     ("set-meta-int-value", lambda e: e.set_meta("k", 5), TypeError,
-     "a metadata value must be bytes, not int", NOT_SQLITE),
+     "a metadata value must be bytes, not int", ALL),
 ))
 def test_a_bad_argument_is_refused_by_name_and_changes_nothing(
         opened: Callable[[str], Engine], call: Call, error: type[Exception], match: str,
@@ -175,6 +189,22 @@ def test_names_and_owners_of_another_type_find_nothing_where_only_read(
     owner: Any = b"o"
     assert eng.ack("q", [(1, 1)], owner) == []
     assert eng.release("q", [(1, 1)], owner, not_before=0.0, max_attempts=None) == []
+    assert eng.expire("q", 0.0, owners=[owner]) == 0
+    assert _state(eng) == before
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_deliveries_given_as_text_hold_no_lease(opened: Callable[[str], Engine],
+                                                 kind: str) -> None:
+    """Record 1 is leased by "o" at its first attempt: (1, "1") is not that delivery (the
+    SQLite engine acked it, comparing the attempts as SQL does)."""
+    eng = opened(kind)
+    before = _state(eng)
+    text: Any = "1"
+    assert eng.ack("q", [(1, text)], "o") == []
+    assert eng.ack("q", [(text, 1)], "o") == []
+    assert eng.release("q", [(1, text)], "o", not_before=0.0, max_attempts=None) == []
+    assert eng.release("q", [(text, 1)], "o", not_before=0.0, max_attempts=1) == []
     assert _state(eng) == before
 
 

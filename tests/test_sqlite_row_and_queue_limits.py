@@ -1,6 +1,7 @@
 """The SQLite engine at the edges of what its file holds: a row no longer than SQLite's
-length limit (a record, its dead-letter reason and a lease's owner share it), and queue
-numbers that fit a record id (``queue number << 40 | sequence``, a 64-bit integer)."""
+length limit (a record, its dead-letter reason and a lease's owner, of 448 bytes at most,
+share it), and queue numbers that fit a record id (``queue number << 40 | sequence``, a
+64-bit integer)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from spoolq.engines import Lease, SQLiteEngine
+from spoolq.engines._checks import MAX_OWNER_BYTES
 from spoolq.errors import EngineError
 from spoolq.owners import new_owner
 
@@ -74,6 +76,64 @@ def test_expired_leases_of_the_largest_records_go_to_the_dead_letters(
     engine.take("q", 3, 1.0, Lease(new_owner(), 2.0))
     assert engine.expire("q", 5.0, max_attempts=1) == 3
     assert [r.reason for r in engine.peek("q.dead", 5)] == ["lease expired"] * 3
+
+
+def _bury_largest(eng: SQLiteEngine) -> bytes:
+    """Put the largest record into the dead letters of "q" with the longest reason kept."""
+    data = os.urandom(LARGEST)
+    eng.append("q", [data], [LARGEST], 1.0)
+    assert eng.release("q", [_lease_one(eng, "q")], "me", not_before=0.0, max_attempts=1,
+                       reason="z" * 2000) == [1]
+    return data
+
+
+@pytest.mark.parametrize("owner", ["o" * 448, "é" * 224, "€" * 149],
+                         ids=["ascii", "2-byte", "3-byte"])
+def test_an_owner_of_the_longest_length_leases_the_largest_dead_letter(
+        engine: SQLiteEngine, owner: str) -> None:
+    assert MAX_OWNER_BYTES == 448
+    data = _bury_largest(engine)
+    held = _lease_one(engine, "q.dead", owner)
+    assert engine.owners("q.dead") == {owner: 1}
+    assert engine.peek_leased("q.dead", 1)[0].record.data == data
+    assert engine.ack("q.dead", [held], owner) == [1]
+
+
+@pytest.mark.parametrize("owner", ["o" * 449, "é" * 250, "x" * 100_000, "\ud800"],
+                         ids=["449", "500-in-2-byte", "100000", "surrogate"])
+def test_a_longer_owner_or_one_not_utf8_is_refused_and_nothing_changes(
+        engine: SQLiteEngine, owner: str) -> None:
+    # An owner of 500 bytes made the leased row of the dead letter longer than SQLite's
+    # limit: the take failed with "string or blob too big", after a remote client
+    # (whose owner no server checks) had been told nothing of the limit.
+    _bury_largest(engine)
+    engine.append("q", [b"x"], [1], 1.0)
+    for queue in ("q.dead", "q"):
+        before = engine.counts(queue)
+        with pytest.raises(ValueError, match=r"a lease owner must be at most 448 bytes of "
+                                             r"UTF-8, not .*; nothing was changed"):
+            engine.take(queue, 1, 1.0, Lease(owner, 100.0))
+        assert engine.counts(queue) == before
+        assert engine.ack(queue, [(1, 1)], owner) == []  # such an owner holds no lease
+
+
+def test_a_lease_an_earlier_version_gave_a_longer_owner_is_still_settled_by_it(
+        tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    eng = SQLiteEngine(path)
+    try:
+        eng.append("q", [b"a", b"b"], [1, 1], 1.0)
+        held = [(r.id, r.attempts) for r in eng.take("q", 2, 1.0, Lease("me", 100.0))]
+        owner = "é" * 1000  # as a take before the limit stored it
+        with sqlite3.connect(path) as con:
+            con.execute("UPDATE spoolq_leased SET owner = ?", (owner,))
+        con.close()
+        assert eng.owners("q") == {owner: 2}
+        assert eng.ack("q", held[:1], owner) == [1]
+        assert eng.release("q", held[1:], owner, not_before=0.0, max_attempts=None) == [2]
+        assert eng.counts("q") == (1, 0, 1, 1)
+    finally:
+        eng.close()
 
 
 # ---- queue numbers ------------------------------------------------------------------------

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["MAX_ATTEMPTS", "MAX_META_KEY_BYTES", "MAX_RAW_SIZE", "as_bytes", "as_int",
-           "as_max_attempts", "as_queue_name", "as_records", "as_text", "checked_attempts",
-           "checked_raw_size", "checked_raw_sizes", "checked_size_types", "meta_key_bytes"]
+__all__ = ["MAX_ATTEMPTS", "MAX_META_KEY_BYTES", "MAX_OWNER_BYTES", "MAX_RAW_SIZE", "as_bytes",
+           "as_int", "as_max_attempts", "as_queue_name", "as_records", "as_text",
+           "checked_attempts", "checked_owner", "checked_raw_size", "checked_raw_sizes",
+           "checked_size_types", "meta_key_bytes"]
 
 
 def as_bytes(value: object, what: str) -> bytes:
@@ -134,3 +135,28 @@ def checked_raw_sizes(raw_sizes: Sequence[int]) -> None:
     if not fine:
         for size in raw_sizes:
             checked_raw_size(size)
+
+
+MAX_OWNER_BYTES = 448
+"""The longest lease owner, in bytes of UTF-8: what a row of an SQLite file has room for
+beside the largest record it takes and a dead letter's reason. The owners a queue makes
+(:func:`spoolq.owners.new_owner`) take about 110."""
+
+
+def checked_owner(value: object) -> str:
+    """The owner of a take's lease: TypeError when it is not a str, ValueError when its
+    UTF-8 is longer than :data:`MAX_OWNER_BYTES` or it cannot be written as UTF-8 (a lone
+    surrogate). Call it before changing anything."""
+    owner = as_text(value, "a lease owner")
+    if owner.isascii() and len(owner) <= MAX_OWNER_BYTES:
+        return owner
+    try:
+        size = len(owner.encode())
+    except UnicodeEncodeError:
+        problem = "one that cannot be written as UTF-8"
+    else:
+        if size <= MAX_OWNER_BYTES:
+            return owner
+        problem = f"{size:,} bytes"
+    raise ValueError(f"a lease owner must be at most {MAX_OWNER_BYTES} bytes of UTF-8, not "
+                     f"{problem}; nothing was changed")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from math import isnan
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from . import _sqlite_sql as sql
+from ._checks import MAX_OWNER_BYTES, as_max_attempts, as_text
 from ._sqlite_schema import length_limit
 from ._sqlite_sql import CHUNK, MASK, MAX_REASON, ROW_ROOM, SHIFT, json_list
 from .base import (
@@ -29,14 +31,30 @@ from .base import (
     restore_refused,
 )
 
-__all__ = ["LeaseSettling", "cut_reason", "in_range"]
+__all__ = ["LeaseSettling", "cut_reason", "holds_nothing", "in_range"]
 
 R = TypeVar("R")
 
 
 def in_range(deliveries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Deliveries whose ids can belong to a queue; others could reach another queue's rows."""
-    return [(i, a) for i, a in deliveries if 0 < i <= MASK]
+    """Deliveries whose ids can belong to a queue (others could reach another queue's rows),
+    of an int id and attempts: SQL would find the delivery (1, 1) by (1, "1")."""
+    return [(i, a) for i, a in deliveries
+            if type(i) is int and type(a) is int and 0 < i <= MASK]
+
+
+def holds_nothing(owner: object, conn: sqlite3.Connection) -> bool:
+    """Whether ``owner`` can hold no lease in the file, where SQL would compare it all the
+    same, or fail to: not a str (5 would find the owner "5"), not UTF-8, or longer than a
+    row. An owner longer than a take accepts may hold a lease taken by an earlier spoolq."""
+    if type(owner) is str and owner.isascii() and len(owner) <= MAX_OWNER_BYTES:
+        return False  # every owner a take accepts that is ASCII: the usual case
+    if type(owner) is not str:
+        return True
+    try:
+        return len(owner.encode()) > length_limit(conn)
+    except UnicodeEncodeError:
+        return True
 
 
 def cut_reason(reason: str, room: int) -> str:
@@ -151,6 +169,9 @@ class LeaseSettling:
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        if type(reason) is not str:  # SQLite would store it; a list would be a reason per id
+            as_text(reason, "a reason")
+        as_max_attempts(max_attempts)
         refuse_nan(self.path, "release", "not_before", not_before)  # SQLite would store NULL
         deliveries = in_range(deliveries)
         if not deliveries:
@@ -163,7 +184,7 @@ class LeaseSettling:
                  deliveries: Sequence[tuple[int, int]], owner: str, not_before: float,
                  max_attempts: int | None, delta: int, reason: str) -> list[int]:
         known = self._range(conn, queue)
-        if known is None:
+        if known is None or holds_nothing(owner, conn):
             return []
         ids = [r[0] for r in conn.execute(sql.HELD, (owner, known[0], json_list(deliveries)))]
         self._unlease(conn, queue, ids, not_before, max_attempts, delta, reason)
@@ -171,8 +192,10 @@ class LeaseSettling:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        return self._txn("expire", self._expire, queue, now, owners,
-                         max_attempts)
+        as_max_attempts(max_attempts)
+        isnan(now)  # TypeError for a time that is not a number: text sorts after every one
+        owners = [o for o in owners if type(o) is str]  # others hold no lease
+        return self._txn("expire", self._expire, queue, now, owners, max_attempts)
 
     def _expire(self, conn: sqlite3.Connection, queue: str, now: float, owners: Sequence[str],
                 max_attempts: int | None) -> int:

@@ -29,7 +29,9 @@ from typing import Any, TypeVar
 from ..errors import ConfigurationError, EngineError, FormatError
 from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
-from ._sqlite_leases import LeaseSettling, in_range
+from ._checks import as_bytes, as_int, as_text, checked_owner, checked_size_types
+from ._sqlite_leases import LeaseSettling, holds_nothing, in_range
+from ._sqlite_move import Moving
 from .base import (
     Counts,
     Lease,
@@ -51,7 +53,7 @@ __all__ = ["SQLiteEngine"]
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
 
-_SHIFT, _MASK, _CHUNK, _json = sql.SHIFT, sql.MASK, sql.CHUNK, sql.json_list
+_SHIFT, _MASK, _json = sql.SHIFT, sql.MASK, sql.json_list
 _MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
 _ALWAYS_FITS = 32 * 1024  # a record this small needs no look at the limit: far below it
 _MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
@@ -60,7 +62,7 @@ _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
 
-class SQLiteEngine(LeaseSettling):
+class SQLiteEngine(LeaseSettling, Moving):
     """Queue storage in one SQLite file (WAL mode), safe to share between processes.
 
     ``synchronous`` is ``"FULL"`` (every commit is fsynced: survives power
@@ -215,6 +217,8 @@ class SQLiteEngine(LeaseSettling):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        if type(raw_sizes[0]) is not int or len(raw_sizes) > 1:
+            checked_size_types(raw_sizes)  # SQLite would keep 1.5 as a REAL
         queue = as_queue_name(queue)  # SQLite would keep b"q" as a queue apart from "q"
         records = as_records(records)
         self.check_records(queue, records)
@@ -269,6 +273,10 @@ class SQLiteEngine(LeaseSettling):
         return last
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
+        if type(n) is not int:
+            n = as_int(n, "n")
+        if lease is not None:  # SQLite would keep b"o"; a longer owner could overfill a row
+            checked_owner(lease.owner)
         if n <= 0:
             return []  # LIMIT would read a negative n as no limit at all
         n = min(n, _MAX_INT)  # a larger n means every ready record all the same
@@ -314,7 +322,7 @@ class SQLiteEngine(LeaseSettling):
     def _ack(self, conn: sqlite3.Connection, queue: str, deliveries: Sequence[tuple[int, int]],
              owner: str) -> list[int]:
         ids = self._range(conn, queue)
-        if ids is None:
+        if ids is None or holds_nothing(owner, conn):
             return []
         lo = ids[0]
         wanted = dict(deliveries)
@@ -367,7 +375,7 @@ class SQLiteEngine(LeaseSettling):
         return rows
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
 
         def body(lo: int, hi: int) -> list[StoredRecord]:
             return self._records(self._page("spoolq_records", sql.COLUMNS, lo, hi, n, offset))
@@ -375,7 +383,7 @@ class SQLiteEngine(LeaseSettling):
         return self._read("peek", body, queue, [])
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
 
         def body(lo: int, hi: int) -> list[LeasedRecord]:
             rows = self._page("spoolq_leased", sql.COLUMNS + ", owner, until", lo, hi, n, offset)
@@ -397,44 +405,6 @@ class SQLiteEngine(LeaseSettling):
                 "GROUP BY owner", (lo, hi)).fetchall())
 
         return self._read("owners", body, queue, {})
-
-    def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        return self._txn("move", self._move, src, as_queue_name(dst), ids)
-
-    def _move(self, conn: sqlite3.Connection, src: str, dst: str,
-              ids: Sequence[int] | None) -> int:
-        qno = self._find_qno(conn, src)
-        if qno is None:
-            return 0
-        lo, hi = qno << _SHIFT, (qno << _SHIFT) | _MASK
-        chosen: tuple[Any, ...]
-        if ids is None:
-            sizes, select, chosen = sql.MOVE_ALL_SIZES, sql.MOVE_ALL_IDS, (lo, hi)
-        else:
-            sizes, select = sql.MOVE_SIZES, sql.MOVE_IDS
-            chosen = (lo, _json(sorted({i for i in ids if 0 < i <= _MASK})))
-        n, stored, raw = conn.execute(sizes, chosen).fetchone()
-        if not n:
-            return 0
-        base, last = self._allocate(conn, dst, n, stored, raw)
-        new_id = base | (last - n + 1)
-        # Rows are moved in id order, a chunk at a time. The new rows (in dst, which may be
-        # src) get ids above every old one, so the first `left` rows still chosen are old.
-        after, left = lo - 1, n
-        while left:
-            chunk = [r[0] for r in conn.execute(select, (*chosen, after, min(left, _CHUNK)))]
-            if not chunk:
-                raise EngineError(f"{self.path}: a move counted {n} records but found "
-                                  f"{n - left}")
-            conn.executemany(sql.MOVE_ROW, zip(range(new_id, new_id + len(chunk)), chunk,
-                                                strict=True))
-            conn.execute("DELETE FROM spoolq_records WHERE id IN " + sql.IN_JSON,
-                         (_json(chunk),))
-            new_id += len(chunk)
-            left -= len(chunk)
-            after = chunk[-1]
-        conn.execute(sql.COUNTS, (-n, 0, -stored, -raw, src))
-        return int(n)
 
     def purge(self, queue: str) -> int:
         return self._txn("purge", self._purge, queue)
@@ -476,9 +446,9 @@ class SQLiteEngine(LeaseSettling):
         return None if row is None else bytes(row[0])
 
     def set_meta(self, key: str, value: bytes) -> None:
+        row = as_text(key, "a metadata key"), as_bytes(value, "a metadata value")
         with self._write("set_meta") as conn:
-            conn.execute("INSERT OR REPLACE INTO spoolq_meta (key, value) VALUES (?, ?)",
-                         (key, value))
+            conn.execute("INSERT OR REPLACE INTO spoolq_meta (key, value) VALUES (?, ?)", row)
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`ClosedError`, a second close
