@@ -319,3 +319,67 @@ def test_a_slow_reader_is_cut_off_when_the_shutdown_grace_ends(
         assert tuple(check.counts("jobs"))[:2] == (1, 0), "the slow reader's lease stayed"
     finally:
         check.close()
+
+
+def test_a_reply_written_as_the_grace_ends_still_reaches_a_client_that_reads_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get that ran until just before the shutdown's grace period ended leaves its
+    client a few seconds to read its large reply while it keeps reading; it was cut off at
+    once, its records removed and never received."""
+    from spoolq.engines.sqlite import SQLiteEngine
+    from spoolq.protocol import PREAMBLE
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowTakes(SQLiteEngine):
+        def take(self, *args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            assert release.wait(20)
+            return super().take(*args, **kwargs)
+
+    monkeypatch.setattr(spoolq.server, "_SHUTDOWN_GRACE", 0.8)
+    path = tmp_path / "q.sqlite"
+    eng = open_engine(path)
+    big = [b"%02d" % k + b"b" * (1 << 20) for k in range(8)]
+    eng.append("q", big, [len(b) for b in big], 1.0)
+    eng.append("q", [b"after"], [5], 1.0)
+    eng.close()
+    srv = ThreadedServer(str(path), engine=SlowTakes(path))
+    host, port = srv.url.removeprefix("spoolq://").rsplit(":", 1)
+    sock = socket.socket()
+    got = bytearray()
+
+    def read_steadily() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                got.extend(chunk)
+                time.sleep(0.01)  # some 5 MB/s: 8 MiB take longer than the grace left
+
+    reader = threading.Thread(target=read_steadily)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(10)
+        sock.connect((host, int(port)))
+        sock.sendall(encode_preamble() + request_frame(
+            1, "take", queue="q", n=8, now=time.time(), lease=None))
+        reader.start()
+        assert entered.wait(5)
+        assert srv.server is not None
+        srv.loop.call_soon_threadsafe(srv.server.close)
+        time.sleep(0.6)
+        release.set()  # answered 0.2 s before the grace period ends
+        srv.stop()
+        reader.join(20)
+    finally:
+        release.set()
+        sock.close()
+        srv.stop()
+    frames = reply_frames(bytes(got[PREAMBLE.size:]))
+    assert len(frames) == 1, "the reply did not arrive whole"
+    records = frames[0][2]
+    assert [records[k][:2] for k in range(1, len(records), 6)] == [b"%02d" % k for k in range(8)]
+    check = open_engine(path)
+    try:
+        assert [r.data for r in check.peek("q", 10)] == [b"after"]
+    finally:
+        check.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -16,10 +17,10 @@ import pytest
 
 import spoolq
 from spoolq.engines.remote import RemoteEngine
-from spoolq.protocol import FrameType, encode_frame
+from spoolq.protocol import FrameType, encode_frame, encode_preamble
 
-from .servers import ServerProcess, request_frame
-from .test_server import _self_signed
+from .servers import ServerProcess, request_frame, wait_until
+from .test_server import _needs, _self_signed
 
 
 def _frames(sock: socket.socket, count: int) -> list[tuple[int, int, bytes]]:
@@ -168,3 +169,35 @@ def test_replies_of_one_record_beyond_max_frame_stay_within_the_reply_budget(
             frames = _frames(sock, 42)
         assert all(len(body) > 6 << 20 for _, _, body in frames[2:])
         assert grown < 120, f"the server grew {grown:.0f} MiB"
+
+
+def _logged(log: Path, text: str) -> None:
+    wait_until(lambda: text in log.read_text(errors="replace"), within=5)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_servers_tls_warnings_name_the_clients_address(tmp_path: Path, loop: str) -> None:
+    """An operator reading the log learns which client to fix: its address and port."""
+    _needs(loop)
+    cert, key = _self_signed(tmp_path)
+    log = tmp_path / "server.log"
+    with ServerProcess(":memory:", "--tls-cert", str(cert), "--tls-key", str(key),
+                       "--loop", loop, log_file=log) as server:
+        with socket.create_connection(("127.0.0.1", server.port), 5) as plain:
+            where = f"127.0.0.1:{plain.getsockname()[1]}"
+            plain.sendall(encode_preamble())
+            plain.settimeout(5)
+            with contextlib.suppress(OSError):
+                while plain.recv(4096):
+                    pass
+        _logged(log, f"closing a connection that does not speak TLS, from {where} (")
+        (tmp_path / "other").mkdir()
+        other, _ = _self_signed(tmp_path / "other")  # a certificate that did not sign it
+        untrusting = ssl.create_default_context(cafile=str(other))
+        with socket.create_connection(("127.0.0.1", server.port), 5) as sock:
+            where = f"127.0.0.1:{sock.getsockname()[1]}"
+            with pytest.raises(ssl.SSLCertVerificationError):
+                untrusting.wrap_socket(sock, server_hostname="127.0.0.1")
+        _logged(log, "a client's TLS handshake failed (TLSV1_ALERT_UNKNOWN_CA): does it "
+                           f"trust this server's certificate (its ca=)? The client is {where}")
+        assert server.proc.poll() is None

@@ -306,3 +306,32 @@ def test_a_take_ending_after_the_grace_period_gives_its_records_back(
         assert [r.data for r in check.peek("q", 10)] == [b"kept"]
     finally:
         check.close()
+
+
+def test_the_memory_an_append_holds_is_worked_out_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a request's records hold (request_cost, a pass over every record) is worked
+    out once per request: it was worked out up to three times per append."""
+    import spoolq._inflight
+    import spoolq.session
+    from spoolq.engines.remote import RemoteEngine
+
+    from .servers import ThreadedServer
+
+    calls: list[str] = []
+    cost = spoolq._inflight.request_cost
+
+    def counted(req: Any) -> int:
+        calls.append(req.op)
+        return cost(req)
+
+    monkeypatch.setattr(spoolq._inflight, "request_cost", counted)
+    monkeypatch.setattr(spoolq.session, "request_cost", counted)
+    with ThreadedServer(str(tmp_path / "q.sqlite")) as srv:
+        eng = RemoteEngine(srv.url)
+        try:
+            eng.append("q", [b"x" * 10] * 100, [10] * 100, time.time())
+            eng.append("q", [b"y"], [1], time.time())
+        finally:
+            eng.close()
+    assert calls.count("append") == 2

@@ -52,10 +52,11 @@ def request_cost(req: Request) -> int:
     return 0
 
 
-def too_much(req: Request, reserved: int, held: int, max_reply: int) -> bool:
+def too_much(req: Request, cost: int, reserved: int, held: int, max_reply: int) -> bool:
     """Whether ``req`` must wait for a request in flight to be answered first: its reply,
     with the ``reserved`` replies in flight (``max_reply`` each), could exceed the reply
-    budget, or its records, with the ``held`` of those in flight, the request budget."""
+    budget, or its records (``cost``, its :func:`request_cost`), with the ``held`` of those
+    in flight, the request budget."""
     if reserved and reserves(req) and (reserved + 1) * max_reply > _REPLY_BUDGET:
         return True
-    return bool(held) and held + request_cost(req) > _REQUEST_BUDGET
+    return bool(held) and held + cost > _REQUEST_BUDGET

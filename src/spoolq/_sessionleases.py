@@ -10,6 +10,7 @@ module; it runs on the server's event loop, as the rest of the session does.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,46 @@ class Deliveries:
     peer: str
     delivered: dict[str, dict[int, Delivery]]
     _sweep_at: dict[str, int]  # queue -> how many deliveries of it start the next sweep
+    _written: int  # bytes of replies written so far, those waiting to be written included
+    # The takes whose replies may still be in the server's buffers: (where the reply ends
+    # among the bytes written, the take's args, its records).
+    _takes_out: deque[tuple[int, dict[str, Any], list[Any]]]
+
+    _corked: list[bytes] | None  # replies gathered before they are written, if any
+    _corked_bytes: int
+
+    def unsent(self) -> int:
+        raise NotImplementedError  # Session's
+
+    def _buffered(self) -> int:
+        """Bytes of replies written that are still in the server's buffers."""
+        return self.unsent() + (self._corked_bytes if self._corked is not None else 0)
+
+    def _sent_take(self, args: dict[str, Any], records: list[Any]) -> None:
+        """Remember the take whose reply carrying ``records`` was just written, until the
+        reply has left the server's buffers: a connection cut off before then gives the
+        records back (see :meth:`_give_back_unsent`)."""
+        out = self._takes_out
+        buffered = self._buffered()
+        flushed = self._written - buffered
+        while out and out[0][0] <= flushed:
+            out.popleft()
+        if buffered:
+            out.append((self._written, args, records))
+
+    def _give_back_unsent(self, unsent: int) -> None:
+        """Give back the records of the takes whose replies are among the last ``unsent``
+        bytes written, as the connection is cut off: its client never got them. A get's
+        records go back to the head of their queue, a lease's without counting the
+        attempt."""
+        flushed = self._written - unsent
+        for end, args, records in self._takes_out:
+            if end > flushed:
+                if args["lease"] is not None:
+                    for ident in records[0::RECORD_FIELDS]:
+                        self._forget(args["queue"], ident)
+                self._give_back(args, records)
+        self._takes_out.clear()
 
     def _release_leases(self) -> None:
         """Give back the deliveries of this connection that their owners still hold.
@@ -153,25 +194,19 @@ class Deliveries:
             if error is not None:
                 log.error("spoolq: giving back the records of %s on %r failed", self.peer,
                           queue_name, exc_info=error)
-            elif unsent:
-                log.info("spoolq: put back %s records taken for %s on %r, whose reply could "
-                         "not be sent", "the" if result is None else len(result), self.peer,
-                         queue_name)
+            elif unsent and result:
+                log.info("spoolq: put back %d records taken for %s on %r, whose reply could "
+                         "not be sent", result, self.peer, queue_name)
             elif result:
                 log.info("spoolq: released %d leases of %s on %r", len(result), self.peer,
                          queue_name)
         return outcome
 
     def _give_back(self, args: dict[str, Any], records: list[Any]) -> None:
-        """Undo a take whose reply can no longer be sent: the records go back in place."""
-        queue_name, lease = args["queue"], args["lease"]
-        if lease is None:
-            op, undo = "restore", {"queue": queue_name, "records": records}
-        else:
-            op, undo = "release", {
-                "queue": queue_name, "owner": lease[0], "not_before": 0.0,
-                "deliveries": [[i, a] for i, a in zip(records[0::RECORD_FIELDS],
-                                                      records[3::RECORD_FIELDS], strict=True)],
-                "max_attempts": None,
-                "count_attempt": False, "reason": ""}
-        self.server.runner.submit(op, undo, self._log_release(queue_name, unsent=True))
+        """Undo a take whose reply can no longer be sent: the records go back in place,
+        their attempt not counted (tried again later when the engine fails; see
+        :class:`spoolq._givebacks.GiveBacks`)."""
+        queue_name = args["queue"]
+        self.server.runner.submit(
+            "give_back", {"queue": queue_name, "records": records, "lease": args["lease"]},
+            self._log_release(queue_name, unsent=True))

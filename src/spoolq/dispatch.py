@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from ._givebacks import GiveBacks
 from ._replysize import REPLY_OVERHEAD, fitting, fitting_leased, gather, reply_size
 from .engines import Engine, Lease, StoredRecord, SupportsPeekLeased
 from .errors import ClosedError, ConfigurationError, EngineError
@@ -44,7 +45,7 @@ _Job = tuple[str, dict[str, Any], Outcome]
 _T = TypeVar("_T")
 
 
-def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
+def _take(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[list[Any], set[str]]:
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     limit = a.get("limit")
     taken: list[StoredRecord] = []
@@ -59,32 +60,31 @@ def _take(engine: Engine, a: dict[str, Any]) -> tuple[list[Any], set[str]]:
     except Exception:
         # A later chunk failed: the take answers with the error, so the records of the
         # chunks before it go back, as if it had taken nothing.
-        if taken:
-            _give_back_logged(engine, a["queue"], taken, lease)
+        backs.give_back(engine, a["queue"], taken, lease)
         raise
     if limit is not None and recs and reply_size(recs) > limit:
         # Keep the reply within what the client accepts; give the rest straight back.
         try:
             keep = fitting(recs, limit, a["queue"], a.get("limit_one"))
         except ConfigurationError:
-            _give_back(engine, a["queue"], recs, lease)
+            backs.give_back(engine, a["queue"], recs, lease)
             raise
-        # The records kept are taken: they are sent even if the rest cannot go back.
-        _give_back_logged(engine, a["queue"], recs[keep:], lease)
+        # The records kept are taken: they are sent even if the rest cannot go back now.
+        backs.give_back(engine, a["queue"], recs[keep:], lease)
         recs = recs[:keep]
     return encode_records(recs), set()
 
 
-def _give_back_logged(engine: Engine, queue_name: str, recs: list[StoredRecord],
-                      lease: Lease | None) -> None:
-    """:func:`_give_back`, logging a failure instead of raising it (the caller's outcome
-    does not depend on it)."""
-    try:
-        _give_back(engine, queue_name, recs, lease)
-    except Exception:
-        log.exception("spoolq: the %d records a take from %r did not send could not go "
-                      "back: %s", len(recs), queue_name, "they are lost" if lease is None
-                      else "they stay leased until their lease runs out")
+def _give_back_op(engine: Engine, a: dict[str, Any],
+                  backs: GiveBacks) -> tuple[int, set[str]]:
+    """The records of a take whose reply could not be sent go back (``a``: the take's
+    queue, its wire-shaped records and lease); how many went back now (0: kept for a
+    later try)."""
+    recs = decode_records(a["records"])
+    lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
+    if backs.give_back(engine, a["queue"], recs, lease):
+        return len(recs), {a["queue"]}
+    return 0, set()
 
 
 def _peek(engine: Engine, a: dict[str, Any]) -> list[Any]:
@@ -138,15 +138,6 @@ def _get_meta(engine: Engine, a: dict[str, Any]) -> bytes | None:
                                                 REPLY_OVERHEAD + len(value), a)
 
 
-def _give_back(engine: Engine, queue_name: str, recs: list[StoredRecord],
-               lease: Lease | None) -> None:
-    if lease is None:
-        engine.restore(queue_name, recs)
-    else:
-        engine.release(queue_name, [(r.id, r.attempts) for r in recs], lease.owner,
-                       not_before=0.0, max_attempts=None, count_attempt=False)
-
-
 def _restore(engine: Engine, a: dict[str, Any]) -> tuple[None, set[str]]:
     engine.restore(a["queue"], decode_records(a["records"]))
     return None, {a["queue"]}
@@ -162,7 +153,6 @@ def _wakes(queue_name: str, result: Any) -> set[str]:
 
 
 _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
-    "take": _take,
     "restore": _restore,
     "ack": lambda e, a: (e.ack(a["queue"], [tuple(d) for d in a["deliveries"]], a["owner"]),
                          set()),
@@ -183,15 +173,25 @@ _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
     "get_meta": lambda e, a: (_get_meta(e, a), set()),
     "set_meta": _set_meta,
 }
-OPS = frozenset(_OPS) | {"append"}
-"""The ops the engine thread runs (the others are answered by the server itself)."""
+# Ops that give records back through the runner's GiveBacks.
+_GIVING: dict[str, Callable[[Engine, dict[str, Any], GiveBacks], tuple[Any, set[str]]]] = {
+    "take": _take,
+    "give_back": _give_back_op,
+}
+OPS = frozenset(_OPS) | frozenset(_GIVING) | {"append"}
+"""The ops the engine thread runs (the others are answered by the server itself); besides
+the wire's, ``give_back`` undoes a take whose reply could not be sent."""
 
 
-def _run_op(engine: Engine, op: str, args: dict[str, Any]) -> tuple[Any, set[str]]:
+def _run_op(engine: Engine, op: str, args: dict[str, Any],
+            backs: GiveBacks) -> tuple[Any, set[str]]:
     """Run one request: its wire-shaped result and the queues it may have woken."""
     if op == "append":
         ids = engine.append(args["queue"], args["records"], args["sizes"], args["now"])
         return ids, ({args["queue"]} if ids else set())
+    giving = _GIVING.get(op)
+    if giving is not None:
+        return giving(engine, args, backs)
     return _OPS[op](engine, args)
 
 
@@ -232,15 +232,20 @@ class InlineRunner:
         self._on_ready = on_ready
         self.transactions = 0
         self._closed = False
+        self.give_backs = GiveBacks()
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         """Run ``op`` now and return its wire-shaped result (or raise)."""
         if self._closed:
             raise ClosedError("the server's engine is closed")
-        result, wakes = _run_op(self.engine, op, args)
-        self.transactions += 1
-        if wakes:
-            self._on_ready(wakes)
+        wakes = self.give_backs.retry(self.engine)
+        try:
+            result, woken = _run_op(self.engine, op, args, self.give_backs)
+            wakes |= woken
+            self.transactions += 1
+        finally:
+            if wakes:
+                self._on_ready(wakes)
         return result
 
     def submit(self, op: str, args: dict[str, Any], outcome: Outcome) -> None:
@@ -266,6 +271,7 @@ class InlineRunner:
         if self._closed:
             return
         self._closed = True
+        self.give_backs.retry(self.engine, last=True)
         try:
             self.engine.close()
         except Exception:
@@ -289,6 +295,7 @@ class EngineThread:
         self._on_ready = on_ready
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.transactions = 0
+        self.give_backs = GiveBacks()
         self._thread = threading.Thread(target=self._run, name="spoolq-engine", daemon=True)
         self._thread.start()
 
@@ -324,7 +331,12 @@ class EngineThread:
         stop = False
         while not stop:
             batch: list[_Job] = []
-            job = self._jobs.get()
+            try:
+                # Idle, it still wakes for the give-backs that wait for another try.
+                job = self._jobs.get(timeout=self.give_backs.wait())
+            except queue.Empty:
+                self._finish_batch(batch)
+                continue
             while job is not None:
                 batch.append(job)
                 try:
@@ -357,6 +369,7 @@ class EngineThread:
                 except queue.Empty:
                     break
             self._finish_batch(batch)
+        self.give_backs.retry(self.engine, last=True)
         try:
             self.engine.close()
         except Exception:
@@ -381,6 +394,7 @@ class EngineThread:
 
     def _run_batch(self, batch: list[_Job], done: list[tuple[Outcome, Any, BaseException | None]],
                    woken: set[str]) -> None:
+        woken |= self.give_backs.retry(self.engine)  # before the takes that follow
         i = 0
         while i < len(batch):
             op, args, outcome = batch[i]
@@ -394,7 +408,7 @@ class EngineThread:
                 continue
             i += 1
             try:
-                result, wakes = _OPS[op](self.engine, args)
+                result, wakes = _run_op(self.engine, op, args, self.give_backs)
             except BaseException as exc:
                 done.append((outcome, None, exc))
                 continue

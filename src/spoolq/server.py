@@ -26,11 +26,12 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from ._serversignals import LateSignals, Wakeup, loop_name
+from ._servertls import Handshake, ssl_context
 from ._sessionleases import Deliveries
 from .dispatch import make_runner
 from .engines import Engine, engine_name_for, open_engine
 from .errors import ConfigurationError, SpoolqError
-from .protocol import DEFAULT_MAX_FRAME, NOT_TLS_REASONS
+from .protocol import DEFAULT_MAX_FRAME
 from .session import Session
 
 __all__ = ["DEFAULT_PORT", "LOOPS", "Server", "loop_name", "main", "read_token_file", "run",
@@ -44,6 +45,9 @@ LOOPS = ("auto", "asyncio", "uvloop")
 _SHUTDOWN_GRACE = 30.0
 _LINGER = 1.0  # seconds a stopping server waits for clients to close after its last reply
 _WRITE_STALL = 1.0  # seconds a stopping server waits for a client to read any of its replies
+# Seconds a client that keeps reading has for its last replies after the last request was
+# answered, when that came near or past the end of _SHUTDOWN_GRACE.
+_LAST_READ = 5.0
 
 
 class Server:
@@ -99,9 +103,9 @@ class Server:
 
     async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
         """Listen on ``host:port`` (port 0 picks a free one; see :attr:`address`)."""
-        self._server = await self.loop.create_server(
-            lambda: Session(self), host, port, ssl=self.ssl_context,
-            ssl_handshake_timeout=self.stall_timeout if self.ssl_context else None)
+        factory: Callable[[], asyncio.Protocol] = (
+            (lambda: Session(self)) if self.ssl_context is None else (lambda: Handshake(self)))
+        self._server = await self.loop.create_server(factory, host, port)
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         log.info("spoolq: serving %s (%s engine) on %s:%d%s%s, %s event loop",
@@ -171,6 +175,9 @@ class Server:
             self.connection_closed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.connection_closed.wait(), 0.01)
+        # Replies written near the end of the grace period may take a while to read: a
+        # client that keeps reading them (see below) gets _LAST_READ seconds for that.
+        deadline = max(deadline, self.loop.time() + _LAST_READ)
         for conn in list(self.connections):
             conn.finish()
         linger = min(deadline, self.loop.time() + _LINGER)
@@ -219,39 +226,6 @@ def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
         fut.set_result(value)
 
 
-class _LoggedHandshake(ssl.SSLObject):
-    """TLS of one connection that logs why a client's handshake failed (asyncio and uvloop
-    close the connection without a word, before the session starts)."""
-
-    def do_handshake(self) -> None:
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError):
-            raise  # more to read or write; or a client that went away
-        except ssl.SSLError as exc:
-            if exc.reason in NOT_TLS_REASONS:
-                log.warning("spoolq: closing a connection that does not speak TLS (%s): a "
-                            "client without ?tls=1 in its URL?", exc.reason)
-            else:
-                log.warning("spoolq: a client's TLS handshake failed (%s)%s", exc.reason,
-                            ": does it trust this server's certificate (its ca=)?"
-                            if "ALERT" in str(exc.reason) else "")
-            raise
-
-
-def _ssl_context(tls_cert: str | os.PathLike[str] | None,
-                 tls_key: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
-    if tls_cert is None and tls_key is None:
-        return None
-    if tls_cert is None:
-        raise ConfigurationError("tls_key needs tls_cert")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls_cert, tls_key)
-    ctx.sslobject_class = _LoggedHandshake
-    return ctx
-
-
 async def start_server(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
                        port: int = DEFAULT_PORT, token: str | None = None,
                        tls_cert: str | os.PathLike[str] | None = None,
@@ -274,7 +248,7 @@ async def start_server(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
         raise ConfigurationError(f"durability must be 'fsync' or 'commit', not {durability!r}")
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigurationError(f"port must be an int from 0 to 65535, not {port!r}")
-    ctx = _ssl_context(tls_cert, tls_key)
+    ctx = ssl_context(tls_cert, tls_key)
     eng = await asyncio.to_thread(open_engine, path, engine, durability=durability,
                                   options=engine_options)
     try:

@@ -65,6 +65,7 @@ class Session(Deliveries, asyncio.Protocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self._early = bytearray()
         # The leased deliveries this connection sent that nobody has settled yet, as far
         # as the server saw: queue -> {id: (attempts, owner, max_attempts, until)}. A
         # connection that ends without a goodbye gives back exactly these (those still
@@ -75,6 +76,8 @@ class Session(Deliveries, asyncio.Protocol):
         # long-lived connection holds not much more than is still out.
         self.delivered: dict[str, dict[int, Delivery]] = {}
         self._sweep_at: dict[str, int] = {}
+        self._written = 0
+        self._takes_out: deque[tuple[int, dict[str, Any], list[Any]]] = deque()
         self.inflight = 0
         self._reserved = 0  # requests in flight that hold a share of the reply budget
         self._held = 0  # the request_cost of the requests in flight
@@ -89,7 +92,8 @@ class Session(Deliveries, asyncio.Protocol):
         self._corked_bytes = 0
         # Requests read but not yet dispatched: a chunk may hold many, and none is started
         # while the client does not read its replies or too many are in flight.
-        self._backlog: deque[Request] = deque()
+        # Each with its request_cost, worked out once.
+        self._backlog: deque[tuple[Request, int]] = deque()
         # Long-polls of this connection sleeping in Server.wait_for: woken when it ends.
         self._sleepers: set[asyncio.Future[bool]] = set()
         self._release_due = False
@@ -122,9 +126,15 @@ class Session(Deliveries, asyncio.Protocol):
         self._last_data = self.loop.time()
         self._arm_stall()
         log.info("spoolq: connection from %s", self.peer)
+        if self._early:
+            early, self._early = bytes(self._early), bytearray()
+            self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            return
+        if self.transport is None:  # TLS hands on what follows its handshake before
+            self._early += data  # connection_made (see spoolq._servertls)
             return
         self._last_data = self.loop.time()
         try:
@@ -136,11 +146,16 @@ class Session(Deliveries, asyncio.Protocol):
             return
         if self.sans.outbox:
             self._write(self.sans.data_to_send())
-        if len(requests) == 1 and not self._backlog and not self._write_paused \
-                and not self._must_wait(requests[0]):
-            self._dispatch(requests[0])
+        if len(requests) == 1 and not self._backlog and not self._write_paused:
+            req = requests[0]
+            cost = request_cost(req)
+            if self._must_wait(req, cost):
+                self._backlog.append((req, cost))
+                self._run_backlog()
+            else:
+                self._dispatch(req, cost)
         elif requests:
-            self._backlog.extend(requests)
+            self._backlog.extend((req, request_cost(req)) for req in requests)
             self._run_backlog()
         self._arm_stall()
 
@@ -152,8 +167,8 @@ class Session(Deliveries, asyncio.Protocol):
         try:
             while backlog and not self.closed and not self._write_paused \
                     and self.inflight < MAX_INFLIGHT and not self._failing() \
-                    and not self._must_wait(backlog[0]):
-                self._dispatch(backlog.popleft())
+                    and not self._must_wait(*backlog[0]):
+                self._dispatch(*backlog.popleft())
                 if self._corked_bytes >= _CORK_LIMIT:
                     self._uncork()  # the transport may ask for a pause right here
                     self._corked, self._corked_bytes = [], 0
@@ -161,10 +176,10 @@ class Session(Deliveries, asyncio.Protocol):
             self._uncork()
         self.update_reading()
 
-    def _must_wait(self, req: Request) -> bool:
-        """Whether ``req`` must wait for a request in flight to be answered first (see
-        :func:`spoolq._inflight.too_much`)."""
-        return too_much(req, self._reserved, self._held, self.max_one)
+    def _must_wait(self, req: Request, cost: int) -> bool:
+        """Whether ``req``, of :func:`~spoolq._inflight.request_cost` ``cost``, must wait
+        for a request in flight to be answered first (see :func:`spoolq._inflight.too_much`)."""
+        return too_much(req, cost, self._reserved, self._held, self.max_one)
 
     def _uncork(self) -> None:
         out, self._corked = self._corked, None
@@ -186,6 +201,8 @@ class Session(Deliveries, asyncio.Protocol):
             self.update_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return  # its TLS handshake failed (uvloop tells): it was never served
         self.closed = True
         self._backlog.clear()
         if self._stall is not None:
@@ -211,6 +228,7 @@ class Session(Deliveries, asyncio.Protocol):
     # ---- helpers ------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        self._written += len(data)
         if self._corked is not None:
             self._corked.append(data)
             self._corked_bytes += len(data)
@@ -260,12 +278,15 @@ class Session(Deliveries, asyncio.Protocol):
     def abandon(self, stalled: float | None) -> None:
         """Cut the connection off at shutdown: its client has read nothing for
         ``stalled`` seconds (None: the shutdown's grace period ended). When replies were
-        left unsent, the leases it delivered go back (the client may never get them), as
-        for a connection that dropped; a client that got every reply (a TLS client that
-        does not answer the close) keeps them."""
+        left unsent, the records of the takes among them go back as if never taken, and
+        the other leases it delivered go back (the client may never get them), as for a
+        connection that dropped; a client that got every reply (a TLS client that does
+        not answer the close) keeps them."""
         unsent = self.unsent()
         self.closed = True
         self._abandoned = unsent > 0
+        if unsent:  # the records of takes whose replies did not leave go back
+            self._give_back_unsent(unsent)
         if self.transport is not None:
             if unsent and stalled is None:
                 log.warning("spoolq: dropping the connection from %s: the shutdown's grace "
@@ -319,7 +340,7 @@ class Session(Deliveries, asyncio.Protocol):
 
     # ---- requests -----------------------------------------------------------------------
 
-    def _dispatch(self, req: Request) -> None:
+    def _dispatch(self, req: Request, cost: int) -> None:
         op, args = req.op, req.args
         if op == "hello":
             if args["max_reply"]:
@@ -360,14 +381,17 @@ class Session(Deliveries, asyncio.Protocol):
                         self._give_back(args, result)
                         return
                     self._delivered(args, result)
-                elif op in SETTLING:
+                    self._write(encode_reply(req.id, result))
+                    self._sent_take(args, result)
+                    return
+                if op in SETTLING:
                     self._settled(args)
                 self._write(encode_reply(req.id, result))
                 return
         self.inflight += 1
         if reserves(req):
             self._reserved += 1
-        self._held += request_cost(req)
+        self._held += cost
         if self.inflight == 1:
             self.server.busy.add(self)
         self.update_reading()
@@ -377,13 +401,15 @@ class Session(Deliveries, asyncio.Protocol):
             self.server.spawn(self._long_take(req))
         else:
             self.server.runner.submit(
-                op, args, lambda result, error: self._complete(req, result, error))
+                op, args, lambda result, error: self._complete(req, result, error, cost))
 
-    def _complete(self, req: Request, result: Any, error: BaseException | None) -> None:
+    def _complete(self, req: Request, result: Any, error: BaseException | None,
+                  cost: int = 0) -> None:
+        """Answer ``req`` (of ``cost``, as it was dispatched) with its outcome."""
         self.inflight -= 1
         if reserves(req):
             self._reserved -= 1
-        self._held -= request_cost(req)
+        self._held -= cost
         if error is None and req.op in SETTLING:
             self._settled(req.args)
         if self.closed or self._failing():
@@ -396,9 +422,10 @@ class Session(Deliveries, asyncio.Protocol):
             return
         self._idle_check()
         if error is None:
-            if req.op == "take":
-                self._delivered(req.args, result)
             self._write(encode_reply(req.id, result))
+            if req.op == "take" and record_count(result):
+                self._delivered(req.args, result)
+                self._sent_take(req.args, result)
         else:
             self._write(self._error_frame(req, error))
         if self._backlog and self._corked is None:

@@ -1,0 +1,118 @@
+"""Records the server took for a reply that could not carry them, on their way back to
+their queue: the surplus of a take whose reply had no room for it, and the records of a
+reply that could not be sent.
+
+They go back as if never taken: a get's records are restored at the head, a lease is
+undone without counting an attempt. When the engine fails to take them back (a lock
+held too long, a lost database connection), :class:`GiveBacks` keeps them and tries
+again, with a growing pause, before the next requests it runs and while it is idle, and
+once more before the engine closes: until then a get's records would be lost, and a
+lease's would stay invisible and come back with an attempt nobody received.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from .engines import Engine, Lease, StoredRecord
+
+__all__ = ["GiveBacks", "give_back"]
+
+log = logging.getLogger("spoolq")
+
+_FIRST_PAUSE = 0.05  # seconds before a failed give-back is tried again; doubles each time
+_LONGEST_PAUSE = 2.0
+
+
+def give_back(engine: Engine, queue_name: str, recs: Sequence[StoredRecord],
+              lease: Lease | None) -> None:
+    """Undo the take of ``recs`` (taken with ``lease``): they go back in place, their
+    attempt not counted. Raises what the engine raises."""
+    if lease is None:
+        engine.restore(queue_name, recs)
+    else:
+        engine.release(queue_name, [(r.id, r.attempts) for r in recs], lease.owner,
+                       not_before=0.0, max_attempts=None, count_attempt=False)
+
+
+class GiveBacks:
+    """The give-backs of one engine's thread (see the module docstring); every method runs
+    on the thread that calls the engine."""
+
+    def __init__(self) -> None:
+        self._left: list[tuple[str, list[StoredRecord], Lease | None]] = []
+        self._due = 0.0  # time.monotonic() of the next try
+        self._pause = _FIRST_PAUSE
+
+    def __len__(self) -> int:
+        """How many give-backs wait for another try."""
+        return len(self._left)
+
+    def give_back(self, engine: Engine, queue_name: str, recs: Sequence[StoredRecord],
+                  lease: Lease | None) -> bool:
+        """Give ``recs`` back now, or keep them to try again (never raises): True when they
+        went back now."""
+        if not recs:
+            return True
+        recs = list(recs)
+        try:
+            give_back(engine, queue_name, recs, lease)
+        except Exception as exc:
+            if self._keep(queue_name, recs, lease, exc):
+                log.warning("spoolq: %d records taken from %r could not go back (%s); tried "
+                            "again shortly", len(recs), queue_name, exc)
+            return False
+        return True
+
+    def wait(self) -> float | None:
+        """Seconds until the next try; None when nothing waits for one."""
+        if not self._left:
+            return None
+        return max(0.0, self._due - time.monotonic())
+
+    def retry(self, engine: Engine, *, last: bool = False) -> set[str]:
+        """Try again the give-backs that are due (all of them with ``last``, before the
+        engine closes); return the queues that got records back."""
+        if not self._left or (not last and time.monotonic() < self._due):
+            return set()
+        left, self._left = self._left, []
+        woken: set[str] = set()
+        failed = False
+        for queue_name, recs, lease in left:
+            try:
+                give_back(engine, queue_name, recs, lease)
+            except Exception as exc:
+                failed = self._keep(queue_name, recs, lease, exc) or failed
+                continue
+            woken.add(queue_name)
+            log.info("spoolq: %d records taken from %r went back at a later try", len(recs),
+                     queue_name)
+        if failed:
+            self._due = time.monotonic() + self._pause
+            self._pause = min(2 * self._pause, _LONGEST_PAUSE)
+        else:
+            self._pause = _FIRST_PAUSE
+        if last:
+            for queue_name, recs, lease in self._left:
+                log.error("spoolq: %d records taken from %r could not go back before the "
+                          "engine closed: %s", len(recs), queue_name,
+                          "they are lost" if lease is None else "they stay leased until "
+                          "their lease runs out, then come back with that attempt counted")
+            self._left.clear()
+        return woken
+
+    def _keep(self, queue_name: str, recs: list[StoredRecord], lease: Lease | None,
+              exc: Exception) -> bool:
+        """Keep a failed give-back for another try; False for a failure no try mends (the
+        engine refused the records themselves), which is logged."""
+        if isinstance(exc, (ValueError, TypeError)):
+            log.error("spoolq: %d records taken from %r cannot go back: %s: %s", len(recs),
+                      queue_name, "they are lost" if lease is None else
+                      "they stay leased until their lease runs out", exc)
+            return False
+        if not self._left:
+            self._due = time.monotonic() + self._pause
+        self._left.append((queue_name, recs, lease))
+        return True
