@@ -279,3 +279,30 @@ def test_pickle_file_holding_one_id_twice_is_damaged(tmp_path: Path, where: str)
     with pytest.raises(spoolq.CorruptError, match="record 1 twice"):
         open_engine(path)
     assert path.read_bytes() == before
+
+
+_GOOD = (1, b"x", 1, 0, 1.0, None, None, 0.0)
+
+
+@pytest.mark.parametrize("change", [
+    {"queues": {"q": [(0, *_GOOD[1:])]}},
+    {"queues": {"q": [(-1, *_GOOD[1:])]}},
+    {"queues": {"q": [(True, *_GOOD[1:])]}},
+    {"queues": {"q": [(1, b"x", -5, *_GOOD[3:])]}},
+    {"queues": {"q": [(1, b"x", 1, -3, *_GOOD[4:])]}},
+    {"queues": {"q": [(1, b"x", 1, 0, float("nan"), *_GOOD[5:])]}},
+    {"queues": {"q": [(*_GOOD[:6], "owner", float("nan"))]}},
+    {"next_id": 0, "queues": {}},
+    {"next_id": True, "queues": {}},
+], ids=["id-0", "id-negative", "id-bool", "raw-size-negative", "attempts-negative",
+        "enqueued-nan", "visible-nan", "next-id-0", "next-id-bool"])
+def test_pickle_file_holding_values_no_queue_holds_is_damaged(tmp_path: Path,
+                                                              change: dict[str, object]) -> None:
+    """Values the engine refuses on the way in and so never writes: a file holding them
+    opened as a queue of negative counts, or of a lease that never expires."""
+    path = tmp_path / "q.pickle"
+    doc = {"meta": {"application": b"spoolq", "format_version": b"1"}, "next_id": 10,
+           "queues": {"q": [_GOOD]}, **change}
+    path.write_bytes(pickle.dumps(doc, protocol=5))
+    with pytest.raises(spoolq.CorruptError, match="damaged"):
+        spoolq.SyncQueue.create(path)

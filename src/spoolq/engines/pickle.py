@@ -48,12 +48,14 @@ import stat
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from math import isnan
 from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
 from ._shared import SharedEngine, fsync_dir, lock_exclusively
 from .base import (
     FORMAT_VERSION,
+    MAX_RAW_SIZE,
     Counts,
     Lease,
     LeasedRecord,
@@ -120,11 +122,14 @@ def _record(value: object) -> RecordState | None:
     if not isinstance(value, tuple) or len(value) != 8:
         return None
     ident, data, raw_size, attempts, enqueued_at, reason, owner, visible_at = value
-    if (isinstance(ident, int) and isinstance(data, bytes) and isinstance(raw_size, int)
-            and isinstance(attempts, int) and isinstance(enqueued_at, (int, float))
+    # Only values the engine takes on the way in: anything else is damage, however it came.
+    if (type(ident) is int and ident > 0 and isinstance(data, bytes)
+            and isinstance(raw_size, int) and 0 <= raw_size <= MAX_RAW_SIZE
+            and isinstance(attempts, int) and attempts >= 0
+            and isinstance(enqueued_at, (int, float)) and not isnan(enqueued_at)
             and (reason is None or isinstance(reason, str))
             and (owner is None or isinstance(owner, str))
-            and isinstance(visible_at, (int, float))):
+            and isinstance(visible_at, (int, float)) and not isnan(visible_at)):
         return (ident, data, raw_size, attempts, float(enqueued_at), reason, owner,
                 float(visible_at))
     return None
@@ -231,7 +236,7 @@ class _PickleStore:
         damaged = CorruptError(f"{self.path} is damaged: its structure is not a spoolq queue's")
         if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in meta.items()):
             raise damaged
-        if not isinstance(next_id, int) or not isinstance(queues, dict):
+        if type(next_id) is not int or next_id < 1 or not isinstance(queues, dict):
             raise damaged
         checked: dict[str, list[RecordState]] = {}
         seen: set[int] = set()
