@@ -67,3 +67,22 @@ def test_async_get_many_after_shutdown_hands_out_what_the_file_holds(shared_path
             await q.aclose()
 
     asyncio.run(main())
+
+
+def test_async_get_nowait_after_shutdown_drains_items_another_handle_put(
+        shared_path: str) -> None:
+    # get_nowait reads the file when this handle counts nothing ready; after shutdown it
+    # does so too, rather than raise QueueShutDown over items the file still holds.
+    async def main() -> None:
+        q = await spoolq.Queue.create(shared_path, poll_interval=60.0)
+        try:
+            assert q.qsize() == 0
+            await asyncio.to_thread(_put_elsewhere, shared_path, [1, 2])
+            q.shutdown()
+            assert [q.get_nowait(), q.get_nowait()] == [1, 2]
+            with pytest.raises(spoolq.QueueShutDown):
+                q.get_nowait()
+        finally:
+            await q.aclose()
+
+    asyncio.run(main())

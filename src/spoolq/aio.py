@@ -10,6 +10,7 @@ the worker thread and the give-backs of cancelled ones are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -342,6 +343,11 @@ class Queue(AsyncCounts, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
         """
         self._check()
         core = self._core
+        if self._shutdown and not self._immediate and self._drained():
+            # Read the file before calling it drained, as get does: items other handles
+            # put are still to drain (a file that cannot be read now counts as drained).
+            with contextlib.suppress(Unavailable):
+                core.refresh()
         if self._immediate or (self._shutdown and self._drained()):
             raise QueueShutDown("the queue is shut down")
         if self._unsettled or (self._shutdown and core.ready_hint() == 0):
