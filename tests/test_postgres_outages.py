@@ -235,6 +235,65 @@ def test_an_outage_is_reported_by_spoolq_alone_not_by_its_pool_too(
     assert any("the connection pool: error connecting in 'spoolq'" in m for m in spoolq_debug)
 
 
+def _reports(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """What the spoolq logger said above DEBUG, as (level, message)."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name == "spoolq" and r.levelno > logging.DEBUG]
+
+
+def test_a_waiting_get_reports_an_outage_once_and_its_end(
+        relay: Relay, pg_url: str, pg_schema: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A get blocked on the listener while the server is away: one warning under the
+    spoolq logger (psycopg_pool's own are kept at DEBUG), and the end at INFO."""
+    opts = {"schema": pg_schema}
+    q = spoolq.SyncQueue.create(relay.url, name="jobs", engine_options=opts)
+    producer = spoolq.SyncQueue.create(pg_url, name="jobs", engine_options=opts)
+    got: list[Any] = []
+    getter = threading.Thread(target=lambda: got.append(q.get(timeout=20)))
+    try:
+        with caplog.at_level(logging.DEBUG):
+            getter.start()
+            time.sleep(0.5)  # blocked in its wait, listening
+            relay.cut()
+            time.sleep(2.0)  # the wait tries to listen again four times meanwhile
+            relay.restore()
+            time.sleep(1.0)
+            producer.put("after")
+            getter.join(10)
+        assert got == ["after"]
+    finally:
+        q.close()
+        producer.close()
+        getter.join(5)
+    reports = _reports(caplog)
+    warnings = [m for level, m in reports if level >= logging.WARNING]
+    assert len(warnings) == 1, reports
+    back = [m for level, m in reports if level == logging.INFO and "is back" in m]
+    assert len(back) == 1, reports
+    assert reports.index((logging.INFO, back[0])) > reports.index((logging.WARNING, warnings[0]))
+
+
+def test_waits_during_one_outage_warn_once_and_the_next_outage_again(
+        relay: Relay, pg_schema: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Every wait that met the server away warned anew: a consumer whose gets time out
+    and wait again logged a warning each time for as long as the outage lasted."""
+    eng = PostgresEngine(relay.url, schema=pg_schema)
+    try:
+        assert eng.wait_ready("q", 0) is True  # listening now
+        with caplog.at_level(logging.INFO, logger="spoolq"):
+            for _outage in range(2):
+                relay.cut()
+                for _wait in range(3):
+                    assert eng.wait_ready("q", 0.6) is False
+                relay.restore()
+                assert eng.wait_ready("q", 5) is True  # listening again: look again
+    finally:
+        eng.close()
+    levels = [level for level, m in _reports(caplog)
+              if "cannot be reached" in m or "is back" in m]
+    assert levels == [logging.WARNING, logging.INFO] * 2, _reports(caplog)
+
+
 def test_calls_go_through_soon_after_the_server_is_back(relay: Relay, pg_schema: str) -> None:
     """The pool tries to reconnect on a schedule of its own: one that doubled its pause
     without bound left every call failing long after the server was back."""

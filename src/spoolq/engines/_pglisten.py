@@ -86,6 +86,9 @@ class Listener:
         self._read = 0
         self._read_at: dict[str, int] = {}
         self._overflow_at = 0  # when _read_at was full: every earlier wait wakes
+        # time.monotonic() of the first failed attempt to listen again, while no attempt
+        # since succeeded: the outage the log reported once, and reports the end of.
+        self._away_since: float | None = None
 
     def _note(self, note_payload: str) -> None:
         """Remember that a notification of ``note_payload`` was read (lock held)."""
@@ -301,19 +304,28 @@ class Listener:
     def _reopen(self, ended: Callable[[], bool], deadline: float) -> bool:
         """Open the listening connection, trying again while the server cannot be
         reached (a restart, a failover): True once it listens, False when the wait
-        ended first. A server that is still away then fails the caller's next call."""
-        failures = 0
+        ended first. A server that is still away then fails the caller's next call.
+
+        An outage is logged once, as a warning, however many waits meet it, and its
+        end (the first attempt that listens again) as information."""
         while True:
             try:
                 # An attempt that no one answers (a proxy whose server is away)
                 # lasts until the wait ends, or 2 s, the least libpq waits.
                 self._start(deadline - time.monotonic())
-                return True
             except psycopg.OperationalError as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning("spoolq: %s: cannot listen for new records, trying again "
-                                "until the wait ends: %s", self.where, str(exc).strip())
+                if self._away_since is None:
+                    self._away_since = time.monotonic()
+                    log.warning("spoolq: %s: the database server cannot be reached; "
+                                "waits for new records try to listen again every %gs: %s",
+                                self.where, _RETRY_PAUSE, str(exc).strip())
+            else:
+                if self._away_since is not None:
+                    log.info("spoolq: %s: the database server is back, %.1fs after it "
+                             "could not be reached; listening for new records again",
+                             self.where, time.monotonic() - self._away_since)
+                    self._away_since = None
+                return True
             pause = time.monotonic() + _RETRY_PAUSE
             while not ended():
                 if time.monotonic() >= pause:
