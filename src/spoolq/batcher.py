@@ -77,7 +77,7 @@ class Batcher(BatchSettling[T], Generic[T]):
         if isinstance(queue, (str, os.PathLike)) and not os.fspath(queue):
             # SQLite would open a temporary database, lost with the process.
             raise ConfigurationError("queue must not be an empty path")
-        check_queue_name(name)
+        name = check_queue_name(name)
         with setting_checks():
             max_batch_size = check_count("max_batch_size", max_batch_size, 1)
             flush_interval = check_seconds("flush_interval", flush_interval, positive=True)

@@ -40,6 +40,9 @@ def check_queue_name(name: object) -> str:
     :data:`RESERVED_PREFIX`."""
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"name must be a non-empty string, not {name!r}")
+    # Its text, as a plain str: formatted, a str Enum gives "Name.JOBS", which the name
+    # of the dead letters would take.
+    name = str.__str__(name)
     if name.startswith(RESERVED_PREFIX):
         raise ConfigurationError(f"name {name!r} is reserved: names starting with "
                                  f"{RESERVED_PREFIX!r} are spoolq's own queues")
@@ -136,7 +139,7 @@ class Settings:
     compress_threshold: int = 128
 
     def __post_init__(self) -> None:
-        check_queue_name(self.name)
+        object.__setattr__(self, "name", check_queue_name(self.name))
         if self.durability not in DURABILITIES:
             raise ConfigurationError(
                 f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")

@@ -1,0 +1,35 @@
+"""A queue name given as a str subclass (a str Enum, say) is the queue of its text: the
+same queue, and the same dead letters, as the plain name, on every engine."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import pytest
+
+import spoolq
+
+from .conftest import queue_path
+
+
+class Name(str, enum.Enum):
+    JOBS = "jobs"
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "lmdb", "dbm", "pickle"])
+def test_a_str_enum_name_is_the_queue_of_its_text(tmp_path: Path, engine: str) -> None:
+    path = queue_path(tmp_path, engine)
+    with spoolq.SyncQueue.create(path, name=Name.JOBS, max_attempts=1) as q:
+        q.put("a")
+        q.put("b")
+        msg = q.lease(timeout=5)
+        q.nack(msg)  # its last attempt: to the dead letters
+    with spoolq.SyncQueue.create(path, name="jobs") as plain:
+        assert plain.peek(5) == ["b"]
+        assert plain.peek(5, dead=True) == ["a"]
+        assert plain.stats["dead"] == 1
+    with spoolq.SyncQueue.create(path, name=Name.JOBS) as again:
+        assert again.peek(5, dead=True) == ["a"]
+        assert again.requeue_dead() == 1
+        assert again.get_many(5, timeout=5) == ["b", "a"]
