@@ -297,3 +297,23 @@ def test_delays_that_ended_are_not_kept(path: str) -> None:
             time.sleep(0.01)
         # the last nacks' times, rounded up to a 5 ms step, may not have passed yet
         assert len(q._core._visible_at) <= 3
+
+
+@pytest.mark.parametrize("settle", ["nack into the dead letters", "purge"])
+def test_join_returns_when_a_settle_of_this_handle_finishes_the_last_item(
+        path: str, settle: str) -> None:
+    # join() waits on the queue's condition for up to a poll interval; a nack that moves
+    # the last item to the dead letters, or a purge, wakes it as an ack does.
+    with spoolq.SyncQueue.create(path, poll_interval=30.0, max_attempts=1) as q:
+        q.put("x")
+        msg = q.lease(timeout=5)
+        joined = threading.Event()
+        waiter = threading.Thread(target=lambda: (q.join(), joined.set()), daemon=True)
+        waiter.start()
+        time.sleep(0.2)  # join() is asleep
+        if settle == "purge":
+            q.purge()
+        else:
+            q.nack(msg)
+            assert q.stats["dead"] == 1
+        assert joined.wait(5), f"join() still waits after the {settle}"

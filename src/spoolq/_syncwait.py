@@ -28,6 +28,7 @@ class SyncWaiting:
     # Set up by SyncQueue.__init__.
     _core: QueueCore
     _cond: threading.Condition
+    _all_done: threading.Condition
     _shutdown: bool
     _immediate: bool
     _calls: int
@@ -49,6 +50,11 @@ class SyncWaiting:
         if self._sleepers:
             with self._cond:
                 self._cond.notify_all()
+
+    def _wake_joins(self) -> None:
+        """Wake the threads waiting in ``join()``: items may have been finished."""
+        with self._cond:
+            self._all_done.notify_all()
 
     def _sleep(self, seconds: float) -> None:
         """Wait on self._cond (held by the caller) for up to ``seconds``."""

@@ -6,7 +6,6 @@ closing. How the queue sleeps and is woken is :class:`spoolq._syncwait.SyncWaiti
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -35,7 +34,6 @@ from .settings import (
 __all__ = ["SyncQueue"]
 
 T = TypeVar("T")
-log = logging.getLogger("spoolq")
 _CLOSE_WAIT = 10.0
 """Seconds close() waits for calls blocked in other threads before it closes anyway."""
 
@@ -338,8 +336,8 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                     self._wake()
                 item: T = got[0][1]
                 return item
-        item = core.items(self._take(1, block, timeout, None))[0]
-        return item
+        items: list[T] = core.items(self._take(1, block, timeout, None))
+        return items[0]
 
     def get_nowait(self) -> T:
         """Remove and return the oldest item; raise :class:`Empty` if none is ready."""
@@ -384,14 +382,18 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
 
     def ack(self, *messages: Message[T]) -> None:
         """Remove leased items for good; raises :class:`LeaseError` for a lease not held."""
-        self._core.ack(messages)
-        with self._cond:
-            self._all_done.notify_all()
+        try:
+            self._core.ack(messages)
+        finally:
+            self._wake_joins()  # also when it raised for some: it settled the others
 
     def nack(self, *messages: Message[T], delay: float = 0.0) -> None:
         """Return leased items to their place in line, visible again after ``delay`` seconds."""
         check_seconds("delay", delay)
-        self._core.nack(messages, delay)
+        try:
+            self._core.nack(messages, delay)
+        finally:
+            self._wake_joins()  # an item it moved to the dead letters is finished
 
     @contextmanager
     def leased(self, block: bool = True, timeout: float | None = None, *,
@@ -419,7 +421,9 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
 
     def purge(self, *, dead: bool = False) -> int:
         """Delete every item, ready and leased (or every dead letter); return how many."""
-        return self._core.purge(dead=dead)
+        removed = self._core.purge(dead=dead)
+        self._wake_joins()
+        return removed
 
     # ---- sizes, join, shutdown ----------------------------------------------------------
 
@@ -427,8 +431,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         """Mark one task as processed, counted as ``queue.Queue`` counts it (before or after
         the ``get`` it stands for); ValueError if none is unfinished."""
         self._core.task_done()
-        with self._cond:
-            self._all_done.notify_all()
+        self._wake_joins()
 
     def join(self) -> None:
         """Block until every item put (or present at open) has been processed, or the
