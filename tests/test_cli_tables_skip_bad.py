@@ -82,6 +82,24 @@ def test_a_long_title_is_not_broken_at_the_width_of_the_table(tmp_path: Path) ->
     assert result.stdout.splitlines()[0].rstrip() == f"{dst} (sqlite)"
 
 
+def test_a_long_queue_name_stays_on_one_line_in_every_table(tmp_path: Path) -> None:
+    """Wider than the pipe's 80 columns, a table is laid out as wide as its cells need:
+    rich took the width a size (``21 B``) could be broken to from the widest column,
+    the queue name, and put its last character on a line of its own."""
+    path = str(tmp_path / "q.sqlite")
+    name = "a" * 255
+    with spoolq.SyncQueue.create(path, name=name) as q:
+        q.put({"n": "aaaaaaaaaa"})
+    for command in (["info", path], ["verify", path],
+                    ["migrate", path, str(tmp_path / "copy.sqlite")]):
+        result = _spoolq(*command)
+        assert result.returncode == 0, result.stderr
+        rows = [line.split() for line in result.stdout.splitlines()]
+        assert [row[0] for row in rows if row and row[0].startswith("a")] == [name], (
+            result.stdout)
+        assert all(row for row in rows), result.stdout
+
+
 def _damage_dbm_record(path: str, key: str) -> None:
     """Flip a byte of the stored entry ``key`` of a dbm queue directory."""
     current = Path(path, "CURRENT").read_text().split()[-1]

@@ -179,8 +179,10 @@ class CliState:
         if table.heading is not None:
             self.line(table.heading)
         if min_width is None:
+            # The maximum: at a smaller width rich would break a cell that has a space
+            # ("21 B"), or take the width from the widest column (a queue name) instead.
             min_width = Measurement.get(self.out, self.out.options.update_width(2**20),
-                                        table).minimum
+                                        table).maximum
         if min_width <= self.out.width:
             self.out.print(table)
             return
