@@ -16,8 +16,6 @@ from .test_engines_limits import _open
 
 ALL = ["memory", "sqlite", "lmdb", "dbm", "pickle"]
 """Engines that refuse a call of the tables below the same way."""
-COUNTED = ["memory", "sqlite", "lmdb", "pickle"]
-"""For counts and max_attempts that are not ints (the DBM engine fails with its own error)."""
 
 Call = Callable[[Any], object]
 
@@ -58,38 +56,59 @@ GONE = StoredRecord(1, b"a", 1, 0, 1.0)
 
 @pytest.mark.parametrize("call, error, match, kind", _cases(
     ("take-float-count", lambda e: e.take("q", 1.5, 5.0, None), TypeError,
-     "n must be an int, not float", COUNTED),
+     "n must be an int, not float", ALL),
     ("lease-float-count", lambda e: e.take("q", 1.5, 5.0, Lease("p", 90.0)), TypeError,
-     "n must be an int, not float", COUNTED),
+     "n must be an int, not float", ALL),
     ("take-str-count", lambda e: e.take("q", "1", 5.0, None), TypeError,
-     "n must be an int, not str", COUNTED),
+     "n must be an int, not str", ALL),
     ("take-infinite-count", lambda e: e.take("q", float("inf"), 5.0, None), TypeError,
-     "n must be an int, not float", COUNTED),
+     "n must be an int, not float", ALL),
     ("peek-float-count", lambda e: e.peek("q", 1.5), TypeError,
-     "n must be an int, not float", COUNTED),
+     "n must be an int, not float", ALL),
     ("peek-float-offset", lambda e: e.peek("q", 1, 0.5), TypeError,
-     "offset must be an int, not float", COUNTED),
+     "offset must be an int, not float", ALL),
     ("peek-leased-float-count", lambda e: e.peek_leased("q", 1.5), TypeError,
-     "n must be an int, not float", COUNTED),
+     "n must be an int, not float", ALL),
     ("peek-str-count", lambda e: e.peek("q", "1"), TypeError,
-     "n must be an int, not str", COUNTED),
+     "n must be an int, not str", ALL),
     ("peek-str-offset", lambda e: e.peek("q", 1, "0"), TypeError,
-     "offset must be an int, not str", COUNTED),
+     "offset must be an int, not str", ALL),
     ("peek-leased-float-offset", lambda e: e.peek_leased("q", 1, 0.5), TypeError,
-     "offset must be an int, not float", COUNTED),
+     "offset must be an int, not float", ALL),
     ("release-str-max-attempts", lambda e: e.release(
         "q", [(1, 1)], "o", not_before=0.0, max_attempts="1"), TypeError,
-     "max_attempts must be an int, not str", COUNTED),
+     "max_attempts must be an int, not str", ALL),
     ("release-float-max-attempts", lambda e: e.release(
         "q", [(1, 1)], "o", not_before=0.0, max_attempts=0.5), TypeError,
-     "max_attempts must be an int, not float", COUNTED),
+     "max_attempts must be an int, not float", ALL),
     ("expire-str-max-attempts", lambda e: e.expire("q", 100.0, max_attempts="1"), TypeError,
-     "max_attempts must be an int, not str", COUNTED),
+     "max_attempts must be an int, not str", ALL),
     ("expire-float-max-attempts", lambda e: e.expire("q", 100.0, max_attempts=0.5),
-     TypeError, "max_attempts must be an int, not float", COUNTED),
+     TypeError, "max_attempts must be an int, not float", ALL),
     ("append-text-time", lambda e: e.append("r", [b"x"], [1], "noon"), TypeError, "str",
      ALL),
-    ("expire-text-time", lambda e: e.expire("q", "x"), TypeError, "str", ALL),
+    ("expire-text-time", lambda e: e.expire("q", "x"), TypeError,
+     "now must be a number, not str", ALL),
+    ("expire-text-time-no-lease", lambda e: e.expire("r", "x"), TypeError,
+     "now must be a number, not str", ALL),
+    ("expire-bytes-time-dead-letters", lambda e: e.expire("q.dead", b"1"), TypeError,
+     "now must be a number, not bytes", ALL),
+    ("expire-str-owners", lambda e: e.expire("q", 5.0, owners="o"), TypeError,
+     "owners must be a sequence of str, not str", ALL),
+    ("expire-str-owners-no-lease", lambda e: e.expire("r", 5.0, owners="o"), TypeError,
+     "owners must be a sequence of str, not str", ALL),
+    ("move-str-ids", lambda e: e.move("q", "r", ["2"]), TypeError,
+     "a record id must be an int, not str", ALL),
+    ("move-float-ids", lambda e: e.move("q", "r", [2.0, 3]), TypeError,
+     "a record id must be an int, not float", ALL),
+    ("move-float-ids-unknown-queue", lambda e: e.move("new", "r", [1.5]), TypeError,
+     "a record id must be an int, not float", ALL),
+    ("move-none-among-ids", lambda e: e.move("q", "q", [2, None]), TypeError,
+     "a record id must be an int, not NoneType", ALL),
+    ("move-str-as-ids", lambda e: e.move("q", "r", "23"), TypeError,
+     "ids must be a sequence of ints, not str", ALL),
+    ("move-bytes-as-ids", lambda e: e.move("q", "r", b"\x02"), TypeError,
+     "ids must be a sequence of ints, not bytes", ALL),
     ("append-bytes-name", lambda e: e.append(b"q", [b"x"], [1], 3.0), TypeError,
      "a queue name must be a str, not bytes", ALL),
     ("append-batch-int-name", lambda e: e.append(7, [b"x", b"y"], [1, 1], 3.0), TypeError,
@@ -132,6 +151,18 @@ GONE = StoredRecord(1, b"a", 1, 0, 1.0)
      "a lease owner must be a str, not bytes", ALL),
     ("lease-int-owner", lambda e: e.take("q", 1, 5.0, Lease(5, 90.0)), TypeError,
      "a lease owner must be a str, not int", ALL),
+    ("lease-long-owner", lambda e: e.take("q", 1, 5.0, Lease("p" * 449, 90.0)), ValueError,
+     "a lease owner must be at most 448 bytes of UTF-8, not 449 bytes; nothing was changed",
+     ALL),
+    ("lease-long-wide-owner", lambda e: e.take("q", 1, 5.0, Lease("é" * 225, 90.0)),
+     ValueError, "at most 448 bytes of UTF-8, not 450 bytes", ALL),
+    ("lease-huge-owner", lambda e: e.take("q", 1, 5.0, Lease("p" * 70_000, 90.0)),
+     ValueError, "at most 448 bytes of UTF-8, not 70,000 bytes", ALL),
+    ("lease-surrogate-owner", lambda e: e.take("q", 1, 5.0, Lease("\ud800", 90.0)),
+     ValueError, "not one that cannot be written as UTF-8", ALL),
+    ("lease-long-owner-unknown-queue", lambda e: e.take("new", 1, 5.0,
+                                                        Lease("p" * 449, 90.0)),
+     ValueError, "at most 448 bytes", ALL),
     ("set-meta-bytes-key", lambda e: e.set_meta(b"k", b"w"), TypeError,
      "a metadata key must be a str, not bytes", ALL),
     ("set-meta-int-key", lambda e: e.set_meta(5, b"w"), TypeError,
@@ -219,3 +250,39 @@ def test_a_refused_append_to_a_new_queue_leaves_no_queue_behind(
             eng.append("new", [b"x"] * len(sizes), sizes, 3.0)
     assert _state(eng) == before
     assert eng.counts("new") == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("owner", ["o" * 448, "é" * 224, "€" * 149],
+                         ids=["ascii", "2-byte", "3-byte"])
+@pytest.mark.parametrize("kind", ALL)
+def test_an_owner_of_the_longest_length_leases_and_settles(
+        opened: Callable[[str], Engine], kind: str, owner: str) -> None:
+    eng = opened(kind)
+    (got,) = eng.take("q", 1, 5.0, Lease(owner, 90.0))
+    assert eng.owners("q") == {"o": 1, owner: 1}
+    assert eng.ack("q", [(got.id, got.attempts)], owner) == [got.id]
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_an_owner_too_long_to_lease_holds_no_lease(opened: Callable[[str], Engine],
+                                                   kind: str) -> None:
+    eng = opened(kind)
+    before = _state(eng)
+    for owner in ("o" * 449, "\ud800"):
+        assert eng.ack("q", [(1, 1)], owner) == []
+        assert eng.release("q", [(1, 1)], owner, not_before=0.0, max_attempts=1) == []
+        assert eng.expire("q", 5.0, owners=[owner]) == 0
+    assert _state(eng) == before
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_move_by_int_ids_and_an_owner_given_in_a_tuple_or_set(
+        opened: Callable[[str], Engine], kind: str) -> None:
+    """The checks take every sequence the engines did: a tuple, a set, a range."""
+    eng = opened(kind)
+    assert eng.move("q", "r", (3,)) == 1
+    assert eng.move("q", "r", range(2, 3)) == 1
+    assert eng.expire("q", 5.0, owners={"o"}) == 1
+    assert eng.move("q", "r", {1, 2, 3}) == 1
+    assert [r.data for r in eng.peek("r", 5)] == [b"c", b"b", b"a"]
+    assert eng.counts("q") == (0, 0, 0, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import struct
 import subprocess
 import sys
 import textwrap
@@ -13,8 +14,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from spoolq import EngineError, FormatError
+from spoolq import FormatError
 from spoolq.engines import Lease, LMDBEngine
+from spoolq.engines._checks import MAX_OWNER_BYTES
 
 
 def test_a_move_onto_its_own_queue_moves_each_record_once(tmp_path: Path) -> None:
@@ -31,19 +33,22 @@ def test_a_move_onto_its_own_queue_moves_each_record_once(tmp_path: Path) -> Non
         eng.close()
 
 
-def test_ids_that_are_not_ints_are_skipped_by_release_and_move(tmp_path: Path) -> None:
-    """As ack does, and the other engines: release and move raised a bare struct.error."""
+def test_ids_that_are_not_ints_are_skipped_by_release_and_refused_by_move(
+        tmp_path: Path) -> None:
+    """As ack does, and the other engines: release raised a bare struct.error. A move is
+    refused, as on every engine: it skipped 2.0 here, where the memory engine moved record 2."""
     eng = LMDBEngine(tmp_path / "q.lmdb")
     try:
         eng.append("q", [b"a", b"b"], [1, 1], 1.0)
         (got,) = eng.take("q", 1, 1.0, Lease("o", 9.0))
         odd = [(1.5, 1), (float(got.id), 1)]
         assert eng.release("q", odd, "o", not_before=0.0, max_attempts=None) == []
-        assert eng.move("q", "r", [1.5, 2.0]) == 0
+        with pytest.raises(TypeError, match="a record id must be an int, not float"):
+            eng.move("q", "r", [1.5, 2.0])
         assert eng.counts("q") == (1, 1, 2, 2)
         assert eng.release("q", [*odd, (got.id, 1)], "o", not_before=0.0,
                            max_attempts=None) == [got.id]
-        assert eng.move("q", "r", [0.5, got.id]) == 1
+        assert eng.move("q", "r", [got.id]) == 1
         assert [r.data for r in eng.peek("q", 5)] == [b"b"]
     finally:
         eng.close()
@@ -93,19 +98,67 @@ def test_a_refused_read_only_open_leaves_the_lock_file_of_the_process_creating_t
         assert creator.wait(30) == 0
 
 
-def test_a_lease_owner_too_long_for_the_file_is_refused_by_name(tmp_path: Path) -> None:
+def test_a_lease_owner_longer_than_every_engine_takes_is_refused_by_name(
+        tmp_path: Path) -> None:
     """An owner's length is stored in 16 bits: a longer one raised a bare struct.error
-    ("'H' format requires 0 <= number <= 65535"), which a server passed on as it was."""
+    ("'H' format requires 0 <= number <= 65535"), which a server passed on as it was. The
+    limit is now the one of every engine, and a longer owner leases nothing."""
     eng = LMDBEngine(tmp_path / "q.lmdb")
     try:
         eng.append("q", [b"a"], [1], 1.0)
-        with pytest.raises(EngineError, match=r"lease owner is 65536 bytes.*at most 65535.*"
-                                              r"nothing was changed"):
-            eng.take("q", 1, 1.0, Lease("é" * (1 << 15), 9.0))
+        for owner in ("é" * (1 << 15), "o" * 65535, "o" * (MAX_OWNER_BYTES + 1)):
+            with pytest.raises(ValueError, match=r"a lease owner must be at most 448 bytes "
+                                                 r"of UTF-8.*nothing was changed"):
+                eng.take("q", 1, 1.0, Lease(owner, 9.0))
         assert eng.counts("q") == (1, 0, 1, 1)
-        (got,) = eng.take("q", 1, 1.0, Lease("o" * 65535, 9.0))
-        assert eng.owners("q") == {"o" * 65535: 1}
-        assert eng.ack("q", [(got.id, 1)], "o" * 65535) == [got.id]
+        (got,) = eng.take("q", 1, 1.0, Lease("o" * MAX_OWNER_BYTES, 9.0))
+        assert eng.owners("q") == {"o" * MAX_OWNER_BYTES: 1}
+        assert eng.ack("q", [(got.id, 1)], "o" * MAX_OWNER_BYTES) == [got.id]
+    finally:
+        eng.close()
+
+
+def _lengthen_owners(path: Path, owner: str) -> None:
+    """Give every lease of the file ``owner``, as a take before the limit stored it."""
+    env = lmdb.Environment(str(path), subdir=False, max_dbs=8)
+    try:
+        with env.begin(write=True) as txn:
+            leased = env.open_db(b"leased", txn=txn)
+            for key, value in list(txn.cursor(db=leased)):
+                until, length = struct.unpack_from(">dH", value)
+                data = owner.encode()
+                txn.put(key, struct.pack(">dH", until, len(data)) + data + value[10 + length:],
+                        db=leased)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("settle", ["ack", "release", "expire"])
+def test_a_lease_an_earlier_version_gave_a_longer_owner_is_still_settled_by_it(
+        tmp_path: Path, settle: str) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    try:
+        eng.append("q", [b"a", b"b"], [1, 1], 1.0)
+        held = [(r.id, r.attempts) for r in eng.take("q", 2, 1.0, Lease("me", 100.0))]
+    finally:
+        eng.close()
+    owner = "é" * 30_000
+    _lengthen_owners(path, owner)
+    eng = LMDBEngine(path)
+    try:
+        assert eng.owners("q") == {owner: 2}
+        assert [lr.owner for lr in eng.peek_leased("q", 5)] == [owner, owner]
+        if settle == "ack":
+            assert eng.ack("q", held, owner) == [1, 2]
+            assert eng.counts("q") == (0, 0, 0, 0)
+        elif settle == "release":
+            assert eng.release("q", held, owner, not_before=0.0, max_attempts=None) == [1, 2]
+            assert eng.counts("q") == (2, 0, 2, 2)
+        else:
+            assert eng.expire("q", 5.0, owners=[owner]) == 2
+            assert eng.counts("q") == (2, 0, 2, 2)
+        assert eng.owners("q") == {}
     finally:
         eng.close()
 

@@ -4,12 +4,14 @@ changes. :mod:`spoolq.engines.base` re-exports them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from math import isnan
 
 __all__ = ["MAX_ATTEMPTS", "MAX_META_KEY_BYTES", "MAX_OWNER_BYTES", "MAX_RAW_SIZE", "as_bytes",
            "as_int", "as_max_attempts", "as_queue_name", "as_records", "as_text",
-           "checked_attempts", "checked_owner", "checked_raw_size", "checked_raw_sizes",
-           "checked_size_types", "meta_key_bytes"]
+           "check_expire", "checked_attempts", "checked_ids", "checked_owner",
+           "checked_raw_size", "checked_raw_sizes", "checked_size_types", "lease_owner_fits",
+           "meta_key_bytes"]
 
 
 def as_bytes(value: object, what: str) -> bytes:
@@ -148,7 +150,7 @@ def checked_owner(value: object) -> str:
     UTF-8 is longer than :data:`MAX_OWNER_BYTES` or it cannot be written as UTF-8 (a lone
     surrogate). Call it before changing anything."""
     owner = as_text(value, "a lease owner")
-    if owner.isascii() and len(owner) <= MAX_OWNER_BYTES:
+    if lease_owner_fits(owner):
         return owner
     try:
         size = len(owner.encode())
@@ -160,3 +162,42 @@ def checked_owner(value: object) -> str:
         problem = f"{size:,} bytes"
     raise ValueError(f"a lease owner must be at most {MAX_OWNER_BYTES} bytes of UTF-8, not "
                      f"{problem}; nothing was changed")
+
+
+def lease_owner_fits(owner: object) -> bool:
+    """Whether ``owner`` is a str that :func:`checked_owner` passes, at the cost of a few
+    C calls when it is short ASCII: the usual case, for a take's fast path."""
+    return type(owner) is str and owner.isascii() and len(owner) <= MAX_OWNER_BYTES
+
+
+def checked_ids(ids: Iterable[object] | None) -> Sequence[int] | None:
+    """The ids of a ``move``: None, or each an int; TypeError naming one that is not (a float
+    matched the record of its value on some engines and none on others; text failed half
+    way), or ``ids`` given as a str or bytes, before anything changes. A list or tuple of
+    ints comes back as it is, checked without a loop in Python; any other iterable as a
+    list."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"ids must be a sequence of ints, not {type(ids).__name__}")
+    given = ids if type(ids) is list or type(ids) is tuple else list(ids)
+    if not {*map(type, given)} <= _ONLY_INTS:
+        for ident in given:
+            as_int(ident, "a record id")
+    return given  # type: ignore[return-value]
+
+
+def check_expire(now: object, owners: object, max_attempts: object) -> None:
+    """The arguments of an ``expire``: TypeError when ``now`` is not a number (text sorts
+    after every time, so it ended every lease, or failed only once the queue held one),
+    ``owners`` is a str or bytes (whose characters would be taken for owners), or
+    ``max_attempts`` is neither None nor an int. Call it before changing anything."""
+    try:
+        isnan(now)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"now must be a number, not {type(now).__name__}") from None
+    except OverflowError:
+        pass  # an int beyond every float: a time all the same
+    if isinstance(owners, (str, bytes)):
+        raise TypeError(f"owners must be a sequence of str, not {type(owners).__name__}")
+    as_max_attempts(max_attempts)

@@ -15,7 +15,7 @@ from itertools import repeat
 import lmdb
 
 from ..errors import CorruptError, EngineError, FormatError
-from ._checks import as_queue_name, as_text
+from ._checks import as_queue_name, checked_owner
 from .base import Lease, StoredRecord
 
 __all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_NAME", "MAX_OWNER", "QUEUE", "U32",
@@ -122,14 +122,12 @@ def with_attempts(value: bytes, attempts: int) -> bytes:
 MAX_OWNER = (1 << 16) - 1  # the longest lease owner in bytes: its length takes 16 bits
 
 
-def lease_head(path: str, lease: Lease) -> bytes:
+def lease_head(lease: Lease) -> bytes:
     """What precedes the record's value in a leased record's value: until, then owner.
-    EngineError for an owner longer than :data:`MAX_OWNER` bytes."""
-    owner = as_text(lease.owner, "a lease owner").encode()
-    if len(owner) > MAX_OWNER:
-        raise EngineError(f"{path}: take failed: the lease owner is {len(owner)} bytes of "
-                          f"UTF-8, and an LMDB queue holds at most {MAX_OWNER}; nothing was "
-                          "changed")
+    TypeError or ValueError, as :func:`checked_owner` raises them, for an owner that is
+    not a str or is longer than any engine takes (a lease stored earlier under an owner of
+    up to :data:`MAX_OWNER` bytes is still read and settled)."""
+    owner = checked_owner(lease.owner).encode()
     return _LEASE.pack(lease.until, len(owner)) + owner
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ..errors import CorruptError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
-from ._checks import as_max_attempts, as_text
+from ._checks import as_max_attempts, as_text, check_expire
 from .base import StoredRecord, dead_queue_name, refuse_nan
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class LeaseSettling:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        as_max_attempts(max_attempts)
+        check_expire(now, owners, max_attempts)
         gone = set(owners)
 
         def body(txn: Txn) -> int:

@@ -6,13 +6,12 @@ transaction of the store.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
-from ._checks import as_queue_name
+from ._checks import as_queue_name, checked_ids
 from .base import StoredRecord
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ class Maintaining:
                  recs: Sequence[StoredRecord]) -> int: ...
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        dst = as_queue_name(dst)
+        dst, ids = as_queue_name(dst), checked_ids(ids)
 
         def body(txn: Txn) -> int:
             s = self._queue(txn, src)
@@ -83,10 +82,7 @@ class Maintaining:
                     carry(*item)
             else:
                 for ident in sorted({i for i in ids if 0 < i < limit}):
-                    try:
-                        key = fmt.KEY.pack(s.number, ident)
-                    except struct.error:
-                        continue  # not an int
+                    key = fmt.KEY.pack(s.number, ident)
                     value = txn.get(key, db=self._ready)
                     if value is not None:
                         carry(ident, key, self._ready, value)

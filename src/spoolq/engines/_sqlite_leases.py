@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from math import isnan
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from . import _sqlite_sql as sql
-from ._checks import MAX_OWNER_BYTES, as_max_attempts, as_text
+from ._checks import MAX_OWNER_BYTES, as_max_attempts, as_text, check_expire
 from ._sqlite_schema import length_limit
 from ._sqlite_sql import CHUNK, MASK, MAX_REASON, ROW_ROOM, SHIFT, json_list
 from .base import (
@@ -192,8 +191,7 @@ class LeaseSettling:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        as_max_attempts(max_attempts)
-        isnan(now)  # TypeError for a time that is not a number: text sorts after every one
+        check_expire(now, owners, max_attempts)
         owners = [o for o in owners if type(o) is str]  # others hold no lease
         return self._txn("expire", self._expire, queue, now, owners, max_attempts)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from . import _sqlite_sql as sql
+from ._checks import checked_ids
 from ._sqlite_sql import CHUNK, MASK, SHIFT, json_list
 from .base import as_queue_name
 
@@ -32,7 +33,7 @@ class Moving:
                       raw: int) -> tuple[int, int]: ...
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        return self._txn("move", self._move, src, as_queue_name(dst), ids)
+        return self._txn("move", self._move, src, as_queue_name(dst), checked_ids(ids))
 
     def _move(self, conn: sqlite3.Connection, src: str, dst: str,
               ids: Sequence[int] | None) -> int:

@@ -59,7 +59,7 @@ from typing import TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError
 from . import _dbmfiles as files
-from ._checks import as_int, as_max_attempts
+from ._checks import as_int, as_max_attempts, check_expire, checked_ids, checked_owner
 from ._dbmgenerations import Generations
 from ._dbmstate import Aside as _Aside
 from ._dbmstate import QueueState as _Queue
@@ -167,7 +167,7 @@ class _DBMStore(Generations):
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         n = as_int(n, "n")
         if lease is not None:
-            lease = Lease(as_text(lease.owner, "a lease owner"), lease.until)
+            lease = Lease(checked_owner(lease.owner), lease.until)
         if nothing_visible(self.path, now, lease):
             return []
         with self._transaction("take") as st:
@@ -285,7 +285,7 @@ class _DBMStore(Generations):
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        as_max_attempts(max_attempts)
+        check_expire(now, owners, max_attempts)
         gone = set(owners)
         with self._transaction("expire") as st:
             q = st.queues.get(queue)
@@ -369,7 +369,7 @@ class _DBMStore(Generations):
         return None
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        dst = as_queue_name(dst)
+        dst, ids = as_queue_name(dst), checked_ids(ids)
         with self._transaction("move") as st:
             s = st.queues.get(src)
             if s is None:

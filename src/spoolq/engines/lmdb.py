@@ -283,9 +283,9 @@ class _LMDBStore(LeaseSettling, Maintaining):
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         n = as_int(n, "n")
+        head = None if lease is None else fmt.lease_head(lease)
         if nothing_visible(self.path, now, lease):
             return []
-        head = None if lease is None else fmt.lease_head(self.path, lease)
 
         def body(txn: Txn) -> list[StoredRecord]:
             q = self._queue(txn, queue)
@@ -362,7 +362,10 @@ class _LMDBStore(LeaseSettling, Maintaining):
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         if type(owner) is not str:
             return []  # an owner of no lease
-        holder = owner.encode()
+        try:
+            holder = owner.encode()
+        except UnicodeEncodeError:
+            return []  # not UTF-8 (a lone surrogate): no take stores such an owner
 
         def body(txn: Txn) -> list[int]:
             q = self._queue(txn, queue)

@@ -18,12 +18,16 @@ from math import isnan
 from operator import itemgetter
 
 from ._checks import (
+    MAX_OWNER_BYTES,
     as_bytes,
     as_int,
     as_max_attempts,
     as_queue_name,
     as_records,
     as_text,
+    check_expire,
+    checked_ids,
+    checked_owner,
     checked_size_types,
 )
 from .base import (
@@ -71,10 +75,11 @@ _new_record = partial(tuple.__new__, StoredRecord)
 
 
 def _check_take(n: object, lease: Lease | None) -> None:
-    """TypeError for a take's count that is not an int, or a lease owner not a str."""
+    """TypeError for a take's count that is not an int, or a lease owner not a str;
+    ValueError for an owner longer than the files hold (see :func:`checked_owner`)."""
     as_int(n, "n")
     if lease is not None:
-        as_text(lease.owner, "a lease owner")
+        checked_owner(lease.owner)
 
 
 def _record(ident: int, e: _Entry) -> StoredRecord:
@@ -179,7 +184,9 @@ class MemoryEngine:
         return list(ids)
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        if type(n) is not int or (lease is not None and type(lease.owner) is not str):
+        if type(n) is not int or (lease is not None and not (
+                type(owner := lease.owner) is str and owner.isascii()
+                and len(owner) <= MAX_OWNER_BYTES)):
             _check_take(n, lease)
         q = self._queues.get(queue)
         # Two C calls on the way of every take; the helper only for a NaN.
@@ -327,7 +334,7 @@ class MemoryEngine:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
-        as_max_attempts(max_attempts)
+        check_expire(now, owners, max_attempts)
         q = self._queues.get(queue)
         if q is None:
             return 0
@@ -375,7 +382,7 @@ class MemoryEngine:
         return held
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        dst = as_queue_name(dst)
+        dst, ids = as_queue_name(dst), checked_ids(ids)
         s = self._queues.get(src)
         if s is None:
             return 0

@@ -52,6 +52,7 @@ from math import isnan
 from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
+from ._checks import check_expire, checked_ids, checked_owner
 from ._shared import SharedEngine, fsync_dir, lock_exclusively
 from .base import (
     FORMAT_VERSION,
@@ -324,7 +325,7 @@ class _PickleStore:
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         if lease is not None:
-            lease = Lease(_str(_text(lease.owner, "a lease owner")), float(lease.until))
+            lease = Lease(_str(checked_owner(lease.owner)), float(lease.until))
         if nothing_visible(self.path, now, lease):
             return []
         return self._write("take", lambda m: m.take(queue, n, now, lease))
@@ -359,6 +360,7 @@ class _PickleStore:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
+        check_expire(now, owners, max_attempts)
         return self._write("expire", lambda m: m.expire(queue, now, owners=owners,
                                                         max_attempts=max_attempts))
 
@@ -375,8 +377,8 @@ class _PickleStore:
         return self._mem.owners(queue)
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
-        dst = _str(_name(dst))
-        return self._write("move", lambda m: m.move(src, dst, ids))
+        dst, chosen = _str(_name(dst)), checked_ids(ids)
+        return self._write("move", lambda m: m.move(src, dst, chosen))
 
     def purge(self, queue: str) -> int:
         return self._write("purge", lambda m: m.purge(queue))
