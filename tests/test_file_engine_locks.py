@@ -19,6 +19,7 @@ from spoolq import open_engine
 from spoolq.engines.base import dead_queue_name
 
 from .conftest import queue_path
+from .test_cli_read_only_files import _as_plain_user
 
 FORKING = ["os.fork", "multiprocessing"]
 MAX_RAW_SIZE = (1 << 63) - 1  # SQLite's largest integer
@@ -257,3 +258,20 @@ def test_a_dbm_open_that_fails_on_the_live_generation_leaves_the_others(tmp_path
     with spoolq.SyncQueue.create(path) as q:
         assert q.get_many(None) == list(range(5))
     assert not any(name.startswith("gen-000002") for name in os.listdir(path))
+
+
+@pytest.mark.parametrize("engine", ["dbm", "pickle"])
+def test_a_lock_file_the_user_cannot_write_is_named_as_one_to_open(
+        tmp_path: Path, engine: str) -> None:
+    path = queue_path(tmp_path, engine)
+    with spoolq.SyncQueue.create(path) as q:
+        q.put(1)
+    os.chmod(path + ".lock", 0o444)
+    child = subprocess.run(
+        [sys.executable, "-c", "import spoolq, sys; spoolq.SyncQueue.create(sys.argv[1])", path],
+        capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=_as_plain_user if os.getuid() == 0 else None)
+    assert child.returncode != 0
+    assert f"cannot open the lock file {path}.lock" in child.stderr, child.stderr
+    with spoolq.SyncQueue.create(path) as q:  # the queue as it was
+        assert q.get_nowait() == 1

@@ -309,7 +309,8 @@ def lock_exclusively(path: str, engine: str) -> FileLock:
             "per file (use the sqlite or lmdb engine to share a queue between processes)"
         ) from exc
     except OSError as exc:
-        raise EngineError(f"{path}: cannot create the lock file {path}.lock: {exc}") from exc
+        verb = "open" if os.path.exists(path + ".lock") else "create"
+        raise EngineError(f"{path}: cannot {verb} the lock file {path}.lock: {exc}") from exc
     return lock
 
 
