@@ -14,27 +14,40 @@ from spoolq.engines import Engine, Lease, StoredRecord, SupportsPeekLeased
 
 from .test_engines_limits import _open
 
-ALL = ["memory", "sqlite", "lmdb", "dbm", "pickle"]
-"""Engines that refuse a call of the tables below the same way."""
+ALL = ["memory", "sqlite", "lmdb", "dbm", "pickle", "postgres"]
+"""Engines that refuse a call of the tables below the same way. The PostgreSQL engine's
+cases are skipped when no server is reachable, and fail then where SPOOLQ_REQUIRE_POSTGRES
+is set (see ``pg_url`` in conftest)."""
 
 Call = Callable[[Any], object]
 
 
 def _state(eng: Engine) -> tuple[object, ...]:
+    """What a call could change. A lease's end is rounded: the PostgreSQL engine reads it
+    as the time left on the server's clock added to the caller's, a few µs apart."""
     assert isinstance(eng, SupportsPeekLeased)
-    return (eng.counts("q"), eng.peek("q", 100), eng.peek_leased("q", 100), eng.owners("q"),
+    leased = [(r.record, r.owner, round(r.until, 2)) for r in eng.peek_leased("q", 100)]
+    return (eng.counts("q"), eng.peek("q", 100), leased, eng.owners("q"),
             eng.counts("q.dead"), eng.peek("q.dead", 100), eng.counts("r"), eng.peek("r", 100),
             sorted(eng.queues()), eng.get_meta("k"))
 
 
 @pytest.fixture
-def opened(tmp_path: Path) -> Iterator[Callable[[str], Engine]]:
+def opened(tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[Callable[[str], Engine]]:
     """Opens an engine of a kind holding queue "q": records 2 and 3 ready, 1 leased by
-    "o" (attempts 1), and the metadata k = v."""
+    "o" (attempts 1), and the metadata k = v. A PostgreSQL engine gets a schema of its own
+    on the server of ``pg_url``."""
     engines: list[Engine] = []
 
     def open_kind(kind: str) -> Engine:
-        eng = _open(kind, tmp_path)
+        if kind == "postgres":
+            url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
+            from spoolq.engines.postgres import PostgresEngine  # psycopg: pg_url skips without
+
+            eng: Engine = PostgresEngine(url, schema=schema)
+        else:
+            eng = _open(kind, tmp_path)
         engines.append(eng)
         eng.append("q", [b"a", b"b", b"c"], [1, 1, 1], 1.0)
         eng.take("q", 1, 2.0, Lease("o", 90.0))
@@ -286,3 +299,31 @@ def test_move_by_int_ids_and_an_owner_given_in_a_tuple_or_set(
     assert eng.move("q", "r", {1, 2, 3}) == 1
     assert [r.data for r in eng.peek("r", 5)] == [b"c", b"b", b"a"]
     assert eng.counts("q") == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_ids_and_attempts_beyond_every_record_hold_nothing(opened: Callable[[str], Engine],
+                                                           kind: str) -> None:
+    """No record has an id or attempts that large (PostgreSQL failed the call: "bigint out
+    of range")."""
+    eng = opened(kind)
+    before = _state(eng)
+    for delivery in ((1 << 70, 1), (1, 1 << 40), (-1, 1), (1, -1)):
+        assert eng.ack("q", [delivery], "o") == []
+        assert eng.release("q", [delivery], "o", not_before=0.0, max_attempts=1) == []
+    assert eng.move("q", "r", [1 << 70, -1]) == 0
+    assert _state(eng) == before
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_bools_among_raw_sizes_and_ids_count_as_their_ints(opened: Callable[[str], Engine],
+                                                           kind: str) -> None:
+    """A bool is an int: True a raw size of 1 and the id 1 (PostgreSQL refused a list of
+    them)."""
+    eng = opened(kind)
+    assert len(eng.append("r", [b"x", b"y"], [True, 1], 3.0)) == 2
+    assert len(eng.append("r", [b"z"], [True], 3.0)) == 1
+    assert eng.counts("r") == (3, 0, 3, 3)
+    assert eng.expire("q", 100.0) == 1
+    assert eng.move("q", "r", [True]) == 1
+    assert [r.data for r in eng.peek("r", 5)] == [b"x", b"y", b"z", b"a"]

@@ -1,6 +1,7 @@
 """A batch of the PostgreSQL engine sent in statements that PostgreSQL accepts (and
 appended to spoolq's own queues one at a time), the largest record it stores, the checks
-of the values it is given, and the deltas it adds to the counter stripes."""
+of the values it is given (and of those that name nothing it can hold), and the deltas it
+adds to the counter stripes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from ._checks import checked_ids, checked_owner, checked_size_types, lease_owner_fits
 from ._pgpool import Conn
 from .base import (
     StoredRecord,
@@ -23,9 +25,17 @@ from .base import (
     refuse_nan,
 )
 
-__all__ = ["MAX_QUEUE_NAME_BYTES", "MAX_RECORD_BYTES", "STATEMENT_BYTES", "append_runs",
-           "atomic", "check_given", "check_sizes", "checked_batch", "checked_meta", "checked_name",
-           "checked_restore", "counter_deltas", "parts"]
+__all__ = ["MAX_BIGINT", "MAX_QUEUE_NAME_BYTES", "MAX_RECORD_BYTES", "STATEMENT_BYTES",
+           "append_runs", "atomic", "check_given", "check_sizes", "checked_batch",
+           "checked_lease_owner", "checked_meta", "checked_move_ids", "checked_name",
+           "checked_reason", "checked_restore", "counter_deltas", "held", "holds_nothing",
+           "names_nothing", "parts"]
+
+MAX_BIGINT = (1 << 63) - 1
+"""The largest id (a ``bigint``); no record has a larger one."""
+
+_MAX_INTEGER = (1 << 31) - 1  # the largest attempts (an ``integer``)
+_ONLY_INTS = {int}
 
 MAX_RECORD_BYTES = (1 << 30) - (1 << 16)
 """The largest record the engine stores: PostgreSQL keeps a value, and receives a
@@ -121,11 +131,81 @@ def append_runs(conn: Conn, append: sql.Composed, schema: str, queue: str,
 # backslashes read as escapes ("\\x41" stored as b"A"), a bytes name kept as the text of its
 # hex escape. So the values are checked as every engine checks them, before anything is sent.
 
+def _no_nul(text: str, what: str) -> str:
+    """``text``, or ValueError naming ``what`` when it holds NUL, which no PostgreSQL text
+    holds."""
+    if "\0" in text:
+        raise ValueError(f"{what} holding NUL cannot be stored by the PostgreSQL engine, "
+                         f"whose text holds none; nothing was changed")
+    return text
+
+
+def names_nothing(queue: object) -> bool:
+    """Whether ``queue`` names no queue the engine can hold: not a str (PostgreSQL would
+    fail to compare b"q" with a name), or holding NUL. Calls that only read or settle
+    then find nothing, as in a queue never used."""
+    return not isinstance(queue, str) or "\0" in queue
+
+
+def holds_nothing(owner: object) -> bool:
+    """Whether ``owner`` can hold no lease: not a str, holding NUL, or not UTF-8 (a lone
+    surrogate), none of which a take accepts or PostgreSQL compares."""
+    if lease_owner_fits(owner):
+        return "\0" in owner  # type: ignore[operator]
+    if not isinstance(owner, str) or "\0" in owner:
+        return True
+    try:
+        owner.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def checked_lease_owner(owner: object) -> str:
+    """The owner of a take's lease: :func:`~spoolq.engines._checks.checked_owner`, and
+    ValueError when it holds NUL."""
+    if not lease_owner_fits(owner):
+        checked_owner(owner)
+    return _no_nul(owner, "a lease owner")  # type: ignore[arg-type]
+
+
+def checked_reason(reason: object) -> str:
+    """The reason of a ``release``: TypeError unless it is a str, ValueError when it holds
+    NUL."""
+    if type(reason) is not str:
+        as_text(reason, "a reason")
+    return _no_nul(reason, "a reason")  # type: ignore[arg-type]
+
+
+def held(deliveries: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """The ids and attempts of the deliveries of an ``ack`` or a ``release`` that can be
+    leased: each of an int id and attempts in the range of their columns (others hold no
+    lease: (1, "1") or (1.0, 1) would be cast to the delivery (1, 1), a larger int fail
+    the statement), each named once (a release would bury a delivery named twice
+    twice)."""
+    pairs = dict.fromkeys((i, a) for i, a in deliveries
+                          if type(i) is int and type(a) is int
+                          and 0 < i <= MAX_BIGINT and 0 < a <= _MAX_INTEGER)
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def checked_move_ids(ids: object) -> list[int] | None:
+    """The ids of a ``move`` (see :func:`~spoolq.engines._checks.checked_ids`) as a list
+    of the ints of ids a record can have (a bool as its int)."""
+    given = checked_ids(ids)  # type: ignore[arg-type]
+    if given is None:
+        return None
+    if given and (not {*map(type, given)} <= _ONLY_INTS or min(given) <= 0
+                  or max(given) > MAX_BIGINT):
+        return [int(i) for i in given if 0 < i <= MAX_BIGINT]
+    return list(given)
+
+
 def checked_name(queue: object) -> str:
     """``queue`` as the name of a queue to store records under: TypeError unless it is a
     str, ValueError when it is longer than :data:`MAX_QUEUE_NAME_BYTES` (the name of a
-    queue's dead letters, 5 bytes more, is taken too)."""
-    name = as_queue_name(queue)
+    queue's dead letters, 5 bytes more, is taken too) or holds NUL."""
+    name = _no_nul(as_queue_name(queue), "a queue name")
     size = len(name.encode("utf-8", "surrogatepass"))
     if size - (len(_DEAD) if name.endswith(_DEAD) else 0) > MAX_QUEUE_NAME_BYTES:
         raise ValueError(
@@ -135,12 +215,18 @@ def checked_name(queue: object) -> str:
     return name
 
 
-def checked_batch(queue: str, records: Sequence[bytes]) -> Sequence[bytes]:
-    """The records of an ``append`` to ``queue``: TypeError for a name that is not a str or
-    a record that is not bytes-like, ValueError for a name too long (see
-    :func:`checked_name`); bytes-like records other than bytes are copied."""
+def checked_batch(queue: str, records: Sequence[bytes],
+                  raw_sizes: Sequence[int]) -> tuple[Sequence[bytes], Sequence[int]]:
+    """The records and raw sizes of an ``append`` to ``queue``: TypeError for a raw size
+    that is not an int, a name that is not a str or a record that is not bytes-like,
+    ValueError for a name too long (see :func:`checked_name`); bytes-like records other
+    than bytes are copied, a bool raw size taken as its int."""
+    if type(raw_sizes[0]) is not int or len(raw_sizes) > 1:
+        checked_size_types(raw_sizes)
+        if not {*map(type, raw_sizes)} <= _ONLY_INTS:
+            raw_sizes = [int(size) for size in raw_sizes]
     checked_name(queue)
-    return as_records(records)
+    return as_records(records), raw_sizes
 
 
 def checked_restore(where: str, queue: str,
@@ -152,13 +238,20 @@ def checked_restore(where: str, queue: str,
     checked = checked_records(records)
     for rec in checked:
         refuse_nan(where, "restore", f"the enqueue time of record {rec.id}", rec.enqueued_at)
+        if rec.reason is not None:
+            _no_nul(rec.reason, "a reason")
+    if not all(type(r.id) is int and type(r.raw_size) is int and type(r.attempts) is int
+               for r in checked):  # a bool: psycopg would send it as one
+        checked = [r._replace(id=int(r.id), raw_size=int(r.raw_size), attempts=int(r.attempts))
+                   for r in checked]
     return checked
 
 
 def checked_meta(key: str, value: bytes) -> dict[str, object]:
     """The parameters of a ``set_meta``: TypeError unless ``key`` is a str and ``value``
-    bytes-like."""
-    return {"key": as_text(key, "a metadata key"), "value": as_bytes(value, "a metadata value")}
+    bytes-like, ValueError when ``key`` holds NUL."""
+    return {"key": _no_nul(as_text(key, "a metadata key"), "a metadata key"),
+            "value": as_bytes(value, "a metadata value")}
 
 
 def counter_deltas(rows: Sequence[tuple[str, int, int, int, int]],

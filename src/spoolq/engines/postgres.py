@@ -59,15 +59,15 @@ on the queue and the ids it names, whatever the number of rows asked for.
 
 This module holds the engine itself. Its private helpers: ``_pgsql`` (the
 SQL), ``_pgparts`` (a batch in statements PostgreSQL accepts, the checks of what
-calls are given, counter deltas), ``_pgpool`` (the shared pools and connections),
-``_pgschema`` (creating and checking the schema at open), ``_pgids`` (ids across
-restarts of the server) and ``_pglisten`` (LISTEN/NOTIFY waiting).
+calls are given, counter deltas), ``_pgleases`` (release and expire), ``_pgpool``
+(the shared pools and connections), ``_pgschema`` (creating and checking the schema
+at open), ``_pgids`` (ids across restarts of the server) and ``_pglisten``
+(LISTEN/NOTIFY waiting).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import random
 import time
@@ -79,9 +79,12 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from ..errors import EngineError
+from ._checks import as_int
 from ._pgids import ID_GAP, RestartCheck
+from ._pgleases import LeaseSettling
 from ._pglisten import Listener, any_ready, payload
 from ._pgparts import (
+    MAX_BIGINT,
     MAX_QUEUE_NAME_BYTES,
     MAX_RECORD_BYTES,
     append_runs,
@@ -89,10 +92,15 @@ from ._pgparts import (
     check_given,
     check_sizes,
     checked_batch,
+    checked_lease_owner,
     checked_meta,
+    checked_move_ids,
     checked_name,
     checked_restore,
     counter_deltas,
+    held,
+    holds_nothing,
+    names_nothing,
 )
 from ._pgparts import parts as statement_parts
 from ._pgpool import (
@@ -117,7 +125,6 @@ from .base import (
     WaitCancel,
     batch_given,
     check_window,
-    dead_queue_name,
     distinct_ids,
     nothing_visible,
     refuse_nan,
@@ -126,10 +133,8 @@ from .base import (
 __all__ = ["ID_GAP", "MAX_QUEUE_NAME_BYTES", "MAX_RECORD_BYTES", "SYNCHRONOUS_COMMIT",
            "PostgresEngine"]
 
-_MAX_BIGINT = (1 << 63) - 1
 
-
-class PostgresEngine:
+class PostgresEngine(LeaseSettling):
     """Queue storage in a PostgreSQL database; see the module docstring for the design.
 
     ``conninfo`` is a libpq connection string or URL. ``schema`` holds the
@@ -234,46 +239,14 @@ class PostgresEngine:
         if self._notify:
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload(queue)))
 
-    def _unlease(self, conn: Conn, queue: str, groups: Sequence[tuple[list[int], str]],
-                 visible_in: float | None, max_attempts: int | None, delta: int) -> None:
-        """Turn locked leased records back to ready (or dead letters), inside a transaction.
-
-        ``groups`` pairs ids with the reason their dead letters get. ``visible_in``
-        is seconds from now on the database clock; None means at once.
-        """
-        ids = [i for group, _reason in groups for i in group]
-        if not ids:
-            return
-        dead: list[tuple[int, int, int]] = []
-        dead_queue = dead_queue_name(queue)
-        if max_attempts is not None and delta == 0:
-            reasons = [reason for group, reason in groups for _ in group]
-            dead = conn.execute(self._sql.bury, {
-                "queue": queue, "ids": ids, "reasons": reasons, "max_attempts": max_attempts,
-                "dead_queue": dead_queue}).fetchall()
-        buried = {r[0] for r in dead}
-        back = [i for i in ids if i not in buried]
-        if back:
-            conn.execute(self._sql.unlease, {"queue": queue, "ids": back, "delta": delta,
-                                             "visible_in": visible_in})
-        stored, raw = sum(r[1] for r in dead), sum(r[2] for r in dead)
-        # One call, so one stripe per queue: a transaction that took a second stripe
-        # of a queue could deadlock with another taking the same two the other way.
-        self._add_counts(conn, [(queue, len(back), -len(ids), -stored, -raw),
-                                (dead_queue, len(dead), 0, stored, raw)])
-        if back:
-            self._notify_ready(conn, queue)
-        if dead:
-            self._notify_ready(conn, dead_queue)
-
     # ---- the engine protocol ------------------------------------------------------------
 
     def append(self, queue: str, records: Sequence[bytes], raw_sizes: Sequence[int],
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
+        records, raw_sizes = checked_batch(queue, records, raw_sizes)
         refuse_nan(self.where, "append", "now", now)
-        records = checked_batch(queue, records)
         parts = statement_parts(queue, records, "append")
         self._waits.drain()
         # One stripe for every statement: see _unlease on taking two of one queue.
@@ -287,12 +260,16 @@ class PostgresEngine:
         check_sizes(queue, records, "append")
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        if nothing_visible(self.where, now, lease) or n <= 0:  # LIMIT refuses an n < 0
-            return []
+        if type(n) is not int:
+            n = as_int(n, "n")
+        if lease is not None:
+            checked_lease_owner(lease.owner)
+        if nothing_visible(self.where, now, lease) or n <= 0 or names_nothing(queue):
+            return []  # LIMIT refuses an n < 0
         announced, mark = self._waits.before_take(queue)
         clock = time.time()
         # LIMIT takes a bigint; a larger n means every ready record all the same.
-        params = self._params(queue, n=min(n, _MAX_BIGINT), now_in=now - clock)
+        params = self._params(queue, n=min(n, MAX_BIGINT), now_in=now - clock)
         with self._conn("take") as conn:
             if lease is None:
                 rows = conn.execute(self._sql.remove, params, binary=True).fetchall()
@@ -328,62 +305,27 @@ class PostgresEngine:
                                  "nothing was restored") from exc
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
-        if not deliveries:
+        ids, attempts = held(deliveries)
+        if not ids or names_nothing(queue) or holds_nothing(owner):
             return []
         with self._conn("ack") as conn:
             rows = conn.execute(self._sql.ack, self._params(
-                queue, owner=owner, ids=[d[0] for d in deliveries],
-                attempts=[d[1] for d in deliveries])).fetchall()
+                queue, owner=owner, ids=ids, attempts=attempts)).fetchall()
         return [r[0] for r in rows]
 
-    def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
-                not_before: float, max_attempts: int | None, count_attempt: bool = True,
-                reason: str = "") -> list[int]:
-        if not deliveries:
-            return []
-        refuse_nan(self.where, "release", "not_before", not_before)
-        # A delivery named twice would be locked, and counted, and buried, twice.
-        held = list(dict.fromkeys((d[0], d[1]) for d in deliveries))
-        with self._tx("release") as conn:
-            ids = [r[0] for r in conn.execute(self._sql.lock_held, {
-                "queue": queue, "owner": owner, "ids": [d[0] for d in held],
-                "attempts": [d[1] for d in held]})]
-            at = None if not_before <= 0 else not_before - time.time()  # None: as a put
-            self._unlease(conn, queue, [(ids, reason or "nacked")], at, max_attempts,
-                          0 if count_attempt else -1)
-        return ids
-
-    def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
-               max_attempts: int | None = None) -> int:
-        # At NaN no lease runs out by time (NULL compares as false); dead owners' still go.
-        now_in = None if math.isnan(now) else now - time.time()
-        params = {"queue": queue, "now_in": now_in, "owners": list(owners)}
-        if not owners:
-            # The common case, checked about once a second by every consumer
-            # holding leases: nothing ran out. Then one read answers, instead
-            # of a transaction of three round trips that locks nothing.
-            with self._conn("expire") as conn:
-                row = conn.execute(self._sql.any_expired, params).fetchone()
-            if row is None or not row[0]:
-                return 0
-        lock = self._sql.lock_expired_or_owned if owners else self._sql.lock_expired
-        with self._tx("expire") as conn:
-            rows = conn.execute(lock, params).fetchall()
-            expired = [r[0] for r in rows if r[1]]
-            orphaned = [r[0] for r in rows if not r[1]]
-            self._unlease(conn, queue, [(expired, "lease expired"), (orphaned, "owner died")],
-                          None, max_attempts, 0)
-        return len(rows)
-
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
+        if names_nothing(queue):
+            return []
         with self._conn("peek") as conn:
             rows = conn.execute(self._sql.peek, {"queue": queue, "n": n, "offset": offset},
                                 binary=True).fetchall()
         return [StoredRecord(*row) for row in rows]
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
-        n, offset = check_window(n, offset)
+        n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
+        if names_nothing(queue):
+            return []
         clock = time.time()
         with self._conn("peek_leased") as conn:
             rows = conn.execute(self._sql.peek_leased,
@@ -392,19 +334,24 @@ class PostgresEngine:
         return [LeasedRecord(StoredRecord(*row[:6]), row[6], clock + row[7]) for row in rows]
 
     def counts(self, queue: str) -> Counts:
+        if names_nothing(queue):
+            return Counts(0, 0, 0, 0)
         with self._conn("counts") as conn:
             row = conn.execute(self._sql.counts, {"queue": queue}).fetchone()
         return Counts(0, 0, 0, 0) if row is None else Counts(*row)
 
     def owners(self, queue: str) -> dict[str, int]:
+        if names_nothing(queue):
+            return {}
         with self._conn("owners") as conn:
             return {r[0]: r[1] for r in conn.execute(self._sql.owners, {"queue": queue})}
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
+        params = {"src": src, "dst": checked_name(dst), "ids": checked_move_ids(ids)}
+        if names_nothing(src):
+            return 0
         with self._tx("move") as conn:
-            row = conn.execute(self._sql.move, {
-                "src": src, "dst": checked_name(dst),
-                "ids": None if ids is None else list(ids)}).fetchone()
+            row = conn.execute(self._sql.move, params).fetchone()
             moved, stored, raw = row if row is not None else (0, 0, 0)
             if moved:
                 self._add_counts(conn, [(src, -moved, 0, -stored, -raw),
@@ -413,6 +360,8 @@ class PostgresEngine:
         return int(moved)
 
     def purge(self, queue: str) -> int:
+        if names_nothing(queue):
+            return 0
         with self._tx("purge") as conn:
             row = conn.execute(self._sql.purge, {"queue": queue}).fetchone()
             ready, leased, stored, raw = row if row is not None else (0, 0, 0, 0)
@@ -426,6 +375,8 @@ class PostgresEngine:
             return [r[0] for r in conn.execute(self._sql.queues, {})]
 
     def get_meta(self, key: str) -> bytes | None:
+        if names_nothing(key):  # a key no set_meta stores
+            return None
         with self._conn("get_meta") as conn:
             row = conn.execute(self._sql.get_meta, {"key": key}).fetchone()
         return self._implied.get(key) if row is None else bytes(row[0])
