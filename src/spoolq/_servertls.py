@@ -64,6 +64,7 @@ class Handshake(asyncio.Protocol):
         server = self.server
         assert server.ssl_context is not None
         session = Session(server)
+        session.tcp = transport
         loop = server.loop
         # After the TLS protocol's connection_made, which start_tls schedules once called.
         loop.call_soon(loop.call_soon, self._hand_on, transport)

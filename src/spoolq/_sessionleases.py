@@ -44,20 +44,23 @@ class Deliveries:
     peer: str
     delivered: dict[str, dict[int, Delivery]]
     _sweep_at: dict[str, int]  # queue -> how many deliveries of it start the next sweep
-    _written: int  # bytes of replies written so far, those waiting to be written included
+    # Bytes of replies written so far, those waiting to be written included (under TLS, the
+    # most they may take on the wire, as unsent() counts them).
+    _written: int
     # The takes whose replies may still be in the server's buffers: (where the reply ends
     # among the bytes written, the take's args, its records).
     _takes_out: deque[tuple[int, dict[str, Any], list[Any]]]
 
     _corked: list[bytes] | None  # replies gathered before they are written, if any
-    _corked_bytes: int
+    _corked_at: int  # _written when they began
 
     def unsent(self) -> int:
         raise NotImplementedError  # Session's
 
     def _buffered(self) -> int:
         """Bytes of replies written that are still in the server's buffers."""
-        return self.unsent() + (self._corked_bytes if self._corked is not None else 0)
+        return self.unsent() + (
+            self._written - self._corked_at if self._corked is not None else 0)
 
     def _sent_take(self, args: dict[str, Any], records: list[Any]) -> None:
         """Remember the take whose reply carrying ``records`` was just written, until the

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._inflight import LIMITED, SETTLING, request_cost, reserves, too_much
 from ._sessionleases import Deliveries, Delivery
+from ._sessionwaits import LongPolls
 from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
 from .protocol import (
@@ -44,6 +45,12 @@ _MAX_LENGTH = 2**32 - 1  # the largest frame a frame's length field can tell
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""
 _CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
+# The most a TLS record adds to the at most 16 KiB of replies it carries (header, MAC or
+# tag, padding): the bytes of replies under TLS are counted as what they may become on the
+# wire, so that encrypted bytes still in the server's buffers never pass for more replies
+# than they can hold.
+_TLS_RECORD = 16384
+_TLS_OVERHEAD = 128
 
 
 def _version() -> str:
@@ -51,7 +58,7 @@ def _version() -> str:
     return __version__
 
 
-class Session(Deliveries, asyncio.Protocol):
+class Session(LongPolls, Deliveries, asyncio.Protocol):
     """One client connection: frames in, engine jobs out, replies back.
 
     It runs on the server's event loop. Requests go to the server's engine
@@ -64,6 +71,9 @@ class Session(Deliveries, asyncio.Protocol):
         self.sans = ServerProtocol(max_frame=server.max_frame, token=server.token)
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
+        # Under TLS, the connection that carries it: the encrypted replies its buffers
+        # hold are not sent either (see unsent()).
+        self.tcp: asyncio.Transport | None = None
         self.peer = "?"
         self._early = bytearray()
         # The leased deliveries this connection sent that nobody has settled yet, as far
@@ -90,6 +100,7 @@ class Session(Deliveries, asyncio.Protocol):
         self._read_paused = False
         self._corked: list[bytes] | None = None
         self._corked_bytes = 0
+        self._corked_at = 0  # self._written when the replies gathered began
         # Requests read but not yet dispatched: a chunk may hold many, and none is started
         # while the client does not read its replies or too many are in flight.
         # Each with its request_cost, worked out once.
@@ -163,7 +174,7 @@ class Session(Deliveries, asyncio.Protocol):
         """Dispatch waiting requests while the client reads its replies and fewer than
         MAX_INFLIGHT are in flight; the replies that are ready go out together."""
         backlog = self._backlog
-        self._corked, self._corked_bytes = [], 0
+        self._cork()
         try:
             while backlog and not self.closed and not self._write_paused \
                     and self.inflight < MAX_INFLIGHT and not self._failing() \
@@ -171,7 +182,7 @@ class Session(Deliveries, asyncio.Protocol):
                 self._dispatch(*backlog.popleft())
                 if self._corked_bytes >= _CORK_LIMIT:
                     self._uncork()  # the transport may ask for a pause right here
-                    self._corked, self._corked_bytes = [], 0
+                    self._cork()
         finally:
             self._uncork()
         self.update_reading()
@@ -181,10 +192,15 @@ class Session(Deliveries, asyncio.Protocol):
         for a request in flight to be answered first (see :func:`spoolq._inflight.too_much`)."""
         return too_much(req, cost, self._reserved, self._held, self.max_one)
 
+    def _cork(self) -> None:
+        """Gather the replies written from now on, until :meth:`_uncork`."""
+        self._corked, self._corked_bytes, self._corked_at = [], 0, self._written
+
     def _uncork(self) -> None:
         out, self._corked = self._corked, None
-        if out:
-            self._write(b"".join(out))
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(b"".join(out))  # counted in _written as they were gathered
 
     def eof_received(self) -> bool | None:
         return None
@@ -228,7 +244,10 @@ class Session(Deliveries, asyncio.Protocol):
     # ---- helpers ------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        self._written += len(data)
+        size = len(data)
+        if self.tcp is not None:
+            size += _TLS_OVERHEAD * -(-size // _TLS_RECORD)
+        self._written += size
         if self._corked is not None:
             self._corked.append(data)
             self._corked_bytes += len(data)
@@ -267,13 +286,20 @@ class Session(Deliveries, asyncio.Protocol):
             self.transport.close()
 
     def unsent(self) -> int:
-        """Bytes of replies written but not yet sent (the client is not reading them); 0
-        when the transport cannot tell (asyncio's TLS transport once it is closing)."""
-        transport = self.transport
-        try:
-            return 0 if transport is None else transport.get_write_buffer_size()
-        except (AttributeError, RuntimeError):
-            return 0
+        """Bytes of replies written but not yet sent (the client is not reading them);
+        under TLS, also the encrypted bytes its connection has yet to send."""
+        size = 0
+        for transport in (self.transport, self.tcp):
+            if transport is not None:
+                with contextlib.suppress(AttributeError, RuntimeError):
+                    size += transport.get_write_buffer_size()
+        return size
+
+    def _surely_unsent(self) -> int:
+        """:meth:`unsent`, less what TLS may have added after the replies (the alert that
+        closes it): replies end within these last bytes only if some are unsent."""
+        unsent = self.unsent()
+        return unsent if self.tcp is None else max(0, unsent - _TLS_OVERHEAD)
 
     def abandon(self, stalled: float | None) -> None:
         """Cut the connection off at shutdown: its client has read nothing for
@@ -282,7 +308,7 @@ class Session(Deliveries, asyncio.Protocol):
         the other leases it delivered go back (the client may never get them), as for a
         connection that dropped; a client that got every reply (a TLS client that does
         not answer the close) keeps them."""
-        unsent = self.unsent()
+        unsent = self._surely_unsent()
         self.closed = True
         self._abandoned = unsent > 0
         if unsent:  # the records of takes whose replies did not leave go back
@@ -450,50 +476,3 @@ class Session(Deliveries, asyncio.Protocol):
             log.warning("spoolq: %s request from %s failed: %s", req.op, self.peer, error)
         return encode_error(req.id, code, f"{type(error).__name__}: {error}"
                             if code == ErrorCode.INTERNAL else str(error))
-
-    async def _long_take(self, req: Request) -> None:
-        a = req.args
-        start = self.loop.time()
-        deadline = start + a["wait"]
-        result: Any = None
-        try:
-            while True:
-                shift = self.loop.time() - start
-                lease = a["lease"]
-                args = {**a, "now": a["now"] + shift,
-                        "lease": None if lease is None else [lease[0], lease[1] + shift]}
-                result = await self.server.runner.run("take", args)
-                remaining = deadline - self.loop.time()
-                if record_count(result) or remaining <= 0 or self.closed or self.server.stopping:
-                    break
-                await self.server.wait_for(a["queue"], min(remaining, self.server.poll_interval),
-                                           self._sleepers)
-                if self.closed:
-                    break
-        except Exception as exc:
-            self._complete(req, None, exc)
-            return
-        # The leases run from the time of the take that found the records, as its client
-        # was told: that is when this connection's record of them (see _delivered) ends.
-        a["now"], a["lease"] = args["now"], args["lease"]
-        self._complete(req, result, None)
-
-    async def _wait_ready(self, req: Request) -> None:
-        queue_name = req.args["queue"]
-        deadline = self.loop.time() + req.args["timeout"]
-        try:
-            while True:
-                counts = await self.server.runner.run("counts", {"queue": queue_name})
-                remaining = deadline - self.loop.time()
-                if counts[0] > 0 or remaining <= 0 or self.closed or self.server.stopping:
-                    ready = counts[0] > 0
-                    break
-                if await self.server.wait_for(queue_name,
-                                              min(remaining, self.server.poll_interval),
-                                              self._sleepers):
-                    ready = True
-                    break
-        except Exception as exc:
-            self._complete(req, None, exc)
-            return
-        self._complete(req, ready, None)
