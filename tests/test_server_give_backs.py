@@ -139,3 +139,40 @@ def test_a_get_whose_reply_a_client_did_not_read_by_the_shutdown_gives_its_recor
             [b"%02d" % k for k in range(12)] + [b"af"]
     finally:
         check.close()
+
+
+class RestoresThenFails(SQLiteEngine):
+    """SQLite whose first restore is stored but then fails, as one whose database
+    connection is lost while its commit is under way does (the outcome unknown)."""
+
+    fail_next = True
+
+    def restore(self, *args: Any, **kwargs: Any) -> None:
+        super().restore(*args, **kwargs)
+        if self.fail_next:
+            self.fail_next = False
+            raise EngineError("the connection was lost during the commit")
+
+
+def test_a_give_back_whose_failure_hid_its_success_is_not_restored_twice(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The surplus of a get went back, though the engine said it failed; a get right after
+    # took it, and the later try put it back once more: delivered twice.
+    path = tmp_path / "q.sqlite"
+    with ThreadedServer(str(path), engine=RestoresThenFails(path)) as srv:
+        small = RemoteEngine(srv.url, max_reply=MIN_MAX_REPLY)
+        other = RemoteEngine(srv.url)
+        try:
+            now = time.time()
+            small.append("q", [b"%03d" % k + b"x" * 297 for k in range(20)], [300] * 20, now)
+            got = small.take("q", 20, now, None)
+            assert 0 < len(got) < 20
+            rest = other.take("q", 20, now, None)  # at once, before any later try is due
+            assert [r.data[:3] for r in got + rest] == [b"%03d" % k for k in range(20)]
+            time.sleep(0.5)  # a later try would be due by now
+            assert tuple(other.counts("q"))[:3] == (0, 0, 0)
+            assert other.take("q", 20, now, None) == []
+        finally:
+            small.close()
+            other.close()
+    assert not [r for r in caplog.records if "they are lost" in r.getMessage()]

@@ -7,7 +7,11 @@ undone without counting an attempt. When the engine fails to take them back (a l
 held too long, a lost database connection), :class:`GiveBacks` keeps them and tries
 again, with a growing pause, before the next requests it runs and while it is idle, and
 once more before the engine closes: until then a get's records would be lost, and a
-lease's would stay invisible and come back with an attempt nobody received.
+lease's would stay invisible and come back with an attempt nobody received. A take tries
+them again first, due or not: a give-back the engine reported as failed may have been
+stored all the same (a connection lost during its commit), and a take that got those
+records before a later try put them back again would have them delivered twice; a later
+try finds them back instead, which the engine refuses, and that is taken as done.
 """
 
 from __future__ import annotations
@@ -72,10 +76,11 @@ class GiveBacks:
             return None
         return max(0.0, self._due - time.monotonic())
 
-    def retry(self, engine: Engine, *, last: bool = False) -> set[str]:
-        """Try again the give-backs that are due (all of them with ``last``, before the
-        engine closes); return the queues that got records back."""
-        if not self._left or (not last and time.monotonic() < self._due):
+    def retry(self, engine: Engine, *, last: bool = False, now: bool = False) -> set[str]:
+        """Try again the give-backs that are due (all of them ``now``, as before a take,
+        or with ``last``, before the engine closes); return the queues that got records
+        back."""
+        if not self._left or (not (last or now) and time.monotonic() < self._due):
             return set()
         left, self._left = self._left, []
         woken: set[str] = set()
@@ -83,6 +88,15 @@ class GiveBacks:
         for queue_name, recs, lease in left:
             try:
                 give_back(engine, queue_name, recs, lease)
+            except ValueError as exc:
+                if lease is None:
+                    # The queue holds records of their ids: an earlier try that failed
+                    # stored them after all.
+                    log.info("spoolq: %d records taken from %r were back already (%s)",
+                             len(recs), queue_name, exc)
+                    continue
+                failed = self._keep(queue_name, recs, lease, exc) or failed
+                continue
             except Exception as exc:
                 failed = self._keep(queue_name, recs, lease, exc) or failed
                 continue

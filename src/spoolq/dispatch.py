@@ -46,6 +46,7 @@ _T = TypeVar("_T")
 
 
 def _take(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[list[Any], set[str]]:
+    woken = backs.retry(engine, now=True)  # before this take could get their records
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     limit = a.get("limit")
     taken: list[StoredRecord] = []
@@ -72,7 +73,7 @@ def _take(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[list[Any
         # The records kept are taken: they are sent even if the rest cannot go back now.
         backs.give_back(engine, a["queue"], recs[keep:], lease)
         recs = recs[:keep]
-    return encode_records(recs), set()
+    return encode_records(recs), woken
 
 
 def _give_back_op(engine: Engine, a: dict[str, Any],
