@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from spoolq.engines import Engine, Lease, StoredRecord, SupportsPeekLeased
+from spoolq.errors import EngineError
 
 from .test_engines_limits import _open
 
@@ -65,6 +66,9 @@ def _cases(*rows: tuple[str, Call, type[Exception], str, list[str]]) -> list[Any
 
 
 GONE = StoredRecord(1, b"a", 1, 0, 1.0)
+NAN = float("nan")
+SURROGATE = "q\ud800"
+"""A str that cannot be written as UTF-8: no file, server or peer holds it."""
 
 
 @pytest.mark.parametrize("call, error, match, kind", _cases(
@@ -176,6 +180,18 @@ GONE = StoredRecord(1, b"a", 1, 0, 1.0)
     ("lease-long-owner-unknown-queue", lambda e: e.take("new", 1, 5.0,
                                                         Lease("p" * 449, 90.0)),
      ValueError, "at most 448 bytes", ALL),
+    ("lease-nan-end-zero-count", lambda e: e.take("q", 0, 5.0, Lease("p", NAN)),
+     EngineError, "the lease's end is NaN", ALL),
+    ("lease-nan-end-negative-count", lambda e: e.take("q", -1, 5.0, Lease("p", NAN)),
+     EngineError, "the lease's end is NaN", ALL),
+    ("append-surrogate-name", lambda e: e.append(SURROGATE, [b"x"], [1], 3.0), ValueError,
+     "a queue name must be text that can be written as UTF-8", ALL),
+    ("append-batch-surrogate-name", lambda e: e.append(SURROGATE, [b"x", b"y"], [1, 1], 3.0),
+     ValueError, "a queue name must be text that can be written as UTF-8", ALL),
+    ("restore-surrogate-name", lambda e: e.restore(SURROGATE, [GONE]), ValueError,
+     "a queue name must be text that can be written as UTF-8", ALL),
+    ("move-surrogate-destination", lambda e: e.move("q", SURROGATE), ValueError,
+     "a queue name must be text that can be written as UTF-8", ALL),
     ("set-meta-bytes-key", lambda e: e.set_meta(b"k", b"w"), TypeError,
      "a metadata key must be a str, not bytes", ALL),
     ("set-meta-int-key", lambda e: e.set_meta(5, b"w"), TypeError,
@@ -211,15 +227,16 @@ def test_bytes_like_records_are_stored_and_counted_as_their_bytes(
     assert eng.get_meta("m") == b"w"
 
 
+@pytest.mark.parametrize("name", [b"q", SURROGATE], ids=["bytes", "surrogate"])
 @pytest.mark.parametrize("kind", ALL)
 def test_names_and_owners_of_another_type_find_nothing_where_only_read(
-        opened: Callable[[str], Engine], kind: str) -> None:
-    """Reading, or settling leases in, a queue by a name that is not a str finds no queue,
-    as a name never used does; an owner that is not a str holds no lease."""
+        opened: Callable[[str], Engine], kind: str, name: Any) -> None:
+    """Reading, or settling leases in, a queue by a name that is not a str, or cannot be
+    written as UTF-8 (SQLite and PostgreSQL failed to encode it), finds no queue, as a name
+    never used does; an owner that is not a str holds no lease."""
     eng = opened(kind)
     assert isinstance(eng, SupportsPeekLeased)
     before = _state(eng)
-    name: Any = b"q"
     assert eng.counts(name) == (0, 0, 0, 0)
     assert eng.peek(name, 5) == []
     assert eng.peek_leased(name, 5) == []
@@ -229,6 +246,7 @@ def test_names_and_owners_of_another_type_find_nothing_where_only_read(
     assert eng.release(name, [(1, 1)], "o", not_before=0.0, max_attempts=None) == []
     assert eng.expire(name, 100.0) == 0
     assert eng.move(name, "r") == 0
+    assert eng.move(name, "r", [1]) == 0
     assert eng.purge(name) == 0
     owner: Any = b"o"
     assert eng.ack("q", [(1, 1)], owner) == []
@@ -237,19 +255,55 @@ def test_names_and_owners_of_another_type_find_nothing_where_only_read(
     assert _state(eng) == before
 
 
+@pytest.mark.parametrize("other", ["1", 1.0], ids=["text", "float"])
 @pytest.mark.parametrize("kind", ALL)
-def test_deliveries_given_as_text_hold_no_lease(opened: Callable[[str], Engine],
-                                                 kind: str) -> None:
-    """Record 1 is leased by "o" at its first attempt: (1, "1") is not that delivery (the
-    SQLite engine acked it, comparing the attempts as SQL does)."""
+def test_deliveries_not_of_two_ints_hold_no_lease(opened: Callable[[str], Engine],
+                                                  kind: str, other: Any) -> None:
+    """Record 1 is leased by "o" at its first attempt: neither (1, "1") nor (1.0, 1) is
+    that delivery (SQLite acked the first, comparing the attempts as SQL does; the memory,
+    dbm and pickle engines acked (1.0, 1), returning the id 1.0, LMDB (1, 1.0))."""
     eng = opened(kind)
     before = _state(eng)
-    text: Any = "1"
-    assert eng.ack("q", [(1, text)], "o") == []
-    assert eng.ack("q", [(text, 1)], "o") == []
-    assert eng.release("q", [(1, text)], "o", not_before=0.0, max_attempts=None) == []
-    assert eng.release("q", [(text, 1)], "o", not_before=0.0, max_attempts=1) == []
+    assert eng.ack("q", [(1, other)], "o") == []
+    assert eng.ack("q", [(other, 1)], "o") == []
+    assert eng.ack("q", [(other, other)], "o") == []
+    assert eng.release("q", [(1, other)], "o", not_before=0.0, max_attempts=None) == []
+    assert eng.release("q", [(other, 1)], "o", not_before=0.0, max_attempts=1) == []
+    assert eng.release("q", [(other, 1)], "o", not_before=0.0, max_attempts=None,
+                       count_attempt=False) == []
     assert _state(eng) == before
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_deliveries_of_mixed_types_in_one_batch_settle_only_the_int_one(
+        opened: Callable[[str], Engine], kind: str) -> None:
+    """LMDB sorted the batch, which failed on an id given as text beside an int."""
+    eng = opened(kind)
+    odd: list[Any] = [(1.0, 1), ("1", 1), (1, "1"), (1, 1.0), (1.5, 1), (None, 1)]
+    assert eng.release("q", [*odd, (1, 1)], "o", not_before=0.0, max_attempts=None,
+                       count_attempt=False) == [1]
+    (got,) = eng.take("q", 1, 5.0, Lease("o", 90.0))
+    assert (got.id, got.attempts) == (1, 1)
+    assert eng.ack("q", [*odd, (1, 1)], "o") == [1]
+    assert eng.counts("q") == (2, 0, 2, 2)
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_a_delivery_given_as_bools_is_that_of_their_ints(opened: Callable[[str], Engine],
+                                                          kind: str) -> None:
+    """A bool is an int, here as among ids and raw sizes: (True, True) is the delivery
+    (1, 1), and the id comes back as the int 1 (SQLite, LMDB and PostgreSQL held no lease
+    for it)."""
+    eng = opened(kind)
+    yes: Any = True
+    released = eng.release("q", [(yes, yes)], "o", not_before=0.0, max_attempts=None,
+                           count_attempt=False)
+    assert released == [1] and type(released[0]) is int
+    (got,) = eng.take("q", 1, 5.0, Lease("o", 90.0))
+    assert (got.id, got.attempts) == (1, 1)
+    acked = eng.ack("q", [(yes, yes)], "o")
+    assert acked == [1] and type(acked[0]) is int
+    assert eng.counts("q") == (2, 0, 2, 2)
 
 
 @pytest.mark.parametrize("kind", ALL)
@@ -327,3 +381,38 @@ def test_bools_among_raw_sizes_and_ids_count_as_their_ints(opened: Callable[[str
     assert eng.expire("q", 100.0) == 1
     assert eng.move("q", "r", [True]) == 1
     assert [r.data for r in eng.peek("r", 5)] == [b"x", b"y", b"z", b"a"]
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_an_expire_at_an_int_beyond_every_float_is_at_an_end_of_time(
+        opened: Callable[[str], Engine], kind: str) -> None:
+    """-10**400 is before every lease's end and 10**400 after it (SQLite failed: "Python int
+    too large to convert to SQLite INTEGER")."""
+    eng = opened(kind)
+    before = _state(eng)
+    assert eng.expire("q", -10**400) == 0
+    assert _state(eng) == before
+    assert eng.expire("q", 10**400) == 1
+    assert eng.counts("q") == (3, 0, 3, 3)
+    assert [(r.id, r.attempts) for r in eng.take("q", 5, 5.0, None)] == [(1, 1), (2, 0), (3, 0)]
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_times_given_as_ints_beyond_64_bits_are_times(opened: Callable[[str], Engine],
+                                                      kind: str) -> None:
+    """2**70 is a time every engine orders, though SQLite binds no int that large: it
+    failed every call given one."""
+    eng = opened(kind)
+    far = 1 << 70
+    assert len(eng.append("r", [b"x"], [1], far)) == 1
+    assert [r.enqueued_at for r in eng.peek("r", 5)] == [float(far)]
+    (got,) = eng.take("q", 1, far, Lease("p", far))
+    assert got.id == 2
+    assert eng.owners("q") == {"o": 1, "p": 1}
+    assert eng.expire("q", far) == 2
+    (got,) = eng.take("q", 1, 5.0, Lease("p", 90.0))
+    assert (got.id, got.attempts) == (1, 2)
+    assert eng.release("q", [(1, 2)], "p", not_before=far, max_attempts=None) == [1]
+    assert [r.id for r in eng.take("q", 5, -far, None)] == [2, 3]
+    assert eng.take("q", 5, 10**6, None) == []
+    assert [r.id for r in eng.take("q", 5, far, None)] == [1]

@@ -5,13 +5,14 @@ changes. :mod:`spoolq.engines.base` re-exports them."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from math import isnan
+from math import inf, isnan
 
 __all__ = ["MAX_ATTEMPTS", "MAX_META_KEY_BYTES", "MAX_OWNER_BYTES", "MAX_RAW_SIZE", "as_bytes",
-           "as_int", "as_max_attempts", "as_queue_name", "as_records", "as_text",
-           "check_expire", "checked_attempts", "checked_ids", "checked_owner",
-           "checked_raw_size", "checked_raw_sizes", "checked_size_types", "lease_owner_fits",
-           "meta_key_bytes"]
+           "as_delivery", "as_float_time", "as_int", "as_max_attempts", "as_queue_name",
+           "as_records", "as_text", "check_expire", "checked_attempts", "checked_ids",
+           "checked_owner", "checked_raw_size", "checked_raw_sizes", "checked_size_types",
+           "int_deliveries", "lease_owner_fits", "meta_key_bytes", "names_nothing_stored",
+           "writable"]
 
 
 def as_bytes(value: object, what: str) -> bytes:
@@ -39,12 +40,37 @@ def as_records(records: Sequence[object]) -> Sequence[bytes]:
     return [as_bytes(r, "a record") for r in records]
 
 
+def writable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: every str but one holding a surrogate
+    ("\\ud800"), which no file, server or peer takes. One C call for ASCII text."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def as_queue_name(value: object) -> str:
-    """``value`` when it is a str; TypeError for anything else, which a file engine keeping
-    names as text would give back as another name (7 as "7")."""
+    """``value`` as the name of a queue to store records under: TypeError when it is not a
+    str, which a file engine keeping names as text would give back as another name (7 as
+    "7"); ValueError when it cannot be written as UTF-8 (see :func:`writable`), which the
+    SQLite, LMDB and PostgreSQL engines cannot store. Reads by such a name find nothing
+    (see :func:`names_nothing_stored`)."""
     if not isinstance(value, str):
         raise TypeError(f"a queue name must be a str, not {type(value).__name__}")
+    if not writable(value):
+        raise ValueError(f"a queue name must be text that can be written as UTF-8, not "
+                         f"{value[:40]!r}, which holds a surrogate; nothing was changed")
     return value
+
+
+def names_nothing_stored(queue: object) -> bool:
+    """Whether ``queue`` is a str that :func:`as_queue_name` refuses, so names no queue: a
+    call that only reads or settles finds nothing by it, as by a name never used. Cheap
+    for the ASCII names of the usual case. Other types are left to the engine."""
+    return type(queue) is str and not queue.isascii() and not writable(queue)
 
 
 def as_int(value: object, what: str) -> int:
@@ -59,6 +85,32 @@ def as_max_attempts(value: object) -> int | None:
     for anything else, which would stop the settling half way (a str) or bury records
     early (a float)."""
     return None if value is None else as_int(value, "max_attempts")
+
+
+def as_delivery(ident: object, attempts: object) -> tuple[int, int] | None:
+    """A delivery ``(id, attempts)`` of an ``ack`` or a ``release`` as two ints (a bool as
+    its int), or None when either is not an int: such a delivery holds no lease, though
+    1.0 == 1 finds a record kept by its id in a dict and SQL compares "1" with 1."""
+    if isinstance(ident, int) and isinstance(attempts, int):
+        return int(ident), int(attempts)
+    return None
+
+
+def int_deliveries(deliveries: Iterable[tuple[object, object]]) -> list[tuple[int, int]]:
+    """The deliveries of an ``ack`` or a ``release`` that can hold a lease, each as two
+    ints (see :func:`as_delivery`), in their order; the others are left out."""
+    return [(i, a) if type(i) is int and type(a) is int else (int(i), int(a))
+            for i, a in deliveries if isinstance(i, int) and isinstance(a, int)]
+
+
+def as_float_time(value: float) -> float:
+    """A time that passed the checks (a real number, not NaN) as a float, for a store that
+    binds no int beyond 64 bits (SQLite): an int beyond every float as an infinity of its
+    sign, a time past either end, as the engines comparing in Python take it."""
+    try:
+        return float(value)
+    except OverflowError:
+        return inf if value > 0 else -inf
 
 
 def as_text(value: object, what: str) -> str:

@@ -1,7 +1,7 @@
-"""How the LMDB engine settles leases other than by an ack: release puts leased
-records back (ready, or delayed until ``not_before``), expire does so for leases that
-ran out or whose owner died, and a record out of attempts goes to the tail of the
-queue's dead-letter queue instead.
+"""How the LMDB engine settles leases: ack removes leased records, release puts them
+back (ready, or delayed until ``not_before``), expire does so for leases that ran out or
+whose owner died, and a record out of attempts goes to the tail of the queue's
+dead-letter queue instead.
 
 :class:`LeaseSettling` is a mixin of the LMDB engine's store; every call is one write
 transaction of the store.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ..errors import CorruptError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
-from ._checks import as_max_attempts, as_text, check_expire
+from ._checks import as_max_attempts, as_text, check_expire, int_deliveries
 from .base import StoredRecord, dead_queue_name, refuse_nan
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 
 class LeaseSettling:
-    """Release, expire and the dead letters, for the LMDB store."""
+    """Ack, release, expire and the dead letters, for the LMDB store."""
 
     if TYPE_CHECKING:
         path: str
@@ -54,6 +54,44 @@ class LeaseSettling:
         def _add(self, txn: Txn, name: str, q: fmt.QueueRow,
                  recs: Sequence[StoredRecord]) -> int: ...
 
+    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
+        if type(owner) is not str:
+            return []  # an owner of no lease
+        try:
+            holder = owner.encode()
+        except UnicodeEncodeError:
+            return []  # not UTF-8 (a lone surrogate): no take stores such an owner
+
+        def body(txn: Txn) -> list[int]:
+            q = self._queue(txn, queue)
+            if q is None or not deliveries:
+                return []
+            done: list[int] = []
+            cur = txn.cursor(self._leased)
+            key, number, held_by, reader = fmt.KEY.pack, q.number, fmt.held_by, \
+                fmt.lease_reader(holder)
+            for ident, attempts in sorted(int_deliveries(deliveries)):
+                try:
+                    wanted = key(number, ident)
+                except struct.error:
+                    continue  # an id no record can have (negative, or past 64 bits)
+                # After a delete the cursor stands on the next record: usually the next one
+                # of a batch, found without searching the tree again.
+                if cur.key() != wanted and not cur.set_key(wanted):
+                    continue
+                held = held_by(cur.value(), holder, reader)
+                if held is not None and held[0] == attempts:
+                    cur.delete()
+                    done.append(ident)
+                    q.raw -= held[1]
+                    q.stored -= held[2]
+            if done:
+                q.leased -= len(done)
+                self._save(txn, queue, q)
+            return done
+
+        return self._write("ack", body)
+
     def _unlease(self, txn: Txn, queue: str, q: fmt.QueueRow, rec: StoredRecord, not_before: float,
                  max_attempts: int | None, count_attempt: bool, reason: str) -> None:
         """Turn a leased record (already deleted from ``leased``) ready again, or dead."""
@@ -75,11 +113,11 @@ class LeaseSettling:
     def _held(self, txn: Txn, q: fmt.QueueRow, deliveries: Sequence[tuple[int, int]],
               owner: str) -> Iterator[StoredRecord]:
         """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
-        for ident, attempts in deliveries:
+        for ident, attempts in int_deliveries(deliveries):
             try:
                 key = fmt.KEY.pack(q.number, ident)
             except struct.error:
-                continue  # an id no record can have (not an int, negative, past 64 bits)
+                continue  # an id no record can have (negative, or past 64 bits)
             value = txn.get(key, db=self._leased)
             if value is None:
                 continue

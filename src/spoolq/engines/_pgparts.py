@@ -12,7 +12,14 @@ from typing import Any
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from ._checks import checked_ids, checked_owner, checked_size_types, lease_owner_fits
+from ._checks import (
+    checked_ids,
+    checked_owner,
+    checked_size_types,
+    int_deliveries,
+    lease_owner_fits,
+    names_nothing_stored,
+)
 from ._pgpool import Conn
 from .base import (
     StoredRecord,
@@ -142,9 +149,10 @@ def _no_nul(text: str, what: str) -> str:
 
 def names_nothing(queue: object) -> bool:
     """Whether ``queue`` names no queue the engine can hold: not a str (PostgreSQL would
-    fail to compare b"q" with a name), or holding NUL. Calls that only read or settle
-    then find nothing, as in a queue never used."""
-    return not isinstance(queue, str) or "\0" in queue
+    fail to compare b"q" with a name), holding NUL, or not UTF-8 (a surrogate, which psycopg
+    cannot send). Calls that only read or settle then find nothing, as in a queue never
+    used."""
+    return not isinstance(queue, str) or "\0" in queue or names_nothing_stored(queue)
 
 
 def holds_nothing(owner: object) -> bool:
@@ -179,13 +187,12 @@ def checked_reason(reason: object) -> str:
 
 def held(deliveries: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
     """The ids and attempts of the deliveries of an ``ack`` or a ``release`` that can be
-    leased: each of an int id and attempts in the range of their columns (others hold no
-    lease: (1, "1") or (1.0, 1) would be cast to the delivery (1, 1), a larger int fail
-    the statement), each named once (a release would bury a delivery named twice
-    twice)."""
-    pairs = dict.fromkeys((i, a) for i, a in deliveries
-                          if type(i) is int and type(a) is int
-                          and 0 < i <= MAX_BIGINT and 0 < a <= _MAX_INTEGER)
+    leased: each of an int id and attempts (a bool as its int) in the range of their
+    columns (others hold no lease: (1, "1") or (1.0, 1) would be cast to the delivery
+    (1, 1), a larger int fail the statement), each named once (a release would bury a
+    delivery named twice twice)."""
+    pairs = dict.fromkeys((i, a) for i, a in int_deliveries(deliveries)
+                          if 0 < i <= MAX_BIGINT and 0 < a <= _MAX_INTEGER)
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 

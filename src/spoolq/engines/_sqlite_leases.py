@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import EngineError
 from . import _sqlite_sql as sql
-from ._checks import MAX_OWNER_BYTES, as_max_attempts, as_text, check_expire
+from ._checks import (
+    MAX_OWNER_BYTES,
+    as_float_time,
+    as_max_attempts,
+    as_text,
+    check_expire,
+    int_deliveries,
+)
 from ._sqlite_schema import length_limit
 from ._sqlite_sql import CHUNK, MASK, MAX_REASON, ROW_ROOM, SHIFT, json_list
 from .base import (
@@ -37,9 +44,9 @@ R = TypeVar("R")
 
 def in_range(deliveries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """Deliveries whose ids can belong to a queue (others could reach another queue's rows),
-    of an int id and attempts: SQL would find the delivery (1, 1) by (1, "1")."""
-    return [(i, a) for i, a in deliveries
-            if type(i) is int and type(a) is int and 0 < i <= MASK]
+    of an int id and attempts, a bool as its int (see ``int_deliveries``): SQL would find
+    the delivery (1, 1) by (1, "1") or (1.0, 1)."""
+    return [(i, a) for i, a in int_deliveries(deliveries) if 0 < i <= MASK]
 
 
 def holds_nothing(owner: object, conn: sqlite3.Connection) -> bool:
@@ -172,6 +179,8 @@ class LeaseSettling:
             as_text(reason, "a reason")
         as_max_attempts(max_attempts)
         refuse_nan(self.path, "release", "not_before", not_before)  # SQLite would store NULL
+        if type(not_before) is not float:
+            not_before = as_float_time(not_before)  # SQLite binds no int beyond 64 bits
         deliveries = in_range(deliveries)
         if not deliveries:
             return []
@@ -192,6 +201,7 @@ class LeaseSettling:
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
         check_expire(now, owners, max_attempts)
+        now = as_float_time(now)  # SQLite binds no int beyond 64 bits: 10**400 is past the end
         owners = [o for o in owners if type(o) is str]  # others hold no lease
         return self._txn("expire", self._expire, queue, now, owners, max_attempts)
 

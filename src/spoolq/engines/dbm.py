@@ -59,7 +59,14 @@ from typing import TypeVar
 
 from ..errors import ConfigurationError, CorruptError, EngineError
 from . import _dbmfiles as files
-from ._checks import as_int, as_max_attempts, check_expire, checked_ids, checked_owner
+from ._checks import (
+    as_int,
+    as_max_attempts,
+    check_expire,
+    checked_ids,
+    checked_owner,
+    int_deliveries,
+)
 from ._dbmgenerations import Generations
 from ._dbmstate import Aside as _Aside
 from ._dbmstate import QueueState as _Queue
@@ -244,7 +251,7 @@ class _DBMStore(Generations):
     def _held(self, q: _Queue, deliveries: Sequence[tuple[int, int]],
               owner: str) -> list[tuple[int, _Aside]]:
         held = []
-        for ident, attempts in deliveries:
+        for ident, attempts in int_deliveries(deliveries):  # 1.0 would find the record of 1
             a = q.aside.get(ident)
             if a is not None and a.owner == owner and a.attempts == attempts:
                 held.append((ident, a))

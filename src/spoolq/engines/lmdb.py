@@ -359,44 +359,6 @@ class _LMDBStore(LeaseSettling, Maintaining):
 
         self._write("restore", body)
 
-    def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
-        if type(owner) is not str:
-            return []  # an owner of no lease
-        try:
-            holder = owner.encode()
-        except UnicodeEncodeError:
-            return []  # not UTF-8 (a lone surrogate): no take stores such an owner
-
-        def body(txn: Txn) -> list[int]:
-            q = self._queue(txn, queue)
-            if q is None or not deliveries:
-                return []
-            done: list[int] = []
-            cur = txn.cursor(self._leased)
-            key, number, held_by, reader = fmt.KEY.pack, q.number, fmt.held_by, \
-                fmt.lease_reader(holder)
-            for ident, attempts in sorted(deliveries):
-                try:
-                    wanted = key(number, ident)
-                except struct.error:
-                    continue  # an id no record can have (negative, or past 64 bits)
-                # After a delete the cursor stands on the next record: usually the next one
-                # of a batch, found without searching the tree again.
-                if cur.key() != wanted and not cur.set_key(wanted):
-                    continue
-                held = held_by(cur.value(), holder, reader)
-                if held is not None and held[0] == attempts:
-                    cur.delete()
-                    done.append(ident)
-                    q.raw -= held[1]
-                    q.stored -= held[2]
-            if done:
-                q.leased -= len(done)
-                self._save(txn, queue, q)
-            return done
-
-        return self._write("ack", body)
-
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
         n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
 

@@ -20,6 +20,7 @@ from operator import itemgetter
 from ._checks import (
     MAX_OWNER_BYTES,
     as_bytes,
+    as_delivery,
     as_int,
     as_max_attempts,
     as_queue_name,
@@ -164,7 +165,7 @@ class MemoryEngine:
                 data = as_bytes(data, "a record")
             if type(raw_size) is not int or not 0 <= raw_size <= MAX_RAW_SIZE:
                 checked_raw_size(raw_size)
-            q = self._queues.get(queue) or self._q(queue)
+            q = self._queues.get(queue) or self._q(as_queue_name(queue))
             self._next_id = first + 1
             q.fresh.append(_new_record((first, data, raw_size, 0, now, None)))
             q.stored_bytes += len(data)
@@ -174,7 +175,7 @@ class MemoryEngine:
             return []
         records = as_records(records)
         checked_size_types(raw_sizes)
-        q = self._queues.get(queue) or self._q(queue)
+        q = self._queues.get(queue) or self._q(as_queue_name(queue))
         ids = range(first, first + k)
         self._next_id = ids.stop
         q.fresh.extend(map(_new_record, zip(ids, records, raw_sizes, repeat(0, k),
@@ -291,7 +292,12 @@ class MemoryEngine:
         done: list[int] = []
         if q is None:
             return done
-        for ident, attempts in deliveries:
+        for delivery in deliveries:
+            ident, attempts = delivery
+            if type(ident) is not int or type(attempts) is not int:
+                if (pair := as_delivery(ident, attempts)) is None:
+                    continue  # 1.0 would find the record of 1: it holds no lease
+                ident, attempts = pair
             if self._held(q, ident, attempts, owner) is not None:
                 self._drop(q, ident)
                 q.leased -= 1
@@ -324,7 +330,12 @@ class MemoryEngine:
             return done
         if isnan(not_before):
             refuse_nan(_WHERE, "release", "not_before", not_before)
-        for ident, attempts in deliveries:
+        for delivery in deliveries:
+            ident, attempts = delivery
+            if type(ident) is not int or type(attempts) is not int:
+                if (pair := as_delivery(ident, attempts)) is None:
+                    continue
+                ident, attempts = pair
             entry = self._held(q, ident, attempts, owner)
             if entry is not None:
                 self._unlease(queue, q, ident, entry, not_before, max_attempts, count_attempt,

@@ -29,7 +29,15 @@ from typing import Any, TypeVar
 from ..errors import ConfigurationError, EngineError, FormatError
 from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
-from ._checks import as_bytes, as_int, as_text, checked_owner, checked_size_types
+from ._checks import (
+    as_bytes,
+    as_float_time,
+    as_int,
+    as_text,
+    checked_owner,
+    checked_size_types,
+    names_nothing_stored,
+)
 from ._sqlite_leases import LeaseSettling, holds_nothing, in_range
 from ._sqlite_move import Moving
 from .base import (
@@ -178,6 +186,8 @@ class SQLiteEngine(LeaseSettling, Moving):
         """The queue's number, or None if it was never used; cached, as it never changes."""
         qno = self._qnos.get(queue)
         if qno is None:
+            if names_nothing_stored(queue):
+                return None  # not UTF-8: no queue has such a name, nor can SQLite compare it
             row = conn.execute("SELECT qno FROM spoolq_queues WHERE name = ?", (queue,)).fetchone()
             if row is None:
                 return None
@@ -223,6 +233,8 @@ class SQLiteEngine(LeaseSettling, Moving):
         records = as_records(records)
         self.check_records(queue, records)
         refuse_nan(self.path, "append", "now", now)  # SQLite would store NULL
+        if type(now) is not float:
+            now = as_float_time(now)  # SQLite binds no int beyond 64 bits
         last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
 
@@ -277,12 +289,14 @@ class SQLiteEngine(LeaseSettling, Moving):
             n = as_int(n, "n")
         if lease is not None:  # SQLite would keep b"o"; a longer owner could overfill a row
             checked_owner(lease.owner)
-        if n <= 0:
+            if type(lease.until) is not float:
+                lease = Lease(lease.owner, as_float_time(lease.until))
+        if nothing_visible(self.path, now, lease) or n <= 0:
             return []  # LIMIT would read a negative n as no limit at all
         n = min(n, _MAX_INT)  # a larger n means every ready record all the same
-        if nothing_visible(self.path, now, lease):
-            return []
-        now = due_by(now)  # new rows are visible from 0 (the column's default) on
+        # New rows are visible from 0 (the column's default) on; SQLite binds no int beyond
+        # 64 bits.
+        now = due_by(now if type(now) is float else as_float_time(now))
         rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
         if lease is None:
             return list(map(_new_record, rows))  # already the records, in id order
@@ -392,6 +406,8 @@ class SQLiteEngine(LeaseSettling, Moving):
         return self._read("peek_leased", body, queue, [])
 
     def counts(self, queue: str) -> Counts:
+        if names_nothing_stored(queue):
+            return Counts(0, 0, 0, 0)
         with self._guard("counts"):
             row = self._conn.execute(
                 "SELECT ready, leased, stored_bytes, raw_bytes FROM spoolq_queues WHERE name = ?",
