@@ -196,6 +196,9 @@ SURROGATE = "q\ud800"
      "a metadata key must be a str, not bytes", ALL),
     ("set-meta-int-key", lambda e: e.set_meta(5, b"w"), TypeError,
      "a metadata key must be a str, not int", ALL),
+    ("set-meta-surrogate-key", lambda e: e.set_meta("k\ud800", b"w"), ValueError,
+     "a metadata key must be .*UTF-8.*not one that cannot be written as UTF-8; nothing was "
+     "changed", ALL),
     ("set-meta-str-value", lambda e: e.set_meta("k", "w"), TypeError,
      "a metadata value must be bytes, not str", ALL),
     ("set-meta-int-value", lambda e: e.set_meta("k", 5), TypeError,
@@ -233,7 +236,8 @@ def test_names_and_owners_of_another_type_find_nothing_where_only_read(
         opened: Callable[[str], Engine], kind: str, name: Any) -> None:
     """Reading, or settling leases in, a queue by a name that is not a str, or cannot be
     written as UTF-8 (SQLite and PostgreSQL failed to encode it), finds no queue, as a name
-    never used does; an owner that is not a str holds no lease."""
+    never used does, and reading metadata by such a key finds none; an owner that is not a
+    str holds no lease."""
     eng = opened(kind)
     assert isinstance(eng, SupportsPeekLeased)
     before = _state(eng)
@@ -248,6 +252,8 @@ def test_names_and_owners_of_another_type_find_nothing_where_only_read(
     assert eng.move(name, "r") == 0
     assert eng.move(name, "r", [1]) == 0
     assert eng.purge(name) == 0
+    if kind != "lmdb":  # whose get_meta refuses a key its set_meta would (see engines.md)
+        assert eng.get_meta(name) is None
     owner: Any = b"o"
     assert eng.ack("q", [(1, 1)], owner) == []
     assert eng.release("q", [(1, 1)], owner, not_before=0.0, max_attempts=None) == []

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 from math import inf, isnan
 
 __all__ = ["MAX_ATTEMPTS", "MAX_META_KEY_BYTES", "MAX_OWNER_BYTES", "MAX_RAW_SIZE", "as_bytes",
-           "as_delivery", "as_float_time", "as_int", "as_max_attempts", "as_queue_name",
+           "as_delivery", "as_float_time", "as_int", "as_max_attempts", "as_meta_key",
+           "as_queue_name",
            "as_records", "as_text", "check_expire", "checked_attempts", "checked_ids",
            "checked_owner", "checked_raw_size", "checked_raw_sizes", "checked_size_types",
            "int_deliveries", "lease_owner_fits", "meta_key_bytes", "names_nothing_stored",
@@ -149,6 +150,17 @@ def checked_attempts(value: object) -> int:
 MAX_META_KEY_BYTES = 400
 """The longest metadata key, in bytes of UTF-8: what a server takes
 (``spoolq.protocol.MAX_META_KEY_BYTES``)."""
+
+
+def as_meta_key(value: object) -> str:
+    """``value`` as a metadata key to store a value under: TypeError when it is not a str,
+    ValueError when it cannot be written as UTF-8 (see :func:`writable`), which the SQLite,
+    LMDB and PostgreSQL engines cannot store. Reads by such a key find nothing."""
+    key = as_text(value, "a metadata key")
+    if not writable(key):
+        raise ValueError("a metadata key must be text of UTF-8, not one that cannot be "
+                         "written as UTF-8; nothing was changed")
+    return key
 
 
 def meta_key_bytes(value: object) -> bytes:

@@ -13,6 +13,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ._checks import (
+    as_meta_key,
     checked_ids,
     checked_owner,
     checked_size_types,
@@ -257,7 +258,7 @@ def checked_restore(where: str, queue: str,
 def checked_meta(key: str, value: bytes) -> dict[str, object]:
     """The parameters of a ``set_meta``: TypeError unless ``key`` is a str and ``value``
     bytes-like, ValueError when ``key`` holds NUL."""
-    return {"key": _no_nul(as_text(key, "a metadata key"), "a metadata key"),
+    return {"key": _no_nul(as_meta_key(key), "a metadata key"),
             "value": as_bytes(value, "a metadata value")}
 
 

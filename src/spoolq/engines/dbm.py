@@ -62,6 +62,7 @@ from . import _dbmfiles as files
 from ._checks import (
     as_int,
     as_max_attempts,
+    as_meta_key,
     check_expire,
     checked_ids,
     checked_owner,
@@ -435,7 +436,7 @@ class _DBMStore(Generations):
         return self._state.meta.get(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        key, blob = as_text(key, "a metadata key"), as_bytes(value, "a metadata value")
+        key, blob = as_meta_key(key), as_bytes(value, "a metadata value")
         with self._transaction("set_meta") as st:
             st.meta[key] = blob
             self._changed = True

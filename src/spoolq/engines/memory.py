@@ -23,6 +23,7 @@ from ._checks import (
     as_delivery,
     as_int,
     as_max_attempts,
+    as_meta_key,
     as_queue_name,
     as_records,
     as_text,
@@ -432,7 +433,7 @@ class MemoryEngine:
         return self._meta.get(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        self._meta[as_text(key, "a metadata key")] = as_bytes(value, "a metadata value")
+        self._meta[as_meta_key(key)] = as_bytes(value, "a metadata value")
 
     def close(self) -> None:
         """Nothing to release: the records simply go when the engine is dropped."""

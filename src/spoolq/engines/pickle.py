@@ -52,7 +52,7 @@ from math import isnan
 from typing import Any, TypeVar
 
 from ..errors import CorruptError, EngineError, FormatError
-from ._checks import check_expire, checked_ids, checked_owner
+from ._checks import as_meta_key, check_expire, checked_ids, checked_owner
 from ._shared import SharedEngine, fsync_dir, lock_exclusively
 from .base import (
     FORMAT_VERSION,
@@ -390,7 +390,7 @@ class _PickleStore:
         return self._mem.get_meta(key)
 
     def set_meta(self, key: str, value: bytes) -> None:
-        key = _str(_text(key, "a metadata key"))
+        key = _str(as_meta_key(key))
         blob = _bytes(as_bytes(value, "a metadata value"))
         self._write("set_meta", lambda m: m.set_meta(key, blob))
 

@@ -33,7 +33,7 @@ from ._checks import (
     as_bytes,
     as_float_time,
     as_int,
-    as_text,
+    as_meta_key,
     checked_owner,
     checked_size_types,
     names_nothing_stored,
@@ -456,13 +456,15 @@ class SQLiteEngine(LeaseSettling, Moving):
                 "AND typeof(name) = 'blob' ORDER BY name")]
 
     def get_meta(self, key: str) -> bytes | None:
+        if names_nothing_stored(key):
+            return None  # not UTF-8: no set_meta stores such a key
         with self._guard("get_meta"):
             row = self._conn.execute("SELECT CAST(value AS BLOB) FROM spoolq_meta WHERE key = ?",
                                      (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def set_meta(self, key: str, value: bytes) -> None:
-        row = as_text(key, "a metadata key"), as_bytes(value, "a metadata value")
+        row = as_meta_key(key), as_bytes(value, "a metadata value")
         with self._write("set_meta") as conn:
             conn.execute("INSERT OR REPLACE INTO spoolq_meta (key, value) VALUES (?, ?)", row)
 
