@@ -4,10 +4,13 @@ items another handle put before the shutdown, within this handle's poll interval
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 import spoolq
+
+from .servers import ServerProcess
 
 
 def _put_elsewhere(path: str, items: list[int]) -> None:
@@ -86,3 +89,25 @@ def test_async_get_nowait_after_shutdown_drains_items_another_handle_put(
             await q.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["get", "get_nowait", "get_many"])
+def test_sync_get_after_an_immediate_shutdown_raises_at_once_on_a_stalled_server(
+        kind: str) -> None:
+    # shutdown(immediate=True) makes gets raise at once: the look at the file's counts a
+    # get takes after a plain shutdown is not for it, and on a server that stalled (its
+    # connections accepted, nothing answered) it lasted the engine's timeout.
+    with ServerProcess(":memory:") as server:
+        options = {"timeout": 10.0, "connect_timeout": 10.0}
+        with spoolq.SyncQueue.create(f"{server.url}/jobs", engine_options=options) as q:
+            q.put("left")
+            assert q.get(timeout=5) == "left"
+            q.shutdown(immediate=True)
+            call = {"get": lambda: q.get(timeout=8), "get_nowait": q.get_nowait,
+                    "get_many": lambda: q.get_many(5, timeout=8)}[kind]
+            with server.stalled():
+                start = time.monotonic()
+                with pytest.raises(spoolq.QueueShutDown):
+                    call()
+                took = time.monotonic() - start
+    assert took < 1.0

@@ -154,7 +154,9 @@ class SyncWaiting:
     def _recount_after_shutdown(self, deadline: float | None) -> bool:
         """Read the file's counts before a get after shutdown calls the queue drained:
         items other handles put before the shutdown are still to drain. True, also when
-        the file cannot be read now (closed, or a server away: drained, then)."""
-        with contextlib.suppress(ClosedError, Unavailable):
-            self._core.refresh(deadline)
+        the file cannot be read now (closed, or a server away: drained, then). Nothing
+        is read after ``shutdown(immediate=True)``, whose gets raise at once."""
+        if not self._immediate:
+            with contextlib.suppress(ClosedError, Unavailable):
+                self._core.refresh(deadline)
         return True
