@@ -33,6 +33,10 @@ def memory_server() -> Iterator[ThreadedServer]:
     "spoolq://127.0.0.1/jobs?tls=",
     "spoolq://127.0.0.1/jobs?token",
     "spoolq://127.0.0.1/jobs#1",  # an unquoted '#' cut the queue name short
+    "spoolq://127.0.0.1/jobs%FF",  # not UTF-8: it named the queue '\ufffd', as %FE did
+    "spoolq://127.0.0.1/jobs?token=%FF",
+    "spoolq://:%FF@127.0.0.1/jobs",
+    "spoolq://127.0.0.1/jobs?ca=%FF.pem",
 ])
 def test_a_url_the_client_cannot_follow_is_a_configuration_error(url: str) -> None:
     with pytest.raises(spoolq.ConfigurationError, match="URL"):
@@ -49,6 +53,8 @@ def test_the_urls_the_client_takes() -> None:
     assert parse_url("spoolq://[::1]/jobs?tls=off").tls is False
     assert parse_url("spoolq://h:7480/jobs?tls=0&ca=ca.pem").ca_file == "ca.pem"
     assert parse_url("spoolq://h").queue is None
+    assert parse_url("spoolq://h/caf%C3%A9%2Fd%25").queue == "caf\u00e9/d%"
+    assert parse_url("spoolq://h/q?token=%C3%A9").token == "\u00e9"
 
 
 def test_a_bad_url_never_shows_its_token() -> None:

@@ -96,7 +96,10 @@ def parse_url(url: str) -> RemoteAddress:
         raise ConfigurationError("the spoolq:// URL has a '#' fragment; write a '#' in a "
                                  "queue name as %23")
     try:
-        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query),
+                         errors="strict")
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
     except ValueError:
         raise ConfigurationError("the spoolq:// URL has a malformed query") from None
     unknown = sorted(set(query) - set(_QUERY_KEYS))
@@ -107,10 +110,10 @@ def parse_url(url: str) -> RemoteAddress:
     tokens = [t for t in query.get("token", ()) if t]  # token= and ca= left blank: none
     token = tokens[-1] if tokens else None
     if parts.password:
-        token = unquote(parts.password)
+        token = _unquote(parts.password)
     elif parts.username:
-        token = unquote(parts.username)
-    name = unquote(parts.path.lstrip("/")) or None
+        token = _unquote(parts.username)
+    name = _unquote(parts.path.lstrip("/")) or None
     cas = [c for c in query.get("ca", ()) if c]
     ca_file = cas[-1] if cas else None
     tls_value = (query.get("tls") or ["0"])[-1].lower()
@@ -118,6 +121,20 @@ def parse_url(url: str) -> RemoteAddress:
         raise ConfigurationError(f"the spoolq:// URL's tls= takes {', '.join(_TLS_VALUES)}")
     tls = _TLS_VALUES[tls_value] or ca_file is not None
     return RemoteAddress(parts.hostname, port or DEFAULT_PORT, name, token, tls, ca_file)
+
+
+def _not_utf8() -> ConfigurationError:
+    return ConfigurationError("the spoolq:// URL has %-escapes that are not UTF-8; a queue "
+                              "name, token or ca= path is text")
+
+
+def _unquote(part: str) -> str:
+    """``part`` with its %-escapes decoded; one that is not UTF-8 is an error, where
+    ``unquote`` made it U+FFFD (so that ``/%FF`` and ``/%FE`` named the same queue)."""
+    try:
+        return unquote(part, errors="strict")
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
 
 
 def ssl_context(tls: bool | ssl.SSLContext | None, ca_file: str | None,
