@@ -3,7 +3,9 @@ same queue, and the same dead letters, as the plain name, on every engine."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,14 @@ def test_a_str_enum_name_is_the_queue_of_its_text(tmp_path: Path, engine: str) -
         assert again.peek(5, dead=True) == ["a"]
         assert again.requeue_dead() == 1
         assert again.get_many(5, timeout=5) == ["b", "a"]
+
+
+def test_the_async_queue_s_thread_is_named_for_the_text(tmp_path: Path) -> None:
+    # Its engine thread appears in logs as %(threadName)s: "spoolq-jobs", as for the
+    # plain name, not "spoolq-Name.JOBS".
+    async def main() -> list[str]:
+        async with await spoolq.Queue.create(str(tmp_path / "q.sqlite"), name=Name.JOBS):
+            return [t.name for t in threading.enumerate() if t.name.startswith("spoolq-")
+                    and not t.name.startswith("spoolq-wait")]
+
+    assert asyncio.run(main()) == ["spoolq-jobs"]

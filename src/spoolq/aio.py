@@ -113,7 +113,7 @@ class Queue(AsyncCounts, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
                             max_attempts=max_attempts, poll_interval=poll_interval,
                             compress_threshold=compress_threshold)
         check_codecs(serializer, compressor)
-        worker = Worker(asyncio.get_running_loop(), f"spoolq-{name}")
+        worker = Worker(asyncio.get_running_loop(), f"spoolq-{settings.name}")
 
         def abandon(core: QueueCore | None) -> None:
             if core is not None:
