@@ -58,8 +58,9 @@ MAX_NAME = 511  # the longest key LMDB takes (its default MDB_MAXKEYSIZE), so qu
 
 def name_key(name: object) -> bytes | None:
     """The key of queue ``name`` in ``queues``; None for a name no queue can have (not a
-    str, empty, too long for a key, not writable as UTF-8), which reads find empty."""
-    if type(name) is not str:
+    str, empty, too long for a key, not writable as UTF-8), which reads find empty. A str
+    subclass (a str enum) is its text, the key it was stored under."""
+    if not isinstance(name, str):
         return None
     try:
         key = name.encode()

@@ -55,7 +55,7 @@ class LeaseSettling:
                  recs: Sequence[StoredRecord]) -> int: ...
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
-        if type(owner) is not str:
+        if not isinstance(owner, str):
             return []  # an owner of no lease
         try:
             holder = owner.encode()

@@ -55,7 +55,7 @@ def holds_nothing(owner: object, conn: sqlite3.Connection) -> bool:
     row. An owner longer than a take accepts may hold a lease taken by an earlier spoolq."""
     if type(owner) is str and owner.isascii() and len(owner) <= MAX_OWNER_BYTES:
         return False  # every owner a take accepts that is ASCII: the usual case
-    if type(owner) is not str:
+    if not isinstance(owner, str):  # a str subclass (a str enum) is bound as its text
         return True
     try:
         return len(owner.encode()) > length_limit(conn)
@@ -202,7 +202,7 @@ class LeaseSettling:
                max_attempts: int | None = None) -> int:
         check_expire(now, owners, max_attempts)
         now = as_float_time(now)  # SQLite binds no int beyond 64 bits: 10**400 is past the end
-        owners = [o for o in owners if type(o) is str]  # others hold no lease
+        owners = [o for o in owners if isinstance(o, str)]  # others hold no lease
         return self._txn("expire", self._expire, queue, now, owners, max_attempts)
 
     def _expire(self, conn: sqlite3.Connection, queue: str, now: float, owners: Sequence[str],
