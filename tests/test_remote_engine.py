@@ -331,3 +331,28 @@ def test_a_record_as_large_as_check_records_allows_is_stored() -> None:
             assert [len(r.data) for r in engine.take("jobs", 5, 2.0, None)] == [room, 1]
         finally:
             engine.close()
+
+
+def test_a_record_the_server_takes_comes_back_with_the_default_max_reply() -> None:
+    """A server with a --max-frame above 16 MiB took a put of 17 MiB, and every get of a
+    client with the default settings then raised ConfigurationError, the record stuck at
+    the head of the queue: by default a client accepts replies as large as the server's
+    frames."""
+    import os
+
+    big = os.urandom(17 * 2**20)
+    with ThreadedServer(":memory:", max_frame=20 * 2**20) as server:
+        url = f"{server.url}/jobs"
+        with spoolq.SyncQueue.create(url, serializer="raw", compressor="none") as q:
+            q.put(big)
+            q.put(b"after")
+            assert q.get(timeout=5) == big
+            assert q.get(timeout=5) == b"after"
+        limited = RemoteEngine(url, max_reply=2**20)  # one given still bounds replies
+        try:
+            limited.append("jobs", [big], [len(big)], 1.0)
+            with pytest.raises(spoolq.ConfigurationError, match="max_reply"):
+                limited.take("jobs", 1, 2.0, None)
+            assert limited.counts("jobs").ready == 1
+        finally:
+            limited.close()

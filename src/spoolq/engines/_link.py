@@ -1,4 +1,4 @@
-"""Where a ``spoolq://`` URL points, and one connection to that server.
+"""One connection to a spoolq server (the URL's parts are in :mod:`._remoteurl`).
 
 :class:`Link` does the handshake, then one request at a time with a timeout
 for the whole call; :mod:`spoolq.engines.remote` builds the engine on it.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import select
 import socket
 import ssl
@@ -17,9 +16,7 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import (
     AuthenticationError,
@@ -28,14 +25,20 @@ from ..errors import (
     TLSMismatch,
     Unavailable,
 )
-from ..protocol import NOT_TLS_REASONS, ClientProtocol, ProtocolError
+from ..protocol import (
+    DEFAULT_MAX_FRAME,
+    MIN_MAX_REPLY,
+    NOT_TLS_REASONS,
+    ClientProtocol,
+    ProtocolError,
+)
+from ._remoteurl import DEFAULT_PORT, RemoteAddress, parse_url, url_queue_name
 
 __all__ = ["DEFAULT_PORT", "ConnectionLost", "Dialing", "Link", "RemoteAddress", "TLSMismatch",
            "parse_url", "ssl_context", "unwire", "url_queue_name", "wire"]
 
 log = logging.getLogger("spoolq")
 
-DEFAULT_PORT = 7480
 _RECV_SIZE = 65536
 _CLOCK_SKEW_WARNING = 2.0
 _KERNEL_TIMEOUTS = sys.platform.startswith("linux")
@@ -60,83 +63,6 @@ def unwire(t: float) -> float:
     return math.copysign(math.inf, t) if abs(t) == _FARTHEST else t
 
 
-@dataclass(frozen=True)
-class RemoteAddress:
-    """What a ``spoolq://`` URL says. ``queue`` is None when the URL has no path."""
-
-    host: str
-    port: int
-    queue: str | None
-    token: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-
-    def __repr__(self) -> str:  # never show the token
-        return f"RemoteAddress({self.host!r}, {self.port}, queue={self.queue!r}, tls={self.tls})"
-
-
-_QUERY_KEYS = ("token", "tls", "ca")
-_TLS_VALUES = {"1": True, "true": True, "yes": True, "on": True,
-               "0": False, "false": False, "no": False, "off": False}
-
-
-def parse_url(url: str) -> RemoteAddress:
-    """Split a ``spoolq://`` URL; :class:`ConfigurationError` if it is not one, or says
-    what the client cannot follow (the error never shows the URL: it may hold a token)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # an IPv6 literal left open, a port out of range
-        raise ConfigurationError(f"the spoolq:// URL is malformed: {exc}") from None
-    if parts.scheme != "spoolq" or not parts.hostname:
-        raise ConfigurationError(f"not a spoolq://host:port/name URL: {parts.scheme}://...")
-    if port == 0:
-        raise ConfigurationError("the spoolq:// URL has a bad port: 0")
-    if parts.fragment or url.endswith("#"):
-        raise ConfigurationError("the spoolq:// URL has a '#' fragment; write a '#' in a "
-                                 "queue name as %23")
-    try:
-        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query),
-                         errors="strict")
-    except UnicodeDecodeError:
-        raise _not_utf8() from None
-    except ValueError:
-        raise ConfigurationError("the spoolq:// URL has a malformed query") from None
-    unknown = sorted(set(query) - set(_QUERY_KEYS))
-    if unknown:
-        raise ConfigurationError(
-            f"the spoolq:// URL has unknown parameters {', '.join(map(repr, unknown))}; "
-            f"it takes {', '.join(_QUERY_KEYS)}")
-    tokens = [t for t in query.get("token", ()) if t]  # token= and ca= left blank: none
-    token = tokens[-1] if tokens else None
-    if parts.password:
-        token = _unquote(parts.password)
-    elif parts.username:
-        token = _unquote(parts.username)
-    name = _unquote(parts.path.lstrip("/")) or None
-    cas = [c for c in query.get("ca", ()) if c]
-    ca_file = cas[-1] if cas else None
-    tls_value = (query.get("tls") or ["0"])[-1].lower()
-    if tls_value not in _TLS_VALUES:
-        raise ConfigurationError(f"the spoolq:// URL's tls= takes {', '.join(_TLS_VALUES)}")
-    tls = _TLS_VALUES[tls_value] or ca_file is not None
-    return RemoteAddress(parts.hostname, port or DEFAULT_PORT, name, token, tls, ca_file)
-
-
-def _not_utf8() -> ConfigurationError:
-    return ConfigurationError("the spoolq:// URL has %-escapes that are not UTF-8; a queue "
-                              "name, token or ca= path is text")
-
-
-def _unquote(part: str) -> str:
-    """``part`` with its %-escapes decoded; one that is not UTF-8 is an error, where
-    ``unquote`` made it U+FFFD (so that ``/%FF`` and ``/%FE`` named the same queue)."""
-    try:
-        return unquote(part, errors="strict")
-    except UnicodeDecodeError:
-        raise _not_utf8() from None
-
-
 def ssl_context(tls: bool | ssl.SSLContext | None, ca_file: str | None,
                 url_tls: bool) -> ssl.SSLContext | None:
     """The TLS context of the engine's ``tls`` and ``ca_file`` options (``url_tls``: what
@@ -151,14 +77,6 @@ def ssl_context(tls: bool | ssl.SSLContext | None, ca_file: str | None,
                 f"ca_file {ca_file!r} is not a readable PEM file of certificates: {exc}"
             ) from exc
     return None
-
-
-def url_queue_name(path: str | os.PathLike[str]) -> str | None:
-    """The queue a ``spoolq://`` URL names in its path; None for other paths or no path."""
-    spath = os.fspath(path)
-    if not spath.startswith("spoolq://"):
-        return None
-    return parse_url(spath).queue
 
 
 class ConnectionLost(Unavailable):
@@ -216,7 +134,7 @@ class Link:
 
     def __init__(self, address: RemoteAddress, *, token: str | None,
                  ssl_context: ssl.SSLContext | None, connect_timeout: float,
-                 max_reply: int, dialing: Dialing | None = None) -> None:
+                 max_reply: int | None, dialing: Dialing | None = None) -> None:
         self.where = f"{address.host}:{address.port}"
         started = time.monotonic()
         try:
@@ -227,8 +145,8 @@ class Link:
         self.handshake_seconds = self._answered - started  # connecting, TLS and hello
 
     def _begin(self, address: RemoteAddress, token: str | None,
-               ssl_context: ssl.SSLContext | None, connect_timeout: float, max_reply: int,
-               dialing: Dialing | None) -> None:
+               ssl_context: ssl.SSLContext | None, connect_timeout: float,
+               max_reply: int | None, dialing: Dialing | None) -> None:
         deadline = time.monotonic() + connect_timeout  # for every step: one bound in all
         sock = self._open(address, ssl_context, connect_timeout, dialing)
         self.sock = sock
@@ -245,13 +163,15 @@ class Link:
         self._timeout: float | None = -1.0
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
-        self.proto = ClientProtocol(max_frame=max_reply)
+        # None: replies as large as the server's frames (hello's max_reply 0 says so); the
+        # greeting before it is a few dozen bytes
+        self.proto = ClientProtocol(max_frame=max_reply or DEFAULT_MAX_FRAME)
         self._early: dict[int, Any] = {}
         self._abandoned: set[int] = set()  # requests whose replies are dropped when they come
         self.busy = False
         try:
             opening, ids = self.proto.start(token)
-            hello_id, hello = self.proto.request("hello", {"max_reply": max_reply,
+            hello_id, hello = self.proto.request("hello", {"max_reply": max_reply or 0,
                                                            "client": "spoolq-python"})
             left = deadline - time.monotonic()
             if left <= 0:
@@ -282,6 +202,10 @@ class Link:
         except BaseException:
             self.close()
             raise
+        self._greeted(info, max_reply)
+
+    def _greeted(self, info: Any, max_reply: int | None) -> None:
+        """Take the server's greeting (the reply to ``hello``)."""
         server_time: Any = info.get("time", time.time()) if isinstance(info, dict) else None
         if (not isinstance(info, dict) or type(info.get("max_frame")) is not int
                 or type(server_time) not in (int, float) or not math.isfinite(server_time)):
@@ -289,8 +213,10 @@ class Link:
             raise ProtocolError(f"the server at {self.where} sent an unexpected greeting")
         self.info = info
         self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
+        self._poll.register(self.sock, select.POLLIN)
         self._answered = time.monotonic()
+        if max_reply is None:
+            self.proto.decoder.max_frame = max(info["max_frame"], MIN_MAX_REPLY)
         self.proto.server_max_frame = info["max_frame"]
         self._check_clock(float(server_time))
 

@@ -26,7 +26,6 @@ import cbor2
 
 from ..errors import AuthenticationError, ClosedError, ConfigurationError, EngineError, Unavailable
 from ..protocol import (
-    DEFAULT_MAX_FRAME,
     HEADER,
     MIN_MAX_REPLY,
     WRITE_OPS,
@@ -97,7 +96,8 @@ class RemoteEngine(CallDeadlines, LongPolls):
     against the system's CAs, or ``ca_file``) or an ``ssl.SSLContext``.
     ``timeout`` bounds each call, ``connect_timeout`` the connection and
     handshake. ``read_only`` refuses every write on this side. ``max_reply``
-    caps the size of a reply; the server returns fewer records rather than
+    caps the size of a reply (None: the server's ``max_frame``, so that every record
+    it takes in a put comes back); the server returns fewer records rather than
     exceed it, and an append, ack or release of more records than a reply of
     ``max_reply`` bytes has room for ids (:func:`spoolq.protocol.max_ids`:
     111 at the smallest ``max_reply``) is sent as several requests, each its
@@ -115,15 +115,15 @@ class RemoteEngine(CallDeadlines, LongPolls):
     def __init__(self, url: str, *, token: str | None = None, read_only: bool = False,
                  timeout: float = 30.0, connect_timeout: float = 10.0,
                  tls: bool | ssl.SSLContext | None = None, ca_file: str | None = None,
-                 max_reply: int = DEFAULT_MAX_FRAME) -> None:
+                 max_reply: int | None = None) -> None:
         for what, seconds in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                     or not 0 < seconds <= _MAX_TIMEOUT):
                 raise ConfigurationError(f"{what} must be a number of seconds > 0 and at most "
                                          f"{_MAX_TIMEOUT:.0f}, not {seconds!r}")
-        if type(max_reply) is not int or max_reply < MIN_MAX_REPLY:
+        if max_reply is not None and (type(max_reply) is not int or max_reply < MIN_MAX_REPLY):
             raise ConfigurationError(f"max_reply must be an int of at least {MIN_MAX_REPLY} "
-                                     f"bytes, not {max_reply!r}")
+                                     f"bytes, or None, not {max_reply!r}")
         self.address = parse_url(url)
         self.queue_name = self.address.queue
         self.read_only = read_only
