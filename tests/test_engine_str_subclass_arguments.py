@@ -89,3 +89,17 @@ def test_file_written_by_str_subclass_name_reopens_by_plain_name(
         assert eng.ack("jobs", [(1, 1)], "worker-1") == [1]
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "lmdb", "dbm", "pickle", "postgres"])
+def test_dead_letters_of_a_str_subclass_name_are_those_of_its_text(
+        kind: str, opened: Callable[[str, str], Engine]) -> None:
+    eng = opened(kind, "dead")
+    eng.append(Name.JOBS, [b"a", b"b"], [1, 1], 1.0)
+    eng.take(Name.JOBS, 2, 2.0, Lease("w", 90.0))
+    assert eng.release(Name.JOBS, [(1, 1)], "w", not_before=0.0, max_attempts=1,
+                       reason="bad") == [1]
+    assert eng.expire(Name.JOBS, 100.0, max_attempts=1) == 1
+    assert [(r.data, r.reason) for r in eng.peek("jobs.dead", 5)] == [
+        (b"a", "bad"), (b"b", "lease expired")]
+    assert sorted(eng.queues()) == ["jobs", "jobs.dead"]

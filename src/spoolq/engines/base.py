@@ -246,8 +246,9 @@ def distinct_ids(queue: str, records: Sequence[StoredRecord]) -> list[int]:
 
 
 def dead_queue_name(name: str) -> str:
-    """The name of the queue holding ``name``'s dead letters."""
-    return f"{name}.dead"
+    """The name of the queue holding ``name``'s dead letters. A str subclass (a str enum) is
+    its text: formatting would give the enum's name ("Name.JOBS.dead")."""
+    return str.__add__(name, ".dead") if isinstance(name, str) else f"{name}.dead"
 
 
 class StoredRecord(NamedTuple):
