@@ -177,3 +177,15 @@ def test_a_put_many_is_cut_to_the_frames_of_a_server_restarted_with_a_smaller_ma
             assert q.qsize() == 0
     finally:
         q.close()
+
+
+def test_a_url_whose_scheme_is_in_capitals_reaches_the_server(
+        memory_server: ThreadedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a path taken for a file would be made here
+    url = memory_server.url.replace("spoolq://", "SPOOLQ://", 1) + "/capitals"
+    with spoolq.SyncQueue.create(url) as q:
+        assert q.stats["engine"] == "remote"
+        q.put("x")
+    with spoolq.SyncQueue.create(memory_server.url + "/capitals") as q:
+        assert q.get(timeout=5) == "x"
+    assert list(tmp_path.iterdir()) == []

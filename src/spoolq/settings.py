@@ -13,8 +13,8 @@ from typing import Any
 
 from .codec import COMPRESSORS, SERIALIZERS, Codec
 from .engines import Engine
+from .engines._remoteurl import is_remote_url, url_queue_name
 from .engines.base import MAX_ATTEMPTS
-from .engines.remote import url_queue_name
 from .errors import ConfigurationError
 from .zdict import load_dictionaries
 
@@ -179,7 +179,7 @@ def resolve_target(path: str | os.PathLike[str], name: str | None,
         raise ConfigurationError(f"the URL names the queue {url_name!r}, not {name!r}")
     if token is not None:
         remote = engine == "remote" or (
-            engine is None and os.fspath(path).startswith("spoolq://"))
+            engine is None and is_remote_url(os.fspath(path)))
         if not remote:
             raise ConfigurationError("token= applies to spoolq:// servers only")
         engine_options = {**(engine_options or {}), "token": token}

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigurationError
+from ._remoteurl import is_remote_url
 from .base import (
     Counts,
     Engine,
@@ -220,7 +221,7 @@ def engine_name_for(path: str) -> str:
     """The engine a path picks: by scheme or suffix; an unknown suffix means sqlite."""
     if path == ":memory:":
         return "memory"
-    if path.startswith("spoolq://"):
+    if is_remote_url(path):
         return "remote"
     if path.startswith(("postgresql://", "postgres://")):
         return "postgres"

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigurationError
 
-__all__ = ["DEFAULT_PORT", "RemoteAddress", "parse_url", "url_queue_name"]
+__all__ = ["DEFAULT_PORT", "RemoteAddress", "is_remote_url", "parse_url", "url_queue_name"]
 
 DEFAULT_PORT = 7480
 
@@ -90,9 +90,14 @@ def _unquote(part: str) -> str:
         raise _not_utf8() from None
 
 
+def is_remote_url(path: str) -> bool:
+    """Whether ``path`` is a ``spoolq://`` URL (its scheme in any case, as URLs allow)."""
+    return path[:9].lower() == "spoolq://"
+
+
 def url_queue_name(path: str | os.PathLike[str]) -> str | None:
     """The queue a ``spoolq://`` URL names in its path; None for other paths or no path."""
     spath = os.fspath(path)
-    if not spath.startswith("spoolq://"):
+    if not is_remote_url(spath):
         return None
     return parse_url(spath).queue
