@@ -454,9 +454,11 @@ def test_calls_meeting_idle_session_timeout_are_unavailable_not_failed(
     eng = PostgresEngine(_with_options(pg_url, "-c idle_session_timeout=2"),
                          schema=pg_schema, pool_size=1)
     ended = 0
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     try:
-        while ended < 3 and time.monotonic() < deadline:
+        # How often a call meets a session just ended varies with the machine's load: one
+        # is enough, and any call that fails otherwise raises out of the loop.
+        while not ended and time.monotonic() < deadline:
             try:
                 eng.counts("q")
             except spoolq.Unavailable as exc:
@@ -464,7 +466,7 @@ def test_calls_meeting_idle_session_timeout_are_unavailable_not_failed(
             time.sleep(0.01)
     finally:
         eng.close()
-    assert ended == 3, "no call met a session the server ended for idling"
+    assert ended, "no call met a session the server ended for idling"
 
 
 # ---- settings ---------------------------------------------------------------------------------
