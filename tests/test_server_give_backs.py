@@ -4,6 +4,8 @@ left unsent; also when the engine fails to take them back at first."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import socket
 import time
 from pathlib import Path
@@ -154,10 +156,12 @@ class RestoresThenFails(SQLiteEngine):
             raise EngineError("the connection was lost during the commit")
 
 
+@pytest.mark.parametrize("take_at_once", [True, False], ids=["taken-first", "tried-first"])
 def test_a_give_back_whose_failure_hid_its_success_is_not_restored_twice(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, take_at_once: bool) -> None:
     # The surplus of a get went back, though the engine said it failed; a get right after
-    # took it, and the later try put it back once more: delivered twice.
+    # took it, and the later try put it back once more: delivered twice. Tried again
+    # before any take, it is refused (the queue holds those ids), which is no loss.
     path = tmp_path / "q.sqlite"
     with ThreadedServer(str(path), engine=RestoresThenFails(path)) as srv:
         small = RemoteEngine(srv.url, max_reply=MIN_MAX_REPLY)
@@ -167,7 +171,9 @@ def test_a_give_back_whose_failure_hid_its_success_is_not_restored_twice(
             small.append("q", [b"%03d" % k + b"x" * 297 for k in range(20)], [300] * 20, now)
             got = small.take("q", 20, now, None)
             assert 0 < len(got) < 20
-            rest = other.take("q", 20, now, None)  # at once, before any later try is due
+            if not take_at_once:
+                time.sleep(0.5)  # a later try is due: refused, the records are there
+            rest = other.take("q", 20, now, None)  # at once: before any later try is due
             assert [r.data[:3] for r in got + rest] == [b"%03d" % k for k in range(20)]
             time.sleep(0.5)  # a later try would be due by now
             assert tuple(other.counts("q"))[:3] == (0, 0, 0)
@@ -176,3 +182,134 @@ def test_a_give_back_whose_failure_hid_its_success_is_not_restored_twice(
             small.close()
             other.close()
     assert not [r for r in caplog.records if "they are lost" in r.getMessage()]
+
+
+class RefusesAtTheRetry(SQLiteEngine):
+    """SQLite whose first restore fails and stores nothing, and whose next one refuses the
+    records for a reason other than their ids being held (one a newer release of the
+    engine would refuse, say)."""
+
+    calls = 0
+
+    def restore(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise EngineError("database is locked")
+        if self.calls == 2:
+            raise ValueError("cannot restore these records: their enqueue time is not a "
+                             "number; nothing was restored")
+        super().restore(*args, **kwargs)
+
+
+def test_a_give_back_refused_at_its_retry_for_another_reason_is_reported_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Any ValueError of the later try was taken as "the records were back already": the
+    # surplus of the get was lost and only an INFO line said so, wrongly.
+    path = tmp_path / "q.sqlite"
+    engine = RefusesAtTheRetry(path)
+    with ThreadedServer(str(path), engine=engine) as srv:
+        eng = RemoteEngine(srv.url, max_reply=MIN_MAX_REPLY)
+        try:
+            now = time.time()
+            eng.append("q", [b"%03d" % k + b"x" * 297 for k in range(20)], [300] * 20, now)
+            got = eng.take("q", 20, now, None)
+            assert 0 < len(got) < 20
+            wait_until(lambda: engine.calls >= 2, within=5)
+            time.sleep(0.3)
+            assert engine.calls == 2
+        finally:
+            eng.close()
+    lost = [r for r in caplog.records if "they are lost" in r.getMessage()]
+    assert lost and lost[0].levelname == "ERROR"
+    assert not [r for r in caplog.records if "back already" in r.getMessage()]
+
+
+class BlocksGivingBack(SQLiteEngine):
+    """SQLite whose give-backs fail while ``blocked`` is set, each after ``delay``
+    seconds (a lock another process holds until the engine's lock timeout); it notes
+    when each restore began and ended."""
+
+    blocked = True
+    delay = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tries: list[tuple[float, float]] = []
+
+    def restore(self, *args: Any, **kwargs: Any) -> None:
+        start = time.monotonic()
+        try:
+            if self.blocked:
+                time.sleep(self.delay)
+                raise EngineError("database is locked")
+            super().restore(*args, **kwargs)
+        finally:
+            self.tries.append((start, time.monotonic()))
+
+
+@pytest.mark.parametrize("recovered", [False, True],
+                         ids=["engine-still-failing", "engine-recovered"])
+def test_a_purge_deletes_the_records_waiting_to_go_back_too(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, recovered: bool) -> None:
+    # The surplus of a get waited for another try when the queue was purged; the try
+    # after the purge put those records back into the emptied queue.
+    caplog.set_level(logging.INFO, logger="spoolq")
+    path = tmp_path / "q.sqlite"
+    engine = BlocksGivingBack(path)
+    with ThreadedServer(str(path), engine=engine) as srv:
+        eng = RemoteEngine(srv.url, max_reply=MIN_MAX_REPLY)
+        try:
+            now = time.time()
+            eng.append("q", [b"%03d" % k + b"x" * 297 for k in range(20)], [300] * 20, now)
+            eng.append("other", [b"stays"], [5], now)
+            got = eng.take("q", 20, now, None)
+            assert 0 < len(got) < 20
+            left = eng.counts("q").ready  # not read by the take; the rest waits to go back
+            assert left < 20 - len(got)
+            if recovered:
+                time.sleep(1.0)  # the tries so far failed: the next is a while away
+                engine.blocked = False
+            purged = eng.purge("q")
+            assert purged == (20 - len(got) if recovered else left)
+            engine.blocked = False
+            time.sleep(0.6)  # a try left waiting would be due by now
+            assert tuple(eng.counts("q"))[:2] == (0, 0)
+            assert eng.take("q", 20, now, None) == []
+            assert eng.counts("other").ready == 1
+        finally:
+            eng.close()
+    dropped = [r for r in caplog.records if "deleted by a purge" in r.getMessage()]
+    assert bool(dropped) is not recovered
+    assert not [r for r in caplog.records if "they are lost" in r.getMessage()]
+
+
+def test_takes_wait_on_one_try_of_the_waiting_give_backs_per_pause(tmp_path: Path) -> None:
+    # Every take tried the waiting give-backs again first, due or not: with the engine
+    # slow to refuse them, each take waited for a failing try of its own.
+    path = tmp_path / "q.sqlite"
+    engine = BlocksGivingBack(path)
+    engine.delay = 0.2
+    with ThreadedServer(str(path), engine=engine) as srv:
+        eng = RemoteEngine(srv.url, max_reply=MIN_MAX_REPLY)
+        try:
+            now = time.time()
+            eng.append("q", [b"%03d" % k + b"x" * 297 for k in range(20)], [300] * 20, now)
+            eng.append("other", [b"%02d" % k for k in range(20)], [2] * 20, now)
+            got = eng.take("q", 20, now, None)
+            assert 0 < len(got) < 20
+            slow = 0
+            for k in range(20):
+                start = time.monotonic()
+                assert [r.data for r in eng.take("other", 1, now, None)] == [b"%02d" % k]
+                slow += time.monotonic() - start >= engine.delay
+            tries = list(engine.tries)
+            # each try began a pause (50 ms at first, growing) after the one before ended
+            assert all(b[0] - a[1] >= 0.045 for a, b in itertools.pairwise(tries)), tries
+            assert slow <= 5
+            engine.blocked = False
+            wait_until(lambda: eng.counts("q").ready == 20 - len(got), within=5)
+            rest = eng.take("q", 20, now, None)
+            assert [r.data[:3] for r in got + rest] == \
+                [b"%03d" % k for k in range(len(got) + len(rest))]
+        finally:
+            eng.close()

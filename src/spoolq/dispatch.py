@@ -46,7 +46,6 @@ _T = TypeVar("_T")
 
 
 def _take(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[list[Any], set[str]]:
-    woken = backs.retry(engine, now=True)  # before this take could get their records
     lease = None if a["lease"] is None else Lease(a["lease"][0], float(a["lease"][1]))
     limit = a.get("limit")
     taken: list[StoredRecord] = []
@@ -54,6 +53,7 @@ def _take(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[list[Any
     def fetch(k: int, _: int) -> list[StoredRecord]:
         got = engine.take(a["queue"], k, a["now"], lease)
         taken.extend(got)
+        backs.taken(a["queue"], got)
         return got
 
     try:
@@ -73,7 +73,7 @@ def _take(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[list[Any
         # The records kept are taken: they are sent even if the rest cannot go back now.
         backs.give_back(engine, a["queue"], recs[keep:], lease)
         recs = recs[:keep]
-    return encode_records(recs), woken
+    return encode_records(recs), set()
 
 
 def _give_back_op(engine: Engine, a: dict[str, Any],
@@ -86,6 +86,15 @@ def _give_back_op(engine: Engine, a: dict[str, Any],
     if backs.give_back(engine, a["queue"], recs, lease):
         return len(recs), {a["queue"]}
     return 0, set()
+
+
+def _purge(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[int, set[str]]:
+    """A purge deletes the records waiting to go back to its queue too (see
+    :mod:`spoolq._givebacks`)."""
+    backs.before_purge(engine, a["queue"])
+    purged = engine.purge(a["queue"])
+    backs.purged(a["queue"])
+    return purged, set()
 
 
 def _peek(engine: Engine, a: dict[str, Any]) -> list[Any]:
@@ -169,15 +178,15 @@ _OPS: dict[str, Callable[[Engine, dict[str, Any]], tuple[Any, set[str]]]] = {
     "counts": lambda e, a: (list(e.counts(a["queue"])), set()),
     "owners": lambda e, a: (_owners(e, a), set()),
     "move": lambda e, a: (r := e.move(a["src"], a["dst"], a["ids"]), _wakes(a["dst"], r)),
-    "purge": lambda e, a: (e.purge(a["queue"]), set()),
     "queues": lambda e, a: (_queues(e, a), set()),
     "get_meta": lambda e, a: (_get_meta(e, a), set()),
     "set_meta": _set_meta,
 }
-# Ops that give records back through the runner's GiveBacks.
+# Ops that give records back, or settle those waiting to, through the runner's GiveBacks.
 _GIVING: dict[str, Callable[[Engine, dict[str, Any], GiveBacks], tuple[Any, set[str]]]] = {
     "take": _take,
     "give_back": _give_back_op,
+    "purge": _purge,
 }
 OPS = frozenset(_OPS) | frozenset(_GIVING) | {"append"}
 """The ops the engine thread runs (the others are answered by the server itself); besides

@@ -64,6 +64,7 @@ __all__ = [
     "Lease",
     "LeasedRecord",
     "PageEnds",
+    "RestoreRefused",
     "StoredRecord",
     "SupportsPeekLeased",
     "SupportsRecordCheck",
@@ -225,10 +226,15 @@ def never_given(queue: str, ident: int) -> ValueError:
                       "gave out that id; nothing was restored")
 
 
-def restore_refused(queue: str, ident: int) -> ValueError:
+class RestoreRefused(ValueError):
+    """A ``restore`` refused because the queue holds a record of one of the ids given
+    (see :func:`restore_refused`); nothing was restored."""
+
+
+def restore_refused(queue: str, ident: int) -> RestoreRefused:
     """The error of a ``restore`` given a record whose id ``queue`` holds already."""
-    return ValueError(f"cannot restore record {ident} into queue {queue!r}: the queue holds "
-                      "a record of that id; nothing was restored")
+    return RestoreRefused(f"cannot restore record {ident} into queue {queue!r}: the queue "
+                          "holds a record of that id; nothing was restored")
 
 
 def distinct_ids(queue: str, records: Sequence[StoredRecord]) -> list[int]:
@@ -314,8 +320,9 @@ class Engine(Protocol):
 
         They were taken from the head, so they go back ahead of every record
         still in the queue; restoring anything else is not supported. A record
-        whose id the queue holds (ready, delayed or leased), or an id given twice,
-        raises ValueError (see :func:`restore_refused`) and nothing is restored.
+        whose id the queue holds (ready, delayed or leased) raises
+        :class:`RestoreRefused` (a ValueError, see :func:`restore_refused`), an id given
+        twice ValueError, and nothing is restored.
         """
         ...
 
