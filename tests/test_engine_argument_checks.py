@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from spoolq.engines import Engine, Lease, StoredRecord, SupportsPeekLeased
+from spoolq.engines.base import RestoreRefused
 from spoolq.errors import EngineError
 
 from .test_engines_limits import _open
@@ -323,6 +324,19 @@ def test_a_refused_append_to_a_new_queue_leaves_no_queue_behind(
             eng.append("new", [b"x"] * len(sizes), sizes, 3.0)
     assert _state(eng) == before
     assert eng.counts("new") == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_a_restore_of_an_id_the_queue_holds_is_refused_as_such(
+        opened: Callable[[str], Engine], kind: str) -> None:
+    """The server tells a give-back stored already (RestoreRefused) from other refusals."""
+    eng = opened(kind)
+    eng.append("q", [b"a", b"b"], [1, 1], 3.0)
+    held = eng.take("q", 1, 4.0, None)
+    before = _state(eng)
+    with pytest.raises(RestoreRefused):
+        eng.restore("q", [*held, *eng.peek("q", 1)])
+    assert _state(eng) == before
 
 
 @pytest.mark.parametrize("owner", ["o" * 448, "é" * 224, "€" * 149],

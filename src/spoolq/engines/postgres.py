@@ -121,6 +121,7 @@ from .base import (
     Counts,
     Lease,
     LeasedRecord,
+    RestoreRefused,
     StoredRecord,
     WaitCancel,
     batch_given,
@@ -300,7 +301,7 @@ class PostgresEngine(LeaseSettling):
                             "reasons": [r.reason for r in batch]})
             except pg_errors.UniqueViolation as exc:
                 # One statement in autocommit mode, or one transaction: nothing was inserted.
-                raise ValueError(f"cannot restore records into queue {queue!r}: it holds a "
+                raise RestoreRefused(f"cannot restore records into queue {queue!r}: it holds a "
                                  f"record of one of their ids ({exc.diag.message_detail}); "
                                  "nothing was restored") from exc
 
