@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -62,3 +63,31 @@ def test_api_reference_covers_every_public_method() -> None:
         if isinstance(getattr(spoolq, name), type) and issubclass(getattr(spoolq, name),
                                                                   Exception):
             assert name in text, f"docs/api.md does not list {name}"
+
+
+_ENGINE_LABELS = ("SQLite", "LMDB", "dbm", "pickle", "postgres", "remote")
+
+
+def _engine_options(cls: type) -> set[str]:
+    """The ``engine_options`` an engine class takes: its keyword-only parameters."""
+    params = inspect.signature(cls).parameters.items()
+    return {name for name, p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in {"read_only", "durability"}}
+
+
+def test_the_engine_options_api_md_lists_are_those_each_engine_takes() -> None:
+    from spoolq.engines import DBMEngine, LMDBEngine, PickleEngine, SQLiteEngine
+    from spoolq.engines.postgres import PostgresEngine
+    from spoolq.engines.remote import RemoteEngine
+
+    api = (ROOT / "docs" / "api.md").read_text()
+    row = next(line for line in api.splitlines() if line.startswith("| `engine_options`"))
+    labels = "|".join(_ENGINE_LABELS)
+    listed = {label: set(re.findall(r"`(\w+)`", text)) for label, text in re.findall(
+        rf"\b({labels}): (.*?)(?=; (?:{labels}):|\); )", row)}
+    postgres_md = (ROOT / "docs" / "postgres.md").read_text()
+    settings = postgres_md[postgres_md.index("## Settings"):postgres_md.index("## Durability")]
+    listed["postgres"] = set(re.findall(r"^\| `(\w+)` \|", settings, re.MULTILINE))
+    engines = {"SQLite": SQLiteEngine, "LMDB": LMDBEngine, "dbm": DBMEngine,
+               "pickle": PickleEngine, "postgres": PostgresEngine, "remote": RemoteEngine}
+    assert {label: _engine_options(cls) for label, cls in engines.items()} == listed

@@ -6,9 +6,11 @@ import json
 import os
 import re
 import shlex
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,38 @@ def test_the_shared_file_consumer_on_its_own_leaves_when_no_job_comes(tmp_path: 
         check=False, capture_output=True, text=True, timeout=60, env=ENV)
     assert result.returncode == 0, result.stderr
     assert "handled 2 jobs" in result.stdout
+
+
+def _console_output(command: str) -> tuple[list[str], int]:
+    """The lines cli.md shows after ``$ command; echo "exit status $?"``, and that status."""
+    start = CLI_MD.index(f"$ {command}; echo \"exit status $?\"\n")
+    block = CLI_MD[start:CLI_MD.index("```", start)].splitlines()[1:]
+    *lines, status = block
+    assert status.startswith("exit status ")
+    return lines, int(status.split()[-1])
+
+
+def test_the_skip_bad_dump_cli_md_shows_is_what_the_session_file_gives_once_damaged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _worker = _session_setup()
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "cli.md session", "exec"), {"__name__": "__doc_example__"})
+    with spoolq.SyncQueue.create("jobs.sqlite", name="thumbnails") as holder:
+        holder.lease(ttl=300)  # as the session's background worker holds one
+        with closing(sqlite3.connect("jobs.sqlite")) as db, db:
+            (qno,) = db.execute(
+                "SELECT qno FROM spoolq_queues WHERE name = 'thumbnails'").fetchone()
+            for seq in (17, 18):
+                (data,) = db.execute("SELECT data FROM spoolq_records WHERE id = ?",
+                                     (qno << 40 | seq,)).fetchone()
+                db.execute("UPDATE spoolq_records SET data = ? WHERE id = ?",
+                           (data[:-1] + bytes([data[-1] ^ 0xFF]), qno << 40 | seq))
+        command = "spoolq dump jobs.sqlite -q thumbnails --skip-bad -o thumbnails.jsonl"
+        shown, status = _console_output(command)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as ended:
+            cli_main(shlex.split(command)[1:])
+    out, err = capsys.readouterr()
+    assert ended.value.code == status
+    assert sorted((out + err).splitlines()) == sorted(shown)
