@@ -23,6 +23,9 @@ _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this
 _EXACT_UP_TO = 10_000
 """Dead letters a reap reads past to tell its own from those other handles add meanwhile;
 beyond that it counts every one added, up to the leases it released."""
+_READ_AT_ONCE = 500
+"""Dead letters a reap reads per engine call when it counts its own: an expire may have
+moved any number of leases there, which must not all be in memory at once."""
 _REAPED = ("lease expired", "owner died")
 """The reasons an expire gives the records it moves to the dead letters."""
 
@@ -93,7 +96,8 @@ class Reaping:
         died = read = 0
         try:
             while read < added:  # a server's reply may hold fewer records than asked for
-                tail = self.engine.peek(self.dead_name, added - read, dead_before + read)
+                tail = self.engine.peek(self.dead_name, min(added - read, _READ_AT_ONCE),
+                                        dead_before + read)
                 if not tail:
                     break
                 read += len(tail)
