@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["Layout", "check_options", "lock_held", "no_lock_file_left", "open_environment",
-           "open_layout", "unusable"]
+__all__ = ["Layout", "check_options", "check_whole", "cover_free_tail", "lock_held",
+           "no_lock_file_left", "open_environment", "open_layout", "unusable"]
 
 log = logging.getLogger("spoolq")
 
@@ -66,6 +66,7 @@ def check_options(map_size: object, max_readers: object) -> None:
         raise ConfigurationError(f"max_readers must be an int >= 2, not {max_readers!r}")
 
 
+_MEND_WAIT = 0.5  # seconds a reader waits for a live writer to lengthen a file (see check_whole)
 _CREATING_WAIT = 1.0  # seconds a read-only open waits for a file being created to fill
 
 
@@ -151,11 +152,7 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
         with contextlib.suppress(OSError):
             os.chmod(lock_file, (mode & 0o666) | 0o600)
     try:
-        # Pages past the end of a truncated file would fault (SIGBUS) when read.
-        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-        size = os.path.getsize(path)
-        if size < needed:
-            raise CorruptError(f"{path} is truncated: {size} bytes, but its pages need {needed}")
+        check_whole(env, path, mend=not read_only)
         env.reader_check()  # frees reader slots of processes that died
         if not read_only:
             _create_layout(env, path)
@@ -166,6 +163,53 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
         env.close()
         raise
     return env
+
+
+def pages_end(env: lmdb.Environment) -> int:
+    """Where the file's last page number ends, in bytes."""
+    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+
+
+def cover_free_tail(env: lmdb.Environment, path: str) -> int:
+    """Make the file reach the end of its last page number; return its size.
+
+    LMDB counts in that number pages a transaction took and freed again, which it never
+    writes: a commit may leave the file ending before them, free pages that no read
+    touches. Another process (``spoolq info``, a second consumer) would take such a file
+    for a truncated one. The file is lengthened under LMDB's write lock, as a writer
+    growing it does, and never shortened.
+    """
+    size = os.path.getsize(path)
+    if size >= pages_end(env):
+        return size
+    txn = env.begin(write=True)
+    try:
+        size, needed = os.path.getsize(path), pages_end(env)
+        if size < needed:
+            os.truncate(path, needed)
+            size = needed
+    finally:
+        txn.abort()
+    return size
+
+
+def check_whole(env: lmdb.Environment, path: str, *, mend: bool) -> None:
+    """CorruptError for a file that ends before its last page: reading a page past the
+    end would fault (SIGBUS). A writer killed between a commit and :func:`cover_free_tail`
+    leaves such a file whole all the same: a handle that may write (``mend``) lengthens
+    it; a reader waits a moment for a live writer to do so, then refuses it."""
+    deadline = time.monotonic() + _MEND_WAIT
+    while (size := os.path.getsize(path)) < (needed := pages_end(env)):
+        if mend:
+            cover_free_tail(env, path)
+            log.info("spoolq: %s ended %d bytes before its last page, which is free; "
+                     "lengthened it", path, needed - size)
+            return
+        if time.monotonic() >= deadline:
+            raise CorruptError(
+                f"{path} is truncated: {size} bytes, but its pages need {needed} (or a "
+                "writer was killed as it committed, which opening it writable mends)")
+        time.sleep(0.01)
 
 
 def _create_layout(env: lmdb.Environment, path: str) -> None:

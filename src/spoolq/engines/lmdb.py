@@ -102,6 +102,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
         """Open the environment with a map of ``map_size`` bytes, and its sub-databases."""
         self._env = self._environment(map_size)
         self._unlocked = not self._env.flags()["lock"]
+        self._psize = self._env.stat()["psize"]
+        self._covered = 0  # pages the file was last seen to hold (it only grows)
         try:
             layout = opening.open_layout(self._env, self.path, self._read_only, self._write)
         except BaseException:
@@ -128,12 +130,14 @@ class _LMDBStore(LeaseSettling, Maintaining):
         try:
             env = lmdb.Environment(self.path, subdir=False, readonly=True, create=False,
                                    lock=False, map_size=map_size, max_dbs=len(fmt.DB_NAMES))
-            if os.path.getsize(self.path) >= (env.info()["last_pgno"] + 1) * env.stat()["psize"]:
-                return env
         except lmdb.Error as exc:
             raise fmt.translate(exc, self.path, "open") from exc
-        env.close()  # pages past the end would fault if read
-        raise CorruptError(f"{self.path} is truncated")
+        try:
+            opening.check_whole(env, self.path, mend=False)
+        except BaseException:
+            env.close()  # pages past the end would fault if read
+            raise
+        return env
 
     def _index(self) -> Db:
         """The ``delayed_ids`` sub-database, which every writable handle has."""
@@ -148,7 +152,10 @@ class _LMDBStore(LeaseSettling, Maintaining):
         for _ in range(_MAX_GROWTH):
             try:
                 with self._env.begin(write=True) as txn:
-                    return body(txn)
+                    result = body(txn)
+                if self._env.info()["last_pgno"] >= self._covered:
+                    self._covered = opening.cover_free_tail(self._env, self.path) // self._psize
+                return result
             except lmdb.MapFullError:
                 old = self._env.info()["map_size"]
                 self._resize(what, old * 2)
