@@ -54,8 +54,8 @@ class Deliveries:
     _corked: list[bytes] | None  # replies gathered before they are written, if any
     _corked_at: int  # _written when they began
 
-    def unsent(self) -> int:
-        raise NotImplementedError  # Session's
+    if TYPE_CHECKING:  # Session's
+        def unsent(self) -> int: ...
 
     def _buffered(self) -> int:
         """Bytes of replies written that are still in the server's buffers."""

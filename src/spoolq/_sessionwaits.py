@@ -24,9 +24,9 @@ class LongPolls:
     closed: bool
     _sleepers: set[asyncio.Future[bool]]
 
-    def _complete(self, req: Request, result: Any, error: BaseException | None,
-                  cost: int = 0) -> None:
-        raise NotImplementedError  # Session's
+    if TYPE_CHECKING:  # Session's
+        def _complete(self, req: Request, result: Any, error: BaseException | None,
+                      cost: int = 0) -> None: ...
 
     async def _long_take(self, req: Request) -> None:
         a = req.args
