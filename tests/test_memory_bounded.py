@@ -101,7 +101,9 @@ def test_a_reap_of_many_leases_into_the_dead_letters_reads_them_a_chunk_at_a_tim
     for n in (SMALL, LARGE):
         path = str(tmp_path / f"reap{n}.sqlite")
         _fill(path, n)
-        until = time.time() + 1.5
+        # Long enough for the leases to be taken and the child to start on a loaded
+        # machine: they must still be held when it opens the file, and end after that.
+        until = time.time() + 6.0
         _lease_all(path, n, until)
         grown.append(_growth(
             path,
