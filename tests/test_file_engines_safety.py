@@ -381,3 +381,15 @@ def test_processes_creating_one_sqlite_queue_at_once_all_open_it(tmp_path: Path)
             assert proc.returncode == 0, err.decode()
         with SyncQueue.create(path) as q:
             assert sorted(q.get_many(10, timeout=0)) == sorted(f"{trial}-{k}" for k in range(6))
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "lmdb", "dbm", "pickle"])
+def test_a_queue_in_a_directory_that_does_not_exist_is_refused_naming_it(
+        tmp_path: Path, engine: str) -> None:
+    """SQLite said only 'unable to open database file' and LMDB that it needed write access
+    to the file; the directory is not created."""
+    missing = tmp_path / "not-made"
+    path = queue_path(missing, engine)
+    with pytest.raises(spoolq.EngineError, match=f"no directory {missing}"):
+        SyncQueue.create(path)
+    assert not missing.exists()

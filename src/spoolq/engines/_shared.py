@@ -33,7 +33,8 @@ from .base import (
     forks,
 )
 
-__all__ = ["SharedEngine", "Store", "fsync_dir", "fsync_file", "lock_exclusively"]
+__all__ = ["SharedEngine", "Store", "check_directory", "fsync_dir", "fsync_file",
+           "lock_exclusively"]
 
 log = logging.getLogger("spoolq")
 
@@ -289,6 +290,14 @@ class SharedEngine:
         self._release()
 
 
+def check_directory(path: str) -> None:
+    """EngineError naming the directory when the one ``path`` is in does not exist: a
+    queue file is created in an existing directory, never with its directories."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise EngineError(f"{path}: cannot open the queue: no directory {parent}")
+
+
 def lock_exclusively(path: str, engine: str) -> FileLock:
     """Take the lock ``<path>.lock`` that keeps a single-process engine's file to one process;
     ``release()`` it when done. With filelock 4.3 or later (on Python 3.11 and later), a
@@ -296,10 +305,7 @@ def lock_exclusively(path: str, engine: str) -> FileLock:
 
     Raises :class:`LockTimeout` at once when another process holds it.
     """
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        # Checked here because filelock would create the missing directories.
-        raise EngineError(f"{path}: cannot open the queue: no directory {parent}")
+    check_directory(path)  # (filelock would create the missing directories)
     lock = FileLock(path + ".lock", timeout=0, thread_local=False)
     try:
         lock.acquire()

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ClosedError, CorruptError, EngineError, FormatError, LockTimeout
+from ._shared import check_directory
 from .base import FORMAT_VERSION
 
 __all__ = ["INHERITED", "MIN_SQLITE", "PAGE_SIZE", "PAGE_SIZES", "SCHEMA", "SYNCHRONOUS",
@@ -149,6 +150,7 @@ def connect(path: str, *, read_only: bool, timeout: float) -> sqlite3.Connection
     _check_header(path)
     if read_only:
         return _connect_read_only(path, timeout)
+    check_directory(path)  # SQLite says only "unable to open database file"
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            timeout=timeout)
 

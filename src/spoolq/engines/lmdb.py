@@ -52,7 +52,7 @@ from ._checks import (
 )
 from ._lmdblease import LeaseSettling
 from ._lmdbmaintain import Maintaining
-from ._shared import SharedEngine
+from ._shared import SharedEngine, check_directory
 from .base import (
     Counts,
     Lease,
@@ -95,6 +95,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
         self._read_only, self._sync, self._metasync = read_only, sync, metasync
         self._max_readers, self._unlocked = max_readers, False  # _unlocked: see _alone
         self._pages = PageEnds()  # valid for one snapshot: keyed by the read txn's id
+        if not read_only:
+            check_directory(self.path)  # LMDB would say it needs write access to the file
         with opening.no_lock_file_left(self.path):
             self._open(map_size)
 
