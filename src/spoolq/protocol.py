@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
+from .engines._checks import MAX_META_KEY_BYTES
 from .engines.base import Counts, LeasedRecord, StoredRecord
 from .errors import (
     AuthenticationError,
@@ -485,9 +486,6 @@ def _is_wait(v: object) -> bool:
     return _is_num(v) and 0 <= v <= 86400  # type: ignore[operator]
 
 
-MAX_META_KEY_BYTES = 400
-"""The longest metadata key a request may give, in bytes of UTF-8: room for the keys
-spoolq writes for a queue of the longest name, within what every engine can store."""
 
 
 def _is_meta_key(v: object) -> bool:

@@ -148,8 +148,9 @@ def checked_attempts(value: object) -> int:
 
 
 MAX_META_KEY_BYTES = 400
-"""The longest metadata key, in bytes of UTF-8: what a server takes
-(``spoolq.protocol.MAX_META_KEY_BYTES``)."""
+"""The longest metadata key, in bytes of UTF-8, that an engine storing keys by size and a
+server's request take: room for the keys spoolq writes for a queue of the longest name,
+within what every engine can store."""
 
 
 def as_meta_key(value: object) -> str:
