@@ -261,12 +261,16 @@ def _checksum(dict_bytes: bytes) -> bytes:
 def _damage(engine: Engine, number: int, dict_bytes: bytes) -> str | None:
     """Why dictionary ``number`` is damaged, or None when it is sound: it fails the
     checksum stored beside it, or (in files from before checksums, which store none)
-    zstd cannot load it. Compressing with such a dictionary would fail every put."""
+    zstd cannot load it as the trained dictionary spoolq stores. Compressing with such a
+    dictionary would fail every put; and zstd takes bytes that lost a trained
+    dictionary's header (or every byte) for a dictionary of raw content, with which
+    records would decode into other bytes."""
     stored = engine.get_meta(checksum_key(number))
     if stored is not None:
         return None if stored == _checksum(dict_bytes) else "it fails its checksum"
     try:
-        zstandard.ZstdCompressionDict(dict_bytes).precompute_compress(level=LEVEL)
+        zstandard.ZstdCompressionDict(dict_bytes, dict_type=zstandard.DICT_TYPE_FULLDICT
+                                      ).precompute_compress(level=LEVEL)
     except zstandard.ZstdError as exc:
         return f"zstd cannot load it ({exc})"
     return None
