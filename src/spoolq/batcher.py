@@ -134,7 +134,8 @@ class Batcher(BatchSettling[T], Generic[T]):
 
         Items left by an earlier run are flushed right away. A Batcher stopped on one
         event loop may start again on another (a second :func:`asyncio.run`); while it
-        runs on one, a start on another raises RuntimeError.
+        runs on one, a start on another raises RuntimeError. An open queue passed in
+        that is closed raises ClosedError, one bound to another event loop RuntimeError.
         """
         await self._bind_loop()
         if self._stopping_task is not None:
@@ -147,6 +148,11 @@ class Batcher(BatchSettling[T], Generic[T]):
                     return
                 if self._queue is None:
                     self._queue = await Queue.create(self._path, name=self.name)
+                else:
+                    # An open queue passed in that is closed, or bound to another event
+                    # loop, raises here (ClosedError, RuntimeError): a flusher started on
+                    # it would only fail, and every add with it.
+                    self._queue._enter()
                 self._stopping = False
                 # A start tries at once, as stop() and flush() do, whatever retry delay the
                 # last run's failures left; a new failure starts the delay again where it was.
