@@ -837,6 +837,9 @@ class ClientProtocol:
             if version < MIN_VERSION:
                 raise ProtocolError(f"the server speaks protocol version {version}; this "
                                     f"client needs version {MIN_VERSION} or later")
+            if version > VERSION:  # the server answers at most the version offered
+                raise ProtocolError(f"the server answered protocol version {version} to a "
+                                    f"client that offered version {VERSION}")
             self.version = version
             data = bytes(self._head[PREAMBLE.size:])
             self._head.clear()
