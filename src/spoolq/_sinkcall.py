@@ -15,9 +15,30 @@ from ._batchsettle import TakenThenCancelled
 
 __all__ = ["call_sink", "in_sink"]
 
-in_sink: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+
+class _SinkRun:
+    """One call of an async on_flush: its Batcher, and whether the sink still runs."""
+
+    __slots__ = ("batcher", "running")
+
+    def __init__(self, batcher: object) -> None:
+        self.batcher = batcher
+        self.running = True
+
+
+_sink_run: contextvars.ContextVar[_SinkRun | None] = contextvars.ContextVar(
     "spoolq_batcher_in_sink", default=None)
-"""The Batcher whose async on_flush runs in this context, if any."""
+"""The call of an async on_flush this context (the sink's task, or a task it started)
+belongs to, if any."""
+
+
+def in_sink(batcher: object) -> bool:
+    """Whether this runs inside an async on_flush of ``batcher`` (or a task it started)
+    while that sink has not returned: its flush waits for the sink, so a flush awaited
+    here would wait for ever. A task the sink started that runs on after it returned is
+    like any other."""
+    run = _sink_run.get()
+    return run is not None and run.batcher is batcher and run.running
 
 
 async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], deadline: float,
@@ -46,11 +67,12 @@ async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], dead
         raise TypeError("on_flush returned a generator, which would send nothing")
     if not inspect.isawaitable(result):
         return
-    token = in_sink.set(batcher)  # in the context the sink's task copies
+    run = _SinkRun(batcher)
+    token = _sink_run.set(run)  # in the context the sink's task copies
     try:
-        sending = asyncio.ensure_future(_contained(result))
+        sending = asyncio.ensure_future(_contained(result, run))
     finally:
-        in_sink.reset(token)
+        _sink_run.reset(token)
     cancelled: asyncio.CancelledError | None = None
     try:
         await asyncio.wait((sending,), timeout=max(deadline - time.monotonic(), 0.0))
@@ -62,6 +84,7 @@ async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], dead
         again = await _wait_out(sending)
         if cancelled is None and again is not None:
             cancelled = again
+    run.running = False  # (set already, unless the task was cancelled before it began)
     returned = not sending.cancelled() and sending.exception() is None
     if returned:
         _raise_escaped(sending)
@@ -89,13 +112,15 @@ async def _wait_out(task: asyncio.Future[Any]) -> asyncio.CancelledError | None:
     return cancelled
 
 
-async def _contained(sending: Awaitable[object]) -> BaseException | None:
+async def _contained(sending: Awaitable[object], run: _SinkRun) -> BaseException | None:
     """Await an async sink; return the KeyboardInterrupt or SystemExit it raises. Raised
     in a task, either would leave the event loop at once, its batch still leased."""
     try:
         await sending
     except (KeyboardInterrupt, SystemExit) as exc:
         return exc
+    finally:
+        run.running = False
     return None
 
 

@@ -204,9 +204,9 @@ class Batcher(BatchSettling[T], Generic[T]):
                 return
             stopping = self._stopping_task = asyncio.ensure_future(self._stop(task))
             stopping.add_done_callback(self._stopped)
-        if in_sink.get() is self:
-            # From inside on_flush (or a task it started), which the stop waits for: the
-            # stop goes on once the sink returns.
+        if in_sink(self):
+            # From inside on_flush (or a task it started) while the sink runs, which the
+            # stop waits for: the stop goes on once the sink returns.
             return
         await asyncio.shield(stopping)
 
@@ -296,9 +296,9 @@ class Batcher(BatchSettling[T], Generic[T]):
         return await self._flush(force, now=True)
 
     def _not_in_sink(self, call: str) -> None:
-        """Refuse a flush from inside on_flush (or a task it started): it would wait for
-        the flush in progress, which waits for the sink, for ever."""
-        if in_sink.get() is self:
+        """Refuse a flush from inside on_flush (or a task it started) while the sink
+        runs: it would wait for the flush in progress, which waits for the sink, for ever."""
+        if in_sink(self):
             raise RuntimeError(f"batcher {self.name!r}: {call}() cannot be called inside "
                                "on_flush, whose flush it would wait for")
 
