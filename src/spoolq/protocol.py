@@ -228,11 +228,13 @@ def encode_error(ident: int, code: int, message: str) -> bytes:
     """An ERROR frame; ``ident`` 0 means the error concerns the whole connection.
 
     A message longer than :data:`MAX_ERROR_MESSAGE` bytes is cut (ending in
-    ``…``), so the frame fits in any client's ``max_reply``."""
-    if len(message) > MAX_ERROR_MESSAGE // 4:
-        raw = message.encode("utf-8", "replace")
-        if len(raw) > MAX_ERROR_MESSAGE:
-            message = raw[:MAX_ERROR_MESSAGE - 3].decode("utf-8", "ignore") + "…"
+    ``…``), so the frame fits in any client's ``max_reply``. A character UTF-8 cannot
+    hold (a lone surrogate, as an undecodable file name has) travels escaped."""
+    raw = message.encode("utf-8", "backslashreplace")
+    if len(raw) > MAX_ERROR_MESSAGE:
+        message = raw[:MAX_ERROR_MESSAGE - 3].decode("utf-8", "ignore") + "…"
+    else:
+        message = raw.decode("utf-8")
     return encode_frame(FrameType.ERROR, ident, {"code": int(code), "message": message})
 
 
