@@ -716,6 +716,9 @@ class ServerProtocol:
                 f"an AUTH frame of {length} bytes exceeds the limit of {MAX_AUTH_FRAME}"), ident)
 
     def _frame(self, frame: Frame) -> Request | None:
+        if not self.authenticated and frame.type != FrameType.AUTH:
+            # as _check_unauthenticated answers it when its header arrives first
+            raise self._fail(AuthenticationError("the server requires a token"), frame.id)
         if frame.id == 0:
             raise self._fail(ProtocolError("request id 0 is reserved"))
         if frame.type == FrameType.AUTH:
@@ -738,8 +741,6 @@ class ServerProtocol:
             return None
         if frame.type != FrameType.REQUEST:
             raise self._fail(ProtocolError(f"unexpected frame type {frame.type}"), frame.id)
-        if not self.authenticated:
-            raise self._fail(AuthenticationError("the server requires a token"), frame.id)
         try:
             body = decode_body(frame)
         except ProtocolError as exc:
