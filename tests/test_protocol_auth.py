@@ -13,6 +13,7 @@ from spoolq.protocol import (
     ErrorCode,
     FrameDecoder,
     FrameType,
+    ProtocolError,
     ServerProtocol,
     encode_frame,
     encode_preamble,
@@ -44,6 +45,14 @@ def test_before_authentication_a_request_of_id_0_is_refused_with_code_4(whole: b
     with pytest.raises(spoolq.AuthenticationError):
         server.receive_data(encode_preamble() + (frame if whole else frame[:9]))
     assert _errors(server.data_to_send()[8:]) == [(0, ErrorCode.AUTH)]
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_an_auth_frame_without_a_body_is_not_cbor(token: str | None) -> None:
+    server = ServerProtocol(token=token)
+    with pytest.raises(ProtocolError, match="CBOR"):
+        server.receive_data(encode_preamble() + struct.pack(">IBI", 5, FrameType.AUTH, 1))
+    assert _errors(server.data_to_send()[8:]) == [(1, ErrorCode.PROTOCOL)]
 
 
 def test_a_server_without_a_token_accepts_any_auth_frame_of_cbor() -> None:

@@ -728,7 +728,7 @@ class ServerProtocol:
                     f"an AUTH frame of {5 + len(frame.body)} bytes exceeds the limit of "
                     f"{MAX_AUTH_FRAME}"), frame.id)
             try:
-                body = decode_body(frame) if frame.body else None
+                body = decode_body(frame)
             except ProtocolError as exc:
                 raise self._fail(exc, frame.id) from None
             token = body.get("token") if isinstance(body, dict) else None
