@@ -644,11 +644,12 @@ class ServerProtocol:
         self.authenticated = token is None
         self._token = None if token is None else token.encode()
         self._head = bytearray()
+        self._failed: ProtocolError | AuthenticationError | None = None
 
     @property
     def ready(self) -> bool:
         """Whether the handshake (preamble and, with a token, auth) is complete."""
-        return self.version is not None and self.authenticated
+        return self.version is not None and self.authenticated and self._failed is None
 
     @property
     def pending(self) -> int:
@@ -666,7 +667,19 @@ class ServerProtocol:
         return exc
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Request]:
-        """Consume bytes; return the complete, valid requests in order."""
+        """Consume bytes; return the complete, valid requests in order.
+
+        Once it raised, the connection is refused: every later call raises the same
+        error again, reading nothing (neither a new handshake nor a request)."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._receive(data)
+        except (ProtocolError, AuthenticationError) as exc:
+            self._failed = exc
+            raise
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> list[Request]:
         if self.version is None:
             self._head += data
             if len(self._head) < PREAMBLE.size:
