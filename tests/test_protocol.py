@@ -160,6 +160,9 @@ def test_bad_magic_and_bad_cbor_close_the_connection() -> None:
     ("expire", {"queue": "q", "now": 1.0, "max_attempts": -1}),
     ("restore", {"queue": "q", "records": [2**64, b"d", 1, 0, 1.0, None]}),
     ("restore", {"queue": "q", "records": [1, b"d", 1, 0, float("nan"), None]}),
+    ("restore", {"queue": "q", "records": [-1, b"d", 1, 0, 1.0, None]}),
+    ("restore", {"queue": "q", "records": [1, b"d", -1, 0, 1.0, None]}),
+    ("restore", {"queue": "q", "records": [1, b"d", 1, -1, 1.0, None]}),
 ])
 def test_numbers_no_engine_can_store_are_bad_requests(op: str, args: dict[str, object]) -> None:
     """Out of 64-bit range or not finite: the client's mistake, answered as such."""
@@ -260,6 +263,7 @@ def test_records_travel_as_one_flat_array_and_round_trip() -> None:
     [1, b"a", 2, 0, "late", None],
     [1, b"a", 2, 0, 5.5, 3],
     [1, b"a", 2.0, 0, 5.5, None],
+    [1, b"a", -2, 0, 5.5, None],                            # a size is never negative
     {"ids": [1]}, None, (1, b"a", 2, 0, 5.5, None),
 ])
 def test_records_of_a_bad_shape_are_refused(value: object) -> None:

@@ -454,10 +454,10 @@ def _record_fields(v: object) -> tuple[list[Any], ...] | None:
         return None
     ids, data, sizes, attempts, times, reasons = (v[0::6], v[1::6], v[2::6], v[3::6],
                                                   v[4::6], v[5::6])
-    ints = ids + sizes + attempts
+    ints = ids + sizes + attempts  # uints, all three
     # set(map(type, ...)) checks exact types in C (a bool is no id): the arrays can be long
     if not (set(map(type, ints)) <= _INT and set(map(type, data)) <= _BYTES
-            and set(map(type, reasons)) <= _REASON and _ints_in_range(ints)):
+            and set(map(type, reasons)) <= _REASON and _ints_in_range(ints, 0)):
         return None
     time_types = set(map(type, times))
     if time_types <= _FLOAT:
