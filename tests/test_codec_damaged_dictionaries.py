@@ -86,3 +86,53 @@ def test_a_dictionary_without_a_checksum_whose_header_is_lost_counts_as_damaged(
         assert record_dictionary(engine.peek("default", 1)[0].data) == 2
     finally:
         engine.close()
+
+
+def _lose_dictionaries(path: str) -> None:
+    """Delete the file's dictionary records, keeping their checksums, as damage to the
+    file that drops the rows would."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            (qno,) = db.execute("SELECT qno FROM spoolq_queues WHERE name = ?",
+                                (DICTIONARY_QUEUE,)).fetchone()
+            db.execute("DELETE FROM spoolq_records WHERE id >> 40 = ?", (qno,))
+    finally:
+        db.close()
+
+
+def test_a_lost_dictionary_is_reported_and_its_number_never_given_to_another(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Dictionaries are numbered by their place in the file: one trained after the loss
+    # took the lost one's number, and the records compressed with the lost one were
+    # decoded with it into wrong items.
+    path = str(tmp_path / "q.sqlite")
+    items = _events(SAMPLE_COUNT + 300)
+    with spoolq.SyncQueue.create(path, compressor="zstd-dict") as q:
+        q.put_many(items[:SAMPLE_COUNT])
+        q.put_many(items[SAMPLE_COUNT:])  # compressed with dictionary 1
+    _lose_dictionaries(path)
+    engine = open_engine(path, read_only=True)
+    try:
+        assert damaged_dictionaries(engine) == [1]  # what spoolq verify reports
+    finally:
+        engine.close()
+    more = _events(SAMPLE_COUNT + 10, seed=3)
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(more[:SAMPLE_COUNT])  # the queue trains a dictionary of its own again
+        q.put_many(more[SAMPLE_COUNT:])
+    assert "zstd dictionary 1 of the file is damaged: it is missing" in caplog.text
+    engine = open_engine(path, read_only=True)
+    try:
+        tail = engine.peek("default", 1, offset=len(items) + len(more) - 1)[0]
+        assert record_dictionary(tail.data) == 2
+        assert damaged_dictionaries(engine) == [1]
+    finally:
+        engine.close()
+    with spoolq.SyncQueue.create(path) as q:
+        got = q.get_many(None)
+        assert got == items[:len(got) - len(more)] + more  # never a wrong item
+        assert q.stats["dead"] == len(items) + len(more) - len(got) > 0
+        with pytest.raises(spoolq.CorruptError,
+                           match="zstd dictionary 1 of the file is damaged: it is missing"):
+            q.peek(dead=True)

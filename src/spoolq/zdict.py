@@ -266,6 +266,8 @@ def _damage(engine: Engine, number: int, dict_bytes: bytes) -> str | None:
     dictionary's header (or every byte) for a dictionary of raw content, with which
     records would decode into other bytes."""
     stored = engine.get_meta(checksum_key(number))
+    if stored is not None and not dict_bytes:  # kept in place of one lost (see _lost)
+        return _MISSING
     if stored is not None:
         return None if stored == _checksum(dict_bytes) else "it fails its checksum"
     try:
@@ -276,11 +278,30 @@ def _damage(engine: Engine, number: int, dict_bytes: bytes) -> str | None:
     return None
 
 
+_MISSING = "it is missing (the file keeps its checksum, not the dictionary)"
+
+
+def _lost(engine: Engine, held: int) -> list[int]:
+    """Numbers after the file's last dictionary (``held`` of them) whose checksums the
+    file stores without the dictionaries: damage dropped their records. A dictionary is
+    appended before its checksum is stored, so a checksum whose record is not there when
+    looked for after it is a loss, not another handle's training under way."""
+    lost: list[int] = []
+    for number in range(held + 1, 256):
+        if engine.get_meta(checksum_key(number)) is None:
+            break
+        if engine.peek(DICTIONARY_QUEUE, 1, offset=number - 1):
+            break  # appended meanwhile: a later load gives it
+        lost.append(number)
+    return lost
+
+
 def damaged_dictionaries(engine: Engine) -> list[int]:
     """Numbers of the file's zstd dictionaries that fail the checksum stored beside them
-    (or, without one, that zstd cannot load)."""
-    return [number for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1)
-            if _damage(engine, number, rec.data) is not None]
+    (or, without one, that zstd cannot load), or that the file lost."""
+    held = engine.peek(DICTIONARY_QUEUE, 255)
+    return [number for number, rec in enumerate(held, start=1)
+            if _damage(engine, number, rec.data) is not None] + _lost(engine, len(held))
 
 
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
@@ -295,17 +316,23 @@ def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
     that zstd cannot load) is not used: records that need it raise
     :class:`CorruptError` (a damaged dictionary would decode them into wrong
     items, as their own checksums cover only compressed bytes), and a queue
-    whose own dictionary it was trains another.
+    whose own dictionary it was trains another. So do records needing a dictionary
+    whose record the file lost (it keeps the checksum): a dictionary trained later
+    never takes its number.
     """
     active = engine.get_meta(f"queue/{name}/zstd-dict")
-    for number, rec in enumerate(engine.peek(DICTIONARY_QUEUE, 255), start=1):
-        damage = _damage(engine, number, rec.data)
+    held = engine.peek(DICTIONARY_QUEUE, 255)
+    damaged = [(number, _damage(engine, number, rec.data))
+               for number, rec in enumerate(held, start=1)]
+    damaged += [(number, _MISSING) for number in _lost(engine, len(held))]
+    for number, damage in damaged:
         if damage is not None:
             reason = f"zstd dictionary {number} of the file is damaged: {damage}"
             log.error("spoolq: %s; records compressed with it cannot be decoded", reason)
             codec.add_damaged_dictionary(number, reason)
-            continue
-        codec.add_dictionary(number, rec.data, activate=active == str(number).encode())
+        else:
+            codec.add_dictionary(number, held[number - 1].data,
+                                 activate=active == str(number).encode())
 
 
 def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
@@ -332,7 +359,11 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
         return
     if _trained_elsewhere(engine, name, codec):  # while this one trained
         return
-    (ident,) = engine.append(DICTIONARY_QUEUE, [trained], [len(trained)], time.time())
+    # The numbers of lost dictionaries stay taken: records compressed with one would
+    # decode with this one into wrong items. An empty record keeps each one's place.
+    keep = [b""] * len(_lost(engine, len(engine.peek(DICTIONARY_QUEUE, 255))))
+    *_kept, ident = engine.append(DICTIONARY_QUEUE, [*keep, trained],
+                                  [0] * len(keep) + [len(trained)], time.time())
     held = [rec.id for rec in engine.peek(DICTIONARY_QUEUE, 256)]
     number = held.index(ident) + 1 if ident in held else 256
     if number > 255:  # another process filled the file meanwhile
