@@ -322,12 +322,14 @@ class Batcher(BatchSettling[T], Generic[T]):
         queue = self.queue
         # An explicit flush (and stop's) sends what is waiting when it begins, not what
         # other handles or processes put meanwhile: else one that puts faster than the
-        # sink sends would keep it (and stop()) from ever returning. The count is read
+        # sink sends would keep it (and stop()) from ever returning. So does the flush of
+        # each interval, else items added while the sink works would be sent at once, in
+        # small batches back to back, not once an interval. The count is read
         # from the file, which may hold items this handle has not counted. Leased ones
         # count too: a lease that ran out (or a nack refused here) comes back ahead of the
         # ready items, which would be left behind if only they were counted.
         limit: int | None = None
-        if now:
+        if now or force:
             queue._enter()  # a closed queue raises ClosedError (its worker would never answer)
             await queue._call(queue._core.refresh)
             limit = self._queued(queue)
