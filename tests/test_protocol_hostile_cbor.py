@@ -35,7 +35,7 @@ _BAD_REQUESTS = [
     cbor2.dumps({"op": "take", "queue": "q", "n": True, "now": 0}),
     cbor2.dumps({"op": "take", "queue": "q", "n": 1, "now": float("nan")}),
     b"\xa4\x62op\x64take\x65queue\x61q\x61n\xc2\x49" + b"\x01" * 9 + b"\x63now\x00",  # bignum n
-    b"\xa1\x41op\x66queues",  # a bytes key: no op
+    b"\xa1\x42op\x66queues",  # a bytes key: no op
 ]
 
 
