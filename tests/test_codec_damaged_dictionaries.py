@@ -12,7 +12,13 @@ import pytest
 import spoolq
 from spoolq.codec import record_dictionary
 from spoolq.engines import open_engine
-from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, checksum_key, damaged_dictionaries
+from spoolq.zdict import (
+    DICTIONARY_QUEUE,
+    SAMPLE_COUNT,
+    checksum_key,
+    damaged_dictionaries,
+    dictionary_damage,
+)
 
 
 def _events(n: int, seed: int = 7) -> list[dict[str, object]]:
@@ -54,6 +60,8 @@ def test_a_dictionary_without_a_checksum_whose_header_is_lost_counts_as_damaged(
     engine = open_engine(path, read_only=True)
     try:
         assert damaged_dictionaries(engine) == [1]  # what spoolq verify reports
+        ((number, why),) = dictionary_damage(engine)
+        assert number == 1 and why.startswith("zstd cannot load it")
     finally:
         engine.close()
     with spoolq.SyncQueue.create(path) as q:
@@ -114,7 +122,8 @@ def test_a_lost_dictionary_is_reported_and_its_number_never_given_to_another(
     _lose_dictionaries(path)
     engine = open_engine(path, read_only=True)
     try:
-        assert damaged_dictionaries(engine) == [1]  # what spoolq verify reports
+        assert dictionary_damage(engine) == [  # what spoolq verify reports
+            (1, "it is missing (the file keeps its checksum, not the dictionary)")]
     finally:
         engine.close()
     more = _events(SAMPLE_COUNT + 10, seed=3)
@@ -126,7 +135,8 @@ def test_a_lost_dictionary_is_reported_and_its_number_never_given_to_another(
     try:
         tail = engine.peek("default", 1, offset=len(items) + len(more) - 1)[0]
         assert record_dictionary(tail.data) == 2
-        assert damaged_dictionaries(engine) == [1]
+        assert dictionary_damage(engine) == [
+            (1, "it is missing (the file keeps its checksum, not the dictionary)")]
     finally:
         engine.close()
     with spoolq.SyncQueue.create(path) as q:

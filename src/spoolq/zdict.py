@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .engines.base import Engine
 
 __all__ = ["DICTIONARY_QUEUE", "MAX_UNPACKED_SIZE", "MissingDictionary", "ZstdDictCompressor",
-           "check_zstd_frame", "checksum_key", "damaged_dictionaries", "load_dictionaries",
-           "train_dictionary"]
+           "check_zstd_frame", "checksum_key", "damaged_dictionaries", "dictionary_damage",
+           "load_dictionaries", "train_dictionary"]
 
 log = logging.getLogger("spoolq")
 
@@ -296,12 +296,19 @@ def _lost(engine: Engine, held: int) -> list[int]:
     return lost
 
 
-def damaged_dictionaries(engine: Engine) -> list[int]:
-    """Numbers of the file's zstd dictionaries that fail the checksum stored beside them
-    (or, without one, that zstd cannot load), or that the file lost."""
+def dictionary_damage(engine: Engine) -> list[tuple[int, str]]:
+    """``(number, why)`` of each of the file's zstd dictionaries that fails the checksum
+    stored beside it (or, without one, that zstd cannot load), or that the file lost."""
     held = engine.peek(DICTIONARY_QUEUE, 255)
-    return [number for number, rec in enumerate(held, start=1)
-            if _damage(engine, number, rec.data) is not None] + _lost(engine, len(held))
+    found = [(number, _damage(engine, number, rec.data))
+             for number, rec in enumerate(held, start=1)]
+    return [(number, why) for number, why in found if why is not None] + [
+        (number, _MISSING) for number in _lost(engine, len(held))]
+
+
+def damaged_dictionaries(engine: Engine) -> list[int]:
+    """Numbers of the file's zstd dictionaries that :func:`dictionary_damage` names."""
+    return [number for number, _why in dictionary_damage(engine)]
 
 
 def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
