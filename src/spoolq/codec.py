@@ -286,7 +286,7 @@ class Codec:
 
     def _refused(self, item: Any, exc: Exception) -> SerializationError:
         hint = ("; serializer='pickle' takes arbitrary Python objects"
-                if self.serializer_name != "pickle" else "")
+                if self._ser_id not in (CUSTOM_ID, SERIALIZERS["pickle"][0]) else "")
         return SerializationError(f"the {self.serializer_name} serializer cannot encode "
                                   f"{type(item).__name__}: {exc}{hint}")
 
