@@ -135,7 +135,8 @@ class Batcher(BatchSettling[T], Generic[T]):
         Items left by an earlier run are flushed right away. A Batcher stopped on one
         event loop may start again on another (a second :func:`asyncio.run`); while it
         runs on one, a start on another raises RuntimeError. An open queue passed in
-        that is closed raises ClosedError, one bound to another event loop RuntimeError.
+        that is closed raises ClosedError, one shut down (immediate or not)
+        QueueShutDown, one bound to another event loop RuntimeError.
         """
         await self._bind_loop()
         if self._stopping_task is not None:
@@ -153,6 +154,12 @@ class Batcher(BatchSettling[T], Generic[T]):
                     # loop, raises here (ClosedError, RuntimeError): a flusher started on
                     # it would only fail, and every add with it.
                     self._queue._enter()
+                    if self._queue._shutdown:
+                        # Every add would raise; after an immediate shutdown every flush
+                        # too. Its items stay in the file for a Batcher on a new handle.
+                        raise QueueShutDown(
+                            f"batcher {self.name!r}: queue {self._queue._core.name!r} is "
+                            "shut down; it takes no more items, so start() cannot use it")
                 self._stopping = False
                 # A start tries at once, as stop() and flush() do, whatever retry delay the
                 # last run's failures left; a new failure starts the delay again where it was.
