@@ -11,10 +11,10 @@ from typing import Any
 
 from rich.text import Text
 
-from ..codec import COMPRESSORS, SERIALIZERS, Codec, record_codec_names
+from ..codec import COMPRESSORS, SERIALIZERS, Codec, record_codec_names, record_dictionary
 from ..engines import Engine, StoredRecord
 from ..errors import CorruptError, SerializationError, SpoolqError
-from ..zdict import load_dictionaries
+from ..zdict import MissingDictionary, load_dictionaries
 from ._common import one_line
 
 __all__ = [
@@ -64,16 +64,24 @@ class Decoder:
     Records it cannot decode here (pickle without permission, a pickled class
     this process cannot import, a custom serializer or compressor, damage) come
     back with ``ok=False`` and a note instead of raising.
+
+    The file's zstd dictionaries are loaded when it is made, and again when a record
+    needs one it does not have (a writer trained it since): once for each number, so
+    that a file which lost a dictionary is not read again for every record needing it.
+    A record whose dictionary the file does not hold is damaged.
     """
 
     def __init__(self, engine: Engine, *, allow_pickle: bool = False) -> None:
         self.allow_pickle = allow_pickle
+        self._engine = engine
         self._codec = Codec("pickle" if allow_pickle else "cbor", "none")
         load_dictionaries(engine, "", self._codec)
+        self._reloaded_for: set[int] = set()
+        """Dictionary numbers missed since the dictionaries were loaded last."""
 
     def decode(self, rec: StoredRecord) -> Decoded:
         try:
-            return Decoded(rec, "ok", self._codec.decode(rec.data, rec.id))
+            return Decoded(rec, "ok", self._decode(rec))
         except CorruptError as exc:
             return Decoded(rec, "damaged", note=one_line(exc))
         except SpoolqError as exc:
@@ -86,6 +94,32 @@ class Decoder:
             if builtin and isinstance(exc, SerializationError):
                 return Decoded(rec, "invalid", note=one_line(exc))
             return Decoded(rec, "foreign", note=f"cannot be decoded here: {one_line(exc)}")
+
+    def _decode(self, rec: StoredRecord) -> Any:
+        try:
+            return self._codec.decode(rec.data, rec.id)
+        except MissingDictionary:
+            number = record_dictionary(rec.data)
+            if number in self._reloaded_for:
+                raise self._absent(rec, number) from None
+        # A writer appends a dictionary before any record compressed with it, so a load
+        # now gives every dictionary the records read so far can need.
+        self._reloaded_for.add(number)
+        try:
+            load_dictionaries(self._engine, "", self._codec)
+        except SpoolqError as exc:
+            raise CorruptError(f"record {rec.id} needs zstd dictionary {number}, and the "
+                               f"file's dictionaries could not be read: {one_line(exc)}"
+                               ) from exc
+        try:
+            return self._codec.decode(rec.data, rec.id)
+        except MissingDictionary:
+            raise self._absent(rec, number) from None
+
+    @staticmethod
+    def _absent(rec: StoredRecord, number: int) -> CorruptError:
+        return CorruptError(f"record {rec.id} needs zstd dictionary {number}, which the file "
+                            "does not hold: the record cannot be decoded")
 
 
 def json_text(item: Any) -> str:
