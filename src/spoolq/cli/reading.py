@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ..engines import Engine, LeasedRecord, StoredRecord, SupportsPeekLeased, dead_queue_name
 from ..errors import CorruptError
-from ..zdict import damaged_dictionaries
+from ..zdict import dictionary_damage
 from . import _sqlite
 from ._common import (
     DEFAULT_CHUNK,
@@ -385,9 +385,8 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
         if engine_name == "sqlite":
             for line in _sqlite.quick_check(path):
                 found.problem(line)
-        for number in damaged_dictionaries(eng):
-            found.problem(f"zstd dictionary {number} fails its checksum: the records "
-                          "compressed with it cannot be decoded")
+        for number, why in dictionary_damage(eng):
+            found.problem(_dictionary_problem(number, why))
         names = [n for base in base_queues(eng, queue) for n in (base, dead_queue_name(base))]
         if queue is not None:
             state.check_queue_name(eng, *names)
@@ -413,6 +412,14 @@ def verify(path: str, queue: str | None, allow_pickle: bool, chunk: int, engine:
         _print_verification(state, path, engine_name, report)
     if found.problem_count:
         raise Refused(f"{path}: {found.problem_count} problem(s) found")
+
+
+def _dictionary_problem(number: int, why: str) -> str:
+    """``zstd dictionary 2 fails its checksum; ...`` from :func:`dictionary_damage`'s
+    ``why`` (``"it fails its checksum"``, ``"zstd cannot load it (...)"``, ...)."""
+    what = why[3:] if why.startswith("it ") else f"is damaged: {why}"
+    return (f"zstd dictionary {number} {what}; the records compressed with it cannot be "
+            "decoded")
 
 
 def _print_verification(state: CliState, path: str, engine_name: str,
