@@ -1,10 +1,13 @@
 """How a :class:`spoolq.Batcher` calls its sink: a plain function in place, an async one as
 a task of its own, cancelled before its batch's lease runs out, and waited for to the end
-however often the flush is cancelled meanwhile."""
+however often the flush is cancelled meanwhile. An awaitable or a
+:class:`concurrent.futures.Future` that a plain function returns is awaited as an async
+sink is."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import inspect
 import time
@@ -65,6 +68,9 @@ async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], dead
         else:
             await result.aclose()
         raise TypeError("on_flush returned a generator, which would send nothing")
+    if isinstance(result, concurrent.futures.Future):
+        # Work handed to a thread pool: its outcome, not the handing, decides the batch.
+        result = _thread_outcome(result)
     if not inspect.isawaitable(result):
         return
     run = _SinkRun(batcher)
@@ -110,6 +116,19 @@ async def _wait_out(task: asyncio.Future[Any]) -> asyncio.CancelledError | None:
         except asyncio.CancelledError as exc:
             cancelled = exc
     return cancelled
+
+
+async def _thread_outcome(future: concurrent.futures.Future[object]) -> object:
+    """Await ``future``; cancelled, cancel it, or else (its thread runs it, which cannot be
+    interrupted) wait for it to end, through further cancellations, and return its
+    result: as an async sink that returns when cancelled, it took the batch."""
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if future.cancel():  # not begun (or cancelled already): it never runs
+            raise  # (cancelled by its pool's shutdown too: a failed flush)
+    await _wait_out(asyncio.wrap_future(future))
+    return future.result()
 
 
 async def _contained(sending: Awaitable[object], run: _SinkRun) -> BaseException | None:

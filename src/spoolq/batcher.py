@@ -40,7 +40,10 @@ class Batcher(BatchSettling[T], Generic[T]):
 
     ``on_flush`` is a coroutine function or a plain function. A plain one is
     called on the event loop's thread and blocks the loop while it runs; wrap
-    slow blocking work in :func:`asyncio.to_thread` inside an async sink.
+    slow blocking work in :func:`asyncio.to_thread` inside an async sink, or return
+    the :class:`concurrent.futures.Future` of a pool's ``submit``: an awaitable or
+    such a future that a plain function returns is awaited as an async sink is, and
+    its outcome decides the batch.
 
     ``queue`` is an open :class:`spoolq.Queue` (left open on stop) or a path
     (opened on start with ``name`` and closed on stop); by default the file
