@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from typing import Any
 
 from ..codec import record_dictionary
 from ..engines import Engine
-from ..zdict import DICTIONARY_QUEUE, checksum_key
+from ..zdict import DICTIONARY_QUEUE, checksum_key, dictionary_damage
 from ._common import Refused, iter_pages, set_stored_codec, stored_codec
 from ._output import CliState
 from ._signals import sigint_deferred
@@ -16,6 +17,13 @@ from ._signals import sigint_deferred
 __all__ = ["copy_dictionaries", "copy_queues"]
 
 log = logging.getLogger("spoolq")
+
+
+def _lost_after(engine: Engine, held: int) -> int:
+    """How many zstd dictionaries the file lost after its ``held`` dictionary records
+    (their checksums kept): :func:`train_dictionary` keeps their places with empty
+    records, so no dictionary takes their numbers."""
+    return sum(1 for number, _why in dictionary_damage(engine) if number > held)
 
 
 def copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: list[str],
@@ -28,11 +36,17 @@ def copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: l
     source's dictionaries beyond the destination's are appended, so they keep
     their numbers; a number the destination already gives another dictionary
     is refused only when a copied record needs it.
+
+    A dictionary a file lost (its checksum kept) keeps its number: the destination
+    gets the checksum and an empty record in its place, so records that needed it stay
+    damaged there, and no dictionary copied or trained later takes the number.
     """
-    have = [d.data for d in target.peek(DICTIONARY_QUEUE, 255)]
-    wanted = source.peek(DICTIONARY_QUEUE, 255)
+    target_held = target.peek(DICTIONARY_QUEUE, 255)
+    have = [d.data for d in target_held] + [b""] * _lost_after(target, len(target_held))
+    held = source.peek(DICTIONARY_QUEUE, 255)
+    wanted = [d.data for d in held] + [b""] * _lost_after(source, len(held))
     clash = {n for n in range(1, len(have) + 1)
-             if n > len(wanted) or have[n - 1] != wanted[n - 1].data}
+             if n > len(wanted) or have[n - 1] != wanted[n - 1]}
     if clash:
         for name in names:
             for page in iter_pages(source, name, chunk=chunk):
@@ -43,8 +57,18 @@ def copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: l
                             f"record {rec.id} of {name!r} needs zstd dictionary {number}, and "
                             f"the destination's dictionary {number} is another one; migrate "
                             "into a new file")
-    for number, rec in enumerate(wanted[len(have):], len(have) + 1):
-        target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
+    now = time.time()
+    if len(wanted) > len(have):
+        # The places of the destination's own lost dictionaries first (their checksums
+        # are there), so that the source's keep their numbers.
+        for _number in range(len(target_held) + 1, len(have) + 1):
+            target.append(DICTIONARY_QUEUE, [b""], [0], now)
+    for number in range(len(have) + 1, len(wanted) + 1):
+        if number <= len(held):
+            rec = held[number - 1]
+            target.append(DICTIONARY_QUEUE, [rec.data], [rec.raw_size], rec.enqueued_at)
+        else:  # lost: its checksum and an empty record keep its number
+            target.append(DICTIONARY_QUEUE, [b""], [0], now)
         crc = source.get_meta(checksum_key(number))
         if crc is not None:
             target.set_meta(checksum_key(number), crc)
