@@ -154,11 +154,13 @@ def test_peek_and_move_do_not_load_the_delayed_records(tmp_path: Path) -> None:
 
 
 def _as_format_1(path: Path) -> None:
-    """Rewrite a spoolq LMDB file as the format 1 layout: no delayed_ids sub-database."""
+    """Rewrite a spoolq LMDB file as the format 1 layout: no delayed_ids, lease_ends and
+    lease_owners sub-databases."""
     env = lmdb.open(str(path), subdir=False, max_dbs=10)
     try:
         with env.begin(write=True) as txn:
-            txn.drop(env.open_db(b"delayed_ids", txn=txn), delete=True)
+            for name in (b"delayed_ids", b"lease_ends", b"lease_owners"):
+                txn.drop(env.open_db(name, txn=txn), delete=True)
             txn.put(b"format_version", b"1", db=env.open_db(b"meta", txn=txn))
     finally:
         env.close()
@@ -186,8 +188,9 @@ def test_a_format_1_file_is_read_as_it_is_and_upgraded_when_opened_for_writing(
     with caplog.at_level(logging.INFO, logger="spoolq"):
         eng = LMDBEngine(path)
     try:
-        assert eng.get_meta("format_version") == b"2"
-        assert any("upgraded from format 1 to 2 (2 delayed records indexed)" in r.getMessage()
+        assert eng.get_meta("format_version") == b"3"
+        assert any("upgraded from format 1 to 3 (2 delayed records and 0 leases indexed)"
+                   in r.getMessage()
                    for r in caplog.records)
         assert [r.data for r in eng.peek("q", 10)] == [b"a", b"b", b"c", b"d"]
         assert eng.move("q", "other", [ids[1]]) == 1

@@ -119,10 +119,14 @@ def test_a_lease_owner_longer_than_every_engine_takes_is_refused_by_name(
 
 
 def _lengthen_owners(path: Path, owner: str) -> None:
-    """Give every lease of the file ``owner``, as a take before the limit stored it."""
-    env = lmdb.Environment(str(path), subdir=False, max_dbs=8)
+    """Give every lease of the file ``owner``, as a take of a version before the limit
+    stored it: in a format 2 file, which has no index of its leases."""
+    env = lmdb.Environment(str(path), subdir=False, max_dbs=10)
     try:
         with env.begin(write=True) as txn:
+            for name in (b"lease_ends", b"lease_owners"):
+                txn.drop(env.open_db(name, txn=txn), delete=True)
+            txn.put(b"format_version", b"2", db=env.open_db(b"meta", txn=txn))
             leased = env.open_db(b"leased", txn=txn)
             for key, value in list(txn.cursor(db=leased)):
                 until, length = struct.unpack_from(">dH", value)

@@ -6,6 +6,7 @@ cursor walks a queue's records by id.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,22 +16,27 @@ from itertools import repeat
 import lmdb
 
 from ..errors import CorruptError, EngineError, FormatError
-from ._checks import as_queue_name, checked_owner
+from ._checks import MAX_OWNER_BYTES, as_queue_name, checked_owner
 from .base import Lease, StoredRecord
 
 __all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_NAME", "MAX_OWNER", "QUEUE", "U32",
-           "U64", "V1_DB_NAMES", "QueueRow", "held_by", "lease_head", "lease_reader",
-           "name_key", "new_name_key", "pack", "pack_new_many", "translate", "unpack",
-           "unpack_leased", "unpack_plain", "with_attempts"]
+           "U64", "UNTIL", "V1_DB_NAMES", "V2_DB_NAMES", "QueueRow", "held_by", "lease_head",
+           "lease_reader", "name_key", "new_name_key", "owner_key", "pack", "pack_new_many",
+           "sortable_time", "translate", "unpack", "unpack_leased", "unpack_plain",
+           "until_key", "with_attempts"]
 
-DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids")
+DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids",
+            b"lease_ends", b"lease_owners")
 #: The sub-databases of a format 1 file, which has no ``delayed_ids`` index yet.
 V1_DB_NAMES = DB_NAMES[:6]
+#: Those of a format 2 file, which has no ``lease_ends`` and ``lease_owners`` yet.
+V2_DB_NAMES = DB_NAMES[:7]
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 KEY = struct.Struct(">IQ")  # queue number, record id
 MAX_ID = (1 << 64) - 1  # the largest id a key holds
 DELAYED = struct.Struct(">IdQ")  # queue number, visible_at (positive doubles sort as bytes), id
+UNTIL = struct.Struct(">IQQ")  # queue number, sortable_time(until), id: a lease's end
 QUEUE = struct.Struct(">Iqqqq")  # number, ready, leased, stored bytes, raw bytes
 _RECORD = struct.Struct(">QIdi")  # raw size, attempts, enqueued_at, reason length (-1: None)
 _LEASE = struct.Struct(">dH")  # until, owner length
@@ -138,17 +144,18 @@ def lease_reader(owner: bytes) -> struct.Struct:
     return struct.Struct(f">dH{len(owner)}sQIdi")
 
 
-def held_by(value: bytes, owner: bytes, reader: struct.Struct) -> tuple[int, int, int] | None:
-    """(attempts, raw size, stored data size) of a leased record's value if ``owner``
-    (read with ``reader`` from :func:`lease_reader`) holds it, else None. Reads only
-    the headers."""
+def held_by(value: bytes, owner: bytes,
+            reader: struct.Struct) -> tuple[int, int, int, float] | None:
+    """(attempts, raw size, stored data size, lease's end) of a leased record's value if
+    ``owner`` (read with ``reader`` from :func:`lease_reader`) holds it, else None. Reads
+    only the headers."""
     try:
-        _, owner_len, holder, raw_size, attempts, _, reason_len = reader.unpack_from(value)
+        until, owner_len, holder, raw_size, attempts, _, reason_len = reader.unpack_from(value)
     except struct.error:
         return None  # shorter than any record leased by this owner
     if owner_len != len(owner) or holder != owner:
         return None
-    return attempts, raw_size, len(value) - reader.size - max(reason_len, 0)
+    return attempts, raw_size, len(value) - reader.size - max(reason_len, 0), until
 
 
 def unpack_leased(path: str, ident: int, value: bytes) -> tuple[str, float, StoredRecord]:
@@ -160,6 +167,33 @@ def unpack_leased(path: str, ident: int, value: bytes) -> tuple[str, float, Stor
     except (struct.error, UnicodeDecodeError) as exc:
         raise CorruptError(f"{path}: the lease of record {ident} is damaged") from exc
     return owner, until, unpack(path, ident, value[start + owner_len:])
+
+
+_DOUBLE_BITS = struct.Struct(">d")
+_SIGN = 1 << 63
+
+
+def sortable_time(t: float) -> int:
+    """A 64-bit number that orders as the float ``t`` does (NaN excepted): its bits, with
+    the sign bit set for a positive number and every bit flipped for a negative one."""
+    bits: int = U64.unpack(_DOUBLE_BITS.pack(t + 0.0))[0]  # + 0.0: -0.0 is 0.0
+    return bits ^ MAX_ID if bits & _SIGN else bits | _SIGN
+
+
+def until_key(number: int, until: float, ident: int) -> bytes:
+    """The key in ``lease_ends`` of record ``ident`` of queue ``number``, leased until
+    ``until``: a cursor walks a queue's leases by their end."""
+    return UNTIL.pack(number, sortable_time(until), ident)
+
+
+def owner_key(number: int, owner: bytes) -> tuple[bytes, bytes]:
+    """The key in ``lease_owners`` of the count of queue ``number``'s leases ``owner``
+    holds, and what follows the count in its value: nothing, or for an owner longer than
+    :data:`MAX_OWNER_BYTES` (stored by an earlier version; too long for a key) the owner,
+    keyed by 0xFF (never a byte of UTF-8) and its SHA-256."""
+    if len(owner) <= MAX_OWNER_BYTES:
+        return U32.pack(number) + owner, b""
+    return U32.pack(number) + b"\xff" + hashlib.sha256(owner).digest(), owner
 
 
 def translate(exc: lmdb.Error, path: str, what: str) -> EngineError:

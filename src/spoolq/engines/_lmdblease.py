@@ -17,6 +17,7 @@ from ..errors import CorruptError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
 from ._checks import as_max_attempts, as_text, check_expire, int_deliveries
+from ._lmdbleaseends import LeaseBook
 from .base import StoredRecord, dead_queue_name, refuse_nan
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class LeaseSettling:
         _leased: Db
 
         def _index(self) -> Db: ...
+
+        def _leases(self) -> LeaseBook: ...
 
         def _write(self, what: str, body: Callable[[Txn], T]) -> T: ...
 
@@ -67,6 +70,7 @@ class LeaseSettling:
             if q is None or not deliveries:
                 return []
             done: list[int] = []
+            book = self._leases()
             cur = txn.cursor(self._leased)
             key, number, held_by, reader = fmt.KEY.pack, q.number, fmt.held_by, \
                 fmt.lease_reader(holder)
@@ -85,7 +89,9 @@ class LeaseSettling:
                     done.append(ident)
                     q.raw -= held[1]
                     q.stored -= held[2]
+                    book.drop(txn, number, held[3], ident)
             if done:
+                book.count(txn, number, holder, -len(done))
                 q.leased -= len(done)
                 self._save(txn, queue, q)
             return done
@@ -112,7 +118,9 @@ class LeaseSettling:
 
     def _held(self, txn: Txn, q: fmt.QueueRow, deliveries: Sequence[tuple[int, int]],
               owner: str) -> Iterator[StoredRecord]:
-        """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
+        """Delete and yield the leased records among ``deliveries`` that ``owner`` holds,
+        and their leases."""
+        book = self._leases()
         for ident, attempts in int_deliveries(deliveries):
             try:
                 key = fmt.KEY.pack(q.number, ident)
@@ -121,9 +129,11 @@ class LeaseSettling:
             value = txn.get(key, db=self._leased)
             if value is None:
                 continue
-            holder, _, rec = self._leased_record(ident, value)
+            holder, until, rec = self._leased_record(ident, value)
             if holder == owner and rec.attempts == attempts:
                 txn.delete(key, db=self._leased)
+                book.drop(txn, q.number, until, ident)
+                book.count(txn, q.number, owner.encode(), -1)
                 yield rec
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
@@ -150,34 +160,53 @@ class LeaseSettling:
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
         check_expire(now, owners, max_attempts)
-        gone = set(owners)
+        wanted = set(owners)
 
         def body(txn: Txn) -> int:
             q = self._queue(txn, queue)
             if q is None or not q.leased:
                 return 0
+            book = self._leases()
+            gone = wanted & book.held(txn, q.number).keys()
             count, start = 0, b""
             while True:
                 # A chunk of due leases at a time: memory holds their keys, not the records.
-                due: list[tuple[bytes, str]] = []
-                for key, value in walk.prefixed(txn, self._leased, q.number, start):
-                    holder, until, _ = self._leased_record(fmt.KEY.unpack(key)[1], value)
-                    if until <= now or holder in gone:
-                        due.append((key, "lease expired" if until <= now else "owner died"))
-                        if len(due) == walk.CHUNK:
-                            break
-                for key, why in due:
+                if gone:  # every lease of the queue is read to find those of gone owners
+                    due = self._ended(txn, q.number, now, gone, start)
+                else:  # only those that ended, through lease_ends
+                    due = [fmt.KEY.pack(q.number, ident)
+                           for ident in sorted(book.due(txn, q.number, now, walk.CHUNK))]
+                held: list[str] = []
+                for key in due:
                     popped = txn.pop(key, db=self._leased)
                     if popped is None:
                         raise CorruptError(f"{self.path}: leased record {key.hex()} vanished")
-                    rec = self._leased_record(fmt.KEY.unpack(key)[1], popped)[2]
-                    self._unlease(txn, queue, q, rec, 0.0, max_attempts, True, why)
+                    ident = fmt.KEY.unpack(key)[1]
+                    holder, until, rec = self._leased_record(ident, popped)
+                    book.drop(txn, q.number, until, ident)
+                    held.append(holder)
+                    self._unlease(txn, queue, q, rec, 0.0, max_attempts, True,
+                                  "lease expired" if until <= now else "owner died")
+                book.uncount(txn, q.number, held)
                 count += len(due)
                 if len(due) < walk.CHUNK:
                     break
-                start = due[-1][0]
+                start = due[-1]
             if count:
                 self._save(txn, queue, q)
             return count
 
         return self._write("expire", body)
+
+    def _ended(self, txn: Txn, number: int, now: float, gone: set[str],
+               start: bytes) -> list[bytes]:
+        """Keys of up to a chunk of queue ``number``'s leased records, from ``start`` on,
+        whose lease ended by ``now`` or whose owner is in ``gone``."""
+        due: list[bytes] = []
+        for key, value in walk.prefixed(txn, self._leased, number, start):
+            holder, until, _ = self._leased_record(fmt.KEY.unpack(key)[1], value)
+            if until <= now or holder in gone:
+                due.append(key)
+                if len(due) == walk.CHUNK:
+                    break
+        return due

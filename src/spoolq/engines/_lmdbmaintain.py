@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
 from ._checks import as_queue_name, checked_ids
+from ._lmdbleaseends import LeaseBook
 from .base import StoredRecord
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class Maintaining:
         _leased: Db
 
         def _index(self) -> Db: ...
+
+        def _leases(self) -> LeaseBook: ...
 
         def _write(self, what: str, body: Callable[[Txn], T]) -> T: ...
 
@@ -105,6 +108,7 @@ class Maintaining:
             removed = sum(walk.clear(txn, db, q.number)
                           for db in (self._ready, self._delayed, self._leased))
             walk.clear(txn, self._index(), q.number)
+            self._leases().clear(txn, q.number)
             self._save(txn, queue, fmt.QueueRow(q.number))  # empty, and still listed
             return removed
 

@@ -1,5 +1,6 @@
 """Opening an LMDB queue file: refusing what is not one, creating a new one, and
-upgrading a format 1 file (which has no ``delayed_ids`` index) to format 2."""
+upgrading a file of an earlier format to format 3 (format 1 has no ``delayed_ids``
+index, formats 1 and 2 no ``lease_ends`` and ``lease_owners``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import lmdb
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
+from ._lmdbleaseends import LeaseBook, index_leases
 from .base import FORMAT_VERSION
 
 if TYPE_CHECKING:
@@ -31,10 +33,13 @@ __all__ = ["Layout", "check_options", "check_whole", "cover_free_tail", "lock_he
 log = logging.getLogger("spoolq")
 
 _APPLICATION = b"spoolq"
-# Format 2 added the delayed_ids sub-database; a format 1 file is upgraded when opened
-# for writing, and read as it is when opened read-only.
-_FORMAT = b"2"
+# Format 2 added the delayed_ids sub-database, format 3 lease_ends and lease_owners; a
+# file of an earlier format is upgraded when opened for writing, and read as it is when
+# opened read-only.
+_FORMAT = b"3"
 _FORMAT_1 = str(FORMAT_VERSION).encode()
+_FORMAT_2 = b"2"
+_KNOWN = (_FORMAT_1, _FORMAT_2, _FORMAT)
 
 # An LMDB file starts with its meta page: a 16-byte page header, then the magic number.
 _MAGIC = struct.Struct("<16xI")
@@ -53,6 +58,8 @@ class Layout:
     leased: Db
     #: ``delayed_ids``; None for a format 1 file opened read-only.
     ids: Db | None
+    #: ``lease_ends`` and ``lease_owners``; None for a file of format 1 or 2 opened read-only.
+    book: LeaseBook | None
 
 
 def check_options(map_size: object, max_readers: object) -> None:
@@ -246,10 +253,12 @@ def _wait_for_creator(env: lmdb.Environment) -> None:
 
 
 def open_layout(env: lmdb.Environment, path: str, read_only: bool,
-                write: Callable[[str, Callable[[Txn], int]], int]) -> Layout:
+                write: Callable[[str, Callable[[Txn], tuple[int, int]]], tuple[int, int]],
+                ) -> Layout:
     """The sub-databases of ``env``, after checking it is a spoolq queue file of a known
-    format; a format 1 file is upgraded first unless ``read_only``. ``write(what, body)``
-    runs ``body`` in a write transaction (the engine's, which grows the map)."""
+    format; a file of an earlier format is upgraded first unless ``read_only``.
+    ``write(what, body)`` runs ``body`` in a write transaction (the engine's, which grows
+    the map)."""
     foreign = f"{path} is an LMDB file but not a spoolq queue file"
     try:
         if read_only:
@@ -269,30 +278,47 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
         raise fmt.translate(exc, path, "open") from exc
     if application != _APPLICATION:
         raise FormatError(foreign)
-    if version not in (_FORMAT, _FORMAT_1):
+    if version not in _KNOWN:
         shown = "none" if version is None else version.decode(errors="replace")
         raise FormatError(f"{path} has format version {shown}; this spoolq reads versions "
-                          f"{_FORMAT_1.decode()} and {_FORMAT.decode()}")
-    if version == _FORMAT_1:
+                          f"{', '.join(v.decode() for v in _KNOWN[:-1])} and "
+                          f"{_FORMAT.decode()}")
+    if version != _FORMAT:
         if read_only:
-            return Layout(meta, counters, queues, ready, delayed, leased, None)
+            ids = None if version == _FORMAT_1 else _open_db(env, path, b"delayed_ids")
+            return Layout(meta, counters, queues, ready, delayed, leased, ids, None)
 
-        def upgrade(txn: Txn) -> int:
-            if txn.get(b"format_version", db=meta) != _FORMAT_1:
-                return -1  # another process upgraded it first
-            entries = walk.index_delayed(txn, delayed, env.open_db(b"delayed_ids", txn=txn))
+        def upgrade(txn: Txn) -> tuple[int, int]:
+            found = txn.get(b"format_version", db=meta)
+            if found not in (_FORMAT_1, _FORMAT_2):
+                return -1, -1  # another process upgraded it first
+            delays = walk.index_delayed(txn, delayed, env.open_db(b"delayed_ids", txn=txn)) \
+                if found == _FORMAT_1 else 0
+            book = LeaseBook(env.open_db(b"lease_ends", txn=txn),
+                             env.open_db(b"lease_owners", txn=txn))
+            leases = index_leases(txn, leased, book, path)
             txn.put(b"format_version", _FORMAT, db=meta)
-            return entries
+            return delays, leases
 
-        entries = write("upgrade", upgrade)
-        if entries >= 0:
-            log.info("spoolq: %s: upgraded from format 1 to 2 (%d delayed records indexed)",
-                     path, entries)
+        delays, leases = write("upgrade", upgrade)
+        if delays >= 0:
+            log.info("spoolq: %s: upgraded from format %s to %s (%d delayed records and %d "
+                     "leases indexed)", path, version.decode(), _FORMAT.decode(), delays,
+                     leases)
+    ids = _open_db(env, path, b"delayed_ids")
+    book = LeaseBook(_open_db(env, path, b"lease_ends"), _open_db(env, path, b"lease_owners"))
+    return Layout(meta, counters, queues, ready, delayed, leased, ids, book)
+
+
+def _open_db(env: lmdb.Environment, path: str, name: bytes) -> Db:
+    """The existing sub-database ``name``; FormatError when the file lacks it."""
     try:
-        ids = env.open_db(b"delayed_ids", create=False)
+        return env.open_db(name, create=False)
+    except lmdb.NotFoundError as exc:
+        raise FormatError(f"{path} is a spoolq LMDB queue file without its {name.decode()} "
+                          "sub-database") from exc
     except lmdb.Error as exc:
         raise fmt.translate(exc, path, "open") from exc
-    return Layout(meta, counters, queues, ready, delayed, leased, ids)
 
 
 def unusable(path: str, read_only: bool, cause: object) -> tuple[bool, str] | None:

@@ -2,7 +2,7 @@
 
 Layout. ``path`` is the data file itself (LMDB's ``subdir=False``), so a queue is one
 file like an SQLite one; LMDB keeps its reader table in ``<path>-lock`` beside it. The
-file holds seven named sub-databases: ``meta`` (``application``, ``format_version``,
+file holds nine named sub-databases: ``meta`` (``application``, ``format_version``,
 codec settings); ``counters`` (the id and queue-number counters); ``queues`` (queue
 name -> its number and its counts, changed in the same transaction as the records, so
 :meth:`counts` is O(1) and right across processes); ``ready`` (queue number (4 bytes) +
@@ -12,14 +12,17 @@ record id (8 bytes, big-endian) -> record, so a cursor walks a queue in FIFO ord
 not, so a delayed record at the head never makes a take scan the queue); ``leased``
 (queue number + id -> lease (until, owner) + record); ``delayed_ids`` (queue number + id
 -> the record's key in ``delayed``, so ``peek`` and ``move`` walk delayed records in id
-order with a cursor; format 2: a format 1 file is upgraded when opened for writing).
+order with a cursor; format 2); ``lease_ends`` and ``lease_owners`` (the leases by their
+end, and each owner's count, format 3: see :mod:`._lmdbleaseends`). A file of an earlier
+format is upgraded when opened for writing.
 Ids come from one counter for the whole file, written in the same transaction as the
 records: they only grow and are never reused.
 
 Costs. Each call is one LMDB transaction; readers never block the writer or each other,
 and writers from every process take turns on LMDB's own lock. ``take``, ``ack`` and
-``append`` are O(log n) per record; ``expire`` and ``owners`` walk the queue's leased
-records (``peek_leased`` only up to the last it returns). Records are read through
+``append`` are O(log n) per record; ``expire`` reads the leases that ended (and every
+lease of the queue when given owners that hold some), ``owners`` one entry per owner,
+``peek_leased`` the leased records up to the last it returns. Records are read through
 cursors, never all at once. The map (LMDB's view of the file) doubles whenever a write
 does not fit; the file grows only with the data, and freed pages are reused. What each
 ``durability`` keeps through a crash or a power cut: docs/engines.md.
@@ -51,6 +54,7 @@ from ._checks import (
     meta_key_bytes,
 )
 from ._lmdblease import LeaseSettling
+from ._lmdbleaseends import LeaseBook
 from ._lmdbmaintain import Maintaining
 from ._shared import SharedEngine, check_directory
 from .base import (
@@ -113,7 +117,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
             raise
         self._meta, self._counters, self._queues = layout.meta, layout.counters, layout.queues
         self._ready, self._delayed, self._leased = layout.ready, layout.delayed, layout.leased
-        self._ids = layout.ids
+        self._ids, self._book = layout.ids, layout.book
 
     def _environment(self, map_size: int) -> lmdb.Environment:
         """The environment; without LMDB's lock for a reader that cannot use it."""
@@ -146,6 +150,14 @@ class _LMDBStore(LeaseSettling, Maintaining):
         if self._ids is None:
             raise EngineError(f"{self.path}: format 1 file opened read-only cannot be written")
         return self._ids
+
+    def _leases(self) -> LeaseBook:
+        """The ``lease_ends`` and ``lease_owners`` sub-databases, which every writable
+        handle has."""
+        if self._book is None:
+            raise EngineError(f"{self.path}: a file of an earlier format opened read-only "
+                              "cannot be written")
+        return self._book
 
     # ---- transactions and errors --------------------------------------------------------
 
@@ -293,6 +305,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
         n = as_int(n, "n")
         head = None if lease is None else fmt.lease_head(lease)
+        owner, until = (b"", 0.0) if lease is None else (lease.owner.encode(), lease.until)
         if nothing_visible(self.path, now, lease):
             return []
 
@@ -325,6 +338,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
                 more = cur.delete()
             if leased:
                 txn.cursor(self._leased).putmulti(leased)
+                self._leases().add(txn, until, owner, [key for key, _ in leased])
             if out:
                 q.ready -= len(out)
                 if lease is None:
@@ -419,7 +433,9 @@ class _LMDBStore(LeaseSettling, Maintaining):
         def body(txn: Txn) -> dict[str, int]:
             q = self._queue(txn, queue)
             held: dict[str, int] = {}
-            if q is not None and q.leased:
+            if q is not None and q.leased and self._book is not None:
+                return self._book.held(txn, q.number)
+            if q is not None and q.leased:  # a file of an earlier format, opened read-only
                 for key, value in walk.prefixed(txn, self._leased, q.number):
                     holder = self._leased_record(fmt.KEY.unpack(key)[1], value)[0]
                     held[holder] = held.get(holder, 0) + 1

@@ -1,0 +1,152 @@
+"""The LMDB engine's index of leases (format 3): expire and owners read it instead of
+every leased record, so it must agree with the leased records through every change, and
+files of earlier formats must be read as they are and indexed when opened for writing."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from spoolq.engines import Engine, Lease, LMDBEngine, MemoryEngine
+from spoolq.errors import CorruptError
+
+_OWNERS = ["a", "b", "ünï", "o" * 448]
+_ENDS = [-math.inf, -5.0, -0.0, 0.0, 1.0, 2.5, 10.0, 1e300, math.inf]
+
+
+def _state(eng: Engine, queue: str) -> tuple[object, ...]:
+    leased = eng.peek_leased(queue, 10_000)
+    return (eng.counts(queue), eng.owners(queue),
+            sorted((lr.record.id, lr.record.attempts, lr.owner, lr.until) for lr in leased),
+            [r.id for r in eng.peek(queue, 10_000)], [r.id for r in eng.peek(queue + ".dead",
+                                                                                10_000)])
+
+
+def _step(rng: random.Random, engines: list[Engine], held: dict[int, tuple[int, str]]) -> None:
+    """One random change, made on every engine; their answers must agree."""
+    queue = rng.choice(["q", "q", "r"])
+    op = rng.choice(["put", "lease", "lease", "ack", "release", "expire", "expire_owner",
+                     "purge" if rng.random() < 0.05 else "put"])
+    answers: list[object]
+    if op == "put":
+        n = rng.randint(1, 4)
+        answers = [eng.append(queue, [b"x"] * n, [1] * n, 0.0) for eng in engines]
+    elif op == "lease":
+        n, owner, until = rng.randint(1, 5), rng.choice(_OWNERS), rng.choice(_ENDS)
+        got = [eng.take(queue, n, 0.0, Lease(owner, until)) for eng in engines]
+        answers = [[(r.id, r.attempts) for r in g] for g in got]
+        for ident, attempts in answers[0]:  # type: ignore[union-attr]
+            held[ident] = (attempts, owner)
+    elif op in ("ack", "release"):
+        picked = rng.sample(sorted(held), min(len(held), rng.randint(1, 4)))
+        owner = held[picked[0]][1] if picked and rng.random() < 0.8 else rng.choice(_OWNERS)
+        deliveries = [(i, held[i][0]) for i in picked]
+        if op == "ack":
+            answers = [sorted(eng.ack(queue, deliveries, owner)) for eng in engines]
+        else:
+            not_before, most = rng.choice([0.0, 5.0]), rng.choice([None, 2])
+            answers = [sorted(eng.release(queue, deliveries, owner, not_before=not_before,
+                                          max_attempts=most)) for eng in engines]
+    elif op == "expire":
+        now, most = rng.choice([*_ENDS, math.nan, 10**400]), rng.choice([None, 3])
+        before = [_state(eng, queue) for eng in engines]
+        answers = [eng.expire(queue, now, max_attempts=most) for eng in engines]
+        assert answers[0] == answers[1], (now, most, before)
+    elif op == "expire_owner":
+        gone = rng.sample([*_OWNERS, "nobody"], 2)
+        answers = [eng.expire(queue, -math.inf, owners=gone) for eng in engines]
+    else:
+        answers = [eng.purge(queue) for eng in engines]
+    assert all(a == answers[0] for a in answers), (op, answers)
+    states = [_state(eng, queue) for eng in engines]
+    assert all(s == states[0] for s in states), (op, states)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_expire_and_owners_agree_with_the_memory_engine_through_random_changes(
+        tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    path = tmp_path / "q.lmdb"
+    lm, mem = LMDBEngine(path), MemoryEngine()
+    held: dict[int, tuple[int, str]] = {}
+    try:
+        for i in range(300):
+            _step(rng, [lm, mem], held)
+            if i % 100 == 99:  # the index is on disk, not in this handle
+                lm.close()
+                lm = LMDBEngine(path)
+    finally:
+        lm.close()
+
+
+def _as_format_2(path: Path) -> None:
+    """Rewrite a spoolq LMDB file as the format 2 layout: no index of its leases."""
+    env = lmdb.open(str(path), subdir=False, max_dbs=10)
+    try:
+        with env.begin(write=True) as txn:
+            for name in (b"lease_ends", b"lease_owners"):
+                txn.drop(env.open_db(name, txn=txn), delete=True)
+            txn.put(b"format_version", b"2", db=env.open_db(b"meta", txn=txn))
+    finally:
+        env.close()
+
+
+def test_a_format_2_file_is_read_as_it_is_and_its_leases_indexed_when_opened_for_writing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    eng.append("q", [b"a", b"b", b"c", b"d"], [1] * 4, 1.0)
+    early = eng.take("q", 2, 1.0, Lease("early", 10.0))
+    late = eng.take("q", 1, 1.0, Lease("late", 50.0))
+    eng.close()
+    _as_format_2(path)
+    before = path.read_bytes()
+
+    reader = LMDBEngine(path, read_only=True)
+    try:
+        assert reader.get_meta("format_version") == b"2"
+        assert reader.owners("q") == {"early": 2, "late": 1}
+    finally:
+        reader.close()
+    assert path.read_bytes() == before
+
+    with caplog.at_level(logging.INFO, logger="spoolq"):
+        eng = LMDBEngine(path)
+    try:
+        assert eng.get_meta("format_version") == b"3"
+        assert any("upgraded from format 2 to 3 (0 delayed records and 3 leases indexed)"
+                   in r.getMessage() for r in caplog.records)
+        assert eng.owners("q") == {"early": 2, "late": 1}
+        assert eng.expire("q", 20.0) == 2
+        assert eng.owners("q") == {"late": 1}
+        assert eng.ack("q", [(late[0].id, 1)], "late") == [late[0].id]
+        assert eng.owners("q") == {}
+        assert sorted(r.id for r in eng.take("q", 5, 20.0, None)) == sorted(
+            [r.id for r in early] + [4])
+    finally:
+        eng.close()
+
+
+def test_a_leased_record_missing_behind_its_index_entry_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    eng.append("q", [b"a"], [1], 1.0)
+    eng.take("q", 1, 1.0, Lease("me", 5.0))
+    eng.close()
+    env = lmdb.open(str(path), subdir=False, max_dbs=10)
+    with env.begin(write=True) as txn:
+        leased = env.open_db(b"leased", txn=txn)
+        (key,) = [k for k, _ in txn.cursor(db=leased)]
+        txn.delete(key, db=leased)
+    env.close()
+    eng = LMDBEngine(path)
+    try:
+        with pytest.raises(CorruptError, match="vanished"):
+            eng.expire("q", 6.0)
+    finally:
+        eng.close()
