@@ -154,13 +154,16 @@ def test_peek_and_move_do_not_load_the_delayed_records(tmp_path: Path) -> None:
 
 
 def _as_format_1(path: Path) -> None:
-    """Rewrite a spoolq LMDB file as the format 1 layout: no delayed_ids, lease_ends and
-    lease_owners sub-databases."""
+    """Rewrite a spoolq LMDB file as the format 1 layout: no delayed_ids and lease_owners
+    sub-databases, and queue rows without their soonest lease end."""
     env = lmdb.open(str(path), subdir=False, max_dbs=10)
     try:
         with env.begin(write=True) as txn:
-            for name in (b"delayed_ids", b"lease_ends", b"lease_owners"):
+            for name in (b"delayed_ids", b"lease_owners"):
                 txn.drop(env.open_db(name, txn=txn), delete=True)
+            queues = env.open_db(b"queues", txn=txn)
+            for key, value in list(txn.cursor(db=queues)):
+                txn.put(key, value[:36], db=queues)
             txn.put(b"format_version", b"1", db=env.open_db(b"meta", txn=txn))
     finally:
         env.close()
@@ -189,7 +192,7 @@ def test_a_format_1_file_is_read_as_it_is_and_upgraded_when_opened_for_writing(
         eng = LMDBEngine(path)
     try:
         assert eng.get_meta("format_version") == b"3"
-        assert any("upgraded from format 1 to 3 (2 delayed records and 0 leases indexed)"
+        assert any("upgraded from format 1 to 3 (2 delayed records indexed, 0 leases counted)"
                    in r.getMessage()
                    for r in caplog.records)
         assert [r.data for r in eng.peek("q", 10)] == [b"a", b"b", b"c", b"d"]

@@ -124,8 +124,10 @@ def _lengthen_owners(path: Path, owner: str) -> None:
     env = lmdb.Environment(str(path), subdir=False, max_dbs=10)
     try:
         with env.begin(write=True) as txn:
-            for name in (b"lease_ends", b"lease_owners"):
-                txn.drop(env.open_db(name, txn=txn), delete=True)
+            txn.drop(env.open_db(b"lease_owners", txn=txn), delete=True)
+            queues = env.open_db(b"queues", txn=txn)
+            for key, value in list(txn.cursor(db=queues)):
+                txn.put(key, value[:36], db=queues)  # the row of format 2
             txn.put(b"format_version", b"2", db=env.open_db(b"meta", txn=txn))
             leased = env.open_db(b"leased", txn=txn)
             for key, value in list(txn.cursor(db=leased)):

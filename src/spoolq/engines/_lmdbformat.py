@@ -7,6 +7,7 @@ cursor walks a queue's records by id.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,24 +21,24 @@ from ._checks import MAX_OWNER_BYTES, as_queue_name, checked_owner
 from .base import Lease, StoredRecord
 
 __all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_NAME", "MAX_OWNER", "QUEUE", "U32",
-           "U64", "UNTIL", "V1_DB_NAMES", "V2_DB_NAMES", "QueueRow", "held_by", "lease_head",
+           "U64", "V1_DB_NAMES", "V2_DB_NAMES", "QueueRow", "held_by", "lease_head",
            "lease_reader", "name_key", "new_name_key", "owner_key", "pack", "pack_new_many",
-           "sortable_time", "translate", "unpack", "unpack_leased", "unpack_plain",
-           "until_key", "with_attempts"]
+           "queue_row", "translate", "unpack", "unpack_leased", "unpack_plain",
+           "with_attempts"]
 
 DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids",
-            b"lease_ends", b"lease_owners")
+            b"lease_owners")
 #: The sub-databases of a format 1 file, which has no ``delayed_ids`` index yet.
 V1_DB_NAMES = DB_NAMES[:6]
-#: Those of a format 2 file, which has no ``lease_ends`` and ``lease_owners`` yet.
+#: Those of a format 2 file, which has no ``lease_owners`` yet.
 V2_DB_NAMES = DB_NAMES[:7]
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 KEY = struct.Struct(">IQ")  # queue number, record id
 MAX_ID = (1 << 64) - 1  # the largest id a key holds
 DELAYED = struct.Struct(">IdQ")  # queue number, visible_at (positive doubles sort as bytes), id
-UNTIL = struct.Struct(">IQQ")  # queue number, sortable_time(until), id: a lease's end
-QUEUE = struct.Struct(">Iqqqq")  # number, ready, leased, stored bytes, raw bytes
+QUEUE = struct.Struct(">Iqqqqd")  # number, ready, leased, stored bytes, raw bytes, soonest
+_QUEUE_2 = struct.Struct(">Iqqqq")  # the row of formats 1 and 2, without soonest
 _RECORD = struct.Struct(">QIdi")  # raw size, attempts, enqueued_at, reason length (-1: None)
 _LEASE = struct.Struct(">dH")  # until, owner length
 _ATTEMPTS = struct.Struct(">I")
@@ -47,16 +48,29 @@ _new_record = partial(tuple.__new__, StoredRecord)  # without the generated __ne
 
 @dataclass(slots=True)
 class QueueRow:
-    """A queue's number (its key prefix) and counts, as kept in the ``queues`` sub-database."""
+    """A queue's number (its key prefix) and counts, as kept in the ``queues`` sub-database,
+    and ``soonest``: no lease of the queue ends before it (format 3; -inf in a row of an
+    earlier format, which tells nothing), so an ``expire`` before then has nothing to read.
+    Takes lower it; an ``expire`` that reads the leases sets it to the earliest end left."""
 
     number: int
     ready: int = 0
     leased: int = 0
     stored: int = 0
     raw: int = 0
+    soonest: float = math.inf
 
     def packed(self) -> bytes:
-        return QUEUE.pack(self.number, self.ready, self.leased, self.stored, self.raw)
+        return QUEUE.pack(self.number, self.ready, self.leased, self.stored, self.raw,
+                          self.soonest if self.leased else math.inf)
+
+
+def queue_row(value: bytes) -> QueueRow:
+    """The row stored as ``value``; :class:`struct.error` if it is neither of the layouts."""
+    if len(value) == _QUEUE_2.size:
+        number, ready, leased, stored, raw = _QUEUE_2.unpack(value)
+        return QueueRow(number, ready, leased, stored, raw, -math.inf)
+    return QueueRow(*QUEUE.unpack(value))
 
 
 MAX_NAME = 511  # the longest key LMDB takes (its default MDB_MAXKEYSIZE), so queue name
@@ -144,18 +158,17 @@ def lease_reader(owner: bytes) -> struct.Struct:
     return struct.Struct(f">dH{len(owner)}sQIdi")
 
 
-def held_by(value: bytes, owner: bytes,
-            reader: struct.Struct) -> tuple[int, int, int, float] | None:
-    """(attempts, raw size, stored data size, lease's end) of a leased record's value if
-    ``owner`` (read with ``reader`` from :func:`lease_reader`) holds it, else None. Reads
-    only the headers."""
+def held_by(value: bytes, owner: bytes, reader: struct.Struct) -> tuple[int, int, int] | None:
+    """(attempts, raw size, stored data size) of a leased record's value if ``owner``
+    (read with ``reader`` from :func:`lease_reader`) holds it, else None. Reads only
+    the headers."""
     try:
-        until, owner_len, holder, raw_size, attempts, _, reason_len = reader.unpack_from(value)
+        _, owner_len, holder, raw_size, attempts, _, reason_len = reader.unpack_from(value)
     except struct.error:
         return None  # shorter than any record leased by this owner
     if owner_len != len(owner) or holder != owner:
         return None
-    return attempts, raw_size, len(value) - reader.size - max(reason_len, 0), until
+    return attempts, raw_size, len(value) - reader.size - max(reason_len, 0)
 
 
 def unpack_leased(path: str, ident: int, value: bytes) -> tuple[str, float, StoredRecord]:
@@ -167,23 +180,6 @@ def unpack_leased(path: str, ident: int, value: bytes) -> tuple[str, float, Stor
     except (struct.error, UnicodeDecodeError) as exc:
         raise CorruptError(f"{path}: the lease of record {ident} is damaged") from exc
     return owner, until, unpack(path, ident, value[start + owner_len:])
-
-
-_DOUBLE_BITS = struct.Struct(">d")
-_SIGN = 1 << 63
-
-
-def sortable_time(t: float) -> int:
-    """A 64-bit number that orders as the float ``t`` does (NaN excepted): its bits, with
-    the sign bit set for a positive number and every bit flipped for a negative one."""
-    bits: int = U64.unpack(_DOUBLE_BITS.pack(t + 0.0))[0]  # + 0.0: -0.0 is 0.0
-    return bits ^ MAX_ID if bits & _SIGN else bits | _SIGN
-
-
-def until_key(number: int, until: float, ident: int) -> bytes:
-    """The key in ``lease_ends`` of record ``ident`` of queue ``number``, leased until
-    ``until``: a cursor walks a queue's leases by their end."""
-    return UNTIL.pack(number, sortable_time(until), ident)
 
 
 def owner_key(number: int, owner: bytes) -> tuple[bytes, bytes]:

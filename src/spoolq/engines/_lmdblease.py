@@ -9,6 +9,7 @@ transaction of the store.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -17,7 +18,7 @@ from ..errors import CorruptError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
 from ._checks import as_max_attempts, as_text, check_expire, int_deliveries
-from ._lmdbleaseends import LeaseBook
+from ._lmdbowners import LeaseOwners
 from .base import StoredRecord, dead_queue_name, refuse_nan
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class LeaseSettling:
 
         def _index(self) -> Db: ...
 
-        def _leases(self) -> LeaseBook: ...
+        def _leases(self) -> LeaseOwners: ...
 
         def _write(self, what: str, body: Callable[[Txn], T]) -> T: ...
 
@@ -70,7 +71,6 @@ class LeaseSettling:
             if q is None or not deliveries:
                 return []
             done: list[int] = []
-            book = self._leases()
             cur = txn.cursor(self._leased)
             key, number, held_by, reader = fmt.KEY.pack, q.number, fmt.held_by, \
                 fmt.lease_reader(holder)
@@ -89,9 +89,8 @@ class LeaseSettling:
                     done.append(ident)
                     q.raw -= held[1]
                     q.stored -= held[2]
-                    book.drop(txn, number, held[3], ident)
             if done:
-                book.count(txn, number, holder, -len(done))
+                self._leases().count(txn, number, holder, -len(done))
                 q.leased -= len(done)
                 self._save(txn, queue, q)
             return done
@@ -118,9 +117,8 @@ class LeaseSettling:
 
     def _held(self, txn: Txn, q: fmt.QueueRow, deliveries: Sequence[tuple[int, int]],
               owner: str) -> Iterator[StoredRecord]:
-        """Delete and yield the leased records among ``deliveries`` that ``owner`` holds,
-        and their leases."""
-        book = self._leases()
+        """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
+        owners = self._leases()
         for ident, attempts in int_deliveries(deliveries):
             try:
                 key = fmt.KEY.pack(q.number, ident)
@@ -129,11 +127,10 @@ class LeaseSettling:
             value = txn.get(key, db=self._leased)
             if value is None:
                 continue
-            holder, until, rec = self._leased_record(ident, value)
+            holder, _, rec = self._leased_record(ident, value)
             if holder == owner and rec.attempts == attempts:
                 txn.delete(key, db=self._leased)
-                book.drop(txn, q.number, until, ident)
-                book.count(txn, q.number, owner.encode(), -1)
+                owners.count(txn, q.number, owner.encode(), -1)
                 yield rec
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
@@ -166,47 +163,48 @@ class LeaseSettling:
             q = self._queue(txn, queue)
             if q is None or not q.leased:
                 return 0
-            book = self._leases()
-            gone = wanted & book.held(txn, q.number).keys()
-            count, start = 0, b""
+            held = self._leases()
+            gone = wanted & held.held(txn, q.number).keys()
+            if not gone and not q.soonest <= now:
+                return 0  # no lease has ended (or now is NaN): nothing to read
+            count, start, soonest = 0, b"", math.inf
             while True:
                 # A chunk of due leases at a time: memory holds their keys, not the records.
-                if gone:  # every lease of the queue is read to find those of gone owners
-                    due = self._ended(txn, q.number, now, gone, start)
-                else:  # only those that ended, through lease_ends
-                    due = [fmt.KEY.pack(q.number, ident)
-                           for ident in sorted(book.due(txn, q.number, now, walk.CHUNK))]
-                held: list[str] = []
+                due, earliest = self._ended(txn, q.number, now, gone, start)
+                soonest = min(soonest, earliest)
+                holders: list[str] = []
                 for key in due:
                     popped = txn.pop(key, db=self._leased)
                     if popped is None:
                         raise CorruptError(f"{self.path}: leased record {key.hex()} vanished")
-                    ident = fmt.KEY.unpack(key)[1]
-                    holder, until, rec = self._leased_record(ident, popped)
-                    book.drop(txn, q.number, until, ident)
-                    held.append(holder)
+                    holder, until, rec = self._leased_record(fmt.KEY.unpack(key)[1], popped)
+                    holders.append(holder)
                     self._unlease(txn, queue, q, rec, 0.0, max_attempts, True,
                                   "lease expired" if until <= now else "owner died")
-                book.uncount(txn, q.number, held)
+                held.uncount(txn, q.number, holders)
                 count += len(due)
                 if len(due) < walk.CHUNK:
                     break
                 start = due[-1]
-            if count:
-                self._save(txn, queue, q)
+            q.soonest = soonest  # every lease left was read: none ends before it
+            self._save(txn, queue, q)
             return count
 
         return self._write("expire", body)
 
     def _ended(self, txn: Txn, number: int, now: float, gone: set[str],
-               start: bytes) -> list[bytes]:
+               start: bytes) -> tuple[list[bytes], float]:
         """Keys of up to a chunk of queue ``number``'s leased records, from ``start`` on,
-        whose lease ended by ``now`` or whose owner is in ``gone``."""
+        whose lease ended by ``now`` or whose owner is in ``gone``; and the earliest end of
+        the others read."""
         due: list[bytes] = []
+        earliest = math.inf
         for key, value in walk.prefixed(txn, self._leased, number, start):
             holder, until, _ = self._leased_record(fmt.KEY.unpack(key)[1], value)
             if until <= now or holder in gone:
                 due.append(key)
                 if len(due) == walk.CHUNK:
                     break
-        return due
+            elif until < earliest:
+                earliest = until
+        return due, earliest

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
 from ._checks import as_queue_name, checked_ids
-from ._lmdbleaseends import LeaseBook
+from ._lmdbowners import LeaseOwners
 from .base import StoredRecord
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class Maintaining:
 
         def _index(self) -> Db: ...
 
-        def _leases(self) -> LeaseBook: ...
+        def _leases(self) -> LeaseOwners: ...
 
         def _write(self, what: str, body: Callable[[Txn], T]) -> T: ...
 

@@ -1,6 +1,6 @@
 """Opening an LMDB queue file: refusing what is not one, creating a new one, and
 upgrading a file of an earlier format to format 3 (format 1 has no ``delayed_ids``
-index, formats 1 and 2 no ``lease_ends`` and ``lease_owners``)."""
+index, formats 1 and 2 no ``lease_owners`` and no ``soonest`` in their queue rows)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import lmdb
 from ..errors import ConfigurationError, CorruptError, EngineError, FormatError
 from . import _lmdbformat as fmt
 from . import _lmdbwalk as walk
-from ._lmdbleaseends import LeaseBook, index_leases
+from ._lmdbowners import LeaseOwners, count_leases
 from .base import FORMAT_VERSION
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ __all__ = ["Layout", "check_options", "check_whole", "cover_free_tail", "lock_he
 log = logging.getLogger("spoolq")
 
 _APPLICATION = b"spoolq"
-# Format 2 added the delayed_ids sub-database, format 3 lease_ends and lease_owners; a
+# Format 2 added the delayed_ids sub-database, format 3 lease_owners and soonest; a
 # file of an earlier format is upgraded when opened for writing, and read as it is when
 # opened read-only.
 _FORMAT = b"3"
@@ -58,8 +58,8 @@ class Layout:
     leased: Db
     #: ``delayed_ids``; None for a format 1 file opened read-only.
     ids: Db | None
-    #: ``lease_ends`` and ``lease_owners``; None for a file of format 1 or 2 opened read-only.
-    book: LeaseBook | None
+    #: ``lease_owners``; None for a file of format 1 or 2 opened read-only.
+    owners: LeaseOwners | None
 
 
 def check_options(map_size: object, max_readers: object) -> None:
@@ -294,20 +294,19 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
                 return -1, -1  # another process upgraded it first
             delays = walk.index_delayed(txn, delayed, env.open_db(b"delayed_ids", txn=txn)) \
                 if found == _FORMAT_1 else 0
-            book = LeaseBook(env.open_db(b"lease_ends", txn=txn),
-                             env.open_db(b"lease_owners", txn=txn))
-            leases = index_leases(txn, leased, book, path)
+            leases = count_leases(txn, leased,
+                                  LeaseOwners(env.open_db(b"lease_owners", txn=txn)), path)
             txn.put(b"format_version", _FORMAT, db=meta)
             return delays, leases
 
         delays, leases = write("upgrade", upgrade)
         if delays >= 0:
-            log.info("spoolq: %s: upgraded from format %s to %s (%d delayed records and %d "
-                     "leases indexed)", path, version.decode(), _FORMAT.decode(), delays,
+            log.info("spoolq: %s: upgraded from format %s to %s (%d delayed records indexed, "
+                     "%d leases counted)", path, version.decode(), _FORMAT.decode(), delays,
                      leases)
     ids = _open_db(env, path, b"delayed_ids")
-    book = LeaseBook(_open_db(env, path, b"lease_ends"), _open_db(env, path, b"lease_owners"))
-    return Layout(meta, counters, queues, ready, delayed, leased, ids, book)
+    owners = LeaseOwners(_open_db(env, path, b"lease_owners"))
+    return Layout(meta, counters, queues, ready, delayed, leased, ids, owners)
 
 
 def _open_db(env: lmdb.Environment, path: str, name: bytes) -> Db:

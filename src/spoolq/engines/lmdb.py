@@ -2,30 +2,31 @@
 
 Layout. ``path`` is the data file itself (LMDB's ``subdir=False``), so a queue is one
 file like an SQLite one; LMDB keeps its reader table in ``<path>-lock`` beside it. The
-file holds nine named sub-databases: ``meta`` (``application``, ``format_version``,
+file holds eight named sub-databases: ``meta`` (``application``, ``format_version``,
 codec settings); ``counters`` (the id and queue-number counters); ``queues`` (queue
-name -> its number and its counts, changed in the same transaction as the records, so
-:meth:`counts` is O(1) and right across processes); ``ready`` (queue number (4 bytes) +
-record id (8 bytes, big-endian) -> record, so a cursor walks a queue in FIFO order);
-``delayed`` (queue number + visible_at + id -> record released with a delay: each
-``take`` first moves the ones now due back to ``ready``, stopping at the first that is
-not, so a delayed record at the head never makes a take scan the queue); ``leased``
-(queue number + id -> lease (until, owner) + record); ``delayed_ids`` (queue number + id
--> the record's key in ``delayed``, so ``peek`` and ``move`` walk delayed records in id
-order with a cursor; format 2); ``lease_ends`` and ``lease_owners`` (the leases by their
-end, and each owner's count, format 3: see :mod:`._lmdbleaseends`). A file of an earlier
-format is upgraded when opened for writing.
-Ids come from one counter for the whole file, written in the same transaction as the
-records: they only grow and are never reused.
+name -> its number, its counts and the earliest end of its leases, changed in the same
+transaction as the records, so :meth:`counts` is O(1) and right across processes);
+``ready`` (queue number (4 bytes) + record id (8 bytes, big-endian) -> record, so a
+cursor walks a queue in FIFO order); ``delayed`` (queue number + visible_at + id ->
+record released with a delay: each ``take`` first moves the ones now due back to
+``ready``, stopping at the first that is not, so a delayed record at the head never
+makes a take scan the queue); ``leased`` (queue number + id -> lease (until, owner) +
+record); ``delayed_ids`` (queue number + id -> the record's key in ``delayed``, so
+``peek`` and ``move`` walk delayed records in id order with a cursor; format 2);
+``lease_owners`` (how many records each owner holds; format 3, with the earliest lease
+end: see :mod:`._lmdbowners`). A file of an earlier format is upgraded when opened for
+writing. Ids come from one counter for the whole file, written in the same transaction
+as the records: they only grow and are never reused.
 
 Costs. Each call is one LMDB transaction; readers never block the writer or each other,
 and writers from every process take turns on LMDB's own lock. ``take``, ``ack`` and
-``append`` are O(log n) per record; ``expire`` reads the leases that ended (and every
-lease of the queue when given owners that hold some), ``owners`` one entry per owner,
-``peek_leased`` the leased records up to the last it returns. Records are read through
-cursors, never all at once. The map (LMDB's view of the file) doubles whenever a write
-does not fit; the file grows only with the data, and freed pages are reused. What each
-``durability`` keeps through a crash or a power cut: docs/engines.md.
+``append`` are O(log n) per record; ``expire`` reads nothing before the queue's earliest
+lease end, and every lease of the queue after it (or when given owners that hold some),
+``owners`` one entry per owner, ``peek_leased`` the leased records up to the last it
+returns. Records are read through cursors, never all at once. The map (LMDB's view of
+the file) doubles whenever a write does not fit; the file grows only with the data, and
+freed pages are reused. What each ``durability`` keeps through a crash or a power cut:
+docs/engines.md.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ from ._checks import (
     meta_key_bytes,
 )
 from ._lmdblease import LeaseSettling
-from ._lmdbleaseends import LeaseBook
 from ._lmdbmaintain import Maintaining
+from ._lmdbowners import LeaseOwners
 from ._shared import SharedEngine, check_directory
 from .base import (
     Counts,
@@ -117,7 +118,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
             raise
         self._meta, self._counters, self._queues = layout.meta, layout.counters, layout.queues
         self._ready, self._delayed, self._leased = layout.ready, layout.delayed, layout.leased
-        self._ids, self._book = layout.ids, layout.book
+        self._ids, self._owners = layout.ids, layout.owners
 
     def _environment(self, map_size: int) -> lmdb.Environment:
         """The environment; without LMDB's lock for a reader that cannot use it."""
@@ -151,13 +152,12 @@ class _LMDBStore(LeaseSettling, Maintaining):
             raise EngineError(f"{self.path}: format 1 file opened read-only cannot be written")
         return self._ids
 
-    def _leases(self) -> LeaseBook:
-        """The ``lease_ends`` and ``lease_owners`` sub-databases, which every writable
-        handle has."""
-        if self._book is None:
+    def _leases(self) -> LeaseOwners:
+        """The ``lease_owners`` sub-database, which every writable handle has."""
+        if self._owners is None:
             raise EngineError(f"{self.path}: a file of an earlier format opened read-only "
                               "cannot be written")
-        return self._book
+        return self._owners
 
     # ---- transactions and errors --------------------------------------------------------
 
@@ -237,7 +237,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
         if value is None:
             return None
         try:
-            return fmt.QueueRow(*fmt.QUEUE.unpack(value))
+            return fmt.queue_row(value)
         except struct.error as exc:
             raise CorruptError(f"{self.path}: the counts of queue {name!r} are damaged") from exc
 
@@ -338,7 +338,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
                 more = cur.delete()
             if leased:
                 txn.cursor(self._leased).putmulti(leased)
-                self._leases().add(txn, until, owner, [key for key, _ in leased])
+                self._leases().count(txn, q.number, owner, len(leased))
+                q.soonest = min(q.soonest, until)
             if out:
                 q.ready -= len(out)
                 if lease is None:
@@ -433,8 +434,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
         def body(txn: Txn) -> dict[str, int]:
             q = self._queue(txn, queue)
             held: dict[str, int] = {}
-            if q is not None and q.leased and self._book is not None:
-                return self._book.held(txn, q.number)
+            if q is not None and q.leased and self._owners is not None:
+                return self._owners.held(txn, q.number)
             if q is not None and q.leased:  # a file of an earlier format, opened read-only
                 for key, value in walk.prefixed(txn, self._leased, q.number):
                     holder = self._leased_record(fmt.KEY.unpack(key)[1], value)[0]
