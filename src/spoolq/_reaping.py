@@ -20,6 +20,10 @@ __all__ = ["Reaping"]
 log = logging.getLogger("spoolq")
 
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
+_SHARE = 20
+"""A reap or a look for dead owners that took t seconds waits at least ``_SHARE * t``
+before the next: with very many leases (or a slow server) they take at most about a
+twentieth of the handle's time, and of the engine's write lock."""
 _EXACT_UP_TO = 10_000
 """Dead letters a reap reads past to tell its own from those other handles add meanwhile;
 beyond that it counts every one added, up to the leases it released."""
@@ -69,9 +73,12 @@ class Reaping:
             # Leases of a dead process of this host come back now, as at an open.
             self._next_owner_check = tick + _OWNER_CHECK
             dead_owners = self._dead_owners()
+            self._next_owner_check = _spaced(tick, self._next_owner_check)
         dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
+        start = time.monotonic()
         released = self.engine.expire(self.name, now, owners=dead_owners,
                                       max_attempts=max_attempts)
+        self._next_reap = _spaced(start, self._next_reap)
         if released:
             self._refresh_locked()
             died = 0 if max_attempts is None else self._reaped_dead(dead_before, released)
@@ -107,3 +114,10 @@ class Reaping:
                         "%d of them are counted as its own: %s", self.name, added - read, exc)
             died += added - read
         return min(died, released)
+
+
+def _spaced(start: float, due: float) -> float:
+    """When a periodic engine call that began at ``start`` (on the monotonic clock) and
+    ends now runs next: at ``due``, or later when the call took long (see :data:`_SHARE`)."""
+    end = time.monotonic()
+    return max(due, end + (_SHARE - 1) * (end - start))
