@@ -377,7 +377,7 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
                 self.max_one = min(max(args["max_reply"], MIN_MAX_REPLY), _MAX_LENGTH)
                 self.max_reply = min(self.max_one, self.server.max_frame)
             self._write(encode_reply(req.id, {
-                "server": f"spoolq {_version()}", "version": VERSION,
+                "server": f"spoolq {_version()}", "version": self.sans.version or VERSION,
                 "engine": self.server.engine.name, "max_frame": self.server.max_frame,
                 "time": time.time()}))
             return
