@@ -210,6 +210,18 @@ def test_client_and_server_state_machines_talk_with_pipelined_replies() -> None:
                                                   (id_a, [])]
 
 
+@pytest.mark.parametrize(("frame_type", "body", "message"), [
+    (FrameType.ERROR, [4, "no"], "ERROR frame from the server whose body is a list, not a map"),
+    (FrameType.REQUEST, {"op": "counts"}, f"unexpected frame type {int(FrameType.REQUEST)}"),
+])
+def test_client_names_what_was_wrong_with_a_frame_it_cannot_take(
+        frame_type: FrameType, body: object, message: str) -> None:
+    client = ClientProtocol()
+    client.start(None)
+    with pytest.raises(ProtocolError, match=message):
+        client.receive_data(preamble() + encode_frame(frame_type, 1, body))
+
+
 def test_client_refuses_a_server_of_an_older_protocol_version() -> None:
     with pytest.raises(ProtocolError, match="speaks protocol version 1"):
         ClientProtocol().receive_data(preamble(1))

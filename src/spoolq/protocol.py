@@ -869,6 +869,9 @@ class ClientProtocol:
                 replies.append(Reply(frame.id, error=error_for(
                     code if _is_int(code) else ErrorCode.INTERNAL,  # type: ignore[arg-type]
                     str(message))))
+            elif frame.type == _ERROR:
+                raise ProtocolError(f"an ERROR frame from the server whose body is a "
+                                    f"{type(body).__name__}, not a map")
             else:
                 raise ProtocolError(f"unexpected frame type {frame.type} from the server")
         return replies
