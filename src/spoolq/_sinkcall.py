@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import time
@@ -123,12 +124,33 @@ async def _thread_outcome(future: concurrent.futures.Future[object]) -> object:
     interrupted) wait for it to end, through further cancellations, and return its
     result: as an async sink that returns when cancelled, it took the batch."""
     try:
-        return await asyncio.wrap_future(future)
+        await _ended(future)
     except asyncio.CancelledError:
         if future.cancel():  # not begun (or cancelled already): it never runs
-            raise  # (cancelled by its pool's shutdown too: a failed flush)
-    await _wait_out(asyncio.wrap_future(future))
+            raise
+        await _wait_out(_ended(future))
+    if future.cancelled():  # by its pool's shutdown, say: a failed flush
+        raise RuntimeError("the concurrent.futures.Future on_flush returned was cancelled")
+    # Read here, not passed on through an asyncio future, which refuses a StopIteration
+    # (the thread's next() on an empty iterator, say) and would never end.
     return future.result()
+
+
+def _ended(future: concurrent.futures.Future[object]) -> asyncio.Future[None]:
+    """An asyncio future that ends (with None) once ``future`` has ended, however."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def mark() -> None:
+        if not ended.done():  # (cancelled when its awaiting was)
+            ended.set_result(None)
+
+    def on_done(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: no one waits
+            loop.call_soon_threadsafe(mark)
+
+    future.add_done_callback(on_done)
+    return ended
 
 
 async def _contained(sending: Awaitable[object], run: _SinkRun) -> BaseException | None:
