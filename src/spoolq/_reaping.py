@@ -21,9 +21,11 @@ log = logging.getLogger("spoolq")
 
 _OWNER_CHECK = 2.0  # seconds between looks for leases of dead processes on this host
 _SHARE = 20
-"""A reap or a look for dead owners that took t seconds waits at least ``_SHARE * t``
-before the next: with very many leases (or a slow server) they take at most about a
-twentieth of the handle's time, and of the engine's write lock."""
+"""A reap or a look for dead owners that took t seconds, as did the one before it, waits
+at least ``_SHARE * t`` before the next: with very many leases (or a slow server) they
+take at most about a twentieth of the handle's time, and of the engine's write lock. One
+slow answer alone spaces nothing: it may have waited for another process's long write
+transaction, or for this process while it was stopped, which the next need not."""
 _EXACT_UP_TO = 10_000
 """Dead letters a reap reads past to tell its own from those other handles add meanwhile;
 beyond that it counts every one added, up to the leases it released."""
@@ -49,6 +51,9 @@ class Reaping:
     _dead: int
     _next_reap: float
     _next_owner_check: float
+    # How long the last reap's expire and the last look for dead owners took (see _SHARE).
+    _reap_took: float = 0.0
+    _owner_check_took: float = 0.0
     # Defined by QueueCore and its other parts.
     _refresh_locked: Callable[..., Counts]
     _finished: Callable[[int], None]
@@ -73,12 +78,13 @@ class Reaping:
             # Leases of a dead process of this host come back now, as at an open.
             self._next_owner_check = tick + _OWNER_CHECK
             dead_owners = self._dead_owners()
-            self._next_owner_check = _spaced(tick, self._next_owner_check)
+            self._next_owner_check, self._owner_check_took = _spaced(
+                tick, self._next_owner_check, self._owner_check_took)
         dead_before = 0 if max_attempts is None else self.engine.counts(self.dead_name).ready
         start = time.monotonic()
         released = self.engine.expire(self.name, now, owners=dead_owners,
                                       max_attempts=max_attempts)
-        self._next_reap = _spaced(start, self._next_reap)
+        self._next_reap, self._reap_took = _spaced(start, self._next_reap, self._reap_took)
         if released:
             self._refresh_locked()
             died = 0 if max_attempts is None else self._reaped_dead(dead_before, released)
@@ -116,8 +122,10 @@ class Reaping:
         return min(died, released)
 
 
-def _spaced(start: float, due: float) -> float:
+def _spaced(start: float, due: float, took_before: float) -> tuple[float, float]:
     """When a periodic engine call that began at ``start`` (on the monotonic clock) and
-    ends now runs next: at ``due``, or later when the call took long (see :data:`_SHARE`)."""
+    ends now runs next: at ``due``, or later when it and the one before, which took
+    ``took_before`` seconds, both took long (see :data:`_SHARE`); and how long it took."""
     end = time.monotonic()
-    return max(due, end + (_SHARE - 1) * (end - start))
+    took = end - start
+    return max(due, end + (_SHARE - 1) * min(took, took_before)), took
