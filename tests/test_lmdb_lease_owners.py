@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import struct
 from pathlib import Path
 
 import lmdb
@@ -131,5 +132,94 @@ def test_a_format_2_file_is_read_as_it_is_and_its_leases_counted_when_opened_for
         assert eng.owners("q") == {}
         assert sorted(r.id for r in eng.take("q", 5, 20.0, None)) == sorted(
             [r.id for r in early] + [4])
+    finally:
+        eng.close()
+
+
+def _as_an_earlier_release(path: Path, owner: str, until: float, acked: int,
+                           acker: str) -> None:
+    """Do in ``path`` what a process of the release before format 3, which opened the
+    file before it was upgraded, does: lease queue q's two oldest ready records to
+    ``owner`` and ack record ``acked`` that ``acker`` holds, writing q's row in the
+    layout of format 2 and leaving ``lease_owners`` as it is."""
+    env = lmdb.open(str(path), subdir=False, max_dbs=10)
+    try:
+        with env.begin(write=True) as txn:
+            queues, ready, leased = (env.open_db(name, txn=txn)
+                                     for name in (b"queues", b"ready", b"leased"))
+            number, n_ready, n_leased, stored, raw = struct.unpack_from(
+                ">Iqqqq", txn.get(b"q", db=queues))
+            prefix = struct.pack(">I", number)
+            cur = txn.cursor(db=ready)
+            assert cur.set_range(prefix)
+            for _ in range(2):
+                key, value = cur.item()
+                assert key.startswith(prefix)
+                value = value[:8] + struct.pack(">I", 1) + value[12:]  # attempts 1
+                txn.put(key, struct.pack(">dH", until, len(owner)) + owner.encode() + value,
+                        db=leased)
+                cur.delete()
+            gone = txn.pop(struct.pack(">IQ", number, acked), db=leased)
+            assert gone is not None
+            assert gone[10:10 + struct.unpack_from(">dH", gone)[1]] == acker.encode()
+            size = len(gone) - 10 - len(acker.encode()) - 24  # header 24 bytes, no reason
+            txn.put(b"q", struct.pack(">Iqqqq", number, n_ready - 2, n_leased + 1,
+                                      stored - size, raw - 1), db=queues)
+    finally:
+        env.close()
+
+
+def test_leases_an_earlier_release_took_and_acked_in_a_format_3_file_are_counted_again(
+        tmp_path: Path) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    try:
+        eng.append("q", [b"a", b"b", b"c", b"d", b"e"], [1] * 5, 1.0)
+        early = eng.take("q", 2, 1.0, Lease("early", 100.0))
+    finally:
+        eng.close()
+    # A process of the earlier release leases two records until 10 and acks one of those
+    # "early" holds: the counts say nothing of it.
+    _as_an_earlier_release(path, "older", 10.0, early[0].id, "early")
+
+    reader = LMDBEngine(path, read_only=True)
+    try:
+        assert reader.owners("q") == {"early": 1, "older": 2}
+    finally:
+        reader.close()
+    eng = LMDBEngine(path)
+    try:
+        assert eng.owners("q") == {"early": 1, "older": 2}
+        assert eng.expire("q", 5.0, owners=["older"]) == 2  # its process died
+        assert eng.owners("q") == {"early": 1}
+        again = eng.take("q", 2, 5.0, Lease("later", 10.0))
+        assert eng.expire("q", 9.0) == 0
+        assert eng.expire("q", 10.0) == 2  # the leases of "later" ended
+        assert eng.owners("q") == {"early": 1}
+        assert eng.ack("q", [(early[1].id, 1)], "early") == [early[1].id]
+        assert eng.owners("q") == {}
+        assert eng.counts("q").leased == 0
+        assert len(again) == 2
+    finally:
+        eng.close()
+
+
+def test_a_stale_row_is_counted_again_at_its_queue_s_next_write(tmp_path: Path) -> None:
+    path = tmp_path / "q.lmdb"
+    eng = LMDBEngine(path)
+    try:
+        eng.append("q", [b"a", b"b", b"c", b"d", b"e"], [1] * 5, 1.0)
+        early = eng.take("q", 2, 1.0, Lease("early", 100.0))
+    finally:
+        eng.close()
+    _as_an_earlier_release(path, "older", 10.0, early[0].id, "early")
+    eng = LMDBEngine(path)
+    try:
+        # A put rewrites the row: the leases of "older" are counted then, and the end of
+        # theirs is the queue's earliest, which an expire without owners must not miss.
+        eng.append("q", [b"f"], [1], 2.0)
+        assert eng.owners("q") == {"early": 1, "older": 2}
+        assert eng.expire("q", 10.0) == 2
+        assert eng.owners("q") == {"early": 1}
     finally:
         eng.close()

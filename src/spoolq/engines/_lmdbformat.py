@@ -49,9 +49,12 @@ _new_record = partial(tuple.__new__, StoredRecord)  # without the generated __ne
 @dataclass(slots=True)
 class QueueRow:
     """A queue's number (its key prefix) and counts, as kept in the ``queues`` sub-database,
-    and ``soonest``: no lease of the queue ends before it (format 3; -inf in a row of an
-    earlier format, which tells nothing), so an ``expire`` before then has nothing to read.
-    Takes lower it; an ``expire`` that reads the leases sets it to the earliest end left."""
+    and ``soonest``: no lease of the queue ends before it (format 3), so an ``expire``
+    before then has nothing to read. Takes lower it; an ``expire`` that reads the leases
+    sets it to the earliest end left. ``stale``: the row has the layout of formats 1 and 2,
+    without ``soonest`` (-inf, which tells nothing): a process of an earlier release that
+    opened the file before it was upgraded wrote it, and may have taken or settled leases
+    that ``lease_owners`` does not count."""
 
     number: int
     ready: int = 0
@@ -59,6 +62,7 @@ class QueueRow:
     stored: int = 0
     raw: int = 0
     soonest: float = math.inf
+    stale: bool = False
 
     def packed(self) -> bytes:
         return QUEUE.pack(self.number, self.ready, self.leased, self.stored, self.raw,
@@ -69,7 +73,7 @@ def queue_row(value: bytes) -> QueueRow:
     """The row stored as ``value``; :class:`struct.error` if it is neither of the layouts."""
     if len(value) == _QUEUE_2.size:
         number, ready, leased, stored, raw = _QUEUE_2.unpack(value)
-        return QueueRow(number, ready, leased, stored, raw, -math.inf)
+        return QueueRow(number, ready, leased, stored, raw, -math.inf, stale=True)
     return QueueRow(*QUEUE.unpack(value))
 
 

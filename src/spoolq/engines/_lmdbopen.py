@@ -295,7 +295,8 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
             delays = walk.index_delayed(txn, delayed, env.open_db(b"delayed_ids", txn=txn)) \
                 if found == _FORMAT_1 else 0
             leases = count_leases(txn, leased,
-                                  LeaseOwners(env.open_db(b"lease_owners", txn=txn)), path)
+                                  LeaseOwners(env.open_db(b"lease_owners", txn=txn)), queues,
+                                  path)
             txn.put(b"format_version", _FORMAT, db=meta)
             return delays, leases
 

@@ -2,15 +2,20 @@
 (queue number + owner) -> how many of the queue's records that owner holds, so ``owners``
 reads one entry per owner rather than every leased record. An owner too long for a key,
 which only an earlier version stored, is keyed by its SHA-256 and follows the count in
-the value. The counts change in the transaction that changes ``leased``.
+the value. The counts change in the transaction that changes ``leased``; a queue whose
+row a process of an earlier release wrote (see :class:`~._lmdbformat.QueueRow`) is counted
+anew at its next write.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from . import _lmdbformat as fmt
+from . import _lmdbwalk as walk
 
 if TYPE_CHECKING:
     import lmdb
@@ -70,13 +75,38 @@ class LeaseOwners:
             more = cur.delete()
 
 
-def count_leases(txn: Txn, leased: Db, owners: LeaseOwners, path: str) -> int:
+    def recount(self, txn: Txn, leased: Db, q: fmt.QueueRow, path: str) -> None:
+        """Count queue ``q``'s leases anew from its leased records, and set its
+        ``soonest`` to their earliest end: its row is ``stale``."""
+        self.clear(txn, q.number)
+        tally: dict[str, int] = {}
+        soonest = math.inf
+        for key, value in walk.prefixed(txn, leased, q.number):
+            owner, until, _ = fmt.unpack_leased(path, fmt.KEY.unpack(key)[1], value)
+            tally[owner] = tally.get(owner, 0) + 1
+            soonest = min(soonest, until)
+        for owner, n in tally.items():
+            self.count(txn, q.number, owner.encode(), n)
+        q.soonest, q.stale = soonest, False
+
+
+def count_leases(txn: Txn, leased: Db, owners: LeaseOwners, queues: Db, path: str) -> int:
     """Fill ``owners`` from every leased record (a file of an earlier format has no such
-    counts); return how many there are."""
+    counts), and give every queue row its ``soonest``; return how many leases there are."""
     entries = 0
+    soonest: dict[int, float] = {}
     for key, value in txn.cursor(leased):
         number, ident = fmt.KEY.unpack(key)
-        owner, _, _ = fmt.unpack_leased(path, ident, value)
+        owner, until, _ = fmt.unpack_leased(path, ident, value)
         owners.count(txn, number, owner.encode(), 1)
+        soonest[number] = min(soonest.get(number, math.inf), until)
         entries += 1
+    for name, value in list(txn.cursor(queues)):  # a row per queue: no record
+        try:
+            q = fmt.queue_row(value)
+        except struct.error:
+            continue  # damaged: reading the queue says so
+        if q.stale:
+            q.soonest, q.stale = soonest.get(q.number, math.inf), False
+            txn.put(name, q.packed(), db=queues)
     return entries

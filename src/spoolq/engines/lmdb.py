@@ -249,6 +249,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
         return fmt.QueueRow(self._bump(txn, b"next_queue", 1))
 
     def _save(self, txn: Txn, name: str, q: fmt.QueueRow) -> None:
+        if q.stale:
+            self._leases().recount(txn, self._leased, q, self.path)
         txn.put(name.encode(), q.packed(), db=self._queues)
 
     def _bump(self, txn: Txn, counter: bytes, by: int) -> int:
@@ -434,9 +436,9 @@ class _LMDBStore(LeaseSettling, Maintaining):
         def body(txn: Txn) -> dict[str, int]:
             q = self._queue(txn, queue)
             held: dict[str, int] = {}
-            if q is not None and q.leased and self._owners is not None:
+            if q is not None and q.leased and self._owners is not None and not q.stale:
                 return self._owners.held(txn, q.number)
-            if q is not None and q.leased:  # a file of an earlier format, opened read-only
+            if q is not None and q.leased:  # a row an earlier release wrote: see QueueRow
                 for key, value in walk.prefixed(txn, self._leased, q.number):
                     holder = self._leased_record(fmt.KEY.unpack(key)[1], value)[0]
                     held[holder] = held.get(holder, 0) + 1
