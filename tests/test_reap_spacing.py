@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import spoolq
+import spoolq._reaping
 from spoolq.engines import Engine, Lease, open_engine
 
 
@@ -93,5 +96,23 @@ def test_quick_reaps_keep_their_interval(tmp_path: Path) -> None:
             with contextlib.suppress(spoolq.Empty):
                 q.get(timeout=0.2)
         assert len(slow.expires) >= 3, slow.expires  # every 0.5 s: 5 of them
+    finally:
+        q.close()
+
+
+def test_a_slow_reap_puts_off_the_next_by_at_most_the_longest_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spoolq._reaping, "_LONGEST_WAIT", 0.3)
+    q, slow = _queue_with_a_held_lease(tmp_path, 0.1, time.time() + 600)
+    try:
+        assert q.get(timeout=1) == "other"
+        slow.expires.clear()
+        start = time.monotonic()
+        while time.monotonic() - start < 3.0:
+            with contextlib.suppress(spoolq.Empty):
+                q.get(timeout=0.2)
+        # Each takes 0.1 s and the next comes 0.5 s (the usual interval) after the last
+        # began, not 1.9 s after it ended.
+        assert len(slow.expires) >= 4, slow.expires
     finally:
         q.close()

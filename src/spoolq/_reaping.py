@@ -25,7 +25,11 @@ _SHARE = 20
 at least ``_SHARE * t`` before the next: with very many leases (or a slow server) they
 take at most about a twentieth of the handle's time, and of the engine's write lock. One
 slow answer alone spaces nothing: it may have waited for another process's long write
-transaction, or for this process while it was stopped, which the next need not."""
+transaction, or for this process while it was stopped, which the next need not. The wait
+is at most :data:`_LONGEST_WAIT`."""
+_LONGEST_WAIT = 30.0
+"""The longest a slow reap puts off the next, so a lease that ran out comes back at most
+about that much late however slow the engine's answers."""
 _EXACT_UP_TO = 10_000
 """Dead letters a reap reads past to tell its own from those other handles add meanwhile;
 beyond that it counts every one added, up to the leases it released."""
@@ -128,4 +132,4 @@ def _spaced(start: float, due: float, took_before: float) -> tuple[float, float]
     ``took_before`` seconds, both took long (see :data:`_SHARE`); and how long it took."""
     end = time.monotonic()
     took = end - start
-    return max(due, end + (_SHARE - 1) * min(took, took_before)), took
+    return max(due, end + min((_SHARE - 1) * min(took, took_before), _LONGEST_WAIT)), took
