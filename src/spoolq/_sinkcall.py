@@ -21,7 +21,8 @@ __all__ = ["call_sink", "in_sink"]
 
 
 class _SinkRun:
-    """One call of an async on_flush: its Batcher, and whether the sink still runs."""
+    """One call of on_flush: its Batcher, and whether the sink (or what a plain one
+    returned) still runs."""
 
     __slots__ = ("batcher", "running")
 
@@ -32,15 +33,15 @@ class _SinkRun:
 
 _sink_run: contextvars.ContextVar[_SinkRun | None] = contextvars.ContextVar(
     "spoolq_batcher_in_sink", default=None)
-"""The call of an async on_flush this context (the sink's task, or a task it started)
+"""The call of on_flush this context (an async sink's task, or a task the sink started)
 belongs to, if any."""
 
 
 def in_sink(batcher: object) -> bool:
-    """Whether this runs inside an async on_flush of ``batcher`` (or a task it started)
-    while that sink has not returned: its flush waits for the sink, so a flush awaited
-    here would wait for ever. A task the sink started that runs on after it returned is
-    like any other."""
+    """Whether this runs inside an on_flush of ``batcher`` (or a task it started) while
+    that sink, or what a plain one returned, has not ended: its flush waits for the sink,
+    so a flush awaited here would wait for ever. A task the sink started that runs on
+    after it ended is like any other."""
     run = _sink_run.get()
     return run is not None and run.batcher is batcher and run.running
 
@@ -58,28 +59,36 @@ async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], dead
     further cancellations too. :class:`TakenThenCancelled` when the call was cancelled
     but the sink returned: it took the batch.
     """
-    try:
-        result = on_flush(batch)
-    except asyncio.CancelledError as exc:
-        # Raised by a plain sink itself: nothing was awaited, so nothing cancelled us.
-        raise RuntimeError("on_flush raised CancelledError") from exc
-    if inspect.isgenerator(result) or inspect.isasyncgen(result):
-        if inspect.isgenerator(result):
-            result.close()
-        else:
-            await result.aclose()
-        raise TypeError("on_flush returned a generator, which would send nothing")
-    if isinstance(result, concurrent.futures.Future):
-        # Work handed to a thread pool: its outcome, not the handing, decides the batch.
-        result = _thread_outcome(result)
-    if not inspect.isawaitable(result):
-        return
     run = _SinkRun(batcher)
-    token = _sink_run.set(run)  # in the context the sink's task copies
+    # Set while the sink is called too, so that a task a plain one starts (and returns,
+    # say) belongs to this call as one an async sink's task starts does: else a flush()
+    # or stop() it awaited would wait for the call that awaits it, until the deadline.
+    token = _sink_run.set(run)
+    sending: asyncio.Future[BaseException | None] | None = None
     try:
-        sending = asyncio.ensure_future(_contained(result, run))
+        try:
+            result = on_flush(batch)
+        except asyncio.CancelledError as exc:
+            # Raised by a plain sink itself: nothing was awaited, so nothing cancelled us.
+            raise RuntimeError("on_flush raised CancelledError") from exc
+        if isinstance(result, concurrent.futures.Future):
+            # Work handed to a thread pool: its outcome, not the handing, decides the batch.
+            result = _thread_outcome(result)
+        if inspect.isawaitable(result) and not (inspect.isgenerator(result)
+                                                or inspect.isasyncgen(result)):
+            sending = asyncio.ensure_future(_contained(result, run))  # copies the context
     finally:
         _sink_run.reset(token)
+        if sending is None:
+            run.running = False  # returned (or raised): what it started is like any task
+    if sending is None:
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            if inspect.isgenerator(result):
+                result.close()
+            else:
+                await result.aclose()
+            raise TypeError("on_flush returned a generator, which would send nothing")
+        return
     cancelled: asyncio.CancelledError | None = None
     try:
         await asyncio.wait((sending,), timeout=max(deadline - time.monotonic(), 0.0))
