@@ -3,10 +3,15 @@ ends with it: the batch is acked or given back, and the Batcher stops."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+
+from spoolq import Batcher
 
 # A pool thread whose work raises StopIteration (next() on an empty iterator, say), on the
 # Batcher's first flush only; prints what flush() returned, the stats and what is left.
@@ -44,3 +49,38 @@ def test_work_that_raises_stopiteration_in_a_pool_thread_fails_its_flush(
     assert done.stdout.splitlines() == [
         "flush False", "failures 1 flushes 0", "left [1, 2, 3]",
         "received [[1, 2, 3], [1, 2, 3]]"]
+
+
+async def test_a_pool_thread_that_outlives_the_lease_may_share_its_batch_with_another_batcher(
+        tmp_path: Path) -> None:
+    # The flush waits for the thread past the deadline, but nothing extends the lease:
+    # once it has run out, another Batcher on the file leases the batch while the thread
+    # still sends it, and the flush that waited fails (its nack finds the lease gone).
+    events: list[tuple[str, list[int]]] = []
+    path = str(tmp_path / "q.sqlite")
+
+    def slow(batch: list[int]) -> None:
+        events.append(("thread began", batch))
+        time.sleep(1.5)  # a thread cannot be interrupted
+        events.append(("thread ended", batch))
+
+    async def other(batch: list[int]) -> None:
+        events.append(("other Batcher", batch))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        a = Batcher(lambda batch: pool.submit(slow, batch), queue=path, flush_interval=60,
+                    lease_ttl=0.4)
+        b = Batcher(other, queue=path, flush_interval=0.05)
+        await a.start()
+        await a.add_many([1, 2])
+        flushing = asyncio.ensure_future(a.flush())
+        while not events:
+            await asyncio.sleep(0.01)
+        await b.start()
+        assert await asyncio.wait_for(flushing, 10) is False
+        await b.stop()
+        await a.stop()
+    assert events == [("thread began", [1, 2]), ("other Batcher", [1, 2]),
+                      ("thread ended", [1, 2])]
+    assert a.stats["failures"] == 1 and a.stats["flushes"] == 0
+    assert b.stats["flushes"] == 1
