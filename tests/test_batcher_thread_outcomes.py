@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from spoolq import Batcher
 
 # A pool thread whose work raises StopIteration (next() on an empty iterator, say), on the
@@ -84,3 +86,28 @@ async def test_a_pool_thread_that_outlives_the_lease_may_share_its_batch_with_an
                       ("thread ended", [1, 2])]
     assert a.stats["failures"] == 1 and a.stats["flushes"] == 0
     assert b.stats["flushes"] == 1
+
+
+async def test_sys_exit_in_a_pool_thread_gives_the_batch_back_and_leaves_flush(
+        tmp_path: Path) -> None:
+    # As when the future's result() is read, or a run_in_executor future awaited: the
+    # SystemExit reaches the flush's caller, not the failure count.
+    received: list[list[int]] = []
+
+    def send(batch: list[int]) -> None:
+        received.append(list(batch))
+        if len(received) == 1:
+            sys.exit(3)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        b = Batcher(lambda batch: pool.submit(send, batch), queue=str(tmp_path / "q.sqlite"),
+                    flush_interval=60)
+        await b.start()
+        await b.add_many([1, 2])
+        with pytest.raises(SystemExit):
+            await b.flush()
+        assert b.stats["failures"] == 0 and b.stats["flushes"] == 0
+        assert b.queue.stats["leased"] == 0  # back in its place at once
+        assert await b.queue.peek(5) == [1, 2]
+        await b.stop()
+    assert received == [[1, 2], [1, 2]]
