@@ -153,18 +153,19 @@ def test_peek_and_move_do_not_load_the_delayed_records(tmp_path: Path) -> None:
         eng.close()
 
 
-def _as_format_1(path: Path) -> None:
-    """Rewrite a spoolq LMDB file as the format 1 layout: no delayed_ids and lease_owners
-    sub-databases, and queue rows without their soonest lease end."""
+def as_earlier_format(path: Path, version: int) -> None:
+    """Rewrite a spoolq LMDB file as the layout of format ``version`` (1 or 2): without
+    the lease_owners sub-database (and for 1 delayed_ids), and with queue rows without
+    their earliest lease end."""
     env = lmdb.open(str(path), subdir=False, max_dbs=10)
     try:
         with env.begin(write=True) as txn:
-            for name in (b"delayed_ids", b"lease_owners"):
+            for name in (b"delayed_ids", b"lease_owners")[version - 1:]:
                 txn.drop(env.open_db(name, txn=txn), delete=True)
             queues = env.open_db(b"queues", txn=txn)
             for key, value in list(txn.cursor(db=queues)):
                 txn.put(key, value[:36], db=queues)
-            txn.put(b"format_version", b"1", db=env.open_db(b"meta", txn=txn))
+            txn.put(b"format_version", str(version).encode(), db=env.open_db(b"meta", txn=txn))
     finally:
         env.close()
 
@@ -176,7 +177,7 @@ def test_a_format_1_file_is_read_as_it_is_and_upgraded_when_opened_for_writing(
     ids = eng.append("q", [b"a", b"b", b"c", b"d"], [1] * 4, 1.0)
     _delay_all(eng, "q", 2, 50.0)  # a and b wait until 50
     eng.close()
-    _as_format_1(path)
+    as_earlier_format(path, 1)
     before = path.read_bytes()
 
     reader = LMDBEngine(path, read_only=True)

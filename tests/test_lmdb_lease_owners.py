@@ -16,6 +16,8 @@ import pytest
 
 from spoolq.engines import Engine, Lease, LMDBEngine, MemoryEngine
 
+from .test_lmdb_engine import as_earlier_format
+
 _OWNERS = ["a", "b", "ünï", "o" * 448]
 _ENDS = [-math.inf, -5.0, -0.0, 0.0, 1.0, 2.5, 10.0, 1e300, math.inf]
 
@@ -85,21 +87,6 @@ def test_expire_and_owners_agree_with_the_memory_engine_through_random_changes(
         lm.close()
 
 
-def _as_format_2(path: Path) -> None:
-    """Rewrite a spoolq LMDB file as the format 2 layout: no count of its leases, and
-    queue rows without their earliest lease end."""
-    env = lmdb.open(str(path), subdir=False, max_dbs=10)
-    try:
-        with env.begin(write=True) as txn:
-            txn.drop(env.open_db(b"lease_owners", txn=txn), delete=True)
-            queues = env.open_db(b"queues", txn=txn)
-            for key, value in list(txn.cursor(db=queues)):
-                txn.put(key, value[:36], db=queues)
-            txn.put(b"format_version", b"2", db=env.open_db(b"meta", txn=txn))
-    finally:
-        env.close()
-
-
 def test_a_format_2_file_is_read_as_it_is_and_its_leases_counted_when_opened_for_writing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "q.lmdb"
@@ -108,7 +95,7 @@ def test_a_format_2_file_is_read_as_it_is_and_its_leases_counted_when_opened_for
     early = eng.take("q", 2, 1.0, Lease("early", 10.0))
     late = eng.take("q", 1, 1.0, Lease("late", 50.0))
     eng.close()
-    _as_format_2(path)
+    as_earlier_format(path, 2)
     before = path.read_bytes()
 
     reader = LMDBEngine(path, read_only=True)

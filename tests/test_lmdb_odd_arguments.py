@@ -18,6 +18,8 @@ from spoolq import FormatError
 from spoolq.engines import Lease, LMDBEngine
 from spoolq.engines._checks import MAX_OWNER_BYTES
 
+from .test_lmdb_engine import as_earlier_format
+
 
 def test_a_move_onto_its_own_queue_moves_each_record_once(tmp_path: Path) -> None:
     """A move of a queue's ids onto that queue gives the moved records new ids: an id
@@ -121,14 +123,10 @@ def test_a_lease_owner_longer_than_every_engine_takes_is_refused_by_name(
 def _lengthen_owners(path: Path, owner: str) -> None:
     """Give every lease of the file ``owner``, as a take of a version before the limit
     stored it: in a format 2 file, which has no index of its leases."""
+    as_earlier_format(path, 2)
     env = lmdb.Environment(str(path), subdir=False, max_dbs=10)
     try:
         with env.begin(write=True) as txn:
-            txn.drop(env.open_db(b"lease_owners", txn=txn), delete=True)
-            queues = env.open_db(b"queues", txn=txn)
-            for key, value in list(txn.cursor(db=queues)):
-                txn.put(key, value[:36], db=queues)  # the row of format 2
-            txn.put(b"format_version", b"2", db=env.open_db(b"meta", txn=txn))
             leased = env.open_db(b"leased", txn=txn)
             for key, value in list(txn.cursor(db=leased)):
                 until, length = struct.unpack_from(">dH", value)
