@@ -42,6 +42,14 @@ class SlowLeaseCalls:
         return getattr(self._inner, name)
 
 
+def _wait_in_gets(q: spoolq.SyncQueue[Any], seconds: float) -> None:
+    """Wait ``seconds`` in gets on an empty queue, which reap as they wait."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        with contextlib.suppress(spoolq.Empty):
+            q.get(timeout=0.2)
+
+
 def _queue_with_a_held_lease(tmp_path: Path, delay: float, until: float
                              ) -> tuple[spoolq.SyncQueue[Any], SlowLeaseCalls]:
     path = tmp_path / "q.sqlite"
@@ -63,10 +71,7 @@ def test_slow_reaps_are_spaced_to_a_twentieth_of_the_time(tmp_path: Path) -> Non
         assert q.get(timeout=1) == "other"
         slow.expires.clear()
         slow.owner_looks.clear()
-        start = time.monotonic()
-        while time.monotonic() - start < 4.0:
-            with contextlib.suppress(spoolq.Empty):
-                q.get(timeout=0.2)
+        _wait_in_gets(q, 4.0)
         # Every 0.5 s (and owners every 2 s) with quick answers; a 0.1 s answer waits
         # about 2 s (19 times as long) before the next.
         assert 1 <= len(slow.expires) <= 3, slow.expires
@@ -91,10 +96,7 @@ def test_quick_reaps_keep_their_interval(tmp_path: Path) -> None:
     try:
         assert q.get(timeout=1) == "other"
         slow.expires.clear()
-        start = time.monotonic()
-        while time.monotonic() - start < 2.5:
-            with contextlib.suppress(spoolq.Empty):
-                q.get(timeout=0.2)
+        _wait_in_gets(q, 2.5)
         assert len(slow.expires) >= 3, slow.expires  # every 0.5 s: 5 of them
     finally:
         q.close()
@@ -107,10 +109,7 @@ def test_a_slow_reap_puts_off_the_next_by_at_most_the_longest_wait(
     try:
         assert q.get(timeout=1) == "other"
         slow.expires.clear()
-        start = time.monotonic()
-        while time.monotonic() - start < 3.0:
-            with contextlib.suppress(spoolq.Empty):
-                q.get(timeout=0.2)
+        _wait_in_gets(q, 3.0)
         # Each takes 0.1 s and the next comes 0.5 s (the usual interval) after the last
         # began, not 1.9 s after it ended.
         assert len(slow.expires) >= 4, slow.expires
