@@ -258,7 +258,8 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
     """The sub-databases of ``env``, after checking it is a spoolq queue file of a known
     format; a file of an earlier format is upgraded first unless ``read_only``.
     ``write(what, body)`` runs ``body`` in a write transaction (the engine's, which grows
-    the map)."""
+    the map). :class:`lmdb.MapResizedError` when another process grew the map since
+    ``env`` was opened: adopt its size (``env.set_mapsize(0)``) and call it again."""
     foreign = f"{path} is an LMDB file but not a spoolq queue file"
     try:
         if read_only:
@@ -274,6 +275,8 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
         with env.begin() as txn:
             application = txn.get(b"application", db=meta)
             version = txn.get(b"format_version", db=meta)
+    except lmdb.MapResizedError:
+        raise  # the caller adopts the map another process grew, and opens it again
     except lmdb.Error as exc:
         raise fmt.translate(exc, path, "open") from exc
     if application != _APPLICATION:
@@ -317,6 +320,8 @@ def _open_db(env: lmdb.Environment, path: str, name: bytes) -> Db:
     except lmdb.NotFoundError as exc:
         raise FormatError(f"{path} is a spoolq LMDB queue file without its {name.decode()} "
                           "sub-database") from exc
+    except lmdb.MapResizedError:
+        raise
     except lmdb.Error as exc:
         raise fmt.translate(exc, path, "open") from exc
 

@@ -112,7 +112,15 @@ class _LMDBStore(LeaseSettling, Maintaining):
         self._psize = self._env.stat()["psize"]
         self._covered = 0  # pages the file was last seen to hold (it only grows)
         try:
-            layout = opening.open_layout(self._env, self.path, self._read_only, self._write)
+            for _ in range(_MAX_GROWTH):
+                try:
+                    layout = opening.open_layout(self._env, self.path, self._read_only,
+                                                 self._write)
+                    break
+                except lmdb.MapResizedError:
+                    self._env.set_mapsize(0)  # another process grew the map meanwhile
+            else:
+                raise EngineError(f"{self.path}: open failed: the map kept being resized")
         except BaseException:
             self._env.close()
             raise
