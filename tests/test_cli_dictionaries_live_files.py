@@ -144,3 +144,34 @@ def test_the_dictionaries_are_loaded_again_once_for_each_number_missed(
         eng.close()
     assert [d.status for d in decoded] == ["ok"] * SAMPLE_COUNT + ["damaged"] * 5
     assert counting.loads == 2
+
+
+class _DictionaryReadFailsOnce(_CountingDictionaryReads):
+    """A real engine whose second load of the dictionaries fails, as a lost connection
+    makes it."""
+
+    def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
+        if queue == DICTIONARY_QUEUE and n >= 255 and self.loads == 1:
+            self.loads += 1
+            raise spoolq.EngineError("the connection to the server was lost")
+        return super().peek(queue, n, offset)
+
+
+def test_a_failed_load_of_the_dictionaries_is_tried_again_by_the_next_record(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "live.sqlite")
+    with spoolq.SyncQueue.create(path, compressor="zstd-dict") as q:
+        q.put_many(_items(SAMPLE_COUNT - 1))  # one sample short of a dictionary
+        eng = open_engine(path, read_only=True)
+        try:
+            failing = _DictionaryReadFailsOnce(eng)
+            decoder = Decoder(failing)  # type: ignore[arg-type]
+            q.put_many(_items(1, start=SAMPLE_COUNT - 1))  # the writer trains dictionary 1
+            q.put_many(_items(300, start=SAMPLE_COUNT))  # compressed with it
+            tail = [rec for rec in eng.peek("default", 100_000)
+                    if record_dictionary(rec.data) == 1][:2]
+            first, second = (decoder.decode(rec) for rec in tail)
+        finally:
+            eng.close()
+    assert first.status == "damaged" and "could not be read" in first.note
+    assert second.status == "ok"

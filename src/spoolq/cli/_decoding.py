@@ -104,13 +104,13 @@ class Decoder:
                 raise self._absent(rec, number) from None
         # A writer appends a dictionary before any record compressed with it, so a load
         # now gives every dictionary the records read so far can need.
-        self._reloaded_for.add(number)
         try:
             load_dictionaries(self._engine, "", self._codec)
-        except SpoolqError as exc:
+        except SpoolqError as exc:  # the next record that needs it loads them again
             raise CorruptError(f"record {rec.id} needs zstd dictionary {number}, and the "
                                f"file's dictionaries could not be read: {one_line(exc)}"
                                ) from exc
+        self._reloaded_for.add(number)
         try:
             return self._codec.decode(rec.data, rec.id)
         except MissingDictionary:
