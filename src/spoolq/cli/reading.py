@@ -5,7 +5,8 @@ Each opens the file with ``read_only=True`` and leaves its bytes unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import click
@@ -307,14 +308,22 @@ class _Verification:
             self.problem(f"{name}: the stored count says {counts.ready} ready records, "
                          f"{ready[0]} were read")
         elif isinstance(eng, SupportsPeekLeased):
-            pages = ([lr.record for lr in page]
-                     for page in iter_leased_pages(eng, name, chunk=chunk))
+            holders: Counter[str] = Counter()
+
+            def records(page: list[LeasedRecord]) -> list[StoredRecord]:
+                holders.update(lr.owner for lr in page)
+                return [lr.record for lr in page]
+
+            pages = map(records, iter_leased_pages(eng, name, chunk=chunk))
             leased = self._check_records(name, "leased ", pages, decoder, row, advance)
             row["leased_read"] = leased[0]
             sizes = (sizes[0] + leased[1], sizes[1] + leased[2])
             if leased[0] != counts.leased:
                 self.problem(f"{name}: the stored count says {counts.leased} leased records, "
                              f"{leased[0]} were read")
+            elif (held := eng.owners(name)) != holders:
+                self.problem(f"{name}: the stored lease owners say {_owners_text(held)}, the "
+                             f"leased records were read as {_owners_text(holders)}")
         all_read = ready[0] == counts.ready and counts.leased in (0, row["leased_read"])
         # The sizes of records the engine could not read are not known.
         if all_read and name not in self.unread and sizes != (counts.stored_bytes,
@@ -353,6 +362,10 @@ class _Verification:
             read += len(page)
             advance(len(page))
         return read, stored, raw
+
+
+def _owners_text(held: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} held by {owner!r}" for owner, n in sorted(held.items())) or "none"
 
 
 @click.command(short_help="Read and check every record; exit 1 when damaged.")
