@@ -694,7 +694,7 @@ class ServerProtocol:
                         "--tls-cert): does its URL say tls=1 or ca= by mistake?")
                 self._head.clear()
                 raise self._fail(refused) from None
-            data = bytes(self._head[PREAMBLE.size:])
+            data = self._head[PREAMBLE.size:]
             self._head.clear()
             self.version = min(version, VERSION)
             self.outbox += encode_preamble(self.version)
@@ -702,6 +702,11 @@ class ServerProtocol:
                 refused = ProtocolError(f"protocol version {version} is not supported")
                 self.outbox += encode_error(0, ErrorCode.UNSUPPORTED_VERSION, str(refused))
                 raise refused
+        if not self.authenticated:
+            self._head += data
+            data = self._authenticate()
+            if not self.authenticated:
+                return []
         try:
             frames = self.decoder.feed(data)
         except ProtocolError as exc:
@@ -711,35 +716,49 @@ class ServerProtocol:
             request = self._frame(frame)
             if request is not None:
                 requests.append(request)
-        if not self.authenticated:
-            self._check_unauthenticated()
         return requests
 
-    def _check_unauthenticated(self) -> None:
-        """Refuse the frame being received before authentication as soon as its header
-        shows it is not a small AUTH frame, rather than read it whole first."""
-        header = self.decoder.pending_header()
-        if header is None:
-            return
-        length, ftype, ident = header
-        if ftype != FrameType.AUTH:
-            raise self._fail(AuthenticationError("the server requires a token"), ident)
-        if length > MAX_AUTH_FRAME:
-            raise self._fail(FrameTooLarge(
-                f"an AUTH frame of {length} bytes exceeds the limit of {MAX_AUTH_FRAME}"), ident)
+    def _authenticate(self) -> bytearray:
+        """Read the AUTH frames held in ``_head`` until one is accepted; return the bytes
+        after it (nothing while the client has not authenticated).
+
+        Each frame is judged by its header alone, before its body is read, and frame by
+        frame, so the answer does not depend on how the bytes were cut into reads: a frame
+        of another type gets code 4 (whatever its length), an AUTH frame above
+        :data:`MAX_AUTH_FRAME` (or the server's ``max_frame``) code 2, each with its id."""
+        head = self._head
+        limit = min(MAX_AUTH_FRAME, self.decoder.max_frame)
+        while len(head) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(head)
+            if length < 5:
+                head.clear()
+                raise self._fail(ProtocolError(
+                    f"a frame length of {length} is shorter than its header"))
+            if len(head) < HEADER.size:
+                break
+            ftype, ident = _TYPE_ID.unpack_from(head, _LENGTH.size)
+            if ftype != FrameType.AUTH:
+                head.clear()
+                raise self._fail(AuthenticationError("the server requires a token"), ident)
+            if length > limit:
+                head.clear()
+                raise self._fail(FrameTooLarge(
+                    f"an AUTH frame of {length} bytes exceeds the limit of {limit}"), ident)
+            if len(head) < 4 + length:
+                break
+            frame = Frame(ftype, ident, bytes(head[HEADER.size:4 + length]))
+            del head[:4 + length]
+            self._frame(frame)
+            if self.authenticated:
+                rest = head[:]
+                head.clear()
+                return rest
+        return bytearray()
 
     def _frame(self, frame: Frame) -> Request | None:
-        if not self.authenticated and frame.type != FrameType.AUTH:
-            # as _check_unauthenticated answers it when its header arrives first
-            raise self._fail(AuthenticationError("the server requires a token"), frame.id)
         if frame.id == 0:
             raise self._fail(ProtocolError("request id 0 is reserved"))
         if frame.type == FrameType.AUTH:
-            if not self.authenticated and 5 + len(frame.body) > MAX_AUTH_FRAME:
-                # arrived whole at once: refused as it is when its header comes first
-                raise self._fail(FrameTooLarge(
-                    f"an AUTH frame of {5 + len(frame.body)} bytes exceeds the limit of "
-                    f"{MAX_AUTH_FRAME}"), frame.id)
             try:
                 body = decode_body(frame)
             except ProtocolError as exc:
