@@ -824,10 +824,20 @@ class ClientProtocol:
         return ident
 
     def start(self, token: str | None) -> tuple[bytes, list[int]]:
-        """The opening bytes (preamble, auth when a token is given) and the ids to await."""
+        """The opening bytes (preamble, auth when a token is given) and the ids to await.
+
+        :class:`ConfigurationError` for a token that is no UTF-8 text (it holds a lone
+        surrogate, as an environment variable of other bytes gives): the frame carries text."""
         out = encode_preamble()
         ids = []
         if token is not None:
+            try:
+                if isinstance(token, str):
+                    token.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigurationError(
+                    "the token is not text UTF-8 can hold (it has a lone surrogate, as a "
+                    "token read from bytes of another encoding has); give it as text") from None
             ident = self._id()
             out += encode_frame(FrameType.AUTH, ident, {"token": token})
             ids.append(ident)
