@@ -263,3 +263,16 @@ def test_a_frame_of_exactly_max_frame_is_read_and_one_byte_more_refused() -> Non
                 if answer == ERROR:
                     assert (ident, reply["code"]) == (0, 2)
                     assert c.at_end()
+
+
+def test_a_restored_record_goes_back_to_its_place_by_id(client: SpecClient) -> None:
+    """Behind a record of a smaller id that came back after the take (a released lease),
+    ahead of those appended after it."""
+    q, owner = "spec-restore-place", "host:1:2:abc"
+    client.call("append", queue=q, records=[b"a", b"b", b"c"], sizes=[1, 1, 1], now=1)
+    leased = client.call("take", queue=q, n=1, now=2, lease=[owner, 100.0])
+    taken = client.call("take", queue=q, n=1, now=2)
+    client.call("release", queue=q, deliveries=[[leased[0], leased[3]]], owner=owner,
+                not_before=0, count_attempt=False)
+    client.call("restore", queue=q, records=taken)
+    assert [r[1] for r in _records(client.call("peek", queue=q, n=5))] == [b"a", b"b", b"c"]
