@@ -52,7 +52,8 @@ __all__ = [
     "MAX_QUEUE_BYTES", "MIN_MAX_REPLY", "NOT_TLS_REASONS", "OPS", "VERSION", "WRITE_OPS",
     "BadRequest", "ClientProtocol",
     "ErrorCode", "Frame", "FrameDecoder", "FrameTooLarge", "FrameType",
-    "ProtocolError", "Reply", "ReplyTooLarge", "Request", "ServerProtocol", "code_for",
+    "ProtocolError", "Reply", "ReplyTooLarge", "Request", "ServerProtocol", "VersionMismatch",
+    "code_for",
     "decode_body", "decode_counts", "decode_leased", "decode_records", "encode_error",
     "encode_frame", "encode_leased", "encode_preamble", "encode_records", "encode_reply",
     "error_for", "ids_reply_size", "max_ids", "parse_preamble", "parse_request",
@@ -91,6 +92,11 @@ MAX_ID = 2**32 - 1
 
 class ProtocolError(EngineError):
     """The peer broke the wire protocol (or the connection ended mid-frame)."""
+
+
+class VersionMismatch(ConfigurationError, ProtocolError):
+    """The server speaks no protocol version this client does (or the reverse): one of
+    them needs upgrading, a setting to fix rather than an outage to wait out."""
 
 
 class FrameTooLarge(ProtocolError):
@@ -181,7 +187,7 @@ _CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (TypeError, ErrorCode.VALUE),
 )
 _CLASSES: dict[int, Callable[[str], Exception]] = {
-    ErrorCode.UNSUPPORTED_VERSION: ProtocolError, ErrorCode.TIMEOUT: ProtocolError,
+    ErrorCode.UNSUPPORTED_VERSION: VersionMismatch, ErrorCode.TIMEOUT: ProtocolError,
     ErrorCode.INTERNAL: EngineError, ErrorCode.SERVER_STOPPING: ClosedError,
     **{code: cls for cls, code in reversed(_CODES) if issubclass(cls, Exception)},
 }
@@ -880,11 +886,11 @@ class ClientProtocol:
                 return []
             version = parse_preamble(bytes(self._head[:PREAMBLE.size]))
             if version < MIN_VERSION:
-                raise ProtocolError(f"the server speaks protocol version {version}; this "
-                                    f"client needs version {MIN_VERSION} or later")
+                raise VersionMismatch(f"the server speaks protocol version {version}; this "
+                                      f"client needs version {MIN_VERSION} or later")
             if version > VERSION:  # the server answers at most the version offered
-                raise ProtocolError(f"the server answered protocol version {version} to a "
-                                    f"client that offered version {VERSION}")
+                raise VersionMismatch(f"the server answered protocol version {version} to a "
+                                      f"client that offered version {VERSION}")
             self.version = version
             data = bytes(self._head[PREAMBLE.size:])
             self._head.clear()

@@ -31,6 +31,7 @@ from ..protocol import (
     NOT_TLS_REASONS,
     ClientProtocol,
     ProtocolError,
+    VersionMismatch,
 )
 from ._remoteurl import DEFAULT_PORT, RemoteAddress, parse_url, url_queue_name
 
@@ -364,6 +365,8 @@ class Link:
                 raise ConnectionLost(f"the spoolq server at {self.where} closed the connection")
             try:
                 replies = self.proto.receive_data(self._view[:got])
+            except VersionMismatch as exc:  # a setting to fix: no outage to wait out
+                raise VersionMismatch(f"the spoolq server at {self.where}: {exc}") from exc
             except ProtocolError as exc:
                 raise ConnectionLost(f"the spoolq server at {self.where} broke the protocol: "
                               f"{exc}") from exc
