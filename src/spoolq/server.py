@@ -67,8 +67,14 @@ class Server:
         if not (stall_timeout > 0 and math.isfinite(stall_timeout)):
             raise ConfigurationError(
                 f"stall_timeout must be a finite number > 0, not {stall_timeout!r}")
-        if token is not None and not token:
-            raise ConfigurationError("the token must not be empty")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ConfigurationError(f"the token must be a non-empty str, not {token!r}")
+        if token is not None:
+            try:
+                token.encode()
+            except UnicodeEncodeError as exc:  # every connection would fail on it
+                raise ConfigurationError("the token cannot be written as UTF-8 (it holds "
+                                         f"{token[exc.start:exc.end]!a})") from exc
         self.engine = engine
         self.token = token
         self.max_frame = max_frame
