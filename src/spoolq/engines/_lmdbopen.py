@@ -75,6 +75,7 @@ def check_options(map_size: object, max_readers: object) -> None:
 
 _MEND_WAIT = 0.5  # seconds a reader waits for a live writer to lengthen a file (see check_whole)
 _CREATING_WAIT = 1.0  # seconds a read-only open waits for a file being created to fill
+_OPEN_TRIES = 40  # opens of the environment while other processes keep growing its map
 
 
 def _check_magic(path: str, read_only: bool) -> None:
@@ -135,6 +136,14 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
     had_lock_file = os.path.lexists(lock_file)
 
     def environment(lock: bool) -> lmdb.Environment:
+        # Opening begins a transaction, which meets MDB_MAP_RESIZED when another process
+        # grew the map after the size was read: opening again reads the grown size.
+        for _ in range(_OPEN_TRIES - 1):
+            with contextlib.suppress(lmdb.MapResizedError):
+                return opened(lock)
+        return opened(lock)
+
+    def opened(lock: bool) -> lmdb.Environment:
         return lmdb.Environment(
             path, subdir=False, readonly=read_only, create=not read_only, sync=sync,
             metasync=metasync, map_size=map_size, max_readers=max_readers,
