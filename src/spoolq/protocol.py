@@ -705,7 +705,10 @@ class ServerProtocol:
             self.version = min(version, VERSION)
             self.outbox += encode_preamble(self.version)
             if version < MIN_VERSION:
-                refused = ProtocolError(f"protocol version {version} is not supported")
+                spoken = (f"version {VERSION}" if MIN_VERSION == VERSION
+                          else f"versions {MIN_VERSION} to {VERSION}")
+                refused = ProtocolError(f"protocol version {version} is not supported: this "
+                                        f"server speaks {spoken}")
                 self.outbox += encode_error(0, ErrorCode.UNSUPPORTED_VERSION, str(refused))
                 raise refused
         if not self.authenticated:

@@ -371,6 +371,10 @@ class Link:
                 raise ConnectionLost(f"the spoolq server at {self.where} broke the protocol: "
                               f"{exc}") from exc
             for reply in replies:
+                if reply.id == 0 and isinstance(reply.error, VersionMismatch):
+                    raise VersionMismatch(f"the spoolq server at {self.where} refused protocol "
+                                          f"version {self.proto.version}, which this client "
+                                          f"speaks: {reply.error}") from reply.error
                 if reply.id == 0 and reply.error is not None:
                     raise reply.error  # about the whole connection: it is being closed
                 if reply.id in self._abandoned:
