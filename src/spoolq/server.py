@@ -415,9 +415,15 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
-    """The token in ``path``, without surrounding whitespace; ConfigurationError if empty."""
-    with open(path, encoding="utf-8") as f:
-        token = f.read().strip()
+    """The token in ``path``, without surrounding whitespace; ConfigurationError if empty
+    or not UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{os.fspath(path)}: the token file is not UTF-8 (byte "
+                                 f"{exc.start} is {data[exc.start:exc.start + 1]!r})") from None
     if not token:
         raise ConfigurationError(f"{os.fspath(path)}: the token file is empty")
     return token
