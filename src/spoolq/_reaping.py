@@ -26,10 +26,11 @@ at least ``_SHARE * t`` before the next: with very many leases (or a slow server
 take at most about a twentieth of the handle's time, and of the engine's write lock. One
 slow answer alone spaces nothing: it may have waited for another process's long write
 transaction, or for this process while it was stopped, which the next need not. The wait
-is at most :data:`_LONGEST_WAIT`."""
+is at most :data:`_LONGEST_WAIT`, so looks longer than ``_LONGEST_WAIT / (_SHARE - 1)``
+take more than that share."""
 _LONGEST_WAIT = 30.0
-"""The longest a slow reap puts off the next, so a lease that ran out comes back at most
-about that much late however slow the engine's answers."""
+"""The longest a slow reap puts off the next, so a lease that ran out comes back late by
+at most that wait and the time the reaps themselves take."""
 _EXACT_UP_TO = 10_000
 """Dead letters a reap reads past to tell its own from those other handles add meanwhile;
 beyond that it counts every one added, up to the leases it released."""
