@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["Layout", "check_options", "check_whole", "cover_free_tail", "lock_held",
-           "no_lock_file_left", "open_environment", "open_layout", "unusable"]
+__all__ = ["Layout", "check_options", "check_whole", "cover_after_commit", "cover_free_tail",
+           "lock_held", "no_lock_file_left", "open_environment", "open_layout", "unusable"]
 
 log = logging.getLogger("spoolq")
 
@@ -75,7 +75,7 @@ def check_options(map_size: object, max_readers: object) -> None:
 
 _MEND_WAIT = 0.5  # seconds a reader waits for a live writer to lengthen a file (see check_whole)
 _CREATING_WAIT = 1.0  # seconds a read-only open waits for a file being created to fill
-_OPEN_TRIES = 40  # opens of the environment while other processes keep growing its map
+_OPEN_TRIES = 40  # opens (of the environment, of its layout) while other processes grow its map
 
 
 def _check_magic(path: str, read_only: bool) -> None:
@@ -209,6 +209,28 @@ def cover_free_tail(env: lmdb.Environment, path: str) -> int:
     return size
 
 
+def cover_after_commit(env: lmdb.Environment, path: str, what: str, covered: int,
+                       psize: int) -> int:
+    """After a commit (of ``what``), :func:`cover_free_tail` when the last page number
+    reached ``covered``, the pages the file was last seen to hold; return what it holds
+    now. Never raises: the commit stands, and a later one (or a writer's open) lengthens
+    a file this could not."""
+    why = "the map kept being resized"
+    for _ in range(_OPEN_TRIES):
+        try:
+            if env.info()["last_pgno"] < covered:
+                return covered
+            return cover_free_tail(env, path) // psize
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # the size another process grew the map to
+        except lmdb.Error as exc:
+            why = str(exc)
+            break
+    log.warning("spoolq: %s: after %s, could not lengthen the file to its last page: %s",
+                path, what, why)
+    return covered
+
+
 def check_whole(env: lmdb.Environment, path: str, *, mend: bool) -> None:
     """CorruptError for a file that ends before its last page: reading a page past the
     end would fault (SIGBUS). A writer killed between a commit and :func:`cover_free_tail`
@@ -267,8 +289,20 @@ def open_layout(env: lmdb.Environment, path: str, read_only: bool,
     """The sub-databases of ``env``, after checking it is a spoolq queue file of a known
     format; a file of an earlier format is upgraded first unless ``read_only``.
     ``write(what, body)`` runs ``body`` in a write transaction (the engine's, which grows
-    the map). :class:`lmdb.MapResizedError` when another process grew the map since
-    ``env`` was opened: adopt its size (``env.set_mapsize(0)``) and call it again."""
+    the map). A map another process grew since ``env`` was opened is adopted."""
+    for _ in range(_OPEN_TRIES):
+        try:
+            return _layout(env, path, read_only, write)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # the size another process grew the map to
+    raise EngineError(f"{path}: open failed: the map kept being resized")
+
+
+def _layout(env: lmdb.Environment, path: str, read_only: bool,
+            write: Callable[[str, Callable[[Txn], tuple[int, int]]], tuple[int, int]],
+            ) -> Layout:
+    """:func:`open_layout`, once: :class:`lmdb.MapResizedError` when another process grew
+    the map since ``env`` was opened."""
     foreign = f"{path} is an LMDB file but not a spoolq queue file"
     try:
         if read_only:

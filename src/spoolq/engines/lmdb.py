@@ -112,15 +112,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
         self._psize = self._env.stat()["psize"]
         self._covered = 0  # pages the file was last seen to hold (it only grows)
         try:
-            for _ in range(_MAX_GROWTH):
-                try:
-                    layout = opening.open_layout(self._env, self.path, self._read_only,
-                                                 self._write)
-                    break
-                except lmdb.MapResizedError:
-                    self._env.set_mapsize(0)  # another process grew the map meanwhile
-            else:
-                raise EngineError(f"{self.path}: open failed: the map kept being resized")
+            layout = opening.open_layout(self._env, self.path, self._read_only, self._write)
         except BaseException:
             self._env.close()
             raise
@@ -175,9 +167,6 @@ class _LMDBStore(LeaseSettling, Maintaining):
             try:
                 with self._env.begin(write=True) as txn:
                     result = body(txn)
-                if self._env.info()["last_pgno"] >= self._covered:
-                    self._covered = opening.cover_free_tail(self._env, self.path) // self._psize
-                return result
             except lmdb.MapFullError:
                 old = self._env.info()["map_size"]
                 self._resize(what, old * 2)
@@ -187,6 +176,10 @@ class _LMDBStore(LeaseSettling, Maintaining):
                 self._resize(what, 0)  # adopt the size another process grew the map to
             except lmdb.Error as exc:
                 raise fmt.translate(exc, self.path, what) from exc
+            else:  # committed: never run body again, whatever the cover meets
+                self._covered = opening.cover_after_commit(self._env, self.path, what,
+                                                           self._covered, self._psize)
+                return result
         raise EngineError(f"{self.path}: {what} did not fit even after growing the map to "
                           f"{self._env.info()['map_size']} bytes")
 
