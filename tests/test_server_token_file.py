@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import spoolq
+from spoolq.server import read_token_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +56,9 @@ def test_a_utf8_token_file_with_other_letters_serves(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(20)
         proc.stdout.close()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes("\ufeffsécret\r\n".encode())  # as Notepad saves it
+    assert read_token_file(token_file) == "sécret"

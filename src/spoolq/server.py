@@ -415,12 +415,12 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
-    """The token in ``path``, without surrounding whitespace; ConfigurationError if empty
-    or not UTF-8."""
+    """The token in ``path``, without surrounding whitespace or a byte order mark (which
+    editors on Windows write); ConfigurationError if empty or not UTF-8."""
     with open(path, "rb") as f:
         data = f.read()
     try:
-        token = data.decode("utf-8").strip()
+        token = data.decode("utf-8-sig").strip()
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"{os.fspath(path)}: the token file is not UTF-8 (byte "
                                  f"{exc.start} is {data[exc.start:exc.start + 1]!r})") from None
