@@ -11,11 +11,8 @@ import heapq
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 from itertools import chain, islice, repeat
-from math import isnan
-from operator import itemgetter
+from math import inf, isnan
 
 from ._checks import (
     MAX_OWNER_BYTES,
@@ -32,6 +29,16 @@ from ._checks import (
     checked_owner,
     checked_size_types,
 )
+from ._memoryqueue import Entry as _Entry
+from ._memoryqueue import QueueState as _Queue
+from ._memoryqueue import data_of as _data
+from ._memoryqueue import hold as _hold
+from ._memoryqueue import id_of as _ident
+from ._memoryqueue import let_go as _let_go
+from ._memoryqueue import new_record as _new_record
+from ._memoryqueue import pop_fresh as _pop_fresh
+from ._memoryqueue import raw_size_of as _raw_size
+from ._memoryqueue import record as _record
 from .base import (
     MAX_RAW_SIZE,
     Counts,
@@ -60,56 +67,12 @@ RecordState = tuple[int, bytes, int, int, float, str | None, str | None, float]
 attempts, enqueued_at, reason, lease owner (None when ready) and visible_at."""
 
 
-@dataclass(slots=True)
-class _Entry:
-    data: bytes
-    raw_size: int
-    attempts: int
-    enqueued_at: float
-    visible_at: float = 0.0
-    owner: str | None = None
-    reason: str | None = None
-
-
-_ident, _data, _raw_size = itemgetter(0), itemgetter(1), itemgetter(2)
-_new_record = partial(tuple.__new__, StoredRecord)
-"""``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
-
-
 def _check_take(n: object, lease: Lease | None) -> None:
     """TypeError for a take's count that is not an int, or a lease owner not a str;
     ValueError for an owner longer than the files hold (see :func:`checked_owner`)."""
     as_int(n, "n")
     if lease is not None:
         checked_owner(lease.owner)
-
-
-def _record(ident: int, e: _Entry) -> StoredRecord:
-    return _new_record((ident, e.data, e.raw_size, e.attempts, e.enqueued_at, e.reason))
-
-
-@dataclass(slots=True)
-class _Queue:
-    # Ready records are in one of two places. `fresh` holds, in increasing id order, records
-    # never leased nor delayed (new ids only ever grow, so appends go there), as the very
-    # StoredRecord a take hands out. `entries` holds every other record by id: leased, or
-    # put back at its old place (released, expired, restored, loaded with a delay), whose
-    # ids are then in the heap `back`. The next ready record is the smaller of both heads.
-    fresh: deque[StoredRecord] = field(default_factory=deque)
-    entries: dict[int, _Entry] = field(default_factory=dict)
-    back: list[int] = field(default_factory=list)
-    leased: int = 0
-    stored_bytes: int = 0
-    raw_bytes: int = 0
-
-
-def _pop_fresh(q: _Queue, n: int) -> list[StoredRecord]:
-    """Remove and return up to ``n`` of the oldest fresh records (get_many)."""
-    popleft = q.fresh.popleft
-    out = [popleft() for _ in range(min(n, len(q.fresh)))]
-    q.stored_bytes -= sum(map(len, map(_data, out)))
-    q.raw_bytes -= sum(map(_raw_size, out))
-    return out
 
 
 class MemoryEngine:
@@ -240,8 +203,9 @@ class MemoryEngine:
         if lease is None:
             q.stored_bytes -= stored
             q.raw_bytes -= raw
-        else:
+        elif out:
             q.leased += len(out)
+            _hold(q, lease.owner, len(out), lease.until)
         for ident in hidden:
             heapq.heappush(back, ident)
         return out
@@ -301,13 +265,17 @@ class MemoryEngine:
                 ident, attempts = pair
             if self._held(q, ident, attempts, owner) is not None:
                 self._drop(q, ident)
-                q.leased -= 1
                 done.append(ident)
+        if done:
+            q.leased -= len(done)
+            _let_go(q, owner, len(done))
         return done
 
     def _unlease(self, queue: str, q: _Queue, ident: int, entry: _Entry, not_before: float,
                  max_attempts: int | None, count_attempt: bool, reason: str) -> None:
         q.leased -= 1
+        if entry.owner is not None:
+            _let_go(q, entry.owner)
         entry.owner = None
         if not count_attempt:
             entry.attempts -= 1
@@ -350,12 +318,22 @@ class MemoryEngine:
         q = self._queues.get(queue)
         if q is None:
             return 0
-        gone = set(owners)
-        due = [(ident, entry) for ident, entry in q.entries.items()
-               if entry.owner is not None and (entry.visible_at <= now or entry.owner in gone)]
+        gone = q.holders.keys() & set(owners)
+        if not gone and not q.soonest <= now:
+            return 0  # no lease ended (or now is NaN): nothing to read
+        due: list[tuple[int, _Entry]] = []
+        soonest = inf
+        for ident, entry in q.entries.items():
+            if entry.owner is None:
+                continue
+            if entry.visible_at <= now or entry.owner in gone:
+                due.append((ident, entry))
+            elif entry.visible_at < soonest:
+                soonest = entry.visible_at
         for ident, entry in sorted(due, key=lambda pair: pair[0]):
             why = "lease expired" if entry.visible_at <= now else "owner died"
             self._unlease(queue, q, ident, entry, 0.0, max_attempts, True, why)
+        q.soonest = soonest  # every lease left was read: none ends before it
         return len(due)
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
@@ -386,12 +364,8 @@ class MemoryEngine:
         return Counts(len(q.fresh) + len(q.back), q.leased, q.stored_bytes, q.raw_bytes)
 
     def owners(self, queue: str) -> dict[str, int]:
-        held: dict[str, int] = {}
         q = self._queues.get(queue)
-        for entry in (q.entries.values() if q is not None else ()):
-            if entry.owner is not None:
-                held[entry.owner] = held.get(entry.owner, 0) + 1
-        return held
+        return {} if q is None else dict(q.holders)
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
         dst, ids = as_queue_name(dst), checked_ids(ids)
@@ -472,6 +446,7 @@ class MemoryEngine:
                                           reason)
                 if owner is not None:
                     q.leased += 1
+                    _hold(q, owner, 1, visible)
                 else:
                     q.back.append(ident)
             q.fresh = deque(sorted(fresh))
