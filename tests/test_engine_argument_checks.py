@@ -26,9 +26,10 @@ Call = Callable[[Any], object]
 
 def _state(eng: Engine) -> tuple[object, ...]:
     """What a call could change. A lease's end is rounded: the PostgreSQL engine reads it
-    as the time left on the server's clock added to the caller's, a few µs apart."""
+    as the time left on the server's clock added to the caller's, a few µs apart (some ms
+    on a loaded machine, across a rounding edge of 2 decimals)."""
     assert isinstance(eng, SupportsPeekLeased)
-    leased = [(r.record, r.owner, round(r.until, 2)) for r in eng.peek_leased("q", 100)]
+    leased = [(r.record, r.owner, round(r.until, 1)) for r in eng.peek_leased("q", 100)]
     return (eng.counts("q"), eng.peek("q", 100), leased, eng.owners("q"),
             eng.counts("q.dead"), eng.peek("q.dead", 100), eng.counts("r"), eng.peek("r", 100),
             sorted(eng.queues()), eng.get_meta("k"))
