@@ -118,7 +118,6 @@ class LeaseSettling:
     def _held(self, txn: Txn, q: fmt.QueueRow, deliveries: Sequence[tuple[int, int]],
               owner: str) -> Iterator[StoredRecord]:
         """Delete and yield the leased records among ``deliveries`` that ``owner`` holds."""
-        owners = self._leases()
         for ident, attempts in int_deliveries(deliveries):
             try:
                 key = fmt.KEY.pack(q.number, ident)
@@ -130,7 +129,6 @@ class LeaseSettling:
             holder, _, rec = self._leased_record(ident, value)
             if holder == owner and rec.attempts == attempts:
                 txn.delete(key, db=self._leased)
-                owners.count(txn, q.number, owner.encode(), -1)
                 yield rec
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
@@ -145,6 +143,8 @@ class LeaseSettling:
             if q is None or not deliveries:
                 return []
             done = list(self._held(txn, q, deliveries, owner))
+            if done:
+                self._leases().count(txn, q.number, owner.encode(), -len(done))
             for rec in done:
                 self._unlease(txn, queue, q, rec, not_before, max_attempts, count_attempt,
                               reason or "nacked")

@@ -68,11 +68,7 @@ class LeaseOwners:
 
     def clear(self, txn: Txn, number: int) -> None:
         """Forget every lease of queue ``number``."""
-        prefix = fmt.U32.pack(number)
-        cur = txn.cursor(self.db)
-        more = cur.set_range(prefix)
-        while more and cur.key().startswith(prefix):
-            more = cur.delete()
+        walk.clear(txn, self.db, number)
 
 
     def recount(self, txn: Txn, leased: Db, q: fmt.QueueRow, path: str) -> None:
