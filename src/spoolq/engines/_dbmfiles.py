@@ -63,6 +63,12 @@ def current(path: str) -> str | None:
     fields = text.split()
     if len(fields) != 2 or fields[0] != MAGIC or not fields[1].startswith("gen-"):
         raise FormatError(f"{path} is not a spoolq dbm queue ({CURRENT} is not ours)")
+    number = fields[1][4:]
+    # Only names this engine gives: zeros a power cut left (which no path may hold) or a
+    # path out of the directory are damage, not a generation to look for.
+    if not (len(number) >= 6 and number.isascii() and number.isdigit()):
+        raise CorruptError(f"{path}: {CURRENT} is damaged: it names {fields[1]!r}, not a "
+                           "generation; the files are left as they are")
     return fields[1]
 
 
