@@ -200,7 +200,17 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         out, self._corked = self._corked, None
         transport = self.transport
         if out and transport is not None and not transport.is_closing():
-            transport.write(b"".join(out))  # counted in _written as they were gathered
+            # counted in _written as they were gathered
+            self._put_out(transport, b"".join(out), self._written - self._corked_at)
+
+    def _put_out(self, transport: asyncio.Transport, data: bytes, counted: int) -> None:
+        """Write ``data`` (``counted`` bytes of _written). A write that fails at once (the
+        client reset the connection) sent none of it, nor what waited before it: the
+        takes whose replies those were give their records back, as never taken."""
+        before = self.unsent()
+        transport.write(data)
+        if transport.is_closing():
+            self._give_back_unsent(before + counted)
 
     def eof_received(self) -> bool | None:
         return None
@@ -252,7 +262,7 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
             self._corked.append(data)
             self._corked_bytes += len(data)
         elif data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self._put_out(self.transport, data, size)
 
     def finish(self) -> None:
         """End the connection at shutdown: the replies written go out, then the end of the
@@ -403,12 +413,9 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
                 return
             if op != "take" or not args["wait"] or record_count(result):
                 if op == "take" and record_count(result):
-                    if self._failing():
-                        self._give_back(args, result)
-                        return
-                    self._delivered(args, result)
-                    self._write(encode_reply(req.id, result))
-                    self._sent_take(args, result)
+                    if not self._failing():
+                        self._write(encode_reply(req.id, result))
+                    self._took(args, result)
                     return
                 if op in SETTLING:
                     self._settled(args)
@@ -450,14 +457,22 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         if error is None:
             self._write(encode_reply(req.id, result))
             if req.op == "take" and record_count(result):
-                self._delivered(req.args, result)
-                self._sent_take(req.args, result)
+                self._took(req.args, result)
         else:
             self._write(self._error_frame(req, error))
         if self._backlog and self._corked is None:
             self._run_backlog()
         else:
             self.update_reading()
+
+    def _took(self, args: dict[str, Any], records: list[Any]) -> None:
+        """After the reply of a take was written: its records are delivered, unless the
+        write failed at once (or the transport was failing already), which sent nothing."""
+        if self._failing():
+            self._give_back(args, records)
+        else:
+            self._delivered(args, records)
+            self._sent_take(args, records)
 
     def _idle_check(self) -> None:
         """Leave the server's busy set once nothing of this connection is in flight: a
