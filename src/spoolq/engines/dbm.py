@@ -254,7 +254,9 @@ class _DBMStore(Generations):
         held = []
         for ident, attempts in int_deliveries(deliveries):  # 1.0 would find the record of 1
             a = q.aside.get(ident)
-            if a is not None and a.owner == owner and a.attempts == attempts:
+            # A record held aside but ready (owner None) holds no lease to settle.
+            if (a is not None and a.owner is not None and a.owner == owner
+                    and a.attempts == attempts):
                 held.append((ident, a))
         return held
 
