@@ -123,17 +123,31 @@ def _record(value: object) -> RecordState | None:
     if not isinstance(value, tuple) or len(value) != 8:
         return None
     ident, data, raw_size, attempts, enqueued_at, reason, owner, visible_at = value
+    enqueued_at, visible_at = _time(enqueued_at), _time(visible_at)
     # Only values the engine takes on the way in: anything else is damage, however it came.
     if (type(ident) is int and ident > 0 and isinstance(data, bytes)
             and isinstance(raw_size, int) and 0 <= raw_size <= MAX_RAW_SIZE
             and isinstance(attempts, int) and attempts >= 0
-            and isinstance(enqueued_at, (int, float)) and not isnan(enqueued_at)
+            and enqueued_at is not None
             and (reason is None or isinstance(reason, str))
             and (owner is None or isinstance(owner, str))
-            and isinstance(visible_at, (int, float)) and not isnan(visible_at)):
-        return (ident, data, raw_size, attempts, float(enqueued_at), reason, owner,
-                float(visible_at))
+            and visible_at is not None):
+        # Plain values (a bool is an int to isinstance), as the engine hands them out.
+        return (ident, data, int(raw_size), int(attempts), enqueued_at, reason, owner,
+                visible_at)
     return None
+
+
+def _time(value: object) -> float | None:
+    """A time read from the file as a float; None when it is not one: not a number, NaN,
+    or an int beyond every float (which no time the engine takes is)."""
+    if not isinstance(value, (int, float)):
+        return None
+    try:
+        time = float(value)
+    except OverflowError:
+        return None
+    return None if isnan(time) else time
 
 
 class _PickleStore:
