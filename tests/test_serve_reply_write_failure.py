@@ -1,9 +1,11 @@
 """A take whose reply the server could not write at all, as the client reset its
-connection before the reply went out: its records go back as if never taken."""
+connection before the reply went out: its records go back as if never taken (over TLS
+too)."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 import uuid
@@ -17,27 +19,46 @@ from spoolq.protocol import encode_preamble
 from .servers import ServerProcess, request_frame, wait_until
 
 
-@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
-def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    if request.param == "uvloop":
+class _Served:
+    def __init__(self, proc: ServerProcess, ca: str | None) -> None:
+        self.proc, self.ca = proc, ca
+
+
+@pytest.fixture(scope="module", params=[("uvloop", False), ("asyncio", False),
+                                        ("uvloop", True), ("asyncio", True)],
+                ids=lambda p: f"{p[0]}{'-tls' if p[1] else ''}")
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Served]:
+    loop, tls = request.param
+    if loop == "uvloop":
         pytest.importorskip("uvloop")
-    with ServerProcess(":memory:", "--loop", request.param) as proc:
-        yield proc
+    args: list[str] = ["--loop", loop]
+    ca = None
+    if tls:
+        from .test_server import _self_signed
+        cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+        args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        ca = str(cert)
+    with ServerProcess(":memory:", *args) as proc:
+        yield _Served(proc, ca)
 
 
-def _reset_after(srv: ServerProcess, frames: bytes) -> None:
+def _reset_after(srv: _Served, frames: bytes) -> None:
     """Send ``frames`` on a connection of its own while the server is stopped, and reset
     the connection before the server runs them: every reply it writes then fails."""
-    host, port = srv.url.removeprefix("spoolq://").rsplit(":", 1)
+    host, port = srv.proc.url.removeprefix("spoolq://").rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=10)
     try:
+        if srv.ca is not None:
+            sock = ssl.create_default_context(cafile=srv.ca).wrap_socket(
+                sock, server_hostname=host)
         sock.sendall(encode_preamble())
         got = b""
         while len(got) < 8:
             chunk = sock.recv(8 - len(got))
             assert chunk, "the server closed the connection"
             got += chunk
-        with srv.stalled():
+        with srv.proc.stalled():
             sock.sendall(frames)
             time.sleep(0.2)  # in the server's socket, unread
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -49,9 +70,9 @@ def _reset_after(srv: ServerProcess, frames: bytes) -> None:
 @pytest.mark.parametrize("leased", [False, True])
 @pytest.mark.parametrize("pipelined", [1, 40])
 def test_a_take_whose_reply_could_not_be_written_gives_its_records_back_uncounted(
-        server: ServerProcess, leased: bool, pipelined: int) -> None:
+        server: _Served, leased: bool, pipelined: int) -> None:
     name = f"q-{uuid.uuid4().hex[:8]}"
-    client = RemoteEngine(server.url)
+    client = RemoteEngine(server.proc.url, ca_file=server.ca)
     try:
         client.append(name, [b"x%d" % i for i in range(2 * pipelined + 1)],
                       [2] * (2 * pipelined + 1), time.time())

@@ -209,7 +209,7 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         takes whose replies those were give their records back, as never taken."""
         before = self.unsent()
         transport.write(data)
-        if transport.is_closing():
+        if self._failing():
             self._give_back_unsent(before + counted)
 
     def eof_received(self) -> bool | None:
@@ -284,8 +284,10 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
 
     def _failing(self) -> bool:
         """Whether the transport is closing on its own (a write failed, say) before
-        ``connection_lost``: a reply written now would be lost unnoticed."""
-        return self.transport is None or self.transport.is_closing()
+        ``connection_lost`` (under TLS, its connection): a reply written now would be lost
+        unnoticed."""
+        return self.transport is None or self.transport.is_closing() or (
+            self.tcp is not None and self.tcp.is_closing())
 
     def drop(self) -> None:
         """Close the connection (after sending what is already queued)."""
