@@ -45,3 +45,29 @@ def test_a_current_naming_no_generation_is_damage_and_no_file_changes(
     finally:
         eng.close()
 
+
+
+@pytest.mark.parametrize("doc", [
+    {"commit": 2, "keys": 3, "next_id": 2, "next_number": 2, "meta": {}, "queues": []},
+    {"commit": 2, "keys": 3, "next_id": 2, "next_number": 2, "meta": [], "queues": {}},
+    [1, 2, 3],
+], ids=["queues-a-list", "meta-a-list", "not-an-object"])
+def test_a_newest_state_of_another_layout_is_damage(tmp_path: Path, doc: object) -> None:
+    """A state whose checksum holds but whose layout is no state's (another program's, or
+    damage the checksum missed) is reported, never a bare Python error."""
+    import dbm.dumb
+    import json
+    import struct
+    import zlib
+
+    path, live = _queue(tmp_path)
+    body = json.dumps(doc).encode()
+    db = dbm.dumb.open(str(path / live), "w")
+    try:
+        db[b"s99"] = struct.pack(">I", zlib.crc32(body)) + body
+    finally:
+        db.close()
+    with pytest.raises(spoolq.SpoolqError):
+        DBMEngine(path)
+    with pytest.raises(spoolq.SpoolqError):
+        DBMEngine(path, read_only=True)

@@ -92,6 +92,9 @@ def decode_state(blob: bytes) -> State:
     if len(blob) < _CRC.size or _CRC.unpack_from(blob)[0] != zlib.crc32(blob[_CRC.size:]):
         raise ValueError("checksum mismatch")
     doc = json.loads(blob[_CRC.size:])
+    if not (isinstance(doc, dict) and isinstance(doc.get("queues"), dict)
+            and isinstance(doc.get("meta"), dict)):
+        raise ValueError("not a state's layout")
     queues = {}
     for name, (number, head, tail, extra, ready, leased, stored, raw, holes,
                aside) in doc["queues"].items():
