@@ -62,11 +62,8 @@ def test_a_newest_state_of_another_layout_is_damage(tmp_path: Path, doc: object)
 
     path, live = _queue(tmp_path)
     body = json.dumps(doc).encode()
-    db = dbm.dumb.open(str(path / live), "w")
-    try:
+    with dbm.dumb.open(str(path / live), "w") as db:
         db[b"s99"] = struct.pack(">I", zlib.crc32(body)) + body
-    finally:
-        db.close()
     with pytest.raises(spoolq.SpoolqError):
         DBMEngine(path)
     with pytest.raises(spoolq.SpoolqError):
