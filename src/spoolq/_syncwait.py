@@ -1,6 +1,7 @@
 """How the thread-safe queue waits: the sleepers counted on its condition, the wake-ups
-sent to them, the count of calls that close() lets finish, the cancel handles of gets
-blocked in an engine's long-poll, and the waits of blocked calls for a server that is away.
+sent to them, the line in which blocking takes are served, ``join()``, the count of calls
+that close() lets finish, the cancel handles of gets blocked in an engine's long-poll, and
+the waits of blocked calls for a server that is away.
 
 :class:`SyncWaiting` is a part of :class:`spoolq.sync.SyncQueue`, kept in its own module;
 it works on the queue's state under the queue's condition, as the rest of the queue does.
@@ -35,6 +36,7 @@ class SyncWaiting:
     _sleepers: int
     _long_polls: set[WaitCancel]
     _outage: Outage
+    _line: list[object]
 
     @staticmethod
     def _deadline(block: bool, timeout: float | None) -> float | None:
@@ -50,6 +52,25 @@ class SyncWaiting:
         if self._sleepers:
             with self._cond:
                 self._cond.notify_all()
+
+    def join(self) -> None:
+        """Block until every item put (or present at open) has been processed, or the
+        queue is shut down with ``immediate=True``. Items that other handles or processes
+        take count as processed once the queue holds nothing, ready or leased."""
+        core = self._core
+        while True:
+            with self._cond:
+                if not core.unfinished or self._immediate:
+                    return
+                self._all_done.wait(core.settings.poll_interval)
+                if not core.unfinished or self._immediate:
+                    return
+            if core.refresh_due() and not core.closed:  # not under self._cond (lock order)
+                try:
+                    core.refresh()
+                except ClosedError:
+                    if not self._immediate:  # set by close() before it closes the file
+                        raise
 
     def _wake_joins(self) -> None:
         """Wake the threads waiting in ``join()``: items may have been finished."""
@@ -99,15 +120,47 @@ class SyncWaiting:
                 self._sleep(until - time.monotonic())
         return True
 
-    def _enter_call(self) -> None:
+    def _enter_call(self, line: bool = False) -> object | None:
+        """Count a call that close() lets finish; with ``line``, put it at the end of the
+        line of calls that wait for items, and return its place holder."""
         with self._cond:
             self._calls += 1
+            if not line:
+                return None
+            me = object()
+            self._line.append(me)
+            return me
 
-    def _leave_call(self) -> None:
+    def _leave_call(self, me: object | None = None) -> None:
         with self._cond:
             self._calls -= 1
+            if me is not None:
+                self._line.remove(me)
             if self._sleepers:
                 self._cond.notify_all()
+
+    def _to_back(self, me: object) -> None:
+        """Move the call ``me`` to the back of the line of waiting calls."""
+        with self._cond:
+            self._line.remove(me)
+            self._line.append(me)
+            if self._sleepers:
+                self._cond.notify_all()
+
+    def _share(self, me: object | None, want: int | None) -> int:
+        """How many items the call ``me`` may take now if it wants ``want`` (None: all
+        that are ready). Blocking takes are served in the order they came, as
+        ``queue.Queue`` serves its waiting threads: a call takes only the ready items left
+        over by those ahead of it in the line (one each). The first in line, and a call
+        that does not wait (``me`` None, as ``get_nowait`` takes an item whoever waits),
+        take what they want."""
+        ready = self._core.ready_hint()
+        if not ready:
+            return 0
+        ahead = 0 if me is None else self._line.index(me)
+        if not ahead:
+            return ready if want is None else want
+        return max(min(ready - ahead, ready if want is None else want), 0)
 
     def _after_buffered_put(self) -> None:
         """Wake waiting gets for a put held in the buffer: the core wakes them only when
@@ -119,8 +172,10 @@ class SyncWaiting:
                 for cancel in self._long_polls:
                     cancel.cancel()
 
-    def _wait_for_items(self, deadline: float | None, took_nothing: bool) -> bool:
-        """Sleep until items may be ready; False once the deadline passed.
+    def _wait_for_items(self, deadline: float | None, took_nothing: bool,
+                        me: object | None = None) -> bool:
+        """Sleep until items may be ready for the call ``me``; False once the deadline
+        passed.
 
         With an engine that can long-poll it blocks there. After a take found
         nothing although the counts promised items (they are delayed by a nack),
@@ -149,7 +204,8 @@ class SyncWaiting:
             return True
         if took_nothing:  # items are promised but delayed: wait a poll unless closing
             return self._wait(deadline, lambda: self._immediate, core.next_visible())
-        return self._wait(deadline, lambda: core.ready_hint() > 0 or self._shutdown)
+        return self._wait(deadline, lambda: self._share(me, 1) > 0 or self._immediate or (
+            self._shutdown and not core.ready_hint()))
 
     def _recount_after_shutdown(self, deadline: float | None) -> bool:
         """Read the file's counts before a get after shutdown calls the queue drained:

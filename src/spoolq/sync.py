@@ -60,6 +60,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         self._calls = 0
         self._sleepers = 0  # threads about to wait or waiting on self._cond: 0, none to wake
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
+        self._line: list[object] = []  # blocking takes, in arrival order: see _share
         self._outage = Outage()
         # Room reserved (under self._cond) by puts of a queue with maxsize that are being
         # written, and how many such puts started and ended: the check for room and the
@@ -249,9 +250,9 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         # that back if it stops waiting for this call.
         holding = Holding(ttl is not None) if wait_for_all and block and n is not None \
             else None
-        self._enter_call()
+        me = self._enter_call(line=block)
         try:
-            got = self._take_loop(n, deadline, block, ttl, wait_for_all, got, holding)
+            got = self._take_loop(n, deadline, me, ttl, wait_for_all, got, holding)
             if holding is not None and not core.hand_out(holding):
                 got = []  # back in the queue already
                 raise QueueShutDown("the queue was closed while this call waited")
@@ -260,10 +261,10 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                 core.restore(got, ttl is not None, holding)
             raise
         finally:
-            self._leave_call()
+            self._leave_call(me)
         return got
 
-    def _take_loop(self, n: int | None, deadline: float | None, block: bool,
+    def _take_loop(self, n: int | None, deadline: float | None, me: object | None,
                    ttl: float | None, wait_for_all: bool, got: list[Any],
                    holding: Holding | None) -> list[Any]:
         core = self._core
@@ -278,23 +279,27 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
             if self._shutdown and got and core.ready_hint() == 0:
                 break  # nothing more can come: hand out the part batch
             try:
-                if core.ready_hint() == 0 and (core.refresh_due() or not block or looked):
-                    core.refresh(deadline)
+                if core.ready_hint() == 0 and (core.refresh_due() or me is None or looked):
+                    if core.refresh(deadline).ready and not self._share(me, 1):
+                        self._wake()  # items for calls ahead of this one in the line
                 elif n is None and core.ready_hint() > 0:
                     core.refresh(deadline)  # "every item ready": other handles' puts too
                 took_nothing = False
-                if core.ready_hint() > 0:
-                    want = max(core.ready_hint(), 1) if n is None else n - len(got)
+                # Out of turn once the timeout has passed, as get_nowait would take.
+                if want := self._share(None if looked else me,
+                                       None if n is None else n - len(got)):
                     before = len(got)
                     got += take(want, ttl)
                     if got and (not wait_for_all or n is None or len(got) >= n):
                         break
                     took_nothing = before == len(got)
-                if not block:
+                    if not took_nothing and me is not None:
+                        self._to_back(me)  # part of a batch: the rest after those waiting
+                if me is None:  # get_nowait and the like
                     if got:
                         break
                     raise Empty("the queue is empty")
-                if not self._wait_for_items(deadline, took_nothing):
+                if not self._wait_for_items(deadline, took_nothing, me):
                     if got:
                         break
                     if looked:
@@ -303,7 +308,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
             except Unavailable as exc:
                 # A get_many(n) holding part of its batch waits too, then hands it out:
                 # raising would give the items back to a server that is away.
-                if not block or not self._ride_out(exc, deadline):
+                if me is None or not self._ride_out(exc, deadline):
                     if got:
                         break
                     raise
@@ -319,8 +324,8 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         core = self._core
         if block and timeout is not None:
             check_seconds("timeout", timeout)  # refused even with an item ready
-        if not self._shutdown and core.ready_hint() > 0:
-            # An item is ready: take it without the bookkeeping of a call that may wait.
+        if not self._shutdown and core.ready_hint() > len(self._line):
+            # An item is ready, and one for each call waiting first: take it at once.
             try:
                 got = core.take(1, None, deadline=None if timeout is None or not block
                                 else time.monotonic() + timeout)
@@ -432,25 +437,6 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         the ``get`` it stands for); ValueError if none is unfinished."""
         self._core.task_done()
         self._wake_joins()
-
-    def join(self) -> None:
-        """Block until every item put (or present at open) has been processed, or the
-        queue is shut down with ``immediate=True``. Items that other handles or processes
-        take count as processed once the queue holds nothing, ready or leased."""
-        core = self._core
-        while True:
-            with self._cond:
-                if not core.unfinished or self._immediate:
-                    return
-                self._all_done.wait(core.settings.poll_interval)
-                if not core.unfinished or self._immediate:
-                    return
-            if core.refresh_due() and not core.closed:  # not under self._cond (lock order)
-                try:
-                    core.refresh()
-                except ClosedError:
-                    if not self._immediate:  # set by close() before it closes the file
-                        raise
 
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
