@@ -414,14 +414,39 @@ class Link:
         """Whether this idle connection has something to read: the server closed it (after
         a restart, say) or sent what nobody asked for. Either way it is of no more use.
         A connection answered within the last millisecond is taken as sound unasked: a
-        call right after another then costs no system call."""
-        if self._abandoned or time.monotonic() - self._answered < _FRESH:
-            return False  # what is there to read may be an abandoned call's late reply
+        call right after another then costs no system call. Late replies of abandoned
+        calls are read and dropped here, and what follows them looked at."""
+        if not self._abandoned and time.monotonic() - self._answered < _FRESH:
+            return False
         try:
-            return bool(self._poll.poll(0)) or (isinstance(self.sock, ssl.SSLSocket)
-                                                 and self.sock.pending() > 0)
+            if not (self._poll.poll(0) or (isinstance(self.sock, ssl.SSLSocket)
+                                           and self.sock.pending() > 0)):
+                return False
         except (OSError, ValueError):
             return True
+        return not self._abandoned or not self._drop_late_replies()
+
+    def _drop_late_replies(self) -> bool:
+        """Read what the poll found while calls were abandoned: their late replies are
+        dropped. False when the connection is of no more use (closed, failed, or it sent
+        what nobody asked for)."""
+        try:
+            self._set_timeout(0.001)  # something is there to read: no wait
+            got = self.sock.recv_into(self._buf)
+            if not got:
+                return False
+            replies = self.proto.receive_data(self._view[:got])
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+            return True  # part of a TLS record: the call reads the rest
+        except (OSError, ProtocolError):
+            return False
+        for reply in replies:
+            if reply.id not in self._abandoned:
+                return False
+            self._abandoned.discard(reply.id)
+        if self._abandoned:
+            return True  # more late replies to come: the next call reads them
+        return not self.stale()  # what came after them: the end of the stream, say
 
     def close(self) -> None:
         self.sock.close()
