@@ -10,6 +10,7 @@ module; it runs on the server's event loop, as the rest of the session does.
 from __future__ import annotations
 
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,17 @@ class Deliveries:
                         self._forget(args["queue"], ident)
                 self._give_back(args, records)
         self._takes_out.clear()
+
+    @staticmethod
+    def _client_reset(transport: Any) -> bool:
+        """Whether the client reset the connection of ``transport`` unseen (a pending
+        socket error): one that dropped, whose leases go back."""
+        sock = transport.get_extra_info("socket")
+        try:
+            return sock is not None and bool(sock.getsockopt(socket.SOL_SOCKET,
+                                                             socket.SO_ERROR))
+        except (OSError, AttributeError):
+            return False
 
     def _release_leases(self) -> None:
         """Give back the deliveries of this connection that their owners still hold.

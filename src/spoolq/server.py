@@ -185,7 +185,8 @@ class Server:
         # client that keeps reading them (see below) gets _LAST_READ seconds for that.
         deadline = max(deadline, self.loop.time() + _LAST_READ)
         for conn in list(self.connections):
-            conn.finish()
+            with contextlib.suppress(OSError):  # reset just now: asyncio's write_eof raises
+                conn.finish()
         linger = min(deadline, self.loop.time() + _LINGER)
         while self.connections and self.loop.time() < linger:
             self.connection_closed.clear()

@@ -108,7 +108,8 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         # Long-polls of this connection sleeping in Server.wait_for: woken when it ends.
         self._sleepers: set[asyncio.Future[bool]] = set()
         self._release_due = False
-        self._abandoned = False  # cut off at shutdown, as its client did not read
+        # Cut off at shutdown, as its client did not read (or had reset it): leases go back.
+        self._abandoned = False
         runner = server.runner
         self._inline = runner if isinstance(runner, InlineRunner) else None
 
@@ -204,9 +205,8 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
             self._put_out(transport, b"".join(out), self._written - self._corked_at)
 
     def _put_out(self, transport: asyncio.Transport, data: bytes, counted: int) -> None:
-        """Write ``data`` (``counted`` bytes of _written). A write that fails at once (the
-        client reset the connection) sent none of it, nor what waited before it: the
-        takes whose replies those were give their records back, as never taken."""
+        """Write ``data`` (``counted`` bytes of _written). A write failing at once sent none of
+        it, nor what waited before it: the records of those takes go back, never taken."""
         before = self.unsent()
         transport.write(data)
         if self._failing():
@@ -273,6 +273,10 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         self._backlog.clear()
         transport = self.transport
         if transport is None or transport.is_closing():
+            return
+        if self._client_reset(self.tcp or transport):  # unseen, as reading was paused
+            self._abandoned = True  # it dropped: its leases go back, as at any other time
+            transport.abort()
             return
         if not transport.can_write_eof():
             transport.close()
@@ -468,8 +472,7 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
             self.update_reading()
 
     def _took(self, args: dict[str, Any], records: list[Any]) -> None:
-        """After the reply of a take was written: its records are delivered, unless the
-        write failed at once (or the transport was failing already), which sent nothing."""
+        """A take's reply was written: delivered, unless that write failed (nothing sent)."""
         if self._failing():
             self._give_back(args, records)
         else:
