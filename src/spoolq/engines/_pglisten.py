@@ -1,10 +1,17 @@
 """Waiting for records of the PostgreSQL engine: the connection that LISTENs on an
-engine's channel, the wake-ups it read outside a wait, and cancelling waits.
+engine's channel while a wait is in progress, the wake-ups it read outside a wait, and
+cancelling waits.
 
 Statements that make records ready send ``pg_notify(channel, payload)``, the
 payload being the queue's name (see :func:`payload`). A :class:`Listener`
 turns those notifications into the hints ``PostgresEngine.wait_ready``
 returns. It raises psycopg's errors; the engine translates them.
+
+The connection listens only while a wait is in progress. A listener that no one
+reads would make the server block writing to it once the socket is full, and the
+notification queue, shared by every database of the server, could then never shrink
+past what it did not read: after a while every statement that notifies would fail.
+A wait that starts listening again looks once for records made ready meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ._pgpool import Conn, connection, readable
 from .base import WaitCancel
 
-__all__ = ["Listener", "any_ready", "payload"]
+__all__ = ["Listener", "any_ready", "payload", "ready_now"]
 
 log = logging.getLogger("spoolq")
 
@@ -56,18 +63,44 @@ def any_ready(pool: ConnectionPool[Conn] | None, counts: sql.Composed, queue: st
     return row is not None and row[0] > 0
 
 
+def ready_now(pool: ConnectionPool[Conn] | None, statement: sql.Composed, queue: str,
+              where: str) -> bool:
+    """Whether a take would find a record of ``queue`` now (``statement`` tells), for a
+    wait whose thread last looked before the engine listened again. True, so that the
+    caller looks, when no connection comes within a slice: its take then says why."""
+    if pool is None:
+        return False  # closing: the wait ends
+    try:
+        with connection(pool, _WAIT_SLICE, where) as conn:
+            row = conn.execute(statement, {"queue": queue}).fetchone()
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        log.debug("spoolq: %s: no look for a wait: %s", where, str(exc).strip())
+        return True
+    return row is not None and bool(row[0])
+
+
 class Listener:
     """One engine's listening connection, opened by ``connect`` on the first wait.
 
     One thread listens at a time; :meth:`drain` lets the engine's other calls
-    read what piled up meanwhile without waiting for that thread.
+    read what piled up meanwhile without waiting for that thread. When the last wait
+    in progress ends the connection stops listening (it stays open); the next wait
+    listens again, then runs ``ready_now`` on it, or calls ``ready`` (which uses
+    another connection), to look for records made ready while no one listened.
     """
 
-    def __init__(self, channel: str, where: str, connect: Callable[[float], Conn]) -> None:
+    def __init__(self, channel: str, where: str, connect: Callable[[float], Conn],
+                 ready_now: sql.Composed, ready: Callable[[str], bool]) -> None:
         self.channel = channel
         self.where = where
         self.conn: Conn | None = None
         self._connect = connect
+        self._ready_now = ready_now
+        self._ready = ready
+        self._listening = False  # whether conn listens (a wait is in progress)
+        # The _read that began the current listening: a look at a queue before it may
+        # have missed what was made ready while conn did not listen.
+        self._since = 0
         self._lock = threading.Lock()  # held by the thread that listens
         # Guards _heard and _waiting, and makes noting a notification and looking at
         # _waiting one step against a wait that registers and takes its mark.
@@ -187,6 +220,7 @@ class Listener:
         except psycopg.Error:
             # A broken listener; the next wait opens another.
             self.conn = None
+            self._listening = False
             self._lost()
             listener.close()
         finally:
@@ -215,7 +249,7 @@ class Listener:
             self._waiting[wanted] = self._waiting.get(wanted, 0) + 1
         ready, seen = False, mark
         try:
-            ready, seen = self._wait(wanted, mark, deadline, lambda: (
+            ready, seen = self._wait(queue, wanted, mark, deadline, lambda: (
                 self._cancelled_at >= started or bool(cancel and cancel.cancelled)
                 or time.monotonic() >= deadline))
             return ready
@@ -226,16 +260,70 @@ class Listener:
                     self._waiting[wanted] = left
                 else:
                     del self._waiting[wanted]
+                idle = not self._waiting
             # After True the caller looks; after False nothing for the queue was read
             # up to seen.
             self._set_mark(marks, queue, self._read if ready else seen)
+            if idle:
+                self._stop_if_idle()
+
+    def _stop_if_idle(self) -> None:
+        """Stop listening when no wait is in progress. The thread that holds the lock
+        meanwhile is a drain or a close (soon done), or a wait that began since, whose
+        end stops it then."""
+        while self._listening and self.conn is not None:
+            if self._lock.acquire(timeout=_WAIT_SLICE):
+                try:
+                    with self._state:
+                        idle = not self._waiting
+                    if idle:
+                        self._unlisten()
+                finally:
+                    self._lock.release()
+                return
+            if self._waiting:
+                return
+
+    def _unlisten(self) -> None:
+        """Stop listening (lock held); the notifications that came before are noted."""
+        listener = self.conn
+        if listener is None or not self._listening:
+            return
+        self._listening = False
+        try:
+            listener.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(self.channel)))
+            for note in listener.notifies(timeout=0):
+                self._note_unwaited(note.payload)
+        except psycopg.Error as exc:
+            # The session ended (see _listen); the next wait opens another.
+            self.conn = None
+            listener.close()
+            log.debug("spoolq: %s: no UNLISTEN: %s", self.where, str(exc).strip())
+
+    def _listen_again(self, queue: str) -> bool:
+        """LISTEN on the open connection (lock held), then look for ready records of
+        ``queue``: whether there are."""
+        assert self.conn is not None
+        # Two statements, not one (nor one pipeline): LISTEN takes effect when it
+        # commits, and a look in its transaction may miss a put committed meanwhile.
+        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        self._began()
+        row = self.conn.execute(self._ready_now, {"queue": queue}).fetchone()
+        return row is not None and bool(row[0])
+
+    def _began(self) -> None:
+        """Note that conn listens from now on (lock held)."""
+        with self._state:
+            self._read += 1
+            self._since = self._read
+        self._listening = True
 
     def _set_mark(self, marks: dict[str, int], queue: str, mark: int) -> None:
         if queue not in marks and len(marks) >= _HEARD_MAX:
             marks.clear()  # a thread that forgot its looks only wakes more often
         marks[queue] = mark
 
-    def _wait(self, wanted: str, mark: int, deadline: float,
+    def _wait(self, queue: str, wanted: str, mark: int, deadline: float,
               ended: Callable[[], bool]) -> tuple[bool, int]:
         """Whether a hint came, and how far the notifications read were looked at."""
         seen = self._read
@@ -243,19 +331,25 @@ class Listener:
             return True, seen
         # One thread listens at a time; the others wait their turn in short slices too,
         # and end it when the listening thread read a notification for their queue.
+        looked = False
         while not self._lock.acquire(timeout=_WAIT_SLICE):
             seen = self._read
             if self._read_since(mark, wanted):
                 return True, seen
+            if not looked and self._listening and mark < self._since:
+                # Listening began after this thread's last look at the queue.
+                looked = True
+                if self._ready(queue):
+                    return True, seen
             if ended():
                 return False, seen
         try:
             # The listening thread reads every notification itself: up to the end.
-            return self._listen(wanted, mark, deadline, ended), self._read
+            return self._listen(queue, wanted, mark, looked, deadline, ended), self._read
         finally:
             self._lock.release()
 
-    def _listen(self, wanted: str, mark: int, deadline: float,
+    def _listen(self, queue: str, wanted: str, mark: int, looked: bool, deadline: float,
                 ended: Callable[[], bool]) -> bool:
         if self.conn is None:
             # The first wait starts listening; a later one finds no listener when
@@ -265,6 +359,13 @@ class Listener:
         if self._read_since(mark, wanted) or self._took_heard(wanted):
             return True
         try:
+            if not self._listening:
+                if self._listen_again(queue):
+                    return True
+            elif not looked and mark < self._since:
+                row = self.conn.execute(self._ready_now, {"queue": queue}).fetchone()
+                if row is not None and row[0]:
+                    return True
             # Listening in short slices is what lets cancel end a wait: nothing
             # else can interrupt a connection waiting for notifications.
             while (remaining := deadline - time.monotonic()) > 0:
@@ -286,6 +387,7 @@ class Listener:
             # the server is gone and that is the error.
             self.conn.close()
             self.conn = None
+            self._listening = False
             self._lost()
             log.info("spoolq: %s: the listening connection was lost: %s", self.where,
                      str(exc).strip())
@@ -356,6 +458,7 @@ class Listener:
             listener.close()
             raise
         self.conn = listener
+        self._began()
 
     def cancel(self) -> None:
         """Make every :meth:`wait` in progress return False within a fraction of a
@@ -367,5 +470,6 @@ class Listener:
         self.cancel()  # a wait in another thread keeps the connection until it ends
         with self._lock:
             listener, self.conn = self.conn, None
+            self._listening = False
         if listener is not None:
             listener.close()

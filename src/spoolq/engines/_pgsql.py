@@ -250,6 +250,11 @@ _COUNTS = """SELECT coalesce(sum(ready), 0)::bigint, coalesce(sum(leased), 0)::b
         coalesce(sum(stored_bytes), 0)::bigint, coalesce(sum(raw_bytes), 0)::bigint
     FROM {s}.counts WHERE queue = %(queue)s"""
 
+# Whether a take at the database's now would find a record of the queue: a wait that
+# starts listening looks once, for what was made ready while no one listened.
+_READY_NOW = """SELECT EXISTS (SELECT 1 FROM {s}.records
+    WHERE queue = %(queue)s AND NOT leased AND visible_at <= statement_timestamp())"""
+
 _OWNERS = """SELECT owner, count(*) FROM {s}.records WHERE queue = %(queue)s AND leased
     GROUP BY owner"""
 
@@ -307,6 +312,7 @@ class Statements:
     peek: sql.Composed
     peek_leased: sql.Composed
     counts: sql.Composed
+    ready_now: sql.Composed
     owners: sql.Composed
     queues: sql.Composed
     last_id: sql.Composed
@@ -324,7 +330,8 @@ _TEXTS = {
     "lock_held": _LOCK_HELD, "any_expired": _ANY_EXPIRED, "lock_expired": _LOCK_EXPIRED,
     "lock_expired_or_owned": _LOCK_EXPIRED_OR_OWNED, "bury": _BURY, "unlease": _UNLEASE,
     "add_counts": _ADD_COUNTS, "move": _MOVE, "purge": _PURGE, "peek": _PEEK,
-    "peek_leased": _PEEK_LEASED, "counts": _COUNTS, "owners": _OWNERS, "queues": _QUEUES,
+    "peek_leased": _PEEK_LEASED, "counts": _COUNTS,
+    "ready_now": _READY_NOW, "owners": _OWNERS, "queues": _QUEUES,
     "last_id": _LAST_ID, "next_id": _NEXT_ID, "get_meta": _GET_META, "set_meta": _SET_META,
     "add_meta": _ADD_META, "server_started": _SERVER_STARTED, "skip_ids": _SKIP_IDS,
     "lock_restart": _LOCK_RESTART,

@@ -44,8 +44,8 @@ overrides the mapping (for instance ``"remote_apply"`` with standbys).
 Connections come from a ``psycopg_pool.ConnectionPool`` shared by every
 engine of this process opened with the same connection string and settings
 (the pool runs its own maintenance threads). ``wait_ready`` uses one more
-connection of its own that LISTENs for the notifications sent when records
-become ready; with ``notify=False`` there are none, and it reads the counts
+connection of its own that LISTENs, while a wait is in progress, for the
+notifications sent when records become ready; with ``notify=False`` there are none, and it reads the counts
 every tenth of a second instead.
 
 Plans. psycopg prepares a statement on its fifth use on a connection, but
@@ -82,7 +82,7 @@ from ..errors import EngineError
 from ._checks import as_int
 from ._pgids import ID_GAP, RestartCheck
 from ._pgleases import LeaseSettling
-from ._pglisten import Listener, any_ready, payload
+from ._pglisten import Listener, any_ready, payload, ready_now
 from ._pgparts import (
     MAX_BIGINT,
     MAX_QUEUE_NAME_BYTES,
@@ -172,7 +172,9 @@ class PostgresEngine(LeaseSettling):
         self._slots = counter_slots
         self._notify = notify
         self._sql = compose(schema, notify=notify)
-        self._waits = Listener(self.channel, self.where, self._connect_listener)
+        self._waits = Listener(self.channel, self.where, self._connect_listener,
+                               self._sql.ready_now, lambda queue: ready_now(
+                                   self._pool, self._sql.ready_now, queue, self.where))
         self._pool: ConnectionPool[Conn] | None = None
         self._restarts = None if read_only else RestartCheck(self._sql, schema, self.where)
         self._pid = os.getpid()
