@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -394,14 +395,20 @@ class Queue(AsyncCounts, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
     async def join(self) -> None:
         """Wait until every item put (or present at open) has been processed. Items that
         other handles or processes take count as processed once the queue holds nothing,
-        ready or leased."""
+        ready or leased. While the engine's server is away it waits on, as a blocked get
+        does, and reads the counts again every second."""
         if asyncio.get_running_loop() is not self._loop:
             raise self._elsewhere()
         core = self._core
+        retry_at = 0.0  # (monotonic) the next read of the counts while the server is away
         while core.unfinished and not self._immediate:
             await self._wait(None, lambda: not core.unfinished)
-            if core.unfinished and core.refresh_due() and not self._closed:
-                await self._refresh()  # other handles or processes may drain it
+            if (core.unfinished and core.refresh_due() and not self._closed
+                    and time.monotonic() >= retry_at):
+                try:
+                    await self._refresh()  # other handles or processes may drain it
+                except Unavailable as exc:
+                    retry_at = self._outage.retry_at(core.name, exc, None) or 0.0
 
     def shutdown(self, immediate: bool = False) -> None:
         """Refuse further puts; gets drain the queue, then raise :class:`QueueShutDown`.
