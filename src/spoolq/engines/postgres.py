@@ -45,8 +45,8 @@ Connections come from a ``psycopg_pool.ConnectionPool`` shared by every
 engine of this process opened with the same connection string and settings
 (the pool runs its own maintenance threads). ``wait_ready`` uses one more
 connection of its own that LISTENs, while a wait is in progress, for the
-notifications sent when records become ready; with ``notify=False`` there are none, and it reads the counts
-every tenth of a second instead.
+notifications sent when records become ready; with ``notify=False`` there are
+none, and it reads the counts every tenth of a second instead.
 
 Plans. psycopg prepares a statement on its fifth use on a connection, but
 PostgreSQL still plans a prepared statement afresh on every call while the
