@@ -1,15 +1,22 @@
 """The pickle engine: the whole queue file is one pickled dict, rewritten on every change.
 
-The file (pickle protocol 5) holds only dicts, lists, tuples, str, bytes, int,
-float and None::
+The file (pickle protocol 5, format version 2) holds only dicts, lists, tuples,
+str, bytes, int, float and None::
 
-    {"meta": {"application": b"spoolq", "format_version": b"1", ...},
-     "next_id": 42,
-     "queues": {"default": [(id, data, raw_size, attempts, enqueued_at, reason,
-                             lease_owner, visible_at), ...], ...}}
+    {"meta": {"application": b"spoolq", "format_version": b"2"},
+     "body": pickle.dumps({"meta": {"application": b"spoolq", "format_version": b"2", ...},
+                           "next_id": 42,
+                           "queues": {"default": [(id, data, raw_size, attempts, enqueued_at,
+                                                   reason, lease_owner, visible_at), ...]}}),
+     "crc32": zlib.crc32(body)}
 
-It is read with an unpickler that refuses every global, so a hostile file
-cannot name a class or a function to run: it is refused with
+Every byte is in the body, which the CRC covers, or must hold the one value written
+there, so a flipped byte, a zeroed run or a cut is :class:`~spoolq.CorruptError` (or
+:class:`~spoolq.FormatError` where it hits what names the file or its version), never
+another queue. An earlier release reads ``meta["format_version"]`` first and refuses the
+file. A file of version 1 (the body's dict itself, without a checksum) is read as it is
+and rewritten as version 2 by the first change. The unpicklers refuse every global, so a
+hostile file cannot name a class or a function to run: it is refused with
 :class:`~spoolq.FormatError` before anything is built from it.
 
 Costs: the engine holds every record in memory (it is a
@@ -25,8 +32,8 @@ the new file, never half of one. With ``durability="fsync"`` the new file and
 its directory are fsynced before a call returns, so the call survives power
 loss. Without it (``"commit"``, ``"buffer"``) a power cut can lose the last
 calls; most file systems (ext4's default ``auto_da_alloc``, btrfs) then still
-leave the old or the new file, and a file left damaged is reported with
-:class:`~spoolq.CorruptError`, never read as an empty queue.
+leave the old or the new file, and a file left damaged fails its checksum and is
+reported with :class:`~spoolq.CorruptError`, never read as an empty or another queue.
 
 One process at a time: opening takes ``<path>.lock`` (an exclusive
 ``filelock``, which a forked child does not keep), and a second process gets
@@ -46,6 +53,7 @@ import os
 import pickle
 import stat
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from math import isnan
@@ -55,7 +63,6 @@ from ..errors import CorruptError, EngineError, FormatError
 from ._checks import as_meta_key, check_expire, checked_ids, checked_owner
 from ._shared import SharedEngine, fsync_dir, lock_exclusively
 from .base import (
-    FORMAT_VERSION,
     MAX_RAW_SIZE,
     Counts,
     Lease,
@@ -80,7 +87,13 @@ T = TypeVar("T")
 _APPLICATION = b"spoolq"
 _PROTOCOL = 5
 _HEADER = b"\x80\x05"  # the PROTO opcode of protocol 5 opens every file this engine writes
-_KEYS = {"meta", "next_id", "queues"}
+_KEYS = {"meta", "next_id", "queues"}  # the body's keys; the whole file's at version 1
+_TOP_KEYS = {"meta", "body", "crc32"}
+# This engine's own layout version (the other engines share base.FORMAT_VERSION): 2 adds the
+# checksum. A version 1 file is read as it is and rewritten as version 2 at its next change.
+FORMAT_VERSION = 2
+_VERSION = str(FORMAT_VERSION).encode()
+_UNCHECKED_VERSION = b"1"
 _TEMPORARY = "." + "[0-9a-f]" * 12 + ".tmp"  # the names _save writes to; nothing else is removed
 
 
@@ -108,7 +121,7 @@ class _DataOnlyPickler(pickle.Pickler):
         raise TypeError(f"a {type(obj).__name__} cannot be stored in a pickle queue file")
 
 
-class _DataOnlyUnpickler(pickle.Unpickler):
+class _Refusing:
     """Builds only containers and scalars: every class and function lookup is refused."""
 
     def find_class(self, module: str, name: str) -> Any:
@@ -116,6 +129,17 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise _RefusedGlobal(f"persistent id {pid!r}")
+
+
+class _DataOnlyUnpickler(_Refusing, pickle.Unpickler):
+    """For the body, once its checksum holds."""
+
+
+class _TopUnpickler(_Refusing, pickle._Unpickler):
+    """For the top level, before a checksum is known: the C unpickler sizes its memo by the
+    index an opcode names, so one damaged byte can make it allocate and clear gigabytes.
+    This one (a dict memo) is slow, but at version 2 the top level is a few dozen opcodes;
+    a version 1 file, until rewritten, loads about 15 times slower than with the C one."""
 
 
 def _record(value: object) -> RecordState | None:
@@ -173,8 +197,7 @@ class _PickleStore:
                 self._mem = self._read()
             else:
                 self._mem = MemoryEngine.load(1, {"application": _APPLICATION,
-                                                  "format_version": str(FORMAT_VERSION).encode()},
-                                              {})
+                                                  "format_version": _VERSION}, {})
                 self._save()
             if not read_only:
                 self._remove_stale_temporaries()
@@ -217,9 +240,16 @@ class _PickleStore:
             raise CorruptError(f"{self.path} is damaged: cut short after {len(blob)} bytes")
         if not blob.startswith(_HEADER):
             raise self._not_a_pickle()
+        top = self._unpickle(blob, _TopUnpickler)
+        del blob  # the body is a copy of most of it
+        if self._version(top) == _UNCHECKED_VERSION:
+            return MemoryEngine.load(*self._check(top))
+        return MemoryEngine.load(*self._check(self._body(top)))
+
+    def _unpickle(self, blob: bytes, unpickler: Callable[[io.BytesIO], Any]) -> object:
         stream = io.BytesIO(blob)
         try:
-            obj = _DataOnlyUnpickler(stream).load()
+            obj = unpickler(stream).load()
         except _RefusedGlobal as exc:
             raise FormatError(f"{self.path} is not a spoolq queue file: it names {exc}, which "
                               "was refused unread") from exc
@@ -229,22 +259,45 @@ class _PickleStore:
         if stream.tell() != len(blob):
             raise CorruptError(f"{self.path} is damaged: {len(blob) - stream.tell()} bytes "
                                "follow the end of the pickle")
-        return MemoryEngine.load(*self._check(obj))
+        return obj
 
-    def _check(self, obj: object) -> tuple[int, dict[str, bytes], dict[str, list[RecordState]]]:
-        foreign = FormatError(f"{self.path} is a pickle file but not a spoolq queue file")
-        if not isinstance(obj, dict):
-            raise foreign
-        meta = obj.get("meta")
+    def _version(self, obj: object) -> bytes:
+        """The file's format version, read before its layout is checked: another version may
+        lay out the rest of the file differently."""
+        meta = obj.get("meta") if isinstance(obj, dict) else None
         if not isinstance(meta, dict) or meta.get("application") != _APPLICATION:
-            raise foreign
-        # The version is read before the layout is checked: another version may lay out
-        # the rest of the file differently.
+            raise FormatError(f"{self.path} is a pickle file but not a spoolq queue file")
         version = meta.get("format_version")
-        if version != str(FORMAT_VERSION).encode():
+        if version is None:  # every release wrote one
+            raise CorruptError(f"{self.path} is damaged: its metadata holds no format version")
+        if version not in (_VERSION, _UNCHECKED_VERSION):
             shown = version.decode(errors="replace") if isinstance(version, bytes) else version
-            raise FormatError(f"{self.path} has format version {shown}; "
-                              f"this spoolq reads version {FORMAT_VERSION}")
+            raise FormatError(f"{self.path} has format version {shown}; this spoolq reads "
+                              f"version {FORMAT_VERSION} (and 1, which it rewrites as "
+                              f"{FORMAT_VERSION})")
+        return version  # type: ignore[no-any-return]
+
+    def _body(self, top: Any) -> object:
+        """The queue dict a version 2 file holds, once its checksum holds."""
+        head = {"application": _APPLICATION, "format_version": _VERSION}
+        if set(top) != _TOP_KEYS or top["meta"] != head:
+            raise CorruptError(f"{self.path} is damaged: its top level is "
+                               f"{sorted(map(str, top))} with metadata {top['meta']!r}")
+        body, crc = top["body"], top["crc32"]
+        if type(body) is not bytes or type(crc) is not int:
+            raise CorruptError(f"{self.path} is damaged: its body or checksum is not one")
+        if zlib.crc32(body) != crc:
+            raise CorruptError(f"{self.path} is damaged: the checksum of its {len(body)}-byte "
+                               f"body is {zlib.crc32(body):#010x}, the file says {crc:#010x}")
+        obj = self._unpickle(body, _DataOnlyUnpickler)
+        meta = obj.get("meta") if isinstance(obj, dict) else None
+        if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in head.items()):
+            raise CorruptError(f"{self.path} is damaged: its body is not of its version")
+        return obj
+
+    def _check(self, obj: Any) -> tuple[int, dict[str, bytes], dict[str, list[RecordState]]]:
+        """The queue of a dict whose metadata names the application and a version read."""
+        meta = obj["meta"]
         if set(obj) != _KEYS:
             raise CorruptError(f"{self.path} is damaged: its keys are {sorted(map(str, obj))}")
         next_id, queues = obj["next_id"], obj["queues"]
@@ -270,11 +323,17 @@ class _PickleStore:
         return next_id, meta, checked
 
     def _save(self) -> None:
+        upgrade = self._mem.get_meta("format_version") == _UNCHECKED_VERSION
+        if upgrade:
+            self._mem.set_meta("format_version", _VERSION)
         next_id, meta, queues = self._mem.export()
         out = io.BytesIO()
         _DataOnlyPickler(out, protocol=_PROTOCOL).dump(
             {"meta": meta, "next_id": next_id, "queues": queues})
-        blob = out.getbuffer()
+        body = out.getvalue()
+        del out
+        top = {"meta": {"application": _APPLICATION, "format_version": meta["format_version"]},
+               "body": body, "crc32": zlib.crc32(body)}
         tmp = f"{self._file}.{uuid.uuid4().hex[:12]}.tmp"
         try:
             mode = stat.S_IMODE(os.stat(self._file).st_mode)
@@ -287,7 +346,8 @@ class _PickleStore:
                 # gave it (a queue of private data made 0o600 must not become readable).
                 os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
-                f.write(blob)
+                # Straight into the file: the pickler writes the body as it is, not a copy.
+                _DataOnlyPickler(f, protocol=_PROTOCOL).dump(top)
                 if self._fsync:
                     f.flush()
                     os.fsync(f.fileno())
@@ -298,6 +358,9 @@ class _PickleStore:
             raise
         if self._fsync:
             fsync_dir(self._directory)
+        if upgrade:
+            log.info("spoolq: %s: rewrote the queue file of format version 1 as version %d, "
+                     "which carries a checksum", self.path, FORMAT_VERSION)
 
     def _remove_stale_temporaries(self) -> None:
         # Left by a process killed while saving; safe to remove while we hold the lock.
