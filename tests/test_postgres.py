@@ -256,9 +256,8 @@ def test_a_wait_cancel_ends_its_own_wait_soon(engine: PostgresEngine) -> None:
 def test_wait_ready_recovers_from_a_lost_listener(engine: PostgresEngine, pg_url: str) -> None:
     assert engine.wait_ready("q", 0) is True
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        listen = sql.SQL("LISTEN {}").format(sql.Identifier(engine.channel)).as_string(admin)
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE query = %s AND pid <> pg_backend_pid()", (listen,))
+        assert engine._listener is not None
+        admin.execute("SELECT pg_terminate_backend(%s)", (engine._listener.info.backend_pid,))
     # Notifications may have been lost with it: look again, with a new listener.
     start = time.monotonic()
     assert engine.wait_ready("q", 5) is True

@@ -238,9 +238,8 @@ def test_every_waiting_thread_looks_again_after_the_listener_was_lost(
     threads, results = _waiters(engine, ["q", "q"], 3)
     time.sleep(0.3)  # one listens, the other waits its turn
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        listen = sql.SQL("LISTEN {}").format(sql.Identifier(engine.channel)).as_string(admin)
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE query = %s AND pid <> pg_backend_pid()", (listen,))
+        assert engine._listener is not None
+        admin.execute("SELECT pg_terminate_backend(%s)", (engine._listener.info.backend_pid,))
     for thread in threads:
         thread.join(10)
     # Notifications to either may have been missed while no session listened.
