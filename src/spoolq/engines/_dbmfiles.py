@@ -126,20 +126,27 @@ def remove_generation(path: str, generation: str) -> None:
 
 
 def remove_other_generations(path: str, live: str) -> None:
-    """Remove every generation but ``live``, and a ``CURRENT`` update never finished.
+    """Remove every generation but ``live``, and a ``CURRENT`` update or an index repair
+    never finished.
 
     A process killed while compacting leaves the old generation (killed after
     ``CURRENT`` named the new one) or half of the new one (killed before); later
-    compactions never look at either, so without this they would stay forever.
+    compactions never look at either, so without this they would stay forever. One
+    killed while repairing the live generation's index leaves its temporary copy
+    (``gen-NNNNNN.dir.tmp``, which no dbm backend names a file of its own).
     Only call it holding the queue's lock: nothing else then reads those files.
     """
     for name in os.listdir(path):
-        stale = name == CURRENT + ".tmp" or (
-            name.startswith("gen-") and name != live and not name.startswith(live + "."))
-        if stale:
-            with suppress(FileNotFoundError):
-                os.unlink(os.path.join(path, name))
-                log.info("spoolq: %s: removed %s, left by an interrupted compaction", path, name)
+        if name == CURRENT + ".tmp" or (
+                name.startswith("gen-") and name != live and not name.startswith(live + ".")):
+            what = "compaction"
+        elif name == _repair_temporary(live):
+            what = "index repair"
+        else:
+            continue
+        with suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, name))
+            log.info("spoolq: %s: removed %s, left by an interrupted %s", path, name, what)
 
 
 def sync_generation(path: str, generation: str) -> None:
@@ -304,15 +311,25 @@ def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
     if read_only:
         raise EngineError(f"{path}: a write to it was interrupted (or is under way); open it "
                           "for writing once to repair it, then read it again")
-    tmp = index + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(fixed)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, index)
+    tmp = os.path.join(path, _repair_temporary(generation))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(fixed)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, index)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_dir(path)
     log.warning("spoolq: %s: repaired the index of %s after an interrupted write", path,
                 generation)
+
+
+def _repair_temporary(generation: str) -> str:
+    """The name :func:`repair_dumb` writes a generation's repaired index to."""
+    return generation + ".dir.tmp"
 
 
 def _entries(index: bytes) -> dict[str, tuple[int, int]] | None:
