@@ -438,8 +438,14 @@ class Queue(AsyncCounts, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
         waits up to 10 seconds for them, then closes anyway, after giving back the
         items a ``get_many`` still waiting holds. It may be awaited on another event
         loop than the queue's own, once that one has stopped (say, a second
-        ``asyncio.run``)."""
+        ``asyncio.run``); while it still runs, that is a RuntimeError and nothing is
+        changed (``asyncio.run_coroutine_threadsafe(q.aclose(), its_loop)`` closes it
+        from another thread)."""
         here = asyncio.get_running_loop() is self._loop
+        if not here and not self._closed and self._loop.is_running():
+            raise RuntimeError(f"spoolq queue {self._core.name!r} belongs to an event loop "
+                               "that is still running: await aclose() on that loop "
+                               "(asyncio.run_coroutine_threadsafe from another thread)")
         if self._closed:
             if self._closing is not None and here:
                 await asyncio.shield(self._closing)  # another call is closing: wait for it
