@@ -66,7 +66,7 @@ def test_info_table_and_json(filled: str, disk_engine: str) -> None:
     assert "cbor+zstd" in result.stdout and "json+zstd" in result.stdout
     report = run_json("info", filled)
     assert report["engine"] == disk_engine
-    assert report["format_version"] == ("3" if disk_engine == "lmdb" else "1")
+    assert report["format_version"] == {"lmdb": "3", "pickle": "2"}.get(disk_engine, "1")
     assert report["file_bytes"] > 0
     jobs, other = report["queues"]
     assert (jobs["name"], jobs["ready"], jobs["leased"], jobs["dead"]) == ("jobs", 23, 0, 2)

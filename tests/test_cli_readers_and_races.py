@@ -243,7 +243,8 @@ def test_times_that_are_not_finite_numbers_are_shown_and_json_stays_json(
     # enqueue times, which a foreign writer may set, it reads (the tables and JSON go
     # through the same check of finite numbers for both).
     with open(path, "rb") as f:
-        state = pickle.load(f)
+        state = pickle.loads(pickle.load(f)["body"])
+    state["meta"]["format_version"] = b"1"  # a file of version 1 has no checksum to redo
     records = state["queues"]["jobs"]
     for i, stamp in enumerate((float("inf"), float("-inf"), float("inf")), start=1):
         records[i] = (*records[i][:4], stamp, *records[i][5:])

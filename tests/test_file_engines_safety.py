@@ -296,9 +296,9 @@ def test_a_refused_file_gets_no_lock_file_beside_it(tmp_path: Path, engine: str)
 
 def test_pickle_of_another_format_version_is_refused_by_its_version(tmp_path: Path) -> None:
     path = tmp_path / "q.pickle"
-    path.write_bytes(pickle.dumps({"meta": {"application": b"spoolq", "format_version": b"2"},
+    path.write_bytes(pickle.dumps({"meta": {"application": b"spoolq", "format_version": b"3"},
                                    "next_id": 1, "queues": {}, "segments": []}, protocol=5))
-    with pytest.raises(spoolq.FormatError, match="format version 2"):
+    with pytest.raises(spoolq.FormatError, match="format version 3"):
         SyncQueue.create(path)
 
 
