@@ -257,7 +257,14 @@ class SQLiteEngine(LeaseSettling, Moving):
         """Reserve n sequences (and count n ready records); return (base id, last seq)."""
         qno = self._qno(conn, queue)
         last = int(conn.execute(sql.ALLOCATE, (n, stored, raw, queue)).fetchone()[0])
+        if last > _MASK:  # the ids past the last would be the next queue's (rolled back)
+            raise self._used_up(queue)
         return qno << _SHIFT, last
+
+    def _used_up(self, queue: str) -> EngineError:
+        return EngineError(f"{self.path}: queue {queue!r} has given out all {_MASK:,} ids "
+                           "a record of it can have; nothing was changed (move its records "
+                           "to a queue of another name)")
 
     def _append(self, conn: sqlite3.Connection, queue: str, records: Sequence[bytes],
                 raw_sizes: Sequence[int], now: float) -> int:
@@ -267,9 +274,9 @@ class SQLiteEngine(LeaseSettling, Moving):
             conn.execute(sql.BUMP, (len(records[0]), raw_sizes[0], queue))
             rowid = conn.execute(sql.INSERT_NEXT, (queue, qno << _SHIFT, now, raw_sizes[0],
                                                 records[0])).lastrowid
-            if rowid is None or rowid >> _SHIFT != qno:
-                raise EngineError(f"{self.path}: a put into {queue!r} got id {rowid}, "
-                                  f"outside the queue's range")
+            # Past the last sequence the id is the next queue's, or sequence 0 of its own.
+            if rowid is None or rowid >> _SHIFT != qno or not rowid & _MASK:
+                raise self._used_up(queue)
             return int(rowid) & _MASK
         base, last = self._allocate(conn, queue, n, sum(map(len, records)), sum(raw_sizes))
         first = base | (last - n + 1)
