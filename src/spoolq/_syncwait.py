@@ -20,7 +20,19 @@ from .engines import WaitCancel
 from .errors import ClosedError, Unavailable
 from .settings import check_seconds
 
-__all__ = ["SyncWaiting"]
+__all__ = ["Place", "SyncWaiting"]
+
+
+class Place:
+    """A call that close() lets finish; a blocking take's stands in the line of waiting
+    takes (see :meth:`SyncWaiting._share`)."""
+
+    __slots__ = ("entered", "in_line", "thread")
+
+    def __init__(self, in_line: bool = False) -> None:
+        self.in_line = in_line
+        self.entered = False
+        self.thread = threading.current_thread()
 
 
 class SyncWaiting:
@@ -36,7 +48,7 @@ class SyncWaiting:
     _sleepers: int
     _long_polls: set[WaitCancel]
     _outage: Outage
-    _line: list[object]
+    _line: list[Place]
 
     @staticmethod
     def _deadline(block: bool, timeout: float | None) -> float | None:
@@ -120,26 +132,35 @@ class SyncWaiting:
                 self._sleep(until - time.monotonic())
         return True
 
-    def _enter_call(self, line: bool = False) -> object | None:
-        """Count a call that close() lets finish; with ``line``, put it at the end of the
-        line of calls that wait for items, and return its place holder."""
+    def _enter_call(self, place: Place) -> None:
+        """Count a call that close() lets finish; a ``place`` in line also takes its place
+        at the end of the line of calls that wait for items. Call it inside the ``try``
+        whose ``finally`` calls :meth:`_leave_call`: an exception raised by a signal
+        handler at any step in between then leaves nothing behind."""
+        thread = place.thread
         with self._cond:
             self._calls += 1
-            if not line:
-                return None
-            me = object()
-            self._line.append(me)
-            return me
+            place.entered = True  # no call in between: no signal handler runs there
+            if place.in_line:
+                # Places that a thread's earlier call left (a signal handler's exception
+                # in its last steps): a thread waits in one call at a time.
+                self._line[:] = [p for p in self._line
+                                 if p.thread is not thread and p.thread.is_alive()]
+                self._line.append(place)
 
-    def _leave_call(self, me: object | None = None) -> None:
+    def _leave_call(self, place: Place) -> None:
         with self._cond:
+            if not place.entered:
+                return
+            if place.in_line:
+                with contextlib.suppress(ValueError):  # taken out by a later call of its thread
+                    self._line.remove(place)
+            place.entered = False
             self._calls -= 1
-            if me is not None:
-                self._line.remove(me)
             if self._sleepers:
                 self._cond.notify_all()
 
-    def _to_back(self, me: object) -> None:
+    def _to_back(self, me: Place) -> None:
         """Move the call ``me`` to the back of the line of waiting calls."""
         with self._cond:
             self._line.remove(me)
@@ -147,7 +168,7 @@ class SyncWaiting:
             if self._sleepers:
                 self._cond.notify_all()
 
-    def _share(self, me: object | None, want: int | None) -> int:
+    def _share(self, me: Place | None, want: int | None) -> int:
         """How many items the call ``me`` may take now if it wants ``want`` (None: all
         that are ready). Blocking takes are served in the order they came, as
         ``queue.Queue`` serves its waiting threads: a call takes only the ready items left
@@ -173,7 +194,7 @@ class SyncWaiting:
                     cancel.cancel()
 
     def _wait_for_items(self, deadline: float | None, took_nothing: bool,
-                        me: object | None = None) -> bool:
+                        me: Place | None = None) -> bool:
         """Sleep until items may be ready for the call ``me``; False once the deadline
         passed.
 

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._outage import Outage
-from ._syncwait import SyncWaiting
+from ._syncwait import Place, SyncWaiting
 from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
@@ -60,7 +60,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         self._calls = 0
         self._sleepers = 0  # threads about to wait or waiting on self._cond: 0, none to wake
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
-        self._line: list[object] = []  # blocking takes, in arrival order: see _share
+        self._line: list[Place] = []  # blocking takes, in arrival order: see _share
         self._outage = Outage()
         # Room reserved (under self._cond) by puts of a queue with maxsize that are being
         # written, and how many such puts started and ended: the check for room and the
@@ -174,8 +174,9 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         """Reserve room for the records, write them, then give the reservation up."""
         self._check()  # after close() the fast path is never taken: this is the check
         n = len(records)
-        self._enter_call()
+        call = Place()
         try:
+            self._enter_call(call)
             self._reserve_room(n, block, timeout)
             try:
                 self._core.put_now(records, sizes)
@@ -188,7 +189,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
             if self._core.buffered:
                 self._after_buffered_put()
         finally:
-            self._leave_call()
+            self._leave_call(call)
 
     def _reserve_room(self, n: int, block: bool, timeout: float | None) -> None:
         """Wait for room for ``n`` items and reserve it: the ready items this handle knows
@@ -250,8 +251,10 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         # that back if it stops waiting for this call.
         holding = Holding(ttl is not None) if wait_for_all and block and n is not None \
             else None
-        me = self._enter_call(line=block)
+        place = Place(in_line=block)
+        me = place if block else None
         try:
+            self._enter_call(place)
             got = self._take_loop(n, deadline, me, ttl, wait_for_all, got, holding)
             if holding is not None and not core.hand_out(holding):
                 got = []  # back in the queue already
@@ -261,10 +264,10 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                 core.restore(got, ttl is not None, holding)
             raise
         finally:
-            self._leave_call(me)
+            self._leave_call(place)
         return got
 
-    def _take_loop(self, n: int | None, deadline: float | None, me: object | None,
+    def _take_loop(self, n: int | None, deadline: float | None, me: Place | None,
                    ttl: float | None, wait_for_all: bool, got: list[Any],
                    holding: Holding | None) -> list[Any]:
         core = self._core
