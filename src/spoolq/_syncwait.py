@@ -68,8 +68,11 @@ class SyncWaiting:
     def join(self) -> None:
         """Block until every item put (or present at open) has been processed, or the
         queue is shut down with ``immediate=True``. Items that other handles or processes
-        take count as processed once the queue holds nothing, ready or leased."""
+        take count as processed once the queue holds nothing, ready or leased. While the
+        engine's server is away it waits on, as a blocked get does, and reads the counts
+        again every second."""
         core = self._core
+        retry_at = 0.0  # (monotonic) the next read of the counts while the server is away
         while True:
             with self._cond:
                 if not core.unfinished or self._immediate:
@@ -77,12 +80,15 @@ class SyncWaiting:
                 self._all_done.wait(core.settings.poll_interval)
                 if not core.unfinished or self._immediate:
                     return
-            if core.refresh_due() and not core.closed:  # not under self._cond (lock order)
+            # Not under self._cond (lock order).
+            if core.refresh_due() and not core.closed and time.monotonic() >= retry_at:
                 try:
                     core.refresh()
                 except ClosedError:
                     if not self._immediate:  # set by close() before it closes the file
                         raise
+                except Unavailable as exc:
+                    retry_at = self._outage.retry_at(core.name, exc, None) or 0.0
 
     def _wake_joins(self) -> None:
         """Wake the threads waiting in ``join()``: items may have been finished."""
