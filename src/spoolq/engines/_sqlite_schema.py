@@ -246,9 +246,52 @@ def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous:
     if version != str(FORMAT_VERSION).encode():
         raise FormatError(f"{path} has format version {version.decode(errors='replace')}; "
                           f"this spoolq reads version {FORMAT_VERSION}")
+    _check_tables(conn, path)
     if not read_only:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(SYNCHRONOUS[synchronous])
+
+
+_COLUMNS = {  # every column of the spoolq tables, by table (see SCHEMA)
+    "spoolq_meta": ("key", "value"),
+    "spoolq_queues": ("name", "qno", "last_seq", "ready", "leased", "stored_bytes",
+                      "raw_bytes"),
+    "spoolq_records": ("id", "visible_at", "attempts", "enqueued_at", "raw_size", "reason",
+                       "data"),
+    "spoolq_leased": ("id", "owner", "until", "attempts", "enqueued_at", "raw_size", "reason",
+                      "data"),
+}
+# The largest record id of each record table, with its queue's number and the last sequence
+# that queue gave out (NULL for a number the file does not give a queue): one statement, so
+# one state of the file. Each is a lookup in a b-tree (as scalar subqueries: a max() in a
+# compound subquery reads the whole table).
+_TOP_IDS = """WITH t(top) AS (VALUES ((SELECT max(id) FROM spoolq_records)),
+                              ((SELECT max(id) FROM spoolq_leased)))
+    SELECT top, top >> 40, (SELECT last_seq FROM spoolq_queues WHERE qno = top >> 40)
+    FROM t WHERE top IS NOT NULL"""
+
+
+def _check_tables(conn: sqlite3.Connection, path: str) -> None:
+    """FormatError for a spoolq table that lost a column or its key (another program
+    altered it), CorruptError for records that lie past their queue's last id (its
+    counter deleted or set back): the file would open, then fail at some later call, or
+    show a queue as empty while its records are in the file."""
+    for table, wanted in _COLUMNS.items():
+        info = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
+        missing = next((c for c in wanted if c not in info), None)
+        if missing is not None:
+            raise FormatError(f"{path} is damaged: its table {table} has no column {missing}")
+        if "id" in wanted and (str(info["id"][2]).upper() != "INTEGER" or info["id"][5] != 1
+                               or sum(1 for row in info.values() if row[5]) != 1):
+            raise FormatError(f"{path} is damaged: its table {table} does not key its rows "
+                              "by id (INTEGER PRIMARY KEY)")
+    for top, qno, last_seq in conn.execute(_TOP_IDS).fetchall():
+        seq = top & ((1 << 40) - 1)
+        if last_seq is None or seq > last_seq:
+            which = ("which the file does not number" if last_seq is None
+                     else f"which has given out ids up to {last_seq} only")
+            raise CorruptError(f"{path} is damaged: it holds record {seq} of queue number "
+                               f"{qno}, {which} (its table spoolq_queues was changed)")
 
 
 def translate(exc: sqlite3.Error, path: str, what: str) -> EngineError:
