@@ -86,6 +86,18 @@ def copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: l
         target.set_meta(key, active)
 
 
+def _ends(engine: Engine, name: str) -> tuple[int, int | None, int | None]:
+    """A queue's ready count and the ids of its head and its tail (None when empty)."""
+    ready = engine.counts(name).ready
+    head = engine.peek(name, 1)
+    tail = engine.peek(name, 1, ready - 1) if ready else []
+    return ready, head[0].id if head else None, tail[0].id if tail else None
+
+
+def _ascending(ids: list[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(ids))
+
+
 def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str],
                 plan: dict[str, int], chunk: int,
                 written: dict[str, int]) -> list[dict[str, Any]]:
@@ -103,7 +115,15 @@ def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str
     with state.progress("copying", sum(plan.values())) as advance:
         for name in names:
             done = 0
+            start = _ends(source, name)
+            first: int | None = None
+            last: int | None = None
+            in_order = True
             for page in iter_pages(source, name, chunk=chunk):
+                read = [r.id for r in page]
+                in_order = in_order and _ascending(read if last is None else [last, *read])
+                first = read[0] if first is None else first
+                last = read[-1]
                 # append() stamps one time per call: runs of equal times keep each record's.
                 for stamp, run in itertools.groupby(page, key=lambda r: r.enqueued_at):
                     recs = list(run)
@@ -118,6 +138,15 @@ def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str
                 raise Refused(f"{name!r}: {plan[name]} items were to be copied, {done} were "
                               f"read and the destination gained {ready - before[name]}; "
                               "was another program using the files?")
+            # Pages are read at offsets: a consumer taking items from the head while a
+            # producer puts as many moves them under the copy, which then misses records
+            # and reads others twice or from after it began, with every count right.
+            # Ids only grow, so a copy that read, in increasing order, as many records
+            # as the queue held, from its head to its tail, with both the same at the
+            # end, read exactly the records it held.
+            if not in_order or (done, first, last) != start or _ends(source, name) != start:
+                raise Refused(f"{name!r}: the source's records changed while they were "
+                              "copied; was another program using the files?")
             if done or plan[name] or name in bases:
                 copied.append({"name": name, "copied": done, "ready": ready})
     return copied
