@@ -87,7 +87,9 @@ class Settling:
                     ) -> tuple[list[Message[Any]], list[int]]:
         """The messages this handle leased, and the ids of those another handle (or another
         queue) leased, which it cannot settle. Anything but a Message raises TypeError
-        before anything is settled."""
+        before anything is settled; on a closed handle everything raises ClosedError, as
+        on Queue (close gave the leases back)."""
+        self._check_open()
         for msg in messages:
             if not isinstance(msg, Message):
                 raise TypeError(_not_a_message(msg, what))
