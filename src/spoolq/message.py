@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .engines.base import StoredRecord
-from .errors import LeaseError
+from .errors import ClosedError, LeaseError
 
 __all__ = ["Message", "Taken", "log_failed_nack", "messages_for"]
 
@@ -69,6 +69,10 @@ def log_failed_nack(msg: Message[Any], error: Exception) -> None:
     own exception is the one that propagates."""
     if isinstance(error, LeaseError):
         log.warning("spoolq: message %d: lease lost before it could be nacked", msg.id)
+    elif isinstance(error, ClosedError):
+        # Expected, not a fault: closing the queue gave the lease back.
+        log.warning("spoolq: message %d could not be nacked after its block raised: the "
+                    "queue %r was closed, which gave its lease back", msg.id, msg.queue)
     else:
         log.warning("spoolq: message %d could not be nacked after its block raised", msg.id,
                     exc_info=error)
