@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -377,9 +379,13 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
             for odd in names_not_text(source):
                 state.note(f"note: {not_text_note(source, odd)}; it is not copied")
         plan = _plan(source, names)
-        new_files = _files_a_new_queue_file_adds(dst)
+        # A new DST is made in a folder of its own next to it and moved into place once
+        # whole: a part of a copy left as DST (by a SIGKILL) would be refused next time,
+        # or doubled with --append.
+        building = _building(dst)
         written: dict[str, int] = {}
-        target = open_engine(dst, to_engine, options=dst_options)
+        target = open_engine(building or dst, to_engine or engine_name_for(dst),
+                             options=dst_options)
         try:
             try:
                 _check_destination(source, target, bases, names, append)
@@ -387,11 +393,13 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
                 copied = copy_queues(state, source, target, bases, plan, chunk, written)
             finally:
                 target.close()
+            if building:
+                with sigint_deferred():
+                    _move_into_place(building, dst)
         except BaseException:
-            # A DST this migrate created goes again: a partial copy left in its place
-            # would be refused next time, or doubled with --append.
-            _remove(new_files)
-            if not new_files and any(written.values()):
+            if building:
+                _remove([os.path.dirname(building)])
+            elif any(written.values()):
                 kept = ", ".join(f"{n} of the {plan[q]} record(s) of {q!r}"
                                  for q, n in written.items() if n)
                 state.note(f"{dst} keeps what was copied before the migrate stopped: {kept}")
@@ -412,12 +420,45 @@ _SIDE_FILES = ("-wal", "-shm", "-journal", "-lock", ".lock")
 lock file, and the lock file of the dbm and pickle engines."""
 
 
-def _files_a_new_queue_file_adds(path: str) -> list[str]:
-    """The paths that opening ``path`` as a new queue file may create: none when ``path``
-    exists already or names no file (a database URL)."""
-    if "://" in path or os.path.lexists(path):
-        return []
-    return [path] + [path + side for side in _SIDE_FILES if not os.path.lexists(path + side)]
+def _building(dst: str) -> str | None:
+    """Where to make a new queue file ``dst``: a path of the same name in a new folder
+    ``DST.<random>.part`` next to it (engines keep files beside it, which stay in the
+    folder); None when ``dst`` exists already or names no file (a database URL)."""
+    if "://" in dst or os.path.lexists(dst):
+        return None
+    folder = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(dst)),
+                              prefix=os.path.basename(dst) + ".", suffix=".part")
+    return os.path.join(folder, os.path.basename(dst))
+
+
+def _move_into_place(building: str, dst: str) -> None:
+    """Move the whole copy ``building`` to ``dst``, which must still not exist (another
+    program may have made it meanwhile), and remove its folder."""
+    try:
+        if os.path.isdir(building):
+            if os.path.lexists(dst):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+            os.rename(building, dst)
+        else:
+            _move_file(building, dst)
+    except FileExistsError:
+        raise FileProblem(f"{dst} was made by another program while the migrate copied "
+                          "into it") from None
+    _remove([os.path.dirname(building)])
+
+
+def _move_file(path: str, dst: str) -> None:
+    """Move the file ``path`` to ``dst`` unless ``dst`` exists (FileExistsError)."""
+    if os.path.exists(path + "-wal"):  # part of an SQLite file, left by a failed close
+        raise FileProblem(f"{dst}: the copy's WAL could not be emptied into it")
+    try:
+        os.link(path, dst)  # never replaces a file made meanwhile
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+        os.rename(path, dst)
 
 
 def _remove(paths: list[str]) -> None:
