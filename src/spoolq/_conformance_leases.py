@@ -212,6 +212,48 @@ class LeaseConformance(ConformanceBase):
         assert [(r.data, r.reason) for r in dead] == [
             (b"r1", "owner died"), (b"r2", "lease expired"), (b"r3", "owner died")]
 
+    def test_dead_letters_of_one_release_keep_id_order(self, engine: Engine) -> None:
+        """A release buries the records it sends to the dead letters in id order, as a
+        move adds them, whatever order its deliveries name them in; deliveries that
+        hold no lease (named twice, at other attempts) are skipped as usual."""
+        self._put(engine, 9, queue=dead_queue_name("q"))
+        self._put(engine, 1, 2, 3, 4)
+        a, b, c, d = (r.id for r in engine.take("q", 4, self.NOW, Lease("me", self.NOW + 30)))
+        # b and d go back once, so only they reach max_attempts=2 below.
+        engine.release("q", [(d, 1), (b, 1)], "me", not_before=0.0, max_attempts=None)
+        assert sorted(r.id for r in engine.take("q", 2, self.NOW,
+                                                Lease("me", self.NOW + 30))) == [b, d]
+        deliveries = [(d, 2), (c, 1), (b, 1), (b, 2), (d, 2), (a, 1)]
+        released = engine.release("q", deliveries, "me", not_before=0.0, max_attempts=2,
+                                  reason="why")
+        assert sorted(released) == [a, b, c, d]
+        dead = engine.peek(dead_queue_name("q"), 10)
+        assert [(r.data, r.attempts) for r in dead] == [(b"r9", 0), (b"r2", 2), (b"r4", 2)]
+        assert [r.id for r in dead] == sorted(r.id for r in dead)
+        assert [r.reason for r in dead[1:]] == ["why", "why"]
+        assert [r.data for r in engine.take("q", 5, self.NOW, None)] == recs(1, 3)
+
+    def test_dead_letters_of_one_release_of_many_keep_id_order(self, engine: Engine) -> None:
+        """So does a release of many deliveries, named from the last to the first."""
+        self._put(engine, *range(300))
+        taken = engine.take("q", 300, self.NOW, Lease("me", self.NOW + 30))
+        deliveries = [(r.id, r.attempts) for r in reversed(taken)]
+        engine.release("q", deliveries, "me", not_before=0.0, max_attempts=1)
+        dead = engine.peek(dead_queue_name("q"), 300)
+        assert [r.data for r in dead] == recs(*range(300))
+
+    def test_dead_letters_of_one_expiry_of_many_keep_id_order(self, engine: Engine) -> None:
+        """An expiry that ends many leases, of owners that died and leases that ran out
+        taken in turns, buries them in id order too."""
+        self._put(engine, *range(1100))
+        for turn in range(11):
+            owner, until = ("gone", self.NOW + 50) if turn % 2 else ("a", self.NOW + 5)
+            engine.take("q", 100, self.NOW, Lease(owner, until))
+        assert engine.expire("q", self.NOW + 6, owners=["gone"], max_attempts=1) == 1100
+        dead = engine.peek(dead_queue_name("q"), 1100)
+        assert [r.data for r in dead] == recs(*range(1100))
+        assert [r.reason for r in dead[99:101]] == ["lease expired", "owner died"]
+
     # ---- infinite times ----------------------------------------------------------------
     # Infinite times are times: +inf is later than every finite time, and equal to itself.
 

@@ -142,7 +142,9 @@ class LeaseSettling:
             q = self._queue(txn, queue)
             if q is None or not deliveries:
                 return []
-            done = list(self._held(txn, q, deliveries, owner))
+            # In id order: the dead letters get new ids in the order the records had, as a
+            # move gives them, whatever order the deliveries named them in.
+            done = sorted(self._held(txn, q, deliveries, owner), key=lambda rec: rec.id)
             if done:
                 self._leases().count(txn, q.number, owner.encode(), -len(done))
             for rec in done:

@@ -286,7 +286,9 @@ class _DBMStore(Generations):
             if q is None:
                 return []
             done = []
-            for ident, a in self._held(q, deliveries, owner):
+            # In id order: the dead letters get new ids in the order the records had, as a
+            # move gives them, whatever order the deliveries named them in.
+            for ident, a in sorted(self._held(q, deliveries, owner), key=lambda pair: pair[0]):
                 if a.owner is not None:  # a delivery named twice is released once
                     self._unlease(st, queue, q, ident, a, not_before, max_attempts,
                                   count_attempt, reason or "nacked")

@@ -299,6 +299,7 @@ class MemoryEngine:
             return done
         if isnan(not_before):
             refuse_nan(_WHERE, "release", "not_before", not_before)
+        held: dict[int, _Entry] = {}  # a delivery named twice is released once
         for delivery in deliveries:
             ident, attempts = delivery
             if type(ident) is not int or type(attempts) is not int:
@@ -307,9 +308,13 @@ class MemoryEngine:
                 ident, attempts = pair
             entry = self._held(q, ident, attempts, owner)
             if entry is not None:
-                self._unlease(queue, q, ident, entry, not_before, max_attempts, count_attempt,
-                              reason)
-                done.append(ident)
+                held[ident] = entry
+        # In id order: the dead letters get new ids in the order the records had, as a move
+        # gives them, whatever order the deliveries named them in.
+        for ident in sorted(held):
+            self._unlease(queue, q, ident, held[ident], not_before, max_attempts, count_attempt,
+                          reason)
+        done.extend(held)
         return done
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
