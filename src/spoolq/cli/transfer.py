@@ -194,12 +194,18 @@ through as a lone surrogate), or an exponent or a run of digits large enough for
 number to overflow to infinity. Only the items of such lines are searched."""
 
 
+_JSON_SPACE = b" \t\r\n"
+"""What JSON counts as white space: a line of only these is blank, and skipped."""
+
+
 def _parse_line(source: str, lineno: int, line: bytes) -> Any:
     """The item of one line, which must be JSON that ``dump`` writes back as it is:
     NaN, Infinity, numbers too large for a float and strings with a lone surrogate
     (which Python's parser takes) are refused, as are items nested too deeply."""
     try:
-        item = json.loads(line, parse_constant=_no_constant)
+        # Decoded here (as json.loads decodes bytes, surrogates let through for the check
+        # below): given bytes, json.loads would guess UTF-16 or UTF-32 from NUL bytes.
+        item = json.loads(line.decode("utf-8-sig", "surrogatepass"), parse_constant=_no_constant)
         if _SUSPECT.search(line):
             check_json(item)
     except RecursionError:
@@ -213,7 +219,7 @@ def _count_items(source: str, f: IO[bytes]) -> int:
     """Check that every line of a seekable file is JSON before anything is written."""
     count = 0
     for lineno, line in enumerate(f, 1):
-        if line.strip():
+        if line.strip(_JSON_SPACE):
             _parse_line(source, lineno, line)
             count += 1
     f.seek(0)
@@ -269,7 +275,7 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
                 state.progress("loading", total) as advance:
             batch: list[Any] = []
             for lineno, line in itertools.chain(enumerate(stream, 1), [(0, b"")]):
-                if line.strip():
+                if line.strip(_JSON_SPACE):
                     batch.append(_parse_line(file, lineno, line))
                 if batch and (len(batch) >= batch_size or not lineno):
                     # Ctrl-C as the batch commits would leave it stored but not counted.
