@@ -37,6 +37,7 @@ from ..protocol import (
     decode_records,
     encode_records,
 )
+from ._checks import int_deliveries
 from ._link import (
     DEFAULT_PORT,
     ConnectionLost,
@@ -85,6 +86,14 @@ _PER_RECORD = 18
 # lengths measured with empty arrays (9 bytes each at most, 1 when measured).
 _HEAD_SLACK = 3 * 8
 _CLOSE_WAIT = 1.0  # seconds close() lets another thread's call finish before cutting it
+_WIRE_INT = range(-(2**63), 2**63)  # the integers a request carries
+
+
+def _sendable(deliveries: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """The deliveries of an ack or a release as the request carries them. Those that can
+    hold no lease (not two ints, or ints no engine stores) find nothing, as on the local
+    engines: they are left out rather than sent for the server to refuse the request."""
+    return [[i, a] for i, a in int_deliveries(deliveries) if i in _WIRE_INT and a in _WIRE_INT]
 
 
 class RemoteEngine(CallDeadlines, LongPolls):
@@ -340,7 +349,10 @@ class RemoteEngine(CallDeadlines, LongPolls):
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         if not deliveries:
             return []
-        args = {"queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries]}
+        sent = _sendable(deliveries)
+        if not sent:
+            return []
+        args = {"queue": queue, "owner": owner, "deliveries": sent}
         try:
             return self._ids(self._call("ack", args))
         except ReplyTooLarge as exc:
@@ -354,7 +366,10 @@ class RemoteEngine(CallDeadlines, LongPolls):
         if not deliveries:
             return []
         refuse_nan(self._where(), "release", "not_before", not_before)
-        args = {"queue": queue, "owner": owner, "deliveries": [list(d) for d in deliveries],
+        sent = _sendable(deliveries)
+        if not sent:
+            return []
+        args = {"queue": queue, "owner": owner, "deliveries": sent,
                 "not_before": wire(not_before), "max_attempts": max_attempts,
                 "count_attempt": count_attempt, "reason": reason}
         try:
