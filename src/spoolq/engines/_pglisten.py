@@ -245,11 +245,14 @@ class Listener:
             # Notifications read since this thread last looked at the queue (or, when
             # it never did, from now on) are this wait's: the thread has not seen the
             # records they announce, even when another thread's wait read them.
-            mark = marks.get(queue, self._read)
+            # A thread that never looked (an async queue waits on a thread of a pool
+            # and takes on another) cannot tell when its caller last did: it looks once.
+            known = marks.get(queue)
+            mark = self._read if known is None else known
             self._waiting[wanted] = self._waiting.get(wanted, 0) + 1
         ready, seen = False, mark
         try:
-            ready, seen = self._wait(queue, wanted, mark, deadline, lambda: (
+            ready, seen = self._wait(queue, wanted, mark, known is None, deadline, lambda: (
                 self._cancelled_at >= started or bool(cancel and cancel.cancelled)
                 or time.monotonic() >= deadline))
             return ready
@@ -323,9 +326,10 @@ class Listener:
             marks.clear()  # a thread that forgot its looks only wakes more often
         marks[queue] = mark
 
-    def _wait(self, queue: str, wanted: str, mark: int, deadline: float,
+    def _wait(self, queue: str, wanted: str, mark: int, unknown: bool, deadline: float,
               ended: Callable[[], bool]) -> tuple[bool, int]:
-        """Whether a hint came, and how far the notifications read were looked at."""
+        """Whether a hint came, and how far the notifications read were looked at.
+        ``unknown``: the thread never looked at ``queue`` (``mark`` is now)."""
         seen = self._read
         if self._read_since(mark, wanted) or self._took_heard(wanted):
             return True, seen
@@ -336,7 +340,7 @@ class Listener:
             seen = self._read
             if self._read_since(mark, wanted):
                 return True, seen
-            if not looked and self._listening and mark < self._since:
+            if not looked and self._listening and (unknown or mark < self._since):
                 # Listening began after this thread's last look at the queue.
                 looked = True
                 if self._ready(queue):
@@ -345,7 +349,9 @@ class Listener:
                 return False, seen
         try:
             # The listening thread reads every notification itself: up to the end.
-            return self._listen(queue, wanted, mark, looked, deadline, ended), self._read
+            # ``looked`` then also when no look is due (the thread looked since).
+            return self._listen(queue, wanted, mark, looked or not (
+                unknown or mark < self._since), deadline, ended), self._read
         finally:
             self._lock.release()
 
@@ -362,7 +368,7 @@ class Listener:
             if not self._listening:
                 if self._listen_again(queue):
                     return True
-            elif not looked and mark < self._since:
+            elif not looked:  # listening began after the thread's last look, if any
                 row = self.conn.execute(self._ready_now, {"queue": queue}).fetchone()
                 if row is not None and row[0]:
                     return True
