@@ -19,6 +19,7 @@ import click
 
 from ..codec import COMPRESSORS, SERIALIZERS
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
+from ..errors import EngineError
 from ..sync import SyncQueue
 from ._common import (
     DEFAULT_CHUNK,
@@ -390,9 +391,9 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
         # or doubled with --append.
         building = _building(dst)
         written: dict[str, int] = {}
-        target = open_engine(building or dst, to_engine or engine_name_for(dst),
-                             options=dst_options)
         try:
+            target = open_engine(building or dst, to_engine or engine_name_for(dst),
+                                 options=dst_options)
             try:
                 _check_destination(source, target, bases, names, append)
                 copy_dictionaries(source, target, bases, names, chunk)
@@ -402,9 +403,10 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
             if building:
                 with sigint_deferred():
                     _move_into_place(building, dst)
-        except BaseException:
+        except BaseException as exc:
             if building:
                 _remove([os.path.dirname(building)])
+                _name_dst(exc, building, dst)
             elif any(written.values()):
                 kept = ", ".join(f"{n} of the {plan[q]} record(s) of {q!r}"
                                  for q, n in written.items() if n)
@@ -432,9 +434,24 @@ def _building(dst: str) -> str | None:
     folder); None when ``dst`` exists already or names no file (a database URL)."""
     if "://" in dst or os.path.lexists(dst):
         return None
-    folder = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(dst)),
-                              prefix=os.path.basename(dst) + ".", suffix=".part")
-    return os.path.join(folder, os.path.basename(dst))
+    parent, name = os.path.split(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise FileProblem(f"{dst}: cannot open the queue: no directory {parent}")
+    try:  # the name cut short: a folder name has 255 bytes, an SQLite path 512
+        folder = tempfile.mkdtemp(dir=parent, prefix=name[:32] + ".", suffix=".part")
+    except OSError as exc:
+        raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
+    return os.path.join(folder, name)
+
+
+def _name_dst(exc: BaseException, building: str, dst: str) -> None:
+    """Raise ``exc`` again naming ``dst``, not the path (now gone) the copy was made at."""
+    if isinstance(exc, EngineError) and building in str(exc):
+        try:
+            again = type(exc)(str(exc).replace(building, dst))
+        except Exception:  # an error class that takes other arguments
+            return
+        raise again from exc.__cause__
 
 
 def _move_into_place(building: str, dst: str) -> None:
