@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ..codec import record_dictionary
-from ..engines import Engine
+from ..engines import Engine, StoredRecord
 from ..zdict import DICTIONARY_QUEUE, checksum_key, dictionary_damage
 from ._common import Refused, iter_pages, set_stored_codec, stored_codec
 from ._output import CliState
@@ -98,6 +99,28 @@ def _ascending(ids: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(ids))
 
 
+def _joined_pages(source: Engine, name: str, chunk: int) -> Iterator[list[StoredRecord]]:
+    """The ready records of ``name``, ``chunk`` at a time, each page read from the last
+    record of the one before: Refused when that record is no longer where it was
+    (records ahead of it were taken or given back meanwhile)."""
+    page = source.peek(name, chunk, 0)
+    offset = 0
+    while page:
+        yield page
+        if len(page) < chunk:
+            return
+        offset += len(page)
+        following = source.peek(name, chunk + 1, offset - 1)
+        if not following or following[0].id != page[-1].id:
+            raise _changed(name)
+        page = following[1:]
+
+
+def _changed(name: str) -> Refused:
+    return Refused(f"{name!r}: the source's records changed while they were copied; was "
+                   "another program using the files?")
+
+
 def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str],
                 plan: dict[str, int], chunk: int,
                 written: dict[str, int]) -> list[dict[str, Any]]:
@@ -119,7 +142,7 @@ def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str
             first: int | None = None
             last: int | None = None
             in_order = True
-            for page in iter_pages(source, name, chunk=chunk):
+            for page in _joined_pages(source, name, chunk):
                 read = [r.id for r in page]
                 in_order = in_order and _ascending(read if last is None else [last, *read])
                 first = read[0] if first is None else first
@@ -143,10 +166,11 @@ def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str
             # and reads others twice or from after it began, with every count right.
             # Ids only grow, so a copy that read, in increasing order, as many records
             # as the queue held, from its head to its tail, with both the same at the
-            # end, read exactly the records it held.
+            # end, read the records it held; each page starts at the last record of the
+            # one before, so records taken and given back behind it (which leave the
+            # head, the tail and the count as they were) cannot move a record past it.
             if not in_order or (done, first, last) != start or _ends(source, name) != start:
-                raise Refused(f"{name!r}: the source's records changed while they were "
-                              "copied; was another program using the files?")
+                raise _changed(name)
             if done or plan[name] or name in bases:
                 copied.append({"name": name, "copied": done, "ready": ready})
     return copied
