@@ -3,6 +3,7 @@ as ``queue.Queue`` serves them: the thread that has waited longest gets the next
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -19,9 +20,22 @@ _WAITERS = 6
 _LIMIT = 20.0  # seconds; generous bounds on every wait of the test
 
 
+def _frame(thread: threading.Thread) -> Any:
+    """The frame ``thread`` runs. The collector is held off meanwhile: CPython 3.11 can run
+    it inside ``sys._current_frames()`` while that holds the lock of the thread list, and
+    a finalizer that needs that lock then blocks the process for good."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames().get(thread.ident or -1)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _blocked(thread: threading.Thread) -> bool:
     """Whether ``thread`` sleeps on a lock inside a call of the queue."""
-    frame = sys._current_frames().get(thread.ident or -1)
+    frame = _frame(thread)
     names = []
     while frame is not None:
         names.append((frame.f_code.co_name, frame.f_code.co_filename))
