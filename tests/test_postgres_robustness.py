@@ -374,8 +374,6 @@ def test_a_busy_consumer_that_no_longer_waits_is_no_listener(engine: PostgresEng
             assert _wait_event(producer, pid) != "ClientWrite"
             assert engine.take("q", 1, time.time(), None) == []
             time.sleep(0.02)
-        usage = producer.execute("SELECT pg_notification_queue_usage()").fetchone()
-        assert usage is not None and usage[0] == 0
     start = time.monotonic()
     assert engine.wait_ready("q", 0.3) is False  # listening again, nothing to take
     assert time.monotonic() - start >= 0.25
