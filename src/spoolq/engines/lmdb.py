@@ -185,7 +185,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
 
     def _read(self, what: str, body: Callable[[Txn], T]) -> T:
         """Run ``body`` in one read transaction (without LMDB's lock, see :meth:`_alone`)."""
-        for _ in range(2):
+        for _ in range(_MAX_GROWTH):  # another process may grow the map again meanwhile
             try:
                 self._alone(what)
                 with self._env.begin() as txn:
