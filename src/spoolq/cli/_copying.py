@@ -99,21 +99,28 @@ def _ascending(ids: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(ids))
 
 
-def _joined_pages(source: Engine, name: str, chunk: int) -> Iterator[list[StoredRecord]]:
-    """The ready records of ``name``, ``chunk`` at a time, each page read from the last
-    record of the one before: Refused when that record is no longer where it was
-    (records ahead of it were taken or given back meanwhile)."""
+def _joined_pages(source: Engine, name: str, chunk: int,
+                  ready: int) -> Iterator[list[StoredRecord]]:
+    """The ``ready`` records of ``name``, ``chunk`` at a time, each page read from the
+    last record of the one before: Refused when that record is no longer where it was
+    (records ahead of it were taken or given back meanwhile). A page may hold fewer
+    records than asked for without being the last (a server's reply holds what fits):
+    the pages end when ``ready`` records were read, or a read finds nothing more."""
     page = source.peek(name, chunk, 0)
     offset = 0
     while page:
         yield page
-        if len(page) < chunk:
-            return
         offset += len(page)
+        if offset >= ready:
+            return  # records put meanwhile are after the tail the copy checks
         following = source.peek(name, chunk + 1, offset - 1)
         if not following or following[0].id != page[-1].id:
             raise _changed(name)
         page = following[1:]
+        if not page and len(following) == 1:
+            # A reply with room for the last record read only: the next page without it.
+            # Its first record is checked by the ids read, the count and the tail.
+            page = source.peek(name, chunk, offset)
 
 
 def _changed(name: str) -> Refused:
@@ -142,7 +149,7 @@ def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str
             first: int | None = None
             last: int | None = None
             in_order = True
-            for page in _joined_pages(source, name, chunk):
+            for page in _joined_pages(source, name, chunk, start[0]):
                 read = [r.id for r in page]
                 in_order = in_order and _ascending(read if last is None else [last, *read])
                 first = read[0] if first is None else first

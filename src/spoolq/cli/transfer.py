@@ -434,14 +434,18 @@ def _building(dst: str) -> str | None:
     folder); None when ``dst`` exists already or names no file (a database URL)."""
     if "://" in dst or os.path.lexists(dst):
         return None
-    parent, name = os.path.split(os.path.abspath(dst))
+    # Not abspath: it drops "link/.." as text, where the kernel follows the link first.
+    parent, name = os.path.split(dst.rstrip(os.sep) or dst)
+    parent = parent or os.curdir
     if not os.path.isdir(parent):
-        raise FileProblem(f"{dst}: cannot open the queue: no directory {parent}")
+        raise FileProblem(f"{dst}: cannot open the queue: no directory "
+                          f"{os.path.realpath(parent)}")
     try:  # the name cut short: a folder name has 255 bytes, an SQLite path 512
         folder = tempfile.mkdtemp(dir=parent, prefix=name[:32] + ".", suffix=".part")
     except OSError as exc:
         raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
-    return os.path.join(folder, name)
+    # Engines make paths absolute with abspath: give them one that needs no "..".
+    return os.path.join(os.path.realpath(folder), name)
 
 
 def _name_dst(exc: BaseException, building: str, dst: str) -> None:

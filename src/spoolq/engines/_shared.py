@@ -293,7 +293,7 @@ class SharedEngine:
 def check_directory(path: str) -> None:
     """EngineError naming the directory when the one ``path`` is in does not exist: a
     queue file is created in an existing directory, never with its directories."""
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(os.path.realpath(path))  # "link/.." as the kernel takes it
     if not os.path.isdir(parent):
         raise EngineError(f"{path}: cannot open the queue: no directory {parent}")
 

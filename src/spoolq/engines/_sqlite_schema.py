@@ -84,8 +84,10 @@ def _check_header(path: str) -> None:
 
 def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
     """A read-only connection. The path is quoted: a ``?``, ``#`` or ``%`` in it would
-    otherwise end the file name of the URI and open another file."""
-    uri = "file:" + quote(os.fsencode(os.path.abspath(path))) + "?mode=ro"
+    otherwise end the file name of the URI and open another file. It is resolved as the
+    kernel resolves it (``link/..`` is the link's target's parent, as a writable open
+    finds it), not as text, and has an empty authority whatever slashes lead it."""
+    uri = "file://" + quote(os.fsencode(os.path.realpath(path))) + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                            timeout=timeout)
     try:
