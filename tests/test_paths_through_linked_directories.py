@@ -36,6 +36,8 @@ def test_a_read_only_open_finds_the_file_a_writable_open_made(linked: Path) -> N
     info = run("info", "link/../q.sqlite")
     assert info.exit_code == 0, info.output
     assert "jobs" in info.stdout
+    verify = run("verify", "link/../q.sqlite")
+    assert verify.exit_code == 0, verify.output
 
 
 def test_migrate_makes_the_new_file_where_the_path_leads(linked: Path, tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ def _translate(path: str, what: str, exc: sqlite3.Error) -> EngineError:
 def quick_check(path: str) -> list[str]:
     """SQLite's ``PRAGMA quick_check`` on a read-only connection: [] when the pages are sound,
     else up to 20 lines naming what is wrong. It reads every page and changes nothing."""
-    # Quoted as bytes: a name that is not UTF-8 cannot be encoded as text.
-    uri = "file:" + quote(os.fsencode(os.path.abspath(path))) + "?mode=ro"
+    # Quoted as bytes: a name that is not UTF-8 cannot be encoded as text. Resolved as the
+    # engine resolves it (link/.. as the kernel takes it).
+    uri = "file://" + quote(os.fsencode(os.path.realpath(path))) + "?mode=ro"
     try:
         try:
             rows = _quick_check(uri)
