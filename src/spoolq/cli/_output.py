@@ -199,11 +199,17 @@ class CliState:
         a mistyped ``--queue`` otherwise looks like an empty queue."""
         if not any(_holds_items(engine, name) for name in names):
             # An engine may list a queue that holds nothing (created, or emptied).
-            others = ", ".join(base for base in base_queues(engine)
-                               if _holds_items(engine, base)
-                               or _holds_items(engine, dead_queue_name(base))) or "none"
+            others = ", ".join(
+                base if _holds_items(engine, base) else f"{base} (dead letters only)"
+                for base in base_queues(engine)
+                if _holds_items(engine, base) or _holds_items(engine, dead_queue_name(base)))
+            if names[0] in base_queues(engine) and _holds_items(
+                    engine, dead_queue_name(names[0])):
+                self.note(f"note: queue {names[0]!r} holds dead letters only (--dead shows "
+                          f"them); queues with items: {others}")
+                return
             self.note(f"note: no queue {names[0]!r} holds items in this file "
-                      f"(queues with items: {others})")
+                      f"(queues with items: {others or 'none'})")
 
     def print_json(self, data: Any) -> None:
         click.echo(json_document(data))
