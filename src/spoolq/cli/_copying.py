@@ -118,9 +118,13 @@ def _joined_pages(source: Engine, name: str, chunk: int,
             raise _changed(name)
         page = following[1:]
         if not page and len(following) == 1:
-            # A reply with room for the last record read only: the next page without it.
-            # Its first record is checked by the ids read, the count and the tail.
+            # A reply with room for the last record read only: the next page without it,
+            # then that record again, where it was (a record taken ahead of it and one
+            # given back behind it meanwhile would have moved the page past a record).
             page = source.peek(name, chunk, offset)
+            again = source.peek(name, 1, offset - 1)
+            if not again or again[0].id != following[0].id:
+                raise _changed(name)
 
 
 def _changed(name: str) -> Refused:
