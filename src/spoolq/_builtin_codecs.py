@@ -9,6 +9,7 @@ import bz2
 import json
 import lzma
 import pickle
+import re
 import threading
 import zlib
 from collections.abc import Callable
@@ -83,7 +84,43 @@ class _Json:
 
     @staticmethod
     def loads(data: bytes) -> Any:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:
+            return _json_loads_in_a_thread(data)
+
+
+def _json_loads_in_a_thread(data: bytes) -> Any:
+    """``json.loads`` of a deeply nested payload, in a thread of its own. Python's json
+    nests as deep as the stack its call finds left: a put from a shallow stack writes
+    items that a get from a deeper one could not read (and would send to the dead
+    letters). A new thread calling json's scanner itself starts with fewer frames on its
+    stack than any call of ``dumps`` has, so it reads whatever a put wrote."""
+    text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads does
+    scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+    start = _JSON_SPACE.match(text, 0).end()  # type: ignore[union-attr]
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(scan(text, start))
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="spoolq-json-loads", daemon=True)
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], StopIteration):
+        raise json.JSONDecodeError("Expecting value", text, outcome[0].value)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    item, end = outcome[0]
+    if _JSON_SPACE.match(text, end).end() != len(text):  # type: ignore[union-attr]
+        raise json.JSONDecodeError("Extra data", text, end)
+    return item
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 class _Raw:
