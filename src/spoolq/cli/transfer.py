@@ -435,11 +435,9 @@ def _building(dst: str) -> str | None:
     if "://" in dst or os.path.lexists(dst):
         return None
     # Not abspath: it drops "link/.." as text, where the kernel follows the link first.
-    parent, name = os.path.split(dst.rstrip(os.sep) or dst)
-    parent = parent or os.curdir
-    if not os.path.isdir(parent):
-        raise FileProblem(f"{dst}: cannot open the queue: no directory "
-                          f"{os.path.realpath(parent)}")
+    head, name = os.path.split(dst.rstrip(os.sep) or dst)
+    if not os.path.isdir(parent := head or os.curdir):
+        raise FileProblem(f"{dst}: cannot open the queue: no directory {os.path.realpath(parent)}")
     try:  # the name cut short: a folder name has 255 bytes, an SQLite path 512
         folder = tempfile.mkdtemp(dir=parent, prefix=name[:32] + ".", suffix=".part")
     except OSError as exc:
@@ -471,6 +469,8 @@ def _move_into_place(building: str, dst: str) -> None:
     except FileExistsError:
         raise FileProblem(f"{dst} was made by another program while the migrate copied "
                           "into it") from None
+    except OSError as exc:  # the kernel makes no file named "DST/": named as given
+        raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
     _remove([os.path.dirname(building)])
 
 
