@@ -2,7 +2,7 @@
 a task of its own, cancelled before its batch's lease runs out, and waited for to the end
 however often the flush is cancelled meanwhile. An awaitable or a
 :class:`concurrent.futures.Future` that a plain function returns is awaited as an async
-sink is."""
+sink is, and so is one an async sink returns."""
 
 from __future__ import annotations
 
@@ -71,12 +71,14 @@ async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], dead
         except asyncio.CancelledError as exc:
             # Raised by a plain sink itself: nothing was awaited, so nothing cancelled us.
             raise RuntimeError("on_flush raised CancelledError") from exc
-        if isinstance(result, concurrent.futures.Future):
+        thread = isinstance(result, concurrent.futures.Future)
+        if thread:
             # Work handed to a thread pool: its outcome, not the handing, decides the batch.
             result = _thread_outcome(result)
         if inspect.isawaitable(result) and not (inspect.isgenerator(result)
                                                 or inspect.isasyncgen(result)):
-            sending = asyncio.ensure_future(_contained(result, run))  # copies the context
+            # (copies the context)
+            sending = asyncio.ensure_future(_contained(result, run, thread))
     finally:
         _sink_run.reset(token)
         if sending is None:
@@ -162,11 +164,20 @@ def _ended(future: concurrent.futures.Future[object]) -> asyncio.Future[None]:
     return ended
 
 
-async def _contained(sending: Awaitable[object], run: _SinkRun) -> BaseException | None:
+async def _contained(sending: Awaitable[object], run: _SinkRun,
+                     thread: bool) -> BaseException | None:
     """Await an async sink; return the KeyboardInterrupt or SystemExit it raises. Raised
-    in a task, either would leave the event loop at once, its batch still leased."""
+    in a task, either would leave the event loop at once, its batch still leased. Unless
+    ``sending`` is a pool thread's outcome, an awaitable or a pool's future it returns (a
+    coroutine it did not await, say) is awaited as what a plain sink returns is: else the
+    batch would be acked before that work ran, and whether or not it failed."""
     try:
-        await sending
+        result = await sending
+        if not thread:
+            if isinstance(result, concurrent.futures.Future):
+                result = _thread_outcome(result)
+            if inspect.isawaitable(result) and not inspect.isgenerator(result):
+                await result
     except (KeyboardInterrupt, SystemExit) as exc:
         return exc
     finally:
