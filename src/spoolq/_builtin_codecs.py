@@ -187,10 +187,14 @@ class _Module:
         self.decompress = decompress
 
 
-def too_large(size: int | str) -> ValueError:
-    """The error for a payload that would decompress beyond MAX_UNPACKED_SIZE."""
+def too_large(size: int | None = None) -> ValueError:
+    """The error for a payload that would decompress beyond MAX_UNPACKED_SIZE: to ``size``
+    bytes, or (None) to more than the limit, where decompressing stopped."""
+    if size is None:
+        return ValueError(f"the payload decompresses to more than {MAX_UNPACKED_SIZE} "
+                          "bytes, the most spoolq ever compresses")
     return ValueError(f"the payload decompresses to {size} bytes, more than the "
-                      f"{MAX_UNPACKED_SIZE} spoolq ever compresses")
+                      f"{MAX_UNPACKED_SIZE} bytes spoolq ever compresses")
 
 
 # Deflate turns at most 1032 bytes into one: shorter payloads cannot exceed the limit.
@@ -203,7 +207,7 @@ def _zlib_decompress(data: bytes) -> bytes:
     unpacker = zlib.decompressobj()
     out = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
     if len(out) > MAX_UNPACKED_SIZE:
-        raise too_large("more than that")
+        raise too_large()
     if not unpacker.eof:
         raise ValueError("incomplete or truncated zlib stream")
     return out
@@ -217,7 +221,7 @@ def _bounded(make: Callable[[], bz2.BZ2Decompressor | lzma.LZMADecompressor]
         unpacker = make()
         out: bytes = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
         if len(out) > MAX_UNPACKED_SIZE:
-            raise too_large("more than that")
+            raise too_large()
         if not unpacker.eof:
             raise ValueError("compressed data ended before the end-of-stream marker")
         return out

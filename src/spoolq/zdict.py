@@ -66,7 +66,7 @@ def check_zstd_frame(frame: bytes, fmt: int = zstandard.FORMAT_ZSTD1) -> None:
         size = zstandard.get_frame_parameters(frame, format=fmt).content_size
         if size > MAX_UNPACKED_SIZE:
             raise ValueError(f"the payload declares {size} bytes, more than the "
-                             f"{MAX_UNPACKED_SIZE} spoolq ever compresses")
+                             f"{MAX_UNPACKED_SIZE} bytes spoolq ever compresses")
 
 
 SAMPLE_COUNT = 1000
