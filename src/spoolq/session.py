@@ -94,7 +94,8 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         self.closed = False
         self.max_reply = min(server.max_frame, _MAX_LENGTH)
         self.max_one = self.max_reply  # a reply of one record, which may be larger
-        self._last_data = 0.0
+        # The handshake ends by _handshake_by (however its bytes trickle in), or is cut off.
+        self._last_data = self._handshake_by = 0.0
         self._stall: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._read_paused = False
@@ -136,6 +137,7 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
             return
         self.server.connections.add(self)
         self._last_data = self.loop.time()
+        self._handshake_by = self._last_data + self.server.stall_timeout
         self._arm_stall()
         log.info("spoolq: connection from %s", self.peer)
         if self._early:
@@ -365,19 +367,19 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
 
     def _check_stall(self) -> None:
         self._stall = None
-        if self.closed or (self.sans.ready and not self.sans.pending):
+        if self.closed or self._read_paused or (self.sans.ready and not self.sans.pending):
             return
-        if self._read_paused:
-            return
-        idle = self.loop.time() - self._last_data
-        if idle < self.server.stall_timeout:
-            self._stall = self.loop.call_later(self.server.stall_timeout - idle,
-                                               self._check_stall)
+        now, stall = self.loop.time(), self.server.stall_timeout
+        idle = now - self._last_data
+        left = stall - idle if self.sans.ready else min(stall - idle, self._handshake_by - now)
+        if left > 0:
+            self._stall = self.loop.call_later(left, self._check_stall)
             return
         what = "mid-frame" if self.sans.ready else "during the handshake"
-        log.warning("spoolq: dropping the connection from %s: no data for %.1f s %s",
-                    self.peer, idle, what)
-        self._write(encode_error(0, ErrorCode.TIMEOUT, f"no data for {idle:.1f} s {what}"))
+        why = (f"no data for {idle:.1f} s {what}" if idle >= stall
+               else f"the handshake did not end within {stall:.1f} s")
+        log.warning("spoolq: dropping the connection from %s: %s", self.peer, why)
+        self._write(encode_error(0, ErrorCode.TIMEOUT, why))
         self.drop()
 
     # ---- requests -----------------------------------------------------------------------
