@@ -204,6 +204,9 @@ class Batcher(BatchSettling[T], Generic[T]):
         while another is stopping waits for that one. Cancelling the caller (say, by a
         timeout) does not interrupt the stop: it goes on, and a later call waits for it.
         """
+        # After the loop of its run ended without a stop: close what that run left (its
+        # items stay in the file), as a start would; while it runs on another, RuntimeError.
+        await self._bind_loop()
         if self._task is None and self._stopping_task is None and self._starts:
             async with self._lock:
                 pass  # a start() is opening the queue: stop what it starts
@@ -303,6 +306,7 @@ class Batcher(BatchSettling[T], Generic[T]):
         counts in ``stats``). Raises ClosedError when the queue was closed.
         """
         self._not_in_sink("flush")
+        await self._bind_loop()  # (after its loop ended, the run's queue is closed)
         return await self._flush(force, now=True)
 
     def _not_in_sink(self, call: str) -> None:
