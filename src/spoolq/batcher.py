@@ -292,9 +292,33 @@ class Batcher(BatchSettling[T], Generic[T]):
             # not at the next interval (a batch as large as max_batch_size may never fit).
             self._force_next = True
             self._wake.set()
-        await queue.put_many(items)
+            await self._put_with_flusher(queue, items, self._task)
+        else:
+            await queue.put_many(items)
         if queue.qsize() >= self.max_batch_size:
             self._wake.set()
+
+    async def _put_with_flusher(self, queue: Queue[T], items: list[T],
+                                flusher: asyncio.Task[None] | None) -> None:
+        """Put items that wait for room while ``flusher`` runs: once it has ended (a sink's
+        BaseException, a cancellation from outside, a stop), nothing makes room, and the
+        put would wait for ever. RuntimeError then, the items not stored."""
+        if flusher is not None and not flusher.done():
+            putting = asyncio.ensure_future(queue.put_many(items))
+            try:
+                await asyncio.wait((putting, flusher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not putting.done():
+                    putting.cancel()  # (stored all the same if its write had begun)
+                    await asyncio.wait((putting,))
+            if not putting.cancelled():
+                return putting.result()  # stored, or the put's own error
+        if self._task is not flusher:
+            raise RuntimeError(f"batcher {self.name!r} stopped while an add waited for room "
+                               "in its queue; the items were not stored")
+        raise RuntimeError(f"batcher {self.name!r}: no room in the queue, and the background "
+                           "flusher that would make it has ended (see the log); flush() or "
+                           "stop() the Batcher")
 
     async def flush(self, force: bool = True) -> bool:
         """Flush waiting items now: all of them with ``force``, else only full batches.
