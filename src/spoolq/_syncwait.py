@@ -27,11 +27,12 @@ class Place:
     """A call that close() lets finish; a blocking take's stands in the line of waiting
     takes (see :meth:`SyncWaiting._share`)."""
 
-    __slots__ = ("entered", "in_line", "thread")
+    __slots__ = ("done", "entered", "in_line", "thread")
 
     def __init__(self, in_line: bool = False) -> None:
         self.in_line = in_line
         self.entered = False
+        self.done = False  # set first thing in the call's finally (no call before it)
         self.thread = threading.current_thread()
 
 
@@ -141,17 +142,21 @@ class SyncWaiting:
     def _enter_call(self, place: Place) -> None:
         """Count a call that close() lets finish; a ``place`` in line also takes its place
         at the end of the line of calls that wait for items. Call it inside the ``try``
-        whose ``finally`` calls :meth:`_leave_call`: an exception raised by a signal
-        handler at any step in between then leaves nothing behind."""
-        thread = place.thread
+        whose ``finally`` sets ``place.done``, then calls :meth:`_leave_call`: an
+        exception raised by a signal handler at any step in between then leaves nothing
+        behind for long (a place done is left by the next call that joins the line)."""
         with self._cond:
             self._calls += 1
             place.entered = True  # no call in between: no signal handler runs there
             if place.in_line:
-                # Places that a thread's earlier call left (a signal handler's exception
-                # in its last steps): a thread waits in one call at a time.
-                self._line[:] = [p for p in self._line
-                                 if p.thread is not thread and p.thread.is_alive()]
+                # Places that calls which ended left (a signal handler's exception as they
+                # left): this call leaves them for them. Not the place of a call that runs
+                # on, say one of this thread that a signal handler's call interrupted.
+                for p in [p for p in self._line if p.done or not p.thread.is_alive()]:
+                    self._line.remove(p)
+                    if p.entered:
+                        p.entered = False
+                        self._calls -= 1
                 self._line.append(place)
 
     def _leave_call(self, place: Place) -> None:
@@ -159,7 +164,7 @@ class SyncWaiting:
             if not place.entered:
                 return
             if place.in_line:
-                with contextlib.suppress(ValueError):  # taken out by a later call of its thread
+                with contextlib.suppress(ValueError):  # taken out by a later call
                     self._line.remove(place)
             place.entered = False
             self._calls -= 1

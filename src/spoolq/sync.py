@@ -189,6 +189,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
             if self._core.buffered:
                 self._after_buffered_put()
         finally:
+            call.done = True
             self._leave_call(call)
 
     def _reserve_room(self, n: int, block: bool, timeout: float | None) -> None:
@@ -264,6 +265,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
                 core.restore(got, ttl is not None, holding)
             raise
         finally:
+            place.done = True
             self._leave_call(place)
         return got
 
