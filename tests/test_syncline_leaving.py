@@ -47,6 +47,12 @@ def _wait_for(condition: Any) -> None:
         time.sleep(0.005)
 
 
+def _in_line(q: SyncQueue[Any], n: int) -> None:
+    """Wait until ``n`` calls of ``q`` hold places in its line of waiting takes: the
+    order they started waiting in is then set, however slowly their threads run."""
+    _wait_for(lambda: len(q._line) >= n)
+
+
 @pytest.mark.parametrize("engine", ["memory", "sqlite"])
 def test_a_get_interrupted_in_its_wait_does_not_keep_its_place_in_line(
         tmp_path: Path, engine: str) -> None:
@@ -77,9 +83,9 @@ def test_a_shutdown_drains_the_queue_to_the_first_waiting_gets_then_stops_the_re
         tmp_path: Path, engine: str) -> None:
     with SyncQueue.create(queue_path(tmp_path, engine)) as q:
         waiters = []
-        for _ in range(3):
+        for k in range(3):
             waiters.append(_waiter(lambda: q.get(timeout=_LIMIT)))
-            time.sleep(0.1)
+            _in_line(q, k + 1)
         q.put_many(["a", "b"])
         _wait_for(lambda: sum(bool(out) for _t, out in waiters) == 2)
         q.shutdown()
@@ -101,9 +107,9 @@ def test_waiting_takes_on_the_remote_engine_are_served_in_the_order_they_started
                      lambda: consumer.get_many(2, timeout=_LIMIT),
                      lambda: consumer.get(timeout=_LIMIT)]
             waiters = []
-            for call in calls:
+            for k, call in enumerate(calls):
                 waiters.append(_waiter(call))
-                time.sleep(0.3)  # each has begun its wait before the next starts
+                _in_line(consumer, k + 1)  # each has begun its wait before the next starts
             for k in range(5):
                 producer.put(k)
                 _wait_for(lambda: producer.peek(1) == [])  # taken, by the one it was for
