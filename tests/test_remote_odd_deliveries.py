@@ -49,3 +49,19 @@ def test_odd_deliveries_find_nothing_and_the_good_ones_are_settled(
         assert nothing == []
     finally:
         eng.close()
+
+
+def test_a_release_of_nothing_checks_its_reason_and_max_attempts(
+        server: ServerProcess) -> None:
+    eng = RemoteEngine(server.url)
+    try:
+        with pytest.raises(TypeError):
+            eng.release("odd", [("x", 1)], "me", not_before=0.0, max_attempts=None,
+                        reason=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            eng.release("odd", [], "me", not_before=0.0, max_attempts="3")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            eng.release("odd", [], "me", not_before=0.0, max_attempts=None,
+                        reason=b"r")  # type: ignore[arg-type]
+    finally:
+        eng.close()

@@ -10,8 +10,9 @@ from math import inf, isnan
 __all__ = ["MAX_ATTEMPTS", "MAX_META_KEY_BYTES", "MAX_OWNER_BYTES", "MAX_RAW_SIZE", "as_bytes",
            "as_delivery", "as_float_time", "as_int", "as_max_attempts", "as_meta_key",
            "as_queue_name",
-           "as_records", "as_text", "check_expire", "checked_attempts", "checked_ids",
-           "checked_owner", "checked_raw_size", "checked_raw_sizes", "checked_size_types",
+           "as_records", "as_text", "check_expire", "check_release", "checked_attempts",
+           "checked_ids", "checked_owner", "checked_raw_size", "checked_raw_sizes",
+           "checked_size_types",
            "int_deliveries", "lease_owner_fits", "meta_key_bytes", "names_nothing_stored",
            "writable"]
 
@@ -250,6 +251,14 @@ def checked_ids(ids: Iterable[object] | None) -> Sequence[int] | None:
         for ident in given:
             as_int(ident, "a record id")
     return given  # type: ignore[return-value]
+
+
+def check_release(reason: object, max_attempts: object) -> str:
+    """The arguments of a ``release`` every engine checks, whatever its deliveries: the
+    reason as text (TypeError, ValueError) and ``max_attempts`` (see :func:`as_max_attempts`)."""
+    text = as_text(reason, "a reason")
+    as_max_attempts(max_attempts)
+    return text
 
 
 def check_expire(now: object, owners: object, max_attempts: object) -> None:

@@ -235,7 +235,7 @@ def make_queue_directory(path: str, st: State) -> str:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.realpath(path)))  # "link/.." as the kernel takes it
     return FIRST
 
 

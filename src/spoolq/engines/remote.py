@@ -37,7 +37,7 @@ from ..protocol import (
     decode_records,
     encode_records,
 )
-from ._checks import int_deliveries
+from ._checks import check_release, int_deliveries
 from ._link import (
     DEFAULT_PORT,
     ConnectionLost,
@@ -347,8 +347,6 @@ class RemoteEngine(CallDeadlines, LongPolls):
             self._call("restore", {"queue": queue, "records": encode_records(sent)})
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
-        if not deliveries:
-            return []
         sent = _sendable(deliveries)
         if not sent:
             return []
@@ -361,6 +359,7 @@ class RemoteEngine(CallDeadlines, LongPolls):
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
                 reason: str = "") -> list[int]:
+        reason = check_release(reason, max_attempts)  # as every engine, with nothing to do
         if count_attempt:
             self._max_attempts[queue] = max_attempts
         if not deliveries:
