@@ -1,12 +1,16 @@
-"""TLS of the server: its context, and the handshake of each new connection, which
-starts TLS itself so that a failed handshake is logged with the client's address."""
+"""New connections of the server: accepting them on asyncio's own event loop, and TLS:
+its context, and the handshake of each new connection, which starts TLS itself so that a
+failed handshake is logged with the client's address."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from .errors import ConfigurationError
@@ -16,9 +20,78 @@ from .session import Session
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["Handshake", "ssl_context"]
+__all__ = ["Acceptor", "Handshake", "ssl_context"]
 
 log = logging.getLogger("spoolq")
+_OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ACCEPT_PAUSE = 1.0  # seconds without accepting once the process is out of descriptors
+
+
+class Acceptor:
+    """Accepts the connections of a server on asyncio's own event loop, in place of the
+    loop's accept: out of file descriptors, that logs a traceback and schedules a retry
+    for each connection waiting, every second, more each time (thousands of lines a
+    second, and a loop that spins on them). Here accepting pauses for a second, with a
+    warning when it starts doing so, and goes on with the connections already made.
+    uvloop's accept needs none of this (it closes what it cannot take)."""
+
+    def __init__(self, server: Server, factory: Callable[[], asyncio.Protocol],
+                 listeners: tuple[socket.socket, ...]) -> None:
+        self.server = server
+        self.factory = factory
+        self.loop = server.loop
+        self.short = False  # out of descriptors at the last try
+        self.socks: list[socket.socket] = []
+        for listener in listeners:
+            # Its own handle of the listening socket (the loop's is closed by the loop).
+            sock = socket.fromfd(listener.fileno(), listener.family, listener.type)
+            sock.setblocking(False)
+            self.loop.remove_reader(listener.fileno())
+            self.socks.append(sock)
+            self._listen(sock)
+
+    @staticmethod
+    def wanted(loop: asyncio.AbstractEventLoop) -> bool:
+        return isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+
+    def _listen(self, sock: socket.socket) -> None:
+        if not self.server.stopping and sock.fileno() != -1:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(100):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                self.loop.remove_reader(sock.fileno())
+                if exc.errno not in _OUT_OF:
+                    log.error("spoolq: accepting a connection failed: %s", exc)
+                elif not self.short:
+                    log.warning("spoolq: cannot accept connections for now: %s (trying "
+                                "again every %.0f s)", exc, _ACCEPT_PAUSE)
+                self.short = exc.errno in _OUT_OF
+                self.loop.call_later(_ACCEPT_PAUSE, self._listen, sock)
+                return
+            if self.short:
+                self.short = False
+                log.warning("spoolq: accepting connections again")
+            conn.setblocking(False)
+            self.server.spawn(self._connected(conn))
+
+    async def _connected(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except OSError as exc:
+            conn.close()
+            log.info("spoolq: a connection ended as it was accepted: %s", exc)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            if sock.fileno() != -1:
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
 
 
 class Handshake(asyncio.Protocol):

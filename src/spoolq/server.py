@@ -26,7 +26,7 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from ._serversignals import LateSignals, Wakeup, loop_name
-from ._servertls import Handshake, ssl_context
+from ._servertls import Acceptor, Handshake, ssl_context
 from ._sessionleases import Deliveries
 from .dispatch import make_runner
 from .engines import Engine, engine_name_for, open_engine
@@ -96,6 +96,7 @@ class Server:
         self.stopped_by: signal.Signals | None = None  # the signal that stopped serve()
         self.address: tuple[str, int] = ("", 0)
         self._server: asyncio.Server | None = None
+        self._acceptor: Acceptor | None = None
         self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
@@ -112,6 +113,8 @@ class Server:
         factory: Callable[[], asyncio.Protocol] = (
             (lambda: Session(self)) if self.ssl_context is None else (lambda: Handshake(self)))
         self._server = await self.loop.create_server(factory, host, port)
+        if Acceptor.wanted(self.loop):  # asyncio's own loop, whose accept floods its log
+            self._acceptor = Acceptor(self, factory, self._server.sockets)
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         log.info("spoolq: serving %s (%s engine) on %s:%d%s%s, %s event loop",
@@ -171,6 +174,8 @@ class Server:
                  len(self.connections), len(self._tasks))
         if self._server is not None:
             self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         for waiters in list(self._waiters.values()):
             for fut in waiters:
                 _resolve(fut, False)
