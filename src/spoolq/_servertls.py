@@ -158,7 +158,7 @@ class Handshake(asyncio.Protocol):
         except (OSError, asyncio.TimeoutError) as exc:  # it went away, or stalled
             transport.close()
             log.info("spoolq: the TLS handshake of %s did not end: %s", peer,
-                     exc or type(exc).__name__)
+                     str(exc) or type(exc).__name__)
             return
         if tls is None:  # closed meanwhile
             transport.close()
