@@ -94,8 +94,7 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         self.closed = False
         self.max_reply = min(server.max_frame, _MAX_LENGTH)
         self.max_one = self.max_reply  # a reply of one record, which may be larger
-        # The handshake ends by _handshake_by (however its bytes trickle in), or is cut off.
-        self._last_data = self._handshake_by = 0.0
+        self._last_data = self._handshake_by = 0.0  # handshake cut off after _handshake_by
         self._stall: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._read_paused = False
