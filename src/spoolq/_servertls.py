@@ -174,5 +174,6 @@ def ssl_context(tls_cert: str | os.PathLike[str] | None,
         raise ConfigurationError("tls_key needs tls_cert")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # OpenSSL 3 refuses it anyway; 1.1.1 did not
     ctx.load_cert_chain(tls_cert, tls_key)
     return ctx

@@ -17,6 +17,7 @@ and ``REQUEST`` frames, the server answers each with a ``REPLY`` or an
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import struct
@@ -648,7 +649,8 @@ class ServerProtocol:
         self.outbox = bytearray()
         self.version: int | None = None
         self.authenticated = token is None
-        self._token = None if token is None else token.encode()
+        # Compared as digests: compare_digest takes no time to tell lengths apart.
+        self._token = None if token is None else hashlib.sha256(token.encode()).digest()
         self._head = bytearray()
         self._failed: ProtocolError | AuthenticationError | None = None
 
@@ -775,7 +777,8 @@ class ServerProtocol:
             token = body.get("token") if isinstance(body, dict) else None
             if self._token is not None and not (
                     isinstance(token, str)
-                    and hmac.compare_digest(token.encode(), self._token)):
+                    and hmac.compare_digest(hashlib.sha256(token.encode()).digest(),
+                                            self._token)):
                 raise self._fail(AuthenticationError("the server refused the token"), frame.id)
             self.authenticated = True
             self.outbox += encode_reply(frame.id, None)
