@@ -46,21 +46,29 @@ def payload(queue: str) -> str:
     return queue if len(queue.encode()) <= _MAX_PAYLOAD else ""
 
 
+def _look(pool: ConnectionPool[Conn] | None, statement: sql.Composed, queue: str,
+          where: str, unanswered: bool, what: str) -> bool:
+    """Whether ``statement`` finds something for ``queue`` on a pooled connection: False
+    when the engine is closing (``pool`` is None), ``unanswered`` when no connection
+    comes within a slice of a wait or the server is away."""
+    if pool is None:
+        return False
+    try:
+        with connection(pool, _WAIT_SLICE, where) as conn:
+            row = conn.execute(statement, {"queue": queue}).fetchone()
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        log.debug("spoolq: %s: no %s for a wait: %s", where, what, str(exc).strip())
+        return unanswered
+    return row is not None and bool(row[0])
+
+
 def any_ready(pool: ConnectionPool[Conn] | None, counts: sql.Composed, queue: str,
               where: str) -> bool:
     """Whether the counts of ``queue`` (read by ``counts``) show ready records, for a
     wait without notifications. False, so that the wait polls again, when the engine
     is closing (``pool`` is None) or no connection comes within a poll's slice: the
     server is away (a restart), or every connection of the pool is busy."""
-    if pool is None:
-        return False
-    try:
-        with connection(pool, _WAIT_SLICE, where) as conn:
-            row = conn.execute(counts, {"queue": queue}).fetchone()
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        log.debug("spoolq: %s: no counts for a wait: %s", where, str(exc).strip())
-        return False
-    return row is not None and row[0] > 0
+    return _look(pool, counts, queue, where, False, "counts")
 
 
 def ready_now(pool: ConnectionPool[Conn] | None, statement: sql.Composed, queue: str,
@@ -68,15 +76,7 @@ def ready_now(pool: ConnectionPool[Conn] | None, statement: sql.Composed, queue:
     """Whether a take would find a record of ``queue`` now (``statement`` tells), for a
     wait whose thread last looked before the engine listened again. True, so that the
     caller looks, when no connection comes within a slice: its take then says why."""
-    if pool is None:
-        return False  # closing: the wait ends
-    try:
-        with connection(pool, _WAIT_SLICE, where) as conn:
-            row = conn.execute(statement, {"queue": queue}).fetchone()
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        log.debug("spoolq: %s: no look for a wait: %s", where, str(exc).strip())
-        return True
-    return row is not None and bool(row[0])
+    return _look(pool, statement, queue, where, True, "look")
 
 
 class Listener:
