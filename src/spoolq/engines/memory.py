@@ -244,19 +244,18 @@ class MemoryEngine:
         at = bisect_left(fresh, ident, key=_ident)
         return fresh[at][0] == ident
 
-    def _held(self, q: _Queue, ident: int, attempts: int, owner: str | None) -> _Entry | None:
+    def _held(self, q: _Queue, ident: int, attempts: int, owner: str) -> _Entry | None:
         entry = q.entries.get(ident)
-        if entry is None or entry.owner is None or entry.attempts != attempts:
-            return None
-        if owner is not None and entry.owner != owner:
+        if entry is None or entry.owner is None or entry.attempts != attempts \
+                or entry.owner != owner:
             return None
         return entry
 
     def ack(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str) -> list[int]:
         q = self._queues.get(queue)
         done: list[int] = []
-        if q is None:
-            return done
+        if q is None or not isinstance(owner, str):
+            return done  # no take stores an owner that is not text: it holds no lease
         for delivery in deliveries:
             ident, attempts = delivery
             if type(ident) is not int or type(attempts) is not int:
@@ -299,6 +298,8 @@ class MemoryEngine:
             return done
         if isnan(not_before):
             refuse_nan(_WHERE, "release", "not_before", not_before)
+        if not isinstance(owner, str):
+            return done  # the owner of no lease
         held: dict[int, _Entry] = {}  # a delivery named twice is released once
         for delivery in deliveries:
             ident, attempts = delivery
