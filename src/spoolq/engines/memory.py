@@ -32,12 +32,15 @@ from ._checks import (
 from ._memoryqueue import Entry as _Entry
 from ._memoryqueue import QueueState as _Queue
 from ._memoryqueue import data_of as _data
+from ._memoryqueue import due_now as _due_now
 from ._memoryqueue import hold as _hold
 from ._memoryqueue import id_of as _ident
 from ._memoryqueue import let_go as _let_go
 from ._memoryqueue import new_record as _new_record
 from ._memoryqueue import pop_fresh as _pop_fresh
+from ._memoryqueue import put_aside as _put_aside
 from ._memoryqueue import raw_size_of as _raw_size
+from ._memoryqueue import ready_ids as _ready_ids
 from ._memoryqueue import record as _record
 from .base import (
     MAX_RAW_SIZE,
@@ -159,6 +162,8 @@ class MemoryEngine:
                 and nothing_visible(_WHERE, now, lease)) or q is None:
             return []
         fresh, back, entries = q.fresh, q.back, q.entries
+        if q.later and q.later[0][0] <= due_by(now):
+            _due_now(q, due_by(now))
         if lease is None and not back:  # get and get_many: the oldest fresh records
             if n == 1:
                 if not fresh:
@@ -169,15 +174,14 @@ class MemoryEngine:
                 return [rec]
             return _pop_fresh(q, n)
         out: list[StoredRecord] = []
-        hidden: list[int] = []
         heappop, now = heapq.heappop, due_by(now)  # what waits for no time is seen before 0
         stored = raw = 0
         while len(out) < n:
             if back and (not fresh or back[0] < fresh[0][0]):
                 ident = heappop(back)
                 entry = entries[ident]
-                if entry.visible_at > now:
-                    hidden.append(ident)
+                if entry.visible_at > now:  # due at a later take (the clock was set back)
+                    _put_aside(q, ident, entry.visible_at)
                     continue
                 if lease is None:
                     del entries[ident]
@@ -206,8 +210,6 @@ class MemoryEngine:
         elif out:
             q.leased += len(out)
             _hold(q, lease.owner, len(out), lease.until)
-        for ident in hidden:
-            heapq.heappush(back, ident)
         return out
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
@@ -284,7 +286,7 @@ class MemoryEngine:
                       entry.enqueued_at, entry.attempts, reason or "nacked")
             return
         entry.visible_at = not_before
-        heapq.heappush(q.back, ident)
+        _put_aside(q, ident, not_before)
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
@@ -348,9 +350,11 @@ class MemoryEngine:
         if q is None:
             return []
         end = offset + n
-        back = [_record(i, q.entries[i]) for i in heapq.nsmallest(end, q.back)]
-        # ids are unique, so records compare by id alone
-        return list(islice(heapq.merge(islice(q.fresh, end), back), offset, end))
+        # Ids only, then records for the window alone: ids are unique, so compare by id.
+        held = heapq.nsmallest(end, _ready_ids(q))
+        merged = heapq.merge(((rec[0], rec) for rec in islice(q.fresh, end)),
+                             ((i, None) for i in held), key=_ident)
+        return [rec or _record(i, q.entries[i]) for i, rec in islice(merged, offset, end)]
 
     def peek_leased(self, queue: str, n: int, offset: int = 0) -> list[LeasedRecord]:
         n, offset = check_window(as_int(n, "n"), as_int(offset, "offset"))
@@ -367,7 +371,8 @@ class MemoryEngine:
         q = self._queues.get(queue)
         if q is None:
             return Counts(0, 0, 0, 0)
-        return Counts(len(q.fresh) + len(q.back), q.leased, q.stored_bytes, q.raw_bytes)
+        ready = len(q.fresh) + len(q.back) + len(q.later)
+        return Counts(ready, q.leased, q.stored_bytes, q.raw_bytes)
 
     def owners(self, queue: str) -> dict[str, int]:
         q = self._queues.get(queue)
@@ -383,7 +388,7 @@ class MemoryEngine:
         from_fresh: list[StoredRecord] = []
         for rec in s.fresh:
             (from_fresh if wanted is None or rec[0] in wanted else kept).append(rec)
-        from_back = [_record(i, self._drop(s, i)) for i in s.back
+        from_back = [_record(i, self._drop(s, i)) for i in _ready_ids(s)
                      if wanted is None or i in wanted]
         if not from_fresh and not from_back:
             return 0
@@ -392,7 +397,9 @@ class MemoryEngine:
         s.raw_bytes -= sum(map(_raw_size, from_fresh))
         if from_back:
             s.back = [i for i in s.back if i in s.entries]
+            s.later = [e for e in s.later if e[1] in s.entries]
             heapq.heapify(s.back)
+            heapq.heapify(s.later)
         d = self._q(dst)
         chosen = sorted(from_fresh + from_back)
         for rec in chosen:
@@ -454,7 +461,7 @@ class MemoryEngine:
                     q.leased += 1
                     _hold(q, owner, 1, visible)
                 else:
-                    q.back.append(ident)
+                    q.later.append((visible, ident))
             q.fresh = deque(sorted(fresh))
-            heapq.heapify(q.back)
+            heapq.heapify(q.later)
         return engine
