@@ -249,10 +249,17 @@ class ReleaseToTail(MemoryEngine):
     def _to_tail(self, queue: str, ids: list[int]) -> list[int]:
         q = self._queues.get(queue)
         for ident in ids:
-            if q is not None and ident in q.entries and ident in q.back:
+            if q is None or ident not in q.entries:
+                continue
+            waiting = [w for w in q.later if w[1] == ident]  # released with a delay
+            if ident in q.back or waiting:
                 entry = self._drop(q, ident)
-                q.back.remove(ident)
-                heapq.heapify(q.back)
+                if waiting:
+                    q.later.remove(waiting[0])
+                    heapq.heapify(q.later)
+                else:
+                    q.back.remove(ident)
+                    heapq.heapify(q.back)
                 self._add(q, entry.data, entry.raw_size, entry.enqueued_at, entry.attempts)
         return ids
 
