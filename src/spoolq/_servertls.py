@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -19,12 +20,29 @@ from .session import Session
 
 if TYPE_CHECKING:
     from .server import Server
+if sys.platform != "win32":
+    from fcntl import ioctl
+    from termios import FIONREAD
 
-__all__ = ["Acceptor", "Handshake", "ssl_context"]
+__all__ = ["Acceptor", "Handshake", "ssl_context", "unread"]
 
 log = logging.getLogger("spoolq")
 _OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ACCEPT_PAUSE = 1.0  # seconds without accepting once the process is out of descriptors
+
+
+def unread(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether bytes the client sent wait unread on ``transport``'s socket. A connection
+    is judged stalled only when none do: a server held up (its process stopped, its machine
+    busy) may run its timers before it reads what came meanwhile, and the silence was then
+    its own. Always False on Windows (the stall is then timed from the last read alone)."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sys.platform == "win32" or sock is None:
+        return False
+    try:
+        return ioctl(sock.fileno(), FIONREAD, bytes(4)) != bytes(4)
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 class Acceptor:

@@ -45,10 +45,9 @@ _MAX_LENGTH = 2**32 - 1  # the largest frame a frame's length field can tell
 MAX_INFLIGHT = 256
 """Requests of one connection in flight before the server stops reading from it."""
 _CORK_LIMIT = 256 * 1024  # bytes of ready replies gathered before they are written
-# The most a TLS record adds to the at most 16 KiB of replies it carries (header, MAC or
-# tag, padding): the bytes of replies under TLS are counted as what they may become on the
-# wire, so that encrypted bytes still in the server's buffers never pass for more replies
-# than they can hold.
+# The most a TLS record adds to the at most 16 KiB of replies it carries (header, MAC or tag,
+# padding): the bytes of replies under TLS are counted as what they may become on the wire, so
+# that encrypted bytes still in the server's buffers never pass for more replies than they hold.
 _TLS_RECORD = 16384
 _TLS_OVERHEAD = 128
 
@@ -371,8 +370,9 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         now, stall = self.loop.time(), self.server.stall_timeout
         idle = now - self._last_data
         left = stall - idle if self.sans.ready else min(stall - idle, self._handshake_by - now)
-        if left > 0:
-            self._stall = self.loop.call_later(left, self._check_stall)
+        from ._servertls import unread  # (which imports this module)
+        if left > 0 or unread(self.tcp or self.transport):  # if so, the server was late
+            self._stall = self.loop.call_later(max(left, 0.01), self._check_stall)
             return
         what = "mid-frame" if self.sans.ready else "during the handshake"
         why = (f"no data for {idle:.1f} s {what}" if idle >= stall
