@@ -29,6 +29,7 @@ __all__ = ["Acceptor", "Handshake", "ssl_context", "unread"]
 log = logging.getLogger("spoolq")
 _OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ACCEPT_PAUSE = 1.0  # seconds without accepting once the process is out of descriptors
+_FAILURES_BEFORE_PAUSE = 10  # other accept errors in a row that pause accepting too
 
 
 def unread(transport: asyncio.BaseTransport | None) -> bool:
@@ -59,6 +60,7 @@ class Acceptor:
         self.factory = factory
         self.loop = server.loop
         self.short = False  # out of descriptors at the last try
+        self.failed = 0  # other accept errors in a row
         self.socks: list[socket.socket] = []
         for listener in listeners:
             # Its own handle of the listening socket (the loop's is closed by the loop).
@@ -83,15 +85,22 @@ class Acceptor:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                self.loop.remove_reader(sock.fileno())
                 if exc.errno not in _OUT_OF:
+                    # A network error of one connection (accept(2) says to retry as for
+                    # EAGAIN): the next goes on at once, unless such errors keep coming.
                     log.error("spoolq: accepting a connection failed: %s", exc)
+                    self.failed += 1
+                    if self.failed < _FAILURES_BEFORE_PAUSE:
+                        continue
                 elif not self.short:
                     log.warning("spoolq: cannot accept connections for now: %s (trying "
                                 "again every %.0f s)", exc, _ACCEPT_PAUSE)
+                self.loop.remove_reader(sock.fileno())
                 self.short = exc.errno in _OUT_OF
+                self.failed = 0
                 self.loop.call_later(_ACCEPT_PAUSE, self._listen, sock)
                 return
+            self.failed = 0
             if self.short:
                 self.short = False
                 log.warning("spoolq: accepting connections again")
