@@ -148,6 +148,13 @@ class Batcher(BatchSettling[T], Generic[T]):
         self._starts += 1  # a stop() made meanwhile waits for this start, then stops
         try:
             async with self._lock:
+                if self._task is not None and self._task.done():
+                    # The flusher ended on its own (a sink's BaseException): starting again
+                    # here would silently do nothing. stop() raises why, then start works.
+                    raise RuntimeError(
+                        f"batcher {self.name!r}: its background flusher ended"
+                        f"{_why(self._task)}; stop() it (which raises that) before starting "
+                        "it again")
                 if self._task is not None:
                     return
                 if self._queue is None:
@@ -472,3 +479,11 @@ class Batcher(BatchSettling[T], Generic[T]):
 def _margin(lease_ttl: float) -> float:
     """How long before its batch's lease ends an async sink is cancelled."""
     return min(lease_ttl * 0.05, 1.0)
+
+
+def _why(task: asyncio.Task[None]) -> str:
+    """What ended a flusher task, for a message."""
+    if task.cancelled():
+        return " (cancelled)"
+    exc = task.exception()
+    return f" on {type(exc).__name__}" if exc is not None else ""
