@@ -13,9 +13,7 @@ import pytest
 
 from spoolq import Batcher, Queue
 
-
-class Halt(BaseException):
-    """A BaseException of the sink's own: it ends the background flusher."""
+from .batching import Halt, end_the_flusher
 
 
 async def test_an_add_finding_no_room_raises_once_the_flusher_ended(
@@ -28,12 +26,7 @@ async def test_an_add_finding_no_room_raises_once_the_flusher_ended(
     async with await Queue.create(str(tmp_path / "q.sqlite"), maxsize=2) as q:
         b = Batcher(sink, queue=q, max_batch_size=1, flush_interval=60)
         await b.start()
-        await b.add(1)  # a full batch: its flush ends the flusher
-        for _ in range(500):
-            if not b.stats["running"]:
-                break
-            await asyncio.sleep(0.01)
-        assert not b.stats["running"]
+        await end_the_flusher(b)  # a full batch: its flush ends the flusher
         await b.add(2)
         with pytest.raises(RuntimeError, match="flusher"):
             await asyncio.wait_for(b.add(3), 10)  # no room, and no flusher to make it
@@ -85,12 +78,7 @@ async def test_an_add_with_room_still_stores_after_the_flusher_ended(
     async with await Queue.create(str(tmp_path / "q.sqlite"), maxsize=4) as q:
         b = Batcher(sink, queue=q, max_batch_size=1, flush_interval=60)
         await b.start()
-        await b.add(1)  # a full batch: its flush ends the flusher
-        for _ in range(500):
-            if not b.stats["running"]:
-                break
-            await asyncio.sleep(0.01)
-        assert not b.stats["running"]
+        await end_the_flusher(b)  # a full batch: its flush ends the flusher
         await b.add(2)  # room: it waits in the queue for a flush()
         assert await q.peek(5) == [1, 2]
         with pytest.raises(Halt):

@@ -12,9 +12,7 @@ import pytest
 
 from spoolq import Batcher, Queue
 
-
-class Halt(BaseException):
-    """A BaseException of the sink's own: it ends the background flusher."""
+from .batching import Halt, end_the_flusher
 
 
 async def test_start_after_the_flusher_ended_raises_until_stopped(
@@ -31,12 +29,7 @@ async def test_start_after_the_flusher_ended_raises_until_stopped(
     async with await Queue.create(str(tmp_path / "q.sqlite")) as q:
         b = Batcher(sink, queue=q, max_batch_size=1, flush_interval=60)
         await b.start()
-        await b.add(1)  # a full batch: its flush ends the flusher
-        for _ in range(500):
-            if not b.stats["running"]:
-                break
-            await asyncio.sleep(0.01)
-        assert not b.stats["running"]
+        await end_the_flusher(b)  # a full batch: its flush ends the flusher
         with pytest.raises(RuntimeError, match="flusher ended on Halt"):
             await b.start()
         assert not b.stats["running"]
