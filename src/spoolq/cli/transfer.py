@@ -405,7 +405,7 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
                     _move_into_place(building, dst)
         except BaseException as exc:
             if building:
-                _remove([os.path.dirname(building)])
+                _remove(os.path.dirname(building))
                 _name_dst(exc, building, dst)
             elif any(written.values()):
                 kept = ", ".join(f"{n} of the {plan[q]} record(s) of {q!r}"
@@ -471,7 +471,7 @@ def _move_into_place(building: str, dst: str) -> None:
                           "into it") from None
     except OSError as exc:  # the kernel makes no file named "DST/": named as given
         raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
-    _remove([os.path.dirname(building)])
+    _remove(os.path.dirname(building))
 
 
 def _move_file(path: str, dst: str) -> None:
@@ -488,12 +488,11 @@ def _move_file(path: str, dst: str) -> None:
         os.rename(path, dst)
 
 
-def _remove(paths: list[str]) -> None:
-    for path in paths:
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            elif os.path.lexists(path):
-                os.remove(path)
-        except OSError as exc:
-            log.warning("spoolq: could not remove %s: %s", path, exc)
+def _remove(folder: str) -> None:
+    """Remove the folder a new DST was made in, and what it still holds."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("spoolq: could not remove %s: %s", folder, exc)
