@@ -23,17 +23,29 @@ from .settings import check_seconds
 __all__ = ["Place", "SyncWaiting"]
 
 
+def _fits(n: int, held: int, maxsize: int) -> bool:
+    """Whether a put of ``n`` items has room while ``held`` are ready or reserved: a
+    batch larger than ``maxsize`` has room in an empty queue."""
+    return maxsize <= 0 or held + n <= maxsize or (n > maxsize and held == 0)
+
+
 class Place:
-    """A call that close() lets finish; a blocking take's stands in the line of waiting
-    takes (see :meth:`SyncWaiting._share`)."""
+    """A call that close() lets finish. A blocking take's stands in the line of waiting
+    takes (see :meth:`SyncWaiting._share`), a blocking put's in the line of puts waiting
+    for room (see :meth:`SyncWaiting._put_turn`) until it has reserved its room."""
 
-    __slots__ = ("done", "entered", "in_line", "thread")
+    __slots__ = ("asleep", "done", "line", "n", "reserved", "thread", "wake")
 
-    def __init__(self, in_line: bool = False) -> None:
-        self.in_line = in_line
-        self.entered = False
+    def __init__(self, line: list[Place] | None = None, n: int = 0) -> None:
+        self.line = line  # the line it stands in, if any
+        self.n = n  # items a put wants room for
+        self.reserved = False  # a put's room is reserved: _leave_locked gives it up
         self.done = False  # set first thing in the call's finally (no call before it)
         self.thread = threading.current_thread()
+        # What its call sleeps on (made as it first sleeps, on the queue's lock): wake-ups
+        # go to the calls that can go on, not to every sleeper.
+        self.wake: threading.Condition | None = None
+        self.asleep = False  # on self.wake, not notified yet
 
 
 class SyncWaiting:
@@ -41,15 +53,20 @@ class SyncWaiting:
 
     # Set up by SyncQueue.__init__.
     _core: QueueCore
+    _mutex: threading.Lock
     _cond: threading.Condition
     _all_done: threading.Condition
     _shutdown: bool
     _immediate: bool
-    _calls: int
+    _calls: set[Place]
     _sleepers: int
+    _asleep_in_line: int
     _long_polls: set[WaitCancel]
     _outage: Outage
     _line: list[Place]
+    _put_line: list[Place]
+    _reserved: int
+    _puts_ended: int
 
     @staticmethod
     def _deadline(block: bool, timeout: float | None) -> float | None:
@@ -64,7 +81,42 @@ class SyncWaiting:
         # sleeps.
         if self._sleepers:
             with self._cond:
-                self._cond.notify_all()
+                self._notify()
+
+    def _notify(self, everyone: bool = False) -> None:
+        """Wake (under self._cond) the sleepers on self._cond, and of the calls in line
+        only those that can go on: the first waiting takes, one for each ready item, and
+        the first waiting puts for which there is room. Waking every waiting take for
+        each put cost a lot of CPU with many of them. ``everyone``: all calls in line."""
+        if self._sleepers > self._asleep_in_line:
+            self._cond.notify_all()
+        if not self._asleep_in_line and not everyone:
+            return
+        ready = left = self._core.ready_hint()
+        for p in self._line:
+            if not everyone:
+                if not left:
+                    break
+                if p.done:
+                    continue
+                left -= 1
+            if p.asleep:
+                p.asleep = False
+                self._asleep_in_line -= 1
+                p.wake.notify()  # type: ignore[union-attr]
+        held = ready + self._reserved
+        maxsize = self._core.settings.maxsize
+        for p in self._put_line:
+            if not everyone:
+                if p.done:
+                    continue
+                if not _fits(p.n, held, maxsize):
+                    break
+                held += p.n
+            if p.asleep:
+                p.asleep = False
+                self._asleep_in_line -= 1
+                p.wake.notify()  # type: ignore[union-attr]
 
     def join(self) -> None:
         """Block until every item put (or present at open) has been processed, or the
@@ -105,27 +157,39 @@ class SyncWaiting:
             self._sleepers -= 1
 
     def _wait(self, deadline: float | None, ready: Callable[[], bool],
-              wake_at: float | None = None) -> bool:
+              wake_at: float | None = None, place: Place | None = None) -> bool:
         """Sleep until ``ready()`` may have changed; False when the deadline passed.
         ``wake_at`` (``time.monotonic()``) ends the sleep sooner than the poll interval
-        would."""
+        would. A call in line (``place``) sleeps on its own condition, which
+        :meth:`_notify` wakes only when the call can go on."""
         poll = self._core.settings.poll_interval
         if wake_at is not None:
             poll = min(poll, max(wake_at - time.monotonic(), 0.0))
         with self._cond:
+            cond = self._cond
+            if place is not None:
+                if place.wake is None:
+                    place.wake = threading.Condition(self._mutex)
+                cond = place.wake
             self._sleepers += 1
             try:
                 if ready():
                     return True
                 if deadline is None:
-                    self._cond.wait(poll)
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, poll))
+                    remaining = poll
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                if place is not None:
+                    place.asleep = True
+                    self._asleep_in_line += 1
+                cond.wait(min(remaining, poll))
                 return True
             finally:
+                if place is not None and place.asleep:
+                    place.asleep = False
+                    self._asleep_in_line -= 1
                 self._sleepers -= 1
 
     def _ride_out(self, error: Unavailable, deadline: float | None) -> bool:
@@ -140,36 +204,40 @@ class SyncWaiting:
         return True
 
     def _enter_call(self, place: Place) -> None:
-        """Count a call that close() lets finish; a ``place`` in line also takes its place
-        at the end of the line of calls that wait for items. Call it inside the ``try``
-        whose ``finally`` sets ``place.done``, then calls :meth:`_leave_call`: an
-        exception raised by a signal handler at any step in between then leaves nothing
-        behind for long (a place done is left by the next call that joins the line)."""
+        """Count a call that close() lets finish; a ``place`` with a line also takes its
+        place at the end of that line. Call it inside the ``try`` whose ``finally`` sets
+        ``place.done``, then calls :meth:`_leave_call`: an exception raised by a signal
+        handler at any step in between then leaves nothing behind for long. close() does
+        not wait for a place done, and the next call that enters leaves it."""
         with self._cond:
-            self._calls += 1
-            place.entered = True  # no call in between: no signal handler runs there
-            if place.in_line:
-                # Places that calls which ended left (a signal handler's exception as they
-                # left): this call leaves them for them. Not the place of a call that runs
-                # on, say one of this thread that a signal handler's call interrupted.
-                for p in [p for p in self._line if p.done or not p.thread.is_alive()]:
-                    self._line.remove(p)
-                    if p.entered:
-                        p.entered = False
-                        self._calls -= 1
-                self._line.append(place)
+            self._calls.add(place)
+            # Places of calls that ended without leaving (a signal handler's exception as
+            # they left): this call leaves them for them. Not the place of a call that
+            # runs on, say one of this thread that a signal handler's call interrupted.
+            for p in [p for p in self._calls if p.done or not p.thread.is_alive()]:
+                self._leave_locked(p)
+            if place.line is not None:
+                place.line.append(place)
 
     def _leave_call(self, place: Place) -> None:
         with self._cond:
-            if not place.entered:
-                return
-            if place.in_line:
-                with contextlib.suppress(ValueError):  # taken out by a later call
-                    self._line.remove(place)
-            place.entered = False
-            self._calls -= 1
+            self._leave_locked(place)
             if self._sleepers:
-                self._cond.notify_all()
+                self._notify()
+
+    def _leave_locked(self, place: Place) -> None:
+        """Give up (under self._cond) what the call of ``place`` holds: its place in line,
+        its reservation of room, its count. Each step can be done again: one that a
+        signal handler's exception stopped is finished by a later call."""
+        if place.line is not None:
+            with contextlib.suppress(ValueError):  # left already
+                place.line.remove(place)
+            place.line = None
+        if place.reserved:
+            self._reserved -= place.n  # no call before the flag is cleared
+            self._puts_ended += 1
+            place.reserved = False
+        self._calls.discard(place)
 
     def _to_back(self, me: Place) -> None:
         """Move the call ``me`` to the back of the line of waiting calls."""
@@ -177,7 +245,7 @@ class SyncWaiting:
             self._line.remove(me)
             self._line.append(me)
             if self._sleepers:
-                self._cond.notify_all()
+                self._notify()
 
     def _share(self, me: Place | None, want: int | None) -> int:
         """How many items the call ``me`` may take now if it wants ``want`` (None: all
@@ -190,6 +258,8 @@ class SyncWaiting:
         if not ready:
             return 0
         ahead = 0 if me is None else self._line.index(me)
+        if ahead:  # a place done is no call waiting: see _enter_call
+            ahead -= sum(p.done for p in self._line[:ahead])
         if not ahead:
             return ready if want is None else want
         return max(min(ready - ahead, ready if want is None else want), 0)
@@ -237,7 +307,7 @@ class SyncWaiting:
         if took_nothing:  # items are promised but delayed: wait a poll unless closing
             return self._wait(deadline, lambda: self._immediate, core.next_visible())
         return self._wait(deadline, lambda: self._share(me, 1) > 0 or self._immediate or (
-            self._shutdown and not core.ready_hint()))
+            self._shutdown and not core.ready_hint()), place=me)
 
     def _recount_after_shutdown(self, deadline: float | None) -> bool:
         """Read the file's counts before a get after shutdown calls the queue drained:

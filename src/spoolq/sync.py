@@ -1,7 +1,8 @@
 """``SyncQueue``: the thread-safe queue with ``queue.Queue`` signatures.
 
 This module holds the public calls, their checks and their wait loops, and opening and
-closing. How the queue sleeps and is woken is :class:`spoolq._syncwait.SyncWaiting`.
+closing. How the queue sleeps and is woken is :class:`spoolq._syncwait.SyncWaiting`, how
+a put waits for room :class:`spoolq._syncput.SyncPutting`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._outage import Outage
-from ._syncwait import Place, SyncWaiting
+from ._syncput import SyncPutting
+from ._syncwait import Place
 from ._views import QueueViews
 from .core import Holding, QueueCore
 from .engines import Engine, WaitCancel
-from .errors import ClosedError, Empty, Full, QueueShutDown, Unavailable
+from .errors import ClosedError, Empty, QueueShutDown, Unavailable
 from .message import Message, log_failed_nack
 from .settings import (
     Settings,
@@ -38,7 +40,7 @@ _CLOSE_WAIT = 10.0
 """Seconds close() waits for calls blocked in other threads before it closes anyway."""
 
 
-class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
+class SyncQueue(QueueViews, SyncPutting, Generic[T]):
     """A durable FIFO queue for threads, with the signatures of ``queue.Queue``.
 
     Create it with :meth:`create`; close it with :meth:`close` or ``with``.
@@ -49,7 +51,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
 
     def __init__(self, core: QueueCore) -> None:
         self._core = core
-        mutex = threading.Lock()
+        self._mutex = mutex = threading.Lock()
         self._cond = threading.Condition(mutex)
         self._all_done = threading.Condition(mutex)
         self._shutdown = False
@@ -57,10 +59,12 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         self._closed = False
         # Calls that close() lets finish before it closes the file: takes, and puts that
         # wait for room (they re-read the counts from the file while they wait).
-        self._calls = 0
-        self._sleepers = 0  # threads about to wait or waiting on self._cond: 0, none to wake
+        self._calls: set[Place] = set()
+        self._sleepers = 0  # threads about to sleep or asleep (see _wait): 0, none to wake
+        self._asleep_in_line = 0  # calls in line asleep on their own condition, not notified
         self._long_polls: set[WaitCancel] = set()  # gets blocked in the engine's wait_ready
         self._line: list[Place] = []  # blocking takes, in arrival order: see _share
+        self._put_line: list[Place] = []  # blocking puts waiting for room: see _put_turn
         self._outage = Outage()
         # Room reserved (under self._cond) by puts of a queue with maxsize that are being
         # written, and how many such puts started and ended: the check for room and the
@@ -169,76 +173,6 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         if errors:
             raise errors[0]
 
-    def _put_with_room(self, records: list[bytes], sizes: list[int], block: bool,
-                       timeout: float | None) -> None:
-        """Reserve room for the records, write them, then give the reservation up."""
-        self._check()  # after close() the fast path is never taken: this is the check
-        n = len(records)
-        call = Place()
-        try:
-            self._enter_call(call)
-            self._reserve_room(n, block, timeout)
-            try:
-                self._core.put_now(records, sizes)
-            finally:
-                with self._cond:
-                    self._reserved -= n
-                    self._puts_ended += 1
-                    if self._sleepers:
-                        self._cond.notify_all()
-            if self._core.buffered:
-                self._after_buffered_put()
-        finally:
-            call.done = True
-            self._leave_call(call)
-
-    def _reserve_room(self, n: int, block: bool, timeout: float | None) -> None:
-        """Wait for room for ``n`` items and reserve it: the ready items this handle knows
-        of plus those other threads of it are writing stay within ``maxsize``.
-
-        Before raising :class:`Full` this re-reads the counts from the file once (other
-        handles or processes may have taken items since they were read). A put being
-        written may be counted twice for a moment (in the counts and in its
-        reservation); so it also waits for the puts in progress to end and looks once
-        more.
-        """
-        core = self._core
-        maxsize = core.settings.maxsize
-        deadline = self._deadline(block, timeout)
-        settle_until: int | None = None  # wait for this many ended puts, then decide
-        recounted = False
-        while True:
-            if self._shutdown:
-                raise QueueShutDown("the queue is shut down")
-            with self._cond:
-                held = core.ready_hint() + self._reserved
-                if maxsize <= 0 or held + n <= maxsize or (n > maxsize and held == 0):
-                    self._reserved += n
-                    self._puts_started += 1
-                    return
-                out_of_time = not block or (
-                    deadline is not None and time.monotonic() >= deadline)
-                if out_of_time and recounted:
-                    if self._reserved and settle_until is None:
-                        settle_until = self._puts_started
-                    if settle_until is None or self._puts_ended >= settle_until:
-                        if not block:
-                            raise Full(f"the queue holds {core.ready_hint()} of "
-                                       f"{maxsize} items")
-                        raise Full(f"no room for {n} item(s) within the timeout")
-                    self._sleep(core.settings.poll_interval)
-                    continue
-            # The reads of the counts are bounded by the put's deadline, as a get's are.
-            if out_of_time:
-                core.refresh(deadline)  # not under self._cond: the core's lock is taken first
-                recounted = True
-                continue
-            if not self._wait(deadline, lambda: self._shutdown or (
-                    core.ready_hint() + self._reserved + n <= maxsize)):
-                continue  # the deadline passed: the check above decides
-            if core.refresh_due():
-                core.refresh(deadline)
-
     # ---- getting ------------------------------------------------------------------------
 
     def _take(self, n: int | None, block: bool, timeout: float | None, ttl: float | None,
@@ -252,7 +186,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         # that back if it stops waiting for this call.
         holding = Holding(ttl is not None) if wait_for_all and block and n is not None \
             else None
-        place = Place(in_line=block)
+        place = Place(self._line if block else None)
         me = place if block else None
         try:
             self._enter_call(place)
@@ -432,6 +366,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
     def purge(self, *, dead: bool = False) -> int:
         """Delete every item, ready and leased (or every dead letter); return how many."""
         removed = self._core.purge(dead=dead)
+        self._wake()  # puts waiting for room
         self._wake_joins()
         return removed
 
@@ -458,7 +393,7 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         with self._cond:
             for cancel in self._long_polls:
                 cancel.cancel()
-            self._cond.notify_all()
+            self._notify(everyone=True)
             self._all_done.notify_all()
 
     def close(self) -> None:
@@ -474,7 +409,9 @@ class SyncQueue(QueueViews, SyncWaiting, Generic[T]):
         self.shutdown(immediate=True)
         deadline = time.monotonic() + _CLOSE_WAIT
         with self._cond:
-            while self._calls and time.monotonic() < deadline:
+            # A place done is a call that ended, though a signal handler's exception may
+            # have stopped it as it left.
+            while any(not p.done for p in self._calls) and time.monotonic() < deadline:
                 self._sleep(0.05)
         self._core.close()
 
