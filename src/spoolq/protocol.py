@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
+from . import _serverlimits
 from .engines._checks import MAX_META_KEY_BYTES
 from .engines.base import Counts, LeasedRecord, StoredRecord
 from .errors import (
@@ -46,6 +47,7 @@ from .errors import (
     QueueShutDown,
     SerializationError,
     SpoolqError,
+    Unavailable,
 )
 
 __all__ = [
@@ -144,6 +146,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED_VERSION = 3
     AUTH = 4
     TIMEOUT = 5
+    TOO_MANY_CONNECTIONS = 6
     BAD_REQUEST = 10
     VALUE = 11
     EMPTY = 20
@@ -190,6 +193,7 @@ _CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
 _CLASSES: dict[int, Callable[[str], Exception]] = {
     ErrorCode.UNSUPPORTED_VERSION: VersionMismatch, ErrorCode.TIMEOUT: ProtocolError,
     ErrorCode.INTERNAL: EngineError, ErrorCode.SERVER_STOPPING: ClosedError,
+    ErrorCode.TOO_MANY_CONNECTIONS: Unavailable,
     **{code: cls for cls, code in reversed(_CODES) if issubclass(cls, Exception)},
 }
 
@@ -646,6 +650,8 @@ class ServerProtocol:
 
     def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME, token: str | None = None) -> None:
         self.decoder = FrameDecoder(max_frame)
+        # What decoding one body may take in memory (see spoolq._serverlimits)
+        self.decode_budget = _serverlimits.decode_budget(max_frame)
         self.outbox = bytearray()
         self.version: int | None = None
         self.authenticated = token is None
@@ -769,8 +775,11 @@ class ServerProtocol:
     def _frame(self, frame: Frame) -> Request | None:
         if frame.id == 0:
             raise self._fail(ProtocolError("request id 0 is reserved"))
+        too_costly = _serverlimits.decode_cost(frame.body, self.decode_budget)
         if frame.type == FrameType.AUTH:
             try:
+                if too_costly is not None:
+                    raise ProtocolError(self._too_costly(frame, too_costly))
                 body = decode_body(frame)
             except ProtocolError as exc:
                 raise self._fail(exc, frame.id) from None
@@ -785,6 +794,10 @@ class ServerProtocol:
             return None
         if frame.type != FrameType.REQUEST:
             raise self._fail(ProtocolError(f"unexpected frame type {frame.type}"), frame.id)
+        if too_costly is not None:  # refused before it is decoded; the next frames are read
+            self.outbox += encode_error(frame.id, ErrorCode.BAD_REQUEST,
+                                        self._too_costly(frame, too_costly))
+            return None
         try:
             body = decode_body(frame)
         except ProtocolError as exc:
@@ -795,6 +808,13 @@ class ServerProtocol:
             # a well-formed frame with bad arguments: answer it, keep the connection
             self.outbox += encode_error(frame.id, ErrorCode.BAD_REQUEST, str(exc))
             return None
+
+    def _too_costly(self, frame: Frame, cost: int) -> str:
+        factor = _serverlimits.DECODE_FACTOR
+        return (f"frame {frame.id}: its body of {len(frame.body):,} bytes holds too many "
+                f"items: decoding it would take over {cost:,} bytes of memory, more than the "
+                f"{self.decode_budget:,} this server allows ({factor} times its max_frame of "
+                f"{self.decoder.max_frame:,}, and 1 MiB); send fewer items a request")
 
 
 class Reply(NamedTuple):
@@ -827,7 +847,7 @@ class ClientProtocol:
         self._server_max_frame = value
         # A request of n records takes at least 2 bytes a record, its reply of ids at
         # most ids_reply_size(n): a request up to this length has a reply that fits.
-        safe = (self.decoder.max_frame - _ID_REPLY_OVERHEAD) * 2 // _ID_BYTES
+        safe = (min(self.decoder.max_frame, value) - _ID_REPLY_OVERHEAD) * 2 // _ID_BYTES
         self._checked_above = min(value, safe)
 
     def _id(self) -> int:
@@ -876,13 +896,14 @@ class ClientProtocol:
         field = ID_OPS.get(op)
         if field is None:
             return
-        n, max_reply = len(args[field]), self.decoder.max_frame
+        # The server counts a max_reply above its max_frame as its max_frame
+        n, max_reply = len(args[field]), min(self.decoder.max_frame, self._server_max_frame)
         if ids_reply_size(n) > max_reply:
             fits = max_ids(max_reply)
             raise ReplyTooLarge(
                 f"the reply to a {op} of {n} records could take {ids_reply_size(n):,} bytes, "
-                f"more than this client accepts (max_reply {max_reply:,}); at most {fits} "
-                "records fit", fits)
+                f"more than this client accepts or the server sends (max_reply "
+                f"{max_reply:,}); at most {fits} records fit", fits)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Reply]:
         """Consume bytes from the server; return the replies now complete."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
+from ._serverlimits import DEFAULT_MAX_CONNECTIONS, check_max_connections
 from ._serversignals import LateSignals, Wakeup, loop_name
 from ._servertls import Acceptor, Handshake, ssl_context
 from ._sessionleases import Deliveries
@@ -61,7 +62,7 @@ class Server:
     def __init__(self, engine: Engine, *, token: str | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME, stall_timeout: float = 10.0,
                  poll_interval: float = 0.2, ssl_context: ssl.SSLContext | None = None,
-                 label: str = "") -> None:
+                 label: str = "", max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         if not isinstance(max_frame, int) or max_frame < 1024:
             raise ConfigurationError(f"max_frame must be an int >= 1024, not {max_frame!r}")
         if not (stall_timeout > 0 and math.isfinite(stall_timeout)):
@@ -78,6 +79,7 @@ class Server:
         self.engine = engine
         self.token = token
         self.max_frame = max_frame
+        self.max_connections = check_max_connections(max_connections)
         self.stall_timeout = stall_timeout
         self.poll_interval = poll_interval
         self.ssl_context = ssl_context
@@ -244,14 +246,16 @@ async def start_server(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
                        tls_key: str | os.PathLike[str] | None = None,
                        max_frame: int = DEFAULT_MAX_FRAME, durability: str = "commit",
                        stall_timeout: float = 10.0, engine: str | Engine | None = None,
-                       engine_options: dict[str, Any] | None = None) -> Server:
+                       engine_options: dict[str, Any] | None = None,
+                       max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Server:
     """Open ``path`` (created if missing) and serve every queue in it; return the server.
 
     ``port=0`` picks a free port (read it from ``server.address``).
     ``token`` makes clients authenticate first; ``tls_cert``/``tls_key``
     (PEM files) turn on TLS. Frames longer than ``max_frame`` bytes are
     refused unread, and a client that stops sending in the middle of a frame
-    (or of the handshake) is dropped after ``stall_timeout`` seconds.
+    (or of the handshake) is dropped after ``stall_timeout`` seconds. Past
+    ``max_connections`` connections, a new one is refused with an ERROR frame.
     ``durability`` is the engine's (``"fsync"`` or ``"commit"``). Raises
     :class:`ConfigurationError` for bad settings and ``OSError`` when the
     address is taken.
@@ -265,7 +269,7 @@ async def start_server(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
                                   options=engine_options)
     try:
         server = Server(eng, token=token, max_frame=max_frame, stall_timeout=stall_timeout,
-                        ssl_context=ctx, label=os.fspath(path))
+                        ssl_context=ctx, label=os.fspath(path), max_connections=max_connections)
     except BaseException:
         eng.close()
         raise
@@ -285,7 +289,8 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
                 max_frame: int = DEFAULT_MAX_FRAME, durability: str = "commit",
                 stall_timeout: float = 10.0, engine: str | Engine | None = None,
                 engine_options: dict[str, Any] | None = None,
-                on_listening: Callable[[Server], None] | None = None) -> None:
+                on_listening: Callable[[Server], None] | None = None,
+                max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Serve ``path`` until SIGTERM or SIGINT (or until cancelled), then shut down cleanly.
 
     Takes the settings of :func:`start_server`; ``on_listening`` is called
@@ -298,7 +303,7 @@ async def serve(path: str | os.PathLike[str], *, host: str = "127.0.0.1",
     server = await start_server(path, host=host, port=port, token=token, tls_cert=tls_cert,
                                 tls_key=tls_key, max_frame=max_frame, durability=durability,
                                 stall_timeout=stall_timeout, engine=engine,
-                                engine_options=engine_options)
+                                engine_options=engine_options, max_connections=max_connections)
     loop = asyncio.get_running_loop()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -385,6 +390,9 @@ def command_parser(prog: str = "python -m spoolq.server",
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
                         help=f"largest frame accepted, in bytes (default {DEFAULT_MAX_FRAME})")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                        help="connections served at once; more are refused (default "
+                             f"{DEFAULT_MAX_CONNECTIONS})")
     parser.add_argument("--stall-timeout", type=_seconds, default=10.0,
                         help="drop a client silent this many seconds mid-frame (default 10)")
     parser.add_argument("--durability", choices=("commit", "fsync"), default="commit",
@@ -480,7 +488,8 @@ def serve_command(args: argparse.Namespace) -> None:
         run(serve(args.path, host=args.host, port=args.port, token=token,
                   tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
                   durability=args.durability, stall_timeout=args.stall_timeout,
-                  engine=args.engine, engine_options=options, on_listening=listening),
+                  engine=args.engine, engine_options=options, on_listening=listening,
+                  max_connections=args.max_connections),
             loop=args.loop)
     finally:
         late.restore(exiting=any(s.stopped_by is not None for s in served))

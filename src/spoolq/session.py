@@ -18,6 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from ._inflight import LIMITED, SETTLING, request_cost, reserves, too_much
+from ._serverlimits import refuse_connection, too_many_ids
 from ._sessionleases import Deliveries, Delivery
 from ._sessionwaits import LongPolls
 from .dispatch import InlineRunner
@@ -125,13 +126,8 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if self.server.stopping:
-            # Accepted before the server stopped listening, made only now (a TLS handshake
-            # ends after the shutdown began): not served, as the engine is about to close.
-            log.info("spoolq: closing the connection from %s: the server is stopping",
-                     self.peer)
-            self.closed = True
-            self.transport.close()
+        if refuse_connection(self):  # the server is stopping, or has its max_connections
+            self.closed = True  # what the client sends is dropped
             return
         self.server.connections.add(self)
         self._last_data = self.loop.time()
@@ -403,6 +399,10 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
             # after the goodbye are this connection's to give back, as without one.
             self._unregister()
             self._write(encode_reply(req.id, None))
+            return
+        refused = too_many_ids(req, self.max_reply)
+        if refused is not None:  # its reply of ids would not fit: refused, not run
+            self._write(encode_error(req.id, ErrorCode.BAD_REQUEST, refused))
             return
         if op in LIMITED:
             args["limit"] = self.max_reply

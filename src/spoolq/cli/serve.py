@@ -27,8 +27,8 @@ def serve(args: tuple[str, ...]) -> None:
     """Serve every queue of PATH over TCP until SIGTERM or SIGINT.
 
     Takes the arguments of `python -m spoolq.server` (PATH, --host, --port,
-    --token-file, --tls-cert, --tls-key, --max-frame, ...); `spoolq serve
-    --help` lists them. See docs/server.md. Errors follow the exit statuses
+    --token-file, --tls-cert, --tls-key, --max-frame, --max-connections, ...);
+    `spoolq serve --help` lists them. See docs/server.md. Errors follow the exit statuses
     of the other commands: 2 for bad arguments or settings, 3 for a file
     that cannot be used or an I/O error (a port in use, a certificate that
     cannot be read).
