@@ -1,7 +1,9 @@
 """The built-in serializers and compressors that :mod:`spoolq.codec` names by id, and the
-protocols a custom one follows. Decompression is bounded at ``MAX_UNPACKED_SIZE``, so a
-small damaged or hostile record cannot make a reader unpack gigabytes (the item that the
-serializer builds from the payload can still take many times its size)."""
+protocols a custom one follows. Each built-in compressor's ``unpack(data, limit, why)``
+decompresses at most ``limit`` bytes (see :mod:`spoolq._unpacking`), and its
+``decompress`` at most ``MAX_UNPACKED_SIZE``, so a small damaged or hostile record cannot
+make a reader unpack gigabytes (the item that the serializer builds from the payload can
+still take many times its size)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,20 @@ from typing import Any, Protocol, runtime_checkable
 import cbor2
 import zstandard
 
+from ._unpacking import (
+    CHUNK,
+    LIMIT_MOST,
+    SLACK,
+    ZSTD_MAX_RATIO,
+    check_declared,
+    check_zstd_size,
+    too_large,
+    unpack_stream,
+)
 from .errors import ConfigurationError
-from .zdict import MAX_UNPACKED_SIZE, ZstdDictCompressor, check_zstd_frame
+from .zdict import MAX_UNPACKED_SIZE, ZstdDictCompressor
 
-__all__ = ["COMPRESSORS", "SERIALIZERS", "Compressor", "Serializer", "too_large"]
+__all__ = ["COMPRESSORS", "SERIALIZERS", "Compressor", "Serializer"]
 
 
 @runtime_checkable
@@ -150,6 +162,10 @@ class _NoCompression:
     def decompress(data: bytes) -> bytes:
         return data
 
+    @staticmethod
+    def unpack(data: bytes, limit: int, why: str) -> bytes:
+        return data
+
 
 class _Zstd:
     """zstd at level 3; compressor objects are per thread because they are not thread-safe."""
@@ -173,59 +189,66 @@ class _Zstd:
         return self._pair()[0].compress(data)
 
     def decompress(self, data: bytes) -> bytes:
-        check_zstd_frame(data)
-        return self._pair()[1].decompress(data)
+        return self.unpack(data, MAX_UNPACKED_SIZE, LIMIT_MOST)
+
+    def unpack(self, data: bytes, limit: int, why: str) -> bytes:
+        """``data`` decompressed, refused unless its frame declares at most ``limit``
+        bytes (zstd allocates what it declares, and fails unless the frame holds that).
+        A frame too short to declare more than ``limit`` and SLACK is not looked at first:
+        reading its header would cost a get of small records a tenth more."""
+        if len(data) * ZSTD_MAX_RATIO > limit + SLACK:
+            check_zstd_size(data, limit, why)
+        out: bytes = self._pair()[1].decompress(data)
+        if len(out) > limit:
+            raise too_large(limit, why, len(out))
+        return out
+
+
+_Unpack = Callable[[bytes, int, str], "bytes | bytearray"]
 
 
 class _Module:
-    """A compressor backed by a stdlib-style module with compress/decompress functions."""
+    """A compressor backed by a stdlib-style module's compress function and a bounded
+    ``unpack`` made for it."""
 
-    def __init__(self, name: str, compress: Callable[[bytes], bytes],
-                 decompress: Callable[[bytes], bytes]) -> None:
+    def __init__(self, name: str, compress: Callable[[bytes], bytes], unpack: _Unpack) -> None:
         self.name = name
         self.compress = compress
-        self.decompress = decompress
+        self.unpack = unpack
+
+    def decompress(self, data: bytes) -> bytes:
+        return bytes(self.unpack(data, MAX_UNPACKED_SIZE, LIMIT_MOST))
 
 
-def too_large(size: int | None = None) -> ValueError:
-    """The error for a payload that would decompress beyond MAX_UNPACKED_SIZE: to ``size``
-    bytes, or (None) to more than the limit, where decompressing stopped."""
-    if size is None:
-        return ValueError(f"the payload decompresses to more than {MAX_UNPACKED_SIZE} "
-                          "bytes, the most spoolq ever compresses")
-    return ValueError(f"the payload decompresses to {size} bytes, more than the "
-                      f"{MAX_UNPACKED_SIZE} bytes spoolq ever compresses")
+# Deflate turns at most 1032 bytes into one: payloads this short unpack in one call, to
+# at most CHUNK bytes.
+_ZLIB_SAFE_SIZE = CHUNK // 1032
 
 
-# Deflate turns at most 1032 bytes into one: shorter payloads cannot exceed the limit.
-_ZLIB_SAFE_SIZE = MAX_UNPACKED_SIZE // 1032
-
-
-def _zlib_decompress(data: bytes) -> bytes:
+def _zlib_unpack(data: bytes, limit: int, why: str) -> bytes | bytearray:
     if len(data) <= _ZLIB_SAFE_SIZE:
-        return zlib.decompress(data)
-    unpacker = zlib.decompressobj()
-    out = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
-    if len(out) > MAX_UNPACKED_SIZE:
-        raise too_large()
-    if not unpacker.eof:
-        raise ValueError("incomplete or truncated zlib stream")
-    return out
-
-
-def _bounded(make: Callable[[], bz2.BZ2Decompressor | lzma.LZMADecompressor]
-             ) -> Callable[[bytes], bytes]:
-    """``decompress`` of bz2 or lzma that stops at :data:`MAX_UNPACKED_SIZE` (these
-    formats can shrink data a million-fold)."""
-    def decompress(data: bytes) -> bytes:
-        unpacker = make()
-        out: bytes = unpacker.decompress(data, MAX_UNPACKED_SIZE + 1)
-        if len(out) > MAX_UNPACKED_SIZE:
-            raise too_large()
-        if not unpacker.eof:
-            raise ValueError("compressed data ended before the end-of-stream marker")
+        out = zlib.decompress(data)
+        if len(out) > limit:
+            raise too_large(limit, why)
         return out
-    return decompress
+    return unpack_stream(zlib.decompressobj(), data, limit, why)
+
+
+# lzma's decoder holds its dictionary beside the output, as large as the stream asks: 8 MiB
+# for what spoolq writes (preset 6), 64 MiB for xz's largest preset; a stream asking for
+# more (up to 4 GiB) is refused.
+_LZMA_MEMORY = 65 * 1024 * 1024
+
+
+def _stream(make: Callable[[], bz2.BZ2Decompressor | lzma.LZMADecompressor]) -> _Unpack:
+    """``unpack`` of bz2 or lzma (formats that can shrink data a million-fold)."""
+    def unpack(data: bytes, limit: int, why: str) -> bytes | bytearray:
+        return unpack_stream(make(), data, limit, why, b"")
+    return unpack
+
+
+def _lzma_unpacker() -> lzma.LZMADecompressor:
+    return lzma.LZMADecompressor(memlimit=_LZMA_MEMORY)
 
 
 def _lzo() -> Compressor:
@@ -236,14 +259,13 @@ def _lzo() -> Compressor:
             "the lzo compressor needs the python-lzo package: pip install 'spoolq[lzo]'"
         ) from exc
 
-    def decompress(data: bytes) -> bytes:
-        # python-lzo's header: one method byte, then the size as 4 bytes big endian.
-        size = int.from_bytes(data[1:5], "big")
-        if size > MAX_UNPACKED_SIZE:
-            raise too_large(size)
+    def unpack(data: bytes, limit: int, why: str) -> bytes:
+        # python-lzo's header: one method byte, then the size as 4 bytes big endian; lzo
+        # allocates that much, and fails unless the data make exactly that.
+        check_declared(int.from_bytes(data[1:5], "big"), limit, why)
         return bytes(lzo.decompress(data))
 
-    return _Module("lzo", lzo.compress, decompress)
+    return _Module("lzo", lzo.compress, unpack)
 
 
 SERIALIZERS: dict[str, tuple[int, Callable[[], Serializer]]] = {
@@ -255,9 +277,9 @@ SERIALIZERS: dict[str, tuple[int, Callable[[], Serializer]]] = {
 COMPRESSORS: dict[str, tuple[int, Callable[[], Compressor]]] = {
     "none": (0, _NoCompression),
     "zstd": (1, _Zstd),
-    "zlib": (2, lambda: _Module("zlib", zlib.compress, _zlib_decompress)),
-    "bz2": (3, lambda: _Module("bz2", bz2.compress, _bounded(bz2.BZ2Decompressor))),
-    "lzma": (4, lambda: _Module("lzma", lzma.compress, _bounded(lzma.LZMADecompressor))),
+    "zlib": (2, lambda: _Module("zlib", zlib.compress, _zlib_unpack)),
+    "bz2": (3, lambda: _Module("bz2", bz2.compress, _stream(bz2.BZ2Decompressor))),
+    "lzma": (4, lambda: _Module("lzma", lzma.compress, _stream(_lzma_unpacker))),
     "lzo": (5, _lzo),
     "zstd-dict": (6, ZstdDictCompressor),
 }

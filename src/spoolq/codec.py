@@ -22,8 +22,21 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ._builtin_codecs import COMPRESSORS, SERIALIZERS, Compressor, Serializer, too_large
+from ._builtin_codecs import COMPRESSORS, SERIALIZERS, Compressor, Serializer
 from ._onethread import OneAtATime
+from ._unpacking import (
+    CUSTOM_ID,
+    HEAD,
+    HEADER_SIZE,
+    LIMIT_MOST,
+    LIMIT_RAW,
+    RECORD_VERSION,
+    as_record,
+    failed,
+    parse_header,
+    unpack_with,
+    unpack_zstd_dict,
+)
 from .errors import ConfigurationError, CorruptError, SerializationError
 from .zdict import MAX_UNPACKED_SIZE, ZstdDictCompressor
 
@@ -37,13 +50,7 @@ __all__ = [
     "record_dictionary",
 ]
 
-RECORD_VERSION = 1
-CUSTOM_ID = 255
-_HEAD = struct.Struct("<BBBI")
 _CRC = struct.Struct("<I")
-HEADER_SIZE = _HEAD.size
-
-
 ZSTD_DICT_ID = 6
 DICT_THRESHOLD = 16
 _SERIALIZER_NAMES = {ident: name for name, (ident, _) in SERIALIZERS.items()}
@@ -98,7 +105,7 @@ def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], A
 
 def record_codec_names(record: bytes) -> tuple[str, str]:
     """Return the (serializer, compressor) names a record's header declares."""
-    ser_id, comp_id, _crc, names, _start = _parse_header(record, None)
+    ser_id, comp_id, _crc, names, _start = parse_header(record, None)
     ser = names[0] if ser_id == CUSTOM_ID else _SERIALIZER_NAMES.get(ser_id, f"#{ser_id}")
     comp = names[-1] if comp_id == CUSTOM_ID else _COMPRESSOR_NAMES.get(comp_id, f"#{comp_id}")
     return ser, comp
@@ -108,42 +115,12 @@ def record_dictionary(record: bytes) -> int:
     """The number of the zstd dictionary a record was compressed with; 0 when none (or
     when the header cannot be read)."""
     try:
-        _ser_id, comp_id, _crc, _names, start = _parse_header(record, None)
+        _ser_id, comp_id, _crc, _names, start = parse_header(record, None)
     except CorruptError:
         return 0
     if comp_id != ZSTD_DICT_ID or start >= len(record):
         return 0
     return record[start]  # the dictionary payload starts with its number (see zdict)
-
-
-def _parse_header(record: bytes, record_id: int | None
-                  ) -> tuple[int, int, int, list[str], int]:
-    where = f"record {record_id}" if record_id is not None else "record"
-    if len(record) < HEADER_SIZE:
-        raise CorruptError(f"{where} is truncated: {len(record)} bytes, shorter than its header")
-    version, ser_id, comp_id, crc = _HEAD.unpack_from(record)
-    if version != RECORD_VERSION:
-        raise CorruptError(f"{where} has unknown record version {version}")
-    pos = HEADER_SIZE
-    names: list[str] = []
-    for ident in (ser_id, comp_id):
-        if ident == CUSTOM_ID:
-            if pos >= len(record):
-                raise CorruptError(f"{where} is truncated inside its codec name")
-            size = record[pos]
-            raw_name = record[pos + 1 : pos + 1 + size]
-            if len(raw_name) != size:
-                raise CorruptError(f"{where} is truncated inside its codec name")
-            names.append(raw_name.decode("utf-8", "replace"))
-            pos += 1 + size
-    return ser_id, comp_id, crc, names, pos
-
-
-def _as_record(record: object) -> bytes:
-    """A bytes-like record as bytes; TypeError naming anything else."""
-    if not isinstance(record, (bytes, bytearray, memoryview)):
-        raise TypeError(f"a record is bytes, not {type(record).__name__}")
-    return bytes(record)
 
 
 class Codec:
@@ -156,8 +133,8 @@ class Codec:
     than ``threshold`` bytes, payloads longer than
     :data:`~spoolq.zdict.MAX_UNPACKED_SIZE` (256 MiB), and payloads that
     compression does not shrink, are stored uncompressed; a record that would
-    decompress beyond that size is refused as corrupt before it is unpacked. That
-    bounds the bytes, not the item they make: cbor or json made of many empty lists
+    decompress beyond that size (or its raw size, given to :meth:`decode`) is refused
+    as corrupt once it does. That bounds the bytes, not the item: cbor or json of empty lists
     takes about 70 bytes of memory per payload byte, and a 1 KB zstd record can hold
     32 MB of payload: such a record still costs its reader gigabytes.
     With ``"zstd-dict"`` the codec samples the first
@@ -185,6 +162,7 @@ class Codec:
         self._plain_seed = zlib.crc32(bytes(self._plain_prefix) + self._plain_names)
         self._plain_head = bytes(self._plain_prefix)  # + crc + self._plain_names, see _frame
         self._packed_seed = zlib.crc32(bytes(self._packed_prefix) + self._packed_names)
+        self._unpack: Any = getattr(self._comp, "unpack", None)  # a built-in's, bounded
         self._zdict: ZstdDictCompressor | None = (
             self._comp if isinstance(self._comp, ZstdDictCompressor) else None)
         self._sampling = self._zdict is not None
@@ -352,7 +330,7 @@ class Codec:
                     f"payload: {exc!r}") from exc
             if len(packed) < len(data):
                 crc = zlib.crc32(packed, self._packed_seed)
-                return _HEAD.pack(*self._packed_prefix, crc) + self._packed_names + packed
+                return HEAD.pack(*self._packed_prefix, crc) + self._packed_names + packed
         crc = zlib.crc32(data, self._plain_seed)
         return self._plain_head + _CRC.pack(crc) + self._plain_names + data
 
@@ -367,64 +345,96 @@ class Codec:
         """Items of ``records`` when every one was written by this codec's own built-in
         serializer and compressor and passes its checksum; None as soon as one does not
         (call :meth:`decode` on each then: it decodes the others and names the failure)."""
-        own_heads, loads, decompress = self._own_heads, self._ser.loads, self._comp.decompress
-        crc32, unpack_crc = zlib.crc32, _CRC.unpack_from
+        own_heads = self._own_heads
+        if not all(type(record) is bytes and record[:3] in own_heads for record in records):
+            return None
+        items, failures = self.decode_each(records, [None] * len(records), [None] * len(records))
+        return None if failures else items
+
+    def decode_each(self, records: Sequence[bytes], ids: Sequence[int | None],
+                    raw_sizes: Sequence[int | None]) -> tuple[list[Any], dict[int, Exception]]:
+        """Decode ``records[i]`` as ``decode(records[i], ids[i], raw_size=raw_sizes[i])``
+        does, decompressing each once: ``(items, failures)``, the items that decode, in
+        order, and by index the error each other record raised (no other is caught)."""
+        own_heads, loads, unpack = self._own_heads, self._ser.loads, self._unpack
+        crc32, unpack_crc, most = zlib.crc32, _CRC.unpack_from, MAX_UNPACKED_SIZE
         items: list[Any] = []
         append = items.append
-        try:
-            for record in records:
-                own = own_heads.get(record[:3])
-                if own is None or len(record) < HEADER_SIZE:
-                    return None
+        failures: dict[int, Exception] = {}
+        for record, ident, size in zip(records, ids, raw_sizes, strict=True):
+            own = own_heads.get(record[:3]) if type(record) is bytes else None
+            if own is not None and len(record) >= HEADER_SIZE:
                 payload = record[HEADER_SIZE:]
-                if crc32(payload, own[0]) != unpack_crc(record, 3)[0]:
-                    return None
-                append(loads(decompress(payload) if own[1] else payload))
-        except Exception:
-            return None
-        return items
+                if crc32(payload, own[0]) == unpack_crc(record, 3)[0]:
+                    try:
+                        if own[1]:  # as _limit() says, without a call
+                            payload = unpack(payload, size, LIMIT_RAW) if size is not None \
+                                and size < most else unpack(payload, most, LIMIT_MOST)
+                    except Exception as exc:  # the index: records done before this one
+                        failures[len(items) + len(failures)] = failed(
+                            CorruptError, ident, "decompressed", exc)
+                        continue
+                    try:
+                        append(loads(payload))
+                    except Exception as exc:
+                        failures[len(items) + len(failures)] = failed(
+                            SerializationError, ident, "deserialized", exc)
+                    continue
+            try:
+                append(self.decode(record, ident, raw_size=size))
+            except (CorruptError, SerializationError, ConfigurationError) as exc:
+                failures[len(items) + len(failures)] = exc
+        return items, failures
 
-    def decode(self, record: bytes, record_id: int | None = None) -> Any:
+    def decode(self, record: bytes, record_id: int | None = None, *,
+               raw_size: int | None = None) -> Any:
         """Decode a record; raise :class:`CorruptError` if it is damaged.
 
         A record written with another built-in compressor decodes normally. A
         record whose serializer differs from this codec's is refused when it is
-        ``pickle`` (decoding it could run code) or a custom one.
-        """
+        ``pickle`` (decoding it could run code) or a custom one. ``raw_size`` is the
+        one stored with the record (as :meth:`encode` returned it): a record that
+        decompresses to more is refused as damaged as soon as it does."""
         if type(record) is not bytes:
-            record = _as_record(record)
+            record = as_record(record)
         own = self._own_heads.get(record[:3])
         if own is not None and len(record) >= HEADER_SIZE:
             payload = record[HEADER_SIZE:]
             if zlib.crc32(payload, own[0]) == _CRC.unpack_from(record, 3)[0]:
+                if own[1]:
+                    try:
+                        payload = self._unpack(payload, raw_size, LIMIT_RAW) if raw_size is not \
+                            None and raw_size < MAX_UNPACKED_SIZE else self._unpack(
+                                payload, MAX_UNPACKED_SIZE, LIMIT_MOST)  # as _limit() says
+                    except Exception as exc:
+                        raise failed(CorruptError, record_id, "decompressed", exc) from exc
                 try:
-                    return self._ser.loads(self._comp.decompress(payload) if own[1] else payload)
-                except Exception:
-                    pass  # the general path below names the failure
-        ser_id, comp_id, crc, names, start = _parse_header(record, record_id)
+                    return self._ser.loads(payload)
+                except Exception as exc:
+                    raise failed(SerializationError, record_id, "deserialized", exc) from exc
+        ser_id, comp_id, crc, names, start = parse_header(record, record_id)
         where = f"record {record_id}" if record_id is not None else "record"
         seed = zlib.crc32(record[:3] + record[HEADER_SIZE:start])
         payload = record[start:]
         if zlib.crc32(payload, seed) != crc:
             raise CorruptError(f"{where} failed its checksum: the stored bytes are damaged")
-        data = self._decompress(comp_id, names[-1] if comp_id == CUSTOM_ID else "", payload, where)
+        data = self._decompress(comp_id, names[-1] if comp_id == CUSTOM_ID else "", payload,
+                                where, *_limit(raw_size))
         serializer = self._serializer_for(ser_id, names[0] if ser_id == CUSTOM_ID else "", where)
+        if ser_id == CUSTOM_ID and type(data) is not bytes:
+            data = bytes(data)  # a built-in's output of many steps is a bytearray
         try:
-            return serializer.loads(data)
+            return serializer.loads(data)  # type: ignore[arg-type]  # bytearray: built-ins
         except Exception as exc:
             raise SerializationError(f"{where} could not be deserialized: {exc}") from exc
 
-    def _decompress(self, comp_id: int, name: str, payload: bytes, where: str) -> bytes:
+    def _decompress(self, comp_id: int, name: str, payload: bytes, where: str, limit: int,
+                    why: str) -> bytes | bytearray:
         if comp_id == 0:
             return payload
         if comp_id == ZSTD_DICT_ID:
             zdict = self._zdict or _decompressor("zstd-dict")
-            try:
-                return bytes(zdict.decompress(payload))
-            except SerializationError as exc:
-                raise type(exc)(f"{where}: {exc}") from exc
-            except Exception as exc:
-                raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
+            return unpack_zstd_dict(zdict, payload, where, limit, why)
         if comp_id == self._comp_id and (comp_id != CUSTOM_ID or name == self.compressor_name):
             comp = self._comp
         elif comp_id in _COMPRESSOR_NAMES:
@@ -437,21 +447,8 @@ class Codec:
             raise SerializationError(
                 f"{where} names compressor id {comp_id}, which this version of spoolq does "
                 "not know")
-        try:
-            data = comp.decompress(payload)
-        except Exception as exc:
-            if comp_id == CUSTOM_ID:  # the checksum passed: the compressor failed, not the file
-                raise SerializationError(f"{where} could not be decompressed by the custom "
-                                         f"compressor {name!r}: {exc}") from exc
-            raise CorruptError(f"{where} could not be decompressed: {exc}") from exc
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            if len(data) > MAX_UNPACKED_SIZE:
-                raise CorruptError(f"{where} could not be decompressed: "
-                                   f"{too_large(len(data))}")
-            return data if type(data) is bytes else bytes(data)
-        # bytes() of an int or a list would make up a payload instead of failing.
-        raise SerializationError(f"{where}: the {name or _COMPRESSOR_NAMES.get(comp_id)} "
-                                 f"compressor returned {type(data).__name__}, not bytes")
+        return unpack_with(comp, name if comp_id == CUSTOM_ID else None, payload, where,
+                           limit, why)
 
     def _serializer_for(self, ser_id: int, name: str, where: str) -> Serializer:
         if ser_id == self._ser_id and (ser_id != CUSTOM_ID or name == self.serializer_name):
@@ -470,6 +467,13 @@ class Codec:
         raise SerializationError(
             f"{where} names serializer id {ser_id}, which this version of spoolq does not "
             "know")
+
+
+def _limit(raw_size: int | None) -> tuple[int, str]:
+    """The most a record may decompress to, and why: its stored raw size, when known."""
+    if raw_size is None or raw_size >= MAX_UNPACKED_SIZE:
+        return MAX_UNPACKED_SIZE, LIMIT_MOST
+    return raw_size, LIMIT_RAW
 
 
 _decompressors: dict[str, Compressor] = {}

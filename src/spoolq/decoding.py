@@ -47,7 +47,7 @@ class Decoding:
 
     def _decode_one(self, rec: StoredRecord) -> Any:
         try:
-            return self.codec.decode(rec.data, rec.id)
+            return self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)
         except MissingDictionary:
             return self._decode_with_new_dictionaries(rec)
 
@@ -56,28 +56,42 @@ class Decoding:
         opened the file: load the file's dictionaries, then decode."""
         with self.lock:
             load_dictionaries(self.engine, self.name, self.codec)
-        return self.codec.decode(rec.data, rec.id)
+        return self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)
 
     def _decode_taken(self, recs: list[StoredRecord], leased: bool) -> list[Taken]:
-        if len(recs) > 1:  # one record: decode() below costs less than the batch's set-up
-            items = self.codec.decode_all([rec.data for rec in recs])
-            if items is not None:
-                return list(zip(recs, items, strict=True))
+        """Each record is decompressed once: a damaged one (or one too large for its raw
+        size) is set aside with the error its first decoding raised. Only a record that
+        needs a zstd dictionary this handle lacks is decoded again, once they are loaded
+        (that error comes before anything is decompressed)."""
+        if len(recs) == 1:  # decode() costs less than the batch's set-up
+            rec = recs[0]
+            try:
+                items = [self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)]
+                failures: dict[int, Exception] = {}
+            except (CorruptError, SerializationError, ConfigurationError) as exc:
+                items, failures = [], {0: exc}
+        else:
+            items, failures = self.codec.decode_each(
+                [rec.data for rec in recs], [rec.id for rec in recs],
+                [rec.raw_size for rec in recs])
+        if not failures:
+            return list(zip(recs, items, strict=True))
         taken: list[Taken] = []
-        decode = self.codec.decode
+        decoded = iter(items)
         reloaded = False
         failed: Exception | None = None
-        for rec in recs:
+        for at, rec in enumerate(recs):
             try:
-                try:
-                    item = decode(rec.data, rec.id)
-                except MissingDictionary as missing:
-                    if reloaded:  # the file's dictionaries are loaded: it lacks this one
-                        raise
+                if at not in failures:
+                    taken.append((rec, next(decoded)))
+                    continue
+                error = failures[at]
+                if not isinstance(error, MissingDictionary):
+                    raise error
+                if not reloaded:  # once loaded, a record still lacking its dictionary fails
                     reloaded = True
-                    self._reload_dictionaries(missing)
-                    item = decode(rec.data, rec.id)
-                taken.append((rec, item))
+                    self._reload_dictionaries(error)
+                taken.append((rec, self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)))
             except (CorruptError, SerializationError, ConfigurationError) as exc:
                 # ConfigurationError: the record's compressor needs a package missing here.
                 try:
