@@ -6,16 +6,25 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import ClosedError, CorruptError, EngineError, FormatError, LockTimeout
+from ..errors import (
+    ClosedError,
+    ConfigurationError,
+    CorruptError,
+    EngineError,
+    FormatError,
+    LockTimeout,
+)
 from ._shared import check_directory
 from .base import FORMAT_VERSION
 
 __all__ = ["INHERITED", "MIN_SQLITE", "PAGE_SIZE", "PAGE_SIZES", "SCHEMA", "SYNCHRONOUS",
-           "Closed", "Unlocked", "check_unchanged", "connect", "length_limit", "open_connection",
-           "set_up", "translate"]
+           "BusyTimeout", "Closed", "Unlocked", "check_settings", "check_unchanged",
+           "connect", "length_limit", "open_connection", "set_up", "translate"]
 
 _APPLICATION = b"spoolq"
 # Every SQLite database starts with these 16 bytes (https://sqlite.org/fileformat.html).
@@ -349,3 +358,57 @@ def open_connection(path: str, read_only: bool, timeout: float, synchronous: str
         conn.close()
         raise
     return conn
+
+
+_MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
+
+
+def check_settings(synchronous: str, timeout: float, page_size: int) -> float:
+    """Check the SQLite engine's settings (ConfigurationError, or EngineError for an
+    SQLite too old); return the busy timeout to set, in seconds."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise EngineError(
+            f"spoolq needs SQLite 3.35 or newer; this Python has {sqlite3.sqlite_version}")
+    if synchronous not in SYNCHRONOUS:
+        raise ConfigurationError(
+            f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+            not timeout >= 0:
+        raise ConfigurationError(
+            f"timeout must be a number of seconds >= 0, not {timeout!r}")
+    if type(page_size) is not int or page_size not in PAGE_SIZES:
+        raise ConfigurationError(
+            f"page_size must be a power of two from 512 to 65536, not {page_size!r}")
+    # SQLite counts its busy timeout in milliseconds in a C int: past that, sqlite3 sets
+    # no timeout at all, and a write would not wait for a lock.
+    return min(timeout, _MAX_TIMEOUT)
+
+
+class BusyTimeout:
+    """A connection's busy timeout, which :meth:`no_wait` turns off: a write that would
+    wait for another connection's lock then raises :class:`LockTimeout` at once, its
+    transaction rolled back. It is turned on again by :meth:`restore`, which the engine
+    calls before each write transaction: so calls made within ``no_wait`` one after
+    another turn it off once, not at every call."""
+
+    def __init__(self, timeout: float) -> None:
+        self._pragma = f"PRAGMA busy_timeout = {int(timeout * 1000)}"
+        self.off = False  # the connection's timeout is 0
+        self._within = False
+
+    @contextmanager
+    def no_wait(self, conn: sqlite3.Connection) -> Iterator[None]:
+        if not self.off:
+            conn.execute("PRAGMA busy_timeout = 0")
+            self.off = True
+        self._within = True
+        try:
+            yield
+        finally:
+            self._within = False
+
+    def restore(self, conn: sqlite3.Connection) -> None:
+        """Turn the timeout on again, unless within :meth:`no_wait`."""
+        if not self._within:
+            conn.execute(self._pragma)
+            self.off = False

@@ -31,6 +31,14 @@ the engine, ``cancel_waits()`` ends every wait in progress, and a
 An engine whose calls never block (no I/O, no locks held by other processes)
 may set a class attribute ``inline = True``: the async queue then calls it on
 the event loop instead of handing each call to its worker thread.
+
+An engine whose calls are brief unless another process holds its lock (SQLite
+without an fsync at each commit) may say so with a ``brief`` attribute and
+offer ``no_wait()``, a context manager within which a call that would wait for
+another connection's lock raises :class:`~spoolq.errors.LockTimeout` at once,
+having changed nothing. An async queue created with ``calls_on_loop=True`` then
+makes its puts and takes on the event loop while nothing else of it is under
+way, and hands a call that would wait to its worker thread.
 """
 
 from __future__ import annotations

@@ -20,13 +20,13 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError, EngineError, FormatError
+from ..errors import EngineError, FormatError
 from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
 from ._checks import (
@@ -64,7 +64,6 @@ R = TypeVar("R")
 _SHIFT, _MASK, _json = sql.SHIFT, sql.MASK, sql.json_list
 _MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
 _ALWAYS_FITS = 32 * 1024  # a record this small needs no look at the limit: far below it
-_MAX_TIMEOUT = ((1 << 31) - 1) / 1000  # seconds: the longest busy timeout SQLite takes
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
@@ -87,22 +86,7 @@ class SQLiteEngine(LeaseSettling, Moving):
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
                  timeout: float = 10.0, read_only: bool = False,
                  page_size: int = opening.PAGE_SIZE) -> None:
-        if sqlite3.sqlite_version_info < opening.MIN_SQLITE:
-            raise EngineError(
-                f"spoolq needs SQLite 3.35 or newer; this Python has {sqlite3.sqlite_version}")
-        if synchronous not in opening.SYNCHRONOUS:
-            raise ConfigurationError(
-                f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
-                not timeout >= 0:
-            raise ConfigurationError(
-                f"timeout must be a number of seconds >= 0, not {timeout!r}")
-        # SQLite counts its busy timeout in milliseconds in a C int: past that, sqlite3
-        # sets no timeout at all, and a write would not wait for a lock.
-        timeout = min(timeout, _MAX_TIMEOUT)
-        if type(page_size) is not int or page_size not in opening.PAGE_SIZES:
-            raise ConfigurationError(
-                f"page_size must be a power of two from 512 to 65536, not {page_size!r}")
+        timeout = opening.check_settings(synchronous, timeout, page_size)
         self.path = os.fspath(path)
         self.read_only = read_only
         self._qnos: dict[str, int] = {}
@@ -117,7 +101,19 @@ class SQLiteEngine(LeaseSettling, Moving):
         self._forks = forks()
         self._connection = self._connect()
 
+    @property
+    def brief(self) -> bool:
+        """Whether calls are brief while no other process holds the file's lock: no fsync
+        at each commit (see :meth:`no_wait`)."""
+        return self._settings[1] != "FULL" and not self.read_only
+
+    def no_wait(self) -> AbstractContextManager[None]:
+        """Within it, a call that would wait for another connection's lock raises
+        :class:`LockTimeout` at once, having changed nothing."""
+        return self._busy.no_wait(self._conn)
+
     def _connect(self) -> sqlite3.Connection:
+        self._busy = opening.BusyTimeout(self._settings[0])
         with self._guard("open"):
             return opening.open_connection(self.path, self.read_only, *self._settings)
 
@@ -153,6 +149,8 @@ class SQLiteEngine(LeaseSettling, Moving):
         conn = self._conn
         self._writes += 1
         try:
+            if self._busy.off:
+                self._busy.restore(conn)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = body(conn, *args)
@@ -171,6 +169,8 @@ class SQLiteEngine(LeaseSettling, Moving):
         conn = self._conn
         self._writes += 1
         with self._guard(what):
+            if self._busy.off:
+                self._busy.restore(conn)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
