@@ -104,7 +104,7 @@ CHILD = textwrap.dedent("""
                 say("u")
 
     async def run_async():
-        q = await spoolq.Queue.create(path, **kwargs)
+        q = await spoolq.Queue.create(path, calls_on_loop=mode == "async-loop", **kwargs)
         say("open")
         held = []
         while True:
@@ -302,6 +302,14 @@ def test_kill_during_large_put_many_and_get_many(tmp_path: Path, engine: str, se
 def test_kill_during_leases_acks_nacks_and_dead_letters(tmp_path: Path, engine: str,
                                                         mode: str) -> None:
     _rounds(tmp_path, engine, 7, rounds=5, ops="plllaannng", mode=mode, max_attempts=2,
+            lines=(10, 120))
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_kill_during_async_calls_made_on_the_loop(tmp_path: Path, seed: int) -> None:
+    """``calls_on_loop``: puts group-committed on the event loop, gets and leases taken
+    there, acks and nacks on the worker."""
+    _rounds(tmp_path, "sqlite", seed, rounds=5, ops="pppgllan", mode="async-loop",
             lines=(10, 120))
 
 

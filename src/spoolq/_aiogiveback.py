@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ._atonce import NoWait
 from .core import Holding, QueueCore
 from .engines import Counts
 from .errors import QueueShutDown
@@ -73,6 +74,7 @@ class GivingBack:
     _worker: Worker
     _loop: asyncio.AbstractEventLoop
     _inline: bool
+    _no_wait: NoWait | None
     _immediate: bool
     # Give-backs under way, counted on the loop as they start and on the worker as they
     # end (each counter written by one thread only, so neither needs a lock).
@@ -172,6 +174,10 @@ class GivingBack:
         engine called there, else on the worker (:meth:`_take_on_worker`)."""
         if self._inline:
             return self._core.take(n, ttl, holding=holding)
+        if self._no_wait is not None and not self._takes_out:
+            got = self._core.take_alone(n, ttl, holding, self._no_wait)
+            if got is not None:
+                return got
         turn.taking = True  # the next call in line may send its own take meanwhile
         if len(self._line) > 1:
             self._pass_turn()

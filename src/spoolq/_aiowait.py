@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
@@ -90,6 +91,8 @@ class Waiting:
         happen, through this queue's loop; the hooks hold no reference to the queue, so
         an unclosed one can still be collected."""
         ref = weakref.ref(self)
+        # Changes made on the loop's own thread (calls made on the loop) need not wake it.
+        home = threading.get_ident()
 
         def wake(ref: weakref.ref[Waiting] = ref) -> None:
             queue = ref()
@@ -100,13 +103,19 @@ class Waiting:
             # the change when it returns.
             if queue._waiters or queue._sleeping:
                 with contextlib.suppress(RuntimeError):  # its loop closed: no one to wake
-                    queue._loop.call_soon_threadsafe(queue._wake)
+                    if threading.get_ident() == home:
+                        queue._loop.call_soon(queue._wake)
+                    else:
+                        queue._loop.call_soon_threadsafe(queue._wake)
 
         self._core.listeners.append(wake)
 
         def settle(tickets: list[Ticket], loop: asyncio.AbstractEventLoop = self._loop) -> None:
             with contextlib.suppress(RuntimeError):  # its loop closed: no caller waits
-                loop.call_soon_threadsafe(_settle, tickets)
+                if threading.get_ident() == home:
+                    _settle(tickets)
+                else:
+                    loop.call_soon_threadsafe(_settle, tickets)
 
         self._core.on_settled = settle
 

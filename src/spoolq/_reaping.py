@@ -70,6 +70,11 @@ class Reaping:
     def _reap_interval(self) -> float:
         return min(1.0, self.settings.poll_interval * 10)
 
+    def reap_due(self) -> bool:
+        """Whether the next take reaps first (see :meth:`_reap_locked`)."""
+        return bool(self._counts.leased) and time.monotonic() >= self._next_reap \
+            and not self.read_only
+
     def _reap_locked(self, now: float) -> None:
         # Scheduled on the monotonic clock: after the wall clock is set back, reaping
         # must not pause until it catches up again.

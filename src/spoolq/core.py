@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._atonce import AtOnce
 from ._holdings import UNWRITTEN, Holding, Holdings
 from ._reaping import Reaping
 from .codec import Codec
@@ -98,7 +99,7 @@ def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
         return False
 
 
-class QueueCore(Holdings, Writing, Settling, Decoding, Reaping):
+class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -323,13 +324,22 @@ class QueueCore(Holdings, Writing, Settling, Decoding, Reaping):
             recs = self._take_locked(n, ttl, buffered, fill or holding is not None)
             if ttl is not None and self.settings.max_attempts is not None:
                 recs = self._within_max_attempts(recs, n, ttl)
-            if holding is not None and recs and (holding.taken or len(recs) < n):
-                taken = self._decode_taken(recs, ttl is not None)
-                if taken:  # none when every record went to the dead letters
-                    holding.taken += taken
-                    self._holdings.add(holding)
-                return taken
+            kept = self._keep(recs, n, ttl, holding)
+            if kept is not None:
+                return kept
         return self._decode_taken(recs, ttl is not None)
+
+    def _keep(self, recs: list[StoredRecord], n: int, ttl: float | None,
+              holding: Holding | None) -> list[Taken] | None:
+        """For a caller that waits for n records in all, holding what it took: decode
+        ``recs`` and keep them in ``holding`` (under the lock). None: nothing to keep."""
+        if holding is not None and recs and (holding.taken or len(recs) < n):
+            taken = self._decode_taken(recs, ttl is not None)
+            if taken:  # none when every record went to the dead letters
+                holding.taken += taken
+                self._holdings.add(holding)
+            return taken
+        return None
 
     def _take_locked(self, n: int, ttl: float | None, buffered: bool,
                      fill: bool) -> list[StoredRecord]:

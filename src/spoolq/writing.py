@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
+from ._atonce import NoWait, WouldWait, attempt
 from ._ticketcounts import errors_of, keep_waiting
 from .codec import Codec
 from .engines import Counts, Engine
@@ -69,6 +70,7 @@ class Writing:
     _notify: Callable[[], None]
     refresh: Callable[[], Counts]
     _refresh_locked: Callable[..., Counts]
+    write_alone: Callable[[list[bytes], list[int]], bool]
 
     @property
     def counts(self) -> Counts:
@@ -103,13 +105,19 @@ class Writing:
             log.debug("spoolq: queue %r: reading the counts after a take failed: %s",
                       self.name, exc)
 
-    def _append(self, records: list[bytes], sizes: list[int]) -> None:
+    def _append(self, records: list[bytes], sizes: list[int],
+                no_wait: NoWait | None = None) -> None:
         """Write records in one engine call. When it fails with its outcome unknown (a
         lost connection, :class:`Unavailable`: the server may have stored them, or an
         interruption), the counts are marked stale: the next take reads them again (and
         the async queue's qsize() has its worker read them) rather than wait for the poll."""
         try:
-            self.engine.append(self.name, records, sizes, time.time())
+            if no_wait is None:
+                self.engine.append(self.name, records, sizes, time.time())
+            else:
+                attempt(no_wait, self.engine.append, self.name, records, sizes, time.time())
+        except WouldWait:
+            raise
         except BaseException as exc:
             self._unknown_outcome(exc)
             raise
@@ -187,7 +195,7 @@ class Writing:
             if lost:
                 self._unfinished = max(self._unfinished - len(records), 0)
 
-    def flush(self) -> list[Ticket]:
+    def flush(self, no_wait: NoWait | None = None) -> list[Ticket]:
         """Write every pending record in one engine transaction; settle their tickets.
 
         If the write fails, waiting callers get the error (after their records are
@@ -196,6 +204,8 @@ class Writing:
         "buffer" the records stay buffered for the next flush instead, and the
         puts waiting for this one (it was due) wait for that one: their items were
         not lost. Then the one ticket returned carries the error, for the caller.
+        With ``no_wait`` (the engine's), a write that would wait for another process's
+        lock puts the records back, pending, and raises :class:`WouldWait`.
         """
         with self.lock:
             records, sizes, tickets, counts = self.group.take_batch()
@@ -209,17 +219,15 @@ class Writing:
             puts = self.counters["puts"]
             try:
                 self._check_open()
-                self._append(records, sizes)
+                self._append(records, sizes, no_wait)
+            except WouldWait:
+                self.group.put_back(records, sizes, tickets=tickets, counts=counts)
+                raise
             except BaseException as exc:
                 error = exc
                 stored = stored_before_failure(exc, len(records))
                 if stored:
-                    # Written in several transactions, the first of which are stored: they
-                    # count as written, and are never written again.
-                    self._stored(records[:stored], sizes[:stored])
-                    self.group.written(stored)
-                    records, sizes = records[stored:], sizes[stored:]
-                    counts = left_after(counts, stored)
+                    records, sizes, counts = self._drop_stored(records, sizes, counts, stored)
                 kept = self.buffered and not self.closing
                 if kept:  # a put all of whose records are stored returns now
                     tickets, counts = keep_waiting(self.group, records, sizes, tickets, counts)
@@ -257,6 +265,15 @@ class Writing:
         if interrupted is not None:
             raise interrupted
         return tickets
+
+    def _drop_stored(self, records: list[bytes], sizes: list[int], counts: list[int],
+                     stored: int) -> tuple[list[bytes], list[int], list[int]]:
+        """After a write in several transactions failed: its first ``stored`` records are
+        stored, count as written and are never written again. Return the others, with how
+        many of them each ticket stands for."""
+        self._stored(records[:stored], sizes[:stored])
+        self.group.written(stored)
+        return records[stored:], sizes[stored:], left_after(counts, stored)
 
     def _settle_tickets(self, tickets: list[Ticket],
                         errors: list[BaseException | None]) -> None:
@@ -373,34 +390,8 @@ class Writing:
         """Write records from the calling thread (group-committed with any pending);
         with durability "buffer", only once ``flush_items`` are pending. Raises
         QueueShutDown once :attr:`shut` is set."""
-        if not self.buffered and self.lock.acquire(blocking=False):
-            # Nobody else is writing: no batch to join, so write at once.
-            stored = 0
-            try:
-                alone = not self.group.pending()
-                if alone:
-                    self._check_open()
-                    if self.shut:
-                        raise QueueShutDown("the queue is shut down")
-                    try:  # not _append: a call less for every put
-                        self.engine.append(self.name, records, sizes, time.time())
-                    except BaseException as exc:
-                        self._unknown_outcome(exc)
-                        # Written in several transactions, the first of which are stored:
-                        # they are in the queue.
-                        stored = stored_before_failure(exc, len(records))
-                        self._put_alone(records[:stored], sizes[:stored])
-                        raise
-                    with self._tally:
-                        self._unfinished += len(records)
-                    self._count_put(records, sizes)
-            finally:
-                self.lock.release()
-                if stored:
-                    self._notify()
-            if alone:
-                self._after_put()
-                return
+        if not self.buffered and self.write_alone(records, sizes):
+            return
         ticket = Ticket()
         if not self.flush_due(self.submit(records, sizes, ticket)):
             return

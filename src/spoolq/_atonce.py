@@ -1,0 +1,153 @@
+"""Writes and takes made at once, in the caller's thread, when nothing else of the handle
+is under way and the engine need not wait for another process: the async queue makes them
+on its event loop with an engine whose calls are brief (SQLite without an fsync per
+commit), where handing each call to its worker thread would cost several times the call.
+
+:class:`AtOnce` is a part of :class:`spoolq.core.QueueCore`, kept in its own module; it
+works on the core's state under the core's lock, as the rest of the core does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from ._holdings import Holding
+from .engines import Engine, StoredRecord
+from .engines.base import stored_before_failure
+from .errors import LockTimeout, QueueShutDown
+from .groupcommit import GroupCommit, Ticket
+from .message import Taken
+from .settings import Settings
+
+__all__ = ["AtOnce", "NoWait", "WouldWait", "attempt"]
+
+R = TypeVar("R")
+
+NoWait = Callable[[], AbstractContextManager[None]]
+"""An engine's ``no_wait``: within it, a call that would wait for another connection's
+lock raises :class:`LockTimeout` at once, having changed nothing."""
+
+
+class WouldWait(LockTimeout):
+    """An engine call made within the engine's ``no_wait`` would have waited for another
+    process's lock; it changed nothing."""
+
+
+def attempt(no_wait: NoWait, call: Callable[..., R], *args: Any) -> R:
+    """``call(*args)`` within ``no_wait()``; :class:`WouldWait` where it would wait."""
+    try:
+        with no_wait():
+            return call(*args)
+    except LockTimeout as exc:
+        raise WouldWait(str(exc)) from exc
+
+
+class AtOnce:
+    """Writes and takes of one queue handle that never wait for another thread or process."""
+
+    # Set up by QueueCore.__init__.
+    engine: Engine
+    name: str
+    settings: Settings
+    lock: threading.RLock
+    group: GroupCommit
+    shut: bool
+    _unfinished: int
+    _tally: threading.Lock
+    # Defined by QueueCore and its other parts.
+    _check_open: Callable[[], None]
+    _notify: Callable[[], None]
+    _after_put: Callable[[], None]
+    _unknown_outcome: Callable[[BaseException], None]
+    _count_put: Callable[[list[bytes], list[int]], None]
+    _put_alone: Callable[[list[bytes], list[int]], None]
+    _take_locked: Callable[[int, float | None, bool, bool], list[StoredRecord]]
+    _keep: Callable[[list[StoredRecord], int, float | None, Holding | None],
+                    list[Taken] | None]
+    _decode_taken: Callable[[list[StoredRecord], bool], list[Taken]]
+    flush: Callable[..., list[Ticket]]
+    reap_due: Callable[[], bool]
+
+    def write_alone(self, records: list[bytes], sizes: list[int], *,
+                    no_wait: NoWait | None = None) -> bool:
+        """Write records at once, in their own transaction, when nobody else is writing:
+        no other thread holds the lock and no group commit is pending. False, with
+        nothing written, when somebody is. With ``no_wait`` (the engine's), also False
+        when the engine would wait for another process's lock. Raises QueueShutDown once
+        :attr:`shut` is set."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        stored = 0
+        try:
+            if self.group.pending():
+                return False
+            self._check_open()
+            if self.shut:
+                raise QueueShutDown("the queue is shut down")
+            try:  # not _append: a call less for every put
+                if no_wait is None:
+                    self.engine.append(self.name, records, sizes, time.time())
+                else:
+                    attempt(no_wait, self.engine.append, self.name, records, sizes,
+                            time.time())
+            except WouldWait:
+                return False
+            except BaseException as exc:
+                self._unknown_outcome(exc)
+                # Written in several transactions, the first of which are stored: they
+                # are in the queue.
+                stored = stored_before_failure(exc, len(records))
+                self._put_alone(records[:stored], sizes[:stored])
+                raise
+            with self._tally:
+                self._unfinished += len(records)
+            self._count_put(records, sizes)
+        finally:
+            self.lock.release()
+            if stored:
+                self._notify()
+        self._after_put()
+        return True
+
+    def take_alone(self, n: int, ttl: float | None, holding: Holding | None,
+                   no_wait: NoWait) -> list[Taken] | None:
+        """:meth:`~spoolq.core.QueueCore.take` made at once, when nobody else is writing or
+        taking: no other thread holds the lock, no group commit is pending, and the engine
+        need not wait for another process's lock (``no_wait``, the engine's). None, with
+        nothing taken, when somebody is, when expired leases are to be looked for first,
+        and for a lease of a queue with ``max_attempts`` (which may write again after the
+        take)."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            if self.group.pending() or self.reap_due() or (
+                    ttl is not None and self.settings.max_attempts is not None):
+                return None
+            try:
+                recs = attempt(no_wait, self._take_locked, n, ttl, True, holding is not None)
+            except WouldWait:
+                return None
+            kept = self._keep(recs, n, ttl, holding)
+            if kept is not None:
+                return kept
+        finally:
+            self.lock.release()
+        return self._decode_taken(recs, ttl is not None)
+
+    def flush_alone(self, no_wait: NoWait) -> bool:
+        """:meth:`~spoolq.writing.Writing.flush` made at once: False, with the records
+        still pending, when another thread holds the lock or the engine would wait for
+        another process's lock (``no_wait``, the engine's)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            self.flush(no_wait)
+        except WouldWait:
+            return False  # put back, pending
+        finally:
+            self.lock.release()
+        return True

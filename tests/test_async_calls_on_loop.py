@@ -1,0 +1,158 @@
+"""``Queue.create(..., calls_on_loop=True)``: with an engine whose calls are brief (SQLite
+with durability "commit"), puts, gets and leases are made on the event loop while nothing
+else of the queue is under way, and go to the worker thread when another process holds
+the file's lock. The tests hold the queue's worker thread busy, so that a call which
+needed it could not finish."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spoolq
+from spoolq import Queue
+
+pytestmark = pytest.mark.asyncio
+
+
+@asynccontextmanager
+async def _worker_held(q: Queue[Any]) -> AsyncIterator[None]:
+    """Keep the queue's worker thread busy (a job that waits) for the body's length."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(30)
+
+    q._worker.post(hold)
+    assert await asyncio.to_thread(busy.wait, 10)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+async def test_puts_gets_and_leases_need_no_worker(tmp_path: Path) -> None:
+    async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
+        async with _worker_held(q):
+            await asyncio.wait_for(q.put("a"), 5)
+            await asyncio.wait_for(q.put_many(["b", "c", "d"]), 5)
+            assert await asyncio.wait_for(q.get(), 5) == "a"
+            assert await asyncio.wait_for(q.get_many(2), 5) == ["b", "c"]
+            msg = await asyncio.wait_for(q.lease(ttl=30), 5)
+            assert msg.item == "d"
+            assert q.qsize() == 0
+        await q.ack(msg)
+    with spoolq.SyncQueue.create(str(tmp_path / "q.sqlite")) as again:
+        assert again.qsize() == 0 and again.stats["leased"] == 0
+
+
+async def test_by_default_every_call_goes_to_the_worker(tmp_path: Path) -> None:
+    async with await Queue.create(str(tmp_path / "q.sqlite")) as q, _worker_held(q):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(q.put("a"), 0.3)
+
+
+@pytest.mark.parametrize(("suffix", "durability"), [("lmdb", "commit"), ("sqlite", "fsync")])
+async def test_engines_whose_calls_sync_the_disk_ignore_it(tmp_path: Path, suffix: str,
+                                                          durability: str) -> None:
+    async with await Queue.create(str(tmp_path / f"q.{suffix}"), durability=durability,
+                                  calls_on_loop=True) as q, _worker_held(q):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(q.put("a"), 0.3)
+
+
+async def test_puts_of_many_tasks_are_written_together_on_the_loop(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+
+    async def produce(q: Queue[Any], k: int) -> None:
+        for i in range(30):
+            await q.put([k, i])
+
+    async with await Queue.create(path, calls_on_loop=True) as q, _worker_held(q):
+        await asyncio.wait_for(asyncio.gather(*(produce(q, k) for k in range(20))), 20)
+        assert q.qsize() == 600
+        got = await asyncio.wait_for(q.get_many(600), 5)
+    assert sorted(got) == [[k, i] for k in range(20) for i in range(30)]
+    for k in range(20):
+        assert [i for kk, i in got if kk == k] == list(range(30))  # each task's in order
+
+
+@pytest.mark.parametrize("cancelled", [0, 1])
+async def test_a_put_cancelled_while_its_batch_gathers(tmp_path: Path, cancelled: int) -> None:
+    """Cancelled while its batch gathers (every put of it yields once first), a put raises
+    CancelledError and its item is stored at most once, in its place; the others of the
+    batch are stored, whichever put was to write the batch."""
+    async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
+        tasks = [asyncio.create_task(q.put(i)) for i in range(3)]
+        await asyncio.sleep(0)  # each put has joined the batch and yields once
+        tasks[cancelled].cancel()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        assert isinstance(results[cancelled], asyncio.CancelledError)
+        assert [r for k, r in enumerate(results) if k != cancelled] == [None, None]
+        got = await q.get_many(None, timeout=1)
+        assert got in ([0, 1, 2], [k for k in range(3) if k != cancelled])
+        assert q.qsize() == 0
+
+
+_HOLDER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    conn.execute("COMMIT")
+""")
+
+
+async def _ticking(stop: asyncio.Event) -> float:
+    """The longest the loop went without running this task, until ``stop``."""
+    longest, last = 0.0, time.monotonic()
+    while not stop.is_set():
+        await asyncio.sleep(0.005)
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+    return longest
+
+
+@pytest.mark.parametrize("call", ["put", "get"])
+async def test_a_call_that_would_wait_for_another_process_goes_to_the_worker(
+        tmp_path: Path, call: str) -> None:
+    path = str(tmp_path / "q.sqlite")
+    held = 1.0
+    async with await Queue.create(path, calls_on_loop=True) as q:
+        await q.put("first")
+        with subprocess.Popen([sys.executable, "-c", _HOLDER, path, str(held)],
+                              stdout=subprocess.PIPE, text=True) as holder:
+            assert holder.stdout is not None
+            assert await asyncio.to_thread(holder.stdout.readline) == "locked\n"
+            stop = asyncio.Event()
+            ticker = asyncio.create_task(_ticking(stop))
+            await asyncio.sleep(0.02)
+            start = time.monotonic()
+            if call == "put":
+                await asyncio.wait_for(q.put("second"), 20)
+            else:
+                assert await asyncio.wait_for(q.get(), 20) == "first"
+            waited = time.monotonic() - start
+            stop.set()
+            longest = await ticker
+        assert waited > held / 2  # it did wait for the other process's lock
+        assert longest < held / 2, f"the loop was held for {longest:.3f} s"
+        assert q.qsize() == (2 if call == "put" else 0)
+
+
+async def test_it_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(spoolq.ConfigurationError, match="calls_on_loop"):
+        await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "q.sqlite").exists()
