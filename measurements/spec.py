@@ -333,6 +333,21 @@ def _spoolq_specs() -> list[ContestantSpec]:
         )
     specs.append(
         ContestantSpec(
+            name="spoolq Queue sqlite commit, calls on loop",
+            durability=WRITE,
+            target="spoolq_queues:SpoolqAsync",
+            kind="async",
+            options={"engine": "sqlite", "durability": "commit", "calls_on_loop": True},
+            requires=("spoolq",),
+            distributions=("spoolq",),
+            accepts="object",
+            spoolq=True,
+            note="calls_on_loop=True: puts and gets made on the event loop when nothing "
+                 "else of the queue is under way",
+        )
+    )
+    specs.append(
+        ContestantSpec(
             name="spoolq Batcher sqlite",
             durability=WRITE,
             target="spoolq_queues:SpoolqBatcher",

@@ -87,17 +87,21 @@ class SpoolqSync(Contestant):
 class SpoolqAsync(AsyncContestant):
     """``spoolq.Queue`` (asyncio) on one engine at one durability."""
 
-    def __init__(self, engine: str, durability: str | None, serializer: str | None = None) -> None:
+    def __init__(self, engine: str, durability: str | None, serializer: str | None = None,
+                 calls_on_loop: bool = False) -> None:
         self.spoolq = _import()
         self.engine = engine
         self.durability = durability
         self.serializer = serializer
+        self.calls_on_loop = calls_on_loop
 
     async def setup(self, tmpdir: Path, params: Mapping[str, Any]) -> None:
         path = _path(tmpdir, self.engine)
+        kwargs = _create_kwargs(self.durability, self.serializer)
+        if self.calls_on_loop:
+            kwargs["calls_on_loop"] = True
         try:
-            self.q: Any = await self.spoolq.Queue.create(
-                path, **_create_kwargs(self.durability, self.serializer))
+            self.q: Any = await self.spoolq.Queue.create(path, **kwargs)
         except Exception as exc:
             raise Unavailable(f"Queue.create({path!r}): {type(exc).__name__}: {exc}") from exc
 
