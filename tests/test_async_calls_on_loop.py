@@ -7,13 +7,12 @@ needed it could not finish."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,28 @@ from spoolq import Queue
 pytestmark = pytest.mark.asyncio
 
 
-@asynccontextmanager
-async def _worker_held(q: Queue[Any]) -> AsyncIterator[None]:
-    """Keep the queue's worker thread busy (a job that waits) for the body's length."""
-    busy, release = threading.Event(), threading.Event()
+class _WorkerHeld:
+    """A job that keeps the queue's worker thread busy, posted at once; ``async with``
+    waits until the worker runs it, and releases it at the end of the block."""
 
-    def hold() -> None:
-        busy.set()
-        release.wait(30)
+    def __init__(self, q: Queue[Any]) -> None:
+        self.busy, self.release = threading.Event(), threading.Event()
+        q._worker.post(self._hold)
 
-    q._worker.post(hold)
-    assert await asyncio.to_thread(busy.wait, 10)
-    try:
-        yield
-    finally:
-        release.set()
+    def _hold(self) -> None:
+        self.busy.set()
+        self.release.wait(30)
+
+    async def __aenter__(self) -> None:
+        assert await asyncio.to_thread(self.busy.wait, 10)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
 
 
 async def test_puts_gets_and_leases_need_no_worker(tmp_path: Path) -> None:
     async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
-        async with _worker_held(q):
+        async with _WorkerHeld(q):
             await asyncio.wait_for(q.put("a"), 5)
             await asyncio.wait_for(q.put_many(["b", "c", "d"]), 5)
             assert await asyncio.wait_for(q.get(), 5) == "a"
@@ -58,7 +59,7 @@ async def test_puts_gets_and_leases_need_no_worker(tmp_path: Path) -> None:
 
 
 async def test_by_default_every_call_goes_to_the_worker(tmp_path: Path) -> None:
-    async with await Queue.create(str(tmp_path / "q.sqlite")) as q, _worker_held(q):
+    async with await Queue.create(str(tmp_path / "q.sqlite")) as q, _WorkerHeld(q):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(q.put("a"), 0.3)
 
@@ -67,7 +68,7 @@ async def test_by_default_every_call_goes_to_the_worker(tmp_path: Path) -> None:
 async def test_engines_whose_calls_sync_the_disk_ignore_it(tmp_path: Path, suffix: str,
                                                           durability: str) -> None:
     async with await Queue.create(str(tmp_path / f"q.{suffix}"), durability=durability,
-                                  calls_on_loop=True) as q, _worker_held(q):
+                                  calls_on_loop=True) as q, _WorkerHeld(q):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(q.put("a"), 0.3)
 
@@ -79,10 +80,10 @@ async def test_puts_of_many_tasks_are_written_together_on_the_loop(tmp_path: Pat
         for i in range(30):
             await q.put([k, i])
 
-    async with await Queue.create(path, calls_on_loop=True) as q, _worker_held(q):
+    async with await Queue.create(path, calls_on_loop=True) as q, _WorkerHeld(q):
         await asyncio.wait_for(asyncio.gather(*(produce(q, k) for k in range(20))), 20)
         assert q.qsize() == 600
-        got = await asyncio.wait_for(q.get_many(600), 5)
+        got = [x for _ in range(3) for x in await asyncio.wait_for(q.get_many(200), 5)]
     assert sorted(got) == [[k, i] for k in range(20) for i in range(30)]
     for k in range(20):
         assert [i for kk, i in got if kk == k] == list(range(30))  # each task's in order
@@ -156,3 +157,80 @@ async def test_it_must_be_a_bool(tmp_path: Path) -> None:
     with pytest.raises(spoolq.ConfigurationError, match="calls_on_loop"):
         await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop="yes")  # type: ignore[arg-type]
     assert not (tmp_path / "q.sqlite").exists()
+
+
+async def test_durability_buffer_ignores_it(tmp_path: Path) -> None:
+    async with await Queue.create(str(tmp_path / "q.sqlite"), durability="buffer",
+                                  calls_on_loop=True) as q:
+        await q.put("a")
+        await q.flush()
+        async with _WorkerHeld(q):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(q.get(), 0.3)
+
+
+async def test_batches_beyond_256_items_go_to_the_worker(tmp_path: Path) -> None:
+    async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
+        async with _WorkerHeld(q):
+            await asyncio.wait_for(q.put_many(list(range(256))), 5)  # on the loop
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(q.put_many(list(range(257))), 0.3)
+        await q.put_many(list(range(44)))
+        assert q.qsize() == 300
+        async with _WorkerHeld(q):
+            assert await asyncio.wait_for(q.get_many(256), 5) == list(range(256))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(q.get_many(257), 0.3)
+
+
+async def test_a_take_on_the_loop_comes_after_items_a_cancelled_get_gives_back(
+        tmp_path: Path) -> None:
+    """A get_many holding 1, 2, 3 is cancelled while a get waits for the worker: their
+    give-back waits behind another job of the worker, and the get, whose take could run
+    on the loop, must not be handed 4 before them."""
+    path = str(tmp_path / "q.sqlite")
+    async with await Queue.create(path, calls_on_loop=True, poll_interval=0.2) as q:
+        await q.put_many([1, 2, 3])
+        holding = asyncio.create_task(q.get_many(5))  # takes 1, 2, 3, then waits for more
+        await asyncio.sleep(0.05)
+        async with _WorkerHeld(q):
+            await asyncio.sleep(0.25)  # a look at the counts is due
+            getter = asyncio.create_task(q.get())  # its look waits for the worker
+            await asyncio.sleep(0.05)
+            await asyncio.to_thread(_put_elsewhere, path, [4, 5])
+            second = _WorkerHeld(q)  # the next job of the worker after that look
+            holding.cancel()  # 1, 2, 3 go back through the worker, after that job
+            with pytest.raises(asyncio.CancelledError):
+                await holding
+        async with second:
+            await asyncio.sleep(0.1)  # the get has looked, and may take
+        first = await asyncio.wait_for(getter, 5)
+        rest = await asyncio.wait_for(q.get_many(None, timeout=2), 5)
+        assert [first, *rest] == [1, 2, 3, 4, 5]
+
+
+def _put_elsewhere(path: str, items: list[Any]) -> None:
+    subprocess.run([sys.executable, "-c", "import spoolq, sys\n"
+                    "with spoolq.SyncQueue.create(sys.argv[1]) as q:\n"
+                    "    q.put_many([int(x) for x in sys.argv[2:]])",
+                    path, *map(str, items)], check=True)
+
+
+async def test_a_damaged_record_taken_on_the_loop_is_set_aside_by_the_worker(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    with spoolq.SyncQueue.create(path) as q:
+        q.put_many(["a", "b"])
+    with sqlite3.connect(path) as conn:  # the record of "a": its bytes no longer match
+        conn.execute("UPDATE spoolq_records SET data = x'00ff00ff00ff00ff00ff' "
+                     "WHERE id = (SELECT min(id) FROM spoolq_records)")
+    async with await Queue.create(path, calls_on_loop=True) as q:
+        async with _WorkerHeld(q):
+            assert await asyncio.wait_for(q.get(), 5) == "b"
+            assert q.stats["dead"] == 0  # not set aside on the loop
+        for _ in range(200):
+            if q.stats["dead"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert q.stats["dead"] == 1
+        assert q.qsize() == 0

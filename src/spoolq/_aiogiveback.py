@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ._atonce import NoWait
+from ._atonce import LOOP_BATCH, NoWait
 from .core import Holding, QueueCore
 from .engines import Counts
 from .errors import QueueShutDown
@@ -174,10 +174,9 @@ class GivingBack:
         engine called there, else on the worker (:meth:`_take_on_worker`)."""
         if self._inline:
             return self._core.take(n, ttl, holding=holding)
-        if self._no_wait is not None and not self._takes_out:
-            got = self._core.take_alone(n, ttl, holding, self._no_wait)
-            if got is not None:
-                return got
+        got = self._take_on_loop(n, ttl, holding)
+        if got is not None:
+            return got
         turn.taking = True  # the next call in line may send its own take meanwhile
         if len(self._line) > 1:
             self._pass_turn()
@@ -185,6 +184,16 @@ class GivingBack:
             return await self._take_on_worker(n, ttl, holding, deadline)
         finally:
             turn.taking = False
+
+    def _take_on_loop(self, n: int, ttl: float | None,
+                      holding: Holding | None) -> list[Taken] | None:
+        """With ``calls_on_loop``, take on the loop when nothing else is under way: no
+        take on the worker, no give-back, at most LOOP_BATCH records. None: take on the
+        worker."""
+        no_wait = self._no_wait
+        if no_wait is None or n > LOOP_BATCH or self._takes_out or self._unsettled:
+            return None
+        return self._core.take_alone(n, ttl, holding, no_wait, self._worker.post)
 
     async def _take_on_worker(self, n: int, ttl: float | None,
                               holding: Holding | None = None,

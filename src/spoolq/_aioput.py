@@ -12,15 +12,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._aiowait import Turn
-from ._atonce import NoWait
+from ._atonce import LOOP_BATCH, NoWait
 from .core import QueueCore
 from .groupcommit import Ticket
 from .worker import Worker
 
 __all__ = ["Putting"]
 
-_LOOP_BATCH = 256
-"""The most records a group commit may write on the event loop (see ``_flush_on_loop``)."""
 
 
 class Putting:
@@ -46,8 +44,9 @@ class Putting:
             if self._core.buffered:
                 self._wake_for_buffered()
             return
-        if (self._no_wait is not None and not self._core.buffered and not self._others_ready()
-                and self._core.write_alone(records, sizes, no_wait=self._no_wait)):
+        if (self._no_wait is not None and len(records) <= LOOP_BATCH
+                and not self._others_ready()
+                and self._core.write_alone(records, sizes, self._no_wait)):
             return  # nothing else to run, nothing to join: a transaction of its own
         fut: asyncio.Future[None] = self._loop.create_future()
         ticket = Ticket(fut)
@@ -56,7 +55,7 @@ class Putting:
             if not self._core.flush_due(pending):
                 fut.set_result(None)
                 self._wake_for_buffered()
-            elif self._no_wait is not None and not self._core.buffered:
+            elif self._no_wait is not None:
                 await self._flush_on_loop(ticket, self._no_wait)
             else:
                 if self._core.schedules_flush(pending, len(records)):
@@ -78,7 +77,7 @@ class Putting:
         core = self._core
         if ticket.done:
             return
-        if core.group.pending() > _LOOP_BATCH or not core.flush_alone(no_wait):
+        if core.group.pending() > LOOP_BATCH or not core.flush_alone(no_wait):
             self._worker.post(core.flush)
             if self._line:
                 self._pass_turn()

@@ -23,13 +23,20 @@ from .groupcommit import GroupCommit, Ticket
 from .message import Taken
 from .settings import Settings
 
-__all__ = ["AtOnce", "NoWait", "WouldWait", "attempt"]
+__all__ = ["LOOP_BATCH", "AtOnce", "NoWait", "WouldWait", "attempt"]
+
+LOOP_BATCH = 256
+"""The most records the async queue writes or takes in one call on its event loop."""
 
 R = TypeVar("R")
 
 NoWait = Callable[[], AbstractContextManager[None]]
 """An engine's ``no_wait``: within it, a call that would wait for another connection's
 lock raises :class:`LockTimeout` at once, having changed nothing."""
+
+
+Later = Callable[..., None]
+"""Runs ``fn(*args)`` later, on another thread: a worker thread's ``post``."""
 
 
 class WouldWait(LockTimeout):
@@ -66,13 +73,12 @@ class AtOnce:
     _count_put: Callable[[list[bytes], list[int]], None]
     _put_alone: Callable[[list[bytes], list[int]], None]
     _take_locked: Callable[[int, float | None, bool, bool], list[StoredRecord]]
-    _keep: Callable[[list[StoredRecord], int, float | None, Holding | None],
-                    list[Taken] | None]
-    _decode_taken: Callable[[list[StoredRecord], bool], list[Taken]]
+    _keep: Callable[..., list[Taken] | None]
+    _decode_taken: Callable[..., list[Taken]]
     flush: Callable[..., list[Ticket]]
     reap_due: Callable[[], bool]
 
-    def write_alone(self, records: list[bytes], sizes: list[int], *,
+    def write_alone(self, records: list[bytes], sizes: list[int],
                     no_wait: NoWait | None = None) -> bool:
         """Write records at once, in their own transaction, when nobody else is writing:
         no other thread holds the lock and no group commit is pending. False, with
@@ -114,13 +120,14 @@ class AtOnce:
         return True
 
     def take_alone(self, n: int, ttl: float | None, holding: Holding | None,
-                   no_wait: NoWait) -> list[Taken] | None:
+                   no_wait: NoWait, later: Later) -> list[Taken] | None:
         """:meth:`~spoolq.core.QueueCore.take` made at once, when nobody else is writing or
         taking: no other thread holds the lock, no group commit is pending, and the engine
         need not wait for another process's lock (``no_wait``, the engine's). None, with
         nothing taken, when somebody is, when expired leases are to be looked for first,
         and for a lease of a queue with ``max_attempts`` (which may write again after the
-        take)."""
+        take). A record that cannot be decoded is set aside through ``later`` (say a
+        worker thread's ``post``), as that may wait."""
         if not self.lock.acquire(blocking=False):
             return None
         try:
@@ -131,12 +138,10 @@ class AtOnce:
                 recs = attempt(no_wait, self._take_locked, n, ttl, True, holding is not None)
             except WouldWait:
                 return None
-            kept = self._keep(recs, n, ttl, holding)
-            if kept is not None:
-                return kept
+            kept = self._keep(recs, n, ttl, holding, later)
+            return self._decode_taken(recs, ttl is not None, later) if kept is None else kept
         finally:
             self.lock.release()
-        return self._decode_taken(recs, ttl is not None)
 
     def flush_alone(self, no_wait: NoWait) -> bool:
         """:meth:`~spoolq.writing.Writing.flush` made at once: False, with the records

@@ -96,7 +96,8 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
         # calls_on_loop, with an engine whose calls are brief unless another process holds
         # its lock: puts and gets made on the loop when nothing else is under way.
         self._no_wait: NoWait | None = None
-        if calls_on_loop and not self._inline and getattr(core.engine, "brief", False):
+        if (calls_on_loop and not self._inline and not core.buffered
+                and getattr(core.engine, "brief", False)):
             self._no_wait = getattr(core.engine, "no_wait", None)
         self._listen()
 
@@ -119,9 +120,10 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
         durability "commit") take puts and gets on the event loop while nothing else of
         this queue is under way, rather than hand each to the worker thread: three to
         four times the rate of a task awaiting one item at a time. Such a call holds the
-        loop for tens of microseconds, and now and then for a WAL checkpoint (two
-        fsyncs); one that would wait for another process's lock goes to the worker
-        instead. Other engines and durability levels ignore it.
+        loop for tens of microseconds (at most 256 records: larger batches go to the
+        worker), and now and then for a WAL checkpoint (two fsyncs); one that would wait
+        for another process's lock goes to the worker instead. Other engines and
+        durability levels ignore it.
         """
         if type(calls_on_loop) is not bool:
             raise ConfigurationError(f"calls_on_loop must be True or False, "
@@ -316,11 +318,9 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
             raise self._elsewhere()
         core = self._core
         if ((self._inline or self._no_wait is not None) and not self._shutdown
-                and not self._closed and not self._line and not self._unsettled
-                and core.ready_hint() > 0):
+                and not self._closed and not self._line and core.ready_hint() > 0):
             # An engine called on the loop with an item ready: take it as get_nowait does.
-            got = (core.take(1, None) if self._no_wait is None else
-                   core.take_alone(1, None, None, self._no_wait))
+            got = core.take(1, None) if self._inline else self._take_on_loop(1, None, None)
             if got:
                 self._wake()
                 item: T = got[0][1]

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._atonce import AtOnce
+from ._atonce import AtOnce, Later
 from ._holdings import UNWRITTEN, Holding, Holdings
 from ._reaping import Reaping
 from .codec import Codec
@@ -330,11 +330,12 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
         return self._decode_taken(recs, ttl is not None)
 
     def _keep(self, recs: list[StoredRecord], n: int, ttl: float | None,
-              holding: Holding | None) -> list[Taken] | None:
+              holding: Holding | None, later: Later | None = None) -> list[Taken] | None:
         """For a caller that waits for n records in all, holding what it took: decode
-        ``recs`` and keep them in ``holding`` (under the lock). None: nothing to keep."""
+        ``recs`` and keep them in ``holding`` (under the lock). None: nothing to keep.
+        ``later``: as for :meth:`_decode_taken`."""
         if holding is not None and recs and (holding.taken or len(recs) < n):
-            taken = self._decode_taken(recs, ttl is not None)
+            taken = self._decode_taken(recs, ttl is not None, later)
             if taken:  # none when every record went to the dead letters
                 holding.taken += taken
                 self._holdings.add(holding)

@@ -58,11 +58,13 @@ class Decoding:
             load_dictionaries(self.engine, self.name, self.codec)
         return self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)
 
-    def _decode_taken(self, recs: list[StoredRecord], leased: bool) -> list[Taken]:
+    def _decode_taken(self, recs: list[StoredRecord], leased: bool,
+                      later: Callable[..., None] | None = None) -> list[Taken]:
         """Each record is decompressed once: a damaged one (or one too large for its raw
         size) is set aside with the error its first decoding raised. Only a record that
         needs a zstd dictionary this handle lacks is decoded again, once they are loaded
-        (that error comes before anything is decompressed)."""
+        (that error comes before anything is decompressed). With ``later`` (a worker
+        thread's ``post``) the records are set aside through it, not on this thread."""
         if len(recs) == 1:  # decode() costs less than the batch's set-up
             rec = recs[0]
             try:
@@ -94,6 +96,9 @@ class Decoding:
                 taken.append((rec, self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)))
             except (CorruptError, SerializationError, ConfigurationError) as exc:
                 # ConfigurationError: the record's compressor needs a package missing here.
+                if later is not None:
+                    later(self._bury, rec, leased, exc)
+                    continue
                 try:
                     self._bury(rec, leased, exc)
                 except Exception as error:  # logged by _bury

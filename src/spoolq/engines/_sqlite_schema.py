@@ -388,7 +388,7 @@ class BusyTimeout:
     """A connection's busy timeout, which :meth:`no_wait` turns off: a write that would
     wait for another connection's lock then raises :class:`LockTimeout` at once, its
     transaction rolled back. It is turned on again by :meth:`restore`, which the engine
-    calls before each write transaction: so calls made within ``no_wait`` one after
+    calls before each call outside ``no_wait``: so calls made within it one after
     another turn it off once, not at every call."""
 
     def __init__(self, timeout: float) -> None:

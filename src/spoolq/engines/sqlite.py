@@ -110,7 +110,8 @@ class SQLiteEngine(LeaseSettling, Moving):
     def no_wait(self) -> AbstractContextManager[None]:
         """Within it, a call that would wait for another connection's lock raises
         :class:`LockTimeout` at once, having changed nothing."""
-        return self._busy.no_wait(self._conn)
+        conn = self._conn  # first: in a forked child it connects anew, with a new _busy
+        return self._busy.no_wait(conn)
 
     def _connect(self) -> sqlite3.Connection:
         self._busy = opening.BusyTimeout(self._settings[0])
@@ -138,6 +139,8 @@ class SQLiteEngine(LeaseSettling, Moving):
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         try:
+            if self._busy.off:  # a call outside no_wait() waits for locks again
+                self._busy.restore(self._conn)
             yield
         except sqlite3.Error as exc:
             opening.check_unchanged(getattr(self, "_connection", None), self.path)
@@ -169,8 +172,6 @@ class SQLiteEngine(LeaseSettling, Moving):
         conn = self._conn
         self._writes += 1
         with self._guard(what):
-            if self._busy.off:
-                self._busy.restore(conn)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
