@@ -234,3 +234,14 @@ async def test_a_damaged_record_taken_on_the_loop_is_set_aside_by_the_worker(
             await asyncio.sleep(0.01)
         assert q.stats["dead"] == 1
         assert q.qsize() == 0
+
+
+async def test_a_take_while_puts_gather_writes_them_on_the_loop(tmp_path: Path) -> None:
+    """Puts of other tasks wait for their group commit as a get takes: the take writes
+    them first, on the loop, as a take on the worker does."""
+    async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
+        await q.put(1)
+        async with _WorkerHeld(q):
+            got = await asyncio.wait_for(asyncio.gather(q.put(2), q.put(3), q.get()), 5)
+            assert got == [None, None, 1]
+            assert await asyncio.wait_for(q.get_many(2), 5) == [2, 3]

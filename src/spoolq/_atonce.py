@@ -122,19 +122,22 @@ class AtOnce:
     def take_alone(self, n: int, ttl: float | None, holding: Holding | None,
                    no_wait: NoWait, later: Later) -> list[Taken] | None:
         """:meth:`~spoolq.core.QueueCore.take` made at once, when nobody else is writing or
-        taking: no other thread holds the lock, no group commit is pending, and the engine
-        need not wait for another process's lock (``no_wait``, the engine's). None, with
-        nothing taken, when somebody is, when expired leases are to be looked for first,
-        and for a lease of a queue with ``max_attempts`` (which may write again after the
-        take). A record that cannot be decoded is set aside through ``later`` (say a
-        worker thread's ``post``), as that may wait."""
+        taking: no other thread holds the lock and the engine need not wait for another
+        process's lock (``no_wait``, the engine's); records pending for a group commit
+        (at most LOOP_BATCH) are written first, as a take does. None, with nothing taken,
+        when somebody is, when expired leases are to be looked for first, and for a lease
+        of a queue with ``max_attempts`` (which may write again after the take). A record
+        that cannot be decoded is set aside through ``later`` (say a worker thread's
+        ``post``), as that may wait."""
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            if self.group.pending() or self.reap_due() or (
+            if self.group.pending() > LOOP_BATCH or self.reap_due() or (
                     ttl is not None and self.settings.max_attempts is not None):
                 return None
             try:
+                if self.group.pending():
+                    self.flush(no_wait)
                 recs = attempt(no_wait, self._take_locked, n, ttl, True, holding is not None)
             except WouldWait:
                 return None
