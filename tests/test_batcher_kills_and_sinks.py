@@ -25,13 +25,14 @@ from spoolq import Batcher, Queue
 LOGGING_ADDER = textwrap.dedent("""
     import asyncio, json, os, sys
     from spoolq import Batcher
-    path, log, first, n, kill_before_ack = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
-                                            int(sys.argv[4]), sys.argv[5] == "1")
+    path, log, first, n, kill_before_ack, interval = (
+        sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1",
+        float(sys.argv[6]))
     async def sink(batch):
         with open(log, "a") as f:
             f.write(json.dumps(batch) + "\\n")
     async def main():
-        b = Batcher(sink, queue=path, max_batch_size=7, flush_interval=0.01)
+        b = Batcher(sink, queue=path, max_batch_size=7, flush_interval=interval)
         await b.start()
         if kill_before_ack:
             ack = b.queue.ack
@@ -86,8 +87,9 @@ async def test_a_kill_after_the_sink_returned_before_the_ack_sends_the_batch_aga
         tmp_path: Path) -> None:
     path = str(tmp_path / "q.sqlite")
     log = tmp_path / "log"
+    # Flushed when 7 items wait, not at an interval that a slow machine lets pass first.
     with subprocess.Popen([sys.executable, "-c", LOGGING_ADDER, path, str(log), "0", "20",
-                           "1"], stdout=subprocess.PIPE, text=True) as child:
+                           "1", "60"], stdout=subprocess.PIPE, text=True) as child:
         child.wait(30)
         assert child.returncode == -signal.SIGKILL
     first = _log(log)
@@ -113,7 +115,7 @@ async def test_kills_at_random_moments_lose_nothing_and_keep_the_order(
     for rounds in range(4):
         first = rounds * 1000
         with subprocess.Popen([sys.executable, "-c", LOGGING_ADDER, path, str(log),
-                               str(first), "300", "0"], stdout=subprocess.PIPE,
+                               str(first), "300", "0", "0.01"], stdout=subprocess.PIPE,
                               text=True) as child:
             assert child.stdout is not None
             stop_at = first + rnd.randrange(5, 200)
