@@ -10,7 +10,6 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ import pytest
 
 import spoolq
 from spoolq import Queue
+
+from .sqlite_locks import hold_lock
 
 pytestmark = pytest.mark.asyncio
 
@@ -106,16 +107,6 @@ async def test_a_put_cancelled_while_its_batch_gathers(tmp_path: Path, cancelled
         assert q.qsize() == 0
 
 
-_HOLDER = textwrap.dedent("""
-    import sqlite3, sys, time
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
-    conn.execute("COMMIT")
-""")
-
-
 async def _ticking(stop: asyncio.Event) -> float:
     """The longest the loop went without running this task, until ``stop``."""
     longest, last = 0.0, time.monotonic()
@@ -133,10 +124,7 @@ async def test_a_call_that_would_wait_for_another_process_goes_to_the_worker(
     held = 1.0
     async with await Queue.create(path, calls_on_loop=True) as q:
         await q.put("first")
-        with subprocess.Popen([sys.executable, "-c", _HOLDER, path, str(held)],
-                              stdout=subprocess.PIPE, text=True) as holder:
-            assert holder.stdout is not None
-            assert await asyncio.to_thread(holder.stdout.readline) == "locked\n"
+        with await asyncio.to_thread(hold_lock, path, held):
             stop = asyncio.Event()
             ticker = asyncio.create_task(_ticking(stop))
             await asyncio.sleep(0.02)

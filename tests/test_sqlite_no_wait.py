@@ -5,9 +5,6 @@ the lock as ever, in a forked child too."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,29 +13,14 @@ import pytest
 from spoolq.engines.sqlite import SQLiteEngine
 from spoolq.errors import LockTimeout
 
-_HOLDER = textwrap.dedent("""
-    import sqlite3, sys, time
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
-    conn.execute("COMMIT")
-""")
-
-
-def _hold_lock(path: str, seconds: float) -> subprocess.Popen[str]:
-    """Another process holding the file's write lock for ``seconds``, once it returns."""
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, path, str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-    return holder
+from .sqlite_locks import hold_lock
 
 
 def test_within_no_wait_a_call_raises_at_once_and_changes_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "q.sqlite")
     engine = SQLiteEngine(path)
     engine.append("q", [b"a"], [1], 1.0)
-    with _hold_lock(path, 1.0) as holder:
+    with hold_lock(path, 1.0) as holder:
         start = time.monotonic()
         with pytest.raises(LockTimeout), engine.no_wait():
             engine.append("q", [b"b"], [1], 1.0)
@@ -56,7 +38,7 @@ def test_after_no_wait_a_write_waits_for_the_lock_again(tmp_path: Path) -> None:
     engine = SQLiteEngine(path)
     with engine.no_wait():
         engine.append("q", [b"a"], [1], 1.0)
-    with _hold_lock(path, 0.5) as holder:
+    with hold_lock(path, 0.5) as holder:
         engine.append("q", [b"b"], [1], 1.0)  # waits for the holder, then writes
         holder.wait(10)
     assert engine.counts("q").ready == 2
@@ -82,7 +64,7 @@ def test_a_forked_child_waits_for_the_lock_after_no_wait(tmp_path: Path) -> None
         finally:
             os._exit(code)
     os.read(ready_r, 1)
-    with _hold_lock(path, 0.5) as holder:
+    with hold_lock(path, 0.5) as holder:
         os.write(go_w, b"x")
         _, status = os.waitpid(pid, 0)
         holder.wait(10)
