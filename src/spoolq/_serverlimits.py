@@ -21,8 +21,8 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["DECODE_FACTOR", "DEFAULT_MAX_CONNECTIONS", "check_max_connections", "decode_budget",
-           "decode_cost", "refuse_connection", "too_many_ids"]
+__all__ = ["DECODE_FACTOR", "DEFAULT_MAX_CONNECTIONS", "abort_later", "check_max_connections",
+           "decode_budget", "decode_cost", "refuse_connection", "too_many_ids"]
 
 log = logging.getLogger("spoolq")
 
@@ -34,6 +34,7 @@ _DECODE_SLACK = 1 << 20
 DEFAULT_MAX_CONNECTIONS = 1000
 """Connections a server serves at once unless told otherwise (``--max-connections``)."""
 _REFUSED_LINGER = 1.0  # seconds a refused connection waits for its client to close it
+_DROP_GRACE = 1.0  # seconds a dropped connection has to send its last replies and end
 
 # What decoding an item costs in memory, by the item's first byte (64-bit CPython): a slot
 # in its array or map (a list grows by a little more than 8 bytes an element), and the
@@ -163,6 +164,19 @@ def too_many_ids(req: protocol.Request, max_reply: int) -> str | None:
             "bytes; send them in several requests")
 
 
+def abort_later(session: Session) -> None:
+    """Once ``session`` was dropped (its transport closed): abort its connection if it has
+    not ended within a second. A TLS close waits for the client to answer it, up to 30
+    seconds, and a client that does not read keeps a plain one open; the server's shutdown
+    sees to those that it drops."""
+    def cut() -> None:
+        if session in session.server.connections and not session.server.stopping:
+            transport = session.tcp or session.transport
+            if transport is not None:
+                transport.abort()
+    session.loop.call_later(_DROP_GRACE, cut)
+
+
 def check_max_connections(value: object) -> int:
     """``value`` as a limit of connections: an int >= 1, else ConfigurationError."""
     if type(value) is not int or value < 1:
@@ -188,7 +202,10 @@ def refuse_connection(session: Session) -> bool:
         transport.close()
         return True
     limit = server.max_connections
-    if len(server.connections) < limit:
+    # Those the server dropped (closed) hold no slot while they end: a TLS close waits
+    # for its client's answer.
+    if len(server.connections) < limit or sum(
+            not conn.closed for conn in server.connections) < limit:
         return False
     log.warning("spoolq: refusing the connection from %s: %d connections are open, the "
                 "limit (--max-connections)", session.peer, limit)

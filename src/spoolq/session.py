@@ -18,7 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from ._inflight import LIMITED, SETTLING, request_cost, reserves, too_much
-from ._serverlimits import refuse_connection, too_many_ids
+from ._serverlimits import abort_later, refuse_connection, too_many_ids
 from ._sessionleases import Deliveries, Delivery
 from ._sessionwaits import LongPolls
 from .dispatch import InlineRunner
@@ -290,12 +290,12 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
             self.tcp is not None and self.tcp.is_closing())
 
     def drop(self) -> None:
-        """Close the connection (after sending what is already queued)."""
-        self.closed = True
-        # Once: asyncio's TLS transport, closed twice, lets go of its connection, which
-        # abort() then no longer reaches.
+        """Close the connection after sending what is queued (see abort_later)."""
+        self.closed = True  # its --max-connections slot is free (see refuse_connection)
+        # Once: asyncio's TLS transport, closed twice, lets go of its connection.
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            abort_later(self)
 
     def unsent(self) -> int:
         """Bytes of replies written but not yet sent (the client is not reading them);
