@@ -52,6 +52,7 @@ from ._link import (
     wire,
 )
 from ._remotedeadline import CallDeadlines, Deadlines
+from ._remotesplit import Settling
 from ._remotewait import LongPolls, SharedWait, shut
 from .base import (
     STORED_RECORDS,
@@ -96,7 +97,7 @@ def _sendable(deliveries: Sequence[tuple[int, int]]) -> list[list[int]]:
     return [[i, a] for i, a in int_deliveries(deliveries) if i in _WIRE_INT and a in _WIRE_INT]
 
 
-class RemoteEngine(CallDeadlines, LongPolls):
+class RemoteEngine(CallDeadlines, LongPolls, Settling):
     """An :class:`~spoolq.Engine` whose storage is a spoolq server.
 
     ``url`` is ``spoolq://[:TOKEN@]HOST[:PORT][/NAME][?token=...&tls=1&ca=...]``.
@@ -350,11 +351,7 @@ class RemoteEngine(CallDeadlines, LongPolls):
         sent = _sendable(deliveries)
         if not sent:
             return []
-        args = {"queue": queue, "owner": owner, "deliveries": sent}
-        try:
-            return self._ids(self._call("ack", args))
-        except ReplyTooLarge as exc:
-            return self._in_parts("ack", args, ("deliveries",), exc.fits)
+        return self._settle("ack", {"queue": queue, "owner": owner, "deliveries": sent})
 
     def release(self, queue: str, deliveries: Sequence[tuple[int, int]], owner: str, *,
                 not_before: float, max_attempts: int | None, count_attempt: bool = True,
@@ -371,24 +368,7 @@ class RemoteEngine(CallDeadlines, LongPolls):
         args = {"queue": queue, "owner": owner, "deliveries": sent,
                 "not_before": wire(not_before), "max_attempts": max_attempts,
                 "count_attempt": count_attempt, "reason": reason}
-        try:
-            return self._ids(self._call("release", args))
-        except ReplyTooLarge as exc:
-            return self._in_parts("release", args, ("deliveries",), exc.fits)
-
-    def _in_parts(self, op: str, args: dict[str, Any], fields: tuple[str, ...],
-                  size: int, ids: list[int] | None = None) -> list[int]:
-        """Send ``op`` as several requests of ``size`` elements of ``fields`` each, in
-        order, so that each reply of ids fits in ``max_reply``; their ids, in order,
-        added to ``ids`` (when given) as each reply comes."""
-        ids = [] if ids is None else ids
-        total = len(args[fields[0]])
-        for start in range(0, total, size):
-            part = dict(args)
-            for field in fields:
-                part[field] = args[field][start:start + size]
-            ids += self._ids(self._call(op, part))
-        return ids
+        return self._settle("release", args)
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
