@@ -65,11 +65,12 @@ class Decoding:
         needs a zstd dictionary this handle lacks is decoded again, once they are loaded
         (that error comes before anything is decompressed). With ``later`` (a worker
         thread's ``post``) the records are set aside through it, not on this thread."""
+        items: list[Any]
+        failures: dict[int, Exception]
         if len(recs) == 1:  # decode() costs less than the batch's set-up
             rec = recs[0]
             try:
-                items = [self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)]
-                failures: dict[int, Exception] = {}
+                return [(rec, self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size))]
             except (CorruptError, SerializationError, ConfigurationError) as exc:
                 items, failures = [], {0: exc}
         else:
