@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from ._syncwait import Place, SyncWaiting, _fits
+from ._syncwait import Place, SyncWaiting, _fits, _turns
 from .errors import ClosedError, Full, QueueShutDown
 
 __all__ = ["SyncPutting"]
@@ -44,16 +44,13 @@ class SyncPutting(SyncWaiting):
         """Whether the put ``me`` may reserve its room now, ``held`` items being ready or
         reserved: the puts ahead of it in line take theirs first, as ``queue.Queue``
         serves its waiting puts, so that a thread putting in a loop cannot take every
-        slot that frees up from a put that waits. A put not in line (``put_nowait``)
-        and one past its timeout look at the room alone."""
-        maxsize = self._core.settings.maxsize
-        if me.line is not None:
-            for p in me.line:
-                if p is me:
-                    break
-                if not p.done:
-                    held += p.n
-        return _fits(me.n, held, maxsize)
+        slot that frees up from a put that waits (see :func:`_turns` for whom it waits
+        for). A put not in line (``put_nowait``) and one past its timeout look at the
+        room alone."""
+        line, maxsize = me.line, self._core.settings.maxsize
+        if line is None or line[0] is me:  # none ahead of it: the common case, at once
+            return _fits(me.n, held, maxsize)
+        return any(p is me for p, _waits in _turns(line, held, maxsize, me))
 
     def _reserve_room(self, call: Place, block: bool, timeout: float | None) -> None:
         """Wait for room for the ``call.n`` items of ``call`` and reserve it: the ready
@@ -99,7 +96,10 @@ class SyncPutting(SyncWaiting):
                             raise Full(f"the queue holds {core.ready_hint()} of "
                                        f"{maxsize} items")
                         raise Full(f"no room for {n} item(s) within the timeout")
-                    self._sleep(core.settings.poll_interval)
+                    # A reservation left behind (see _enter_call) is given up before
+                    # the sleep: then it is room, and no put in progress.
+                    if not self._leave_left_behind():
+                        self._sleep(core.settings.poll_interval)
                     continue
             # The reads of the counts are bounded by the put's deadline, as a get's are.
             if out_of_time:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ._outage import Outage
 from .core import QueueCore
@@ -29,6 +29,46 @@ def _fits(n: int, held: int, maxsize: int) -> bool:
     return maxsize <= 0 or held + n <= maxsize or (n > maxsize and held == 0)
 
 
+def _turns(line: list[Place], held: int, maxsize: int,
+           upto: Place | None = None) -> Iterator[tuple[Place, int]]:
+    """The calls in ``line`` that may go on now, in order, each with what the calls it
+    waits for want. The one rule for who goes on, for takes and for puts, when a call
+    looks and when a wake-up is sent.
+
+    Each call wants ``p.n``: a put room for its items, a take one item. ``held`` of
+    ``maxsize`` (at least 1) are taken: for the line of puts the items ready or reserved
+    of ``maxsize``, for the line of takes none of the items ready. A call may go on if
+    what it wants fits beside what the calls it waits for want (a batch larger than
+    ``maxsize`` fits alone in an empty queue, as in :func:`_fits`). It waits for those
+    ahead of it that are not done (a call interrupted as it left leaves a place done:
+    see :meth:`SyncWaiting._enter_call`), except those of its own thread: a signal
+    handler's call cannot wait for the call it interrupted, which goes on only once the
+    handler returns. The walk ends after ``upto``, or where no call further back can
+    go on. It runs on every wake-up: written for speed.
+    """
+    room = maxsize - held
+    ahead = most_own = 0  # wanted by the places not done so far; the most by one thread
+    own: dict[threading.Thread, int] | None = None  # wanted by each thread's places
+    for p in line:
+        if p.done:
+            continue
+        mine = own.get(p.thread, 0) if own else 0
+        waits = ahead - mine
+        if waits + p.n <= room or (p.n > maxsize and held + waits == 0):  # _fits
+            yield p, waits
+        if p is upto:
+            return
+        ahead += p.n
+        mine += p.n
+        if own is None:
+            own = {p.thread: mine}
+        else:
+            own[p.thread] = mine
+        most_own = max(most_own, mine)
+        if ahead - most_own >= room:  # a call further back waits for this much at least
+            return
+
+
 class Place:
     """A call that close() lets finish. A blocking take's stands in the line of waiting
     takes (see :meth:`SyncWaiting._share`), a blocking put's in the line of puts waiting
@@ -38,7 +78,7 @@ class Place:
 
     def __init__(self, line: list[Place] | None = None, n: int = 0) -> None:
         self.line = line  # the line it stands in, if any
-        self.n = n  # items a put wants room for
+        self.n = n  # items a put wants room for; 1 for a take (see _turns)
         self.reserved = False  # a put's room is reserved: _leave_locked gives it up
         self.done = False  # set first thing in the call's finally (no call before it)
         self.thread = threading.current_thread()
@@ -92,31 +132,24 @@ class SyncWaiting:
             self._cond.notify_all()
         if not self._asleep_in_line and not everyone:
             return
-        ready = left = self._core.ready_hint()
-        for p in self._line:
-            if not everyone:
-                if not left:
-                    break
-                if p.done:
-                    continue
-                left -= 1
-            if p.asleep:
-                p.asleep = False
-                self._asleep_in_line -= 1
-                p.wake.notify()  # type: ignore[union-attr]
-        held = ready + self._reserved
-        maxsize = self._core.settings.maxsize
-        for p in self._put_line:
-            if not everyone:
-                if p.done:
-                    continue
-                if not _fits(p.n, held, maxsize):
-                    break
-                held += p.n
-            if p.asleep:
-                p.asleep = False
-                self._asleep_in_line -= 1
-                p.wake.notify()  # type: ignore[union-attr]
+        if everyone:
+            for p in self._line + self._put_line:
+                self._wake_place(p)
+            return
+        ready = self._core.ready_hint()
+        if ready:
+            for p, _waits in _turns(self._line, 0, ready):
+                self._wake_place(p)
+        if self._put_line:
+            for p, _waits in _turns(self._put_line, ready + self._reserved,
+                                    self._core.settings.maxsize):
+                self._wake_place(p)
+
+    def _wake_place(self, p: Place) -> None:
+        if p.asleep:
+            p.asleep = False
+            self._asleep_in_line -= 1
+            p.wake.notify()  # type: ignore[union-attr]
 
     def join(self) -> None:
         """Block until every item put (or present at open) has been processed, or the
@@ -166,6 +199,7 @@ class SyncWaiting:
         if wake_at is not None:
             poll = min(poll, max(wake_at - time.monotonic(), 0.0))
         with self._cond:
+            self._leave_left_behind()  # it may be what ready() waits for
             cond = self._cond
             if place is not None:
                 if place.wake is None:
@@ -207,17 +241,28 @@ class SyncWaiting:
         """Count a call that close() lets finish; a ``place`` with a line also takes its
         place at the end of that line. Call it inside the ``try`` whose ``finally`` sets
         ``place.done``, then calls :meth:`_leave_call`: an exception raised by a signal
-        handler at any step in between then leaves nothing behind for long. close() does
-        not wait for a place done, and the next call that enters leaves it."""
+        handler at any step in between then leaves nothing behind that matters. close()
+        does not wait for a place done, the lines skip it (see :func:`_turns`), and the
+        next call that is about to sleep leaves it (:meth:`_leave_left_behind`)."""
         with self._cond:
             self._calls.add(place)
-            # Places of calls that ended without leaving (a signal handler's exception as
-            # they left): this call leaves them for them. Not the place of a call that
-            # runs on, say one of this thread that a signal handler's call interrupted.
-            for p in [p for p in self._calls if p.done or not p.thread.is_alive()]:
-                self._leave_locked(p)
             if place.line is not None:
                 place.line.append(place)
+
+    def _leave_left_behind(self) -> bool:
+        """Leave (under self._cond) the places of calls that ended without leaving (a
+        signal handler's exception as they left): a put's reservation holds room until
+        then. Called where a call is about to sleep, whose cost does not matter there,
+        rather than as each call enters. Only places done: a thread runs the
+        ``finally`` of its call before it ends (and a thread that ran its calls may
+        report itself not alive, as the main thread does in an atexit handler).
+        Whether it left any."""
+        left = [p for p in self._calls if p.done]
+        for p in left:
+            self._leave_locked(p)
+        if left and self._sleepers:
+            self._notify()  # the room it held may let a put ahead of this call go on
+        return bool(left)
 
     def _leave_call(self, place: Place) -> None:
         with self._cond:
@@ -251,18 +296,21 @@ class SyncWaiting:
         """How many items the call ``me`` may take now if it wants ``want`` (None: all
         that are ready). Blocking takes are served in the order they came, as
         ``queue.Queue`` serves its waiting threads: a call takes only the ready items left
-        over by those ahead of it in the line (one each). The first in line, and a call
-        that does not wait (``me`` None, as ``get_nowait`` takes an item whoever waits),
-        take what they want."""
+        over by those ahead of it in the line that it waits for (one each: see
+        :func:`_turns`). The first in line, and a call that does not wait (``me`` None,
+        as ``get_nowait`` takes an item whoever waits), take what they want."""
         ready = self._core.ready_hint()
         if not ready:
             return 0
-        ahead = 0 if me is None else self._line.index(me)
-        if ahead:  # a place done is no call waiting: see _enter_call
-            ahead -= sum(p.done for p in self._line[:ahead])
-        if not ahead:
+        line = self._line
+        if me is None or (line and line[0] is me):  # none ahead of it
             return ready if want is None else want
-        return max(min(ready - ahead, ready if want is None else want), 0)
+        for p, waits in _turns(line, 0, ready, me):
+            if p is me:
+                if not waits:
+                    return ready if want is None else want
+                return min(ready - waits, ready if want is None else want)
+        return 0
 
     def _after_buffered_put(self) -> None:
         """Wake waiting gets for a put held in the buffer: the core wakes them only when

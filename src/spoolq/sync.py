@@ -186,7 +186,7 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         # that back if it stops waiting for this call.
         holding = Holding(ttl is not None) if wait_for_all and block and n is not None \
             else None
-        place = Place(self._line if block else None)
+        place = Place(self._line if block else None, 1)
         me = place if block else None
         try:
             self._enter_call(place)
