@@ -7,6 +7,8 @@ needed it could not finish."""
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 
 import spoolq
 from spoolq import Queue
+from spoolq.zdict import DICTIONARY_QUEUE
 
 from .sqlite_locks import hold_lock
 
@@ -233,3 +236,28 @@ async def test_a_take_while_puts_gather_writes_them_on_the_loop(tmp_path: Path) 
             got = await asyncio.wait_for(asyncio.gather(q.put(2), q.put(3), q.get()), 5)
             assert got == [None, None, 1]
             assert await asyncio.wait_for(q.get_many(2), 5) == [2, 3]
+
+
+async def test_a_zstd_dictionary_is_trained_on_the_worker(tmp_path: Path) -> None:
+    """Training a dictionary takes tens of milliseconds: a put made on the loop that
+    finds the samples enough hands the training to the worker thread."""
+    rnd = random.Random(1)
+    words = ["alpha", "beta", "gamma", "delta", "order", "user", "item", "price", "qty"]
+    docs = [json.dumps({"n": i, "rows": [{"k": rnd.choice(words), "v": rnd.randint(0, 10**6)}
+                                         for _ in range(500)]}).encode() for i in range(101)]
+    async with await Queue.create(str(tmp_path / "q.sqlite"), serializer="raw",
+                                  compressor="zstd-dict", calls_on_loop=True) as q:
+        engine = q._core.engine
+        async with _WorkerHeld(q):
+            for doc in docs[:100]:
+                await asyncio.wait_for(q.put(doc), 5)  # on the loop, the worker held
+            assert not engine.peek(DICTIONARY_QUEUE, 1)  # not trained on the loop
+        for _ in range(500):
+            if engine.peek(DICTIONARY_QUEUE, 1):
+                break
+            await asyncio.sleep(0.01)
+        assert engine.peek(DICTIONARY_QUEUE, 1), "the worker never stored the dictionary"
+        await q.put(docs[100])
+        tail = engine.peek("default", 1, offset=q.qsize() - 1)[0].data
+        assert spoolq.codec.record_dictionary(tail) == 1
+        assert await q.get_many(101) == docs

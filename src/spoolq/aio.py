@@ -99,6 +99,7 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
         if (calls_on_loop and not self._inline and not core.buffered
                 and getattr(core.engine, "brief", False)):
             self._no_wait = getattr(core.engine, "no_wait", None)
+            core.train_later = worker.post  # training a dictionary would hold up the loop
         self._listen()
 
     @classmethod

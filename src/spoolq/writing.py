@@ -71,6 +71,10 @@ class Writing:
     refresh: Callable[[], Counts]
     _refresh_locked: Callable[..., Counts]
     write_alone: Callable[[list[bytes], list[int]], bool]
+    # Where a zstd dictionary is trained when puts are made on an event loop: the worker
+    # thread's post (set by the async queue); None: in the thread of the put.
+    train_later: Callable[..., None] | None = None
+    _training_sent = False
 
     @property
     def counts(self) -> Counts:
@@ -384,7 +388,17 @@ class Writing:
     def _after_put(self) -> None:
         self._notify()
         if self.codec.training_due:
+            if self.train_later is None:
+                self._train()
+            elif not self._training_sent:
+                self._training_sent = True
+                self.train_later(self._train_sent)
+
+    def _train_sent(self) -> None:
+        try:
             self._train()
+        finally:
+            self._training_sent = False
 
     def put_now(self, records: list[bytes], sizes: list[int]) -> None:
         """Write records from the calling thread (group-committed with any pending);
