@@ -5,8 +5,6 @@ past its timeout may still take room out of turn."""
 
 from __future__ import annotations
 
-import gc
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,32 +15,10 @@ import pytest
 from spoolq import Full, SyncQueue
 
 from .conftest import queue_path
+from .threadstate import blocked
 
 _LIMIT = 20.0  # seconds; generous bounds on every wait of the test
 _ROUNDS = 200
-
-
-def _frame(thread: threading.Thread) -> Any:
-    """The frame ``thread`` runs, with the collector held off (CPython 3.11 can run it
-    inside ``sys._current_frames()`` while that holds the lock of the thread list)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return sys._current_frames().get(thread.ident or -1)
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _blocked(thread: threading.Thread) -> bool:
-    """Whether ``thread`` sleeps on a lock inside a call of the queue."""
-    frame = _frame(thread)
-    names = []
-    while frame is not None:
-        names.append((frame.f_code.co_name, frame.f_code.co_filename))
-        frame = frame.f_back
-    in_queue = any("spoolq" in filename for _name, filename in names)
-    return in_queue and bool(names) and names[0][0] == "wait"
 
 
 def _start(call: Any) -> tuple[threading.Thread, list[Any], threading.Event]:
@@ -66,7 +42,7 @@ def _start(call: Any) -> tuple[threading.Thread, list[Any], threading.Event]:
 
 def _wait_blocked(thread: threading.Thread) -> None:
     deadline = time.monotonic() + _LIMIT
-    while not _blocked(thread):
+    while not blocked(thread):
         assert time.monotonic() < deadline, "the thread never blocked"
         time.sleep(0.002)
 

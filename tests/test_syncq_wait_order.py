@@ -3,8 +3,6 @@ as ``queue.Queue`` serves them: the thread that has waited longest gets the next
 
 from __future__ import annotations
 
-import gc
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,33 +13,10 @@ import pytest
 from spoolq import SyncQueue
 
 from .conftest import queue_path
+from .threadstate import blocked
 
 _WAITERS = 6
 _LIMIT = 20.0  # seconds; generous bounds on every wait of the test
-
-
-def _frame(thread: threading.Thread) -> Any:
-    """The frame ``thread`` runs. The collector is held off meanwhile: CPython 3.11 can run
-    it inside ``sys._current_frames()`` while that holds the lock of the thread list, and
-    a finalizer that needs that lock then blocks the process for good."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return sys._current_frames().get(thread.ident or -1)
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _blocked(thread: threading.Thread) -> bool:
-    """Whether ``thread`` sleeps on a lock inside a call of the queue."""
-    frame = _frame(thread)
-    names = []
-    while frame is not None:
-        names.append((frame.f_code.co_name, frame.f_code.co_filename))
-        frame = frame.f_back
-    in_queue = any("spoolq" in filename for _name, filename in names)
-    return in_queue and bool(names) and names[0][0] == "wait"
 
 
 def _start_waiters(call: Any, n: int) -> tuple[list[threading.Thread], list[tuple[int, Any]]]:
@@ -58,7 +33,7 @@ def _start_waiters(call: Any, n: int) -> tuple[list[threading.Thread], list[tupl
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         deadline = time.monotonic() + _LIMIT
-        while not _blocked(thread):
+        while not blocked(thread):
             assert time.monotonic() < deadline, f"waiter {i} never blocked"
             time.sleep(0.002)
         threads.append(thread)
@@ -129,7 +104,7 @@ def test_a_get_many_with_part_of_its_batch_waits_for_the_rest_behind_later_waite
         threads, served = _start_waiters(call, 2)
         q.put(0)
         deadline = time.monotonic() + _LIMIT
-        while not _blocked(threads[0]) or q.qsize():  # it holds item 0 and waits again
+        while not blocked(threads[0]) or q.qsize():  # it holds item 0 and waits again
             assert time.monotonic() < deadline
             time.sleep(0.002)
         q.put(1)
