@@ -119,8 +119,8 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
 
         ``calls_on_loop=True`` lets an engine whose calls are brief (SQLite with
         durability "commit") take puts and gets on the event loop while nothing else of
-        this queue is under way, rather than hand each to the worker thread: three to
-        four times the rate of a task awaiting one item at a time. Such a call holds the
+        this queue is under way, rather than hand each to the worker thread: about three
+        times the rate of a task awaiting one item at a time. Such a call holds the
         loop for tens of microseconds (at most 256 records: larger batches go to the
         worker), and now and then for a WAL checkpoint (two fsyncs); one that would wait
         for another process's lock goes to the worker instead. Other engines and
