@@ -69,6 +69,10 @@ class Decoder:
     needs one it does not have (a writer trained it since): once for each number, so
     that a file which lost a dictionary is not read again for every record needing it.
     A record whose dictionary the file does not hold is damaged.
+
+    A compressed record is unpacked within the raw size stored with it, as a get does: one
+    that unpacks to more (a damaged record, or a small one made to inflate without end)
+    is damaged, and is refused as soon as its output passes that size.
     """
 
     def __init__(self, engine: Engine, *, allow_pickle: bool = False) -> None:
@@ -97,7 +101,7 @@ class Decoder:
 
     def _decode(self, rec: StoredRecord) -> Any:
         try:
-            return self._codec.decode(rec.data, rec.id)
+            return self._codec.decode(rec.data, rec.id, raw_size=rec.raw_size)
         except MissingDictionary:
             number = record_dictionary(rec.data)
             if number in self._reloaded_for:
@@ -112,7 +116,7 @@ class Decoder:
                                ) from exc
         self._reloaded_for.add(number)
         try:
-            return self._codec.decode(rec.data, rec.id)
+            return self._codec.decode(rec.data, rec.id, raw_size=rec.raw_size)
         except MissingDictionary:
             raise self._absent(rec, number) from None
 
