@@ -201,15 +201,24 @@ def set_stored_codec(engine: Engine, queue: str, serializer: str | None,
 def base_queues(engine: Engine, only: str | None = None) -> list[str]:
     """Named queues of the file, without their ``.dead`` companions, sorted.
 
-    A queue that only has dead letters is listed too. With ``only`` the list
-    is just that name, whether the file holds it or not.
+    ``X.dead`` is the companion of ``X`` (its dead letters) when the file knows a queue
+    ``X``: one that records were stored in, or that a handle opened (it stores the
+    queue's codec). Otherwise no queue ``X`` ever had dead letters here, and ``X.dead``
+    is a queue of its own, listed by its name. A queue that only has dead letters is
+    listed too. With ``only`` the list is just that name, whether the file holds it or
+    not.
     """
     if only is not None:
         return [only]
     names = {n for n in engine.queues() if isinstance(n, str)} - {DICTIONARY_QUEUE}
     suffix = dead_queue_name("")
     bases = {n for n in names if not n.endswith(suffix)}
-    bases |= {n[: -len(suffix)] for n in names if n.endswith(suffix)}
+    for name in sorted(n for n in names if n.endswith(suffix)):
+        owner = name[: -len(suffix)]
+        if owner in names or stored_codec(engine, owner) != (None, None):
+            bases.add(owner)
+        else:
+            bases.add(name)
     return sorted(bases)
 
 
