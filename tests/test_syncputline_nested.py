@@ -141,17 +141,20 @@ def at_exit():
         while len(q._put_line) < 1:
             time.sleep(0.01)
         q.put("c", timeout=10)
+    took = []
     def take_one():
         while len(q._put_line) < 2:
             time.sleep(0.01)
-        print("took", q.get_many(1, timeout=5))
+        took.append(q.get_many(1, timeout=5))
     threads = [threading.Thread(target=second), threading.Thread(target=take_one)]
     for t in threads:
         t.start()
     q.put("b", timeout=10)
-    print("then", q.get(timeout=5), q.get(timeout=5))
+    got = [q.get(timeout=5), q.get(timeout=5)]
     for t in threads:
         t.join()
+    print("took", *took)  # printed here: a thread's print may interleave with another's
+    print("then", *got)
     q.close()
 
 atexit.register(at_exit)
