@@ -1,6 +1,7 @@
 """The conformance suite's shared part (:class:`ConformanceBase`) and its tests of the
 optional ``peek_leased`` (:class:`PeekLeasedConformance`); :mod:`spoolq.testing` puts
-them together with the tests every engine must pass."""
+them together with the tests every engine must pass. :class:`AppendTakeConformance`
+tests the optional ``append_take``, for the test module of an engine that has it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from .engines.base import Engine, Lease, LeasedRecord, SupportsPeekLeased, dead_queue_name
 
-__all__ = ["ConformanceBase", "Opener", "PeekLeasedConformance", "recs"]
+__all__ = ["AppendTakeConformance", "ConformanceBase", "Opener", "PeekLeasedConformance",
+           "recs"]
 
 Opener = Callable[[], Engine]
 
@@ -51,6 +53,38 @@ class ConformanceBase:
                 offset: int = 0) -> list[tuple[bytes, str]]:
         return [(lr.record.data, lr.owner)
                 for lr in self._lister(engine).peek_leased(queue, n, offset)]
+
+
+class AppendTakeConformance(ConformanceBase):
+    """Tests of ``append_take``, which skip (saying so) on an engine without it. Not a
+    part of ``EngineConformance``: an engine that has it adds them to its tests."""
+
+    def _append_take(self, engine: Engine, values: tuple[int, ...], n: int,
+                     lease: Lease | None = None) -> tuple[list[int], list[bytes]]:
+        call = getattr(engine, "append_take", None)
+        if call is None:
+            pytest.skip("this engine has no append_take")
+        data = recs(*values)
+        ids, taken = call("q", data, [len(d) * 2 for d in data], self.NOW, n, lease)
+        return ids, [r.data for r in taken]
+
+    def test_append_take_takes_older_records_first(self, engine: Engine) -> None:
+        old = self._put(engine, 1, 2)
+        ids, taken = self._append_take(engine, (3, 4), 3)
+        assert len(ids) == 2 and min(ids) > max(old) and ids == sorted(ids)
+        assert taken == recs(1, 2, 3)
+        assert [r.id for r in engine.peek("q", 10)] == ids[1:]
+        assert engine.counts("q") == (1, 0, 2, 4)
+        assert self._append_take(engine, (), 5) == ([], recs(4))
+
+    def test_append_take_leases(self, engine: Engine) -> None:
+        ids, taken = self._append_take(engine, (1, 2), 1, Lease("me", self.NOW + 30))
+        assert taken == recs(1)
+        assert engine.counts("q")[:2] == (1, 1)
+        assert engine.owners("q") == {"me": 1}
+        more, taken = self._append_take(engine, (3,), 0)
+        assert len(more) == 1 and more[0] > ids[1] and taken == []
+        assert [r.data for r in engine.peek("q", 10)] == recs(2, 3)
 
 
 class PeekLeasedConformance(ConformanceBase):

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-from ._atonce import NoWait, WouldWait, attempt
+from ._atonce import NoWait, WouldWait, attempt, new_counts
+from ._atonce import outcome_unknown as _outcome_unknown
 from ._ticketcounts import errors_of, keep_waiting
 from .codec import Codec
 from .engines import Counts, Engine
@@ -31,13 +32,6 @@ log = logging.getLogger("spoolq")
 
 _EXIT_WAIT = 5.0
 """Seconds :meth:`Writing._flush_at_exit` waits for a queue's lock."""
-
-
-def new_counts(ready: int, leased: int, stored: int, raw: int) -> Counts:
-    """``Counts(...)`` without the generated ``__new__``, which costs twice as much on the
-    put and get paths. Each change makes a new tuple, so a reader without the lock (stats)
-    always sees one consistent set of counts."""
-    return tuple.__new__(Counts, (ready, leased, stored, raw))
 
 
 class Writing:
@@ -475,8 +469,3 @@ class Writing:
                                          daemon=True)
         self._flusher.start()
 
-
-def _outcome_unknown(exc: BaseException) -> bool:
-    """Whether a write that raised ``exc`` may have stored its records all the same: a
-    connection lost before the reply came (:class:`Unavailable`), or an interruption."""
-    return isinstance(exc, Unavailable) or not isinstance(exc, Exception)

@@ -39,6 +39,12 @@ another connection's lock raises :class:`~spoolq.errors.LockTimeout` at once,
 having changed nothing. An async queue created with ``calls_on_loop=True`` then
 makes its puts and takes on the event loop while nothing else of it is under
 way, and hands a call that would wait to its worker thread.
+
+Such an engine may offer ``append_take(queue, records, raw_sizes, now, n, lease) ->
+(ids, taken)``: ``append`` then ``take`` in one transaction, the take seeing the records
+just written after the queue's older ones; a failure of either part changes nothing. A
+take on the event loop that finds puts waiting for their group commit then writes them
+with one commit instead of two.
 """
 
 from __future__ import annotations

@@ -31,29 +31,22 @@ from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
 from ._checks import (
     as_bytes,
-    as_float_time,
     as_int,
     as_meta_key,
-    checked_owner,
-    checked_size_types,
     names_nothing_stored,
 )
 from ._sqlite_leases import LeaseSettling, holds_nothing, in_range
 from ._sqlite_move import Moving
+from ._sqlite_takewrite import TakeWriting
 from .base import (
     Counts,
     Lease,
     LeasedRecord,
     PageEnds,
     StoredRecord,
-    as_queue_name,
-    as_records,
     batch_given,
     check_window,
-    due_by,
     forks,
-    nothing_visible,
-    refuse_nan,
 )
 
 __all__ = ["SQLiteEngine"]
@@ -62,14 +55,13 @@ log = logging.getLogger("spoolq")
 R = TypeVar("R")
 
 _SHIFT, _MASK, _json = sql.SHIFT, sql.MASK, sql.json_list
-_MAX_INT = (1 << 63) - 1  # SQLite's largest integer; a LIMIT above it would overflow
 _ALWAYS_FITS = 32 * 1024  # a record this small needs no look at the limit: far below it
 _data, _raw_size = itemgetter(1), itemgetter(2)
 _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
 
-class SQLiteEngine(LeaseSettling, Moving):
+class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
     """Queue storage in one SQLite file (WAL mode), safe to share between processes.
 
     ``synchronous`` is ``"FULL"`` (every commit is fsynced: survives power
@@ -228,14 +220,7 @@ class SQLiteEngine(LeaseSettling, Moving):
                now: float) -> list[int]:
         if not batch_given(records, raw_sizes):
             return []
-        if type(raw_sizes[0]) is not int or len(raw_sizes) > 1:
-            checked_size_types(raw_sizes)  # SQLite would keep 1.5 as a REAL
-        queue = as_queue_name(queue)  # SQLite would keep b"q" as a queue apart from "q"
-        records = as_records(records)
-        self.check_records(queue, records)
-        refuse_nan(self.path, "append", "now", now)  # SQLite would store NULL
-        if type(now) is not float:
-            now = as_float_time(now)  # SQLite binds no int beyond 64 bits
+        queue, records, now = self._appending(queue, records, raw_sizes, now)
         last: int = self._txn("append", self._append, queue, records, raw_sizes, now)
         return list(range(last - len(records) + 1, last + 1))
 
@@ -293,19 +278,13 @@ class SQLiteEngine(LeaseSettling, Moving):
         return last
 
     def take(self, queue: str, n: int, now: float, lease: Lease | None) -> list[StoredRecord]:
-        if type(n) is not int:
-            n = as_int(n, "n")
-        if lease is not None:  # SQLite would keep b"o"; a longer owner could overfill a row
-            checked_owner(lease.owner)
-            if type(lease.until) is not float:
-                lease = Lease(lease.owner, as_float_time(lease.until))
-        if nothing_visible(self.path, now, lease) or n <= 0:
-            return []  # LIMIT would read a negative n as no limit at all
-        n = min(n, _MAX_INT)  # a larger n means every ready record all the same
-        # New rows are visible from 0 (the column's default) on; SQLite binds no int beyond
-        # 64 bits.
-        now = due_by(now if type(now) is float else as_float_time(now))
-        rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, n, now, lease)
+        taking = self._taking(n, now, lease)
+        if taking is None:
+            return []
+        rows: list[tuple[Any, ...]] = self._txn("take", self._take, queue, *taking)
+        return self._taken(rows, taking[2])
+
+    def _taken(self, rows: list[tuple[Any, ...]], lease: Lease | None) -> list[StoredRecord]:
         if lease is None:
             return list(map(_new_record, rows))  # already the records, in id order
         return self._records(rows)
