@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -395,17 +393,22 @@ class BusyTimeout:
         self._pragma = f"PRAGMA busy_timeout = {int(timeout * 1000)}"
         self.off = False  # the connection's timeout is 0
         self._within = False
+        self._conn: Any = None  # the connection of the last no_wait()
 
-    @contextmanager
-    def no_wait(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def no_wait(self, conn: sqlite3.Connection) -> BusyTimeout:
+        """A context manager (this object, for ``conn``): a class rather than a generator,
+        as a call made on an event loop enters it at each put and get."""
+        self._conn = conn
+        return self
+
+    def __enter__(self) -> None:
         if not self.off:
-            conn.execute("PRAGMA busy_timeout = 0")
+            self._conn.execute("PRAGMA busy_timeout = 0")
             self.off = True
         self._within = True
-        try:
-            yield
-        finally:
-            self._within = False
+
+    def __exit__(self, *exc: object) -> None:
+        self._within = False
 
     def restore(self, conn: sqlite3.Connection) -> None:
         """Turn the timeout on again, unless within :meth:`no_wait`."""
