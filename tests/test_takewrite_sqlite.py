@@ -169,3 +169,29 @@ async def test_a_get_whose_take_fails_leaves_the_puts_written(tmp_path: Path) ->
         _other(path, "DROP TRIGGER refuse_takes")
         assert q.qsize() == 3
         assert await asyncio.wait_for(q.get_many(3), 5) == [1, 2, 3]
+
+
+@pytest.mark.asyncio
+async def test_a_get_lets_ready_tasks_put_first_and_writes_their_puts(tmp_path: Path) -> None:
+    """A get on the loop with an item ready yields once to the tasks ready to run, as a
+    put does: their puts join its transaction, rather than each take or batch of puts
+    committing apart."""
+    async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
+        await q.put_many([1, 2])
+        engine = q._core.engine
+        assert isinstance(engine, SQLiteEngine)
+
+        async def produce(first: int) -> None:
+            for item in range(first, first + 3):
+                await q.put(item)
+
+        async with _WorkerHeld(q):
+            writes = engine._writes
+            producers = [asyncio.create_task(produce(k)) for k in (10, 20)]
+            async with asyncio.timeout(5):
+                got = [await q.get() for _ in range(4)]
+                await asyncio.gather(*producers)
+            assert got == [1, 2, 10, 20]
+            assert engine._writes == writes + 4  # the last puts are written by a put
+            assert q.qsize() == 4
+            assert await asyncio.wait_for(q.get_many(4), 5) == [11, 21, 12, 22]
