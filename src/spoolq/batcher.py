@@ -137,13 +137,24 @@ class Batcher(BatchSettling[T], Generic[T]):
 
         Items left by an earlier run are flushed right away. A Batcher stopped on one
         event loop may start again on another (a second :func:`asyncio.run`); while it
-        runs on one, a start on another raises RuntimeError. An open queue passed in
+        runs on one, a start on another raises RuntimeError. On a running Batcher it
+        returns at once, without waiting for a flush in progress; inside ``on_flush`` of
+        one not running (or stopping), RuntimeError. An open queue passed in
         that is closed raises ClosedError, one shut down (immediate or not)
         QueueShutDown, one bound to another event loop RuntimeError.
         """
         await self._bind_loop()
         if self._stopping_task is not None:
+            # Inside on_flush, that stop waits for this sink: it would wait for ever.
+            self._not_in_sink("start")
             await asyncio.shield(self._stopping_task)  # let it close the queue first
+        if self._task is not None and not self._task.done():
+            # Running: return without waiting for the flush lock, which a flush in
+            # progress holds while its sink runs (the sink calling this, perhaps).
+            return
+        # Not running: the start below waits for the flush lock, held by a flush() whose
+        # sink this would be.
+        self._not_in_sink("start")
         # Under the flush lock, so that two concurrent starts open one queue and one flusher.
         self._starts += 1  # a stop() made meanwhile waits for this start, then stops
         try:
