@@ -84,12 +84,7 @@ async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], dead
         if sending is None:
             run.running = False  # returned (or raised): what it started is like any task
     if sending is None:
-        if inspect.isgenerator(result) or inspect.isasyncgen(result):
-            if inspect.isgenerator(result):
-                result.close()
-            else:
-                await result.aclose()
-            raise TypeError("on_flush returned a generator, which would send nothing")
+        await _refuse_generator(result)
         return
     cancelled: asyncio.CancelledError | None = None
     try:
@@ -174,15 +169,29 @@ async def _contained(sending: Awaitable[object], run: _SinkRun,
     try:
         result = await sending
         if not thread:
+            # (A generator, as from a plain sink, would be acked with none of it run.)
+            await _refuse_generator(result)
             if isinstance(result, concurrent.futures.Future):
                 result = _thread_outcome(result)
-            if inspect.isawaitable(result) and not inspect.isgenerator(result):
+            if inspect.isawaitable(result):
                 await result
     except (KeyboardInterrupt, SystemExit) as exc:
         return exc
     finally:
         run.running = False
     return None
+
+
+async def _refuse_generator(result: object) -> None:
+    """Close a generator or async generator that on_flush returned (or what it returned
+    resolved to) and raise TypeError: none of its body ran, so it would send nothing."""
+    if inspect.isgenerator(result):
+        result.close()
+    elif inspect.isasyncgen(result):
+        await result.aclose()
+    else:
+        return
+    raise TypeError("on_flush returned a generator, which would send nothing")
 
 
 def _raise_escaped(sending: asyncio.Future[BaseException | None]) -> None:
