@@ -152,9 +152,7 @@ class Batcher(BatchSettling[T], Generic[T]):
             # Running: return without waiting for the flush lock, which a flush in
             # progress holds while its sink runs (the sink calling this, perhaps).
             return
-        # Not running: the start below waits for the flush lock, held by a flush() whose
-        # sink this would be.
-        self._not_in_sink("start")
+        self._not_in_sink("start")  # not running: it would wait for the flush lock
         # Under the flush lock, so that two concurrent starts open one queue and one flusher.
         self._starts += 1  # a stop() made meanwhile waits for this start, then stops
         try:
