@@ -89,6 +89,9 @@ class TakeWriting:
                 lease: Lease | None) -> tuple[int, float, Lease | None] | None:
         """The arguments of a take, checked: ``(n, now, lease)``; None when it takes
         nothing."""
+        if lease is None and type(n) is int and 0 < n <= _MAX_INT and type(now) is float \
+                and now >= 0.0:
+            return n, now, None  # a get's: nothing to change (NaN fails now >= 0.0)
         if type(n) is not int:
             n = as_int(n, "n")
         if lease is not None:  # SQLite would keep b"o"; a longer owner could overfill a row
