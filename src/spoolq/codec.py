@@ -17,13 +17,14 @@ import os
 import struct
 import sys
 import threading
-import types
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import cbor2
+
 from ._builtin_codecs import COMPRESSORS, SERIALIZERS, Compressor, Serializer
-from ._onethread import OneAtATime
+from ._codecnames import resolve_codec
 from ._unpacking import (
     CUSTOM_ID,
     HEAD,
@@ -55,52 +56,6 @@ ZSTD_DICT_ID = 6
 DICT_THRESHOLD = 16
 _SERIALIZER_NAMES = {ident: name for name, (ident, _) in SERIALIZERS.items()}
 _COMPRESSOR_NAMES = {ident: name for name, (ident, _) in COMPRESSORS.items()}
-
-
-def _custom_name(obj: object) -> str:
-    name = getattr(obj, "name", None)
-    if isinstance(obj, types.ModuleType):
-        name = obj.__name__
-    elif not isinstance(name, str) or not name:
-        cls = type(obj) if not isinstance(obj, type) else obj
-        name = f"{cls.__module__}.{cls.__qualname__}"
-    try:
-        size = len(name.encode())
-    except UnicodeEncodeError as exc:  # a lone surrogate: records store names as UTF-8
-        raise ConfigurationError(f"codec name {name[:40]!r} is not valid Unicode text: "
-                                 f"{exc.reason}") from None
-    if size > 255:
-        raise ConfigurationError(f"codec name {name[:40]!r}... is longer than 255 bytes")
-    return name
-
-
-def _resolve(kind: str, spec: object, table: dict[str, tuple[int, Callable[[], Any]]],
-             methods: tuple[str, str]) -> tuple[int, str, Any]:
-    if isinstance(spec, str):
-        try:
-            ident, factory = table[spec]
-        except KeyError:
-            raise ConfigurationError(
-                f"unknown {kind} {spec!r}; choose one of {', '.join(sorted(table))} "
-                f"or pass an object with {methods[0]}/{methods[1]}"
-            ) from None
-        return ident, spec, factory()
-    if all(callable(getattr(spec, m, None)) for m in methods):
-        name = _custom_name(spec)
-        if name not in table:
-            return CUSTOM_ID, name, OneAtATime(spec)
-        # A file stores the codec's name, and reopening by that name gives the built-in:
-        # records written under a built-in's name by another object would not decode.
-        if isinstance(spec, types.ModuleType):
-            ident, factory = table[name]  # the module the built-in is made of
-            return ident, name, factory()
-        raise ConfigurationError(
-            f"a custom {kind} cannot be named {name!r}, the name of the built-in one: "
-            f"give it another name, or pass {kind}={name!r} for the built-in")
-    raise ConfigurationError(
-        f"{kind} must be a name or an object with {methods[0]}() and {methods[1]}(), "
-        f"not {type(spec).__name__}"
-    )
 
 
 def record_codec_names(record: bytes) -> tuple[str, str]:
@@ -148,9 +103,9 @@ class Codec:
                  threshold: int = 128) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise ConfigurationError(f"threshold must be a non-negative int, not {threshold!r}")
-        self._ser_id, self.serializer_name, self._ser = _resolve(
+        self._ser_id, self.serializer_name, self._ser = resolve_codec(
             "serializer", serializer, SERIALIZERS, ("dumps", "loads"))
-        self._comp_id, self.compressor_name, self._comp = _resolve(
+        self._comp_id, self.compressor_name, self._comp = resolve_codec(
             "compressor", compressor, COMPRESSORS, ("compress", "decompress"))
         self._threshold = threshold
         ser_name = self._name_bytes(self._ser_id, self.serializer_name)
@@ -161,6 +116,11 @@ class Codec:
         self._packed_names = ser_name + comp_name
         self._plain_seed = zlib.crc32(bytes(self._plain_prefix) + self._plain_names)
         self._plain_head = bytes(self._plain_prefix)  # + crc + self._plain_names, see _frame
+        # The header of an uncompressed record in one call: head, crc, names.
+        self._plain_pack = struct.Struct(f"<3sI{len(ser_name)}s").pack
+        # cbor2.loads itself for the built-in cbor, without its loads() around it, which
+        # decode() calls only for a payload cbor2.loads refused (see _loads_again).
+        self._loads = cbor2.loads if self._ser_id == SERIALIZERS["cbor"][0] else self._ser.loads
         self._packed_seed = zlib.crc32(bytes(self._packed_prefix) + self._packed_names)
         self._unpack: Any = getattr(self._comp, "unpack", None)  # a built-in's, bounded
         self._zdict: ZstdDictCompressor | None = (
@@ -285,8 +245,8 @@ class Codec:
             data = self._as_bytes(data, item)
         size = len(data)
         if size < self._small:  # stored uncompressed: framed here, without a call
-            return (self._plain_head + _CRC.pack(zlib.crc32(data, self._plain_seed))
-                    + self._plain_names + data), size
+            return self._plain_pack(self._plain_head, zlib.crc32(data, self._plain_seed),
+                                    self._plain_names) + data, size
         return self._frame(data), size
 
     def encode_many(self, items: Iterable[Any]) -> tuple[list[bytes], list[int]]:
@@ -297,7 +257,7 @@ class Codec:
             self._as_bytes
         small = self._small
         head, names, seed = self._plain_head, self._plain_names, self._plain_seed
-        crc32, pack_crc = zlib.crc32, _CRC.pack
+        crc32, plain_pack = zlib.crc32, self._plain_pack
         for item in items:
             try:
                 data = dumps(item)
@@ -307,7 +267,7 @@ class Codec:
                 data = as_bytes(data, item)
             size = len(data)
             if size < small:
-                records.append(head + pack_crc(crc32(data, seed)) + names + data)
+                records.append(plain_pack(head, crc32(data, seed), names) + data)
             else:
                 records.append(frame(data))
             sizes.append(size)
@@ -332,7 +292,7 @@ class Codec:
                 crc = zlib.crc32(packed, self._packed_seed)
                 return HEAD.pack(*self._packed_prefix, crc) + self._packed_names + packed
         crc = zlib.crc32(data, self._plain_seed)
-        return self._plain_head + _CRC.pack(crc) + self._plain_names + data
+        return self._plain_pack(self._plain_head, crc, self._plain_names) + data
 
     def _packed_bytes(self, packed: object) -> bytes:
         if not isinstance(packed, (bytes, bytearray, memoryview)):
@@ -409,9 +369,11 @@ class Codec:
                     except Exception as exc:
                         raise failed(CorruptError, record_id, "decompressed", exc) from exc
                 try:
-                    return self._ser.loads(payload)
+                    return self._loads(payload)
                 except Exception as exc:
-                    raise failed(SerializationError, record_id, "deserialized", exc) from exc
+                    if self._loads is not cbor2.loads:
+                        raise failed(SerializationError, record_id, "deserialized", exc) from exc
+                return self._loads_again(payload, record_id)
         ser_id, comp_id, crc, names, start = parse_header(record, record_id)
         where = f"record {record_id}" if record_id is not None else "record"
         seed = zlib.crc32(record[:3] + record[HEADER_SIZE:start])
@@ -449,6 +411,14 @@ class Codec:
                 "not know")
         return unpack_with(comp, name if comp_id == CUSTOM_ID else None, payload, where,
                            limit, why)
+
+    def _loads_again(self, payload: bytes, record_id: int | None) -> Any:
+        """The serializer's own loads() of a payload that cbor2.loads refused: it reads
+        items nested deeper than cbor2.loads does without options."""
+        try:
+            return self._ser.loads(payload)
+        except Exception as exc:
+            raise failed(SerializationError, record_id, "deserialized", exc) from exc
 
     def _serializer_for(self, ser_id: int, name: str, where: str) -> Serializer:
         if ser_id == self._ser_id and (ser_id != CUSTOM_ID or name == self.serializer_name):

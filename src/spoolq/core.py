@@ -15,15 +15,15 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._atonce import AtOnce, Later
+from ._corehooks import CORES, after_fork_in_child, flush_at_exit
 from ._holdings import UNWRITTEN, Holding, Holdings
 from ._reaping import Reaping
 from .codec import Codec
-from .decoding import Decoding
+from .decoding import NO_ITEM, Decoding
 from .engines import (
     Counts,
     Engine,
@@ -48,44 +48,21 @@ from .settings import Settings, stored_codec
 from .settle import Settling
 from .writing import Writing, new_counts
 
-__all__ = ["UNWRITTEN", "Holding", "QueueCore"]
+__all__ = ["NO_ITEM", "UNWRITTEN", "Holding", "QueueCore"]
 
 log = logging.getLogger("spoolq")
 _LOCK_GRACE = 0.5  # seconds past a get's deadline it waits for the lock to read the counts
 _UNDECODABLE = (CorruptError, SerializationError, ConfigurationError)
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
+_tuple_new = tuple.__new__
 _PAST_LIMIT = "max_attempts reached"
 """The reason of a record leased past max_attempts after another handle gave it back."""
 
 
-_CORES: weakref.WeakSet[QueueCore] = weakref.WeakSet()
-"""Every queue core of this process, for :func:`_after_fork_in_child` and
-:func:`_flush_at_exit`."""
-
-
-def _after_fork_in_child() -> None:
-    # A thread of the parent inside a call held the handle's lock at the fork: that
-    # thread is gone here, and the lock would stay held for ever.
-    # A child that goes on with its parent's handles leases under its own name: the
-    # leases it takes belong to it, not to the parent (whose exit would hand them to
-    # others while the child works on them), and closing a handle there gives back only
-    # the child's leases, never the ones the parent still works on.
-    for core in list(_CORES):
-        core.lock = threading.RLock()
-        core.owner = new_owner()
-        core.owners.add(core.owner)
-        core._after_fork_in_child()
-
-
-def _flush_at_exit() -> None:
-    for core in list(_CORES):
-        core._flush_at_exit()
-
-
 if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_flush_at_exit)
+    os.register_at_fork(after_in_child=after_fork_in_child)
+atexit.register(flush_at_exit)
 
 
 @functools.cache
@@ -118,7 +95,7 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
         self.owners = {self.owner}
         """The owner names this handle has leased under: a new one in a forked child,
         which can still settle what the parent leased before the fork."""
-        _CORES.add(self)
+        CORES.add(self)
         self.lock = threading.RLock()
         self.group = GroupCommit()
         self.closed = False
@@ -324,10 +301,23 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
             recs = self._take_locked(n, ttl, buffered, fill or holding is not None)
             if ttl is not None and self.settings.max_attempts is not None:
                 recs = self._within_max_attempts(recs, n, ttl)
-            kept = self._keep(recs, n, ttl, holding)
-            if kept is not None:
+            if holding is not None and (kept := self._keep(recs, n, ttl, holding)) is not None:
                 return kept
         return self._decode_taken(recs, ttl is not None)
+
+    def take_item(self, timeout: float | None) -> Any:
+        """:meth:`take` of one record, removed, for a get: its item alone, or NO_ITEM when
+        none was ready (or the one taken went to the dead letters). A blocked get's
+        ``timeout`` (seconds) gives the deadline that bounds the engine's connecting."""
+        if timeout is not None and getattr(self.engine, "call_deadline", None):
+            taken = self.take(1, None, deadline=time.monotonic() + timeout)
+            return taken[0][1] if taken else NO_ITEM
+        with self.lock:
+            recs = self._take_locked(1, None, True, False)
+        if len(recs) == 1:
+            return self.decode_item(recs[0])
+        taken = self._decode_taken(recs, False)  # none: nothing was ready
+        return taken[0][1] if taken else NO_ITEM
 
     def _keep(self, recs: list[StoredRecord], n: int, ttl: float | None,
               holding: Holding | None, later: Later | None = None) -> list[Taken] | None:
@@ -344,7 +334,8 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
 
     def _take_locked(self, n: int, ttl: float | None, buffered: bool,
                      fill: bool) -> list[StoredRecord]:
-        self._check_open()
+        if self.closed:
+            self._check_open()
         pending = self.group.pending()
         if pending:
             if ttl is None and self.buffered and buffered and (not fill or pending >= n):
@@ -374,8 +365,8 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
         if stored < 0 or raw < 0 or self._stale:  # records these counts lack: another
             # handle's, or of a put whose outcome is unknown
             self._recount(new_counts(ready, leased, max(stored, 0), max(raw, 0)))
-        else:
-            self._counts = new_counts(ready, leased, stored, raw)
+        else:  # new_counts() without its call
+            self._counts = _tuple_new(Counts, (ready, leased, stored, raw))
         return recs
 
     def _within_max_attempts(self, recs: list[StoredRecord], n: int,

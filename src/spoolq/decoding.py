@@ -21,13 +21,16 @@ from .errors import ConfigurationError, CorruptError, SerializationError
 from .message import Taken
 from .zdict import MissingDictionary, load_dictionaries
 
-__all__ = ["Decoding"]
+__all__ = ["NO_ITEM", "Decoding"]
 
 log = logging.getLogger("spoolq")
 
 # How long a record being set aside stays leased: should this process die meanwhile,
 # its lease runs out and the record is delivered again.
 _HOLD = 60.0
+
+NO_ITEM: Any = object()
+"""What :meth:`Decoding.decode_item` returns for a record set aside: no item."""
 
 
 class Decoding:
@@ -79,6 +82,22 @@ class Decoding:
                 [rec.raw_size for rec in recs])
         if not failures:
             return list(zip(recs, items, strict=True))
+        return self._set_aside_failed(recs, items, failures, leased, later)
+
+    def decode_item(self, rec: StoredRecord) -> Any:
+        """:meth:`_decode_taken` of one record a take removed, its item alone: NO_ITEM when
+        the record went to the dead letters instead (a get's path, without the lists)."""
+        try:
+            return self.codec.decode(rec.data, rec.id, raw_size=rec.raw_size)
+        except (CorruptError, SerializationError, ConfigurationError) as exc:
+            taken = self._set_aside_failed([rec], [], {0: exc}, False, None)
+        return taken[0][1] if taken else NO_ITEM
+
+    def _set_aside_failed(self, recs: list[StoredRecord], items: list[Any],
+                          failures: dict[int, Exception], leased: bool,
+                          later: Callable[..., None] | None) -> list[Taken]:
+        """The part of :meth:`_decode_taken` for a batch with ``failures`` (by index in
+        ``recs``; ``items`` are the others' items, in order)."""
         taken: list[Taken] = []
         decoded = iter(items)
         reloaded = False

@@ -20,7 +20,7 @@ from ._outage import Outage
 from ._syncput import SyncPutting
 from ._syncwait import Place
 from ._views import QueueViews
-from .core import Holding, QueueCore
+from .core import NO_ITEM, Holding, QueueCore
 from .engines import Engine, WaitCancel
 from .errors import ClosedError, Empty, QueueShutDown, Unavailable
 from .message import Message, log_failed_nack
@@ -266,19 +266,17 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         if not self._shutdown and core.ready_hint() > len(self._line):
             # An item is ready, and one for each call waiting first: take it at once.
             try:
-                got = core.take(1, None, deadline=None if timeout is None or not block
-                                else time.monotonic() + timeout)
+                item: T = core.take_item(timeout if block else None)
             except ClosedError:
                 # Closed by another thread while this get ran: as for a waiting call.
                 raise QueueShutDown("the queue is shut down") from None
             except Unavailable:
                 if not block:
                     raise
-                got = []  # a get that blocks waits for the server, below
-            if got:
+                item = NO_ITEM  # a get that blocks waits for the server, below
+            if item is not NO_ITEM:
                 if self._sleepers:
                     self._wake()
-                item: T = got[0][1]
                 return item
         items: list[T] = core.items(self._take(1, block, timeout, None))
         return items[0]
