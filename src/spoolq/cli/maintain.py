@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import click
@@ -40,7 +41,8 @@ class _Compactable(Protocol):
               help="With --leased, also take back leases of running processes and of "
                    "other hosts.")
 @click.option("--chunk", type=click.IntRange(1, MAX_CHUNK), default=DEFAULT_CHUNK,
-              show_default=True, help="Dead letters moved per transaction.")
+              show_default=True,
+              help="Dead letters moved (and, on lmdb, leases released) per transaction.")
 @engine_option()
 @schema_option()
 @json_option()
@@ -73,13 +75,10 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
             left = eng.owners(queue)
             if left:
                 gone = [owner for owner in left if owner_is_dead(owner)]
-                with sigint_deferred():
-                    result["leases_released"] += eng.expire(queue, now(), owners=gone)
+                _expire(eng, queue, gone, chunk, result)
                 left = eng.owners(queue)
             if left and force:
-                with sigint_deferred():
-                    result["leases_released"] += eng.expire(queue, now(),
-                                                            owners=sorted(left))
+                _expire(eng, queue, sorted(left), chunk, result)
                 left = eng.owners(queue)
             result["leases_left"] = sum(left.values())
             result["owners_left"] = [{"owner": o, "leased": n, "process": owner_state(o)}
@@ -110,6 +109,36 @@ def requeue(path: str, queue: str, dead: bool, leased: bool, force: bool, chunk:
     if result["leases_left"]:
         raise Refused(f"{queue}: {result['leases_left']} lease(s) of running or unknown "
                       "processes were left alone; --force takes them back")
+
+
+@runtime_checkable
+class _ExpiresInChunks(Protocol):
+    """An engine that can end a bounded number of leases per transaction (lmdb)."""
+
+    def expire_some(self, queue: str, now: float, *, owners: Sequence[str] = (),
+                    limit: int, after: int = 0) -> tuple[int, int]: ...
+
+
+def _expire(eng: Engine, queue: str, owners: Sequence[str], chunk: int,
+            result: dict[str, Any]) -> None:
+    """End the leases of ``queue`` that ran out or that ``owners`` hold, counting them in
+    ``result["leases_released"]`` as each transaction ends (a first Ctrl-C waits for it).
+
+    Where the engine can, ``chunk`` leases per transaction: LMDB keeps a copy of every
+    page a transaction changes until it commits, so ending every lease at once would
+    take memory in proportion to them."""
+    if not isinstance(eng, _ExpiresInChunks):
+        with sigint_deferred():
+            result["leases_released"] += eng.expire(queue, now(), owners=owners)
+        return
+    after = 0
+    while True:
+        with sigint_deferred():
+            done, after = eng.expire_some(queue, now(), owners=owners, limit=chunk,
+                                          after=after)
+            result["leases_released"] += done
+        if not after:
+            return
 
 
 def _move_dead(eng: Engine, queue: str, chunk: int, result: dict[str, Any]) -> None:

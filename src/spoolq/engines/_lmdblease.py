@@ -158,22 +158,43 @@ class LeaseSettling:
 
     def expire(self, queue: str, now: float, *, owners: Sequence[str] = (),
                max_attempts: int | None = None) -> int:
+        return self._expire(queue, now, owners, max_attempts, None, 0)[0]
+
+    def expire_some(self, queue: str, now: float, *, owners: Sequence[str] = (),
+                    max_attempts: int | None = None, limit: int,
+                    after: int = 0) -> tuple[int, int]:
+        """:meth:`expire` of at most ``limit`` leases, of records with ids above ``after``:
+        one transaction, whose memory grows with ``limit``, not with the leases held.
+        Return how many it ended and the id to pass as ``after`` to go on (0 when no lease
+        is left to read)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, not {limit!r}")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be an int of at least 0, not {after!r}")
+        return self._expire(queue, now, owners, max_attempts, limit, after)
+
+    def _expire(self, queue: str, now: float, owners: Sequence[str],
+                max_attempts: int | None, limit: int | None,
+                after: int) -> tuple[int, int]:
         check_expire(now, owners, max_attempts)
         wanted = set(owners)
 
-        def body(txn: Txn) -> int:
+        def body(txn: Txn) -> tuple[int, int]:
             q = self._queue(txn, queue)
             if q is None or not q.leased:
-                return 0
+                return 0, 0
             held = self._leases()
             # (The counts of a stale row may miss owners: every lease is read then.)
             gone = wanted if q.stale else wanted & held.held(txn, q.number).keys()
             if not gone and not q.soonest <= now:
-                return 0  # no lease has ended (or now is NaN): nothing to read
-            count, start, soonest = 0, b"", math.inf
+                return 0, 0  # no lease has ended (or now is NaN): nothing to read
+            count, soonest = 0, math.inf
+            start = fmt.KEY.pack(q.number, after + 1) if after else b""
+            more = 0
             while True:
                 # A chunk of due leases at a time: memory holds their keys, not the records.
-                due, earliest = self._ended(txn, q.number, now, gone, start)
+                size = walk.CHUNK if limit is None else min(walk.CHUNK, limit - count)
+                due, earliest = self._ended(txn, q.number, now, gone, start, size)
                 soonest = min(soonest, earliest)
                 holders: list[str] = []
                 for key in due:
@@ -186,17 +207,22 @@ class LeaseSettling:
                                   "lease expired" if until <= now else "owner died")
                 held.uncount(txn, q.number, holders)
                 count += len(due)
-                if len(due) < walk.CHUNK:
+                if len(due) < size:
                     break
                 start = due[-1]
-            q.soonest = soonest  # every lease left was read: none ends before it
+                if limit is not None and count >= limit:
+                    more = fmt.KEY.unpack(due[-1])[1]
+                    break
+            if not more and not after:
+                q.soonest = soonest  # every lease left was read: none ends before it
+            # (Else the leases not read keep the earliest end they had: a bound still.)
             self._save(txn, queue, q)
-            return count
+            return count, more
 
         return self._write("expire", body)
 
     def _ended(self, txn: Txn, number: int, now: float, gone: set[str],
-               start: bytes) -> tuple[list[bytes], float]:
+               start: bytes, size: int) -> tuple[list[bytes], float]:
         """Keys of up to a chunk of queue ``number``'s leased records, from ``start`` on,
         whose lease ended by ``now`` or whose owner is in ``gone``; and the earliest end of
         the others read."""
@@ -206,7 +232,7 @@ class LeaseSettling:
             holder, until, _ = self._leased_record(fmt.KEY.unpack(key)[1], value)
             if until <= now or holder in gone:
                 due.append(key)
-                if len(due) == walk.CHUNK:
+                if len(due) == size:
                     break
             elif until < earliest:
                 earliest = until

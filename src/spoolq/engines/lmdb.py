@@ -38,7 +38,7 @@ import struct
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import lmdb
 
@@ -487,3 +487,11 @@ class LMDBEngine(SharedEngine):
             spath, read_only=read_only, sync=bool(sync), metasync=bool(metasync),
             map_size=map_size, max_readers=max_readers),
             flushes={"sync": bool(sync), "metasync": bool(metasync)})
+
+    def expire_some(self, queue: str, now: float, **options: Any) -> tuple[int, int]:
+        """``expire`` of at most ``limit`` leases, ids above ``after``: see _lmdblease."""
+        entry = self._writable("expire")
+        with entry.lock:
+            if entry.closed:
+                raise self._closed()
+            return cast(_LMDBStore, entry.store).expire_some(queue, now, **options)
