@@ -12,7 +12,7 @@ from .engines import Engine, LeasedRecord, StoredRecord
 from .errors import ConfigurationError
 from .protocol import RECORD_FIELDS
 
-__all__ = ["REPLY_OVERHEAD", "fitting", "fitting_leased", "gather", "reply_size"]
+__all__ = ["REPLY_OVERHEAD", "fitting", "fitting_leased", "gather", "reply_size", "snapshot"]
 
 _RECORD_OVERHEAD = 48  # CBOR framing of one record's other fields, an upper bound
 REPLY_OVERHEAD = 64  # frame header and CBOR framing of the reply itself, an upper bound
@@ -108,12 +108,7 @@ def gather(engine: Engine, queue_name: str, n: int, limit: int | None,
     first chunk is sized from the queue's average record, each next one doubles."""
     if limit is None or n <= 1:
         return fetch(n, 0)
-    held = engine.counts(queue_name)
-    records = held.ready + held.leased
-    want = n
-    if records and held.stored_bytes:
-        average = held.stored_bytes / records + _RECORD_OVERHEAD
-        want = min(n, max(1, int(2 * limit / average) + 1))
+    want = _first_chunk(engine, queue_name, n, limit)
     recs = fetch(want, 0)
     while len(recs) < n and len(recs) == want and reply_size(recs) <= limit:
         more = fetch(min(n - len(recs), len(recs)), len(recs))
@@ -122,3 +117,31 @@ def gather(engine: Engine, queue_name: str, n: int, limit: int | None,
         if not more:
             break
     return recs
+
+
+def _first_chunk(engine: Engine, queue_name: str, n: int, limit: int) -> int:
+    """How many records to read first for a reply of ``limit`` bytes: about twice what it
+    holds at the queue's average record (``n`` for a queue of unknown sizes)."""
+    held = engine.counts(queue_name)
+    records = held.ready + held.leased
+    if records and held.stored_bytes:
+        average = held.stored_bytes / records + _RECORD_OVERHEAD
+        return min(n, max(1, int(2 * limit / average) + 1))
+    return n
+
+
+def snapshot(engine: Engine, queue_name: str, n: int, limit: int | None,
+             read: Callable[[int], list[StoredRecord]]) -> list[StoredRecord]:
+    """:func:`gather` for a read that changes nothing (a peek): ``read(count)`` gives the
+    first ``count`` records, and each try reads them all again, twice as many as the last,
+    in one engine call. A read in parts at growing offsets could show a record twice or
+    miss one when another process writes the file between two parts; one call is one
+    moment of the queue. Reading the head again costs at most as much as the last read."""
+    if limit is None or n <= 1:
+        return read(n)
+    want = _first_chunk(engine, queue_name, n, limit)
+    while True:
+        recs = read(want)
+        if len(recs) < want or want >= n or reply_size(recs) > limit:
+            return recs
+        want = min(n, 2 * want)

@@ -24,7 +24,14 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from ._givebacks import GiveBacks
-from ._replysize import REPLY_OVERHEAD, fitting, fitting_leased, gather, reply_size
+from ._replysize import (
+    REPLY_OVERHEAD,
+    fitting,
+    fitting_leased,
+    gather,
+    reply_size,
+    snapshot,
+)
 from .engines import Engine, Lease, StoredRecord, SupportsPeekLeased
 from .errors import ClosedError, ConfigurationError, EngineError
 from .protocol import (
@@ -99,8 +106,8 @@ def _purge(engine: Engine, a: dict[str, Any], backs: GiveBacks) -> tuple[int, se
 
 def _peek(engine: Engine, a: dict[str, Any]) -> list[Any]:
     limit = a.get("limit")
-    recs = gather(engine, a["queue"], a["n"], limit,
-                   lambda k, done: engine.peek(a["queue"], k, a["offset"] + done))
+    recs = snapshot(engine, a["queue"], a["n"], limit,
+                    lambda k: engine.peek(a["queue"], k, a["offset"]))
     if limit is not None and recs and reply_size(recs) > limit:
         recs = recs[:fitting(recs, limit, a["queue"], a.get("limit_one"))]
     return encode_records(recs)
