@@ -269,7 +269,7 @@ def write_compacted(path: str, generation: str, backend: str, old: Database, st:
     return copied
 
 
-def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
+def repair_dumb(path: str, generation: str, *, read_only: bool, go_back: bool = False) -> None:
     """Bring back a ``dbm.dumb`` index that a killed process left half-written.
 
     ``dbm.dumb`` rewrites its index (on ``sync`` and ``close``) by renaming
@@ -281,6 +281,11 @@ def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
     A ``.bak`` takes the place of ``.dir`` only when every line of it is an
     index entry and it holds every entry of ``.dir`` as ``.dir`` has it: a
     damaged ``.bak`` never replaces an index that can be read.
+
+    A killed process never damages the ``.bak`` (it is a whole index renamed), so an
+    index cut short beside a damaged ``.bak`` is damage to the files (a copy that
+    stopped): CorruptError, the files left as they are, unless ``go_back`` asks to open
+    at the last state the whole lines of the index name.
     """
     base = os.path.join(path, generation)
     index, backup = base + ".dir", base + ".bak"
@@ -295,6 +300,13 @@ def repair_dumb(path: str, generation: str, *, read_only: bool) -> None:
         raise CorruptError(f"{path}: the index of {generation} is missing")
     whole = b"" if current_bytes is None else current_bytes[:current_bytes.rfind(b"\n") + 1]
     fixed = whole
+    if (backup_bytes is not None and not go_back and whole != current_bytes
+            and (not backup_bytes.endswith(b"\n") or _entries(backup_bytes) is None)):
+        raise CorruptError(f"{path}: the index of {generation} is cut short and its backup "
+                           f"{generation}.bak is damaged; the files are left as they are. "
+                           "Open the queue with engine_options={'recover': True} to go back "
+                           "to the last state the index still names (what was written after "
+                           "it is lost)")
     if backup_bytes is not None and backup_bytes.count(b"\n") > whole.count(b"\n"):
         candidate = backup_bytes[:backup_bytes.rfind(b"\n") + 1]
         if _completes(candidate, whole):

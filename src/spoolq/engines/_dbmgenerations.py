@@ -121,7 +121,8 @@ class Generations:
     def _load(self, generation: str, newest: int | None = None) -> None:
         """Open ``generation`` at its newest intact state, or the newest up to commit
         ``newest``; drop (by compacting) whatever no loaded state names."""
-        files.repair_dumb(self.path, generation, read_only=self.read_only)
+        files.repair_dumb(self.path, generation, read_only=self.read_only,
+                          go_back=self._go_back)
         self._gen = generation
         self._db, self._backend = files.open_generation(self.path, generation,
                                                         "r" if self.read_only else "w")
