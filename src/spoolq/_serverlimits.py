@@ -11,7 +11,9 @@ before anything is built, what a body will take; a body over the budget is refus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 # The module, not its names: the protocol imports this module in turn.
@@ -21,8 +23,9 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["DECODE_FACTOR", "DEFAULT_MAX_CONNECTIONS", "abort_later", "check_max_connections",
-           "decode_budget", "decode_cost", "refuse_connection", "too_many_ids"]
+__all__ = ["DECODE_FACTOR", "DEFAULT_MAX_CONNECTIONS", "KEEPALIVE", "abort_later",
+           "check_max_connections", "decode_budget", "decode_cost", "refuse_connection",
+           "too_many_ids", "tune_socket"]
 
 log = logging.getLogger("spoolq")
 
@@ -34,6 +37,11 @@ takes about 16 times once decoded, and under 25 times by the estimate."""
 _DECODE_SLACK = 1 << 20
 DEFAULT_MAX_CONNECTIONS = 1000
 """Connections a server serves at once unless told otherwise (``--max-connections``)."""
+KEEPALIVE = (60, 10, 6)
+"""TCP keepalive of every connection: the first probe after this many idle seconds, then
+one every so many seconds, and the connection is dropped (freeing its slot and releasing
+its leases) when this many go unanswered: a peer that vanished without closing (its
+host lost power, the network between split) is found out within two minutes."""
 _REFUSED_LINGER = 1.0  # seconds a refused connection waits for its client to close it
 _DROP_GRACE = 1.0  # seconds a dropped connection has to send its last replies and end
 
@@ -229,3 +237,19 @@ def refuse_connection(session: Session) -> bool:
         transport.close()
     asyncio.get_running_loop().call_later(_REFUSED_LINGER, transport.abort)
     return True
+
+
+def tune_socket(sock: socket.socket | None) -> None:
+    """Set up a new TCP connection's socket: replies go out at once, never held back for
+    Nagle's algorithm (the speed of one-at-a-time round trips rests on it, so it is not
+    left to the event loop's defaults), and :data:`KEEPALIVE` probes a silent peer."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle, interval, count = KEEPALIVE
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                            ("TCP_KEEPCNT", count)):
+            if hasattr(socket, name):  # Linux, and most other systems by these names
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from ._inflight import LIMITED, SETTLING, request_cost, reserves, too_much
-from ._serverlimits import abort_later, refuse_connection, too_many_ids
+from ._serverlimits import abort_later, refuse_connection, too_many_ids, tune_socket
 from ._sessionleases import Deliveries, Delivery
 from ._sessionwaits import LongPolls
 from .dispatch import InlineRunner
@@ -117,13 +116,7 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Replies are small and answer one request each: send them at once, never
-            # wait for Nagle's algorithm (asyncio sets this too; it is what the speed
-            # of one-at-a-time round trips rests on, so it is not left implicit).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_socket(self.transport.get_extra_info("socket"))
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if refuse_connection(self):  # the server is stopping, or has its max_connections
