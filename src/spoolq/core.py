@@ -186,7 +186,8 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
     def _refresh(self, lock_by: float | None = None) -> Counts:
         if lock_by is None:
             self.lock.acquire()
-        elif not self.lock.acquire(timeout=max(lock_by - time.monotonic(), 0.0)):
+        elif not self.lock.acquire(timeout=min(max(lock_by - time.monotonic(), 0.0),
+                                               threading.TIMEOUT_MAX)):
             return self._counts
         try:
             self._check_open()
