@@ -318,11 +318,14 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
         if asyncio.get_running_loop() is not self._loop:
             raise self._elsewhere()
         core = self._core
-        if (self._no_wait is not None and not self._line and core.ready_hint() > 0
-                and not core.group.pending() and self._others_ready()):
+        if (self._no_wait is not None and not self._line and not self._closed
+                and core.ready_hint() > 0 and not core.group.pending()
+                and self._others_ready()):
             # As a put on the loop: other tasks ready to run go first, once, and the puts
             # they make join this take's transaction (one commit, not two).
             await asyncio.sleep(0)
+            if self._closed:  # meanwhile: this get was under way, as one that waits
+                raise QueueShutDown("the queue is shut down")
         if ((self._inline or self._no_wait is not None) and not self._shutdown
                 and not self._closed and not self._line and core.ready_hint() > 0):
             # An engine called on the loop with an item ready: take it as get_nowait does.
