@@ -232,8 +232,8 @@ class AtOnce:
         self._settle_pending(records, sizes, lost=False)
         self._count_put(records, sizes)
         self.group.written(len(records))
+        self._settle_tickets(tickets, [None] * len(tickets))  # stored, whatever follows
         self._count_taken(recs, lease is None)
-        self._settle_tickets(tickets, [None] * len(tickets))
         self._after_put()
         return recs
 
