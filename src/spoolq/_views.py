@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from time import monotonic as _monotonic
 from typing import Any
 
 from .core import QueueCore
@@ -15,10 +16,16 @@ class QueueViews:
     _core: QueueCore
 
     def qsize(self) -> int:
-        """Ready items (approximate when other processes share the file). Never calls the
-        engine: after a put that raised :class:`Unavailable` (its outcome unknown: the server
-        may have stored it), the next get or wait for room reads the counts again."""
-        return self._core.ready_hint()
+        """Ready items (approximate when other handles or processes share the queue). Never
+        waits: once ``poll_interval`` has passed since the counts were last read (or after
+        a put that raised :class:`Unavailable`, whose outcome is unknown), the counts are
+        read again, here when the handle's lock is free and the engine reads without
+        waiting for another process (SQLite, memory), else on another thread, whose read a
+        later call sees (see :meth:`QueueCore.fresh_counts`)."""
+        core = self._core
+        if _monotonic() >= core.counts_due_at or core._stale:  # refresh_due(), inline
+            core.fresh_counts()
+        return core.ready_hint()
 
     def empty(self) -> bool:
         """True when no item is ready (approximate, like qsize)."""
@@ -42,7 +49,8 @@ class QueueViews:
     @property
     def stats(self) -> dict[str, Any]:
         """Counts, sizes and counters; see the README for each key. Never blocks.
-        ``count`` is :meth:`qsize`."""
+        ``count`` is :meth:`qsize`, which reads the counts again first when they are due."""
+        count = self.qsize()
         stats = self._core.stats()
-        stats["count"] = self.qsize()
+        stats["count"] = count
         return stats

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._atonce import AtOnce, Later
 from ._corehooks import CORES, after_fork_in_child, flush_at_exit
+from ._freshcounts import FreshCounts
 from ._holdings import UNWRITTEN, Holding, Holdings
 from ._reaping import Reaping
 from .codec import Codec
@@ -76,7 +77,7 @@ def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
         return False
 
 
-class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
+class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping, FreshCounts):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -120,6 +121,8 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
         self._next_reap = 0.0
         self._next_owner_check = 0.0
         self._last_refresh = 0.0
+        self.counts_due_at = 0.0
+        """``time.monotonic()`` when the poll interval since the last read of the counts ends."""
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         self._holdings: set[Holding] = set()  # changed under self.lock
@@ -158,6 +161,7 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
     def _refresh_locked(self, dead: bool = True) -> Counts:
         counts = self._counts = self.engine.counts(self.name)
         self._last_refresh = time.monotonic()
+        self.counts_due_at = self._last_refresh + self.settings.poll_interval
         self._stale = False
         self._cleared = False
         if not counts.ready and not counts.leased:
@@ -201,7 +205,7 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping):
     def refresh_due(self) -> bool:
         """Whether the poll interval has passed since the counts were last read, or a
         write whose outcome is unknown left them to be read again."""
-        return self._stale or time.monotonic() - self._last_refresh >= self.settings.poll_interval
+        return self._stale or time.monotonic() >= self.counts_due_at
 
     @property
     def can_wait_ready(self) -> bool:
