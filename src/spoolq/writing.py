@@ -80,16 +80,6 @@ class Writing:
         """Whether a write whose outcome is unknown left the counts to be read again."""
         return self._stale
 
-    def refresh_if_stale(self) -> None:
-        """After a write whose outcome is unknown (see :meth:`_append`), re-read the counts
-        once. An engine still out of reach leaves them as they were, until the poll."""
-        if not self._stale or self.closed:
-            return
-        try:
-            self.refresh()  # clears _stale before it reads: one read, whatever its outcome
-        except (Unavailable, ClosedError) as exc:
-            log.debug("spoolq: queue %r: re-reading the counts failed: %s", self.name, exc)
-
     def _recount(self, counts: Counts) -> None:
         """After a take, whose records these counts may lack (another handle's, those of a
         write whose outcome is unknown): read the counts again. If that read fails, keep
