@@ -21,7 +21,7 @@ from ._ticketcounts import errors_of, keep_waiting
 from .codec import Codec
 from .engines import Counts, Engine
 from .engines.base import stored_before_failure
-from .errors import ClosedError, QueueShutDown, Unavailable
+from .errors import ClosedError, QueueShutDown
 from .groupcommit import GroupCommit, Ticket, left_after
 from .settings import Settings
 from .zdict import train_dictionary
