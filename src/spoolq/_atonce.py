@@ -9,7 +9,6 @@ works on the core's state under the core's lock, as the rest of the core does.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,9 +16,8 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from ._holdings import Holding
-from ._ticketcounts import errors_of
 from .engines import Counts, Engine, StoredRecord
-from .engines.base import Lease, stored_before_failure
+from .engines.base import stored_before_failure
 from .errors import LockTimeout, QueueShutDown, Unavailable
 from .groupcommit import GroupCommit, Ticket
 from .message import Taken
@@ -27,8 +25,6 @@ from .settings import Settings
 
 __all__ = ["LOOP_BATCH", "AtOnce", "NoWait", "WouldWait", "attempt", "new_counts",
            "outcome_unknown"]
-
-log = logging.getLogger("spoolq")
 
 LOOP_BATCH = 256
 """The most records the async queue writes or takes in one call on its event loop."""
@@ -81,12 +77,6 @@ class AtOnce:
     lock: threading.RLock
     group: GroupCommit
     shut: bool
-    buffered: bool
-    closing: bool
-    owner: str
-    counters: dict[str, int]
-    _counts: Counts
-    _stale: bool
     _unfinished: int
     _tally: threading.Lock
     # Defined by QueueCore and its other parts.
@@ -100,12 +90,8 @@ class AtOnce:
     _keep: Callable[..., list[Taken] | None]
     _decode_taken: Callable[..., list[Taken]]
     flush: Callable[..., list[Ticket]]
+    _write_take_or_flush: Callable[..., list[StoredRecord] | None]
     reap_due: Callable[[], bool]
-    refresh_due: Callable[[], bool]
-    _refresh_locked: Callable[..., Counts]
-    _recount: Callable[[Counts], None]
-    _settle_pending: Callable[..., None]
-    _settle_tickets: Callable[[list[Ticket], list[BaseException | None]], None]
 
     def write_alone(self, records: list[bytes], sizes: list[int],
                     no_wait: NoWait | None = None) -> bool:
@@ -154,7 +140,7 @@ class AtOnce:
         taking: no other thread holds the lock and the engine need not wait for another
         process's lock (``no_wait``, the engine's); records pending for a group commit
         (at most LOOP_BATCH) are written first, as a take does (in the take's
-        transaction, see :meth:`_write_take`). None, with nothing taken,
+        transaction where the engine can, see :mod:`spoolq._writetake`). None, with nothing taken,
         when somebody is, when expired leases are to be looked for first, and for a lease
         of a queue with ``max_attempts`` (which may write again after the take). A record
         that cannot be decoded is set aside through ``later`` (say a worker thread's
@@ -168,9 +154,7 @@ class AtOnce:
             try:
                 recs = None
                 if self.group.pending():
-                    recs = self._write_take(n, ttl, no_wait)
-                    if recs is None:
-                        self.flush(no_wait)
+                    recs = self._write_take_or_flush(n, ttl, no_wait)
                 if recs is None:
                     recs = attempt(no_wait, self._take_locked, n, ttl, True,
                                    holding is not None)
@@ -194,67 +178,3 @@ class AtOnce:
         finally:
             self.lock.release()
         return True
-
-    def _write_take(self, n: int, ttl: float | None,
-                    no_wait: NoWait) -> list[StoredRecord] | None:
-        """Write the records pending for a group commit and take, in one transaction,
-        with an engine that offers ``append_take``; the caller holds the lock. None,
-        with the records still pending and nothing taken, where the engine has no
-        ``append_take``, the take would reap leases first, and where the call failed
-        having changed nothing: then the records are written as :meth:`flush` writes
-        them. :class:`WouldWait` (the records pending) where it would wait for another
-        process's lock. A failure whose outcome is unknown fails the puts, as it does a
-        flush."""
-        append_take = getattr(self.engine, "append_take", None)
-        if (append_take is None or self.buffered or self.closing or self._counts.leased
-                or self.shut):
-            return None
-        self._check_open()
-        records, sizes, tickets, counts = self.group.take_batch()
-        now = time.time()
-        lease = None if ttl is None else Lease(self.owner, now + ttl)
-        try:
-            recs: list[StoredRecord] = attempt(no_wait, append_take, self.name, records,
-                                               sizes, now, n, lease)[1]
-        except BaseException as exc:
-            if not outcome_unknown(exc):  # nothing written, nothing taken
-                self.group.put_back(records, sizes, tickets=tickets, counts=counts)
-                if isinstance(exc, WouldWait):
-                    raise
-                return None
-            self._stale = True
-            self._settle_pending(records, sizes, lost=True)
-            self.group.written(len(records))
-            self._settle_tickets(tickets, errors_of(tickets, exc, counts))
-            log.error("spoolq: writing %d records to %r failed", len(records), self.name,
-                      exc_info=exc)
-            raise
-        self._settle_pending(records, sizes, lost=False)
-        self._count_put(records, sizes)
-        self.group.written(len(records))
-        self._settle_tickets(tickets, [None] * len(tickets))  # stored, whatever follows
-        self._count_taken(recs, lease is None)
-        self._after_put()
-        return recs
-
-    def _count_taken(self, recs: list[StoredRecord], removed: bool) -> None:
-        """Count the records a take removed (``removed``) or leased, as
-        :meth:`~spoolq.core.QueueCore.take` does."""
-        ready, leased, stored, raw = self._counts
-        if not recs:
-            if ready or self.refresh_due():
-                self._refresh_locked()
-            return
-        k = len(recs)
-        ready = ready - k if ready > k else 0
-        if removed:
-            for rec in recs:
-                stored -= len(rec.data)
-                raw -= rec.raw_size
-            self.counters["gets"] += k
-        else:
-            leased += k
-        if stored < 0 or raw < 0 or self._stale:  # records these counts lack
-            self._recount(new_counts(ready, leased, max(stored, 0), max(raw, 0)))
-        else:
-            self._counts = new_counts(ready, leased, stored, raw)

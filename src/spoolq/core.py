@@ -23,6 +23,7 @@ from ._corehooks import CORES, after_fork_in_child, flush_at_exit
 from ._freshcounts import FreshCounts
 from ._holdings import UNWRITTEN, Holding, Holdings
 from ._reaping import Reaping
+from ._writetake import WriteTake
 from .codec import Codec
 from .decoding import NO_ITEM, Decoding
 from .engines import (
@@ -47,7 +48,7 @@ from .message import Message, Taken, messages_for
 from .owners import new_owner
 from .settings import Settings, stored_codec
 from .settle import Settling
-from .writing import Writing, new_counts
+from .writing import Writing
 
 __all__ = ["NO_ITEM", "UNWRITTEN", "Holding", "QueueCore"]
 
@@ -56,7 +57,6 @@ _LOCK_GRACE = 0.5  # seconds past a get's deadline it waits for the lock to read
 _UNDECODABLE = (CorruptError, SerializationError, ConfigurationError)
 _LONG_POLL = 5.0  # seconds one wait_ready call may block; shutdown cancels it sooner
 _DEAD_REFRESH = 1.0  # seconds between re-reads of the dead-letter count while polling
-_tuple_new = tuple.__new__
 _PAST_LIMIT = "max_attempts reached"
 """The reason of a record leased past max_attempts after another handle gave it back."""
 
@@ -77,7 +77,8 @@ def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
         return False
 
 
-class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping, FreshCounts):
+class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reaping,
+                FreshCounts):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -347,31 +348,14 @@ class QueueCore(AtOnce, Holdings, Writing, Settling, Decoding, Reaping, FreshCou
                 self._refresh_locked(dead=False)
                 if self._buffer_serves():
                     return self._take_from_buffer(n)
-            self.flush()
+            if (recs := self._write_take_or_flush(n, ttl)) is not None:
+                return recs  # the pending records written and taken in one transaction
         now = time.time()
         if self._counts.leased:  # only leases can expire: spare the call when none are out
             self._reap_locked(now)
         lease = None if ttl is None else Lease(self.owner, now + ttl)
         recs = self.engine.take(self.name, n, now, lease)
-        ready, leased, stored, raw = self._counts
-        if not recs:
-            if ready or self.refresh_due():
-                self._refresh_locked()
-            return recs
-        k = len(recs)
-        ready = ready - k if ready > k else 0
-        if lease is None:
-            for rec in recs:
-                stored -= len(rec.data)
-                raw -= rec.raw_size
-            self.counters["gets"] += k
-        else:
-            leased += k
-        if stored < 0 or raw < 0 or self._stale:  # records these counts lack: another
-            # handle's, or of a put whose outcome is unknown
-            self._recount(new_counts(ready, leased, max(stored, 0), max(raw, 0)))
-        else:  # new_counts() without its call
-            self._counts = _tuple_new(Counts, (ready, leased, stored, raw))
+        self._count_taken(recs, lease is None)
         return recs
 
     def _within_max_attempts(self, recs: list[StoredRecord], n: int,
