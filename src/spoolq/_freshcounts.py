@@ -6,13 +6,16 @@ them again themselves once a poll interval has passed since the last read, witho
 waiting: a counts-only read (no reaping, which writes) made at once when the handle's
 lock is free and the engine reads without waiting for another process (an ``inline``
 engine, or one that offers ``no_wait()``, SQLite), else handed to another thread (the
-async queue's worker, or a thread of its own) whose result a later call sees.
+async queue's worker, or one of the few reader threads the process keeps for every
+handle, see ``_READERS``) whose result a later call sees.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +37,56 @@ counts as they were rather than hold the handle's lock until the engine's timeou
 _RETRY = 0.5
 """Seconds after a failed read before qsize() tries again, at the least."""
 _FAILED = (Unavailable, ClosedError, EngineError, OSError)
+_READERS = 4
+"""Threads of the process that read the counts handed to them, shared by every handle:
+a thread started for each read would make qsize() wait for it to start (as long as the
+process's other threads keep the interpreter busy), and one handle polled in a loop
+would start one every poll interval."""
+
+
+class _Readers:
+    """The reader threads, started at the first read handed over. Handing a read over
+    is a put on a ``SimpleQueue``, which never waits; they are daemon threads, idle on it
+    between reads."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.started = 0
+
+    def after_fork_in_child(self) -> None:
+        """The parent's reader threads are gone: new ones start when needed, and reads
+        the parent had handed over are not the child's."""
+        self.jobs = queue.SimpleQueue()
+        self.started = 0
+
+    def post(self, job: Callable[[], None]) -> None:
+        """Hand ``job`` to a reader; RuntimeError when none could be started (at
+        interpreter shutdown), the job dropped."""
+        while self.started < _READERS:
+            try:
+                threading.Thread(target=self._run, name=f"spoolq-counts-{self.started}",
+                                 daemon=True).start()
+            except RuntimeError:
+                if not self.started:
+                    raise
+                break
+            self.started += 1
+        self.jobs.put(job)
+
+    def _run(self) -> None:
+        jobs = self.jobs  # a forked child's readers take from a queue of their own
+        while True:
+            job = jobs.get()
+            try:
+                job()
+            except Exception:  # a reader serves every handle
+                log.exception("spoolq: reading the counts failed")
+
+
+_readers = _Readers()
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_readers.after_fork_in_child)
 
 
 class FreshCounts:
@@ -60,7 +113,7 @@ class FreshCounts:
 
         ``later`` runs a call on another thread (the async queue's worker ``post``): then
         only an ``inline`` engine is read here. Without it an engine with ``no_wait()`` is
-        read here too, and the others on a thread started for the read."""
+        read here too, and the others on a reader thread of the process."""
         if not self.refresh_due() or self.closed:
             return
         now = time.monotonic()
@@ -85,11 +138,7 @@ class FreshCounts:
                 self.lock.release()
         self._count_read_sent = forks()
         try:
-            if later is not None:
-                later(self._read_counts_off)
-            else:
-                threading.Thread(target=self._read_counts_off, daemon=True,
-                                 name=f"spoolq-counts-{self.name}").start()
+            (_readers.post if later is None else later)(self._read_counts_off)
         except RuntimeError as exc:  # at interpreter shutdown, or a worker that ended
             self._count_read_sent = -1
             self._count_failed(exc)
