@@ -12,7 +12,6 @@ import random
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,32 +23,14 @@ from spoolq import Queue
 from spoolq.zdict import DICTIONARY_QUEUE
 
 from .sqlite_locks import hold_lock
+from .threadstate import WorkerHeld
 
 pytestmark = pytest.mark.asyncio
 
 
-class _WorkerHeld:
-    """A job that keeps the queue's worker thread busy, posted at once; ``async with``
-    waits until the worker runs it, and releases it at the end of the block."""
-
-    def __init__(self, q: Queue[Any]) -> None:
-        self.busy, self.release = threading.Event(), threading.Event()
-        q._worker.post(self._hold)
-
-    def _hold(self) -> None:
-        self.busy.set()
-        self.release.wait(30)
-
-    async def __aenter__(self) -> None:
-        assert await asyncio.to_thread(self.busy.wait, 10)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release.set()
-
-
 async def test_puts_gets_and_leases_need_no_worker(tmp_path: Path) -> None:
     async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             await asyncio.wait_for(q.put("a"), 5)
             await asyncio.wait_for(q.put_many(["b", "c", "d"]), 5)
             assert await asyncio.wait_for(q.get(), 5) == "a"
@@ -63,7 +44,7 @@ async def test_puts_gets_and_leases_need_no_worker(tmp_path: Path) -> None:
 
 
 async def test_by_default_every_call_goes_to_the_worker(tmp_path: Path) -> None:
-    async with await Queue.create(str(tmp_path / "q.sqlite")) as q, _WorkerHeld(q):
+    async with await Queue.create(str(tmp_path / "q.sqlite")) as q, WorkerHeld(q):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(q.put("a"), 0.3)
 
@@ -72,7 +53,7 @@ async def test_by_default_every_call_goes_to_the_worker(tmp_path: Path) -> None:
 async def test_engines_whose_calls_sync_the_disk_ignore_it(tmp_path: Path, suffix: str,
                                                           durability: str) -> None:
     async with await Queue.create(str(tmp_path / f"q.{suffix}"), durability=durability,
-                                  calls_on_loop=True) as q, _WorkerHeld(q):
+                                  calls_on_loop=True) as q, WorkerHeld(q):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(q.put("a"), 0.3)
 
@@ -84,7 +65,7 @@ async def test_puts_of_many_tasks_are_written_together_on_the_loop(tmp_path: Pat
         for i in range(30):
             await q.put([k, i])
 
-    async with await Queue.create(path, calls_on_loop=True) as q, _WorkerHeld(q):
+    async with await Queue.create(path, calls_on_loop=True) as q, WorkerHeld(q):
         await asyncio.wait_for(asyncio.gather(*(produce(q, k) for k in range(20))), 20)
         assert q.qsize() == 600
         got = [x for _ in range(3) for x in await asyncio.wait_for(q.get_many(200), 5)]
@@ -155,20 +136,20 @@ async def test_durability_buffer_ignores_it(tmp_path: Path) -> None:
                                   calls_on_loop=True) as q:
         await q.put("a")
         await q.flush()
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(q.get(), 0.3)
 
 
 async def test_batches_beyond_256_items_go_to_the_worker(tmp_path: Path) -> None:
     async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             await asyncio.wait_for(q.put_many(list(range(256))), 5)  # on the loop
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(q.put_many(list(range(257))), 0.3)
         await q.put_many(list(range(44)))
         assert q.qsize() == 300
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             assert await asyncio.wait_for(q.get_many(256), 5) == list(range(256))
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(q.get_many(257), 0.3)
@@ -184,12 +165,12 @@ async def test_a_take_on_the_loop_comes_after_items_a_cancelled_get_gives_back(
         await q.put_many([1, 2, 3])
         holding = asyncio.create_task(q.get_many(5))  # takes 1, 2, 3, then waits for more
         await asyncio.sleep(0.05)
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             await asyncio.sleep(0.25)  # a look at the counts is due
             getter = asyncio.create_task(q.get())  # its look waits for the worker
             await asyncio.sleep(0.05)
             await asyncio.to_thread(_put_elsewhere, path, [4, 5])
-            second = _WorkerHeld(q)  # the next job of the worker after that look
+            second = WorkerHeld(q)  # the next job of the worker after that look
             holding.cancel()  # 1, 2, 3 go back through the worker, after that job
             with pytest.raises(asyncio.CancelledError):
                 await holding
@@ -216,7 +197,7 @@ async def test_a_damaged_record_taken_on_the_loop_is_set_aside_by_the_worker(
         conn.execute("UPDATE spoolq_records SET data = x'00ff00ff00ff00ff00ff' "
                      "WHERE id = (SELECT min(id) FROM spoolq_records)")
     async with await Queue.create(path, calls_on_loop=True) as q:
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             assert await asyncio.wait_for(q.get(), 5) == "b"
             assert q.stats["dead"] == 0  # not set aside on the loop
         for _ in range(200):
@@ -232,7 +213,7 @@ async def test_a_take_while_puts_gather_writes_them_on_the_loop(tmp_path: Path) 
     them first, on the loop, as a take on the worker does."""
     async with await Queue.create(str(tmp_path / "q.sqlite"), calls_on_loop=True) as q:
         await q.put(1)
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             got = await asyncio.wait_for(asyncio.gather(q.put(2), q.put(3), q.get()), 5)
             assert got == [None, None, 1]
             assert await asyncio.wait_for(q.get_many(2), 5) == [2, 3]
@@ -248,7 +229,7 @@ async def test_a_zstd_dictionary_is_trained_on_the_worker(tmp_path: Path) -> Non
     async with await Queue.create(str(tmp_path / "q.sqlite"), serializer="raw",
                                   compressor="zstd-dict", calls_on_loop=True) as q:
         engine = q._core.engine
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             for doc in docs[:100]:
                 await asyncio.wait_for(q.put(doc), 5)  # on the loop, the worker held
             assert not engine.peek(DICTIONARY_QUEUE, 1)  # not trained on the loop

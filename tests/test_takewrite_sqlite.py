@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,6 +20,7 @@ from spoolq.engines.sqlite import SQLiteEngine
 from spoolq.errors import LockTimeout
 
 from .sqlite_locks import hold_lock
+from .threadstate import WorkerHeld
 
 NOW = 1_000_000.0
 _REFUSE_TAKES = """CREATE TRIGGER refuse_takes BEFORE DELETE ON spoolq_records
@@ -111,25 +110,6 @@ class TestSQLiteAppendTake(AppendTakeConformance):
         return lambda: SQLiteEngine(tmp_path / "q.sqlite")
 
 
-class _WorkerHeld:
-    """Keeps the queue's worker thread busy inside ``async with``: a call that needed it
-    could not finish."""
-
-    def __init__(self, q: Queue[Any]) -> None:
-        self.busy, self.release = threading.Event(), threading.Event()
-        q._worker.post(self._hold)
-
-    def _hold(self) -> None:
-        self.busy.set()
-        self.release.wait(30)
-
-    async def __aenter__(self) -> None:
-        assert await asyncio.to_thread(self.busy.wait, 10)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release.set()
-
-
 @pytest.mark.asyncio
 async def test_a_get_on_the_loop_writes_the_gathering_puts_in_its_transaction(
         tmp_path: Path) -> None:
@@ -138,7 +118,7 @@ async def test_a_get_on_the_loop_writes_the_gathering_puts_in_its_transaction(
         engine = q._core.engine
         assert isinstance(engine, SQLiteEngine)
         writes = engine._writes
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             got = await asyncio.wait_for(asyncio.gather(q.put(2), q.put(3), q.get()), 5)
             assert got == [None, None, 1]
             assert engine._writes == writes + 1  # one transaction wrote 2 and 3 and took 1
@@ -161,7 +141,7 @@ async def test_a_get_whose_take_fails_leaves_the_puts_written(tmp_path: Path) ->
     async with await Queue.create(str(path), calls_on_loop=True) as q:
         await q.put(1)
         _other(path, _REFUSE_TAKES)
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             got = await asyncio.wait_for(
                 asyncio.gather(q.put(2), q.put(3), q.get(), return_exceptions=True), 5)
             assert got[:2] == [None, None]
@@ -185,7 +165,7 @@ async def test_a_get_lets_ready_tasks_put_first_and_writes_their_puts(tmp_path: 
             for item in range(first, first + 3):
                 await q.put(item)
 
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             writes = engine._writes
             producers = [asyncio.create_task(produce(k)) for k in (10, 20)]
             async with asyncio.timeout(5):

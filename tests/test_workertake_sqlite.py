@@ -22,6 +22,8 @@ from spoolq import Queue, SpoolqError, SyncQueue
 from spoolq.engines import Counts
 from spoolq.engines.sqlite import SQLiteEngine
 
+from .threadstate import WorkerHeld
+
 _REFUSE_TAKES = """CREATE TRIGGER refuse_takes BEFORE DELETE ON spoolq_records
     BEGIN SELECT RAISE(ABORT, 'takes refused'); END"""
 
@@ -214,24 +216,6 @@ def test_with_durability_buffer_the_pending_puts_are_served_as_before(
         assert q.get() == 2
 
 
-class _WorkerHeld:
-    """Keeps the async queue's worker thread busy inside ``async with``."""
-
-    def __init__(self, q: Queue[Any]) -> None:
-        self.busy, self.release = threading.Event(), threading.Event()
-        q._worker.post(self._hold)
-
-    def _hold(self) -> None:
-        self.busy.set()
-        self.release.wait(30)
-
-    async def __aenter__(self) -> None:
-        assert await asyncio.to_thread(self.busy.wait, 10)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release.set()
-
-
 @pytest.mark.asyncio
 async def test_an_async_get_on_the_worker_writes_the_pending_puts_in_its_transaction(
         tmp_path: Path) -> None:
@@ -240,7 +224,7 @@ async def test_an_async_get_on_the_worker_writes_the_pending_puts_in_its_transac
         await q.put(1)
         engine = _engine(q)
         writes = engine._writes
-        async with _WorkerHeld(q):
+        async with WorkerHeld(q):
             get = asyncio.create_task(q.get())
             await asyncio.sleep(0.05)  # the get's take waits for the worker
             puts = asyncio.gather(q.put(2), q.put(3))

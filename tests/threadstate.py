@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 import threading
@@ -30,3 +31,23 @@ def blocked(thread: threading.Thread) -> bool:
         frame = frame.f_back
     in_queue = any("spoolq" in filename for _name, filename in names)
     return in_queue and bool(names) and names[0][0] == "wait"
+
+
+class WorkerHeld:
+    """A job that keeps an async queue's worker thread busy, posted at once; ``async
+    with`` waits until the worker runs it and releases it at the end of the block: a call
+    that needed the worker cannot finish meanwhile."""
+
+    def __init__(self, q: Any) -> None:
+        self.busy, self.release = threading.Event(), threading.Event()
+        q._worker.post(self._hold)
+
+    def _hold(self) -> None:
+        self.busy.set()
+        self.release.wait(30)
+
+    async def __aenter__(self) -> None:
+        assert await asyncio.to_thread(self.busy.wait, 10)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
