@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ._atonce import LOOP_BATCH, NoWait
+from ._atonce import LOOP_BATCH, NoWait, Undecoded
 from .core import Holding, QueueCore
 from .engines import Counts
 from .errors import QueueShutDown
@@ -175,6 +175,8 @@ class GivingBack:
         if self._inline:
             return self._core.take(n, ttl, holding=holding)
         got = self._take_on_loop(n, ttl, holding)
+        if isinstance(got, Undecoded):
+            return await self._decode_on_worker(got)
         if got is not None:
             return got
         turn.taking = True  # the next call in line may send its own take meanwhile
@@ -186,10 +188,11 @@ class GivingBack:
             turn.taking = False
 
     def _take_on_loop(self, n: int, ttl: float | None,
-                      holding: Holding | None) -> list[Taken] | None:
+                      holding: Holding | None) -> list[Taken] | Undecoded | None:
         """With ``calls_on_loop``, take on the loop when nothing else is under way: no
         take on the worker, no give-back, at most LOOP_BATCH records. None: take on the
-        worker."""
+        worker. Undecoded: records taken, to decode on the worker
+        (:meth:`_decode_on_worker`)."""
         no_wait = self._no_wait
         if no_wait is None or n > LOOP_BATCH or self._takes_out or self._unsettled:
             return None
@@ -201,13 +204,26 @@ class GivingBack:
         """Take up to n records on the worker thread (see :meth:`QueueCore.take` for
         ``holding`` and ``deadline``); if the caller is cancelled, whatever the call took
         is given back, and later takes wait for that."""
-        leased = ttl is not None
         # No records from the buffer of durability "buffer": a cancelled caller could only
         # give them back behind records written since.
-        take = TakeOnWorker(leased, holding)
+        take = TakeOnWorker(ttl is not None, holding)
+        return await self._on_worker(take, self._take_for_caller, take, n, ttl, deadline)
+
+    async def _decode_on_worker(self, undecoded: Undecoded) -> list[Taken]:
+        """Decode on the worker the records a take on the loop took that need a zstd
+        dictionary the loop would read from the file (:meth:`_decode_for_caller`); if
+        the caller is cancelled, they are given back, as a take's on the worker are."""
+        take = TakeOnWorker(undecoded.ttl is not None, undecoded.holding)
+        return await self._on_worker(take, self._decode_for_caller, take, undecoded)
+
+    async def _on_worker(self, take: TakeOnWorker, job: Callable[..., None],
+                         *args: Any) -> list[Taken]:
+        """Run ``job(*args)``, which leaves its records in ``take``, on the worker, and
+        claim them; a cancelled caller's are given back."""
+        leased, holding = take.leased, take.holding
         self._takes_out.add(take)
         try:
-            await self._worker.submit(self._take_for_caller, take, n, ttl, deadline)
+            await self._worker.submit(job, *args)
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: a pending task dropped once its loop was closed, whose
             # coroutine is closed when collected; as cancelled, it gives back the records.
@@ -257,6 +273,27 @@ class GivingBack:
                     take.taken = recs
             if cancelled:  # counted by the caller as a give-back under way
                 self._restore_on_worker(recs, take.leased, take.holding)
+
+    def _decode_for_caller(self, take: TakeOnWorker, undecoded: Undecoded) -> None:
+        """The decoding of :meth:`_decode_on_worker`, on the worker thread; it leaves the
+        items in ``take``. Records whose caller was cancelled before it ran go back as
+        they are."""
+        core = self._core
+        with take.lock:
+            skip = take.cancelled
+        taken: list[Taken] = [(rec, None) for rec in undecoded.recs] if skip else []
+        try:
+            if not skip:
+                taken = core.decode_undecoded(undecoded)
+        finally:
+            self._taken_out += len(taken)
+            with take.lock:
+                take.finished = True
+                cancelled = take.cancelled
+                if not cancelled:
+                    take.taken = taken
+            if cancelled:  # counted by the caller as a give-back under way
+                self._restore_on_worker(taken, take.leased, None if skip else take.holding)
 
     def _give_back_untaken(self) -> None:
         """Give back what takes left for callers that never claimed it: their loop stopped

@@ -26,7 +26,7 @@ from ._aiogiveback import GivingBack, TakeOnWorker
 from ._aiolease import Leasing
 from ._aioput import Putting
 from ._aiowait import Turn, Waiting
-from ._atonce import NoWait
+from ._atonce import NoWait, Undecoded
 from ._counting import AsyncCounts
 from ._outage import Outage
 from .core import Holding, QueueCore
@@ -330,6 +330,8 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
                 and not self._closed and not self._line and core.ready_hint() > 0):
             # An engine called on the loop with an item ready: take it as get_nowait does.
             got = core.take(1, None) if self._inline else self._take_on_loop(1, None, None)
+            if isinstance(got, Undecoded):  # the dictionary it needs is read on the worker
+                got = await self._decode_on_worker(got)
             if got:
                 self._wake()
                 item: T = got[0][1]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._atonce import AtOnce, Later
+from ._atonce import AtOnce, Later, ToWorker
 from ._corehooks import CORES, after_fork_in_child, flush_at_exit
 from ._freshcounts import FreshCounts
 from ._holdings import UNWRITTEN, Holding, Holdings
@@ -339,7 +339,9 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
         return None
 
     def _take_locked(self, n: int, ttl: float | None, buffered: bool,
-                     fill: bool) -> list[StoredRecord]:
+                     fill: bool, reap: bool = True) -> list[StoredRecord]:
+        """Without ``reap`` (a take made at once), :class:`ToWorker` where expired leases
+        are to be looked for first, having taken nothing."""
         if self.closed:
             self._check_open()
         pending = self.group.pending()
@@ -352,6 +354,8 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
                 return recs  # the pending records written and taken in one transaction
         now = time.time()
         if self._counts.leased:  # only leases can expire: spare the call when none are out
+            if not reap and self.reap_due():
+                raise ToWorker("expired leases are to be looked for first")
             self._reap_locked(now)
         lease = None if ttl is None else Lease(self.owner, now + ttl)
         recs = self.engine.take(self.name, n, now, lease)

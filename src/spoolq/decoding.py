@@ -21,7 +21,7 @@ from .errors import ConfigurationError, CorruptError, SerializationError
 from .message import Taken
 from .zdict import MissingDictionary, load_dictionaries
 
-__all__ = ["NO_ITEM", "Decoding"]
+__all__ = ["NO_ITEM", "Decoding", "DictionaryElsewhere"]
 
 log = logging.getLogger("spoolq")
 
@@ -31,6 +31,12 @@ _HOLD = 60.0
 
 NO_ITEM: Any = object()
 """What :meth:`Decoding.decode_item` returns for a record set aside: no item."""
+
+
+class DictionaryElsewhere(Exception):
+    """Raised by :meth:`Decoding._decode_taken` with ``later``, having decoded and set
+    aside nothing, when a record needs a zstd dictionary this handle has not loaded:
+    reading the file's dictionaries is for the thread of ``later`` too."""
 
 
 class Decoding:
@@ -67,7 +73,8 @@ class Decoding:
         size) is set aside with the error its first decoding raised. Only a record that
         needs a zstd dictionary this handle lacks is decoded again, once they are loaded
         (that error comes before anything is decompressed). With ``later`` (a worker
-        thread's ``post``) the records are set aside through it, not on this thread."""
+        thread's ``post``) the records are set aside through it, not on this thread, and
+        the dictionaries are not read here: :class:`DictionaryElsewhere` instead."""
         items: list[Any]
         failures: dict[int, Exception]
         if len(recs) == 1:  # decode() costs less than the batch's set-up
@@ -98,6 +105,9 @@ class Decoding:
                           later: Callable[..., None] | None) -> list[Taken]:
         """The part of :meth:`_decode_taken` for a batch with ``failures`` (by index in
         ``recs``; ``items`` are the others' items, in order)."""
+        if later is not None and any(isinstance(error, MissingDictionary)
+                                     for error in failures.values()):
+            raise DictionaryElsewhere(f"{len(recs)} records to decode elsewhere")
         taken: list[Taken] = []
         decoded = iter(items)
         reloaded = False

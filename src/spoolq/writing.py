@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-from ._atonce import NoWait, WouldWait, attempt, new_counts
+from ._atonce import NoWait, ToWorker, WouldWait, attempt, new_counts
 from ._atonce import outcome_unknown as _outcome_unknown
 from ._ticketcounts import errors_of, keep_waiting
 from .codec import Codec
@@ -69,6 +69,9 @@ class Writing:
     # thread's post (set by the async queue); None: in the thread of the put.
     train_later: Callable[..., None] | None = None
     _training_sent = False
+    apart_due = False
+    """A write of several callers' records made at once failed (not for a lock): they are
+    pending, for a flush that may wait to write them apart (see :meth:`flush`)."""
 
     @property
     def counts(self) -> Counts:
@@ -193,10 +196,14 @@ class Writing:
         puts waiting for this one (it was due) wait for that one: their items were
         not lost. Then the one ticket returned carries the error, for the caller.
         With ``no_wait`` (the engine's), a write that would wait for another process's
-        lock puts the records back, pending, and raises :class:`WouldWait`.
+        lock puts the records back, pending, and raises :class:`WouldWait`; one of
+        several callers' records that fails otherwise puts them back too, and raises
+        :class:`ToWorker`, rather than write them apart one transaction after another:
+        a flush without ``no_wait`` (the async queue's worker) writes them apart, and
+        until then a flush with ``no_wait`` raises ToWorker at once.
         """
         with self.lock:
-            records, sizes, tickets, counts = self.group.take_batch()
+            records, sizes, tickets, counts = self._take_batch(no_wait)
             if not records and not tickets:
                 return tickets
             error: BaseException | None = None
@@ -208,14 +215,12 @@ class Writing:
             try:
                 self._check_open()
                 self._append(records, sizes, no_wait)
-            except WouldWait:
-                self.group.put_back(records, sizes, tickets=tickets, counts=counts)
-                raise
             except BaseException as exc:
                 error = exc
                 stored = stored_before_failure(exc, len(records))
                 if stored:
                     records, sizes, counts = self._drop_stored(records, sizes, counts, stored)
+                self._put_back_for_later(no_wait, records, sizes, tickets, counts, exc)
                 kept = self.buffered and not self.closing
                 if kept:  # a put all of whose records are stored returns now
                     tickets, counts = keep_waiting(self.group, records, sizes, tickets, counts)
@@ -253,6 +258,33 @@ class Writing:
         if interrupted is not None:
             raise interrupted
         return tickets
+
+    def _take_batch(self, no_wait: NoWait | None) -> tuple[list[bytes], list[int],
+                                                           list[Ticket], list[int]]:
+        """The pending records, for :meth:`flush`; with ``no_wait``, :class:`ToWorker`
+        (the records still pending) while some are to be written apart."""
+        if no_wait is not None and self.apart_due and self.group.pending():
+            raise ToWorker("records to be written apart are pending")
+        self.apart_due = False
+        return self.group.take_batch()
+
+    def _put_back_for_later(self, no_wait: NoWait | None, records: list[bytes],
+                            sizes: list[int], tickets: list[Ticket], counts: list[int],
+                            exc: BaseException) -> None:
+        """For a flush with ``no_wait`` whose write failed with ``exc``: put the records
+        not stored back, pending, and raise :class:`WouldWait` where it would have waited
+        for another process's lock, or :class:`ToWorker` where it failed otherwise and
+        several callers' records are to be written apart, for a flush that may wait.
+        Nothing where neither is so."""
+        if isinstance(exc, WouldWait):
+            self.group.put_back(records, sizes, tickets=tickets, counts=counts)
+            raise exc
+        if (no_wait is None or len(counts) < 2 or self.buffered or self.closed
+                or _outcome_unknown(exc)):
+            return
+        self.group.put_back(records, sizes, tickets=tickets, counts=counts)
+        self.apart_due = True
+        raise ToWorker(str(exc)) from exc
 
     def _drop_stored(self, records: list[bytes], sizes: list[int], counts: list[int],
                      stored: int) -> tuple[list[bytes], list[int], list[int]]:
