@@ -45,32 +45,42 @@ would start one every poll interval."""
 
 
 class _Readers:
-    """The reader threads, started at the first read handed over. Handing a read over
-    is a put on a ``SimpleQueue``, which never waits; they are daemon threads, idle on it
-    between reads."""
+    """The reader threads, started one for each read handed over until there are
+    ``_READERS``. Handing a read over is a put on a ``SimpleQueue``, which never waits;
+    they are daemon threads, idle on it between reads."""
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.started = 0
+        # Held only to count a reader about to start: threads handing reads over at once
+        # (each start waits for its thread to run) would each see fewer than _READERS
+        # started and start more.
+        self._starting = threading.Lock()
 
     def after_fork_in_child(self) -> None:
         """The parent's reader threads are gone: new ones start when needed, and reads
         the parent had handed over are not the child's."""
         self.jobs = queue.SimpleQueue()
         self.started = 0
+        self._starting = threading.Lock()  # a thread of the parent may have held it
 
     def post(self, job: Callable[[], None]) -> None:
         """Hand ``job`` to a reader; RuntimeError when none could be started (at
         interpreter shutdown), the job dropped."""
-        while self.started < _READERS:
-            try:
-                threading.Thread(target=self._run, name=f"spoolq-counts-{self.started}",
-                                 daemon=True).start()
-            except RuntimeError:
-                if not self.started:
-                    raise
-                break
-            self.started += 1
+        if self.started < _READERS:
+            with self._starting:
+                slot = self.started
+                if slot < _READERS:
+                    self.started += 1
+            if slot < _READERS:
+                try:
+                    threading.Thread(target=self._run, name=f"spoolq-counts-{slot}",
+                                     daemon=True).start()
+                except RuntimeError:
+                    with self._starting:
+                        self.started -= 1
+                        if not self.started:
+                            raise
         self.jobs.put(job)
 
     def _run(self) -> None:
