@@ -17,6 +17,7 @@ from ..errors import (
     FormatError,
     LockTimeout,
 )
+from ._forkguard import enter, leave
 from ._shared import check_directory
 from .base import FORMAT_VERSION
 
@@ -324,7 +325,13 @@ def length_limit(conn: sqlite3.Connection) -> int:
     """The most bytes a string, a blob or a whole row may have on ``conn``: SQLite's length
     limit, 1,000,000,000 unless it was built or set with another."""
     getlimit = getattr(conn, "getlimit", None)  # Python 3.11 on
-    return _MAX_LENGTH if getlimit is None else int(getlimit(_LIMIT_LENGTH))
+    if getlimit is None:
+        return _MAX_LENGTH
+    inside = enter()  # no fork while in SQLite (see _forkguard)
+    try:
+        return int(getlimit(_LIMIT_LENGTH))
+    finally:
+        leave(inside)
 
 
 INHERITED: list[sqlite3.Connection] = []
@@ -403,7 +410,11 @@ class BusyTimeout:
 
     def __enter__(self) -> None:
         if not self.off:
-            self._conn.execute("PRAGMA busy_timeout = 0")
+            inside = enter()  # no fork while in SQLite (see _forkguard)
+            try:
+                self._conn.execute("PRAGMA busy_timeout = 0")
+            finally:
+                leave(inside)
             self.off = True
         self._within = True
 

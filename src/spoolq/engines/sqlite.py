@@ -35,6 +35,7 @@ from ._checks import (
     as_meta_key,
     names_nothing_stored,
 )
+from ._forkguard import enter, leave
 from ._sqlite_leases import LeaseSettling, holds_nothing, in_range
 from ._sqlite_move import Moving
 from ._sqlite_takewrite import TakeWriting
@@ -138,6 +139,7 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
+        inside = enter()  # no fork while the call runs (see _forkguard)
         try:
             if self._busy.off:  # a call outside no_wait() waits for locks again
                 self._busy.restore(self._conn)
@@ -145,14 +147,17 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
         except sqlite3.Error as exc:
             opening.check_unchanged(getattr(self, "_connection", None), self.path)
             raise opening.translate(exc, self.path, what) from exc
+        finally:
+            leave(inside)
         opening.check_unchanged(getattr(self, "_connection", None), self.path)  # read unlocked
 
     def _txn(self, what: str, body: Callable[..., R], *args: Any) -> R:
         """Run ``body(conn, *args)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
-        conn = self._conn
-        cur = self._cur
-        self._writes += 1
+        inside = enter()  # no fork from here to the commit (see _forkguard)
         try:
+            conn = self._conn
+            cur = self._cur
+            self._writes += 1
             if self._busy.off:
                 self._busy.restore(conn)
             cur.execute("BEGIN IMMEDIATE")
@@ -166,6 +171,8 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
                 raise
         except sqlite3.Error as exc:
             raise opening.translate(exc, self.path, what) from exc
+        finally:
+            leave(inside)
         return result
 
     @contextmanager
@@ -472,6 +479,10 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
         if isinstance(conn, sqlite3.Connection):
             self._closed()
             if self._forks == forks():
-                conn.close()
+                inside = enter()
+                try:
+                    conn.close()
+                finally:
+                    leave(inside)
             else:
                 opening.INHERITED.append(conn)  # the parent's (see _reconnect_after_fork)

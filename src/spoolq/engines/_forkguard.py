@@ -1,0 +1,104 @@
+"""Keeping ``os.fork()`` out of SQLite calls.
+
+Python's sqlite3 lets other threads run while SQLite works, so without this a thread
+could fork while another thread is inside SQLite. The child then holds a copy of SQLite's
+memory taken in the middle of that call: a mutex of SQLite's own held (its memory
+allocator's, its file system layer's) that no thread of the child will ever release, and
+the locks SQLite keeps in memory for each file it has open (shared by every connection
+of the process to that file) showing a transaction that no connection of the child runs.
+The child's first SQLite call then waited for ever on the mutex, or for the full busy
+timeout on a lock that is not there.
+
+So the SQLite engine runs each of its calls, from the first statement of a transaction
+to its commit or rollback, between :func:`enter` and :func:`leave`, and a fork waits
+(in a ``before`` handler of :func:`os.register_at_fork`) until no thread is between them,
+holding off calls that start meanwhile until it is made. Calls of different threads
+never wait for each other: :func:`enter` appends the thread's id to a list and
+:func:`leave` removes it (each of them atomic in CPython), and only while a fork is being
+made does a call take a lock. A call may be nested in another of its thread (an engine
+that connects anew in a forked child, a signal handler that forks or calls the engine):
+a fork waits only for the other threads' calls, and a nested call never waits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from threading import get_ident
+
+__all__ = ["enter", "leave"]
+
+_inside: list[int] = []
+"""The id of each thread inside a call, once per call it is inside (nested ones too)."""
+_forking = False
+_lock = threading.Lock()
+_changed = threading.Condition(_lock)  # a call left while a fork waits, or the fork is made
+
+
+def enter() -> int:
+    """Mark the calling thread as inside an SQLite call; return what :func:`leave` takes."""
+    me = get_ident()
+    _inside.append(me)  # first, then the look at _forking: see _before
+    if _forking:
+        try:
+            _wait_for_fork(me)
+        except BaseException:  # KeyboardInterrupt while waiting: the call does not begin
+            if me in _inside:
+                _inside.remove(me)
+            raise
+    return me
+
+
+def leave(me: int) -> None:
+    """End the call that :func:`enter` began, which returned ``me``."""
+    _inside.remove(me)
+    if _forking:
+        with _lock:
+            _changed.notify_all()
+
+
+def _wait_for_fork(me: int) -> None:
+    """A call that began while another thread forks: unless nested in a call of its own
+    thread, which the fork does not wait for, wait for the fork, then begin."""
+    while _forking and _inside.count(me) == 1:
+        _inside.remove(me)
+        with _lock:
+            _changed.notify_all()
+            while _forking:
+                _changed.wait()
+        _inside.append(me)
+
+
+def _before() -> None:
+    """Before a fork: wait until no other thread is inside an SQLite call, and keep new
+    ones out until the fork is made. The lock is held from here to the fork, so that no
+    thread holds it in the child; waiting on the condition lets other threads run."""
+    global _forking  # noqa: PLW0603 - one state for the whole process
+    _lock.acquire()
+    _forking = True  # first, then the look at _inside: a call appends, then looks
+    me = get_ident()
+    while len(_inside) > _inside.count(me):
+        _changed.wait(0.1)
+
+
+def _after_in_parent() -> None:
+    global _forking  # noqa: PLW0603
+    _forking = False
+    _changed.notify_all()
+    _lock.release()
+
+
+def _after_in_child() -> None:
+    """In the child only the forking thread runs: the calls it was inside of, if any,
+    are the only ones; the lock and the condition are new, with no waiter."""
+    global _forking, _lock, _changed, _inside  # noqa: PLW0603
+    me = get_ident()
+    _inside = [me] * _inside.count(me)
+    _forking = False
+    _lock = threading.Lock()
+    _changed = threading.Condition(_lock)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(before=_before, after_in_parent=_after_in_parent,
+                        after_in_child=_after_in_child)
