@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ..errors import EngineError
 from ._pgpool import Conn, connection, readable
 from .base import WaitCancel
 
@@ -85,18 +86,22 @@ class Listener:
     One thread listens at a time; :meth:`drain` lets the engine's other calls
     read what piled up meanwhile without waiting for that thread. When the last wait
     in progress ends the connection stops listening (it stays open); the next wait
-    listens again, then runs ``ready_now`` on it, or calls ``ready`` (which uses
-    another connection), to look for records made ready while no one listened.
+    listens again, then runs ``ready_now`` on it, or has the wait's ``look`` (which uses
+    another connection) look, for records made ready while no one listened.
+
+    The engines of one process on one database and schema share one listener (see
+    ``_pgwaits``), so a process holding many queue handles keeps one listening
+    connection, not one per handle.
     """
 
     def __init__(self, channel: str, where: str, connect: Callable[[float], Conn],
-                 ready_now: sql.Composed, ready: Callable[[str], bool]) -> None:
+                 ready_now: sql.Composed) -> None:
         self.channel = channel
         self.where = where
         self.conn: Conn | None = None
         self._connect = connect
         self._ready_now = ready_now
-        self._ready = ready
+        self._closed = False  # close() ran: no wait opens a connection again
         self._listening = False  # whether conn listens (a wait is in progress)
         # The _read that began the current listening: a look at a queue before it may
         # have missed what was made ready while conn did not listen.
@@ -234,9 +239,12 @@ class Listener:
         with self._state:  # not the listener's lock: a wait holds it while it listens
             self._keep(payload(queue))
 
-    def wait(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
+    def wait(self, queue: str, timeout: float, cancel: WaitCancel | None,
+             look: Callable[[str], bool], cancelled: Callable[[float], bool]) -> bool:
         """Wait up to ``timeout`` seconds for a hint that records of ``queue`` became
-        ready; see ``PostgresEngine.wait_ready`` for what True and False mean."""
+        ready; see ``PostgresEngine.wait_ready`` for what True and False mean. ``look``
+        looks for ready records on another connection; ``cancelled(started)`` tells
+        whether the waiting handle's waits begun at ``started`` were cancelled."""
         started = time.monotonic()
         deadline = started + timeout
         wanted = payload(queue)
@@ -252,9 +260,9 @@ class Listener:
             self._waiting[wanted] = self._waiting.get(wanted, 0) + 1
         ready, seen = False, mark
         try:
-            ready, seen = self._wait(queue, wanted, mark, known is None, deadline, lambda: (
-                self._cancelled_at >= started or bool(cancel and cancel.cancelled)
-                or time.monotonic() >= deadline))
+            ready, seen = self._wait(queue, wanted, mark, known is None, deadline, look, lambda: (
+                self._cancelled_at >= started or cancelled(started)
+                or bool(cancel and cancel.cancelled) or time.monotonic() >= deadline))
             return ready
         finally:
             with self._state:
@@ -327,7 +335,7 @@ class Listener:
         marks[queue] = mark
 
     def _wait(self, queue: str, wanted: str, mark: int, unknown: bool, deadline: float,
-              ended: Callable[[], bool]) -> tuple[bool, int]:
+              look: Callable[[str], bool], ended: Callable[[], bool]) -> tuple[bool, int]:
         """Whether a hint came, and how far the notifications read were looked at.
         ``unknown``: the thread never looked at ``queue`` (``mark`` is now)."""
         seen = self._read
@@ -343,7 +351,7 @@ class Listener:
             if not looked and self._listening and (unknown or mark < self._since):
                 # Listening began after this thread's last look at the queue.
                 looked = True
-                if self._ready(queue):
+                if look(queue):
                     return True, seen
             if ended():
                 return False, seen
@@ -442,21 +450,9 @@ class Listener:
             else:
                 return False
 
-    def poll(self, timeout: float, cancel: WaitCancel | None,
-             ready: Callable[[], bool]) -> bool:
-        """Wait without notifications: ask ``ready()`` every tenth of a second until it
-        says True (then True), ``timeout`` seconds pass or a cancel comes (then False)."""
-        started = time.monotonic()
-        deadline = started + timeout
-        while self._cancelled_at < started and not (cancel and cancel.cancelled):
-            if ready():
-                return True
-            if (remaining := deadline - time.monotonic()) <= 0:
-                break
-            time.sleep(min(remaining, _WAIT_SLICE))
-        return False
-
     def _start(self, timeout: float) -> None:
+        if self._closed:
+            raise EngineError(f"{self.where}: wait_ready: the engine is closed")
         listener = self._connect(timeout)
         try:
             listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
@@ -477,5 +473,6 @@ class Listener:
         with self._lock:
             listener, self.conn = self.conn, None
             self._listening = False
+            self._closed = True
         if listener is not None:
             listener.close()

@@ -82,7 +82,7 @@ from ..errors import EngineError
 from ._checks import as_int
 from ._pgids import ID_GAP, RestartCheck
 from ._pgleases import LeaseSettling
-from ._pglisten import Listener, any_ready, payload, ready_now
+from ._pglisten import any_ready, payload, ready_now
 from ._pgparts import (
     MAX_BIGINT,
     MAX_QUEUE_NAME_BYTES,
@@ -117,6 +117,7 @@ from ._pgpool import (
 )
 from ._pgschema import open_schema
 from ._pgsql import compose
+from ._pgwaits import Waits, listener_key, make_listener
 from .base import (
     Counts,
     Lease,
@@ -172,9 +173,6 @@ class PostgresEngine(LeaseSettling):
         self._slots = counter_slots
         self._notify = notify
         self._sql = compose(schema, notify=notify)
-        self._waits = Listener(self.channel, self.where, self._connect_listener,
-                               self._sql.ready_now, lambda queue: ready_now(
-                                   self._pool, self._sql.ready_now, queue, self.where))
         self._pool: ConnectionPool[Conn] | None = None
         self._restarts = None if read_only else RestartCheck(self._sql, schema, self.where)
         self._pid = os.getpid()
@@ -186,6 +184,11 @@ class PostgresEngine(LeaseSettling):
         self._pool_key: PoolKey = (self._pid, conninfo, settings, pool_size)
         with self._guard("open"):
             self._pool = acquire_pool(self._pool_key, self._connect_timeout)
+        # The listening connection is the process's, shared by its engines (see _pgwaits).
+        timeout = self._connect_timeout
+        self._waits = Waits(listener_key(conninfo, schema, timeout), make_listener(
+            self.channel, self.where, lambda left: connect(conninfo, min(timeout, left)),
+            self._sql.ready_now))
 
     # ---- connections and errors ---------------------------------------------------------
 
@@ -220,11 +223,6 @@ class PostgresEngine(LeaseSettling):
         with self._guard("open"), connect(self._conninfo, self._connect_timeout) as conn:
             self._implied = open_schema(conn, self.schema, self._sql, where=self.where,
                                         read_only=self.read_only, lock_timeout=self._lock_timeout)
-
-    def _connect_listener(self, timeout: float) -> Conn:
-        if self._pool is None:
-            raise EngineError(f"{self.where}: wait_ready: the engine is closed")
-        return connect(self._conninfo, min(self._connect_timeout, timeout))
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -415,7 +413,8 @@ class PostgresEngine(LeaseSettling):
             if not self._notify:
                 return self._waits.poll(timeout, cancel, lambda: any_ready(
                     self._pool, self._sql.counts, queue, self.where))
-            return self._waits.wait(queue, timeout, cancel)
+            return self._waits.wait(queue, timeout, cancel, lambda queue: ready_now(
+                self._pool, self._sql.ready_now, queue, self.where))
 
     @property
     def _listener(self) -> Conn | None:
@@ -436,7 +435,8 @@ class PostgresEngine(LeaseSettling):
         if os.getpid() != self._pid:
             # Inherited through fork: the connections are the parent's, and closing
             # them here would end the parent's sessions. Only let go of them.
-            self._waits.conn = self._pool = None
+            self._waits.forget()
+            self._pool = None
             return
         # The pool goes first: a wait starting from now on cannot open a listener, and
         # one opening it now holds the listener's lock, which close() waits for.
