@@ -64,8 +64,8 @@ def _pending(q: Any, n: int) -> None:
 
 
 def test_a_sync_get_while_another_process_holds_the_lock(tmp_path: Path) -> None:
-    """The merged transaction times out; the puts are then written apart (which times
-    out as well): every put's caller hears of it, none is stored, none hangs."""
+    """The merged transaction times out: every put's caller hears of it, none is
+    stored, none hangs."""
     path = tmp_path / "q.sqlite"
     with SyncQueue.create(str(path), engine_options={"timeout": 0.3}) as q:
         q.put("old")
@@ -125,4 +125,41 @@ async def test_an_async_get_on_the_loop_while_another_process_holds_the_lock(
         assert await asyncio.wait_for(q.get_many(3), 5) == [0, 1, 2]
         assert q.qsize() == 0
         assert q.stats["puts"] == 4 and q.stats["gets"] == 4
+    assert _file_counts(path) == Counts(0, 0, 0, 0)
+
+
+def test_a_lock_held_elsewhere_fails_the_puts_after_one_busy_timeout(tmp_path: Path) -> None:
+    """The lock is no caller's fault: the merged write and take waits the busy timeout
+    once, then every put's caller and the get hear of it; nothing waits it again to write
+    the puts on their own, or apart."""
+    path = tmp_path / "q.sqlite"
+    timeout = 1.0
+    with SyncQueue.create(str(path), engine_options={"timeout": timeout}) as q:
+        q.put("old")
+        ended: dict[int, float] = {}
+
+        def put(k: int) -> None:
+            with pytest.raises(LockTimeout):
+                q.put(k)
+            ended[k] = time.monotonic()
+
+        holder = _Holder(path)
+        try:
+            with q._core.lock:
+                threads = [threading.Thread(target=put, args=(k,)) for k in range(4)]
+                for t in threads:
+                    t.start()
+                _pending(q, 4)
+                started = time.monotonic()
+                with pytest.raises(LockTimeout):
+                    q.get()
+                got_at = time.monotonic()
+            for t in threads:
+                t.join(20)
+        finally:
+            holder.release()
+        assert sorted(ended) == [0, 1, 2, 3]
+        assert got_at - started < 1.8 * timeout, got_at - started
+        assert max(ended.values()) - started < 1.8 * timeout, max(ended.values()) - started
+        assert q.get_many(10, timeout=0.5) == ["old"]
     assert _file_counts(path) == Counts(0, 0, 0, 0)

@@ -19,6 +19,7 @@ from ._atonce import NoWait, WouldWait, attempt, new_counts, outcome_unknown
 from ._ticketcounts import errors_of
 from .engines import Counts, Engine, StoredRecord
 from .engines.base import Lease
+from .errors import LockTimeout
 from .groupcommit import GroupCommit, Ticket
 
 __all__ = ["WriteTake"]
@@ -91,6 +92,13 @@ class WriteTake:
             recs: list[StoredRecord] = (append_take(*args) if no_wait is None
                                         else attempt(no_wait, append_take, *args))[1]
         except BaseException as exc:
+            if isinstance(exc, LockTimeout) and not isinstance(exc, WouldWait):
+                # Another process held the lock all along, which is no caller's fault: a
+                # flush would wait as long again, and once more for each half written apart.
+                self._settle_pending(records, sizes, lost=True)
+                self.group.written(len(records))
+                self._settle_tickets(tickets, errors_of(tickets, exc, counts))
+                raise
             if not outcome_unknown(exc):  # nothing written, nothing taken
                 self.group.put_back(records, sizes, tickets=tickets, counts=counts)
                 if isinstance(exc, WouldWait):

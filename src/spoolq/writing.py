@@ -21,7 +21,7 @@ from ._ticketcounts import errors_of, keep_waiting
 from .codec import Codec
 from .engines import Counts, Engine
 from .engines.base import stored_before_failure
-from .errors import ClosedError, QueueShutDown
+from .errors import ClosedError, LockTimeout, QueueShutDown
 from .groupcommit import GroupCommit, Ticket, left_after
 from .settings import Settings
 from .zdict import train_dictionary
@@ -224,8 +224,8 @@ class Writing:
                 kept = self.buffered and not self.closing
                 if kept:  # a put all of whose records are stored returns now
                     tickets, counts = keep_waiting(self.group, records, sizes, tickets, counts)
-                elif (len(counts) > 1 and not self.buffered
-                      and not self.closed and not _outcome_unknown(exc)):
+                elif (len(counts) > 1 and not self.buffered and not self.closed
+                      and not _outcome_unknown(exc) and not isinstance(exc, LockTimeout)):
                     errors, interrupted = self._write_apart(records, sizes, counts, exc)
                 else:
                     self._settle_pending(records, sizes, lost=True)
