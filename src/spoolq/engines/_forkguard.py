@@ -18,55 +18,77 @@ never wait for each other: :func:`enter` appends the thread's id to a list and
 made does a call take a lock. A call may be nested in another of its thread (an engine
 that connects anew in a forked child, a signal handler that forks or calls the engine):
 a fork waits only for the other threads' calls, and a nested call never waits.
+
+An exception that a signal handler raises (KeyboardInterrupt) comes at the first check
+of the interpreter after the signal, and a Python function checks as it starts: so
+:func:`leave` is the list's own ``remove``, in which nothing comes between the call and
+the removal, and :func:`enter` removes its mark again whatever exception it ends with.
+A thread that ended marked all the same (an exception set in it by another thread) is
+not waited for.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from collections.abc import Callable
 from threading import get_ident
 
 __all__ = ["enter", "leave"]
 
 _inside: list[int] = []
-"""The id of each thread inside a call, once per call it is inside (nested ones too)."""
-_forking = False
-_lock = threading.Lock()
-_changed = threading.Condition(_lock)  # a call left while a fork waits, or the fork is made
+"""The id of each thread inside a call, once per call it is inside (nested ones too).
+Changed in place only: :data:`leave` is its ``remove``."""
+_forking = 0  # forks under way: one from a signal handler can come while another waits
+_lock = threading.RLock()  # a signal handler may fork while its thread holds it
+_changed = threading.Condition(_lock)  # a held-off call left, or a fork was made
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.00005, 0.01  # a fork's looks at the calls under way
+
+leave: Callable[[int], None] = _inside.remove
+"""End the call that :func:`enter` began, which returned its argument. A C call: no
+exception can come between it and the removal (see above), and no lock is taken; a
+fork waiting looks at the list again and again, more seldom as it waits longer."""
 
 
 def enter() -> int:
     """Mark the calling thread as inside an SQLite call; return what :func:`leave` takes."""
     me = get_ident()
-    _inside.append(me)  # first, then the look at _forking: see _before
-    if _forking:
-        try:
+    try:
+        _inside.append(me)  # first, then the look at _forking: see _before
+        if _forking:
             _wait_for_fork(me)
-        except BaseException:  # KeyboardInterrupt while waiting: the call does not begin
-            if me in _inside:
-                _inside.remove(me)
-            raise
+    except BaseException:  # KeyboardInterrupt at any point: the call does not begin
+        _inside.remove(me)
+        raise
     return me
-
-
-def leave(me: int) -> None:
-    """End the call that :func:`enter` began, which returned ``me``."""
-    _inside.remove(me)
-    if _forking:
-        with _lock:
-            _changed.notify_all()
 
 
 def _wait_for_fork(me: int) -> None:
     """A call that began while another thread forks: unless nested in a call of its own
-    thread, which the fork does not wait for, wait for the fork, then begin."""
+    thread, which the fork does not wait for, wait for the fork, then begin. The call's
+    mark is in the list whenever this returns or raises."""
     while _forking and _inside.count(me) == 1:
-        _inside.remove(me)
-        with _lock:
-            _changed.notify_all()
-            while _forking:
-                _changed.wait()
-        _inside.append(me)
+        try:
+            _inside.remove(me)
+            with _lock:
+                _changed.notify_all()
+                while _forking:
+                    _changed.wait()
+        finally:
+            _inside.append(me)
+
+
+def _others_inside(me: int) -> bool:
+    """Whether a thread other than ``me`` is inside a call; the marks of threads that
+    ended are dropped (no thread of theirs can leave the call)."""
+    if len(_inside) == _inside.count(me):
+        return False
+    alive = sys._current_frames()
+    for ended in {t for t in _inside if t not in alive}:
+        while ended in _inside:
+            _inside.remove(ended)
+    return len(_inside) > _inside.count(me)
 
 
 def _before() -> None:
@@ -75,15 +97,17 @@ def _before() -> None:
     thread holds it in the child; waiting on the condition lets other threads run."""
     global _forking  # noqa: PLW0603 - one state for the whole process
     _lock.acquire()
-    _forking = True  # first, then the look at _inside: a call appends, then looks
+    _forking += 1  # first, then the look at _inside: a call appends, then looks
     me = get_ident()
-    while len(_inside) > _inside.count(me):
-        _changed.wait(0.1)
+    pause = _FIRST_PAUSE
+    while _others_inside(me):
+        _changed.wait(pause)
+        pause = min(pause * 2, _LONGEST_PAUSE)
 
 
 def _after_in_parent() -> None:
     global _forking  # noqa: PLW0603
-    _forking = False
+    _forking -= 1
     _changed.notify_all()
     _lock.release()
 
@@ -91,11 +115,11 @@ def _after_in_parent() -> None:
 def _after_in_child() -> None:
     """In the child only the forking thread runs: the calls it was inside of, if any,
     are the only ones; the lock and the condition are new, with no waiter."""
-    global _forking, _lock, _changed, _inside  # noqa: PLW0603
+    global _forking, _lock, _changed  # noqa: PLW0603
     me = get_ident()
-    _inside = [me] * _inside.count(me)
-    _forking = False
-    _lock = threading.Lock()
+    _inside[:] = [me] * _inside.count(me)
+    _forking = 0
+    _lock = threading.RLock()
     _changed = threading.Condition(_lock)
 
 
