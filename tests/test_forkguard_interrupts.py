@@ -97,3 +97,37 @@ def test_a_thread_that_ended_marked_inside_a_call_does_not_hold_up_forks() -> No
     print("fork", fork_in_time())
     """)
     assert out == ["fork", "0"]
+
+
+def test_a_signal_handler_inside_a_call_can_hand_work_to_an_executor_while_a_thread_forks(
+        ) -> None:
+    """concurrent.futures takes its lock before a fork: not while the fork waits for the
+    calls under way, one of which runs a signal handler that submits work."""
+    out = _run("""
+    import os, signal, threading, time
+    import spoolq
+    from concurrent.futures import ThreadPoolExecutor
+    from spoolq.engines._forkguard import enter, leave
+
+    signal.alarm(10)  # a deadlock ends the process
+    executor = ThreadPoolExecutor(1)
+    handled = []
+    signal.signal(signal.SIGUSR1, lambda *a: handled.append(executor.submit(int, 7).result()))
+    inside = enter()  # the main thread between two statements of a transaction
+
+    def fork():
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+
+    forker = threading.Thread(target=fork)
+    forker.start()
+    time.sleep(0.3)  # the fork waits for the main thread's call
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+    time.sleep(0.3)
+    leave(inside)
+    forker.join()
+    print("handled", *handled)
+    """, timeout=30)
+    assert out == ["child", "0", "handled", "7"]

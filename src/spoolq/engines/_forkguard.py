@@ -29,6 +29,12 @@ not waited for.
 
 from __future__ import annotations
 
+# Imported first, so that their own before-fork handlers, which take a lock of theirs
+# until the fork is made, run after the one here (they run in the reverse order of their
+# registering): a fork waiting for a call must not hold them, as a signal handler that
+# runs in that call may need them (logging, ThreadPoolExecutor.submit).
+import concurrent.futures.thread  # noqa: F401
+import logging  # noqa: F401
 import os
 import sys
 import threading
