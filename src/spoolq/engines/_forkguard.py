@@ -34,19 +34,20 @@ from __future__ import annotations
 # registering): a fork waiting for a call must not hold them, as a signal handler that
 # runs in that call may need them (logging, ThreadPoolExecutor.submit).
 import concurrent.futures.thread  # noqa: F401
-import logging  # noqa: F401
+import logging
 import os
 import sys
 import threading
 from collections.abc import Callable
 from threading import get_ident
 
-__all__ = ["enter", "leave"]
+__all__ = ["before_fork", "enter", "leave"]
 
 _inside: list[int] = []
 """The id of each thread inside a call, once per call it is inside (nested ones too).
 Changed in place only: :data:`leave` is its ``remove``."""
 _forking = 0  # forks under way: one from a signal handler can come while another waits
+_hooks: list[Callable[[], None]] = []  # see before_fork
 _lock = threading.RLock()  # a signal handler may fork while its thread holds it
 _changed = threading.Condition(_lock)  # a held-off call left, or a fork was made
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.00005, 0.01  # a fork's looks at the calls under way
@@ -55,6 +56,13 @@ leave: Callable[[int], None] = _inside.remove
 """End the call that :func:`enter` began, which returned its argument. A C call: no
 exception can come between it and the removal (see above), and no lock is taken; a
 fork waiting looks at the list again and again, more seldom as it waits longer."""
+
+
+def before_fork(hook: Callable[[], None]) -> None:
+    """Have ``hook()`` run by each fork once no other thread is inside an SQLite call, in
+    the forking thread, just before the fork is made; not when the forking thread is
+    inside a call itself (a signal handler's fork), which the hook could break."""
+    _hooks.append(hook)
 
 
 def enter() -> int:
@@ -109,6 +117,12 @@ def _before() -> None:
     while _others_inside(me):
         _changed.wait(pause)
         pause = min(pause * 2, _LONGEST_PAUSE)
+    if me not in _inside:
+        for hook in _hooks:
+            try:
+                hook()
+            except Exception:  # the fork goes on: a hook is never a reason to refuse it
+                logging.getLogger("spoolq").exception("spoolq: a hook before a fork failed")
 
 
 def _after_in_parent() -> None:

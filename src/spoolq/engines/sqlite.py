@@ -27,6 +27,7 @@ from operator import itemgetter
 from typing import Any, TypeVar
 
 from ..errors import EngineError, FormatError
+from . import _sqlite_forks as forking
 from . import _sqlite_schema as opening
 from . import _sqlite_sql as sql
 from ._checks import (
@@ -62,7 +63,7 @@ _new_record = partial(tuple.__new__, StoredRecord)
 """``StoredRecord`` from one tuple of its fields, without the generated ``__new__``."""
 
 
-class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
+class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
     """Queue storage in one SQLite file (WAL mode), safe to share between processes.
 
     ``synchronous`` is ``"FULL"`` (every commit is fsynced: survives power
@@ -108,8 +109,10 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
 
     def _connect(self) -> sqlite3.Connection:
         self._busy = opening.BusyTimeout(self._settings[0])
+        self._set_aside = False
         with self._guard("open"):
             conn = opening.open_connection(self.path, self.read_only, *self._settings)
+            forking.OPEN.add(self)  # here: not while a fork looks at them
         # The statements of every transaction and of a take run on one cursor: a new
         # cursor for each (Connection.execute) costs a take a twentieth of its time.
         self._cur = conn.cursor()
@@ -124,18 +127,6 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
         if self._forks != forks():
             self._reconnect_after_fork()
         return self._connection
-
-    def _reconnect_after_fork(self) -> None:
-        """In a child forked from the process that opened the file, connect anew. The
-        parent's connection is left alone: SQLite forbids using it in a child, and closing
-        it here could checkpoint or remove the WAL that the parent still uses."""
-        self._forks = forks()
-        inherited = self._connection
-        if isinstance(inherited, sqlite3.Connection):  # else closed, and it stays so
-            opening.INHERITED.append(inherited)
-            self._closed()
-            self._writes, self._pages = 0, PageEnds()
-            self._connection = self._connect()
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -475,6 +466,7 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting):
     def close(self) -> None:
         """Close the connection; later calls raise :class:`ClosedError`, a second close
         does nothing."""
+        self._set_aside = False  # closed for good, not for a fork
         conn = getattr(self, "_connection", None)
         if isinstance(conn, sqlite3.Connection):
             self._closed()
