@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from functools import partial
 from itertools import chain, repeat
 from operator import itemgetter
@@ -93,30 +93,13 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
             raise FormatError(f"{self.path} is a directory, not a spoolq SQLite queue file")
         self._settings = timeout, synchronous, page_size
         self._forks = forks()
-        self._connection = self._connect()
+        self._first_connect()
 
     @property
     def brief(self) -> bool:
         """Whether calls are brief while no other process holds the file's lock: no fsync
         at each commit (see :meth:`no_wait`)."""
         return self._settings[1] != "FULL" and not self.read_only
-
-    def no_wait(self) -> AbstractContextManager[None]:
-        """Within it, a call that would wait for another connection's lock raises
-        :class:`LockTimeout` at once, having changed nothing."""
-        conn = self._conn  # first: in a forked child it connects anew, with a new _busy
-        return self._busy.no_wait(conn)
-
-    def _connect(self) -> sqlite3.Connection:
-        self._busy = opening.BusyTimeout(self._settings[0])
-        self._set_aside = False
-        with self._guard("open"):
-            conn = opening.open_connection(self.path, self.read_only, *self._settings)
-            forking.OPEN.add(self)  # here: not while a fork looks at them
-        # The statements of every transaction and of a take run on one cursor: a new
-        # cursor for each (Connection.execute) costs a take a twentieth of its time.
-        self._cur = conn.cursor()
-        return conn
 
     def _closed(self) -> None:
         self._connection = opening.Closed(self.path)  # type: ignore[assignment]
@@ -132,15 +115,16 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
     def _guard(self, what: str) -> Iterator[None]:
         inside = enter()  # no fork while the call runs (see _forkguard)
         try:
+            conn = self._conn  # the one the call reads, whatever a fork after it does
             if self._busy.off:  # a call outside no_wait() waits for locks again
-                self._busy.restore(self._conn)
+                self._busy.restore(conn)
             yield
         except sqlite3.Error as exc:
-            opening.check_unchanged(getattr(self, "_connection", None), self.path)
+            opening.check_unchanged(conn, self.path)
             raise opening.translate(exc, self.path, what) from exc
         finally:
             leave(inside)
-        opening.check_unchanged(getattr(self, "_connection", None), self.path)  # read unlocked
+        opening.check_unchanged(conn, self.path)  # read unlocked
 
     def _txn(self, what: str, body: Callable[..., R], *args: Any) -> R:
         """Run ``body(conn, *args)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
@@ -168,9 +152,9 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        self._writes += 1
         with self._guard(what):
+            conn = self._conn  # inside the call: a fork comes before or after it
+            self._writes += 1
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -239,7 +223,11 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
         largest = len(records[0]) if len(records) == 1 else max(map(len, records), default=0)
         if largest <= _ALWAYS_FITS:  # every put of small items comes here: spare the rest
             return
-        room = opening.length_limit(self._conn) - sql.ROW_ROOM
+        inside = enter()  # a fork comes before the read of the connection or after its use
+        try:
+            room = opening.length_limit(self._conn) - sql.ROW_ROOM
+        finally:
+            leave(inside)
         if largest > room:
             raise ValueError(f"cannot append a record of {largest} bytes into queue {queue!r}: "
                              f"an SQLite row holds a record of {room} bytes at most; nothing "
@@ -462,19 +450,3 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
         row = as_meta_key(key), as_bytes(value, "a metadata value")
         with self._write("set_meta") as conn:
             conn.execute("INSERT OR REPLACE INTO spoolq_meta (key, value) VALUES (?, ?)", row)
-
-    def close(self) -> None:
-        """Close the connection; later calls raise :class:`ClosedError`, a second close
-        does nothing."""
-        self._set_aside = False  # closed for good, not for a fork
-        conn = getattr(self, "_connection", None)
-        if isinstance(conn, sqlite3.Connection):
-            self._closed()
-            if self._forks == forks():
-                inside = enter()
-                try:
-                    conn.close()
-                finally:
-                    leave(inside)
-            else:
-                opening.INHERITED.append(conn)  # the parent's (see _reconnect_after_fork)
