@@ -1,10 +1,20 @@
-"""Another process holding an SQLite file's write lock, for tests of what waits for it."""
+"""Another process holding an SQLite file's write lock, for tests of what waits for it, and
+other programs' statements on the file."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+
+from spoolq.engines import Counts
+from spoolq.engines.sqlite import SQLiteEngine
+
+REFUSE_TAKES = """CREATE TRIGGER refuse_takes BEFORE DELETE ON spoolq_records
+    BEGIN SELECT RAISE(ABORT, 'takes refused'); END"""
+"""A trigger that makes every take of the file fail, having changed nothing."""
 
 _HOLDER = textwrap.dedent("""
     import sqlite3, sys, time
@@ -23,3 +33,21 @@ def hold_lock(path: str, seconds: float) -> subprocess.Popen[str]:
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
     return holder
+
+
+def run_sql(path: str | os.PathLike[str], sql: str) -> None:
+    """Run ``sql`` on a connection of its own, as another program would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def file_counts(path: str | os.PathLike[str], queue: str = "default") -> Counts:
+    """The counts the file holds for ``queue``, read by an engine of its own."""
+    engine = SQLiteEngine(path)
+    try:
+        return engine.counts(queue)
+    finally:
+        engine.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -20,20 +19,12 @@ import pytest
 import spoolq
 from spoolq import Queue, SpoolqError
 
+from .sqlite_locks import run_sql
 from .threadstate import WorkerHeld
 
 pytestmark = pytest.mark.asyncio
 
 _HELD = 0.4  # seconds a call that needs the worker is seen not to end while it is held
-
-
-def _other(path: str, sql: str) -> None:
-    """Run ``sql`` on a connection of its own, as another program would."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute(sql)
-    finally:
-        conn.close()
 
 
 def _on_thread(engine: Any, method: str, thread: int) -> list[int]:
@@ -103,7 +94,7 @@ async def test_a_batch_refused_on_the_loop_is_written_apart_by_the_worker(
         await q.put("first")
         size = len(q._core.encode_one(bad)[0][0])
         assert all(len(q._core.encode_one(i)[0][0]) != size for i in items)
-        _other(path, f"CREATE TRIGGER refuse BEFORE INSERT ON spoolq_records "
+        run_sql(path, f"CREATE TRIGGER refuse BEFORE INSERT ON spoolq_records "
                      f"WHEN length(NEW.data) = {size} BEGIN SELECT RAISE(ABORT, 'refused'); END")
         appends = _on_thread(q._core.engine, "append", threading.get_ident())
         async with WorkerHeld(q):
@@ -124,7 +115,7 @@ async def test_a_batch_refused_on_the_loop_is_written_apart_by_the_worker(
         # apart stores the halves that succeed first).
         assert sorted(await asyncio.wait_for(q.get_many(12), 5)) == sorted(items)
         assert q.qsize() == 0
-    _other(path, "DROP TRIGGER refuse")
+    run_sql(path, "DROP TRIGGER refuse")
     with spoolq.SyncQueue.create(path) as again:
         assert again.qsize() == 0
 

@@ -16,7 +16,8 @@ import pytest
 
 from spoolq import LockTimeout, Queue, SyncQueue
 from spoolq.engines import Counts
-from spoolq.engines.sqlite import SQLiteEngine
+
+from .sqlite_locks import file_counts
 
 _HOLD = """
 import sqlite3, sys, time
@@ -46,14 +47,6 @@ class _Holder:
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
-
-
-def _file_counts(path: Path) -> Counts:
-    engine = SQLiteEngine(path)
-    try:
-        return engine.counts("default")
-    finally:
-        engine.close()
 
 
 def _pending(q: Any, n: int) -> None:
@@ -100,7 +93,7 @@ def test_a_sync_get_while_another_process_holds_the_lock(tmp_path: Path) -> None
         assert q.qsize() == 0
         assert q.stats["puts"] == 1 + len(stored)
         assert q.stats["unfinished"] == 1 + len(stored)
-    assert _file_counts(path) == Counts(0, 0, 0, 0)
+    assert file_counts(path) == Counts(0, 0, 0, 0)
 
 
 @pytest.mark.asyncio
@@ -125,7 +118,7 @@ async def test_an_async_get_on_the_loop_while_another_process_holds_the_lock(
         assert await asyncio.wait_for(q.get_many(3), 5) == [0, 1, 2]
         assert q.qsize() == 0
         assert q.stats["puts"] == 4 and q.stats["gets"] == 4
-    assert _file_counts(path) == Counts(0, 0, 0, 0)
+    assert file_counts(path) == Counts(0, 0, 0, 0)
 
 
 def test_a_lock_held_elsewhere_fails_the_puts_after_one_busy_timeout(tmp_path: Path) -> None:
@@ -162,4 +155,4 @@ def test_a_lock_held_elsewhere_fails_the_puts_after_one_busy_timeout(tmp_path: P
         assert got_at - started < 1.8 * timeout, got_at - started
         assert max(ended.values()) - started < 1.8 * timeout, max(ended.values()) - started
         assert q.get_many(10, timeout=0.5) == ["old"]
-    assert _file_counts(path) == Counts(0, 0, 0, 0)
+    assert file_counts(path) == Counts(0, 0, 0, 0)

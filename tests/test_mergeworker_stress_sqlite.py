@@ -14,18 +14,11 @@ import pytest
 
 from spoolq import Empty, SyncQueue
 from spoolq.engines import Counts
-from spoolq.engines.sqlite import SQLiteEngine
+
+from .sqlite_locks import file_counts
 
 PUTTERS = 6
 EACH = 150
-
-
-def _file_counts(path: Path) -> Counts:
-    engine = SQLiteEngine(path)
-    try:
-        return engine.counts("default")
-    finally:
-        engine.close()
 
 
 def _run(q: SyncQueue[Any], lease: bool) -> list[tuple[int, int]]:
@@ -95,7 +88,7 @@ def test_many_putters_and_getters_every_item_once_in_order(
         joined.start()
         joined.join(5)
         assert not joined.is_alive()
-    assert _file_counts(path) == Counts(0, 0, 0, 0)
+    assert file_counts(path) == Counts(0, 0, 0, 0)
 
 
 def test_a_put_waiting_for_room_goes_on_when_a_merged_take_frees_it(tmp_path: Path) -> None:

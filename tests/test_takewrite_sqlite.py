@@ -6,7 +6,6 @@ older ones; a failure changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,21 +18,10 @@ from spoolq.engines.base import Lease
 from spoolq.engines.sqlite import SQLiteEngine
 from spoolq.errors import LockTimeout
 
-from .sqlite_locks import hold_lock
+from .sqlite_locks import REFUSE_TAKES, hold_lock, run_sql
 from .threadstate import WorkerHeld
 
 NOW = 1_000_000.0
-_REFUSE_TAKES = """CREATE TRIGGER refuse_takes BEFORE DELETE ON spoolq_records
-    BEGIN SELECT RAISE(ABORT, 'takes refused'); END"""
-
-
-def _other(path: Path, sql: str) -> None:
-    """Run ``sql`` on a connection of its own, as another program would."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute(sql)
-    finally:
-        conn.close()
 
 
 def _data(engine: SQLiteEngine, queue: str = "q") -> list[bytes]:
@@ -79,12 +67,12 @@ def test_a_failing_take_writes_nothing(tmp_path: Path) -> None:
     eng = SQLiteEngine(path)
     try:
         eng.append("q", [b"a"], [1], NOW)
-        _other(path, _REFUSE_TAKES)
+        run_sql(path, REFUSE_TAKES)
         with pytest.raises(SpoolqError, match="takes refused"):
             eng.append_take("q", [b"b", b"c"], [1, 1], NOW, 1, None)
         assert eng.counts("q") == Counts(1, 0, 1, 1)
         assert _data(eng) == [b"a"]
-        _other(path, "DROP TRIGGER refuse_takes")
+        run_sql(path, "DROP TRIGGER refuse_takes")
         # ids only grow: those of the rolled-back write are given again
         assert eng.append_take("q", [b"b"], [1], NOW, 1, None)[0] == [2]
     finally:
@@ -140,13 +128,13 @@ async def test_a_get_whose_take_fails_leaves_the_puts_written(tmp_path: Path) ->
     path = tmp_path / "q.sqlite"
     async with await Queue.create(str(path), calls_on_loop=True) as q:
         await q.put(1)
-        _other(path, _REFUSE_TAKES)
+        run_sql(path, REFUSE_TAKES)
         async with WorkerHeld(q):
             got = await asyncio.wait_for(
                 asyncio.gather(q.put(2), q.put(3), q.get(), return_exceptions=True), 5)
             assert got[:2] == [None, None]
             assert isinstance(got[2], SpoolqError) and "takes refused" in str(got[2])
-        _other(path, "DROP TRIGGER refuse_takes")
+        run_sql(path, "DROP TRIGGER refuse_takes")
         assert q.qsize() == 3
         assert await asyncio.wait_for(q.get_many(3), 5) == [1, 2, 3]
 

@@ -8,7 +8,6 @@ writes the puts apart and fails the take alone."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,27 +21,8 @@ from spoolq import Queue, SpoolqError, SyncQueue
 from spoolq.engines import Counts
 from spoolq.engines.sqlite import SQLiteEngine
 
+from .sqlite_locks import REFUSE_TAKES, file_counts, run_sql
 from .threadstate import WorkerHeld
-
-_REFUSE_TAKES = """CREATE TRIGGER refuse_takes BEFORE DELETE ON spoolq_records
-    BEGIN SELECT RAISE(ABORT, 'takes refused'); END"""
-
-
-def _other(path: Path, sql: str) -> None:
-    """Run ``sql`` on a connection of its own, as another program would."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute(sql)
-    finally:
-        conn.close()
-
-
-def _file_counts(path: Path) -> Counts:
-    engine = SQLiteEngine(path)
-    try:
-        return engine.counts("default")
-    finally:
-        engine.close()
 
 
 def _engine(q: SyncQueue[Any] | Queue[Any]) -> SQLiteEngine:
@@ -96,10 +76,10 @@ def test_a_sync_get_writes_other_threads_pending_puts_in_its_transaction(
         assert q.stats["puts"] == 3 and q.stats["gets"] == 1
         assert q.stats["count"] == 2
         assert q.stats["unfinished"] == 3
-        assert _file_counts(path).ready == 2
+        assert file_counts(path).ready == 2
         assert sorted(q.get_many(2)) == [2, 3]
         assert q.qsize() == 0
-    assert _file_counts(path) == Counts(0, 0, 0, 0)
+    assert file_counts(path) == Counts(0, 0, 0, 0)
 
 
 def test_the_take_sees_the_older_records_first_then_the_pending_ones(tmp_path: Path) -> None:
@@ -119,7 +99,7 @@ def test_the_take_sees_the_older_records_first_then_the_pending_ones(tmp_path: P
         assert q.qsize() == 0
         assert q.stats["count"] == 0 and q.stats["compressed_size_bytes"] == 0
         assert q.stats["puts"] == 3 and q.stats["gets"] == 3
-    assert _file_counts(path) == Counts(0, 0, 0, 0)
+    assert file_counts(path) == Counts(0, 0, 0, 0)
 
 
 def test_a_lease_writes_the_pending_puts_in_its_transaction(tmp_path: Path) -> None:
@@ -135,8 +115,8 @@ def test_a_lease_writes_the_pending_puts_in_its_transaction(tmp_path: Path) -> N
         assert errors == []
         assert msg.item == 1 and msg.attempts == 1
         assert q.stats["leased"] == 1 and q.qsize() == 1
-        assert _file_counts(path) == Counts(1, 1, _file_counts(path).stored_bytes,
-                                             _file_counts(path).raw_bytes)
+        assert file_counts(path) == Counts(1, 1, file_counts(path).stored_bytes,
+                                             file_counts(path).raw_bytes)
         q.ack(msg)
         assert q.get(timeout=5) == 2
 
@@ -167,7 +147,7 @@ def test_a_take_that_fails_leaves_the_puts_written(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     with SyncQueue.create(str(path)) as q:
         q.put(1)
-        _other(path, _REFUSE_TAKES)
+        run_sql(path, REFUSE_TAKES)
         errors: list[BaseException] = []
         with _putters_pending(q, [2, 3], errors), \
                 pytest.raises(SpoolqError, match="takes refused"):
@@ -175,8 +155,8 @@ def test_a_take_that_fails_leaves_the_puts_written(tmp_path: Path) -> None:
         assert errors == []
         assert q._core.group.pending() == 0
         assert q.qsize() == 3 and q.stats["puts"] == 3 and q.stats["gets"] == 0
-        assert _file_counts(path).ready == 3
-        _other(path, "DROP TRIGGER refuse_takes")
+        assert file_counts(path).ready == 3
+        run_sql(path, "DROP TRIGGER refuse_takes")
         assert q.get() == 1
         assert sorted(q.get_many(2, timeout=5)) == [2, 3]
         assert q.stats["unfinished"] == 3
@@ -189,7 +169,7 @@ def test_a_put_that_fails_fails_its_caller_alone(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     with SyncQueue.create(str(path), serializer="raw", compressor="none") as q:
         q.put(b"first")
-        _other(path, """CREATE TRIGGER refuse_bad BEFORE INSERT ON spoolq_records
+        run_sql(path, """CREATE TRIGGER refuse_bad BEFORE INSERT ON spoolq_records
             WHEN instr(NEW.data, X'626164') > 0 BEGIN SELECT RAISE(ABORT, 'bad record'); END""")
         engine = _engine(q)
         errors: list[BaseException] = []
@@ -201,7 +181,7 @@ def test_a_put_that_fails_fails_its_caller_alone(tmp_path: Path) -> None:
         assert q.qsize() == 1 and q.stats["puts"] == 2
         assert q.get(timeout=5) == b"good"
         assert q.qsize() == 0
-    assert _file_counts(path).ready == 0
+    assert file_counts(path).ready == 0
 
 
 def test_with_durability_buffer_the_pending_puts_are_served_as_before(
@@ -236,4 +216,4 @@ async def test_an_async_get_on_the_worker_writes_the_pending_puts_in_its_transac
         assert q.qsize() == 2
         assert q.stats["puts"] == 3 and q.stats["gets"] == 1
         assert await asyncio.wait_for(q.get_many(2), 5) == [2, 3]
-    assert _file_counts(path) == Counts(0, 0, 0, 0)
+    assert file_counts(path) == Counts(0, 0, 0, 0)
