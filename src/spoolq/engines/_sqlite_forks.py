@@ -63,9 +63,7 @@ class _Current:
         engine = self._engine()
         if engine is None:
             raise EngineError("the sqlite engine is gone")
-        if engine._forks != forks():  # run inside a call: no fork comes in between
-            engine._reconnect_after_fork()
-        return engine._connection.execute(statement)
+        return engine._conn.execute(statement)  # run inside a call: no fork comes between
 
 
 class Forking:
@@ -88,6 +86,13 @@ class Forking:
     _busy: opening.BusyTimeout
     _busy_forks = -1  # forks() when _busy was made: a child's is its own
     _current: _Current
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The connection, made anew first after a fork (see :meth:`_reconnect_after_fork`)."""
+        if self._forks != forks():
+            self._reconnect_after_fork()
+        return self._connection
 
     def _first_connect(self) -> None:
         self._busy, self._busy_forks = opening.BusyTimeout(self._settings[0]), forks()

@@ -105,12 +105,6 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
         self._connection = opening.Closed(self.path)  # type: ignore[assignment]
         self._cur = self._connection  # type: ignore[assignment]
 
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        if self._forks != forks():
-            self._reconnect_after_fork()
-        return self._connection
-
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         inside = enter()  # no fork while the call runs (see _forkguard)
