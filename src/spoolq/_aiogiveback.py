@@ -55,6 +55,16 @@ class TakeOnWorker:
         self.taken: list[Taken] | None = None
         """What the take removed, until the caller or its cancellation claims it."""
 
+    def finish(self, taken: list[Taken]) -> bool:
+        """On the worker, when the take (or its decoding) ended: leave ``taken`` for the
+        caller, or return True when the caller was cancelled meanwhile and the worker is
+        to give it back."""
+        with self.lock:
+            self.finished = True
+            if not self.cancelled:
+                self.taken = taken
+            return self.cancelled
+
     def claim(self, *, cancel: bool) -> tuple[list[Taken] | None, bool]:
         """On the loop: the records the take removed (None if not finished, or claimed
         already) and whether it is still running; with ``cancel``, the take will take
@@ -266,12 +276,7 @@ class GivingBack:
                     finally:
                         self._take_seq += 1
         finally:
-            with take.lock:
-                take.finished = True
-                cancelled = take.cancelled
-                if not cancelled:
-                    take.taken = recs
-            if cancelled:  # counted by the caller as a give-back under way
+            if take.finish(recs):  # counted by the caller as a give-back under way
                 self._restore_on_worker(recs, take.leased, take.holding)
 
     def _decode_for_caller(self, take: TakeOnWorker, undecoded: Undecoded) -> None:
@@ -287,12 +292,7 @@ class GivingBack:
                 taken = core.decode_undecoded(undecoded)
         finally:
             self._taken_out += len(taken)
-            with take.lock:
-                take.finished = True
-                cancelled = take.cancelled
-                if not cancelled:
-                    take.taken = taken
-            if cancelled:  # counted by the caller as a give-back under way
+            if take.finish(taken):  # counted by the caller as a give-back under way
                 self._restore_on_worker(taken, take.leased, None if skip else take.holding)
 
     def _give_back_untaken(self) -> None:
