@@ -218,11 +218,17 @@ class Generations:
 
     def _live_bytes(self) -> int:
         """About what a compaction copies: the records, each padded as dbm.dumb pads it,
-        and the state. States replaced by more than this are reclaimed: each state holds
-        every record held aside, so with thousands of them the states, not the records,
-        fill the files."""
+        and the state. Replaced states and freed records of more than this are reclaimed:
+        each state holds every record held aside, so with thousands of them the states
+        fill the files, and large records taken fill them long before 1000 keys died."""
         return len(self._committed) + sum(q.stored + _PADDED * q.live()
                                           for q in self._state.queues.values())
+
+    def _freed(self, size: int, records: int = 1) -> None:
+        """Count ``records`` holding ``size`` bytes of data, which no state names any more,
+        as waste: the bytes (not only the keys) of what was taken or acked decide when the
+        files are compacted, or large records would pile up until a thousand keys died."""
+        self._state.waste += size + _PADDED * records
 
     def _put(self, key: bytes, value: bytes) -> None:
         self._require_db()[key] = value

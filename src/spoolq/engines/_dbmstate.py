@@ -66,7 +66,7 @@ class State:
 
     commit: int = 0
     keys: int = 0  # keys in the generation once this state is written, itself included
-    waste: int = 0  # bytes of the states this generation holds that later ones replaced
+    waste: int = 0  # bytes no state names: replaced states and freed records
     next_id: int = 1
     next_number: int = 1
     meta: dict[str, bytes] = field(default_factory=dict)

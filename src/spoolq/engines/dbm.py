@@ -18,7 +18,10 @@ is ever overwritten or deleted: a call cut short by a killed process leaves
 only keys that the last committed state does not know, and the next writable
 open copies the live records into a fresh generation without them. Freed
 records are reclaimed the same way, by rewriting a new generation once the
-database holds more dead keys than live ones (amortized O(1) per record).
+database holds more dead keys than live ones, or more bytes of freed records
+and replaced states than of live ones and over 8 MiB (amortized O(1) per
+record; the files stay within a few times the live data, whatever the size
+of the records).
 
 Why not ``sync()`` after every call: ``dbm.dumb`` appends a new key's index
 line to its ``.dir`` file at once, so new keys already survive a killed
@@ -150,6 +153,7 @@ class _DBMStore(Generations):
             del q.aside[ident]
             q.stored -= a.size
             q.raw -= a.raw
+            self._freed(a.size)
             self._append(st, dead_queue_name(queue), [rec._replace(reason=reason)])
             return
         q.ready += 1
@@ -217,6 +221,7 @@ class _DBMStore(Generations):
                 if lease is None:
                     q.stored -= sum(len(r.data) for r in out)
                     q.raw -= sum(r.raw_size for r in out)
+                    self._freed(sum(len(r.data) for r in out), len(out))
                 else:
                     q.leased += len(out)
             return out
@@ -271,6 +276,7 @@ class _DBMStore(Generations):
                     q.leased -= 1
                     q.stored -= a.size
                     q.raw -= a.raw
+                    self._freed(a.size)
                     done.append(ident)
             self._changed = bool(done)
             return sorted(done)
@@ -418,6 +424,7 @@ class _DBMStore(Generations):
         s.ready -= 1
         s.stored -= len(rec.data)
         s.raw -= rec.raw_size
+        self._freed(len(rec.data))
         self._append(st, dst, [rec._replace(attempts=0, reason=None)])
 
     def purge(self, queue: str) -> int:
@@ -426,6 +433,7 @@ class _DBMStore(Generations):
             if q is None:
                 return 0
             removed = q.ready + q.leased
+            self._freed(q.stored, q.live())
             # Emptied but still listed; its main line goes on from the tail, so no key of
             # the records purged is ever written again.
             q.head, q.holes, q.aside = q.tail, set(), {}
