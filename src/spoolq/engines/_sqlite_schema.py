@@ -36,6 +36,10 @@ MIN_SQLITE = (3, 35, 0)
 # A file keeps the page size it was created with.
 PAGE_SIZE = 1024
 PAGE_SIZES = frozenset(1 << k for k in range(9, 17))
+# The WAL is copied into the file (a checkpoint, with an fsync of each) once it holds this
+# much. SQLite's default is a count of pages, 1000: 4 MiB with its 4 KiB pages, but with
+# spoolq's 1 KiB pages a checkpoint every 500 or so single puts.
+WAL_BYTES = 4 << 20
 SYNCHRONOUS = {
     "FULL": "PRAGMA synchronous = FULL",
     "NORMAL": "PRAGMA synchronous = NORMAL",
@@ -260,6 +264,8 @@ def set_up(conn: sqlite3.Connection, path: str, *, read_only: bool, synchronous:
     if not read_only:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(SYNCHRONOUS[synchronous])
+        page = conn.execute("PRAGMA page_size").fetchone()[0]  # the file's, whatever asked
+        conn.execute(f"PRAGMA wal_autocheckpoint = {max(WAL_BYTES // page, 1000)}")
 
 
 _COLUMNS = {  # every column of the spoolq tables, by table (see SCHEMA)
