@@ -18,8 +18,10 @@ readable whichever dictionary wrote them, in any queue of the file.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 import zlib
 from typing import TYPE_CHECKING
 
@@ -102,6 +104,16 @@ class ZstdDictCompressor:
         self._generation = 0
         # A training under way in a thread of its own, and the list its result goes in.
         self._background: tuple[threading.Thread, list[bytes | None]] | None = None
+        _instances.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The thread that held the lock (or trained) at the fork does not exist here: a
+        # lock it held would be waited for for ever, and a training it ran never ends.
+        self._lock = threading.Lock()
+        self._generation += 1  # caches made from a change the fork cut short
+        background = self._background
+        if background is not None and not background[1]:
+            self._background = None  # sample again
 
     # ---- dictionaries -------------------------------------------------------------------
 
@@ -247,6 +259,18 @@ class ZstdDictCompressor:
         frame = data[1:]
         check_zstd_frame(frame, _FORMAT)
         return bytes(dec.decompress(frame))
+
+
+_instances: weakref.WeakSet[ZstdDictCompressor] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for compressor in list(_instances):
+        compressor._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 def checksum_key(number: int) -> str:
