@@ -144,9 +144,11 @@ class ZstdDictCompressor:
     # ---- sampling and training ----------------------------------------------------------
 
     def sample(self, data: bytes) -> None:
-        """Keep a payload as a training sample while no dictionary is active."""
-        if (self.active_id is None and len(self._samples) < SAMPLE_COUNT
-                and self._background is None):
+        """Keep a payload as a training sample while no dictionary is active, until the
+        samples are enough to train from: puts made before the training (a batch's, or
+        those made while it waits for a thread) add none, so the samples stay about
+        SAMPLE_BYTES, and so does the training's work."""
+        if self.active_id is None and self._background is None and not self._enough():
             if len(data) > SAMPLE_MAX_SIZE:
                 data = bytes(data[:SAMPLE_MAX_SIZE])
             self._samples.append(data)
@@ -159,9 +161,12 @@ class ZstdDictCompressor:
         background = self._background
         if background is not None:
             return not background[0].is_alive()
+        return self.active_id is None and self._enough()
+
+    def _enough(self) -> bool:
         count = len(self._samples)
-        return self.active_id is None and (count >= SAMPLE_COUNT or (
-            count >= SAMPLE_MIN_COUNT and self._sample_bytes >= SAMPLE_BYTES))
+        return count >= SAMPLE_COUNT or (count >= SAMPLE_MIN_COUNT
+                                         and self._sample_bytes >= SAMPLE_BYTES)
 
     def drop_samples(self) -> list[bytes | bytearray | memoryview]:
         """Forget the samples kept so far, and return them."""
