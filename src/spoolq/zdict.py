@@ -380,10 +380,10 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     engine that never blocks (``inline``, called on an async queue's event loop), the
     first call starts the training in a thread of its own and returns; the call made
     once :attr:`Codec.training_due` is true again stores the dictionary."""
+    if _trained_elsewhere(engine, name, codec):  # first: it may be the one that filled it
+        return
     if engine.peek(DICTIONARY_QUEUE, 1, offset=254):
         _file_full(name, codec)
-        return
-    if _trained_elsewhere(engine, name, codec):
         return
     if getattr(engine, "inline", False) and codec.train_in_background():
         # An engine that never blocks is called on the event loop of an async queue,
