@@ -35,7 +35,10 @@ class Generations:
     _state: State
 
     def __init__(self, path: str, *, read_only: bool, fsync: bool, recover: bool) -> None:
-        self.path = path
+        # Absolute: dbm.dumb opens its files by name at every write, and a relative name
+        # would reach a same-named queue (without its lock) once the process changed its
+        # working directory.
+        self.path = os.path.abspath(path)
         self.read_only = read_only
         self._fsync = fsync
         self._go_back = recover
