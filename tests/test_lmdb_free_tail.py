@@ -59,15 +59,20 @@ def test_a_reader_waits_for_the_writer_that_lengthens_the_file(tmp_path: Path) -
     path = str(tmp_path / "q.lmdb")
     _fill(path)
     needed = _raise_last_page(path, 1)
-    # Another process lengthens it a moment later, as a live writer does after its commit.
+    # Another process lengthens it a moment later, as a live writer does after its commit:
+    # 0.15 s after it says it runs (a busy machine can take longer than the half second a
+    # reader waits to start an interpreter), and the reader opens once it has said so.
     later = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys, time; time.sleep(0.15); os.truncate(sys.argv[1], int(sys.argv[2]))"),
-        path, str(needed)])
+        "import os, sys, time; print('up', flush=True); time.sleep(0.15); "
+        "os.truncate(sys.argv[1], int(sys.argv[2]))"), path, str(needed)],
+        stdout=subprocess.PIPE, text=True)
+    assert later.stdout is not None
+    assert later.stdout.readline() == "up\n"
     try:
         with spoolq.SyncQueue.create(path, engine_options={"read_only": True}) as q:
             assert q.qsize() == 50
     finally:
-        later.wait(10)
+        later.communicate(timeout=10)
 
 
 def test_a_reader_refuses_a_file_left_short_and_says_a_writer_mends_it(tmp_path: Path) -> None:
