@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -25,6 +26,19 @@ _COMPACT_MIN_BYTES = 8 << 20  # bytes of replaced states tolerated, whatever the
 _PADDED = 512  # what dbm.dumb takes at least for a value
 _READER_TRIES = 20  # loads a read-only open tries while its writer keeps writing
 _READER_PAUSE = 0.005  # seconds between them while the same generation is current
+
+_stores: weakref.WeakSet[Generations] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    # A forked child never uses its parent's stores (the engines open their own), but it
+    # holds copies of them, which it closes or collects when it ends.
+    for store in list(_stores):
+        store._disown()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 class Generations:
@@ -45,6 +59,7 @@ class Generations:
         self._db: files.Database | None = None
         self._stale = False
         self._lock = None
+        _stores.add(self)
         try:
             # Refused before the lock is taken, so no lock file is left beside what is refused.
             self._refuse_foreign()
@@ -275,6 +290,14 @@ class Generations:
                         "files (%s); the next call drops it", self.path, what, exc)
             return
         self._keys, self._committed = st.keys, blob
+
+    def _disown(self) -> None:
+        """Let go of the database in a forked child without writing a byte: ``dbm.dumb``
+        writes its whole index from memory when closed or collected, and the child's copy
+        is the index as it was at the fork, without what the parent wrote since."""
+        db, self._db = self._db, None
+        if db is not None and self._backend == "dbm.dumb":
+            db._index = None  # type: ignore[attr-defined]  # close() then writes nothing
 
     def close(self) -> None:
         if self._stale and self._db is not None and not self.read_only:
