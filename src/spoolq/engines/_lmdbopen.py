@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["Layout", "check_options", "check_whole", "cover_after_commit", "cover_free_tail",
-           "lock_held", "no_lock_file_left", "open_environment", "open_layout", "unusable"]
+__all__ = ["Layout", "check_options", "check_whole", "clear_stale_readers",
+           "cover_after_commit", "cover_free_tail", "lock_held", "no_lock_file_left",
+           "open_environment", "open_layout", "open_unlocked", "unusable"]
 
 log = logging.getLogger("spoolq")
 
@@ -179,6 +180,37 @@ def open_environment(path: str, *, read_only: bool, sync: bool, metasync: bool,
         env.close()
         raise
     return env
+
+
+def open_unlocked(path: str, map_size: int) -> lmdb.Environment:
+    """The environment of ``path`` opened read-only without LMDB's lock (for a reader that
+    cannot write the lock file, while no process holds it), checked to be whole."""
+    try:
+        env = lmdb.Environment(path, subdir=False, readonly=True, create=False, lock=False,
+                               map_size=map_size, max_dbs=len(fmt.DB_NAMES))
+    except lmdb.Error as exc:
+        raise fmt.translate(exc, path, "open") from exc
+    try:
+        check_whole(env, path, mend=False)
+    except BaseException:
+        env.close()  # pages past the end would fault if read
+        raise
+    return env
+
+
+def clear_stale_readers(env: lmdb.Environment, path: str) -> int:
+    """Free the reader slots of processes that died inside a read transaction (killed
+    with SIGKILL, say); return how many. Such a slot keeps the snapshot it read: until it
+    is freed, LMDB reuses no page freed since, and the file grows by every write. Opening
+    the file frees them too, but a process that keeps it open must do so itself."""
+    try:
+        cleared = env.reader_check()
+    except lmdb.Error:
+        return 0  # (an environment without LMDB's lock has no reader table)
+    if cleared:
+        log.info("spoolq: %s: freed %d reader slots of processes that died reading it",
+                 path, cleared)
+    return int(cleared)
 
 
 def pages_end(env: lmdb.Environment) -> int:

@@ -134,17 +134,7 @@ class _LMDBStore(LeaseSettling, Maintaining):
                 if not found[0]:
                     raise EngineError(found[1]) from exc
                 log.info("spoolq: %s: reading it without LMDB's lock", found[1])
-        try:
-            env = lmdb.Environment(self.path, subdir=False, readonly=True, create=False,
-                                   lock=False, map_size=map_size, max_dbs=len(fmt.DB_NAMES))
-        except lmdb.Error as exc:
-            raise fmt.translate(exc, self.path, "open") from exc
-        try:
-            opening.check_whole(env, self.path, mend=False)
-        except BaseException:
-            env.close()  # pages past the end would fault if read
-            raise
-        return env
+        return opening.open_unlocked(self.path, map_size)
 
     def _index(self) -> Db:
         """The ``delayed_ids`` sub-database, which every writable handle has."""
@@ -168,6 +158,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
                 with self._env.begin(write=True) as txn:
                     result = body(txn)
             except lmdb.MapFullError:
+                if opening.clear_stale_readers(self._env, self.path):
+                    continue  # the pages their snapshots held can be reused: no growth
                 old = self._env.info()["map_size"]
                 self._resize(what, old * 2)
                 log.info("spoolq: %s: the LMDB map was full; grew it from %d to %d bytes",
@@ -177,8 +169,11 @@ class _LMDBStore(LeaseSettling, Maintaining):
             except lmdb.Error as exc:
                 raise fmt.translate(exc, self.path, what) from exc
             else:  # committed: never run body again, whatever the cover meets
-                self._covered = opening.cover_after_commit(self._env, self.path, what,
-                                                           self._covered, self._psize)
+                covered = opening.cover_after_commit(self._env, self.path, what,
+                                                     self._covered, self._psize)
+                if covered > self._covered:  # the file grew: no stale reader may be why
+                    opening.clear_stale_readers(self._env, self.path)
+                self._covered = covered
                 return result
         raise EngineError(f"{self.path}: {what} did not fit even after growing the map to "
                           f"{self._env.info()['map_size']} bytes")
@@ -196,7 +191,9 @@ class _LMDBStore(LeaseSettling, Maintaining):
             except lmdb.MapResizedError:
                 self._resize(what, 0)
             except lmdb.Error as exc:
-                raise fmt.translate(exc, self.path, what) from exc
+                if not (isinstance(exc, lmdb.ReadersFullError)
+                        and opening.clear_stale_readers(self._env, self.path)):
+                    raise fmt.translate(exc, self.path, what) from exc
         raise EngineError(f"{self.path}: {what} failed: the map kept being resized")
 
     def _alone(self, what: str, txn: Txn | None = None) -> None:
