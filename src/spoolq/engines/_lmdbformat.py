@@ -203,6 +203,12 @@ def translate(exc: lmdb.Error, path: str, what: str) -> EngineError:
     if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError,
                         lmdb.BadChecksumError)):
         return CorruptError(f"{path} is damaged: {exc}")
+    if isinstance(exc, lmdb.ReadersFullError):
+        return EngineError(
+            f"{path}: {what} failed: every slot of LMDB's reader table ({path}-lock) is "
+            "taken by reads of live processes: open the queue with a larger max_readers "
+            "engine option (the table takes it when no process has the file open), or from "
+            "fewer processes at once")
     if isinstance(exc, lmdb.ReadonlyError):
         return EngineError(f"{path}: {what} needs to write, but the file is read-only")
     if "already open in this process" in str(exc):
