@@ -168,13 +168,14 @@ async def _contained(sending: Awaitable[object], run: _SinkRun,
     batch would be acked before that work ran, and whether or not it failed."""
     try:
         result = await sending
+        # A generator, as from a plain sink, would be acked with none of it run; so would
+        # one a thread's work returned (a stray yield in the function handed to the pool).
+        await _refuse_generator(result)
         if not thread:
-            # (A generator, as from a plain sink, would be acked with none of it run.)
-            await _refuse_generator(result)
             if isinstance(result, concurrent.futures.Future):
                 result = _thread_outcome(result)
             if inspect.isawaitable(result):
-                await result
+                await _refuse_generator(await result)
     except (KeyboardInterrupt, SystemExit) as exc:
         return exc
     finally:

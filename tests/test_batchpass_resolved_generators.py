@@ -1,0 +1,60 @@
+"""Batcher: a generator that the work a sink handed on resolves to (a thread's result, or an
+awaitable an async sink returned unawaited) fails the flush, as a generator a sink returns
+does: none of its body ran, so acking the batch would lose it unsent."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoolq import Batcher
+
+ran: list[list[int]] = []
+pool = concurrent.futures.ThreadPoolExecutor(2)
+
+
+def _send(batch: list[int]) -> Iterator[None]:
+    ran.append(batch)  # a stray yield made this a generator function: never runs
+    yield
+
+
+async def _async_to_thread(batch: list[int]) -> object:
+    return asyncio.to_thread(_send, batch)  # the await left out
+
+
+async def _async_pool(batch: list[int]) -> object:
+    return pool.submit(_send, batch)
+
+
+def _plain_pool(batch: list[int]) -> object:
+    return pool.submit(_send, batch)
+
+
+async def _returns_to_thread(batch: list[int]) -> object:
+    return asyncio.to_thread(_send, batch)
+
+
+def _plain_coroutine_of_to_thread(batch: list[int]) -> object:
+    return _returns_to_thread(batch)
+
+
+@pytest.mark.parametrize("sink", [_async_to_thread, _async_pool, _plain_pool,
+                                  _plain_coroutine_of_to_thread])
+async def test_work_that_resolves_to_a_generator_fails_the_flush_and_keeps_the_batch(
+        tmp_path: Path, sink: Callable[[list[int]], Any]) -> None:
+    ran.clear()
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
+    await b.start()
+    try:
+        await b.add_many(range(3))
+        assert await b.flush() is False
+        assert ran == []
+        assert b.stats["failures"] == 1 and b.stats["items"] == 0
+        assert await b.queue.peek(5) == [0, 1, 2]
+    finally:
+        await b.stop()
