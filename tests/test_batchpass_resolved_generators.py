@@ -58,3 +58,37 @@ async def test_work_that_resolves_to_a_generator_fails_the_flush_and_keeps_the_b
         assert await b.queue.peek(5) == [0, 1, 2]
     finally:
         await b.stop()
+
+
+sent: list[list[int]] = []
+
+
+async def _send_async(batch: list[int]) -> None:
+    sent.append(batch)
+
+
+def _plain_pool_of_async(batch: list[int]) -> object:
+    return pool.submit(_send_async, batch)  # the thread makes a coroutine, runs none of it
+
+
+async def _async_pool_of_async(batch: list[int]) -> object:
+    return pool.submit(_send_async, batch)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("sink", [_plain_pool_of_async, _async_pool_of_async])
+async def test_a_pool_future_that_resolves_to_a_coroutine_fails_the_flush(
+        tmp_path: Path, sink: Callable[[list[int]], Any]) -> None:
+    """An async function handed to a pool: the thread only makes its coroutine, which
+    nothing runs. Acked, the batch would be lost unsent."""
+    sent.clear()
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
+    await b.start()
+    try:
+        await b.add_many(range(3))
+        assert await b.flush() is False
+        assert sent == []
+        assert b.stats["failures"] == 1 and b.stats["items"] == 0
+        assert await b.queue.peek(5) == [0, 1, 2]
+    finally:
+        await b.stop()

@@ -139,7 +139,15 @@ async def _thread_outcome(future: concurrent.futures.Future[object]) -> object:
         raise RuntimeError("the concurrent.futures.Future on_flush returned was cancelled")
     # Read here, not passed on through an asyncio future, which refuses a StopIteration
     # (the thread's next() on an empty iterator, say) and would never end.
-    return future.result()
+    result = future.result()
+    if inspect.isawaitable(result):
+        # An async function handed to the pool: its thread only made the coroutine, and
+        # nothing would run it. Acked, the batch would be lost unsent.
+        if inspect.iscoroutine(result) or inspect.isgenerator(result):
+            result.close()
+        raise TypeError("the work on_flush handed to a pool returned an awaitable (an "
+                        "async function submitted?), which would send nothing")
+    return result
 
 
 def _ended(future: concurrent.futures.Future[object]) -> asyncio.Future[None]:
