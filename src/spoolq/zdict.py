@@ -18,15 +18,14 @@ readable whichever dictionary wrote them, in any queue of the file.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 import zlib
 from typing import TYPE_CHECKING
 
 import zstandard
 
+from ._inchild import InChild
 from .errors import CorruptError, SerializationError
 
 if TYPE_CHECKING:
@@ -266,16 +265,8 @@ class ZstdDictCompressor:
         return bytes(dec.decompress(frame))
 
 
-_instances: weakref.WeakSet[ZstdDictCompressor] = weakref.WeakSet()
-
-
-def _new_locks_in_child() -> None:
-    for compressor in list(_instances):
-        compressor._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_new_locks_in_child)
+_instances: InChild[ZstdDictCompressor] = InChild(
+    lambda compressor: compressor._after_fork_in_child())
 
 
 def checksum_key(number: int) -> str:

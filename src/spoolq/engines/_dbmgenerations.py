@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from .._inchild import InChild
 from ..errors import CorruptError, EngineError, FormatError
 from . import _dbmfiles as files
 from ._dbmstate import APPLICATION, State, decode_state, encode_state, trusted_state
@@ -27,18 +27,9 @@ _PADDED = 512  # what dbm.dumb takes at least for a value
 _READER_TRIES = 20  # loads a read-only open tries while its writer keeps writing
 _READER_PAUSE = 0.005  # seconds between them while the same generation is current
 
-_stores: weakref.WeakSet[Generations] = weakref.WeakSet()
-
-
-def _disown_after_fork() -> None:
-    # A forked child never uses its parent's stores (the engines open their own), but it
-    # holds copies of them, which it closes or collects when it ends.
-    for store in list(_stores):
-        store._disown()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_disown_after_fork)
+# A forked child never uses its parent's stores (the engines open their own), but it holds
+# copies of them, which it closes or collects when it ends.
+_stores: InChild[Generations] = InChild(lambda store: store._disown())
 
 
 class Generations:

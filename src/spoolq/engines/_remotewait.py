@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from functools import partial
 
+from .._inchild import InChild
 from ..errors import ClosedError
 from ._link import Link
 from .base import WaitCancel
@@ -30,16 +29,7 @@ WAIT_GRACE = 0.5
 stalled (plus twice the time a handshake took)."""
 
 
-_FORK_AWARE: weakref.WeakSet[LongPolls] = weakref.WeakSet()
-
-
-def _forget_connections_after_fork() -> None:
-    for engine in list(_FORK_AWARE):
-        engine._forget_connections()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_forget_connections_after_fork)
+_FORK_AWARE: InChild[LongPolls] = InChild(lambda engine: engine._forget_connections())
 
 
 def shut(link: Link) -> None:
