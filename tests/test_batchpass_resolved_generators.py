@@ -92,3 +92,29 @@ async def test_a_pool_future_that_resolves_to_a_coroutine_fails_the_flush(
         assert await b.queue.peek(5) == [0, 1, 2]
     finally:
         await b.stop()
+
+
+async def _async_executor_of_async(batch: list[int]) -> object:
+    return asyncio.get_running_loop().run_in_executor(None, _send_async, batch)
+
+
+async def _async_to_thread_of_async(batch: list[int]) -> object:
+    return asyncio.to_thread(_send_async, batch)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("sink", [_async_executor_of_async, _async_to_thread_of_async])
+async def test_what_returned_work_resolves_to_is_awaited_in_turn(
+        tmp_path: Path, sink: Callable[[list[int]], Any]) -> None:
+    """As a coroutine a plain sink's run_in_executor future resolves to is: the batch is
+    acked once it ran, not dropped unrun."""
+    sent.clear()
+    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
+    await b.start()
+    try:
+        await b.add_many(range(3))
+        assert await b.flush() is True
+        assert sent == [[0, 1, 2]]
+        assert b.stats["failures"] == 0 and b.stats["items"] == 3
+    finally:
+        await b.stop()

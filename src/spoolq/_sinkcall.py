@@ -78,7 +78,7 @@ async def call_sink(on_flush: Callable[[list[Any]], Any], batch: list[Any], dead
         if inspect.isawaitable(result) and not (inspect.isgenerator(result)
                                                 or inspect.isasyncgen(result)):
             # (copies the context)
-            sending = asyncio.ensure_future(_contained(result, run, thread))
+            sending = asyncio.ensure_future(_contained(result, run))
     finally:
         _sink_run.reset(token)
         if sending is None:
@@ -167,23 +167,27 @@ def _ended(future: concurrent.futures.Future[object]) -> asyncio.Future[None]:
     return ended
 
 
-async def _contained(sending: Awaitable[object], run: _SinkRun,
-                     thread: bool) -> BaseException | None:
+async def _contained(sending: Awaitable[object], run: _SinkRun) -> BaseException | None:
     """Await an async sink; return the KeyboardInterrupt or SystemExit it raises. Raised
-    in a task, either would leave the event loop at once, its batch still leased. Unless
-    ``sending`` is a pool thread's outcome, an awaitable or a pool's future it returns (a
-    coroutine it did not await, say) is awaited as what a plain sink returns is: else the
-    batch would be acked before that work ran, and whether or not it failed."""
+    in a task, either would leave the event loop at once, its batch still leased. An
+    awaitable or a pool's future it returns (a coroutine it did not await, say), and what
+    that resolves to in turn, is awaited as what a plain sink returns is: else the batch
+    would be acked before that work ran, and whether or not it failed."""
     try:
         result = await sending
-        # A generator, as from a plain sink, would be acked with none of it run; so would
-        # one a thread's work returned (a stray yield in the function handed to the pool).
-        await _refuse_generator(result)
-        if not thread:
+        while True:
+            # A generator, as from a plain sink, would be acked with none of it run; so
+            # would one a thread's work returned (a stray yield in the function handed on).
+            await _refuse_generator(result)
+            # What the awaited work resolves to in turn (a coroutine an executor's thread
+            # made) is awaited too: else it would never run, and the batch be acked unsent.
+            # (A pool thread's outcome is never awaitable: _thread_outcome refuses it.)
             if isinstance(result, concurrent.futures.Future):
-                result = _thread_outcome(result)
-            if inspect.isawaitable(result):
-                await _refuse_generator(await result)
+                result = await _thread_outcome(result)
+            elif inspect.isawaitable(result):
+                result = await result
+            else:
+                break
     except (KeyboardInterrupt, SystemExit) as exc:
         return exc
     finally:
