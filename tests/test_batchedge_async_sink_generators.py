@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from spoolq import Batcher
+from .batching import flush_fails_and_keeps_the_batch
 
 ran: list[list[int]] = []
 
@@ -40,14 +40,4 @@ def _plain_returning_coroutine_of_gen(batch: list[int]) -> object:
 async def test_a_generator_an_async_sink_returns_fails_its_flush_and_keeps_the_batch(
         tmp_path: Path, sink: Callable[[list[int]], Any]) -> None:
     """As one a plain sink returns does: acked, the batch would be lost unsent."""
-    ran.clear()
-    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
-    await b.start()
-    try:
-        await b.add_many(range(3))
-        assert await b.flush() is False
-        assert ran == []
-        assert b.stats["failures"] == 1 and b.stats["items"] == 0
-        assert await b.queue.peek(5) == [0, 1, 2]
-    finally:
-        await b.stop()
+    await flush_fails_and_keeps_the_batch(str(tmp_path / "q.sqlite"), sink, ran)

@@ -14,6 +14,8 @@ import pytest
 
 from spoolq import Batcher
 
+from .batching import flush_fails_and_keeps_the_batch
+
 ran: list[list[int]] = []
 pool = concurrent.futures.ThreadPoolExecutor(2)
 
@@ -47,17 +49,7 @@ def _plain_coroutine_of_to_thread(batch: list[int]) -> object:
                                   _plain_coroutine_of_to_thread])
 async def test_work_that_resolves_to_a_generator_fails_the_flush_and_keeps_the_batch(
         tmp_path: Path, sink: Callable[[list[int]], Any]) -> None:
-    ran.clear()
-    b = Batcher(sink, queue=str(tmp_path / "q.sqlite"), flush_interval=60)
-    await b.start()
-    try:
-        await b.add_many(range(3))
-        assert await b.flush() is False
-        assert ran == []
-        assert b.stats["failures"] == 1 and b.stats["items"] == 0
-        assert await b.queue.peek(5) == [0, 1, 2]
-    finally:
-        await b.stop()
+    await flush_fails_and_keeps_the_batch(str(tmp_path / "q.sqlite"), sink, ran)
 
 
 sent: list[list[int]] = []
