@@ -269,17 +269,25 @@ def disk_bytes(path: str) -> int:
 
 def iter_pages(engine: Engine, queue: str, *, offset: int = 0, chunk: int = DEFAULT_CHUNK,
                limit: int | None = None, read: Peek | None = None,
-               ) -> Iterator[list[StoredRecord]]:
+               expected: int | None = None) -> Iterator[list[StoredRecord]]:
     """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, never all at once;
-    ``read`` replaces ``engine.peek`` of the queue (see :func:`skipping_damaged`)."""
-    return _pages(read or (lambda n, at: engine.peek(queue, n, at)), offset, chunk, limit)
+    ``read`` replaces ``engine.peek`` of the queue (see :func:`skipping_damaged`).
+
+    ``expected`` is how many records the queue held past ``offset`` when the reading
+    began: a page shorter than asked for ends the reading only once that many were
+    read (a served queue's reply holds the records that fit in it, fewer than asked
+    for when they are large), or when a read finds nothing more. Records put meanwhile
+    are not chased past it."""
+    return _pages(read or (lambda n, at: engine.peek(queue, n, at)), offset, chunk, limit,
+                  expected)
 
 
 def iter_leased_pages(engine: SupportsPeekLeased, queue: str, *, offset: int = 0,
-                      chunk: int = DEFAULT_CHUNK,
-                      limit: int | None = None) -> Iterator[list[LeasedRecord]]:
+                      chunk: int = DEFAULT_CHUNK, limit: int | None = None,
+                      expected: int | None = None) -> Iterator[list[LeasedRecord]]:
     """Leased records of ``queue`` in FIFO order, as :func:`iter_pages` reads ready ones."""
-    return _pages(lambda n, at: engine.peek_leased(queue, n, at), offset, chunk, limit)
+    return _pages(lambda n, at: engine.peek_leased(queue, n, at), offset, chunk, limit,
+                  expected)
 
 
 class DamagedRecord(StoredRecord):
@@ -343,11 +351,13 @@ def _number_damaged(page: list[StoredRecord], before: int | None) -> list[Stored
 
 
 def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHUNK,
-                         read: Peek | None = None) -> Iterator[list[StoredRecord]]:
+                         read: Peek | None = None,
+                         expected: int | None = None) -> Iterator[list[StoredRecord]]:
     """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, while other programs
     may take records from the head meanwhile: every record that stays ready from start to
     end is yielded once (those taken meanwhile may or may not be). ``read`` replaces
-    ``engine.peek`` of the queue (see :func:`skipping_damaged`).
+    ``engine.peek`` of the queue (see :func:`skipping_damaged`); ``expected`` is the
+    queue's ready count when the reading began, as :func:`iter_pages` takes it.
 
     Records are in id order, so a page goes on after the last id read; the position
     of that id is searched for (O(log n) reads) only when the head of the queue has
@@ -360,7 +370,7 @@ def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHU
         first = peek(1, 0)
         return first[0].id if first else None
 
-    offset, last = 0, -1
+    offset, last, got = 0, -1, 0
     seen_head = head()
     while True:
         now_head = head()
@@ -377,7 +387,8 @@ def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHU
         if fresh:
             yield fresh
             last = fresh[-1].id
-        if len(page) < chunk:
+            got += len(fresh)
+        if len(page) < chunk and (expected is None or got >= expected):
             return
 
 
@@ -404,8 +415,9 @@ def _resync(peek: Peek, chunk: int, last: int,
 
 
 def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,
-           limit: int | None) -> Iterator[list[T]]:
+           limit: int | None, expected: int | None) -> Iterator[list[T]]:
     left = limit
+    got = 0
     while left is None or left > 0:
         want = chunk if left is None else min(chunk, left)
         page = read(want, offset)
@@ -413,9 +425,10 @@ def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,
             return
         yield page
         offset += len(page)
+        got += len(page)
         if left is not None:
             left -= len(page)
-        if len(page) < want:
+        if len(page) < want and (expected is None or got >= expected):
             return
 
 

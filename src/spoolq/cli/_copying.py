@@ -50,7 +50,8 @@ def copy_dictionaries(source: Engine, target: Engine, bases: list[str], names: l
              if n > len(wanted) or have[n - 1] != wanted[n - 1]}
     if clash:
         for name in names:
-            for page in iter_pages(source, name, chunk=chunk):
+            for page in iter_pages(source, name, chunk=chunk,
+                                   expected=source.counts(name).ready):
                 for rec in page:
                     number = record_dictionary(rec.data)
                     if number in clash:

@@ -184,16 +184,18 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, leased: boo
         lister = _lister(eng, path) if leased else None
         decoder = Decoder(eng, allow_pickle=allow_pickle)
         if lister is not None:
+            total = eng.counts(name).leased
             held = [(decoder.decode(lr.record), lr)
-                    for page in iter_leased_pages(lister, name, offset=offset, limit=count)
+                    for page in iter_leased_pages(lister, name, offset=offset, limit=count,
+                                                  expected=total - offset)
                     for lr in page]
             decoded = [d for d, _ in held]
-            total = eng.counts(name).leased
         else:
-            decoded = [decoder.decode(rec)
-                       for page in iter_pages(eng, name, offset=offset, limit=count)
-                       for rec in page]
             total = eng.counts(name).ready
+            decoded = [decoder.decode(rec)
+                       for page in iter_pages(eng, name, offset=offset, limit=count,
+                                              expected=total - offset)
+                       for rec in page]
         if not decoded:
             state.check_queue_name(eng, name)
     finally:
@@ -300,7 +302,8 @@ class _Verification:
                                "not_decodable_here": 0, "problems": 0}
         self.queues.append(row)
         before = self.problem_count
-        pages = iter_pages(eng, name, chunk=chunk, read=skipping_damaged(eng, name))
+        pages = iter_pages(eng, name, chunk=chunk, read=skipping_damaged(eng, name),
+                           expected=counts.ready)
         ready = self._check_records(name, "", pages, decoder, row, advance)
         row["read"] = ready[0]
         sizes = ready[1:]
@@ -314,7 +317,8 @@ class _Verification:
                 holders.update(lr.owner for lr in page)
                 return [lr.record for lr in page]
 
-            pages = map(records, iter_leased_pages(eng, name, chunk=chunk))
+            pages = map(records, iter_leased_pages(eng, name, chunk=chunk,
+                                                   expected=counts.leased))
             leased = self._check_records(name, "leased ", pages, decoder, row, advance)
             row["leased_read"] = leased[0]
             sizes = (sizes[0] + leased[1], sizes[1] + leased[2])

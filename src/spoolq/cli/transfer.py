@@ -50,7 +50,8 @@ log = logging.getLogger("spoolq")
 
 
 def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk: int,
-                 advance: Any, skip: Callable[[str, str], None] | None) -> int:
+                 advance: Any, skip: Callable[[str, str], None] | None,
+                 expected: int) -> int:
     """Write the items of ``name`` as JSON Lines; the number written.
 
     A record that cannot be decoded or written as JSON stops the dump with
@@ -59,7 +60,7 @@ def _write_items(eng: Engine, name: str, decoder: Decoder, out: IO[bytes], chunk
     """
     written = 0
     read = None if skip is None else skipping_damaged(eng, name)
-    for page in iter_pages_following(eng, name, chunk=chunk, read=read):
+    for page in iter_pages_following(eng, name, chunk=chunk, read=read, expected=expected):
         lines = []
         for rec in page:
             if skip is not None and isinstance(rec, DamagedRecord):
@@ -141,17 +142,19 @@ def dump(path: str, queue: str, output: str | None, dead: bool, allow_pickle: bo
         with state.progress("dumping", total, data_on_stdout=output in (None, "-")) as advance:
             if output is None or output == "-":
                 written = _write_items(eng, name, decoder, sys.stdout.buffer,
-                                       chunk, advance, on_bad)
+                                       chunk, advance, on_bad, total)
             elif os.path.exists(output) and not os.path.isfile(output):
                 # A device, pipe or terminal (/dev/stdout, `>(command)`) is written to as
                 # stdout is: replacing it would put a plain file in its place.
                 with open(output, "wb") as f:
-                    written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
+                    written = _write_items(eng, name, decoder, f, chunk, advance, on_bad,
+                                           total)
             else:
                 fd, partial, target = partial_file(output)
                 try:
                     with open(fd, "wb") as f:
-                        written = _write_items(eng, name, decoder, f, chunk, advance, on_bad)
+                        written = _write_items(eng, name, decoder, f, chunk, advance,
+                                               on_bad, total)
                     os.replace(partial, target)
                 except BaseException:
                     with contextlib.suppress(OSError):
