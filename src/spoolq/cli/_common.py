@@ -351,13 +351,15 @@ def _number_damaged(page: list[StoredRecord], before: int | None) -> list[Stored
 
 
 def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHUNK,
-                         read: Peek | None = None,
-                         expected: int | None = None) -> Iterator[list[StoredRecord]]:
+                         read: Peek | None = None, expected: int | None = None,
+                         offset: int = 0,
+                         limit: int | None = None) -> Iterator[list[StoredRecord]]:
     """Ready records of ``queue`` in FIFO order, ``chunk`` at a time, while other programs
     may take records from the head meanwhile: every record that stays ready from start to
     end is yielded once (those taken meanwhile may or may not be). ``read`` replaces
     ``engine.peek`` of the queue (see :func:`skipping_damaged`); ``expected`` is the
-    queue's ready count when the reading began, as :func:`iter_pages` takes it.
+    queue's ready count past ``offset`` when the reading began, as :func:`iter_pages`
+    takes it. The first page is read at ``offset``; at most ``limit`` records are yielded.
 
     Records are in id order, so a page goes on after the last id read; the position
     of that id is searched for (O(log n) reads) only when the head of the queue has
@@ -370,16 +372,21 @@ def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHU
         first = peek(1, 0)
         return first[0].id if first else None
 
-    offset, last, got = 0, -1, 0
+    last, got, left = -1, 0, limit
     seen_head = head()
-    while True:
+    while left is None or left > 0:
+        want = chunk if left is None else min(chunk, left)
         now_head = head()
-        page = peek(chunk, offset) if now_head == seen_head else []
-        # The head is read again after the page: records that left it while the page was
-        # read moved the page on past records not read yet.
-        if now_head != seen_head or head() != now_head:
-            offset, page = _resync(peek, chunk, last, offset)
-            seen_head = now_head  # a move from here on shows at the next page
+        if last < 0:  # nothing read yet: the page at the offset, whatever the head is
+            page = peek(want, offset)
+            seen_head = now_head
+        else:
+            page = peek(want, offset) if now_head == seen_head else []
+            # The head is read again after the page: records that left it while the
+            # page was read moved the page on past records not read yet.
+            if now_head != seen_head or head() != now_head:
+                offset, page = _resync(peek, want, last, offset)
+                seen_head = now_head  # a move from here on shows at the next page
         if not page:
             return
         offset += len(page)
@@ -388,7 +395,9 @@ def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHU
             yield fresh
             last = fresh[-1].id
             got += len(fresh)
-        if len(page) < chunk and (expected is None or got >= expected):
+            if left is not None:
+                left -= len(fresh)
+        if len(page) < want and (expected is None or got >= expected):
             return
 
 

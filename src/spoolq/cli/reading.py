@@ -26,6 +26,7 @@ from ._common import (
     disk_size,
     iter_leased_pages,
     iter_pages,
+    iter_pages_following,
     names_not_text,
     not_text_note,
     now,
@@ -193,8 +194,8 @@ def peek(path: str, queue: str, count: int, offset: int, dead: bool, leased: boo
         else:
             total = eng.counts(name).ready
             decoded = [decoder.decode(rec)
-                       for page in iter_pages(eng, name, offset=offset, limit=count,
-                                              expected=total - offset)
+                       for page in iter_pages_following(eng, name, offset=offset,
+                                                        limit=count, expected=total - offset)
                        for rec in page]
         if not decoded:
             state.check_queue_name(eng, name)
