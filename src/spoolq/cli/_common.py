@@ -6,6 +6,7 @@ Options are in :mod:`._options`, record decoding in :mod:`._decoding` and output
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -49,6 +50,7 @@ __all__ = [
     "now",
     "one_line",
     "open_existing",
+    "opening",
     "partial_file",
     "set_stored_codec",
     "skipping_damaged",
@@ -141,9 +143,22 @@ def open_existing(path: str, engine: str | None, *, read_only: bool,
         check_not_a_stray_empty_file(path)
     log.debug("spoolq: opening %s (engine=%s, read_only=%s)", path, engine or "by suffix",
               read_only)
-    if not read_only:
-        _check_holds_a_queue(path, engine, options)
-    return open_engine(path, engine, read_only=read_only, options=options)
+    with opening(path):
+        if not read_only:
+            _check_holds_a_queue(path, engine, options)
+        return open_engine(path, engine, read_only=read_only, options=options)
+
+
+@contextlib.contextmanager
+def opening(path: str) -> Iterator[None]:
+    """Raise :class:`FileProblem` saying ``path`` is damaged for a UnicodeDecodeError as
+    it is opened: SQLite's message for a damaged schema quotes the bytes it could not
+    parse, and Python's sqlite3 fails to decode a message that is not UTF-8."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise FileProblem(f"{path} is damaged: it holds bytes that are not UTF-8 where "
+                          f"text belongs ({one_line(exc)})") from exc
 
 
 _LOCKED_ENGINES = ("dbm", "pickle")

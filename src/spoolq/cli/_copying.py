@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from ..codec import record_dictionary
 from ..engines import Engine, StoredRecord
+from ..errors import EngineError
 from ..zdict import DICTIONARY_QUEUE, checksum_key, dictionary_damage
-from ._common import Refused, iter_pages, set_stored_codec, stored_codec
+from ._common import FileProblem, Refused, iter_pages, set_stored_codec, stored_codec
 from ._output import CliState
 from ._signals import sigint_deferred
 
-__all__ = ["copy_dictionaries", "copy_queues"]
+__all__ = ["building_path", "copy_dictionaries", "copy_queues", "move_into_place",
+           "name_dst", "remove_folder"]
 
 log = logging.getLogger("spoolq")
 
@@ -186,3 +192,73 @@ def copy_queues(state: CliState, source: Engine, target: Engine, bases: list[str
             if done or plan[name] or name in bases:
                 copied.append({"name": name, "copied": done, "ready": ready})
     return copied
+
+
+def building_path(dst: str) -> str | None:
+    """Where to make a new queue file ``dst``: a path of the same name in a new folder
+    ``DST.<random>.part`` next to it (engines keep files beside it, which stay in the
+    folder); None when ``dst`` exists already or names no file (a database URL)."""
+    if "://" in dst or os.path.lexists(dst):
+        return None
+    # Not abspath: it drops "link/.." as text, where the kernel follows the link first.
+    head, name = os.path.split(dst.rstrip(os.sep) or dst)
+    if not os.path.isdir(parent := head or os.curdir):
+        raise FileProblem(f"{dst}: cannot open the queue: no directory {os.path.realpath(parent)}")
+    try:  # the name cut short: a folder name has 255 bytes, an SQLite path 512
+        folder = tempfile.mkdtemp(dir=parent, prefix=name[:32] + ".", suffix=".part")
+    except OSError as exc:
+        raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
+    # Engines make paths absolute with abspath: give them one that needs no "..".
+    return os.path.join(os.path.realpath(folder), name)
+
+
+def name_dst(exc: BaseException, building: str, dst: str) -> None:
+    """Raise ``exc`` again naming ``dst``, not the path (now gone) the copy was made at."""
+    if isinstance(exc, EngineError) and building in str(exc):
+        try:
+            again = type(exc)(str(exc).replace(building, dst))
+        except Exception:  # an error class that takes other arguments
+            return
+        raise again from exc.__cause__
+
+
+def move_into_place(building: str, dst: str) -> None:
+    """Move the whole copy ``building`` to ``dst``, which must still not exist (another
+    program may have made it meanwhile), and remove its folder."""
+    try:
+        if os.path.isdir(building):
+            if os.path.lexists(dst):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+            os.rename(building, dst)
+        else:
+            _move_file(building, dst)
+    except FileExistsError:
+        raise FileProblem(f"{dst} was made by another program while the migrate copied "
+                          "into it") from None
+    except OSError as exc:  # the kernel makes no file named "DST/": named as given
+        raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
+    remove_folder(os.path.dirname(building))
+
+
+def _move_file(path: str, dst: str) -> None:
+    """Move the file ``path`` to ``dst`` unless ``dst`` exists (FileExistsError)."""
+    if os.path.exists(path + "-wal"):  # part of an SQLite file, left by a failed close
+        raise FileProblem(f"{dst}: the copy's WAL could not be emptied into it")
+    try:
+        os.link(path, dst)  # never replaces a file made meanwhile
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+        os.rename(path, dst)
+
+
+def remove_folder(folder: str) -> None:
+    """Remove the folder a new DST was made in, and what it still holds."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("spoolq: could not remove %s: %s", folder, exc)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import json
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -19,7 +16,6 @@ import click
 
 from ..codec import COMPRESSORS, SERIALIZERS
 from ..engines import Engine, dead_queue_name, engine_name_for, open_engine
-from ..errors import EngineError
 from ..sync import SyncQueue
 from ._common import (
     DEFAULT_CHUNK,
@@ -34,11 +30,19 @@ from ._common import (
     names_not_text,
     not_text_note,
     open_existing,
+    opening,
     partial_file,
     skipping_damaged,
     stored_codec,
 )
-from ._copying import copy_dictionaries, copy_queues
+from ._copying import (
+    building_path,
+    copy_dictionaries,
+    copy_queues,
+    move_into_place,
+    name_dst,
+    remove_folder,
+)
 from ._decoding import Decoder, check_json, json_text
 from ._options import engine_option, json_option, queue_option, schema_option
 from ._output import CliState
@@ -274,9 +278,10 @@ def load(path: str, file: str, queue: str, batch_size: int, serializer: str | No
     try:
         # A pipe (`<(command)`, /dev/stdin) is read once, as stdin is.
         total = _count_items(file, stream) if file != "-" and stream.seekable() else None
-        with SyncQueue.create(path, name=queue, engine=engine, serializer=serializer,
-                              compressor=compressor, engine_options=options) as q, \
-                state.progress("loading", total) as advance:
+        with opening(path):
+            opened = SyncQueue.create(path, name=queue, engine=engine, serializer=serializer,
+                                      compressor=compressor, engine_options=options)
+        with opened as q, state.progress("loading", total) as advance:
             batch: list[Any] = []
             for lineno, line in itertools.chain(enumerate(stream, 1), [(0, b"")]):
                 if line.strip(_JSON_SPACE):
@@ -392,11 +397,10 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
         # A new DST is made in a folder of its own next to it and moved into place once
         # whole: a part of a copy left as DST (by a SIGKILL) would be refused next time,
         # or doubled with --append.
-        building = _building(dst)
+        building = building_path(dst)
         written: dict[str, int] = {}
         try:
-            target = open_engine(building or dst, to_engine or engine_name_for(dst),
-                                 options=dst_options)
+            target = _open_target(building or dst, dst, to_engine, dst_options)
             try:
                 _check_destination(source, target, bases, names, append)
                 copy_dictionaries(source, target, bases, names, chunk)
@@ -405,11 +409,11 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
                 target.close()
             if building:
                 with sigint_deferred():
-                    _move_into_place(building, dst)
+                    move_into_place(building, dst)
         except BaseException as exc:
             if building:
-                _remove(os.path.dirname(building))
-                _name_dst(exc, building, dst)
+                remove_folder(os.path.dirname(building))
+                name_dst(exc, building, dst)
             elif any(written.values()):
                 kept = ", ".join(f"{n} of the {plan[q]} record(s) of {q!r}"
                                  for q, n in written.items() if n)
@@ -426,76 +430,13 @@ def migrate(src: str, dst: str, queue: str | None, append: bool, chunk: int,
     state.print_table(table)
 
 
+def _open_target(path: str, dst: str, engine: str | None,
+                 options: dict[str, Any] | None) -> Engine:
+    """Open (or make) the destination ``dst`` of a migrate at ``path``."""
+    with opening(dst):
+        return open_engine(path, engine or engine_name_for(dst), options=options)
+
+
 _SIDE_FILES = ("-wal", "-shm", "-journal", "-lock", ".lock")
 """What engines keep next to a queue file: SQLite's WAL, shared memory and journal, LMDB's
 lock file, and the lock file of the dbm and pickle engines."""
-
-
-def _building(dst: str) -> str | None:
-    """Where to make a new queue file ``dst``: a path of the same name in a new folder
-    ``DST.<random>.part`` next to it (engines keep files beside it, which stay in the
-    folder); None when ``dst`` exists already or names no file (a database URL)."""
-    if "://" in dst or os.path.lexists(dst):
-        return None
-    # Not abspath: it drops "link/.." as text, where the kernel follows the link first.
-    head, name = os.path.split(dst.rstrip(os.sep) or dst)
-    if not os.path.isdir(parent := head or os.curdir):
-        raise FileProblem(f"{dst}: cannot open the queue: no directory {os.path.realpath(parent)}")
-    try:  # the name cut short: a folder name has 255 bytes, an SQLite path 512
-        folder = tempfile.mkdtemp(dir=parent, prefix=name[:32] + ".", suffix=".part")
-    except OSError as exc:
-        raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
-    # Engines make paths absolute with abspath: give them one that needs no "..".
-    return os.path.join(os.path.realpath(folder), name)
-
-
-def _name_dst(exc: BaseException, building: str, dst: str) -> None:
-    """Raise ``exc`` again naming ``dst``, not the path (now gone) the copy was made at."""
-    if isinstance(exc, EngineError) and building in str(exc):
-        try:
-            again = type(exc)(str(exc).replace(building, dst))
-        except Exception:  # an error class that takes other arguments
-            return
-        raise again from exc.__cause__
-
-
-def _move_into_place(building: str, dst: str) -> None:
-    """Move the whole copy ``building`` to ``dst``, which must still not exist (another
-    program may have made it meanwhile), and remove its folder."""
-    try:
-        if os.path.isdir(building):
-            if os.path.lexists(dst):
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
-            os.rename(building, dst)
-        else:
-            _move_file(building, dst)
-    except FileExistsError:
-        raise FileProblem(f"{dst} was made by another program while the migrate copied "
-                          "into it") from None
-    except OSError as exc:  # the kernel makes no file named "DST/": named as given
-        raise FileProblem(f"{dst}: cannot create the queue: {exc.strerror}") from None
-    _remove(os.path.dirname(building))
-
-
-def _move_file(path: str, dst: str) -> None:
-    """Move the file ``path`` to ``dst`` unless ``dst`` exists (FileExistsError)."""
-    if os.path.exists(path + "-wal"):  # part of an SQLite file, left by a failed close
-        raise FileProblem(f"{dst}: the copy's WAL could not be emptied into it")
-    try:
-        os.link(path, dst)  # never replaces a file made meanwhile
-    except FileExistsError:
-        raise
-    except OSError:  # a file system without hard links
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
-        os.rename(path, dst)
-
-
-def _remove(folder: str) -> None:
-    """Remove the folder a new DST was made in, and what it still holds."""
-    try:
-        shutil.rmtree(folder)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("spoolq: could not remove %s: %s", folder, exc)
