@@ -37,6 +37,10 @@ _COLUMNS = {
 }
 """The columns, as (name, type), that the engine's statements read and write."""
 
+_KEYS = {"meta": ("key",), "records": ("queue", "id"), "counts": ("queue", "slot")}
+"""The columns of each table's unique key: the upserts name it (ON CONFLICT), and a restore
+is refused by it."""
+
 
 def open_schema(conn: Conn, schema: str, statements: Statements, *, where: str,
                 read_only: bool, lock_timeout: str) -> dict[str, bytes]:
@@ -77,6 +81,7 @@ def open_schema(conn: Conn, schema: str, statements: Statements, *, where: str,
     if missing:
         raise FormatError(f"{where}: the spoolq tables are damaged: no column "
                           f"{', '.join(missing)}")
+    _check_keys(conn, schema, where)
     if "format_version" in meta or (not read_only and _record_format(conn, where, statements)):
         return {}
     return {"format_version": _FORMAT}
@@ -123,6 +128,32 @@ def _columns(conn: Conn, schema: str) -> dict[str, set[tuple[str, str]]]:
               AND NOT a.attisdropped""", (schema, list(TABLES))):
         found.setdefault(table, set()).add((name, kind))
     return found
+
+
+def _check_keys(conn: Conn, schema: str, where: str) -> None:
+    """FormatError when a table lost its unique key (:data:`_KEYS`) or ``records.id`` its
+    identity: another program altered them, and every put or take would fail (or a
+    restore store two records of one id)."""
+    keys = {(table, frozenset(columns)) for table, columns in conn.execute(
+        """SELECT c.relname::text, array(SELECT a.attname::text FROM pg_attribute a
+                WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey))
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = ANY(%s) AND i.indisunique AND i.indisvalid
+          AND i.indpred IS NULL AND i.indexprs IS NULL""", (schema, list(_KEYS)))}
+    lost = [f"{table} ({', '.join(columns)})" for table, columns in _KEYS.items()
+            if (table, frozenset(columns)) not in keys]
+    if lost:
+        raise FormatError(f"{where}: the spoolq tables are damaged: no unique key on "
+                          f"{'; '.join(lost)}")
+    row = conn.execute(
+        """SELECT a.attidentity::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = 'records' AND a.attname = 'id'""",
+        (schema,)).fetchone()
+    if row is None or row[0] not in ("a", "d"):
+        raise FormatError(f"{where}: the spoolq tables are damaged: records.id gives out "
+                          "no ids (its identity was dropped)")
 
 
 def _relations(conn: Conn, schema: str) -> dict[str, str]:
