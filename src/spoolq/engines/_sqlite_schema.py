@@ -315,7 +315,7 @@ def translate(exc: sqlite3.Error, path: str, what: str) -> EngineError:
     text = str(exc)
     if _locked(exc):
         return LockTimeout(f"{path}: {what} waited too long for a lock: {text}")
-    if "malformed" in text or "corrupt" in text:
+    if "malformed" in text or "corrupt" in text or "Could not decode to UTF-8" in text:
         return CorruptError(f"{path} is damaged: {text}")
     if "readonly" in text:
         return EngineError(f"{path}: {what} needs to write, but the file or its directory is "
@@ -361,13 +361,18 @@ class Closed:
 def open_connection(path: str, read_only: bool, timeout: float, synchronous: str,
                     page_size: int) -> sqlite3.Connection:
     """A connection to queue file ``path``, set up (see :func:`set_up`)."""
-    conn = connect(path, read_only=read_only, timeout=timeout)
     try:
-        set_up(conn, path, read_only=read_only, synchronous=synchronous, page_size=page_size,
-               timeout=timeout)
-    except BaseException:
-        conn.close()
-        raise
+        conn = connect(path, read_only=read_only, timeout=timeout)
+        try:
+            set_up(conn, path, read_only=read_only, synchronous=synchronous,
+                   page_size=page_size, timeout=timeout)
+        except BaseException:
+            conn.close()
+            raise
+    except UnicodeDecodeError as exc:
+        # SQLite's message about a damaged schema quotes its bytes, which sqlite3 then
+        # fails to decode.
+        raise CorruptError(f"{path} is damaged: its schema does not parse ({exc})") from exc
     return conn
 
 
