@@ -67,3 +67,23 @@ def test_keys_of_other_names_or_a_unique_index_still_open(
         assert again.counts("q") == (0, 0, 0, 0)
     finally:
         again.close()
+
+
+@pytest.mark.parametrize(("damage", "calls"), [
+    ("ALTER TABLE {}.records DROP COLUMN reason", ("take",)),
+    ("ALTER TABLE {}.counts DROP COLUMN raw_bytes", ("append", "take", "counts")),
+    ("ALTER TABLE {}.counts DROP CONSTRAINT counts_pkey", ("append", "take")),
+])
+def test_tables_altered_while_a_queue_is_open_fail_its_calls_with_a_format_error(
+        engine: PostgresEngine, pg_url: str, pg_schema: str, damage: str,
+        calls: tuple[str, ...]) -> None:
+    """As for tables dropped while open: a column or key gone is no failed statement
+    (EngineError quoting SQL) but tables that are no longer a spoolq queue."""
+    engine.append("q", [b"x"], [1], 1.0)
+    execute(pg_url, sql.SQL(damage).format(sql.Identifier(pg_schema)))
+    run = {"append": lambda: engine.append("q", [b"y"], [1], 2.0),
+           "take": lambda: engine.take("q", 1, 3.0, None),
+           "counts": lambda: engine.counts("q")}
+    for call in calls:
+        with pytest.raises(spoolq.FormatError, match="tables were altered"):
+            run[call]()

@@ -264,6 +264,10 @@ def translated(where: str, what: str, timeout: float) -> Iterator[None]:
         raise CorruptError(f"{where} is damaged: {exc}") from exc
     except pg_errors.UndefinedTable as exc:
         raise FormatError(f"{where}: the spoolq tables are gone: {exc}") from exc
+    except (pg_errors.UndefinedColumn, pg_errors.InvalidColumnReference) as exc:
+        # The engine's statements name only the columns and keys it creates (an upsert
+        # without its key is InvalidColumnReference): another program changed them.
+        raise FormatError(f"{where}: {what}: the spoolq tables were altered: {exc}") from exc
     except psycopg.Error as exc:
         kind = Unavailable if connection_lost(exc) else EngineError
         raise kind(f"{where}: {what} failed: {exc}") from exc
