@@ -17,7 +17,7 @@ from functools import partial
 
 from .._inchild import InChild
 from ..errors import ClosedError
-from ._link import Link
+from ._link import Dialing, Link
 from .base import WaitCancel
 
 __all__ = ["WAIT_GRACE", "LongPolls", "SharedWait", "shut"]
@@ -102,6 +102,7 @@ class LongPolls:
     _waiters_lock: threading.Lock
     _idle_waiters: list[Link]
     _busy_waiters: set[Link]
+    _dialing_waiters: set[Dialing]  # waiting connections being made, for cancel_waits()
     _wait_generation: int
     _shared_waits: dict[str, SharedWait]
     _handshake_seconds: float
@@ -109,7 +110,7 @@ class LongPolls:
     _link: Link | None
     _long_poll: bool
     # Defined by RemoteEngine.
-    _connect: Callable[[float | None], Link]
+    _connect: Callable[[float | None, Dialing | None], Link]
 
     def wait_ready(self, queue: str, timeout: float, cancel: WaitCancel | None = None) -> bool:
         """Block up to ``timeout`` seconds until ``queue`` may have ready records.
@@ -175,8 +176,10 @@ class LongPolls:
             link = None
         if link is None:
             # no longer than the wait, and time for the handshake the first one took
-            link = self._connect(min(self.connect_timeout, timeout + WAIT_GRACE
-                                     + 2 * self._handshake_seconds))
+            link = self._dial(min(self.connect_timeout, timeout + WAIT_GRACE
+                                  + 2 * self._handshake_seconds), generation, cancel)
+            if link is None:
+                return False
         with self._waiters_lock:
             if generation != self._wait_generation or self._closed:
                 link.close()
@@ -207,14 +210,40 @@ class LongPolls:
                 self._idle_waiters.append(link)
         return bool(ready)
 
+    def _dial(self, connect_timeout: float, generation: int,
+              cancel: WaitCancel | None) -> Link | None:
+        """A new waiting connection, or None when the waits were cancelled (or ``cancel``
+        was) while it was being made: a server that stalls in the handshake does not hold
+        up a cancel for ``connect_timeout``."""
+        dialing = Dialing()
+        with self._waiters_lock:
+            if generation != self._wait_generation or self._closed:
+                return None
+            self._dialing_waiters.add(dialing)
+        unhook = cancel.on_cancel(dialing.cut) if cancel is not None else None
+        try:
+            return self._connect(connect_timeout, dialing)
+        except Exception:
+            if dialing.was_cut:
+                return None
+            raise
+        finally:
+            if unhook is not None:
+                unhook()
+            with self._waiters_lock:
+                self._dialing_waiters.discard(dialing)
+
     def cancel_waits(self) -> None:
         """Make every :meth:`wait_ready` in progress return False now (for a shutdown)."""
         with self._waiters_lock:
             self._wait_generation += 1
             busy = list(self._busy_waiters)
             shared = list(self._shared_waits.values())
+            dialing = list(self._dialing_waiters)
         for wait in shared:
             wait.cancel_all()
+        for connecting in dialing:
+            connecting.cut()
         for link in busy:
             shut(link)
 
@@ -235,6 +264,7 @@ class LongPolls:
             links.append(self._link)
             self._link = None
         self._idle_waiters, self._busy_waiters, self._shared_waits = [], set(), {}
+        self._dialing_waiters = set()
         self._wait_generation += 1
         for link in links:
             link.close()

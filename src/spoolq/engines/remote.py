@@ -146,6 +146,7 @@ class RemoteEngine(CallDeadlines, LongPolls, Settling):
         self._waiters_lock = threading.Lock()
         self._idle_waiters: list[Link] = []
         self._busy_waiters: set[Link] = set()
+        self._dialing_waiters: set[Dialing] = set()
         self._wait_generation = 0
         self._shared_waits: dict[str, SharedWait] = {}
         self._max_attempts: dict[str, int | None] = {}
@@ -453,13 +454,13 @@ class RemoteEngine(CallDeadlines, LongPolls, Settling):
             link, self._link = self._link, None
         finally:
             self._lock.release()
+        self.cancel_waits()  # at once: not after a goodbye a stalled server may hold up
         if link is not None:
             try:
                 link.call("bye", {}, min(self.timeout, 2.0))
             except Exception as exc:  # the server may already be gone; closing goes on
                 log.debug("spoolq: goodbye to %s failed: %s", link.where, exc)
             link.close()
-        self.cancel_waits()
         self._close_idle_waiters()
 
     @staticmethod
