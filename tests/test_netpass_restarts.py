@@ -151,7 +151,6 @@ class _CutOnMarker:
         self.listener.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a blocked get rides out the lost take and raises Empty")
 def test_a_get_whose_reply_the_network_lost_raises_unavailable(tmp_path: Path) -> None:
     """docs/api.md: a get whose connection is lost after its request went out raises
     Unavailable (the server may have removed its items). The item here was removed."""
@@ -166,5 +165,38 @@ def test_a_get_whose_reply_the_network_lost_raises_unavailable(tmp_path: Path) -
                 assert relay.cut == 1
                 with pytest.raises(spoolq.Empty):  # the server removed it: it is lost
                     direct.get_many(10, block=False)
+        finally:
+            relay.close()
+
+
+def test_an_async_get_whose_reply_the_network_lost_raises_unavailable(tmp_path: Path) -> None:
+    async def main(url: str, direct: spoolq.SyncQueue[str]) -> None:
+        async with await spoolq.Queue.create(url) as q:
+            direct.put("MARKER-8")
+            with pytest.raises(spoolq.errors.Unavailable, match="may have removed"):
+                await asyncio.wait_for(q.get(), 3)
+
+    with ServerProcess(":memory:") as srv:
+        relay = _CutOnMarker(srv.port, b"MARKER-8")
+        try:
+            with spoolq.SyncQueue.create(f"{srv.url}/jobs") as direct:
+                asyncio.run(main(f"spoolq://127.0.0.1:{relay.port}/jobs", direct))
+                assert relay.cut == 1
+        finally:
+            relay.close()
+
+
+def test_a_lease_whose_reply_the_network_lost_waits_and_gets_the_item_again(
+        tmp_path: Path) -> None:
+    # The server gives back what the lost connection leased: the lease takes it again.
+    with ServerProcess(":memory:") as srv:
+        relay = _CutOnMarker(srv.port, b"MARKER-9")
+        try:
+            with spoolq.SyncQueue.create(f"spoolq://127.0.0.1:{relay.port}/jobs") as q, \
+                    spoolq.SyncQueue.create(f"{srv.url}/jobs") as direct:
+                direct.put("MARKER-9")
+                msg = q.lease(timeout=5)
+                assert (msg.item, msg.attempts, relay.cut) == ("MARKER-9", 2, 1)
+                q.ack(msg)
         finally:
             relay.close()

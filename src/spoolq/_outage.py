@@ -8,6 +8,8 @@ import logging
 import math
 import time
 
+from .engines.base import take_may_have_removed
+
 __all__ = ["RETRY_INTERVAL", "Outage"]
 
 log = logging.getLogger("spoolq")
@@ -24,10 +26,11 @@ class Outage:
 
     def retry_at(self, queue: str, error: Exception, deadline: float | None) -> float | None:
         """When (monotonic) a call waiting until ``deadline`` that met ``error`` tries
-        again, or None when the deadline has passed (it then raises ``error``). Logs
-        ``error`` as a warning, unless this handle did less than 30 s ago."""
+        again, or None when the deadline has passed or ``error`` is that of a take whose
+        records may be gone (it then raises ``error``: taking again would hide their
+        loss). Logs ``error`` as a warning, unless this handle did less than 30 s ago."""
         now = time.monotonic()
-        if deadline is not None and now >= deadline:
+        if (deadline is not None and now >= deadline) or take_may_have_removed(error):
             return None
         if now - self._logged >= _LOG_EVERY:
             self._logged = now

@@ -22,6 +22,7 @@ from ._syncwait import Place
 from ._views import QueueViews
 from .core import NO_ITEM, Holding, QueueCore
 from .engines import Engine, WaitCancel
+from .engines.base import take_may_have_removed
 from .errors import ClosedError, Empty, QueueShutDown, Unavailable
 from .message import Message, log_failed_nack
 from .settings import (
@@ -270,8 +271,8 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
             except ClosedError:
                 # Closed by another thread while this get ran: as for a waiting call.
                 raise QueueShutDown("the queue is shut down") from None
-            except Unavailable:
-                if not block:
+            except Unavailable as exc:
+                if not block or take_may_have_removed(exc):
                     raise
                 item = NO_ITEM  # a get that blocks waits for the server, below
             if item is not NO_ITEM:

@@ -81,7 +81,10 @@ def ssl_context(tls: bool | ssl.SSLContext | None, ca_file: str | None,
 
 
 class ConnectionLost(Unavailable):
-    """The connection to the server failed or timed out; the call's outcome is unknown."""
+    """The connection to the server failed or timed out; the call's outcome is unknown.
+    ``sent``: whether the request had gone out whole."""
+
+    sent = False
 
 
 class ReplyLate(ConnectionLost):
@@ -399,7 +402,11 @@ class Link:
         self.busy = True
         deadline = None if timeout is None else time.monotonic() + timeout
         self._send(frame, timeout)
-        reply = self._receive(ident, deadline)
+        try:
+            reply = self._receive(ident, deadline)
+        except ConnectionLost as exc:
+            exc.sent = True  # whole: the server may have run it
+            raise
         self._answered = time.monotonic()
         return reply
 

@@ -73,6 +73,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "MAX_RAW_SIZE",
     "STORED_RECORDS",
+    "TAKE_SENT",
     "Counts",
     "Engine",
     "Lease",
@@ -102,6 +103,7 @@ __all__ = [
     "refuse_nan",
     "restore_refused",
     "stored_before_failure",
+    "take_may_have_removed",
 ]
 
 FORMAT_VERSION = 1
@@ -201,6 +203,19 @@ def forks() -> int:
 STORED_RECORDS = "stored_records"
 """The attribute an engine sets, on the error of an ``append`` that it wrote in several
 transactions and that failed after the first, to how many leading records are stored."""
+
+
+TAKE_SENT = "take_sent"
+"""The attribute an engine sets (to True) on the :class:`~spoolq.errors.Unavailable` a
+``take`` without a lease raises once its request reached the server: the server may have
+removed the records, which then reach no one. A blocked get raises it rather than wait
+for the server and take again (see :func:`take_may_have_removed`)."""
+
+
+def take_may_have_removed(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a ``take`` without a lease, may have removed records
+    (see :data:`TAKE_SENT`)."""
+    return getattr(exc, TAKE_SENT, False) is True
 
 
 def stored_before_failure(exc: BaseException, n: int) -> int:

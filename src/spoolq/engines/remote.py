@@ -56,6 +56,7 @@ from ._remotesplit import Settling
 from ._remotewait import LongPolls, SharedWait, shut
 from .base import (
     STORED_RECORDS,
+    TAKE_SENT,
     Counts,
     Lease,
     LeasedRecord,
@@ -334,7 +335,16 @@ class RemoteEngine(CallDeadlines, LongPolls, Settling):
             args["wait"] = wait
         if lease is not None:
             args["max_attempts"] = self._max_attempts.get(queue)
-        return decode_records(self._call("take", args, wait))
+        try:
+            return decode_records(self._call("take", args, wait))
+        except ConnectionLost as exc:
+            if lease is None and exc.sent:  # a lease comes back when the connection goes
+                lost = type(exc)(f"{exc}; the server may have removed the records this take "
+                                 "asked for: they are then lost")
+                lost.sent = True
+                setattr(lost, TAKE_SENT, True)
+                raise lost from exc
+            raise
 
     def restore(self, queue: str, records: Sequence[StoredRecord]) -> None:
         if records:
