@@ -257,7 +257,7 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
             "durability": self.settings.durability,
         }
 
-    def shut_down(self, *, wait: bool) -> None:
+    def shut_down(self, *, wait: bool, until: float | None = None) -> None:
         """Refuse puts from now on: they raise QueueShutDown.
 
         A put looks at the flag under the lock it takes anyway (the core's lock for a
@@ -265,13 +265,23 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
         accepted before this call. With ``wait`` this returns only once the accepted
         ones are written: a direct write holds the core's lock until it is done, and
         group-committed records still pending are flushed here (with durability
-        "buffer", whose puts have returned, they stay buffered)."""
+        "buffer", whose puts have returned, they stay buffered). ``until``
+        (``time.monotonic()``) bounds that wait: a write still running then is left to
+        :meth:`close`."""
         with self._tally:
             self.shut = True
-        if wait:
-            with self.lock:
+        if wait and self._lock_until(until):
+            try:
                 if not self.closed and not self.buffered and self.group.pending():
                     self.flush()
+            finally:
+                self.lock.release()
+
+    def _lock_until(self, until: float | None) -> bool:
+        """Take the core's lock, waiting until ``until`` (``time.monotonic()``) at most."""
+        if until is None:
+            return self.lock.acquire()
+        return self.lock.acquire(timeout=max(until - time.monotonic(), 0.0))
 
     def _check_open(self) -> None:
         if self.closed:
@@ -447,31 +457,43 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
             return
         self._refresh_locked()  # stats after close show the leases given back
 
-    def close(self) -> None:
+    def close(self, until: float | None = None) -> None:
         """Flush buffered puts, release this handle's leases and close the engine. Leases
         that an engine out of reach cannot take back are logged, not raised; buffered
-        puts that cannot be written raise the engine's error once the handle is closed."""
+        puts that cannot be written raise the engine's error once the handle is closed.
+        With ``until`` (``time.monotonic()``), a call of another thread still running
+        then is cut by closing an engine that can cut it (``cuts_running_calls``, the
+        remote one: its server gives back the leases of the connection cut)."""
         if self.closed:
             return
         self.cancel_waits()
         self._flusher_stop.set()
         if self._flusher is not None:
             self._flusher.join()
-        with self.lock:
+        cut = False
+        if not self._lock_until(
+                until if getattr(self.engine, "cuts_running_calls", False) else None):
+            self.engine.close()  # the call holding the lock raises ClosedError
+            cut = True
+            self.lock.acquire()
+        try:
             if self.closed:
                 return  # closed by another thread while this one waited for the lock
             with self._tally:
                 self.closing = True  # a put submitted from now on would miss the flush
             lost: BaseException | None = None
             try:
-                self._reclaim_holdings()  # first: records from the buffer go back to it
+                if not cut:  # else the records held stay with the calls holding them
+                    self._reclaim_holdings()  # first: records from the buffer go back
                 tickets = self.flush()
                 if self.buffered:  # their puts returned: no one else hears of the loss
                     lost = next((t.error for t in tickets if t.error is not None), None)
-                if self._counts.leased and not self.read_only:
+                if self._counts.leased and not self.read_only and not cut:
                     self._give_back_leases()
             finally:
                 self.closed = True
                 self.engine.close()
-            if lost is not None:
-                raise lost
+        finally:
+            self.lock.release()
+        if lost is not None:
+            raise lost

@@ -385,9 +385,13 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         or has stored its item when this returns (so this waits for a write in
         progress).
         """
+        self._shut(immediate, None)
+
+    def _shut(self, immediate: bool, until: float | None) -> None:
+        """:meth:`shutdown`, waiting for a write in progress until ``until`` at most."""
         self._shutdown = True
         self._immediate = self._immediate or immediate
-        self._core.shut_down(wait=True)
+        self._core.shut_down(wait=True, until=until)
         self._core.cancel_waits()
         with self._cond:
             for cancel in self._long_polls:
@@ -402,17 +406,19 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         :class:`QueueShutDown`; items they held go back to the queue, and a put that
         found room is written, before the file closes. It waits up to 10 seconds for
         them, then closes anyway, after giving back the items a ``get_many`` still
-        waiting holds. Any later call raises :class:`ClosedError`.
+        waiting holds; a call a remote queue's server has not answered by then (a put
+        waiting on a server that stopped) is cut and raises :class:`ClosedError`, its
+        outcome unknown. Any later call raises :class:`ClosedError`.
         """
         self._closed = True
-        self.shutdown(immediate=True)
         deadline = time.monotonic() + _CLOSE_WAIT
+        self._shut(True, deadline)
         with self._cond:
             # A place done is a call that ended, though a signal handler's exception may
             # have stopped it as it left.
             while any(not p.done for p in self._calls) and time.monotonic() < deadline:
                 self._sleep(0.05)
-        self._core.close()
+        self._core.close(deadline)
 
     def __enter__(self) -> SyncQueue[T]:
         return self

@@ -122,6 +122,8 @@ class RemoteEngine(CallDeadlines, LongPolls, Settling):
     """
 
     name = "remote"
+    cuts_running_calls = True
+    """:meth:`close` may be called while another thread's call runs: it cuts that call."""
 
     def __init__(self, url: str, *, token: str | None = None, read_only: bool = False,
                  timeout: float = 30.0, connect_timeout: float = 10.0,

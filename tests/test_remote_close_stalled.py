@@ -1,0 +1,50 @@
+"""close() of a queue on a server that stopped answering, while another thread's put waits
+for its reply: it returns within its wait (ten seconds, made one here) and a second, not
+after the remote engine's timeout of 30 s; the put ends with an error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import spoolq
+import spoolq.sync
+
+from .servers import ServerProcess
+
+
+@pytest.mark.parametrize("maxsize", [0, 100])
+def test_close_cuts_a_put_waiting_on_a_stalled_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, maxsize: int) -> None:
+    monkeypatch.setattr(spoolq.sync, "_CLOSE_WAIT", 1.0)
+    with ServerProcess(":memory:") as srv:
+        q = spoolq.SyncQueue[str].create(f"{srv.url}/jobs", maxsize=maxsize)
+        q.put("warm")  # connected
+        outcome: list[BaseException | None] = []
+
+        def put() -> None:
+            try:
+                q.put("stalled")
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=put)
+            t.start()
+            time.sleep(0.3)  # the put is waiting for its reply
+            began = time.monotonic()
+            q.close()
+            took = time.monotonic() - began
+            t.join(5)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        assert took < 4.0, took
+        assert not t.is_alive()
+        assert outcome and isinstance(outcome[0], spoolq.SpoolqError), outcome
