@@ -4,6 +4,7 @@ after the remote engine's timeout of 30 s; the put ends with an error."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import spoolq
+import spoolq._aioclose
 import spoolq.sync
 
 from .servers import ServerProcess
@@ -48,3 +50,29 @@ def test_close_cuts_a_put_waiting_on_a_stalled_server(
         assert took < 4.0, took
         assert not t.is_alive()
         assert outcome and isinstance(outcome[0], spoolq.SpoolqError), outcome
+
+
+def test_aclose_cuts_a_put_waiting_on_a_stalled_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nor does the event loop wait for the put's write while the queue shuts down.
+    monkeypatch.setattr(spoolq._aioclose, "_CLOSE_WAIT", 1.0)
+
+    async def main(url: str, pid: int) -> tuple[float, BaseException | None]:
+        q = await spoolq.Queue[str].create(url)
+        await q.put("warm")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            put = asyncio.create_task(q.put("stalled"))
+            await asyncio.sleep(0.3)  # the put is waiting for its reply
+            began = time.monotonic()
+            await q.aclose()
+            took = time.monotonic() - began
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        done, _ = await asyncio.wait([put], timeout=5)
+        return took, put.exception() if done else None
+
+    with ServerProcess(":memory:") as srv:
+        took, error = asyncio.run(main(f"{srv.url}/jobs", srv.proc.pid))
+    assert took < 4.0, took
+    assert isinstance(error, spoolq.SpoolqError), error

@@ -74,9 +74,17 @@ class Closing:
             wake_one(closing)
         else:
             closed = self._stop_worker(closing)
+            cut_at = deadline if self._core.can_cut() else None
             while not closed.done():
                 try:
-                    await asyncio.shield(closed)
+                    if cut_at is None:
+                        await asyncio.shield(closed)
+                        continue
+                    await asyncio.wait([closed], timeout=max(cut_at - time.monotonic(), 0))
+                    if not closed.done():  # a call on the worker outlasts the wait: cut it
+                        cut_at = None
+                        await asyncio.get_running_loop().run_in_executor(
+                            None, self._core.cut_running)
                 except asyncio.CancelledError:
                     cancelled = True
             if not cancelled:

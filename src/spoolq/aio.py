@@ -424,12 +424,16 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
         has under way. With durability "buffer" a put's item counts as accepted once it
         is in the buffer, which is written later, as ever.
         """
+        self._shut(immediate, None)
+
+    def _shut(self, immediate: bool, until: float | None) -> None:
+        """:meth:`shutdown`, waiting for the worker's write until ``until`` at most."""
         self._shutdown = True
         self._immediate = self._immediate or immediate
         core = self._core
         # Puts on the loop hand their records to the group commit; one the worker had not
         # written yet would otherwise be written after this returns.
-        core.shut_down(wait=not core.buffered and core.group.unwritten() > 0)
+        core.shut_down(wait=not core.buffered and core.group.unwritten() > 0, until=until)
         core.cancel_waits()  # the long-polls in progress
         for cancel in self._long_polls:  # and those handed to a thread, not started yet
             cancel.cancel()
@@ -459,7 +463,8 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
         if not here:
             await self._close_elsewhere()
             return
-        self.shutdown(immediate=True)
+        # The close writes what is pending: the loop never waits for a server that stalls.
+        self._shut(True, time.monotonic() if self._core.can_cut() else None)
         self._closed = True
         closing = self._closing = self._loop.create_future()
         # A task of its own, which cancelling this call does not cut short: the gets

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._atonce import AtOnce, Later, ToWorker
+from ._closecut import CloseCut
 from ._corehooks import CORES, after_fork_in_child, flush_at_exit
 from ._freshcounts import FreshCounts
 from ._holdings import UNWRITTEN, Holding, Holdings
@@ -78,7 +79,7 @@ def _takes_cancel(wait_ready: Callable[..., Any]) -> bool:
 
 
 class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reaping,
-                FreshCounts):
+                FreshCounts, CloseCut):
     """Engine + codec + counts of one named queue, used by both façades."""
 
     def __init__(self, engine: Engine, codec: Codec, settings: Settings) -> None:
@@ -277,12 +278,6 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
             finally:
                 self.lock.release()
 
-    def _lock_until(self, until: float | None) -> bool:
-        """Take the core's lock, waiting until ``until`` (``time.monotonic()``) at most."""
-        if until is None:
-            return self.lock.acquire()
-        return self.lock.acquire(timeout=max(until - time.monotonic(), 0.0))
-
     def _check_open(self) -> None:
         if self.closed:
             raise ClosedError(f"queue {self.name!r} is closed")
@@ -470,12 +465,10 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
         self._flusher_stop.set()
         if self._flusher is not None:
             self._flusher.join()
-        cut = False
-        if not self._lock_until(
-                until if getattr(self.engine, "cuts_running_calls", False) else None):
-            self.engine.close()  # the call holding the lock raises ClosedError
-            cut = True
+        if not self._lock_until(until if self.can_cut() else None):
+            self.cut_running()  # the call holding the lock raises ClosedError
             self.lock.acquire()
+        cut = self.cut
         try:
             if self.closed:
                 return  # closed by another thread while this one waited for the lock
