@@ -107,7 +107,7 @@ def test_a_child_forked_while_a_queue_was_opening_can_open_queues(
 
     # The parent's lock of its pools is held at the fork, as while another of its
     # threads opens or closes a queue.
-    with _pgpool._POOLS_LOCK:
+    with _pgpool._POOLS_LOCK.lock:
         pid, read = _in_child(child_run)
     assert _verdict(pid, read, timeout=10) == b"\0"
     eng = PostgresEngine(pg_url, schema=pg_schema)

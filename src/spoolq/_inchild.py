@@ -5,11 +5,12 @@ the order in which the modules were imported), and each object adds itself."""
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["InChild"]
+__all__ = ["ChildLock", "InChild"]
 
 T = TypeVar("T")
 
@@ -29,3 +30,17 @@ class InChild(Generic[T]):
     def _run(self) -> None:
         for obj in list(self._objects):
             self._hook(obj)
+
+
+class ChildLock:
+    """A lock of a module's shared state that a forked child gets anew: a thread that held
+    it at the fork does not exist in the child, which would wait for it for ever. Take it
+    as ``with x.lock:`` (the lock the ``with`` took is the one it releases)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):  # not on Windows
+            os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self.lock = threading.Lock()

@@ -13,10 +13,8 @@ compressor changes stays readable, and a file can be decoded offline.
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
-import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -25,6 +23,7 @@ import cbor2
 
 from ._builtin_codecs import COMPRESSORS, SERIALIZERS, Compressor, Serializer
 from ._codecnames import resolve_codec
+from ._inchild import ChildLock
 from ._unpacking import (
     CUSTOM_ID,
     HEAD,
@@ -447,21 +446,11 @@ def _limit(raw_size: int | None) -> tuple[int, str]:
 
 
 _decompressors: dict[str, Compressor] = {}
-_decompressors_lock = threading.Lock()
-
-
-def _new_decompressors_lock() -> None:
-    # A child forked while another thread held it would wait for it for ever.
-    global _decompressors_lock  # noqa: PLW0603
-    _decompressors_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_new_decompressors_lock)
+_decompressors_lock = ChildLock()
 
 
 def _decompressor(name: str) -> Compressor:
-    with _decompressors_lock:
+    with _decompressors_lock.lock:
         comp = _decompressors.get(name)
         if comp is None:
             comp = COMPRESSORS[name][1]()

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import select
-import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ else:
     except ImportError:  # psycopg_pool 3.2.0
         from psycopg_pool.base import ConnectionAttempt as AttemptWithBackoff
 
+from .._inchild import ChildLock
 from ..errors import (
     ConfigurationError,
     CorruptError,
@@ -175,25 +174,14 @@ def _of_spoolq(arg: object) -> bool:
 logging.getLogger("psycopg.pool").addFilter(_PoolMessages())
 
 _POOLS: dict[PoolKey, _SharedPool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _new_pools_lock() -> None:
-    # A child started with fork while another thread of its parent held the lock
-    # (opening or closing a queue) would otherwise find it held for ever.
-    global _POOLS_LOCK  # noqa: PLW0603 - only a new lock frees a lock held by no thread
-    _POOLS_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_pools_lock)
+_POOLS_LOCK = ChildLock()  # held while a queue opens or closes
 
 
 def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
     """The pool for ``key``, opened (waiting up to ``timeout`` seconds for its first
     connection) if no engine of this process uses it yet; pair with :func:`release_pool`."""
     _pid, conninfo, settings, size = key
-    with _POOLS_LOCK:
+    with _POOLS_LOCK.lock:
         shared = _POOLS.get(key)
         if shared is None:
             def configure(conn: Conn) -> None:
@@ -223,7 +211,7 @@ def acquire_pool(key: PoolKey, timeout: float) -> ConnectionPool[Conn]:
 
 def release_pool(key: PoolKey) -> None:
     """Let go of one use of the pool for ``key``; the last one closes it."""
-    with _POOLS_LOCK:
+    with _POOLS_LOCK.lock:
         shared = _POOLS.get(key)
         if shared is None:
             return

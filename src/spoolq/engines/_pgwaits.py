@@ -14,12 +14,12 @@ A process started with fork gets listeners of its own, as it gets pools of its o
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 
 from psycopg import sql
 
+from .._inchild import ChildLock
 from ..errors import EngineError
 from ._pglisten import Listener
 from ._pgpool import Conn
@@ -43,18 +43,7 @@ class _Shared:
 
 
 _SHARED: dict[ListenerKey, _Shared] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def _new_lock() -> None:
-    # A child started with fork while another thread of its parent held the lock would
-    # otherwise find it held for ever.
-    global _SHARED_LOCK  # noqa: PLW0603 - only a new lock frees a lock held by no thread
-    _SHARED_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock)
+_SHARED_LOCK = ChildLock()
 
 
 class Waits:
@@ -65,7 +54,7 @@ class Waits:
         self._key = key
         self._cancelled_at = -float("inf")  # time.monotonic() of this share's cancel()
         self._closed = False
-        with _SHARED_LOCK:
+        with _SHARED_LOCK.lock:
             shared = _SHARED.get(key)
             if shared is None:
                 shared = _SHARED[key] = _Shared(make())
@@ -129,7 +118,7 @@ class Waits:
         if self._closed:
             return
         self._closed = True
-        with _SHARED_LOCK:
+        with _SHARED_LOCK.lock:
             shared = _SHARED.get(self._key)
             if shared is None or shared.listener is not self._listener:
                 return
