@@ -76,3 +76,37 @@ def test_aclose_cuts_a_put_waiting_on_a_stalled_server(
         took, error = asyncio.run(main(f"{srv.url}/jobs", srv.proc.pid))
     assert took < 4.0, took
     assert isinstance(error, spoolq.SpoolqError), error
+
+
+def test_shutdown_does_not_hold_the_loop_for_a_stalled_server() -> None:
+    # shutdown() is synchronous, as asyncio.Queue's is: it must not block the event loop
+    # for the engine's timeout (30 s) waiting for a put's write to a server that stopped
+    # answering. That put learns its outcome from its own await: once the server answers
+    # again it is written, and gets drain it before raising QueueShutDown.
+    async def main(url: str, pid: int) -> tuple[float, list[str], bool]:
+        q = await spoolq.Queue[str].create(url)
+        await q.put("warm")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            put = asyncio.create_task(q.put("stalled"))
+            await asyncio.sleep(0.3)  # the put is waiting for its reply
+            began = time.monotonic()
+            q.shutdown()
+            took = time.monotonic() - began
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(put, 10)
+        got = [await asyncio.wait_for(q.get(), 10) for _ in range(2)]
+        try:
+            await asyncio.wait_for(q.get(), 10)
+            refused = False
+        except spoolq.QueueShutDown:
+            refused = True
+        await q.aclose()
+        return took, got, refused
+
+    with ServerProcess(":memory:") as srv:
+        took, got, refused = asyncio.run(main(f"{srv.url}/jobs", srv.proc.pid))
+    assert took < 1.0, took
+    assert got == ["warm", "stalled"]
+    assert refused

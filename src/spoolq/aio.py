@@ -41,6 +41,8 @@ __all__ = ["Queue"]
 T = TypeVar("T")
 log = logging.getLogger("spoolq")
 R = TypeVar("R")
+_SHUTDOWN_WAIT = 0.2
+"""How long (s) shutdown() may hold the event loop for a remote queue's write under way."""
 
 
 class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Generic[T]):
@@ -422,9 +424,12 @@ class Queue(AsyncCounts, Putting, Waiting, GivingBack, Closing, Leasing[T], Gene
         (counted by ``qsize()`` and drained by gets): puts waiting for their group
         commit are written here, on the event loop, which waits for a commit the worker
         has under way. With durability "buffer" a put's item counts as accepted once it
-        is in the buffer, which is written later, as ever.
+        is in the buffer, which is written later, as ever. On a remote queue that wait
+        is at most a fifth of a second: a put whose write is still under way then (the
+        server stopped answering) is written later, or fails, as its own await tells.
         """
-        self._shut(immediate, None)
+        cut = self._core.can_cut()
+        self._shut(immediate, time.monotonic() + _SHUTDOWN_WAIT if cut else None)
 
     def _shut(self, immediate: bool, until: float | None) -> None:
         """:meth:`shutdown`, waiting for the worker's write until ``until`` at most."""
