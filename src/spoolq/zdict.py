@@ -30,7 +30,7 @@ from .errors import CorruptError, SerializationError
 
 if TYPE_CHECKING:
     from .codec import Codec
-    from .engines.base import Engine
+    from .engines.base import Engine, StoredRecord
 
 __all__ = ["DICTIONARY_QUEUE", "MAX_UNPACKED_SIZE", "MissingDictionary", "ZstdDictCompressor",
            "check_zstd_frame", "checksum_key", "damaged_dictionaries", "dictionary_damage",
@@ -278,18 +278,22 @@ def _checksum(dict_bytes: bytes) -> bytes:
     return b"%08x" % zlib.crc32(dict_bytes)
 
 
-def _damage(engine: Engine, number: int, dict_bytes: bytes) -> str | None:
-    """Why dictionary ``number`` is damaged, or None when it is sound: it fails the
-    checksum stored beside it, or (in files from before checksums, which store none)
-    zstd cannot load it as the trained dictionary spoolq stores. Compressing with such a
-    dictionary would fail every put; and zstd takes bytes that lost a trained
+def _damage(engine: Engine, number: int, rec: StoredRecord) -> str | None:
+    """Why dictionary ``number`` (record ``rec``) is damaged, or None when it is sound: it
+    fails the checksum stored beside it, or (in files from before checksums, which store
+    none) zstd cannot load it as the trained dictionary spoolq stores. Compressing with such
+    a dictionary would fail every put; and zstd takes bytes that lost a trained
     dictionary's header (or every byte) for a dictionary of raw content, with which
-    records would decode into other bytes."""
+    records would decode into other bytes. :data:`_KEPT` for a place that never held a
+    dictionary (see :func:`_kept_place`)."""
+    dict_bytes = rec.data
     stored = engine.get_meta(checksum_key(number))
     if stored is not None and not dict_bytes:  # kept in place of one lost (see _lost)
         return _MISSING
     if stored is not None:
         return None if stored == _checksum(dict_bytes) else "it fails its checksum"
+    if _kept_place(rec):
+        return _KEPT
     try:
         zstandard.ZstdCompressionDict(dict_bytes, dict_type=zstandard.DICT_TYPE_FULLDICT
                                       ).precompute_compress(level=LEVEL)
@@ -298,7 +302,18 @@ def _damage(engine: Engine, number: int, dict_bytes: bytes) -> str | None:
     return None
 
 
+def _kept_place(rec: StoredRecord) -> bool:
+    """Whether ``rec``, a dictionary record without a checksum, is an empty record that
+    :func:`train_dictionary` appended to keep a lost dictionary's number, but behind
+    another handle's training that kept the same number a moment before (both looked for
+    lost numbers before either appended). No dictionary was ever stored under its
+    number, so no record names it: it is no damage. A dictionary record always has a
+    raw size (its length), which damage to its bytes leaves; a kept place has none."""
+    return not rec.data and rec.raw_size == 0
+
+
 _MISSING = "it is missing (the file keeps its checksum, not the dictionary)"
+_KEPT = "it never held a dictionary (an empty record keeps its place)"
 
 
 def _lost(engine: Engine, held: int) -> list[int]:
@@ -318,11 +333,12 @@ def _lost(engine: Engine, held: int) -> list[int]:
 
 def dictionary_damage(engine: Engine) -> list[tuple[int, str]]:
     """``(number, why)`` of each of the file's zstd dictionaries that fails the checksum
-    stored beside it (or, without one, that zstd cannot load), or that the file lost."""
+    stored beside it (or, without one, that zstd cannot load), or that the file lost. A
+    place kept by an empty record that never held a dictionary is none of them."""
     held = engine.peek(DICTIONARY_QUEUE, 255)
-    found = [(number, _damage(engine, number, rec.data))
+    found = [(number, _damage(engine, number, rec))
              for number, rec in enumerate(held, start=1)]
-    return [(number, why) for number, why in found if why is not None] + [
+    return [(number, why) for number, why in found if why not in (None, _KEPT)] + [
         (number, _MISSING) for number in _lost(engine, len(held))]
 
 
@@ -345,15 +361,19 @@ def load_dictionaries(engine: Engine, name: str, codec: Codec) -> None:
     items, as their own checksums cover only compressed bytes), and a queue
     whose own dictionary it was trains another. So do records needing a dictionary
     whose record the file lost (it keeps the checksum): a dictionary trained later
-    never takes its number.
+    never takes its number. An empty record that kept a lost number's place behind
+    another training's (see :func:`_kept_place`) is no damage and is not reported.
     """
     active = engine.get_meta(f"queue/{name}/zstd-dict")
     held = engine.peek(DICTIONARY_QUEUE, 255)
-    damaged = [(number, _damage(engine, number, rec.data))
+    damaged = [(number, _damage(engine, number, rec))
                for number, rec in enumerate(held, start=1)]
     damaged += [(number, _MISSING) for number in _lost(engine, len(held))]
     for number, damage in damaged:
-        if damage is not None:
+        if damage == _KEPT:  # no record names it: nothing to report
+            codec.add_damaged_dictionary(number, f"zstd dictionary {number} of the file: "
+                                         f"{damage}")
+        elif damage is not None:
             reason = f"zstd dictionary {number} of the file is damaged: {damage}"
             log.error("spoolq: %s; records compressed with it cannot be decoded", reason)
             codec.add_damaged_dictionary(number, reason)
@@ -387,7 +407,9 @@ def train_dictionary(engine: Engine, name: str, codec: Codec) -> None:
     if _trained_elsewhere(engine, name, codec):  # while this one trained
         return
     # The numbers of lost dictionaries stay taken: records compressed with one would
-    # decode with this one into wrong items. An empty record keeps each one's place.
+    # decode with this one into wrong items. An empty record keeps each one's place;
+    # when another handle kept them meanwhile, these land after its records, where no
+    # checksum is stored, and are known for places kept (see _kept_place).
     keep = [b""] * len(_lost(engine, len(engine.peek(DICTIONARY_QUEUE, 255))))
     *_kept, ident = engine.append(DICTIONARY_QUEUE, [*keep, trained],
                                   [0] * len(keep) + [len(trained)], time.time())
@@ -411,7 +433,7 @@ def _trained_elsewhere(engine: Engine, name: str, codec: Codec) -> bool:
     if stored is None or not stored.isdigit() or not 1 <= int(stored) <= 255:
         return False
     held = engine.peek(DICTIONARY_QUEUE, 1, offset=int(stored) - 1)
-    if not held or _damage(engine, int(stored), held[0].data) is not None:
+    if not held or _damage(engine, int(stored), held[0]) is not None:
         return False  # this handle trains another (the damage was logged when it opened)
     load_dictionaries(engine, name, codec)
     return not codec.sampling
