@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,5 +83,35 @@ async def test_an_add_with_room_still_stores_after_the_flusher_ended(
         await end_the_flusher(b)  # a full batch: its flush ends the flusher
         await b.add(2)  # room: it waits in the queue for a flush()
         assert await q.peek(5) == [1, 2]
+        with pytest.raises(Halt):
+            await b.stop()
+
+
+
+async def test_an_add_stores_when_another_process_made_room(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # With the flusher ended, the Batcher's count (not read again for a minute) says the
+    # queue is full; another process took an item meanwhile. The add looks at the file
+    # before it gives up, as a put with a timeout does, and stores its item there.
+    caplog.set_level(logging.CRITICAL, "spoolq")
+    path = str(tmp_path / "q.sqlite")
+
+    async def sink(batch: list[int]) -> None:
+        raise Halt
+
+    async with await Queue.create(path, maxsize=2, poll_interval=60) as q:
+        b = Batcher(sink, queue=q, max_batch_size=1, flush_interval=60)
+        await b.start()
+        await end_the_flusher(b)  # a full batch: its flush ends the flusher
+        await b.add(2)
+        assert q.qsize() == 2
+        subprocess.run([sys.executable, "-c", "import spoolq, sys; "
+                        "q = spoolq.SyncQueue.create(sys.argv[1]); "
+                        "assert q.get(timeout=5) == 1; q.close()", path], check=True, timeout=60)
+        await asyncio.wait_for(b.add(3), 10)
+        assert await q.peek(5) == [2, 3]
+        with pytest.raises(RuntimeError, match="flusher"):
+            await asyncio.wait_for(b.add(4), 10)  # and without room, it still raises
+        assert await q.peek(5) == [2, 3]
         with pytest.raises(Halt):
             await b.stop()

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._batchsettle import TakenThenCancelled
 
-__all__ = ["call_sink", "in_sink"]
+__all__ = ["call_sink", "in_sink", "sink_margin", "why_ended"]
 
 
 class _SinkRun:
@@ -213,3 +213,16 @@ def _raise_escaped(sending: asyncio.Future[BaseException | None]) -> None:
     escaped = sending.result()
     if escaped is not None:
         raise escaped
+
+
+def sink_margin(lease_ttl: float) -> float:
+    """How long before its batch's lease ends an async sink is cancelled."""
+    return min(lease_ttl * 0.05, 1.0)
+
+
+def why_ended(task: asyncio.Task[None]) -> str:
+    """What ended a flusher task, for a message."""
+    if task.cancelled():
+        return " (cancelled)"
+    exc = task.exception()
+    return f" on {type(exc).__name__}" if exc is not None else ""

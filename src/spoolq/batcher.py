@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -12,9 +13,9 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._batchsettle import BatchSettling
-from ._sinkcall import call_sink, in_sink
+from ._sinkcall import call_sink, in_sink, sink_margin, why_ended
 from .aio import Queue
-from .errors import ClosedError, ConfigurationError, Empty, QueueShutDown
+from .errors import ClosedError, ConfigurationError, Empty, Full, QueueShutDown
 from .settings import check_count, check_queue_name, check_seconds, setting_checks
 
 __all__ = ["Batcher"]
@@ -162,7 +163,7 @@ class Batcher(BatchSettling[T], Generic[T]):
                     # here would silently do nothing. stop() raises why, then start works.
                     raise RuntimeError(
                         f"batcher {self.name!r}: its background flusher ended"
-                        f"{_why(self._task)}; stop() it (which raises that) before starting "
+                        f"{why_ended(self._task)}; stop() it (which raises that) before starting "
                         "it again")
                 if self._task is not None:
                     return
@@ -303,14 +304,15 @@ class Batcher(BatchSettling[T], Generic[T]):
                                "or use async with")
         queue = self.queue
         items = list(items)
-        if queue.maxsize and queue.qsize() + len(items) > queue.maxsize:
-            # The put waits for room, which only a flush makes: flush what is waiting now,
-            # not at the next interval (a batch as large as max_batch_size may never fit).
-            self._force_next = True
-            self._wake.set()
-            await self._put_with_flusher(queue, items, self._task)
-        else:
+        if not queue.maxsize:
             await queue.put_many(items)
+        else:  # the put may wait for room (the count may be stale), which only a flush makes
+            if queue.qsize() + len(items) > queue.maxsize:
+                # Flush what is waiting now, not at the next interval (a batch as large
+                # as max_batch_size may never fit).
+                self._force_next = True
+                self._wake.set()
+            await self._put_with_flusher(queue, items, self._task)
         if queue.qsize() >= self.max_batch_size:
             self._wake.set()
 
@@ -318,8 +320,12 @@ class Batcher(BatchSettling[T], Generic[T]):
                                 flusher: asyncio.Task[None] | None) -> None:
         """Put items that wait for room while ``flusher`` runs: once it has ended (a sink's
         BaseException, a cancellation from outside, a stop), nothing makes room, and the
-        put would wait for ever. RuntimeError then, the items not stored."""
-        if flusher is not None and not flusher.done():
+        put would wait for ever. RuntimeError then, the items not stored, unless a look at
+        the file finds room."""
+        if flusher is None or flusher.done():
+            with contextlib.suppress(Full):
+                return await queue.put_many(items, timeout=0)
+        else:
             putting = asyncio.ensure_future(queue.put_many(items))
             try:
                 await asyncio.wait((putting, flusher), return_when=asyncio.FIRST_COMPLETED)
@@ -405,7 +411,7 @@ class Batcher(BatchSettling[T], Generic[T]):
             # Taken before the lease is, and cut short by a margin, so that the sink
             # is cancelled before the lease can run out and let another consumer
             # lease the same batch.
-            deadline = time.monotonic() + self._lease_ttl - _margin(self._lease_ttl)
+            deadline = time.monotonic() + self._lease_ttl - sink_margin(self._lease_ttl)
             # A failed batch is retried alone: items put after it would reach max_attempts
             # after it and split it between the dead letters and the queue.
             size = min(self._retry_size, self.max_batch_size) or self.max_batch_size
@@ -484,15 +490,3 @@ class Batcher(BatchSettling[T], Generic[T]):
             "running": self._task is not None and not self._task.done(),
         }
 
-
-def _margin(lease_ttl: float) -> float:
-    """How long before its batch's lease ends an async sink is cancelled."""
-    return min(lease_ttl * 0.05, 1.0)
-
-
-def _why(task: asyncio.Task[None]) -> str:
-    """What ended a flusher task, for a message."""
-    if task.cancelled():
-        return " (cancelled)"
-    exc = task.exception()
-    return f" on {type(exc).__name__}" if exc is not None else ""
