@@ -142,9 +142,13 @@ class _Raw:
     def dumps(obj: Any) -> bytes:
         if isinstance(obj, bytes):
             return obj
-        if isinstance(obj, (bytearray, memoryview)):
-            return bytes(obj)
-        raise TypeError(f"the raw serializer takes bytes only, not {type(obj).__name__}")
+        try:
+            view = memoryview(obj)  # any bytes-like object: array.array, a numpy array, ...
+        except TypeError:
+            raise TypeError("the raw serializer takes bytes-like items only, not "
+                            f"{type(obj).__name__}") from None
+        with view:
+            return view.tobytes()
 
     @staticmethod
     def loads(data: bytes) -> Any:
