@@ -5,19 +5,29 @@ dictionary, and a dictionary really damaged, are still reported."""
 
 from __future__ import annotations
 
+import json
 import logging
-import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 import spoolq
-from spoolq.codec import record_dictionary
+from spoolq.codec import Codec, record_dictionary
 from spoolq.engines import open_engine
-from spoolq.zdict import DICTIONARY_QUEUE, SAMPLE_COUNT, checksum_key, dictionary_damage
+from spoolq.zdict import (
+    DICTIONARY_QUEUE,
+    SAMPLE_COUNT,
+    checksum_key,
+    dictionary_damage,
+    load_dictionaries,
+)
+
+from .cli_support import run
+from .conftest import SHARED_ENGINES, queue_path
 
 MISSING = "it is missing (the file keeps its checksum, not the dictionary)"
 
@@ -58,15 +68,13 @@ def _items(name: str, count: int) -> list[dict[str, object]]:
 
 
 def _lose_dictionaries(path: str) -> None:
-    """Delete the file's dictionary records, keeping their checksums."""
-    db = sqlite3.connect(path)
+    """Remove the file's dictionary records, keeping their checksums, as damage that drops
+    them would."""
+    engine = open_engine(path)
     try:
-        with db:
-            (qno,) = db.execute("SELECT qno FROM spoolq_queues WHERE name = ?",
-                                (DICTIONARY_QUEUE,)).fetchone()
-            db.execute("DELETE FROM spoolq_records WHERE id >> 40 = ?", (qno,))
+        assert len(engine.take(DICTIONARY_QUEUE, 255, time.time(), None)) == 1
     finally:
-        db.close()
+        engine.close()
 
 
 def _train_at_once(path: str, names: list[str], count: int) -> None:
@@ -95,11 +103,12 @@ def _train_at_once(path: str, names: list[str], count: int) -> None:
                     stream.close()
 
 
-@pytest.fixture
-def raced(tmp_path: Path) -> tuple[str, list[dict[str, object]], int]:
+@pytest.fixture(params=SHARED_ENGINES)
+def raced(tmp_path: Path, request: pytest.FixtureRequest
+          ) -> tuple[str, list[dict[str, object]], int]:
     """A file whose dictionary 1 (queue "a"'s) was lost, where queues "b" and "c" then
     trained their dictionaries at the same moment in two processes."""
-    path = str(tmp_path / "q.sqlite")
+    path = queue_path(tmp_path, str(request.param))
     count = SAMPLE_COUNT + 5
     with spoolq.SyncQueue.create(path, name="a", compressor="zstd-dict") as q:
         q.put_many(_items("a", count)[:-5])
@@ -125,6 +134,10 @@ def test_the_place_kept_by_the_training_that_lost_the_race_is_no_damage(
         assert sorted(used["b"] | used["c"]) == [0, 2, 4]
     finally:
         engine.close()
+    report = json.loads(run("verify", path, "--json").stdout)
+    assert report["problems"][0].startswith(f"zstd dictionary 1 {MISSING[3:]}")
+    assert report["problem_count"] == 6  # and the five records of "a" that need it
+    assert not any("dictionary 3" in problem for problem in report["problems"])
     caplog.set_level(logging.WARNING, logger="spoolq")
     for name in ("b", "c"):
         with spoolq.SyncQueue.create(path, name=name) as q:
@@ -153,13 +166,11 @@ def test_a_damaged_dictionary_is_still_reported_after_the_race(
         raced: tuple[str, list[dict[str, object]], int],
         caplog: pytest.LogCaptureFixture) -> None:
     path, _a_items, count = raced
-    db = sqlite3.connect(path)
-    try:
-        with db:  # another checksum for dictionary 4
-            db.execute("UPDATE spoolq_meta SET value = ? WHERE key = ?",
-                       (b"00000000", checksum_key(4)))
+    engine = open_engine(path)
+    try:  # another checksum for dictionary 4
+        engine.set_meta(checksum_key(4), b"00000000")
     finally:
-        db.close()
+        engine.close()
     engine = open_engine(path, read_only=True)
     try:
         assert dictionary_damage(engine) == [(1, MISSING), (4, "it fails its checksum")]
@@ -173,3 +184,23 @@ def test_a_damaged_dictionary_is_still_reported_after_the_race(
         assert q.stats["dead"] == 5
     assert "zstd dictionary 4 of the file is damaged: it fails its checksum" in caplog.text
     assert "zstd dictionary 3" not in caplog.text
+
+
+def test_a_record_naming_the_kept_place_is_refused_not_decoded_with_another_dictionary(
+        raced: tuple[str, list[dict[str, object]], int]) -> None:
+    path, _a_items, _count = raced
+    item = {"text": "b event 1 at /page/1 " * 40}
+    engine = open_engine(path, read_only=True)
+    try:
+        held = engine.peek(DICTIONARY_QUEUE, 255)
+        writer = Codec(compressor="zstd-dict")  # a record compressed with a dictionary 3
+        writer.add_dictionary(3, held[3].data, activate=True)
+        record, _raw = writer.encode(item)
+        assert record_dictionary(record) == 3
+        reader = Codec(compressor="zstd-dict")
+        load_dictionaries(engine, "b", reader)
+    finally:
+        engine.close()
+    with pytest.raises(spoolq.CorruptError,
+                       match="zstd dictionary 3 of the file: it never held a dictionary"):
+        reader.decode(record)
