@@ -205,18 +205,19 @@ def test_damaged_record_is_reported_and_set_aside(tmp_path: Path) -> None:
 
 def test_codec_settings_are_stored_in_the_file(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
-    with SyncQueue.create(path, serializer="pickle", compressor="lzma") as q:
-        q.put(("a", "tuple"))
+    # (A stored "pickle" is used only when asked for: see test_pickle_consent.py.)
+    with SyncQueue.create(path, serializer="json", compressor="lzma") as q:
+        q.put(["a", "list"])
     with SyncQueue.create(path) as q:
-        assert q.stats["serializer"] == "pickle" and q.stats["compressor"] == "lzma"
-        assert q.get() == ("a", "tuple")
-    with pytest.raises(spoolq.ConfigurationError, match="created with serializer 'pickle'"):
+        assert q.stats["serializer"] == "json" and q.stats["compressor"] == "lzma"
+        assert q.get() == ["a", "list"]
+    with pytest.raises(spoolq.ConfigurationError, match="created with serializer 'json'"):
         SyncQueue.create(path, serializer="cbor")
     with SyncQueue.create(path, compressor="zlib") as q:
-        q.put(("z",) * 100)
+        q.put(["z"] * 100)
     with SyncQueue.create(path) as q:
         assert q.stats["compressor"] == "zlib"
-        assert q.get() == ("z",) * 100
+        assert q.get() == ["z"] * 100
 
 
 def test_named_queues_share_a_file(disk_path: str) -> None:

@@ -218,6 +218,10 @@ def stored_codec(engine: Engine, settings: Settings, serializer: object,
     stored_comp = engine.get_meta(key + "compressor")
     if stored_ser is not None:
         stored = stored_ser.decode()
+        if serializer is None and stored == "pickle":
+            raise ConfigurationError(
+                f"queue {settings.name!r} stores pickled items, and unpickling runs code from "
+                "the file: open it with serializer='pickle' if you trust the file")
         wanted = serializer if serializer is not None else stored
         try:
             codec_probe = Codec(wanted, "none")
