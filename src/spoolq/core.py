@@ -141,6 +141,10 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
         An engine opened read-only (its ``read_only`` attribute) is only read: nothing
         is stored and no lease is reaped."""
         eng = open_engine(path, engine, durability=settings.durability, options=engine_options)
+        user = next((c.name for c in list(CORES) if c.engine is eng and not c.closed), None)
+        if user is not None:  # it closes the engine with itself: refused, not closed here
+            raise ConfigurationError(f"this engine instance serves queue {user!r}, which "
+                                     "closes it with itself: pass each queue its own")
         try:
             read_only = bool(getattr(eng, "read_only", False))
             codec = stored_codec(eng, settings, serializer, compressor, store=not read_only)
