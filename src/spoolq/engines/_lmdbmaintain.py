@@ -6,7 +6,8 @@ transaction of the store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from . import _lmdbformat as fmt
@@ -50,8 +51,8 @@ class Maintaining:
 
         def _bump(self, txn: Txn, counter: bytes, by: int) -> int: ...
 
-        def _add(self, txn: Txn, name: str, q: fmt.QueueRow,
-                 recs: Sequence[StoredRecord]) -> int: ...
+        def _add_values(self, txn: Txn, name: str, q: fmt.QueueRow, values: Sequence[bytes],
+                        stored: int, raw: int) -> int: ...
 
     def move(self, src: str, dst: str, ids: Sequence[int] | None = None) -> int:
         dst, ids = as_queue_name(dst), checked_ids(ids)
@@ -61,44 +62,63 @@ class Maintaining:
             if s is None:
                 return 0
             d = s if dst == src else self._new_queue(txn, dst)
-            index = self._index()
-            moved = 0
-
-            def carry(ident: int, key: bytes, db: Db, value: bytes) -> None:
-                nonlocal moved
-                rec = self._record(ident, value)
-                txn.delete(key, db=db)
-                if db is self._delayed:
-                    txn.delete(fmt.KEY.pack(s.number, ident), db=index)
-                s.ready -= 1
-                s.stored -= len(rec.data)
-                s.raw -= rec.raw_size
-                self._add(txn, dst, d, [rec._replace(attempts=0, reason=None)])
-                moved += 1
-
             # Only ids given out before the move: moving a queue onto itself ends, and moves
             # no record a second time under the id it just got.
             limit = self._bump(txn, b"next_id", 0)
-            if ids is None:
-                for item in walk.in_order(txn, self._ready, self._delayed, index, s.number,
-                                          limit):
-                    carry(*item)
-            else:
-                for ident in sorted({i for i in ids if 0 < i < limit}):
-                    key = fmt.KEY.pack(s.number, ident)
-                    value = txn.get(key, db=self._ready)
-                    if value is not None:
-                        carry(ident, key, self._ready, value)
-                        continue
-                    held = txn.get(key, db=index)
-                    found = None if held is None else txn.get(held, db=self._delayed)
-                    if held is not None and found is not None:
-                        carry(ident, held, self._delayed, found)
+            moved = 0
+            for chunk in _chunks(self._chosen(txn, s.number, ids, limit)):
+                self._carry(txn, s, dst, d, chunk)
+                moved += len(chunk)
             if moved:
                 self._save(txn, src, s)
             return moved
 
         return self._write("move", body)
+
+    def _chosen(self, txn: Txn, number: int, ids: Sequence[int] | None,
+                limit: int) -> Iterator[tuple[int, bytes, Db, bytes]]:
+        """Queue ``number``'s ready records to move, (id, key, db, value) in id order:
+        all of them, or those among ``ids``; each below id ``limit``."""
+        index = self._index()
+        if ids is None:
+            yield from walk.in_order(txn, self._ready, self._delayed, index, number, limit)
+            return
+        for ident in sorted({i for i in ids if 0 < i < limit}):
+            key = fmt.KEY.pack(number, ident)
+            value = txn.get(key, db=self._ready)
+            if value is not None:
+                yield ident, key, self._ready, value
+                continue
+            held = txn.get(key, db=index)
+            found = None if held is None else txn.get(held, db=self._delayed)
+            if held is not None and found is not None:
+                yield ident, held, self._delayed, found
+
+    def _carry(self, txn: Txn, s: fmt.QueueRow, dst: str, d: fmt.QueueRow,
+               chunk: Sequence[tuple[int, bytes, Db, bytes]]) -> None:
+        """Delete a chunk of queue ``s``'s records and append them to ``dst`` (row ``d``)
+        as new records, attempts and reason cleared: one write of ``dst``'s row a chunk
+        (``s``'s row is counted here, and written once the move ends)."""
+        index = self._index()
+        values: list[bytes] = []
+        stored = raw = 0
+        plain = fmt.unpack_plain
+        for ident, key, db, value in chunk:
+            try:
+                rec = plain(ident, value) or self._record(ident, value)
+            except struct.error:
+                rec = self._record(ident, value)  # which names the damage
+            txn.delete(key, db=db)
+            if db is self._delayed:
+                txn.delete(fmt.KEY.pack(s.number, ident), db=index)
+            values.append(value if rec.attempts == 0 and rec.reason is None
+                          else fmt.pack(rec._replace(attempts=0, reason=None)))
+            stored += len(rec.data)
+            raw += rec.raw_size
+        s.ready -= len(values)
+        s.stored -= stored
+        s.raw -= raw
+        self._add_values(txn, dst, d, values, stored, raw)
 
     def purge(self, queue: str) -> int:
         def body(txn: Txn) -> int:
@@ -113,3 +133,19 @@ class Maintaining:
             return removed
 
         return self._write("purge", body)
+
+
+def _chunks(items: Iterable[tuple[int, bytes, Db, bytes]]
+            ) -> Iterator[list[tuple[int, bytes, Db, bytes]]]:
+    """``items`` in lists of up to :data:`~._lmdbwalk.CHUNK` records and about 1 MiB of
+    values, so a move holds one chunk in memory, never the queue."""
+    chunk: list[tuple[int, bytes, Db, bytes]] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        size += len(item[3])
+        if len(chunk) >= walk.CHUNK or size >= walk.CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
     Db = lmdb._Database
 
-__all__ = ["CHUNK", "clear", "delay", "in_order", "index_delayed", "prefixed", "promote"]
+__all__ = ["CHUNK", "CHUNK_BYTES", "clear", "delay", "in_order", "index_delayed", "prefixed",
+           "promote"]
 
 CHUNK = 512  # records read per cursor pass when walking a whole queue
-_CHUNK_BYTES = 1 << 20  # and their values' bytes, past which a pass ends early
+CHUNK_BYTES = 1 << 20  # and their values' bytes, past which a pass ends early
 
 
 def promote(txn: Txn, ready: Db, delayed: Db, ids: Db, number: int, now: float) -> None:
@@ -101,7 +102,7 @@ def _chunked(txn: Txn, db: Db, number: int, first: int) -> Iterator[tuple[int, b
         for entry in prefixed(txn, db, number, start):
             chunk.append(entry)
             size += len(entry[1])
-            if len(chunk) == CHUNK or size >= _CHUNK_BYTES:
+            if len(chunk) == CHUNK or size >= CHUNK_BYTES:
                 break  # large records: a chunk of them must not fill the memory
         if not chunk:
             return
