@@ -20,11 +20,11 @@ from ..errors import CorruptError, EngineError, FormatError
 from ._checks import MAX_OWNER_BYTES, as_queue_name, checked_owner
 from .base import Lease, StoredRecord
 
-__all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_NAME", "MAX_OWNER", "QUEUE", "U32",
-           "U64", "V1_DB_NAMES", "V2_DB_NAMES", "QueueRow", "held_by", "lease_head",
-           "lease_reader", "name_key", "new_name_key", "owner_key", "pack", "pack_new_many",
-           "queue_row", "translate", "unpack", "unpack_leased", "unpack_plain",
-           "with_attempts"]
+__all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_NAME", "MAX_NEW_NAME", "MAX_OWNER",
+           "QUEUE", "U32", "U64", "V1_DB_NAMES", "V2_DB_NAMES", "QueueRow", "held_by",
+           "lease_head", "lease_reader", "name_key", "new_name_key", "owner_key", "pack",
+           "pack_new_many", "queue_row", "translate", "unpack", "unpack_leased",
+           "unpack_plain", "with_attempts"]
 
 DB_NAMES = (b"meta", b"counters", b"queues", b"ready", b"delayed", b"leased", b"delayed_ids",
             b"lease_owners")
@@ -78,6 +78,10 @@ def queue_row(value: bytes) -> QueueRow:
 
 
 MAX_NAME = 511  # the longest key LMDB takes (its default MDB_MAXKEYSIZE), so queue name
+_DEAD = b".dead"  # what a queue's name gains in the name of its dead letters' queue
+#: The longest name of a queue created by a write: its dead letters' queue's name fits a
+#: key too (a name ending in ".dead", a dead letters' queue, may be up to MAX_NAME).
+MAX_NEW_NAME = MAX_NAME - len(_DEAD)
 
 
 def name_key(name: object) -> bytes | None:
@@ -95,11 +99,19 @@ def name_key(name: object) -> bytes | None:
 
 def new_name_key(name: object) -> bytes:
     """The key of a queue that records are stored in: TypeError when ``name`` is not a str,
-    ValueError when it is empty or longer than a key."""
+    ValueError when it is empty or longer than a key, or too long for the name of its
+    dead letters' queue to be a key (a queue of an earlier release may have such a name:
+    it is read and written, but burying a record in its dead letters is refused)."""
     key = as_queue_name(name).encode()
     if not 0 < len(key) <= MAX_NAME:
         raise ValueError(f"a queue name must be 1 to {MAX_NAME} bytes of UTF-8 in an LMDB "
                          f"queue, not {len(key)}; nothing was changed")
+    if len(key) > MAX_NEW_NAME and not key.endswith(_DEAD):
+        raise ValueError(
+            f"a queue name of {len(key)} bytes of UTF-8 is refused in an LMDB queue: its "
+            f"dead letters' queue, the name and '.dead', would be {len(key) + len(_DEAD)} "
+            f"bytes, more than the {MAX_NAME} an LMDB key holds; a queue name takes 1 to "
+            f"{MAX_NEW_NAME} bytes ({MAX_NAME} ending in '.dead'); nothing was changed")
     return key
 
 
