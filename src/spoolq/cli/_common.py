@@ -28,6 +28,7 @@ from ..engines import (
 )
 from ..errors import CorruptError
 from ..zdict import DICTIONARY_QUEUE
+from ._following import pages_after
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -299,10 +300,22 @@ def iter_pages(engine: Engine, queue: str, *, offset: int = 0, chunk: int = DEFA
 
 def iter_leased_pages(engine: SupportsPeekLeased, queue: str, *, offset: int = 0,
                       chunk: int = DEFAULT_CHUNK, limit: int | None = None,
-                      expected: int | None = None) -> Iterator[list[LeasedRecord]]:
-    """Leased records of ``queue`` in FIFO order, as :func:`iter_pages` reads ready ones."""
-    return _pages(lambda n, at: engine.peek_leased(queue, n, at), offset, chunk, limit,
-                  expected)
+                      expected: int | None = None,
+                      following: bool = True) -> Iterator[list[LeasedRecord]]:
+    """Leased records of ``queue`` in FIFO order, ``chunk`` at a time, as :func:`iter_pages`
+    reads ready ones, while consumers may settle and lease records meanwhile: every record
+    that stays leased from start to end is yielded once (see :func:`.pages_after`).
+
+    With ``following=False`` each page is read where the one before ended, as
+    :func:`iter_pages` reads: for a queue nothing changes meanwhile, whose pages the
+    engines then read in linear time (see :class:`~spoolq.engines.base.PageEnds`)."""
+    def read(n: int, at: int) -> list[LeasedRecord]:
+        return engine.peek_leased(queue, n, at)
+
+    if not following:
+        return _pages(read, offset, chunk, limit, expected)
+    return pages_after(read, lambda lr: lr.record.id, offset=offset, chunk=chunk,
+                       limit=limit, expected=expected)
 
 
 class DamagedRecord(StoredRecord):
