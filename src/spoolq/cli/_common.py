@@ -389,66 +389,17 @@ def iter_pages_following(engine: Engine, queue: str, *, chunk: int = DEFAULT_CHU
     queue's ready count past ``offset`` when the reading began, as :func:`iter_pages`
     takes it. The first page is read at ``offset``; at most ``limit`` records are yielded.
 
-    Records are in id order, so a page goes on after the last id read; the position
-    of that id is searched for (O(log n) reads) only when the head of the queue has
-    changed since the page before, and otherwise, as in :func:`iter_pages`, the next
-    page starts where the last one ended.
+    Records are in id order: a page after the first is read from the last record read,
+    found again by id (O(log n) reads) when records before it left, whether at the head
+    or behind a record that waits out a delay (see :func:`.pages_after`).
     """
     peek: Peek = read or (lambda n, at: engine.peek(queue, n, at))
-
-    def head() -> int | None:
-        first = peek(1, 0)
-        return first[0].id if first else None
-
-    last, got, left = -1, 0, limit
-    seen_head = head()
-    while left is None or left > 0:
-        want = chunk if left is None else min(chunk, left)
-        now_head = head()
-        if last < 0:  # nothing read yet: the page at the offset, whatever the head is
-            page = peek(want, offset)
-            seen_head = now_head
-        else:
-            page = peek(want, offset) if now_head == seen_head else []
-            # The head is read again after the page: records that left it while the
-            # page was read moved the page on past records not read yet.
-            if now_head != seen_head or head() != now_head:
-                offset, page = _resync(peek, want, last, offset)
-                seen_head = now_head  # a move from here on shows at the next page
-        if not page:
-            return
-        offset += len(page)
-        fresh = [rec for rec in page if rec.id > last]
-        if fresh:
-            yield fresh
-            last = fresh[-1].id
-            got += len(fresh)
-            if left is not None:
-                left -= len(fresh)
-        if len(page) < want and (expected is None or got >= expected):
-            return
+    return pages_after(peek, _record_id, offset=offset, chunk=chunk, limit=limit,
+                       expected=expected)
 
 
-def _resync(peek: Peek, chunk: int, last: int,
-            offset: int) -> tuple[int, list[StoredRecord]]:
-    """The offset of the first ready record with an id above ``last`` (at most
-    ``offset``, where it was before records left the head) and the page there."""
-    while True:
-        lo, hi = 0, offset
-        while lo < hi:
-            mid = (lo + hi) // 2
-            probe = peek(1, mid)
-            if probe and probe[0].id <= last:
-                lo = mid + 1
-            else:
-                hi = mid
-        page = peek(chunk, lo)
-        before = peek(1, lo - 1) if lo else []
-        # Records leaving the head between the search and the read move the page
-        # further on; the record before it is then one not read yet: search again.
-        if lo == 0 or (before and before[0].id <= last):
-            return lo, page
-        offset = lo
+def _record_id(record: StoredRecord) -> int:
+    return record.id
 
 
 def _pages(read: Callable[[int, int], list[T]], offset: int, chunk: int,

@@ -59,6 +59,8 @@ def pages_after(read: Read[T], ident: Callable[[T], int], *, offset: int, chunk:
             got += len(fresh)
             if left is not None:
                 left -= len(fresh)
+            if not full and expected is not None and got >= expected:
+                return  # records added since the reading began are not chased
         elif not full and len(page) < 2:
             return  # nothing after the last record read
 

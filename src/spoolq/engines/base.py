@@ -122,17 +122,26 @@ class PageEnds:
         self._ends: dict[tuple[object, int], int] = {}
 
     def resume(self, version: object, where: object, offset: int) -> int | None:
-        """The last id of the page that ended at ``offset`` of ``where`` (a queue's
-        records of one kind), or None: then skip ``offset`` records as usual."""
+        """The id of the record before ``offset`` of ``where`` (a queue's records of one
+        kind), where a page ended, or None: then skip ``offset`` records as usual."""
         if version != self._version:
             self._ends.clear()
             self._version = version
-        return self._ends.pop((where, offset), None)
+        return self._ends.get((where, offset))
 
-    def ended(self, where: object, offset: int, count: int, last_id: int) -> None:
-        """A page of ``count`` records from ``offset`` ended at ``last_id``."""
-        if count and len(self._ends) < self.LIMIT:
-            self._ends[(where, offset + count)] = last_id
+    def ended(self, where: object, offset: int, count: int, last_id: int,
+              before_last: int | None = None) -> None:
+        """A page of ``count`` records from ``offset`` ended at ``last_id``, the record of
+        ``before_last`` before it. The page after it may start at its end, or at its last
+        record (a reader that reads one record again to see where it stands)."""
+        if not count:
+            return
+        ends = self._ends
+        ends[(where, offset + count)] = last_id
+        if before_last is not None:
+            ends[(where, offset + count - 1)] = before_last
+        while len(ends) > self.LIMIT:  # what holds for this version: the oldest go first
+            del ends[next(iter(ends))]
 
 
 class WaitCancel:

@@ -397,7 +397,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
                 itertools.islice(records, offset, offset + n)
             got = [self._record(ident, value) for ident, _, _, value in window]
             if got:
-                self._pages.ended(("ready", q.number), offset, len(got), got[-1].id)
+                self._pages.ended(("ready", q.number), offset, len(got), got[-1].id,
+                                  got[-2].id if len(got) > 1 else None)
             return got
 
         return self._read("peek", body)
@@ -417,7 +418,8 @@ class _LMDBStore(LeaseSettling, Maintaining):
             got = [LeasedRecord(rec, owner, until) for owner, until, rec in (
                 self._leased_record(fmt.KEY.unpack(key)[1], value) for key, value in window)]
             if got:
-                self._pages.ended(("leased", q.number), offset, len(got), got[-1].record.id)
+                self._pages.ended(("leased", q.number), offset, len(got), got[-1].record.id,
+                                  got[-2].record.id if len(got) > 1 else None)
             return got
 
         return self._read("peek_leased", body)

@@ -362,7 +362,8 @@ class SQLiteEngine(LeaseSettling, Moving, TakeWriting, forking.Forking):
                 f"SELECT {columns} FROM {table} WHERE id BETWEEN ? AND ? ORDER BY id "
                 "LIMIT ? OFFSET ?", (lo, hi, n, offset)).fetchall()
         if rows:
-            self._pages.ended((table, lo), offset, len(rows), rows[-1][0])
+            self._pages.ended((table, lo), offset, len(rows), rows[-1][0],
+                              rows[-2][0] if len(rows) > 1 else None)
         return rows
 
     def peek(self, queue: str, n: int, offset: int = 0) -> list[StoredRecord]:
