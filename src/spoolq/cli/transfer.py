@@ -242,7 +242,7 @@ def _count_items(source: str, f: IO[bytes]) -> int:
               help="Items written per transaction.")
 @click.option("--serializer", type=click.Choice(sorted(SERIALIZERS)), default=None,
               help="Serializer of a queue created by this load (default: cbor; not raw, "
-                   "which takes bytes only).")
+                   "which stores bytes-like objects, and no JSON line is one).")
 @click.option("--compressor", type=click.Choice(sorted(COMPRESSORS)), default=None,
               help="Compressor of a queue created by this load (default: zstd).")
 @engine_option()
