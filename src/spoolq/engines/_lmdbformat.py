@@ -18,6 +18,7 @@ import lmdb
 
 from ..errors import CorruptError, EngineError, FormatError
 from ._checks import MAX_OWNER_BYTES, as_queue_name, checked_owner
+from ._diskspace import full_disk_note
 from .base import Lease, StoredRecord
 
 __all__ = ["DB_NAMES", "DELAYED", "KEY", "MAX_ID", "MAX_NAME", "MAX_NEW_NAME", "MAX_OWNER",
@@ -228,4 +229,6 @@ def translate(exc: lmdb.Error, path: str, what: str) -> EngineError:
         # while its parent had the file open: LMDB forbids reusing the parent's environment.
         return EngineError(f"{path} was open when this process was forked; open LMDB queues "
                            "after forking, or start processes with the 'spawn' method")
+    if "Input/output error" in str(exc):  # LMDB's EIO for a write that came up short
+        return EngineError(f"{path}: {what} failed: {exc}{full_disk_note(path)}")
     return EngineError(f"{path}: {what} failed: {exc}")
