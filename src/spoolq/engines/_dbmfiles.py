@@ -27,6 +27,7 @@ from typing import Protocol
 
 from ..errors import CorruptError, EngineError, FormatError
 from ._dbmstate import State, encode_state, main_key
+from ._diskspace import full_disk_note
 from ._shared import fsync_dir, fsync_file
 
 __all__ = ["Database", "create_generation", "current", "files_of", "finish_generation",
@@ -322,7 +323,8 @@ def repair_dumb(path: str, generation: str, *, read_only: bool, go_back: bool = 
         return
     if read_only:
         raise EngineError(f"{path}: a write to it was interrupted (or is under way); open it "
-                          "for writing once to repair it, then read it again")
+                          "for writing once to repair it, then read it again"
+                          f"{full_disk_note(path)}")
     tmp = os.path.join(path, _repair_temporary(generation))
     try:
         with open(tmp, "wb") as f:

@@ -17,6 +17,7 @@ from ..errors import (
     FormatError,
     LockTimeout,
 )
+from ._diskspace import full_disk_note
 from ._forkguard import enter, leave
 from ._shared import check_directory
 from .base import FORMAT_VERSION
@@ -322,6 +323,8 @@ def translate(exc: sqlite3.Error, path: str, what: str) -> EngineError:
                            f"read-only: {text}")
     if "not a database" in text:
         return FormatError(f"{path} is not a spoolq queue file ({text})")
+    if "disk I/O error" in text:  # as for the -shm file that a full disk cannot grow
+        return EngineError(f"{path}: {what} failed: {text}{full_disk_note(path)}")
     return EngineError(f"{path}: {what} failed: {text}")
 
 _MAX_LENGTH, _LIMIT_LENGTH = 1_000_000_000, 0  # SQLite's default length limit, its limit id
