@@ -109,5 +109,5 @@ class SyncPutting(SyncWaiting):
             if not self._wait(deadline, lambda: self._shutdown or self._put_turn(
                     call, core.ready_hint() + self._reserved), place=call):
                 continue  # the deadline passed: the check above decides
-            if core.refresh_due():
+            if core.refresh_due() and not self._shutdown:  # closed meanwhile: see above
                 core.refresh(deadline)

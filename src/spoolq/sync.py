@@ -408,15 +408,21 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         them, then closes anyway, after giving back the items a ``get_many`` still
         waiting holds; a call a remote queue's server has not answered by then (a put
         waiting on a server that stopped) is cut and raises :class:`ClosedError`, its
-        outcome unknown. Any later call raises :class:`ClosedError`.
+        outcome unknown. Called from a signal handler, it does not wait for the call of
+        its own thread that the signal interrupted: that call raises
+        :class:`QueueShutDown` once the handler returns. Any later call raises
+        :class:`ClosedError`.
         """
         self._closed = True
         deadline = time.monotonic() + _CLOSE_WAIT
         self._shut(True, deadline)
+        me = threading.current_thread()
         with self._cond:
             # A place done is a call that ended, though a signal handler's exception may
-            # have stopped it as it left.
-            while any(not p.done for p in self._calls) and time.monotonic() < deadline:
+            # have stopped it as it left. A call of this thread is one that a signal
+            # handler calling close() interrupted: it goes on only once close() returns.
+            while any(not p.done and p.thread is not me for p in self._calls) \
+                    and time.monotonic() < deadline:
                 self._sleep(0.05)
         self._core.close(deadline)
 
