@@ -15,12 +15,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._inflight import SETTLING
 from .protocol import RECORD_FIELDS
 
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["Deliveries"]
+__all__ = ["ENDING", "Deliveries"]
 
 log = logging.getLogger("spoolq")
 
@@ -30,6 +31,9 @@ _OWNER_DIED = "owner died"
 # Deliveries of one queue a connection remembers before it forgets those whose lease ran
 # out; then twice what it kept, so that forgetting costs a take no more than O(1) on average.
 _SWEEP_AT = 64
+
+# Ops that, once done, end deliveries that connections remember (see Deliveries._ended).
+ENDING = SETTLING | {"purge"}
 
 Delivery = tuple[int, str, int | None, float]
 """What a connection remembers of a delivery: (attempts, owner, max_attempts, the lease's
@@ -186,6 +190,22 @@ class Deliveries:
         left = len(self.delivered.get(queue_name, ()))
         if left:
             self._sweep_at[queue_name] = max(_SWEEP_AT, 2 * left)
+
+    def _ended(self, op: str, args: dict[str, Any]) -> None:
+        """An op of :data:`ENDING` is done: forget the deliveries it ended."""
+        if op == "purge":
+            self._purged(args["queue"])
+        else:
+            self._settled(args)
+
+    def _purged(self, queue_name: str) -> None:
+        """Forget every connection's deliveries of ``queue_name``, which a purge just
+        emptied: nobody holds them any more. A connection that leases from many queues
+        purged in turn would otherwise remember them all for as long as it lives."""
+        by_id = self.server.holders.pop(queue_name, None)
+        for holder in {*by_id.values()} if by_id else ():
+            holder.delivered.pop(queue_name, None)
+            holder._sweep_at.pop(queue_name, None)
 
     def _settled(self, args: dict[str, Any]) -> None:
         """Forget the deliveries an ack or release named, whichever connection delivered

@@ -16,9 +16,9 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from ._inflight import LIMITED, SETTLING, request_cost, reserves, too_much
+from ._inflight import LIMITED, request_cost, reserves, too_much
 from ._serverlimits import abort_later, refuse_connection, too_many_ids, tune_socket
-from ._sessionleases import Deliveries, Delivery
+from ._sessionleases import ENDING, Deliveries, Delivery
 from ._sessionwaits import LongPolls
 from .dispatch import InlineRunner
 from .errors import AuthenticationError, SpoolqError
@@ -417,8 +417,8 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
                         self._write(encode_reply(req.id, result))
                     self._took(args, result)
                     return
-                if op in SETTLING:
-                    self._settled(args)
+                if op in ENDING:
+                    self._ended(op, args)
                 self._write(encode_reply(req.id, result))
                 return
         self.inflight += 1
@@ -443,8 +443,8 @@ class Session(LongPolls, Deliveries, asyncio.Protocol):
         if reserves(req):
             self._reserved -= 1
         self._held -= cost
-        if error is None and req.op in SETTLING:
-            self._settled(req.args)
+        if error is None and req.op in ENDING:
+            self._ended(req.op, req.args)
         if self.closed or self._failing():
             if req.op == "take" and error is None and record_count(result):
                 self._give_back(req.args, result)
