@@ -49,6 +49,7 @@ class Deliveries:
     peer: str
     delivered: dict[str, dict[int, Delivery]]
     _sweep_at: dict[str, int]  # queue -> how many deliveries of it start the next sweep
+    _queues_at = _SWEEP_AT  # queues remembered that start the next sweep of them all
     # Bytes of replies written so far, those waiting to be written included (under TLS, the
     # most they may take on the wire, as unsent() counts them).
     _written: int
@@ -177,6 +178,20 @@ class Deliveries:
             by_id[ident] = self
         if len(held) >= self._sweep_at.get(queue_name, _SWEEP_AT):
             self._sweep(queue_name, held, args["now"])
+        if len(self.delivered) >= self._queues_at:
+            self._sweep_queues(args["now"])
+
+    def _sweep_queues(self, now: float) -> None:
+        """Forget the deliveries whose lease ended by ``now`` in the queues that have too
+        few to be swept on their own (see :meth:`_sweep`): leases of many queues, each
+        leased from now and then, that ran out and went to the dead letters would else
+        stay remembered as long as the connection lives. Runs once the queues remembered
+        double, so that it costs a take O(1) on average."""
+        for queue_name, held in list(self.delivered.items()):
+            if len(held) < _SWEEP_AT:
+                for ident in [i for i, d in held.items() if d[3] <= now]:
+                    self._forget(queue_name, ident)
+        self._queues_at = max(_SWEEP_AT, 2 * len(self.delivered))
 
     def _sweep(self, queue_name: str, held: dict[int, Delivery], now: float) -> None:
         """Forget the deliveries of ``queue_name`` whose lease ended by ``now`` (the time
