@@ -39,6 +39,8 @@ __all__ = ["SyncQueue"]
 T = TypeVar("T")
 _CLOSE_WAIT = 10.0
 """Seconds close() waits for calls blocked in other threads before it closes anyway."""
+_HANDLER_LOCK_WAIT = 0.5
+"""Seconds shutdown() and close() wait for the queue's lock (see _lock_in_handler)."""
 
 
 class SyncQueue(QueueViews, SyncPutting, Generic[T]):
@@ -393,11 +395,15 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         self._immediate = self._immediate or immediate
         self._core.shut_down(wait=True, until=until)
         self._core.cancel_waits()
-        with self._cond:
+        if not self._lock_in_handler():
+            return
+        try:
             for cancel in self._long_polls:
                 cancel.cancel()
             self._notify(everyone=True)
             self._all_done.notify_all()
+        finally:
+            self._mutex.release()
 
     def close(self) -> None:
         """Flush, release this handle's leases and close the file; idempotent.
@@ -417,14 +423,28 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         deadline = time.monotonic() + _CLOSE_WAIT
         self._shut(True, deadline)
         me = threading.current_thread()
-        with self._cond:
-            # A place done is a call that ended, though a signal handler's exception may
-            # have stopped it as it left. A call of this thread is one that a signal
-            # handler calling close() interrupted: it goes on only once close() returns.
-            while any(not p.done and p.thread is not me for p in self._calls) \
-                    and time.monotonic() < deadline:
-                self._sleep(0.05)
+        # Not got: a signal handler interrupted this thread as it held the lock (see
+        # _lock_in_handler); the calls of other threads are not waited for then.
+        if self._lock_in_handler():
+            try:
+                # A place done is a call that ended, though a signal handler's exception
+                # may have stopped it as it left. A call of this thread is one that a
+                # signal handler calling close() interrupted: it goes on only once close()
+                # returns.
+                while time.monotonic() < deadline and any(
+                        not p.done and p.thread is not me for p in self._calls):
+                    self._sleep(0.05)
+            finally:
+                self._mutex.release()
         self._core.close(deadline)
+
+    def _lock_in_handler(self) -> bool:
+        """Take the queue's lock for shutdown() or close(), which a signal handler may
+        call while its thread holds the lock (in the queue's own bookkeeping, which never
+        holds it long): False when it is not got within a while, for then waiting would
+        never end. Without the lock, shutdown() wakes no one: waiting calls see the flags
+        at their next look, within a poll interval."""
+        return self._mutex.acquire(timeout=_HANDLER_LOCK_WAIT)
 
     def __enter__(self) -> SyncQueue[T]:
         return self
