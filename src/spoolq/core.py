@@ -262,26 +262,6 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
             "durability": self.settings.durability,
         }
 
-    def shut_down(self, *, wait: bool, until: float | None = None) -> None:
-        """Refuse puts from now on: they raise QueueShutDown.
-
-        A put looks at the flag under the lock it takes anyway (the core's lock for a
-        direct write, ``_tally`` for a group commit), so each one either raises or was
-        accepted before this call. With ``wait`` this returns only once the accepted
-        ones are written: a direct write holds the core's lock until it is done, and
-        group-committed records still pending are flushed here (with durability
-        "buffer", whose puts have returned, they stay buffered). ``until``
-        (``time.monotonic()``) bounds that wait: a write still running then is left to
-        :meth:`close`."""
-        with self._tally:
-            self.shut = True
-        if wait and self._lock_until(until):
-            try:
-                if not self.closed and not self.buffered and self.group.pending():
-                    self.flush()
-            finally:
-                self.lock.release()
-
     def _check_open(self) -> None:
         if self.closed:
             raise ClosedError(f"queue {self.name!r} is closed")
@@ -466,6 +446,10 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
         if self.closed:
             return
         self.cancel_waits()
+        if self.held_here():  # a signal handler's, inside a call of this thread
+            self.shut_down(wait=False)
+            self.close_later()
+            return
         self._flusher_stop.set()
         if self._flusher is not None:
             self._flusher.join()

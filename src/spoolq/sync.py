@@ -415,9 +415,10 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         waiting holds; a call a remote queue's server has not answered by then (a put
         waiting on a server that stopped) is cut and raises :class:`ClosedError`, its
         outcome unknown. Called from a signal handler, it does not wait for the call of
-        its own thread that the signal interrupted: that call raises
-        :class:`QueueShutDown` once the handler returns. Any later call raises
-        :class:`ClosedError`.
+        its own thread that the signal interrupted: a call waiting (for items, for
+        room) raises :class:`QueueShutDown` once the handler returns, and a call inside
+        its write or take ends as it would have, the file closing right after it, on a
+        thread of its own. Any later call raises :class:`ClosedError`.
         """
         self._closed = True
         deadline = time.monotonic() + _CLOSE_WAIT
