@@ -20,7 +20,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._atonce import LOOP_BATCH, NoWait, Undecoded
@@ -36,24 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["GivingBack", "TakeOnWorker"]
 
 log = logging.getLogger("spoolq")
-
-
-class _Once:
-    """A call of a queue's method handed to its worker thread, which lets go of the
-    method (and so of the queue) once it ran: the worker keeps its last job until the
-    next one comes, and an unclosed queue it kept could never be collected, nor its
-    thread and file closed."""
-
-    __slots__ = ("__name__", "_call")
-
-    def __init__(self, fn: Callable[..., None], *args: Any) -> None:
-        self.__name__ = getattr(fn, "__name__", "call")
-        self._call: Callable[[], None] | None = partial(fn, *args)
-
-    def __call__(self) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            call()
 
 
 class TakeOnWorker:
@@ -147,7 +128,7 @@ class GivingBack:
             self._taken_in -= len(recs)
         # Counted until the restore has run: get_nowait takes on the loop, not the worker.
         self._backs_sent += 1
-        self._worker.post(_Once(self._restore_on_worker, recs, leased, holding))
+        self._worker.post(self._restore_on_worker, recs, leased, holding)
 
     def _restore_on_worker(self, recs: list[Taken], leased: bool,
                            holding: Holding | None) -> None:
@@ -252,7 +233,7 @@ class GivingBack:
         leased, holding = take.leased, take.holding
         self._takes_out.add(take)
         try:
-            await self._worker.submit(_Once(job, *args))
+            await self._worker.submit(job, *args)
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: a pending task dropped once its loop was closed, whose
             # coroutine is closed when collected; as cancelled, it gives back the records.

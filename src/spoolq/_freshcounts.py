@@ -91,6 +91,7 @@ class _Readers:
                 job()
             except Exception:  # a reader serves every handle
                 log.exception("spoolq: reading the counts failed")
+            del job  # not kept while waiting: it would keep its handle from being collected
 
 
 _readers = _Readers()

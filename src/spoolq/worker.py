@@ -54,18 +54,25 @@ def _run(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) 
         job = jobs.get()
         if job is None:
             return
-        fn, args, fut, undo = job
-        try:
-            result, error = fn(*args), None
-        except BaseException as exc:
-            result, error = None, exc
-        if fut is not None:
-            # At once, not with the results of the jobs queued behind: one of them may be
-            # a long write, and this result's waiter should not wait for it.
-            _send(loop, [(fut, result, error, undo)])
-        elif error is not None:
-            log.error("spoolq: background call %s failed", getattr(fn, "__name__", fn),
-                      exc_info=error)
+        _run_one(job, loop)
+        # Not kept while the thread waits for the next job: a job that is a method of the
+        # queue would keep an unclosed queue from being collected, and its thread running.
+        del job
+
+
+def _run_one(job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+    fn, args, fut, undo = job
+    try:
+        result, error = fn(*args), None
+    except BaseException as exc:
+        result, error = None, exc
+    if fut is not None:
+        # At once, not with the results of the jobs queued behind: one of them may be
+        # a long write, and this result's waiter should not wait for it.
+        _send(loop, [(fut, result, error, undo)])
+    elif error is not None:
+        log.error("spoolq: background call %s failed", getattr(fn, "__name__", fn),
+                  exc_info=error)
 
 
 _WAIT_THREADS = 128
