@@ -28,6 +28,7 @@ def after_fork_in_child() -> None:
     # the child's leases, never the ones the parent still works on.
     for core in list(CORES):
         core.lock = threading.RLock()
+        core._holding_lock = threading.Lock()
         core.owner = new_owner()
         core.owners.add(core.owner)
         core._after_fork_in_child()

@@ -50,6 +50,7 @@ class Holdings:
     group: GroupCommit
     counters: dict[str, int]
     _holdings: set[Holding]
+    _holding_lock: threading.Lock
     _tally: threading.Lock
     # Defined by QueueCore and its other parts.
     _check_open: Callable[[], None]
@@ -81,7 +82,9 @@ class Holdings:
         close() gave them back already: the call must raise instead."""
         if not holding.taken:
             return not holding.reclaimed
-        with self.lock:
+        # Not the core's lock: on an async queue this runs on the event loop, and the
+        # worker may hold that lock while it waits for another process's write lock.
+        with self._holding_lock:
             self._holdings.discard(holding)
             return not holding.reclaimed
 
@@ -96,9 +99,11 @@ class Holdings:
     def _reclaim_holdings(self) -> None:
         """Give back what calls still waiting for more records hold (close() does not
         wait for them forever); their records would be lost with the engine."""
-        holdings, self._holdings = self._holdings, set()
+        with self._holding_lock:  # a call handing its records out sees one or the other
+            holdings, self._holdings = self._holdings, set()
+            for holding in holdings:
+                holding.reclaimed = True
         for holding in holdings:
-            holding.reclaimed = True
             try:
                 self._give_back_locked([rec for rec, _item in holding.taken], holding.leased)
             except Exception:

@@ -128,6 +128,7 @@ class QueueCore(AtOnce, WriteTake, Holdings, Writing, Settling, Decoding, Reapin
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         self._holdings: set[Holding] = set()  # changed under self.lock
+        self._holding_lock = threading.Lock()  # and under this one where close() meets hand_out
         self.listeners: list[Callable[[], None]] = []
         self.on_settled: Callable[[list[Ticket]], None] | None = None
         """Called (on the flushing thread) with each flushed batch of tickets."""
