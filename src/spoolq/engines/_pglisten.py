@@ -356,6 +356,8 @@ class Listener:
             if ended():
                 return False, seen
         try:
+            if ended():  # while it waited its turn: a close may have let the listener go
+                return False, seen
             # The listening thread reads every notification itself: up to the end.
             # ``looked`` then also when no look is due (the thread looked since).
             return self._listen(queue, wanted, mark, looked or not (
