@@ -356,7 +356,7 @@ class Listener:
             if ended():
                 return False, seen
         try:
-            if ended():  # while it waited its turn: a close may have let the listener go
+            if self._closed:  # while it waited its turn, the last engine closed
                 return False, seen
             # The listening thread reads every notification itself: up to the end.
             # ``looked`` then also when no look is due (the thread looked since).
