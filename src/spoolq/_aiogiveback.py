@@ -100,6 +100,8 @@ class GivingBack:
     _back: tuple[Counts, int, int] = (Counts(0, 0, 0, 0), 0, 0)
     _taking: int
     _take_seq: int
+    _undecoded = 0
+    """Records a take on the loop removed that the worker decodes (on the loop only)."""
     # Defined by Queue and its other parts.
     _check: Callable[[], None]
     qsize: Callable[[], int]
@@ -224,7 +226,12 @@ class GivingBack:
         dictionary the loop would read from the file (:meth:`_decode_for_caller`); if
         the caller is cancelled, they are given back, as a take's on the worker are."""
         take = TakeOnWorker(undecoded.ttl is not None, undecoded.holding)
-        return await self._on_worker(take, self._decode_for_caller, take, undecoded)
+        # Counted until the worker counts them as taken out (for a moment, both count).
+        self._undecoded += len(undecoded.recs)
+        try:
+            return await self._on_worker(take, self._decode_for_caller, take, undecoded)
+        finally:
+            self._undecoded -= len(undecoded.recs)
 
     async def _on_worker(self, take: TakeOnWorker, job: Callable[..., None],
                          *args: Any) -> list[Taken]:
@@ -312,8 +319,9 @@ class GivingBack:
         return not self._unsettled and self._room_size() == 0
 
     def _size(self) -> int:
-        """:meth:`qsize`: the ready records, and those taken on the worker and not handed
-        to a caller yet or given back and not restored yet (see ``Queue.__init__``).
+        """:meth:`qsize`: the ready records, and those taken on the worker (or on the loop,
+        decoding on the worker) and not handed to a caller yet or given back and not
+        restored yet (see ``Queue.__init__``).
 
         A give-back moves records from ``_taken_out`` to the core's ready count in two
         steps, and a read between them would count them twice: a read during one tells
@@ -326,7 +334,7 @@ class GivingBack:
             began, out_before, n = self._back
             out = self._taken_out  # before the counts: a restore changes them first
             counts = core.counts
-            size = counts.ready + core.group.unwritten() + out - self._taken_in
+            size = counts.ready + core.group.unwritten() + out - self._taken_in + self._undecoded
             if self._back_seq != seq:
                 continue  # a give-back began or ended meanwhile: read again
             if seq % 2 and counts is not began and out == out_before:
