@@ -7,6 +7,7 @@ gap, and a cancelled get then gave its record back on top, leaving the queue pas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import spoolq
@@ -37,10 +38,8 @@ async def test_records_decoding_on_the_worker_keep_their_room(tmp_path: Path) ->
             await asyncio.sleep(0.2)
             assert not putting.done()  # no room while the get may give its record back
             getting.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await getting
-        except asyncio.CancelledError:
-            pass
         await asyncio.sleep(0.1)
         assert q.qsize() <= 3
         putting.cancel()
