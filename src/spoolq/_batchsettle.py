@@ -134,12 +134,14 @@ class BatchSettling(Generic[T]):
                 await queue.nack(*msgs)
         except LeaseError as exc:
             # The lease ran out meanwhile: expiry put the batch back in its place, and
-            # another handle may have leased it since. After an ack, the sink has it
-            # all the same: a flush, not a failure to retry.
-            self.log.warning("batcher %r: the lease of a batch of %d items had run out "
-                             "before its %s (lease_ttl=%ss); it is delivered again: %s",
-                             self.name, len(msgs), "ack" if ack else "nack",
-                             self._lease_ttl, exc)
+            # another handle may have leased it since. Or a try of this call before,
+            # whose reply a lost connection cut off, settled it. After an ack, the sink
+            # has it all the same: a flush, not a failure to retry.
+            what = "ack" if ack else "nack"
+            self.log.warning("batcher %r: a batch of %d items was no longer leased at its "
+                             "%s: its lease ran out (lease_ttl=%ss) and it is delivered "
+                             "again, or an earlier %s whose reply was lost settled it: %s",
+                             self.name, len(msgs), what, self._lease_ttl, what, exc)
         except ClosedError:
             raise
         except Exception:
