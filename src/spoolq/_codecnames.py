@@ -14,33 +14,6 @@ from .errors import ConfigurationError
 __all__ = ["resolve_codec"]
 
 
-def _owned(data: object) -> object:
-    """``data`` as bytes of its own when it is a bytearray or memoryview: a custom codec
-    may hand back a buffer it reuses on its next call."""
-    return bytes(data) if isinstance(data, (bytearray, memoryview)) else data
-
-
-class _CopiedOut(OneAtATime):
-    """A custom codec object called by one thread at a time, whose output is copied
-    before the next call may start: a serializer or compressor that returns one buffer it
-    reuses (as zero-copy encoders do) would otherwise have that buffer overwritten by
-    another thread's call between the return and the copy, and a record would store that
-    other item under a valid checksum. Anything but a bytearray or memoryview is handed
-    back as it is, for the codec to check."""
-
-    def dumps(self, item: Any) -> Any:
-        with self._lock:
-            return _owned(self.obj.dumps(item))
-
-    def compress(self, data: bytes) -> Any:
-        with self._lock:
-            return _owned(self.obj.compress(data))
-
-    def decompress(self, data: bytes) -> Any:
-        with self._lock:
-            return _owned(self.obj.decompress(data))
-
-
 def _custom_name(obj: object) -> str:
     name = getattr(obj, "name", None)
     if isinstance(obj, types.ModuleType):
@@ -72,7 +45,7 @@ def resolve_codec(kind: str, spec: object, table: dict[str, tuple[int, Callable[
     if all(callable(getattr(spec, m, None)) for m in methods):
         name = _custom_name(spec)
         if name not in table:
-            return CUSTOM_ID, name, _CopiedOut(spec)
+            return CUSTOM_ID, name, OneAtATime(spec)
         # A file stores the codec's name, and reopening by that name gives the built-in:
         # records written under a built-in's name by another object would not decode.
         if isinstance(spec, types.ModuleType):

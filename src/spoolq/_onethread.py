@@ -54,13 +54,23 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
+def _owned(data: object) -> object:
+    """``data`` as bytes of its own when it is a bytearray or memoryview: a custom codec
+    may hand back a buffer it reuses on its next call."""
+    return bytes(data) if isinstance(data, (bytearray, memoryview)) else data
+
+
 class OneAtATime:
     """A custom serializer or compressor called by one thread at a time.
 
     Puts encode in their callers' threads, so a thread-safe queue would otherwise call a
     custom object from several threads at once; one written for a single thread then
     mixes up the payloads (wrong items with valid checksums) or, holding a C compressor
-    object, crashes the process."""
+    object, crashes the process. Output that is a bytearray or memoryview is copied
+    before the next call may start: a codec that returns one buffer it reuses (as
+    zero-copy encoders do) would otherwise have it overwritten by another thread's call
+    between the return and the copy. Anything else is handed back as it is, for the
+    codec to check."""
 
     def __init__(self, obj: Any) -> None:
         self.obj = obj
@@ -69,7 +79,7 @@ class OneAtATime:
 
     def dumps(self, item: Any) -> Any:
         with self._lock:
-            return self.obj.dumps(item)
+            return _owned(self.obj.dumps(item))
 
     def loads(self, data: bytes) -> Any:
         with self._lock:
@@ -77,8 +87,8 @@ class OneAtATime:
 
     def compress(self, data: bytes) -> Any:
         with self._lock:
-            return self.obj.compress(data)
+            return _owned(self.obj.compress(data))
 
     def decompress(self, data: bytes) -> Any:
         with self._lock:
-            return self.obj.decompress(data)
+            return _owned(self.obj.decompress(data))
