@@ -189,8 +189,7 @@ class Deliveries:
         double, so that it costs a take O(1) on average."""
         for queue_name, held in list(self.delivered.items()):
             if len(held) < _SWEEP_AT:
-                for ident in [i for i, d in held.items() if d[3] <= now]:
-                    self._forget(queue_name, ident)
+                self._sweep(queue_name, held, now)
         self._queues_at = max(_SWEEP_AT, 2 * len(self.delivered))
 
     def _sweep(self, queue_name: str, held: dict[int, Delivery], now: float) -> None:
