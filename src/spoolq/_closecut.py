@@ -21,7 +21,11 @@ if TYPE_CHECKING:
     from .engines import Engine
     from .groupcommit import GroupCommit
 
-__all__ = ["CloseCut"]
+__all__ = ["HANDLER_LOCK_WAIT", "CloseCut"]
+
+HANDLER_LOCK_WAIT = 0.5
+"""Seconds shutdown() and close() wait for a lock that a signal handler calling them may
+find its own thread holding, in the queue's bookkeeping (which never holds it long)."""
 
 
 class CloseCut:
@@ -80,7 +84,7 @@ class CloseCut:
         :meth:`close`."""
         # A signal handler's call may find its own thread holding either lock: it then
         # waits for neither (the interrupted call ends after the handler).
-        got = self._tally.acquire(timeout=0.5)
+        got = self._tally.acquire(timeout=HANDLER_LOCK_WAIT)
         self.shut = True
         if got:
             self._tally.release()

@@ -16,6 +16,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._closecut import HANDLER_LOCK_WAIT
 from ._outage import Outage
 from ._syncput import SyncPutting
 from ._syncwait import Place
@@ -39,8 +40,6 @@ __all__ = ["SyncQueue"]
 T = TypeVar("T")
 _CLOSE_WAIT = 10.0
 """Seconds close() waits for calls blocked in other threads before it closes anyway."""
-_HANDLER_LOCK_WAIT = 0.5
-"""Seconds shutdown() and close() wait for the queue's lock (see _lock_in_handler)."""
 
 
 class SyncQueue(QueueViews, SyncPutting, Generic[T]):
@@ -445,7 +444,7 @@ class SyncQueue(QueueViews, SyncPutting, Generic[T]):
         holds it long): False when it is not got within a while, for then waiting would
         never end. Without the lock, shutdown() wakes no one: waiting calls see the flags
         at their next look, within a poll interval."""
-        return self._mutex.acquire(timeout=_HANDLER_LOCK_WAIT)
+        return self._mutex.acquire(timeout=HANDLER_LOCK_WAIT)
 
     def __enter__(self) -> SyncQueue[T]:
         return self
